@@ -1,0 +1,194 @@
+"""The AiSpendTrack mitmproxy addon: meters every OpenAI and Anthropic call passing through.
+
+Run it with plain mitmdump in reverse mode (one port serves both providers):
+
+    mitmdump --mode reverse:https://api.openai.com --set connection_strategy=lazy \
+        -s addon/aispendtrack.py --set aispendtrack_home=~/.aispendtrack
+
+or with ``aispendtrack proxy``, which does the same in-process.
+
+Calls need an ``x-aispendtrack-key`` header; ``x-customer-id`` and ``x-feature`` are optional
+tags. All three are removed before the request goes upstream. The response is streamed back
+untouched while a tap reads its usage; a writer thread stores one metadata row per call.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from mitmproxy import ctx, exceptions, http
+
+from addon import home as home_dir
+from addon.estimate import Counter
+from addon.keys import KeyRing
+from addon.meter import CallMeter
+from addon.providers import DEFAULT_UPSTREAMS, Provider, all_providers, route
+from addon.record import build_row
+from addon.store.writer import Writer
+from pricing import PriceBook, PriceFileError
+from pricing.overrides import FILE_NAME as PRICES_FILE
+
+log = logging.getLogger(__name__)
+
+KEY_HEADER = "x-aispendtrack-key"
+TAG_HEADERS = ("x-customer-id", "x-feature")
+HEALTH_PATH = "/aispendtrack/health"
+MAX_TAG_LENGTH = 128
+_META = "aispendtrack"
+_OPTIONS = ("aispendtrack_home", "aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream",
+            "aispendtrack_flush_ms")
+
+
+class AiSpendTrack:
+    def __init__(self) -> None:
+        self.keyring = KeyRing()
+        self.providers: list[Provider] = all_providers(None)  # replaced by counting ones in running()
+        self.upstreams: dict[str, tuple[str, str, int, str] | None] = {}
+        self.writer: Writer | None = None
+        self.home = None
+        self.book: PriceBook | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option("aispendtrack_home", str, "",
+                          "Data directory (default: $AISPENDTRACK_HOME or ~/.aispendtrack).")
+        loader.add_option("aispendtrack_openai_upstream", str, "",
+                          "OpenAI base URL; empty means the reverse-mode target.")
+        loader.add_option("aispendtrack_anthropic_upstream", str, DEFAULT_UPSTREAMS["anthropic"],
+                          "Anthropic base URL.")
+        loader.add_option("aispendtrack_flush_ms", int, 500,
+                          "How often the writer thread flushes rows to the database, in milliseconds.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "aispendtrack_openai_upstream" in updated or "aispendtrack_anthropic_upstream" in updated:
+            self.upstreams = {
+                "openai": _parse_upstream(ctx.options.aispendtrack_openai_upstream, "aispendtrack_openai_upstream"),
+                "anthropic": _parse_upstream(ctx.options.aispendtrack_anthropic_upstream,
+                                             "aispendtrack_anthropic_upstream"),
+            }
+        if "aispendtrack_flush_ms" in updated and ctx.options.aispendtrack_flush_ms < 10:
+            raise exceptions.OptionsError("aispendtrack_flush_ms must be at least 10.")
+        if "aispendtrack_home" in updated:
+            if self.writer is not None:
+                raise exceptions.OptionsError("aispendtrack_home cannot change while the proxy runs; restart it.")
+            self.home = home_dir.resolve(ctx.options.aispendtrack_home or None)
+            try:  # a bad override file stops the start, with the file's own error message
+                self.book = PriceBook(self.home / PRICES_FILE)
+            except PriceFileError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
+
+    def running(self) -> None:
+        if self.writer is not None:
+            return
+        if self.home is None:  # options left at their defaults never triggered configure
+            self.configure(set(_OPTIONS))
+        book = self.book
+        self.providers = all_providers(Counter(self.home / home_dir.CACHE_DIR / "tiktoken"))
+        self.writer = Writer(
+            home_dir.db_path(self.home), self.home / home_dir.SPILL_DIR,
+            build_row=lambda meter: build_row(meter, book), on_keys=self.keyring.replace,
+            flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=book.reload_if_changed)
+        self.writer.load_keys_now()
+        self.writer.start()
+        log.info("AiSpendTrack: data in %s, %d active keys", self.home, len(self.keyring))
+
+    def done(self) -> None:
+        if self.writer is not None:
+            self.writer.stop()
+            self.writer = None
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        path = req.path.split("?", 1)[0]
+        if path == HEALTH_PATH:
+            flow.response = http.Response.make(200, b'{"status": "ok"}', {"content-type": "application/json"})
+            return
+        provider = route(self.providers, path)
+        key_id = self.keyring.lookup(req.headers.get(KEY_HEADER))
+        if key_id is None:
+            self._refuse_key(flow, provider)
+            return
+        tags = [req.headers.get(name) for name in TAG_HEADERS]
+        for name, value in zip(TAG_HEADERS, tags):
+            if value is not None and not _valid_tag(value):
+                _refuse(flow, provider, 400, "aispendtrack_invalid_tag",
+                        f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
+                        f"(got {len(value)} characters). The call was not forwarded.")
+                return
+        for name in (KEY_HEADER, *TAG_HEADERS):
+            req.headers.pop(name, None)
+        self._send_upstream(req, provider)
+        flow.metadata[_META] = CallMeter(
+            provider, path, key_id, tags[0], tags[1], req.timestamp_start, req.raw_content,
+            req.headers.get("content-encoding", ""))
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        meter: CallMeter | None = flow.metadata.get(_META)
+        if meter is None:
+            return
+        res = flow.response
+        meter.start_response(res.status_code, res.headers.get("content-type", ""),
+                             res.headers.get("content-encoding", ""))
+        res.stream = meter.tap  # chunks go to the client as they arrive; the tap only reads along
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        meter: CallMeter | None = flow.metadata.pop(_META, None)
+        if meter is not None:
+            meter.finish(flow.response.status_code, "completed", None)
+            self.writer.submit(meter)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        meter: CallMeter | None = flow.metadata.pop(_META, None)
+        if meter is None:
+            return
+        message = flow.error.msg if flow.error else "unknown error"
+        client_gone = "client disconnected" in message.lower()
+        status = flow.response.status_code if flow.response else (None if client_gone else 502)
+        # Only the part before the first ": " — the rest can quote bytes of the response.
+        meter.finish(status, "client_disconnected" if client_gone else "upstream_failed",
+                     message.split(": ", 1)[0][:200])
+        self.writer.submit(meter)
+
+    def _refuse_key(self, flow: http.HTTPFlow, provider: Provider) -> None:
+        if KEY_HEADER not in flow.request.headers:
+            _refuse(flow, provider, 401, "aispendtrack_missing_key",
+                    f"Missing {KEY_HEADER} header. Add it to your client, e.g. "
+                    f"default_headers={{'{KEY_HEADER}': 'ask_...'}}; create a key with "
+                    f"`aispendtrack keys create --name NAME`.")
+        else:
+            _refuse(flow, provider, 401, "aispendtrack_invalid_key",
+                    f"The {KEY_HEADER} header is not an active AiSpendTrack key (unknown or revoked). "
+                    f"Check it with `aispendtrack keys list`; a new key works within 2 seconds of creation.")
+
+    def _send_upstream(self, req: http.Request, provider: Provider) -> None:
+        target = self.upstreams.get(provider.name)
+        if target is None:
+            return  # the reverse-mode target already is the upstream
+        scheme, host, port, base_path = target
+        req.scheme, req.host, req.port = scheme, host, port
+        if base_path:
+            req.path = base_path + req.path
+
+
+def _refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, message: str) -> None:
+    body = provider.error_body(status, message, code)
+    flow.response = http.Response.make(status, body, {"content-type": "application/json"})
+    log.info("refused %s %s: %s", flow.request.method, flow.request.path.split("?", 1)[0], code)
+
+
+def _valid_tag(value: str) -> bool:
+    return 0 < len(value) <= MAX_TAG_LENGTH and value.isprintable()
+
+
+def _parse_upstream(value: str, option: str) -> tuple[str, str, int, str] | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise exceptions.OptionsError(f"{option} must be an http(s) URL such as https://api.openai.com, "
+                                      f"got {value!r}.")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
+
+
+addons = [AiSpendTrack()]

@@ -1,0 +1,53 @@
+"""AiSpendTrack keys (``ask_...``): made here, stored only as a hash, checked in memory.
+
+A key carries 256 random bits, so a plain SHA-256 is a safe hash (no salt or slow hash
+needed: there is nothing to brute-force that is smaller than the key itself).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+PREFIX = "ask_"
+
+
+def new_key() -> str:
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def display_prefix(key: str) -> str:
+    return key[:10]
+
+
+class KeyRing:
+    """The active keys, as a snapshot that the store's writer thread replaces every few seconds.
+
+    Replacing the whole dict is atomic in CPython, so the request path reads it without a lock.
+    The dict is indexed by the first 16 hex digits of the hash (a selector) and the full hash is
+    then compared with ``hmac.compare_digest``, so the secret comparison takes constant time.
+    """
+
+    def __init__(self) -> None:
+        self._by_selector: dict[str, tuple[str, int]] = {}
+
+    def replace(self, active: dict[str, int]) -> None:
+        self._by_selector = {digest[:16]: (digest, key_id) for digest, key_id in active.items()}
+
+    def lookup(self, presented: str | None) -> int | None:
+        """The key's id if ``presented`` is an active key, else None."""
+        if not presented or not presented.startswith(PREFIX):
+            return None
+        digest = hash_key(presented)
+        entry = self._by_selector.get(digest[:16])
+        if entry is None or not hmac.compare_digest(entry[0], digest):
+            return None
+        return entry[1]
+
+    def __len__(self) -> int:
+        return len(self._by_selector)

@@ -1,0 +1,119 @@
+"""Anthropic's wire format: the Messages API (plain and streamed).
+
+Usage fields (see shared/reference/provider-usage.md, section 5): ``input_tokens`` already
+excludes cache reads and writes; ``cache_creation`` splits writes by TTL. In a stream the
+``message_delta`` usage is cumulative and overrides ``message_start`` field by field.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pricing.usage import TokenUsage
+
+from ..estimate import Counter
+from .base import Observed, Provider, StreamParser, count, loads
+
+MESSAGES = "/v1/messages"
+PATHS = (MESSAGES, "/v1/messages/count_tokens", "/v1/complete")
+_USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                 "cache_creation", "server_tool_use", "output_tokens_details")
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                502: "api_error", 504: "timeout_error"}
+
+
+def usage_from(raw: object) -> TokenUsage | None:
+    if not isinstance(raw, dict):
+        return None
+    split = raw.get("cache_creation")
+    one_hour = count(split, "ephemeral_1h_input_tokens")
+    written = count(raw, "cache_creation_input_tokens") or one_hour + count(split, "ephemeral_5m_input_tokens")
+    output = count(raw, "output_tokens")
+    return TokenUsage(
+        input_tokens=count(raw, "input_tokens"),
+        cache_read_tokens=count(raw, "cache_read_input_tokens"),
+        cache_write_tokens=written,
+        cache_write_1h_tokens=min(one_hour, written),
+        output_tokens=output,
+        reasoning_tokens=min(count(raw, "output_tokens_details", "thinking_tokens"), output),
+        web_search_requests=count(raw, "server_tool_use", "web_search_requests"),
+    )
+
+
+class AnthropicStream(StreamParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self._raw_usage: dict = {}
+
+    def feed(self, event: str | None, data: bytes) -> None:
+        if event == "content_block_delta":
+            self.keep_delta(data)
+            return
+        if event not in (None, "message_start", "message_delta", "message_stop", "error"):
+            return  # ping, content_block_start/stop, and event types added later
+        payload = loads(data) or {}
+        kind = payload.get("type", event)
+        if kind == "message_start":
+            message = payload.get("message") if isinstance(payload.get("message"), dict) else {}
+            self.observed.model = message.get("model")
+            self._merge(message.get("usage"))
+        elif kind == "message_delta":
+            self._merge(payload.get("usage"))
+        elif kind == "message_stop":
+            self.observed.complete = True
+        elif kind == "error":
+            error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+            self.observed.error = str(error.get("type") or "error")
+        elif kind == "content_block_delta":
+            self.keep_delta(data)
+
+    def _merge(self, usage: object) -> None:
+        # Cumulative: a later value replaces an earlier one; never add them up.
+        if isinstance(usage, dict):
+            self._raw_usage.update({k: v for k, v in usage.items() if k in _USAGE_FIELDS and v is not None})
+            self.observed.usage = usage_from(self._raw_usage)
+
+    def output_text(self) -> str:
+        parts = []
+        for data in self.deltas:
+            delta = (loads(data) or {}).get("delta")
+            if isinstance(delta, dict):
+                for key in ("text", "thinking", "partial_json"):
+                    if isinstance(delta.get(key), str):
+                        parts.append(delta[key])
+        return "".join(parts)
+
+
+class Anthropic(Provider):
+    name = "anthropic"
+    paths = PATHS
+
+    def __init__(self, counter: Counter | None = None):
+        self.counter = counter
+
+    def metered(self, path: str) -> bool:
+        return path == MESSAGES
+
+    def parse_body(self, path: str, body: dict) -> Observed:
+        return Observed(model=body.get("model"), usage=usage_from(body.get("usage")), complete=True)
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return AnthropicStream()
+
+    def estimate(self, path, request, parser, model) -> TokenUsage | None:
+        """Only for a stream cut short: the output generated so far, when message_delta never came."""
+        if self.counter is None or parser is None:
+            return None
+        seen = parser.observed.usage or TokenUsage()
+        estimated_output = self.counter.count(parser.output_text(), None)
+        if estimated_output <= seen.output_tokens:
+            return seen
+        return TokenUsage(input_tokens=seen.input_tokens, cache_read_tokens=seen.cache_read_tokens,
+                          cache_write_tokens=seen.cache_write_tokens,
+                          cache_write_1h_tokens=seen.cache_write_1h_tokens,
+                          output_tokens=estimated_output, web_search_requests=seen.web_search_requests)
+
+    def error_body(self, status: int, message: str, code: str) -> bytes:
+        kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()

@@ -1,0 +1,92 @@
+"""What every provider module gives the meter: routing, usage parsing, estimates, error bodies.
+
+A provider module subclasses ``Provider`` and ``StreamParser``; nothing outside the provider
+module looks at a provider's field names.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from pricing.usage import TokenUsage
+
+# Raw SSE payloads kept for an estimate, should the stream never report usage.
+MAX_KEPT_DELTA_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Observed:
+    """What a response told us. ``usage`` is None when it carried no usage at all."""
+
+    model: str | None = None
+    usage: TokenUsage | None = None
+    complete: bool = False      # a stream's terminal event was seen (always True for a full body)
+    error: str | None = None    # the provider's error type from an in-stream error event
+
+
+@dataclass
+class StreamParser:
+    """Per-call incremental parser. ``feed`` runs on the proxy's event loop, so it must stay cheap:
+    JSON-decode only the events that carry usage, and keep other payloads raw for later."""
+
+    observed: Observed = field(default_factory=Observed)
+    deltas: list[bytes] = field(default_factory=list)
+    _kept: int = 0
+
+    def feed(self, event: str | None, data: bytes) -> None:
+        raise NotImplementedError
+
+    def keep_delta(self, data: bytes) -> None:
+        if self._kept + len(data) <= MAX_KEPT_DELTA_BYTES:
+            self.deltas.append(data)
+            self._kept += len(data)
+
+    def output_text(self) -> str:
+        """The generated text seen so far (decoded lazily, off the event loop)."""
+        raise NotImplementedError
+
+
+class Provider:
+    name: str = ""
+    # Path prefixes this provider answers on the shared port, e.g. ("/v1/messages",).
+    paths: tuple[str, ...] = ()
+
+    def metered(self, path: str) -> bool:
+        """Whether calls to this path carry billable usage we parse."""
+        raise NotImplementedError
+
+    def parse_body(self, path: str, body: dict) -> Observed:
+        raise NotImplementedError
+
+    def stream_parser(self, path: str) -> StreamParser:
+        raise NotImplementedError
+
+    def estimate(self, path: str, request: dict | None, parser: StreamParser | None,
+                 model: str | None) -> TokenUsage | None:
+        """Our own count when the provider reported none; None when we cannot tell."""
+        return None
+
+    def error_body(self, status: int, message: str, code: str) -> bytes:
+        """An error in the shape this provider's SDK parses, so the caller sees ``message``."""
+        raise NotImplementedError
+
+
+def loads(data: bytes | str) -> dict | None:
+    """JSON object or None: provider payloads are untrusted and may be cut short."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def count(obj: object, *path: str) -> int:
+    """A non-negative integer at ``obj[path...]``, or 0 when absent, null or not a number."""
+    for key in path:
+        if not isinstance(obj, dict):
+            return 0
+        obj = obj.get(key)
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)) or obj < 0:
+        return 0
+    return int(obj)

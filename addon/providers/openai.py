@@ -1,0 +1,189 @@
+"""OpenAI's wire format: chat completions, responses, embeddings and legacy completions.
+
+Usage fields (see shared/reference/provider-usage.md, sections 1-4):
+``cached_tokens`` and ``cache_write_tokens`` are inside ``prompt_tokens``/``input_tokens``;
+``reasoning_tokens`` is inside ``completion_tokens``/``output_tokens``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pricing.usage import TokenUsage
+
+from ..estimate import Counter
+from .base import Observed, Provider, StreamParser, count, loads
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+RESPONSES = "/v1/responses"
+EMBEDDINGS = "/v1/embeddings"
+_METERED = (CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS)
+_RESPONSE_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+# OpenAI's recipe for chat framing: tokens per message, and to prime the assistant's reply.
+_PER_MESSAGE, _REPLY_PRIMING = 3, 3
+
+
+def usage_from(raw: object) -> TokenUsage | None:
+    """Normalise a chat/completions/embeddings ``usage`` or a Responses ``usage``."""
+    if not isinstance(raw, dict):
+        return None
+    if "input_tokens" in raw:  # Responses API names
+        prompt, completion = count(raw, "input_tokens"), count(raw, "output_tokens")
+        in_details, out_details = raw.get("input_tokens_details"), raw.get("output_tokens_details")
+    else:
+        prompt, completion = count(raw, "prompt_tokens"), count(raw, "completion_tokens")
+        in_details, out_details = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
+    cached = min(count(in_details, "cached_tokens"), prompt)
+    written = min(count(in_details, "cache_write_tokens"), prompt - cached)
+    return TokenUsage(
+        input_tokens=prompt - cached - written,
+        cache_read_tokens=cached,
+        cache_write_tokens=written,
+        output_tokens=completion,
+        reasoning_tokens=min(count(out_details, "reasoning_tokens"), completion),
+    )
+
+
+class OpenAIStream(StreamParser):
+    def __init__(self, path: str):
+        super().__init__()
+        self.responses_api = path == RESPONSES
+
+    def feed(self, event: str | None, data: bytes) -> None:
+        if self.responses_api:
+            self._feed_responses(event, data)
+        else:
+            self._feed_chat(data)
+
+    def _feed_chat(self, data: bytes) -> None:
+        if data == b"[DONE]":
+            self.observed.complete = True
+            return
+        # Only the usage chunk, the first chunk (model) and errors are decoded here.
+        if self.observed.model is None or _may_carry_usage(data) or b'"error"' in data:
+            chunk = loads(data) or {}
+            self.observed.model = self.observed.model or chunk.get("model")
+            if chunk.get("usage"):
+                self.observed.usage = usage_from(chunk["usage"])
+            if isinstance(chunk.get("error"), dict):
+                self.observed.error = str(chunk["error"].get("type") or chunk["error"].get("code") or "error")
+        if self.observed.usage is None:
+            self.keep_delta(data)
+
+    def _feed_responses(self, event: str | None, data: bytes) -> None:
+        if event == "response.output_text.delta" or event is None and b'"response.output_text.delta"' in data:
+            self.keep_delta(data)
+            return
+        if event not in (None, "response.created", "error", *_RESPONSE_TERMINAL):
+            return
+        payload = loads(data) or {}
+        kind = payload.get("type", event)
+        response = payload.get("response") if isinstance(payload.get("response"), dict) else {}
+        self.observed.model = response.get("model") or self.observed.model
+        if kind in _RESPONSE_TERMINAL:
+            self.observed.complete = True
+            self.observed.usage = usage_from(response.get("usage")) or self.observed.usage
+            if kind == "response.failed":
+                self.observed.error = "response.failed"
+        elif kind == "error":
+            self.observed.error = str(payload.get("code") or "error")
+
+    def output_text(self) -> str:
+        parts: list[str] = []
+        for data in self.deltas:
+            chunk = loads(data)
+            if chunk is None:
+                continue
+            if self.responses_api:
+                parts.append(str(chunk.get("delta") or ""))
+                continue
+            for choice in chunk.get("choices") or ():
+                parts.extend(_choice_texts(choice))
+        return "".join(parts)
+
+
+def _may_carry_usage(data: bytes) -> bool:
+    # Chunks may carry "usage": null throughout; decoding each of those would be wasted work.
+    return b'"usage"' in data and b'"usage":null' not in data and b'"usage": null' not in data
+
+
+def _choice_texts(choice: object) -> list[str]:
+    if not isinstance(choice, dict):
+        return []
+    delta = choice.get("delta") or {}
+    if "text" in choice:  # legacy completions stream
+        return [str(choice.get("text") or "")]
+    texts = [str(delta.get("content") or ""), str(delta.get("reasoning_content") or "")]
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") or {} if isinstance(call, dict) else {}
+        texts += [str(function.get("name") or ""), str(function.get("arguments") or "")]
+    return texts
+
+
+class OpenAI(Provider):
+    name = "openai"
+    paths = ("/v1/",)
+
+    def __init__(self, counter: Counter | None = None):
+        self.counter = counter
+
+    def metered(self, path: str) -> bool:
+        return path in _METERED
+
+    def parse_body(self, path: str, body: dict) -> Observed:
+        return Observed(model=body.get("model"), usage=usage_from(body.get("usage")), complete=True)
+
+    def stream_parser(self, path: str) -> StreamParser:
+        return OpenAIStream(path)
+
+    def estimate(self, path, request, parser, model) -> TokenUsage | None:
+        if parser is not None and parser.observed.usage is not None:
+            return parser.observed.usage  # the usage chunk came; only [DONE] was missed
+        if self.counter is None or request is None:
+            return None
+        prompt = self._prompt_tokens(path, request, model)
+        output = self.counter.count(parser.output_text(), model) if parser is not None else 0
+        return TokenUsage(input_tokens=prompt, output_tokens=output)
+
+    def _prompt_tokens(self, path: str, request: dict, model: str | None) -> int:
+        if path == CHAT:
+            messages = request.get("messages") or []
+            total = _REPLY_PRIMING
+            for message in messages if isinstance(messages, list) else ():
+                if isinstance(message, dict):
+                    total += _PER_MESSAGE + sum(self.counter.count(t, model) for t in _message_texts(message))
+            return total
+        texts = _input_texts(request.get("input" if path in (RESPONSES, EMBEDDINGS) else "prompt"))
+        texts.append(str(request.get("instructions") or ""))
+        return sum(self.counter.count(t, model) for t in texts)
+
+    def error_body(self, status: int, message: str, code: str) -> bytes:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        if status == 429:
+            kind = "rate_limit_exceeded"
+        return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+
+
+def _message_texts(message: dict) -> list[str]:
+    texts = [str(message.get("role") or "")]
+    if message.get("name"):
+        texts.append(str(message["name"]))
+    texts += _input_texts(message.get("content"))
+    return texts
+
+
+def _input_texts(value: object) -> list[str]:
+    """Text inside a string, a list of strings, or a list of content parts / input items."""
+    if isinstance(value, str):
+        return [value]
+    texts: list[str] = []
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, dict):
+                if isinstance(item.get("text"), str):
+                    texts.append(item["text"])
+                texts += _input_texts(item.get("content"))
+    return texts

@@ -1,0 +1,140 @@
+"""From a finished call's meter to the row we store: usage, where it came from, and its price.
+
+Runs on the writer thread, off the request path: JSON decoding of full bodies, token
+estimates and price look-ups all happen here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+
+from pricing import Price, PriceBook
+from pricing.usage import TokenUsage
+
+from .decoding import BodyDecoder, DecodeError
+from .meter import BodyBuffer, CallMeter
+from .providers import Observed
+from .providers.base import loads
+
+log = logging.getLogger(__name__)
+MAX_REQUEST_PARSE_BYTES = 32 * 1024 * 1024
+_MODEL_IN_HEAD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+_NO_PRICE = Price(None, None)
+
+
+def build_row(meter: CallMeter, book: PriceBook) -> dict:
+    """The row for a finished call. Never raises: a bug in parsing or pricing must not lose the call."""
+    try:
+        return _full_row(meter, book)
+    except Exception:
+        log.exception("could not read the usage of call %s; storing it without usage", meter.id)
+        row = _row(meter, Observed(), None, None, "none", _NO_PRICE)
+        row["error"] = "usage unreadable: internal error"
+        return row
+
+
+def _full_row(meter: CallMeter, book: PriceBook) -> dict:
+    ts = _ts(meter)
+    observed = _observe(meter)
+    request = _RequestBody(meter)
+    model = observed.model or request.model()
+    usage, source = _usage(meter, observed, request, model)
+    price = book.price(usage, meter.provider.name, model, ts) if usage is not None else _NO_PRICE
+    return _row(meter, observed, model, usage, source, price)
+
+
+def _ts(meter: CallMeter) -> dt.datetime:
+    return dt.datetime.fromtimestamp(meter.started_at, dt.UTC)
+
+
+def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUsage | None,
+         source: str, price: Price) -> dict:
+    usage = usage or TokenUsage()
+    finished = meter.finished_at or meter.started_at
+    error = meter.error or observed.error
+    if error is None and meter.read_failure and meter.provider.metered(meter.path):
+        error = f"usage unreadable: {meter.read_failure}"
+    return {
+        "id": meter.id, "ts": _ts(meter), "key_id": meter.key_id, "provider": meter.provider.name,
+        "endpoint": meter.path, "model": model, "stream": meter.stream, "status": meter.status,
+        "outcome": meter.outcome, "error": error,
+        "input_tokens": usage.input_tokens, "cache_read_tokens": usage.cache_read_tokens,
+        "cache_write_tokens": usage.cache_write_tokens, "cache_write_1h_tokens": usage.cache_write_1h_tokens,
+        "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens,
+        "web_search_requests": usage.web_search_requests,
+        "cost_usd": price.cost_usd, "priced": price.priced, "price_source": price.source,
+        "usage_source": source, "customer_id": meter.customer_id, "feature": meter.feature,
+        "latency_ms": round((finished - meter.started_at) * 1000, 3),
+        "ttft_ms": round((meter.first_byte_at - meter.started_at) * 1000, 3)
+        if meter.stream and meter.first_byte_at else None,
+    }
+
+
+def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
+           model: str | None) -> tuple[TokenUsage | None, str]:
+    provider = meter.provider
+    if not provider.metered(meter.path):
+        return None, "none"
+    interrupted = meter.outcome != "completed" or not observed.complete or meter.read_failure is not None
+    if not interrupted and observed.usage is not None:
+        return observed.usage, "reported"
+    if meter.status is None or meter.status >= 400 and observed.usage is None:
+        return None, "none"  # refused or failed before generating: nothing billable
+    estimate = provider.estimate(meter.path, request.json(), meter.parser, model)
+    if estimate is None:
+        return None, "none"
+    return estimate, "partial" if interrupted else "estimated"
+
+
+def _observe(meter: CallMeter) -> Observed:
+    if meter.parser is not None:
+        return meter.parser.observed
+    if meter.body is None:
+        return Observed()
+    if not meter.body.truncated:
+        body = loads(bytes(meter.body.head))
+        return meter.provider.parse_body(meter.path, body) if body else Observed()
+    return _observe_large(meter, meter.body)
+
+
+def _observe_large(meter: CallMeter, body: BodyBuffer) -> Observed:
+    """A body too large to keep (e.g. many embeddings): model from its head, usage from its tail."""
+    found = _MODEL_IN_HEAD.search(body.head)
+    start = body.tail.rfind(b'"usage"')
+    usage_json = None
+    if start >= 0:
+        colon = body.tail.find(b":", start)
+        try:
+            usage_json, _ = json.JSONDecoder().raw_decode(body.tail[colon + 1:].decode("utf-8").lstrip())
+        except (ValueError, UnicodeDecodeError):
+            usage_json = None
+    partial = {"model": found.group(1).decode() if found else None, "usage": usage_json}
+    return meter.provider.parse_body(meter.path, partial)
+
+
+class _RequestBody:
+    """The request's JSON, decoded at most once and only when something needs it."""
+
+    def __init__(self, meter: CallMeter):
+        self._meter = meter
+        self._parsed: dict | None = None
+        self._done = False
+
+    def json(self) -> dict | None:
+        if not self._done:
+            self._done = True
+            raw = self._meter.request_body
+            if raw and len(raw) <= MAX_REQUEST_PARSE_BYTES:
+                try:
+                    raw = BodyDecoder(self._meter.request_encoding, MAX_REQUEST_PARSE_BYTES).feed(raw)
+                except DecodeError:
+                    raw = None
+                self._parsed = loads(raw) if raw else None
+        return self._parsed
+
+    def model(self) -> str | None:
+        model = (self.json() or {}).get("model")
+        return model if isinstance(model, str) else None

@@ -1,0 +1,53 @@
+"""SQL for the ``calls`` table: one row per proxied call, metadata only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+
+# (column, DuckDB type) in table order; rows are dicts keyed by these names.
+CALL_COLUMNS: list[tuple[str, str]] = [
+    ("id", "UUID"), ("ts", "TIMESTAMPTZ"), ("key_id", "INTEGER"), ("provider", "VARCHAR"),
+    ("endpoint", "VARCHAR"), ("model", "VARCHAR"), ("stream", "BOOLEAN"), ("status", "INTEGER"),
+    ("outcome", "VARCHAR"), ("error", "VARCHAR"),
+    ("input_tokens", "BIGINT"), ("cache_read_tokens", "BIGINT"), ("cache_write_tokens", "BIGINT"),
+    ("cache_write_1h_tokens", "BIGINT"), ("output_tokens", "BIGINT"), ("reasoning_tokens", "BIGINT"),
+    ("web_search_requests", "INTEGER"), ("cost_usd", "DECIMAL(18, 10)"), ("priced", "BOOLEAN"),
+    ("price_source", "VARCHAR"), ("usage_source", "VARCHAR"), ("customer_id", "VARCHAR"),
+    ("feature", "VARCHAR"), ("latency_ms", "DOUBLE"), ("ttft_ms", "DOUBLE"),
+]
+COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
+
+# Column-wise UNNEST binds one list per column: ~50x faster than executemany in DuckDB.
+_BATCH = "SELECT " + ", ".join(f"unnest(?::{typ}[]) AS {name}" for name, typ in CALL_COLUMNS)
+
+
+def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: bool = False) -> int:
+    """Insert rows in one statement. ``skip_existing`` drops ids already stored (spill replay)."""
+    if not rows:
+        return 0
+    params = [[row[name] for row in rows] for name in COLUMN_NAMES]
+    sql = f"INSERT INTO calls {_BATCH}"
+    if skip_existing:
+        sql = (f"INSERT INTO calls SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
+               f"(SELECT id FROM calls WHERE ts BETWEEN ? AND ?)")
+        params += [min(r["ts"] for r in rows), max(r["ts"] for r in rows)]
+    con.execute(sql, params)
+    return len(rows)
+
+
+def newest(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict]:
+    cur = con.execute(f"SELECT {', '.join(COLUMN_NAMES)} FROM calls ORDER BY ts DESC, id LIMIT ?", [limit])
+    return [dict(zip(COLUMN_NAMES, values)) for values in cur.fetchall()]
+
+
+def unpriced_models(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Models seen in calls we could not price, with how often and when last."""
+    cur = con.execute("""
+        SELECT provider, model, count(*) AS calls, max(ts) AS last_seen
+        FROM calls
+        WHERE NOT priced AND usage_source <> 'none' AND model IS NOT NULL
+        GROUP BY provider, model ORDER BY calls DESC, model
+    """)
+    return [dict(zip(("provider", "model", "calls", "last_seen"), v)) for v in cur.fetchall()]

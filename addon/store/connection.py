@@ -1,0 +1,73 @@
+"""Opening the DuckDB file, given that only one process may have it open for writing.
+
+DuckDB takes an exclusive file lock for a read-write connection and a shared one for
+read-only connections, so the proxy's writer holds the file only while it flushes a batch,
+and every other open (CLI, web) waits for its turn with a short retry instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from . import migrations
+
+
+class StoreBusy(RuntimeError):
+    """The file stayed locked by another process for longer than we were willing to wait."""
+
+
+def _is_lock_conflict(exc: duckdb.Error) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _is_lock_conflict(exc) or time.monotonic() >= deadline:
+                if _is_lock_conflict(exc):
+                    raise StoreBusy(
+                        f"{path} is locked by another process (another aispendtrack command, or a second "
+                        f"proxy on the same data directory). Retried for {timeout:.0f}s; try again, or "
+                        f"stop the other process.") from None
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+
+@contextlib.contextmanager
+def writing(path: Path, timeout: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection with the schema up to date; closed (lock released) on exit."""
+    con = _connect(path, read_only=False, timeout=timeout)
+    try:
+        migrations.apply_pending(con)
+        yield con
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def reading(path: Path, timeout: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection. Creates and migrates the file first if needed (the reader cannot)."""
+    if not path.exists():
+        with writing(path, timeout):
+            pass
+    con = _connect(path, read_only=True, timeout=timeout)
+    try:
+        if not migrations.is_current(con):
+            con.close()
+            with writing(path, timeout):
+                pass
+            con = _connect(path, read_only=True, timeout=timeout)
+        yield con
+    finally:
+        con.close()

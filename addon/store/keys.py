@@ -1,0 +1,37 @@
+"""SQL for the ``keys`` table. Keys are stored only as hashes (see addon/keys.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+
+_COLUMNS = ("id", "name", "prefix", "created_at", "revoked_at")
+
+
+def add(con: duckdb.DuckDBPyConnection, name: str, key_hash: str, prefix: str) -> int:
+    (key_id,) = con.execute(
+        "INSERT INTO keys (name, key_hash, prefix, created_at) VALUES (?, ?, ?, now()) RETURNING id",
+        [name, key_hash, prefix]).fetchone()
+    return key_id
+
+
+def all_keys(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM keys ORDER BY id")
+    return [dict(zip(_COLUMNS, values)) for values in cur.fetchall()]
+
+
+def revoke(con: duckdb.DuckDBPyConnection, key_id: int) -> dt.datetime | None:
+    """Revoke a key; returns when it was revoked (earlier revokes are kept), None if no such key."""
+    row = con.execute("UPDATE keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = ? RETURNING revoked_at",
+                      [key_id]).fetchone()
+    return row[0] if row else None
+
+
+def active_hashes(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """key_hash -> key id for every key that may be used now."""
+    return dict(con.execute("SELECT key_hash, id FROM keys WHERE revoked_at IS NULL").fetchall())
+
+
+def count(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute("SELECT count(*) FROM keys").fetchone()[0]

@@ -1,0 +1,78 @@
+"""Schema changes, in order. Each is recorded by name in ``schema_migrations`` once applied.
+
+Append new migrations at the end; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+
+def m001_calls_and_keys(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE SEQUENCE keys_id_seq START 1;
+        CREATE TABLE keys (
+            id INTEGER PRIMARY KEY DEFAULT nextval('keys_id_seq'),
+            name VARCHAR NOT NULL,
+            key_hash VARCHAR NOT NULL UNIQUE,   -- sha256 of the key; the key itself is never stored
+            prefix VARCHAR NOT NULL,            -- first characters, so a person can tell keys apart
+            created_at TIMESTAMPTZ NOT NULL,
+            revoked_at TIMESTAMPTZ
+        );
+        -- No primary key on purpose: an index over tens of millions of UUIDs costs memory and
+        -- insert speed on every write, and only a spill-file replay needs to dedupe (it does so itself).
+        CREATE TABLE calls (
+            id UUID NOT NULL,
+            ts TIMESTAMPTZ NOT NULL,
+            key_id INTEGER,
+            provider VARCHAR NOT NULL,
+            endpoint VARCHAR NOT NULL,
+            model VARCHAR,
+            stream BOOLEAN NOT NULL,
+            status INTEGER,
+            outcome VARCHAR NOT NULL,
+            error VARCHAR,
+            input_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            cache_write_1h_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            reasoning_tokens BIGINT NOT NULL,
+            web_search_requests INTEGER NOT NULL,
+            cost_usd DECIMAL(18, 10),
+            priced BOOLEAN NOT NULL,
+            price_source VARCHAR,
+            usage_source VARCHAR NOT NULL,
+            customer_id VARCHAR,
+            feature VARCHAR,
+            latency_ms DOUBLE,
+            ttft_ms DOUBLE
+        );
+    """)
+
+
+MIGRATIONS = [m001_calls_and_keys]
+
+
+def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply every migration not yet recorded, each in its own transaction. Returns their names."""
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    done = {name for (name,) in con.execute("SELECT name FROM schema_migrations").fetchall()}
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.__name__ in done:
+            continue
+        con.execute("BEGIN")
+        migration(con)
+        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
+        con.execute("COMMIT")
+        applied.append(migration.__name__)
+    return applied
+
+
+def is_current(con: duckdb.DuckDBPyConnection) -> bool:
+    try:
+        done = {name for (name,) in con.execute("SELECT name FROM schema_migrations").fetchall()}
+    except duckdb.CatalogException:
+        return False
+    return all(m.__name__ in done for m in MIGRATIONS)

@@ -1,0 +1,146 @@
+"""The proxy's one writer thread: the only code in the proxy process that touches the database.
+
+The request path only calls ``submit`` (a queue put). This thread turns finished calls into
+rows, writes them in batches, and refreshes the key snapshot from the same connection, so
+the proxy never opens the file twice with different settings. It holds the file only while
+it flushes, so CLI and web readers in other processes get their turn in between.
+
+Nothing is dropped: if the database cannot be written (locked, read-only, disk full) rows
+stay queued and are retried each cycle; past ``spill_after`` rows or seconds they are
+appended to a JSON-lines file under ``spill/`` and replayed, exactly once, when the
+database is writable again (also after a restart).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import calls, keys
+from .connection import writing
+
+log = logging.getLogger(__name__)
+
+
+class Writer(threading.Thread):
+    def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict],
+                 on_keys: Callable[[dict[str, int]], None], flush_interval: float = 0.5,
+                 key_refresh: float = 2.0, spill_after_rows: int = 10_000, spill_after_seconds: float = 30.0,
+                 on_cycle: Callable[[], None] | None = None):
+        super().__init__(name="aispendtrack-writer", daemon=True)
+        self.db_path, self.spill_dir = db_path, spill_dir
+        self.build_row, self.on_keys, self.on_cycle = build_row, on_keys, on_cycle
+        self.flush_interval, self.key_refresh = flush_interval, key_refresh
+        self.spill_after_rows, self.spill_after_seconds = spill_after_rows, spill_after_seconds
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: list[dict] = []
+        self._stopping = threading.Event()
+        self._keys_due = 0.0
+        self._failing_since: float | None = None
+        self._last_warning = 0.0
+        self._spill_seq = 0
+        self.rows_written = 0
+
+    def submit(self, item: object) -> None:
+        """Called on the request path: never blocks, never raises."""
+        self._queue.put(item)
+
+    def load_keys_now(self, timeout: float = 10.0) -> None:
+        """Before serving: migrate the schema and load the keys (blocking, at start-up only)."""
+        with writing(self.db_path, timeout=timeout) as con:
+            self.on_keys(keys.active_hashes(con))
+        self._keys_due = time.monotonic() + self.key_refresh
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            self._stopping.wait(self.flush_interval)
+            self.cycle(lock_timeout=0.2)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Flush everything; whatever the database will not take now goes to a spill file."""
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout)
+        self.cycle(lock_timeout=5.0, force_keys=False)
+        if self._pending:
+            self._spill()
+
+    def cycle(self, lock_timeout: float, force_keys: bool | None = None) -> None:
+        self._drain()
+        if self.on_cycle is not None:
+            self.on_cycle()
+        keys_due = time.monotonic() >= self._keys_due if force_keys is None else force_keys
+        spills = self._spill_files()
+        if not (self._pending or spills or keys_due):
+            return
+        try:
+            with writing(self.db_path, timeout=lock_timeout) as con:
+                for path in spills:
+                    self._replay(con, path)
+                if self._pending:
+                    self.rows_written += calls.insert(con, self._pending)
+                    self._pending = []
+                if keys_due:
+                    self.on_keys(keys.active_hashes(con))
+                    self._keys_due = time.monotonic() + self.key_refresh
+            self._failing_since = None
+        except Exception as exc:  # locked, read-only, disk full...: keep the rows, try again
+            self._on_failure(exc)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._pending.append(self._row(item))
+
+    def _row(self, item: object) -> dict:
+        return self.build_row(item)  # build_row never raises: it falls back to a row without usage
+
+    def _on_failure(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self._failing_since = self._failing_since or now
+        if now - self._last_warning > 30:
+            self._last_warning = now
+            log.warning("cannot write %s (%s: %s); %d rows kept and retried", self.db_path,
+                        type(exc).__name__, str(exc).splitlines()[0][:200], len(self._pending))
+        if (len(self._pending) >= self.spill_after_rows
+                or self._pending and now - self._failing_since >= self.spill_after_seconds):
+            self._spill()
+
+    def _spill(self) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        self._spill_seq += 1
+        path = self.spill_dir / f"{time.time_ns()}-{os.getpid()}-{self._spill_seq}.jsonl"
+        lines = "".join(json.dumps(row, default=str) + "\n" for row in self._pending)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+        log.warning("spilled %d rows to %s; they are written once the database is writable", len(self._pending), path)
+        self._pending = []
+
+    def _spill_files(self) -> list[Path]:
+        if not self.spill_dir.is_dir():
+            return []
+        return sorted(self.spill_dir.glob("*.jsonl"))
+
+    def _replay(self, con, path: Path) -> None:
+        rows = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short by a crash while spilling
+                log.error("skipping unreadable line %d of %s", n, path)
+        written = calls.insert(con, rows, skip_existing=True)  # a crash after insert, before unlink: no doubles
+        path.unlink()
+        self.rows_written += written
+        log.info("replayed %d rows from %s", written, path)
+

@@ -1,0 +1,1 @@
+"""The ``aispendtrack`` command line: one module per command group."""

@@ -1,0 +1,34 @@
+"""``aispendtrack calls``: the recorded calls, newest first."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+
+from addon.store import calls as call_rows
+from addon.store import reading
+
+from .output import emit, format_option, money, tokens
+
+
+@click.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="How many calls to show.")
+@format_option()
+@click.pass_obj
+def calls(obj, limit: int, fmt: str) -> None:
+    """Show recorded calls with tokens and cost (metadata only)."""
+    with reading(obj.db) as con:
+        rows = call_rows.newest(con, limit)
+    emit(rows, fmt, [
+        ("TIME (UTC)", lambda r: r["ts"].astimezone(dt.UTC).strftime("%m-%d %H:%M:%S"), "<"),
+        ("KEY", lambda r: str(r["key_id"]), ">"),
+        ("MODEL", lambda r: r["model"] or "-", "<"),
+        ("IN", lambda r: tokens(r["input_tokens"]), ">"),
+        ("CACHE R/W", lambda r: f'{tokens(r["cache_read_tokens"])}/{tokens(r["cache_write_tokens"])}', ">"),
+        ("OUT", lambda r: tokens(r["output_tokens"]), ">"),
+        ("COST", lambda r: money(r["cost_usd"]) if r["usage_source"] != "none" else "-", ">"),
+        ("USAGE", lambda r: r["usage_source"], "<"),
+        ("STATUS", lambda r: f'{r["status"] or "-"}{"" if r["outcome"] == "completed" else " " + r["outcome"]}', "<"),
+    ])

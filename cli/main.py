@@ -1,0 +1,42 @@
+"""``aispendtrack``: run the proxy, manage keys, see what calls cost.
+
+    aispendtrack proxy --port 8080
+    aispendtrack keys create --name backend
+    aispendtrack calls --limit 20
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from addon import home as home_dir
+
+from . import calls, keys, prices, proxy
+
+
+@dataclass
+class Context:
+    home: Path
+
+    @property
+    def db(self) -> Path:
+        return home_dir.db_path(self.home)
+
+
+@click.group()
+@click.option("--home", "home", envvar=home_dir.ENV_VAR, type=click.Path(file_okay=False),
+              help="Data directory [env AISPENDTRACK_HOME; default ~/.aispendtrack].")
+@click.version_option(package_name="aispendtrack")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """AiSpendTrack: see where your LLM money goes."""
+    ctx.obj = Context(home=home_dir.resolve(home))
+
+
+cli.add_command(proxy.proxy)
+cli.add_command(keys.keys)
+cli.add_command(calls.calls)
+cli.add_command(prices.prices)

@@ -1,0 +1,69 @@
+"""``aispendtrack proxy``: mitmproxy in reverse mode with the AiSpendTrack addon, in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+
+from addon.providers import DEFAULT_UPSTREAMS
+from addon.store import keys as key_rows
+from addon.store import writing
+
+from .keys import create_key
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--openai-upstream", default=DEFAULT_UPSTREAMS["openai"], show_default=True,
+              help="Where OpenAI calls go.")
+@click.option("--anthropic-upstream", default=DEFAULT_UPSTREAMS["anthropic"], show_default=True,
+              help="Where Anthropic calls go.")
+@click.option("--flush-ms", default=500, show_default=True, type=click.IntRange(10, 60_000),
+              help="How often rows are written to the database.")
+@click.pass_obj
+def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, flush_ms: int) -> None:
+    """Run the metering proxy. Point your SDK's base_url at it."""
+    _first_key(obj.db)
+    click.echo(f"AiSpendTrack proxy on http://{host}:{port}  (data: {obj.home})")
+    click.echo(f"  OpenAI:    OpenAI(base_url='http://{host}:{port}/v1', default_headers={{'x-aispendtrack-key': ...}})")
+    click.echo(f"  Anthropic: Anthropic(base_url='http://{host}:{port}', default_headers={{'x-aispendtrack-key': ...}})")
+    try:
+        asyncio.run(_serve(obj.home, host, port, openai_upstream, anthropic_upstream, flush_ms))
+    except Exception as exc:
+        from mitmproxy import exceptions
+        if isinstance(exc, exceptions.OptionsError):
+            raise click.ClickException(str(exc)) from None
+        raise
+
+
+def _first_key(db) -> None:
+    """A first start with no keys makes one, so a newcomer can call right away."""
+    with writing(db) as con:
+        if key_rows.count(con):
+            return
+    key_id, key = create_key(db, "default")
+    click.echo(f"No keys yet, so created key {key_id} (default). It is shown only this once:\n\n    {key}\n")
+
+
+async def _serve(home, host, port, openai_upstream, anthropic_upstream, flush_ms) -> None:
+    from mitmproxy.options import Options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from addon.aispendtrack import AiSpendTrack
+
+    opts = Options(listen_host=host, listen_port=port, mode=[f"reverse:{openai_upstream}"])
+    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    # Lazy: the upstream is chosen per request (OpenAI or Anthropic), not per client connection.
+    opts.update(connection_strategy="lazy", termlog_verbosity="info")
+    master.addons.add(AiSpendTrack())
+    opts.update(aispendtrack_home=str(home), aispendtrack_openai_upstream=openai_upstream,
+                aispendtrack_anthropic_upstream=anthropic_upstream, aispendtrack_flush_ms=flush_ms)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    logging.getLogger("addon").setLevel(logging.INFO)
+    await master.run()

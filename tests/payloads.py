@@ -1,0 +1,249 @@
+"""Provider responses as they appear on the wire (shared/reference/provider-usage.md).
+
+Usage objects marked VERBATIM in the reference are copied as they are; ids and texts are
+filler. ``reply_for`` picks the response for a path, the request, and a test scenario.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+STREAM_TEXT = ["Hello", " there", "!", " How", " can", " I", " help", " you", " today", "?"]
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    events: list[bytes] | None = None  # SSE events: a streamed reply
+    headers: dict[str, str] = field(default_factory=dict)
+    gzip: bool = False
+    gated: bool = False        # pause after the first event until the test opens the gate
+    delay: float = 0.0         # seconds between events
+    die_after: int | None = None  # close the connection after this many pieces
+    split: int | None = None   # cut the stream into pieces of this many bytes
+
+    def pieces(self) -> list[bytes]:
+        if self.split is None:
+            return self.events
+        whole = b"".join(self.events)
+        return [whole[i:i + self.split] for i in range(0, len(whole), self.split)]
+
+
+def _json(obj: dict, status: int = 200, **headers: str) -> Reply:
+    return Reply(status=status, body=json.dumps(obj).encode(), headers=headers)
+
+
+def _data(obj: dict | str) -> bytes:
+    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n".encode()
+
+
+def _event(name: str, obj: dict) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(obj)}\n\n".encode()
+
+
+# --- OpenAI chat completions -------------------------------------------------------------
+
+USAGE_REASONING = {"completion_tokens": 561,  # VERBATIM, gpt-5-mini-2025-08-07
+                   "completion_tokens_details": {"accepted_prediction_tokens": 0, "audio_tokens": 0,
+                                                 "reasoning_tokens": 512, "rejected_prediction_tokens": 0},
+                   "prompt_tokens": 156, "prompt_tokens_details": {"audio_tokens": 0, "cached_tokens": 0},
+                   "total_tokens": 717}
+USAGE_CACHED = {"completion_tokens": 4,  # VERBATIM, prompt cache e2e
+                "completion_tokens_details": {"accepted_prediction_tokens": 0, "audio_tokens": 0,
+                                              "reasoning_tokens": 0, "rejected_prediction_tokens": 0},
+                "prompt_tokens": 4020,
+                "prompt_tokens_details": {"audio_tokens": 0, "cache_write_tokens": 0, "cached_tokens": 4012},
+                "total_tokens": 4024}
+LEGACY_BODY = {"id": "chatcmpl-ABfvaueLEMLNYbT8YzpJxsmiQ6HSY", "object": "chat.completion",  # VERBATIM
+               "created": 1727346142, "model": "gpt-4o-2024-08-06",
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": "I'm unable to provide "
+                            "real-time weather updates. ...", "refusal": None}, "logprobs": None,
+                            "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 14, "completion_tokens": 37, "total_tokens": 51,
+                         "completion_tokens_details": {"reasoning_tokens": 0}},
+               "system_fingerprint": "fp_b40fb1c6fb"}
+STREAM_USAGE = {"prompt_tokens": 79, "completion_tokens": 14, "total_tokens": 93,  # VERBATIM stream tail
+                "completion_tokens_details": {"reasoning_tokens": 0}}
+
+
+def _chat_body(model: str, usage: dict) -> dict:
+    return {"id": "chatcmpl-test", "object": "chat.completion", "created": 1727346142, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!", "refusal": None},
+                         "logprobs": None, "finish_reason": "stop"}], "usage": usage}
+
+
+def _chat_chunk(delta: dict, finish: str | None = None, usage_null: bool = False) -> dict:
+    chunk = {"id": "chatcmpl-ABfw1e5abtU8OwGr15vOreYVb2MiF", "object": "chat.completion.chunk",
+             "created": 1727346169, "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp_5050236cbd",
+             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    if usage_null:
+        chunk["usage"] = None
+    return chunk
+
+
+def chat_stream(include_usage: bool, usage_null: bool = False, repeat: int = 1) -> list[bytes]:
+    events = [_data(_chat_chunk({"role": "assistant", "content": "", "refusal": None}, usage_null=usage_null))]
+    for _ in range(repeat):
+        events += [_data(_chat_chunk({"content": piece}, usage_null=usage_null)) for piece in STREAM_TEXT]
+    events.append(_data(_chat_chunk({}, "stop", usage_null)))
+    if include_usage:
+        last = _chat_chunk({}, None)
+        last["choices"] = []
+        last["usage"] = STREAM_USAGE
+        events.append(_data(last))
+    events.append(_data("[DONE]"))
+    return events
+
+
+def _chat(scenario: str, request: dict) -> Reply:
+    if request.get("stream"):
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        reply = Reply(events=chat_stream(include_usage, usage_null="usage_null" in scenario,
+                                         repeat=200 if "slow" in scenario else 1))
+        reply.gzip = "gzip" in scenario
+        reply.gated = "gated" in scenario
+        reply.delay = 0.05 if "slow" in scenario else 0.0
+        reply.die_after = 4 if "die" in scenario else None
+        reply.split = 7 if "split" in scenario else None
+        return reply
+    if scenario == "cached":
+        return _json(_chat_body("gpt-4o", USAGE_CACHED))
+    if scenario == "legacy":
+        return _json(LEGACY_BODY, **{"x-request-id": "req_abc123", "openai-processing-ms": "321"})
+    if scenario == "unknown_model":
+        return _json(_chat_body("acme-llm-7b", {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}))
+    if scenario == "error400":
+        return _json({"error": {"message": "Invalid 'messages': empty array.", "type": "invalid_request_error",
+                                "param": "messages", "code": "empty_array"}}, status=400)
+    return _json(_chat_body("gpt-5-mini-2025-08-07", USAGE_REASONING))
+
+
+# --- OpenAI responses, embeddings, legacy completions ---------------------------------------
+
+RESPONSES_CACHED_USAGE = {"input_tokens": 4020,  # VERBATIM
+                          "input_tokens_details": {"cache_write_tokens": 0, "cached_tokens": 4012},
+                          "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 4025}
+RESPONSES_REASONING_USAGE = {"input_tokens": 45, "input_tokens_details": {"cached_tokens": 0},  # VERBATIM, gpt-5
+                             "output_tokens": 1719, "output_tokens_details": {"reasoning_tokens": 1408},
+                             "total_tokens": 1764}
+
+
+def _response_obj(model: str, status: str, usage: dict | None) -> dict:
+    return {"id": "resp_1", "object": "response", "created_at": 1754925861, "status": status, "model": model,
+            "output": [], "service_tier": "default", "usage": usage}
+
+
+def _responses(scenario: str, request: dict) -> Reply:
+    if not request.get("stream"):
+        body = _response_obj("gpt-4o-mini-2024-07-18", "completed", RESPONSES_CACHED_USAGE)
+        body["output"] = [{"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+                           "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": "Hi"}]}]
+        return _json(body)
+    events = [_event("response.created", {"type": "response.created", "sequence_number": 0,
+                                           "response": _response_obj("gpt-5-2025-08-07", "in_progress", None)})]
+    for n, piece in enumerate(STREAM_TEXT, start=1):
+        events.append(_event("response.output_text.delta", {
+            "type": "response.output_text.delta", "sequence_number": n, "item_id": "msg_1", "output_index": 0,
+            "content_index": 0, "delta": piece, "logprobs": []}))
+    events.append(_event("response.completed", {
+        "type": "response.completed", "sequence_number": len(STREAM_TEXT) + 1,
+        "response": _response_obj("gpt-5-2025-08-07", "completed", RESPONSES_REASONING_USAGE)}))
+    return Reply(events=events)
+
+
+def _embeddings(scenario: str, request: dict) -> Reply:
+    return _json({"object": "list", "model": "text-embedding-3-small",
+                  "data": [{"object": "embedding", "index": 0, "embedding": [0.0023, -0.0093, 0.0158]}],
+                  "usage": {"prompt_tokens": 4, "total_tokens": 4}})  # VERBATIM usage
+
+
+def _completions(scenario: str, request: dict) -> Reply:
+    return _json({"id": "cmpl-xxx", "object": "text_completion", "created": 1727346142,
+                  "model": "gpt-3.5-turbo-instruct",
+                  "choices": [{"text": "Hello", "index": 0, "logprobs": None, "finish_reason": "length"}],
+                  "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}})
+
+
+# --- Anthropic messages ----------------------------------------------------------------------
+
+ANTHROPIC_CACHE_USAGE = {"cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 1956},
+                         "cache_creation_input_tokens": 1956, "cache_read_input_tokens": 9511,  # VERBATIM
+                         "input_tokens": 3, "output_tokens": 44}
+ANTHROPIC_1H_USAGE = {"cache_creation": {"ephemeral_1h_input_tokens": 1000, "ephemeral_5m_input_tokens": 500},
+                      "cache_creation_input_tokens": 1500, "cache_read_input_tokens": 0,
+                      "input_tokens": 20, "output_tokens": 10}
+ANTHROPIC_THINKING_USAGE = {"cache_creation": {"ephemeral_1h_input_tokens": 0, "ephemeral_5m_input_tokens": 0},
+                            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,  # VERBATIM
+                            "inference_geo": "global", "input_tokens": 13, "output_tokens": 44,
+                            "output_tokens_details": {"thinking_tokens": 33}, "service_tier": "standard"}
+
+
+def _message(model: str, usage: dict) -> dict:
+    return {"id": "msg_01", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "Hi!"}], "stop_reason": "end_turn", "stop_sequence": None,
+            "usage": usage}
+
+
+def anthropic_stream(start_usage: dict, delta_usage: dict, model: str, repeat: int = 1) -> list[bytes]:
+    start = {"type": "message_start", "message": {
+        "id": "msg_019Q1hrJbZG26Fb9BQhrkHEr", "type": "message", "role": "assistant", "model": model,
+        "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage}}
+    events = [_event("message_start", start),
+              _event("content_block_start", {"type": "content_block_start", "index": 0,
+                                             "content_block": {"type": "text", "text": ""}}),
+              _event("ping", {"type": "ping"})]
+    for _ in range(repeat):
+        events += [_event("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                  "delta": {"type": "text_delta", "text": piece}})
+                   for piece in STREAM_TEXT]
+    events += [_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               _event("message_delta", {"type": "message_delta",
+                                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                        "usage": delta_usage}),
+               _event("message_stop", {"type": "message_stop"})]
+    return events
+
+
+SONNET = "claude-sonnet-4-20250514"
+TOOL_USE_START = {"input_tokens": 377, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,  # VERBATIM
+                  "output_tokens": 1, "service_tier": "standard"}
+WEB_SEARCH_START = {"input_tokens": 2679, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                    "output_tokens": 3}  # VERBATIM
+WEB_SEARCH_DELTA = {"input_tokens": 10682, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                    "output_tokens": 510, "server_tool_use": {"web_search_requests": 1}}  # VERBATIM
+
+
+def _messages(scenario: str, request: dict) -> Reply:
+    if request.get("stream"):
+        if "web_search" in scenario:
+            return Reply(events=anthropic_stream(WEB_SEARCH_START, WEB_SEARCH_DELTA, SONNET))
+        reply = Reply(events=anthropic_stream(TOOL_USE_START, {"output_tokens": 65}, SONNET,
+                                              repeat=200 if "slow" in scenario else 1))
+        reply.delay = 0.05 if "slow" in scenario else 0.0
+        reply.die_after = 6 if "die" in scenario else None
+        reply.gated = "gated" in scenario
+        reply.split = 5 if "split" in scenario else None
+        reply.gzip = "gzip" in scenario
+        return reply
+    if scenario == "cache_1h":
+        return _json(_message("claude-opus-4-20250514", ANTHROPIC_1H_USAGE))
+    if scenario == "thinking":
+        return _json(_message(SONNET, ANTHROPIC_THINKING_USAGE))
+    if scenario == "overloaded":
+        return _json({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, status=529)
+    return _json(_message(SONNET, ANTHROPIC_CACHE_USAGE), **{"request-id": "req_018EeWyXxfu5pfWkrYcMdjWG"})
+
+
+def reply_for(path: str, scenario: str, request: dict) -> Reply:
+    routes = {"/v1/chat/completions": _chat, "/v1/responses": _responses, "/v1/embeddings": _embeddings,
+              "/v1/completions": _completions, "/v1/messages": _messages}
+    if path in routes:
+        return routes[path](scenario, request)
+    if path == "/v1/messages/count_tokens":
+        return _json({"input_tokens": 14})
+    if path == "/v1/models":
+        return _json({"object": "list", "data": [{"id": "gpt-4o", "object": "model", "owned_by": "openai"}]})
+    return _json({"error": {"message": f"Unknown path {path}", "type": "invalid_request_error",
+                            "param": None, "code": None}}, status=404)

@@ -1,0 +1,147 @@
+"""A fake provider: a real HTTP server on 127.0.0.1 speaking OpenAI's and Anthropic's wire formats.
+
+Payloads are the documented ones from shared/reference/provider-usage.md. A test picks a
+scenario with the ``x-test-scenario`` request header (it passes through the proxy like any
+header of the caller's), and can read back every request the upstream received.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import payloads
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class FakeProvider:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.gate = threading.Event()  # a "gated" stream waits on this after its first event
+        self.stream_abandoned = threading.Event()  # set when a client went away mid-stream
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeProvider:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def last(self) -> Received:
+        return self.received[-1]
+
+
+def _handler(provider: FakeProvider):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # keep test output quiet
+            pass
+
+        def do_GET(self) -> None:
+            self._handle()
+
+        def do_POST(self) -> None:
+            self._handle()
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
+            provider.received.append(Received(self.command, self.path, dict(self.headers.items()), body))
+            scenario = self.headers.get("x-test-scenario", "")
+            try:
+                request = json.loads(body) if body else {}
+            except ValueError:
+                request = {}
+            reply = payloads.reply_for(self.path.split("?")[0], scenario, request)
+            if reply.events is None:
+                self._send_body(reply)
+            else:
+                self._send_stream(reply)
+
+        def _send_body(self, reply: payloads.Reply) -> None:
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(reply.body)))
+            self.end_headers()
+            self.wfile.write(reply.body)
+
+        def _send_stream(self, reply: payloads.Reply) -> None:
+            self.send_response(reply.status)
+            self.send_header("content-type", "text/event-stream; charset=utf-8")
+            self.send_header("cache-control", "no-cache")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            if reply.gzip:
+                self.send_header("content-encoding", "gzip")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            compressor = _GzipStream() if reply.gzip else None
+            try:
+                for n, piece in enumerate(reply.pieces()):
+                    data = compressor.compress(piece) if compressor else piece
+                    self._chunk(data)
+                    if reply.gated and n == 0:
+                        provider.gate.wait(10)
+                    if reply.delay:
+                        time.sleep(reply.delay)
+                    if reply.die_after is not None and n + 1 >= reply.die_after:
+                        self._die()
+                        return
+                if compressor:
+                    self._chunk(compressor.flush())
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                provider.stream_abandoned.set()
+
+        def _chunk(self, data: bytes) -> None:
+            if data:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+        def _die(self) -> None:
+            """The upstream falls over mid-stream: the connection closes with no final chunk."""
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+
+    return Handler
+
+
+class _GzipStream:
+    def __init__(self) -> None:
+        import zlib
+        self._z = zlib.compressobj(6, zlib.DEFLATED, 31)
+
+    def compress(self, data: bytes) -> bytes:
+        import zlib
+        return self._z.compress(data) + self._z.flush(zlib.Z_SYNC_FLUSH)
+
+    def flush(self) -> bytes:
+        return self._z.flush()
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    return gzip.compress(data)
