@@ -66,7 +66,7 @@ def _handler(provider: FakeProvider):
         def _handle(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
-            provider.received.append(Received(self.command, self.path, dict(self.headers.items()), body))
+            provider.received.append(Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
             scenario = self.headers.get("x-test-scenario", "")
             try:
                 request = json.loads(body) if body else {}

@@ -1,0 +1,89 @@
+"""Anthropic calls through the real proxy with the official SDK: exact tokens and costs per call."""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+
+from .test_openai_proxy import cost
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def tokens(row: dict) -> tuple:
+    return (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"],
+            row["cache_write_1h_tokens"], row["output_tokens"], row["reasoning_tokens"])
+
+
+def test_cache_reads_and_writes_are_separate_and_priced_at_their_rates(proxy, customer):
+    client = proxy.anthropic(headers={"x-customer-id": customer, "x-feature": "chat"})
+    message = client.messages.create(model="claude-sonnet-4-20250514", max_tokens=100, messages=MESSAGES)
+    assert message.usage.cache_read_input_tokens == 9511
+    [row] = proxy.rows(customer)
+    assert row["provider"] == "anthropic" and row["endpoint"] == "/v1/messages"
+    assert tokens(row) == (3, 9511, 1956, 0, 44, 0)
+    # Sonnet 4: input 3, 5m write 3.75, cache read 0.30, output 15.
+    assert row["cost_usd"] == pytest.approx(
+        cost((3, "3"), (1956, "3.75"), (9511, "0.30"), (44, "15")), abs=1e-12)
+    assert row["usage_source"] == "reported" and row["feature"] == "chat"
+
+
+def test_one_hour_cache_writes_cost_twice_the_input_rate(proxy, customer):
+    client = proxy.anthropic(headers={"x-customer-id": customer, "x-test-scenario": "cache_1h"})
+    client.messages.create(model="claude-opus-4-20250514", max_tokens=100, messages=MESSAGES)
+    [row] = proxy.rows(customer)
+    assert tokens(row) == (20, 0, 1500, 1000, 10, 0)
+    # Opus 4: input 15, 5m write 18.75, 1h write 30, output 75.
+    assert row["cost_usd"] == pytest.approx(
+        cost((20, "15"), (500, "18.75"), (1000, "30"), (10, "75")), abs=1e-12)
+
+
+def test_thinking_tokens_are_the_reasoning_part_of_output(proxy, customer):
+    client = proxy.anthropic(headers={"x-customer-id": customer, "x-test-scenario": "thinking"})
+    client.messages.create(model="claude-sonnet-4-20250514", max_tokens=100, messages=MESSAGES)
+    [row] = proxy.rows(customer)
+    assert tokens(row) == (13, 0, 0, 0, 44, 33)
+    assert row["cost_usd"] == pytest.approx(cost((13, "3"), (44, "15")), abs=1e-12)
+
+
+@pytest.mark.parametrize("scenario", ["plain", "split", "gzip"])
+def test_stream_takes_input_from_message_start_and_output_from_the_last_delta(proxy, customer, scenario):
+    client = proxy.anthropic(headers={"x-customer-id": customer, "x-test-scenario": scenario})
+    with client.messages.stream(model="claude-sonnet-4-20250514", max_tokens=100, messages=MESSAGES) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "Hello there! How can I help you today?"
+    assert final.usage.output_tokens == 65
+    [row] = proxy.rows(customer)
+    assert row["stream"] is True and row["usage_source"] == "reported"
+    assert tokens(row) == (377, 0, 0, 0, 65, 0)
+    assert row["cost_usd"] == pytest.approx(cost((377, "3"), (65, "15")), abs=1e-12)
+
+
+def test_stream_with_server_tools_uses_the_cumulative_delta_values(proxy, customer):
+    client = proxy.anthropic(headers={"x-customer-id": customer, "x-test-scenario": "web_search"})
+    with client.messages.stream(model="claude-sonnet-4-20250514", max_tokens=100, messages=MESSAGES) as stream:
+        stream.until_done()
+    [row] = proxy.rows(customer)
+    # message_delta's input (10682) replaces message_start's (2679); never added together.
+    assert tokens(row) == (10682, 0, 0, 0, 510, 0)
+    assert row["web_search_requests"] == 1
+    assert row["cost_usd"] == pytest.approx(cost((10682, "3"), (510, "15")) + 10 / 1000, abs=1e-12)
+
+
+def test_count_tokens_is_recorded_without_usage(proxy, customer):
+    client = proxy.anthropic(headers={"x-customer-id": customer})
+    counted = client.messages.count_tokens(model="claude-sonnet-4-20250514", messages=MESSAGES)
+    assert counted.input_tokens == 14
+    [row] = proxy.rows(customer)
+    assert row["endpoint"] == "/v1/messages/count_tokens" and row["usage_source"] == "none"
+    assert row["cost_usd"] is None
+
+
+def test_overloaded_error_reaches_the_sdk_and_is_recorded(proxy, customer):
+    client = proxy.anthropic(headers={"x-customer-id": customer, "x-test-scenario": "overloaded"})
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        client.messages.create(model="claude-sonnet-4-20250514", max_tokens=100, messages=MESSAGES)
+    assert raised.value.status_code == 529
+    [row] = proxy.rows(customer)
+    assert row["status"] == 529 and row["usage_source"] == "none"
