@@ -1,0 +1,93 @@
+"""The incremental pieces on their own: SSE framing, content decoding, usage normalisation."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+import zlib
+
+import brotli
+import pytest
+
+from addon.decoding import BodyDecoder, DecodeError
+from addon.providers import anthropic, openai
+from addon.sse import SSEDecoder
+from pricing.usage import TokenUsage
+
+from . import payloads
+
+
+def _decode_in_pieces(stream: bytes, cuts: list[int]) -> list[tuple[str | None, bytes]]:
+    decoder, events, start = SSEDecoder(), [], 0
+    for cut in cuts + [len(stream)]:
+        events += decoder.feed(stream[start:cut])
+        start = cut
+    return events + decoder.close()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sse_events_are_the_same_however_the_bytes_are_cut(seed):
+    stream = b"".join(payloads.anthropic_stream(payloads.TOOL_USE_START, {"output_tokens": 65}, payloads.SONNET))
+    stream = stream.replace(b"\n", b"\r\n") if seed % 2 else stream
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(stream)), 40))
+    assert _decode_in_pieces(stream, cuts) == _decode_in_pieces(stream, [])
+    names = [name for name, _ in _decode_in_pieces(stream, cuts)]
+    assert names[0] == "message_start" and names[-1] == "message_stop" and "ping" in names
+
+
+def test_sse_multiline_data_comments_and_a_missing_final_blank_line():
+    events = _decode_in_pieces(b": keep-alive\n\ndata: {\"a\":\ndata: 1}\n\nevent: x\ndata: last", [3, 17])
+    assert events == [(None, b'{"a":\n1}'), ("x", b"last")]
+
+
+@pytest.mark.parametrize("coding,encode", [
+    ("gzip", gzip.compress), ("deflate", zlib.compress), ("br", brotli.compress), ("identity", lambda b: b),
+])
+def test_body_decoder_handles_every_coding_chunk_by_chunk(coding, encode):
+    text = b"".join(payloads.chat_stream(include_usage=True)) * 5
+    encoded = encode(text)
+    decoder = BodyDecoder(coding, limit=10 * len(text))
+    out = b"".join(decoder.feed(encoded[i:i + 37]) for i in range(0, len(encoded), 37))
+    assert out == text
+
+
+def test_body_decoder_stops_a_gzip_bomb_at_its_limit():
+    bomb = gzip.compress(b"\0" * (50 * 1024 * 1024))  # 50 MB of zeros in ~50 kB
+    decoder = BodyDecoder("gzip", limit=1024 * 1024)
+    with pytest.raises(DecodeError, match="exceeds"):
+        decoder.feed(bomb)
+
+
+def test_unknown_coding_is_refused_not_guessed():
+    with pytest.raises(DecodeError, match="unsupported content-encoding"):
+        BodyDecoder("compress", limit=10)
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (payloads.USAGE_REASONING, TokenUsage(input_tokens=156, output_tokens=561, reasoning_tokens=512)),
+    (payloads.USAGE_CACHED, TokenUsage(input_tokens=8, cache_read_tokens=4012, output_tokens=4)),
+    ({"prompt_tokens": 100, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 60,
+      "cache_write_tokens": 30}, "completion_tokens_details": None},
+     TokenUsage(input_tokens=10, cache_read_tokens=60, cache_write_tokens=30, output_tokens=1)),
+    (payloads.RESPONSES_REASONING_USAGE, TokenUsage(input_tokens=45, output_tokens=1719, reasoning_tokens=1408)),
+    ({"prompt_tokens": 4, "total_tokens": 4}, TokenUsage(input_tokens=4)),
+])
+def test_openai_usage_never_overlaps(raw, expected):
+    assert openai.usage_from(raw) == expected
+
+
+def test_anthropic_cache_creation_without_the_total_is_summed_from_the_split():
+    raw = {"input_tokens": 5, "output_tokens": 2,
+           "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 20}}
+    assert anthropic.usage_from(raw) == TokenUsage(input_tokens=5, cache_write_tokens=30, cache_write_1h_tokens=20,
+                                                   output_tokens=2)
+
+
+def test_malformed_usage_values_count_as_absent_not_as_a_crash():
+    assert openai.usage_from({"prompt_tokens": "many", "completion_tokens": -3}) == TokenUsage()
+    stream = openai.OpenAIStream(openai.CHAT)
+    stream.feed(None, b'{"usage": {"prompt_tokens": 1e400}')  # cut-off JSON
+    stream.feed(None, json.dumps({"model": "m", "choices": [], "usage": {"prompt_tokens": 3}}).encode())
+    assert stream.observed.usage == TokenUsage(input_tokens=3)

@@ -1,0 +1,102 @@
+"""Prices: list prices by the call's date, and the user's override file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+from decimal import Decimal
+
+import pytest
+
+from pricing import PriceBook, PriceFileError, TokenUsage
+
+NOW = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+MILLION_EACH = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
+
+
+def test_historic_price_is_the_one_in_force_on_the_day_of_the_call(tmp_path):
+    book = PriceBook(tmp_path / "prices.toml")
+    before_cut = book.price(MILLION_EACH, "openai", "o3", dt.datetime(2025, 5, 1, tzinfo=dt.UTC))
+    after_cut = book.price(MILLION_EACH, "openai", "o3", dt.datetime(2025, 7, 1, tzinfo=dt.UTC))
+    assert before_cut.cost_usd == Decimal("50")  # $10 in + $40 out before 2025-06-10
+    assert after_cut.cost_usd == Decimal("10")   # $2 in + $8 out after
+
+
+def test_claude_3_haiku_cache_write_is_not_derived_from_a_multiplier(tmp_path):
+    book = PriceBook(tmp_path / "prices.toml")
+    usage = TokenUsage(cache_write_tokens=1_000_000)
+    assert book.price(usage, "anthropic", "claude-3-haiku-20240307", NOW).cost_usd == Decimal("0.30")
+
+
+def test_override_prices_a_custom_model_and_wins_over_list_prices(tmp_path):
+    path = tmp_path / "prices.toml"
+    path.write_text("""
+[[price]]
+model = "ft:gpt-4o-mini:acme:*"
+input_mtok = 0.30
+output_mtok = 1.20
+
+[[price]]
+provider = "openai"
+model = "gpt-4o"
+input_mtok = 2.00
+output_mtok = 8.00
+cache_read_mtok = 1.00
+
+[[price]]
+provider = "openai"
+model = "gpt-4o"
+input_mtok = 1.50
+output_mtok = 6.00
+since = 2026-11-01
+""")
+    book = PriceBook(path)
+    ft = book.price(MILLION_EACH, "openai", "ft:gpt-4o-mini:acme:v2", NOW)
+    assert ft.cost_usd == Decimal("1.50") and ft.source == "override prices.toml#1"
+    cached = TokenUsage(input_tokens=1_000_000, cache_read_tokens=1_000_000)
+    assert book.price(cached, "openai", "gpt-4o", dt.datetime(2026, 10, 1, tzinfo=dt.UTC)).cost_usd == Decimal("3")
+    newer = book.price(MILLION_EACH, "openai", "gpt-4o", NOW)
+    assert newer.cost_usd == Decimal("7.5") and newer.source == "override prices.toml#3"
+    assert book.price(MILLION_EACH, "openai", "gpt-4o-mini", NOW).source.startswith("genai-prices")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\n", "missing ['output_mtok']"),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = -2\n", "output_mtok must be zero or more"),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\ninptu_mtok = 3\n", "unknown key(s) ['inptu_mtok']"),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 'cheap'\noutput_mtok = 2\n", "input_mtok must be a number"),
+    ("[price]\nmodel = 'x'\n", "write [[price]], not [price]"),
+    ("[[price]\n", "not valid TOML"),
+])
+def test_bad_override_files_are_refused_with_the_reason(tmp_path, text, message):
+    path = tmp_path / "prices.toml"
+    path.write_text(text)
+    with pytest.raises(PriceFileError) as raised:
+        PriceBook(path)
+    assert message in str(raised.value) and str(path) in str(raised.value)
+
+
+def test_the_running_proxy_picks_up_an_edited_override_file(proxy, customer):
+    path = proxy.home / "prices.toml"
+    path.write_text('[[price]]\nmodel = "acme-llm-7b"\ninput_mtok = 1.0\noutput_mtok = 2.0\n')
+    time.sleep(0.5)  # a few writer cycles
+    try:
+        client = proxy.openai(headers={"x-customer-id": customer, "x-test-scenario": "unknown_model"})
+        client.chat.completions.create(model="acme-llm-7b", messages=[{"role": "user", "content": "hi"}])
+        [row] = proxy.rows(customer)
+        assert row["priced"] is True and row["cost_usd"] == pytest.approx((10 * 1.0 + 5 * 2.0) / 1e6)
+        assert row["price_source"] == "override prices.toml#1"
+    finally:
+        path.unlink()
+
+
+def test_proxy_refuses_to_start_with_a_broken_override_file(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "prices.toml").write_text("[[price]]\nmodel = 'x'\n")
+    result = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "missing ['input_mtok', 'output_mtok']" in result.stdout + result.stderr

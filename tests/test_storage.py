@@ -1,0 +1,155 @@
+"""The store under real conditions: readers in other processes, shutdowns, a locked file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+
+import pytest
+
+from addon.store import calls as call_rows
+from addon.store import reading
+from addon.store.writer import Writer
+
+from .conftest import run_cli, start_proxy
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_reading_while_the_proxy_writes_loses_nothing_and_shows_no_lock_errors(proxy, customer):
+    stop = threading.Event()
+    reader_results: list[subprocess.CompletedProcess] = []
+
+    def read_in_a_loop():
+        while not stop.is_set():
+            reader_results.append(subprocess.run(
+                [sys.executable, "-m", "cli", "--home", str(proxy.home), "calls", "--limit", "5", "--format", "json"],
+                capture_output=True, text=True, timeout=60))
+
+    readers = [threading.Thread(target=read_in_a_loop) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    client = proxy.openai(headers={"x-customer-id": customer})
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: client.chat.completions.create(**CHAT), range(200)))
+    completed_at = time.monotonic()
+    rows = proxy.rows(customer, expect=200, timeout=10)
+    visible_after = time.monotonic() - completed_at
+    stop.set()
+    for reader in readers:
+        reader.join()
+    assert len(rows) == 200 and len({r["id"] for r in rows}) == 200
+    assert visible_after < 2.0
+    assert reader_results and all(r.returncode == 0 for r in reader_results), \
+        [r.stderr for r in reader_results if r.returncode]
+    assert all(isinstance(json.loads(r.stdout), list) for r in reader_results)
+
+
+def test_shutdown_flushes_every_completed_call(tmp_path, upstream, customer):
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", flush_ms=60_000)
+    try:
+        client = proxy.openai(headers={"x-customer-id": customer})
+        for _ in range(25):
+            client.chat.completions.create(**CHAT)
+        assert proxy.rows(customer, expect=25, timeout=0.5) == []  # nothing flushed yet: 60 s interval
+    finally:
+        proxy.stop()  # SIGTERM
+    assert proxy.process.returncode == 0
+    assert len(proxy.rows(customer, expect=25, timeout=0)) == 25
+
+
+def _row(n: int) -> dict:
+    return {"id": uuid.uuid4(), "ts": dt.datetime(2026, 11, 1, 12, 0, n, tzinfo=dt.UTC), "key_id": 1,
+            "provider": "openai", "endpoint": "/v1/chat/completions", "model": "gpt-4o", "stream": False,
+            "status": 200, "outcome": "completed", "error": None, "input_tokens": n, "cache_read_tokens": 0,
+            "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "output_tokens": 1, "reasoning_tokens": 0,
+            "web_search_requests": 0, "cost_usd": Decimal("0.0000125"), "priced": True,
+            "price_source": "genai-prices", "usage_source": "reported", "customer_id": "spill", "feature": None,
+            "latency_ms": 1.5, "ttft_ms": None}
+
+
+def _hold_lock(db_path, seconds: float) -> subprocess.Popen:
+    """Another process holding the file (read-only: a shared lock that keeps writers out)."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time\n"
+        f"con = duckdb.connect({str(db_path)!r}, read_only=True)\n"
+        "print('locked', flush=True)\n"
+        f"time.sleep({seconds})\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_rows_spill_while_the_database_is_locked_and_are_written_exactly_once(tmp_path):
+    db, spill = tmp_path / "a.duckdb", tmp_path / "spill"
+    writer = Writer(db, spill, build_row=lambda row: row, on_keys=lambda keys: None,
+                    spill_after_rows=5, spill_after_seconds=3600)
+    writer.load_keys_now()  # creates the schema
+    holder = _hold_lock(db, 30)
+    try:
+        rows = [_row(n) for n in range(12)]
+        for row in rows:
+            writer.submit(row)
+            writer.cycle(lock_timeout=0.05)
+        spilled = sorted(spill.glob("*.jsonl"))
+        assert spilled, "rows should have gone to a spill file while the database was locked"
+        for n, path in enumerate(spilled):
+            shutil.copy(path, tmp_path / f"saved-{n}.jsonl")
+        saved = sorted(tmp_path.glob("saved-*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    writer.stop()
+    with reading(db) as con:
+        stored = call_rows.newest(con, 100)
+    assert sorted(r["input_tokens"] for r in stored) == list(range(12))
+    assert not list(spill.glob("*.jsonl"))
+    # A crash after the insert but before the spill file was removed: the replay must not double.
+    for path in saved:
+        shutil.copy(path, spill / path.name.replace("saved-", "0-replay-"))
+    writer = Writer(db, spill, build_row=lambda row: row, on_keys=lambda keys: None)
+    writer.cycle(lock_timeout=5)
+    with reading(db) as con:
+        again = call_rows.newest(con, 100)
+    assert sorted(r["input_tokens"] for r in again) == list(range(12))
+    assert {r["cost_usd"] for r in again} == {Decimal("0.0000125")}
+
+
+def test_spilled_rows_survive_a_restart(tmp_path, upstream, customer):
+    home = tmp_path / "home"
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log")
+    holder = _hold_lock(home / "aispendtrack.duckdb", 60)
+    try:
+        client = proxy.openai(headers={"x-customer-id": customer})
+        for _ in range(3):
+            client.chat.completions.create(**CHAT)
+        proxy.stop()  # the database is still locked: shutdown must spill, not drop
+        assert list((home / "spill").glob("*.jsonl"))
+    finally:
+        holder.kill()
+        holder.wait()
+    restarted = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=proxy.key)
+    try:
+        assert len(restarted.rows(customer, expect=3)) == 3
+        assert not list((home / "spill").glob("*.jsonl"))
+    finally:
+        restarted.stop()
+
+
+def test_calls_table_fits_the_terminal_and_marks_unpriced(proxy, customer):
+    proxy.openai(headers={"x-customer-id": customer, "x-test-scenario": "unknown_model"}).chat.completions.create(
+        **CHAT)
+    proxy.rows(customer)
+    out = run_cli(proxy.home, "calls", "--limit", "1")
+    header, line = out.splitlines()[:2]
+    assert header.split()[:3] == ["TIME", "(UTC)", "KEY"]
+    assert "acme-llm-7b" in line and "unpriced" in line and "$0" not in line
+    checked = run_cli(proxy.home, "prices", "check")
+    assert "acme-llm-7b" in checked and "never $0" in checked
