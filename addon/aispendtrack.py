@@ -56,7 +56,7 @@ class AiSpendTrack:
                           "OpenAI base URL; empty means the reverse-mode target.")
         loader.add_option("aispendtrack_anthropic_upstream", str, DEFAULT_UPSTREAMS["anthropic"],
                           "Anthropic base URL.")
-        loader.add_option("aispendtrack_flush_ms", int, 500,
+        loader.add_option("aispendtrack_flush_ms", int, 1000,
                           "How often the writer thread flushes rows to the database, in milliseconds.")
 
     def configure(self, updated: set[str]) -> None:
@@ -127,14 +127,14 @@ class AiSpendTrack:
         if meter is None:
             return
         res = flow.response
-        meter.start_response(res.status_code, res.headers.get("content-type", ""),
-                             res.headers.get("content-encoding", ""))
-        res.stream = meter.tap  # chunks go to the client as they arrive; the tap only reads along
+        if meter.start_response(res.status_code, res.headers.get("content-type", ""),
+                                res.headers.get("content-encoding", "")):
+            res.stream = meter.tap  # chunks go to the client as they arrive; the tap only reads along
 
     def response(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
         if meter is not None:
-            meter.finish(flow.response.status_code, "completed", None)
+            meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)
             self.writer.submit(meter)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -146,7 +146,7 @@ class AiSpendTrack:
         status = flow.response.status_code if flow.response else (None if client_gone else 502)
         # Only the part before the first ": " — the rest can quote bytes of the response.
         meter.finish(status, "client_disconnected" if client_gone else "upstream_failed",
-                     message.split(": ", 1)[0][:200])
+                     message.split(": ", 1)[0][:200], flow.response.raw_content if flow.response else None)
         self.writer.submit(meter)
 
     def _refuse_key(self, flow: http.HTTPFlow, provider: Provider) -> None:

@@ -1,7 +1,10 @@
 """Per-call bookkeeping while a response passes through: the stream tap and what it saw.
 
-The tap runs on the proxy's event loop for every chunk, so it hands the chunk back
-unchanged, does no I/O, and swallows its own failures: a call is never broken by metering.
+Server-sent-event responses are streamed to the client chunk by chunk; the tap runs on the
+proxy's event loop for every chunk, so it hands the chunk back unchanged, does no I/O, and
+swallows its own failures: a call is never broken by metering. Other responses are complete
+JSON documents that mitmproxy buffers as it would anyway; their bytes are kept by reference
+and read on the writer thread.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 
 from .decoding import BodyDecoder, DecodeError
 from .providers import Provider, StreamParser
@@ -17,31 +19,8 @@ from .sse import SSEDecoder
 
 log = logging.getLogger(__name__)
 
-# Past these sizes a response is still forwarded in full; we just stop reading along.
+# Past this size a stream is still forwarded in full; we just stop reading along.
 MAX_DECODED_BYTES = 64 * 1024 * 1024
-MAX_BUFFERED_BODY = 8 * 1024 * 1024
-_EDGE = 256 * 1024  # head and tail kept of a larger body: model sits near the start, usage at the end
-
-
-@dataclass
-class BodyBuffer:
-    """A JSON body as read so far; beyond MAX_BUFFERED_BODY only its head and tail are kept."""
-
-    head: bytearray = field(default_factory=bytearray)
-    tail: bytearray = field(default_factory=bytearray)
-    truncated: bool = False
-
-    def add(self, data: bytes) -> None:
-        if not self.truncated:
-            self.head += data
-            if len(self.head) > MAX_BUFFERED_BODY:
-                self.truncated = True
-                self.tail = self.head[-_EDGE:]
-                del self.head[_EDGE:]
-            return
-        self.tail += data
-        if len(self.tail) > 2 * _EDGE:
-            del self.tail[:-_EDGE]
 
 
 class CallMeter:
@@ -67,25 +46,27 @@ class CallMeter:
         self.error: str | None = None
         self.read_failure: str | None = None  # why we stopped reading along (the client is unaffected)
         self.parser: StreamParser | None = None
-        self.body: BodyBuffer | None = None
+        self.content_encoding = ""
+        self.body: bytes | None = None  # a non-streamed response's raw (still encoded) body
         self._decoder: BodyDecoder | None = None
         self._sse: SSEDecoder | None = None
 
-    def start_response(self, status: int, content_type: str, content_encoding: str) -> None:
+    def start_response(self, status: int, content_type: str, content_encoding: str) -> bool:
+        """Called with the response headers; True when the body should stream through the tap."""
         self.status = status
+        self.content_encoding = content_encoding
         self.stream = content_type.lower().startswith("text/event-stream")
-        if not self.provider.metered(self.path):
-            return
-        try:
-            self._decoder = BodyDecoder(content_encoding, MAX_DECODED_BYTES)
-        except DecodeError as exc:
-            self.read_failure = str(exc)
-            return
-        if self.stream:
-            self._sse = SSEDecoder()
-            self.parser = self.provider.stream_parser(self.path)
-        else:
-            self.body = BodyBuffer()
+        if not self.stream:
+            return False
+        if self.provider.metered(self.path):
+            try:
+                self._decoder = BodyDecoder(content_encoding, MAX_DECODED_BYTES)
+            except DecodeError as exc:
+                self.read_failure = str(exc)
+            else:
+                self._sse = SSEDecoder()
+                self.parser = self.provider.stream_parser(self.path)
+        return True
 
     def tap(self, chunk: bytes) -> bytes:
         """mitmproxy's ``flow.response.stream`` callable: b"" marks the end of the body."""
@@ -102,22 +83,21 @@ class CallMeter:
         return chunk
 
     def _read(self, chunk: bytes) -> None:
-        data = self._decoder.feed(chunk) if chunk else b""
-        if self._sse is not None:
-            events = self._sse.feed(data) if chunk else self._sse.close()
-            for event, payload in events:
-                self.parser.feed(event, payload)
-        elif data:
-            self.body.add(data)
+        events = self._sse.feed(self._decoder.feed(chunk)) if chunk else self._sse.close()
+        for event, payload in events:
+            self.parser.feed(event, payload)
 
     def _stop_reading(self, reason: str) -> None:
         self.read_failure = reason
         self._decoder = None
         log.warning("stopped reading the response of call %s: %s", self.id, reason)
 
-    def finish(self, status: int | None, outcome: str, error: str | None) -> None:
+    def finish(self, status: int | None, outcome: str, error: str | None, body: bytes | None = None) -> None:
+        """``body``: a buffered response's raw content (None for streams, or when there was none)."""
         self.finished_at = time.time()
         if status is not None:
             self.status = status
         self.outcome = outcome
         self.error = error
+        if not self.stream and self.provider.metered(self.path):
+            self.body = body

@@ -10,17 +10,22 @@ import datetime as dt
 import json
 import logging
 import re
+from dataclasses import dataclass, field
 
 from pricing import Price, PriceBook
 from pricing.usage import TokenUsage
 
 from .decoding import BodyDecoder, DecodeError
-from .meter import BodyBuffer, CallMeter
+from .meter import CallMeter
 from .providers import Observed
 from .providers.base import loads
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_PARSE_BYTES = 32 * 1024 * 1024
+MAX_DECODED_BYTES = 64 * 1024 * 1024  # past this a response body's usage is not read (the client still gets it all)
+MAX_BUFFERED_BODY = 8 * 1024 * 1024
+_EDGE = 256 * 1024  # head and tail kept of a larger body: model sits near the start, usage at the end
+_SLICE = 1024 * 1024
 _MODEL_IN_HEAD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 _NO_PRICE = Price(None, None)
 
@@ -92,15 +97,49 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
 def _observe(meter: CallMeter) -> Observed:
     if meter.parser is not None:
         return meter.parser.observed
-    if meter.body is None:
+    if not meter.body:
         return Observed()
-    if not meter.body.truncated:
-        body = loads(bytes(meter.body.head))
-        return meter.provider.parse_body(meter.path, body) if body else Observed()
-    return _observe_large(meter, meter.body)
+    try:
+        body = _read_body(meter.body, meter.content_encoding)
+    except DecodeError as exc:
+        meter.read_failure = str(exc)
+        return Observed()
+    if not body.truncated:
+        parsed = loads(bytes(body.head))
+        return meter.provider.parse_body(meter.path, parsed) if parsed else Observed()
+    return _observe_large(meter, body)
 
 
-def _observe_large(meter: CallMeter, body: BodyBuffer) -> Observed:
+@dataclass
+class _BodyBuffer:
+    """A JSON body as decoded; beyond MAX_BUFFERED_BODY only its head and tail are kept."""
+
+    head: bytearray = field(default_factory=bytearray)
+    tail: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+
+    def add(self, data: bytes) -> None:
+        if not self.truncated:
+            self.head += data
+            if len(self.head) > MAX_BUFFERED_BODY:
+                self.truncated = True
+                self.tail = self.head[-_EDGE:]
+                del self.head[_EDGE:]
+            return
+        self.tail += data
+        if len(self.tail) > 2 * _EDGE:
+            del self.tail[:-_EDGE]
+
+
+def _read_body(raw: bytes, content_encoding: str) -> _BodyBuffer:
+    """Decode in slices, so a huge (or bomb-like) body never sits decoded in memory at once."""
+    decoder, body = BodyDecoder(content_encoding, MAX_DECODED_BYTES), _BodyBuffer()
+    for start in range(0, len(raw), _SLICE):
+        body.add(decoder.feed(raw[start:start + _SLICE]))
+    return body
+
+
+def _observe_large(meter: CallMeter, body: _BodyBuffer) -> Observed:
     """A body too large to keep (e.g. many embeddings): model from its head, usage from its tail."""
     found = _MODEL_IN_HEAD.search(body.head)
     start = body.tail.rfind(b'"usage"')

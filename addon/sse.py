@@ -2,56 +2,49 @@
 
 from __future__ import annotations
 
-# A line longer than this without a newline is not a real provider event; stop buffering it.
-MAX_LINE_BYTES = 16 * 1024 * 1024
+# A pending event longer than this is not a real provider event; stop buffering it.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 
 class SSEDecoder:
     """Feed raw (already content-decoded) bytes; get back complete ``(event, data)`` pairs.
 
     ``event`` is the ``event:`` field or None; ``data`` is the joined ``data:`` lines as bytes
-    (json.loads takes bytes, and most events are never decoded at all).
+    (json.loads takes bytes, and most events are never decoded at all). Runs once per chunk
+    on the proxy's event loop, so it splits whole events with bytes methods, not line by line.
+    Lines may end in LF or CRLF (a bare CR, which no provider sends, is not a line end here).
     """
 
-    __slots__ = ("_tail", "_event", "_data", "overflowed")
+    __slots__ = ("_tail", "overflowed")
 
     def __init__(self) -> None:
         self._tail = b""
-        self._event: str | None = None
-        self._data: list[bytes] = []
         self.overflowed = False
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
-        lines = (self._tail + chunk).split(b"\n") if self._tail else chunk.split(b"\n")
-        self._tail = lines.pop()
-        if len(self._tail) > MAX_LINE_BYTES:
+        buffer = self._tail + chunk if self._tail else chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")  # a CR at the very end waits in the tail for its LF
+        blocks = buffer.split(b"\n\n")
+        self._tail = blocks.pop()
+        if len(self._tail) > MAX_EVENT_BYTES:
             self._tail, self.overflowed = b"", True
-        out: list[tuple[str | None, bytes]] = []
-        for line in lines:
-            self._line(line[:-1] if line.endswith(b"\r") else line, out)
-        return out
+        return [event for block in blocks if (event := _parse(block)) is not None]
 
     def close(self) -> list[tuple[str | None, bytes]]:
         """End of stream: a final event without its blank line still counts."""
-        out: list[tuple[str | None, bytes]] = []
-        if self._tail:
-            self._line(self._tail.rstrip(b"\r"), out)
-            self._tail = b""
-        self._line(b"", out)
-        return out
+        tail, self._tail = self._tail.replace(b"\r\n", b"\n").rstrip(b"\r\n"), b""
+        event = _parse(tail) if tail else None
+        return [event] if event is not None else []
 
-    def _line(self, line: bytes, out: list) -> None:
-        if not line:
-            if self._data:
-                out.append((self._event, b"\n".join(self._data)))
-            self._event, self._data = None, []
-            return
-        if line[0:1] == b":":
-            return  # comment / keep-alive
-        name, _, value = line.partition(b":")
-        if value[:1] == b" ":
-            value = value[1:]
-        if name == b"data":
-            self._data.append(value)
-        elif name == b"event":
-            self._event = value.decode("utf-8", "replace")
+
+def _parse(block: bytes) -> tuple[str | None, bytes] | None:
+    event, data = None, []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            event = (line[7:] if line[6:7] == b" " else line[6:]).decode("utf-8", "replace")
+    if not data:
+        return None  # comments, keep-alives, and events without data dispatch nothing
+    return event, data[0] if len(data) == 1 else b"\n".join(data)

@@ -22,7 +22,7 @@ from .keys import create_key
               help="Where OpenAI calls go.")
 @click.option("--anthropic-upstream", default=DEFAULT_UPSTREAMS["anthropic"], show_default=True,
               help="Where Anthropic calls go.")
-@click.option("--flush-ms", default=500, show_default=True, type=click.IntRange(10, 60_000),
+@click.option("--flush-ms", default=1000, show_default=True, type=click.IntRange(10, 60_000),
               help="How often rows are written to the database.")
 @click.pass_obj
 def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, flush_ms: int) -> None:

@@ -10,12 +10,14 @@ An unknown model is never priced at $0: ``cost_usd`` is None and ``priced`` Fals
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 import genai_prices
+from genai_prices.types import TieredPrices
 
 from . import overrides
 from .overrides import PriceFileError
@@ -25,6 +27,7 @@ __all__ = ["Price", "PriceBook", "PriceFileError", "TokenUsage", "data_source"]
 
 log = logging.getLogger(__name__)
 _MTOK = Decimal(1_000_000)
+_TIER_FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,16 @@ class PriceBook:
 
 
 def _list_price(usage: TokenUsage, provider: str, model: str, at: dt.datetime) -> Price:
+    rates = _linear_rates(provider, model, at.date())
+    if rates is None:
+        return UNPRICED
+    if rates is _TIERED:
+        return Price(_genai_cost(usage, provider, model, at), data_source())
+    per_unit = sum(getattr(usage, field) * rate for field, rate in rates.items())
+    return Price(per_unit / _MTOK, data_source())
+
+
+def _genai_cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime) -> Decimal:
     # genai-prices counts input_tokens as *all* input, cache included.
     counts = genai_prices.Usage(
         input_tokens=usage.total_input_tokens,
@@ -92,11 +105,38 @@ def _list_price(usage: TokenUsage, provider: str, model: str, at: dt.datetime) -
         output_tokens=usage.output_tokens,
         web_searches=usage.web_search_requests,
     )
+    calc = genai_prices.calc_price(counts, model, provider_id=provider, genai_request_timestamp=at)
+    return Decimal(calc.total_price)
+
+
+# A price without tiers is linear in the counts, so it is worked out once per model and day by
+# pricing a million of each kind alone, then applied by multiplication: genai-prices' general
+# calculation costs ~150 us a call, which the writer thread would otherwise pay for every row.
+_TIERED = object()
+_PROBES = {
+    "input_tokens": TokenUsage(input_tokens=1_000_000),
+    "cache_read_tokens": TokenUsage(cache_read_tokens=1_000_000),
+    "cache_write_tokens": TokenUsage(cache_write_tokens=1_000_000),
+    "cache_write_1h_tokens": TokenUsage(cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000),
+    "output_tokens": TokenUsage(output_tokens=1_000_000),
+    "web_search_requests": TokenUsage(web_search_requests=1_000_000),
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _linear_rates(provider: str, model: str, day: dt.date) -> dict[str, Decimal] | object | None:
+    at = dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.UTC)
     try:
-        calc = genai_prices.calc_price(counts, model, provider_id=provider, genai_request_timestamp=at)
+        probe = genai_prices.calc_price(genai_prices.Usage(input_tokens=1), model, provider_id=provider,
+                                        genai_request_timestamp=at)
     except LookupError:
-        return UNPRICED
-    return Price(Decimal(calc.total_price), data_source())
+        return None
+    if any(isinstance(getattr(probe.model_price, name, None), TieredPrices) for name in _TIER_FIELDS):
+        return _TIERED
+    costs = {field: _genai_cost(usage, provider, model, at) for field, usage in _PROBES.items()}
+    # A 1h write is also a write: its rate is what it adds on top of a 5-minute write.
+    costs["cache_write_1h_tokens"] -= costs["cache_write_tokens"]
+    return {field: cost for field, cost in costs.items() if cost}
 
 
 def _override_cost(usage: TokenUsage, o: overrides.OverridePrice) -> Decimal:

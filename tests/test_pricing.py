@@ -100,3 +100,27 @@ def test_proxy_refuses_to_start_with_a_broken_override_file(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "missing ['input_mtok', 'output_mtok']" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("provider,model", [
+    ("openai", "gpt-4o"), ("openai", "gpt-5-mini"), ("openai", "gpt-6-cyber"), ("openai", "text-embedding-3-small"),
+    ("anthropic", "claude-sonnet-4-20250514"), ("anthropic", "claude-3-haiku-20240307"),
+    ("anthropic", "claude-sonnet-4-5"),  # tiered: priced by genai-prices directly
+])
+def test_cached_rates_give_exactly_what_genai_prices_gives(tmp_path, provider, model):
+    import random
+
+    import genai_prices
+    book = PriceBook(tmp_path / "prices.toml")
+    rng = random.Random(model)
+    for _ in range(20):
+        write = rng.randrange(0, 300_000)
+        usage = TokenUsage(input_tokens=rng.randrange(0, 300_000), cache_read_tokens=rng.randrange(0, 300_000),
+                           cache_write_tokens=write, cache_write_1h_tokens=rng.randrange(0, write + 1),
+                           output_tokens=rng.randrange(0, 50_000), web_search_requests=rng.randrange(0, 3))
+        expected = genai_prices.calc_price(genai_prices.Usage(
+            input_tokens=usage.total_input_tokens, cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens, cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            output_tokens=usage.output_tokens, web_searches=usage.web_search_requests),
+            model, provider_id=provider, genai_request_timestamp=NOW).total_price
+        assert book.price(usage, provider, model, NOW).cost_usd == expected

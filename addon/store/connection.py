@@ -45,11 +45,14 @@ def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConn
 
 
 @contextlib.contextmanager
-def writing(path: Path, timeout: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-write connection with the schema up to date; closed (lock released) on exit."""
+def writing(path: Path, timeout: float = 10.0, migrate: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-write connection with the schema up to date; closed (lock released) on exit.
+
+    ``migrate=False`` skips the schema check, for a caller that already migrated this file."""
     con = _connect(path, read_only=False, timeout=timeout)
     try:
-        migrations.apply_pending(con)
+        if migrate:
+            migrations.apply_pending(con)
         yield con
     finally:
         con.close()

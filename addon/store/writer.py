@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class Writer(threading.Thread):
     def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict],
-                 on_keys: Callable[[dict[str, int]], None], flush_interval: float = 0.5,
+                 on_keys: Callable[[dict[str, int]], None], flush_interval: float = 1.0,
                  key_refresh: float = 2.0, spill_after_rows: int = 10_000, spill_after_seconds: float = 30.0,
                  on_cycle: Callable[[], None] | None = None):
         super().__init__(name="aispendtrack-writer", daemon=True)
@@ -52,7 +52,8 @@ class Writer(threading.Thread):
         self._queue.put(item)
 
     def load_keys_now(self, timeout: float = 10.0) -> None:
-        """Before serving: migrate the schema and load the keys (blocking, at start-up only)."""
+        """Before serving: migrate the schema and load the keys (blocking, at start-up only).
+        Later cycles skip the schema check: this process is the file's only writer of rows."""
         with writing(self.db_path, timeout=timeout) as con:
             self.on_keys(keys.active_hashes(con))
         self._keys_due = time.monotonic() + self.key_refresh
@@ -80,7 +81,7 @@ class Writer(threading.Thread):
         if not (self._pending or spills or keys_due):
             return
         try:
-            with writing(self.db_path, timeout=lock_timeout) as con:
+            with writing(self.db_path, timeout=lock_timeout, migrate=False) as con:
                 for path in spills:
                     self._replay(con, path)
                 if self._pending:

@@ -1,0 +1,116 @@
+"""Minimal asyncio HTTP/1.1 pieces for benchmarks: a canned upstream and a keep-alive client.
+
+Both are deliberately tiny so that the proxy, not the harness, is what gets measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+CHAT_BODY = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 1727346142, "model": "gpt-4o-2024-08-06",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! " * 20, "refusal": None},
+                 "logprobs": None, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 14, "completion_tokens": 37, "total_tokens": 51,
+              "completion_tokens_details": {"reasoning_tokens": 0}}}).encode()
+
+
+def _sse_events() -> list[bytes]:
+    base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1727346169,
+            "model": "gpt-4o-2024-08-06"}
+    events = [{**base, "choices": [{"index": 0, "delta": {"content": f"word{n} "}, "finish_reason": None}]}
+              for n in range(20)]
+    events.append({**base, "choices": [], "usage": {"prompt_tokens": 79, "completion_tokens": 20,
+                                                    "total_tokens": 99}})
+    return [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+
+SSE_EVENTS = _sse_events()
+
+
+def _plain_response() -> bytes:
+    return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(CHAT_BODY)).encode() + b"\r\n\r\n" + CHAT_BODY)
+
+
+def _stream_response() -> list[bytes]:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    chunks = [f"{len(e):x}\r\n".encode() + e + b"\r\n" for e in SSE_EVENTS]
+    # Three writes: headers with the first event, the middle, the end, like a real token stream in bursts.
+    return [head + chunks[0], b"".join(chunks[1:-1]), chunks[-1] + b"0\r\n\r\n"]
+
+
+async def serve_upstream(port: int) -> None:
+    plain, stream = _plain_response(), _stream_response()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length) if length else b""
+                if b'"stream": true' in body or b'"stream":true' in body:
+                    for piece in stream:
+                        writer.write(piece)
+                        await writer.drain()
+                else:
+                    writer.write(plain)
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=512)
+    async with server:
+        await server.serve_forever()
+
+
+class Connection:
+    """One keep-alive connection; ``request`` returns (status, seconds to first body byte, body)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def request(self, raw: bytes, clock) -> tuple[int, float, bytes]:
+        start = clock()
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        headers = head.lower()
+        if b"transfer-encoding: chunked" in headers:
+            body, first = await self._chunked(clock)
+        else:
+            length = int(headers.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            body = await self.reader.readexactly(length)
+            first = clock()
+        return status, first - start, body
+
+    async def _chunked(self, clock) -> tuple[bytes, float]:
+        parts, first = [], None
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
+            data = await self.reader.readexactly(size + 2)
+            first = first or clock()
+            if size == 0:
+                return b"".join(parts), first
+            parts.append(data[:-2])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def request_bytes(port: int, stream: bool, headers: dict[str, str]) -> bytes:
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}).encode()
+    lines = [b"POST /v1/chat/completions HTTP/1.1", f"host: 127.0.0.1:{port}".encode(),
+             b"content-type: application/json", b"authorization: Bearer sk-bench",
+             f"content-length: {len(body)}".encode()]
+    lines += [f"{k}: {v}".encode() for k, v in headers.items()]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body

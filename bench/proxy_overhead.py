@@ -1,0 +1,220 @@
+"""Added latency and throughput of the AiSpendTrack addon, against bare mitmdump and direct calls.
+
+    .venv/bin/python -m bench.proxy_overhead            # about 2 minutes on 2 cores
+    .venv/bin/python -m bench.proxy_overhead --quick    # a smoke run
+
+Everything runs on 127.0.0.1: a canned asyncio upstream (plain JSON and a 22-event SSE
+stream), ``mitmdump`` in reverse mode with no script ("bare"), the same with
+``-s addon/aispendtrack.py`` ("ours"), and a keep-alive client in this process. Targets
+are measured in interleaved rounds so that drift of the machine hits them alike.
+At the end ours is stopped and its rows are counted: exactly one per request is required.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import loopback
+
+ROOT = Path(__file__).resolve().parent.parent
+# Bare mitmdump two ways: as installed (buffers every response, which holds SSE back until the
+# end), and told to stream bodies, which delivers SSE as it arrives like the addon does. Each
+# mode is judged against the one with the same delivery: plain against buffered, SSE against
+# streaming.
+BARE = {"bare mitmdump": [], "bare streaming": ["--set", "stream_large_bodies=1"]}
+BASELINE = {"plain": "bare mitmdump", "stream": "bare streaming"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited early: {process.args}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def start(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, **kwargs)
+
+
+def mitmdump(upstream_port: int, port: int, extra: list[str]) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("mitmdump")
+    return start([str(exe), "-q", "--mode", f"reverse:http://127.0.0.1:{upstream_port}", "--listen-host",
+                  "127.0.0.1", "--listen-port", str(port), "--set", "connection_strategy=lazy", *extra])
+
+
+async def latency(port: int, raw: bytes, count: int) -> tuple[list[float], list[float]]:
+    """Sequential requests on one connection: (total seconds, seconds to first body byte) per request."""
+    conn = await loopback.Connection.open(port)
+    totals, firsts = [], []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            status, first, _ = await conn.request(raw, time.perf_counter)
+            totals.append(time.perf_counter() - start)
+            firsts.append(first)
+            assert status == 200, status
+    finally:
+        conn.close()
+    return totals, firsts
+
+
+async def throughput(port: int, raw: bytes, connections: int, total: int) -> float:
+    conns = [await loopback.Connection.open(port) for _ in range(connections)]
+    remaining = total
+
+    async def worker(conn: loopback.Connection) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            status, _, _ = await conn.request(raw, time.perf_counter)
+            assert status == 200, status
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for conn in conns:
+        conn.close()
+    return total / elapsed
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def make_key(home: Path) -> str:
+    out = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "keys", "create", "--name", "bench",
+                          "--json"], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout)["key"]
+
+
+def count_rows(home: Path) -> int:
+    out = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "calls", "--limit", "1000000",
+                          "--format", "json"], capture_output=True, text=True, check=True, cwd=ROOT)
+    return len(json.loads(out.stdout))
+
+
+def run(rounds: int, latency_count: int, load_count: int, connections: int) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="aispendtrack-bench-"))
+    key = make_key(home)
+    up_port = free_port()
+    upstream = start([sys.executable, "-c", f"import asyncio; from bench import loopback; "
+                                            f"asyncio.run(loopback.serve_upstream({up_port}))"])
+    targets = {"direct": (up_port, upstream)}
+    for name, extra in BARE.items():
+        port = free_port()
+        targets[name] = (port, mitmdump(up_port, port, extra))
+    ours_port = free_port()
+    ours = mitmdump(up_port, ours_port, ["-s", str(ROOT / "addon" / "aispendtrack.py"),
+                                         "--set", f"aispendtrack_home={home}"])
+    targets["ours"] = (ours_port, ours)
+    procs = [proc for _, proc in targets.values()]
+    sent_through_ours = 0
+    results: dict = {}
+    try:
+        for port, proc in targets.values():
+            wait_for_port(port, proc)
+        time.sleep(1.0)  # let the addon load its keys
+        for mode in ("plain", "stream"):
+            samples = {name: {"total": [], "first": [], "rps": []} for name in targets}
+            for n in range(rounds):
+                # Alternate the order each round, so that a machine getting faster or slower over
+                # time does not favour whichever target runs first.
+                for name, (port, _) in (list(targets.items())[::-1] if n % 2 else list(targets.items())):
+                    headers = {"x-aispendtrack-key": key} if name == "ours" else {}
+                    raw = loopback.request_bytes(port, mode == "stream", headers)
+                    asyncio.run(latency(port, raw, 50))  # warm-up
+                    totals, firsts = asyncio.run(latency(port, raw, latency_count))
+                    rps = asyncio.run(throughput(port, raw, connections, load_count))
+                    samples[name]["total"] += totals
+                    samples[name]["first"] += firsts
+                    samples[name]["rps"].append(rps)
+                    if name == "ours":
+                        sent_through_ours += 50 + latency_count + load_count
+            results[mode] = summarise(samples)
+    finally:
+        ours.terminate()
+        ours.wait(30)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(10)
+    results["rows"] = {"sent_through_ours": sent_through_ours, "recorded": count_rows(home)}
+    results["settings"] = {"rounds": rounds, "latency_requests": latency_count, "load_requests": load_count,
+                           "connections": connections, "cpus": os.cpu_count()}
+    return results
+
+
+def summarise(samples: dict) -> dict:
+    out = {}
+    direct_p50 = percentile(samples["direct"]["total"], 50)
+    for name, s in samples.items():
+        out[name] = {
+            "p50_ms": percentile(s["total"], 50) * 1000, "p99_ms": percentile(s["total"], 99) * 1000,
+            "first_byte_p50_ms": percentile(s["first"], 50) * 1000,
+            "added_p50_ms": (percentile(s["total"], 50) - direct_p50) * 1000,
+            "rps": statistics.median(s["rps"]),
+        }
+    return out
+
+
+def report(results: dict) -> bool:
+    ok = True
+    for mode in ("plain", "stream"):
+        r = results[mode]
+        print(f"\n{mode} requests ({'22-event SSE' if mode == 'stream' else 'JSON'}):")
+        print(f"  {'target':<16}{'p50 ms':>9}{'p99 ms':>9}{'1st byte':>10}{'added p50':>11}{'req/s':>9}")
+        for name, v in r.items():
+            print(f"  {name:<16}{v['p50_ms']:>9.2f}{v['p99_ms']:>9.2f}{v['first_byte_p50_ms']:>10.2f}"
+                  f"{v['added_p50_ms']:>11.2f}{v['rps']:>9.0f}")
+        base = BASELINE[mode]
+        delta = r["ours"]["p50_ms"] - r[base]["p50_ms"]
+        ratio = r["ours"]["rps"] / r[base]["rps"]
+        lat_ok, rps_ok = delta <= 0.5, ratio >= 0.85
+        ok &= lat_ok and rps_ok
+        print(f"  ours vs {base}: p50 {delta:+.2f} ms (target <= +0.50) {'ok' if lat_ok else 'MISSED'}; "
+              f"throughput {ratio:.0%} (target >= 85%) {'ok' if rps_ok else 'MISSED'}")
+    rows = results["rows"]
+    rows_ok = rows["recorded"] == rows["sent_through_ours"]
+    print(f"\nrows recorded by ours: {rows['recorded']} of {rows['sent_through_ours']} requests "
+          f"{'(exactly one each)' if rows_ok else '(MISMATCH)'}")
+    return ok and rows_ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    counts = (1, 100, 300, 32) if args.quick else (4, 400, 2000, 32)
+    results = run(*counts)
+    ok = report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
