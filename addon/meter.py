@@ -49,6 +49,7 @@ class CallMeter:
         self.content_encoding = ""
         self.body: bytes | None = None  # a non-streamed response's raw (still encoded) body
         self._decoder: BodyDecoder | None = None
+        self._identity = False  # no content-encoding: skip the decoder on every chunk
         self._sse: SSEDecoder | None = None
 
     def start_response(self, status: int, content_type: str, content_encoding: str) -> bool:
@@ -64,15 +65,16 @@ class CallMeter:
             except DecodeError as exc:
                 self.read_failure = str(exc)
             else:
+                self._identity = content_encoding.strip().lower() in ("", "identity")
                 self._sse = SSEDecoder()
                 self.parser = self.provider.stream_parser(self.path)
         return True
 
     def tap(self, chunk: bytes) -> bytes:
         """mitmproxy's ``flow.response.stream`` callable: b"" marks the end of the body."""
-        if chunk and self.first_byte_at is None:
+        if self.first_byte_at is None and chunk:
             self.first_byte_at = time.time()
-        if self._decoder is not None:
+        if self._sse is not None:
             try:
                 self._read(chunk)
             except DecodeError as exc:
@@ -83,13 +85,19 @@ class CallMeter:
         return chunk
 
     def _read(self, chunk: bytes) -> None:
-        events = self._sse.feed(self._decoder.feed(chunk)) if chunk else self._sse.close()
+        if not chunk:
+            events = self._sse.close()
+        elif self._identity:
+            events = self._sse.feed(chunk)
+        else:
+            events = self._sse.feed(self._decoder.feed(chunk))
+        feed = self.parser.feed
         for event, payload in events:
-            self.parser.feed(event, payload)
+            feed(event, payload)
 
     def _stop_reading(self, reason: str) -> None:
         self.read_failure = reason
-        self._decoder = None
+        self._sse = None
         log.warning("stopped reading the response of call %s: %s", self.id, reason)
 
     def finish(self, status: int | None, outcome: str, error: str | None, body: bytes | None = None) -> None:

@@ -22,6 +22,10 @@ class SSEDecoder:
         self.overflowed = False
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, bytes]]:
+        if not self._tail and chunk.endswith(b"\n\n") and chunk.find(b"\n\n") == len(chunk) - 2 \
+                and b"\r" not in chunk:
+            event = _parse(chunk[:-2])  # the common case: exactly one whole event per chunk
+            return [event] if event is not None else []
         buffer = self._tail + chunk if self._tail else chunk
         if b"\r" in buffer:
             buffer = buffer.replace(b"\r\n", b"\n")  # a CR at the very end waits in the tail for its LF

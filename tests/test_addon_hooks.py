@@ -1,0 +1,72 @@
+"""The addon's hooks in isolation, with mitmproxy's own test helpers."""
+
+from __future__ import annotations
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons, tflow
+
+from addon.aispendtrack import AiSpendTrack
+from addon.keys import hash_key
+
+KEY = "ask_unit-test-key"
+
+
+@pytest.fixture
+def addon(tmp_path):
+    instance = AiSpendTrack()
+    with taddons.context(instance) as tctx:
+        tctx.configure(instance, aispendtrack_home=str(tmp_path), aispendtrack_openai_upstream="",
+                       aispendtrack_anthropic_upstream="https://anthropic.example:8443/base/")
+        instance.keyring.replace({hash_key(KEY): 7})
+        yield instance
+
+
+def _flow(path: str, **headers: str):
+    flow = tflow.tflow()
+    flow.request.path = path
+    flow.request.headers["host"] = "localhost:8080"  # as the client sent it
+    for name, value in headers.items():
+        flow.request.headers.add(name, value)
+    return flow
+
+
+def test_anthropic_paths_go_to_the_anthropic_upstream_with_its_base_path(addon):
+    flow = _flow("/v1/messages?beta=true", **{"x-aispendtrack-key": KEY})
+    addon.request(flow)
+    assert flow.response is None  # forwarded
+    assert (flow.request.scheme, flow.request.host, flow.request.port) == ("https", "anthropic.example", 8443)
+    assert flow.request.path == "/base/v1/messages?beta=true"
+    assert flow.request.headers["host"] == "anthropic.example:8443"
+
+
+def test_openai_paths_keep_the_reverse_mode_target(addon):
+    flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY})
+    before = (flow.request.host, flow.request.port)
+    addon.request(flow)
+    assert (flow.request.host, flow.request.port) == before
+
+
+def test_our_headers_are_removed_even_when_sent_twice_and_the_first_value_counts(addon):
+    flow = _flow("/v1/chat/completions", **{"X-AiSpendTrack-Key": KEY, "x-customer-id": "first"})
+    flow.request.headers.add("x-customer-id", "second")
+    flow.request.headers.add("x-other", "kept")
+    addon.request(flow)
+    names = [name.lower() for name in flow.request.headers]
+    assert "x-aispendtrack-key" not in names and "x-customer-id" not in names
+    assert flow.request.headers["x-other"] == "kept"
+    assert flow.metadata["aispendtrack"].customer_id == "first"
+    assert flow.metadata["aispendtrack"].key_id == 7
+
+
+def test_health_answers_without_a_key(addon):
+    flow = _flow("/aispendtrack/health")
+    addon.request(flow)
+    assert flow.response.status_code == 200 and "aispendtrack" not in flow.metadata
+
+
+def test_a_bad_upstream_option_is_refused_with_an_example(tmp_path):
+    instance = AiSpendTrack()
+    with taddons.context(instance) as tctx:
+        with pytest.raises(exceptions.OptionsError, match="must be an http"):
+            tctx.configure(instance, aispendtrack_anthropic_upstream="api.anthropic.com")
