@@ -11,10 +11,15 @@ import hmac
 import secrets
 
 PREFIX = "ask_"
+ADMIN_PREFIX = "ast_"
 
 
 def new_key() -> str:
     return PREFIX + secrets.token_urlsafe(32)
+
+
+def new_admin_token() -> str:
+    return ADMIN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:

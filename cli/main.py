@@ -14,7 +14,7 @@ import click
 
 from addon import home as home_dir
 
-from . import calls, keys, prices, proxy
+from . import admin, calls, export, keys, prices, proxy, report, reprice, web
 
 
 @dataclass
@@ -40,3 +40,8 @@ cli.add_command(proxy.proxy)
 cli.add_command(keys.keys)
 cli.add_command(calls.calls)
 cli.add_command(prices.prices)
+cli.add_command(report.report)
+cli.add_command(export.export)
+cli.add_command(reprice.reprice)
+cli.add_command(admin.admin)
+cli.add_command(web.web)

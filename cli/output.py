@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import decimal
 import json
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 
 import click
+
+from addon.serialize import json_row
 
 FORMATS = ("table", "json", "csv")
 
@@ -20,25 +20,15 @@ def format_option(default: str = "table"):
                         help="Output format.")
 
 
-def json_value(value: object) -> object:
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    return value
-
-
 def emit(rows: Sequence[dict], fmt: str, table: Sequence[tuple[str, Callable[[dict], str], str]]) -> None:
     """``table`` lists (heading, cell function, "<" or ">") for the human-readable form."""
     if fmt == "json":
-        click.echo(json.dumps([{k: json_value(v) for k, v in row.items()} for row in rows], indent=2))
+        click.echo(json.dumps([json_row(row) for row in rows], indent=2))
     elif fmt == "csv":
         if rows:
             writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
-            writer.writerows({k: json_value(v) for k, v in row.items()} for row in rows)
+            writer.writerows(json_row(row) for row in rows)
     else:
         click.echo(render_table(rows, table))
 
@@ -55,7 +45,7 @@ def render_table(rows: Sequence[dict], table: Sequence[tuple[str, Callable[[dict
 
 
 def money(value: decimal.Decimal | float | None) -> str:
-    """Cost with precision that fits its size: sub-cent calls keep their digits."""
+    """Cost with precision that fits its size: dollars and cents, or four decimals under a dollar."""
     if value is None:
         return "unpriced"
     value = float(value)
@@ -63,8 +53,27 @@ def money(value: decimal.Decimal | float | None) -> str:
         return "$0"
     if abs(value) >= 1:
         return f"${value:,.2f}"
-    return f"${value:.6f}".rstrip("0")
+    if abs(value) < 0.0001:
+        return "<$0.0001"
+    return f"${value:.4f}"
 
 
 def tokens(value: int | None) -> str:
     return f"{value:,}" if value else "0"
+
+
+def compact(value: float | int | None) -> str:
+    """1234 -> 1,234; 12345 -> 12.3k; 9983790 -> 9.98M: numbers that fit narrow columns."""
+    if value is None:
+        return "-"
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e4, "k")):
+        if abs(value) >= limit:
+            scaled = value / (limit if suffix != "k" else 1e3)
+            return f"{scaled:.3g}{suffix}" if scaled < 100 else f"{scaled:.0f}{suffix}"
+    return f"{value:,.0f}"
+
+
+def seconds(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.0f}ms" if ms < 1000 else f"{ms / 1000:.1f}s"

@@ -13,6 +13,7 @@ from addon.store import keys as key_rows
 from addon.store import writing
 
 from .keys import create_key
+from .web import serve_in_thread
 
 
 @click.command()
@@ -24,10 +25,15 @@ from .keys import create_key
               help="Where Anthropic calls go.")
 @click.option("--flush-ms", default=1000, show_default=True, type=click.IntRange(10, 60_000),
               help="How often rows are written to the database.")
+@click.option("--web-port", type=click.IntRange(1, 65535), help="Also serve the web app and API on this port.")
 @click.pass_obj
-def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, flush_ms: int) -> None:
+def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, flush_ms: int,
+          web_port: int | None) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
     _first_key(obj.db)
+    if web_port:
+        serve_in_thread(obj.home, host, web_port)
+        click.echo(f"Web and API on http://{host}:{web_port}")
     click.echo(f"AiSpendTrack proxy on http://{host}:{port}  (data: {obj.home})")
     click.echo(f"  OpenAI:    OpenAI(base_url='http://{host}:{port}/v1', default_headers={{'x-aispendtrack-key': ...}})")
     click.echo(f"  Anthropic: Anthropic(base_url='http://{host}:{port}', default_headers={{'x-aispendtrack-key': ...}})")

@@ -18,6 +18,9 @@ CALL_COLUMNS: list[tuple[str, str]] = [
     ("feature", "VARCHAR"), ("latency_ms", "DOUBLE"), ("ttft_ms", "DOUBLE"),
 ]
 COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
+# Set only by `aispendtrack reprice`: what the call cost before, and by which price data.
+REPRICE_COLUMNS = ["previous_cost_usd", "previous_price_source", "repriced_at"]
+_NAMES = ", ".join(COLUMN_NAMES)
 
 # Column-wise UNNEST binds one list per column: ~50x faster than executemany in DuckDB.
 _BATCH = "SELECT " + ", ".join(f"unnest(?::{typ}[]) AS {name}" for name, typ in CALL_COLUMNS)
@@ -28,9 +31,9 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
     if not rows:
         return 0
     params = [[row[name] for row in rows] for name in COLUMN_NAMES]
-    sql = f"INSERT INTO calls {_BATCH}"
+    sql = f"INSERT INTO calls ({_NAMES}) {_BATCH}"
     if skip_existing:
-        sql = (f"INSERT INTO calls SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
+        sql = (f"INSERT INTO calls ({_NAMES}) SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
                f"(SELECT id FROM calls WHERE ts BETWEEN ? AND ?)")
         params += [min(r["ts"] for r in rows), max(r["ts"] for r in rows)]
     con.execute(sql, params)

@@ -8,6 +8,7 @@ and every other open (CLI, web) waits for its turn with a short retry instead of
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,12 @@ from pathlib import Path
 import duckdb
 
 from . import migrations
+
+
+# DuckDB refuses a second connection to a file from the same process with another configuration
+# (read-only beside read-write). The proxy can serve the web app in-process, so every connection
+# in a process takes this lock for its lifetime: at most one is open at a time, whatever its mode.
+_PROCESS_LOCK = threading.RLock()
 
 
 class StoreBusy(RuntimeError):
@@ -28,6 +35,23 @@ def _is_lock_conflict(exc: duckdb.Error) -> bool:
 
 def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + timeout
+    if not _PROCESS_LOCK.acquire(timeout=timeout):
+        raise StoreBusy(f"{path} stayed busy in this process for {timeout:.0f}s; try again.")
+    try:
+        return _connect_locked(path, read_only, deadline, timeout)
+    except BaseException:
+        _PROCESS_LOCK.release()
+        raise
+
+
+def _close(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.close()
+    finally:
+        _PROCESS_LOCK.release()
+
+
+def _connect_locked(path: Path, read_only: bool, deadline: float, timeout: float) -> duckdb.DuckDBPyConnection:
     delay = 0.005
     while True:
         try:
@@ -55,7 +79,7 @@ def writing(path: Path, timeout: float = 10.0, migrate: bool = True) -> Iterator
             migrations.apply_pending(con)
         yield con
     finally:
-        con.close()
+        _close(con)
 
 
 @contextlib.contextmanager
@@ -67,10 +91,10 @@ def reading(path: Path, timeout: float = 10.0) -> Iterator[duckdb.DuckDBPyConnec
     con = _connect(path, read_only=True, timeout=timeout)
     try:
         if not migrations.is_current(con):
-            con.close()
+            _close(con)
             with writing(path, timeout):
                 pass
             con = _connect(path, read_only=True, timeout=timeout)
         yield con
     finally:
-        con.close()
+        _close(con)

@@ -35,3 +35,8 @@ def active_hashes(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 def count(con: duckdb.DuckDBPyConnection) -> int:
     return con.execute("SELECT count(*) FROM keys").fetchone()[0]
+
+
+def find_active(con: duckdb.DuckDBPyConnection, key_hash: str) -> int | None:
+    row = con.execute("SELECT id FROM keys WHERE key_hash = ? AND revoked_at IS NULL", [key_hash]).fetchone()
+    return row[0] if row else None

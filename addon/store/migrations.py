@@ -51,7 +51,24 @@ def m001_calls_and_keys(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-MIGRATIONS = [m001_calls_and_keys]
+def m002_reprice_and_admin_tokens(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        -- What a call cost before its last reprice, and by which price data.
+        ALTER TABLE calls ADD COLUMN previous_cost_usd DECIMAL(18, 10);
+        ALTER TABLE calls ADD COLUMN previous_price_source VARCHAR;
+        ALTER TABLE calls ADD COLUMN repriced_at TIMESTAMPTZ;
+        CREATE SEQUENCE admin_tokens_id_seq START 1;
+        CREATE TABLE admin_tokens (
+            id INTEGER PRIMARY KEY DEFAULT nextval('admin_tokens_id_seq'),
+            name VARCHAR NOT NULL,
+            token_hash VARCHAR NOT NULL UNIQUE,
+            created_at TIMESTAMPTZ NOT NULL,
+            revoked_at TIMESTAMPTZ
+        );
+    """)
+
+
+MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

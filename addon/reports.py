@@ -1,0 +1,108 @@
+"""What a report or an export asks for, validated once for the CLI and the JSON API alike.
+
+    spec = parse_report(["model", "day"], since="7d", tz="America/Los_Angeles")
+    with store.reading(db) as con:
+        groups, total = store_reports.report(con, spec)
+
+Both front ends call these functions and the same queries in ``addon/store/reports.py``,
+so they always agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from dataclasses import dataclass, replace
+
+DIMENSIONS = ("model", "provider", "customer", "feature", "key", "day", "hour", "month")
+TIME_DIMENSIONS = ("day", "hour", "month")
+_RELATIVE = re.compile(r"^(\d{1,6})([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+class ReportError(ValueError):
+    """A request we cannot answer; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which calls: a time range [since, until) and optional filters."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    customer_id: str | None = None
+    feature: str | None = None
+    model: str | None = None
+    key_id: int | None = None
+    tz: str = "UTC"
+
+    def for_key(self, key_id: int) -> Selection:
+        """The same selection limited to one key's calls; asking for another key's is refused."""
+        if self.key_id is not None and self.key_id != key_id:
+            raise PermissionError(f"this key may only see its own calls (key {key_id}), not key {self.key_id}")
+        return replace(self, key_id=key_id)
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    by: tuple[str, ...]
+    selection: Selection
+
+
+def parse_selection(since: str | None = None, until: str | None = None, customer: str | None = None,
+                    feature: str | None = None, model: str | None = None, key: str | int | None = None,
+                    tz: str | None = None, now: dt.datetime | None = None) -> Selection:
+    zone = parse_tz(tz or "UTC")
+    now = now or dt.datetime.now(dt.UTC)
+    start = parse_when(since, zone, now, "since") if since else None
+    end = parse_when(until, zone, now, "until") if until else None
+    if start and end and start >= end:
+        raise ReportError(f"--since ({start:%Y-%m-%d %H:%M %Z}) must be before --until ({end:%Y-%m-%d %H:%M %Z}).")
+    return Selection(since=start, until=end, customer_id=customer or None, feature=feature or None,
+                     model=model or None, key_id=_key_id(key), tz=zone.key)
+
+
+def parse_report(by: list[str] | tuple[str, ...], **selection) -> ReportSpec:
+    by = tuple(by) or ("model",)
+    unknown = [d for d in by if d not in DIMENSIONS]
+    if unknown:
+        raise ReportError(f"unknown dimension {unknown[0]!r}; choose from {', '.join(DIMENSIONS)}.")
+    if len(by) > 2 or len(set(by)) != len(by):
+        raise ReportError("group by one or two different dimensions, e.g. --by model --by day.")
+    return ReportSpec(by=by, selection=parse_selection(**selection))
+
+
+def parse_tz(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ReportError(f"unknown time zone {name!r}; use an IANA name such as UTC or America/Los_Angeles.") \
+            from None
+
+
+def parse_when(value: str, zone: zoneinfo.ZoneInfo, now: dt.datetime, name: str) -> dt.datetime:
+    """``7d``/``24h``/``30m``/``2w`` ago, ``today``, a date (midnight in ``zone``) or an ISO time."""
+    value = value.strip()
+    if match := _RELATIVE.match(value):
+        return now - dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if value == "today":
+        local = now.astimezone(zone)
+        return dt.datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(dt.UTC)
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ReportError(f"cannot read {name} {value!r}: use 7d, 24h, today, 2026-11-01 or "
+                          f"2026-11-01T09:00.") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=zone)
+    return parsed.astimezone(dt.UTC)
+
+
+def _key_id(key: str | int | None) -> int | None:
+    if key is None or key == "":
+        return None
+    try:
+        return int(key)
+    except ValueError:
+        raise ReportError(f"key must be a key id (a number, see `aispendtrack keys list`), got {key!r}.") from None

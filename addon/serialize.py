@@ -1,0 +1,21 @@
+"""Values from the store as JSON-friendly values, the same for the CLI and the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+
+
+def json_value(value: object) -> object:
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def json_row(row: dict) -> dict:
+    return {k: json_value(v) for k, v in row.items()}

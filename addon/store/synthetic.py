@@ -1,0 +1,65 @@
+"""Realistic fake calls for benchmarks and volume tests, generated inside DuckDB (millions per second).
+
+Skewed like real traffic: a few models take most calls, customers follow a long tail, and
+about 3% of calls fail. Costs follow list prices for the token counts (one unpriced model).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+
+# (model, provider, input $/Mtok, output $/Mtok); None: a model without a price.
+MODELS = [
+    ("gpt-4o-mini-2024-07-18", "openai", 0.15, 0.60),
+    ("gpt-4o-2024-08-06", "openai", 2.50, 10.00),
+    ("claude-sonnet-4-20250514", "anthropic", 3.00, 15.00),
+    ("gpt-5-mini-2025-08-07", "openai", 0.25, 2.00),
+    ("claude-3-5-haiku-20241022", "anthropic", 0.80, 4.00),
+    ("text-embedding-3-small", "openai", 0.02, 0.0),
+    ("claude-opus-4-20250514", "anthropic", 15.00, 75.00),
+    ("acme-ft-7b", "openai", None, None),
+]
+
+
+def generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, days: int = 90,
+             customers: int = 10_000, features: int = 50, keys: int = 20) -> None:
+    models = ", ".join(
+        f"({i}, '{m}', '{p}', {'NULL' if a is None else a}, {'NULL' if b is None else b})"
+        for i, (m, p, a, b) in enumerate(MODELS))
+    con.execute(f"""
+        INSERT INTO calls (id, ts, key_id, provider, endpoint, model, stream, status, outcome, error,
+            input_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
+            reasoning_tokens, web_search_requests, cost_usd, priced, price_source, usage_source,
+            customer_id, feature, latency_ms, ttft_ms)
+        WITH m(i, model, provider, in_rate, out_rate) AS (VALUES {models}),
+        base AS (
+            SELECT uuid() AS id,
+                   ?::TIMESTAMPTZ - to_microseconds((random() * {days} * 86400e6)::BIGINT) AS ts,
+                   least(floor(pow(random(), 2.5) * {len(MODELS)}), {len(MODELS) - 1})::INT AS model_i,
+                   1 + floor(pow(random(), 2) * {keys})::INT AS key_id,
+                   'cust-' || floor(pow(random(), 3) * {customers})::INT AS customer_id,
+                   'feature-' || floor(pow(random(), 1.5) * {features})::INT AS feature,
+                   (50 + random() * 4000)::BIGINT AS input_tokens,
+                   (random() * 600)::BIGINT AS output_tokens,
+                   random() < 0.3 AS is_stream,
+                   random() AS luck,
+                   20 + random() * random() * 8000 AS latency_ms
+            FROM range({rows})
+        )
+        SELECT id, ts, key_id, m.provider,
+               CASE WHEN m.provider = 'anthropic' THEN '/v1/messages' ELSE '/v1/chat/completions' END,
+               m.model, is_stream,
+               CASE WHEN luck < 0.02 THEN 429 WHEN luck < 0.03 THEN 500 ELSE 200 END,
+               'completed', NULL,
+               CASE WHEN luck < 0.03 THEN 0 ELSE input_tokens END, 0, 0, 0,
+               CASE WHEN luck < 0.03 THEN 0 ELSE output_tokens END, 0, 0,
+               CASE WHEN luck < 0.03 OR m.in_rate IS NULL THEN NULL
+                    ELSE (input_tokens * m.in_rate + output_tokens * m.out_rate) / 1e6 END::DECIMAL(18, 10),
+               luck >= 0.03 AND m.in_rate IS NOT NULL,
+               CASE WHEN luck >= 0.03 AND m.in_rate IS NOT NULL THEN 'synthetic' END,
+               CASE WHEN luck < 0.03 THEN 'none' ELSE 'reported' END,
+               customer_id, feature, latency_ms, CASE WHEN is_stream THEN latency_ms / 4 END
+        FROM base JOIN m ON m.i = base.model_i
+    """, [end])

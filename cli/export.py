@@ -1,0 +1,60 @@
+"""``aispendtrack export``: every matching row, streamed to a file or standard output."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import click
+
+from addon.store import reading
+from addon.store import reports as report_rows
+
+from .options import selection_options
+
+FORMATS = ("csv", "json", "jsonl", "parquet")
+
+
+@click.command()
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True,
+              help="json is one array; jsonl one object per line.")
+@selection_options
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write here instead of standard output.")
+@click.pass_obj
+def export(obj, fmt: str, selection, out: str | None) -> None:
+    """Export calls (metadata only) in constant memory, whatever their number."""
+    if out is None and fmt == "parquet" and sys.stdout.isatty():
+        raise click.UsageError("parquet is binary: write it to a file with --out FILE.")
+    target = out or "/dev/stdout"
+    sys.stdout.flush()
+    with reading(obj.db) as con:
+        total = report_rows.count(con, selection)
+        if sys.stderr.isatty() and total:
+            _copy_with_progress(con, selection, target, fmt, total)
+        else:
+            report_rows.copy_out(con, selection, target, fmt)
+    if out:
+        click.echo(f"Wrote {total:,} calls to {out}.", err=True)
+
+
+def _copy_with_progress(con, selection, target: str, fmt: str, total: int) -> None:
+    """DuckDB runs the COPY on a thread; this one shows its progress on the terminal (stderr)."""
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            report_rows.copy_out(con, selection, target, fmt)
+        except BaseException as exc:  # re-raised below, on the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    with click.progressbar(length=100, label=f"Exporting {total:,} calls", file=sys.stderr) as bar:
+        done = 0
+        while worker.is_alive():
+            worker.join(0.2)
+            progress = max(int(con.query_progress()), done) if worker.is_alive() else 100
+            bar.update(progress - done)
+            done = progress
+    if failure:
+        raise failure[0]

@@ -1,0 +1,74 @@
+"""``aispendtrack report``: spend grouped by model, customer, feature, key or time."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from addon.reports import DIMENSIONS, ReportError, ReportSpec, parse_report
+from addon.store import reading
+from addon.store import reports as report_rows
+
+from .options import selection_options
+from .output import compact, emit, money, render_table, seconds, tokens
+
+
+@click.command()
+@click.option("--by", "by", multiple=True, type=click.Choice(DIMENSIONS), default=("model",), show_default=True,
+              help="Group by this dimension; give --by twice for two.")
+@selection_options
+@click.option("--format", "fmt", type=click.Choice(("table", "json", "csv")), default="table", show_default=True)
+@click.option("--wide", is_flag=True, help="Table with every token kind (wider than 80 columns).")
+@click.pass_obj
+def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool) -> None:
+    """What was spent, on what, for whom: calls, tokens, cost, share and latency per group."""
+    try:
+        spec = parse_report(by)
+    except ReportError as exc:
+        raise click.UsageError(str(exc)) from None
+    spec = dataclasses.replace(spec, selection=selection)
+    with reading(obj.db) as con:
+        groups, total = report_rows.report(con, spec)
+    if fmt != "table":
+        emit(groups, fmt, [])
+        return
+    click.echo(render(spec, groups, total, wide))
+
+
+def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False) -> str:
+    """The table; the default one fits 80 columns for a dimension up to ~25 characters wide.
+    ``%`` is the share of the total cost."""
+    names = [report_rows.dimension_name(d) for d in spec.by]
+    number = tokens if wide else compact
+    columns = [(name.upper().replace("_ID", ""), _cell(name), "<") for name in names]
+    columns += [("CALLS", lambda r: number(r["calls"]), ">"), ("ERR", lambda r: number(r["errors"]), ">"),
+                ("IN", lambda r: number(r["input_tokens"]), ">")]
+    if wide:
+        columns += [("CACHE READ", lambda r: number(r["cache_read_tokens"]), ">"),
+                    ("CACHE WRITE", lambda r: number(r["cache_write_tokens"]), ">")]
+    columns += [("OUT", lambda r: number(r["output_tokens"]), ">")]
+    if wide:
+        columns += [("REASONING", lambda r: number(r["reasoning_tokens"]), ">")]
+    columns += [("COST", _cost, ">"),
+                ("%", lambda r: f"{r['share']:.0%}" if r["share"] is not None else "-", ">"),
+                ("P50/P95", lambda r: f"{seconds(r['p50_latency_ms'])}/{seconds(r['p95_latency_ms'])}", ">")]
+    totals_row = {**total, **{name: "TOTAL" if i == 0 else "" for i, name in enumerate(names)}}
+    lines = render_table([*groups, totals_row], columns).splitlines()
+    lines.insert(len(lines) - 1, "-" * max(len(line) for line in lines))
+    if total["unpriced_calls"]:
+        lines.append(f"* {total['unpriced_calls']:,} more calls have no price (unknown model), see "
+                     f"`aispendtrack prices check`.")
+    if not wide and (total["cache_read_tokens"] or total["cache_write_tokens"]):
+        lines.append(f"IN excludes {compact(total['cache_read_tokens'])} cache-read, "
+                     f"{compact(total['cache_write_tokens'])} cache-write tokens (--wide shows them).")
+    return "\n".join(lines)
+
+
+def _cell(name: str):
+    return lambda r: "-" if r[name] is None else str(r[name])
+
+
+def _cost(row: dict) -> str:
+    text = money(row["cost_usd"]) if row["cost_usd"] is not None else ("unpriced" if row["unpriced_calls"] else "-")
+    return text + ("*" if row["unpriced_calls"] and row["cost_usd"] is not None else "")

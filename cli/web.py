@@ -1,0 +1,33 @@
+"""``aispendtrack web``: the JSON API (and report page) on its own port."""
+
+from __future__ import annotations
+
+import threading
+
+import click
+
+
+def serve_in_thread(home, host: str, port: int) -> threading.Thread:
+    """The web app beside the proxy, in the same process (``aispendtrack proxy --web-port``)."""
+    from werkzeug.serving import make_server
+
+    from web import create_app
+
+    server = make_server(host, port, create_app(home), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="aispendtrack-web", daemon=True)
+    thread.start()
+    return thread
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8081, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@click.pass_obj
+def web(obj, host: str, port: int) -> None:
+    """Serve the JSON API at http://HOST:PORT/api/v1 (see docs/api.md)."""
+    from werkzeug.serving import run_simple
+
+    from web import create_app
+
+    click.echo(f"AiSpendTrack web on http://{host}:{port}  (data: {obj.home})")
+    run_simple(host, port, create_app(obj.home), threaded=True)

@@ -1,0 +1,253 @@
+"""Reports, exports, repricing and the JSON API, on a real DuckDB file.
+
+The small data set below is chosen so every expected number can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import uuid
+from decimal import Decimal
+
+import pytest
+from click.testing import CliRunner
+
+from addon import home as home_dir
+from addon.store import calls as call_rows
+from addon.store import synthetic, writing
+from cli.main import cli
+from web import create_app
+
+UTC = dt.UTC
+
+
+def row(ts: str, model: str, cost: str | None, latency: float, customer: str = "acme", feature: str = "chat",
+        key_id: int = 1, status: int = 200, usage: str = "reported", provider: str = "openai", **tokens) -> dict:
+    return {"id": uuid.uuid4(), "ts": dt.datetime.fromisoformat(ts).replace(tzinfo=UTC), "key_id": key_id,
+            "provider": provider, "endpoint": "/v1/chat/completions", "model": model, "stream": False,
+            "status": status, "outcome": "completed", "error": None,
+            "input_tokens": tokens.get("input_tokens", 100), "cache_read_tokens": tokens.get("cache_read", 0),
+            "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "output_tokens": tokens.get("output_tokens", 10),
+            "reasoning_tokens": 0, "web_search_requests": 0,
+            "cost_usd": Decimal(cost) if cost is not None else None, "priced": cost is not None,
+            "price_source": "test" if cost is not None else None, "usage_source": usage, "customer_id": customer,
+            "feature": feature, "latency_ms": latency, "ttft_ms": None}
+
+
+DATA = [
+    row("2026-10-31T23:30:00", "gpt-4o", "1.00", 100),                        # Oct in UTC, Oct 31 in Pacific
+    row("2026-11-01T00:30:00", "gpt-4o", "2.00", 200, feature="search"),       # Nov in UTC, Oct 31 in Pacific
+    row("2026-11-01T08:00:00", "claude-sonnet-4", "3.00", 300, customer="globex", key_id=2, provider="anthropic"),
+    row("2026-11-02T12:00:00", "acme-llm", None, 400, customer="globex", key_id=2),   # unpriced
+    row("2026-11-02T13:00:00", "gpt-4o", None, 50, status=500, usage="none", input_tokens=0, output_tokens=0),
+]
+
+
+@pytest.fixture
+def home(tmp_path):
+    with writing(home_dir.db_path(tmp_path)) as con:
+        call_rows.insert(con, DATA)
+    return tmp_path
+
+
+def cli_json(home, *args) -> list[dict]:
+    result = CliRunner().invoke(cli, ["--home", str(home), *args, "--format", "json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def by(groups: list[dict], key: str) -> dict:
+    return {g[key]: g for g in groups}
+
+
+def test_report_by_model_with_errors_unpriced_share_and_latency(home):
+    groups = by(cli_json(home, "report", "--by", "model"), "model")
+    assert list(groups) == ["gpt-4o", "claude-sonnet-4", "acme-llm"]  # by cost, unpriced last
+    gpt = groups["gpt-4o"]
+    assert (gpt["calls"], gpt["errors"], gpt["unpriced_calls"]) == (3, 1, 0)
+    assert gpt["cost_usd"] == 3.0 and gpt["share"] == 0.5
+    assert gpt["input_tokens"] == 200 and gpt["output_tokens"] == 20
+    assert gpt["p50_latency_ms"] == 100 and gpt["p95_latency_ms"] == pytest.approx(190)  # of 50, 100, 200
+    unpriced = groups["acme-llm"]
+    assert unpriced["unpriced_calls"] == 1 and unpriced["cost_usd"] is None and unpriced["share"] is None
+
+
+def test_months_follow_the_time_zone_the_invoice_uses(home):
+    utc = by(cli_json(home, "report", "--by", "month"), "month")
+    assert {m: (g["calls"], g["cost_usd"]) for m, g in utc.items()} == {"2026-10": (1, 1.0), "2026-11": (4, 5.0)}
+    pacific = by(cli_json(home, "report", "--by", "month", "--tz", "America/Los_Angeles"), "month")
+    assert {m: (g["calls"], g["cost_usd"]) for m, g in pacific.items()} == {"2026-10": (2, 3.0),
+                                                                              "2026-11": (3, 3.0)}
+    days = by(cli_json(home, "report", "--by", "day", "--tz", "America/Los_Angeles"), "day")
+    assert days["2026-10-31"]["calls"] == 2
+
+
+def test_filters_and_time_range(home):
+    acme = cli_json(home, "report", "--by", "customer", "--customer", "acme")
+    assert [(g["customer_id"], g["calls"], g["cost_usd"]) for g in acme] == [("acme", 3, 3.0)]
+    window = cli_json(home, "report", "--by", "provider", "--since", "2026-11-01", "--until", "2026-11-02")
+    assert {g["provider"]: g["cost_usd"] for g in window} == {"anthropic": 3.0, "openai": 2.0}
+    pacific_day = cli_json(home, "report", "--by", "model", "--since", "2026-10-31", "--until", "2026-11-01",
+                           "--tz", "America/Los_Angeles")
+    assert [(g["model"], g["calls"]) for g in pacific_day] == [("gpt-4o", 2)]
+
+
+def test_two_dimensions(home):
+    groups = cli_json(home, "report", "--by", "customer", "--by", "feature")
+    assert {(g["customer_id"], g["feature"]): g["calls"] for g in groups} == {
+        ("acme", "chat"): 2, ("acme", "search"): 1, ("globex", "chat"): 2}
+
+
+def test_table_has_a_total_line_and_flags_unpriced(home):
+    result = CliRunner().invoke(cli, ["--home", str(home), "report", "--by", "model"])
+    lines = result.output.splitlines()
+    total = next(line for line in lines if line.startswith("TOTAL"))
+    assert "$6.00*" in total and "5" in total.split()
+    assert "1 more calls have no price (unknown model)" in result.output
+    assert max(len(line) for line in lines) <= 80
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--by", "colour"], "Invalid value for '--by'"),
+    (["--since", "last tuesday"], "cannot read since 'last tuesday'"),
+    (["--tz", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
+    (["--since", "2026-11-02", "--until", "2026-11-01"], "must be before --until"),
+])
+def test_bad_report_arguments_say_what_to_fix(home, args, message):
+    result = CliRunner().invoke(cli, ["--home", str(home), "report", *args])
+    assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "parquet"])
+def test_export_writes_every_matching_row(home, tmp_path, fmt):
+    out = tmp_path / f"calls.{fmt}"
+    result = CliRunner().invoke(cli, ["--home", str(home), "export", "--format", fmt, "--customer", "acme",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    if fmt == "csv":
+        rows = list(csv.DictReader(out.open()))
+    elif fmt == "json":
+        rows = json.loads(out.read_text())
+    elif fmt == "jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        import duckdb
+        rows = [dict(zip(("customer_id", "model"), r)) for r in
+                duckdb.connect().execute(f"SELECT customer_id, model FROM '{out}'").fetchall()]
+    assert len(rows) == 3 and {r["customer_id"] for r in rows} == {"acme"}
+    assert "Wrote 3 calls" in result.output
+
+
+def test_reprice_keeps_the_old_cost_and_prints_the_change(home):
+    (home / "prices.toml").write_text('[[price]]\nmodel = "acme-llm"\ninput_mtok = 10\noutput_mtok = 100\n')
+    result = CliRunner().invoke(cli, ["--home", str(home), "reprice", "--model", "acme-llm"])
+    assert result.exit_code == 0, result.output
+    assert "Checked 1 calls; 1 changed: unpriced" not in result.output
+    assert "1 changed: $0 -> $0.002" in result.output  # 100 in x $10 + 10 out x $100, per million
+    [repriced] = [r for r in cli_json(home, "calls") if r["model"] == "acme-llm"]
+    assert repriced["cost_usd"] == pytest.approx(0.002) and repriced["priced"] is True
+    exported = json.loads(CliRunner().invoke(cli, ["--home", str(home), "export", "--format", "json",
+                                                   "--model", "acme-llm", "--out", str(home / "x.json")]).output
+                          and (home / "x.json").read_text())
+    assert exported[0]["previous_cost_usd"] is None and exported[0]["previous_price_source"] is None
+    assert exported[0]["price_source"] == "override prices.toml#1" and exported[0]["repriced_at"]
+
+
+# --- JSON API --------------------------------------------------------------------------------
+
+@pytest.fixture
+def api(home):
+    app = create_app(home, {"TESTING": True})
+    runner = CliRunner()
+
+    def secret(*args: str) -> str:
+        out = runner.invoke(cli, ["--home", str(home), *args, "--json"], catch_exceptions=False).output
+        return json.loads(out)["token" if "admin" in args else "key"]
+
+    tokens = {"admin": secret("admin", "create-token"), "key1": secret("keys", "create", "--name", "one"),
+              "key2": secret("keys", "create", "--name", "two")}
+    client = app.test_client()
+
+    def get(path: str, who: str | None = "admin"):
+        headers = {"Authorization": f"Bearer {tokens[who]}"} if who else {}
+        return client.get(path, headers=headers)
+
+    return get
+
+
+def test_api_report_equals_the_cli_report(home, api):
+    for query, args in [("by=model", ["--by", "model"]),
+                        ("by=month&tz=America/Los_Angeles", ["--by", "month", "--tz", "America/Los_Angeles"]),
+                        ("by=customer&by=feature&since=2026-11-01", ["--by", "customer", "--by", "feature",
+                                                                      "--since", "2026-11-01"])]:
+        response = api(f"/api/v1/report?{query}")
+        assert response.status_code == 200
+        assert response.get_json() == cli_json(home, "report", *args)
+
+
+def test_api_and_cli_agree_on_generated_volume(tmp_path):
+    with writing(home_dir.db_path(tmp_path)) as con:
+        synthetic.generate(con, 30_000, end=dt.datetime(2026, 11, 25, tzinfo=UTC))
+    app = create_app(tmp_path, {"TESTING": True})
+    token = json.loads(CliRunner().invoke(cli, ["--home", str(tmp_path), "admin", "create-token", "--json"]).output)
+    client = app.test_client()
+    for dims in (["model"], ["feature", "day"], ["key"]):
+        response = client.get("/api/v1/report?" + "&".join(f"by={d}" for d in dims),
+                              headers={"Authorization": f"Bearer {token['token']}"})
+        cli_groups = cli_json(tmp_path, "report", *[a for d in dims for a in ("--by", d)])
+        assert response.get_json() == cli_groups
+        assert sum(g["calls"] for g in cli_groups) == 30_000
+
+
+def test_api_needs_credentials(api):
+    assert api("/api/v1/report", who=None).status_code == 401
+    response = api("/api/v1/calls", who=None)
+    assert "Authorization: Bearer" in response.get_json()["error"]["message"]
+
+
+def test_a_key_sees_only_its_own_calls(api):
+    # Keys 1 and 2 of the data set are the first two keys created by the fixture.
+    own = api("/api/v1/report?by=key", who="key2").get_json()
+    assert [(g["key_id"], g["calls"]) for g in own] == [(2, 2)]
+    assert api("/api/v1/report?by=model&key=1", who="key2").status_code == 403
+    calls = api("/api/v1/calls?limit=100", who="key1").get_json()["calls"]
+    assert {c["key_id"] for c in calls} == {1} and len(calls) == 3
+
+
+def test_calls_pages_are_newest_first_and_complete(api):
+    seen, cursor = [], None
+    while True:
+        page = api(f"/api/v1/calls?limit=2{'&cursor=' + cursor if cursor else ''}").get_json()
+        seen += page["calls"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(DATA) and len({c["id"] for c in seen}) == len(DATA)
+    assert [c["ts"] for c in seen] == sorted((c["ts"] for c in seen), reverse=True)
+
+
+def test_api_export_streams_the_rows(api):
+    response = api("/api/v1/export?format=csv&customer=globex")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert sorted(r["model"] for r in rows) == ["acme-llm", "claude-sonnet-4"]
+    as_json = api("/api/v1/export?format=json").get_json()
+    assert len(as_json) == len(DATA)
+    lines = api("/api/v1/export?format=jsonl&model=gpt-4o").get_data(as_text=True).splitlines()
+    assert len(lines) == 3 and all(json.loads(line)["model"] == "gpt-4o" for line in lines)
+
+
+@pytest.mark.parametrize("path,message", [
+    ("/api/v1/report?by=colour", "unknown dimension 'colour'"),
+    ("/api/v1/report?since=yesterday-ish", "cannot read since"),
+    ("/api/v1/calls?limit=0", "limit must be a whole number from 1 to 1000"),
+    ("/api/v1/calls?cursor=bogus", "cursor is not one this API gave out"),
+    ("/api/v1/export?format=xml", "format must be one of csv, json, jsonl"),
+])
+def test_api_errors_are_json_and_say_what_to_fix(api, path, message):
+    response = api(path)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]["message"]

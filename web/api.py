@@ -1,0 +1,169 @@
+"""``/api/v1``: report, calls (keyset pages) and export (streamed). JSON errors say what to fix."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as dt
+import io
+import json
+import uuid
+
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+
+from addon import home as home_dir
+from addon.reports import ReportError, Selection, parse_report, parse_selection
+from addon.serialize import json_row, json_value
+from addon.store import StoreBusy, reading
+from addon.store import reports as report_rows
+
+from .auth import authenticate
+
+api = Blueprint("api", __name__, url_prefix="/api/v1")
+EXPORT_FORMATS = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
+MAX_PAGE = 1000
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@api.errorhandler(ApiError)
+def _api_error(exc: ApiError):
+    return jsonify(error={"code": exc.code, "message": exc.message}), exc.status
+
+
+@api.errorhandler(ReportError)
+def _bad_request(exc: ReportError):
+    return jsonify(error={"code": "bad_request", "message": str(exc)}), 400
+
+
+@api.errorhandler(StoreBusy)
+def _busy(exc: StoreBusy):
+    return jsonify(error={"code": "busy", "message": str(exc)}), 503
+
+
+@api.before_request
+def _authenticate() -> None:
+    principal = authenticate(_db(), request.headers.get("Authorization"))
+    if principal is None:
+        raise ApiError(401, "unauthorized", "Send `Authorization: Bearer ask_...` (your key's calls) or an admin "
+                                            "token from `aispendtrack admin create-token` (all calls).")
+    g.principal = principal
+
+
+@api.get("/report")
+def report():
+    spec = parse_report(request.args.getlist("by"), **_selection_args())
+    spec = type(spec)(by=spec.by, selection=_scoped(spec.selection))
+    with reading(_db()) as con:
+        groups, _ = report_rows.report(con, spec)
+    return jsonify([json_row(group) for group in groups])
+
+
+@api.get("/report/total")
+def report_total():
+    spec = parse_report(request.args.getlist("by"), **_selection_args())
+    spec = type(spec)(by=spec.by, selection=_scoped(spec.selection))
+    with reading(_db()) as con:
+        _, total = report_rows.report(con, spec)
+    return jsonify(json_row(total))
+
+
+@api.get("/calls")
+def calls():
+    limit = _int_arg("limit", 50, 1, MAX_PAGE)
+    selection = _scoped(parse_selection(**_selection_args()))
+    after = _decode_cursor(request.args.get("cursor"))
+    with reading(_db()) as con:
+        rows = report_rows.calls_page(con, selection, limit, after)
+    next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
+    return jsonify(calls=[json_row(r) for r in rows], next_cursor=next_cursor)
+
+
+@api.get("/export")
+def export():
+    fmt = request.args.get("format", "csv")
+    if fmt not in EXPORT_FORMATS:
+        raise ApiError(400, "bad_request", f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}.")
+    selection = _scoped(parse_selection(**_selection_args()))
+    headers = {"Content-Disposition": f'attachment; filename="aispendtrack-calls.{fmt}"'}
+    return Response(stream_with_context(_export_body(_db(), selection, fmt)), mimetype=EXPORT_FORMATS[fmt],
+                    headers=headers)
+
+
+def _export_body(db, selection: Selection, fmt: str):
+    columns = report_rows.EXPORT_COLUMNS
+    with reading(db) as con:
+        if fmt == "csv":
+            yield _csv_line(columns)
+        elif fmt == "json":
+            yield "["
+        first = True
+        for batch in report_rows.export_rows(con, selection):
+            if fmt == "csv":
+                yield "".join(_csv_line([json_value(v) for v in row]) for row in batch)
+                continue
+            objects = [json.dumps(dict(zip(columns, map(json_value, row)))) for row in batch]
+            if fmt == "jsonl":
+                yield "".join(line + "\n" for line in objects)
+            else:
+                yield ("" if first else ",") + ",".join(objects)
+            first = False
+        if fmt == "json":
+            yield "]"
+
+
+def _csv_line(values) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue()
+
+
+def _selection_args() -> dict:
+    args = request.args
+    return {name: args.get(name) for name in ("since", "until", "customer", "feature", "model", "key", "tz")}
+
+
+def _scoped(selection: Selection) -> Selection:
+    """A key sees only its own calls; asking for another key's is a 403, never someone else's numbers."""
+    principal = g.principal
+    if principal.is_admin:
+        return selection
+    try:
+        return selection.for_key(principal.key_id)
+    except PermissionError as exc:
+        raise ApiError(403, "forbidden", str(exc)) from None
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    value = request.args.get(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise ApiError(400, "bad_request", f"{name} must be a whole number from {low} to {high}, got {value!r}.")
+    return number
+
+
+def _encode_cursor(row: dict) -> str:
+    return base64.urlsafe_b64encode(f"{row['ts'].isoformat()}|{row['id']}".encode()).decode()
+
+
+def _decode_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
+    if not cursor:
+        return None
+    try:
+        ts, _, call_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return dt.datetime.fromisoformat(ts), uuid.UUID(call_id)
+    except ValueError:
+        raise ApiError(400, "bad_request", "cursor is not one this API gave out; start again without it.") from None
+
+
+def _db():
+    return home_dir.db_path(current_app.config["AISPENDTRACK_HOME"])
