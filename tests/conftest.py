@@ -73,7 +73,7 @@ class Proxy:
 
 
 def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
-                flush_ms: int = FLUSH_MS) -> Proxy:
+                flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = ()) -> Proxy:
     if key is None:
         created = json.loads(run_cli(home, "keys", "create", "--name", "tests", "--json"))
         key, key_id = created["key"], created["id"]
@@ -83,7 +83,7 @@ def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None =
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
-         "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms)],
+         "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms), *extra_args],
         stdout=log, stderr=subprocess.STDOUT)
     proxy = Proxy(home, f"http://127.0.0.1:{port}", key, key_id, log_path, process)
     deadline = time.monotonic() + 30

@@ -13,7 +13,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
-import pytest
 
 from addon.store import calls as call_rows
 from addon.store import reading

@@ -7,7 +7,6 @@ header of the caller's), and can read back every request the upstream received.
 
 from __future__ import annotations
 
-import gzip
 import json
 import socket
 import threading
@@ -142,6 +141,3 @@ class _GzipStream:
     def flush(self) -> bytes:
         return self._z.flush()
 
-
-def gzip_bytes(data: bytes) -> bytes:
-    return gzip.compress(data)

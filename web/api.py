@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import datetime as dt
 import io
 import json
@@ -56,20 +57,21 @@ def _authenticate() -> None:
 
 @api.get("/report")
 def report():
-    spec = parse_report(request.args.getlist("by"), **_selection_args())
-    spec = type(spec)(by=spec.by, selection=_scoped(spec.selection))
-    with reading(_db()) as con:
-        groups, _ = report_rows.report(con, spec)
+    groups, _ = _run_report()
     return jsonify([json_row(group) for group in groups])
 
 
 @api.get("/report/total")
 def report_total():
-    spec = parse_report(request.args.getlist("by"), **_selection_args())
-    spec = type(spec)(by=spec.by, selection=_scoped(spec.selection))
-    with reading(_db()) as con:
-        _, total = report_rows.report(con, spec)
+    _, total = _run_report()
     return jsonify(json_row(total))
+
+
+def _run_report() -> tuple[list[dict], dict]:
+    spec = parse_report(request.args.getlist("by"), **_selection_args())
+    spec = dataclasses.replace(spec, selection=_scoped(spec.selection))
+    with reading(_db()) as con:
+        return report_rows.report(con, spec)
 
 
 @api.get("/calls")

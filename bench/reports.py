@@ -1,0 +1,105 @@
+"""Report and export speed at 10 million calls (90 days, 10k customers, 50 features, skewed models).
+
+    .venv/bin/python -m bench.reports                 # 10M rows: ~2 minutes, ~2 GB of disk in /tmp
+    .venv/bin/python -m bench.reports --rows 1000000  # smaller
+
+Targets on a 2-core machine: each report <= 1 s, CSV export >= 500k rows/s, and export memory
+that does not grow with the row count (10M rows must not need more memory than 1M).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from addon import home as home_dir
+from addon.reports import parse_report
+from addon.store import reading, synthetic, writing
+from addon.store import reports as report_rows
+
+END = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+REPORTS = [
+    (["model"], {}), (["customer"], {}), (["feature"], {}), (["key"], {}), (["provider"], {}),
+    (["day"], {}), (["month"], {"tz": "America/Los_Angeles"}), (["model", "day"], {}),
+    (["feature"], {"since": "2026-11-18"}), (["day"], {"customer": "cust-1"}),
+]
+# Run in a child process so that its peak memory is its own.
+_EXPORT_CHILD = """
+import resource, sys, time
+from addon.reports import parse_selection
+from addon.store import reading
+from addon.store import reports as report_rows
+db, out, since = sys.argv[1], sys.argv[2], sys.argv[3] or None
+selection = parse_selection(since=since)
+with reading(__import__("pathlib").Path(db)) as con:
+    rows = report_rows.count(con, selection)
+    start = time.perf_counter()
+    report_rows.copy_out(con, selection, out, "csv")
+    elapsed = time.perf_counter() - start
+print(rows, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def build(db: Path, rows: int) -> float:
+    start = time.perf_counter()
+    with writing(db) as con:
+        for done in range(0, rows, 2_000_000):  # in slices: generation holds a batch in memory
+            synthetic.generate(con, min(2_000_000, rows - done), end=END)
+    return time.perf_counter() - start
+
+
+def time_reports(db: Path) -> list[tuple[str, float, int]]:
+    results = []
+    with reading(db) as con:
+        for dims, options in REPORTS:
+            spec = parse_report(dims, now=END, **options)  # a fixed "now": the data ends at END
+            report_rows.report(con, spec)  # warm the file cache
+            start = time.perf_counter()
+            groups, _ = report_rows.report(con, spec)
+            label = "--by " + " --by ".join(dims) + "".join(f" --{k} {v}" for k, v in options.items())
+            results.append((label, time.perf_counter() - start, len(groups)))
+    return results
+
+
+def time_export(db: Path, since: str | None) -> tuple[int, float, int]:
+    with tempfile.NamedTemporaryFile(suffix=".csv") as out:
+        result = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, str(db), out.name, since or ""],
+                                capture_output=True, text=True, check=True)
+    rows, elapsed, rss_kb = result.stdout.split("\n")[-2].split()  # the child's last line
+    return int(rows), float(elapsed), int(rss_kb)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aispendtrack-reports-") as tmp:
+        db = home_dir.db_path(Path(tmp))
+        print(f"generating {args.rows:,} calls ... {build(db, args.rows):.1f} s, "
+              f"{db.stat().st_size / 1e6:,.0f} MB on disk")
+        ok = True
+        print("\nreport (warm)                                        seconds  groups")
+        for label, seconds, groups in time_reports(db):
+            ok &= seconds <= 1.0
+            print(f"  {label:<50} {seconds:>7.3f}  {groups:>6,}{'' if seconds <= 1.0 else '  OVER 1 s'}")
+        print("\nexport to CSV                      rows      seconds   rows/s   peak RSS")
+        small_since = (END - dt.timedelta(days=9)).date().isoformat()  # ~1/10 of the 90 days
+        exports = [time_export(db, small_since), time_export(db, None)]
+        for rows, seconds, rss_kb in exports:
+            print(f"  {'':<28}{rows:>10,}  {seconds:>8.2f}  {rows / seconds:>8,.0f}  {rss_kb / 1024:>7,.0f} MB")
+        (small_rows, _, small_rss), (all_rows, all_seconds, all_rss) = exports
+        ok &= all_rows / all_seconds >= 500_000
+        flat = all_rss <= small_rss * 1.5
+        ok &= flat
+        print(f"  memory for {all_rows:,} rows is {all_rss / small_rss:.2f}x that for {small_rows:,} "
+              f"({'flat' if flat else 'GROWS'})")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
