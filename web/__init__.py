@@ -1,4 +1,4 @@
-"""The Flask app: the JSON API (``/api/v1``) over the same queries as the CLI.
+"""The Flask app: the report page (``/``) and the JSON API (``/api/v1``) over the CLI's queries.
 
     aispendtrack web --port 8081                   # or: aispendtrack proxy --web-port 8081
     curl -H "Authorization: Bearer ask_..." "http://127.0.0.1:8081/api/v1/report?by=model&since=7d"
@@ -13,15 +13,19 @@ from flask import Flask, jsonify
 from addon import home as home_dir
 
 from .api import api
+from .auth import session_secret
+from .pages import pages
 
 
 def create_app(home: str | Path | None = None, test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config["AISPENDTRACK_HOME"] = home_dir.resolve(home)
-    app.config["JSON_SORT_KEYS"] = False
+    app.config.update(SECRET_KEY=session_secret(app.config["AISPENDTRACK_HOME"]), SESSION_COOKIE_HTTPONLY=True,
+                      SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session")
     if test_config:
         app.config.update(test_config)
     app.register_blueprint(api)
+    app.register_blueprint(pages)
 
     @app.errorhandler(404)
     def not_found(_):

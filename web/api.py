@@ -10,7 +10,7 @@ import io
 import json
 import uuid
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request, session, stream_with_context
 
 from addon import home as home_dir
 from addon.reports import ReportError, Selection, parse_report, parse_selection
@@ -18,7 +18,7 @@ from addon.serialize import json_row, json_value
 from addon.store import StoreBusy, reading
 from addon.store import reports as report_rows
 
-from .auth import authenticate
+from .auth import Principal, authenticate, bearer, credential
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 EXPORT_FORMATS = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
@@ -48,7 +48,7 @@ def _busy(exc: StoreBusy):
 
 @api.before_request
 def _authenticate() -> None:
-    principal = authenticate(_db(), request.headers.get("Authorization"))
+    principal = current_principal()
     if principal is None:
         raise ApiError(401, "unauthorized", "Send `Authorization: Bearer ask_...` (your key's calls) or an admin "
                                             "token from `aispendtrack admin create-token` (all calls).")
@@ -70,7 +70,7 @@ def report_total():
 def _run_report() -> tuple[list[dict], dict]:
     spec = parse_report(request.args.getlist("by"), **_selection_args())
     spec = dataclasses.replace(spec, selection=_scoped(spec.selection))
-    with reading(_db()) as con:
+    with reading(db_path()) as con:
         return report_rows.report(con, spec)
 
 
@@ -79,7 +79,7 @@ def calls():
     limit = _int_arg("limit", 50, 1, MAX_PAGE)
     selection = _scoped(parse_selection(**_selection_args()))
     after = _decode_cursor(request.args.get("cursor"))
-    with reading(_db()) as con:
+    with reading(db_path()) as con:
         rows = report_rows.calls_page(con, selection, limit, after)
     next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
     return jsonify(calls=[json_row(r) for r in rows], next_cursor=next_cursor)
@@ -92,7 +92,7 @@ def export():
         raise ApiError(400, "bad_request", f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}.")
     selection = _scoped(parse_selection(**_selection_args()))
     headers = {"Content-Disposition": f'attachment; filename="aispendtrack-calls.{fmt}"'}
-    return Response(stream_with_context(_export_body(_db(), selection, fmt)), mimetype=EXPORT_FORMATS[fmt],
+    return Response(stream_with_context(_export_body(db_path(), selection, fmt)), mimetype=EXPORT_FORMATS[fmt],
                     headers=headers)
 
 
@@ -167,5 +167,14 @@ def _decode_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
         raise ApiError(400, "bad_request", "cursor is not one this API gave out; start again without it.") from None
 
 
-def _db():
+def current_principal() -> Principal | None:
+    """From the Authorization header, else from the page's session cookie."""
+    secret = bearer(request.headers.get("Authorization"))
+    found = credential(secret) if secret else session.get("credential")
+    if not found:
+        return None
+    return authenticate(db_path(), *found)
+
+
+def db_path():
     return home_dir.db_path(current_app.config["AISPENDTRACK_HOME"])

@@ -22,10 +22,12 @@ _METRICS = f"""
     count(*) AS calls,
     count(*) FILTER (WHERE status >= 400 OR outcome <> 'completed') AS errors,
     count(*) FILTER (WHERE NOT priced AND usage_source <> 'none') AS unpriced_calls,
+    count(*) FILTER (WHERE usage_source IN ('estimated', 'partial')) AS estimated_calls,
     {", ".join(f"coalesce(sum({t}), 0)::BIGINT AS {t}" for t in _TOKENS)},
     sum(cost_usd) AS cost_usd,
     quantile_cont(latency_ms, [0.5, 0.95]) AS latency_ms"""
-_METRIC_NAMES = ("calls", "errors", "unpriced_calls", *_TOKENS, "cost_usd", "latency_ms")
+_COUNTS = ("calls", "errors", "unpriced_calls", "estimated_calls")
+_METRIC_NAMES = (*_COUNTS, *_TOKENS, "cost_usd", "latency_ms")
 
 
 def dimension_name(dimension: str) -> str:
@@ -190,7 +192,7 @@ def _offset_periods(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.dateti
 
 def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], condition: str, params: list) -> dict:
     """Counts and sums add up from the groups; only the percentiles need another pass."""
-    total = {name: sum(g[name] for g in groups) for name in ("calls", "errors", "unpriced_calls", *_TOKENS)}
+    total = {name: sum(g[name] for g in groups) for name in (*_COUNTS, *_TOKENS)}
     costs = [g["cost_usd"] for g in groups if g["cost_usd"] is not None]
     total["cost_usd"] = sum(costs) if costs else None
     (quantiles,) = con.execute(f"SELECT quantile_cont(latency_ms, [0.5, 0.95]) FROM calls WHERE {condition}",

@@ -1,0 +1,158 @@
+"""The report page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright).
+
+The page is served by the real proxy process (``aispendtrack proxy --web-port``), over a DuckDB
+file holding hand-made calls from the last days, so what the page shows can be checked against
+``aispendtrack report`` and against a call made through the proxy while the page is open.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from addon import home as home_dir
+from addon.store import calls as call_rows
+from addon.store import writing
+
+from .conftest import free_port, run_cli, start_proxy
+from .test_reports import row
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
+
+
+def _recent(hours_ago: float, *args, **kwargs) -> dict:
+    ts = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours_ago)).replace(tzinfo=None).isoformat()
+    return row(ts, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, upstream):
+    home = tmp_path_factory.mktemp("web-home")
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [
+            _recent(30, "gpt-4o", "1.00", 100, customer="acme"),
+            _recent(20, "gpt-4o", "2.00", 200, customer="globex", feature="search"),
+            _recent(10, "claude-sonnet-4", "3.00", 300, customer="globex", key_id=2, provider="anthropic"),
+            _recent(5, "acme-llm", None, 400, customer="initech", key_id=2),
+            _recent(2, "gpt-4o", None, 50, customer="acme", status=500, usage="none"),
+        ])
+    admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    web_port = free_port()
+    proxy = start_proxy(home, upstream.url, tmp_path_factory.mktemp("web-logs") / "proxy.log",
+                        extra_args=("--web-port", str(web_port)))
+    yield {"proxy": proxy, "url": f"http://127.0.0.1:{web_port}", "admin": admin, "home": home}
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert errors == [], f"console errors: {errors}"
+
+
+def sign_in(page, site, secret: str | None = None) -> None:
+    page.goto(site["url"] + "/")
+    page.fill("#secret", secret or site["admin"])
+    page.click("button[type=submit]")
+    page.wait_for_selector("#by-model tbody tr[data-value]")
+    page.wait_for_function("document.querySelector('#total-spend').dataset.value !== undefined")
+
+
+def test_nothing_is_visible_without_signing_in(page, site):
+    page.goto(site["url"] + "/?range=30d")
+    assert page.url.startswith(site["url"] + "/login")
+    assert httpx.get(site["url"] + "/api/v1/report").status_code == 401
+    page.fill("#secret", "ask_wrong")
+    page.click("button[type=submit]")
+    assert "not an active key" in page.inner_text(".error")
+
+
+def test_session_cookie_is_httponly_and_samesite_and_logout_ends_it(page, site):
+    sign_in(page, site)
+    [cookie] = page.context.cookies()
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert site["admin"] not in cookie["value"]
+    page.click("text=Sign out")
+    page.wait_for_url("**/login")
+    page.goto(site["url"] + "/")
+    assert "/login" in page.url
+
+
+def test_totals_on_the_page_equal_the_cli_report(page, site):
+    sign_in(page, site)
+    groups = json.loads(run_cli(site["home"], "report", "--by", "model", "--since", "7d", "--format", "json"))
+    cli_cost = sum(g["cost_usd"] or 0 for g in groups)
+    assert float(page.get_attribute("#total-spend", "data-value")) == pytest.approx(cli_cost)
+    assert int(page.get_attribute("#total-calls", "data-value")) == sum(g["calls"] for g in groups)
+    assert page.inner_text("#total-spend") == "$6.00*"  # * : one call is unpriced
+    assert "calls used models without a price" in page.inner_text("#warnings")
+    rows = page.locator("#by-model tbody tr")
+    assert rows.first.get_attribute("data-value") in ("gpt-4o", "claude-sonnet-4")  # $3 each, the top two
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+def test_clicking_a_model_row_filters_the_page_and_the_url(page, site):
+    sign_in(page, site)
+    page.click("#by-model tbody tr[data-value='gpt-4o']")
+    page.wait_for_url("**model=gpt-4o**")
+    page.wait_for_function("document.querySelector('#total-calls').dataset.value === '3'")
+    customers = page.locator("#by-customer tbody tr").evaluate_all("rows => rows.map(r => r.dataset.value)")
+    assert sorted(customers) == ["acme", "globex"]  # initech never used gpt-4o
+    assert "model: gpt-4o" in page.inner_text("#filters")
+    page.reload()  # the view is in the URL: a bookmark shows the same
+    page.wait_for_function("document.querySelector('#total-calls').dataset.value === '3'")
+
+
+def test_a_call_through_the_proxy_shows_up_in_recent_calls_within_10_seconds(page, site):
+    sign_in(page, site)
+    proxy = site["proxy"]
+    proxy.openai(headers={"x-customer-id": "live-page"}).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    page.wait_for_selector("#recent td:text('live-page')", timeout=10_000)
+
+
+def test_export_downloads_the_rows_of_the_view(page, site):
+    sign_in(page, site)
+    page.click("#by-customer tbody tr[data-value='globex']")
+    page.wait_for_url("**customer=globex**")
+    page.wait_for_function("document.querySelector('#export-csv').href.includes('customer=globex')")
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    rows = list(csv.DictReader(open(download.value.path())))
+    assert sorted(r["model"] for r in rows) == ["claude-sonnet-4", "gpt-4o"]
+
+
+def test_phone_width_is_usable(browser, site):
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    sign_in(page, site)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390 + 1, f"page is {width}px wide on a 390px screen"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+    context.close()

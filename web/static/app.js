@@ -1,0 +1,291 @@
+// The report page. Every number comes from /api/v1 (the same queries as the CLI); the view
+// (period, filters, chart stacking) lives in the URL so it can be bookmarked and shared.
+"use strict";
+
+const DIMENSIONS = { model: "model", customer: "customer_id", feature: "feature", key: "key_id" };
+const FILTERS = ["model", "customer", "feature", "key"];
+// Okabe-Ito: distinguishable with the common colour-vision deficiencies.
+const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
+const DAY = 86400000;
+const RECENT_EVERY_MS = 5000;
+
+let chart = null;
+let recentTimer = null;
+const sortState = {};
+
+function readState() {
+  const q = new URLSearchParams(location.search);
+  return {
+    range: q.get("range") || "7d", from: q.get("from"), to: q.get("to"),
+    stack: q.get("stack") || "model",
+    filters: Object.fromEntries(FILTERS.filter((f) => q.get(f)).map((f) => [f, q.get(f)])),
+  };
+}
+
+function writeState(state) {
+  const q = new URLSearchParams();
+  q.set("range", state.range);
+  if (state.range === "custom") { q.set("from", state.from); q.set("to", state.to); }
+  if (state.stack !== "model") q.set("stack", state.stack);
+  for (const [k, v] of Object.entries(state.filters)) q.set(k, v);
+  history.pushState(null, "", "?" + q.toString());
+  refresh();
+}
+
+function period(state, now = new Date()) {
+  const midnight = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
+  let since, until = now.getTime();
+  switch (state.range) {
+    case "today": since = midnight; break;
+    case "30d": since = until - 30 * DAY; break;
+    case "month": since = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1); break;
+    case "custom":
+      since = Date.parse(state.from + "T00:00:00Z");
+      until = Date.parse(state.to + "T00:00:00Z") + DAY;
+      break;
+    default: since = until - 7 * DAY;
+  }
+  return { since: new Date(since), until: new Date(until) };
+}
+
+function params(state, range, extra = {}) {
+  const q = new URLSearchParams();
+  q.set("since", range.since.toISOString());
+  q.set("until", range.until.toISOString());
+  for (const [k, v] of Object.entries(state.filters)) q.set(k, v);
+  for (const [k, v] of Object.entries(extra)) {
+    for (const item of [].concat(v)) q.append(k, item);
+  }
+  return q.toString();
+}
+
+async function api(path) {
+  const response = await fetch("/api/v1/" + path, { credentials: "same-origin" });
+  if (response.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search); }
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error ? body.error.message : response.statusText);
+  return body;
+}
+
+function money(value) {
+  if (value === null || value === undefined) return "unpriced";
+  if (value === 0) return "$0";
+  if (Math.abs(value) >= 1) return "$" + value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+  if (Math.abs(value) < 0.0001) return "<$0.0001";
+  return "$" + value.toFixed(4);
+}
+
+const count = (n) => (n || 0).toLocaleString("en-US");
+const ms = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s");
+const pct = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(v < 0.1 ? 1 : 0) + "%");
+const errorRate = (t) => (t.calls ? t.errors / t.calls : null);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k === "dataset") Object.assign(node.dataset, v); else node.setAttribute(k, v);
+  }
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(child));
+  return node;
+}
+
+// lowerIsBetter: true for errors and latency; null for spend and calls, where a rise is neither.
+function delta(node, now, before, lowerIsBetter) {
+  if (now === null || before === null || before === undefined || before === 0) { node.textContent = "no previous data"; return; }
+  const change = (now - before) / before;
+  const arrow = change > 0 ? "↑" : change < 0 ? "↓" : "→";
+  node.textContent = `${arrow} ${Math.abs(change * 100).toFixed(0)}% vs previous period`;
+  const judged = lowerIsBetter !== null && change !== 0;
+  node.className = "delta " + (judged ? ((lowerIsBetter ? change < 0 : change > 0) ? "good" : "bad") : "");
+}
+
+function showTotals(total, previous) {
+  const spend = document.getElementById("total-spend");
+  spend.textContent = money(total.cost_usd) + (total.unpriced_calls ? "*" : "");
+  spend.dataset.value = total.cost_usd === null ? "" : String(total.cost_usd);
+  const calls = document.getElementById("total-calls");
+  calls.textContent = count(total.calls);
+  calls.dataset.value = String(total.calls);
+  document.getElementById("total-errors").textContent = pct(errorRate(total));
+  document.getElementById("total-latency").textContent = `${ms(total.p50_latency_ms)} / ${ms(total.p95_latency_ms)}`;
+  delta(document.getElementById("delta-spend"), total.cost_usd, previous.cost_usd, null);
+  delta(document.getElementById("delta-calls"), total.calls, previous.calls, null);
+  delta(document.getElementById("delta-errors"), errorRate(total), errorRate(previous), true);
+  delta(document.getElementById("delta-latency"), total.p50_latency_ms, previous.p50_latency_ms, true);
+}
+
+function showWarnings(total, lastHour) {
+  const box = document.getElementById("warnings");
+  box.replaceChildren();
+  const warn = (text) => box.append(el("p", { class: "warning", role: "status" }, "⚠ " + text));
+  if (total.unpriced_calls) {
+    warn(`${count(total.unpriced_calls)} calls used models without a price; their cost is not in the totals (marked *). ` +
+         "Run `aispendtrack prices check` and add them to prices.toml.");
+  }
+  if (total.calls && total.estimated_calls) {
+    warn(`${pct(total.estimated_calls / total.calls)} of calls have estimated usage (streams without include_usage, or cut short).`);
+  }
+  const recentRate = errorRate(lastHour), overallRate = errorRate(total);
+  if (lastHour.calls >= 5 && recentRate >= 0.05 && recentRate >= 2 * (overallRate || 0)) {
+    warn(`Error spike: ${pct(recentRate)} of calls failed in the last hour, against ${pct(overallRate)} over the period.`);
+  }
+}
+
+function showFilters(state) {
+  const box = document.getElementById("filters");
+  box.replaceChildren();
+  for (const [k, v] of Object.entries(state.filters)) {
+    const remove = el("button", { "aria-label": `remove ${k} filter` }, "×");
+    remove.addEventListener("click", () => { delete state.filters[k]; writeState(state); });
+    box.append(el("span", { class: "chip" }, `${k}: ${v} `, remove));
+  }
+}
+
+function showChart(rows, bucket, stackName, range) {
+  const labels = [];
+  const step = bucket === "hour" ? 3600000 : DAY;
+  const start = bucket === "hour" ? Math.floor(range.since / step) * step
+    : Date.UTC(range.since.getUTCFullYear(), range.since.getUTCMonth(), range.since.getUTCDate());
+  for (let t = start; t < range.until.getTime(); t += step) {
+    const iso = new Date(t).toISOString();
+    labels.push(bucket === "hour" ? iso.slice(0, 13).replace("T", " ") + ":00" : iso.slice(0, 10));
+  }
+  const costBy = new Map();
+  for (const r of rows) costBy.set(String(r[stackName]), (costBy.get(String(r[stackName])) || 0) + (r.cost_usd || 0));
+  const top = [...costBy.entries()].sort((a, b) => b[1] - a[1]).slice(0, 7).map(([name]) => name);
+  const series = new Map(top.map((name) => [name, new Array(labels.length).fill(0)]));
+  const other = new Array(labels.length).fill(0);
+  for (const r of rows) {
+    const i = labels.indexOf(r[bucket]);
+    if (i < 0) continue;
+    const target = series.get(String(r[stackName])) || other;
+    target[i] += r.cost_usd || 0;
+  }
+  const datasets = [...series.entries()].map(([name, data], i) => ({ label: name === "null" ? "(none)" : name, data, backgroundColor: PALETTE[i] }));
+  if (other.some((v) => v)) datasets.push({ label: "other", data: other, backgroundColor: "#999999" });
+  const config = {
+    type: "bar",
+    data: { labels, datasets },
+    options: {
+      animation: false, maintainAspectRatio: false, interaction: { mode: "index", intersect: false },
+      scales: { x: { stacked: true }, y: { stacked: true, ticks: { callback: (v) => "$" + Number(v.toPrecision(3)) } } },
+      plugins: { tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${money(c.parsed.y)}` } } },
+    },
+  };
+  if (chart) chart.destroy();
+  chart = new Chart(document.getElementById("chart"), config);
+}
+
+function showBreakdown(table, rows, state) {
+  const dimension = table.dataset.dimension;
+  const key = DIMENSIONS[dimension];
+  const columns = [
+    [dimension, (r) => (r[key] === null ? "(none)" : String(r[key])), (r) => String(r[key])],
+    ["calls", (r) => count(r.calls), (r) => r.calls],
+    ["cost", (r) => money(r.cost_usd) + (r.unpriced_calls && r.cost_usd !== null ? "*" : ""), (r) => r.cost_usd ?? -1],
+    ["share", (r) => pct(r.share), (r) => r.share ?? -1],
+    ["p50", (r) => ms(r.p50_latency_ms), (r) => r.p50_latency_ms ?? -1],
+    ["errors", (r) => count(r.errors), (r) => r.errors],
+  ];
+  const sort = sortState[dimension] || { column: 2, descending: true };
+  const sorted = [...rows].sort((a, b) => {
+    const x = columns[sort.column][2](a), y = columns[sort.column][2](b);
+    return (x < y ? -1 : x > y ? 1 : 0) * (sort.descending ? -1 : 1);
+  });
+  const head = el("tr", {}, ...columns.map(([name], i) => {
+    const th = el("th", { class: i ? "num" : "", scope: "col", "aria-sort": i === sort.column ? (sort.descending ? "descending" : "ascending") : "none" },
+      name + (i === sort.column ? (sort.descending ? " ▼" : " ▲") : ""));
+    th.addEventListener("click", () => {
+      sortState[dimension] = { column: i, descending: sort.column === i ? !sort.descending : true };
+      showBreakdown(table, rows, state);
+    });
+    return th;
+  }));
+  const body = sorted.map((r) => {
+    const tr = el("tr", { class: r[key] === null ? "" : "clickable", dataset: { value: String(r[key]) } },
+      ...columns.map(([, cell], i) => el("td", { class: i ? "num" : "" }, cell(r))));
+    if (r[key] !== null) {
+      tr.addEventListener("click", () => { state.filters[dimension] = String(r[key]); writeState(state); });
+    }
+    return tr;
+  });
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...(body.length ? body : [el("tr", {}, el("td", { colspan: "6" }, "No calls"))])));
+}
+
+async function showRecent(state) {
+  const table = document.getElementById("recent");
+  // Open-ended: calls made after the page loaded must show up too.
+  const q = new URLSearchParams({ limit: "15", since: period(state).since.toISOString(), ...state.filters });
+  const page = await api("calls?" + q.toString());
+  const seen = new Set([...table.querySelectorAll("tbody tr")].map((tr) => tr.dataset.id));
+  const head = el("tr", {}, ...["time (UTC)", "key", "provider", "model", "in", "out", "cost", "latency", "status", "customer", "feature"]
+    .map((h, i) => el("th", { class: [1, 4, 5, 6, 7].includes(i) ? "num" : "", scope: "col" }, h)));
+  const rows = page.calls.map((c) => el("tr", { dataset: { id: c.id }, class: seen.size && !seen.has(c.id) ? "new" : "" },
+    el("td", {}, c.ts.slice(0, 19).replace("T", " ")), el("td", { class: "num" }, String(c.key_id)), el("td", {}, c.provider),
+    el("td", {}, c.model || "–"), el("td", { class: "num" }, count(c.input_tokens)), el("td", { class: "num" }, count(c.output_tokens)),
+    el("td", { class: "num" }, c.usage_source === "none" ? "–" : money(c.cost_usd)), el("td", { class: "num" }, ms(c.latency_ms)),
+    el("td", {}, `${c.status ?? "–"}${c.outcome === "completed" ? "" : " " + c.outcome}`),
+    el("td", {}, c.customer_id || "–"), el("td", {}, c.feature || "–")));
+  table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "11" }, "No calls yet"))])));
+}
+
+function showExports(state) {
+  const q = params(state, period(state));
+  document.getElementById("export-csv").href = "/api/v1/export?format=csv&" + q;
+  document.getElementById("export-json").href = "/api/v1/export?format=json&" + q;
+}
+
+async function refresh() {
+  const state = readState();
+  const range = period(state);
+  const span = range.until - range.since;
+  const previous = { since: new Date(range.since - span), until: range.since };
+  const bucket = span <= 2 * DAY ? "hour" : "day";
+  document.querySelectorAll(".ranges button[data-range]").forEach((b) => b.classList.toggle("active", b.dataset.range === state.range));
+  document.getElementById("stack").value = state.stack;
+  document.getElementById("period").textContent =
+    `${range.since.toISOString().slice(0, 16).replace("T", " ")} to ${range.until.toISOString().slice(0, 16).replace("T", " ")} UTC`;
+  showFilters(state);
+  showExports(state);
+  try {
+    const hourAgo = { since: new Date(range.until - 3600000), until: range.until };
+    const [total, before, lastHour, overTime, ...tables] = await Promise.all([
+      api("report/total?" + params(state, range)),
+      api("report/total?" + params(state, previous)),
+      api("report/total?" + params(state, hourAgo)),
+      api("report?" + params(state, range, { by: [bucket, state.stack] })),
+      ...Object.keys(DIMENSIONS).map((d) => api("report?" + params(state, range, { by: d }))),
+    ]);
+    showTotals(total, before);
+    showWarnings(total, lastHour);
+    showChart(overTime, bucket, DIMENSIONS[state.stack] || state.stack, range);
+    Object.keys(DIMENSIONS).forEach((d, i) => showBreakdown(document.getElementById("by-" + d), tables[i], state));
+    await showRecent(state);
+  } catch (error) {
+    document.getElementById("warnings").replaceChildren(el("p", { class: "warning", role: "alert" }, "Could not load: " + error.message));
+  }
+}
+
+function pollRecent() {
+  clearInterval(recentTimer);
+  recentTimer = setInterval(() => showRecent(readState()).catch(() => {}), RECENT_EVERY_MS);
+}
+
+document.querySelectorAll(".ranges button[data-range]").forEach((button) => button.addEventListener("click", () => {
+  const state = readState();
+  state.range = button.dataset.range;
+  if (state.range === "custom") {
+    state.from = document.getElementById("custom-from").value;
+    state.to = document.getElementById("custom-to").value;
+    if (!state.from || !state.to) return;
+  }
+  writeState(state);
+}));
+document.getElementById("stack").addEventListener("change", (event) => {
+  const state = readState();
+  state.stack = event.target.value;
+  writeState(state);
+});
+window.addEventListener("popstate", refresh);
+refresh();
+pollRecent();
