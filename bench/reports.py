@@ -48,8 +48,7 @@ print(rows, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def build(db: Path, rows: int) -> float:
     start = time.perf_counter()
     with writing(db) as con:
-        for done in range(0, rows, 2_000_000):  # in slices: generation holds a batch in memory
-            synthetic.generate(con, min(2_000_000, rows - done), end=END)
+        synthetic.generate(con, rows, end=END)
     return time.perf_counter() - start
 
 

@@ -58,7 +58,8 @@ def _authenticate() -> None:
 @api.get("/report")
 def report():
     groups, _ = _run_report()
-    return jsonify([json_row(group) for group in groups])
+    limit = _int_arg("limit", 0, 1, 100_000) if "limit" in request.args else None
+    return jsonify([json_row(group) for group in groups[:limit]])
 
 
 @api.get("/report/total")

@@ -24,7 +24,20 @@ MODELS = [
 
 
 def generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, days: int = 90,
-             customers: int = 10_000, features: int = 50, keys: int = 20) -> None:
+             customers: int = 10_000, features: int = 50, keys: int = 20, batch: int = 1_000_000) -> None:
+    """Rows go in oldest first, in batches, as a proxy appends them: that is what makes DuckDB's
+    per-block min/max of ``ts`` skip most of the file for a recent time range."""
+    batches = max(1, -(-rows // batch))
+    span = dt.timedelta(days=days) / batches
+    start = end - dt.timedelta(days=days)
+    for n in range(batches):
+        count = rows // batches + (1 if n < rows % batches else 0)
+        _generate(con, count, start + span * (n + 1), span, customers, features, keys)
+
+
+def _generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, span: dt.timedelta,
+              customers: int, features: int, keys: int) -> None:
+    span_us = int(span.total_seconds() * 1e6)
     models = ", ".join(
         f"({i}, '{m}', '{p}', {'NULL' if a is None else a}, {'NULL' if b is None else b})"
         for i, (m, p, a, b) in enumerate(MODELS))
@@ -36,7 +49,7 @@ def generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, days: 
         WITH m(i, model, provider, in_rate, out_rate) AS (VALUES {models}),
         base AS (
             SELECT uuid() AS id,
-                   ?::TIMESTAMPTZ - to_microseconds((random() * {days} * 86400e6)::BIGINT) AS ts,
+                   ?::TIMESTAMPTZ - to_microseconds((random() * {span_us})::BIGINT) AS ts,
                    least(floor(pow(random(), 2.5) * {len(MODELS)}), {len(MODELS) - 1})::INT AS model_i,
                    1 + floor(pow(random(), 2) * {keys})::INT AS key_id,
                    'cust-' || floor(pow(random(), 3) * {customers})::INT AS customer_id,
@@ -62,4 +75,5 @@ def generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, days: 
                CASE WHEN luck < 0.03 THEN 'none' ELSE 'reported' END,
                customer_id, feature, latency_ms, CASE WHEN is_stream THEN latency_ms / 4 END
         FROM base JOIN m ON m.i = base.model_i
+        ORDER BY ts
     """, [end])

@@ -1,0 +1,99 @@
+"""How fast the report page appears with 10 million calls in the store (headless Chromium).
+
+    .venv/bin/python -m bench.page                  # 10M rows, ~1 minute; needs /usr/bin/chromium
+    .venv/bin/python -m bench.page --rows 1000000
+
+Measures, from navigation start, the browser's first contentful paint and the moment the
+totals, and then every table, are filled in (the default view: the last 7 days of 90).
+Target: first paint <= 1.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from addon import home as home_dir
+from addon.store import synthetic, writing
+
+from .proxy_overhead import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def build(home: Path, rows: int) -> str:
+    with writing(home_dir.db_path(home)) as con:
+        synthetic.generate(con, rows, end=dt.datetime.now(dt.UTC))
+    out = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "admin", "create-token", "--json"],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout)["token"]
+
+
+def measure(url: str, token: str, runs: int) -> list[dict]:
+    from playwright.sync_api import sync_playwright
+
+    results = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url + "/login")
+        page.fill("#secret", token)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#by-key tbody tr[data-value]", timeout=60_000)
+        for _ in range(runs):
+            page.goto(url + "/", wait_until="commit")
+            page.wait_for_function("document.querySelector('#total-spend').dataset.value !== undefined",
+                                   timeout=60_000)
+            totals = page.evaluate("performance.now()")
+            page.wait_for_function("document.body.dataset.loaded === location.search", timeout=60_000)
+            tables = page.evaluate("performance.now()")
+            paint = page.evaluate("(performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime")
+            results.append({"first_paint_ms": paint, "totals_ms": totals, "tables_ms": tables})
+        browser.close()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aispendtrack-page-") as tmp:
+        home = Path(tmp)
+        start = time.perf_counter()
+        token = build(home, args.rows)
+        print(f"generated {args.rows:,} calls in {time.perf_counter() - start:.1f} s")
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "web", "--port", str(port)],
+                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            results = measure(f"http://127.0.0.1:{port}", token, args.runs)
+        finally:
+            server.terminate()
+            server.wait(10)
+    medians = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    print(f"median of {args.runs} loads: first paint {medians['first_paint_ms']:.0f} ms, totals shown "
+          f"{medians['totals_ms']:.0f} ms, every table filled {medians['tables_ms']:.0f} ms")
+    ok = medians["first_paint_ms"] <= 1500
+    print(f"first paint target <= 1500 ms: {'ok' if ok else 'MISSED'}")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
