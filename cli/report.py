@@ -29,7 +29,7 @@ def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool) -> None:
         raise click.UsageError(str(exc)) from None
     spec = dataclasses.replace(spec, selection=selection)
     with reading(obj.db) as con:
-        groups, total = report_rows.report(con, spec)
+        groups, total = report_rows.report(con, spec, total_latency=fmt == "table")
     if fmt != "table":
         emit(groups, fmt, [])
         return

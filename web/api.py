@@ -57,7 +57,7 @@ def _authenticate() -> None:
 
 @api.get("/report")
 def report():
-    groups, _ = _run_report()
+    groups, _ = _run_report(total_latency=False)
     limit = _int_arg("limit", 0, 1, 100_000) if "limit" in request.args else None
     return jsonify([json_row(group) for group in groups[:limit]])
 
@@ -68,11 +68,11 @@ def report_total():
     return jsonify(json_row(total))
 
 
-def _run_report() -> tuple[list[dict], dict]:
+def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
     spec = parse_report(request.args.getlist("by"), **_selection_args())
     spec = dataclasses.replace(spec, selection=_scoped(spec.selection))
     with reading(db_path()) as con:
-        return report_rows.report(con, spec)
+        return report_rows.report(con, spec, total_latency)
 
 
 @api.get("/calls")
