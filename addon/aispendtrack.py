@@ -109,8 +109,8 @@ class AiSpendTrack:
         if key_id is None:
             self._refuse_key(flow, provider, KEY_HEADER in ours)
             return
-        customer_id, feature = (ours.get(name) for name in TAG_HEADERS)
-        for name, value in ((TAG_HEADERS[0], customer_id), (TAG_HEADERS[1], feature)):
+        tags = {name: ours.get(name) for name in TAG_HEADERS}
+        for name, value in tags.items():
             if value is not None and not _valid_tag(value):
                 _refuse(flow, provider, 400, "aispendtrack_invalid_tag",
                         f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
@@ -118,7 +118,7 @@ class AiSpendTrack:
                 return
         self._send_upstream(req, provider)
         flow.metadata[_META] = CallMeter(
-            provider, path, key_id, customer_id, feature, req.timestamp_start, req.raw_content,
+            provider, path, key_id, tags["x-customer-id"], tags["x-feature"], req.timestamp_start, req.raw_content,
             req.headers.get("content-encoding", ""))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
