@@ -23,7 +23,9 @@ from addon import home as home_dir
 from addon.estimate import Counter
 from addon.keys import KeyRing
 from addon.meter import CallMeter
-from addon.providers import DEFAULT_UPSTREAMS, Provider, all_providers, route
+from collections.abc import Sequence
+
+from addon.providers import Provider, all_providers, route
 from addon.record import build_row
 from addon.store.writer import Writer
 from pricing import PriceBook, PriceFileError
@@ -37,7 +39,7 @@ HEALTH_PATH = "/aispendtrack/health"
 MAX_TAG_LENGTH = 128
 _META = "aispendtrack"
 _OPTIONS = ("aispendtrack_home", "aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream",
-            "aispendtrack_flush_ms")
+            "aispendtrack_upstreams", "aispendtrack_flush_ms")
 
 
 class AiSpendTrack:
@@ -54,18 +56,18 @@ class AiSpendTrack:
                           "Data directory (default: $AISPENDTRACK_HOME or ~/.aispendtrack).")
         loader.add_option("aispendtrack_openai_upstream", str, "",
                           "OpenAI base URL; empty means the reverse-mode target.")
-        loader.add_option("aispendtrack_anthropic_upstream", str, DEFAULT_UPSTREAMS["anthropic"],
+        loader.add_option("aispendtrack_anthropic_upstream", str, "https://api.anthropic.com",
                           "Anthropic base URL.")
+        loader.add_option("aispendtrack_upstreams", Sequence[str], [],
+                          "Base URLs as NAME=URL, e.g. azure=https://NAME.openai.azure.com or "
+                          "mistral=https://api.mistral.ai (see docs/providers.md for the names).")
         loader.add_option("aispendtrack_flush_ms", int, 1000,
                           "How often the writer thread flushes rows to the database, in milliseconds.")
 
     def configure(self, updated: set[str]) -> None:
-        if "aispendtrack_openai_upstream" in updated or "aispendtrack_anthropic_upstream" in updated:
-            self.upstreams = {
-                "openai": _parse_upstream(ctx.options.aispendtrack_openai_upstream, "aispendtrack_openai_upstream"),
-                "anthropic": _parse_upstream(ctx.options.aispendtrack_anthropic_upstream,
-                                             "aispendtrack_anthropic_upstream"),
-            }
+        if updated & {"aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream", "aispendtrack_upstreams"}:
+            self.upstreams = _upstreams(self.providers, ctx.options.aispendtrack_openai_upstream,
+                                        ctx.options.aispendtrack_anthropic_upstream, ctx.options.aispendtrack_upstreams)
         if "aispendtrack_flush_ms" in updated and ctx.options.aispendtrack_flush_ms < 10:
             raise exceptions.OptionsError("aispendtrack_flush_ms must be at least 10.")
         if "aispendtrack_home" in updated:
@@ -103,7 +105,9 @@ class AiSpendTrack:
         if path == HEALTH_PATH:
             flow.response = http.Response.make(200, b'{"status": "ok"}', {"content-type": "application/json"})
             return
-        provider = route(self.providers, path)
+        provider, provider_path = route(self.providers, path)
+        if provider_path != path:  # an explicit prefix such as /gemini: the provider never sees it
+            req.path = provider_path + req.path[len(path):]
         ours = _take_our_headers(req.headers)  # removed here: they never reach the provider
         key_id = self.keyring.lookup(ours.get(KEY_HEADER))
         if key_id is None:
@@ -116,9 +120,13 @@ class AiSpendTrack:
                         f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
                         f"(got {len(value)} characters). The call was not forwarded.")
                 return
-        self._send_upstream(req, provider)
+        if not self._send_upstream(req, provider):
+            _refuse(flow, provider, 502, "aispendtrack_no_upstream",
+                    f"No upstream is configured for {provider.name}. Start the proxy with "
+                    f"--upstream {provider.name}=https://... (see docs/providers.md).")
+            return
         flow.metadata[_META] = CallMeter(
-            provider, path, key_id, tags["x-customer-id"], tags["x-feature"], req.timestamp_start, req.raw_content,
+            provider, provider_path, key_id, tags["x-customer-id"], tags["x-feature"], req.timestamp_start, req.raw_content,
             req.headers.get("content-encoding", ""))
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
@@ -159,14 +167,16 @@ class AiSpendTrack:
                     f"The {KEY_HEADER} header is not an active AiSpendTrack key (unknown or revoked). "
                     f"Check it with `aispendtrack keys list`; a new key works within 2 seconds of creation.")
 
-    def _send_upstream(self, req: http.Request, provider: Provider) -> None:
+    def _send_upstream(self, req: http.Request, provider: Provider) -> bool:
+        """Point the request at the provider's upstream; False when it has none configured."""
         target = self.upstreams.get(provider.name)
         if target is None:
-            return  # the reverse-mode target already is the upstream
+            return provider.name == "openai"  # OpenAI's default is the reverse-mode target itself
         scheme, host, port, base_path = target
         req.scheme, req.host, req.port = scheme, host, port
         if base_path:
             req.path = base_path + req.path
+        return True
 
 
 def _refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, message: str) -> None:
@@ -198,6 +208,19 @@ def _take_our_headers(headers: http.Headers) -> dict[str, str]:
 
 def _valid_tag(value: str) -> bool:
     return 0 < len(value) <= MAX_TAG_LENGTH and value.isprintable()
+
+
+def _upstreams(providers: list[Provider], openai: str, anthropic: str,
+               overrides: Sequence[str]) -> dict[str, tuple[str, str, int, str] | None]:
+    urls = {p.name: p.default_upstream for p in providers} | {"openai": openai or None, "anthropic": anthropic}
+    known = ", ".join(sorted(urls))
+    for entry in overrides:
+        name, sep, url = entry.partition("=")
+        if not sep or name.strip() not in urls:
+            raise exceptions.OptionsError(f"aispendtrack_upstreams entries are NAME=URL with NAME one of {known}; "
+                                          f"got {entry!r}.")
+        urls[name.strip()] = url.strip()
+    return {name: _parse_upstream(url or "", f"the {name} upstream") for name, url in urls.items()}
 
 
 def _parse_upstream(value: str, option: str) -> tuple[str, str, int, str] | None:

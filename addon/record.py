@@ -18,7 +18,7 @@ from pricing.usage import TokenUsage
 from .decoding import BodyDecoder, DecodeError
 from .meter import CallMeter
 from .providers import Observed
-from .providers.base import loads
+from .providers.base import loads, loads_document
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_PARSE_BYTES = 32 * 1024 * 1024
@@ -64,7 +64,7 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         error = f"usage unreadable: {meter.read_failure}"
     return {
         "id": meter.id, "ts": _ts(meter), "key_id": meter.key_id, "provider": meter.provider.name,
-        "endpoint": meter.path, "model": model, "stream": meter.stream, "status": meter.status,
+        "endpoint": meter.provider.endpoint(meter.path), "model": model, "stream": meter.stream, "status": meter.status,
         "outcome": meter.outcome, "error": error,
         "input_tokens": usage.input_tokens, "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens, "cache_write_1h_tokens": usage.cache_write_1h_tokens,
@@ -105,7 +105,7 @@ def _observe(meter: CallMeter) -> Observed:
         meter.read_failure = str(exc)
         return Observed()
     if not body.truncated:
-        parsed = loads(bytes(body.head))
+        parsed = loads_document(bytes(body.head))
         return meter.provider.parse_body(meter.path, parsed) if parsed else Observed()
     return _observe_large(meter, body)
 

@@ -8,7 +8,6 @@ import signal
 
 import click
 
-from addon.providers import DEFAULT_UPSTREAMS
 from addon.store import keys as key_rows
 from addon.store import writing
 
@@ -19,16 +18,18 @@ from .web import serve_in_thread
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
-@click.option("--openai-upstream", default=DEFAULT_UPSTREAMS["openai"], show_default=True,
+@click.option("--openai-upstream", default="https://api.openai.com", show_default=True,
               help="Where OpenAI calls go.")
-@click.option("--anthropic-upstream", default=DEFAULT_UPSTREAMS["anthropic"], show_default=True,
+@click.option("--anthropic-upstream", default="https://api.anthropic.com", show_default=True,
               help="Where Anthropic calls go.")
+@click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
+              help="Another provider's base URL, e.g. azure=https://NAME.openai.azure.com (repeatable).")
 @click.option("--flush-ms", default=1000, show_default=True, type=click.IntRange(10, 60_000),
               help="How often rows are written to the database.")
 @click.option("--web-port", type=click.IntRange(1, 65535), help="Also serve the web app and API on this port.")
 @click.pass_obj
-def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, flush_ms: int,
-          web_port: int | None) -> None:
+def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, upstreams: tuple[str, ...],
+          flush_ms: int, web_port: int | None) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
     _first_key(obj.db)
     if web_port:
@@ -38,7 +39,7 @@ def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: s
     click.echo(f"  OpenAI:    OpenAI(base_url='http://{host}:{port}/v1', default_headers={{'x-aispendtrack-key': ...}})")
     click.echo(f"  Anthropic: Anthropic(base_url='http://{host}:{port}', default_headers={{'x-aispendtrack-key': ...}})")
     try:
-        asyncio.run(_serve(obj.home, host, port, openai_upstream, anthropic_upstream, flush_ms))
+        asyncio.run(_serve(obj.home, host, port, openai_upstream, anthropic_upstream, upstreams, flush_ms))
     except Exception as exc:
         from mitmproxy import exceptions
         if isinstance(exc, exceptions.OptionsError):
@@ -55,7 +56,7 @@ def _first_key(db) -> None:
     click.echo(f"No keys yet, so created key {key_id} (default). It is shown only this once:\n\n    {key}\n")
 
 
-async def _serve(home, host, port, openai_upstream, anthropic_upstream, flush_ms) -> None:
+async def _serve(home, host, port, openai_upstream, anthropic_upstream, upstreams, flush_ms) -> None:
     from mitmproxy.options import Options
     from mitmproxy.tools.dump import DumpMaster
 
@@ -67,7 +68,8 @@ async def _serve(home, host, port, openai_upstream, anthropic_upstream, flush_ms
     opts.update(connection_strategy="lazy", termlog_verbosity="info")
     master.addons.add(AiSpendTrack())
     opts.update(aispendtrack_home=str(home), aispendtrack_openai_upstream=openai_upstream,
-                aispendtrack_anthropic_upstream=anthropic_upstream, aispendtrack_flush_ms=flush_ms)
+                aispendtrack_anthropic_upstream=anthropic_upstream, aispendtrack_upstreams=list(upstreams),
+                aispendtrack_flush_ms=flush_ms)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)

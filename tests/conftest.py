@@ -21,6 +21,8 @@ from cli.main import cli
 from .upstream import FakeProvider
 
 FLUSH_MS = 100
+# Every provider behind a prefix is pointed at the same fake upstream.
+PREFIXED = ("google", "cohere", "mistral", "azure", "openrouter", "groq", "deepseek", "x-ai", "together", "fireworks")
 
 
 def free_port() -> int:
@@ -83,7 +85,8 @@ def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None =
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
-         "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms), *extra_args],
+         "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms),
+         *[arg for name in PREFIXED for arg in ("--upstream", f"{name}={upstream_url}")], *extra_args],
         stdout=log, stderr=subprocess.STDOUT)
     proxy = Proxy(home, f"http://127.0.0.1:{port}", key, key_id, log_path, process)
     deadline = time.monotonic() + 30

@@ -236,7 +236,87 @@ def _messages(scenario: str, request: dict) -> Reply:
     return _json(_message(SONNET, ANTHROPIC_CACHE_USAGE), **{"request-id": "req_018EeWyXxfu5pfWkrYcMdjWG"})
 
 
+# --- Google Gemini, Mistral, Cohere (sections 6 and 7 of the reference) --------------------------
+
+GEMINI_CACHED_USAGE = {"cacheTokensDetails": [{"modality": "TEXT", "tokenCount": 58},  # VERBATIM
+                                              {"modality": "DOCUMENT", "tokenCount": 172}],
+                       "cachedContentTokenCount": 230, "candidatesTokenCount": 51, "promptTokenCount": 345,
+                       "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 87},
+                                               {"modality": "DOCUMENT", "tokenCount": 258}], "totalTokenCount": 396}
+
+
+def _gemini_chunk(text: str, candidates: int, finish: bool) -> dict:
+    candidate = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+    if finish:
+        candidate["finishReason"] = "STOP"
+    return {"candidates": [candidate], "usageMetadata": {  # running totals, as in the real capture
+        "promptTokenCount": 4, "candidatesTokenCount": candidates, "totalTokenCount": 4 + candidates + 2042,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 4}], "thoughtsTokenCount": 2042},
+        "modelVersion": "gemini-2.5-flash", "responseId": "IZI2acSKMoWl0-kPmYj2yQc"}
+
+
+def _gemini(path: str, scenario: str) -> Reply:
+    if ":streamGenerateContent" in path:
+        chunks = [_gemini_chunk("Okay, let's", 49, False), _gemini_chunk(" build it", 3000, False),
+                  _gemini_chunk(" now.", 5947, True)]
+        return Reply(events=[_data(c) for c in chunks])
+    return _json({"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "finishReason": "STOP",
+                                  "index": 0}], "usageMetadata": GEMINI_CACHED_USAGE, "modelVersion": "gemini-2.5-flash",
+                  "responseId": "resp-1"})
+
+
+MISTRAL_USAGE = {"completion_tokens": 12, "num_cached_tokens": 69, "prompt_tokens": 70, "total_tokens": 82}  # VERBATIM
+
+
+def _mistral(request: dict) -> Reply:
+    if not request.get("stream"):
+        return _json({"id": "cmpl-m", "object": "chat.completion", "created": 1732548656,
+                      "model": "mistral-large-latest", "choices": [{"index": 0, "message": {
+                          "role": "assistant", "content": "Bonjour"}, "finish_reason": "stop"}], "usage": MISTRAL_USAGE})
+    base = {"id": "f798ebd5c41a45d88bb079635121cade", "object": "chat.completion.chunk", "created": 1732548656,
+            "model": "mistral-large-latest"}
+    events = [_data({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
+                                          "finish_reason": None}]}) for piece in STREAM_TEXT]
+    events.append(_data({**base, "choices": [{"index": 0, "delta": {"content": "izable"}, "finish_reason": "length"}],
+                         "usage": {"prompt_tokens": 34, "total_tokens": 134, "completion_tokens": 100}}))  # VERBATIM
+    return Reply(events=events + [_data("[DONE]")])
+
+
+COHERE_USAGE = {"billed_units": {"input_tokens": 431, "output_tokens": 661},  # VERBATIM
+                "tokens": {"input_tokens": 2190, "output_tokens": 1257}}
+
+
+def _cohere(request: dict) -> Reply:
+    if not request.get("stream"):
+        return _json({"id": "c-1", "finish_reason": "COMPLETE", "message": {
+            "role": "assistant", "content": [{"type": "text", "text": "Hello"}]}, "usage": COHERE_USAGE})
+    events = [{"id": "a8fc192e-4bb8-4e15-ae1f-a174e8b02ae8", "type": "message-start", "delta": {"message": {
+        "role": "assistant", "content": [], "tool_plan": "", "tool_calls": [], "citations": []}}},
+        {"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}]
+    events += [{"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": piece}}}}
+               for piece in STREAM_TEXT]
+    events += [{"type": "content-end", "index": 0},
+               {"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {  # VERBATIM
+                   "billed_units": {"input_tokens": 21, "output_tokens": 105},
+                   "tokens": {"input_tokens": 186, "output_tokens": 105}}}}]
+    return Reply(events=[f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events])
+
+
+def _compatible(scenario: str, request: dict) -> Reply:
+    """An OpenAI-compatible provider answering with its own model name (scenario "model:NAME")."""
+    model = scenario.split(":", 1)[1]
+    return _json(_chat_body(model, {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}))
+
+
 def reply_for(path: str, scenario: str, request: dict) -> Reply:
+    if "/models/" in path and ":" in path:
+        return _gemini(path, scenario)
+    if path == "/v2/chat":
+        return _cohere(request)
+    if scenario == "mistral":
+        return _mistral(request)
+    if scenario.startswith("model:"):
+        return _compatible(scenario, request)
     routes = {"/v1/chat/completions": _chat, "/v1/responses": _responses, "/v1/embeddings": _embeddings,
               "/v1/completions": _completions, "/v1/messages": _messages}
     if path in routes:

@@ -24,6 +24,14 @@ def test_historic_price_is_the_one_in_force_on_the_day_of_the_call(tmp_path):
     assert after_cut.cost_usd == Decimal("10")   # $2 in + $8 out after
 
 
+def test_gemini_long_prompts_are_priced_at_the_long_context_tier(tmp_path):
+    book = PriceBook(tmp_path / "prices.toml")
+    short = book.price(TokenUsage(input_tokens=200_000), "google", "gemini-2.5-pro", NOW).cost_usd
+    long = book.price(TokenUsage(input_tokens=300_000), "google", "gemini-2.5-pro", NOW).cost_usd
+    assert short == Decimal("0.25")   # $1.25 per 1M up to 200k tokens
+    assert long == Decimal("0.75")    # the whole prompt at $2.50 per 1M past 200k
+
+
 def test_claude_3_haiku_cache_write_is_not_derived_from_a_multiplier(tmp_path):
     book = PriceBook(tmp_path / "prices.toml")
     usage = TokenUsage(cache_write_tokens=1_000_000)
@@ -106,6 +114,8 @@ def test_proxy_refuses_to_start_with_a_broken_override_file(tmp_path):
     ("openai", "gpt-4o"), ("openai", "gpt-5-mini"), ("openai", "gpt-6-cyber"), ("openai", "text-embedding-3-small"),
     ("anthropic", "claude-sonnet-4-20250514"), ("anthropic", "claude-3-haiku-20240307"),
     ("anthropic", "claude-sonnet-4-5"),  # tiered: priced by genai-prices directly
+    ("google", "gemini-2.5-pro"), ("google", "gemini-2.5-flash"), ("mistral", "mistral-large-latest"),
+    ("cohere", "command-a-03-2025"), ("groq", "llama-3.3-70b-versatile"), ("azure", "gpt-4o"),
 ])
 def test_cached_rates_give_exactly_what_genai_prices_gives(tmp_path, provider, model):
     import random

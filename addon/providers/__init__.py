@@ -1,7 +1,10 @@
 """The providers the proxy knows, and which one a request path belongs to.
 
-One port serves them all: Anthropic's paths are matched first, every other path goes to
-OpenAI. Adding a provider is one module here plus an entry in ``all_providers``.
+One port serves them all. ``/openai/...``, ``/anthropic/...``, ``/gemini/...`` and the other
+prefixes below name a provider explicitly (the prefix is removed before forwarding). Without a
+prefix, Anthropic's own paths go to Anthropic and every other path to OpenAI, so the OpenAI and
+Anthropic SDKs need nothing but the proxy's address. Adding a provider is one module here (or
+an OpenAICompatible entry) plus its line in ``all_providers``; docs/providers.md says how.
 """
 
 from __future__ import annotations
@@ -9,20 +12,38 @@ from __future__ import annotations
 from ..estimate import Counter
 from .anthropic import Anthropic
 from .base import Observed, Provider, StreamParser
-from .openai import OpenAI
+from .cohere import Cohere
+from .gemini import Gemini
+from .openai import OpenAI, OpenAICompatible
 
 __all__ = ["Observed", "Provider", "StreamParser", "all_providers", "route"]
 
-DEFAULT_UPSTREAMS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
-
 
 def all_providers(counter: Counter | None) -> list[Provider]:
-    """Most specific first: the last one is the catch-all."""
-    return [Anthropic(counter), OpenAI(counter)]
+    """The shared-port fallbacks come last: Anthropic's paths, then OpenAI for everything else."""
+    return [
+        Gemini(counter),
+        Cohere(counter),
+        OpenAICompatible("mistral", "/mistral", "https://api.mistral.ai", counter),
+        OpenAICompatible("azure", "/azure", None, counter),  # per resource: --upstream azure=https://NAME.openai.azure.com
+        OpenAICompatible("openrouter", "/openrouter", "https://openrouter.ai/api", counter),
+        OpenAICompatible("groq", "/groq", "https://api.groq.com/openai", counter),
+        OpenAICompatible("deepseek", "/deepseek", "https://api.deepseek.com", counter),
+        OpenAICompatible("x-ai", "/xai", "https://api.x.ai", counter),
+        OpenAICompatible("together", "/together", "https://api.together.xyz", counter),
+        OpenAICompatible("fireworks", "/fireworks", "https://api.fireworks.ai/inference", counter),
+        Anthropic(counter),
+        OpenAI(counter),
+    ]
 
 
-def route(providers: list[Provider], path: str) -> Provider:
+def route(providers: list[Provider], path: str) -> tuple[Provider, str]:
+    """The provider for a request path (no query), and the path as the provider knows it."""
+    for provider in providers:
+        prefix = provider.prefix
+        if prefix and path.startswith(prefix + "/"):
+            return provider, path[len(prefix):]
     for provider in providers[:-1]:
         if any(path == p or path.startswith(p + "/") for p in provider.paths):
-            return provider
-    return providers[-1]
+            return provider, path
+    return providers[-1], path

@@ -87,6 +87,8 @@ class AnthropicStream(StreamParser):
 
 class Anthropic(Provider):
     name = "anthropic"
+    prefix = "/anthropic"
+    default_upstream = "https://api.anthropic.com"
     paths = PATHS
 
     def __init__(self, counter: Counter | None = None):
@@ -95,7 +97,9 @@ class Anthropic(Provider):
     def metered(self, path: str) -> bool:
         return path == MESSAGES
 
-    def parse_body(self, path: str, body: dict) -> Observed:
+    def parse_body(self, path: str, body) -> Observed:
+        if not isinstance(body, dict):
+            return Observed()
         return Observed(model=body.get("model"), usage=usage_from(body.get("usage")), complete=True)
 
     def stream_parser(self, path: str) -> StreamParser:

@@ -48,15 +48,22 @@ class StreamParser:
 
 
 class Provider:
-    name: str = ""
-    # Path prefixes this provider answers on the shared port, e.g. ("/v1/messages",).
+    name: str = ""              # as recorded, and as genai-prices knows the provider
+    prefix: str | None = None   # explicit route, e.g. "/gemini"; removed before forwarding
+    default_upstream: str | None = None
+    # Paths this provider answers on the shared port without a prefix, e.g. ("/v1/messages",).
     paths: tuple[str, ...] = ()
+
+    def endpoint(self, path: str) -> str:
+        """The path as recorded: the same for every call to the same API (no ids in it)."""
+        return path
 
     def metered(self, path: str) -> bool:
         """Whether calls to this path carry billable usage we parse."""
         raise NotImplementedError
 
-    def parse_body(self, path: str, body: dict) -> Observed:
+    def parse_body(self, path: str, body: object) -> Observed:
+        """A complete (non-streamed) JSON body: usually an object, for some APIs an array."""
         raise NotImplementedError
 
     def stream_parser(self, path: str) -> StreamParser:
@@ -74,11 +81,16 @@ class Provider:
 
 def loads(data: bytes | str) -> dict | None:
     """JSON object or None: provider payloads are untrusted and may be cut short."""
+    value = loads_document(data)
+    return value if isinstance(value, dict) else None
+
+
+def loads_document(data: bytes | str) -> dict | list | None:
     try:
         value = json.loads(data)
     except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, (dict, list)) else None
 
 
 def count(obj: object, *path: str) -> int:

@@ -19,6 +19,9 @@ COMPLETIONS = "/v1/completions"
 RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
 _METERED = (CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS)
+# OpenAI-compatible APIs mount the same endpoints under other roots (/openai/deployments/x/..., /api/v1/...).
+_SUFFIXES = ("/chat/completions", "/completions", "/responses", "/embeddings")
+RESPONSES_SUFFIX = "/responses"
 _RESPONSE_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 # OpenAI's recipe for chat framing: tokens per message, and to prime the assistant's reply.
 _PER_MESSAGE, _REPLY_PRIMING = 3, 3
@@ -48,7 +51,7 @@ def usage_from(raw: object) -> TokenUsage | None:
 class OpenAIStream(StreamParser):
     def __init__(self, path: str):
         super().__init__()
-        self.responses_api = path == RESPONSES
+        self.responses_api = path.endswith(RESPONSES_SUFFIX)
 
     def feed(self, event: str | None, data: bytes) -> None:
         if self.responses_api:
@@ -123,6 +126,8 @@ def _choice_texts(choice: object) -> list[str]:
 
 class OpenAI(Provider):
     name = "openai"
+    prefix = "/openai"
+    default_upstream = "https://api.openai.com"
     paths = ("/v1/",)
 
     def __init__(self, counter: Counter | None = None):
@@ -131,7 +136,9 @@ class OpenAI(Provider):
     def metered(self, path: str) -> bool:
         return path in _METERED
 
-    def parse_body(self, path: str, body: dict) -> Observed:
+    def parse_body(self, path: str, body) -> Observed:
+        if not isinstance(body, dict):
+            return Observed()
         return Observed(model=body.get("model"), usage=usage_from(body.get("usage")), complete=True)
 
     def stream_parser(self, path: str) -> StreamParser:
@@ -147,14 +154,14 @@ class OpenAI(Provider):
         return TokenUsage(input_tokens=prompt, output_tokens=output)
 
     def _prompt_tokens(self, path: str, request: dict, model: str | None) -> int:
-        if path == CHAT:
+        if path.endswith("/chat/completions"):
             messages = request.get("messages") or []
             total = _REPLY_PRIMING
             for message in messages if isinstance(messages, list) else ():
                 if isinstance(message, dict):
                     total += _PER_MESSAGE + sum(self.counter.count(t, model) for t in _message_texts(message))
             return total
-        texts = _input_texts(request.get("input" if path in (RESPONSES, EMBEDDINGS) else "prompt"))
+        texts = _input_texts(request.get("input" if path.endswith(("/responses", "/embeddings")) else "prompt"))
         texts.append(str(request.get("instructions") or ""))
         return sum(self.counter.count(t, model) for t in texts)
 
@@ -187,3 +194,17 @@ def _input_texts(value: object) -> list[str]:
                     texts.append(item["text"])
                 texts += _input_texts(item.get("content"))
     return texts
+
+
+class OpenAICompatible(OpenAI):
+    """Mistral, Azure OpenAI, OpenRouter, Groq, DeepSeek, xAI, Together, Fireworks: OpenAI's wire
+    format under their own root path, priced with their own price data."""
+
+    paths = ()
+
+    def __init__(self, name: str, prefix: str, default_upstream: str | None, counter: Counter | None = None):
+        super().__init__(counter)
+        self.name, self.prefix, self.default_upstream = name, prefix, default_upstream
+
+    def metered(self, path: str) -> bool:
+        return path.endswith(_SUFFIXES)

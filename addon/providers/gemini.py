@@ -1,0 +1,104 @@
+"""Google Gemini (Generative Language API): generateContent and streamGenerateContent.
+
+Usage fields (shared/reference/provider-usage.md, section 6): ``cachedContentTokenCount`` is
+inside ``promptTokenCount``; ``thoughtsTokenCount`` is *not* inside ``candidatesTokenCount``
+and is billed as output. A stream repeats running totals in every chunk: the last one counts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from pricing.usage import TokenUsage
+
+from .base import Observed, Provider, StreamParser, count, loads
+
+_CALL = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
+_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED"}
+
+
+def usage_from(meta: object) -> TokenUsage | None:
+    if not isinstance(meta, dict):
+        return None
+    prompt = count(meta, "promptTokenCount")
+    cached = min(count(meta, "cachedContentTokenCount"), prompt)
+    thoughts = count(meta, "thoughtsTokenCount")
+    return TokenUsage(
+        input_tokens=prompt - cached + count(meta, "toolUsePromptTokenCount"),
+        cache_read_tokens=cached,
+        output_tokens=count(meta, "candidatesTokenCount") + thoughts,
+        reasoning_tokens=thoughts,
+    )
+
+
+def _observe_chunk(observed: Observed, chunk: dict) -> None:
+    observed.model = chunk.get("modelVersion") or observed.model
+    if chunk.get("usageMetadata"):
+        observed.usage = usage_from(chunk["usageMetadata"])  # running totals: replace, never add
+    candidates = chunk.get("candidates") or []
+    if any(isinstance(c, dict) and c.get("finishReason") for c in candidates):
+        observed.complete = True
+    if isinstance(chunk.get("error"), dict):
+        observed.error = str(chunk["error"].get("status") or "error")
+
+
+class GeminiStream(StreamParser):
+    def feed(self, event: str | None, data: bytes) -> None:
+        chunk = loads(data)  # every chunk may carry the running usage, so each is decoded
+        if chunk is not None:
+            _observe_chunk(self.observed, chunk)
+            self.keep_delta(data)
+
+    def output_text(self) -> str:
+        return "".join(_texts(loads(data) or {}) for data in self.deltas)
+
+
+def _texts(chunk: dict) -> str:
+    parts = []
+    for candidate in chunk.get("candidates") or []:
+        content = candidate.get("content") if isinstance(candidate, dict) else None
+        for part in (content or {}).get("parts") or []:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+    return "".join(parts)
+
+
+class Gemini(Provider):
+    name = "google"
+    prefix = "/gemini"
+    default_upstream = "https://generativelanguage.googleapis.com"
+
+    def __init__(self, counter=None):
+        self.counter = counter
+
+    def metered(self, path: str) -> bool:
+        return _CALL.match(path) is not None
+
+    def endpoint(self, path: str) -> str:
+        return _CALL.sub(lambda m: m.group(0).replace(m.group(1), "{model}"), path)
+
+    def parse_body(self, path: str, body) -> Observed:
+        observed = Observed(complete=True)
+        match = _CALL.match(path)
+        observed.model = match.group(1) if match else None
+        # Without alt=sse the stream endpoint answers one JSON array of chunks.
+        for chunk in body if isinstance(body, list) else [body]:
+            if isinstance(chunk, dict):
+                _observe_chunk(observed, chunk)
+        observed.complete = True
+        return observed
+
+    def stream_parser(self, path: str) -> StreamParser:
+        parser = GeminiStream()
+        match = _CALL.match(path)
+        parser.observed.model = match.group(1) if match else None
+        return parser
+
+    def estimate(self, path, request, parser, model) -> TokenUsage | None:
+        """A stream cut short: the running totals seen so far (Gemini repeats them in every chunk)."""
+        return parser.observed.usage if parser is not None else None
+
+    def error_body(self, status: int, message: str, code: str) -> bytes:
+        return json.dumps({"error": {"code": status, "message": message,
+                                     "status": _STATUS.get(status, "FAILED_PRECONDITION")}}).encode()
