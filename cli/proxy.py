@@ -75,3 +75,11 @@ async def _serve(home, host, port, openai_upstream, anthropic_upstream, upstream
         loop.add_signal_handler(sig, master.shutdown)
     logging.getLogger("addon").setLevel(logging.INFO)
     await master.run()
+    # Rows are flushed by now. Connections still open (SDK keep-alive) are cancelled as the loop
+    # closes, and asyncio would print a traceback for each; that is the normal end, not an error.
+    loop.set_exception_handler(_ignore_cancellation)
+
+
+def _ignore_cancellation(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)

@@ -59,10 +59,12 @@ def test_shutdown_flushes_every_completed_call(tmp_path, upstream, customer):
         for _ in range(25):
             client.chat.completions.create(**CHAT)
         assert proxy.rows(customer, expect=25, timeout=0.5) == []  # nothing flushed yet: 60 s interval
+        proxy.stop()  # SIGTERM, with the client's keep-alive connection still open
     finally:
-        proxy.stop()  # SIGTERM
+        proxy.stop()
     assert proxy.process.returncode == 0
     assert len(proxy.rows(customer, expect=25, timeout=0)) == 25
+    assert "Traceback" not in proxy.log_path.read_text()  # a normal stop is quiet
 
 
 def _row(n: int) -> dict:
