@@ -14,7 +14,9 @@ untouched while a tap reads its usage; a writer thread stores one metadata row p
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import zoneinfo
 from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
@@ -22,11 +24,15 @@ from mitmproxy import ctx, exceptions, http
 from addon import home as home_dir
 from addon.estimate import Counter
 from addon.keys import KeyRing
+from addon.limits import Limiter, Refusal, hour_start, month_start
 from addon.meter import CallMeter
+from addon.plans import limits_for
 from collections.abc import Sequence
 
 from addon.providers import Provider, all_providers, route
 from addon.record import build_row
+from addon.store import calls as call_rows
+from addon.store import keys as key_rows
 from addon.store.writer import Writer
 from pricing import PriceBook, PriceFileError
 from pricing.overrides import FILE_NAME as PRICES_FILE
@@ -39,7 +45,7 @@ HEALTH_PATH = "/aispendtrack/health"
 MAX_TAG_LENGTH = 128
 _META = "aispendtrack"
 _OPTIONS = ("aispendtrack_home", "aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream",
-            "aispendtrack_upstreams", "aispendtrack_flush_ms")
+            "aispendtrack_upstreams", "aispendtrack_quota_tz", "aispendtrack_flush_ms")
 
 
 class AiSpendTrack:
@@ -50,6 +56,8 @@ class AiSpendTrack:
         self.writer: Writer | None = None
         self.home = None
         self.book: PriceBook | None = None
+        self.limiter = Limiter(zoneinfo.ZoneInfo("UTC"))  # replaced in running() with the configured zone
+        self._seeded = False
 
     def load(self, loader) -> None:
         loader.add_option("aispendtrack_home", str, "",
@@ -61,6 +69,8 @@ class AiSpendTrack:
         loader.add_option("aispendtrack_upstreams", Sequence[str], [],
                           "Base URLs as NAME=URL, e.g. azure=https://NAME.openai.azure.com or "
                           "mistral=https://api.mistral.ai (see docs/providers.md for the names).")
+        loader.add_option("aispendtrack_quota_tz", str, "UTC",
+                          "Time zone whose calendar month the monthly quotas follow.")
         loader.add_option("aispendtrack_flush_ms", int, 1000,
                           "How often the writer thread flushes rows to the database, in milliseconds.")
 
@@ -68,6 +78,8 @@ class AiSpendTrack:
         if updated & {"aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream", "aispendtrack_upstreams"}:
             self.upstreams = _upstreams(self.providers, ctx.options.aispendtrack_openai_upstream,
                                         ctx.options.aispendtrack_anthropic_upstream, ctx.options.aispendtrack_upstreams)
+        if "aispendtrack_quota_tz" in updated:
+            _zone(ctx.options.aispendtrack_quota_tz)  # validates
         if "aispendtrack_flush_ms" in updated and ctx.options.aispendtrack_flush_ms < 10:
             raise exceptions.OptionsError("aispendtrack_flush_ms must be at least 10.")
         if "aispendtrack_home" in updated:
@@ -86,13 +98,25 @@ class AiSpendTrack:
             self.configure(set(_OPTIONS))
         book = self.book
         self.providers = all_providers(Counter(self.home / home_dir.CACHE_DIR / "tiktoken"))
+        self.limiter = Limiter(_zone(ctx.options.aispendtrack_quota_tz))
         self.writer = Writer(
             home_dir.db_path(self.home), self.home / home_dir.SPILL_DIR,
-            build_row=lambda meter: build_row(meter, book), on_keys=self.keyring.replace,
+            build_row=lambda meter: build_row(meter, book), on_refresh=self._refresh,
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=book.reload_if_changed)
         self.writer.load_keys_now()
         self.writer.start()
         log.info("AiSpendTrack: data in %s, %d active keys", self.home, len(self.keyring))
+
+    def _refresh(self, con) -> None:
+        """On the writer thread, with its connection: keys and limits now; usage counts once, at start."""
+        active = key_rows.active(con)
+        self.keyring.replace({key_hash: key_id for key_hash, key_id, *_ in active})
+        self.limiter.set_limits({key_id: limits_for(plan, per_hour, per_month)
+                                 for _, key_id, plan, per_hour, per_month in active})
+        if not self._seeded:
+            now = dt.datetime.now(dt.UTC)
+            self.limiter.seed(call_rows.counts_since(con, hour_start(now), month_start(now, self.limiter.zone)), now)
+            self._seeded = True
 
     def done(self) -> None:
         if self.writer is not None:
@@ -120,6 +144,10 @@ class AiSpendTrack:
                         f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
                         f"(got {len(value)} characters). The call was not forwarded.")
                 return
+        refusal = self.limiter.admit(key_id, dt.datetime.now(dt.UTC))
+        if refusal is not None:
+            self._refuse_limit(flow, provider, key_id, refusal)
+            return
         if not self._send_upstream(req, provider):
             _refuse(flow, provider, 502, "aispendtrack_no_upstream",
                     f"No upstream is configured for {provider.name}. Start the proxy with "
@@ -167,6 +195,17 @@ class AiSpendTrack:
                     f"The {KEY_HEADER} header is not an active AiSpendTrack key (unknown or revoked). "
                     f"Check it with `aispendtrack keys list`; a new key works within 2 seconds of creation.")
 
+    def _refuse_limit(self, flow: http.HTTPFlow, provider: Provider, key_id: int, refusal: Refusal) -> None:
+        now = dt.datetime.now(dt.UTC)
+        wait = refusal.retry_after(now)
+        period = "hour" if refusal.limit == "per-hour" else "month"
+        option = "--per-hour" if refusal.limit == "per-hour" else "--per-month"
+        _refuse(flow, provider, 429, "aispendtrack_limit_reached",
+                f"AiSpendTrack limit reached for key {key_id}: {refusal.size:,} requests per {period}. It resets at "
+                f"{refusal.resets_at:%Y-%m-%d %H:%M:%S} UTC (in {wait:,} s). Raise it with `aispendtrack keys "
+                f"set-limit {key_id} {option} N` or `aispendtrack keys set-plan {key_id} PLAN`.",
+                {"retry-after": str(wait)})
+
     def _send_upstream(self, req: http.Request, provider: Provider) -> bool:
         """Point the request at the provider's upstream; False when it has none configured."""
         target = self.upstreams.get(provider.name)
@@ -179,9 +218,10 @@ class AiSpendTrack:
         return True
 
 
-def _refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, message: str) -> None:
+def _refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, message: str,
+            headers: dict[str, str] | None = None) -> None:
     body = provider.error_body(status, message, code)
-    flow.response = http.Response.make(status, body, {"content-type": "application/json"})
+    flow.response = http.Response.make(status, body, {"content-type": "application/json", **(headers or {})})
     log.info("refused %s %s: %s", flow.request.method, flow.request.path.split("?", 1)[0], code)
 
 
@@ -208,6 +248,14 @@ def _take_our_headers(headers: http.Headers) -> dict[str, str]:
 
 def _valid_tag(value: str) -> bool:
     return 0 < len(value) <= MAX_TAG_LENGTH and value.isprintable()
+
+
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise exceptions.OptionsError(f"aispendtrack_quota_tz: unknown time zone {name!r}; use an IANA name "
+                                      f"such as UTC or America/Los_Angeles.") from None
 
 
 def _upstreams(providers: list[Provider], openai: str, anthropic: str,

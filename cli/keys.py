@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import zoneinfo
 
 import click
 
 from addon import keys as keygen
+from addon.limits import hour_start, month_start
+from addon.plans import DEFAULT_PLAN, PLANS, limits_for
+from addon.store import calls as call_rows
 from addon.store import keys as key_rows
 from addon.store import reading, writing
 
 from .output import emit, format_option
 
 
-def create_key(db, name: str) -> tuple[int, str]:
+def create_key(db, name: str, plan: str = DEFAULT_PLAN) -> tuple[int, str]:
     key = keygen.new_key()
     with writing(db) as con:
-        key_id = key_rows.add(con, name, keygen.hash_key(key), keygen.display_prefix(key))
+        key_id = key_rows.add(con, name, keygen.hash_key(key), keygen.display_prefix(key), plan)
     return key_id, key
 
 
@@ -30,14 +35,16 @@ def keys(ctx: click.Context) -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="What the key is for, e.g. backend or staging.")
+@click.option("--plan", type=click.Choice(list(PLANS)), default=DEFAULT_PLAN, show_default=True,
+              help="free: 1,000/hour and 10,000/month; pro: 10,000/hour; enterprise: no limits.")
 @click.option("--json", "as_json", is_flag=True, help="Print {key, id, name} as JSON.")
 @click.pass_obj
-def create(obj, name: str, as_json: bool) -> None:
+def create(obj, name: str, plan: str, as_json: bool) -> None:
     """Create a key. It is printed once and stored only as a hash."""
     name = name.strip()
     if not name:
         raise click.BadParameter("must not be empty", param_hint="--name")
-    key_id, key = create_key(obj.db, name)
+    key_id, key = create_key(obj.db, name, plan)
     if as_json:
         click.echo(json.dumps({"key": key, "id": key_id, "name": name}))
         return
@@ -51,15 +58,56 @@ def create(obj, name: str, as_json: bool) -> None:
 @click.pass_obj
 def list_keys(obj, fmt: str = "table", as_json: bool = False) -> None:
     """List keys (never the keys themselves: only their first characters)."""
+    now = dt.datetime.now(dt.UTC)
     with reading(obj.db) as con:
         rows = key_rows.all_keys(con)
+        used = call_rows.counts_since(con, hour_start(now), month_start(now, zoneinfo.ZoneInfo("UTC")))
     for row in rows:
         row["status"] = "revoked" if row["revoked_at"] else "active"
+        limits = limits_for(row["plan"], row["per_hour_limit"], row["per_month_limit"])
+        row["limit_per_hour"], row["limit_per_month"] = limits.per_hour, limits.per_month
+        row["used_this_hour"], row["used_this_month"] = used.get(row["id"], (0, 0))
     emit(rows, "json" if as_json else fmt, [
         ("ID", lambda r: str(r["id"]), ">"), ("NAME", lambda r: r["name"], "<"),
         ("KEY", lambda r: r["prefix"] + "…", "<"), ("STATUS", lambda r: r["status"], "<"),
-        ("CREATED", lambda r: r["created_at"].strftime("%Y-%m-%d %H:%M"), "<"),
+        ("PLAN", lambda r: r["plan"], "<"),
+        ("HOUR", lambda r: _usage(r["used_this_hour"], r["limit_per_hour"]), ">"),
+        ("MONTH (UTC)", lambda r: _usage(r["used_this_month"], r["limit_per_month"]), ">"),
+        ("CREATED", lambda r: r["created_at"].strftime("%Y-%m-%d"), "<"),
     ])
+
+
+def _usage(used: int, limit: int | None) -> str:
+    return f"{used:,}/{limit:,}" if limit is not None else f"{used:,}"
+
+
+@keys.command("set-plan")
+@click.argument("key_id", type=int)
+@click.argument("plan", type=click.Choice(list(PLANS)))
+@click.pass_obj
+def set_plan(obj, key_id: int, plan: str) -> None:
+    """Put a key on a plan; a running proxy applies it within ~2 seconds."""
+    with writing(obj.db) as con:
+        if not key_rows.set_plan(con, key_id, plan):
+            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+    click.echo(f"Key {key_id} is on the {plan} plan.")
+
+
+@keys.command("set-limit")
+@click.argument("key_id", type=int)
+@click.option("--per-hour", type=click.IntRange(1), help="Requests per clock hour.")
+@click.option("--per-month", type=click.IntRange(1), help="Calls per calendar month.")
+@click.option("--reset", is_flag=True, help="Go back to the plan's limits.")
+@click.pass_obj
+def set_limit(obj, key_id: int, per_hour: int | None, per_month: int | None, reset: bool) -> None:
+    """Give a key its own limits instead of its plan's (the ones not given stay as the plan says)."""
+    if reset == bool(per_hour or per_month):
+        raise click.UsageError("give --per-hour and/or --per-month, or --reset.")
+    with writing(obj.db) as con:
+        if not key_rows.set_limits(con, key_id, per_hour, per_month):
+            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+    click.echo(f"Key {key_id}: " + ("plan limits" if reset else
+               ", ".join(f"{n:,} per {p}" for n, p in ((per_hour, "hour"), (per_month, "month")) if n)) + ".")
 
 
 @keys.command("revoke")

@@ -90,7 +90,7 @@ def _hold_lock(db_path, seconds: float) -> subprocess.Popen:
 
 def test_rows_spill_while_the_database_is_locked_and_are_written_exactly_once(tmp_path):
     db, spill = tmp_path / "a.duckdb", tmp_path / "spill"
-    writer = Writer(db, spill, build_row=lambda row: row, on_keys=lambda keys: None,
+    writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None,
                     spill_after_rows=5, spill_after_seconds=3600)
     writer.load_keys_now()  # creates the schema
     holder = _hold_lock(db, 30)
@@ -115,7 +115,7 @@ def test_rows_spill_while_the_database_is_locked_and_are_written_exactly_once(tm
     # A crash after the insert but before the spill file was removed: the replay must not double.
     for path in saved:
         shutil.copy(path, spill / path.name.replace("saved-", "0-replay-"))
-    writer = Writer(db, spill, build_row=lambda row: row, on_keys=lambda keys: None)
+    writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None)
     writer.cycle(lock_timeout=5)
     with reading(db) as con:
         again = call_rows.newest(con, 100)

@@ -6,14 +6,31 @@ import datetime as dt
 
 import duckdb
 
-_COLUMNS = ("id", "name", "prefix", "created_at", "revoked_at")
+_COLUMNS = ("id", "name", "prefix", "plan", "per_hour_limit", "per_month_limit", "created_at", "revoked_at")
 
 
-def add(con: duckdb.DuckDBPyConnection, name: str, key_hash: str, prefix: str) -> int:
+def add(con: duckdb.DuckDBPyConnection, name: str, key_hash: str, prefix: str, plan: str) -> int:
     (key_id,) = con.execute(
-        "INSERT INTO keys (name, key_hash, prefix, created_at) VALUES (?, ?, ?, now()) RETURNING id",
-        [name, key_hash, prefix]).fetchone()
+        "INSERT INTO keys (name, key_hash, prefix, plan, created_at) VALUES (?, ?, ?, ?, now()) RETURNING id",
+        [name, key_hash, prefix, plan]).fetchone()
     return key_id
+
+
+def set_plan(con: duckdb.DuckDBPyConnection, key_id: int, plan: str) -> bool:
+    return con.execute("UPDATE keys SET plan = ? WHERE id = ? RETURNING id", [plan, key_id]).fetchone() is not None
+
+
+def set_limits(con: duckdb.DuckDBPyConnection, key_id: int, per_hour: int | None, per_month: int | None) -> bool:
+    """Set a key's own limits (None: back to its plan's)."""
+    row = con.execute("UPDATE keys SET per_hour_limit = ?, per_month_limit = ? WHERE id = ? RETURNING id",
+                      [per_hour, per_month, key_id]).fetchone()
+    return row is not None
+
+
+def active(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, str, int | None, int | None]]:
+    """(key_hash, id, plan, per_hour_limit, per_month_limit) of every key that may be used now."""
+    return con.execute("SELECT key_hash, id, plan, per_hour_limit, per_month_limit FROM keys "
+                       "WHERE revoked_at IS NULL").fetchall()
 
 
 def all_keys(con: duckdb.DuckDBPyConnection) -> list[dict]:
@@ -26,11 +43,6 @@ def revoke(con: duckdb.DuckDBPyConnection, key_id: int) -> dt.datetime | None:
     row = con.execute("UPDATE keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = ? RETURNING revoked_at",
                       [key_id]).fetchone()
     return row[0] if row else None
-
-
-def active_hashes(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """key_hash -> key id for every key that may be used now."""
-    return dict(con.execute("SELECT key_hash, id FROM keys WHERE revoked_at IS NULL").fetchall())
 
 
 def count(con: duckdb.DuckDBPyConnection) -> int:

@@ -68,7 +68,17 @@ def m002_reprice_and_admin_tokens(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens]
+def m003_plans_and_limits(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        ALTER TABLE keys ADD COLUMN plan VARCHAR DEFAULT 'enterprise';
+        UPDATE keys SET plan = 'enterprise' WHERE plan IS NULL;
+        -- A key's own limits; NULL means "as its plan says".
+        ALTER TABLE keys ADD COLUMN per_hour_limit BIGINT;
+        ALTER TABLE keys ADD COLUMN per_month_limit BIGINT;
+    """)
+
+
+MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

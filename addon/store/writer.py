@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import calls, keys
+from . import calls
 from .connection import writing
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,13 @@ log = logging.getLogger(__name__)
 
 class Writer(threading.Thread):
     def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict],
-                 on_keys: Callable[[dict[str, int]], None], flush_interval: float = 1.0,
+                 on_refresh: Callable[[object], None], flush_interval: float = 1.0,
                  key_refresh: float = 2.0, spill_after_rows: int = 10_000, spill_after_seconds: float = 30.0,
                  on_cycle: Callable[[], None] | None = None):
         super().__init__(name="aispendtrack-writer", daemon=True)
         self.db_path, self.spill_dir = db_path, spill_dir
-        self.build_row, self.on_keys, self.on_cycle = build_row, on_keys, on_cycle
+        # on_refresh(connection) reloads what the request path keeps in memory (keys, limits).
+        self.build_row, self.on_refresh, self.on_cycle = build_row, on_refresh, on_cycle
         self.flush_interval, self.key_refresh = flush_interval, key_refresh
         self.spill_after_rows, self.spill_after_seconds = spill_after_rows, spill_after_seconds
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -55,7 +56,7 @@ class Writer(threading.Thread):
         """Before serving: migrate the schema and load the keys (blocking, at start-up only).
         Later cycles skip the schema check: this process is the file's only writer of rows."""
         with writing(self.db_path, timeout=timeout) as con:
-            self.on_keys(keys.active_hashes(con))
+            self.on_refresh(con)
         self._keys_due = time.monotonic() + self.key_refresh
 
     def run(self) -> None:
@@ -88,7 +89,7 @@ class Writer(threading.Thread):
                     self.rows_written += calls.insert(con, self._pending)
                     self._pending = []
                 if keys_due:
-                    self.on_keys(keys.active_hashes(con))
+                    self.on_refresh(con)
                     self._keys_due = time.monotonic() + self.key_refresh
             self._failing_since = None
         except Exception as exc:  # locked, read-only, disk full...: keep the rows, try again

@@ -1,0 +1,94 @@
+"""Per-key request limits, checked in memory on the request path.
+
+The hourly limit is a fixed window on the clock hour (UTC), not a sliding one: its reset time
+is exact and the same for every caller, ``retry-after`` is simply the time to the next hour,
+and after a restart the count is rebuilt from the stored calls of the current hour. The cost
+is that a burst straddling the hour can reach twice the limit within a few minutes. The
+monthly quota resets on the 1st at 00:00 in the configured time zone.
+
+Counts are seeded from the store when the proxy starts (so a restart never grants a fresh
+quota) and then kept here: one dict lookup and two comparisons per call, no database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import threading
+import zoneinfo
+from dataclasses import dataclass
+
+from .plans import Limits
+
+
+@dataclass(frozen=True)
+class Refusal:
+    limit: str          # "per-hour" or "per-month"
+    size: int
+    used: int
+    resets_at: dt.datetime
+
+    def retry_after(self, now: dt.datetime) -> int:
+        return max(1, math.ceil((self.resets_at - now).total_seconds()))
+
+
+def hour_start(now: dt.datetime) -> dt.datetime:
+    return now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def month_start(now: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    local = now.astimezone(zone)
+    return dt.datetime(local.year, local.month, 1, tzinfo=zone).astimezone(dt.UTC)
+
+
+def next_month_start(start: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    local = start.astimezone(zone)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return dt.datetime(year, month, 1, tzinfo=zone).astimezone(dt.UTC)
+
+
+class Limiter:
+    def __init__(self, zone: zoneinfo.ZoneInfo):
+        self.zone = zone
+        self._limits: dict[int, Limits] = {}
+        self._lock = threading.Lock()  # the writer thread seeds, the event loop counts
+        self._hour = hour_start(dt.datetime.now(dt.UTC))
+        self._month = month_start(dt.datetime.now(dt.UTC), zone)
+        self._hour_counts: dict[int, int] = {}
+        self._month_counts: dict[int, int] = {}
+
+    def set_limits(self, limits: dict[int, Limits]) -> None:
+        self._limits = limits  # replaced whole: the request path reads it without the lock
+
+    def seed(self, counts: dict[int, tuple[int, int]], now: dt.datetime) -> None:
+        """Counts of calls already stored this hour and this month, per key (at start-up)."""
+        with self._lock:
+            self._hour, self._month = hour_start(now), month_start(now, self.zone)
+            self._hour_counts = {k: hour for k, (hour, _) in counts.items()}
+            self._month_counts = {k: month for k, (_, month) in counts.items()}
+
+    def admit(self, key_id: int, now: dt.datetime) -> Refusal | None:
+        """Count the call if it is within the key's limits; otherwise say which limit it hit."""
+        limits = self._limits.get(key_id)
+        with self._lock:
+            self._roll(now)
+            hour_used = self._hour_counts.get(key_id, 0)
+            month_used = self._month_counts.get(key_id, 0)
+            if limits is not None:
+                if limits.per_month is not None and month_used >= limits.per_month:
+                    return Refusal("per-month", limits.per_month, month_used, next_month_start(self._month, self.zone))
+                if limits.per_hour is not None and hour_used >= limits.per_hour:
+                    return Refusal("per-hour", limits.per_hour, hour_used, self._hour + dt.timedelta(hours=1))
+            self._hour_counts[key_id] = hour_used + 1
+            self._month_counts[key_id] = month_used + 1
+            return None
+
+    def usage(self, key_id: int) -> tuple[int, int]:
+        with self._lock:
+            return self._hour_counts.get(key_id, 0), self._month_counts.get(key_id, 0)
+
+    def _roll(self, now: dt.datetime) -> None:
+        if now - self._hour >= dt.timedelta(hours=1):
+            self._hour, self._hour_counts = hour_start(now), {}
+        if now >= next_month_start(self._month, self.zone):
+            self._month, self._month_counts = month_start(now, self.zone), {}

@@ -1,0 +1,38 @@
+"""Plans and the limits they give a key: defined here and nowhere else.
+
+``None`` means unlimited. A key's own ``per_hour``/``per_month`` limits, when set, replace its
+plan's. New keys get ``DEFAULT_PLAN``, which has no limits: a self-hosted proxy should not start
+refusing calls nobody asked it to refuse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    per_hour: int | None
+    per_month: int | None
+    retention_days: int | None
+
+
+PLANS = {
+    "free": Plan("free", per_hour=1_000, per_month=10_000, retention_days=7),
+    "pro": Plan("pro", per_hour=10_000, per_month=None, retention_days=90),
+    "enterprise": Plan("enterprise", per_hour=None, per_month=None, retention_days=None),
+}
+DEFAULT_PLAN = "enterprise"
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_hour: int | None
+    per_month: int | None
+
+
+def limits_for(plan: str, per_hour: int | None, per_month: int | None) -> Limits:
+    base = PLANS.get(plan, PLANS[DEFAULT_PLAN])
+    return Limits(per_hour if per_hour is not None else base.per_hour,
+                  per_month if per_month is not None else base.per_month)
