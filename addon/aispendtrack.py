@@ -24,6 +24,7 @@ from mitmproxy import ctx, exceptions, http
 from addon import home as home_dir
 from addon.estimate import Counter
 from addon.keys import KeyRing
+from addon.budgets import Budget, BudgetRefusal, BudgetTracker
 from addon.limits import Limiter, Refusal, hour_start, month_start
 from addon.meter import CallMeter
 from addon.plans import limits_for
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 
 from addon.providers import Provider, all_providers, route
 from addon.record import build_row
+from addon.store import budgets as budget_rows
 from addon.store import calls as call_rows
 from addon.store import keys as key_rows
 from addon.store.writer import Writer
@@ -57,6 +59,7 @@ class AiSpendTrack:
         self.home = None
         self.book: PriceBook | None = None
         self.limiter = Limiter(zoneinfo.ZoneInfo("UTC"))  # replaced in running() with the configured zone
+        self.budgets = BudgetTracker(zoneinfo.ZoneInfo("UTC"))
         self._seeded = False
 
     def load(self, loader) -> None:
@@ -96,25 +99,36 @@ class AiSpendTrack:
             return
         if self.home is None:  # options left at their defaults never triggered configure
             self.configure(set(_OPTIONS))
-        book = self.book
         self.providers = all_providers(Counter(self.home / home_dir.CACHE_DIR / "tiktoken"))
-        self.limiter = Limiter(_zone(ctx.options.aispendtrack_quota_tz))
+        zone = _zone(ctx.options.aispendtrack_quota_tz)
+        self.limiter, self.budgets = Limiter(zone), BudgetTracker(zone)
         self.writer = Writer(
             home_dir.db_path(self.home), self.home / home_dir.SPILL_DIR,
-            build_row=lambda meter: build_row(meter, book), on_refresh=self._refresh,
-            flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=book.reload_if_changed)
+            build_row=self._row, on_refresh=self._refresh,
+            flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed)
         self.writer.load_keys_now()
         self.writer.start()
         log.info("AiSpendTrack: data in %s, %d active keys", self.home, len(self.keyring))
 
+    def _row(self, item) -> dict:
+        """On the writer thread: a finished call's row (or one already built), counted against budgets."""
+        if isinstance(item, dict):
+            return item  # built on completion because a blocking budget covers it
+        row = build_row(item, self.book)
+        self.budgets.record(row["key_id"], row["customer_id"], row["feature"], row["cost_usd"],
+                            dt.datetime.now(dt.UTC))
+        return row
+
     def _refresh(self, con) -> None:
-        """On the writer thread, with its connection: keys and limits now; usage counts once, at start."""
+        """On the writer thread, with its connection: keys, limits and budgets now; usage counts once."""
+        now = dt.datetime.now(dt.UTC)
+        self.budgets.load([Budget(**b) for b in budget_rows.all_budgets(con)],
+                          lambda b, day, month: budget_rows.spend_since(con, b.scope, b.scope_value, day, month), now)
         active = key_rows.active(con)
         self.keyring.replace({key_hash: key_id for key_hash, key_id, *_ in active})
         self.limiter.set_limits({key_id: limits_for(plan, per_hour, per_month)
                                  for _, key_id, plan, per_hour, per_month in active})
         if not self._seeded:
-            now = dt.datetime.now(dt.UTC)
             self.limiter.seed(call_rows.counts_since(con, hour_start(now), month_start(now, self.limiter.zone)), now)
             self._seeded = True
 
@@ -144,7 +158,12 @@ class AiSpendTrack:
                         f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
                         f"(got {len(value)} characters). The call was not forwarded.")
                 return
-        refusal = self.limiter.admit(key_id, dt.datetime.now(dt.UTC))
+        now = dt.datetime.now(dt.UTC)
+        over_budget = self.budgets.blocked(key_id, tags["x-customer-id"], tags["x-feature"], now)
+        if over_budget is not None:
+            self._refuse_budget(flow, provider, over_budget, now)
+            return
+        refusal = self.limiter.admit(key_id, now)
         if refusal is not None:
             self._refuse_limit(flow, provider, key_id, refusal)
             return
@@ -170,7 +189,7 @@ class AiSpendTrack:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
         if meter is not None:
             meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)
-            self.writer.submit(meter)
+            self._submit(meter)
 
     def error(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
@@ -182,6 +201,13 @@ class AiSpendTrack:
         # Only the part before the first ": " — the rest can quote bytes of the response.
         meter.finish(status, "client_disconnected" if client_gone else "upstream_failed",
                      message.split(": ", 1)[0][:200], flow.response.raw_content if flow.response else None)
+        self._submit(meter)
+
+    def _submit(self, meter: CallMeter) -> None:
+        # Under a blocking budget the cost must count before the next call arrives, so the row is
+        # built here (one parse and price, ~50 us) instead of on the writer thread a second later.
+        if self.budgets.any_blocking(meter.key_id, meter.customer_id, meter.feature):
+            meter = self._row(meter)
         self.writer.submit(meter)
 
     def _refuse_key(self, flow: http.HTTPFlow, provider: Provider, key_sent: bool) -> None:
@@ -205,6 +231,15 @@ class AiSpendTrack:
                 f"{refusal.resets_at:%Y-%m-%d %H:%M:%S} UTC (in {wait:,} s). Raise it with `aispendtrack keys "
                 f"set-limit {key_id} {option} N` or `aispendtrack keys set-plan {key_id} PLAN`.",
                 {"retry-after": str(wait)})
+
+    def _refuse_budget(self, flow: http.HTTPFlow, provider: Provider, refusal: BudgetRefusal, now) -> None:
+        budget = refusal.budget
+        _refuse(flow, provider, 429, "aispendtrack_budget_exceeded",
+                f"AiSpendTrack budget exceeded for {budget.label()}: {_usd(refusal.spent)} spent of the "
+                f"{refusal.period} budget of {_usd(refusal.size)}. Calls are blocked until "
+                f"{refusal.resets_at:%Y-%m-%d %H:%M} UTC; raise it with `aispendtrack budgets set --scope "
+                f"{budget.scope}{':' + budget.scope_value if budget.scope_value else ''} "
+                f"--{refusal.period} USD --block`.", {"retry-after": str(refusal.retry_after(now))})
 
     def _send_upstream(self, req: http.Request, provider: Provider) -> bool:
         """Point the request at the provider's upstream; False when it has none configured."""
@@ -248,6 +283,10 @@ def _take_our_headers(headers: http.Headers) -> dict[str, str]:
 
 def _valid_tag(value: str) -> bool:
     return 0 < len(value) <= MAX_TAG_LENGTH and value.isprintable()
+
+
+def _usd(amount) -> str:
+    return f"${amount:,.2f}" if amount >= 1 else "$" + f"{amount:.4f}".rstrip("0").rstrip(".")
 
 
 def _zone(name: str) -> zoneinfo.ZoneInfo:

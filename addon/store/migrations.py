@@ -78,7 +78,23 @@ def m003_plans_and_limits(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits]
+def m004_budgets(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE SEQUENCE budgets_id_seq START 1;
+        CREATE TABLE budgets (
+            id INTEGER PRIMARY KEY DEFAULT nextval('budgets_id_seq'),
+            scope VARCHAR NOT NULL,          -- all | key | customer | feature
+            scope_value VARCHAR,             -- the key id, customer id or feature; NULL for all
+            daily_usd DECIMAL(18, 6),
+            monthly_usd DECIMAL(18, 6),
+            block BOOLEAN NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            UNIQUE (scope, scope_value)
+        );
+    """)
+
+
+MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

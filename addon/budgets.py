@@ -1,0 +1,123 @@
+"""Budgets: spend per scope (all calls, a key, a customer, a feature) per day and per month.
+
+Spend is kept in memory and grows as calls complete, so a blocking budget refuses the very
+next call after the one that crossed it. It is seeded from the store when a budget is loaded.
+Days and months follow the same time zone as the monthly quotas.
+
+How far a budget can be overshot: calls already in flight when the budget is crossed still
+complete and count, so a budget is exceeded by at most the cost of the calls running at that
+moment (for a stream, everything it generates).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import threading
+import zoneinfo
+from dataclasses import dataclass
+from decimal import Decimal
+
+from .limits import month_start, next_month_start
+
+SCOPES = ("all", "key", "customer", "feature")
+
+
+@dataclass(frozen=True)
+class Budget:
+    id: int
+    scope: str
+    scope_value: str | None
+    daily_usd: Decimal | None
+    monthly_usd: Decimal | None
+    block: bool
+
+    def covers(self, key_id: int | None, customer_id: str | None, feature: str | None) -> bool:
+        value = {"all": None, "key": str(key_id), "customer": customer_id, "feature": feature}[self.scope]
+        return self.scope == "all" or (value is not None and value == self.scope_value)
+
+    def label(self) -> str:
+        return "all calls" if self.scope == "all" else f"{self.scope} {self.scope_value}"
+
+
+@dataclass(frozen=True)
+class BudgetRefusal:
+    budget: Budget
+    period: str  # "daily" or "monthly"
+    size: Decimal
+    spent: Decimal
+    resets_at: dt.datetime
+
+    def retry_after(self, now: dt.datetime) -> int:
+        return max(1, math.ceil((self.resets_at - now).total_seconds()))
+
+
+def day_start(now: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    local = now.astimezone(zone)
+    return dt.datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(dt.UTC)
+
+
+def next_day_start(start: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    local = start.astimezone(zone).date() + dt.timedelta(days=1)
+    return dt.datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(dt.UTC)
+
+
+class BudgetTracker:
+    def __init__(self, zone: zoneinfo.ZoneInfo):
+        self.zone = zone
+        self._lock = threading.Lock()
+        self._budgets: dict[int, Budget] = {}
+        self._spend: dict[int, list[Decimal]] = {}  # budget id -> [today, this month]
+        self._day = self._month = None
+
+    def load(self, budgets: list[Budget], seed, now: dt.datetime) -> None:
+        """Replace the definitions; ``seed(budget, day_start, month_start)`` gives stored spend for new ones."""
+        with self._lock:
+            self._roll(now)
+            fresh = {b.id: b for b in budgets}
+            for budget in fresh.values():
+                if budget.id not in self._spend:
+                    self._spend[budget.id] = list(seed(budget, self._day, self._month))
+            self._spend = {k: v for k, v in self._spend.items() if k in fresh}
+            self._budgets = fresh
+
+    def any_blocking(self, key_id: int | None, customer_id: str | None, feature: str | None) -> bool:
+        return any(b.block and b.covers(key_id, customer_id, feature) for b in self._budgets.values())
+
+    def record(self, key_id: int | None, customer_id: str | None, feature: str | None,
+               cost: Decimal | None, now: dt.datetime) -> None:
+        if not cost:
+            return
+        with self._lock:
+            self._roll(now)
+            for budget in self._budgets.values():
+                if budget.covers(key_id, customer_id, feature):
+                    spend = self._spend.setdefault(budget.id, [Decimal(0), Decimal(0)])
+                    spend[0] += cost
+                    spend[1] += cost
+
+    def blocked(self, key_id: int | None, customer_id: str | None, feature: str | None,
+                now: dt.datetime) -> BudgetRefusal | None:
+        with self._lock:
+            self._roll(now)
+            for budget in self._budgets.values():
+                if not (budget.block and budget.covers(key_id, customer_id, feature)):
+                    continue
+                today, month = self._spend.get(budget.id, (Decimal(0), Decimal(0)))
+                if budget.monthly_usd is not None and month >= budget.monthly_usd:
+                    return BudgetRefusal(budget, "monthly", budget.monthly_usd, month,
+                                         next_month_start(self._month, self.zone))
+                if budget.daily_usd is not None and today >= budget.daily_usd:
+                    return BudgetRefusal(budget, "daily", budget.daily_usd, today, next_day_start(self._day, self.zone))
+        return None
+
+    def _roll(self, now: dt.datetime) -> None:
+        day, month = day_start(now, self.zone), month_start(now, self.zone)
+        if day != self._day:
+            for spend in self._spend.values():
+                spend[0] = Decimal(0)
+            self._day = day
+        if month != self._month:
+            for spend in self._spend.values():
+                spend[1] = Decimal(0)
+            self._month = month

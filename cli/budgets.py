@@ -1,0 +1,100 @@
+"""``aispendtrack budgets``: daily and monthly spend limits per key, customer, feature or overall."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from decimal import Decimal, InvalidOperation
+
+import click
+
+from addon.budgets import SCOPES, day_start
+from addon.limits import month_start
+from addon.store import budgets as budget_rows
+from addon.store import reading, writing
+
+from .output import emit, format_option, money
+
+
+def _scope(value: str) -> tuple[str, str | None]:
+    kind, _, name = value.partition(":")
+    if kind not in SCOPES or (kind == "all") != (name == ""):
+        raise click.BadParameter("use all, key:ID, customer:ID or feature:NAME", param_hint="--scope")
+    if kind == "key" and not name.isdigit():
+        raise click.BadParameter("key:ID takes a key id (see `aispendtrack keys list`)", param_hint="--scope")
+    return kind, name or None
+
+
+def _usd(ctx, param, value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        amount = Decimal(value.lstrip("$"))
+    except InvalidOperation:
+        raise click.BadParameter(f"{value!r} is not an amount in USD, e.g. 25 or 0.50") from None
+    if not amount.is_finite() or amount <= 0:
+        raise click.BadParameter("must be more than 0")
+    return amount
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def budgets(ctx: click.Context) -> None:
+    """Spend budgets; with --block, calls in scope get a 429 once one is used up (default: list)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_budgets)
+
+
+@budgets.command("set")
+@click.option("--scope", required=True, help="all, key:ID, customer:ID or feature:NAME.")
+@click.option("--daily", callback=_usd, help="USD per day (UTC).")
+@click.option("--monthly", callback=_usd, help="USD per calendar month (UTC).")
+@click.option("--block", is_flag=True, help="Refuse calls in scope (429) once the budget is used up.")
+@click.pass_obj
+def set_budget(obj, scope: str, daily: Decimal | None, monthly: Decimal | None, block: bool) -> None:
+    """Create or replace the budget of a scope; a running proxy applies it within ~2 seconds."""
+    if daily is None and monthly is None:
+        raise click.UsageError("give --daily and/or --monthly.")
+    kind, value = _scope(scope)
+    with writing(obj.db) as con:
+        budget_id = budget_rows.upsert(con, kind, value, daily, monthly, block)
+    limits = ", ".join(f"{money(a)} {p}" for a, p in ((daily, "a day"), (monthly, "a month")) if a is not None)
+    click.echo(f"Budget {budget_id} for {scope}: {limits}{', blocking' if block else ''}.")
+
+
+@budgets.command("list")
+@format_option()
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.pass_obj
+def list_budgets(obj, fmt: str = "table", as_json: bool = False) -> None:
+    """Budgets with what has been spent against them today and this month (UTC)."""
+    now, utc = dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo("UTC")
+    with reading(obj.db) as con:
+        rows = budget_rows.all_budgets(con)
+        for row in rows:
+            row["spent_today_usd"], row["spent_this_month_usd"] = budget_rows.spend_since(
+                con, row["scope"], row["scope_value"], day_start(now, utc), month_start(now, utc))
+    emit(rows, "json" if as_json else fmt, [
+        ("ID", lambda r: str(r["id"]), ">"),
+        ("SCOPE", lambda r: r["scope"] + (f":{r['scope_value']}" if r["scope_value"] else ""), "<"),
+        ("TODAY", lambda r: _against(r["spent_today_usd"], r["daily_usd"]), ">"),
+        ("THIS MONTH", lambda r: _against(r["spent_this_month_usd"], r["monthly_usd"]), ">"),
+        ("BLOCK", lambda r: "yes" if r["block"] else "no", "<"),
+    ])
+
+
+def _against(spent: Decimal, budget: Decimal | None) -> str:
+    if budget is None:
+        return money(spent)
+    return f"{money(spent)} of {money(budget)} ({spent / budget:.0%})"
+
+
+@budgets.command("delete")
+@click.argument("budget_id", type=int)
+@click.pass_obj
+def delete_budget(obj, budget_id: int) -> None:
+    """Delete a budget."""
+    with writing(obj.db) as con:
+        if not budget_rows.delete(con, budget_id):
+            raise click.ClickException(f"No budget with id {budget_id}; see `aispendtrack budgets list`.")
+    click.echo(f"Deleted budget {budget_id}.")

@@ -1,0 +1,61 @@
+"""Budgets: spend counted as calls complete, and a blocking budget refusing the very next call."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import zoneinfo
+from decimal import Decimal
+
+import openai
+import pytest
+
+from addon.budgets import Budget, BudgetTracker
+
+from .conftest import run_cli, start_proxy
+
+UTC = zoneinfo.ZoneInfo("UTC")
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
+LEGACY_COST = Decimal("0.000405")  # 14 in x $2.50 + 37 out x $10, per million (the "legacy" payload)
+
+
+def test_tracker_counts_spend_per_scope_and_resets_each_day():
+    tracker = BudgetTracker(UTC)
+    now = dt.datetime(2026, 11, 25, 23, 0, tzinfo=dt.UTC)
+    budget = Budget(1, "customer", "acme", Decimal("1.00"), None, True)
+    tracker.load([budget], lambda b, day, month: (Decimal("0.60"), Decimal("0.60")), now)
+    assert tracker.blocked(1, "acme", None, now) is None
+    tracker.record(7, "globex", None, Decimal("5"), now)  # another customer: not this budget
+    tracker.record(7, "acme", None, Decimal("0.40"), now)
+    refusal = tracker.blocked(3, "acme", "chat", now)
+    assert refusal.period == "daily" and refusal.spent == Decimal("1.00")
+    assert refusal.retry_after(now) == 3600  # until midnight UTC
+    assert tracker.blocked(3, "globex", None, now) is None
+    assert tracker.blocked(3, "acme", None, now + dt.timedelta(hours=1)) is None  # a new day
+
+
+def test_a_blocking_budget_refuses_the_call_after_the_one_that_crossed_it(tmp_path, upstream):
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:spender", "--daily", "0.001", "--block")
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"])
+    try:
+        client = proxy.openai(headers={"x-customer-id": "spender", "x-test-scenario": "legacy"})
+        for _ in range(3):  # 0.000405 each: the third takes the spend past $0.001
+            client.chat.completions.create(**CHAT)
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.chat.completions.create(**CHAT)
+        assert "budget exceeded for customer spender" in raised.value.message
+        assert "$0.0012 spent of the daily budget of $0.001." in raised.value.message
+        now = dt.datetime.now(dt.UTC)
+        midnight = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) + dt.timedelta(days=1)
+        wait = int(raised.value.response.headers["retry-after"])
+        assert abs(wait - math.ceil((midnight - now).total_seconds())) <= 2
+        other = proxy.openai(headers={"x-customer-id": "someone-else"})
+        other.chat.completions.create(**CHAT)  # outside the budget's scope
+        assert len(proxy.rows("spender", expect=3)) == 3
+        [listed] = json.loads(run_cli(home, "budgets", "list", "--json"))
+        assert Decimal(str(listed["spent_today_usd"])) == 3 * LEGACY_COST
+    finally:
+        proxy.stop()
