@@ -14,7 +14,7 @@ import click
 
 from addon import home as home_dir
 
-from . import admin, budgets, calls, export, keys, prices, proxy, report, reprice, web
+from . import admin, alerts, budgets, calls, export, keys, prices, proxy, report, reprice, web
 
 
 @dataclass
@@ -45,4 +45,5 @@ cli.add_command(export.export)
 cli.add_command(reprice.reprice)
 cli.add_command(admin.admin)
 cli.add_command(budgets.budgets)
+cli.add_command(alerts.alerts)
 cli.add_command(web.web)

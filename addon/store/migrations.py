@@ -94,7 +94,24 @@ def m004_budgets(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
-MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets]
+def m005_alert_history(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE SEQUENCE alerts_id_seq START 1;
+        CREATE TABLE alerts (
+            id INTEGER PRIMARY KEY DEFAULT nextval('alerts_id_seq'),
+            sent_at TIMESTAMPTZ NOT NULL,
+            kind VARCHAR NOT NULL,        -- test, budget, quota, spike
+            subject VARCHAR NOT NULL,
+            channel VARCHAR NOT NULL,
+            destination VARCHAR NOT NULL, -- where it went (address or host), never a secret
+            delivered BOOLEAN NOT NULL,
+            error VARCHAR
+        );
+    """)
+
+
+MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
+              m005_alert_history]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

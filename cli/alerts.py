@@ -1,0 +1,62 @@
+"""``aispendtrack alerts``: the notification channels in alerts.toml, and what was sent."""
+
+from __future__ import annotations
+
+import click
+
+from addon import notify
+from addon.store import alerts as alert_rows
+from addon.store import reading
+
+from .output import emit, format_option
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def alerts(ctx: click.Context) -> None:
+    """Alert channels (email, Slack, webhook) and their history (default: list)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_alerts)
+
+
+def _channels(home) -> dict[str, notify.Channel]:
+    try:
+        return notify.load(home / notify.FILE_NAME)
+    except notify.ChannelError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@alerts.command("test")
+@click.option("--channel", "name", required=True, help="A channel name from alerts.toml.")
+@click.pass_obj
+def test(obj, name: str) -> None:
+    """Send a test message through one channel and record whether it arrived."""
+    channels = _channels(obj.home)
+    if name not in channels:
+        known = ", ".join(channels) or f"none: add them to {obj.home / notify.FILE_NAME}"
+        raise click.ClickException(f"No channel named {name!r}; channels: {known}.")
+    alert = notify.Alert("test", "AiSpendTrack test alert",
+                         f"This is a test from AiSpendTrack ({obj.home}). If you can read it, the "
+                         f"{name!r} channel works; budget, quota and spike alerts will arrive the same way.")
+    [delivery] = notify.deliver(obj.db, [channels[name]], alert)
+    if not delivery.delivered:
+        raise click.ClickException(f"Sending to {name} ({delivery.destination}) failed: {delivery.error}")
+    click.echo(f"Sent a test alert to {name} ({delivery.destination}).")
+
+
+@alerts.command("list")
+@format_option()
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.pass_obj
+def list_alerts(obj, fmt: str = "table", as_json: bool = False, limit: int = 50) -> None:
+    """What was sent, when, to where, and whether it arrived (newest first)."""
+    with reading(obj.db) as con:
+        rows = alert_rows.recent(con, limit)
+    emit(rows, "json" if as_json else fmt, [
+        ("SENT (UTC)", lambda r: r["sent_at"].strftime("%Y-%m-%d %H:%M"), "<"),
+        ("KIND", lambda r: r["kind"], "<"), ("CHANNEL", lambda r: r["channel"], "<"),
+        ("TO", lambda r: r["destination"], "<"),
+        ("DELIVERED", lambda r: "yes" if r["delivered"] else f"no: {r['error']}", "<"),
+        ("SUBJECT", lambda r: r["subject"], "<"),
+    ])
