@@ -23,6 +23,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addon import home as home_dir
 from addon.estimate import Counter
+from addon.evaluate import Evaluator
 from addon.keys import KeyRing
 from addon.budgets import Budget, BudgetRefusal, BudgetTracker
 from addon.limits import Limiter, Refusal, hour_start, month_start
@@ -47,7 +48,8 @@ HEALTH_PATH = "/aispendtrack/health"
 MAX_TAG_LENGTH = 128
 _META = "aispendtrack"
 _OPTIONS = ("aispendtrack_home", "aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream",
-            "aispendtrack_upstreams", "aispendtrack_quota_tz", "aispendtrack_flush_ms")
+            "aispendtrack_upstreams", "aispendtrack_quota_tz", "aispendtrack_alert_interval_s",
+            "aispendtrack_flush_ms")
 
 
 class AiSpendTrack:
@@ -61,6 +63,7 @@ class AiSpendTrack:
         self.limiter = Limiter(zoneinfo.ZoneInfo("UTC"))  # replaced in running() with the configured zone
         self.budgets = BudgetTracker(zoneinfo.ZoneInfo("UTC"))
         self._seeded = False
+        self.evaluator: Evaluator | None = None
 
     def load(self, loader) -> None:
         loader.add_option("aispendtrack_home", str, "",
@@ -74,6 +77,8 @@ class AiSpendTrack:
                           "mistral=https://api.mistral.ai (see docs/providers.md for the names).")
         loader.add_option("aispendtrack_quota_tz", str, "UTC",
                           "Time zone whose calendar month the monthly quotas follow.")
+        loader.add_option("aispendtrack_alert_interval_s", int, 60,
+                          "How often budgets, quota warnings and spikes are evaluated, in seconds.")
         loader.add_option("aispendtrack_flush_ms", int, 1000,
                           "How often the writer thread flushes rows to the database, in milliseconds.")
 
@@ -108,6 +113,9 @@ class AiSpendTrack:
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed)
         self.writer.load_keys_now()
         self.writer.start()
+        self.evaluator = Evaluator(home_dir.db_path(self.home), self.home, zone,
+                                   interval=max(1, ctx.options.aispendtrack_alert_interval_s))
+        self.evaluator.start()
         log.info("AiSpendTrack: data in %s, %d active keys", self.home, len(self.keyring))
 
     def _row(self, item) -> dict:
@@ -133,6 +141,8 @@ class AiSpendTrack:
             self._seeded = True
 
     def done(self) -> None:
+        if self.evaluator is not None:
+            self.evaluator.stop()
         if self.writer is not None:
             self.writer.stop()
             self.writer = None

@@ -33,8 +33,11 @@ class Budget:
     block: bool
 
     def covers(self, key_id: int | None, customer_id: str | None, feature: str | None) -> bool:
-        value = {"all": None, "key": str(key_id), "customer": customer_id, "feature": feature}[self.scope]
-        return self.scope == "all" or (value is not None and value == self.scope_value)
+        if self.scope == "all":
+            return True
+        if self.scope == "key":
+            return key_id is not None and str(key_id) == self.scope_value
+        return (customer_id if self.scope == "customer" else feature) == self.scope_value
 
     def label(self) -> str:
         return "all calls" if self.scope == "all" else f"{self.scope} {self.scope_value}"
@@ -67,8 +70,10 @@ class BudgetTracker:
         self.zone = zone
         self._lock = threading.Lock()
         self._budgets: dict[int, Budget] = {}
+        self._blocking: list[Budget] = []  # checked on every call: usually empty
         self._spend: dict[int, list[Decimal]] = {}  # budget id -> [today, this month]
         self._day = self._month = None
+        self._day_end = self._month_end = dt.datetime.min.replace(tzinfo=dt.UTC)
 
     def load(self, budgets: list[Budget], seed, now: dt.datetime) -> None:
         """Replace the definitions; ``seed(budget, day_start, month_start)`` gives stored spend for new ones."""
@@ -80,9 +85,10 @@ class BudgetTracker:
                     self._spend[budget.id] = list(seed(budget, self._day, self._month))
             self._spend = {k: v for k, v in self._spend.items() if k in fresh}
             self._budgets = fresh
+            self._blocking = [b for b in fresh.values() if b.block]
 
     def any_blocking(self, key_id: int | None, customer_id: str | None, feature: str | None) -> bool:
-        return any(b.block and b.covers(key_id, customer_id, feature) for b in self._budgets.values())
+        return any(b.covers(key_id, customer_id, feature) for b in self._blocking)
 
     def record(self, key_id: int | None, customer_id: str | None, feature: str | None,
                cost: Decimal | None, now: dt.datetime) -> None:
@@ -98,10 +104,12 @@ class BudgetTracker:
 
     def blocked(self, key_id: int | None, customer_id: str | None, feature: str | None,
                 now: dt.datetime) -> BudgetRefusal | None:
+        if not self._blocking:
+            return None
         with self._lock:
             self._roll(now)
-            for budget in self._budgets.values():
-                if not (budget.block and budget.covers(key_id, customer_id, feature)):
+            for budget in self._blocking:
+                if not budget.covers(key_id, customer_id, feature):
                     continue
                 today, month = self._spend.get(budget.id, (Decimal(0), Decimal(0)))
                 if budget.monthly_usd is not None and month >= budget.monthly_usd:
@@ -112,12 +120,13 @@ class BudgetTracker:
         return None
 
     def _roll(self, now: dt.datetime) -> None:
-        day, month = day_start(now, self.zone), month_start(now, self.zone)
-        if day != self._day:
+        if now >= self._day_end:  # compared on every call; the zone arithmetic runs once a day
             for spend in self._spend.values():
                 spend[0] = Decimal(0)
-            self._day = day
-        if month != self._month:
+            self._day = day_start(now, self.zone)
+            self._day_end = next_day_start(self._day, self.zone)
+        if now >= self._month_end:
             for spend in self._spend.values():
                 spend[1] = Decimal(0)
-            self._month = month
+            self._month = month_start(now, self.zone)
+            self._month_end = next_month_start(self._month, self.zone)

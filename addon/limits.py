@@ -54,6 +54,7 @@ class Limiter:
         self._lock = threading.Lock()  # the writer thread seeds, the event loop counts
         self._hour = hour_start(dt.datetime.now(dt.UTC))
         self._month = month_start(dt.datetime.now(dt.UTC), zone)
+        self._month_end = next_month_start(self._month, zone)
         self._hour_counts: dict[int, int] = {}
         self._month_counts: dict[int, int] = {}
 
@@ -64,6 +65,7 @@ class Limiter:
         """Counts of calls already stored this hour and this month, per key (at start-up)."""
         with self._lock:
             self._hour, self._month = hour_start(now), month_start(now, self.zone)
+            self._month_end = next_month_start(self._month, self.zone)
             self._hour_counts = {k: hour for k, (hour, _) in counts.items()}
             self._month_counts = {k: month for k, (_, month) in counts.items()}
 
@@ -76,7 +78,7 @@ class Limiter:
             month_used = self._month_counts.get(key_id, 0)
             if limits is not None:
                 if limits.per_month is not None and month_used >= limits.per_month:
-                    return Refusal("per-month", limits.per_month, month_used, next_month_start(self._month, self.zone))
+                    return Refusal("per-month", limits.per_month, month_used, self._month_end)
                 if limits.per_hour is not None and hour_used >= limits.per_hour:
                     return Refusal("per-hour", limits.per_hour, hour_used, self._hour + dt.timedelta(hours=1))
             self._hour_counts[key_id] = hour_used + 1
@@ -90,5 +92,6 @@ class Limiter:
     def _roll(self, now: dt.datetime) -> None:
         if now - self._hour >= dt.timedelta(hours=1):
             self._hour, self._hour_counts = hour_start(now), {}
-        if now >= next_month_start(self._month, self.zone):
+        if now >= self._month_end:  # the zone arithmetic runs once a month, not on every call
             self._month, self._month_counts = month_start(now, self.zone), {}
+            self._month_end = next_month_start(self._month, self.zone)

@@ -187,16 +187,18 @@ def _post(url: str | None, body: bytes, headers: dict, timeout: float) -> None:
             raise urllib.error.HTTPError(url, response.status, "unexpected status", response.headers, None)
 
 
-def deliver(db: Path, channels: list[Channel], alert: Alert) -> list[Delivery]:
-    """Send to every channel and record each attempt in the store (failures included)."""
+def deliver(db: Path, channels: list[Channel], alert: Alert, dedupe_key: str | None = None) -> list[Delivery]:
+    """Send to every channel and record each attempt in the store (failures included). With no
+    channel configured the alert is still recorded, so `alerts list` shows it and it is not repeated."""
     import datetime as dt
 
     from .store import alerts as alert_rows
     from .store import writing
 
-    deliveries = [channel.send(alert) for channel in channels]
+    deliveries = [channel.send(alert) for channel in channels] or \
+        [Delivery("(none)", "(none)", False, f"no channels in {FILE_NAME}")]
     with writing(db) as con:
         for d in deliveries:
             alert_rows.record(con, dt.datetime.now(dt.UTC), alert.kind, alert.subject, d.channel, d.destination,
-                              d.delivered, d.error)
+                              d.delivered, d.error, dedupe_key)
     return deliveries

@@ -44,6 +44,20 @@ def test(obj, name: str) -> None:
     click.echo(f"Sent a test alert to {name} ({delivery.destination}).")
 
 
+@alerts.command("check")
+@click.option("--tz", default="UTC", show_default=True, help="Zone of the budget days and quota months.")
+@click.pass_obj
+def check(obj, tz: str) -> None:
+    """Evaluate budgets, quota warnings and spikes now and send what is new (the proxy does this every minute)."""
+    import datetime as dt
+    import zoneinfo
+
+    from addon.evaluate import evaluate
+    _channels(obj.home)  # a broken file is an error here, not just a log line
+    sent = evaluate(obj.db, obj.home, dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo(tz))
+    click.echo(f"{len(sent)} new alert(s)" + (": " + ", ".join(sent) if sent else "; nothing new to report."))
+
+
 @alerts.command("list")
 @format_option()
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")

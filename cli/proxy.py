@@ -27,9 +27,11 @@ from .web import serve_in_thread
 @click.option("--flush-ms", default=1000, show_default=True, type=click.IntRange(10, 60_000),
               help="How often rows are written to the database.")
 @click.option("--web-port", type=click.IntRange(1, 65535), help="Also serve the web app and API on this port.")
+@click.option("--alert-interval", default=60, show_default=True, type=click.IntRange(1, 3600),
+              help="Seconds between evaluations of budgets, quota warnings and spikes.")
 @click.pass_obj
 def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, upstreams: tuple[str, ...],
-          flush_ms: int, web_port: int | None) -> None:
+          flush_ms: int, web_port: int | None, alert_interval: int) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
     _first_key(obj.db)
     if web_port:
@@ -39,7 +41,8 @@ def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: s
     click.echo(f"  OpenAI:    OpenAI(base_url='http://{host}:{port}/v1', default_headers={{'x-aispendtrack-key': ...}})")
     click.echo(f"  Anthropic: Anthropic(base_url='http://{host}:{port}', default_headers={{'x-aispendtrack-key': ...}})")
     try:
-        asyncio.run(_serve(obj.home, host, port, openai_upstream, anthropic_upstream, upstreams, flush_ms))
+        asyncio.run(_serve(obj.home, host, port, openai_upstream, anthropic_upstream, upstreams, flush_ms,
+                           alert_interval))
     except Exception as exc:
         from mitmproxy import exceptions
         if isinstance(exc, exceptions.OptionsError):
@@ -56,7 +59,8 @@ def _first_key(db) -> None:
     click.echo(f"No keys yet, so created key {key_id} (default). It is shown only this once:\n\n    {key}\n")
 
 
-async def _serve(home, host, port, openai_upstream, anthropic_upstream, upstreams, flush_ms) -> None:
+async def _serve(home, host, port, openai_upstream, anthropic_upstream, upstreams, flush_ms,
+                 alert_interval) -> None:
     from mitmproxy.options import Options
     from mitmproxy.tools.dump import DumpMaster
 
@@ -69,7 +73,7 @@ async def _serve(home, host, port, openai_upstream, anthropic_upstream, upstream
     master.addons.add(AiSpendTrack())
     opts.update(aispendtrack_home=str(home), aispendtrack_openai_upstream=openai_upstream,
                 aispendtrack_anthropic_upstream=anthropic_upstream, aispendtrack_upstreams=list(upstreams),
-                aispendtrack_flush_ms=flush_ms)
+                aispendtrack_flush_ms=flush_ms, aispendtrack_alert_interval_s=alert_interval)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)

@@ -130,3 +130,65 @@ def test_a_bad_channel_file_says_what_is_wrong(tmp_path):
     write_channels(tmp_path, '[[channel]]\nname = "x"\ntype = "pigeon"\n')
     result = run(tmp_path, "alerts", "test", "--channel", "x")
     assert result.exit_code == 1 and "type must be one of email, slack, webhook, got 'pigeon'" in result.output
+
+
+# --- what triggers alerts --------------------------------------------------------------------
+
+import datetime as dt  # noqa: E402
+from decimal import Decimal  # noqa: E402
+
+from addon import home as home_dir  # noqa: E402
+from addon.evaluate import SpikeSettings, is_spike  # noqa: E402
+from addon.store import calls as call_rows  # noqa: E402
+from addon.store import writing  # noqa: E402
+
+from .test_reports import row  # noqa: E402
+
+
+def test_spike_detection_fires_on_a_spike_but_not_on_noise_or_a_ramp():
+    import random
+    rng = random.Random(7)
+    steady = [10 + rng.uniform(-2, 2) for _ in range(7)]
+    assert is_spike(steady, 11.5) is None                      # an ordinary hour
+    assert is_spike(steady, 60) is not None                    # six times the usual
+    ramp = [10 * 1.05 ** d for d in range(7)]                   # +5% a day
+    assert is_spike(ramp, 10 * 1.05 ** 7) is None              # the next step of the ramp
+    assert is_spike([0.0, 0.0, 0.0], 0.5) is None              # below the $1 floor
+    assert is_spike([5.0, 5.0], 500) is None                   # too little history
+    assert is_spike(steady, 60, SpikeSettings(k=100)) is None  # the threshold is configurable
+
+
+def test_check_sends_budget_quota_and_spike_alerts_once(tmp_path):
+    receiver = Receiver()
+    now = dt.datetime.now(dt.UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    at = lambda t: t.replace(tzinfo=None).isoformat()  # noqa: E731
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)  # rows must fall today, even at 00:00:30
+    rows = [row(at(max(today, now - dt.timedelta(minutes=1))), "gpt-4o", "1.50", 100, customer="acme", key_id=1)]
+    rows += [row(at(max(today, now - dt.timedelta(minutes=2 + n))), "gpt-4o", "0.01", 100, customer="q",
+                 key_id=2) for n in range(3)]
+    rows += [row(at(hour - dt.timedelta(days=d) + dt.timedelta(minutes=1)), "gpt-4o", "2.00", 100,
+                 customer="spiky", key_id=3) for d in range(1, 6)]
+    rows += [row(at(hour + dt.timedelta(seconds=5)), "gpt-4o", "50.00", 100, customer="spiky", key_id=3)]
+    with writing(home_dir.db_path(tmp_path)) as con:
+        call_rows.insert(con, rows)
+    for _ in range(3):
+        run(tmp_path, "keys", "create", "--name", "k")
+    run(tmp_path, "keys", "set-limit", "2", "--per-month", "4")              # 3 of 4 used: 75%
+    run(tmp_path, "budgets", "set", "--scope", "customer:acme", "--daily", "1")
+    write_channels(tmp_path, f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
+    try:
+        first = run(tmp_path, "alerts", "check")
+        assert first.exit_code == 0, first.output
+        subjects = sorted(json.loads(body)["subject"] for _, body in receiver.requests)
+        assert any("daily budget crossed for customer acme" in s for s in subjects)
+        assert any("key 2 has used 75% of its monthly quota" in s for s in subjects)
+        assert any("spend spike for customer spiky" in s for s in subjects)
+        assert not any("customer acme" in s and "spike" in s for s in subjects)  # no history, no spike
+        budget = next(json.loads(b) for _, b in receiver.requests if "budget" in json.loads(b)["subject"])
+        assert budget["data"]["spent_usd"] == 1.5 and "Raise it with" in budget["text"]
+        count = len(receiver.requests)
+        again = run(tmp_path, "alerts", "check")
+        assert "nothing new" in again.output and len(receiver.requests) == count  # each alert once
+    finally:
+        receiver.close()

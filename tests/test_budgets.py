@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import time
 import zoneinfo
 from decimal import Decimal
 
@@ -59,3 +60,30 @@ def test_a_blocking_budget_refuses_the_call_after_the_one_that_crossed_it(tmp_pa
         assert Decimal(str(listed["spent_today_usd"])) == 3 * LEGACY_COST
     finally:
         proxy.stop()
+
+
+def test_the_running_proxy_alerts_when_a_budget_is_crossed(tmp_path, upstream):
+    from .test_alerts import Receiver
+    receiver = Receiver()
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "watched", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "feature:summaries", "--daily", "0.0005")
+    (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"],
+                        extra_args=("--alert-interval", "1"))
+    try:
+        client = proxy.openai(headers={"x-feature": "summaries", "x-test-scenario": "legacy"})
+        for _ in range(2):  # $0.00081: over the $0.0005 budget, which does not block
+            client.chat.completions.create(**CHAT)
+        deadline = time.monotonic() + 10
+        while not receiver.requests and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [(_, body)] = receiver.requests
+        alert = json.loads(body)
+        assert alert["kind"] == "budget" and "feature summaries" in alert["subject"]
+        assert "Calls are not blocked." in alert["text"]
+        time.sleep(2.5)  # more evaluations: still one alert for this budget today
+        assert len(receiver.requests) == 1
+    finally:
+        proxy.stop()
+        receiver.close()

@@ -10,9 +10,28 @@ _COLUMNS = ("id", "sent_at", "kind", "subject", "channel", "destination", "deliv
 
 
 def record(con: duckdb.DuckDBPyConnection, sent_at: dt.datetime, kind: str, subject: str, channel: str,
-           destination: str, delivered: bool, error: str | None) -> None:
-    con.execute("INSERT INTO alerts (sent_at, kind, subject, channel, destination, delivered, error) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", [sent_at, kind, subject, channel, destination, delivered, error])
+           destination: str, delivered: bool, error: str | None, dedupe_key: str | None = None) -> None:
+    con.execute("INSERT INTO alerts (sent_at, kind, subject, channel, destination, delivered, error, dedupe_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [sent_at, kind, subject, channel, destination, delivered, error, dedupe_key])
+
+
+def already_sent(con: duckdb.DuckDBPyConnection, dedupe_keys: list[str]) -> set[str]:
+    if not dedupe_keys:
+        return set()
+    cur = con.execute("SELECT DISTINCT dedupe_key FROM alerts WHERE dedupe_key IN (SELECT unnest(?::VARCHAR[]))",
+                      [dedupe_keys])
+    return {key for (key,) in cur.fetchall()}
+
+
+def hourly_spend(con: duckdb.DuckDBPyConnection, since: dt.datetime, scope_column: str | None) -> list[tuple]:
+    """(hour, scope value, spend) per hour since ``since``; scope_column None means all calls."""
+    column = {"key": "CAST(key_id AS VARCHAR)", "customer": "customer_id", "feature": "feature",
+              None: "'all'"}[scope_column]
+    return con.execute(f"""
+        SELECT date_trunc('hour', ts::TIMESTAMP) AS hour, {column} AS scope, sum(cost_usd)::DOUBLE
+        FROM calls WHERE ts >= ? AND cost_usd IS NOT NULL AND {column} IS NOT NULL GROUP BY ALL
+    """, [since]).fetchall()
 
 
 def recent(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict]:

@@ -110,8 +110,13 @@ def m005_alert_history(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m006_alert_dedupe(con: duckdb.DuckDBPyConnection) -> None:
+    # What an alert is about (budget 3, today), so each is sent once per budget, key or hour.
+    con.execute("ALTER TABLE alerts ADD COLUMN dedupe_key VARCHAR")
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
-              m005_alert_history]
+              m005_alert_history, m006_alert_dedupe]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -1,0 +1,170 @@
+"""What deserves an alert now: crossed budgets, quota warnings and spend spikes, each sent once.
+
+Run by the proxy every minute on a thread of its own (never on the request path), and by
+``aispendtrack alerts check``. Everything is read from the store, so the CLI and the proxy agree.
+
+Spike detection: for each scope (all calls, and each key, customer and feature that spent in the
+current hour), the current hour's spend is compared with the same hour of day on the trailing
+``spike_days`` days. With m the median of those and s = 1.4826 x their median absolute deviation
+(a spread that one odd day cannot inflate), an alert fires when the hour's spend exceeds
+m + k x max(s, 10% of m) and is at least ``spike_min_usd``. At least ``spike_min_history`` days
+of history are needed. Defaults: k = 4, 7 days, at least 3 of them, $1. A steady series never
+fires; a ramp of a few percent a day stays within the band; one alert per scope per hour at most.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import statistics
+import threading
+import zoneinfo
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from . import notify
+from .budgets import day_start
+from .limits import month_start
+from .plans import limits_for
+from .store import alerts as alert_rows
+from .store import budgets as budget_rows
+from .store import calls as call_rows
+from .store import keys as key_rows
+from .store import reading
+
+log = logging.getLogger(__name__)
+QUOTA_THRESHOLDS = (0.9, 0.75, 0.5)
+
+
+@dataclass(frozen=True)
+class SpikeSettings:
+    k: float = 4.0
+    days: int = 7
+    min_history: int = 3
+    min_usd: float = 1.0
+
+
+def is_spike(history: list[float], current: float, settings: SpikeSettings = SpikeSettings()) -> float | None:
+    """The threshold ``current`` exceeded, or None (too little history, or within the band)."""
+    if len(history) < settings.min_history or current < settings.min_usd:
+        return None
+    median = statistics.median(history)
+    spread = 1.4826 * statistics.median(abs(v - median) for v in history)
+    threshold = median + settings.k * max(spread, 0.1 * median)
+    return threshold if current > threshold else None
+
+
+def candidates(db: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo,
+               settings: SpikeSettings) -> list[tuple[str, notify.Alert]]:
+    """(dedupe key, alert) for everything that is alert-worthy now, sent or not."""
+    today, month = day_start(now, zone), month_start(now, zone)
+    found = []
+    with reading(db) as con:
+        for b in budget_rows.all_budgets(con):
+            spent_today, spent_month = budget_rows.spend_since(con, b["scope"], b["scope_value"], today, month)
+            for period, limit, spent, start in (("daily", b["daily_usd"], spent_today, today),
+                                                ("monthly", b["monthly_usd"], spent_month, month)):
+                if limit is not None and spent >= limit:
+                    found.append((f"budget:{b['id']}:{period}:{start:%Y-%m-%d}", _budget_alert(b, period, limit, spent)))
+        counts = call_rows.counts_since(con, now, month)
+        for _, key_id, plan, per_hour, per_month in key_rows.active(con):
+            quota = limits_for(plan, per_hour, per_month).per_month
+            used = counts.get(key_id, (0, 0))[1]
+            crossed = next((t for t in QUOTA_THRESHOLDS if quota and used >= t * quota), None)
+            if crossed:
+                found.append((f"quota:{key_id}:{month:%Y-%m}:{int(crossed * 100)}",
+                              _quota_alert(key_id, plan, used, quota, crossed)))
+        found += _spikes(con, now, settings)
+    return found
+
+
+def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[str]:
+    """Send what is new; returns the dedupe keys sent. A broken channel file is logged, not raised."""
+    try:
+        channels = list(notify.load(home / notify.FILE_NAME).values())
+    except notify.ChannelError as exc:
+        log.error("alerts not sent: %s", exc)
+        return []
+    found = candidates(db, now, zone, _settings(home))
+    with reading(db) as con:
+        sent = alert_rows.already_sent(con, [key for key, _ in found])
+    fresh = [(key, alert) for key, alert in found if key not in sent]
+    for key, alert in fresh:
+        notify.deliver(db, channels, alert, key)
+    return [key for key, _ in fresh]
+
+
+class Evaluator(threading.Thread):
+    """Every ``interval`` seconds, off the request path; failures are logged and tried again."""
+
+    def __init__(self, db: Path, home: Path, zone: zoneinfo.ZoneInfo, interval: float = 60.0):
+        super().__init__(name="aispendtrack-alerts", daemon=True)
+        self.db, self.home, self.zone, self.interval = db, home, zone, interval
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                evaluate(self.db, self.home, dt.datetime.now(dt.UTC), self.zone)
+            except Exception:
+                log.exception("alert evaluation failed; trying again in %.0f s", self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _spikes(con, now: dt.datetime, settings: SpikeSettings) -> list[tuple[str, notify.Alert]]:
+    hour = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    found = []
+    for scope in (None, "key", "customer", "feature"):
+        series: dict[str, dict[dt.datetime, float]] = {}
+        for at, value, spend in alert_rows.hourly_spend(con, (hour - dt.timedelta(days=settings.days))
+                                                        .replace(tzinfo=dt.UTC), scope):
+            series.setdefault(value, {})[at] = spend
+        for value, by_hour in series.items():
+            current = by_hour.get(hour, 0.0)
+            history = [by_hour.get(hour - dt.timedelta(days=d), 0.0) for d in range(1, settings.days + 1)
+                       if hour - dt.timedelta(days=d) >= min(by_hour)]
+            threshold = is_spike(history, current, settings)
+            if threshold is not None:
+                label = "all calls" if scope is None else f"{scope} {value}"
+                found.append((f"spike:{scope or 'all'}:{value}:{hour:%Y-%m-%dT%H}", notify.Alert(
+                    "spike", f"AiSpendTrack: spend spike for {label}",
+                    f"Spend for {label} in the hour from {hour:%Y-%m-%d %H:00} UTC is ${current:,.2f}, above the "
+                    f"alert threshold of ${threshold:,.2f} (the same hour on the last {len(history)} days: median "
+                    f"${statistics.median(history):,.2f}). Look at the report page or "
+                    f"`aispendtrack report --by model --since 2h` to see what changed.",
+                    {"scope": scope or "all", "value": value, "spend_usd": current, "threshold_usd": threshold})))
+    return found
+
+
+def _budget_alert(b: dict, period: str, limit: Decimal, spent: Decimal) -> notify.Alert:
+    scope = "all calls" if b["scope"] == "all" else f"{b['scope']} {b['scope_value']}"
+    action = "Calls in this scope are blocked until the period ends." if b["block"] else "Calls are not blocked."
+    return notify.Alert("budget", f"AiSpendTrack: {period} budget crossed for {scope}",
+                        f"{scope} has spent ${spent:,.4f} of its {period} budget of ${limit:,.2f} "
+                        f"({spent / limit:.0%}). {action} Raise it with `aispendtrack budgets set --scope "
+                        f"{b['scope']}{':' + b['scope_value'] if b['scope_value'] else ''} --{period} USD`, or look "
+                        f"at the report page for where the money went.",
+                        {"budget_id": b["id"], "period": period, "spent_usd": float(spent), "budget_usd": float(limit)})
+
+
+def _quota_alert(key_id: int, plan: str, used: int, quota: int, crossed: float) -> notify.Alert:
+    return notify.Alert("quota", f"AiSpendTrack: key {key_id} has used {crossed:.0%} of its monthly quota",
+                        f"Key {key_id} ({plan} plan) has made {used:,} of its {quota:,} calls this month "
+                        f"({used / quota:.0%}). At 100% its calls get a 429 until the month ends. Raise it with "
+                        f"`aispendtrack keys set-limit {key_id} --per-month N` or another plan.",
+                        {"key_id": key_id, "used": used, "quota": quota, "threshold": crossed})
+
+
+def _settings(home: Path) -> SpikeSettings:
+    import tomllib
+    path = home / notify.FILE_NAME
+    if not path.exists():
+        return SpikeSettings()
+    spikes = tomllib.loads(path.read_text()).get("spikes", {})
+    defaults = SpikeSettings()
+    return SpikeSettings(k=float(spikes.get("k", defaults.k)), days=int(spikes.get("days", defaults.days)),
+                         min_history=int(spikes.get("min_history", defaults.min_history)),
+                         min_usd=float(spikes.get("min_usd", defaults.min_usd)))
