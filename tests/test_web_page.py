@@ -45,6 +45,7 @@ def site(tmp_path_factory, upstream):
             _recent(2, "gpt-4o", None, 50, customer="acme", status=500, usage="none"),
         ])
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    run_cli(home, "budgets", "set", "--scope", "customer:globex", "--monthly", "4", "--block")
     web_port = free_port()
     proxy = start_proxy(home, upstream.url, tmp_path_factory.mktemp("web-logs") / "proxy.log",
                         extra_args=("--web-port", str(web_port)))
@@ -150,6 +151,15 @@ def test_export_downloads_the_rows_of_the_view(page, site):
         page.click("#export-csv")
     rows = list(csv.DictReader(open(download.value.path())))
     assert sorted(r["model"] for r in rows) == ["claude-sonnet-4", "gpt-4o"]
+
+
+def test_budgets_show_their_status(page, site):
+    sign_in(page, site)
+    text = page.inner_text("#budget-table")
+    assert "customer:globex" in text and "of $4.00" in text
+    api = httpx.get(site["url"] + "/api/v1/budgets", headers={"Authorization": f"Bearer {site['admin']}"})
+    [budget] = api.json()
+    assert budget["scope_value"] == "globex" and budget["block"] is True
 
 
 def test_phone_width_is_usable(browser, site):

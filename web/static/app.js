@@ -230,6 +230,20 @@ async function showRecent(state) {
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "11" }, "No calls yet"))])));
 }
 
+function showBudgets(budgets) {
+  const table = document.getElementById("budget-table");
+  document.getElementById("no-budgets").hidden = budgets.length > 0;
+  const used = (spent, limit) => limit === null ? money(spent)
+    : `${money(spent)} of ${money(limit)} (${pct(spent / limit)})${spent >= limit ? " — over" : ""}`;
+  const head = el("tr", {}, ...["scope", "today", "this month", "blocks calls"].map((h, i) => el("th", { class: i === 1 || i === 2 ? "num" : "", scope: "col" }, h)));
+  const rows = budgets.map((b) => el("tr", { class: (b.daily_usd !== null && b.spent_today_usd >= b.daily_usd) || (b.monthly_usd !== null && b.spent_this_month_usd >= b.monthly_usd) ? "over" : "" },
+    el("td", {}, b.scope + (b.scope_value ? ":" + b.scope_value : "")),
+    el("td", { class: "num" }, used(b.spent_today_usd, b.daily_usd)),
+    el("td", { class: "num" }, used(b.spent_this_month_usd, b.monthly_usd)),
+    el("td", {}, b.block ? "yes" : "no")));
+  table.replaceChildren(...(budgets.length ? [el("thead", {}, head), el("tbody", {}, ...rows)] : []));
+}
+
 function showExports(state) {
   const q = params(state, period(state));
   document.getElementById("export-csv").href = "/api/v1/export?format=csv&" + q;
@@ -262,6 +276,7 @@ async function refresh() {
     ...Object.keys(DIMENSIONS).map((d) => api("report?" + params(state, range, { by: d, limit: BREAKDOWN_ROWS }))
       .then((rows) => showBreakdown(document.getElementById("by-" + d), rows, state))),
     showRecent(state),
+    api("budgets").then(showBudgets),
   ];
   const failed = (await Promise.allSettled(parts)).find((p) => p.status === "rejected");
   if (failed) {
