@@ -11,7 +11,6 @@ import json
 
 from pricing.usage import TokenUsage
 
-from ..estimate import Counter
 from .base import Observed, Provider, StreamParser, count, loads
 
 MESSAGES = "/v1/messages"
@@ -90,9 +89,6 @@ class Anthropic(Provider):
     prefix = "/anthropic"
     default_upstream = "https://api.anthropic.com"
     paths = PATHS
-
-    def __init__(self, counter: Counter | None = None):
-        self.counter = counter
 
     def metered(self, path: str) -> bool:
         return path == MESSAGES

@@ -54,6 +54,9 @@ class Provider:
     # Paths this provider answers on the shared port without a prefix, e.g. ("/v1/messages",).
     paths: tuple[str, ...] = ()
 
+    def __init__(self, counter=None):
+        self.counter = counter  # an estimate.Counter, for calls whose usage must be counted by us
+
     def endpoint(self, path: str) -> str:
         """The path as recorded: the same for every call to the same API (no ids in it)."""
         return path

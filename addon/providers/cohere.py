@@ -51,8 +51,6 @@ class Cohere(Provider):
     prefix = "/cohere"
     default_upstream = "https://api.cohere.com"
 
-    def __init__(self, counter=None):
-        self.counter = counter
 
     def metered(self, path: str) -> bool:
         return path in (CHAT, EMBED)

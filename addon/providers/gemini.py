@@ -69,8 +69,6 @@ class Gemini(Provider):
     prefix = "/gemini"
     default_upstream = "https://generativelanguage.googleapis.com"
 
-    def __init__(self, counter=None):
-        self.counter = counter
 
     def metered(self, path: str) -> bool:
         return _CALL.match(path) is not None

@@ -130,9 +130,6 @@ class OpenAI(Provider):
     default_upstream = "https://api.openai.com"
     paths = ("/v1/",)
 
-    def __init__(self, counter: Counter | None = None):
-        self.counter = counter
-
     def metered(self, path: str) -> bool:
         return path in _METERED
 
