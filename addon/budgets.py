@@ -12,13 +12,12 @@ moment (for a stream, everything it generates).
 from __future__ import annotations
 
 import datetime as dt
-import math
 import threading
 import zoneinfo
 from dataclasses import dataclass
 from decimal import Decimal
 
-from .limits import month_start, next_month_start
+from .limits import month_start, next_month_start, seconds_until
 
 SCOPES = ("all", "key", "customer", "feature")
 
@@ -52,7 +51,19 @@ class BudgetRefusal:
     resets_at: dt.datetime
 
     def retry_after(self, now: dt.datetime) -> int:
-        return max(1, math.ceil((self.resets_at - now).total_seconds()))
+        return seconds_until(self.resets_at, now)
+
+
+def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[dict]:
+    """Every stored budget, with ``spent_today_usd`` and ``spent_this_month_usd`` from the store."""
+    from .store import budgets as budget_rows  # the store's rows, read on the caller's connection
+
+    today, month = day_start(now, zone), month_start(now, zone)
+    rows = budget_rows.all_budgets(con)
+    for row in rows:
+        row["spent_today_usd"], row["spent_this_month_usd"] = budget_rows.spend_since(
+            con, row["scope"], row["scope_value"], today, month)
+    return rows
 
 
 def day_start(now: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:

@@ -24,11 +24,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from . import notify
-from .budgets import day_start
+from .budgets import day_start, with_spend
 from .limits import month_start
 from .plans import limits_for
 from .store import alerts as alert_rows
-from .store import budgets as budget_rows
 from .store import calls as call_rows
 from .store import keys as key_rows
 from .store import reading
@@ -61,10 +60,9 @@ def candidates(db: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo,
     today, month = day_start(now, zone), month_start(now, zone)
     found = []
     with reading(db) as con:
-        for b in budget_rows.all_budgets(con):
-            spent_today, spent_month = budget_rows.spend_since(con, b["scope"], b["scope_value"], today, month)
-            for period, limit, spent, start in (("daily", b["daily_usd"], spent_today, today),
-                                                ("monthly", b["monthly_usd"], spent_month, month)):
+        for b in with_spend(con, now, zone):
+            for period, limit, spent, start in (("daily", b["daily_usd"], b["spent_today_usd"], today),
+                                                ("monthly", b["monthly_usd"], b["spent_this_month_usd"], month)):
                 if limit is not None and spent >= limit:
                     found.append((f"budget:{b['id']}:{period}:{start:%Y-%m-%d}", _budget_alert(b, period, limit, spent)))
         counts = call_rows.counts_since(con, now, month)

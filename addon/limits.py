@@ -21,6 +21,11 @@ from dataclasses import dataclass
 from .plans import Limits
 
 
+def seconds_until(resets_at: dt.datetime, now: dt.datetime) -> int:
+    """A retry-after value: whole seconds, rounded up, never less than 1."""
+    return max(1, math.ceil((resets_at - now).total_seconds()))
+
+
 @dataclass(frozen=True)
 class Refusal:
     limit: str          # "per-hour" or "per-month"
@@ -29,7 +34,7 @@ class Refusal:
     resets_at: dt.datetime
 
     def retry_after(self, now: dt.datetime) -> int:
-        return max(1, math.ceil((self.resets_at - now).total_seconds()))
+        return seconds_until(self.resets_at, now)
 
 
 def hour_start(now: dt.datetime) -> dt.datetime:

@@ -8,8 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
-from addon.budgets import SCOPES, day_start
-from addon.limits import month_start
+from addon.budgets import SCOPES, with_spend
 from addon.store import budgets as budget_rows
 from addon.store import reading, writing
 
@@ -68,12 +67,8 @@ def set_budget(obj, scope: str, daily: Decimal | None, monthly: Decimal | None, 
 @click.pass_obj
 def list_budgets(obj, fmt: str = "table", as_json: bool = False) -> None:
     """Budgets with what has been spent against them today and this month (UTC)."""
-    now, utc = dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo("UTC")
     with reading(obj.db) as con:
-        rows = budget_rows.all_budgets(con)
-        for row in rows:
-            row["spent_today_usd"], row["spent_this_month_usd"] = budget_rows.spend_since(
-                con, row["scope"], row["scope_value"], day_start(now, utc), month_start(now, utc))
+        rows = with_spend(con, dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo("UTC"))
     emit(rows, "json" if as_json else fmt, [
         ("ID", lambda r: str(r["id"]), ">"),
         ("SCOPE", lambda r: r["scope"] + (f":{r['scope_value']}" if r["scope_value"] else ""), "<"),

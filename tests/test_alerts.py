@@ -135,7 +135,6 @@ def test_a_bad_channel_file_says_what_is_wrong(tmp_path):
 # --- what triggers alerts --------------------------------------------------------------------
 
 import datetime as dt  # noqa: E402
-from decimal import Decimal  # noqa: E402
 
 from addon import home as home_dir  # noqa: E402
 from addon.evaluate import SpikeSettings, is_spike  # noqa: E402

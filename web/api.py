@@ -14,12 +14,10 @@ import zoneinfo
 from flask import Blueprint, Response, current_app, g, jsonify, request, session, stream_with_context
 
 from addon import home as home_dir
-from addon.budgets import day_start
-from addon.limits import month_start
+from addon.budgets import with_spend
 from addon.reports import ReportError, Selection, parse_report, parse_selection
 from addon.serialize import json_row, json_value
 from addon.store import StoreBusy, reading
-from addon.store import budgets as budget_rows
 from addon.store import reports as report_rows
 
 from .auth import Principal, authenticate, bearer, credential
@@ -82,15 +80,12 @@ def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
 @api.get("/budgets")
 def budgets():
     """Budgets with today's and this month's spend (UTC); a key sees only its own key's budget."""
-    now, utc = dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo("UTC")
     principal = g.principal
     with reading(db_path()) as con:
-        rows = [b for b in budget_rows.all_budgets(con)
-                if principal.is_admin or (b["scope"] == "key" and b["scope_value"] == str(principal.key_id))]
-        for b in rows:
-            b["spent_today_usd"], b["spent_this_month_usd"] = budget_rows.spend_since(
-                con, b["scope"], b["scope_value"], day_start(now, utc), month_start(now, utc))
-    return jsonify([json_row(b) for b in rows])
+        rows = with_spend(con, dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo("UTC"))
+    visible = [b for b in rows
+               if principal.is_admin or (b["scope"] == "key" and b["scope_value"] == str(principal.key_id))]
+    return jsonify([json_row(b) for b in visible])
 
 
 @api.get("/calls")

@@ -101,10 +101,8 @@ class Writer(threading.Thread):
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
-            self._pending.append(self._row(item))
-
-    def _row(self, item: object) -> dict:
-        return self.build_row(item)  # build_row never raises: it falls back to a row without usage
+            # build_row never raises: on a parsing or pricing bug it falls back to a row without usage.
+            self._pending.append(self.build_row(item))
 
     def _on_failure(self, exc: Exception) -> None:
         now = time.monotonic()
