@@ -24,6 +24,8 @@ from mitmproxy import ctx, exceptions, http
 from addon import home as home_dir
 from addon.estimate import Counter
 from addon.evaluate import Evaluator
+from addon import failures
+from addon.guard import AuthGuard
 from addon.keys import KeyRing
 from addon.budgets import Budget, BudgetRefusal, BudgetTracker
 from addon.limits import Limiter, Refusal, hour_start, month_start
@@ -49,7 +51,8 @@ MAX_TAG_LENGTH = 128
 _META = "aispendtrack"
 _OPTIONS = ("aispendtrack_home", "aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream",
             "aispendtrack_upstreams", "aispendtrack_quota_tz", "aispendtrack_alert_interval_s",
-            "aispendtrack_flush_ms")
+            "aispendtrack_flush_ms", "aispendtrack_upstream_timeout_s", "aispendtrack_auth_failures_per_minute",
+            "aispendtrack_tls_only")
 
 
 class AiSpendTrack:
@@ -64,6 +67,10 @@ class AiSpendTrack:
         self.budgets = BudgetTracker(zoneinfo.ZoneInfo("UTC"))
         self._seeded = False
         self.evaluator: Evaluator | None = None
+        self.watch = failures.UpstreamWatch()
+        self.guard = AuthGuard()
+        self.tls_only = False
+        failures.install()
 
     def load(self, loader) -> None:
         loader.add_option("aispendtrack_home", str, "",
@@ -81,11 +88,28 @@ class AiSpendTrack:
                           "How often budgets, quota warnings and spikes are evaluated, in seconds.")
         loader.add_option("aispendtrack_flush_ms", int, 1000,
                           "How often the writer thread flushes rows to the database, in milliseconds.")
+        loader.add_option("aispendtrack_upstream_timeout_s", int, 600,
+                          "Seconds to wait for an upstream's response headers before answering 504.")
+        loader.add_option("aispendtrack_auth_failures_per_minute", int, 30,
+                          "Refused keys allowed per client address and minute before it gets 429s (0: no limit).")
+        loader.add_option("aispendtrack_tls_only", bool, False,
+                          "Refuse calls that did not come over TLS (set when the proxy serves HTTPS).")
 
     def configure(self, updated: set[str]) -> None:
+        if "ssl_insecure" in updated and ctx.options.ssl_insecure:
+            raise exceptions.OptionsError("AiSpendTrack never turns off upstream TLS verification (ssl_insecure); "
+                                          "trust a private CA with ssl_verify_upstream_trusted_ca instead.")
         if updated & {"aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream", "aispendtrack_upstreams"}:
             self.upstreams = _upstreams(self.providers, ctx.options.aispendtrack_openai_upstream,
                                         ctx.options.aispendtrack_anthropic_upstream, ctx.options.aispendtrack_upstreams)
+        if "aispendtrack_upstream_timeout_s" in updated:
+            if ctx.options.aispendtrack_upstream_timeout_s < 1:
+                raise exceptions.OptionsError("aispendtrack_upstream_timeout_s must be at least 1.")
+            self.watch.timeout = ctx.options.aispendtrack_upstream_timeout_s
+        if "aispendtrack_tls_only" in updated:
+            self.tls_only = ctx.options.aispendtrack_tls_only
+        if "aispendtrack_auth_failures_per_minute" in updated:
+            self.guard.allowed = ctx.options.aispendtrack_auth_failures_per_minute
         if "aispendtrack_quota_tz" in updated:
             _zone(ctx.options.aispendtrack_quota_tz)  # validates
         if "aispendtrack_flush_ms" in updated and ctx.options.aispendtrack_flush_ms < 10:
@@ -154,11 +178,23 @@ class AiSpendTrack:
             flow.response = http.Response.make(200, b'{"status": "ok"}', {"content-type": "application/json"})
             return
         provider, provider_path = route(self.providers, path)
+        if self.tls_only and not flow.client_conn.tls_established:
+            _refuse(flow, provider, 400, "aispendtrack_tls_required",
+                    "This AiSpendTrack proxy only takes HTTPS: use https:// in your base_url.")
+            return
         if provider_path != path:  # an explicit prefix such as /gemini: the provider never sees it
             req.path = provider_path + req.path[len(path):]
         ours = _take_our_headers(req.headers)  # removed here: they never reach the provider
+        address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+        wait = self.guard.wait(address)
+        if wait is not None:
+            _refuse(flow, provider, 429, "aispendtrack_too_many_bad_keys",
+                    f"Too many calls with a wrong {KEY_HEADER} from {address}; calls from this address are "
+                    f"refused for {wait} s. Check the key with `aispendtrack keys list`.", {"retry-after": str(wait)})
+            return
         key_id = self.keyring.lookup(ours.get(KEY_HEADER))
         if key_id is None:
+            self.guard.failed(address)
             self._refuse_key(flow, provider, KEY_HEADER in ours)
             return
         tags = {name: ours.get(name) for name in TAG_HEADERS}
@@ -185,11 +221,19 @@ class AiSpendTrack:
         flow.metadata[_META] = CallMeter(
             provider, provider_path, key_id, tags["x-customer-id"], tags["x-feature"], req.timestamp_start, req.raw_content,
             req.headers.get("content-encoding", ""))
+        self.watch.start(flow)
+
+    def server_connect(self, data) -> None:
+        self.watch.connecting(data.server.id)
+
+    def server_disconnected(self, data) -> None:
+        self.watch.disconnected(data.server.id)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.get(_META)
         if meter is None:
             return
+        self.watch.answered(flow)
         res = flow.response
         if meter.start_response(res.status_code, res.headers.get("content-type", ""),
                                 res.headers.get("content-encoding", "")):
@@ -198,6 +242,7 @@ class AiSpendTrack:
     def response(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
         if meter is not None:
+            self.watch.finished(flow)
             meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)
             self._submit(meter)
 
@@ -205,13 +250,32 @@ class AiSpendTrack:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
         if meter is None:
             return
+        timed_out = self.watch.finished(flow)
         message = flow.error.msg if flow.error else "unknown error"
         client_gone = "client disconnected" in message.lower()
-        status = flow.response.status_code if flow.response else (None if client_gone else 502)
-        # Only the part before the first ": " — the rest can quote bytes of the response.
-        meter.finish(status, "client_disconnected" if client_gone else "upstream_failed",
-                     message.split(": ", 1)[0][:200], flow.response.raw_content if flow.response else None)
+        if flow.response is not None or client_gone:  # the answer had started, or nobody is listening
+            status = flow.response.status_code if flow.response else None
+            outcome = "client_disconnected" if client_gone else "upstream_failed"
+            # Only the part before the first ": " — the rest can quote bytes of the response.
+            meter.finish(status, outcome, message.split(": ", 1)[0][:200],
+                         flow.response.raw_content if flow.response else None)
+        else:
+            status, outcome, text = self._upstream_failure(flow, meter.provider, message, timed_out)
+            failures.reply_with(status, meter.provider.error_body(status, text, outcome))
+            meter.finish(status, outcome, text[:200], None)
         self._submit(meter)
+
+    def _upstream_failure(self, flow: http.HTTPFlow, provider: Provider, message: str,
+                          timed_out: bool) -> tuple[int, str, str]:
+        where = f"{provider.name} upstream {flow.request.host}:{flow.request.port}"
+        if timed_out:
+            return 504, "upstream_timeout", (
+                f"AiSpendTrack: the {where} sent no response within {self.watch.timeout:.0f} s "
+                f"(aispendtrack_upstream_timeout_s). The call may or may not have run at the provider.")
+        reason = message.split(": ", 1)[0][:200] if "certificate" not in message.lower() else message[:300]
+        return 502, "upstream_failed", (
+            f"AiSpendTrack could not get a response from the {where}: {reason}. "
+            f"Check the --upstream setting and that the provider is reachable.")
 
     def _submit(self, meter: CallMeter) -> None:
         # Under a blocking budget the cost must count before the next call arrives, so the row is

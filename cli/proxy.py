@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from pathlib import Path
 
 import click
 
@@ -29,20 +31,43 @@ from .web import serve_in_thread
 @click.option("--web-port", type=click.IntRange(1, 65535), help="Also serve the web app and API on this port.")
 @click.option("--alert-interval", default=60, show_default=True, type=click.IntRange(1, 3600),
               help="Seconds between evaluations of budgets, quota warnings and spikes.")
+@click.option("--upstream-timeout", default=600, show_default=True, type=click.IntRange(1, 86_400),
+              help="Seconds to wait for a provider's response headers before answering 504.")
+@click.option("--auth-failures-per-minute", default=30, show_default=True, type=click.IntRange(0),
+              help="Wrong keys allowed per client address and minute before it gets 429s (0: no limit).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The private key of --tls-cert (PEM).")
+@click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False),
+              help="Verify providers against this CA bundle (PEM) instead of the public CAs.")
 @click.pass_obj
 def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, upstreams: tuple[str, ...],
-          flush_ms: int, web_port: int | None, alert_interval: int) -> None:
+          flush_ms: int, web_port: int | None, alert_interval: int, upstream_timeout: int,
+          auth_failures_per_minute: int, tls_cert: str | None, tls_key: str | None, upstream_ca: str | None) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together.")
     _first_key(obj.db)
     if web_port:
         serve_in_thread(obj.home, host, web_port)
         click.echo(f"Web and API on http://{host}:{web_port}")
-    click.echo(f"AiSpendTrack proxy on http://{host}:{port}  (data: {obj.home})")
-    click.echo(f"  OpenAI:    OpenAI(base_url='http://{host}:{port}/v1', default_headers={{'x-aispendtrack-key': ...}})")
-    click.echo(f"  Anthropic: Anthropic(base_url='http://{host}:{port}', default_headers={{'x-aispendtrack-key': ...}})")
+    scheme = "https" if tls_cert else "http"
+    click.echo(f"AiSpendTrack proxy on {scheme}://{host}:{port}  (data: {obj.home})")
+    click.echo(f"  OpenAI:    OpenAI(base_url='{scheme}://{host}:{port}/v1', default_headers={{'x-aispendtrack-key': ...}})")
+    click.echo(f"  Anthropic: Anthropic(base_url='{scheme}://{host}:{port}', default_headers={{'x-aispendtrack-key': ...}})")
+    addon_options = dict(
+        aispendtrack_home=str(obj.home), aispendtrack_openai_upstream=openai_upstream,
+        aispendtrack_anthropic_upstream=anthropic_upstream, aispendtrack_upstreams=list(upstreams),
+        aispendtrack_flush_ms=flush_ms, aispendtrack_alert_interval_s=alert_interval,
+        aispendtrack_upstream_timeout_s=upstream_timeout,
+        aispendtrack_auth_failures_per_minute=auth_failures_per_minute,
+        aispendtrack_tls_only=bool(tls_cert))
+    mitm_options = dict(listen_host=host, listen_port=port, mode=[f"reverse:{openai_upstream}"])
+    if tls_cert:
+        mitm_options["certs"] = [f"*={tls_pem(obj.home, tls_cert, tls_key)}"]
+    if upstream_ca:
+        mitm_options["ssl_verify_upstream_trusted_ca"] = upstream_ca
     try:
-        asyncio.run(_serve(obj.home, host, port, openai_upstream, anthropic_upstream, upstreams, flush_ms,
-                           alert_interval))
+        asyncio.run(_serve(mitm_options, addon_options))
     except Exception as exc:
         from mitmproxy import exceptions
         if isinstance(exc, exceptions.OptionsError):
@@ -59,21 +84,28 @@ def _first_key(db) -> None:
     click.echo(f"No keys yet, so created key {key_id} (default). It is shown only this once:\n\n    {key}\n")
 
 
-async def _serve(home, host, port, openai_upstream, anthropic_upstream, upstreams, flush_ms,
-                 alert_interval) -> None:
+def tls_pem(home, cert: str, key: str) -> str:
+    """mitmproxy wants the certificate and its key in one PEM file: written private to the data dir."""
+    path = home / "tls" / "listen.pem"
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(Path(key).read_bytes().rstrip() + b"\n" + Path(cert).read_bytes())
+    return str(path)
+
+
+async def _serve(mitm_options: dict, addon_options: dict) -> None:
     from mitmproxy.options import Options
     from mitmproxy.tools.dump import DumpMaster
 
     from addon.aispendtrack import AiSpendTrack
 
-    opts = Options(listen_host=host, listen_port=port, mode=[f"reverse:{openai_upstream}"])
+    opts = Options(**mitm_options)
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     # Lazy: the upstream is chosen per request (OpenAI or Anthropic), not per client connection.
     opts.update(connection_strategy="lazy", termlog_verbosity="info")
     master.addons.add(AiSpendTrack())
-    opts.update(aispendtrack_home=str(home), aispendtrack_openai_upstream=openai_upstream,
-                aispendtrack_anthropic_upstream=anthropic_upstream, aispendtrack_upstreams=list(upstreams),
-                aispendtrack_flush_ms=flush_ms, aispendtrack_alert_interval_s=alert_interval)
+    opts.update(**addon_options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)

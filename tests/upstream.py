@@ -7,11 +7,13 @@ header of the caller's), and can read back every request the upstream received.
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import threading
 import time
 from dataclasses import dataclass
+import http.client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import payloads
@@ -67,6 +69,13 @@ def _handler(provider: FakeProvider):
             body = self.rfile.read(length) if length else b""
             provider.received.append(Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
             scenario = self.headers.get("x-test-scenario", "")
+            if scenario == "hang":  # accepts the call, then says nothing until the proxy gives up
+                provider.gate.wait(30)
+                self.close_connection = True
+                return
+            if scenario == "gzip_bomb":
+                self._send_bomb()
+                return
             try:
                 request = json.loads(body) if body else {}
             except ValueError:
@@ -85,6 +94,15 @@ def _handler(provider: FakeProvider):
             self.send_header("content-length", str(len(reply.body)))
             self.end_headers()
             self.wfile.write(reply.body)
+
+        def _send_bomb(self) -> None:
+            """A small gzip body that inflates to 256 MB of JSON: only a careless reader blows up."""
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-encoding", "gzip")
+            self.send_header("content-length", str(len(_bomb())))
+            self.end_headers()
+            self.wfile.write(_bomb())
 
         def _send_stream(self, reply: payloads.Reply) -> None:
             self.send_response(reply.status)
@@ -127,6 +145,22 @@ def _handler(provider: FakeProvider):
             self.close_connection = True
 
     return Handler
+
+
+# Python's parser stops at 100 header fields; real providers take far more, and so must the fake.
+http.client._MAXHEADERS = 10_000
+
+
+@functools.cache
+def _bomb() -> bytes:
+    import zlib
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b" " * (1 << 20)
+    parts = [z.compress(b'{"usage": {"prompt_tokens": 1, "pad": "')]
+    parts += [z.compress(block) for _ in range(256)]
+    parts.append(z.compress(b'"}}') + z.flush())
+    return b"".join(parts)
+
 
 
 class _GzipStream:

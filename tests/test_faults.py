@@ -1,0 +1,134 @@
+"""Bad days upstream and bad input from callers: the proxy answers clearly, keeps serving, records the call."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from .conftest import free_port, start_proxy
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+MESSAGE = {"model": "claude-sonnet-4-20250514", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory, upstream):
+    """A proxy that gives the upstream one second and allows five wrong keys a minute per address."""
+    home = tmp_path_factory.mktemp("home")
+    running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log",
+                          extra_args=("--upstream-timeout", "1", "--auth-failures-per-minute", "5"))
+    yield running
+    running.stop()
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_refused_upstream_is_a_502_each_sdk_can_read(tmp_path, customer):
+    dead = f"http://127.0.0.1:{free_port()}"
+    proxy = start_proxy(tmp_path / "home", dead, tmp_path / "proxy.log")
+    try:
+        with pytest.raises(openai.InternalServerError) as raised:
+            proxy.openai(headers={"x-customer-id": customer}).chat.completions.create(**CHAT)
+        assert raised.value.status_code == 502
+        assert raised.value.body["message"].startswith("AiSpendTrack could not get a response from the openai upstream")
+        assert "Connect call failed" in raised.value.body["message"]
+        with pytest.raises(anthropic.InternalServerError) as raised:
+            proxy.anthropic(headers={"x-customer-id": customer}).messages.create(**MESSAGE)
+        assert raised.value.status_code == 502
+        assert raised.value.body["error"]["type"] == "api_error"
+        assert "anthropic upstream" in raised.value.body["error"]["message"]
+        rows = proxy.rows(customer, expect=2)
+        assert sorted(r["provider"] for r in rows) == ["anthropic", "openai"]
+        assert all(r["status"] == 502 and r["outcome"] == "upstream_failed" and r["usage_source"] == "none"
+                   for r in rows)
+    finally:
+        proxy.stop()
+
+
+def test_silent_upstream_is_a_504_and_the_proxy_keeps_serving(impatient, customer):
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as raised:
+        impatient.openai(headers={"x-customer-id": customer, "x-test-scenario": "hang"}).chat.completions.create(**CHAT)
+    assert raised.value.status_code == 504
+    assert "sent no response within 1 s" in raised.value.body["message"]
+    assert time.monotonic() - started < 5
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        impatient.anthropic(headers={"x-customer-id": customer, "x-test-scenario": "hang"}).messages.create(**MESSAGE)
+    assert raised.value.status_code == 504 and raised.value.body["error"]["type"] == "timeout_error"
+    # The next call on the same client is served normally.
+    reply = impatient.openai(headers={"x-customer-id": customer}).chat.completions.create(**CHAT)
+    assert reply.usage.total_tokens > 0
+    rows = impatient.rows(customer, expect=3)
+    assert sorted((r["status"], r["outcome"]) for r in rows) == [(200, "completed"), (504, "upstream_timeout"),
+                                                                  (504, "upstream_timeout")]
+
+
+def test_wrong_keys_from_one_address_are_slowed_without_touching_others(impatient):
+    def call(key: str, source: str) -> httpx.Response:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address=source)) as client:
+            return client.post(f"{impatient.url}/v1/chat/completions", json=CHAT,
+                               headers={"x-aispendtrack-key": key, "authorization": "Bearer sk-test"})
+
+    guesses = [call(f"ask_guess{n}", "127.0.0.3").status_code for n in range(7)]
+    assert guesses == [401] * 5 + [429] * 2
+    refused = call(impatient.key, "127.0.0.3")  # even a right key: a guesser must not learn it was right
+    assert refused.status_code == 429 and 0 < int(refused.headers["retry-after"]) <= 60
+    assert "Too many calls with a wrong x-aispendtrack-key from 127.0.0.3" in refused.json()["error"]["message"]
+    assert call(impatient.key, "127.0.0.4").status_code == 200
+    assert call("ask_typo", "127.0.0.4").status_code == 401
+
+
+def test_bad_request_bodies_are_forwarded_untouched_and_recorded(proxy, upstream, customer):
+    headers = {"x-aispendtrack-key": proxy.key, "x-customer-id": customer, "content-type": "application/json"}
+    bodies = [b"{not json", b"\xff\xfe\x00 not utf-8 \x80", b'{"model": "gpt-4o", "messages": "' + b"x" * 12_000_000 + b'"}']
+    for body in bodies:
+        reply = httpx.post(f"{proxy.url}/v1/chat/completions", content=body, headers=headers, timeout=30)
+        assert reply.status_code == 200  # the fake provider's own answer
+        assert upstream.last().body == body
+    rows = proxy.rows(customer, expect=3)
+    assert len(rows) == 3 and all(r["status"] == 200 for r in rows)
+
+
+def test_hostile_tags_are_stored_as_text_or_refused(proxy, customer):
+    sql = customer[:60] + "'); DROP TABLE calls; --"
+    proxy.openai(headers={"x-customer-id": sql}).chat.completions.create(**CHAT)
+    [row] = proxy.rows(sql)
+    assert row["customer_id"] == sql
+    reply = httpx.post(f"{proxy.url}/v1/chat/completions", json=CHAT,
+                       headers={"x-aispendtrack-key": proxy.key, "x-feature": "a\tb"})
+    assert reply.status_code == 400 and "printable" in reply.json()["error"]["message"]
+
+
+def test_thousands_of_headers_are_forwarded_and_the_proxy_keeps_serving(proxy, upstream, customer):
+    headers = [("x-aispendtrack-key", proxy.key), ("x-customer-id", customer)]
+    headers += [(f"x-filler-{n}", "v" * 20) for n in range(5000)]
+    reply = httpx.post(f"{proxy.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=30)
+    assert reply.status_code == 200
+    received = upstream.last().headers
+    assert sum(name.startswith("x-filler-") for name in received) == 5000 and "x-customer-id" not in received
+    assert proxy.openai().chat.completions.create(**CHAT).usage.total_tokens > 0
+
+
+def test_a_gzip_bomb_from_upstream_reaches_the_client_as_sent_and_memory_stays_bounded(proxy, upstream, customer):
+    before = rss_kib(proxy.process.pid)
+    headers = {"x-aispendtrack-key": proxy.key, "x-customer-id": customer, "x-test-scenario": "gzip_bomb",
+               "accept-encoding": "gzip"}
+    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=30) as reply:
+        raw = b"".join(reply.iter_raw())
+    from .upstream import _bomb
+    assert reply.status_code == 200 and raw == _bomb()
+    [row] = proxy.rows(customer)
+    assert row["usage_source"] == "partial" and row["status"] == 200, row  # read along up to the limit, then stopped
+    # Inflating it would take 256 MB; reading along stops at the decoder's limit.
+    assert rss_kib(proxy.process.pid) - before < 128 * 1024
+    assert json.loads(proxy.openai().chat.completions.create(**CHAT).to_json())["usage"]["total_tokens"] > 0
