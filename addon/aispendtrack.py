@@ -272,9 +272,12 @@ class AiSpendTrack:
             return 504, "upstream_timeout", (
                 f"AiSpendTrack: the {where} sent no response within {self.watch.timeout:.0f} s "
                 f"(aispendtrack_upstream_timeout_s). The call may or may not have run at the provider.")
-        reason = message.split(": ", 1)[0][:200] if "certificate" not in message.lower() else message[:300]
+        if "certificate" in message.lower():
+            return 502, "upstream_failed", (
+                f"AiSpendTrack refused the {where}: {message[:300]}. Upstream certificates are always "
+                f"verified; for a private CA start the proxy with --upstream-ca CA.pem.")
         return 502, "upstream_failed", (
-            f"AiSpendTrack could not get a response from the {where}: {reason}. "
+            f"AiSpendTrack could not get a response from the {where}: {message.split(': ', 1)[0][:200]}. "
             f"Check the --upstream setting and that the provider is reachable.")
 
     def _submit(self, meter: CallMeter) -> None:

@@ -28,7 +28,7 @@ class Received:
 
 
 class FakeProvider:
-    def __init__(self) -> None:
+    def __init__(self, ssl_context=None) -> None:
         self.received: list[Received] = []
         self.gate = threading.Event()  # a "gated" stream waits on this after its first event
         self.stream_abandoned = threading.Event()  # set when a client went away mid-stream
@@ -36,6 +36,9 @@ class FakeProvider:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        if ssl_context is not None:  # an HTTPS provider, for upstream certificate checks
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> FakeProvider:
