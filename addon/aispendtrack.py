@@ -17,24 +17,23 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import zoneinfo
-from urllib.parse import urlsplit
+from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, http
 
+from addon import failures, refusals, upstreams
 from addon import home as home_dir
+from addon.budgets import Budget, BudgetTracker
 from addon.estimate import Counter
 from addon.evaluate import Evaluator
-from addon import failures
 from addon.guard import AuthGuard
 from addon.keys import KeyRing
-from addon.budgets import Budget, BudgetRefusal, BudgetTracker
-from addon.limits import Limiter, Refusal, hour_start, month_start
+from addon.limits import Limiter, hour_start, month_start
 from addon.meter import CallMeter
 from addon.plans import limits_for
-from collections.abc import Sequence
-
 from addon.providers import Provider, all_providers, route
 from addon.record import build_row
+from addon.refusals import KEY_HEADER
 from addon.store import budgets as budget_rows
 from addon.store import calls as call_rows
 from addon.store import keys as key_rows
@@ -44,7 +43,6 @@ from pricing.overrides import FILE_NAME as PRICES_FILE
 
 log = logging.getLogger(__name__)
 
-KEY_HEADER = "x-aispendtrack-key"
 TAG_HEADERS = ("x-customer-id", "x-feature")
 HEALTH_PATH = "/aispendtrack/health"
 MAX_TAG_LENGTH = 128
@@ -100,7 +98,7 @@ class AiSpendTrack:
             raise exceptions.OptionsError("AiSpendTrack never turns off upstream TLS verification (ssl_insecure); "
                                           "trust a private CA with ssl_verify_upstream_trusted_ca instead.")
         if updated & {"aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream", "aispendtrack_upstreams"}:
-            self.upstreams = _upstreams(self.providers, ctx.options.aispendtrack_openai_upstream,
+            self.upstreams = upstreams.parse(self.providers, ctx.options.aispendtrack_openai_upstream,
                                         ctx.options.aispendtrack_anthropic_upstream, ctx.options.aispendtrack_upstreams)
         if "aispendtrack_upstream_timeout_s" in updated:
             if ctx.options.aispendtrack_upstream_timeout_s < 1:
@@ -179,7 +177,7 @@ class AiSpendTrack:
             return
         provider, provider_path = route(self.providers, path)
         if self.tls_only and not flow.client_conn.tls_established:
-            _refuse(flow, provider, 400, "aispendtrack_tls_required",
+            refusals.refuse(flow, provider, 400, "aispendtrack_tls_required",
                     "This AiSpendTrack proxy only takes HTTPS: use https:// in your base_url.")
             return
         if provider_path != path:  # an explicit prefix such as /gemini: the provider never sees it
@@ -188,33 +186,31 @@ class AiSpendTrack:
         address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
         wait = self.guard.wait(address)
         if wait is not None:
-            _refuse(flow, provider, 429, "aispendtrack_too_many_bad_keys",
-                    f"Too many calls with a wrong {KEY_HEADER} from {address}; calls from this address are "
-                    f"refused for {wait} s. Check the key with `aispendtrack keys list`.", {"retry-after": str(wait)})
+            refusals.too_many_bad_keys(flow, provider, address, wait)
             return
         key_id = self.keyring.lookup(ours.get(KEY_HEADER))
         if key_id is None:
             self.guard.failed(address)
-            self._refuse_key(flow, provider, KEY_HEADER in ours)
+            refusals.bad_key(flow, provider, KEY_HEADER in ours)
             return
         tags = {name: ours.get(name) for name in TAG_HEADERS}
         for name, value in tags.items():
             if value is not None and not _valid_tag(value):
-                _refuse(flow, provider, 400, "aispendtrack_invalid_tag",
+                refusals.refuse(flow, provider, 400, "aispendtrack_invalid_tag",
                         f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
                         f"(got {len(value)} characters). The call was not forwarded.")
                 return
         now = dt.datetime.now(dt.UTC)
         over_budget = self.budgets.blocked(key_id, tags["x-customer-id"], tags["x-feature"], now)
         if over_budget is not None:
-            self._refuse_budget(flow, provider, over_budget, now)
+            refusals.budget_exceeded(flow, provider, over_budget, now)
             return
         refusal = self.limiter.admit(key_id, now)
         if refusal is not None:
-            self._refuse_limit(flow, provider, key_id, refusal)
+            refusals.limit_reached(flow, provider, key_id, refusal)
             return
-        if not self._send_upstream(req, provider):
-            _refuse(flow, provider, 502, "aispendtrack_no_upstream",
+        if not upstreams.point(req, provider, self.upstreams):
+            refusals.refuse(flow, provider, 502, "aispendtrack_no_upstream",
                     f"No upstream is configured for {provider.name}. Start the proxy with "
                     f"--upstream {provider.name}=https://... (see docs/providers.md).")
             return
@@ -260,25 +256,10 @@ class AiSpendTrack:
             meter.finish(status, outcome, message.split(": ", 1)[0][:200],
                          flow.response.raw_content if flow.response else None)
         else:
-            status, outcome, text = self._upstream_failure(flow, meter.provider, message, timed_out)
+            status, outcome, text = refusals.upstream_failure(flow, meter.provider, message, timed_out, self.watch.timeout)
             failures.reply_with(status, meter.provider.error_body(status, text, outcome))
             meter.finish(status, outcome, text[:200], None)
         self._submit(meter)
-
-    def _upstream_failure(self, flow: http.HTTPFlow, provider: Provider, message: str,
-                          timed_out: bool) -> tuple[int, str, str]:
-        where = f"{provider.name} upstream {flow.request.host}:{flow.request.port}"
-        if timed_out:
-            return 504, "upstream_timeout", (
-                f"AiSpendTrack: the {where} sent no response within {self.watch.timeout:.0f} s "
-                f"(aispendtrack_upstream_timeout_s). The call may or may not have run at the provider.")
-        if "certificate" in message.lower():
-            return 502, "upstream_failed", (
-                f"AiSpendTrack refused the {where}: {message[:300]}. Upstream certificates are always "
-                f"verified; for a private CA start the proxy with --upstream-ca CA.pem.")
-        return 502, "upstream_failed", (
-            f"AiSpendTrack could not get a response from the {where}: {message.split(': ', 1)[0][:200]}. "
-            f"Check the --upstream setting and that the provider is reachable.")
 
     def _submit(self, meter: CallMeter) -> None:
         # Under a blocking budget the cost must count before the next call arrives, so the row is
@@ -287,54 +268,6 @@ class AiSpendTrack:
             meter = self._row(meter)
         self.writer.submit(meter)
 
-    def _refuse_key(self, flow: http.HTTPFlow, provider: Provider, key_sent: bool) -> None:
-        if not key_sent:
-            _refuse(flow, provider, 401, "aispendtrack_missing_key",
-                    f"Missing {KEY_HEADER} header. Add it to your client, e.g. "
-                    f"default_headers={{'{KEY_HEADER}': 'ask_...'}}; create a key with "
-                    f"`aispendtrack keys create --name NAME`.")
-        else:
-            _refuse(flow, provider, 401, "aispendtrack_invalid_key",
-                    f"The {KEY_HEADER} header is not an active AiSpendTrack key (unknown or revoked). "
-                    f"Check it with `aispendtrack keys list`; a new key works within 2 seconds of creation.")
-
-    def _refuse_limit(self, flow: http.HTTPFlow, provider: Provider, key_id: int, refusal: Refusal) -> None:
-        now = dt.datetime.now(dt.UTC)
-        wait = refusal.retry_after(now)
-        period = "hour" if refusal.limit == "per-hour" else "month"
-        option = "--per-hour" if refusal.limit == "per-hour" else "--per-month"
-        _refuse(flow, provider, 429, "aispendtrack_limit_reached",
-                f"AiSpendTrack limit reached for key {key_id}: {refusal.size:,} requests per {period}. It resets at "
-                f"{refusal.resets_at:%Y-%m-%d %H:%M:%S} UTC (in {wait:,} s). Raise it with `aispendtrack keys "
-                f"set-limit {key_id} {option} N` or `aispendtrack keys set-plan {key_id} PLAN`.",
-                {"retry-after": str(wait)})
-
-    def _refuse_budget(self, flow: http.HTTPFlow, provider: Provider, refusal: BudgetRefusal, now) -> None:
-        budget = refusal.budget
-        _refuse(flow, provider, 429, "aispendtrack_budget_exceeded",
-                f"AiSpendTrack budget exceeded for {budget.label()}: {_usd(refusal.spent)} spent of the "
-                f"{refusal.period} budget of {_usd(refusal.size)}. Calls are blocked until "
-                f"{refusal.resets_at:%Y-%m-%d %H:%M} UTC; raise it with `aispendtrack budgets set --scope "
-                f"{budget.scope}{':' + budget.scope_value if budget.scope_value else ''} "
-                f"--{refusal.period} USD --block`.", {"retry-after": str(refusal.retry_after(now))})
-
-    def _send_upstream(self, req: http.Request, provider: Provider) -> bool:
-        """Point the request at the provider's upstream; False when it has none configured."""
-        target = self.upstreams.get(provider.name)
-        if target is None:
-            return provider.name == "openai"  # OpenAI's default is the reverse-mode target itself
-        scheme, host, port, base_path = target
-        req.scheme, req.host, req.port = scheme, host, port
-        if base_path:
-            req.path = base_path + req.path
-        return True
-
-
-def _refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, message: str,
-            headers: dict[str, str] | None = None) -> None:
-    body = provider.error_body(status, message, code)
-    flow.response = http.Response.make(status, body, {"content-type": "application/json", **(headers or {})})
-    log.info("refused %s %s: %s", flow.request.method, flow.request.path.split("?", 1)[0], code)
 
 
 _OUR_HEADERS = {name.encode(): name for name in (KEY_HEADER, *TAG_HEADERS)}
@@ -362,40 +295,12 @@ def _valid_tag(value: str) -> bool:
     return 0 < len(value) <= MAX_TAG_LENGTH and value.isprintable()
 
 
-def _usd(amount) -> str:
-    return f"${amount:,.2f}" if amount >= 1 else "$" + f"{amount:.4f}".rstrip("0").rstrip(".")
-
-
 def _zone(name: str) -> zoneinfo.ZoneInfo:
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise exceptions.OptionsError(f"aispendtrack_quota_tz: unknown time zone {name!r}; use an IANA name "
                                       f"such as UTC or America/Los_Angeles.") from None
-
-
-def _upstreams(providers: list[Provider], openai: str, anthropic: str,
-               overrides: Sequence[str]) -> dict[str, tuple[str, str, int, str] | None]:
-    urls = {p.name: p.default_upstream for p in providers} | {"openai": openai or None, "anthropic": anthropic}
-    known = ", ".join(sorted(urls))
-    for entry in overrides:
-        name, sep, url = entry.partition("=")
-        if not sep or name.strip() not in urls:
-            raise exceptions.OptionsError(f"aispendtrack_upstreams entries are NAME=URL with NAME one of {known}; "
-                                          f"got {entry!r}.")
-        urls[name.strip()] = url.strip()
-    return {name: _parse_upstream(url or "", f"the {name} upstream") for name, url in urls.items()}
-
-
-def _parse_upstream(value: str, option: str) -> tuple[str, str, int, str] | None:
-    if not value:
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise exceptions.OptionsError(f"{option} must be an http(s) URL such as https://api.openai.com, "
-                                      f"got {value!r}.")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
 
 
 addons = [AiSpendTrack()]

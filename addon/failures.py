@@ -70,7 +70,10 @@ class UpstreamWatch:
         self._tasks.pop(server_id, None)
 
     def start(self, flow: http.HTTPFlow) -> None:
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # hooks driven without a proxy (unit tests): there is no connection to watch
+            return
         self._timers[flow.id] = loop.call_later(self.timeout, self._expire, flow)
 
     def answered(self, flow: http.HTTPFlow) -> None:

@@ -1,0 +1,86 @@
+"""Every answer the proxy gives in place of the provider's, in the shape the caller's SDK parses.
+
+Each message says what happened and what to do about it; the code is machine-readable."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from mitmproxy import http
+
+from .budgets import BudgetRefusal
+from .limits import Refusal
+from .providers import Provider
+
+log = logging.getLogger(__name__)
+
+KEY_HEADER = "x-aispendtrack-key"
+
+
+def refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, message: str,
+           headers: dict[str, str] | None = None) -> None:
+    body = provider.error_body(status, message, code)
+    flow.response = http.Response.make(status, body, {"content-type": "application/json", **(headers or {})})
+    log.info("refused %s %s: %s", flow.request.method, flow.request.path.split("?", 1)[0], code)
+
+
+def bad_key(flow: http.HTTPFlow, provider: Provider, key_sent: bool) -> None:
+    if not key_sent:
+        refuse(flow, provider, 401, "aispendtrack_missing_key",
+               f"Missing {KEY_HEADER} header. Add it to your client, e.g. "
+               f"default_headers={{'{KEY_HEADER}': 'ask_...'}}; create a key with "
+               f"`aispendtrack keys create --name NAME`.")
+    else:
+        refuse(flow, provider, 401, "aispendtrack_invalid_key",
+               f"The {KEY_HEADER} header is not an active AiSpendTrack key (unknown or revoked). "
+               f"Check it with `aispendtrack keys list`; a new key works within 2 seconds of creation.")
+
+
+def too_many_bad_keys(flow: http.HTTPFlow, provider: Provider, address: str, wait: int) -> None:
+    refuse(flow, provider, 429, "aispendtrack_too_many_bad_keys",
+           f"Too many calls with a wrong {KEY_HEADER} from {address}; calls from this address are "
+           f"refused for {wait} s. Check the key with `aispendtrack keys list`.", {"retry-after": str(wait)})
+
+
+def limit_reached(flow: http.HTTPFlow, provider: Provider, key_id: int, refusal: Refusal) -> None:
+    now = dt.datetime.now(dt.UTC)
+    wait = refusal.retry_after(now)
+    period = "hour" if refusal.limit == "per-hour" else "month"
+    option = "--per-hour" if refusal.limit == "per-hour" else "--per-month"
+    refuse(flow, provider, 429, "aispendtrack_limit_reached",
+           f"AiSpendTrack limit reached for key {key_id}: {refusal.size:,} requests per {period}. It resets at "
+           f"{refusal.resets_at:%Y-%m-%d %H:%M:%S} UTC (in {wait:,} s). Raise it with `aispendtrack keys "
+           f"set-limit {key_id} {option} N` or `aispendtrack keys set-plan {key_id} PLAN`.",
+           {"retry-after": str(wait)})
+
+
+def budget_exceeded(flow: http.HTTPFlow, provider: Provider, refusal: BudgetRefusal, now: dt.datetime) -> None:
+    budget = refusal.budget
+    refuse(flow, provider, 429, "aispendtrack_budget_exceeded",
+           f"AiSpendTrack budget exceeded for {budget.label()}: {_usd(refusal.spent)} spent of the "
+           f"{refusal.period} budget of {_usd(refusal.size)}. Calls are blocked until "
+           f"{refusal.resets_at:%Y-%m-%d %H:%M} UTC; raise it with `aispendtrack budgets set --scope "
+           f"{budget.scope}{':' + budget.scope_value if budget.scope_value else ''} "
+           f"--{refusal.period} USD --block`.", {"retry-after": str(refusal.retry_after(now))})
+
+
+def upstream_failure(flow: http.HTTPFlow, provider: Provider, message: str, timed_out: bool,
+                     timeout: float) -> tuple[int, str, str]:
+    """(status, outcome, message) for a call whose upstream never answered."""
+    where = f"{provider.name} upstream {flow.request.host}:{flow.request.port}"
+    if timed_out:
+        return 504, "upstream_timeout", (
+            f"AiSpendTrack: the {where} sent no response within {timeout:.0f} s "
+            f"(aispendtrack_upstream_timeout_s). The call may or may not have run at the provider.")
+    if "certificate" in message.lower():
+        return 502, "upstream_failed", (
+            f"AiSpendTrack refused the {where}: {message[:300]}. Upstream certificates are always "
+            f"verified; for a private CA start the proxy with --upstream-ca CA.pem.")
+    return 502, "upstream_failed", (
+        f"AiSpendTrack could not get a response from the {where}: {message.split(': ', 1)[0][:200]}. "
+        f"Check the --upstream setting and that the provider is reachable.")
+
+
+def _usd(amount) -> str:
+    return f"${amount:,.2f}" if amount >= 1 else "$" + f"{amount:.4f}".rstrip("0").rstrip(".")

@@ -1,0 +1,48 @@
+"""Where each provider's calls go: the upstream base URLs from the proxy's options."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from mitmproxy import exceptions, http
+
+from .providers import Provider
+
+Upstream = tuple[str, str, int, str]  # scheme, host, port, base path
+
+
+def parse(providers: list[Provider], openai: str, anthropic: str,
+          overrides: Sequence[str]) -> dict[str, Upstream | None]:
+    urls = {p.name: p.default_upstream for p in providers} | {"openai": openai or None, "anthropic": anthropic}
+    known = ", ".join(sorted(urls))
+    for entry in overrides:
+        name, sep, url = entry.partition("=")
+        if not sep or name.strip() not in urls:
+            raise exceptions.OptionsError(f"aispendtrack_upstreams entries are NAME=URL with NAME one of {known}; "
+                                          f"got {entry!r}.")
+        urls[name.strip()] = url.strip()
+    return {name: _parse_one(url or "", f"the {name} upstream") for name, url in urls.items()}
+
+
+def point(req: http.Request, provider: Provider, upstreams: dict[str, Upstream | None]) -> bool:
+    """Point the request at the provider's upstream; False when it has none configured."""
+    target = upstreams.get(provider.name)
+    if target is None:
+        return provider.name == "openai"  # OpenAI's default is the reverse-mode target itself
+    scheme, host, port, base_path = target
+    req.scheme, req.host, req.port = scheme, host, port
+    if base_path:
+        req.path = base_path + req.path
+    return True
+
+
+def _parse_one(value: str, option: str) -> Upstream | None:
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise exceptions.OptionsError(f"{option} must be an http(s) URL such as https://api.openai.com, "
+                                      f"got {value!r}.")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme, parts.hostname, port, parts.path.rstrip("/")
