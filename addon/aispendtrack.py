@@ -50,7 +50,7 @@ _META = "aispendtrack"
 _OPTIONS = ("aispendtrack_home", "aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream",
             "aispendtrack_upstreams", "aispendtrack_quota_tz", "aispendtrack_alert_interval_s",
             "aispendtrack_flush_ms", "aispendtrack_upstream_timeout_s", "aispendtrack_auth_failures_per_minute",
-            "aispendtrack_tls_only")
+            "aispendtrack_tls_only", "aispendtrack_purge_interval_s")
 
 
 class AiSpendTrack:
@@ -90,6 +90,8 @@ class AiSpendTrack:
                           "Seconds to wait for an upstream's response headers before answering 504.")
         loader.add_option("aispendtrack_auth_failures_per_minute", int, 30,
                           "Refused keys allowed per client address and minute before it gets 429s (0: no limit).")
+        loader.add_option("aispendtrack_purge_interval_s", int, 86_400,
+                          "How often raw calls past their plan's retention are purged, in seconds.")
         loader.add_option("aispendtrack_tls_only", bool, False,
                           "Refuse calls that did not come over TLS (set when the proxy serves HTTPS).")
 
@@ -136,7 +138,8 @@ class AiSpendTrack:
         self.writer.load_keys_now()
         self.writer.start()
         self.evaluator = Evaluator(home_dir.db_path(self.home), self.home, zone,
-                                   interval=max(1, ctx.options.aispendtrack_alert_interval_s))
+                                   interval=max(1, ctx.options.aispendtrack_alert_interval_s),
+                                   purge_interval=ctx.options.aispendtrack_purge_interval_s)
         self.evaluator.start()
         log.info("AiSpendTrack: data in %s, %d active keys", self.home, len(self.keyring))
 

@@ -18,12 +18,13 @@ import datetime as dt
 import logging
 import statistics
 import threading
+import time
 import zoneinfo
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from . import notify
+from . import notify, retention
 from .budgets import day_start, with_spend
 from .limits import month_start
 from .plans import limits_for
@@ -94,11 +95,15 @@ def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) ->
 
 
 class Evaluator(threading.Thread):
-    """Every ``interval`` seconds, off the request path; failures are logged and tried again."""
+    """Alerts every ``interval`` seconds and the retention purge every ``purge_interval``, off the
+    request path; failures are logged and tried again."""
 
-    def __init__(self, db: Path, home: Path, zone: zoneinfo.ZoneInfo, interval: float = 60.0):
+    def __init__(self, db: Path, home: Path, zone: zoneinfo.ZoneInfo, interval: float = 60.0,
+                 purge_interval: float = 86_400.0):
         super().__init__(name="aispendtrack-alerts", daemon=True)
         self.db, self.home, self.zone, self.interval = db, home, zone, interval
+        self.purge_interval = purge_interval
+        self._purge_due = time.monotonic()  # the first purge comes with the first evaluation
         self._stop = threading.Event()
 
     def run(self) -> None:
@@ -107,6 +112,19 @@ class Evaluator(threading.Thread):
                 evaluate(self.db, self.home, dt.datetime.now(dt.UTC), self.zone)
             except Exception:
                 log.exception("alert evaluation failed; trying again in %.0f s", self.interval)
+            if time.monotonic() >= self._purge_due:
+                self._purge()
+
+    def _purge(self) -> None:
+        try:
+            result = retention.purge(self.db, dt.datetime.now(dt.UTC))
+        except Exception:
+            log.exception("retention purge failed; trying again in %.0f s", self.interval)
+            return
+        self._purge_due = time.monotonic() + self.purge_interval
+        if result.deleted and result.deleted["calls"]:
+            log.info("retention: purged %d calls past their plan's retention (kept as hourly totals)",
+                     result.deleted["calls"])
 
     def stop(self) -> None:
         self._stop.set()

@@ -73,8 +73,14 @@ def list_keys(obj, fmt: str = "table", as_json: bool = False) -> None:
         ("PLAN", lambda r: r["plan"], "<"),
         ("HOUR", lambda r: _usage(r["used_this_hour"], r["limit_per_hour"]), ">"),
         ("MONTH (UTC)", lambda r: _usage(r["used_this_month"], r["limit_per_month"]), ">"),
+        ("KEEP", lambda r: _retention(r), ">"),
         ("CREATED", lambda r: r["created_at"].strftime("%Y-%m-%d"), "<"),
     ])
+
+
+def _retention(row: dict) -> str:
+    days = row["retention_days"] if row["retention_days"] is not None else PLANS[row["plan"]].retention_days
+    return f"{days}d" if days is not None else "always"
 
 
 def _usage(used: int, limit: int | None) -> str:
@@ -108,6 +114,21 @@ def set_limit(obj, key_id: int, per_hour: int | None, per_month: int | None, res
             raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
     click.echo(f"Key {key_id}: " + ("plan limits" if reset else
                ", ".join(f"{n:,} per {p}" for n, p in ((per_hour, "hour"), (per_month, "month")) if n)) + ".")
+
+
+@keys.command("set-retention")
+@click.argument("key_id", type=int)
+@click.option("--days", type=click.IntRange(1), help="Keep this key's raw calls this many days.")
+@click.option("--plan", "use_plan", is_flag=True, help="Go back to the plan's retention.")
+@click.pass_obj
+def set_retention(obj, key_id: int, days: int | None, use_plan: bool) -> None:
+    """Keep a key's raw calls for its own number of days (e.g. a custom enterprise contract)."""
+    if use_plan == (days is not None):
+        raise click.UsageError("give --days N or --plan.")
+    with writing(obj.db) as con:
+        if not key_rows.set_retention(con, key_id, days):
+            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+    click.echo(f"Key {key_id}: raw calls kept " + (f"{days} days." if days else "as its plan says."))
 
 
 @keys.command("revoke")

@@ -14,7 +14,7 @@ import click
 
 from addon import home as home_dir
 
-from . import admin, alerts, budgets, calls, export, keys, prices, proxy, report, reprice, web
+from . import admin, alerts, budgets, calls, export, keys, lifecycle, prices, proxy, report, reprice, web
 
 
 @dataclass
@@ -47,3 +47,5 @@ cli.add_command(admin.admin)
 cli.add_command(budgets.budgets)
 cli.add_command(alerts.alerts)
 cli.add_command(web.web)
+cli.add_command(lifecycle.purge)
+cli.add_command(lifecycle.gdpr)

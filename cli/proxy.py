@@ -31,6 +31,8 @@ from .web import serve_in_thread
 @click.option("--web-port", type=click.IntRange(1, 65535), help="Also serve the web app and API on this port.")
 @click.option("--alert-interval", default=60, show_default=True, type=click.IntRange(1, 3600),
               help="Seconds between evaluations of budgets, quota warnings and spikes.")
+@click.option("--purge-interval", default=86_400, show_default=True, type=click.IntRange(1),
+              help="Seconds between purges of calls past their plan's retention (the first comes at start-up).")
 @click.option("--upstream-timeout", default=600, show_default=True, type=click.IntRange(1, 86_400),
               help="Seconds to wait for a provider's response headers before answering 504.")
 @click.option("--auth-failures-per-minute", default=30, show_default=True, type=click.IntRange(0),
@@ -41,7 +43,7 @@ from .web import serve_in_thread
               help="Verify providers against this CA bundle (PEM) instead of the public CAs.")
 @click.pass_obj
 def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, upstreams: tuple[str, ...],
-          flush_ms: int, web_port: int | None, alert_interval: int, upstream_timeout: int,
+          flush_ms: int, web_port: int | None, alert_interval: int, purge_interval: int, upstream_timeout: int,
           auth_failures_per_minute: int, tls_cert: str | None, tls_key: str | None, upstream_ca: str | None) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
     if bool(tls_cert) != bool(tls_key):
@@ -58,7 +60,7 @@ def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: s
         aispendtrack_home=str(obj.home), aispendtrack_openai_upstream=openai_upstream,
         aispendtrack_anthropic_upstream=anthropic_upstream, aispendtrack_upstreams=list(upstreams),
         aispendtrack_flush_ms=flush_ms, aispendtrack_alert_interval_s=alert_interval,
-        aispendtrack_upstream_timeout_s=upstream_timeout,
+        aispendtrack_upstream_timeout_s=upstream_timeout, aispendtrack_purge_interval_s=purge_interval,
         aispendtrack_auth_failures_per_minute=auth_failures_per_minute,
         aispendtrack_tls_only=bool(tls_cert))
     mitm_options = dict(listen_host=host, listen_port=port, mode=[f"reverse:{openai_upstream}"])

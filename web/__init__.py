@@ -12,6 +12,7 @@ from flask import Flask, jsonify
 
 from addon import home as home_dir
 
+from . import privacy  # noqa: F401  (adds the purge and GDPR routes to the API)
 from .api import api
 from .auth import session_secret
 from .pages import pages
@@ -33,6 +34,7 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None) 
 
     @app.errorhandler(405)
     def wrong_method(_):
-        return jsonify(error={"code": "method_not_allowed", "message": "This endpoint only answers GET."}), 405
+        return jsonify(error={"code": "method_not_allowed",
+                              "message": "Wrong method for this endpoint; see docs/api.md."}), 405
 
     return app

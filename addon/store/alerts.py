@@ -30,7 +30,7 @@ def hourly_spend(con: duckdb.DuckDBPyConnection, since: dt.datetime, scope_colum
               None: "'all'"}[scope_column]
     return con.execute(f"""
         SELECT date_trunc('hour', ts::TIMESTAMP) AS hour, {column} AS scope, sum(cost_usd)::DOUBLE
-        FROM calls WHERE ts >= ? AND cost_usd IS NOT NULL AND {column} IS NOT NULL GROUP BY ALL
+        FROM usage_history WHERE ts >= ? AND cost_usd IS NOT NULL AND {column} IS NOT NULL GROUP BY ALL
     """, [since]).fetchall()
 
 

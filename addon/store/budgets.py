@@ -38,6 +38,6 @@ def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None,
         condition, params = f"{_SCOPE_COLUMN[scope]} = ?", [value]
     row = con.execute(f"""
         SELECT coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0), coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0)
-        FROM calls WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {condition}
+        FROM usage_history WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {condition}
     """, [day_start, month_start, day_start, month_start, *params]).fetchone()
     return Decimal(row[0]), Decimal(row[1])

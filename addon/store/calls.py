@@ -59,7 +59,7 @@ def unpriced_models(con: duckdb.DuckDBPyConnection) -> list[dict]:
 def counts_since(con: duckdb.DuckDBPyConnection, hour_start, month_start) -> dict[int, tuple[int, int]]:
     """key id -> (calls since hour_start, calls since month_start): what the limits have used."""
     cur = con.execute("""
-        SELECT key_id, count(*) FILTER (WHERE ts >= ?), count(*) FILTER (WHERE ts >= ?)
-        FROM calls WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND key_id IS NOT NULL GROUP BY key_id
+        SELECT key_id, coalesce(sum(calls) FILTER (WHERE ts >= ?), 0), coalesce(sum(calls) FILTER (WHERE ts >= ?), 0)
+        FROM usage_history WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND key_id IS NOT NULL GROUP BY key_id
     """, [hour_start, month_start, hour_start, month_start])
     return {key_id: (hour, month) for key_id, hour, month in cur.fetchall()}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from . import migrations
+from . import encryption, migrations
 
 
 # DuckDB refuses a second connection to a file from the same process with another configuration
@@ -51,11 +51,34 @@ def _close(con: duckdb.DuckDBPyConnection) -> None:
         _PROCESS_LOCK.release()
 
 
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    key = encryption.configured_key()
+    if key is None:
+        return duckdb.connect(str(path), read_only=read_only)
+    con = duckdb.connect()
+    try:
+        if not read_only:
+            encryption.load_secure_crypto(con)
+        quoted = str(path).replace("'", "''")
+        con.execute(f"ATTACH '{quoted}' AS store {encryption.attach_clause(key, read_only)}")
+        con.execute("USE store")
+        return con
+    except BaseException:
+        con.close()
+        raise
+
+
+def attach_options() -> str:
+    """The ATTACH options for another file of ours (a rewrite target): encrypted like the rest."""
+    key = encryption.configured_key()
+    return encryption.attach_clause(key, read_only=False) if key else ""
+
+
 def _connect_locked(path: Path, read_only: bool, deadline: float, timeout: float) -> duckdb.DuckDBPyConnection:
     delay = 0.005
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            return _open(path, read_only)
         except duckdb.IOException as exc:
             if not _is_lock_conflict(exc) or time.monotonic() >= deadline:
                 if _is_lock_conflict(exc):

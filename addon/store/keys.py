@@ -6,7 +6,8 @@ import datetime as dt
 
 import duckdb
 
-_COLUMNS = ("id", "name", "prefix", "plan", "per_hour_limit", "per_month_limit", "created_at", "revoked_at")
+_COLUMNS = ("id", "name", "prefix", "plan", "per_hour_limit", "per_month_limit", "retention_days", "created_at",
+            "revoked_at")
 
 
 def add(con: duckdb.DuckDBPyConnection, name: str, key_hash: str, prefix: str, plan: str) -> int:
@@ -24,6 +25,12 @@ def set_limits(con: duckdb.DuckDBPyConnection, key_id: int, per_hour: int | None
     """Set a key's own limits (None: back to its plan's)."""
     row = con.execute("UPDATE keys SET per_hour_limit = ?, per_month_limit = ? WHERE id = ? RETURNING id",
                       [per_hour, per_month, key_id]).fetchone()
+    return row is not None
+
+
+def set_retention(con: duckdb.DuckDBPyConnection, key_id: int, days: int | None) -> bool:
+    """Set how many days a key's raw calls are kept (None: as its plan says)."""
+    row = con.execute("UPDATE keys SET retention_days = ? WHERE id = ? RETURNING id", [days, key_id]).fetchone()
     return row is not None
 
 

@@ -115,8 +115,40 @@ def m006_alert_dedupe(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE alerts ADD COLUMN dedupe_key VARCHAR")
 
 
+def m007_retention(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        -- A key's own retention in days; NULL means "as its plan says".
+        ALTER TABLE keys ADD COLUMN retention_days INTEGER;
+        -- What purged calls leave behind: per UTC hour and tag combination, enough for budgets,
+        -- quotas and spike history to go on counting after the raw rows are gone.
+        CREATE TABLE hourly_usage (
+            hour TIMESTAMPTZ NOT NULL,
+            key_id INTEGER,
+            customer_id VARCHAR,
+            feature VARCHAR,
+            provider VARCHAR NOT NULL,
+            model VARCHAR,
+            calls BIGINT NOT NULL,
+            failed_calls BIGINT NOT NULL,
+            unpriced_calls BIGINT NOT NULL,
+            input_tokens BIGINT NOT NULL,
+            cache_read_tokens BIGINT NOT NULL,
+            cache_write_tokens BIGINT NOT NULL,
+            output_tokens BIGINT NOT NULL,
+            reasoning_tokens BIGINT NOT NULL,
+            cost_usd DECIMAL(18, 10) NOT NULL
+        );
+        -- Raw calls and purged hours never overlap (a purge rolls up and deletes in one
+        -- transaction), so sums over both are exact.
+        CREATE VIEW usage_history AS
+            SELECT ts, key_id, customer_id, feature, cost_usd, 1::BIGINT AS calls FROM calls
+            UNION ALL
+            SELECT hour, key_id, customer_id, feature, cost_usd, calls FROM hourly_usage;
+    """)
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
-              m005_alert_history, m006_alert_dedupe]
+              m005_alert_history, m006_alert_dedupe, m007_retention]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

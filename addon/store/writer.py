@@ -120,10 +120,14 @@ class Writer(threading.Thread):
         self._spill_seq += 1
         path = self.spill_dir / f"{time.time_ns()}-{os.getpid()}-{self._spill_seq}.jsonl"
         lines = "".join(json.dumps(row, default=str) + "\n" for row in self._pending)
-        with open(path, "a", encoding="utf-8") as f:
+        # Written under another name and renamed: a *.jsonl file is always complete, so a replay
+        # or a GDPR erase in another process never reads one half-written.
+        partial = path.with_suffix(".partial")
+        with open(partial, "w", encoding="utf-8") as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(partial, path)
         log.warning("spilled %d rows to %s; they are written once the database is writable", len(self._pending), path)
         self._pending = []
 

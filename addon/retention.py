@@ -1,0 +1,53 @@
+"""Which raw calls have outlived their key's retention, and purging them (daily, and on demand).
+
+Each key keeps raw calls for its own ``retention_days`` or, when unset, its plan's (7 days on
+free, 90 on pro, forever on enterprise). ``older_than`` (from ``aispendtrack purge --older-than``)
+shortens that for every key, never lengthens it. Cutoffs are whole UTC hours, so a purged hour
+is rolled up whole and never also counted from raw rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from .plans import PLANS, DEFAULT_PLAN
+from .store import lifecycle, reading, writing
+
+
+@dataclass
+class PurgeResult:
+    cutoffs: dict[int | None, dt.datetime]
+    expired: dict[int | None, int]  # raw calls past their cutoff, per key
+    deleted: dict[str, int] | None  # None on a dry run
+
+
+def _floor_hour(at: dt.datetime) -> dt.datetime:
+    return at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def cutoffs(keys: list[tuple[int, str, int | None]], now: dt.datetime,
+            older_than: dt.timedelta | None) -> dict[int | None, dt.datetime]:
+    found: dict[int | None, dt.datetime] = {}
+    for key_id, plan, own_days in keys:
+        days = own_days if own_days is not None else PLANS.get(plan, PLANS[DEFAULT_PLAN]).retention_days
+        keep = dt.timedelta(days=days) if days is not None else None
+        if older_than is not None:
+            keep = older_than if keep is None else min(keep, older_than)
+        if keep is not None:
+            found[key_id] = _floor_hour(now - keep)
+    if older_than is not None:
+        found[None] = _floor_hour(now - older_than)
+    return found
+
+
+def purge(db: Path, now: dt.datetime, older_than: dt.timedelta | None = None, dry_run: bool = False) -> PurgeResult:
+    if dry_run:
+        with reading(db) as con:
+            limits = cutoffs(lifecycle.retention_settings(con), now, older_than)
+            return PurgeResult(limits, lifecycle.expired_counts(con, limits), None)
+    with writing(db) as con:
+        limits = cutoffs(lifecycle.retention_settings(con), now, older_than)
+        expired = lifecycle.expired_counts(con, limits)
+        return PurgeResult(limits, expired, lifecycle.purge(con, limits, now))

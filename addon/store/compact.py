@@ -1,0 +1,46 @@
+"""Rewriting the database into a fresh file, so deleted values are gone from its bytes.
+
+DuckDB keeps deleted values in the file after DELETE, CHECKPOINT, VACUUM and even a table
+rewrite in place; only a copy into a new file (``COPY FROM DATABASE``) leaves them behind. The
+caller holds the write connection (and so the file lock) throughout: the copy is written beside
+the file, synced, and renamed over it while the old file is still locked, so no other process
+can write to the old file in between. Processes that open the path afterwards get the new file;
+our connection to the old one closes on its (now unlinked) inode and touches nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from .connection import attach_options
+
+
+def rewrite(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, int]:
+    """Replace ``path`` by a fresh copy of everything ``con`` sees; returns (bytes before, after)."""
+    fresh = path.with_name(path.name + ".rewrite")
+    for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
+        leftover.unlink(missing_ok=True)  # from a rewrite that crashed half-way
+    before = path.stat().st_size
+    source = con.execute("SELECT current_database()").fetchone()[0]
+    con.execute("CHECKPOINT")
+    con.execute(f"ATTACH '{_quoted(fresh)}' AS aispendtrack_fresh {attach_options()}")
+    try:
+        con.execute(f'COPY FROM DATABASE "{source}" TO aispendtrack_fresh')
+    finally:
+        con.execute("DETACH aispendtrack_fresh")
+    with open(fresh, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(fresh, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return before, path.stat().st_size
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")

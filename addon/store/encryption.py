@@ -1,0 +1,87 @@
+"""Encryption at rest: DuckDB's AES-GCM database encryption, when a key is configured.
+
+The key comes from ``AISPENDTRACK_ENCRYPTION_KEY`` or a file named by
+``AISPENDTRACK_ENCRYPTION_KEY_FILE``; it is never stored under the data directory. Every process
+that opens the database (proxy, CLI, web) needs the same key.
+
+DuckDB reads encrypted files with its built-in crypto, but writes them securely only with the
+httpfs extension loaded (OpenSSL); without it DuckDB refuses, and we never fall back to its
+"unsafe" mode. httpfs is taken from DuckDB's own extension directory (after a one-time
+``INSTALL httpfs``) or from the ``duckdb-extension-httpfs`` wheel (``pip install
+'aispendtrack[encryption]'``, which pins DuckDB to that wheel's version). Nothing is downloaded
+at run time. See docs/security.md for the limits and the encrypted-volume alternative.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+
+ENV_KEY = "AISPENDTRACK_ENCRYPTION_KEY"
+ENV_KEY_FILE = "AISPENDTRACK_ENCRYPTION_KEY_FILE"
+MIN_KEY_LENGTH = 16
+
+
+class EncryptionError(RuntimeError):
+    """Encryption is configured but cannot be used as configured; the message says what to do."""
+
+
+def configured_key() -> str | None:
+    key = os.environ.get(ENV_KEY)
+    key_file = os.environ.get(ENV_KEY_FILE)
+    if key and key_file:
+        raise EncryptionError(f"Set {ENV_KEY} or {ENV_KEY_FILE}, not both.")
+    if key_file:
+        try:
+            key = Path(key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise EncryptionError(f"Cannot read the encryption key file {key_file}: {exc.strerror}.") from None
+    if key is None:
+        return None
+    if len(key) < MIN_KEY_LENGTH:
+        raise EncryptionError(f"The encryption key must be at least {MIN_KEY_LENGTH} characters; "
+                              f"`openssl rand -base64 32` makes a good one.")
+    return key
+
+
+def attach_clause(key: str, read_only: bool) -> str:
+    quoted = key.replace("'", "''")
+    return f"(ENCRYPTION_KEY '{quoted}'{', READ_ONLY' if read_only else ''})"
+
+
+def load_secure_crypto(con: duckdb.DuckDBPyConnection) -> None:
+    """Load httpfs so DuckDB writes encrypted files with OpenSSL; raise a clear error if we cannot."""
+    try:
+        con.execute("LOAD httpfs")
+        return
+    except duckdb.Error:
+        pass
+    packaged = _packaged_httpfs()
+    if packaged is not None:
+        try:
+            con.execute(f"LOAD '{packaged}'")
+            return
+        except duckdb.Error as exc:
+            reason = str(exc).splitlines()[0]
+    else:
+        reason = "no httpfs extension is installed"
+    raise EncryptionError(
+        f"Writing an encrypted database needs DuckDB's httpfs extension, and {reason} (DuckDB "
+        f"{duckdb.__version__}). Install it with `pip install 'aispendtrack[encryption]'`, or run "
+        f"`INSTALL httpfs` once in DuckDB on a machine with internet, or leave {ENV_KEY} unset and "
+        f"put the data directory on an encrypted volume.")
+
+
+def _packaged_httpfs() -> Path | None:
+    try:
+        import duckdb_extension_httpfs
+    except ImportError:
+        return None
+    root = Path(duckdb_extension_httpfs.__file__).parent
+    wanted = f"v{duckdb.__version__}"
+    for candidate in root.rglob("httpfs.duckdb_extension"):
+        if candidate.parent.name == wanted:
+            return candidate
+    return None

@@ -1,0 +1,71 @@
+"""SQL for retention: rolling raw calls up into ``hourly_usage`` and deleting them.
+
+A purge runs in one transaction: the calls before each key's cutoff are summed per UTC hour and
+tag combination into ``hourly_usage`` and then deleted, so ``usage_history`` (raw plus rolled up)
+counts every call exactly once before, during and after it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+
+# Rollups and alert history are kept this long: a year of budgets, quotas and spike baselines.
+HISTORY_DAYS = 400
+_NO_KEY = -1  # calls.key_id is NULL only for rows from before keys existed; they follow the default cutoff
+
+_ROLLUP = """
+    INSERT INTO hourly_usage
+    SELECT to_timestamp(floor(epoch(c.ts) / 3600) * 3600) AS hour, c.key_id, c.customer_id, c.feature,
+           c.provider, c.model, count(*), count(*) FILTER (WHERE c.outcome <> 'completed' OR c.status >= 400),
+           count(*) FILTER (WHERE NOT c.priced AND c.usage_source <> 'none'),
+           sum(c.input_tokens), sum(c.cache_read_tokens), sum(c.cache_write_tokens), sum(c.output_tokens),
+           sum(c.reasoning_tokens), coalesce(sum(c.cost_usd), 0)
+    FROM calls c JOIN purge_cutoffs p ON coalesce(c.key_id, -1) = p.key_id
+    WHERE c.ts < p.cutoff
+    GROUP BY ALL
+"""
+
+
+def _load_cutoffs(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]) -> None:
+    con.execute("CREATE OR REPLACE TEMP TABLE purge_cutoffs (key_id INTEGER, cutoff TIMESTAMPTZ)")
+    if cutoffs:
+        con.executemany("INSERT INTO purge_cutoffs VALUES (?, ?)",
+                        [[_NO_KEY if key_id is None else key_id, cutoff] for key_id, cutoff in cutoffs.items()])
+
+
+def expired_counts(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]) -> dict[int | None, int]:
+    """Per key, how many raw calls lie before its cutoff (what a purge would delete)."""
+    _load_cutoffs(con, cutoffs)
+    rows = con.execute("""
+        SELECT p.key_id, count(*) FROM calls c JOIN purge_cutoffs p ON coalesce(c.key_id, -1) = p.key_id
+        WHERE c.ts < p.cutoff GROUP BY p.key_id
+    """).fetchall()
+    return {None if key_id == _NO_KEY else key_id: n for key_id, n in rows}
+
+
+def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime],
+          now: dt.datetime) -> dict[str, int]:
+    """Roll up and delete expired calls; drop rollups and alert history past HISTORY_DAYS."""
+    history_cutoff = now - dt.timedelta(days=HISTORY_DAYS)
+    con.execute("BEGIN")
+    try:
+        _load_cutoffs(con, cutoffs)
+        con.execute(_ROLLUP)
+        (calls,) = con.execute("""
+            DELETE FROM calls USING purge_cutoffs p
+            WHERE coalesce(calls.key_id, -1) = p.key_id AND calls.ts < p.cutoff
+        """).fetchone()
+        (hours,) = con.execute("DELETE FROM hourly_usage WHERE hour < ?", [history_cutoff]).fetchone()
+        (alerts,) = con.execute("DELETE FROM alerts WHERE sent_at < ?", [history_cutoff]).fetchone()
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return {"calls": calls, "hourly_rows": hours, "alerts": alerts}
+
+
+def retention_settings(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, int | None]]:
+    """(key id, plan, own retention days or None) for every key, revoked ones too."""
+    return con.execute("SELECT id, plan, retention_days FROM keys ORDER BY id").fetchall()

@@ -1,0 +1,104 @@
+"""SQL for one data subject (a customer id or a key): everything stored about it, and deleting it.
+
+Where a subject appears: ``calls`` and ``hourly_usage`` rows, budgets scoped to it, alerts about
+it (by their dedupe key, or a customer id in the alert's subject line), and for a key its own row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import duckdb
+
+
+@dataclass(frozen=True)
+class Subject:
+    kind: str  # "customer" or "key"
+    value: str  # the customer id, or the key id as text
+
+    def label(self) -> str:
+        return f"{self.kind} {self.value}"
+
+
+def _rows_condition(subject: Subject) -> tuple[str, list]:
+    if subject.kind == "customer":
+        return "customer_id = ?", [subject.value]
+    return "key_id = ?", [int(subject.value)]
+
+
+def _budget_ids(con: duckdb.DuckDBPyConnection, subject: Subject) -> list[int]:
+    rows = con.execute("SELECT id FROM budgets WHERE scope = ? AND scope_value = ?",
+                       [subject.kind, subject.value]).fetchall()
+    return [budget_id for (budget_id,) in rows]
+
+
+def _alerts_condition(subject: Subject, budget_ids: list[int]) -> tuple[str, list]:
+    patterns = [f"spike:{subject.kind}:{subject.value}:%"] + [f"budget:{b}:%" for b in budget_ids]
+    if subject.kind == "key":
+        patterns.append(f"quota:{subject.value}:%")
+    condition = " OR ".join("dedupe_key LIKE ? ESCAPE '\\'" for _ in patterns)
+    params: list = [_like_literal(p) for p in patterns]
+    if subject.kind == "customer":  # budget and spike subjects name the customer
+        condition += " OR position(? IN subject) > 0"
+        params.append(subject.value)
+    return condition, params
+
+
+def _like_literal(pattern: str) -> str:
+    """Escape LIKE's wildcards in a pattern whose only intended wildcard is its trailing %."""
+    body = pattern[:-1]
+    return body.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def stream(con: duckdb.DuckDBPyConnection, table: str, subject: Subject, batch: int = 10_000) -> Iterator[dict]:
+    """The subject's rows of ``calls`` or ``hourly_usage``, without holding them all in memory."""
+    condition, params = _rows_condition(subject)
+    cur = con.execute(f"SELECT * FROM {table} WHERE {condition}", params)
+    names = [d[0] for d in cur.description]
+    while rows := cur.fetchmany(batch):
+        for row in rows:
+            yield dict(zip(names, row))
+
+
+def small_tables(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, list[dict]]:
+    """The subject's key (if it is one), budgets and alerts; the key hash is left out."""
+    budget_ids = _budget_ids(con, subject)
+    found = {"budgets": _dicts(con, "SELECT * FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[]))", [budget_ids])}
+    condition, params = _alerts_condition(subject, budget_ids)
+    found["alerts"] = _dicts(con, f"SELECT * FROM alerts WHERE {condition} ORDER BY id", params)
+    if subject.kind == "key":
+        found["key"] = _dicts(con, "SELECT * EXCLUDE (key_hash) FROM keys WHERE id = ?", [int(subject.value)])
+    return found
+
+
+def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
+    """Delete every row about the subject, in one transaction; returns how many of each."""
+    con.execute("BEGIN")
+    try:
+        budget_ids = _budget_ids(con, subject)
+        alerts_condition, alerts_params = _alerts_condition(subject, budget_ids)
+        rows_condition, rows_params = _rows_condition(subject)
+        counts = {
+            "calls": _count(con, f"DELETE FROM calls WHERE {rows_condition}", rows_params),
+            "hourly_usage": _count(con, f"DELETE FROM hourly_usage WHERE {rows_condition}", rows_params),
+            "alerts": _count(con, f"DELETE FROM alerts WHERE {alerts_condition}", alerts_params),
+            "budgets": _count(con, "DELETE FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[]))", [budget_ids]),
+        }
+        if subject.kind == "key":
+            counts["keys"] = _count(con, "DELETE FROM keys WHERE id = ?", [int(subject.value)])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return counts
+
+
+def _dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> list[dict]:
+    cur = con.execute(sql, params)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> int:
+    return con.execute(sql, params).fetchone()[0]

@@ -1,0 +1,102 @@
+"""``aispendtrack purge`` and ``aispendtrack gdpr``: retention and data subject requests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+
+import click
+
+from addon import gdpr as subject_requests
+from addon import retention
+from addon import home as home_dir
+from addon.store.subjects import Subject
+
+_DURATION = re.compile(r"^(\d+)([hdw])$")
+_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
+
+
+def _duration(value: str | None) -> dt.timedelta | None:
+    if value is None:
+        return None
+    match = _DURATION.match(value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise click.BadParameter(f"{value!r}: give a number and a unit, e.g. 30d, 12h or 2w.")
+    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@click.command()
+@click.option("--older-than", help="Also purge calls older than this for every key, e.g. 30d (plans still apply).")
+@click.option("--dry-run", is_flag=True, help="Only count what would be purged.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def purge(obj, older_than: str | None, dry_run: bool, as_json: bool) -> None:
+    """Delete raw calls past their key's retention (the proxy also does this daily).
+
+    Purged calls stay counted as hourly totals, so budgets, quotas and spike alerts are unchanged."""
+    result = retention.purge(obj.db, dt.datetime.now(dt.UTC), _duration(older_than), dry_run)
+    expired = sum(result.expired.values())
+    if as_json:
+        click.echo(json.dumps({"dry_run": dry_run, "expired_calls": expired, "deleted": result.deleted,
+                               "cutoffs": {str(k): v.isoformat() for k, v in result.cutoffs.items()}}, indent=2))
+        return
+    for key_id, cutoff in sorted(result.cutoffs.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+        who = f"key {key_id}" if key_id is not None else "calls without a key"
+        click.echo(f"  {who}: before {cutoff:%Y-%m-%d %H:%M} UTC, {result.expired.get(key_id, 0):,} calls")
+    if dry_run:
+        click.echo(f"Would purge {expired:,} calls (dry run: nothing deleted).")
+    else:
+        d = result.deleted
+        click.echo(f"Purged {d['calls']:,} calls (kept as hourly totals); dropped {d['hourly_rows']:,} hourly "
+                   f"totals and {d['alerts']:,} alerts older than 400 days.")
+
+
+@click.group()
+def gdpr() -> None:
+    """Export or erase everything stored about one customer or one key."""
+
+
+def _subject(customer: str | None, key: int | None) -> Subject:
+    if (customer is None) == (key is None):
+        raise click.UsageError("give exactly one of --customer ID or --key ID.")
+    return Subject("customer", customer) if customer is not None else Subject("key", str(key))
+
+
+@gdpr.command("export")
+@click.option("--customer", help="The x-customer-id value.")
+@click.option("--key", type=int, help="The key id (see `aispendtrack keys list`).")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
+@click.pass_obj
+def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
+    """Everything stored about the subject, as one JSON document."""
+    subject = _subject(customer, key)
+    spill = obj.home / home_dir.SPILL_DIR
+    if out is None:
+        subject_requests.export(obj.db, spill, subject, sys.stdout)
+        return
+    with open(out, "w", encoding="utf-8") as f:
+        counts = subject_requests.export(obj.db, spill, subject, f)
+    click.echo(f"Wrote {out}: " + ", ".join(f"{n:,} {name.replace('_', ' ')}" for name, n in counts.items()), err=True)
+
+
+@gdpr.command("delete")
+@click.option("--customer", help="The x-customer-id value.")
+@click.option("--key", type=int, help="The key id; the key itself is deleted too.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def delete(obj, customer: str | None, key: int | None, yes: bool) -> None:
+    """Erase the subject everywhere and rewrite the database so its values are gone from disk."""
+    subject = _subject(customer, key)
+    if not yes:
+        click.confirm(f"Erase everything stored about {subject.label()}? This cannot be undone", abort=True)
+    counts = subject_requests.erase(obj.db, obj.home / home_dir.SPILL_DIR, subject)
+    click.echo(f"Erased {subject.label()}: {counts['calls']:,} calls, {counts['hourly_usage']:,} hourly totals, "
+               f"{counts['budgets']:,} budgets, {counts['alerts']:,} alerts, {counts['pending_calls']:,} pending calls"
+               + (", the key" if counts.get("keys") else "") + ". "
+               f"Database rewritten ({counts['bytes_before']:,} -> {counts['bytes_after']:,} bytes).")
+    if counts["unreadable_spill_files"]:
+        raise click.ClickException(f"{counts['unreadable_spill_files']} spill file(s) under "
+                                   f"{obj.home / home_dir.SPILL_DIR} could not be read and may still hold "
+                                   f"{subject.label()}; see the log and remove them by hand.")

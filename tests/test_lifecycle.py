@@ -1,0 +1,220 @@
+"""Retention purges and GDPR requests: what is deleted, what keeps counting, and what is left on disk."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+
+from addon import home as home_dir
+from addon.store import alerts as alert_rows
+from addon.store import calls as call_rows
+from addon.store import reading, writing
+
+from .conftest import run_cli, start_proxy
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+NOW = dt.datetime.now(dt.UTC)
+
+
+def call_row(key_id: int, age: dt.timedelta, customer: str, cost: str = "0.25", **fields) -> dict:
+    return {"id": uuid.uuid4(), "ts": NOW - age, "key_id": key_id, "provider": "openai",
+            "endpoint": "/v1/chat/completions", "model": "gpt-4o", "stream": False, "status": 200,
+            "outcome": "completed", "error": None, "input_tokens": 100, "cache_read_tokens": 10,
+            "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "output_tokens": 20, "reasoning_tokens": 0,
+            "web_search_requests": 0, "cost_usd": Decimal(cost), "priced": True, "price_source": "test",
+            "usage_source": "reported", "customer_id": customer, "feature": "chat", "latency_ms": 5.0,
+            "ttft_ms": None, **fields}
+
+
+def make_key(home: Path, name: str, plan: str) -> int:
+    return json.loads(run_cli(home, "keys", "create", "--name", name, "--plan", plan, "--json"))["id"]
+
+
+def budget_spend(home: Path, customer: str) -> tuple[Decimal, Decimal]:
+    [budget] = [b for b in json.loads(run_cli(home, "budgets", "list", "--format", "json"))
+                if b["scope_value"] == customer]
+    return Decimal(str(budget["spent_today_usd"])), Decimal(str(budget["spent_this_month_usd"]))
+
+
+def month_counts(home: Path) -> dict[int, int]:
+    return {k["id"]: k["used_this_month"] for k in json.loads(run_cli(home, "keys", "list", "--json"))}
+
+
+def raw_rows(db: Path) -> list[tuple]:
+    with reading(db) as con:
+        return con.execute("SELECT key_id, ts FROM calls ORDER BY ts").fetchall()
+
+
+def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(tmp_path):
+    home = tmp_path / "home"
+    free, pro, enterprise = make_key(home, "f", "free"), make_key(home, "p", "pro"), make_key(home, "e", "enterprise")
+    rows = [call_row(free, dt.timedelta(hours=2), "acme"),
+            call_row(free, dt.timedelta(days=6), "acme"),
+            call_row(free, dt.timedelta(days=8), "acme", cost="1.5"),
+            call_row(free, dt.timedelta(days=9), "acme", cost="2", outcome="upstream_failed", status=502),
+            call_row(pro, dt.timedelta(days=60), "acme"),
+            call_row(pro, dt.timedelta(days=91), "beta"),
+            call_row(enterprise, dt.timedelta(days=200), "beta")]
+    db = home_dir.db_path(home)
+    with writing(db) as con:
+        call_rows.insert(con, rows)
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--monthly", "1000")
+    spend_before, counts_before = budget_spend(home, "acme"), month_counts(home)
+
+    dry = json.loads(run_cli(home, "purge", "--dry-run", "--json"))
+    assert dry["expired_calls"] == 3 and dry["deleted"] is None and len(raw_rows(db)) == 7
+
+    done = json.loads(run_cli(home, "purge", "--json"))
+    assert done["deleted"]["calls"] == 3
+    kept = {(key_id, round((NOW - ts).total_seconds() / 86400)) for key_id, ts in raw_rows(db)}
+    assert kept == {(free, 0), (free, 6), (pro, 60), (enterprise, 200)}
+    # What the purged calls cost and how many there were is still counted, to the cent and the call.
+    assert budget_spend(home, "acme") == spend_before and month_counts(home) == counts_before
+    with reading(db) as con:
+        rollup = con.execute("SELECT sum(calls), sum(failed_calls), sum(cost_usd), sum(input_tokens) "
+                             "FROM hourly_usage").fetchone()
+    assert rollup == (3, 1, Decimal("3.75"), 300)
+
+    # --older-than shortens retention for every key (enterprise included) and never lengthens it.
+    run_cli(home, "purge", "--older-than", "30d")
+    kept = {(key_id, round((NOW - ts).total_seconds() / 86400)) for key_id, ts in raw_rows(db)}
+    assert kept == {(free, 0), (free, 6)}
+    assert month_counts(home) == counts_before  # the 60-day call was not in this month anyway
+
+
+def test_a_key_can_keep_its_own_retention(tmp_path):
+    home = tmp_path / "home"
+    key = make_key(home, "e", "enterprise")
+    db = home_dir.db_path(home)
+    with writing(db) as con:
+        call_rows.insert(con, [call_row(key, dt.timedelta(days=d), "c") for d in (1, 20, 40)])
+    run_cli(home, "keys", "set-retention", str(key), "--days", "30")
+    assert "30d" in run_cli(home, "keys", "list")
+    run_cli(home, "purge")
+    assert len(raw_rows(db)) == 2
+
+
+def test_bad_purge_arguments_say_what_to_give(tmp_path):
+    from click.testing import CliRunner
+    from cli.main import cli
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "purge", "--older-than", "30 days"])
+    assert result.exit_code == 2 and "e.g. 30d, 12h or 2w" in result.output
+
+
+def test_the_running_proxy_purges_by_itself(tmp_path, upstream):
+    home = tmp_path / "home"
+    free = make_key(home, "free", "free")
+    db = home_dir.db_path(home)
+    with writing(db) as con:
+        call_rows.insert(con, [call_row(free, dt.timedelta(days=10), "old"), call_row(free, dt.timedelta(days=1), "new")])
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", extra_args=("--alert-interval", "1"))
+    try:
+        deadline = time.monotonic() + 15
+        while len(raw_rows(db)) != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [c["customer_id"] for c in proxy.calls()] == ["new"]
+    finally:
+        proxy.stop()
+    assert "retention: purged 1 calls" in proxy.log_path.read_text()
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_gdpr_export_then_delete_while_the_proxy_runs_leaves_no_trace_on_disk(tmp_path, upstream):
+    home = tmp_path / "home"
+    customer = f"gdpr-{uuid.uuid4().hex[:12]}"
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log")
+    try:
+        client = proxy.openai(headers={"x-customer-id": customer})
+        for _ in range(3):
+            client.chat.completions.create(**CHAT)
+        client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True}).close()
+        proxy.openai(headers={"x-customer-id": "someone-else"}).chat.completions.create(**CHAT)
+        proxy.rows(customer, expect=4)
+        run_cli(home, "budgets", "set", "--scope", f"customer:{customer}", "--daily", "5")
+        db = home_dir.db_path(home)
+        with writing(db) as con:
+            alert_rows.record(con, NOW, "spike", f"AiSpendTrack: spend spike for customer {customer}", "webhook",
+                              "hooks.example", True, None, f"spike:customer:{customer}:2026-11-25T10")
+        exported = tmp_path / "export.json"
+        run_cli(home, "gdpr", "export", "--customer", customer, "--out", str(exported))
+        document = json.loads(exported.read_text())
+        assert document["subject"] == {"customer": customer}
+        assert len(document["calls"]) == 4 and {c["customer_id"] for c in document["calls"]} == {customer}
+        assert [b["scope_value"] for b in document["budgets"]] == [customer]
+        assert len(document["alerts"]) == 1
+
+        output = run_cli(home, "gdpr", "delete", "--customer", customer, "--yes")
+        assert "Erased customer " + customer in output and "Database rewritten" in output
+        assert files_containing(home, customer.encode()) == []
+
+        # The proxy keeps serving and recording, into the rewritten file.
+        proxy.openai(headers={"x-customer-id": "after-erase"}).chat.completions.create(**CHAT)
+        assert len(proxy.rows("after-erase")) == 1
+        assert len(proxy.rows("someone-else")) == 1
+    finally:
+        proxy.stop()
+    assert files_containing(home, customer.encode()) == []
+    assert files_containing(tmp_path / "proxy.log", customer.encode()) == []
+
+
+def test_gdpr_delete_removes_the_subject_from_pending_spill_files(tmp_path):
+    home = tmp_path / "home"
+    key = make_key(home, "k", "pro")
+    spill = home / home_dir.SPILL_DIR
+    spill.mkdir()
+    lines = [json.dumps(call_row(key, dt.timedelta(0), who), default=str) for who in ("erase-me", "stay", "erase-me")]
+    (spill / "1-1-1.jsonl").write_text("\n".join(lines) + "\n")
+    (spill / "1-1-2.jsonl").write_text(lines[0] + "\n")
+    document = json.loads(run_cli(home, "gdpr", "export", "--customer", "erase-me"))
+    assert len(document["pending_calls"]) == 3
+    output = run_cli(home, "gdpr", "delete", "--customer", "erase-me", "--yes")
+    assert "3 pending calls" in output
+    assert [p.name for p in spill.iterdir()] == ["1-1-1.jsonl"]
+    assert [json.loads(line)["customer_id"] for line in (spill / "1-1-1.jsonl").read_text().splitlines()] == ["stay"]
+    assert files_containing(home, b"erase-me") == []
+
+
+def test_gdpr_by_key_removes_the_key_and_its_calls(tmp_path):
+    home = tmp_path / "home"
+    keep, gone = make_key(home, "keep", "pro"), make_key(home, "gone", "free")
+    db = home_dir.db_path(home)
+    with writing(db) as con:
+        call_rows.insert(con, [call_row(keep, dt.timedelta(hours=1), "a"), call_row(gone, dt.timedelta(hours=1), "b"),
+                               call_row(gone, dt.timedelta(days=9), "b")])
+    run_cli(home, "purge")  # one of the key's calls now lives on only as an hourly total
+    document = json.loads(run_cli(home, "gdpr", "export", "--key", str(gone)))
+    assert [k["name"] for k in document["key"]] == ["gone"] and "key_hash" not in document["key"][0]
+    assert len(document["calls"]) == 1 and len(document["hourly_usage"]) == 1
+    run_cli(home, "gdpr", "delete", "--key", str(gone), "--yes")
+    assert [k["id"] for k in json.loads(run_cli(home, "keys", "list", "--json"))] == [keep]
+    with reading(db) as con:
+        assert con.execute("SELECT count(*) FROM hourly_usage").fetchone() == (0,)
+        assert con.execute("SELECT DISTINCT key_id FROM calls").fetchall() == [(keep,)]
+
+
+def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(tmp_path):
+    from web import create_app
+    home = tmp_path / "home"
+    key = json.loads(run_cli(home, "keys", "create", "--name", "k", "--json"))
+    admin = json.loads(run_cli(home, "admin", "create-token", "--name", "ops", "--json"))["token"]
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [call_row(key["id"], dt.timedelta(hours=1), "api-cust")])
+    client = create_app(home).test_client()
+    as_key = {"Authorization": f"Bearer {key['key']}"}
+    as_admin = {"Authorization": f"Bearer {admin}"}
+    assert client.get("/api/v1/gdpr/export?customer=api-cust", headers=as_key).status_code == 403
+    exported = client.get("/api/v1/gdpr/export?customer=api-cust", headers=as_admin)
+    assert exported.status_code == 200 and len(exported.get_json()["calls"]) == 1
+    assert client.post("/api/v1/gdpr/delete", json={}, headers=as_admin).get_json()["error"]["message"] == \
+        "Give exactly one of customer=ID or key=ID."
+    deleted = client.post("/api/v1/gdpr/delete", json={"customer": "api-cust"}, headers=as_admin).get_json()
+    assert deleted["deleted"]["calls"] == 1
+    assert client.post("/api/v1/purge", json={"dry_run": True}, headers=as_admin).get_json()["expired_calls"] == 0

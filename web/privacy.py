@@ -1,0 +1,83 @@
+"""``/api/v1/purge`` and ``/api/v1/gdpr/...``: retention and data subject requests, admin tokens only.
+
+The destructive calls take the token from the Authorization header only, never from the page's
+session cookie, so no other site can make a signed-in browser send them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+
+from flask import Response, current_app, g, jsonify, request
+
+from addon import gdpr, retention
+from addon import home as home_dir
+from addon.store.subjects import Subject
+
+from .api import ApiError, api, db_path
+from .auth import bearer
+
+
+def _require_admin(header_only: bool = False) -> None:
+    if not g.principal.is_admin:
+        raise ApiError(403, "forbidden", "Only an admin token (`aispendtrack admin create-token`) may do this.")
+    if header_only and not bearer(request.headers.get("Authorization")):
+        raise ApiError(403, "forbidden", "Send the admin token as `Authorization: Bearer ...`; a page session "
+                                         "cannot delete data.")
+
+
+def _subject(values) -> Subject:
+    customer, key = values.get("customer"), values.get("key")
+    if (customer is None) == (key is None):
+        raise ApiError(400, "bad_request", "Give exactly one of customer=ID or key=ID.")
+    if key is not None:
+        try:
+            return Subject("key", str(int(key)))
+        except (TypeError, ValueError):
+            raise ApiError(400, "bad_request", f"key must be a key id (a number), got {key!r}.") from None
+    if not isinstance(customer, str) or not customer:
+        raise ApiError(400, "bad_request", "customer must be a non-empty string.")
+    return Subject("customer", customer)
+
+
+def _spill_dir():
+    return current_app.config["AISPENDTRACK_HOME"] / home_dir.SPILL_DIR
+
+
+@api.get("/gdpr/export")
+def gdpr_export():
+    _require_admin()
+    subject = _subject(request.args)
+    # Spooled to an unnamed temporary file, so a subject with millions of calls streams in flat memory.
+    spool = tempfile.TemporaryFile("w+", encoding="utf-8")
+    gdpr.export(db_path(), _spill_dir(), subject, spool)
+    spool.seek(0)
+
+    def body():
+        with spool:
+            while chunk := spool.read(64 * 1024):
+                yield chunk
+
+    name = f"aispendtrack-{subject.kind}.json"
+    return Response(body(), mimetype="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+@api.post("/gdpr/delete")
+def gdpr_delete():
+    _require_admin(header_only=True)
+    subject = _subject(request.get_json(silent=True) or {})
+    return jsonify(subject={subject.kind: subject.value}, deleted=gdpr.erase(db_path(), _spill_dir(), subject))
+
+
+@api.post("/purge")
+def purge():
+    _require_admin(header_only=True)
+    body = request.get_json(silent=True) or {}
+    older_than = body.get("older_than_days")
+    if older_than is not None and (not isinstance(older_than, int) or older_than < 1):
+        raise ApiError(400, "bad_request", f"older_than_days must be a whole number of days >= 1, got {older_than!r}.")
+    result = retention.purge(db_path(), dt.datetime.now(dt.UTC),
+                             dt.timedelta(days=older_than) if older_than else None, bool(body.get("dry_run")))
+    return jsonify(dry_run=result.deleted is None, expired_calls=sum(result.expired.values()), deleted=result.deleted)
