@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 
 from addon import home as home_dir
+from addon.store import StoreBusy
+from addon.store.encryption import EncryptionError
 
 from . import admin, alerts, budgets, calls, export, keys, lifecycle, prices, proxy, report, reprice, web
 
@@ -26,7 +28,17 @@ class Context:
         return home_dir.db_path(self.home)
 
 
-@click.group()
+class _Cli(click.Group):
+    """Turns the store's expected failures (file busy, encryption misconfigured) into one-line errors."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (StoreBusy, EncryptionError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Cli)
 @click.option("--home", "home", envvar=home_dir.ENV_VAR, type=click.Path(file_okay=False),
               help="Data directory [env AISPENDTRACK_HOME; default ~/.aispendtrack].")
 @click.version_option(package_name="aispendtrack")

@@ -15,18 +15,37 @@ from pathlib import Path
 
 import duckdb
 
+from . import encryption
 from .connection import attach_options
 
 
 def rewrite(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, int]:
     """Replace ``path`` by a fresh copy of everything ``con`` sees; returns (bytes before, after)."""
+    before = path.stat().st_size
+    _copy_over(con, path, attach_options())
+    return before, path.stat().st_size
+
+
+def encrypt(path: Path, key: str) -> tuple[int, int]:
+    """Turn an unencrypted database into an encrypted one, in place. Needs the file to itself."""
+    before = path.stat().st_size
+    con = duckdb.connect(str(path))
+    try:
+        encryption.load_secure_crypto(con)
+        _copy_over(con, path, encryption.attach_clause(key, read_only=False))
+    finally:
+        con.close()
+    return before, path.stat().st_size
+
+
+def _copy_over(con: duckdb.DuckDBPyConnection, path: Path, options: str) -> None:
     fresh = path.with_name(path.name + ".rewrite")
     for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
         leftover.unlink(missing_ok=True)  # from a rewrite that crashed half-way
-    before = path.stat().st_size
     source = con.execute("SELECT current_database()").fetchone()[0]
     con.execute("CHECKPOINT")
-    con.execute(f"ATTACH '{_quoted(fresh)}' AS aispendtrack_fresh {attach_options()}")
+    quoted = str(fresh).replace("'", "''")
+    con.execute(f"ATTACH '{quoted}' AS aispendtrack_fresh {options}")
     try:
         con.execute(f'COPY FROM DATABASE "{source}" TO aispendtrack_fresh')
     finally:
@@ -39,8 +58,3 @@ def rewrite(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, int]:
         os.fsync(directory)
     finally:
         os.close(directory)
-    return before, path.stat().st_size
-
-
-def _quoted(path: Path) -> str:
-    return str(path).replace("'", "''")

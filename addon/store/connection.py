@@ -53,8 +53,15 @@ def _close(con: duckdb.DuckDBPyConnection) -> None:
 
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     key = encryption.configured_key()
-    if key is None:
-        return duckdb.connect(str(path), read_only=read_only)
+    try:
+        if key is None:
+            return duckdb.connect(str(path), read_only=read_only)
+        return _open_encrypted(path, read_only, key)
+    except (duckdb.CatalogException, duckdb.InvalidInputException) as exc:
+        raise encryption.explain(exc, path) from None
+
+
+def _open_encrypted(path: Path, read_only: bool, key: str) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     try:
         if not read_only:

@@ -46,6 +46,19 @@ def configured_key() -> str | None:
     return key
 
 
+def explain(exc: Exception, path: Path) -> Exception:
+    """DuckDB's errors about keys, with what to do; any other error unchanged."""
+    text = str(exc)
+    if "without a key" in text:
+        return EncryptionError(f"{path} is encrypted: set {ENV_KEY} or {ENV_KEY_FILE} to its key.")
+    if "Wrong encryption key" in text:
+        return EncryptionError(f"The encryption key in {ENV_KEY}/{ENV_KEY_FILE} is not the key of {path}.")
+    if "is not encrypted" in text:
+        return EncryptionError(f"{path} is not encrypted, but an encryption key is set. Encrypt it with "
+                               f"`aispendtrack admin encrypt` (proxy stopped), or unset {ENV_KEY}.")
+    return exc
+
+
 def attach_clause(key: str, read_only: bool) -> str:
     quoted = key.replace("'", "''")
     return f"(ENCRYPTION_KEY '{quoted}'{', READ_ONLY' if read_only else ''})"
