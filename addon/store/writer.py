@@ -8,7 +8,8 @@ it flushes, so CLI and web readers in other processes get their turn in between.
 Nothing is dropped: if the database cannot be written (locked, read-only, disk full) rows
 stay queued and are retried each cycle; past ``spill_after`` rows or seconds they are
 appended to a JSON-lines file under ``spill/`` and replayed, exactly once, when the
-database is writable again (also after a restart).
+database is writable again (also after a restart). When the spill directory cannot be written
+either (the same full or read-only disk), rows wait in memory, up to ``max_pending`` (~1 KB each).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Writer(threading.Thread):
     def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict],
                  on_refresh: Callable[[object], None], flush_interval: float = 1.0,
                  key_refresh: float = 2.0, spill_after_rows: int = 10_000, spill_after_seconds: float = 30.0,
-                 on_cycle: Callable[[], None] | None = None):
+                 on_cycle: Callable[[], None] | None = None, max_pending: int = 500_000):
         super().__init__(name="aispendtrack-writer", daemon=True)
         self.db_path, self.spill_dir = db_path, spill_dir
         # on_refresh(connection) reloads what the request path keeps in memory (keys, limits).
@@ -44,9 +45,12 @@ class Writer(threading.Thread):
         self._stopping = threading.Event()
         self._keys_due = 0.0
         self._failing_since: float | None = None
-        self._last_warning = 0.0
+        self._last_warning = -1e9
+        self._last_spill_error = -1e9
         self._spill_seq = 0
         self.rows_written = 0
+        self.rows_dropped = 0
+        self.max_pending = max_pending
 
     def submit(self, item: object) -> None:
         """Called on the request path: never blocks, never raises."""
@@ -116,6 +120,24 @@ class Writer(threading.Thread):
             self._spill()
 
     def _spill(self) -> None:
+        try:
+            self._write_spill()
+        except OSError as exc:  # the disk is full or read-only too: keep the rows in memory, up to a cap
+            if time.monotonic() - self._last_spill_error > 30:
+                self._last_spill_error = time.monotonic()
+                log.error("cannot spill %d rows to %s either (%s); keeping them in memory and retrying",
+                          len(self._pending), self.spill_dir, exc)
+            self._cap_memory()
+
+    def _cap_memory(self) -> None:
+        excess = len(self._pending) - self.max_pending
+        if excess > 0:  # the only place rows are ever dropped: memory would otherwise grow without bound
+            self.rows_dropped += excess
+            log.critical("dropped the %d oldest unwritten rows (%d in all): neither the database nor %s "
+                         "could be written for too long", excess, self.rows_dropped, self.spill_dir)
+            del self._pending[:excess]
+
+    def _write_spill(self) -> None:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         self._spill_seq += 1
         path = self.spill_dir / f"{time.time_ns()}-{os.getpid()}-{self._spill_seq}.jsonl"

@@ -1,0 +1,158 @@
+"""Calls under load when the proxy is stopped, killed, or its disk fills up or turns read-only."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import openai
+import pytest
+
+from .conftest import run_cli, start_proxy
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Load:
+    """Clients calling as fast as they can, each call with its own tag; remembers which completed, and when."""
+
+    def __init__(self, proxy, threads: int = 8):
+        self.proxy, self.completed, self.failed = proxy, {}, 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self, n: int) -> None:
+        client = self.proxy.openai(timeout=10)
+        while not self._stop.is_set():
+            tag = f"load-{uuid.uuid4().hex[:16]}"
+            try:
+                if n % 2:
+                    with client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True},
+                                                        extra_headers={"x-customer-id": tag}) as stream:
+                        for _ in stream:
+                            pass
+                else:
+                    client.chat.completions.create(**CHAT, extra_headers={"x-customer-id": tag})
+            except (openai.APIError, OSError):
+                with self._lock:
+                    self.failed += 1
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                self.completed[tag] = time.monotonic()
+
+    def wait_for(self, calls: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.completed) < calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.completed) >= calls, f"only {len(self.completed)} calls completed"
+
+
+def stored_tags(home: Path) -> list[str]:
+    import json
+    rows = json.loads(run_cli(home, "calls", "--limit", "1000000", "--format", "json"))
+    return [r["customer_id"] for r in rows if r["customer_id"]]
+
+
+def test_sigterm_under_load_keeps_every_completed_call(tmp_path, upstream):
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", flush_ms=1000)
+    with Load(proxy) as load:
+        load.wait_for(200)
+        proxy.process.send_signal(signal.SIGTERM)
+        proxy.process.wait(30)
+    assert proxy.process.returncode == 0
+    stored = stored_tags(proxy.home)
+    assert len(stored) == len(set(stored))  # each call once
+    assert set(load.completed) <= set(stored)
+
+
+def test_kill_9_under_load_loses_at_most_the_last_flush_interval(tmp_path, upstream):
+    flush_s = 0.5
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", flush_ms=int(flush_s * 1000))
+    with Load(proxy) as load:
+        load.wait_for(300)
+        killed_at = time.monotonic()
+        proxy.process.kill()
+        proxy.process.wait(10)
+    stored = set(stored_tags(proxy.home))
+    missing = {tag: killed_at - at for tag, at in load.completed.items() if tag not in stored}
+    # The bound: one flush interval, plus the few milliseconds one write takes.
+    assert all(age <= flush_s + 0.25 for age in missing.values()), sorted(missing.values())[-5:]
+    assert len(load.completed) - len(missing) >= 200
+    # A restart after the kill neither loses nor duplicates what was stored.
+    restarted = start_proxy(proxy.home, upstream.url, tmp_path / "proxy2.log", key=proxy.key)
+    restarted.stop()
+    again = stored_tags(proxy.home)
+    assert len(again) == len(set(again)) and set(again) == stored
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs for the data directory, so the test can fill it up or make it read-only."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs privileges this machine does not give")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _remount(mount: Path, mode: str) -> None:
+    for _ in range(50):  # busy while the writer happens to have the file open for a flush
+        if subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"could not remount {mount} {mode}")
+
+
+@pytest.mark.parametrize("fault", ["disk_full", "read_only"])
+def test_calls_flow_while_the_disk_is_full_or_read_only_and_every_row_lands_afterwards(
+        small_disk, tmp_path, upstream, fault):
+    home = small_disk / "home"
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", flush_ms=200)
+    try:
+        filler = small_disk / "filler"
+        if fault == "disk_full":
+            with open(filler, "wb") as f:  # fill every free byte
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                        f.flush()
+                except OSError:
+                    pass
+        else:
+            _remount(small_disk, "ro")
+        with Load(proxy, threads=4) as load:
+            load.wait_for(100)
+        assert load.failed == 0  # the callers never noticed
+        time.sleep(1)  # several failed flushes
+        assert not set(load.completed) & set(stored_tags(home))
+        if fault == "disk_full":
+            filler.unlink()
+        else:
+            _remount(small_disk, "rw")
+        deadline = time.monotonic() + 15
+        while not set(load.completed) <= set(stored_tags(home)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stored = stored_tags(home)
+        assert set(load.completed) <= set(stored) and len(stored) == len(set(stored))
+    finally:
+        proxy.stop()
+    log = proxy.log_path.read_text()
+    assert "cannot write" in log and proxy.process.returncode == 0
