@@ -28,21 +28,48 @@ def _sse_events() -> list[bytes]:
 
 SSE_EVENTS = _sse_events()
 
+MESSAGE_BODY = json.dumps({
+    "id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-sonnet-4-20250514",
+    "content": [{"type": "text", "text": "Hello! " * 20}], "stop_reason": "end_turn", "stop_sequence": None,
+    "usage": {"input_tokens": 14, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+              "output_tokens": 37}}).encode()
 
-def _plain_response() -> bytes:
+
+def _anthropic_events() -> list[bytes]:
+    events = [("message_start", {"type": "message_start", "message": {
+        "id": "msg_bench", "type": "message", "role": "assistant", "model": "claude-sonnet-4-20250514",
+        "content": [], "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 79, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                  "output_tokens": 1}}}),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}})]
+    events += [("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": f"word{n} "}}) for n in range(20)]
+    events += [("content_block_stop", {"type": "content_block_stop", "index": 0}),
+               ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                                  "usage": {"output_tokens": 20}}),
+               ("message_stop", {"type": "message_stop"})]
+    return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+
+
+ANTHROPIC_EVENTS = _anthropic_events()
+
+
+def _plain_response(body: bytes = CHAT_BODY) -> bytes:
     return (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-            b"content-length: " + str(len(CHAT_BODY)).encode() + b"\r\n\r\n" + CHAT_BODY)
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-def _stream_response() -> list[bytes]:
+def _stream_response(events: list[bytes] = SSE_EVENTS) -> list[bytes]:
     head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-    chunks = [f"{len(e):x}\r\n".encode() + e + b"\r\n" for e in SSE_EVENTS]
+    chunks = [f"{len(e):x}\r\n".encode() + e + b"\r\n" for e in events]
     # Three writes: headers with the first event, the middle, the end, like a real token stream in bursts.
     return [head + chunks[0], b"".join(chunks[1:-1]), chunks[-1] + b"0\r\n\r\n"]
 
 
 async def serve_upstream(port: int) -> None:
-    plain, stream = _plain_response(), _stream_response()
+    replies = {(False, False): [_plain_response()], (False, True): _stream_response(),
+               (True, False): [_plain_response(MESSAGE_BODY)], (True, True): _stream_response(ANTHROPIC_EVENTS)}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -53,12 +80,10 @@ async def serve_upstream(port: int) -> None:
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
                 body = await reader.readexactly(length) if length else b""
-                if b'"stream": true' in body or b'"stream":true' in body:
-                    for piece in stream:
-                        writer.write(piece)
-                        await writer.drain()
-                else:
-                    writer.write(plain)
+                anthropic = b" /v1/messages" in head[:64]
+                stream = b'"stream": true' in body or b'"stream":true' in body
+                for piece in replies[anthropic, stream]:
+                    writer.write(piece)
                     await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -106,10 +131,16 @@ class Connection:
         self.writer.close()
 
 
-def request_bytes(port: int, stream: bool, headers: dict[str, str]) -> bytes:
-    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
-                       "stream": stream, **({"stream_options": {"include_usage": True}} if stream else {})}).encode()
-    lines = [b"POST /v1/chat/completions HTTP/1.1", f"host: 127.0.0.1:{port}".encode(),
+def request_bytes(port: int, stream: bool, headers: dict[str, str], anthropic: bool = False) -> bytes:
+    if anthropic:
+        path = "/v1/messages"
+        body = json.dumps({"model": "claude-sonnet-4-20250514", "max_tokens": 100, "stream": stream,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+    else:
+        path = "/v1/chat/completions"
+        body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
+                           **({"stream_options": {"include_usage": True}} if stream else {})}).encode()
+    lines = [f"POST {path} HTTP/1.1".encode(), f"host: 127.0.0.1:{port}".encode(),
              b"content-type: application/json", b"authorization: Bearer sk-bench",
              f"content-length: {len(body)}".encode()]
     lines += [f"{k}: {v}".encode() for k, v in headers.items()]

@@ -1,0 +1,150 @@
+"""Soak: many calls through the real proxy at high concurrency; errors, rows and memory over time.
+
+    .venv/bin/python -m bench.soak                        # 100,000 calls at concurrency 32 (~4-6 min here)
+    .venv/bin/python -m bench.soak --calls 5000           # a smoke run
+
+Everything on 127.0.0.1: ``aispendtrack proxy`` (the product as users run it) in front of the
+canned upstream from bench/loopback.py. The calls rotate through OpenAI and Anthropic, plain and
+streamed. Every answer is checked byte for byte against what the upstream sent; afterwards the
+proxy is stopped and the rows in its database are counted. The proxy's RSS is sampled every
+second; "flat" means the growth after warm-up (the first 20% of calls) stays small and does not
+keep climbing with the number of calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from addon import home as home_dir
+from addon.store import reading
+
+from . import loopback
+from .proxy_overhead import ROOT, free_port, make_key, start, wait_for_port
+
+KINDS = [("openai", False), ("openai", True), ("anthropic", False), ("anthropic", True)]
+
+
+def rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def expected_body(provider: str, stream: bool) -> bytes:
+    if provider == "openai":
+        return b"".join(loopback.SSE_EVENTS) if stream else loopback.CHAT_BODY
+    return b"".join(loopback.ANTHROPIC_EVENTS) if stream else loopback.MESSAGE_BODY
+
+
+async def drive(port: int, key: str, calls: int, concurrency: int, progress: list[int]) -> dict[str, int]:
+    requests = {kind: loopback.request_bytes(port, kind[1], {"x-aispendtrack-key": key},
+                                             anthropic=kind[0] == "anthropic") for kind in KINDS}
+    expected = {kind: expected_body(*kind) for kind in KINDS}
+    errors: dict[str, int] = {}
+    next_call = 0
+
+    async def worker() -> None:
+        nonlocal next_call
+        conn = await loopback.Connection.open(port)
+        while next_call < calls:
+            kind = KINDS[next_call % len(KINDS)]
+            next_call += 1
+            try:
+                status, _, body = await conn.request(requests[kind], time.perf_counter)
+                problem = None if status == 200 and body == expected[kind] else f"{kind}: status {status} or body"
+            except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                problem = f"{kind}: {type(exc).__name__}"
+                conn.close()
+                conn = await loopback.Connection.open(port)
+            if problem:
+                errors[problem] = errors.get(problem, 0) + 1
+            progress[0] += 1
+        conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return errors
+
+
+def sample_memory(pid: int, progress: list[int], samples: list[tuple[float, int, float]], stop: threading.Event):
+    started = time.monotonic()
+    while not stop.wait(1.0):
+        samples.append((time.monotonic() - started, progress[0], rss_mib(pid)))
+
+
+def run(calls: int, concurrency: int) -> dict:
+    home = Path(tempfile.mkdtemp(prefix="aispendtrack-soak-"))
+    key = make_key(home)
+    up_port, port = free_port(), free_port()
+    upstream = start([sys.executable, "-c", f"import asyncio; from bench import loopback; "
+                                            f"asyncio.run(loopback.serve_upstream({up_port}))"])
+    url = f"http://127.0.0.1:{up_port}"
+    proxy = start([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
+                   "--openai-upstream", url, "--anthropic-upstream", url])
+    progress, samples, stop = [0], [], threading.Event()
+    try:
+        wait_for_port(up_port, upstream)
+        wait_for_port(port, proxy)
+        time.sleep(1.0)
+        sampler = threading.Thread(target=sample_memory, args=(proxy.pid, progress, samples, stop), daemon=True)
+        sampler.start()
+        started = time.monotonic()
+        errors = asyncio.run(drive(port, key, calls, concurrency, progress))
+        elapsed = time.monotonic() - started
+        stop.set()
+        sampler.join()
+    finally:
+        proxy.terminate()
+        proxy.wait(60)
+        upstream.terminate()
+        upstream.wait(10)
+    with reading(home_dir.db_path(home)) as con:
+        rows, reported = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE usage_source = 'reported' AND priced) FROM calls").fetchone()
+    return {"calls": calls, "concurrency": concurrency, "seconds": elapsed, "calls_per_s": calls / elapsed,
+            "errors": errors, "rows": rows, "rows_reported_and_priced": reported, "memory": memory(samples, calls),
+            "proxy_exit_code": proxy.returncode}
+
+
+def memory(samples: list[tuple[float, int, float]], calls: int) -> dict:
+    """RSS after warm-up (20% of calls), at the end, and its growth over the last 80%."""
+    warm = [s for s in samples if s[1] >= calls * 0.2] or samples[-1:]
+    start_rss, end_rss, peak = warm[0][2], warm[-1][2], max(s[2] for s in samples)
+    halfway = [s for s in warm if s[1] >= calls * 0.6] or warm[-1:]
+    return {"after_warmup_mib": start_rss, "end_mib": end_rss, "peak_mib": peak,
+            "growth_mib": end_rss - start_rss,
+            "growth_first_half_mib": halfway[0][2] - start_rss, "growth_second_half_mib": end_rss - halfway[0][2],
+            "samples": [(round(t, 1), n, round(r, 1)) for t, n, r in samples]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=100_000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    result = run(args.calls, args.concurrency)
+    out = ROOT / "bench" / "results" / "soak.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    m = result["memory"]
+    print(f"{result['calls']:,} calls at concurrency {result['concurrency']} in {result['seconds']:.0f} s "
+          f"({result['calls_per_s']:.0f}/s); errors: {sum(result['errors'].values())} {result['errors'] or ''}")
+    print(f"rows stored: {result['rows']:,} ({result['rows_reported_and_priced']:,} with reported usage and a price)")
+    print(f"proxy RSS: {m['after_warmup_mib']:.0f} MiB after warm-up, {m['end_mib']:.0f} MiB at the end "
+          f"(peak {m['peak_mib']:.0f}); growth {m['growth_first_half_mib']:+.1f} MiB over the first half "
+          f"of the rest, {m['growth_second_half_mib']:+.1f} MiB over the second")
+    print(f"details: {out}")
+    ok = not result["errors"] and result["rows"] == result["calls"] and result["proxy_exit_code"] == 0
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
