@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.soak                        # 100,000 calls at concurrency 32 (~4-6 min here)
     .venv/bin/python -m bench.soak --calls 5000           # a smoke run
+    .venv/bin/python -m bench.soak --bare                 # bare mitmdump first, same load, for the ratio
 
 Everything on 127.0.0.1: ``aispendtrack proxy`` (the product as users run it) in front of the
 canned upstream from bench/loopback.py. The calls rotate through OpenAI and Anthropic, plain and
@@ -27,7 +28,7 @@ from addon import home as home_dir
 from addon.store import reading
 
 from . import loopback
-from .proxy_overhead import ROOT, free_port, make_key, start, wait_for_port
+from .proxy_overhead import ROOT, free_port, make_key, mitmdump, start, wait_for_port
 
 KINDS = [("openai", False), ("openai", True), ("anthropic", False), ("anthropic", True)]
 
@@ -80,15 +81,20 @@ def sample_memory(pid: int, progress: list[int], samples: list[tuple[float, int,
         samples.append((time.monotonic() - started, progress[0], rss_mib(pid)))
 
 
-def run(calls: int, concurrency: int) -> dict:
+def run(calls: int, concurrency: int, bare: bool = False) -> dict:
+    """Through ``aispendtrack proxy``, or with ``bare`` through mitmdump without the addon
+    (streaming bodies, as the addon does), to compare throughput and memory in the same run."""
     home = Path(tempfile.mkdtemp(prefix="aispendtrack-soak-"))
     key = make_key(home)
     up_port, port = free_port(), free_port()
     upstream = start([sys.executable, "-c", f"import asyncio; from bench import loopback; "
                                             f"asyncio.run(loopback.serve_upstream({up_port}))"])
     url = f"http://127.0.0.1:{up_port}"
-    proxy = start([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
-                   "--openai-upstream", url, "--anthropic-upstream", url])
+    if bare:
+        proxy = mitmdump(up_port, port, ["--set", "stream_large_bodies=1"])
+    else:
+        proxy = start([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
+                       "--openai-upstream", url, "--anthropic-upstream", url])
     progress, samples, stop = [0], [], threading.Event()
     try:
         wait_for_port(up_port, upstream)
@@ -106,9 +112,11 @@ def run(calls: int, concurrency: int) -> dict:
         proxy.wait(60)
         upstream.terminate()
         upstream.wait(10)
-    with reading(home_dir.db_path(home)) as con:
-        rows, reported = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE usage_source = 'reported' AND priced) FROM calls").fetchone()
+    rows = reported = 0
+    if not bare:
+        with reading(home_dir.db_path(home)) as con:
+            rows, reported = con.execute(
+                "SELECT count(*), count(*) FILTER (WHERE usage_source = 'reported' AND priced) FROM calls").fetchone()
     return {"calls": calls, "concurrency": concurrency, "seconds": elapsed, "calls_per_s": calls / elapsed,
             "errors": errors, "rows": rows, "rows_reported_and_priced": reported, "memory": memory(samples, calls),
             "proxy_exit_code": proxy.returncode}
@@ -129,11 +137,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--bare", action="store_true",
+                        help="First run the same load through bare mitmdump, and report ours against it.")
     args = parser.parse_args()
+    base = run(args.calls, args.concurrency, bare=True) if args.bare else None
     result = run(args.calls, args.concurrency)
+    result["bare_mitmdump"] = base
     out = ROOT / "bench" / "results" / "soak.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    if base:
+        print(f"bare mitmdump: {base['calls_per_s']:.0f} calls/s, errors {sum(base['errors'].values())}, RSS "
+              f"{base['memory']['after_warmup_mib']:.0f} -> {base['memory']['end_mib']:.0f} MiB; ours: "
+              f"{result['calls_per_s'] / base['calls_per_s']:.0%} of its throughput")
     m = result["memory"]
     print(f"{result['calls']:,} calls at concurrency {result['concurrency']} in {result['seconds']:.0f} s "
           f"({result['calls_per_s']:.0f}/s); errors: {sum(result['errors'].values())} {result['errors'] or ''}")
