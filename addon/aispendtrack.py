@@ -228,6 +228,9 @@ class AiSpendTrack:
     def server_disconnected(self, data) -> None:
         self.watch.disconnected(data.server.id)
 
+    def server_connect_error(self, data) -> None:
+        self.watch.disconnected(data.server.id)
+
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.get(_META)
         if meter is None:

@@ -34,7 +34,9 @@ _original_render = _http1.make_error_response
 
 def _render(status_code: int, message: str = "") -> bytes:
     reply = _REPLY.get()
-    if reply is None:
+    # Only upstream failures (mitmproxy's 502) are ours to answer; a client's own protocol error
+    # (a 400) keeps mitmproxy's page even if a reply was parked for its flow.
+    if reply is None or status_code != 502:
         return _original_render(status_code, message)
     _REPLY.set(None)
     status, body = reply
