@@ -68,6 +68,7 @@ class AiSpendTrack:
         self.watch = failures.UpstreamWatch()
         self.guard = AuthGuard()
         self.tls_only = False
+        self._in_flight: dict[str, http.HTTPFlow] = {}  # calls with a meter, until response or error
         failures.install()
 
     def load(self, loader) -> None:
@@ -169,8 +170,21 @@ class AiSpendTrack:
         if self.evaluator is not None:
             self.evaluator.stop()
         if self.writer is not None:
+            self._record_in_flight()
             self.writer.stop()
             self.writer = None
+
+    def _record_in_flight(self) -> None:
+        """Calls still open at shutdown get their row now: their response or error hook may come
+        after the writer has stopped, or never. A streaming client may already have everything
+        (SDKs stop reading at the last event, before the end of the HTTP body)."""
+        for flow in list(self._in_flight.values()):
+            meter: CallMeter | None = flow.metadata.pop(_META, None)
+            if meter is not None:
+                meter.finish(flow.response.status_code if flow.response else None, "proxy_stopped",
+                             "the proxy stopped before the call ended")
+                self._submit(meter)
+        self._in_flight.clear()
 
     def request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
@@ -220,6 +234,7 @@ class AiSpendTrack:
         flow.metadata[_META] = CallMeter(
             provider, provider_path, key_id, tags["x-customer-id"], tags["x-feature"], req.timestamp_start, req.raw_content,
             req.headers.get("content-encoding", ""))
+        self._in_flight[flow.id] = flow
         self.watch.start(flow)
 
     def server_connect(self, data) -> None:
@@ -243,6 +258,7 @@ class AiSpendTrack:
 
     def response(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
+        self._in_flight.pop(flow.id, None)
         if meter is not None:
             self.watch.finished(flow)
             meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)
@@ -250,6 +266,7 @@ class AiSpendTrack:
 
     def error(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
+        self._in_flight.pop(flow.id, None)
         if meter is None:
             return
         timed_out = self.watch.finished(flow)
