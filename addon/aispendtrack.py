@@ -102,7 +102,8 @@ class AiSpendTrack:
                                           "trust a private CA with ssl_verify_upstream_trusted_ca instead.")
         if updated & {"aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream", "aispendtrack_upstreams"}:
             self.upstreams = upstreams.parse(self.providers, ctx.options.aispendtrack_openai_upstream,
-                                        ctx.options.aispendtrack_anthropic_upstream, ctx.options.aispendtrack_upstreams)
+                                             ctx.options.aispendtrack_anthropic_upstream,
+                                             ctx.options.aispendtrack_upstreams)
         if "aispendtrack_upstream_timeout_s" in updated:
             if ctx.options.aispendtrack_upstream_timeout_s < 1:
                 raise exceptions.OptionsError("aispendtrack_upstream_timeout_s must be at least 1.")
@@ -195,7 +196,7 @@ class AiSpendTrack:
         provider, provider_path = route(self.providers, path)
         if self.tls_only and not flow.client_conn.tls_established:
             refusals.refuse(flow, provider, 400, "aispendtrack_tls_required",
-                    "This AiSpendTrack proxy only takes HTTPS: use https:// in your base_url.")
+                            "This AiSpendTrack proxy only takes HTTPS: use https:// in your base_url.")
             return
         if provider_path != path:  # an explicit prefix such as /gemini: the provider never sees it
             req.path = provider_path + req.path[len(path):]
@@ -214,8 +215,8 @@ class AiSpendTrack:
         for name, value in tags.items():
             if value is not None and not _valid_tag(value):
                 refusals.refuse(flow, provider, 400, "aispendtrack_invalid_tag",
-                        f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
-                        f"(got {len(value)} characters). The call was not forwarded.")
+                                f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
+                                f"(got {len(value)} characters). The call was not forwarded.")
                 return
         now = dt.datetime.now(dt.UTC)
         over_budget = self.budgets.blocked(key_id, tags["x-customer-id"], tags["x-feature"], now)
@@ -228,8 +229,8 @@ class AiSpendTrack:
             return
         if not upstreams.point(req, provider, self.upstreams):
             refusals.refuse(flow, provider, 502, "aispendtrack_no_upstream",
-                    f"No upstream is configured for {provider.name}. Start the proxy with "
-                    f"--upstream {provider.name}=https://... (see docs/providers.md).")
+                            f"No upstream is configured for {provider.name}. Start the proxy with "
+                            f"--upstream {provider.name}=https://... (see docs/providers.md).")
             return
         flow.metadata[_META] = CallMeter(
             provider, provider_path, key_id, tags["x-customer-id"], tags["x-feature"], req.timestamp_start, req.raw_content,
@@ -279,7 +280,8 @@ class AiSpendTrack:
             meter.finish(status, outcome, message.split(": ", 1)[0][:200],
                          flow.response.raw_content if flow.response else None)
         else:
-            status, outcome, text = refusals.upstream_failure(flow, meter.provider, message, timed_out, self.watch.timeout)
+            status, outcome, text = refusals.upstream_failure(flow, meter.provider, message, timed_out,
+                                                              self.watch.timeout)
             failures.reply_with(status, meter.provider.error_body(status, text, outcome))
             meter.finish(status, outcome, text[:200], None)
         self._submit(meter)

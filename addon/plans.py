@@ -36,3 +36,8 @@ def limits_for(plan: str, per_hour: int | None, per_month: int | None) -> Limits
     base = PLANS.get(plan, PLANS[DEFAULT_PLAN])
     return Limits(per_hour if per_hour is not None else base.per_hour,
                   per_month if per_month is not None else base.per_month)
+
+
+def retention_days_for(plan: str, own_days: int | None) -> int | None:
+    """How many days a key's raw calls are kept: its own setting, else its plan's (None: always)."""
+    return own_days if own_days is not None else PLANS.get(plan, PLANS[DEFAULT_PLAN]).retention_days

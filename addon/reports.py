@@ -81,11 +81,17 @@ def parse_tz(name: str) -> zoneinfo.ZoneInfo:
             from None
 
 
+def parse_duration(value: str) -> dt.timedelta | None:
+    """``30m``, ``24h``, ``7d`` or ``2w`` as a timedelta; None when ``value`` is none of those."""
+    match = _RELATIVE.match(value.strip())
+    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))}) if match else None
+
+
 def parse_when(value: str, zone: zoneinfo.ZoneInfo, now: dt.datetime, name: str) -> dt.datetime:
     """``7d``/``24h``/``30m``/``2w`` ago, ``today``, a date (midnight in ``zone``) or an ISO time."""
     value = value.strip()
-    if match := _RELATIVE.match(value):
-        return now - dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    if (ago := parse_duration(value)) is not None:
+        return now - ago
     if value == "today":
         local = now.astimezone(zone)
         return dt.datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(dt.UTC)

@@ -12,7 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-from .plans import PLANS, DEFAULT_PLAN
+from .plans import retention_days_for
 from .store import lifecycle, reading, writing
 
 
@@ -31,7 +31,7 @@ def cutoffs(keys: list[tuple[int, str, int | None]], now: dt.datetime,
             older_than: dt.timedelta | None) -> dict[int | None, dt.datetime]:
     found: dict[int | None, dt.datetime] = {}
     for key_id, plan, own_days in keys:
-        days = own_days if own_days is not None else PLANS.get(plan, PLANS[DEFAULT_PLAN]).retention_days
+        days = retention_days_for(plan, own_days)
         keep = dt.timedelta(days=days) if days is not None else None
         if older_than is not None:
             keep = older_than if keep is None else min(keep, older_than)

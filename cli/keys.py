@@ -10,7 +10,7 @@ import click
 
 from addon import keys as keygen
 from addon.limits import hour_start, month_start
-from addon.plans import DEFAULT_PLAN, PLANS, limits_for
+from addon.plans import DEFAULT_PLAN, PLANS, limits_for, retention_days_for
 from addon.store import calls as call_rows
 from addon.store import keys as key_rows
 from addon.store import reading, writing
@@ -79,7 +79,7 @@ def list_keys(obj, fmt: str = "table", as_json: bool = False) -> None:
 
 
 def _retention(row: dict) -> str:
-    days = row["retention_days"] if row["retention_days"] is not None else PLANS[row["plan"]].retention_days
+    days = retention_days_for(row["plan"], row["retention_days"])
     return f"{days}d" if days is not None else "always"
 
 

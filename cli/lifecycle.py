@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import sys
 
 import click
@@ -12,19 +11,16 @@ import click
 from addon import gdpr as subject_requests
 from addon import retention
 from addon import home as home_dir
+from addon.reports import parse_duration
 from addon.store.subjects import Subject
-
-_DURATION = re.compile(r"^(\d+)([hdw])$")
-_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
-
 
 def _duration(value: str | None) -> dt.timedelta | None:
     if value is None:
         return None
-    match = _DURATION.match(value.strip())
-    if not match or int(match.group(1)) == 0:
+    duration = parse_duration(value)
+    if not duration:
         raise click.BadParameter(f"{value!r}: give a number and a unit, e.g. 30d, 12h or 2w.")
-    return dt.timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    return duration
 
 
 @click.command()

@@ -123,6 +123,28 @@ def test_rows_spill_while_the_database_is_locked_and_are_written_exactly_once(tm
     assert {r["cost_usd"] for r in again} == {Decimal("0.0000125")}
 
 
+def test_when_neither_database_nor_spill_can_be_written_rows_wait_in_memory_up_to_a_cap(tmp_path, caplog):
+    db = tmp_path / "a.duckdb"
+    (tmp_path / "not-a-dir").write_text("")
+    spill = tmp_path / "not-a-dir" / "spill"  # mkdir fails here even for root
+    writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None,
+                    spill_after_rows=2, spill_after_seconds=3600, max_pending=5)
+    writer.load_keys_now()
+    holder = _hold_lock(db, 30)
+    try:
+        for n in range(8):
+            writer.submit(_row(n))
+            writer.cycle(lock_timeout=0.05)  # each failed spill must leave the writer working
+    finally:
+        holder.kill()
+        holder.wait()
+    assert writer.rows_dropped == 3 and "unwritten rows (3 in all)" in caplog.text
+    writer.cycle(lock_timeout=5)
+    with reading(db) as con:
+        stored = call_rows.newest(con, 100)
+    assert sorted(r["input_tokens"] for r in stored) == [3, 4, 5, 6, 7]  # the newest five, once each
+
+
 def test_spilled_rows_survive_a_restart(tmp_path, upstream, customer):
     home = tmp_path / "home"
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log")
