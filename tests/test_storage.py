@@ -138,7 +138,7 @@ def test_when_neither_database_nor_spill_can_be_written_rows_wait_in_memory_up_t
     finally:
         holder.kill()
         holder.wait()
-    assert writer.rows_dropped == 3 and "unwritten rows (3 in all)" in caplog.text
+    assert writer.rows_dropped == 3 and "dropping the oldest unwritten rows" in caplog.text
     writer.cycle(lock_timeout=5)
     with reading(db) as con:
         stored = call_rows.newest(con, 100)

@@ -28,6 +28,8 @@ from .connection import writing
 
 log = logging.getLogger(__name__)
 
+SPILL_RETRY_SECONDS = 30
+
 
 class Writer(threading.Thread):
     def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict],
@@ -46,7 +48,8 @@ class Writer(threading.Thread):
         self._keys_due = 0.0
         self._failing_since: float | None = None
         self._last_warning = -1e9
-        self._last_spill_error = -1e9
+        self._spill_retry_at = 0.0
+        self._last_drop_log = -1e9
         self._spill_seq = 0
         self.rows_written = 0
         self.rows_dropped = 0
@@ -75,7 +78,7 @@ class Writer(threading.Thread):
             self.join(timeout)
         self.cycle(lock_timeout=5.0, force_keys=False)
         if self._pending:
-            self._spill()
+            self._spill(force=True)
 
     def cycle(self, lock_timeout: float, force_keys: bool | None = None) -> None:
         self._drain()
@@ -119,23 +122,30 @@ class Writer(threading.Thread):
                 or self._pending and now - self._failing_since >= self.spill_after_seconds):
             self._spill()
 
-    def _spill(self) -> None:
+    def _spill(self, force: bool = False) -> None:
+        # After a failed spill, wait before the next try: each try serialises every pending row,
+        # which must not happen every second while the disk stays full.
+        if not force and time.monotonic() < self._spill_retry_at:
+            self._cap_memory()
+            return
         try:
             self._write_spill()
         except OSError as exc:  # the disk is full or read-only too: keep the rows in memory, up to a cap
-            if time.monotonic() - self._last_spill_error > 30:
-                self._last_spill_error = time.monotonic()
-                log.error("cannot spill %d rows to %s either (%s); keeping them in memory and retrying",
-                          len(self._pending), self.spill_dir, exc)
+            self._spill_retry_at = time.monotonic() + SPILL_RETRY_SECONDS
+            log.error("cannot spill %d rows to %s either (%s); keeping them in memory, next try in %d s",
+                      len(self._pending), self.spill_dir, exc, SPILL_RETRY_SECONDS)
             self._cap_memory()
 
     def _cap_memory(self) -> None:
         excess = len(self._pending) - self.max_pending
-        if excess > 0:  # the only place rows are ever dropped: memory would otherwise grow without bound
-            self.rows_dropped += excess
-            log.critical("dropped the %d oldest unwritten rows (%d in all): neither the database nor %s "
-                         "could be written for too long", excess, self.rows_dropped, self.spill_dir)
-            del self._pending[:excess]
+        if excess <= 0:
+            return
+        del self._pending[:excess]  # the only place rows are ever dropped: memory must stay bounded
+        self.rows_dropped += excess
+        if time.monotonic() - self._last_drop_log > SPILL_RETRY_SECONDS:
+            self._last_drop_log = time.monotonic()
+            log.critical("dropping the oldest unwritten rows (%d in all so far): neither the database nor %s "
+                         "could be written for too long", self.rows_dropped, self.spill_dir)
 
     def _write_spill(self) -> None:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
