@@ -12,7 +12,7 @@ from addon import gdpr as subject_requests
 from addon import retention
 from addon import home as home_dir
 from addon.reports import parse_duration
-from addon.store.subjects import Subject
+from addon.store.subjects import Subject, subject_from
 
 def _duration(value: str | None) -> dt.timedelta | None:
     if value is None:
@@ -55,9 +55,10 @@ def gdpr() -> None:
 
 
 def _subject(customer: str | None, key: int | None) -> Subject:
-    if (customer is None) == (key is None):
-        raise click.UsageError("give exactly one of --customer ID or --key ID.")
-    return Subject("customer", customer) if customer is not None else Subject("key", str(key))
+    try:
+        return subject_from(customer, key)
+    except ValueError as exc:
+        raise click.UsageError(str(exc).replace("customer=ID or key=ID", "--customer ID or --key ID")) from None
 
 
 @gdpr.command("export")

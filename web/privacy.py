@@ -13,7 +13,7 @@ from flask import Response, current_app, g, jsonify, request
 
 from addon import gdpr, retention
 from addon import home as home_dir
-from addon.store.subjects import Subject
+from addon.store.subjects import Subject, subject_from
 
 from .api import ApiError, api, db_path
 from .auth import bearer
@@ -28,17 +28,10 @@ def _require_admin(header_only: bool = False) -> None:
 
 
 def _subject(values) -> Subject:
-    customer, key = values.get("customer"), values.get("key")
-    if (customer is None) == (key is None):
-        raise ApiError(400, "bad_request", "Give exactly one of customer=ID or key=ID.")
-    if key is not None:
-        try:
-            return Subject("key", str(int(key)))
-        except (TypeError, ValueError):
-            raise ApiError(400, "bad_request", f"key must be a key id (a number), got {key!r}.") from None
-    if not isinstance(customer, str) or not customer:
-        raise ApiError(400, "bad_request", "customer must be a non-empty string.")
-    return Subject("customer", customer)
+    try:
+        return subject_from(values.get("customer"), values.get("key"))
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
 
 
 def _spill_dir():

@@ -21,6 +21,20 @@ class Subject:
         return f"{self.kind} {self.value}"
 
 
+def subject_from(customer: str | None, key: object | None) -> Subject:
+    """Exactly one of a customer id or a key id (a number); ValueError says what is wrong."""
+    if (customer is None) == (key is None):
+        raise ValueError("Give exactly one of customer=ID or key=ID.")
+    if key is not None:
+        try:
+            return Subject("key", str(int(key)))
+        except (TypeError, ValueError):
+            raise ValueError(f"key must be a key id (a number), got {key!r}.") from None
+    if not isinstance(customer, str) or not customer:
+        raise ValueError("customer must be a non-empty string.")
+    return Subject("customer", customer)
+
+
 def _rows_condition(subject: Subject) -> tuple[str, list]:
     if subject.kind == "customer":
         return "customer_id = ?", [subject.value]
