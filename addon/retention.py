@@ -49,5 +49,5 @@ def purge(db: Path, now: dt.datetime, older_than: dt.timedelta | None = None, dr
             return PurgeResult(limits, lifecycle.expired_counts(con, limits), None)
     with writing(db) as con:
         limits = cutoffs(lifecycle.retention_settings(con), now, older_than)
-        expired = lifecycle.expired_counts(con, limits)
-        return PurgeResult(limits, expired, lifecycle.purge(con, limits, now))
+        purged, totals = lifecycle.purge(con, limits, now)
+        return PurgeResult(limits, purged, totals)

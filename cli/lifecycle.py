@@ -71,11 +71,15 @@ def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
     subject = _subject(customer, key)
     spill = obj.home / home_dir.SPILL_DIR
     if out is None:
-        subject_requests.export(obj.db, spill, subject, sys.stdout)
-        return
-    with open(out, "w", encoding="utf-8") as f:
-        counts = subject_requests.export(obj.db, spill, subject, f)
-    click.echo(f"Wrote {out}: " + ", ".join(f"{n:,} {name.replace('_', ' ')}" for name, n in counts.items()), err=True)
+        counts = subject_requests.export(obj.db, spill, subject, sys.stdout)
+    else:
+        with open(out, "w", encoding="utf-8") as f:
+            counts = subject_requests.export(obj.db, spill, subject, f)
+        click.echo(f"Wrote {out}: " + ", ".join(f"{n:,} {name.replace('_', ' ')}" for name, n in counts.items()),
+                   err=True)
+    if counts["unreadable_spill_files"]:
+        raise click.ClickException(f"{counts['unreadable_spill_files']} spill file(s) under {spill} could not be "
+                                   f"read and are not in the export; see the log.")
 
 
 @gdpr.command("delete")

@@ -180,6 +180,12 @@ def test_gdpr_delete_removes_the_subject_from_pending_spill_files(tmp_path):
     assert [p.name for p in spill.iterdir()] == ["1-1-1.jsonl"]
     assert [json.loads(line)["customer_id"] for line in (spill / "1-1-1.jsonl").read_text().splitlines()] == ["stay"]
     assert files_containing(home, b"erase-me") == []
+    # A torn spill file (a crash in an older version) is reported, never silently left out.
+    (spill / "1-1-3.jsonl").write_text('{"customer_id": "stay"')
+    from click.testing import CliRunner
+    from cli.main import cli
+    result = CliRunner().invoke(cli, ["--home", str(home), "gdpr", "export", "--customer", "stay"])
+    assert result.exit_code == 1 and "1 spill file(s)" in result.output and "not in the export" in result.output
 
 
 def test_gdpr_by_key_removes_the_key_and_its_calls(tmp_path):

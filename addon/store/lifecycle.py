@@ -16,12 +16,14 @@ HISTORY_DAYS = 400
 _NO_KEY = -1  # calls.key_id is NULL only for rows from before keys existed; they follow the default cutoff
 
 _ROLLUP = """
-    INSERT INTO hourly_usage
+    CREATE OR REPLACE TEMP TABLE purge_rollup AS
     SELECT to_timestamp(floor(epoch(c.ts) / 3600) * 3600) AS hour, c.key_id, c.customer_id, c.feature,
-           c.provider, c.model, count(*), count(*) FILTER (WHERE c.outcome <> 'completed' OR c.status >= 400),
-           count(*) FILTER (WHERE NOT c.priced AND c.usage_source <> 'none'),
-           sum(c.input_tokens), sum(c.cache_read_tokens), sum(c.cache_write_tokens), sum(c.output_tokens),
-           sum(c.reasoning_tokens), coalesce(sum(c.cost_usd), 0)
+           c.provider, c.model, count(*) AS calls,
+           count(*) FILTER (WHERE c.outcome <> 'completed' OR c.status >= 400) AS failed_calls,
+           count(*) FILTER (WHERE NOT c.priced AND c.usage_source <> 'none') AS unpriced_calls,
+           sum(c.input_tokens) AS input_tokens, sum(c.cache_read_tokens) AS cache_read_tokens,
+           sum(c.cache_write_tokens) AS cache_write_tokens, sum(c.output_tokens) AS output_tokens,
+           sum(c.reasoning_tokens) AS reasoning_tokens, coalesce(sum(c.cost_usd), 0) AS cost_usd
     FROM calls c JOIN purge_cutoffs p ON coalesce(c.key_id, -1) = p.key_id
     WHERE c.ts < p.cutoff
     GROUP BY ALL
@@ -46,13 +48,16 @@ def expired_counts(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.
 
 
 def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime],
-          now: dt.datetime) -> dict[str, int]:
-    """Roll up and delete expired calls; drop rollups and alert history past HISTORY_DAYS."""
+          now: dt.datetime) -> tuple[dict[int | None, int], dict[str, int]]:
+    """Roll up and delete expired calls; drop rollups and alert history past HISTORY_DAYS.
+    Returns the calls purged per key (read off the rollup, not a second scan) and the totals."""
     history_cutoff = now - dt.timedelta(days=HISTORY_DAYS)
     con.execute("BEGIN")
     try:
         _load_cutoffs(con, cutoffs)
         con.execute(_ROLLUP)
+        con.execute("INSERT INTO hourly_usage SELECT * FROM purge_rollup")
+        per_key = con.execute("SELECT key_id, sum(calls)::BIGINT FROM purge_rollup GROUP BY key_id").fetchall()
         (calls,) = con.execute("""
             DELETE FROM calls USING purge_cutoffs p
             WHERE coalesce(calls.key_id, -1) = p.key_id AND calls.ts < p.cutoff
@@ -63,7 +68,7 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    return {"calls": calls, "hourly_rows": hours, "alerts": alerts}
+    return dict(per_key), {"calls": calls, "hourly_rows": hours, "alerts": alerts}
 
 
 def retention_settings(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, int | None]]:
