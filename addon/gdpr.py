@@ -79,7 +79,8 @@ def _spill_rows(spill_dir: Path) -> Iterator[tuple[Path, list[dict] | None]]:
     """(file, its rows) per spill file; rows None when a line is unreadable."""
     if not spill_dir.is_dir():
         return
-    for path in sorted(spill_dir.glob("*.jsonl")):
+    # Quarantined rows (stored never, replayed never) are the subject's data all the same.
+    for path in sorted(spill_dir.glob("*.jsonl")) + sorted(spill_dir.glob("quarantine/*.jsonl")):
         try:
             rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
         except (ValueError, OSError):

@@ -60,6 +60,8 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
     usage = usage or TokenUsage()
     finished = meter.finished_at or meter.started_at
     error = meter.error or observed.error
+    if error is None and source == "invalid":
+        error = f"usage implausible: {observed.invalid_usage}"[:200]
     if error is None and meter.read_failure and meter.provider.metered(meter.path):
         error = f"usage unreadable: {meter.read_failure}"
     return {
@@ -83,6 +85,8 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
     provider = meter.provider
     if not provider.metered(meter.path):
         return None, "none"
+    if observed.invalid_usage is not None:
+        return None, "invalid"  # never priced, and never replaced by an estimate
     interrupted = meter.outcome != "completed" or not observed.complete or meter.read_failure is not None
     if not interrupted and observed.usage is not None:
         return observed.usage, "reported"

@@ -28,7 +28,7 @@ def calls(obj, limit: int, fmt: str) -> None:
         ("IN", lambda r: tokens(r["input_tokens"]), ">"),
         ("CACHE R/W", lambda r: f'{tokens(r["cache_read_tokens"])}/{tokens(r["cache_write_tokens"])}', ">"),
         ("OUT", lambda r: tokens(r["output_tokens"]), ">"),
-        ("COST", lambda r: money(r["cost_usd"]) if r["usage_source"] != "none" else "-", ">"),
+        ("COST", lambda r: money(r["cost_usd"]) if r["usage_source"] not in ("none", "invalid") else "-", ">"),
         ("USAGE", lambda r: r["usage_source"], "<"),
         ("STATUS", lambda r: f'{r["status"] or "-"}{"" if r["outcome"] == "completed" else " " + r["outcome"]}', "<"),
     ])

@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 # How much of the usage we know: the provider said so, we counted it ourselves, the
-# stream stopped before the provider said so (counts are what was seen), or nothing.
-USAGE_SOURCES = ("reported", "estimated", "partial", "none")
+# stream stopped before the provider said so (counts are what was seen), nothing, or the
+# provider said something implausible (a count that is not a whole number within bounds).
+USAGE_SOURCES = ("reported", "estimated", "partial", "none", "invalid")
 
 
 @dataclass

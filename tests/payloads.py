@@ -83,7 +83,8 @@ def _chat_chunk(delta: dict, finish: str | None = None, usage_null: bool = False
     return chunk
 
 
-def chat_stream(include_usage: bool, usage_null: bool = False, repeat: int = 1) -> list[bytes]:
+def chat_stream(include_usage: bool, usage_null: bool = False, repeat: int = 1,
+                usage: object = STREAM_USAGE) -> list[bytes]:
     events = [_data(_chat_chunk({"role": "assistant", "content": "", "refusal": None}, usage_null=usage_null))]
     for _ in range(repeat):
         events += [_data(_chat_chunk({"content": piece}, usage_null=usage_null)) for piece in STREAM_TEXT]
@@ -91,7 +92,7 @@ def chat_stream(include_usage: bool, usage_null: bool = False, repeat: int = 1) 
     if include_usage:
         last = _chat_chunk({}, None)
         last["choices"] = []
-        last["usage"] = STREAM_USAGE
+        last["usage"] = usage
         events.append(_data(last))
     events.append(_data("[DONE]"))
     return events
@@ -101,7 +102,8 @@ def _chat(scenario: str, request: dict) -> Reply:
     if request.get("stream"):
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         reply = Reply(events=chat_stream(include_usage, usage_null="usage_null" in scenario,
-                                         repeat=200 if "slow" in scenario else 1))
+                                         repeat=200 if "slow" in scenario else 1,
+                                         usage=request.get("test_usage", STREAM_USAGE)))
         reply.gzip = "gzip" in scenario
         reply.gated = "gated" in scenario
         reply.delay = 0.05 if "slow" in scenario else 0.0
@@ -117,7 +119,8 @@ def _chat(scenario: str, request: dict) -> Reply:
     if scenario == "error400":
         return _json({"error": {"message": "Invalid 'messages': empty array.", "type": "invalid_request_error",
                                 "param": "messages", "code": "empty_array"}}, status=400)
-    return _json(_chat_body("gpt-5-mini-2025-08-07", USAGE_REASONING))
+    # A test can make the upstream report any usage at all (a buggy or hostile provider).
+    return _json(_chat_body("gpt-5-mini-2025-08-07", request.get("test_usage", USAGE_REASONING)))
 
 
 # --- OpenAI responses, embeddings, legacy completions ---------------------------------------

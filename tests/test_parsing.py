@@ -85,9 +85,12 @@ def test_anthropic_cache_creation_without_the_total_is_summed_from_the_split():
                                                    output_tokens=2)
 
 
-def test_malformed_usage_values_count_as_absent_not_as_a_crash():
-    assert openai.usage_from({"prompt_tokens": "many", "completion_tokens": -3}) == TokenUsage()
+def test_malformed_usage_values_mark_the_usage_invalid_not_zero_and_not_a_crash():
+    assert openai.OpenAI().parse_body(openai.CHAT, {"usage": {"prompt_tokens": "many"}}).invalid_usage \
+        == "prompt_tokens='many' is not a whole number from 0 to 100,000,000"
     stream = openai.OpenAIStream(openai.CHAT)
-    stream.feed(None, b'{"usage": {"prompt_tokens": 1e400}')  # cut-off JSON
+    stream.feed(None, b'{"usage": {"prompt_tokens": 1e400}')  # cut-off JSON: no usage seen yet
     stream.feed(None, json.dumps({"model": "m", "choices": [], "usage": {"prompt_tokens": 3}}).encode())
-    assert stream.observed.usage == TokenUsage(input_tokens=3)
+    assert stream.observed.usage == TokenUsage(input_tokens=3) and stream.observed.invalid_usage is None
+    stream.feed(None, json.dumps({"model": "m", "choices": [], "usage": {"prompt_tokens": -3}}).encode())
+    assert stream.observed.usage is None and "prompt_tokens=-3" in stream.observed.invalid_usage

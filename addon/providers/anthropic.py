@@ -11,7 +11,7 @@ import json
 
 from pricing.usage import TokenUsage
 
-from .base import Observed, Provider, StreamParser, count, loads
+from .base import MAX_REQUESTS_PER_CALL, Observed, Provider, StreamParser, count, loads
 
 MESSAGES = "/v1/messages"
 PATHS = (MESSAGES, "/v1/messages/count_tokens", "/v1/complete")
@@ -28,15 +28,15 @@ def usage_from(raw: object) -> TokenUsage | None:
     split = raw.get("cache_creation")
     one_hour = count(split, "ephemeral_1h_input_tokens")
     written = count(raw, "cache_creation_input_tokens") or one_hour + count(split, "ephemeral_5m_input_tokens")
-    output = count(raw, "output_tokens")
+    output = count(raw, "output_tokens", required=True)
     return TokenUsage(
-        input_tokens=count(raw, "input_tokens"),
+        input_tokens=count(raw, "input_tokens", required=True),
         cache_read_tokens=count(raw, "cache_read_input_tokens"),
         cache_write_tokens=written,
         cache_write_1h_tokens=min(one_hour, written),
         output_tokens=output,
         reasoning_tokens=min(count(raw, "output_tokens_details", "thinking_tokens"), output),
-        web_search_requests=count(raw, "server_tool_use", "web_search_requests"),
+        web_search_requests=count(raw, "server_tool_use", "web_search_requests", limit=MAX_REQUESTS_PER_CALL),
     )
 
 
@@ -71,7 +71,7 @@ class AnthropicStream(StreamParser):
         # Cumulative: a later value replaces an earlier one; never add them up.
         if isinstance(usage, dict):
             self._raw_usage.update({k: v for k, v in usage.items() if k in _USAGE_FIELDS and v is not None})
-            self.observed.usage = usage_from(self._raw_usage)
+            self.observed.take_usage(usage_from, self._raw_usage)
 
     def output_text(self) -> str:
         parts = []
@@ -96,7 +96,9 @@ class Anthropic(Provider):
     def parse_body(self, path: str, body) -> Observed:
         if not isinstance(body, dict):
             return Observed()
-        return Observed(model=body.get("model"), usage=usage_from(body.get("usage")), complete=True)
+        observed = Observed(model=body.get("model"), complete=True)
+        observed.take_usage(usage_from, body.get("usage"))
+        return observed
 
     def stream_parser(self, path: str) -> StreamParser:
         return AnthropicStream()

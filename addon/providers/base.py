@@ -7,12 +7,22 @@ module looks at a provider's field names.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pricing.usage import TokenUsage
 
 # Raw SSE payloads kept for an estimate, should the stream never report usage.
 MAX_KEPT_DELTA_BYTES = 8 * 1024 * 1024
+# No real call comes near these (the largest context windows hold a few million tokens). A count
+# past them comes from a buggy or hostile upstream; priced, it would put millions of dollars on
+# one row and trip every budget, so the call is recorded as "invalid" instead (docs/security.md).
+MAX_TOKENS_PER_CALL = 100_000_000
+MAX_REQUESTS_PER_CALL = 100_000
+
+
+class InvalidUsage(ValueError):
+    """A usage count that is not a plausible whole number; the text names the field and value."""
 
 
 @dataclass
@@ -23,6 +33,19 @@ class Observed:
     usage: TokenUsage | None = None
     complete: bool = False      # a stream's terminal event was seen (always True for a full body)
     error: str | None = None    # the provider's error type from an in-stream error event
+    invalid_usage: str | None = None  # why the reported usage cannot be believed; sticky once set
+
+    def take_usage(self, parse: Callable[[object], TokenUsage | None], raw: object) -> None:
+        """Set ``usage`` from ``parse(raw)``; an implausible count marks the call invalid instead."""
+        if self.invalid_usage is not None:
+            return
+        try:
+            usage = parse(raw)
+        except InvalidUsage as exc:
+            self.invalid_usage, self.usage = str(exc), None
+            return
+        if usage is not None:
+            self.usage = usage
 
 
 @dataclass
@@ -96,12 +119,24 @@ def loads_document(data: bytes | str) -> dict | list | None:
     return value if isinstance(value, (dict, list)) else None
 
 
-def count(obj: object, *path: str) -> int:
-    """A non-negative integer at ``obj[path...]``, or 0 when absent, null or not a number."""
-    for key in path:
+def count(obj: object, *path: str, required: bool = False, limit: int = MAX_TOKENS_PER_CALL) -> int:
+    """The whole number at ``obj[path...]``; 0 when absent (or null, unless ``required``).
+
+    Raises InvalidUsage for anything else: a string, a boolean, a fraction, a negative number,
+    or more than ``limit``. Integral floats pass, as some providers send 12.0."""
+    for key in path[:-1]:
         if not isinstance(obj, dict):
             return 0
         obj = obj.get(key)
-    if isinstance(obj, bool) or not isinstance(obj, (int, float)) or obj < 0:
+    if not isinstance(obj, dict):
         return 0
-    return int(obj)
+    value = obj.get(path[-1])
+    if value is None:
+        if required and path[-1] in obj:
+            raise InvalidUsage(f"{'.'.join(path)} is null")
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0 \
+            or value > limit or value != int(value):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise InvalidUsage(f"{'.'.join(path)}={shown} is not a whole number from 0 to {limit:,}")
+    return int(value)

@@ -33,7 +33,7 @@ class CohereStream(StreamParser):
         payload = loads(data) or {}
         if payload.get("type") == "message-end":
             delta = payload.get("delta") or {}
-            self.observed.usage = usage_from((delta.get("usage") or {}).get("billed_units"))
+            self.observed.take_usage(usage_from, (delta.get("usage") or {}).get("billed_units"))
             self.observed.complete = True
             if delta.get("finish_reason") == "ERROR":
                 self.observed.error = "ERROR"
@@ -60,7 +60,9 @@ class Cohere(Provider):
             return Observed()
         billed = (body.get("usage") or {}).get("billed_units") if path == CHAT else \
             (body.get("meta") or {}).get("billed_units")
-        return Observed(usage=usage_from(billed), complete=True)
+        observed = Observed(complete=True)
+        observed.take_usage(usage_from, billed)
+        return observed
 
     def stream_parser(self, path: str) -> StreamParser:
         return CohereStream()

@@ -35,7 +35,7 @@ def usage_from(meta: object) -> TokenUsage | None:
 def _observe_chunk(observed: Observed, chunk: dict) -> None:
     observed.model = chunk.get("modelVersion") or observed.model
     if chunk.get("usageMetadata"):
-        observed.usage = usage_from(chunk["usageMetadata"])  # running totals: replace, never add
+        observed.take_usage(usage_from, chunk["usageMetadata"])  # running totals: replace, never add
     candidates = chunk.get("candidates") or []
     if any(isinstance(c, dict) and c.get("finishReason") for c in candidates):
         observed.complete = True

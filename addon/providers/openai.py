@@ -32,10 +32,10 @@ def usage_from(raw: object) -> TokenUsage | None:
     if not isinstance(raw, dict):
         return None
     if "input_tokens" in raw:  # Responses API names
-        prompt, completion = count(raw, "input_tokens"), count(raw, "output_tokens")
+        prompt, completion = count(raw, "input_tokens", required=True), count(raw, "output_tokens", required=True)
         in_details, out_details = raw.get("input_tokens_details"), raw.get("output_tokens_details")
     else:
-        prompt, completion = count(raw, "prompt_tokens"), count(raw, "completion_tokens")
+        prompt, completion = count(raw, "prompt_tokens", required=True), count(raw, "completion_tokens", required=True)
         in_details, out_details = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
     cached = min(count(in_details, "cached_tokens"), prompt)
     written = min(count(in_details, "cache_write_tokens"), prompt - cached)
@@ -68,7 +68,7 @@ class OpenAIStream(StreamParser):
             chunk = loads(data) or {}
             self.observed.model = self.observed.model or chunk.get("model")
             if chunk.get("usage"):
-                self.observed.usage = usage_from(chunk["usage"])
+                self.observed.take_usage(usage_from, chunk["usage"])
             if isinstance(chunk.get("error"), dict):
                 self.observed.error = str(chunk["error"].get("type") or chunk["error"].get("code") or "error")
         if self.observed.usage is None:
@@ -86,7 +86,7 @@ class OpenAIStream(StreamParser):
         self.observed.model = response.get("model") or self.observed.model
         if kind in _RESPONSE_TERMINAL:
             self.observed.complete = True
-            self.observed.usage = usage_from(response.get("usage")) or self.observed.usage
+            self.observed.take_usage(usage_from, response.get("usage"))
             if kind == "response.failed":
                 self.observed.error = "response.failed"
         elif kind == "error":
@@ -136,7 +136,9 @@ class OpenAI(Provider):
     def parse_body(self, path: str, body) -> Observed:
         if not isinstance(body, dict):
             return Observed()
-        return Observed(model=body.get("model"), usage=usage_from(body.get("usage")), complete=True)
+        observed = Observed(model=body.get("model"), complete=True)
+        observed.take_usage(usage_from, body.get("usage"))
+        return observed
 
     def stream_parser(self, path: str) -> StreamParser:
         return OpenAIStream(path)

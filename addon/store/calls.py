@@ -13,7 +13,7 @@ CALL_COLUMNS: list[tuple[str, str]] = [
     ("outcome", "VARCHAR"), ("error", "VARCHAR"),
     ("input_tokens", "BIGINT"), ("cache_read_tokens", "BIGINT"), ("cache_write_tokens", "BIGINT"),
     ("cache_write_1h_tokens", "BIGINT"), ("output_tokens", "BIGINT"), ("reasoning_tokens", "BIGINT"),
-    ("web_search_requests", "INTEGER"), ("cost_usd", "DECIMAL(18, 10)"), ("priced", "BOOLEAN"),
+    ("web_search_requests", "INTEGER"), ("cost_usd", "DECIMAL(38, 10)"), ("priced", "BOOLEAN"),
     ("price_source", "VARCHAR"), ("usage_source", "VARCHAR"), ("customer_id", "VARCHAR"),
     ("feature", "VARCHAR"), ("latency_ms", "DOUBLE"), ("ttft_ms", "DOUBLE"),
 ]
@@ -50,7 +50,7 @@ def unpriced_models(con: duckdb.DuckDBPyConnection) -> list[dict]:
     cur = con.execute("""
         SELECT provider, model, count(*) AS calls, max(ts) AS last_seen
         FROM calls
-        WHERE NOT priced AND usage_source <> 'none' AND model IS NOT NULL
+        WHERE NOT priced AND usage_source NOT IN ('none', 'invalid') AND model IS NOT NULL
         GROUP BY provider, model ORDER BY calls DESC, model
     """)
     return [dict(zip(("provider", "model", "calls", "last_seen"), v)) for v in cur.fetchall()]

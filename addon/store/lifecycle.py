@@ -20,7 +20,7 @@ _ROLLUP = """
     SELECT to_timestamp(floor(epoch(c.ts) / 3600) * 3600) AS hour, c.key_id, c.customer_id, c.feature,
            c.provider, c.model, count(*) AS calls,
            count(*) FILTER (WHERE c.outcome <> 'completed' OR c.status >= 400) AS failed_calls,
-           count(*) FILTER (WHERE NOT c.priced AND c.usage_source <> 'none') AS unpriced_calls,
+           count(*) FILTER (WHERE NOT c.priced AND c.usage_source NOT IN ('none', 'invalid')) AS unpriced_calls,
            sum(c.input_tokens) AS input_tokens, sum(c.cache_read_tokens) AS cache_read_tokens,
            sum(c.cache_write_tokens) AS cache_write_tokens, sum(c.output_tokens) AS output_tokens,
            sum(c.reasoning_tokens) AS reasoning_tokens, coalesce(sum(c.cost_usd), 0) AS cost_usd

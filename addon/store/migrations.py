@@ -147,8 +147,18 @@ def m007_retention(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m008_wide_costs(con: duckdb.DuckDBPyConnection) -> None:
+    # DECIMAL(18, 10) stops at $100M: one implausible row (or an hour's rollup of many) must
+    # fail nothing. 38 digits are DuckDB's widest; sums over them stay exact.
+    con.execute("""
+        ALTER TABLE calls ALTER cost_usd TYPE DECIMAL(38, 10);
+        ALTER TABLE calls ALTER previous_cost_usd TYPE DECIMAL(38, 10);
+        ALTER TABLE hourly_usage ALTER cost_usd TYPE DECIMAL(38, 10);
+    """)
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
-              m005_alert_history, m006_alert_dedupe, m007_retention]
+              m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -21,7 +21,7 @@ _TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_to
 _METRICS = f"""
     count(*) AS calls,
     count(*) FILTER (WHERE status >= 400 OR outcome <> 'completed') AS errors,
-    count(*) FILTER (WHERE NOT priced AND usage_source <> 'none') AS unpriced_calls,
+    count(*) FILTER (WHERE NOT priced AND usage_source NOT IN ('none', 'invalid')) AS unpriced_calls,
     count(*) FILTER (WHERE usage_source IN ('estimated', 'partial')) AS estimated_calls,
     {", ".join(f"coalesce(sum({t}), 0)::BIGINT AS {t}" for t in _TOKENS)},
     sum(cost_usd) AS cost_usd,
@@ -128,7 +128,7 @@ _REPRICE_INPUT = ("id", "ts", "provider", "model", "input_tokens", "cache_read_t
 def reprice_inputs(con: duckdb.DuckDBPyConnection, selection: Selection) -> Iterator[dict]:
     condition, params = where(selection)
     cur = con.execute(f"SELECT {', '.join(_REPRICE_INPUT)} FROM calls WHERE {condition} "
-                      f"AND usage_source <> 'none'", params)
+                      f"AND usage_source NOT IN ('none', 'invalid')", params)
     while rows := cur.fetchmany(50_000):
         yield from (dict(zip(_REPRICE_INPUT, r)) for r in rows)
 
@@ -142,7 +142,7 @@ def apply_reprice(con: duckdb.DuckDBPyConnection, changes: list[tuple[uuid.UUID,
         UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
                          cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
                          repriced_at = now()
-        FROM (SELECT unnest(?::UUID[]) AS id, unnest(?::DECIMAL(18, 10)[]) AS cost,
+        FROM (SELECT unnest(?::UUID[]) AS id, unnest(?::DECIMAL(38, 10)[]) AS cost,
                      unnest(?::VARCHAR[]) AS source) n
         WHERE calls.id = n.id
     """, [ids, costs, sources])

@@ -69,7 +69,7 @@ def _generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, span:
                CASE WHEN luck < 0.03 THEN 0 ELSE input_tokens END, 0, 0, 0,
                CASE WHEN luck < 0.03 THEN 0 ELSE output_tokens END, 0, 0,
                CASE WHEN luck < 0.03 OR m.in_rate IS NULL THEN NULL
-                    ELSE (input_tokens * m.in_rate + output_tokens * m.out_rate) / 1e6 END::DECIMAL(18, 10),
+                    ELSE (input_tokens * m.in_rate + output_tokens * m.out_rate) / 1e6 END::DECIMAL(38, 10),
                luck >= 0.03 AND m.in_rate IS NOT NULL,
                CASE WHEN luck >= 0.03 AND m.in_rate IS NOT NULL THEN 'synthetic' END,
                CASE WHEN luck < 0.03 THEN 'none' ELSE 'reported' END,

@@ -10,6 +10,12 @@ stay queued and are retried each cycle; past ``spill_after`` rows or seconds the
 appended to a JSON-lines file under ``spill/`` and replayed, exactly once, when the
 database is writable again (also after a restart). When the spill directory cannot be written
 either (the same full or read-only disk), rows wait in memory, up to ``max_pending`` (~1 KB each).
+
+One bad row never blocks the others: when a batch is refused for its data (a value the table
+cannot hold), the rows are stored one by one and the ones still refused are set aside in
+``spill/quarantine/`` with the reason, and a log line. They are not retried, so they cannot wedge
+the writer or survive a restart as a poison pill. Keys are refreshed in a step of their own, so
+a failing row write never keeps a revoked key working.
 """
 
 from __future__ import annotations
@@ -23,12 +29,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
+
 from . import calls
 from .connection import writing
 
 log = logging.getLogger(__name__)
 
 SPILL_RETRY_SECONDS = 30
+QUARANTINE_DIR = "quarantine"  # under the spill directory; replay never reads it, GDPR requests do
+# Errors about the rows themselves, not the database: retrying them can never succeed.
+_ROW_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException,
+               TypeError, ValueError, KeyError, OverflowError)
 
 
 class Writer(threading.Thread):
@@ -53,6 +65,7 @@ class Writer(threading.Thread):
         self._spill_seq = 0
         self.rows_written = 0
         self.rows_dropped = 0
+        self.rows_quarantined = 0
         self.max_pending = max_pending
 
     def submit(self, item: object) -> None:
@@ -90,17 +103,56 @@ class Writer(threading.Thread):
             return
         try:
             with writing(self.db_path, timeout=lock_timeout, migrate=False) as con:
-                for path in spills:
-                    self._replay(con, path)
-                if self._pending:
-                    self.rows_written += calls.insert(con, self._pending)
-                    self._pending = []
-                if keys_due:
-                    self.on_refresh(con)
-                    self._keys_due = time.monotonic() + self.key_refresh
+                try:
+                    for path in spills:
+                        self._replay(con, path)
+                    if self._pending:
+                        self._store(con, self._pending)
+                finally:  # after the rows (new budgets are seeded from them), and even if they failed
+                    if keys_due:
+                        self._refresh(con)
             self._failing_since = None
         except Exception as exc:  # locked, read-only, disk full...: keep the rows, try again
             self._on_failure(exc)
+
+    def _refresh(self, con) -> None:
+        try:
+            self.on_refresh(con)
+        except Exception:  # the next cycle tries again; rows are written meanwhile
+            log.exception("could not refresh keys, limits and budgets from %s", self.db_path)
+            return
+        self._keys_due = time.monotonic() + self.key_refresh
+
+    def _store(self, con, rows: list[dict], skip_existing: bool = False) -> None:
+        """Insert ``rows`` and empty the list. Rows the table refuses go to quarantine; a failure of
+        the database itself raises, leaving the rows not yet stored in the list."""
+        try:
+            self.rows_written += calls.insert(con, rows, skip_existing)
+        except _ROW_ERRORS:
+            # One bad row fails the whole statement: store them singly to find it. skip_existing,
+            # so a retry after a database failure part way never stores a row twice.
+            while rows:
+                try:
+                    self.rows_written += calls.insert(con, rows[-1:], skip_existing=True)
+                except _ROW_ERRORS as exc:
+                    self._quarantine(rows[-1], exc)
+                rows.pop()
+        rows.clear()
+
+    def _quarantine(self, row: dict, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if str(exc) else type(exc).__name__
+        directory = self.spill_dir / QUARANTINE_DIR
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / f"{time.time_ns()}-{os.getpid()}.jsonl"
+            _write_private(path, json.dumps({**row, "quarantine_reason": reason}, default=str) + "\n")
+        except OSError as write_error:
+            log.error("cannot quarantine call %s (%s); it is dropped", row.get("id"), write_error)
+            return
+        self.rows_quarantined += 1
+        # The reason can quote the row's values (a customer id), so the log names only its type.
+        log.error("call %s could not be stored (%s) and was set aside in %s", row.get("id"),
+                  type(exc).__name__, path)
 
     def _drain(self) -> None:
         while True:
@@ -155,10 +207,7 @@ class Writer(threading.Thread):
         # Written under another name and renamed: a *.jsonl file is always complete, so a replay
         # or a GDPR erase in another process never reads one half-written.
         partial = path.with_suffix(".partial")
-        with open(partial, "w", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_private(partial, lines)
         os.replace(partial, path)
         log.warning("spilled %d rows to %s; they are written once the database is writable", len(self._pending), path)
         self._pending = []
@@ -175,8 +224,17 @@ class Writer(threading.Thread):
                 rows.append(json.loads(line))
             except ValueError:  # a line cut short by a crash while spilling
                 log.error("skipping unreadable line %d of %s", n, path)
-        written = calls.insert(con, rows, skip_existing=True)  # a crash after insert, before unlink: no doubles
+        before = self.rows_written
+        self._store(con, rows, skip_existing=True)  # a crash after insert, before unlink: no doubles
         path.unlink()
-        self.rows_written += written
-        log.info("replayed %d rows from %s", written, path)
+        log.info("replayed %d rows from %s", self.rows_written - before, path)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write, fsync and close ``path``, readable by this user only (it holds customer ids)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 

@@ -1,0 +1,170 @@
+"""Finding 1 of the hardening issue: one implausible usage value must never stop recording.
+
+An upstream that reports ``completion_tokens: 10000000000000`` (or "12", null, -5) gets its call
+recorded as ``invalid`` with no cost; the next honest call is stored within 2 s and a revoke still
+applies within 5 s, before and after a restart. A row the table refuses for any other reason is
+set aside in quarantine, never retried, and never blocks the rows beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from decimal import Decimal
+
+import openai
+import pytest
+
+from addon.providers.base import InvalidUsage, count
+from addon.store import reading
+from addon.store import calls as call_rows
+from addon.store.writer import QUARANTINE_DIR, Writer
+
+from .conftest import run_cli, start_proxy
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+HOSTILE = [
+    ({"prompt_tokens": 10, "completion_tokens": 10_000_000_000_000}, "completion_tokens=10000000000000"),
+    ({"prompt_tokens": "12", "completion_tokens": 1}, "prompt_tokens='12'"),
+    ({"prompt_tokens": None, "completion_tokens": 1}, "prompt_tokens is null"),
+    ({"prompt_tokens": -5, "completion_tokens": 1}, "prompt_tokens=-5"),
+    ({"prompt_tokens": 10, "completion_tokens": 2.5}, "completion_tokens=2.5"),
+]
+
+
+@pytest.mark.parametrize("value", ["12", True, -5, 2.5, float("nan"), 100_000_001, [1]])
+def test_a_count_that_is_not_a_plausible_whole_number_is_refused_by_name(value):
+    with pytest.raises(InvalidUsage, match="completion_tokens"):
+        count({"completion_tokens": value}, "completion_tokens")
+
+
+def test_plausible_counts_pass_and_absent_ones_are_zero():
+    assert count({"a": 12.0}, "a") == 12
+    assert count({"a": 100_000_000}, "a") == 100_000_000
+    assert count({}, "a") == 0 and count({"a": None}, "a") == 0
+    with pytest.raises(InvalidUsage, match="a is null"):
+        count({"a": None}, "a", required=True)
+
+
+@pytest.fixture
+def hostile_proxy(tmp_path, upstream):
+    home = tmp_path / "home"
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log")
+    yield proxy
+    proxy.stop()
+
+
+def _call(proxy, customer: str, usage: dict | None = None, stream: bool = False):
+    extra = {"test_usage": usage} if usage is not None else {}
+    client = proxy.openai(headers={"x-customer-id": customer})
+    if stream:
+        return "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            **CHAT, stream=True, stream_options={"include_usage": True}, extra_body=extra) if c.choices)
+    return client.chat.completions.create(**CHAT, extra_body=extra)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_implausible_usage_is_recorded_as_invalid_and_the_next_call_still_counts(hostile_proxy, stream):
+    run_cli(hostile_proxy.home, "budgets", "set", "--scope", "all", "--daily", "1", "--block")
+    for n, (usage, named) in enumerate(HOSTILE):
+        _call(hostile_proxy, f"hostile-{n}", usage, stream)  # the client gets the upstream's answer as sent
+        [row] = hostile_proxy.rows(f"hostile-{n}", timeout=2)
+        assert row["usage_source"] == "invalid" and row["cost_usd"] is None and row["priced"] is False
+        assert row["error"].startswith("usage implausible: ") and named in row["error"], row["error"]
+        assert row["output_tokens"] == 0
+    started = time.monotonic()
+    _call(hostile_proxy, "honest", stream=stream)  # the $1 blocking budget was not tripped by $100M
+    [honest] = hostile_proxy.rows("honest", timeout=2)
+    assert time.monotonic() - started < 2.5
+    assert honest["usage_source"] == "reported" and Decimal(str(honest["cost_usd"])) > 0
+    report = json.loads(run_cli(hostile_proxy.home, "report", "--format", "json"))
+    assert Decimal(str(report[0]["cost_usd"])) < 1
+
+
+def test_after_hostile_usage_a_revoke_applies_within_5_s_before_and_after_a_restart(hostile_proxy, tmp_path,
+                                                                                     upstream):
+    def revoked_within_5s(proxy) -> None:
+        created = json.loads(run_cli(proxy.home, "keys", "create", "--name", "victim", "--json"))
+        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0,
+                               default_headers={"x-aispendtrack-key": created["key"]})
+        deadline = time.monotonic() + 5
+        while True:  # a new key is taken within the refresh interval too
+            try:
+                client.chat.completions.create(**CHAT)
+                break
+            except openai.AuthenticationError:
+                assert time.monotonic() < deadline, "a new key was not accepted within 5 s"
+                time.sleep(0.1)
+        run_cli(proxy.home, "keys", "revoke", str(created["id"]))
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                client.chat.completions.create(**CHAT)
+            except openai.AuthenticationError:
+                return
+            assert time.monotonic() < deadline, "a revoked key still worked after 5 s"
+            time.sleep(0.1)
+
+    _call(hostile_proxy, "hostile", HOSTILE[0][0])
+    revoked_within_5s(hostile_proxy)
+    hostile_proxy.stop()
+    again = start_proxy(hostile_proxy.home, upstream.url, tmp_path / "again.log", key=hostile_proxy.key)
+    try:
+        revoked_within_5s(again)
+        _call(again, "after-restart")
+        assert again.rows("after-restart", timeout=2)
+        assert "Traceback" not in (tmp_path / "again.log").read_text()
+    finally:
+        again.stop()
+
+
+def _row(n: int, **changes) -> dict:
+    row = {name: None for name in call_rows.COLUMN_NAMES}
+    row.update(id=uuid.uuid4(), ts=dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC) + dt.timedelta(seconds=n), key_id=1, provider="openai",
+               endpoint="/v1/chat/completions", model="gpt-4o", stream=False, status=200, outcome="completed",
+               input_tokens=n, cache_read_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0, output_tokens=0,
+               reasoning_tokens=0, web_search_requests=0, cost_usd=Decimal("0.01"), priced=True,
+               usage_source="reported", customer_id=f"c{n}")
+    row.update(changes)
+    return row
+
+
+def test_a_row_the_table_refuses_is_quarantined_and_the_batch_beside_it_is_stored(tmp_path, caplog):
+    db, spill = tmp_path / "a.duckdb", tmp_path / "spill"
+    refreshed = []
+    writer = Writer(db, spill, build_row=lambda row: row, on_refresh=refreshed.append)
+    writer.load_keys_now()
+    poison = _row(99, cost_usd=Decimal(10) ** 30, customer_id="secret-customer")  # no DECIMAL holds it
+    for row in [_row(1), poison, _row(2)]:
+        writer.submit(row)
+    writer.cycle(lock_timeout=1, force_keys=True)
+    with reading(db) as con:
+        assert sorted(r["input_tokens"] for r in call_rows.newest(con, 10)) == [1, 2]
+    assert len(refreshed) == 2  # the key refresh ran in the same cycle
+    [quarantined] = (spill / QUARANTINE_DIR).glob("*.jsonl")
+    kept = json.loads(quarantined.read_text())
+    assert kept["id"] == str(poison["id"]) and "ConversionException" in kept["quarantine_reason"]
+    assert oct(quarantined.stat().st_mode & 0o777) == "0o600"
+    assert str(poison["id"]) in caplog.text and "secret-customer" not in caplog.text
+    # Nothing is retried: the next cycles and a new writer (a restart) store the next rows at once.
+    writer.submit(_row(3))
+    writer.cycle(lock_timeout=1)
+    Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None).cycle(lock_timeout=1)
+    with reading(db) as con:
+        assert sorted(r["input_tokens"] for r in call_rows.newest(con, 10)) == [1, 2, 3]
+
+
+def test_a_spill_file_with_a_poison_row_is_replayed_without_it(tmp_path):
+    db, spill = tmp_path / "a.duckdb", tmp_path / "spill"
+    writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None)
+    writer.load_keys_now()
+    spill.mkdir()
+    rows = [_row(1), _row(2, output_tokens="lots"), _row(3)]
+    (spill / "1-1-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    writer.cycle(lock_timeout=1)
+    with reading(db) as con:
+        assert sorted(r["input_tokens"] for r in call_rows.newest(con, 10)) == [1, 3]
+    assert not list(spill.glob("*.jsonl"))
+    assert len(list((spill / QUARANTINE_DIR).glob("*.jsonl"))) == 1
