@@ -18,10 +18,12 @@ import datetime as dt
 import logging
 import zoneinfo
 from collections.abc import Sequence
+from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import failures, refusals, upstreams
+from addon import failures, refusals, routing, upstreams
+from addon import keys as keygen
 from addon import home as home_dir
 from addon.budgets import Budget, BudgetTracker
 from addon.estimate import Counter
@@ -31,7 +33,7 @@ from addon.keys import KeyRing
 from addon.limits import Limiter, hour_start, month_start
 from addon.meter import CallMeter
 from addon.plans import limits_for
-from addon.providers import Provider, all_providers, route
+from addon.providers import Provider, all_providers
 from addon.record import build_row
 from addon.refusals import KEY_HEADER
 from addon.store import budgets as budget_rows
@@ -189,18 +191,26 @@ class AiSpendTrack:
 
     def request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        path = req.path.split("?", 1)[0]
+        path, _, query = req.path.partition("?")
         if path == HEALTH_PATH:
             flow.response = http.Response.make(200, b'{"status": "ok"}', {"content-type": "application/json"})
             return
-        provider, provider_path = route(self.providers, path)
+        ours = _take_our_headers(req.headers)  # removed here: they never reach the provider
+        key_in_query = False
+        if query and ("ask_" in query or "aispendtrack" in query.lower()):
+            query, key_in_query = _drop_our_query(query)
+        try:
+            routed = routing.route(self.providers, path, req.headers, query)
+        except routing.Misrouted as exc:
+            refusals.refuse(flow, exc.provider, exc.status, exc.code, exc.message)
+            return
+        provider, provider_path = routed.provider, routed.path
         if self.tls_only and not flow.client_conn.tls_established:
             refusals.refuse(flow, provider, 400, "aispendtrack_tls_required",
                             "This AiSpendTrack proxy only takes HTTPS: use https:// in your base_url.")
             return
-        if provider_path != path:  # an explicit prefix such as /gemini: the provider never sees it
-            req.path = provider_path + req.path[len(path):]
-        ours = _take_our_headers(req.headers)  # removed here: they never reach the provider
+        # Forwarded as routed: canonical, without an explicit prefix such as /gemini, and without our key.
+        req.path = provider_path + ("?" + query if query else "")
         address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
         wait = self.guard.wait(address)
         if wait is not None:
@@ -209,7 +219,7 @@ class AiSpendTrack:
         key_id = self.keyring.lookup(ours.get(KEY_HEADER))
         if key_id is None:
             self.guard.failed(address)
-            refusals.bad_key(flow, provider, KEY_HEADER in ours)
+            refusals.bad_key(flow, provider, KEY_HEADER in ours, key_in_query)
             return
         tags = {name: ours.get(name) for name in TAG_HEADERS}
         for name, value in tags.items():
@@ -296,6 +306,18 @@ class AiSpendTrack:
 
 
 _OUR_HEADERS = {name.encode(): name for name in (KEY_HEADER, *TAG_HEADERS)}
+
+
+def _drop_our_query(query: str) -> tuple[str, bool]:
+    """The query without our key, and whether it had one: a key pasted into a URL must never reach
+    the provider (nor its logs). It is not accepted either: URLs end up in logs."""
+    kept = [param for param in query.split("&") if not _is_our_param(param)]
+    return "&".join(kept), len(kept) < query.count("&") + 1
+
+
+def _is_our_param(param: str) -> bool:
+    name, _, value = param.partition("=")
+    return unquote(name).lower() == KEY_HEADER or unquote(value).startswith(keygen.PREFIX)
 
 
 def _take_our_headers(headers: http.Headers) -> dict[str, str]:

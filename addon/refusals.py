@@ -25,8 +25,13 @@ def refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, mess
     log.info("refused %s %s: %s", flow.request.method, flow.request.path.split("?", 1)[0], code)
 
 
-def bad_key(flow: http.HTTPFlow, provider: Provider, key_sent: bool) -> None:
-    if not key_sent:
+def bad_key(flow: http.HTTPFlow, provider: Provider, key_sent: bool, key_in_query: bool = False) -> None:
+    if key_in_query and not key_sent:
+        refuse(flow, provider, 401, "aispendtrack_key_in_url",
+               f"Send your AiSpendTrack key in the {KEY_HEADER} header. A key in the URL is removed and "
+               f"never accepted, because URLs end up in logs; consider it exposed and replace it "
+               f"(`aispendtrack keys create`, then `aispendtrack keys revoke ID`).")
+    elif not key_sent:
         refuse(flow, provider, 401, "aispendtrack_missing_key",
                f"Missing {KEY_HEADER} header. Add it to your client, e.g. "
                f"default_headers={{'{KEY_HEADER}': 'ask_...'}}; create a key with "

@@ -32,7 +32,9 @@ def _fetch_raw(url: str, headers: dict, body: dict) -> tuple[int, dict, bytes]:
                                "messages": CHAT["messages"], "stream": True}),
 ])
 def test_response_bytes_and_headers_equal_a_direct_call(proxy, upstream, path, scenario, body):
-    headers = {"authorization": "Bearer sk-test", "x-test-scenario": scenario}
+    credentials = {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"} if path == "/v1/messages" \
+        else {"authorization": "Bearer sk-test"}
+    headers = {**credentials, "x-test-scenario": scenario}
     direct = _fetch_raw(upstream.url + path, headers, body)
     proxied = _fetch_raw(proxy.url + path, {**headers, "x-aispendtrack-key": proxy.key}, body)
     assert proxied == direct

@@ -1,10 +1,9 @@
-"""The providers the proxy knows, and which one a request path belongs to.
+"""The providers the proxy knows (which one a request is for is addon/routing.py's to say).
 
 One port serves them all. ``/openai/...``, ``/anthropic/...``, ``/gemini/...`` and the other
-prefixes below name a provider explicitly (the prefix is removed before forwarding). Without a
-prefix, Anthropic's own paths go to Anthropic and every other path to OpenAI, so the OpenAI and
-Anthropic SDKs need nothing but the proxy's address. Adding a provider is one module here (or
-an OpenAICompatible entry) plus its line in ``all_providers``; docs/providers.md says how.
+prefixes below name a provider explicitly (the prefix is removed before forwarding). Adding a
+provider is one module here (or an OpenAICompatible entry) plus its line in ``all_providers``;
+docs/providers.md says how.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from .cohere import Cohere
 from .gemini import Gemini
 from .openai import OpenAI, OpenAICompatible
 
-__all__ = ["Observed", "Provider", "StreamParser", "all_providers", "route"]
+__all__ = ["Observed", "Provider", "StreamParser", "all_providers"]
 
 
 def all_providers(counter: Counter | None) -> list[Provider]:
@@ -36,14 +35,3 @@ def all_providers(counter: Counter | None) -> list[Provider]:
         OpenAI(counter),
     ]
 
-
-def route(providers: list[Provider], path: str) -> tuple[Provider, str]:
-    """The provider for a request path (no query), and the path as the provider knows it."""
-    for provider in providers:
-        prefix = provider.prefix
-        if prefix and path.startswith(prefix + "/"):
-            return provider, path[len(prefix):]
-    for provider in providers[:-1]:
-        if any(path == p or path.startswith(p + "/") for p in provider.paths):
-            return provider, path
-    return providers[-1], path

@@ -1,0 +1,161 @@
+"""Which provider a request is for, decided once, before anything else reads its path.
+
+1. **The path is made canonical** (``canonical``): escapes of unreserved characters decoded,
+   empty and dot segments removed, no trailing slash. ``/v1/%63hat/completions``,
+   ``/v1//chat/completions`` and ``/v1/chat/completions/`` are all ``/v1/chat/completions``, and
+   that is the path forwarded, so what we meter, limit and budget is what the upstream serves.
+   An encoded ``/`` or ``\\`` cannot be made canonical and is refused.
+2. **The credentials name the owner** (``owner``). Anthropic's signature (``anthropic-version``,
+   ``x-api-key``, an ``sk-ant-`` key) and Gemini's (``x-goog-api-key``, ``key=``) send the request
+   to that provider, whatever the path; a path that provider does not serve is answered with a 404
+   naming the base URL to set, and nothing is forwarded. So no provider's key reaches another.
+3. **Then the path**: an explicit prefix (``/gemini/...``), Anthropic's own paths, else OpenAI.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import quote, unquote
+
+from .providers import Provider
+
+ANTHROPIC, GOOGLE = "anthropic", "google"
+# Anthropic's API, as its SDKs call it. Its credentials go nowhere else, and only here.
+_ANTHROPIC_EXACT = ("/v1/messages", "/v1/messages/count_tokens", "/v1/complete")
+_ANTHROPIC_TREES = ("/v1/messages/batches", "/v1/models", "/v1/files", "/v1/organizations", "/v1/skills")
+_ANTHROPIC_ROOTS = ("messages", "models", "complete", "files", "organizations", "skills")
+_GEMINI_ROOTS = ("/v1beta/", "/v1alpha/", "/upload/", "/v1/models/", "/v1/tunedModels", "/v1/operations",
+                 "/v1/cachedContents", "/v1/files")
+_ENCODED_SEPARATOR = re.compile(r"%(?:2[fF]|5[cC])")
+# Escapes kept as they are: decoding them would change where the path ends or what it says.
+_KEPT_ESCAPE = re.compile(r"(%(?:25|3[fF]|23))")
+_SAFE = "/:@!$&'()*+,;=-._~%"
+
+
+class Misrouted(Exception):
+    """The request cannot go anywhere safely; answer it in ``provider``'s error shape."""
+
+    def __init__(self, provider: Provider, status: int, code: str, message: str):
+        super().__init__(message)
+        self.provider, self.status, self.code, self.message = provider, status, code, message
+
+
+@dataclass(frozen=True)
+class Route:
+    provider: Provider
+    path: str  # canonical, as the provider knows it (an explicit prefix removed)
+
+
+def canonical(path: str) -> str | None:
+    """The canonical form of a request path (no query), or None when it has none."""
+    if "%" not in path and "//" not in path and "/." not in path and (len(path) < 2 or path[-1] != "/"):
+        return path  # the common case, checked in ~100 ns
+    if _ENCODED_SEPARATOR.search(path):
+        return None
+    pieces = _KEPT_ESCAPE.split(path)
+    try:
+        decoded = "".join(piece if n % 2 else unquote(piece, errors="strict") for n, piece in enumerate(pieces))
+    except UnicodeDecodeError:
+        return None
+    segments: list[str] = []
+    for segment in decoded.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not segments:
+                return None
+            segments.pop()
+            continue
+        segments.append(segment)
+    return quote("/" + "/".join(segments), safe=_SAFE)
+
+
+def owner(headers: Mapping[str, str], query: str) -> str | None:
+    """The provider whose credentials the request carries, when they are unmistakable."""
+    if "anthropic-version" in headers or "x-api-key" in headers:
+        return ANTHROPIC
+    if headers.get("authorization", "").removeprefix("Bearer ").startswith("sk-ant-"):
+        return ANTHROPIC
+    if "x-goog-api-key" in headers or query.startswith("key=") or "&key=" in query:
+        return GOOGLE
+    return None
+
+
+def route(providers: list[Provider], path: str, headers: Mapping[str, str], query: str = "") -> Route:
+    """The provider and canonical path for a request; raises Misrouted when there is none."""
+    by_name = {p.name: p for p in providers}
+    fallback = providers[-1]
+    clean = canonical(path)
+    if clean is None:
+        raise Misrouted(fallback, 400, "aispendtrack_bad_path",
+                        f"AiSpendTrack cannot forward {path[:200]!r}: the path has an encoded '/' or '\\' or "
+                        f"climbs above the root. Call the provider's documented path. Nothing was forwarded.")
+    credentials = owner(headers, query)
+    provider, rest = _by_prefix(providers, clean)
+    if provider is not None:
+        if credentials is not None and credentials != provider.name:
+            raise _foreign(by_name[credentials], provider.prefix or "/")
+    elif credentials == ANTHROPIC:
+        provider, rest = by_name[ANTHROPIC], clean
+    elif credentials == GOOGLE:
+        provider, rest = by_name[GOOGLE], clean
+        if not rest.startswith(_GEMINI_ROOTS):
+            raise _foreign(provider, rest)
+    else:
+        provider = next((p for p in providers[:-1] if p.paths and _under(clean, p.paths)), fallback)
+        rest = clean
+        if provider.name == ANTHROPIC and "authorization" in headers:
+            # Anthropic's SDKs always send anthropic-version; this bearer token is someone else's.
+            raise _foreign(fallback, clean)
+    if provider.name == ANTHROPIC:
+        rest = _anthropic_path(provider, rest)
+    _refuse_wrong_case(provider, rest)
+    return Route(provider, rest)
+
+
+def _by_prefix(providers: list[Provider], path: str) -> tuple[Provider | None, str]:
+    for provider in providers:
+        prefix = provider.prefix
+        if prefix and (path == prefix or path.startswith(prefix + "/")):
+            return provider, path[len(prefix):] or "/"
+    return None, path
+
+
+def _under(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in roots)
+
+
+def _anthropic_path(provider: Provider, path: str) -> str:
+    """Anthropic's path for what a client meant: the AI SDK appends ``/messages`` to its base URL,
+    and a base URL that already ends in ``/v1`` doubles it. Anything else is refused."""
+    if path.startswith("/v1/v1/"):
+        path = path[3:]
+    elif path.split("/", 2)[1] in _ANTHROPIC_ROOTS:
+        path = "/v1" + path
+    if path in _ANTHROPIC_EXACT or _under(path, _ANTHROPIC_TREES):
+        return path
+    raise _foreign(provider, path)
+
+
+def _foreign(provider: Provider, path: str) -> Misrouted:
+    if provider.name == ANTHROPIC:
+        where = ("set the base URL to the proxy's address with no path (Anthropic SDK: "
+                 "Anthropic(base_url=\"http://HOST:PORT\")), or to http://HOST:PORT/v1 for the Vercel AI SDK")
+    elif provider.name == GOOGLE:
+        where = "set the base URL to http://HOST:PORT/gemini (see docs/providers.md)"
+    else:
+        where = "OpenAI(base_url=\"http://HOST:PORT/v1\"); other providers take a prefix (see docs/providers.md)"
+    return Misrouted(provider, 404, "aispendtrack_wrong_base_url",
+                     f"AiSpendTrack did not forward this call: it carries {provider.name} credentials, but "
+                     f"{path[:200]} is not one of {provider.name}'s API paths, and a key is never sent to "
+                     f"another provider. Check the client's base URL: {where}.")
+
+
+def _refuse_wrong_case(provider: Provider, path: str) -> None:
+    lower = path.lower()
+    if lower != path and not provider.metered(path) and provider.metered(lower):
+        raise Misrouted(provider, 404, "aispendtrack_bad_path",
+                        f"AiSpendTrack did not forward {path[:200]}: API paths are case-sensitive; "
+                        f"use {lower[:200]}.")

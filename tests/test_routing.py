@@ -1,0 +1,178 @@
+"""Findings 3, 6 and 11 (query key) of the hardening issue: credentials and canonical paths.
+
+Anthropic and Gemini credentials go to Anthropic and Gemini only, whatever the path; a path the
+owner does not serve gets a 404 naming the base URL and nothing is forwarded. Paths are made
+canonical before routing, metering and budgets, so a non-canonical spelling is metered as what
+the upstream serves. The proxy's own key never leaves in a query string.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anthropic
+import httpx
+import pytest
+
+from addon.routing import canonical
+
+from .conftest import run_cli, start_proxy
+from .upstream import FakeProvider
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+MESSAGE = {"model": "claude-sonnet-4-20250514", "max_tokens": 10, "messages": CHAT["messages"]}
+ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-secret", "anthropic-version": "2023-06-01"}
+
+
+@pytest.mark.parametrize("raw,expected", [
+    ("/v1/chat/completions", "/v1/chat/completions"),
+    ("/v1/%63hat/completions", "/v1/chat/completions"),
+    ("/v1//chat/completions", "/v1/chat/completions"),
+    ("/v1/chat/completions/", "/v1/chat/completions"),
+    ("/v1/./chat/x/../completions", "/v1/chat/completions"),
+    ("/v1beta/models/gemini-2.5-flash%3AgenerateContent", "/v1beta/models/gemini-2.5-flash:generateContent"),
+    ("/v1/files/a%25b", "/v1/files/a%25b"),
+    ("/v1/chat%2Fcompletions", None),
+    ("/v1/chat%5ccompletions", None),
+    ("/../v1/chat/completions", None),
+    ("/v1/%ff", None),
+])
+def test_canonical_paths(raw, expected):
+    assert canonical(raw) == expected
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, upstream):
+    """A proxy whose Anthropic and Gemini upstreams are servers of their own, apart from OpenAI's."""
+    with FakeProvider() as claude, FakeProvider() as gemini:
+        home = tmp_path_factory.mktemp("home")
+        proxy = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log",
+                            extra_args=("--anthropic-upstream", claude.url, "--upstream", f"google={gemini.url}"))
+        yield proxy, upstream, claude, gemini
+        proxy.stop()
+
+
+def _post(proxy, path: str, headers: dict, body: dict | None = None, method: str = "POST") -> httpx.Response:
+    return httpx.request(method, proxy.url + path, headers={"x-aispendtrack-key": proxy.key, **headers},
+                         json=body, timeout=10)
+
+
+def _leaked(openai_upstream) -> list[str]:
+    return [r.path for r in openai_upstream.received
+            if "x-api-key" in r.headers or "sk-ant-" in r.headers.get("authorization", "")
+            or "x-goog-api-key" in r.headers]
+
+
+def test_the_anthropic_sdks_own_calls_go_to_anthropic(split):
+    proxy, openai_upstream, claude, _ = split
+    client = proxy.anthropic(api_key="sk-ant-secret")
+    client.messages.create(**MESSAGE)
+    client.models.list()
+    assert [r.path.split("?")[0] for r in claude.received][-2:] == ["/v1/messages", "/v1/models"]
+    sent = claude.last().headers  # newer SDKs send the key as a bearer token, older ones as x-api-key
+    assert "sk-ant-secret" in (sent.get("x-api-key", ""), sent.get("authorization", "").removeprefix("Bearer "))
+    assert _leaked(openai_upstream) == []
+
+
+@pytest.mark.parametrize("path,forwarded", [
+    ("/v1//messages", "/v1/messages"),
+    ("/v1/%6dessages", "/v1/messages"),
+    ("/messages", "/v1/messages"),  # the Vercel AI SDK appends /messages to its baseURL
+    ("/v1/v1/messages", "/v1/messages"),
+    ("/anthropic/messages", "/v1/messages"),
+])
+def test_anthropic_paths_written_another_way_are_forwarded_canonical_and_metered(split, path, forwarded):
+    proxy, openai_upstream, claude, _ = split
+    customer = f"anthropic-{path}"
+    response = _post(proxy, path, {**ANTHROPIC_HEADERS, "x-customer-id": customer}, MESSAGE)
+    assert response.status_code == 200, response.text
+    assert claude.last().path == forwarded
+    [row] = proxy.rows(customer)
+    assert (row["provider"], row["endpoint"], row["usage_source"]) == ("anthropic", "/v1/messages", "reported")
+    assert row["cost_usd"] > 0
+    assert _leaked(openai_upstream) == []
+
+
+@pytest.mark.parametrize("path", ["/v1/files", "/v1/organizations/usage_report/messages"])
+def test_anthropic_api_paths_that_are_not_metered_still_go_to_anthropic(split, path):
+    proxy, openai_upstream, claude, _ = split
+    _post(proxy, path, ANTHROPIC_HEADERS, method="GET")
+    assert claude.last().path == path
+    assert _leaked(openai_upstream) == []
+
+
+@pytest.mark.parametrize("path,headers", [
+    ("/v1/chat/completions", ANTHROPIC_HEADERS),
+    ("/chat/completions", {"authorization": "Bearer sk-ant-secret"}),
+    ("/V1/messages", ANTHROPIC_HEADERS),
+    ("/openai/v1/chat/completions", ANTHROPIC_HEADERS),
+    ("/v1/chat/completions", {"x-goog-api-key": "AIza-secret"}),
+    ("/mistral/v1/chat/completions", {"x-goog-api-key": "AIza-secret"}),
+])
+def test_credentials_on_a_path_their_owner_does_not_serve_are_refused_and_not_forwarded(split, path, headers):
+    proxy, openai_upstream, claude, gemini = split
+    before = len(openai_upstream.received), len(claude.received), len(gemini.received)
+    response = _post(proxy, path, headers, CHAT)
+    assert response.status_code == 404
+    message = json.dumps(response.json())
+    assert "base URL" in message and "did not forward" in message or "case-sensitive" in message
+    assert (len(openai_upstream.received), len(claude.received), len(gemini.received)) == before
+
+
+def test_the_refusal_reaches_the_anthropic_sdk_as_a_readable_error(split):
+    proxy, *_ = split
+    client = anthropic.Anthropic(base_url=proxy.url + "/v1/chat", api_key="sk-ant-secret", max_retries=0,
+                                 default_headers={"x-aispendtrack-key": proxy.key})
+    with pytest.raises(anthropic.NotFoundError, match="did not forward this call.*base URL"):
+        client.messages.create(**MESSAGE)
+
+
+def test_gemini_credentials_without_the_prefix_go_to_gemini(split):
+    proxy, openai_upstream, _, gemini = split
+    response = _post(proxy, "/v1beta/models/gemini-2.5-flash:generateContent",
+                     {"x-goog-api-key": "AIza-secret", "x-customer-id": "gemini-bare"},
+                     {"contents": [{"parts": [{"text": "hi"}]}]})
+    assert response.status_code == 200
+    assert gemini.last().headers["x-goog-api-key"] == "AIza-secret"
+    [row] = proxy.rows("gemini-bare")
+    assert row["provider"] == "google" and row["usage_source"] == "reported"
+    assert _leaked(openai_upstream) == []
+
+
+@pytest.mark.parametrize("path", ["/v1/%63hat/completions", "/v1/chat/completions/", "/v1//chat//completions"])
+def test_non_canonical_spellings_are_metered_and_budgeted_as_the_canonical_path(split, path):
+    proxy, openai_upstream, *_ = split
+    customer = f"bypass-{path}"
+    run_cli(proxy.home, "budgets", "set", "--scope", f"customer:{customer}", "--daily", "0.000001", "--block")
+    time.sleep(2.5)  # a running proxy applies a new budget within ~2 s
+    headers = {"authorization": "Bearer sk-test", "x-test-scenario": "legacy", "x-customer-id": customer}
+    first = _post(proxy, path, headers, CHAT)
+    assert first.status_code == 200 and openai_upstream.last().path == "/v1/chat/completions"
+    [row] = proxy.rows(customer)
+    assert (row["endpoint"], row["usage_source"], row["input_tokens"]) == ("/v1/chat/completions", "reported", 14)
+    second = _post(proxy, path, headers, CHAT)
+    assert second.status_code == 429 and "budget exceeded" in second.text
+
+
+def test_an_encoded_slash_is_refused_not_forwarded_unmetered(split):
+    proxy, openai_upstream, *_ = split
+    before = len(openai_upstream.received)
+    response = _post(proxy, "/v1/chat%2Fcompletions", {"authorization": "Bearer sk-test"}, CHAT)
+    assert response.status_code == 400 and "encoded '/'" in response.json()["error"]["message"]
+    assert len(openai_upstream.received) == before
+
+
+def test_our_key_in_a_query_string_is_removed_and_refused(split):
+    proxy, openai_upstream, *_ = split
+    before = len(openai_upstream.received)
+    response = httpx.post(f"{proxy.url}/v1/chat/completions?x-aispendtrack-key={proxy.key}&x=1",
+                          headers={"authorization": "Bearer sk-test"}, json=CHAT, timeout=10)
+    assert response.status_code == 401 and response.json()["error"]["code"] == "aispendtrack_key_in_url"
+    assert len(openai_upstream.received) == before
+    # With the key in its header too, the call goes through, without the key in its URL.
+    response = httpx.post(f"{proxy.url}/v1/chat/completions?x-aispendtrack-key={proxy.key}&x=1",
+                          headers={"authorization": "Bearer sk-test", "x-aispendtrack-key": proxy.key},
+                          json=CHAT, timeout=10)
+    assert response.status_code == 200
+    assert openai_upstream.last().path == "/v1/chat/completions?x=1"
