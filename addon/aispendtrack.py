@@ -211,13 +211,13 @@ class AiSpendTrack:
             return
         # Forwarded as routed: canonical, without an explicit prefix such as /gemini, and without our key.
         req.path = provider_path + ("?" + query if query else "")
-        address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
-        wait = self.guard.wait(address)
-        if wait is not None:
-            refusals.too_many_bad_keys(flow, provider, address, wait)
-            return
         key_id = self.keyring.lookup(ours.get(KEY_HEADER))
-        if key_id is None:
+        if key_id is None:  # only failures are throttled: a valid key is never refused by a neighbour's
+            address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+            wait = self.guard.wait(address)
+            if wait is not None:
+                refusals.too_many_bad_keys(flow, provider, address, wait)
+                return
             self.guard.failed(address)
             refusals.bad_key(flow, provider, KEY_HEADER in ours, key_in_query)
             return

@@ -2,10 +2,11 @@
 
 Keys carry 256 random bits, so guessing cannot succeed; the guard is there so a misbehaving or
 hostile client cannot fill the log and the request path with 401s. It counts per address in a
-fixed window. Once an address is over, every call from it is refused until the window ends,
-including calls with a valid key: otherwise the 429/401 difference would tell a guesser when
-a guess was right. Other addresses are not affected. Behind a load balancer every client has the
-balancer's address, which is why the allowance is an option (0 turns the guard off).
+fixed window. Once an address is over, its calls without a valid key get 429 instead of 401
+until the window ends. A call with a valid key is never refused: behind a NAT or a load balancer
+many clients share one address, and one neighbour's keyless calls must not lock out the rest.
+(That a valid key passes where a wrong one gets 429 tells a guesser nothing usable: there are
+2^256 keys to try.) The allowance is an option; 0 turns the guard off.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import uuid
 
 from .decoding import BodyDecoder, DecodeError
 from .providers import Provider, StreamParser
-from .sse import SSEDecoder
+from .sse import EventTooLarge, SSEDecoder
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class CallMeter:
         if self._sse is not None:
             try:
                 self._read(chunk)
-            except DecodeError as exc:
+            except (DecodeError, EventTooLarge) as exc:
                 self._stop_reading(str(exc))
             except Exception as exc:  # never let bookkeeping break the call
                 # Only the type: an exception's text could quote the body.

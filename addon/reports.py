@@ -90,8 +90,11 @@ def parse_duration(value: str) -> dt.timedelta | None:
 def parse_when(value: str, zone: zoneinfo.ZoneInfo, now: dt.datetime, name: str) -> dt.datetime:
     """``7d``/``24h``/``30m``/``2w`` ago, ``today``, a date (midnight in ``zone``) or an ISO time."""
     value = value.strip()
-    if (ago := parse_duration(value)) is not None:
-        return now - ago
+    try:
+        if (ago := parse_duration(value)) is not None:
+            return now - ago
+    except OverflowError:
+        raise ReportError(f"{name} {value!r} reaches past the year 1; use a shorter span or a date.") from None
     if value == "today":
         local = now.astimezone(zone)
         return dt.datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(dt.UTC)

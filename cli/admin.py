@@ -10,7 +10,10 @@ import duckdb
 from addon import keys as keygen
 from addon.store import compact, encryption
 from addon.store import admin as admin_rows
-from addon.store import writing
+from addon.store import reading, writing
+from addon.store import sessions as session_rows
+
+from .output import emit, format_option
 
 
 @click.group()
@@ -32,6 +35,38 @@ def create_token(obj, name: str, as_json: bool) -> None:
         return
     click.echo(f"Created admin token {token_id} ({name}):\n\n    {token}\n")
     click.echo("Store it now: it is shown only once. Send it as `Authorization: Bearer <token>`.")
+
+
+@admin.command("list-tokens")
+@format_option()
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.pass_obj
+def list_tokens(obj, fmt: str, as_json: bool) -> None:
+    """Admin tokens: id, name, created, and whether revoked (the tokens themselves are never stored)."""
+    with reading(obj.db) as con:
+        rows = admin_rows.listing(con)
+    for row in rows:
+        row["status"] = "revoked" if row["revoked_at"] else "active"
+    emit(rows, "json" if as_json else fmt, [
+        ("ID", lambda r: str(r["id"]), ">"), ("NAME", lambda r: r["name"], "<"),
+        ("STATUS", lambda r: r["status"], "<"),
+        ("CREATED", lambda r: r["created_at"].strftime("%Y-%m-%d %H:%M"), "<"),
+    ])
+
+
+@admin.command("revoke-token")
+@click.argument("token_id", type=int)
+@click.pass_obj
+def revoke_token(obj, token_id: int) -> None:
+    """Revoke an admin token at once: the API refuses it and its page sessions end."""
+    with writing(obj.db) as con:
+        token_hash = admin_rows.revoke(con, token_id)
+        if token_hash is None:
+            known = any(row["id"] == token_id for row in admin_rows.listing(con))
+            raise click.ClickException(f"Admin token {token_id} is already revoked." if known else
+                                       f"No admin token {token_id}; see `aispendtrack admin list-tokens`.")
+        ended = session_rows.end_for(con, token_hash)
+    click.echo(f"Revoked admin token {token_id}; {ended} page session(s) ended.")
 
 
 @admin.command("encrypt")

@@ -98,7 +98,16 @@ def chat_stream(include_usage: bool, usage_null: bool = False, repeat: int = 1,
     return events
 
 
+def _big_event(megabytes: int) -> Reply:
+    """One content chunk of ``megabytes`` MB, sent 1 KB at a time, between a normal start and usage."""
+    events = chat_stream(include_usage=True)
+    big = _chat_chunk({"content": "x" * (megabytes * 1024 * 1024)})
+    return Reply(events=events[:1] + [_data(big)] + events[1:], split=1024)
+
+
 def _chat(scenario: str, request: dict) -> Reply:
+    if request.get("stream") and scenario.startswith("big_event:"):
+        return _big_event(int(scenario.split(":")[1]))
     if request.get("stream"):
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         reply = Reply(events=chat_stream(include_usage, usage_null="usage_null" in scenario,

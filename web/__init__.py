@@ -13,6 +13,7 @@ from flask import Flask, jsonify
 from addon import home as home_dir
 
 from . import privacy  # noqa: F401  (adds the purge and GDPR routes to the API)
+from . import security
 from .api import api
 from .auth import session_secret
 from .pages import pages
@@ -25,6 +26,7 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None) 
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session")
     if test_config:
         app.config.update(test_config)
+    security.install(app)
     app.register_blueprint(api)
     app.register_blueprint(pages)
 

@@ -20,7 +20,7 @@ from addon.serialize import json_row, json_value
 from addon.store import StoreBusy, reading
 from addon.store import reports as report_rows
 
-from .auth import Principal, authenticate, bearer, credential
+from .auth import Principal, authenticate, bearer, credential, session_principal
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 EXPORT_FORMATS = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
@@ -184,10 +184,11 @@ def _decode_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
 def current_principal() -> Principal | None:
     """From the Authorization header, else from the page's session cookie."""
     secret = bearer(request.headers.get("Authorization"))
-    found = credential(secret) if secret else session.get("credential")
-    if not found:
-        return None
-    return authenticate(db_path(), *found)
+    if secret:
+        found = credential(secret)
+        return authenticate(db_path(), *found) if found else None
+    session_id = session.get("sid")
+    return session_principal(db_path(), session_id) if isinstance(session_id, str) else None
 
 
 def db_path():

@@ -1,12 +1,16 @@
 """Who is asking: an ``ask_`` key (its own calls only) or an admin token (everything).
 
 The API takes ``Authorization: Bearer <secret>``; the page signs in once and keeps a session
-cookie (signed, HttpOnly, SameSite) that holds the secret's hash, never the secret. Every
-request checks that hash again, so a revoked key loses its sessions too.
+cookie (signed, HttpOnly, SameSite=Strict, Secure over TLS) that holds a random session id. The
+session lives in the database: it expires after SESSION_LIFETIME and a sign-out ends it, so a
+copied cookie is worth nothing afterwards. Every request checks the key or token behind the
+session again, so a revoked key loses its sessions too.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hmac
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +18,10 @@ from pathlib import Path
 from addon import keys as keygen
 from addon.store import admin as admin_rows
 from addon.store import keys as key_rows
-from addon.store import reading
+from addon.store import reading, writing
+from addon.store import sessions as session_rows
+
+SESSION_LIFETIME = dt.timedelta(hours=12)
 
 SECRET_FILE = "web-secret"
 
@@ -45,10 +52,38 @@ def credential(secret: str) -> tuple[str, str] | None:
 def authenticate(db: Path, kind: str, digest: str) -> Principal | None:
     """The principal for an active credential, or None when it is unknown or revoked."""
     with reading(db) as con:
-        if kind == "admin":
-            return Principal(None) if admin_rows.is_active(con, digest) else None
-        key_id = key_rows.find_active(con, digest)
-        return Principal(key_id) if key_id is not None else None
+        return _principal(con, kind, digest)
+
+
+def _principal(con, kind: str, digest: str) -> Principal | None:
+    if kind == "admin":
+        return Principal(None) if admin_rows.is_active(con, digest) else None
+    key_id = key_rows.find_active(con, digest)
+    return Principal(key_id) if key_id is not None else None
+
+
+def start_session(db: Path, kind: str, digest: str) -> str:
+    """A new session for a credential already authenticated; returns the id for the cookie."""
+    session_id = secrets.token_urlsafe(32)
+    with writing(db) as con:
+        session_rows.start(con, keygen.hash_key(session_id), kind, digest, dt.datetime.now(dt.UTC),
+                           SESSION_LIFETIME)
+    return session_id
+
+
+def session_principal(db: Path, session_id: str) -> Principal | None:
+    with reading(db) as con:
+        found = session_rows.credential(con, keygen.hash_key(session_id), dt.datetime.now(dt.UTC))
+        return _principal(con, *found) if found else None
+
+
+def end_session(db: Path, session_id: str) -> None:
+    with writing(db) as con:
+        session_rows.end(con, keygen.hash_key(session_id))
+
+
+def same_token(expected: str | None, given: str | None) -> bool:
+    return bool(expected and given) and hmac.compare_digest(expected, given)
 
 
 def session_secret(home: Path) -> str:
@@ -57,4 +92,5 @@ def session_secret(home: Path) -> str:
     if not path.exists():
         path.touch(mode=0o600)
         path.write_text(secrets.token_hex(32))
+    path.chmod(0o600)  # older versions and umasks may have left it readable
     return path.read_text().strip()

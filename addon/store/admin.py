@@ -15,3 +15,15 @@ def add(con: duckdb.DuckDBPyConnection, name: str, token_hash: str) -> int:
 def is_active(con: duckdb.DuckDBPyConnection, token_hash: str) -> bool:
     return con.execute("SELECT count(*) FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
                        [token_hash]).fetchone()[0] > 0
+
+
+def listing(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    cur = con.execute("SELECT id, name, created_at, revoked_at FROM admin_tokens ORDER BY id")
+    return [dict(zip(("id", "name", "created_at", "revoked_at"), row)) for row in cur.fetchall()]
+
+
+def revoke(con: duckdb.DuckDBPyConnection, token_id: int) -> str | None:
+    """Revoke a token; its hash, or None when there is no such token or it was revoked already."""
+    found = con.execute("UPDATE admin_tokens SET revoked_at = now() WHERE id = ? AND revoked_at IS NULL "
+                        "RETURNING token_hash", [token_id]).fetchone()
+    return found[0] if found else None

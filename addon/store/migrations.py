@@ -157,8 +157,21 @@ def m008_wide_costs(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m009_web_sessions(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        -- Sign-ins to the report page, so that they expire and a sign-out ends them for good.
+        CREATE TABLE web_sessions (
+            id_hash VARCHAR PRIMARY KEY,       -- sha256 of the id in the cookie
+            kind VARCHAR NOT NULL,             -- key | admin
+            credential_hash VARCHAR NOT NULL,  -- the key's or admin token's hash, checked on every request
+            created_at TIMESTAMPTZ NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        );
+    """)
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
-              m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs]
+              m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -1,0 +1,114 @@
+"""Findings 7 and 10 of the hardening issue: sign-in, sessions and what every response carries.
+
+The app runs over a real DuckDB file through Flask's test client (the browser-level checks of
+the same page are in test_web_page.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+
+import pytest
+
+from web import auth, create_app
+
+from .conftest import run_cli
+
+
+@pytest.fixture
+def home(tmp_path):
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def admin_token(home):
+    return json.loads(run_cli(home, "admin", "create-token", "--name", "ops", "--json"))
+
+
+@pytest.fixture
+def client(home, admin_token):
+    return create_app(home).test_client()
+
+
+def _csrf(client) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/login").get_data(as_text=True)).group(1)
+
+
+def _sign_in(client, secret: str, next_path: str = "/"):
+    return client.post("/login", query_string={"next": next_path}, data={"secret": secret, "csrf": _csrf(client)})
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example", "//evil.example", "/\\evil.example", "https://evil.example",
+                                    "/\n/evil.example", "evil.example"])
+def test_sign_in_never_redirects_to_another_host(client, admin_token, target):
+    response = _sign_in(client, admin_token["token"], target)
+    assert response.status_code == 302 and response.headers["Location"] == "/"
+
+
+def test_sign_in_redirects_to_our_own_path(client, admin_token):
+    response = _sign_in(client, admin_token["token"], "/?range=7d&model=gpt-4o")
+    assert response.headers["Location"] == "/?range=7d&model=gpt-4o"
+
+
+def test_a_signed_out_cookie_is_refused_even_if_it_was_kept(client, home, admin_token):
+    _sign_in(client, admin_token["token"])
+    kept = client.get_cookie("aispendtrack_session").value
+    assert client.get("/api/v1/report").status_code == 200
+    page = client.get("/").get_data(as_text=True)
+    client.post("/logout", data={"csrf": re.search(r'name="csrf" value="([^"]+)"', page).group(1)})
+    thief = create_app(home).test_client()
+    thief.set_cookie("aispendtrack_session", kept)
+    assert thief.get("/api/v1/report").status_code == 401
+
+
+def test_sessions_expire_on_the_server(client, admin_token, monkeypatch):
+    monkeypatch.setattr(auth, "SESSION_LIFETIME", dt.timedelta(seconds=-1))
+    _sign_in(client, admin_token["token"])
+    assert client.get("/api/v1/report").status_code == 401
+
+
+def test_sign_in_and_sign_out_need_the_forms_csrf_token(client, admin_token):
+    refused = client.post("/login", data={"secret": admin_token["token"]})
+    assert refused.status_code == 400 and "form expired" in refused.get_data(as_text=True)
+    assert client.get("/api/v1/report").status_code == 401
+    _sign_in(client, admin_token["token"])
+    assert client.post("/logout").status_code == 400  # a forged sign-out is refused...
+    assert client.get("/api/v1/report").status_code == 200  # ...and the session goes on
+
+
+def test_a_post_from_another_site_is_refused(client, admin_token):
+    response = client.post("/login", headers={"Origin": "https://evil.example"},
+                           data={"secret": admin_token["token"], "csrf": _csrf(client)})
+    assert response.status_code == 403 and "evil.example" in response.json["error"]["message"]
+
+
+def test_every_response_carries_the_security_headers(client, admin_token):
+    for response in (client.get("/login"), client.get("/api/v1/report"),
+                     client.get("/api/v1/report", headers={"Authorization": f"Bearer {admin_token['token']}"})):
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_session_cookie_is_secure_over_tls(home, admin_token):
+    client = create_app(home).test_client()
+    csrf = re.search(r'name="csrf" value="([^"]+)"',
+                     client.get("/login", base_url="https://localhost").get_data(as_text=True)).group(1)
+    response = client.post("/login", base_url="https://localhost", data={"secret": admin_token["token"], "csrf": csrf})
+    assert "Secure" in response.headers["Set-Cookie"] and "HttpOnly" in response.headers["Set-Cookie"]
+    plain = create_app(home).test_client().get("/login")
+    assert "Secure" not in plain.headers["Set-Cookie"]
+
+
+def test_admin_tokens_can_be_listed_and_revoked_and_their_sessions_end(client, home, admin_token):
+    _sign_in(client, admin_token["token"])
+    listed = json.loads(run_cli(home, "admin", "list-tokens", "--json"))
+    assert [(t["id"], t["name"], t["status"]) for t in listed] == [(admin_token["id"], "ops", "active")]
+    assert "token_hash" not in listed[0]
+    out = run_cli(home, "admin", "revoke-token", str(admin_token["id"]))
+    assert f"Revoked admin token {admin_token['id']}; 1 page session(s) ended." in out
+    assert client.get("/api/v1/report").status_code == 401
+    bearer = {"Authorization": f"Bearer {admin_token['token']}"}
+    assert client.get("/api/v1/report", headers=bearer).status_code == 401
+    assert json.loads(run_cli(home, "admin", "list-tokens", "--json"))[0]["status"] == "revoked"
