@@ -25,6 +25,7 @@ from mitmproxy import ctx, exceptions, http
 from addon import failures, refusals, routing, upstreams
 from addon import keys as keygen
 from addon import home as home_dir
+from addon.bounds import ConnectionBounds
 from addon.budgets import Budget, BudgetTracker
 from addon.estimate import Counter
 from addon.evaluate import Evaluator
@@ -350,4 +351,4 @@ def _zone(name: str) -> zoneinfo.ZoneInfo:
                                       f"such as UTC or America/Los_Angeles.") from None
 
 
-addons = [AiSpendTrack()]
+addons = [ConnectionBounds(), AiSpendTrack()]

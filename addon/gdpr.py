@@ -38,7 +38,7 @@ def export(db: Path, spill_dir: Path, subject: Subject, out: IO[str]) -> dict[st
     pending, unreadable = [], 0
     for path, rows in _spill_rows(spill_dir):
         if rows is None:
-            log.error("spill file %s has an unreadable line; it is not in the export of %s", path, subject.label())
+            log.error("spill file %s has an unreadable line; it is not in the export (a %s)", path, subject.kind)
             unreadable += 1
             continue
         pending += [row for row in rows if _matches(row, subject)]
@@ -55,7 +55,7 @@ def erase(db: Path, spill_dir: Path, subject: Subject) -> dict[str, int]:
         counts["pending_calls"], counts["unreadable_spill_files"] = _scrub_spills(spill_dir, subject)
         before, after = compact.rewrite(con, db)
     counts["bytes_before"], counts["bytes_after"] = before, after
-    log.info("erased %s: %s", subject.label(), counts)
+    log.info("erased a %s: %s", subject.kind, counts)  # never the customer id itself: logs travel far
     return counts
 
 
@@ -93,7 +93,7 @@ def _scrub_spills(spill_dir: Path, subject: Subject) -> tuple[int, int]:
     removed = unreadable = 0
     for path, rows in _spill_rows(spill_dir):
         if rows is None:  # torn by a crash in an older version; left for a person to look at
-            log.error("spill file %s has an unreadable line; %s was not removed from it", path, subject.label())
+            log.error("spill file %s has an unreadable line; the erased %s was not removed from it", path, subject.kind)
             unreadable += 1
             continue
         kept = [row for row in rows if not _matches(row, subject)]

@@ -37,6 +37,10 @@ from .web import serve_in_thread
               help="Seconds to wait for a provider's response headers before answering 504.")
 @click.option("--auth-failures-per-minute", default=30, show_default=True, type=click.IntRange(0),
               help="Wrong keys allowed per client address and minute before it gets 429s (0: no limit).")
+@click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(1),
+              help="Client connections served at once; more are closed at once.")
+@click.option("--client-timeout", default=60, show_default=True, type=click.IntRange(1, 3600),
+              help="Seconds a client may take to send a request's headers, or stay idle between requests.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The private key of --tls-cert (PEM).")
 @click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False),
@@ -44,7 +48,8 @@ from .web import serve_in_thread
 @click.pass_obj
 def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, upstreams: tuple[str, ...],
           flush_ms: int, web_port: int | None, alert_interval: int, purge_interval: int, upstream_timeout: int,
-          auth_failures_per_minute: int, tls_cert: str | None, tls_key: str | None, upstream_ca: str | None) -> None:
+          auth_failures_per_minute: int, max_connections: int, client_timeout: int, tls_cert: str | None,
+          tls_key: str | None, upstream_ca: str | None) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
@@ -62,6 +67,7 @@ def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: s
         aispendtrack_flush_ms=flush_ms, aispendtrack_alert_interval_s=alert_interval,
         aispendtrack_upstream_timeout_s=upstream_timeout, aispendtrack_purge_interval_s=purge_interval,
         aispendtrack_auth_failures_per_minute=auth_failures_per_minute,
+        aispendtrack_max_connections=max_connections, aispendtrack_client_timeout_s=client_timeout,
         aispendtrack_tls_only=bool(tls_cert))
     mitm_options = dict(listen_host=host, listen_port=port, mode=[f"reverse:{openai_upstream}"])
     if tls_cert:
@@ -101,12 +107,13 @@ async def _serve(mitm_options: dict, addon_options: dict) -> None:
     from mitmproxy.tools.dump import DumpMaster
 
     from addon.aispendtrack import AiSpendTrack
+    from addon.bounds import ConnectionBounds
 
     opts = Options(**mitm_options)
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     # Lazy: the upstream is chosen per request (OpenAI or Anthropic), not per client connection.
     opts.update(connection_strategy="lazy", termlog_verbosity="info")
-    master.addons.add(AiSpendTrack())
+    master.addons.add(ConnectionBounds(), AiSpendTrack())
     opts.update(**addon_options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,11 +9,10 @@ import click
 
 def serve_in_thread(home, host: str, port: int) -> threading.Thread:
     """The web app beside the proxy, in the same process (``aispendtrack proxy --web-port``)."""
-    from werkzeug.serving import make_server
-
     from web import create_app
+    from web.server import BoundedServer
 
-    server = make_server(host, port, create_app(home), threaded=True)
+    server = BoundedServer(host, port, create_app(home))
     thread = threading.Thread(target=server.serve_forever, name="aispendtrack-web", daemon=True)
     thread.start()
     return thread
@@ -25,9 +24,14 @@ def serve_in_thread(home, host: str, port: int) -> threading.Thread:
 @click.pass_obj
 def web(obj, host: str, port: int) -> None:
     """Serve the JSON API at http://HOST:PORT/api/v1 (see docs/api.md)."""
-    from werkzeug.serving import run_simple
-
     from web import create_app
+    from web.server import BoundedServer
 
+    server = BoundedServer(host, port, create_app(obj.home))
     click.echo(f"AiSpendTrack web on http://{host}:{port}  (data: {obj.home})")
-    run_simple(host, port, create_app(obj.home), threaded=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

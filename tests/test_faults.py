@@ -113,11 +113,11 @@ def test_hostile_tags_are_stored_as_text_or_refused(proxy, customer):
 
 def test_thousands_of_headers_are_forwarded_and_the_proxy_keeps_serving(proxy, upstream, customer):
     headers = [("x-aispendtrack-key", proxy.key), ("x-customer-id", customer)]
-    headers += [(f"x-filler-{n}", "v" * 20) for n in range(5000)]
+    headers += [(f"x-filler-{n}", "v" * 20) for n in range(1500)]  # ~50 KB, under the 64 KB bound
     reply = httpx.post(f"{proxy.url}/v1/chat/completions", json=CHAT, headers=headers, timeout=30)
     assert reply.status_code == 200
     received = upstream.last().headers
-    assert sum(name.startswith("x-filler-") for name in received) == 5000 and "x-customer-id" not in received
+    assert sum(name.startswith("x-filler-") for name in received) == 1500 and "x-customer-id" not in received
     assert proxy.openai().chat.completions.create(**CHAT).usage.total_tokens > 0
 
 

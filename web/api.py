@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import base64
-import csv
 import dataclasses
 import datetime as dt
-import io
-import json
+import os
+import tempfile
 import uuid
 import zoneinfo
+from typing import IO
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, session, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
 from addon import home as home_dir
 from addon.budgets import with_spend
 from addon.reports import ReportError, Selection, parse_report, parse_selection
-from addon.serialize import json_row, json_value
-from addon.store import StoreBusy, reading
+from addon.serialize import json_row
+from addon.store import ReadTooLong, StoreBusy, reading
 from addon.store import reports as report_rows
 
 from .auth import Principal, authenticate, bearer, credential, session_principal
@@ -48,6 +48,11 @@ def _busy(exc: StoreBusy):
     return jsonify(error={"code": "busy", "message": str(exc)}), 503
 
 
+@api.errorhandler(ReadTooLong)
+def _too_long(exc: ReadTooLong):
+    return jsonify(error={"code": "too_long", "message": str(exc)}), 503
+
+
 @api.before_request
 def _authenticate() -> None:
     principal = current_principal()
@@ -73,7 +78,7 @@ def report_total():
 def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
     spec = parse_report(request.args.getlist("by"), **_selection_args())
     spec = dataclasses.replace(spec, selection=_scoped(spec.selection))
-    with reading(db_path()) as con:
+    with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
         return report_rows.report(con, spec, total_latency)
 
 
@@ -81,7 +86,7 @@ def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
 def budgets():
     """Budgets with today's and this month's spend (UTC); a key sees only its own key's budget."""
     principal = g.principal
-    with reading(db_path()) as con:
+    with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
         rows = with_spend(con, dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo("UTC"))
     visible = [b for b in rows
                if principal.is_admin or (b["scope"] == "key" and b["scope_value"] == str(principal.key_id))]
@@ -93,10 +98,17 @@ def calls():
     limit = _int_arg("limit", 50, 1, MAX_PAGE)
     selection = _scoped(parse_selection(**_selection_args()))
     after = _decode_cursor(request.args.get("cursor"))
-    with reading(db_path()) as con:
+    with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
         rows = report_rows.calls_page(con, selection, limit, after)
     next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
     return jsonify(calls=[json_row(r) for r in rows], next_cursor=next_cursor)
+
+
+# A reader shares the database's lock with the proxy's writer: a query that runs longer than this
+# is stopped, and every answer is built before the first byte is sent (exports in a temporary
+# file), so a slow or stalled client never keeps keys from refreshing or rows from being stored.
+READ_TIME_LIMIT = 30.0
+EXPORT_TIME_LIMIT = 120.0
 
 
 @api.get("/export")
@@ -105,37 +117,28 @@ def export():
     if fmt not in EXPORT_FORMATS:
         raise ApiError(400, "bad_request", f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}.")
     selection = _scoped(parse_selection(**_selection_args()))
-    headers = {"Content-Disposition": f'attachment; filename="aispendtrack-calls.{fmt}"'}
-    return Response(stream_with_context(_export_body(db_path(), selection, fmt)), mimetype=EXPORT_FORMATS[fmt],
-                    headers=headers)
+    spool_fd, spool_path = tempfile.mkstemp(prefix="aispendtrack-export-", suffix=f".{fmt}")
+    try:
+        os.close(spool_fd)
+        # The same COPY as `aispendtrack export`: one implementation, one file format.
+        with reading(db_path(), time_limit=EXPORT_TIME_LIMIT) as con:
+            report_rows.copy_out(con, selection, spool_path, fmt)
+        spool = open(spool_path, "rb")
+    finally:
+        os.unlink(spool_path)  # the open file stays readable; nothing is left behind on disk
+    return send_spooled(spool, f"aispendtrack-calls.{fmt}", EXPORT_FORMATS[fmt])
 
 
-def _export_body(db, selection: Selection, fmt: str):
-    columns = report_rows.EXPORT_COLUMNS
-    with reading(db) as con:
-        if fmt == "csv":
-            yield _csv_line(columns)
-        elif fmt == "json":
-            yield "["
-        first = True
-        for batch in report_rows.export_rows(con, selection):
-            if fmt == "csv":
-                yield "".join(_csv_line([json_value(v) for v in row]) for row in batch)
-                continue
-            objects = [json.dumps(dict(zip(columns, map(json_value, row)))) for row in batch]
-            if fmt == "jsonl":
-                yield "".join(line + "\n" for line in objects)
-            else:
-                yield ("" if first else ",") + ",".join(objects)
-            first = False
-        if fmt == "json":
-            yield "]"
+def send_spooled(spool: IO, filename: str, mimetype: str) -> Response:
+    """Stream an already written temporary file as a download, closing it at the end."""
+    spool.seek(0)
 
+    def body():
+        with spool:
+            while chunk := spool.read(64 * 1024):
+                yield chunk
 
-def _csv_line(values) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(values)
-    return buffer.getvalue()
+    return Response(body(), mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def _selection_args() -> dict:

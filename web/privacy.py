@@ -9,13 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import tempfile
 
-from flask import Response, current_app, g, jsonify, request
+from flask import current_app, g, jsonify, request
 
 from addon import gdpr, retention
 from addon import home as home_dir
 from addon.store.subjects import Subject, subject_from
 
-from .api import ApiError, api, db_path
+from .api import ApiError, api, db_path, send_spooled
 from .auth import bearer
 
 
@@ -45,16 +45,7 @@ def gdpr_export():
     # Spooled to an unnamed temporary file, so a subject with millions of calls streams in flat memory.
     spool = tempfile.TemporaryFile("w+", encoding="utf-8")
     gdpr.export(db_path(), _spill_dir(), subject, spool)
-    spool.seek(0)
-
-    def body():
-        with spool:
-            while chunk := spool.read(64 * 1024):
-                yield chunk
-
-    name = f"aispendtrack-{subject.kind}.json"
-    return Response(body(), mimetype="application/json",
-                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    return send_spooled(spool, f"aispendtrack-{subject.kind}.json", "application/json")
 
 
 @api.post("/gdpr/delete")

@@ -5,6 +5,6 @@ owns the schema, ``calls`` and ``keys`` hold the queries, ``writer`` is the prox
 writer thread. A shared backend can replace this package without touching addon, CLI or web.
 """
 
-from .connection import StoreBusy, reading, writing
+from .connection import ReadTooLong, StoreBusy, reading, writing
 
-__all__ = ["StoreBusy", "reading", "writing"]
+__all__ = ["ReadTooLong", "StoreBusy", "reading", "writing"]

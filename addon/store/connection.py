@@ -28,6 +28,10 @@ class StoreBusy(RuntimeError):
     """The file stayed locked by another process for longer than we were willing to wait."""
 
 
+class ReadTooLong(RuntimeError):
+    """A read ran past its time limit and was stopped, so that it could not keep writers out."""
+
+
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set" in text)
@@ -113,18 +117,32 @@ def writing(path: Path, timeout: float = 10.0, migrate: bool = True) -> Iterator
 
 
 @contextlib.contextmanager
-def reading(path: Path, timeout: float = 10.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection. Creates and migrates the file first if needed (the reader cannot)."""
+def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection. Creates and migrates the file first if needed (the reader cannot).
+
+    A reader shares the file lock, so while it is open the proxy's writer cannot store rows or
+    refresh keys. ``time_limit`` (seconds) interrupts a query still running then (ReadTooLong)."""
     if not path.exists():
         with writing(path, timeout):
             pass
     con = _connect(path, read_only=True, timeout=timeout)
+    timer = None
     try:
         if not migrations.is_current(con):
             _close(con)
             with writing(path, timeout):
                 pass
             con = _connect(path, read_only=True, timeout=timeout)
-        yield con
+        if time_limit is not None:
+            timer = threading.Timer(time_limit, con.interrupt)
+            timer.daemon = True
+            timer.start()
+        try:
+            yield con
+        except duckdb.InterruptException:
+            raise ReadTooLong(f"the query ran longer than {time_limit:.0f} s and was stopped, so that the "
+                              f"proxy can go on writing; ask for less (a shorter period, or a filter).") from None
     finally:
+        if timer is not None:
+            timer.cancel()
         _close(con)

@@ -1,0 +1,112 @@
+"""Findings 4, 8 and 11 of the hardening issue on the web port: bounded connections, an access log
+without query strings, and exports that never hold the database while a client is slow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from addon import home as home_dir
+from addon.store import synthetic, writing
+from web import create_app, server
+
+from .conftest import run_cli
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "MAX_CONNECTIONS", 10)
+    monkeypatch.setattr(server, "HEAD_TIMEOUT", 1.0)
+    home = tmp_path / "home"
+    token = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    web = server.BoundedServer("127.0.0.1", 0, create_app(home))
+    thread = threading.Thread(target=web.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield {"url": f"http://127.0.0.1:{web.server_port}", "port": web.server_port, "token": token, "home": home}
+    web.shutdown()
+    web.server_close()
+
+
+def _connect(site) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", site["port"]), timeout=5)
+
+
+def _closed(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_slow_and_surplus_connections_are_refused_and_others_served(site, caplog):
+    caplog.set_level(logging.INFO)
+    held = [_connect(site) for _ in range(10)]
+    for sock in held:
+        sock.sendall(b"GET /login HTTP/1.1\r\n")  # and never the rest
+    time.sleep(0.2)
+    surplus = _connect(site)
+    assert surplus.recv(4096).startswith(b"HTTP/1.1 503")
+    assert all(_closed(sock, within=3) for sock in held)  # the head timeout frees the slots
+    assert httpx.get(site["url"] + "/login", timeout=5).status_code == 200
+    assert caplog.text.count("web: closed connections that sent no complete request in time:") == 1
+    assert caplog.text.count("web: refused connections over the limit:") == 1
+
+
+def test_the_access_log_carries_no_query_string(site, caplog):
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    httpx.get(site["url"] + "/api/v1/report?customer=acme-secret&token=ask_leaked", timeout=5,
+              headers={"Authorization": f"Bearer {site['token']}"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    assert any('"GET /api/v1/report" 200' in line for line in lines), lines
+    assert "acme-secret" not in caplog.text and "ask_leaked" not in caplog.text
+
+
+def test_a_stalled_export_does_not_hold_the_database(site):
+    with writing(home_dir.db_path(site["home"])) as con:
+        synthetic.generate(con, 300_000, end=synthetic.dt.datetime.now(synthetic.dt.UTC), days=3)
+    sock = _connect(site)
+    sock.sendall(f"GET /api/v1/export?format=csv HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {site['token']}"
+                 f"\r\n\r\n".encode())
+    assert sock.recv(1024).startswith(b"HTTP/1.1 200")  # the client now stops reading, for good
+    try:
+        started = time.monotonic()
+        created = json.loads(run_cli(site["home"], "keys", "create", "--name", "during-export", "--json"))
+        assert created["id"] and time.monotonic() - started < 5
+    finally:
+        sock.close()
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(site, tmp_path):
+    from addon.store import calls as call_rows
+    from .test_hostile_usage import _row
+    with writing(home_dir.db_path(site["home"])) as con:
+        call_rows.insert(con, [_row(1, customer_id='=HYPERLINK("http://evil.example","x")', feature="@SUM(A1)",
+                                    error="-2+3", model="+cmd")])
+    api = httpx.get(site["url"] + "/api/v1/export?format=csv", headers={"Authorization": f"Bearer {site['token']}"})
+    out = tmp_path / "calls.csv"
+    run_cli(site["home"], "export", "--format", "csv", "--out", str(out))
+    for text in (api.text, out.read_text()):
+        assert "'=HYPERLINK(" in text and "'@SUM(A1)" in text and "'-2+3" in text and "'+cmd" in text
+        assert ',=HYPERLINK' not in text and ",@SUM" not in text
+    as_json = httpx.get(site["url"] + "/api/v1/export?format=jsonl", headers={"Authorization": f"Bearer {site['token']}"})
+    assert json.loads(as_json.text.splitlines()[0])["feature"] == "@SUM(A1)"  # JSON keeps the value as it is
+
+
+@pytest.mark.parametrize("query", ["since=999999w", "since=99999999999999999999d", "until=9999-99-99", "limit=x"])
+def test_every_parameter_error_is_a_400(site, query):
+    for path in ("/api/v1/report", "/api/v1/calls", "/api/v1/export", "/api/v1/report/total"):
+        response = httpx.get(f"{site['url']}{path}?{query}", headers={"Authorization": f"Bearer {site['token']}"})
+        assert response.status_code in (200, 400), (path, query, response.text[:200])
+        if response.status_code == 400:
+            assert response.json()["error"]["code"] == "bad_request"
