@@ -197,30 +197,13 @@ class AiSpendTrack:
             flow.response = http.Response.make(200, b'{"status": "ok"}', {"content-type": "application/json"})
             return
         ours = _take_our_headers(req.headers)  # removed here: they never reach the provider
-        key_in_query = False
-        if query and ("ask_" in query or "aispendtrack" in query.lower()):
-            query, key_in_query = _drop_our_query(query)
-        try:
-            routed = routing.route(self.providers, path, req.headers, query)
-        except routing.Misrouted as exc:
-            refusals.refuse(flow, exc.provider, exc.status, exc.code, exc.message)
+        routed = self._route(flow, path, query)
+        if routed is None:
             return
-        provider, provider_path = routed.provider, routed.path
-        if self.tls_only and not flow.client_conn.tls_established:
-            refusals.refuse(flow, provider, 400, "aispendtrack_tls_required",
-                            "This AiSpendTrack proxy only takes HTTPS: use https:// in your base_url.")
-            return
-        # Forwarded as routed: canonical, without an explicit prefix such as /gemini, and without our key.
-        req.path = provider_path + ("?" + query if query else "")
+        provider, provider_path, key_in_query = routed
         key_id = self.keyring.lookup(ours.get(KEY_HEADER))
-        if key_id is None:  # only failures are throttled: a valid key is never refused by a neighbour's
-            address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
-            wait = self.guard.wait(address)
-            if wait is not None:
-                refusals.too_many_bad_keys(flow, provider, address, wait)
-                return
-            self.guard.failed(address)
-            refusals.bad_key(flow, provider, KEY_HEADER in ours, key_in_query)
+        if key_id is None:
+            self._refuse_key(flow, provider, KEY_HEADER in ours, key_in_query)
             return
         tags = {name: ours.get(name) for name in TAG_HEADERS}
         for name, value in tags.items():
@@ -248,6 +231,36 @@ class AiSpendTrack:
             req.headers.get("content-encoding", ""))
         self._in_flight[flow.id] = flow
         self.watch.start(flow)
+
+    def _route(self, flow: http.HTTPFlow, path: str, query: str) -> tuple[Provider, str, bool] | None:
+        """(provider, its path, whether our key was in the query), with the request pointed at that
+        path; None when the call was refused."""
+        key_in_query = False
+        if query and ("ask_" in query or "aispendtrack" in query.lower()):
+            query, key_in_query = _drop_our_query(query)
+        try:
+            routed = routing.route(self.providers, path, flow.request.headers, query)
+        except routing.Misrouted as exc:
+            refusals.refuse(flow, exc.provider, exc.status, exc.code, exc.message)
+            return None
+        if self.tls_only and not flow.client_conn.tls_established:
+            refusals.refuse(flow, routed.provider, 400, "aispendtrack_tls_required",
+                            "This AiSpendTrack proxy only takes HTTPS: use https:// in your base_url.")
+            return None
+        if routed.path != path or key_in_query:
+            # Forwarded as routed: canonical, without a prefix such as /gemini, and without our key.
+            flow.request.path = routed.path + ("?" + query if query else "")
+        return routed.provider, routed.path, key_in_query
+
+    def _refuse_key(self, flow: http.HTTPFlow, provider: Provider, key_sent: bool, key_in_query: bool) -> None:
+        # Only failures are throttled: a valid key is never refused because of a neighbour's.
+        address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+        wait = self.guard.wait(address)
+        if wait is not None:
+            refusals.too_many_bad_keys(flow, provider, address, wait)
+            return
+        self.guard.failed(address)
+        refusals.bad_key(flow, provider, key_sent, key_in_query)
 
     def server_connect(self, data) -> None:
         self.watch.connecting(data.server.id)

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from .conftest import start_proxy
+from .helpers import closed_by_peer
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -39,19 +40,6 @@ def _rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-def _closed(sock: socket.socket, within: float) -> bool:
-    """True once the proxy has closed the connection (read gives EOF or a reset) within ``within`` s."""
-    sock.settimeout(within)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
 
 
 def _ok(proxy) -> bool:
@@ -115,8 +103,8 @@ def test_slowloris_and_idle_keep_alive_connections_are_closed_and_others_served(
     assert idle.recv(4096).startswith(b"HTTP/1.1 200")
     try:
         assert _ok(strict)  # served while the dribblers hold their connections
-        assert all(_closed(sock, within=6) for sock in dribblers)
-        assert _closed(idle, within=6)
+        assert all(closed_by_peer(sock, within=6) for sock in dribblers)
+        assert closed_by_peer(idle, within=6)
     finally:
         stop.set()
         for sock in [*dribblers, idle]:
@@ -130,8 +118,8 @@ def test_connections_past_the_cap_are_closed_at_once_and_logged_once(strict):
     time.sleep(0.3)
     extra = [_connect(strict) for _ in range(40)]
     try:
-        assert all(_closed(sock, within=1) for sock in extra)  # no waiting for a timeout
-        assert all(not _closed(sock, within=0.01) for sock in held[:5])
+        assert all(closed_by_peer(sock, within=1) for sock in extra)  # no waiting for a timeout
+        assert all(not closed_by_peer(sock, within=0.01) for sock in held[:5])
     finally:
         for sock in [*held, *extra]:
             sock.close()

@@ -8,10 +8,8 @@ set aside in quarantine, never retried, and never blocks the rows beside it.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
-import uuid
 from decimal import Decimal
 
 import openai
@@ -23,6 +21,7 @@ from addon.store import calls as call_rows
 from addon.store.writer import QUARANTINE_DIR, Writer
 
 from .conftest import run_cli, start_proxy
+from .helpers import call_row
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 HOSTILE = [
@@ -120,24 +119,13 @@ def test_after_hostile_usage_a_revoke_applies_within_5_s_before_and_after_a_rest
         again.stop()
 
 
-def _row(n: int, **changes) -> dict:
-    row = {name: None for name in call_rows.COLUMN_NAMES}
-    row.update(id=uuid.uuid4(), ts=dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC) + dt.timedelta(seconds=n), key_id=1, provider="openai",
-               endpoint="/v1/chat/completions", model="gpt-4o", stream=False, status=200, outcome="completed",
-               input_tokens=n, cache_read_tokens=0, cache_write_tokens=0, cache_write_1h_tokens=0, output_tokens=0,
-               reasoning_tokens=0, web_search_requests=0, cost_usd=Decimal("0.01"), priced=True,
-               usage_source="reported", customer_id=f"c{n}")
-    row.update(changes)
-    return row
-
-
 def test_a_row_the_table_refuses_is_quarantined_and_the_batch_beside_it_is_stored(tmp_path, caplog):
     db, spill = tmp_path / "a.duckdb", tmp_path / "spill"
     refreshed = []
     writer = Writer(db, spill, build_row=lambda row: row, on_refresh=refreshed.append)
     writer.load_keys_now()
-    poison = _row(99, cost_usd=Decimal(10) ** 30, customer_id="secret-customer")  # no DECIMAL holds it
-    for row in [_row(1), poison, _row(2)]:
+    poison = call_row(99, cost_usd=Decimal(10) ** 30, customer_id="secret-customer")  # no DECIMAL holds it
+    for row in [call_row(1), poison, call_row(2)]:
         writer.submit(row)
     writer.cycle(lock_timeout=1, force_keys=True)
     with reading(db) as con:
@@ -149,7 +137,7 @@ def test_a_row_the_table_refuses_is_quarantined_and_the_batch_beside_it_is_store
     assert oct(quarantined.stat().st_mode & 0o777) == "0o600"
     assert str(poison["id"]) in caplog.text and "secret-customer" not in caplog.text
     # Nothing is retried: the next cycles and a new writer (a restart) store the next rows at once.
-    writer.submit(_row(3))
+    writer.submit(call_row(3))
     writer.cycle(lock_timeout=1)
     Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None).cycle(lock_timeout=1)
     with reading(db) as con:
@@ -161,7 +149,7 @@ def test_a_spill_file_with_a_poison_row_is_replayed_without_it(tmp_path):
     writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None)
     writer.load_keys_now()
     spill.mkdir()
-    rows = [_row(1), _row(2, output_tokens="lots"), _row(3)]
+    rows = [call_row(1), call_row(2, output_tokens="lots"), call_row(3)]
     (spill / "1-1-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     writer.cycle(lock_timeout=1)
     with reading(db) as con:

@@ -3,6 +3,7 @@ without query strings, and exports that never hold the database while a client i
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import socket
@@ -13,10 +14,12 @@ import httpx
 import pytest
 
 from addon import home as home_dir
+from addon.store import calls as call_rows
 from addon.store import synthetic, writing
 from web import create_app, server
 
 from .conftest import run_cli
+from .helpers import call_row, closed_by_peer
 
 
 @pytest.fixture
@@ -37,18 +40,6 @@ def _connect(site) -> socket.socket:
     return socket.create_connection(("127.0.0.1", site["port"]), timeout=5)
 
 
-def _closed(sock: socket.socket, within: float) -> bool:
-    sock.settimeout(within)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_slow_and_surplus_connections_are_refused_and_others_served(site, caplog):
     caplog.set_level(logging.INFO)
     held = [_connect(site) for _ in range(10)]
@@ -57,7 +48,7 @@ def test_slow_and_surplus_connections_are_refused_and_others_served(site, caplog
     time.sleep(0.2)
     surplus = _connect(site)
     assert surplus.recv(4096).startswith(b"HTTP/1.1 503")
-    assert all(_closed(sock, within=3) for sock in held)  # the head timeout frees the slots
+    assert all(closed_by_peer(sock, within=3) for sock in held)  # the head timeout frees the slots
     assert httpx.get(site["url"] + "/login", timeout=5).status_code == 200
     assert caplog.text.count("web: closed connections that sent no complete request in time:") == 1
     assert caplog.text.count("web: refused connections over the limit:") == 1
@@ -74,7 +65,7 @@ def test_the_access_log_carries_no_query_string(site, caplog):
 
 def test_a_stalled_export_does_not_hold_the_database(site):
     with writing(home_dir.db_path(site["home"])) as con:
-        synthetic.generate(con, 300_000, end=synthetic.dt.datetime.now(synthetic.dt.UTC), days=3)
+        synthetic.generate(con, 300_000, end=dt.datetime.now(dt.UTC), days=3)
     sock = _connect(site)
     sock.sendall(f"GET /api/v1/export?format=csv HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {site['token']}"
                  f"\r\n\r\n".encode())
@@ -88,10 +79,8 @@ def test_a_stalled_export_does_not_hold_the_database(site):
 
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(site, tmp_path):
-    from addon.store import calls as call_rows
-    from .test_hostile_usage import _row
     with writing(home_dir.db_path(site["home"])) as con:
-        call_rows.insert(con, [_row(1, customer_id='=HYPERLINK("http://evil.example","x")', feature="@SUM(A1)",
+        call_rows.insert(con, [call_row(1, customer_id='=HYPERLINK("http://evil.example","x")', feature="@SUM(A1)",
                                     error="-2+3", model="+cmd")])
     api = httpx.get(site["url"] + "/api/v1/export?format=csv", headers={"Authorization": f"Bearer {site['token']}"})
     out = tmp_path / "calls.csv"
