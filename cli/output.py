@@ -28,9 +28,18 @@ def emit(rows: Sequence[dict], fmt: str, table: Sequence[tuple[str, Callable[[di
         if rows:
             writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
-            writer.writerows(json_row(row) for row in rows)
+            writer.writerows({k: _spreadsheet_safe(v) for k, v in json_row(row).items()} for row in rows)
     else:
         click.echo(render_table(rows, table))
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _spreadsheet_safe(value):
+    """Text that a spreadsheet would run as a formula (a tag like =HYPERLINK(...)) gets a leading
+    apostrophe, as in `aispendtrack export`; numbers stay numbers."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
 
 
 def render_table(rows: Sequence[dict], table: Sequence[tuple[str, Callable[[dict], str], str]]) -> str:

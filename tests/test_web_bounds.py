@@ -99,3 +99,11 @@ def test_every_parameter_error_is_a_400(site, query):
         assert response.status_code in (200, 400), (path, query, response.text[:200])
         if response.status_code == 400:
             assert response.json()["error"]["code"] == "bad_request"
+
+
+def test_csv_listings_of_the_cli_neutralise_formulas_too(site):
+    with writing(home_dir.db_path(site["home"])) as con:
+        call_rows.insert(con, [call_row(1, customer_id="=1+1", ts=dt.datetime.now(dt.UTC))])
+    for args in (("calls", "--format", "csv"), ("report", "--by", "customer", "--since", "1d", "--format", "csv")):
+        out = run_cli(site["home"], *args)
+        assert "'=1+1" in out and ",=1+1" not in out, out
