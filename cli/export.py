@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 import threading
 
 import click
@@ -25,16 +28,36 @@ def export(obj, fmt: str, selection, out: str | None) -> None:
     """Export calls (metadata only) in constant memory, whatever their number."""
     if out is None and fmt == "parquet" and sys.stdout.isatty():
         raise click.UsageError("parquet is binary: write it to a file with --out FILE.")
-    target = out or "/dev/stdout"
-    sys.stdout.flush()
-    with reading(obj.db) as con:
-        total = report_rows.count(con, selection)
-        if sys.stderr.isatty() and total:
-            _copy_with_progress(con, selection, target, fmt, total)
-        else:
-            report_rows.copy_out(con, selection, target, fmt)
+    # To standard output through a temporary file: a reader at the end of a pipe (| less) may stop
+    # reading for as long as it likes, and must not hold the database while the proxy needs it.
+    target = out or _spool_path(fmt)
+    try:
+        with reading(obj.db) as con:
+            total = report_rows.count(con, selection)
+            if sys.stderr.isatty() and total:
+                _copy_with_progress(con, selection, target, fmt, total)
+            else:
+                report_rows.copy_out(con, selection, target, fmt)
+        if out is None:
+            _copy_to_stdout(target)
+    finally:
+        if out is None:
+            os.unlink(target)
     if out:
         click.echo(f"Wrote {total:,} calls to {out}.", err=True)
+
+
+def _spool_path(fmt: str) -> str:
+    fd, path = tempfile.mkstemp(prefix="aispendtrack-export-", suffix=f".{fmt}")
+    os.close(fd)
+    return path
+
+
+def _copy_to_stdout(path: str) -> None:
+    sys.stdout.flush()
+    with open(path, "rb") as spool:
+        shutil.copyfileobj(spool, sys.stdout.buffer, 1024 * 1024)
+    sys.stdout.buffer.flush()
 
 
 def _copy_with_progress(con, selection, target: str, fmt: str, total: int) -> None:

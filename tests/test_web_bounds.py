@@ -107,3 +107,20 @@ def test_csv_listings_of_the_cli_neutralise_formulas_too(site):
     for args in (("calls", "--format", "csv"), ("report", "--by", "customer", "--since", "1d", "--format", "csv")):
         out = run_cli(site["home"], *args)
         assert "'=1+1" in out and ",=1+1" not in out, out
+
+
+def test_a_cli_export_into_a_stalled_pipe_does_not_hold_the_database(site):
+    import subprocess
+    import sys
+    with writing(home_dir.db_path(site["home"])) as con:
+        synthetic.generate(con, 300_000, end=dt.datetime.now(dt.UTC), days=3)
+    reader = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(site["home"]), "export"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert reader.stdout.read(1024).startswith(b"id,ts,")  # and then nobody reads on
+        started = time.monotonic()
+        run_cli(site["home"], "keys", "create", "--name", "during-export")
+        assert time.monotonic() - started < 5
+    finally:
+        reader.kill()
+        reader.wait()
