@@ -7,6 +7,7 @@ disks and hid everything else), and a single refusal must still show at once.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -21,17 +22,21 @@ class BurstLog:
         self.what, self.clock = what, clock
         self._quiet_until = 0.0
         self._unreported = 0
+        self._lock = threading.Lock()  # the web port refuses from many threads at once
 
     def refused(self, detail: str) -> None:
-        now = self.clock()
-        if now >= self._quiet_until:
-            log.warning("%s: %s (more are counted, and summarised every %.0f s)", self.what, detail, LOG_INTERVAL)
+        with self._lock:
+            now = self.clock()
+            if now < self._quiet_until:
+                self._unreported += 1
+                return
             self._quiet_until = now + LOG_INTERVAL
-        else:
-            self._unreported += 1
+        log.warning("%s: %s (more are counted, and summarised every %.0f s)", self.what, detail, LOG_INTERVAL)
 
     def summarise(self) -> None:
-        if self._unreported and self.clock() >= self._quiet_until:
-            log.warning("%s: %d more in the last %.0f s", self.what, self._unreported, LOG_INTERVAL)
-            self._unreported = 0
+        with self._lock:
+            if not self._unreported or self.clock() < self._quiet_until:
+                return
+            count, self._unreported = self._unreported, 0
             self._quiet_until = self.clock() + LOG_INTERVAL
+        log.warning("%s: %d more in the last %.0f s", self.what, count, LOG_INTERVAL)
