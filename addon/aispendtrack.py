@@ -297,7 +297,11 @@ class AiSpendTrack:
         timed_out = self.watch.finished(flow)
         message = flow.error.msg if flow.error else "unknown error"
         client_gone = "client disconnected" in message.lower()
-        if flow.response is not None or client_gone:  # the answer had started, or nobody is listening
+        if flow.response is not None and meter.saw_the_end():
+            # The terminal event had passed: the client had everything. Providers often keep the
+            # connection a moment longer, and SDKs close theirs at [DONE]; that is no error.
+            meter.finish(flow.response.status_code, "completed", None)
+        elif flow.response is not None or client_gone:  # the answer had started, or nobody is listening
             status = flow.response.status_code if flow.response else None
             outcome = "client_disconnected" if client_gone else "upstream_failed"
             # Only the part before the first ": " — the rest can quote bytes of the response.

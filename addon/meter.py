@@ -100,6 +100,10 @@ class CallMeter:
         self._sse = None
         log.warning("stopped reading the response of call %s: %s", self.id, reason)
 
+    def saw_the_end(self) -> bool:
+        """Whether a stream's terminal event ([DONE], message_stop, response.completed, ...) passed."""
+        return self.stream and self.parser is not None and self.parser.observed.complete
+
     def finish(self, status: int | None, outcome: str, error: str | None, body: bytes | None = None) -> None:
         """``body``: a buffered response's raw content (None for streams, or when there was none)."""
         self.finished_at = time.time()

@@ -22,6 +22,7 @@ class Reply:
     gated: bool = False        # pause after the first event until the test opens the gate
     delay: float = 0.0         # seconds between events
     die_after: int | None = None  # close the connection after this many pieces
+    linger: float = 0.0        # seconds the connection stays open after the last event
     split: int | None = None   # cut the stream into pieces of this many bytes
 
     def pieces(self) -> list[bytes]:
@@ -332,7 +333,10 @@ def reply_for(path: str, scenario: str, request: dict) -> Reply:
     routes = {"/v1/chat/completions": _chat, "/v1/responses": _responses, "/v1/embeddings": _embeddings,
               "/v1/completions": _completions, "/v1/messages": _messages}
     if path in routes:
-        return routes[path](scenario, request)
+        reply = routes[path](scenario, request)
+        if "linger" in scenario:
+            reply.linger = 3.0
+        return reply
     if path == "/v1/messages/count_tokens":
         return _json({"input_tokens": 14})
     if path == "/v1/models":

@@ -115,3 +115,36 @@ def test_upstream_unreachable_gives_502_and_a_row(tmp_path, customer):
         assert row["outcome"] == "upstream_failed" and row["status"] == 502 and row["usage_source"] == "none"
     finally:
         proxy.stop()
+
+
+def test_a_complete_stream_is_completed_even_if_the_provider_holds_the_connection_after_done(proxy, customer):
+    client = proxy.openai(headers={"x-customer-id": customer, "x-test-scenario": "linger"})
+    started = time.monotonic()
+    chunks = list(client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True}))
+    assert time.monotonic() - started < 2  # the SDK stopped at [DONE] and closed, not waiting for the end
+    assert chunks[-1].usage.completion_tokens == 14
+    [row] = proxy.rows(customer)
+    assert (row["outcome"], row["usage_source"], row["error"]) == ("completed", "reported", None)
+    assert (row["input_tokens"], row["output_tokens"]) == (79, 14)
+
+
+@pytest.mark.parametrize("path,body,last", [
+    ("/v1/messages", {"model": "claude-sonnet-4-20250514", "max_tokens": 10, "stream": True,
+                      "messages": [{"role": "user", "content": "hi"}]}, b"message_stop"),
+    ("/v1/responses", {"model": "gpt-5", "input": "hi", "stream": True}, b"response.completed"),
+])
+def test_a_client_that_stops_at_the_terminal_event_leaves_a_completed_row(proxy, customer, path, body, last):
+    headers = {"x-aispendtrack-key": proxy.key, "x-customer-id": customer, "x-test-scenario": "linger",
+               "authorization": "Bearer sk-test"}
+    if path == "/v1/messages":
+        headers |= {"x-api-key": "sk-ant-test", "anthropic-version": "2023-06-01"}
+    seen = b""
+    with httpx.Client(timeout=10) as client, client.stream("POST", proxy.url + path, headers=headers,
+                                                           json=body) as response:
+        for piece in response.iter_raw():
+            seen += piece
+            if last in seen and seen.endswith(b"\n\n"):
+                break  # as an SDK does: it has everything, and closes
+    [row] = proxy.rows(customer)
+    assert (row["outcome"], row["usage_source"], row["error"]) == ("completed", "reported", None)
+    assert row["cost_usd"] > 0

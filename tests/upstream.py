@@ -131,6 +131,8 @@ def _handler(provider: FakeProvider):
                         return
                 if compressor:
                     self._chunk(compressor.flush())
+                if reply.linger:  # as real servers do: the body ends a moment after the last event
+                    time.sleep(reply.linger)
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
             except (BrokenPipeError, ConnectionResetError):
