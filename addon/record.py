@@ -11,6 +11,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from pricing import Price, PriceBook
 from pricing.usage import TokenUsage
@@ -28,6 +29,7 @@ _EDGE = 256 * 1024  # head and tail kept of a larger body: model sits near the s
 _SLICE = 1024 * 1024
 _MODEL_IN_HEAD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
 _NO_PRICE = Price(None, None)
+_NOTHING_BILLED = Price(Decimal(0), None)
 
 
 def build_row(meter: CallMeter, book: PriceBook) -> dict:
@@ -47,8 +49,20 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     request = _RequestBody(meter)
     model = observed.model or request.model()
     usage, source = _usage(meter, observed, request, model)
-    price = book.price(usage, meter.provider.name, model, ts) if usage is not None else _NO_PRICE
+    if usage is not None:
+        price = book.price(usage, meter.provider.name, model, ts)
+    else:
+        price = _NOTHING_BILLED if _bills_nothing(meter, observed, source) else _NO_PRICE
     return _row(meter, observed, model, usage, source, price)
+
+
+def _bills_nothing(meter: CallMeter, observed: Observed, source: str) -> bool:
+    """A call the provider charges nothing for: an unmetered path (/v1/models, count_tokens, ...),
+    or refused or failed before any token. Its cost is $0, known, not "unpriced"."""
+    if source != "none":
+        return False
+    return (not meter.provider.metered(meter.path) or meter.status is None
+            or meter.status >= 400 and observed.usage is None)
 
 
 def _ts(meter: CallMeter) -> dt.datetime:

@@ -77,7 +77,7 @@ def test_count_tokens_is_recorded_without_usage(proxy, customer):
     assert counted.input_tokens == 14
     [row] = proxy.rows(customer)
     assert row["endpoint"] == "/v1/messages/count_tokens" and row["usage_source"] == "none"
-    assert row["cost_usd"] is None
+    assert row["cost_usd"] == 0 and row["priced"] is True  # free, not unpriced
 
 
 def test_overloaded_error_reaches_the_sdk_and_is_recorded(proxy, customer):

@@ -109,7 +109,8 @@ def test_provider_error_is_passed_through_and_recorded_without_usage(proxy, cust
     with pytest.raises(openai.BadRequestError, match="empty array"):
         client.chat.completions.create(model="gpt-4o", messages=[])
     [row] = proxy.rows(customer)
-    assert row["status"] == 400 and row["usage_source"] == "none" and row["cost_usd"] is None
+    assert row["status"] == 400 and row["usage_source"] == "none"
+    assert row["cost_usd"] == 0 and row["priced"] is True  # the provider bills nothing for it
 
 
 def test_other_paths_pass_through_and_are_recorded(proxy, customer):
@@ -118,4 +119,5 @@ def test_other_paths_pass_through_and_are_recorded(proxy, customer):
     assert [m.id for m in models] == ["gpt-4o"]
     [row] = proxy.rows(customer)
     assert row["endpoint"] == "/v1/models" and row["status"] == 200 and row["usage_source"] == "none"
+    assert row["cost_usd"] == 0 and row["priced"] is True
     assert row["latency_ms"] > 0

@@ -15,10 +15,11 @@ from decimal import Decimal
 
 
 from addon.store import calls as call_rows
-from addon.store import reading
+from addon.store import migrations, reading, writing
 from addon.store.writer import Writer
 
 from .conftest import run_cli, start_proxy
+from .helpers import call_row
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -176,3 +177,16 @@ def test_calls_table_fits_the_terminal_and_marks_unpriced(proxy, customer):
     assert "acme-llm-7b" in line and "unpriced" in line and "$0" not in line
     checked = run_cli(proxy.home, "prices", "check")
     assert "acme-llm-7b" in checked and "never $0" in checked
+
+
+def test_the_migration_gives_calls_that_billed_nothing_a_zero_cost(tmp_path):
+    legacy = dict(cost_usd=None, priced=False, usage_source="none", price_source=None)
+    rows = [call_row(1, status=429, **legacy), call_row(2, status=None, **legacy),
+            call_row(3, endpoint="/v1/models", **legacy),
+            call_row(4, **legacy),  # a metered endpoint that answered 200 without usage: unknown
+            call_row(5, cost_usd=None, priced=False, usage_source="reported", model="acme-7b")]  # unpriced model
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, rows)
+        migrations.m010_nothing_billed_costs_zero(con)
+        stored = {r["input_tokens"]: (r["cost_usd"], r["priced"]) for r in call_rows.newest(con, 10)}
+    assert stored == {1: (0, True), 2: (0, True), 3: (0, True), 4: (None, False), 5: (None, False)}

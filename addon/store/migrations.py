@@ -170,8 +170,24 @@ def m009_web_sessions(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m010_nothing_billed_costs_zero(con: duckdb.DuckDBPyConnection) -> None:
+    # Calls that bill nothing (errors before any token, unmetered paths) cost $0, not NULL, so
+    # that "unpriced" means only usage we could not price. A metered endpoint that answered
+    # without usage keeps its NULL: that one is genuinely unknown.
+    con.execute("""
+        UPDATE calls SET cost_usd = 0, priced = true
+        WHERE usage_source = 'none' AND cost_usd IS NULL AND (
+            status IS NULL OR status >= 400
+            OR NOT (endpoint LIKE '%/chat/completions' OR endpoint LIKE '%/completions'
+                    OR endpoint LIKE '%/responses' OR endpoint LIKE '%/embeddings'
+                    OR endpoint IN ('/v1/messages', '/v2/chat', '/v2/embed')
+                    OR endpoint LIKE '%:generateContent' OR endpoint LIKE '%:streamGenerateContent'))
+    """)
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
-              m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions]
+              m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
+              m010_nothing_billed_costs_zero]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:
