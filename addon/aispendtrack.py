@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import failures, refusals, routing, upstreams
+from addon import failures, injection, refusals, routing, upstreams
 from addon import keys as keygen
 from addon import home as home_dir
 from addon.bounds import ConnectionBounds
@@ -53,7 +53,7 @@ _META = "aispendtrack"
 _OPTIONS = ("aispendtrack_home", "aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream",
             "aispendtrack_upstreams", "aispendtrack_quota_tz", "aispendtrack_alert_interval_s",
             "aispendtrack_flush_ms", "aispendtrack_upstream_timeout_s", "aispendtrack_auth_failures_per_minute",
-            "aispendtrack_tls_only", "aispendtrack_purge_interval_s")
+            "aispendtrack_tls_only", "aispendtrack_purge_interval_s", "aispendtrack_inject_usage")
 
 
 class AiSpendTrack:
@@ -71,6 +71,7 @@ class AiSpendTrack:
         self.watch = failures.UpstreamWatch()
         self.guard = AuthGuard()
         self.tls_only = False
+        self.inject_usage = True
         self._in_flight: dict[str, http.HTTPFlow] = {}  # calls with a meter, until response or error
         failures.install()
 
@@ -96,6 +97,9 @@ class AiSpendTrack:
                           "Refused keys allowed per client address and minute before it gets 429s (0: no limit).")
         loader.add_option("aispendtrack_purge_interval_s", int, 86_400,
                           "How often raw calls past their plan's retention are purged, in seconds.")
+        loader.add_option("aispendtrack_inject_usage", bool, True,
+                          "Ask for usage on chat streams whose client did not (stream_options.include_usage), "
+                          "and give the client the stream it asked for; off: such streams are estimated.")
         loader.add_option("aispendtrack_tls_only", bool, False,
                           "Refuse calls that did not come over TLS (set when the proxy serves HTTPS).")
 
@@ -113,6 +117,8 @@ class AiSpendTrack:
             self.watch.timeout = ctx.options.aispendtrack_upstream_timeout_s
         if "aispendtrack_tls_only" in updated:
             self.tls_only = ctx.options.aispendtrack_tls_only
+        if "aispendtrack_inject_usage" in updated:
+            self.inject_usage = ctx.options.aispendtrack_inject_usage
         if "aispendtrack_auth_failures_per_minute" in updated:
             self.guard.allowed = ctx.options.aispendtrack_auth_failures_per_minute
         if "aispendtrack_quota_tz" in updated:
@@ -226,11 +232,26 @@ class AiSpendTrack:
                             f"No upstream is configured for {provider.name}. Start the proxy with "
                             f"--upstream {provider.name}=https://... (see docs/providers.md).")
             return
-        flow.metadata[_META] = CallMeter(
+        meter = CallMeter(
             provider, provider_path, key_id, tags["x-customer-id"], tags["x-feature"], req.timestamp_start, req.raw_content,
             req.headers.get("content-encoding", ""))
+        if self.inject_usage and provider.injects_usage(provider_path):
+            self._inject_usage(req, meter)
+        flow.metadata[_META] = meter
         self._in_flight[flow.id] = flow
         self.watch.start(flow)
+
+    @staticmethod
+    def _inject_usage(req: http.Request, meter: CallMeter) -> None:
+        if req.headers.get("content-encoding", "identity") != "identity":
+            return  # a compressed request body: left exactly as sent
+        body = injection.with_usage_requested(req.raw_content)
+        if body is None:
+            return
+        req.content = body
+        # Uncompressed, so the rewritten stream can go to the client without decoding.
+        req.headers["accept-encoding"] = "identity"
+        meter.usage_injected = True
 
     def _route(self, flow: http.HTTPFlow, path: str, query: str) -> tuple[Provider, str, bool] | None:
         """(provider, its path, whether our key was in the query), with the request pointed at that
@@ -280,6 +301,9 @@ class AiSpendTrack:
         if meter.start_response(res.status_code, res.headers.get("content-type", ""),
                                 res.headers.get("content-encoding", "")):
             res.stream = meter.tap  # chunks go to the client as they arrive; the tap only reads along
+            if meter.rewrites_body:  # without the usage we asked for: other bytes, sent decoded
+                res.headers.pop("content-encoding", None)
+                res.headers.pop("content-length", None)
 
     def response(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.pop(_META, None)

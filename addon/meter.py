@@ -14,6 +14,7 @@ import time
 import uuid
 
 from .decoding import BodyDecoder, DecodeError
+from .injection import UsageStripper
 from .providers import Provider, StreamParser
 from .sse import EventTooLarge, SSEDecoder
 
@@ -51,6 +52,8 @@ class CallMeter:
         self._decoder: BodyDecoder | None = None
         self._identity = False  # no content-encoding: skip the decoder on every chunk
         self._sse: SSEDecoder | None = None
+        self.usage_injected = False  # we asked upstream for the usage the client did not ask for
+        self._stripper: UsageStripper | None = None
 
     def start_response(self, status: int, content_type: str, content_encoding: str) -> bool:
         """Called with the response headers; True when the body should stream through the tap."""
@@ -68,32 +71,51 @@ class CallMeter:
                 self._identity = content_encoding.strip().lower() in ("", "identity")
                 self._sse = SSEDecoder()
                 self.parser = self.provider.stream_parser(self.path)
+                if self.usage_injected and status == 200:
+                    self._stripper = UsageStripper()
         return True
 
-    def tap(self, chunk: bytes) -> bytes:
+    @property
+    def rewrites_body(self) -> bool:
+        """The client gets the stream rewritten (and so decoded): its length and encoding change."""
+        return self._stripper is not None
+
+    def tap(self, chunk: bytes) -> bytes | list[bytes]:
         """mitmproxy's ``flow.response.stream`` callable: b"" marks the end of the body."""
         if self.first_byte_at is None and chunk:
             self.first_byte_at = time.time()
+        if self._sse is None and self._stripper is None:
+            return chunk
+        try:
+            data = chunk if self._identity or not chunk else self._decoder.feed(chunk)
+        except DecodeError as exc:
+            self._stop_reading(str(exc))
+            self._stripper = None  # a stream that cannot be decoded is broken for a direct client too
+            return chunk
         if self._sse is not None:
-            try:
-                self._read(chunk)
-            except (DecodeError, EventTooLarge) as exc:
-                self._stop_reading(str(exc))
-            except Exception as exc:  # never let bookkeeping break the call
-                # Only the type: an exception's text could quote the body.
-                self._stop_reading(f"unexpected {type(exc).__name__}")
-        return chunk
+            self._read(data, end=not chunk)
+        return self._strip(data, end=not chunk) if self._stripper is not None else chunk
 
-    def _read(self, chunk: bytes) -> None:
-        if not chunk:
-            events = self._sse.close()
-        elif self._identity:
-            events = self._sse.feed(chunk)
-        else:
-            events = self._sse.feed(self._decoder.feed(chunk))
-        feed = self.parser.feed
-        for event, payload in events:
-            feed(event, payload)
+    def _read(self, data: bytes, end: bool) -> None:
+        try:
+            feed = self.parser.feed
+            for event, payload in (self._sse.close() if end else self._sse.feed(data)):
+                feed(event, payload)
+        except EventTooLarge as exc:
+            self._stop_reading(str(exc))
+        except Exception as exc:  # never let bookkeeping break the call
+            # Only the type: an exception's text could quote the body.
+            self._stop_reading(f"unexpected {type(exc).__name__}")
+
+    def _strip(self, data: bytes, end: bool) -> bytes | list[bytes]:
+        try:
+            out = self._stripper.close() if end else self._stripper.feed(data)
+            # An empty chunk would end a chunked response early; an empty list sends nothing.
+            return out if out or end else []
+        except Exception as exc:  # the rest goes to the client as the provider sent it
+            log.warning("stopped removing injected usage from call %s: unexpected %s", self.id, type(exc).__name__)
+            self._stripper = None
+            return data
 
     def _stop_reading(self, reason: str) -> None:
         self.read_failure = reason

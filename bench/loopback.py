@@ -131,7 +131,8 @@ class Connection:
         self.writer.close()
 
 
-def request_bytes(port: int, stream: bool, headers: dict[str, str], anthropic: bool = False) -> bytes:
+def request_bytes(port: int, stream: bool, headers: dict[str, str], anthropic: bool = False,
+                  ask_usage: bool = True) -> bytes:
     if anthropic:
         path = "/v1/messages"
         body = json.dumps({"model": "claude-sonnet-4-20250514", "max_tokens": 100, "stream": stream,
@@ -139,7 +140,7 @@ def request_bytes(port: int, stream: bool, headers: dict[str, str], anthropic: b
     else:
         path = "/v1/chat/completions"
         body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
-                           **({"stream_options": {"include_usage": True}} if stream else {})}).encode()
+                           **({"stream_options": {"include_usage": True}} if stream and ask_usage else {})}).encode()
     lines = [f"POST {path} HTTP/1.1".encode(), f"host: 127.0.0.1:{port}".encode(),
              b"content-type: application/json", b"authorization: Bearer sk-bench",
              f"content-length: {len(body)}".encode()]

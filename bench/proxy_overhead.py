@@ -116,7 +116,7 @@ def count_rows(home: Path) -> int:
     return len(json.loads(out.stdout))
 
 
-def run(rounds: int, latency_count: int, load_count: int, connections: int) -> dict:
+def run(rounds: int, latency_count: int, load_count: int, connections: int, ask_usage: bool = True) -> dict:
     home = Path(tempfile.mkdtemp(prefix="aispendtrack-bench-"))
     key = make_key(home)
     up_port = free_port()
@@ -144,7 +144,7 @@ def run(rounds: int, latency_count: int, load_count: int, connections: int) -> d
                 # speed drifts by tens of percent over minutes, which pooled figures would pick up.
                 for name, (port, _) in (list(targets.items())[::-1] if n % 2 else list(targets.items())):
                     headers = {"x-aispendtrack-key": key} if name == "ours" else {}
-                    raw = loopback.request_bytes(port, mode == "stream", headers)
+                    raw = loopback.request_bytes(port, mode == "stream", headers, ask_usage=ask_usage)
                     asyncio.run(latency(port, raw, 20))  # warm-up
                     totals, firsts = asyncio.run(latency(port, raw, latency_count))
                     rps = asyncio.run(throughput(port, raw, connections, load_count))
@@ -216,9 +216,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--without-include-usage", action="store_true",
+                        help="streams do not ask for usage, so ours injects it and strips it again")
     args = parser.parse_args()
     counts = (2, 100, 300, 32) if args.quick else (10, 150, 600, 32)
-    results = run(*counts)
+    results = run(*counts, ask_usage=not args.without_include_usage)
     ok = report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

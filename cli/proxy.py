@@ -37,6 +37,8 @@ from .web import serve_in_thread
               help="Seconds to wait for a provider's response headers before answering 504.")
 @click.option("--auth-failures-per-minute", default=30, show_default=True, type=click.IntRange(0),
               help="Wrong keys allowed per client address and minute before it gets 429s (0: no limit).")
+@click.option("--no-usage-injection", "no_usage_injection", is_flag=True,
+              help="Do not ask for usage on chat streams whose client did not; such streams are then estimated.")
 @click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(1),
               help="Client connections served at once; more are closed at once.")
 @click.option("--client-timeout", default=60, show_default=True, type=click.IntRange(1, 3600),
@@ -48,7 +50,7 @@ from .web import serve_in_thread
 @click.pass_obj
 def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, upstreams: tuple[str, ...],
           flush_ms: int, web_port: int | None, alert_interval: int, purge_interval: int, upstream_timeout: int,
-          auth_failures_per_minute: int, max_connections: int, client_timeout: int, tls_cert: str | None,
+          auth_failures_per_minute: int, no_usage_injection: bool, max_connections: int, client_timeout: int, tls_cert: str | None,
           tls_key: str | None, upstream_ca: str | None) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
     if bool(tls_cert) != bool(tls_key):
@@ -67,7 +69,7 @@ def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: s
         aispendtrack_flush_ms=flush_ms, aispendtrack_alert_interval_s=alert_interval,
         aispendtrack_upstream_timeout_s=upstream_timeout, aispendtrack_purge_interval_s=purge_interval,
         aispendtrack_auth_failures_per_minute=auth_failures_per_minute,
-        aispendtrack_max_connections=max_connections, aispendtrack_client_timeout_s=client_timeout,
+        aispendtrack_inject_usage=not no_usage_injection, aispendtrack_max_connections=max_connections, aispendtrack_client_timeout_s=client_timeout,
         aispendtrack_tls_only=bool(tls_cert))
     mitm_options = dict(listen_host=host, listen_port=port, mode=[f"reverse:{openai_upstream}"])
     if tls_cert:

@@ -111,7 +111,8 @@ def _chat(scenario: str, request: dict) -> Reply:
         return _big_event(int(scenario.split(":")[1]))
     if request.get("stream"):
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        reply = Reply(events=chat_stream(include_usage, usage_null="usage_null" in scenario,
+        # As documented: with include_usage, every chunk but the last carries "usage": null.
+        reply = Reply(events=chat_stream(include_usage, usage_null="usage_null" in scenario and include_usage,
                                          repeat=200 if "slow" in scenario else 1,
                                          usage=request.get("test_usage", STREAM_USAGE)))
         reply.gzip = "gzip" in scenario

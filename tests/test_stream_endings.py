@@ -13,6 +13,7 @@ import pytest
 import tiktoken
 import tiktoken.load
 
+from .conftest import start_proxy
 from .payloads import STREAM_TEXT
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "system", "content": "Be brief."},
@@ -42,7 +43,17 @@ def chat_prompt_tokens(enc: tiktoken.Encoding, messages: list[dict]) -> int:
     return 3 + sum(3 + len(enc.encode(m["role"])) + len(enc.encode(m["content"])) for m in messages)
 
 
-def test_stream_without_include_usage_is_estimated_not_zero(proxy, customer, o200k):
+@pytest.fixture(scope="module")
+def estimating(tmp_path_factory, upstream):
+    """A proxy that does not ask for usage the client did not ask for (--no-usage-injection)."""
+    running = start_proxy(tmp_path_factory.mktemp("home"), upstream.url, tmp_path_factory.mktemp("logs") / "p.log",
+                          extra_args=("--no-usage-injection",))
+    yield running
+    running.stop()
+
+
+def test_stream_without_include_usage_is_estimated_not_zero_when_injection_is_off(estimating, customer, o200k):
+    proxy = estimating
     client = proxy.openai(headers={"x-customer-id": customer})
     text = "".join(chunk.choices[0].delta.content or "" for chunk in
                    client.chat.completions.create(**CHAT, stream=True) if chunk.choices)

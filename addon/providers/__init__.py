@@ -24,11 +24,12 @@ def all_providers(counter: Counter | None) -> list[Provider]:
         Gemini(counter),
         Cohere(counter),
         OpenAICompatible("mistral", "/mistral", "https://api.mistral.ai", counter),
-        OpenAICompatible("azure", "/azure", None, counter),  # per resource: --upstream azure=https://NAME.openai.azure.com
+        # Azure has no default upstream: one per resource, --upstream azure=https://NAME.openai.azure.com
+        OpenAICompatible("azure", "/azure", None, counter, accepts_stream_options=True),
         OpenAICompatible("openrouter", "/openrouter", "https://openrouter.ai/api", counter),
-        OpenAICompatible("groq", "/groq", "https://api.groq.com/openai", counter),
-        OpenAICompatible("deepseek", "/deepseek", "https://api.deepseek.com", counter),
-        OpenAICompatible("x-ai", "/xai", "https://api.x.ai", counter),
+        OpenAICompatible("groq", "/groq", "https://api.groq.com/openai", counter, accepts_stream_options=True),
+        OpenAICompatible("deepseek", "/deepseek", "https://api.deepseek.com", counter, accepts_stream_options=True),
+        OpenAICompatible("x-ai", "/xai", "https://api.x.ai", counter, accepts_stream_options=True),
         OpenAICompatible("together", "/together", "https://api.together.xyz", counter),
         OpenAICompatible("fireworks", "/fireworks", "https://api.fireworks.ai/inference", counter),
         Anthropic(counter),

@@ -88,6 +88,10 @@ class Provider:
         """Whether calls to this path carry billable usage we parse."""
         raise NotImplementedError
 
+    def injects_usage(self, path: str) -> bool:
+        """Whether a stream to this path may be given stream_options.include_usage (see injection.py)."""
+        return False
+
     def parse_body(self, path: str, body: object) -> Observed:
         """A complete (non-streamed) JSON body: usually an object, for some APIs an array."""
         raise NotImplementedError

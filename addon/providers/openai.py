@@ -126,12 +126,18 @@ def _choice_texts(choice: object) -> list[str]:
 
 class OpenAI(Provider):
     name = "openai"
+    # Whether the API takes stream_options.include_usage on chat streams (documented by OpenAI,
+    # Azure OpenAI, DeepSeek, xAI and Groq); the others are not asked (see docs/providers.md).
+    accepts_stream_options = True
     prefix = "/openai"
     default_upstream = "https://api.openai.com"
     paths = ("/v1/",)
 
     def metered(self, path: str) -> bool:
         return path in _METERED
+
+    def injects_usage(self, path: str) -> bool:
+        return self.accepts_stream_options and path.endswith("/chat/completions")
 
     def parse_body(self, path: str, body) -> Observed:
         if not isinstance(body, dict):
@@ -201,9 +207,11 @@ class OpenAICompatible(OpenAI):
 
     paths = ()
 
-    def __init__(self, name: str, prefix: str, default_upstream: str | None, counter: Counter | None = None):
+    def __init__(self, name: str, prefix: str, default_upstream: str | None, counter: Counter | None = None,
+                 accepts_stream_options: bool = False):
         super().__init__(counter)
         self.name, self.prefix, self.default_upstream = name, prefix, default_upstream
+        self.accepts_stream_options = accepts_stream_options
 
     def metered(self, path: str) -> bool:
         return path.endswith(_SUFFIXES)
