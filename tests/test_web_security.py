@@ -120,3 +120,9 @@ def test_the_data_files_are_readable_by_their_owner_only(home, admin_token):
     assert oct(home.stat().st_mode & 0o777) == "0o700"
     for path in [home_dir.db_path(home), *home.glob("web-secret")]:
         assert oct(path.stat().st_mode & 0o777) == "0o600", path
+
+
+def test_a_large_request_body_is_refused_before_it_is_read(client, admin_token):
+    response = client.post("/api/v1/purge", data=b"x" * (1024 * 1024), content_type="application/json",
+                           headers={"Authorization": f"Bearer {admin_token['token']}"})
+    assert response.status_code == 413

@@ -23,7 +23,9 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None) 
     app = Flask(__name__)
     app.config["AISPENDTRACK_HOME"] = home_dir.resolve(home)
     app.config.update(SECRET_KEY=session_secret(app.config["AISPENDTRACK_HOME"]), SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session")
+                      SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session",
+                      # Every request body here is a small form or JSON object: anything larger is a 413.
+                      MAX_CONTENT_LENGTH=64 * 1024)
     if test_config:
         app.config.update(test_config)
     security.install(app)
