@@ -65,7 +65,6 @@ class Writer(threading.Thread):
         self._spill_seq = 0
         self.rows_written = 0
         self.rows_dropped = 0
-        self.rows_quarantined = 0
         self.max_pending = max_pending
 
     def submit(self, item: object) -> None:
@@ -144,12 +143,12 @@ class Writer(threading.Thread):
         directory = self.spill_dir / QUARANTINE_DIR
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            path = directory / f"{time.time_ns()}-{os.getpid()}.jsonl"
+            self._spill_seq += 1
+            path = directory / f"{time.time_ns()}-{os.getpid()}-{self._spill_seq}.jsonl"
             _write_private(path, json.dumps({**row, "quarantine_reason": reason}, default=str) + "\n")
         except OSError as write_error:
             log.error("cannot quarantine call %s (%s); it is dropped", row.get("id"), write_error)
             return
-        self.rows_quarantined += 1
         # The reason can quote the row's values (a customer id), so the log names only its type.
         log.error("call %s could not be stored (%s) and was set aside in %s", row.get("id"),
                   type(exc).__name__, path)
