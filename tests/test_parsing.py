@@ -113,3 +113,13 @@ def test_an_event_past_the_bound_stops_the_reading_not_the_stream():
     with pytest.raises(EventTooLarge, match="longer than 16 MB"):
         for _ in range(17 * 1024):
             decoder.feed(b"y" * 1024)
+
+
+def test_reasoning_outside_completion_tokens_is_billed_as_output():
+    # xAI (grok-3-mini): reasoning is not inside completion_tokens; total_tokens adds all three.
+    xai = {"prompt_tokens": 32, "completion_tokens": 9, "total_tokens": 135,
+           "completion_tokens_details": {"reasoning_tokens": 94}}
+    assert openai.usage_from(xai) == TokenUsage(input_tokens=32, output_tokens=103, reasoning_tokens=94)
+    # OpenAI: reasoning inside completion_tokens, and the total says so; nothing is added.
+    assert openai.usage_from(payloads.USAGE_REASONING) == TokenUsage(input_tokens=156, output_tokens=561,
+                                                                     reasoning_tokens=512)

@@ -2,7 +2,8 @@
 
 Usage fields (see shared/reference/provider-usage.md, sections 1-4):
 ``cached_tokens`` and ``cache_write_tokens`` are inside ``prompt_tokens``/``input_tokens``;
-``reasoning_tokens`` is inside ``completion_tokens``/``output_tokens``.
+``reasoning_tokens`` is inside ``completion_tokens``/``output_tokens``, except at xAI, whose
+``total_tokens`` shows it outside.
 """
 
 from __future__ import annotations
@@ -39,12 +40,16 @@ def usage_from(raw: object) -> TokenUsage | None:
         in_details, out_details = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
     cached = min(count(in_details, "cached_tokens"), prompt)
     written = min(count(in_details, "cache_write_tokens"), prompt - cached)
+    reasoning = count(out_details, "reasoning_tokens")
+    if reasoning and count(raw, "total_tokens") == prompt + completion + reasoning:
+        # xAI counts reasoning outside completion_tokens (its total says so); it is billed as output.
+        completion += reasoning
     return TokenUsage(
         input_tokens=prompt - cached - written,
         cache_read_tokens=cached,
         cache_write_tokens=written,
         output_tokens=completion,
-        reasoning_tokens=min(count(out_details, "reasoning_tokens"), completion),
+        reasoning_tokens=min(reasoning, completion),
     )
 
 
