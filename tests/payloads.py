@@ -1,7 +1,7 @@
-"""Provider responses as they appear on the wire (shared/reference/provider-usage.md).
+"""Provider responses as they appear on the wire (docs/provider-usage.md).
 
-Usage objects marked VERBATIM in the reference are copied as they are; ids and texts are
-filler. ``reply_for`` picks the response for a path, the request, and a test scenario.
+Usage objects marked VERBATIM are copied from recorded SDK and genai-prices payloads; ids and
+texts are filler. ``reply_for`` picks the response for a path, the request, and a test scenario.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A fake provider: a real HTTP server on 127.0.0.1 speaking OpenAI's and Anthropic's wire formats.
 
-Payloads are the documented ones from shared/reference/provider-usage.md. A test picks a
+Payloads are the documented ones in docs/provider-usage.md. A test picks a
 scenario with the ``x-test-scenario`` request header (it passes through the proxy like any
 header of the caller's), and can read back every request the upstream received.
 """

@@ -1,6 +1,6 @@
 """Anthropic's wire format: the Messages API (plain and streamed).
 
-Usage fields (see shared/reference/provider-usage.md, section 5): ``input_tokens`` already
+Usage fields (docs/provider-usage.md, section 3): ``input_tokens`` already
 excludes cache reads and writes; ``cache_creation`` splits writes by TTL. In a stream the
 ``message_delta`` usage is cumulative and overrides ``message_start`` field by field.
 """

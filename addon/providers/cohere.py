@@ -1,8 +1,8 @@
 """Cohere v2: /v2/chat (plain and streamed) and /v2/embed.
 
 Billing follows ``billed_units``, never the raw ``tokens`` (which include the prompt template
-and can be far larger). Streams carry usage only in ``message-end`` (section 7.2 of the
-reference). Chat responses name no model; the request's ``model`` is used.
+and can be far larger). Streams carry usage only in ``message-end`` (docs/provider-usage.md,
+section 5). Chat responses name no model; the request's ``model`` is used.
 """
 
 from __future__ import annotations

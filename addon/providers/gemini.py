@@ -1,6 +1,6 @@
 """Google Gemini (Generative Language API): generateContent and streamGenerateContent.
 
-Usage fields (shared/reference/provider-usage.md, section 6): ``cachedContentTokenCount`` is
+Usage fields (docs/provider-usage.md, section 4): ``cachedContentTokenCount`` is
 inside ``promptTokenCount``; ``thoughtsTokenCount`` is *not* inside ``candidatesTokenCount``
 and is billed as output. A stream repeats running totals in every chunk: the last one counts.
 """

@@ -1,6 +1,6 @@
 """OpenAI's wire format: chat completions, responses, embeddings and legacy completions.
 
-Usage fields (see shared/reference/provider-usage.md, sections 1-4):
+Usage fields (docs/provider-usage.md, sections 1 and 2):
 ``cached_tokens`` and ``cache_write_tokens`` are inside ``prompt_tokens``/``input_tokens``;
 ``reasoning_tokens`` is inside ``completion_tokens``/``output_tokens``, except at xAI, whose
 ``total_tokens`` shows it outside.
