@@ -83,7 +83,7 @@ class ConnectionBounds:
     def __init__(self) -> None:
         self.max_connections = 1024
         self.timeout = 60.0
-        self._open: dict[str, Client] = {}
+        self._open: set[str] = set()  # client ids
         self._in_flight: dict[str, int] = {}  # client id -> calls under way (several with HTTP/2)
         self._waiting: dict[str, tuple[float, str]] = {}  # client id -> (deadline, what for)
         self._over = BurstLog("refused connections over the limit")
@@ -127,11 +127,11 @@ class ConnectionBounds:
             self._over.refused(f"{self.max_connections} open (aispendtrack_max_connections)")
             client.error = f"AiSpendTrack serves at most {self.max_connections} connections at once."
             return
-        self._open[client.id] = client
+        self._open.add(client.id)
         self._waiting[client.id] = (time.monotonic() + self.timeout, "request headers")
 
     def client_disconnected(self, client: Client) -> None:
-        self._open.pop(client.id, None)
+        self._open.discard(client.id)
         self._waiting.pop(client.id, None)
         self._in_flight.pop(client.id, None)
 

@@ -48,19 +48,18 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     observed = _observe(meter)
     request = _RequestBody(meter)
     model = observed.model or request.model()
-    usage, source = _usage(meter, observed, request, model)
+    free = _bills_nothing(meter, observed)
+    usage, source = _usage(meter, observed, request, model, free)
     if usage is not None:
         price = book.price(usage, meter.provider.name, model, ts)
     else:
-        price = _NOTHING_BILLED if _bills_nothing(meter, observed, source) else _NO_PRICE
+        price = _NOTHING_BILLED if free and source == "none" else _NO_PRICE
     return _row(meter, observed, model, usage, source, price)
 
 
-def _bills_nothing(meter: CallMeter, observed: Observed, source: str) -> bool:
+def _bills_nothing(meter: CallMeter, observed: Observed) -> bool:
     """A call the provider charges nothing for: an unmetered path (/v1/models, count_tokens, ...),
     or refused or failed before any token. Its cost is $0, known, not "unpriced"."""
-    if source != "none":
-        return False
     return (not meter.provider.metered(meter.path) or meter.status is None
             or meter.status >= 400 and observed.usage is None)
 
@@ -95,18 +94,16 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
 
 
 def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
-           model: str | None) -> tuple[TokenUsage | None, str]:
-    provider = meter.provider
-    if not provider.metered(meter.path):
-        return None, "none"
-    if observed.invalid_usage is not None:
+           model: str | None, free: bool) -> tuple[TokenUsage | None, str]:
+    """``free``: the call bills nothing (see _bills_nothing), so there is no usage to find."""
+    if observed.invalid_usage is not None:  # only metered paths are parsed
         return None, "invalid"  # never priced, and never replaced by an estimate
+    if free:
+        return None, "none"
     interrupted = meter.outcome != "completed" or not observed.complete or meter.read_failure is not None
     if not interrupted and observed.usage is not None:
         return observed.usage, "reported"
-    if meter.status is None or meter.status >= 400 and observed.usage is None:
-        return None, "none"  # refused or failed before generating: nothing billable
-    estimate = provider.estimate(meter.path, request.json(), meter.parser, model)
+    estimate = meter.provider.estimate(meter.path, request.json(), meter.parser, model)
     if estimate is None:
         return None, "none"
     return estimate, "partial" if interrupted else "estimated"
