@@ -51,7 +51,7 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     free = _bills_nothing(meter, observed)
     usage, source = _usage(meter, observed, request, model, free)
     if usage is not None:
-        price = book.price(usage, meter.provider.name, model, ts)
+        price = book.price(usage, meter.provider.name, model, ts, observed.service_tier)
     else:
         price = _NOTHING_BILLED if free and source == "none" else _NO_PRICE
     return _row(meter, observed, model, usage, source, price)
@@ -90,6 +90,7 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         "latency_ms": round((finished - meter.started_at) * 1000, 3),
         "ttft_ms": round((meter.first_byte_at - meter.started_at) * 1000, 3)
         if meter.stream and meter.first_byte_at else None,
+        "service_tier": observed.service_tier,
     }
 
 

@@ -37,13 +37,25 @@ def check(obj, fmt: str = "table") -> None:
         return
     overrides = f"{len(book.overrides)} entries" if override_path.exists() else "none"
     click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({override_path}): {overrides}")
+    _show_patches(book.patches)
     if not rows:
         click.echo("Every metered call so far has a price.")
         return
-    click.echo(f"\n{sum(r['calls'] for r in rows)} calls used models with no known price (cost shown as "
-               f"'unpriced', never $0). Add them to {override_path}:\n")
+    click.echo(f"\n{sum(r['calls'] for r in rows)} calls used models (or service tiers) with no known price "
+               f"(cost shown as 'unpriced', never $0). Add them to {override_path}:\n")
     emit(rows, "table", [
         ("PROVIDER", lambda r: r["provider"], "<"), ("MODEL", lambda r: r["model"], "<"),
-        ("CALLS", lambda r: f"{r['calls']:,}", ">"),
+        ("TIER", lambda r: r["service_tier"] or "standard", "<"), ("CALLS", lambda r: f"{r['calls']:,}", ">"),
         ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
     ])
+
+
+def _show_patches(patches: pricing.PriceFile) -> None:
+    """The bundled corrections to genai-prices, each with where its rates are published."""
+    click.echo(f"Bundled corrections ({pricing.PATCH_FILE.name}, applied under your overrides): {len(patches)}")
+    for entry in patches.prices:
+        since = f" from {entry.since:%Y-%m-%d %H:%M} UTC" if entry.since else ""
+        tiers = f", {len(entry.tiers)} long-context tier(s)" if entry.tiers else ""
+        click.echo(f"  {entry.provider}/{' '.join(entry.models)}{since}{tiers}: {entry.cited}")
+    for tier in patches.multipliers:
+        click.echo(f"  {tier.provider} {tier.name} tier: x{tier.multiplier} of standard: {tier.cited}")

@@ -33,7 +33,7 @@ def reprice(obj, selection, dry_run: bool) -> None:
         for row in report_rows.reprice_inputs(con, selection):
             checked += 1
             usage = TokenUsage(**{name: row[name] for name in _TOKEN_FIELDS})
-            price = book.price(usage, row["provider"], row["model"], row["ts"])
+            price = book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"])
             if price.cost_usd != row["cost_usd"] or price.source != row["price_source"]:
                 changes.append((row["id"], price.cost_usd, price.source))
                 before += row["cost_usd"] or 0

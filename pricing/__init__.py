@@ -1,39 +1,39 @@
-"""What a call cost: list prices from genai-prices, or the user's overrides file.
+"""What a call cost: the user's overrides, then our bundled patches, then genai-prices' list prices.
 
     book = PriceBook(home / "prices.toml")
     price = book.price(TokenUsage(input_tokens=10, output_tokens=5), "openai", "gpt-4o", at)
     price.cost_usd  # Decimal, or None when the model has no known price
 
-An unknown model is never priced at $0: ``cost_usd`` is None and ``priced`` False.
+An unknown model is never priced at $0: ``cost_usd`` is None and ``priced`` False. Neither is a
+service tier whose rates nobody publishes: a priority call is not priced at the standard rate.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import genai_prices
-from genai_prices.types import TieredPrices
-
-from . import overrides
-from .overrides import PriceFileError
+from . import listprices, overrides
+from .listprices import data_source
+from .overrides import PriceFile, PriceFileError
 from .usage import TokenUsage
 
-__all__ = ["Price", "PriceBook", "PriceFileError", "TokenUsage", "data_source"]
+__all__ = ["PATCH_FILE", "Price", "PriceBook", "PriceFile", "PriceFileError", "TokenUsage", "data_source",
+           "priced_tier"]
 
 log = logging.getLogger(__name__)
-_MTOK = Decimal(1_000_000)
-_TIER_FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
+PATCH_FILE = Path(__file__).with_name("patches.toml")
+# Tiers billed at the standard list rates. OpenAI's "scale" is capacity bought in advance; its
+# per-token list price is the standard one (docs/pricing.md).
+_STANDARD_TIERS = frozenset({"default", "auto", "standard", "scale", "on_demand"})
 
 
 @dataclass(frozen=True)
 class Price:
     cost_usd: Decimal | None
-    source: str | None  # where the rates came from: "genai-prices 0.2.3" or "override prices.toml#2"
+    source: str | None  # where the rates came from: "genai-prices 0.2.3", "override prices.toml#2", ...
 
     @property
     def priced(self) -> bool:
@@ -43,29 +43,65 @@ class Price:
 UNPRICED = Price(None, None)
 
 
-def data_source() -> str:
-    return f"genai-prices {genai_prices.__version__}"
+def priced_tier(reported: str | None) -> str | None:
+    """The service tier a call is priced at: None for the standard tier, else "batch", "flex", ..."""
+    if reported is None or reported.lower() in _STANDARD_TIERS:
+        return None
+    return reported.lower()
 
 
 class PriceBook:
     """Prices calls; re-reads the override file when it changes, keeping the last good one on error."""
 
-    def __init__(self, override_path: Path):
+    def __init__(self, override_path: Path, patch_path: Path = PATCH_FILE):
         self.override_path = override_path
+        self.patches = overrides.load(patch_path, cited=True)
         self._overrides = overrides.load(override_path)  # a bad file at start is the caller's to report
         self._mtime = self._current_mtime()
 
     @property
-    def overrides(self) -> list[overrides.OverridePrice]:
-        return list(self._overrides)
+    def overrides(self) -> PriceFile:
+        return self._overrides
 
-    def price(self, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime) -> Price:
+    def price(self, usage: TokenUsage, provider: str, model: str | None, at, service_tier: str | None = None) -> Price:
+        """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...)."""
         if not model:
             return UNPRICED
-        override = overrides.best_match(self._overrides, provider, model, at)
-        if override is not None:
-            return Price(_override_cost(usage, override), override.source)
-        return _list_price(usage, provider, model, at)
+        tier = priced_tier(service_tier)
+        for layer in (self._overrides, self.patches):
+            price = self._from_file(layer, usage, provider, model, at, tier)
+            if price is not None:
+                return price
+        return self._from_list(usage, provider, model, at, tier)
+
+    def _from_file(self, layer: PriceFile, usage: TokenUsage, provider: str, model: str, at,
+                   tier: str | None) -> Price | None:
+        exact = layer.best_match(provider, model, at, tier)
+        if exact is not None:
+            return Price(exact.cost(usage), exact.source)
+        standard = layer.best_match(provider, model, at) if tier else None
+        if standard is None:
+            return None
+        # The file prices this model, but not at this tier: its standard rates times the tier's
+        # published discount, or no price at all (never the standard rate for a priority call).
+        return self._scaled(standard.cost(usage), standard.source, provider, tier) or UNPRICED
+
+    def _from_list(self, usage: TokenUsage, provider: str, model: str, at, tier: str | None) -> Price:
+        ctx = listprices.context(tier)
+        if tier is None or listprices.has_tier(provider, model, at, ctx):
+            cost = listprices.cost(usage, provider, model, at, ctx)
+            return Price(cost, data_source()) if cost is not None else UNPRICED
+        standard = listprices.cost(usage, provider, model, at)
+        if standard is None:
+            return UNPRICED
+        return self._scaled(standard, data_source(), provider, tier) or UNPRICED
+
+    def _scaled(self, standard: Decimal, source: str, provider: str, tier: str | None) -> Price | None:
+        assert tier is not None
+        found = self._overrides.multiplier(provider, tier) or self.patches.multiplier(provider, tier)
+        if found is None:
+            return None
+        return Price(standard * found.multiplier, f"{source} x{found.multiplier} {tier} ({found.source})")
 
     def reload_if_changed(self) -> None:
         mtime = self._current_mtime()
@@ -83,67 +119,3 @@ class PriceBook:
             return self.override_path.stat().st_mtime
         except FileNotFoundError:
             return None
-
-
-def _list_price(usage: TokenUsage, provider: str, model: str, at: dt.datetime) -> Price:
-    rates = _linear_rates(provider, model, at.date())
-    if rates is None:
-        return UNPRICED
-    if rates is _TIERED:
-        return Price(_genai_cost(usage, provider, model, at), data_source())
-    per_unit = sum(getattr(usage, field) * rate for field, rate in rates.items())
-    return Price(per_unit / _MTOK, data_source())
-
-
-def _genai_cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime) -> Decimal:
-    # genai-prices counts input_tokens as *all* input, cache included.
-    counts = genai_prices.Usage(
-        input_tokens=usage.total_input_tokens,
-        cache_read_tokens=usage.cache_read_tokens,
-        cache_write_tokens=usage.cache_write_tokens,
-        cache_write_1h_tokens=usage.cache_write_1h_tokens,
-        output_tokens=usage.output_tokens,
-        web_searches=usage.web_search_requests,
-    )
-    calc = genai_prices.calc_price(counts, model, provider_id=provider, genai_request_timestamp=at)
-    return Decimal(calc.total_price)
-
-
-# A price without tiers is linear in the counts, so it is worked out once per model and day by
-# pricing a million of each kind alone, then applied by multiplication: genai-prices' general
-# calculation costs ~150 us a call, which the writer thread would otherwise pay for every row.
-_TIERED = object()
-_PROBES = {
-    "input_tokens": TokenUsage(input_tokens=1_000_000),
-    "cache_read_tokens": TokenUsage(cache_read_tokens=1_000_000),
-    "cache_write_tokens": TokenUsage(cache_write_tokens=1_000_000),
-    "cache_write_1h_tokens": TokenUsage(cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000),
-    "output_tokens": TokenUsage(output_tokens=1_000_000),
-    "web_search_requests": TokenUsage(web_search_requests=1_000_000),
-}
-
-
-@functools.lru_cache(maxsize=4096)
-def _linear_rates(provider: str, model: str, day: dt.date) -> dict[str, Decimal] | object | None:
-    at = dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.UTC)
-    try:
-        probe = genai_prices.calc_price(genai_prices.Usage(input_tokens=1), model, provider_id=provider,
-                                        genai_request_timestamp=at)
-    except LookupError:
-        return None
-    if any(isinstance(getattr(probe.model_price, name, None), TieredPrices) for name in _TIER_FIELDS):
-        return _TIERED
-    costs = {field: _genai_cost(usage, provider, model, at) for field, usage in _PROBES.items()}
-    # A 1h write is also a write: its rate is what it adds on top of a 5-minute write.
-    costs["cache_write_1h_tokens"] -= costs["cache_write_tokens"]
-    return {field: cost for field, cost in costs.items() if cost}
-
-
-def _override_cost(usage: TokenUsage, o: overrides.OverridePrice) -> Decimal:
-    cache_write_5m = usage.cache_write_tokens - usage.cache_write_1h_tokens
-    per_mtok = (usage.input_tokens * o.input_mtok
-                + usage.cache_read_tokens * o.cache_read_mtok
-                + cache_write_5m * o.cache_write_mtok
-                + usage.cache_write_1h_tokens * o.cache_write_1h_mtok
-                + usage.output_tokens * o.output_mtok)
-    return per_mtok / _MTOK + usage.web_search_requests * o.web_search_kcount / 1000

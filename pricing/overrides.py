@@ -1,21 +1,34 @@
-"""The user's own prices: negotiated rates and custom or fine-tuned models.
+"""Price files: the user's ``prices.toml``, and the bundled ``patches.toml`` in the same format.
 
-The file is ``prices.toml`` in the data directory. Every rate is USD per million tokens,
-except ``web_search_kcount`` (USD per thousand searches)::
+Every rate is USD per million tokens, except ``web_search_kcount`` (USD per thousand searches)::
 
     [[price]]
-    provider = "openai"            # optional; without it the entry matches any provider
-    model = "ft:gpt-4o-mini:acme:*"  # exact model id, or a pattern with * wildcards
-    input_mtok = 0.30
-    output_mtok = 1.20
-    cache_read_mtok = 0.15         # optional, defaults to input_mtok
-    cache_write_mtok = 0.375       # optional, defaults to input_mtok
-    cache_write_1h_mtok = 0.60     # optional, defaults to cache_write_mtok
+    provider = "anthropic"         # optional; without it the entry matches any provider
+    model = "claude-sonnet-4-0*"   # exact model id, a pattern with * wildcards, or a list of them
+    input_mtok = 3
+    output_mtok = 15
+    cache_read_mtok = 0.30         # optional, defaults to input_mtok
+    cache_write_mtok = 3.75        # optional, defaults to input_mtok
+    cache_write_1h_mtok = 6        # optional, defaults to cache_write_mtok
+    thinking_output_mtok = 3.50    # optional: the output rate of a response that spent reasoning tokens
     web_search_kcount = 10         # optional, defaults to 0
+    service_tier = "flex"          # optional; without it the entry prices the standard tier
     since = 2026-01-01             # optional; the entry applies to calls from that day (UTC) on
+    source = "https://..."         # optional here, required in patches.toml: where the rates are published
+    checked = 2026-11-26           # optional here, required in patches.toml: when they were read there
 
-An override wins over genai-prices. When several entries match a call, the one with the
-latest ``since`` that is not after the call wins; among equals, the first in the file.
+      [[price.tier]]               # optional, any number: long-context rates
+      above_input_tokens = 200000  # applies to the whole call when its input (cache included) exceeds this
+      input_mtok = 6               # the tier's rates, with the same keys and defaults as above
+      output_mtok = 22.50
+
+    [[service_tier]]               # a tier's rates as a multiple of the standard rates, where the
+    provider = "openai"            # provider publishes one discount for every model
+    name = "flex"
+    multiplier = 0.5
+
+When several price entries match a call, the one with the latest ``since`` that is not after the
+call wins; among equals, the first in the file.
 """
 
 from __future__ import annotations
@@ -27,88 +40,175 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from .rates import Rates
+
 FILE_NAME = "prices.toml"
-_REQUIRED = ("model", "input_mtok", "output_mtok")
-_RATES = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok",
-          "cache_write_1h_mtok", "web_search_kcount")
-_ALLOWED = ("provider", "model", "since", *_RATES)
+_RATE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok",
+              "thinking_output_mtok")
+_ENTRY_KEYS = ("provider", "model", "since", "service_tier", "source", "checked", "web_search_kcount",
+               "tier", *_RATE_KEYS)
+_TIER_KEYS = ("above_input_tokens", *_RATE_KEYS)
+_MULTIPLIER_KEYS = ("provider", "name", "multiplier", "source", "checked")
 
 
 class PriceFileError(ValueError):
-    """The override file cannot be used; the message names the file, the entry and the fix."""
+    """The price file cannot be used; the message names the file, the entry and the fix."""
 
 
 @dataclass(frozen=True)
 class OverridePrice:
-    model: str
+    models: tuple[str, ...]  # patterns
     provider: str | None
     since: dt.datetime | None
-    input_mtok: Decimal
-    output_mtok: Decimal
-    cache_read_mtok: Decimal
-    cache_write_mtok: Decimal
-    cache_write_1h_mtok: Decimal
+    service_tier: str | None
+    rates: Rates
+    tiers: tuple[tuple[int, Rates], ...]  # (above_input_tokens, rates), ascending
     web_search_kcount: Decimal
     source: str
+    cited: str | None = None  # "https://... (checked 2026-11-26)"
 
-    def matches(self, provider: str, model: str, at: dt.datetime) -> bool:
-        if self.provider is not None and self.provider != provider:
+    def matches(self, provider: str, model: str, at: dt.datetime, service_tier: str | None) -> bool:
+        if self.provider is not None and self.provider != provider or self.service_tier != service_tier:
             return False
         if self.since is not None and at < self.since:
             return False
-        return fnmatch.fnmatchcase(model, self.model)
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+    def cost(self, usage) -> Decimal:
+        rates = self.rates
+        for above, tier_rates in self.tiers:
+            if usage.total_input_tokens > above:
+                rates = tier_rates
+        return rates.cost(usage) + usage.web_search_requests * self.web_search_kcount / 1000
 
 
-def load(path: Path) -> list[OverridePrice]:
-    """Read and validate the override file; a missing file means no overrides."""
+@dataclass(frozen=True)
+class TierMultiplier:
+    provider: str
+    name: str
+    multiplier: Decimal
+    source: str
+    cited: str | None = None
+
+
+@dataclass(frozen=True)
+class PriceFile:
+    prices: tuple[OverridePrice, ...] = ()
+    multipliers: tuple[TierMultiplier, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.prices) + len(self.multipliers)
+
+    def best_match(self, provider: str, model: str, at: dt.datetime,
+                   service_tier: str | None = None) -> OverridePrice | None:
+        matching = [o for o in self.prices if o.matches(provider, model, at, service_tier)]
+        if not matching:
+            return None
+        floor = dt.datetime.min.replace(tzinfo=dt.UTC)
+        return max(matching, key=lambda o: o.since or floor)  # max keeps the first of equals
+
+    def multiplier(self, provider: str, service_tier: str) -> TierMultiplier | None:
+        return next((m for m in self.multipliers if (m.provider, m.name) == (provider, service_tier)), None)
+
+
+def load(path: Path, *, cited: bool = False) -> PriceFile:
+    """Read and validate a price file; a missing file means no entries.
+
+    ``cited``: every entry must say where its rates are published and when they were checked."""
     if not path.exists():
-        return []
+        return PriceFile()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PriceFileError(f"{path}: not valid TOML ({exc}). See docs/pricing.md for the format.") from None
-    unknown_top = set(data) - {"price"}
+    unknown_top = set(data) - {"price", "service_tier"}
     if unknown_top:
         raise PriceFileError(f"{path}: unknown top-level key(s) {sorted(unknown_top)}; "
                              "write each price as a [[price]] table.")
-    entries = data.get("price", [])
+    prices = _tables(path, data, "price")
+    multipliers = _tables(path, data, "service_tier")
+    return PriceFile(
+        prices=tuple(_parse_entry(path, n, entry, cited) for n, entry in enumerate(prices, start=1)),
+        multipliers=tuple(_parse_multiplier(path, n, entry, cited) for n, entry in enumerate(multipliers, start=1)))
+
+
+def _tables(path: Path, data: dict, name: str) -> list:
+    entries = data.get(name, [])
     if not isinstance(entries, list):
-        raise PriceFileError(f"{path}: 'price' must be an array of tables: write [[price]], not [price].")
-    return [_parse_entry(path, n, entry) for n, entry in enumerate(entries, start=1)]
+        raise PriceFileError(f"{path}: '{name}' must be an array of tables: write [[{name}]], not [{name}].")
+    return entries
 
 
-def best_match(overrides: list[OverridePrice], provider: str, model: str,
-               at: dt.datetime) -> OverridePrice | None:
-    matching = [o for o in overrides if o.matches(provider, model, at)]
-    if not matching:
-        return None
-    floor = dt.datetime.min.replace(tzinfo=dt.UTC)
-    return max(matching, key=lambda o: o.since or floor)  # max keeps the first of equals
-
-
-def _parse_entry(path: Path, n: int, entry: object) -> OverridePrice:
+def _parse_entry(path: Path, n: int, entry: object, cited: bool) -> OverridePrice:
     where = f"{path}: [[price]] entry {n}"
+    entry = _table(where, entry, _ENTRY_KEYS, ("model", "input_mtok", "output_mtok"))
+    models = entry["model"] if isinstance(entry["model"], list) else [entry["model"]]
+    if not models or not all(isinstance(m, str) and m for m in models):
+        raise PriceFileError(f"{where}: model must be a model id or pattern, or a list of them.")
+    tiers = entry.get("tier", [])
+    if not isinstance(tiers, list):
+        raise PriceFileError(f"{where}: 'tier' must be an array of tables: write [[price.tier]].")
+    parsed_tiers = sorted((_parse_tier(f"{where}, tier {k}", tier) for k, tier in enumerate(tiers, start=1)),
+                          key=lambda tier: tier[0])
+    return OverridePrice(
+        models=tuple(models), provider=_text(where, entry, "provider"), since=_date(where, entry.get("since"), "since"),
+        service_tier=_text(where, entry, "service_tier"), rates=_rates(where, entry),
+        tiers=tuple(parsed_tiers), web_search_kcount=_rate(where, "web_search_kcount", entry.get("web_search_kcount", 0)),
+        source=f"{'patch' if cited else 'override'} {path.name}#{n}", cited=_citation(where, entry, cited))
+
+
+def _parse_tier(where: str, tier: object) -> tuple[int, Rates]:
+    tier = _table(where, tier, _TIER_KEYS, ("above_input_tokens", "input_mtok", "output_mtok"))
+    above = tier["above_input_tokens"]
+    if isinstance(above, bool) or not isinstance(above, int) or above < 0:
+        raise PriceFileError(f"{where}: above_input_tokens must be a whole number of tokens, got {above!r}.")
+    return above, _rates(where, tier)
+
+
+def _parse_multiplier(path: Path, n: int, entry: object, cited: bool) -> TierMultiplier:
+    where = f"{path}: [[service_tier]] entry {n}"
+    entry = _table(where, entry, _MULTIPLIER_KEYS, ("provider", "name", "multiplier"))
+    provider, name = _text(where, entry, "provider"), _text(where, entry, "name")
+    assert provider is not None and name is not None  # required keys
+    return TierMultiplier(provider=provider, name=name, multiplier=_rate(where, "multiplier", entry["multiplier"]),
+                          source=f"{'patch' if cited else 'override'} {path.name} [[service_tier]]#{n}",
+                          cited=_citation(where, entry, cited))
+
+
+def _table(where: str, entry: object, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:
     if not isinstance(entry, dict):
         raise PriceFileError(f"{where} is not a table.")
-    unknown = set(entry) - set(_ALLOWED)
+    unknown = set(entry) - set(allowed)
     if unknown:
-        raise PriceFileError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys are {list(_ALLOWED)}.")
-    missing = [k for k in _REQUIRED if k not in entry]
+        raise PriceFileError(f"{where}: unknown key(s) {sorted(unknown)}; allowed keys are {list(allowed)}.")
+    missing = [k for k in required if k not in entry]
     if missing:
-        raise PriceFileError(f"{where}: missing {missing}; every entry needs model, input_mtok and output_mtok.")
-    model = entry["model"]
-    if not isinstance(model, str) or not model:
-        raise PriceFileError(f"{where}: model must be a non-empty string.")
-    provider = entry.get("provider")
-    if provider is not None and not isinstance(provider, str):
-        raise PriceFileError(f"{where}: provider must be a string such as \"openai\" or \"anthropic\".")
-    rates = {k: _rate(where, k, entry[k]) for k in _RATES if k in entry}
+        raise PriceFileError(f"{where}: missing {missing}; it needs {', '.join(required)}.")
+    return entry
+
+
+def _rates(where: str, entry: dict) -> Rates:
+    rates = {k: _rate(where, k, entry[k]) for k in _RATE_KEYS if k in entry}
     rates.setdefault("cache_read_mtok", rates["input_mtok"])
     rates.setdefault("cache_write_mtok", rates["input_mtok"])
     rates.setdefault("cache_write_1h_mtok", rates["cache_write_mtok"])
-    rates.setdefault("web_search_kcount", Decimal(0))
-    return OverridePrice(model=model, provider=provider, since=_since(where, entry.get("since")),
-                         source=f"override {path.name}#{n}", **rates)
+    return Rates(**rates)
+
+
+def _text(where: str, entry: dict, key: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise PriceFileError(f"{where}: {key} must be a non-empty string, got {value!r}.")
+    return value
+
+
+def _citation(where: str, entry: dict, required: bool) -> str | None:
+    source, checked = _text(where, entry, "source"), _date(where, entry.get("checked"), "checked")
+    if required and (source is None or checked is None):
+        raise PriceFileError(f"{where}: a bundled patch needs source (the page with the rates) and checked (a date).")
+    if source is None:
+        return None
+    return f"{source} (checked {checked:%Y-%m-%d})" if checked else source
 
 
 def _rate(where: str, key: str, value: object) -> Decimal:
@@ -123,11 +223,11 @@ def _rate(where: str, key: str, value: object) -> Decimal:
     return rate
 
 
-def _since(where: str, value: object) -> dt.datetime | None:
+def _date(where: str, value: object, key: str) -> dt.datetime | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
     if isinstance(value, dt.date):
         return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
-    raise PriceFileError(f"{where}: since must be a TOML date such as 2026-01-01, got {value!r}.")
+    raise PriceFileError(f"{where}: {key} must be a TOML date such as 2026-01-01, got {value!r}.")

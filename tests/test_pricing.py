@@ -116,12 +116,13 @@ def test_proxy_refuses_to_start_with_a_broken_override_file(tmp_path):
     ("anthropic", "claude-sonnet-4-5"),  # tiered: priced by genai-prices directly
     ("google", "gemini-2.5-pro"), ("google", "gemini-2.5-flash"), ("mistral", "mistral-large-latest"),
     ("cohere", "command-a-03-2025"), ("groq", "llama-3.3-70b-versatile"), ("azure", "gpt-4o"),
+    ("deepseek", "deepseek-v4-pro"),  # off-peak windows: priced by genai-prices directly
 ])
 def test_cached_rates_give_exactly_what_genai_prices_gives(tmp_path, provider, model):
     import random
 
     import genai_prices
-    book = PriceBook(tmp_path / "prices.toml")
+    book = PriceBook(tmp_path / "prices.toml", patch_path=tmp_path / "no-patches.toml")
     rng = random.Random(model)
     for _ in range(20):
         write = rng.randrange(0, 300_000)

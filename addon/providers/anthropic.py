@@ -11,7 +11,7 @@ import json
 
 from pricing.usage import TokenUsage
 
-from .base import MAX_REQUESTS_PER_CALL, Observed, Provider, StreamParser, count, loads
+from .base import MAX_REQUESTS_PER_CALL, Observed, Provider, StreamParser, count, loads, tier_name
 
 MESSAGES = "/v1/messages"
 PATHS = (MESSAGES, "/v1/messages/count_tokens", "/v1/complete")
@@ -70,6 +70,7 @@ class AnthropicStream(StreamParser):
     def _merge(self, usage: object) -> None:
         # Cumulative: a later value replaces an earlier one; never add them up.
         if isinstance(usage, dict):
+            self.observed.service_tier = tier_name(usage.get("service_tier")) or self.observed.service_tier
             self._raw_usage.update({k: v for k, v in usage.items() if k in _USAGE_FIELDS and v is not None})
             self.observed.take_usage(usage_from, self._raw_usage)
 
@@ -98,6 +99,8 @@ class Anthropic(Provider):
             return Observed()
         observed = Observed(model=body.get("model"), complete=True)
         observed.take_usage(usage_from, body.get("usage"))
+        if isinstance(body.get("usage"), dict):
+            observed.service_tier = tier_name(body["usage"].get("service_tier"))
         return observed
 
     def stream_parser(self, path: str) -> StreamParser:

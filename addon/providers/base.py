@@ -7,6 +7,7 @@ module looks at a provider's field names.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,7 @@ class Observed:
     complete: bool = False      # a stream's terminal event was seen (always True for a full body)
     error: str | None = None    # the provider's error type from an in-stream error event
     invalid_usage: str | None = None  # why the reported usage cannot be believed; sticky once set
+    service_tier: str | None = None   # as the provider reported it: "default", "flex", "batch", ...
 
     def take_usage(self, parse: Callable[[object], TokenUsage | None], raw: object) -> None:
         """Set ``usage`` from ``parse(raw)``; an implausible count marks the call invalid instead."""
@@ -107,6 +109,16 @@ class Provider:
     def error_body(self, status: int, message: str, code: str) -> bytes:
         """An error in the shape this provider's SDK parses, so the caller sees ``message``."""
         raise NotImplementedError
+
+
+_TIER_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+def tier_name(value: object) -> str | None:
+    """A reported service tier, lower-cased; None for anything that is not a short plain name."""
+    if not isinstance(value, str) or not _TIER_NAME.fullmatch(value.lower()):
+        return None
+    return value.lower()
 
 
 def loads(data: bytes | str) -> dict | None:

@@ -1,9 +1,10 @@
 """OpenAI's wire format: chat completions, responses, embeddings and legacy completions.
 
 Usage fields (docs/provider-usage.md, sections 1 and 2):
-``cached_tokens`` and ``cache_write_tokens`` are inside ``prompt_tokens``/``input_tokens``;
-``reasoning_tokens`` is inside ``completion_tokens``/``output_tokens``, except at xAI, whose
-``total_tokens`` shows it outside.
+``cached_tokens`` and ``cache_write_tokens`` are inside ``prompt_tokens``/``input_tokens``
+(DeepSeek names its cache reads ``prompt_cache_hit_tokens``); ``reasoning_tokens`` is inside
+``completion_tokens``/``output_tokens``, except at xAI, whose ``total_tokens`` shows it outside.
+Web searches of the Responses API are the ``web_search_call`` items of its output.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from pricing.usage import TokenUsage
 
 from ..estimate import Counter
-from .base import Observed, Provider, StreamParser, count, loads
+from .base import MAX_REQUESTS_PER_CALL, InvalidUsage, Observed, Provider, StreamParser, count, loads, tier_name
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -38,7 +39,10 @@ def usage_from(raw: object) -> TokenUsage | None:
     else:
         prompt, completion = count(raw, "prompt_tokens", required=True), count(raw, "completion_tokens", required=True)
         in_details, out_details = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
-    cached = min(count(in_details, "cached_tokens"), prompt)
+    cached = count(in_details, "cached_tokens")
+    if not cached and "prompt_cache_hit_tokens" in raw:  # DeepSeek's own field (docs/provider-usage.md)
+        cached = count(raw, "prompt_cache_hit_tokens")
+    cached = min(cached, prompt)
     written = min(count(in_details, "cache_write_tokens"), prompt - cached)
     reasoning = count(out_details, "reasoning_tokens")
     if reasoning and count(raw, "total_tokens") == prompt + completion + reasoning:
@@ -51,6 +55,22 @@ def usage_from(raw: object) -> TokenUsage | None:
         output_tokens=completion,
         reasoning_tokens=min(reasoning, completion),
     )
+
+
+def observe_response(observed: Observed, response: dict) -> None:
+    """Usage and service tier from a whole response: a chat completion, or a Responses object."""
+    observed.service_tier = tier_name(response.get("service_tier")) or observed.service_tier
+    observed.take_usage(lambda raw: _with_searches(usage_from(raw), response.get("output")), response.get("usage"))
+
+
+def _with_searches(usage: TokenUsage | None, output: object) -> TokenUsage | None:
+    if usage is None or not isinstance(output, list):
+        return usage
+    searches = sum(1 for item in output if isinstance(item, dict) and item.get("type") == "web_search_call")
+    if searches > MAX_REQUESTS_PER_CALL:
+        raise InvalidUsage(f"output has {searches:,} web_search_call items, more than {MAX_REQUESTS_PER_CALL:,}")
+    usage.web_search_requests = searches
+    return usage
 
 
 class OpenAIStream(StreamParser):
@@ -73,7 +93,9 @@ class OpenAIStream(StreamParser):
             chunk = loads(data) or {}
             self.observed.model = self.observed.model or chunk.get("model")
             if chunk.get("usage"):
-                self.observed.take_usage(usage_from, chunk["usage"])
+                observe_response(self.observed, chunk)
+            else:
+                self.observed.service_tier = self.observed.service_tier or tier_name(chunk.get("service_tier"))
             if isinstance(chunk.get("error"), dict):
                 self.observed.error = str(chunk["error"].get("type") or chunk["error"].get("code") or "error")
         if self.observed.usage is None:
@@ -91,7 +113,7 @@ class OpenAIStream(StreamParser):
         self.observed.model = response.get("model") or self.observed.model
         if kind in _RESPONSE_TERMINAL:
             self.observed.complete = True
-            self.observed.take_usage(usage_from, response.get("usage"))
+            observe_response(self.observed, response)
             if kind == "response.failed":
                 self.observed.error = "response.failed"
         elif kind == "error":
@@ -148,7 +170,7 @@ class OpenAI(Provider):
         if not isinstance(body, dict):
             return Observed()
         observed = Observed(model=body.get("model"), complete=True)
-        observed.take_usage(usage_from, body.get("usage"))
+        observe_response(observed, body)
         return observed
 
     def stream_parser(self, path: str) -> StreamParser:

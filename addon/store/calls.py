@@ -15,7 +15,7 @@ CALL_COLUMNS: list[tuple[str, str]] = [
     ("cache_write_1h_tokens", "BIGINT"), ("output_tokens", "BIGINT"), ("reasoning_tokens", "BIGINT"),
     ("web_search_requests", "INTEGER"), ("cost_usd", "DECIMAL(38, 10)"), ("priced", "BOOLEAN"),
     ("price_source", "VARCHAR"), ("usage_source", "VARCHAR"), ("customer_id", "VARCHAR"),
-    ("feature", "VARCHAR"), ("latency_ms", "DOUBLE"), ("ttft_ms", "DOUBLE"),
+    ("feature", "VARCHAR"), ("latency_ms", "DOUBLE"), ("ttft_ms", "DOUBLE"), ("service_tier", "VARCHAR"),
 ]
 COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
 # Set only by `aispendtrack reprice`: what the call cost before, and by which price data.
@@ -30,7 +30,8 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
     """Insert rows in one statement. ``skip_existing`` drops ids already stored (spill replay)."""
     if not rows:
         return 0
-    params = [[row[name] for row in rows] for name in COLUMN_NAMES]
+    # .get: a row spilled by an older version lacks the columns added since; they are NULL.
+    params = [[row.get(name) for row in rows] for name in COLUMN_NAMES]
     sql = f"INSERT INTO calls ({_NAMES}) {_BATCH}"
     if skip_existing:
         sql = (f"INSERT INTO calls ({_NAMES}) SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
@@ -46,14 +47,14 @@ def newest(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict]:
 
 
 def unpriced_models(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """Models seen in calls we could not price, with how often and when last."""
+    """Models (and service tiers) seen in calls we could not price, with how often and when last."""
     cur = con.execute("""
-        SELECT provider, model, count(*) AS calls, max(ts) AS last_seen
+        SELECT provider, model, service_tier, count(*) AS calls, max(ts) AS last_seen
         FROM calls
         WHERE NOT priced AND usage_source NOT IN ('none', 'invalid') AND model IS NOT NULL
-        GROUP BY provider, model ORDER BY calls DESC, model
+        GROUP BY provider, model, service_tier ORDER BY calls DESC, model, service_tier NULLS FIRST
     """)
-    return [dict(zip(("provider", "model", "calls", "last_seen"), v)) for v in cur.fetchall()]
+    return [dict(zip(("provider", "model", "service_tier", "calls", "last_seen"), v)) for v in cur.fetchall()]
 
 
 def counts_since(con: duckdb.DuckDBPyConnection, hour_start, month_start) -> dict[int, tuple[int, int]]:

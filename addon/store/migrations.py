@@ -185,9 +185,15 @@ def m010_nothing_billed_costs_zero(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m011_service_tier(con: duckdb.DuckDBPyConnection) -> None:
+    # The tier the provider says served the call ("default", "flex", "priority", "batch"): flex
+    # costs half, priority more. NULL where the provider does not say (older rows, most providers).
+    con.execute("ALTER TABLE calls ADD COLUMN service_tier VARCHAR")
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
-              m010_nothing_billed_costs_zero]
+              m010_nothing_billed_costs_zero, m011_service_tier]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -122,7 +122,7 @@ def count(con: duckdb.DuckDBPyConnection, selection: Selection) -> int:
 
 _REPRICE_INPUT = ("id", "ts", "provider", "model", "input_tokens", "cache_read_tokens", "cache_write_tokens",
                   "cache_write_1h_tokens", "output_tokens", "reasoning_tokens", "web_search_requests",
-                  "cost_usd", "price_source")
+                  "cost_usd", "price_source", "service_tier")
 
 
 def reprice_inputs(con: duckdb.DuckDBPyConnection, selection: Selection) -> Iterator[dict]:

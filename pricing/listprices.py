@@ -1,0 +1,111 @@
+"""List prices from genai-prices, by the call's time and service tier.
+
+genai-prices' general calculation costs ~150 us a call, which the writer thread would otherwise pay
+for every row. A price that is linear in the counts is therefore worked out once per model, day and
+tier by pricing a million of each kind alone, then applied by multiplication. A price that is not
+linear (long-context tiers) or not constant over the day (DeepSeek's off-peak windows) goes through
+genai-prices for every call: caching it by day would lose the window.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from decimal import Decimal
+
+import genai_prices
+from genai_prices import data_snapshot
+from genai_prices.types import ModelInfo, TieredPrices, TimeOfDateConstraint
+
+from .rates import MTOK
+from .usage import TokenUsage
+
+_TIER_FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
+_PER_CALL = object()
+_PROBES = {
+    "input_tokens": TokenUsage(input_tokens=1_000_000),
+    "cache_read_tokens": TokenUsage(cache_read_tokens=1_000_000),
+    "cache_write_tokens": TokenUsage(cache_write_tokens=1_000_000),
+    "cache_write_1h_tokens": TokenUsage(cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000),
+    "output_tokens": TokenUsage(output_tokens=1_000_000),
+    "web_search_requests": TokenUsage(web_search_requests=1_000_000),
+}
+Context = tuple[tuple[str, str], ...]  # genai-prices' price_context, hashable
+
+
+def data_source() -> str:
+    return f"genai-prices {genai_prices.__version__}"
+
+
+def context(service_tier: str | None) -> Context:
+    """genai-prices' request context for a (normalised) service tier; () for the standard tier."""
+    if service_tier is None:
+        return ()
+    return (("processing", "batch"),) if service_tier == "batch" else (("service_tier", service_tier),)
+
+
+def has_tier(provider: str, model: str, at: dt.datetime, ctx: Context) -> bool:
+    """Whether genai-prices publishes this tier's own rates for the model at that time."""
+    info = _model(provider, model, own=True)
+    return info is not None and any(
+        tuple(sorted(v.when.items())) == ctx and (v.constraint is None or v.constraint.active(at))
+        for v in info.price_variants or ())
+
+
+def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Context = ()) -> Decimal | None:
+    """The list price, or None when genai-prices does not know the model."""
+    rates = _linear_rates(provider, model, at.date(), ctx)
+    if rates is None:
+        return None
+    if rates is _PER_CALL:
+        return _genai_cost(usage, provider, model, at, ctx)
+    assert isinstance(rates, dict)
+    return sum((getattr(usage, field) * rate for field, rate in rates.items()), Decimal(0)) / MTOK
+
+
+@functools.lru_cache(maxsize=1024)
+def _model(provider: str, model: str, own: bool = False) -> ModelInfo | None:
+    """``own``: only a model of that provider's, not one genai-prices borrows from another provider
+    (whose tier rates it then ignores)."""
+    try:
+        found_in, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+    except LookupError:
+        return None
+    return None if own and not any(info is m for m in found_in.models) else info
+
+
+def _genai_cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Context) -> Decimal:
+    # genai-prices counts input_tokens as *all* input, cache included.
+    counts = genai_prices.Usage(
+        input_tokens=usage.total_input_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        output_tokens=usage.output_tokens,
+        web_searches=usage.web_search_requests,
+    )
+    calc = genai_prices.calc_price(counts, model, provider_id=provider, genai_request_timestamp=at,
+                                   price_context=dict(ctx) or None)
+    return Decimal(calc.total_price)
+
+
+@functools.lru_cache(maxsize=4096)
+def _linear_rates(provider: str, model: str, day: dt.date, ctx: Context) -> dict[str, Decimal] | object | None:
+    info = _model(provider, model)
+    if info is None:
+        return None
+    if _varies_by_time_of_day(info):
+        return _PER_CALL
+    at = dt.datetime(day.year, day.month, day.day, 12, tzinfo=dt.UTC)
+    prices = info.get_prices(at, dict(ctx) or None)
+    if any(isinstance(getattr(prices, name, None), TieredPrices) for name in _TIER_FIELDS):
+        return _PER_CALL
+    costs = {field: _genai_cost(usage, provider, model, at, ctx) for field, usage in _PROBES.items()}
+    # A 1h write is also a write: its rate is what it adds on top of a 5-minute write.
+    costs["cache_write_1h_tokens"] -= costs["cache_write_tokens"]
+    return {field: value for field, value in costs.items() if value}
+
+
+def _varies_by_time_of_day(info: ModelInfo) -> bool:
+    conditions = [*(info.prices if isinstance(info.prices, list) else ()), *(info.price_variants or ())]
+    return any(isinstance(c.constraint, TimeOfDateConstraint) for c in conditions)
