@@ -75,23 +75,26 @@ def _chat_body(model: str, usage: dict) -> dict:
                          "logprobs": None, "finish_reason": "stop"}], "usage": usage}
 
 
-def _chat_chunk(delta: dict, finish: str | None = None, usage_null: bool = False) -> dict:
+def _chat_chunk(delta: dict, finish: str | None = None, usage_null: bool = False, tier: str | None = None) -> dict:
     chunk = {"id": "chatcmpl-ABfw1e5abtU8OwGr15vOreYVb2MiF", "object": "chat.completion.chunk",
              "created": 1727346169, "model": "gpt-4o-2024-08-06", "system_fingerprint": "fp_5050236cbd",
              "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    if tier:  # OpenAI names the tier that served the call in every chunk when the request set one
+        chunk["service_tier"] = tier
     if usage_null:
         chunk["usage"] = None
     return chunk
 
 
 def chat_stream(include_usage: bool, usage_null: bool = False, repeat: int = 1,
-                usage: object = STREAM_USAGE) -> list[bytes]:
-    events = [_data(_chat_chunk({"role": "assistant", "content": "", "refusal": None}, usage_null=usage_null))]
+                usage: object = STREAM_USAGE, tier: str | None = None) -> list[bytes]:
+    events = [_data(_chat_chunk({"role": "assistant", "content": "", "refusal": None}, usage_null=usage_null,
+                                tier=tier))]
     for _ in range(repeat):
-        events += [_data(_chat_chunk({"content": piece}, usage_null=usage_null)) for piece in STREAM_TEXT]
-    events.append(_data(_chat_chunk({}, "stop", usage_null)))
+        events += [_data(_chat_chunk({"content": piece}, usage_null=usage_null, tier=tier)) for piece in STREAM_TEXT]
+    events.append(_data(_chat_chunk({}, "stop", usage_null, tier)))
     if include_usage:
-        last = _chat_chunk({}, None)
+        last = _chat_chunk({}, None, tier=tier)
         last["choices"] = []
         last["usage"] = usage
         events.append(_data(last))
@@ -114,7 +117,8 @@ def _chat(scenario: str, request: dict) -> Reply:
         # As documented: with include_usage, every chunk but the last carries "usage": null.
         reply = Reply(events=chat_stream(include_usage, usage_null="usage_null" in scenario and include_usage,
                                          repeat=200 if "slow" in scenario else 1,
-                                         usage=request.get("test_usage", STREAM_USAGE)))
+                                         usage=request.get("test_usage", STREAM_USAGE),
+                                         tier=request.get("service_tier")))
         reply.gzip = "gzip" in scenario
         reply.gated = "gated" in scenario
         reply.delay = 0.05 if "slow" in scenario else 0.0
@@ -131,7 +135,8 @@ def _chat(scenario: str, request: dict) -> Reply:
         return _json({"error": {"message": "Invalid 'messages': empty array.", "type": "invalid_request_error",
                                 "param": "messages", "code": "empty_array"}}, status=400)
     # A test can make the upstream report any usage at all (a buggy or hostile provider).
-    return _json(_chat_body("gpt-5-mini-2025-08-07", request.get("test_usage", USAGE_REASONING)))
+    body = _chat_body("gpt-5-mini-2025-08-07", request.get("test_usage", USAGE_REASONING))
+    return _json(body | ({"service_tier": request["service_tier"]} if request.get("service_tier") else {}))
 
 
 # --- OpenAI responses, embeddings, legacy completions ---------------------------------------

@@ -69,7 +69,7 @@ def test_mistral_chat(proxy, customer):
     assert reply.usage.prompt_tokens == 70
     [row] = proxy.rows(customer)
     assert row["provider"] == "mistral" and row["endpoint"] == "/v1/chat/completions"
-    assert tokens(row) == (70, 0, 12, 0)
+    assert tokens(row) == (1, 69, 12, 0)  # num_cached_tokens are cache reads (priced at input: no cache rate)
     assert row["cost_usd"] == pytest.approx(cost((70, "2"), (12, "6")), abs=1e-12)
 
 

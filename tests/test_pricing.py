@@ -74,6 +74,8 @@ since = 2026-11-01
     ("[[price]]\nmodel = 'x'\ninput_mtok = 1\n", "missing ['output_mtok']"),
     ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = -2\n", "output_mtok must be zero or more"),
     ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\ninptu_mtok = 3\n", "unknown key(s) ['inptu_mtok']"),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\n[[price.tier]]\ninput_mtok = 2\noutput_mtok = 3\n",
+     "missing ['above_input_tokens']"),
     ("[[price]]\nmodel = 'x'\ninput_mtok = 'cheap'\noutput_mtok = 2\n", "input_mtok must be a number"),
     ("[price]\nmodel = 'x'\n", "write [[price]], not [price]"),
     ("[[price]\n", "not valid TOML"),
@@ -135,3 +137,54 @@ def test_cached_rates_give_exactly_what_genai_prices_gives(tmp_path, provider, m
             output_tokens=usage.output_tokens, web_searches=usage.web_search_requests),
             model, provider_id=provider, genai_request_timestamp=NOW).total_price
         assert book.price(usage, provider, model, NOW).cost_usd == expected
+
+
+def test_the_tier_that_served_a_call_is_recorded_and_priced(proxy, customer):
+    client = proxy.openai(headers={"x-customer-id": customer})
+    stream = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True, service_tier="flex")
+    assert {chunk.service_tier for chunk in stream} == {"flex"}
+    [row] = proxy.rows(customer)
+    assert row["service_tier"] == "flex" and row["usage_source"] == "reported"
+    # genai-prices has no flex rates for gpt-4o: OpenAI's flex discount (half) applies to its list price.
+    assert row["cost_usd"] == pytest.approx((79 * 2.50 + 14 * 10.00) / 2 / 1e6, abs=1e-12)
+    assert "x0.5 flex" in row["price_source"]
+
+
+def test_a_priced_file_entry_can_carry_tiers_and_a_service_tier(tmp_path):
+    path = tmp_path / "prices.toml"
+    path.write_text("""
+[[price]]
+model = ["acme-*", "beta-*"]
+input_mtok = 1
+output_mtok = 2
+  [[price.tier]]
+  above_input_tokens = 1000
+  input_mtok = 3
+  output_mtok = 4
+
+[[price]]
+model = "acme-*"
+service_tier = "priority"
+input_mtok = 10
+output_mtok = 20
+""")
+    book = PriceBook(path)
+    short, long = TokenUsage(input_tokens=1000, output_tokens=10), TokenUsage(input_tokens=600, cache_read_tokens=401)
+    assert book.price(short, "openai", "beta-2", NOW).cost_usd == Decimal("0.00102")
+    assert book.price(long, "openai", "acme-1", NOW).cost_usd == Decimal("0.003003")  # cache counts toward the tier
+    assert book.price(short, "openai", "acme-1", NOW, "priority").cost_usd == Decimal("0.0102")
+    assert book.price(short, "openai", "beta-2", NOW, "priority").cost_usd is None  # no rate for that tier
+    assert book.price(short, "openai", "beta-2", NOW, "default").cost_usd == Decimal("0.00102")
+
+
+def test_every_bundled_patch_cites_its_source_and_the_check_lists_them(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    book = PriceBook(tmp_path / "prices.toml")
+    assert book.patches.prices and all(entry.cited and "checked 20" in entry.cited for entry in book.patches.prices)
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "prices", "check"])
+    assert result.exit_code == 0, result.output
+    assert "claude-sonnet-4-0*" in result.output and "1 long-context tier(s)" in result.output
+    assert "https://api-docs.deepseek.com/quick_start/pricing (checked " in result.output

@@ -2,7 +2,7 @@
 
 Usage fields (docs/provider-usage.md, sections 1 and 2):
 ``cached_tokens`` and ``cache_write_tokens`` are inside ``prompt_tokens``/``input_tokens``
-(DeepSeek names its cache reads ``prompt_cache_hit_tokens``); ``reasoning_tokens`` is inside
+(DeepSeek names cache reads ``prompt_cache_hit_tokens``, Mistral ``num_cached_tokens``); ``reasoning_tokens`` is inside
 ``completion_tokens``/``output_tokens``, except at xAI, whose ``total_tokens`` shows it outside.
 Web searches of the Responses API are the ``web_search_call`` items of its output.
 """
@@ -40,8 +40,8 @@ def usage_from(raw: object) -> TokenUsage | None:
         prompt, completion = count(raw, "prompt_tokens", required=True), count(raw, "completion_tokens", required=True)
         in_details, out_details = raw.get("prompt_tokens_details"), raw.get("completion_tokens_details")
     cached = count(in_details, "cached_tokens")
-    if not cached and "prompt_cache_hit_tokens" in raw:  # DeepSeek's own field (docs/provider-usage.md)
-        cached = count(raw, "prompt_cache_hit_tokens")
+    if not cached:  # DeepSeek's and Mistral's own names for cache reads (docs/provider-usage.md)
+        cached = count(raw, "prompt_cache_hit_tokens") or count(raw, "num_cached_tokens")
     cached = min(cached, prompt)
     written = min(count(in_details, "cache_write_tokens"), prompt - cached)
     reasoning = count(out_details, "reasoning_tokens")
