@@ -190,8 +190,8 @@ def summarise(samples: dict) -> dict:
 def paired(r: dict, name: str, base: str) -> tuple[float, float]:
     """Median over rounds of (target - base) p50 in ms, and of target/base throughput."""
     ours = r[name]
-    delta = statistics.median(a - b for a, b in zip(ours["round_p50_ms"], r[base]["round_p50_ms"]))
-    ratio = statistics.median(a / b for a, b in zip(ours["round_rps"], r[base]["round_rps"]))
+    delta = statistics.median(a - b for a, b in zip(ours["round_p50_ms"], r[base]["round_p50_ms"], strict=True))
+    ratio = statistics.median(a / b for a, b in zip(ours["round_rps"], r[base]["round_rps"], strict=True))
     return delta, ratio
 
 
@@ -210,7 +210,8 @@ def report(results: dict) -> bool:
             lat_ok, rps_ok = delta <= 0.5, ratio >= 0.85
             ok &= lat_ok and rps_ok
             print(f"  {name} vs {base}, median of per-round differences: p50 {delta:+.2f} ms (target <= +0.50) "
-                  f"{'ok' if lat_ok else 'MISSED'}; throughput {ratio:.0%} (target >= 85%) {'ok' if rps_ok else 'MISSED'}")
+                  f"{'ok' if lat_ok else 'MISSED'}; throughput {ratio:.0%} (target >= 85%) "
+                  f"{'ok' if rps_ok else 'MISSED'}")
     rows = results["rows"]
     rows_ok = rows["recorded"] == rows["sent_through_ours"]
     print(f"\nrows recorded by ours: {rows['recorded']} of {rows['sent_through_ours']} requests "

@@ -153,7 +153,8 @@ def _parse_entry(path: Path, n: int, entry: object, cited: bool) -> OverridePric
     return OverridePrice(
         models=tuple(models), provider=_text(where, entry, "provider"), since=_date(where, entry.get("since"), "since"),
         service_tier=_text(where, entry, "service_tier"), rates=_rates(where, entry),
-        tiers=tuple(parsed_tiers), web_search_kcount=_rate(where, "web_search_kcount", entry.get("web_search_kcount", 0)),
+        tiers=tuple(parsed_tiers),
+        web_search_kcount=_rate(where, "web_search_kcount", entry.get("web_search_kcount", 0)),
         source=f"{'patch' if cited else 'override'} {path.name}#{n}", cited=_citation(where, entry, cited))
 
 

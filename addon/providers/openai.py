@@ -2,8 +2,9 @@
 
 Usage fields (docs/provider-usage.md, sections 1 and 2):
 ``cached_tokens`` and ``cache_write_tokens`` are inside ``prompt_tokens``/``input_tokens``
-(DeepSeek names cache reads ``prompt_cache_hit_tokens``, Mistral ``num_cached_tokens``); ``reasoning_tokens`` is inside
-``completion_tokens``/``output_tokens``, except at xAI, whose ``total_tokens`` shows it outside.
+(DeepSeek names cache reads ``prompt_cache_hit_tokens``, Mistral ``num_cached_tokens``);
+``reasoning_tokens`` is inside ``completion_tokens``/``output_tokens``, except at xAI, whose
+``total_tokens`` shows it outside.
 Web searches of the Responses API are the ``web_search_call`` items of its output.
 """
 

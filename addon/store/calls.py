@@ -43,7 +43,7 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
 
 def newest(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict]:
     cur = con.execute(f"SELECT {', '.join(COLUMN_NAMES)} FROM calls ORDER BY ts DESC, id LIMIT ?", [limit])
-    return [dict(zip(COLUMN_NAMES, values)) for values in cur.fetchall()]
+    return [dict(zip(COLUMN_NAMES, values, strict=True)) for values in cur.fetchall()]
 
 
 def unpriced_models(con: duckdb.DuckDBPyConnection) -> list[dict]:
@@ -54,7 +54,8 @@ def unpriced_models(con: duckdb.DuckDBPyConnection) -> list[dict]:
         WHERE NOT priced AND usage_source NOT IN ('none', 'invalid') AND model IS NOT NULL
         GROUP BY provider, model, service_tier ORDER BY calls DESC, model, service_tier NULLS FIRST
     """)
-    return [dict(zip(("provider", "model", "service_tier", "calls", "last_seen"), v)) for v in cur.fetchall()]
+    return [dict(zip(("provider", "model", "service_tier", "calls", "last_seen"), v, strict=True))
+            for v in cur.fetchall()]
 
 
 def counts_since(con: duckdb.DuckDBPyConnection, hour_start, month_start) -> dict[int, tuple[int, int]]:
