@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 import time
@@ -188,3 +189,22 @@ def test_every_bundled_patch_cites_its_source_and_the_check_lists_them(tmp_path)
     assert result.exit_code == 0, result.output
     assert "claude-sonnet-4-0*" in result.output and "1 long-context tier(s)" in result.output
     assert "https://api-docs.deepseek.com/quick_start/pricing (checked " in result.output
+
+
+def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path):
+    from click.testing import CliRunner
+
+    from addon.home import db_path
+    from addon.store import calls as call_rows
+    from addon.store import writing
+    from cli.main import cli
+
+    from .helpers import call_row
+    with writing(db_path(tmp_path)) as con:
+        call_rows.insert(con, [call_row(1_000_000, model="gpt-5", service_tier="flex", customer_id="flex"),
+                               call_row(1_000_000, model="gpt-5", service_tier="default", customer_id="std")])
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "reprice"])
+    assert result.exit_code == 0, result.output
+    rows = {r["customer_id"]: r for r in json.loads(CliRunner().invoke(
+        cli, ["--home", str(tmp_path), "calls", "--format", "json"]).output)}
+    assert rows["flex"]["cost_usd"] == pytest.approx(0.625) and rows["std"]["cost_usd"] == pytest.approx(1.25)
