@@ -1,4 +1,5 @@
-"""The clients people use, unmodified, through the proxy: LangChain, LiteLLM, the Vercel AI SDK.
+"""The clients people use, unmodified, through the proxy: LangChain, LiteLLM, the OpenAI Agents SDK
+and the Vercel AI SDK.
 
 Each streams without asking for usage (their default once a base URL is set), so the proxy must
 inject ``include_usage`` and hand back exactly what a direct call returns. Every test makes the
@@ -8,6 +9,7 @@ got; then it checks the row is ``reported`` with the provider's exact counts, ca
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -87,6 +89,31 @@ def test_litellm_completion_stream_is_reported_and_unchanged(proxy, upstream, cu
     direct = _litellm_stream(litellm, upstream.url + "/v1", {})
     assert "stream_options" not in json.loads(upstream.last().body)
     assert _litellm_stream(litellm, proxy.url + "/v1", _proxied(proxy, customer)) == direct
+    [row] = proxy.rows(customer)
+    _assert_reported_cached(row)
+
+
+def _agent_run(base_url: str, headers: dict) -> list[str]:
+    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, set_tracing_disabled
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)  # it would send traces to OpenAI
+    client = AsyncOpenAI(base_url=base_url, api_key="sk-test-key", default_headers=headers, max_retries=0)
+    agent = Agent(name="a", instructions="Be brief.", model=OpenAIChatCompletionsModel("gpt-4o", client),
+                  model_settings=ModelSettings(extra_body={"test_usage": CACHED_USAGE}))
+
+    async def run() -> list[str]:
+        result = Runner.run_streamed(agent, "hi")
+        return [event.data.delta async for event in result.stream_events()
+                if event.type == "raw_response_event" and event.data.type == "response.output_text.delta"]
+    return asyncio.run(run())
+
+
+def test_openai_agents_sdk_chat_completions_stream_is_reported_and_unchanged(proxy, upstream, customer):
+    direct = _agent_run(upstream.url + "/v1", {})
+    assert "stream_options" not in json.loads(upstream.last().body)
+    proxied = _agent_run(proxy.url + "/v1", _proxied(proxy, customer))
+    assert proxied == direct and "".join(proxied)
     [row] = proxy.rows(customer)
     _assert_reported_cached(row)
 
