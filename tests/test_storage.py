@@ -190,3 +190,17 @@ def test_the_migration_gives_calls_that_billed_nothing_a_zero_cost(tmp_path):
         migrations.m010_nothing_billed_costs_zero(con)
         stored = {r["input_tokens"]: (r["cost_usd"], r["priced"]) for r in call_rows.newest(con, 10)}
     assert stored == {1: (0, True), 2: (0, True), 3: (0, True), 4: (None, False), 5: (None, False)}
+
+
+def test_a_sum_of_stored_costs_is_the_cost_of_the_summed_usage(tmp_path):
+    """A cent-fraction price: 1 cache-read token of deepseek-v4-pro's promotional $0.003625 per
+    million is $3.625e-9 a call; at ten decimals it was stored as $3.6e-9 and 1,000 calls lost 0.7%."""
+    from addon.home import db_path
+    from pricing import PriceBook, TokenUsage
+    price = PriceBook(tmp_path / "prices.toml").price(TokenUsage(cache_read_tokens=1), "deepseek",
+                                                      "deepseek-v4-pro", dt.datetime(2026, 7, 1, 12, tzinfo=dt.UTC))
+    assert price.cost_usd == Decimal("0.000000003625")
+    with writing(db_path(tmp_path)) as con:
+        call_rows.insert(con, [call_row(n, cost_usd=price.cost_usd) for n in range(1000)])
+    [model] = json.loads(run_cli(tmp_path, "report", "--since", "2026-11-25", "--format", "json"))
+    assert model["calls"] == 1000 and Decimal(str(model["cost_usd"])) == Decimal("0.000003625")

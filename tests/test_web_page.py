@@ -86,10 +86,21 @@ def sign_in(page, site, secret: str | None = None) -> None:
 def wait_until_drawn(page, timeout: float = 30) -> None:
     # Polled from here: wait_for_function evaluates its predicate with eval(), which the page's
     # Content-Security-Policy forbids (as it should).
+    # Right after a click that navigates (sign-in), the old document may be gone and the new one
+    # not yet have a body, or the evaluation may be cut by the navigation: both mean "not yet".
     deadline = time.monotonic() + timeout
-    while not page.evaluate("document.body.dataset.loaded === location.search"):
+    while not _drawn(page):
         assert time.monotonic() < deadline, "the page did not finish drawing"
         time.sleep(0.05)
+
+
+def _drawn(page) -> bool:
+    try:
+        return page.evaluate("document.body !== null && document.body.dataset.loaded === location.search")
+    except playwright_api.Error as exc:
+        if "context was destroyed" in str(exc) or "navigation" in str(exc).lower():
+            return False
+        raise
 
 
 def test_nothing_is_visible_without_signing_in(page, site):

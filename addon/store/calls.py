@@ -6,6 +6,9 @@ from collections.abc import Sequence
 
 import duckdb
 
+# Money: 18 decimals hold any list rate (at most 12 decimals per million tokens) times a token
+# count exactly, so a sum of stored costs is the cost of the summed usage (docs/pricing.md).
+COST_TYPE = "DECIMAL(38, 18)"
 # (column, DuckDB type) in table order; rows are dicts keyed by these names.
 CALL_COLUMNS: list[tuple[str, str]] = [
     ("id", "UUID"), ("ts", "TIMESTAMPTZ"), ("key_id", "INTEGER"), ("provider", "VARCHAR"),
@@ -13,7 +16,7 @@ CALL_COLUMNS: list[tuple[str, str]] = [
     ("outcome", "VARCHAR"), ("error", "VARCHAR"),
     ("input_tokens", "BIGINT"), ("cache_read_tokens", "BIGINT"), ("cache_write_tokens", "BIGINT"),
     ("cache_write_1h_tokens", "BIGINT"), ("output_tokens", "BIGINT"), ("reasoning_tokens", "BIGINT"),
-    ("web_search_requests", "INTEGER"), ("cost_usd", "DECIMAL(38, 10)"), ("priced", "BOOLEAN"),
+    ("web_search_requests", "INTEGER"), ("cost_usd", COST_TYPE), ("priced", "BOOLEAN"),
     ("price_source", "VARCHAR"), ("usage_source", "VARCHAR"), ("customer_id", "VARCHAR"),
     ("feature", "VARCHAR"), ("latency_ms", "DOUBLE"), ("ttft_ms", "DOUBLE"), ("service_tier", "VARCHAR"),
 ]

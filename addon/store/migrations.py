@@ -191,9 +191,20 @@ def m011_service_tier(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE calls ADD COLUMN service_tier VARCHAR")
 
 
+def m012_exact_costs(con: duckdb.DuckDBPyConnection) -> None:
+    # Ten decimals round a $3.625e-9 call to $3.6e-9: a million of them summed to $0.0036, not
+    # $0.003625. Eighteen hold every list rate times any count exactly. Rows stored before keep
+    # their rounding until `aispendtrack reprice` recomputes them.
+    con.execute("""
+        ALTER TABLE calls ALTER cost_usd TYPE DECIMAL(38, 18);
+        ALTER TABLE calls ALTER previous_cost_usd TYPE DECIMAL(38, 18);
+        ALTER TABLE hourly_usage ALTER cost_usd TYPE DECIMAL(38, 18);
+    """)
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
-              m010_nothing_billed_costs_zero, m011_service_tier]
+              m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

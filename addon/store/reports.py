@@ -11,7 +11,7 @@ from decimal import Decimal
 import duckdb
 
 from ..reports import ReportSpec, Selection
-from .calls import COLUMN_NAMES, REPRICE_COLUMNS
+from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
@@ -138,11 +138,11 @@ def apply_reprice(con: duckdb.DuckDBPyConnection, changes: list[tuple[uuid.UUID,
     if not changes:
         return
     ids, costs, sources = (list(column) for column in zip(*changes))
-    con.execute("""
+    con.execute(f"""
         UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
                          cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
                          repriced_at = now()
-        FROM (SELECT unnest(?::UUID[]) AS id, unnest(?::DECIMAL(38, 10)[]) AS cost,
+        FROM (SELECT unnest(?::UUID[]) AS id, unnest(?::{COST_TYPE}[]) AS cost,
                      unnest(?::VARCHAR[]) AS source) n
         WHERE calls.id = n.id
     """, [ids, costs, sources])

@@ -10,6 +10,8 @@ import datetime as dt
 
 import duckdb
 
+from .calls import COST_TYPE
+
 # (model, provider, input $/Mtok, output $/Mtok); None: a model without a price.
 MODELS = [
     ("gpt-4o-mini-2024-07-18", "openai", 0.15, 0.60),
@@ -69,7 +71,7 @@ def _generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, span:
                CASE WHEN luck < 0.03 THEN 0 ELSE input_tokens END, 0, 0, 0,
                CASE WHEN luck < 0.03 THEN 0 ELSE output_tokens END, 0, 0,
                CASE WHEN luck < 0.03 OR m.in_rate IS NULL THEN NULL
-                    ELSE (input_tokens * m.in_rate + output_tokens * m.out_rate) / 1e6 END::DECIMAL(38, 10),
+                    ELSE (input_tokens * m.in_rate + output_tokens * m.out_rate) / 1e6 END::{COST_TYPE},
                luck >= 0.03 AND m.in_rate IS NOT NULL,
                CASE WHEN luck >= 0.03 AND m.in_rate IS NOT NULL THEN 'synthetic' END,
                CASE WHEN luck < 0.03 THEN 'none' ELSE 'reported' END,
