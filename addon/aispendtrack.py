@@ -23,24 +23,24 @@ from urllib.parse import unquote
 from mitmproxy import ctx, exceptions, http
 
 from addon import failures, injection, refusals, routing, upstreams
-from addon import keys as keygen
-from addon import home as home_dir
 from addon.bounds import ConnectionBounds
-from addon.budgets import Budget, BudgetTracker
+from addon.core import home as home_dir
+from addon.core import keys as keygen
+from addon.core.budgets import Budget, BudgetTracker
+from addon.core.evaluate import Evaluator
+from addon.core.keys import KeyRing
+from addon.core.limits import Limiter, hour_start, month_start
+from addon.core.plans import limits_for
+from addon.core.store import budgets as budget_rows
+from addon.core.store import calls as call_rows
+from addon.core.store import keys as key_rows
 from addon.estimate import Counter
-from addon.evaluate import Evaluator
 from addon.guard import AuthGuard
-from addon.keys import KeyRing
-from addon.limits import Limiter, hour_start, month_start
 from addon.meter import CallMeter
-from addon.plans import limits_for
 from addon.providers import Provider, all_providers
 from addon.record import build_row
 from addon.refusals import KEY_HEADER
-from addon.store import budgets as budget_rows
-from addon.store import calls as call_rows
-from addon.store import keys as key_rows
-from addon.store.writer import Writer
+from addon.writer import Writer
 from pricing import PriceBook, PriceFileError
 from pricing.overrides import FILE_NAME as PRICES_FILE
 

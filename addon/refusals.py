@@ -9,8 +9,8 @@ import logging
 
 from mitmproxy import http
 
-from .budgets import BudgetRefusal
-from .limits import Refusal
+from .core.budgets import BudgetRefusal
+from .core.limits import Refusal
 from .providers import Provider
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ import timeit
 import zoneinfo
 from decimal import Decimal
 
-from addon.budgets import Budget, BudgetTracker
-from addon.limits import Limiter
-from addon.plans import Limits
+from addon.core.budgets import Budget, BudgetTracker
+from addon.core.limits import Limiter
+from addon.core.plans import Limits
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from addon import home as home_dir
-from addon.store import synthetic, writing
+from addon.core import home as home_dir
+from addon.core.store import synthetic, writing
 
 from .proxy_overhead import free_port
 

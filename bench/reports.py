@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from addon import home as home_dir
-from addon.reports import parse_report
-from addon.store import reading, synthetic, writing
-from addon.store import reports as report_rows
+from addon.core import home as home_dir
+from addon.core.reports import parse_report
+from addon.core.store import reading, synthetic, writing
+from addon.core.store import reports as report_rows
 
 END = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 REPORTS = [
@@ -33,9 +33,9 @@ REPORTS = [
 # Run in a child process so that its peak memory is its own.
 _EXPORT_CHILD = """
 import resource, sys, time
-from addon.reports import parse_selection
-from addon.store import reading
-from addon.store import reports as report_rows
+from addon.core.reports import parse_selection
+from addon.core.store import reading
+from addon.core.store import reports as report_rows
 db, out, since = sys.argv[1], sys.argv[2], sys.argv[3] or None
 selection = parse_selection(since=since)
 with reading(__import__("pathlib").Path(db)) as con:

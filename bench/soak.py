@@ -23,8 +23,8 @@ import threading
 import time
 from pathlib import Path
 
-from addon import home as home_dir
-from addon.store import reading
+from addon.core import home as home_dir
+from addon.core.store import reading
 
 from . import loopback
 from .proxy_overhead import ROOT, free_port, make_key, mitmdump, start, wait_for_port

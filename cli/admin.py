@@ -7,11 +7,10 @@ import json
 import click
 import duckdb
 
-from addon import keys as keygen
-from addon.store import compact, encryption
-from addon.store import admin as admin_rows
-from addon.store import reading, writing
-from addon.store import sessions as session_rows
+from addon.core import keys as keygen
+from addon.core.store import admin as admin_rows
+from addon.core.store import compact, encryption, reading, writing
+from addon.core.store import sessions as session_rows
 
 from .output import emit, format_option
 

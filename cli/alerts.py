@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from addon import notify
-from addon.store import alerts as alert_rows
-from addon.store import reading
+from addon.core import notify
+from addon.core.store import alerts as alert_rows
+from addon.core.store import reading
 
 from .output import emit, format_option
 
@@ -52,7 +52,7 @@ def check(obj, tz: str) -> None:
     import datetime as dt
     import zoneinfo
 
-    from addon.evaluate import evaluate
+    from addon.core.evaluate import evaluate
     _channels(obj.home)  # a broken file is an error here, not just a log line
     sent = evaluate(obj.db, obj.home, dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo(tz))
     click.echo(f"{len(sent)} new alert(s)" + (": " + ", ".join(sent) if sent else "; nothing new to report."))

@@ -8,9 +8,9 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
-from addon.budgets import SCOPES, with_spend
-from addon.store import budgets as budget_rows
-from addon.store import reading, writing
+from addon.core.budgets import SCOPES, with_spend
+from addon.core.store import budgets as budget_rows
+from addon.core.store import reading, writing
 
 from .output import emit, format_option, money
 

@@ -6,8 +6,8 @@ import datetime as dt
 
 import click
 
-from addon.store import calls as call_rows
-from addon.store import reading
+from addon.core.store import calls as call_rows
+from addon.core.store import reading
 
 from .output import emit, format_option, money, tokens
 

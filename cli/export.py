@@ -10,8 +10,8 @@ import threading
 
 import click
 
-from addon.store import reading
-from addon.store import reports as report_rows
+from addon.core.store import reading
+from addon.core.store import reports as report_rows
 
 from .options import selection_options
 

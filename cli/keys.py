@@ -8,12 +8,12 @@ import zoneinfo
 
 import click
 
-from addon import keys as keygen
-from addon.limits import hour_start, month_start
-from addon.plans import DEFAULT_PLAN, PLANS, limits_for, retention_days_for
-from addon.store import calls as call_rows
-from addon.store import keys as key_rows
-from addon.store import reading, writing
+from addon.core import keys as keygen
+from addon.core.limits import hour_start, month_start
+from addon.core.plans import DEFAULT_PLAN, PLANS, limits_for, retention_days_for
+from addon.core.store import calls as call_rows
+from addon.core.store import keys as key_rows
+from addon.core.store import reading, writing
 
 from .output import emit, format_option
 

@@ -8,11 +8,12 @@ import sys
 
 import click
 
-from addon import gdpr as subject_requests
-from addon import retention
-from addon import home as home_dir
-from addon.reports import parse_duration
-from addon.store.subjects import Subject, subject_from
+from addon.core import gdpr as subject_requests
+from addon.core import home as home_dir
+from addon.core import retention
+from addon.core.reports import parse_duration
+from addon.core.store.subjects import Subject, subject_from
+
 
 def _duration(value: str | None) -> dt.timedelta | None:
     if value is None:

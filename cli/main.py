@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from addon import home as home_dir
-from addon.store import StoreBusy
-from addon.store.encryption import EncryptionError
+from addon.core import home as home_dir
+from addon.core.store import StoreBusy
+from addon.core.store.encryption import EncryptionError
 
 from . import admin, alerts, budgets, calls, export, keys, lifecycle, prices, proxy, report, reprice, web
 

@@ -6,7 +6,7 @@ import functools
 
 import click
 
-from addon.reports import ReportError, parse_selection
+from addon.core.reports import ReportError, parse_selection
 
 
 def selection_options(command):

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import click
 
-from addon.serialize import json_row
+from addon.core.serialize import json_row
 
 FORMATS = ("table", "json", "csv")
 

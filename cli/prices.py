@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 import pricing
-from addon.store import calls as call_rows
-from addon.store import reading
+from addon.core.store import calls as call_rows
+from addon.core.store import reading
 from pricing.overrides import FILE_NAME
 
 from .output import emit, format_option

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from addon.store import keys as key_rows
-from addon.store import writing
+from addon.core.store import keys as key_rows
+from addon.core.store import writing
 
 from .keys import create_key
 from .web import serve_in_thread

@@ -6,9 +6,9 @@ import dataclasses
 
 import click
 
-from addon.reports import DIMENSIONS, ReportError, ReportSpec, parse_report
-from addon.store import reading
-from addon.store import reports as report_rows
+from addon.core.reports import DIMENSIONS, ReportError, ReportSpec, parse_report
+from addon.core.store import reading
+from addon.core.store import reports as report_rows
 
 from .options import selection_options
 from .output import compact, emit, money, render_table, seconds, tokens

@@ -6,8 +6,8 @@ from decimal import Decimal
 
 import click
 
-from addon.store import reports as report_rows
-from addon.store import writing
+from addon.core.store import reports as report_rows
+from addon.core.store import writing
 from pricing import PriceBook, PriceFileError, TokenUsage
 from pricing.overrides import FILE_NAME
 

@@ -7,7 +7,7 @@ import socket
 import uuid
 from decimal import Decimal
 
-from addon.store import calls as call_rows
+from addon.core.store import calls as call_rows
 
 
 def call_row(n: int, **changes) -> dict:

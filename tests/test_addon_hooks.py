@@ -7,7 +7,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
 from addon.aispendtrack import AiSpendTrack
-from addon.keys import hash_key
+from addon.core.keys import hash_key
 
 KEY = "ask_unit-test-key"
 

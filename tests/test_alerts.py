@@ -136,10 +136,10 @@ def test_a_bad_channel_file_says_what_is_wrong(tmp_path):
 
 import datetime as dt  # noqa: E402
 
-from addon import home as home_dir  # noqa: E402
-from addon.evaluate import SpikeSettings, is_spike  # noqa: E402
-from addon.store import calls as call_rows  # noqa: E402
-from addon.store import writing  # noqa: E402
+from addon.core import home as home_dir  # noqa: E402
+from addon.core.evaluate import SpikeSettings, is_spike  # noqa: E402
+from addon.core.store import calls as call_rows  # noqa: E402
+from addon.core.store import writing  # noqa: E402
 
 from .test_reports import row  # noqa: E402
 

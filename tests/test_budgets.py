@@ -12,7 +12,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from addon.budgets import Budget, BudgetTracker
+from addon.core.budgets import Budget, BudgetTracker
 
 from .conftest import run_cli, start_proxy
 

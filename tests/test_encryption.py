@@ -24,7 +24,7 @@ from .conftest import free_port
 REPO = Path(__file__).resolve().parent.parent
 KEY = "correct horse battery staple 42"
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-_CAN_WRITE = ("import duckdb; from addon.store.encryption import load_secure_crypto; "
+_CAN_WRITE = ("import duckdb; from addon.core.store.encryption import load_secure_crypto; "
               "load_secure_crypto(duckdb.connect())")
 
 
@@ -117,7 +117,7 @@ def test_an_existing_database_can_be_encrypted_in_place(tmp_path):
 def test_without_httpfs_writing_encrypted_is_refused_with_the_ways_out(tmp_path, monkeypatch):
     import duckdb
 
-    from addon.store import encryption, writing
+    from addon.core.store import encryption, writing
     if subprocess.run([sys.executable, "-c", _CAN_WRITE], cwd=REPO, capture_output=True).returncode == 0:
         pytest.skip("this interpreter has httpfs")
     monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", KEY)

@@ -15,10 +15,10 @@ from decimal import Decimal
 import openai
 import pytest
 
+from addon.core.store import calls as call_rows
+from addon.core.store import reading
 from addon.providers.base import InvalidUsage, count
-from addon.store import reading
-from addon.store import calls as call_rows
-from addon.store.writer import QUARANTINE_DIR, Writer
+from addon.writer import QUARANTINE_DIR, Writer
 
 from .conftest import run_cli, start_proxy
 from .helpers import call_row

@@ -9,11 +9,10 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-
-from addon import home as home_dir
-from addon.store import alerts as alert_rows
-from addon.store import calls as call_rows
-from addon.store import reading, writing
+from addon.core import home as home_dir
+from addon.core.store import alerts as alert_rows
+from addon.core.store import calls as call_rows
+from addon.core.store import reading, writing
 
 from .conftest import run_cli, start_proxy
 
@@ -101,6 +100,7 @@ def test_a_key_can_keep_its_own_retention(tmp_path):
 
 def test_bad_purge_arguments_say_what_to_give(tmp_path):
     from click.testing import CliRunner
+
     from cli.main import cli
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "purge", "--older-than", "30 days"])
     assert result.exit_code == 2 and "e.g. 30d, 12h or 2w" in result.output
@@ -183,6 +183,7 @@ def test_gdpr_delete_removes_the_subject_from_pending_spill_files(tmp_path):
     # A torn spill file (a crash in an older version) is reported, never silently left out.
     (spill / "1-1-3.jsonl").write_text('{"customer_id": "stay"')
     from click.testing import CliRunner
+
     from cli.main import cli
     result = CliRunner().invoke(cli, ["--home", str(home), "gdpr", "export", "--customer", "stay"])
     assert result.exit_code == 1 and "1 spill file(s)" in result.output and "not in the export" in result.output

@@ -12,8 +12,8 @@ import anthropic
 import openai
 import pytest
 
-from addon.limits import Limiter
-from addon.plans import Limits, limits_for
+from addon.core.limits import Limiter
+from addon.core.plans import Limits, limits_for
 
 from .conftest import run_cli, start_proxy
 

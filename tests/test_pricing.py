@@ -194,9 +194,9 @@ def test_every_bundled_patch_cites_its_source_and_the_check_lists_them(tmp_path)
 def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path):
     from click.testing import CliRunner
 
-    from addon.home import db_path
-    from addon.store import calls as call_rows
-    from addon.store import writing
+    from addon.core.home import db_path
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
     from cli.main import cli
 
     from .helpers import call_row

@@ -15,9 +15,9 @@ from decimal import Decimal
 import pytest
 from click.testing import CliRunner
 
-from addon import home as home_dir
-from addon.store import calls as call_rows
-from addon.store import synthetic, writing
+from addon.core import home as home_dir
+from addon.core.store import calls as call_rows
+from addon.core.store import synthetic, writing
 from cli.main import cli
 from web import create_app
 

@@ -13,10 +13,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
-
-from addon.store import calls as call_rows
-from addon.store import migrations, reading, writing
-from addon.store.writer import Writer
+from addon.core.store import calls as call_rows
+from addon.core.store import migrations, reading, writing
+from addon.writer import Writer
 
 from .conftest import run_cli, start_proxy
 from .helpers import call_row
@@ -195,7 +194,7 @@ def test_the_migration_gives_calls_that_billed_nothing_a_zero_cost(tmp_path):
 def test_a_sum_of_stored_costs_is_the_cost_of_the_summed_usage(tmp_path):
     """A cent-fraction price: 1 cache-read token of deepseek-v4-pro's promotional $0.003625 per
     million is $3.625e-9 a call; at ten decimals it was stored as $3.6e-9 and 1,000 calls lost 0.7%."""
-    from addon.home import db_path
+    from addon.core.home import db_path
     from pricing import PriceBook, TokenUsage
     price = PriceBook(tmp_path / "prices.toml").price(TokenUsage(cache_read_tokens=1), "deepseek",
                                                       "deepseek-v4-pro", dt.datetime(2026, 7, 1, 12, tzinfo=dt.UTC))

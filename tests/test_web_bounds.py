@@ -13,9 +13,9 @@ import time
 import httpx
 import pytest
 
-from addon import home as home_dir
-from addon.store import calls as call_rows
-from addon.store import synthetic, writing
+from addon.core import home as home_dir
+from addon.core.store import calls as call_rows
+from addon.core.store import synthetic, writing
 from web import create_app, server
 
 from .conftest import run_cli

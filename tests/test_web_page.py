@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from addon import home as home_dir
-from addon.store import calls as call_rows
-from addon.store import writing
+from addon.core import home as home_dir
+from addon.core.store import calls as call_rows
+from addon.core.store import writing
 
 from .conftest import free_port, run_cli, start_proxy
 from .test_reports import row

@@ -115,7 +115,7 @@ def test_admin_tokens_can_be_listed_and_revoked_and_their_sessions_end(client, h
 
 
 def test_the_data_files_are_readable_by_their_owner_only(home, admin_token):
-    from addon import home as home_dir
+    from addon.core import home as home_dir
     create_app(home)
     assert oct(home.stat().st_mode & 0o777) == "0o700"
     for path in [home_dir.db_path(home), *home.glob("web-secret")]:

@@ -8,12 +8,12 @@ header of the caller's), and can read back every request the upstream received.
 from __future__ import annotations
 
 import functools
+import http.client
 import json
 import socket
 import threading
 import time
 from dataclasses import dataclass
-import http.client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import payloads

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from flask import Flask, jsonify
 
-from addon import home as home_dir
+from addon.core import home as home_dir
 
-from . import privacy  # noqa: F401  (adds the purge and GDPR routes to the API)
-from . import security
+from . import (
+    privacy,  # noqa: F401  (adds the purge and GDPR routes to the API)
+    security,
+)
 from .api import api
 from .auth import session_secret
 from .pages import pages

@@ -13,12 +13,12 @@ from typing import IO
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
-from addon import home as home_dir
-from addon.budgets import with_spend
-from addon.reports import ReportError, Selection, parse_report, parse_selection
-from addon.serialize import json_row
-from addon.store import ReadTooLong, StoreBusy, reading
-from addon.store import reports as report_rows
+from addon.core import home as home_dir
+from addon.core.budgets import with_spend
+from addon.core.reports import ReportError, Selection, parse_report, parse_selection
+from addon.core.serialize import json_row
+from addon.core.store import ReadTooLong, StoreBusy, reading
+from addon.core.store import reports as report_rows
 
 from .auth import Principal, authenticate, bearer, credential, session_principal
 

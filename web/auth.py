@@ -15,11 +15,11 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from addon import keys as keygen
-from addon.store import admin as admin_rows
-from addon.store import keys as key_rows
-from addon.store import reading, writing
-from addon.store import sessions as session_rows
+from addon.core import keys as keygen
+from addon.core.store import admin as admin_rows
+from addon.core.store import keys as key_rows
+from addon.core.store import reading, writing
+from addon.core.store import sessions as session_rows
 
 SESSION_LIFETIME = dt.timedelta(hours=12)
 

@@ -11,9 +11,9 @@ import tempfile
 
 from flask import current_app, g, jsonify, request
 
-from addon import gdpr, retention
-from addon import home as home_dir
-from addon.store.subjects import Subject, subject_from
+from addon.core import gdpr, retention
+from addon.core import home as home_dir
+from addon.core.store.subjects import Subject, subject_from
 
 from .api import ApiError, api, db_path, send_spooled
 from .auth import bearer

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import duckdb
 
-from . import calls
-from .connection import writing
+from .core.store import calls
+from .core.store.connection import writing
 
 log = logging.getLogger(__name__)
 

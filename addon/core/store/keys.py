@@ -1,4 +1,4 @@
-"""SQL for the ``keys`` table. Keys are stored only as hashes (see addon/keys.py)."""
+"""SQL for the ``keys`` table. Keys are stored only as hashes (see addon/core/keys.py)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ import duckdb
 
 from . import encryption, migrations
 
-
 # DuckDB refuses a second connection to a file from the same process with another configuration
 # (read-only beside read-write). The proxy can serve the web app in-process, so every connection
 # in a process takes this lock for its lifetime: at most one is open at a time, whatever its mode.

@@ -1,4 +1,4 @@
-"""SQL for reports, pages of calls, exports and repricing. Input is a validated spec (addon/reports.py)."""
+"""SQL for reports, pages of calls, exports and repricing. Input is a validated spec (addon/core/reports.py)."""
 
 from __future__ import annotations
 

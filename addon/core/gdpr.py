@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from .serialize import json_row
-from .store import compact, subjects, writing, reading
+from .store import compact, reading, subjects, writing
 from .store.subjects import Subject
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
     with store.reading(db) as con:
         groups, total = store_reports.report(con, spec)
 
-Both front ends call these functions and the same queries in ``addon/store/reports.py``,
+Both front ends call these functions and the same queries in ``addon/core/store/reports.py``,
 so they always agree.
 """
 
