@@ -31,7 +31,7 @@ from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils.asyncio_utils import create_task
 
-from .burstlog import BurstLog
+from .core.burstlog import BurstLog
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from flask import Flask
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
-from addon.burstlog import BurstLog
+from addon.core.burstlog import BurstLog
 
 log = logging.getLogger("werkzeug")
 
