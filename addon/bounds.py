@@ -12,7 +12,7 @@ every file descriptor. This addon adds the bounds a front-line HTTP server has:
 - at most ``aispendtrack_max_connections`` client connections at once (and never more than the
   process's file descriptors allow); one more is closed at once.
 
-Each refusal is logged once per burst, then counted in a summary line (addon/burstlog.py).
+Each refusal is logged once per burst, then counted in a summary line (addon/core/burstlog.py).
 The header limit wraps one mitmproxy method (pinned to <13 in pyproject.toml); tests/test_bounds.py
 fails if it stops working.
 """
