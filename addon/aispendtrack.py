@@ -17,23 +17,25 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import zoneinfo
-from collections.abc import Sequence
 from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import failures, injection, refusals, routing, upstreams
+from addon import failures, injection, refusals, routing, settings, upstreams
 from addon.bounds import ConnectionBounds
+from addon.core import config, periods
 from addon.core import home as home_dir
 from addon.core import keys as keygen
 from addon.core.budgets import Budget, BudgetTracker
 from addon.core.evaluate import Evaluator
 from addon.core.keys import KeyRing
-from addon.core.limits import Limiter, hour_start, month_start
+from addon.core.limits import Limiter
+from addon.core.periods import hour_start, month_start
 from addon.core.plans import limits_for
 from addon.core.store import budgets as budget_rows
 from addon.core.store import calls as call_rows
 from addon.core.store import keys as key_rows
+from addon.core.store import writing
 from addon.estimate import Counter
 from addon.guard import AuthGuard
 from addon.meter import CallMeter
@@ -50,10 +52,7 @@ TAG_HEADERS = ("x-customer-id", "x-feature")
 HEALTH_PATH = "/aispendtrack/health"
 MAX_TAG_LENGTH = 128
 _META = "aispendtrack"
-_OPTIONS = ("aispendtrack_home", "aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream",
-            "aispendtrack_upstreams", "aispendtrack_quota_tz", "aispendtrack_alert_interval_s",
-            "aispendtrack_flush_ms", "aispendtrack_upstream_timeout_s", "aispendtrack_auth_failures_per_minute",
-            "aispendtrack_tls_only", "aispendtrack_purge_interval_s", "aispendtrack_inject_usage")
+_OPTIONS = {s.option for s in settings.of("AiSpendTrack")}
 
 
 class AiSpendTrack:
@@ -67,6 +66,7 @@ class AiSpendTrack:
         self.limiter = Limiter(zoneinfo.ZoneInfo("UTC"))  # replaced in running() with the configured zone
         self.budgets = BudgetTracker(zoneinfo.ZoneInfo("UTC"))
         self._seeded = False
+        self._zone_warned: zoneinfo.ZoneInfo | None = None
         self.evaluator: Evaluator | None = None
         self.watch = failures.UpstreamWatch()
         self.guard = AuthGuard()
@@ -76,32 +76,7 @@ class AiSpendTrack:
         failures.install()
 
     def load(self, loader) -> None:
-        loader.add_option("aispendtrack_home", str, "",
-                          "Data directory (default: $AISPENDTRACK_HOME or ~/.aispendtrack).")
-        loader.add_option("aispendtrack_openai_upstream", str, "",
-                          "OpenAI base URL; empty means the reverse-mode target.")
-        loader.add_option("aispendtrack_anthropic_upstream", str, "https://api.anthropic.com",
-                          "Anthropic base URL.")
-        loader.add_option("aispendtrack_upstreams", Sequence[str], [],
-                          "Base URLs as NAME=URL, e.g. azure=https://NAME.openai.azure.com or "
-                          "mistral=https://api.mistral.ai (see docs/providers.md for the names).")
-        loader.add_option("aispendtrack_quota_tz", str, "UTC",
-                          "Time zone whose calendar month the monthly quotas follow.")
-        loader.add_option("aispendtrack_alert_interval_s", int, 60,
-                          "How often budgets, quota warnings and spikes are evaluated, in seconds.")
-        loader.add_option("aispendtrack_flush_ms", int, 1000,
-                          "How often the writer thread flushes rows to the database, in milliseconds.")
-        loader.add_option("aispendtrack_upstream_timeout_s", int, 600,
-                          "Seconds to wait for an upstream's response headers before answering 504.")
-        loader.add_option("aispendtrack_auth_failures_per_minute", int, 30,
-                          "Refused keys allowed per client address and minute before it gets 429s (0: no limit).")
-        loader.add_option("aispendtrack_purge_interval_s", int, 86_400,
-                          "How often raw calls past their plan's retention are purged, in seconds.")
-        loader.add_option("aispendtrack_inject_usage", bool, True,
-                          "Ask for usage on chat streams whose client did not (stream_options.include_usage), "
-                          "and give the client the stream it asked for; off: such streams are estimated.")
-        loader.add_option("aispendtrack_tls_only", bool, False,
-                          "Refuse calls that did not come over TLS (set when the proxy serves HTTPS).")
+        settings.add_options(loader, "AiSpendTrack")
 
     def configure(self, updated: set[str]) -> None:
         if "ssl_insecure" in updated and ctx.options.ssl_insecure:
@@ -111,9 +86,8 @@ class AiSpendTrack:
             self.upstreams = upstreams.parse(self.providers, ctx.options.aispendtrack_openai_upstream,
                                              ctx.options.aispendtrack_anthropic_upstream,
                                              ctx.options.aispendtrack_upstreams)
+        settings.check(ctx.options, updated, "AiSpendTrack")
         if "aispendtrack_upstream_timeout_s" in updated:
-            if ctx.options.aispendtrack_upstream_timeout_s < 1:
-                raise exceptions.OptionsError("aispendtrack_upstream_timeout_s must be at least 1.")
             self.watch.timeout = ctx.options.aispendtrack_upstream_timeout_s
         if "aispendtrack_tls_only" in updated:
             self.tls_only = ctx.options.aispendtrack_tls_only
@@ -121,10 +95,8 @@ class AiSpendTrack:
             self.inject_usage = ctx.options.aispendtrack_inject_usage
         if "aispendtrack_auth_failures_per_minute" in updated:
             self.guard.allowed = ctx.options.aispendtrack_auth_failures_per_minute
-        if "aispendtrack_quota_tz" in updated:
-            _zone(ctx.options.aispendtrack_quota_tz)  # validates
-        if "aispendtrack_flush_ms" in updated and ctx.options.aispendtrack_flush_ms < 10:
-            raise exceptions.OptionsError("aispendtrack_flush_ms must be at least 10.")
+        if "aispendtrack_quota_tz" in updated and ctx.options.aispendtrack_quota_tz:
+            _zone(ctx.options.aispendtrack_quota_tz)  # validates; stored when the proxy starts
         if "aispendtrack_home" in updated:
             if self.writer is not None:
                 raise exceptions.OptionsError("aispendtrack_home cannot change while the proxy runs; restart it.")
@@ -140,7 +112,7 @@ class AiSpendTrack:
         if self.home is None:  # options left at their defaults never triggered configure
             self.configure(set(_OPTIONS))
         self.providers = all_providers(Counter(self.home / home_dir.CACHE_DIR / "tiktoken"))
-        zone = _zone(ctx.options.aispendtrack_quota_tz)
+        zone = self._quota_zone()
         self.limiter, self.budgets = Limiter(zone), BudgetTracker(zone)
         self.writer = Writer(
             home_dir.db_path(self.home), self.home / home_dir.SPILL_DIR,
@@ -153,6 +125,14 @@ class AiSpendTrack:
                                    purge_interval=ctx.options.aispendtrack_purge_interval_s)
         self.evaluator.start()
         log.info("AiSpendTrack: data in %s, %d active keys", self.home, len(self.keyring))
+
+    def _quota_zone(self) -> zoneinfo.ZoneInfo:
+        """The stored quota time zone; a zone given as an option is stored first, so that the CLI
+        and the web app count days and months as this proxy does."""
+        with writing(home_dir.db_path(self.home)) as con:
+            if ctx.options.aispendtrack_quota_tz:
+                return config.set_quota_zone(con, ctx.options.aispendtrack_quota_tz)
+            return config.quota_zone(con)
 
     def _row(self, item) -> dict:
         """On the writer thread: a finished call's row (or one already built), counted against budgets."""
@@ -172,6 +152,11 @@ class AiSpendTrack:
         self.keyring.replace({key_hash: key_id for key_hash, key_id, *_ in active})
         self.limiter.set_limits({key_id: limits_for(plan, per_hour, per_month)
                                  for _, key_id, plan, per_hour, per_month in active})
+        stored = config.quota_zone(con)
+        if stored != self.limiter.zone and stored != self._zone_warned:
+            self._zone_warned = stored
+            log.warning("quota_tz is now %s in the database; this proxy counts quotas and budgets in %s until "
+                        "it is restarted", stored.key, self.limiter.zone.key)
         if not self._seeded:
             self.limiter.seed(call_rows.counts_since(con, hour_start(now), month_start(now, self.limiter.zone)), now)
             self._seeded = True
@@ -386,10 +371,9 @@ def _valid_tag(value: str) -> bool:
 
 def _zone(name: str) -> zoneinfo.ZoneInfo:
     try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise exceptions.OptionsError(f"aispendtrack_quota_tz: unknown time zone {name!r}; use an IANA name "
-                                      f"such as UTC or America/Los_Angeles.") from None
+        return periods.zone(name)
+    except periods.UnknownZone as exc:
+        raise exceptions.OptionsError(f"aispendtrack_quota_tz: {exc}") from None
 
 
 addons = [ConnectionBounds(), AiSpendTrack()]

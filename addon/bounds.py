@@ -24,13 +24,14 @@ import logging
 import resource
 import time
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 from mitmproxy.connection import Client
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils.asyncio_utils import create_task
 
+from . import settings
 from .core.burstlog import BurstLog
 
 log = logging.getLogger(__name__)
@@ -92,25 +93,17 @@ class ConnectionBounds:
         install()
 
     def load(self, loader) -> None:
-        loader.add_option("aispendtrack_max_connections", int, 1024,
-                          "Client connections served at once; more are closed at once (also capped by "
-                          "the file descriptor limit).")
-        loader.add_option("aispendtrack_client_timeout_s", int, 60,
-                          "Seconds a client connection may take to send a request's headers, or stay idle "
-                          "between requests; the body gets five times as long.")
+        settings.add_options(loader, "ConnectionBounds")
 
     def configure(self, updated: set[str]) -> None:
+        settings.check(ctx.options, updated, "ConnectionBounds")
         if "aispendtrack_max_connections" in updated:
-            if ctx.options.aispendtrack_max_connections < 1:
-                raise exceptions.OptionsError("aispendtrack_max_connections must be at least 1.")
             budget = descriptor_budget()
             self.max_connections = min(ctx.options.aispendtrack_max_connections, budget)
             if self.max_connections < ctx.options.aispendtrack_max_connections:
                 log.warning("serving at most %d connections at once: the file descriptor limit allows no more "
                             "(raise it with `ulimit -n`)", self.max_connections)
         if "aispendtrack_client_timeout_s" in updated:
-            if ctx.options.aispendtrack_client_timeout_s < 1:
-                raise exceptions.OptionsError("aispendtrack_client_timeout_s must be at least 1.")
             self.timeout = float(ctx.options.aispendtrack_client_timeout_s)
 
     def running(self) -> None:

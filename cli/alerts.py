@@ -45,16 +45,19 @@ def test(obj, name: str) -> None:
 
 
 @alerts.command("check")
-@click.option("--tz", default="UTC", show_default=True, help="Zone of the budget days and quota months.")
 @click.pass_obj
-def check(obj, tz: str) -> None:
-    """Evaluate budgets, quota warnings and spikes now and send what is new (the proxy does this every minute)."""
+def check(obj) -> None:
+    """Evaluate budgets, quota warnings and spikes now and send what is new (the proxy does this every minute).
+    Days and months are those of the quota time zone (`aispendtrack config`)."""
     import datetime as dt
-    import zoneinfo
 
+    from addon.core import config
     from addon.core.evaluate import evaluate
+    from addon.core.store import reading
     _channels(obj.home)  # a broken file is an error here, not just a log line
-    sent = evaluate(obj.db, obj.home, dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo(tz))
+    with reading(obj.db) as con:
+        zone = config.quota_zone(con)
+    sent = evaluate(obj.db, obj.home, dt.datetime.now(dt.UTC), zone)
     click.echo(f"{len(sent)} new alert(s)" + (": " + ", ".join(sent) if sent else "; nothing new to report."))
 
 

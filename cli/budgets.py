@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-import zoneinfo
 from decimal import Decimal, InvalidOperation
 
 import click
 
+from addon.core import config
 from addon.core.budgets import SCOPES, with_spend
 from addon.core.store import budgets as budget_rows
 from addon.core.store import reading, writing
@@ -66,9 +66,9 @@ def set_budget(obj, scope: str, daily: Decimal | None, monthly: Decimal | None, 
 @click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 @click.pass_obj
 def list_budgets(obj, fmt: str = "table", as_json: bool = False) -> None:
-    """Budgets with what has been spent against them today and this month (UTC)."""
+    """Budgets with what has been spent against them today and this month (in the quota time zone)."""
     with reading(obj.db) as con:
-        rows = with_spend(con, dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo("UTC"))
+        rows = with_spend(con, dt.datetime.now(dt.UTC), config.quota_zone(con))
     emit(rows, "json" if as_json else fmt, [
         ("ID", lambda r: str(r["id"]), ">"),
         ("SCOPE", lambda r: r["scope"] + (f":{r['scope_value']}" if r["scope_value"] else ""), "<"),

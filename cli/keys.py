@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import zoneinfo
 
 import click
 
+from addon.core import config
 from addon.core import keys as keygen
-from addon.core.limits import hour_start, month_start
+from addon.core.periods import hour_start, month_start
 from addon.core.plans import DEFAULT_PLAN, PLANS, limits_for, retention_days_for
 from addon.core.store import calls as call_rows
 from addon.core.store import keys as key_rows
@@ -61,7 +61,7 @@ def list_keys(obj, fmt: str = "table", as_json: bool = False) -> None:
     now = dt.datetime.now(dt.UTC)
     with reading(obj.db) as con:
         rows = key_rows.all_keys(con)
-        used = call_rows.counts_since(con, hour_start(now), month_start(now, zoneinfo.ZoneInfo("UTC")))
+        used = call_rows.counts_since(con, hour_start(now), month_start(now, config.quota_zone(con)))
     for row in rows:
         row["status"] = "revoked" if row["revoked_at"] else "active"
         limits = limits_for(row["plan"], row["per_hour_limit"], row["per_month_limit"])

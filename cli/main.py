@@ -16,7 +16,7 @@ from addon.core import home as home_dir
 from addon.core.store import StoreBusy
 from addon.core.store.encryption import EncryptionError
 
-from . import admin, alerts, budgets, calls, export, keys, lifecycle, prices, proxy, report, reprice, web
+from . import admin, alerts, budgets, calls, config, export, keys, lifecycle, prices, proxy, report, reprice, web
 
 
 @dataclass
@@ -61,3 +61,4 @@ cli.add_command(alerts.alerts)
 cli.add_command(web.web)
 cli.add_command(lifecycle.purge)
 cli.add_command(lifecycle.gdpr)
+cli.add_command(config.config)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from addon import settings
 from addon.core.store import keys as key_rows
 from addon.core.store import writing
 
@@ -17,41 +18,40 @@ from .keys import create_key
 from .web import serve_in_thread
 
 
+def _setting_flags(command):
+    """One click option per proxy setting that has a flag (addon/settings.py), in table order."""
+    for s in reversed(settings.SETTINGS):
+        if s.flag is None:
+            continue
+        if s.type is bool:  # a flag turns the setting from its default to the other value
+            command = click.option(s.flag, s.name, is_flag=True, default=False, help=s.flag_help or s.help)(command)
+        elif s.type is int:
+            command = click.option(s.flag, s.name, default=s.default, show_default=True, help=s.help,
+                                   type=click.IntRange(s.minimum, s.maximum))(command)
+        elif s.type is str:
+            command = click.option(s.flag, s.name, default=_CLI_DEFAULTS.get(s.name, s.default),
+                                   show_default=bool(_CLI_DEFAULTS.get(s.name, s.default)), help=s.help)(command)
+        else:  # Sequence[str]
+            command = click.option(s.flag, s.name, multiple=True, metavar=s.metavar, help=s.help)(command)
+    return command
+
+
+# The command names the provider it forwards OpenAI calls to; mitmdump takes its reverse target.
+_CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
+
+
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
-@click.option("--openai-upstream", default="https://api.openai.com", show_default=True,
-              help="Where OpenAI calls go.")
-@click.option("--anthropic-upstream", default="https://api.anthropic.com", show_default=True,
-              help="Where Anthropic calls go.")
-@click.option("--upstream", "upstreams", multiple=True, metavar="NAME=URL",
-              help="Another provider's base URL, e.g. azure=https://NAME.openai.azure.com (repeatable).")
-@click.option("--flush-ms", default=1000, show_default=True, type=click.IntRange(10, 60_000),
-              help="How often rows are written to the database.")
 @click.option("--web-port", type=click.IntRange(1, 65535), help="Also serve the web app and API on this port.")
-@click.option("--alert-interval", default=60, show_default=True, type=click.IntRange(1, 3600),
-              help="Seconds between evaluations of budgets, quota warnings and spikes.")
-@click.option("--purge-interval", default=86_400, show_default=True, type=click.IntRange(1),
-              help="Seconds between purges of calls past their plan's retention (the first comes at start-up).")
-@click.option("--upstream-timeout", default=600, show_default=True, type=click.IntRange(1, 86_400),
-              help="Seconds to wait for a provider's response headers before answering 504.")
-@click.option("--auth-failures-per-minute", default=30, show_default=True, type=click.IntRange(0),
-              help="Wrong keys allowed per client address and minute before it gets 429s (0: no limit).")
-@click.option("--no-usage-injection", "no_usage_injection", is_flag=True,
-              help="Do not ask for usage on chat streams whose client did not; such streams are then estimated.")
-@click.option("--max-connections", default=1024, show_default=True, type=click.IntRange(1),
-              help="Client connections served at once; more are closed at once.")
-@click.option("--client-timeout", default=60, show_default=True, type=click.IntRange(1, 3600),
-              help="Seconds a client may take to send a request's headers, or stay idle between requests.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The private key of --tls-cert (PEM).")
 @click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False),
               help="Verify providers against this CA bundle (PEM) instead of the public CAs.")
+@_setting_flags
 @click.pass_obj
-def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: str, upstreams: tuple[str, ...],
-          flush_ms: int, web_port: int | None, alert_interval: int, purge_interval: int, upstream_timeout: int,
-          auth_failures_per_minute: int, no_usage_injection: bool, max_connections: int, client_timeout: int, tls_cert: str | None,
-          tls_key: str | None, upstream_ca: str | None) -> None:
+def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None, tls_key: str | None,
+          upstream_ca: str | None, **values) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
@@ -61,17 +61,12 @@ def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: s
         click.echo(f"Web and API on http://{host}:{web_port}")
     scheme = "https" if tls_cert else "http"
     click.echo(f"AiSpendTrack proxy on {scheme}://{host}:{port}  (data: {obj.home})")
-    click.echo(f"  OpenAI:    OpenAI(base_url='{scheme}://{host}:{port}/v1', default_headers={{'x-aispendtrack-key': ...}})")
-    click.echo(f"  Anthropic: Anthropic(base_url='{scheme}://{host}:{port}', default_headers={{'x-aispendtrack-key': ...}})")
-    addon_options = dict(
-        aispendtrack_home=str(obj.home), aispendtrack_openai_upstream=openai_upstream,
-        aispendtrack_anthropic_upstream=anthropic_upstream, aispendtrack_upstreams=list(upstreams),
-        aispendtrack_flush_ms=flush_ms, aispendtrack_alert_interval_s=alert_interval,
-        aispendtrack_upstream_timeout_s=upstream_timeout, aispendtrack_purge_interval_s=purge_interval,
-        aispendtrack_auth_failures_per_minute=auth_failures_per_minute,
-        aispendtrack_inject_usage=not no_usage_injection, aispendtrack_max_connections=max_connections, aispendtrack_client_timeout_s=client_timeout,
-        aispendtrack_tls_only=bool(tls_cert))
-    mitm_options = dict(listen_host=host, listen_port=port, mode=[f"reverse:{openai_upstream}"])
+    click.echo(f"  OpenAI:    OpenAI(base_url='{scheme}://{host}:{port}/v1', "
+               "default_headers={'x-aispendtrack-key': ...})")
+    click.echo(f"  Anthropic: Anthropic(base_url='{scheme}://{host}:{port}', "
+               "default_headers={'x-aispendtrack-key': ...})")
+    addon_options = _addon_options(values, home=str(obj.home), tls_only=bool(tls_cert))
+    mitm_options = dict(listen_host=host, listen_port=port, mode=[f"reverse:{values['openai_upstream']}"])
     if tls_cert:
         mitm_options["certs"] = [f"*={tls_pem(obj.home, tls_cert, tls_key)}"]
     if upstream_ca:
@@ -83,6 +78,22 @@ def proxy(obj, host: str, port: int, openai_upstream: str, anthropic_upstream: s
         if isinstance(exc, exceptions.OptionsError):
             raise click.ClickException(str(exc)) from None
         raise
+
+
+def _addon_options(values: dict, **others) -> dict:
+    """The mitmproxy options for the flags given: a boolean flag is the setting's non-default value."""
+    options = {}
+    for s in settings.SETTINGS:
+        if s.flag is None:
+            value = others[s.name]
+        elif s.type is bool:
+            value = (not s.default) if values[s.name] else s.default
+        elif s.type is str or s.type is int:
+            value = values[s.name]
+        else:
+            value = list(values[s.name])
+        options[s.option] = value
+    return options
 
 
 def _first_key(db) -> None:

@@ -8,11 +8,11 @@ import datetime as dt
 import os
 import tempfile
 import uuid
-import zoneinfo
 from typing import IO
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
+from addon.core import config
 from addon.core import home as home_dir
 from addon.core.budgets import with_spend
 from addon.core.reports import ReportError, Selection, parse_report, parse_selection
@@ -84,10 +84,11 @@ def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
 
 @api.get("/budgets")
 def budgets():
-    """Budgets with today's and this month's spend (UTC); a key sees only its own key's budget."""
+    """Budgets with today's and this month's spend (in the quota time zone); a key sees only its own
+    key's budget."""
     principal = g.principal
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
-        rows = with_spend(con, dt.datetime.now(dt.UTC), zoneinfo.ZoneInfo("UTC"))
+        rows = with_spend(con, dt.datetime.now(dt.UTC), config.quota_zone(con))
     visible = [b for b in rows
                if principal.is_admin or (b["scope"] == "key" and b["scope_value"] == str(principal.key_id))]
     return jsonify([json_row(b) for b in visible])

@@ -17,7 +17,7 @@ import zoneinfo
 from dataclasses import dataclass
 from decimal import Decimal
 
-from .limits import month_start, next_month_start, seconds_until
+from .periods import day_start, month_start, next_day_start, next_month_start, seconds_until
 
 SCOPES = ("all", "key", "customer", "feature")
 
@@ -66,14 +66,8 @@ def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[dict]:
     return rows
 
 
-def day_start(now: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
-    local = now.astimezone(zone)
-    return dt.datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(dt.UTC)
 
 
-def next_day_start(start: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
-    local = start.astimezone(zone).date() + dt.timedelta(days=1)
-    return dt.datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(dt.UTC)
 
 
 class BudgetTracker:

@@ -25,8 +25,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from . import notify, retention
-from .budgets import day_start, with_spend
-from .limits import month_start
+from .budgets import with_spend
+from .periods import day_start, hour_start, month_start
 from .plans import limits_for
 from .store import alerts as alert_rows
 from .store import calls as call_rows
@@ -131,7 +131,7 @@ class Evaluator(threading.Thread):
 
 
 def _spikes(con, now: dt.datetime, settings: SpikeSettings) -> list[tuple[str, notify.Alert]]:
-    hour = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    hour = hour_start(now).replace(tzinfo=None)
     found = []
     for scope in (None, "key", "customer", "feature"):
         series: dict[str, dict[dt.datetime, float]] = {}

@@ -13,17 +13,12 @@ quota) and then kept here: one dict lookup and two comparisons per call, no data
 from __future__ import annotations
 
 import datetime as dt
-import math
 import threading
 import zoneinfo
 from dataclasses import dataclass
 
+from .periods import hour_start, month_start, next_month_start, seconds_until
 from .plans import Limits
-
-
-def seconds_until(resets_at: dt.datetime, now: dt.datetime) -> int:
-    """A retry-after value: whole seconds, rounded up, never less than 1."""
-    return max(1, math.ceil((resets_at - now).total_seconds()))
 
 
 @dataclass(frozen=True)
@@ -37,19 +32,10 @@ class Refusal:
         return seconds_until(self.resets_at, now)
 
 
-def hour_start(now: dt.datetime) -> dt.datetime:
-    return now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def month_start(now: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
-    local = now.astimezone(zone)
-    return dt.datetime(local.year, local.month, 1, tzinfo=zone).astimezone(dt.UTC)
 
 
-def next_month_start(start: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
-    local = start.astimezone(zone)
-    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
-    return dt.datetime(year, month, 1, tzinfo=zone).astimezone(dt.UTC)
 
 
 class Limiter:

@@ -15,6 +15,8 @@ import re
 import zoneinfo
 from dataclasses import dataclass, replace
 
+from . import periods
+
 DIMENSIONS = ("model", "provider", "customer", "feature", "key", "day", "hour", "month")
 TIME_DIMENSIONS = ("day", "hour", "month")
 _RELATIVE = re.compile(r"^(\d{1,6})([mhdw])$")
@@ -75,10 +77,9 @@ def parse_report(by: list[str] | tuple[str, ...], **selection) -> ReportSpec:
 
 def parse_tz(name: str) -> zoneinfo.ZoneInfo:
     try:
-        return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ReportError(f"unknown time zone {name!r}; use an IANA name such as UTC or America/Los_Angeles.") \
-            from None
+        return periods.zone(name)
+    except periods.UnknownZone as exc:
+        raise ReportError(str(exc)) from None
 
 
 def parse_duration(value: str) -> dt.timedelta | None:
@@ -96,8 +97,7 @@ def parse_when(value: str, zone: zoneinfo.ZoneInfo, now: dt.datetime, name: str)
     except OverflowError:
         raise ReportError(f"{name} {value!r} reaches past the year 1; use a shorter span or a date.") from None
     if value == "today":
-        local = now.astimezone(zone)
-        return dt.datetime(local.year, local.month, local.day, tzinfo=zone).astimezone(dt.UTC)
+        return periods.day_start(now, zone)
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:

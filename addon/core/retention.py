@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+from .periods import hour_start
 from .plans import retention_days_for
 from .store import lifecycle, reading, writing
 
@@ -23,8 +24,6 @@ class PurgeResult:
     deleted: dict[str, int] | None  # None on a dry run
 
 
-def _floor_hour(at: dt.datetime) -> dt.datetime:
-    return at.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def cutoffs(keys: list[tuple[int, str, int | None]], now: dt.datetime,
@@ -36,9 +35,9 @@ def cutoffs(keys: list[tuple[int, str, int | None]], now: dt.datetime,
         if older_than is not None:
             keep = older_than if keep is None else min(keep, older_than)
         if keep is not None:
-            found[key_id] = _floor_hour(now - keep)
+            found[key_id] = hour_start(now - keep)
     if older_than is not None:
-        found[None] = _floor_hour(now - older_than)
+        found[None] = hour_start(now - older_than)
     return found
 
 

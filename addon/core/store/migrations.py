@@ -202,9 +202,21 @@ def m012_exact_costs(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m013_config(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        -- Settings every process must read alike (the quota time zone), see addon/core/config.py.
+        CREATE TABLE config (
+            name VARCHAR PRIMARY KEY,
+            value VARCHAR NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL
+        )
+    """)
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
-              m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs]
+              m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
+              m013_config]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -1,0 +1,95 @@
+"""Every proxy setting, defined once: its name, type, default, bounds and help.
+
+The mitmproxy options (``--set aispendtrack_<name>=...``) and the ``aispendtrack proxy`` flags
+are both generated from this table, so they cannot drift apart::
+
+    mitmdump -s addon/aispendtrack.py --set aispendtrack_flush_ms=500 ...
+    aispendtrack proxy --flush-ms 500
+
+Settings the CLI and the web app must agree on with the proxy (the quota time zone) are also
+stored in the data directory's database (addon/core/config.py), so every process uses one value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mitmproxy import exceptions
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str                 # the mitmproxy option is "aispendtrack_" + name
+    type: object              # int, str, bool or Sequence[str]
+    default: object
+    help: str
+    flag: str | None          # the `aispendtrack proxy` flag; None: set another way (the help says how)
+    minimum: int | None = None
+    maximum: int | None = None
+    owner: str = "AiSpendTrack"  # the addon class that declares the option
+    metavar: str | None = None
+    flag_help: str | None = None  # for a flag that turns a boolean setting off
+
+    @property
+    def option(self) -> str:
+        return "aispendtrack_" + self.name
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("home", str, "", "Data directory (default: $AISPENDTRACK_HOME or ~/.aispendtrack); "
+            "`aispendtrack --home DIR proxy` sets it.", None),
+    Setting("openai_upstream", str, "", "Where OpenAI calls go; empty: the reverse-mode target "
+            "(`aispendtrack proxy` uses https://api.openai.com).", "--openai-upstream"),
+    Setting("anthropic_upstream", str, "https://api.anthropic.com", "Where Anthropic calls go.",
+            "--anthropic-upstream"),
+    Setting("upstreams", Sequence[str], [], "Another provider's base URL as NAME=URL, e.g. "
+            "azure=https://NAME.openai.azure.com (repeatable; names in docs/providers.md).", "--upstream",
+            metavar="NAME=URL"),
+    Setting("quota_tz", str, "", "Time zone of the days and months that quotas and budgets count, e.g. "
+            "America/New_York; stored in the database for the CLI and the web app too. Empty: the stored "
+            "one (UTC until set).", "--quota-tz"),
+    Setting("flush_ms", int, 1000, "How often rows are written to the database, in milliseconds.",
+            "--flush-ms", 10, 60_000),
+    Setting("alert_interval_s", int, 60, "Seconds between evaluations of budgets, quota warnings and spikes.",
+            "--alert-interval", 1, 3600),
+    Setting("purge_interval_s", int, 86_400, "Seconds between purges of calls past their plan's retention "
+            "(the first comes at start-up).", "--purge-interval", 1),
+    Setting("upstream_timeout_s", int, 600, "Seconds to wait for a provider's response headers before "
+            "answering 504.", "--upstream-timeout", 1, 86_400),
+    Setting("auth_failures_per_minute", int, 30, "Wrong keys allowed per client address and minute before it "
+            "gets 429s (0: no limit).", "--auth-failures-per-minute", 0),
+    Setting("inject_usage", bool, True, "Ask for usage on chat streams whose client did not "
+            "(stream_options.include_usage) and give the client the stream it asked for; off: such streams "
+            "are estimated.", "--no-usage-injection",
+            flag_help="Do not ask for usage on chat streams whose client did not; such streams are then estimated."),
+    Setting("tls_only", bool, False, "Refuse calls that did not come over TLS (`aispendtrack proxy` sets it "
+            "with --tls-cert).", None),
+    Setting("max_connections", int, 1024, "Client connections served at once; more are closed at once (also "
+            "capped by the file descriptor limit).", "--max-connections", 1, owner="ConnectionBounds"),
+    Setting("client_timeout_s", int, 60, "Seconds a client may take to send a request's headers, or stay idle "
+            "between requests; the body gets five times as long.", "--client-timeout", 1, 3600,
+            owner="ConnectionBounds"),
+)
+
+
+def of(owner: str) -> tuple[Setting, ...]:
+    return tuple(s for s in SETTINGS if s.owner == owner)
+
+
+def add_options(loader, owner: str) -> None:
+    """In an addon's ``load``: declare the options it owns."""
+    for s in of(owner):
+        loader.add_option(s.option, s.type, s.default, s.help)
+
+
+def check(options, updated: set[str], owner: str) -> None:
+    """In an addon's ``configure``: refuse a value outside its bounds, naming the option."""
+    for s in of(owner):
+        if s.option not in updated:
+            continue
+        value = getattr(options, s.option)
+        if s.minimum is not None and value < s.minimum:
+            raise exceptions.OptionsError(f"{s.option} must be at least {s.minimum}, got {value}.")
+        if s.maximum is not None and value > s.maximum:
+            raise exceptions.OptionsError(f"{s.option} must be at most {s.maximum}, got {value}.")

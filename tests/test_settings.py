@@ -1,0 +1,85 @@
+"""Proxy settings defined once (addon/settings.py), and the quota time zone shared through the database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+
+import pytest
+from click.testing import CliRunner
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
+
+from addon import settings
+from addon.aispendtrack import AiSpendTrack
+from addon.bounds import ConnectionBounds
+from addon.core.home import db_path
+from addon.core.store import writing
+from addon.core.store import calls as call_rows
+from cli.main import cli
+
+from .conftest import run_cli, start_proxy
+from .helpers import call_row
+
+
+def test_every_setting_is_an_option_of_its_addon_and_a_proxy_flag():
+    with taddons.context(AiSpendTrack(), ConnectionBounds()) as tctx:
+        for s in settings.SETTINGS:
+            assert getattr(tctx.options, s.option) == s.default, s.option
+    help_text = CliRunner().invoke(cli, ["proxy", "--help"], terminal_width=200).output
+    flags = [s.flag for s in settings.SETTINGS if s.flag]
+    assert all(flag in help_text for flag in flags) and len(flags) == len(set(flags))
+    unflagged = {s.name for s in settings.SETTINGS if s.flag is None}
+    assert unflagged == {"home", "tls_only"}  # set by --home and --tls-cert
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("aispendtrack_flush_ms", 5, "aispendtrack_flush_ms must be at least 10, got 5."),
+    ("aispendtrack_client_timeout_s", 7200, "aispendtrack_client_timeout_s must be at most 3600, got 7200."),
+    ("aispendtrack_quota_tz", "Mars/Base", "unknown time zone 'Mars/Base'"),
+])
+def test_an_option_out_of_bounds_is_refused_by_name(option, value, message):
+    addons = {"AiSpendTrack": AiSpendTrack(), "ConnectionBounds": ConnectionBounds()}
+    [owner] = [s.owner for s in settings.SETTINGS if s.option == option]
+    with taddons.context(*addons.values()) as tctx:
+        with pytest.raises(exceptions.OptionsError) as raised:
+            tctx.configure(addons[owner], **{option: value})
+        assert message in str(raised.value)
+
+
+def test_the_proxy_flag_refuses_the_same_bounds():
+    result = CliRunner().invoke(cli, ["proxy", "--flush-ms", "5"])
+    assert result.exit_code == 2 and "5 is not in the range 10<=x<=60000" in result.output
+
+
+def _earlier_day_start(now: dt.datetime) -> tuple[str, dt.datetime]:
+    """Of UTC and UTC+14, the zone whose current day began first, and when it began (UTC)."""
+    utc_midnight = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC)
+    local = now + dt.timedelta(hours=14)
+    plus14_midnight = dt.datetime(local.year, local.month, local.day, tzinfo=dt.UTC) - dt.timedelta(hours=14)
+    return ("Etc/GMT-14", plus14_midnight) if plus14_midnight < utc_midnight else ("UTC", utc_midnight)
+
+
+def test_the_quota_zone_given_to_the_proxy_is_the_cli_s_today(tmp_path, upstream):
+    home = tmp_path / "home"
+    now = dt.datetime.now(dt.UTC)
+    earlier, began = _earlier_day_start(now)
+    later = "UTC" if earlier != "UTC" else "Etc/GMT-14"
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--daily", "1")
+    with writing(db_path(home)) as con:  # a call early in the day of one zone, before the day of the other
+        call_rows.insert(con, [call_row(1, ts=began + dt.timedelta(minutes=1), customer_id="acme",
+                                        cost_usd=Decimal("0.25"))])
+
+    def spent_today() -> Decimal:
+        [budget] = json.loads(run_cli(home, "budgets", "list", "--json"))
+        return Decimal(str(budget["spent_today_usd"]))
+
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", extra_args=("--quota-tz", earlier))
+    try:
+        assert json.loads(run_cli(home, "config", "show", "--format", "json")) == [{"name": "quota_tz", "value": earlier}]
+        assert spent_today() == Decimal("0.25")
+    finally:
+        proxy.stop()
+    run_cli(home, "config", "set", "quota-tz", later)
+    assert spent_today() == 0
