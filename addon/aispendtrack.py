@@ -146,7 +146,7 @@ class AiSpendTrack:
     def _refresh(self, con) -> None:
         """On the writer thread, with its connection: keys, limits and budgets now; usage counts once."""
         now = dt.datetime.now(dt.UTC)
-        self.budgets.load([Budget(**b) for b in budget_rows.all_budgets(con)],
+        self.budgets.load([Budget.from_row(b) for b in budget_rows.all_budgets(con)],
                           lambda b, day, month: budget_rows.spend_since(con, b.scope, b.scope_value, day, month), now)
         active = key_rows.active(con)
         self.keyring.replace({key_hash: key_id for key_hash, key_id, *_ in active})

@@ -11,6 +11,7 @@ from mitmproxy import http
 
 from .core.budgets import BudgetRefusal
 from .core.limits import Refusal
+from .core.money import usd
 from .providers import Provider
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,10 @@ def limit_reached(flow: http.HTTPFlow, provider: Provider, key_id: int, refusal:
 def budget_exceeded(flow: http.HTTPFlow, provider: Provider, refusal: BudgetRefusal, now: dt.datetime) -> None:
     budget = refusal.budget
     refuse(flow, provider, 429, "aispendtrack_budget_exceeded",
-           f"AiSpendTrack budget exceeded for {budget.label()}: {_usd(refusal.spent)} spent of the "
-           f"{refusal.period} budget of {_usd(refusal.size)}. Calls are blocked until "
+           f"AiSpendTrack budget exceeded for {budget.label()}: {usd(refusal.spent)} spent of the "
+           f"{refusal.period} budget of {usd(refusal.size)}. Calls are blocked until "
            f"{refusal.resets_at:%Y-%m-%d %H:%M} UTC; raise it with `aispendtrack budgets set --scope "
-           f"{budget.scope}{':' + budget.scope_value if budget.scope_value else ''} "
-           f"--{refusal.period} USD --block`.", {"retry-after": str(refusal.retry_after(now))})
+           f"{budget.scope_arg} --{refusal.period} USD --block`.", {"retry-after": str(refusal.retry_after(now))})
 
 
 def upstream_failure(flow: http.HTTPFlow, provider: Provider, message: str, timed_out: bool,
@@ -86,6 +86,3 @@ def upstream_failure(flow: http.HTTPFlow, provider: Provider, message: str, time
         f"AiSpendTrack could not get a response from the {where}: {message.split(': ', 1)[0][:200]}. "
         f"Check the --upstream setting and that the provider is reachable.")
 
-
-def _usd(amount) -> str:
-    return f"${amount:,.2f}" if amount >= 1 else "$" + f"{amount:.4f}".rstrip("0").rstrip(".")

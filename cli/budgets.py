@@ -8,11 +8,12 @@ from decimal import Decimal, InvalidOperation
 import click
 
 from addon.core import config
-from addon.core.budgets import SCOPES, with_spend
+from addon.core.budgets import SCOPES, Budget, with_spend
+from addon.core.money import usd
 from addon.core.store import budgets as budget_rows
 from addon.core.store import reading, writing
 
-from .output import emit, format_option, money
+from .output import emit, format_option
 
 
 def _scope(value: str) -> tuple[str, str | None]:
@@ -57,7 +58,7 @@ def set_budget(obj, scope: str, daily: Decimal | None, monthly: Decimal | None, 
     kind, value = _scope(scope)
     with writing(obj.db) as con:
         budget_id = budget_rows.upsert(con, kind, value, daily, monthly, block)
-    limits = ", ".join(f"{money(a)} {p}" for a, p in ((daily, "a day"), (monthly, "a month")) if a is not None)
+    limits = ", ".join(f"{usd(a)} {p}" for a, p in ((daily, "a day"), (monthly, "a month")) if a is not None)
     click.echo(f"Budget {budget_id} for {scope}: {limits}{', blocking' if block else ''}.")
 
 
@@ -71,7 +72,7 @@ def list_budgets(obj, fmt: str = "table", as_json: bool = False) -> None:
         rows = with_spend(con, dt.datetime.now(dt.UTC), config.quota_zone(con))
     emit(rows, "json" if as_json else fmt, [
         ("ID", lambda r: str(r["id"]), ">"),
-        ("SCOPE", lambda r: r["scope"] + (f":{r['scope_value']}" if r["scope_value"] else ""), "<"),
+        ("SCOPE", lambda r: Budget.from_row(r).scope_arg, "<"),
         ("TODAY", lambda r: _against(r["spent_today_usd"], r["daily_usd"]), ">"),
         ("THIS MONTH", lambda r: _against(r["spent_this_month_usd"], r["monthly_usd"]), ">"),
         ("BLOCK", lambda r: "yes" if r["block"] else "no", "<"),
@@ -80,8 +81,8 @@ def list_budgets(obj, fmt: str = "table", as_json: bool = False) -> None:
 
 def _against(spent: Decimal, budget: Decimal | None) -> str:
     if budget is None:
-        return money(spent)
-    return f"{money(spent)} of {money(budget)} ({spent / budget:.0%})"
+        return usd(spent)
+    return f"{usd(spent)} of {usd(budget)} ({spent / budget:.0%})"
 
 
 @budgets.command("delete")

@@ -6,10 +6,11 @@ import datetime as dt
 
 import click
 
+from addon.core.money import usd
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
 
-from .output import emit, format_option, money, tokens
+from .output import emit, format_option, tokens
 
 
 @click.command()
@@ -28,7 +29,7 @@ def calls(obj, limit: int, fmt: str) -> None:
         ("IN", lambda r: tokens(r["input_tokens"]), ">"),
         ("CACHE R/W", lambda r: f'{tokens(r["cache_read_tokens"])}/{tokens(r["cache_write_tokens"])}', ">"),
         ("OUT", lambda r: tokens(r["output_tokens"]), ">"),
-        ("COST", lambda r: money(r["cost_usd"]) if r["usage_source"] not in ("none", "invalid") else "-", ">"),
+        ("COST", lambda r: usd(r["cost_usd"]) if r["usage_source"] not in ("none", "invalid") else "-", ">"),
         ("USAGE", lambda r: r["usage_source"], "<"),
         ("STATUS", lambda r: f'{r["status"] or "-"}{"" if r["outcome"] == "completed" else " " + r["outcome"]}', "<"),
     ])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import decimal
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -51,20 +50,6 @@ def render_table(rows: Sequence[dict], table: Sequence[tuple[str, Callable[[dict
                  for text, w, (_, _, align) in zip(line, widths, table)]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
-
-
-def money(value: decimal.Decimal | float | None) -> str:
-    """Cost with precision that fits its size: dollars and cents, or four decimals under a dollar."""
-    if value is None:
-        return "unpriced"
-    value = float(value)
-    if value == 0:
-        return "$0"
-    if abs(value) >= 1:
-        return f"${value:,.2f}"
-    if abs(value) < 0.0001:
-        return "<$0.0001"
-    return f"${value:.4f}"
 
 
 def tokens(value: int | None) -> str:

@@ -6,12 +6,13 @@ import dataclasses
 
 import click
 
+from addon.core.money import usd
 from addon.core.reports import DIMENSIONS, ReportError, ReportSpec, parse_report
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 
 from .options import selection_options
-from .output import compact, emit, money, render_table, seconds, tokens
+from .output import compact, emit, render_table, seconds, tokens
 
 
 @click.command()
@@ -70,5 +71,5 @@ def _cell(name: str):
 
 
 def _cost(row: dict) -> str:
-    text = money(row["cost_usd"]) if row["cost_usd"] is not None else ("unpriced" if row["unpriced_calls"] else "-")
+    text = usd(row["cost_usd"]) if row["cost_usd"] is not None else ("unpriced" if row["unpriced_calls"] else "-")
     return text + ("*" if row["unpriced_calls"] and row["cost_usd"] is not None else "")

@@ -6,13 +6,13 @@ from decimal import Decimal
 
 import click
 
+from addon.core.money import usd
 from addon.core.store import reports as report_rows
 from addon.core.store import writing
 from pricing import PriceBook, PriceFileError, TokenUsage
 from pricing.overrides import FILE_NAME
 
 from .options import selection_options
-from .output import money
 
 _TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
                  "output_tokens", "reasoning_tokens", "web_search_requests")
@@ -41,8 +41,8 @@ def reprice(obj, selection, dry_run: bool) -> None:
         if not dry_run:
             report_rows.apply_reprice(con, changes)
     verb = "would change" if dry_run else "changed"
-    click.echo(f"Checked {checked:,} calls; {len(changes):,} {verb}: {money(before)} -> {money(after)} "
-               f"({'+' if after >= before else '-'}{money(abs(after - before))}).")
+    click.echo(f"Checked {checked:,} calls; {len(changes):,} {verb}: {usd(before)} -> {usd(after)} "
+               f"({'+' if after >= before else '-'}{usd(abs(after - before))}).")
     newly_unpriced = sum(1 for _, cost, _ in changes if cost is None)
     if newly_unpriced:
         click.echo(f"{newly_unpriced:,} of them have no price now; see `aispendtrack prices check`.")

@@ -15,8 +15,8 @@ from addon import settings
 from addon.aispendtrack import AiSpendTrack
 from addon.bounds import ConnectionBounds
 from addon.core.home import db_path
-from addon.core.store import writing
 from addon.core.store import calls as call_rows
+from addon.core.store import writing
 from cli.main import cli
 
 from .conftest import run_cli, start_proxy

@@ -39,7 +39,17 @@ class Budget:
         return (customer_id if self.scope == "customer" else feature) == self.scope_value
 
     def label(self) -> str:
+        """For people: "all calls", "customer acme"."""
         return "all calls" if self.scope == "all" else f"{self.scope} {self.scope_value}"
+
+    @property
+    def scope_arg(self) -> str:
+        """As `aispendtrack budgets set --scope` takes it: "all", "customer:acme"."""
+        return self.scope + (f":{self.scope_value}" if self.scope_value else "")
+
+    @classmethod
+    def from_row(cls, row: dict) -> Budget:
+        return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from . import notify, retention
-from .budgets import with_spend
+from .budgets import Budget, with_spend
+from .money import usd
 from .periods import day_start, hour_start, month_start
 from .plans import limits_for
 from .store import alerts as alert_rows
@@ -147,23 +148,22 @@ def _spikes(con, now: dt.datetime, settings: SpikeSettings) -> list[tuple[str, n
                 label = "all calls" if scope is None else f"{scope} {value}"
                 found.append((f"spike:{scope or 'all'}:{value}:{hour:%Y-%m-%dT%H}", notify.Alert(
                     "spike", f"AiSpendTrack: spend spike for {label}",
-                    f"Spend for {label} in the hour from {hour:%Y-%m-%d %H:00} UTC is ${current:,.2f}, above the "
-                    f"alert threshold of ${threshold:,.2f} (the same hour on the last {len(history)} days: median "
-                    f"${statistics.median(history):,.2f}). Look at the report page or "
+                    f"Spend for {label} in the hour from {hour:%Y-%m-%d %H:00} UTC is {usd(current)}, above the "
+                    f"alert threshold of {usd(threshold)} (the same hour on the last {len(history)} days: median "
+                    f"{usd(statistics.median(history))}). Look at the report page or "
                     f"`aispendtrack report --by model --since 2h` to see what changed.",
                     {"scope": scope or "all", "value": value, "spend_usd": current, "threshold_usd": threshold})))
     return found
 
 
-def _budget_alert(b: dict, period: str, limit: Decimal, spent: Decimal) -> notify.Alert:
-    scope = "all calls" if b["scope"] == "all" else f"{b['scope']} {b['scope_value']}"
-    action = "Calls in this scope are blocked until the period ends." if b["block"] else "Calls are not blocked."
-    return notify.Alert("budget", f"AiSpendTrack: {period} budget crossed for {scope}",
-                        f"{scope} has spent ${spent:,.4f} of its {period} budget of ${limit:,.2f} "
+def _budget_alert(row: dict, period: str, limit: Decimal, spent: Decimal) -> notify.Alert:
+    b = Budget.from_row(row)
+    action = "Calls in this scope are blocked until the period ends." if b.block else "Calls are not blocked."
+    return notify.Alert("budget", f"AiSpendTrack: {period} budget crossed for {b.label()}",
+                        f"{b.label()} has spent {usd(spent)} of its {period} budget of {usd(limit)} "
                         f"({spent / limit:.0%}). {action} Raise it with `aispendtrack budgets set --scope "
-                        f"{b['scope']}{':' + b['scope_value'] if b['scope_value'] else ''} --{period} USD`, or look "
-                        f"at the report page for where the money went.",
-                        {"budget_id": b["id"], "period": period, "spent_usd": float(spent), "budget_usd": float(limit)})
+                        f"{b.scope_arg} --{period} USD`, or look at the report page for where the money went.",
+                        {"budget_id": b.id, "period": period, "spent_usd": float(spent), "budget_usd": float(limit)})
 
 
 def _quota_alert(key_id: int, plan: str, used: int, quota: int, crossed: float) -> notify.Alert:
