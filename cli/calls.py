@@ -7,9 +7,11 @@ import datetime as dt
 import click
 
 from addon.core.money import usd
+from addon.core.reports import Selection
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
 
+from .export import write_calls
 from .output import emit, format_option, tokens
 
 
@@ -19,7 +21,10 @@ from .output import emit, format_option, tokens
 @format_option()
 @click.pass_obj
 def calls(obj, limit: int, fmt: str) -> None:
-    """Show recorded calls with tokens and cost (metadata only)."""
+    """Show recorded calls with tokens and cost (metadata only); csv and json as `export` writes them."""
+    if fmt != "table":
+        write_calls(obj.db, Selection(), fmt, newest=limit)
+        return
     with reading(obj.db) as con:
         rows = call_rows.newest(con, limit)
     emit(rows, fmt, [

@@ -10,16 +10,15 @@ import threading
 
 import click
 
+from addon.core.reports import Selection
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 
 from .options import selection_options
 
-FORMATS = ("csv", "json", "jsonl", "parquet")
-
 
 @click.command()
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(list(report_rows.EXPORT_FORMATS)), default="csv", show_default=True,
               help="json is one array; jsonl one object per line.")
 @selection_options
 @click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write here instead of standard output.")
@@ -28,23 +27,32 @@ def export(obj, fmt: str, selection, out: str | None) -> None:
     """Export calls (metadata only) in constant memory, whatever their number."""
     if out is None and fmt == "parquet" and sys.stdout.isatty():
         raise click.UsageError("parquet is binary: write it to a file with --out FILE.")
+    total = write_calls(obj.db, selection, fmt, out)
+    if out:
+        click.echo(f"Wrote {total:,} calls to {out}.", err=True)
+
+
+def write_calls(db, selection: Selection, fmt: str, out: str | None = None, newest: int | None = None) -> int | None:
+    """The one way calls leave as a file (also `calls --format csv|json`): to ``out`` or standard output.
+    Returns how many were written when known."""
     # To standard output through a temporary file: a reader at the end of a pipe (| less) may stop
     # reading for as long as it likes, and must not hold the database while the proxy needs it.
     target = out or _spool_path(fmt)
+    total = None
     try:
-        with reading(obj.db) as con:
-            total = report_rows.count(con, selection)
-            if sys.stderr.isatty() and total:
+        with reading(db) as con:
+            if newest is None:
+                total = report_rows.count(con, selection)
+            if total and sys.stderr.isatty():
                 _copy_with_progress(con, selection, target, fmt, total)
             else:
-                report_rows.copy_out(con, selection, target, fmt)
+                report_rows.copy_out(con, selection, target, fmt, newest)
         if out is None:
             _copy_to_stdout(target)
     finally:
         if out is None:
             os.unlink(target)
-    if out:
-        click.echo(f"Wrote {total:,} calls to {out}.", err=True)
+    return total
 
 
 def _spool_path(fmt: str) -> str:

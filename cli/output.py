@@ -27,7 +27,7 @@ def emit(rows: Sequence[dict], fmt: str, table: Sequence[tuple[str, Callable[[di
         if rows:
             writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
-            writer.writerows({k: _spreadsheet_safe(v) for k, v in json_row(row).items()} for row in rows)
+            writer.writerows({k: _csv_value(v) for k, v in json_row(row).items()} for row in rows)
     else:
         click.echo(render_table(rows, table))
 
@@ -35,9 +35,11 @@ def emit(rows: Sequence[dict], fmt: str, table: Sequence[tuple[str, Callable[[di
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _spreadsheet_safe(value):
-    """Text that a spreadsheet would run as a formula (a tag like =HYPERLINK(...)) gets a leading
-    apostrophe, as in `aispendtrack export`; numbers stay numbers."""
+def _csv_value(value):
+    """As `aispendtrack export` writes CSV: true/false, and text that a spreadsheet would run as a
+    formula (a tag like =HYPERLINK(...)) with a leading apostrophe; numbers stay numbers."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
 
 

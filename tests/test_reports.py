@@ -9,6 +9,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import uuid
 from decimal import Decimal
 
@@ -251,3 +252,20 @@ def test_api_errors_are_json_and_say_what_to_fix(api, path, message):
     response = api(path)
     assert response.status_code == 400
     assert message in response.get_json()["error"]["message"]
+
+
+def test_calls_csv_the_cli_export_and_the_api_export_are_the_same_bytes(api, home):
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["--home", str(home), "calls", "--format", "csv", "--limit", "1000"]).output
+    exported = runner.invoke(cli, ["--home", str(home), "export", "--format", "csv"]).output
+    downloaded = api("/api/v1/export?format=csv").get_data(as_text=True)
+    header, *rows = listed.splitlines()
+    assert len(rows) == len(DATA)
+    for other in (exported, downloaded):
+        other_header, *other_rows = other.splitlines()
+        assert other_header == header and sorted(other_rows) == sorted(rows)
+    first = next(csv.DictReader(io.StringIO(listed)))
+    assert first["stream"] in ("true", "false") and first["priced"] in ("true", "false")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", first["ts"])
+    listed_json = json.loads(runner.invoke(cli, ["--home", str(home), "calls", "--format", "json"]).output)
+    assert listed_json[0]["ts"] == max(r["ts"] for r in listed_json)  # newest first

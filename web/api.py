@@ -23,7 +23,6 @@ from addon.core.store import reports as report_rows
 from .auth import Principal, authenticate, bearer, credential, session_principal
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
-EXPORT_FORMATS = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson"}
 MAX_PAGE = 1000
 
 
@@ -115,8 +114,9 @@ EXPORT_TIME_LIMIT = 120.0
 @api.get("/export")
 def export():
     fmt = request.args.get("format", "csv")
-    if fmt not in EXPORT_FORMATS:
-        raise ApiError(400, "bad_request", f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}.")
+    if fmt not in report_rows.EXPORT_FORMATS:
+        raise ApiError(400, "bad_request",
+                       f"format must be one of {', '.join(report_rows.EXPORT_FORMATS)}, got {fmt!r}.")
     selection = _scoped(parse_selection(**_selection_args()))
     spool_fd, spool_path = tempfile.mkstemp(prefix="aispendtrack-export-", suffix=f".{fmt}")
     try:
@@ -127,7 +127,7 @@ def export():
         spool = open(spool_path, "rb")
     finally:
         os.unlink(spool_path)  # the open file stays readable; nothing is left behind on disk
-    return send_spooled(spool, f"aispendtrack-calls.{fmt}", EXPORT_FORMATS[fmt])
+    return send_spooled(spool, f"aispendtrack-calls.{fmt}", report_rows.EXPORT_FORMATS[fmt])
 
 
 def send_spooled(spool: IO, filename: str, mimetype: str) -> Response:

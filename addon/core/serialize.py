@@ -10,7 +10,10 @@ import uuid
 def json_value(value: object) -> object:
     if isinstance(value, decimal.Decimal):
         return float(value)
-    if isinstance(value, (dt.datetime, dt.date)):
+    if isinstance(value, dt.datetime):  # as exports write it (addon/core/store/reports.py)
+        return value.astimezone(dt.UTC).isoformat(timespec="microseconds") if value.tzinfo else \
+            value.isoformat(timespec="microseconds")
+    if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
         return str(value)

@@ -95,23 +95,47 @@ _CALLER_TEXT = ("customer_id", "feature", "model", "error", "endpoint")
 _FORMULA_START = "'=', '+', '-', '@', chr(9), chr(13)"
 
 
-def export_sql(selection: Selection, for_spreadsheets: bool = False) -> tuple[str, list]:
-    """No ORDER BY, so memory stays flat at any size: rows come roughly in time order, not exactly."""
+# Every export, from the CLI or the API, is this COPY; the formats and their media types.
+EXPORT_FORMATS = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson",
+                  "parquet": "application/vnd.apache.parquet"}
+# Text formats write times as Python's isoformat does in the JSON API (always with microseconds),
+# booleans as true/false, and, in CSV, money without trailing zeros: one dialect everywhere.
+_ISO_UTC = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+_TIMES = ("ts", "repriced_at")
+_MONEY = ("cost_usd", "previous_cost_usd")
+
+
+def export_sql(selection: Selection, fmt: str, newest: int | None = None) -> tuple[str, list]:
+    """Without ``newest``, no ORDER BY, so memory stays flat at any size: rows come roughly in time
+    order, not exactly. With it, the newest that many rows, newest first."""
     condition, params = where(selection)
-    columns = [f"CASE WHEN left({c}, 1) IN ({_FORMULA_START}) THEN chr(39) || {c} ELSE {c} END AS {c}"
-               if for_spreadsheets and c in _CALLER_TEXT else c for c in EXPORT_COLUMNS]
-    return f"SELECT {', '.join(columns)} FROM calls WHERE {condition}", params
+    columns = [f"{_export_expr(c, fmt)} AS {c}" for c in EXPORT_COLUMNS]
+    order = f" ORDER BY ts DESC, id LIMIT {int(newest)}" if newest is not None else ""
+    return f"SELECT {', '.join(columns)} FROM calls WHERE {condition}{order}", params
 
 
-def copy_out(con: duckdb.DuckDBPyConnection, selection: Selection, path: str, fmt: str) -> None:
+def _export_expr(column: str, fmt: str) -> str:
+    if fmt == "parquet":
+        return column  # typed columns
+    if column in _TIMES:
+        return f"strftime({column}, '{_ISO_UTC}')"
+    if fmt == "csv" and column in _MONEY:
+        return f"rtrim(rtrim({column}::VARCHAR, '0'), '.')"
+    if fmt == "csv" and column in _CALLER_TEXT:
+        return f"CASE WHEN left({column}, 1) IN ({_FORMULA_START}) THEN chr(39) || {column} ELSE {column} END"
+    return column
+
+
+def copy_out(con: duckdb.DuckDBPyConnection, selection: Selection, path: str, fmt: str,
+             newest: int | None = None) -> None:
     """DuckDB writes the file itself, streaming: csv, jsonl (one object a line), json (an array), parquet."""
     options = {"csv": "FORMAT csv, HEADER true", "jsonl": "FORMAT json", "json": "FORMAT json, ARRAY true",
                "parquet": "FORMAT parquet"}[fmt]
-    sql, params = export_sql(selection, for_spreadsheets=fmt == "csv")
+    sql, params = export_sql(selection, fmt, newest)
     con.execute("SET TimeZone = 'UTC'")
     # Keeping insertion order makes DuckDB buffer what parallel threads read ahead: memory then
     # grows with the row count (measured: 1.8 GB for 10M rows). Without it COPY streams.
-    con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET preserve_insertion_order = {'true' if newest is not None else 'false'}")
     con.execute(f"COPY ({sql}) TO '{_quote(path)}' ({options})", params)
 
 
