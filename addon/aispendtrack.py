@@ -217,9 +217,8 @@ class AiSpendTrack:
                             f"No upstream is configured for {provider.name}. Start the proxy with "
                             f"--upstream {provider.name}=https://... (see docs/providers.md).")
             return
-        meter = CallMeter(
-            provider, provider_path, key_id, tags["x-customer-id"], tags["x-feature"], req.timestamp_start, req.raw_content,
-            req.headers.get("content-encoding", ""))
+        meter = CallMeter(provider, provider_path, key_id, tags["x-customer-id"], tags["x-feature"],
+                          req.timestamp_start, req.raw_content, req.headers.get("content-encoding", ""))
         if self.inject_usage and provider.injects_usage(provider_path):
             self._inject_usage(req, meter)
         flow.metadata[_META] = meter

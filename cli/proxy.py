@@ -44,7 +44,8 @@ _CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option("--web-port", type=click.IntRange(1, 65535), help="Also serve the web app and API on this port.")
-@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Serve HTTPS with this certificate (PEM).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
+              help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The private key of --tls-cert (PEM).")
 @click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False),
               help="Verify providers against this CA bundle (PEM) instead of the public CAs.")

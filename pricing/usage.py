@@ -16,11 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-# How much of the usage we know: the provider said so, we counted it ourselves, the
-# stream stopped before the provider said so (counts are what was seen), nothing, or the
-# provider said something implausible (a count that is not a whole number within bounds).
-USAGE_SOURCES = ("reported", "estimated", "partial", "none", "invalid")
-
 
 @dataclass
 class TokenUsage:
@@ -41,6 +36,3 @@ class TokenUsage:
     @property
     def total_input_tokens(self) -> int:
         return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
-
-    def is_empty(self) -> bool:
-        return not any(getattr(self, f.name) for f in fields(self))

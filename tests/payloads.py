@@ -280,8 +280,8 @@ def _gemini(path: str, scenario: str) -> Reply:
                   _gemini_chunk(" now.", 5947, True)]
         return Reply(events=[_data(c) for c in chunks])
     return _json({"candidates": [{"content": {"parts": [{"text": "Hi"}], "role": "model"}, "finishReason": "STOP",
-                                  "index": 0}], "usageMetadata": GEMINI_CACHED_USAGE, "modelVersion": "gemini-2.5-flash",
-                  "responseId": "resp-1"})
+                                  "index": 0}], "usageMetadata": GEMINI_CACHED_USAGE,
+                  "modelVersion": "gemini-2.5-flash", "responseId": "resp-1"})
 
 
 MISTRAL_USAGE = {"completion_tokens": 12, "num_cached_tokens": 69, "prompt_tokens": 70, "total_tokens": 82}  # VERBATIM
@@ -291,7 +291,8 @@ def _mistral(request: dict) -> Reply:
     if not request.get("stream"):
         return _json({"id": "cmpl-m", "object": "chat.completion", "created": 1732548656,
                       "model": "mistral-large-latest", "choices": [{"index": 0, "message": {
-                          "role": "assistant", "content": "Bonjour"}, "finish_reason": "stop"}], "usage": MISTRAL_USAGE})
+                          "role": "assistant", "content": "Bonjour"}, "finish_reason": "stop"}],
+                      "usage": MISTRAL_USAGE})
     base = {"id": "f798ebd5c41a45d88bb079635121cade", "object": "chat.completion.chunk", "created": 1732548656,
             "model": "mistral-large-latest"}
     events = [_data({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},

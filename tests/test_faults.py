@@ -92,7 +92,8 @@ def test_wrong_keys_from_one_address_are_slowed_but_a_valid_key_there_still_work
 
 def test_bad_request_bodies_are_forwarded_untouched_and_recorded(proxy, upstream, customer):
     headers = {"x-aispendtrack-key": proxy.key, "x-customer-id": customer, "content-type": "application/json"}
-    bodies = [b"{not json", b"\xff\xfe\x00 not utf-8 \x80", b'{"model": "gpt-4o", "messages": "' + b"x" * 12_000_000 + b'"}']
+    bodies = [b"{not json", b"\xff\xfe\x00 not utf-8 \x80",
+              b'{"model": "gpt-4o", "messages": "' + b"x" * 12_000_000 + b'"}']
     for body in bodies:
         reply = httpx.post(f"{proxy.url}/v1/chat/completions", content=body, headers=headers, timeout=30)
         assert reply.status_code == 200  # the fake provider's own answer

@@ -111,7 +111,8 @@ def test_the_running_proxy_purges_by_itself(tmp_path, upstream):
     free = make_key(home, "free", "free")
     db = home_dir.db_path(home)
     with writing(db) as con:
-        call_rows.insert(con, [call_row(free, dt.timedelta(days=10), "old"), call_row(free, dt.timedelta(days=1), "new")])
+        call_rows.insert(con, [call_row(free, dt.timedelta(days=10), "old"),
+                               call_row(free, dt.timedelta(days=1), "new")])
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", extra_args=("--alert-interval", "1"))
     try:
         deadline = time.monotonic() + 15

@@ -77,7 +77,8 @@ def test_the_quota_zone_given_to_the_proxy_is_the_cli_s_today(tmp_path, upstream
 
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", extra_args=("--quota-tz", earlier))
     try:
-        assert json.loads(run_cli(home, "config", "show", "--format", "json")) == [{"name": "quota_tz", "value": earlier}]
+        stored = json.loads(run_cli(home, "config", "show", "--format", "json"))
+        assert stored == [{"name": "quota_tz", "value": earlier}]
         assert spent_today() == Decimal("0.25")
     finally:
         proxy.stop()

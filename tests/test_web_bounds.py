@@ -88,7 +88,8 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(site, tmp_path):
     for text in (api.text, out.read_text()):
         assert "'=HYPERLINK(" in text and "'@SUM(A1)" in text and "'-2+3" in text and "'+cmd" in text
         assert ',=HYPERLINK' not in text and ",@SUM" not in text
-    as_json = httpx.get(site["url"] + "/api/v1/export?format=jsonl", headers={"Authorization": f"Bearer {site['token']}"})
+    as_json = httpx.get(site["url"] + "/api/v1/export?format=jsonl",
+                        headers={"Authorization": f"Bearer {site['token']}"})
     assert json.loads(as_json.text.splitlines()[0])["feature"] == "@SUM(A1)"  # JSON keeps the value as it is
 
 

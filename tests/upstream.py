@@ -70,7 +70,8 @@ def _handler(provider: FakeProvider):
         def _handle(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
-            provider.received.append(Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            provider.received.append(Received(self.command, self.path, headers, body))
             scenario = self.headers.get("x-test-scenario", "")
             if scenario == "hang":  # accepts the call, then says nothing until the proxy gives up
                 provider.gate.wait(30)

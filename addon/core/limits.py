@@ -76,10 +76,6 @@ class Limiter:
             self._month_counts[key_id] = month_used + 1
             return None
 
-    def usage(self, key_id: int) -> tuple[int, int]:
-        with self._lock:
-            return self._hour_counts.get(key_id, 0), self._month_counts.get(key_id, 0)
-
     def _roll(self, now: dt.datetime) -> None:
         if now - self._hour >= dt.timedelta(hours=1):
             self._hour, self._hour_counts = hour_start(now), {}

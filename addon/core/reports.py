@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from . import periods
 
 DIMENSIONS = ("model", "provider", "customer", "feature", "key", "day", "hour", "month")
-TIME_DIMENSIONS = ("day", "hour", "month")
 _RELATIVE = re.compile(r"^(\d{1,6})([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
