@@ -40,15 +40,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("home", str, "", "Data directory (default: $AISPENDTRACK_HOME or ~/.aispendtrack); "
             "`aispendtrack --home DIR proxy` sets it.", None),
     Setting("openai_upstream", str, "", "Where OpenAI calls go; empty: the reverse-mode target "
-            "(`aispendtrack proxy` uses https://api.openai.com).", "--openai-upstream"),
+            "(`aispendtrack proxy` uses https://api.openai.com).", "--openai-upstream", owner="Gate"),
     Setting("anthropic_upstream", str, "https://api.anthropic.com", "Where Anthropic calls go.",
-            "--anthropic-upstream"),
+            "--anthropic-upstream", owner="Gate"),
     Setting("upstreams", Sequence[str], [], "Another provider's base URL as NAME=URL, e.g. "
             "azure=https://NAME.openai.azure.com (repeatable; names in docs/providers.md).", "--upstream",
-            metavar="NAME=URL"),
+            metavar="NAME=URL", owner="Gate"),
     Setting("quota_tz", str, "", "Time zone of the days and months that quotas and budgets count, e.g. "
             "America/New_York; stored in the database for the CLI and the web app too. Empty: the stored "
-            "one (UTC until set).", "--quota-tz"),
+            "one (UTC until set).", "--quota-tz", owner="Quotas"),
     Setting("flush_ms", int, 1000, "How often rows are written to the database, in milliseconds.",
             "--flush-ms", 10, 60_000),
     Setting("alert_interval_s", int, 60, "Seconds between evaluations of budgets, quota warnings and spikes.",
@@ -58,13 +58,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstream_timeout_s", int, 600, "Seconds to wait for a provider's response headers before "
             "answering 504.", "--upstream-timeout", 1, 86_400),
     Setting("auth_failures_per_minute", int, 30, "Wrong keys allowed per client address and minute before it "
-            "gets 429s (0: no limit).", "--auth-failures-per-minute", 0),
+            "gets 429s (0: no limit).", "--auth-failures-per-minute", 0, owner="Gate"),
     Setting("inject_usage", bool, True, "Ask for usage on chat streams whose client did not "
             "(stream_options.include_usage) and give the client the stream it asked for; off: such streams "
             "are estimated.", "--no-usage-injection",
             flag_help="Do not ask for usage on chat streams whose client did not; such streams are then estimated."),
     Setting("tls_only", bool, False, "Refuse calls that did not come over TLS (`aispendtrack proxy` sets it "
-            "with --tls-cert).", None),
+            "with --tls-cert).", None, owner="Gate"),
     Setting("max_connections", int, 1024, "Client connections served at once; more are closed at once (also "
             "capped by the file descriptor limit).", "--max-connections", 1, owner="ConnectionBounds"),
     Setting("client_timeout_s", int, 60, "Seconds a client may take to send a request's headers, or stay idle "

@@ -120,14 +120,13 @@ async def _serve(mitm_options: dict, addon_options: dict) -> None:
     from mitmproxy.options import Options
     from mitmproxy.tools.dump import DumpMaster
 
-    from addon.aispendtrack import AiSpendTrack
-    from addon.bounds import ConnectionBounds
+    from addon.aispendtrack import make_addons
 
     opts = Options(**mitm_options)
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     # Lazy: the upstream is chosen per request (OpenAI or Anthropic), not per client connection.
     opts.update(connection_strategy="lazy", termlog_verbosity="info")
-    master.addons.add(ConnectionBounds(), AiSpendTrack())
+    master.addons.add(*make_addons())
     opts.update(**addon_options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,4 +1,4 @@
-"""The addon's hooks in isolation, with mitmproxy's own test helpers."""
+"""The addons' hooks in isolation, with mitmproxy's own test helpers."""
 
 from __future__ import annotations
 
@@ -6,20 +6,36 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
-from addon.aispendtrack import AiSpendTrack
+from addon.aispendtrack import make_addons
 from addon.core.keys import hash_key
+from addon.core.plans import Limits
+from addon.gate import Gate
 
 KEY = "ask_unit-test-key"
 
 
+class Chain:
+    """The addons' request hooks in mitmproxy's order, as mitmproxy calls them."""
+
+    def __init__(self, addons: list) -> None:
+        self.addons = addons
+        self.state = next(a for a in addons if isinstance(a, Gate)).state
+
+    def request(self, flow) -> None:
+        for addon in self.addons:
+            if hasattr(addon, "request"):
+                addon.request(flow)
+
+
 @pytest.fixture
 def addon(tmp_path):
-    instance = AiSpendTrack()
-    with taddons.context(instance) as tctx:
-        tctx.configure(instance, aispendtrack_home=str(tmp_path), aispendtrack_openai_upstream="",
-                       aispendtrack_anthropic_upstream="https://anthropic.example:8443/base/")
-        instance.keyring.replace({hash_key(KEY): 7})
-        yield instance
+    addons = make_addons()
+    gate = next(a for a in addons if isinstance(a, Gate))
+    with taddons.context(*addons) as tctx:
+        tctx.options.update(aispendtrack_home=str(tmp_path), aispendtrack_openai_upstream="",
+                            aispendtrack_anthropic_upstream="https://anthropic.example:8443/base/")
+        gate.state.keyring.replace({hash_key(KEY): 7})
+        yield Chain(addons)
 
 
 def _flow(path: str, **headers: str):
@@ -66,7 +82,24 @@ def test_health_answers_without_a_key(addon):
 
 
 def test_a_bad_upstream_option_is_refused_with_an_example(tmp_path):
-    instance = AiSpendTrack()
-    with taddons.context(instance) as tctx:
+    addons = make_addons()
+    with taddons.context(*addons) as tctx:
         with pytest.raises(exceptions.OptionsError, match="must be an http"):
-            tctx.configure(instance, aispendtrack_anthropic_upstream="api.anthropic.com")
+            tctx.options.update(aispendtrack_anthropic_upstream="api.anthropic.com")
+
+
+def test_a_key_over_its_hourly_limit_is_answered_429_and_never_metered(addon):
+    addon.state.limiter.set_limits({7: Limits(per_hour=1, per_month=None)})
+    first, second = (_flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY}) for _ in range(2))
+    addon.request(first)
+    addon.request(second)
+    assert first.response is None and "aispendtrack" in first.metadata
+    assert second.response.status_code == 429 and "aispendtrack" not in second.metadata
+    assert "limit reached for key 7: 1 requests per hour" in second.response.get_text()
+    assert int(second.response.headers["retry-after"]) > 0
+
+
+def test_a_refused_key_stops_at_the_gate(addon):
+    flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": "ask_wrong"})
+    addon.request(flow)
+    assert flow.response.status_code == 401 and "aispendtrack" not in flow.metadata

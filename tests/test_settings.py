@@ -12,8 +12,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
 from addon import settings
-from addon.aispendtrack import AiSpendTrack
-from addon.bounds import ConnectionBounds
+from addon.aispendtrack import make_addons
 from addon.core.home import db_path
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
@@ -24,7 +23,7 @@ from .helpers import call_row
 
 
 def test_every_setting_is_an_option_of_its_addon_and_a_proxy_flag():
-    with taddons.context(AiSpendTrack(), ConnectionBounds()) as tctx:
+    with taddons.context(*make_addons()) as tctx:
         for s in settings.SETTINGS:
             assert getattr(tctx.options, s.option) == s.default, s.option
     help_text = CliRunner().invoke(cli, ["proxy", "--help"], terminal_width=200).output
@@ -40,11 +39,9 @@ def test_every_setting_is_an_option_of_its_addon_and_a_proxy_flag():
     ("aispendtrack_quota_tz", "Mars/Base", "unknown time zone 'Mars/Base'"),
 ])
 def test_an_option_out_of_bounds_is_refused_by_name(option, value, message):
-    addons = {"AiSpendTrack": AiSpendTrack(), "ConnectionBounds": ConnectionBounds()}
-    [owner] = [s.owner for s in settings.SETTINGS if s.option == option]
-    with taddons.context(*addons.values()) as tctx:
+    with taddons.context(*make_addons()) as tctx:
         with pytest.raises(exceptions.OptionsError) as raised:
-            tctx.configure(addons[owner], **{option: value})
+            tctx.options.update(**{option: value})
         assert message in str(raised.value)
 
 

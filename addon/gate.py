@@ -1,0 +1,148 @@
+"""The Gate addon: which provider a call is for, whose key it carries, and where it goes.
+
+Answers the health check; removes our headers (``x-aispendtrack-key``, ``x-customer-id``,
+``x-feature``) before anything else; routes the call to its provider (addon/routing.py) and
+refuses one that would carry a credential to the wrong provider; checks the key and the tags;
+points the request at the provider's upstream. An admitted call is handed on in
+``flow.metadata[ADMITTED]``; a refused one gets its answer here, in the provider's error shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import unquote
+
+from mitmproxy import ctx, exceptions, http
+
+from . import refusals, routing, settings, upstreams
+from .core import keys as keygen
+from .guard import AuthGuard
+from .providers import Provider
+from .refusals import KEY_HEADER
+from .state import ADMITTED, Admission, ProxyState
+
+log = logging.getLogger(__name__)
+
+TAG_HEADERS = ("x-customer-id", "x-feature")
+HEALTH_PATH = "/aispendtrack/health"
+MAX_TAG_LENGTH = 128
+_OUR_HEADERS = {name.encode(): name for name in (KEY_HEADER, *TAG_HEADERS)}
+
+
+class Gate:
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+        self.upstreams: dict[str, tuple[str, str, int, str] | None] = {}
+        self.guard = AuthGuard()
+        self.tls_only = False
+
+    def load(self, loader) -> None:
+        settings.add_options(loader, "Gate")
+
+    def configure(self, updated: set[str]) -> None:
+        if "ssl_insecure" in updated and ctx.options.ssl_insecure:
+            raise exceptions.OptionsError("AiSpendTrack never turns off upstream TLS verification (ssl_insecure); "
+                                          "trust a private CA with ssl_verify_upstream_trusted_ca instead.")
+        settings.check(ctx.options, updated, "Gate")
+        if updated & {"aispendtrack_openai_upstream", "aispendtrack_anthropic_upstream", "aispendtrack_upstreams"}:
+            self.upstreams = upstreams.parse(self.state.providers, ctx.options.aispendtrack_openai_upstream,
+                                             ctx.options.aispendtrack_anthropic_upstream,
+                                             ctx.options.aispendtrack_upstreams)
+        if "aispendtrack_tls_only" in updated:
+            self.tls_only = ctx.options.aispendtrack_tls_only
+        if "aispendtrack_auth_failures_per_minute" in updated:
+            self.guard.allowed = ctx.options.aispendtrack_auth_failures_per_minute
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        path, _, query = req.path.partition("?")
+        if path == HEALTH_PATH:
+            flow.response = http.Response.make(200, b'{"status": "ok"}', {"content-type": "application/json"})
+            return
+        ours = _take_our_headers(req.headers)  # removed here: they never reach the provider
+        routed = self._route(flow, path, query)
+        if routed is None:
+            return
+        provider, provider_path, key_in_query = routed
+        key_id = self.state.keyring.lookup(ours.get(KEY_HEADER))
+        if key_id is None:
+            self._refuse_key(flow, provider, KEY_HEADER in ours, key_in_query)
+            return
+        tags = {name: ours.get(name) for name in TAG_HEADERS}
+        for name, value in tags.items():
+            if value is not None and not _valid_tag(value):
+                refusals.refuse(flow, provider, 400, "aispendtrack_invalid_tag",
+                                f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
+                                f"(got {len(value)} characters). The call was not forwarded.")
+                return
+        if not upstreams.point(req, provider, self.upstreams):
+            refusals.refuse(flow, provider, 502, "aispendtrack_no_upstream",
+                            f"No upstream is configured for {provider.name}. Start the proxy with "
+                            f"--upstream {provider.name}=https://... (see docs/providers.md).")
+            return
+        flow.metadata[ADMITTED] = Admission(provider, provider_path, key_id, tags["x-customer-id"],
+                                            tags["x-feature"])
+
+    def _route(self, flow: http.HTTPFlow, path: str, query: str) -> tuple[Provider, str, bool] | None:
+        """(provider, its path, whether our key was in the query), with the request pointed at that
+        path; None when the call was refused."""
+        key_in_query = False
+        if query and ("ask_" in query or "aispendtrack" in query.lower()):
+            query, key_in_query = _drop_our_query(query)
+        try:
+            routed = routing.route(self.state.providers, path, flow.request.headers, query)
+        except routing.Misrouted as exc:
+            refusals.refuse(flow, exc.provider, exc.status, exc.code, exc.message)
+            return None
+        if self.tls_only and not flow.client_conn.tls_established:
+            refusals.refuse(flow, routed.provider, 400, "aispendtrack_tls_required",
+                            "This AiSpendTrack proxy only takes HTTPS: use https:// in your base_url.")
+            return None
+        if routed.path != path or key_in_query:
+            # Forwarded as routed: canonical, without a prefix such as /gemini, and without our key.
+            flow.request.path = routed.path + ("?" + query if query else "")
+        return routed.provider, routed.path, key_in_query
+
+    def _refuse_key(self, flow: http.HTTPFlow, provider: Provider, key_sent: bool, key_in_query: bool) -> None:
+        # Only failures are throttled: a valid key is never refused because of a neighbour's.
+        address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+        wait = self.guard.wait(address)
+        if wait is not None:
+            refusals.too_many_bad_keys(flow, provider, address, wait)
+            return
+        self.guard.failed(address)
+        refusals.bad_key(flow, provider, key_sent, key_in_query)
+
+
+def _drop_our_query(query: str) -> tuple[str, bool]:
+    """The query without our key, and whether it had one: a key pasted into a URL must never reach
+    the provider (nor its logs). It is not accepted either: URLs end up in logs."""
+    kept = [param for param in query.split("&") if not _is_our_param(param)]
+    return "&".join(kept), len(kept) < query.count("&") + 1
+
+
+def _is_our_param(param: str) -> bool:
+    name, _, value = param.partition("=")
+    return unquote(name).lower() == KEY_HEADER or unquote(value).startswith(keygen.PREFIX)
+
+
+def _take_our_headers(headers: http.Headers) -> dict[str, str]:
+    """Remove our headers and return their values (the first, if one was sent twice).
+
+    One pass over the raw fields: Headers.get and .pop cost several microseconds each, and this
+    runs on every request."""
+    taken: dict[str, str] = {}
+    kept = []
+    for field in headers.fields:
+        name = _OUR_HEADERS.get(field[0].lower())
+        if name is None:
+            kept.append(field)
+        elif name not in taken:
+            taken[name] = field[1].decode("utf-8", "surrogateescape")
+    if taken:
+        headers.fields = tuple(kept)
+    return taken
+
+
+def _valid_tag(value: str) -> bool:
+    return 0 < len(value) <= MAX_TAG_LENGTH and value.isprintable()

@@ -1,0 +1,64 @@
+"""The Quotas addon: per-key rate limits and monthly quotas, and blocking budgets.
+
+An admitted call (gate.py) over its key's limit, or in the scope of a blocking budget that is
+spent, is answered 429 with ``retry-after`` here and goes no further. The counts live in memory
+(addon/core/limits.py, addon/core/budgets.py), in the quota time zone stored in the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from mitmproxy import ctx, exceptions, http
+
+from . import refusals, settings
+from .core import config, home, periods
+from .core.budgets import BudgetTracker
+from .core.limits import Limiter
+from .core.store import writing
+from .state import ADMITTED, Admission, ProxyState
+
+
+class Quotas:
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+
+    def load(self, loader) -> None:
+        settings.add_options(loader, "Quotas")
+
+    def configure(self, updated: set[str]) -> None:
+        if "aispendtrack_quota_tz" in updated and ctx.options.aispendtrack_quota_tz:
+            _zone(ctx.options.aispendtrack_quota_tz)  # validated now; stored when the proxy starts
+
+    def running(self) -> None:
+        """Count in the stored quota time zone; one given as an option is stored first, so that the
+        CLI and the web app count days and months as this proxy does."""
+        with writing(home.db_path(self.state.data_home())) as con:
+            if ctx.options.aispendtrack_quota_tz:
+                zone = config.set_quota_zone(con, ctx.options.aispendtrack_quota_tz)
+            else:
+                zone = config.quota_zone(con)
+        if zone != self.state.limiter.zone:
+            self.state.limiter, self.state.budgets = Limiter(zone), BudgetTracker(zone)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        admitted: Admission | None = flow.metadata.get(ADMITTED)
+        if admitted is None or flow.response is not None:
+            return
+        now = dt.datetime.now(dt.UTC)
+        over_budget = self.state.budgets.blocked(admitted.key_id, admitted.customer_id, admitted.feature, now)
+        if over_budget is not None:
+            refusals.budget_exceeded(flow, admitted.provider, over_budget, now)
+        else:
+            refusal = self.state.limiter.admit(admitted.key_id, now)
+            if refusal is not None:
+                refusals.limit_reached(flow, admitted.provider, admitted.key_id, refusal)
+        if flow.response is not None:
+            del flow.metadata[ADMITTED]
+
+
+def _zone(name: str):
+    try:
+        return periods.zone(name)
+    except periods.UnknownZone as exc:
+        raise exceptions.OptionsError(f"aispendtrack_quota_tz: {exc}") from None
