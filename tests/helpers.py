@@ -1,13 +1,29 @@
-"""Small helpers shared by several test modules (fixtures stay in conftest.py)."""
+"""What several test modules share: the real proxy started as a user would, CLI runs, rows to
+store, a webhook receiver, price arithmetic. Fixtures stay in conftest.py; tests import from here,
+never from conftest or from each other."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
+import subprocess
+import sys
+import threading
+import time
 import uuid
+from dataclasses import dataclass
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+from click.testing import CliRunner
 
 from addon.core.store import calls as call_rows
+from cli.main import cli
 
 
 def call_row(n: int, **changes) -> dict:
@@ -33,3 +49,134 @@ def closed_by_peer(sock: socket.socket, within: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+FLUSH_MS = 100
+# Every provider behind a prefix is pointed at the same fake upstream.
+PREFIXED = ("google", "cohere", "mistral", "azure", "openrouter", "groq", "deepseek", "x-ai", "together", "fireworks")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(home: Path, *args: str) -> str:
+    result = CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@dataclass
+class Proxy:
+    home: Path
+    url: str
+    key: str
+    key_id: int
+    log_path: Path
+    process: subprocess.Popen
+
+    def openai(self, **kwargs) -> openai.OpenAI:
+        headers = {"x-aispendtrack-key": self.key, **kwargs.pop("headers", {})}
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=kwargs.pop("api_key", "sk-test-key"),
+                             default_headers=headers, max_retries=0, **kwargs)
+
+    def anthropic(self, **kwargs) -> anthropic.Anthropic:
+        headers = {"x-aispendtrack-key": self.key, **kwargs.pop("headers", {})}
+        return anthropic.Anthropic(base_url=self.url, api_key=kwargs.pop("api_key", "sk-ant-test-key"),
+                                   default_headers=headers, max_retries=0, **kwargs)
+
+    def calls(self, limit: int = 1000) -> list[dict]:
+        return json.loads(run_cli(self.home, "calls", "--limit", str(limit), "--format", "json"))
+
+    def rows(self, customer_id: str, expect: int = 1, timeout: float = 5.0) -> list[dict]:
+        """The rows tagged with ``customer_id``, once ``expect`` of them are stored."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = [r for r in self.calls() if r["customer_id"] == customer_id]
+            if len(rows) >= expect or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(15)
+
+
+def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
+                flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = ()) -> Proxy:
+    if key is None:
+        created = json.loads(run_cli(home, "keys", "create", "--name", "tests", "--json"))
+        key, key_id = created["key"], created["id"]
+    else:
+        key_id = json.loads(run_cli(home, "keys", "list", "--json"))[0]["id"]
+    port = free_port()
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
+         "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms),
+         *[arg for name in PREFIXED for arg in ("--upstream", f"{name}={upstream_url}")], *extra_args],
+        stdout=log, stderr=subprocess.STDOUT)
+    proxy = Proxy(home, f"http://127.0.0.1:{port}", key, key_id, log_path, process)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"proxy exited: {log_path.read_text()}")
+        try:
+            if httpx.get(f"{proxy.url}/aispendtrack/health", timeout=1).status_code == 200:
+                return proxy
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proxy.stop()
+    raise RuntimeError(f"proxy did not start: {log_path.read_text()}")
+
+
+M = Decimal(1_000_000)
+
+
+def cost(*parts: tuple[int, str]) -> float:
+    return float(sum(Decimal(n) * Decimal(rate) for n, rate in parts) / M)
+
+
+def report_row(ts: str, model: str, cost: str | None, latency: float, customer: str = "acme", feature: str = "chat",
+        key_id: int = 1, status: int = 200, usage: str = "reported", provider: str = "openai", **tokens) -> dict:
+    return {"id": uuid.uuid4(), "ts": dt.datetime.fromisoformat(ts).replace(tzinfo=dt.UTC), "key_id": key_id,
+            "provider": provider, "endpoint": "/v1/chat/completions", "model": model, "stream": False,
+            "status": status, "outcome": "completed", "error": None,
+            "input_tokens": tokens.get("input_tokens", 100), "cache_read_tokens": tokens.get("cache_read", 0),
+            "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "output_tokens": tokens.get("output_tokens", 10),
+            "reasoning_tokens": 0, "web_search_requests": 0,
+            "cost_usd": Decimal(cost) if cost is not None else None, "priced": cost is not None,
+            "price_source": "test" if cost is not None else None, "usage_source": usage, "customer_id": customer,
+            "feature": feature, "latency_ms": latency, "ttft_ms": None}
+
+
+class Receiver:
+    """An HTTP endpoint that records what it gets, failing the first ``fail`` requests with a 500."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.requests: list[tuple[dict, bytes]] = []
+        self.fail = fail
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status = 500 if len(receiver.requests) <= receiver.fail else 200
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/secret-path"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -14,7 +12,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 
-from .conftest import free_port
+from .helpers import Receiver, free_port
 
 
 class Inbox:
@@ -33,35 +31,6 @@ def smtp():
     controller.start()
     yield controller, inbox
     controller.stop()
-
-
-class Receiver:
-    """An HTTP endpoint that records what it gets, failing the first ``fail`` requests with a 500."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.requests: list[tuple[dict, bytes]] = []
-        self.fail = fail
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                status = 500 if len(receiver.requests) <= receiver.fail else 200
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/secret-path"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def run(home, *args):
@@ -141,7 +110,7 @@ from addon.core.evaluate import SpikeSettings, is_spike  # noqa: E402
 from addon.core.store import calls as call_rows  # noqa: E402
 from addon.core.store import writing  # noqa: E402
 
-from .test_reports import row  # noqa: E402
+from .helpers import report_row as row  # noqa: E402
 
 
 def test_spike_detection_fires_on_a_spike_but_not_on_noise_or_a_ramp():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-from .test_openai_proxy import cost
+from .helpers import cost
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

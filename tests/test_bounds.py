@@ -13,8 +13,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import start_proxy
-from .helpers import closed_by_peer
+from .helpers import closed_by_peer, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"

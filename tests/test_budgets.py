@@ -14,7 +14,7 @@ import pytest
 
 from addon.core.budgets import Budget, BudgetTracker
 
-from .conftest import run_cli, start_proxy
+from .helpers import run_cli, start_proxy
 
 UTC = zoneinfo.ZoneInfo("UTC")
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
@@ -63,7 +63,7 @@ def test_a_blocking_budget_refuses_the_call_after_the_one_that_crossed_it(tmp_pa
 
 
 def test_the_running_proxy_alerts_when_a_budget_is_crossed(tmp_path, upstream):
-    from .test_alerts import Receiver
+    from .helpers import Receiver
     receiver = Receiver()
     home = tmp_path / "home"
     created = json.loads(run_cli(home, "keys", "create", "--name", "watched", "--json"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from .conftest import run_cli, start_proxy
+from .helpers import run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

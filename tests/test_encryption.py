@@ -19,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import free_port
+from .helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "correct horse battery staple 42"

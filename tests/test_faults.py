@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import free_port, start_proxy
+from .helpers import free_port, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGE = {"model": "claude-sonnet-4-20250514", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}

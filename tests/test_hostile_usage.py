@@ -20,8 +20,7 @@ from addon.core.store import reading
 from addon.providers.base import InvalidUsage, count
 from addon.writer import QUARANTINE_DIR, Writer
 
-from .conftest import run_cli, start_proxy
-from .helpers import call_row
+from .helpers import call_row, run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 HOSTILE = [

@@ -14,7 +14,7 @@ from addon.core.store import alerts as alert_rows
 from addon.core.store import calls as call_rows
 from addon.core.store import reading, writing
 
-from .conftest import run_cli, start_proxy
+from .helpers import run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 NOW = dt.datetime.now(dt.UTC)

@@ -15,7 +15,7 @@ import pytest
 from addon.core.limits import Limiter
 from addon.core.plans import Limits, limits_for
 
-from .conftest import run_cli, start_proxy
+from .helpers import run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")

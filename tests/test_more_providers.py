@@ -18,7 +18,7 @@ try:
 except ImportError:  # mistralai 2+ moved it
     from mistralai.client import Mistral
 
-from .test_openai_proxy import cost
+from .helpers import cost
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -5,15 +5,9 @@ Expected costs are computed by hand from the list prices in the reference (USD p
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 
-M = Decimal(1_000_000)
-
-
-def cost(*parts: tuple[int, str]) -> float:
-    return float(sum(Decimal(n) * Decimal(rate) for n, rate in parts) / M)
+from .helpers import cost
 
 
 def tokens(row: dict) -> tuple:

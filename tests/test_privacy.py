@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from .conftest import start_proxy
+from .helpers import start_proxy
 
 MARKER = "ZEBRA-7f3a9c-PRIVATE"
 

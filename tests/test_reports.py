@@ -10,8 +10,6 @@ import datetime as dt
 import io
 import json
 import re
-import uuid
-from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
@@ -22,20 +20,9 @@ from addon.core.store import synthetic, writing
 from cli.main import cli
 from web import create_app
 
+from .helpers import report_row as row
+
 UTC = dt.UTC
-
-
-def row(ts: str, model: str, cost: str | None, latency: float, customer: str = "acme", feature: str = "chat",
-        key_id: int = 1, status: int = 200, usage: str = "reported", provider: str = "openai", **tokens) -> dict:
-    return {"id": uuid.uuid4(), "ts": dt.datetime.fromisoformat(ts).replace(tzinfo=UTC), "key_id": key_id,
-            "provider": provider, "endpoint": "/v1/chat/completions", "model": model, "stream": False,
-            "status": status, "outcome": "completed", "error": None,
-            "input_tokens": tokens.get("input_tokens", 100), "cache_read_tokens": tokens.get("cache_read", 0),
-            "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "output_tokens": tokens.get("output_tokens", 10),
-            "reasoning_tokens": 0, "web_search_requests": 0,
-            "cost_usd": Decimal(cost) if cost is not None else None, "priced": cost is not None,
-            "price_source": "test" if cost is not None else None, "usage_source": usage, "customer_id": customer,
-            "feature": feature, "latency_ms": latency, "ttft_ms": None}
 
 
 DATA = [

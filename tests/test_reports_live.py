@@ -7,8 +7,7 @@ import json
 import httpx
 import pytest
 
-from .conftest import free_port, run_cli, start_proxy
-from .test_openai_proxy import cost
+from .helpers import cost, free_port, run_cli, start_proxy
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

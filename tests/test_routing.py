@@ -17,7 +17,7 @@ import pytest
 
 from addon.routing import canonical
 
-from .conftest import run_cli, start_proxy
+from .helpers import run_cli, start_proxy
 from .upstream import FakeProvider
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}

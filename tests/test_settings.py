@@ -18,8 +18,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import writing
 from cli.main import cli
 
-from .conftest import run_cli, start_proxy
-from .helpers import call_row
+from .helpers import call_row, run_cli, start_proxy
 
 
 def test_every_setting_is_an_option_of_its_addon_and_a_proxy_flag():

@@ -17,8 +17,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import migrations, reading, writing
 from addon.writer import Writer
 
-from .conftest import run_cli, start_proxy
-from .helpers import call_row
+from .helpers import call_row, run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 

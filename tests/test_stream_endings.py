@@ -13,7 +13,7 @@ import pytest
 import tiktoken
 import tiktoken.load
 
-from .conftest import start_proxy
+from .helpers import start_proxy
 from .payloads import STREAM_TEXT
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "system", "content": "Be brief."},
@@ -115,7 +115,7 @@ def test_anthropic_stream_cut_short_keeps_the_input_it_was_told(proxy, customer)
 
 
 def test_upstream_unreachable_gives_502_and_a_row(tmp_path, customer):
-    from .conftest import free_port, start_proxy
+    from .helpers import free_port, start_proxy
     proxy = start_proxy(tmp_path / "home", f"http://127.0.0.1:{free_port()}", tmp_path / "proxy.log")
     try:
         client = proxy.openai(headers={"x-customer-id": customer})

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from .certs import make_ca_and_leaf
-from .conftest import start_proxy
+from .helpers import start_proxy
 from .upstream import FakeProvider
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 HOP_BY_HOP = {"date", "connection", "keep-alive", "transfer-encoding"}

@@ -18,8 +18,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import synthetic, writing
 from web import create_app, server
 
-from .conftest import run_cli
-from .helpers import call_row, closed_by_peer
+from .helpers import call_row, closed_by_peer, run_cli
 
 
 @pytest.fixture

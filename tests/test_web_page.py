@@ -20,8 +20,8 @@ from addon.core import home as home_dir
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .conftest import free_port, run_cli, start_proxy
-from .test_reports import row
+from .helpers import free_port, run_cli, start_proxy
+from .helpers import report_row as row
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")

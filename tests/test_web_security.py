@@ -14,7 +14,7 @@ import pytest
 
 from web import auth, create_app
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 
 @pytest.fixture
