@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from click_default_group import DefaultGroup
 
 from addon.core import notify
 from addon.core.store import alerts as alert_rows
@@ -11,12 +12,9 @@ from addon.core.store import reading
 from .output import emit, format_option
 
 
-@click.group(invoke_without_command=True)
-@click.pass_context
-def alerts(ctx: click.Context) -> None:
+@click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
+def alerts() -> None:
     """Alert channels (email, Slack, webhook) and their history (default: list)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_alerts)
 
 
 def _channels(home) -> dict[str, notify.Channel]:

@@ -6,6 +6,7 @@ import datetime as dt
 from decimal import Decimal, InvalidOperation
 
 import click
+from click_default_group import DefaultGroup
 
 from addon.core import config
 from addon.core.budgets import SCOPES, Budget, with_spend
@@ -37,12 +38,9 @@ def _usd(ctx, param, value: str | None) -> Decimal | None:
     return amount
 
 
-@click.group(invoke_without_command=True)
-@click.pass_context
-def budgets(ctx: click.Context) -> None:
+@click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
+def budgets() -> None:
     """Spend budgets; with --block, calls in scope get a 429 once one is used up (default: list)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_budgets)
 
 
 @budgets.command("set")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from click_default_group import DefaultGroup
 
 from addon.core import config as shared
 from addon.core import periods
@@ -11,12 +12,9 @@ from addon.core.store import reading, writing
 from .output import emit, format_option
 
 
-@click.group(invoke_without_command=True)
-@click.pass_context
-def config(ctx: click.Context) -> None:
+@click.group(cls=DefaultGroup, default="show", default_if_no_args=True)
+def config() -> None:
     """Settings the proxy, the CLI and the web app share (default: show them)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(show)
 
 
 @config.command()

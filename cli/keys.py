@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 import click
+from click_default_group import DefaultGroup
 
 from addon.core import config
 from addon.core import keys as keygen
@@ -25,12 +26,9 @@ def create_key(db, name: str, plan: str = DEFAULT_PLAN) -> tuple[int, str]:
     return key_id, key
 
 
-@click.group(invoke_without_command=True)
-@click.pass_context
-def keys(ctx: click.Context) -> None:
+@click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
+def keys() -> None:
     """Manage the keys callers send in x-aispendtrack-key (default: list)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_keys)
 
 
 @keys.command("create")
@@ -61,7 +59,8 @@ def list_keys(obj, fmt: str = "table", as_json: bool = False) -> None:
     now = dt.datetime.now(dt.UTC)
     with reading(obj.db) as con:
         rows = key_rows.all_keys(con)
-        used = call_rows.counts_since(con, hour_start(now), month_start(now, config.quota_zone(con)))
+        zone = config.quota_zone(con)
+        used = call_rows.counts_since(con, hour_start(now), month_start(now, zone))
     for row in rows:
         row["status"] = "revoked" if row["revoked_at"] else "active"
         limits = limits_for(row["plan"], row["per_hour_limit"], row["per_month_limit"])
@@ -72,7 +71,7 @@ def list_keys(obj, fmt: str = "table", as_json: bool = False) -> None:
         ("KEY", lambda r: r["prefix"] + "…", "<"), ("STATUS", lambda r: r["status"], "<"),
         ("PLAN", lambda r: r["plan"], "<"),
         ("HOUR", lambda r: _usage(r["used_this_hour"], r["limit_per_hour"]), ">"),
-        ("MONTH (UTC)", lambda r: _usage(r["used_this_month"], r["limit_per_month"]), ">"),
+        (f"MONTH ({zone.key})", lambda r: _usage(r["used_this_month"], r["limit_per_month"]), ">"),
         ("KEEP", lambda r: _retention(r), ">"),
         ("CREATED", lambda r: r["created_at"].strftime("%Y-%m-%d"), "<"),
     ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+from click_default_group import DefaultGroup
 
 import pricing
 from addon.core.store import calls as call_rows
@@ -12,12 +13,9 @@ from pricing.overrides import FILE_NAME
 from .output import emit, format_option
 
 
-@click.group(invoke_without_command=True)
-@click.pass_context
-def prices(ctx: click.Context) -> None:
+@click.group(cls=DefaultGroup, default="check", default_if_no_args=True)
+def prices() -> None:
     """Price data and unpriced models (default: check)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(check)
 
 
 @prices.command()
