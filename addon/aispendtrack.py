@@ -187,10 +187,10 @@ class AiSpendTrack:
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.get(_META)
-        if meter is None:
+        res = flow.response
+        if meter is None or res is None:
             return
         self.watch.answered(flow)
-        res = flow.response
         if meter.start_response(res.status_code, res.headers.get("content-type", ""),
                                 res.headers.get("content-encoding", "")):
             res.stream = meter.tap  # chunks go to the client as they arrive; the tap only reads along
@@ -201,7 +201,7 @@ class AiSpendTrack:
     def response(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
         self._in_flight.pop(flow.id, None)
-        if meter is not None:
+        if meter is not None and flow.response is not None:
             self.watch.finished(flow)
             meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)
             self._submit(meter)
@@ -232,11 +232,15 @@ class AiSpendTrack:
         self._submit(meter)
 
     def _submit(self, meter: CallMeter) -> None:
+        if self.writer is None:
+            log.error("call %s finished after the proxy stopped recording; it is not stored", meter.id)
+            return
         # Under a blocking budget the cost must count before the next call arrives, so the row is
         # built here (one parse and price, ~50 us) instead of on the writer thread a second later.
         if self.state.budgets.any_blocking(meter.key_id, meter.customer_id, meter.feature):
-            meter = self._row(meter)
-        self.writer.submit(meter)
+            self.writer.submit(self._row(meter))
+        else:
+            self.writer.submit(meter)
 
 
 def make_addons() -> list:

@@ -63,7 +63,7 @@ def _bounded_read_headers(self, event: events.ConnectionEvent):
 
 def install() -> None:
     """Idempotent: the addon may be loaded more than once in a process (tests, script reloads)."""
-    _http1.Http1Server.read_headers = _bounded_read_headers
+    _http1.Http1Server.read_headers = _bounded_read_headers  # type: ignore[method-assign]  # on purpose
 
 
 def descriptor_budget() -> int:

@@ -86,7 +86,7 @@ class UsageStripper:
     def _ends_across(self) -> bool:
         # The separator may be split between the previous piece and this one.
         edge = self._parts[-2][-3:] + self._parts[-1][:3]
-        return self._separator in edge
+        return self._separator is not None and self._separator in edge
 
 
 def _whole_events(data: bytes, separator: bytes) -> bytes:

@@ -86,8 +86,9 @@ class CallMeter:
             self.first_byte_at = time.time()
         if self._sse is None and self._stripper is None:
             return chunk
+        decoder = self._decoder
         try:
-            data = chunk if self._identity or not chunk else self._decoder.feed(chunk)
+            data = chunk if self._identity or not chunk or decoder is None else decoder.feed(chunk)
         except DecodeError as exc:
             self._stop_reading(str(exc))
             self._stripper = None  # a stream that cannot be decoded is broken for a direct client too
@@ -97,9 +98,12 @@ class CallMeter:
         return self._strip(data, end=not chunk) if self._stripper is not None else chunk
 
     def _read(self, data: bytes, end: bool) -> None:
+        sse, parser = self._sse, self.parser
+        if sse is None or parser is None:
+            return
         try:
-            feed = self.parser.feed
-            for event, payload in (self._sse.close() if end else self._sse.feed(data)):
+            feed = parser.feed
+            for event, payload in (sse.close() if end else sse.feed(data)):
                 feed(event, payload)
         except EventTooLarge as exc:
             self._stop_reading(str(exc))
@@ -108,8 +112,11 @@ class CallMeter:
             self._stop_reading(f"unexpected {type(exc).__name__}")
 
     def _strip(self, data: bytes, end: bool) -> bytes | list[bytes]:
+        stripper = self._stripper
+        if stripper is None:
+            return data
         try:
-            out = self._stripper.close() if end else self._stripper.feed(data)
+            out = stripper.close() if end else stripper.feed(data)
             # An empty chunk would end a chunked response early; an empty list sends nothing.
             return out if out or end else []
         except Exception as exc:  # the rest goes to the client as the provider sent it

@@ -46,6 +46,7 @@ def purge(obj, older_than: str | None, dry_run: bool, as_json: bool) -> None:
         click.echo(f"Would purge {expired:,} calls (dry run: nothing deleted).")
     else:
         d = result.deleted
+        assert d is not None  # set unless a dry run
         click.echo(f"Purged {d['calls']:,} calls (kept as hourly totals); dropped {d['hourly_rows']:,} hourly "
                    f"totals and {d['alerts']:,} alerts older than 400 days.")
 

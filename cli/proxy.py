@@ -68,7 +68,7 @@ def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None,
                "default_headers={'x-aispendtrack-key': ...})")
     addon_options = _addon_options(values, home=str(obj.home), tls_only=bool(tls_cert))
     mitm_options = dict(listen_host=host, listen_port=port, mode=[f"reverse:{values['openai_upstream']}"])
-    if tls_cert:
+    if tls_cert and tls_key:
         mitm_options["certs"] = [f"*={tls_pem(obj.home, tls_cert, tls_key)}"]
     if upstream_ca:
         mitm_options["ssl_verify_upstream_trusted_ca"] = upstream_ca

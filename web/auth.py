@@ -83,7 +83,7 @@ def end_session(db: Path, session_id: str) -> None:
 
 
 def same_token(expected: str | None, given: str | None) -> bool:
-    return bool(expected and given) and hmac.compare_digest(expected, given)
+    return expected is not None and given is not None and expected != "" and hmac.compare_digest(expected, given)
 
 
 def session_secret(home: Path) -> str:

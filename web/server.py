@@ -31,6 +31,7 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConne
 
 class _Handler(WSGIRequestHandler):
     timeout = READ_TIMEOUT
+    server: BoundedServer
 
     def handle_one_request(self) -> None:
         self._deadline = threading.Timer(HEAD_TIMEOUT, self._give_up)

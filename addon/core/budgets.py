@@ -87,8 +87,8 @@ class BudgetTracker:
         self._budgets: dict[int, Budget] = {}
         self._blocking: list[Budget] = []  # checked on every call: usually empty
         self._spend: dict[int, list[Decimal]] = {}  # budget id -> [today, this month]
-        self._day = self._month = None
-        self._day_end = self._month_end = dt.datetime.min.replace(tzinfo=dt.UTC)
+        # The current day and month; the first _roll sets them (the ends start in the past).
+        self._day = self._month = self._day_end = self._month_end = dt.datetime.min.replace(tzinfo=dt.UTC)
 
     def load(self, budgets: list[Budget], seed, now: dt.datetime) -> None:
         """Replace the definitions; ``seed(budget, day_start, month_start)`` gives stored spend for new ones."""

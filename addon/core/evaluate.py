@@ -73,7 +73,7 @@ def candidates(db: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo,
             quota = limits_for(plan, per_hour, per_month).per_month
             used = counts.get(key_id, (0, 0))[1]
             crossed = next((t for t in QUOTA_THRESHOLDS if quota and used >= t * quota), None)
-            if crossed:
+            if crossed and quota:
                 found.append((f"quota:{key_id}:{month:%Y-%m}:{int(crossed * 100)}",
                               _quota_alert(key_id, plan, used, quota, crossed)))
         found += _spikes(con, now, settings)

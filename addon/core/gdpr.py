@@ -36,12 +36,12 @@ def export(db: Path, spill_dir: Path, subject: Subject, out: IO[str]) -> dict[st
         for table in ("calls", "hourly_usage"):
             counts[table] = _write_array(out, table, subjects.stream(con, table, subject))
     pending, unreadable = [], 0
-    for path, rows in _spill_rows(spill_dir):
-        if rows is None:
+    for path, spilled in _spill_rows(spill_dir):
+        if spilled is None:
             log.error("spill file %s has an unreadable line; it is not in the export (a %s)", path, subject.kind)
             unreadable += 1
             continue
-        pending += [row for row in rows if _matches(row, subject)]
+        pending += [row for row in spilled if _matches(row, subject)]
     out.write(', "pending_calls": ' + json.dumps(pending) + "}\n")
     counts["pending_calls"], counts["unreadable_spill_files"] = len(pending), unreadable
     return counts

@@ -11,7 +11,7 @@ import json
 
 from pricing.usage import TokenUsage
 
-from .base import MAX_REQUESTS_PER_CALL, Observed, Provider, StreamParser, count, loads, tier_name
+from .base import MAX_REQUESTS_PER_CALL, Observed, Provider, StreamParser, as_dict, count, loads, tier_name
 
 MESSAGES = "/v1/messages"
 PATHS = (MESSAGES, "/v1/messages/count_tokens", "/v1/complete")
@@ -54,7 +54,7 @@ class AnthropicStream(StreamParser):
         payload = loads(data) or {}
         kind = payload.get("type", event)
         if kind == "message_start":
-            message = payload.get("message") if isinstance(payload.get("message"), dict) else {}
+            message = as_dict(payload.get("message"))
             self.observed.model = message.get("model")
             self._merge(message.get("usage"))
         elif kind == "message_delta":
@@ -62,7 +62,7 @@ class AnthropicStream(StreamParser):
         elif kind == "message_stop":
             self.observed.complete = True
         elif kind == "error":
-            error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+            error = as_dict(payload.get("error"))
             self.observed.error = str(error.get("type") or "error")
         elif kind == "content_block_delta":
             self.keep_delta(data)

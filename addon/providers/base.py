@@ -121,6 +121,11 @@ def tier_name(value: object) -> str | None:
     return value.lower()
 
 
+def as_dict(value: object) -> dict:
+    """``value`` if it is a JSON object, else an empty one: fields of untrusted payloads."""
+    return value if isinstance(value, dict) else {}
+
+
 def loads(data: bytes | str) -> dict | None:
     """JSON object or None: provider payloads are untrusted and may be cut short."""
     value = loads_document(data)

@@ -15,7 +15,17 @@ import json
 from pricing.usage import TokenUsage
 
 from ..estimate import Counter
-from .base import MAX_REQUESTS_PER_CALL, InvalidUsage, Observed, Provider, StreamParser, count, loads, tier_name
+from .base import (
+    MAX_REQUESTS_PER_CALL,
+    InvalidUsage,
+    Observed,
+    Provider,
+    StreamParser,
+    as_dict,
+    count,
+    loads,
+    tier_name,
+)
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -110,7 +120,7 @@ class OpenAIStream(StreamParser):
             return
         payload = loads(data) or {}
         kind = payload.get("type", event)
-        response = payload.get("response") if isinstance(payload.get("response"), dict) else {}
+        response = as_dict(payload.get("response"))
         self.observed.model = response.get("model") or self.observed.model
         if kind in _RESPONSE_TERMINAL:
             self.observed.complete = True
@@ -157,9 +167,9 @@ class OpenAI(Provider):
     # Whether the API takes stream_options.include_usage on chat streams (documented by OpenAI,
     # Azure OpenAI, DeepSeek, xAI and Groq); the others are not asked (see docs/providers.md).
     accepts_stream_options = True
-    prefix = "/openai"
-    default_upstream = "https://api.openai.com"
-    paths = ("/v1/",)
+    prefix: str | None = "/openai"
+    default_upstream: str | None = "https://api.openai.com"
+    paths: tuple[str, ...] = ("/v1/",)
 
     def metered(self, path: str) -> bool:
         return path in _METERED

@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import duckdb
 
+from .connection import one
+
 _COLUMNS = ("id", "scope", "scope_value", "daily_usd", "monthly_usd", "block")
 _SCOPE_COLUMN = {"key": "CAST(key_id AS VARCHAR)", "customer": "customer_id", "feature": "feature"}
 
@@ -15,9 +17,9 @@ def upsert(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, daily:
            monthly: Decimal | None, block: bool) -> int:
     """One budget per scope: setting it again replaces it."""
     con.execute("DELETE FROM budgets WHERE scope = ? AND scope_value IS NOT DISTINCT FROM ?", [scope, value])
-    (budget_id,) = con.execute(
+    (budget_id,) = one(con.execute(
         "INSERT INTO budgets (scope, scope_value, daily_usd, monthly_usd, block, created_at) "
-        "VALUES (?, ?, ?, ?, ?, now()) RETURNING id", [scope, value, daily, monthly, block]).fetchone()
+        "VALUES (?, ?, ?, ?, ?, now()) RETURNING id", [scope, value, daily, monthly, block]))
     return budget_id
 
 
@@ -36,8 +38,8 @@ def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None,
     condition, params = "TRUE", []
     if scope != "all":
         condition, params = f"{_SCOPE_COLUMN[scope]} = ?", [value]
-    row = con.execute(f"""
+    row = one(con.execute(f"""
         SELECT coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0), coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0)
         FROM usage_history WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {condition}
-    """, [day_start, month_start, day_start, month_start, *params]).fetchone()
+    """, [day_start, month_start, day_start, month_start, *params]))
     return Decimal(row[0]), Decimal(row[1])

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 
 from . import encryption
-from .connection import attach_options
+from .connection import attach_options, one
 
 
 def rewrite(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, int]:
@@ -42,7 +42,7 @@ def _copy_over(con: duckdb.DuckDBPyConnection, path: Path, options: str) -> None
     fresh = path.with_name(path.name + ".rewrite")
     for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
         leftover.unlink(missing_ok=True)  # from a rewrite that crashed half-way
-    source = con.execute("SELECT current_database()").fetchone()[0]
+    source = one(con.execute("SELECT current_database()"))[0]
     con.execute("CHECKPOINT")
     quoted = str(fresh).replace("'", "''")
     con.execute(f"ATTACH '{quoted}' AS aispendtrack_fresh {options}")

@@ -145,3 +145,11 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
         if timer is not None:
             timer.cancel()
         _close(con)
+
+
+def one(cursor: duckdb.DuckDBPyConnection) -> tuple:
+    """The one row a query always returns (an aggregate, INSERT ... RETURNING, DELETE's count)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("the query returned no row")
+    return row

@@ -6,14 +6,16 @@ import datetime as dt
 
 import duckdb
 
+from .connection import one
+
 _COLUMNS = ("id", "name", "prefix", "plan", "per_hour_limit", "per_month_limit", "retention_days", "created_at",
             "revoked_at")
 
 
 def add(con: duckdb.DuckDBPyConnection, name: str, key_hash: str, prefix: str, plan: str) -> int:
-    (key_id,) = con.execute(
+    (key_id,) = one(con.execute(
         "INSERT INTO keys (name, key_hash, prefix, plan, created_at) VALUES (?, ?, ?, ?, now()) RETURNING id",
-        [name, key_hash, prefix, plan]).fetchone()
+        [name, key_hash, prefix, plan]))
     return key_id
 
 
@@ -53,7 +55,7 @@ def revoke(con: duckdb.DuckDBPyConnection, key_id: int) -> dt.datetime | None:
 
 
 def count(con: duckdb.DuckDBPyConnection) -> int:
-    return con.execute("SELECT count(*) FROM keys").fetchone()[0]
+    return one(con.execute("SELECT count(*) FROM keys"))[0]
 
 
 def find_active(con: duckdb.DuckDBPyConnection, key_hash: str) -> int | None:

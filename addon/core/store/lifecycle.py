@@ -11,6 +11,8 @@ import datetime as dt
 
 import duckdb
 
+from .connection import one
+
 # Rollups and alert history are kept this long: a year of budgets, quotas and spike baselines.
 HISTORY_DAYS = 400
 _NO_KEY = -1  # calls.key_id is NULL only for rows from before keys existed; they follow the default cutoff
@@ -58,12 +60,12 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
         con.execute(_ROLLUP)
         con.execute("INSERT INTO hourly_usage SELECT * FROM purge_rollup")
         per_key = con.execute("SELECT key_id, sum(calls)::BIGINT FROM purge_rollup GROUP BY key_id").fetchall()
-        (calls,) = con.execute("""
+        (calls,) = one(con.execute("""
             DELETE FROM calls USING purge_cutoffs p
             WHERE coalesce(calls.key_id, -1) = p.key_id AND calls.ts < p.cutoff
-        """).fetchone()
-        (hours,) = con.execute("DELETE FROM hourly_usage WHERE hour < ?", [history_cutoff]).fetchone()
-        (alerts,) = con.execute("DELETE FROM alerts WHERE sent_at < ?", [history_cutoff]).fetchone()
+        """))
+        (hours,) = one(con.execute("DELETE FROM hourly_usage WHERE hour < ?", [history_cutoff]))
+        (alerts,) = one(con.execute("DELETE FROM alerts WHERE sent_at < ?", [history_cutoff]))
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

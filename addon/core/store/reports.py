@@ -12,6 +12,7 @@ import duckdb
 
 from ..reports import ReportSpec, Selection
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS
+from .connection import one
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
@@ -36,7 +37,8 @@ def dimension_name(dimension: str) -> str:
 
 
 def where(selection: Selection) -> tuple[str, list]:
-    clauses, params = ["TRUE"], []
+    clauses: list[str] = ["TRUE"]
+    params: list[object] = []
     for column, value in (("customer_id", selection.customer_id), ("feature", selection.feature),
                           ("model", selection.model), ("key_id", selection.key_id)):
         if value is not None:
@@ -141,7 +143,7 @@ def copy_out(con: duckdb.DuckDBPyConnection, selection: Selection, path: str, fm
 
 def count(con: duckdb.DuckDBPyConnection, selection: Selection) -> int:
     condition, params = where(selection)
-    return con.execute(f"SELECT count(*) FROM calls WHERE {condition}", params).fetchone()[0]
+    return one(con.execute(f"SELECT count(*) FROM calls WHERE {condition}", params))[0]
 
 
 _REPRICE_INPUT = ("id", "ts", "provider", "model", "input_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -186,7 +188,7 @@ def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> str:
     CASE over ``ts`` added to its epoch: the same result at a tenth of the cost."""
     zone = zoneinfo.ZoneInfo(spec.selection.tz)
     condition, params = where(spec.selection)
-    first, last = con.execute(f"SELECT min(ts), max(ts) FROM calls WHERE {condition}", params).fetchone()
+    first, last = one(con.execute(f"SELECT min(ts), max(ts) FROM calls WHERE {condition}", params))
     if first is None:
         return "ts::TIMESTAMP"
     periods = _offset_periods(zone, first, last)
@@ -202,7 +204,7 @@ def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> str:
 def _offset_periods(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.datetime) -> list[tuple[dt.datetime, int]]:
     """(start, UTC offset in microseconds) for each period of constant offset between first and last."""
     def offset(at: dt.datetime) -> int:
-        return int(at.astimezone(zone).utcoffset().total_seconds() * 1_000_000)
+        return int((at.astimezone(zone).utcoffset() or dt.timedelta(0)).total_seconds() * 1_000_000)
 
     periods = [(first, offset(first))]
     at = first
@@ -226,8 +228,8 @@ def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], condition: str | 
     total["cost_usd"] = sum(costs) if costs else None
     quantiles = None
     if condition is not None:
-        (quantiles,) = con.execute(f"SELECT quantile_cont(latency_ms, [0.5, 0.95]) FROM calls WHERE {condition}",
-                                   params).fetchone()
+        (quantiles,) = one(con.execute(f"SELECT quantile_cont(latency_ms, [0.5, 0.95]) FROM calls WHERE {condition}",
+                                   params))
     return _group({**total, "latency_ms": quantiles})
 
 

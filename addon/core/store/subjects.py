@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from .connection import one
+
 
 @dataclass(frozen=True)
 class Subject:
@@ -27,7 +29,7 @@ def subject_from(customer: str | None, key: object | None) -> Subject:
         raise ValueError("Give exactly one of customer=ID or key=ID.")
     if key is not None:
         try:
-            return Subject("key", str(int(key)))
+            return Subject("key", str(int(str(key))))
         except (TypeError, ValueError):
             raise ValueError(f"key must be a key id (a number), got {key!r}.") from None
     if not isinstance(customer, str) or not customer:
@@ -115,4 +117,4 @@ def _dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> list[dict]
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> int:
-    return con.execute(sql, params).fetchone()[0]
+    return one(con.execute(sql, params))[0]
