@@ -19,13 +19,6 @@ from addon.core.store import reading, writing
 from .output import emit, format_option
 
 
-def create_key(db, name: str, plan: str = DEFAULT_PLAN) -> tuple[int, str]:
-    key = keygen.new_key()
-    with writing(db) as con:
-        key_id = key_rows.add(con, name, keygen.hash_key(key), keygen.display_prefix(key), plan)
-    return key_id, key
-
-
 @click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
 def keys() -> None:
     """Manage the keys callers send in x-aispendtrack-key (default: list)."""
@@ -42,7 +35,7 @@ def create(obj, name: str, plan: str, as_json: bool) -> None:
     name = name.strip()
     if not name:
         raise click.BadParameter("must not be empty", param_hint="--name")
-    key_id, key = create_key(obj.db, name, plan)
+    key_id, key = keygen.create(obj.db, name, plan)
     if as_json:
         click.echo(json.dumps({"key": key, "id": key_id, "name": name}))
         return

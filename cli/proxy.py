@@ -11,11 +11,10 @@ from pathlib import Path
 import click
 
 from addon import settings
+from addon.core import keys as keygen
+from addon.core.plans import DEFAULT_PLAN
 from addon.core.store import keys as key_rows
 from addon.core.store import writing
-
-from .keys import create_key
-from .web import serve_in_thread
 
 
 def _setting_flags(command):
@@ -58,6 +57,7 @@ def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None,
         raise click.UsageError("--tls-cert and --tls-key go together.")
     _first_key(obj.db)
     if web_port:
+        from web.server import serve_in_thread
         serve_in_thread(obj.home, host, web_port)
         click.echo(f"Web and API on http://{host}:{web_port}")
     scheme = "https" if tls_cert else "http"
@@ -102,7 +102,7 @@ def _first_key(db) -> None:
     with writing(db) as con:
         if key_rows.count(con):
             return
-    key_id, key = create_key(db, "default")
+    key_id, key = keygen.create(db, "default", DEFAULT_PLAN)
     click.echo(f"No keys yet, so created key {key_id} (default). It is shown only this once:\n\n    {key}\n")
 
 

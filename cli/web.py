@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-
 import click
-
-
-def serve_in_thread(home, host: str, port: int) -> threading.Thread:
-    """The web app beside the proxy, in the same process (``aispendtrack proxy --web-port``)."""
-    from web import create_app
-    from web.server import BoundedServer
-
-    server = BoundedServer(host, port, create_app(home))
-    thread = threading.Thread(target=server.serve_forever, name="aispendtrack-web", daemon=True)
-    thread.start()
-    return thread
 
 
 @click.command()

@@ -91,3 +91,13 @@ class BoundedServer(ThreadedWSGIServer):
     def service_actions(self) -> None:  # called by serve_forever about twice a second
         self.busy.summarise()
         self.slow.summarise()
+
+
+def serve_in_thread(home, host: str, port: int) -> threading.Thread:
+    """The web app beside the proxy, in the same process (``aispendtrack proxy --web-port``)."""
+    from . import create_app
+
+    server = BoundedServer(host, port, create_app(home))
+    thread = threading.Thread(target=server.serve_forever, name="aispendtrack-web", daemon=True)
+    thread.start()
+    return thread

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from pathlib import Path
 
 PREFIX = "ask_"
 ADMIN_PREFIX = "ast_"
@@ -56,3 +57,14 @@ class KeyRing:
 
     def __len__(self) -> int:
         return len(self._by_selector)
+
+
+def create(db: Path, name: str, plan: str) -> tuple[int, str]:
+    """Store a new key's hash; returns (key id, the key). The key itself is never stored."""
+    from .store import keys as key_rows
+    from .store import writing
+
+    key = new_key()
+    with writing(db) as con:
+        key_id = key_rows.add(con, name, hash_key(key), display_prefix(key), plan)
+    return key_id, key
