@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.proxy_overhead            # about 4 minutes on 2 cores
     .venv/bin/python -m bench.proxy_overhead --quick    # a smoke run
+    git worktree add /tmp/prev REV && .venv/bin/python -m bench.proxy_overhead --previous /tmp/prev
+                                                        # also an earlier commit, in the same run
 
 Everything runs on 127.0.0.1: a canned asyncio upstream (plain JSON and a 22-event SSE
 stream), ``mitmdump`` in reverse mode with no script ("bare"), the same with
@@ -58,14 +60,29 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def start(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, **kwargs)
+def start(args: list[str], root: Path = ROOT) -> subprocess.Popen:
+    """In ``root``'s checkout: its code is what the process imports."""
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=root, env=_env(root))
 
 
-def mitmdump(upstream_port: int, port: int, extra: list[str]) -> subprocess.Popen:
+def _env(root: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
+def mitmdump(upstream_port: int, port: int, extra: list[str], root: Path = ROOT) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("mitmdump")
     return start([str(exe), "-q", "--mode", f"reverse:http://127.0.0.1:{upstream_port}", "--listen-host",
-                  "127.0.0.1", "--listen-port", str(port), "--set", "connection_strategy=lazy", *extra])
+                  "127.0.0.1", "--listen-port", str(port), "--set", "connection_strategy=lazy", *extra], root)
+
+
+def start_ours(upstream_port: int, root: Path) -> tuple[int, subprocess.Popen, Path, str]:
+    """The addon of the checkout at ``root`` with a data directory and key of its own."""
+    home = Path(tempfile.mkdtemp(prefix="aispendtrack-bench-"))
+    key = make_key(home, root)
+    port = free_port()
+    proc = mitmdump(upstream_port, port, ["-s", str(root / "addon" / "aispendtrack.py"),
+                                          "--set", f"aispendtrack_home={home}"], root)
+    return port, proc, home, key
 
 
 async def latency(port: int, raw: bytes, count: int) -> tuple[list[float], list[float]]:
@@ -108,9 +125,9 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def make_key(home: Path) -> str:
+def make_key(home: Path, root: Path = ROOT) -> str:
     out = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "keys", "create", "--name", "bench",
-                          "--json"], capture_output=True, text=True, check=True, cwd=ROOT)
+                          "--json"], capture_output=True, text=True, check=True, cwd=root, env=_env(root))
     return json.loads(out.stdout)["key"]
 
 
@@ -120,9 +137,7 @@ def count_rows(home: Path) -> int:
     return len(json.loads(out.stdout))
 
 
-def run(rounds: int, latency_count: int, load_count: int, connections: int) -> dict:
-    home = Path(tempfile.mkdtemp(prefix="aispendtrack-bench-"))
-    key = make_key(home)
+def run(rounds: int, latency_count: int, load_count: int, connections: int, previous: Path | None = None) -> dict:
     up_port = free_port()
     upstream = start([sys.executable, "-c", f"import asyncio; from bench import loopback; "
                                             f"asyncio.run(loopback.serve_upstream({up_port}))"])
@@ -130,20 +145,23 @@ def run(rounds: int, latency_count: int, load_count: int, connections: int) -> d
     for name, extra in BARE.items():
         port = free_port()
         targets[name] = (port, mitmdump(up_port, port, extra))
-    ours_port = free_port()
-    ours = mitmdump(up_port, ours_port, ["-s", str(ROOT / "addon" / "aispendtrack.py"),
-                                         "--set", f"aispendtrack_home={home}"])
+    ours_port, ours, home, key = start_ours(up_port, ROOT)
     procs = [proc for _, proc in targets.values()] + [ours]
+    before = start_ours(up_port, previous) if previous else None
+    if before is not None:
+        procs.append(before[1])
     sent_through_ours = 0
     results: dict = {}
     try:
-        for port, proc in [*targets.values(), (ours_port, ours)]:
+        for port, proc in [*targets.values(), (ours_port, ours), *([before[:2]] if before else [])]:
             wait_for_port(port, proc)
         time.sleep(1.0)  # let the addon load its keys
         for mode in ("plain", "stream"):
             # (name, port, extra headers, whether the client asks for stream usage)
             runs = [(name, port, {}, True) for name, (port, _) in targets.items()]
             runs += [(name, ours_port, {"x-aispendtrack-key": key}, asks) for name, asks in OURS[mode]]
+            if before is not None:
+                runs.append(("previous", before[0], {"x-aispendtrack-key": before[3]}, True))
             samples = {name: {"total": [], "first": [], "rps": [], "round_p50": []} for name, *_ in runs}
             for n in range(rounds):
                 # Alternate the order each round, and compare targets within a round: this machine's
@@ -205,6 +223,10 @@ def report(results: dict) -> bool:
             print(f"  {name:<16}{v['p50_ms']:>9.2f}{v['p99_ms']:>9.2f}{v['first_byte_p50_ms']:>10.2f}"
                   f"{v['added_p50_ms']:>11.2f}{v['rps']:>9.0f}")
         base = BASELINE[mode]
+        if "previous" in r:
+            delta, ratio = paired(r, "ours", "previous")
+            print(f"  ours vs previous (the --previous checkout), median of per-round differences: "
+                  f"p50 {delta:+.2f} ms; throughput {ratio:.0%}")
         for name, _ in OURS[mode]:
             delta, ratio = paired(r, name, base)
             lat_ok, rps_ok = delta <= 0.5, ratio >= 0.85
@@ -223,9 +245,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--previous", type=Path, metavar="DIR",
+                        help="also measure the addon of this checkout (an earlier commit), in the same rounds")
     args = parser.parse_args()
     counts = (2, 100, 300, 32) if args.quick else (10, 150, 600, 32)
-    results = run(*counts)
+    results = run(*counts, previous=args.previous.resolve() if args.previous else None)
     ok = report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
