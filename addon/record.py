@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from pricing import Price, PriceBook
+from pricing import UNPRICED, Price, PriceBook
 from pricing.usage import TokenUsage
 
 from .decoding import BodyDecoder, DecodeError
@@ -28,7 +28,6 @@ MAX_BUFFERED_BODY = 8 * 1024 * 1024
 _EDGE = 256 * 1024  # head and tail kept of a larger body: model sits near the start, usage at the end
 _SLICE = 1024 * 1024
 _MODEL_IN_HEAD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
-_NO_PRICE = Price(None, None)
 _NOTHING_BILLED = Price(Decimal(0), None)
 
 
@@ -38,7 +37,7 @@ def build_row(meter: CallMeter, book: PriceBook) -> dict:
         return _full_row(meter, book)
     except Exception:
         log.exception("could not read the usage of call %s; storing it without usage", meter.id)
-        row = _row(meter, Observed(), None, None, "none", _NO_PRICE)
+        row = _row(meter, Observed(), None, None, "none", UNPRICED)
         row["error"] = "usage unreadable: internal error"
         return row
 
@@ -53,7 +52,7 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     if usage is not None:
         price = book.price(usage, meter.provider.name, model, ts, observed.service_tier)
     else:
-        price = _NOTHING_BILLED if free and source == "none" else _NO_PRICE
+        price = _NOTHING_BILLED if free and source == "none" else UNPRICED
     return _row(meter, observed, model, usage, source, price)
 
 

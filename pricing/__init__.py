@@ -10,6 +10,7 @@ service tier whose rates nobody publishes: a priority call is not priced at the 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
@@ -20,8 +21,8 @@ from .listprices import data_source
 from .overrides import PriceFile, PriceFileError
 from .usage import TokenUsage
 
-__all__ = ["PATCH_FILE", "Price", "PriceBook", "PriceFile", "PriceFileError", "TokenUsage", "data_source",
-           "priced_tier"]
+__all__ = ["PATCH_FILE", "UNPRICED", "Price", "PriceBook", "PriceFile", "PriceFileError", "TokenUsage",
+           "data_source", "priced_tier"]
 
 log = logging.getLogger(__name__)
 PATCH_FILE = Path(__file__).with_name("patches.toml")
@@ -63,7 +64,8 @@ class PriceBook:
     def overrides(self) -> PriceFile:
         return self._overrides
 
-    def price(self, usage: TokenUsage, provider: str, model: str | None, at, service_tier: str | None = None) -> Price:
+    def price(self, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
+              service_tier: str | None = None) -> Price:
         """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...)."""
         if not model:
             return UNPRICED
@@ -74,7 +76,7 @@ class PriceBook:
                 return price
         return self._from_list(usage, provider, model, at, tier)
 
-    def _from_file(self, layer: PriceFile, usage: TokenUsage, provider: str, model: str, at,
+    def _from_file(self, layer: PriceFile, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
                    tier: str | None) -> Price | None:
         exact = layer.best_match(provider, model, at, tier)
         if exact is not None:
@@ -86,7 +88,7 @@ class PriceBook:
         # published discount, or no price at all (never the standard rate for a priority call).
         return self._scaled(standard.cost(usage), standard.source, provider, tier) or UNPRICED
 
-    def _from_list(self, usage: TokenUsage, provider: str, model: str, at, tier: str | None) -> Price:
+    def _from_list(self, usage: TokenUsage, provider: str, model: str, at: dt.datetime, tier: str | None) -> Price:
         ctx = listprices.context(tier)
         if tier is None or listprices.has_tier(provider, model, at, ctx):
             cost = listprices.cost(usage, provider, model, at, ctx)
