@@ -84,10 +84,10 @@ class AiSpendTrack:
     def running(self) -> None:
         if self.writer is not None:
             return
-        home = self.state.data_home()
         if self.book is None:  # options left at their defaults never triggered configure
             self.configure({"aispendtrack_home"})
         assert self.book is not None
+        home = self.state.data_home()
         self.state.providers[:] = all_providers(Counter(home / home_dir.CACHE_DIR / "tiktoken"))
         self.writer = Writer(
             home_dir.db_path(home), home / home_dir.SPILL_DIR, build_row=self._row, on_refresh=self._refresh,
