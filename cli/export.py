@@ -15,13 +15,14 @@ from addon.core.store import reading
 from addon.core.store import reports as report_rows
 
 from .options import selection_options
+from .output import out_option
 
 
 @click.command()
 @click.option("--format", "fmt", type=click.Choice(list(report_rows.EXPORT_FORMATS)), default="csv", show_default=True,
               help="json is one array; jsonl one object per line.")
 @selection_options
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write here instead of standard output.")
+@out_option("Write here instead of standard output.")
 @click.pass_obj
 def export(obj, fmt: str, selection, out: str | None) -> None:
     """Export calls (metadata only) in constant memory, whatever their number."""

@@ -127,9 +127,13 @@ def set_retention(obj, key_id: int, days: int | None, use_plan: bool) -> None:
 @click.argument("key_id", type=int)
 @click.pass_obj
 def revoke(obj, key_id: int) -> None:
-    """Revoke a key; a running proxy refuses it within 5 seconds."""
+    """Revoke a key; a running proxy refuses it within ~2 seconds."""
     with writing(obj.db) as con:
-        revoked_at = key_rows.revoke(con, key_id)
-    if revoked_at is None:
+        revoked = key_rows.revoke(con, key_id)
+    if revoked is None:
         raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+    revoked_at, now = revoked
+    if not now:
+        raise click.ClickException(f"Key {key_id} was already revoked (at {revoked_at:%Y-%m-%d %H:%M:%S %Z}); "
+                                   "nothing changed.")
     click.echo(f"Revoked key {key_id} (at {revoked_at:%Y-%m-%d %H:%M:%S %Z}).")

@@ -14,6 +14,8 @@ from addon.core import retention
 from addon.core.reports import parse_duration
 from addon.core.store.subjects import Subject, subject_from
 
+from .output import out_option
+
 
 def _duration(value: str | None) -> dt.timedelta | None:
     if value is None:
@@ -66,7 +68,7 @@ def _subject(customer: str | None, key: int | None) -> Subject:
 @gdpr.command("export")
 @click.option("--customer", help="The x-customer-id value.")
 @click.option("--key", type=int, help="The key id (see `aispendtrack keys list`).")
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="Write to this file instead of stdout.")
+@out_option("Write to this file instead of stdout.")
 @click.pass_obj
 def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
     """Everything stored about the subject, as one JSON document."""
@@ -79,6 +81,8 @@ def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
             counts = subject_requests.export(obj.db, spill, subject, f)
         click.echo(f"Wrote {out}: " + ", ".join(f"{n:,} {name.replace('_', ' ')}" for name, n in counts.items()),
                    err=True)
+    if not any(counts.values()):
+        click.echo(f"Nothing is stored about {subject.label()}.", err=True)
     if counts["unreadable_spill_files"]:
         raise click.ClickException(f"{counts['unreadable_spill_files']} spill file(s) under {spill} could not be "
                                    f"read and are not in the export; see the log.")

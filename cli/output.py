@@ -4,14 +4,48 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import click
 
 from addon.core.serialize import json_row
 
 FORMATS = ("table", "json", "csv")
+
+
+def out_option(help: str):
+    """``--out FILE``: refused before any work if its directory does not exist or is not writable."""
+    return click.option("--out", type=click.Path(dir_okay=False, writable=True), callback=_writable_target,
+                        help=help)
+
+
+def _writable_target(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    directory = Path(value).expanduser().resolve().parent
+    if not directory.is_dir():
+        raise click.BadParameter(f"the directory {directory} does not exist; create it first.")
+    if not os.access(directory, os.W_OK):
+        raise click.BadParameter(f"the directory {directory} is not writable.")
+    return value
+
+
+def check_port_free(host: str, port: int, flag: str) -> None:
+    """Fail before printing a banner or creating anything when the port is taken."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers themselves bind
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror or exc}): another "
+                                       f"process has it, perhaps a proxy already running. Choose another "
+                                       f"port with {flag} PORT.") from None
 
 
 def format_option(default: str = "table"):

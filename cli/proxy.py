@@ -16,6 +16,8 @@ from addon.core.plans import DEFAULT_PLAN
 from addon.core.store import keys as key_rows
 from addon.core.store import writing
 
+from .output import check_port_free
+
 
 def _setting_flags(command):
     """One click option per proxy setting that has a flag (addon/settings.py), in table order."""
@@ -55,6 +57,9 @@ def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None,
     """Run the metering proxy. Point your SDK's base_url at it."""
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
+    check_port_free(host, port, "--port")
+    if web_port:
+        check_port_free(host, web_port, "--web-port")
     _first_key(obj.db)
     if web_port:
         from web.server import serve_in_thread

@@ -47,11 +47,16 @@ def all_keys(con: duckdb.DuckDBPyConnection) -> list[dict]:
     return [dict(zip(_COLUMNS, values)) for values in cur.fetchall()]
 
 
-def revoke(con: duckdb.DuckDBPyConnection, key_id: int) -> dt.datetime | None:
-    """Revoke a key; returns when it was revoked (earlier revokes are kept), None if no such key."""
-    row = con.execute("UPDATE keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = ? RETURNING revoked_at",
-                      [key_id]).fetchone()
-    return row[0] if row else None
+def revoke(con: duckdb.DuckDBPyConnection, key_id: int) -> tuple[dt.datetime, bool] | None:
+    """Revoke a key: (when it was revoked, whether by this call; an earlier revoke is kept), or None
+    if there is no such key."""
+    row = con.execute("SELECT revoked_at FROM keys WHERE id = ?", [key_id]).fetchone()
+    if row is None:
+        return None
+    if row[0] is not None:
+        return row[0], False
+    (revoked_at,) = one(con.execute("UPDATE keys SET revoked_at = now() WHERE id = ? RETURNING revoked_at", [key_id]))
+    return revoked_at, True
 
 
 def count(con: duckdb.DuckDBPyConnection) -> int:

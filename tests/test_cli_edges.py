@@ -1,0 +1,67 @@
+"""Rough edges a new user hit: each answered with a clear message, no traceback, nothing half-done."""
+
+from __future__ import annotations
+
+import json
+import socket
+from decimal import Decimal
+
+import pytest
+from click.testing import CliRunner
+
+from addon.core.money import usd
+from cli.main import cli
+
+from .helpers import run_cli
+
+
+def _invoke(home, *args: str):
+    return CliRunner().invoke(cli, ["--home", str(home), *args])
+
+
+@pytest.fixture
+def taken_port():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
+
+
+@pytest.mark.parametrize("command,flag", [("proxy", "--port"), ("web", "--port"), ("proxy", "--web-port")])
+def test_a_port_in_use_is_named_before_anything_is_printed_or_created(tmp_path, taken_port, command, flag):
+    args = [command, flag, str(taken_port)] if flag != "--web-port" else [command, "--port", "0", flag,
+                                                                             str(taken_port)]
+    result = _invoke(tmp_path, *args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot listen on 127.0.0.1:{taken_port}" in result.output and f"with {flag} PORT" in result.output
+    assert "proxy on" not in result.output and "Web and API on" not in result.output
+    assert json.loads(run_cli(tmp_path, "keys", "list", "--json")) == []  # no key was created
+
+
+@pytest.mark.parametrize("args", [("export", "--out", "/no/such/dir/x.csv"),
+                                  ("gdpr", "export", "--customer", "acme", "--out", "/no/such/dir/x.json")])
+def test_an_out_file_in_a_missing_directory_is_refused_up_front(tmp_path, args):
+    result = _invoke(tmp_path, *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "the directory /no/such/dir does not exist; create it first." in result.output
+
+
+def test_a_gdpr_export_with_nothing_stored_says_so(tmp_path):
+    out = tmp_path / "acme.json"
+    result = _invoke(tmp_path, "gdpr", "export", "--customer", "nobody", "--out", str(out))
+    assert result.exit_code == 0 and "Nothing is stored about customer nobody." in result.output
+    assert json.loads(out.read_text())["subject"] == {"customer": "nobody"}
+
+
+def test_revoking_a_revoked_key_says_so_and_fails(tmp_path):
+    key_id = json.loads(run_cli(tmp_path, "keys", "create", "--name", "old", "--json"))["id"]
+    assert "Revoked key" in run_cli(tmp_path, "keys", "revoke", str(key_id))
+    again = _invoke(tmp_path, "keys", "revoke", str(key_id))
+    assert again.exit_code == 1 and f"Key {key_id} was already revoked" in again.output
+
+
+@pytest.mark.parametrize("amount,text", [(Decimal("0.005"), "$0.005"), (Decimal("0.0012"), "$0.0012"),
+                                         (Decimal("1234.5"), "$1,234.50"), (Decimal("0.00001"), "<$0.0001"),
+                                         (0, "$0"), (None, "unpriced"), (0.25, "$0.25")])
+def test_small_amounts_keep_their_digits(amount, text):
+    assert usd(amount) == text  # a $0.005 budget was announced as "$0.00"
