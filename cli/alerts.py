@@ -68,7 +68,14 @@ def list_alerts(obj, fmt: str = "table", as_json: bool = False, limit: int = 50)
     """What was sent, when, to where, and whether it arrived (newest first)."""
     with reading(obj.db) as con:
         rows = alert_rows.recent(con, limit)
-    emit(rows, "json" if as_json else fmt, [
+    fmt = "json" if as_json else fmt
+    if not rows and fmt == "table":
+        channels = _channels(obj.home)
+        click.echo("No alerts sent yet." + ("" if channels else (
+            f" No channels either: write {obj.home / notify.FILE_NAME} (email, Slack, webhook; the format is "
+            "in the README, \"Alert channels\"), then `aispendtrack alerts test --channel NAME`.")))
+        return
+    emit(rows, fmt, [
         ("SENT (UTC)", lambda r: r["sent_at"].strftime("%Y-%m-%d %H:%M"), "<"),
         ("KIND", lambda r: r["kind"], "<"), ("CHANNEL", lambda r: r["channel"], "<"),
         ("TO", lambda r: r["destination"], "<"),

@@ -65,3 +65,22 @@ def test_revoking_a_revoked_key_says_so_and_fails(tmp_path):
                                          (0, "$0"), (None, "unpriced"), (0.25, "$0.25")])
 def test_small_amounts_keep_their_digits(amount, text):
     assert usd(amount) == text  # a $0.005 budget was announced as "$0.00"
+
+
+def test_alerts_with_nothing_sent_and_no_channels_says_what_to_do(tmp_path):
+    result = _invoke(tmp_path, "alerts")
+    assert result.exit_code == 0 and "No alerts sent yet. No channels either" in result.output
+    assert str(tmp_path / "alerts.toml") in result.output
+
+
+def test_report_latencies_come_without_float_noise(tmp_path):
+    from addon.core.home import db_path
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    with writing(db_path(tmp_path)) as con:
+        call_rows.insert(con, [call_row(n, latency_ms=ms) for n, ms in enumerate((0.1, 0.2, 0.7, 79.2767))])
+    [model] = json.loads(run_cli(tmp_path, "report", "--since", "2026-11-25", "--format", "json"))
+    assert repr(model["p95_latency_ms"]) == repr(round(model["p95_latency_ms"], 3))
+    assert len(repr(model["p95_latency_ms"]).split(".")[1]) <= 3

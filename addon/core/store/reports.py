@@ -235,7 +235,8 @@ def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], condition: str | 
 
 def _group(row: dict) -> dict:
     quantiles = row.pop("latency_ms") or (None, None)
-    row["p50_latency_ms"], row["p95_latency_ms"] = quantiles
+    # Microseconds are the precision latencies are stored with; interpolation adds float noise.
+    row["p50_latency_ms"], row["p95_latency_ms"] = (None if q is None else round(q, 3) for q in quantiles)
     return row
 
 
