@@ -30,8 +30,8 @@ def _setting_flags(command):
             command = click.option(s.flag, s.name, default=s.default, show_default=True, help=s.help,
                                    type=click.IntRange(s.minimum, s.maximum))(command)
         elif s.type is str:
-            command = click.option(s.flag, s.name, default=_CLI_DEFAULTS.get(s.name, s.default),
-                                   show_default=bool(_CLI_DEFAULTS.get(s.name, s.default)), help=s.help)(command)
+            default = _CLI_DEFAULTS.get(s.name, s.default)
+            command = click.option(s.flag, s.name, default=default, show_default=bool(default), help=s.help)(command)
         else:  # Sequence[str]
             command = click.option(s.flag, s.name, multiple=True, metavar=s.metavar, help=s.help)(command)
     return command
