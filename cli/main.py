@@ -13,8 +13,7 @@ from pathlib import Path
 import click
 
 from addon.core import home as home_dir
-from addon.core.store import StoreBusy
-from addon.core.store.encryption import EncryptionError
+from addon.core.store import StoreError
 
 from . import admin, alerts, budgets, calls, config, export, keys, lifecycle, prices, proxy, report, reprice, web
 
@@ -29,12 +28,13 @@ class Context:
 
 
 class _Cli(click.Group):
-    """Turns the store's expected failures (file busy, encryption misconfigured) into one-line errors."""
+    """Turns the store's expected failures (file busy, encryption misconfigured, shared storage
+    unreachable...) into one-line errors."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (StoreBusy, EncryptionError) as exc:
+        except StoreError as exc:
             raise click.ClickException(str(exc)) from None
 
 

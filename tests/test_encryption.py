@@ -1,8 +1,7 @@
 """Encryption at rest, through the real proxy and CLI, checked on the file's raw bytes.
 
 Writing encrypted DuckDB files needs httpfs, which the registry ships for one DuckDB version
-(``aispendtrack[encryption]``). ``.ci/setup --test`` builds ``.venv-encryption`` with that pin;
-these tests run the proxy and CLI from whichever interpreter can load it.
+(``aispendtrack[encryption]``), the version the project pins: the test venv has it.
 """
 
 from __future__ import annotations
@@ -24,29 +23,18 @@ from .helpers import free_port
 REPO = Path(__file__).resolve().parent.parent
 KEY = "correct horse battery staple 42"
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-_CAN_WRITE = ("import duckdb; from addon.core.store.encryption import load_secure_crypto; "
-              "load_secure_crypto(duckdb.connect())")
-
-
-def _encrypting_python() -> str | None:
-    for candidate in (os.environ.get("AISPENDTRACK_ENCRYPTION_PYTHON"), sys.executable,
-                      str(REPO / ".venv-encryption" / "bin" / "python")):
-        if candidate and Path(candidate).exists() and subprocess.run(
-                [candidate, "-c", _CAN_WRITE], cwd=REPO, capture_output=True).returncode == 0:
-            return candidate
-    return None
-
-
-PYTHON = _encrypting_python()
-needs_httpfs = pytest.mark.skipif(PYTHON is None, reason="no interpreter here can load DuckDB's httpfs; "
-                                                         "run `bash .ci/setup --test` to build .venv-encryption")
+PYTHON = sys.executable
+needs_httpfs = pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import duckdb; from addon.core.store.extensions import load; "
+                    "load(duckdb.connect(), 'httpfs', 'test')"], cwd=REPO, capture_output=True).returncode != 0,
+    reason="DuckDB's httpfs cannot be loaded here: pip install -e '.[encryption]'")
 
 
 def cli(home: Path, *args: str, key: str | None = KEY, check: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AISPENDTRACK_ENCRYPTION")}
     if key is not None:
         env["AISPENDTRACK_ENCRYPTION_KEY"] = key
-    done = subprocess.run([PYTHON or sys.executable, "-m", "cli", "--home", str(home), *args], cwd=REPO, env=env,
+    done = subprocess.run([PYTHON, "-m", "cli", "--home", str(home), *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     if check:
         assert done.returncode == 0, done.stderr
@@ -117,9 +105,18 @@ def test_an_existing_database_can_be_encrypted_in_place(tmp_path):
 def test_without_httpfs_writing_encrypted_is_refused_with_the_ways_out(tmp_path, monkeypatch):
     import duckdb
 
-    from addon.core.store import encryption, writing
-    if subprocess.run([sys.executable, "-c", _CAN_WRITE], cwd=REPO, capture_output=True).returncode == 0:
-        pytest.skip("this interpreter has httpfs")
+    from addon.core.store import encryption, extensions, writing
+    # As on a machine without the package and without internet: DuckDB's own directory is empty,
+    # no package ships httpfs, and INSTALL cannot reach DuckDB's repository (there is none here).
+    monkeypatch.setattr(extensions, "packaged_path", lambda name: None)
+    real_connect = duckdb.connect
+
+    def connect_with_empty_extension_dir(*args, **kwargs):
+        con = real_connect(*args, **kwargs)
+        con.execute(f"SET extension_directory = '{tmp_path / 'no-extensions'}'")
+        con.execute("SET custom_extension_repository = 'http://127.0.0.1:9/'")
+        return con
+    monkeypatch.setattr(duckdb, "connect", connect_with_empty_extension_dir)
     monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", KEY)
     with pytest.raises(encryption.EncryptionError) as raised:
         with writing(tmp_path / "a.duckdb"):

@@ -17,7 +17,7 @@ from addon.core import home as home_dir
 from addon.core.budgets import with_spend
 from addon.core.reports import ReportError, Selection, parse_report, parse_selection
 from addon.core.serialize import json_row
-from addon.core.store import ReadTooLong, StoreBusy, reading
+from addon.core.store import ReadTooLong, StoreBusy, StoreError, reading
 from addon.core.store import reports as report_rows
 
 from .auth import Principal, authenticate, bearer, credential, session_principal
@@ -45,6 +45,11 @@ def _bad_request(exc: ReportError):
 @api.errorhandler(StoreBusy)
 def _busy(exc: StoreBusy):
     return jsonify(error={"code": "busy", "message": str(exc)}), 503
+
+
+@api.errorhandler(StoreError)
+def _unavailable(exc: StoreError):
+    return jsonify(error={"code": "storage_unavailable", "message": str(exc)}), 503
 
 
 @api.errorhandler(ReadTooLong)

@@ -13,5 +13,6 @@ replace this package without touching the proxy, the CLI or the web app.
 """
 
 from .connection import ReadTooLong, StoreBusy, reading, writing
+from .errors import StoreError
 
-__all__ = ["ReadTooLong", "StoreBusy", "reading", "writing"]
+__all__ = ["ReadTooLong", "StoreBusy", "StoreError", "reading", "writing"]

@@ -6,10 +6,9 @@ that opens the database (proxy, CLI, web) needs the same key.
 
 DuckDB reads encrypted files with its built-in crypto, but writes them securely only with the
 httpfs extension loaded (OpenSSL); without it DuckDB refuses, and we never fall back to its
-"unsafe" mode. httpfs is taken from DuckDB's own extension directory (after a one-time
-``INSTALL httpfs``) or from the ``duckdb-extension-httpfs`` wheel (``pip install
-'aispendtrack[encryption]'``, which pins DuckDB to that wheel's version). Nothing is downloaded
-at run time. See docs/security.md for the limits and the encrypted-volume alternative.
+"unsafe" mode. httpfs comes from ``extensions.py`` (DuckDB's own directory, the
+``duckdb-extension-httpfs`` package of ``pip install 'aispendtrack[encryption]'``, or ``INSTALL``).
+See docs/security.md for the limits and the encrypted-volume alternative.
 """
 
 from __future__ import annotations
@@ -19,12 +18,15 @@ from pathlib import Path
 
 import duckdb
 
+from . import extensions
+from .errors import StoreError
+
 ENV_KEY = "AISPENDTRACK_ENCRYPTION_KEY"
 ENV_KEY_FILE = "AISPENDTRACK_ENCRYPTION_KEY_FILE"
 MIN_KEY_LENGTH = 16
 
 
-class EncryptionError(RuntimeError):
+class EncryptionError(StoreError):
     """Encryption is configured but cannot be used as configured; the message says what to do."""
 
 
@@ -67,34 +69,7 @@ def attach_clause(key: str, read_only: bool) -> str:
 def load_secure_crypto(con: duckdb.DuckDBPyConnection) -> None:
     """Load httpfs so DuckDB writes encrypted files with OpenSSL; raise a clear error if we cannot."""
     try:
-        con.execute("LOAD httpfs")
-        return
-    except duckdb.Error:
-        pass
-    packaged = _packaged_httpfs()
-    if packaged is not None:
-        try:
-            con.execute(f"LOAD '{packaged}'")
-            return
-        except duckdb.Error as exc:
-            reason = str(exc).splitlines()[0]
-    else:
-        reason = "no httpfs extension is installed"
-    raise EncryptionError(
-        f"Writing an encrypted database needs DuckDB's httpfs extension, and {reason} (DuckDB "
-        f"{duckdb.__version__}). Install it with `pip install 'aispendtrack[encryption]'`, or run "
-        f"`INSTALL httpfs` once in DuckDB on a machine with internet, or leave {ENV_KEY} unset and "
-        f"put the data directory on an encrypted volume.")
-
-
-def _packaged_httpfs() -> Path | None:
-    try:
-        import duckdb_extension_httpfs
-    except ImportError:
-        return None
-    root = Path(duckdb_extension_httpfs.__file__).parent
-    wanted = f"v{duckdb.__version__}"
-    for candidate in root.rglob("httpfs.duckdb_extension"):
-        if candidate.parent.name == wanted:
-            return candidate
-    return None
+        extensions.load(con, "httpfs", "Writing an encrypted database")
+    except extensions.ExtensionMissing as exc:
+        raise EncryptionError(f"{exc} Or leave {ENV_KEY} unset and put the data directory on an "
+                              f"encrypted volume.") from None

@@ -11,6 +11,7 @@ from decimal import Decimal
 import duckdb
 
 from ..reports import ReportSpec, Selection
+from . import batch
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS
 from .connection import one
 
@@ -163,15 +164,15 @@ def apply_reprice(con: duckdb.DuckDBPyConnection, changes: list[tuple[uuid.UUID,
     """Set new costs, keeping the old cost and its price source in previous_*."""
     if not changes:
         return
-    ids, costs, sources = (list(column) for column in zip(*changes))
+    columns = [("id", "UUID"), ("cost", COST_TYPE), ("source", "VARCHAR")]
+    rows = [dict(zip(("id", "cost", "source"), change, strict=True)) for change in changes]
     con.execute(f"""
         UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
                          cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
                          repriced_at = now()
-        FROM (SELECT unnest(?::UUID[]) AS id, unnest(?::{COST_TYPE}[]) AS cost,
-                     unnest(?::VARCHAR[]) AS source) n
+        FROM ({batch.select(columns)}) n
         WHERE calls.id = n.id
-    """, [ids, costs, sources])
+    """, [batch.param(columns, rows)])
 
 
 def _dimension_sql(dimension: str, local_time: str) -> str:

@@ -1,0 +1,5 @@
+"""The store's expected failures: each message says what to do, and callers show it as one line."""
+
+
+class StoreError(RuntimeError):
+    """Storage cannot be used as configured right now; ``str()`` is the whole explanation."""
