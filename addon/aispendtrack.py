@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import zoneinfo
 
 from mitmproxy import ctx, exceptions, http
@@ -34,12 +35,14 @@ from addon.core.plans import limits_for
 from addon.core.store import budgets as budget_rows
 from addon.core.store import calls as call_rows
 from addon.core.store import keys as key_rows
+from addon.core.store import shared
 from addon.estimate import Counter
 from addon.gate import Gate
 from addon.meter import CallMeter
 from addon.providers import all_providers
 from addon.quotas import Quotas
 from addon.record import build_row
+from addon.shared_counters import SharedCounters
 from addon.state import ADMITTED, Admission, ProxyState
 from addon.writer import Writer
 from pricing import PriceBook, PriceFileError
@@ -61,6 +64,7 @@ class AiSpendTrack:
         self.watch = failures.UpstreamWatch()
         self.inject_usage = True
         self._in_flight: dict[str, http.HTTPFlow] = {}  # calls with a meter, until response or error
+        self._home_lock: int | None = None
         failures.install()
 
     def load(self, loader) -> None:
@@ -76,10 +80,25 @@ class AiSpendTrack:
             if self.writer is not None:
                 raise exceptions.OptionsError("aispendtrack_home cannot change while the proxy runs; restart it.")
             self.state.home = None
+            self._claim_home()
             try:  # a bad override file stops the start, with the file's own error message
                 self.book = PriceBook(self.state.data_home() / PRICES_FILE)
             except PriceFileError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
+
+    def _claim_home(self) -> None:
+        """One proxy per data directory (home.claim); the lock is held until done() or exit."""
+        self._release_home()
+        listening = f"{ctx.options.listen_host or '0.0.0.0'}:{ctx.options.listen_port or 8080}"
+        try:
+            self._home_lock = home_dir.claim(self.state.data_home(), listening)
+        except home_dir.HomeInUse as exc:
+            raise exceptions.OptionsError(str(exc)) from None
+
+    def _release_home(self) -> None:
+        if self._home_lock is not None:
+            os.close(self._home_lock)
+            self._home_lock = None
 
     def running(self) -> None:
         if self.writer is not None:
@@ -89,16 +108,22 @@ class AiSpendTrack:
         assert self.book is not None
         home = self.state.data_home()
         self.state.providers[:] = all_providers(Counter(home / home_dir.CACHE_DIR / "tiktoken"))
+        cfg = shared.configured()
+        if cfg is not None:
+            self.state.counters = SharedCounters(cfg, self.state)
+            self.state.budgets.shared = True
         self.writer = Writer(
             home_dir.db_path(home), home / home_dir.SPILL_DIR, build_row=self._row, on_refresh=self._refresh,
-            flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed)
+            flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,
+            sync=self.state.counters.sync_budgets if self.state.counters else None)
         self.writer.load_keys_now()
         self.writer.start()
         self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,
                                    interval=max(1, ctx.options.aispendtrack_alert_interval_s),
                                    purge_interval=ctx.options.aispendtrack_purge_interval_s)
         self.evaluator.start()
-        log.info("AiSpendTrack: data in %s, %d active keys", home, len(self.state.keyring))
+        log.info("AiSpendTrack: data in %s, %d active keys%s", home, len(self.state.keyring),
+                 f", shared storage at {cfg.where}" if cfg else "")
 
     def _row(self, item) -> dict:
         """On the writer thread: a finished call's row (or one already built), counted against budgets."""
@@ -126,6 +151,8 @@ class AiSpendTrack:
             self._zone_warned = stored
             log.warning("quota_tz is now %s in the database; this proxy counts quotas and budgets in %s until "
                         "it is restarted", stored.key, state.limiter.zone.key)
+        if state.counters is not None:
+            state.counters.seed(con, now)
         if not self._seeded:
             zone = state.limiter.zone
             state.limiter.seed(call_rows.counts_since(con, hour_start(now), month_start(now, zone)), now)
@@ -138,6 +165,9 @@ class AiSpendTrack:
             self._record_in_flight()
             self.writer.stop()
             self.writer = None
+        if self.state.counters is not None:
+            self.state.counters.close()
+        self._release_home()
 
     def _record_in_flight(self) -> None:
         """Calls still open at shutdown get their row now: their response or error hook may come

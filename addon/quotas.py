@@ -8,6 +8,7 @@ spent, is answered 429 with ``retry-after`` here and goes no further. The counts
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Coroutine
 
 from mitmproxy import ctx, exceptions, http
 
@@ -41,19 +42,32 @@ class Quotas:
         if zone != self.state.limiter.zone:
             self.state.limiter, self.state.budgets = Limiter(zone), BudgetTracker(zone)
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[None, None, None] | None:
+        """Refuse the call if a budget or limit says so. A limited key in the shared mode needs a
+        round-trip to PostgreSQL: then this returns a coroutine, which mitmproxy awaits before the
+        next addon sees the call; every other call is decided here, with no await."""
         admitted: Admission | None = flow.metadata.get(ADMITTED)
         if admitted is None or flow.response is not None:
-            return
+            return None
         now = dt.datetime.now(dt.UTC)
         over_budget = self.state.budgets.blocked(admitted.key_id, admitted.customer_id, admitted.feature, now)
         if over_budget is not None:
             refusals.budget_exceeded(flow, admitted.provider, over_budget, now)
-        else:
-            refusal = self.state.limiter.admit(admitted.key_id, now)
-            if refusal is not None:
-                refusals.limit_reached(flow, admitted.provider, admitted.key_id, refusal)
-        if flow.response is not None:
+            del flow.metadata[ADMITTED]
+            return None
+        counters = self.state.counters
+        if counters is not None and self.state.limiter.limits_of(admitted.key_id) is not None:
+            return self._admit_shared(flow, admitted, counters, now)
+        self._limit(flow, admitted, self.state.limiter.admit(admitted.key_id, now))
+        return None
+
+    async def _admit_shared(self, flow: http.HTTPFlow, admitted: Admission, counters, now: dt.datetime) -> None:
+        self._limit(flow, admitted, await counters.admit(admitted.key_id, now))
+
+    @staticmethod
+    def _limit(flow: http.HTTPFlow, admitted: Admission, refusal) -> None:
+        if refusal is not None:
+            refusals.limit_reached(flow, admitted.provider, admitted.key_id, refusal)
             del flow.metadata[ADMITTED]
 
 

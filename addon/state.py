@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mitmproxy import ctx
 
@@ -18,6 +19,9 @@ from .core.budgets import BudgetTracker
 from .core.keys import KeyRing
 from .core.limits import Limiter
 from .providers import Provider, all_providers
+
+if TYPE_CHECKING:
+    from .shared_counters import SharedCounters
 
 ADMITTED = "aispendtrack.admitted"  # flow.metadata key of an Admission
 
@@ -42,6 +46,8 @@ class ProxyState:
     # Replaced when the proxy starts by providers that can count tokens (aispendtrack.py).
     providers: list[Provider] = field(default_factory=lambda: all_providers(None))
     home: Path | None = None
+    # Shared mode only (shared_counters.py): limits and budgets over all replicas.
+    counters: SharedCounters | None = None
 
     def data_home(self) -> Path:
         """The data directory, from the aispendtrack_home option (resolved once)."""

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import duckdb
 
-from .core.store import calls
+from .core.store import calls, shared
 from .core.store.connection import writing
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,17 @@ class Writer(threading.Thread):
     def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict],
                  on_refresh: Callable[[object], None], flush_interval: float = 1.0,
                  key_refresh: float = 2.0, spill_after_rows: int = 10_000, spill_after_seconds: float = 30.0,
-                 on_cycle: Callable[[], None] | None = None, max_pending: int = 500_000):
+                 on_cycle: Callable[[], None] | None = None, max_pending: int = 500_000,
+                 sync: Callable[[], None] | None = None, sync_interval: float = 0.25):
         super().__init__(name="aispendtrack-writer", daemon=True)
         self.db_path, self.spill_dir = db_path, spill_dir
+        cfg = shared.configured()
+        self.where = f"the shared storage at {cfg.where}" if cfg else str(db_path)  # for log lines
         # on_refresh(connection) reloads what the request path keeps in memory (keys, limits).
         self.build_row, self.on_refresh, self.on_cycle = build_row, on_refresh, on_cycle
+        # Shared mode: sync() sends this replica's budget spend and fetches everyone's, every
+        # sync_interval, between flushes, so a budget crossed on one replica blocks all within 1 s.
+        self.sync, self.sync_interval = sync, sync_interval
         self.flush_interval, self.key_refresh = flush_interval, key_refresh
         self.spill_after_rows, self.spill_after_seconds = spill_after_rows, spill_after_seconds
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -59,7 +65,10 @@ class Writer(threading.Thread):
         self._stopping = threading.Event()
         self._keys_due = 0.0
         self._failing_since: float | None = None
-        self._last_warning = -1e9
+        self._last_warning = self._last_sync_warning = -1e9
+        # After a failed write, whether the rows were stored is unknown (a commit that failed to
+        # answer may have landed, above all on a remote catalog): the retry skips stored ids.
+        self._uncertain = False
         self._spill_retry_at = 0.0
         self._last_drop_log = -1e9
         self._spill_seq = 0
@@ -79,9 +88,27 @@ class Writer(threading.Thread):
         self._keys_due = time.monotonic() + self.key_refresh
 
     def run(self) -> None:
+        next_flush = time.monotonic() + self.flush_interval
         while not self._stopping.is_set():
-            self._stopping.wait(self.flush_interval)
-            self.cycle(lock_timeout=0.2)
+            if self.sync is None:
+                self._stopping.wait(self.flush_interval)
+            else:
+                self._stopping.wait(max(0.0, min(self.sync_interval, next_flush - time.monotonic())))
+                self._drain()
+                self._sync()
+            if self.sync is None or time.monotonic() >= next_flush:
+                self.cycle(lock_timeout=0.2)
+                next_flush = time.monotonic() + self.flush_interval
+
+    def _sync(self) -> None:
+        assert self.sync is not None
+        try:
+            self.sync()
+        except Exception as exc:  # the shared store is away: the local counts go on, the next tick retries
+            if time.monotonic() - self._last_sync_warning > 30:
+                self._last_sync_warning = time.monotonic()
+                log.warning("cannot share budget spend (%s: %s); each replica counts its own until it can",
+                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Flush everything; whatever the database will not take now goes to a spill file."""
@@ -106,19 +133,23 @@ class Writer(threading.Thread):
                     for path in spills:
                         self._replay(con, path)
                     if self._pending:
-                        self._store(con, self._pending)
+                        self._store(con, self._pending, skip_existing=self._uncertain)
+                        self._uncertain = False
                 finally:  # after the rows (new budgets are seeded from them), and even if they failed
                     if keys_due:
                         self._refresh(con)
+            if self._failing_since is not None:
+                log.info("writing to %s again after %.0f s", self.where, time.monotonic() - self._failing_since)
             self._failing_since = None
-        except Exception as exc:  # locked, read-only, disk full...: keep the rows, try again
+        except Exception as exc:  # locked, read-only, disk full, storage away...: keep the rows, try again
+            self._uncertain = True
             self._on_failure(exc)
 
     def _refresh(self, con) -> None:
         try:
             self.on_refresh(con)
         except Exception:  # the next cycle tries again; rows are written meanwhile
-            log.exception("could not refresh keys, limits and budgets from %s", self.db_path)
+            log.exception("could not refresh keys, limits and budgets from %s", self.where)
             return
         self._keys_due = time.monotonic() + self.key_refresh
 
@@ -167,7 +198,7 @@ class Writer(threading.Thread):
         self._failing_since = self._failing_since or now
         if now - self._last_warning > 30:
             self._last_warning = now
-            log.warning("cannot write %s (%s: %s); %d rows kept and retried", self.db_path,
+            log.warning("cannot write %s (%s: %s); %d rows kept and retried", self.where,
                         type(exc).__name__, str(exc).splitlines()[0][:200], len(self._pending))
         if (len(self._pending) >= self.spill_after_rows
                 or self._pending and now - self._failing_since >= self.spill_after_seconds):

@@ -16,6 +16,7 @@ from addon.core import home as home_dir
 from addon.core.store import StoreError
 
 from . import admin, alerts, budgets, calls, config, export, keys, lifecycle, prices, proxy, report, reprice, web
+from .options import add_storage_options
 
 
 @dataclass
@@ -62,3 +63,4 @@ cli.add_command(web.web)
 cli.add_command(lifecycle.purge)
 cli.add_command(lifecycle.gdpr)
 cli.add_command(config.config)
+add_storage_options(cli)

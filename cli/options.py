@@ -1,12 +1,14 @@
-"""Options shared by report, export and reprice: which calls (time range and filters)."""
+"""Options shared by several commands: which calls (report, export, reprice); shared storage (all)."""
 
 from __future__ import annotations
 
 import functools
+import os
 
 import click
 
 from addon.core.reports import ReportError, parse_selection
+from addon.core.store import shared
 
 
 def selection_options(command):
@@ -34,3 +36,27 @@ def selection_options(command):
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def _set_env(name: str):
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            os.environ[name] = value  # read by the store in this process and any it starts
+    return callback
+
+
+def add_storage_options(group: click.Group) -> None:
+    """--catalog and --data-path on every command (shared mode, docs/deploy.md), defined once here.
+    They set the environment variables the store reads, so they mean the same as those."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            add_storage_options(command)
+            continue
+        command.params += [
+            click.Option(["--catalog"], expose_value=False, is_eager=True, callback=_set_env(shared.ENV_CATALOG),
+                         metavar="URL", help=f"Shared mode: the PostgreSQL catalog, postgresql://user@host:5432/db "
+                                             f"[env {shared.ENV_CATALOG}]."),
+            click.Option(["--data-path"], expose_value=False, is_eager=True, callback=_set_env(shared.ENV_DATA_PATH),
+                         metavar="DIR|s3://...", help=f"Shared mode: where the lake's files go, needed when the "
+                                                      f"catalog is first created [env {shared.ENV_DATA_PATH}]."),
+        ]

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from addon import settings
+from addon.core import home as home_dir
 from addon.core import keys as keygen
 from addon.core.plans import DEFAULT_PLAN
 from addon.core.store import keys as key_rows
@@ -57,6 +58,10 @@ def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None,
     """Run the metering proxy. Point your SDK's base_url at it."""
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
+    try:
+        home_dir.check_free(obj.home)
+    except home_dir.HomeInUse as exc:
+        raise click.ClickException(str(exc)) from None
     check_port_free(host, port, "--port")
     if web_port:
         check_port_free(host, web_port, "--web-port")

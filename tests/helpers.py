@@ -106,13 +106,13 @@ class Proxy:
 
 
 def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
-                flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = ()) -> Proxy:
+                flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = (), port: int | None = None) -> Proxy:
     if key is None:
         created = json.loads(run_cli(home, "keys", "create", "--name", "tests", "--json"))
         key, key_id = created["key"], created["id"]
     else:
         key_id = json.loads(run_cli(home, "keys", "list", "--json"))[0]["id"]
-    port = free_port()
+    port = port or free_port()
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
@@ -180,3 +180,66 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@dataclass
+class Endpoint:
+    """A URL that speaks for proxies (a load balancer), called with a key like a Proxy."""
+
+    url: str
+    key: str
+
+    def openai(self, **kwargs) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="sk-test-key", max_retries=0,
+                             default_headers={"x-aispendtrack-key": self.key}, **kwargs)
+
+
+LOAD_CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Load:
+    """Clients calling as fast as they can, each call with its own tag; remembers which completed, and when.
+    ``proxy`` is anything with ``openai()``: a Proxy, or an Endpoint (a load balancer)."""
+
+    def __init__(self, proxy, threads: int = 8):
+        self.proxy, self.completed, self.failed = proxy, {}, 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _run(self, n: int) -> None:
+        client = self.proxy.openai(timeout=10)
+        while not self._stop.is_set():
+            tag = f"load-{uuid.uuid4().hex[:16]}"
+            try:
+                if n % 2:
+                    with client.chat.completions.create(**LOAD_CHAT, stream=True,
+                                                        stream_options={"include_usage": True},
+                                                        extra_headers={"x-customer-id": tag}) as stream:
+                        for _ in stream:
+                            pass
+                else:
+                    client.chat.completions.create(**LOAD_CHAT, extra_headers={"x-customer-id": tag})
+            except (openai.APIError, OSError):
+                with self._lock:
+                    self.failed += 1
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                self.completed[tag] = time.monotonic()
+
+    def wait_for(self, calls: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.completed) < calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.completed) >= calls, f"only {len(self.completed)} calls completed"

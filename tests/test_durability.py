@@ -4,63 +4,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 import time
-import uuid
 from pathlib import Path
 
-import openai
 import pytest
 
-from .helpers import run_cli, start_proxy
-
-CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-
-
-class Load:
-    """Clients calling as fast as they can, each call with its own tag; remembers which completed, and when."""
-
-    def __init__(self, proxy, threads: int = 8):
-        self.proxy, self.completed, self.failed = proxy, {}, 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(30)
-
-    def _run(self, n: int) -> None:
-        client = self.proxy.openai(timeout=10)
-        while not self._stop.is_set():
-            tag = f"load-{uuid.uuid4().hex[:16]}"
-            try:
-                if n % 2:
-                    with client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True},
-                                                        extra_headers={"x-customer-id": tag}) as stream:
-                        for _ in stream:
-                            pass
-                else:
-                    client.chat.completions.create(**CHAT, extra_headers={"x-customer-id": tag})
-            except (openai.APIError, OSError):
-                with self._lock:
-                    self.failed += 1
-                time.sleep(0.05)
-                continue
-            with self._lock:
-                self.completed[tag] = time.monotonic()
-
-    def wait_for(self, calls: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.completed) < calls and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(self.completed) >= calls, f"only {len(self.completed)} calls completed"
+from .helpers import Load, run_cli, start_proxy
 
 
 def stored_tags(home: Path) -> list[str]:

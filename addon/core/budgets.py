@@ -76,13 +76,12 @@ def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[dict]:
     return rows
 
 
-
-
-
-
 class BudgetTracker:
     def __init__(self, zone: zoneinfo.ZoneInfo):
         self.zone = zone
+        # Shared mode: spend recorded here but not yet added to the shared totals (take_unsynced).
+        self.shared = False
+        self._unsynced: dict[int, Decimal] = {}
         self._lock = threading.Lock()
         self._budgets: dict[int, Budget] = {}
         self._blocking: list[Budget] = []  # checked on every call: usually empty
@@ -116,6 +115,44 @@ class BudgetTracker:
                     spend = self._spend.setdefault(budget.id, [Decimal(0), Decimal(0)])
                     spend[0] += cost
                     spend[1] += cost
+                    if self.shared:
+                        self._unsynced[budget.id] = self._unsynced.get(budget.id, Decimal(0)) + cost
+
+    def has_budgets(self) -> bool:
+        return bool(self._budgets)
+
+    def budgets(self) -> list[Budget]:
+        return list(self._budgets.values())
+
+    def periods(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+        """(this day, this month) in the budgets' zone."""
+        with self._lock:
+            self._roll(now)
+            return self._day, self._month
+
+    def take_unsynced(self, now: dt.datetime) -> tuple[dict[int, Decimal], dt.datetime, dt.datetime]:
+        """Shared mode: the spend recorded since the last call, and the day and month it belongs to."""
+        with self._lock:
+            self._roll(now)
+            taken, self._unsynced = self._unsynced, {}
+            return taken, self._day, self._month
+
+    def give_back(self, unsynced: dict[int, Decimal]) -> None:
+        """The shared totals could not be updated: keep the spend for the next try."""
+        with self._lock:
+            for budget_id, amount in unsynced.items():
+                self._unsynced[budget_id] = self._unsynced.get(budget_id, Decimal(0)) + amount
+
+    def set_spend(self, totals: dict[int, tuple[Decimal, Decimal]], day: dt.datetime) -> None:
+        """Shared mode: the totals of all replicas for ``day`` (and its month) replace ours, plus what
+        this replica recorded since it last sent its spend."""
+        with self._lock:
+            if day != self._day:  # the day rolled over while we asked: the next sync gets the new one
+                return
+            for budget_id, (today, month) in totals.items():
+                if budget_id in self._budgets:
+                    pending = self._unsynced.get(budget_id, Decimal(0))
+                    self._spend[budget_id] = [today + pending, month + pending]
 
     def blocked(self, key_id: int | None, customer_id: str | None, feature: str | None,
                 now: dt.datetime) -> BudgetRefusal | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -36,3 +38,57 @@ def _make_private(home: Path) -> None:
 
 def db_path(home: Path) -> Path:
     return home / DB_FILE
+
+
+LOCK_FILE = "proxy.lock"
+
+
+class HomeInUse(RuntimeError):
+    """Another proxy already runs on this data directory; the message names it and the way out."""
+
+
+def claim(home: Path, listening: str) -> int:
+    """Make this process the one proxy of ``home``: an exclusive lock held until the process ends.
+
+    Two proxies on one directory would each count limits and budgets alone (a limit of 130 let
+    186 calls through) and take turns at the file. Returns the lock's file descriptor, to keep open.
+    The lock is the kernel's (flock), so a proxy that dies, even by kill -9, releases it."""
+    path = home / LOCK_FILE
+    # Held open read-only: a file open for writing would keep the volume from being remounted.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise HomeInUse(_in_use_message(home, path)) from None
+    try:  # who holds it, for the message a second proxy prints; the lock works without it
+        path.write_text(json.dumps({"pid": os.getpid(), "listening": listening}), encoding="utf-8")
+    except OSError:
+        pass
+    return fd
+
+
+def check_free(home: Path) -> None:
+    """Raise HomeInUse if a proxy runs on ``home`` now (the CLI asks before it prints anything)."""
+    path = home / LOCK_FILE
+    if not path.exists():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise HomeInUse(_in_use_message(home, path)) from None
+    finally:
+        os.close(fd)
+
+
+def _in_use_message(home: Path, path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        who = f"process {holder['pid']}, listening on {holder['listening']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        who = "another process"
+    return (f"Another AiSpendTrack proxy already runs on {home} ({who}). One data directory takes one proxy: "
+            f"a second would count limits and budgets apart from the first. Stop it first, or run several "
+            f"proxies as one: give each its own --home and share storage with --catalog/--data-path "
+            f"(README, \"Running several proxies\").")

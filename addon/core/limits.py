@@ -32,12 +32,6 @@ class Refusal:
         return seconds_until(self.resets_at, now)
 
 
-
-
-
-
-
-
 class Limiter:
     def __init__(self, zone: zoneinfo.ZoneInfo):
         self.zone = zone
@@ -60,6 +54,14 @@ class Limiter:
             self._hour_counts = {k: hour for k, (hour, _) in counts.items()}
             self._month_counts = {k: month for k, (_, month) in counts.items()}
 
+    def limits_of(self, key_id: int) -> Limits | None:
+        """The key's limits, None when it has neither an hourly limit nor a monthly quota."""
+        limits = self._limits.get(key_id)
+        return limits if limits is not None and (limits.per_hour is not None or limits.per_month is not None) else None
+
+    def limited_keys(self) -> list[int]:
+        return [key_id for key_id in self._limits if self.limits_of(key_id) is not None]
+
     def admit(self, key_id: int, now: dt.datetime) -> Refusal | None:
         """Count the call if it is within the key's limits; otherwise say which limit it hit."""
         limits = self._limits.get(key_id)
@@ -67,14 +69,35 @@ class Limiter:
             self._roll(now)
             hour_used = self._hour_counts.get(key_id, 0)
             month_used = self._month_counts.get(key_id, 0)
-            if limits is not None:
-                if limits.per_month is not None and month_used >= limits.per_month:
-                    return Refusal("per-month", limits.per_month, month_used, self._month_end)
-                if limits.per_hour is not None and hour_used >= limits.per_hour:
-                    return Refusal("per-hour", limits.per_hour, hour_used, self._hour + dt.timedelta(hours=1))
-            self._hour_counts[key_id] = hour_used + 1
-            self._month_counts[key_id] = month_used + 1
+            refusal = self._refusal(limits, hour_used, month_used)
+            if refusal is None:
+                self._hour_counts[key_id] = hour_used + 1
+                self._month_counts[key_id] = month_used + 1
+            return refusal
+
+    def periods(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+        """(this hour, this month) as the counters count them."""
+        with self._lock:
+            self._roll(now)
+            return self._hour, self._month
+
+    def observe(self, key_id: int, hour_used: int, month_used: int, now: dt.datetime) -> Refusal | None:
+        """Take the counts kept elsewhere (all replicas, in shared storage) as this key's, so that if
+        that storage goes away the local count goes on from there. Returns the refusal those counts
+        mean for one more call, if any."""
+        with self._lock:
+            self._roll(now)
+            self._hour_counts[key_id], self._month_counts[key_id] = hour_used, month_used
+            return self._refusal(self._limits.get(key_id), hour_used, month_used)
+
+    def _refusal(self, limits: Limits | None, hour_used: int, month_used: int) -> Refusal | None:
+        if limits is None:
             return None
+        if limits.per_month is not None and month_used >= limits.per_month:
+            return Refusal("per-month", limits.per_month, month_used, self._month_end)
+        if limits.per_hour is not None and hour_used >= limits.per_hour:
+            return Refusal("per-hour", limits.per_hour, hour_used, self._hour + dt.timedelta(hours=1))
+        return None
 
     def _roll(self, now: dt.datetime) -> None:
         if now - self._hour >= dt.timedelta(hours=1):

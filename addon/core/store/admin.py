@@ -4,28 +4,28 @@ from __future__ import annotations
 
 import duckdb
 
-from .connection import one
+from .connection import control, one
 
 
 def add(con: duckdb.DuckDBPyConnection, name: str, token_hash: str) -> int:
-    (token_id,) = one(con.execute(
+    (token_id,) = one(control(con).execute(
         "INSERT INTO admin_tokens (name, token_hash, created_at) VALUES (?, ?, now()) RETURNING id",
         [name, token_hash]))
     return token_id
 
 
 def is_active(con: duckdb.DuckDBPyConnection, token_hash: str) -> bool:
-    return one(con.execute("SELECT count(*) FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+    return one(control(con).execute("SELECT count(*) FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
                        [token_hash]))[0] > 0
 
 
 def listing(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    cur = con.execute("SELECT id, name, created_at, revoked_at FROM admin_tokens ORDER BY id")
+    cur = control(con).execute("SELECT id, name, created_at, revoked_at FROM admin_tokens ORDER BY id")
     return [dict(zip(("id", "name", "created_at", "revoked_at"), row)) for row in cur.fetchall()]
 
 
 def revoke(con: duckdb.DuckDBPyConnection, token_id: int) -> str | None:
     """Revoke a token; its hash, or None when there is no such token or it was revoked already."""
-    found = con.execute("UPDATE admin_tokens SET revoked_at = now() WHERE id = ? AND revoked_at IS NULL "
+    found = control(con).execute("UPDATE admin_tokens SET revoked_at = now() WHERE id = ? AND revoked_at IS NULL "
                         "RETURNING token_hash", [token_id]).fetchone()
     return found[0] if found else None

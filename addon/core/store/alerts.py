@@ -6,21 +6,23 @@ import datetime as dt
 
 import duckdb
 
+from .connection import control
+
 _COLUMNS = ("id", "sent_at", "kind", "subject", "channel", "destination", "delivered", "error")
 
 
 def record(con: duckdb.DuckDBPyConnection, sent_at: dt.datetime, kind: str, subject: str, channel: str,
            destination: str, delivered: bool, error: str | None, dedupe_key: str | None = None) -> None:
-    con.execute("INSERT INTO alerts (sent_at, kind, subject, channel, destination, delivered, error, dedupe_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [sent_at, kind, subject, channel, destination, delivered, error, dedupe_key])
+    control(con).execute(
+        "INSERT INTO alerts (sent_at, kind, subject, channel, destination, delivered, error, dedupe_key) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [sent_at, kind, subject, channel, destination, delivered, error, dedupe_key])
 
 
 def already_sent(con: duckdb.DuckDBPyConnection, dedupe_keys: list[str]) -> set[str]:
     if not dedupe_keys:
         return set()
-    cur = con.execute("SELECT DISTINCT dedupe_key FROM alerts WHERE dedupe_key IN (SELECT unnest(?::VARCHAR[]))",
-                      [dedupe_keys])
+    cur = control(con).execute(
+        "SELECT DISTINCT dedupe_key FROM alerts WHERE dedupe_key IN (SELECT unnest(?::VARCHAR[]))", [dedupe_keys])
     return {key for (key,) in cur.fetchall()}
 
 
@@ -35,5 +37,6 @@ def hourly_spend(con: duckdb.DuckDBPyConnection, since: dt.datetime, scope_colum
 
 
 def recent(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict]:
-    cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM alerts ORDER BY sent_at DESC, id DESC LIMIT ?", [limit])
+    cur = control(con).execute(f"SELECT {', '.join(_COLUMNS)} FROM alerts ORDER BY sent_at DESC, id DESC LIMIT ?",
+                               [limit])
     return [dict(zip(_COLUMNS, row)) for row in cur.fetchall()]

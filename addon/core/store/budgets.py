@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import duckdb
 
-from .connection import one
+from .connection import control, one
 
 _COLUMNS = ("id", "scope", "scope_value", "daily_usd", "monthly_usd", "block")
 _SCOPE_COLUMN = {"key": "CAST(key_id AS VARCHAR)", "customer": "customer_id", "feature": "feature"}
@@ -16,19 +16,19 @@ _SCOPE_COLUMN = {"key": "CAST(key_id AS VARCHAR)", "customer": "customer_id", "f
 def upsert(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, daily: Decimal | None,
            monthly: Decimal | None, block: bool) -> int:
     """One budget per scope: setting it again replaces it."""
-    con.execute("DELETE FROM budgets WHERE scope = ? AND scope_value IS NOT DISTINCT FROM ?", [scope, value])
-    (budget_id,) = one(con.execute(
+    control(con).execute("DELETE FROM budgets WHERE scope = ? AND scope_value IS NOT DISTINCT FROM ?", [scope, value])
+    (budget_id,) = one(control(con).execute(
         "INSERT INTO budgets (scope, scope_value, daily_usd, monthly_usd, block, created_at) "
         "VALUES (?, ?, ?, ?, ?, now()) RETURNING id", [scope, value, daily, monthly, block]))
     return budget_id
 
 
 def delete(con: duckdb.DuckDBPyConnection, budget_id: int) -> bool:
-    return con.execute("DELETE FROM budgets WHERE id = ? RETURNING id", [budget_id]).fetchone() is not None
+    return control(con).execute("DELETE FROM budgets WHERE id = ? RETURNING id", [budget_id]).fetchone() is not None
 
 
 def all_budgets(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM budgets ORDER BY id")
+    cur = control(con).execute(f"SELECT {', '.join(_COLUMNS)} FROM budgets ORDER BY id")
     return [dict(zip(_COLUMNS, row)) for row in cur.fetchall()]
 
 

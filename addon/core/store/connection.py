@@ -12,10 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import duckdb
 
-from . import encryption, migrations
+from . import encryption, migrations, shared
+from .errors import StoreError
 
 # DuckDB refuses a second connection to a file from the same process with another configuration
 # (read-only beside read-write). The proxy can serve the web app in-process, so every connection
@@ -23,8 +25,12 @@ from . import encryption, migrations
 _PROCESS_LOCK = threading.RLock()
 
 
-class StoreBusy(RuntimeError):
+class StoreBusy(StoreError):
     """The file stayed locked by another process for longer than we were willing to wait."""
+
+
+class NewerFileFormat(StoreError):
+    """The database file was written by a DuckDB newer than the one we run."""
 
 
 class ReadTooLong(RuntimeError):
@@ -62,6 +68,14 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         return _open_encrypted(path, read_only, key)
     except (duckdb.CatalogException, duckdb.InvalidInputException) as exc:
         raise encryption.explain(exc, path) from None
+    except duckdb.IOException as exc:
+        if "newer version of DuckDB" in str(exc):
+            raise NewerFileFormat(
+                f"{path} was written by a newer DuckDB than this AiSpendTrack uses ({duckdb.__version__}), "
+                f"most likely 2.0 by an earlier AiSpendTrack. Convert it once, as docs/architecture.md "
+                f"(\"One DuckDB version\") shows: EXPORT DATABASE with DuckDB 2.0, IMPORT DATABASE with "
+                f"this one.") from None
+        raise
 
 
 def _open_encrypted(path: Path, read_only: bool, key: str) -> duckdb.DuckDBPyConnection:
@@ -102,10 +116,43 @@ def _connect_locked(path: Path, read_only: bool, deadline: float, timeout: float
 
 
 @contextlib.contextmanager
+def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The process's shared-storage connection (kept open); dropped if the storage went away."""
+    if not _PROCESS_LOCK.acquire(timeout=timeout):
+        raise StoreBusy(f"the shared storage connection stayed busy in this process for {timeout:.0f}s; try again.")
+    try:
+        con = shared.connection(cfg)
+        try:
+            yield cast(duckdb.DuckDBPyConnection, con)
+        except Exception as exc:
+            if shared.is_connection_failure(exc):
+                shared.drop()
+            raise
+    finally:
+        _PROCESS_LOCK.release()
+
+
+def control(con: duckdb.DuckDBPyConnection):
+    """Where the control tables (keys, budgets, alerts, ...) are written: the connection itself in
+    the embedded mode, PostgreSQL in the shared mode (see shared.py)."""
+    return con.control if isinstance(con, shared.SharedConnection) else con
+
+
+def is_shared(con: duckdb.DuckDBPyConnection) -> bool:
+    return isinstance(con, shared.SharedConnection)
+
+
+@contextlib.contextmanager
 def writing(path: Path, timeout: float = 10.0, migrate: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection with the schema up to date; closed (lock released) on exit.
 
-    ``migrate=False`` skips the schema check, for a caller that already migrated this file."""
+    ``migrate=False`` skips the schema check, for a caller that already migrated this file.
+    In the shared mode (shared.py) ``path`` is unused: the connection is the shared storage's."""
+    cfg = shared.configured()
+    if cfg is not None:
+        with _shared(cfg, timeout) as shared_con:
+            yield shared_con
+        return
     con = _connect(path, read_only=False, timeout=timeout)
     try:
         if migrate:
@@ -121,30 +168,42 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
 
     A reader shares the file lock, so while it is open the proxy's writer cannot store rows or
     refresh keys. ``time_limit`` (seconds) interrupts a query still running then (ReadTooLong)."""
+    cfg = shared.configured()
+    if cfg is not None:
+        with _shared(cfg, timeout) as shared_con, _time_limited(shared_con, time_limit):
+            yield shared_con
+        return
     if not path.exists():
         with writing(path, timeout):
             pass
     con = _connect(path, read_only=True, timeout=timeout)
-    timer = None
     try:
         if not migrations.is_current(con):
             _close(con)
             with writing(path, timeout):
                 pass
             con = _connect(path, read_only=True, timeout=timeout)
-        if time_limit is not None:
-            timer = threading.Timer(time_limit, con.interrupt)
-            timer.daemon = True
-            timer.start()
-        try:
+        with _time_limited(con, time_limit):
             yield con
-        except duckdb.InterruptException:
-            raise ReadTooLong(f"the query ran longer than {time_limit:.0f} s and was stopped, so that the "
-                              f"proxy can go on writing; ask for less (a shorter period, or a filter).") from None
+    finally:
+        _close(con)
+
+
+@contextlib.contextmanager
+def _time_limited(con: duckdb.DuckDBPyConnection, time_limit: float | None) -> Iterator[None]:
+    timer = None
+    if time_limit is not None:
+        timer = threading.Timer(time_limit, con.interrupt)
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    except duckdb.InterruptException:
+        raise ReadTooLong(f"the query ran longer than {time_limit:.0f} s and was stopped, so that the "
+                          f"proxy can go on writing; ask for less (a shorter period, or a filter).") from None
     finally:
         if timer is not None:
             timer.cancel()
-        _close(con)
 
 
 def one(cursor: duckdb.DuckDBPyConnection) -> tuple:

@@ -6,63 +6,66 @@ import datetime as dt
 
 import duckdb
 
-from .connection import one
+from .connection import control, one
 
 _COLUMNS = ("id", "name", "prefix", "plan", "per_hour_limit", "per_month_limit", "retention_days", "created_at",
             "revoked_at")
 
 
 def add(con: duckdb.DuckDBPyConnection, name: str, key_hash: str, prefix: str, plan: str) -> int:
-    (key_id,) = one(con.execute(
+    (key_id,) = one(control(con).execute(
         "INSERT INTO keys (name, key_hash, prefix, plan, created_at) VALUES (?, ?, ?, ?, now()) RETURNING id",
         [name, key_hash, prefix, plan]))
     return key_id
 
 
 def set_plan(con: duckdb.DuckDBPyConnection, key_id: int, plan: str) -> bool:
-    return con.execute("UPDATE keys SET plan = ? WHERE id = ? RETURNING id", [plan, key_id]).fetchone() is not None
+    row = control(con).execute("UPDATE keys SET plan = ? WHERE id = ? RETURNING id", [plan, key_id]).fetchone()
+    return row is not None
 
 
 def set_limits(con: duckdb.DuckDBPyConnection, key_id: int, per_hour: int | None, per_month: int | None) -> bool:
     """Set a key's own limits (None: back to its plan's)."""
-    row = con.execute("UPDATE keys SET per_hour_limit = ?, per_month_limit = ? WHERE id = ? RETURNING id",
+    row = control(con).execute("UPDATE keys SET per_hour_limit = ?, per_month_limit = ? WHERE id = ? RETURNING id",
                       [per_hour, per_month, key_id]).fetchone()
     return row is not None
 
 
 def set_retention(con: duckdb.DuckDBPyConnection, key_id: int, days: int | None) -> bool:
     """Set how many days a key's raw calls are kept (None: as its plan says)."""
-    row = con.execute("UPDATE keys SET retention_days = ? WHERE id = ? RETURNING id", [days, key_id]).fetchone()
+    row = control(con).execute("UPDATE keys SET retention_days = ? WHERE id = ? RETURNING id",
+                               [days, key_id]).fetchone()
     return row is not None
 
 
 def active(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, str, int | None, int | None]]:
     """(key_hash, id, plan, per_hour_limit, per_month_limit) of every key that may be used now."""
-    return con.execute("SELECT key_hash, id, plan, per_hour_limit, per_month_limit FROM keys "
+    return control(con).execute("SELECT key_hash, id, plan, per_hour_limit, per_month_limit FROM keys "
                        "WHERE revoked_at IS NULL").fetchall()
 
 
 def all_keys(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    cur = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM keys ORDER BY id")
+    cur = control(con).execute(f"SELECT {', '.join(_COLUMNS)} FROM keys ORDER BY id")
     return [dict(zip(_COLUMNS, values)) for values in cur.fetchall()]
 
 
 def revoke(con: duckdb.DuckDBPyConnection, key_id: int) -> tuple[dt.datetime, bool] | None:
     """Revoke a key: (when it was revoked, whether by this call; an earlier revoke is kept), or None
     if there is no such key."""
-    row = con.execute("SELECT revoked_at FROM keys WHERE id = ?", [key_id]).fetchone()
+    row = control(con).execute("SELECT revoked_at FROM keys WHERE id = ?", [key_id]).fetchone()
     if row is None:
         return None
     if row[0] is not None:
         return row[0], False
-    (revoked_at,) = one(con.execute("UPDATE keys SET revoked_at = now() WHERE id = ? RETURNING revoked_at", [key_id]))
+    (revoked_at,) = one(control(con).execute(
+        "UPDATE keys SET revoked_at = now() WHERE id = ? RETURNING revoked_at", [key_id]))
     return revoked_at, True
 
 
 def count(con: duckdb.DuckDBPyConnection) -> int:
-    return one(con.execute("SELECT count(*) FROM keys"))[0]
+    return one(control(con).execute("SELECT count(*) FROM keys"))[0]
 
 
 def find_active(con: duckdb.DuckDBPyConnection, key_hash: str) -> int | None:
-    row = con.execute("SELECT id FROM keys WHERE key_hash = ? AND revoked_at IS NULL", [key_hash]).fetchone()
+    row = control(con).execute("SELECT id FROM keys WHERE key_hash = ? AND revoked_at IS NULL", [key_hash]).fetchone()
     return row[0] if row else None

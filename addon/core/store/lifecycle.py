@@ -11,7 +11,7 @@ import datetime as dt
 
 import duckdb
 
-from .connection import one
+from .connection import control, one
 
 # Rollups and alert history are kept this long: a year of budgets, quotas and spike baselines.
 HISTORY_DAYS = 400
@@ -65,14 +65,15 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
             WHERE coalesce(calls.key_id, -1) = p.key_id AND calls.ts < p.cutoff
         """))
         (hours,) = one(con.execute("DELETE FROM hourly_usage WHERE hour < ?", [history_cutoff]))
-        (alerts,) = one(con.execute("DELETE FROM alerts WHERE sent_at < ?", [history_cutoff]))
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    # Alert history is control state (PostgreSQL in the shared mode), so apart from the rows.
+    alerts = len(control(con).execute("DELETE FROM alerts WHERE sent_at < ? RETURNING id", [history_cutoff]).fetchall())
     return dict(per_key), {"calls": calls, "hourly_rows": hours, "alerts": alerts}
 
 
 def retention_settings(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, int | None]]:
     """(key id, plan, own retention days or None) for every key, revoked ones too."""
-    return con.execute("SELECT id, plan, retention_days FROM keys ORDER BY id").fetchall()
+    return control(con).execute("SELECT id, plan, retention_days FROM keys ORDER BY id").fetchall()

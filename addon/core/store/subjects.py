@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from .connection import one
+from .connection import control, one
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def _rows_condition(subject: Subject) -> tuple[str, list]:
 
 
 def _budget_ids(con: duckdb.DuckDBPyConnection, subject: Subject) -> list[int]:
-    rows = con.execute("SELECT id FROM budgets WHERE scope = ? AND scope_value = ?",
+    rows = control(con).execute("SELECT id FROM budgets WHERE scope = ? AND scope_value = ?",
                        [subject.kind, subject.value]).fetchall()
     return [budget_id for (budget_id,) in rows]
 
@@ -89,25 +89,33 @@ def small_tables(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, 
 
 
 def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
-    """Delete every row about the subject, in one transaction; returns how many of each."""
+    """Delete every row about the subject; returns how many of each. The rows go in one
+    transaction, then the control state (PostgreSQL in the shared mode): a crash between the two
+    leaves the subject's alerts and budgets, which running the delete again removes."""
+    budget_ids = _budget_ids(con, subject)
+    rows_condition, rows_params = _rows_condition(subject)
     con.execute("BEGIN")
     try:
-        budget_ids = _budget_ids(con, subject)
-        alerts_condition, alerts_params = _alerts_condition(subject, budget_ids)
-        rows_condition, rows_params = _rows_condition(subject)
         counts = {
             "calls": _count(con, f"DELETE FROM calls WHERE {rows_condition}", rows_params),
             "hourly_usage": _count(con, f"DELETE FROM hourly_usage WHERE {rows_condition}", rows_params),
-            "alerts": _count(con, f"DELETE FROM alerts WHERE {alerts_condition}", alerts_params),
-            "budgets": _count(con, "DELETE FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[]))", [budget_ids]),
         }
-        if subject.kind == "key":
-            counts["keys"] = _count(con, "DELETE FROM keys WHERE id = ?", [int(subject.value)])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    db = control(con)
+    alerts_condition, alerts_params = _alerts_condition(subject, budget_ids)
+    counts["alerts"] = _deleted(db, f"DELETE FROM alerts WHERE {alerts_condition} RETURNING id", alerts_params)
+    counts["budgets"] = _deleted(db, "DELETE FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[])) RETURNING id",
+                                 [budget_ids])
+    if subject.kind == "key":
+        counts["keys"] = _deleted(db, "DELETE FROM keys WHERE id = ? RETURNING id", [int(subject.value)])
     return counts
+
+
+def _deleted(db, sql: str, params: list) -> int:
+    return len(db.execute(sql, params).fetchall())
 
 
 def _dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> list[dict]:

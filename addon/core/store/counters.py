@@ -1,0 +1,75 @@
+"""SQL for the shared mode's counters: calls per limited key, spend per budget, over all replicas.
+
+Both live in PostgreSQL (shared_schema.py) and change with one statement that reads and writes
+the row under its lock, so two replicas can never both take the last call of a limit. The
+period (clock hour, month or day in the quota zone) is computed by the caller and sent along:
+a row of an older period counts as zero, so nothing has to reset counters on the hour.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+# Count one call if the key is within both limits; no row back means refused. A NULL limit is
+# no limit. The caller refuses a limit of 0 itself (the INSERT branch would admit one call).
+ADMIT = """
+INSERT INTO limit_counters AS c (key_id, hour, hour_count, month, month_count)
+VALUES (%(key)s, %(hour)s, 1, %(month)s, 1)
+ON CONFLICT (key_id) DO UPDATE SET
+    hour_count = CASE WHEN c.hour = excluded.hour THEN c.hour_count ELSE 0 END + 1,
+    month_count = CASE WHEN c.month = excluded.month THEN c.month_count ELSE 0 END + 1,
+    hour = excluded.hour, month = excluded.month
+WHERE (%(per_hour)s::BIGINT IS NULL OR c.hour <> excluded.hour OR c.hour_count < %(per_hour)s::BIGINT)
+  AND (%(per_month)s::BIGINT IS NULL OR c.month <> excluded.month OR c.month_count < %(per_month)s::BIGINT)
+RETURNING hour_count, month_count
+"""
+
+# What a key has used in the given hour and month (after a refusal, to say which limit).
+USED = """
+SELECT CASE WHEN hour = %(hour)s THEN hour_count ELSE 0 END, CASE WHEN month = %(month)s THEN month_count ELSE 0 END
+FROM limit_counters WHERE key_id = %(key)s
+"""
+
+
+def admit_params(key_id: int, hour: dt.datetime, month: dt.datetime, per_hour: int | None,
+                 per_month: int | None) -> dict:
+    return {"key": key_id, "hour": hour, "month": month, "per_hour": per_hour, "per_month": per_month}
+
+
+def seed_limits(db, counts: dict[int, tuple[int, int]], hour: dt.datetime, month: dt.datetime) -> None:
+    """Start the counters of keys that have none yet from the calls already stored (a key given a
+    limit, or the first start on shared storage); counters that exist are left alone."""
+    for key_id, (hour_used, month_used) in counts.items():
+        db.execute("INSERT INTO limit_counters VALUES (?, ?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+                   [key_id, hour, hour_used, month, month_used])
+
+
+def keys_with_counters(db) -> set[int]:
+    return {key_id for (key_id,) in db.execute("SELECT key_id FROM limit_counters").fetchall()}
+
+
+def add_spend(db, deltas: dict[int, Decimal], day: dt.datetime, month: dt.datetime) -> None:
+    """Add this replica's new spend per budget to the shared totals of the current day and month."""
+    for budget_id, amount in deltas.items():
+        db.execute("""
+            INSERT INTO budget_spend AS s VALUES (?, ?, ?, ?, ?)
+            ON CONFLICT (budget_id) DO UPDATE SET
+                day_usd = CASE WHEN s.day = excluded.day THEN s.day_usd ELSE 0 END + excluded.day_usd,
+                month_usd = CASE WHEN s.month = excluded.month THEN s.month_usd ELSE 0 END + excluded.month_usd,
+                day = excluded.day, month = excluded.month
+        """, [budget_id, day, amount, month, amount])
+
+
+def seed_spend(db, spend: dict[int, tuple[Decimal, Decimal]], day: dt.datetime, month: dt.datetime) -> None:
+    """Start the totals of budgets that have none yet from the stored calls."""
+    for budget_id, (today, this_month) in spend.items():
+        db.execute("INSERT INTO budget_spend VALUES (?, ?, ?, ?, ?) ON CONFLICT (budget_id) DO NOTHING",
+                   [budget_id, day, today, month, this_month])
+
+
+def spend(db, day: dt.datetime, month: dt.datetime) -> dict[int, tuple[Decimal, Decimal]]:
+    """budget id -> (spent today, spent this month) over all replicas."""
+    rows = db.execute("SELECT budget_id, day, day_usd, month, month_usd FROM budget_spend").fetchall()
+    return {budget_id: (Decimal(day_usd) if d == day else Decimal(0), Decimal(month_usd) if m == month else Decimal(0))
+            for budget_id, d, day_usd, m, month_usd in rows}

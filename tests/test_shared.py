@@ -1,0 +1,254 @@
+"""Shared mode: several proxies as one, on a real PostgreSQL server and a DuckLake data path.
+
+Each replica has its own data directory (spill files, lock) and shares the catalog and the data
+path. The official OpenAI SDK is the client; the provider is the fake on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import openai
+import pytest
+
+from .helpers import Endpoint, Load, free_port, run_cli, start_proxy
+from .loadbalancer import LoadBalancer
+from .pg import Cluster
+
+REPO = Path(__file__).resolve().parent.parent
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    running = Cluster()
+    yield running
+    running.remove()
+
+
+@pytest.fixture
+def shared_env(cluster, tmp_path, monkeypatch):
+    """A fresh catalog database and data path, set for this process (in-process CLI) and its children."""
+    url = cluster.create_database(f"t_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("AISPENDTRACK_CATALOG", url)
+    monkeypatch.setenv("AISPENDTRACK_DATA_PATH", str(tmp_path / "lake"))
+    return url
+
+
+def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def replicas(tmp_path: Path, upstream_url: str, n: int, key: str, **kwargs) -> list:
+    return [start_proxy(tmp_path / f"replica{i}", upstream_url, tmp_path / f"replica{i}.log", key=key, **kwargs)
+            for i in range(n)]
+
+
+def stop_all(proxies) -> None:
+    for proxy in proxies:
+        proxy.stop()
+
+
+def calls_json(home: Path) -> list[dict]:
+    return json.loads(run_cli(home, "calls", "--limit", "100000", "--format", "json"))
+
+
+def wait_rows(home: Path, tag_prefix: str, expect: int, timeout: float = 10) -> list[dict]:
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in calls_json(home) if (r["customer_id"] or "").startswith(tag_prefix)]
+        if len(rows) >= expect or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def new_key(home: Path, *args: str) -> dict:
+    return json.loads(run_cli(home, "keys", "create", "--name", "shared", "--json", *args))
+
+
+def test_two_replicas_record_every_call_once_and_report_as_one(shared_env, tmp_path, upstream):
+    key = new_key(tmp_path / "admin")["key"]
+    proxies = replicas(tmp_path, upstream.url, 2, key)
+    try:
+        for n in range(10):
+            proxies[n % 2].openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"two-{n}"})
+        rows = wait_rows(proxies[0].home, "two-", 10)
+        assert sorted(r["customer_id"] for r in rows) == sorted(f"two-{n}" for n in range(10))
+        # Any replica's CLI (and one that runs no proxy) reads the same rows and the same report.
+        assert {r["id"] for r in calls_json(proxies[1].home)} == {r["id"] for r in calls_json(tmp_path / "admin")}
+        total = sum(Decimal(str(r["cost_usd"])) for r in rows)
+        report = json.loads(run_cli(tmp_path / "admin", "report", "--by", "customer", "--format", "json"))
+        assert sum(Decimal(str(r["cost_usd"])) for r in report) == total > 0
+    finally:
+        stop_all(proxies)
+
+
+def test_a_key_revoked_anywhere_is_refused_by_every_replica_within_5_s(shared_env, tmp_path, upstream):
+    import time
+    created = new_key(tmp_path / "admin")
+    proxies = replicas(tmp_path, upstream.url, 2, created["key"])
+    try:
+        for proxy in proxies:
+            proxy.openai().chat.completions.create(**CHAT)
+        cli(proxies[1].home, "keys", "revoke", str(created["id"]))
+        revoked_at = time.monotonic()
+        for proxy in proxies:
+            while True:
+                try:
+                    proxy.openai().chat.completions.create(**CHAT)
+                except openai.AuthenticationError:
+                    break
+                assert time.monotonic() - revoked_at < 5, "a revoked key still worked after 5 s"
+                time.sleep(0.1)
+    finally:
+        stop_all(proxies)
+
+
+def test_a_limit_of_n_admits_exactly_n_calls_across_replicas(shared_env, tmp_path, upstream):
+    created = new_key(tmp_path / "admin")
+    run_cli(tmp_path / "admin", "keys", "set-limit", str(created["id"]), "--per-hour", "25")
+    proxies = replicas(tmp_path, upstream.url, 3, created["key"])
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def caller(n: int) -> None:
+        client = proxies[n % 3].openai()
+        for i in range(10):
+            try:
+                client.chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"lim-{n}-{i}"})
+                result = "ok"
+            except openai.RateLimitError as exc:
+                assert exc.response.headers["retry-after"].isdigit()
+                result = "429"
+            with lock:
+                outcomes.append(result)
+    try:
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert outcomes.count("ok") == 25 and outcomes.count("429") == 35
+        assert len(wait_rows(proxies[0].home, "lim-", 25)) == 25  # each admitted call stored once
+        listed = {k["id"]: k for k in json.loads(run_cli(tmp_path / "admin", "keys", "list", "--json"))}
+        assert listed[created["id"]]["used_this_hour"] == 25
+    finally:
+        stop_all(proxies)
+
+
+def test_a_blocking_budget_crossed_on_one_replica_blocks_every_replica_within_1_s(shared_env, tmp_path, upstream):
+    import time
+    admin = tmp_path / "admin"
+    key = new_key(admin)["key"]
+    # 20 calls of $0.000405 cross it; replica b alone would need 20 as well, so it can only refuse
+    # within a second (at most 10 calls, one per 0.1 s) by learning of replica a's spend.
+    run_cli(admin, "budgets", "set", "--scope", "customer:spender", "--daily", "0.008", "--block")
+    a, b = replicas(tmp_path, upstream.url, 2, key)
+    try:
+        spender = {"x-customer-id": "spender", "x-test-scenario": "legacy"}
+        for _ in range(20):
+            a.openai(headers=spender).chat.completions.create(**CHAT)
+        crossed_at = time.monotonic()
+        admitted_after = 0
+        while True:  # replica b, which served none of them, refuses within 1 s
+            try:
+                b.openai(headers=spender).chat.completions.create(**CHAT)
+                admitted_after += 1
+            except openai.RateLimitError as exc:
+                assert "budget exceeded for customer spender" in exc.message
+                break
+            assert time.monotonic() - crossed_at < 1.0, f"replica b still admitted calls after 1 s ({admitted_after})"
+            time.sleep(0.1)
+        with pytest.raises(openai.RateLimitError):
+            a.openai(headers=spender).chat.completions.create(**CHAT)
+        b.openai(headers={"x-customer-id": "someone-else"}).chat.completions.create(**CHAT)  # outside the scope
+        rows = wait_rows(admin, "spender", 20 + admitted_after)
+        assert len(rows) == 20 + admitted_after
+        [listed] = json.loads(run_cli(admin, "budgets", "list", "--json"))
+        assert Decimal(str(listed["spent_today_usd"])) == sum(Decimal(str(r["cost_usd"])) for r in rows)
+    finally:
+        stop_all([a, b])
+
+
+def stored_tags(home: Path) -> list[str]:
+    """Read by a CLI process of its own, as a user would (this process's connection may predate an outage)."""
+    rows = json.loads(cli(home, "calls", "--limit", "1000000", "--format", "json").stdout)
+    return [r["customer_id"] for r in rows if r["customer_id"]]
+
+
+def test_three_replicas_behind_a_load_balancer_survive_a_kill_9(shared_env, tmp_path, upstream):
+    import signal
+    import time
+    flush_s = 0.5
+    key = new_key(tmp_path / "admin")["key"]
+    ports = [free_port() for _ in range(3)]
+    proxies = [start_proxy(tmp_path / f"replica{i}", upstream.url, tmp_path / f"replica{i}.log", key=key,
+                           flush_ms=int(flush_s * 1000), port=ports[i]) for i in range(3)]
+    balancer = LoadBalancer(ports)
+    try:
+        with Load(Endpoint(balancer.url, key), threads=6) as load:
+            load.wait_for(150)
+            failed_before = load.failed
+            killed_at = time.monotonic()
+            proxies[0].process.send_signal(signal.SIGKILL)
+            proxies[0].process.wait(10)
+            load.wait_for(len(load.completed) + 150)  # the other two go on serving
+            # Only calls in flight on the killed replica can fail; the balancer retries new ones elsewhere.
+            assert load.failed - failed_before <= 6
+            proxies[0] = start_proxy(proxies[0].home, upstream.url, tmp_path / "replica0-again.log", key=key,
+                                     flush_ms=int(flush_s * 1000), port=ports[0])
+            load.wait_for(len(load.completed) + 150)
+        stop_all(proxies)  # SIGTERM: each flushes what it holds
+        stored = stored_tags(tmp_path / "admin")
+        assert len(stored) == len(set(stored)), "a call was stored twice"
+        missing = {tag: killed_at - at for tag, at in load.completed.items() if tag not in set(stored)}
+        # At most the killed replica's last flush interval is lost (plus the few ms a flush takes).
+        assert all(age <= flush_s + 0.25 for age in missing.values()), sorted(missing.values())[-5:]
+        assert len(missing) <= 30
+        # One report over all: any replica's data directory sees every replica's rows.
+        report = json.loads(run_cli(proxies[2].home, "report", "--by", "customer", "--format", "json"))
+        assert sum(r["calls"] for r in report) == len(stored)
+    finally:
+        stop_all(proxies)
+        balancer.stop()
+
+
+def test_postgres_stopped_for_10_s_under_load_fails_no_call_and_loses_no_row(cluster, shared_env, tmp_path,
+                                                                             upstream):
+    import time
+    created = new_key(tmp_path / "admin")
+    run_cli(tmp_path / "admin", "keys", "set-limit", str(created["id"]), "--per-hour", "100000")  # limited: PG per call
+    proxies = replicas(tmp_path, upstream.url, 2, created["key"], flush_ms=500)
+    balancer = LoadBalancer([int(p.url.rsplit(":", 1)[1]) for p in proxies])
+    try:
+        with Load(Endpoint(balancer.url, created["key"]), threads=4) as load:
+            load.wait_for(100)
+            cluster.stop("fast")
+            stopped_at = time.monotonic()
+            while time.monotonic() - stopped_at < 10:
+                time.sleep(0.5)
+            during = len(load.completed)
+            cluster.start()
+            load.wait_for(during + 100)
+        assert load.failed == 0, "a call failed while PostgreSQL was down"
+        deadline = time.monotonic() + 30
+        while not set(load.completed) <= set(stored_tags(tmp_path / "admin")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stored = stored_tags(tmp_path / "admin")
+        assert set(load.completed) <= set(stored), f"{len(set(load.completed) - set(stored))} calls never stored"
+        assert len(stored) == len(set(stored)), "a call was stored twice"
+    finally:
+        stop_all(proxies)
+        balancer.stop()
