@@ -31,8 +31,8 @@ from pathlib import Path
 
 import duckdb
 
-from .core.store import calls, shared
-from .core.store.connection import writing
+from .core.store import calls, shared, subjects
+from .core.store.connection import is_shared, writing
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,11 @@ class Writer(threading.Thread):
     def _store(self, con, rows: list[dict], skip_existing: bool = False) -> None:
         """Insert ``rows`` and empty the list. Rows the table refuses go to quarantine; a failure of
         the database itself raises, leaving the rows not yet stored in the list."""
+        if is_shared(con):  # rows of a subject erased meanwhile (on any replica) are not stored
+            kept = subjects.without_erased(con, rows)
+            if len(kept) < len(rows):
+                log.info("dropped %d unwritten rows of an erased customer or key", len(rows) - len(kept))
+                rows[:] = kept
         try:
             self.rows_written += calls.insert(con, rows, skip_existing)
         except _ROW_ERRORS:

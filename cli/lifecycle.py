@@ -88,6 +88,13 @@ def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
                                    f"read and are not in the export; see the log.")
 
 
+def _reclaimed(counts: dict) -> str:
+    if "lake_files" in counts:
+        return (f"Lake files with deleted rows rewritten and old snapshots expired ({counts['lake_files']:,} data "
+                f"files left). Other replicas' unwritten rows are checked against this erase when they land.")
+    return f"Database rewritten ({counts['bytes_before']:,} -> {counts['bytes_after']:,} bytes)."
+
+
 @gdpr.command("delete")
 @click.option("--customer", help="The x-customer-id value.")
 @click.option("--key", type=int, help="The key id; the key itself is deleted too.")
@@ -101,8 +108,7 @@ def delete(obj, customer: str | None, key: int | None, yes: bool) -> None:
     counts = subject_requests.erase(obj.db, obj.home / home_dir.SPILL_DIR, subject)
     click.echo(f"Erased {subject.label()}: {counts['calls']:,} calls, {counts['hourly_usage']:,} hourly totals, "
                f"{counts['budgets']:,} budgets, {counts['alerts']:,} alerts, {counts['pending_calls']:,} pending calls"
-               + (", the key" if counts.get("keys") else "") + ". "
-               f"Database rewritten ({counts['bytes_before']:,} -> {counts['bytes_after']:,} bytes).")
+               + (", the key" if counts.get("keys") else "") + ". " + _reclaimed(counts))
     if counts["unreadable_spill_files"]:
         raise click.ClickException(f"{counts['unreadable_spill_files']} spill file(s) under "
                                    f"{obj.home / home_dir.SPILL_DIR} could not be read and may still hold "

@@ -15,7 +15,22 @@ import click
 from addon.core import home as home_dir
 from addon.core.store import StoreError
 
-from . import admin, alerts, budgets, calls, config, export, keys, lifecycle, prices, proxy, report, reprice, web
+from . import (
+    admin,
+    alerts,
+    budgets,
+    calls,
+    config,
+    export,
+    keys,
+    lifecycle,
+    migrate,
+    prices,
+    proxy,
+    report,
+    reprice,
+    web,
+)
 from .options import add_storage_options
 
 
@@ -63,4 +78,5 @@ cli.add_command(web.web)
 cli.add_command(lifecycle.purge)
 cli.add_command(lifecycle.gdpr)
 cli.add_command(config.config)
+cli.add_command(migrate.migrate_to)
 add_storage_options(cli)

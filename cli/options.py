@@ -52,6 +52,8 @@ def add_storage_options(group: click.Group) -> None:
         if isinstance(command, click.Group):
             add_storage_options(command)
             continue
+        if any(param.name == "catalog" for param in command.params):
+            continue  # migrate-to: its --catalog is where to copy to
         command.params += [
             click.Option(["--catalog"], expose_value=False, is_eager=True, callback=_set_env(shared.ENV_CATALOG),
                          metavar="URL", help=f"Shared mode: the PostgreSQL catalog, postgresql://user@host:5432/db "

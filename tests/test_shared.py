@@ -6,6 +6,7 @@ path. The official OpenAI SDK is the client; the provider is the fake on loopbac
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -252,3 +253,89 @@ def test_postgres_stopped_for_10_s_under_load_fails_no_call_and_loses_no_row(clu
     finally:
         stop_all(proxies)
         balancer.stop()
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_gdpr_erase_leaves_the_value_in_no_lake_file_and_no_catalog_table(cluster, shared_env, tmp_path, upstream):
+    from addon.core.store import lake, writing
+    marker = f"erase-me-{uuid.uuid4().hex}"
+    key = new_key(tmp_path / "admin")["key"]
+    a, b = replicas(tmp_path, upstream.url, 2, key)
+    try:
+        for proxy in (a, b):
+            for n in range(3):
+                proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": marker})
+                proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"keep-{n}"})
+        assert len(wait_rows(tmp_path / "admin", marker, 6)) == 6
+        with writing(tmp_path / "admin" / "unused.duckdb") as con:  # what a replica does every 5 minutes
+            lake.maintain(con, dt.datetime.now(dt.UTC))
+        a.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": marker})  # inlined, not in a file
+        assert len(wait_rows(tmp_path / "admin", marker, 7)) == 7
+        lake_dir = Path(os.environ["AISPENDTRACK_DATA_PATH"])
+        database = shared_env.rsplit("/")[-1]
+        assert files_containing(lake_dir, marker.encode()) and marker.encode() in cluster.dump(database)
+    finally:
+        b.stop()
+    # Rows replica b still held when the erase ran (spilled while storage was away) must not bring it back.
+    from .helpers import call_row
+    spill = b.home / "spill"
+    spill.mkdir(exist_ok=True)
+    held = [call_row(1, customer_id=marker), call_row(2, customer_id="keep-held")]
+    (spill / "1-1-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in held))
+    try:
+        erased = cli(a.home, "gdpr", "delete", "--customer", marker, "--yes")
+        assert "Erased customer " + marker + ": 7 calls" in erased.stdout
+        assert files_containing(lake_dir, marker.encode()) == []
+        assert marker.encode() not in cluster.dump(database)
+        b = start_proxy(b.home, upstream.url, tmp_path / "replica1-again.log", key=key)  # replays its spill file
+        assert len(wait_rows(tmp_path / "admin", "keep-held", 1)) == 1
+        assert wait_rows(tmp_path / "admin", marker, 1, timeout=2) == []
+        assert len(wait_rows(tmp_path / "admin", "keep-", 7)) == 7  # everyone else's calls are all there
+    finally:
+        stop_all([a, b])
+
+
+def test_migrate_to_copies_an_embedded_database_and_its_keys_work_on_a_replica(shared_env, tmp_path, upstream,
+                                                                                monkeypatch):
+    catalog, data_path = os.environ["AISPENDTRACK_CATALOG"], os.environ["AISPENDTRACK_DATA_PATH"]
+    monkeypatch.delenv("AISPENDTRACK_CATALOG")
+    monkeypatch.delenv("AISPENDTRACK_DATA_PATH")
+    home = tmp_path / "embedded"
+    created = new_key(home)
+    run_cli(home, "keys", "set-limit", str(created["id"]), "--per-hour", "1000")
+    run_cli(home, "budgets", "set", "--scope", "customer:grown", "--monthly", "50")
+    proxy = start_proxy(home, upstream.url, tmp_path / "embedded.log", key=created["key"])
+    try:
+        for n in range(5):
+            proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "grown",
+                                                                          "x-feature": f"f{n}"})
+        proxy.rows("grown", expect=5)
+        refused = cli(home, "migrate-to", "--catalog", catalog, "--data-path", data_path, check=False)
+        assert refused.returncode == 1 and "Stop the proxy first" in refused.stderr
+    finally:
+        proxy.stop()
+    before = {what: run_cli(home, *args) for what, args in {
+        "calls": ("calls", "--format", "json"), "report": ("report", "--by", "feature", "--format", "json"),
+        "keys": ("keys", "list", "--json"), "budgets": ("budgets", "list", "--json")}.items()}
+    copied = cli(home, "migrate-to", "--catalog", catalog, "--data-path", data_path)
+    assert "5 calls" in copied.stdout and "1 keys" in copied.stdout and "1 budgets" in copied.stdout
+    again = cli(home, "migrate-to", "--catalog", catalog, check=False)
+    assert again.returncode == 1 and "already holds data" in again.stderr and "Traceback" not in again.stderr
+
+    monkeypatch.setenv("AISPENDTRACK_CATALOG", catalog)
+    shared_home = tmp_path / "replica"
+    for what, args in {"calls": ("calls", "--format", "json"),
+                       "report": ("report", "--by", "feature", "--format", "json"),
+                       "keys": ("keys", "list", "--json"), "budgets": ("budgets", "list", "--json")}.items():
+        assert json.loads(run_cli(shared_home, *args)) == json.loads(before[what]), what
+    replica = start_proxy(shared_home, upstream.url, tmp_path / "replica.log", key=created["key"])
+    try:
+        replica.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "grown"})
+        assert len(replica.rows("grown", expect=6)) == 6
+        new = new_key(shared_home)
+        assert new["id"] == created["id"] + 1  # ids go on after the copied ones
+    finally:
+        replica.stop()

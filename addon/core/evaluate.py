@@ -32,7 +32,7 @@ from .plans import limits_for
 from .store import alerts as alert_rows
 from .store import calls as call_rows
 from .store import keys as key_rows
-from .store import reading
+from .store import lake, reading, shared, writing
 
 log = logging.getLogger(__name__)
 QUOTA_THRESHOLDS = (0.9, 0.75, 0.5)
@@ -97,8 +97,10 @@ def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) ->
 
 
 class Evaluator(threading.Thread):
-    """Alerts every ``interval`` seconds and the retention purge every ``purge_interval``, off the
-    request path; failures are logged and tried again."""
+    """Alerts every ``interval`` seconds, the retention purge every ``purge_interval`` and, in the
+    shared mode, the lake's maintenance, off the request path; failures are logged and tried
+    again. With several replicas, one at a time does each round (lake.Turn), so an alert is
+    sent once, not once per replica."""
 
     def __init__(self, db: Path, home: Path, zone: zoneinfo.ZoneInfo, interval: float = 60.0,
                  purge_interval: float = 86_400.0):
@@ -106,16 +108,34 @@ class Evaluator(threading.Thread):
         self.db, self.home, self.zone, self.interval = db, home, zone, interval
         self.purge_interval = purge_interval
         self._purge_due = time.monotonic()  # the first purge comes with the first evaluation
+        self._maintenance_due = time.monotonic() + lake.MAINTENANCE_INTERVAL_S
+        self._turn = lake.Turn()
         self._stop = threading.Event()
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                evaluate(self.db, self.home, dt.datetime.now(dt.UTC), self.zone)
+                with self._turn.mine() as mine:
+                    if mine:
+                        self._round()
             except Exception:
-                log.exception("alert evaluation failed; trying again in %.0f s", self.interval)
-            if time.monotonic() >= self._purge_due:
-                self._purge()
+                log.exception("could not take this replica's turn for alerts; trying again in %.0f s", self.interval)
+        self._turn.close()
+
+    def _round(self) -> None:
+        try:
+            evaluate(self.db, self.home, dt.datetime.now(dt.UTC), self.zone)
+        except Exception:
+            log.exception("alert evaluation failed; trying again in %.0f s", self.interval)
+        if time.monotonic() >= self._purge_due:
+            self._purge()
+        if shared.configured() is not None and time.monotonic() >= self._maintenance_due:
+            try:
+                with writing(self.db) as con:
+                    lake.maintain(con, dt.datetime.now(dt.UTC))
+                self._maintenance_due = time.monotonic() + lake.MAINTENANCE_INTERVAL_S
+            except Exception:
+                log.exception("lake maintenance failed; trying again in %.0f s", self.interval)
 
     def _purge(self) -> None:
         try:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO
 
 from .serialize import json_row
-from .store import compact, reading, subjects, writing
+from .store import compact, lake, reading, subjects, writing
+from .store.connection import is_shared
 from .store.subjects import Subject
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,11 @@ def erase(db: Path, spill_dir: Path, subject: Subject) -> dict[str, int]:
         counts = subjects.delete(con, subject)
         # Under the write lock the proxy cannot replay spill files, so none is half-read by it now.
         counts["pending_calls"], counts["unreadable_spill_files"] = _scrub_spills(spill_dir, subject)
-        before, after = compact.rewrite(con, db)
-    counts["bytes_before"], counts["bytes_after"] = before, after
+        if is_shared(con):
+            subjects.record_erasure(con, subject)  # rows other replicas still hold are dropped when they land
+            counts["lake_files"] = lake.scrub(con)
+        else:
+            counts["bytes_before"], counts["bytes_after"] = compact.rewrite(con, db)
     log.info("erased a %s: %s", subject.kind, counts)  # never the customer id itself: logs travel far
     return counts
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .periods import hour_start
 from .plans import retention_days_for
-from .store import lifecycle, reading, writing
+from .store import lake, lifecycle, reading, writing
+from .store.connection import is_shared
 
 
 @dataclass
@@ -49,4 +50,6 @@ def purge(db: Path, now: dt.datetime, older_than: dt.timedelta | None = None, dr
     with writing(db) as con:
         limits = cutoffs(lifecycle.retention_settings(con), now, older_than)
         purged, totals = lifecycle.purge(con, limits, now)
+        if is_shared(con) and any(purged.values()):
+            lake.scrub(con)  # the purged rows out of the lake's files too, as a GDPR erase does
         return PurgeResult(limits, purged, totals)

@@ -235,9 +235,11 @@ def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:
     return applied
 
 
-def is_current(con: duckdb.DuckDBPyConnection) -> bool:
+def is_current(con: duckdb.DuckDBPyConnection, database: str | None = None) -> bool:
+    """Whether every migration is applied (to the attached ``database``, or the default one)."""
+    table = f"{database}.schema_migrations" if database else "schema_migrations"
     try:
-        done = {name for (name,) in con.execute("SELECT name FROM schema_migrations").fetchall()}
+        done = {name for (name,) in con.execute(f"SELECT name FROM {table}").fetchall()}
     except duckdb.CatalogException:
         return False
     return all(m.__name__ in done for m in MIGRATIONS)

@@ -77,6 +77,14 @@ CREATE TABLE IF NOT EXISTS limit_counters (
     month TIMESTAMPTZ NOT NULL,
     month_count BIGINT NOT NULL
 );
+-- GDPR erasures, so that rows another replica still held (queued, spilled) are dropped when they
+-- land instead of bringing the subject back. The value is hashed: it was erased.
+CREATE TABLE IF NOT EXISTS erasures (
+    kind VARCHAR NOT NULL,
+    value_hash VARCHAR NOT NULL,
+    erased_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (kind, value_hash)
+);
 -- Spend per budget in its current day and month, over all replicas (budgets.py).
 CREATE TABLE IF NOT EXISTS budget_spend (
     budget_id INTEGER PRIMARY KEY,

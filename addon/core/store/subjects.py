@@ -6,6 +6,8 @@ it (by their dedupe key, or a customer id in the alert's subject line), and for 
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -126,3 +128,31 @@ def _dicts(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> list[dict]
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> int:
     return one(con.execute(sql, params))[0]
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def record_erasure(con: duckdb.DuckDBPyConnection, subject: Subject) -> None:
+    """Shared mode: remember (hashed) that the subject was erased now (see without_erased)."""
+    control(con).execute("INSERT INTO erasures VALUES (?, ?, now()) ON CONFLICT (kind, value_hash) "
+                         "DO UPDATE SET erased_at = excluded.erased_at", [subject.kind, _hash(subject.value)])
+
+
+def without_erased(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> list[dict]:
+    """Shared mode: ``rows`` less those of a subject erased after the call was made (rows a replica
+    held while another ran the erase). One small query per flush."""
+    erased = {(kind, value_hash): at for kind, value_hash, at
+              in control(con).execute("SELECT kind, value_hash, erased_at FROM erasures").fetchall()}
+    if not erased:
+        return rows
+
+    def gone(row: dict) -> bool:
+        ts = row["ts"] if isinstance(row["ts"], dt.datetime) else dt.datetime.fromisoformat(str(row["ts"]))
+        for kind, value in (("customer", row.get("customer_id")), ("key", row.get("key_id"))):
+            at = erased.get((kind, _hash(str(value)))) if value is not None else None
+            if at is not None and ts <= at:
+                return True
+        return False
+    return [row for row in rows if not gone(row)]
