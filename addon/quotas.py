@@ -8,6 +8,7 @@ spent, is answered 429 with ``retry-after`` here and goes no further. The counts
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Coroutine
 
 from mitmproxy import ctx, exceptions, http
@@ -16,8 +17,10 @@ from . import refusals, settings
 from .core import config, home, periods
 from .core.budgets import BudgetTracker
 from .core.limits import Limiter
-from .core.store import writing
+from .core.store import StoreError, writing
 from .state import ADMITTED, Admission, ProxyState
+
+log = logging.getLogger(__name__)
 
 
 class Quotas:
@@ -34,11 +37,18 @@ class Quotas:
     def running(self) -> None:
         """Count in the stored quota time zone; one given as an option is stored first, so that the
         CLI and the web app count days and months as this proxy does."""
-        with writing(home.db_path(self.state.data_home())) as con:
-            if ctx.options.aispendtrack_quota_tz:
-                zone = config.set_quota_zone(con, ctx.options.aispendtrack_quota_tz)
-            else:
-                zone = config.quota_zone(con)
+        try:
+            with writing(home.db_path(self.state.data_home())) as con:
+                if ctx.options.aispendtrack_quota_tz:
+                    zone = config.set_quota_zone(con, ctx.options.aispendtrack_quota_tz)
+                else:
+                    zone = config.quota_zone(con)
+        except StoreError as exc:
+            # Without the store at start there is no key to check calls against: better not to
+            # serve (a balancer sends the calls elsewhere) than to refuse every call as unknown.
+            log.error("AiSpendTrack cannot start: %s", exc)
+            ctx.master.shutdown()
+            return
         if zone != self.state.limiter.zone:
             self.state.limiter, self.state.budgets = Limiter(zone), BudgetTracker(zone)
 

@@ -2,6 +2,8 @@
 
     .venv/bin/python -m bench.reports                 # 10M rows: ~2 minutes, ~2 GB of disk in /tmp
     .venv/bin/python -m bench.reports --rows 1000000  # smaller
+    .venv/bin/python -m bench.reports --shared        # the same rows also in the shared mode's lake
+                                                      # (a throwaway PostgreSQL; needs Debian's postgresql)
 
 Targets on a 2-core machine: each report <= 1 s (as the API and ``--format json`` compute it; the
 CLI table's total line adds a pass for its percentiles, shown beside it), CSV export >= 500k
@@ -79,14 +81,49 @@ def time_export(db: Path, since: str | None) -> tuple[int, float, int]:
     return int(rows), float(elapsed), int(rss_kb)
 
 
+def compare_shared(db: Path, tmp: Path) -> None:
+    """The same reports on the same rows, copied into a DuckLake on a throwaway PostgreSQL."""
+    import os
+
+    from addon.core.store import shared, transfer
+    from tests.pg import Cluster
+    cluster = Cluster()
+    try:
+        cfg = shared.SharedConfig(cluster.create_database("reports"), str(tmp / "lake"))
+        start = time.perf_counter()
+        con = shared.SharedConnection(cfg)
+        try:
+            transfer.copy_embedded(db, con)
+        finally:
+            con.close()
+        print(f"\ncopied into the lake in {time.perf_counter() - start:.1f} s")
+        embedded = time_reports(db)
+        os.environ[shared.ENV_CATALOG] = cfg.catalog
+        try:
+            in_lake = time_reports(db)
+        finally:
+            del os.environ[shared.ENV_CATALOG]
+            shared.drop()
+        print("report (warm, seconds)                             embedded    lake   lake/embedded")
+        for (label, seconds, _, groups), (_, lake_seconds, _, lake_groups) in zip(embedded, in_lake, strict=True):
+            assert groups == lake_groups, label
+            print(f"  {label:<50} {seconds:>6.3f}  {lake_seconds:>6.3f}  {lake_seconds / seconds:>8.2f}x")
+    finally:
+        cluster.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--shared", action="store_true", help="also time the reports on the shared mode's lake")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aispendtrack-reports-") as tmp:
         db = home_dir.db_path(Path(tmp))
         print(f"generating {args.rows:,} calls ... {build(db, args.rows):.1f} s, "
               f"{db.stat().st_size / 1e6:,.0f} MB on disk")
+        if args.shared:
+            compare_shared(db, Path(tmp))
+            return
         ok = True
         print("\nreport (warm, seconds)                             groups  +total line  groups")
         for label, seconds, with_total, groups in time_reports(db):

@@ -9,7 +9,7 @@ import duckdb
 
 from addon.core import keys as keygen
 from addon.core.store import admin as admin_rows
-from addon.core.store import compact, encryption, reading, writing
+from addon.core.store import compact, encryption, reading, shared, writing
 from addon.core.store import sessions as session_rows
 
 from .output import emit, format_option
@@ -72,6 +72,10 @@ def revoke_token(obj, token_id: int) -> None:
 @click.pass_obj
 def encrypt(obj) -> None:
     """Encrypt an existing database with the key in AISPENDTRACK_ENCRYPTION_KEY (stop the proxy first)."""
+    if shared.configured() is not None:
+        raise click.ClickException("Encryption with a key applies to the embedded database file. In the shared mode "
+                                   "the data is in PostgreSQL and the data path: encrypt those at rest (the "
+                                   "database's volume, the bucket's server-side encryption); see docs/deploy.md.")
     key = encryption.configured_key()
     if key is None:
         raise click.UsageError(f"Set {encryption.ENV_KEY} or {encryption.ENV_KEY_FILE} to the new key first.")

@@ -1,8 +1,9 @@
 """A real load balancer for the shared-mode tests: Debian's HAProxy, round-robin over replicas.
 
-It checks each replica's ``/aispendtrack/health`` every 200 ms, takes a replica out after one
-failed check and back after two good ones, and retries a request on another replica when the
-connection itself fails (never once a request was sent: a call is not repeated).
+It checks each replica's ``/aispendtrack/health`` every 200 ms, takes a replica out after two
+failed checks (one slow answer on a busy machine is not a dead replica) and back after two good
+ones, and retries a request on another replica when the connection itself fails (never once a
+request was sent: a call is not repeated).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ frontend llm
 backend replicas
     balance roundrobin
     option httpchk GET /aispendtrack/health
-    default-server inter 200ms fall 1 rise 2
+    timeout check 1s
+    default-server inter 200ms fall 2 rise 2
 {servers}
 """
 

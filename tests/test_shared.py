@@ -92,15 +92,36 @@ def test_two_replicas_record_every_call_once_and_report_as_one(shared_env, tmp_p
         total = sum(Decimal(str(r["cost_usd"])) for r in rows)
         report = json.loads(run_cli(tmp_path / "admin", "report", "--by", "customer", "--format", "json"))
         assert sum(Decimal(str(r["cost_usd"])) for r in report) == total > 0
+        # The web app of yet another process: the API, and a sign-in (its session lives in PostgreSQL).
+        from web import create_app
+        token = json.loads(run_cli(tmp_path / "admin", "admin", "create-token", "--name", "ops", "--json"))["token"]
+        web = create_app(tmp_path / "web").test_client()
+        api = web.get("/api/v1/report", query_string={"by": "customer"}, headers={"Authorization": f"Bearer {token}"})
+        assert api.status_code == 200 and sum(Decimal(str(r["cost_usd"])) for r in api.get_json()) == total
+        page = web.get("/login").get_data(as_text=True)
+        csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        assert web.post("/login", data={"secret": token, "csrf": csrf}).status_code == 302
+        assert web.get("/api/v1/report/total").get_json()["calls"] == 10
     finally:
         stop_all(proxies)
 
 
-def test_a_key_revoked_anywhere_is_refused_by_every_replica_within_5_s(shared_env, tmp_path, upstream):
+def test_a_key_created_or_revoked_anywhere_works_or_is_refused_on_every_replica_within_5_s(shared_env, tmp_path,
+                                                                                              upstream):
     import time
     created = new_key(tmp_path / "admin")
     proxies = replicas(tmp_path, upstream.url, 2, created["key"])
     try:
+        later = new_key(tmp_path / "elsewhere")  # made after the replicas loaded their keys
+        made_at = time.monotonic()
+        for proxy in proxies:
+            while True:
+                try:
+                    proxy.openai(headers={"x-aispendtrack-key": later["key"]}).chat.completions.create(**CHAT)
+                    break
+                except openai.AuthenticationError:
+                    assert time.monotonic() - made_at < 5, "a new key was still refused after 5 s"
+                    time.sleep(0.1)
         for proxy in proxies:
             proxy.openai().chat.completions.create(**CHAT)
         cli(proxies[1].home, "keys", "revoke", str(created["id"]))
@@ -339,3 +360,27 @@ def test_migrate_to_copies_an_embedded_database_and_its_keys_work_on_a_replica(s
         assert new["id"] == created["id"] + 1  # ids go on after the copied ones
     finally:
         replica.stop()
+
+
+def test_reprice_and_retention_purge_work_on_the_lake(shared_env, tmp_path):
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"old-{uuid.uuid4().hex}"
+    key_id = new_key(home)["id"]
+    old = [call_row(n, key_id=key_id, customer_id=marker, ts=dt.datetime.now(dt.UTC) - dt.timedelta(days=3, seconds=n))
+           for n in range(1, 6)]
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, old)
+    assert "Checked 5 calls; 5 changed" in run_cli(home, "reprice", "--customer", marker)
+    repriced = [r for r in calls_json(home) if r["customer_id"] == marker]
+    assert {r["price_source"] for r in repriced} != {None} and all(r["cost_usd"] != 0.01 for r in repriced)
+    result = json.loads(run_cli(home, "purge", "--older-than", "2d", "--json"))
+    assert result["deleted"]["calls"] == 5
+    assert [r for r in calls_json(home) if r["customer_id"] == marker] == []
+    # Purged rows are gone from the calls' files too, and stay counted as hourly totals (with their tags).
+    assert files_containing(Path(os.environ["AISPENDTRACK_DATA_PATH"]) / "main" / "calls", marker.encode()) == []
+    with writing(home / "unused.duckdb") as con:
+        kept = con.execute("SELECT sum(calls) FROM hourly_usage WHERE customer_id = ?", [marker]).fetchone()[0]
+    assert kept == 5
