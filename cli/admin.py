@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import click
@@ -9,7 +10,7 @@ import duckdb
 
 from addon.core import keys as keygen
 from addon.core.store import admin as admin_rows
-from addon.core.store import compact, encryption, reading, shared, writing
+from addon.core.store import compact, encryption, lake, reading, shared, writing
 from addon.core.store import sessions as session_rows
 
 from .output import emit, format_option
@@ -66,6 +67,22 @@ def revoke_token(obj, token_id: int) -> None:
                                        f"No admin token {token_id}; see `aispendtrack admin list-tokens`.")
         ended = session_rows.end_for(con, token_hash)
     click.echo(f"Revoked admin token {token_id}; {ended} page session(s) ended.")
+
+
+@admin.command("maintain")
+@click.pass_obj
+def maintain(obj) -> None:
+    """Shared mode: run the lake's maintenance now (a proxy runs it every 5 minutes by itself)."""
+    if shared.configured() is None:
+        raise click.ClickException("Only the shared mode has a lake to maintain; the embedded file needs nothing.")
+    with lake.Turn().mine() as mine:
+        if not mine:
+            raise click.ClickException("Another replica is running the periodic jobs right now; try again shortly.")
+        with writing(obj.db) as con:
+            lake.maintain(con, dt.datetime.now(dt.UTC))
+            files = lake.data_files(con)
+    click.echo(f"Lake maintained: inlined rows flushed, small files merged, snapshots older than "
+               f"{lake.KEEP_SNAPSHOTS} expired and their files deleted; {files:,} data files of calls now.")
 
 
 @admin.command("encrypt")

@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -66,7 +68,6 @@ def calls_json(home: Path) -> list[dict]:
 
 
 def wait_rows(home: Path, tag_prefix: str, expect: int, timeout: float = 10) -> list[dict]:
-    import time
     deadline = time.monotonic() + timeout
     while True:
         rows = [r for r in calls_json(home) if (r["customer_id"] or "").startswith(tag_prefix)]
@@ -108,7 +109,6 @@ def test_two_replicas_record_every_call_once_and_report_as_one(shared_env, tmp_p
 
 def test_a_key_created_or_revoked_anywhere_works_or_is_refused_on_every_replica_within_5_s(shared_env, tmp_path,
                                                                                               upstream):
-    import time
     created = new_key(tmp_path / "admin")
     proxies = replicas(tmp_path, upstream.url, 2, created["key"])
     try:
@@ -171,7 +171,6 @@ def test_a_limit_of_n_admits_exactly_n_calls_across_replicas(shared_env, tmp_pat
 
 
 def test_a_blocking_budget_crossed_on_one_replica_blocks_every_replica_within_1_s(shared_env, tmp_path, upstream):
-    import time
     admin = tmp_path / "admin"
     key = new_key(admin)["key"]
     # 20 calls of $0.000405 cross it; replica b alone would need 20 as well, so it can only refuse
@@ -211,8 +210,6 @@ def stored_tags(home: Path) -> list[str]:
 
 
 def test_three_replicas_behind_a_load_balancer_survive_a_kill_9(shared_env, tmp_path, upstream):
-    import signal
-    import time
     flush_s = 0.5
     key = new_key(tmp_path / "admin")["key"]
     ports = [free_port() for _ in range(3)]
@@ -249,7 +246,6 @@ def test_three_replicas_behind_a_load_balancer_survive_a_kill_9(shared_env, tmp_
 
 def test_postgres_stopped_for_10_s_under_load_fails_no_call_and_loses_no_row(cluster, shared_env, tmp_path,
                                                                              upstream):
-    import time
     created = new_key(tmp_path / "admin")
     run_cli(tmp_path / "admin", "keys", "set-limit", str(created["id"]), "--per-hour", "100000")  # limited: PG per call
     proxies = replicas(tmp_path, upstream.url, 2, created["key"], flush_ms=500)
@@ -384,3 +380,48 @@ def test_reprice_and_retention_purge_work_on_the_lake(shared_env, tmp_path):
     with writing(home / "unused.duckdb") as con:
         kept = con.execute("SELECT sum(calls) FROM hourly_usage WHERE customer_id = ?", [marker]).fetchone()[0]
     assert kept == 5
+
+
+S3_SECRET = """
+import duckdb, sys
+from addon.core.store.extensions import load
+con = duckdb.connect()
+load(con, "httpfs", "an S3 secret")
+con.execute(f"CREATE PERSISTENT SECRET lake (TYPE s3, KEY_ID 'test', SECRET 'test', REGION 'us-east-1', "
+            f"ENDPOINT '127.0.0.1:{sys.argv[1]}', URL_STYLE 'path', USE_SSL false)")
+"""
+
+
+def test_a_data_path_on_object_storage_with_credentials_from_a_duckdb_secret(shared_env, tmp_path, upstream,
+                                                                           monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", aws_access_key_id="test",
+                          aws_secret_access_key="test", region_name="us-east-1")
+        s3.create_bucket(Bucket="lake")
+        # As docs/deploy.md says: a persistent secret, once per host, for the user the proxy runs as.
+        monkeypatch.setenv("HOME", str(tmp_path / "user"))
+        monkeypatch.setenv("AISPENDTRACK_DATA_PATH", "s3://lake/aispendtrack/")
+        subprocess.run([sys.executable, "-c", S3_SECRET, str(port)], cwd=REPO, check=True, env=os.environ.copy())
+        key = json.loads(cli(tmp_path / "admin", "keys", "create", "--name", "s3", "--json").stdout)["key"]
+        proxy = start_proxy(tmp_path / "replica", upstream.url, tmp_path / "replica.log", key=key)
+        try:
+            for n in range(3):
+                proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"s3-{n}"})
+            rows = json.loads(cli(tmp_path / "admin", "calls", "--format", "json").stdout)
+            deadline = time.monotonic() + 10
+            while len(rows) < 3 and time.monotonic() < deadline:
+                rows = json.loads(cli(tmp_path / "admin", "calls", "--format", "json").stdout)
+            assert sorted(r["customer_id"] for r in rows) == ["s3-0", "s3-1", "s3-2"]
+        finally:
+            proxy.stop()
+        # Maintenance (every 5 minutes in a proxy; now, by hand) writes the inlined rows out as Parquet.
+        assert "Lake maintained" in cli(tmp_path / "admin", "admin", "maintain").stdout
+        objects = [o["Key"] for o in s3.list_objects_v2(Bucket="lake").get("Contents", [])]
+        assert any(k.startswith("aispendtrack/main/calls/") and k.endswith(".parquet") for k in objects), objects
+    finally:
+        server.stop()

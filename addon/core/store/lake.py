@@ -82,4 +82,9 @@ def scrub(con: duckdb.DuckDBPyConnection) -> int:
     con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}', delete_threshold => 0)")
     con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => now())")
     con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)")
+    return data_files(con)
+
+
+def data_files(con: duckdb.DuckDBPyConnection) -> int:
+    """The Parquet files the current snapshot of ``calls`` reads."""
     return len(con.execute(f"SELECT * FROM ducklake_list_files('{LAKE}', 'calls')").fetchall())
