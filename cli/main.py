@@ -27,6 +27,7 @@ from . import (
     migrate,
     prices,
     proxy,
+    reconcile,
     report,
     reprice,
     web,
@@ -79,4 +80,5 @@ cli.add_command(lifecycle.purge)
 cli.add_command(lifecycle.gdpr)
 cli.add_command(config.config)
 cli.add_command(migrate.migrate_to)
+cli.add_command(reconcile.reconcile)
 add_storage_options(cli)

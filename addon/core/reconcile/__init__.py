@@ -1,0 +1,116 @@
+"""Reconciliation: our rows beside the provider's own usage report, per UTC bucket and model.
+
+Each line says:
+- ``match``: every token kind (and the request count, where the provider reports one) agrees
+  within the tolerance;
+- ``untracked``: the provider saw more (calls that went around the proxy, a key we do not know);
+- ``over``: we recorded more (calls the provider did not bill);
+- ``drift``: the kinds disagree both ways (e.g. the same tokens split differently between cache
+  and input).
+Buckets that ended less than ``SETTLE`` ago are marked ``pending``: providers complete them late.
+Their cost is their tokens at our prices (the price book our rows were priced with), so a
+difference in cost is a difference in usage, or rows priced before a price change (run
+``aispendtrack reprice`` first).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from decimal import Decimal
+from types import ModuleType
+
+from . import anthropic, openai
+from .http import ReconcileError
+
+PROVIDERS: dict[str, ModuleType] = {"openai": openai, "anthropic": anthropic}
+KINDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
+         "web_search_requests")
+SETTLE = dt.timedelta(hours=24)
+
+__all__ = ["KINDS", "PROVIDERS", "ReconcileError", "compare", "regroup", "total"]
+
+Price = Callable[[str | None, dt.datetime, dict], Decimal | None]
+
+
+def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timedelta, now: dt.datetime,
+            tolerance: float = 0.0, counts_requests: bool = True) -> list[dict]:
+    """One line per (bucket, model) seen on either side; ``price(model, bucket, usage)`` prices theirs.
+    ``counts_requests``: whether the provider's report counts requests (Anthropic's does not)."""
+    mine = _by_key(ours)
+    provider = _by_key(theirs)
+    lines = []
+    for bucket, model in sorted(set(mine) | set(provider), key=lambda k: (k[0], k[1] or "")):
+        o, t = mine.get((bucket, model), {}), provider.get((bucket, model), {})
+        line: dict = {"bucket": bucket, "model": model}
+        for kind in ("requests", *KINDS):
+            line[f"ours_{kind}"] = int(o.get(kind) or 0)
+            line[f"theirs_{kind}"] = None if kind == "requests" and not counts_requests else int(t.get(kind) or 0)
+        line["ours_cost_usd"] = Decimal(o["cost_usd"]) if o.get("cost_usd") is not None else Decimal(0)
+        line["theirs_cost_usd"] = price(model, bucket, t) if t else Decimal(0)
+        line.update(_difference(line), status=_status(line, tolerance), pending=bucket + width > now - SETTLE)
+        lines.append(line)
+    return lines
+
+
+def regroup(lines: list[dict], by: tuple[str, ...], tolerance: float = 0.0) -> list[dict]:
+    """Lines summed over what ``by`` leaves out: ("day",) sums the models of a day, ("model",) the
+    days of a model; ("day", "model") is the lines as they are."""
+    if set(by) == {"day", "model"}:
+        return lines
+    groups: dict = {}
+    for line in lines:
+        key = line["bucket"] if "day" in by else line["model"]
+        into = groups.setdefault(key, {"bucket": line["bucket"] if "day" in by else None,
+                                       "model": line["model"] if "model" in by else None, "pending": False})
+        for name, value in line.items():
+            if name.startswith(("ours_", "theirs_")):
+                into[name] = None if value is None and into.get(name) is None else (into.get(name) or 0) + (value or 0)
+        into["pending"] = into["pending"] or line["pending"]
+    for into in groups.values():
+        into.update(_difference(into), status=_status(into, tolerance))
+    return list(groups.values())
+
+
+def total(lines: list[dict]) -> dict:
+    """The sums over ``lines``, with the cost difference in USD and percent of the provider's."""
+    sums: dict = {"bucket": None, "model": "TOTAL"}
+    for name in [k for k in (lines[0] if lines else {}) if k.startswith(("ours_", "theirs_"))]:
+        values = [line[name] for line in lines if line[name] is not None]
+        sums[name] = sum(values, Decimal(0) if name.endswith("_usd") else 0) if values else None
+    sums.update(_difference(sums))
+    sums["status"] = "match" if all(line["status"] == "match" for line in lines) else "differs"
+    sums["pending"] = any(line["pending"] for line in lines)
+    return sums
+
+
+def _difference(line: dict) -> dict:
+    """What the provider has more than we do, in USD and in percent of the provider's cost."""
+    ours, theirs = line.get("ours_cost_usd") or Decimal(0), line.get("theirs_cost_usd") or Decimal(0)
+    return {"difference_usd": theirs - ours,
+            "difference_percent": float((theirs - ours) / theirs * 100) if theirs else None}
+
+
+def _by_key(lines: list[dict]) -> dict[tuple[dt.datetime, str | None], dict]:
+    merged: dict[tuple[dt.datetime, str | None], dict] = {}
+    for line in lines:
+        into = merged.setdefault((line["bucket"], line["model"]), {})
+        for name, value in line.items():
+            if name in ("bucket", "model") or value is None:
+                continue
+            into[name] = into.get(name, 0) + value
+    return merged
+
+
+def _status(line: dict, tolerance: float) -> str:
+    more = less = False
+    for kind in ("requests", *KINDS):
+        ours, theirs = line[f"ours_{kind}"], line[f"theirs_{kind}"]
+        if theirs is None:
+            continue
+        if abs(theirs - ours) <= tolerance * max(ours, theirs):
+            continue
+        more, less = more or theirs > ours, less or theirs < ours
+    if more and less:
+        return "drift"
+    return "untracked" if more else "over" if less else "match"

@@ -1,0 +1,124 @@
+"""``aispendtrack reconcile``: our rows beside the provider's own usage report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from decimal import Decimal
+
+import click
+
+from addon.core import reconcile as rec
+from addon.core.money import usd
+from addon.core.reports import ReportError, parse_selection
+from addon.core.store import reading, usage_totals
+from pricing import PriceBook, PriceFileError
+from pricing.overrides import FILE_NAME
+from pricing.usage import TokenUsage
+
+from .output import emit, format_option, tokens
+
+DAY = dt.timedelta(days=1)
+
+
+@click.command()
+@click.option("--provider", type=click.Choice(sorted(rec.PROVIDERS)), required=True)
+@click.option("--since", default="30d", show_default=True, help="Start (UTC): 30d, 2026-11-01, ...")
+@click.option("--until", help="End, exclusive (UTC); default: now.")
+@click.option("--by", "by", multiple=True, type=click.Choice(("day", "model")),
+              help="Lines per day, per model, or per day and model (the default).")
+@click.option("--tolerance", default=0.0, show_default=True, type=click.FloatRange(0, 100),
+              help="Percent by which a token count may differ and still match.")
+@click.option("--upstream", metavar="URL", help="The provider's API base URL, for an egress proxy or a stand-in "
+                                                "[default: the provider's own].")
+@format_option()
+@click.pass_obj
+def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, ...], tolerance: float,
+              upstream: str | None, fmt: str = "table") -> None:
+    """Compare our rows with the provider's usage API, per UTC day and model.
+
+    Needs an organization admin key in OPENAI_ADMIN_KEY or ANTHROPIC_ADMIN_KEY (never stored).
+    Each line says match, untracked (the provider saw more: calls around the proxy), over (we
+    recorded more) or drift (token kinds disagree both ways); days younger than 24 h may still
+    change at the provider."""
+    api = rec.PROVIDERS[provider]
+    admin_key = os.environ.get(api.KEY_VARIABLE)
+    if not admin_key:
+        raise click.UsageError(f"Set {api.KEY_VARIABLE} to an organization admin key of {api.NAME}: the usage API "
+                               f"does not take ordinary API keys.")
+    start, end = _range(since, until)
+    try:
+        book = PriceBook(obj.home / FILE_NAME)
+        theirs = api.fetch(upstream or api.DEFAULT_BASE_URL, admin_key, start, end, "1d")
+    except (PriceFileError, rec.ReconcileError) as exc:
+        raise click.ClickException(str(exc)) from None
+    with reading(obj.db) as con:
+        ours = usage_totals.per_bucket(con, provider, start, end)
+    for line in ours:
+        line["bucket"] = line["bucket"].replace(tzinfo=dt.UTC)
+
+    def price(model: str | None, bucket: dt.datetime, usage: dict) -> Decimal | None:
+        tokens = TokenUsage(**{kind: usage.get(kind) or 0 for kind in rec.KINDS})
+        return book.price(tokens, provider, model, bucket + DAY / 2).cost_usd
+
+    lines = rec.compare(ours, theirs, price, DAY, dt.datetime.now(dt.UTC), tolerance / 100, api.COUNTS_REQUESTS)
+    lines = rec.regroup(lines, by or ("day", "model"), tolerance / 100)
+    summary = rec.total(lines)
+    if fmt != "table":
+        emit([*lines, summary], fmt, [])
+        return
+    emit([*lines, summary], fmt, _columns(by or ("day", "model"), api.COUNTS_REQUESTS))
+    click.echo(_verdict(summary, api.NAME))
+
+
+def _range(since: str, until: str | None) -> tuple[dt.datetime, dt.datetime]:
+    """Whole UTC days: the usage APIs bucket by UTC day."""
+    try:
+        selection = parse_selection(since=since, until=until)
+    except ReportError as exc:
+        raise click.UsageError(str(exc)) from None
+    now = dt.datetime.now(dt.UTC)
+    start = (selection.since or now - 30 * DAY).astimezone(dt.UTC)
+    end = (selection.until or now).astimezone(dt.UTC)
+    start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    if end.time() != dt.time(0):
+        end = end.replace(hour=0, minute=0, second=0, microsecond=0) + DAY
+    return start, end
+
+
+def _pair(name: str):
+    def cell(row: dict) -> str:
+        theirs = row[f"theirs_{name}"]
+        return f"{tokens(row[f'ours_{name}'])}/{'-' if theirs is None else tokens(theirs)}"
+    return cell
+
+
+def _columns(by: tuple[str, ...], counts_requests: bool) -> list:
+    columns: list = []
+    if "day" in by:
+        columns.append(("DAY (UTC)", lambda r: f"{r['bucket']:%Y-%m-%d}" if r["bucket"] else "TOTAL", "<"))
+    if "model" in by:
+        # The total line is named once, in the first column.
+        columns.append(("MODEL", lambda r: "" if r["model"] == "TOTAL" and "day" in by else r["model"] or "", "<"))
+    if counts_requests:
+        columns.append(("REQ ours/theirs", _pair("requests"), ">"))
+    columns += [("IN", _pair("input_tokens"), ">"), ("CACHE R", _pair("cache_read_tokens"), ">"),
+                ("CACHE W", _pair("cache_write_tokens"), ">"), ("OUT", _pair("output_tokens"), ">"),
+                ("COST ours/theirs", lambda r: f"{usd(r['ours_cost_usd'])}/{usd(r['theirs_cost_usd'])}", ">"),
+                ("STATUS", lambda r: r["status"] + (" (pending)" if r["pending"] else ""), "<")]
+    return columns
+
+
+def _verdict(summary: dict, name: str) -> str:
+    difference, percent = summary["difference_usd"], summary["difference_percent"]
+    if summary["status"] == "match":
+        text = f"Everything {name} reports matches what the proxy recorded."
+    elif difference >= 0:
+        text = (f"{name} reports {usd(difference)} more than the proxy recorded"
+                + (f" ({percent:.1f}% of its total)" if percent is not None else "") + ": calls that went around "
+                "the proxy, or a key it does not know.")
+    else:
+        text = f"The proxy recorded {usd(-difference)} more than {name} reports."
+    if summary["pending"]:
+        text += " Days younger than 24 h may still change at the provider."
+    return text

@@ -1,0 +1,173 @@
+"""``aispendtrack reconcile``: our rows beside the provider's usage API (a fake at the wire).
+
+Our rows come from real SDK calls through the proxy (or, for a month of history, are generated);
+the provider's side is what the fake provider actually served, direct calls included.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from decimal import Decimal
+
+import openai
+import pytest
+from click.testing import CliRunner
+
+from addon.core.store import calls as call_rows
+from addon.core.store import writing
+from cli.main import cli
+
+from .helpers import call_row, start_proxy
+from .upstream import FakeProvider
+from .usage_api import ADMIN_KEY, Billed, UsageApi, billed_from
+
+M = Decimal(1_000_000)
+GPT4O = "gpt-4o-2024-08-06"
+LEGACY = {"x-test-scenario": "legacy"}  # 14 input + 37 output tokens of gpt-4o-2024-08-06
+LEGACY_COST = (14 * Decimal("2.50") + 37 * Decimal("10.00")) / M
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
+
+
+@pytest.fixture
+def usage_api():
+    api = UsageApi()
+    yield api
+    api.close()
+
+
+def reconcile(home, *args: str, env: dict | None = None):
+    env = {"OPENAI_ADMIN_KEY": ADMIN_KEY, "ANTHROPIC_ADMIN_KEY": ADMIN_KEY, **(env or {})}
+    return CliRunner().invoke(cli, ["--home", str(home), "reconcile", *args], env=env, catch_exceptions=False)
+
+
+def lines(result) -> list[dict]:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_openai_calls_through_the_proxy_match_and_direct_calls_show_as_untracked(tmp_path, usage_api):
+    with FakeProvider() as provider:
+        proxy = start_proxy(tmp_path / "home", provider.url, tmp_path / "proxy.log")
+        try:
+            client = proxy.openai(headers={**LEGACY, "x-customer-id": "rec"})
+            for _ in range(3):
+                client.chat.completions.create(**CHAT)
+            assert len(proxy.rows("rec", expect=3)) == 3
+            usage_api.ledger = billed_from(provider.received)
+            args = ("--provider", "openai", "--since", "1d", "--upstream", usage_api.url, "--format", "json")
+            [today, total] = lines(reconcile(proxy.home, *args))
+            assert (today["model"], today["status"], today["ours_requests"], today["theirs_requests"]) == \
+                (GPT4O, "match", 3, 3)
+            assert Decimal(str(total["difference_usd"])) == 0 and total["status"] == "match"
+
+            direct = openai.OpenAI(base_url=f"{provider.url}/v1", api_key="sk-direct", default_headers=LEGACY)
+            for _ in range(2):  # a service that calls the provider without the proxy
+                direct.chat.completions.create(**CHAT)
+            usage_api.ledger = billed_from(provider.received)
+            [today, total] = lines(reconcile(proxy.home, *args))
+        finally:
+            proxy.stop()
+    assert today["status"] == "untracked" and today["pending"] is True  # today's bucket may still change
+    assert (today["ours_requests"], today["theirs_requests"]) == (3, 5)
+    assert (today["ours_input_tokens"], today["theirs_input_tokens"]) == (3 * 14, 5 * 14)
+    assert (today["ours_output_tokens"], today["theirs_output_tokens"]) == (3 * 37, 5 * 37)
+    assert Decimal(str(today["ours_cost_usd"])) == 3 * LEGACY_COST
+    assert Decimal(str(today["theirs_cost_usd"])) == 5 * LEGACY_COST
+    assert Decimal(str(total["difference_usd"])) == 2 * LEGACY_COST
+    assert total["difference_percent"] == pytest.approx(40.0)
+
+
+def test_anthropic_messages_with_cache_writes_and_no_request_counts(tmp_path, usage_api):
+    with FakeProvider() as provider:
+        proxy = start_proxy(tmp_path / "home", provider.url, tmp_path / "proxy.log")
+        try:
+            client = proxy.anthropic(headers={"x-customer-id": "rec"})
+            for _ in range(2):
+                client.messages.create(model="claude-sonnet-4-20250514", max_tokens=50,
+                                       messages=[{"role": "user", "content": "hi"}])
+            assert len(proxy.rows("rec", expect=2)) == 2
+            usage_api.ledger = billed_from(provider.received)
+            result = reconcile(proxy.home, "--provider", "anthropic", "--upstream", usage_api.url)
+        finally:
+            proxy.stop()
+    assert result.exit_code == 0, result.output
+    assert "claude-sonnet-4-20250514" in result.output and "match" in result.output
+    assert "REQ" not in result.output  # Anthropic's report does not count requests, so neither do we here
+    assert "Everything Anthropic reports matches what the proxy recorded." in result.output
+    # 2 calls of 3 uncached + 9,511 cache-read + 1,956 cache-write (5 min) + 44 output tokens, both sides.
+    assert "19,022/19,022" in result.output and "3,912/3,912" in result.output
+
+
+def test_a_month_with_a_known_gap_is_reported_to_the_token_and_the_cent(tmp_path, usage_api):
+    """Generated history: 30 days, calls either side of each UTC midnight, one day with an extra
+    call the provider billed and we never saw."""
+    from pricing import PriceBook
+    from pricing.usage import TokenUsage
+    book = PriceBook(tmp_path / "none.toml")
+    start = dt.datetime(2026, 10, 26, tzinfo=dt.UTC)
+    rows, ledger = [], []
+    for day in range(30):
+        midnight = start + dt.timedelta(days=day)
+        for n, at in enumerate((midnight + dt.timedelta(hours=9), midnight + dt.timedelta(days=1, microseconds=-1))):
+            usage = TokenUsage(input_tokens=1000 + day, cache_read_tokens=200 * n, output_tokens=300 + n)
+            cost = book.price(usage, "openai", GPT4O, at).cost_usd
+            rows.append(call_row(day * 2 + n, ts=at, model=GPT4O, input_tokens=usage.input_tokens,
+                                 cache_read_tokens=usage.cache_read_tokens, output_tokens=usage.output_tokens,
+                                 cost_usd=cost, price_source="test"))
+            ledger.append(Billed(at, "openai", GPT4O, usage.input_tokens, usage.cache_read_tokens,
+                                 output_tokens=usage.output_tokens))
+    gap_day = dt.datetime(2026, 11, 10, tzinfo=dt.UTC)
+    ledger.append(Billed(gap_day, "openai", GPT4O, 1000, output_tokens=500))  # at 00:00:00 exactly
+    home = tmp_path / "home"
+    home.mkdir()
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, rows)
+    usage_api.ledger = ledger
+    usage_api.page_size = 7  # five pages of days
+    args = ("--provider", "openai", "--since", "2026-10-26", "--until", "2026-11-25", "--upstream", usage_api.url)
+
+    as_json = lines(reconcile(home, *args, "--format", "json"))
+    *days, total = as_json
+    assert len(days) == 30 and total["model"] == "TOTAL"
+    assert [d["bucket"][:10] for d in days if d["status"] != "match"] == ["2026-11-10"]
+    [gap] = [d for d in days if d["bucket"].startswith("2026-11-10")]
+    assert gap["status"] == "untracked" and gap["pending"] is False
+    assert gap["theirs_requests"] - gap["ours_requests"] == 1
+    assert gap["theirs_input_tokens"] - gap["ours_input_tokens"] == 1000
+    assert gap["theirs_output_tokens"] - gap["ours_output_tokens"] == 500
+    assert gap["theirs_cache_read_tokens"] == gap["ours_cache_read_tokens"] == 200  # the 23:59:59.999999 call
+    expected_gap = (1000 * Decimal("2.50") + 500 * Decimal("10.00")) / M
+    assert Decimal(str(total["difference_usd"])) == expected_gap == Decimal("0.0075")
+    assert sum(d["theirs_requests"] for d in days) == 61 and total["ours_requests"] == 60
+
+    as_csv = list(csv.DictReader(io.StringIO(reconcile(home, *args, "--format", "csv").output)))
+    [csv_gap] = [r for r in as_csv if r["bucket"].startswith("2026-11-10")]
+    assert csv_gap["status"] == "untracked"
+    assert int(csv_gap["theirs_input_tokens"]) - int(csv_gap["ours_input_tokens"]) == 1000
+    assert Decimal(as_csv[-1]["difference_usd"]) == expected_gap
+
+    table = reconcile(home, *args).output
+    assert "2026-11-10" in table and "untracked" in table
+    assert "OpenAI reports $0.0075 more than the proxy recorded" in table
+    assert len(usage_api.requests) >= 3 * 5  # json, csv, table: five pages each (embeddings too)
+
+
+def test_a_wrong_admin_key_a_missing_one_and_rate_limits(tmp_path, usage_api):
+    home = tmp_path / "home"
+    refused = reconcile(home, "--provider", "openai", "--upstream", usage_api.url,
+                        env={"OPENAI_ADMIN_KEY": "sk-proj-ordinary-key"})
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert "refused the admin key in OPENAI_ADMIN_KEY with 401" in refused.output
+    assert "organization admin key, not an ordinary API key" in refused.output
+    assert "sk-proj-ordinary-key" not in refused.output  # a key is never echoed
+    missing = reconcile(home, "--provider", "anthropic", env={"ANTHROPIC_ADMIN_KEY": ""})
+    assert missing.exit_code == 2 and "Set ANTHROPIC_ADMIN_KEY" in missing.output
+    usage_api.throttle = 2  # two 429s with retry-after: 1, then answers
+    waited = reconcile(home, "--provider", "anthropic", "--upstream", usage_api.url, "--format", "json")
+    assert waited.exit_code == 0, waited.output
+    assert len(usage_api.requests) == 1 + 3  # the refused call, then 2 throttled and 1 answered
+    unreachable = reconcile(home, "--provider", "openai", "--upstream", "http://127.0.0.1:9")
+    assert unreachable.exit_code == 1 and "Cannot reach OpenAI's usage API" in unreachable.output

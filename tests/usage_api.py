@@ -1,0 +1,174 @@
+"""Fakes of the providers' organisation usage APIs, at the wire (docs/reconciliation.md).
+
+A real HTTP server on 127.0.0.1 answering OpenAI's ``/v1/organization/usage/{completions,
+embeddings}`` and Anthropic's ``/v1/organizations/usage_report/messages`` with the documented
+field names, buckets and paging (``has_more`` / ``next_page``), from a ledger of billed calls:
+what a provider knows it served. ``billed_from`` builds that ledger from what the fake provider
+(tests/upstream.py) actually answered, direct calls included. Faults: a wrong admin key gets 401,
+``throttle`` answers the next requests 429 with ``retry-after``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from . import payloads
+
+ADMIN_KEY = "sk-admin-test-0123456789"
+DAY = dt.timedelta(days=1)
+
+
+@dataclass
+class Billed:
+    at: dt.datetime
+    provider: str          # "openai" or "anthropic"
+    model: str
+    input_tokens: int      # uncached
+    cached_tokens: int = 0
+    cache_5m_tokens: int = 0
+    cache_1h_tokens: int = 0
+    output_tokens: int = 0
+    web_search_requests: int = 0
+
+
+def billed_from(received) -> list[Billed]:
+    """The ledger of non-streamed chat and messages calls the fake provider answered with 200."""
+    ledger = []
+    for r in received:
+        path = r.path.split("?")[0]
+        try:
+            request = json.loads(r.body) if r.body else {}
+        except ValueError:
+            continue
+        if request.get("stream") or not path.endswith(("/chat/completions", "/v1/messages")):
+            continue
+        reply = payloads.reply_for(path, r.headers.get("x-test-scenario", ""), request)
+        if reply.status != 200:
+            continue
+        body = json.loads(reply.body)
+        usage = body["usage"]
+        at = dt.datetime.fromtimestamp(r.at, dt.UTC)
+        if path.endswith("/v1/messages"):
+            creation = usage.get("cache_creation") or {}
+            ledger.append(Billed(at, "anthropic", body["model"], usage["input_tokens"],
+                                 usage.get("cache_read_input_tokens", 0), creation.get("ephemeral_5m_input_tokens", 0),
+                                 creation.get("ephemeral_1h_input_tokens", 0), usage["output_tokens"]))
+        else:
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+            ledger.append(Billed(at, "openai", body["model"], usage["prompt_tokens"] - cached, cached,
+                                 output_tokens=usage["completion_tokens"]))
+    return ledger
+
+
+class UsageApi:
+    def __init__(self) -> None:
+        self.ledger: list[Billed] = []
+        self.page_size: int | None = None  # buckets per page; None: as asked
+        self.throttle = 0                  # answer this many next requests 429
+        self.requests: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def buckets(self, provider: str, start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, list]]:
+        """Every UTC day in [start, end), with the ledger's entries in it (empty days included)."""
+        days, day = [], start
+        while day < end:
+            days.append((day, [b for b in self.ledger if b.provider == provider and day <= b.at < day + DAY]))
+            day += DAY
+        return days
+
+
+def _openai_result(model: str, entries: list[Billed]) -> dict:
+    return {"object": "organization.usage.completions.result", "model": model,
+            "input_tokens": sum(e.input_tokens + e.cached_tokens for e in entries),  # includes cached
+            "input_cached_tokens": sum(e.cached_tokens for e in entries),
+            "output_tokens": sum(e.output_tokens for e in entries), "input_audio_tokens": 0,
+            "output_audio_tokens": 0, "num_model_requests": len(entries),
+            "project_id": None, "user_id": None, "api_key_id": None, "batch": None}
+
+
+def _anthropic_result(model: str, entries: list[Billed]) -> dict:
+    return {"model": model, "uncached_input_tokens": sum(e.input_tokens for e in entries),
+            "cache_read_input_tokens": sum(e.cached_tokens for e in entries),
+            "cache_creation": {"ephemeral_5m_input_tokens": sum(e.cache_5m_tokens for e in entries),
+                               "ephemeral_1h_input_tokens": sum(e.cache_1h_tokens for e in entries)},
+            "output_tokens": sum(e.output_tokens for e in entries),
+            "server_tool_use": {"web_search_requests": sum(e.web_search_requests for e in entries)},
+            "api_key_id": None, "workspace_id": None, "service_tier": None, "context_window": None}
+
+
+def _by_model(entries: list[Billed]) -> dict[str, list[Billed]]:
+    models: dict[str, list[Billed]] = {}
+    for e in entries:
+        models.setdefault(e.model, []).append(e)
+    return models
+
+
+def _handler(api: UsageApi):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            query = urllib.parse.parse_qs(url.query)
+            api.requests.append(self.path)
+            if api.throttle > 0:
+                api.throttle -= 1
+                return self._json(429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}},
+                                  {"retry-after": "1"})
+            if url.path.startswith("/v1/organization/usage/"):
+                if self.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
+                    return self._json(401, {"error": {"message": "Invalid authorization header",
+                                                      "type": "invalid_request_error"}})
+                start = dt.datetime.fromtimestamp(int(query["start_time"][0]), dt.UTC)
+                end = dt.datetime.fromtimestamp(int(query["end_time"][0]), dt.UTC)
+                days = api.buckets("openai", start, end) if url.path.endswith("/completions") else []
+                make = _openai_result
+                shape = lambda day: {"object": "bucket", "start_time": int(day.timestamp()),  # noqa: E731
+                                     "end_time": int((day + DAY).timestamp())}
+            elif url.path == "/v1/organizations/usage_report/messages":
+                if self.headers.get("x-api-key") != ADMIN_KEY or not self.headers.get("anthropic-version"):
+                    return self._json(401, {"type": "error", "error": {"type": "authentication_error",
+                                                                       "message": "invalid x-api-key"}})
+                start = dt.datetime.fromisoformat(query["starting_at"][0].replace("Z", "+00:00"))
+                end = dt.datetime.fromisoformat(query["ending_at"][0].replace("Z", "+00:00"))
+                days = api.buckets("anthropic", start, end)
+                make = _anthropic_result
+                shape = lambda day: {"starting_at": day.strftime("%Y-%m-%dT%H:%M:%SZ"),  # noqa: E731
+                                     "ending_at": (day + DAY).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            else:
+                return self._json(404, {"error": {"message": "not found"}})
+            size = api.page_size or int(query.get("limit", ["7"])[0])
+            first = int(query.get("page", ["0"])[0])
+            page = days[first:first + size]
+            more = first + size < len(days)
+            data = [{**shape(day), "results": [make(m, e) for m, e in sorted(_by_model(entries).items())]}
+                    for day, entries in page]
+            body = {"data": data, "has_more": more, "next_page": str(first + size) if more else None}
+            if url.path.startswith("/v1/organization/"):
+                body["object"] = "page"
+            self._json(200, body)
+
+        def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+    return Handler
