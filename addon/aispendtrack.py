@@ -120,7 +120,8 @@ class AiSpendTrack:
         self.writer.start()
         self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,
                                    interval=max(1, ctx.options.aispendtrack_alert_interval_s),
-                                   purge_interval=ctx.options.aispendtrack_purge_interval_s)
+                                   purge_interval=ctx.options.aispendtrack_purge_interval_s, book=self.book,
+                                   base_urls=_usage_api_bases())
         self.evaluator.start()
         log.info("AiSpendTrack: data in %s, %d active keys%s", home, len(self.state.keyring),
                  f", shared storage at {cfg.where}" if cfg else "")
@@ -271,6 +272,16 @@ class AiSpendTrack:
             self.writer.submit(self._row(meter))
         else:
             self.writer.submit(meter)
+
+
+def _usage_api_bases() -> dict[str, str]:
+    """The providers' API base URLs as this proxy forwards to them: their usage APIs live there too
+    (so an egress proxy, or a test's fake provider, stands in for both)."""
+    reverse = next((m.split(":", 1)[1] for m in ctx.options.mode if m.startswith("reverse:")), "")
+    target, _, listen = reverse.rpartition("@")  # "reverse:URL@8081" also names the listening port
+    reverse = target if target and listen.isdigit() else reverse
+    return {"openai": ctx.options.aispendtrack_openai_upstream or reverse,
+            "anthropic": ctx.options.aispendtrack_anthropic_upstream}
 
 
 def make_addons() -> list:

@@ -10,6 +10,7 @@ import csv
 import datetime as dt
 import io
 import json
+import time
 from decimal import Decimal
 
 import openai
@@ -171,3 +172,71 @@ def test_a_wrong_admin_key_a_missing_one_and_rate_limits(tmp_path, usage_api):
     assert len(usage_api.requests) == 1 + 3  # the refused call, then 2 throttled and 1 answered
     unreachable = reconcile(home, "--provider", "openai", "--upstream", "http://127.0.0.1:9")
     assert unreachable.exit_code == 1 and "Cannot reach OpenAI's usage API" in unreachable.output
+
+
+def _month_so_far(now: dt.datetime, gap: bool, book) -> tuple[list[dict], list[Billed]]:
+    """Two calls on each past day of this month (UTC); with ``gap``, one more the proxy never saw."""
+    from pricing.usage import TokenUsage
+    rows, ledger = [], []
+    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    for day in range((now - first).days):
+        at = first + dt.timedelta(days=day, hours=12)
+        usage = TokenUsage(input_tokens=50_000, output_tokens=20_000)
+        cost = book.price(usage, "openai", GPT4O, at).cost_usd
+        rows += [call_row(day * 2 + n, ts=at, model=GPT4O, input_tokens=50_000, output_tokens=20_000, cost_usd=cost)
+                 for n in range(2)]
+        ledger += [Billed(at, "openai", GPT4O, 50_000, output_tokens=20_000) for _ in range(2)]
+    if gap:
+        ledger.append(Billed(first + dt.timedelta(hours=3), "openai", GPT4O, 400_000, output_tokens=100_000))
+    return rows, ledger
+
+
+@pytest.mark.parametrize("gap", [True, False])
+def test_the_proxy_reconciles_daily_and_alerts_once_when_the_month_differs(tmp_path, monkeypatch, gap):
+    from .helpers import Receiver, run_cli
+    now = dt.datetime.now(dt.UTC)
+    if now.day == 1:
+        pytest.skip("on the 1st the daily run covers last month, which this test does not generate")
+    home = tmp_path / "home"
+    home.mkdir()
+    receiver = Receiver()
+    (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n'
+                                      f'[reconcile]\npercent = 1.0\nmin_usd = 0.5\n')
+    from pricing import PriceBook
+    rows, ledger = _month_so_far(now, gap, PriceBook(tmp_path / "none.toml"))
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, rows)
+    token = json.loads(run_cli(home, "admin", "create-token", "--name", "ops", "--json"))["token"]
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    with FakeProvider() as provider:
+        provider.usage_api = UsageApi()  # the usage API on the provider's own host, as OpenAI's is
+        provider.usage_api.ledger = ledger
+        proxy = start_proxy(home, provider.url, tmp_path / "proxy.log", extra_args=("--alert-interval", "1"))
+        try:
+            from web import create_app
+            web = create_app(home).test_client()
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                found = web.get("/api/v1/reconciliation", headers={"Authorization": f"Bearer {token}"}).get_json()
+                if found:
+                    break
+                time.sleep(0.2)
+            time.sleep(3)  # three more rounds: nothing is checked or sent twice
+        finally:
+            proxy.stop()
+            provider.usage_api.close()
+            receiver.close()
+    [latest] = found
+    assert latest["provider"] == "openai" and latest["until"].startswith(f"{now:%Y-%m-%d}")
+    alerts = [json.loads(body) for _, body in receiver.requests]
+    if gap:
+        extra = (400_000 * Decimal("2.50") + 100_000 * Decimal("10.00")) / M  # $2.00
+        assert Decimal(str(latest["difference_usd"])) == extra and latest["days_differing"] == 1
+        [alert] = alerts  # once
+        assert alert["kind"] == "reconcile" and "OpenAI usage differs" in alert["subject"]
+        assert "OpenAI reports $2.00 more than the proxy" in alert["text"]
+    else:
+        assert Decimal(str(latest["difference_usd"])) == 0 and latest["lines"] == []
+        assert alerts == []
+    assert "OPENAI_ADMIN_KEY" not in (tmp_path / "proxy.log").read_text()
+    assert ADMIN_KEY not in (tmp_path / "proxy.log").read_text()

@@ -31,6 +31,7 @@ class Received:
 class FakeProvider:
     def __init__(self, ssl_context=None) -> None:
         self.received: list[Received] = []
+        self.usage_api = None  # a tests.usage_api.UsageApi: then this provider answers its usage API too
         self.gate = threading.Event()  # a "gated" stream waits on this after its first event
         self.stream_abandoned = threading.Event()  # set when a client went away mid-stream
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -63,6 +64,10 @@ def _handler(provider: FakeProvider):
             pass
 
         def do_GET(self) -> None:
+            if provider.usage_api is not None and self.path.startswith("/v1/organization"):
+                from .usage_api import answer
+                answer(provider.usage_api, self)
+                return
             self._handle()
 
         def do_POST(self) -> None:

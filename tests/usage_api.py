@@ -5,7 +5,8 @@ embeddings}`` and Anthropic's ``/v1/organizations/usage_report/messages`` with t
 field names, buckets and paging (``has_more`` / ``next_page``), from a ledger of billed calls:
 what a provider knows it served. ``billed_from`` builds that ledger from what the fake provider
 (tests/upstream.py) actually answered, direct calls included. Faults: a wrong admin key gets 401,
-``throttle`` answers the next requests 429 with ``retry-after``.
+``throttle`` answers the next requests 429 with ``retry-after``. It serves on a port of its own, or
+through the fake provider (``FakeProvider.usage_api``), as the real APIs share the provider's host.
 """
 
 from __future__ import annotations
@@ -115,60 +116,67 @@ def _by_model(entries: list[Billed]) -> dict[str, list[Billed]]:
     return models
 
 
+def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
+    """Answer one GET of a usage API on ``handler`` (ours, or the fake provider's: see serve())."""
+    url = urllib.parse.urlsplit(handler.path)
+    query = urllib.parse.parse_qs(url.query)
+    api.requests.append(handler.path)
+    if api.throttle > 0:
+        api.throttle -= 1
+        return _json(handler, 429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}},
+                     {"retry-after": "1"})
+    if url.path.startswith("/v1/organization/usage/"):
+        if handler.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
+            return _json(handler, 401, {"error": {"message": "Invalid authorization header",
+                                                  "type": "invalid_request_error"}})
+        start = dt.datetime.fromtimestamp(int(query["start_time"][0]), dt.UTC)
+        end = dt.datetime.fromtimestamp(int(query["end_time"][0]), dt.UTC)
+        days = api.buckets("openai", start, end) if url.path.endswith("/completions") else []
+        make = _openai_result
+        shape = lambda day: {"object": "bucket", "start_time": int(day.timestamp()),  # noqa: E731
+                             "end_time": int((day + DAY).timestamp())}
+    elif url.path == "/v1/organizations/usage_report/messages":
+        if handler.headers.get("x-api-key") != ADMIN_KEY or not handler.headers.get("anthropic-version"):
+            return _json(handler, 401, {"type": "error", "error": {"type": "authentication_error",
+                                                                   "message": "invalid x-api-key"}})
+        start = dt.datetime.fromisoformat(query["starting_at"][0].replace("Z", "+00:00"))
+        end = dt.datetime.fromisoformat(query["ending_at"][0].replace("Z", "+00:00"))
+        days = api.buckets("anthropic", start, end)
+        make = _anthropic_result
+        shape = lambda day: {"starting_at": day.strftime("%Y-%m-%dT%H:%M:%SZ"),  # noqa: E731
+                             "ending_at": (day + DAY).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    else:
+        return _json(handler, 404, {"error": {"message": "not found"}})
+    size = api.page_size or int(query.get("limit", ["7"])[0])
+    first = int(query.get("page", ["0"])[0])
+    page = days[first:first + size]
+    more = first + size < len(days)
+    data = [{**shape(day), "results": [make(m, e) for m, e in sorted(_by_model(entries).items())]}
+            for day, entries in page]
+    body = {"data": data, "has_more": more, "next_page": str(first + size) if more else None}
+    if url.path.startswith("/v1/organization/"):
+        body["object"] = "page"
+    _json(handler, 200, body)
+
+
+def _json(handler, status: int, body: dict, headers: dict | None = None) -> None:
+    raw = json.dumps(body).encode()
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(raw)))
+    handler.end_headers()
+    handler.wfile.write(raw)
+
+
+
 def _handler(api: UsageApi):
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args) -> None:
             pass
 
         def do_GET(self) -> None:
-            url = urllib.parse.urlsplit(self.path)
-            query = urllib.parse.parse_qs(url.query)
-            api.requests.append(self.path)
-            if api.throttle > 0:
-                api.throttle -= 1
-                return self._json(429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}},
-                                  {"retry-after": "1"})
-            if url.path.startswith("/v1/organization/usage/"):
-                if self.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
-                    return self._json(401, {"error": {"message": "Invalid authorization header",
-                                                      "type": "invalid_request_error"}})
-                start = dt.datetime.fromtimestamp(int(query["start_time"][0]), dt.UTC)
-                end = dt.datetime.fromtimestamp(int(query["end_time"][0]), dt.UTC)
-                days = api.buckets("openai", start, end) if url.path.endswith("/completions") else []
-                make = _openai_result
-                shape = lambda day: {"object": "bucket", "start_time": int(day.timestamp()),  # noqa: E731
-                                     "end_time": int((day + DAY).timestamp())}
-            elif url.path == "/v1/organizations/usage_report/messages":
-                if self.headers.get("x-api-key") != ADMIN_KEY or not self.headers.get("anthropic-version"):
-                    return self._json(401, {"type": "error", "error": {"type": "authentication_error",
-                                                                       "message": "invalid x-api-key"}})
-                start = dt.datetime.fromisoformat(query["starting_at"][0].replace("Z", "+00:00"))
-                end = dt.datetime.fromisoformat(query["ending_at"][0].replace("Z", "+00:00"))
-                days = api.buckets("anthropic", start, end)
-                make = _anthropic_result
-                shape = lambda day: {"starting_at": day.strftime("%Y-%m-%dT%H:%M:%SZ"),  # noqa: E731
-                                     "ending_at": (day + DAY).strftime("%Y-%m-%dT%H:%M:%SZ")}
-            else:
-                return self._json(404, {"error": {"message": "not found"}})
-            size = api.page_size or int(query.get("limit", ["7"])[0])
-            first = int(query.get("page", ["0"])[0])
-            page = days[first:first + size]
-            more = first + size < len(days)
-            data = [{**shape(day), "results": [make(m, e) for m, e in sorted(_by_model(entries).items())]}
-                    for day, entries in page]
-            body = {"data": data, "has_more": more, "next_page": str(first + size) if more else None}
-            if url.path.startswith("/v1/organization/"):
-                body["object"] = "page"
-            self._json(200, body)
-
-        def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
-            raw = json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(raw)))
-            self.end_headers()
-            self.wfile.write(raw)
+            answer(api, self)
 
     return Handler

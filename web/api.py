@@ -18,6 +18,7 @@ from addon.core.budgets import with_spend
 from addon.core.reports import ReportError, Selection, parse_report, parse_selection
 from addon.core.serialize import json_row
 from addon.core.store import ReadTooLong, StoreBusy, StoreError, reading
+from addon.core.store import reconciliations as reconciliation_rows
 from addon.core.store import reports as report_rows
 
 from .auth import Principal, authenticate, bearer, credential, session_principal
@@ -96,6 +97,18 @@ def budgets():
     visible = [b for b in rows
                if principal.is_admin or (b["scope"] == "key" and b["scope_value"] == str(principal.key_id))]
     return jsonify([json_row(b) for b in visible])
+
+
+@api.get("/reconciliation")
+def reconciliation():
+    """The latest scheduled reconciliation per provider (organisation-wide: admin tokens only)."""
+    if not g.principal.is_admin:
+        raise ApiError(403, "forbidden", "The reconciliation covers the whole organisation: use an admin token.")
+    with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
+        found = reconciliation_rows.latest(con)
+    for item in found:
+        item["lines"] = [json_row(line) for line in item["lines"]]
+    return jsonify([json_row(item) for item in found])
 
 
 @api.get("/calls")

@@ -24,11 +24,14 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+from pricing import PriceBook
+
 from . import notify, retention
 from .budgets import Budget, with_spend
 from .money import usd
 from .periods import day_start, hour_start, month_start
 from .plans import limits_for
+from .reconcile import daily
 from .store import alerts as alert_rows
 from .store import calls as call_rows
 from .store import keys as key_rows
@@ -87,7 +90,11 @@ def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) ->
     except notify.ChannelError as exc:
         log.error("alerts not sent: %s", exc)
         return []
-    found = candidates(db, now, zone, _settings(home))
+    return send_new(db, channels, candidates(db, now, zone, _settings(home)))
+
+
+def send_new(db: Path, channels: list[notify.Channel], found: list[tuple[str, notify.Alert]]) -> list[str]:
+    """Deliver the alerts whose dedupe key was never sent; returns those keys."""
     with reading(db) as con:
         sent = alert_rows.already_sent(con, [key for key, _ in found])
     fresh = [(key, alert) for key, alert in found if key not in sent]
@@ -103,9 +110,13 @@ class Evaluator(threading.Thread):
     sent once, not once per replica."""
 
     def __init__(self, db: Path, home: Path, zone: zoneinfo.ZoneInfo, interval: float = 60.0,
-                 purge_interval: float = 86_400.0):
+                 purge_interval: float = 86_400.0, book: PriceBook | None = None,
+                 base_urls: dict[str, str] | None = None):
         super().__init__(name="aispendtrack-alerts", daemon=True)
         self.db, self.home, self.zone, self.interval = db, home, zone, interval
+        # The daily reconciliation (reconcile/daily.py) prices the providers' figures with our book.
+        self.book, self.base_urls = book, base_urls or {}
+        self._reconcile_due = time.monotonic()
         self.purge_interval = purge_interval
         self._purge_due = time.monotonic()  # the first purge comes with the first evaluation
         self._maintenance_due = time.monotonic() + lake.MAINTENANCE_INTERVAL_S
@@ -129,6 +140,8 @@ class Evaluator(threading.Thread):
             log.exception("alert evaluation failed; trying again in %.0f s", self.interval)
         if time.monotonic() >= self._purge_due:
             self._purge()
+        if self.book is not None and time.monotonic() >= self._reconcile_due:
+            self._reconcile()
         if shared.configured() is not None and time.monotonic() >= self._maintenance_due:
             try:
                 with writing(self.db) as con:
@@ -136,6 +149,17 @@ class Evaluator(threading.Thread):
                 self._maintenance_due = time.monotonic() + lake.MAINTENANCE_INTERVAL_S
             except Exception:
                 log.exception("lake maintenance failed; trying again in %.0f s", self.interval)
+
+    def _reconcile(self) -> None:
+        """At most hourly; each provider once per UTC day (daily.run skips what was checked)."""
+        assert self.book is not None
+        self._reconcile_due = time.monotonic() + 3600
+        try:
+            found = daily.run(self.db, self.home, self.book, self.base_urls, dt.datetime.now(dt.UTC))
+            if found:
+                send_new(self.db, list(notify.load(self.home / notify.FILE_NAME).values()), found)
+        except Exception:
+            log.exception("reconciliation failed; trying again in an hour")
 
     def _purge(self) -> None:
         try:

@@ -213,10 +213,32 @@ def m013_config(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m014_reconciliations(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(RECONCILIATIONS_DDL)
+
+
+# Shared with shared_schema.py: the same table in PostgreSQL.
+RECONCILIATIONS_DDL = """
+    -- Each scheduled reconciliation with a provider's usage API: the month so far, in UTC.
+    CREATE TABLE IF NOT EXISTS reconciliations (
+        provider VARCHAR NOT NULL,
+        month_start TIMESTAMPTZ NOT NULL,
+        until TIMESTAMPTZ NOT NULL,            -- exclusive: the day the run covered up to
+        checked_at TIMESTAMPTZ NOT NULL,
+        ours_usd DECIMAL(38, 18),
+        theirs_usd DECIMAL(38, 18),
+        difference_usd DECIMAL(38, 18),
+        difference_percent DOUBLE PRECISION,
+        days_differing INTEGER NOT NULL,
+        lines VARCHAR NOT NULL                 -- JSON: the lines that do not match
+    )
+"""
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
-              m013_config]
+              m013_config, m014_reconciliations]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .calls import CALL_COLUMNS, COST_TYPE
 from .errors import StoreError
+from .migrations import RECONCILIATIONS_DDL
 
 # pg_advisory_lock ids (any two fixed numbers of ours): schema changes, lake maintenance.
 SCHEMA_LOCK = 7_415_001
@@ -128,6 +129,10 @@ def ensure_control(control) -> None:
         if "s001_control" not in done:
             control.pg.execute(_CONTROL)
             control.execute("INSERT INTO schema_migrations VALUES ('s001_control', now()) ON CONFLICT DO NOTHING")
+        if "s002_reconciliations" not in done:
+            control.pg.execute(RECONCILIATIONS_DDL)
+            control.execute("INSERT INTO schema_migrations VALUES ('s002_reconciliations', now()) "
+                            "ON CONFLICT DO NOTHING")
     finally:
         control.execute("SELECT pg_advisory_unlock(?)", [SCHEMA_LOCK])
 

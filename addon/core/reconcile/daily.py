@@ -1,0 +1,118 @@
+"""The daily reconciliation: the month so far against each provider whose admin key is set.
+
+Run by the proxy's housekeeping (evaluate.Evaluator, one replica at a time), once per UTC day:
+it covers the first of the month (UTC) up to today 00:00, stores the result
+(store/reconciliations.py) for ``aispendtrack reconcile``'s readers (the API, the page), and
+returns an alert when the month's difference passes ``[reconcile]`` in alerts.toml:
+
+    [reconcile]
+    percent = 2.0    # of the provider's figure
+    min_usd = 1.0    # and at least this many dollars
+
+One alert per provider and month (its dedupe key names both), however often the check runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+from pricing import PriceBook
+from pricing.usage import TokenUsage
+
+from .. import notify
+from ..money import usd
+from ..store import reading, usage_totals, writing
+from ..store import reconciliations as rows
+from . import KINDS, PROVIDERS, ReconcileError, compare, total
+
+log = logging.getLogger(__name__)
+DAY = dt.timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    percent: float = 2.0
+    min_usd: float = 1.0
+
+
+def threshold(home: Path) -> Threshold:
+    path = home / notify.FILE_NAME
+    if not path.exists():
+        return Threshold()
+    section = tomllib.loads(path.read_text(encoding="utf-8")).get("reconcile", {})
+    return Threshold(float(section.get("percent", Threshold.percent)), float(section.get("min_usd", Threshold.min_usd)))
+
+
+def pricer(book: PriceBook, provider: str):
+    """Price the provider's figures with our book, as our rows are priced."""
+    def price(model: str | None, bucket: dt.datetime, usage: dict) -> Decimal | None:
+        tokens = TokenUsage(**{kind: usage.get(kind) or 0 for kind in KINDS})
+        return book.price(tokens, provider, model, bucket + DAY / 2).cost_usd
+    return price
+
+
+def check(db: Path, book: PriceBook, provider: str, base_url: str, admin_key: str, start: dt.datetime,
+          end: dt.datetime, now: dt.datetime) -> tuple[list[dict], dict]:
+    """(lines, total) for [start, end): the provider's report beside our rows."""
+    api = PROVIDERS[provider]
+    theirs = api.fetch(base_url, admin_key, start, end, "1d")
+    with reading(db) as con:
+        ours = usage_totals.per_bucket(con, provider, start, end)
+    for line in ours:
+        line["bucket"] = line["bucket"].replace(tzinfo=dt.UTC)
+    lines = compare(ours, theirs, pricer(book, provider), DAY, now, counts_requests=api.COUNTS_REQUESTS)
+    return lines, total(lines)
+
+
+def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: dt.datetime) -> list:
+    """Check every provider with an admin key not yet checked today; (dedupe key, alert) for those over."""
+    end = now.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = (end - DAY).replace(day=1)  # the month of yesterday: on the 1st, the whole previous month
+    limit = threshold(home)
+    alerts = []
+    for provider, api in PROVIDERS.items():
+        admin_key = os.environ.get(api.KEY_VARIABLE)
+        if not admin_key:
+            continue
+        with reading(db) as con:
+            done = rows.last_checked(con, provider)
+        if done is not None and done >= end:
+            continue
+        try:
+            lines, summary = check(db, book, provider, base_urls.get(provider) or api.DEFAULT_BASE_URL, admin_key,
+                                   start, end, now)
+        except ReconcileError as exc:
+            log.error("reconciliation with %s failed: %s", api.NAME, exc)
+            continue
+        differing = [line for line in lines if line["status"] != "match"]
+        with writing(db) as con:
+            rows.record(con, provider, start, end, now, summary, differing)
+        if _over(summary, limit):
+            alerts.append((f"reconcile:{provider}:{start:%Y-%m}", _alert(api.NAME, start, end, summary, differing)))
+    return alerts
+
+
+def _over(summary: dict, limit: Threshold) -> bool:
+    percent = summary["difference_percent"]
+    return (percent is not None and abs(percent) >= limit.percent
+            and abs(summary["difference_usd"]) >= Decimal(str(limit.min_usd)))
+
+
+def _alert(name: str, start: dt.datetime, end: dt.datetime, summary: dict, differing: list[dict]) -> notify.Alert:
+    difference = summary["difference_usd"]
+    more = f"{name} reports {usd(difference)} more" if difference > 0 else f"the proxy recorded {usd(-difference)} more"
+    days = sorted({f"{line['bucket']:%Y-%m-%d}" for line in differing})
+    return notify.Alert(
+        "reconcile", f"AiSpendTrack: {name} usage differs by {summary['difference_percent']:.1f}% this month",
+        f"From {start:%Y-%m-%d} to {end - DAY:%Y-%m-%d} (UTC) {more} than the proxy: "
+        f"{usd(summary['ours_cost_usd'])} recorded, {usd(summary['theirs_cost_usd'])} by {name}. "
+        f"Days that differ: {', '.join(days) or 'none'}. Calls that went around the proxy show as untracked in "
+        f"`aispendtrack reconcile --provider {name.lower()} --since {start:%Y-%m-%d}`.",
+        {"provider": name.lower(), "difference_usd": float(difference),
+         "difference_percent": summary["difference_percent"], "days": days})
