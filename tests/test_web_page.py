@@ -179,6 +179,26 @@ def test_budgets_show_their_status(page, site):
     assert budget["scope_value"] == "globex" and budget["block"] is True
 
 
+def test_admins_see_tracked_vs_provider_and_keys_do_not(page, site):
+    from decimal import Decimal
+
+    from addon.core.store import reconciliations
+    month = dt.datetime.now(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    gap_day = month + dt.timedelta(days=1)
+    summary = {"ours_cost_usd": Decimal("0.34"), "theirs_cost_usd": Decimal("0.3475"),
+               "difference_usd": Decimal("0.0075"), "difference_percent": 2.158}
+    with writing(home_dir.db_path(site["home"])) as con:
+        reconciliations.record(con, "openai", month, month + dt.timedelta(days=2), dt.datetime.now(dt.UTC), summary,
+                               [{"bucket": gap_day, "model": "gpt-4o-2024-08-06", "status": "untracked"}])
+    sign_in(page, site)
+    text = page.inner_text("#reconciliation-table")
+    assert "openai" in text and "$0.34" in text and "$0.3475" in text and "$0.0075 (2.2%)" in text
+    assert f"{gap_day:%Y-%m-%d} gpt-4o-2024-08-06 untracked" in text
+    page.click("text=Sign out")
+    sign_in(page, site, site["proxy"].key)  # a key sees its own calls, not the organisation's books
+    assert page.locator("#reconciliation").count() == 0
+
+
 def test_phone_width_is_usable(browser, site):
     context = browser.new_context(viewport={"width": 390, "height": 844})
     page = context.new_page()

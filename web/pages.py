@@ -23,7 +23,7 @@ def dashboard():
     if principal is None:
         return redirect(url_for("pages.login", next=request.full_path))
     who = "admin: all keys" if principal.is_admin else f"key {principal.key_id}"
-    return render_template("dashboard.html", who=who, csrf=_csrf_token())
+    return render_template("dashboard.html", who=who, csrf=_csrf_token(), admin=principal.is_admin)
 
 
 @pages.get("/login")

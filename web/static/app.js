@@ -244,6 +244,19 @@ function showBudgets(budgets) {
   table.replaceChildren(...(budgets.length ? [el("thead", {}, head), el("tbody", {}, ...rows)] : []));
 }
 
+function showReconciliation(found) {
+  const table = document.getElementById("reconciliation-table");
+  document.getElementById("no-reconciliation").hidden = found.length > 0;
+  const head = el("tr", {}, ...["provider", "checked up to", "tracked", "provider says", "difference", "days that differ"]
+    .map((h, i) => el("th", { class: [2, 3, 4].includes(i) ? "num" : "", scope: "col" }, h)));
+  const rows = found.map((r) => el("tr", { class: r.days_differing ? "over" : "" },
+    el("td", {}, r.provider), el("td", {}, r.until.slice(0, 10)),
+    el("td", { class: "num" }, money(r.ours_usd)), el("td", { class: "num" }, money(r.theirs_usd)),
+    el("td", { class: "num" }, `${money(r.difference_usd)}${r.difference_percent === null ? "" : ` (${r.difference_percent.toFixed(1)}%)`}`),
+    el("td", {}, r.lines.length ? r.lines.map((l) => `${l.bucket.slice(0, 10)} ${l.model || ""} ${l.status}`).join(", ") : "none")));
+  table.replaceChildren(...(found.length ? [el("thead", {}, head), el("tbody", {}, ...rows)] : []));
+}
+
 function showExports(state) {
   const q = params(state, period(state));
   document.getElementById("export-csv").href = "/api/v1/export?format=csv&" + q;
@@ -277,6 +290,7 @@ async function refresh() {
       .then((rows) => showBreakdown(document.getElementById("by-" + d), rows, state))),
     showRecent(state),
     api("budgets").then(showBudgets),
+    ...(document.getElementById("reconciliation") ? [api("reconciliation").then(showReconciliation)] : []),
   ];
   const failed = (await Promise.allSettled(parts)).find((p) => p.status === "rejected");
   if (failed) {
