@@ -425,3 +425,42 @@ def test_a_data_path_on_object_storage_with_credentials_from_a_duckdb_secret(sha
         assert any(k.startswith("aispendtrack/main/calls/") and k.endswith(".parquet") for k in objects), objects
     finally:
         server.stop()
+
+
+def test_reconcile_and_its_daily_record_work_on_shared_storage(shared_env, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from addon.core.reconcile import daily
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+    from cli.main import cli as aispendtrack
+    from pricing import PriceBook
+    from web import create_app
+
+    from .helpers import call_row
+    from .usage_api import ADMIN_KEY, Billed, UsageApi
+    home = tmp_path / "admin"
+    now = dt.datetime.now(dt.UTC)
+    yesterday = (now - dt.timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, [call_row(n, ts=yesterday, model="gpt-4o-2024-08-06", input_tokens=1000,
+                                        output_tokens=100, cost_usd=Decimal("0.0035")) for n in range(3)])
+    api = UsageApi()
+    api.ledger = [Billed(yesterday, "openai", "gpt-4o-2024-08-06", 1000, output_tokens=100) for _ in range(4)]
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    try:
+        result = CliRunner().invoke(aispendtrack, ["--home", str(home), "reconcile", "--provider", "openai",
+                                                   "--since", "2d", "--upstream", api.url, "--format", "json"])
+        assert result.exit_code == 0, result.output
+        *days, total = json.loads(result.output)
+        [line] = [d for d in days if d["status"] != "match"]
+        assert line["status"] == "untracked" and (line["ours_requests"], line["theirs_requests"]) == (3, 4)
+        assert Decimal(str(total["difference_usd"])) == Decimal("0.0035")
+        # The proxy's daily run (here called as its housekeeping calls it) stores into PostgreSQL.
+        daily.run(home / "unused.duckdb", home, PriceBook(home / "prices.toml"), {"openai": api.url}, now)
+    finally:
+        api.close()
+    token = json.loads(run_cli(home, "admin", "create-token", "--name", "ops", "--json"))["token"]
+    web = create_app(tmp_path / "web").test_client()
+    [latest] = web.get("/api/v1/reconciliation", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert latest["provider"] == "openai" and latest["days_differing"] == 1
