@@ -107,7 +107,9 @@ class AiSpendTrack:
             self.configure({"aispendtrack_home"})
         assert self.book is not None
         home = self.state.data_home()
-        self.state.providers[:] = all_providers(Counter(home / home_dir.CACHE_DIR / "tiktoken"))
+        counter = Counter(home / home_dir.CACHE_DIR / "tiktoken")
+        counter.load_in_background()
+        self.state.providers[:] = all_providers(counter)
         cfg = shared.configured()
         if cfg is not None:
             self.state.counters = SharedCounters(cfg, self.state)

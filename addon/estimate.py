@@ -46,6 +46,14 @@ class Counter:
         self._lock = threading.Lock()
         self._warned = False
 
+    def load_in_background(self) -> threading.Thread:
+        """Load every encoding now, off the request path: loading one takes ~1-2 s, which the first
+        estimated call would otherwise wait for on the writer thread (rows are promised within ~2 s)."""
+        thread = threading.Thread(target=lambda: [self._encoding(name) for name in _SOURCES],
+                                  name="aispendtrack-encodings", daemon=True)
+        thread.start()
+        return thread
+
     def count(self, text: str, model: str | None) -> int:
         if not text:
             return 0

@@ -24,6 +24,18 @@ def _channels(home) -> dict[str, notify.Channel]:
         raise click.ClickException(str(exc)) from None
 
 
+@alerts.command("init")
+@click.option("--force", is_flag=True, help="Replace an existing alerts.toml.")
+@click.pass_obj
+def init(obj, force: bool) -> None:
+    """Write a commented alerts.toml to the data directory, every channel type as an example."""
+    path = obj.home / notify.FILE_NAME
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists; edit it, or use --force to replace it with the example.")
+    path.write_text(notify.EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    click.echo(f"Wrote {path}. Uncomment a channel, then `aispendtrack alerts test --channel NAME`.")
+
+
 @alerts.command("test")
 @click.option("--channel", "name", required=True, help="A channel name from alerts.toml.")
 @click.pass_obj
@@ -72,8 +84,8 @@ def list_alerts(obj, fmt: str = "table", as_json: bool = False, limit: int = 50)
     if not rows and fmt == "table":
         channels = _channels(obj.home)
         click.echo("No alerts sent yet." + ("" if channels else (
-            f" No channels either: write {obj.home / notify.FILE_NAME} (email, Slack, webhook; the format is "
-            "in the README, \"Alert channels\"), then `aispendtrack alerts test --channel NAME`.")))
+            " No channels either: `aispendtrack alerts init` writes a commented alerts.toml (email, Slack, "
+            "webhook) to fill in, then `aispendtrack alerts test --channel NAME`.")))
         return
     emit(rows, fmt, [
         ("SENT (UTC)", lambda r: r["sent_at"].strftime("%Y-%m-%d %H:%M"), "<"),

@@ -70,7 +70,23 @@ def test_small_amounts_keep_their_digits(amount, text):
 def test_alerts_with_nothing_sent_and_no_channels_says_what_to_do(tmp_path):
     result = _invoke(tmp_path, "alerts")
     assert result.exit_code == 0 and "No alerts sent yet. No channels either" in result.output
-    assert str(tmp_path / "alerts.toml") in result.output
+    assert "`aispendtrack alerts init`" in result.output
+
+
+def test_alerts_init_writes_a_commented_file_whose_examples_all_load(tmp_path):
+    from addon.core import notify
+    result = _invoke(tmp_path, "alerts", "init")
+    assert result.exit_code == 0 and f"Wrote {tmp_path / 'alerts.toml'}" in result.output
+    written = (tmp_path / "alerts.toml").read_text()
+    assert notify.load(tmp_path / "alerts.toml") == {}  # all commented out: nothing sends yet
+    again = _invoke(tmp_path, "alerts", "init")
+    assert again.exit_code == 1 and "exists; edit it, or use --force" in again.output
+    # Every example, uncommented, is a valid channel or setting.
+    (tmp_path / "alerts.toml").write_text("\n".join(line[2:] if line.startswith("# ") and "=" in line
+                                                     or line.startswith("# [") else line
+                                                     for line in written.splitlines()))
+    assert sorted(notify.load(tmp_path / "alerts.toml")) == ["ops-email", "pager", "slack"]
+    assert _invoke(tmp_path, "alerts", "init", "--force").exit_code == 0
 
 
 def test_report_latencies_come_without_float_noise(tmp_path):
@@ -84,3 +100,19 @@ def test_report_latencies_come_without_float_noise(tmp_path):
     [model] = json.loads(run_cli(tmp_path, "report", "--since", "2026-11-25", "--format", "json"))
     assert repr(model["p95_latency_ms"]) == repr(round(model["p95_latency_ms"], 3))
     assert len(repr(model["p95_latency_ms"]).split(".")[1]) <= 3
+
+
+def test_the_proxy_loads_its_token_encodings_at_start_not_on_the_first_estimate(tmp_path, upstream):
+    import time
+
+    from .helpers import start_proxy
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log")
+    try:
+        cache = tmp_path / "home" / "cache" / "tiktoken"
+        deadline = time.monotonic() + 15
+        while len(list(cache.glob("*"))) < 2 and time.monotonic() < deadline:  # o200k_base and cl100k_base
+            time.sleep(0.1)
+        assert len(list(cache.glob("*"))) == 2, "the encodings were not loaded before any call needed them"
+        assert proxy.calls() == []  # no call was made: the proxy did it by itself
+    finally:
+        proxy.stop()

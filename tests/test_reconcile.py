@@ -170,6 +170,10 @@ def test_a_wrong_admin_key_a_missing_one_and_rate_limits(tmp_path, usage_api):
     waited = reconcile(home, "--provider", "anthropic", "--upstream", usage_api.url, "--format", "json")
     assert waited.exit_code == 0, waited.output
     assert len(usage_api.requests) == 1 + 3  # the refused call, then 2 throttled and 1 answered
+    usage_api.malformed = 1
+    odd = reconcile(home, "--provider", "openai", "--upstream", usage_api.url)
+    assert odd.exit_code == 1 and "answered a page we cannot read (KeyError" in odd.output
+    assert "nothing was compared" in odd.output and "Traceback" not in odd.output
     unreachable = reconcile(home, "--provider", "openai", "--upstream", "http://127.0.0.1:9")
     assert unreachable.exit_code == 1 and "Cannot reach OpenAI's usage API" in unreachable.output
 

@@ -71,6 +71,7 @@ class UsageApi:
         self.ledger: list[Billed] = []
         self.page_size: int | None = None  # buckets per page; None: as asked
         self.throttle = 0                  # answer this many next requests 429
+        self.malformed = 0                 # answer this many next requests with buckets lacking their times
         self.requests: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -125,6 +126,9 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
         api.throttle -= 1
         return _json(handler, 429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}},
                      {"retry-after": "1"})
+    if api.malformed > 0:
+        api.malformed -= 1
+        return _json(handler, 200, {"data": [{"results": [{"model": "gpt-4o"}]}], "has_more": False})
     if url.path.startswith("/v1/organization/usage/"):
         if handler.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
             return _json(handler, 401, {"error": {"message": "Invalid authorization header",

@@ -1,32 +1,10 @@
 """Notification channels: email over SMTP, Slack incoming webhooks, and signed generic webhooks.
 
-Channels are listed in ``alerts.toml`` in the data directory. Secrets come from environment
-variables named in the file, never from the file itself::
-
-    [[channel]]
-    name = "ops-email"
-    type = "email"
-    host = "smtp.example.com"
-    port = 587
-    security = "starttls"          # starttls, tls or none
-    from = "aispendtrack@example.com"
-    to = ["ops@example.com"]
-    username_env = "SMTP_USER"     # optional
-    password_env = "SMTP_PASSWORD" # optional
-
-    [[channel]]
-    name = "slack"
-    type = "slack"
-    url_env = "SLACK_WEBHOOK_URL"  # or: url = "https://hooks.slack.com/services/..."
-
-    [[channel]]
-    name = "pager"
-    type = "webhook"
-    url = "https://example.com/aispendtrack"
-    secret_env = "AISPENDTRACK_WEBHOOK_SECRET"  # signs the body: X-AiSpendTrack-Signature: sha256=<hex>
-
-Every channel has ``timeout_s`` (default 10) and ``retries`` (default 3, with backoff 0.5 s,
-1 s, 2 s ...). A failing channel never raises: ``send`` returns what happened.
+Channels are listed in ``alerts.toml`` in the data directory; ``alerts.example.toml`` beside this
+module is the commented format (``aispendtrack alerts init`` copies it). Secrets come from
+environment variables named in the file, never from the file itself. Every channel has
+``timeout_s`` (default 10) and ``retries`` (default 3, with backoff 0.5 s, 1 s, 2 s ...). A failing
+channel never raises: ``send`` returns what happened.
 """
 
 from __future__ import annotations
@@ -46,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 FILE_NAME = "alerts.toml"
+EXAMPLE = Path(__file__).with_name("alerts.example.toml")
 SIGNATURE_HEADER = "X-AiSpendTrack-Signature"
 _TYPES = {"email": ("host", "from", "to"), "slack": (), "webhook": ()}
 _ALLOWED = {"name", "type", "timeout_s", "retries", "host", "port", "security", "from", "to", "username_env",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from .http import get_json
+from .http import get_json, read_page
 
 NAME = "Anthropic"
 KEY_VARIABLE = "ANTHROPIC_ADMIN_KEY"
@@ -29,9 +29,7 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
         if page:
             params.append(("page", page))
         body = get_json(url, params, headers, NAME, KEY_VARIABLE)
-        for bucket in body.get("data") or []:
-            at = dt.datetime.fromisoformat(str(bucket["starting_at"]).replace("Z", "+00:00")).astimezone(dt.UTC)
-            lines += [_line(at, result) for result in bucket.get("results") or []]
+        lines += read_page(body, url, NAME, _bucket_start, _line)
         page = body.get("next_page") if body.get("has_more") else None
         if not page:
             return lines
@@ -39,6 +37,10 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
 
 def _rfc3339(at: dt.datetime) -> str:
     return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _bucket_start(bucket: dict) -> dt.datetime:
+    return dt.datetime.fromisoformat(str(bucket["starting_at"]).replace("Z", "+00:00")).astimezone(dt.UTC)
 
 
 def _line(at: dt.datetime, result: dict) -> dict:

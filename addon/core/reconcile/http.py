@@ -44,6 +44,17 @@ def get_json(url: str, params: list[tuple[str, str]], headers: dict[str, str], p
     raise AssertionError("unreachable")
 
 
+def read_page(body: dict, url: str, provider: str, bucket_start, line) -> list[dict]:
+    """The lines of one page; a page not shaped as documented is an error that says so."""
+    try:
+        return [line(bucket_start(bucket), result) for bucket in body.get("data") or []
+                for result in bucket.get("results") or []]
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ReconcileError(f"{provider}'s usage API at {url} answered a page we cannot read ({type(exc).__name__}: "
+                             f"{str(exc)[:100]}); nothing was compared. Try again; if it persists, the API may have "
+                             f"changed: report it with the page's first lines.") from None
+
+
 def _retry_after(value: str | None, attempt: int) -> float:
     try:
         return min(MAX_WAIT_S, max(0.0, float(value))) if value else min(MAX_WAIT_S, 2.0 ** attempt)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from .http import get_json
+from .http import get_json, read_page
 
 NAME = "OpenAI"
 KEY_VARIABLE = "OPENAI_ADMIN_KEY"
@@ -29,13 +29,15 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
             if page:
                 params.append(("page", page))
             body = get_json(url, params, {"authorization": f"Bearer {admin_key}"}, NAME, KEY_VARIABLE)
-            for bucket in body.get("data") or []:
-                at = dt.datetime.fromtimestamp(int(bucket["start_time"]), dt.UTC)
-                lines += [_line(at, result) for result in bucket.get("results") or []]
+            lines += read_page(body, url, NAME, _bucket_start, _line)
             page = body.get("next_page") if body.get("has_more") else None
             if not page:
                 break
     return lines
+
+
+def _bucket_start(bucket: dict) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(bucket["start_time"]), dt.UTC)
 
 
 def _line(at: dt.datetime, result: dict) -> dict:
