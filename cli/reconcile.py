@@ -64,6 +64,15 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
     lines = rec.compare(ours, theirs, price, DAY, dt.datetime.now(dt.UTC), tolerance / 100, api.COUNTS_REQUESTS)
     lines = rec.regroup(lines, by or ("day", "model"), tolerance / 100)
     summary = rec.total(lines)
+    if hasattr(api, "fetch_costs"):
+        try:
+            billed = api.fetch_costs(upstream or api.DEFAULT_BASE_URL, admin_key, start, end)
+        except rec.ReconcileError as exc:
+            raise click.ClickException(str(exc)) from None
+        per_day = by == ("day",)  # a day's bill has every model in it: shown on day lines only
+        for line in lines:
+            line["billed_usd"] = billed.get(line["bucket"], Decimal(0)) if per_day else None
+        summary["billed_usd"] = sum(billed.values(), Decimal(0))
     if fmt != "table":
         emit([*lines, summary], fmt, [])
         return
@@ -119,6 +128,9 @@ def _verdict(summary: dict, name: str) -> str:
                 "the proxy, or a key it does not know.")
     else:
         text = f"The proxy recorded {usd(-difference)} more than {name} reports."
+    if summary.get("billed_usd") is not None:
+        text += (f" Its Costs API says {usd(summary['billed_usd'])} was billed for these days, every line item "
+                 f"included (fine-tuning, tools and calls that never passed a proxy too).")
     if summary["pending"]:
         text += " Days younger than 24 h may still change at the provider."
     return text

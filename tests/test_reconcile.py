@@ -119,9 +119,9 @@ def test_a_month_with_a_known_gap_is_reported_to_the_token_and_the_cent(tmp_path
                                  cache_read_tokens=usage.cache_read_tokens, output_tokens=usage.output_tokens,
                                  cost_usd=cost, price_source="test"))
             ledger.append(Billed(at, "openai", GPT4O, usage.input_tokens, usage.cache_read_tokens,
-                                 output_tokens=usage.output_tokens))
+                                 output_tokens=usage.output_tokens, billed_usd=float(cost)))
     gap_day = dt.datetime(2026, 11, 10, tzinfo=dt.UTC)
-    ledger.append(Billed(gap_day, "openai", GPT4O, 1000, output_tokens=500))  # at 00:00:00 exactly
+    ledger.append(Billed(gap_day, "openai", GPT4O, 1000, output_tokens=500, billed_usd=0.0075))  # 00:00:00
     home = tmp_path / "home"
     home.mkdir()
     with writing(home / "aispendtrack.duckdb") as con:
@@ -153,7 +153,12 @@ def test_a_month_with_a_known_gap_is_reported_to_the_token_and_the_cent(tmp_path
     table = reconcile(home, *args).output
     assert "2026-11-10" in table and "untracked" in table
     assert "OpenAI reports $0.0075 more than the proxy recorded" in table
-    assert len(usage_api.requests) >= 3 * 5  # json, csv, table: five pages each (embeddings too)
+    assert "Its Costs API says $0.3475 was billed for these days" in table
+    [*by_day, day_total] = lines(reconcile(home, *args, "--by", "day", "--format", "json"))
+    [billed_gap] = [d for d in by_day if d["bucket"].startswith("2026-11-10")]
+    assert billed_gap["billed_usd"] == pytest.approx(float(Decimal(billed_gap["theirs_cost_usd"])))
+    assert day_total["billed_usd"] == pytest.approx(float(Decimal(str(day_total["theirs_cost_usd"]))))
+    assert len(usage_api.requests) >= 4 * 5  # json, csv, table, by day: five pages each
 
 
 def test_a_wrong_admin_key_a_missing_one_and_rate_limits(tmp_path, usage_api):

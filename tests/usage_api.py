@@ -35,6 +35,7 @@ class Billed:
     cache_1h_tokens: int = 0
     output_tokens: int = 0
     web_search_requests: int = 0
+    billed_usd: float = 0.0  # what the Costs API reports for it (a test sets it)
 
 
 def billed_from(received) -> list[Billed]:
@@ -100,6 +101,12 @@ def _openai_result(model: str, entries: list[Billed]) -> dict:
             "project_id": None, "user_id": None, "api_key_id": None, "batch": None}
 
 
+def _openai_cost(model: str, entries: list[Billed]) -> dict:
+    return {"object": "organization.costs.result", "amount": {"value": sum(e.billed_usd for e in entries),
+                                                              "currency": "usd"},
+            "line_item": f"{model}, input and output", "project_id": None}
+
+
 def _anthropic_result(model: str, entries: list[Billed]) -> dict:
     return {"model": model, "uncached_input_tokens": sum(e.input_tokens for e in entries),
             "cache_read_input_tokens": sum(e.cached_tokens for e in entries),
@@ -129,7 +136,16 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
     if api.malformed > 0:
         api.malformed -= 1
         return _json(handler, 200, {"data": [{"results": [{"model": "gpt-4o"}]}], "has_more": False})
-    if url.path.startswith("/v1/organization/usage/"):
+    if url.path == "/v1/organization/costs":
+        if handler.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
+            return _json(handler, 401, {"error": {"message": "Invalid authorization header"}})
+        start = dt.datetime.fromtimestamp(int(query["start_time"][0]), dt.UTC)
+        end = dt.datetime.fromtimestamp(int(query["end_time"][0]), dt.UTC)
+        days = api.buckets("openai", start, end)
+        make = _openai_cost
+        shape = lambda day: {"object": "bucket", "start_time": int(day.timestamp()),  # noqa: E731
+                             "end_time": int((day + DAY).timestamp())}
+    elif url.path.startswith("/v1/organization/usage/"):
         if handler.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
             return _json(handler, 401, {"error": {"message": "Invalid authorization header",
                                                   "type": "invalid_request_error"}})

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 
 from .http import get_json, read_page
 
@@ -34,6 +35,26 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
             if not page:
                 break
     return lines
+
+
+def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[dt.datetime, Decimal]:
+    """What the Costs API says was billed per UTC day in [start, end): every line item and project
+    (fine-tuning, tools, ... included), so it is the invoice's view, not only what a proxy sees."""
+    url = f"{base_url.rstrip('/')}/v1/organization/costs"
+    days: dict[dt.datetime, Decimal] = {}
+    page: str | None = None
+    while True:
+        params = [("start_time", str(int(start.timestamp()))), ("end_time", str(int(end.timestamp()))),
+                  ("bucket_width", "1d"), ("limit", "31")]
+        if page:
+            params.append(("page", page))
+        body = get_json(url, params, {"authorization": f"Bearer {admin_key}"}, NAME, KEY_VARIABLE)
+        for day, result in read_page(body, url, NAME, _bucket_start, lambda at, result: (at, result)):
+            amount = result.get("amount") or {}
+            days[day] = days.get(day, Decimal(0)) + Decimal(str(amount.get("value") or 0))
+        page = body.get("next_page") if body.get("has_more") else None
+        if not page:
+            return days
 
 
 def _bucket_start(bucket: dict) -> dt.datetime:
