@@ -10,15 +10,12 @@ import click
 
 from addon.core import reconcile as rec
 from addon.core.money import usd
+from addon.core.reconcile.check import DAY, check
 from addon.core.reports import ReportError, parse_selection
-from addon.core.store import reading, usage_totals
 from pricing import PriceBook, PriceFileError
 from pricing.overrides import FILE_NAME
-from pricing.usage import TokenUsage
 
 from .output import emit, format_option, tokens
-
-DAY = dt.timedelta(days=1)
 
 
 @click.command()
@@ -49,19 +46,10 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
     start, end = _range(since, until)
     try:
         book = PriceBook(obj.home / FILE_NAME)
-        theirs = api.fetch(upstream or api.DEFAULT_BASE_URL, admin_key, start, end, "1d")
+        lines = check(obj.db, book, provider, upstream or api.DEFAULT_BASE_URL, admin_key, start, end,
+                      dt.datetime.now(dt.UTC), tolerance / 100)
     except (PriceFileError, rec.ReconcileError) as exc:
         raise click.ClickException(str(exc)) from None
-    with reading(obj.db) as con:
-        ours = usage_totals.per_bucket(con, provider, start, end)
-    for line in ours:
-        line["bucket"] = line["bucket"].replace(tzinfo=dt.UTC)
-
-    def price(model: str | None, bucket: dt.datetime, usage: dict) -> Decimal | None:
-        tokens = TokenUsage(**{kind: usage.get(kind) or 0 for kind in rec.KINDS})
-        return book.price(tokens, provider, model, bucket + DAY / 2).cost_usd
-
-    lines = rec.compare(ours, theirs, price, DAY, dt.datetime.now(dt.UTC), tolerance / 100, api.COUNTS_REQUESTS)
     lines = rec.regroup(lines, by or ("day", "model"), tolerance / 100)
     summary = rec.total(lines)
     if hasattr(api, "fetch_costs"):

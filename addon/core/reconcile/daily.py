@@ -23,16 +23,15 @@ from decimal import Decimal
 from pathlib import Path
 
 from pricing import PriceBook
-from pricing.usage import TokenUsage
 
 from .. import notify
 from ..money import usd
-from ..store import reading, usage_totals, writing
+from ..store import reading, writing
 from ..store import reconciliations as rows
-from . import KINDS, PROVIDERS, ReconcileError, compare, total
+from . import PROVIDERS, ReconcileError, total
+from .check import DAY, check
 
 log = logging.getLogger(__name__)
-DAY = dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -47,27 +46,6 @@ def threshold(home: Path) -> Threshold:
         return Threshold()
     section = tomllib.loads(path.read_text(encoding="utf-8")).get("reconcile", {})
     return Threshold(float(section.get("percent", Threshold.percent)), float(section.get("min_usd", Threshold.min_usd)))
-
-
-def pricer(book: PriceBook, provider: str):
-    """Price the provider's figures with our book, as our rows are priced."""
-    def price(model: str | None, bucket: dt.datetime, usage: dict) -> Decimal | None:
-        tokens = TokenUsage(**{kind: usage.get(kind) or 0 for kind in KINDS})
-        return book.price(tokens, provider, model, bucket + DAY / 2).cost_usd
-    return price
-
-
-def check(db: Path, book: PriceBook, provider: str, base_url: str, admin_key: str, start: dt.datetime,
-          end: dt.datetime, now: dt.datetime) -> tuple[list[dict], dict]:
-    """(lines, total) for [start, end): the provider's report beside our rows."""
-    api = PROVIDERS[provider]
-    theirs = api.fetch(base_url, admin_key, start, end, "1d")
-    with reading(db) as con:
-        ours = usage_totals.per_bucket(con, provider, start, end)
-    for line in ours:
-        line["bucket"] = line["bucket"].replace(tzinfo=dt.UTC)
-    lines = compare(ours, theirs, pricer(book, provider), DAY, now, counts_requests=api.COUNTS_REQUESTS)
-    return lines, total(lines)
 
 
 def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: dt.datetime) -> list:
@@ -85,8 +63,9 @@ def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: d
         if done is not None and done >= end:
             continue
         try:
-            lines, summary = check(db, book, provider, base_urls.get(provider) or api.DEFAULT_BASE_URL, admin_key,
-                                   start, end, now)
+            lines = check(db, book, provider, base_urls.get(provider) or api.DEFAULT_BASE_URL, admin_key, start, end,
+                          now)
+            summary = total(lines)
         except ReconcileError as exc:
             log.error("reconciliation with %s failed: %s", api.NAME, exc)
             continue

@@ -8,6 +8,9 @@ together take a PostgreSQL advisory lock, so exactly one of them applies each st
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from .calls import CALL_COLUMNS, COST_TYPE
 from .errors import StoreError
 from .migrations import RECONCILIATIONS_DDL
@@ -121,8 +124,7 @@ def ensure_control(control) -> None:
     from .shared import CONTROL_SCHEMA
 
     control.execute(f"CREATE SCHEMA IF NOT EXISTS {CONTROL_SCHEMA}")
-    control.execute("SELECT pg_advisory_lock(?)", [SCHEMA_LOCK])
-    try:
+    with _schema_lock(control):
         control.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                         "(name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)")
         done = _applied(control)
@@ -133,8 +135,6 @@ def ensure_control(control) -> None:
             control.pg.execute(RECONCILIATIONS_DDL)
             control.execute("INSERT INTO schema_migrations VALUES ('s002_reconciliations', now()) "
                             "ON CONFLICT DO NOTHING")
-    finally:
-        control.execute("SELECT pg_advisory_unlock(?)", [SCHEMA_LOCK])
 
 
 def data_path(control, given: str | None) -> str:
@@ -157,12 +157,19 @@ def data_path(control, given: str | None) -> str:
 
 def ensure_lake(con, control) -> None:
     """Create the lake's tables if missing (one replica at a time)."""
-    control.execute("SELECT pg_advisory_lock(?)", [SCHEMA_LOCK])
-    try:
+    with _schema_lock(control):
         if "s001_lake" not in _applied(control):
             for statement in _LAKE:
                 con.execute(statement)
             control.execute("INSERT INTO schema_migrations VALUES ('s001_lake', now()) ON CONFLICT DO NOTHING")
+
+
+@contextlib.contextmanager
+def _schema_lock(control) -> Iterator[None]:
+    """Schema steps one replica at a time: a PostgreSQL advisory lock for the block's duration."""
+    control.execute("SELECT pg_advisory_lock(?)", [SCHEMA_LOCK])
+    try:
+        yield
     finally:
         control.execute("SELECT pg_advisory_unlock(?)", [SCHEMA_LOCK])
 
