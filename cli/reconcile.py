@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import os
 from decimal import Decimal
 
@@ -44,6 +46,12 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
         raise click.UsageError(f"Set {api.KEY_VARIABLE} to an organization admin key of {api.NAME}: the usage API "
                                f"does not take ordinary API keys.")
     start, end = _range(since, until)
+    with _warnings_shown():
+        _report(obj, provider, api, admin_key, start, end, by, tolerance, upstream, fmt)
+
+
+def _report(obj, provider: str, api, admin_key: str, start: dt.datetime, end: dt.datetime, by: tuple[str, ...],
+            tolerance: float, upstream: str | None, fmt: str) -> None:
     try:
         book = PriceBook(obj.home / FILE_NAME)
         lines = check(obj.db, book, provider, upstream or api.DEFAULT_BASE_URL, admin_key, start, end,
@@ -52,7 +60,7 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
         raise click.ClickException(str(exc)) from None
     lines = rec.regroup(lines, by or ("day", "model"), tolerance / 100)
     summary = rec.total(lines)
-    if hasattr(api, "fetch_costs"):
+    if hasattr(api, "fetch_costs"):  # what the provider billed, where it says
         try:
             billed = api.fetch_costs(upstream or api.DEFAULT_BASE_URL, admin_key, start, end)
         except rec.ReconcileError as exc:
@@ -64,8 +72,24 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
     if fmt != "table":
         emit([*lines, summary], fmt, [])
         return
-    emit([*lines, summary], fmt, _columns(by or ("day", "model"), api.COUNTS_REQUESTS))
+    emit([*lines, summary], fmt, _columns(by or ("day", "model"), summary["theirs_requests"] is not None))
     click.echo(_verdict(summary, api.NAME))
+
+
+class _Echo(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"Note: {record.getMessage()}", err=True)
+
+
+@contextlib.contextmanager
+def _warnings_shown():
+    """What the provider modules warn of (a fallback to another API) reaches the terminal, once."""
+    logger, handler = logging.getLogger(rec.__name__), _Echo(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _range(since: str, until: str | None) -> tuple[dt.datetime, dt.datetime]:
@@ -117,7 +141,7 @@ def _verdict(summary: dict, name: str) -> str:
     else:
         text = f"The proxy recorded {usd(-difference)} more than {name} reports."
     if summary.get("billed_usd") is not None:
-        text += (f" Its Costs API says {usd(summary['billed_usd'])} was billed for these days, every line item "
+        text += (f" Its cost report says {usd(summary['billed_usd'])} was billed for these days, every line item "
                  f"included (fine-tuning, tools and calls that never passed a proxy too).")
     if summary["pending"]:
         text += " Days younger than 24 h may still change at the provider."

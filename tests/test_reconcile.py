@@ -17,6 +17,7 @@ import openai
 import pytest
 from click.testing import CliRunner
 
+from addon.core.reconcile import anthropic
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 from cli.main import cli
@@ -37,6 +38,7 @@ def usage_api():
     api = UsageApi()
     yield api
     api.close()
+    anthropic.forget_refusals()  # a later fake may get this one's port
 
 
 def reconcile(home, *args: str, env: dict | None = None):
@@ -81,7 +83,7 @@ def test_openai_calls_through_the_proxy_match_and_direct_calls_show_as_untracked
     assert total["difference_percent"] == pytest.approx(40.0)
 
 
-def test_anthropic_messages_with_cache_writes_and_no_request_counts(tmp_path, usage_api):
+def test_anthropic_analytics_api_with_cache_writes_and_the_legacy_reports_where_it_is_refused(tmp_path, usage_api):
     with FakeProvider() as provider:
         proxy = start_proxy(tmp_path / "home", provider.url, tmp_path / "proxy.log")
         try:
@@ -90,16 +92,37 @@ def test_anthropic_messages_with_cache_writes_and_no_request_counts(tmp_path, us
                 client.messages.create(model="claude-sonnet-4-20250514", max_tokens=50,
                                        messages=[{"role": "user", "content": "hi"}])
             assert len(proxy.rows("rec", expect=2)) == 2
-            usage_api.ledger = billed_from(provider.received)
-            result = reconcile(proxy.home, "--provider", "anthropic", "--upstream", usage_api.url)
         finally:
             proxy.stop()
-    assert result.exit_code == 0, result.output
-    assert "claude-sonnet-4-20250514" in result.output and "match" in result.output
-    assert "REQ" not in result.output  # Anthropic's report does not count requests, so neither do we here
-    assert "Everything Anthropic reports matches what the proxy recorded." in result.output
+    usage_api.ledger = billed_from(provider.received)
+    for entry in usage_api.ledger:
+        entry.billed_usd = 0.0125  # the cost APIs answer in cents: "1.250000" each
+    analytics = reconcile(proxy.home, "--provider", "anthropic", "--upstream", usage_api.url)
+    assert analytics.exit_code == 0, analytics.output
+    assert all("/v1/organizations/analytics/" in path for path in usage_api.requests)
+    assert "claude-sonnet-4-20250514" in analytics.output and "match" in analytics.output
+    assert "REQ ours/theirs" in analytics.output  # the analytics API counts requests
+    assert "Everything Anthropic reports matches what the proxy recorded." in analytics.output
+    assert "Its cost report says $0.025 was billed" in analytics.output
     # 2 calls of 3 uncached + 9,511 cache-read + 1,956 cache-write (5 min) + 44 output tokens, both sides.
-    assert "19,022/19,022" in result.output and "3,912/3,912" in result.output
+    assert "19,022/19,022" in analytics.output and "3,912/3,912" in analytics.output
+
+    usage_api.requests.clear()
+    longer = reconcile(proxy.home, "--provider", "anthropic", "--since", "45d", "--upstream", usage_api.url)
+    assert longer.exit_code == 0 and "19,022/19,022" in longer.output  # 46 days: two requests of at most 31
+    assert [path.split("?")[0].rsplit("/", 1)[1] for path in usage_api.requests] == ["usage"] * 2 + ["cost"] * 2
+
+    usage_api.analytics_refused = True  # as for an organisation with HIPAA readiness: 400
+    usage_api.requests.clear()
+    legacy = reconcile(proxy.home, "--provider", "anthropic", "--upstream", usage_api.url)
+    assert legacy.exit_code == 0, legacy.output
+    assert "reading its legacy usage and cost reports instead" in legacy.output
+    assert [path.split("?")[0] for path in usage_api.requests] == [
+        "/v1/organizations/analytics/usage", "/v1/organizations/usage_report/messages",
+        "/v1/organizations/cost_report"]  # refused once, then the legacy pair only
+    assert "REQ" not in legacy.output  # the legacy report does not count requests, so neither do we here
+    assert "19,022/19,022" in legacy.output and "3,912/3,912" in legacy.output
+    assert "Everything Anthropic reports matches" in legacy.output and "says $0.025 was billed" in legacy.output
 
 
 def test_a_month_with_a_known_gap_is_reported_to_the_token_and_the_cent(tmp_path, usage_api):
@@ -153,7 +176,7 @@ def test_a_month_with_a_known_gap_is_reported_to_the_token_and_the_cent(tmp_path
     table = reconcile(home, *args).output
     assert "2026-11-10" in table and "untracked" in table
     assert "OpenAI reports $0.0075 more than the proxy recorded" in table
-    assert "Its Costs API says $0.3475 was billed for these days" in table
+    assert "Its cost report says $0.3475 was billed for these days" in table
     [*by_day, day_total] = lines(reconcile(home, *args, "--by", "day", "--format", "json"))
     [billed_gap] = [d for d in by_day if d["bucket"].startswith("2026-11-10")]
     assert billed_gap["billed_usd"] == pytest.approx(float(Decimal(billed_gap["theirs_cost_usd"])))
@@ -174,7 +197,7 @@ def test_a_wrong_admin_key_a_missing_one_and_rate_limits(tmp_path, usage_api):
     usage_api.throttle = 2  # two 429s with retry-after: 1, then answers
     waited = reconcile(home, "--provider", "anthropic", "--upstream", usage_api.url, "--format", "json")
     assert waited.exit_code == 0, waited.output
-    assert len(usage_api.requests) == 1 + 3  # the refused call, then 2 throttled and 1 answered
+    assert len(usage_api.requests) == 1 + 4  # the refused call, then 2 throttled, the usage and the cost
     usage_api.malformed = 1
     odd = reconcile(home, "--provider", "openai", "--upstream", usage_api.url)
     assert odd.exit_code == 1 and "answered a page we cannot read (KeyError" in odd.output

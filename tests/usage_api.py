@@ -1,8 +1,10 @@
 """Fakes of the providers' organisation usage APIs, at the wire (docs/reconciliation.md).
 
 A real HTTP server on 127.0.0.1 answering OpenAI's ``/v1/organization/usage/{completions,
-embeddings}`` and Anthropic's ``/v1/organizations/usage_report/messages`` with the documented
-field names, buckets and paging (``has_more`` / ``next_page``), from a ledger of billed calls:
+embeddings}`` and ``/costs``, Anthropic's Usage and Cost Analytics API (``/v1/organizations/
+analytics/{usage,cost}``, beta header required, at most 31 days a request, rows paged) and its
+legacy ``usage_report/messages`` and ``cost_report``, with the documented field names, buckets and
+paging (``has_more`` / ``next_page``), from a ledger of billed calls:
 what a provider knows it served. ``billed_from`` builds that ledger from what the fake provider
 (tests/upstream.py) actually answered, direct calls included. Faults: a wrong admin key gets 401,
 ``throttle`` answers the next requests 429 with ``retry-after``. It serves on a port of its own, or
@@ -73,6 +75,7 @@ class UsageApi:
         self.page_size: int | None = None  # buckets per page; None: as asked
         self.throttle = 0                  # answer this many next requests 429
         self.malformed = 0                 # answer this many next requests with buckets lacking their times
+        self.analytics_refused = False     # Anthropic's analytics API answers 400, as to HIPAA-ready orgs
         self.requests: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
@@ -117,6 +120,39 @@ def _anthropic_result(model: str, entries: list[Billed]) -> dict:
             "api_key_id": None, "workspace_id": None, "service_tier": None, "context_window": None}
 
 
+def _anthropic_cost(model: str, entries: list[Billed]) -> dict:
+    cents = sum(e.billed_usd for e in entries) * 100
+    return {"currency": "USD", "amount": f"{cents:.6f}", "cost_type": "tokens", "description": f"{model} tokens",
+            "model": model, "workspace_id": None, "service_tier": "standard", "context_window": "0-200k",
+            "token_type": None, "inference_geo": None}
+
+
+def _analytics_rows(days: list[tuple[dt.datetime, list]], cost: bool) -> list[dict]:
+    """One row per day and model with usage (cost: per day, ungrouped), as the analytics API pages them."""
+    rows = []
+    for day, entries in days:
+        bounds = {"starting_at": day.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "ending_at": (day + DAY).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if cost and entries:
+            cents = sum(e.billed_usd for e in entries) * 100
+            rows.append({**bounds, "group": {"model": None, "product": None},
+                         "cost": {"amount": f"{cents:.6f}", "list_amount": f"{cents:.6f}", "currency": "USD",
+                                  "requests": len(entries)}})
+        elif not cost:
+            for model, mine in sorted(_by_model(entries).items()):
+                usage = {k: v for k, v in _anthropic_result(model, mine).items() if k in _USAGE_FIELDS}
+                usage["requests"] = len(mine)
+                usage["total_tokens"] = sum(e.input_tokens + e.cached_tokens + e.cache_5m_tokens + e.cache_1h_tokens
+                                            + e.output_tokens for e in mine)
+                rows.append({**bounds, "group": {"model": model, "workspace_id": None, "api_key_id": None},
+                             "usage": usage})
+    return rows
+
+
+_USAGE_FIELDS = ("uncached_input_tokens", "cache_read_input_tokens", "cache_creation", "output_tokens",
+                 "server_tool_use")
+
+
 def _by_model(entries: list[Billed]) -> dict[str, list[Billed]]:
     models: dict[str, list[Billed]] = {}
     for e in entries:
@@ -155,14 +191,15 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
         make = _openai_result
         shape = lambda day: {"object": "bucket", "start_time": int(day.timestamp()),  # noqa: E731
                              "end_time": int((day + DAY).timestamp())}
-    elif url.path == "/v1/organizations/usage_report/messages":
+    elif url.path.startswith("/v1/organizations/analytics/"):
+        return _analytics(api, handler, url.path, query)
+    elif url.path in ("/v1/organizations/usage_report/messages", "/v1/organizations/cost_report"):
         if handler.headers.get("x-api-key") != ADMIN_KEY or not handler.headers.get("anthropic-version"):
-            return _json(handler, 401, {"type": "error", "error": {"type": "authentication_error",
-                                                                   "message": "invalid x-api-key"}})
+            return _json(handler, 401, _ANTHROPIC_401)
         start = dt.datetime.fromisoformat(query["starting_at"][0].replace("Z", "+00:00"))
         end = dt.datetime.fromisoformat(query["ending_at"][0].replace("Z", "+00:00"))
         days = api.buckets("anthropic", start, end)
-        make = _anthropic_result
+        make = _anthropic_result if url.path.endswith("/messages") else _anthropic_cost
         shape = lambda day: {"starting_at": day.strftime("%Y-%m-%dT%H:%M:%SZ"),  # noqa: E731
                              "ending_at": (day + DAY).strftime("%Y-%m-%dT%H:%M:%SZ")}
     else:
@@ -177,6 +214,32 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
     if url.path.startswith("/v1/organization/"):
         body["object"] = "page"
     _json(handler, 200, body)
+
+
+_ANTHROPIC_401 = {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
+
+
+def _analytics(api: UsageApi, handler: BaseHTTPRequestHandler, path: str, query: dict) -> None:
+    """Anthropic's analytics API: flat rows, ``limit`` rows a page, at most 31 days a request."""
+    if handler.headers.get("x-api-key") != ADMIN_KEY or not handler.headers.get("anthropic-version"):
+        return _json(handler, 401, _ANTHROPIC_401)
+    if "analytics-usage-cost-2026-08-24" not in (handler.headers.get("anthropic-beta") or "") or \
+            api.analytics_refused:
+        return _json(handler, 400, {"type": "error", "error": {
+            "type": "invalid_request_error", "message": "This endpoint is not available to your organization."}})
+    start = dt.datetime.fromisoformat(query["starting_at"][0].replace("Z", "+00:00"))
+    end = dt.datetime.fromisoformat(query["ending_at"][0].replace("Z", "+00:00"))
+    if end - start > 31 * DAY or query.get("time_bucket_width") != ["1d"] or path not in (
+            "/v1/organizations/analytics/usage", "/v1/organizations/analytics/cost"):
+        return _json(handler, 400, {"type": "error", "error": {"type": "invalid_request_error",
+                                                               "message": "bad range, width or path"}})
+    rows = _analytics_rows(api.buckets("anthropic", start, end), cost=path.endswith("/cost"))
+    size = api.page_size or int(query.get("limit", ["20"])[0])
+    first = int(query.get("page", ["0"])[0])
+    more = first + size < len(rows)
+    _json(handler, 200, {"data": rows[first:first + size], "has_more": more,
+                         "next_page": str(first + size) if more else None,
+                         "data_refreshed_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
 
 
 def _json(handler, status: int, body: dict, headers: dict | None = None) -> None:

@@ -36,7 +36,7 @@ Price = Callable[[str | None, dt.datetime, dict], Decimal | None]
 def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timedelta, now: dt.datetime,
             tolerance: float = 0.0, counts_requests: bool = True) -> list[dict]:
     """One line per (bucket, model) seen on either side; ``price(model, bucket, usage)`` prices theirs.
-    ``counts_requests``: whether the provider's report counts requests (Anthropic's does not)."""
+    ``counts_requests``: whether the provider's report counts requests (Anthropic's legacy one does not)."""
     mine = _by_key(ours)
     provider = _by_key(theirs)
     lines = []

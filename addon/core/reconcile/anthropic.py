@@ -1,56 +1,52 @@
-"""Anthropic's Admin API usage report (``/v1/organizations/usage_report/messages``).
+"""Anthropic, as reconciliation sees it: the Usage and Cost Analytics API (anthropic_analytics.py),
+which Anthropic's docs present as current, and its legacy usage and cost reports
+(anthropic_report.py) where the analytics API is refused.
 
-Anthropic's docs now call this the "Usage and Cost API" and also document a newer analytics API;
-this report is the one with per-model token kinds by bucket. A second module beside this one
-adds another API (``PROVIDERS`` in ``__init__.py``).
+The analytics API is in beta and answers 400 to some organisations (those with HIPAA readiness);
+a 400 or 404 from it switches this process to the legacy reports, with a warning that says so. A
+refused key (401/403) is not retried elsewhere: the same key would be refused there too.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+from decimal import Decimal
 
-from .http import get_json, read_page
+from . import anthropic_analytics, anthropic_report
+from .http import ReconcileError
 
-NAME = "Anthropic"
-KEY_VARIABLE = "ANTHROPIC_ADMIN_KEY"
-COUNTS_REQUESTS = False
+NAME = anthropic_report.NAME
+KEY_VARIABLE = anthropic_report.KEY_VARIABLE
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-_PAGE = {"1d": "31", "1h": "168"}
+FALL_BACK_ON = (400, 404)
+
+log = logging.getLogger(__name__)
+RETRY_AFTER = dt.timedelta(hours=12)  # then the analytics API is asked again (access may have come)
+_refused: dict[str, dt.datetime] = {}  # base URL -> when its analytics API refused us, in this process
 
 
 def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str) -> list[dict]:
-    url = f"{base_url.rstrip('/')}/v1/organizations/usage_report/messages"
-    headers = {"x-api-key": admin_key, "anthropic-version": "2023-06-01"}
-    lines: list[dict] = []
-    page: str | None = None
-    while True:
-        params = [("starting_at", _rfc3339(start)), ("ending_at", _rfc3339(end)), ("bucket_width", width),
-                  ("group_by[]", "model"), ("limit", _PAGE[width])]
-        if page:
-            params.append(("page", page))
-        body = get_json(url, params, headers, NAME, KEY_VARIABLE)
-        lines += read_page(body, url, NAME, _bucket_start, _line)
-        page = body.get("next_page") if body.get("has_more") else None
-        if not page:
-            return lines
+    return _either("fetch", base_url, admin_key, start, end, width)
 
 
-def _rfc3339(at: dt.datetime) -> str:
-    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[dt.datetime, Decimal]:
+    return _either("fetch_costs", base_url, admin_key, start, end)
 
 
-def _bucket_start(bucket: dict) -> dt.datetime:
-    return dt.datetime.fromisoformat(str(bucket["starting_at"]).replace("Z", "+00:00")).astimezone(dt.UTC)
+def forget_refusals() -> None:
+    _refused.clear()
 
 
-def _line(at: dt.datetime, result: dict) -> dict:
-    creation = result.get("cache_creation") or {}
-    tools = result.get("server_tool_use") or {}
-    return {"bucket": at, "model": result.get("model"), "requests": None,  # the report does not count them
-            "input_tokens": int(result.get("uncached_input_tokens") or 0),
-            "cache_read_tokens": int(result.get("cache_read_input_tokens") or 0),
-            "cache_write_tokens": int(creation.get("ephemeral_5m_input_tokens") or 0)
-            + int(creation.get("ephemeral_1h_input_tokens") or 0),
-            "cache_write_1h_tokens": int(creation.get("ephemeral_1h_input_tokens") or 0),
-            "output_tokens": int(result.get("output_tokens") or 0),
-            "web_search_requests": int(tools.get("web_search_requests") or 0)}
+def _either(name: str, base_url: str, *args):
+    now = dt.datetime.now(dt.UTC)
+    if now - _refused.get(base_url, now - RETRY_AFTER) >= RETRY_AFTER:
+        try:
+            return getattr(anthropic_analytics, name)(base_url, *args)
+        except ReconcileError as exc:
+            if exc.status not in FALL_BACK_ON:
+                raise
+            log.warning("Anthropic's analytics API refused the request (%s); reading its legacy usage and cost "
+                        "reports instead.", exc)
+            _refused[base_url] = now
+    return getattr(anthropic_report, name)(base_url, *args)

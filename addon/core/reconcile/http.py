@@ -6,6 +6,7 @@ provider; it is never stored or logged, and no message here quotes it.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import urllib.error
@@ -18,7 +19,12 @@ TIMEOUT_S = 30.0
 
 
 class ReconcileError(RuntimeError):
-    """The provider's usage could not be read; ``str()`` says why and what to do."""
+    """The provider's usage could not be read; ``str()`` says why and what to do. ``status``: the
+    HTTP status that refused it, if one did."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def get_json(url: str, params: list[tuple[str, str]], headers: dict[str, str], provider: str,
@@ -33,7 +39,7 @@ def get_json(url: str, params: list[tuple[str, str]], headers: dict[str, str], p
             if exc.code == 429 and attempt < MAX_TRIES:
                 sleep(_retry_after(exc.headers.get("retry-after"), attempt))
                 continue
-            raise ReconcileError(_explain(exc.code, _message(exc), provider, key_variable, url)) from None
+            raise ReconcileError(_explain(exc.code, _message(exc), provider, key_variable, url), exc.code) from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ReconcileError(f"Cannot reach {provider}'s usage API at {url} ({reason}). Check the network, "
@@ -45,11 +51,18 @@ def get_json(url: str, params: list[tuple[str, str]], headers: dict[str, str], p
 
 
 def read_page(body: dict, url: str, provider: str, bucket_start, line) -> list[dict]:
-    """The lines of one page; a page not shaped as documented is an error that says so."""
+    """The lines of one page of buckets holding results; a page not shaped as documented is an
+    error that says so."""
+    return read_rows(body, url, provider, lambda: [line(bucket_start(bucket), result)
+                                                   for bucket in body.get("data") or []
+                                                   for result in bucket.get("results") or []])
+
+
+def read_rows(body: dict, url: str, provider: str, read) -> list:
+    """``read()``, with any sign of an unexpected shape turned into an error that says so."""
     try:
-        return [line(bucket_start(bucket), result) for bucket in body.get("data") or []
-                for result in bucket.get("results") or []]
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        return read()
+    except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
         raise ReconcileError(f"{provider}'s usage API at {url} answered a page we cannot read ({type(exc).__name__}: "
                              f"{str(exc)[:100]}); nothing was compared. Try again; if it persists, the API may have "
                              f"changed: report it with the page's first lines.") from None
@@ -80,3 +93,11 @@ def _explain(status: int, message: str, provider: str, key_variable: str, url: s
     if status == 429:
         return f"{provider}'s usage API kept answering 429 (rate limited) after {MAX_TRIES} tries{said}; try later."
     return f"{provider}'s usage API at {url} answered {status}{said}."
+
+
+def rfc3339(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: object) -> dt.datetime:
+    return dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")).astimezone(dt.UTC)

@@ -12,7 +12,6 @@ from .http import get_json, read_page
 
 NAME = "OpenAI"
 KEY_VARIABLE = "OPENAI_ADMIN_KEY"
-COUNTS_REQUESTS = True
 DEFAULT_BASE_URL = "https://api.openai.com"
 ENDPOINTS = ("completions", "embeddings")
 _PAGE = {"1d": "31", "1h": "168"}  # the most buckets a page may hold

@@ -1,0 +1,66 @@
+"""Anthropic's legacy Admin API reports: ``/v1/organizations/usage_report/messages`` (tokens by kind
+per bucket and model, no request counts) and ``/v1/organizations/cost_report`` (billed per day).
+
+Anthropic's docs now point new integrations to the Usage and Cost Analytics API
+(anthropic_analytics.py); this pair is what anthropic.py falls back to where that one is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from .http import get_json, parse_rfc3339, read_page, rfc3339
+
+NAME = "Anthropic"
+KEY_VARIABLE = "ANTHROPIC_ADMIN_KEY"
+HEADERS = {"anthropic-version": "2023-06-01"}
+_PAGE = {"1d": "31", "1h": "168"}  # the most buckets a page may hold
+
+
+def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str) -> list[dict]:
+    url = f"{base_url.rstrip('/')}/v1/organizations/usage_report/messages"
+    params = [("starting_at", rfc3339(start)), ("ending_at", rfc3339(end)), ("bucket_width", width),
+              ("group_by[]", "model"), ("limit", _PAGE[width])]
+    return [found for body in _pages(url, params, admin_key) for found in read_page(body, url, NAME, _start, line)]
+
+
+def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[dt.datetime, Decimal]:
+    """Billed per UTC day: every cost line (tokens, web search, code execution) summed. Amounts
+    come in cents, as decimal strings; priority-tier costs are not in this report."""
+    url = f"{base_url.rstrip('/')}/v1/organizations/cost_report"
+    params = [("starting_at", rfc3339(start)), ("ending_at", rfc3339(end)), ("bucket_width", "1d"), ("limit", "31")]
+    days: dict[dt.datetime, Decimal] = {}
+    for body in _pages(url, params, admin_key):
+        for day, cents in read_page(body, url, NAME, _start, lambda at, r: (at, Decimal(str(r["amount"])))):
+            days[day] = days.get(day, Decimal(0)) + cents / 100
+    return days
+
+
+def _pages(url: str, params: list[tuple[str, str]], admin_key: str):
+    page: str | None = None
+    while True:
+        body = get_json(url, [*params, *([("page", page)] if page else [])], {"x-api-key": admin_key, **HEADERS},
+                        NAME, KEY_VARIABLE)
+        yield body
+        page = body.get("next_page") if body.get("has_more") else None
+        if not page:
+            return
+
+
+def _start(bucket: dict) -> dt.datetime:
+    return parse_rfc3339(bucket["starting_at"])
+
+
+def line(at: dt.datetime, result: dict) -> dict:
+    """Our token kinds from a result (the analytics API's usage object has the same fields)."""
+    creation = result.get("cache_creation") or {}
+    tools = result.get("server_tool_use") or {}
+    return {"bucket": at, "model": result.get("model"), "requests": None,  # the report does not count them
+            "input_tokens": int(result.get("uncached_input_tokens") or 0),
+            "cache_read_tokens": int(result.get("cache_read_input_tokens") or 0),
+            "cache_write_tokens": int(creation.get("ephemeral_5m_input_tokens") or 0)
+            + int(creation.get("ephemeral_1h_input_tokens") or 0),
+            "cache_write_1h_tokens": int(creation.get("ephemeral_1h_input_tokens") or 0),
+            "output_tokens": int(result.get("output_tokens") or 0),
+            "web_search_requests": int(tools.get("web_search_requests") or 0)}
