@@ -142,6 +142,7 @@ async def _serve(mitm_options: dict, addon_options: dict) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     logging.getLogger("addon").setLevel(logging.INFO)
+    logging.getLogger("aispendtrack.web").setLevel(logging.INFO)  # --web-port's access lines
     await master.run()
     # Rows are flushed by now. Connections still open (SDK keep-alive) are cancelled as the loop
     # closes, and asyncio would print a traceback for each; that is the normal end, not an error.

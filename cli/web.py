@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
 
 from .output import check_port_free
+
+
+def access_log() -> None:
+    """The web port's access lines and refusal summaries on stderr, with the time."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    for name in ("aispendtrack.web", "addon.core.burstlog"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 @click.command()
@@ -14,10 +26,11 @@ from .output import check_port_free
 def web(obj, host: str, port: int) -> None:
     """Serve the report page at http://HOST:PORT/ and the JSON API at /api/v1 (docs/api.md)."""
     from web import create_app
-    from web.server import BoundedServer
+    from web.server import WebServer
 
     check_port_free(host, port, "--port")
-    server = BoundedServer(host, port, create_app(obj.home))
+    server = WebServer(host, port, create_app(obj.home))
+    access_log()
     click.echo(f"AiSpendTrack web on http://{host}:{port}  (data: {obj.home})")
     try:
         server.serve_forever()

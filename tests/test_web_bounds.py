@@ -27,8 +27,8 @@ def site(tmp_path, monkeypatch):
     monkeypatch.setattr(server, "HEAD_TIMEOUT", 1.0)
     home = tmp_path / "home"
     token = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
-    web = server.BoundedServer("127.0.0.1", 0, create_app(home))
-    thread = threading.Thread(target=web.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    web = server.WebServer("127.0.0.1", 0, create_app(home))
+    thread = threading.Thread(target=web.serve_forever, daemon=True)
     thread.start()
     yield {"url": f"http://127.0.0.1:{web.server_port}", "port": web.server_port, "token": token, "home": home}
     web.shutdown()
@@ -54,10 +54,10 @@ def test_slow_and_surplus_connections_are_refused_and_others_served(site, caplog
 
 
 def test_the_access_log_carries_no_query_string(site, caplog):
-    caplog.set_level(logging.INFO, logger="werkzeug")
+    caplog.set_level(logging.INFO, logger="aispendtrack.web")
     httpx.get(site["url"] + "/api/v1/report?customer=acme-secret&token=ask_leaked", timeout=5,
               headers={"Authorization": f"Bearer {site['token']}"})
-    lines = [r.getMessage() for r in caplog.records if r.name == "werkzeug"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "aispendtrack.web"]
     assert any('"GET /api/v1/report" 200' in line for line in lines), lines
     assert "acme-secret" not in caplog.text and "ask_leaked" not in caplog.text
 

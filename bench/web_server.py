@@ -1,0 +1,147 @@
+"""The web port's server: waitress (web/server.py) against Werkzeug's threaded server (the previous
+design), the same Flask app and data, measured in one run, rounds interleaved.
+
+    .venv/bin/python -m bench.web_server                      # 100k rows, 3 rounds
+    .venv/bin/python -m bench.web_server --rows 1000000 --rounds 5
+
+Each round, for each server: CONCURRENCY keep-alive clients fetch the report page's login page and
+stylesheet (the server's own cost) and then the API's total (the app's cost), with requests/s, p50
+and p99; then the API again with IDLE connections held open by clients that never finish their
+request (what a scanner or a slow network leaves behind), counting the process's threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from werkzeug.serving import make_server
+
+from addon.core import home as home_dir
+from addon.core.store import synthetic, writing
+from web import create_app
+from web.server import WebServer
+
+
+CONCURRENCY = 8
+IDLE = 100
+STATIC = ("/login", "/static/app.css")
+API = ("/api/v1/report/total?since=7d",)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=400, help="per client set and round")
+    args = parser.parse_args()
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is 1", per request
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        token = _setup(home, args.rows)
+        app = create_app(home)
+        results: dict[str, list[dict]] = {"werkzeug": [], "waitress": []}
+        for _ in range(args.rounds):
+            for name in results:  # interleaved: the machine's drift hits both alike
+                server, port = _start(name, app)
+                try:
+                    url = f"http://127.0.0.1:{port}"
+                    static = _load(url, token, STATIC, args.requests)
+                    api = _load(url, token, API, args.requests)
+                    held = [_idle(port) for _ in range(IDLE)]
+                    time.sleep(0.3)
+                    threads = threading.active_count()
+                    busy = _load(url, token, API, args.requests)
+                    for sock in held:
+                        sock.close()
+                    results[name].append({"static": static, "api": api, "held": busy, "threads": threads})
+                finally:
+                    server.shutdown()
+                    if name == "werkzeug":
+                        server.server_close()
+        _print(results, args)
+
+
+def _setup(home: Path, rows: int) -> str:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    home.mkdir(parents=True)
+    with writing(home_dir.db_path(home)) as con:
+        synthetic.generate(con, rows, end=dt.datetime.now(dt.UTC), days=30)
+    out = CliRunner().invoke(cli, ["--home", str(home), "admin", "create-token", "--json"]).output
+    return json.loads(out)["token"]
+
+
+def _start(name: str, app):
+    if name == "waitress":
+        server = WebServer("127.0.0.1", 0, app)
+        port = server.server_port
+    else:
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        port = server.server_port
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, port
+
+
+def _idle(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"GET /api/v1/report HTTP/1.1\r\n")  # and never the rest
+    return sock
+
+
+def _load(url: str, token: str, paths: tuple[str, ...], total: int) -> dict:
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            for i in range(n):
+                started = time.perf_counter()
+                response = http.get(paths[i % len(paths)])
+                elapsed = time.perf_counter() - started
+                assert response.status_code == 200, response.text[:200]
+                with lock:
+                    latencies.append(elapsed)
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=client, args=(total // CONCURRENCY,)) for _ in range(CONCURRENCY)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {"rps": len(latencies) / wall, "p50": latencies[len(latencies) // 2] * 1000,
+            "p99": latencies[int(len(latencies) * 0.99)] * 1000}
+
+
+def _print(results: dict, args) -> None:
+    print(f"{args.rows:,} rows, {CONCURRENCY} clients, {args.requests} requests a set, {args.rounds} rounds, "
+          f"medians; 'held': with {IDLE} unfinished requests open")
+    print(f"{'server':<9} {'page req/s':>10} {'p50 ms':>7} {'p99 ms':>7}  {'API req/s':>9} {'p50 ms':>7} "
+          f"{'p99 ms':>7}  {'held req/s':>10} {'p99 ms':>7}  {'threads':>7}")
+
+    def med(rounds: list[dict], case: str, key: str) -> float:
+        return statistics.median(r[case][key] for r in rounds)
+    for name, rounds in results.items():
+        print(f"{name:<9} {med(rounds, 'static', 'rps'):>10.0f} {med(rounds, 'static', 'p50'):>7.1f} "
+              f"{med(rounds, 'static', 'p99'):>7.1f}  {med(rounds, 'api', 'rps'):>9.0f} {med(rounds, 'api', 'p50'):>7.1f} "
+              f"{med(rounds, 'api', 'p99'):>7.1f}  {med(rounds, 'held', 'rps'):>10.0f} {med(rounds, 'held', 'p99'):>7.1f}  "
+              f"{statistics.median(r['threads'] for r in rounds):>7.0f}")
+    w, z = results["werkzeug"], results["waitress"]
+    print("waitress / werkzeug throughput: " + ", ".join(
+        f"{case} {med(z, case, 'rps') / med(w, case, 'rps'):.2f}" for case in ("static", "api", "held")))
+
+
+if __name__ == "__main__":
+    main()
