@@ -24,9 +24,9 @@ import zoneinfo
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import failures, injection, refusals, settings
+from addon import failures, injection, metrics_port, refusals, settings
 from addon.bounds import ConnectionBounds
-from addon.core import config
+from addon.core import config, metrics
 from addon.core import home as home_dir
 from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
@@ -65,6 +65,8 @@ class AiSpendTrack:
         self.inject_usage = True
         self._in_flight: dict[str, http.HTTPFlow] = {}  # calls with a meter, until response or error
         self._home_lock: int | None = None
+        self.metrics = metrics.current()
+        self._metrics_server = None
         failures.install()
 
     def load(self, loader) -> None:
@@ -118,6 +120,11 @@ class AiSpendTrack:
             home_dir.db_path(home), home / home_dir.SPILL_DIR, build_row=self._row, on_refresh=self._refresh,
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,
             sync=self.state.counters.sync_budgets if self.state.counters else None)
+        self.metrics = metrics.install(metrics.Metrics(ctx.options.aispendtrack_metrics_tags,
+                                                       ctx.options.aispendtrack_metrics_label_cap))
+        self.metrics.watch_writer(self.writer.stats)
+        if ctx.options.aispendtrack_metrics_port:
+            self._metrics_server = metrics_port.serve(ctx.options.listen_host, ctx.options.aispendtrack_metrics_port)
         self.writer.load_keys_now()
         self.writer.start()
         self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,
@@ -134,6 +141,7 @@ class AiSpendTrack:
             return item  # built on completion because a blocking budget covers it
         assert self.book is not None
         row = build_row(item, self.book)
+        self.metrics.observe(row)
         self.state.budgets.record(row["key_id"], row["customer_id"], row["feature"], row["cost_usd"],
                                   dt.datetime.now(dt.UTC))
         return row
@@ -162,6 +170,8 @@ class AiSpendTrack:
             self._seeded = True
 
     def done(self) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         if self.evaluator is not None:
             self.evaluator.stop()
         if self.writer is not None:

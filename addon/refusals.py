@@ -9,6 +9,7 @@ import logging
 
 from mitmproxy import http
 
+from .core import metrics
 from .core.budgets import BudgetRefusal
 from .core.limits import Refusal
 from .core.money import usd
@@ -17,6 +18,10 @@ from .providers import Provider
 log = logging.getLogger(__name__)
 
 KEY_HEADER = "x-aispendtrack-key"
+# The refusal codes as the metrics count them (aispendtrack_refusals_total{reason=...}).
+_REASONS = {"aispendtrack_limit_reached": "limit", "aispendtrack_budget_exceeded": "budget",
+            "aispendtrack_too_many_bad_keys": "too_many_bad_keys", "aispendtrack_invalid_key": "bad_key",
+            "aispendtrack_missing_key": "bad_key", "aispendtrack_key_in_url": "bad_key"}
 
 
 def refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, message: str,
@@ -24,6 +29,7 @@ def refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, mess
     body = provider.error_body(status, message, code)
     flow.response = http.Response.make(status, body, {"content-type": "application/json", **(headers or {})})
     log.info("refused %s %s: %s", flow.request.method, flow.request.path.split("?", 1)[0], code)
+    metrics.current().refused(_REASONS.get(code, "other"))
 
 
 def bad_key(flow: http.HTTPFlow, provider: Provider, key_sent: bool, key_in_query: bool = False) -> None:

@@ -80,6 +80,11 @@ class Writer(threading.Thread):
         """Called on the request path: never blocks, never raises."""
         self._queue.put(item)
 
+    def stats(self) -> dict[str, int]:
+        """For the metrics, from any thread: a moment's figures, not a consistent snapshot."""
+        return {"queue": self._queue.qsize() + len(self._pending), "spill_files": len(self._spill_files()),
+                "written": self.rows_written, "dropped": self.rows_dropped}
+
     def load_keys_now(self, timeout: float = 10.0) -> None:
         """Before serving: migrate the schema and load the keys (blocking, at start-up only).
         Later cycles skip the schema check: this process is the file's only writer of rows."""

@@ -31,7 +31,6 @@ from addon.core.store import synthetic, writing
 from web import create_app
 from web.server import WebServer
 
-
 CONCURRENCY = 8
 IDLE = 100
 STATIC = ("/login", "/static/app.css")
@@ -134,10 +133,10 @@ def _print(results: dict, args) -> None:
     def med(rounds: list[dict], case: str, key: str) -> float:
         return statistics.median(r[case][key] for r in rounds)
     for name, rounds in results.items():
-        print(f"{name:<9} {med(rounds, 'static', 'rps'):>10.0f} {med(rounds, 'static', 'p50'):>7.1f} "
-              f"{med(rounds, 'static', 'p99'):>7.1f}  {med(rounds, 'api', 'rps'):>9.0f} {med(rounds, 'api', 'p50'):>7.1f} "
-              f"{med(rounds, 'api', 'p99'):>7.1f}  {med(rounds, 'held', 'rps'):>10.0f} {med(rounds, 'held', 'p99'):>7.1f}  "
-              f"{statistics.median(r['threads'] for r in rounds):>7.0f}")
+        cells = [f"{med(rounds, case, 'rps'):>{width}.0f} {med(rounds, case, 'p50'):>7.1f} "
+                 f"{med(rounds, case, 'p99'):>7.1f}" for case, width in (("static", 10), ("api", 9))]
+        print(f"{name:<9} {cells[0]}  {cells[1]}  {med(rounds, 'held', 'rps'):>10.0f} "
+              f"{med(rounds, 'held', 'p99'):>7.1f}  {statistics.median(r['threads'] for r in rounds):>7.0f}")
     w, z = results["werkzeug"], results["waitress"]
     print("waitress / werkzeug throughput: " + ", ".join(
         f"{case} {med(z, case, 'rps') / med(w, case, 'rps'):.2f}" for case in ("static", "api", "held")))

@@ -18,6 +18,7 @@ from . import (
 )
 from .api import api
 from .auth import session_secret
+from .metrics import metrics
 from .pages import pages
 
 
@@ -33,6 +34,7 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None) 
     security.install(app)
     app.register_blueprint(api)
     app.register_blueprint(pages)
+    app.register_blueprint(metrics)
 
     @app.errorhandler(404)
     def not_found(_):

@@ -1,0 +1,137 @@
+"""The proxy's metrics in the Prometheus text format (docs/operations.md lists them).
+
+Counted in the proxy's process as each call's row is built, so they agree with the rows: calls,
+errors, tokens by kind and cost by provider, model and key (and customer and feature with
+``--metrics-tags``); latency and time-to-first-token histograms; the writer's queue, spill files,
+rows written and dropped; refusals by reason. Served at ``/metrics`` on ``--metrics-port`` and on
+``--web-port`` (the web app in the proxy's process).
+
+Label values come from callers and upstreams (a model name, a customer id), so each label keeps at
+most ``cap`` distinct values; later ones are counted under ``other``. Prometheus keeps a series
+per label combination for ever: an unbounded label would grow its memory without end.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+OTHER = "other"
+KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
+# Seconds: most calls take 0.3-30 s, streams' first tokens 0.1-3 s.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+REASONS = ("limit", "budget", "bad_key", "too_many_bad_keys", "other")
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "current", "install"]
+
+
+class _Capped:
+    """At most ``cap`` distinct values of one label; the rest become ``other``."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self._seen, self._lock = cap, set[str](), threading.Lock()
+
+    def __call__(self, value: object) -> str:
+        text = "" if value is None else str(value)
+        if text in self._seen:
+            return text
+        with self._lock:
+            if len(self._seen) >= self.cap:
+                return OTHER
+            self._seen.add(text)
+        return text
+
+
+class Metrics:
+    def __init__(self, tags: bool = False, cap: int = 100) -> None:
+        self.registry = CollectorRegistry()
+        self.tags = tags
+        self._labels = ("provider", "model", "key", *(("customer", "feature") if tags else ()))
+        self._capped = {name: _Capped(cap) for name in self._labels}
+        labels, r = self._labels, self.registry
+        self.calls = Counter("aispendtrack_calls", "Calls recorded, by HTTP status.", (*labels, "status"), registry=r)
+        self.errors = Counter("aispendtrack_errors", "Calls that ended in an error (status >= 400, or none).", labels,
+                              registry=r)
+        self.tokens = Counter("aispendtrack_tokens", "Tokens by kind (input is uncached input).", (*labels, "kind"),
+                              registry=r)
+        self.cost = Counter("aispendtrack_cost_usd", "Cost in USD at list price.", labels, registry=r)
+        self.latency = Histogram("aispendtrack_latency_seconds", "From the request to the response's end.",
+                                 ("provider", "model"), buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("aispendtrack_time_to_first_token_seconds", "From the request to the first token "
+                              "of a stream.", ("provider", "model"), buckets=TTFT_BUCKETS, registry=r)
+        self.refusals = Counter("aispendtrack_refusals", "Calls the proxy refused with 429 or 401, by reason.",
+                                ("reason",), registry=r)
+        for reason in REASONS:
+            self.refusals.labels(reason)  # present at 0, so rate() works from the first refusal
+
+    def observe(self, row: dict) -> None:
+        """One call's row. Never raises: metrics must not cost a row."""
+        try:
+            self._observe(row)
+        except Exception:  # a value no label takes: the row is stored all the same
+            pass
+
+    def _observe(self, row: dict) -> None:
+        values = {"provider": row.get("provider"), "model": row.get("model") or "", "key": row.get("key_id"),
+                  "customer": row.get("customer_id"), "feature": row.get("feature")}
+        labels = [self._capped[name](values[name]) for name in self._labels]
+        status = row.get("status")
+        self.calls.labels(*labels, str(status) if status is not None else "none").inc()
+        if status is None or status >= 400:
+            self.errors.labels(*labels).inc()
+        for kind in KINDS:
+            count = int(row.get(f"{kind}_tokens") or 0)
+            if count:
+                self.tokens.labels(*labels, kind).inc(count)
+        cost = row.get("cost_usd")
+        if cost:
+            self.cost.labels(*labels).inc(float(Decimal(cost)))
+        if row.get("latency_ms") is not None:
+            self.latency.labels(labels[0], labels[1]).observe(float(row["latency_ms"]) / 1000)
+        if row.get("ttft_ms") is not None:
+            self.ttft.labels(labels[0], labels[1]).observe(float(row["ttft_ms"]) / 1000)
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
+
+    def watch_writer(self, stats: Callable[[], dict[str, int]]) -> None:
+        """The writer's figures, read at each scrape: queue, spill files, rows written and dropped."""
+        self.registry.register(_WriterCollector(stats))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _WriterCollector(Collector):
+    def __init__(self, stats: Callable[[], dict[str, int]]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator:
+        s = self.stats()
+        yield GaugeMetricFamily("aispendtrack_writer_queue", "Rows waiting to be written.", value=s["queue"])
+        yield GaugeMetricFamily("aispendtrack_spill_files", "Spill files waiting to be replayed into the database.",
+                                value=s["spill_files"])
+        yield CounterMetricFamily("aispendtrack_rows_written", "Rows written to the database.", value=s["written"])
+        yield CounterMetricFamily("aispendtrack_rows_dropped", "Rows dropped (memory cap while neither the database "
+                                  "nor the spill directory could be written).", value=s["dropped"])
+
+
+_current = Metrics()
+
+
+def install(metrics: Metrics) -> Metrics:
+    """This process's metrics (the proxy sets them up at start, with its settings)."""
+    global _current
+    _current = metrics
+    return metrics
+
+
+def current() -> Metrics:
+    return _current
