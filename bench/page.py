@@ -23,6 +23,7 @@ from pathlib import Path
 
 from addon.core import home as home_dir
 from addon.core.store import synthetic, writing
+from cli.progress import running
 
 from .proxy_overhead import free_port
 
@@ -32,7 +33,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def build(home: Path, rows: int) -> str:
-    with writing(home_dir.db_path(home)) as con:
+    with writing(home_dir.db_path(home)) as con, running(f"Generating {rows:,} rows"):
         synthetic.generate(con, rows, end=dt.datetime.now(dt.UTC))
     out = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "admin", "create-token", "--json"],
                          capture_output=True, text=True, check=True, cwd=ROOT)

@@ -25,6 +25,7 @@ from addon.core import home as home_dir
 from addon.core.reports import parse_report
 from addon.core.store import reading, synthetic, writing
 from addon.core.store import reports as report_rows
+from cli.progress import running
 
 END = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 REPORTS = [
@@ -51,7 +52,7 @@ print(rows, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 def build(db: Path, rows: int) -> float:
     start = time.perf_counter()
-    with writing(db) as con:
+    with writing(db) as con, running(f"Generating {rows:,} rows"):
         synthetic.generate(con, rows, end=END)
     return time.perf_counter() - start
 

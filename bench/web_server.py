@@ -28,6 +28,7 @@ from werkzeug.serving import make_server
 
 from addon.core import home as home_dir
 from addon.core.store import synthetic, writing
+from cli.progress import running
 from web import create_app
 from web.server import WebServer
 
@@ -75,7 +76,7 @@ def _setup(home: Path, rows: int) -> str:
 
     from cli.main import cli
     home.mkdir(parents=True)
-    with writing(home_dir.db_path(home)) as con:
+    with writing(home_dir.db_path(home)) as con, running(f"Generating {rows:,} rows"):
         synthetic.generate(con, rows, end=dt.datetime.now(dt.UTC), days=30)
     out = CliRunner().invoke(cli, ["--home", str(home), "admin", "create-token", "--json"]).output
     return json.loads(out)["token"]

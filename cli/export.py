@@ -6,7 +6,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 
 import click
 
@@ -16,6 +15,7 @@ from addon.core.store import reports as report_rows
 
 from .options import selection_options
 from .output import out_option
+from .progress import quiet_option, running
 
 
 @click.command()
@@ -23,17 +23,19 @@ from .output import out_option
               help="json is one array; jsonl one object per line.")
 @selection_options
 @out_option("Write here instead of standard output.")
+@quiet_option
 @click.pass_obj
-def export(obj, fmt: str, selection, out: str | None) -> None:
+def export(obj, fmt: str, selection, out: str | None, quiet: bool) -> None:
     """Export calls (metadata only) in constant memory, whatever their number."""
     if out is None and fmt == "parquet" and sys.stdout.isatty():
         raise click.UsageError("parquet is binary: write it to a file with --out FILE.")
-    total = write_calls(obj.db, selection, fmt, out)
+    total = write_calls(obj.db, selection, fmt, out, quiet=quiet)
     if out:
         click.echo(f"Wrote {total:,} calls to {out}.", err=True)
 
 
-def write_calls(db, selection: Selection, fmt: str, out: str | None = None, newest: int | None = None) -> int | None:
+def write_calls(db, selection: Selection, fmt: str, out: str | None = None, newest: int | None = None,
+                quiet: bool = False) -> int | None:
     """The one way calls leave as a file (also `calls --format csv|json`): to ``out`` or standard output.
     Returns how many were written when known."""
     # To standard output through a temporary file: a reader at the end of a pipe (| less) may stop
@@ -44,9 +46,7 @@ def write_calls(db, selection: Selection, fmt: str, out: str | None = None, newe
         with reading(db) as con:
             if newest is None:
                 total = report_rows.count(con, selection)
-            if total and sys.stderr.isatty():
-                _copy_with_progress(con, selection, target, fmt, total)
-            else:
+            with running(f"Exporting {total:,} calls" if total else "Exporting calls", quiet):
                 report_rows.copy_out(con, selection, target, fmt, newest)
         if out is None:
             _copy_to_stdout(target)
@@ -67,26 +67,3 @@ def _copy_to_stdout(path: str) -> None:
     with open(path, "rb") as spool:
         shutil.copyfileobj(spool, sys.stdout.buffer, 1024 * 1024)
     sys.stdout.buffer.flush()
-
-
-def _copy_with_progress(con, selection, target: str, fmt: str, total: int) -> None:
-    """DuckDB runs the COPY on a thread; this one shows its progress on the terminal (stderr)."""
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            report_rows.copy_out(con, selection, target, fmt)
-        except BaseException as exc:  # re-raised below, on the caller's thread
-            failure.append(exc)
-
-    worker = threading.Thread(target=run)
-    worker.start()
-    with click.progressbar(length=100, label=f"Exporting {total:,} calls", file=sys.stderr) as bar:
-        done = 0
-        while worker.is_alive():
-            worker.join(0.2)
-            progress = max(int(con.query_progress()), done) if worker.is_alive() else 100
-            bar.update(progress - done)
-            done = progress
-    if failure:
-        raise failure[0]

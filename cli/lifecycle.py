@@ -15,6 +15,7 @@ from addon.core.reports import parse_duration
 from addon.core.store.subjects import Subject, subject_from
 
 from .output import out_option
+from .progress import quiet_option, running
 
 
 def _duration(value: str | None) -> dt.timedelta | None:
@@ -30,12 +31,14 @@ def _duration(value: str | None) -> dt.timedelta | None:
 @click.option("--older-than", help="Also purge calls older than this for every key, e.g. 30d (plans still apply).")
 @click.option("--dry-run", is_flag=True, help="Only count what would be purged.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@quiet_option
 @click.pass_obj
-def purge(obj, older_than: str | None, dry_run: bool, as_json: bool) -> None:
+def purge(obj, older_than: str | None, dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Delete raw calls past their key's retention (the proxy also does this daily).
 
     Purged calls stay counted as hourly totals, so budgets, quotas and spike alerts are unchanged."""
-    result = retention.purge(obj.db, dt.datetime.now(dt.UTC), _duration(older_than), dry_run)
+    with running("Counting expired calls" if dry_run else "Purging", quiet):
+        result = retention.purge(obj.db, dt.datetime.now(dt.UTC), _duration(older_than), dry_run)
     expired = sum(result.expired.values())
     if as_json:
         click.echo(json.dumps({"dry_run": dry_run, "expired_calls": expired, "deleted": result.deleted,
@@ -99,13 +102,15 @@ def _reclaimed(counts: dict) -> str:
 @click.option("--customer", help="The x-customer-id value.")
 @click.option("--key", type=int, help="The key id; the key itself is deleted too.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@quiet_option
 @click.pass_obj
-def delete(obj, customer: str | None, key: int | None, yes: bool) -> None:
+def delete(obj, customer: str | None, key: int | None, yes: bool, quiet: bool) -> None:
     """Erase the subject everywhere and rewrite the database so its values are gone from disk."""
     subject = _subject(customer, key)
     if not yes:
         click.confirm(f"Erase everything stored about {subject.label()}? This cannot be undone", abort=True)
-    counts = subject_requests.erase(obj.db, obj.home / home_dir.SPILL_DIR, subject)
+    with running(f"Erasing {subject.label()}", quiet):
+        counts = subject_requests.erase(obj.db, obj.home / home_dir.SPILL_DIR, subject)
     click.echo(f"Erased {subject.label()}: {counts['calls']:,} calls, {counts['hourly_usage']:,} hourly totals, "
                f"{counts['budgets']:,} budgets, {counts['alerts']:,} alerts, {counts['pending_calls']:,} pending calls"
                + (", the key" if counts.get("keys") else "") + ". " + _reclaimed(counts))

@@ -23,6 +23,7 @@ from .errors import StoreError
 # (read-only beside read-write). The proxy can serve the web app in-process, so every connection
 # in a process takes this lock for its lifetime: at most one is open at a time, whatever its mode.
 _PROCESS_LOCK = threading.RLock()
+_in_use: list = []  # the connection open now (under the lock, so at most one), for progress()
 
 
 class StoreBusy(StoreError):
@@ -47,17 +48,31 @@ def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConn
     if not _PROCESS_LOCK.acquire(timeout=timeout):
         raise StoreBusy(f"{path} stayed busy in this process for {timeout:.0f}s; try again.")
     try:
-        return _connect_locked(path, read_only, deadline, timeout)
+        con = _connect_locked(path, read_only, deadline, timeout)
     except BaseException:
         _PROCESS_LOCK.release()
         raise
+    _in_use.append(con)
+    return con
 
 
 def _close(con: duckdb.DuckDBPyConnection) -> None:
     try:
+        if con in _in_use:
+            _in_use.remove(con)
         con.close()
     finally:
         _PROCESS_LOCK.release()
+
+
+def progress() -> float | None:
+    """From any thread: how far (0-100) the statement running on this process's open connection
+    is, or None when nothing measurable runs. For progress bars on long work (cli/progress.py)."""
+    try:
+        found = _in_use[-1].query_progress()
+    except Exception:  # none open, or it closed meanwhile
+        return None
+    return float(found) if found is not None and found >= 0 else None
 
 
 def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
@@ -122,12 +137,15 @@ def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBP
         raise StoreBusy(f"the shared storage connection stayed busy in this process for {timeout:.0f}s; try again.")
     try:
         con = shared.connection(cfg)
+        _in_use.append(con)
         try:
             yield cast(duckdb.DuckDBPyConnection, con)
         except Exception as exc:
             if shared.is_connection_failure(exc):
                 shared.drop()
             raise
+        finally:
+            _in_use.remove(con)
     finally:
         _PROCESS_LOCK.release()
 
