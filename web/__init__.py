@@ -19,6 +19,7 @@ from . import (
 from .api import api
 from .auth import session_secret
 from .metrics import metrics
+from .openapi import openapi
 from .pages import pages
 
 
@@ -35,6 +36,7 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None) 
     app.register_blueprint(api)
     app.register_blueprint(pages)
     app.register_blueprint(metrics)
+    app.register_blueprint(openapi)
 
     @app.errorhandler(404)
     def not_found(_):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from decimal import Decimal
 
 import duckdb
 
@@ -25,6 +26,14 @@ def last_checked(con: duckdb.DuckDBPyConnection, provider: str) -> dt.datetime |
     return row[0] if row else None
 
 
+def _decoded(name: str, value):
+    if isinstance(value, str) and name.endswith("_usd"):
+        return Decimal(value)
+    if isinstance(value, str) and name == "bucket":
+        return dt.datetime.fromisoformat(value)
+    return value
+
+
 def latest(con: duckdb.DuckDBPyConnection) -> list[dict]:
     """The newest reconciliation per provider, its differing lines decoded."""
     rows = control(con).execute(f"""
@@ -34,5 +43,6 @@ def latest(con: duckdb.DuckDBPyConnection) -> list[dict]:
     """).fetchall()
     found = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
     for item in found:
-        item["lines"] = json.loads(item["lines"])
+        # Stored as JSON text, money as decimal strings: read back as the numbers they were.
+        item["lines"] = [{k: _decoded(k, v) for k, v in line.items()} for line in json.loads(item["lines"])]
     return found

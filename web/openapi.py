@@ -1,0 +1,177 @@
+"""``GET /api/v1/openapi.json``: an OpenAPI 3.1 description of ``/api/v1``, served without a key.
+
+Its schemas are strict (``additionalProperties: false``): tests/test_openapi.py validates real
+answers of every endpoint against them and every route of the app against its paths, so a field
+added or renamed in the API and not here fails a test.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from addon.core.reports import DIMENSIONS
+from addon.core.store import reports as report_rows
+
+openapi = Blueprint("openapi", __name__)
+
+_INT = {"type": "integer"}
+_NUM = {"type": "number"}
+_STR = {"type": "string"}
+_TIME = {"type": "string", "format": "date-time"}
+
+
+def _null(schema: dict) -> dict:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _object(properties: dict, required: list[str] | None = None, **more) -> dict:
+    return {"type": "object", "properties": properties, "required": list(properties) if required is None else required,
+            "additionalProperties": False, **more}
+
+
+_TOTALS = {"calls": _INT, "errors": _INT, "unpriced_calls": _INT, "estimated_calls": _INT, "input_tokens": _INT,
+           "cache_read_tokens": _INT, "cache_write_tokens": _INT, "output_tokens": _INT, "reasoning_tokens": _INT,
+           "cost_usd": {**_null(_NUM), "description": "Priced calls only; null when none is priced."},
+           "share": {**_null(_NUM), "description": "The group's part of the total cost."},
+           "p50_latency_ms": _null(_NUM), "p95_latency_ms": _null(_NUM)}
+_GROUP_KEYS = {"model": _null(_STR), "provider": _STR, "customer_id": _null(_STR), "feature": _null(_STR),
+               "key_id": _null(_INT), "day": {**_STR, "format": "date"}, "hour": {**_STR, "example": "2026-11-01 13:00"},
+               "month": {**_STR, "example": "2026-11"}}
+_CALL = {"id": {**_STR, "format": "uuid"}, "ts": _TIME, "key_id": _null(_INT), "provider": _STR, "endpoint": _STR,
+         "model": _null(_STR), "stream": {"type": "boolean"}, "status": _null(_INT), "outcome": _STR,
+         "error": _null(_STR), "input_tokens": _INT, "cache_read_tokens": _INT, "cache_write_tokens": _INT,
+         "cache_write_1h_tokens": _INT, "output_tokens": _INT, "reasoning_tokens": _INT,
+         "web_search_requests": _INT, "cost_usd": _null(_NUM), "priced": {"type": "boolean"},
+         "price_source": _null(_STR), "usage_source": {"type": "string",
+                                                       "enum": ["reported", "estimated", "partial", "none"]},
+         "customer_id": _null(_STR), "feature": _null(_STR), "latency_ms": _null(_NUM), "ttft_ms": _null(_NUM),
+         "service_tier": _null(_STR), "previous_cost_usd": _null(_NUM), "previous_price_source": _null(_STR),
+         "repriced_at": _null(_TIME)}
+_LINE_VALUE = {"type": ["integer", "number", "null"]}
+
+SCHEMAS = {
+    "Error": _object({"error": _object({"code": _STR, "message": _STR})}),
+    "ReportGroup": _object({**_GROUP_KEYS, **_TOTALS}, required=list(_TOTALS),
+                           description="Totals of one group; the keys of the dimensions asked for (`by`) name it."),
+    "Call": _object(_CALL),
+    "CallsPage": _object({"calls": {"type": "array", "items": _ref("Call")}, "next_cursor": _null(_STR)}),
+    "Budget": _object({"id": _INT, "scope": {"type": "string", "enum": ["all", "key", "customer", "feature"]},
+                       "scope_value": _null(_STR), "daily_usd": _null(_NUM), "monthly_usd": _null(_NUM),
+                       "block": {"type": "boolean"}, "spent_today_usd": _NUM, "spent_this_month_usd": _NUM}),
+    "ReconciliationLine": {"type": "object", "required": ["bucket", "model", "status"],
+                           "properties": {"bucket": _null(_TIME), "model": _null(_STR), "pending": {"type": "boolean"},
+                                          "status": {"type": "string", "enum": ["match", "untracked", "over", "drift"]},
+                                          "difference_usd": _null(_NUM), "difference_percent": _null(_NUM)},
+                           "patternProperties": {"^(ours|theirs)_": _LINE_VALUE}, "additionalProperties": False},
+    "Reconciliation": _object({"provider": _STR, "month_start": _TIME, "until": _TIME, "checked_at": _TIME,
+                               "ours_usd": _NUM, "theirs_usd": _NUM, "difference_usd": _NUM,
+                               "difference_percent": _null(_NUM), "days_differing": _INT,
+                               "lines": {"type": "array", "items": _ref("ReconciliationLine")}}),
+    "Subject": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
+                "properties": {"customer": _STR, "key": _INT}},
+    "Erased": _object({"subject": _ref("Subject"),
+                       "deleted": {"type": "object", "additionalProperties": _INT,
+                                   "required": ["calls", "hourly_usage", "budgets", "alerts", "pending_calls"]}}),
+    "Purged": _object({"dry_run": {"type": "boolean"}, "expired_calls": _INT,
+                       "deleted": {"type": ["object", "null"], "additionalProperties": _INT}}),
+}
+
+
+def _query(name: str, description: str, schema: dict | None = None, **more) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema or _STR,
+            **more}
+
+
+_SELECTION = [
+    _query("since", "Start, inclusive: `7d`, `24h`, `today`, `2026-11-01` (midnight in `tz`) or `2026-11-01T09:00`."),
+    _query("until", "End, exclusive; the same forms as `since`."),
+    _query("customer", "Only calls with this `x-customer-id`."),
+    _query("feature", "Only calls with this `x-feature`."),
+    _query("model", "Only calls of this model (as recorded)."),
+    _query("key", "Only calls of this key id (a key may only ask for its own).", _INT),
+    _query("tz", "IANA time zone for dates and for day, hour and month groups; default UTC."),
+]
+
+
+def _answer(description: str, schema: dict, media: str = "application/json") -> dict:
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+_ERRORS = {status: _answer(text, _ref("Error")) for status, text in (
+    ("400", "A parameter is wrong; the message says which and how."),
+    ("401", "No credential, or not an active key or admin token."),
+    ("403", "A key asked for what only admins (or another key) may see."),
+    ("503", "The storage is busy or away, or the query ran too long; try again or ask for less."))}
+
+
+def _get(summary: str, parameters: list[dict], ok: dict, admin: bool = False) -> dict:
+    return {"get": {"summary": summary + (" Admin tokens only." if admin else ""), "parameters": parameters,
+                    "responses": {"200": ok, **_ERRORS}}}
+
+
+def _post(summary: str, body: dict, ok: dict) -> dict:
+    return {"post": {"summary": summary + " Admin token in the Authorization header only (never the page's "
+                                          "session).", "security": [{"bearer": []}],
+                     "requestBody": {"required": False, "content": {"application/json": {"schema": body}}},
+                     "responses": {"200": ok, **_ERRORS}}}
+
+
+def document() -> dict:
+    by = _query("by", "One or two dimensions to group by (repeat the parameter).",
+                {"type": "array", "items": {"type": "string", "enum": list(DIMENSIONS)}, "minItems": 1, "maxItems": 2},
+                style="form", explode=True)
+    limit = _query("limit", "Keep only the first groups.", {"type": "integer", "minimum": 1, "maximum": 100_000})
+    subject = [_query("customer", "The customer's `x-customer-id`."), _query("key", "The key id.", _INT)]
+    exports = {media: {"schema": {"type": "string", "format": "binary"}}
+               for media in dict.fromkeys(report_rows.EXPORT_FORMATS.values())}
+    paths = {
+        "/report": _get("Totals per group, ordered by time for time dimensions, else by cost.", [by, *_SELECTION, limit],
+                        _answer("The groups.", {"type": "array", "items": _ref("ReportGroup")})),
+        "/report/total": _get("The total over the selection.", _SELECTION, _answer("The total.", _ref("ReportGroup"))),
+        "/calls": _get("Calls, newest first, in keyset pages.", [
+            *_SELECTION, _query("limit", "Calls per page.", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            _query("cursor", "`next_cursor` of the previous page.")], _answer("One page.", _ref("CallsPage"))),
+        "/export": _get("Every selected call (metadata only), streamed.", [
+            *_SELECTION, _query("format", "File format.", {"type": "string", "enum": list(report_rows.EXPORT_FORMATS),
+                                                          "default": "csv"})],
+            {"description": "The file, as an attachment.", "content": exports}),
+        "/budgets": _get("Budgets with today's and this month's spend (a key sees its own).", [],
+                         _answer("The budgets.", {"type": "array", "items": _ref("Budget")})),
+        "/reconciliation": _get("The latest daily reconciliation per provider.", [],
+                                _answer("One per provider.", {"type": "array", "items": _ref("Reconciliation")}),
+                                admin=True),
+        "/gdpr/export": _get("Everything stored about one customer or key, one JSON document.", subject,
+                             _answer("The document.", {"type": "object", "required": ["subject", "calls"]}),
+                             admin=True),
+        "/gdpr/delete": _post("Erase a customer or key everywhere and rewrite the storage.", _ref("Subject"),
+                              _answer("What was removed.", _ref("Erased"))),
+        "/purge": _post("The retention purge.", {"type": "object", "additionalProperties": False, "properties": {
+                            "older_than_days": {"type": "integer", "minimum": 1}, "dry_run": {"type": "boolean"}}},
+                        _answer("What expired, and what was deleted (null on a dry run).", _ref("Purged"))),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "AiSpendTrack API", "version": "1",
+                 "description": "What your LLM calls cost, from the proxy's records (metadata only). "
+                                "Reference: docs/api.md."},
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}, {"session": []}],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "An AiSpendTrack key (`ask_...`: its own calls) or an admin token "
+                                          "(`ast_...`: every call)."},
+                "session": {"type": "apiKey", "in": "cookie", "name": "aispendtrack_session",
+                            "description": "The report page's session, after signing in (GET only)."}}},
+    }
+
+
+@openapi.get("/api/v1/openapi.json")
+def served():
+    return jsonify(document())
