@@ -39,8 +39,8 @@ _TOTALS = {"calls": _INT, "errors": _INT, "unpriced_calls": _INT, "estimated_cal
            "share": {**_null(_NUM), "description": "The group's part of the total cost."},
            "p50_latency_ms": _null(_NUM), "p95_latency_ms": _null(_NUM)}
 _GROUP_KEYS = {"model": _null(_STR), "provider": _STR, "customer_id": _null(_STR), "feature": _null(_STR),
-               "key_id": _null(_INT), "day": {**_STR, "format": "date"}, "hour": {**_STR, "example": "2026-11-01 13:00"},
-               "month": {**_STR, "example": "2026-11"}}
+               "key_id": _null(_INT), "day": {**_STR, "format": "date"},
+               "hour": {**_STR, "example": "2026-11-01 13:00"}, "month": {**_STR, "example": "2026-11"}}
 _CALL = {"id": {**_STR, "format": "uuid"}, "ts": _TIME, "key_id": _null(_INT), "provider": _STR, "endpoint": _STR,
          "model": _null(_STR), "stream": {"type": "boolean"}, "status": _null(_INT), "outcome": _STR,
          "error": _null(_STR), "input_tokens": _INT, "cache_read_tokens": _INT, "cache_write_tokens": _INT,
@@ -129,7 +129,8 @@ def document() -> dict:
     exports = {media: {"schema": {"type": "string", "format": "binary"}}
                for media in dict.fromkeys(report_rows.EXPORT_FORMATS.values())}
     paths = {
-        "/report": _get("Totals per group, ordered by time for time dimensions, else by cost.", [by, *_SELECTION, limit],
+        "/report": _get("Totals per group, ordered by time for time dimensions, else by cost.",
+                        [by, *_SELECTION, limit],
                         _answer("The groups.", {"type": "array", "items": _ref("ReportGroup")})),
         "/report/total": _get("The total over the selection.", _SELECTION, _answer("The total.", _ref("ReportGroup"))),
         "/calls": _get("Calls, newest first, in keyset pages.", [
