@@ -84,5 +84,5 @@ class Bar:
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             # Done is 100%, even where the count given at the start was an estimate.
-            self._bar.update(self._bar.length - self._bar.pos if exc[0] is None else self._pending)
+            self._bar.update((self._bar.length or 0) - self._bar.pos if exc[0] is None else self._pending)
             self._bar.__exit__(*exc)
