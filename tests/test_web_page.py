@@ -199,12 +199,90 @@ def test_admins_see_tracked_vs_provider_and_keys_do_not(page, site):
     assert page.locator("#reconciliation").count() == 0
 
 
-def test_phone_width_is_usable(browser, site):
-    context = browser.new_context(viewport={"width": 390, "height": 844})
+def _context_page(browser, errors: list[str], **options):
+    context = browser.new_context(**options)
     page = context.new_page()
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return context, page
+
+
+_CUT = """() => {
+  const cut = [];
+  for (const table of document.querySelectorAll("main table")) {
+    const box = table.parentElement.getBoundingClientRect();
+    if (table.parentElement.scrollWidth > table.parentElement.clientWidth + 1) cut.push(table.id + " scrolls");
+    for (const cell of table.querySelectorAll("th, td")) {
+      const r = cell.getBoundingClientRect();
+      if (r.width && (r.right > box.right + 1 || r.left < box.left - 1)) { cut.push(table.id + ": " + cell.textContent); break; }
+    }
+  }
+  return cut;
+}"""
+
+
+@pytest.mark.parametrize("width", [360, 768, 1400, 2560])
+def test_no_column_is_cut_at_any_width(browser, site, width):
+    errors: list[str] = []
+    context, page = _context_page(browser, errors, viewport={"width": width, "height": 900})
+    try:
+        sign_in(page, site)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
+        assert page.evaluate(_CUT) == []
+        assert page.locator("#by-model tbody tr").count() >= 3 and page.locator("#recent tbody tr").count() >= 5
+        stacked = page.evaluate("[...document.querySelectorAll('table.stacked')].map(t => t.id)")
+        if width <= 768:  # too narrow for a row of columns: each row a block of labelled cells
+            assert "recent" in stacked
+            assert page.get_attribute("#recent tbody tr:first-child td:nth-child(7)", "data-label") == "cost"
+        if width >= 1400:
+            assert stacked == [] and page.locator("#by-model th", has_text="errors").is_visible()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"dashboard-{width}.png"), full_page=True)
+    finally:
+        context.close()
+    assert errors == [], f"console errors: {errors}"
+
+
+def test_times_are_in_the_viewers_zone_with_a_switch_to_utc(browser, site):
+    errors: list[str] = []
+    context, page = _context_page(browser, errors, timezone_id="America/New_York",
+                                  viewport={"width": 1280, "height": 900})
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url) if "/api/v1/report" in request.url else None)
+    try:
+        page.goto(site["url"] + "/?range=today")
+        page.fill("#secret", site["admin"])
+        page.click("button[type=submit]")
+        wait_until_drawn(page)
+        import zoneinfo
+        ny = dt.datetime.now(zoneinfo.ZoneInfo("America/New_York"))
+        assert page.inner_text("#zone-name") == "America/New_York"
+        assert page.inner_text("#period").startswith(f"{ny:%Y-%m-%d} 00:00 to ")  # today starts at NY midnight
+        assert asked and all("tz=America%2FNew_York" in url for url in asked)
+        newest = httpx.get(site["url"] + "/api/v1/calls?limit=1",
+                           headers={"Authorization": f"Bearer {site['admin']}"}).json()["calls"][0]
+        at = dt.datetime.fromisoformat(newest["ts"])
+        first_time = page.inner_text("#recent tbody tr:first-child td:first-child")
+        assert first_time == f"{at.astimezone(zoneinfo.ZoneInfo('America/New_York')):%Y-%m-%d %H:%M}"
+        assert page.inner_text("#budget-zone") == "UTC"  # budgets count in the proxy's zone, not the viewer's
+        page.click("#zone-switch")
+        page.wait_for_url("**tz=UTC**")
+        wait_until_drawn(page)
+        assert page.inner_text("#zone-name") == "UTC" and page.inner_text("#zone-switch") == "Local time"
+        assert page.inner_text("#recent tbody tr:first-child td:first-child") == f"{at:%Y-%m-%d %H:%M}"
+        assert "tz=UTC" in asked[-1]
+    finally:
+        context.close()
+    assert errors == [], f"console errors: {errors}"
+
+
+def test_totals_and_chart_follow_new_calls(page, site):
     sign_in(page, site)
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390 + 1, f"page is {width}px wide on a 390px screen"
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
-    context.close()
+    before = int(page.get_attribute("#total-calls", "data-value"))
+    site["proxy"].openai(headers={"x-customer-id": "live-totals"}).chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    deadline = time.monotonic() + 15
+    while int(page.get_attribute("#total-calls", "data-value")) != before + 1:
+        assert time.monotonic() < deadline, "the totals did not follow the new call"
+        time.sleep(0.2)
+    page.wait_for_selector("#by-customer tr[data-value='live-totals']", timeout=5_000)

@@ -93,7 +93,10 @@ def budgets():
     key's budget."""
     principal = g.principal
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
-        rows = with_spend(con, dt.datetime.now(dt.UTC), config.quota_zone(con))
+        zone = config.quota_zone(con)
+        rows = with_spend(con, dt.datetime.now(dt.UTC), zone)
+    for row in rows:
+        row["tz"] = zone.key  # the zone of "today" and "this month", as the proxy counts them
     visible = [b for b in rows
                if principal.is_admin or (b["scope"] == "key" and b["scope_value"] == str(principal.key_id))]
     return jsonify([json_row(b) for b in visible])

@@ -9,6 +9,9 @@ const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00
 const DAY = 86400000;
 const RECENT_EVERY_MS = 5000;
 const BREAKDOWN_ROWS = 50;  // the top groups by cost; the export has them all
+// Times are shown in the viewer's zone unless the URL says tz=UTC (the switch in the header); the
+// API groups days and hours in the same zone (its tz parameter).
+const LOCAL_ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
 
 let chart = null;
 let recentTimer = null;
@@ -19,6 +22,7 @@ function readState() {
   return {
     range: q.get("range") || "7d", from: q.get("from"), to: q.get("to"),
     stack: q.get("stack") || "model",
+    tz: q.get("tz") || LOCAL_ZONE,
     filters: Object.fromEntries(FILTERS.filter((f) => q.get(f)).map((f) => [f, q.get(f)])),
   };
 }
@@ -28,22 +32,52 @@ function writeState(state) {
   q.set("range", state.range);
   if (state.range === "custom") { q.set("from", state.from); q.set("to", state.to); }
   if (state.stack !== "model") q.set("stack", state.stack);
+  if (state.tz !== LOCAL_ZONE) q.set("tz", state.tz);
   for (const [k, v] of Object.entries(state.filters)) q.set(k, v);
   history.pushState(null, "", "?" + q.toString());
   refresh();
 }
 
+// The wall-clock fields of an instant in a zone: {year, month (1-12), day, hour, minute}.
+const formats = new Map();
+function wall(instant, tz) {
+  if (!formats.has(tz)) {
+    formats.set(tz, new Intl.DateTimeFormat("en-US", { timeZone: tz, hourCycle: "h23", year: "numeric", month: "2-digit",
+      day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit" }));
+  }
+  const fields = formats.get(tz).formatToParts(instant);
+  const get = (type) => Number(fields.find((f) => f.type === type).value);
+  return { year: get("year"), month: get("month"), day: get("day"), hour: get("hour"), minute: get("minute"), second: get("second") };
+}
+
+// The instant of a wall-clock time in a zone (midnight by default), across DST changes.
+function zoned(year, month, day, tz, hour = 0) {
+  const guess = Date.UTC(year, month - 1, day, hour);
+  const offset = (t) => { const w = wall(new Date(t), tz); return Date.UTC(w.year, w.month - 1, w.day, w.hour, w.minute, w.second) - t; };
+  let t = guess - offset(guess);
+  const second = guess - offset(t);
+  if (second !== t) t = second;
+  return t;
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+const dayLabel = (w) => `${w.year}-${pad(w.month)}-${pad(w.day)}`;
+const hourLabel = (w) => `${dayLabel(w)} ${pad(w.hour)}:00`;
+const timeLabel = (instant, tz) => { const w = wall(instant, tz); return `${dayLabel(w)} ${pad(w.hour)}:${pad(w.minute)}`; };
+
 function period(state, now = new Date()) {
-  const midnight = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
+  const today = wall(now, state.tz);
   let since, until = now.getTime();
   switch (state.range) {
-    case "today": since = midnight; break;
+    case "today": since = zoned(today.year, today.month, today.day, state.tz); break;
     case "30d": since = until - 30 * DAY; break;
-    case "month": since = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1); break;
-    case "custom":
-      since = Date.parse(state.from + "T00:00:00Z");
-      until = Date.parse(state.to + "T00:00:00Z") + DAY;
+    case "month": since = zoned(today.year, today.month, 1, state.tz); break;
+    case "custom": {
+      const [fy, fm, fd] = state.from.split("-").map(Number), [ty, tm, td] = state.to.split("-").map(Number);
+      since = zoned(fy, fm, fd, state.tz);
+      until = zoned(ty, tm, td + 1, state.tz);  // Date.UTC rolls day 32 over into the next month
       break;
+    }
     default: since = until - 7 * DAY;
   }
   return { since: new Date(since), until: new Date(until) };
@@ -53,6 +87,7 @@ function params(state, range, extra = {}) {
   const q = new URLSearchParams();
   q.set("since", range.since.toISOString());
   q.set("until", range.until.toISOString());
+  q.set("tz", state.tz);
   for (const [k, v] of Object.entries(state.filters)) q.set(k, v);
   for (const [k, v] of Object.entries(extra)) {
     for (const item of [].concat(v)) q.append(k, item);
@@ -142,15 +177,11 @@ function showFilters(state) {
   }
 }
 
-function showChart(rows, bucket, stackName, range) {
-  const labels = [];
-  const step = bucket === "hour" ? 3600000 : DAY;
-  const start = bucket === "hour" ? Math.floor(range.since / step) * step
-    : Date.UTC(range.since.getUTCFullYear(), range.since.getUTCMonth(), range.since.getUTCDate());
-  for (let t = start; t < range.until.getTime(); t += step) {
-    const iso = new Date(t).toISOString();
-    labels.push(bucket === "hour" ? iso.slice(0, 13).replace("T", " ") + ":00" : iso.slice(0, 10));
-  }
+function showChart(rows, bucket, stackName, range, tz) {
+  // Every hour or day of the period as the API labels them in tz (an hour's step finds them all,
+  // DST days of 23 or 25 hours included).
+  const labels = [...new Set(Array.from({ length: Math.ceil((range.until - range.since) / 3600000) },
+    (_, i) => (bucket === "hour" ? hourLabel : dayLabel)(wall(new Date(range.since.getTime() + i * 3600000), tz))))];
   const costBy = new Map();
   for (const r of rows) costBy.set(String(r[stackName]), (costBy.get(String(r[stackName])) || 0) + (r.cost_usd || 0));
   const top = [...costBy.entries()].sort((a, b) => b[1] - a[1]).slice(0, 7).map(([name]) => name);
@@ -211,6 +242,7 @@ function showBreakdown(table, rows, state) {
     return tr;
   });
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...(body.length ? body : [el("tr", {}, el("td", { colspan: "6" }, "No calls"))])));
+  fit(table);
 }
 
 async function showRecent(state) {
@@ -219,15 +251,17 @@ async function showRecent(state) {
   const q = new URLSearchParams({ limit: "15", since: period(state).since.toISOString(), ...state.filters });
   const page = await api("calls?" + q.toString());
   const seen = new Set([...table.querySelectorAll("tbody tr")].map((tr) => tr.dataset.id));
-  const head = el("tr", {}, ...["time (UTC)", "key", "provider", "model", "in", "out", "cost", "latency", "status", "customer", "feature"]
+  const head = el("tr", {}, ...["time", "key", "provider", "model", "in", "out", "cost", "latency", "status", "customer", "feature"]
     .map((h, i) => el("th", { class: [1, 4, 5, 6, 7].includes(i) ? "num" : "", scope: "col" }, h)));
   const rows = page.calls.map((c) => el("tr", { dataset: { id: c.id }, class: seen.size && !seen.has(c.id) ? "new" : "" },
-    el("td", {}, c.ts.slice(0, 19).replace("T", " ")), el("td", { class: "num" }, String(c.key_id)), el("td", {}, c.provider),
+    el("td", {}, timeLabel(new Date(c.ts), state.tz)), el("td", { class: "num" }, String(c.key_id)), el("td", {}, c.provider),
     el("td", {}, c.model || "–"), el("td", { class: "num" }, count(c.input_tokens)), el("td", { class: "num" }, count(c.output_tokens)),
     el("td", { class: "num" }, c.usage_source === "none" ? "–" : money(c.cost_usd)), el("td", { class: "num" }, ms(c.latency_ms)),
     el("td", {}, `${c.status ?? "–"}${c.outcome === "completed" ? "" : " " + c.outcome}`),
     el("td", {}, c.customer_id || "–"), el("td", {}, c.feature || "–")));
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "11" }, "No calls yet"))])));
+  fit(table);
+  return seen.size ? page.calls.filter((c) => !seen.has(c.id)).length : 0;
 }
 
 function showBudgets(budgets) {
@@ -242,6 +276,8 @@ function showBudgets(budgets) {
     el("td", { class: "num" }, used(b.spent_this_month_usd, b.monthly_usd)),
     el("td", {}, b.block ? "yes" : "no")));
   table.replaceChildren(...(budgets.length ? [el("thead", {}, head), el("tbody", {}, ...rows)] : []));
+  if (budgets.length) document.getElementById("budget-zone").textContent = budgets[0].tz;
+  fit(table);
 }
 
 function showReconciliation(found) {
@@ -255,6 +291,17 @@ function showReconciliation(found) {
     el("td", { class: "num" }, `${money(r.difference_usd)}${r.difference_percent === null ? "" : ` (${r.difference_percent.toFixed(1)}%)`}`),
     el("td", {}, r.lines.length ? r.lines.map((l) => `${l.bucket.slice(0, 10)} ${l.model || ""} ${l.status}`).join(", ") : "none")));
   table.replaceChildren(...(found.length ? [el("thead", {}, head), el("tbody", {}, ...rows)] : []));
+  fit(table);
+}
+
+// Each cell gets its column's name (for the stacked layout); a table wider than its panel stacks.
+function fit(table) {
+  const names = [...table.querySelectorAll("thead th")].map((th) => th.textContent.replace(/ [▲▼]$/, ""));
+  table.querySelectorAll("tbody tr").forEach((tr) => [...tr.children].forEach((td, i) => {
+    if (names[i] && td.colSpan === 1) td.dataset.label = names[i];
+  }));
+  table.classList.remove("stacked");
+  if (table.scrollWidth > table.parentElement.clientWidth + 1) table.classList.add("stacked");
 }
 
 function showExports(state) {
@@ -266,32 +313,18 @@ function showExports(state) {
 async function refresh() {
   const state = readState();
   const range = period(state);
-  const span = range.until - range.since;
-  const previous = { since: new Date(range.since - span), until: range.since };
-  const bucket = span <= 2 * DAY ? "hour" : "day";
   document.querySelectorAll(".ranges button[data-range]").forEach((b) => b.classList.toggle("active", b.dataset.range === state.range));
   document.getElementById("stack").value = state.stack;
+  document.getElementById("zone-name").textContent = state.tz;
+  const zoneSwitch = document.getElementById("zone-switch");
+  zoneSwitch.hidden = LOCAL_ZONE === "UTC";
+  zoneSwitch.textContent = state.tz === "UTC" ? "Local time" : "UTC";
+  zoneSwitch.setAttribute("aria-pressed", String(state.tz === "UTC"));
   document.getElementById("period").textContent =
-    `${range.since.toISOString().slice(0, 16).replace("T", " ")} to ${range.until.toISOString().slice(0, 16).replace("T", " ")} UTC`;
+    `${timeLabel(range.since, state.tz)} to ${timeLabel(range.until, state.tz)} (${state.tz})`;
   showFilters(state);
   showExports(state);
-  const hourAgo = { since: new Date(range.until - 3600000), until: range.until };
-  const totals = Promise.all([
-    api("report/total?" + params(state, range)),
-    api("report/total?" + params(state, previous)),
-    api("report/total?" + params(state, hourAgo)),
-  ]).then(([total, before, lastHour]) => { showTotals(total, before); showWarnings(total, lastHour); });
-  // Each part is drawn as soon as its data arrives, so the totals never wait for a big table.
-  const parts = [
-    totals,
-    api("report?" + params(state, range, { by: [bucket, state.stack] }))
-      .then((rows) => showChart(rows, bucket, DIMENSIONS[state.stack] || state.stack, range)),
-    ...Object.keys(DIMENSIONS).map((d) => api("report?" + params(state, range, { by: d, limit: BREAKDOWN_ROWS }))
-      .then((rows) => showBreakdown(document.getElementById("by-" + d), rows, state))),
-    showRecent(state),
-    api("budgets").then(showBudgets),
-    ...(document.getElementById("reconciliation") ? [api("reconciliation").then(showReconciliation)] : []),
-  ];
+  const parts = [...summary(state, range), showRecent(state)];
   const failed = (await Promise.allSettled(parts)).find((p) => p.status === "rejected");
   if (failed) {
     document.getElementById("warnings").append(el("p", { class: "warning", role: "alert" }, "Could not load: " + failed.reason.message));
@@ -299,9 +332,41 @@ async function refresh() {
   document.body.dataset.loaded = location.search;  // for tests and scripts: this view is fully drawn
 }
 
+// Everything but the recent calls: drawn at load, and again whenever new calls arrive.
+function summary(state, range) {
+  const span = range.until - range.since;
+  const previous = { since: new Date(range.since - span), until: range.since };
+  const bucket = span <= 2 * DAY ? "hour" : "day";
+  const hourAgo = { since: new Date(range.until - 3600000), until: range.until };
+  const totals = Promise.all([
+    api("report/total?" + params(state, range)),
+    api("report/total?" + params(state, previous)),
+    api("report/total?" + params(state, hourAgo)),
+  ]).then(([total, before, lastHour]) => { showTotals(total, before); showWarnings(total, lastHour); });
+  // Each part is drawn as soon as its data arrives, so the totals never wait for a big table.
+  return [
+    totals,
+    api("report?" + params(state, range, { by: [bucket, state.stack] }))
+      .then((rows) => showChart(rows, bucket, DIMENSIONS[state.stack] || state.stack, range, state.tz)),
+    ...Object.keys(DIMENSIONS).map((d) => api("report?" + params(state, range, { by: d, limit: BREAKDOWN_ROWS }))
+      .then((rows) => showBreakdown(document.getElementById("by-" + d), rows, state))),
+    api("budgets").then(showBudgets),
+    ...(document.getElementById("reconciliation") ? [api("reconciliation").then(showReconciliation)] : []),
+  ];
+}
+
 function pollRecent() {
   clearInterval(recentTimer);
-  recentTimer = setInterval(() => showRecent(readState()).catch(() => {}), RECENT_EVERY_MS);
+  recentTimer = setInterval(async () => {
+    const state = readState();
+    try {
+      // New calls change the totals, the chart and the tables too (a period that ended stays as it is).
+      if (await showRecent(state) && state.range !== "custom") {
+        await Promise.allSettled(summary(state, period(state)));
+        document.body.dataset.refreshed = String(Date.now());
+      }
+    } catch (error) { /* the next tick tries again */ }
+  }, RECENT_EVERY_MS);
 }
 
 document.querySelectorAll(".ranges button[data-range]").forEach((button) => button.addEventListener("click", () => {
@@ -318,6 +383,16 @@ document.getElementById("stack").addEventListener("change", (event) => {
   const state = readState();
   state.stack = event.target.value;
   writeState(state);
+});
+document.getElementById("zone-switch").addEventListener("click", () => {
+  const state = readState();
+  state.tz = state.tz === "UTC" ? LOCAL_ZONE : "UTC";
+  writeState(state);
+});
+let resized = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resized);
+  resized = setTimeout(() => document.querySelectorAll("main table").forEach(fit), 100);
 });
 window.addEventListener("popstate", refresh);
 refresh();
