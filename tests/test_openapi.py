@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 from decimal import Decimal
 
@@ -99,6 +100,8 @@ def test_every_answer_matches_its_schema(site, method, path, params, who, status
     validator = Draft202012Validator({**content["schema"], "components": spec["components"]})
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
     assert not errors, errors[:5]
+    durations = re.findall(r'"[a-z0-9_]+_ms": ?(-?[0-9.]+)', response.text)
+    assert all(len(d.partition(".")[2]) <= 3 for d in durations), durations  # no 79.27669999999999
 
 
 def test_exports_have_the_documented_media_types(site):

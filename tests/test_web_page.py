@@ -214,7 +214,10 @@ _CUT = """() => {
     if (table.parentElement.scrollWidth > table.parentElement.clientWidth + 1) cut.push(table.id + " scrolls");
     for (const cell of table.querySelectorAll("th, td")) {
       const r = cell.getBoundingClientRect();
-      if (r.width && (r.right > box.right + 1 || r.left < box.left - 1)) { cut.push(table.id + ": " + cell.textContent); break; }
+      if (r.width && (r.right > box.right + 1 || r.left < box.left - 1)) {
+        cut.push(table.id + ": " + cell.textContent);
+        break;
+      }
     }
   }
   return cut;
