@@ -124,7 +124,12 @@ class AiSpendTrack:
                                                        ctx.options.aispendtrack_metrics_label_cap))
         self.metrics.watch_writer(self.writer.stats)
         if ctx.options.aispendtrack_metrics_port:
-            self._metrics_server = metrics_port.serve(ctx.options.listen_host, ctx.options.aispendtrack_metrics_port)
+            try:
+                self._metrics_server = metrics_port.serve(ctx.options.listen_host,
+                                                          ctx.options.aispendtrack_metrics_port)
+            except OSError as exc:  # metrics are worth a log line, not the calls
+                log.error("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
+                          ctx.options.aispendtrack_metrics_port, exc.strerror or exc)
         self.writer.load_keys_now()
         self.writer.start()
         self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,

@@ -27,10 +27,11 @@ def taken_port():
         yield held.getsockname()[1]
 
 
-@pytest.mark.parametrize("command,flag", [("proxy", "--port"), ("web", "--port"), ("proxy", "--web-port")])
+@pytest.mark.parametrize("command,flag", [("proxy", "--port"), ("web", "--port"), ("proxy", "--web-port"),
+                                          ("proxy", "--metrics-port")])
 def test_a_port_in_use_is_named_before_anything_is_printed_or_created(tmp_path, taken_port, command, flag):
-    args = [command, flag, str(taken_port)] if flag != "--web-port" else [command, "--port", "0", flag,
-                                                                             str(taken_port)]
+    args = [command, flag, str(taken_port)] if flag in ("--port",) else [command, "--port", "0", flag,
+                                                                            str(taken_port)]
     result = _invoke(tmp_path, *args)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"cannot listen on 127.0.0.1:{taken_port}" in result.output and f"with {flag} PORT" in result.output

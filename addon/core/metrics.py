@@ -52,7 +52,6 @@ class _Capped:
 class Metrics:
     def __init__(self, tags: bool = False, cap: int = 100) -> None:
         self.registry = CollectorRegistry()
-        self.tags = tags
         self._labels = ("provider", "model", "key", *(("customer", "feature") if tags else ()))
         self._capped = {name: _Capped(cap) for name in self._labels}
         labels, r = self._labels, self.registry

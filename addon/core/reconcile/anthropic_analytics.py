@@ -11,7 +11,7 @@ import datetime as dt
 from decimal import Decimal
 
 from . import anthropic_report
-from .http import get_json, parse_rfc3339, read_rows, rfc3339
+from .http import pages, parse_rfc3339, read_rows, rfc3339
 
 NAME = anthropic_report.NAME
 KEY_VARIABLE = anthropic_report.KEY_VARIABLE
@@ -50,11 +50,5 @@ def _pages(url: str, start: dt.datetime, end: dt.datetime, width: str, group: li
         stop = min(end, start + SPAN)
         params = [("starting_at", rfc3339(start)), ("ending_at", rfc3339(stop)), ("time_bucket_width", width),
                   *group, ("order_by", "time"), ("order", "asc"), ("limit", "1000")]
-        page: str | None = None
-        while True:
-            body = get_json(url, [*params, *([("page", page)] if page else [])], headers, NAME, KEY_VARIABLE)
-            yield body
-            page = body.get("next_page") if body.get("has_more") else None
-            if not page:
-                break
+        yield from pages(url, params, headers, NAME, KEY_VARIABLE)
         start = stop

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import get_json, parse_rfc3339, read_page, rfc3339
+from .http import pages, parse_rfc3339, read_page, rfc3339
 
 NAME = "Anthropic"
 KEY_VARIABLE = "ANTHROPIC_ADMIN_KEY"
@@ -38,14 +38,7 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
 
 
 def _pages(url: str, params: list[tuple[str, str]], admin_key: str):
-    page: str | None = None
-    while True:
-        body = get_json(url, [*params, *([("page", page)] if page else [])], {"x-api-key": admin_key, **HEADERS},
-                        NAME, KEY_VARIABLE)
-        yield body
-        page = body.get("next_page") if body.get("has_more") else None
-        if not page:
-            return
+    return pages(url, params, {"x-api-key": admin_key, **HEADERS}, NAME, KEY_VARIABLE)
 
 
 def _start(bucket: dict) -> dt.datetime:

@@ -50,6 +50,17 @@ def get_json(url: str, params: list[tuple[str, str]], headers: dict[str, str], p
     raise AssertionError("unreachable")
 
 
+def pages(url: str, params: list[tuple[str, str]], headers: dict[str, str], provider: str, key_variable: str):
+    """Every page of a paged admin API (the cursor from ``next_page`` while ``has_more``), as bodies."""
+    page: str | None = None
+    while True:
+        body = get_json(url, [*params, *([("page", page)] if page else [])], headers, provider, key_variable)
+        yield body
+        page = body.get("next_page") if body.get("has_more") else None
+        if not page:
+            return
+
+
 def read_page(body: dict, url: str, provider: str, bucket_start, line) -> list[dict]:
     """The lines of one page of buckets holding results; a page not shaped as documented is an
     error that says so."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import get_json, read_page
+from .http import pages, read_page
 
 NAME = "OpenAI"
 KEY_VARIABLE = "OPENAI_ADMIN_KEY"
@@ -22,17 +22,9 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
     lines = []
     for endpoint in ENDPOINTS:
         url = f"{base_url.rstrip('/')}/v1/organization/usage/{endpoint}"
-        page: str | None = None
-        while True:
-            params = [("start_time", str(int(start.timestamp()))), ("end_time", str(int(end.timestamp()))),
-                      ("bucket_width", width), ("group_by", "model"), ("limit", _PAGE[width])]
-            if page:
-                params.append(("page", page))
-            body = get_json(url, params, {"authorization": f"Bearer {admin_key}"}, NAME, KEY_VARIABLE)
+        params = [*_span(start, end), ("bucket_width", width), ("group_by", "model"), ("limit", _PAGE[width])]
+        for body in pages(url, params, _headers(admin_key), NAME, KEY_VARIABLE):
             lines += read_page(body, url, NAME, _bucket_start, _line)
-            page = body.get("next_page") if body.get("has_more") else None
-            if not page:
-                break
     return lines
 
 
@@ -41,19 +33,20 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
     (fine-tuning, tools, ... included), so it is the invoice's view, not only what a proxy sees."""
     url = f"{base_url.rstrip('/')}/v1/organization/costs"
     days: dict[dt.datetime, Decimal] = {}
-    page: str | None = None
-    while True:
-        params = [("start_time", str(int(start.timestamp()))), ("end_time", str(int(end.timestamp()))),
-                  ("bucket_width", "1d"), ("limit", "31")]
-        if page:
-            params.append(("page", page))
-        body = get_json(url, params, {"authorization": f"Bearer {admin_key}"}, NAME, KEY_VARIABLE)
+    params = [*_span(start, end), ("bucket_width", "1d"), ("limit", "31")]
+    for body in pages(url, params, _headers(admin_key), NAME, KEY_VARIABLE):
         for day, result in read_page(body, url, NAME, _bucket_start, lambda at, result: (at, result)):
             amount = result.get("amount") or {}
             days[day] = days.get(day, Decimal(0)) + Decimal(str(amount.get("value") or 0))
-        page = body.get("next_page") if body.get("has_more") else None
-        if not page:
-            return days
+    return days
+
+
+def _span(start: dt.datetime, end: dt.datetime) -> list[tuple[str, str]]:
+    return [("start_time", str(int(start.timestamp()))), ("end_time", str(int(end.timestamp())))]
+
+
+def _headers(admin_key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {admin_key}"}
 
 
 def _bucket_start(bucket: dict) -> dt.datetime:
