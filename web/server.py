@@ -82,9 +82,9 @@ class WebServer(TcpWSGIServer):
             return
         conn = accepted[0]
         self.busy.refused(f"{MAX_CONNECTIONS} open")
-        try:
-            conn.settimeout(1.0)
-            conn.sendall(_BUSY)
+        try:  # never blocking the event loop: a fresh socket's buffer holds these 150 bytes
+            conn.setblocking(False)
+            conn.send(_BUSY)
         except OSError:
             pass
         finally:
