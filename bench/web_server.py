@@ -83,14 +83,9 @@ def _setup(home: Path, rows: int) -> str:
 
 
 def _start(name: str, app):
-    if name == "waitress":
-        server = WebServer("127.0.0.1", 0, app)
-        port = server.server_port
-    else:
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        port = server.server_port
+    server = WebServer("127.0.0.1", 0, app) if name == "waitress" else make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, port
+    return server, server.server_port
 
 
 def _idle(port: int) -> socket.socket:

@@ -11,7 +11,7 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -61,10 +61,12 @@ def running(label: str, quiet: bool = False) -> Iterator[None]:
 
 
 class Bar:
-    """A count of items on stderr, updated at most every POLL_S."""
+    """A count of items on stderr, updated at most every POLL_S. ``total()`` is asked only when the
+    bar is shown: counting costs a pass over the rows that a pipe or --quiet does not need."""
 
-    def __init__(self, label: str, total: int, quiet: bool = False) -> None:
-        self._bar = click.progressbar(length=total, label=label, file=sys.stderr) if shown(quiet) and total else None
+    def __init__(self, label: str, total: Callable[[], int], quiet: bool = False) -> None:
+        length = total() if shown(quiet) else 0
+        self._bar = click.progressbar(length=length, label=label, file=sys.stderr) if length else None
         self._pending = 0
         self._drawn = time.monotonic()
 

@@ -32,7 +32,7 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
         raise click.ClickException(str(exc)) from None
     checked, changes, before, after = 0, [], Decimal(0), Decimal(0)
     with writing(obj.db) as con:
-        with Bar("Repricing", report_rows.count(con, selection), quiet) as bar:
+        with Bar("Repricing", lambda: report_rows.count(con, selection), quiet) as bar:
             for row in report_rows.reprice_inputs(con, selection):
                 checked += 1
                 bar.advance()
