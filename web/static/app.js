@@ -38,7 +38,7 @@ function writeState(state) {
   refresh();
 }
 
-// The wall-clock fields of an instant in a zone: {year, month (1-12), day, hour, minute}.
+// The wall-clock fields of an instant in a zone: {year, month (1-12), day, hour, minute, second}.
 const formats = new Map();
 function wall(instant, tz) {
   if (!formats.has(tz)) {
@@ -54,10 +54,7 @@ function wall(instant, tz) {
 function zoned(year, month, day, tz, hour = 0) {
   const guess = Date.UTC(year, month - 1, day, hour);
   const offset = (t) => { const w = wall(new Date(t), tz); return Date.UTC(w.year, w.month - 1, w.day, w.hour, w.minute, w.second) - t; };
-  let t = guess - offset(guess);
-  const second = guess - offset(t);
-  if (second !== t) t = second;
-  return t;
+  return guess - offset(guess - offset(guess));  // the second offset is the one in force then
 }
 
 const pad = (n) => String(n).padStart(2, "0");
