@@ -120,9 +120,13 @@ def _anthropic_result(model: str, entries: list[Billed]) -> dict:
             "api_key_id": None, "workspace_id": None, "service_tier": None, "context_window": None}
 
 
+def _cents(entries: list[Billed]) -> str:
+    """Anthropic's cost amounts: cents, as a decimal string."""
+    return f"{sum(e.billed_usd for e in entries) * 100:.6f}"
+
+
 def _anthropic_cost(model: str, entries: list[Billed]) -> dict:
-    cents = sum(e.billed_usd for e in entries) * 100
-    return {"currency": "USD", "amount": f"{cents:.6f}", "cost_type": "tokens", "description": f"{model} tokens",
+    return {"currency": "USD", "amount": _cents(entries), "cost_type": "tokens", "description": f"{model} tokens",
             "model": model, "workspace_id": None, "service_tier": "standard", "context_window": "0-200k",
             "token_type": None, "inference_geo": None}
 
@@ -134,9 +138,8 @@ def _analytics_rows(days: list[tuple[dt.datetime, list]], cost: bool) -> list[di
         bounds = {"starting_at": day.strftime("%Y-%m-%dT%H:%M:%SZ"),
                   "ending_at": (day + DAY).strftime("%Y-%m-%dT%H:%M:%SZ")}
         if cost and entries:
-            cents = sum(e.billed_usd for e in entries) * 100
             rows.append({**bounds, "group": {"model": None, "product": None},
-                         "cost": {"amount": f"{cents:.6f}", "list_amount": f"{cents:.6f}", "currency": "USD",
+                         "cost": {"amount": _cents(entries), "list_amount": _cents(entries), "currency": "USD",
                                   "requests": len(entries)}})
         elif not cost:
             for model, mine in sorted(_by_model(entries).items()):
