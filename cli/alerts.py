@@ -64,7 +64,10 @@ def check(obj) -> None:
     from addon.core import config
     from addon.core.evaluate import evaluate
     from addon.core.store import reading
-    _channels(obj.home)  # a broken file is an error here, not just a log line
+    for name, channel in _channels(obj.home).items():  # a broken file is an error here, not just a log line
+        refused = channel.unusable()
+        if refused:
+            click.echo(f"Not sending to {name}: {refused}.", err=True)
     with reading(obj.db) as con:
         zone = config.quota_zone(con)
     sent = evaluate(obj.db, obj.home, dt.datetime.now(dt.UTC), zone)

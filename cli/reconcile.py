@@ -46,7 +46,7 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
         raise click.UsageError(f"Set {api.KEY_VARIABLE} to an organization admin key of {api.NAME}: the usage API "
                                f"does not take ordinary API keys.")
     start, end = _range(since, until)
-    with _warnings_shown():
+    with _warnings_shown(), rec.bounded():  # every request of the report within one deadline
         _report(obj, provider, api, admin_key, start, end, by, tolerance, upstream, fmt)
 
 

@@ -160,3 +160,156 @@ def test_check_sends_budget_quota_and_spike_alerts_once(tmp_path):
         assert "nothing new" in again.output and len(receiver.requests) == count  # each alert once
     finally:
         receiver.close()
+
+
+# --- hostile receivers, hostile tags, channels that cannot sign ---------------------------------
+
+import contextlib  # noqa: E402
+import email  # noqa: E402
+import email.policy  # noqa: E402
+import logging  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import zoneinfo  # noqa: E402
+
+from addon.core.evaluate import Evaluator  # noqa: E402
+
+
+class SlowHook:
+    """A webhook on 127.0.0.1 that reads the request, then writes its answer one byte every
+    ``pause`` seconds; with ``pause=None`` it never answers at all."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"x" * 40 + b"\r\n\r\n"
+
+    def __init__(self, pause: float | None) -> None:
+        self.pause, self.stopped, self.requests = pause, threading.Event(), 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # the client hung up: its deadline
+            conn.recv(65536)
+            self.requests += 1
+            for n in range(len(self.ANSWER)):
+                if self.stopped.wait(self.pause if self.pause is not None else 3600):
+                    return
+                conn.sendall(self.ANSWER[n:n + 1])
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.listener.close()
+
+
+def _send_timed(tmp_path, url: str) -> tuple[float, object]:
+    write_channels(tmp_path, f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{url}"\n'
+                             f'retries = 1\ntimeout_s = 1\n')
+    started = time.monotonic()
+    result = run(tmp_path, "alerts", "test", "--channel", "hook")
+    return time.monotonic() - started, result
+
+
+def test_a_webhook_that_drips_its_answer_gives_up_like_one_that_never_answers(tmp_path):
+    silent, dripping = SlowHook(None), SlowHook(0.3)  # 0.3 s a byte: no single read waits 1 s
+    try:
+        baseline, refused = _send_timed(tmp_path, silent.url)  # two attempts of timeout_s each
+        elapsed, result = _send_timed(tmp_path, dripping.url)
+    finally:
+        silent.close()
+        dripping.close()
+    assert refused.exit_code == 1 and result.exit_code == 1, result.output
+    assert "no complete answer within 1 s" in result.output and dripping.requests == 2
+    assert elapsed < baseline + 1.0, (elapsed, baseline)
+
+
+EVIL_TAG = "<!channel> <https://evil.example|Budget frozen - re-authenticate>"
+
+
+def _crossed_budget(home, customer: str) -> None:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [row(now.isoformat(), "gpt-4o", "2.50", 100, customer=customer)])
+    result = run(home, "budgets", "set", "--scope", f"customer:{customer}", "--daily", "1")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_customer_tag_cannot_mention_or_link_in_slack(tmp_path):
+    receiver = Receiver()
+    _crossed_budget(tmp_path, EVIL_TAG)
+    write_channels(tmp_path, f'[[channel]]\nname = "slack"\ntype = "slack"\nurl = "{receiver.url}"\n')
+    try:
+        assert run(tmp_path, "alerts", "check").exit_code == 0
+    finally:
+        receiver.close()
+    [(_, raw)] = receiver.requests
+    text = json.loads(raw)["text"]
+    assert "&lt;!channel&gt; &lt;https://evil.example|Budget frozen - re-authenticate&gt;" in text
+    assert "<" not in text and ">" not in text  # no mention, no link: Slack shows the tag as text
+    assert "daily budget crossed for customer" in text and "$2.50" in text
+
+
+def test_a_customer_tag_cannot_add_email_headers(tmp_path, smtp):
+    controller, inbox = smtp
+    _crossed_budget(tmp_path, "acme\r\nBcc: evil@example.com\x1b[2J")
+    write_channels(tmp_path, f'[[channel]]\nname = "ops"\ntype = "email"\nhost = "127.0.0.1"\n'
+                             f'port = {controller.port}\nsecurity = "none"\nfrom = "ast@example.com"\n'
+                             f'to = ["ops@example.com"]\n')
+    result = run(tmp_path, "alerts", "check")
+    assert result.exit_code == 0, result.output
+    [raw] = inbox.messages
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert message["Bcc"] is None and sorted(message.keys()) == ["Content-Transfer-Encoding", "Content-Type",
+                                                                  "From", "MIME-Version", "Subject", "To"]
+    assert "budget crossed for customer acme\\x0d\\x0aBcc: evil@example.com\\x1b[2J" in message["Subject"]
+    assert b"\x1b" not in raw and "acme\\x0d" in message.get_content()  # the body: plain text, escapes shown
+
+
+def _wait_for_alert(home, words: str) -> None:
+    deadline = time.monotonic() + 20
+    while not any(words in r["subject"] for r in json.loads(run(home, "alerts", "list", "--json").output)):
+        assert time.monotonic() < deadline, f"no alert about {words}"
+        time.sleep(0.1)
+
+
+def test_a_webhook_that_cannot_sign_is_refused_naming_the_variable(tmp_path, monkeypatch, caplog):
+    receiver = Receiver()
+    monkeypatch.delenv("HOOK_SECRET", raising=False)
+    write_channels(tmp_path, f'[[channel]]\nname = "pager"\ntype = "webhook"\nurl = "{receiver.url}"\n'
+                             f'secret_env = "HOOK_SECRET"\n')
+    try:
+        tested = run(tmp_path, "alerts", "test", "--channel", "pager")
+        assert tested.exit_code == 1 and "Sent a test alert" not in tested.output
+        assert "HOOK_SECRET" in tested.output and "not set" in tested.output
+        _crossed_budget(tmp_path, "acme")
+        checked = run(tmp_path, "alerts", "check")
+        assert "HOOK_SECRET" in checked.output and "not set" in checked.output
+        caplog.clear()
+        evaluator = Evaluator(home_dir.db_path(tmp_path), tmp_path, zoneinfo.ZoneInfo("UTC"), interval=0.2)
+        evaluator.start()  # the proxy's alert run, every 0.2 s here
+        try:
+            for customer in ("other", "third"):  # a new alert while it runs: refused again, not said again
+                _crossed_budget(tmp_path, customer)
+                _wait_for_alert(tmp_path, f"customer {customer}")
+        finally:
+            evaluator.stop()
+            evaluator.join(5)
+        assert receiver.requests == []  # nothing unsigned went out
+        said = [r.getMessage() for r in caplog.records if "HOOK_SECRET" in r.getMessage()]
+        assert len(said) == 1 and "pager" in said[0] and "not set" in said[0], said
+        refused = json.loads(run(tmp_path, "alerts", "list", "--json").output)
+        assert {r["delivered"] for r in refused} == {False} and all("HOOK_SECRET" in r["error"] for r in refused)
+        monkeypatch.setenv("HOOK_SECRET", "s3cret")
+        assert run(tmp_path, "alerts", "test", "--channel", "pager").exit_code == 0
+        assert receiver.requests[0][0]["x-aispendtrack-signature"].startswith("sha256=")
+    finally:
+        receiver.close()

@@ -272,3 +272,98 @@ def test_the_proxy_reconciles_daily_and_alerts_once_when_the_month_differs(tmp_p
         assert alerts == []
     assert "OPENAI_ADMIN_KEY" not in (tmp_path / "proxy.log").read_text()
     assert ADMIN_KEY not in (tmp_path / "proxy.log").read_text()
+
+
+# --- a hostile or broken usage API ---------------------------------------------------------------
+
+from addon.core.reconcile import http as rec_http  # noqa: E402
+
+
+@pytest.mark.parametrize("fault", ["stuck_cursor", "endless"])
+def test_paging_that_never_ends_stops_with_a_clear_error_after_a_bounded_number_of_requests(tmp_path, usage_api,
+                                                                                            fault):
+    setattr(usage_api, fault, True)
+    result = reconcile(tmp_path / "home", "--provider", "openai", "--upstream", usage_api.url)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "nothing was compared" in result.output
+    if fault == "stuck_cursor":
+        assert "a page cursor it had already given" in result.output
+        assert len(usage_api.requests) == 2  # the first page, and the one that repeated its cursor
+    else:
+        assert f"still said there was more after {rec_http.MAX_PAGES} pages" in result.output
+        assert len(usage_api.requests) == rec_http.MAX_PAGES
+
+
+def test_a_dripping_answer_gives_up_within_the_overall_deadline(tmp_path, usage_api, monkeypatch):
+    home = tmp_path / "home"
+    args = ("--provider", "openai", "--since", "3d", "--upstream", usage_api.url, "--format", "json")
+    started = time.monotonic()
+    assert reconcile(home, *args).exit_code == 0
+    baseline = time.monotonic() - started  # a whole reconciliation, answered at once
+    monkeypatch.setattr(rec_http, "RUN_DEADLINE_S", 2.0, raising=False)
+    usage_api.drip_s = 0.5  # a byte every half second: no single read ever waits long
+    started = time.monotonic()
+    result = reconcile(home, *args)
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "did not answer in full within the 2 s a reconciliation may take" in result.output
+    assert elapsed < 2.0 + baseline + 1.5, elapsed
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("input_tokens", 1e300, "input_tokens=1e+300"),
+    ("output_tokens", 10 ** 30, "output_tokens=1000000000000000000000000000000"),
+    ("input_cached_tokens", -5, "input_cached_tokens=-5"),
+    ("output_tokens", "twelve", "output_tokens=a string"),
+    ("num_model_requests", 2.5, "num_model_requests=2.5"),
+    ("input_cached_tokens", 10 ** 6, "input_cached_tokens=1000000 is more than input_tokens"),
+])
+def test_implausible_figures_are_refused_with_the_field_named(tmp_path, usage_api, field, value, named):
+    usage_api.ledger = [Billed(dt.datetime.now(dt.UTC) - dt.timedelta(days=1), "openai", GPT4O, 100,
+                               output_tokens=10)]
+    usage_api.figures = {field: value}
+    result = reconcile(tmp_path / "home", "--provider", "openai", "--since", "3d", "--upstream", usage_api.url,
+                       "--format", "json")
+    assert result.exit_code == 1 and "Traceback" not in result.output and "Infinity" not in result.output
+    assert named in result.output and "nothing was compared" in result.output
+
+
+@pytest.mark.parametrize("amount", [1e300, -1e300, "lots"])
+def test_an_implausible_billed_amount_is_refused(tmp_path, usage_api, amount):
+    usage_api.ledger = [Billed(dt.datetime.now(dt.UTC) - dt.timedelta(days=1), "openai", GPT4O, 100,
+                               output_tokens=10)]
+    usage_api.costs = amount
+    result = reconcile(tmp_path / "home", "--provider", "openai", "--since", "3d", "--upstream", usage_api.url,
+                       "--by", "day", "--format", "json")
+    assert result.exit_code == 1 and "Traceback" not in result.output and "Infinity" not in result.output
+    assert "amount.value=" in result.output and "nothing was compared" in result.output
+
+
+@pytest.mark.parametrize("status", [400, 401, 500])
+def test_an_error_that_echoes_the_admin_key_never_shows_it(tmp_path, usage_api, status, caplog):
+    usage_api.echo_key = status
+    for provider in ("openai", "anthropic"):
+        result = reconcile(tmp_path / "home", "--provider", provider, "--upstream", usage_api.url)
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert f"answered {status}" in result.output or f"with {status}" in result.output
+        assert ADMIN_KEY not in result.output and "sk-admin" not in result.output
+    assert not any("sk-admin" in r.getMessage() for r in caplog.records)
+
+
+def test_an_empty_month_is_recorded_without_an_error(tmp_path, usage_api, monkeypatch):
+    from addon.core.reconcile import daily
+    from addon.core.store import reading
+    from addon.core.store import reconciliations as reconciliation_rows
+    from pricing import PriceBook
+    home = tmp_path / "home"
+    home.mkdir()
+    with writing(home / "aispendtrack.duckdb"):
+        pass  # the schema, no calls
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    now = dt.datetime.now(dt.UTC)
+    alerts = daily.run(home / "aispendtrack.duckdb", home, PriceBook(tmp_path / "none.toml"),
+                       {"openai": usage_api.url}, now)
+    assert alerts == [] and usage_api.requests  # asked, and nothing to say
+    with reading(home / "aispendtrack.duckdb") as con:
+        [latest] = reconciliation_rows.latest(con)
+    assert latest["provider"] == "openai" and latest["difference_usd"] == 0 and latest["lines"] == []

@@ -7,7 +7,11 @@ legacy ``usage_report/messages`` and ``cost_report``, with the documented field 
 paging (``has_more`` / ``next_page``), from a ledger of billed calls:
 what a provider knows it served. ``billed_from`` builds that ledger from what the fake provider
 (tests/upstream.py) actually answered, direct calls included. Faults: a wrong admin key gets 401,
-``throttle`` answers the next requests 429 with ``retry-after``. It serves on a port of its own, or
+``throttle`` answers the next requests 429 with ``retry-after``; ``stuck_cursor`` says ``has_more``
+with the same cursor on every page, ``endless`` with a new one; ``drip_s`` writes every answer a
+byte at a time; ``figures`` puts these values into every usage result (``costs`` into every cost
+amount); ``echo_key`` answers that status with an error that quotes the admin key it got, as a
+careless API might. It serves on a port of its own, or
 through the fake provider (``FakeProvider.usage_api``), as the real APIs share the provider's host.
 """
 
@@ -76,13 +80,22 @@ class UsageApi:
         self.throttle = 0                  # answer this many next requests 429
         self.malformed = 0                 # answer this many next requests with buckets lacking their times
         self.analytics_refused = False     # Anthropic's analytics API answers 400, as to HIPAA-ready orgs
+        self.stuck_cursor = False          # has_more: true with the cursor just asked for, every time
+        self.endless = False               # has_more: true with a new cursor, every time
+        self.drip_s: float | None = None   # write each answer one byte per drip_s seconds
+        self.dripping = 0                  # answers being dripped now
+        self.figures: dict = {}            # values set in every usage result: {"input_tokens": 1e300}
+        self.costs: object = None          # the amount of every cost result, when set
+        self.echo_key: int | None = None   # answer this status, quoting the admin key in the error
         self.requests: list[str] = []
+        self.closed = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
+        self.closed.set()  # ends any drip
         self.server.shutdown()
         self.server.server_close()
 
@@ -168,6 +181,12 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
     url = urllib.parse.urlsplit(handler.path)
     query = urllib.parse.parse_qs(url.query)
     api.requests.append(handler.path)
+    if api.drip_s:
+        handler.wfile = _Drip(handler.wfile, api)  # type: ignore[assignment]
+    if api.echo_key:
+        sent = handler.headers.get("x-api-key") or handler.headers.get("authorization") or ""
+        return _json(handler, api.echo_key, {"type": "error", "error": {
+            "type": "invalid_request_error", "message": f"The key {sent} is not valid for this organization."}})
     if api.throttle > 0:
         api.throttle -= 1
         return _json(handler, 429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}},
@@ -208,12 +227,15 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
     else:
         return _json(handler, 404, {"error": {"message": "not found"}})
     size = api.page_size or int(query.get("limit", ["7"])[0])
-    first = int(query.get("page", ["0"])[0])
+    first = _cursor(query)
     page = days[first:first + size]
     more = first + size < len(days)
-    data = [{**shape(day), "results": [make(m, e) for m, e in sorted(_by_model(entries).items())]}
+    data = [{**shape(day), "results": [_faulty(api, make(m, e)) for m, e in sorted(_by_model(entries).items())]}
             for day, entries in page]
     body = {"data": data, "has_more": more, "next_page": str(first + size) if more else None}
+    if len(api.requests) < 5_000 and (api.stuck_cursor or api.endless):  # bounded, should a client never stop
+        body.update(has_more=True, next_page=query.get("page", ["p"])[0] if api.stuck_cursor
+                    else f"p{len(api.requests)}")
     if url.path.startswith("/v1/organization/"):
         body["object"] = "page"
     _json(handler, 200, body)
@@ -238,11 +260,45 @@ def _analytics(api: UsageApi, handler: BaseHTTPRequestHandler, path: str, query:
                                                                "message": "bad range, width or path"}})
     rows = _analytics_rows(api.buckets("anthropic", start, end), cost=path.endswith("/cost"))
     size = api.page_size or int(query.get("limit", ["20"])[0])
-    first = int(query.get("page", ["0"])[0])
+    first = _cursor(query)
     more = first + size < len(rows)
     _json(handler, 200, {"data": rows[first:first + size], "has_more": more,
                          "next_page": str(first + size) if more else None,
                          "data_refreshed_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
+
+
+def _cursor(query: dict) -> int:
+    """The first row of the page asked for (a cursor of the stuck or endless fault: the first)."""
+    page = query.get("page", ["0"])[0]
+    return int(page) if page.isdigit() else 0
+
+
+def _faulty(api: UsageApi, result: dict) -> dict:
+    if "amount" in result and api.costs is not None:
+        return {**result, "amount": {"value": api.costs, "currency": "usd"}}
+    return result if "amount" in result else {**result, **api.figures}
+
+
+class _Drip:
+    """An answer written one byte at a time, until it is all out or the fake closes."""
+
+    def __init__(self, wfile, api: UsageApi) -> None:
+        self.wfile, self.api = wfile, api
+
+    def write(self, data: bytes) -> int:
+        self.api.dripping += 1
+        try:
+            for n in range(len(data)):
+                if self.api.closed.wait(self.api.drip_s):
+                    raise BrokenPipeError("the fake closed")
+                self.wfile.write(data[n:n + 1])
+                self.wfile.flush()
+        finally:
+            self.api.dripping -= 1
+        return len(data)
+
+    def flush(self) -> None:
+        self.wfile.flush()
 
 
 def _json(handler, status: int, body: dict, headers: dict | None = None) -> None:

@@ -35,7 +35,7 @@ from .reconcile import daily
 from .store import alerts as alert_rows
 from .store import calls as call_rows
 from .store import keys as key_rows
-from .store import lake, reading, shared, writing
+from .store import lake, reading, shared, shared_schema, writing
 
 log = logging.getLogger(__name__)
 QUOTA_THRESHOLDS = (0.9, 0.75, 0.5)
@@ -117,11 +117,13 @@ class Evaluator(threading.Thread):
         # The daily reconciliation (reconcile/daily.py) prices the providers' figures with our book.
         self.book, self.base_urls = book, base_urls or {}
         self._reconcile_due = time.monotonic()
+        self._reconciler: threading.Thread | None = None
         self.purge_interval = purge_interval
         self._purge_due = time.monotonic()  # the first purge comes with the first evaluation
         self._maintenance_due = time.monotonic() + lake.MAINTENANCE_INTERVAL_S
         self._turn = lake.Turn()
         self._stop = threading.Event()
+        self._said: set[str] = set()  # the refused channels already logged: once each, not every round
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -134,6 +136,7 @@ class Evaluator(threading.Thread):
         self._turn.close()
 
     def _round(self) -> None:
+        self._say_refused()
         try:
             evaluate(self.db, self.home, dt.datetime.now(dt.UTC), self.zone)
         except Exception:
@@ -150,16 +153,43 @@ class Evaluator(threading.Thread):
             except Exception:
                 log.exception("lake maintenance failed; trying again in %.0f s", self.interval)
 
-    def _reconcile(self) -> None:
-        """At most hourly; each provider once per UTC day (daily.run skips what was checked)."""
-        assert self.book is not None
-        self._reconcile_due = time.monotonic() + 3600
+    def _say_refused(self) -> None:
+        """Log each channel that cannot be used (a webhook whose secret is not set) once; its
+        alerts are recorded as not delivered, with the reason, every time."""
         try:
-            found = daily.run(self.db, self.home, self.book, self.base_urls, dt.datetime.now(dt.UTC))
-            if found:
-                send_new(self.db, list(notify.load(self.home / notify.FILE_NAME).values()), found)
+            channels = notify.load(self.home / notify.FILE_NAME).values()
+        except notify.ChannelError:
+            return  # evaluate() logs it
+        for reason in filter(None, (channel.unusable() for channel in channels)):
+            if reason not in self._said:
+                self._said.add(reason)
+                log.error("alerts are not sent: %s.", reason)
+
+    def _reconcile(self) -> None:
+        """At most hourly, on a thread of its own: a provider's usage API may take minutes (up to
+        reconcile.http.RUN_DEADLINE_S), and a crossed budget's alert must not wait for it."""
+        self._reconcile_due = time.monotonic() + 3600
+        if self._reconciler is not None and self._reconciler.is_alive():
+            return  # the last one is still within its deadline
+        self._reconciler = threading.Thread(target=self._reconcile_in_turn, name="aispendtrack-reconcile",
+                                            daemon=True)
+        self._reconciler.start()
+
+    def _reconcile_in_turn(self) -> None:
+        """Each provider once per UTC day (daily.run skips what was checked), one replica at a time."""
+        assert self.book is not None
+        turn = lake.Turn(shared_schema.RECONCILE_LOCK)
+        try:
+            with turn.mine() as mine:
+                if not mine:
+                    return
+                found = daily.run(self.db, self.home, self.book, self.base_urls, dt.datetime.now(dt.UTC))
+                if found:
+                    send_new(self.db, list(notify.load(self.home / notify.FILE_NAME).values()), found)
         except Exception:
             log.exception("reconciliation failed; trying again in an hour")
+        finally:
+            turn.close()
 
     def _purge(self) -> None:
         try:

@@ -2,9 +2,13 @@
 
 Channels are listed in ``alerts.toml`` in the data directory; ``alerts.example.toml`` beside this
 module is the commented format (``aispendtrack alerts init`` copies it). Secrets come from
-environment variables named in the file, never from the file itself. Every channel has
-``timeout_s`` (default 10) and ``retries`` (default 3, with backoff 0.5 s, 1 s, 2 s ...). A failing
-channel never raises: ``send`` returns what happened.
+environment variables named in the file, never from the file itself; a webhook whose
+``secret_env`` names an unset variable is refused (``unusable``), not sent unsigned. Every channel
+has ``timeout_s`` (default 10: the whole of one attempt, answer included) and ``retries`` (default
+3, with backoff 0.5 s, 1 s, 2 s ...). A failing channel never raises: ``send`` returns what happened.
+
+What an alert says may hold text a customer chose (a customer id, a feature): each channel gets it
+in its own format's plain text (``slack_text``, ``_plain``), never as markup or a header of its own.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import smtplib
 import time
 import tomllib
+import unicodedata
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -23,9 +28,14 @@ from email.message import EmailMessage
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import outbound
+
 FILE_NAME = "alerts.toml"
 EXAMPLE = Path(__file__).with_name("alerts.example.toml")
 SIGNATURE_HEADER = "X-AiSpendTrack-Signature"
+TIMEOUT_S = 10.0         # one attempt, from connecting to the answer's last byte (a channel's timeout_s)
+RETRIES = 3              # after the first attempt (a channel's retries)
+MAX_ANSWER_BYTES = 65_536  # of a webhook's answer; only its status matters
 _TYPES = {"email": ("host", "from", "to"), "slack": (), "webhook": ()}
 _ALLOWED = {"name", "type", "timeout_s", "retries", "host", "port", "security", "from", "to", "username_env",
             "password_env", "url", "url_env", "secret_env"}
@@ -65,8 +75,19 @@ class Channel:
         url = self._url()
         return urlsplit(url).netloc if url else "(no url)"
 
+    def unusable(self) -> str | None:
+        """Why this channel must not be used as it is configured now, or None."""
+        variable = self.settings.get("secret_env")
+        if self.type == "webhook" and variable and not os.environ.get(variable):
+            return (f"the {self.name!r} webhook channel signs with the secret in ${variable}, which is not set: "
+                    f"set it, or remove secret_env from the channel to send unsigned")
+        return None
+
     def send(self, alert: Alert, sleep=time.sleep) -> Delivery:
-        retries = int(self.settings.get("retries", 3))
+        refused = self.unusable()
+        if refused:
+            return Delivery(self.name, self.destination, False, refused)
+        retries = int(self.settings.get("retries", RETRIES))
         error = None
         for attempt in range(retries + 1):
             try:
@@ -79,11 +100,12 @@ class Channel:
         return Delivery(self.name, self.destination, False, error)
 
     def _send_once(self, alert: Alert) -> None:
-        timeout = float(self.settings.get("timeout_s", 10))
+        timeout = float(self.settings.get("timeout_s", TIMEOUT_S))
         if self.type == "email":
             self._email(alert, timeout)
         elif self.type == "slack":
-            _post(self._url(), json.dumps({"text": f"*{alert.subject}*\n{alert.text}"}).encode(), {}, timeout)
+            text = f"*{slack_text(alert.subject)}*\n{slack_text(alert.text)}"
+            _post(self._url(), json.dumps({"text": text}).encode(), {}, timeout)
         else:
             body = json.dumps({"kind": alert.kind, "subject": alert.subject, "text": alert.text,
                                "data": alert.data}, default=str).encode()
@@ -96,8 +118,9 @@ class Channel:
     def _email(self, alert: Alert, timeout: float) -> None:
         s = self.settings
         message = EmailMessage()
-        message["Subject"], message["From"], message["To"] = alert.subject, s["from"], ", ".join(s["to"])
-        message.set_content(alert.text)
+        message["Subject"], message["From"] = _plain(alert.subject), s["from"]
+        message["To"] = ", ".join(s["to"])
+        message.set_content(_plain(alert.text, keep="\n"))
         security = s.get("security", "starttls")
         port = int(s.get("port", 465 if security == "tls" else 587))
         smtp_class = smtplib.SMTP_SSL if security == "tls" else smtplib.SMTP
@@ -156,14 +179,26 @@ def _env(name: str | None) -> str | None:
     return os.environ.get(name) if name else None
 
 
+def slack_text(text: str) -> str:
+    """``text`` as Slack shows it literally: its docs ask for &, < and > as entities, which is all
+    its markup for mentions (<!channel>) and links (<https://...|label>) is made of."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain(text: str, keep: str = "") -> str:
+    """``text`` with control characters (CR and LF that would start a header, terminal escapes)
+    written as visible escapes, except those in ``keep``."""
+    return "".join(ch if ch in keep or unicodedata.category(ch) != "Cc" else f"\\x{ord(ch):02x}" for ch in text)
+
+
 def _post(url: str | None, body: bytes, headers: dict, timeout: float) -> None:
     if not url:
         raise ValueError("no URL (is the url_env variable set?)")
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": "application/json", **headers})
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) only, checked)
-        if response.status >= 300:
-            raise urllib.error.HTTPError(url, response.status, "unexpected status", response.headers, None)
+    status, answer_headers, _ = outbound.fetch(request, timeout, MAX_ANSWER_BYTES)
+    if status >= 300:
+        raise urllib.error.HTTPError(url, status, "unexpected status", answer_headers, None)
 
 
 def deliver(db: Path, channels: list[Channel], alert: Alert, dedupe_key: str | None = None) -> list[Delivery]:

@@ -21,14 +21,14 @@ from decimal import Decimal
 from types import ModuleType
 
 from . import anthropic, openai
-from .http import ReconcileError
+from .http import ReconcileError, bounded
 
 PROVIDERS: dict[str, ModuleType] = {"openai": openai, "anthropic": anthropic}
 KINDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
          "web_search_requests")
 SETTLE = dt.timedelta(hours=24)
 
-__all__ = ["KINDS", "PROVIDERS", "ReconcileError", "compare", "regroup", "total"]
+__all__ = ["KINDS", "PROVIDERS", "ReconcileError", "bounded", "compare", "regroup", "total"]
 
 Price = Callable[[str | None, dt.datetime, dict], Decimal | None]
 
@@ -75,9 +75,11 @@ def regroup(lines: list[dict], by: tuple[str, ...], tolerance: float = 0.0) -> l
 def total(lines: list[dict]) -> dict:
     """The sums over ``lines``, with the cost difference in USD and percent of the provider's."""
     sums: dict = {"bucket": None, "model": "TOTAL"}
-    for name in [k for k in (lines[0] if lines else {}) if k.startswith(("ours_", "theirs_"))]:
+    names = [f"{side}_{kind}" for kind in ("requests", *KINDS) for side in ("ours", "theirs")]
+    for name in [*names, "ours_cost_usd", "theirs_cost_usd"]:  # an empty month too has every sum, all 0
         values = [line[name] for line in lines if line[name] is not None]
-        sums[name] = sum(values, Decimal(0) if name.endswith("_usd") else 0) if values else None
+        zero = Decimal(0) if name.endswith("_usd") else 0
+        sums[name] = sum(values, zero) if values or not lines else None
     sums.update(_difference(sums))
     sums["status"] = "match" if all(line["status"] == "match" for line in lines) else "differs"
     sums["pending"] = any(line["pending"] for line in lines)

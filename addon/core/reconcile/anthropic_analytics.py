@@ -11,7 +11,7 @@ import datetime as dt
 from decimal import Decimal
 
 from . import anthropic_report
-from .http import pages, parse_rfc3339, read_rows, rfc3339
+from .http import MAX_REQUESTS_PER_BUCKET, amount, pages, parse_rfc3339, read_rows, rfc3339, whole
 
 NAME = anthropic_report.NAME
 KEY_VARIABLE = anthropic_report.KEY_VARIABLE
@@ -24,7 +24,7 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
 
     def usage(body: dict) -> list[dict]:
         return [{**anthropic_report.line(parse_rfc3339(row["starting_at"]), {**row["usage"], **row["group"]}),
-                 "requests": int(row["usage"].get("requests") or 0)} for row in body.get("data") or []]
+                 "requests": whole(row["usage"], "requests", MAX_REQUESTS_PER_BUCKET)} for row in body.get("data") or []]
     return [found for body in _pages(url, start, end, width, [("group_by[]", "model")], admin_key)
             for found in read_rows(body, url, NAME, lambda body=body: usage(body))]
 
@@ -35,7 +35,7 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
     days: dict[dt.datetime, Decimal] = {}
     for body in _pages(url, start, end, "1d", [], admin_key):
         rows = read_rows(body, url, NAME, lambda body=body: [(parse_rfc3339(row["starting_at"]),
-                                                              Decimal(str(row["cost"]["amount"])))
+                                                              amount(row["cost"]["amount"], "cost.amount"))
                                                              for row in body.get("data") or []])
         for day, cents in rows:
             days[day] = days.get(day, Decimal(0)) + cents / 100

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import pages, parse_rfc3339, read_page, rfc3339
+from .http import MAX_REQUESTS_PER_BUCKET, amount, pages, parse_rfc3339, read_page, rfc3339, whole
 
 NAME = "Anthropic"
 KEY_VARIABLE = "ANTHROPIC_ADMIN_KEY"
@@ -32,7 +32,7 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
     params = [("starting_at", rfc3339(start)), ("ending_at", rfc3339(end)), ("bucket_width", "1d"), ("limit", "31")]
     days: dict[dt.datetime, Decimal] = {}
     for body in _pages(url, params, admin_key):
-        for day, cents in read_page(body, url, NAME, _start, lambda at, r: (at, Decimal(str(r["amount"])))):
+        for day, cents in read_page(body, url, NAME, _start, lambda at, r: (at, amount(r["amount"], "amount"))):
             days[day] = days.get(day, Decimal(0)) + cents / 100
     return days
 
@@ -49,11 +49,10 @@ def line(at: dt.datetime, result: dict) -> dict:
     """Our token kinds from a result (the analytics API's usage object has the same fields)."""
     creation = result.get("cache_creation") or {}
     tools = result.get("server_tool_use") or {}
+    one_hour = whole(creation, "ephemeral_1h_input_tokens")
     return {"bucket": at, "model": result.get("model"), "requests": None,  # the report does not count them
-            "input_tokens": int(result.get("uncached_input_tokens") or 0),
-            "cache_read_tokens": int(result.get("cache_read_input_tokens") or 0),
-            "cache_write_tokens": int(creation.get("ephemeral_5m_input_tokens") or 0)
-            + int(creation.get("ephemeral_1h_input_tokens") or 0),
-            "cache_write_1h_tokens": int(creation.get("ephemeral_1h_input_tokens") or 0),
-            "output_tokens": int(result.get("output_tokens") or 0),
-            "web_search_requests": int(tools.get("web_search_requests") or 0)}
+            "input_tokens": whole(result, "uncached_input_tokens"),
+            "cache_read_tokens": whole(result, "cache_read_input_tokens"),
+            "cache_write_tokens": whole(creation, "ephemeral_5m_input_tokens") + one_hour,
+            "cache_write_1h_tokens": one_hour, "output_tokens": whole(result, "output_tokens"),
+            "web_search_requests": whole(tools, "web_search_requests", MAX_REQUESTS_PER_BUCKET)}

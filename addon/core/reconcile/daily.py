@@ -1,6 +1,7 @@
 """The daily reconciliation: the month so far against each provider whose admin key is set.
 
-Run by the proxy's housekeeping (evaluate.Evaluator, one replica at a time), once per UTC day:
+Run by the proxy's housekeeping (evaluate.Evaluator starts it on a thread of its own, so alerts
+never wait for a provider; one replica at a time), once per UTC day, within http.RUN_DEADLINE_S:
 it covers the first of the month (UTC) up to today 00:00, stores the result
 (store/reconciliations.py) for ``aispendtrack reconcile``'s readers (the API, the page), and
 returns an alert when the month's difference passes ``[reconcile]`` in alerts.toml:
@@ -28,7 +29,7 @@ from .. import notify
 from ..money import usd
 from ..store import reading, writing
 from ..store import reconciliations as rows
-from . import PROVIDERS, ReconcileError, total
+from . import PROVIDERS, ReconcileError, bounded, total
 from .check import DAY, check
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: d
         if done is not None and done >= end:
             continue
         try:
-            lines = check(db, book, provider, base_urls.get(provider) or api.DEFAULT_BASE_URL, admin_key, start, end,
-                          now)
+            with bounded():
+                lines = check(db, book, provider, base_urls.get(provider) or api.DEFAULT_BASE_URL, admin_key, start,
+                              end, now)
             summary = total(lines)
         except ReconcileError as exc:
             log.error("reconciliation with %s failed: %s", api.NAME, exc)

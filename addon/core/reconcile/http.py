@@ -1,21 +1,46 @@
 """GET a provider's admin API: JSON back, 429s waited out, every failure a message to act on.
 
 The admin key travels only in the request's header, to the base URL configured for that
-provider; it is never stored or logged, and no message here quotes it.
+provider; it is never stored or logged, and no message here quotes it, nor any text the
+provider sent (an API that echoes the key would leak it): errors name the status and the
+provider's error type, figures are quoted only as numbers.
+
+A reconciliation is bounded (``bounded()``): ``RUN_DEADLINE_S`` for all its requests together,
+``REQUEST_DEADLINE_S`` for any one, ``MAX_PAGES`` per listing, ``MAX_PAGE_BYTES`` per page and
+``MAX_LINES`` lines in all, so a provider that pages forever, drips its answer or sends a huge one
+costs an error message, not a hung thread or the process's memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
+import http.client
 import json
+import re
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from .. import outbound
 
 MAX_TRIES = 4
 MAX_WAIT_S = 60.0
-TIMEOUT_S = 30.0
+RUN_DEADLINE_S = 300.0      # one reconciliation: every page of every listing it reads
+REQUEST_DEADLINE_S = 60.0   # one request, from connecting to the answer's last byte
+MAX_PAGES = 500             # of one listing (a month takes one or two)
+MAX_PAGE_BYTES = 16 * 1024 * 1024
+MAX_LINES = 200_000         # (bucket, model) lines in one reconciliation; a month has a few thousand
+# Per bucket (a UTC day or hour of one model): the proxy allows 100 million tokens a call, and a
+# day of an organisation's calls to one model stays far below these. A count past them is a
+# broken or hostile report; priced, it would be an infinite difference.
+MAX_TOKENS_PER_BUCKET = 10 ** 12
+MAX_REQUESTS_PER_BUCKET = 10 ** 10
+MAX_USD_PER_BUCKET = Decimal(10 ** 9)
 
 
 class ReconcileError(RuntimeError):
@@ -27,38 +52,110 @@ class ReconcileError(RuntimeError):
         self.status = status
 
 
+class Implausible(ValueError):
+    """A figure in the provider's report that cannot be right; the text names the field."""
+
+
+@dataclass
+class _Run:
+    seconds: float
+    ends_at: float
+    lines: int = 0
+
+    def left(self, provider: str, url: str) -> float:
+        left = self.ends_at - time.monotonic()
+        if left <= 0:
+            raise ReconcileError(_too_slow(provider, url, self.seconds))
+        return left
+
+
+_run: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("reconciliation", default=None)
+
+
+@contextlib.contextmanager
+def bounded(seconds: float | None = None) -> Iterator[None]:
+    """Every request to a usage API inside shares one deadline (``RUN_DEADLINE_S`` by default)."""
+    seconds = RUN_DEADLINE_S if seconds is None else seconds
+    token = _run.set(_Run(seconds, time.monotonic() + seconds))
+    try:
+        yield
+    finally:
+        _run.reset(token)
+
+
+def _current() -> _Run:
+    """The reconciliation under way; a request outside ``bounded()`` gets a deadline of its own."""
+    return _run.get() or _Run(RUN_DEADLINE_S, time.monotonic() + RUN_DEADLINE_S)
+
+
 def get_json(url: str, params: list[tuple[str, str]], headers: dict[str, str], provider: str,
              key_variable: str, sleep=time.sleep) -> dict:
     full = f"{url}?{urllib.parse.urlencode(params)}"
+    run = _current()
     for attempt in range(1, MAX_TRIES + 1):
         request = urllib.request.Request(full, headers={**headers, "accept": "application/json"})
+        status, answer_headers, body = _get(request, min(REQUEST_DEADLINE_S, run.left(provider, url)), run,
+                                            provider, url)
+        if status == 429 and attempt < MAX_TRIES:
+            wait = _retry_after(answer_headers.get("retry-after"), attempt)
+            if wait >= run.left(provider, url):
+                raise ReconcileError(_too_slow(provider, url, run.seconds), 429)
+            sleep(wait)
+            continue
+        if status >= 300:
+            raise ReconcileError(_explain(status, _error_type(body), provider, key_variable, url), status)
         try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code == 429 and attempt < MAX_TRIES:
-                sleep(_retry_after(exc.headers.get("retry-after"), attempt))
-                continue
-            raise ReconcileError(_explain(exc.code, _message(exc), provider, key_variable, url), exc.code) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ReconcileError(f"Cannot reach {provider}'s usage API at {url} ({reason}). Check the network, "
-                                 f"or the base URL if you set one.") from None
-        except ValueError:
-            raise ReconcileError(f"{provider}'s usage API at {url} answered with something that is not JSON; "
-                                 f"is the base URL right?") from None
+            found = json.loads(body)
+        except (ValueError, RecursionError):
+            found = None
+        if not isinstance(found, dict):
+            raise ReconcileError(f"{provider}'s usage API at {url} answered with something that is not a JSON "
+                                 f"object; is the base URL right?")
+        return found
     raise AssertionError("unreachable")
 
 
+def _get(request: urllib.request.Request, seconds: float, run: _Run, provider: str, url: str):
+    try:
+        return outbound.fetch(request, seconds, MAX_PAGE_BYTES)
+    except outbound.DeadlineExceeded:
+        raise ReconcileError(_too_slow(provider, url, run.seconds if seconds < REQUEST_DEADLINE_S
+                                       else REQUEST_DEADLINE_S)) from None
+    except outbound.AnswerTooLarge:
+        raise ReconcileError(f"{provider}'s usage API at {url} answered a page larger than {MAX_PAGE_BYTES:,} "
+                             f"bytes; nothing was compared. Is the base URL right?") from None
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # Only what our side says (a refused connection, a name that does not resolve), never the server's words.
+        reason = getattr(exc, "reason", exc)
+        said = str(reason) if isinstance(reason, OSError) and not isinstance(exc, http.client.HTTPException) \
+            else type(exc).__name__
+        raise ReconcileError(f"Cannot reach {provider}'s usage API at {url} ({said}). Check the network, "
+                             f"or the base URL if you set one.") from None
+
+
+def _too_slow(provider: str, url: str, seconds: float) -> str:
+    return (f"{provider}'s usage API at {url} did not answer in full within the {seconds:g} s a reconciliation "
+            f"may take; nothing was compared. Try again later; if it persists, check the network or the base URL.")
+
+
 def pages(url: str, params: list[tuple[str, str]], headers: dict[str, str], provider: str, key_variable: str):
-    """Every page of a paged admin API (the cursor from ``next_page`` while ``has_more``), as bodies."""
+    """Every page of a paged admin API (the cursor from ``next_page`` while ``has_more``), as bodies;
+    at most ``MAX_PAGES``, and a cursor given twice is an error (that listing would never end)."""
     page: str | None = None
-    while True:
+    seen: set[str] = set()
+    for _ in range(MAX_PAGES):
         body = get_json(url, [*params, *([("page", page)] if page else [])], headers, provider, key_variable)
         yield body
-        page = body.get("next_page") if body.get("has_more") else None
+        page = str(body.get("next_page") or "") if body.get("has_more") else None
         if not page:
             return
+        if page in seen or len(page) > 1000:
+            raise ReconcileError(f"{provider}'s usage API at {url} said there was more after {len(seen) + 1} "
+                                 f"page(s) but gave back a page cursor it had already given; nothing was compared. "
+                                 f"Try again later; if it persists, report it to {provider}.")
+        seen.add(page)
+    raise ReconcileError(f"{provider}'s usage API at {url} still said there was more after {MAX_PAGES} pages; "
+                         f"nothing was compared. Try a shorter --since; if it persists, report it to {provider}.")
 
 
 def read_page(body: dict, url: str, provider: str, bucket_start, line) -> list[dict]:
@@ -70,13 +167,56 @@ def read_page(body: dict, url: str, provider: str, bucket_start, line) -> list[d
 
 
 def read_rows(body: dict, url: str, provider: str, read) -> list:
-    """``read()``, with any sign of an unexpected shape turned into an error that says so."""
+    """``read()``, with any sign of an unexpected shape or an implausible figure turned into an
+    error that says so; counted against the reconciliation's ``MAX_LINES``."""
     try:
-        return read()
+        rows = read()
+    except Implausible as exc:
+        raise ReconcileError(f"{provider}'s usage API at {url} reported {exc}; nothing was compared. If it persists, "
+                             f"report it to {provider} with the day and model.") from None
     except (AttributeError, KeyError, TypeError, ValueError, ArithmeticError) as exc:
-        raise ReconcileError(f"{provider}'s usage API at {url} answered a page we cannot read ({type(exc).__name__}: "
-                             f"{str(exc)[:100]}); nothing was compared. Try again; if it persists, the API may have "
-                             f"changed: report it with the page's first lines.") from None
+        what = f"KeyError: {str(exc)[:60]}" if isinstance(exc, KeyError) else type(exc).__name__  # ours, not theirs
+        raise ReconcileError(f"{provider}'s usage API at {url} answered a page we cannot read ({what}); nothing was "
+                             f"compared. Try again; if it persists, the API may have changed: report it with the "
+                             f"page's first lines.") from None
+    run = _current()
+    run.lines += len(rows)
+    if run.lines > MAX_LINES:
+        raise ReconcileError(f"{provider}'s usage API at {url} reported more than {MAX_LINES:,} lines; nothing was "
+                             f"compared. Try a shorter --since.")
+    return rows
+
+
+def whole(result: dict, name: str, limit: int = MAX_TOKENS_PER_BUCKET) -> int:
+    """The count ``result[name]`` (0 when absent or null), as the proxy reads a call's usage: a
+    whole number from 0 to ``limit``, else Implausible."""
+    value = result.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value or not 0 <= value <= limit \
+            or value != int(value):
+        raise Implausible(f"{name}={_shown(value)}, not a whole number from 0 to {limit:,}")
+    return int(value)
+
+
+def amount(value: object, name: str) -> Decimal:
+    """A billed amount (a number, or a decimal string): finite and within ``MAX_USD_PER_BUCKET``
+    either way (credits are negative), else Implausible."""
+    try:
+        found = Decimal(str(value)) if isinstance(value, int | float | str) and not isinstance(value, bool) \
+            else Decimal("NaN")
+    except InvalidOperation:
+        found = Decimal("NaN")
+    if not found.is_finite() or abs(found) > MAX_USD_PER_BUCKET:
+        raise Implausible(f"{name}={_shown(value)}, not an amount within {MAX_USD_PER_BUCKET:,}")
+    return found
+
+
+def _shown(value: object) -> str:
+    """A figure as the provider sent it, if it is a number; text is described, never quoted."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value)[:40]
+    return f"a {'string' if isinstance(value, str) else type(value).__name__}"
 
 
 def _retry_after(value: str | None, attempt: int) -> float:
@@ -86,17 +226,19 @@ def _retry_after(value: str | None, attempt: int) -> float:
         return min(MAX_WAIT_S, 2.0 ** attempt)
 
 
-def _message(exc: urllib.error.HTTPError) -> str:
+def _error_type(body: bytes) -> str:
+    """The provider's error type ("invalid_request_error"), if it is one word: its message may
+    quote what it was sent, the admin key included, so it is never shown."""
     try:
-        body = json.loads(exc.read() or b"{}")
-        error = body.get("error") or {}
-        return str(error.get("message") or "")[:300] if isinstance(error, dict) else str(error)[:300]
-    except (ValueError, OSError):
+        error = json.loads(body or b"{}").get("error") or {}
+        kind = error.get("type") or error.get("code") if isinstance(error, dict) else None
+    except (ValueError, AttributeError, RecursionError):
         return ""
+    return kind if isinstance(kind, str) and re.fullmatch(r"[A-Za-z_]{1,60}", kind) else ""
 
 
-def _explain(status: int, message: str, provider: str, key_variable: str, url: str) -> str:
-    said = f" ({provider} said: {message})" if message else ""
+def _explain(status: int, kind: str, provider: str, key_variable: str, url: str) -> str:
+    said = f" ({kind})" if kind else ""
     if status in (401, 403):
         return (f"{provider} refused the admin key in {key_variable} with {status}{said}. The usage API needs an "
                 f"organization admin key, not an ordinary API key: create one in the provider's console "

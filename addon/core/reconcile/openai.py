@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import pages, read_page
+from .http import MAX_REQUESTS_PER_BUCKET, Implausible, amount, pages, read_page, whole
 
 NAME = "OpenAI"
 KEY_VARIABLE = "OPENAI_ADMIN_KEY"
@@ -35,9 +35,8 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
     days: dict[dt.datetime, Decimal] = {}
     params = [*_span(start, end), ("bucket_width", "1d"), ("limit", "31")]
     for body in pages(url, params, _headers(admin_key), NAME, KEY_VARIABLE):
-        for day, result in read_page(body, url, NAME, _bucket_start, lambda at, result: (at, result)):
-            amount = result.get("amount") or {}
-            days[day] = days.get(day, Decimal(0)) + Decimal(str(amount.get("value") or 0))
+        for day, value in read_page(body, url, NAME, _bucket_start, _billed):
+            days[day] = days.get(day, Decimal(0)) + value
     return days
 
 
@@ -53,9 +52,15 @@ def _bucket_start(bucket: dict) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(bucket["start_time"]), dt.UTC)
 
 
+def _billed(at: dt.datetime, result: dict) -> tuple[dt.datetime, Decimal]:
+    return at, amount((result.get("amount") or {}).get("value") or 0, "amount.value")
+
+
 def _line(at: dt.datetime, result: dict) -> dict:
-    cached = int(result.get("input_cached_tokens") or 0)
-    return {"bucket": at, "model": result.get("model"), "requests": int(result.get("num_model_requests") or 0),
-            "input_tokens": int(result.get("input_tokens") or 0) - cached, "cache_read_tokens": cached,
-            "cache_write_tokens": 0, "cache_write_1h_tokens": 0, "output_tokens": int(result.get("output_tokens") or 0),
-            "web_search_requests": 0}
+    cached, given = whole(result, "input_cached_tokens"), whole(result, "input_tokens")
+    if cached > given:
+        raise Implausible(f"input_cached_tokens={cached} is more than input_tokens={given}, which includes them")
+    return {"bucket": at, "model": result.get("model"),
+            "requests": whole(result, "num_model_requests", MAX_REQUESTS_PER_BUCKET),
+            "input_tokens": given - cached, "cache_read_tokens": cached, "cache_write_tokens": 0,
+            "cache_write_1h_tokens": 0, "output_tokens": whole(result, "output_tokens"), "web_search_requests": 0}

@@ -32,10 +32,12 @@ KEEP_SNAPSHOTS = dt.timedelta(hours=1)
 class Turn:
     """Whose turn it is for the periodic jobs (alerts, retention, lake maintenance): in the shared
     mode, the replica holding a PostgreSQL advisory lock, on a connection of the job's own thread
-    (so the writer's connection is never held up by a long job). The embedded mode has one proxy."""
+    (so the writer's connection is never held up by a long job). The embedded mode has one proxy.
+    ``lock``: which turn (shared_schema's lock ids)."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock: int = shared_schema.MAINTENANCE_LOCK) -> None:
         self._db: shared.ControlConnection | None = None
+        self._lock = lock
 
     @contextlib.contextmanager
     def mine(self) -> Iterator[bool]:
@@ -46,7 +48,7 @@ class Turn:
         try:
             if self._db is None:
                 self._db = shared.ControlConnection(cfg)
-            took = self._db.execute("SELECT pg_try_advisory_lock(?)", [shared_schema.MAINTENANCE_LOCK]).fetchone()[0]
+            took = self._db.execute("SELECT pg_try_advisory_lock(?)", [self._lock]).fetchone()[0]
         except Exception:
             self.close()
             raise
@@ -55,7 +57,7 @@ class Turn:
         finally:
             if took and self._db is not None:
                 try:
-                    self._db.execute("SELECT pg_advisory_unlock(?)", [shared_schema.MAINTENANCE_LOCK])
+                    self._db.execute("SELECT pg_advisory_unlock(?)", [self._lock])
                 except Exception:  # the session is gone, and its lock with it
                     self.close()
 
