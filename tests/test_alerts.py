@@ -167,11 +167,9 @@ def test_check_sends_budget_quota_and_spike_alerts_once(tmp_path):
 import contextlib  # noqa: E402
 import email  # noqa: E402
 import email.policy  # noqa: E402
-import logging  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-
 import zoneinfo  # noqa: E402
 
 from addon.core.evaluate import Evaluator  # noqa: E402

@@ -367,3 +367,40 @@ def test_an_empty_month_is_recorded_without_an_error(tmp_path, usage_api, monkey
     with reading(home / "aispendtrack.duckdb") as con:
         [latest] = reconciliation_rows.latest(con)
     assert latest["provider"] == "openai" and latest["difference_usd"] == 0 and latest["lines"] == []
+
+
+def _wait(what: str, done, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, f"still waiting for {what} after {seconds:.0f} s"
+        time.sleep(0.2)
+
+
+def test_a_budget_alert_is_sent_while_the_daily_reconciliation_hangs(tmp_path, monkeypatch):
+    """The provider's usage API sends a byte every 5 s (as in the report that hung the proxy's
+    alerts): a budget crossed meanwhile is alerted at the next round all the same."""
+    from .helpers import Receiver, run_cli
+    home = tmp_path / "home"
+    home.mkdir()
+    receiver = Receiver()
+    (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
+    run_cli(home, "budgets", "set", "--scope", "customer:late", "--daily", "0.0001")
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    budget_alerts = lambda: [r for _, r in receiver.requests if json.loads(r)["kind"] == "budget"]  # noqa: E731
+    with FakeProvider() as provider:
+        provider.usage_api = UsageApi()
+        provider.usage_api.drip_s = 5.0
+        proxy = start_proxy(home, provider.url, tmp_path / "proxy.log", extra_args=("--alert-interval", "1"))
+        try:
+            _wait("the daily reconciliation to start", lambda: provider.usage_api.dripping > 0)
+            assert budget_alerts() == []
+            proxy.openai(headers={**LEGACY, "x-customer-id": "late"}).chat.completions.create(**CHAT)
+            _wait("the budget alert", budget_alerts)
+            hanging = provider.usage_api.dripping  # the reconciliation is still waiting for its answer
+        finally:
+            proxy.stop()
+            provider.usage_api.close()
+            receiver.close()
+    assert hanging == 1 and len(provider.usage_api.requests) == 1
+    [alert] = budget_alerts()
+    assert "daily budget crossed for customer late" in json.loads(alert)["subject"]

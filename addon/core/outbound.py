@@ -101,4 +101,4 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
     def https_open(self, req):
         return self.do_open(self._watch.connection(http.client.HTTPSConnection), req,
-                            context=self._context)  # type: ignore[attr-defined]
+                            context=self._context)

@@ -24,7 +24,8 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
 
     def usage(body: dict) -> list[dict]:
         return [{**anthropic_report.line(parse_rfc3339(row["starting_at"]), {**row["usage"], **row["group"]}),
-                 "requests": whole(row["usage"], "requests", MAX_REQUESTS_PER_BUCKET)} for row in body.get("data") or []]
+                 "requests": whole(row["usage"], "requests", MAX_REQUESTS_PER_BUCKET)}
+                for row in body.get("data") or []]
     return [found for body in _pages(url, start, end, width, [("group_by[]", "model")], admin_key)
             for found in read_rows(body, url, NAME, lambda body=body: usage(body))]
 
