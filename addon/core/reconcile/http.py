@@ -65,7 +65,7 @@ class _Run:
     def left(self, provider: str, url: str) -> float:
         left = self.ends_at - time.monotonic()
         if left <= 0:
-            raise ReconcileError(_too_slow(provider, url, self.seconds))
+            raise ReconcileError(_too_slow(provider, url, self.seconds, "a reconciliation"))
         return left
 
 
@@ -93,13 +93,11 @@ def get_json(url: str, params: list[tuple[str, str]], headers: dict[str, str], p
     full = f"{url}?{urllib.parse.urlencode(params)}"
     run = _current()
     for attempt in range(1, MAX_TRIES + 1):
-        request = urllib.request.Request(full, headers={**headers, "accept": "application/json"})
-        status, answer_headers, body = _get(request, min(REQUEST_DEADLINE_S, run.left(provider, url)), run,
-                                            provider, url)
+        status, answer_headers, body = _get(full, {**headers, "accept": "application/json"}, run, provider, url)
         if status == 429 and attempt < MAX_TRIES:
             wait = _retry_after(answer_headers.get("retry-after"), attempt)
             if wait >= run.left(provider, url):
-                raise ReconcileError(_too_slow(provider, url, run.seconds), 429)
+                raise ReconcileError(_too_slow(provider, url, run.seconds, "a reconciliation"), 429)
             sleep(wait)
             continue
         if status >= 300:
@@ -115,26 +113,29 @@ def get_json(url: str, params: list[tuple[str, str]], headers: dict[str, str], p
     raise AssertionError("unreachable")
 
 
-def _get(request: urllib.request.Request, seconds: float, run: _Run, provider: str, url: str):
+def _get(full: str, headers: dict[str, str], run: _Run, provider: str, url: str):
+    """One GET within the request's deadline or the rest of the run's, whichever ends first."""
+    seconds = min(REQUEST_DEADLINE_S, run.left(provider, url))
     try:
-        return outbound.fetch(request, seconds, MAX_PAGE_BYTES)
+        return outbound.fetch(urllib.request.Request(full, headers=headers), seconds, MAX_PAGE_BYTES)
     except outbound.DeadlineExceeded:
-        raise ReconcileError(_too_slow(provider, url, run.seconds if seconds < REQUEST_DEADLINE_S
-                                       else REQUEST_DEADLINE_S)) from None
+        whole_run = seconds < REQUEST_DEADLINE_S  # the run's deadline came first
+        raise ReconcileError(_too_slow(provider, url, run.seconds, "a reconciliation") if whole_run
+                             else _too_slow(provider, url, REQUEST_DEADLINE_S, "one request")) from None
     except outbound.AnswerTooLarge:
         raise ReconcileError(f"{provider}'s usage API at {url} answered a page larger than {MAX_PAGE_BYTES:,} "
                              f"bytes; nothing was compared. Is the base URL right?") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         # Only what our side says (a refused connection, a name that does not resolve), never the server's words.
         reason = getattr(exc, "reason", exc)
-        said = str(reason) if isinstance(reason, OSError) and not isinstance(exc, http.client.HTTPException) \
-            else type(exc).__name__
+        ours = isinstance(reason, OSError) or type(exc) is ValueError  # ValueError: the URL, as configured
+        said = str(reason) if ours and not isinstance(exc, http.client.HTTPException) else type(exc).__name__
         raise ReconcileError(f"Cannot reach {provider}'s usage API at {url} ({said}). Check the network, "
                              f"or the base URL if you set one.") from None
 
 
-def _too_slow(provider: str, url: str, seconds: float) -> str:
-    return (f"{provider}'s usage API at {url} did not answer in full within the {seconds:g} s a reconciliation "
+def _too_slow(provider: str, url: str, seconds: float, what: str) -> str:
+    return (f"{provider}'s usage API at {url} did not answer in full within the {seconds:g} s {what} "
             f"may take; nothing was compared. Try again later; if it persists, check the network or the base URL.")
 
 
