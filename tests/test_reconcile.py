@@ -310,6 +310,16 @@ def test_a_dripping_answer_gives_up_within_the_overall_deadline(tmp_path, usage_
     assert elapsed < 2.0 + baseline + 1.5, elapsed
 
 
+def test_a_page_too_big_to_hold_is_refused_before_it_is_parsed(tmp_path, usage_api, monkeypatch):
+    monkeypatch.setattr(rec_http, "MAX_PAGE_BYTES", 100_000, raising=False)
+    usage_api.padding = 200_000
+    result = reconcile(tmp_path / "home", "--provider", "openai", "--since", "3d", "--upstream", usage_api.url,
+                       "--format", "json")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "answered a page larger than 100,000 bytes; nothing was compared" in result.output
+    assert len(usage_api.requests) == 1
+
+
 @pytest.mark.parametrize("field, value, named", [
     ("input_tokens", 1e300, "input_tokens=1e+300"),
     ("output_tokens", 10 ** 30, "output_tokens=1000000000000000000000000000000"),

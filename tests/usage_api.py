@@ -9,10 +9,10 @@ what a provider knows it served. ``billed_from`` builds that ledger from what th
 (tests/upstream.py) actually answered, direct calls included. Faults: a wrong admin key gets 401,
 ``throttle`` answers the next requests 429 with ``retry-after``; ``stuck_cursor`` says ``has_more``
 with the same cursor on every page, ``endless`` with a new one; ``drip_s`` writes every answer a
-byte at a time; ``figures`` puts these values into every usage result (``costs`` into every cost
-amount); ``echo_key`` answers that status with an error that quotes the admin key it got, as a
-careless API might. It serves on a port of its own, or
-through the fake provider (``FakeProvider.usage_api``), as the real APIs share the provider's host.
+byte at a time; ``padding`` makes every page that much bigger; ``figures`` puts these values
+into every usage result (``costs`` into every cost amount); ``echo_key`` answers that status with
+an error that quotes the admin key it got, as a careless API might. It serves on a port of its
+own, or through the fake provider (``FakeProvider.usage_api``), as the real APIs share the provider's host.
 """
 
 from __future__ import annotations
@@ -87,6 +87,7 @@ class UsageApi:
         self.figures: dict = {}            # values set in every usage result: {"input_tokens": 1e300}
         self.costs: object = None          # the amount of every cost result, when set
         self.echo_key: int | None = None   # answer this status, quoting the admin key in the error
+        self.padding = 0                   # bytes of filler in every page (a page too big to hold)
         self.requests: list[str] = []
         self.closed = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -238,6 +239,8 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
                     else f"p{len(api.requests)}")
     if url.path.startswith("/v1/organization/"):
         body["object"] = "page"
+    if api.padding:
+        body["padding"] = "x" * api.padding
     _json(handler, 200, body)
 
 
