@@ -177,12 +177,14 @@ from addon.core.evaluate import Evaluator  # noqa: E402
 
 class SlowHook:
     """A webhook on 127.0.0.1 that reads the request, then writes its answer one byte every
-    ``pause`` seconds; with ``pause=None`` it never answers at all."""
+    ``pause`` seconds; with ``pause=None`` it never answers at all. ``greeting``: a server that
+    speaks first (SMTP), dripping that."""
 
     ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: " + b"x" * 40 + b"\r\n\r\n"
 
-    def __init__(self, pause: float | None) -> None:
+    def __init__(self, pause: float | None, greeting: bytes | None = None) -> None:
         self.pause, self.stopped, self.requests = pause, threading.Event(), 0
+        self.greeting = greeting
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
         threading.Thread(target=self._accept, daemon=True).start()
@@ -196,22 +198,25 @@ class SlowHook:
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
+        answer = self.greeting or self.ANSWER
         with conn, contextlib.suppress(OSError):  # the client hung up: its deadline
-            conn.recv(65536)
+            if not self.greeting:
+                conn.recv(65536)
             self.requests += 1
-            for n in range(len(self.ANSWER)):
+            for n in range(len(answer)):
                 if self.stopped.wait(self.pause if self.pause is not None else 3600):
                     return
-                conn.sendall(self.ANSWER[n:n + 1])
+                conn.sendall(answer[n:n + 1])
+            self.stopped.wait(3600)  # then silence
 
     def close(self) -> None:
         self.stopped.set()
         self.listener.close()
 
 
-def _send_timed(tmp_path, url: str) -> tuple[float, object]:
-    write_channels(tmp_path, f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{url}"\n'
-                             f'retries = 1\ntimeout_s = 1\n')
+def _send_timed(tmp_path, url: str, channel: str | None = None) -> tuple[float, object]:
+    write_channels(tmp_path, (channel or f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{url}"\n')
+                   + 'retries = 1\ntimeout_s = 1\n')
     started = time.monotonic()
     result = run(tmp_path, "alerts", "test", "--channel", "hook")
     return time.monotonic() - started, result
@@ -228,6 +233,21 @@ def test_a_webhook_that_drips_its_answer_gives_up_like_one_that_never_answers(tm
     assert refused.exit_code == 1 and result.exit_code == 1, result.output
     assert "no complete answer within 1 s" in result.output and dripping.requests == 2
     assert elapsed < baseline + 1.0, (elapsed, baseline)
+
+
+def test_a_mail_server_that_drips_its_greeting_gives_up_like_a_webhook_that_never_answers(tmp_path):
+    silent, dripping = SlowHook(None), SlowHook(0.3, greeting=b"220 " + b"x" * 60 + b" ESMTP\r\n")
+    try:
+        baseline, _ = _send_timed(tmp_path, silent.url)
+        port = dripping.listener.getsockname()[1]
+        elapsed, result = _send_timed(tmp_path, "", f'[[channel]]\nname = "hook"\ntype = "email"\n'
+                                      f'host = "127.0.0.1"\nport = {port}\nsecurity = "none"\n'
+                                      f'from = "ast@example.com"\nto = ["ops@example.com"]\n')
+    finally:
+        silent.close()
+        dripping.close()
+    assert result.exit_code == 1 and "no complete answer within 1 s" in result.output, result.output
+    assert dripping.requests == 2 and elapsed < baseline + 1.0, (elapsed, baseline)
 
 
 EVIL_TAG = "<!channel> <https://evil.example|Budget frozen - re-authenticate>"

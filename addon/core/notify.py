@@ -123,8 +123,7 @@ class Channel:
         message.set_content(_plain(alert.text, keep="\n"))
         security = s.get("security", "starttls")
         port = int(s.get("port", 465 if security == "tls" else 587))
-        smtp_class = smtplib.SMTP_SSL if security == "tls" else smtplib.SMTP
-        with smtp_class(s["host"], port, timeout=timeout) as smtp:
+        with outbound.deadline(timeout) as watch, _smtp(security, watch)(s["host"], port, timeout=timeout) as smtp:
             if security == "starttls":
                 smtp.starttls()
             user, password = _env(s.get("username_env")), _env(s.get("password_env"))
@@ -177,6 +176,18 @@ def _channel(path: Path, n: int, entry: object) -> Channel:
 
 def _env(name: str | None) -> str | None:
     return os.environ.get(name) if name else None
+
+
+def _smtp(security: str, watch) -> type[smtplib.SMTP]:
+    """The SMTP class for ``security`` whose socket ``watch`` cuts at the deadline (the greeting
+    is read while connecting, before the object is returned)."""
+    base = smtplib.SMTP_SSL if security == "tls" else smtplib.SMTP
+
+    class Watched(base):  # type: ignore[valid-type,misc]
+        def _get_socket(self, host, port, timeout):
+            watch(lambda: self.sock)
+            return super()._get_socket(host, port, timeout)
+    return Watched
 
 
 def slack_text(text: str) -> str:

@@ -1,19 +1,23 @@
-"""HTTP requests this process makes on its own (alert webhooks, the providers' usage APIs), each
-bounded by one deadline for the whole exchange: connecting, the answer's headers and its body.
+"""Connections this process makes on its own (alert webhooks and mail, the providers' usage
+APIs), each bounded by one deadline for the whole exchange: connecting, the answer's headers and
+its body.
 
-urllib's ``timeout`` bounds each wait for a byte, so a server that sends one byte every few
-seconds never trips it. Here a timer shuts the connection's socket down when the deadline
-passes, whatever the request is waiting for, and the answer is read up to a size bound.
-urllib's other behaviour (proxies from the environment, redirects, TLS checks) is kept.
+The standard library's ``timeout`` bounds each wait for a byte, so a server that sends one byte
+every few seconds never trips it. Here a timer shuts the connection's socket down when the
+deadline passes, whatever the exchange is waiting for (``deadline``), and an HTTP answer is read
+up to a size bound (``fetch``). urllib's other behaviour (proxies from the environment,
+redirects, TLS checks) is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from email.message import Message
 
 
@@ -25,34 +29,42 @@ class AnswerTooLarge(ValueError):
     """The answer's body passed the size bound."""
 
 
-def fetch(request: urllib.request.Request, seconds: float, max_bytes: int) -> tuple[int, Message, bytes]:
-    """(status, headers, body) of ``request`` within ``seconds``; an HTTP error status is returned
-    like any other. Raises DeadlineExceeded, AnswerTooLarge, or urllib's errors (URLError, ...)."""
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[_Watch]:
+    """The sockets given to ``watch(lambda: sock)`` inside are shut down once ``seconds`` pass;
+    what that makes the exchange raise comes out as DeadlineExceeded."""
     watch = _Watch(seconds)
-    opener = urllib.request.build_opener(_HTTPHandler(watch), _HTTPSHandler(watch))
     try:
         with watch:
-            try:
-                response = opener.open(request, timeout=seconds)
-            except urllib.error.HTTPError as exc:
-                response = exc
-            with response:
-                body = response.read(max_bytes + 1)
+            yield watch
     except (OSError, ValueError, http.client.HTTPException):
         if watch.fired:  # whatever the cut socket raised, the reason is the deadline
             raise DeadlineExceeded(f"no complete answer within {seconds:g} s") from None
         raise
+
+
+def fetch(request: urllib.request.Request, seconds: float, max_bytes: int) -> tuple[int, Message, bytes]:
+    """(status, headers, body) of ``request`` within ``seconds``; an HTTP error status is returned
+    like any other. Raises DeadlineExceeded, AnswerTooLarge, or urllib's errors (URLError, ...)."""
+    with deadline(seconds) as watch:
+        opener = urllib.request.build_opener(_HTTPHandler(watch), _HTTPSHandler(watch))
+        try:
+            response = opener.open(request, timeout=seconds)
+        except urllib.error.HTTPError as exc:
+            response = exc
+        with response:
+            body = response.read(max_bytes + 1)
     if len(body) > max_bytes:
         raise AnswerTooLarge(f"the answer passed {max_bytes:,} bytes")
     return response.status or 0, response.headers, body
 
 
 class _Watch:
-    """The connections of one request, shut down together when its deadline passes."""
+    """The sockets of one exchange, shut down together when its deadline passes."""
 
     def __init__(self, seconds: float) -> None:
         self.fired = False
-        self._connections: list[http.client.HTTPConnection] = []
+        self._sockets: list[Callable[[], socket.socket | None]] = []
         self._lock = threading.Lock()
         self._timer = threading.Timer(seconds, self._cut)
         self._timer.daemon = True
@@ -64,23 +76,26 @@ class _Watch:
     def __exit__(self, *exc) -> None:
         self._timer.cancel()
 
+    def __call__(self, current: Callable[[], socket.socket | None]) -> None:
+        """Watch the socket ``current()`` gives at the deadline (a TLS layer may replace it)."""
+        with self._lock:
+            self._sockets.append(current)
+
     def connection(self, base: type[http.client.HTTPConnection]):
         """A factory of ``base`` connections that this watch can cut (for urllib's do_open)."""
         def make(*args, **kwargs) -> http.client.HTTPConnection:
             made = base(*args, **kwargs)
-            with self._lock:
-                self._connections.append(made)
+            self(lambda: made.sock)
             return made
         return make
 
     def _cut(self) -> None:
         with self._lock:
             self.fired = True
-            connections = list(self._connections)
-        for connection in connections:
-            sock = connection.sock
+            sockets = [current() for current in self._sockets]
+        for sock in sockets:
             try:  # the plain socket's shutdown, under any TLS layer: the blocked read returns at once
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # type: ignore[arg-type]
             except (OSError, TypeError):  # not connected yet (bounded by the socket timeout), or closed
                 pass
 
