@@ -93,7 +93,8 @@ def test_readme_is_short_and_opens_with_the_two_commands():
     lines = README.read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 250
     first = command_lines(blocks(README, "sh")[0])
-    assert first == ["./install.sh && .venv/bin/aispendtrack proxy", "./install.sh --test && .venv/bin/python -m pytest"]
+    assert first == ["./install.sh && .venv/bin/aispendtrack proxy",
+                     "./install.sh --test && .venv/bin/python -m pytest"]
     # CI runs the README's test command, word for word.
     assert first[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert "## First loop" in README.read_text() and "## Performance" in README.read_text()
