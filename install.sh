@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv with Python >= 3.12 and install AiSpendTrack into it, from this checkout.
-#   ./install.sh          the proxy, CLI and web app
-#   ./install.sh --test   the same plus what the tests need
+#   ./install.sh                 the proxy, CLI and web app
+#   ./install.sh --with shared   plus extras: shared (several replicas, docs/deploy.md), encryption
+#   ./install.sh --test          plus what the tests need (every extra included)
 # Set PYTHON=/path/to/python3.12 to choose the interpreter. Prints nothing but errors.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,11 +38,19 @@ install() {
     "$1/bin/python" -m pip install --quiet --disable-pip-version-check -e ".$2"
 }
 
-if [ "${1:-}" = "--test" ]; then
-  install .venv "[test]"
+extras="" tests=false
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --test) tests=true extras="${extras:+$extras,}test" ;;
+    --with) extras="${extras:+$extras,}${2:?--with takes extras, e.g. --with shared,encryption}"; shift ;;
+    *) echo "Unknown option $1. Usage: ./install.sh [--with shared,encryption] [--test]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+install .venv "${extras:+[$extras]}"
+if $tests; then
   # The Vercel AI SDK, a client in tests/test_real_clients.py.
   command -v npm >/dev/null 2>&1 || { echo "The tests need Node.js and npm (Debian: apt-get install nodejs npm)." >&2; exit 1; }
   npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
-else
-  install .venv ""
 fi

@@ -8,9 +8,11 @@ least parse, options included. The HAProxy and PostgreSQL snippets of docs/deplo
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import click
 import httpx
 import psycopg
 import pytest
+import yaml
 from aiosmtpd.controller import Controller
 
 from cli.main import cli
@@ -292,3 +295,127 @@ def test_the_postgresql_set_up_in_deploy_md_gives_a_working_catalog(tmp_path):
         assert owner == ("aispendtrack",)
     finally:
         cluster.remove()
+
+
+# contrib/: the systemd unit, the image and the compose file (docs/operations.md)
+
+def served(argv: list[str], env: dict[str, str], url: str, cwd: Path) -> str:
+    """Start a server command, return what ``url`` answers once it is up, stop it."""
+    server = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):
+            if server.poll() is not None:
+                pytest.fail(f"{argv} exited: {server.stdout.read().decode() if server.stdout else ''}")
+            try:
+                return httpx.get(url, timeout=1).text
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        pytest.fail(f"{url} did not answer")
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/systemd-analyze").exists(), reason="systemd-analyze is not installed")
+def test_the_systemd_unit_verifies_and_its_command_serves(tmp_path):
+    unit = (ROOT / "contrib" / "aispendtrack.service").read_text().replace("/opt/aispendtrack", str(ROOT))
+    (tmp_path / "aispendtrack.service").write_text(unit)
+    verified = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "aispendtrack.service")],
+                              capture_output=True, text=True)
+    assert verified.returncode == 0 and verified.stdout + verified.stderr == ""
+
+    settings = dict(re.findall(r"^(\w+)=(.*)$", unit, re.M))
+    env = dict(pair.split("=", 1) for pair in settings["Environment"].split())
+    assert env["AISPENDTRACK_HOME"] == env["HOME"] == "/var/lib/" + settings["StateDirectory"]
+    env = {**os.environ, "AISPENDTRACK_HOME": str(tmp_path / "state"), "HOME": str(tmp_path / "state")}
+    port = free_port()
+    argv = shlex.split(settings["ExecStart"].replace("--port 8080", f"--port {port}")
+                       .replace("--web-port 8081", f"--web-port {free_port()}"))
+    assert argv[0] == str(BIN / "aispendtrack") and argv[1] == "proxy"
+    parse(argv[1:])
+    assert served(argv, env, f"http://127.0.0.1:{port}/aispendtrack/health", Path(settings["WorkingDirectory"])) \
+        == '{"status": "ok"}'
+    assert (tmp_path / "state" / "aispendtrack.duckdb").exists()
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    text = (ROOT / "contrib" / "Dockerfile").read_text()
+    return [(m[1], m[2]) for m in re.finditer(r"^([A-Z]+) (.*)$", text, re.M)]
+
+
+def test_the_dockerfile_installs_and_runs_what_the_readme_does():
+    steps = dockerfile()
+    runs = [arg for op, arg in steps if op == "RUN"]
+    first = command_lines(blocks(README, "sh")[0])[0]
+    assert first.split(" && ")[0] == "./install.sh"
+    replica_install = command_lines(blocks(ROOT / "docs" / "deploy.md", "sh")[0])[0]
+    assert runs[0] == " ".join(split(replica_install)[1]) == "./install.sh --with shared"
+    [cmd] = [json_args for op, json_args in steps if op == "CMD"]
+    argv = re.findall(r'"([^"]*)"', cmd)
+    assert argv[:2] == split(first.split(" && ")[1])[1]  # .venv/bin/aispendtrack proxy
+    parse(argv[1:])
+
+
+def copy_as_docker_does(target: Path) -> None:
+    """`COPY . .` with .dockerignore's patterns left out."""
+    patterns = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
+
+    def ignored(directory: str, names: list[str]) -> set[str]:
+        relative = Path(directory).relative_to(ROOT)
+        return {name for name in names for pattern in patterns
+                if fnmatch.fnmatch(str(relative / name), pattern.removeprefix("**/"))
+                or (pattern.startswith("**/") and fnmatch.fnmatch(name, pattern[3:]))
+                or ("/" not in pattern and fnmatch.fnmatch(name, pattern))}
+
+    shutil.copytree(ROOT, target, ignore=ignored)
+
+
+# pip's own notes about this machine's pip configuration (index directories that do not exist):
+# not from AiSpendTrack, and not shown on a machine without that configuration.
+MACHINE_PIP_NOTE = re.compile(r"WARNING: Location '[^']*' is ignored: it is neither a file nor a directory\.")
+
+
+def test_the_dockerfile_steps_run_without_docker_and_print_nothing(tmp_path):
+    """Docker cannot run here: the image's steps run in a copy of the build context instead (its
+    user creation, a change to the machine, excepted). Also the README's install on a fresh copy:
+    it prints nothing but errors, and the proxy it installs starts and answers its health URL."""
+    workdir = tmp_path / "opt" / "aispendtrack"
+    copy_as_docker_does(workdir)
+    assert not (workdir / ".venv").exists() and not (workdir / ".git").exists()
+    env = {**os.environ}
+    for op, arg in dockerfile():
+        if op == "ENV":
+            env.update(pair.split("=", 1) for pair in arg.split())
+        if op == "RUN" and not arg.startswith("useradd"):
+            done = subprocess.run(["bash", "-c", arg], cwd=workdir, env=env, capture_output=True, text=True,
+                                  timeout=900)
+            noise = [line for line in (done.stdout + done.stderr).splitlines() if not MACHINE_PIP_NOTE.fullmatch(line)]
+            assert done.returncode == 0 and noise == [], "\n".join(noise)
+    home = tmp_path / "data"
+    env.update(AISPENDTRACK_HOME=str(home), HOME=str(home))
+    [cmd] = [arg for op, arg in dockerfile() if op == "CMD"]
+    port = free_port()
+    argv = [arg.replace("8080", str(port)).replace("8081", str(free_port())) for arg in re.findall(r'"([^"]*)"', cmd)]
+    argv[0] = str(workdir / argv[0])
+    health = f"http://127.0.0.1:{port}/aispendtrack/health"
+    assert served(argv, env, health, workdir) == '{"status": "ok"}'
+    assert (home / "aispendtrack.duckdb").exists() and (home / ".mitmproxy").is_dir()
+
+
+def test_the_compose_file_runs_the_image_in_the_shared_mode_behind_haproxy():
+    compose = yaml.safe_load((ROOT / "contrib" / "compose.yaml").read_text())
+    services = compose["services"]
+    db = services["db"]["environment"]
+    replicas = [s for s in services.values() if s.get("build", {}).get("dockerfile") == "contrib/Dockerfile"]
+    assert len(replicas) == 2
+    for replica in replicas:
+        env = replica["environment"]
+        assert env["AISPENDTRACK_CATALOG"] == (f"postgresql://{db['POSTGRES_USER']}:{db['POSTGRES_PASSWORD']}"
+                                               f"@db:5432/{db['POSTGRES_DB']}")
+        assert env["AISPENDTRACK_DATA_PATH"] == replica["volumes"][0].split(":")[1]  # one lake volume for all
+    config = (ROOT / "contrib" / "haproxy.cfg").read_text()
+    assert set(re.findall(r"server \w+ (\w+):8080 check", config)) == {n for n, s in services.items() if s in replicas}
+    if Path(HAPROXY).exists():
+        checked = subprocess.run([HAPROXY, "-c", "-f", str(ROOT / "contrib" / "haproxy.cfg")],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
