@@ -137,3 +137,18 @@ def test_a_backup_taken_under_load_restores_the_calls_before_it_and_the_keys(tmp
         assert len(again.rows("after-restore")) == 1
     finally:
         again.stop()
+
+
+def test_a_backup_never_overwrites_and_the_shared_mode_is_sent_to_its_own_tools(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    run_cli(tmp_path / "home", "keys", "create", "--name", "a")
+    existing = tmp_path / "existing.duckdb"
+    existing.write_bytes(b"someone's file")
+    refused = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "admin", "backup", str(existing)])
+    assert refused.exit_code == 1 and "exists; name a new file" in refused.output
+    assert existing.read_bytes() == b"someone's file"
+    monkeypatch.setenv("AISPENDTRACK_CATALOG", "postgresql://nobody@127.0.0.1:1/none")
+    shared = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "admin", "backup", str(tmp_path / "b")])
+    assert shared.exit_code == 1 and "pg_dump" in shared.output and not (tmp_path / "b").exists()
