@@ -250,6 +250,7 @@ def test_the_first_loop_and_the_main_commands_work_as_written(tmp_path, smtp):
                 shell.run(line)
             assert len(inbox) == 1 and b"test" in inbox[0]
             assert (tmp_path / "calls.csv").read_text().count("\n") == 2  # header and the loop's call
+            assert (tmp_path / "backup.duckdb").stat().st_size > 0
             assert "acme" not in shell.run(".venv/bin/aispendtrack report --by customer")
         finally:
             shell.stop()
