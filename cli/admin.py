@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import click
 import duckdb
@@ -83,6 +84,21 @@ def maintain(obj) -> None:
             files = lake.data_files(con)
     click.echo(f"Lake maintained: inlined rows flushed, small files merged, snapshots older than "
                f"{lake.KEEP_SNAPSHOTS} expired and their files deleted; {files:,} data files of calls now.")
+
+
+@admin.command("backup")
+@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_obj
+def backup(obj, target: Path) -> None:
+    """Copy the database into a new file TARGET while the proxy runs (restore: docs/operations.md)."""
+    if shared.configured() is not None:
+        raise click.ClickException("In the shared mode the data is in PostgreSQL and the data path: back them up "
+                                   "with pg_dump and a copy of the data path; see docs/operations.md.")
+    if target.exists() or target.with_name(target.name + ".wal").exists():
+        raise click.ClickException(f"{target} exists; name a new file.")
+    with reading(obj.db) as con:
+        size = compact.backup(con, target)
+    click.echo(f"Backed up {obj.db} to {target} ({size:,} bytes).")
 
 
 @admin.command("encrypt")

@@ -105,3 +105,50 @@ def test_calls_flow_while_the_disk_is_full_or_read_only_and_every_row_lands_afte
         proxy.stop()
     log = proxy.log_path.read_text()
     assert "cannot write" in log and proxy.process.returncode == 0
+
+
+def test_a_backup_taken_under_load_restores_the_calls_before_it_and_the_keys(tmp_path, upstream):
+    """docs/operations.md, "Backup and restore": `admin backup` while calls flow, then a new data
+    directory with the backup as its database."""
+    backup = tmp_path / "backup.duckdb"
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", flush_ms=500)
+    with Load(proxy, threads=4) as load:
+        load.wait_for(60)
+        time.sleep(2)
+        started = time.monotonic()
+        run_cli(proxy.home, "admin", "backup", str(backup))
+        before = {tag for tag, at in load.completed.items() if at < started - 1.5}  # flushed before it began
+        load.wait_for(len(load.completed) + 30)  # and the proxy goes on
+    proxy.stop()
+    assert load.failed == 0
+    stored = stored_tags(proxy.home)
+    assert set(load.completed) <= set(stored)  # the backup took nothing from the running proxy
+
+    restored = tmp_path / "restored"
+    restored.mkdir()
+    backup.rename(restored / "aispendtrack.duckdb")
+    in_backup = stored_tags(restored)
+    assert len(before) >= 60 and before <= set(in_backup) <= set(stored)
+    assert len(in_backup) == len(set(in_backup))
+    again = start_proxy(restored, upstream.url, tmp_path / "restored.log", key=proxy.key)  # the same key works
+    try:
+        again.openai().chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                               extra_headers={"x-customer-id": "after-restore"})
+        assert len(again.rows("after-restore")) == 1
+    finally:
+        again.stop()
+
+
+def test_a_backup_never_overwrites_and_the_shared_mode_is_sent_to_its_own_tools(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    run_cli(tmp_path / "home", "keys", "create", "--name", "a")
+    existing = tmp_path / "existing.duckdb"
+    existing.write_bytes(b"someone's file")
+    refused = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "admin", "backup", str(existing)])
+    assert refused.exit_code == 1 and "exists; name a new file" in refused.output
+    assert existing.read_bytes() == b"someone's file"
+    monkeypatch.setenv("AISPENDTRACK_CATALOG", "postgresql://nobody@127.0.0.1:1/none")
+    shared = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "admin", "backup", str(tmp_path / "b")])
+    assert shared.exit_code == 1 and "pg_dump" in shared.output and not (tmp_path / "b").exists()

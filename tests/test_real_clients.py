@@ -120,7 +120,7 @@ def test_openai_agents_sdk_chat_completions_stream_is_reported_and_unchanged(pro
 
 def _ai_sdk(provider: str, base_url: str, headers: dict) -> dict:
     node = shutil.which("node")
-    assert node and (JS / "node_modules" / "ai").is_dir(), "run `bash .ci/setup --test` (it installs tests/js)"
+    assert node and (JS / "node_modules" / "ai").is_dir(), "run `./install.sh --test` (it installs tests/js)"
     result = subprocess.run([node, str(JS / "ai_sdk_stream.mjs"), provider, base_url, json.dumps(headers)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -202,3 +202,38 @@ def test_a_sum_of_stored_costs_is_the_cost_of_the_summed_usage(tmp_path):
         call_rows.insert(con, [call_row(n, cost_usd=price.cost_usd) for n in range(1000)])
     [model] = json.loads(run_cli(tmp_path, "report", "--since", "2026-11-25", "--format", "json"))
     assert model["calls"] == 1000 and Decimal(str(model["cost_usd"])) == Decimal("0.000003625")
+
+
+def test_an_upgrade_applies_every_migration_on_start_and_keeps_keys_and_calls(tmp_path, upstream):
+    """docs/operations.md, "Upgrading": a database written by the first version, then today's proxy."""
+    import duckdb
+
+    from addon.core import keys as keygen
+    key = keygen.new_key()
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    con = duckdb.connect(str(home / "aispendtrack.duckdb"))
+    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    migrations.MIGRATIONS[0](con)
+    con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migrations.MIGRATIONS[0].__name__])
+    con.execute("INSERT INTO keys (name, key_hash, prefix, created_at) VALUES ('old', ?, ?, now())",
+                [keygen.hash_key(key), keygen.display_prefix(key)])
+    old = call_row(7, customer_id="before-upgrade")
+    old.pop("service_tier", None)
+    names = [name for name in old if name in {c for (c,) in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'calls'").fetchall()}]
+    con.execute(f"INSERT INTO calls ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [old[name] for name in names])
+    con.close()
+
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=key)
+    try:
+        proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "after-upgrade"})
+        assert len(proxy.rows("after-upgrade")) == 1
+        [before] = proxy.rows("before-upgrade")
+        assert before["input_tokens"] == 7 and Decimal(str(before["cost_usd"])) == Decimal("0.01")
+    finally:
+        proxy.stop()
+    with reading(home / "aispendtrack.duckdb") as con:
+        applied = [name for (name,) in con.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall()]
+    assert applied == sorted(m.__name__ for m in migrations.MIGRATIONS)

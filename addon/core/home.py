@@ -91,4 +91,4 @@ def _in_use_message(home: Path, path: Path) -> str:
     return (f"Another AiSpendTrack proxy already runs on {home} ({who}). One data directory takes one proxy: "
             f"a second would count limits and budgets apart from the first. Stop it first, or run several "
             f"proxies as one: give each its own --home and share storage with --catalog/--data-path "
-            f"(README, \"Running several proxies\").")
+            f"(docs/deploy.md, \"Running several proxies as one\").")

@@ -26,6 +26,27 @@ def rewrite(con: duckdb.DuckDBPyConnection, path: Path) -> tuple[int, int]:
     return before, path.stat().st_size
 
 
+def backup(con: duckdb.DuckDBPyConnection, target: Path) -> int:
+    """Copy everything ``con`` sees into the new file ``target``, encrypted like ours; returns its size.
+
+    A read-only connection is enough, and while it is open no process can write the file: the
+    copy is one consistent moment, and a running proxy's writer waits it out with its rows queued,
+    as it does for any reader."""
+    source = one(con.execute("SELECT current_database()"))[0]
+    key = encryption.configured_key()
+    secret = f", ENCRYPTION_KEY '{key.replace("'", "''")}'" if key else ""
+    quoted = str(target).replace("'", "''")
+    con.execute(f"ATTACH '{quoted}' AS aispendtrack_backup (READ_WRITE{secret})")
+    try:
+        con.execute(f'COPY FROM DATABASE "{source}" TO aispendtrack_backup')
+        con.execute("CHECKPOINT aispendtrack_backup")  # everything in the one file, no .wal beside it
+    finally:
+        con.execute("DETACH aispendtrack_backup")
+    with open(target, "rb") as f:
+        os.fsync(f.fileno())
+    return target.stat().st_size
+
+
 def encrypt(path: Path, key: str) -> tuple[int, int]:
     """Turn an unencrypted database into an encrypted one, in place. Needs the file to itself."""
     before = path.stat().st_size
