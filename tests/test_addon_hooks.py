@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+
 import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
@@ -24,7 +27,9 @@ class Chain:
     def request(self, flow) -> None:
         for addon in self.addons:
             if hasattr(addon, "request"):
-                addon.request(flow)
+                result = addon.request(flow)
+                if inspect.iscoroutine(result):  # mitmproxy awaits a hook that is a coroutine
+                    asyncio.run(result)
 
 
 @pytest.fixture
