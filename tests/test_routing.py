@@ -8,6 +8,7 @@ the upstream serves. The proxy's own key never leaves in a query string.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 
@@ -37,6 +38,10 @@ ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-secret", "anthropic-version": "2023-06
     ("/v1/chat%5ccompletions", None),
     ("/../v1/chat/completions", None),
     ("/v1/%ff", None),
+    ("/v1/chat/completions;x", None),
+    ("/v1/chat/completions%2e", None),
+    ("/v1/files/a%3Fb", None),
+    ("/v1/chat/%2e%2e/chat/completions", "/v1/chat/completions"),
 ])
 def test_canonical_paths(raw, expected):
     assert canonical(raw) == expected
@@ -176,3 +181,30 @@ def test_our_key_in_a_query_string_is_removed_and_refused(split):
                           json=CHAT, timeout=10)
     assert response.status_code == 200
     assert openai_upstream.last().path == "/v1/chat/completions?x=1"
+
+
+def _raw_post(proxy, path: str, headers: dict, body: dict) -> tuple[int, dict]:
+    """POST with the path exactly as written (an HTTP library would clean some of these up)."""
+    connection = http.client.HTTPConnection(proxy.url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("POST", path, json.dumps(body), {"x-aispendtrack-key": proxy.key,
+                                                           "content-type": "application/json", **headers})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/chat/completions;x", "/v1/chat/completions%3B", "/v1/chat/completions%3bx", "/v1/chat/completions%20",
+    "/v1/chat/completions%2e", "/v1/chat/completions.", "/v1/chat/completions%00", "/v1/chat/completions\\",
+    "/v1/chat/completions%09", "/v1/chat/completions%3F", "/v1/chat/completions%23", "/v1/embeddings;",
+    "/v1/chat/compl%C3%A9tions", "/openai/v1/chat/completions;", "/groq/openai/v1/chat/completions%20",
+])
+def test_paths_a_front_end_may_rewrite_into_a_metered_one_are_refused_not_forwarded(split, path):
+    proxy, openai_upstream, *_ = split
+    before = len(openai_upstream.received)
+    status, body = _raw_post(proxy, path, {"authorization": "Bearer sk-test"}, CHAT)
+    assert status == 400 and body["error"]["code"] == "aispendtrack_bad_path"
+    assert "Nothing was forwarded" in body["error"]["message"] and "character" in body["error"]["message"]
+    assert len(openai_upstream.received) == before
