@@ -8,12 +8,14 @@ the upstream serves. The proxy's own key never leaves in a query string.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import time
 
 import anthropic
 import httpx
+import openai
 import pytest
 
 from addon.routing import canonical
@@ -208,3 +210,50 @@ def test_paths_a_front_end_may_rewrite_into_a_metered_one_are_refused_not_forwar
     assert status == 400 and body["error"]["code"] == "aispendtrack_bad_path"
     assert "Nothing was forwarded" in body["error"]["message"] and "character" in body["error"]["message"]
     assert len(openai_upstream.received) == before
+
+
+GEMINI_KEY = "AIzaSyD-fake-test-key-0123456789abcdefg"  # Google's format: AIza and 35 more characters
+assert len(GEMINI_KEY) == 39
+BASIC_ANTHROPIC = "Basic " + base64.b64encode(b":sk-ant-secret-basic").decode()
+
+
+@pytest.mark.parametrize("target,headers,secret", [
+    ("/v1/chat/completions", {"authorization": "Bearer" + " " * 40 + "sk-ant-secret-spaced"}, "sk-ant-secret-spaced"),
+    ("/v1/chat/completions", {"authorization": "Bearer\tsk-ant-secret-tab"}, "sk-ant-secret-tab"),
+    ("/v1/chat/completions", {"authorization": BASIC_ANTHROPIC}, BASIC_ANTHROPIC),
+    ("/v1/chat/completions", {"api-key": "sk-ant-secret-azure-header"}, "sk-ant-secret-azure-header"),
+    ("/v1/chat/completions?KEY=AIza-secret-upper", {"authorization": "Bearer sk-test"}, "AIza-secret-upper"),
+    ("/v1/chat/completions?k%65y=AIza-secret-escaped", {"authorization": "Bearer sk-test"}, "AIza-secret-escaped"),
+    ("/v1/chat/completions?x=1&Key=AIza-secret-mixed", {"authorization": "Bearer sk-test"}, "AIza-secret-mixed"),
+    ("/v1/chat/completions", {"authorization": f"Bearer {GEMINI_KEY}"}, GEMINI_KEY),
+])
+def test_a_key_in_another_providers_form_never_reaches_openai(split, target, headers, secret):
+    proxy, openai_upstream, claude, gemini = split
+    before = len(openai_upstream.received), len(claude.received), len(gemini.received)
+    status, body = _raw_post(proxy, target, headers, CHAT)
+    assert status == 404, body
+    assert "did not forward this call" in json.dumps(body) and "base URL" in json.dumps(body)
+    assert (len(openai_upstream.received), len(claude.received), len(gemini.received)) == before
+    assert not [r for r in openai_upstream.received if secret in r.path or secret in json.dumps(r.headers)]
+
+
+def test_a_gemini_key_on_geminis_openai_compatible_path_is_refused_not_sent_to_openai(split):
+    proxy, openai_upstream, claude, gemini = split
+    before = len(openai_upstream.received), len(claude.received), len(gemini.received)
+    client = openai.OpenAI(base_url=proxy.url + "/v1beta/openai", api_key=GEMINI_KEY, max_retries=0,
+                           default_headers={"x-aispendtrack-key": proxy.key})
+    with pytest.raises(openai.NotFoundError, match="OpenAI-compatible.*not metered.*/gemini"):
+        client.chat.completions.create(model="gemini-2.5-flash", messages=CHAT["messages"])
+    assert (len(openai_upstream.received), len(claude.received), len(gemini.received)) == before
+    assert not [r for r in openai_upstream.received if GEMINI_KEY in json.dumps(r.headers)]
+
+
+def test_an_anthropic_key_after_many_spaces_still_goes_to_anthropic(split):
+    proxy, openai_upstream, claude, _ = split
+    response = _post(proxy, "/v1/messages", {"authorization": "Bearer" + " " * 40 + "sk-ant-secret-far",
+                                             "x-customer-id": "spaced-bearer"}, MESSAGE)
+    assert response.status_code == 200, response.text
+    assert claude.last().path == "/v1/messages" and "sk-ant-secret-far" in claude.last().headers["authorization"]
+    [row] = proxy.rows("spaced-bearer")
+    assert row["provider"] == "anthropic" and row["usage_source"] == "reported"
+    assert _leaked(openai_upstream) == []
