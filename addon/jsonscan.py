@@ -25,6 +25,7 @@ _SCALAR = re.compile(rb"[^,\]}\s]++")  # a number, true, false or null
 _ESCAPES = re.compile(rb'(?:[^"\\]++|\\.)*+', re.S)
 _MAX_SCALAR = 1024
 _MAX_KEY = 128  # the longest name asked for, each character escaped as \uXXXX, fits
+_MEMBER_COST = 10  # a top-level member costs the Python work of about ten strings or brackets
 
 
 class Unreadable(ValueError):
@@ -55,6 +56,7 @@ def members(body: bytes, wanted: frozenset[str], budget: int) -> tuple[int, list
         end = scan.value(start)
         if name in wanted:
             found.append((name, start, end))
+        scan.spend(_MEMBER_COST)
         at = scan.blank(end)
         if body[at:at + 1] == b"}":
             if scan.blank(at + 1) != len(body):
@@ -81,8 +83,8 @@ class _Scan:
     def __init__(self, body: bytes, budget: int):
         self.body, self.budget, self.size = body, budget, len(body)
 
-    def _spend(self) -> None:
-        self.budget -= 1
+    def spend(self, steps: int = 1) -> None:
+        self.budget -= steps
         if self.budget < 0:
             raise Unreadable("the request body holds too many JSON values to read")
 
@@ -97,7 +99,7 @@ class _Scan:
 
     def string(self, at: int) -> int:
         """The end of the string that opens at ``at``."""
-        self._spend()
+        self.spend()
         body = self.body
         close = body.find(b'"', at + 1)
         if close < 0:
@@ -141,7 +143,7 @@ class _Scan:
             if char == 0x22:  # '"'
                 at = self.string(at)
                 continue
-            self._spend()
+            self.spend()
             depth += 1 if char in b"[{" else -1
             at += 1
             if depth == 0:
