@@ -217,3 +217,16 @@ def test_a_body_over_the_providers_limit_goes_as_sent_and_its_row_says_why(proxy
     assert (row["usage_source"], row["cost_usd"], row["priced"]) == ("none", None, False)
     assert row["error"] == (f"usage not requested: the request body is {len(transport.sent[0]):,} bytes, more than "
                             f"the {MAX_PARSED_BODY:,} the proxy reads")
+
+
+def test_a_body_of_more_values_than_the_proxy_reads_goes_as_sent_and_its_row_says_why(proxy, upstream, customer):
+    transport = Rewriting(lambda body: body)
+    client = proxy.openai(headers={"x-customer-id": customer},
+                          http_client=openai.DefaultHttpxClient(transport=transport))
+    pad = [[]] * (MAX_JSON_VALUES // 2 + 1)  # two brackets each: one more value than is read
+    stream = client.chat.completions.create(**CHAT, stream=True, extra_body={"test_usage": REASONING, "pad": pad})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "".join(payloads.STREAM_TEXT)
+    assert upstream.last().body == transport.sent[0]
+    [row] = proxy.rows(customer, timeout=30)  # the estimate is made on the writer thread
+    assert row["usage_source"] == "estimated" and row["output_tokens"] < 100  # what the text shows, not 1,825
+    assert row["error"] == "usage not requested: the request body holds too many JSON values to read"
