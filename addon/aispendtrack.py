@@ -17,6 +17,7 @@ runs their hooks (docs/architecture.md):
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -51,6 +52,7 @@ from pricing.overrides import FILE_NAME as PRICES_FILE
 log = logging.getLogger(__name__)
 
 _META = "aispendtrack"  # flow.metadata key of a call's CallMeter
+_READ_ON_THE_LOOP = 256 * 1024  # request bodies larger than this are read for usage injection off the loop
 
 
 class AiSpendTrack:
@@ -199,7 +201,7 @@ class AiSpendTrack:
                 self._submit(meter)
         self._in_flight.clear()
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         admitted: Admission | None = flow.metadata.pop(ADMITTED, None)
         if admitted is None or flow.response is not None:
             return
@@ -207,19 +209,27 @@ class AiSpendTrack:
         meter = CallMeter(admitted.provider, admitted.path, admitted.key_id, admitted.customer_id, admitted.feature,
                           req.timestamp_start, req.raw_content, req.headers.get("content-encoding", ""))
         if self.inject_usage and admitted.provider.injects_usage(admitted.path):
-            self._inject_usage(req, meter)
+            await self._inject_usage(req, meter)
         flow.metadata[_META] = meter
         self._in_flight[flow.id] = flow
         self.watch.start(flow)
 
     @staticmethod
-    def _inject_usage(req: http.Request, meter: CallMeter) -> None:
-        if req.headers.get("content-encoding", "identity") != "identity":
-            return  # a compressed request body: left exactly as sent
-        body = injection.with_usage_requested(req.raw_content)
-        if body is None:
+    async def _inject_usage(req: http.Request, meter: CallMeter) -> None:
+        encoding = req.headers.get("content-encoding", "identity")
+        if encoding != "identity":  # left exactly as sent
+            meter.usage_not_requested = f"the request body is compressed ({encoding[:20]})"
             return
-        req.content = body
+        body = req.raw_content
+        if body is not None and len(body) > _READ_ON_THE_LOOP:
+            # A large body is read on a worker thread, so the other calls' chunks keep flowing.
+            asked = await asyncio.to_thread(injection.with_usage_requested, body)
+        else:
+            asked = injection.with_usage_requested(body)
+        meter.usage_not_requested = asked.reason
+        if asked.body is None:
+            return
+        req.content = asked.body
         # Uncompressed, so the rewritten stream can go to the client without decoding.
         req.headers["accept-encoding"] = "identity"
         meter.usage_injected = True

@@ -8,42 +8,107 @@ client back exactly the stream it asked for: the usage-only chunk is dropped and
 ``"usage":null`` member the provider then puts in every other chunk is removed, so the client
 receives the bytes a direct call without ``include_usage`` would have (decoded: when we must
 rewrite a compressed stream, it goes to the client uncompressed). A client that asked for usage
-itself gets everything untouched.
+itself gets everything untouched. What the request asks is read from its parsed top-level
+``stream`` and ``stream_options`` members (jsonscan.py), never from a pattern in its bytes.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from typing import NamedTuple
 
-from .providers.base import loads
+from . import jsonscan
 
-# Deciding needs the request's JSON, parsed on the event loop (~2 ms a MB): a larger stream
-# request goes upstream as sent, and its usage is estimated.
-MAX_PARSED_BODY = 1024 * 1024
-_ASKED = re.compile(rb'"include_usage"\s*:\s*true')
+# Bodies are read up to the largest request a provider that takes the field accepts: OpenAI takes
+# up to 50 MB of images in one request (platform.openai.com/docs/guides/images-vision, "Image input
+# requirements"), which base64 makes ~67 MB, plus the text. (Anthropic's own limit is 32 MB,
+# docs.anthropic.com/en/api/overview, "Request size limits"; it is never asked: its streams carry
+# usage anyway.) A larger body goes upstream as sent, and its row says why usage was not asked for.
+MAX_PARSED_BODY = 80 * 1024 * 1024
+# Strings and brackets read per body at most (~0.3 s of one idle core; off the event loop for a
+# large body): a chat request with thousands of messages and tools has tens of thousands.
+MAX_JSON_VALUES = 500_000
+_MAX_OPTIONS = 64 * 1024  # a stream_options object is a few flags; larger is not one
+_WANTED = frozenset({"stream", "stream_options"})
+_ASK = {"include_usage": True}
 _USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null(?=\s*[,}])|"usage"\s*:\s*null\s*,')
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
-def with_usage_requested(body: bytes | None) -> bytes | None:
-    """The request body with ``stream_options.include_usage=true`` added, or None when there is
-    nothing to add: not a JSON stream request, or the client asked for usage itself."""
-    if not body or len(body) > MAX_PARSED_BODY or b'"stream"' not in body or _ASKED.search(body):
-        return None
-    request = loads(body)
-    if request is None or request.get("stream") is not True:
-        return None
-    options = request.get("stream_options")
-    if options is None and "stream_options" not in request:
+class UsageRequest(NamedTuple):
+    body: bytes | None = None  # what goes upstream instead of the client's body; None: the body as sent
+    reason: str | None = None  # why usage could not be asked for, should the call need it
+
+
+def with_usage_requested(body: bytes | None) -> UsageRequest:
+    """The request body with ``stream_options.include_usage=true``, when it is a stream request
+    that does not already ask for usage. Decided from the parsed ``stream`` and ``stream_options``
+    members only, and every other byte stays the client's."""
+    if not body:
+        return UsageRequest()
+    if len(body) > MAX_PARSED_BODY:
+        return UsageRequest(reason=f"the request body is {len(body):,} bytes, more than the {MAX_PARSED_BODY:,} "
+                                   f"the proxy reads")
+    if b"stream" not in body and b"\\u" not in body:  # not even as a name written with escapes
+        return UsageRequest()
+    try:
+        opening, found = jsonscan.members(body, _WANTED, MAX_JSON_VALUES)
+    except jsonscan.Unreadable as exc:
+        return UsageRequest(reason=str(exc))
+    if not any(_value(body[start:end]) is True for name, start, end in found if name == "stream"):
+        return UsageRequest()
+    options = [(start, end) for name, start, end in found if name == "stream_options"]
+    if not options:
         # The one member goes in front; the client's bytes stay as they were after it.
-        start = body.index(b"{") + 1
-        return body[:start] + b'"stream_options":{"include_usage":true},' + body[start:]
+        return UsageRequest(body[:opening] + b'"stream_options":{"include_usage":true},' + body[opening:])
+    # Every occurrence is made to ask: with a name given twice, providers differ on which counts.
+    edits: list[tuple[int, int, bytes]] = []
+    for start, end in options:
+        asked = _asking(body[start:end])
+        if isinstance(asked, str):
+            return UsageRequest(reason=asked)
+        if asked is not None:
+            edits.append((start, end, asked))
+    out = body
+    for start, end, value in reversed(edits):  # from the end, so that earlier offsets hold
+        out = out[:start] + value + out[end:]
+    return UsageRequest(out if edits else None)
+
+
+def _asking(raw: bytes) -> bytes | str | None:
+    """A ``stream_options`` value that asks for usage (None: this one asks already), or why
+    there is none to give."""
+    if len(raw) > _MAX_OPTIONS:
+        return f"stream_options is larger than {_MAX_OPTIONS // 1024} KB"
+    names_seen_twice = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict:
+        if len({name for name, _ in items}) < len(items):
+            names_seen_twice.append(True)
+        return dict(items)
+
+    try:
+        options = json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return "stream_options is not valid JSON"
+    if options is None:
+        options = {}
     if not isinstance(options, dict):
-        return None  # not ours to correct: the provider will say what is wrong with it
-    request["stream_options"] = {**options, "include_usage": True}
-    return json.dumps(request, ensure_ascii=False, separators=(",", ":")).encode()
+        return "stream_options is not an object"  # the provider refuses the call, and says why
+    if options.get("include_usage") is True and not names_seen_twice:
+        return None
+    return json.dumps({**options, **_ASK}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _value(raw: bytes) -> object:
+    if len(raw) > 16:
+        return None  # not true, false or null
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
 
 
 class UsageStripper:

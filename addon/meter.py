@@ -53,6 +53,7 @@ class CallMeter:
         self._identity = False  # no content-encoding: skip the decoder on every chunk
         self._sse: SSEDecoder | None = None
         self.usage_injected = False  # we asked upstream for the usage the client did not ask for
+        self.usage_not_requested: str | None = None  # why we could not ask for it, when we could not
         self._stripper: UsageStripper | None = None
 
     def start_response(self, status: int, content_type: str, content_encoding: str) -> bool:

@@ -76,6 +76,8 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         error = f"usage implausible: {observed.invalid_usage}"[:200]
     if error is None and meter.read_failure and meter.provider.metered(meter.path):
         error = f"usage unreadable: {meter.read_failure}"
+    if error is None and meter.usage_not_requested and meter.stream and source != "reported":
+        error = f"usage not requested: {meter.usage_not_requested}"
     return {
         "id": meter.id, "ts": _ts(meter), "key_id": meter.key_id, "provider": meter.provider.name,
         "endpoint": meter.provider.endpoint(meter.path), "model": model, "stream": meter.stream, "status": meter.status,

@@ -4,16 +4,19 @@
    empty and dot segments removed, no trailing slash. ``/v1/%63hat/completions``,
    ``/v1//chat/completions`` and ``/v1/chat/completions/`` are all ``/v1/chat/completions``, and
    that is the path forwarded, so what we meter, limit and budget is what the upstream serves.
-   An encoded ``/`` or ``\\`` cannot be made canonical and is refused.
+   A path a front end might still read as another (an encoded ``/``, ``\\``, ``?`` or ``#``;
+   ``;``, ``\\``, spaces, controls, non-ASCII, a segment ending in ``.``) is refused.
 2. **The credentials name the owner** (``owner``). Anthropic's signature (``anthropic-version``,
-   ``x-api-key``, an ``sk-ant-`` key) and Gemini's (``x-goog-api-key``, ``key=``) send the request
-   to that provider, whatever the path; a path that provider does not serve is answered with a 404
-   naming the base URL to set, and nothing is forwarded. So no provider's key reaches another.
+   ``x-api-key``, an ``sk-ant-`` key in any header) and Gemini's (``x-goog-api-key``, a ``key``
+   query parameter, an ``AIza`` key) send the request to that provider, whatever the path; a path
+   that provider does not serve is answered with a 404 naming the base URL to set, and nothing is
+   forwarded. So no provider's key reaches another.
 3. **Then the path**: an explicit prefix (``/gemini/...``), Anthropic's own paths, else OpenAI.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import NamedTuple
 from urllib.parse import quote, unquote
@@ -29,9 +32,14 @@ _ANTHROPIC_TREES = ("/v1/messages/batches", "/v1/models", "/v1/files", "/v1/orga
 _ANTHROPIC_ROOTS = ("messages", "models", "complete", "files", "organizations", "skills")
 _GEMINI_ROOTS = ("/v1beta/", "/v1alpha/", "/upload/", "/v1/models/", "/v1/tunedModels", "/v1/operations",
                  "/v1/cachedContents", "/v1/files")
-_ENCODED_SEPARATOR = re.compile(r"%(?:2[fF]|5[cC])")
-# Escapes kept as they are: decoding them would change where the path ends or what it says.
-_KEPT_ESCAPE = re.compile(r"(%(?:25|3[fF]|23))")
+# Escapes that cannot be decoded without changing where a segment or the path ends: '/', '\\',
+# '?', '#'. An upstream's front end that decodes them anyway would serve another path than we meter.
+_ENCODED_SEPARATOR = re.compile(r"%(?:2[fF]|5[cC]|3[fF]|23)")
+_KEPT_ESCAPE = re.compile(r"(%25)")  # a literal '%' stays escaped
+# What no provider's API path holds, and what front ends drop or rewrite (path parameters after
+# ';', '\\' for '/', trailing dots and spaces, NUL and other controls, Unicode folding): forwarded,
+# /v1/chat/completions;x could be served as the chat API and metered as an unknown path.
+_ODD = re.compile(r"[^\x21-\x7e]|[;\\]|\.(?:/|$)")
 _SAFE = "/:@!$&'()*+,;=-._~%"
 
 
@@ -51,7 +59,7 @@ class Route(NamedTuple):
 def canonical(path: str) -> str | None:
     """The canonical form of a request path (no query), or None when it has none."""
     if "%" not in path and "//" not in path and "/." not in path and (len(path) < 2 or path[-1] != "/"):
-        return path  # the common case, checked in ~100 ns
+        return None if _ODD.search(path) else path  # the common case: a few tests and one search
     if _ENCODED_SEPARATOR.search(path):
         return None
     pieces = _KEPT_ESCAPE.split(path)
@@ -69,10 +77,19 @@ def canonical(path: str) -> str | None:
             segments.pop()
             continue
         segments.append(segment)
-    return quote("/" + "/".join(segments), safe=_SAFE)
+    clean = "/" + "/".join(segments)
+    return None if _ODD.search(clean) else quote(clean, safe=_SAFE)
 
 
 _SIGNATURE_HEADERS = {b"anthropic-version": ANTHROPIC, b"x-api-key": ANTHROPIC, b"x-goog-api-key": GOOGLE}
+# An Anthropic or Google key as a token of its own, in any header or query value: a client may put
+# it anywhere (after many spaces, in Azure's api-key header, in a Basic credential), and wherever
+# it is, it is that provider's. Google's keys are "AIza" and 35 more characters.
+_FOREIGN_KEY = re.compile(rb"(?:^|[\s:=,;\"'])(?:(sk-ant-)|AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-]))")
+_BASIC = re.compile(rb"\s*basic\s+([0-9A-Za-z+/=_\-]+)\s*$", re.IGNORECASE)
+_AUTHORIZATION = (b"authorization", b"proxy-authorization")
+# Gemini's OpenAI-compatible API: its calls would go unmetered, so they are not forwarded.
+_GEMINI_OPENAI = ("/v1beta/openai", "/v1/openai")
 
 
 def owner(headers: Headers, query: str) -> str | None:
@@ -82,14 +99,43 @@ def owner(headers: Headers, query: str) -> str | None:
     found = None
     for name, value in headers.fields:
         lowered = name.lower()
-        kind = _SIGNATURE_HEADERS.get(lowered)
-        if kind is None and lowered == b"authorization" and b"sk-ant-" in value[:16]:
-            kind = ANTHROPIC
+        kind = _SIGNATURE_HEADERS.get(lowered) or _key_in(value)
+        if kind is None and lowered in _AUTHORIZATION:
+            kind = _basic_key(value)
         if kind == ANTHROPIC:
             return ANTHROPIC
         found = found or kind
-    if found is None and (query.startswith("key=") or "&key=" in query):
-        found = GOOGLE
+    return found or (_query_owner(query) if query else None)
+
+
+def _key_in(value: bytes) -> str | None:
+    if b"sk-ant-" not in value and b"AIza" not in value:
+        return None
+    kinds = {ANTHROPIC if found.group(1) else GOOGLE for found in _FOREIGN_KEY.finditer(value)}
+    return ANTHROPIC if ANTHROPIC in kinds else GOOGLE if kinds else None
+
+
+def _basic_key(value: bytes) -> str | None:
+    basic = _BASIC.match(value)
+    if basic is None:
+        return None
+    try:
+        return _key_in(base64.b64decode(basic.group(1) + b"==", altchars=b"-_"))
+    except ValueError:
+        return None
+
+
+def _query_owner(query: str) -> str | None:
+    """Google's ``key`` parameter however it is written (``KEY``, ``k%65y``), or a key as a value."""
+    found = None
+    for param in query.split("&"):
+        name, _, value = param.partition("=")
+        kind = _key_in(unquote(value).encode("utf-8", "surrogateescape"))
+        if kind is None and unquote(name).strip().lower() == "key":
+            kind = GOOGLE
+        if kind == ANTHROPIC:
+            return ANTHROPIC
+        found = found or kind
     return found
 
 
@@ -99,8 +145,10 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
     clean = canonical(path)
     if clean is None:
         raise Misrouted(fallback, 400, "aispendtrack_bad_path",
-                        f"AiSpendTrack cannot forward {path[:200]!r}: the path has an encoded '/' or '\\' or "
-                        f"climbs above the root. Call the provider's documented path. Nothing was forwarded.")
+                        f"AiSpendTrack cannot forward {path[:200]!r}: the path climbs above the root, or has a "
+                        f"character no API path has (';', '\\', a space, a control or non-ASCII character, an "
+                        f"encoded '/', '\\', '?' or '#', a segment ending in '.'). Call the provider's documented "
+                        f"path. Nothing was forwarded.")
     credentials = owner(headers, query)
     provider, rest = _by_prefix(providers, clean)
     if provider is not None:
@@ -120,6 +168,11 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
             raise _foreign(fallback, clean)
     if provider.name == ANTHROPIC:
         rest = _anthropic_path(provider, rest)
+    if provider.name == GOOGLE and _under(rest, _GEMINI_OPENAI):
+        raise Misrouted(fallback, 404, "aispendtrack_unmetered_api",
+                        f"AiSpendTrack did not forward this call: {rest[:200]} is Gemini's OpenAI-compatible API, "
+                        f"whose calls are not metered. Call Gemini's own API through http://HOST:PORT/gemini "
+                        f"(google-genai SDK; see docs/providers.md).")
     _refuse_wrong_case(provider, rest)
     return Route(provider, rest)
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+
 import pytest
-from mitmproxy import exceptions
+from mitmproxy import ctx, exceptions
 from mitmproxy.test import taddons, tflow
 
 from addon.aispendtrack import make_addons
@@ -24,7 +27,9 @@ class Chain:
     def request(self, flow) -> None:
         for addon in self.addons:
             if hasattr(addon, "request"):
-                addon.request(flow)
+                result = addon.request(flow)
+                if inspect.iscoroutine(result):  # mitmproxy awaits a hook that is a coroutine
+                    asyncio.run(result)
 
 
 @pytest.fixture
@@ -57,10 +62,24 @@ def test_anthropic_paths_go_to_the_anthropic_upstream_with_its_base_path(addon):
 
 
 def test_openai_paths_keep_the_reverse_mode_target(addon):
-    flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY})
-    before = (flow.request.host, flow.request.port)
+    flow = _flow("/v1//chat/completions/", **{"x-aispendtrack-key": KEY})
+    # Where mitmproxy's reverse mode pointed the request before our hooks ran.
+    flow.request.scheme, flow.request.host, flow.request.port = "https", "reverse.example", 9443
     addon.request(flow)
-    assert (flow.request.host, flow.request.port) == before
+    assert flow.response is None  # forwarded, and metered as an OpenAI chat call
+    meter = flow.metadata["aispendtrack"]
+    assert (meter.provider.name, meter.path, meter.key_id) == ("openai", "/v1/chat/completions", 7)
+    assert (flow.request.scheme, flow.request.host, flow.request.port, flow.request.path) == (
+        "https", "reverse.example", 9443, "/v1/chat/completions")
+
+
+def test_an_openai_upstream_option_replaces_the_reverse_mode_target(addon):
+    ctx.options.update(aispendtrack_openai_upstream="http://openai.example:8081/base/")
+    flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY})
+    flow.request.scheme, flow.request.host, flow.request.port = "https", "reverse.example", 9443
+    addon.request(flow)
+    assert (flow.request.scheme, flow.request.host, flow.request.port, flow.request.path) == (
+        "http", "openai.example", 8081, "/base/v1/chat/completions")
 
 
 def test_our_headers_are_removed_even_when_sent_twice_and_the_first_value_counts(addon):

@@ -8,11 +8,14 @@ the upstream serves. The proxy's own key never leaves in a query string.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import json
 import time
 
 import anthropic
 import httpx
+import openai
 import pytest
 
 from addon.routing import canonical
@@ -37,6 +40,10 @@ ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-secret", "anthropic-version": "2023-06
     ("/v1/chat%5ccompletions", None),
     ("/../v1/chat/completions", None),
     ("/v1/%ff", None),
+    ("/v1/chat/completions;x", None),
+    ("/v1/chat/completions%2e", None),
+    ("/v1/files/a%3Fb", None),
+    ("/v1/chat/%2e%2e/chat/completions", "/v1/chat/completions"),
 ])
 def test_canonical_paths(raw, expected):
     assert canonical(raw) == expected
@@ -176,3 +183,77 @@ def test_our_key_in_a_query_string_is_removed_and_refused(split):
                           json=CHAT, timeout=10)
     assert response.status_code == 200
     assert openai_upstream.last().path == "/v1/chat/completions?x=1"
+
+
+def _raw_post(proxy, path: str, headers: dict, body: dict) -> tuple[int, dict]:
+    """POST with the path exactly as written (an HTTP library would clean some of these up)."""
+    connection = http.client.HTTPConnection(proxy.url.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("POST", path, json.dumps(body), {"x-aispendtrack-key": proxy.key,
+                                                           "content-type": "application/json", **headers})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/chat/completions;x", "/v1/chat/completions%3B", "/v1/chat/completions%3bx", "/v1/chat/completions%20",
+    "/v1/chat/completions%2e", "/v1/chat/completions.", "/v1/chat/completions%00", "/v1/chat/completions\\",
+    "/v1/chat/completions%09", "/v1/chat/completions%3F", "/v1/chat/completions%23", "/v1/embeddings;",
+    "/v1/chat/compl%C3%A9tions", "/openai/v1/chat/completions;", "/groq/openai/v1/chat/completions%20",
+])
+def test_paths_a_front_end_may_rewrite_into_a_metered_one_are_refused_not_forwarded(split, path):
+    proxy, openai_upstream, *_ = split
+    before = len(openai_upstream.received)
+    status, body = _raw_post(proxy, path, {"authorization": "Bearer sk-test"}, CHAT)
+    assert status == 400 and body["error"]["code"] == "aispendtrack_bad_path"
+    assert "Nothing was forwarded" in body["error"]["message"] and "character" in body["error"]["message"]
+    assert len(openai_upstream.received) == before
+
+
+GEMINI_KEY = "AIzaSyD-fake-test-key-0123456789abcdefg"  # Google's format: AIza and 35 more characters
+assert len(GEMINI_KEY) == 39
+BASIC_ANTHROPIC = "Basic " + base64.b64encode(b":sk-ant-secret-basic").decode()
+
+
+@pytest.mark.parametrize("target,headers,secret", [
+    ("/v1/chat/completions", {"authorization": "Bearer" + " " * 40 + "sk-ant-secret-spaced"}, "sk-ant-secret-spaced"),
+    ("/v1/chat/completions", {"authorization": "Bearer\tsk-ant-secret-tab"}, "sk-ant-secret-tab"),
+    ("/v1/chat/completions", {"authorization": BASIC_ANTHROPIC}, BASIC_ANTHROPIC),
+    ("/v1/chat/completions", {"api-key": "sk-ant-secret-azure-header"}, "sk-ant-secret-azure-header"),
+    ("/v1/chat/completions?KEY=AIza-secret-upper", {"authorization": "Bearer sk-test"}, "AIza-secret-upper"),
+    ("/v1/chat/completions?k%65y=AIza-secret-escaped", {"authorization": "Bearer sk-test"}, "AIza-secret-escaped"),
+    ("/v1/chat/completions?x=1&Key=AIza-secret-mixed", {"authorization": "Bearer sk-test"}, "AIza-secret-mixed"),
+    ("/v1/chat/completions", {"authorization": f"Bearer {GEMINI_KEY}"}, GEMINI_KEY),
+])
+def test_a_key_in_another_providers_form_never_reaches_openai(split, target, headers, secret):
+    proxy, openai_upstream, claude, gemini = split
+    before = len(openai_upstream.received), len(claude.received), len(gemini.received)
+    status, body = _raw_post(proxy, target, headers, CHAT)
+    assert status == 404, body
+    assert "did not forward this call" in json.dumps(body) and "base URL" in json.dumps(body)
+    assert (len(openai_upstream.received), len(claude.received), len(gemini.received)) == before
+    assert not [r for r in openai_upstream.received if secret in r.path or secret in json.dumps(r.headers)]
+
+
+def test_a_gemini_key_on_geminis_openai_compatible_path_is_refused_not_sent_to_openai(split):
+    proxy, openai_upstream, claude, gemini = split
+    before = len(openai_upstream.received), len(claude.received), len(gemini.received)
+    client = openai.OpenAI(base_url=proxy.url + "/v1beta/openai", api_key=GEMINI_KEY, max_retries=0,
+                           default_headers={"x-aispendtrack-key": proxy.key})
+    with pytest.raises(openai.NotFoundError, match="OpenAI-compatible.*not metered.*/gemini"):
+        client.chat.completions.create(model="gemini-2.5-flash", messages=CHAT["messages"])
+    assert (len(openai_upstream.received), len(claude.received), len(gemini.received)) == before
+    assert not [r for r in openai_upstream.received if GEMINI_KEY in json.dumps(r.headers)]
+
+
+def test_an_anthropic_key_after_many_spaces_still_goes_to_anthropic(split):
+    proxy, openai_upstream, claude, _ = split
+    response = _post(proxy, "/v1/messages", {"authorization": "Bearer" + " " * 40 + "sk-ant-secret-far",
+                                             "x-customer-id": "spaced-bearer"}, MESSAGE)
+    assert response.status_code == 200, response.text
+    assert claude.last().path == "/v1/messages" and "sk-ant-secret-far" in claude.last().headers["authorization"]
+    [row] = proxy.rows("spaced-bearer")
+    assert row["provider"] == "anthropic" and row["usage_source"] == "reported"
+    assert _leaked(openai_upstream) == []
