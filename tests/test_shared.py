@@ -18,6 +18,7 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -464,3 +465,28 @@ def test_reconcile_and_its_daily_record_work_on_shared_storage(shared_env, tmp_p
     web = create_app(tmp_path / "web").test_client()
     [latest] = web.get("/api/v1/reconciliation", headers={"Authorization": f"Bearer {token}"}).get_json()
     assert latest["provider"] == "openai" and latest["days_differing"] == 1
+
+
+def test_the_first_web_request_after_postgres_comes_back_is_answered(cluster, shared_env, tmp_path):
+    """The web app keeps its storage connection open; after a restart of PostgreSQL it reconnects
+    before answering instead of failing the first request on the dead connection."""
+    from web import create_app
+    from web.server import WebServer
+    home = tmp_path / "web"
+    token = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    server = WebServer("127.0.0.1", 0, create_app(home))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/api/v1/report/total"
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        assert httpx.get(url, headers=headers, timeout=30).status_code == 200  # the connection is open now
+        for _ in range(2):
+            cluster.stop("fast")
+            cluster.start()
+            cluster.wait_ready()
+            first = httpx.get(url, headers=headers, timeout=30)
+            assert first.status_code == 200, first.text
+            assert first.json()["calls"] == 0
+    finally:
+        server.shutdown()
+

@@ -183,9 +183,14 @@ def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBP
         try:
             yield cast(duckdb.DuckDBPyConnection, con)
         except Exception as exc:
-            if shared.is_connection_failure(exc):
-                shared.drop()
-            raise
+            if not shared.is_connection_failure(exc):
+                raise
+            shared.drop()
+            if isinstance(exc, StoreError):
+                raise
+            # One line that says what happened (a 503 in JSON from the API), not a driver's traceback.
+            raise shared.SharedUnavailable(f"the shared storage at {cfg.where} stopped answering "
+                                           f"({type(exc).__name__}); try again.") from exc
         finally:
             _in_use.remove(con)
     finally:
