@@ -17,7 +17,7 @@ from typing import cast
 
 import duckdb
 
-from . import encryption, migrations, shared
+from . import encryption, lake, migrations, shared
 from .errors import StoreError
 
 # DuckDB refuses a second connection to a file from the same process with another configuration
@@ -189,8 +189,8 @@ def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBP
             if isinstance(exc, StoreError):
                 raise
             # One line that says what happened (a 503 in JSON from the API), not a driver's traceback.
-            raise shared.SharedUnavailable(f"the shared storage at {cfg.where} stopped answering "
-                                           f"({type(exc).__name__}); try again.") from exc
+            raise shared.SharedUnavailable(f"the shared storage at {cfg.where} failed ({type(exc).__name__}); "
+                                           f"its connection is opened afresh on the next use: try again.") from exc
         finally:
             _in_use.remove(con)
     finally:
@@ -235,7 +235,8 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
     refresh keys. ``time_limit`` (seconds) interrupts a query still running then (ReadTooLong)."""
     cfg = shared.configured()
     if cfg is not None:
-        with _shared(cfg, timeout) as shared_con, _time_limited(shared_con, time_limit):
+        with (_shared(cfg, timeout) as shared_con, lake.reading_files(control(shared_con)),
+              _time_limited(shared_con, time_limit)):
             yield shared_con
         return
     if not path.exists():

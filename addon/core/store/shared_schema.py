@@ -15,9 +15,11 @@ from .calls import CALL_COLUMNS, COST_TYPE
 from .errors import StoreError
 from .migrations import RECONCILIATIONS_DDL
 
-# pg_advisory_lock ids (any two fixed numbers of ours): schema changes, lake maintenance.
+# pg_advisory_lock ids (fixed numbers of ours): schema changes, lake maintenance, reads of the
+# lake's files (with the generation of files they may use as the second key: lake.py).
 SCHEMA_LOCK = 7_415_001
 MAINTENANCE_LOCK = 7_415_002
+LAKE_READS_LOCK = 7_415_003
 
 _CONTROL = """
 -- Column order as in the embedded file, so that SELECT * reads alike in both modes.
