@@ -31,12 +31,15 @@ from pathlib import Path
 
 import duckdb
 
-from .core.store import calls, shared, subjects
+from .core.store import StoreBusy, calls, shared, subjects
 from .core.store.connection import is_shared, writing
 
 log = logging.getLogger(__name__)
 
 SPILL_RETRY_SECONDS = 30
+# How long rows may wait for a file another reader holds before the log says so: calls show in
+# reports within ~2 s under load, so 5 s is a delay someone could notice.
+BUSY_PATIENCE_S = 5.0
 QUARANTINE_DIR = "quarantine"  # under the spill directory; replay never reads it, GDPR requests do
 # Errors about the rows themselves, not the database: retrying them can never succeed.
 _ROW_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException,
@@ -66,6 +69,7 @@ class Writer(threading.Thread):
         self._keys_due = 0.0
         self._failing_since: float | None = None
         self._last_warning = self._last_sync_warning = -1e9
+        self._warned = False  # a warning about this failure was logged: say when it is over
         # After a failed write, whether the rows were stored is unknown (a commit that failed to
         # answer may have landed, above all on a remote catalog): the retry skips stored ids.
         self._uncertain = False
@@ -143,9 +147,10 @@ class Writer(threading.Thread):
                 finally:  # after the rows (new budgets are seeded from them), and even if they failed
                     if keys_due:
                         self._refresh(con)
-            if self._failing_since is not None:
-                log.info("writing to %s again after %.0f s", self.where, time.monotonic() - self._failing_since)
-            self._failing_since = None
+            if self._warned:
+                log.warning("wrote the waiting rows to %s after %.0f s; nothing was lost", self.where,
+                            time.monotonic() - (self._failing_since or time.monotonic()))
+            self._failing_since, self._warned, self._last_warning = None, False, -1e9
         except Exception as exc:  # locked, read-only, disk full, storage away...: keep the rows, try again
             self._uncertain = True
             self._on_failure(exc)
@@ -206,10 +211,18 @@ class Writer(threading.Thread):
     def _on_failure(self, exc: Exception) -> None:
         now = time.monotonic()
         self._failing_since = self._failing_since or now
-        if now - self._last_warning > 30:
-            self._last_warning = now
-            log.warning("cannot write %s (%s: %s); %d rows kept and retried", self.where,
-                        type(exc).__name__, str(exc).splitlines()[0][:200], len(self._pending))
+        waited = now - self._failing_since
+        # A reader holding the file for a moment is how sharing it works: the rows go in at a later
+        # cycle, and a line per cycle would only alarm. Only a wait long enough to delay what reports
+        # show is worth a line; any other failure (disk full, storage away) needs a person at once.
+        busy = isinstance(exc, StoreBusy)
+        if (not busy or waited >= BUSY_PATIENCE_S) and now - self._last_warning > 30:
+            self._last_warning, self._warned = now, True
+            cause = str(exc).splitlines()[0][:300] if busy else f"{type(exc).__name__}: {_first_line(exc)}"
+            log.warning("cannot write %s for %.0f s: %s. The %d rows waiting are safe: kept in memory and "
+                        "retried every %.1f s (put in %s after %.0f s); they show in reports once written.",
+                        self.where, waited, cause, len(self._pending), self.flush_interval, self.spill_dir,
+                        self.spill_after_seconds)
         if (len(self._pending) >= self.spill_after_rows
                 or self._pending and now - self._failing_since >= self.spill_after_seconds):
             self._spill()
@@ -278,3 +291,6 @@ def _write_private(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
 
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else ""

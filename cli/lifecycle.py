@@ -24,7 +24,10 @@ def _duration(value: str | None) -> dt.timedelta | None:
     duration = parse_duration(value)
     if not duration:
         raise click.BadParameter(f"{value!r}: give a number and a unit, e.g. 30d, 12h or 2w.")
-    return duration
+    try:
+        return retention.check_older_than(duration)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from None
 
 
 @click.command()

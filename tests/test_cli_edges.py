@@ -117,3 +117,17 @@ def test_the_proxy_loads_its_token_encodings_at_start_not_on_the_first_estimate(
         assert proxy.calls() == []  # no call was made: the proxy did it by itself
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("report", "--since", "0001-01-01T00:00+14:00"), "falls outside the years 1 to 9999 in UTC"),
+    (("report", "--until", "9999-12-31T23:59:59-23:59"), "falls outside the years 1 to 9999 in UTC"),
+    (("export", "--since", "0001-01-01", "--tz", "Asia/Tokyo"), "falls outside the years 1 to 9999 in UTC"),
+    (("export", "--key", "9" * 30), "key must be a key id (a number from 1 to 2147483647"),
+    (("purge", "--older-than", "999999w"), "at most 36,500 days (100 years)"),
+    (("gdpr", "export", "--key", "-1"), "key must be a key id (a number from 1 to 2147483647"),
+])
+def test_times_and_numbers_out_of_range_are_refused_with_the_range(tmp_path, args, message):
+    result = _invoke(tmp_path, *args)
+    assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
+    assert message in result.output, result.output

@@ -111,3 +111,86 @@ def test_exports_have_the_documented_media_types(site):
         response = httpx.get(site["url"] + "/api/v1/export", params={"format": fmt, "since": "1d"},
                              headers={"Authorization": f"Bearer {site['admin']}"}, timeout=30)
         assert response.status_code == 200 and response.headers["content-type"].split(";")[0] in media
+
+
+# Values a client may send by mistake or on purpose: dates whose offset carries them past the years
+# a datetime can hold, huge, fractional, negative and boolean numbers, lists, objects, nulls, noise.
+HOSTILE_QUERY = ["1e9", "-1", "1.5", "true", "null", "[1]", "\x00", "9" * 40, "../../etc/passwd", "x" * 5000]
+HOSTILE_DATES = ["0001-01-01T00:00+14:00", "9999-12-31T23:59:59-23:59", "0001-01-01", "999999w", "9999-12-31T23:30"]
+HOSTILE_JSON = [1e9, 10**9, 10**30, -1, 0, 1.5, True, False, None, "30", "", [1], [], {"a": 1}, "\x00"]
+HOSTILE_BODIES = [b"[]", b"[1, 2]", b'"purge"', b"null", b"1e9", b"true", b"{", b"{\"dry_run\": tru}", b"\xff\xfe"]
+# Forced on a second parameter, so the extreme dates are read in a zone that moves them too.
+ZONES = {"tz": "Asia/Tokyo"}  # before 1888: local mean time, +09:18:59
+
+
+def _params(spec: dict, operation: dict) -> list[tuple[str, dict]]:
+    return [(p["name"], p["schema"]) for p in operation.get("parameters", [])]
+
+
+def _fits(value: object, schema: dict, spec: dict) -> bool:
+    return Draft202012Validator({**schema, "components": spec["components"]}).is_valid(value)
+
+
+def _problem(response: httpx.Response, spec: dict, what: str, must_refuse: bool) -> str | None:
+    """What is wrong with one answer to a hostile request, or None."""
+    media = response.headers["content-type"].split(";")[0]
+    if response.status_code >= 500 or media == "text/html":
+        return f"{what}: {response.status_code} {media} {response.text[:120]!r}"
+    if must_refuse and response.status_code != 400:
+        return f"{what}: {response.status_code} instead of 400"
+    if response.status_code != 200:
+        validator = Draft202012Validator({**spec["components"]["schemas"]["Error"], "components": spec["components"]})
+        if media != "application/json" or not validator.is_valid(response.json()):
+            return f"{what}: {response.status_code} not the API's JSON error: {response.text[:120]!r}"
+    return None
+
+
+def _walk(client: httpx.Client, spec: dict) -> tuple[int, list[str]]:
+    """Every parameter and body field of every endpoint, with every hostile value."""
+    checked, problems = 0, []
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method == "get":
+                for name, schema in _params(spec, operation):
+                    for value in HOSTILE_QUERY + (HOSTILE_DATES if name in ("since", "until") else []):
+                        response = client.get(path, params={**ZONES, name: value})
+                        typed = schema.get("type") in ("integer", "array") or "enum" in schema
+                        must_refuse = (typed and not _fits(_as_number(value), schema, spec)
+                                       or value in HOSTILE_DATES[:-1])
+                        problems.append(_problem(response, spec, f"GET {path}?{name}={value[:30]!r}", must_refuse))
+                        checked += 1
+                continue
+            body_schema = operation["requestBody"]["content"]["application/json"]["schema"]
+            if "$ref" in body_schema:
+                body_schema = spec["components"]["schemas"][body_schema["$ref"].rsplit("/", 1)[1]]
+            for name, schema in body_schema["properties"].items():
+                for value in HOSTILE_JSON:
+                    body = {"dry_run": True, name: value} if path == "/purge" else {name: value}
+                    response = client.post(path, json=body)
+                    must_refuse = not _fits(value, schema, spec) or name == "older_than_days" and value == 10**9
+                    problems.append(_problem(response, spec, f"POST {path} {body!r}", must_refuse))
+                    checked += 1
+            for raw in HOSTILE_BODIES:
+                response = client.post(path, content=raw, headers={"Content-Type": "application/json"})
+                problems.append(_problem(response, spec, f"POST {path} {raw!r}", must_refuse=True))
+                checked += 1
+    return checked, [p for p in problems if p]
+
+
+def test_hostile_values_in_every_parameter_get_a_json_4xx_never_a_500_or_html(site):
+    """Walks every endpoint of the OpenAPI document: each parameter and body field gets each hostile
+    value; a value its schema refuses (or a time no calendar holds) is a 400 in the Error shape."""
+    spec = httpx.get(site["url"] + "/api/v1/openapi.json").json()
+    headers = {"Authorization": f"Bearer {site['admin']}"}
+    with httpx.Client(base_url=site["url"] + "/api/v1", headers=headers, timeout=60) as client:
+        checked, problems = _walk(client, spec)
+    assert checked > 300  # every endpoint was walked
+    assert not problems, f"{len(problems)} of {checked}:\n" + "\n".join(problems)
+
+
+def _as_number(value: str) -> object:
+    """How a query string would read as JSON, for checking it against an integer schema."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

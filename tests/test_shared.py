@@ -18,6 +18,7 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -464,3 +465,77 @@ def test_reconcile_and_its_daily_record_work_on_shared_storage(shared_env, tmp_p
     web = create_app(tmp_path / "web").test_client()
     [latest] = web.get("/api/v1/reconciliation", headers={"Authorization": f"Bearer {token}"}).get_json()
     assert latest["provider"] == "openai" and latest["days_differing"] == 1
+
+
+def test_the_first_web_request_after_postgres_comes_back_is_answered(cluster, shared_env, tmp_path):
+    """The web app keeps its storage connection open; after a restart of PostgreSQL it reconnects
+    before answering instead of failing the first request on the dead connection."""
+    from web import create_app
+    from web.server import WebServer
+    home = tmp_path / "web"
+    token = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    server = WebServer("127.0.0.1", 0, create_app(home))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/api/v1/report/total"
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        assert httpx.get(url, headers=headers, timeout=30).status_code == 200  # the connection is open now
+        for _ in range(2):
+            cluster.stop("fast")
+            cluster.start()
+            cluster.wait_ready()
+            first = httpx.get(url, headers=headers, timeout=30)
+            assert first.status_code == 200, first.text
+            assert first.json()["calls"] == 0
+    finally:
+        server.shutdown()
+
+
+
+def test_an_erase_on_one_replica_never_fails_a_read_running_on_another(cluster, shared_env, tmp_path):
+    """Replica A (a CLI process) erases customers, which deletes the lake files that held them, while
+    replica B (this process) reads every file in a loop. B's reads are slow on purpose (one thread,
+    a costly expression: a big report on a busy machine), so each erase lands in the middle of one
+    that has files still to open. Every read succeeds, and the erased values are in no file after."""
+    from addon.core.store import calls as call_rows
+    from addon.core.store import lake, reading, writing
+
+    from .helpers import call_row
+    victims = [f"victim-{n}-{uuid.uuid4().hex[:8]}" for n in range(3)]
+    with writing(tmp_path / "unused.duckdb") as con:  # past the inlining limit: one Parquet file per batch
+        for batch in range(12):
+            call_rows.insert(con, [call_row(n, customer_id=victims[n % 4] if n % 4 < 3 else f"keep-{n}")
+                                   for n in range(batch * 10_001, (batch + 1) * 10_001)])
+    stop, reads, failures = threading.Event(), [], []
+
+    def read_in_a_loop() -> None:
+        while not stop.is_set():
+            try:
+                with reading(tmp_path / "unused.duckdb") as con:
+                    con.execute("SET threads = 1")
+                    try:
+                        reads.append(con.execute("SELECT count(*) FROM calls WHERE md5(repeat(customer_id, 300)) "
+                                                 "<> ''").fetchone()[0])
+                    finally:
+                        con.execute("RESET threads")
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    reader = threading.Thread(target=read_in_a_loop)
+    reader.start()
+    took = []
+    try:
+        time.sleep(1)
+        for victim in victims:
+            started = time.monotonic()
+            erased = cli(tmp_path / "replica-a", "gdpr", "delete", "--customer", victim, "--yes")
+            took.append(time.monotonic() - started)
+            assert f"Erased customer {victim}: 30,003 calls" in erased.stdout, erased.stdout
+    finally:
+        stop.set()
+        reader.join(300)
+    assert failures == [] and len(reads) >= 3, (failures[:2], reads)
+    assert max(took) < lake.ERASE_WAITS_FOR_READS_S + 60  # it waited for the running read, not longer
+    lake_dir = Path(os.environ["AISPENDTRACK_DATA_PATH"])
+    for victim in victims:
+        assert files_containing(lake_dir, victim.encode()) == []

@@ -1,14 +1,23 @@
-"""Embedded mode: one proxy per data directory. A second one exits at once and names the first."""
+"""Embedded mode: one proxy per data directory. A second one exits at once and names the first.
+Readers take turns with the proxy's writer: a short wait costs nothing, a long one one clear line."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
 
-from .helpers import free_port, start_proxy
+from addon.core import home as home_dir
+from addon.core.store import synthetic, writing
+from addon.writer import BUSY_PATIENCE_S
+
+from .helpers import Load, free_port, run_cli, start_proxy
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -44,3 +53,99 @@ def test_a_second_proxy_on_the_same_directory_is_refused_and_the_first_keeps_ser
     # Once it stops (or dies: the kernel drops its lock), the directory is free again.
     again = start_proxy(first.home, upstream.url, tmp_path / "again.log", key=first.key)
     again.stop()
+
+
+def _stored_tags(home: Path) -> set[str]:
+    rows = json.loads(run_cli(home, "calls", "--limit", "1000000", "--format", "json"))
+    return {r["customer_id"] for r in rows if (r["customer_id"] or "").startswith("load-")}
+
+
+def _wait_stored(home: Path, tags: set[str], timeout: float = 20) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while not tags <= (stored := _stored_tags(home)) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    return stored
+
+
+def _writer_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "cannot write" in line or "waiting rows" in line]
+
+
+def test_a_user_browsing_the_page_while_the_proxy_records_costs_no_log_line(tmp_path, upstream):
+    """The in-process web app's reads hold the file for moments; the writer waits its turn quietly."""
+    home = tmp_path / "home"
+    home.mkdir()
+    with writing(home_dir.db_path(home)) as con:  # enough rows that each report holds the file a while
+        synthetic.generate(con, 20_000, end=dt.datetime.now(dt.UTC), days=30, customers=500)
+    web_port = free_port()
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", flush_ms=200,
+                        extra_args=("--web-port", str(web_port)))
+    admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    stop, reads, slowest = threading.Event(), [], [0.0]
+
+    def browse() -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{web_port}/api/v1", timeout=30,
+                          headers={"Authorization": f"Bearer {admin}"}) as client:
+            while not stop.is_set():
+                started = time.monotonic()
+                reads.append(client.get("/report", params={"by": ["model", "day"], "since": "30d"}).status_code)
+                slowest[0] = max(slowest[0], time.monotonic() - started)
+                time.sleep(0.3)  # reading the page between refreshes
+
+    browsers = [threading.Thread(target=browse)]  # one person at a time
+    try:
+        with Load(proxy, threads=1) as load:
+            for browser in browsers:
+                browser.start()
+            time.sleep(8)
+            stop.set()
+            for browser in browsers:
+                browser.join(30)
+        stored = _wait_stored(home, set(load.completed))
+    finally:
+        stop.set()
+        proxy.stop()
+    assert load.failed == 0 and set(load.completed) <= stored, "a call was lost"
+    assert len(reads) >= 4 and set(reads) == {200}, (reads, slowest)
+    assert slowest[0] > 0.2, slowest  # each read held the file longer than the writer's wait for it
+    assert _writer_lines(proxy.log_path.read_text()) == []
+
+
+HOLD_READ_ONLY = """
+import duckdb, sys, time
+deadline = time.monotonic() + 10
+while True:
+    try:
+        con = duckdb.connect(sys.argv[1], read_only=True)
+        break
+    except duckdb.IOException:  # the proxy's writer is flushing: our turn comes within a second
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.01)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_file_held_for_long_by_another_process_is_one_line_naming_it_and_every_row_lands(tmp_path, upstream):
+    home = tmp_path / "home"
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", flush_ms=200)
+    holder = subprocess.Popen(  # a read-only connection: DuckDB's shared lock keeps the writer out
+        [sys.executable, "-c", HOLD_READ_ONLY,
+         str(home_dir.db_path(home)), str(BUSY_PATIENCE_S + 3)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with Load(proxy, threads=2) as load:
+            holder.wait(BUSY_PATIENCE_S + 30)
+            load.wait_for(len(load.completed) + 5)
+        stored = _wait_stored(home, set(load.completed))
+    finally:
+        holder.kill()
+        proxy.stop()
+    assert load.failed == 0 and set(load.completed) <= stored, "a call was lost"
+    lines = _writer_lines(proxy.log_path.read_text())
+    assert len(lines) == 2, lines  # one when the wait began to matter, one when it was over
+    waiting, over = lines
+    assert f"is locked by process {holder.pid} ({sys.executable} -c import duckdb" in waiting
+    assert "rows waiting are safe: kept in memory" in waiting and "Traceback" not in waiting
+    assert "wrote the waiting rows" in over and "nothing was lost" in over

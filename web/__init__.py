@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 
 from addon.core import home as home_dir
+from addon.core import store
 
 from . import (
     privacy,  # noqa: F401  (adds the purge and GDPR routes to the API)
@@ -37,6 +38,14 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None) 
     app.register_blueprint(pages)
     app.register_blueprint(metrics)
     app.register_blueprint(openapi)
+
+    @app.before_request
+    def _name_the_reader():  # named in the proxy's log line if its writer waits for this request
+        store.doing(f"web app ({request.method} {request.path[:100]})")
+
+    @app.teardown_request
+    def _done(_):
+        store.doing(None)
 
     @app.errorhandler(404)
     def not_found(_):

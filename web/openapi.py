@@ -10,6 +10,8 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from addon.core.reports import DIMENSIONS
+from addon.core.retention import MAX_OLDER_THAN_DAYS
+from addon.core.store import keys as key_rows
 from addon.core.store import reports as report_rows
 
 openapi = Blueprint("openapi", __name__)
@@ -18,6 +20,7 @@ _INT = {"type": "integer"}
 _NUM = {"type": "number"}
 _STR = {"type": "string"}
 _TIME = {"type": "string", "format": "date-time"}
+_KEY_ID = {"type": "integer", "minimum": 1, "maximum": key_rows.MAX_ID}
 
 
 def _null(schema: dict) -> dict:
@@ -73,7 +76,7 @@ SCHEMAS = {
                                "difference_percent": _null(_NUM), "days_differing": _INT,
                                "lines": {"type": "array", "items": _ref("ReconciliationLine")}}),
     "Subject": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
-                "properties": {"customer": _STR, "key": _INT}},
+                "properties": {"customer": {**_STR, "minLength": 1}, "key": _KEY_ID}},
     "Erased": _object({"subject": _ref("Subject"),
                        "deleted": {"type": "object", "additionalProperties": _INT,
                                    "required": ["calls", "hourly_usage", "budgets", "alerts", "pending_calls"]}}),
@@ -88,12 +91,13 @@ def _query(name: str, description: str, schema: dict | None = None, **more) -> d
 
 
 _SELECTION = [
-    _query("since", "Start, inclusive: `7d`, `24h`, `today`, `2026-11-01` (midnight in `tz`) or `2026-11-01T09:00`."),
+    _query("since", "Start, inclusive: `7d`, `24h`, `today`, `2026-11-01` (midnight in `tz`) or `2026-11-01T09:00`; "
+                    "within the years 1 to 9999 in UTC."),
     _query("until", "End, exclusive; the same forms as `since`."),
     _query("customer", "Only calls with this `x-customer-id`."),
     _query("feature", "Only calls with this `x-feature`."),
     _query("model", "Only calls of this model (as recorded)."),
-    _query("key", "Only calls of this key id (a key may only ask for its own).", _INT),
+    _query("key", "Only calls of this key id (a key may only ask for its own).", _KEY_ID),
     _query("tz", "IANA time zone for dates and for day, hour and month groups; default UTC."),
 ]
 
@@ -126,7 +130,7 @@ def document() -> dict:
                 {"type": "array", "items": {"type": "string", "enum": list(DIMENSIONS)}, "minItems": 1, "maxItems": 2},
                 style="form", explode=True)
     limit = _query("limit", "Keep only the first groups.", {"type": "integer", "minimum": 1, "maximum": 100_000})
-    subject = [_query("customer", "The customer's `x-customer-id`."), _query("key", "The key id.", _INT)]
+    subject = [_query("customer", "The customer's `x-customer-id`."), _query("key", "The key id.", _KEY_ID)]
     exports = {media: {"schema": {"type": "string", "format": "binary"}}
                for media in dict.fromkeys(report_rows.EXPORT_FORMATS.values())}
     paths = {
@@ -152,7 +156,8 @@ def document() -> dict:
         "/gdpr/delete": _post("Erase a customer or key everywhere and rewrite the storage.", _ref("Subject"),
                               _answer("What was removed.", _ref("Erased"))),
         "/purge": _post("The retention purge.", {"type": "object", "additionalProperties": False, "properties": {
-                            "older_than_days": {"type": "integer", "minimum": 1}, "dry_run": {"type": "boolean"}}},
+                            "older_than_days": {"type": "integer", "minimum": 1, "maximum": MAX_OLDER_THAN_DAYS},
+                            "dry_run": {"type": "boolean"}}},
                         _answer("What expired, and what was deleted (null on a dry run).", _ref("Purged"))),
     }
     return {

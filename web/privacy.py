@@ -7,6 +7,7 @@ session cookie, so no other site can make a signed-in browser send them.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import tempfile
 
 from flask import current_app, g, jsonify, request
@@ -34,6 +35,27 @@ def _subject(values) -> Subject:
         raise ApiError(400, "bad_request", str(exc)) from None
 
 
+def _json_object(fields: tuple[str, ...]) -> dict:
+    """The request's JSON object ({} for no body). Anything else, or a field this endpoint does not
+    take, is a 400: a typo in a field name must not run a purge with the defaults."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        raise ApiError(400, "bad_request", f"The body is not JSON; send an object with {' or '.join(fields)}.") \
+            from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", f"The body must be a JSON object with {' or '.join(fields)}, "
+                                           f"not {type(body).__name__}.")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise ApiError(400, "bad_request", f"Unknown field {unknown[0][:100]!r}; this endpoint takes "
+                                           f"{' and '.join(fields)}.")
+    return body
+
+
 def _spill_dir():
     return current_app.config["AISPENDTRACK_HOME"] / home_dir.SPILL_DIR
 
@@ -51,17 +73,22 @@ def gdpr_export():
 @api.post("/gdpr/delete")
 def gdpr_delete():
     _require_admin(header_only=True)
-    subject = _subject(request.get_json(silent=True) or {})
+    body = _json_object(("customer", "key"))
+    if "key" in body and type(body["key"]) is not int:  # bool is an int to Python, not to a client
+        raise ApiError(400, "bad_request", f"key must be a key id (a JSON number), got {body['key']!r}.")
+    subject = _subject(body)
     return jsonify(subject={subject.kind: subject.value}, deleted=gdpr.erase(db_path(), _spill_dir(), subject))
 
 
 @api.post("/purge")
 def purge():
     _require_admin(header_only=True)
-    body = request.get_json(silent=True) or {}
-    older_than = body.get("older_than_days")
-    if older_than is not None and (not isinstance(older_than, int) or older_than < 1):
-        raise ApiError(400, "bad_request", f"older_than_days must be a whole number of days >= 1, got {older_than!r}.")
-    result = retention.purge(db_path(), dt.datetime.now(dt.UTC),
-                             dt.timedelta(days=older_than) if older_than else None, bool(body.get("dry_run")))
+    body = _json_object(("older_than_days", "dry_run"))
+    days, dry_run = body.get("older_than_days"), body.get("dry_run", False)
+    if "older_than_days" in body and not (type(days) is int and 1 <= days <= retention.MAX_OLDER_THAN_DAYS):
+        raise ApiError(400, "bad_request", f"older_than_days must be a whole number of days from 1 to "
+                                           f"{retention.MAX_OLDER_THAN_DAYS}, got {json.dumps(days)[:100]}.")
+    if type(dry_run) is not bool:
+        raise ApiError(400, "bad_request", f"dry_run must be true or false, got {json.dumps(dry_run)[:100]}.")
+    result = retention.purge(db_path(), dt.datetime.now(dt.UTC), dt.timedelta(days=days) if days else None, dry_run)
     return jsonify(dry_run=result.deleted is None, expired_calls=sum(result.expired.values()), deleted=result.deleted)

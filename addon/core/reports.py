@@ -16,6 +16,7 @@ import zoneinfo
 from dataclasses import dataclass, replace
 
 from . import periods
+from .store import keys
 
 DIMENSIONS = ("model", "provider", "customer", "feature", "key", "day", "hour", "month")
 _RELATIVE = re.compile(r"^(\d{1,6})([mhdw])$")
@@ -104,13 +105,17 @@ def parse_when(value: str, zone: zoneinfo.ZoneInfo, now: dt.datetime, name: str)
                           f"2026-11-01T09:00.") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
-    return parsed.astimezone(dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+14:00 is in the year 0 in UTC, 9999-12-31T23:00-05:00 in 10000
+        raise ReportError(f"{name} {value!r} falls outside the years 1 to 9999 in UTC; give a time "
+                          f"within them.") from None
 
 
 def _key_id(key: str | int | None) -> int | None:
     if key is None or key == "":
         return None
     try:
-        return int(key)
-    except ValueError:
-        raise ReportError(f"key must be a key id (a number, see `aispendtrack keys list`), got {key!r}.") from None
+        return keys.parse_id(key)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None

@@ -25,6 +25,16 @@ class PurgeResult:
     deleted: dict[str, int] | None  # None on a dry run
 
 
+# The longest --older-than / older_than_days: 100 years reach back past any call ever recorded,
+# and a longer span would reach before the year 1, which no date can hold.
+MAX_OLDER_THAN_DAYS = 36_500
+
+
+def check_older_than(span: dt.timedelta) -> dt.timedelta:
+    """``span`` if it is a usable purge age; ValueError says the allowed range."""
+    if not dt.timedelta(0) < span <= dt.timedelta(days=MAX_OLDER_THAN_DAYS):
+        raise ValueError(f"the age to purge must be more than 0 and at most {MAX_OLDER_THAN_DAYS:,} days (100 years).")
+    return span
 
 
 def cutoffs(keys: list[tuple[int, str, int | None]], now: dt.datetime,

@@ -8,6 +8,7 @@ and every other open (CLI, web) waits for its turn with a short retry instead of
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import cast
 
 import duckdb
 
-from . import encryption, migrations, shared
+from . import encryption, lake, migrations, shared
 from .errors import StoreError
 
 # DuckDB refuses a second connection to a file from the same process with another configuration
@@ -24,6 +25,9 @@ from .errors import StoreError
 # in a process takes this lock for its lifetime: at most one is open at a time, whatever its mode.
 _PROCESS_LOCK = threading.RLock()
 _in_use: list = []  # the connection open now (under the lock, so at most one), for progress()
+# Who holds that connection, and since when: named in the message of whoever has to wait for it.
+_holders: list[tuple[str, float]] = []
+_doing = threading.local()
 
 
 class StoreBusy(StoreError):
@@ -43,14 +47,53 @@ def _is_lock_conflict(exc: duckdb.Error) -> bool:
     return "lock" in text and ("conflicting" in text or "could not set" in text)
 
 
+def doing(what: str | None) -> None:
+    """Name what this thread is about to do with the store (``GET /api/v1/export``), for the message
+    of anyone who has to wait for it; None when done."""
+    _doing.what = what
+
+
+def _take_process_lock(what: str, timeout: float) -> None:
+    if not _PROCESS_LOCK.acquire(timeout=timeout):
+        raise StoreBusy(f"{what} is in use by {_holder()}; waited {timeout:.1f} s.")
+    _holders.append((getattr(_doing, "what", None) or f"thread {threading.current_thread().name}",
+                     time.monotonic()))
+
+
+def _release_process_lock() -> None:
+    _holders.pop()
+    _PROCESS_LOCK.release()
+
+
+def _holder() -> str:
+    """Who has this process's connection now, and for how long (read without the lock: a moment's view)."""
+    try:
+        what, since = _holders[-1]
+    except IndexError:
+        return "another part of this process"
+    return f"this process's {what}, for {time.monotonic() - since:.1f} s"
+
+
+def _other_process(exc: duckdb.Error) -> str:
+    """The process DuckDB names as holding the file's lock, with its command line when readable."""
+    found = re.search(r"\(PID (\d+)\)", str(exc))
+    if found is None:
+        return "another process"
+    pid = found.group(1)
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"process {pid}"
+    return f"process {pid} ({' '.join(command.split())[:200]})"
+
+
 def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + timeout
-    if not _PROCESS_LOCK.acquire(timeout=timeout):
-        raise StoreBusy(f"{path} stayed busy in this process for {timeout:.0f}s; try again.")
+    _take_process_lock(str(path), timeout)
     try:
         con = _connect_locked(path, read_only, deadline, timeout)
     except BaseException:
-        _PROCESS_LOCK.release()
+        _release_process_lock()
         raise
     _in_use.append(con)
     return con
@@ -62,7 +105,7 @@ def _close(con: duckdb.DuckDBPyConnection) -> None:
             _in_use.remove(con)
         con.close()
     finally:
-        _PROCESS_LOCK.release()
+        _release_process_lock()
 
 
 def progress() -> float | None:
@@ -122,9 +165,9 @@ def _connect_locked(path: Path, read_only: bool, deadline: float, timeout: float
             if not _is_lock_conflict(exc) or time.monotonic() >= deadline:
                 if _is_lock_conflict(exc):
                     raise StoreBusy(
-                        f"{path} is locked by another process (another aispendtrack command, or a second "
-                        f"proxy on the same data directory). Retried for {timeout:.0f}s; try again, or "
-                        f"stop the other process.") from None
+                        f"{path} is locked by {_other_process(exc)}; waited {timeout:.1f} s. Try again, or "
+                        f"stop that process (another aispendtrack command, or a second proxy on the same "
+                        f"data directory).") from None
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
@@ -133,21 +176,25 @@ def _connect_locked(path: Path, read_only: bool, deadline: float, timeout: float
 @contextlib.contextmanager
 def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
     """The process's shared-storage connection (kept open); dropped if the storage went away."""
-    if not _PROCESS_LOCK.acquire(timeout=timeout):
-        raise StoreBusy(f"the shared storage connection stayed busy in this process for {timeout:.0f}s; try again.")
+    _take_process_lock("the shared storage connection", timeout)
     try:
         con = shared.connection(cfg)
         _in_use.append(con)
         try:
             yield cast(duckdb.DuckDBPyConnection, con)
         except Exception as exc:
-            if shared.is_connection_failure(exc):
-                shared.drop()
-            raise
+            if not shared.is_connection_failure(exc):
+                raise
+            shared.drop()
+            if isinstance(exc, StoreError):
+                raise
+            # One line that says what happened (a 503 in JSON from the API), not a driver's traceback.
+            raise shared.SharedUnavailable(f"the shared storage at {cfg.where} failed ({type(exc).__name__}); "
+                                           f"its connection is opened afresh on the next use: try again.") from exc
         finally:
             _in_use.remove(con)
     finally:
-        _PROCESS_LOCK.release()
+        _release_process_lock()
 
 
 def control(con: duckdb.DuckDBPyConnection):
@@ -188,7 +235,8 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
     refresh keys. ``time_limit`` (seconds) interrupts a query still running then (ReadTooLong)."""
     cfg = shared.configured()
     if cfg is not None:
-        with _shared(cfg, timeout) as shared_con, _time_limited(shared_con, time_limit):
+        with (_shared(cfg, timeout) as shared_con, lake.reading_files(control(shared_con)),
+              _time_limited(shared_con, time_limit)):
             yield shared_con
         return
     if not path.exists():

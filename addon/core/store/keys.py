@@ -8,6 +8,23 @@ import duckdb
 
 from .connection import control, one
 
+# Key ids are INTEGER columns (in PostgreSQL too): a number outside this range names no key, and
+# binding it would fail the query instead.
+MAX_ID = 2**31 - 1
+
+
+def parse_id(value: object) -> int:
+    """A key id given as text or as a number; ValueError says what is wrong."""
+    try:
+        key_id = int(str(value).strip())  # str(): so that neither 1.5 nor True passes as a whole number
+    except ValueError:
+        key_id = 0
+    if not 1 <= key_id <= MAX_ID:
+        raise ValueError(f"key must be a key id (a number from 1 to {MAX_ID}, see `aispendtrack keys list`), "
+                         f"got {str(value)[:100]!r}.")
+    return key_id
+
+
 _COLUMNS = ("id", "name", "prefix", "plan", "per_hour_limit", "per_month_limit", "retention_days", "created_at",
             "revoked_at")
 

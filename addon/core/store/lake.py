@@ -12,19 +12,35 @@ inlined into the catalog until flushed. So:
   is rewritten and every older snapshot expired now, so the deleted values are in no file under
   the data path and in no table of the catalog (measured: tests/test_shared.py, byte checks on
   the data path and on a pg_dump of the catalog).
+
+A read on another replica may have started on a snapshot whose files ``scrub`` deletes. So every
+read holds a shared PostgreSQL advisory lock on the current *generation* of files
+(``reading_files``), and ``scrub``, once no current snapshot needs the old files, starts a new
+generation and waits for the reads of the old one (all of them started before) to end, at most
+``ERASE_WAITS_FOR_READS_S``, before it deletes the files. Reads that start meanwhile take the new
+generation, so they never wait for the erase, and the erase never waits for them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 from collections.abc import Iterator
+from typing import cast
 
 import duckdb
 
 from . import shared, shared_schema
 
 LAKE = "lake"  # the name the shared connection attaches the lake under
+# Reads stop after 30 s (exports after 120 s): an erase waits that long for those already running,
+# then deletes the files anyway (the data subject's values must go), failing a read still running.
+ERASE_WAITS_FOR_READS_S = 150
+_GENERATION = "lake_read_generation"  # in the config table: the generation new reads take
+_WRAP = 2_147_483_647  # generations are the int4 second key of the advisory lock
+
+log = logging.getLogger(__name__)
 MAINTENANCE_INTERVAL_S = 300
 KEEP_SNAPSHOTS = dt.timedelta(hours=1)
 
@@ -83,8 +99,52 @@ def scrub(con: duckdb.DuckDBPyConnection) -> int:
     con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}')")  # inlined rows, deleted ones too, into files
     con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}', delete_threshold => 0)")
     con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => now())")
-    con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)")
+    with _reads_of_old_files_done(cast(shared.SharedConnection, con).control):
+        con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)")
     return data_files(con)
+
+
+@contextlib.contextmanager
+def reading_files(control: shared.ControlConnection) -> Iterator[None]:
+    """Around a read of the lake: the files it may use stay on disk until it ends (see above)."""
+    (generation, _) = control.execute(
+        "SELECT g, pg_advisory_lock_shared(?, g) FROM "
+        "(SELECT coalesce(max(value::int), 0) AS g FROM config WHERE name = ?) AS current_generation",
+        [shared_schema.LAKE_READS_LOCK, _GENERATION]).fetchone()
+    try:
+        yield
+    finally:
+        try:
+            control.execute("SELECT pg_advisory_unlock_shared(?, ?)", [shared_schema.LAKE_READS_LOCK, generation])
+        except Exception:  # the session is gone, and its lock with it
+            pass
+
+
+@contextlib.contextmanager
+def _reads_of_old_files_done(control: shared.ControlConnection) -> Iterator[None]:
+    """A new generation for reads from now on; then wait (bounded) until no read of the old one runs."""
+    import psycopg
+
+    (new,) = control.execute(
+        "INSERT INTO config (name, value, updated_at) VALUES (?, '1', now()) ON CONFLICT (name) DO UPDATE "
+        "SET value = mod(config.value::bigint + 1, ?)::varchar, updated_at = now() RETURNING value::int",
+        [_GENERATION, _WRAP]).fetchone()
+    old = (new - 1) % _WRAP
+    control.execute(f"SET lock_timeout = {ERASE_WAITS_FOR_READS_S * 1000}")
+    try:
+        control.execute("SELECT pg_advisory_lock(?, ?)", [shared_schema.LAKE_READS_LOCK, old])
+        waited = True
+    except psycopg.errors.LockNotAvailable:
+        log.warning("a read of the lake on another replica ran past %d s; the erased values' files are "
+                    "deleted anyway, and that read fails", ERASE_WAITS_FOR_READS_S)
+        waited = False
+    finally:
+        control.execute("RESET lock_timeout")
+    try:
+        yield
+    finally:
+        if waited:
+            control.execute("SELECT pg_advisory_unlock(?, ?)", [shared_schema.LAKE_READS_LOCK, old])
 
 
 def data_files(con: duckdb.DuckDBPyConnection) -> int:

@@ -20,6 +20,7 @@ two attached databases.
 from __future__ import annotations
 
 import os
+import select
 import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -89,6 +90,17 @@ class ControlConnection:
     def close(self) -> None:
         self.pg.close()
 
+    def broken(self) -> bool:
+        """Whether the server closed this idle session (a restart, a terminated backend), seen without
+        a round trip: an idle autocommit session that listens for nothing is sent nothing else."""
+        if self.pg.closed:
+            return True
+        try:
+            readable, _, _ = select.select([self.pg.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
 
 class SharedConnection:
     """DuckDB with the lake and the control schema attached, plus ``control`` for control writes.
@@ -151,7 +163,9 @@ _cached_lock = threading.Lock()
 def connection(cfg: SharedConfig) -> SharedConnection:
     global _cached
     with _cached_lock:
-        if _cached is None or _cached.cfg != cfg:
+        # A session PostgreSQL closed while we were idle is replaced before use, so the first request
+        # after a restart is answered. (DuckDB's own sessions to the catalog reconnect by themselves.)
+        if _cached is None or _cached.cfg != cfg or _cached.control.broken():
             drop()
             _cached = SharedConnection(cfg)
         return _cached

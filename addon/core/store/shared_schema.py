@@ -16,10 +16,12 @@ from .errors import StoreError
 from .migrations import RECONCILIATIONS_DDL
 
 # pg_advisory_lock ids (fixed numbers of ours): schema changes, lake maintenance (and alerts), the
-# daily reconciliation (a turn of its own: a slow provider must not hold up the alerts).
+# daily reconciliation (a turn of its own: a slow provider must not hold up the alerts), reads of
+# the lake's files (with the generation of files they may use as the second key: lake.py).
 SCHEMA_LOCK = 7_415_001
 MAINTENANCE_LOCK = 7_415_002
 RECONCILE_LOCK = 7_415_003
+LAKE_READS_LOCK = 7_415_004
 
 _CONTROL = """
 -- Column order as in the embedded file, so that SELECT * reads alike in both modes.

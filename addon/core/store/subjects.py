@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from . import keys
 from .connection import control, one
 
 
@@ -30,10 +31,7 @@ def subject_from(customer: str | None, key: object | None) -> Subject:
     if (customer is None) == (key is None):
         raise ValueError("Give exactly one of customer=ID or key=ID.")
     if key is not None:
-        try:
-            return Subject("key", str(int(str(key))))
-        except (TypeError, ValueError):
-            raise ValueError(f"key must be a key id (a number), got {key!r}.") from None
+        return Subject("key", str(keys.parse_id(key)))
     if not isinstance(customer, str) or not customer:
         raise ValueError("customer must be a non-empty string.")
     return Subject("customer", customer)
