@@ -7,12 +7,12 @@ session cookie, so no other site can make a signed-in browser send them.
 from __future__ import annotations
 
 import datetime as dt
-import tempfile
 
 from flask import current_app, g, jsonify, request
 
 from addon.core import gdpr, retention
 from addon.core import home as home_dir
+from addon.core.spool import Spool
 from addon.core.store.subjects import Subject, subject_from
 
 from .api import ApiError, api, db_path, send_spooled
@@ -42,10 +42,11 @@ def _spill_dir():
 def gdpr_export():
     _require_admin()
     subject = _subject(request.args)
-    # Spooled to an unnamed temporary file, so a subject with millions of calls streams in flat memory.
-    spool = tempfile.TemporaryFile("w+", encoding="utf-8")
-    gdpr.export(db_path(), _spill_dir(), subject, spool)
-    return send_spooled(spool, f"aispendtrack-{subject.kind}.json", "application/json")
+    # Spooled, so a subject with millions of calls streams in flat memory and never holds the database.
+    spool = Spool(current_app.config["AISPENDTRACK_HOME"])
+    with spool.text() as out:
+        gdpr.export(db_path(), _spill_dir(), subject, out)
+    return send_spooled(spool.chunks(), f"aispendtrack-{subject.kind}.json", "application/json")
 
 
 @api.post("/gdpr/delete")

@@ -1,0 +1,111 @@
+"""Spools: an answer (an export, a GDPR export) written whole before its first byte is sent, so a
+slow reader never holds the database (docs/architecture.md, "One writer per file").
+
+A spool is a file without a name (O_TMPFILE) in the data directory's ``spool/``, sealed
+(sealed.py) with a key that exists only in this process's memory: its clear bytes touch no disk,
+and a process killed mid-export leaves nothing another can read, or, on Linux, nothing at all.
+Where a file system cannot make nameless files, Python names it and unlinks it at once; what a
+crash in between leaves is removed when the proxy or the web app next starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+from . import home as home_dir
+from .sealed import SealedWriter, unseal
+
+_PREFIX = "export-"
+_PIECE = 256 * 1024  # plaintext per sealed record; memory stays at a few of these whatever the size
+
+
+class Spool(io.RawIOBase):
+    """Write the answer into it (``write``, ``text()``, ``fill()``), then read it back once (``chunks()``)."""
+
+    def __init__(self, home: Path) -> None:
+        super().__init__()
+        directory = home / home_dir.SPOOL_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
+        self._file = tempfile.TemporaryFile(dir=directory, prefix=_PREFIX)
+        self._secret = os.urandom(32)
+        self._sealer = SealedWriter(self._file, self._secret)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        return self._sealer.write(bytes(data))
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+    @contextlib.contextmanager
+    def text(self) -> Iterator[IO[str]]:
+        """A UTF-8 text file that writes into the spool in large pieces. A failure closes the spool."""
+        text = io.TextIOWrapper(io.BufferedWriter(self, _PIECE), encoding="utf-8")
+        with self._closed_on_failure():
+            yield text
+            text.flush()
+            text.detach().detach()  # flushed, and this spool stays open
+
+    def fill(self, write_to: Callable[[str], None]) -> None:
+        """Call ``write_to(path)``, for a writer that wants a path (DuckDB's COPY): the path is a
+        pipe whose bytes are sealed into the spool as they come. A failure closes the spool."""
+        read_end, write_end = os.pipe()
+        failed: list[BaseException] = []
+        pump = threading.Thread(target=self._pump, args=(read_end, failed), name="aispendtrack-spool", daemon=True)
+        pump.start()
+        with self._closed_on_failure():
+            try:
+                write_to(f"/dev/fd/{write_end}")
+            finally:
+                os.close(write_end)  # the writer has closed its own end: the pump sees the end
+                pump.join()
+            if failed:
+                raise failed[0]
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    def _pump(self, read_end: int, failed: list[BaseException]) -> None:
+        with open(read_end, "rb", buffering=_PIECE) as pipe:
+            while piece := pipe.read(_PIECE):
+                if failed:
+                    continue  # keep draining, or the writer would block on a full pipe for ever
+                try:
+                    self.write(piece)
+                except BaseException as exc:  # the disk is full: reported by fill() once the writer is done
+                    failed.append(exc)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The answer, a piece at a time; the spool is closed at the end (or when this is closed)."""
+        self._sealer.finish()
+        self._file.flush()
+        self._file.seek(0)
+        try:
+            yield from unseal(self._file, self._secret)
+        finally:
+            self.close()
+
+
+def remove_leftovers(home: Path) -> None:
+    """At start: remove spools a crash left with a name (see above). Nameless ones never outlive it."""
+    directory = home / home_dir.SPOOL_DIR
+    if not directory.is_dir():
+        return
+    for path in directory.glob(_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
