@@ -6,6 +6,7 @@ Writing encrypted DuckDB files needs httpfs, which the registry ships for one Du
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -251,3 +252,89 @@ def wait_until_up(url: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def _hold_encrypted(db: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the encrypted file (read-only: a shared lock that keeps writers out)."""
+    holder = subprocess.Popen([PYTHON, "-c", (
+        "import duckdb, time\n"
+        "con = duckdb.connect()\n"
+        f"con.execute(\"ATTACH '{db}' AS d (ENCRYPTION_KEY '{KEY}', READ_ONLY)\")\n"
+        "print('locked', flush=True)\n"
+        f"time.sleep({seconds})\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+@needs_httpfs
+def test_spill_files_of_an_encrypted_store_are_sealed_and_replay_every_row_once(tmp_path, monkeypatch):
+    from decimal import Decimal
+
+    from addon.core import gdpr
+    from addon.core.store import calls as call_rows
+    from addon.core.store import reading
+    from addon.core.store.subjects import Subject
+    from addon.writer import QUARANTINE_DIR, Writer
+
+    from .helpers import call_row
+
+    monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", KEY)
+    marker, other = f"spill-marker-{uuid.uuid4().hex}", f"other-{uuid.uuid4().hex}"
+    home = tmp_path / "home"
+    db, spill = home / "aispendtrack.duckdb", home / "spill"
+    home.mkdir()
+    writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None,
+                    spill_after_rows=5, spill_after_seconds=3600)
+    writer.load_keys_now()
+    holder = _hold_encrypted(db, 60)
+    try:
+        for n in range(12):
+            writer.submit(call_row(n, customer_id=marker if n % 2 == 0 else other))
+            writer.cycle(lock_timeout=0.05)
+        spilled = sorted(spill.glob("*.jsonl"))
+        assert len(spilled) == 2  # 5 rows each; the last two still queued
+        assert all(path.stat().st_mode & 0o777 == 0o600 for path in spilled)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert files_containing(home, marker.encode()) == [] and files_containing(home, other.encode()) == []
+    with io.StringIO() as out:  # GDPR requests read them, and rewrite them sealed
+        counts = gdpr.export(db, spill, Subject("customer", marker), out)
+        assert counts["pending_calls"] == 5 and counts["unreadable_spill_files"] == 0
+    assert gdpr.erase(db, spill, Subject("customer", other))["pending_calls"] == 5
+    assert files_containing(home, marker.encode()) == []
+    saved = {path.name: path.read_bytes() for path in spill.glob("*.jsonl")}
+    writer.submit(call_row(99, customer_id=marker, cost_usd=Decimal(10) ** 30))  # quarantined: no DECIMAL holds it
+    writer.stop()
+    with reading(db) as con:
+        stored = call_rows.newest(con, 100)
+    assert sorted(r["input_tokens"] for r in stored) == [0, 2, 4, 6, 8, 10, 11]  # 11 was queued in memory
+    assert len(list((spill / QUARANTINE_DIR).glob("*.jsonl"))) == 1
+    assert files_containing(home, marker.encode()) == []
+    # A crash after the insert, before the spill files were removed: the replay stores nothing twice.
+    for name, data in saved.items():
+        (spill / name).write_bytes(data)
+    Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None).cycle(lock_timeout=5)
+    with reading(db) as con:
+        assert sorted(r["input_tokens"] for r in call_rows.newest(con, 100)) == [0, 2, 4, 6, 8, 10, 11]
+    assert list(spill.glob("*.jsonl")) == []
+
+
+@needs_httpfs
+def test_a_spill_file_sealed_with_another_key_is_set_aside_with_a_reason_not_lost_or_retried(tmp_path, monkeypatch,
+                                                                                              caplog):
+    from addon.core import spill as spill_files
+    from addon.writer import QUARANTINE_DIR, Writer
+
+    from .helpers import call_row
+
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", "the key of last year, 16+")
+    spill_files.write(spill / "1-1-1.jsonl", [call_row(1)])
+    monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", KEY)
+    writer = Writer(tmp_path / "a.duckdb", spill, build_row=lambda row: row, on_refresh=lambda con: None)
+    writer.cycle(lock_timeout=5, force_keys=True)
+    writer.cycle(lock_timeout=5, force_keys=True)
+    assert list(spill.glob("*.jsonl")) == [] and (spill / QUARANTINE_DIR / "1-1-1.jsonl").exists()
+    assert caplog.text.count("does not open with the key in AISPENDTRACK_ENCRYPTION_KEY") == 1
