@@ -32,6 +32,7 @@ from pathlib import Path
 import duckdb
 
 from .core import spill
+from .core.redact import first_line
 from .core.store import StoreError, calls, shared, subjects
 from .core.store.connection import is_shared, writing
 
@@ -114,7 +115,7 @@ class Writer(threading.Thread):
             if time.monotonic() - self._last_sync_warning > 30:
                 self._last_sync_warning = time.monotonic()
                 log.warning("cannot share budget spend (%s: %s); each replica counts its own until it can",
-                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                            type(exc).__name__, first_line(exc, 200))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Flush everything; whatever the database will not take now goes to a spill file."""
@@ -181,7 +182,7 @@ class Writer(threading.Thread):
         rows.clear()
 
     def _quarantine(self, row: dict, exc: Exception) -> None:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if str(exc) else type(exc).__name__
+        reason = f"{type(exc).__name__}: {first_line(exc)}" if str(exc) else type(exc).__name__
         directory = self.spill_dir / QUARANTINE_DIR
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -210,7 +211,7 @@ class Writer(threading.Thread):
         if now - self._last_warning > 30:
             self._last_warning = now
             log.warning("cannot write %s (%s: %s); %d rows kept and retried", self.where,
-                        type(exc).__name__, str(exc).splitlines()[0][:200], len(self._pending))
+                        type(exc).__name__, first_line(exc, 200), len(self._pending))
         if (len(self._pending) >= self.spill_after_rows
                 or self._pending and now - self._failing_since >= self.spill_after_seconds):
             self._spill()
