@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from pathlib import Path
 
@@ -152,15 +153,46 @@ def test_no_output_or_log_line_ever_shows_a_password_or_a_key(tmp_path, upstream
         cli_.run("report", "--catalog", unreachable, env=shared, ok=False)
         cli_.run("report", "--catalog", catalog.replace("postgresql://", "mysql://"), env=shared, ok=False)
         cli_.run("report", "--catalog", catalog.replace(database, "no_such_db"), env=shared, ok=False)
+        # A proxy on it, while PostgreSQL goes away: DuckDB's errors quote the connection string whole.
+        monkeypatch.setenv("AISPENDTRACK_CATALOG", catalog)
+        replica = start_proxy(home, upstream.url, tmp_path / "replica.log", key=created["key"])
+        try:
+            replica.openai(api_key=secrets["OpenAI key"]).chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+            cluster.stop("immediate")
+            replica.openai(api_key=secrets["OpenAI key"]).chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+            deadline = time.monotonic() + 15
+            while "cannot write" not in replica.log_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            replica.stop()
     finally:
         cluster.remove()
 
-    proxy_log = proxy.log_path.read_text()
-    assert "gpt-4o" in proxy_log or "AiSpendTrack" in proxy_log  # the log was written
+    proxy_log, replica_log = proxy.log_path.read_text(), replica.log_path.read_text()
+    assert "cannot write the shared storage" in replica_log
     every = {**secrets, **own_secrets}
     # Our own log records (the HTTP clients the test itself drives log their URLs at debug level).
     ours = "\n".join(f"{r.name}: {r.getMessage()}" for r in caplog.records
                      if r.name.split(".")[0] in ("addon", "cli", "web", "pricing", "aispendtrack"))
-    leaks = [(name, where) for where, text in [*cli_.texts, ("the proxy's log", proxy_log), ("log records", ours)]
+    texts = [*cli_.texts, ("the proxy's log", proxy_log), ("the replica's log", replica_log), ("log records", ours)]
+    leaks = [(name, where) for where, text in texts
              for name, secret in every.items() if secret in text and allowed.get(where) != name]
     assert leaks == [], "\n".join(f"{name} in {where}" for name, where in leaks)
+
+
+def test_duckdbs_own_errors_quote_the_catalog_password_and_ours_never_do():
+    """The proxy's log and the CLI's errors carry an error's first line; DuckDB's name the connection whole."""
+    import duckdb
+
+    from addon.core.redact import first_line
+    from addon.core.store import extensions
+    con = duckdb.connect()
+    extensions.load(con, "postgres_scanner", "test")
+    for target in (f"postgresql://aispend:pw-{MARKER}@127.0.0.1:{free_port()}/db",
+                   f"host=127.0.0.1 port={free_port()} user=aispend password=pw-{MARKER}"):
+        with pytest.raises(duckdb.Error) as raised:
+            con.execute(f"ATTACH '{target}' AS ctl (TYPE postgres)")
+        assert MARKER in str(raised.value)
+        assert MARKER not in first_line(raised.value) and "Unable to connect to Postgres" in first_line(raised.value)
