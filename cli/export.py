@@ -9,7 +9,7 @@ import click
 
 from addon.core import home as home_dir
 from addon.core.reports import Selection
-from addon.core.spool import Spool
+from addon.core.spool import spooled
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 
@@ -40,16 +40,17 @@ def write_calls(home: Path, selection: Selection, fmt: str, out: str | None = No
     Returns how many were written when known."""
     # To standard output through a spool: a reader at the end of a pipe (| less) may stop reading
     # for as long as it likes, and must not hold the database while the proxy needs it.
-    spool = None if out else Spool(home)
+    spool = None
     total = None
     with reading(home_dir.db_path(home)) as con:
         if newest is None:
             total = report_rows.count(con, selection)
         with running(f"Exporting {total:,} calls" if total else "Exporting calls", quiet):
-            if spool is None:
-                report_rows.copy_out(con, selection, str(out), fmt, newest)
+            if out:
+                report_rows.copy_out(con, selection, out, fmt, newest)
             else:
-                spool.fill(lambda path: report_rows.copy_out(con, selection, path, fmt, newest))
+                spool = spooled(home, lambda s: s.fill(lambda path: report_rows.copy_out(con, selection, path, fmt,
+                                                                                          newest)))
     if spool is not None:
         sys.stdout.flush()
         for chunk in spool.chunks():

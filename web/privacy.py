@@ -12,7 +12,7 @@ from flask import current_app, g, jsonify, request
 
 from addon.core import gdpr, retention
 from addon.core import home as home_dir
-from addon.core.spool import Spool
+from addon.core.spool import Spool, spooled
 from addon.core.store.subjects import Subject, subject_from
 
 from .api import ApiError, api, db_path, send_spooled
@@ -43,9 +43,11 @@ def gdpr_export():
     _require_admin()
     subject = _subject(request.args)
     # Spooled, so a subject with millions of calls streams in flat memory and never holds the database.
-    spool = Spool(current_app.config["AISPENDTRACK_HOME"])
-    with spool.text() as out:
-        gdpr.export(db_path(), _spill_dir(), subject, out)
+    def write(spool: Spool) -> None:
+        with spool.text() as out:
+            gdpr.export(db_path(), _spill_dir(), subject, out)
+
+    spool = spooled(current_app.config["AISPENDTRACK_HOME"], write)
     return send_spooled(spool.chunks(), f"aispendtrack-{subject.kind}.json", "application/json")
 
 

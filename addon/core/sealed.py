@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import IO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -41,7 +41,7 @@ class SealedWriter:
     """Encrypts each ``write`` into ``out`` as one record (so write in large pieces); ``finish()``
     writes the empty last record."""
 
-    def __init__(self, out: BinaryIO, secret: bytes) -> None:
+    def __init__(self, out: IO[bytes], secret: bytes) -> None:
         salt = os.urandom(_SALT)
         out.write(MAGIC + salt)
         self._out, self._aead = out, _aead(secret, salt)
@@ -66,7 +66,7 @@ def is_sealed(head: bytes) -> bool:
     return head.startswith(MAGIC)
 
 
-def unseal(source: BinaryIO, secret: bytes) -> Iterator[bytes]:
+def unseal(source: IO[bytes], secret: bytes) -> Iterator[bytes]:
     """The plaintext, a record at a time; raises Unreadable before yielding anything wrong."""
     if source.read(len(MAGIC)) != MAGIC:
         raise Unreadable("not a sealed file")
