@@ -92,7 +92,7 @@ def test_no_output_or_log_line_ever_shows_a_password_or_a_key(tmp_path, upstream
     tag = uuid.uuid4().hex[:12]
     secrets = {"catalog password": f"pg-pw-{tag}", "webhook secret": f"whsec-{tag}",
                "OpenAI key": f"sk-proj-{tag}", "Anthropic key": f"sk-ant-api03-{tag}", "Gemini key": f"AIza{tag}",
-               "admin key of the usage APIs": ADMIN_KEY}
+               "admin key of the usage APIs": ADMIN_KEY, "webhook password": f"hookpw-{tag}"}
     monkeypatch.setenv("AISPENDTRACK_WEBHOOK_SECRET", secrets["webhook secret"])
     monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)  # for `reconcile`, and the proxy's daily run
     home = tmp_path / "home"
@@ -107,8 +107,10 @@ def test_no_output_or_log_line_ever_shows_a_password_or_a_key(tmp_path, upstream
                "keys create --name app --json": "AiSpendTrack key"}
 
     receiver = Receiver()
+    with_login = receiver.url.replace("http://", f"http://ops:{secrets['webhook password']}@")
     (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n'
-                                      f'secret_env = "AISPENDTRACK_WEBHOOK_SECRET"\n')
+                                      f'secret_env = "AISPENDTRACK_WEBHOOK_SECRET"\n'
+                                      f'[[channel]]\nname = "basic"\ntype = "webhook"\nurl = "{with_login}"\n')
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"])
     try:
         proxy.openai(api_key=secrets["OpenAI key"]).chat.completions.create(
@@ -134,6 +136,7 @@ def test_no_output_or_log_line_ever_shows_a_password_or_a_key(tmp_path, upstream
                      ("reconcile", "--provider", "openai", "--upstream", usage_api.url)):
             cli_.run(*args)
         cli_.run("reconcile", "--provider", "openai", "--upstream", "http://127.0.0.1:9", ok=False)
+        cli_.run("alerts", "test", "--channel", "basic", ok=False)  # a login in the URL: not sent, and not shown
     finally:
         usage_api.close()
         receiver.close()

@@ -63,7 +63,10 @@ class Channel:
         if self.type == "email":
             return ", ".join(self.settings["to"])
         url = self._url()
-        return urlsplit(url).netloc if url else "(no url)"
+        if not url:
+            return "(no url)"
+        parts = urlsplit(url)  # the host and port only: a login in the URL is a secret too
+        return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
     def send(self, alert: Alert, sleep=time.sleep) -> Delivery:
         retries = int(self.settings.get("retries", 3))
