@@ -9,7 +9,7 @@ import click
 
 from addon.core import home as home_dir
 from addon.core.reports import Selection
-from addon.core.spool import spooled
+from addon.core.spool import filled
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 
@@ -49,8 +49,7 @@ def write_calls(home: Path, selection: Selection, fmt: str, out: str | None = No
             if out:
                 report_rows.copy_out(con, selection, out, fmt, newest)
             else:
-                spool = spooled(home, lambda s: s.fill(lambda path: report_rows.copy_out(con, selection, path, fmt,
-                                                                                          newest)))
+                spool = filled(home, lambda path: report_rows.copy_out(con, selection, path, fmt, newest))
     if spool is not None:
         sys.stdout.flush()
         for chunk in spool.chunks():

@@ -15,7 +15,7 @@ from addon.core import home as home_dir
 from addon.core.budgets import with_spend
 from addon.core.reports import ReportError, Selection, parse_report, parse_selection
 from addon.core.serialize import json_row
-from addon.core.spool import spooled
+from addon.core.spool import filled
 from addon.core.store import ReadTooLong, StoreBusy, StoreError, reading
 from addon.core.store import reconciliations as reconciliation_rows
 from addon.core.store import reports as report_rows
@@ -140,8 +140,8 @@ def export():
     selection = _scoped(parse_selection(**_selection_args()))
     with reading(db_path(), time_limit=EXPORT_TIME_LIMIT) as con:
         # The same COPY as `aispendtrack export`: one implementation, one file format.
-        spool = spooled(current_app.config["AISPENDTRACK_HOME"],
-                        lambda s: s.fill(lambda path: report_rows.copy_out(con, selection, path, fmt)))
+        spool = filled(current_app.config["AISPENDTRACK_HOME"],
+                       lambda path: report_rows.copy_out(con, selection, path, fmt))
     return send_spooled(spool.chunks(), f"aispendtrack-calls.{fmt}", report_rows.EXPORT_FORMATS[fmt])
 
 

@@ -34,23 +34,31 @@ _PIECE = 256 * 1024  # plaintext per sealed record; memory stays at a few of the
 
 def spooled(home: Path, write: Callable[[Spool], None]) -> Spool:
     """A spool holding what ``write(spool)`` wrote (see above for where); read it with ``chunks()``."""
-    for directory in (home / home_dir.SPOOL_DIR, None):
-        spool = None
-        try:
-            if directory is not None:
-                directory.mkdir(mode=0o700, exist_ok=True)
-            spool = Spool(directory)
-            write(spool)
-            spool.finish()
-            return spool
-        except BaseException as exc:
-            if spool is not None:
-                spool.close()
-            if directory is None or not (isinstance(exc, OSError) and exc.errno in _DISK_UNUSABLE):
-                raise
-            log.warning("cannot spool in %s (%s); using the system's temporary directory, sealed", directory,
-                        exc.strerror)
-    raise AssertionError("unreachable")
+    directory = home / home_dir.SPOOL_DIR
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        return _written(Spool(directory), write)
+    except OSError as exc:
+        if exc.errno not in _DISK_UNUSABLE:
+            raise
+        log.warning("cannot spool in %s (%s); using the system's temporary directory, sealed all the same",
+                    directory, exc.strerror)
+    return _written(Spool(None), write)
+
+
+def filled(home: Path, write_to: Callable[[str], None]) -> Spool:
+    """A spool holding what ``write_to(path)`` wrote to ``path``, for a writer that wants a path (DuckDB's COPY)."""
+    return spooled(home, lambda spool: spool.fill(write_to))
+
+
+def _written(spool: Spool, write: Callable[[Spool], None]) -> Spool:
+    try:
+        write(spool)
+        spool.finish()
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
 class Spool(io.RawIOBase):
