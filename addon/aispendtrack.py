@@ -27,7 +27,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addon import failures, injection, metrics_port, refusals, settings
 from addon.bounds import ConnectionBounds
-from addon.core import config, metrics
+from addon.core import config, metrics, spool
 from addon.core import home as home_dir
 from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
@@ -111,6 +111,7 @@ class AiSpendTrack:
             self.configure({"aispendtrack_home"})
         assert self.book is not None
         home = self.state.data_home()
+        spool.remove_leftovers(home)
         counter = Counter(home / home_dir.CACHE_DIR / "tiktoken")
         counter.load_in_background()
         self.state.providers[:] = all_providers(counter)

@@ -7,9 +7,10 @@ it flushes, so CLI and web readers in other processes get their turn in between.
 
 Nothing is dropped: if the database cannot be written (locked, read-only, disk full) rows
 stay queued and are retried each cycle; past ``spill_after`` rows or seconds they are
-appended to a JSON-lines file under ``spill/`` and replayed, exactly once, when the
-database is writable again (also after a restart). When the spill directory cannot be written
-either (the same full or read-only disk), rows wait in memory, up to ``max_pending`` (~1 KB each).
+appended to a JSON-lines file under ``spill/`` (sealed when the store is encrypted:
+core/spill.py) and replayed, exactly once, when the database is writable again (also after
+a restart). When the spill directory cannot be written either (the same full or read-only
+disk), rows wait in memory, up to ``max_pending`` (~1 KB each).
 
 One bad row never blocks the others: when a batch is refused for its data (a value the table
 cannot hold), the rows are stored one by one and the ones still refused are set aside in
@@ -20,7 +21,6 @@ a failing row write never keeps a revoked key working.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -31,7 +31,9 @@ from pathlib import Path
 
 import duckdb
 
-from .core.store import StoreBusy, calls, shared, subjects
+from .core import spill
+from .core.redact import first_line
+from .core.store import StoreBusy, StoreError, calls, shared, subjects
 from .core.store.connection import is_shared, writing
 
 log = logging.getLogger(__name__)
@@ -117,7 +119,7 @@ class Writer(threading.Thread):
             if time.monotonic() - self._last_sync_warning > 30:
                 self._last_sync_warning = time.monotonic()
                 log.warning("cannot share budget spend (%s: %s); each replica counts its own until it can",
-                            type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                            type(exc).__name__, first_line(exc, 200))
 
     def stop(self, timeout: float = 10.0) -> None:
         """Flush everything; whatever the database will not take now goes to a spill file."""
@@ -185,14 +187,14 @@ class Writer(threading.Thread):
         rows.clear()
 
     def _quarantine(self, row: dict, exc: Exception) -> None:
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if str(exc) else type(exc).__name__
+        reason = f"{type(exc).__name__}: {first_line(exc)}" if str(exc) else type(exc).__name__
         directory = self.spill_dir / QUARANTINE_DIR
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self._spill_seq += 1
             path = directory / f"{time.time_ns()}-{os.getpid()}-{self._spill_seq}.jsonl"
-            _write_private(path, json.dumps({**row, "quarantine_reason": reason}, default=str) + "\n")
-        except OSError as write_error:
+            spill.write(path, [{**row, "quarantine_reason": reason}])
+        except (OSError, StoreError) as write_error:
             log.error("cannot quarantine call %s (%s); it is dropped", row.get("id"), write_error)
             return
         # The reason can quote the row's values (a customer id), so the log names only its type.
@@ -218,7 +220,7 @@ class Writer(threading.Thread):
         busy = isinstance(exc, StoreBusy)
         if (not busy or waited >= BUSY_PATIENCE_S) and now - self._last_warning > 30:
             self._last_warning, self._warned = now, True
-            cause = str(exc).splitlines()[0][:300] if busy else f"{type(exc).__name__}: {_first_line(exc)}"
+            cause = first_line(exc, 300) if busy else f"{type(exc).__name__}: {first_line(exc, 200)}"
             log.warning("cannot write %s for %.0f s: %s. The %d rows waiting are safe: kept in memory and "
                         "retried every %.1f s (put in %s after %.0f s); they show in reports once written.",
                         self.where, waited, cause, len(self._pending), self.flush_interval, self.spill_dir,
@@ -235,7 +237,7 @@ class Writer(threading.Thread):
             return
         try:
             self._write_spill()
-        except OSError as exc:  # the disk is full or read-only too: keep the rows in memory, up to a cap
+        except (OSError, StoreError) as exc:  # the disk is full or read-only too: keep the rows in memory, up to a cap
             self._spill_retry_at = time.monotonic() + SPILL_RETRY_SECONDS
             log.error("cannot spill %d rows to %s either (%s); keeping them in memory, next try in %d s",
                       len(self._pending), self.spill_dir, exc, SPILL_RETRY_SECONDS)
@@ -256,11 +258,10 @@ class Writer(threading.Thread):
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         self._spill_seq += 1
         path = self.spill_dir / f"{time.time_ns()}-{os.getpid()}-{self._spill_seq}.jsonl"
-        lines = "".join(json.dumps(row, default=str) + "\n" for row in self._pending)
         # Written under another name and renamed: a *.jsonl file is always complete, so a replay
         # or a GDPR erase in another process never reads one half-written.
         partial = path.with_suffix(".partial")
-        _write_private(partial, lines)
+        spill.write(partial, self._pending)
         os.replace(partial, path)
         log.warning("spilled %d rows to %s; they are written once the database is writable", len(self._pending), path)
         self._pending = []
@@ -271,26 +272,17 @@ class Writer(threading.Thread):
         return sorted(self.spill_dir.glob("*.jsonl"))
 
     def _replay(self, con, path: Path) -> None:
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            try:
-                rows.append(json.loads(line))
-            except ValueError:  # a line cut short by a crash while spilling
-                log.error("skipping unreadable line %d of %s", n, path)
+        try:
+            rows, unreadable = spill.read(path)
+        except spill.Unreadable as exc:  # sealed with another key: kept for a person, never retried
+            aside = self.spill_dir / QUARANTINE_DIR / path.name
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, aside)
+            log.error("%s; its rows are not stored, and the file is set aside in %s", exc, aside)
+            return
+        if unreadable:  # lines cut short by a crash while spilling (older versions)
+            log.error("skipping %d unreadable lines of %s", unreadable, path)
         before = self.rows_written
         self._store(con, rows, skip_existing=True)  # a crash after insert, before unlink: no doubles
         path.unlink()
         log.info("replayed %d rows from %s", self.rows_written - before, path)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write, fsync and close ``path``, readable by this user only (it holds customer ids)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else ""

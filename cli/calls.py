@@ -23,7 +23,7 @@ from .output import emit, format_option, tokens
 def calls(obj, limit: int, fmt: str) -> None:
     """Show recorded calls with tokens and cost (metadata only); csv and json as `export` writes them."""
     if fmt != "table":
-        write_calls(obj.db, Selection(), fmt, newest=limit)
+        write_calls(obj.home, Selection(), fmt, newest=limit)
         return
     with reading(obj.db) as con:
         rows = call_rows.newest(con, limit)

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from addon.core import home as home_dir
+from addon.core.redact import hide_passwords
 from addon.core.store import StoreError
 
 from . import (
@@ -52,7 +53,7 @@ class _Cli(click.Group):
         try:
             return super().invoke(ctx)
         except StoreError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(hide_passwords(str(exc))) from None
 
 
 @click.group(cls=_Cli)

@@ -7,6 +7,7 @@ import os
 import click
 
 from addon.core import home as home_dir
+from addon.core.redact import hide_passwords
 from addon.core.store import shared, transfer
 
 
@@ -34,5 +35,5 @@ def migrate_to(obj, catalog: str, data_path: str | None) -> None:
         con.close()
     click.echo(f"Copied {obj.db} into the shared storage at {cfg.where}: "
                + ", ".join(f"{n:,} {table.replace('_', ' ')}" for table, n in counts.items()) + ".")
-    click.echo(f"Run every proxy and command with {shared.ENV_CATALOG}={catalog} (or --catalog) from now on; "
-               f"this directory's database is no longer written.")
+    click.echo(f"Run every proxy and command with {shared.ENV_CATALOG}={hide_passwords(catalog)} (or --catalog) "
+               f"from now on; this directory's database is no longer written.")

@@ -6,10 +6,13 @@ Writing encrypted DuckDB files needs httpfs, which the registry ships for one Du
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -128,3 +131,210 @@ def test_without_httpfs_writing_encrypted_is_refused_with_the_ways_out(tmp_path,
     monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", "short")
     with pytest.raises(encryption.EncryptionError, match="at least 16 characters"):
         encryption.configured_key()
+
+
+def open_files(pid: int) -> dict[str, bytes]:
+    """Every regular file a process has open, named or not (a deleted or nameless temporary file
+    too), with its bytes: where an export's spool is while it is being sent."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("/") and not target.startswith(("/dev/", "/proc/")):
+                with open(f"/proc/{pid}/fd/{fd}", "rb") as f:
+                    found[target] = f.read()
+        except OSError:  # closed meanwhile, or not a regular file
+            continue
+    return found
+
+
+def new_temporary_files(before: set[str]) -> dict[str, bytes]:
+    """Files that appeared directly in the system's temporary directory since ``before``."""
+    found = {}
+    for name in set(os.listdir(tempfile.gettempdir())) - before:
+        path = Path(tempfile.gettempdir(), name)
+        try:
+            if path.is_file():
+                found[str(path)] = path.read_bytes()
+        except OSError:  # another program's file, gone meanwhile
+            continue
+    return found
+
+
+def _encrypted_home_with_calls(tmp_path: Path, marker: str, monkeypatch) -> tuple[Path, str]:
+    """An encrypted data directory with an admin token and 40,000 calls of customer ``marker``
+    (megabytes of export: more than a pipe or a socket buffers, so a stalled reader stalls the sender)."""
+    from addon.core import home as home_dir
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+
+    home = tmp_path / "home"
+    token = json.loads(cli(home, "admin", "create-token", "--json").stdout)["token"]
+    monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", KEY)
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [call_row(n, customer_id=marker, feature=f"{marker}-f") for n in range(40_000)])
+    return home, token
+
+
+def _no_clear_text_while_sending(pid: int, home: Path, marker: bytes, tmp_before: set[str]) -> None:
+    spools = open_files(pid)
+    for name, data in {**spools, **new_temporary_files(tmp_before)}.items():
+        assert marker not in data, f"{name} holds the export in clear"
+    assert [name for name in spools if str(home / "spool") in name], "the spool should be in the data directory"
+    for name in spools:
+        if str(home / "spool") in name:
+            fd = next(fd for fd in os.listdir(f"/proc/{pid}/fd") if os.readlink(f"/proc/{pid}/fd/{fd}") == name)
+            assert os.stat(f"/proc/{pid}/fd/{fd}").st_mode & 0o777 == 0o600
+    assert files_containing(home, marker) == []
+
+
+@needs_httpfs
+def test_exports_being_sent_are_sealed_in_the_data_directory_and_a_kill_leaves_nothing(tmp_path, monkeypatch):
+    marker = f"spool-marker-{uuid.uuid4().hex}"
+    home, token = _encrypted_home_with_calls(tmp_path, marker, monkeypatch)
+    tmp_before = set(os.listdir(tempfile.gettempdir()))
+    env = {**os.environ, "AISPENDTRACK_ENCRYPTION_KEY": KEY}
+
+    # The CLI, its standard output a pipe that stops being read.
+    export = subprocess.Popen([PYTHON, "-m", "cli", "--home", str(home), "export", "--format", "csv"], cwd=REPO,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = export.stdout.read(1024)
+        assert first.startswith(b"id,ts,")
+        time.sleep(0.5)
+        _no_clear_text_while_sending(export.pid, home, marker.encode(), tmp_before)
+        rest = export.stdout.read()
+        assert export.wait(30) == 0
+    finally:
+        export.kill()
+    lines = (first + rest).decode().splitlines()
+    assert len(lines) == 40_001 and all(marker in line for line in lines[1:])  # the whole export, once
+
+    # The API's export and GDPR export, to a client that stops reading; then the server is killed.
+    port = free_port()
+    web = subprocess.Popen([PYTHON, "-m", "cli", "--home", str(home), "web", "--port", str(port)], cwd=REPO, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/login")
+        held = []
+        for path in ("/api/v1/export?format=csv", f"/api/v1/gdpr/export?customer={marker}"):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+            held.append(sock)
+        time.sleep(0.5)
+        _no_clear_text_while_sending(web.pid, home, marker.encode(), tmp_before)
+        web.kill()
+        web.wait(10)
+    finally:
+        web.kill()
+    assert list((home / "spool").iterdir()) == []
+    assert [name for name, data in new_temporary_files(tmp_before).items() if marker.encode() in data] == []
+
+    # Where a file system cannot make nameless files, a crash can leave a named spool: the next start removes it.
+    leftover = home / "spool" / "export-k1lled"
+    leftover.write_bytes(b"sealed bytes")
+    from web import create_app
+    create_app(home)
+    assert not leftover.exists()
+
+
+def wait_until_up(url: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _hold_encrypted(db: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the encrypted file (read-only: a shared lock that keeps writers out)."""
+    holder = subprocess.Popen([PYTHON, "-c", (
+        "import duckdb, time\n"
+        "con = duckdb.connect()\n"
+        f"con.execute(\"ATTACH '{db}' AS d (ENCRYPTION_KEY '{KEY}', READ_ONLY)\")\n"
+        "print('locked', flush=True)\n"
+        f"time.sleep({seconds})\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+@needs_httpfs
+def test_spill_files_of_an_encrypted_store_are_sealed_and_replay_every_row_once(tmp_path, monkeypatch):
+    from decimal import Decimal
+
+    from addon.core import gdpr
+    from addon.core.store import calls as call_rows
+    from addon.core.store import reading
+    from addon.core.store.subjects import Subject
+    from addon.writer import QUARANTINE_DIR, Writer
+
+    from .helpers import call_row
+
+    monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", KEY)
+    marker, other = f"spill-marker-{uuid.uuid4().hex}", f"other-{uuid.uuid4().hex}"
+    home = tmp_path / "home"
+    db, spill = home / "aispendtrack.duckdb", home / "spill"
+    home.mkdir()
+    writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None,
+                    spill_after_rows=5, spill_after_seconds=3600)
+    writer.load_keys_now()
+    holder = _hold_encrypted(db, 60)
+    try:
+        for n in range(12):
+            writer.submit(call_row(n, customer_id=marker if n % 2 == 0 else other))
+            writer.cycle(lock_timeout=0.05)
+        spilled = sorted(spill.glob("*.jsonl"))
+        assert len(spilled) == 2  # 5 rows each; the last two still queued
+        assert all(path.stat().st_mode & 0o777 == 0o600 for path in spilled)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert files_containing(home, marker.encode()) == [] and files_containing(home, other.encode()) == []
+    with io.StringIO() as out:  # GDPR requests read them, and rewrite them sealed
+        counts = gdpr.export(db, spill, Subject("customer", marker), out)
+        assert counts["pending_calls"] == 5 and counts["unreadable_spill_files"] == 0
+    assert gdpr.erase(db, spill, Subject("customer", other))["pending_calls"] == 5
+    assert files_containing(home, marker.encode()) == []
+    saved = {path.name: path.read_bytes() for path in spill.glob("*.jsonl")}
+    writer.submit(call_row(99, customer_id=marker, cost_usd=Decimal(10) ** 30))  # quarantined: no DECIMAL holds it
+    writer.stop()
+    with reading(db) as con:
+        stored = call_rows.newest(con, 100)
+    assert sorted(r["input_tokens"] for r in stored) == [0, 2, 4, 6, 8, 10, 11]  # 11 was queued in memory
+    assert len(list((spill / QUARANTINE_DIR).glob("*.jsonl"))) == 1
+    assert files_containing(home, marker.encode()) == []
+    # A crash after the insert, before the spill files were removed: the replay stores nothing twice.
+    for name, data in saved.items():
+        (spill / name).write_bytes(data)
+    Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None).cycle(lock_timeout=5)
+    with reading(db) as con:
+        assert sorted(r["input_tokens"] for r in call_rows.newest(con, 100)) == [0, 2, 4, 6, 8, 10, 11]
+    assert list(spill.glob("*.jsonl")) == []
+
+
+@needs_httpfs
+def test_a_spill_file_sealed_with_another_key_is_set_aside_with_a_reason_not_lost_or_retried(tmp_path, monkeypatch,
+                                                                                              caplog):
+    from addon.core import spill as spill_files
+    from addon.writer import QUARANTINE_DIR, Writer
+
+    from .helpers import call_row
+
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", "the key of last year, 16+")
+    spill_files.write(spill / "1-1-1.jsonl", [call_row(1)])
+    monkeypatch.setenv("AISPENDTRACK_ENCRYPTION_KEY", KEY)
+    writer = Writer(tmp_path / "a.duckdb", spill, build_row=lambda row: row, on_refresh=lambda con: None)
+    writer.cycle(lock_timeout=5, force_keys=True)
+    writer.cycle(lock_timeout=5, force_keys=True)
+    assert list(spill.glob("*.jsonl")) == [] and (spill / QUARANTINE_DIR / "1-1-1.jsonl").exists()
+    assert caplog.text.count("does not open with the key in AISPENDTRACK_ENCRYPTION_KEY") == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 
 from addon.core import home as home_dir
-from addon.core import store
+from addon.core import spool, store
 
 from . import (
     privacy,  # noqa: F401  (adds the purge and GDPR routes to the API)
@@ -27,6 +27,7 @@ from .pages import pages
 def create_app(home: str | Path | None = None, test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
     app.config["AISPENDTRACK_HOME"] = home_dir.resolve(home)
+    spool.remove_leftovers(app.config["AISPENDTRACK_HOME"])
     app.config.update(SECRET_KEY=session_secret(app.config["AISPENDTRACK_HOME"]), SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session",
                       # Every request body here is a small form or JSON object: anything larger is a 413.

@@ -5,10 +5,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
-import os
-import tempfile
 import uuid
-from typing import IO
+from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
@@ -17,6 +15,7 @@ from addon.core import home as home_dir
 from addon.core.budgets import with_spend
 from addon.core.reports import ReportError, Selection, parse_report, parse_selection
 from addon.core.serialize import json_row
+from addon.core.spool import filled
 from addon.core.store import ReadTooLong, StoreBusy, StoreError, reading
 from addon.core.store import reconciliations as reconciliation_rows
 from addon.core.store import reports as report_rows
@@ -139,28 +138,16 @@ def export():
         raise ApiError(400, "bad_request",
                        f"format must be one of {', '.join(report_rows.EXPORT_FORMATS)}, got {fmt!r}.")
     selection = _scoped(parse_selection(**_selection_args()))
-    spool_fd, spool_path = tempfile.mkstemp(prefix="aispendtrack-export-", suffix=f".{fmt}")
-    try:
-        os.close(spool_fd)
+    with reading(db_path(), time_limit=EXPORT_TIME_LIMIT) as con:
         # The same COPY as `aispendtrack export`: one implementation, one file format.
-        with reading(db_path(), time_limit=EXPORT_TIME_LIMIT) as con:
-            report_rows.copy_out(con, selection, spool_path, fmt)
-        spool = open(spool_path, "rb")
-    finally:
-        os.unlink(spool_path)  # the open file stays readable; nothing is left behind on disk
-    return send_spooled(spool, f"aispendtrack-calls.{fmt}", report_rows.EXPORT_FORMATS[fmt])
+        spool = filled(current_app.config["AISPENDTRACK_HOME"],
+                       lambda path: report_rows.copy_out(con, selection, path, fmt))
+    return send_spooled(spool.chunks(), f"aispendtrack-calls.{fmt}", report_rows.EXPORT_FORMATS[fmt])
 
 
-def send_spooled(spool: IO, filename: str, mimetype: str) -> Response:
-    """Stream an already written temporary file as a download, closing it at the end."""
-    spool.seek(0)
-
-    def body():
-        with spool:
-            while chunk := spool.read(64 * 1024):
-                yield chunk
-
-    return Response(body(), mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+def send_spooled(chunks: Iterator[bytes], filename: str, mimetype: str) -> Response:
+    """Stream an answer already written whole (core/spool.py) as a download."""
+    return Response(chunks, mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 def _selection_args() -> dict:

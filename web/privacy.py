@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import tempfile
 
 from flask import current_app, g, jsonify, request
 
 from addon.core import gdpr, retention
 from addon.core import home as home_dir
+from addon.core.spool import Spool, spooled
 from addon.core.store.subjects import Subject, subject_from
 
 from .api import ApiError, api, db_path, send_spooled
@@ -64,10 +64,13 @@ def _spill_dir():
 def gdpr_export():
     _require_admin()
     subject = _subject(request.args)
-    # Spooled to an unnamed temporary file, so a subject with millions of calls streams in flat memory.
-    spool = tempfile.TemporaryFile("w+", encoding="utf-8")
-    gdpr.export(db_path(), _spill_dir(), subject, spool)
-    return send_spooled(spool, f"aispendtrack-{subject.kind}.json", "application/json")
+    # Spooled, so a subject with millions of calls streams in flat memory and never holds the database.
+    def write(spool: Spool) -> None:
+        with spool.text() as out:
+            gdpr.export(db_path(), _spill_dir(), subject, out)
+
+    spool = spooled(current_app.config["AISPENDTRACK_HOME"], write)
+    return send_spooled(spool.chunks(), f"aispendtrack-{subject.kind}.json", "application/json")
 
 
 @api.post("/gdpr/delete")

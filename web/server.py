@@ -16,6 +16,7 @@ that chose it over Werkzeug's thread-per-connection server). On top of it:
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,7 @@ MAX_CONNECTIONS = 128
 THREADS = 8
 HEAD_TIMEOUT = 30.0
 READ_TIMEOUT = 30.0
+OUTPUT_WATERMARK = 256 * 1024
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
          b"Retry-After: 1\r\nContent-Length: 52\r\n\r\nAiSpendTrack web: too many connections; try again.\n")
 
@@ -62,7 +64,12 @@ class WebServer(TcpWSGIServer):
     def __init__(self, host: str, port: int, app: Callable) -> None:
         adj = Adjustments(host=host, port=port, threads=THREADS, channel_timeout=READ_TIMEOUT, cleanup_interval=1,
                           # Room to accept (and refuse with a 503) what comes over MAX_CONNECTIONS.
-                          connection_limit=MAX_CONNECTIONS + 64, ident="AiSpendTrack", expose_tracebacks=False)
+                          connection_limit=MAX_CONNECTIONS + 64, ident="AiSpendTrack", expose_tracebacks=False,
+                          # Waitress moves an answer a client is slow to take into a clear-text file in
+                          # /tmp past outbuf_overflow: never. A streamed answer (an export, sealed in
+                          # its spool until sent) pauses past the watermark instead, so what waits in
+                          # memory is one piece of it per connection.
+                          outbuf_overflow=sys.maxsize, outbuf_high_watermark=OUTPUT_WATERMARK)
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(THREADS)
         super().__init__(_access_logged(app), map={}, dispatcher=dispatcher, adj=adj)

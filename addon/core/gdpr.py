@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from . import spill
 from .serialize import json_row
 from .store import compact, lake, reading, subjects, writing
 from .store.connection import is_shared
@@ -86,10 +87,11 @@ def _spill_rows(spill_dir: Path) -> Iterator[tuple[Path, list[dict] | None]]:
     # Quarantined rows (stored never, replayed never) are the subject's data all the same.
     for path in sorted(spill_dir.glob("*.jsonl")) + sorted(spill_dir.glob("quarantine/*.jsonl")):
         try:
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-        except (ValueError, OSError):
-            rows = None
-        yield path, rows
+            rows, unreadable = spill.read(path)
+        except (spill.Unreadable, OSError):  # sealed with another key, or gone
+            yield path, None
+            continue
+        yield path, None if unreadable else rows
 
 
 def _scrub_spills(spill_dir: Path, subject: Subject) -> tuple[int, int]:
@@ -108,9 +110,6 @@ def _scrub_spills(spill_dir: Path, subject: Subject) -> tuple[int, int]:
             path.unlink()
             continue
         fresh = path.with_suffix(".scrub")
-        with open(fresh, "w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(row) + "\n" for row in kept))
-            f.flush()
-            os.fsync(f.fileno())
+        spill.write(fresh, kept)
         os.replace(fresh, path)
     return removed, unreadable

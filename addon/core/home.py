@@ -10,6 +10,7 @@ from pathlib import Path
 ENV_VAR = "AISPENDTRACK_HOME"
 DB_FILE = "aispendtrack.duckdb"
 SPILL_DIR = "spill"
+SPOOL_DIR = "spool"  # exports being sent (core/spool.py)
 CACHE_DIR = "cache"
 
 

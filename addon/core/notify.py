@@ -73,7 +73,10 @@ class Channel:
         if self.type == "email":
             return ", ".join(self.settings["to"])
         url = self._url()
-        return urlsplit(url).netloc if url else "(no url)"
+        if not url:
+            return "(no url)"
+        parts = urlsplit(url)  # the host and port only: a login in the URL is a secret too
+        return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
     def unusable(self) -> str | None:
         """Why this channel must not be used as it is configured now, or None."""

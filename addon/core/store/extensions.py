@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 
+from ..redact import first_line
 from .errors import StoreError
 
 # The extension as DuckDB names it -> the Python package that ships it, and our extra that installs it.
@@ -33,14 +34,14 @@ def load(con: duckdb.DuckDBPyConnection, name: str, purpose: str) -> None:
         con.execute(f"LOAD {name}")
         return
     except duckdb.Error as exc:
-        tried.append(f"LOAD {name}: {_first_line(exc)}")
+        tried.append(f"LOAD {name}: {first_line(exc, 200)}")
     packaged = packaged_path(name)
     if packaged is not None:
         try:
             con.execute(f"LOAD '{packaged}'")
             return
         except duckdb.Error as exc:
-            tried.append(f"{packaged}: {_first_line(exc)}")
+            tried.append(f"{packaged}: {first_line(exc, 200)}")
     else:
         tried.append(f"no {PACKAGES[name][0].replace('_', '-')} package for DuckDB {duckdb.__version__}")
     try:
@@ -48,7 +49,7 @@ def load(con: duckdb.DuckDBPyConnection, name: str, purpose: str) -> None:
         con.execute(f"LOAD {name}")
         return
     except duckdb.Error as exc:
-        tried.append(f"INSTALL {name}: {_first_line(exc)}")
+        tried.append(f"INSTALL {name}: {first_line(exc, 200)}")
     raise ExtensionMissing(
         f"{purpose} needs DuckDB's {name} extension for DuckDB {duckdb.__version__}, and it could not be "
         f"loaded ({'; '.join(tried)}). Install it with `pip install 'aispendtrack[{PACKAGES[name][1]}]'`, or "
@@ -67,7 +68,3 @@ def packaged_path(name: str) -> Path | None:
         if candidate.parent.name == wanted:
             return candidate
     return None
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import duckdb
 
+from ..redact import first_line, hide_passwords
 from . import extensions, shared_schema
 from .errors import StoreError
 
@@ -61,7 +62,7 @@ def configured() -> SharedConfig | None:
         return None
     if not catalog.startswith(("postgresql://", "postgres://")):
         raise SharedUnavailable(f"{ENV_CATALOG} must be a PostgreSQL URL (postgresql://user@host:5432/db), "
-                                f"not {catalog!r}.")
+                                f"not {hide_passwords(catalog)!r}.")
     return SharedConfig(catalog, os.environ.get(ENV_DATA_PATH) or None)
 
 
@@ -80,7 +81,7 @@ class ControlConnection:
         try:
             self.pg = psycopg.connect(_pg_url(cfg), autocommit=True, options=f"-c search_path={CONTROL_SCHEMA}")
         except psycopg.Error as exc:
-            raise SharedUnavailable(f"cannot reach the catalog at {cfg.where}: {_first_line(exc)}") from None
+            raise SharedUnavailable(f"cannot reach the catalog at {cfg.where}: {first_line(exc)}") from None
 
     def execute(self, sql: str, params: list | tuple = ()):
         cursor = self.pg.cursor()
@@ -144,7 +145,7 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
             con.execute(f"ATTACH '{url}' AS ctl (TYPE postgres, SCHEMA '{CONTROL_SCHEMA}')")
         except duckdb.Error as exc:
             raise SharedUnavailable(f"cannot open the lake at {cfg.where} with data in {data_path}: "
-                                    f"{_first_line(exc)}") from None
+                                    f"{first_line(exc)}") from None
         con.execute("USE lake")
         con.execute(f"SET search_path = 'lake.main,ctl.{CONTROL_SCHEMA}'")
         shared_schema.ensure_lake(con, control)
@@ -195,7 +196,3 @@ def is_connection_failure(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return "connection" in text or "server closed" in text or "could not connect" in text
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
