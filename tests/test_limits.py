@@ -51,6 +51,7 @@ def test_monthly_quota_resets_on_the_first_in_the_configured_zone():
     december = [dt.datetime(2026, 12, 1, 8, 0, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=m) for m in range(3)]
     assert [limiter.admit(1, at) for at in december[:2]] == [None, None]
     refusal = limiter.admit(1, december[2])
+    assert refusal is not None, "a third call in December was admitted over a monthly quota of 2"
     assert (refusal.limit, refusal.size, refusal.used) == ("per-month", 2, 2)
     assert refusal.resets_at == dt.datetime(2027, 1, 1, 8, 0, tzinfo=dt.UTC)
 
