@@ -242,6 +242,8 @@ def _messages(scenario: str, request: dict) -> Reply:
                                               repeat=200 if "slow" in scenario else 1))
         reply.delay = 0.05 if "slow" in scenario else 0.0
         reply.die_after = 6 if "die" in scenario else None
+        if "no_stop" in scenario:  # the body ends cleanly, but before message_delta and message_stop
+            reply.events = reply.events[:-2]
         reply.gated = "gated" in scenario
         reply.split = 5 if "split" in scenario else None
         reply.gzip = "gzip" in scenario

@@ -208,6 +208,36 @@ def test_gdpr_by_key_removes_the_key_and_its_calls(tmp_path):
         assert con.execute("SELECT DISTINCT key_id FROM calls").fetchall() == [(keep,)]
 
 
+def test_gdpr_by_key_exports_and_erases_its_quota_alerts(tmp_path):
+    from .helpers import Receiver
+    home = tmp_path / "home"
+    keep, gone = make_key(home, "keep", "free"), make_key(home, "gone", "free")
+    for key_id in (keep, gone):
+        run_cli(home, "keys", "set-limit", str(key_id), "--per-month", "4")
+    with writing(home_dir.db_path(home)) as con:  # 3 of 4 calls this month: a 75% quota alert for each key
+        call_rows.insert(con, [call_row(key_id, dt.timedelta(0), f"c{key_id}") for key_id in (keep, gone)
+                               for _ in range(3)])
+    receiver = Receiver()
+    (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
+    try:
+        run_cli(home, "alerts", "check")
+    finally:
+        receiver.close()
+
+    def quota_alerts() -> list[str]:
+        listed = json.loads(run_cli(home, "alerts", "list", "--json"))
+        return sorted(a["subject"] for a in listed if a["kind"] == "quota")
+
+    assert [f"key {k} has used 75% of its monthly quota" in s for k, s in zip((keep, gone), quota_alerts())] == \
+        [True, True]
+    document = json.loads(run_cli(home, "gdpr", "export", "--key", str(gone)))
+    assert [a["subject"] for a in document["alerts"]] == [quota_alerts()[1]]
+    output = run_cli(home, "gdpr", "delete", "--key", str(gone), "--yes")
+    assert f"Erased key {gone}: 3 calls, 0 hourly totals, 0 budgets, 1 alerts" in output
+    [kept] = quota_alerts()
+    assert f"key {keep} has used 75% of its monthly quota" in kept
+
+
 def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(tmp_path):
     from web import create_app
     home = tmp_path / "home"

@@ -12,10 +12,13 @@ import anthropic
 import openai
 import pytest
 
+from addon.core.home import db_path
 from addon.core.limits import Limiter
 from addon.core.plans import Limits, limits_for
+from addon.core.store import calls as call_rows
+from addon.core.store import writing
 
-from .helpers import run_cli, start_proxy
+from .helpers import call_row, run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
@@ -36,15 +39,21 @@ def test_hourly_window_admits_the_limit_then_refuses_until_the_next_hour():
 
 def test_monthly_quota_resets_on_the_first_in_the_configured_zone():
     limiter = Limiter(LA)
-    limiter.set_limits({1: limits_for("free", None, 1)})
+    limiter.set_limits({1: limits_for("free", None, 2)})
     # 2026-12-01 07:30 UTC is still November 30th in Los Angeles.
     now = dt.datetime(2026, 12, 1, 7, 30, tzinfo=dt.UTC)
     limiter.seed({1: (0, 0)}, now)
-    assert limiter.admit(1, now) is None
+    assert limiter.admit(1, now) is None and limiter.admit(1, now) is None
     refusal = limiter.admit(1, now)
     assert refusal.limit == "per-month"
     assert refusal.resets_at == dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)  # midnight PST
-    assert limiter.admit(1, dt.datetime(2026, 12, 1, 8, 0, 1, tzinfo=dt.UTC)) is None
+    # December in Los Angeles: a fresh quota of 2, and then a refusal until January 1st, midnight PST.
+    december = [dt.datetime(2026, 12, 1, 8, 0, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=m) for m in range(3)]
+    assert [limiter.admit(1, at) for at in december[:2]] == [None, None]
+    refusal = limiter.admit(1, december[2])
+    assert refusal is not None, "a third call in December was admitted over a monthly quota of 2"
+    assert (refusal.limit, refusal.size, refusal.used) == ("per-month", 2, 2)
+    assert refusal.resets_at == dt.datetime(2027, 1, 1, 8, 0, tzinfo=dt.UTC)
 
 
 def test_plans_and_overrides():
@@ -98,3 +107,42 @@ def test_over_the_limit_the_sdks_get_a_429_with_retry_after_and_a_restart_keeps_
                 time.sleep(0.2)
     finally:
         restarted.stop()
+
+
+def _plus14_month(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """(start, end) in UTC of the current month in Etc/GMT-14 (UTC+14, no daylight saving)."""
+    local = now + dt.timedelta(hours=14)
+    start = dt.datetime(local.year, local.month, 1, tzinfo=dt.UTC)
+    end = dt.datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=dt.UTC)
+    return start - dt.timedelta(hours=14), end - dt.timedelta(hours=14)
+
+
+def test_the_proxy_counts_the_monthly_quota_in_its_quota_zone(tmp_path, upstream):
+    """Calls stored between the start of the month in UTC+14 and in UTC count in one zone's month and
+    not in the other's: the proxy, told --quota-tz Etc/GMT-14, must count them as UTC+14 does."""
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "zoned", "--json"))
+    run_cli(home, "keys", "set-limit", str(created["id"]), "--per-month", "3")
+    now = dt.datetime.now(dt.UTC)
+    zone_start, zone_end = _plus14_month(now)
+    utc_start = dt.datetime(now.year, now.month, 1, tzinfo=dt.UTC)
+    # Usually UTC+14's month began 14 h before UTC's; in the last 14 h of a UTC month it began after.
+    between = min(zone_start, utc_start) + dt.timedelta(minutes=1)
+    used_in_zone = 2 if between >= zone_start else 0
+    with writing(db_path(home)) as con:
+        call_rows.insert(con, [call_row(n, ts=between, key_id=created["id"]) for n in (1, 2)])
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"],
+                        extra_args=("--quota-tz", "Etc/GMT-14"))
+    try:
+        client = proxy.openai(headers={"x-customer-id": "zoned"})
+        for _ in range(3 - used_in_zone):
+            client.chat.completions.create(**CHAT)
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.chat.completions.create(**CHAT)
+        assert "3 requests per month" in raised.value.message
+        assert f"It resets at {zone_end:%Y-%m-%d %H:%M:%S} UTC" in raised.value.message
+        wait = int(raised.value.response.headers["retry-after"])
+        assert abs(wait - math.ceil((zone_end - dt.datetime.now(dt.UTC)).total_seconds())) <= 2
+        assert len(proxy.rows("zoned", expect=3 - used_in_zone)) == 3 - used_in_zone
+    finally:
+        proxy.stop()

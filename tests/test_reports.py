@@ -73,6 +73,48 @@ def test_months_follow_the_time_zone_the_invoice_uses(home):
     assert days["2026-10-31"]["calls"] == 2
 
 
+# Around the end of daylight saving in Los Angeles (2026-11-01 09:00 UTC: 02:00 PDT becomes 01:00 PST).
+# Costs are powers of two, so each total says which calls it holds.
+DST_DATA = [
+    row("2026-11-01T06:59:59", "gpt-4o", "1", 1),    # Oct 31 23:59:59 PDT
+    row("2026-11-01T07:00:00", "gpt-4o", "2", 1),    # Nov 1 00:00 PDT
+    row("2026-11-01T08:30:00", "gpt-4o", "4", 1),    # Nov 1 01:30 PDT
+    row("2026-11-01T09:00:00", "gpt-4o", "64", 1),   # Nov 1 01:00 PST: the switch itself
+    row("2026-11-01T09:30:00", "gpt-4o", "8", 1),    # Nov 1 01:30 PST, the hour that comes twice
+    row("2026-11-02T07:30:00", "gpt-4o", "16", 1),   # Nov 1 23:30 PST (00:30 on Nov 2 at the summer offset)
+    row("2026-11-02T08:00:00", "gpt-4o", "32", 1),   # Nov 2 00:00 PST
+]
+
+
+@pytest.fixture
+def dst_home(tmp_path):
+    with writing(home_dir.db_path(tmp_path)) as con:
+        call_rows.insert(con, DST_DATA)
+    return tmp_path
+
+
+def test_days_and_hours_across_the_end_of_daylight_saving(dst_home):
+    days = cli_json(dst_home, "report", "--by", "day", "--tz", "America/Los_Angeles")
+    assert [(g["day"], g["calls"], g["cost_usd"]) for g in days] == [
+        ("2026-10-31", 1, 1.0), ("2026-11-01", 5, 94.0), ("2026-11-02", 1, 32.0)]
+    hours = cli_json(dst_home, "report", "--by", "hour", "--tz", "America/Los_Angeles")
+    assert [(g["hour"], g["calls"], g["cost_usd"]) for g in hours] == [
+        ("2026-10-31 23:00", 1, 1.0), ("2026-11-01 00:00", 1, 2.0), ("2026-11-01 01:00", 3, 76.0),
+        ("2026-11-01 23:00", 1, 16.0), ("2026-11-02 00:00", 1, 32.0)]
+
+
+def test_adjacent_reports_count_a_call_at_the_boundary_once(dst_home):
+    def window(since: str, until: str) -> tuple[int, float]:
+        [total] = cli_json(dst_home, "report", "--by", "model", "--since", since, "--until", until,
+                           "--tz", "America/Los_Angeles")
+        return total["calls"], total["cost_usd"]
+
+    # The call at 2026-11-02 00:00 PST is the first of the second day, not the last of the first.
+    assert window("2026-11-01", "2026-11-02") == (5, 94.0)
+    assert window("2026-11-02", "2026-11-03") == (1, 32.0)
+    assert window("2026-11-01", "2026-11-03") == (6, 126.0)
+
+
 def test_filters_and_time_range(home):
     acme = cli_json(home, "report", "--by", "customer", "--customer", "acme")
     assert [(g["customer_id"], g["calls"], g["cost_usd"]) for g in acme] == [("acme", 3, 3.0)]
@@ -203,6 +245,12 @@ def test_a_key_sees_only_its_own_calls(api):
     assert api("/api/v1/report?by=model&key=1", who="key2").status_code == 403
     calls = api("/api/v1/calls?limit=100", who="key1").get_json()["calls"]
     assert {c["key_id"] for c in calls} == {1} and len(calls) == 3
+    exported = csv.DictReader(io.StringIO(api("/api/v1/export?format=csv", who="key1").get_data(as_text=True)))
+    assert sorted((r["key_id"], r["customer_id"], r["cost_usd"]) for r in exported) == [
+        ("1", "acme", ""), ("1", "acme", "1"), ("1", "acme", "2")]
+    assert [r["key_id"] for r in api("/api/v1/export?format=json", who="key2").get_json()] == [2, 2]
+    refused = api("/api/v1/export?format=json&key=2", who="key1")
+    assert refused.status_code == 403 and "may only see its own calls" in refused.get_json()["error"]["message"]
 
 
 def test_calls_pages_are_newest_first_and_complete(api):

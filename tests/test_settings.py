@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from decimal import Decimal
 
+import openai
 import pytest
 from click.testing import CliRunner
 from mitmproxy import exceptions
@@ -49,34 +50,43 @@ def test_the_proxy_flag_refuses_the_same_bounds():
     assert result.exit_code == 2 and "5 is not in the range 10<=x<=60000" in result.output
 
 
-def _earlier_day_start(now: dt.datetime) -> tuple[str, dt.datetime]:
-    """Of UTC and UTC+14, the zone whose current day began first, and when it began (UTC)."""
+def test_the_quota_zone_given_to_the_proxy_is_the_proxy_s_and_the_cli_s_today(tmp_path, upstream):
+    """One call stored between the start of today in UTC+14 and in UTC is today's in exactly one of
+    them; a blocking daily budget of its cost shows which day the proxy and the CLI count."""
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "zoned", "--json"))
+    now = dt.datetime.now(dt.UTC)
     utc_midnight = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC)
     local = now + dt.timedelta(hours=14)
     plus14_midnight = dt.datetime(local.year, local.month, local.day, tzinfo=dt.UTC) - dt.timedelta(hours=14)
-    return ("Etc/GMT-14", plus14_midnight) if plus14_midnight < utc_midnight else ("UTC", utc_midnight)
-
-
-def test_the_quota_zone_given_to_the_proxy_is_the_cli_s_today(tmp_path, upstream):
-    home = tmp_path / "home"
-    now = dt.datetime.now(dt.UTC)
-    earlier, began = _earlier_day_start(now)
-    later = "UTC" if earlier != "UTC" else "Etc/GMT-14"
-    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--daily", "1")
-    with writing(db_path(home)) as con:  # a call early in the day of one zone, before the day of the other
-        call_rows.insert(con, [call_row(1, ts=began + dt.timedelta(minutes=1), customer_id="acme",
-                                        cost_usd=Decimal("0.25"))])
+    between = min(utc_midnight, plus14_midnight) + dt.timedelta(minutes=1)
+    today_in_plus14 = between >= plus14_midnight  # else it is today's in UTC only
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--daily", "0.25", "--block")
+    with writing(db_path(home)) as con:
+        call_rows.insert(con, [call_row(1, ts=between, customer_id="acme", cost_usd=Decimal("0.25"))])
 
     def spent_today() -> Decimal:
         [budget] = json.loads(run_cli(home, "budgets", "list", "--json"))
         return Decimal(str(budget["spent_today_usd"]))
 
-    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", extra_args=("--quota-tz", earlier))
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"],
+                        extra_args=("--quota-tz", "Etc/GMT-14"))
     try:
         stored = json.loads(run_cli(home, "config", "show", "--format", "json"))
-        assert stored == [{"name": "quota_tz", "value": earlier}]
-        assert spent_today() == Decimal("0.25")
+        assert stored == [{"name": "quota_tz", "value": "Etc/GMT-14"}]
+        assert spent_today() == (Decimal("0.25") if today_in_plus14 else 0)
+        client = proxy.openai(headers={"x-customer-id": "acme"})
+        if today_in_plus14:
+            with pytest.raises(openai.RateLimitError) as raised:
+                client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+            assert "$0.25 spent of the daily budget of $0.25." in raised.value.message
+            tomorrow = plus14_midnight + dt.timedelta(days=1)
+            assert f"blocked until {tomorrow:%Y-%m-%d %H:%M} UTC" in raised.value.message
+        else:
+            client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        rows = proxy.rows("acme", expect=1 if today_in_plus14 else 2)
     finally:
         proxy.stop()
-    run_cli(home, "config", "set", "quota-tz", later)
-    assert spent_today() == 0
+    run_cli(home, "config", "set", "quota-tz", "UTC")  # now the CLI's today is UTC's
+    assert len(rows) == (1 if today_in_plus14 else 2)  # a refused call is not recorded
+    assert spent_today() == (0 if today_in_plus14 else sum(Decimal(str(r["cost_usd"])) for r in rows))

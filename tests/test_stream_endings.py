@@ -114,6 +114,21 @@ def test_anthropic_stream_cut_short_keeps_the_input_it_was_told(proxy, customer)
     assert row["output_tokens"] >= 1
 
 
+def test_a_stream_that_ends_without_its_terminal_event_is_partial_not_reported(proxy, customer, o200k):
+    """message_start says output_tokens 1; the real count came in message_delta, which never did."""
+    client = proxy.anthropic(headers={"x-customer-id": customer, "x-test-scenario": "no_stop"})
+    events = list(client.messages.create(model="claude-sonnet-4-20250514", max_tokens=100, stream=True,
+                                         messages=[{"role": "user", "content": "hi"}]))
+    assert events[-1].type == "content_block_stop"  # the client got all the provider sent, nothing more
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+    assert text == "".join(STREAM_TEXT)
+    [row] = proxy.rows(customer)
+    assert row["usage_source"] == "partial"
+    assert row["input_tokens"] == 377  # from message_start, exact
+    assert row["output_tokens"] == len(o200k.encode(text))  # counted from the text, not message_start's 1
+    assert row["cost_usd"] == pytest.approx((377 * 3 + row["output_tokens"] * 15) / 1e6, abs=1e-12)
+
+
 def test_upstream_unreachable_gives_502_and_a_row(tmp_path, customer):
     from .helpers import free_port, start_proxy
     proxy = start_proxy(tmp_path / "home", f"http://127.0.0.1:{free_port()}", tmp_path / "proxy.log")

@@ -114,6 +114,19 @@ def test_admin_tokens_can_be_listed_and_revoked_and_their_sessions_end(client, h
     assert json.loads(run_cli(home, "admin", "list-tokens", "--json"))[0]["status"] == "revoked"
 
 
+def test_a_revoked_key_can_no_longer_read_the_api_nor_keep_its_session(client, home):
+    key = json.loads(run_cli(home, "keys", "create", "--name", "leaving", "--json"))
+    bearer = {"Authorization": f"Bearer {key['key']}"}
+    assert client.get("/api/v1/calls", headers=bearer).status_code == 200
+    _sign_in(client, key["key"])
+    assert client.get("/api/v1/report").status_code == 200
+    run_cli(home, "keys", "revoke", str(key["id"]))
+    for path in ("/api/v1/calls", "/api/v1/report", "/api/v1/export?format=json", "/api/v1/budgets"):
+        refused = client.get(path, headers=bearer)
+        assert refused.status_code == 401 and "Authorization: Bearer" in refused.get_json()["error"]["message"]
+        assert client.get(path).status_code == 401, path  # nor through the page's session
+
+
 def test_the_data_files_are_readable_by_their_owner_only(home, admin_token):
     from addon.core import home as home_dir
     create_app(home)
