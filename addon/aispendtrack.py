@@ -121,11 +121,12 @@ class AiSpendTrack:
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,
             sync=self.state.counters.sync_budgets if self.state.counters else None)
         self.metrics = metrics.install(metrics.Metrics(ctx.options.aispendtrack_metrics_tags,
-                                                       ctx.options.aispendtrack_metrics_label_cap))
+                                                       ctx.options.aispendtrack_metrics_label_cap,
+                                                       ctx.options.aispendtrack_metrics_series_cap))
         self.metrics.watch_writer(self.writer.stats)
         if ctx.options.aispendtrack_metrics_port:
             try:
-                self._metrics_server = metrics_port.serve(ctx.options.listen_host,
+                self._metrics_server = metrics_port.serve(ctx.options.aispendtrack_metrics_host,
                                                           ctx.options.aispendtrack_metrics_port)
             except OSError as exc:  # metrics are worth a log line, not the calls
                 log.error("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",

@@ -66,7 +66,7 @@ def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None,
     if web_port:
         check_port_free(host, web_port, "--web-port")
     if values.get("metrics_port"):
-        check_port_free(host, values["metrics_port"], "--metrics-port")
+        check_port_free(values["metrics_host"], values["metrics_port"], "--metrics-port")
     _first_key(obj.db)
     if web_port:
         from web.server import serve_in_thread

@@ -14,7 +14,7 @@ from addon.core.store import alerts as alert_rows
 from addon.core.store import calls as call_rows
 from addon.core.store import reading, writing
 
-from .helpers import run_cli, start_proxy
+from .helpers import Receiver, run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 NOW = dt.datetime.now(dt.UTC)
@@ -226,3 +226,29 @@ def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(tmp_path):
     deleted = client.post("/api/v1/gdpr/delete", json={"customer": "api-cust"}, headers=as_admin).get_json()
     assert deleted["deleted"]["calls"] == 1
     assert client.post("/api/v1/purge", json={"dry_run": True}, headers=as_admin).get_json()["expired_calls"] == 0
+
+
+def test_gdpr_export_and_delete_touch_only_the_subjects_own_alerts(tmp_path):
+    home = tmp_path / "home"
+    key = make_key(home, "k", "pro")
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [call_row(key, dt.timedelta(minutes=1), who, cost="2") for who in ("e", "acme")])
+    for who in ("e", "acme"):
+        run_cli(home, "budgets", "set", "--scope", f"customer:{who}", "--daily", "1")
+    receiver = Receiver()
+    (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
+    try:
+        run_cli(home, "alerts", "check")
+        subjects = sorted(json.loads(body)["subject"] for _, body in receiver.requests)
+        assert subjects == ["AiSpendTrack: daily budget crossed for customer acme",
+                            "AiSpendTrack: daily budget crossed for customer e"]
+        document = json.loads(run_cli(home, "gdpr", "export", "--customer", "e"))
+        assert [a["subject"] for a in document["alerts"]] == ["AiSpendTrack: daily budget crossed for customer e"]
+        output = run_cli(home, "gdpr", "delete", "--customer", "e", "--yes")
+        assert "1 alerts" in output or "1 alert" in output, output
+        remaining = [a["subject"] for a in json.loads(run_cli(home, "alerts", "list", "--json"))]
+        assert remaining == ["AiSpendTrack: daily budget crossed for customer acme"]
+        run_cli(home, "alerts", "check")
+        assert len(receiver.requests) == 2  # acme's alert is not sent again
+    finally:
+        receiver.close()

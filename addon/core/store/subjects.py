@@ -1,7 +1,7 @@
 """SQL for one data subject (a customer id or a key): everything stored about it, and deleting it.
 
 Where a subject appears: ``calls`` and ``hourly_usage`` rows, budgets scoped to it, alerts about
-it (by their dedupe key, or a customer id in the alert's subject line), and for a key its own row.
+it (by their dedupe key, or a customer's budget alert by its exact subject line), and for a key its own row.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from .alerts import budget_subject, spike_subject
 from .connection import control, one
 
 
@@ -52,14 +53,21 @@ def _budget_ids(con: duckdb.DuckDBPyConnection, subject: Subject) -> list[int]:
 
 
 def _alerts_condition(subject: Subject, budget_ids: list[int]) -> tuple[str, list]:
-    patterns = [f"spike:{subject.kind}:{subject.value}:%"] + [f"budget:{b}:%" for b in budget_ids]
+    """The subject's own alerts, matched whole (never a customer id inside another's): its budgets'
+    and, for a key, its quota's by dedupe key; spikes of its scope; and for a customer, alerts of a
+    budget since removed, by their exact subject line."""
+    patterns = [f"budget:{b}:%" for b in budget_ids]
     if subject.kind == "key":
         patterns.append(f"quota:{subject.value}:%")
-    condition = " OR ".join("dedupe_key LIKE ? ESCAPE '\\'" for _ in patterns)
     params: list = [_like_literal(p) for p in patterns]
-    if subject.kind == "customer":  # budget and spike subjects name the customer
-        condition += " OR position(? IN subject) > 0"
-        params.append(subject.value)
+    # spike:<scope>:<value>:<hour>, the hour as 2026-11-25T10: fixed width, so a value with a colon
+    # in it cannot stand for another one.
+    params.append(_like_literal(f"spike:{subject.kind}:{subject.value}:%")[:-1] + "____-__-__T__")
+    condition = " OR ".join("dedupe_key LIKE ? ESCAPE '\\'" for _ in params)
+    if subject.kind == "customer":
+        label = subject.label()
+        condition += " OR subject IN (SELECT unnest(?::VARCHAR[]))"
+        params.append([budget_subject("daily", label), budget_subject("monthly", label), spike_subject(label)])
     return condition, params
 
 
