@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
@@ -62,7 +62,9 @@ class WebServer(TcpWSGIServer):
     def __init__(self, host: str, port: int, app: Callable) -> None:
         adj = Adjustments(host=host, port=port, threads=THREADS, channel_timeout=READ_TIMEOUT, cleanup_interval=1,
                           # Room to accept (and refuse with a 503) what comes over MAX_CONNECTIONS.
-                          connection_limit=MAX_CONNECTIONS + 64, ident="AiSpendTrack", expose_tracebacks=False)
+                          connection_limit=MAX_CONNECTIONS + 64, ident="AiSpendTrack", expose_tracebacks=False,
+                          # Forwarding headers are the app's to judge, by the peer (web/security.py).
+                          clear_untrusted_proxy_headers=False)
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(THREADS)
         super().__init__(_access_logged(app), map={}, dispatcher=dispatcher, adj=adj)
@@ -139,11 +141,11 @@ def _access_logged(app: Callable) -> Callable:
     return logged
 
 
-def serve_in_thread(home, host: str, port: int) -> threading.Thread:
+def serve_in_thread(home, host: str, port: int, trusted_proxies: Sequence[str] = ()) -> threading.Thread:
     """The web app beside the proxy, in the same process (``aispendtrack proxy --web-port``)."""
     from . import create_app
 
-    server = WebServer(host, port, create_app(home))
+    server = WebServer(host, port, create_app(home, trusted_proxies=trusted_proxies))
     thread = threading.Thread(target=server.serve_forever, name="aispendtrack-web", daemon=True)
     thread.start()
     return thread
