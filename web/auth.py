@@ -1,10 +1,10 @@
 """Who is asking: an ``ask_`` key (its own calls only) or an admin token (everything).
 
 The API takes ``Authorization: Bearer <secret>``; the page signs in once and keeps a session
-cookie (signed, HttpOnly, SameSite=Strict, Secure over TLS, also behind a trusted TLS proxy) that holds a random session id. The
-session lives in the database: it expires after SESSION_LIFETIME and a sign-out ends it, so a
-copied cookie is worth nothing afterwards. Every request checks the key or token behind the
-session again, so a revoked key loses its sessions too.
+cookie (signed, HttpOnly, SameSite=Strict, Secure over TLS, also behind a trusted TLS proxy) that
+holds a random session id. The session lives in the database: it expires after SESSION_LIFETIME
+and a sign-out ends it, so a copied cookie is worth nothing afterwards. Every request checks the
+key or token behind the session again, so a revoked key loses its sessions too.
 """
 
 from __future__ import annotations
