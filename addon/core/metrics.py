@@ -42,6 +42,17 @@ class _Capped:
     def __init__(self, cap: int) -> None:
         self.cap, self._seen, self._lock = cap, set[object](), threading.Lock()
 
+    def values(self) -> list:
+        with self._lock:
+            return list(self._seen)
+
+    def drop(self, which: Callable[[object], bool]) -> list:
+        """Forget the values ``which`` picks (room for new ones); returns them."""
+        with self._lock:
+            gone = [value for value in self._seen if which(value)]
+            self._seen.difference_update(gone)
+        return gone
+
     def __call__(self, value: object) -> bool:
         """Whether ``value`` is one of the values kept (taking it if there is room)."""
         if value in self._seen:
@@ -109,6 +120,26 @@ class Metrics:
             self.latency.labels(labels[0], labels[1]).observe(float(row["latency_ms"]) / 1000)
         if row.get("ttft_ms") is not None:
             self.ttft.labels(labels[0], labels[1]).observe(float(row["ttft_ms"]) / 1000)
+
+    def label_values(self, label: str) -> list[str]:
+        """The values ``label`` (customer, key, ...) has now, "other" aside."""
+        return [str(v) for v in self._capped[label].values()] if label in self._capped else []
+
+    def forget(self, label: str, value: str) -> None:
+        """Drop every series whose ``label`` is ``value``: an erased customer or key is named no more."""
+        if label not in self._labels:
+            return
+        at = self._labels.index(label)
+        self._capped[label].drop(lambda v: v == value)
+        for combination in self._combinations.drop(lambda c: c[at] == value):  # type: ignore[index]
+            labels, status = combination[:-1], combination[-1]
+            series = [(self.calls, (*labels, status)), (self.errors, labels), (self.cost, labels),
+                      *((self.tokens, (*labels, kind)) for kind in KINDS)]
+            for metric, values in series:
+                try:
+                    metric.remove(*values)
+                except KeyError:  # never counted (no error, no cost, no tokens of that kind)
+                    pass
 
     def refused(self, reason: str) -> None:
         self.refusals.labels(reason).inc()
