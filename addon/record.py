@@ -28,7 +28,7 @@ MAX_BUFFERED_BODY = 8 * 1024 * 1024
 _EDGE = 256 * 1024  # head and tail kept of a larger body: model sits near the start, usage at the end
 _SLICE = 1024 * 1024
 MAX_MODEL_LENGTH = 200  # characters of a model name stored; real ones (ARNs, fine-tunes) stay far below
-_MODEL_IN_HEAD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+_MODEL_IN_HEAD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,%d})"' % MAX_MODEL_LENGTH)
 _NOTHING_BILLED = Price(Decimal(0), None)
 
 

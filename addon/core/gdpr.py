@@ -14,13 +14,15 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from .metrics import Metrics
 from .serialize import json_row
 from .store import compact, lake, reading, subjects, writing
 from .store.connection import is_shared
 from .store.subjects import Subject
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -131,7 +131,7 @@ class Metrics:
             return
         at = self._labels.index(label)
         self._capped[label].drop(lambda v: v == value)
-        for combination in self._combinations.drop(lambda c: c[at] == value):  # type: ignore[index]
+        for combination in self._combinations.drop(lambda c: isinstance(c, tuple) and c[at] == value):
             labels, status = combination[:-1], combination[-1]
             series = [(self.calls, (*labels, status)), (self.errors, labels), (self.cost, labels),
                       *((self.tokens, (*labels, kind)) for kind in KINDS)]
