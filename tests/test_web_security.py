@@ -151,16 +151,14 @@ def _web_server(home, tmp_path, *args: str):
     raise RuntimeError((tmp_path / f"web-{port}.log").read_text())
 
 
-def _forwarded_sign_in(url: str, secret: str) -> str:
-    """Sign in as a browser behind a TLS-terminating proxy would: the Set-Cookie of the sign-in."""
+def _forwarded_sign_in(url: str, secret: str, origin: str | None = None) -> httpx.Response:
+    """Sign in as a browser behind a TLS-terminating proxy would (it forwards X-Forwarded-Proto)."""
     forwarded = {"X-Forwarded-Proto": "https"}
     form = httpx.get(f"{url}/login", headers=forwarded, timeout=5)
     cookie = form.headers["set-cookie"].split(";")[0]  # sent back by hand: a Secure cookie never goes over http
     csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
-    signed_in = httpx.post(f"{url}/login", data={"secret": secret, "csrf": csrf}, timeout=5,
-                           headers={**forwarded, "Cookie": cookie})
-    assert signed_in.status_code == 302, signed_in.text
-    return signed_in.headers["set-cookie"]
+    return httpx.post(f"{url}/login", data={"secret": secret, "csrf": csrf}, timeout=5,
+                      headers={**forwarded, "Cookie": cookie, **({"Origin": origin} if origin else {})})
 
 
 @pytest.mark.parametrize("trusted,secure", [(("--trusted-proxy", "127.0.0.1"), True),
@@ -168,9 +166,15 @@ def _forwarded_sign_in(url: str, secret: str) -> str:
 def test_the_session_cookie_is_secure_behind_a_trusted_tls_proxy_only(home, admin_token, tmp_path, trusted, secure):
     process, url = _web_server(home, tmp_path, *trusted)
     try:
-        set_cookie = _forwarded_sign_in(url, admin_token["token"])
+        signed_in = _forwarded_sign_in(url, admin_token["token"])
+        assert signed_in.status_code == 302, signed_in.text
+        set_cookie = signed_in.headers["set-cookie"]
         assert set_cookie.startswith("aispendtrack_session=") and "HttpOnly" in set_cookie
         assert ("; Secure" in set_cookie) is secure, set_cookie
+        # A browser sends the page's own origin, https:// behind the proxy: ours only when the
+        # forwarded scheme is believed.
+        from_browser = _forwarded_sign_in(url, admin_token["token"], origin=url.replace("http://", "https://"))
+        assert from_browser.status_code == (302 if secure else 403), from_browser.text
     finally:
         process.terminate()
         process.wait(10)
