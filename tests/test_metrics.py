@@ -220,3 +220,19 @@ def test_huge_model_names_are_stored_cut_and_leave_the_scrape_small(tmp_path):
             assert total(scrape(metrics_url), "aispendtrack_calls_total", status="400") == 4
         finally:
             proxy.stop()
+
+
+def test_forgetting_a_customer_or_a_key_drops_its_series_and_keeps_the_others():
+    metrics = Metrics(tags=True)
+    for customer, key in (("ann", 1), ("bob", 1), ("bob", 2)):
+        metrics.observe({"provider": "openai", "model": "gpt-4o", "key_id": key, "customer_id": customer,
+                         "feature": "chat", "status": 500, "input_tokens": 10, "cost_usd": Decimal("0.001")})
+    metrics.forget("customer", "ann")
+    page = metrics.exposition().decode()
+    assert 'customer="ann"' not in page and page.count('customer="bob"') > 0
+    metrics.forget("key", "1")
+    samples = [s for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples
+               if s.name in ("aispendtrack_calls_total", "aispendtrack_errors_total", "aispendtrack_tokens_total",
+                             "aispendtrack_cost_usd_total")]
+    assert samples and {(s.labels["customer"], s.labels["key"]) for s in samples} == {("bob", "2")}
+    assert metrics.label_values("customer") == ["bob"]
