@@ -27,7 +27,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addon import failures, injection, metrics_port, refusals, settings
 from addon.bounds import ConnectionBounds
-from addon.core import config, metrics, spool
+from addon.core import config, gdpr, metrics, spool
 from addon.core import home as home_dir
 from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
@@ -69,6 +69,7 @@ class AiSpendTrack:
         self._home_lock: int | None = None
         self.metrics = metrics.current()
         self._metrics_server = None
+        self._erasures: gdpr.ErasureWatch | None = None
         failures.install()
 
     def load(self, loader) -> None:
@@ -124,11 +125,13 @@ class AiSpendTrack:
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,
             sync=self.state.counters.sync_budgets if self.state.counters else None)
         self.metrics = metrics.install(metrics.Metrics(ctx.options.aispendtrack_metrics_tags,
-                                                       ctx.options.aispendtrack_metrics_label_cap))
+                                                       ctx.options.aispendtrack_metrics_label_cap,
+                                                       ctx.options.aispendtrack_metrics_series_cap))
         self.metrics.watch_writer(self.writer.stats)
+        self._erasures = gdpr.ErasureWatch(home, self.metrics)
         if ctx.options.aispendtrack_metrics_port:
             try:
-                self._metrics_server = metrics_port.serve(ctx.options.listen_host,
+                self._metrics_server = metrics_port.serve(ctx.options.aispendtrack_metrics_host,
                                                           ctx.options.aispendtrack_metrics_port)
             except OSError as exc:  # metrics are worth a log line, not the calls
                 log.error("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
@@ -170,6 +173,8 @@ class AiSpendTrack:
             self._zone_warned = stored
             log.warning("quota_tz is now %s in the database; this proxy counts quotas and budgets in %s until "
                         "it is restarted", stored.key, state.limiter.zone.key)
+        if self._erasures is not None:
+            self._erasures.check(con)
         if state.counters is not None:
             state.counters.seed(con, now)
         if not self._seeded:

@@ -1,7 +1,7 @@
 """``--metrics-port``: the proxy's metrics at ``/metrics``, and nothing else, for a Prometheus scraper.
 
-Unauthenticated, as scrapers expect, so it listens on the proxy's own address (127.0.0.1 when the
-proxy listens on every address): labels name models, key ids and, with --metrics-tags, customers.
+Unauthenticated, as scrapers expect, so it listens on 127.0.0.1 whatever the proxy's ``--host``,
+unless ``--metrics-host`` says otherwise: labels name models, key ids and, with --metrics-tags, customers.
 It runs on the web port's server (web/server.py), with the same connection bounds.
 """
 

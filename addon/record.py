@@ -27,7 +27,8 @@ MAX_DECODED_BYTES = 64 * 1024 * 1024  # past this a response body's usage is not
 MAX_BUFFERED_BODY = 8 * 1024 * 1024
 _EDGE = 256 * 1024  # head and tail kept of a larger body: model sits near the start, usage at the end
 _SLICE = 1024 * 1024
-_MODEL_IN_HEAD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+MAX_MODEL_LENGTH = 200  # characters of a model name stored; real ones (ARNs, fine-tunes) stay far below
+_MODEL_IN_HEAD = re.compile(rb'"model"\s*:\s*"([^"\\]{1,%d})"' % MAX_MODEL_LENGTH)
 _NOTHING_BILLED = Price(Decimal(0), None)
 
 
@@ -67,6 +68,14 @@ def _ts(meter: CallMeter) -> dt.datetime:
     return dt.datetime.fromtimestamp(meter.started_at, dt.UTC)
 
 
+def _stored_model(model: str | None) -> str | None:
+    """A name longer than MAX_MODEL_LENGTH (a caller's or upstream's invention: no price has one) is
+    stored cut, ending in "…", so rows, reports and metric labels stay small. The upstream got it whole."""
+    if model is None or len(model) <= MAX_MODEL_LENGTH:
+        return model
+    return model[:MAX_MODEL_LENGTH - 1] + "…"
+
+
 def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUsage | None,
          source: str, price: Price) -> dict:
     usage = usage or TokenUsage()
@@ -80,8 +89,8 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         error = f"usage not requested: {meter.usage_not_requested}"
     return {
         "id": meter.id, "ts": _ts(meter), "key_id": meter.key_id, "provider": meter.provider.name,
-        "endpoint": meter.provider.endpoint(meter.path), "model": model, "stream": meter.stream, "status": meter.status,
-        "outcome": meter.outcome, "error": error,
+        "endpoint": meter.provider.endpoint(meter.path), "model": _stored_model(model), "stream": meter.stream,
+        "status": meter.status, "outcome": meter.outcome, "error": error,
         "input_tokens": usage.input_tokens, "cache_read_tokens": usage.cache_read_tokens,
         "cache_write_tokens": usage.cache_write_tokens, "cache_write_1h_tokens": usage.cache_write_1h_tokens,
         "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens,

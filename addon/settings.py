@@ -66,13 +66,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_only", bool, False, "Refuse calls that did not come over TLS (`aispendtrack proxy` sets it "
             "with --tls-cert).", None, owner="Gate"),
     Setting("metrics_port", int, 0, "Serve the proxy's metrics in the Prometheus format at /metrics on this "
-            "port, on the proxy's address (127.0.0.1 if it listens on all); 0: not served (the web port serves "
-            "them too, to admins).", "--metrics-port", 0, 65535),
+            "port, without authentication, on --metrics-host; 0: not served (the web port serves them too, to "
+            "admins).", "--metrics-port", 0, 65535),
+    Setting("metrics_host", str, "127.0.0.1", "Address of --metrics-port, whatever --host is: its labels name key "
+            "ids and customers, unauthenticated, so it leaves this machine only when set here.", "--metrics-host"),
     Setting("metrics_tags", bool, False, "Label the metrics by customer and feature too (each label keeps at most "
             "metrics_label_cap values).", "--metrics-tags"),
     Setting("metrics_label_cap", int, 100, "Distinct values a metric label keeps (model, key, customer, feature); "
             "later ones count as 'other', so a flood of names cannot exhaust Prometheus.", "--metrics-label-cap",
             1, 100_000),
+    Setting("metrics_series_cap", int, 1000, "Distinct label combinations the metrics keep (provider, model, key, "
+            "tags, status); a call with a new one past that counts under 'other' in every label, so a scrape stays "
+            "small.", "--metrics-series-cap", 1, 1_000_000),
     Setting("max_connections", int, 1024, "Client connections served at once; more are closed at once (also "
             "capped by the file descriptor limit).", "--max-connections", 1, owner="ConnectionBounds"),
     Setting("client_timeout_s", int, 60, "Seconds a client may take to send a request's headers, or stay idle "

@@ -67,6 +67,7 @@ class Writer(threading.Thread):
         self.spill_after_rows, self.spill_after_seconds = spill_after_rows, spill_after_seconds
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: list[dict] = []
+        self._erasure_key: bytes | None = None
         self._stopping = threading.Event()
         self._keys_due = 0.0
         self._failing_since: float | None = None
@@ -169,7 +170,9 @@ class Writer(threading.Thread):
         """Insert ``rows`` and empty the list. Rows the table refuses go to quarantine; a failure of
         the database itself raises, leaving the rows not yet stored in the list."""
         if is_shared(con):  # rows of a subject erased meanwhile (on any replica) are not stored
-            kept = subjects.without_erased(con, rows)
+            if self._erasure_key is None:
+                self._erasure_key = subjects.erasure_key(con, self.db_path.parent)
+            kept = subjects.without_erased(con, rows, self._erasure_key)
             if len(kept) < len(rows):
                 log.info("dropped %d unwritten rows of an erased customer or key", len(rows) - len(kept))
                 rows[:] = kept

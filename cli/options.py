@@ -62,3 +62,19 @@ def add_storage_options(group: click.Group) -> None:
                          metavar="DIR|s3://...", help=f"Shared mode: where the lake's files go, needed when the "
                                                       f"catalog is first created [env {shared.ENV_DATA_PATH}]."),
         ]
+
+
+def _check_trusted_proxies(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:
+    from web.security import trusted_networks
+    try:
+        trusted_networks(values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return values
+
+
+trusted_proxy_option = click.option(
+    "--trusted-proxy", "trusted_proxies", multiple=True, metavar="ADDRESS", callback=_check_trusted_proxies,
+    help="A TLS-terminating proxy in front of the web port (an address or network, repeatable): its "
+         "X-Forwarded-Proto is believed, so the session cookie is Secure behind it. From other peers the "
+         "header is ignored.")

@@ -17,6 +17,7 @@ from addon.core.plans import DEFAULT_PLAN
 from addon.core.store import keys as key_rows
 from addon.core.store import writing
 
+from .options import trusted_proxy_option
 from .output import check_port_free
 
 
@@ -51,10 +52,11 @@ _CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The private key of --tls-cert (PEM).")
 @click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False),
               help="Verify providers against this CA bundle (PEM) instead of the public CAs.")
+@trusted_proxy_option
 @_setting_flags
 @click.pass_obj
 def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None, tls_key: str | None,
-          upstream_ca: str | None, **values) -> None:
+          upstream_ca: str | None, trusted_proxies: tuple[str, ...], **values) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
@@ -66,11 +68,11 @@ def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None,
     if web_port:
         check_port_free(host, web_port, "--web-port")
     if values.get("metrics_port"):
-        check_port_free(host, values["metrics_port"], "--metrics-port")
+        check_port_free(values["metrics_host"], values["metrics_port"], "--metrics-port")
     _first_key(obj.db)
     if web_port:
         from web.server import serve_in_thread
-        serve_in_thread(obj.home, host, web_port)
+        serve_in_thread(obj.home, host, web_port, trusted_proxies)
         click.echo(f"Web and API on http://{host}:{web_port}")
     scheme = "https" if tls_cert else "http"
     click.echo(f"AiSpendTrack proxy on {scheme}://{host}:{port}  (data: {obj.home})")

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from .options import trusted_proxy_option
 from .output import check_port_free
 
 
@@ -22,14 +23,15 @@ def access_log() -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8081, show_default=True, type=click.IntRange(1, 65535), help="Port to listen on.")
+@trusted_proxy_option
 @click.pass_obj
-def web(obj, host: str, port: int) -> None:
+def web(obj, host: str, port: int, trusted_proxies: tuple[str, ...]) -> None:
     """Serve the report page at http://HOST:PORT/ and the JSON API at /api/v1 (docs/api.md)."""
     from web import create_app
     from web.server import WebServer
 
     check_port_free(host, port, "--port")
-    server = WebServer(host, port, create_app(obj.home))
+    server = WebServer(host, port, create_app(obj.home, trusted_proxies=trusted_proxies))
     access_log()
     click.echo(f"AiSpendTrack web on http://{host}:{port}  (data: {obj.home})")
     try:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
+import stat
 import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
+
+import httpx
 
 from addon.core import home as home_dir
 from addon.core.store import alerts as alert_rows
 from addon.core.store import calls as call_rows
 from addon.core.store import reading, writing
 
-from .helpers import run_cli, start_proxy
+from .helpers import Receiver, free_port, run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 NOW = dt.datetime.now(dt.UTC)
@@ -256,3 +261,61 @@ def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(tmp_path):
     deleted = client.post("/api/v1/gdpr/delete", json={"customer": "api-cust"}, headers=as_admin).get_json()
     assert deleted["deleted"]["calls"] == 1
     assert client.post("/api/v1/purge", json={"dry_run": True}, headers=as_admin).get_json()["expired_calls"] == 0
+
+
+def test_gdpr_export_and_delete_touch_only_the_subjects_own_alerts(tmp_path):
+    home = tmp_path / "home"
+    key = make_key(home, "k", "pro")
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [call_row(key, dt.timedelta(minutes=1), who, cost="2") for who in ("e", "acme")])
+    for who in ("e", "acme"):
+        run_cli(home, "budgets", "set", "--scope", f"customer:{who}", "--daily", "1")
+    receiver = Receiver()
+    (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
+    try:
+        run_cli(home, "alerts", "check")
+        subjects = sorted(json.loads(body)["subject"] for _, body in receiver.requests)
+        assert subjects == ["AiSpendTrack: daily budget crossed for customer acme",
+                            "AiSpendTrack: daily budget crossed for customer e"]
+        document = json.loads(run_cli(home, "gdpr", "export", "--customer", "e"))
+        assert [a["subject"] for a in document["alerts"]] == ["AiSpendTrack: daily budget crossed for customer e"]
+        output = run_cli(home, "gdpr", "delete", "--customer", "e", "--yes")
+        assert "1 alerts" in output or "1 alert" in output, output
+        remaining = [a["subject"] for a in json.loads(run_cli(home, "alerts", "list", "--json"))]
+        assert remaining == ["AiSpendTrack: daily budget crossed for customer acme"]
+        run_cli(home, "alerts", "check")
+        assert len(receiver.requests) == 2  # acme's alert is not sent again
+    finally:
+        receiver.close()
+
+
+def test_an_erased_customer_leaves_the_metrics_and_its_record_is_a_keyed_hash(tmp_path, upstream):
+    home, metrics_port = tmp_path / "home", free_port()
+    customer = "ann"  # short: a plain SHA-256 of it is found by trying every short id
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log",
+                        extra_args=("--metrics-port", str(metrics_port), "--metrics-tags"))
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    try:
+        for who in (customer, "bob"):
+            proxy.openai(headers={"x-customer-id": who}).chat.completions.create(**CHAT)
+            proxy.rows(who)
+        before = httpx.get(metrics_url, timeout=5).text
+        assert 'customer="ann"' in before and 'customer="bob"' in before
+        run_cli(home, "gdpr", "delete", "--customer", customer, "--yes")
+        deadline = time.monotonic() + 10
+        while 'customer="ann"' in httpx.get(metrics_url, timeout=5).text and time.monotonic() < deadline:
+            time.sleep(0.2)
+        after = httpx.get(metrics_url, timeout=5).text
+        assert 'customer="ann"' not in after and 'customer="bob"' in after
+        proxy.openai(headers={"x-customer-id": customer}).chat.completions.create(**CHAT)  # a new call counts again
+        proxy.rows(customer)
+        assert 'customer="ann"' in httpx.get(metrics_url, timeout=5).text
+    finally:
+        proxy.stop()
+    with reading(home_dir.db_path(home)) as con:
+        [(kind, stored)] = con.execute("SELECT kind, value_hash FROM erasures").fetchall()
+    plain = hashlib.sha256(customer.encode()).hexdigest()
+    key_file = home / "erasure-key"
+    assert kind == "customer" and stored != plain
+    assert stored == hmac.new(bytes.fromhex(key_file.read_text()), plain.encode(), hashlib.sha256).hexdigest()
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600

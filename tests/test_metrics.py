@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -126,3 +128,111 @@ def test_the_metrics_port_serves_nothing_else_and_stays_off_by_default(proxied, 
     proxy, metrics_url, _, _ = proxied
     assert httpx.get(metrics_url.replace("/metrics", "/api/v1/report"), timeout=5).status_code == 404
     assert "--metrics-port" in run_cli(tmp_path / "other", "proxy", "--help")
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The addresses sockets listen on at ``port``, as the kernel reports them (/proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+def _outward_address() -> str | None:
+    """A non-loopback address of this machine (the one its default route leaves from), if any."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # UDP: no packet is sent
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_the_metrics_port_stays_on_loopback_when_the_proxy_listens_everywhere(tmp_path, explicit):
+    home, metrics_port = tmp_path / "home", free_port()
+    extra = ("--host", "0.0.0.0", "--metrics-port", str(metrics_port))
+    if explicit:
+        extra += ("--metrics-host", "0.0.0.0")
+    with FakeProvider() as provider:
+        proxy = start_proxy(home, provider.url, tmp_path / "proxy.log", extra_args=extra)
+        try:
+            expected = "0.0.0.0" if explicit else "127.0.0.1"
+            deadline = time.monotonic() + 10
+            while _listening_addresses(metrics_port) != {expected} and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _listening_addresses(metrics_port) == {expected}
+            scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+            outward = _outward_address()
+            if outward is not None:
+                url = f"http://{outward}:{metrics_port}/metrics"
+                if explicit:
+                    scrape(url)
+                else:
+                    with pytest.raises(httpx.ConnectError):
+                        httpx.get(url, timeout=5)
+        finally:
+            proxy.stop()
+    help_text = run_cli(tmp_path / "other", "proxy", "--help")
+    assert "[default: 127.0.0.1]" in help_text.split("--metrics-host TEXT")[1][:300]
+
+
+def test_label_combinations_are_capped_so_a_scrape_stays_small():
+    metrics = Metrics(tags=True)  # the defaults: 100 values per label, 1,000 combinations
+    for n in range(8000):  # 100 models x 80 customers: every value within its label's cap, every call a new pair
+        metrics.observe({"provider": "openai", "model": f"model-{n % 100}", "key_id": 1,
+                         "customer_id": f"customer-{n // 100}", "feature": "chat", "status": 200,
+                         "input_tokens": 10, "cost_usd": Decimal("0.001")})
+    families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
+    calls = [s for s in families["aispendtrack_calls"].samples if s.name == "aispendtrack_calls_total"]
+    assert sum(s.value for s in calls) == 8000
+    assert len(calls) <= 1000 + 1  # the kept combinations, and "other"
+    assert sum(s.value for s in calls if s.labels["model"] == "other" and s.labels["customer"] == "other") == 7000
+    assert len(metrics.exposition()) < 1_000_000
+
+
+def test_huge_model_names_are_stored_cut_and_leave_the_scrape_small(tmp_path):
+    metrics_port = free_port()
+    with FakeProvider() as provider:
+        proxy = start_proxy(tmp_path / "home", provider.url, tmp_path / "proxy.log",
+                            extra_args=("--metrics-port", str(metrics_port)))
+        try:
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            client = proxy.openai(headers={"x-customer-id": "huge"})
+            client.chat.completions.create(**CHAT, extra_headers=LEGACY)
+            proxy.rows("huge", expect=1)
+            baseline = len(httpx.get(metrics_url, timeout=5).content)
+            huge = [f"{n}-" + "m" * 256 * 1024 for n in range(4)]  # a new 256 KB name each call, refused upstream
+            for model in huge:
+                with pytest.raises(openai.BadRequestError):
+                    client.chat.completions.create(model=model, messages=CHAT["messages"],
+                                                   extra_headers={"x-test-scenario": "error400"})
+            assert [json.loads(r.body)["model"] for r in provider.received[-4:]] == huge  # sent on whole
+            rows = proxy.rows("huge", expect=5)
+            stored = sorted(r["model"] for r in rows if r["status"] == 400)
+            assert stored == [m[:199] + "…" for m in huge]  # cut to 200 characters, and marked as cut
+            scraped = httpx.get(metrics_url, timeout=60).content
+            assert len(scraped) < baseline + 4 * 20_000, len(scraped)  # a few lines per call, no 256 KB label
+            assert total(scrape(metrics_url), "aispendtrack_calls_total", status="400") == 4
+        finally:
+            proxy.stop()
+
+
+def test_forgetting_a_customer_or_a_key_drops_its_series_and_keeps_the_others():
+    metrics = Metrics(tags=True)
+    for customer, key in (("ann", 1), ("bob", 1), ("bob", 2)):
+        metrics.observe({"provider": "openai", "model": "gpt-4o", "key_id": key, "customer_id": customer,
+                         "feature": "chat", "status": 500, "input_tokens": 10, "cost_usd": Decimal("0.001")})
+    metrics.forget("customer", "ann")
+    page = metrics.exposition().decode()
+    assert 'customer="ann"' not in page and page.count('customer="bob"') > 0
+    metrics.forget("key", "1")
+    samples = [s for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples
+               if s.name in ("aispendtrack_calls_total", "aispendtrack_errors_total", "aispendtrack_tokens_total",
+                             "aispendtrack_cost_usd_total")]
+    assert samples and {(s.labels["customer"], s.labels["key"]) for s in samples} == {("bob", "2")}
+    assert metrics.label_values("customer") == ["bob"]

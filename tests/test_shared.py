@@ -316,6 +316,37 @@ def test_gdpr_erase_leaves_the_value_in_no_lake_file_and_no_catalog_table(cluste
         stop_all([a, b])
 
 
+def test_an_erasure_recorded_as_a_plain_sha256_is_keyed_by_the_upgrade_and_still_drops_held_rows(shared_env,
+                                                                                                    tmp_path, upstream):
+    import hashlib
+    import hmac
+
+    import psycopg
+
+    from .helpers import call_row
+    key = new_key(tmp_path / "admin")["key"]  # the catalog at today's schema
+    plain = hashlib.sha256(b"ann").hexdigest()
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        # As an older version left it: no keyed-erasures step, no secrets, a plain SHA-256 of "ann".
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's003_keyed_erasures'")
+        pg.execute("DROP TABLE secrets")
+        pg.execute("INSERT INTO erasures VALUES ('customer', %s, now())", [plain])
+    spill = tmp_path / "replica0" / "spill"
+    spill.mkdir(parents=True)
+    held = [call_row(1, customer_id="ann"), call_row(2, customer_id="keep-held")]  # made before the erase
+    (spill / "1-1-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in held))
+    [replica] = replicas(tmp_path, upstream.url, 1, key)  # upgrades the catalog, then replays its spill file
+    try:
+        assert len(wait_rows(tmp_path / "admin", "keep-held", 1)) == 1
+        assert wait_rows(tmp_path / "admin", "ann", 1, timeout=2) == []
+    finally:
+        replica.stop()
+    with psycopg.connect(shared_env, options="-c search_path=aispendtrack") as pg:
+        [(stored,)] = pg.execute("SELECT value_hash FROM erasures").fetchall()
+        [(secret,)] = pg.execute("SELECT value FROM secrets WHERE name = 'erasure-key'").fetchall()
+    assert stored != plain and stored == hmac.new(bytes.fromhex(secret), plain.encode(), hashlib.sha256).hexdigest()
+
+
 def test_migrate_to_copies_an_embedded_database_and_its_keys_work_on_a_replica(shared_env, tmp_path, upstream,
                                                                                 monkeypatch):
     catalog, data_path = os.environ["AISPENDTRACK_CATALOG"], os.environ["AISPENDTRACK_DATA_PATH"]

@@ -9,12 +9,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
+from cli.main import cli
 from web import auth, create_app
 
-from .helpers import run_cli
+from .helpers import free_port, run_cli
 
 
 @pytest.fixture
@@ -139,3 +145,54 @@ def test_a_large_request_body_is_refused_before_it_is_read(client, admin_token):
     response = client.post("/api/v1/purge", data=b"x" * (1024 * 1024), content_type="application/json",
                            headers={"Authorization": f"Bearer {admin_token['token']}"})
     assert response.status_code == 413
+
+
+def _web_server(home, tmp_path, *args: str):
+    """``aispendtrack web`` in its own process, serving on 127.0.0.1."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "web", "--port", str(port), *args],
+                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"web-{port}.log", "wb"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/login", timeout=1)
+            return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError((tmp_path / f"web-{port}.log").read_text())
+
+
+def _forwarded_sign_in(url: str, secret: str, origin: str | None = None) -> httpx.Response:
+    """Sign in as a browser behind a TLS-terminating proxy would (it forwards X-Forwarded-Proto)."""
+    forwarded = {"X-Forwarded-Proto": "https"}
+    form = httpx.get(f"{url}/login", headers=forwarded, timeout=5)
+    cookie = form.headers["set-cookie"].split(";")[0]  # sent back by hand: a Secure cookie never goes over http
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    return httpx.post(f"{url}/login", data={"secret": secret, "csrf": csrf}, timeout=5,
+                      headers={**forwarded, "Cookie": cookie, **({"Origin": origin} if origin else {})})
+
+
+@pytest.mark.parametrize("trusted,secure", [(("--trusted-proxy", "127.0.0.1"), True),
+                                            (("--trusted-proxy", "10.9.9.0/24"), False), ((), False)])
+def test_the_session_cookie_is_secure_behind_a_trusted_tls_proxy_only(home, admin_token, tmp_path, trusted, secure):
+    process, url = _web_server(home, tmp_path, *trusted)
+    try:
+        signed_in = _forwarded_sign_in(url, admin_token["token"])
+        assert signed_in.status_code == 302, signed_in.text
+        set_cookie = signed_in.headers["set-cookie"]
+        assert set_cookie.startswith("aispendtrack_session=") and "HttpOnly" in set_cookie
+        assert ("; Secure" in set_cookie) is secure, set_cookie
+        # A browser sends the page's own origin, https:// behind the proxy: ours only when the
+        # forwarded scheme is believed.
+        from_browser = _forwarded_sign_in(url, admin_token["token"], origin=url.replace("http://", "https://"))
+        assert from_browser.status_code == (302 if secure else 403), from_browser.text
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_trusted_proxy_that_is_no_address_is_refused(home):
+    result = CliRunner().invoke(cli, ["--home", str(home), "web", "--trusted-proxy", "proxy.internal"])
+    assert result.exit_code == 2 and "'proxy.internal' is not an IP address or network" in result.output

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from flask import Flask, jsonify, request
@@ -24,10 +25,13 @@ from .openapi import openapi
 from .pages import pages
 
 
-def create_app(home: str | Path | None = None, test_config: dict | None = None) -> Flask:
+def create_app(home: str | Path | None = None, test_config: dict | None = None,
+               trusted_proxies: Sequence[str] = ()) -> Flask:
+    """``trusted_proxies``: addresses whose X-Forwarded-Proto is believed (web/security.py)."""
     app = Flask(__name__)
     app.config["AISPENDTRACK_HOME"] = home_dir.resolve(home)
     spool.remove_leftovers(app.config["AISPENDTRACK_HOME"])
+    app.config["TRUSTED_PROXIES"] = security.trusted_networks(trusted_proxies)
     app.config.update(SECRET_KEY=session_secret(app.config["AISPENDTRACK_HOME"]), SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session",
                       # Every request body here is a small form or JSON object: anything larger is a 413.

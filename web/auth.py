@@ -1,10 +1,10 @@
 """Who is asking: an ``ask_`` key (its own calls only) or an admin token (everything).
 
 The API takes ``Authorization: Bearer <secret>``; the page signs in once and keeps a session
-cookie (signed, HttpOnly, SameSite=Strict, Secure over TLS) that holds a random session id. The
-session lives in the database: it expires after SESSION_LIFETIME and a sign-out ends it, so a
-copied cookie is worth nothing afterwards. Every request checks the key or token behind the
-session again, so a revoked key loses its sessions too.
+cookie (signed, HttpOnly, SameSite=Strict, Secure over TLS, also behind a trusted TLS proxy) that
+holds a random session id. The session lives in the database: it expires after SESSION_LIFETIME
+and a sign-out ends it, so a copied cookie is worth nothing afterwards. Every request checks the
+key or token behind the session again, so a revoked key loses its sessions too.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from addon.core import home as home_dir
 from addon.core import keys as keygen
 from addon.core.store import admin as admin_rows
 from addon.core.store import keys as key_rows
@@ -88,9 +89,4 @@ def same_token(expected: str | None, given: str | None) -> bool:
 
 def session_secret(home: Path) -> str:
     """The key that signs session cookies, made once per data directory and readable only by us."""
-    path = home / SECRET_FILE
-    if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
-    path.chmod(0o600)  # older versions and umasks may have left it readable
-    return path.read_text().strip()
+    return home_dir.secret(home, SECRET_FILE)

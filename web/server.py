@@ -19,7 +19,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
@@ -69,7 +69,10 @@ class WebServer(TcpWSGIServer):
                           # /tmp past outbuf_overflow: never. A streamed answer (an export, sealed in
                           # its spool until sent) pauses past the watermark instead, so what waits in
                           # memory is one piece of it per connection.
-                          outbuf_overflow=sys.maxsize, outbuf_high_watermark=OUTPUT_WATERMARK)
+                          outbuf_overflow=sys.maxsize, outbuf_high_watermark=OUTPUT_WATERMARK,
+
+                          # Forwarding headers are the app's to judge, by the peer (web/security.py).
+                          clear_untrusted_proxy_headers=False)
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(THREADS)
         super().__init__(_access_logged(app), map={}, dispatcher=dispatcher, adj=adj)
@@ -146,11 +149,11 @@ def _access_logged(app: Callable) -> Callable:
     return logged
 
 
-def serve_in_thread(home, host: str, port: int) -> threading.Thread:
+def serve_in_thread(home, host: str, port: int, trusted_proxies: Sequence[str] = ()) -> threading.Thread:
     """The web app beside the proxy, in the same process (``aispendtrack proxy --web-port``)."""
     from . import create_app
 
-    server = WebServer(host, port, create_app(home))
+    server = WebServer(host, port, create_app(home, trusted_proxies=trusted_proxies))
     thread = threading.Thread(target=server.serve_forever, name="aispendtrack-web", daemon=True)
     thread.start()
     return thread

@@ -222,7 +222,7 @@ def _spikes(con, now: dt.datetime, settings: SpikeSettings) -> list[tuple[str, n
             if threshold is not None:
                 label = "all calls" if scope is None else f"{scope} {value}"
                 found.append((f"spike:{scope or 'all'}:{value}:{hour:%Y-%m-%dT%H}", notify.Alert(
-                    "spike", f"AiSpendTrack: spend spike for {label}",
+                    "spike", alert_rows.spike_subject(label),
                     f"Spend for {label} in the hour from {hour:%Y-%m-%d %H:00} UTC is {usd(current)}, above the "
                     f"alert threshold of {usd(threshold)} (the same hour on the last {len(history)} days: median "
                     f"{usd(statistics.median(history))}). Look at the report page or "
@@ -234,7 +234,7 @@ def _spikes(con, now: dt.datetime, settings: SpikeSettings) -> list[tuple[str, n
 def _budget_alert(row: dict, period: str, limit: Decimal, spent: Decimal) -> notify.Alert:
     b = Budget.from_row(row)
     action = "Calls in this scope are blocked until the period ends." if b.block else "Calls are not blocked."
-    return notify.Alert("budget", f"AiSpendTrack: {period} budget crossed for {b.label()}",
+    return notify.Alert("budget", alert_rows.budget_subject(period, b.label()),
                         f"{b.label()} has spent {usd(spent)} of its {period} budget of {usd(limit)} "
                         f"({spent / limit:.0%}). {action} Raise it with `aispendtrack budgets set --scope "
                         f"{b.scope_arg} --{period} USD`, or look at the report page for where the money went.",

@@ -14,13 +14,16 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from . import spill
 from .serialize import json_row
 from .store import compact, lake, reading, subjects, writing
 from .store.connection import is_shared
 from .store.subjects import Subject
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +58,38 @@ def erase(db: Path, spill_dir: Path, subject: Subject) -> dict[str, int]:
         counts = subjects.delete(con, subject)
         # Under the write lock the proxy cannot replay spill files, so none is half-read by it now.
         counts["pending_calls"], counts["unreadable_spill_files"] = _scrub_spills(spill_dir, subject)
+        # The proxy drops the subject's metric series; in the shared mode other replicas drop the
+        # rows they still hold when those land.
+        subjects.record_erasure(con, subject, subjects.erasure_key(con, db.parent))
         if is_shared(con):
-            subjects.record_erasure(con, subject)  # rows other replicas still hold are dropped when they land
             counts["lake_files"] = lake.scrub(con)
         else:
             counts["bytes_before"], counts["bytes_after"] = compact.rewrite(con, db)
     log.info("erased a %s: %s", subject.kind, counts)  # never the customer id itself: logs travel far
     return counts
+
+
+class ErasureWatch:
+    """In the proxy: subjects erased since the last look (by any process, on any replica) leave its
+    metrics, so ``/metrics`` names an erased customer or key no more. Run by the writer's refresh."""
+
+    def __init__(self, home: Path, metrics: Metrics) -> None:
+        self.home, self.metrics = home, metrics
+        self._seen: set[tuple[tuple[str, str], dt.datetime]] = set()
+        self._key: bytes | None = None
+
+    def check(self, con) -> None:
+        fresh = {entry for entry in subjects.erasures(con).items() if entry not in self._seen}
+        if not fresh:
+            return
+        self._seen |= fresh
+        if self._key is None:
+            self._key = subjects.erasure_key(con, self.home)
+        erased = {kind_and_hash for kind_and_hash, _ in fresh}
+        for kind in ("customer", "key"):
+            for value in self.metrics.label_values(kind):
+                if (kind, subjects.value_hash(self._key, value)) in erased:
+                    self.metrics.forget(kind, value)
 
 
 def _write_array(out: IO[str], name: str, rows: Iterator[dict]) -> int:

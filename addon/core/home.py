@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
+import time
 from pathlib import Path
 
 ENV_VAR = "AISPENDTRACK_HOME"
@@ -39,6 +41,25 @@ def _make_private(home: Path) -> None:
 
 def db_path(home: Path) -> Path:
     return home / DB_FILE
+
+
+def secret(home: Path, name: str) -> str:
+    """A random secret kept in ``home/name``, readable by this user only, made on first use (by
+    whichever process comes first: the others read the same one)."""
+    path = home / name
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)  # older versions and umasks may have left it readable
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    for _ in range(50):  # another process may have created it a moment ago and not yet written it
+        value = path.read_text().strip()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise RuntimeError(f"{path} is empty: delete it and try again.")
 
 
 LOCK_FILE = "proxy.lock"

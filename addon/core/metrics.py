@@ -7,8 +7,11 @@ rows written and dropped; refusals by reason. Served at ``/metrics`` on ``--metr
 ``--web-port`` (the web app in the proxy's process).
 
 Label values come from callers and upstreams (a model name, a customer id), so each label keeps at
-most ``cap`` distinct values; later ones are counted under ``other``. Prometheus keeps a series
-per label combination for ever: an unbounded label would grow its memory without end.
+most ``cap`` distinct values of at most MAX_LABEL_LENGTH characters; later or longer ones are
+counted under ``other``. Combinations are bounded too: at most ``series_cap`` distinct label sets
+(a call's provider, model, key, tags and status); a call with a new one past that is counted under
+``other`` in every label. Prometheus keeps a series per combination for ever, and every scrape
+writes them all: unbounded labels would grow both without end.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 OTHER = "other"
+MAX_LABEL_LENGTH = 200  # as long as a stored model name (addon/record.py); tags are shorter still
 KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 # Seconds: most calls take 0.3-30 s, streams' first tokens 0.1-3 s.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
@@ -33,27 +37,44 @@ __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "current", "install"]
 
 
 class _Capped:
-    """At most ``cap`` distinct values of one label; the rest become ``other``."""
+    """At most ``cap`` distinct values; the rest become ``other``."""
 
     def __init__(self, cap: int) -> None:
-        self.cap, self._seen, self._lock = cap, set[str](), threading.Lock()
+        self.cap, self._seen, self._lock = cap, set[object](), threading.Lock()
 
-    def __call__(self, value: object) -> str:
-        text = "" if value is None else str(value)
-        if text in self._seen:
-            return text
+    def values(self) -> list:
+        with self._lock:
+            return list(self._seen)
+
+    def drop(self, which: Callable[[object], bool]) -> list:
+        """Forget the values ``which`` picks (room for new ones); returns them."""
+        with self._lock:
+            gone = [value for value in self._seen if which(value)]
+            self._seen.difference_update(gone)
+        return gone
+
+    def __call__(self, value: object) -> bool:
+        """Whether ``value`` is one of the values kept (taking it if there is room)."""
+        if value in self._seen:
+            return True
         with self._lock:
             if len(self._seen) >= self.cap:
-                return OTHER
-            self._seen.add(text)
-        return text
+                return False
+            self._seen.add(value)
+        return True
+
+
+def _label(value: object, capped: _Capped) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= MAX_LABEL_LENGTH and capped(text) else OTHER
 
 
 class Metrics:
-    def __init__(self, tags: bool = False, cap: int = 100) -> None:
+    def __init__(self, tags: bool = False, cap: int = 100, series_cap: int = 1000) -> None:
         self.registry = CollectorRegistry()
         self._labels = ("provider", "model", "key", *(("customer", "feature") if tags else ()))
         self._capped = {name: _Capped(cap) for name in self._labels}
+        self._combinations = _Capped(series_cap)
         labels, r = self._labels, self.registry
         self.calls = Counter("aispendtrack_calls", "Calls recorded, by HTTP status.", (*labels, "status"), registry=r)
         self.errors = Counter("aispendtrack_errors", "Calls that ended in an error (status >= 400, or none).", labels,
@@ -80,9 +101,12 @@ class Metrics:
     def _observe(self, row: dict) -> None:
         values = {"provider": row.get("provider"), "model": row.get("model") or "", "key": row.get("key_id"),
                   "customer": row.get("customer_id"), "feature": row.get("feature")}
-        labels = [self._capped[name](values[name]) for name in self._labels]
+        labels = [_label(values[name], self._capped[name]) for name in self._labels]
         status = row.get("status")
-        self.calls.labels(*labels, str(status) if status is not None else "none").inc()
+        status_label = str(status) if status is not None else "none"
+        if not self._combinations((*labels, status_label)):
+            labels, status_label = [OTHER] * len(labels), OTHER
+        self.calls.labels(*labels, status_label).inc()
         if status is None or status >= 400:
             self.errors.labels(*labels).inc()
         for kind in KINDS:
@@ -96,6 +120,26 @@ class Metrics:
             self.latency.labels(labels[0], labels[1]).observe(float(row["latency_ms"]) / 1000)
         if row.get("ttft_ms") is not None:
             self.ttft.labels(labels[0], labels[1]).observe(float(row["ttft_ms"]) / 1000)
+
+    def label_values(self, label: str) -> list[str]:
+        """The values ``label`` (customer, key, ...) has now, "other" aside."""
+        return [str(v) for v in self._capped[label].values()] if label in self._capped else []
+
+    def forget(self, label: str, value: str) -> None:
+        """Drop every series whose ``label`` is ``value``: an erased customer or key is named no more."""
+        if label not in self._labels:
+            return
+        at = self._labels.index(label)
+        self._capped[label].drop(lambda v: v == value)
+        for combination in self._combinations.drop(lambda c: isinstance(c, tuple) and c[at] == value):
+            labels, status = combination[:-1], combination[-1]
+            series = [(self.calls, (*labels, status)), (self.errors, labels), (self.cost, labels),
+                      *((self.tokens, (*labels, kind)) for kind in KINDS)]
+            for metric, values in series:
+                try:
+                    metric.remove(*values)
+                except KeyError:  # never counted (no error, no cost, no tokens of that kind)
+                    pass
 
     def refused(self, reason: str) -> None:
         self.refusals.labels(reason).inc()

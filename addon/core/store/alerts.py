@@ -11,6 +11,15 @@ from .connection import control
 _COLUMNS = ("id", "sent_at", "kind", "subject", "channel", "destination", "delivered", "error")
 
 
+def budget_subject(period: str, label: str) -> str:
+    """The subject line of a crossed budget's alert (a GDPR request finds a customer's by it too)."""
+    return f"AiSpendTrack: {period} budget crossed for {label}"
+
+
+def spike_subject(label: str) -> str:
+    return f"AiSpendTrack: spend spike for {label}"
+
+
 def record(con: duckdb.DuckDBPyConnection, sent_at: dt.datetime, kind: str, subject: str, channel: str,
            destination: str, delivered: bool, error: str | None, dedupe_key: str | None = None) -> None:
     control(con).execute(

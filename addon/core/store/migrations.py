@@ -217,6 +217,23 @@ def m014_reconciliations(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(RECONCILIATIONS_DDL)
 
 
+def m015_erasures(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(ERASURES_DDL)
+
+
+# Shared with shared_schema.py: the same table in PostgreSQL.
+ERASURES_DDL = """
+    -- GDPR erasures: the proxy drops the subject's metric series; in the shared mode, rows another
+    -- replica still held (queued, spilled) are dropped when they land. The value is a keyed hash
+    -- (store/subjects.py): it was erased, and a short id must not be guessable from it.
+    CREATE TABLE IF NOT EXISTS erasures (
+        kind VARCHAR NOT NULL,
+        value_hash VARCHAR NOT NULL,
+        erased_at TIMESTAMPTZ NOT NULL,
+        PRIMARY KEY (kind, value_hash)
+    )
+"""
+
 # Shared with shared_schema.py: the same table in PostgreSQL.
 RECONCILIATIONS_DDL = """
     -- Each scheduled reconciliation with a provider's usage API: the month so far, in UTC.
@@ -238,7 +255,7 @@ RECONCILIATIONS_DDL = """
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
-              m013_config, m014_reconciliations]
+              m013_config, m014_reconciliations, m015_erasures]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

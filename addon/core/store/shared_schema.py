@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from .calls import CALL_COLUMNS, COST_TYPE
 from .errors import StoreError
-from .migrations import RECONCILIATIONS_DDL
+from .migrations import ERASURES_DDL, RECONCILIATIONS_DDL
 
 # pg_advisory_lock ids (fixed numbers of ours): schema changes, lake maintenance (and alerts), the
 # daily reconciliation (a turn of its own: a slow provider must not hold up the alerts), reads of
@@ -85,14 +85,6 @@ CREATE TABLE IF NOT EXISTS limit_counters (
     month TIMESTAMPTZ NOT NULL,
     month_count BIGINT NOT NULL
 );
--- GDPR erasures, so that rows another replica still held (queued, spilled) are dropped when they
--- land instead of bringing the subject back. The value is hashed: it was erased.
-CREATE TABLE IF NOT EXISTS erasures (
-    kind VARCHAR NOT NULL,
-    value_hash VARCHAR NOT NULL,
-    erased_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (kind, value_hash)
-);
 -- Spend per budget in its current day and month, over all replicas (budgets.py).
 CREATE TABLE IF NOT EXISTS budget_spend (
     budget_id INTEGER PRIMARY KEY,
@@ -139,6 +131,32 @@ def ensure_control(control) -> None:
             control.pg.execute(RECONCILIATIONS_DDL)
             control.execute("INSERT INTO schema_migrations VALUES ('s002_reconciliations', now()) "
                             "ON CONFLICT DO NOTHING")
+        if "s003_keyed_erasures" not in done:
+            _keyed_erasures(control)
+
+
+def _keyed_erasures(control) -> None:
+    """Erasure records made before keyed hashes held a plain SHA-256 of the value: the same record,
+    keyed now (subjects.py hashes that SHA-256), in one transaction with the step's record."""
+    from .subjects import keyed, shared_erasure_key
+
+    control.pg.execute(ERASURES_DDL)
+    control.pg.execute(SECRETS_DDL)
+    key = shared_erasure_key(control)
+    with control.pg.transaction():
+        for kind, plain in control.execute("SELECT kind, value_hash FROM erasures").fetchall():
+            control.execute("UPDATE erasures SET value_hash = ? WHERE kind = ? AND value_hash = ?",
+                            [keyed(key, plain), kind, plain])
+        control.execute("INSERT INTO schema_migrations VALUES ('s003_keyed_erasures', now()) ON CONFLICT DO NOTHING")
+
+
+SECRETS_DDL = """
+-- Secrets every replica must share: the key of erasures' hashes (subjects.erasure_key).
+CREATE TABLE IF NOT EXISTS secrets (
+    name VARCHAR PRIMARY KEY,
+    value VARCHAR NOT NULL
+)
+"""
 
 
 def data_path(control, given: str | None) -> str:

@@ -1,20 +1,25 @@
 """SQL for one data subject (a customer id or a key): everything stored about it, and deleting it.
 
 Where a subject appears: ``calls`` and ``hourly_usage`` rows, budgets scoped to it, alerts about
-it (by their dedupe key, or a customer id in the alert's subject line), and for a key its own row.
+it (by their dedupe key, or a customer's budget alert by its exact subject line), and for a key its own row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 
+from .. import home as home_dir
 from . import keys
-from .connection import control, one
+from .alerts import budget_subject, spike_subject
+from .connection import control, is_shared, one
 
 
 @dataclass(frozen=True)
@@ -50,14 +55,21 @@ def _budget_ids(con: duckdb.DuckDBPyConnection, subject: Subject) -> list[int]:
 
 
 def _alerts_condition(subject: Subject, budget_ids: list[int]) -> tuple[str, list]:
-    patterns = [f"spike:{subject.kind}:{subject.value}:%"] + [f"budget:{b}:%" for b in budget_ids]
+    """The subject's own alerts, matched whole (never a customer id inside another's): its budgets'
+    and, for a key, its quota's by dedupe key; spikes of its scope; and for a customer, alerts of a
+    budget since removed, by their exact subject line."""
+    patterns = [f"budget:{b}:%" for b in budget_ids]
     if subject.kind == "key":
         patterns.append(f"quota:{subject.value}:%")
-    condition = " OR ".join("dedupe_key LIKE ? ESCAPE '\\'" for _ in patterns)
     params: list = [_like_literal(p) for p in patterns]
-    if subject.kind == "customer":  # budget and spike subjects name the customer
-        condition += " OR position(? IN subject) > 0"
-        params.append(subject.value)
+    # spike:<scope>:<value>:<hour>, the hour as 2026-11-25T10: fixed width, so a value with a colon
+    # in it cannot stand for another one.
+    params.append(_like_literal(f"spike:{subject.kind}:{subject.value}:%")[:-1] + "____-__-__T__")
+    condition = " OR ".join("dedupe_key LIKE ? ESCAPE '\\'" for _ in params)
+    if subject.kind == "customer":
+        label = subject.label()
+        condition += " OR subject IN (SELECT unnest(?::VARCHAR[]))"
+        params.append([budget_subject("daily", label), budget_subject("monthly", label), spike_subject(label)])
     return condition, params
 
 
@@ -128,28 +140,56 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list) -> int:
     return one(con.execute(sql, params))[0]
 
 
-def _hash(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
+ERASURE_KEY = "erasure-key"  # the file in the data directory (embedded), the row of ``secrets`` (shared)
 
 
-def record_erasure(con: duckdb.DuckDBPyConnection, subject: Subject) -> None:
-    """Shared mode: remember (hashed) that the subject was erased now (see without_erased)."""
+def erasure_key(con: duckdb.DuckDBPyConnection, home: Path) -> bytes:
+    """The per-deployment key of erasure records' hashes, made on first use: in the shared mode in
+    PostgreSQL, so every replica hashes alike; embedded, in ``home`` (0600), not in the database
+    file, so a copy of the file does not carry it."""
+    if is_shared(con):
+        return shared_erasure_key(control(con))
+    return bytes.fromhex(home_dir.secret(home, ERASURE_KEY))
+
+
+def shared_erasure_key(db) -> bytes:
+    db.execute("INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+               [ERASURE_KEY, secrets.token_hex(32)])
+    return bytes.fromhex(db.execute("SELECT value FROM secrets WHERE name = ?", [ERASURE_KEY]).fetchone()[0])
+
+
+def keyed(key: bytes, plain_hash: str) -> str:
+    """HMAC-SHA-256 of a value's SHA-256 (hex): records made before the key are keyed in place."""
+    return hmac.new(key, plain_hash.encode(), hashlib.sha256).hexdigest()
+
+
+def value_hash(key: bytes, value: str) -> str:
+    return keyed(key, hashlib.sha256(value.encode()).hexdigest())
+
+
+def record_erasure(con: duckdb.DuckDBPyConnection, subject: Subject, key: bytes) -> None:
+    """Remember (by keyed hash) that the subject was erased now (see without_erased, erasures)."""
     control(con).execute("INSERT INTO erasures VALUES (?, ?, now()) ON CONFLICT (kind, value_hash) "
-                         "DO UPDATE SET erased_at = excluded.erased_at", [subject.kind, _hash(subject.value)])
+                         "DO UPDATE SET erased_at = excluded.erased_at", [subject.kind, value_hash(key, subject.value)])
 
 
-def without_erased(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> list[dict]:
+def erasures(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dt.datetime]:
+    """{(kind, value hash): when it was erased}."""
+    return {(kind, hashed): at for kind, hashed, at
+            in control(con).execute("SELECT kind, value_hash, erased_at FROM erasures").fetchall()}
+
+
+def without_erased(con: duckdb.DuckDBPyConnection, rows: list[dict], key: bytes) -> list[dict]:
     """Shared mode: ``rows`` less those of a subject erased after the call was made (rows a replica
     held while another ran the erase). One small query per flush."""
-    erased = {(kind, value_hash): at for kind, value_hash, at
-              in control(con).execute("SELECT kind, value_hash, erased_at FROM erasures").fetchall()}
+    erased = erasures(con)
     if not erased:
         return rows
 
     def gone(row: dict) -> bool:
         ts = row["ts"] if isinstance(row["ts"], dt.datetime) else dt.datetime.fromisoformat(str(row["ts"]))
         for kind, value in (("customer", row.get("customer_id")), ("key", row.get("key_id"))):
-            at = erased.get((kind, _hash(str(value)))) if value is not None else None
+            at = erased.get((kind, value_hash(key, str(value)))) if value is not None else None
             if at is not None and ts <= at:
                 return True
         return False
