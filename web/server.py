@@ -70,7 +70,6 @@ class WebServer(TcpWSGIServer):
                           # its spool until sent) pauses past the watermark instead, so what waits in
                           # memory is one piece of it per connection.
                           outbuf_overflow=sys.maxsize, outbuf_high_watermark=OUTPUT_WATERMARK,
-
                           # Forwarding headers are the app's to judge, by the peer (web/security.py).
                           clear_untrusted_proxy_headers=False)
         dispatcher = ThreadedTaskDispatcher()
