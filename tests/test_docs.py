@@ -33,8 +33,7 @@ from .upstream import FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-# docs/security.md is left out: it is edited apart from the rest, one change at a time.
-DOCS = [README, *sorted(path for path in (ROOT / "docs").glob("*.md") if path.name != "security.md")]
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent  # the checkout's .venv/bin when the tests run as README.md says
 HAPROXY = "/usr/sbin/haproxy"
 
