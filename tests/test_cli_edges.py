@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -117,3 +119,29 @@ def test_the_proxy_loads_its_token_encodings_at_start_not_on_the_first_estimate(
         assert proxy.calls() == []  # no call was made: the proxy did it by itself
     finally:
         proxy.stop()
+
+
+def test_help_imports_neither_duckdb_nor_genai_prices():
+    # They take most of a second to import: `aispendtrack --help` (and a mistyped command) must not wait for them.
+    probe = ("import sys\nfrom cli.main import cli\ntry:\n    cli(['--help'], prog_name='aispendtrack')\n"
+             "except SystemExit:\n    pass\nprint(sorted(m for m in ('duckdb', 'genai_prices', 'pricing', 'flask', "
+             "'mitmproxy') if m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "Commands:" in shown and "report" in shown
+    assert shown.splitlines()[-1] == "[]"
+
+
+def test_help_lists_every_command_as_click_would_with_them_all_imported():
+    import click
+
+    from cli import main
+
+    def listing(format_commands) -> str:
+        with click.Context(cli) as ctx:
+            formatter = ctx.make_formatter()
+            format_commands(ctx, formatter)
+            return formatter.getvalue()
+
+    lazy = listing(cli.format_commands)
+    assert lazy == listing(lambda ctx, formatter: click.Group.format_commands(cli, ctx, formatter))
+    assert all(f"  {name} " in lazy for name in main.COMMANDS)
