@@ -6,7 +6,7 @@ import datetime as dt
 
 import click
 
-from addon.core.money import usd
+from addon.core.money import column_places, usd
 from addon.core.reports import Selection
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
@@ -27,6 +27,7 @@ def calls(obj, limit: int, fmt: str) -> None:
         return
     with reading(obj.db) as con:
         rows = call_rows.newest(con, limit)
+    places = column_places(r["cost_usd"] for r in rows)
     emit(rows, fmt, [
         ("TIME (UTC)", lambda r: r["ts"].astimezone(dt.UTC).strftime("%m-%d %H:%M:%S"), "<"),
         ("KEY", lambda r: str(r["key_id"]), ">"),
@@ -34,7 +35,7 @@ def calls(obj, limit: int, fmt: str) -> None:
         ("IN", lambda r: tokens(r["input_tokens"]), ">"),
         ("CACHE R/W", lambda r: f'{tokens(r["cache_read_tokens"])}/{tokens(r["cache_write_tokens"])}', ">"),
         ("OUT", lambda r: tokens(r["output_tokens"]), ">"),
-        ("COST", lambda r: usd(r["cost_usd"]) if r["usage_source"] not in ("none", "invalid") else "-", ">"),
+        ("COST", lambda r: usd(r["cost_usd"], places), ">"),
         ("USAGE", lambda r: r["usage_source"], "<"),
         ("STATUS", lambda r: f'{r["status"] or "-"}{"" if r["outcome"] == "completed" else " " + r["outcome"]}', "<"),
     ])

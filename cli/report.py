@@ -6,7 +6,7 @@ import dataclasses
 
 import click
 
-from addon.core.money import usd
+from addon.core.money import column_places, usd
 from addon.core.reports import DIMENSIONS, ReportError, ReportSpec, parse_report
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
@@ -51,7 +51,8 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
     columns += [("OUT", lambda r: number(r["output_tokens"]), ">")]
     if wide:
         columns += [("REASONING", lambda r: number(r["reasoning_tokens"]), ">")]
-    columns += [("COST", _cost, ">"),
+    places = column_places(r["cost_usd"] for r in [*groups, total])
+    columns += [("COST", lambda r: _cost(r, places), ">"),
                 ("%", lambda r: f"{r['share']:.0%}" if r["share"] is not None else "-", ">"),
                 ("P50/P95", lambda r: f"{seconds(r['p50_latency_ms'])}/{seconds(r['p95_latency_ms'])}", ">")]
     totals_row = {**total, **{name: "TOTAL" if i == 0 else "" for i, name in enumerate(names)}}
@@ -70,6 +71,5 @@ def _cell(name: str):
     return lambda r: "-" if r[name] is None else str(r[name])
 
 
-def _cost(row: dict) -> str:
-    text = usd(row["cost_usd"]) if row["cost_usd"] is not None else ("unpriced" if row["unpriced_calls"] else "-")
-    return text + ("*" if row["unpriced_calls"] and row["cost_usd"] is not None else "")
+def _cost(row: dict, places: int) -> str:
+    return usd(row["cost_usd"], places) + ("*" if row["unpriced_calls"] and row["cost_usd"] is not None else "")

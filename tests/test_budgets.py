@@ -48,7 +48,7 @@ def test_a_blocking_budget_refuses_the_call_after_the_one_that_crossed_it(tmp_pa
         with pytest.raises(openai.RateLimitError) as raised:
             client.chat.completions.create(**CHAT)
         assert "budget exceeded for customer spender" in raised.value.message
-        assert "$0.0012 spent of the daily budget of $0.001." in raised.value.message
+        assert "$0.001215 spent of the daily budget of $0.001." in raised.value.message
         now = dt.datetime.now(dt.UTC)
         midnight = dt.datetime(now.year, now.month, now.day, tzinfo=dt.UTC) + dt.timedelta(days=1)
         wait = int(raised.value.response.headers["retry-after"])

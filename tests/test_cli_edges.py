@@ -64,8 +64,9 @@ def test_revoking_a_revoked_key_says_so_and_fails(tmp_path):
 
 
 @pytest.mark.parametrize("amount,text", [(Decimal("0.005"), "$0.005"), (Decimal("0.0012"), "$0.0012"),
-                                         (Decimal("1234.5"), "$1,234.50"), (Decimal("0.00001"), "<$0.0001"),
-                                         (0, "$0"), (None, "unpriced"), (0.25, "$0.25")])
+                                         (Decimal("1234.5"), "$1,234.50"), (Decimal("0.00001"), "$0.00001"),
+                                         (Decimal("0.05175"), "$0.05175"), (Decimal("0.0000004"), "<$0.000001"),
+                                         (0, "$0.00"), (None, "unpriced"), (0.25, "$0.25")])
 def test_small_amounts_keep_their_digits(amount, text):
     assert usd(amount) == text  # a $0.005 budget was announced as "$0.00"
 

@@ -134,7 +134,7 @@ def test_reprice_keeps_the_old_cost_and_prints_the_change(home):
     result = CliRunner().invoke(cli, ["--home", str(home), "reprice", "--model", "acme-llm"])
     assert result.exit_code == 0, result.output
     assert "Checked 1 calls; 1 changed: unpriced" not in result.output
-    assert "1 changed: $0 -> $0.002" in result.output  # 100 in x $10 + 10 out x $100, per million
+    assert "1 changed: $0.00 -> $0.002" in result.output  # 100 in x $10 + 10 out x $100, per million
     [repriced] = [r for r in cli_json(home, "calls") if r["model"] == "acme-llm"]
     assert repriced["cost_usd"] == pytest.approx(0.002) and repriced["priced"] is True
     exported = json.loads(CliRunner().invoke(cli, ["--home", str(home), "export", "--format", "json",
