@@ -10,6 +10,7 @@ from addon.core.money import column_places, usd
 from addon.core.reports import Selection
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
+from addon.core.store import reports as report_rows
 
 from .export import write_calls
 from .output import emit, format_option, tokens
@@ -21,12 +22,13 @@ from .output import emit, format_option, tokens
 @format_option()
 @click.pass_obj
 def calls(obj, limit: int, fmt: str) -> None:
-    """Show recorded calls with tokens and cost (metadata only); csv and json as `export` writes them."""
-    if fmt != "table":
+    """Show recorded calls with tokens and cost (metadata only); csv as `export` writes it, json as
+    the API's /calls does."""
+    if fmt == "csv":
         write_calls(obj.db, Selection(), fmt, newest=limit)
         return
     with reading(obj.db) as con:
-        rows = call_rows.newest(con, limit)
+        rows = report_rows.calls_page(con, Selection(), limit, None) if fmt == "json" else call_rows.newest(con, limit)
     places = column_places(r["cost_usd"] for r in rows)
     emit(rows, fmt, [
         ("TIME (UTC)", lambda r: r["ts"].astimezone(dt.UTC).strftime("%m-%d %H:%M:%S"), "<"),

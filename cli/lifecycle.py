@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 
 import click
@@ -12,6 +11,7 @@ from addon.core import gdpr as subject_requests
 from addon.core import home as home_dir
 from addon.core import retention
 from addon.core.reports import parse_duration
+from addon.core.serialize import dumps
 from addon.core.store.subjects import Subject, subject_from
 
 from .output import out_option
@@ -41,8 +41,8 @@ def purge(obj, older_than: str | None, dry_run: bool, as_json: bool, quiet: bool
         result = retention.purge(obj.db, dt.datetime.now(dt.UTC), _duration(older_than), dry_run)
     expired = sum(result.expired.values())
     if as_json:
-        click.echo(json.dumps({"dry_run": dry_run, "expired_calls": expired, "deleted": result.deleted,
-                               "cutoffs": {str(k): v.isoformat() for k, v in result.cutoffs.items()}}, indent=2))
+        click.echo(dumps({"dry_run": dry_run, "expired_calls": expired, "deleted": result.deleted,
+                          "cutoffs": {str(k): v.isoformat() for k, v in result.cutoffs.items()}}))
         return
     for key_id, cutoff in sorted(result.cutoffs.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
         who = f"key {key_id}" if key_id is not None else "calls without a key"

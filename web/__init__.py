@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask, jsonify
+from flask.json.provider import DefaultJSONProvider
 
 from addon.core import home as home_dir
+from addon.core import serialize
 
 from . import (
     privacy,  # noqa: F401  (adds the purge and GDPR routes to the API)
@@ -23,8 +25,16 @@ from .openapi import openapi
 from .pages import pages
 
 
+class JSONProvider(DefaultJSONProvider):
+    """Every API answer in the CLI's JSON dialect (addon/core/serialize.py)."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return serialize.dumps(obj)
+
+
 def create_app(home: str | Path | None = None, test_config: dict | None = None) -> Flask:
     app = Flask(__name__)
+    app.json = JSONProvider(app)
     app.config["AISPENDTRACK_HOME"] = home_dir.resolve(home)
     app.config.update(SECRET_KEY=session_secret(app.config["AISPENDTRACK_HOME"]), SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session",

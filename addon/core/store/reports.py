@@ -102,7 +102,7 @@ _FORMULA_START = "'=', '+', '-', '@', chr(9), chr(13)"
 EXPORT_FORMATS = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson",
                   "parquet": "application/vnd.apache.parquet"}
 # Text formats write times as Python's isoformat does in the JSON API (always with microseconds),
-# booleans as true/false, and, in CSV, money without trailing zeros: one dialect everywhere.
+# booleans as true/false, and money without trailing zeros (a JSON number, as the API writes it): one dialect.
 _ISO_UTC = "%Y-%m-%dT%H:%M:%S.%f+00:00"
 _TIMES = ("ts", "repriced_at")
 _MONEY = ("cost_usd", "previous_cost_usd")
@@ -124,6 +124,8 @@ def _export_expr(column: str, fmt: str) -> str:
         return f"strftime({column}, '{_ISO_UTC}')"
     if fmt == "csv" and column in _MONEY:
         return f"rtrim(rtrim({column}::VARCHAR, '0'), '.')"
+    if column in _MONEY:  # JSON: a number in its shortest form (0.001852), as the API writes it
+        return f"{column}::DOUBLE"
     if fmt == "csv" and column in _CALLER_TEXT:
         return f"CASE WHEN left({column}, 1) IN ({_FORMULA_START}) THEN chr(39) || {column} ELSE {column} END"
     return column
