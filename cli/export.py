@@ -12,6 +12,7 @@ import click
 from addon.core.reports import Selection
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
+from addon.core.wording import plural
 
 from .options import selection_options
 from .output import out_option
@@ -31,7 +32,7 @@ def export(obj, fmt: str, selection, out: str | None, quiet: bool) -> None:
         raise click.UsageError("parquet is binary: write it to a file with --out FILE.")
     total = write_calls(obj.db, selection, fmt, out, quiet=quiet)
     if out:
-        click.echo(f"Wrote {total:,} calls to {out}.", err=True)
+        click.echo(f"Wrote {plural(total or 0, 'call')} to {out}.", err=True)
 
 
 def write_calls(db, selection: Selection, fmt: str, out: str | None = None, newest: int | None = None,
@@ -46,7 +47,7 @@ def write_calls(db, selection: Selection, fmt: str, out: str | None = None, newe
         with reading(db) as con:
             if newest is None:
                 total = report_rows.count(con, selection)
-            with running(f"Exporting {total:,} calls" if total else "Exporting calls", quiet):
+            with running(f"Exporting {plural(total, 'call')}" if total else "Exporting calls", quiet):
                 report_rows.copy_out(con, selection, target, fmt, newest)
         if out is None:
             _copy_to_stdout(target)

@@ -10,6 +10,7 @@ from addon.core.money import column_places, usd
 from addon.core.reports import DIMENSIONS, ReportError, ReportSpec, parse_report
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
+from addon.core.wording import plural
 
 from .options import selection_options
 from .output import compact, emit, render_table, seconds, tokens
@@ -59,8 +60,8 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
     lines = render_table([*groups, totals_row], columns).splitlines()
     lines.insert(len(lines) - 1, "-" * max(len(line) for line in lines))
     if total["unpriced_calls"]:
-        lines.append(f"* {total['unpriced_calls']:,} more calls have no price (unknown model), see "
-                     f"`aispendtrack prices check`.")
+        more = plural(total["unpriced_calls"], "more call has", "more calls have")
+        lines.append(f"* {more} no price (unknown model), see `aispendtrack prices check`.")
     if not wide and (total["cache_read_tokens"] or total["cache_write_tokens"]):
         lines.append(f"IN excludes {compact(total['cache_read_tokens'])} cache-read, "
                      f"{compact(total['cache_write_tokens'])} cache-write tokens (--wide shows them).")

@@ -94,7 +94,7 @@ def test_table_has_a_total_line_and_flags_unpriced(home):
     lines = result.output.splitlines()
     total = next(line for line in lines if line.startswith("TOTAL"))
     assert "$6.00*" in total and "5" in total.split()
-    assert "1 more calls have no price (unknown model)" in result.output
+    assert "* 1 more call has no price (unknown model)" in result.output
     assert max(len(line) for line in lines) <= 80
 
 
