@@ -130,7 +130,7 @@ def test_totals_on_the_page_equal_the_cli_report(page, site):
     assert float(page.get_attribute("#total-spend", "data-value")) == pytest.approx(cli_cost)
     assert int(page.get_attribute("#total-calls", "data-value")) == sum(g["calls"] for g in groups)
     assert page.inner_text("#total-spend") == "$6.00*"  # * : one call is unpriced
-    assert "calls used models without a price" in page.inner_text("#warnings")
+    assert "1 call used models without a price" in page.inner_text("#warnings")
     rows = page.locator("#by-model tbody tr")
     assert rows.first.get_attribute("data-value") in ("gpt-4o", "claude-sonnet-4")  # $3 each, the top two
     ARTIFACTS.mkdir(exist_ok=True)

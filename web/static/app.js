@@ -136,6 +136,8 @@ function money(value, places = 2) {
 }
 
 const count = (n) => (n || 0).toLocaleString("en-US");
+// As addon/core/wording.py's plural: 1 call, 2 calls.
+const plural = (n, noun, nouns) => count(n) + " " + (n === 1 ? noun : nouns || noun + "s");
 const ms = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s");
 const pct = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(v < 0.1 ? 1 : 0) + "%");
 const errorRate = (t) => (t.calls ? t.errors / t.calls : null);
@@ -179,7 +181,7 @@ function showWarnings(total, lastHour) {
   box.replaceChildren();
   const warn = (text) => box.append(el("p", { class: "warning", role: "status" }, "⚠ " + text));
   if (total.unpriced_calls) {
-    warn(`${count(total.unpriced_calls)} calls used models without a price; their cost is not in the totals (marked *). ` +
+    warn(`${plural(total.unpriced_calls, "call")} used models without a price; their cost is not in the totals (marked *). ` +
          "Run `aispendtrack prices check` and add them to prices.toml.");
   }
   if (total.calls && total.estimated_calls) {
