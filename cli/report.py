@@ -69,6 +69,8 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
 
 
 def _cell(name: str):
+    if name == "key_id":  # the key's name (docs/api.md: key_name), its id only when it has none
+        return lambda r: "-" if r[name] is None else str(r.get("key_name") or r[name])
     return lambda r: "-" if r[name] is None else str(r[name])
 
 

@@ -256,3 +256,11 @@ def test_calls_csv_the_cli_export_and_the_api_export_are_the_same_bytes(api, hom
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", first["ts"])
     listed_json = json.loads(runner.invoke(cli, ["--home", str(home), "calls", "--format", "json"]).output)
     assert listed_json[0]["ts"] == max(r["ts"] for r in listed_json)  # newest first
+
+
+def test_by_key_names_the_keys_with_their_id_only_where_two_share_a_name(home, api):
+    CliRunner().invoke(cli, ["--home", str(home), "keys", "create", "--name", "two"], catch_exceptions=False)
+    table = CliRunner().invoke(cli, ["--home", str(home), "report", "--by", "key"]).output
+    assert [line.split("  ")[0] for line in table.splitlines()[1:3]] == ["one", "two (id 2)"]
+    groups = api("/api/v1/report?by=key").get_json()
+    assert [(g["key_id"], g["key_name"]) for g in groups] == [(1, "one"), (2, "two (id 2)")]

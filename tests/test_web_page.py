@@ -170,6 +170,12 @@ def test_export_downloads_the_rows_of_the_view(page, site):
     assert sorted(r["model"] for r in rows) == ["claude-sonnet-4", "gpt-4o"]
 
 
+def test_the_by_key_table_names_the_keys(page, site):
+    sign_in(page, site)
+    names = page.eval_on_selector_all("#by-key tbody tr", "rows => rows.map(r => r.cells[0].innerText)")
+    assert sorted(names) == ["2", "tests"]  # key 2 of the data set was never created: its id is all there is
+
+
 def test_budgets_show_their_status(page, site):
     sign_in(page, site)
     text = page.inner_text("#budget-table")

@@ -239,7 +239,8 @@ function showBreakdown(table, rows, state) {
   const key = DIMENSIONS[dimension];
   const places = moneyPlaces(rows.map((r) => r.cost_usd));
   const columns = [
-    [dimension, (r) => (r[key] === null ? "(none)" : String(r[key])), (r) => String(r[key])],
+    // By key: the key's name (with its id when another key shares it), as `aispendtrack report --by key`.
+    [dimension, (r) => (r[key] === null ? "(none)" : String(r.key_name ?? r[key])), (r) => String(r.key_name ?? r[key])],
     ["calls", (r) => count(r.calls), (r) => r.calls],
     ["cost", (r) => money(r.cost_usd, places) + (r.unpriced_calls && r.cost_usd !== null ? "*" : ""), (r) => r.cost_usd ?? -1],
     ["share", (r) => pct(r.share), (r) => r.share ?? -1],

@@ -12,6 +12,7 @@ import duckdb
 
 from ..reports import ReportSpec, Selection
 from . import batch
+from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS
 from .connection import one
 
@@ -74,6 +75,10 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
         if dimension in _TIME_FORMATS:
             for row in groups:
                 row[name] = row[name].strftime(_TIME_FORMATS[dimension])
+    if "key" in spec.by:
+        labels = key_rows.labels(con)
+        for row in groups:
+            row["key_name"] = labels.get(row["key_id"])
     time_names = [n for d, n in zip(spec.by, names) if d in _TIME_FORMATS]
     groups.sort(key=lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"],
                                *[str(r[n]) for n in names]))
