@@ -1,7 +1,7 @@
 """How an amount of US dollars is written for people: in tables, refusals, alerts and on the page.
 
-The rule (docs/usage.md, "How money is written"; web/static/app.js ``money`` follows it, and
-tests/test_money_everywhere.py holds the two to the same strings):
+The rule (docs/usage.md, "How money and JSON are written"; web/static/app.js ``money`` follows
+it, and tests/test_money_everywhere.py holds the two to the same strings):
 
 - exact to a millionth of a dollar: $0.05175 stays $0.05175 (halves round up beyond the sixth
   decimal, a price of $0.075 per million tokens times one token is $0.000000075 -> <$0.000001);

@@ -100,8 +100,8 @@ async function api(path) {
   return body;
 }
 
-// How money is written: the rule of addon/core/money.py (docs/usage.md, "How money is written"),
-// held to the same strings by tests/test_money_everywhere.py. Exact to a millionth of a dollar
+// How money is written: the rule of addon/core/money.py (docs/usage.md, "How money and JSON are
+// written"), held to the same strings by tests/test_money_everywhere.py. Exact to a millionth of a dollar
 // (halves up), at least two decimals or `places` (a column's, from moneyPlaces), "unpriced" for
 // an unknown cost. Decimal arithmetic on the number's shortest form, never binary rounding.
 const MONEY_PLACES = 6;
