@@ -8,6 +8,7 @@ from click_default_group import DefaultGroup
 from addon.core import notify
 from addon.core.store import alerts as alert_rows
 from addon.core.store import reading
+from addon.core.wording import plural
 
 from .output import emit, format_option
 
@@ -71,7 +72,9 @@ def check(obj) -> None:
     with reading(obj.db) as con:
         zone = config.quota_zone(con)
     sent = evaluate(obj.db, obj.home, dt.datetime.now(dt.UTC), zone)
-    click.echo(f"{len(sent)} new alert(s)" + (": " + ", ".join(sent) if sent else "; nothing new to report."))
+    # What each alert is about (its subject names the scope and the period), not its dedupe key.
+    about = "".join(f"\n  {alert.subject.removeprefix('AiSpendTrack: ')}" for alert in sent)
+    click.echo(plural(len(sent), "new alert") + (about or "; nothing new to report."))
 
 
 @alerts.command("list")

@@ -6,10 +6,11 @@ import datetime as dt
 
 import click
 
-from addon.core.money import usd
+from addon.core.money import column_places, usd
 from addon.core.reports import Selection
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
+from addon.core.store import reports as report_rows
 
 from .export import write_calls
 from .output import emit, format_option, tokens
@@ -21,12 +22,14 @@ from .output import emit, format_option, tokens
 @format_option()
 @click.pass_obj
 def calls(obj, limit: int, fmt: str) -> None:
-    """Show recorded calls with tokens and cost (metadata only); csv and json as `export` writes them."""
-    if fmt != "table":
+    """Show recorded calls with tokens and cost (metadata only); csv as `export` writes it, json as
+    the API's /calls does."""
+    if fmt == "csv":
         write_calls(obj.home, Selection(), fmt, newest=limit)
         return
     with reading(obj.db) as con:
-        rows = call_rows.newest(con, limit)
+        rows = report_rows.calls_page(con, Selection(), limit, None) if fmt == "json" else call_rows.newest(con, limit)
+    places = column_places(r["cost_usd"] for r in rows)
     emit(rows, fmt, [
         ("TIME (UTC)", lambda r: r["ts"].astimezone(dt.UTC).strftime("%m-%d %H:%M:%S"), "<"),
         ("KEY", lambda r: str(r["key_id"]), ">"),
@@ -34,7 +37,7 @@ def calls(obj, limit: int, fmt: str) -> None:
         ("IN", lambda r: tokens(r["input_tokens"]), ">"),
         ("CACHE R/W", lambda r: f'{tokens(r["cache_read_tokens"])}/{tokens(r["cache_write_tokens"])}', ">"),
         ("OUT", lambda r: tokens(r["output_tokens"]), ">"),
-        ("COST", lambda r: usd(r["cost_usd"]) if r["usage_source"] not in ("none", "invalid") else "-", ">"),
+        ("COST", lambda r: usd(r["cost_usd"], places), ">"),
         ("USAGE", lambda r: r["usage_source"], "<"),
         ("STATUS", lambda r: f'{r["status"] or "-"}{"" if r["outcome"] == "completed" else " " + r["outcome"]}', "<"),
     ])

@@ -12,6 +12,7 @@ from addon.core.reports import Selection
 from addon.core.spool import filled
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
+from addon.core.wording import plural
 
 from .options import selection_options
 from .output import out_option
@@ -31,7 +32,7 @@ def export(obj, fmt: str, selection, out: str | None, quiet: bool) -> None:
         raise click.UsageError("parquet is binary: write it to a file with --out FILE.")
     total = write_calls(obj.home, selection, fmt, out, quiet=quiet)
     if out:
-        click.echo(f"Wrote {total:,} calls to {out}.", err=True)
+        click.echo(f"Wrote {plural(total or 0, 'call')} to {out}.", err=True)
 
 
 def write_calls(home: Path, selection: Selection, fmt: str, out: str | None = None, newest: int | None = None,
@@ -45,7 +46,7 @@ def write_calls(home: Path, selection: Selection, fmt: str, out: str | None = No
     with reading(home_dir.db_path(home)) as con:
         if newest is None:
             total = report_rows.count(con, selection)
-        with running(f"Exporting {total:,} calls" if total else "Exporting calls", quiet):
+        with running(f"Exporting {plural(total, 'call')}" if total else "Exporting calls", quiet):
             if out:
                 report_rows.copy_out(con, selection, out, fmt, newest)
             else:

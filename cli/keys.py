@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import click
 from click_default_group import DefaultGroup
@@ -12,6 +11,7 @@ from addon.core import config
 from addon.core import keys as keygen
 from addon.core.periods import hour_start, month_start
 from addon.core.plans import DEFAULT_PLAN, PLANS, limits_for, retention_days_for
+from addon.core.serialize import dumps
 from addon.core.store import calls as call_rows
 from addon.core.store import keys as key_rows
 from addon.core.store import reading, writing
@@ -37,7 +37,7 @@ def create(obj, name: str, plan: str, as_json: bool) -> None:
         raise click.BadParameter("must not be empty", param_hint="--name")
     key_id, key = keygen.create(obj.db, name, plan)
     if as_json:
-        click.echo(json.dumps({"key": key, "id": key_id, "name": name}))
+        click.echo(dumps({"key": key, "id": key_id, "name": name}))
         return
     click.echo(f"Created key {key_id} ({name}):\n\n    {key}\n")
     click.echo("Store it now: it is shown only once. Callers send it as the x-aispendtrack-key header.")

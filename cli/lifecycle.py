@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 
 import click
@@ -12,7 +11,9 @@ from addon.core import gdpr as subject_requests
 from addon.core import home as home_dir
 from addon.core import retention
 from addon.core.reports import parse_duration
+from addon.core.serialize import dumps
 from addon.core.store.subjects import Subject, subject_from
+from addon.core.wording import plural
 
 from .output import out_option
 from .progress import quiet_option, running
@@ -44,19 +45,20 @@ def purge(obj, older_than: str | None, dry_run: bool, as_json: bool, quiet: bool
         result = retention.purge(obj.db, dt.datetime.now(dt.UTC), _duration(older_than), dry_run)
     expired = sum(result.expired.values())
     if as_json:
-        click.echo(json.dumps({"dry_run": dry_run, "expired_calls": expired, "deleted": result.deleted,
-                               "cutoffs": {str(k): v.isoformat() for k, v in result.cutoffs.items()}}, indent=2))
+        click.echo(dumps({"dry_run": dry_run, "expired_calls": expired, "deleted": result.deleted,
+                          "cutoffs": {str(k): v.isoformat() for k, v in result.cutoffs.items()}}))
         return
     for key_id, cutoff in sorted(result.cutoffs.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
         who = f"key {key_id}" if key_id is not None else "calls without a key"
-        click.echo(f"  {who}: before {cutoff:%Y-%m-%d %H:%M} UTC, {result.expired.get(key_id, 0):,} calls")
+        click.echo(f"  {who}: before {cutoff:%Y-%m-%d %H:%M} UTC, {plural(result.expired.get(key_id, 0), 'call')}")
     if dry_run:
-        click.echo(f"Would purge {expired:,} calls (dry run: nothing deleted).")
+        click.echo(f"Would purge {plural(expired, 'call')} (dry run: nothing deleted).")
     else:
         d = result.deleted
         assert d is not None  # set unless a dry run
-        click.echo(f"Purged {d['calls']:,} calls (kept as hourly totals); dropped {d['hourly_rows']:,} hourly "
-                   f"totals and {d['alerts']:,} alerts older than 400 days.")
+        click.echo(f"Purged {plural(d['calls'], 'call')} (kept as hourly totals); dropped "
+                   f"{plural(d['hourly_rows'], 'hourly total')} and {plural(d['alerts'], 'alert')} "
+                   f"older than 400 days.")
 
 
 @click.group()
@@ -90,8 +92,8 @@ def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
     if not any(counts.values()):
         click.echo(f"Nothing is stored about {subject.label()}.", err=True)
     if counts["unreadable_spill_files"]:
-        raise click.ClickException(f"{counts['unreadable_spill_files']} spill file(s) under {spill} could not be "
-                                   f"read and are not in the export; see the log.")
+        raise click.ClickException(f"Could not read {plural(counts['unreadable_spill_files'], 'spill file')} under "
+                                   f"{spill}: what they hold is not in the export; see the log.")
 
 
 def _reclaimed(counts: dict) -> str:
@@ -114,10 +116,11 @@ def delete(obj, customer: str | None, key: int | None, yes: bool, quiet: bool) -
         click.confirm(f"Erase everything stored about {subject.label()}? This cannot be undone", abort=True)
     with running(f"Erasing {subject.label()}", quiet):
         counts = subject_requests.erase(obj.db, obj.home / home_dir.SPILL_DIR, subject)
-    click.echo(f"Erased {subject.label()}: {counts['calls']:,} calls, {counts['hourly_usage']:,} hourly totals, "
-               f"{counts['budgets']:,} budgets, {counts['alerts']:,} alerts, {counts['pending_calls']:,} pending calls"
+    click.echo(f"Erased {subject.label()}: {plural(counts['calls'], 'call')}, "
+               f"{plural(counts['hourly_usage'], 'hourly total')}, {plural(counts['budgets'], 'budget')}, "
+               f"{plural(counts['alerts'], 'alert')}, {plural(counts['pending_calls'], 'pending call')}"
                + (", the key" if counts.get("keys") else "") + ". " + _reclaimed(counts))
     if counts["unreadable_spill_files"]:
-        raise click.ClickException(f"{counts['unreadable_spill_files']} spill file(s) under "
-                                   f"{obj.home / home_dir.SPILL_DIR} could not be read and may still hold "
+        raise click.ClickException(f"Could not read {plural(counts['unreadable_spill_files'], 'spill file')} under "
+                                   f"{obj.home / home_dir.SPILL_DIR}: they may still hold "
                                    f"{subject.label()}; see the log and remove them by hand.")

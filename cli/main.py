@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,26 +17,18 @@ import click
 
 from addon.core import home as home_dir
 from addon.core.redact import hide_passwords
-from addon.core.store import StoreError
 
-from . import (
-    admin,
-    alerts,
-    budgets,
-    calls,
-    config,
-    export,
-    keys,
-    lifecycle,
-    migrate,
-    prices,
-    proxy,
-    reconcile,
-    report,
-    reprice,
-    web,
-)
-from .options import add_storage_options
+# name -> (module in cli/, the command's function). A command's module is imported only when that
+# command runs: duckdb and genai-prices take most of a second to import, and `aispendtrack --help`
+# needs neither (tests/test_cli_edges.py checks both).
+COMMANDS = {
+    "admin": ("admin", "admin"), "alerts": ("alerts", "alerts"), "budgets": ("budgets", "budgets"),
+    "calls": ("calls", "calls"), "config": ("config", "config"), "export": ("export", "export"),
+    "gdpr": ("lifecycle", "gdpr"), "keys": ("keys", "keys"), "migrate-to": ("migrate", "migrate_to"),
+    "prices": ("prices", "prices"), "proxy": ("proxy", "proxy"), "purge": ("lifecycle", "purge"),
+    "reconcile": ("reconcile", "reconcile"), "report": ("report", "report"), "reprice": ("reprice", "reprice"),
+    "web": ("web", "web"),
+}
 
 
 @dataclass
@@ -46,14 +41,46 @@ class Context:
 
 
 class _Cli(click.Group):
-    """Turns the store's expected failures (file busy, encryption misconfigured, shared storage
-    unreachable...) into one-line errors."""
+    """Loads a command when it runs; turns the store's expected failures (file busy, encryption
+    misconfigured, shared storage unreachable...) into one-line errors."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        if name not in self.commands:
+            from .options import add_storage_options
+
+            module, attribute = COMMANDS[name]
+            command = getattr(importlib.import_module(f"cli.{module}"), attribute)
+            add_storage_options(command)
+            self.commands[name] = command
+        return self.commands[name]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click lists them, from the commands' docstrings read without importing their modules."""
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        rows = [(name, click.Command(name, help=_docstring(*COMMANDS[name])).get_short_help_str(limit))
+                for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
+        from addon.core.store import StoreError
+
         try:
             return super().invoke(ctx)
         except StoreError as exc:
             raise click.ClickException(hide_passwords(str(exc))) from None
+
+
+def _docstring(module: str, function: str) -> str:
+    # A regular expression, not ast: parsing every module costs more than importing click.
+    source = (Path(__file__).parent / f"{module}.py").read_text(encoding="utf-8")
+    found = re.search(rf'^def {function}\(.*?:\n\s+"""(.*?)"""', source, re.MULTILINE | re.DOTALL)
+    return inspect.cleandoc(found.group(1)).split("\f")[0] if found else ""
 
 
 @click.group(cls=_Cli)
@@ -64,22 +91,3 @@ class _Cli(click.Group):
 def cli(ctx: click.Context, home: str | None) -> None:
     """AiSpendTrack: see where your LLM money goes."""
     ctx.obj = Context(home=home_dir.resolve(home))
-
-
-cli.add_command(proxy.proxy)
-cli.add_command(keys.keys)
-cli.add_command(calls.calls)
-cli.add_command(prices.prices)
-cli.add_command(report.report)
-cli.add_command(export.export)
-cli.add_command(reprice.reprice)
-cli.add_command(admin.admin)
-cli.add_command(budgets.budgets)
-cli.add_command(alerts.alerts)
-cli.add_command(web.web)
-cli.add_command(lifecycle.purge)
-cli.add_command(lifecycle.gdpr)
-cli.add_command(config.config)
-cli.add_command(migrate.migrate_to)
-cli.add_command(reconcile.reconcile)
-add_storage_options(cli)

@@ -45,23 +45,24 @@ def _set_env(name: str):
     return callback
 
 
-def add_storage_options(group: click.Group) -> None:
-    """--catalog and --data-path on every command (shared mode, docs/deploy.md), defined once here.
-    They set the environment variables the store reads, so they mean the same as those."""
-    for command in group.commands.values():
-        if isinstance(command, click.Group):
-            add_storage_options(command)
-            continue
-        if any(param.name == "catalog" for param in command.params):
-            continue  # migrate-to: its --catalog is where to copy to
-        command.params += [
-            click.Option(["--catalog"], expose_value=False, is_eager=True, callback=_set_env(shared.ENV_CATALOG),
-                         metavar="URL", help=f"Shared mode: the PostgreSQL catalog, postgresql://user@host:5432/db "
-                                             f"[env {shared.ENV_CATALOG}]."),
-            click.Option(["--data-path"], expose_value=False, is_eager=True, callback=_set_env(shared.ENV_DATA_PATH),
-                         metavar="DIR|s3://...", help=f"Shared mode: where the lake's files go, needed when the "
-                                                      f"catalog is first created [env {shared.ENV_DATA_PATH}]."),
-        ]
+def add_storage_options(command: click.Command) -> None:
+    """--catalog and --data-path on a command and every command of a group (shared mode,
+    docs/deploy.md), defined once here. They set the environment variables the store reads, so
+    they mean the same as those."""
+    if isinstance(command, click.Group):
+        for subcommand in command.commands.values():
+            add_storage_options(subcommand)
+        return
+    if any(param.name in ("catalog", "data_path") for param in command.params):
+        return  # migrate-to: its --catalog is where to copy to; and a command is extended once
+    command.params += [
+        click.Option(["--catalog"], expose_value=False, is_eager=True, callback=_set_env(shared.ENV_CATALOG),
+                     metavar="URL", help=f"Shared mode: the PostgreSQL catalog, postgresql://user@host:5432/db "
+                                         f"[env {shared.ENV_CATALOG}]."),
+        click.Option(["--data-path"], expose_value=False, is_eager=True, callback=_set_env(shared.ENV_DATA_PATH),
+                     metavar="DIR|s3://...", help=f"Shared mode: where the lake's files go, needed when the "
+                                                  f"catalog is first created [env {shared.ENV_DATA_PATH}]."),
+    ]
 
 
 def _check_trusted_proxies(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import socket
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from addon.core.serialize import json_row
+from addon.core.serialize import dumps, json_row
 
 FORMATS = ("table", "json", "csv")
 
@@ -56,7 +55,7 @@ def format_option(default: str = "table"):
 def emit(rows: Sequence[dict], fmt: str, table: Sequence[tuple[str, Callable[[dict], str], str]]) -> None:
     """``table`` lists (heading, cell function, "<" or ">") for the human-readable form."""
     if fmt == "json":
-        click.echo(json.dumps([json_row(row) for row in rows], indent=2))
+        click.echo(dumps([json_row(row) for row in rows]))
     elif fmt == "csv":
         if rows:
             writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")

@@ -8,6 +8,7 @@ from click_default_group import DefaultGroup
 import pricing
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
+from addon.core.wording import plural
 from pricing.overrides import FILE_NAME
 
 from .output import emit, format_option
@@ -33,13 +34,13 @@ def check(obj, fmt: str = "table") -> None:
     if fmt != "table":
         emit(rows, fmt, [])
         return
-    overrides = f"{len(book.overrides)} entries" if override_path.exists() else "none"
+    overrides = plural(len(book.overrides), "entry", "entries") if override_path.exists() else "none"
     click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({override_path}): {overrides}")
     _show_patches(book.patches)
     if not rows:
         click.echo("Every metered call so far has a price.")
         return
-    click.echo(f"\n{sum(r['calls'] for r in rows)} calls used models (or service tiers) with no known price "
+    click.echo(f"\n{plural(sum(r['calls'] for r in rows), 'call')} used models (or service tiers) with no known price "
                f"(cost shown as 'unpriced', never $0). Add them to {override_path}:\n")
     emit(rows, "table", [
         ("PROVIDER", lambda r: r["provider"], "<"), ("MODEL", lambda r: r["model"], "<"),

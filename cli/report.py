@@ -6,10 +6,11 @@ import dataclasses
 
 import click
 
-from addon.core.money import usd
+from addon.core.money import column_places, usd
 from addon.core.reports import DIMENSIONS, ReportError, ReportSpec, parse_report
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
+from addon.core.wording import plural
 
 from .options import selection_options
 from .output import compact, emit, render_table, seconds, tokens
@@ -51,15 +52,16 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
     columns += [("OUT", lambda r: number(r["output_tokens"]), ">")]
     if wide:
         columns += [("REASONING", lambda r: number(r["reasoning_tokens"]), ">")]
-    columns += [("COST", _cost, ">"),
+    places = column_places(r["cost_usd"] for r in [*groups, total])
+    columns += [("COST", lambda r: _cost(r, places), ">"),
                 ("%", lambda r: f"{r['share']:.0%}" if r["share"] is not None else "-", ">"),
                 ("P50/P95", lambda r: f"{seconds(r['p50_latency_ms'])}/{seconds(r['p95_latency_ms'])}", ">")]
     totals_row = {**total, **{name: "TOTAL" if i == 0 else "" for i, name in enumerate(names)}}
     lines = render_table([*groups, totals_row], columns).splitlines()
     lines.insert(len(lines) - 1, "-" * max(len(line) for line in lines))
     if total["unpriced_calls"]:
-        lines.append(f"* {total['unpriced_calls']:,} more calls have no price (unknown model), see "
-                     f"`aispendtrack prices check`.")
+        more = plural(total["unpriced_calls"], "more call has", "more calls have")
+        lines.append(f"* {more} no price (unknown model), see `aispendtrack prices check`.")
     if not wide and (total["cache_read_tokens"] or total["cache_write_tokens"]):
         lines.append(f"IN excludes {compact(total['cache_read_tokens'])} cache-read, "
                      f"{compact(total['cache_write_tokens'])} cache-write tokens (--wide shows them).")
@@ -67,9 +69,10 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
 
 
 def _cell(name: str):
+    if name == "key_id":  # the key's name (docs/api.md: key_name), its id only when it has none
+        return lambda r: "-" if r[name] is None else str(r.get("key_name") or r[name])
     return lambda r: "-" if r[name] is None else str(r[name])
 
 
-def _cost(row: dict) -> str:
-    text = usd(row["cost_usd"]) if row["cost_usd"] is not None else ("unpriced" if row["unpriced_calls"] else "-")
-    return text + ("*" if row["unpriced_calls"] and row["cost_usd"] is not None else "")
+def _cost(row: dict, places: int) -> str:
+    return usd(row["cost_usd"], places) + ("*" if row["unpriced_calls"] and row["cost_usd"] is not None else "")

@@ -9,6 +9,7 @@ import click
 from addon.core.money import usd
 from addon.core.store import reports as report_rows
 from addon.core.store import writing
+from addon.core.wording import plural
 from pricing import PriceBook, PriceFileError, TokenUsage
 from pricing.overrides import FILE_NAME
 
@@ -46,7 +47,7 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
             with running(f"Storing {len(changes):,} new costs", quiet):
                 report_rows.apply_reprice(con, changes)
     verb = "would change" if dry_run else "changed"
-    click.echo(f"Checked {checked:,} calls; {len(changes):,} {verb}: {usd(before)} -> {usd(after)} "
+    click.echo(f"Checked {plural(checked, 'call')}; {len(changes):,} {verb}: {usd(before)} -> {usd(after)} "
                f"({'+' if after >= before else '-'}{usd(abs(after - before))}).")
     newly_unpriced = sum(1 for _, cost, _ in changes if cost is None)
     if newly_unpriced:

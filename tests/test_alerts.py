@@ -148,6 +148,9 @@ def test_check_sends_budget_quota_and_spike_alerts_once(tmp_path):
     try:
         first = run(tmp_path, "alerts", "check")
         assert first.exit_code == 0, first.output
+        # What a user reads: each alert's scope and period, not its internal id (budget:1:daily:...).
+        assert first.output.startswith("6 new alerts\n") and "budget:" not in first.output
+        assert "\n  daily budget crossed for customer acme\n" in first.output
         subjects = sorted(json.loads(body)["subject"] for _, body in receiver.requests)
         assert any("daily budget crossed for customer acme" in s for s in subjects)
         assert any("key 2 has used 75% of its monthly quota" in s for s in subjects)
@@ -157,7 +160,7 @@ def test_check_sends_budget_quota_and_spike_alerts_once(tmp_path):
         assert budget["data"]["spent_usd"] == 1.5 and "Raise it with" in budget["text"]
         count = len(receiver.requests)
         again = run(tmp_path, "alerts", "check")
-        assert "nothing new" in again.output and len(receiver.requests) == count  # each alert once
+        assert again.output == "0 new alerts; nothing new to report.\n" and len(receiver.requests) == count
     finally:
         receiver.close()
 

@@ -92,7 +92,7 @@ def test_a_blocking_budget_refuses_the_call_after_the_one_that_crossed_it(tmp_pa
         with pytest.raises(openai.RateLimitError) as raised:
             client.chat.completions.create(**CHAT)
         assert "budget exceeded for customer spender" in raised.value.message
-        assert "$0.0012 spent of the daily budget of $0.001." in raised.value.message
+        assert "$0.001215 spent of the daily budget of $0.001." in raised.value.message
         wait = int(raised.value.response.headers["retry-after"])
         assert abs(wait - math.ceil((calendar.day_end - dt.datetime.now(dt.UTC)).total_seconds())) <= 2
         other = proxy.openai(headers={"x-customer-id": "someone-else"})
@@ -116,7 +116,7 @@ def test_a_blocking_monthly_budget_counts_the_whole_month_not_today(tmp_path, up
         client.chat.completions.create(**CHAT)  # $0.0008 + $0.000405: past the month's $0.001
         with pytest.raises(openai.RateLimitError) as raised:
             client.chat.completions.create(**CHAT)
-        assert "$0.0012 spent of the monthly budget of $0.001." in raised.value.message
+        assert "$0.001205 spent of the monthly budget of $0.001." in raised.value.message
         wait = int(raised.value.response.headers["retry-after"])
         assert abs(wait - math.ceil((calendar.month_end - dt.datetime.now(dt.UTC)).total_seconds())) <= 2
         assert len(proxy.rows("spender", expect=2)) == 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from decimal import Decimal
 
 import pytest
@@ -62,8 +64,9 @@ def test_revoking_a_revoked_key_says_so_and_fails(tmp_path):
 
 
 @pytest.mark.parametrize("amount,text", [(Decimal("0.005"), "$0.005"), (Decimal("0.0012"), "$0.0012"),
-                                         (Decimal("1234.5"), "$1,234.50"), (Decimal("0.00001"), "<$0.0001"),
-                                         (0, "$0"), (None, "unpriced"), (0.25, "$0.25")])
+                                         (Decimal("1234.5"), "$1,234.50"), (Decimal("0.00001"), "$0.00001"),
+                                         (Decimal("0.05175"), "$0.05175"), (Decimal("0.0000004"), "<$0.000001"),
+                                         (0, "$0.00"), (None, "unpriced"), (0.25, "$0.25")])
 def test_small_amounts_keep_their_digits(amount, text):
     assert usd(amount) == text  # a $0.005 budget was announced as "$0.00"
 
@@ -131,3 +134,29 @@ def test_times_and_numbers_out_of_range_are_refused_with_the_range(tmp_path, arg
     result = _invoke(tmp_path, *args)
     assert result.exit_code in (1, 2) and "Traceback" not in result.output, result.output
     assert message in result.output, result.output
+
+
+def test_help_imports_neither_duckdb_nor_genai_prices():
+    # They take most of a second to import: `aispendtrack --help` (and a mistyped command) must not wait for them.
+    probe = ("import sys\nfrom cli.main import cli\ntry:\n    cli(['--help'], prog_name='aispendtrack')\n"
+             "except SystemExit:\n    pass\nprint(sorted(m for m in ('duckdb', 'genai_prices', 'pricing', 'flask', "
+             "'mitmproxy') if m in sys.modules))")
+    shown = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert "Commands:" in shown and "report" in shown
+    assert shown.splitlines()[-1] == "[]"
+
+
+def test_help_lists_every_command_as_click_would_with_them_all_imported():
+    import click
+
+    from cli import main
+
+    def listing(format_commands) -> str:
+        with click.Context(cli) as ctx:
+            formatter = ctx.make_formatter()
+            format_commands(ctx, formatter)
+            return formatter.getvalue()
+
+    lazy = listing(cli.format_commands)
+    assert lazy == listing(lambda ctx, formatter: click.Group.format_commands(cli, ctx, formatter))
+    assert all(f"  {name} " in lazy for name in main.COMMANDS)

@@ -176,7 +176,7 @@ def test_a_month_with_a_known_gap_is_reported_to_the_token_and_the_cent(tmp_path
     table = reconcile(home, *args).output
     assert "2026-11-10" in table and "untracked" in table
     assert "OpenAI reports $0.0075 more than the proxy recorded" in table
-    assert "Its cost report says $0.3475 was billed for these days" in table
+    assert "Its cost report says $0.347475 was billed for these days" in table  # exact, not $0.3475
     [*by_day, day_total] = lines(reconcile(home, *args, "--by", "day", "--format", "json"))
     [billed_gap] = [d for d in by_day if d["bucket"].startswith("2026-11-10")]
     assert billed_gap["billed_usd"] == pytest.approx(float(Decimal(billed_gap["theirs_cost_usd"])))

@@ -136,7 +136,7 @@ def test_table_has_a_total_line_and_flags_unpriced(home):
     lines = result.output.splitlines()
     total = next(line for line in lines if line.startswith("TOTAL"))
     assert "$6.00*" in total and "5" in total.split()
-    assert "1 more calls have no price (unknown model)" in result.output
+    assert "* 1 more call has no price (unknown model)" in result.output
     assert max(len(line) for line in lines) <= 80
 
 
@@ -176,7 +176,7 @@ def test_reprice_keeps_the_old_cost_and_prints_the_change(home):
     result = CliRunner().invoke(cli, ["--home", str(home), "reprice", "--model", "acme-llm"])
     assert result.exit_code == 0, result.output
     assert "Checked 1 calls; 1 changed: unpriced" not in result.output
-    assert "1 changed: $0 -> $0.002" in result.output  # 100 in x $10 + 10 out x $100, per million
+    assert "1 changed: $0.00 -> $0.002" in result.output  # 100 in x $10 + 10 out x $100, per million
     [repriced] = [r for r in cli_json(home, "calls") if r["model"] == "acme-llm"]
     assert repriced["cost_usd"] == pytest.approx(0.002) and repriced["priced"] is True
     exported = json.loads(CliRunner().invoke(cli, ["--home", str(home), "export", "--format", "json",
@@ -304,3 +304,11 @@ def test_calls_csv_the_cli_export_and_the_api_export_are_the_same_bytes(api, hom
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", first["ts"])
     listed_json = json.loads(runner.invoke(cli, ["--home", str(home), "calls", "--format", "json"]).output)
     assert listed_json[0]["ts"] == max(r["ts"] for r in listed_json)  # newest first
+
+
+def test_by_key_names_the_keys_with_their_id_only_where_two_share_a_name(home, api):
+    CliRunner().invoke(cli, ["--home", str(home), "keys", "create", "--name", "two"], catch_exceptions=False)
+    table = CliRunner().invoke(cli, ["--home", str(home), "report", "--by", "key"]).output
+    assert [line.split("  ")[0] for line in table.splitlines()[1:3]] == ["one", "two (id 2)"]
+    groups = api("/api/v1/report?by=key").get_json()
+    assert [(g["key_id"], g["key_name"]) for g in groups] == [(1, "one"), (2, "two (id 2)")]

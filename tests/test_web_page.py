@@ -130,7 +130,7 @@ def test_totals_on_the_page_equal_the_cli_report(page, site):
     assert float(page.get_attribute("#total-spend", "data-value")) == pytest.approx(cli_cost)
     assert int(page.get_attribute("#total-calls", "data-value")) == sum(g["calls"] for g in groups)
     assert page.inner_text("#total-spend") == "$6.00*"  # * : one call is unpriced
-    assert "calls used models without a price" in page.inner_text("#warnings")
+    assert "1 call used models without a price" in page.inner_text("#warnings")
     rows = page.locator("#by-model tbody tr")
     assert rows.first.get_attribute("data-value") in ("gpt-4o", "claude-sonnet-4")  # $3 each, the top two
     ARTIFACTS.mkdir(exist_ok=True)
@@ -168,6 +168,12 @@ def test_export_downloads_the_rows_of_the_view(page, site):
         page.click("#export-csv")
     rows = list(csv.DictReader(open(download.value.path())))
     assert sorted(r["model"] for r in rows) == ["claude-sonnet-4", "gpt-4o"]
+
+
+def test_the_by_key_table_names_the_keys(page, site):
+    sign_in(page, site)
+    names = page.eval_on_selector_all("#by-key tbody tr", "rows => rows.map(r => r.cells[0].innerText)")
+    assert sorted(names) == ["2", "tests"]  # key 2 of the data set was never created: its id is all there is
 
 
 def test_budgets_show_their_status(page, site):

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from flask import Flask, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 
 from addon.core import home as home_dir
-from addon.core import spool, store
+from addon.core import serialize, spool, store
 
 from . import (
     privacy,  # noqa: F401  (adds the purge and GDPR routes to the API)
@@ -25,10 +26,18 @@ from .openapi import openapi
 from .pages import pages
 
 
+class JSONProvider(DefaultJSONProvider):
+    """Every API answer in the CLI's JSON dialect (addon/core/serialize.py)."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return serialize.dumps(obj)
+
+
 def create_app(home: str | Path | None = None, test_config: dict | None = None,
                trusted_proxies: Sequence[str] = ()) -> Flask:
     """``trusted_proxies``: addresses whose X-Forwarded-Proto is believed (web/security.py)."""
     app = Flask(__name__)
+    app.json = JSONProvider(app)
     app.config["AISPENDTRACK_HOME"] = home_dir.resolve(home)
     spool.remove_leftovers(app.config["AISPENDTRACK_HOME"])
     app.config["TRUSTED_PROXIES"] = security.trusted_networks(trusted_proxies)

@@ -42,7 +42,9 @@ _TOTALS = {"calls": _INT, "errors": _INT, "unpriced_calls": _INT, "estimated_cal
            "share": {**_null(_NUM), "description": "The group's part of the total cost."},
            "p50_latency_ms": _null(_NUM), "p95_latency_ms": _null(_NUM)}
 _GROUP_KEYS = {"model": _null(_STR), "provider": _STR, "customer_id": _null(_STR), "feature": _null(_STR),
-               "key_id": _null(_INT), "day": {**_STR, "format": "date"},
+               "key_id": _null(_INT),
+               "key_name": {**_null(_STR), "description": "With key_id: the key's name, and its id when another "
+                                                          "key has the same name."}, "day": {**_STR, "format": "date"},
                "hour": {**_STR, "example": "2026-11-01 13:00"}, "month": {**_STR, "example": "2026-11"}}
 _CALL = {"id": {**_STR, "format": "uuid"}, "ts": _TIME, "key_id": _null(_INT), "provider": _STR, "endpoint": _STR,
          "model": _null(_STR), "stream": {"type": "boolean"}, "status": _null(_INT), "outcome": _STR,

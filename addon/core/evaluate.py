@@ -83,8 +83,8 @@ def candidates(db: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo,
     return found
 
 
-def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[str]:
-    """Send what is new; returns the dedupe keys sent. A broken channel file is logged, not raised."""
+def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[notify.Alert]:
+    """Send what is new; returns the alerts sent. A broken channel file is logged, not raised."""
     try:
         channels = list(notify.load(home / notify.FILE_NAME).values())
     except notify.ChannelError as exc:
@@ -93,14 +93,15 @@ def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) ->
     return send_new(db, channels, candidates(db, now, zone, _settings(home)))
 
 
-def send_new(db: Path, channels: list[notify.Channel], found: list[tuple[str, notify.Alert]]) -> list[str]:
-    """Deliver the alerts whose dedupe key was never sent; returns those keys."""
+def send_new(db: Path, channels: list[notify.Channel],
+             found: list[tuple[str, notify.Alert]]) -> list[notify.Alert]:
+    """Deliver the alerts whose dedupe key was never sent; returns those alerts."""
     with reading(db) as con:
         sent = alert_rows.already_sent(con, [key for key, _ in found])
     fresh = [(key, alert) for key, alert in found if key not in sent]
     for key, alert in fresh:
         notify.deliver(db, channels, alert, key)
-    return [key for key, _ in fresh]
+    return [alert for _, alert in fresh]
 
 
 class Evaluator(threading.Thread):

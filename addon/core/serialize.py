@@ -1,10 +1,20 @@
-"""Values from the store as JSON-friendly values, the same for the CLI and the API."""
+"""JSON as the CLI and the API write it: one dialect for ``--format json``, ``--json`` and every
+API answer (docs/api.md, "JSON").
+
+Two-space indentation; UTF-8 text as is; money as a JSON number in its shortest exact form
+(0.001852, not 0.001852000000000000); times as ISO 8601 in UTC with microseconds, as exports
+write them; durations in milliseconds to the microsecond."""
 
 from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import uuid
+
+
+def dumps(value: object) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=json_value)
 
 
 def json_value(value: object) -> object:

@@ -100,15 +100,44 @@ async function api(path) {
   return body;
 }
 
-function money(value) {
+// How money is written: the rule of addon/core/money.py (docs/usage.md, "How money and JSON are
+// written"), held to the same strings by tests/test_money_everywhere.py. Exact to a millionth of a dollar
+// (halves up), at least two decimals or `places` (a column's, from moneyPlaces), "unpriced" for
+// an unknown cost. Decimal arithmetic on the number's shortest form, never binary rounding.
+const MONEY_PLACES = 6;
+
+function micros(value) {
+  const [mantissa, exponent] = Math.abs(value).toExponential().split("e");
+  const digits = BigInt(mantissa.replace(".", ""));
+  const shift = Number(exponent) - (mantissa.split(".")[1] || "").length + MONEY_PLACES;
+  if (shift >= 0) return digits * 10n ** BigInt(shift);
+  const divisor = 10n ** BigInt(-shift);
+  return (digits * 2n + divisor) / (2n * divisor);
+}
+
+function neededPlaces(m) {
+  let places = MONEY_PLACES;
+  while (places > 2 && m % 10n === 0n) { m /= 10n; places -= 1; }
+  return places;
+}
+
+function moneyPlaces(values) {
+  return Math.max(2, ...values.filter((v) => v !== null && v !== undefined).map((v) => neededPlaces(micros(v))));
+}
+
+function money(value, places = 2) {
   if (value === null || value === undefined) return "unpriced";
-  if (value === 0) return "$0";
-  if (Math.abs(value) >= 1) return "$" + value.toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
-  if (Math.abs(value) < 0.0001) return "<$0.0001";
-  return "$" + value.toFixed(4);
+  const m = micros(value);
+  if (m === 0n && value !== 0) return (value < 0 ? "-" : "") + "<$0." + "0".repeat(MONEY_PLACES - 1) + "1";
+  const digits = String(m).padStart(MONEY_PLACES + 1, "0");
+  const whole = BigInt(digits.slice(0, -MONEY_PLACES)).toLocaleString("en-US");
+  const fraction = digits.slice(-MONEY_PLACES).slice(0, Math.max(places, neededPlaces(m)));
+  return (value < 0 && m !== 0n ? "-" : "") + "$" + whole + "." + fraction;
 }
 
 const count = (n) => (n || 0).toLocaleString("en-US");
+// As addon/core/wording.py's plural: 1 call, 2 calls.
+const plural = (n, noun, nouns) => count(n) + " " + (n === 1 ? noun : nouns || noun + "s");
 const ms = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s");
 const pct = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(v < 0.1 ? 1 : 0) + "%");
 const errorRate = (t) => (t.calls ? t.errors / t.calls : null);
@@ -152,7 +181,7 @@ function showWarnings(total, lastHour) {
   box.replaceChildren();
   const warn = (text) => box.append(el("p", { class: "warning", role: "status" }, "⚠ " + text));
   if (total.unpriced_calls) {
-    warn(`${count(total.unpriced_calls)} calls used models without a price; their cost is not in the totals (marked *). ` +
+    warn(`${plural(total.unpriced_calls, "call")} used models without a price; their cost is not in the totals (marked *). ` +
          "Run `aispendtrack prices check` and add them to prices.toml.");
   }
   if (total.calls && total.estimated_calls) {
@@ -208,10 +237,12 @@ function showChart(rows, bucket, stackName, range, tz) {
 function showBreakdown(table, rows, state) {
   const dimension = table.dataset.dimension;
   const key = DIMENSIONS[dimension];
+  const places = moneyPlaces(rows.map((r) => r.cost_usd));
   const columns = [
-    [dimension, (r) => (r[key] === null ? "(none)" : String(r[key])), (r) => String(r[key])],
+    // By key: the key's name (with its id when another key shares it), as `aispendtrack report --by key`.
+    [dimension, (r) => (r[key] === null ? "(none)" : String(r.key_name ?? r[key])), (r) => String(r.key_name ?? r[key])],
     ["calls", (r) => count(r.calls), (r) => r.calls],
-    ["cost", (r) => money(r.cost_usd) + (r.unpriced_calls && r.cost_usd !== null ? "*" : ""), (r) => r.cost_usd ?? -1],
+    ["cost", (r) => money(r.cost_usd, places) + (r.unpriced_calls && r.cost_usd !== null ? "*" : ""), (r) => r.cost_usd ?? -1],
     ["share", (r) => pct(r.share), (r) => r.share ?? -1],
     ["p50", (r) => ms(r.p50_latency_ms), (r) => r.p50_latency_ms ?? -1],
     ["errors", (r) => count(r.errors), (r) => r.errors],
@@ -250,10 +281,11 @@ async function showRecent(state) {
   const seen = new Set([...table.querySelectorAll("tbody tr")].map((tr) => tr.dataset.id));
   const head = el("tr", {}, ...["time", "key", "provider", "model", "in", "out", "cost", "latency", "status", "customer", "feature"]
     .map((h, i) => el("th", { class: [1, 4, 5, 6, 7].includes(i) ? "num" : "", scope: "col" }, h)));
+  const places = moneyPlaces(page.calls.map((c) => c.cost_usd));
   const rows = page.calls.map((c) => el("tr", { dataset: { id: c.id }, class: seen.size && !seen.has(c.id) ? "new" : "" },
     el("td", {}, timeLabel(new Date(c.ts), state.tz)), el("td", { class: "num" }, String(c.key_id)), el("td", {}, c.provider),
     el("td", {}, c.model || "–"), el("td", { class: "num" }, count(c.input_tokens)), el("td", { class: "num" }, count(c.output_tokens)),
-    el("td", { class: "num" }, c.usage_source === "none" ? "–" : money(c.cost_usd)), el("td", { class: "num" }, ms(c.latency_ms)),
+    el("td", { class: "num" }, money(c.cost_usd, places)), el("td", { class: "num" }, ms(c.latency_ms)),
     el("td", {}, `${c.status ?? "–"}${c.outcome === "completed" ? "" : " " + c.outcome}`),
     el("td", {}, c.customer_id || "–"), el("td", {}, c.feature || "–")));
   table.replaceChildren(el("thead", {}, head), el("tbody", {}, ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "11" }, "No calls yet"))])));

@@ -66,6 +66,12 @@ def all_keys(con: duckdb.DuckDBPyConnection) -> list[dict]:
     return [dict(zip(_COLUMNS, values)) for values in cur.fetchall()]
 
 
+def labels(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
+    """What people call each key: its name, with its id when another key has the same name."""
+    cur = control(con).execute("SELECT id, name, count(*) OVER (PARTITION BY name) FROM keys")
+    return {key_id: name if same == 1 else f"{name} (id {key_id})" for key_id, name, same in cur.fetchall()}
+
+
 def revoke(con: duckdb.DuckDBPyConnection, key_id: int) -> tuple[dt.datetime, bool] | None:
     """Revoke a key: (when it was revoked, whether by this call; an earlier revoke is kept), or None
     if there is no such key."""

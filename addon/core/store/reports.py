@@ -12,6 +12,7 @@ import duckdb
 
 from ..reports import ReportSpec, Selection
 from . import batch
+from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS
 from .connection import one
 
@@ -74,6 +75,10 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
         if dimension in _TIME_FORMATS:
             for row in groups:
                 row[name] = row[name].strftime(_TIME_FORMATS[dimension])
+    if "key" in spec.by:
+        labels = key_rows.labels(con)
+        for row in groups:
+            row["key_name"] = labels.get(row["key_id"])
     time_names = [n for d, n in zip(spec.by, names) if d in _TIME_FORMATS]
     groups.sort(key=lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"],
                                *[str(r[n]) for n in names]))
@@ -102,7 +107,7 @@ _FORMULA_START = "'=', '+', '-', '@', chr(9), chr(13)"
 EXPORT_FORMATS = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson",
                   "parquet": "application/vnd.apache.parquet"}
 # Text formats write times as Python's isoformat does in the JSON API (always with microseconds),
-# booleans as true/false, and, in CSV, money without trailing zeros: one dialect everywhere.
+# booleans as true/false, and money without trailing zeros (a JSON number, as the API writes it): one dialect.
 _ISO_UTC = "%Y-%m-%dT%H:%M:%S.%f+00:00"
 _TIMES = ("ts", "repriced_at")
 _MONEY = ("cost_usd", "previous_cost_usd")
@@ -124,6 +129,8 @@ def _export_expr(column: str, fmt: str) -> str:
         return f"strftime({column}, '{_ISO_UTC}')"
     if fmt == "csv" and column in _MONEY:
         return f"rtrim(rtrim({column}::VARCHAR, '0'), '.')"
+    if column in _MONEY:  # JSON: a number in its shortest form (0.001852), as the API writes it
+        return f"{column}::DOUBLE"
     if fmt == "csv" and column in _CALLER_TEXT:
         return f"CASE WHEN left({column}, 1) IN ({_FORMULA_START}) THEN chr(39) || {column} ELSE {column} END"
     return column
