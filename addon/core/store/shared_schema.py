@@ -135,6 +135,10 @@ def ensure_control(control) -> None:
             control.pg.execute(RECONCILIATIONS_DDL)
             control.execute("INSERT INTO schema_migrations VALUES ('s002_reconciliations', now()) "
                             "ON CONFLICT DO NOTHING")
+        if "s003_limit_grants" not in done:
+            # How many calls the last admit statement granted (counters.ADMIT returns it).
+            control.execute("ALTER TABLE limit_counters ADD COLUMN IF NOT EXISTS granted BIGINT NOT NULL DEFAULT 0")
+            control.execute("INSERT INTO schema_migrations VALUES ('s003_limit_grants', now()) ON CONFLICT DO NOTHING")
 
 
 def data_path(control, given: str | None) -> str:
