@@ -179,7 +179,7 @@ class SharedCounters:
         if tracker.has_budgets():
             day, month = tracker.periods(now)
             have = counters.spend(db, day, month)
-            fresh = {b.id: budget_rows.spend_since(con, b.scope, b.scope_value, day, month)
+            fresh = {b.id: budget_rows.spend_since(con, b.scope, b.scope_value, b.key_id, day, month)
                      for b in tracker.budgets() if b.id not in have}
             counters.seed_spend(db, fresh, day, month)
 

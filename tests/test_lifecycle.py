@@ -62,7 +62,7 @@ def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(tmp_path):
     db = home_dir.db_path(home)
     with writing(db) as con:
         call_rows.insert(con, rows)
-    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--monthly", "1000")
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--all-keys", "--monthly", "1000")
     spend_before, counts_before = budget_spend(home, "acme"), month_counts(home)
 
     dry = json.loads(run_cli(home, "purge", "--dry-run", "--json"))
@@ -139,7 +139,7 @@ def test_gdpr_export_then_delete_while_the_proxy_runs_leaves_no_trace_on_disk(tm
         client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True}).close()
         proxy.openai(headers={"x-customer-id": "someone-else"}).chat.completions.create(**CHAT)
         proxy.rows(customer, expect=4)
-        run_cli(home, "budgets", "set", "--scope", f"customer:{customer}", "--daily", "5")
+        run_cli(home, "budgets", "set", "--scope", f"customer:{customer}", "--all-keys", "--daily", "5")
         db = home_dir.db_path(home)
         with writing(db) as con:
             alert_rows.record(con, NOW, "spike", f"AiSpendTrack: spend spike for customer {customer}", "webhook",

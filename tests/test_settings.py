@@ -62,7 +62,7 @@ def test_the_quota_zone_given_to_the_proxy_is_the_cli_s_today(tmp_path, upstream
     now = dt.datetime.now(dt.UTC)
     earlier, began = _earlier_day_start(now)
     later = "UTC" if earlier != "UTC" else "Etc/GMT-14"
-    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--daily", "1")
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--all-keys", "--daily", "1")
     with writing(db_path(home)) as con:  # a call early in the day of one zone, before the day of the other
         call_rows.insert(con, [call_row(1, ts=began + dt.timedelta(minutes=1), customer_id="acme",
                                         cost_usd=Decimal("0.25"))])

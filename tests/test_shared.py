@@ -245,10 +245,12 @@ def test_calls_admitted_alone_during_an_outage_join_the_shared_count_when_postgr
 
 def test_a_blocking_budget_crossed_on_one_replica_blocks_every_replica_within_1_s(shared_env, tmp_path, upstream):
     admin = tmp_path / "admin"
-    key = new_key(admin)["key"]
+    created = new_key(admin)
+    key = created["key"]
     # 20 calls of $0.000405 cross it; replica b alone would need 20 as well, so it can only refuse
     # within a second (at most 10 calls, one per 0.1 s) by learning of replica a's spend.
-    run_cli(admin, "budgets", "set", "--scope", "customer:spender", "--daily", "0.008", "--block")
+    run_cli(admin, "budgets", "set", "--scope", "customer:spender", "--key", str(created["id"]),
+            "--daily", "0.008", "--block")
     a, b = replicas(tmp_path, upstream.url, 2, key)
     try:
         spender = {"x-customer-id": "spender", "x-test-scenario": "legacy"}
@@ -396,7 +398,7 @@ def test_migrate_to_copies_an_embedded_database_and_its_keys_work_on_a_replica(s
     home = tmp_path / "embedded"
     created = new_key(home)
     run_cli(home, "keys", "set-limit", str(created["id"]), "--per-hour", "1000")
-    run_cli(home, "budgets", "set", "--scope", "customer:grown", "--monthly", "50")
+    run_cli(home, "budgets", "set", "--scope", "customer:grown", "--all-keys", "--monthly", "50")
     proxy = start_proxy(home, upstream.url, tmp_path / "embedded.log", key=created["key"])
     try:
         for n in range(5):
