@@ -93,6 +93,9 @@ class SharedCounters:
             self._sending = None
 
     async def _send(self, key_id: int, waiters: list[asyncio.Future]) -> None:
+        waiters = [w for w in waiters if not w.done()]  # a call whose client left takes no grant
+        if not waiters and key_id not in self._alone:
+            return
         now = dt.datetime.now(dt.UTC)
         limiter = self.state.limiter
         limits = limiter.limits_of(key_id)
