@@ -158,8 +158,8 @@ class SharedCounters:
         asyncio.get_running_loop().call_later(RETRY_AFTER_S + 0.1, self._send_soon)
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                await conn.close()
+            try:  # bounded: every limited call of this replica waits behind this task
+                await asyncio.wait_for(conn.close(), ADMIT_TIMEOUT_S)
             except Exception:  # it is broken already
                 pass
         if time.monotonic() - self._last_warning > 30:
