@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 ADMIT_TIMEOUT_S = 1.0  # for one statement on an open connection
 CONNECT_TIMEOUT_S = 3  # opening one takes longer, more so on a busy machine: not an outage
 RETRY_AFTER_S = 5.0
+# A call never waits longer than this for the sending task, whatever psycopg does on a broken
+# connection (a cancelled statement can itself wait for the server): then the replica counts alone.
+STUCK_AFTER_S = ADMIT_TIMEOUT_S + CONNECT_TIMEOUT_S + 2
 
 
 @dataclass
@@ -72,7 +75,25 @@ class SharedCounters:
         waiter: asyncio.Future[Refusal | None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key_id, []).append(waiter)
         self._send_soon()
-        return await waiter
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), STUCK_AFTER_S)
+        except TimeoutError:
+            waiter.cancel()  # the stuck task's answer, if it ever comes, is nobody's
+            self._abandon()
+            return self._admit_alone(key_id, now)
+
+    def _abandon(self) -> None:
+        """The sending task is stuck: leave it and its connection, and count alone for a while."""
+        sending, self._sending, self._conn = self._sending, None, None
+        if sending is not None:
+            sending.cancel()
+        self._retry_at = time.monotonic() + RETRY_AFTER_S
+        asyncio.get_running_loop().call_later(RETRY_AFTER_S + 0.1, self._send_soon)
+        waiting, self._waiting = self._waiting, {}
+        for key_id, waiters in waiting.items():
+            _answer(waiters, lambda k=key_id: self._admit_alone(k, dt.datetime.now(dt.UTC)))
+        log.warning("limits: PostgreSQL at %s did not answer within %.0f s; counting on this replica alone, "
+                    "retrying in %.0f s", self.cfg.where, STUCK_AFTER_S, RETRY_AFTER_S)
 
     def _send_soon(self) -> None:
         if self._sending is None and (self._waiting or self._alone):
@@ -90,7 +111,8 @@ class SharedCounters:
                 for key_id in [*waiting, *(k for k in self._alone if k not in waiting)]:
                     await self._send(key_id, waiting.get(key_id, []))
         finally:
-            self._sending = None
+            if self._sending is asyncio.current_task():
+                self._sending = None
 
     async def _send(self, key_id: int, waiters: list[asyncio.Future]) -> None:
         waiters = [w for w in waiters if not w.done()]  # a call whose client left takes no grant
