@@ -162,8 +162,8 @@ class AiSpendTrack:
         now = dt.datetime.now(dt.UTC)
         state = self.state
         state.budgets.load([Budget.from_row(b) for b in budget_rows.all_budgets(con)],
-                           lambda b, day, month: budget_rows.spend_since(con, b.scope, b.scope_value, day, month),
-                           now)
+                           lambda b, day, month: budget_rows.spend_since(con, b.scope, b.scope_value, b.key_id,
+                                                                         day, month), now)
         active = key_rows.active(con)
         state.keyring.replace({key_hash: key_id for key_hash, key_id, *_ in active})
         state.limiter.set_limits({key_id: limits_for(plan, per_hour, per_month)

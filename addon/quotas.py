@@ -62,7 +62,7 @@ class Quotas:
         now = dt.datetime.now(dt.UTC)
         over_budget = self.state.budgets.blocked(admitted.key_id, admitted.customer_id, admitted.feature, now)
         if over_budget is not None:
-            refusals.budget_exceeded(flow, admitted.provider, over_budget, now)
+            refusals.budget_exceeded(flow, admitted.provider, admitted.key_id, over_budget, now)
             del flow.metadata[ADMITTED]
             return None
         counters = self.state.counters

@@ -67,13 +67,20 @@ def limit_reached(flow: http.HTTPFlow, provider: Provider, key_id: int, refusal:
            {"retry-after": str(wait)})
 
 
-def budget_exceeded(flow: http.HTTPFlow, provider: Provider, refusal: BudgetRefusal, now: dt.datetime) -> None:
-    budget = refusal.budget
-    refuse(flow, provider, 429, "aispendtrack_budget_exceeded",
-           f"AiSpendTrack budget exceeded for {budget.label()}: {usd(refusal.spent)} spent of the "
-           f"{refusal.period} budget of {usd(refusal.size)}. Calls are blocked until "
-           f"{refusal.resets_at:%Y-%m-%d %H:%M} UTC; raise it with `aispendtrack budgets set --scope "
-           f"{budget.scope_arg} --{refusal.period} USD --block`.", {"retry-after": str(refusal.retry_after(now))})
+def budget_exceeded(flow: http.HTTPFlow, provider: Provider, key_id: int, refusal: BudgetRefusal,
+                    now: dt.datetime) -> None:
+    """The figures only to the key whose own calls the budget counts: anyone else's spend (other
+    keys', a whole organisation's) is not the caller's to know."""
+    budget, until = refusal.budget, f"{refusal.resets_at:%Y-%m-%d %H:%M} UTC"
+    if budget.owned_by(key_id):
+        message = (f"AiSpendTrack budget exceeded for {budget.label()}: {usd(refusal.spent)} spent of the "
+                   f"{refusal.period} budget of {usd(refusal.size)}. Calls are blocked until {until}; raise it "
+                   f"with `aispendtrack budgets set {budget.set_args} --{refusal.period} USD --block`.")
+    else:
+        message = (f"AiSpendTrack budget exceeded: a {refusal.period} budget set by the administrator over "
+                   f"{budget.label()} blocks this call until {until}. It counts other keys' calls too, so "
+                   f"its figures are not shown; ask the administrator of this proxy.")
+    refuse(flow, provider, 429, "aispendtrack_budget_exceeded", message, {"retry-after": str(refusal.retry_after(now))})
 
 
 def upstream_failure(flow: http.HTTPFlow, provider: Provider, message: str, timed_out: bool,

@@ -1,10 +1,16 @@
 """Shared mode: limits and blocking budgets that hold over all replicas.
 
-- **Limits.** A call on a key with an hourly limit or a monthly quota takes one indexed statement
-  in PostgreSQL (store/counters.py ``ADMIT``), on an asyncio connection, so the event loop keeps
-  serving other calls meanwhile. A key without limits pays nothing. If PostgreSQL does not answer
-  (down, or slower than ``ADMIT_TIMEOUT_S``), the replica counts on locally from the last count
-  it saw, and tries PostgreSQL again after ``RETRY_AFTER_S``.
+- **Limits.** Calls on a key with an hourly limit or a monthly quota wait for one statement in
+  PostgreSQL (store/counters.py ``ADMIT``), sent on an asyncio connection, so the event loop keeps
+  serving other calls meanwhile. The calls that arrive while a statement is out go together in
+  the next one, which grants as many as the limits leave: one round trip per batch, not per call,
+  so a burst never queues behind itself, and the count stays exact (PostgreSQL grants each call of
+  a limit once, under the row's lock). A key without limits pays nothing.
+- **Outage.** If PostgreSQL does not answer within ``ADMIT_TIMEOUT_S`` (down, or that slow), the
+  replica counts alone from the last count it saw and tries again after ``RETRY_AFTER_S``; the
+  calls it admitted alone are then added to the shared count, so the replicas refuse what the
+  limit no longer leaves. A statement that timed out after PostgreSQL applied it is counted again:
+  an outage can only over-count, never lose a call.
 - **Budgets.** The writer thread sends the spend this replica recorded and fetches the totals of
   all replicas every ``Writer.sync_interval`` (0.25 s), on a connection of its own.
 """
@@ -15,6 +21,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 
 from .core.limits import Refusal
 from .core.store import budgets as budget_rows
@@ -25,15 +32,34 @@ from .state import ProxyState
 
 log = logging.getLogger(__name__)
 
-ADMIT_TIMEOUT_S = 1.0
+ADMIT_TIMEOUT_S = 1.0  # for one statement on an open connection
+CONNECT_TIMEOUT_S = 3  # opening one takes longer, more so on a busy machine: not an outage
 RETRY_AFTER_S = 5.0
+# A call never waits longer than this for the sending task, whatever psycopg does on a broken
+# connection (a cancelled statement can itself wait for the server): then the replica counts alone.
+STUCK_AFTER_S = ADMIT_TIMEOUT_S + CONNECT_TIMEOUT_S + 2
+
+
+@dataclass
+class Alone:
+    """Calls of a key admitted on this replica alone, not yet in the shared count."""
+
+    hour: dt.datetime
+    hour_calls: int
+    month: dt.datetime
+    month_calls: int
+
+    def within(self, hour: dt.datetime, month: dt.datetime) -> tuple[int, int]:
+        return (self.hour_calls if self.hour == hour else 0), (self.month_calls if self.month == month else 0)
 
 
 class SharedCounters:
     def __init__(self, cfg: shared.SharedConfig, state: ProxyState) -> None:
         self.cfg, self.state = cfg, state
         self._conn = None  # psycopg.AsyncConnection, used on the event loop only
-        self._connecting: asyncio.Lock | None = None
+        self._waiting: dict[int, list[asyncio.Future]] = {}  # key id -> calls for the next statement
+        self._alone: dict[int, Alone] = {}
+        self._sending: asyncio.Task | None = None
         self._retry_at = 0.0
         self._last_warning = -1e9
         self._sync_db: shared.ControlConnection | None = None  # the writer thread's
@@ -41,48 +67,121 @@ class SharedCounters:
     # -- limits, on the event loop ---------------------------------------------------------------
 
     async def admit(self, key_id: int, now: dt.datetime) -> Refusal | None:
+        limits = self.state.limiter.limits_of(key_id)
+        if limits is None or limits.per_hour == 0 or limits.per_month == 0:
+            return self.state.limiter.admit(key_id, now)
+        if time.monotonic() < self._retry_at:
+            return self._admit_alone(key_id, now)
+        waiter: asyncio.Future[Refusal | None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key_id, []).append(waiter)
+        self._send_soon()
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), STUCK_AFTER_S)
+        except TimeoutError:
+            waiter.cancel()  # the stuck task's answer, if it ever comes, is nobody's
+            self._abandon()
+            return self._admit_alone(key_id, now)
+
+    def _abandon(self) -> None:
+        """The sending task is stuck: leave it and its connection, and count alone for a while."""
+        sending, self._sending, self._conn = self._sending, None, None
+        if sending is not None:
+            sending.cancel()
+        self._retry_at = time.monotonic() + RETRY_AFTER_S
+        asyncio.get_running_loop().call_later(RETRY_AFTER_S + 0.1, self._send_soon)
+        waiting, self._waiting = self._waiting, {}
+        for key_id, waiters in waiting.items():
+            _answer(waiters, lambda k=key_id: self._admit_alone(k, dt.datetime.now(dt.UTC)))
+        log.warning("limits: PostgreSQL at %s did not answer within %.0f s; counting on this replica alone, "
+                    "retrying in %.0f s", self.cfg.where, STUCK_AFTER_S, RETRY_AFTER_S)
+
+    def _send_soon(self) -> None:
+        if self._sending is None and (self._waiting or self._alone):
+            self._sending = asyncio.get_running_loop().create_task(self._send_all())
+
+    async def _send_all(self) -> None:
+        """One statement per key with calls waiting (or calls admitted alone), until none are left."""
+        try:
+            while self._waiting or self._alone:
+                waiting, self._waiting = self._waiting, {}
+                if time.monotonic() < self._retry_at:  # PostgreSQL failed meanwhile
+                    for key_id, waiters in waiting.items():
+                        _answer(waiters, lambda k=key_id: self._admit_alone(k, dt.datetime.now(dt.UTC)))
+                    return
+                for key_id in [*waiting, *(k for k in self._alone if k not in waiting)]:
+                    await self._send(key_id, waiting.get(key_id, []))
+        finally:
+            if self._sending is asyncio.current_task():
+                self._sending = None
+
+    async def _send(self, key_id: int, waiters: list[asyncio.Future]) -> None:
+        waiters = [w for w in waiters if not w.done()]  # a call whose client left takes no grant
+        if not waiters and key_id not in self._alone:
+            return
+        now = dt.datetime.now(dt.UTC)
         limiter = self.state.limiter
         limits = limiter.limits_of(key_id)
-        if limits is None or limits.per_hour == 0 or limits.per_month == 0 or time.monotonic() < self._retry_at:
-            return limiter.admit(key_id, now)
+        if time.monotonic() < self._retry_at:
+            _answer(waiters, lambda: self._admit_alone(key_id, now))
+            return
+        if limits is None or limits.per_hour == 0 or limits.per_month == 0:  # changed meanwhile
+            self._alone.pop(key_id, None)
+            _answer(waiters, lambda: limiter.admit(key_id, now))
+            return
         hour, month = limiter.periods(now)
-        params = counters.admit_params(key_id, hour, month, limits.per_hour, limits.per_month)
+        alone = self._alone.get(key_id)
+        hour_alone, month_alone = alone.within(hour, month) if alone else (0, 0)
+        params = counters.admit_params(key_id, hour, month, limits.per_hour, limits.per_month, len(waiters),
+                                       hour_alone, month_alone)
         try:
-            row, used = await asyncio.wait_for(self._admit(params), ADMIT_TIMEOUT_S)
+            conn = await self._connection()
+            granted, hour_used, month_used = await asyncio.wait_for(self._execute(conn, params), ADMIT_TIMEOUT_S)
         except Exception as exc:  # PostgreSQL away or slow: never fail the call for it
             await self._give_up(exc)
-            return limiter.admit(key_id, now)
-        if row is not None:
-            limiter.observe(key_id, row[0], row[1], now)
-            return None
-        hour_used, month_used = used or (0, 0)
+            _answer(waiters, lambda: self._admit_alone(key_id, now))
+            return
+        self._alone.pop(key_id, None)  # sent: only this task adds to it while PostgreSQL answers
         refusal = limiter.observe(key_id, hour_used, month_used, now)
-        return refusal or limiter.admit(key_id, now)  # the limit changed meanwhile: count locally
+        _answer(waiters[:granted], lambda: None)
+        # Not granted: the limit is reached (or it changed since: then count here, as a key without one).
+        _answer(waiters[granted:], lambda: refusal or limiter.admit(key_id, now))
 
-    async def _admit(self, params: dict) -> tuple[tuple | None, tuple | None]:
-        conn = await self._connection()
-        row = await (await conn.execute(counters.ADMIT, params)).fetchone()
-        used = None if row is not None else await (await conn.execute(counters.USED, params)).fetchone()
-        return row, used
+    def _admit_alone(self, key_id: int, now: dt.datetime) -> Refusal | None:
+        """Count on this replica alone (PostgreSQL away), remembering the call for the shared count."""
+        limiter = self.state.limiter
+        refusal = limiter.admit(key_id, now)
+        if refusal is None:
+            hour, month = limiter.periods(now)
+            alone = self._alone.get(key_id)
+            if alone is None or alone.month != month:
+                alone = self._alone[key_id] = Alone(hour, 0, month, 0)
+            if alone.hour != hour:
+                alone.hour, alone.hour_calls = hour, 0
+            alone.hour_calls += 1
+            alone.month_calls += 1
+        return refusal
+
+    @staticmethod
+    async def _execute(conn, params: dict) -> tuple[int, int, int]:
+        return await (await conn.execute(counters.ADMIT, params)).fetchone()
 
     async def _connection(self):
         import psycopg
 
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._conn is None or self._conn.closed:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self.cfg.catalog, autocommit=True, connect_timeout=2,
-                    options=f"-c search_path={shared.CONTROL_SCHEMA}")
-            return self._conn
+        if self._conn is None or self._conn.closed:  # only _send_all gets here: one at a time
+            self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
+                self.cfg.catalog, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                options=f"-c search_path={shared.CONTROL_SCHEMA}"), CONNECT_TIMEOUT_S + 1)
+        return self._conn
 
     async def _give_up(self, exc: BaseException) -> None:
         self._retry_at = time.monotonic() + RETRY_AFTER_S
+        # Then send what was admitted alone, even if no call comes to trigger it.
+        asyncio.get_running_loop().call_later(RETRY_AFTER_S + 0.1, self._send_soon)
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                await conn.close()
+            try:  # bounded: every limited call of this replica waits behind this task
+                await asyncio.wait_for(conn.close(), ADMIT_TIMEOUT_S)
             except Exception:  # it is broken already
                 pass
         if time.monotonic() - self._last_warning > 30:
@@ -105,7 +204,7 @@ class SharedCounters:
         if tracker.has_budgets():
             day, month = tracker.periods(now)
             have = counters.spend(db, day, month)
-            fresh = {b.id: budget_rows.spend_since(con, b.scope, b.scope_value, day, month)
+            fresh = {b.id: budget_rows.spend_since(con, b.scope, b.scope_value, b.key_id, day, month)
                      for b in tracker.budgets() if b.id not in have}
             counters.seed_spend(db, fresh, day, month)
 
@@ -132,3 +231,10 @@ class SharedCounters:
         if self._sync_db is not None:
             self._sync_db.close()
             self._sync_db = None
+
+
+def _answer(waiters: list[asyncio.Future], outcome) -> None:
+    """Give each waiting call ``outcome()`` (counted per call); a call gone meanwhile takes nothing."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(outcome())

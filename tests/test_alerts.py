@@ -143,7 +143,7 @@ def test_check_sends_budget_quota_and_spike_alerts_once(tmp_path):
     for _ in range(3):
         run(tmp_path, "keys", "create", "--name", "k")
     run(tmp_path, "keys", "set-limit", "2", "--per-month", "4")              # 3 of 4 used: 75%
-    run(tmp_path, "budgets", "set", "--scope", "customer:acme", "--daily", "1")
+    run(tmp_path, "budgets", "set", "--scope", "customer:acme", "--all-keys", "--daily", "1")
     write_channels(tmp_path, f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
     try:
         first = run(tmp_path, "alerts", "check")
@@ -260,7 +260,7 @@ def _crossed_budget(home, customer: str) -> None:
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with writing(home_dir.db_path(home)) as con:
         call_rows.insert(con, [row(now.isoformat(), "gpt-4o", "2.50", 100, customer=customer)])
-    result = run(home, "budgets", "set", "--scope", f"customer:{customer}", "--daily", "1")
+    result = run(home, "budgets", "set", "--scope", f"customer:{customer}", "--all-keys", "--daily", "1")
     assert result.exit_code == 0, result.output
 
 

@@ -80,7 +80,8 @@ def _spend(home) -> tuple[Decimal, Decimal]:
 def test_a_blocking_budget_refuses_the_call_after_the_one_that_crossed_it(tmp_path, upstream):
     home = tmp_path / "home"
     created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
-    run_cli(home, "budgets", "set", "--scope", "customer:spender", "--daily", "0.001", "--block")
+    run_cli(home, "budgets", "set", "--scope", "customer:spender", "--key", str(created["id"]), "--daily", "0.001",
+            "--block")
     calendar = LocalCalendar.past_the_first(dt.datetime.now(dt.UTC))
     _seed_earlier_this_month(home, calendar, "spender", "5")  # this month's, not today's: no refusal
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"],
@@ -106,7 +107,8 @@ def test_a_blocking_budget_refuses_the_call_after_the_one_that_crossed_it(tmp_pa
 def test_a_blocking_monthly_budget_counts_the_whole_month_not_today(tmp_path, upstream):
     home = tmp_path / "home"
     created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
-    run_cli(home, "budgets", "set", "--scope", "customer:spender", "--monthly", "0.001", "--block")
+    run_cli(home, "budgets", "set", "--scope", "customer:spender", "--key", str(created["id"]), "--monthly", "0.001",
+            "--block")
     calendar = LocalCalendar.past_the_first(dt.datetime.now(dt.UTC))
     _seed_earlier_this_month(home, calendar, "spender", "0.0008")
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"],
@@ -130,7 +132,7 @@ def test_the_running_proxy_alerts_when_a_budget_is_crossed(tmp_path, upstream):
     receiver = Receiver()
     home = tmp_path / "home"
     created = json.loads(run_cli(home, "keys", "create", "--name", "watched", "--json"))
-    run_cli(home, "budgets", "set", "--scope", "feature:summaries", "--daily", "0.0005")
+    run_cli(home, "budgets", "set", "--scope", "feature:summaries", "--key", str(created["id"]), "--daily", "0.0005")
     (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"],
                         extra_args=("--alert-interval", "1"))
@@ -150,3 +152,115 @@ def test_the_running_proxy_alerts_when_a_budget_is_crossed(tmp_path, upstream):
     finally:
         proxy.stop()
         receiver.close()
+
+
+def _api_budgets(home, secret: str) -> list[dict]:
+    from web import create_app
+    answer = create_app(home).test_client().get("/api/v1/budgets", headers={"Authorization": f"Bearer {secret}"})
+    assert answer.status_code == 200
+    return answer.get_json()
+
+
+def test_another_key_sending_a_customers_id_neither_spends_nor_is_blocked_by_its_budget(tmp_path, upstream):
+    home = tmp_path / "home"
+    victim = json.loads(run_cli(home, "keys", "create", "--name", "victim", "--json"))
+    attacker = json.loads(run_cli(home, "keys", "create", "--name", "attacker", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:victim", "--key", str(victim["id"]), "--daily", "0.001",
+            "--block")
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=victim["key"])
+    posing = proxy.openai(headers={"x-aispendtrack-key": attacker["key"], "x-customer-id": "victim",
+                                   "x-test-scenario": "legacy"})
+    own = proxy.openai(headers={"x-customer-id": "victim", "x-test-scenario": "legacy"})
+    try:
+        for _ in range(5):  # $0.002: twice the victim's budget, all on the attacker's key
+            posing.chat.completions.create(**CHAT)
+        own.chat.completions.create(**CHAT)  # the victim is still served
+        assert len(proxy.rows("victim", expect=6)) == 6
+        [listed] = json.loads(run_cli(home, "budgets", "list", "--json"))
+        assert (listed["key_id"], Decimal(str(listed["spent_today_usd"]))) == (victim["id"], LEGACY_COST)
+        for _ in range(2):  # the victim's own calls cross it: $0.0012
+            own.chat.completions.create(**CHAT)
+        with pytest.raises(openai.RateLimitError) as raised:
+            own.chat.completions.create(**CHAT)
+        assert "budget exceeded for customer victim of key" in raised.value.message
+        assert "$0.0012 spent of the daily budget of $0.001" in raised.value.message  # its own figures
+        posing.chat.completions.create(**CHAT)  # the attacker's key was never in its scope
+        # The web API: the budget is the victim key's to see, not the attacker's.
+        assert [b["scope_value"] for b in _api_budgets(home, victim["key"])] == ["victim"]
+        assert _api_budgets(home, attacker["key"]) == []
+    finally:
+        proxy.stop()
+
+
+def test_a_budget_over_other_keys_calls_refuses_without_its_figures(tmp_path, upstream):
+    home = tmp_path / "home"
+    first = json.loads(run_cli(home, "keys", "create", "--name", "first", "--json"))
+    second = json.loads(run_cli(home, "keys", "create", "--name", "second", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:shared", "--all-keys", "--daily", "0.001", "--block")
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=first["key"])
+    try:
+        for _ in range(3):  # $0.0012, all on the first key
+            proxy.openai(headers={"x-customer-id": "shared", "x-test-scenario": "legacy"}).chat.completions.create(
+                **CHAT)
+        with pytest.raises(openai.RateLimitError) as raised:  # a budget over every key's calls: explicit
+            proxy.openai(headers={"x-aispendtrack-key": second["key"], "x-customer-id": "shared"}
+                         ).chat.completions.create(**CHAT)
+        message = raised.value.message
+        assert "budget exceeded" in message and "customer shared on all keys" in message
+        assert "$" not in message and "0.001" not in message  # nothing of the first key's spend
+        assert int(raised.value.response.headers["retry-after"]) > 0
+        assert _api_budgets(home, second["key"]) == [] == _api_budgets(home, first["key"])
+    finally:
+        proxy.stop()
+    run_cli(home, "budgets", "set", "--scope", "all", "--daily", "0.001", "--block")  # the organisation's
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy2.log", key=first["key"])
+    try:
+        with pytest.raises(openai.RateLimitError) as raised:
+            proxy.openai(headers={"x-aispendtrack-key": second["key"]}).chat.completions.create(**CHAT)
+        assert "budget exceeded" in raised.value.message and "$" not in raised.value.message
+    finally:
+        proxy.stop()
+
+
+def test_a_customer_budget_says_whose_customer_it_is(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    home = tmp_path / "home"
+    key_id = json.loads(run_cli(home, "keys", "create", "--name", "k", "--json"))["id"]
+    unsaid = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "customer:acme",
+                                      "--daily", "1"])
+    assert unsaid.exit_code == 2 and "--key ID counts only that key's calls" in unsaid.output
+    wrong = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "customer:acme", "--key", "99",
+                                     "--daily", "1"])
+    assert wrong.exit_code == 2 and "no key 99" in wrong.output
+    # The same customer id of two keys, and over all keys: three budgets, each listed with its key.
+    assert f"customer acme of key {key_id}" in run_cli(home, "budgets", "set", "--scope", "customer:acme", "--key",
+                                                 str(key_id), "--daily", "1")
+    other = json.loads(run_cli(home, "keys", "create", "--name", "k2", "--json"))["id"]
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--key", str(other), "--daily", "2")
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--all-keys", "--daily", "3")
+    listed = json.loads(run_cli(home, "budgets", "list", "--json"))
+    assert sorted((b["key_id"] or 0, b["daily_usd"]) for b in listed) == [(0, 3), (key_id, 1), (other, 2)]
+    assert "all" in run_cli(home, "budgets", "list").splitlines()[-1]
+
+
+def test_budgets_stored_before_keys_owned_them_keep_counting_every_key(tmp_path):
+    """A database from before budgets had keys: its customer budget is migrated as "all keys"."""
+    import duckdb
+
+    from addon.core import home as home_dir
+    from addon.core.store import migrations
+    home = tmp_path / "home"
+    home.mkdir()
+    con = duckdb.connect(str(home_dir.db_path(home)))
+    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    for migration in migrations.MIGRATIONS[:migrations.MIGRATIONS.index(migrations.m016_budgets_per_key)]:
+        migration(con)
+        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
+    con.execute("INSERT INTO budgets (scope, scope_value, daily_usd, block, created_at) "
+                "VALUES ('customer', 'acme', 5, true, now())")
+    con.close()
+    [budget] = json.loads(run_cli(home, "budgets", "list", "--json"))
+    assert (budget["scope"], budget["scope_value"], budget["key_id"], budget["daily_usd"]) == ("customer", "acme",
+                                                                                              None, 5)

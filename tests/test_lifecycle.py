@@ -67,7 +67,7 @@ def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(tmp_path):
     db = home_dir.db_path(home)
     with writing(db) as con:
         call_rows.insert(con, rows)
-    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--monthly", "1000")
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--all-keys", "--monthly", "1000")
     spend_before, counts_before = budget_spend(home, "acme"), month_counts(home)
 
     dry = json.loads(run_cli(home, "purge", "--dry-run", "--json"))
@@ -144,7 +144,7 @@ def test_gdpr_export_then_delete_while_the_proxy_runs_leaves_no_trace_on_disk(tm
         client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True}).close()
         proxy.openai(headers={"x-customer-id": "someone-else"}).chat.completions.create(**CHAT)
         proxy.rows(customer, expect=4)
-        run_cli(home, "budgets", "set", "--scope", f"customer:{customer}", "--daily", "5")
+        run_cli(home, "budgets", "set", "--scope", f"customer:{customer}", "--all-keys", "--daily", "5")
         db = home_dir.db_path(home)
         with writing(db) as con:
             alert_rows.record(con, NOW, "spike", f"AiSpendTrack: spend spike for customer {customer}", "webhook",
@@ -271,7 +271,7 @@ def test_gdpr_export_and_delete_touch_only_the_subjects_own_alerts(tmp_path):
     with writing(home_dir.db_path(home)) as con:
         call_rows.insert(con, [call_row(key, dt.timedelta(minutes=1), who, cost="2") for who in ("e", "acme")])
     for who in ("e", "acme"):
-        run_cli(home, "budgets", "set", "--scope", f"customer:{who}", "--daily", "1")
+        run_cli(home, "budgets", "set", "--scope", f"customer:{who}", "--all-keys", "--daily", "1")
     receiver = Receiver()
     (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
     try:

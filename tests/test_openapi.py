@@ -40,7 +40,7 @@ def site(tmp_path_factory):
         lines = reconcile.compare(ours, theirs, lambda *_: Decimal("0.0016"), dt.timedelta(days=1), now)
         reconciliations.record(con, "openai", day.replace(day=1), day + dt.timedelta(days=1), now,
                                reconcile.total(lines), lines)
-    run_cli(home, "budgets", "set", "--scope", "customer:cust-1", "--daily", "5", "--block")
+    run_cli(home, "budgets", "set", "--scope", "customer:cust-1", "--all-keys", "--daily", "5", "--block")
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
     key = json.loads(run_cli(home, "keys", "create", "--name", "api", "--json"))["key"]
     server = WebServer("127.0.0.1", 0, create_app(home))

@@ -394,7 +394,7 @@ def test_a_budget_alert_is_sent_while_the_daily_reconciliation_hangs(tmp_path, m
     home.mkdir()
     receiver = Receiver()
     (home / "alerts.toml").write_text(f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
-    run_cli(home, "budgets", "set", "--scope", "customer:late", "--daily", "0.0001")
+    run_cli(home, "budgets", "set", "--scope", "customer:late", "--all-keys", "--daily", "0.0001")
     monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
     budget_alerts = lambda: [r for _, r in receiver.requests if json.loads(r)["kind"] == "budget"]  # noqa: E731
     with FakeProvider() as provider:

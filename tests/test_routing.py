@@ -151,7 +151,8 @@ def test_gemini_credentials_without_the_prefix_go_to_gemini(split):
 def test_non_canonical_spellings_are_metered_and_budgeted_as_the_canonical_path(split, path):
     proxy, openai_upstream, *_ = split
     customer = f"bypass-{path}"
-    run_cli(proxy.home, "budgets", "set", "--scope", f"customer:{customer}", "--daily", "0.000001", "--block")
+    run_cli(proxy.home, "budgets", "set", "--scope", f"customer:{customer}", "--all-keys", "--daily", "0.000001",
+            "--block")
     time.sleep(2.5)  # a running proxy applies a new budget within ~2 s
     headers = {"authorization": "Bearer sk-test", "x-test-scenario": "legacy", "x-customer-id": customer}
     first = _post(proxy, path, headers, CHAT)

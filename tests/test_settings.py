@@ -61,7 +61,7 @@ def test_the_quota_zone_given_to_the_proxy_is_the_proxy_s_and_the_cli_s_today(tm
     plus14_midnight = dt.datetime(local.year, local.month, local.day, tzinfo=dt.UTC) - dt.timedelta(hours=14)
     between = min(utc_midnight, plus14_midnight) + dt.timedelta(minutes=1)
     today_in_plus14 = between >= plus14_midnight  # else it is today's in UTC only
-    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--daily", "0.25", "--block")
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--all-keys", "--daily", "0.25", "--block")
     with writing(db_path(home)) as con:
         call_rows.insert(con, [call_row(1, ts=between, customer_id="acme", cost_usd=Decimal("0.25"))])
 

@@ -6,6 +6,7 @@ path. The official OpenAI SDK is the client; the provider is the fake on loopbac
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -171,12 +172,86 @@ def test_a_limit_of_n_admits_exactly_n_calls_across_replicas(shared_env, tmp_pat
         stop_all(proxies)
 
 
+def shared_count(catalog: str, key_id: int) -> int:
+    """The calls this hour in PostgreSQL's counter of the key: what every replica admits against."""
+    import psycopg
+    with psycopg.connect(catalog) as pg:
+        row = pg.execute("SELECT hour_count FROM aispendtrack.limit_counters WHERE key_id = %s", [key_id]).fetchone()
+    return row[0] if row else 0
+
+
+async def _burst(proxies, calls: int, concurrency: int) -> list[str]:
+    clients = [openai.AsyncOpenAI(base_url=f"{p.url}/v1", api_key="sk-test-key", max_retries=0, timeout=60,
+                                  default_headers={"x-aispendtrack-key": p.key}) for p in proxies]
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(n: int) -> str:
+        async with gate:
+            try:
+                await clients[n % len(clients)].chat.completions.create(**CHAT)
+                return "ok"
+            except openai.RateLimitError:
+                return "429"
+    try:
+        return await asyncio.gather(*(one(n) for n in range(calls)))
+    finally:
+        for client in clients:
+            await client.close()
+
+
+def test_a_burst_far_over_a_limit_admits_exactly_the_limit_across_replicas(shared_env, tmp_path, upstream):
+    created = new_key(tmp_path / "admin")
+    run_cli(tmp_path / "admin", "keys", "set-limit", str(created["id"]), "--per-hour", "40")
+    proxies = replicas(tmp_path, upstream.url, 3, created["key"])
+    try:
+        outcomes = asyncio.run(_burst(proxies, 900, 192))  # 300 per replica, 64 at a time each
+        assert (outcomes.count("ok"), outcomes.count("429")) == (40, 860)
+        assert shared_count(shared_env, created["id"]) == 40
+        logs = "".join(p.log_path.read_text() for p in proxies)
+        assert "counting on this replica alone" not in logs  # load is not an outage
+    finally:
+        stop_all(proxies)
+
+
+def test_calls_admitted_alone_during_an_outage_join_the_shared_count_when_postgres_is_back(cluster, shared_env,
+                                                                                          tmp_path, upstream):
+    created = new_key(tmp_path / "admin")
+    run_cli(tmp_path / "admin", "keys", "set-limit", str(created["id"]), "--per-hour", "30")
+    proxies = replicas(tmp_path, upstream.url, 2, created["key"])
+    clients = [p.openai() for p in proxies]
+    try:
+        for n in range(10):
+            clients[n % 2].chat.completions.create(**CHAT)
+        assert shared_count(shared_env, created["id"]) == 10
+        cluster.stop("fast")
+        try:
+            for n in range(12):  # each replica counts its 6 on its own
+                clients[n % 2].chat.completions.create(**CHAT)
+        finally:
+            cluster.start()
+        deadline = time.monotonic() + 20  # no call needed: each replica adds its own when it can
+        while shared_count(shared_env, created["id"]) < 22 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert shared_count(shared_env, created["id"]) == 22
+        admitted = 0
+        with pytest.raises(openai.RateLimitError) as refused:
+            for n in range(20):
+                clients[n % 2].chat.completions.create(**CHAT)
+                admitted += 1
+        assert admitted == 8 and "30 requests per hour" in refused.value.message  # 10 + 12 + 8 = the limit
+        assert shared_count(shared_env, created["id"]) == 30
+    finally:
+        stop_all(proxies)
+
+
 def test_a_blocking_budget_crossed_on_one_replica_blocks_every_replica_within_1_s(shared_env, tmp_path, upstream):
     admin = tmp_path / "admin"
-    key = new_key(admin)["key"]
+    created = new_key(admin)
+    key = created["key"]
     # 20 calls of $0.000405 cross it; replica b alone would need 20 as well, so it can only refuse
     # within a second (at most 10 calls, one per 0.1 s) by learning of replica a's spend.
-    run_cli(admin, "budgets", "set", "--scope", "customer:spender", "--daily", "0.008", "--block")
+    run_cli(admin, "budgets", "set", "--scope", "customer:spender", "--key", str(created["id"]),
+            "--daily", "0.008", "--block")
     a, b = replicas(tmp_path, upstream.url, 2, key)
     try:
         spender = {"x-customer-id": "spender", "x-test-scenario": "legacy"}
@@ -355,7 +430,7 @@ def test_migrate_to_copies_an_embedded_database_and_its_keys_work_on_a_replica(s
     home = tmp_path / "embedded"
     created = new_key(home)
     run_cli(home, "keys", "set-limit", str(created["id"]), "--per-hour", "1000")
-    run_cli(home, "budgets", "set", "--scope", "customer:grown", "--monthly", "50")
+    run_cli(home, "budgets", "set", "--scope", "customer:grown", "--all-keys", "--monthly", "50")
     proxy = start_proxy(home, upstream.url, tmp_path / "embedded.log", key=created["key"])
     try:
         for n in range(5):

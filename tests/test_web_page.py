@@ -46,7 +46,7 @@ def site(tmp_path_factory, upstream):
             _recent(2, "gpt-4o", None, 50, customer="acme", status=500, usage="none"),
         ])
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
-    run_cli(home, "budgets", "set", "--scope", "customer:globex", "--monthly", "4", "--block")
+    run_cli(home, "budgets", "set", "--scope", "customer:globex", "--all-keys", "--monthly", "4", "--block")
     web_port = free_port()
     proxy = start_proxy(home, upstream.url, tmp_path_factory.mktemp("web-logs") / "proxy.log",
                         extra_args=("--web-port", str(web_port)))

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
 from addon.core import config
 from addon.core import home as home_dir
-from addon.core.budgets import with_spend
+from addon.core.budgets import Budget, with_spend
 from addon.core.reports import ReportError, Selection, parse_report, parse_selection
 from addon.core.serialize import json_row
 from addon.core.spool import filled
@@ -88,16 +88,15 @@ def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
 
 @api.get("/budgets")
 def budgets():
-    """Budgets with today's and this month's spend (in the quota time zone); a key sees only its own
-    key's budget."""
+    """Budgets with today's and this month's spend (in the quota time zone); a key sees only the
+    budgets that count its own calls alone (on the key, or on a customer or feature of the key)."""
     principal = g.principal
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
         zone = config.quota_zone(con)
         rows = with_spend(con, dt.datetime.now(dt.UTC), zone)
     for row in rows:
         row["tz"] = zone.key  # the zone of "today" and "this month", as the proxy counts them
-    visible = [b for b in rows
-               if principal.is_admin or (b["scope"] == "key" and b["scope_value"] == str(principal.key_id))]
+    visible = [b for b in rows if principal.is_admin or Budget.from_row(b).owned_by(principal.key_id)]
     return jsonify([json_row(b) for b in visible])
 
 

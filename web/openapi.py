@@ -65,7 +65,9 @@ SCHEMAS = {
     "Call": _object(_CALL),
     "CallsPage": _object({"calls": {"type": "array", "items": _ref("Call")}, "next_cursor": _null(_STR)}),
     "Budget": _object({"id": _INT, "scope": {"type": "string", "enum": ["all", "key", "customer", "feature"]},
-                       "scope_value": _null(_STR), "daily_usd": _null(_NUM), "monthly_usd": _null(_NUM),
+                       "scope_value": _null(_STR),
+                       "key_id": {**_null(_INT), "description": "customer/feature budgets: the key whose calls "
+                                  "count; null: every key's."}, "daily_usd": _null(_NUM), "monthly_usd": _null(_NUM),
                        "block": {"type": "boolean"}, "spent_today_usd": _NUM, "spent_this_month_usd": _NUM,
                        "tz": {**_STR, "description": "The zone of today and this month (the proxy's quota_tz)."}}),
     "ReconciliationLine": {"type": "object", "required": ["bucket", "model", "status"],

@@ -1,5 +1,10 @@
 """Budgets: spend per scope (all calls, a key, a customer, a feature) per day and per month.
 
+Customer ids and features are whatever a client sends in ``x-customer-id`` / ``x-feature``, so a
+budget on one belongs to a key (``Budget.key_id``): it counts and blocks only that key's calls with
+that tag, and another key sending the same id neither spends it nor is blocked by it. A budget
+over the tag on every key (``key_id`` None) is the admin's explicit choice (``--all-keys``).
+
 Spend is kept in memory and grows as calls complete, so a blocking budget refuses the very
 next call after the one that crossed it. It is seeded from the store when a budget is loaded.
 Days and months follow the same time zone as the monthly quotas.
@@ -20,6 +25,7 @@ from decimal import Decimal
 from .periods import day_start, month_start, next_day_start, next_month_start, seconds_until
 
 SCOPES = ("all", "key", "customer", "feature")
+TAGS = ("customer", "feature")  # the scopes a client names itself, per key
 
 
 @dataclass(frozen=True)
@@ -30,22 +36,40 @@ class Budget:
     daily_usd: Decimal | None
     monthly_usd: Decimal | None
     block: bool
+    key_id: int | None = None  # a customer or feature budget's key; None: every key's calls (TAGS only)
 
     def covers(self, key_id: int | None, customer_id: str | None, feature: str | None) -> bool:
         if self.scope == "all":
             return True
         if self.scope == "key":
             return key_id is not None and str(key_id) == self.scope_value
+        if self.key_id is not None and key_id != self.key_id:
+            return False
         return (customer_id if self.scope == "customer" else feature) == self.scope_value
 
+    def owned_by(self, key_id: int | None) -> bool:
+        """Whether every call this budget counts is ``key_id``'s: only then may that key see its spend."""
+        if key_id is None:
+            return False
+        return self.key_id == key_id or (self.scope == "key" and self.scope_value == str(key_id))
+
     def label(self) -> str:
-        """For people: "all calls", "customer acme"."""
+        """For people: "all calls", "key 3", "customer acme of key 3", "customer acme on all keys"."""
+        if self.scope in TAGS:
+            return f"{self.scope} {self.scope_value} " + (f"of key {self.key_id}" if self.key_id else "on all keys")
         return "all calls" if self.scope == "all" else f"{self.scope} {self.scope_value}"
 
     @property
     def scope_arg(self) -> str:
         """As `aispendtrack budgets set --scope` takes it: "all", "customer:acme"."""
         return self.scope + (f":{self.scope_value}" if self.scope_value else "")
+
+    @property
+    def set_args(self) -> str:
+        """The arguments of `aispendtrack budgets set` that name this budget."""
+        if self.scope not in TAGS:
+            return f"--scope {self.scope_arg}"
+        return f"--scope {self.scope_arg} " + (f"--key {self.key_id}" if self.key_id else "--all-keys")
 
     @classmethod
     def from_row(cls, row: dict) -> Budget:
@@ -72,7 +96,7 @@ def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[dict]:
     rows = budget_rows.all_budgets(con)
     for row in rows:
         row["spent_today_usd"], row["spent_this_month_usd"] = budget_rows.spend_since(
-            con, row["scope"], row["scope_value"], today, month)
+            con, row["scope"], row["scope_value"], row["key_id"], today, month)
     return rows
 
 

@@ -237,8 +237,8 @@ def _budget_alert(row: dict, period: str, limit: Decimal, spent: Decimal) -> not
     action = "Calls in this scope are blocked until the period ends." if b.block else "Calls are not blocked."
     return notify.Alert("budget", alert_rows.budget_subject(period, b.label()),
                         f"{b.label()} has spent {usd(spent)} of its {period} budget of {usd(limit)} "
-                        f"({spent / limit:.0%}). {action} Raise it with `aispendtrack budgets set --scope "
-                        f"{b.scope_arg} --{period} USD`, or look at the report page for where the money went.",
+                        f"({spent / limit:.0%}). {action} Raise it with `aispendtrack budgets set "
+                        f"{b.set_args} --{period} USD`, or look at the report page for where the money went.",
                         {"budget_id": b.id, "period": period, "spent_usd": float(spent), "budget_usd": float(limit)})
 
 

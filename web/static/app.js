@@ -300,7 +300,8 @@ function showBudgets(budgets) {
     : `${money(spent)} of ${money(limit)} (${pct(spent / limit)})${spent >= limit ? " — over" : ""}`;
   const head = el("tr", {}, ...["scope", "today", "this month", "blocks calls"].map((h, i) => el("th", { class: i === 1 || i === 2 ? "num" : "", scope: "col" }, h)));
   const rows = budgets.map((b) => el("tr", { class: (b.daily_usd !== null && b.spent_today_usd >= b.daily_usd) || (b.monthly_usd !== null && b.spent_this_month_usd >= b.monthly_usd) ? "over" : "" },
-    el("td", {}, b.scope + (b.scope_value ? ":" + b.scope_value : "")),
+    el("td", {}, b.scope + (b.scope_value ? ":" + b.scope_value : "")
+      + (b.key_id !== null ? ` of key ${b.key_id}` : b.scope === "customer" || b.scope === "feature" ? " on all keys" : "")),
     el("td", { class: "num" }, used(b.spent_today_usd, b.daily_usd)),
     el("td", { class: "num" }, used(b.spent_this_month_usd, b.monthly_usd)),
     el("td", {}, b.block ? "yes" : "no")));

@@ -9,17 +9,18 @@ import duckdb
 
 from .connection import control, one
 
-_COLUMNS = ("id", "scope", "scope_value", "daily_usd", "monthly_usd", "block")
+_COLUMNS = ("id", "scope", "scope_value", "daily_usd", "monthly_usd", "block", "key_id")
 _SCOPE_COLUMN = {"key": "CAST(key_id AS VARCHAR)", "customer": "customer_id", "feature": "feature"}
 
 
-def upsert(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, daily: Decimal | None,
-           monthly: Decimal | None, block: bool) -> int:
-    """One budget per scope: setting it again replaces it."""
-    control(con).execute("DELETE FROM budgets WHERE scope = ? AND scope_value IS NOT DISTINCT FROM ?", [scope, value])
+def upsert(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
+           daily: Decimal | None, monthly: Decimal | None, block: bool) -> int:
+    """One budget per scope (and key, for a customer or feature): setting it again replaces it."""
+    control(con).execute("DELETE FROM budgets WHERE scope = ? AND scope_value IS NOT DISTINCT FROM ? "
+                         "AND key_id IS NOT DISTINCT FROM ?", [scope, value, key_id])
     (budget_id,) = one(control(con).execute(
-        "INSERT INTO budgets (scope, scope_value, daily_usd, monthly_usd, block, created_at) "
-        "VALUES (?, ?, ?, ?, ?, now()) RETURNING id", [scope, value, daily, monthly, block]))
+        "INSERT INTO budgets (scope, scope_value, key_id, daily_usd, monthly_usd, block, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, now()) RETURNING id", [scope, value, key_id, daily, monthly, block]))
     return budget_id
 
 
@@ -32,14 +33,20 @@ def all_budgets(con: duckdb.DuckDBPyConnection) -> list[dict]:
     return [dict(zip(_COLUMNS, row)) for row in cur.fetchall()]
 
 
-def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None,
+def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
                 day_start: dt.datetime, month_start: dt.datetime) -> tuple[Decimal, Decimal]:
-    """(spend since day_start, spend since month_start) of the calls in a budget's scope."""
-    condition, params = "TRUE", []
+    """(spend since day_start, spend since month_start) of the calls in a budget's scope (of its
+    key, for a customer or feature budget that has one)."""
+    conditions = ["TRUE"]
+    params: list[object] = []
     if scope != "all":
-        condition, params = f"{_SCOPE_COLUMN[scope]} = ?", [value]
+        conditions.append(f"{_SCOPE_COLUMN[scope]} = ?")
+        params.append(value)
+    if key_id is not None:
+        conditions.append("key_id = ?")
+        params.append(key_id)
     row = one(con.execute(f"""
         SELECT coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0), coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0)
-        FROM usage_history WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {condition}
+        FROM usage_history WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {' AND '.join(conditions)}
     """, [day_start, month_start, day_start, month_start, *params]))
     return Decimal(row[0]), Decimal(row[1])

@@ -11,30 +11,39 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-# Count one call if the key is within both limits; no row back means refused. A NULL limit is
-# no limit. The caller refuses a limit of 0 itself (the INSERT branch would admit one call).
-ADMIT = """
-INSERT INTO limit_counters AS c (key_id, hour, hour_count, month, month_count)
-VALUES (%(key)s, %(hour)s, 1, %(month)s, 1)
-ON CONFLICT (key_id) DO UPDATE SET
-    hour_count = CASE WHEN c.hour = excluded.hour THEN c.hour_count ELSE 0 END + 1,
-    month_count = CASE WHEN c.month = excluded.month THEN c.month_count ELSE 0 END + 1,
-    hour = excluded.hour, month = excluded.month
-WHERE (%(per_hour)s::BIGINT IS NULL OR c.hour <> excluded.hour OR c.hour_count < %(per_hour)s::BIGINT)
-  AND (%(per_month)s::BIGINT IS NULL OR c.month <> excluded.month OR c.month_count < %(per_month)s::BIGINT)
-RETURNING hour_count, month_count
-"""
+# Admit up to %(n)s calls of one key (those that arrived together on a replica): as many as both
+# limits leave, in one statement that holds the row's lock, so the replicas' grants never add up
+# past a limit. The calls the replica admitted alone while PostgreSQL was away (%(hour_alone)s,
+# %(month_alone)s, of the current hour and month) are added first, whatever the limits say: they
+# were served. ``granted`` comes back with the new counts. A NULL limit is no limit (LEAST skips
+# NULLs); the caller refuses a limit of 0 itself.
+_HOUR_BEFORE = "CASE WHEN c.hour = excluded.hour THEN c.hour_count ELSE 0 END + %(hour_alone)s"
+_MONTH_BEFORE = "CASE WHEN c.month = excluded.month THEN c.month_count ELSE 0 END + %(month_alone)s"
 
-# What a key has used in the given hour and month (after a refusal, to say which limit).
-USED = """
-SELECT CASE WHEN hour = %(hour)s THEN hour_count ELSE 0 END, CASE WHEN month = %(month)s THEN month_count ELSE 0 END
-FROM limit_counters WHERE key_id = %(key)s
+
+def _grant(hour_before: str, month_before: str) -> str:
+    return (f"GREATEST(0, LEAST(%(n)s::BIGINT, %(per_hour)s::BIGINT - ({hour_before}), "
+            f"%(per_month)s::BIGINT - ({month_before})))")
+
+
+ADMIT = f"""
+INSERT INTO limit_counters AS c (key_id, hour, hour_count, month, month_count, granted)
+VALUES (%(key)s, %(hour)s, %(hour_alone)s + {_grant("%(hour_alone)s", "%(month_alone)s")},
+        %(month)s, %(month_alone)s + {_grant("%(hour_alone)s", "%(month_alone)s")},
+        {_grant("%(hour_alone)s", "%(month_alone)s")})
+ON CONFLICT (key_id) DO UPDATE SET
+    granted = {_grant(_HOUR_BEFORE, _MONTH_BEFORE)},
+    hour_count = {_HOUR_BEFORE} + {_grant(_HOUR_BEFORE, _MONTH_BEFORE)},
+    month_count = {_MONTH_BEFORE} + {_grant(_HOUR_BEFORE, _MONTH_BEFORE)},
+    hour = excluded.hour, month = excluded.month
+RETURNING granted, hour_count, month_count
 """
 
 
 def admit_params(key_id: int, hour: dt.datetime, month: dt.datetime, per_hour: int | None,
-                 per_month: int | None) -> dict:
-    return {"key": key_id, "hour": hour, "month": month, "per_hour": per_hour, "per_month": per_month}
+                 per_month: int | None, calls: int, hour_alone: int = 0, month_alone: int = 0) -> dict:
+    return {"key": key_id, "hour": hour, "month": month, "per_hour": per_hour, "per_month": per_month,
+            "n": calls, "hour_alone": hour_alone, "month_alone": month_alone}
 
 
 def seed_limits(db, counts: dict[int, tuple[int, int]], hour: dt.datetime, month: dt.datetime) -> None:

@@ -234,6 +234,28 @@ ERASURES_DDL = """
     )
 """
 
+def m016_budgets_per_key(con: duckdb.DuckDBPyConnection) -> None:
+    # A customer or feature budget belongs to a key (customer ids are the client's own words, so
+    # another key may send the same one). Stored budgets keep counting every key's calls: key_id
+    # NULL, which `budgets list` shows as "all keys". Rebuilt for the wider UNIQUE.
+    con.execute("""
+        CREATE TABLE budgets_per_key (
+            id INTEGER PRIMARY KEY DEFAULT nextval('budgets_id_seq'),
+            scope VARCHAR NOT NULL,
+            scope_value VARCHAR,
+            daily_usd DECIMAL(18, 6),
+            monthly_usd DECIMAL(18, 6),
+            block BOOLEAN NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            key_id INTEGER,                  -- customer/feature: the key whose calls count; NULL: all keys
+            UNIQUE (scope, scope_value, key_id)
+        );
+        INSERT INTO budgets_per_key SELECT *, NULL FROM budgets;
+        DROP TABLE budgets;
+        ALTER TABLE budgets_per_key RENAME TO budgets;
+    """)
+
+
 # Shared with shared_schema.py: the same table in PostgreSQL.
 RECONCILIATIONS_DDL = """
     -- Each scheduled reconciliation with a provider's usage API: the month so far, in UTC.
@@ -255,7 +277,8 @@ RECONCILIATIONS_DDL = """
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
-              m013_config, m014_reconciliations, m015_erasures]
+              m013_config, m014_reconciliations, m015_erasures,
+              m016_budgets_per_key]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -133,6 +133,17 @@ def ensure_control(control) -> None:
                             "ON CONFLICT DO NOTHING")
         if "s003_keyed_erasures" not in done:
             _keyed_erasures(control)
+        if "s004_limit_grants" not in done:
+            # How many calls the last admit statement granted (counters.ADMIT returns it).
+            control.execute("ALTER TABLE limit_counters ADD COLUMN IF NOT EXISTS granted BIGINT NOT NULL DEFAULT 0")
+            control.execute("INSERT INTO schema_migrations VALUES ('s004_limit_grants', now()) ON CONFLICT DO NOTHING")
+        if "s005_budgets_per_key" not in done:  # as migrations.m016_budgets_per_key
+            control.pg.execute("""
+                ALTER TABLE budgets ADD COLUMN IF NOT EXISTS key_id INTEGER;
+                ALTER TABLE budgets DROP CONSTRAINT IF EXISTS budgets_scope_scope_value_key;
+                ALTER TABLE budgets ADD CONSTRAINT budgets_scope_value_key_id UNIQUE (scope, scope_value, key_id);
+                INSERT INTO schema_migrations VALUES ('s005_budgets_per_key', now()) ON CONFLICT DO NOTHING;
+            """)
 
 
 def _keyed_erasures(control) -> None:

@@ -20,7 +20,7 @@ _CONTROL_TABLES = {
     "keys": ["id", "name", "key_hash", "prefix", "created_at", "revoked_at", "plan", "per_hour_limit",
              "per_month_limit", "retention_days"],
     "admin_tokens": ["id", "name", "token_hash", "created_at", "revoked_at"],
-    "budgets": ["id", "scope", "scope_value", "daily_usd", "monthly_usd", "block", "created_at"],
+    "budgets": ["id", "scope", "scope_value", "daily_usd", "monthly_usd", "block", "created_at", "key_id"],
     "alerts": ["id", "sent_at", "kind", "subject", "channel", "destination", "delivered", "error", "dedupe_key"],
     "config": ["name", "value", "updated_at"],
 }
