@@ -12,8 +12,8 @@ every file descriptor. This addon adds the bounds a front-line HTTP server has:
   flight is bounded by the upstream timeout;
 - at most ``aispendtrack_max_connections`` client connections at once (by default, and never more
   than, what the process's file descriptors allow). One more is told so: its request is answered
-  503 with ``retry-after`` and the connection closed; past an eighth more (and for a client that
-  sends nothing) the connection is closed.
+  503 with ``retry-after`` and the connection closed. Past refusal_slots() such connections, one
+  more is closed at once; one that sends no request is closed at the client timeout.
 
 Each refusal is logged once per burst, then counted in a summary line (addon/core/burstlog.py).
 The header limit wraps one mitmproxy method (pinned to <13 in pyproject.toml); tests/test_bounds.py
