@@ -237,7 +237,13 @@ async def _streams(proxy, count: int) -> list[str]:
                f"authorization: Bearer sk-test\r\nx-test-scenario: paced\r\ncontent-type: application/json\r\n"
                f"content-length: {len(body)}\r\n\r\n").encode() + body
     all_started = asyncio.Event()
-    started = 0
+    started = settled = 0  # settled: started, or failed before its first event
+
+    def settle() -> None:
+        nonlocal settled
+        settled += 1
+        if settled == count:
+            all_started.set()
 
     async def one(n: int) -> str:
         nonlocal started
@@ -246,21 +252,24 @@ async def _streams(proxy, count: int) -> list[str]:
             reader, writer = await asyncio.open_connection(host, int(port))
             writer.write(request)
             seen = await reader.readuntil(b"\n\n")  # the response head and the first event
-            if not seen.startswith(b"HTTP/1.1 200") or b"data: " not in seen:
-                return seen[:200].decode(errors="replace")
-            started += 1
-            if started == count:
-                all_started.set()
-            await all_started.wait()
-            seen += await reader.readuntil(b"data: [DONE]")
-            writer.close()
-            return "complete"
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            settle()
+            return f"{type(exc).__name__}: {exc}"[:200]
+        started += 1
+        settle()
+        if not seen.startswith(b"HTTP/1.1 200") or b"data: " not in seen:
+            return seen[:200].decode(errors="replace")
+        await all_started.wait()
+        try:
+            await reader.readuntil(b"data: [DONE]")
         except (OSError, asyncio.IncompleteReadError) as exc:
             return f"{type(exc).__name__}: {exc}"[:200]
+        writer.close()
+        return "complete"
 
     async def bounded(n: int) -> str:
         try:
-            return await asyncio.wait_for(one(n), 90)
+            return await asyncio.wait_for(one(n), 240)  # minutes only on a machine this test shares
         except TimeoutError:
             return f"timed out ({started} of {count} had started)"
 
