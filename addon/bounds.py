@@ -6,11 +6,14 @@ every file descriptor. This addon adds the bounds a front-line HTTP server has:
 
 - a request head (request line and headers) larger than MAX_HEADER_BYTES is answered with 431
   and the connection closed, whatever the number of lines (so the count is bounded too);
-- a connection must send a complete request head within ``aispendtrack_client_timeout_s`` of
-  connecting or of its previous response (slowloris, idle keep-alives), and a request body
-  within BODY_TIMEOUT_FACTOR times that; a call in flight is bounded by the upstream timeout;
-- at most ``aispendtrack_max_connections`` client connections at once (and never more than the
-  process's file descriptors allow); one more is closed at once.
+- a connection must send a complete request, head and body, within ``aispendtrack_client_timeout_s``
+  of connecting or of its previous response (slowloris, slow bodies, idle keep-alives); over
+  HTTP/2 each stream's request within that of its headers, whatever its neighbours do. A call in
+  flight is bounded by the upstream timeout;
+- at most ``aispendtrack_max_connections`` client connections at once (by default, and never more
+  than, what the process's file descriptors allow). One more is told so: its request is answered
+  503 with ``retry-after`` and the connection closed. Past refusal_slots() such connections, one
+  more is closed at once; one that sends no request is closed at the client timeout.
 
 Each refusal is logged once per burst, then counted in a summary line (addon/core/burstlog.py).
 The header limit wraps one mitmproxy method (pinned to <13 in pyproject.toml); tests/test_bounds.py
@@ -20,6 +23,7 @@ fails if it stops working.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import resource
 import time
@@ -37,8 +41,7 @@ from .core.burstlog import BurstLog
 log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 * 1024  # twice what the providers' own front ends accept (32 KB)
-BODY_TIMEOUT_FACTOR = 5
-_FDS_PER_CONNECTION = 2  # the client's socket and its upstream's
+RETRY_AFTER_S = 1
 _FDS_KEPT = 64  # for the database, spill files, the web port and logs
 
 
@@ -67,7 +70,10 @@ def install() -> None:
 
 
 def descriptor_budget() -> int:
-    """How many client connections the file descriptor limit allows, after raising it to the hard limit."""
+    """How many client connections the file descriptor limit allows, after raising it to the hard limit.
+
+    A served connection takes two descriptors (its socket and its upstream's); each one over the cap
+    that waits for its 503 takes one, and up to refusal_slots() of them may."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard > soft:
         wanted = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
@@ -77,16 +83,23 @@ def descriptor_budget() -> int:
                 soft = wanted
             except (ValueError, OSError):
                 pass
-    return max(1, (soft - _FDS_KEPT) // _FDS_PER_CONNECTION)
+    return max(1, (soft - _FDS_KEPT - 16) * 8 // 17)  # 2 * n + refusal_slots(n) <= soft - _FDS_KEPT
+
+
+def refusal_slots(max_connections: int) -> int:
+    return max_connections // 8 + 16
 
 
 class ConnectionBounds:
     def __init__(self) -> None:
         self.max_connections = 1024
+        self._fd_bound = False  # the file descriptor limit, not the option, sets max_connections
         self.timeout = 60.0
-        self._open: set[str] = set()  # client ids
+        self._open: set[str] = set()  # client ids served
+        self._refusing: set[str] = set()  # client ids over the cap, to be answered 503
         self._in_flight: dict[str, int] = {}  # client id -> calls under way (several with HTTP/2)
-        self._waiting: dict[str, tuple[float, str]] = {}  # client id -> (deadline, what for)
+        # client id -> {"" (the next request) or a flow id (its body): (deadline, what)}
+        self._deadlines: dict[str, dict[str, tuple[float, str]]] = {}
         self._over = BurstLog("refused connections over the limit")
         self._slow = BurstLog("closed connections that sent no complete request in time")
         self._ticker: asyncio.Task | None = None
@@ -98,15 +111,18 @@ class ConnectionBounds:
     def configure(self, updated: set[str]) -> None:
         settings.check(ctx.options, updated, "ConnectionBounds")
         if "aispendtrack_max_connections" in updated:
-            budget = descriptor_budget()
-            self.max_connections = min(ctx.options.aispendtrack_max_connections, budget)
-            if self.max_connections < ctx.options.aispendtrack_max_connections:
-                log.warning("serving at most %d connections at once: the file descriptor limit allows no more "
-                            "(raise it with `ulimit -n`)", self.max_connections)
+            budget, asked = descriptor_budget(), ctx.options.aispendtrack_max_connections
+            self.max_connections = min(asked or budget, budget)
+            self._fd_bound = asked > budget
         if "aispendtrack_client_timeout_s" in updated:
             self.timeout = float(ctx.options.aispendtrack_client_timeout_s)
 
     def running(self) -> None:
+        if self._fd_bound:
+            log.warning("serving at most %d connections at once: the file descriptor limit allows no more "
+                        "(raise it with `ulimit -n`)", self.max_connections)
+        else:
+            log.info("serving at most %d connections at once", self.max_connections)
         if self._ticker is None:
             self._ticker = create_task(self._tick(), name="aispendtrack connection bounds", keep_ref=True)
 
@@ -116,25 +132,38 @@ class ConnectionBounds:
             self._ticker = None
 
     def client_connected(self, client: Client) -> None:
-        if len(self._open) >= self.max_connections:
+        if len(self._open) < self.max_connections:
+            self._open.add(client.id)
+        elif len(self._refusing) < refusal_slots(self.max_connections):
+            self._refusing.add(client.id)  # its request gets a 503: an answer, not a reset
+            self._over.refused(f"{self.max_connections} open (aispendtrack_max_connections)")
+        else:
             self._over.refused(f"{self.max_connections} open (aispendtrack_max_connections)")
             client.error = f"AiSpendTrack serves at most {self.max_connections} connections at once."
             return
-        self._open.add(client.id)
-        self._waiting[client.id] = (time.monotonic() + self.timeout, "request headers")
+        self._deadlines[client.id] = {"": (time.monotonic() + self.timeout, "request")}
 
     def client_disconnected(self, client: Client) -> None:
         self._open.discard(client.id)
-        self._waiting.pop(client.id, None)
+        self._refusing.discard(client.id)
+        self._deadlines.pop(client.id, None)
         self._in_flight.pop(client.id, None)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         client_id = flow.client_conn.id
         self._in_flight[client_id] = self._in_flight.get(client_id, 0) + 1
-        self._waiting[client_id] = (time.monotonic() + self.timeout * BODY_TIMEOUT_FACTOR, "request body")
+        deadlines = self._deadlines.setdefault(client_id, {})
+        # The request's clock started when the connection began to wait for it (HTTP/1, and a first
+        # HTTP/2 stream); a stream opened beside calls in flight starts its own.
+        deadline, _ = deadlines.pop("", (time.monotonic() + self.timeout, ""))
+        deadlines[flow.id] = (deadline, "request body")
 
     def request(self, flow: http.HTTPFlow) -> None:
-        self._waiting.pop(flow.client_conn.id, None)  # in flight: the upstream timeout applies
+        client_id = flow.client_conn.id
+        self._deadlines.get(client_id, {}).pop(flow.id, None)  # in flight: the upstream timeout applies
+        if client_id in self._refusing and flow.response is None:
+            flow.response = http.Response.make(503, _busy_body(self.max_connections), {
+                "content-type": "application/json", "retry-after": str(RETRY_AFTER_S), "connection": "close"})
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._next_request(flow)
@@ -144,10 +173,14 @@ class ConnectionBounds:
 
     def _next_request(self, flow: http.HTTPFlow) -> None:
         client_id = flow.client_conn.id
-        left = self._in_flight.get(client_id, 1) - 1
-        self._in_flight[client_id] = max(left, 0)
-        if left <= 0 and client_id in self._open:
-            self._waiting[client_id] = (time.monotonic() + self.timeout, "request headers")
+        deadlines = self._deadlines.get(client_id)
+        if deadlines is None:
+            return  # disconnected
+        deadlines.pop(flow.id, None)  # a stream that ended before its body did
+        left = max(self._in_flight.get(client_id, 1) - 1, 0)
+        self._in_flight[client_id] = left
+        if left == 0:
+            deadlines[""] = (time.monotonic() + self.timeout, "request")
 
     async def _tick(self) -> None:
         while True:
@@ -157,14 +190,23 @@ class ConnectionBounds:
                 burst.summarise()
 
     def _close_late(self, now: float) -> None:
-        late = {cid: what for cid, (deadline, what) in self._waiting.items() if deadline <= now}
+        late = {client_id: what for client_id, deadlines in self._deadlines.items()
+                for deadline, what in deadlines.values() if deadline <= now}
         if not late:
             return
         server = ctx.master.addons.get("proxyserver")
         for client_id, what in late.items():
-            self._waiting.pop(client_id, None)
+            self._deadlines[client_id] = {}
             handler = server.connections.get(client_id) if server is not None else None
             if handler is None:
                 continue
             self._slow.refused(f"no complete {what} within the limit (aispendtrack_client_timeout_s)")
             create_task(handler.on_timeout(), name="aispendtrack client timeout", keep_ref=False)
+
+
+def _busy_body(max_connections: int) -> bytes:
+    """In both SDK families' error shapes at once: OpenAI's reads error.message, Anthropic's type and error."""
+    message = (f"AiSpendTrack is serving its maximum of {max_connections} connections at once; retry in "
+               f"{RETRY_AFTER_S} s. An operator can raise --max-connections or the file descriptor limit (ulimit -n).")
+    return json.dumps({"type": "error", "error": {"type": "overloaded_error", "code": "aispendtrack_over_capacity",
+                                                  "message": message}}).encode()

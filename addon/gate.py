@@ -54,6 +54,8 @@ class Gate:
             self.guard.allowed = ctx.options.aispendtrack_auth_failures_per_minute
 
     def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return  # answered already (ConnectionBounds: over the connection cap)
         req = flow.request
         path, _, query = req.path.partition("?")
         if path == HEALTH_PATH:

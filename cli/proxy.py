@@ -142,6 +142,10 @@ async def _serve(mitm_options: dict, addon_options: dict) -> None:
     opts.update(connection_strategy="lazy", termlog_verbosity="info")
     master.addons.add(*make_addons())
     opts.update(**addon_options)
+    # mitmproxy listens before its addons' `running` hooks, and its TLS addon loads its certificate
+    # store only there; a request in between (a health probe, an eager client) made that addon fail,
+    # and mitmproxy exits on any error logged during start-up, resetting the calls in flight.
+    master.addons.get("tlsconfig").configure({"confdir"})
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)

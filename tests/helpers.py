@@ -106,7 +106,9 @@ class Proxy:
 
 
 def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
-                flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = (), port: int | None = None) -> Proxy:
+                flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = (), port: int | None = None,
+                run_under: tuple[str, ...] = ()) -> Proxy:
+    """``run_under``: a command the proxy runs under, e.g. ("prlimit", "--nofile=400:400", "--")."""
     if key is None:
         created = json.loads(run_cli(home, "keys", "create", "--name", "tests", "--json"))
         key, key_id = created["key"], created["id"]
@@ -115,7 +117,7 @@ def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None =
     port = port or free_port()
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
+        [*run_under, sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
          "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms),
          *[arg for name in PREFIXED for arg in ("--upstream", f"{name}={upstream_url}")], *extra_args],
         stdout=log, stderr=subprocess.STDOUT)

@@ -121,7 +121,7 @@ def _chat(scenario: str, request: dict) -> Reply:
                                          tier=request.get("service_tier")))
         reply.gzip = "gzip" in scenario
         reply.gated = "gated" in scenario
-        reply.delay = 0.05 if "slow" in scenario else 0.0
+        reply.delay = 0.05 if "slow" in scenario else 0.5 if "paced" in scenario else 0.0
         reply.die_after = 4 if "die" in scenario else None
         reply.split = 7 if "split" in scenario else None
         return reply

@@ -24,7 +24,7 @@ from .helpers import call_row, closed_by_peer, run_cli
 @pytest.fixture
 def site(tmp_path, monkeypatch):
     monkeypatch.setattr(server, "MAX_CONNECTIONS", 10)
-    monkeypatch.setattr(server, "HEAD_TIMEOUT", 1.0)
+    monkeypatch.setattr(server, "REQUEST_TIMEOUT", 1.0)
     home = tmp_path / "home"
     token = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
     web = server.WebServer("127.0.0.1", 0, create_app(home))
@@ -51,6 +51,58 @@ def test_slow_and_surplus_connections_are_refused_and_others_served(site, caplog
     assert httpx.get(site["url"] + "/login", timeout=5).status_code == 200
     assert caplog.text.count("web: closed connections that sent no complete request in time: no complete") == 1
     assert caplog.text.count("web: refused connections over the limit: 10 open") == 1
+
+
+def test_a_body_dripped_a_byte_at_a_time_is_cut_and_others_served(site, caplog):
+    caplog.set_level(logging.INFO)
+    drippers = [_connect(site) for _ in range(10)]  # every slot, each with a sign-in form that never ends
+    for sock in drippers:
+        sock.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: 1000\r\n\r\nk")
+    stop = threading.Event()
+
+    def drip() -> None:  # a byte every 0.2 s each: always active, never complete
+        while not stop.wait(0.2):
+            for sock in drippers:
+                try:
+                    sock.sendall(b"k")
+                except OSError:
+                    pass
+
+    threading.Thread(target=drip, daemon=True).start()
+    started = time.monotonic()
+    try:
+        assert all(closed_by_peer(sock, within=4) for sock in drippers)
+        assert time.monotonic() - started < 4  # the request timeout (1 s here) and one maintenance tick
+        assert httpx.get(site["url"] + "/login", timeout=5).status_code == 200
+    finally:
+        stop.set()
+        for sock in drippers:
+            sock.close()
+    assert caplog.text.count("web: closed connections that sent no complete request in time") == 1
+
+
+def test_the_server_shuts_down_cleanly_after_waitress_closed_it_on_an_accept_error(tmp_path, caplog):
+    web = server.WebServer("127.0.0.1", 0, create_app(tmp_path / "home"))
+    thread = threading.Thread(target=web.serve_forever, daemon=True)
+    thread.start()
+    held = socket.create_connection(("127.0.0.1", web.server_port), timeout=5)  # keeps the loop running
+    time.sleep(0.3)
+
+    def failing_channel(*args, **kwargs):
+        raise RuntimeError("accept failed")
+
+    web.channel_class = failing_channel  # waitress then closes the server, and with it the trigger
+    socket.create_connection(("127.0.0.1", web.server_port), timeout=5).close()
+    time.sleep(0.5)
+    try:
+        web.shutdown()  # was: OSError: [Errno 9] Bad file descriptor (waitress pull_trigger)
+        web.server_close()
+        thread.join(5)
+        assert not thread.is_alive()
+        assert closed_by_peer(held, within=1)
+    finally:
+        held.close()
 
 
 def test_the_access_log_carries_no_query_string(site, caplog):

@@ -34,7 +34,7 @@ class FakeProvider:
         self.usage_api = None  # a tests.usage_api.UsageApi: then this provider answers its usage API too
         self.gate = threading.Event()  # a "gated" stream waits on this after its first event
         self.stream_abandoned = threading.Event()  # set when a client went away mid-stream
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = _Server(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -54,6 +54,10 @@ class FakeProvider:
 
     def last(self) -> Received:
         return self.received[-1]
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 2048  # a provider's front end takes bursts of thousands of connections
 
 
 def _handler(provider: FakeProvider):

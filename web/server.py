@@ -6,8 +6,9 @@ that chose it over Werkzeug's thread-per-connection server). On top of it:
 
 - at most MAX_CONNECTIONS connections at once; one more gets a 503 at once, not a wait in the
   listen queue;
-- a request's line and headers must arrive within HEAD_TIMEOUT seconds, also between two
-  requests on a kept-alive connection; a connection silent for READ_TIMEOUT is closed;
+- a whole request (line, headers and body) must arrive within REQUEST_TIMEOUT seconds of its first
+  byte, or of the previous answer on a kept-alive connection, however steadily it drips; a
+  connection silent for READ_TIMEOUT is closed;
 - the access log (logger ``aispendtrack.web``) shows method, path and status, never the query
   string (it can carry a customer id or a token);
 - each refusal is logged once per burst, not once per connection.
@@ -21,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
+from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import TcpWSGIServer
@@ -35,7 +37,7 @@ logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
 MAX_CONNECTIONS = 128
 THREADS = 8
-HEAD_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 30.0
 READ_TIMEOUT = 30.0
 OUTPUT_WATERMARK = 256 * 1024
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
@@ -43,19 +45,21 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConne
 
 
 class _Channel(HTTPChannel):
-    head_started = 0.0  # when the first byte of the request now being read arrived
+    request_started = 0.0  # when the first byte of the request now being read arrived
 
     def received(self, data: bytes) -> bool:
         if self.request is None and data:
-            self.head_started = time.time()
+            self.request_started = time.time()
         return super().received(data)
 
     def late(self, now: float) -> bool:
-        """No complete request head within HEAD_TIMEOUT (of its first byte, or of the last answer)."""
-        if self.requests or (self.request is not None and self.request.headers_finished):
-            return False  # being served, or its body is arriving: no head limit then
-        since = self.head_started if self.request is not None else self.last_activity
-        return now - since > HEAD_TIMEOUT
+        """No complete request, body included, within REQUEST_TIMEOUT (of its first byte, or of the last
+        answer). A body dripped a byte at a time keeps the connection active, so the read timeout
+        alone would let it hold its slot for ever."""
+        if self.requests:
+            return False  # complete and being served
+        since = self.request_started if self.request is not None else self.last_activity
+        return now - since > REQUEST_TIMEOUT
 
 
 class WebServer(TcpWSGIServer):
@@ -79,6 +83,10 @@ class WebServer(TcpWSGIServer):
         self.busy = BurstLog("web: refused connections over the limit")
         self.slow = BurstLog("web: closed connections that sent no complete request in time")
         self._done = threading.Event()
+        # The trigger is a pipe that worker threads write to; once closed, its descriptor number may
+        # belong to another file. Every write and the close hold this lock.
+        self._trigger_lock = threading.Lock()
+        self._trigger_closed = False
 
     def handle_accept(self) -> None:
         if len(self.active_channels) < MAX_CONNECTIONS:
@@ -103,22 +111,47 @@ class WebServer(TcpWSGIServer):
         super().maintenance(now)
         for channel in list(self.active_channels.values()):
             if isinstance(channel, _Channel) and not channel.will_close and channel.late(now):
-                self.slow.refused(f"no complete request within {HEAD_TIMEOUT:.0f} s")
+                self.slow.refused(f"no complete request within {REQUEST_TIMEOUT:.0f} s")
                 channel.will_close = True
         self.busy.summarise()
         self.slow.summarise()
+
+    def pull_trigger(self, thunk: Callable[[], None] | None = None) -> None:
+        """Wake the event loop (worker threads do, when an answer is ready), and run ``thunk`` in it."""
+        with self._trigger_lock:
+            if not self._trigger_closed:
+                self.trigger.pull_trigger(thunk)
 
     def serve_forever(self) -> None:
         try:
             self.run()
         finally:
+            self._close_trigger()
             self._done.set()
 
     def shutdown(self) -> None:
-        """Stop serving (from another thread): the loop closes every socket, then the pool stops."""
-        self.trigger.pull_trigger(lambda: self.asyncore.close_all(self._map))
-        self._done.wait(10)
+        """Stop serving (from another thread), in an order that never writes to a closed descriptor:
+        the loop closes the listening socket and every connection but keeps running; the worker
+        threads stop; then the loop lets go of the trigger, ends, and closes it (serve_forever)."""
+        self.pull_trigger(self._close_sockets)
         self.task_dispatcher.shutdown(timeout=5)
+        self.pull_trigger(self.trigger.del_channel)  # an empty map ends the loop
+        self._done.wait(10)
+
+    def _close_sockets(self) -> None:
+        self.close()
+        for channel in list(self.active_channels.values()):
+            channel.handle_close()  # also wakes a worker waiting to write to it
+
+    def close(self) -> None:
+        """Stop listening. Waitress calls this on an unexpected error in the accept handler too; the
+        trigger stays open for shutdown() and closes when the loop ends (waitress closed it here)."""
+        wasyncore.dispatcher.close(self)
+
+    def _close_trigger(self) -> None:
+        with self._trigger_lock:
+            self._trigger_closed = True
+            self.trigger.close()
 
     def server_close(self) -> None:
         if not self._done.is_set():
