@@ -150,7 +150,7 @@ def test_check_sends_budget_quota_and_spike_alerts_once(tmp_path):
         assert first.exit_code == 0, first.output
         # What a user reads: each alert's scope and period, not its internal id (budget:1:daily:...).
         assert first.output.startswith("6 new alerts\n") and "budget:" not in first.output
-        assert "\n  daily budget crossed for customer acme\n" in first.output
+        assert "\n  daily budget crossed for customer acme on all keys\n" in first.output
         subjects = sorted(json.loads(body)["subject"] for _, body in receiver.requests)
         assert any("daily budget crossed for customer acme" in s for s in subjects)
         assert any("key 2 has used 75% of its monthly quota" in s for s in subjects)

@@ -183,7 +183,7 @@ def test_another_key_sending_a_customers_id_neither_spends_nor_is_blocked_by_its
         with pytest.raises(openai.RateLimitError) as raised:
             own.chat.completions.create(**CHAT)
         assert "budget exceeded for customer victim of key" in raised.value.message
-        assert "$0.0012 spent of the daily budget of $0.001" in raised.value.message  # its own figures
+        assert "$0.001215 spent of the daily budget of $0.001" in raised.value.message  # its own figures
         posing.chat.completions.create(**CHAT)  # the attacker's key was never in its scope
         # The web API: the budget is the victim key's to see, not the attacker's.
         assert [b["scope_value"] for b in _api_budgets(home, victim["key"])] == ["victim"]

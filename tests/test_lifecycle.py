@@ -240,7 +240,7 @@ def test_gdpr_by_key_exports_and_erases_its_quota_alerts(tmp_path):
     document = json.loads(run_cli(home, "gdpr", "export", "--key", str(gone)))
     assert [a["subject"] for a in document["alerts"]] == [quota_alerts()[1]]
     output = run_cli(home, "gdpr", "delete", "--key", str(gone), "--yes")
-    assert f"Erased key {gone}: 3 calls, 0 hourly totals, 0 budgets, 1 alerts" in output
+    assert f"Erased key {gone}: 3 calls, 0 hourly totals, 0 budgets, 1 alert," in output
     [kept] = quota_alerts()
     assert f"key {keep} has used 75% of its monthly quota" in kept
 
@@ -277,14 +277,15 @@ def test_gdpr_export_and_delete_touch_only_the_subjects_own_alerts(tmp_path):
     try:
         run_cli(home, "alerts", "check")
         subjects = sorted(json.loads(body)["subject"] for _, body in receiver.requests)
-        assert subjects == ["AiSpendTrack: daily budget crossed for customer acme",
-                            "AiSpendTrack: daily budget crossed for customer e"]
+        assert subjects == ["AiSpendTrack: daily budget crossed for customer acme on all keys",
+                            "AiSpendTrack: daily budget crossed for customer e on all keys"]
         document = json.loads(run_cli(home, "gdpr", "export", "--customer", "e"))
-        assert [a["subject"] for a in document["alerts"]] == ["AiSpendTrack: daily budget crossed for customer e"]
+        assert [a["subject"] for a in document["alerts"]] == [
+            "AiSpendTrack: daily budget crossed for customer e on all keys"]
         output = run_cli(home, "gdpr", "delete", "--customer", "e", "--yes")
-        assert "1 alerts" in output or "1 alert" in output, output
+        assert ", 1 alert," in output, output
         remaining = [a["subject"] for a in json.loads(run_cli(home, "alerts", "list", "--json"))]
-        assert remaining == ["AiSpendTrack: daily budget crossed for customer acme"]
+        assert remaining == ["AiSpendTrack: daily budget crossed for customer acme on all keys"]
         run_cli(home, "alerts", "check")
         assert len(receiver.requests) == 2  # acme's alert is not sent again
     finally:

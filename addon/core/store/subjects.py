@@ -54,7 +54,7 @@ def _budget_ids(con: duckdb.DuckDBPyConnection, subject: Subject) -> list[int]:
     return [budget_id for (budget_id,) in rows]
 
 
-def _alerts_condition(subject: Subject, budget_ids: list[int]) -> tuple[str, list]:
+def _alerts_condition(con: duckdb.DuckDBPyConnection, subject: Subject, budget_ids: list[int]) -> tuple[str, list]:
     """The subject's own alerts, matched whole (never a customer id inside another's): its budgets'
     and, for a key, its quota's by dedupe key; spikes of its scope; and for a customer, alerts of a
     budget since removed, by their exact subject line."""
@@ -67,9 +67,13 @@ def _alerts_condition(subject: Subject, budget_ids: list[int]) -> tuple[str, lis
     params.append(_like_literal(f"spike:{subject.kind}:{subject.value}:%")[:-1] + "____-__-__T__")
     condition = " OR ".join("dedupe_key LIKE ? ESCAPE '\\'" for _ in params)
     if subject.kind == "customer":
+        # A budget's label names whose calls it counted (budgets.Budget.label): every key's, or one key's.
+        key_ids = [key_id for (key_id,) in control(con).execute("SELECT id FROM keys").fetchall()]
         label = subject.label()
+        labels = [label, f"{label} on all keys", *(f"{label} of key {k}" for k in key_ids)]
         condition += " OR subject IN (SELECT unnest(?::VARCHAR[]))"
-        params.append([budget_subject("daily", label), budget_subject("monthly", label), spike_subject(label)])
+        params.append([budget_subject(period, label) for period in ("daily", "monthly") for label in labels]
+                      + [spike_subject(label)])
     return condition, params
 
 
@@ -93,7 +97,7 @@ def small_tables(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, 
     """The subject's key (if it is one), budgets and alerts; the key hash is left out."""
     budget_ids = _budget_ids(con, subject)
     found = {"budgets": _dicts(con, "SELECT * FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[]))", [budget_ids])}
-    condition, params = _alerts_condition(subject, budget_ids)
+    condition, params = _alerts_condition(con, subject, budget_ids)
     found["alerts"] = _dicts(con, f"SELECT * FROM alerts WHERE {condition} ORDER BY id", params)
     if subject.kind == "key":
         found["key"] = _dicts(con, "SELECT * EXCLUDE (key_hash) FROM keys WHERE id = ?", [int(subject.value)])
@@ -117,7 +121,7 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
         con.execute("ROLLBACK")
         raise
     db = control(con)
-    alerts_condition, alerts_params = _alerts_condition(subject, budget_ids)
+    alerts_condition, alerts_params = _alerts_condition(con, subject, budget_ids)
     counts["alerts"] = _deleted(db, f"DELETE FROM alerts WHERE {alerts_condition} RETURNING id", alerts_params)
     counts["budgets"] = _deleted(db, "DELETE FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[])) RETURNING id",
                                  [budget_ids])
