@@ -230,6 +230,11 @@ def test_the_first_loop_and_the_main_commands_work_as_written(tmp_path, smtp):
                     script = blocks(README, "python")[0].replace("8080", str(shell.proxy_port))
                     (tmp_path / "first_call.py").write_text(script.replace("ask_...", shell.key))
                 outputs[line] = shell.run(line)
+                deadline = time.monotonic() + 15  # a call shows once the proxy's writer has flushed (~1 s)
+                while line.split("#")[0].strip().endswith("calls") and outputs[line].count("\n") < 2:
+                    assert time.monotonic() < deadline, outputs[line]
+                    time.sleep(0.5)
+                    outputs[line] = shell.run(line)
             assert provider.last().path == "/v1/chat/completions"
             assert "x-aispendtrack-key" not in provider.last().headers
             calls = next(out for line, out in outputs.items() if line.split("#")[0].strip().endswith("calls"))
