@@ -357,7 +357,8 @@ def test_a_purge_says_per_key_what_goes_and_why(tmp_path):
         "Would purge 6 calls (dry run: nothing deleted)."]
     assert len(raw_rows(db)) == 9
     done = said("--older-than", "30d")
-    assert done[2] == f"  key {forever} (e): 1 call before T UTC: --older-than 30d (its enterprise plan keeps calls forever)"
+    assert done[2] == (f"  key {forever} (e): 1 call before T UTC: --older-than 30d (its enterprise plan keeps "
+                       f"calls forever)")
     assert done[-1].startswith("Purged 6 calls (kept as hourly totals)")
     assert sorted((k, round((NOW - ts).total_seconds() / 86400)) for k, ts in raw_rows(db)) == sorted(
         [(free, 0), (pro, 20), (forever, 10)])
