@@ -352,7 +352,7 @@ def test_prices_check_names_the_reprice_once_an_override_prices_unpriced_calls(h
     (home / "prices.toml").write_text('[[price]]\nmodel = "acme-llm"\ninput_mtok = 10\noutput_mtok = 100\n')
     checked = runner.invoke(cli, ["--home", str(home), "prices", "check"]).output
     assert "Add them to" not in checked
-    said = "1 call stored as unpriced has a price now (your overrides); store it with:\n"
+    said = "1 call stored as unpriced has a price now; store it with:\n"
     assert said in checked and checked.endswith("\n  aispendtrack reprice --provider openai --model acme-llm\n")
     command = checked.splitlines()[-1].split()[1:]
     # A changed price and a first price are counted apart: $2.00 -> $20.00 is a change, unpriced -> $0.002 not.
