@@ -355,6 +355,9 @@ def test_a_purge_says_per_key_what_goes_and_why(tmp_path):
         f"  key {own} (o): 2 calls before T UTC: its own retention keeps 14 days, less than --older-than 30d",
         "  calls without a key: 0 calls before T UTC: --older-than 30d",
         "Would purge 6 calls (dry run: nothing deleted)."]
+    planned = json.loads(run_cli(home, "purge", "--older-than", "30d", "--dry-run", "--json"))["keys"]
+    assert [(k["name"], k["retention_days"], k["retention_set_by"], k["expired_calls"]) for k in planned] == [
+        ("f", 7, "plan", 2), ("p", 90, "plan", 1), ("e", None, "plan", 1), ("o", 14, "key", 2)]
     assert len(raw_rows(db)) == 9
     done = said("--older-than", "30d")
     assert done[2] == (f"  key {forever} (e): 1 call before T UTC: --older-than 30d (its enterprise plan keeps "
