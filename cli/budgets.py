@@ -101,15 +101,21 @@ def _amount(given: Decimal | None, cleared: bool, before: Decimal | None) -> Dec
     return given if given is not None else before
 
 
+def _was(old: Budget | None, before: Decimal | None, after: Decimal) -> str:
+    if old is None:
+        return ""  # a new budget: nothing to compare with
+    if before is None:
+        return " (new)"
+    return " (unchanged)" if after == before else f" (was {usd(before)})"
+
+
 def _what_changed(old: Budget | None, new: Budget) -> str:
     """The budget as it is now; of one that existed, what each period was and what was removed."""
     amounts, removed = [], []
     for period, unit in (("daily", "a day"), ("monthly", "a month")):
         before, after = (getattr(b, f"{period}_usd") if b else None for b in (old, new))
         if after is not None:
-            note = "" if old is None else " (unchanged)" if after == before else \
-                f" (was {usd(before)})" if before is not None else " (new)"
-            amounts.append(f"{usd(after)} {unit}{note}")
+            amounts.append(f"{usd(after)} {unit}{_was(old, before, after)}")
         elif before is not None:
             removed.append(f" Removed its {period} budget of {usd(before)}.")
     if old is None or old.block == new.block:

@@ -322,4 +322,6 @@ def test_setting_one_period_keeps_the_rest_and_removing_one_says_what_went(tmp_p
     both = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "all", "--daily", "5",
                                     "--clear-daily"])
     assert both.exit_code == 2 and "--daily and --clear-daily" in both.output
+    assert run_cli(home, "budgets", "set", "--scope", "all", "--daily", "3", "--block") == (
+        f"Budget {first['id']} for all calls: $3.00 a day (new), $600.00 a month (unchanged), now blocking.\n")
     assert len(json.loads(run_cli(home, "budgets", "list", "--json"))) == 1
