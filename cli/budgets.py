@@ -6,6 +6,7 @@ every key's calls with that id is possible, said explicitly (``--all-keys``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from decimal import Decimal, InvalidOperation
 
@@ -50,27 +51,78 @@ def budgets() -> None:
 
 @budgets.command("set")
 @click.option("--scope", required=True, help="all, key:ID, customer:ID or feature:NAME.")
-@click.option("--daily", callback=_usd, help="USD per day (UTC).")
-@click.option("--monthly", callback=_usd, help="USD per calendar month (UTC).")
-@click.option("--block", is_flag=True, help="Refuse calls in scope (429) once the budget is used up.")
+@click.option("--daily", callback=_usd, help="USD per day (UTC); a budget's other period is kept.")
+@click.option("--monthly", callback=_usd, help="USD per calendar month (UTC); a budget's other period is kept.")
+@click.option("--clear-daily", is_flag=True, help="Remove the budget's daily amount (its monthly one stays).")
+@click.option("--clear-monthly", is_flag=True, help="Remove the budget's monthly amount (its daily one stays).")
+@click.option("--block/--no-block", default=None,
+              help="Refuse calls in scope (429) once the budget is used up, or stop refusing; without either, "
+                   "as it was (a new budget: not blocking).")
 @click.option("--key", "key_id", type=int, help="customer/feature scopes: count only this key's calls.")
 @click.option("--all-keys", is_flag=True,
               help="customer/feature scopes: count every key's calls with this id (any key can spend it).")
 @click.pass_obj
-def set_budget(obj, scope: str, daily: Decimal | None, monthly: Decimal | None, block: bool, key_id: int | None,
-               all_keys: bool) -> None:
-    """Create or replace the budget of a scope; a running proxy applies it within ~2 seconds."""
-    if daily is None and monthly is None:
+def set_budget(obj, scope: str, daily: Decimal | None, monthly: Decimal | None, clear_daily: bool,
+               clear_monthly: bool, block: bool | None, key_id: int | None, all_keys: bool) -> None:
+    """Create a scope's budget or change what is given of it; a running proxy applies it within ~2 seconds."""
+    for period, amount, cleared in (("daily", daily, clear_daily), ("monthly", monthly, clear_monthly)):
+        if amount is not None and cleared:
+            raise click.UsageError(f"--{period} and --clear-{period} contradict each other: give one.")
+    if daily is None and monthly is None and not (clear_daily or clear_monthly) and block is None:
         raise click.UsageError("give --daily and/or --monthly.")
     kind, value = _scope(scope)
     _check_owner(kind, key_id, all_keys)
     with writing(obj.db) as con:
         if key_id is not None and key_id not in {k["id"] for k in key_rows.all_keys(con)}:
             raise click.BadParameter(f"no key {key_id}; see `aispendtrack keys list`", param_hint="--key")
-        budget_id = budget_rows.upsert(con, kind, value, key_id, daily, monthly, block)
-    budget = Budget(budget_id, kind, value, daily, monthly, block, key_id)
-    limits = ", ".join(f"{usd(a)} {p}" for a, p in ((daily, "a day"), (monthly, "a month")) if a is not None)
-    click.echo(f"Budget {budget_id} for {budget.label()}: {limits}{', blocking' if block else ''}.")
+        found = budget_rows.find(con, kind, value, key_id)
+        old = Budget.from_row(found) if found else None
+        new = Budget(old.id if old else 0, kind, value,
+                     _amount(daily, clear_daily, old.daily_usd if old else None),
+                     _amount(monthly, clear_monthly, old.monthly_usd if old else None),
+                     (old.block if old else False) if block is None else block, key_id)
+        if new.daily_usd is None and new.monthly_usd is None:
+            if old is None:
+                raise click.UsageError("give --daily and/or --monthly.")
+            raise click.UsageError(f"that leaves budget {old.id} with no amount; remove it with "
+                                   f"`aispendtrack budgets delete {old.id}`.")
+        if old is None:
+            new = dataclasses.replace(new, id=budget_rows.add(con, kind, value, key_id, new.daily_usd,
+                                                              new.monthly_usd, new.block))
+        else:
+            budget_rows.update(con, old.id, new.daily_usd, new.monthly_usd, new.block)
+    click.echo(_what_changed(old, new))
+
+
+def _amount(given: Decimal | None, cleared: bool, before: Decimal | None) -> Decimal | None:
+    """What a period's amount becomes: removed, the one given, or as it was."""
+    if cleared:
+        return None
+    return given if given is not None else before
+
+
+def _was(old: Budget | None, before: Decimal | None, after: Decimal) -> str:
+    if old is None:
+        return ""  # a new budget: nothing to compare with
+    if before is None:
+        return " (new)"
+    return " (unchanged)" if after == before else f" (was {usd(before)})"
+
+
+def _what_changed(old: Budget | None, new: Budget) -> str:
+    """The budget as it is now; of one that existed, what each period was and what was removed."""
+    amounts, removed = [], []
+    for period, unit in (("daily", "a day"), ("monthly", "a month")):
+        before, after = (getattr(b, f"{period}_usd") if b else None for b in (old, new))
+        if after is not None:
+            amounts.append(f"{usd(after)} {unit}{_was(old, before, after)}")
+        elif before is not None:
+            removed.append(f" Removed its {period} budget of {usd(before)}.")
+    if old is None or old.block == new.block:
+        blocking = ", blocking" if new.block else "" if old is None else ", not blocking"
+    else:
+        blocking = ", now blocking" if new.block else ", no longer blocking"
+    return f"Budget {new.id} for {new.label()}: {', '.join(amounts)}{blocking}.{''.join(removed)}"
 
 
 def _check_owner(kind: str, key_id: int | None, all_keys: bool) -> None:

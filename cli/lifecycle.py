@@ -41,16 +41,19 @@ def purge(obj, older_than: str | None, dry_run: bool, as_json: bool, quiet: bool
     """Delete raw calls past their key's retention (the proxy also does this daily).
 
     Purged calls stay counted as hourly totals, so budgets, quotas and spike alerts are unchanged."""
+    span = _duration(older_than)
     with running("Counting expired calls" if dry_run else "Purging", quiet):
-        result = retention.purge(obj.db, dt.datetime.now(dt.UTC), _duration(older_than), dry_run)
+        result = retention.purge(obj.db, dt.datetime.now(dt.UTC), span, dry_run)
     expired = sum(result.expired.values())
     if as_json:
         click.echo(dumps({"dry_run": dry_run, "expired_calls": expired, "deleted": result.deleted,
-                          "cutoffs": {str(k): v.isoformat() for k, v in result.cutoffs.items()}}))
+                          "cutoffs": {str(k): v.isoformat() for k, v in result.cutoffs.items()},
+                          "keys": [_json_key(key, result) for key in result.keys]}))
         return
-    for key_id, cutoff in sorted(result.cutoffs.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-        who = f"key {key_id}" if key_id is not None else "calls without a key"
-        click.echo(f"  {who}: before {cutoff:%Y-%m-%d %H:%M} UTC, {plural(result.expired.get(key_id, 0), 'call')}")
+    for key in result.keys:
+        click.echo(_goes(f"key {key.key_id} ({key.name})", result, key.key_id, _why(key, span, older_than)))
+    if None in result.cutoffs:
+        click.echo(_goes("calls without a key", result, None, f"--older-than {older_than}"))
     if dry_run:
         click.echo(f"Would purge {plural(expired, 'call')} (dry run: nothing deleted).")
     else:
@@ -59,6 +62,35 @@ def purge(obj, older_than: str | None, dry_run: bool, as_json: bool, quiet: bool
         click.echo(f"Purged {plural(d['calls'], 'call')} (kept as hourly totals); dropped "
                    f"{plural(d['hourly_rows'], 'hourly total')} and {plural(d['alerts'], 'alert')} "
                    f"older than 400 days.")
+
+
+def _json_key(key: retention.KeyRetention, result: retention.PurgeResult) -> dict:
+    cutoff = result.cutoffs.get(key.key_id)
+    return {"key_id": key.key_id, "name": key.name, "plan": key.plan, "retention_days": key.days,
+            "retention_set_by": "key" if key.own else "plan", "cutoff": cutoff.isoformat() if cutoff else None,
+            "expired_calls": result.expired.get(key.key_id, 0)}
+
+
+def _goes(who: str, result: retention.PurgeResult, key_id: int | None, why: str) -> str:
+    """One key's line: what goes (or nothing) and why."""
+    cutoff = result.cutoffs.get(key_id)
+    if cutoff is None:
+        return f"  {who}: nothing: {why}"
+    return f"  {who}: {plural(result.expired.get(key_id, 0), 'call')} before {cutoff:%Y-%m-%d %H:%M} UTC: {why}"
+
+
+def _why(key: retention.KeyRetention, span: dt.timedelta | None, older_than: str | None) -> str:
+    """Which rule sets the key's cutoff: its retention (plan or own), or --older-than when shorter."""
+    whose = "its own retention" if key.own else f"its {key.plan} plan"
+    kept = f"{whose} keeps {plural(key.days, 'day')}" if key.days is not None else f"{whose} keeps calls forever"
+    if span is None:
+        return kept
+    days = dt.timedelta(days=key.days) if key.days is not None else None
+    if days is not None and days < span:
+        return f"{kept}, less than --older-than {older_than}"
+    if days == span:
+        return f"{kept}, as does --older-than {older_than}"
+    return f"--older-than {older_than} ({kept})"
 
 
 @click.group()

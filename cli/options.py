@@ -1,4 +1,4 @@
-"""Options shared by several commands: which calls (report, export, reprice); shared storage (all)."""
+"""Options shared by several commands: which calls (report, export, reprice, calls); shared storage (all)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,32 @@ import click
 
 from addon.core.reports import ReportError, parse_selection
 from addon.core.store import shared
+from addon.core.wording import plural
 
 
 def selection_options(command):
-    """Adds --since/--until/--customer/--feature/--model/--key/--tz and passes ``selection``."""
+    """Adds --since/--until/--customer/--feature/--model/--key/--provider/--status/--errors/--tz and passes
+    ``selection``; the filters combine with AND."""
     options = [
         click.option("--since", help="Start: 7d, 24h, today, 2026-11-01 or 2026-11-01T09:00 (in --tz)."),
         click.option("--until", help="End (exclusive), same forms as --since."),
         click.option("--customer", help="Only this x-customer-id."),
         click.option("--feature", help="Only this x-feature."),
         click.option("--model", help="Only this model (as recorded, e.g. gpt-4o-2024-08-06)."),
-        click.option("--key", "key", help="Only this key id."),
+        click.option("--key", "key", help="Only this key: its id or its name (see `aispendtrack keys list`)."),
+        click.option("--provider", help="Only this provider, e.g. openai or anthropic."),
+        click.option("--status", type=click.IntRange(100, 599), help="Only calls answered with this HTTP status."),
+        click.option("--errors", is_flag=True, help="Only failed calls (an error status or no complete answer)."),
         click.option("--tz", default="UTC", show_default=True,
                      help="Time zone for dates and day/month grouping, e.g. America/Los_Angeles."),
     ]
 
     @functools.wraps(command)
-    def wrapper(*args, since, until, customer, feature, model, key, tz, **kwargs):
+    def wrapper(*args, since, until, customer, feature, model, key, provider, status, errors, tz, **kwargs):
         try:
             selection = parse_selection(since=since, until=until, customer=customer, feature=feature,
-                                        model=model, key=key, tz=tz)
+                                        model=model, key=_key_id(key), tz=tz, provider=provider, status=status,
+                                        errors=errors)
         except ReportError as exc:
             raise click.UsageError(str(exc)) from None
         return command(*args, selection=selection, **kwargs)
@@ -36,6 +42,22 @@ def selection_options(command):
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+def _key_id(key: str | None) -> str | None:
+    """--key as given when it is an id; a name becomes the id of the one key that has it."""
+    if key is None or key.strip().isdigit():
+        return key
+    from addon.core.store import keys as key_rows
+    from addon.core.store import reading
+    with reading(click.get_current_context().obj.db) as con:
+        ids = key_rows.ids_named(con, key)
+    if not ids:
+        raise click.BadParameter(f"no key named {key!r}; see `aispendtrack keys list`.", param_hint="--key")
+    if len(ids) > 1:
+        raise click.BadParameter(f"{plural(len(ids), 'key')} are named {key!r} (ids {', '.join(map(str, ids))}): "
+                                 f"give the id.", param_hint="--key")
+    return str(ids[0])
 
 
 def _set_env(name: str):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+
 import click
 from click_default_group import DefaultGroup
 
@@ -31,6 +34,8 @@ def check(obj, fmt: str = "table") -> None:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
         rows = call_rows.unpriced_models(con)
+    for row in rows:
+        row["priced_now"] = _priced_now(book, row)
     if fmt != "table":
         emit(rows, fmt, [])
         return
@@ -40,6 +45,20 @@ def check(obj, fmt: str = "table") -> None:
     if not rows:
         click.echo("Every metered call so far has a price.")
         return
+    _show_unpriced([r for r in rows if not r["priced_now"]], override_path)
+    _show_repriceable([r for r in rows if r["priced_now"]])
+
+
+def _priced_now(book: pricing.PriceBook, row: dict) -> bool:
+    """Whether the prices in use now price this model (at its tier, as of its last call): its stored
+    calls then only wait for `aispendtrack reprice`."""
+    usage = pricing.TokenUsage(input_tokens=1, output_tokens=1)
+    return book.price(usage, row["provider"], row["model"], row["last_seen"], row["service_tier"]).priced
+
+
+def _show_unpriced(rows: list[dict], override_path: Path) -> None:
+    if not rows:
+        return
     click.echo(f"\n{plural(sum(r['calls'] for r in rows), 'call')} used models (or service tiers) with no known price "
                f"(cost shown as 'unpriced', never $0). Add them to {override_path}:\n")
     emit(rows, "table", [
@@ -47,6 +66,18 @@ def check(obj, fmt: str = "table") -> None:
         ("TIER", lambda r: r["service_tier"] or "standard", "<"), ("CALLS", lambda r: f"{r['calls']:,}", ">"),
         ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
     ])
+
+
+def _show_repriceable(rows: list[dict]) -> None:
+    """Models priced since their calls were stored (an override added, newer price data): the
+    commands that store those calls' costs."""
+    if not rows:
+        return
+    calls = sum(r["calls"] for r in rows)
+    click.echo(f"\n{plural(calls, 'call stored as unpriced has', 'calls stored as unpriced have')} a price now; "
+               f"store {'it' if calls == 1 else 'them'} with:")
+    for provider, model in dict.fromkeys((r["provider"], r["model"]) for r in rows):
+        click.echo("  " + shlex.join(["aispendtrack", "reprice", "--provider", provider, "--model", model]))
 
 
 def _show_patches(patches: pricing.PriceFile) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 
 import click
 
-from addon.core.money import usd
+from addon.core.money import UNPRICED, usd
 from addon.core.store import reports as report_rows
 from addon.core.store import writing
 from addon.core.wording import plural
@@ -20,6 +21,21 @@ _TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cac
                  "output_tokens", "reasoning_tokens", "web_search_requests")
 
 
+@dataclass
+class _Changed:
+    """Calls of one kind of change ("new price", "priced", "unpriced"), what they cost before and after."""
+
+    kind: str
+    calls: int = 0
+    before: Decimal = Decimal(0)
+    after: Decimal = Decimal(0)
+
+    def add(self, before: Decimal | None, after: Decimal | None) -> None:
+        self.calls += 1
+        self.before += before or 0
+        self.after += after or 0
+
+
 @click.command()
 @selection_options
 @click.option("--dry-run", is_flag=True, help="Show what would change without writing.")
@@ -31,7 +47,9 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
         book = PriceBook(obj.home / FILE_NAME)
     except PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
-    checked, changes, before, after = 0, [], Decimal(0), Decimal(0)
+    checked, changes = 0, []
+    # A call that had no price was not a $0 call: counted apart from changed prices, as is the reverse.
+    kinds = {kind: _Changed(kind) for kind in ("new price", "priced", "unpriced")}
     with writing(obj.db) as con:
         with Bar("Repricing", lambda: report_rows.count(con, selection), quiet) as bar:
             for row in report_rows.reprice_inputs(con, selection):
@@ -41,14 +59,25 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
                 price = book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"])
                 if price.cost_usd != row["cost_usd"] or price.source != row["price_source"]:
                     changes.append((row["id"], price.cost_usd, price.source))
-                    before += row["cost_usd"] or 0
-                    after += price.cost_usd or 0
+                    kind = ("priced" if row["cost_usd"] is None else
+                            "unpriced" if price.cost_usd is None else "new price")
+                    kinds[kind].add(row["cost_usd"], price.cost_usd)
         if not dry_run:
             with running(f"Storing {len(changes):,} new costs", quiet):
                 report_rows.apply_reprice(con, changes)
     verb = "would change" if dry_run else "changed"
-    click.echo(f"Checked {plural(checked, 'call')}; {len(changes):,} {verb}: {usd(before)} -> {usd(after)} "
-               f"({'+' if after >= before else '-'}{usd(abs(after - before))}).")
-    newly_unpriced = sum(1 for _, cost, _ in changes if cost is None)
-    if newly_unpriced:
-        click.echo(f"{newly_unpriced:,} of them have no price now; see `aispendtrack prices check`.")
+    click.echo(f"Checked {plural(checked, 'call')}; {len(changes):,} {verb}{':' if changes else '.'}")
+    for changed in kinds.values():
+        if changed.calls:
+            click.echo(f"  {_line(changed)}")
+
+
+def _line(changed: _Changed) -> str:
+    if changed.kind == "priced":
+        return f"{changed.calls:,} priced now: {UNPRICED} -> {usd(changed.after)}"
+    if changed.kind == "unpriced":
+        return (f"{changed.calls:,} without a price now: {usd(changed.before)} -> {UNPRICED}; see "
+                f"`aispendtrack prices check`.")
+    difference = changed.after - changed.before
+    return (f"{changed.calls:,} with a new price: {usd(changed.before)} -> {usd(changed.after)} "
+            f"({'+' if difference >= 0 else '-'}{usd(abs(difference))})")

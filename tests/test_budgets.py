@@ -264,3 +264,64 @@ def test_budgets_stored_before_keys_owned_them_keep_counting_every_key(tmp_path)
     [budget] = json.loads(run_cli(home, "budgets", "list", "--json"))
     assert (budget["scope"], budget["scope_value"], budget["key_id"], budget["daily_usd"]) == ("customer", "acme",
                                                                                               None, 5)
+
+
+def test_following_the_429s_advice_keeps_the_monthly_cap_and_the_budget(tmp_path, upstream):
+    """The refusal says how to raise the daily budget; doing exactly that keeps the monthly cap,
+    the budget's id and its blocking, and the proxy lets calls through again."""
+    import re
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--key", str(created["id"]), "--daily", "0.0004",
+            "--monthly", "500", "--block")
+    [before] = json.loads(run_cli(home, "budgets", "list", "--json"))
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"])
+    try:
+        client = proxy.openai(headers={"x-customer-id": "acme", "x-test-scenario": "legacy"})
+        client.chat.completions.create(**CHAT)  # $0.000405: past the day's $0.0004
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.chat.completions.create(**CHAT)
+        advice = re.search(r"`aispendtrack (budgets set [^`]+)`", raised.value.message).group(1)
+        assert advice == f"budgets set --scope customer:acme --key {created['id']} --daily USD --block"
+        said = run_cli(home, *advice.replace("USD", "25").split())
+        [after] = json.loads(run_cli(home, "budgets", "list", "--json"))
+        assert (after["id"], after["daily_usd"], after["monthly_usd"], after["block"]) == (before["id"], 25, 500, True)
+        assert said == (f"Budget {before['id']} for customer acme of key {created['id']}: $25.00 a day (was $0.0004), "
+                        f"$500.00 a month (unchanged), blocking.\n")
+        deadline = time.monotonic() + 10
+        while True:  # the proxy applies it within ~2 s
+            try:
+                client.chat.completions.create(**CHAT)
+                break
+            except openai.RateLimitError:
+                assert time.monotonic() < deadline, "the raised budget still refuses"
+                time.sleep(0.25)
+    finally:
+        proxy.stop()
+
+
+def test_setting_one_period_keeps_the_rest_and_removing_one_says_what_went(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    home = tmp_path / "home"
+    run_cli(home, "budgets", "set", "--scope", "all", "--daily", "10", "--monthly", "500", "--block")
+    [first] = json.loads(run_cli(home, "budgets", "list", "--json"))
+    # Without --block or --no-block, blocking stays as it was.
+    assert run_cli(home, "budgets", "set", "--scope", "all", "--monthly", "600") == (
+        f"Budget {first['id']} for all calls: $10.00 a day (unchanged), $600.00 a month (was $500.00), blocking.\n")
+    assert run_cli(home, "budgets", "set", "--scope", "all", "--clear-daily") == (
+        f"Budget {first['id']} for all calls: $600.00 a month (unchanged), blocking. Removed its daily "
+        f"budget of $10.00.\n")
+    assert run_cli(home, "budgets", "set", "--scope", "all", "--no-block") == (
+        f"Budget {first['id']} for all calls: $600.00 a month (unchanged), no longer blocking.\n")
+    [last] = json.loads(run_cli(home, "budgets", "list", "--json"))
+    assert (last["id"], last["daily_usd"], last["monthly_usd"], last["block"]) == (first["id"], None, 600, False)
+    emptied = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "all", "--clear-monthly"])
+    assert emptied.exit_code == 2 and f"`aispendtrack budgets delete {first['id']}`" in emptied.output
+    both = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "all", "--daily", "5",
+                                    "--clear-daily"])
+    assert both.exit_code == 2 and "--daily and --clear-daily" in both.output
+    assert run_cli(home, "budgets", "set", "--scope", "all", "--daily", "3", "--block") == (
+        f"Budget {first['id']} for all calls: $3.00 a day (new), $600.00 a month (unchanged), now blocking.\n")
+    assert len(json.loads(run_cli(home, "budgets", "list", "--json"))) == 1

@@ -240,7 +240,7 @@ def test_the_first_loop_and_the_main_commands_work_as_written(tmp_path, smtp):
             calls = next(out for line, out in outputs.items() if line.split("#")[0].strip().endswith("calls"))
             header, row = calls.strip().splitlines()  # the one call, priced from the provider's usage
             assert "reported" in row and "$0.0" in row and " 200" in row, calls
-            model = row.split()[3]
+            model = dict(zip(re.split(r"\s{2,}", header.strip()), re.split(r"\s{2,}", row.strip())))["MODEL"]
             report = next(out for line, out in outputs.items() if "report --by model" in line)
             assert re.search(rf"{re.escape(model)}\s+1\s", report), report
             assert "AiSpendTrack" in next(out for line, out in outputs.items() if line.split()[1] == "web")

@@ -322,3 +322,46 @@ def test_an_erased_customer_leaves_the_metrics_and_its_record_is_a_keyed_hash(tm
     assert kind == "customer" and stored != plain
     assert stored == hmac.new(bytes.fromhex(key_file.read_text()), plain.encode(), hashlib.sha256).hexdigest()
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+
+
+def test_a_purge_says_per_key_what_goes_and_why(tmp_path):
+    import re
+    home = tmp_path / "home"
+    free, pro = make_key(home, "f", "free"), make_key(home, "p", "pro")
+    forever, own = make_key(home, "e", "enterprise"), make_key(home, "o", "enterprise")
+    run_cli(home, "keys", "set-retention", str(own), "--days", "14")
+    ages = {free: (0.1, 8, 40), pro: (20, 60), forever: (10, 200), own: (20, 40)}
+    db = home_dir.db_path(home)
+    with writing(db) as con:
+        call_rows.insert(con, [call_row(k, dt.timedelta(days=d), "c") for k, days in ages.items() for d in days])
+
+    def said(*args: str) -> list[str]:
+        lines = run_cli(home, "purge", *args).splitlines()
+        cutoff = re.search(r"before (\S+ \S+) UTC", lines[0]).group(1)  # the free plan's: 7 days ago
+        age = NOW - dt.datetime.fromisoformat(cutoff).replace(tzinfo=dt.UTC)
+        assert dt.timedelta(days=7) <= age <= dt.timedelta(days=7, hours=1, minutes=5)
+        return [re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d", "T", line) for line in lines]
+
+    assert said("--dry-run") == [
+        f"  key {free} (f): 2 calls before T UTC: its free plan keeps 7 days",
+        f"  key {pro} (p): 0 calls before T UTC: its pro plan keeps 90 days",
+        f"  key {forever} (e): nothing: its enterprise plan keeps calls forever",
+        f"  key {own} (o): 2 calls before T UTC: its own retention keeps 14 days",
+        "Would purge 4 calls (dry run: nothing deleted)."]
+    assert said("--older-than", "30d", "--dry-run") == [
+        f"  key {free} (f): 2 calls before T UTC: its free plan keeps 7 days, less than --older-than 30d",
+        f"  key {pro} (p): 1 call before T UTC: --older-than 30d (its pro plan keeps 90 days)",
+        f"  key {forever} (e): 1 call before T UTC: --older-than 30d (its enterprise plan keeps calls forever)",
+        f"  key {own} (o): 2 calls before T UTC: its own retention keeps 14 days, less than --older-than 30d",
+        "  calls without a key: 0 calls before T UTC: --older-than 30d",
+        "Would purge 6 calls (dry run: nothing deleted)."]
+    planned = json.loads(run_cli(home, "purge", "--older-than", "30d", "--dry-run", "--json"))["keys"]
+    assert [(k["name"], k["retention_days"], k["retention_set_by"], k["expired_calls"]) for k in planned] == [
+        ("f", 7, "plan", 2), ("p", 90, "plan", 1), ("e", None, "plan", 1), ("o", 14, "key", 2)]
+    assert len(raw_rows(db)) == 9
+    done = said("--older-than", "30d")
+    assert done[2] == (f"  key {forever} (e): 1 call before T UTC: --older-than 30d (its enterprise plan keeps "
+                       f"calls forever)")
+    assert done[-1].startswith("Purged 6 calls (kept as hourly totals)")
+    assert sorted((k, round((NOW - ts).total_seconds() / 86400)) for k, ts in raw_rows(db)) == sorted(
+        [(free, 0), (pro, 20), (forever, 10)])

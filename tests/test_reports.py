@@ -175,8 +175,8 @@ def test_reprice_keeps_the_old_cost_and_prints_the_change(home):
     (home / "prices.toml").write_text('[[price]]\nmodel = "acme-llm"\ninput_mtok = 10\noutput_mtok = 100\n')
     result = CliRunner().invoke(cli, ["--home", str(home), "reprice", "--model", "acme-llm"])
     assert result.exit_code == 0, result.output
-    assert "Checked 1 calls; 1 changed: unpriced" not in result.output
-    assert "1 changed: $0.00 -> $0.002" in result.output  # 100 in x $10 + 10 out x $100, per million
+    # 100 in x $10 + 10 out x $100, per million; the call had no price, not a price of $0
+    assert result.output == "Checked 1 call; 1 changed:\n  1 priced now: unpriced -> $0.002\n"
     [repriced] = [r for r in cli_json(home, "calls") if r["model"] == "acme-llm"]
     assert repriced["cost_usd"] == pytest.approx(0.002) and repriced["priced"] is True
     exported = json.loads(CliRunner().invoke(cli, ["--home", str(home), "export", "--format", "json",
@@ -312,3 +312,57 @@ def test_by_key_names_the_keys_with_their_id_only_where_two_share_a_name(home, a
     assert [line.split("  ")[0] for line in table.splitlines()[1:3]] == ["one", "two (id 2)"]
     groups = api("/api/v1/report?by=key").get_json()
     assert [(g["key_id"], g["key_name"]) for g in groups] == [(1, "one"), (2, "two (id 2)")]
+
+
+def test_calls_shows_customer_and_feature_and_takes_the_reports_filters(home):
+    runner = CliRunner()
+    for name in ("one", "batch"):  # keys 1 and 2
+        runner.invoke(cli, ["--home", str(home), "keys", "create", "--name", name], catch_exceptions=False)
+
+    def table(*args: str) -> list[list[str]]:
+        result = runner.invoke(cli, ["--home", str(home), "calls", *args])
+        assert result.exit_code == 0, result.output
+        return [re.split(r"\s{2,}", line.strip()) for line in result.output.splitlines()]
+
+    header, *rows = table("--customer", "globex", "--key", "batch")  # a key by its name
+    assert header[:5] == ["TIME (UTC)", "KEY", "CUSTOMER", "FEATURE", "MODEL"]
+    assert [r[1:5] for r in rows] == [["batch", "globex", "chat", "acme-llm"],
+                                      ["batch", "globex", "chat", "claude-sonnet-4"]]
+    assert [r[4] for r in table("--key", "2", "--provider", "anthropic")[1:]] == ["claude-sonnet-4"]
+    assert [r[4] for r in table("--errors")[1:]] == ["gpt-4o"]  # the one 500
+    assert [r[4] for r in table("--status", "500", "--customer", "acme")[1:]] == ["gpt-4o"]
+    assert table("--status", "500", "--customer", "globex")[1:] == []  # filters combine with AND
+    picked = cli_json(home, "calls", "--customer", "acme", "--feature", "search", "--model", "gpt-4o")
+    assert [(r["customer_id"], r["feature"], r["model"], r["cost_usd"]) for r in picked] == [
+        ("acme", "search", "gpt-4o", 2.0)]
+    exported = runner.invoke(cli, ["--home", str(home), "calls", "--format", "csv", "--provider", "anthropic"]).output
+    assert [(r["customer_id"], r["model"]) for r in csv.DictReader(io.StringIO(exported))] == [
+        ("globex", "claude-sonnet-4")]
+    unknown = runner.invoke(cli, ["--home", str(home), "calls", "--key", "nobody"])
+    assert unknown.exit_code == 2 and "no key named 'nobody'" in unknown.output
+    runner.invoke(cli, ["--home", str(home), "keys", "create", "--name", "batch"], catch_exceptions=False)
+    twice = runner.invoke(cli, ["--home", str(home), "calls", "--key", "batch"])
+    assert twice.exit_code == 2 and "2 keys are named 'batch' (ids 2, 3)" in twice.output
+
+
+def test_prices_check_names_the_reprice_once_an_override_prices_unpriced_calls(home):
+    runner = CliRunner()
+    before = runner.invoke(cli, ["--home", str(home), "prices", "check"]).output
+    assert "acme-llm" in before and "Add them to" in before
+    (home / "prices.toml").write_text('[[price]]\nmodel = "acme-llm"\ninput_mtok = 10\noutput_mtok = 100\n')
+    checked = runner.invoke(cli, ["--home", str(home), "prices", "check"]).output
+    assert "Add them to" not in checked
+    said = "1 call stored as unpriced has a price now; store it with:\n"
+    assert said in checked and checked.endswith("\n  aispendtrack reprice --provider openai --model acme-llm\n")
+    command = checked.splitlines()[-1].split()[1:]
+    # A changed price and a first price are counted apart: $2.00 -> $20.00 is a change, unpriced -> $0.002 not.
+    (home / "prices.toml").write_text('[[price]]\nmodel = "acme-llm"\ninput_mtok = 10\noutput_mtok = 100\n\n'
+                                      '[[price]]\nmodel = "gpt-4o"\nprovider = "openai"\ninput_mtok = 100\n'
+                                      'output_mtok = 0\n')
+    result = runner.invoke(cli, ["--home", str(home), *command, "--dry-run"])
+    assert result.output == "Checked 1 call; 1 would change:\n  1 priced now: unpriced -> $0.002\n"
+    result = runner.invoke(cli, ["--home", str(home), "reprice", "--customer", "acme", "--feature", "search"])
+    assert result.output == "Checked 1 call; 1 changed:\n  1 with a new price: $2.00 -> $0.01 (-$1.99)\n"
+    runner.invoke(cli, ["--home", str(home), *command])
+    assert "Every metered call so far has a price." in runner.invoke(cli, ["--home", str(home), "prices",
+                                                                           "check"]).output

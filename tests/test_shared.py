@@ -645,3 +645,24 @@ def test_an_erase_on_one_replica_never_fails_a_read_running_on_another(cluster, 
     lake_dir = Path(os.environ["AISPENDTRACK_DATA_PATH"])
     for victim in victims:
         assert files_containing(lake_dir, victim.encode()) == []
+
+
+def test_budgets_set_changes_in_place_and_calls_filter_by_key_name_in_the_catalog(shared_env, tmp_path):
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"k-{uuid.uuid4().hex[:8]}"
+    key_id = json.loads(run_cli(home, "keys", "create", "--name", marker, "--json"))["id"]
+    run_cli(home, "budgets", "set", "--scope", f"customer:{marker}", "--key", str(key_id), "--daily", "1",
+            "--monthly", "5", "--block")
+    said = run_cli(home, "budgets", "set", "--scope", f"customer:{marker}", "--key", str(key_id), "--daily", "2")
+    assert "$2.00 a day (was $1.00), $5.00 a month (unchanged), blocking." in said
+    [budget] = [b for b in json.loads(run_cli(home, "budgets", "list", "--json")) if b["scope_value"] == marker]
+    assert (budget["daily_usd"], budget["monthly_usd"], budget["block"]) == (2, 5, True)
+    assert said.startswith(f"Budget {budget['id']} ")
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, [call_row(1, key_id=key_id, customer_id=marker),
+                               call_row(2, key_id=key_id + 1000, customer_id=marker)])  # another key's
+    rows = json.loads(run_cli(home, "calls", "--key", marker, "--customer", marker, "--format", "json"))
+    assert [(r["key_id"], r["customer_id"]) for r in rows] == [(key_id, marker)]

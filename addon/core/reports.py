@@ -38,6 +38,9 @@ class Selection:
     model: str | None = None
     key_id: int | None = None
     tz: str = "UTC"
+    provider: str | None = None
+    status: int | None = None  # an HTTP status, as recorded
+    errors_only: bool = False  # failed calls only: what a report counts as errors
 
     def for_key(self, key_id: int) -> Selection:
         """The same selection limited to one key's calls; asking for another key's is refused."""
@@ -54,7 +57,8 @@ class ReportSpec:
 
 def parse_selection(since: str | None = None, until: str | None = None, customer: str | None = None,
                     feature: str | None = None, model: str | None = None, key: str | int | None = None,
-                    tz: str | None = None, now: dt.datetime | None = None) -> Selection:
+                    tz: str | None = None, now: dt.datetime | None = None, *, provider: str | None = None,
+                    status: int | None = None, errors: bool = False) -> Selection:
     zone = parse_tz(tz or "UTC")
     now = now or dt.datetime.now(dt.UTC)
     start = parse_when(since, zone, now, "since") if since else None
@@ -62,7 +66,8 @@ def parse_selection(since: str | None = None, until: str | None = None, customer
     if start and end and start >= end:
         raise ReportError(f"--since ({start:%Y-%m-%d %H:%M %Z}) must be before --until ({end:%Y-%m-%d %H:%M %Z}).")
     return Selection(since=start, until=end, customer_id=customer or None, feature=feature or None,
-                     model=model or None, key_id=_key_id(key), tz=zone.key)
+                     model=model or None, key_id=_key_id(key), tz=zone.key, provider=provider or None,
+                     status=status, errors_only=errors)
 
 
 def parse_report(by: list[str] | tuple[str, ...], **selection) -> ReportSpec:

@@ -18,8 +18,31 @@ from .store import lake, lifecycle, reading, writing
 from .store.connection import is_shared
 
 
+@dataclass(frozen=True)
+class KeyRetention:
+    """How long one key keeps raw calls, and who said so: what a purge explains per key."""
+
+    key_id: int
+    name: str
+    plan: str
+    days: int | None  # None: kept forever
+    own: bool  # the key's own setting (`keys set-retention`), not its plan's
+
+    @classmethod
+    def of(cls, key_id: int, name: str, plan: str, own_days: int | None) -> KeyRetention:
+        return cls(key_id, name, plan, retention_days_for(plan, own_days), own_days is not None)
+
+    def keep(self, older_than: dt.timedelta | None) -> dt.timedelta | None:
+        """How long its calls stay: its own days, shortened (never lengthened) by ``older_than``."""
+        keep = dt.timedelta(days=self.days) if self.days is not None else None
+        if older_than is not None:
+            keep = older_than if keep is None else min(keep, older_than)
+        return keep
+
+
 @dataclass
 class PurgeResult:
+    keys: list[KeyRetention]
     cutoffs: dict[int | None, dt.datetime]
     expired: dict[int | None, int]  # raw calls past their cutoff, per key
     deleted: dict[str, int] | None  # None on a dry run
@@ -37,16 +60,13 @@ def check_older_than(span: dt.timedelta) -> dt.timedelta:
     return span
 
 
-def cutoffs(keys: list[tuple[int, str, int | None]], now: dt.datetime,
+def cutoffs(keys: list[KeyRetention], now: dt.datetime,
             older_than: dt.timedelta | None) -> dict[int | None, dt.datetime]:
     found: dict[int | None, dt.datetime] = {}
-    for key_id, plan, own_days in keys:
-        days = retention_days_for(plan, own_days)
-        keep = dt.timedelta(days=days) if days is not None else None
-        if older_than is not None:
-            keep = older_than if keep is None else min(keep, older_than)
+    for key in keys:
+        keep = key.keep(older_than)
         if keep is not None:
-            found[key_id] = hour_start(now - keep)
+            found[key.key_id] = hour_start(now - keep)
     if older_than is not None:
         found[None] = hour_start(now - older_than)
     return found
@@ -55,11 +75,13 @@ def cutoffs(keys: list[tuple[int, str, int | None]], now: dt.datetime,
 def purge(db: Path, now: dt.datetime, older_than: dt.timedelta | None = None, dry_run: bool = False) -> PurgeResult:
     if dry_run:
         with reading(db) as con:
-            limits = cutoffs(lifecycle.retention_settings(con), now, older_than)
-            return PurgeResult(limits, lifecycle.expired_counts(con, limits), None)
+            keys = [KeyRetention.of(*row) for row in lifecycle.retention_settings(con)]
+            limits = cutoffs(keys, now, older_than)
+            return PurgeResult(keys, limits, lifecycle.expired_counts(con, limits), None)
     with writing(db) as con:
-        limits = cutoffs(lifecycle.retention_settings(con), now, older_than)
+        keys = [KeyRetention.of(*row) for row in lifecycle.retention_settings(con)]
+        limits = cutoffs(keys, now, older_than)
         purged, totals = lifecycle.purge(con, limits, now)
         if is_shared(con) and any(purged.values()):
             lake.scrub(con)  # the purged rows out of the lake's files too, as a GDPR erase does
-        return PurgeResult(limits, purged, totals)
+        return PurgeResult(keys, limits, purged, totals)

@@ -13,15 +13,26 @@ _COLUMNS = ("id", "scope", "scope_value", "daily_usd", "monthly_usd", "block", "
 _SCOPE_COLUMN = {"key": "CAST(key_id AS VARCHAR)", "customer": "customer_id", "feature": "feature"}
 
 
-def upsert(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
-           daily: Decimal | None, monthly: Decimal | None, block: bool) -> int:
-    """One budget per scope (and key, for a customer or feature): setting it again replaces it."""
-    control(con).execute("DELETE FROM budgets WHERE scope = ? AND scope_value IS NOT DISTINCT FROM ? "
-                         "AND key_id IS NOT DISTINCT FROM ?", [scope, value, key_id])
+def find(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None) -> dict | None:
+    """The one budget of a scope (and key, for a customer or feature), or None."""
+    row = control(con).execute(f"SELECT {', '.join(_COLUMNS)} FROM budgets WHERE scope = ? AND scope_value IS NOT "
+                               f"DISTINCT FROM ? AND key_id IS NOT DISTINCT FROM ?", [scope, value, key_id]).fetchone()
+    return dict(zip(_COLUMNS, row)) if row else None
+
+
+def add(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
+        daily: Decimal | None, monthly: Decimal | None, block: bool) -> int:
     (budget_id,) = one(control(con).execute(
         "INSERT INTO budgets (scope, scope_value, key_id, daily_usd, monthly_usd, block, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, now()) RETURNING id", [scope, value, key_id, daily, monthly, block]))
     return budget_id
+
+
+def update(con: duckdb.DuckDBPyConnection, budget_id: int, daily: Decimal | None, monthly: Decimal | None,
+           block: bool) -> None:
+    """Change a budget in place: its id, and so its alert history and the proxy's count, stay."""
+    control(con).execute("UPDATE budgets SET daily_usd = ?, monthly_usd = ?, block = ? WHERE id = ?",
+                         [daily, monthly, block, budget_id])
 
 
 def delete(con: duckdb.DuckDBPyConnection, budget_id: int) -> bool:

@@ -72,6 +72,12 @@ def labels(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
     return {key_id: name if same == 1 else f"{name} (id {key_id})" for key_id, name, same in cur.fetchall()}
 
 
+def ids_named(con: duckdb.DuckDBPyConnection, name: str) -> list[int]:
+    """The ids of the keys with this name (names need not be unique)."""
+    return [key_id for (key_id,) in control(con).execute("SELECT id FROM keys WHERE name = ? ORDER BY id",
+                                                         [name]).fetchall()]
+
+
 def revoke(con: duckdb.DuckDBPyConnection, key_id: int) -> tuple[dt.datetime, bool] | None:
     """Revoke a key: (when it was revoked, whether by this call; an earlier revoke is kept), or None
     if there is no such key."""

@@ -74,6 +74,6 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
     return dict(per_key), {"calls": calls, "hourly_rows": hours, "alerts": alerts}
 
 
-def retention_settings(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, int | None]]:
-    """(key id, plan, own retention days or None) for every key, revoked ones too."""
-    return control(con).execute("SELECT id, plan, retention_days FROM keys ORDER BY id").fetchall()
+def retention_settings(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, str, int | None]]:
+    """(key id, name, plan, own retention days or None) for every key, revoked ones too."""
+    return control(con).execute("SELECT id, name, plan, retention_days FROM keys ORDER BY id").fetchall()

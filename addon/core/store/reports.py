@@ -21,9 +21,11 @@ _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
 _COLUMN_OF = {"model": "model", "provider": "provider", "customer": "customer_id", "feature": "feature",
               "key": "key_id"}
 _TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+# A call that failed: what a report counts as an error and `calls --errors` lists.
+FAILED = "(status >= 400 OR outcome <> 'completed')"
 _METRICS = f"""
     count(*) AS calls,
-    count(*) FILTER (WHERE status >= 400 OR outcome <> 'completed') AS errors,
+    count(*) FILTER (WHERE {FAILED}) AS errors,
     count(*) FILTER (WHERE NOT priced AND usage_source NOT IN ('none', 'invalid')) AS unpriced_calls,
     count(*) FILTER (WHERE usage_source IN ('estimated', 'partial')) AS estimated_calls,
     {", ".join(f"coalesce(sum({t}), 0)::BIGINT AS {t}" for t in _TOKENS)},
@@ -42,10 +44,13 @@ def where(selection: Selection) -> tuple[str, list]:
     clauses: list[str] = ["TRUE"]
     params: list[object] = []
     for column, value in (("customer_id", selection.customer_id), ("feature", selection.feature),
-                          ("model", selection.model), ("key_id", selection.key_id)):
+                          ("model", selection.model), ("key_id", selection.key_id),
+                          ("provider", selection.provider), ("status", selection.status)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
+    if selection.errors_only:
+        clauses.append(FAILED)
     if selection.since is not None:
         clauses.append("ts >= ?")
         params.append(selection.since)
