@@ -161,6 +161,17 @@ def test_check_sends_budget_quota_and_spike_alerts_once(tmp_path):
         count = len(receiver.requests)
         again = run(tmp_path, "alerts", "check")
         assert again.output == "0 new alerts; nothing new to report.\n" and len(receiver.requests) == count
+        # Raised above today's $1.50: quiet; crossed again at the raised amount: said once more.
+        run(tmp_path, "budgets", "set", "--scope", "customer:acme", "--all-keys", "--daily", "2")
+        assert run(tmp_path, "alerts", "check").output == "0 new alerts; nothing new to report.\n"
+        with writing(home_dir.db_path(tmp_path)) as con:
+            call_rows.insert(con, [row(at(max(today, now - dt.timedelta(seconds=30))), "gpt-4o", "0.75", 100,
+                                       customer="acme", key_id=1)])
+        raised = run(tmp_path, "alerts", "check")
+        assert raised.output.startswith("1 new alert\n"), raised.output
+        assert "daily budget crossed for customer acme on all keys" in raised.output
+        latest = json.loads(receiver.requests[-1][1])
+        assert latest["data"]["spent_usd"] == 2.25 and latest["data"]["budget_usd"] == 2
     finally:
         receiver.close()
 

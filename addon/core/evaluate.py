@@ -69,7 +69,9 @@ def candidates(db: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo,
             for period, limit, spent, start in (("daily", b["daily_usd"], b["spent_today_usd"], today),
                                                 ("monthly", b["monthly_usd"], b["spent_this_month_usd"], month)):
                 if limit is not None and spent >= limit:
-                    found.append((f"budget:{b['id']}:{period}:{start:%Y-%m-%d}",
+                    # The amount is part of the key: a budget keeps its id when raised, and crossing
+                    # the raised amount the same day is news again.
+                    found.append((f"budget:{b['id']}:{period}:{start:%Y-%m-%d}:{limit:g}",
                                   _budget_alert(b, period, limit, spent)))
         counts = call_rows.counts_since(con, now, month)
         for _, key_id, plan, per_hour, per_month in key_rows.active(con):
