@@ -51,8 +51,10 @@ def budgets() -> None:
 
 @budgets.command("set")
 @click.option("--scope", required=True, help="all, key:ID, customer:ID or feature:NAME.")
-@click.option("--daily", callback=_usd, help="USD per day (UTC); a budget's other period is kept.")
-@click.option("--monthly", callback=_usd, help="USD per calendar month (UTC); a budget's other period is kept.")
+@click.option("--daily", callback=_usd,
+              help="USD per day (in the quota zone, --quota-tz); a budget's other period is kept.")
+@click.option("--monthly", callback=_usd,
+              help="USD per calendar month (in the quota zone); a budget's other period is kept.")
 @click.option("--clear-daily", is_flag=True, help="Remove the budget's daily amount (its monthly one stays).")
 @click.option("--clear-monthly", is_flag=True, help="Remove the budget's monthly amount (its daily one stays).")
 @click.option("--block/--no-block", default=None,
