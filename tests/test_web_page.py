@@ -295,3 +295,50 @@ def test_totals_and_chart_follow_new_calls(page, site):
         assert time.monotonic() < deadline, "the totals did not follow the new call"
         time.sleep(0.2)
     page.wait_for_selector("#by-customer tr[data-value='live-totals']", timeout=5_000)
+
+
+def _insert(site, rows: list[dict]) -> None:
+    with writing(home_dir.db_path(site["home"])) as con:
+        call_rows.insert(con, rows)
+
+
+def _utc_text(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).replace(tzinfo=None).isoformat()
+
+
+_BARS = """() => {
+  const chart = Chart.getChart(document.getElementById("chart"));
+  const sums = chart.data.labels.map((_, i) => chart.data.datasets.reduce((sum, d) => sum + d.data[i], 0));
+  return { labels: chart.data.labels, sums };
+}"""
+
+
+# Each zone gets a day of its own, weeks before the other tests' calls, so no view mixes them.
+@pytest.mark.parametrize("zone, days_back", [("America/Los_Angeles", 45), ("UTC", 60)])
+def test_todays_bar_holds_todays_spend_in_the_first_hour_of_the_day(browser, site, zone, days_back):
+    import zoneinfo
+    tz = zoneinfo.ZoneInfo(zone)
+    day = (dt.datetime.now(tz) - dt.timedelta(days=days_back)).date()
+    midnight = dt.datetime.combine(day, dt.time(), tz)
+    _insert(site, [row(_utc_text(midnight + dt.timedelta(minutes=5)), "gpt-4o", "0.08", 100, customer="early"),
+                   row(_utc_text(midnight + dt.timedelta(minutes=20)), "gpt-4o", "0.05", 100, customer="early"),
+                   row(_utc_text(midnight - dt.timedelta(days=2, hours=-3)), "gpt-4o", "1.00", 100, customer="early")])
+    errors: list[str] = []
+    context, page = _context_page(browser, errors, timezone_id=zone, viewport={"width": 1280, "height": 900})
+    try:
+        page.clock.set_fixed_time(midnight + dt.timedelta(minutes=30))  # 00:30 in the viewer's zone
+        sign_in(page, site)  # the last 7 days, by day
+        bars = page.evaluate(_BARS)
+        assert bars["labels"][-1] == f"{day:%Y-%m-%d}"
+        assert round(bars["sums"][-1], 6) == 0.13  # today's bar: the two calls of its first half hour
+        assert page.inner_text("#total-spend") == "$1.13"
+        assert round(sum(bars["sums"]), 6) == float(page.get_attribute("#total-spend", "data-value"))
+        page.click("button[data-range=today]")  # today, by hour
+        page.wait_for_url("**range=today**")
+        wait_until_drawn(page)
+        bars = page.evaluate(_BARS)
+        assert page.inner_text("#total-spend") == "$0.13"
+        assert bars["labels"] == [f"{day:%Y-%m-%d} 00:00"] and round(bars["sums"][0], 6) == 0.13
+    finally:
+        context.close()
+    assert errors == [], f"console errors: {errors}"

@@ -203,11 +203,19 @@ function showFilters(state) {
   }
 }
 
+// Every hour or day of the period as the API labels them in tz: an hour's step from `since` finds
+// them all (DST days of 23 or 25 hours included), and the period's last instant adds the bucket it
+// ends in, which that step misses when the period ends less than an hour into a day (00:30).
+function bucketLabels(bucket, range, tz) {
+  const label = bucket === "hour" ? hourLabel : dayLabel;
+  const instants = [];
+  for (let t = range.since.getTime(); t < range.until.getTime(); t += 3600000) instants.push(t);
+  instants.push(range.until.getTime() - 1);  // `until` itself is not in the period
+  return [...new Set(instants.map((t) => label(wall(new Date(t), tz))))];
+}
+
 function showChart(rows, bucket, stackName, range, tz) {
-  // Every hour or day of the period as the API labels them in tz (an hour's step finds them all,
-  // DST days of 23 or 25 hours included).
-  const labels = [...new Set(Array.from({ length: Math.ceil((range.until - range.since) / 3600000) },
-    (_, i) => (bucket === "hour" ? hourLabel : dayLabel)(wall(new Date(range.since.getTime() + i * 3600000), tz))))];
+  const labels = bucketLabels(bucket, range, tz);
   const costBy = new Map();
   for (const r of rows) costBy.set(String(r[stackName]), (costBy.get(String(r[stackName])) || 0) + (r.cost_usd || 0));
   const top = [...costBy.entries()].sort((a, b) => b[1] - a[1]).slice(0, 7).map(([name]) => name);
