@@ -170,10 +170,17 @@ def test_export_downloads_the_rows_of_the_view(page, site):
     assert sorted(r["model"] for r in rows) == ["claude-sonnet-4", "gpt-4o"]
 
 
-def test_the_by_key_table_names_the_keys(page, site):
+def test_the_by_key_and_recent_calls_tables_name_the_keys(page, site):
     sign_in(page, site)
     names = page.eval_on_selector_all("#by-key tbody tr", "rows => rows.map(r => r.cells[0].innerText)")
     assert sorted(names) == ["2", "tests"]  # key 2 of the data set was never created: its id is all there is
+    # Recent calls: the same names (key 1 is the proxy's key "tests"), the id in the cell's tooltip.
+    cells = page.eval_on_selector_all(
+        "#recent tbody tr", "rows => rows.map(r => [r.cells[1].innerText, r.cells[1].querySelector('[title]')?.title])")
+    assert {name for name, _ in cells} == {"tests", "2"}
+    key_id = site["proxy"].key_id
+    assert ["tests", f"key id {key_id}"] in cells and ["2", "key id 2"] in cells
+    assert page.get_attribute(f"#by-key tr[data-value='{key_id}'] td [title]", "title") == f"key id {key_id}"
 
 
 def test_budgets_show_their_status(page, site):

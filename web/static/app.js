@@ -142,6 +142,12 @@ const ms = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round
 const pct = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(v < 0.1 ? 1 : 0) + "%");
 const errorRate = (t) => (t.calls ? t.errors / t.calls : null);
 
+// A key as people call it (the API's key_name, as the CLI's reports show it), its id in the tooltip;
+// a key that no longer exists has only its id.
+function keyName(row) {
+  return el("span", { title: `key id ${row.key_id}` }, String(row.key_name ?? row.key_id));
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -248,7 +254,8 @@ function showBreakdown(table, rows, state) {
   const places = moneyPlaces(rows.map((r) => r.cost_usd));
   const columns = [
     // By key: the key's name (with its id when another key shares it), as `aispendtrack report --by key`.
-    [dimension, (r) => (r[key] === null ? "(none)" : String(r.key_name ?? r[key])), (r) => String(r.key_name ?? r[key])],
+    [dimension, (r) => (r[key] === null ? "(none)" : dimension === "key" ? keyName(r) : String(r[key])),
+      (r) => String(r.key_name ?? r[key])],
     ["calls", (r) => count(r.calls), (r) => r.calls],
     ["cost", (r) => money(r.cost_usd, places) + (r.unpriced_calls && r.cost_usd !== null ? "*" : ""), (r) => r.cost_usd ?? -1],
     ["share", (r) => pct(r.share), (r) => r.share ?? -1],
@@ -288,10 +295,10 @@ async function showRecent(state) {
   const page = await api("calls?" + q.toString());
   const seen = new Set([...table.querySelectorAll("tbody tr")].map((tr) => tr.dataset.id));
   const head = el("tr", {}, ...["time", "key", "provider", "model", "in", "out", "cost", "latency", "status", "customer", "feature"]
-    .map((h, i) => el("th", { class: [1, 4, 5, 6, 7].includes(i) ? "num" : "", scope: "col" }, h)));
+    .map((h, i) => el("th", { class: [4, 5, 6, 7].includes(i) ? "num" : "", scope: "col" }, h)));
   const places = moneyPlaces(page.calls.map((c) => c.cost_usd));
   const rows = page.calls.map((c) => el("tr", { dataset: { id: c.id }, class: seen.size && !seen.has(c.id) ? "new" : "" },
-    el("td", {}, timeLabel(new Date(c.ts), state.tz)), el("td", { class: "num" }, String(c.key_id)), el("td", {}, c.provider),
+    el("td", {}, timeLabel(new Date(c.ts), state.tz)), el("td", {}, keyName(c)), el("td", {}, c.provider),
     el("td", {}, c.model || "–"), el("td", { class: "num" }, count(c.input_tokens)), el("td", { class: "num" }, count(c.output_tokens)),
     el("td", { class: "num" }, money(c.cost_usd, places)), el("td", { class: "num" }, ms(c.latency_ms)),
     el("td", {}, `${c.status ?? "–"}${c.outcome === "completed" ? "" : " " + c.outcome}`),
