@@ -349,3 +349,47 @@ def test_todays_bar_holds_todays_spend_in_the_first_hour_of_the_day(browser, sit
     finally:
         context.close()
     assert errors == [], f"console errors: {errors}"
+
+
+def _budget(site, *args: str) -> int:
+    """`aispendtrack budgets set ARGS`; the new budget's id (from "Budget N for ...")."""
+    return int(run_cli(site["home"], "budgets", "set", *args).split()[1])
+
+
+def _budget_rows(page) -> dict[str, list[str]]:
+    """{scope cell: the other cells} of the budgets panel."""
+    cells = page.eval_on_selector_all("#budget-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.innerText))")
+    return {first: rest for first, *rest in cells}
+
+
+def test_a_key_sees_its_own_budgets_and_those_over_all_keys_never_another_keys(page, site):
+    own, everyone = site["proxy"].key_id, "all calls (covers all keys)"
+    other = json.loads(run_cli(site["home"], "keys", "create", "--name", "other", "--json"))["id"]
+    run_cli(site["home"], "config", "set", "quota_tz", "Asia/Tokyo")
+    added: list[int] = []
+    try:
+        # No budget of its own yet: the heading still names the zone the proxy counts days in.
+        sign_in(page, site, site["proxy"].key)
+        assert page.is_visible("#no-budgets") and page.text_content("#budget-zone") == "Asia/Tokyo"
+        added += [_budget(site, "--scope", "all", "--monthly", "500", "--block"),
+                  _budget(site, "--scope", f"key:{own}", "--daily", "2"),
+                  _budget(site, "--scope", f"key:{other}", "--daily", "3")]
+        page.reload()
+        wait_until_drawn(page)
+        assert page.is_hidden("#no-budgets")
+        rows = _budget_rows(page)
+        assert set(rows) == {f"key:{own}", everyone}  # not key:{other}'s, not customer globex's on all keys
+        assert " of $2.00 (" in rows[f"key:{own}"][0]
+        # The organisation's budget: its limit and whether it blocks, not the other keys' spend in it.
+        assert rows[everyone] == ["–", "limit $500.00 (all keys' spend not shown)", "yes"]
+        assert page.text_content("#budget-zone") == "Asia/Tokyo"
+        page.click("text=Sign out")
+        sign_in(page, site)
+        assert page.text_content("#budget-zone") == "Asia/Tokyo"
+        rows = _budget_rows(page)
+        assert set(rows) == {f"key:{own}", f"key:{other}", everyone, "customer:globex on all keys"}
+        assert " of $500.00 (" in rows[everyone][1]
+    finally:
+        run_cli(site["home"], "config", "set", "quota_tz", "UTC")
+        for budget_id in added:
+            run_cli(site["home"], "budgets", "delete", str(budget_id))

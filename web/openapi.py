@@ -69,7 +69,10 @@ SCHEMAS = {
                        "scope_value": _null(_STR),
                        "key_id": {**_null(_INT), "description": "customer/feature budgets: the key whose calls "
                                   "count; null: every key's."}, "daily_usd": _null(_NUM), "monthly_usd": _null(_NUM),
-                       "block": {"type": "boolean"}, "spent_today_usd": _NUM, "spent_this_month_usd": _NUM,
+                       "block": {"type": "boolean"},
+                       **dict.fromkeys(("spent_today_usd", "spent_this_month_usd"), {
+                           **_null(_NUM), "description": "null to a key for a budget over all calls: that spend "
+                                                         "is other keys' too."}),
                        "tz": {**_STR, "description": "The zone of today and this month (the proxy's quota_tz)."}}),
     "ReconciliationLine": {"type": "object", "required": ["bucket", "model", "status"],
                            "properties": {"bucket": _null(_TIME), "model": _null(_STR), "pending": {"type": "boolean"},

@@ -308,15 +308,24 @@ async function showRecent(state) {
   return seen.size ? page.calls.filter((c) => !seen.has(c.id)).length : 0;
 }
 
+// One wording for admins and keys: "all calls (covers all keys)", "key:3", "customer:acme of key 3",
+// "customer:acme on all keys".
+function budgetLabel(b) {
+  if (b.scope === "all") return "all calls (covers all keys)";
+  const owner = b.key_id !== null ? ` of key ${b.key_id}` : b.scope === "customer" || b.scope === "feature" ? " on all keys" : "";
+  return `${b.scope}:${b.scope_value}${owner}`;
+}
+
 function showBudgets(budgets) {
   const table = document.getElementById("budget-table");
   document.getElementById("no-budgets").hidden = budgets.length > 0;
-  const used = (spent, limit) => limit === null ? money(spent)
+  // A key is not shown the spend of a budget over all keys (null): that is other keys' spend too.
+  const used = (spent, limit) => spent === null ? (limit === null ? "–" : `limit ${money(limit)} (all keys' spend not shown)`)
+    : limit === null ? money(spent)
     : `${money(spent)} of ${money(limit)} (${pct(spent / limit)})${spent >= limit ? " — over" : ""}`;
   const head = el("tr", {}, ...["scope", "today", "this month", "blocks calls"].map((h, i) => el("th", { class: i === 1 || i === 2 ? "num" : "", scope: "col" }, h)));
   const rows = budgets.map((b) => el("tr", { class: (b.daily_usd !== null && b.spent_today_usd >= b.daily_usd) || (b.monthly_usd !== null && b.spent_this_month_usd >= b.monthly_usd) ? "over" : "" },
-    el("td", {}, b.scope + (b.scope_value ? ":" + b.scope_value : "")
-      + (b.key_id !== null ? ` of key ${b.key_id}` : b.scope === "customer" || b.scope === "feature" ? " on all keys" : "")),
+    el("td", {}, budgetLabel(b)),
     el("td", { class: "num" }, used(b.spent_today_usd, b.daily_usd)),
     el("td", { class: "num" }, used(b.spent_this_month_usd, b.monthly_usd)),
     el("td", {}, b.block ? "yes" : "no")));
