@@ -393,3 +393,49 @@ def test_a_key_sees_its_own_budgets_and_those_over_all_keys_never_another_keys(p
         run_cli(site["home"], "config", "set", "quota_tz", "UTC")
         for budget_id in added:
             run_cli(site["home"], "budgets", "delete", str(budget_id))
+
+
+_PHONE = """() => {
+  const inputs = ["custom-from", "custom-to"].map((id) => {
+    const input = document.getElementById(id);
+    // The same input left at its own width, beside it: what the full date needs in this font.
+    const free = Object.assign(input.cloneNode(), { id: "" });
+    free.style.cssText = "position: absolute; visibility: hidden; width: auto; min-width: 0; max-width: none";
+    input.after(free);
+    const width = (node) => node.getBoundingClientRect().width;
+    const sizes = { value: input.value, width: width(input), needs: width(free) };
+    free.remove();
+    return sizes;
+  });
+  const chart = Chart.getChart(document.getElementById("chart"));
+  return { inputs, plot: chart.chartArea.height, series: chart.data.datasets.length,
+           scrollWidth: document.documentElement.scrollWidth, viewport: innerWidth, height: innerHeight };
+}"""
+
+
+def test_the_page_fits_a_phone(browser, site):
+    first = (dt.datetime.now(dt.UTC) - dt.timedelta(days=90)).replace(hour=12, minute=0, second=0, microsecond=0)
+    customers = [f"customer-with-a-long-name-{n}" for n in range(9)]  # seven series, "other", a legend of many lines
+    _insert(site, [row(_utc_text(first + dt.timedelta(days=n % 7, minutes=n)), "gpt-4o", f"0.{n + 1}", 100,
+                       customer=name) for n, name in enumerate(customers)])
+    last = first + dt.timedelta(days=6)
+    errors: list[str] = []
+    context, page = _context_page(browser, errors, viewport={"width": 390, "height": 844}, timezone_id="UTC",
+                                  is_mobile=True, has_touch=True, device_scale_factor=3)
+    try:
+        sign_in(page, site)
+        page.goto(f"{site['url']}/?range=custom&from={first:%Y-%m-%d}&to={last:%Y-%m-%d}&stack=customer")
+        wait_until_drawn(page)
+        found = page.evaluate(_PHONE)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+        page.locator(".chart").screenshot(path=str(ARTIFACTS / "dashboard-phone-chart.png"))
+        assert found["series"] == 8 and page.get_attribute("#total-spend", "data-value") == "4.5"
+        assert [i["value"] for i in found["inputs"]] == [f"{first:%Y-%m-%d}", f"{last:%Y-%m-%d}"]  # the period shown
+        for sizes in found["inputs"]:  # the whole date, not "mm/dd/yyy"
+            assert sizes["width"] >= sizes["needs"] - 0.5, found
+        assert found["plot"] >= 0.2 * found["height"], found  # the bars, not a 50 px strip under the legend
+        assert found["scrollWidth"] <= found["viewport"], found
+    finally:
+        context.close()
+    assert errors == [], f"console errors: {errors}"

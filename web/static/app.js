@@ -241,11 +241,27 @@ function showChart(rows, bucket, stackName, range, tz) {
     options: {
       animation: false, maintainAspectRatio: false, interaction: { mode: "index", intersect: false },
       scales: { x: { stacked: true }, y: { stacked: true, ticks: { callback: (v) => "$" + Number(v.toPrecision(3)) } } },
-      plugins: { tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${money(c.parsed.y)}` } } },
+      plugins: {
+        tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${money(c.parsed.y)}` } },
+        legend: NARROW.matches ? { position: "bottom", labels: { boxWidth: 12, padding: 6, font: { size: 11 } } } : {},
+      },
+      onResize: (c) => requestAnimationFrame(() => keepPlotHeight(c)),
     },
   };
   if (chart) chart.destroy();
   chart = new Chart(document.getElementById("chart"), config);
+  keepPlotHeight(chart);
+}
+
+// On a phone the legend wraps to many lines, and Chart.js takes them from the bars: the chart's box
+// grows by what the legend and axes take, so the bars keep MIN_PLOT pixels at any width.
+const NARROW = matchMedia("(max-width: 600px)");
+const MIN_PLOT = 200;
+function keepPlotHeight(c) {
+  if (!c.chartArea) return;  // destroyed meanwhile
+  const box = c.canvas.parentElement;
+  const needed = `${Math.ceil(c.height - (c.chartArea.bottom - c.chartArea.top) + MIN_PLOT)}px`;
+  if (box.style.minHeight !== needed) { box.style.minHeight = needed; c.resize(); }
 }
 
 function showBreakdown(table, rows, state) {
@@ -369,6 +385,10 @@ async function refresh() {
   const range = period(state);
   document.querySelectorAll(".ranges button[data-range]").forEach((b) => b.classList.toggle("active", b.dataset.range === state.range));
   document.getElementById("stack").value = state.stack;
+  if (state.range === "custom") {  // a bookmarked period shows its dates
+    document.getElementById("custom-from").value = state.from;
+    document.getElementById("custom-to").value = state.to;
+  }
   document.getElementById("zone-name").textContent = state.tz;
   const zoneSwitch = document.getElementById("zone-switch");
   zoneSwitch.hidden = LOCAL_ZONE === "UTC";
