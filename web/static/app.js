@@ -258,7 +258,7 @@ function showChart(rows, bucket, stackName, range, tz) {
 const NARROW = matchMedia("(max-width: 600px)");
 const MIN_PLOT = 200;
 function keepPlotHeight(c) {
-  if (!c.chartArea) return;  // destroyed meanwhile
+  if (c !== chart || !c.chartArea) return;  // replaced by a newer chart meanwhile
   const box = c.canvas.parentElement;
   const needed = `${Math.ceil(c.height - (c.chartArea.bottom - c.chartArea.top) + MIN_PLOT)}px`;
   if (box.style.minHeight !== needed) { box.style.minHeight = needed; c.resize(); }
