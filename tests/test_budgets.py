@@ -218,6 +218,11 @@ def test_a_budget_over_other_keys_calls_refuses_without_its_figures(tmp_path, up
         with pytest.raises(openai.RateLimitError) as raised:
             proxy.openai(headers={"x-aispendtrack-key": second["key"]}).chat.completions.create(**CHAT)
         assert "budget exceeded" in raised.value.message and "$" not in raised.value.message
+        # The web API lists it to every key, as the page does: its limit, not the spend of the others.
+        for key in (first, second):
+            [shown] = _api_budgets(home, key["key"])
+            assert (shown["scope"], shown["daily_usd"], shown["block"]) == ("all", 0.001, True)
+            assert shown["spent_today_usd"] is None and shown["spent_this_month_usd"] is None
     finally:
         proxy.stop()
 

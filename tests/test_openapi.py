@@ -41,6 +41,7 @@ def site(tmp_path_factory):
         reconciliations.record(con, "openai", day.replace(day=1), day + dt.timedelta(days=1), now,
                                reconcile.total(lines), lines)
     run_cli(home, "budgets", "set", "--scope", "customer:cust-1", "--all-keys", "--daily", "5", "--block")
+    run_cli(home, "budgets", "set", "--scope", "all", "--monthly", "1000")  # shown to keys too, without spend
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
     key = json.loads(run_cli(home, "keys", "create", "--name", "api", "--json"))["key"]
     server = WebServer("127.0.0.1", 0, create_app(home))
@@ -74,6 +75,7 @@ CASES = [  # (method, path, params or JSON body, who, expected status)
     ("GET", "/calls", {"key": 999}, "key", 403),
     ("GET", "/calls", {"cursor": "not-ours"}, "admin", 400),
     ("GET", "/budgets", {}, "admin", 200),
+    ("GET", "/budgets", {}, "key", 200),
     ("GET", "/reconciliation", {}, "admin", 200),
     ("GET", "/reconciliation", {}, "key", 403),
     ("GET", "/gdpr/export", {"customer": "cust-3"}, "admin", 200),

@@ -170,10 +170,17 @@ def test_export_downloads_the_rows_of_the_view(page, site):
     assert sorted(r["model"] for r in rows) == ["claude-sonnet-4", "gpt-4o"]
 
 
-def test_the_by_key_table_names_the_keys(page, site):
+def test_the_by_key_and_recent_calls_tables_name_the_keys(page, site):
     sign_in(page, site)
     names = page.eval_on_selector_all("#by-key tbody tr", "rows => rows.map(r => r.cells[0].innerText)")
     assert sorted(names) == ["2", "tests"]  # key 2 of the data set was never created: its id is all there is
+    # Recent calls: the same names (key 1 is the proxy's key "tests"), the id in the cell's tooltip.
+    cells = page.eval_on_selector_all(
+        "#recent tbody tr", "rows => rows.map(r => [r.cells[1].innerText, r.cells[1].querySelector('[title]')?.title])")
+    assert {name for name, _ in cells} == {"tests", "2"}
+    key_id = site["proxy"].key_id
+    assert ["tests", f"key id {key_id}"] in cells and ["2", "key id 2"] in cells
+    assert page.get_attribute(f"#by-key tr[data-value='{key_id}'] td [title]", "title") == f"key id {key_id}"
 
 
 def test_budgets_show_their_status(page, site):
@@ -295,3 +302,140 @@ def test_totals_and_chart_follow_new_calls(page, site):
         assert time.monotonic() < deadline, "the totals did not follow the new call"
         time.sleep(0.2)
     page.wait_for_selector("#by-customer tr[data-value='live-totals']", timeout=5_000)
+
+
+def _insert(site, rows: list[dict]) -> None:
+    with writing(home_dir.db_path(site["home"])) as con:
+        call_rows.insert(con, rows)
+
+
+def _utc_text(at: dt.datetime) -> str:
+    return at.astimezone(dt.UTC).replace(tzinfo=None).isoformat()
+
+
+_BARS = """() => {
+  const chart = Chart.getChart(document.getElementById("chart"));
+  const sums = chart.data.labels.map((_, i) => chart.data.datasets.reduce((sum, d) => sum + d.data[i], 0));
+  return { labels: chart.data.labels, sums };
+}"""
+
+
+# Each zone gets a day of its own, weeks before the other tests' calls, so no view mixes them.
+@pytest.mark.parametrize("zone, days_back", [("America/Los_Angeles", 45), ("UTC", 60)])
+def test_todays_bar_holds_todays_spend_in_the_first_hour_of_the_day(browser, site, zone, days_back):
+    import zoneinfo
+    tz = zoneinfo.ZoneInfo(zone)
+    day = (dt.datetime.now(tz) - dt.timedelta(days=days_back)).date()
+    midnight = dt.datetime.combine(day, dt.time(), tz)
+    _insert(site, [row(_utc_text(midnight + dt.timedelta(minutes=5)), "gpt-4o", "0.08", 100, customer="early"),
+                   row(_utc_text(midnight + dt.timedelta(minutes=20)), "gpt-4o", "0.05", 100, customer="early"),
+                   row(_utc_text(midnight - dt.timedelta(days=2, hours=-3)), "gpt-4o", "1.00", 100, customer="early")])
+    errors: list[str] = []
+    context, page = _context_page(browser, errors, timezone_id=zone, viewport={"width": 1280, "height": 900})
+    try:
+        page.clock.set_fixed_time(midnight + dt.timedelta(minutes=30))  # 00:30 in the viewer's zone
+        sign_in(page, site)  # the last 7 days, by day
+        bars = page.evaluate(_BARS)
+        assert bars["labels"][-1] == f"{day:%Y-%m-%d}"
+        assert round(bars["sums"][-1], 6) == 0.13  # today's bar: the two calls of its first half hour
+        assert page.inner_text("#total-spend") == "$1.13"
+        assert round(sum(bars["sums"]), 6) == float(page.get_attribute("#total-spend", "data-value"))
+        page.click("button[data-range=today]")  # today, by hour
+        page.wait_for_url("**range=today**")
+        wait_until_drawn(page)
+        bars = page.evaluate(_BARS)
+        assert page.inner_text("#total-spend") == "$0.13"
+        assert bars["labels"] == [f"{day:%Y-%m-%d} 00:00"] and round(bars["sums"][0], 6) == 0.13
+    finally:
+        context.close()
+    assert errors == [], f"console errors: {errors}"
+
+
+def _budget(site, *args: str) -> int:
+    """`aispendtrack budgets set ARGS`; the new budget's id (from "Budget N for ...")."""
+    return int(run_cli(site["home"], "budgets", "set", *args).split()[1])
+
+
+def _budget_rows(page) -> dict[str, list[str]]:
+    """{scope cell: the other cells} of the budgets panel."""
+    cells = page.eval_on_selector_all("#budget-table tbody tr", "rs => rs.map(r => [...r.cells].map(c => c.innerText))")
+    return {first: rest for first, *rest in cells}
+
+
+def test_a_key_sees_its_own_budgets_and_those_over_all_keys_never_another_keys(page, site):
+    own, everyone = site["proxy"].key_id, "all calls (covers all keys)"
+    other = json.loads(run_cli(site["home"], "keys", "create", "--name", "other", "--json"))["id"]
+    run_cli(site["home"], "config", "set", "quota_tz", "Asia/Tokyo")
+    added: list[int] = []
+    try:
+        # No budget of its own yet: the heading still names the zone the proxy counts days in.
+        sign_in(page, site, site["proxy"].key)
+        assert page.is_visible("#no-budgets") and page.text_content("#budget-zone") == "Asia/Tokyo"
+        added += [_budget(site, "--scope", "all", "--monthly", "500", "--block"),
+                  _budget(site, "--scope", f"key:{own}", "--daily", "2"),
+                  _budget(site, "--scope", f"key:{other}", "--daily", "3")]
+        page.reload()
+        wait_until_drawn(page)
+        assert page.is_hidden("#no-budgets")
+        rows = _budget_rows(page)
+        assert set(rows) == {f"key:{own}", everyone}  # not key:{other}'s, not customer globex's on all keys
+        assert " of $2.00 (" in rows[f"key:{own}"][0]
+        # The organisation's budget: its limit and whether it blocks, not the other keys' spend in it.
+        assert rows[everyone] == ["–", "limit $500.00 (all keys' spend not shown)", "yes"]
+        assert page.text_content("#budget-zone") == "Asia/Tokyo"
+        page.click("text=Sign out")
+        sign_in(page, site)
+        assert page.text_content("#budget-zone") == "Asia/Tokyo"
+        rows = _budget_rows(page)
+        assert set(rows) == {f"key:{own}", f"key:{other}", everyone, "customer:globex on all keys"}
+        assert " of $500.00 (" in rows[everyone][1]
+    finally:
+        run_cli(site["home"], "config", "set", "quota_tz", "UTC")
+        for budget_id in added:
+            run_cli(site["home"], "budgets", "delete", str(budget_id))
+
+
+_PHONE = """() => {
+  const inputs = ["custom-from", "custom-to"].map((id) => {
+    const input = document.getElementById(id);
+    // The same input left at its own width, beside it: what the full date needs in this font.
+    const free = Object.assign(input.cloneNode(), { id: "" });
+    free.style.cssText = "position: absolute; visibility: hidden; width: auto; min-width: 0; max-width: none";
+    input.after(free);
+    const width = (node) => node.getBoundingClientRect().width;
+    const sizes = { value: input.value, width: width(input), needs: width(free) };
+    free.remove();
+    return sizes;
+  });
+  const chart = Chart.getChart(document.getElementById("chart"));
+  return { inputs, plot: chart.chartArea.height, series: chart.data.datasets.length,
+           scrollWidth: document.documentElement.scrollWidth, viewport: innerWidth, height: innerHeight };
+}"""
+
+
+def test_the_page_fits_a_phone(browser, site):
+    first = (dt.datetime.now(dt.UTC) - dt.timedelta(days=90)).replace(hour=12, minute=0, second=0, microsecond=0)
+    customers = [f"customer-with-a-long-name-{n}" for n in range(9)]  # seven series, "other", a legend of many lines
+    _insert(site, [row(_utc_text(first + dt.timedelta(days=n % 7, minutes=n)), "gpt-4o", f"0.{n + 1}", 100,
+                       customer=name) for n, name in enumerate(customers)])
+    last = first + dt.timedelta(days=6)
+    errors: list[str] = []
+    context, page = _context_page(browser, errors, viewport={"width": 390, "height": 844}, timezone_id="UTC",
+                                  is_mobile=True, has_touch=True, device_scale_factor=3)
+    try:
+        sign_in(page, site)
+        page.goto(f"{site['url']}/?range=custom&from={first:%Y-%m-%d}&to={last:%Y-%m-%d}&stack=customer")
+        wait_until_drawn(page)
+        found = page.evaluate(_PHONE)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
+        page.locator(".chart").screenshot(path=str(ARTIFACTS / "dashboard-phone-chart.png"))
+        assert found["series"] == 8 and page.get_attribute("#total-spend", "data-value") == "4.5"
+        assert [i["value"] for i in found["inputs"]] == [f"{first:%Y-%m-%d}", f"{last:%Y-%m-%d}"]  # the period shown
+        for sizes in found["inputs"]:  # the whole date, not "mm/dd/yyy"
+            assert sizes["width"] >= sizes["needs"] - 0.5, found
+        assert found["plot"] >= 0.2 * found["height"], found  # the bars, not a 50 px strip under the legend
+        assert found["scrollWidth"] <= found["viewport"], found
+    finally:
+        context.close()
+    assert errors == [], f"console errors: {errors}"

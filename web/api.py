@@ -88,15 +88,21 @@ def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
 
 @api.get("/budgets")
 def budgets():
-    """Budgets with today's and this month's spend (in the quota time zone); a key sees only the
-    budgets that count its own calls alone (on the key, or on a customer or feature of the key)."""
+    """Budgets with today's and this month's spend (in the quota time zone). A key sees the budgets
+    that count its own calls alone (on the key, or on a customer or feature of the key) and those
+    over all calls (scope ``all``), the latter without their spend: that is other keys' too (as the
+    429 of such a budget shows no figures). Never a budget of another key, nor another key's tags."""
     principal = g.principal
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
         zone = config.quota_zone(con)
         rows = with_spend(con, dt.datetime.now(dt.UTC), zone)
+    visible = []
     for row in rows:
         row["tz"] = zone.key  # the zone of "today" and "this month", as the proxy counts them
-    visible = [b for b in rows if principal.is_admin or Budget.from_row(b).owned_by(principal.key_id)]
+        if principal.is_admin or Budget.from_row(row).owned_by(principal.key_id):
+            visible.append(row)
+        elif row["scope"] == "all":
+            visible.append({**row, "spent_today_usd": None, "spent_this_month_usd": None})
     return jsonify([json_row(b) for b in visible])
 
 

@@ -46,7 +46,8 @@ _GROUP_KEYS = {"model": _null(_STR), "provider": _STR, "customer_id": _null(_STR
                "key_name": {**_null(_STR), "description": "With key_id: the key's name, and its id when another "
                                                           "key has the same name."}, "day": {**_STR, "format": "date"},
                "hour": {**_STR, "example": "2026-11-01 13:00"}, "month": {**_STR, "example": "2026-11"}}
-_CALL = {"id": {**_STR, "format": "uuid"}, "ts": _TIME, "key_id": _null(_INT), "provider": _STR, "endpoint": _STR,
+_CALL = {"id": {**_STR, "format": "uuid"}, "ts": _TIME, "key_id": _null(_INT), "key_name": _GROUP_KEYS["key_name"],
+         "provider": _STR, "endpoint": _STR,
          "model": _null(_STR), "stream": {"type": "boolean"}, "status": _null(_INT), "outcome": _STR,
          "error": _null(_STR), "input_tokens": _INT, "cache_read_tokens": _INT, "cache_write_tokens": _INT,
          "cache_write_1h_tokens": _INT, "output_tokens": _INT, "reasoning_tokens": _INT,
@@ -68,7 +69,10 @@ SCHEMAS = {
                        "scope_value": _null(_STR),
                        "key_id": {**_null(_INT), "description": "customer/feature budgets: the key whose calls "
                                   "count; null: every key's."}, "daily_usd": _null(_NUM), "monthly_usd": _null(_NUM),
-                       "block": {"type": "boolean"}, "spent_today_usd": _NUM, "spent_this_month_usd": _NUM,
+                       "block": {"type": "boolean"},
+                       **dict.fromkeys(("spent_today_usd", "spent_this_month_usd"), {
+                           **_null(_NUM), "description": "null to a key for a budget over all calls: that spend "
+                                                         "is other keys' too."}),
                        "tz": {**_STR, "description": "The zone of today and this month (the proxy's quota_tz)."}}),
     "ReconciliationLine": {"type": "object", "required": ["bucket", "model", "status"],
                            "properties": {"bucket": _null(_TIME), "model": _null(_STR), "pending": {"type": "boolean"},

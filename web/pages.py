@@ -11,6 +11,9 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, redirect, render_template, request, session, url_for
 
+from addon.core import config
+from addon.core.store import reading
+
 from .api import current_principal, db_path
 from .auth import authenticate, credential, end_session, same_token, start_session
 
@@ -23,7 +26,10 @@ def dashboard():
     if principal is None:
         return redirect(url_for("pages.login", next=request.full_path))
     who = "admin: all keys" if principal.is_admin else f"key {principal.key_id}"
-    return render_template("dashboard.html", who=who, csrf=_csrf_token(), admin=principal.is_admin)
+    with reading(db_path()) as con:
+        budget_zone = config.quota_zone(con).key  # named even before there is a budget to carry it
+    return render_template("dashboard.html", who=who, csrf=_csrf_token(), admin=principal.is_admin,
+                           budget_zone=budget_zone)
 
 
 @pages.get("/login")

@@ -142,6 +142,12 @@ const ms = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round
 const pct = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(v < 0.1 ? 1 : 0) + "%");
 const errorRate = (t) => (t.calls ? t.errors / t.calls : null);
 
+// A key as people call it (the API's key_name, as the CLI's reports show it), its id in the tooltip;
+// a key that no longer exists has only its id.
+function keyName(row) {
+  return el("span", { title: `key id ${row.key_id}` }, String(row.key_name ?? row.key_id));
+}
+
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -203,11 +209,19 @@ function showFilters(state) {
   }
 }
 
+// Every hour or day of the period as the API labels them in tz: an hour's step from `since` finds
+// them all (DST days of 23 or 25 hours included), and the period's last instant adds the bucket it
+// ends in, which that step misses when the period ends less than an hour into a day (00:30).
+function bucketLabels(bucket, range, tz) {
+  const label = bucket === "hour" ? hourLabel : dayLabel;
+  const instants = [];
+  for (let t = range.since.getTime(); t < range.until.getTime(); t += 3600000) instants.push(t);
+  instants.push(range.until.getTime() - 1);  // `until` itself is not in the period
+  return [...new Set(instants.map((t) => label(wall(new Date(t), tz))))];
+}
+
 function showChart(rows, bucket, stackName, range, tz) {
-  // Every hour or day of the period as the API labels them in tz (an hour's step finds them all,
-  // DST days of 23 or 25 hours included).
-  const labels = [...new Set(Array.from({ length: Math.ceil((range.until - range.since) / 3600000) },
-    (_, i) => (bucket === "hour" ? hourLabel : dayLabel)(wall(new Date(range.since.getTime() + i * 3600000), tz))))];
+  const labels = bucketLabels(bucket, range, tz);
   const costBy = new Map();
   for (const r of rows) costBy.set(String(r[stackName]), (costBy.get(String(r[stackName])) || 0) + (r.cost_usd || 0));
   const top = [...costBy.entries()].sort((a, b) => b[1] - a[1]).slice(0, 7).map(([name]) => name);
@@ -227,11 +241,27 @@ function showChart(rows, bucket, stackName, range, tz) {
     options: {
       animation: false, maintainAspectRatio: false, interaction: { mode: "index", intersect: false },
       scales: { x: { stacked: true }, y: { stacked: true, ticks: { callback: (v) => "$" + Number(v.toPrecision(3)) } } },
-      plugins: { tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${money(c.parsed.y)}` } } },
+      plugins: {
+        tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${money(c.parsed.y)}` } },
+        legend: NARROW.matches ? { position: "bottom", labels: { boxWidth: 12, padding: 6, font: { size: 11 } } } : {},
+      },
+      onResize: (c) => requestAnimationFrame(() => keepPlotHeight(c)),
     },
   };
   if (chart) chart.destroy();
   chart = new Chart(document.getElementById("chart"), config);
+  keepPlotHeight(chart);
+}
+
+// On a phone the legend wraps to many lines, and Chart.js takes them from the bars: the chart's box
+// grows by what the legend and axes take, so the bars keep MIN_PLOT pixels at any width.
+const NARROW = matchMedia("(max-width: 600px)");
+const MIN_PLOT = 200;
+function keepPlotHeight(c) {
+  if (c !== chart || !c.chartArea) return;  // replaced by a newer chart meanwhile
+  const box = c.canvas.parentElement;
+  const needed = `${Math.ceil(c.height - (c.chartArea.bottom - c.chartArea.top) + MIN_PLOT)}px`;
+  if (box.style.minHeight !== needed) { box.style.minHeight = needed; c.resize(); }
 }
 
 function showBreakdown(table, rows, state) {
@@ -240,7 +270,8 @@ function showBreakdown(table, rows, state) {
   const places = moneyPlaces(rows.map((r) => r.cost_usd));
   const columns = [
     // By key: the key's name (with its id when another key shares it), as `aispendtrack report --by key`.
-    [dimension, (r) => (r[key] === null ? "(none)" : String(r.key_name ?? r[key])), (r) => String(r.key_name ?? r[key])],
+    [dimension, (r) => (r[key] === null ? "(none)" : dimension === "key" ? keyName(r) : String(r[key])),
+      (r) => String(r.key_name ?? r[key])],
     ["calls", (r) => count(r.calls), (r) => r.calls],
     ["cost", (r) => money(r.cost_usd, places) + (r.unpriced_calls && r.cost_usd !== null ? "*" : ""), (r) => r.cost_usd ?? -1],
     ["share", (r) => pct(r.share), (r) => r.share ?? -1],
@@ -280,10 +311,10 @@ async function showRecent(state) {
   const page = await api("calls?" + q.toString());
   const seen = new Set([...table.querySelectorAll("tbody tr")].map((tr) => tr.dataset.id));
   const head = el("tr", {}, ...["time", "key", "provider", "model", "in", "out", "cost", "latency", "status", "customer", "feature"]
-    .map((h, i) => el("th", { class: [1, 4, 5, 6, 7].includes(i) ? "num" : "", scope: "col" }, h)));
+    .map((h, i) => el("th", { class: [4, 5, 6, 7].includes(i) ? "num" : "", scope: "col" }, h)));
   const places = moneyPlaces(page.calls.map((c) => c.cost_usd));
   const rows = page.calls.map((c) => el("tr", { dataset: { id: c.id }, class: seen.size && !seen.has(c.id) ? "new" : "" },
-    el("td", {}, timeLabel(new Date(c.ts), state.tz)), el("td", { class: "num" }, String(c.key_id)), el("td", {}, c.provider),
+    el("td", {}, timeLabel(new Date(c.ts), state.tz)), el("td", {}, keyName(c)), el("td", {}, c.provider),
     el("td", {}, c.model || "–"), el("td", { class: "num" }, count(c.input_tokens)), el("td", { class: "num" }, count(c.output_tokens)),
     el("td", { class: "num" }, money(c.cost_usd, places)), el("td", { class: "num" }, ms(c.latency_ms)),
     el("td", {}, `${c.status ?? "–"}${c.outcome === "completed" ? "" : " " + c.outcome}`),
@@ -293,15 +324,24 @@ async function showRecent(state) {
   return seen.size ? page.calls.filter((c) => !seen.has(c.id)).length : 0;
 }
 
+// One wording for admins and keys: "all calls (covers all keys)", "key:3", "customer:acme of key 3",
+// "customer:acme on all keys".
+function budgetLabel(b) {
+  if (b.scope === "all") return "all calls (covers all keys)";
+  const owner = b.key_id !== null ? ` of key ${b.key_id}` : b.scope === "customer" || b.scope === "feature" ? " on all keys" : "";
+  return `${b.scope}:${b.scope_value}${owner}`;
+}
+
 function showBudgets(budgets) {
   const table = document.getElementById("budget-table");
   document.getElementById("no-budgets").hidden = budgets.length > 0;
-  const used = (spent, limit) => limit === null ? money(spent)
+  // A key is not shown the spend of a budget over all keys (null): that is other keys' spend too.
+  const used = (spent, limit) => spent === null ? (limit === null ? "–" : `limit ${money(limit)} (all keys' spend not shown)`)
+    : limit === null ? money(spent)
     : `${money(spent)} of ${money(limit)} (${pct(spent / limit)})${spent >= limit ? " — over" : ""}`;
   const head = el("tr", {}, ...["scope", "today", "this month", "blocks calls"].map((h, i) => el("th", { class: i === 1 || i === 2 ? "num" : "", scope: "col" }, h)));
   const rows = budgets.map((b) => el("tr", { class: (b.daily_usd !== null && b.spent_today_usd >= b.daily_usd) || (b.monthly_usd !== null && b.spent_this_month_usd >= b.monthly_usd) ? "over" : "" },
-    el("td", {}, b.scope + (b.scope_value ? ":" + b.scope_value : "")
-      + (b.key_id !== null ? ` of key ${b.key_id}` : b.scope === "customer" || b.scope === "feature" ? " on all keys" : "")),
+    el("td", {}, budgetLabel(b)),
     el("td", { class: "num" }, used(b.spent_today_usd, b.daily_usd)),
     el("td", { class: "num" }, used(b.spent_this_month_usd, b.monthly_usd)),
     el("td", {}, b.block ? "yes" : "no")));
@@ -345,6 +385,10 @@ async function refresh() {
   const range = period(state);
   document.querySelectorAll(".ranges button[data-range]").forEach((b) => b.classList.toggle("active", b.dataset.range === state.range));
   document.getElementById("stack").value = state.stack;
+  if (state.range === "custom") {  // a bookmarked period shows its dates
+    document.getElementById("custom-from").value = state.from;
+    document.getElementById("custom-to").value = state.to;
+  }
   document.getElementById("zone-name").textContent = state.tz;
   const zoneSwitch = document.getElementById("zone-switch");
   zoneSwitch.hidden = LOCAL_ZONE === "UTC";

@@ -81,9 +81,7 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
             for row in groups:
                 row[name] = row[name].strftime(_TIME_FORMATS[dimension])
     if "key" in spec.by:
-        labels = key_rows.labels(con)
-        for row in groups:
-            row["key_name"] = labels.get(row["key_id"])
+        name_keys(con, groups)
     time_names = [n for d, n in zip(spec.by, names) if d in _TIME_FORMATS]
     groups.sort(key=lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"],
                                *[str(r[n]) for n in names]))
@@ -99,7 +97,16 @@ def calls_page(con: duckdb.DuckDBPyConnection, selection: Selection, limit: int,
         params += [after[0], after[0], after[1]]
     cur = con.execute(f"SELECT {', '.join(EXPORT_COLUMNS)} FROM calls WHERE {condition} "
                       f"ORDER BY ts DESC, id DESC LIMIT ?", [*params, limit])
-    return [dict(zip(EXPORT_COLUMNS, values)) for values in cur.fetchall()]
+    return name_keys(con, [dict(zip(EXPORT_COLUMNS, values)) for values in cur.fetchall()])
+
+
+def name_keys(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> list[dict]:
+    """Adds ``key_name`` to rows with a ``key_id``: what people call the key (keys.labels), None if
+    the key is gone. Only the names of keys the rows already hold: a key sees its own name alone."""
+    labels = key_rows.labels(con)
+    for row in rows:
+        row["key_name"] = labels.get(row["key_id"])
+    return rows
 
 
 # Text that callers or upstreams choose. A spreadsheet runs a CSV cell starting with one of
