@@ -7,7 +7,6 @@ import datetime as dt
 import click
 
 from addon.core.money import column_places, usd
-from addon.core.store import keys as key_rows
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 
@@ -30,11 +29,10 @@ def calls(obj, limit: int, selection, fmt: str) -> None:
         return
     with reading(obj.db) as con:
         rows = report_rows.calls_page(con, selection, limit, None)
-        labels = key_rows.labels(con) if fmt == "table" else {}
     places = column_places(r["cost_usd"] for r in rows)
     emit(rows, fmt, [
         ("TIME (UTC)", lambda r: r["ts"].astimezone(dt.UTC).strftime("%m-%d %H:%M:%S"), "<"),
-        ("KEY", lambda r: labels.get(r["key_id"]) or _text(r["key_id"]), "<"),
+        ("KEY", lambda r: r["key_name"] or _text(r["key_id"]), "<"),
         ("CUSTOMER", lambda r: _text(r["customer_id"]), "<"),
         ("FEATURE", lambda r: _text(r["feature"]), "<"),
         ("MODEL", lambda r: _text(r["model"]), "<"),
