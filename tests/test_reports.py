@@ -265,6 +265,25 @@ def test_calls_pages_are_newest_first_and_complete(api):
     assert [c["ts"] for c in seen] == sorted((c["ts"] for c in seen), reverse=True)
 
 
+def test_the_api_takes_the_clis_filters(api, home):
+    """provider, status and errors filter /calls, /export and /report as `calls --provider ...` does."""
+    for query, args in (("provider=anthropic", ("--provider", "anthropic")), ("errors=true", ("--errors",)),
+                        ("status=500&customer=acme", ("--status", "500", "--customer", "acme")),
+                        ("status=500&customer=globex", ("--status", "500", "--customer", "globex"))):
+        listed = [c["id"] for c in api(f"/api/v1/calls?limit=100&{query}").get_json()["calls"]]
+        assert listed == [c["id"] for c in cli_json(home, "calls", "--limit", "100", *args)], query
+        exported = [c["id"] for c in api(f"/api/v1/export?format=json&{query}").get_json()]
+        assert sorted(exported) == sorted(listed), query
+        report = api(f"/api/v1/report?by=model&{query}").get_json()
+        assert sum(g["calls"] for g in report) == len(listed), query
+    assert [c["model"] for c in api("/api/v1/calls?errors=true").get_json()["calls"]] == ["gpt-4o"]
+    assert api("/api/v1/calls?errors=false").get_json()["calls"]  # false is no filter, not "successes only"
+    for query, message in (("status=abc", "status must be a whole number from 100 to 599"),
+                           ("errors=maybe", "errors must be true or false, got 'maybe'")):
+        response = api(f"/api/v1/calls?{query}")
+        assert response.status_code == 400 and message in response.get_json()["error"]["message"]
+
+
 def test_api_export_streams_the_rows(api):
     response = api("/api/v1/export?format=csv&customer=globex")
     assert response.status_code == 200 and response.mimetype == "text/csv"

@@ -156,8 +156,17 @@ def send_spooled(chunks: Iterator[bytes], filename: str, mimetype: str) -> Respo
 
 
 def _selection_args() -> dict:
+    """The filters the CLI's report, calls and export take, by the same names."""
     args = request.args
-    return {name: args.get(name) for name in ("since", "until", "customer", "feature", "model", "key", "tz")}
+    chosen: dict = {name: args.get(name) for name in ("since", "until", "customer", "feature", "model", "key",
+                                                       "tz", "provider")}
+    if "status" in args:
+        chosen["status"] = _int_arg("status", 0, 100, 599)
+    errors = args.get("errors", "false").lower()
+    if errors not in ("true", "false", "1", "0"):
+        raise ApiError(400, "bad_request", f"errors must be true or false, got {args['errors']!r}.")
+    chosen["errors"] = errors in ("true", "1")
+    return chosen
 
 
 def _scoped(selection: Selection) -> Selection:

@@ -107,6 +107,10 @@ _SELECTION = [
     _query("model", "Only calls of this model (as recorded)."),
     _query("key", "Only calls of this key id (a key may only ask for its own).", _KEY_ID),
     _query("tz", "IANA time zone for dates and for day, hour and month groups; default UTC."),
+    _query("provider", "Only calls to this provider (`openai`, `anthropic`, ...)."),
+    _query("status", "Only calls answered with this HTTP status.", {"type": "integer", "minimum": 100,
+                                                                    "maximum": 599}),
+    _query("errors", "Only failed calls (what a report counts as errors).", {"type": "boolean", "default": False}),
 ]
 
 
