@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import click
 import duckdb
 
 from addon.core import keys as keygen
+from addon.core.serialize import dumps
 from addon.core.store import admin as admin_rows
 from addon.core.store import compact, encryption, lake, reading, shared, writing
 from addon.core.store import sessions as session_rows
@@ -32,7 +32,7 @@ def create_token(obj, name: str, as_json: bool) -> None:
     with writing(obj.db) as con:
         token_id = admin_rows.add(con, name, keygen.hash_key(token))
     if as_json:
-        click.echo(json.dumps({"token": token, "id": token_id, "name": name}))
+        click.echo(dumps({"token": token, "id": token_id, "name": name}))
         return
     click.echo(f"Created admin token {token_id} ({name}):\n\n    {token}\n")
     click.echo("Store it now: it is shown only once. Send it as `Authorization: Bearer <token>`.")
