@@ -105,6 +105,19 @@ class Proxy:
             self.process.wait(15)
 
 
+def until_admitted(call, within: float, why: str) -> None:
+    """Repeat ``call`` until the proxy stops answering it with a 429: a raised limit or budget reaches
+    the running proxy within seconds, not at once."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            call()
+            return
+        except openai.RateLimitError:
+            assert time.monotonic() < deadline, why
+            time.sleep(0.2)
+
+
 def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
                 flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = (), port: int | None = None,
                 run_under: tuple[str, ...] = ()) -> Proxy:

@@ -18,7 +18,7 @@ from addon.core.home import db_path
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import call_row, run_cli, start_proxy
+from .helpers import call_row, run_cli, start_proxy, until_admitted
 
 UTC = zoneinfo.ZoneInfo("UTC")
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
@@ -293,14 +293,7 @@ def test_following_the_429s_advice_keeps_the_monthly_cap_and_the_budget(tmp_path
         assert (after["id"], after["daily_usd"], after["monthly_usd"], after["block"]) == (before["id"], 25, 500, True)
         assert said == (f"Budget {before['id']} for customer acme of key {created['id']}: $25.00 a day (was $0.0004), "
                         f"$500.00 a month (unchanged), blocking.\n")
-        deadline = time.monotonic() + 10
-        while True:  # the proxy applies it within ~2 s
-            try:
-                client.chat.completions.create(**CHAT)
-                break
-            except openai.RateLimitError:
-                assert time.monotonic() < deadline, "the raised budget still refuses"
-                time.sleep(0.25)
+        until_admitted(lambda: client.chat.completions.create(**CHAT), 10, "the raised budget still refuses")
     finally:
         proxy.stop()
 

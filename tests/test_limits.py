@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import time
 import zoneinfo
 
 import anthropic
@@ -18,7 +17,7 @@ from addon.core.plans import Limits, limits_for
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import call_row, run_cli, start_proxy
+from .helpers import call_row, run_cli, start_proxy, until_admitted
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
@@ -97,14 +96,8 @@ def test_over_the_limit_the_sdks_get_a_429_with_retry_after_and_a_restart_keeps_
         listed = json.loads(run_cli(home, "keys", "list", "--json"))[0]
         assert (listed["used_this_hour"], listed["limit_per_hour"]) == (3, 3)
         run_cli(home, "keys", "set-limit", str(proxy.key_id), "--reset")  # back to the enterprise plan
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                restarted.openai().chat.completions.create(**CHAT)
-                break
-            except openai.RateLimitError:
-                assert time.monotonic() < deadline, "raised limit not applied within 5 s"
-                time.sleep(0.2)
+        until_admitted(lambda: restarted.openai().chat.completions.create(**CHAT), 5,
+                       "raised limit not applied within 5 s")
     finally:
         restarted.stop()
 
