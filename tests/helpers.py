@@ -105,6 +105,21 @@ class Proxy:
             self.process.wait(15)
 
 
+def hold_read_only(db: Path, seconds: float, encryption_key: str | None = None) -> subprocess.Popen:
+    """Another process holding the DuckDB file read-only for ``seconds``: the shared lock that keeps
+    every writer out. Returns once the lock is held."""
+    options = f"ENCRYPTION_KEY '{encryption_key}', READ_ONLY" if encryption_key else "READ_ONLY"
+    attach = f"ATTACH '{db}' AS held ({options})"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, time\n"
+        "con = duckdb.connect()\n"  # kept in a name: a dropped connection would let go of the file
+        f"con.execute({attach!r})\n"
+        "print('locked', flush=True)\n"
+        f"time.sleep({seconds})\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def until_admitted(call, within: float, why: str) -> None:
     """Repeat ``call`` until the proxy stops answering it with a 429: a raised limit or budget reaches
     the running proxy within seconds, not at once."""

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from .helpers import free_port
+from .helpers import free_port, hold_read_only
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "correct horse battery staple 42"
@@ -254,17 +254,6 @@ def wait_until_up(url: str) -> None:
             time.sleep(0.1)
 
 
-def _hold_encrypted(db: Path, seconds: float) -> subprocess.Popen:
-    """Another process holding the encrypted file (read-only: a shared lock that keeps writers out)."""
-    holder = subprocess.Popen([PYTHON, "-c", (
-        "import duckdb, time\n"
-        "con = duckdb.connect()\n"
-        f"con.execute(\"ATTACH '{db}' AS d (ENCRYPTION_KEY '{KEY}', READ_ONLY)\")\n"
-        "print('locked', flush=True)\n"
-        f"time.sleep({seconds})\n")], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
-
 
 @needs_httpfs
 def test_spill_files_of_an_encrypted_store_are_sealed_and_replay_every_row_once(tmp_path, monkeypatch):
@@ -286,7 +275,7 @@ def test_spill_files_of_an_encrypted_store_are_sealed_and_replay_every_row_once(
     writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None,
                     spill_after_rows=5, spill_after_seconds=3600)
     writer.load_keys_now()
-    holder = _hold_encrypted(db, 60)
+    holder = hold_read_only(db, 60, KEY)
     try:
         for n in range(12):
             writer.submit(call_row(n, customer_id=marker if n % 2 == 0 else other))

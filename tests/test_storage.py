@@ -17,7 +17,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import migrations, reading, writing
 from addon.writer import Writer
 
-from .helpers import call_row, run_cli, start_proxy
+from .helpers import call_row, hold_read_only, run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -25,12 +25,15 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 def test_reading_while_the_proxy_writes_loses_nothing_and_shows_no_lock_errors(proxy, customer):
     stop = threading.Event()
     reader_results: list[subprocess.CompletedProcess] = []
+    read_seconds: list[float] = []
 
     def read_in_a_loop():
         while not stop.is_set():
+            started = time.monotonic()
             reader_results.append(subprocess.run(
                 [sys.executable, "-m", "cli", "--home", str(proxy.home), "calls", "--limit", "5", "--format", "json"],
                 capture_output=True, text=True, timeout=60))
+            read_seconds.append(time.monotonic() - started)
 
     readers = [threading.Thread(target=read_in_a_loop) for _ in range(2)]
     for reader in readers:
@@ -45,7 +48,9 @@ def test_reading_while_the_proxy_writes_loses_nothing_and_shows_no_lock_errors(p
     for reader in readers:
         reader.join()
     assert len(rows) == 200 and len({r["id"] for r in rows}) == 200
-    assert visible_after < 2.0
+    # Prompt: within the flush interval and a reader's turn on the file, measured on this machine now
+    # (a busy machine stretches both); a writer that waited for the readers to stop would take 10 s.
+    assert visible_after < 1.0 + 2 * max(read_seconds), (visible_after, max(read_seconds))
     assert reader_results and all(r.returncode == 0 for r in reader_results), \
         [r.stderr for r in reader_results if r.returncode]
     assert all(isinstance(json.loads(r.stdout), list) for r in reader_results)
@@ -76,23 +81,13 @@ def _row(n: int) -> dict:
             "latency_ms": 1.5, "ttft_ms": None}
 
 
-def _hold_lock(db_path, seconds: float) -> subprocess.Popen:
-    """Another process holding the file (read-only: a shared lock that keeps writers out)."""
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import duckdb, sys, time\n"
-        f"con = duckdb.connect({str(db_path)!r}, read_only=True)\n"
-        "print('locked', flush=True)\n"
-        f"time.sleep({seconds})\n")], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
-
 
 def test_rows_spill_while_the_database_is_locked_and_are_written_exactly_once(tmp_path):
     db, spill = tmp_path / "a.duckdb", tmp_path / "spill"
     writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None,
                     spill_after_rows=5, spill_after_seconds=3600)
     writer.load_keys_now()  # creates the schema
-    holder = _hold_lock(db, 30)
+    holder = hold_read_only(db, 30)
     try:
         rows = [_row(n) for n in range(12)]
         for row in rows:
@@ -129,7 +124,7 @@ def test_when_neither_database_nor_spill_can_be_written_rows_wait_in_memory_up_t
     writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None,
                     spill_after_rows=2, spill_after_seconds=3600, max_pending=5)
     writer.load_keys_now()
-    holder = _hold_lock(db, 30)
+    holder = hold_read_only(db, 30)
     try:
         for n in range(8):
             writer.submit(_row(n))
@@ -147,7 +142,7 @@ def test_when_neither_database_nor_spill_can_be_written_rows_wait_in_memory_up_t
 def test_spilled_rows_survive_a_restart(tmp_path, upstream, customer):
     home = tmp_path / "home"
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log")
-    holder = _hold_lock(home / "aispendtrack.duckdb", 60)
+    holder = hold_read_only(home / "aispendtrack.duckdb", 60)
     try:
         client = proxy.openai(headers={"x-customer-id": customer})
         for _ in range(3):
