@@ -6,8 +6,10 @@ import click
 from click_default_group import DefaultGroup
 
 import pricing
+from addon.core.reports import Selection
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
+from addon.core.store import reports as report_rows
 from addon.core.wording import plural
 from pricing.overrides import FILE_NAME
 
@@ -23,7 +25,8 @@ def prices() -> None:
 @format_option()
 @click.pass_obj
 def check(obj, fmt: str = "table") -> None:
-    """Validate the override file and list models seen in calls that have no price."""
+    """Validate the override file and list models seen in calls that have no price, and billable
+    endpoints the proxy forwards without metering them."""
     override_path = obj.home / FILE_NAME
     try:
         book = pricing.PriceBook(override_path)
@@ -31,12 +34,15 @@ def check(obj, fmt: str = "table") -> None:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
         rows = call_rows.unpriced_models(con)
-    if fmt != "table":
-        emit(rows, fmt, [])
+        endpoints = report_rows.unmetered_endpoints(con, Selection())
+    if fmt != "table":  # one list: a model's rows name its model, an unmetered endpoint's its endpoint
+        emit([*rows, *endpoints], fmt, [])
         return
     overrides = plural(len(book.overrides), "entry", "entries") if override_path.exists() else "none"
     click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({override_path}): {overrides}")
     _show_patches(book.patches)
+    if endpoints:
+        _show_unmetered(endpoints)
     if not rows:
         click.echo("Every metered call so far has a price.")
         return
@@ -45,6 +51,16 @@ def check(obj, fmt: str = "table") -> None:
     emit(rows, "table", [
         ("PROVIDER", lambda r: r["provider"], "<"), ("MODEL", lambda r: r["model"], "<"),
         ("TIER", lambda r: r["service_tier"] or "standard", "<"), ("CALLS", lambda r: f"{r['calls']:,}", ">"),
+        ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
+    ])
+
+
+def _show_unmetered(endpoints: list[dict]) -> None:
+    click.echo(f"\n{plural(sum(r['calls'] for r in endpoints), 'call')} went to endpoints the provider bills but "
+               f"AiSpendTrack does not meter (cost shown as 'unpriced', never $0; docs/coverage.md):\n")
+    emit(endpoints, "table", [
+        ("PROVIDER", lambda r: r["provider"], "<"), ("ENDPOINT (not metered)", lambda r: r["endpoint"], "<"),
+        ("CALLS", lambda r: f"{r['calls']:,}", ">"),
         ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
     ])
 
