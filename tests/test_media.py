@@ -11,6 +11,7 @@ import json
 from decimal import Decimal
 
 import httpx
+import openai
 import pytest
 
 from . import media_upstream as fake
@@ -208,3 +209,21 @@ def test_a_large_upload_is_forwarded_whole_and_priced_from_its_header(proxy, med
     [row] = proxy.rows(customer, timeout=10)
     assert media.last().body.count(audio) == 1
     assert row["usage_source"] == "estimated" and Decimal(str(row["audio_seconds"])) == 600
+
+
+def test_a_blocking_budget_counts_speech_and_images_in_dollars(tmp_path, media):
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:speaker", "--key", str(created["id"]), "--daily", "0.005",
+            "--block")
+    proxy = start_proxy(home, media.url, tmp_path / "proxy.log", key=created["key"])
+    try:
+        client = _client(proxy, headers={"x-customer-id": "speaker"})
+        client.audio.speech.create(model="tts-1-hd", voice="alloy", input="y" * 100)  # 100 x $30/M: $0.003
+        client.images.generate(model="gpt-image-1", prompt="one two three")  # (3 x $5 + 4160 x $40)/M: $0.166415
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.audio.speech.create(model="tts-1-hd", voice="alloy", input="z")
+        assert "budget exceeded for customer speaker" in raised.value.message
+        assert "$0.169415 spent of the daily budget of $0.005." in raised.value.message
+    finally:
+        proxy.stop()
