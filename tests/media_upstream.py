@@ -224,6 +224,13 @@ def _transcriptions(handler, body: bytes, content_type: str) -> None:
         usage = {"type": "tokens", "input_tokens": audio + TRANSCRIBE_TEXT_TOKENS,
                  "input_token_details": {"text_tokens": TRANSCRIBE_TEXT_TOKENS, "audio_tokens": audio},
                  "output_tokens": TRANSCRIPT_TOKENS, "total_tokens": audio + TRANSCRIBE_TEXT_TOKENS + TRANSCRIPT_TOKENS}
+    if fields.get("stream") == b"true":  # gpt-4o transcribe models only
+        if model == b"whisper-1":
+            raise BadRequest("Streaming is not supported for whisper-1.")
+        events = [{"type": "transcript.text.delta", "delta": word + " "} for word in TRANSCRIPT.split()]
+        events.append({"type": "transcript.text.done", "text": TRANSCRIPT, "usage": usage})
+        handler._chunks("text/event-stream", [b"data: " + json.dumps(e).encode() + b"\n\n" for e in events])
+        return
     if response_format == "verbose_json":  # duration, language and segments; whisper-1 only
         handler._json(200, {"task": "transcribe", "language": "english", "duration": seconds, "text": TRANSCRIPT,
                             "segments": [{"id": 0, "seek": 0, "start": 0.0, "end": seconds, "text": TRANSCRIPT,

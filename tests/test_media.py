@@ -117,6 +117,18 @@ def test_a_gpt_4o_transcription_is_metered_in_audio_and_text_tokens(proxy, media
     assert _usd(row["cost_usd"]) == (text * Decimal("2.5") + audio * 6 + out * 10) / M
 
 
+def test_a_streamed_gpt_4o_transcription_is_metered_from_its_done_event(proxy, media, customer):
+    stream = _client(proxy).audio.transcriptions.create(
+        model="gpt-4o-mini-transcribe", file=("a.wav", fake.wav(4.0), "audio/wav"), stream=True, **_tag(customer))
+    assert [e.type for e in stream][-1] == "transcript.text.done"
+    [row] = proxy.rows(customer)
+    audio, text, out = 40, fake.TRANSCRIBE_TEXT_TOKENS, fake.TRANSCRIPT_TOKENS
+    assert row["stream"] is True and row["usage_source"] == "reported"
+    assert (row["input_tokens"], row["input_audio_tokens"], row["output_tokens"]) == (audio + text, audio, out)
+    # gpt-4o-mini-transcribe: text input $1.25, audio input $3, text output $5 per million tokens.
+    assert _usd(row["cost_usd"]) == (text * Decimal("1.25") + audio * 3 + out * 5) / M
+
+
 def test_a_whisper_translation_without_usage_takes_the_duration_of_its_wav(proxy, media, customer):
     _client(proxy).audio.translations.create(model="whisper-1", file=("fr.wav", fake.wav(30.0), "audio/wav"),
                                              **_tag(customer))
