@@ -93,8 +93,8 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
     if error is None and meter.usage_not_requested and meter.stream and source != "reported":
         error = f"usage not requested: {meter.usage_not_requested}"
     if error is None and source == "unmetered":
-        error = f"not metered: {meter.provider.name} bills {meter.provider.endpoint(meter.path)}, AiSpendTrack " \
-                f"does not read its usage (docs/coverage.md)"
+        error = f"not metered: {meter.provider.name} bills {meter.provider.endpoint(meter.path)[:200]}, " \
+                f"AiSpendTrack does not read its usage (docs/coverage.md)"
     if error is None and observed.unknown_usage:
         error = f"usage unknown: {observed.unknown_usage}"[:200]
     return {

@@ -25,7 +25,6 @@ from decimal import Decimal
 
 # Not a count: a duration, to the millisecond.
 _FRACTIONAL = frozenset({"audio_seconds"})
-UNIT_FIELDS = ("images", "audio_seconds", "characters")
 
 
 @dataclass
@@ -59,5 +58,6 @@ class TokenUsage:
 
     @property
     def has_units(self) -> bool:
-        """Whether anything is counted in units other than tokens (images, seconds, characters)."""
-        return any(getattr(self, name) for name in UNIT_FIELDS)
+        """Whether the call is billed in units other than tokens: seconds, characters, or images
+        without tokens (a GPT Image call counts its images but is billed in tokens)."""
+        return bool(self.audio_seconds or self.characters or self.images and not self.output_tokens)

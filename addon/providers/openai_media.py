@@ -37,6 +37,7 @@ PATHS = (*IMAGES, *TRANSCRIPTS, SPEECH)
 _PER_CHARACTER = ("tts-1", "tts-1-hd")
 _MAX_AUDIO_SECONDS = Decimal(24 * 3600)
 _DONE_EVENTS = ("transcript.text.done", "speech.audio.done")
+_DONE_MARKS = tuple(f'"{kind}"'.encode() for kind in _DONE_EVENTS)
 
 
 def observe(path: str, body: object) -> Observed:
@@ -97,8 +98,8 @@ class MediaStream(StreamParser):
         self.speech = path == SPEECH
 
     def feed(self, event: str | None, data: bytes) -> None:
-        if not any(kind.encode() in data[:200] for kind in _DONE_EVENTS) and b'"error"' not in data[:200]:
-            return
+        if not any(mark in data for mark in _DONE_MARKS) and b'"error"' not in data:
+            return  # a delta: a substring search, never a JSON decode
         payload = loads(data) or {}
         if payload.get("type") in _DONE_EVENTS:
             self.observed.complete = True
