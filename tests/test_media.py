@@ -239,3 +239,28 @@ def test_a_blocking_budget_counts_speech_and_images_in_dollars(tmp_path, media):
         assert "$0.169415 spent of the daily budget of $0.005." in raised.value.message
     finally:
         proxy.stop()
+
+
+def test_a_wav_header_that_lies_about_its_length_is_measured_by_the_bytes_sent(proxy, media, customer):
+    audio = bytearray(fake.wav(3.0))
+    audio[40:44] = (0xFFFFFFF0).to_bytes(4, "little")  # "data: 4 GB", in a 96 KB file
+    _client(proxy).audio.transcriptions.create(model="whisper-1", file=("lie.wav", bytes(audio), "audio/wav"),
+                                               response_format="text", **_tag(customer))
+    [row] = proxy.rows(customer)
+    assert row["usage_source"] == "estimated" and Decimal(str(row["audio_seconds"])) == 3
+
+
+def test_hostile_multipart_bodies_are_read_within_bounds():
+    from addon import multipart
+    from addon.audio import wav_seconds
+    kind = "multipart/form-data; boundary=b0undary"
+    many = b"".join(b'--b0undary\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % n for n in range(5000))
+    assert len(multipart.read_fields(many + b"--b0undary--\r\n", kind)) == multipart.MAX_PARTS
+    unclosed = b'--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1'
+    assert multipart.read_fields(unclosed, kind) == {}  # a part without its end: not read, not guessed
+    long_value = b'--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + b"m" * 5000 + b"\r\n--b0undary--"
+    assert multipart.read_fields(long_value, kind) == {}
+    assert multipart.read_fields(b"--b0undary--", "multipart/form-data") == {}  # no boundary given
+    assert wav_seconds(b"RIFF\0\0\0\0WAVEdata\x10\0\0\0", 1000) is None  # data before fmt: no rate
+    assert wav_seconds(b"RIFF\0\0\0\0WAVEfmt \xff\xff\xff\xff", 1000) is None  # a chunk past the header
+    assert wav_seconds(b"ID3\x04" + bytes(100), 104) is None
