@@ -258,7 +258,8 @@ def test_hostile_multipart_bodies_are_read_within_bounds():
     assert len(multipart.read_fields(many + b"--b0undary--\r\n", kind)) == multipart.MAX_PARTS
     unclosed = b'--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1'
     assert multipart.read_fields(unclosed, kind) == {}  # a part without its end: not read, not guessed
-    long_value = b'--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + b"m" * 5000 + b"\r\n--b0undary--"
+    long_value = (b'--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + b"m" * 5000
+                  + b"\r\n--b0undary--")
     assert multipart.read_fields(long_value, kind) == {}
     assert multipart.read_fields(b"--b0undary--", "multipart/form-data") == {}  # no boundary given
     assert wav_seconds(b"RIFF\0\0\0\0WAVEdata\x10\0\0\0", 1000) is None  # data before fmt: no rate
