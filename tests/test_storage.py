@@ -185,6 +185,26 @@ def test_the_migration_gives_calls_that_billed_nothing_a_zero_cost(tmp_path):
     assert stored == {1: (0, True), 2: (0, True), 3: (0, True), 4: (None, False), 5: (None, False)}
 
 
+def test_the_units_migration_makes_free_looking_image_and_audio_calls_unpriced(tmp_path):
+    """Before it, images, transcriptions and speech were forwarded unmetered and stored as $0, priced."""
+    free = dict(cost_usd=Decimal(0), priced=True, usage_source="none", price_source=None, model=None)
+    rows = [call_row(1, endpoint="/v1/images/generations", **free), call_row(2, endpoint="/v1/audio/speech", **free),
+            call_row(3, endpoint="/v1/audio/transcriptions", status=400, **free),  # refused: billed nothing
+            call_row(4, endpoint="/v1/models", **free), call_row(5)]
+    with writing(tmp_path / "a.duckdb") as con:
+        con.execute("DELETE FROM schema_migrations WHERE name = 'm017_units_columns'")
+        con.execute("; ".join(f"ALTER TABLE calls DROP COLUMN {name}" for name in call_rows.UNIT_NAMES))
+        names = [n for n in rows[0] if n not in call_rows.UNIT_NAMES]
+        for row in rows:
+            con.execute(f"INSERT INTO calls ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                        [row[n] for n in names])
+        assert migrations.apply_pending(con) == ["m017_units_columns"]
+        stored = {r["input_tokens"]: (r["cost_usd"], r["priced"], r["usage_source"], r["characters"])
+                  for r in call_rows.newest(con, 10)}
+    assert stored == {1: (None, False, "unmetered", 0), 2: (None, False, "unmetered", 0), 3: (0, True, "none", 0),
+                      4: (0, True, "none", 0), 5: (Decimal("0.01"), True, "reported", 0)}
+
+
 def test_a_sum_of_stored_costs_is_the_cost_of_the_summed_usage(tmp_path):
     """A cent-fraction price: 1 cache-read token of deepseek-v4-pro's promotional $0.003625 per
     million is $3.625e-9 a call; at ten decimals it was stored as $3.6e-9 and 1,000 calls lost 0.7%."""
