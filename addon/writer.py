@@ -49,17 +49,20 @@ _ROW_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputExcep
 
 
 class Writer(threading.Thread):
-    def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict],
+    def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict | list[dict]],
                  on_refresh: Callable[[object], None], flush_interval: float = 1.0,
                  key_refresh: float = 2.0, spill_after_rows: int = 10_000, spill_after_seconds: float = 30.0,
                  on_cycle: Callable[[], None] | None = None, max_pending: int = 500_000,
-                 sync: Callable[[], None] | None = None, sync_interval: float = 0.25):
+                 sync: Callable[[], None] | None = None, sync_interval: float = 0.25,
+                 settle: Callable[[object, list[dict]], None] | None = None):
         super().__init__(name="aispendtrack-writer", daemon=True)
         self.db_path, self.spill_dir = db_path, spill_dir
         cfg = shared.configured()
         self.where = f"the shared storage at {cfg.where}" if cfg else str(db_path)  # for log lines
         # on_refresh(connection) reloads what the request path keeps in memory (keys, limits).
         self.build_row, self.on_refresh, self.on_cycle = build_row, on_refresh, on_cycle
+        # settle(connection, rows): what rows need from the store before they are stored (batches.py).
+        self.settle = settle
         # Shared mode: sync() sends this replica's budget spend and fetches everyone's, every
         # sync_interval, between flushes, so a budget crossed on one replica blocks all within 1 s.
         self.sync, self.sync_interval = sync, sync_interval
@@ -169,6 +172,8 @@ class Writer(threading.Thread):
     def _store(self, con, rows: list[dict], skip_existing: bool = False) -> None:
         """Insert ``rows`` and empty the list. Rows the table refuses go to quarantine; a failure of
         the database itself raises, leaving the rows not yet stored in the list."""
+        if self.settle is not None:
+            self.settle(con, rows)
         if is_shared(con):  # rows of a subject erased meanwhile (on any replica) are not stored
             if self._erasure_key is None:
                 self._erasure_key = subjects.erasure_key(con, self.db_path.parent)
@@ -211,7 +216,8 @@ class Writer(threading.Thread):
             except queue.Empty:
                 return
             # build_row never raises: on a parsing or pricing bug it falls back to a row without usage.
-            self._pending.append(self.build_row(item))
+            built = self.build_row(item)
+            self._pending.extend(built if isinstance(built, list) else [built])
 
     def _on_failure(self, exc: Exception) -> None:
         now = time.monotonic()
