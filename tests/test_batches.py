@@ -192,6 +192,23 @@ def test_a_download_cut_short_records_nothing_and_the_next_complete_one_records_
     assert rows[0]["input_tokens"] == sum(anthropic_usage(n, False)["input_tokens"] for n in range(49))
 
 
+def test_gdpr_export_lists_a_customers_batches_and_delete_leaves_them_nameless(proxy, fake):
+    from .helpers import run_cli
+
+    client = proxy.anthropic(headers=tags("erase-me", "nightly-summaries"))
+    batch_id = ended_batch(client, fake, ["short-0", "failed-1"])
+    list(client.messages.batches.results(batch_id))
+    assert len(usage_rows(proxy, ("erase-me",), calls=5)) == 1
+    document = json.loads(run_cli(proxy.home, "gdpr", "export", "--customer", "erase-me"))
+    assert [(b["batch_id"], b["feature"]) for b in document["batches"]] == [(batch_id, "nightly-summaries")]
+    run_cli(proxy.home, "gdpr", "delete", "--customer", "erase-me", "--yes")
+    exported = run_cli(proxy.home, "gdpr", "export", "--customer", "erase-me")
+    assert "Nothing is stored about customer erase-me." in exported
+    # The batch stays known: downloading its results again records nothing, for anyone.
+    list(proxy.anthropic(headers=tags("after-erase")).messages.batches.results(batch_id))
+    assert usage_rows(proxy, ("after-erase",), calls=2) == []
+
+
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -247,3 +264,36 @@ def test_a_200_mb_results_file_streams_through_in_bounded_memory_every_line_reco
             assert max(r["output_tokens"] for r in rows) == sum(300 + n for n in range(3999))
         finally:
             proxy.stop()
+
+
+def test_shared_storage_a_batch_created_on_one_replica_is_recorded_once_whichever_downloads_it(tmp_path,
+                                                                                              monkeypatch):
+    from .helpers import run_cli
+    from .pg import Cluster
+
+    cluster = Cluster()
+    try:
+        monkeypatch.setenv("AISPENDTRACK_CATALOG", cluster.create_database("batches"))
+        monkeypatch.setenv("AISPENDTRACK_DATA_PATH", str(tmp_path / "lake"))
+        key = json.loads(run_cli(tmp_path / "admin", "keys", "create", "--name", "shared", "--json"))["key"]
+        with FakeProvider() as fake:
+            fake.batches = BatchApi()
+            replicas = [start_proxy(tmp_path / f"replica{i}", fake.url, tmp_path / f"replica{i}.log", key=key)
+                        for i in range(2)]
+            try:
+                creator = replicas[0].anthropic(headers=tags("shared-acme", "nightly-summaries"))
+                batch_id = ended_batch(creator, fake, ["short-0", "short-1", "failed-2"])
+                for replica in (replicas[1], replicas[0], replicas[1]):
+                    results = list(replica.anthropic(headers=tags("shared-ops")).messages.batches.results(batch_id))
+                    assert len(results) == 3
+                # create, 2 retrieves, then 3 x (a retrieve and the results)
+                rows = usage_rows(replicas[0], ("shared-acme", "shared-ops"), calls=9, timeout=30)
+            finally:
+                for replica in replicas:
+                    replica.stop()
+        assert len(rows) == 1
+        assert (rows[0]["customer_id"], rows[0]["feature"]) == ("shared-acme", "nightly-summaries")
+        assert rows[0]["input_tokens"] == 500 + 501
+        assert cost(rows[0]) == (Decimal(1001) * Decimal("1.5") + Decimal(601) * Decimal("7.5")) / M
+    finally:
+        cluster.remove()

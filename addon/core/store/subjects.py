@@ -128,7 +128,7 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
     counts["budgets"] = _deleted(db, "DELETE FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[])) RETURNING id",
                                  [budget_ids])
     # A batch stays known (its usage is recorded once), no longer naming whose it was.
-    column = rows_condition.split(" ")[0]
+    column = "customer_id" if subject.kind == "customer" else "key_id"
     counts["batches"] = _deleted(db, f"UPDATE batches SET {column} = NULL WHERE {rows_condition} RETURNING batch_id",
                                  rows_params)
     if subject.kind == "key":
