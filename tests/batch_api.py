@@ -18,6 +18,7 @@ import itertools
 import json
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 
 _ids = itertools.count(1)
@@ -52,6 +53,7 @@ class BatchApi:
     malformed_every: int = 0       # every n-th results line is cut short (not JSON); 0: none
     cut_after_bytes: int = 0       # the results connection drops after this many bytes; 0: never
     polls_until_done: int = 2      # retrieves before the batch is done
+    gzip_objects: bool = False     # batch objects gzip-encoded for a client that accepts it
     files: dict[str, bytes] = field(default_factory=dict)
     batches: dict[str, _Batch] = field(default_factory=dict)
     results_sent: int = 0          # result files served in full
@@ -174,7 +176,8 @@ def _anthropic(api: BatchApi, handler, url: str, path: str, body: bytes) -> None
         return _json(handler, 200, _anthropic_batch(api, batch, url, poll=False))
     batch = api.batches.get(parts[3]) if len(parts) >= 4 else None
     if handler.command == "GET" and batch is not None and len(parts) == 4:
-        api.last_object = _json(handler, 200, _anthropic_batch(api, batch, url, poll=True))
+        gzip = api.gzip_objects and "gzip" in handler.headers.get("accept-encoding", "")
+        api.last_object = _json(handler, 200, _anthropic_batch(api, batch, url, poll=True), gzip)
         return None
     if handler.command == "GET" and batch is not None and parts[4:] == ["results"]:
         if batch.retrieved < api.polls_until_done:
@@ -244,11 +247,15 @@ def _openai_error(handler, status: int, message: str) -> None:
                                       "code": None}})
 
 
-def _json(handler, status: int, obj: dict) -> bytes:
+def _json(handler, status: int, obj: dict, gzip: bool = False) -> bytes:
+    """Sends ``obj``; returns its JSON bytes (before any content-encoding)."""
     data = json.dumps(obj).encode()
+    sent = zlib.compress(data, wbits=31) if gzip else data
     handler.send_response(status)
     handler.send_header("content-type", "application/json")
-    handler.send_header("content-length", str(len(data)))
+    if gzip:
+        handler.send_header("content-encoding", "gzip")
+    handler.send_header("content-length", str(len(sent)))
     handler.end_headers()
-    handler.wfile.write(data)
+    handler.wfile.write(sent)
     return data

@@ -142,18 +142,24 @@ def test_anthropic_results_come_through_the_proxy_each_request_priced_alone_once
     assert len(usage_rows(proxy, customers, calls=7)) == 1
 
 
-def test_the_batch_object_differs_from_the_providers_only_in_its_results_url(proxy, fake):
+@pytest.mark.parametrize("encoding", ["identity", "gzip"])
+def test_the_batch_object_differs_from_the_providers_only_in_its_results_url(proxy, fake, encoding):
     client = proxy.anthropic()
     batch = client.messages.batches.create(requests=messages(["one", "two"]))
     headers = {"x-aispendtrack-key": proxy.key, "x-api-key": "sk-ant-test-key", "anthropic-version": "2023-06-01",
-               "accept-encoding": "identity"}
-    for _ in range(fake.batches.polls_until_done):
-        got = httpx.get(f"{proxy.url}/v1/messages/batches/{batch.id}", headers=headers)
+               "accept-encoding": encoding}
+    fake.batches.gzip_objects = True
+    try:
+        for _ in range(fake.batches.polls_until_done):
+            got = httpx.get(f"{proxy.url}/v1/messages/batches/{batch.id}", headers=headers)
+    finally:
+        fake.batches.gzip_objects = False
     sent = fake.batches.last_object
     absolute = f"{fake.url}/v1/messages/batches/{batch.id}/results".encode()
     assert absolute in sent
+    assert got.headers.get("content-encoding", "identity") == encoding
     assert got.content == sent.replace(absolute, f"/v1/messages/batches/{batch.id}/results".encode())
-    assert got.headers["content-length"] == str(len(got.content))
+    assert int(got.headers["content-length"]) == got.num_bytes_downloaded  # the length of what was sent
 
 
 def test_unreadable_result_lines_are_counted_and_logged_and_reach_the_client_unchanged(proxy, fake):

@@ -129,6 +129,10 @@ class Anthropic(Provider):
 
     batch_endpoint = BATCHES
 
+    def endpoint(self, path: str) -> str:
+        found = _BATCH.fullmatch(path)
+        return BATCHES + "/{message_batch_id}" + (found.group(2) or "") if found else path
+
     def batch_call(self, method: str, path: str) -> BatchCall | None:
         """Results are JSON lines at the batch's own path (/results); each succeeded line has its usage."""
         if path == BATCHES:

@@ -215,6 +215,11 @@ class OpenAI(Provider):
 
     batch_endpoint = BATCHES
 
+    def endpoint(self, path: str) -> str:
+        if _BATCH.fullmatch(path):
+            return BATCHES + "/{batch_id}"
+        return "/v1/files/{file_id}/content" if _FILE_CONTENT.fullmatch(path) else path
+
     def batch_call(self, method: str, path: str) -> BatchCall | None:
         """A batch's usage is read from its output file (one line per request, each priced alone)
         as it is downloaded; the completed batch object names that file."""
