@@ -1,7 +1,8 @@
 """The proxy's one writer thread: the only code in the proxy process that touches the database.
 
 The request path only calls ``submit`` (a queue put). This thread turns finished calls into
-rows, writes them in batches, and refreshes the key snapshot from the same connection, so
+rows (a call of a batch API can add rows of the batch's usage, settled against the store before
+they are written: addon/batches.py), writes them in batches, and refreshes the key snapshot from the same connection, so
 the proxy never opens the file twice with different settings. It holds the file only while
 it flushes, so CLI and web readers in other processes get their turn in between.
 

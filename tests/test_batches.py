@@ -30,18 +30,10 @@ def tags(customer: str, feature: str = "polling") -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def fake():
-    with FakeProvider() as provider:
-        provider.batches = BatchApi()
-        yield provider
-
-
-@pytest.fixture(scope="module")
-def proxy(tmp_path_factory, fake):
-    home = tmp_path_factory.mktemp("home")
-    running = start_proxy(home, fake.url, tmp_path_factory.mktemp("logs") / "proxy.log")
-    yield running
-    running.stop()
+def fake(upstream):
+    """The module's fake provider (conftest.py), answering the batch APIs too; ``proxy`` is in front of it."""
+    upstream.batches = BatchApi()
+    return upstream
 
 
 def usage_rows(proxy, customers: tuple[str, ...], calls: int, timeout: float = 15) -> list[dict]:
