@@ -13,6 +13,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import anthropic
 import httpx
 import pytest
 
@@ -132,6 +133,15 @@ def test_anthropic_results_come_through_the_proxy_each_request_priced_alone_once
 
     assert len(list(poller.messages.batches.results(batch.id))) == 5
     assert len(usage_rows(proxy, customers, calls=7)) == 1
+
+
+def test_results_come_through_the_proxy_under_a_prefixed_base_url_too(proxy, fake):
+    client = anthropic.Anthropic(base_url=f"{proxy.url}/anthropic", api_key="sk-ant-test-key", max_retries=0,
+                                 default_headers={"x-aispendtrack-key": proxy.key, **tags("prefixed")})
+    batch_id = ended_batch(client, fake, ["short-0", "failed-1"])
+    assert [r.custom_id for r in client.messages.batches.results(batch_id)] == ["short-0", "failed-1"]
+    [row] = usage_rows(proxy, ("prefixed",), calls=5)
+    assert (row["input_tokens"], row["output_tokens"]) == (500, 300)
 
 
 @pytest.mark.parametrize("encoding", ["identity", "gzip"])
