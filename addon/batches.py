@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 NOTE = "batch_note"  # a row's key (not a column) for what settle() must do before storing it
 MAX_OBJECT_BYTES = 8 * 1024 * 1024  # a batch object, or a page of them, as decoded
 BATCH_TIER = "batch"
+LINK_WAIT_S = 10.0  # how long a download's usage waits for its batch to be known (settle)
 
 
 def point_results_here(response: http.Response, provider: Provider) -> None:
@@ -140,42 +141,56 @@ def _priced(reader: ResultsReader, book: PriceBook, provider: str,
     return out
 
 
-def settle(con, pending: list[dict], on_recorded: Callable[[dict], None]) -> None:
+def settle(con, pending: list[dict], on_recorded: Callable[[dict], None]) -> list[dict]:
     """On the writer thread, before ``pending`` is stored: remember new batches and their results
     files, and give a batch's usage rows the tags of the call that created it, once (the rows of a
-    batch recorded already are dropped). On a failure the rows not yet settled keep their notes."""
+    batch recorded already are dropped). Returns the rows to settle at a later cycle: those of a
+    batch not known yet (see _settle_one). On a failure the rows not yet settled keep their notes."""
     kept: list[dict] = []
-    claims: dict[str, tuple | None] = {}  # download -> the creator's tags, None when recorded already
+    held: list[dict] = []
+    claims: dict[str, object] = {}  # download -> what its claim found
     done = 0
     try:
         for done, row in enumerate(pending):  # noqa: B007 (read in finally)
             note = row.get(NOTE)
-            if note is None or _settle_one(con, row, note, claims, on_recorded):
+            verdict = "store" if note is None else _settle_one(con, row, note, claims, on_recorded)
+            if verdict == "hold":
+                held.append(row)
+                continue
+            if verdict == "store":
                 kept.append(row)
             row.pop(NOTE, None)
         done = len(pending)
     finally:
         pending[:] = kept + pending[done:]
+    return held
 
 
-def _settle_one(con, row: dict, note: dict, claims: dict[str, tuple | None],
-                on_recorded: Callable[[dict], None]) -> bool:
-    """Whether the row is stored."""
+def _settle_one(con, row: dict, note: dict, claims: dict[str, object],
+                on_recorded: Callable[[dict], None]) -> str:
+    """"store", "drop" (recorded already) or "hold" (a batch not known yet: in the shared mode, the
+    replica that saw it complete may not have flushed that yet; after LINK_WAIT_S it is taken as a
+    batch the proxy never saw, recorded for the call that downloaded it)."""
     tags = (row["key_id"], row["customer_id"], row["feature"])
     if "created" in note:
         batch_rows.remember(con, row["provider"], note["created"], None, tags, row["ts"])
-        return True
+        return "store"
     if "download" not in note:  # a completed batch object names its results file
         batch_rows.remember(con, row["provider"], note["batch"], note["results"], tags, row["ts"])
-        return True
-    download = note["download"]
-    if download not in claims:
-        claims[download] = batch_rows.claim(con, row["provider"], note["results"], tags, row["ts"])
+        return "store"
+    download, ref, now = note["download"], note["results"], dt.datetime.now(dt.UTC)
+    if claims.get(download, batch_rows.UNKNOWN) is batch_rows.UNKNOWN:
+        claims[download] = batch_rows.claim(con, row["provider"], ref, now)
+        if claims[download] is batch_rows.UNKNOWN and (now - row["ts"]).total_seconds() >= LINK_WAIT_S:
+            claims[download] = batch_rows.adopt(con, row["provider"], ref, tags, now)
         if claims[download] is None:
-            log.info("the results of batch %s were recorded already; this download adds nothing", note["results"])
+            log.info("the results of batch %s were recorded already; this download adds nothing", ref)
     creator = claims[download]
+    if creator is batch_rows.UNKNOWN:
+        return "hold"
     if creator is None:
-        return False
+        return "drop"
+    assert isinstance(creator, tuple)
     row["key_id"], row["customer_id"], row["feature"] = creator
     on_recorded(row)
-    return True
+    return "store"

@@ -55,15 +55,17 @@ class Writer(threading.Thread):
                  key_refresh: float = 2.0, spill_after_rows: int = 10_000, spill_after_seconds: float = 30.0,
                  on_cycle: Callable[[], None] | None = None, max_pending: int = 500_000,
                  sync: Callable[[], None] | None = None, sync_interval: float = 0.25,
-                 settle: Callable[[object, list[dict]], None] | None = None):
+                 settle: Callable[[object, list[dict]], list[dict]] | None = None):
         super().__init__(name="aispendtrack-writer", daemon=True)
         self.db_path, self.spill_dir = db_path, spill_dir
         cfg = shared.configured()
         self.where = f"the shared storage at {cfg.where}" if cfg else str(db_path)  # for log lines
         # on_refresh(connection) reloads what the request path keeps in memory (keys, limits).
         self.build_row, self.on_refresh, self.on_cycle = build_row, on_refresh, on_cycle
-        # settle(connection, rows): what rows need from the store before they are stored (batches.py).
+        # settle(connection, rows): what rows need from the store before they are stored (batches.py);
+        # it returns the rows to try again at the next cycle, held meanwhile.
         self.settle = settle
+        self._held: list[dict] = []
         # Shared mode: sync() sends this replica's budget spend and fetches everyone's, every
         # sync_interval, between flushes, so a budget crossed on one replica blocks all within 1 s.
         self.sync, self.sync_interval = sync, sync_interval
@@ -93,8 +95,8 @@ class Writer(threading.Thread):
 
     def stats(self) -> dict[str, int]:
         """For the metrics, from any thread: a moment's figures, not a consistent snapshot."""
-        return {"queue": self._queue.qsize() + len(self._pending), "spill_files": len(self._spill_files()),
-                "written": self.rows_written, "dropped": self.rows_dropped}
+        return {"queue": self._queue.qsize() + len(self._pending) + len(self._held),
+                "spill_files": len(self._spill_files()), "written": self.rows_written, "dropped": self.rows_dropped}
 
     def load_keys_now(self, timeout: float = 10.0) -> None:
         """Before serving: migrate the schema and load the keys (blocking, at start-up only).
@@ -132,6 +134,8 @@ class Writer(threading.Thread):
         if self.is_alive():
             self.join(timeout)
         self.cycle(lock_timeout=5.0, force_keys=False)
+        self._pending += self._held  # rows waiting to be settled are settled after the restart
+        self._held = []
         if self._pending:
             self._spill(force=True)
 
@@ -174,7 +178,7 @@ class Writer(threading.Thread):
         """Insert ``rows`` and empty the list. Rows the table refuses go to quarantine; a failure of
         the database itself raises, leaving the rows not yet stored in the list."""
         if self.settle is not None:
-            self.settle(con, rows)
+            self._held += self.settle(con, rows)
         if is_shared(con):  # rows of a subject erased meanwhile (on any replica) are not stored
             if self._erasure_key is None:
                 self._erasure_key = subjects.erasure_key(con, self.db_path.parent)
@@ -211,6 +215,9 @@ class Writer(threading.Thread):
                   type(exc).__name__, path)
 
     def _drain(self) -> None:
+        if self._held:
+            self._pending += self._held
+            self._held = []
         while True:
             try:
                 item = self._queue.get_nowait()

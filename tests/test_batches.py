@@ -276,6 +276,9 @@ def test_a_200_mb_results_file_streams_through_in_bounded_memory_every_line_reco
 
 def test_shared_storage_a_batch_created_on_one_replica_is_recorded_once_whichever_downloads_it(tmp_path,
                                                                                               monkeypatch):
+    """Replica 0 writes every 3 s, so replica 1 sees the download before replica 0's record of the
+    batch (its creation, or the output file it completed with) is in the catalog: the usage waits
+    for it, and still goes to the creator."""
     from .helpers import run_cli
     from .pg import Cluster
 
@@ -286,16 +289,32 @@ def test_shared_storage_a_batch_created_on_one_replica_is_recorded_once_whicheve
         key = json.loads(run_cli(tmp_path / "admin", "keys", "create", "--name", "shared", "--json"))["key"]
         with FakeProvider() as fake:
             fake.batches = BatchApi()
-            replicas = [start_proxy(tmp_path / f"replica{i}", fake.url, tmp_path / f"replica{i}.log", key=key)
-                        for i in range(2)]
+            replicas = [start_proxy(tmp_path / f"replica{i}", fake.url, tmp_path / f"replica{i}.log", key=key,
+                                    flush_ms=flush) for i, flush in enumerate((3000, 250))]
             try:
                 creator = replicas[0].anthropic(headers=tags("shared-acme", "nightly-summaries"))
                 batch_id = ended_batch(creator, fake, ["short-0", "short-1", "failed-2"])
                 for replica in (replicas[1], replicas[0], replicas[1]):
                     results = list(replica.anthropic(headers=tags("shared-ops")).messages.batches.results(batch_id))
                     assert len(results) == 3
+
+                openai_creator = replicas[0].openai(headers=tags("shared-acme-openai", "nightly-summaries"))
+                lines = [json.dumps({"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions",
+                                     "body": {"model": MINI, "messages": [{"role": "user", "content": "hi"}]}})
+                         for n in range(2)]
+                upload = openai_creator.files.create(file=("in.jsonl", io.BytesIO("\n".join(lines).encode())),
+                                                     purpose="batch")
+                batch = openai_creator.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
+                                                      completion_window="24h")
+                while (batch := openai_creator.batches.retrieve(batch.id)).status != "completed":
+                    time.sleep(0.05)
+                replicas[1].openai(headers=tags("shared-ops-openai")).files.content(batch.output_file_id)
+
                 # create, 2 retrieves, then 3 x (a retrieve and the results)
-                rows = usage_rows(replicas[0], ("shared-acme", "shared-ops"), calls=9, timeout=30)
+                rows = usage_rows(replicas[1], ("shared-acme", "shared-ops"), calls=9, timeout=30)
+                # upload, create, 2 retrieves, download
+                openai_rows = usage_rows(replicas[1], ("shared-acme-openai", "shared-ops-openai"), calls=5,
+                                         timeout=30)
             finally:
                 for replica in replicas:
                     replica.stop()
@@ -303,5 +322,7 @@ def test_shared_storage_a_batch_created_on_one_replica_is_recorded_once_whicheve
         assert (rows[0]["customer_id"], rows[0]["feature"]) == ("shared-acme", "nightly-summaries")
         assert rows[0]["input_tokens"] == 500 + 501
         assert cost(rows[0]) == (Decimal(1001) * Decimal("1.5") + Decimal(601) * Decimal("7.5")) / M
+        assert [(r["customer_id"], r["input_tokens"], r["output_tokens"]) for r in openai_rows] == [
+            ("shared-acme-openai", 1000 + 1001, 200 + 201)]
     finally:
         cluster.remove()

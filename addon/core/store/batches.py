@@ -27,10 +27,12 @@ def remember(con: duckdb.DuckDBPyConnection, provider: str, batch_id: str, resul
         [provider, batch_id, *tags, at, results_ref])
 
 
-def claim(con: duckdb.DuckDBPyConnection, provider: str, ref: str, tags: Tags, at: dt.datetime) -> Tags | None:
+UNKNOWN = object()  # claim(): no batch is known by that reference
+
+
+def claim(con: duckdb.DuckDBPyConnection, provider: str, ref: str, at: dt.datetime) -> Tags | None | object:
     """Mark the batch whose results ``ref`` names (its id, or its results file's id) as recorded, and
-    return its creator's tags; None when it was recorded already. A batch never seen before is
-    remembered now, under ``ref``, with ``tags``."""
+    return its creator's tags; None when it was recorded already; UNKNOWN when no batch has ``ref``."""
     ctl = control(con)
     found = ctl.execute(
         "UPDATE batches SET recorded_at = ? WHERE provider = ? AND (batch_id = ? OR results_ref = ?) "
@@ -39,10 +41,14 @@ def claim(con: duckdb.DuckDBPyConnection, provider: str, ref: str, tags: Tags, a
         return tuple(found[0])
     known = ctl.execute("SELECT 1 FROM batches WHERE provider = ? AND (batch_id = ? OR results_ref = ?)",
                         [provider, ref, ref]).fetchall()
-    if known:
-        return None
-    inserted = ctl.execute(
+    return None if known else UNKNOWN
+
+
+def adopt(con: duckdb.DuckDBPyConnection, provider: str, ref: str, tags: Tags, at: dt.datetime) -> Tags | None | object:
+    """A batch the proxy never saw created (``ref`` names its results): remembered now, with ``tags``,
+    as recorded. Should it have appeared meanwhile, it is claimed as usual."""
+    inserted = control(con).execute(
         "INSERT INTO batches (provider, batch_id, key_id, customer_id, feature, created_at, results_ref, recorded_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, batch_id) DO NOTHING "
         "RETURNING key_id, customer_id, feature", [provider, ref, *tags, at, ref, at]).fetchall()
-    return tuple(inserted[0]) if inserted else None
+    return tuple(inserted[0]) if inserted else claim(con, provider, ref, at)
