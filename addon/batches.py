@@ -7,7 +7,7 @@ to the key, customer and feature of the call that created the batch.
 - **Retrieve**: OpenAI's completed batch object names its output file, remembered beside the batch.
   Anthropic's names an absolute ``results_url`` on the provider's host, which the SDK's
   ``results()`` would fetch around the proxy: it is given back as its path alone (the SDKs resolve
-  it against their base_url), every other byte as sent (docs/api.md).
+  it against their base_url), every other byte as sent (docs/usage.md#batches).
 - **Results** (``GET /v1/files/{id}/content``, ``GET /v1/messages/batches/{id}/results``): JSON
   lines, streamed to the client as they arrive (a results file can be gigabytes) and read along
   line by line. Each line's usage is kept in 56 bytes and priced alone on the writer thread (a
