@@ -25,7 +25,7 @@ import zoneinfo
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import failures, injection, metrics_port, refusals, settings
+from addon import batches, failures, injection, metrics_port, refusals, settings
 from addon.bounds import ConnectionBounds
 from addon.core import config, gdpr, metrics, spool
 from addon.core import home as home_dir
@@ -123,7 +123,8 @@ class AiSpendTrack:
         self.writer = Writer(
             home_dir.db_path(home), home / home_dir.SPILL_DIR, build_row=self._row, on_refresh=self._refresh,
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,
-            sync=self.state.counters.sync_budgets if self.state.counters else None)
+            sync=self.state.counters.sync_budgets if self.state.counters else None,
+            settle=lambda con, rows: batches.settle(con, rows, self._count))
         self.metrics = metrics.install(metrics.Metrics(ctx.options.aispendtrack_metrics_tags,
                                                        ctx.options.aispendtrack_metrics_label_cap,
                                                        ctx.options.aispendtrack_metrics_series_cap))
@@ -146,16 +147,20 @@ class AiSpendTrack:
         log.info("AiSpendTrack: data in %s, %d active keys%s", home, len(self.state.keyring),
                  f", shared storage at {cfg.where}" if cfg else "")
 
-    def _row(self, item) -> dict:
-        """On the writer thread: a finished call's row (or one already built), counted against budgets."""
+    def _row(self, item) -> dict | list[dict]:
+        """On the writer thread: a finished call's row (or one already built), counted against budgets.
+        A batch call can add rows of the batch's usage: those count once settled (batches.settle)."""
         if isinstance(item, dict):
             return item  # built on completion because a blocking budget covers it
         assert self.book is not None
         row = build_row(item, self.book)
+        self._count(row)
+        return batches.rows(item, row, self.book) if item.batch is not None else row
+
+    def _count(self, row: dict) -> None:
         self.metrics.observe(row)
         self.state.budgets.record(row["key_id"], row["customer_id"], row["feature"], row["cost_usd"],
                                   dt.datetime.now(dt.UTC))
-        return row
 
     def _refresh(self, con) -> None:
         """On the writer thread, with its connection: keys, limits and budgets now; usage counts once."""
@@ -214,7 +219,8 @@ class AiSpendTrack:
         req = flow.request
         meter = CallMeter(admitted.provider, admitted.path, admitted.key_id, admitted.customer_id, admitted.feature,
                           req.timestamp_start, req.raw_content, req.headers.get("content-encoding", ""),
-                          req.method, req.headers.get("content-type", ""))
+                          req.method, req.headers.get("content-type", ""),
+                          batch=admitted.provider.batch_call(req.method, admitted.path))
         if self.inject_usage and admitted.provider.injects_usage(admitted.path):
             await self._inject_usage(req, meter)
         flow.metadata[_META] = meter
@@ -268,6 +274,8 @@ class AiSpendTrack:
         self._in_flight.pop(flow.id, None)
         if meter is not None and flow.response is not None:
             self.watch.finished(flow)
+            if meter.batch is not None and meter.batch.action != "results":
+                batches.point_results_here(flow.response, meter.provider)
             meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)
             self._submit(meter)
 
@@ -302,7 +310,8 @@ class AiSpendTrack:
             return
         # Under a blocking budget the cost must count before the next call arrives, so the row is
         # built here (one parse and price, ~50 us) instead of on the writer thread a second later.
-        if self.state.budgets.any_blocking(meter.key_id, meter.customer_id, meter.feature):
+        # A batch's usage counts against its creator's budgets once settled, on the writer thread.
+        if meter.batch is None and self.state.budgets.any_blocking(meter.key_id, meter.customer_id, meter.feature):
             self.writer.submit(self._row(meter))
         else:
             self.writer.submit(meter)

@@ -16,13 +16,15 @@ import uuid
 from .decoding import BodyDecoder, DecodeError
 from .injection import UsageStripper
 from .providers import Provider, StreamParser
-from .providers.base import METERED
+from .providers.base import METERED, BatchCall
+from .results import LineTooLong, ResultsReader
 from .sse import EventTooLarge, SSEDecoder
 
 log = logging.getLogger(__name__)
 
 # Past this size a stream is still forwarded in full; we just stop reading along.
 MAX_DECODED_BYTES = 64 * 1024 * 1024
+MAX_RESULTS_BYTES = 64 * 1024 * 1024 * 1024  # a batch's results (JSON lines): gigabytes are normal
 
 
 class CallMeter:
@@ -30,7 +32,8 @@ class CallMeter:
 
     def __init__(self, provider: Provider, path: str, key_id: int, customer_id: str | None,
                  feature: str | None, started_at: float, request_body: bytes | None,
-                 request_encoding: str, method: str = "POST", request_type: str = ""):
+                 request_encoding: str, method: str = "POST", request_type: str = "",
+                 batch: BatchCall | None = None):
         self.id = uuid.uuid4()
         self.provider = provider
         self.path = path
@@ -58,6 +61,8 @@ class CallMeter:
         self.usage_injected = False  # we asked upstream for the usage the client did not ask for
         self.usage_not_requested: str | None = None  # why we could not ask for it, when we could not
         self._stripper: UsageStripper | None = None
+        self.batch = batch  # a call of a batch API (addon/batches.py)
+        self.results: ResultsReader | None = None  # a batch's results, read along as they stream
 
     def start_response(self, status: int, content_type: str, content_encoding: str) -> bool:
         """Called with the response headers; True when the body should stream through the tap."""
@@ -65,6 +70,8 @@ class CallMeter:
         self.content_encoding = content_encoding
         kind = content_type.lower()
         self.stream = kind.startswith("text/event-stream")
+        if self.batch is not None and self.batch.action == "results" and status == 200:
+            return self._read_results(content_encoding)
         if not self.stream:
             # Audio is never read, and may be long: it passes through as it arrives.
             return kind.startswith("audio/") or (self.provider.streams_binary(self.path)
@@ -82,6 +89,17 @@ class CallMeter:
                     self._stripper = UsageStripper()
         return True
 
+    def _read_results(self, content_encoding: str) -> bool:
+        """A batch's results stream through too (they can be gigabytes), read along line by line."""
+        try:
+            self._decoder = BodyDecoder(content_encoding, MAX_RESULTS_BYTES)
+        except DecodeError as exc:
+            self.read_failure = str(exc)
+            return True
+        self._identity = content_encoding.strip().lower() in ("", "identity")
+        self.results = ResultsReader(self.provider)
+        return True
+
     @property
     def rewrites_body(self) -> bool:
         """The client gets the stream rewritten (and so decoded): its length and encoding change."""
@@ -91,7 +109,7 @@ class CallMeter:
         """mitmproxy's ``flow.response.stream`` callable: b"" marks the end of the body."""
         if self.first_byte_at is None and chunk:
             self.first_byte_at = time.time()
-        if self._sse is None and self._stripper is None:
+        if self._sse is None and self._stripper is None and self.results is None:
             return chunk
         decoder = self._decoder
         try:
@@ -102,6 +120,8 @@ class CallMeter:
             return chunk
         if self._sse is not None:
             self._read(data, end=not chunk)
+        elif self.results is not None:
+            self._read_lines(data, end=not chunk)
         return self._strip(data, end=not chunk) if self._stripper is not None else chunk
 
     def _read(self, data: bytes, end: bool) -> None:
@@ -116,6 +136,19 @@ class CallMeter:
             self._stop_reading(str(exc))
         except Exception as exc:  # never let bookkeeping break the call
             # Only the type: an exception's text could quote the body.
+            self._stop_reading(f"unexpected {type(exc).__name__}")
+
+    def _read_lines(self, data: bytes, end: bool) -> None:
+        results = self.results
+        assert results is not None
+        try:
+            if end:
+                results.close()
+            else:
+                results.feed(data)
+        except LineTooLong as exc:
+            self._stop_reading(str(exc))
+        except Exception as exc:  # never let bookkeeping break the call
             self._stop_reading(f"unexpected {type(exc).__name__}")
 
     def _strip(self, data: bytes, end: bool) -> bytes | list[bytes]:
@@ -134,6 +167,7 @@ class CallMeter:
     def _stop_reading(self, reason: str) -> None:
         self.read_failure = reason
         self._sse = None
+        self.results = None
         log.warning("stopped reading the response of call %s: %s", self.id, reason)
 
     def saw_the_end(self) -> bool:
@@ -147,5 +181,5 @@ class CallMeter:
             self.status = status
         self.outcome = outcome
         self.error = error
-        if not self.stream and self.provider.metered(self.path):
+        if not self.stream and (self.provider.metered(self.path) or self.batch is not None):
             self.body = body

@@ -88,7 +88,8 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
     error = meter.error or observed.error
     if error is None and source == "invalid":
         error = f"usage implausible: {observed.invalid_usage}"[:200]
-    if error is None and meter.read_failure and meter.provider.metered(meter.path):
+    reads_usage = meter.provider.metered(meter.path) or meter.batch is not None and meter.batch.action == "results"
+    if error is None and meter.read_failure and reads_usage:
         error = f"usage unreadable: {meter.read_failure}"
     if error is None and meter.usage_not_requested and meter.stream and source != "reported":
         error = f"usage not requested: {meter.usage_not_requested}"
@@ -140,7 +141,7 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
 def _observe(meter: CallMeter) -> Observed:
     if meter.parser is not None:
         return meter.parser.observed
-    if not meter.body:
+    if not meter.body or not meter.provider.metered(meter.path):
         return Observed()
     try:
         body = _read_body(meter.body, meter.content_encoding)

@@ -1,7 +1,8 @@
 """The proxy's one writer thread: the only code in the proxy process that touches the database.
 
 The request path only calls ``submit`` (a queue put). This thread turns finished calls into
-rows, writes them in batches, and refreshes the key snapshot from the same connection, so
+rows (a call of a batch API can add rows of the batch's usage, settled against the store before
+they are written: addon/batches.py), writes them in batches, and refreshes the key snapshot from the same connection, so
 the proxy never opens the file twice with different settings. It holds the file only while
 it flushes, so CLI and web readers in other processes get their turn in between.
 
@@ -49,17 +50,22 @@ _ROW_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputExcep
 
 
 class Writer(threading.Thread):
-    def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict],
+    def __init__(self, db_path: Path, spill_dir: Path, build_row: Callable[[object], dict | list[dict]],
                  on_refresh: Callable[[object], None], flush_interval: float = 1.0,
                  key_refresh: float = 2.0, spill_after_rows: int = 10_000, spill_after_seconds: float = 30.0,
                  on_cycle: Callable[[], None] | None = None, max_pending: int = 500_000,
-                 sync: Callable[[], None] | None = None, sync_interval: float = 0.25):
+                 sync: Callable[[], None] | None = None, sync_interval: float = 0.25,
+                 settle: Callable[[object, list[dict]], list[dict]] | None = None):
         super().__init__(name="aispendtrack-writer", daemon=True)
         self.db_path, self.spill_dir = db_path, spill_dir
         cfg = shared.configured()
         self.where = f"the shared storage at {cfg.where}" if cfg else str(db_path)  # for log lines
         # on_refresh(connection) reloads what the request path keeps in memory (keys, limits).
         self.build_row, self.on_refresh, self.on_cycle = build_row, on_refresh, on_cycle
+        # settle(connection, rows): what rows need from the store before they are stored (batches.py);
+        # it returns the rows to try again at the next cycle, held meanwhile.
+        self.settle = settle
+        self._held: list[dict] = []
         # Shared mode: sync() sends this replica's budget spend and fetches everyone's, every
         # sync_interval, between flushes, so a budget crossed on one replica blocks all within 1 s.
         self.sync, self.sync_interval = sync, sync_interval
@@ -89,8 +95,8 @@ class Writer(threading.Thread):
 
     def stats(self) -> dict[str, int]:
         """For the metrics, from any thread: a moment's figures, not a consistent snapshot."""
-        return {"queue": self._queue.qsize() + len(self._pending), "spill_files": len(self._spill_files()),
-                "written": self.rows_written, "dropped": self.rows_dropped}
+        return {"queue": self._queue.qsize() + len(self._pending) + len(self._held),
+                "spill_files": len(self._spill_files()), "written": self.rows_written, "dropped": self.rows_dropped}
 
     def load_keys_now(self, timeout: float = 10.0) -> None:
         """Before serving: migrate the schema and load the keys (blocking, at start-up only).
@@ -128,6 +134,8 @@ class Writer(threading.Thread):
         if self.is_alive():
             self.join(timeout)
         self.cycle(lock_timeout=5.0, force_keys=False)
+        self._pending += self._held  # rows waiting to be settled are settled after the restart
+        self._held = []
         if self._pending:
             self._spill(force=True)
 
@@ -169,6 +177,8 @@ class Writer(threading.Thread):
     def _store(self, con, rows: list[dict], skip_existing: bool = False) -> None:
         """Insert ``rows`` and empty the list. Rows the table refuses go to quarantine; a failure of
         the database itself raises, leaving the rows not yet stored in the list."""
+        if self.settle is not None:
+            self._held += self.settle(con, rows)
         if is_shared(con):  # rows of a subject erased meanwhile (on any replica) are not stored
             if self._erasure_key is None:
                 self._erasure_key = subjects.erasure_key(con, self.db_path.parent)
@@ -205,13 +215,17 @@ class Writer(threading.Thread):
                   type(exc).__name__, path)
 
     def _drain(self) -> None:
+        if self._held:
+            self._pending += self._held
+            self._held = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return
             # build_row never raises: on a parsing or pricing bug it falls back to a row without usage.
-            self._pending.append(self.build_row(item))
+            built = self.build_row(item)
+            self._pending.extend(built if isinstance(built, list) else [built])
 
     def _on_failure(self, exc: Exception) -> None:
         now = time.monotonic()

@@ -32,6 +32,7 @@ class FakeProvider:
     def __init__(self, ssl_context=None) -> None:
         self.received: list[Received] = []
         self.usage_api = None  # a tests.usage_api.UsageApi: then this provider answers its usage API too
+        self.batches = None  # a tests.batch_api.BatchApi: then this provider answers its batch APIs too
         self.gate = threading.Event()  # a "gated" stream waits on this after its first event
         self.stream_abandoned = threading.Event()  # set when a client went away mid-stream
         self.server = _Server(("127.0.0.1", 0), _handler(self))
@@ -82,6 +83,10 @@ def _handler(provider: FakeProvider):
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             provider.received.append(Received(self.command, self.path, headers, body))
+            if provider.batches is not None and provider.batches.handles(self.command, self.path):
+                from .batch_api import answer
+                answer(provider.batches, self, provider.url, body)
+                return
             scenario = self.headers.get("x-test-scenario", "")
             if scenario == "hang":  # accepts the call, then says nothing until the proxy gives up
                 provider.gate.wait(30)

@@ -11,11 +11,13 @@ excludes cache reads and writes; ``cache_creation`` splits writes by TTL. In a s
 from __future__ import annotations
 
 import json
+import re
 
 from pricing.usage import TokenUsage
 
 from .base import (
     MAX_REQUESTS_PER_CALL,
+    BatchCall,
     Observed,
     Provider,
     StreamParser,
@@ -34,6 +36,13 @@ PATHS = (MESSAGES, "/v1/messages/count_tokens", COMPLETE)
 # their results; file storage and the admin API are free).
 _FREE = patterns(r"/v1/messages/count_tokens", r"/v1/messages/batches(?:/.*)?", r"/v1/models(?:/.*)?",
                  r"/v1/files(?:/.*)?", r"/v1/organizations(?:/.*)?", r"/v1/skills(?:/.*)?")
+BATCHES = "/v1/messages/batches"
+_BATCH = re.compile(r"/v1/messages/batches/([A-Za-z0-9_-]{1,200})(/results|/cancel)?")
+# The results URL a batch object names, absolute on the provider's host: only its path is kept, which
+# the SDKs resolve against their base_url (the proxy's address, with any prefix), so results() comes
+# through the proxy (docs/api.md). Matched on the raw bytes: every other byte stays as sent.
+_RESULTS_URL = re.compile(rb'("results_url"\s*:\s*")https?://[^"/\\]+(?:/[^"\\]*?)?'
+                          rb'(/v1/messages/batches/[A-Za-z0-9_-]{1,200}/results")')
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
                  "cache_creation", "server_tool_use", "output_tokens_details")
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -165,6 +174,37 @@ class Anthropic(Provider):
                           cache_write_tokens=seen.cache_write_tokens,
                           cache_write_1h_tokens=seen.cache_write_1h_tokens,
                           output_tokens=estimated_output, web_search_requests=seen.web_search_requests)
+
+    batch_endpoint = BATCHES
+
+    def endpoint(self, path: str) -> str:
+        found = _BATCH.fullmatch(path)
+        return BATCHES + "/{message_batch_id}" + (found.group(2) or "") if found else path
+
+    def batch_call(self, method: str, path: str) -> BatchCall | None:
+        """Results are JSON lines at the batch's own path (/results); each succeeded line has its usage."""
+        if path == BATCHES:
+            return BatchCall("create") if method == "POST" else BatchCall("retrieve")  # GET: the list
+        found = _BATCH.fullmatch(path)
+        if found is None:
+            return None
+        results = found.group(2) == "/results" and method == "GET"
+        return BatchCall("results" if results else "retrieve", found.group(1))
+
+    def batch_object(self, body: dict) -> tuple[str | None, str | None]:
+        if body.get("type") != "message_batch" or not isinstance(body.get("id"), str):
+            return None, None
+        return body["id"], None
+
+    def batch_result(self, line: dict) -> Observed | None:
+        result = as_dict(line.get("result"))
+        if result.get("type") != "succeeded":
+            return None  # errored, canceled and expired requests are not billed
+        return self.parse_body(MESSAGES, result.get("message"))
+
+    def results_via_proxy(self, body: bytes) -> bytes | None:
+        rewritten, count = _RESULTS_URL.subn(rb"\1\2", body)
+        return rewritten if count else None
 
     def error_body(self, status: int, message: str, code: str) -> bytes:
         kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")

@@ -88,6 +88,16 @@ class WholeText(StreamParser):
         return self.observed.text or ""
 
 
+@dataclass(frozen=True)
+class BatchCall:
+    """A call of a provider's batch API (addon/batches.py). ``action``: "create", "retrieve" (a batch
+    object comes back) or "results" (its results, JSON lines); ``ref``: what the path names (the
+    batch id, or the results file's id)."""
+
+    action: str
+    ref: str | None = None
+
+
 class Provider:
     name: str = ""              # as recorded, and as genai-prices knows the provider
     prefix: str | None = None   # explicit route, e.g. "/gemini"; removed before forwarding
@@ -160,6 +170,24 @@ class Provider:
     def error_body(self, status: int, message: str, code: str) -> bytes:
         """An error in the shape this provider's SDK parses, so the caller sees ``message``."""
         raise NotImplementedError
+
+    # Batch APIs (addon/batches.py): billed at the batch rate, once, to the call that created the batch.
+    batch_endpoint: str | None = None  # the endpoint a batch's usage is recorded under
+
+    def batch_call(self, method: str, path: str) -> BatchCall | None:
+        return None
+
+    def batch_object(self, body: dict) -> tuple[str | None, str | None]:
+        """(the batch's id, what names its results when a results file has one of its own)."""
+        return None, None
+
+    def batch_result(self, line: dict) -> Observed | None:
+        """One line of a batch's results: the request's model and usage; None when it bills nothing."""
+        return None
+
+    def results_via_proxy(self, body: bytes) -> bytes | None:
+        """A batch object whose results URL must point back through the proxy, so rewritten; else None."""
+        return None
 
 
 _TIER_NAME = re.compile(r"[a-z0-9_-]{1,32}")

@@ -11,6 +11,7 @@ Web searches of the Responses API are the ``web_search_call`` items of its outpu
 from __future__ import annotations
 
 import json
+import re
 
 from pricing.usage import TokenUsage
 
@@ -18,6 +19,7 @@ from ..estimate import Counter
 from . import openai_media as media
 from .base import (
     MAX_REQUESTS_PER_CALL,
+    BatchCall,
     InvalidUsage,
     Observed,
     Provider,
@@ -57,6 +59,9 @@ _FREE = patterns(
 _SUFFIXES = ("/chat/completions", "/completions", "/responses", "/embeddings")
 RESPONSES_SUFFIX = "/responses"
 _RESPONSE_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+BATCHES = "/v1/batches"
+_BATCH = re.compile(r"/v1/batches/([A-Za-z0-9_-]{1,200})")
+_FILE_CONTENT = re.compile(r"/v1/files/([A-Za-z0-9_-]{1,200})/content")
 # OpenAI's recipe for chat framing: tokens per message, and to prime the assistant's reply.
 _PER_MESSAGE, _REPLY_PRIMING = 3, 3
 
@@ -247,6 +252,38 @@ class OpenAI(Provider):
         texts.append(str(request.get("instructions") or ""))
         return sum(self.counter.count(t, model) for t in texts)
 
+    batch_endpoint = BATCHES
+
+    def endpoint(self, path: str) -> str:
+        if _BATCH.fullmatch(path):
+            return BATCHES + "/{batch_id}"
+        return "/v1/files/{file_id}/content" if _FILE_CONTENT.fullmatch(path) else path
+
+    def batch_call(self, method: str, path: str) -> BatchCall | None:
+        """A batch's usage is read from its output file (one line per request, each priced alone)
+        as it is downloaded; the completed batch object names that file."""
+        if method == "POST" and path == BATCHES:
+            return BatchCall("create")
+        if method != "GET":
+            return None
+        if found := _BATCH.fullmatch(path):
+            return BatchCall("retrieve", found.group(1))
+        if found := _FILE_CONTENT.fullmatch(path):
+            return BatchCall("results", found.group(1))
+        return None
+
+    def batch_object(self, body: dict) -> tuple[str | None, str | None]:
+        if body.get("object") != "batch" or not isinstance(body.get("id"), str):
+            return None, None
+        output = body.get("output_file_id")
+        return body["id"], output if isinstance(output, str) else None
+
+    def batch_result(self, line: dict) -> Observed | None:
+        response = as_dict(line.get("response"))
+        if response.get("status_code") != 200:
+            return None  # a failed request: not billed
+        return self.parse_body(BATCHES, response.get("body"))
+
     def error_body(self, status: int, message: str, code: str) -> bytes:
         kind = "invalid_request_error" if status < 500 else "server_error"
         if status == 429:
@@ -292,3 +329,6 @@ class OpenAICompatible(OpenAI):
 
     def metered(self, path: str) -> bool:
         return path.endswith(_SUFFIXES)
+
+    def batch_call(self, method: str, path: str) -> BatchCall | None:
+        return None  # their batch APIs (where there is one) live under other paths: not metered yet

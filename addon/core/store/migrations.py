@@ -282,6 +282,28 @@ UNMETERED_UPDATE = """
 """
 
 
+def m018_batches(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(BATCHES_DDL)
+
+
+# Shared with shared_schema.py: the same table in PostgreSQL.
+BATCHES_DDL = """
+    -- Each batch of a provider's batch API the proxy saw: the tags of the call that created it, the
+    -- id of its results file (OpenAI's output file), and when its usage was recorded (once).
+    CREATE TABLE IF NOT EXISTS batches (
+        provider VARCHAR NOT NULL,
+        batch_id VARCHAR NOT NULL,
+        key_id INTEGER,
+        customer_id VARCHAR,
+        feature VARCHAR,
+        created_at TIMESTAMPTZ NOT NULL,
+        results_ref VARCHAR,
+        recorded_at TIMESTAMPTZ,
+        PRIMARY KEY (provider, batch_id)
+    )
+"""
+
+
 # Shared with shared_schema.py: the same table in PostgreSQL.
 RECONCILIATIONS_DDL = """
     -- Each scheduled reconciliation with a provider's usage API: the month so far, in UTC.
@@ -304,7 +326,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
               m013_config, m014_reconciliations, m015_erasures,
-              m016_budgets_per_key, m017_units_columns]
+              m016_budgets_per_key, m017_units_columns, m018_batches]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from .calls import CALL_COLUMNS, COST_TYPE, UNIT_NAMES
 from .errors import StoreError
-from .migrations import ERASURES_DDL, RECONCILIATIONS_DDL, UNMETERED_UPDATE, units_ddl
+from .migrations import BATCHES_DDL, ERASURES_DDL, RECONCILIATIONS_DDL, UNMETERED_UPDATE, units_ddl
 
 # pg_advisory_lock ids (fixed numbers of ours): schema changes, lake maintenance (and alerts), the
 # daily reconciliation (a turn of its own: a slow provider must not hold up the alerts), reads of
@@ -145,6 +145,9 @@ def ensure_control(control) -> None:
                 ALTER TABLE budgets ADD CONSTRAINT budgets_scope_value_key_id UNIQUE (scope, scope_value, key_id);
                 INSERT INTO schema_migrations VALUES ('s005_budgets_per_key', now()) ON CONFLICT DO NOTHING;
             """)
+        if "s007_batches" not in done:  # as migrations.m018_batches
+            control.pg.execute(BATCHES_DDL)
+            control.execute("INSERT INTO schema_migrations VALUES ('s007_batches', now()) ON CONFLICT DO NOTHING")
 
 
 def _keyed_erasures(control) -> None:

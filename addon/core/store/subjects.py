@@ -99,6 +99,8 @@ def small_tables(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, 
     found = {"budgets": _dicts(con, "SELECT * FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[]))", [budget_ids])}
     condition, params = _alerts_condition(con, subject, budget_ids)
     found["alerts"] = _dicts(con, f"SELECT * FROM alerts WHERE {condition} ORDER BY id", params)
+    condition, params = _rows_condition(subject)
+    found["batches"] = _dicts(con, f"SELECT * FROM batches WHERE {condition} ORDER BY created_at", params)
     if subject.kind == "key":
         found["key"] = _dicts(con, "SELECT * EXCLUDE (key_hash) FROM keys WHERE id = ?", [int(subject.value)])
     return found
@@ -125,6 +127,10 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
     counts["alerts"] = _deleted(db, f"DELETE FROM alerts WHERE {alerts_condition} RETURNING id", alerts_params)
     counts["budgets"] = _deleted(db, "DELETE FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[])) RETURNING id",
                                  [budget_ids])
+    # A batch stays known (its usage is recorded once), no longer naming whose it was.
+    column = "customer_id" if subject.kind == "customer" else "key_id"
+    counts["batches"] = _deleted(db, f"UPDATE batches SET {column} = NULL WHERE {rows_condition} RETURNING batch_id",
+                                 rows_params)
     if subject.kind == "key":
         counts["keys"] = _deleted(db, "DELETE FROM keys WHERE id = ? RETURNING id", [int(subject.value)])
     return counts

@@ -23,6 +23,7 @@ _CONTROL_TABLES = {
     "budgets": ["id", "scope", "scope_value", "daily_usd", "monthly_usd", "block", "created_at", "key_id"],
     "alerts": ["id", "sent_at", "kind", "subject", "channel", "destination", "delivered", "error", "dedupe_key"],
     "config": ["name", "value", "updated_at"],
+    "batches": ["provider", "batch_id", "key_id", "customer_id", "feature", "created_at", "results_ref", "recorded_at"],
 }
 _ROW_TABLES = ("calls", "hourly_usage")
 
@@ -53,8 +54,9 @@ def copy_embedded(source: Path, con: SharedConnection) -> dict[str, int]:
             else:
                 db.pg.cursor().executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})",
                                            rows)
-                db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                           f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
+                if "id" in columns:
+                    db.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                               f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
             counts[table] = len(rows)
         for table in _ROW_TABLES:
             columns = [name for (name,) in con.execute(

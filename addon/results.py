@@ -1,0 +1,77 @@
+"""Reading a batch's results (JSON lines) as they stream to the client, line by line, in bounded memory.
+
+Runs on the proxy's event loop for every chunk, like the SSE tap (sse.py): the bytes are never
+changed, and none is kept past the end of its line. What stays is each line's usage, in
+``len(FIELDS)`` 8-byte counts per line, for the writer thread to price (addon/batches.py).
+"""
+
+from __future__ import annotations
+
+from array import array
+
+from .providers import Provider
+from .providers.base import loads
+
+MAX_LINE_BYTES = 64 * 1024 * 1024  # one result line holds one response; none comes near this
+FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+          "output_tokens", "reasoning_tokens", "web_search_requests")
+
+
+class LineTooLong(ValueError):
+    """A results line grew past MAX_LINE_BYTES without ending."""
+
+
+class ResultsReader:
+    """Feed content-decoded chunks cut anywhere; ``usage`` holds each line's counts, per model.
+    A line that is not JSON, or whose usage cannot be believed, is counted in ``malformed``."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.usage: dict[str | None, array] = {}  # model -> the lines' counts, len(FIELDS) per line
+        self.lines = 0
+        self.malformed = 0
+        self.first_malformed: int | None = None  # its line number, for the log
+        self.complete = False  # the end of the body was read
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def feed(self, data: bytes) -> None:
+        if b"\n" not in data:
+            if data:
+                self._parts.append(data)
+                self._size += len(data)
+                if self._size > MAX_LINE_BYTES:
+                    self._parts, self._size = [], 0
+                    raise LineTooLong(f"a results line longer than {MAX_LINE_BYTES // (1024 * 1024)} MB")
+            return
+        self._parts.append(data)
+        lines = b"".join(self._parts).split(b"\n")
+        tail = lines.pop()
+        self._parts, self._size = ([tail], len(tail)) if tail else ([], 0)
+        for line in lines:
+            self._line(line)
+
+    def close(self) -> None:
+        """End of the body: a last line without its newline still counts."""
+        tail = b"".join(self._parts)
+        self._parts, self._size = [], 0
+        self._line(tail)
+        self.complete = True
+
+    def _line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        self.lines += 1
+        parsed = loads(line)
+        observed = self.provider.batch_result(parsed) if parsed is not None else None
+        if parsed is None or observed is not None and observed.invalid_usage is not None:
+            self.malformed += 1
+            self.first_malformed = self.first_malformed or self.lines
+            return
+        if observed is None or observed.usage is None:
+            return
+        model = observed.model if isinstance(observed.model, str) else None
+        counts = self.usage.get(model)
+        if counts is None:
+            counts = self.usage[model] = array("q")
+        counts.extend(getattr(observed.usage, name) for name in FIELDS)
