@@ -6,11 +6,13 @@ import click
 from click_default_group import DefaultGroup
 
 import pricing
+from addon.core import config_files
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
 from addon.core.wording import plural
-from pricing.overrides import FILE_NAME
+from pricing import overrides
 
+from .imports import read_text, say_not_read
 from .output import emit, format_option
 
 
@@ -24,9 +26,10 @@ def prices() -> None:
 @click.pass_obj
 def check(obj, fmt: str = "table") -> None:
     """Validate the override file and list models seen in calls that have no price."""
-    override_path = obj.home / FILE_NAME
+    found = config_files.read(obj.home, config_files.PRICES)
     try:
-        book = pricing.PriceBook(override_path)
+        book = pricing.PriceBook(None)
+        book.use_overrides(config_files.price_file(found))
     except pricing.PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
@@ -34,19 +37,38 @@ def check(obj, fmt: str = "table") -> None:
     if fmt != "table":
         emit(rows, fmt, [])
         return
-    overrides = plural(len(book.overrides), "entry", "entries") if override_path.exists() else "none"
-    click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({override_path}): {overrides}")
+    entries = plural(len(book.overrides), "entry", "entries") if found.text is not None else "none"
+    click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({found.origin}): {entries}")
+    say_not_read(obj.home)
     _show_patches(book.patches)
     if not rows:
         click.echo("Every metered call so far has a price.")
         return
     click.echo(f"\n{plural(sum(r['calls'] for r in rows), 'call')} used models (or service tiers) with no known price "
-               f"(cost shown as 'unpriced', never $0). Add them to {override_path}:\n")
+               f"(cost shown as 'unpriced', never $0). Add them to {found.origin}:\n")
     emit(rows, "table", [
         ("PROVIDER", lambda r: r["provider"], "<"), ("MODEL", lambda r: r["model"], "<"),
         ("TIER", lambda r: r["service_tier"] or "standard", "<"), ("CALLS", lambda r: f"{r['calls']:,}", ">"),
         ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
     ])
+
+
+@prices.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_obj
+def import_file(obj, file: str) -> None:
+    """Validate a prices.toml and make it the overrides every proxy prices with.
+
+    Embedded: copied into the data directory (the proxy reloads it within a second). Shared mode:
+    stored in the shared store for every replica, which each picks up within 2 s."""
+    text = read_text(file)
+    try:
+        parsed = overrides.parse(text, file)
+    except pricing.PriceFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    stored = config_files.write(obj.home, config_files.PRICES, text)
+    click.echo(f"Price overrides: {plural(len(parsed), 'entry', 'entries')} from {file}, now in {stored.origin}; "
+               f"{'every proxy prices with them within 2 s' if stored.shared else 'the proxy reloads it'}.")
 
 
 def _show_patches(patches: pricing.PriceFile) -> None:

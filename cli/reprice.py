@@ -6,12 +6,12 @@ from decimal import Decimal
 
 import click
 
+from addon.core import config_files
 from addon.core.money import usd
 from addon.core.store import reports as report_rows
 from addon.core.store import writing
 from addon.core.wording import plural
-from pricing import PriceBook, PriceFileError, TokenUsage
-from pricing.overrides import FILE_NAME
+from pricing import PriceFileError, TokenUsage
 
 from .options import selection_options
 from .progress import Bar, quiet_option, running
@@ -28,7 +28,7 @@ _TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cac
 def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
     """Recompute costs with today's price data; the old cost and its source are kept per call."""
     try:
-        book = PriceBook(obj.home / FILE_NAME)
+        book = config_files.price_book(obj.home)
     except PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
     checked, changes, before, after = 0, [], Decimal(0), Decimal(0)

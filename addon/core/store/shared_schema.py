@@ -144,6 +144,10 @@ def ensure_control(control) -> None:
                 ALTER TABLE budgets ADD CONSTRAINT budgets_scope_value_key_id UNIQUE (scope, scope_value, key_id);
                 INSERT INTO schema_migrations VALUES ('s005_budgets_per_key', now()) ON CONFLICT DO NOTHING;
             """)
+        if "s006_sharedcfg_config_files" not in done:
+            control.pg.execute(CONFIG_FILES_DDL)
+            control.execute("INSERT INTO schema_migrations VALUES ('s006_sharedcfg_config_files', now()) "
+                            "ON CONFLICT DO NOTHING")
 
 
 def _keyed_erasures(control) -> None:
@@ -166,6 +170,16 @@ SECRETS_DDL = """
 CREATE TABLE IF NOT EXISTS secrets (
     name VARCHAR PRIMARY KEY,
     value VARCHAR NOT NULL
+)
+"""
+
+CONFIG_FILES_DDL = """
+-- prices.toml and alerts.toml of the deployment, as imported (config_files.py): one copy that every
+-- replica reads, instead of one per replica's data directory.
+CREATE TABLE IF NOT EXISTS config_files (
+    name VARCHAR PRIMARY KEY,
+    text VARCHAR NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
 )
 """
 
