@@ -26,6 +26,7 @@ from pricing import overrides
 
 from . import home as home_dir
 from . import notify
+from .wording import plural
 from .store import config_files as stored
 from .store import reading, shared, writing
 
@@ -118,4 +119,4 @@ class SharedPrices:
         except pricing.PriceFileError as exc:
             log.error("keeping the previous price overrides: %s", exc)
             return
-        log.info("price overrides from %s: %d entries", found.origin, len(self.book.overrides))
+        log.info("price overrides from %s: %s", found.origin, plural(len(self.book.overrides), "entry", "entries"))
