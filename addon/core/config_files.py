@@ -26,9 +26,9 @@ from pricing import overrides
 
 from . import home as home_dir
 from . import notify
-from .wording import plural
 from .store import config_files as stored
 from .store import reading, shared, writing
+from .wording import plural
 
 log = logging.getLogger(__name__)
 PRICES = overrides.FILE_NAME
