@@ -189,7 +189,10 @@ def test_a_migrated_directory_refuses_keys_create_and_the_proxy_naming_the_catal
     except subprocess.TimeoutExpired:
         pytest.fail("the proxy started on a migrated data directory")
     assert started.returncode == 1 and f"was migrated to the shared storage at {shown}" in started.stderr
-    for done in (refused, started):
+    # The web app too: its users expect current figures, and would not see a note on its standard error.
+    served = run(home, env, "web", "--port", str(free_port()), timeout=30)
+    assert served.returncode == 1 and f"was migrated to the shared storage at {shown}" in served.stderr
+    for done in (refused, started, served):
         assert "pw-s3cret" not in done.stdout + done.stderr and "Traceback" not in done.stderr
 
     # Reads show the copy as it was, and say so (on standard error: JSON output stays JSON).

@@ -265,6 +265,20 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
         _close(con)
 
 
+def refuse_if_migrated(path: Path, timeout: float = 10.0) -> None:
+    """For a server whose users expect current data (``aispendtrack web``): a file migrate-to copied
+    away refuses it as it refuses writes. Nothing to check in the shared mode, or with no file yet."""
+    if shared.configured() is not None or not path.exists():
+        return
+    con = _connect(path, read_only=True, timeout=timeout)
+    try:
+        mark = migrated.found(con)
+    finally:
+        _close(con)
+    if mark is not None:
+        raise migrated.MigratedAway(mark.refusal(path))
+
+
 _said_frozen: set[Path] = set()
 
 
