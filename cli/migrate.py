@@ -43,7 +43,7 @@ def migrate_to(obj, catalog: str, data_path: str | None) -> None:
     finally:
         con.close()
     with writing(obj.db, migrated_away=True) as embedded:
-        migrated.mark(embedded, catalog, dt.datetime.now(dt.UTC))
+        migrated.mark(embedded, obj.db, catalog, dt.datetime.now(dt.UTC))
     click.echo(f"Copied {obj.db} into the shared storage at {cfg.where}: "
                + ", ".join(f"{n:,} {table.replace('_', ' ')}" for table, n in counts.items())
                + "".join(f", {found.name}" for found in files) + ".")

@@ -179,6 +179,8 @@ def test_a_migrated_directory_refuses_keys_create_and_the_proxy_naming_the_catal
     env = {k: v for k, v in os.environ.items() if k not in ("AISPENDTRACK_CATALOG", "AISPENDTRACK_DATA_PATH")}
     shown = catalog.replace("pw-s3cret", "***")
     keys_before = json.loads(run(home, env, "keys", "list", "--json").stdout)
+    note = (home / "MIGRATED.txt").read_text()  # for whoever lists the directory
+    assert f"was migrated to the shared storage at {shown}" in note and "pw-s3cret" not in note
 
     refused = run(home, env, "keys", "create", "--name", "late")
     assert refused.returncode == 1 and refused.stdout == ""

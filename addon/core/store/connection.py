@@ -217,7 +217,9 @@ def writing(path: Path, timeout: float = 10.0, migrate: bool = True,
 
     ``migrate=False`` skips the schema check, for a caller that already migrated this file.
     A file ``migrate-to`` copied into shared storage is refused (migrated.py) unless
-    ``migrated_away``: migrate-to's own mark, and the schema of a copy that is only read.
+    ``migrated_away``: migrate-to's own mark, and the schema of a copy that is only read. The
+    check goes with the schema's: the proxy's writer makes it once, at start (migrate-to refuses
+    to run while a proxy holds the data directory), not on every flush.
     In the shared mode (shared.py) ``path`` is unused: the connection is the shared storage's."""
     cfg = shared.configured()
     if cfg is not None:
@@ -228,9 +230,9 @@ def writing(path: Path, timeout: float = 10.0, migrate: bool = True,
     try:
         if migrate:
             migrations.apply_pending(con)
-        mark = None if migrated_away else migrated.found(con)
-        if mark is not None:
-            raise migrated.MigratedAway(mark.refusal(path))
+            mark = None if migrated_away else migrated.found(con)
+            if mark is not None:
+                raise migrated.MigratedAway(mark.refusal(path))
         yield con
     finally:
         _close(con)
@@ -285,8 +287,10 @@ _said_frozen: set[Path] = set()
 def _say_if_frozen(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Once per process and file: a read of a file migrate-to copied away shows an old copy. (A CLI
     command configures no logging, so the line goes to its standard error as it is.)"""
+    if path in _said_frozen or not (path.parent / migrated.NOTE_FILE).exists():
+        return
     mark = migrated.found(con)
-    if mark is not None and path not in _said_frozen:
+    if mark is not None:
         _said_frozen.add(path)
         log.warning("%s", mark.notice(path))
 
