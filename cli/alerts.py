@@ -61,7 +61,7 @@ def import_file(obj, file: str) -> None:
     names = ", ".join(f"{name} ({channel.type})" for name, channel in channels.items()) or "none"
     click.echo(f"Alert channels from {file}, now in {stored.origin}: {names}.")
     inline = [name for name, channel in channels.items() if channel.settings.get("url")]
-    if stored.shared and inline:
+    if stored.in_shared_store and inline:
         click.echo(f"Note: {', '.join(inline)} keep their URL in the file, so it is stored in the catalog; a URL "
                    f"that is a secret (Slack's) belongs in url_env, set on every replica.", err=True)
 

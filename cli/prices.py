@@ -45,12 +45,18 @@ def check(obj, fmt: str = "table") -> None:
         click.echo("Every metered call so far has a price.")
         return
     click.echo(f"\n{plural(sum(r['calls'] for r in rows), 'call')} used models (or service tiers) with no known price "
-               f"(cost shown as 'unpriced', never $0). Add them to {found.origin}:\n")
+               f"(cost shown as 'unpriced', never $0). Add them to {_where_to_add(found)}:\n")
     emit(rows, "table", [
         ("PROVIDER", lambda r: r["provider"], "<"), ("MODEL", lambda r: r["model"], "<"),
         ("TIER", lambda r: r["service_tier"] or "standard", "<"), ("CALLS", lambda r: f"{r['calls']:,}", ">"),
         ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
     ])
+
+
+def _where_to_add(found: config_files.ConfigFile) -> str:
+    if found.in_shared_store:
+        return f"your prices.toml and `aispendtrack prices import` it ({found.origin})"
+    return found.origin
 
 
 @prices.command("import")
@@ -68,7 +74,7 @@ def import_file(obj, file: str) -> None:
         raise click.ClickException(str(exc)) from None
     stored = config_files.write(obj.home, config_files.PRICES, text)
     click.echo(f"Price overrides: {plural(len(parsed), 'entry', 'entries')} from {file}, now in {stored.origin}; "
-               f"{'every proxy prices with them within 2 s' if stored.shared else 'the proxy reloads it'}.")
+               f"{'every proxy prices with them within 2 s' if stored.in_shared_store else 'the proxy reloads it'}.")
 
 
 def _show_patches(patches: pricing.PriceFile) -> None:

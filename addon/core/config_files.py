@@ -7,9 +7,11 @@ price and alert alike, so the deployment keeps one copy of each in the shared st
 then not read (the proxy says so at start). The proxy re-reads the prices on every key refresh
 (2 s); the alert channels are read afresh on every alert round and every command.
 
-Secrets stay out of both: alerts.toml names the environment variables that hold passwords, webhook
-secrets and URLs (``password_env``, ``secret_env``, ``url_env``), and each replica reads its own
-environment. Nothing prints the stored text; channels are shown by name and host only.
+Secrets stay out of the store as they stay out of the file: alerts.toml names the environment
+variables that hold passwords, webhook secrets and URLs (``password_env``, ``secret_env``,
+``url_env``), and each replica reads its own environment. (A ``url`` written in the file is stored
+as written, readable by whoever reads the catalog; ``alerts import`` says so.) Nothing prints the
+stored text; channels are shown by name and host only.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class ConfigFile:
     name: str
     text: str | None  # None: there is none
     origin: str       # where it is, for messages: a path, or "prices.toml in the shared store at host:5432/db"
-    shared: bool = False  # the deployment's copy in the shared store
+    in_shared_store: bool = False  # the deployment's copy, not a file
 
     @property
     def document(self) -> dict:
@@ -59,7 +61,8 @@ def read(home: Path, name: str, con=None) -> ConfigFile:
         with reading(home_dir.db_path(home)) as con:
             return read(home, name, con)
     found = stored.get(con, name)
-    return ConfigFile(name, found[0] if found else None, f"{name} in the shared store at {cfg.where}", shared=True)
+    return ConfigFile(name, found[0] if found else None, f"{name} in the shared store at {cfg.where}",
+                      in_shared_store=True)
 
 
 def write(home: Path, name: str, text: str) -> ConfigFile:
