@@ -27,7 +27,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addon import batches, failures, injection, metrics_port, refusals, settings
 from addon.bounds import ConnectionBounds
-from addon.core import config, gdpr, metrics, spool
+from addon.core import config, config_files, gdpr, metrics, spool
 from addon.core import home as home_dir
 from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
@@ -47,7 +47,6 @@ from addon.shared_counters import SharedCounters
 from addon.state import ADMITTED, Admission, ProxyState
 from addon.writer import Writer
 from pricing import PriceBook, PriceFileError
-from pricing.overrides import FILE_NAME as PRICES_FILE
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,7 @@ class AiSpendTrack:
         self.state = state or ProxyState()
         self.writer: Writer | None = None
         self.book: PriceBook | None = None
+        self._shared_prices: config_files.SharedPrices | None = None  # the shared mode's book, kept current
         self._seeded = False
         self._zone_warned: zoneinfo.ZoneInfo | None = None
         self.evaluator: Evaluator | None = None
@@ -86,10 +86,20 @@ class AiSpendTrack:
                 raise exceptions.OptionsError("aispendtrack_home cannot change while the proxy runs; restart it.")
             self.state.home = None
             self._claim_home()
-            try:  # a bad override file stops the start, with the file's own error message
-                self.book = PriceBook(self.state.data_home() / PRICES_FILE)
-            except PriceFileError as exc:
-                raise exceptions.OptionsError(str(exc)) from None
+            self._load_prices()
+
+    def _load_prices(self) -> None:
+        """The data directory's prices.toml; in the shared mode the deployment's, read from the store
+        with the keys (before the first call is served, then on every refresh)."""
+        home = self.state.data_home()
+        if shared.configured() is not None:
+            self._shared_prices = config_files.SharedPrices(home)
+            self.book = self._shared_prices.book
+            return
+        try:  # a bad override file stops the start, with the file's own error message
+            self.book = PriceBook(home / config_files.PRICES)
+        except PriceFileError as exc:
+            raise exceptions.OptionsError(str(exc)) from None
 
     def _claim_home(self) -> None:
         """One proxy per data directory (home.claim); the lock is held until done() or exit."""
@@ -120,6 +130,10 @@ class AiSpendTrack:
         if cfg is not None:
             self.state.counters = SharedCounters(cfg, self.state)
             self.state.budgets.shared = True
+        for path in config_files.not_read(home):
+            log.warning("%s is not read in the shared mode: every replica uses the deployment's copy in the "
+                        "shared store. Put it there with `aispendtrack %s import %s` (once), then remove it.",
+                        path, path.stem, path)
         self.writer = Writer(
             home_dir.db_path(home), home / home_dir.SPILL_DIR, build_row=self._row, on_refresh=self._refresh,
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,
@@ -182,6 +196,8 @@ class AiSpendTrack:
             self._erasures.check(con)
         if state.counters is not None:
             state.counters.seed(con, now)
+        if self._shared_prices is not None:
+            self._shared_prices.refresh(con)
         if not self._seeded:
             zone = state.limiter.zone
             state.limiter.seed(call_rows.counts_since(con, hour_start(now), month_start(now, zone)), now)

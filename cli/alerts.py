@@ -1,15 +1,18 @@
-"""``aispendtrack alerts``: the notification channels in alerts.toml, and what was sent."""
+"""``aispendtrack alerts``: the notification channels in alerts.toml, and what was sent.
+
+In the shared mode alerts.toml is the deployment's copy in the shared store (``alerts import``)."""
 
 from __future__ import annotations
 
 import click
 from click_default_group import DefaultGroup
 
-from addon.core import notify
+from addon.core import config_files, notify
 from addon.core.store import alerts as alert_rows
 from addon.core.store import reading
 from addon.core.wording import plural
 
+from .imports import read_text, say_not_read
 from .output import emit, format_option
 
 
@@ -18,9 +21,11 @@ def alerts() -> None:
     """Alert channels (email, Slack, webhook) and their history (default: list)."""
 
 
-def _channels(home) -> dict[str, notify.Channel]:
+def _channels(home) -> tuple[dict[str, notify.Channel], config_files.ConfigFile]:
+    found = config_files.read(home, config_files.ALERTS)
+    say_not_read(home)
     try:
-        return notify.load(home / notify.FILE_NAME)
+        return config_files.channels(found), found
     except notify.ChannelError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -34,7 +39,31 @@ def init(obj, force: bool) -> None:
     if path.exists() and not force:
         raise click.ClickException(f"{path} exists; edit it, or use --force to replace it with the example.")
     path.write_text(notify.EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
-    click.echo(f"Wrote {path}. Uncomment a channel, then `aispendtrack alerts test --channel NAME`.")
+    then = (f"`aispendtrack alerts import {path}` (the shared mode reads the deployment's copy)"
+            if config_files.not_read(obj.home) else "`aispendtrack alerts test --channel NAME`")
+    click.echo(f"Wrote {path}. Uncomment a channel, then {then}.")
+
+
+@alerts.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_obj
+def import_file(obj, file: str) -> None:
+    """Validate an alerts.toml and make its channels and settings those every proxy alerts with.
+
+    Embedded: copied into the data directory. Shared mode: stored in the shared store, read by every
+    replica from its next alert round. Secrets stay in each replica's environment (*_env keys)."""
+    text = read_text(file)
+    try:
+        channels = notify.parse(text, file)
+    except notify.ChannelError as exc:
+        raise click.ClickException(str(exc)) from None
+    stored = config_files.write(obj.home, config_files.ALERTS, text)
+    names = ", ".join(f"{name} ({channel.type})" for name, channel in channels.items()) or "none"
+    click.echo(f"Alert channels from {file}, now in {stored.origin}: {names}.")
+    inline = [name for name, channel in channels.items() if channel.settings.get("url")]
+    if stored.in_shared_store and inline:
+        click.echo(f"Note: {', '.join(inline)} keep their URL in the file, so it is stored in the catalog; a URL "
+                   f"that is a secret (Slack's) belongs in url_env, set on every replica.", err=True)
 
 
 @alerts.command("test")
@@ -42,9 +71,9 @@ def init(obj, force: bool) -> None:
 @click.pass_obj
 def test(obj, name: str) -> None:
     """Send a test message through one channel and record whether it arrived."""
-    channels = _channels(obj.home)
+    channels, found = _channels(obj.home)
     if name not in channels:
-        known = ", ".join(channels) or f"none: add them to {obj.home / notify.FILE_NAME}"
+        known = ", ".join(channels) or f"none: add them to {found.origin}"
         raise click.ClickException(f"No channel named {name!r}; channels: {known}.")
     alert = notify.Alert("test", "AiSpendTrack test alert",
                          f"This is a test from AiSpendTrack ({obj.home}). If you can read it, the "
@@ -65,7 +94,7 @@ def check(obj) -> None:
     from addon.core import config
     from addon.core.evaluate import evaluate
     from addon.core.store import reading
-    for name, channel in _channels(obj.home).items():  # a broken file is an error here, not just a log line
+    for name, channel in _channels(obj.home)[0].items():  # a broken file is an error here, not just a log line
         refused = channel.unusable()
         if refused:
             click.echo(f"Not sending to {name}: {refused}.", err=True)
@@ -88,7 +117,7 @@ def list_alerts(obj, fmt: str = "table", as_json: bool = False, limit: int = 50)
         rows = alert_rows.recent(con, limit)
     fmt = "json" if as_json else fmt
     if not rows and fmt == "table":
-        channels = _channels(obj.home)
+        channels, _ = _channels(obj.home)
         click.echo("No alerts sent yet." + ("" if channels else (
             " No channels either: `aispendtrack alerts init` writes a commented alerts.toml (email, Slack, "
             "webhook) to fill in, then `aispendtrack alerts test --channel NAME`.")))

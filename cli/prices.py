@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 
 import click
 from click_default_group import DefaultGroup
 
 import pricing
+from addon.core import config_files
 from addon.core.reports import Selection
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 from addon.core.wording import plural
-from pricing.overrides import FILE_NAME
+from pricing import overrides
 
+from .imports import read_text, say_not_read
 from .output import emit, format_option
 
 
@@ -30,9 +31,10 @@ def prices() -> None:
 def check(obj, fmt: str = "table") -> None:
     """Validate the override file and list models seen in calls that have no price, and billable
     endpoints the proxy forwards without metering them."""
-    override_path = obj.home / FILE_NAME
+    found = config_files.read(obj.home, config_files.PRICES)
     try:
-        book = pricing.PriceBook(override_path)
+        book = pricing.PriceBook(None)
+        book.use_overrides(config_files.price_file(found))
     except pricing.PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
@@ -43,15 +45,16 @@ def check(obj, fmt: str = "table") -> None:
     if fmt != "table":  # one list: a model's rows name its model, an unmetered endpoint's its endpoint
         emit([*rows, *endpoints], fmt, [])
         return
-    overrides = plural(len(book.overrides), "entry", "entries") if override_path.exists() else "none"
-    click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({override_path}): {overrides}")
+    entries = plural(len(book.overrides), "entry", "entries") if found.text is not None else "none"
+    click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({found.origin}): {entries}")
+    say_not_read(obj.home)
     _show_patches(book.patches)
     if endpoints:
         _show_unmetered(endpoints)
     if not rows:
         click.echo("Every metered call so far has a price.")
         return
-    _show_unpriced([r for r in rows if not r["priced_now"]], override_path)
+    _show_unpriced([r for r in rows if not r["priced_now"]], _where_to_add(found))
     _show_repriceable([r for r in rows if r["priced_now"]])
 
 
@@ -62,11 +65,11 @@ def _priced_now(book: pricing.PriceBook, row: dict) -> bool:
     return book.price(usage, row["provider"], row["model"], row["last_seen"], row["service_tier"]).priced
 
 
-def _show_unpriced(rows: list[dict], override_path: Path) -> None:
+def _show_unpriced(rows: list[dict], where: str) -> None:
     if not rows:
         return
     click.echo(f"\n{plural(sum(r['calls'] for r in rows), 'call')} used models (or service tiers) with no known price "
-               f"(cost shown as 'unpriced', never $0). Add them to {override_path}:\n")
+               f"(cost shown as 'unpriced', never $0). Add them to {where}:\n")
     emit(rows, "table", [
         ("PROVIDER", lambda r: r["provider"], "<"), ("MODEL", lambda r: r["model"], "<"),
         ("TIER", lambda r: r["service_tier"] or "standard", "<"), ("CALLS", lambda r: f"{r['calls']:,}", ">"),
@@ -94,6 +97,30 @@ def _show_unmetered(endpoints: list[dict]) -> None:
         ("CALLS", lambda r: f"{r['calls']:,}", ">"),
         ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
     ])
+
+
+def _where_to_add(found: config_files.ConfigFile) -> str:
+    if found.in_shared_store:
+        return f"your prices.toml and `aispendtrack prices import` it ({found.origin})"
+    return found.origin
+
+
+@prices.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.pass_obj
+def import_file(obj, file: str) -> None:
+    """Validate a prices.toml and make it the overrides every proxy prices with.
+
+    Embedded: copied into the data directory (the proxy reloads it within a second). Shared mode:
+    stored in the shared store for every replica, which each picks up within 2 s."""
+    text = read_text(file)
+    try:
+        parsed = overrides.parse(text, file)
+    except pricing.PriceFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    stored = config_files.write(obj.home, config_files.PRICES, text)
+    click.echo(f"Price overrides: {plural(len(parsed), 'entry', 'entries')} from {file}, now in {stored.origin}; "
+               f"{'every proxy prices with them within 2 s' if stored.in_shared_store else 'the proxy reloads it'}.")
 
 
 def _show_patches(patches: pricing.PriceFile) -> None:

@@ -10,12 +10,12 @@ from decimal import Decimal
 
 import click
 
+from addon.core import config_files
 from addon.core import reconcile as rec
 from addon.core.money import usd
 from addon.core.reconcile.check import DAY, check
 from addon.core.reports import ReportError, parse_selection
-from pricing import PriceBook, PriceFileError
-from pricing.overrides import FILE_NAME
+from pricing import PriceFileError
 
 from .output import emit, format_option, tokens
 
@@ -53,7 +53,7 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
 def _report(obj, provider: str, api, admin_key: str, start: dt.datetime, end: dt.datetime, by: tuple[str, ...],
             tolerance: float, upstream: str | None, fmt: str) -> None:
     try:
-        book = PriceBook(obj.home / FILE_NAME)
+        book = config_files.price_book(obj.home)
         lines = check(obj.db, book, provider, upstream or api.DEFAULT_BASE_URL, admin_key, start, end,
                       dt.datetime.now(dt.UTC), tolerance / 100)
     except (PriceFileError, rec.ReconcileError) as exc:

@@ -7,13 +7,13 @@ from decimal import Decimal
 
 import click
 
+from addon.core import config_files
 from addon.core.money import UNPRICED, usd
 from addon.core.store import reports as report_rows
 from addon.core.store import writing
 from addon.core.store.calls import UNIT_NAMES
 from addon.core.wording import plural
-from pricing import PriceBook, PriceFileError, TokenUsage
-from pricing.overrides import FILE_NAME
+from pricing import PriceFileError, TokenUsage
 
 from .options import selection_options
 from .progress import Bar, quiet_option, running
@@ -45,7 +45,7 @@ class _Changed:
 def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
     """Recompute costs with today's price data; the old cost and its source are kept per call."""
     try:
-        book = PriceBook(obj.home / FILE_NAME)
+        book = config_files.price_book(obj.home)
     except PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
     checked, changes = 0, []

@@ -27,10 +27,12 @@ def access_log() -> None:
 @click.pass_obj
 def web(obj, host: str, port: int, trusted_proxies: tuple[str, ...]) -> None:
     """Serve the report page at http://HOST:PORT/ and the JSON API at /api/v1 (docs/api.md)."""
+    from addon.core.store.connection import refuse_if_migrated
     from web import create_app
     from web.server import WebServer
 
     check_port_free(host, port, "--port")
+    refuse_if_migrated(obj.db)
     server = WebServer(host, port, create_app(obj.home, trusted_proxies=trusted_proxies))
     access_log()
     click.echo(f"AiSpendTrack web on http://{host}:{port}  (data: {obj.home})")

@@ -52,17 +52,25 @@ def priced_tier(reported: str | None) -> str | None:
 
 
 class PriceBook:
-    """Prices calls; re-reads the override file when it changes, keeping the last good one on error."""
+    """Prices calls; re-reads the override file when it changes, keeping the last good one on error.
 
-    def __init__(self, override_path: Path, patch_path: Path = PATCH_FILE):
+    ``override_path`` None: no file; the overrides are those given to ``use_overrides`` (the shared
+    mode keeps them in the shared store: addon/core/config_files.py)."""
+
+    def __init__(self, override_path: Path | None, patch_path: Path = PATCH_FILE):
         self.override_path = override_path
         self.patches = overrides.load(patch_path, cited=True)
-        self._overrides = overrides.load(override_path)  # a bad file at start is the caller's to report
+        # A bad file at start is the caller's to report.
+        self._overrides = overrides.load(override_path) if override_path else PriceFile()
         self._mtime = self._current_mtime()
 
     @property
     def overrides(self) -> PriceFile:
         return self._overrides
+
+    def use_overrides(self, found: PriceFile) -> None:
+        """Price with ``found`` from now on (swapped whole: a pricing thread sees the old or the new)."""
+        self._overrides = found
 
     def price(self, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
               service_tier: str | None = None) -> Price:
@@ -108,6 +116,8 @@ class PriceBook:
         return Price(standard * found.multiplier, f"{source} x{found.multiplier} {tier} ({found.source})")
 
     def reload_if_changed(self) -> None:
+        if self.override_path is None:
+            return
         mtime = self._current_mtime()
         if mtime == self._mtime:
             return
@@ -119,6 +129,8 @@ class PriceBook:
             log.error("keeping the previous price overrides: %s", exc)
 
     def _current_mtime(self) -> float | None:
+        if self.override_path is None:
+            return None
         try:
             return self.override_path.stat().st_mtime
         except FileNotFoundError:

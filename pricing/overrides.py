@@ -118,29 +118,40 @@ def load(path: Path, *, cited: bool = False) -> PriceFile:
     if not path.exists():
         return PriceFile()
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise PriceFileError(f"{path}: not valid TOML ({exc}). See docs/pricing.md for the format.") from None
+    return parse(text, str(path), name=path.name, cited=cited)
+
+
+def parse(text: str, origin: str, *, name: str = FILE_NAME, cited: bool = False) -> PriceFile:
+    """Validate a price file's text; ``origin`` says where it is in messages (a path, or the shared
+    store), ``name`` names it in each price's source ("override prices.toml#2")."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PriceFileError(f"{origin}: not valid TOML ({exc}). See docs/pricing.md for the format.") from None
     unknown_top = set(data) - {"price", "service_tier"}
     if unknown_top:
-        raise PriceFileError(f"{path}: unknown top-level key(s) {sorted(unknown_top)}; "
+        raise PriceFileError(f"{origin}: unknown top-level key(s) {sorted(unknown_top)}; "
                              "write each price as a [[price]] table.")
-    prices = _tables(path, data, "price")
-    multipliers = _tables(path, data, "service_tier")
+    prices = _tables(origin, data, "price")
+    multipliers = _tables(origin, data, "service_tier")
     return PriceFile(
-        prices=tuple(_parse_entry(path, n, entry, cited) for n, entry in enumerate(prices, start=1)),
-        multipliers=tuple(_parse_multiplier(path, n, entry, cited) for n, entry in enumerate(multipliers, start=1)))
+        prices=tuple(_parse_entry(origin, name, n, entry, cited) for n, entry in enumerate(prices, start=1)),
+        multipliers=tuple(_parse_multiplier(origin, name, n, entry, cited)
+                          for n, entry in enumerate(multipliers, start=1)))
 
 
-def _tables(path: Path, data: dict, name: str) -> list:
+def _tables(origin: str, data: dict, name: str) -> list:
     entries = data.get(name, [])
     if not isinstance(entries, list):
-        raise PriceFileError(f"{path}: '{name}' must be an array of tables: write [[{name}]], not [{name}].")
+        raise PriceFileError(f"{origin}: '{name}' must be an array of tables: write [[{name}]], not [{name}].")
     return entries
 
 
-def _parse_entry(path: Path, n: int, entry: object, cited: bool) -> OverridePrice:
-    where = f"{path}: [[price]] entry {n}"
+def _parse_entry(origin: str, file_name: str, n: int, entry: object, cited: bool) -> OverridePrice:
+    where = f"{origin}: [[price]] entry {n}"
     entry = _table(where, entry, _ENTRY_KEYS, ("model", "input_mtok", "output_mtok"))
     models = entry["model"] if isinstance(entry["model"], list) else [entry["model"]]
     if not models or not all(isinstance(m, str) and m for m in models):
@@ -155,7 +166,7 @@ def _parse_entry(path: Path, n: int, entry: object, cited: bool) -> OverridePric
         service_tier=_text(where, entry, "service_tier"), rates=_rates(where, entry),
         tiers=tuple(parsed_tiers),
         web_search_kcount=_rate(where, "web_search_kcount", entry.get("web_search_kcount", 0)),
-        source=f"{'patch' if cited else 'override'} {path.name}#{n}", cited=_citation(where, entry, cited))
+        source=f"{'patch' if cited else 'override'} {file_name}#{n}", cited=_citation(where, entry, cited))
 
 
 def _parse_tier(where: str, tier: object) -> tuple[int, Rates]:
@@ -166,13 +177,13 @@ def _parse_tier(where: str, tier: object) -> tuple[int, Rates]:
     return above, _rates(where, tier)
 
 
-def _parse_multiplier(path: Path, n: int, entry: object, cited: bool) -> TierMultiplier:
-    where = f"{path}: [[service_tier]] entry {n}"
+def _parse_multiplier(origin: str, file_name: str, n: int, entry: object, cited: bool) -> TierMultiplier:
+    where = f"{origin}: [[service_tier]] entry {n}"
     entry = _table(where, entry, _MULTIPLIER_KEYS, ("provider", "name", "multiplier"))
     provider, name = _text(where, entry, "provider"), _text(where, entry, "name")
     assert provider is not None and name is not None  # required keys
     return TierMultiplier(provider=provider, name=name, multiplier=_rate(where, "multiplier", entry["multiplier"]),
-                          source=f"{'patch' if cited else 'override'} {path.name} [[service_tier]]#{n}",
+                          source=f"{'patch' if cited else 'override'} {file_name} [[service_tier]]#{n}",
                           cited=_citation(where, entry, cited))
 
 

@@ -345,3 +345,19 @@ def test_a_webhook_that_cannot_sign_is_refused_naming_the_variable(tmp_path, mon
         assert receiver.requests[0][0]["x-aispendtrack-signature"].startswith("sha256=")
     finally:
         receiver.close()
+
+
+def test_alerts_import_refuses_a_bad_file_and_keeps_the_one_in_use(tmp_path):
+    home = tmp_path / "home"
+    write_channels(home, '[[channel]]\nname = "ops"\ntype = "webhook"\nurl_env = "OPS_URL"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[channel]]\nname = "x"\ntype = "pigeon"\n')
+    refused = run(home, "alerts", "import", str(bad))
+    assert refused.exit_code == 1 and f"{bad}: [[channel]] 1 (x): type must be one of email, slack, webhook" \
+        in refused.output
+    assert "OPS_URL" in (home / "alerts.toml").read_text()
+    good = tmp_path / "good.toml"
+    good.write_text('[[channel]]\nname = "pager"\ntype = "webhook"\nurl_env = "PAGER_URL"\n')
+    imported = run(home, "alerts", "import", str(good))
+    assert imported.exit_code == 0 and f"now in {home / 'alerts.toml'}: pager (webhook)." in imported.output
+    assert (home / "alerts.toml").read_text() == good.read_text()

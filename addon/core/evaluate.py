@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pricing import PriceBook
 
-from . import notify, retention
+from . import config_files, notify, retention
 from .budgets import Budget, with_spend
 from .money import usd
 from .periods import day_start, hour_start, month_start
@@ -87,12 +87,13 @@ def candidates(db: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo,
 
 def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[notify.Alert]:
     """Send what is new; returns the alerts sent. A broken channel file is logged, not raised."""
+    found = config_files.read(home, config_files.ALERTS)
     try:
-        channels = list(notify.load(home / notify.FILE_NAME).values())
+        channels = list(config_files.channels(found).values())
     except notify.ChannelError as exc:
         log.error("alerts not sent: %s", exc)
         return []
-    return send_new(db, channels, candidates(db, now, zone, _settings(home)))
+    return send_new(db, channels, candidates(db, now, zone, _settings(found)))
 
 
 def send_new(db: Path, channels: list[notify.Channel],
@@ -160,7 +161,7 @@ class Evaluator(threading.Thread):
         """Log each channel that cannot be used (a webhook whose secret is not set) once; its
         alerts are recorded as not delivered, with the reason, every time."""
         try:
-            channels = notify.load(self.home / notify.FILE_NAME).values()
+            channels = config_files.channels(config_files.read(self.home, config_files.ALERTS)).values()
         except notify.ChannelError:
             return  # evaluate() logs it
         for reason in filter(None, (channel.unusable() for channel in channels)):
@@ -188,7 +189,8 @@ class Evaluator(threading.Thread):
                     return
                 found = daily.run(self.db, self.home, self.book, self.base_urls, dt.datetime.now(dt.UTC))
                 if found:
-                    send_new(self.db, list(notify.load(self.home / notify.FILE_NAME).values()), found)
+                    channels = config_files.channels(config_files.read(self.home, config_files.ALERTS))
+                    send_new(self.db, list(channels.values()), found)
         except Exception:
             log.exception("reconciliation failed; trying again in an hour")
         finally:
@@ -252,12 +254,8 @@ def _quota_alert(key_id: int, plan: str, used: int, quota: int, crossed: float) 
                         {"key_id": key_id, "used": used, "quota": quota, "threshold": crossed})
 
 
-def _settings(home: Path) -> SpikeSettings:
-    import tomllib
-    path = home / notify.FILE_NAME
-    if not path.exists():
-        return SpikeSettings()
-    spikes = tomllib.loads(path.read_text()).get("spikes", {})
+def _settings(found: config_files.ConfigFile) -> SpikeSettings:
+    spikes = found.document.get("spikes", {})
     defaults = SpikeSettings()
     return SpikeSettings(k=float(spikes.get("k", defaults.k)), days=int(spikes.get("days", defaults.days)),
                          min_history=int(spikes.get("min_history", defaults.min_history)),

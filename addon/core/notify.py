@@ -143,20 +143,29 @@ def load(path: Path) -> dict[str, Channel]:
     if not path.exists():
         return {}
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
         raise ChannelError(f"{path}: not valid TOML ({exc}).") from None
+    return parse(text, str(path))
+
+
+def parse(text: str, origin: str) -> dict[str, Channel]:
+    """The channels of an alerts file's text; ``origin`` says where it is in messages."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ChannelError(f"{origin}: not valid TOML ({exc}).") from None
     channels = {}
     for n, entry in enumerate(data.get("channel", []), start=1):
-        channel = _channel(path, n, entry)
+        channel = _channel(origin, n, entry)
         if channel.name in channels:
-            raise ChannelError(f"{path}: two channels are named {channel.name!r}; names must be unique.")
+            raise ChannelError(f"{origin}: two channels are named {channel.name!r}; names must be unique.")
         channels[channel.name] = channel
     return channels
 
 
-def _channel(path: Path, n: int, entry: object) -> Channel:
-    where = f"{path}: [[channel]] {n}"
+def _channel(origin: str, n: int, entry: object) -> Channel:
+    where = f"{origin}: [[channel]] {n}"
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"]:
         raise ChannelError(f"{where} needs a name.")
     kind = entry.get("type")

@@ -18,14 +18,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import tomllib
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 from pricing import PriceBook
 
-from .. import notify
+from .. import config_files, notify
 from ..money import usd
 from ..store import reading, writing
 from ..store import reconciliations as rows
@@ -42,10 +41,7 @@ class Threshold:
 
 
 def threshold(home: Path) -> Threshold:
-    path = home / notify.FILE_NAME
-    if not path.exists():
-        return Threshold()
-    section = tomllib.loads(path.read_text(encoding="utf-8")).get("reconcile", {})
+    section = config_files.read(home, config_files.ALERTS).document.get("reconcile", {})
     return Threshold(float(section.get("percent", Threshold.percent)), float(section.get("min_usd", Threshold.min_usd)))
 
 

@@ -5,6 +5,8 @@
 - ``encryption``: encrypted database files; ``compact``: rewriting a file to reclaim space;
 - one module of queries per table or concern: ``calls``, ``keys``, ``admin`` (admin tokens),
   ``sessions`` (web sign-ins), ``budgets``, ``alerts``, ``config`` (shared settings),
+  ``config_files`` (the shared mode's prices.toml and alerts.toml), ``migrated`` (the mark
+  ``migrate-to`` leaves in the file it copied),
   ``reports`` (reports, pages, exports, repricing), ``lifecycle`` (retention), ``subjects``
   (GDPR export and erase), ``synthetic`` (benchmark data).
 

@@ -8,6 +8,7 @@ and every other open (CLI, web) waits for its turn with a short retry instead of
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import threading
 import time
@@ -17,8 +18,10 @@ from typing import cast
 
 import duckdb
 
-from . import encryption, lake, migrations, shared
+from . import encryption, lake, migrated, migrations, shared
 from .errors import StoreError
+
+log = logging.getLogger(__name__)
 
 # DuckDB refuses a second connection to a file from the same process with another configuration
 # (read-only beside read-write). The proxy can serve the web app in-process, so every connection
@@ -208,10 +211,15 @@ def is_shared(con: duckdb.DuckDBPyConnection) -> bool:
 
 
 @contextlib.contextmanager
-def writing(path: Path, timeout: float = 10.0, migrate: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+def writing(path: Path, timeout: float = 10.0, migrate: bool = True,
+            migrated_away: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection with the schema up to date; closed (lock released) on exit.
 
     ``migrate=False`` skips the schema check, for a caller that already migrated this file.
+    A file ``migrate-to`` copied into shared storage is refused (migrated.py) unless
+    ``migrated_away``: migrate-to's own mark, and the schema of a copy that is only read. The
+    check goes with the schema's: the proxy's writer makes it once, at start (migrate-to refuses
+    to run while a proxy holds the data directory), not on every flush.
     In the shared mode (shared.py) ``path`` is unused: the connection is the shared storage's."""
     cfg = shared.configured()
     if cfg is not None:
@@ -222,6 +230,9 @@ def writing(path: Path, timeout: float = 10.0, migrate: bool = True) -> Iterator
     try:
         if migrate:
             migrations.apply_pending(con)
+            mark = None if migrated_away else migrated.found(con)
+            if mark is not None:
+                raise migrated.MigratedAway(mark.refusal(path))
         yield con
     finally:
         _close(con)
@@ -246,13 +257,42 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
     try:
         if not migrations.is_current(con):
             _close(con)
-            with writing(path, timeout):
+            with writing(path, timeout, migrated_away=True):
                 pass
             con = _connect(path, read_only=True, timeout=timeout)
+        _say_if_frozen(con, path)
         with _time_limited(con, time_limit):
             yield con
     finally:
         _close(con)
+
+
+def refuse_if_migrated(path: Path, timeout: float = 10.0) -> None:
+    """For a server whose users expect current data (``aispendtrack web``): a file migrate-to copied
+    away refuses it as it refuses writes. Nothing to check in the shared mode, or with no file yet."""
+    if shared.configured() is not None or not path.exists():
+        return
+    con = _connect(path, read_only=True, timeout=timeout)
+    try:
+        mark = migrated.found(con)
+    finally:
+        _close(con)
+    if mark is not None:
+        raise migrated.MigratedAway(mark.refusal(path))
+
+
+_said_frozen: set[Path] = set()
+
+
+def _say_if_frozen(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Once per process and file: a read of a file migrate-to copied away shows an old copy. (A CLI
+    command configures no logging, so the line goes to its standard error as it is.)"""
+    if path in _said_frozen or not (path.parent / migrated.NOTE_FILE).exists():
+        return
+    mark = migrated.found(con)
+    if mark is not None:
+        _said_frozen.add(path)
+        log.warning("%s", mark.notice(path))
 
 
 @contextlib.contextmanager

@@ -148,6 +148,10 @@ def ensure_control(control) -> None:
         if "s007_batches" not in done:  # as migrations.m018_batches
             control.pg.execute(BATCHES_DDL)
             control.execute("INSERT INTO schema_migrations VALUES ('s007_batches', now()) ON CONFLICT DO NOTHING")
+        if "s008_config_files" not in done:
+            control.pg.execute(CONFIG_FILES_DDL)
+            control.execute("INSERT INTO schema_migrations VALUES ('s008_config_files', now()) "
+                            "ON CONFLICT DO NOTHING")
 
 
 def _keyed_erasures(control) -> None:
@@ -170,6 +174,16 @@ SECRETS_DDL = """
 CREATE TABLE IF NOT EXISTS secrets (
     name VARCHAR PRIMARY KEY,
     value VARCHAR NOT NULL
+)
+"""
+
+CONFIG_FILES_DDL = """
+-- prices.toml and alerts.toml of the deployment, as imported (config_files.py): one copy that every
+-- replica reads, instead of one per replica's data directory.
+CREATE TABLE IF NOT EXISTS config_files (
+    name VARCHAR PRIMARY KEY,
+    text VARCHAR NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
 )
 """
 

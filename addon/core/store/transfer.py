@@ -31,7 +31,8 @@ _ROW_TABLES = ("calls", "hourly_usage")
 def copy_embedded(source: Path, con: SharedConnection) -> dict[str, int]:
     """Copy everything in the embedded file ``source`` into the (empty) shared storage of ``con``."""
     db = con.control
-    present = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("keys", "budgets", "admin_tokens")}
+    present = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+               for t in ("keys", "budgets", "admin_tokens", "config_files")}
     present.update({t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in _ROW_TABLES})
     if any(present.values()):
         found = ", ".join(f"{n:,} {t}" for t, n in present.items() if n)
