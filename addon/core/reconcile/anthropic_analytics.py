@@ -19,14 +19,16 @@ HEADERS = {**anthropic_report.HEADERS, "anthropic-beta": "analytics-usage-cost-2
 SPAN = dt.timedelta(days=31)  # the longest range one request may cover
 
 
-def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str) -> list[dict]:
+def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str,
+          by_key: bool = False) -> list[dict]:
     url = f"{base_url.rstrip('/')}/v1/organizations/analytics/usage"
 
     def usage(body: dict) -> list[dict]:
         return [{**anthropic_report.line(parse_rfc3339(row["starting_at"]), {**row["usage"], **row["group"]}),
                  "requests": whole(row["usage"], "requests", MAX_REQUESTS_PER_BUCKET)}
                 for row in body.get("data") or []]
-    return [found for body in _pages(url, start, end, width, [("group_by[]", "model")], admin_key)
+    group = [("group_by[]", "model"), *(anthropic_report.KEY_GROUPS if by_key else [])]
+    return [found for body in _pages(url, start, end, width, group, admin_key)
             for found in read_rows(body, url, NAME, lambda body=body: usage(body))]
 
 
