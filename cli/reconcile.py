@@ -111,7 +111,20 @@ def _line_items(obj, provider: str, api, admin_key: str, start: dt.datetime, end
         ("KIND", lambda r: r["kind"], "<"), ("LINE ITEMS (provider)", lambda r: r["line_items"], "<"),
         ("CALLS ours", lambda r: tokens(r["ours_calls"]), ">"),
         ("COST ours/billed", lambda r: f"{usd(r['ours_cost_usd'])}/{usd(r['billed_usd'])}", ">"),
+        ("MISSING", lambda r: usd(r["difference_usd"]) if r["visible"] is not False else "", ">"),
         ("STATUS", lambda r: r["status"], "<")])
+    if fmt == "table":
+        click.echo(_line_items_verdict(lines, api.NAME))
+
+
+def _line_items_verdict(lines: list[dict], name: str) -> str:
+    missing = [f"{line['kind']} {usd(line['difference_usd'])}" for line in lines if line["status"] == "untracked"]
+    unseen = [f"{line['kind']} {usd(line['billed_usd'])}" for line in lines if not line["visible"]]
+    text = (f"{name} billed more than the proxy recorded for: {', '.join(missing)}." if missing
+            else f"Every kind of spend a proxy can see matches what {name} billed.")
+    if unseen:
+        text += f" Not visible to a proxy, so no gap: {', '.join(unseen)}."
+    return text
 
 
 class _Echo(logging.Handler):
@@ -163,10 +176,10 @@ def _columns(by: tuple[str, ...], counts_requests: bool) -> list:
         columns.append(("MODEL", lambda r: "" if r["model"] == "TOTAL" and first else r["model"] or "", "<"))
         first = True
     if "api-key" in by:
-        columns.append(("API KEY (provider)", lambda r: _key_cell(r, "api_key_id", first), "<"))
+        columns.append(("API KEY (provider)", lambda r, first=first: _key_cell(r, "api_key_id", first), "<"))
         first = True
     if "api-key" in by or "project" in by:
-        columns.append(("PROJECT", lambda r: _key_cell(r, "project", first), "<"))
+        columns.append(("PROJECT", lambda r, first=first: _key_cell(r, "project", first), "<"))
     if counts_requests:
         columns.append(("REQ ours/theirs", _pair("requests"), ">"))
     columns += [("IN", _pair("input_tokens"), ">"), ("CACHE R", _pair("cache_read_tokens"), ">"),

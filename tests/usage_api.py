@@ -74,8 +74,10 @@ class Billed:
         self.line_item = self.line_item or f"{self.model}, input and output"
 
 
-def billed_from(received) -> list[Billed]:
-    """The ledger of non-streamed chat and messages calls the fake provider answered with 200."""
+def billed_from(received, keys: dict[str, tuple[str, str]] | None = None) -> list[Billed]:
+    """The ledger of non-streamed chat and messages calls the fake provider answered with 200.
+    ``keys``: the provider key each call was made with (its ``authorization`` / ``x-api-key``
+    header) -> (its id, its project or workspace), as the provider's books name it."""
     ledger = []
     for r in received:
         path = r.path.split("?")[0]
@@ -91,15 +93,17 @@ def billed_from(received) -> list[Billed]:
         body = json.loads(reply.body)
         usage = body["usage"]
         at = dt.datetime.fromtimestamp(r.at, dt.UTC)
+        secret = (r.headers.get("authorization") or "").removeprefix("Bearer ") or r.headers.get("x-api-key") or ""
+        key = dict(zip(("api_key_id", "project_id"), (keys or {}).get(secret, ("key_0001", "proj_0001")), strict=True))
         if path.endswith("/v1/messages"):
             creation = usage.get("cache_creation") or {}
             ledger.append(Billed(at, "anthropic", body["model"], usage["input_tokens"],
                                  usage.get("cache_read_input_tokens", 0), creation.get("ephemeral_5m_input_tokens", 0),
-                                 creation.get("ephemeral_1h_input_tokens", 0), usage["output_tokens"]))
+                                 creation.get("ephemeral_1h_input_tokens", 0), usage["output_tokens"], **key))
         else:
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
             ledger.append(Billed(at, "openai", body["model"], usage["prompt_tokens"] - cached, cached,
-                                 output_tokens=usage["completion_tokens"]))
+                                 output_tokens=usage["completion_tokens"], **key))
     return ledger
 
 

@@ -60,6 +60,7 @@ def compare(billed: dict[str, Decimal], ours: list[dict], tolerance: float = 0.0
         into["ours_calls"] += int(row["calls"])
         into["ours_cost_usd"] += Decimal(row["cost_usd"] or 0)
     found = [line for line in lines.values() if line["line_items"] or line["ours_calls"]]
+    found.sort(key=lambda line: not line["visible"])  # what a proxy can see first
     for line in found:
         line["line_items"] = "; ".join(line["line_items"])
         line["difference_usd"] = line["billed_usd"] - line["ours_cost_usd"]
