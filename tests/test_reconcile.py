@@ -559,3 +559,35 @@ def test_the_fake_refuses_what_the_real_usage_api_refuses(usage_api):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(costs, timeout=10)
     assert refused.value.code == 400
+
+
+def test_anthropic_names_the_key_around_the_proxy_per_hour_in_both_of_its_apis(tmp_path, usage_api):
+    import anthropic as anthropic_sdk
+    message = {"model": "claude-sonnet-4-20250514", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    with FakeProvider() as provider:
+        proxy = start_proxy(tmp_path / "home", provider.url, tmp_path / "proxy.log")
+        try:
+            proxy.anthropic(api_key="sk-ant-app-secret", headers={"x-customer-id": "rec"}).messages.create(**message)
+            assert len(proxy.rows("rec", expect=1)) == 1
+        finally:
+            proxy.stop()
+        direct = anthropic_sdk.Anthropic(base_url=provider.url, api_key="sk-ant-etl-secret")
+        for _ in range(2):  # two, so that which key's usage is ours is not a guess (keys.py)
+            direct.messages.create(**message)
+        usage_api.ledger = billed_from(provider.received, {"sk-ant-app-secret": ("apikey_app", "wrkspc_app"),
+                                                           "sk-ant-etl-secret": ("apikey_etl", "wrkspc_etl")})
+    args = ("--provider", "anthropic", "--since", "1d", "--upstream", usage_api.url, "--by", "hour", "--by", "api-key",
+            "--format", "json")
+    for refused in (False, True):  # the analytics API, then the legacy reports
+        usage_api.analytics_refused = refused
+        usage_api.requests.clear()
+        result = reconcile(proxy.home, *args)
+        assert result.exit_code == 0 and ("legacy usage and cost reports" in result.stderr) is refused
+        [app, etl, total] = json.loads(result.stdout)
+        assert (app["api_key_id"], app["project"], app["status"]) == ("apikey_app", "wrkspc_app", "match")
+        assert (etl["api_key_id"], etl["project"], etl["status"]) == ("apikey_etl", "wrkspc_etl", "untracked")
+        assert etl["ours_cache_read_tokens"] == 0 and etl["theirs_cache_read_tokens"] == 2 * 9_511
+        assert app["ours_cache_read_tokens"] == app["theirs_cache_read_tokens"] == 9_511
+        assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) > 0
+        usage = [path for path in usage_api.requests if "usage" in path]
+        assert usage and all("api_key_id" in path and "workspace_id" in path and "1h" in path for path in usage)
