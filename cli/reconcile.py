@@ -51,7 +51,7 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
         raise click.UsageError(f"Set {api.KEY_VARIABLE} to an organization admin key of {api.NAME}: the usage API "
                                f"does not take ordinary API keys.")
     start, end = _range(since, until)
-    by = _checked(by, api)
+    by = _checked(by)
     with _warnings_shown(), rec.bounded():  # every request of the report within one deadline
         if by == ("line-item",):
             _line_items(obj, provider, api, admin_key, start, end, tolerance, upstream, fmt)
@@ -59,15 +59,13 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
             _report(obj, provider, api, admin_key, start, end, by, tolerance, upstream, fmt)
 
 
-def _checked(by: tuple[str, ...], api) -> tuple[str, ...]:
+def _checked(by: tuple[str, ...]) -> tuple[str, ...]:
     by = tuple(dict.fromkeys(by)) or ("day", "model")
     if "day" in by and "hour" in by:
         raise click.UsageError("--by day and --by hour exclude each other: lines are per day or per hour.")
     if "line-item" in by and len(by) > 1:
         raise click.UsageError("--by line-item stands alone: the cost APIs bill per day and line item, not per "
                                "model, key or hour.")
-    if "line-item" in by and not hasattr(api, "fetch_line_items"):
-        raise click.UsageError(f"--by line-item is not available for {api.NAME} yet.")
     return by
 
 

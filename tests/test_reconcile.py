@@ -591,3 +591,49 @@ def test_anthropic_names_the_key_around_the_proxy_per_hour_in_both_of_its_apis(t
         assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) > 0
         usage = [path for path in usage_api.requests if "usage" in path]
         assert usage and all("api_key_id" in path and "workspace_id" in path and "1h" in path for path in usage)
+
+
+def test_anthropic_cost_line_items_show_web_search_missing_in_both_of_its_apis(tmp_path, usage_api):
+    sonnet, at = "claude-sonnet-4-20250514", dt.datetime(2026, 11, 12, 10, tzinfo=dt.UTC)
+    home = tmp_path / "home"
+    home.mkdir()
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, [call_row(1, ts=at, provider="anthropic", endpoint="/v1/messages", model=sonnet,
+                                        input_tokens=1000, output_tokens=100, cost_usd=Decimal("0.0045"))])
+    usage_api.ledger = [Billed(at, "anthropic", sonnet, 1000, output_tokens=100, billed_usd=0.0045,
+                               line_item="Claude Sonnet 4 Usage - Input and Output Tokens")]
+    usage_api.extra_costs = [Billed(at, "anthropic", sonnet, 0, billed_usd=0.02, line_item="Web Search Usage",
+                                    cost_type="web_search")]
+    args = ("--provider", "anthropic", "--since", "2026-11-12", "--until", "2026-11-13", "--upstream", usage_api.url,
+            "--by", "line-item", "--format", "json")
+    for refused, names in ((False, (f"{sonnet}, tokens", f"{sonnet}, web_search")),
+                           (True, ("Claude Sonnet 4 Usage - Input and Output Tokens", "Web Search Usage"))):
+        usage_api.analytics_refused = refused
+        usage_api.requests.clear()
+        result = reconcile(home, *args)
+        assert result.exit_code == 0, result.output
+        [calls, tools, total] = json.loads(result.stdout)
+        assert (calls["kind"], calls["line_items"], calls["status"]) == ("model calls", names[0], "match")
+        assert (tools["kind"], tools["line_items"], tools["status"]) == ("tools", names[1], "untracked")
+        assert Decimal(str(tools["difference_usd"])) == Decimal(str(total["difference_usd"])) == Decimal("0.02")
+        assert all("cost_type" in path or "description" in path for path in usage_api.requests if "cost" in path)
+
+
+def test_when_our_side_cannot_be_split_among_keys_the_total_still_names_the_gap(tmp_path, usage_api):
+    """Two provider keys made the same call in the same hour, one through the proxy: which one is a
+    guess, so ours stays on a line with no key (docs/reconciliation.md), and the total is exact."""
+    at = dt.datetime(2026, 11, 12, 10, tzinfo=dt.UTC)
+    home = tmp_path / "home"
+    home.mkdir()
+    cost = (1000 * Decimal("2.50") + 100 * Decimal("10.00")) / M
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, [call_row(1, ts=at, model=GPT4O, input_tokens=1000, output_tokens=100, cost_usd=cost)])
+    usage_api.ledger = [Billed(at, "openai", GPT4O, 1000, output_tokens=100, api_key_id=key, project_id=project)
+                        for key, project in (APP, ETL)]
+    args = ("--provider", "openai", "--since", "2026-11-12", "--until", "2026-11-13", "--upstream", usage_api.url)
+    [unsplit, app, etl, total] = lines(reconcile(home, *args, "--by", "api-key", "--format", "json"))
+    assert (unsplit["api_key_id"], unsplit["status"], unsplit["ours_requests"]) == (None, "over", 1)
+    assert [(x["api_key_id"], x["status"], x["theirs_requests"]) for x in (app, etl)] == [
+        ("key_app", "untracked", 1), ("key_etl", "untracked", 1)]
+    assert Decimal(str(total["difference_usd"])) == cost
+    assert "(no provider key)" in reconcile(home, *args, "--by", "api-key").output

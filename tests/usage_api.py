@@ -51,7 +51,7 @@ ALLOWED = {
                                       {"workspace_id", "description"}, {"1d"}),
 }
 GROUPS = {"project_id": "project_id", "workspace_id": "project_id", "api_key_id": "api_key_id", "model": "model",
-          "line_item": "line_item", "description": "line_item"}  # wire name -> Billed field
+          "line_item": "line_item", "description": "line_item", "cost_type": "cost_type"}  # wire name -> Billed field
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Billed:
     api_key_id: str = "key_0001"   # the provider key it was made with (its id, as the usage API names it)
     project_id: str = "proj_0001"  # OpenAI's project, Anthropic's workspace
     line_item: str = ""            # its cost line item; "" : "<model>, input and output"
+    cost_type: str = "tokens"      # Anthropic's analytics cost type: tokens, web_search, code_execution
 
     def __post_init__(self) -> None:
         self.line_item = self.line_item or f"{self.model}, input and output"
@@ -219,10 +220,12 @@ def _analytics_rows(buckets: list[tuple[dt.datetime, list]], width: dt.timedelta
     for at, entries in buckets:
         bounds = {"starting_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
                   "ending_at": (at + width).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        if cost and entries:
-            rows.append({**bounds, "group": {"model": None, "product": None},
-                         "cost": {"amount": _cents(entries), "list_amount": _cents(entries), "currency": "USD",
-                                  "requests": len(entries)}})
+        if cost:
+            for values, mine in _grouped(entries, group):
+                rows.append({**bounds, "group": {"model": None, "product": None, **values},
+                             "cost": {"amount": _cents(mine), "list_amount": _cents(mine), "currency": "USD",
+                                      # null when grouped by cost_type, as documented
+                                      "requests": None if "cost_type" in values else len(mine)}})
         elif not cost:
             for values, mine in _grouped(entries, group):
                 usage = {k: v for k, v in _anthropic_result(values, mine).items() if k in _USAGE_FIELDS}
@@ -330,7 +333,8 @@ def _analytics(api: UsageApi, handler: BaseHTTPRequestHandler, path: str, query:
         return _json(handler, 400, {"type": "error", "error": {"type": "invalid_request_error",
                                                                "message": "bad range, width, group_by or path"}})
     step = WIDTHS[width]
-    rows = _analytics_rows(api.buckets("anthropic", start, end, step), step, path.endswith("/cost"), group)
+    cost = path.endswith("/cost")
+    rows = _analytics_rows(api.buckets("anthropic", start, end, step, cost), step, cost, group)
     size = api.page_size or int(query.get("limit", ["20"])[0])
     first = _cursor(query)
     more = first + size < len(rows)

@@ -35,6 +35,10 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
     return _either("fetch_costs", base_url, admin_key, start, end)
 
 
+def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[str, Decimal]:
+    return _either("fetch_line_items", base_url, admin_key, start, end)
+
+
 def forget_refusals() -> None:
     _refused.clear()
 

@@ -45,6 +45,25 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
     return days
 
 
+def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[str, Decimal]:
+    """Billed in [start, end) per model and ``cost_type`` ("tokens", "web_search", "code_execution"), in dollars."""
+    url = f"{base_url.rstrip('/')}/v1/organizations/analytics/cost"
+    items: dict[str, Decimal] = {}
+    group = [("group_by[]", "model"), ("group_by[]", "cost_type")]
+    for body in _pages(url, start, end, "1d", group, admin_key):
+        rows = read_rows(body, url, NAME, lambda body=body: [(_line_item(row["group"]),
+                                                              amount(row["cost"]["amount"], "cost.amount"))
+                                                             for row in body.get("data") or []])
+        for name, cents in rows:
+            items[name] = items.get(name, Decimal(0)) + cents / 100
+    return items
+
+
+def _line_item(group: dict) -> str:
+    """"claude-sonnet-4-20250514, tokens"; a cost with no model (a tool's session) by its type alone."""
+    return ", ".join(str(group[name]) for name in ("model", "cost_type") if group.get(name)) or "(none)"
+
+
 def _pages(url: str, start: dt.datetime, end: dt.datetime, width: str, group: list[tuple[str, str]],
            admin_key: str):
     """Every page of every window of at most ``SPAN`` in [start, end)."""

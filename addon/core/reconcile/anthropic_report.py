@@ -41,6 +41,20 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
     return days
 
 
+def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[str, Decimal]:
+    """Billed in [start, end) per ``description`` ("Claude Sonnet 4 Usage - Input Tokens", "Web
+    Search Usage", ...), in dollars."""
+    url = f"{base_url.rstrip('/')}/v1/organizations/cost_report"
+    params = [("starting_at", rfc3339(start)), ("ending_at", rfc3339(end)), ("bucket_width", "1d"),
+              ("group_by[]", "description"), ("limit", "31")]
+    items: dict[str, Decimal] = {}
+    for body in _pages(url, params, admin_key):
+        for name, cents in read_page(body, url, NAME, _start, lambda at, r: (
+                str(r.get("description") or r.get("cost_type") or "(none)"), amount(r["amount"], "amount"))):
+            items[name] = items.get(name, Decimal(0)) + cents / 100
+    return items
+
+
 def _pages(url: str, params: list[tuple[str, str]], admin_key: str):
     return pages(url, params, {"x-api-key": admin_key, **HEADERS}, NAME, KEY_VARIABLE)
 

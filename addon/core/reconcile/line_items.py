@@ -5,6 +5,8 @@ A cost API names its line items in words ("gpt-4o-2024-08-06, input", "web searc
 in ``SPEND``, first match wins. Our rows are sorted by their endpoint and service tier. Per kind,
 the billed sum beside ours says which kind of spend is missing. Some kinds no proxy can ever see
 (training a fine-tuned model, storage billed per GB-day): they are labelled so, never a gap.
+Anthropic's cost types (``tokens``, ``web_search``, ``code_execution``) and descriptions read
+the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ _CENT_FRACTION = Decimal("0.000001")  # differences below a millionth of a dolla
 
 
 def kind_of_line_item(name: str) -> tuple[str, bool]:
-    text = name.lower()
+    text = name.lower().replace("_", " ")  # Anthropic's cost types: web_search, code_execution
     for kind, visible, words in SPEND:
         if not words or any(word in text for word in words):
             return kind, visible
@@ -60,7 +62,7 @@ def compare(billed: dict[str, Decimal], ours: list[dict], tolerance: float = 0.0
         into["ours_calls"] += int(row["calls"])
         into["ours_cost_usd"] += Decimal(row["cost_usd"] or 0)
     found = [line for line in lines.values() if line["line_items"] or line["ours_calls"]]
-    found.sort(key=lambda line: not line["visible"])  # what a proxy can see first
+    found.sort(key=lambda line: (not line["visible"], line["kind"] != "model calls"))  # the bulk first
     for line in found:
         line["line_items"] = "; ".join(line["line_items"])
         line["difference_usd"] = line["billed_usd"] - line["ours_cost_usd"]
