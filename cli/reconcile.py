@@ -39,12 +39,14 @@ from .output import emit, format_option, tokens
 @click.pass_obj
 def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, ...], tolerance: float,
               upstream: str | None, fmt: str = "table") -> None:
-    """Compare our rows with the provider's usage API, per UTC day and model.
+    """Compare our rows with the provider's usage API, per UTC day (or hour) and model, or per
+    provider API key and project, which names the key that went around the proxy.
 
     Needs an organization admin key in OPENAI_ADMIN_KEY or ANTHROPIC_ADMIN_KEY (never stored).
     Each line says match, untracked (the provider saw more: calls around the proxy), over (we
     recorded more) or drift (token kinds disagree both ways); days younger than 24 h may still
-    change at the provider."""
+    change at the provider. --by line-item puts the provider's billed line items beside ours per
+    kind of spend; fine-tuning training and storage are "not visible to a proxy", not a gap."""
     api = rec.PROVIDERS[provider]
     admin_key = os.environ.get(api.KEY_VARIABLE)
     if not admin_key:
