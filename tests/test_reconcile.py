@@ -637,3 +637,20 @@ def test_when_our_side_cannot_be_split_among_keys_the_total_still_names_the_gap(
         ("key_app", "untracked", 1), ("key_etl", "untracked", 1)]
     assert Decimal(str(total["difference_usd"])) == cost
     assert "(no provider key)" in reconcile(home, *args, "--by", "api-key").output
+
+
+def test_names_from_the_provider_reach_the_terminal_without_their_control_characters(tmp_path, usage_api):
+    """A key id or line item with a terminal escape in it (a broken or hostile report) is shown
+    escaped, never run by the terminal."""
+    at = dt.datetime(2026, 11, 12, 10, tzinfo=dt.UTC)
+    home = tmp_path / "home"
+    home.mkdir()
+    usage_api.ledger = [Billed(at, "openai", GPT4O, 1000, api_key_id="key_\x1b[2Jx", billed_usd=0.0035,
+                               line_item="gpt-4o\x1b]0;owned\x07, input" + "x" * 500)]
+    args = ("--provider", "openai", "--since", "2026-11-12", "--until", "2026-11-13", "--upstream", usage_api.url)
+    for view in ("api-key", "line-item"):
+        shown = reconcile(home, *args, "--by", view).output
+        assert "\x1b" not in shown and "\x07" not in shown, view
+    assert "key_\\x1b[2Jx" in reconcile(home, *args, "--by", "api-key").output
+    [items, _] = lines(reconcile(home, *args, "--by", "line-item", "--format", "json"))
+    assert items["line_items"].startswith("gpt-4o\\x1b]0;owned\\x07, input") and len(items["line_items"]) == 200

@@ -11,7 +11,7 @@ import datetime as dt
 from decimal import Decimal
 
 from . import anthropic_report
-from .http import MAX_REQUESTS_PER_BUCKET, amount, pages, parse_rfc3339, read_rows, rfc3339, whole
+from .http import MAX_REQUESTS_PER_BUCKET, amount, label, pages, parse_rfc3339, read_rows, rfc3339, whole
 
 NAME = anthropic_report.NAME
 KEY_VARIABLE = anthropic_report.KEY_VARIABLE
@@ -61,7 +61,7 @@ def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.
 
 def _line_item(group: dict) -> str:
     """"claude-sonnet-4-20250514, tokens"; a cost with no model (a tool's session) by its type alone."""
-    return ", ".join(str(group[name]) for name in ("model", "cost_type") if group.get(name)) or "(none)"
+    return label(", ".join(str(group[name]) for name in ("model", "cost_type") if group.get(name))) or "(none)"
 
 
 def _pages(url: str, start: dt.datetime, end: dt.datetime, width: str, group: list[tuple[str, str]],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import MAX_REQUESTS_PER_BUCKET, amount, pages, parse_rfc3339, read_page, rfc3339, whole
+from .http import MAX_REQUESTS_PER_BUCKET, amount, label, pages, parse_rfc3339, read_page, rfc3339, whole
 
 NAME = "Anthropic"
 KEY_VARIABLE = "ANTHROPIC_ADMIN_KEY"
@@ -50,7 +50,7 @@ def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.
     items: dict[str, Decimal] = {}
     for body in _pages(url, params, admin_key):
         for name, cents in read_page(body, url, NAME, _start, lambda at, r: (
-                str(r.get("description") or r.get("cost_type") or "(none)"), amount(r["amount"], "amount"))):
+                label(r.get("description") or r.get("cost_type")) or "(none)", amount(r["amount"], "amount"))):
             items[name] = items.get(name, Decimal(0)) + cents / 100
     return items
 
@@ -68,8 +68,8 @@ def line(at: dt.datetime, result: dict) -> dict:
     creation = result.get("cache_creation") or {}
     tools = result.get("server_tool_use") or {}
     one_hour = whole(creation, "ephemeral_1h_input_tokens")
-    return {"bucket": at, "model": result.get("model"), "api_key_id": result.get("api_key_id"),
-            "project": result.get("workspace_id"), "requests": None,  # the report does not count them
+    return {"bucket": at, "model": result.get("model"), "api_key_id": label(result.get("api_key_id")),
+            "project": label(result.get("workspace_id")), "requests": None,  # the report does not count them
             "input_tokens": whole(result, "uncached_input_tokens"),
             "cache_read_tokens": whole(result, "cache_read_input_tokens"),
             "cache_write_tokens": whole(creation, "ephemeral_5m_input_tokens") + one_hour,

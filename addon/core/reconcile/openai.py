@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import MAX_REQUESTS_PER_BUCKET, Implausible, amount, pages, read_page, whole
+from .http import MAX_REQUESTS_PER_BUCKET, Implausible, amount, label, pages, read_page, whole
 
 NAME = "OpenAI"
 KEY_VARIABLE = "OPENAI_ADMIN_KEY"
@@ -51,7 +51,7 @@ def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.
     params = [*_span(start, end), ("bucket_width", "1d"), ("group_by", "line_item"), ("limit", "31")]
     for body in pages(url, params, _headers(admin_key), NAME, KEY_VARIABLE):
         for item, value in read_page(body, url, NAME, _bucket_start,
-                                     lambda at, r: (str(r.get("line_item") or "(none)"), _billed(at, r)[1])):
+                                     lambda at, r: (label(r.get("line_item")) or "(none)", _billed(at, r)[1])):
             items[item] = items.get(item, Decimal(0)) + value
     return items
 
@@ -76,8 +76,8 @@ def _line(at: dt.datetime, result: dict) -> dict:
     cached, given = whole(result, "input_cached_tokens"), whole(result, "input_tokens")
     if cached > given:
         raise Implausible(f"input_cached_tokens={cached} is more than input_tokens={given}, which includes them")
-    return {"bucket": at, "model": result.get("model"), "api_key_id": result.get("api_key_id"),
-            "project": result.get("project_id"),
+    return {"bucket": at, "model": result.get("model"), "api_key_id": label(result.get("api_key_id")),
+            "project": label(result.get("project_id")),
             "requests": whole(result, "num_model_requests", MAX_REQUESTS_PER_BUCKET),
             "input_tokens": given - cached, "cache_read_tokens": cached, "cache_write_tokens": 0,
             "cache_write_1h_tokens": 0, "output_tokens": whole(result, "output_tokens"), "web_search_requests": 0}
