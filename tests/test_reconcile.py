@@ -17,6 +17,7 @@ import openai
 import pytest
 from click.testing import CliRunner
 
+from addon.core.money import usd
 from addon.core.reconcile import anthropic
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
@@ -414,3 +415,242 @@ def test_a_budget_alert_is_sent_while_the_daily_reconciliation_hangs(tmp_path, m
     assert hanging == 1 and len(provider.usage_api.requests) == 1
     [alert] = budget_alerts()
     assert "daily budget crossed for customer late" in json.loads(alert)["subject"]
+
+
+# Issue 24: the gap named. The proxy's services use one provider key; a batch job uses another,
+# straight to the provider. Each test fails on the code before --by hour/api-key/line-item
+# ("Invalid value for '--by'").
+APP, ETL = ("key_app", "proj_app"), ("key_etl", "proj_etl")
+
+
+def test_calls_around_the_proxy_are_named_by_their_provider_key(tmp_path, usage_api):
+    """Official SDK through the real proxy with one provider key, and straight to the provider
+    with another: the second key's calls, and only they, are untracked."""
+    with FakeProvider() as provider:
+        proxy = start_proxy(tmp_path / "home", provider.url, tmp_path / "proxy.log")
+        try:
+            client = proxy.openai(api_key="sk-app-secret", headers={**LEGACY, "x-customer-id": "rec"})
+            for _ in range(3):
+                client.chat.completions.create(**CHAT)
+            assert len(proxy.rows("rec", expect=3)) == 3
+            direct = openai.OpenAI(base_url=f"{provider.url}/v1", api_key="sk-etl-secret", default_headers=LEGACY)
+            for _ in range(2):
+                direct.chat.completions.create(**CHAT)
+            usage_api.ledger = billed_from(provider.received, {"sk-app-secret": APP, "sk-etl-secret": ETL})
+            args = ("--provider", "openai", "--since", "1d", "--upstream", usage_api.url)
+            [app, etl, total] = lines(reconcile(proxy.home, *args, "--by", "api-key", "--format", "json"))
+            table = reconcile(proxy.home, *args, "--by", "api-key").output
+        finally:
+            proxy.stop()
+    assert (app["api_key_id"], app["project"], app["status"], app["ours_requests"], app["theirs_requests"]) == \
+        ("key_app", "proj_app", "match", 3, 3)
+    assert (etl["api_key_id"], etl["project"], etl["status"], etl["ours_requests"], etl["theirs_requests"]) == \
+        ("key_etl", "proj_etl", "untracked", 0, 2)
+    assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) == 2 * LEGACY_COST
+    assert all("group_by=api_key_id" in path and "group_by=project_id" in path
+               for path in usage_api.requests if "/usage/" in path)
+    assert "key_etl" in table and "untracked" in table
+    assert f"Around the proxy, by the provider's key: key_etl (proj_etl) {usd(2 * LEGACY_COST)}." in table
+    assert "sk-etl-secret" not in table and "sk-app-secret" not in table
+
+
+def _month_with_a_batch_job(tmp_path) -> tuple:
+    """30 days, two proxied calls a day (key_app); three calls of key_etl around the proxy, two of
+    them in an hour the proxy also served, and a fine-tuning training bill."""
+    from pricing import PriceBook
+    from pricing.usage import TokenUsage
+    book = PriceBook(tmp_path / "none.toml")
+    start = dt.datetime(2026, 10, 26, tzinfo=dt.UTC)
+    rows, ledger = [], []
+    for day in range(30):
+        for n, hour in enumerate((9, 17)):
+            at = start + dt.timedelta(days=day, hours=hour, minutes=15 + n)
+            usage = TokenUsage(input_tokens=1000 + day, cache_read_tokens=200 * n, output_tokens=300 + n)
+            cost = book.price(usage, "openai", GPT4O, at).cost_usd
+            rows.append(call_row(day * 2 + n, ts=at, model=GPT4O, input_tokens=usage.input_tokens,
+                                 cache_read_tokens=usage.cache_read_tokens, output_tokens=usage.output_tokens,
+                                 cost_usd=cost, price_source="test"))
+            ledger.append(Billed(at, "openai", GPT4O, usage.input_tokens, usage.cache_read_tokens,
+                                 output_tokens=usage.output_tokens, billed_usd=float(cost), api_key_id=APP[0],
+                                 project_id=APP[1]))
+    around = [(dt.datetime(2026, 11, 3, 9, 30, tzinfo=dt.UTC), 500, 100),
+              (dt.datetime(2026, 11, 10, 3, 0, tzinfo=dt.UTC), 1000, 500),
+              (dt.datetime(2026, 11, 20, 17, 5, tzinfo=dt.UTC), 700, 300)]
+    gap = Decimal(0)
+    for at, given, out in around:
+        cost = book.price(TokenUsage(input_tokens=given, output_tokens=out), "openai", GPT4O, at).cost_usd
+        gap += cost
+        ledger.append(Billed(at, "openai", GPT4O, given, output_tokens=out, billed_usd=float(cost), api_key_id=ETL[0],
+                             project_id=ETL[1]))
+    home = tmp_path / "home"
+    home.mkdir()
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, rows)
+    training = Billed(dt.datetime(2026, 11, 12, tzinfo=dt.UTC), "openai", "gpt-4o-mini-2024-07-18", 0,
+                      billed_usd=12.5, line_item="fine-tuning training, gpt-4o-mini-2024-07-18")
+    return home, ledger, [training], around, gap
+
+
+def test_a_month_reconciles_to_exactly_the_calls_around_the_proxy_per_key_and_hour(tmp_path, usage_api):
+    home, usage_api.ledger, usage_api.extra_costs, around, gap = _month_with_a_batch_job(tmp_path)
+    args = ("--provider", "openai", "--since", "2026-10-26", "--until", "2026-11-25", "--upstream", usage_api.url)
+
+    [app, etl, total] = lines(reconcile(home, *args, "--by", "api-key", "--format", "json"))
+    assert (app["api_key_id"], app["status"], app["ours_requests"], app["theirs_requests"]) == ("key_app", "match",
+                                                                                                 60, 60)
+    assert (etl["api_key_id"], etl["project"], etl["status"]) == ("key_etl", "proj_etl", "untracked")
+    assert (etl["ours_requests"], etl["theirs_requests"]) == (0, 3)
+    assert (etl["theirs_input_tokens"], etl["theirs_output_tokens"]) == (2200, 900)
+    assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) == gap
+
+    as_csv = list(csv.DictReader(io.StringIO(reconcile(home, *args, "--by", "api-key", "--format", "csv").output)))
+    assert [(r["api_key_id"], r["status"]) for r in as_csv[:-1]] == [("key_app", "match"), ("key_etl", "untracked")]
+    assert Decimal(as_csv[1]["difference_usd"]) == gap and int(as_csv[1]["theirs_requests"]) == 3
+
+    hourly = lines(reconcile(home, *args, "--by", "hour", "--by", "api-key", "--format", "json"))[:-1]
+    untracked = [(dt.datetime.fromisoformat(line["bucket"]), line["api_key_id"], line["theirs_requests"])
+                 for line in hourly if line["status"] != "match"]
+    assert untracked == [(at.replace(minute=0), "key_etl", 1) for at, _, _ in around]
+    assert len(hourly) == 60 + 3  # every proxied hour matches, named key_app
+    assert all(line["api_key_id"] == "key_app" for line in hourly if line["status"] == "match")
+    assert any("bucket_width=1h" in path and "limit=168" in path for path in usage_api.requests)
+
+    table = reconcile(home, *args, "--by", "hour", "--by", "api-key").output
+    assert "2026-11-10 03:00  key_etl" in table
+    assert f"Around the proxy, by the provider's key: key_etl (proj_etl) {usd(gap)}." in table
+
+
+def test_the_cost_line_items_show_the_kind_of_spend_missing_and_what_no_proxy_sees(tmp_path, usage_api):
+    home, usage_api.ledger, usage_api.extra_costs, _, gap = _month_with_a_batch_job(tmp_path)
+    args = ("--provider", "openai", "--since", "2026-10-26", "--until", "2026-11-25", "--upstream", usage_api.url,
+            "--by", "line-item")
+    [calls, training, total] = lines(reconcile(home, *args, "--format", "json"))
+    assert (training["kind"], training["line_items"], training["status"]) == (
+        "fine-tuning training", "fine-tuning training, gpt-4o-mini-2024-07-18", "not visible to a proxy")
+    assert (Decimal(str(training["billed_usd"])), Decimal(str(training["ours_cost_usd"]))) == (Decimal("12.5"), 0)
+    assert (calls["kind"], calls["line_items"], calls["status"], calls["ours_calls"]) == (
+        "model calls", f"{GPT4O}, input and output", "untracked", 60)
+    assert float(calls["difference_usd"]) == pytest.approx(float(gap), abs=1e-9)
+    assert float(total["difference_usd"]) == pytest.approx(float(gap), abs=1e-9)  # training is no gap
+    assert all("group_by=line_item" in path for path in usage_api.requests)
+
+    as_csv = list(csv.DictReader(io.StringIO(reconcile(home, *args, "--format", "csv").output)))
+    assert [(r["kind"], r["status"]) for r in as_csv] == [("model calls", "untracked"),
+                                                          ("fine-tuning training", "not visible to a proxy"),
+                                                          ("TOTAL", "differs")]
+    table = reconcile(home, *args).output
+    assert "fine-tuning training" in table and "not visible to a proxy" in table
+    assert f"OpenAI billed more than the proxy recorded for: model calls {usd(gap)}." in table
+    assert "Not visible to a proxy, so no gap: fine-tuning training $12.50." in table
+
+
+def test_the_fake_refuses_what_the_real_usage_api_refuses(usage_api):
+    """Strict as the real API: an unknown parameter, group_by value or width is a 400."""
+    import urllib.error
+    import urllib.request
+    base = f"{usage_api.url}/v1/organization/usage/completions?start_time=0&end_time=86400"
+    for query in ("&group_by=workspace_id", "&bucket_width=2h", "&limit=32", "&colour=blue"):
+        request = urllib.request.Request(base + query, headers={"authorization": f"Bearer {ADMIN_KEY}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 400, query
+    costs = urllib.request.Request(f"{usage_api.url}/v1/organization/costs?start_time=0&group_by=model",
+                                   headers={"authorization": f"Bearer {ADMIN_KEY}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(costs, timeout=10)
+    assert refused.value.code == 400
+
+
+def test_anthropic_names_the_key_around_the_proxy_per_hour_in_both_of_its_apis(tmp_path, usage_api):
+    import anthropic as anthropic_sdk
+    message = {"model": "claude-sonnet-4-20250514", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    with FakeProvider() as provider:
+        proxy = start_proxy(tmp_path / "home", provider.url, tmp_path / "proxy.log")
+        try:
+            proxy.anthropic(api_key="sk-ant-app-secret", headers={"x-customer-id": "rec"}).messages.create(**message)
+            assert len(proxy.rows("rec", expect=1)) == 1
+        finally:
+            proxy.stop()
+        direct = anthropic_sdk.Anthropic(base_url=provider.url, api_key="sk-ant-etl-secret")
+        for _ in range(2):  # two, so that which key's usage is ours is not a guess (keys.py)
+            direct.messages.create(**message)
+        usage_api.ledger = billed_from(provider.received, {"sk-ant-app-secret": ("apikey_app", "wrkspc_app"),
+                                                           "sk-ant-etl-secret": ("apikey_etl", "wrkspc_etl")})
+    args = ("--provider", "anthropic", "--since", "1d", "--upstream", usage_api.url, "--by", "hour", "--by", "api-key",
+            "--format", "json")
+    for refused in (False, True):  # the analytics API, then the legacy reports
+        usage_api.analytics_refused = refused
+        usage_api.requests.clear()
+        result = reconcile(proxy.home, *args)
+        assert result.exit_code == 0 and ("legacy usage and cost reports" in result.stderr) is refused
+        [app, etl, total] = json.loads(result.stdout)
+        assert (app["api_key_id"], app["project"], app["status"]) == ("apikey_app", "wrkspc_app", "match")
+        assert (etl["api_key_id"], etl["project"], etl["status"]) == ("apikey_etl", "wrkspc_etl", "untracked")
+        assert etl["ours_cache_read_tokens"] == 0 and etl["theirs_cache_read_tokens"] == 2 * 9_511
+        assert app["ours_cache_read_tokens"] == app["theirs_cache_read_tokens"] == 9_511
+        assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) > 0
+        usage = [path for path in usage_api.requests if "usage" in path]
+        assert usage and all("api_key_id" in path and "workspace_id" in path and "1h" in path for path in usage)
+
+
+def test_anthropic_cost_line_items_show_web_search_missing_in_both_of_its_apis(tmp_path, usage_api):
+    sonnet, at = "claude-sonnet-4-20250514", dt.datetime(2026, 11, 12, 10, tzinfo=dt.UTC)
+    home = tmp_path / "home"
+    home.mkdir()
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, [call_row(1, ts=at, provider="anthropic", endpoint="/v1/messages", model=sonnet,
+                                        input_tokens=1000, output_tokens=100, cost_usd=Decimal("0.0045"))])
+    usage_api.ledger = [Billed(at, "anthropic", sonnet, 1000, output_tokens=100, billed_usd=0.0045,
+                               line_item="Claude Sonnet 4 Usage - Input and Output Tokens")]
+    usage_api.extra_costs = [Billed(at, "anthropic", sonnet, 0, billed_usd=0.02, line_item="Web Search Usage",
+                                    cost_type="web_search")]
+    args = ("--provider", "anthropic", "--since", "2026-11-12", "--until", "2026-11-13", "--upstream", usage_api.url,
+            "--by", "line-item", "--format", "json")
+    for refused, names in ((False, (f"{sonnet}, tokens", f"{sonnet}, web_search")),
+                           (True, ("Claude Sonnet 4 Usage - Input and Output Tokens", "Web Search Usage"))):
+        usage_api.analytics_refused = refused
+        usage_api.requests.clear()
+        result = reconcile(home, *args)
+        assert result.exit_code == 0, result.output
+        [calls, tools, total] = json.loads(result.stdout)
+        assert (calls["kind"], calls["line_items"], calls["status"]) == ("model calls", names[0], "match")
+        assert (tools["kind"], tools["line_items"], tools["status"]) == ("tools", names[1], "untracked")
+        assert Decimal(str(tools["difference_usd"])) == Decimal(str(total["difference_usd"])) == Decimal("0.02")
+        assert all("cost_type" in path or "description" in path for path in usage_api.requests if "cost" in path)
+
+
+def test_when_our_side_cannot_be_split_among_keys_the_total_still_names_the_gap(tmp_path, usage_api):
+    """Two provider keys made the same call in the same hour, one through the proxy: which one is a
+    guess, so ours stays on a line with no key (docs/reconciliation.md), and the total is exact."""
+    at = dt.datetime(2026, 11, 12, 10, tzinfo=dt.UTC)
+    home = tmp_path / "home"
+    home.mkdir()
+    cost = (1000 * Decimal("2.50") + 100 * Decimal("10.00")) / M
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, [call_row(1, ts=at, model=GPT4O, input_tokens=1000, output_tokens=100, cost_usd=cost)])
+    usage_api.ledger = [Billed(at, "openai", GPT4O, 1000, output_tokens=100, api_key_id=key, project_id=project)
+                        for key, project in (APP, ETL)]
+    args = ("--provider", "openai", "--since", "2026-11-12", "--until", "2026-11-13", "--upstream", usage_api.url)
+    [unsplit, app, etl, total] = lines(reconcile(home, *args, "--by", "api-key", "--format", "json"))
+    assert (unsplit["api_key_id"], unsplit["status"], unsplit["ours_requests"]) == (None, "over", 1)
+    assert [(x["api_key_id"], x["status"], x["theirs_requests"]) for x in (app, etl)] == [
+        ("key_app", "untracked", 1), ("key_etl", "untracked", 1)]
+    assert Decimal(str(total["difference_usd"])) == cost
+    assert "(no provider key)" in reconcile(home, *args, "--by", "api-key").output
+
+
+def test_names_from_the_provider_reach_the_terminal_without_their_control_characters(tmp_path, usage_api):
+    """A key id or line item with a terminal escape in it (a broken or hostile report) is shown
+    escaped, never run by the terminal."""
+    at = dt.datetime(2026, 11, 12, 10, tzinfo=dt.UTC)
+    home = tmp_path / "home"
+    home.mkdir()
+    usage_api.ledger = [Billed(at, "openai", GPT4O, 1000, api_key_id="key_\x1b[2Jx", billed_usd=0.0035,
+                               line_item="gpt-4o\x1b]0;owned\x07, input" + "x" * 500)]
+    args = ("--provider", "openai", "--since", "2026-11-12", "--until", "2026-11-13", "--upstream", usage_api.url)
+    for view in ("api-key", "line-item"):
+        shown = reconcile(home, *args, "--by", view).output
+        assert "\x1b" not in shown and "\x07" not in shown, view
+    assert "key_\\x1b[2Jx" in reconcile(home, *args, "--by", "api-key").output
+    [items, _] = lines(reconcile(home, *args, "--by", "line-item", "--format", "json"))
+    assert items["line_items"].startswith("gpt-4o\\x1b]0;owned\\x07, input") and len(items["line_items"]) == 200

@@ -1,17 +1,19 @@
 """Fakes of the providers' organisation usage APIs, at the wire (docs/reconciliation.md).
 
-A real HTTP server on 127.0.0.1 answering OpenAI's ``/v1/organization/usage/{completions,
-embeddings}`` and ``/costs``, Anthropic's Usage and Cost Analytics API (``/v1/organizations/
-analytics/{usage,cost}``, beta header required, at most 31 days a request, rows paged) and its
-legacy ``usage_report/messages`` and ``cost_report``, with the documented field names, buckets and
-paging (``has_more`` / ``next_page``), from a ledger of billed calls:
-what a provider knows it served. ``billed_from`` builds that ledger from what the fake provider
-(tests/upstream.py) actually answered, direct calls included. Faults: a wrong admin key gets 401,
-``throttle`` answers the next requests 429 with ``retry-after``; ``stuck_cursor`` says ``has_more``
-with the same cursor on every page, ``endless`` with a new one; ``drip_s`` writes every answer a
-byte at a time; ``padding`` makes every page that much bigger; ``figures`` puts these values
-into every usage result (``costs`` into every cost amount); ``echo_key`` answers that status with
-an error that quotes the admin key it got, as a careless API might. It serves on a port of its
+A real HTTP server on 127.0.0.1 answering OpenAI's ``/v1/organization/usage/{completions, embeddings}`` and
+``/costs``, Anthropic's Usage and Cost Analytics API (``/v1/organizations/ analytics/{usage,cost}``, beta
+header required, at most 31 days a request, rows paged) and its legacy ``usage_report/messages`` and
+``cost_report``, with the documented field names, buckets and paging (``has_more`` / ``next_page``), from a
+ledger of billed calls: what a provider knows it served. Strict as the real APIs: buckets of the
+``bucket_width`` asked (``1d``, ``1h``), results grouped by exactly the ``group_by`` fields asked (the
+others null), and a 400 for a parameter, ``group_by`` value, width or ``limit`` the API does not take
+(``ALLOWED``). ``extra_costs`` are billed line items that are no call (fine-tuning training, storage).
+``billed_from`` builds that ledger from what the fake provider (tests/upstream.py) actually answered, direct
+calls included. Faults: a wrong admin key gets 401, ``throttle`` answers the next requests 429 with ``retry-
+after``; ``stuck_cursor`` says ``has_more`` with the same cursor on every page, ``endless`` with a new one;
+``drip_s`` writes every answer a byte at a time; ``padding`` makes every page that much bigger; ``figures``
+puts these values into every usage result (``costs`` into every cost amount); ``echo_key`` answers that
+status with an error that quotes the admin key it got, as a careless API might. It serves on a port of its
 own, or through the fake provider (``FakeProvider.usage_api``), as the real APIs share the provider's host.
 """
 
@@ -28,6 +30,28 @@ from . import payloads
 
 ADMIN_KEY = "sk-admin-test-0123456789"
 DAY = dt.timedelta(days=1)
+WIDTHS = {"1m": dt.timedelta(minutes=1), "1h": dt.timedelta(hours=1), "1d": DAY}
+LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}  # (default, most) buckets a page
+_FILTERS_OPENAI = {"start_time", "end_time", "bucket_width", "project_ids", "user_ids", "api_key_ids", "models",
+                   "batch", "group_by", "limit", "page"}
+_FILTERS_ANTHROPIC = {"starting_at", "ending_at", "bucket_width", "group_by[]", "limit", "page", "models[]",
+                      "api_key_ids[]", "workspace_ids[]", "service_tiers[]", "context_window[]", "inference_geos[]"}
+# path -> (parameters it takes, group_by values it takes, bucket widths it takes), as documented
+ALLOWED = {
+    "/v1/organization/usage/completions": (_FILTERS_OPENAI, {"project_id", "user_id", "api_key_id", "model", "batch",
+                                                            "service_tier"}, {"1m", "1h", "1d"}),
+    "/v1/organization/usage/embeddings": (_FILTERS_OPENAI - {"batch"}, {"project_id", "user_id", "api_key_id",
+                                                                        "model"}, {"1m", "1h", "1d"}),
+    "/v1/organization/costs": ({"start_time", "end_time", "bucket_width", "project_ids", "group_by", "limit", "page"},
+                               {"project_id", "line_item"}, {"1d"}),
+    "/v1/organizations/usage_report/messages": (_FILTERS_ANTHROPIC, {"api_key_id", "workspace_id", "model",
+                                                                     "service_tier", "context_window",
+                                                                     "inference_geo"}, {"1m", "1h", "1d"}),
+    "/v1/organizations/cost_report": ({"starting_at", "ending_at", "bucket_width", "group_by[]", "limit", "page"},
+                                      {"workspace_id", "description"}, {"1d"}),
+}
+GROUPS = {"project_id": "project_id", "workspace_id": "project_id", "api_key_id": "api_key_id", "model": "model",
+          "line_item": "line_item", "description": "line_item", "cost_type": "cost_type"}  # wire name -> Billed field
 
 
 @dataclass
@@ -42,10 +66,19 @@ class Billed:
     output_tokens: int = 0
     web_search_requests: int = 0
     billed_usd: float = 0.0  # what the Costs API reports for it (a test sets it)
+    api_key_id: str = "key_0001"   # the provider key it was made with (its id, as the usage API names it)
+    project_id: str = "proj_0001"  # OpenAI's project, Anthropic's workspace
+    line_item: str = ""            # its cost line item; "" : "<model>, input and output"
+    cost_type: str = "tokens"      # Anthropic's analytics cost type: tokens, web_search, code_execution
+
+    def __post_init__(self) -> None:
+        self.line_item = self.line_item or f"{self.model}, input and output"
 
 
-def billed_from(received) -> list[Billed]:
-    """The ledger of non-streamed chat and messages calls the fake provider answered with 200."""
+def billed_from(received, keys: dict[str, tuple[str, str]] | None = None) -> list[Billed]:
+    """The ledger of non-streamed chat and messages calls the fake provider answered with 200.
+    ``keys``: the provider key each call was made with (its ``authorization`` / ``x-api-key``
+    header) -> (its id, its project or workspace), as the provider's books name it."""
     ledger = []
     for r in received:
         path = r.path.split("?")[0]
@@ -61,15 +94,17 @@ def billed_from(received) -> list[Billed]:
         body = json.loads(reply.body)
         usage = body["usage"]
         at = dt.datetime.fromtimestamp(r.at, dt.UTC)
+        secret = (r.headers.get("authorization") or "").removeprefix("Bearer ") or r.headers.get("x-api-key") or ""
+        key = dict(zip(("api_key_id", "project_id"), (keys or {}).get(secret, ("key_0001", "proj_0001")), strict=True))
         if path.endswith("/v1/messages"):
             creation = usage.get("cache_creation") or {}
             ledger.append(Billed(at, "anthropic", body["model"], usage["input_tokens"],
                                  usage.get("cache_read_input_tokens", 0), creation.get("ephemeral_5m_input_tokens", 0),
-                                 creation.get("ephemeral_1h_input_tokens", 0), usage["output_tokens"]))
+                                 creation.get("ephemeral_1h_input_tokens", 0), usage["output_tokens"], **key))
         else:
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
             ledger.append(Billed(at, "openai", body["model"], usage["prompt_tokens"] - cached, cached,
-                                 output_tokens=usage["completion_tokens"]))
+                                 output_tokens=usage["completion_tokens"], **key))
     return ledger
 
 
@@ -88,6 +123,7 @@ class UsageApi:
         self.costs: object = None          # the amount of every cost result, when set
         self.echo_key: int | None = None   # answer this status, quoting the admin key in the error
         self.padding = 0                   # bytes of filler in every page (a page too big to hold)
+        self.extra_costs: list[Billed] = []  # billed line items that are no call: training, storage
         self.requests: list[str] = []
         self.closed = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -100,38 +136,51 @@ class UsageApi:
         self.server.shutdown()
         self.server.server_close()
 
-    def buckets(self, provider: str, start: dt.datetime, end: dt.datetime) -> list[tuple[dt.datetime, list]]:
-        """Every UTC day in [start, end), with the ledger's entries in it (empty days included)."""
-        days, day = [], start
-        while day < end:
-            days.append((day, [b for b in self.ledger if b.provider == provider and day <= b.at < day + DAY]))
-            day += DAY
-        return days
+    def buckets(self, provider: str, start: dt.datetime, end: dt.datetime, width: dt.timedelta = DAY,
+                costs: bool = False) -> list[tuple[dt.datetime, list]]:
+        """Every bucket of ``width`` in [start, end), with the ledger's entries in it (empty ones
+        included); ``costs``: the extra cost line items too."""
+        entries = [b for b in (*self.ledger, *(self.extra_costs if costs else [])) if b.provider == provider]
+        found, at = [], start
+        while at < end:
+            found.append((at, [b for b in entries if at <= b.at < at + width]))
+            at += width
+        return found
 
 
-def _openai_result(model: str, entries: list[Billed]) -> dict:
-    return {"object": "organization.usage.completions.result", "model": model,
+def _grouped(entries: list[Billed], fields: list[str]) -> list[tuple[dict, list[Billed]]]:
+    """``entries`` per value of the wire ``fields`` asked for (one group of all when none is)."""
+    groups: dict[tuple, list[Billed]] = {}
+    for e in entries:
+        groups.setdefault(tuple(getattr(e, GROUPS[f]) for f in fields), []).append(e)
+    return [(dict(zip(fields, key, strict=True)), mine) for key, mine in sorted(groups.items())]
+
+
+def _openai_result(group: dict, entries: list[Billed]) -> dict:
+    return {"object": "organization.usage.completions.result",
             "input_tokens": sum(e.input_tokens + e.cached_tokens for e in entries),  # includes cached
             "input_cached_tokens": sum(e.cached_tokens for e in entries),
             "output_tokens": sum(e.output_tokens for e in entries), "input_audio_tokens": 0,
             "output_audio_tokens": 0, "num_model_requests": len(entries),
-            "project_id": None, "user_id": None, "api_key_id": None, "batch": None}
+            "model": group.get("model"), "project_id": group.get("project_id"), "user_id": None,
+            "api_key_id": group.get("api_key_id"), "batch": None, "service_tier": None}
 
 
-def _openai_cost(model: str, entries: list[Billed]) -> dict:
+def _openai_cost(group: dict, entries: list[Billed]) -> dict:
     return {"object": "organization.costs.result", "amount": {"value": sum(e.billed_usd for e in entries),
                                                               "currency": "usd"},
-            "line_item": f"{model}, input and output", "project_id": None}
+            "line_item": group.get("line_item"), "project_id": group.get("project_id")}
 
 
-def _anthropic_result(model: str, entries: list[Billed]) -> dict:
-    return {"model": model, "uncached_input_tokens": sum(e.input_tokens for e in entries),
+def _anthropic_result(group: dict, entries: list[Billed]) -> dict:
+    return {"uncached_input_tokens": sum(e.input_tokens for e in entries),
             "cache_read_input_tokens": sum(e.cached_tokens for e in entries),
             "cache_creation": {"ephemeral_5m_input_tokens": sum(e.cache_5m_tokens for e in entries),
                                "ephemeral_1h_input_tokens": sum(e.cache_1h_tokens for e in entries)},
             "output_tokens": sum(e.output_tokens for e in entries),
             "server_tool_use": {"web_search_requests": sum(e.web_search_requests for e in entries)},
-            "api_key_id": None, "workspace_id": None, "service_tier": None, "context_window": None}
+            "model": group.get("model"), "api_key_id": group.get("api_key_id"),
+            "workspace_id": group.get("workspace_id"), "service_tier": None, "context_window": None}
 
 
 def _cents(entries: list[Billed]) -> str:
@@ -139,42 +188,62 @@ def _cents(entries: list[Billed]) -> str:
     return f"{sum(e.billed_usd for e in entries) * 100:.6f}"
 
 
-def _anthropic_cost(model: str, entries: list[Billed]) -> dict:
-    return {"currency": "USD", "amount": _cents(entries), "cost_type": "tokens", "description": f"{model} tokens",
-            "model": model, "workspace_id": None, "service_tier": "standard", "context_window": "0-200k",
-            "token_type": None, "inference_geo": None}
+def _anthropic_cost(group: dict, entries: list[Billed]) -> dict:
+    described = "description" in group
+    return {"currency": "USD", "amount": _cents(entries), "description": group.get("description"),
+            "cost_type": "tokens" if described else None, "model": entries[0].model if described else None,
+            "workspace_id": group.get("workspace_id"), "service_tier": "standard" if described else None,
+            "context_window": "0-200k" if described else None, "token_type": None, "inference_geo": None}
 
 
-def _analytics_rows(days: list[tuple[dt.datetime, list]], cost: bool) -> list[dict]:
-    """One row per day and model with usage (cost: per day, ungrouped), as the analytics API pages them."""
+def _refused(path: str, query: dict, width: str) -> str | None:
+    """Why the real API would answer 400 to this query, if it would."""
+    params, values, widths = ALLOWED[path]
+    unknown = sorted(set(query) - params)
+    if unknown:
+        return f"unknown parameter: {unknown[0]}"
+    group = query.get("group_by", []) + query.get("group_by[]", [])
+    if any(g not in values for g in group):
+        return f"invalid group_by value: {[g for g in group if g not in values][0]}"
+    if width not in widths:
+        return f"invalid bucket_width: {width}"
+    most = 180 if path.endswith("/costs") else LIMITS[width][1]
+    if not 1 <= int(query.get("limit", ["1"])[0]) <= most:
+        return f"limit must be from 1 to {most}"
+    return None
+
+
+def _analytics_rows(buckets: list[tuple[dt.datetime, list]], width: dt.timedelta, cost: bool,
+                    group: list[str]) -> list[dict]:
+    """One row per bucket and group with usage (cost: per bucket, ungrouped), as the analytics API pages them."""
     rows = []
-    for day, entries in days:
-        bounds = {"starting_at": day.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  "ending_at": (day + DAY).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        if cost and entries:
-            rows.append({**bounds, "group": {"model": None, "product": None},
-                         "cost": {"amount": _cents(entries), "list_amount": _cents(entries), "currency": "USD",
-                                  "requests": len(entries)}})
+    for at, entries in buckets:
+        bounds = {"starting_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "ending_at": (at + width).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if cost:
+            for values, mine in _grouped(entries, group):
+                rows.append({**bounds, "group": {"model": None, "product": None, **values},
+                             "cost": {"amount": _cents(mine), "list_amount": _cents(mine), "currency": "USD",
+                                      # null when grouped by cost_type, as documented
+                                      "requests": None if "cost_type" in values else len(mine)}})
         elif not cost:
-            for model, mine in sorted(_by_model(entries).items()):
-                usage = {k: v for k, v in _anthropic_result(model, mine).items() if k in _USAGE_FIELDS}
+            for values, mine in _grouped(entries, group):
+                usage = {k: v for k, v in _anthropic_result(values, mine).items() if k in _USAGE_FIELDS}
                 usage["requests"] = len(mine)
                 usage["total_tokens"] = sum(e.input_tokens + e.cached_tokens + e.cache_5m_tokens + e.cache_1h_tokens
                                             + e.output_tokens for e in mine)
-                rows.append({**bounds, "group": {"model": model, "workspace_id": None, "api_key_id": None},
+                rows.append({**bounds, "group": {"model": None, "workspace_id": None, "api_key_id": None, **values},
                              "usage": usage})
     return rows
 
 
 _USAGE_FIELDS = ("uncached_input_tokens", "cache_read_input_tokens", "cache_creation", "output_tokens",
                  "server_tool_use")
-
-
-def _by_model(entries: list[Billed]) -> dict[str, list[Billed]]:
-    models: dict[str, list[Billed]] = {}
-    for e in entries:
-        models.setdefault(e.model, []).append(e)
-    return models
+_ANALYTICS_GROUPS = {"/v1/organizations/analytics/usage": {"model", "api_key_id", "workspace_id", "service_tier",
+                                                           "context_window", "inference_geo", "product", "actor"},
+                     "/v1/organizations/analytics/cost": {"model", "api_key_id", "workspace_id", "service_tier",
+                                                          "context_window", "inference_geo", "product", "cost_type",
+                                                          "token_type"}}
 
 
 def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
@@ -195,49 +264,49 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
     if api.malformed > 0:
         api.malformed -= 1
         return _json(handler, 200, {"data": [{"results": [{"model": "gpt-4o"}]}], "has_more": False})
-    if url.path == "/v1/organization/costs":
-        if handler.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
-            return _json(handler, 401, {"error": {"message": "Invalid authorization header"}})
-        start = dt.datetime.fromtimestamp(int(query["start_time"][0]), dt.UTC)
-        end = dt.datetime.fromtimestamp(int(query["end_time"][0]), dt.UTC)
-        days = api.buckets("openai", start, end)
-        make = _openai_cost
-        shape = lambda day: {"object": "bucket", "start_time": int(day.timestamp()),  # noqa: E731
-                             "end_time": int((day + DAY).timestamp())}
-    elif url.path.startswith("/v1/organization/usage/"):
-        if handler.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
-            return _json(handler, 401, {"error": {"message": "Invalid authorization header",
-                                                  "type": "invalid_request_error"}})
-        start = dt.datetime.fromtimestamp(int(query["start_time"][0]), dt.UTC)
-        end = dt.datetime.fromtimestamp(int(query["end_time"][0]), dt.UTC)
-        days = api.buckets("openai", start, end) if url.path.endswith("/completions") else []
-        make = _openai_result
-        shape = lambda day: {"object": "bucket", "start_time": int(day.timestamp()),  # noqa: E731
-                             "end_time": int((day + DAY).timestamp())}
-    elif url.path.startswith("/v1/organizations/analytics/"):
+    if url.path.startswith("/v1/organizations/analytics/"):
         return _analytics(api, handler, url.path, query)
-    elif url.path in ("/v1/organizations/usage_report/messages", "/v1/organizations/cost_report"):
-        if handler.headers.get("x-api-key") != ADMIN_KEY or not handler.headers.get("anthropic-version"):
-            return _json(handler, 401, _ANTHROPIC_401)
+    if url.path not in ALLOWED:
+        return _json(handler, 404, {"error": {"message": "not found"}})
+    openai = url.path.startswith("/v1/organization/")
+    if openai and handler.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
+        return _json(handler, 401, {"error": {"message": "Invalid authorization header",
+                                              "type": "invalid_request_error"}})
+    if not openai and (handler.headers.get("x-api-key") != ADMIN_KEY or not handler.headers.get("anthropic-version")):
+        return _json(handler, 401, _ANTHROPIC_401)
+    width = query.get("bucket_width", ["1d"])[0]
+    refused = _refused(url.path, query, width)
+    if refused:
+        return _json(handler, 400, {"error": {"message": refused, "type": "invalid_request_error"}})
+    group = query.get("group_by" if openai else "group_by[]", [])
+    step = WIDTHS[width]
+    costs = url.path.endswith(("/costs", "/cost_report"))
+    if openai:
+        start = dt.datetime.fromtimestamp(int(query["start_time"][0]), dt.UTC)
+        end = dt.datetime.fromtimestamp(int(query["end_time"][0]), dt.UTC)
+        buckets = api.buckets("openai", start, end, step, costs) if not url.path.endswith("/embeddings") else []
+        make = _openai_cost if costs else _openai_result
+        shape = lambda at: {"object": "bucket", "start_time": int(at.timestamp()),  # noqa: E731
+                            "end_time": int((at + step).timestamp())}
+    else:
         start = dt.datetime.fromisoformat(query["starting_at"][0].replace("Z", "+00:00"))
         end = dt.datetime.fromisoformat(query["ending_at"][0].replace("Z", "+00:00"))
-        days = api.buckets("anthropic", start, end)
-        make = _anthropic_result if url.path.endswith("/messages") else _anthropic_cost
-        shape = lambda day: {"starting_at": day.strftime("%Y-%m-%dT%H:%M:%SZ"),  # noqa: E731
-                             "ending_at": (day + DAY).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    else:
-        return _json(handler, 404, {"error": {"message": "not found"}})
-    size = api.page_size or int(query.get("limit", ["7"])[0])
+        buckets = api.buckets("anthropic", start, end, step, costs)
+        make = _anthropic_cost if costs else _anthropic_result
+        shape = lambda at: {"starting_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),  # noqa: E731
+                            "ending_at": (at + step).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    days = buckets
+    size = api.page_size or int(query.get("limit", [str(LIMITS[width][0])])[0])
     first = _cursor(query)
     page = days[first:first + size]
     more = first + size < len(days)
-    data = [{**shape(day), "results": [_faulty(api, make(m, e)) for m, e in sorted(_by_model(entries).items())]}
-            for day, entries in page]
+    data = [{**shape(at), "results": [_faulty(api, make(values, mine)) for values, mine in _grouped(entries, group)]}
+            for at, entries in page]
     body = {"data": data, "has_more": more, "next_page": str(first + size) if more else None}
     if len(api.requests) < 5_000 and (api.stuck_cursor or api.endless):  # bounded, should a client never stop
         body.update(has_more=True, next_page=query.get("page", ["p"])[0] if api.stuck_cursor
                     else f"p{len(api.requests)}")
-    if url.path.startswith("/v1/organization/"):
+    if openai:
         body["object"] = "page"
     if api.padding:
         body["padding"] = "x" * api.padding
@@ -257,11 +326,15 @@ def _analytics(api: UsageApi, handler: BaseHTTPRequestHandler, path: str, query:
             "type": "invalid_request_error", "message": "This endpoint is not available to your organization."}})
     start = dt.datetime.fromisoformat(query["starting_at"][0].replace("Z", "+00:00"))
     end = dt.datetime.fromisoformat(query["ending_at"][0].replace("Z", "+00:00"))
-    if end - start > 31 * DAY or query.get("time_bucket_width") != ["1d"] or path not in (
-            "/v1/organizations/analytics/usage", "/v1/organizations/analytics/cost"):
+    width = query.get("time_bucket_width", ["1d"])[0]
+    group = query.get("group_by[]", [])
+    if end - start > 31 * DAY or width not in ("1h", "1d") or path not in _ANALYTICS_GROUPS or any(
+            g not in _ANALYTICS_GROUPS[path] for g in group):
         return _json(handler, 400, {"type": "error", "error": {"type": "invalid_request_error",
-                                                               "message": "bad range, width or path"}})
-    rows = _analytics_rows(api.buckets("anthropic", start, end), cost=path.endswith("/cost"))
+                                                               "message": "bad range, width, group_by or path"}})
+    step = WIDTHS[width]
+    cost = path.endswith("/cost")
+    rows = _analytics_rows(api.buckets("anthropic", start, end, step, cost), step, cost, group)
     size = api.page_size or int(query.get("limit", ["20"])[0])
     first = _cursor(query)
     more = first + size < len(rows)

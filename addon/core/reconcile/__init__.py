@@ -1,4 +1,5 @@
-"""Reconciliation: our rows beside the provider's own usage report, per UTC bucket and model.
+"""Reconciliation: our rows beside the provider's own usage report, per UTC bucket (day or hour)
+and model, and per provider API key and project where asked (keys.py splits our side among them).
 
 Each line says:
 - ``match``: every token kind (and the request count, where the provider reports one) agrees
@@ -20,13 +21,16 @@ from collections.abc import Callable
 from decimal import Decimal
 from types import ModuleType
 
-from . import anthropic, openai
+from . import anthropic, keys, openai
 from .http import ReconcileError, bounded
 
 PROVIDERS: dict[str, ModuleType] = {"openai": openai, "anthropic": anthropic}
 KINDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
          "web_search_requests")
 SETTLE = dt.timedelta(hours=24)
+DIMS = ("bucket", "model")                     # what a line is per, always
+KEY_DIMS = ("api_key_id", "project")           # and, grouped by provider key: its id and project (workspace)
+BY = {"day": "bucket", "hour": "bucket", "model": "model", "api-key": "api_key_id", "project": "project"}
 
 __all__ = ["KINDS", "PROVIDERS", "ReconcileError", "bounded", "compare", "regroup", "total"]
 
@@ -34,15 +38,21 @@ Price = Callable[[str | None, dt.datetime, dict], Decimal | None]
 
 
 def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timedelta, now: dt.datetime,
-            tolerance: float = 0.0, counts_requests: bool = True) -> list[dict]:
+            tolerance: float = 0.0, counts_requests: bool = True, by_key: bool = False) -> list[dict]:
     """One line per (bucket, model) seen on either side; ``price(model, bucket, usage)`` prices theirs.
-    ``counts_requests``: whether the provider's report counts requests (Anthropic's legacy one does not)."""
-    mine = _by_key(ours)
-    provider = _by_key(theirs)
+    ``counts_requests``: whether the provider's report counts requests (Anthropic's legacy one does not).
+    ``by_key``: theirs is per provider key and project too; ours is split among them (keys.attribute)."""
+    dims = (*DIMS, *KEY_DIMS) if by_key else DIMS
+    if by_key:
+        ours = keys.attribute(ours, theirs, lambda model, bucket, usage: price(model, bucket, usage) or Decimal(0),
+                               KINDS)
+    mine = _by_key(ours, dims)
+    provider = _by_key(theirs, dims)
     lines = []
-    for bucket, model in sorted(set(mine) | set(provider), key=lambda k: (k[0], k[1] or "")):
-        o, t = mine.get((bucket, model), {}), provider.get((bucket, model), {})
-        line: dict = {"bucket": bucket, "model": model}
+    for key in sorted(set(mine) | set(provider), key=lambda k: tuple(part or "" for part in k)):
+        o, t = mine.get(key, {}), provider.get(key, {})
+        line: dict = dict(zip(dims, key, strict=True))
+        bucket, model = line["bucket"], line["model"]
         for kind in ("requests", *KINDS):
             line[f"ours_{kind}"] = int(o.get(kind) or 0)
             line[f"theirs_{kind}"] = None if kind == "requests" and not counts_requests else int(t.get(kind) or 0)
@@ -54,15 +64,16 @@ def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timede
 
 
 def regroup(lines: list[dict], by: tuple[str, ...], tolerance: float = 0.0) -> list[dict]:
-    """Lines summed over what ``by`` leaves out: ("day",) sums the models of a day, ("model",) the
-    days of a model; ("day", "model") is the lines as they are."""
-    if set(by) == {"day", "model"}:
+    """Lines summed over what ``by`` (names of ``BY``) leaves out: ("day",) sums the models of a day,
+    ("model",) the days of a model, ("api-key",) everything of a provider key (its project kept:
+    a key belongs to one); ("day", "model") is the lines as they are."""
+    kept = {BY[name] for name in by} | ({"project"} if "api-key" in by else set())
+    if lines and kept == {name for name in (*DIMS, *KEY_DIMS) if name in lines[0]}:
         return lines
     groups: dict = {}
     for line in lines:
-        key = line["bucket"] if "day" in by else line["model"]
-        into = groups.setdefault(key, {"bucket": line["bucket"] if "day" in by else None,
-                                       "model": line["model"] if "model" in by else None, "pending": False})
+        dims = {name: line[name] if name in kept else None for name in (*DIMS, *KEY_DIMS) if name in line}
+        into = groups.setdefault(tuple(dims.values()), {**dims, "pending": False})
         for name, value in line.items():
             if name.startswith(("ours_", "theirs_")):
                 into[name] = None if value is None and into.get(name) is None else (into.get(name) or 0) + (value or 0)
@@ -93,12 +104,12 @@ def _difference(line: dict) -> dict:
             "difference_percent": float((theirs - ours) / theirs * 100) if theirs else None}
 
 
-def _by_key(lines: list[dict]) -> dict[tuple[dt.datetime, str | None], dict]:
-    merged: dict[tuple[dt.datetime, str | None], dict] = {}
+def _by_key(lines: list[dict], dims: tuple[str, ...]) -> dict[tuple, dict]:
+    merged: dict[tuple, dict] = {}
     for line in lines:
-        into = merged.setdefault((line["bucket"], line["model"]), {})
+        into = merged.setdefault(tuple(line.get(name) for name in dims), {})
         for name, value in line.items():
-            if name in ("bucket", "model") or value is None:
+            if name in dims or name in KEY_DIMS or value is None:
                 continue
             into[name] = into.get(name, 0) + value
     return merged

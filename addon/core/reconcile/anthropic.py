@@ -26,12 +26,17 @@ RETRY_AFTER = dt.timedelta(hours=12)  # then the analytics API is asked again (a
 _refused: dict[str, dt.datetime] = {}  # base URL -> when its analytics API refused us, in this process
 
 
-def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str) -> list[dict]:
-    return _either("fetch", base_url, admin_key, start, end, width)
+def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str,
+          by_key: bool = False) -> list[dict]:
+    return _either("fetch", base_url, admin_key, start, end, width, by_key)
 
 
 def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[dt.datetime, Decimal]:
     return _either("fetch_costs", base_url, admin_key, start, end)
+
+
+def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[str, Decimal]:
+    return _either("fetch_line_items", base_url, admin_key, start, end)
 
 
 def forget_refusals() -> None:

@@ -11,7 +11,7 @@ import datetime as dt
 from decimal import Decimal
 
 from . import anthropic_report
-from .http import MAX_REQUESTS_PER_BUCKET, amount, pages, parse_rfc3339, read_rows, rfc3339, whole
+from .http import MAX_REQUESTS_PER_BUCKET, amount, label, pages, parse_rfc3339, read_rows, rfc3339, whole
 
 NAME = anthropic_report.NAME
 KEY_VARIABLE = anthropic_report.KEY_VARIABLE
@@ -19,14 +19,16 @@ HEADERS = {**anthropic_report.HEADERS, "anthropic-beta": "analytics-usage-cost-2
 SPAN = dt.timedelta(days=31)  # the longest range one request may cover
 
 
-def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str) -> list[dict]:
+def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str,
+          by_key: bool = False) -> list[dict]:
     url = f"{base_url.rstrip('/')}/v1/organizations/analytics/usage"
 
     def usage(body: dict) -> list[dict]:
         return [{**anthropic_report.line(parse_rfc3339(row["starting_at"]), {**row["usage"], **row["group"]}),
                  "requests": whole(row["usage"], "requests", MAX_REQUESTS_PER_BUCKET)}
                 for row in body.get("data") or []]
-    return [found for body in _pages(url, start, end, width, [("group_by[]", "model")], admin_key)
+    group = [("group_by[]", "model"), *(anthropic_report.KEY_GROUPS if by_key else [])]
+    return [found for body in _pages(url, start, end, width, group, admin_key)
             for found in read_rows(body, url, NAME, lambda body=body: usage(body))]
 
 
@@ -41,6 +43,25 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
         for day, cents in rows:
             days[day] = days.get(day, Decimal(0)) + cents / 100
     return days
+
+
+def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[str, Decimal]:
+    """Billed in [start, end) per model and ``cost_type`` ("tokens", "web_search", "code_execution"), in dollars."""
+    url = f"{base_url.rstrip('/')}/v1/organizations/analytics/cost"
+    items: dict[str, Decimal] = {}
+    group = [("group_by[]", "model"), ("group_by[]", "cost_type")]
+    for body in _pages(url, start, end, "1d", group, admin_key):
+        rows = read_rows(body, url, NAME, lambda body=body: [(_line_item(row["group"]),
+                                                              amount(row["cost"]["amount"], "cost.amount"))
+                                                             for row in body.get("data") or []])
+        for name, cents in rows:
+            items[name] = items.get(name, Decimal(0)) + cents / 100
+    return items
+
+
+def _line_item(group: dict) -> str:
+    """"claude-sonnet-4-20250514, tokens"; a cost with no model (a tool's session) by its type alone."""
+    return label(", ".join(str(group[name]) for name in ("model", "cost_type") if group.get(name))) or "(none)"
 
 
 def _pages(url: str, start: dt.datetime, end: dt.datetime, width: str, group: list[tuple[str, str]],

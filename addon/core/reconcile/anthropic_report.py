@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import MAX_REQUESTS_PER_BUCKET, amount, pages, parse_rfc3339, read_page, rfc3339, whole
+from .http import MAX_REQUESTS_PER_BUCKET, amount, label, pages, parse_rfc3339, read_page, rfc3339, whole
 
 NAME = "Anthropic"
 KEY_VARIABLE = "ANTHROPIC_ADMIN_KEY"
@@ -18,10 +18,14 @@ HEADERS = {"anthropic-version": "2023-06-01"}
 _PAGE = {"1d": "31", "1h": "168"}  # the most buckets a page may hold
 
 
-def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str) -> list[dict]:
+KEY_GROUPS = [("group_by[]", "api_key_id"), ("group_by[]", "workspace_id")]  # a key's id and its workspace
+
+
+def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str,
+          by_key: bool = False) -> list[dict]:
     url = f"{base_url.rstrip('/')}/v1/organizations/usage_report/messages"
     params = [("starting_at", rfc3339(start)), ("ending_at", rfc3339(end)), ("bucket_width", width),
-              ("group_by[]", "model"), ("limit", _PAGE[width])]
+              ("group_by[]", "model"), *(KEY_GROUPS if by_key else []), ("limit", _PAGE[width])]
     return [found for body in _pages(url, params, admin_key) for found in read_page(body, url, NAME, _start, line)]
 
 
@@ -37,6 +41,20 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
     return days
 
 
+def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[str, Decimal]:
+    """Billed in [start, end) per ``description`` ("Claude Sonnet 4 Usage - Input Tokens", "Web
+    Search Usage", ...), in dollars."""
+    url = f"{base_url.rstrip('/')}/v1/organizations/cost_report"
+    params = [("starting_at", rfc3339(start)), ("ending_at", rfc3339(end)), ("bucket_width", "1d"),
+              ("group_by[]", "description"), ("limit", "31")]
+    items: dict[str, Decimal] = {}
+    for body in _pages(url, params, admin_key):
+        for name, cents in read_page(body, url, NAME, _start, lambda at, r: (
+                label(r.get("description") or r.get("cost_type")) or "(none)", amount(r["amount"], "amount"))):
+            items[name] = items.get(name, Decimal(0)) + cents / 100
+    return items
+
+
 def _pages(url: str, params: list[tuple[str, str]], admin_key: str):
     return pages(url, params, {"x-api-key": admin_key, **HEADERS}, NAME, KEY_VARIABLE)
 
@@ -50,7 +68,8 @@ def line(at: dt.datetime, result: dict) -> dict:
     creation = result.get("cache_creation") or {}
     tools = result.get("server_tool_use") or {}
     one_hour = whole(creation, "ephemeral_1h_input_tokens")
-    return {"bucket": at, "model": result.get("model"), "requests": None,  # the report does not count them
+    return {"bucket": at, "model": result.get("model"), "api_key_id": label(result.get("api_key_id")),
+            "project": label(result.get("workspace_id")), "requests": None,  # the report does not count them
             "input_tokens": whole(result, "uncached_input_tokens"),
             "cache_read_tokens": whole(result, "cache_read_input_tokens"),
             "cache_write_tokens": whole(creation, "ephemeral_5m_input_tokens") + one_hour,

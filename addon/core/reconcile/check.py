@@ -14,25 +14,29 @@ from ..store import reading, usage_totals
 from . import KINDS, PROVIDERS, compare
 
 DAY = dt.timedelta(days=1)
+WIDTHS = {"1d": DAY, "1h": dt.timedelta(hours=1)}  # the providers' bucket_width values we read
 
 
-def pricer(book: PriceBook, provider: str):
-    """Price the provider's figures with our book, as our rows are priced."""
+def pricer(book: PriceBook, provider: str, width: dt.timedelta = DAY):
+    """Price the provider's figures with our book, as our rows are priced (at the bucket's middle)."""
     def price(model: str | None, bucket: dt.datetime, usage: dict) -> Decimal | None:
         tokens = TokenUsage(**{kind: usage.get(kind) or 0 for kind in KINDS})
-        return book.price(tokens, provider, model, bucket + DAY / 2).cost_usd
+        return book.price(tokens, provider, model, bucket + width / 2).cost_usd
     return price
 
 
 def check(db: Path, book: PriceBook, provider: str, base_url: str, admin_key: str, start: dt.datetime,
-          end: dt.datetime, now: dt.datetime, tolerance: float = 0.0) -> list[dict]:
-    """The lines for [start, end) per UTC day and model: the provider's report beside our rows.
+          end: dt.datetime, now: dt.datetime, tolerance: float = 0.0, width: str = "1d",
+          by_key: bool = False) -> list[dict]:
+    """The lines for [start, end) per UTC bucket (``width``: "1d" or "1h") and model, and per
+    provider key and project when ``by_key``: the provider's report beside our rows.
     ``tolerance``: the fraction by which a count may differ and still match."""
     api = PROVIDERS[provider]
-    theirs = api.fetch(base_url, admin_key, start, end, "1d")
+    theirs = api.fetch(base_url, admin_key, start, end, width, by_key)
     with reading(db) as con:
-        ours = usage_totals.per_bucket(con, provider, start, end)
+        ours = usage_totals.per_bucket(con, provider, start, end, hourly=width == "1h")
     for line in ours:
         line["bucket"] = line["bucket"].replace(tzinfo=dt.UTC)
     counts_requests = all(line["requests"] is not None for line in theirs)  # Anthropic's legacy report does not
-    return compare(ours, theirs, pricer(book, provider), DAY, now, tolerance, counts_requests)
+    return compare(ours, theirs, pricer(book, provider, WIDTHS[width]), WIDTHS[width], now, tolerance,
+                   counts_requests, by_key)

@@ -20,6 +20,7 @@ import http.client
 import json
 import re
 import time
+import unicodedata
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -186,6 +187,18 @@ def read_rows(body: dict, url: str, provider: str, read) -> list:
         raise ReconcileError(f"{provider}'s usage API at {url} reported more than {MAX_LINES:,} lines; nothing was "
                              f"compared. Try a shorter --since.")
     return rows
+
+
+MAX_LABEL = 200  # characters of a name the provider gives (a key id, a project, a line item)
+
+
+def label(value: object) -> str | None:
+    """A name from the provider's report as we show it: text, control characters (terminal
+    escapes, line breaks) written as visible escapes, at most ``MAX_LABEL`` characters."""
+    if value is None:
+        return None
+    text = "".join(ch if unicodedata.category(ch) != "Cc" else f"\\x{ord(ch):02x}" for ch in str(value))
+    return text if len(text) <= MAX_LABEL else text[:MAX_LABEL - 1] + "…"
 
 
 def whole(result: dict, name: str, limit: int = MAX_TOKENS_PER_BUCKET) -> int:

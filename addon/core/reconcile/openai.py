@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import MAX_REQUESTS_PER_BUCKET, Implausible, amount, pages, read_page, whole
+from .http import MAX_REQUESTS_PER_BUCKET, Implausible, amount, label, pages, read_page, whole
 
 NAME = "OpenAI"
 KEY_VARIABLE = "OPENAI_ADMIN_KEY"
@@ -17,12 +17,15 @@ ENDPOINTS = ("completions", "embeddings")
 _PAGE = {"1d": "31", "1h": "168"}  # the most buckets a page may hold
 
 
-def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str) -> list[dict]:
-    """Usage per bucket and model in [start, end), as our token kinds."""
+def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str,
+          by_key: bool = False) -> list[dict]:
+    """Usage per bucket and model in [start, end), as our token kinds; per API key and project too
+    when ``by_key``."""
     lines = []
+    group = [("group_by", "model"), *([("group_by", "api_key_id"), ("group_by", "project_id")] if by_key else [])]
     for endpoint in ENDPOINTS:
         url = f"{base_url.rstrip('/')}/v1/organization/usage/{endpoint}"
-        params = [*_span(start, end), ("bucket_width", width), ("group_by", "model"), ("limit", _PAGE[width])]
+        params = [*_span(start, end), ("bucket_width", width), *group, ("limit", _PAGE[width])]
         for body in pages(url, params, _headers(admin_key), NAME, KEY_VARIABLE):
             lines += read_page(body, url, NAME, _bucket_start, _line)
     return lines
@@ -38,6 +41,19 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
         for day, value in read_page(body, url, NAME, _bucket_start, _billed):
             days[day] = days.get(day, Decimal(0)) + value
     return days
+
+
+def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime) -> dict[str, Decimal]:
+    """What the Costs API says was billed in [start, end) per line item ("gpt-4o, input",
+    "fine-tuning training", ...), every project summed."""
+    url = f"{base_url.rstrip('/')}/v1/organization/costs"
+    items: dict[str, Decimal] = {}
+    params = [*_span(start, end), ("bucket_width", "1d"), ("group_by", "line_item"), ("limit", "31")]
+    for body in pages(url, params, _headers(admin_key), NAME, KEY_VARIABLE):
+        for item, value in read_page(body, url, NAME, _bucket_start,
+                                     lambda at, r: (label(r.get("line_item")) or "(none)", _billed(at, r)[1])):
+            items[item] = items.get(item, Decimal(0)) + value
+    return items
 
 
 def _span(start: dt.datetime, end: dt.datetime) -> list[tuple[str, str]]:
@@ -60,7 +76,8 @@ def _line(at: dt.datetime, result: dict) -> dict:
     cached, given = whole(result, "input_cached_tokens"), whole(result, "input_tokens")
     if cached > given:
         raise Implausible(f"input_cached_tokens={cached} is more than input_tokens={given}, which includes them")
-    return {"bucket": at, "model": result.get("model"),
+    return {"bucket": at, "model": result.get("model"), "api_key_id": label(result.get("api_key_id")),
+            "project": label(result.get("project_id")),
             "requests": whole(result, "num_model_requests", MAX_REQUESTS_PER_BUCKET),
             "input_tokens": given - cached, "cache_read_tokens": cached, "cache_write_tokens": 0,
             "cache_write_1h_tokens": 0, "output_tokens": whole(result, "output_tokens"), "web_search_requests": 0}

@@ -26,3 +26,17 @@ def per_bucket(con: duckdb.DuckDBPyConnection, provider: str, start: dt.datetime
     """, [provider, start, end])
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def per_endpoint(con: duckdb.DuckDBPyConnection, provider: str, start: dt.datetime, end: dt.datetime) -> list[dict]:
+    """What we recorded in [start, end) per endpoint and service tier: calls and cost (the kinds of
+    spend reconciliation puts beside the provider's cost line items). Calls the provider refused
+    (a 4xx or 5xx) are not billed, so not counted."""
+    cur = con.execute("""
+        SELECT endpoint, service_tier, count(*) AS calls, sum(cost_usd) AS cost_usd
+        FROM calls
+        WHERE provider = ? AND ts >= ? AND ts < ? AND coalesce(status, 200) < 400
+        GROUP BY ALL ORDER BY endpoint
+    """, [provider, start, end])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
