@@ -645,3 +645,50 @@ def test_an_erase_on_one_replica_never_fails_a_read_running_on_another(cluster, 
     lake_dir = Path(os.environ["AISPENDTRACK_DATA_PATH"])
     for victim in victims:
         assert files_containing(lake_dir, victim.encode()) == []
+
+
+class _ExtensionRepository:
+    """DuckDB's extension repository on loopback: records every download asked of it (404 to all)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        asked = self.asked = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                asked.append(self.path)
+                self.send_response(404)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_shared_modes_extensions_load_from_the_package_without_a_download(tmp_path):
+    # Every shared-mode command loads two extensions; asking DuckDB's repository first cost ~0.5 s
+    # each when it cannot be reached (the timeout), and downloaded them silently when it can.
+    import duckdb
+
+    from addon.core.store import extensions
+    repository = _ExtensionRepository()
+    try:
+        con = duckdb.connect(config={"extension_directory": str(tmp_path / "empty"),
+                                     "custom_extension_repository": repository.url})
+        for name in ("postgres_scanner", "ducklake"):
+            extensions.load(con, name, "test")
+        loaded = con.execute("SELECT extension_name FROM duckdb_extensions() WHERE loaded "
+                             "AND extension_name IN ('postgres_scanner', 'ducklake') ORDER BY 1").fetchall()
+    finally:
+        repository.close()
+    assert loaded == [("ducklake",), ("postgres_scanner",)]
+    assert repository.asked == []
