@@ -692,3 +692,27 @@ def test_the_shared_modes_extensions_load_from_the_package_without_a_download(tm
         repository.close()
     assert loaded == [("ducklake",), ("postgres_scanner",)]
     assert repository.asked == []
+
+
+def test_commands_on_control_tables_only_never_open_the_lake(shared_env, tmp_path, monkeypatch):
+    # Opening the lake loads two extensions (0.4-0.6 s, their signatures checked): `keys set-plan`
+    # needs PostgreSQL only. Each command starts afresh here, as a new process would.
+    from addon.core.store import extensions, shared
+    loaded: list[str] = []
+    real_load = extensions.load
+    monkeypatch.setattr(extensions, "load", lambda con, name, purpose: (loaded.append(name),
+                                                                        real_load(con, name, purpose))[1])
+
+    def command(*args: str) -> str:
+        shared.drop()
+        loaded.clear()
+        return run_cli(tmp_path, *args)
+
+    key_id = json.loads(command("keys", "create", "--name", "plans", "--json"))["id"]
+    assert loaded == []
+    assert command("keys", "set-plan", str(key_id), "pro") == f"Key {key_id} is on the pro plan.\n"
+    assert loaded == []
+    listed = json.loads(command("keys", "list", "--json"))  # counts the key's calls: the lake is opened
+    assert [(k["id"], k["plan"]) for k in listed] == [(key_id, "pro")]
+    assert loaded == ["postgres_scanner", "ducklake"]
+    shared.drop()
