@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -92,6 +93,7 @@ class Target:
         self._trickle.join(10)
         self.proxy.terminate()
         self.proxy.wait(30)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def measure(target: Target, rounds: int, previous: Path | None) -> dict[str, list[float]]:
@@ -163,14 +165,15 @@ def _shared(up_port: int, plain: dict, args: argparse.Namespace, previous: Path 
     cluster = Cluster()
     try:
         cluster.wait_ready()
-        env = {**plain, "AISPENDTRACK_CATALOG": cluster.create_database("bench"),
-               "AISPENDTRACK_DATA_PATH": tempfile.mkdtemp(prefix="aispendtrack-lake-")}
+        lake = tempfile.mkdtemp(prefix="aispendtrack-lake-")
+        env = {**plain, "AISPENDTRACK_CATALOG": cluster.create_database("bench"), "AISPENDTRACK_DATA_PATH": lake}
         target = Target(up_port, env, args.calls)
         try:
             show(f"shared (DuckLake + PostgreSQL on 127.0.0.1): {args.calls} calls, a proxy running",
                  measure(target, args.rounds, previous))
         finally:
             target.stop()
+            shutil.rmtree(lake, ignore_errors=True)
     finally:
         cluster.remove()
 
