@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import duckdb
 
@@ -102,6 +103,8 @@ class Writer(threading.Thread):
         """Before serving: migrate the schema and load the keys (blocking, at start-up only).
         Later cycles skip the schema check: this process is the file's only writer of rows."""
         with writing(self.db_path, timeout=timeout) as con:
+            if is_shared(con):  # the lake too: a proxy that cannot write its rows there does not start
+                cast(shared.SharedConnection, con).attach()
             self.on_refresh(con)
         self._keys_due = time.monotonic() + self.key_refresh
 

@@ -698,3 +698,74 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
     assert (stored["/v1/audio/speech"]["characters"], stored["/v1/audio/speech"]["audio_seconds"]) == (171, 8.25)
     assert "/v1/images/generations: billed by the provider, not metered" in run_cli(home, "report", "--customer",
                                                                                     marker)
+
+
+class _ExtensionRepository:
+    """DuckDB's extension repository on loopback: records every download asked of it (404 to all)."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        asked = self.asked = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                asked.append(self.path)
+                self.send_response(404)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_shared_modes_extensions_load_from_the_package_without_a_download(tmp_path):
+    # Every shared-mode command loads two extensions; asking DuckDB's repository first cost ~0.5 s
+    # each when it cannot be reached (the timeout), and downloaded them silently when it can.
+    import duckdb
+
+    from addon.core.store import extensions
+    repository = _ExtensionRepository()
+    try:
+        con = duckdb.connect(config={"extension_directory": str(tmp_path / "empty"),
+                                     "custom_extension_repository": repository.url})
+        for name in ("postgres_scanner", "ducklake"):
+            extensions.load(con, name, "test")
+        loaded = con.execute("SELECT extension_name FROM duckdb_extensions() WHERE loaded "
+                             "AND extension_name IN ('postgres_scanner', 'ducklake') ORDER BY 1").fetchall()
+    finally:
+        repository.close()
+    assert loaded == [("ducklake",), ("postgres_scanner",)]
+    assert repository.asked == []
+
+
+def test_commands_on_control_tables_only_never_open_the_lake(shared_env, tmp_path, monkeypatch):
+    # Opening the lake loads two extensions (0.4-0.6 s, their signatures checked): `keys set-plan`
+    # needs PostgreSQL only. Each command starts afresh here, as a new process would.
+    from addon.core.store import extensions, shared
+    loaded: list[str] = []
+    real_load = extensions.load
+    monkeypatch.setattr(extensions, "load", lambda con, name, purpose: (loaded.append(name),
+                                                                        real_load(con, name, purpose))[1])
+
+    def command(*args: str) -> str:
+        shared.drop()
+        loaded.clear()
+        return run_cli(tmp_path, *args)
+
+    key_id = json.loads(command("keys", "create", "--name", "plans", "--json"))["id"]
+    assert loaded == []
+    assert command("keys", "set-plan", str(key_id), "pro") == f"Key {key_id} is on the pro plan.\n"
+    assert loaded == []
+    listed = json.loads(command("keys", "list", "--json"))  # counts the key's calls: the lake is opened
+    assert [(k["id"], k["plan"]) for k in listed] == [(key_id, "pro")]
+    assert loaded == ["postgres_scanner", "ducklake"]
+    shared.drop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def secret(home: Path, name: str) -> str:
         path.chmod(0o600)  # older versions and umasks may have left it readable
     else:
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+            f.write(os.urandom(32).hex())  # as secrets.token_hex(32), whose import costs `--help` ~8 ms
     for _ in range(50):  # another process may have created it a moment ago and not yet written it
         value = path.read_text().strip()
         if value:

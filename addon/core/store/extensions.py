@@ -31,7 +31,7 @@ def load(con: duckdb.DuckDBPyConnection, name: str, purpose: str) -> None:
     """Load ``name`` into ``con`` or raise ExtensionMissing saying it is needed for ``purpose``."""
     tried = []
     try:
-        con.execute(f"LOAD {name}")
+        _load_installed(con, name)
         return
     except duckdb.Error as exc:
         tried.append(f"LOAD {name}: {first_line(exc, 200)}")
@@ -54,6 +54,18 @@ def load(con: duckdb.DuckDBPyConnection, name: str, purpose: str) -> None:
         f"{purpose} needs DuckDB's {name} extension for DuckDB {duckdb.__version__}, and it could not be "
         f"loaded ({'; '.join(tried)}). Install it with `pip install 'aispendtrack[{PACKAGES[name][1]}]'`, or "
         f"run `INSTALL {name}` once in DuckDB {duckdb.__version__} on a machine with internet.")
+
+
+def _load_installed(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """``LOAD name`` from DuckDB's own directory only. With DuckDB's default auto-install, a LOAD of an
+    extension not installed there downloads it first: silently, or, without internet, after a timeout
+    (0.5 s each, measured, on every command of the shared mode)."""
+    (before,) = con.execute("SELECT current_setting('autoinstall_known_extensions')").fetchone() or (True,)
+    con.execute("SET autoinstall_known_extensions = false")
+    try:
+        con.execute(f"LOAD {name}")
+    finally:
+        con.execute(f"SET autoinstall_known_extensions = {bool(before)}")
 
 
 def packaged_path(name: str) -> Path | None:
