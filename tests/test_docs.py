@@ -104,7 +104,8 @@ def test_readme_is_short_and_opens_with_the_two_commands():
 
 def test_every_aispendtrack_line_in_the_docs_parses(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in ("cert.pem", "key.pem", "corp-ca.pem"):  # the reader's own files, which click checks exist
+    # The reader's own files, which click checks exist.
+    for name in ("cert.pem", "key.pem", "corp-ca.pem", "prices.toml", "alerts.toml"):
         (tmp_path / name).write_text("")
     checked = []
     for path in DOCS:
@@ -249,6 +250,8 @@ def test_the_first_loop_and_the_main_commands_work_as_written(tmp_path, smtp):
                 if " reconcile " in line:  # the provider's admin API is not on this machine
                     parse(split(line)[1][1:])
                     continue
+                if "prices import prices.toml" in line:  # the reader's own file: docs/pricing.md's example
+                    (tmp_path / "prices.toml").write_text(blocks(ROOT / "docs" / "pricing.md", "toml")[0])
                 if "alerts test --channel ops-email" in line:
                     fill_in_ops_email(Path(shell.env["AISPENDTRACK_HOME"]) / "alerts.toml", smtp_port)
                 shell.run(line)
