@@ -213,7 +213,8 @@ class AiSpendTrack:
             return
         req = flow.request
         meter = CallMeter(admitted.provider, admitted.path, admitted.key_id, admitted.customer_id, admitted.feature,
-                          req.timestamp_start, req.raw_content, req.headers.get("content-encoding", ""))
+                          req.timestamp_start, req.raw_content, req.headers.get("content-encoding", ""),
+                          req.method, req.headers.get("content-type", ""))
         if self.inject_usage and admitted.provider.injects_usage(admitted.path):
             await self._inject_usage(req, meter)
         flow.metadata[_META] = meter

@@ -16,6 +16,7 @@ import uuid
 from .decoding import BodyDecoder, DecodeError
 from .injection import UsageStripper
 from .providers import Provider, StreamParser
+from .providers.base import METERED
 from .sse import EventTooLarge, SSEDecoder
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class CallMeter:
 
     def __init__(self, provider: Provider, path: str, key_id: int, customer_id: str | None,
                  feature: str | None, started_at: float, request_body: bytes | None,
-                 request_encoding: str):
+                 request_encoding: str, method: str = "POST", request_type: str = ""):
         self.id = uuid.uuid4()
         self.provider = provider
         self.path = path
@@ -37,8 +38,10 @@ class CallMeter:
         self.customer_id = customer_id
         self.feature = feature
         self.started_at = started_at
-        self.request_body = request_body if provider.metered(path) else None
+        self.billing = provider.billing(method, path)  # METERED, UNMETERED or FREE
+        self.request_body = request_body if self.billing == METERED else None
         self.request_encoding = request_encoding
+        self.request_type = request_type  # its content-type: JSON, or multipart (an upload)
         self.stream = False
         self.status: int | None = None
         self.first_byte_at: float | None = None
@@ -60,9 +63,12 @@ class CallMeter:
         """Called with the response headers; True when the body should stream through the tap."""
         self.status = status
         self.content_encoding = content_encoding
-        self.stream = content_type.lower().startswith("text/event-stream")
+        kind = content_type.lower()
+        self.stream = kind.startswith("text/event-stream")
         if not self.stream:
-            return False
+            # Audio is never read, and may be long: it passes through as it arrives.
+            return kind.startswith("audio/") or (self.provider.streams_binary(self.path)
+                                                 and not kind.startswith(("application/json", "text/")))
         if self.provider.metered(self.path):
             try:
                 self._decoder = BodyDecoder(content_encoding, MAX_DECODED_BYTES)

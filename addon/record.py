@@ -13,13 +13,15 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from addon.core.store.calls import UNIT_NAMES
 from pricing import UNPRICED, Price, PriceBook
 from pricing.usage import TokenUsage
 
+from . import multipart
 from .decoding import BodyDecoder, DecodeError
 from .meter import CallMeter
 from .providers import Observed
-from .providers.base import loads, loads_document
+from .providers.base import FREE, METERED, UNMETERED, WholeText, loads, loads_document
 
 log = logging.getLogger(__name__)
 MAX_REQUEST_PARSE_BYTES = 32 * 1024 * 1024
@@ -54,13 +56,16 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
         price = book.price(usage, meter.provider.name, model, ts, observed.service_tier)
     else:
         price = _NOTHING_BILLED if free and source == "none" else UNPRICED
+        if source == "none" and not free and meter.billing == METERED and observed.invalid_usage is None:
+            observed.unknown_usage = meter.provider.missing_usage(meter.path, request.json())
     return _row(meter, observed, model, usage, source, price)
 
 
 def _bills_nothing(meter: CallMeter, observed: Observed) -> bool:
-    """A call the provider charges nothing for: an unmetered path (/v1/models, count_tokens, ...),
-    or refused or failed before any token. Its cost is $0, known, not "unpriced"."""
-    return (not meter.provider.metered(meter.path) or meter.status is None
+    """A call the provider charges nothing for: a free path (/v1/models, count_tokens, ...: the
+    providers' tables in addon/providers/), or refused or failed before any token. Its cost is $0,
+    known, not "unpriced"."""
+    return (meter.billing == FREE or meter.status is None
             or meter.status >= 400 and observed.usage is None)
 
 
@@ -87,6 +92,11 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         error = f"usage unreadable: {meter.read_failure}"
     if error is None and meter.usage_not_requested and meter.stream and source != "reported":
         error = f"usage not requested: {meter.usage_not_requested}"
+    if error is None and source == "unmetered":
+        error = f"not metered: {meter.provider.name} bills {meter.provider.endpoint(meter.path)}, AiSpendTrack " \
+                f"does not read its usage (docs/coverage.md)"
+    if error is None and observed.unknown_usage:
+        error = f"usage unknown: {observed.unknown_usage}"[:200]
     return {
         "id": meter.id, "ts": _ts(meter), "key_id": meter.key_id, "provider": meter.provider.name,
         "endpoint": meter.provider.endpoint(meter.path), "model": _stored_model(model), "stream": meter.stream,
@@ -101,6 +111,7 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         "ttft_ms": round((meter.first_byte_at - meter.started_at) * 1000, 3)
         if meter.stream and meter.first_byte_at else None,
         "service_tier": observed.service_tier,
+        **{name: getattr(usage, name) for name in UNIT_NAMES},
     }
 
 
@@ -111,10 +122,16 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
         return None, "invalid"  # never priced, and never replaced by an estimate
     if free:
         return None, "none"
+    if meter.billing == UNMETERED:
+        return None, "unmetered"  # billed, but by what we do not read: unpriced, never $0
     interrupted = meter.outcome != "completed" or not observed.complete or meter.read_failure is not None
     if not interrupted and observed.usage is not None:
         return observed.usage, "reported"
-    estimate = meter.provider.estimate(meter.path, request.json(), meter.parser, model)
+    counted = meter.provider.counted(meter.path, request.json(), model)
+    if counted is not None:  # billed by the request alone (a speech input's characters), exact
+        return counted, "counted"
+    parser = meter.parser or (WholeText(observed) if observed.text is not None else None)
+    estimate = meter.provider.estimate(meter.path, request.json(), parser, model)
     if estimate is None:
         return None, "none"
     return estimate, "partial" if interrupted else "estimated"
@@ -132,6 +149,8 @@ def _observe(meter: CallMeter) -> Observed:
         return Observed()
     if not body.truncated:
         parsed = loads_document(bytes(body.head))
+        if parsed is None and meter.provider.answers_text(meter.path) and meter.status == 200:
+            return Observed(complete=True)  # a transcript as text: whole, with no usage in it
         return meter.provider.parse_body(meter.path, parsed) if parsed else Observed()
     return _observe_large(meter, body)
 
@@ -197,7 +216,10 @@ class _RequestBody:
                     raw = BodyDecoder(self._meter.request_encoding, MAX_REQUEST_PARSE_BYTES).feed(raw)
                 except DecodeError:
                     raw = None
-                self._parsed = loads(raw) if raw else None
+                if raw and multipart.is_multipart(self._meter.request_type):
+                    self._parsed = multipart.read_fields(raw, self._meter.request_type)
+                else:
+                    self._parsed = loads(raw) if raw else None
         return self._parsed
 
     def model(self) -> str | None:

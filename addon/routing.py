@@ -88,8 +88,6 @@ _SIGNATURE_HEADERS = {b"anthropic-version": ANTHROPIC, b"x-api-key": ANTHROPIC, 
 _FOREIGN_KEY = re.compile(rb"(?:^|[\s:=,;\"'])(?:(sk-ant-)|AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-]))")
 _BASIC = re.compile(rb"\s*basic\s+([0-9A-Za-z+/=_\-]+)\s*$", re.IGNORECASE)
 _AUTHORIZATION = (b"authorization", b"proxy-authorization")
-# Gemini's OpenAI-compatible API: its calls would go unmetered, so they are not forwarded.
-_GEMINI_OPENAI = ("/v1beta/openai", "/v1/openai")
 
 
 def owner(headers: Headers, query: str) -> str | None:
@@ -168,11 +166,6 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
             raise _foreign(fallback, clean)
     if provider.name == ANTHROPIC:
         rest = _anthropic_path(provider, rest)
-    if provider.name == GOOGLE and _under(rest, _GEMINI_OPENAI):
-        raise Misrouted(fallback, 404, "aispendtrack_unmetered_api",
-                        f"AiSpendTrack did not forward this call: {rest[:200]} is Gemini's OpenAI-compatible API, "
-                        f"whose calls are not metered. Call Gemini's own API through http://HOST:PORT/gemini "
-                        f"(google-genai SDK; see docs/providers.md).")
     _refuse_wrong_case(provider, rest)
     return Route(provider, rest)
 

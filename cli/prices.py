@@ -9,8 +9,10 @@ import click
 from click_default_group import DefaultGroup
 
 import pricing
+from addon.core.reports import Selection
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
+from addon.core.store import reports as report_rows
 from addon.core.wording import plural
 from pricing.overrides import FILE_NAME
 
@@ -26,7 +28,8 @@ def prices() -> None:
 @format_option()
 @click.pass_obj
 def check(obj, fmt: str = "table") -> None:
-    """Validate the override file and list models seen in calls that have no price."""
+    """Validate the override file and list models seen in calls that have no price, and billable
+    endpoints the proxy forwards without metering them."""
     override_path = obj.home / FILE_NAME
     try:
         book = pricing.PriceBook(override_path)
@@ -34,14 +37,17 @@ def check(obj, fmt: str = "table") -> None:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
         rows = call_rows.unpriced_models(con)
+        endpoints = report_rows.unmetered_endpoints(con, Selection())
     for row in rows:
         row["priced_now"] = _priced_now(book, row)
-    if fmt != "table":
-        emit(rows, fmt, [])
+    if fmt != "table":  # one list: a model's rows name its model, an unmetered endpoint's its endpoint
+        emit([*rows, *endpoints], fmt, [])
         return
     overrides = plural(len(book.overrides), "entry", "entries") if override_path.exists() else "none"
     click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({override_path}): {overrides}")
     _show_patches(book.patches)
+    if endpoints:
+        _show_unmetered(endpoints)
     if not rows:
         click.echo("Every metered call so far has a price.")
         return
@@ -78,6 +84,16 @@ def _show_repriceable(rows: list[dict]) -> None:
                f"store {'it' if calls == 1 else 'them'} with:")
     for provider, model in dict.fromkeys((r["provider"], r["model"]) for r in rows):
         click.echo("  " + shlex.join(["aispendtrack", "reprice", "--provider", provider, "--model", model]))
+
+
+def _show_unmetered(endpoints: list[dict]) -> None:
+    click.echo(f"\n{plural(sum(r['calls'] for r in endpoints), 'call')} went to endpoints the provider bills but "
+               f"AiSpendTrack does not meter (cost shown as 'unpriced', never $0; docs/coverage.md):\n")
+    emit(endpoints, "table", [
+        ("PROVIDER", lambda r: r["provider"], "<"), ("ENDPOINT (not metered)", lambda r: r["endpoint"], "<"),
+        ("CALLS", lambda r: f"{r['calls']:,}", ">"),
+        ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
+    ])
 
 
 def _show_patches(patches: pricing.PriceFile) -> None:

@@ -32,15 +32,17 @@ def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool) -> None:
     spec = dataclasses.replace(spec, selection=selection)
     with reading(obj.db) as con:
         groups, total = report_rows.report(con, spec, total_latency=fmt == "table")
+        unmetered = report_rows.unmetered_endpoints(con, selection) if total["unmetered_calls"] else []
     if fmt != "table":
         emit(groups, fmt, [])
         return
-    click.echo(render(spec, groups, total, wide))
+    click.echo(render(spec, groups, total, wide, unmetered))
 
 
-def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False) -> str:
+def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False,
+           unmetered: list[dict] | None = None) -> str:
     """The table; the default one fits 80 columns for a dimension up to ~25 characters wide.
-    ``%`` is the share of the total cost."""
+    ``%`` is the share of the total cost. ``unmetered``: the endpoints of calls we do not meter."""
     names = [report_rows.dimension_name(d) for d in spec.by]
     number = tokens if wide else compact
     columns = [(name.upper().replace("_ID", ""), _cell(name), "<") for name in names]
@@ -51,7 +53,10 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
                     ("CACHE WRITE", lambda r: number(r["cache_write_tokens"]), ">")]
     columns += [("OUT", lambda r: number(r["output_tokens"]), ">")]
     if wide:
-        columns += [("REASONING", lambda r: number(r["reasoning_tokens"]), ">")]
+        columns += [("REASONING", lambda r: number(r["reasoning_tokens"]), ">"),
+                    ("IMAGES", lambda r: number(r["images"]), ">"),
+                    ("AUDIO S", lambda r: f"{r['audio_seconds']:,.1f}", ">"),
+                    ("CHARS", lambda r: number(r["characters"]), ">")]
     places = column_places(r["cost_usd"] for r in [*groups, total])
     columns += [("COST", lambda r: _cost(r, places), ">"),
                 ("%", lambda r: f"{r['share']:.0%}" if r["share"] is not None else "-", ">"),
@@ -61,7 +66,11 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
     lines.insert(len(lines) - 1, "-" * max(len(line) for line in lines))
     if total["unpriced_calls"]:
         more = plural(total["unpriced_calls"], "more call has", "more calls have")
-        lines.append(f"* {more} no price (unknown model), see `aispendtrack prices check`.")
+        why = "an unknown model, or an endpoint not metered" if unmetered else "unknown model"
+        lines.append(f"* {more} no price ({why}), see `aispendtrack prices check`.")
+    for line in unmetered or ():
+        lines.append(f"  {plural(line['calls'], 'call')} to {line['provider']} {line['endpoint']}: billed by the "
+                     f"provider, not metered by AiSpendTrack (unpriced).")
     if not wide and (total["cache_read_tokens"] or total["cache_write_tokens"]):
         lines.append(f"IN excludes {compact(total['cache_read_tokens'])} cache-read, "
                      f"{compact(total['cache_write_tokens'])} cache-write tokens (--wide shows them).")

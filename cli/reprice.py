@@ -10,6 +10,7 @@ import click
 from addon.core.money import UNPRICED, usd
 from addon.core.store import reports as report_rows
 from addon.core.store import writing
+from addon.core.store.calls import UNIT_NAMES
 from addon.core.wording import plural
 from pricing import PriceBook, PriceFileError, TokenUsage
 from pricing.overrides import FILE_NAME
@@ -18,7 +19,7 @@ from .options import selection_options
 from .progress import Bar, quiet_option, running
 
 _TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-                 "output_tokens", "reasoning_tokens", "web_search_requests")
+                 "output_tokens", "reasoning_tokens", "web_search_requests", *UNIT_NAMES)
 
 
 @dataclass

@@ -70,7 +70,9 @@ class PriceBook:
         if not model:
             return UNPRICED
         tier = priced_tier(service_tier)
-        for layer in (self._overrides, self.patches):
+        # Price files hold token rates only: a call billed in images, seconds or characters is
+        # priced by the list prices, never at $0 by a file entry that has no rate for its units.
+        for layer in () if usage.has_units else (self._overrides, self.patches):
             price = self._from_file(layer, usage, provider, model, at, tier)
             if price is not None:
                 return price

@@ -29,7 +29,17 @@ _PROBES = {
     "cache_write_1h_tokens": TokenUsage(cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000),
     "output_tokens": TokenUsage(output_tokens=1_000_000),
     "web_search_requests": TokenUsage(web_search_requests=1_000_000),
+    # A subset's rate is what it adds on top of its parent's (see _linear_rates).
+    "input_audio_tokens": TokenUsage(input_tokens=1_000_000, input_audio_tokens=1_000_000),
+    "input_image_tokens": TokenUsage(input_tokens=1_000_000, input_image_tokens=1_000_000),
+    "output_audio_tokens": TokenUsage(output_tokens=1_000_000, output_audio_tokens=1_000_000),
+    "output_image_tokens": TokenUsage(output_tokens=1_000_000, output_image_tokens=1_000_000),
+    "audio_seconds": TokenUsage(audio_seconds=1_000_000),
+    "characters": TokenUsage(characters=1_000_000),
 }
+_SUBSETS = {"cache_write_1h_tokens": "cache_write_tokens", "input_audio_tokens": "input_tokens",
+            "input_image_tokens": "input_tokens", "output_audio_tokens": "output_tokens",
+            "output_image_tokens": "output_tokens"}
 Context = tuple[tuple[str, str], ...]  # genai-prices' price_context, hashable
 
 
@@ -83,6 +93,12 @@ def _genai_cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, c
         cache_write_1h_tokens=usage.cache_write_1h_tokens,
         output_tokens=usage.output_tokens,
         web_searches=usage.web_search_requests,
+        input_audio_tokens=usage.input_audio_tokens,
+        output_audio_tokens=usage.output_audio_tokens,
+        input_image_tokens=usage.input_image_tokens,
+        output_image_tokens=usage.output_image_tokens,
+        audio_seconds=usage.audio_seconds,
+        input_characters=usage.characters,
     )
     calc = genai_prices.calc_price(counts, model, provider_id=provider, genai_request_timestamp=at,
                                    price_context=dict(ctx) or None)
@@ -101,8 +117,10 @@ def _linear_rates(provider: str, model: str, day: dt.date, ctx: Context) -> dict
     if any(isinstance(getattr(prices, name, None), TieredPrices) for name in _TIER_FIELDS):
         return _PER_CALL
     costs = {field: _genai_cost(usage, provider, model, at, ctx) for field, usage in _PROBES.items()}
-    # A 1h write is also a write: its rate is what it adds on top of a 5-minute write.
-    costs["cache_write_1h_tokens"] -= costs["cache_write_tokens"]
+    # A 1h write is also a write: its rate is what it adds on top of a 5-minute write (and an audio
+    # token an input token: its rate is what it adds on top of a text token's).
+    for subset, parent in _SUBSETS.items():
+        costs[subset] -= costs[parent]
     return {field: value for field, value in costs.items() if value}
 
 

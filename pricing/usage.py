@@ -1,20 +1,31 @@
-"""The normalised token record every provider parser produces and pricing consumes.
+"""The normalised usage record every provider parser produces and pricing consumes.
 
-The counts never overlap, so a price is simply count x rate summed over the fields:
+The token counts never overlap, so a price is simply count x rate summed over the fields:
 
 - ``input_tokens``: input billed at the normal input rate (no cache reads, no cache writes);
 - ``cache_read_tokens``: input read from the provider's prompt cache;
 - ``cache_write_tokens``: input written to the cache (all TTLs);
 - ``output_tokens``: all billed output, reasoning included.
 
-Two fields are *subsets*, kept because they are priced or reported differently:
+Some fields are *subsets*, kept because they are priced or reported differently:
 ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written with a one-hour TTL,
-``reasoning_tokens`` is the part of ``output_tokens`` spent on reasoning.
+``reasoning_tokens`` the part of ``output_tokens`` spent on reasoning; ``input_audio_tokens`` and
+``input_image_tokens`` are parts of ``input_tokens``, ``output_audio_tokens`` and
+``output_image_tokens`` parts of ``output_tokens`` (a transcription's audio, an image edit's
+pictures, a generated image: each has its own rate).
+
+Units that are not tokens, for the APIs billed by them: ``images`` generated (priced per image),
+``audio_seconds`` of audio transcribed (priced per minute), ``characters`` of text spoken.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from decimal import Decimal
+
+# Not a count: a duration, to the millisecond.
+_FRACTIONAL = frozenset({"audio_seconds"})
+UNIT_FIELDS = ("images", "audio_seconds", "characters")
 
 
 @dataclass
@@ -26,13 +37,27 @@ class TokenUsage:
     output_tokens: int = 0
     reasoning_tokens: int = 0
     web_search_requests: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    images: int = 0
+    audio_seconds: Decimal | int = 0
+    characters: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in _FRACTIONAL and isinstance(value, Decimal) and value.is_finite() and value >= 0:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{f.name} must be a non-negative integer, got {value!r}")
 
     @property
     def total_input_tokens(self) -> int:
         return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    @property
+    def has_units(self) -> bool:
+        """Whether anything is counted in units other than tokens (images, seconds, characters)."""
+        return any(getattr(self, name) for name in UNIT_FIELDS)

@@ -238,14 +238,15 @@ def test_a_key_in_another_providers_form_never_reaches_openai(split, target, hea
     assert not [r for r in openai_upstream.received if secret in r.path or secret in json.dumps(r.headers)]
 
 
-def test_a_gemini_key_on_geminis_openai_compatible_path_is_refused_not_sent_to_openai(split):
+def test_a_gemini_key_on_geminis_openai_compatible_path_goes_to_gemini_never_to_openai(split):
     proxy, openai_upstream, claude, gemini = split
-    before = len(openai_upstream.received), len(claude.received), len(gemini.received)
+    before = len(openai_upstream.received), len(claude.received)
     client = openai.OpenAI(base_url=proxy.url + "/v1beta/openai", api_key=GEMINI_KEY, max_retries=0,
                            default_headers={"x-aispendtrack-key": proxy.key})
-    with pytest.raises(openai.NotFoundError, match="OpenAI-compatible.*not metered.*/gemini"):
+    with pytest.raises(openai.NotFoundError, match="Unknown path /v1beta/openai/chat/completions"):  # the fake's 404
         client.chat.completions.create(model="gemini-2.5-flash", messages=CHAT["messages"])
-    assert (len(openai_upstream.received), len(claude.received), len(gemini.received)) == before
+    assert gemini.last().path == "/v1beta/openai/chat/completions"  # metered: tests/test_legacy_and_compatible.py
+    assert (len(openai_upstream.received), len(claude.received)) == before
     assert not [r for r in openai_upstream.received if GEMINI_KEY in json.dumps(r.headers)]
 
 

@@ -666,3 +666,35 @@ def test_budgets_set_changes_in_place_and_calls_filter_by_key_name_in_the_catalo
                                call_row(2, key_id=key_id + 1000, customer_id=marker)])  # another key's
     rows = json.loads(run_cli(home, "calls", "--key", marker, "--customer", marker, "--format", "json"))
     assert [(r["key_id"], r["customer_id"]) for r in rows] == [(key_id, marker)]
+
+
+def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_become_unpriced(shared_env, tmp_path):
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"units-{uuid.uuid4().hex}"
+    new_key(home)  # the catalog and lake at today's schema
+    with writing(home / "unused.duckdb") as con:  # as an older version left the lake: no unit columns ...
+        for name in call_rows.UNIT_NAMES:
+            con.execute(f"ALTER TABLE calls DROP COLUMN {name}")
+        old = call_row(1, customer_id=marker, endpoint="/v1/images/generations", model=None, usage_source="none",
+                       cost_usd=Decimal(0), input_tokens=0)  # ... and an image generation stored as $0, priced
+        old = {name: value for name, value in old.items() if name not in call_rows.UNIT_NAMES}
+        con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's006_units_columns'")
+    # A new process (as an upgraded proxy or CLI is) applies the step when it opens the lake.
+    listed = json.loads(cli(home, "calls", "--limit", "100", "--format", "json").stdout)
+    [before] = [r for r in listed if r["customer_id"] == marker]
+    assert (before["cost_usd"], before["priced"], before["usage_source"]) == (None, False, "unmetered")
+    assert before["characters"] == 0 and before["audio_seconds"] == 0
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, [call_row(2, customer_id=marker, endpoint="/v1/audio/speech", model="tts-1",
+                                        characters=171, audio_seconds=Decimal("8.25"), images=0)])
+    stored = {r["endpoint"]: r for r in calls_json(home) if r["customer_id"] == marker}
+    assert (stored["/v1/audio/speech"]["characters"], stored["/v1/audio/speech"]["audio_seconds"]) == (171, 8.25)
+    assert "/v1/images/generations: billed by the provider, not metered" in run_cli(home, "report", "--customer",
+                                                                                    marker)

@@ -295,3 +295,16 @@ def test_totals_and_chart_follow_new_calls(page, site):
         assert time.monotonic() < deadline, "the totals did not follow the new call"
         time.sleep(0.2)
     page.wait_for_selector("#by-customer tr[data-value='live-totals']", timeout=5_000)
+
+
+def test_recent_calls_show_units_and_unmetered_calls_are_named_a_gap(page, site):
+    stamp = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat()
+    speech = row(stamp, "tts-1", "0.002565", 80, customer="speaker")
+    speech.update(endpoint="/v1/audio/speech", usage_source="counted", characters=171)
+    unmetered = row(stamp, None, None, 60, customer="varier", usage="unmetered")
+    unmetered.update(endpoint="/v1/images/variations")
+    with writing(home_dir.db_path(site["home"])) as con:  # the proxy holds the file only while it flushes
+        call_rows.insert(con, [speech, unmetered])
+    sign_in(page, site)
+    page.wait_for_selector("#recent td:text('tts-1 · 171 characters')", timeout=10_000)
+    assert "went to endpoints the provider bills and AiSpendTrack does not meter" in page.inner_text("#warnings")

@@ -13,6 +13,7 @@ from addon.core.reports import DIMENSIONS
 from addon.core.retention import MAX_OLDER_THAN_DAYS
 from addon.core.store import keys as key_rows
 from addon.core.store import reports as report_rows
+from addon.core.store.calls import UNIT_COLUMNS
 
 openapi = Blueprint("openapi", __name__)
 
@@ -36,8 +37,12 @@ def _object(properties: dict, required: list[str] | None = None, **more) -> dict
             "additionalProperties": False, **more}
 
 
-_TOTALS = {"calls": _INT, "errors": _INT, "unpriced_calls": _INT, "estimated_calls": _INT, "input_tokens": _INT,
+_TOTALS = {"calls": _INT, "errors": _INT, "unpriced_calls": _INT,
+           "unmetered_calls": {**_INT, "description": "Calls to endpoints the provider bills and AiSpendTrack does "
+                                                      "not meter (within unpriced_calls)."},
+           "estimated_calls": _INT, "input_tokens": _INT,
            "cache_read_tokens": _INT, "cache_write_tokens": _INT, "output_tokens": _INT, "reasoning_tokens": _INT,
+           "images": _INT, "characters": _INT, "audio_seconds": _NUM,
            "cost_usd": {**_null(_NUM), "description": "Priced calls only; null when none is priced."},
            "share": {**_null(_NUM), "description": "The group's part of the total cost."},
            "p50_latency_ms": _null(_NUM), "p95_latency_ms": _null(_NUM)}
@@ -52,10 +57,12 @@ _CALL = {"id": {**_STR, "format": "uuid"}, "ts": _TIME, "key_id": _null(_INT), "
          "cache_write_1h_tokens": _INT, "output_tokens": _INT, "reasoning_tokens": _INT,
          "web_search_requests": _INT, "cost_usd": _null(_NUM), "priced": {"type": "boolean"},
          "price_source": _null(_STR), "usage_source": {"type": "string",
-                                                       "enum": ["reported", "estimated", "partial", "none"]},
+                                                       "enum": ["reported", "counted", "estimated", "partial",
+                                                                "none", "unmetered", "invalid"]},
          "customer_id": _null(_STR), "feature": _null(_STR), "latency_ms": _null(_NUM), "ttft_ms": _null(_NUM),
          "service_tier": _null(_STR), "previous_cost_usd": _null(_NUM), "previous_price_source": _null(_STR),
-         "repriced_at": _null(_TIME)}
+         "repriced_at": _null(_TIME),
+         **{name: _null(_NUM if typ.startswith("DECIMAL") else _INT) for name, typ, _ in UNIT_COLUMNS}}
 _LINE_VALUE = {"type": ["integer", "number", "null"]}
 
 SCHEMAS = {

@@ -1,4 +1,7 @@
-"""Anthropic's wire format: the Messages API (plain and streamed).
+"""Anthropic's wire format: the Messages API (plain and streamed), and the legacy Text Completions.
+
+``/v1/complete`` reports no usage at all: its calls are estimated (our tokenizer on the prompt and
+the completion, marked ``estimated``), priced at the model's token rates.
 
 Usage fields (docs/provider-usage.md, section 3): ``input_tokens`` already
 excludes cache reads and writes; ``cache_creation`` splits writes by TTL. In a stream the
@@ -11,10 +14,26 @@ import json
 
 from pricing.usage import TokenUsage
 
-from .base import MAX_REQUESTS_PER_CALL, Observed, Provider, StreamParser, as_dict, count, loads, tier_name
+from .base import (
+    MAX_REQUESTS_PER_CALL,
+    Observed,
+    Provider,
+    StreamParser,
+    as_dict,
+    count,
+    loads,
+    patterns,
+    tier_name,
+)
 
 MESSAGES = "/v1/messages"
-PATHS = (MESSAGES, "/v1/messages/count_tokens", "/v1/complete")
+COMPLETE = "/v1/complete"
+PATHS = (MESSAGES, "/v1/messages/count_tokens", COMPLETE)
+# Anthropic's price page (https://www.anthropic.com/pricing#api, docs/coverage.md): every path it
+# serves through the proxy other than the metered ones bills nothing per call (batches are billed by
+# their results; file storage and the admin API are free).
+_FREE = patterns(r"/v1/messages/count_tokens", r"/v1/messages/batches(?:/.*)?", r"/v1/models(?:/.*)?",
+                 r"/v1/files(?:/.*)?", r"/v1/organizations(?:/.*)?", r"/v1/skills(?:/.*)?")
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
                  "cache_creation", "server_tool_use", "output_tokens_details")
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -85,18 +104,41 @@ class AnthropicStream(StreamParser):
         return "".join(parts)
 
 
+class CompletionStream(StreamParser):
+    """A legacy Text Completions stream: ``completion`` events carry text, the last a stop_reason."""
+
+    def feed(self, event: str | None, data: bytes) -> None:
+        if event not in (None, "completion", "error"):
+            return  # ping
+        payload = loads(data) or {}
+        if payload.get("type", event) == "error":
+            self.observed.error = str(as_dict(payload.get("error")).get("type") or "error")
+            return
+        self.observed.model = self.observed.model or payload.get("model")
+        self.keep_delta(data)
+        if payload.get("stop_reason"):
+            self.observed.complete = True
+
+    def output_text(self) -> str:
+        return "".join(str((loads(data) or {}).get("completion") or "") for data in self.deltas)
+
+
 class Anthropic(Provider):
     name = "anthropic"
     prefix = "/anthropic"
     default_upstream = "https://api.anthropic.com"
     paths = PATHS
+    free = _FREE
 
     def metered(self, path: str) -> bool:
-        return path == MESSAGES
+        return path in (MESSAGES, COMPLETE)
 
     def parse_body(self, path: str, body) -> Observed:
         if not isinstance(body, dict):
             return Observed()
+        if path == COMPLETE:
+            text = body.get("completion")
+            return Observed(model=body.get("model"), complete=True, text=text if isinstance(text, str) else "")
         observed = Observed(model=body.get("model"), complete=True)
         observed.take_usage(usage_from, body.get("usage"))
         if isinstance(body.get("usage"), dict):
@@ -104,12 +146,17 @@ class Anthropic(Provider):
         return observed
 
     def stream_parser(self, path: str) -> StreamParser:
-        return AnthropicStream()
+        return CompletionStream() if path == COMPLETE else AnthropicStream()
 
     def estimate(self, path, request, parser, model) -> TokenUsage | None:
-        """Only for a stream cut short: the output generated so far, when message_delta never came."""
+        """Text Completions always (they report no usage); Messages only for a stream cut short: the
+        output generated so far, when message_delta never came."""
         if self.counter is None or parser is None:
             return None
+        if path == COMPLETE:
+            prompt = (request or {}).get("prompt")
+            return TokenUsage(input_tokens=self.counter.count(prompt if isinstance(prompt, str) else "", None),
+                              output_tokens=self.counter.count(parser.output_text(), None))
         seen = parser.observed.usage or TokenUsage()
         estimated_output = self.counter.count(parser.output_text(), None)
         if estimated_output <= seen.output_tokens:

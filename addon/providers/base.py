@@ -22,6 +22,13 @@ MAX_TOKENS_PER_CALL = 100_000_000
 MAX_REQUESTS_PER_CALL = 100_000
 
 
+# What a call to a path is, for the bill (Provider.billing).
+METERED = "metered"        # its usage is read and priced
+UNMETERED = "unmetered"    # the provider bills it, we do not meter it: recorded unpriced, never $0
+FREE = "free"              # the provider bills nothing for it: $0
+_READS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+
+
 class InvalidUsage(ValueError):
     """A usage count that is not a plausible whole number; the text names the field and value."""
 
@@ -36,6 +43,8 @@ class Observed:
     error: str | None = None    # the provider's error type from an in-stream error event
     invalid_usage: str | None = None  # why the reported usage cannot be believed; sticky once set
     service_tier: str | None = None   # as the provider reported it: "default", "flex", "batch", ...
+    unknown_usage: str | None = None  # why a call that billed something has no usage we can price
+    text: str | None = None           # a whole response's text, when it reports no usage: for an estimate
 
     def take_usage(self, parse: Callable[[object], TokenUsage | None], raw: object) -> None:
         """Set ``usage`` from ``parse(raw)``; an implausible count marks the call invalid instead."""
@@ -72,12 +81,25 @@ class StreamParser:
         raise NotImplementedError
 
 
+class WholeText(StreamParser):
+    """A complete response that reports no usage, seen as a stream that has ended, for ``estimate``."""
+
+    def output_text(self) -> str:
+        return self.observed.text or ""
+
+
 class Provider:
     name: str = ""              # as recorded, and as genai-prices knows the provider
     prefix: str | None = None   # explicit route, e.g. "/gemini"; removed before forwarding
     default_upstream: str | None = None
     # Paths this provider answers on the shared port without a prefix, e.g. ("/v1/messages",).
     paths: tuple[str, ...] = ()
+    # The provider's bill, path by path (full-match patterns; docs/coverage.md cites the price
+    # pages): what it bills per call that we do not meter, and what it bills nothing for. A path
+    # in neither is free to read (GET, DELETE) and unmetered otherwise: a call we cannot name
+    # is never claimed to cost $0.
+    billable: tuple[re.Pattern[str], ...] = ()
+    free: tuple[re.Pattern[str], ...] = ()
 
     def __init__(self, counter=None):
         self.counter = counter  # an estimate.Counter, for calls whose usage must be counted by us
@@ -89,6 +111,30 @@ class Provider:
     def metered(self, path: str) -> bool:
         """Whether calls to this path carry billable usage we parse."""
         raise NotImplementedError
+
+    def billing(self, method: str, path: str) -> str:
+        """METERED, UNMETERED or FREE: what a call with this method and path is on the bill."""
+        if self.metered(path):
+            return METERED
+        if any(p.fullmatch(path) for p in self.billable):
+            return UNMETERED
+        if method.upper() in _READS or any(p.fullmatch(path) for p in self.free):
+            return FREE
+        return UNMETERED
+
+    def answers_text(self, path: str) -> bool:
+        """Whether a successful answer on this metered path may be other than JSON (a transcript)."""
+        return False
+
+    def streams_binary(self, path: str) -> bool:
+        """Whether an answer on this path that is neither JSON nor SSE (audio) passes through as it
+        arrives: it may be long and is never read, so it is never held whole."""
+        return False
+
+    def missing_usage(self, path: str, request: dict | None) -> str | None:
+        """Why a successful metered call has no usage we could count (stored with its row), where
+        there is more to say than that the response carried none."""
+        return None
 
     def injects_usage(self, path: str) -> bool:
         """Whether a stream to this path may be given stream_options.include_usage (see injection.py)."""
@@ -106,12 +152,21 @@ class Provider:
         """Our own count when the provider reported none; None when we cannot tell."""
         return None
 
+    def counted(self, path: str, request: dict | None, model: str | None) -> TokenUsage | None:
+        """Usage the provider bills by a published rule on the request itself (the characters of a
+        speech input): exact, counted by us, for a call whose response carries none."""
+        return None
+
     def error_body(self, status: int, message: str, code: str) -> bytes:
         """An error in the shape this provider's SDK parses, so the caller sees ``message``."""
         raise NotImplementedError
 
 
 _TIER_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+def patterns(*texts: str) -> tuple[re.Pattern[str], ...]:
+    return tuple(re.compile(text) for text in texts)
 
 
 def tier_name(value: object) -> str | None:

@@ -1,4 +1,6 @@
-"""Google Gemini (Generative Language API): generateContent and streamGenerateContent.
+"""Google Gemini (Generative Language API): generateContent and streamGenerateContent, and its
+OpenAI-compatible chat completions and embeddings (``/v1beta/openai/...``: OpenAI's wire format,
+read by the OpenAI module, priced as Gemini's models).
 
 Usage fields (docs/provider-usage.md, section 4): ``cachedContentTokenCount`` is
 inside ``promptTokenCount``; ``thoughtsTokenCount`` is *not* inside ``candidatesTokenCount``
@@ -12,9 +14,19 @@ import re
 
 from pricing.usage import TokenUsage
 
-from .base import Observed, Provider, StreamParser, count, loads
+from .base import Observed, Provider, StreamParser, count, loads, patterns
+from .openai import OpenAI
 
 _CALL = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
+OPENAI_COMPATIBLE = ("/v1beta/openai/chat/completions", "/v1beta/openai/embeddings")
+# Gemini's price page (https://ai.google.dev/gemini-api/docs/pricing, docs/coverage.md): billed per
+# call but not metered here, and free.
+_BILLABLE = patterns(r"/v1(?:beta|alpha)?/models/[^/:]+:(?:embedContent|batchEmbedContents|predict|"
+                     r"predictLongRunning|batchGenerateContent)",
+                     r"/v1beta/openai/(?:images/generations|audio/.*)", r"/v1(?:beta)?/cachedContents")
+_FREE = patterns(r"/v1(?:beta|alpha)?/models/[^/:]+:countTokens", r"/v1(?:beta|alpha)?/models(?:/[^/:]+)?",
+                 r"/v1(?:beta)?/files(?:/.*)?", r"/upload/.*", r"/v1beta/openai/models(?:/.*)?",
+                 r"/v1(?:beta)?/operations(?:/.*)?", r"/v1(?:beta)?/tunedModels(?:/.*)?")
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED"}
 
 
@@ -68,15 +80,22 @@ class Gemini(Provider):
     name = "google"
     prefix = "/gemini"
     default_upstream = "https://generativelanguage.googleapis.com"
+    billable = _BILLABLE
+    free = _FREE
 
+    def __init__(self, counter=None):
+        super().__init__(counter)
+        self._openai_format = OpenAI(counter)  # never asked to add stream usage: not documented here
 
     def metered(self, path: str) -> bool:
-        return _CALL.match(path) is not None
+        return _CALL.match(path) is not None or path in OPENAI_COMPATIBLE
 
     def endpoint(self, path: str) -> str:
         return _CALL.sub(lambda m: m.group(0).replace(m.group(1), "{model}"), path)
 
     def parse_body(self, path: str, body) -> Observed:
+        if path in OPENAI_COMPATIBLE:
+            return _model_named(self._openai_format.parse_body(path, body))
         observed = Observed(complete=True)
         match = _CALL.match(path)
         observed.model = match.group(1) if match else None
@@ -88,6 +107,8 @@ class Gemini(Provider):
         return observed
 
     def stream_parser(self, path: str) -> StreamParser:
+        if path in OPENAI_COMPATIBLE:
+            return self._openai_format.stream_parser(path)
         parser = GeminiStream()
         match = _CALL.match(path)
         parser.observed.model = match.group(1) if match else None
@@ -95,8 +116,17 @@ class Gemini(Provider):
 
     def estimate(self, path, request, parser, model) -> TokenUsage | None:
         """A stream cut short: the running totals seen so far (Gemini repeats them in every chunk)."""
+        if path in OPENAI_COMPATIBLE:
+            return self._openai_format.estimate(path, request, parser, model)
         return parser.observed.usage if parser is not None else None
 
     def error_body(self, status: int, message: str, code: str) -> bytes:
         return json.dumps({"error": {"code": status, "message": message,
                                      "status": _STATUS.get(status, "FAILED_PRECONDITION")}}).encode()
+
+
+def _model_named(observed: Observed) -> Observed:
+    """Gemini's model ids as its price data knows them: without a ``models/`` prefix."""
+    if isinstance(observed.model, str) and observed.model.startswith("models/"):
+        observed.model = observed.model[len("models/"):]
+    return observed

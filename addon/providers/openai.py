@@ -15,6 +15,7 @@ import json
 from pricing.usage import TokenUsage
 
 from ..estimate import Counter
+from . import openai_media as media
 from .base import (
     MAX_REQUESTS_PER_CALL,
     InvalidUsage,
@@ -24,6 +25,7 @@ from .base import (
     as_dict,
     count,
     loads,
+    patterns,
     tier_name,
 )
 
@@ -31,7 +33,26 @@ CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 RESPONSES = "/v1/responses"
 EMBEDDINGS = "/v1/embeddings"
-_METERED = (CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS)
+_METERED = (CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS, *media.PATHS)
+# OpenAI's price page (https://platform.openai.com/docs/pricing, docs/coverage.md): billed per call
+# or per session, not metered here (recorded unpriced, with the endpoint) ...
+_BILLABLE = patterns(
+    r"/v1/images/variations",                        # dall-e-2, per image
+    r"/v1/realtime",                                 # Realtime over WebSocket: tokens per response
+    r"/v1/threads/runs", r"/v1/threads/[^/]+/runs(?:/[^/]+/submit_tool_outputs)?",  # Assistants: tokens
+    r"/v1/containers",                               # code interpreter container sessions
+    r"/v1/videos(?:/[^/]+/remix)?",                  # Sora, per second of video
+    r"/v1/evals/[^/]+/runs",                         # model calls of an eval run
+)
+# ... and billed nothing per call (storage, training and batches are billed apart: reconciliation).
+_FREE = patterns(
+    r"/v1/models(?:/.*)?", r"/v1/files(?:/.*)?", r"/v1/uploads(?:/.*)?", r"/v1/batches(?:/.*)?",
+    r"/v1/moderations", r"/v1/responses/input_tokens", r"/v1/responses/[^/]+/cancel",
+    r"/v1/chat/completions/[^/]+", r"/v1/conversations(?:/.*)?", r"/v1/assistants(?:/.*)?",
+    r"/v1/threads(?:/[^/]+)?", r"/v1/threads/[^/]+/messages(?:/.*)?", r"/v1/vector_stores(?:/.*)?",
+    r"/v1/fine_tuning(?:/.*)?", r"/v1/organization(?:/.*)?", r"/v1/evals(?:/[^/]+)?",
+    r"/v1/realtime/(?:sessions|client_secrets|transcription_sessions)",
+)
 # OpenAI-compatible APIs mount the same endpoints under other roots (/openai/deployments/x/..., /api/v1/...).
 _SUFFIXES = ("/chat/completions", "/completions", "/responses", "/embeddings")
 RESPONSES_SUFFIX = "/responses"
@@ -170,14 +191,24 @@ class OpenAI(Provider):
     prefix: str | None = "/openai"
     default_upstream: str | None = "https://api.openai.com"
     paths: tuple[str, ...] = ("/v1/",)
+    billable = _BILLABLE
+    free = _FREE
 
     def metered(self, path: str) -> bool:
         return path in _METERED
+
+    def answers_text(self, path: str) -> bool:
+        return path in media.TRANSCRIPTS  # response_format text, srt or vtt
+
+    def streams_binary(self, path: str) -> bool:
+        return path == media.SPEECH
 
     def injects_usage(self, path: str) -> bool:
         return self.accepts_stream_options and path.endswith("/chat/completions")
 
     def parse_body(self, path: str, body) -> Observed:
+        if path in media.PATHS:
+            return media.observe(path, body)
         if not isinstance(body, dict):
             return Observed()
         observed = Observed(model=body.get("model"), complete=True)
@@ -185,11 +216,19 @@ class OpenAI(Provider):
         return observed
 
     def stream_parser(self, path: str) -> StreamParser:
-        return OpenAIStream(path)
+        return media.MediaStream(path) if path in media.PATHS else OpenAIStream(path)
+
+    def counted(self, path, request, model) -> TokenUsage | None:
+        return media.counted(path, request, model)
+
+    def missing_usage(self, path: str, request: dict | None) -> str | None:
+        return media.missing(path) if path in media.PATHS else None
 
     def estimate(self, path, request, parser, model) -> TokenUsage | None:
         if parser is not None and parser.observed.usage is not None:
             return parser.observed.usage  # the usage chunk came; only [DONE] was missed
+        if path in media.PATHS:
+            return media.estimate(path, request)
         if self.counter is None or request is None:
             return None
         prompt = self._prompt_tokens(path, request, model)

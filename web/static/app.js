@@ -136,6 +136,10 @@ function money(value, places = 2) {
 }
 
 const count = (n) => (n || 0).toLocaleString("en-US");
+// What a call was billed in besides tokens: images generated, seconds of audio, characters spoken.
+const unitsLabel = (c) => [[c.images, "image"], [c.audio_seconds, "s of audio"], [c.characters, "character"]]
+  .filter(([n]) => n).map(([n, unit]) => ` · ${unit.startsWith("s ") ? Number(n).toFixed(1) + " " + unit : plural(n, unit)}`)
+  .join("");
 // As addon/core/wording.py's plural: 1 call, 2 calls.
 const plural = (n, noun, nouns) => count(n) + " " + (n === 1 ? noun : nouns || noun + "s");
 const ms = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s");
@@ -180,9 +184,14 @@ function showWarnings(total, lastHour) {
   const box = document.getElementById("warnings");
   box.replaceChildren();
   const warn = (text) => box.append(el("p", { class: "warning", role: "status" }, "⚠ " + text));
-  if (total.unpriced_calls) {
-    warn(`${plural(total.unpriced_calls, "call")} used models without a price; their cost is not in the totals (marked *). ` +
+  const unknownModels = total.unpriced_calls - (total.unmetered_calls || 0);
+  if (unknownModels) {
+    warn(`${plural(unknownModels, "call")} used models without a price; their cost is not in the totals (marked *). ` +
          "Run `aispendtrack prices check` and add them to prices.toml.");
+  }
+  if (total.unmetered_calls) {
+    warn(`${plural(total.unmetered_calls, "call")} went to endpoints the provider bills and AiSpendTrack does not meter; ` +
+         "their cost is not in the totals (marked *). `aispendtrack prices check` names them.");
   }
   if (total.calls && total.estimated_calls) {
     warn(`${pct(total.estimated_calls / total.calls)} of calls have estimated usage (streams without include_usage, or cut short).`);
@@ -284,7 +293,7 @@ async function showRecent(state) {
   const places = moneyPlaces(page.calls.map((c) => c.cost_usd));
   const rows = page.calls.map((c) => el("tr", { dataset: { id: c.id }, class: seen.size && !seen.has(c.id) ? "new" : "" },
     el("td", {}, timeLabel(new Date(c.ts), state.tz)), el("td", { class: "num" }, String(c.key_id)), el("td", {}, c.provider),
-    el("td", {}, c.model || "–"), el("td", { class: "num" }, count(c.input_tokens)), el("td", { class: "num" }, count(c.output_tokens)),
+    el("td", {}, (c.model || "–") + unitsLabel(c)), el("td", { class: "num" }, count(c.input_tokens)), el("td", { class: "num" }, count(c.output_tokens)),
     el("td", { class: "num" }, money(c.cost_usd, places)), el("td", { class: "num" }, ms(c.latency_ms)),
     el("td", {}, `${c.status ?? "–"}${c.outcome === "completed" ? "" : " " + c.outcome}`),
     el("td", {}, c.customer_id || "–"), el("td", {}, c.feature || "–")));

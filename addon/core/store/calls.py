@@ -11,6 +11,18 @@ from . import batch
 # Money: 18 decimals hold any list rate (at most 12 decimals per million tokens) times a token
 # count exactly, so a sum of stored costs is the cost of the summed usage (docs/pricing.md).
 COST_TYPE = "DECIMAL(38, 18)"
+# Usage in other units than text tokens (migrations.m017_units_columns): tokens of audio and images
+# (parts of the input and output tokens), and what is billed per image, per second, per character.
+UNIT_COLUMNS: list[tuple[str, str, str]] = [
+    ("input_audio_tokens", "BIGINT", "audio tokens in input_tokens (a transcription's audio)"),
+    ("output_audio_tokens", "BIGINT", "audio tokens in output_tokens (speech)"),
+    ("input_image_tokens", "BIGINT", "image tokens in input_tokens (an image edit's pictures)"),
+    ("output_image_tokens", "BIGINT", "image tokens in output_tokens (a generated image)"),
+    ("images", "BIGINT", "images generated (priced per image: dall-e)"),
+    ("audio_seconds", "DECIMAL(18, 3)", "seconds of audio transcribed or translated (whisper-1)"),
+    ("characters", "BIGINT", "characters of text spoken (tts-1, tts-1-hd)"),
+]
+UNIT_NAMES = [name for name, _, _ in UNIT_COLUMNS]
 # (column, DuckDB type) in table order; rows are dicts keyed by these names.
 CALL_COLUMNS: list[tuple[str, str]] = [
     ("id", "UUID"), ("ts", "TIMESTAMPTZ"), ("key_id", "INTEGER"), ("provider", "VARCHAR"),
@@ -21,6 +33,7 @@ CALL_COLUMNS: list[tuple[str, str]] = [
     ("web_search_requests", "INTEGER"), ("cost_usd", COST_TYPE), ("priced", "BOOLEAN"),
     ("price_source", "VARCHAR"), ("usage_source", "VARCHAR"), ("customer_id", "VARCHAR"),
     ("feature", "VARCHAR"), ("latency_ms", "DOUBLE"), ("ttft_ms", "DOUBLE"), ("service_tier", "VARCHAR"),
+    *[(name, typ) for name, typ, _ in UNIT_COLUMNS],
 ]
 COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
 # Set only by `aispendtrack reprice`: what the call cost before, and by which price data.
@@ -56,7 +69,7 @@ def unpriced_models(con: duckdb.DuckDBPyConnection) -> list[dict]:
     cur = con.execute("""
         SELECT provider, model, service_tier, count(*) AS calls, max(ts) AS last_seen
         FROM calls
-        WHERE NOT priced AND usage_source NOT IN ('none', 'invalid') AND model IS NOT NULL
+        WHERE NOT priced AND usage_source NOT IN ('none', 'invalid', 'unmetered') AND model IS NOT NULL
         GROUP BY provider, model, service_tier ORDER BY calls DESC, model, service_tier NULLS FIRST
     """)
     return [dict(zip(("provider", "model", "service_tier", "calls", "last_seen"), v, strict=True))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import duckdb
 
+from .calls import UNIT_COLUMNS
+
 
 def m001_calls_and_keys(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("""
@@ -256,6 +258,30 @@ def m016_budgets_per_key(con: duckdb.DuckDBPyConnection) -> None:
     """)
 
 
+def m017_units_columns(con: duckdb.DuckDBPyConnection) -> None:
+    # Images, audio and speech are metered in their own units (calls.UNIT_COLUMNS). Stored rows
+    # had none of them: 0. A billable endpoint that was forwarded unmetered was stored as $0,
+    # priced; it is unpriced now, its endpoint named (usage_source 'unmetered').
+    con.execute(units_ddl("calls"))
+    con.execute(UNMETERED_UPDATE)
+
+
+def units_ddl(table: str) -> str:
+    """The unit columns added to ``table`` (the embedded calls table, or the lake's)."""
+    return "; ".join(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {typ} DEFAULT 0"
+                     for name, typ, _ in UNIT_COLUMNS)
+
+
+# The billable endpoints earlier versions forwarded without metering (as the providers' tables in
+# addon/providers/ listed them when this was written), and that were stored as $0.
+UNMETERED_UPDATE = """
+    UPDATE calls SET cost_usd = NULL, priced = false, usage_source = 'unmetered'
+    WHERE usage_source = 'none' AND status < 400 AND provider = 'openai'
+      AND endpoint IN ('/v1/images/generations', '/v1/images/edits', '/v1/images/variations',
+                       '/v1/audio/transcriptions', '/v1/audio/translations', '/v1/audio/speech')
+"""
+
+
 # Shared with shared_schema.py: the same table in PostgreSQL.
 RECONCILIATIONS_DDL = """
     -- Each scheduled reconciliation with a provider's usage API: the month so far, in UTC.
@@ -278,7 +304,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
               m013_config, m014_reconciliations, m015_erasures,
-              m016_budgets_per_key]
+              m016_budgets_per_key, m017_units_columns]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

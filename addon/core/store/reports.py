@@ -13,26 +13,29 @@ import duckdb
 from ..reports import ReportSpec, Selection
 from . import batch
 from . import keys as key_rows
-from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS
+from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, UNIT_NAMES
 from .connection import one
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
 _COLUMN_OF = {"model": "model", "provider": "provider", "customer": "customer_id", "feature": "feature",
               "key": "key_id"}
-_TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens")
+_TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
+           "images", "characters")
 # A call that failed: what a report counts as an error and `calls --errors` lists.
 FAILED = "(status >= 400 OR outcome <> 'completed')"
 _METRICS = f"""
     count(*) AS calls,
     count(*) FILTER (WHERE {FAILED}) AS errors,
     count(*) FILTER (WHERE NOT priced AND usage_source NOT IN ('none', 'invalid')) AS unpriced_calls,
+    count(*) FILTER (WHERE usage_source = 'unmetered') AS unmetered_calls,
     count(*) FILTER (WHERE usage_source IN ('estimated', 'partial')) AS estimated_calls,
     {", ".join(f"coalesce(sum({t}), 0)::BIGINT AS {t}" for t in _TOKENS)},
+    coalesce(sum(audio_seconds), 0)::DOUBLE AS audio_seconds,
     sum(cost_usd) AS cost_usd,
     quantile_cont(latency_ms, [0.5, 0.95]) AS latency_ms"""
-_COUNTS = ("calls", "errors", "unpriced_calls", "estimated_calls")
-_METRIC_NAMES = (*_COUNTS, *_TOKENS, "cost_usd", "latency_ms")
+_COUNTS = ("calls", "errors", "unpriced_calls", "unmetered_calls", "estimated_calls")
+_METRIC_NAMES = (*_COUNTS, *_TOKENS, "audio_seconds", "cost_usd", "latency_ms")
 
 
 def dimension_name(dimension: str) -> str:
@@ -88,6 +91,16 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     groups.sort(key=lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"],
                                *[str(r[n]) for n in names]))
     return groups, {**{name: None for name in names}, **total}
+
+
+def unmetered_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict]:
+    """Billable endpoints the proxy forwarded without metering them: unpriced calls, by endpoint."""
+    condition, params = where(selection)
+    cur = con.execute(f"""
+        SELECT provider, endpoint, count(*) AS calls, max(ts) AS last_seen FROM calls
+        WHERE {condition} AND usage_source = 'unmetered'
+        GROUP BY provider, endpoint ORDER BY calls DESC, provider, endpoint""", params)
+    return [dict(zip(("provider", "endpoint", "calls", "last_seen"), v, strict=True)) for v in cur.fetchall()]
 
 
 def calls_page(con: duckdb.DuckDBPyConnection, selection: Selection, limit: int,
@@ -161,13 +174,15 @@ def count(con: duckdb.DuckDBPyConnection, selection: Selection) -> int:
 
 _REPRICE_INPUT = ("id", "ts", "provider", "model", "input_tokens", "cache_read_tokens", "cache_write_tokens",
                   "cache_write_1h_tokens", "output_tokens", "reasoning_tokens", "web_search_requests",
-                  "cost_usd", "price_source", "service_tier")
+                  "cost_usd", "price_source", "service_tier", *UNIT_NAMES)
 
 
 def reprice_inputs(con: duckdb.DuckDBPyConnection, selection: Selection) -> Iterator[dict]:
     condition, params = where(selection)
-    cur = con.execute(f"SELECT {', '.join(_REPRICE_INPUT)} FROM calls WHERE {condition} "
-                      f"AND usage_source NOT IN ('none', 'invalid')", params)
+    # Unit columns of rows stored before they existed (replayed spill files) are NULL: none used.
+    names = ", ".join(f"coalesce({c}, 0)" if c in UNIT_NAMES else c for c in _REPRICE_INPUT)
+    cur = con.execute(f"SELECT {names} FROM calls WHERE {condition} "
+                      f"AND usage_source NOT IN ('none', 'invalid', 'unmetered')", params)
     while rows := cur.fetchmany(50_000):
         yield from (dict(zip(_REPRICE_INPUT, r)) for r in rows)
 
@@ -236,7 +251,7 @@ def _offset_periods(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.dateti
 def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], condition: str | None, params: list) -> dict:
     """Counts and sums add up from the groups; only the percentiles need another pass (skipped when
     ``condition`` is None)."""
-    total = {name: sum(g[name] for g in groups) for name in (*_COUNTS, *_TOKENS)}
+    total = {name: sum(g[name] for g in groups) for name in (*_COUNTS, *_TOKENS, "audio_seconds")}
     costs = [g["cost_usd"] for g in groups if g["cost_usd"] is not None]
     total["cost_usd"] = sum(costs) if costs else None
     quantiles = None

@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from .calls import CALL_COLUMNS, COST_TYPE
+from .calls import CALL_COLUMNS, COST_TYPE, UNIT_NAMES
 from .errors import StoreError
-from .migrations import ERASURES_DDL, RECONCILIATIONS_DDL
+from .migrations import ERASURES_DDL, RECONCILIATIONS_DDL, UNMETERED_UPDATE, units_ddl
 
 # pg_advisory_lock ids (fixed numbers of ours): schema changes, lake maintenance (and alerts), the
 # daily reconciliation (a turn of its own: a slow provider must not hold up the alerts), reads of
@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS budget_spend (
 );
 """
 
-_LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS if c[0] != "service_tier"]
+# The unit columns come from the step s006_units_columns, on new lakes as on old ones.
+_LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS if c[0] != "service_tier" and c[0] not in UNIT_NAMES]
                       + [("previous_cost_usd", COST_TYPE), ("previous_price_source", "VARCHAR"),
                          ("repriced_at", "TIMESTAMPTZ"), ("service_tier", "VARCHAR")])
 
@@ -195,6 +196,11 @@ def ensure_lake(con, control) -> None:
             for statement in _LAKE:
                 con.execute(statement)
             control.execute("INSERT INTO schema_migrations VALUES ('s001_lake', now()) ON CONFLICT DO NOTHING")
+        if "s006_units_columns" not in _applied(control):  # as migrations.m017_units_columns
+            for statement in units_ddl("calls").split("; "):
+                con.execute(statement)
+            con.execute(UNMETERED_UPDATE)
+            control.execute("INSERT INTO schema_migrations VALUES ('s006_units_columns', now()) ON CONFLICT DO NOTHING")
 
 
 @contextlib.contextmanager

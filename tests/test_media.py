@@ -1,0 +1,229 @@
+"""Images, audio and speech through the proxy with the official OpenAI SDK: each call's row holds
+its units (tokens by kind, images, seconds, characters) and the cost worked out here by hand from
+the price on OpenAI's price page; a billable endpoint we do not meter is unpriced, named, never $0.
+
+The upstream is tests/media_upstream.py, strict at the wire (multipart parsed as a server does).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from . import media_upstream as fake
+from .helpers import run_cli, start_proxy
+
+M = Decimal(1_000_000)
+
+
+@pytest.fixture(scope="module")
+def media():
+    with fake.MediaProvider() as provider:
+        yield provider
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory, media):
+    home = tmp_path_factory.mktemp("home")
+    running = start_proxy(home, media.url, tmp_path_factory.mktemp("logs") / "proxy.log")
+    yield running
+    running.stop()
+
+
+def _client(proxy, sent: list[bytes] | None = None, **kwargs):
+    """The SDK as a user makes it; ``sent`` collects the bytes of every request body it sends."""
+    if sent is not None:
+        kwargs["http_client"] = httpx.Client(event_hooks={"request": [lambda r: sent.append(r.read())]})
+    return proxy.openai(**kwargs)
+
+
+def _tag(customer: str) -> dict:
+    return {"extra_headers": {"x-customer-id": customer}}
+
+
+def _usd(value) -> Decimal:
+    return Decimal(str(value))
+
+
+def test_an_image_generation_is_metered_in_text_and_image_tokens(proxy, media, customer):
+    result = _client(proxy).images.generate(model="gpt-image-1", prompt="a red cat on a mat", n=2,
+                                            size="1024x1024", quality="high", **_tag(customer))
+    assert len(result.data) == 2 and result.usage.output_tokens == 2 * fake.IMAGE_OUTPUT_TOKENS
+    [row] = proxy.rows(customer)
+    assert row["endpoint"] == "/v1/images/generations" and row["model"] == "gpt-image-1"
+    assert row["usage_source"] == "reported" and row["priced"] is True
+    assert (row["input_tokens"], row["input_image_tokens"], row["output_tokens"], row["images"]) == (6, 0, 8320, 2)
+    # gpt-image-1: text input $5, output $40 per million tokens.
+    assert _usd(row["cost_usd"]) == (6 * Decimal(5) + 8320 * Decimal(40)) / M
+
+
+def test_an_image_edit_is_metered_and_its_upload_reaches_openai_byte_for_byte(proxy, media, customer):
+    sent: list[bytes] = []
+    picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64
+    _client(proxy, sent).images.edit(model="gpt-image-1", image=("cat.png", picture, "image/png"),
+                                     prompt="add a small hat", **_tag(customer))
+    [row] = proxy.rows(customer)
+    assert media.last().body == sent[-1] and picture in sent[-1]  # the client's multipart, untouched
+    assert row["endpoint"] == "/v1/images/edits" and row["model"] == "gpt-image-1"  # read from the form
+    text, image = 4, fake.IMAGE_INPUT_IMAGE_TOKENS
+    assert (row["input_tokens"], row["input_image_tokens"], row["output_tokens"]) == (
+        text + image, image, fake.IMAGE_OUTPUT_TOKENS)
+    # gpt-image-1: text input $5, image input $10, output $40 per million tokens.
+    assert _usd(row["cost_usd"]) == (text * 5 + image * 10 + fake.IMAGE_OUTPUT_TOKENS * 40) / M
+
+
+def test_a_whisper_transcription_is_priced_per_minute_of_audio(proxy, media, customer):
+    sent: list[bytes] = []
+    audio = fake.wav(8.0)
+    result = _client(proxy, sent).audio.transcriptions.create(
+        model="whisper-1", file=("hello.wav", audio, "audio/wav"), response_format="verbose_json", **_tag(customer))
+    assert result.text == fake.TRANSCRIPT and result.duration == 8.0
+    [row] = proxy.rows(customer)
+    assert media.last().body == sent[-1] and audio in sent[-1]
+    assert row["model"] == "whisper-1" and row["usage_source"] == "reported" and Decimal(str(row["audio_seconds"])) == 8
+    assert _usd(row["cost_usd"]) == Decimal("0.006") * 8 / 60  # whisper-1: $0.006 per minute
+
+
+def test_a_transcript_answered_as_text_is_estimated_from_the_wav_header(proxy, media, customer):
+    text = _client(proxy).audio.transcriptions.create(
+        model="whisper-1", file=("long.wav", fake.wav(90.5), "audio/wav"), response_format="text", **_tag(customer))
+    assert text.strip() == fake.TRANSCRIPT
+    [row] = proxy.rows(customer)
+    assert row["usage_source"] == "estimated" and Decimal(str(row["audio_seconds"])) == Decimal("90.5")
+    assert _usd(row["cost_usd"]) == Decimal("0.006") * Decimal("90.5") / 60
+
+
+def test_a_transcript_whose_length_nobody_can_tell_is_unpriced_with_the_reason(proxy, media, customer):
+    _client(proxy).audio.transcriptions.create(
+        model="whisper-1", file=("talk.mp3", b"ID3\x04" + bytes(4000), "audio/mpeg"), response_format="text",
+        **_tag(customer))
+    [row] = proxy.rows(customer)
+    assert row["status"] == 200 and row["cost_usd"] is None and row["priced"] is False
+    assert "no duration" in row["error"] and "WAV" in row["error"]
+
+
+def test_a_gpt_4o_transcription_is_metered_in_audio_and_text_tokens(proxy, media, customer):
+    _client(proxy).audio.transcriptions.create(model="gpt-4o-transcribe", file=("a.wav", fake.wav(12.0), "audio/wav"),
+                                               **_tag(customer))
+    [row] = proxy.rows(customer)
+    audio, text, out = 120, fake.TRANSCRIBE_TEXT_TOKENS, fake.TRANSCRIPT_TOKENS
+    assert (row["input_tokens"], row["input_audio_tokens"], row["output_tokens"]) == (audio + text, audio, out)
+    assert row["usage_source"] == "reported"
+    # gpt-4o-transcribe: text input $2.50, audio input $6, text output $10 per million tokens.
+    assert _usd(row["cost_usd"]) == (text * Decimal("2.5") + audio * 6 + out * 10) / M
+
+
+def test_a_whisper_translation_without_usage_takes_the_duration_of_its_wav(proxy, media, customer):
+    _client(proxy).audio.translations.create(model="whisper-1", file=("fr.wav", fake.wav(30.0), "audio/wav"),
+                                             **_tag(customer))
+    [row] = proxy.rows(customer)
+    assert row["endpoint"] == "/v1/audio/translations" and row["usage_source"] == "estimated"
+    assert _usd(row["cost_usd"]) == Decimal("0.006") * 30 / 60
+
+
+def test_speech_is_priced_per_character_and_its_audio_reaches_the_client_unchanged(proxy, media, customer):
+    words = "Today is a wonderful day to build something people love! " * 3
+    with _client(proxy).audio.speech.with_streaming_response.create(
+            model="tts-1-hd", voice="alloy", input=words, **_tag(customer)) as response:
+        audio = b"".join(response.iter_bytes())
+    assert audio == media.speech
+    [row] = proxy.rows(customer)
+    assert row["usage_source"] == "counted" and row["characters"] == len(words) == 171
+    assert _usd(row["cost_usd"]) == len(words) * Decimal(30) / M  # tts-1-hd: $30 per million characters
+
+
+def test_speech_audio_reaches_the_client_before_the_provider_has_sent_it_all(proxy, media, customer):
+    """Never buffered whole: the first chunk arrives while the provider still holds the rest back."""
+    media.gate.clear()
+    try:
+        with _client(proxy, timeout=10).audio.speech.with_streaming_response.create(
+                model="tts-1", voice="alloy", input="Hello there.", **_tag(customer)) as response:
+            chunks = response.iter_bytes()
+            first = next(chunks)
+            assert first and not media.gate.is_set()
+            media.gate.set()
+            audio = first + b"".join(chunks)
+    finally:
+        media.gate.set()
+    assert audio == media.speech
+    [row] = proxy.rows(customer)
+    assert row["characters"] == 12 and _usd(row["cost_usd"]) == 12 * Decimal(15) / M  # tts-1: $15 per M characters
+
+
+def test_speech_from_gpt_4o_mini_tts_is_metered_from_its_sse_usage(proxy, media, customer):
+    speech = _client(proxy).audio.speech.create(model="gpt-4o-mini-tts", voice="coral", input="Say it kindly please",
+                                                stream_format="sse", **_tag(customer))
+    assert b"speech.audio.done" in speech.content
+    [row] = proxy.rows(customer)
+    assert row["usage_source"] == "reported" and row["stream"] is True
+    assert (row["input_tokens"], row["output_tokens"], row["output_audio_tokens"]) == (4, 1234, 1234)
+    # gpt-4o-mini-tts: text input $0.60, audio output $12 per million tokens.
+    assert _usd(row["cost_usd"]) == (4 * Decimal("0.6") + 1234 * 12) / M
+
+
+def test_speech_from_gpt_4o_mini_tts_as_audio_is_unpriced_with_the_reason(proxy, media, customer):
+    with _client(proxy).audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts", voice="coral", input="Hello", **_tag(customer)) as response:
+        assert b"".join(response.iter_bytes()) == media.speech
+    [row] = proxy.rows(customer)
+    assert row["cost_usd"] is None and row["priced"] is False and "stream_format=sse" in row["error"]
+
+
+def test_a_billable_endpoint_we_do_not_meter_is_unpriced_and_named_never_free(proxy, media, customer):
+    client = _client(proxy)
+    client.images.create_variation(image=("cat.png", b"\x89PNG fake", "image/png"), n=1, **_tag(customer))
+    client.models.list(**_tag(customer))  # billed nothing: stays $0
+    rows = {r["endpoint"]: r for r in proxy.rows(customer, expect=2)}
+    variation, models = rows["/v1/images/variations"], rows["/v1/models"]
+    assert variation["status"] == 200 and variation["cost_usd"] is None and variation["priced"] is False
+    assert variation["usage_source"] == "unmetered" and "/v1/images/variations" in variation["error"]
+    assert models["cost_usd"] == 0 and models["priced"] is True
+    report = run_cli(proxy.home, "report", "--customer", customer)
+    assert "1 more call has no price" in report and "/v1/images/variations" in report
+    check = run_cli(proxy.home, "prices", "check")
+    assert "not metered" in check and "openai" in check and "/v1/images/variations" in check
+    listed = json.loads(run_cli(proxy.home, "prices", "check", "--format", "json"))
+    assert {"provider": "openai", "endpoint": "/v1/images/variations"}.items() <= next(
+        r for r in listed if r.get("endpoint") == "/v1/images/variations").items()
+
+
+def test_units_are_in_the_report_export_and_api(proxy, media, customer):
+    _client(proxy).audio.speech.create(model="tts-1", voice="alloy", input="x" * 40, **_tag(customer))
+    [row] = proxy.rows(customer)
+    wide = run_cli(proxy.home, "report", "--customer", customer, "--wide")
+    assert "CHARS" in wide and "40" in wide
+    exported = run_cli(proxy.home, "export", "--customer", customer, "--format", "csv")
+    header, line = exported.splitlines()[:2]
+    assert "characters" in header.split(",") and line.split(",")[header.split(",").index("characters")] == "40"
+
+
+def test_a_large_upload_is_forwarded_whole_and_priced_from_its_header(proxy, media, customer):
+    """20 MB of WAV: the provider gets it whole; the meter reads only the form's few fields."""
+    audio = fake.wav(600.0)  # 19.2 MB
+    _client(proxy, timeout=30).audio.transcriptions.create(
+        model="whisper-1", file=("big.wav", audio, "audio/wav"), response_format="srt", **_tag(customer))
+    [row] = proxy.rows(customer, timeout=10)
+    assert media.last().body.count(audio) == 1
+    assert row["usage_source"] == "estimated" and Decimal(str(row["audio_seconds"])) == 600
+
+
+def test_a_blocking_budget_counts_speech_and_images_in_dollars(tmp_path, media):
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:speaker", "--key", str(created["id"]), "--daily", "0.005",
+            "--block")
+    proxy = start_proxy(home, media.url, tmp_path / "proxy.log", key=created["key"])
+    try:
+        client = _client(proxy, headers={"x-customer-id": "speaker"})
+        client.audio.speech.create(model="tts-1-hd", voice="alloy", input="y" * 100)  # 100 x $30/M: $0.003
+        client.images.generate(model="gpt-image-1", prompt="one two three")  # (3 x $5 + 4160 x $40)/M: $0.166415
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.audio.speech.create(model="tts-1-hd", voice="alloy", input="z")
+        assert "budget exceeded for customer speaker" in raised.value.message
+        assert "$0.169415 spent of the daily budget of $0.005." in raised.value.message
+    finally:
+        proxy.stop()
