@@ -25,7 +25,7 @@ import zoneinfo
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import failures, injection, metrics_port, refusals, settings
+from addon import failures, injection, metrics_port, realtime, refusals, settings
 from addon.bounds import ConnectionBounds
 from addon.core import config, gdpr, metrics, spool
 from addon.core import home as home_dir
@@ -41,6 +41,7 @@ from addon.estimate import Counter
 from addon.gate import Gate
 from addon.meter import CallMeter
 from addon.providers import all_providers
+from addon.providers.base import METERED
 from addon.quotas import Quotas
 from addon.record import build_row
 from addon.shared_counters import SharedCounters
@@ -204,7 +205,7 @@ class AiSpendTrack:
             if meter is not None:
                 meter.finish(flow.response.status_code if flow.response else None, "proxy_stopped",
                              "the proxy stopped before the call ended")
-                self._submit(meter)
+                self.submit(meter)
         self._in_flight.clear()
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -268,8 +269,11 @@ class AiSpendTrack:
         self._in_flight.pop(flow.id, None)
         if meter is not None and flow.response is not None:
             self.watch.finished(flow)
+            if flow.websocket is not None and meter.billing == METERED:  # a realtime session: a row per response
+                flow.metadata[realtime.SESSION] = realtime.RealtimeSession(meter, flow.request.path.partition("?")[2])
+                return
             meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)
-            self._submit(meter)
+            self.submit(meter)
 
     def error(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
@@ -294,9 +298,9 @@ class AiSpendTrack:
                                                               self.watch.timeout)
             failures.reply_with(status, meter.provider.error_body(status, text, outcome))
             meter.finish(status, outcome, text[:200], None)
-        self._submit(meter)
+        self.submit(meter)
 
-    def _submit(self, meter: CallMeter) -> None:
+    def submit(self, meter: CallMeter) -> None:
         if self.writer is None:
             log.error("call %s finished after the proxy stopped recording; it is not stored", meter.id)
             return
@@ -321,7 +325,8 @@ def _usage_api_bases() -> dict[str, str]:
 def make_addons() -> list:
     """The proxy's addons in hook order, sharing one state."""
     state = ProxyState()
-    return [ConnectionBounds(), Gate(state), Quotas(state), AiSpendTrack(state)]
+    meter = AiSpendTrack(state)
+    return [ConnectionBounds(), Gate(state), Quotas(state), meter, realtime.RealtimeSessions(meter.submit)]
 
 
 addons = make_addons()
