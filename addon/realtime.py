@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 SESSION = "aispendtrack_realtime"  # flow.metadata key of a flow's RealtimeSession
 # A frame larger than this is passed on without being read (a response.done is a few kB).
 MAX_READ_FRAME = 4 * 1024 * 1024
+_HEAD = 4096  # of a frame too large to read: where its type is looked for
 
 
 class _Seen(StreamParser):
@@ -55,9 +56,7 @@ class RealtimeSession:
     def read(self, frame: bytes, from_client: bool) -> CallMeter | None:
         """A finished response's meter, for the writer; None for every other frame."""
         if len(frame) > MAX_READ_FRAME:
-            self._warn_once("large", f"a frame of {len(frame):,} bytes was passed on without being read "
-                                     f"(more than {MAX_READ_FRAME:,})")
-            return None
+            return self._too_large(frame)
         kind = wire.event_of_interest(frame)
         if kind is None or from_client != (kind == "session.update"):
             return None
@@ -72,6 +71,19 @@ class RealtimeSession:
         else:
             return self._finished(event)
         return None
+
+    def _too_large(self, frame: bytes) -> CallMeter | None:
+        """A frame past MAX_READ_FRAME is not decoded; if its head says it ends a response, that
+        response is stored unpriced, with why."""
+        self._warn_once("large", f"a frame of {len(frame):,} bytes was passed on without being read "
+                                 f"(more than {MAX_READ_FRAME:,})")
+        if wire.event_of_interest(frame[:_HEAD]) != "response.done":
+            return None
+        meter = self._meter(self.response_started or time.time())
+        self.response_started = None
+        meter.finish(101, "completed", f"usage unreadable: a response.done of {len(frame):,} bytes "
+                                       f"(more than {MAX_READ_FRAME:,}) was not read")
+        return meter
 
     def _finished(self, event: dict) -> CallMeter:
         meter = self._meter(self.response_started or time.time())

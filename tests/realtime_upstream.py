@@ -7,7 +7,8 @@ OpenAI answers), and records the headers it got. The session starts with ``sessi
 ``response.created``, an audio delta, a transcript delta and ``response.done`` with the usage below.
 A ``response.create`` whose ``response.instructions`` is ``"cut"`` stops after the audio delta and
 closes the socket (code 1011) before ``response.done``; ``"garbled"`` sends a frame that is not
-JSON before the audio delta; ``"long"`` sends LONG_DELTAS audio deltas. Every frame sent is kept
+JSON before the audio delta; ``"long"`` sends LONG_DELTAS audio deltas; ``"huge"`` puts HUGE_TEXT
+characters of text in its ``response.done``. Every frame sent is kept
 in ``sent`` (per connection), byte for byte.
 """
 
@@ -33,6 +34,7 @@ USAGE = {
 }
 AUDIO_DELTA_BYTES = 96_000  # 2 s of 24 kHz pcm16, base64-encoded in the delta
 LONG_DELTAS = 400  # a "long" response: 13 minutes of audio, 51 MB of frames
+HUGE_TEXT = 5 * 1024 * 1024  # characters of text in a "huge" response.done
 
 
 @dataclass
@@ -104,8 +106,10 @@ class RealtimeProvider:
             return False
         self._send(ws, conn, {"type": "response.output_audio_transcript.delta", "response_id": rid,
                               "delta": "Hello there"})
+        output = [{"type": "message", "content": [{"type": "output_text", "text": "x" * HUGE_TEXT}]}] \
+            if instructions == "huge" else []
         self._send(ws, conn, {"type": "response.done", "event_id": f"event_{self._counter}", "response": {
-            "object": "realtime.response", "id": rid, "status": "completed", "usage": USAGE}})
+            "object": "realtime.response", "id": rid, "status": "completed", "output": output, "usage": USAGE}})
         return True
 
     def _send(self, ws: ServerConnection, conn: Connection, event: dict) -> None:

@@ -178,3 +178,40 @@ def test_a_long_session_does_not_keep_its_frames_in_the_proxy(proxy, realtime, c
     assert passed > 50_000_000 and len(received) == fake.LONG_DELTAS + 3
     assert grown < passed / 5, f"the proxy grew by {grown:,} bytes while {passed:,} bytes of frames passed"
     assert len(proxy.rows(customer, expect=2)) == 2
+
+
+def test_a_session_that_crosses_a_blocking_budget_is_recorded_exactly_and_the_next_upgrade_refused(
+        proxy, realtime, customer):
+    one = _gpt_realtime_cost(fake.USAGE)  # $0.06896 a response
+    run_cli(proxy.home, "budgets", "set", "--scope", f"customer:{customer}", "--all-keys", "--daily", "0.10",
+            "--block")
+    time.sleep(2.5)  # the proxy reads budgets every 2 s
+    with _connect(proxy, customer) as conn:  # the budget is not spent yet: the upgrade is let through
+        _until(conn, "session.created")
+        for _ in range(3):  # the second response crosses $0.10; the session is not cut mid-way
+            conn.response.create()
+            _until(conn, "response.done")
+    rows = proxy.rows(customer, expect=3)
+    assert len(rows) == 3 and sum(Decimal(str(r["cost_usd"])) for r in rows) == 3 * one
+    with pytest.raises(InvalidStatus) as refused:
+        _connect(proxy, customer).enter()
+    response = refused.value.response
+    assert response.status_code == 429 and int(response.headers["retry-after"]) > 0
+    assert b"budget" in response.body
+
+
+def test_a_response_done_too_large_to_read_is_passed_on_and_stored_unpriced_with_why(proxy, realtime, customer):
+    before = len(realtime.connections)
+    with _connect(proxy, customer) as conn:
+        received = _until(conn, "session.created")
+        conn.response.create(response={"instructions": "huge"})
+        received += _until(conn, "response.done")
+        conn.response.create()
+        received += _until(conn, "response.done")  # the session goes on, metered
+    assert received == realtime.connections[before].sent and len(received[4]) > fake.HUGE_TEXT  # passed on whole
+    rows = sorted(proxy.rows(customer, expect=2), key=lambda r: r["priced"])
+    huge, plain = rows
+    assert plain["priced"] is True and plain["output_tokens"] == 900
+    assert (huge["priced"], huge["cost_usd"], huge["model"]) == (False, None, MODEL)
+    assert re.fullmatch(r"usage unreadable: a response.done of [\d,]+ bytes \(more than 4,194,304\) was not read",
+                        huge["error"])
