@@ -39,9 +39,9 @@ def proxy(tmp_path_factory, realtime):
     running.stop()
 
 
-def _connect(proxy, customer: str, key: str | None = None):
+def _connect(proxy, customer: str, key: str | None = None, model: str = MODEL):
     client = proxy.openai(headers={"x-aispendtrack-key": key or proxy.key})
-    return client.realtime.connect(model=MODEL, extra_headers={"x-customer-id": customer, "x-feature": "voice"})
+    return client.realtime.connect(model=model, extra_headers={"x-customer-id": customer, "x-feature": "voice"})
 
 
 def _until(conn, event_type: str) -> list[bytes]:
@@ -56,15 +56,19 @@ def _until(conn, event_type: str) -> list[bytes]:
             pass  # a frame that is not JSON (the fake's "garbled" one)
 
 
-def _gpt_realtime_cost(usage: dict) -> Decimal:
-    """OpenAI's price page, gpt-realtime per million tokens: text $4 input, $0.40 cached input,
-    $16 output; audio $32 input, $0.40 cached input, $64 output."""
+# OpenAI's price page, per million tokens: (text input, cached, output), (audio input, cached, output).
+PRICES = {"gpt-realtime": (("4", "0.40", "16"), ("32", "0.40", "64")),
+          "gpt-realtime-mini": (("0.60", "0.06", "2.40"), ("10", "0.30", "20"))}
+
+
+def _gpt_realtime_cost(usage: dict, model: str = MODEL) -> Decimal:
+    (text_in, text_cached, text_out), (audio_in, audio_cached, audio_out) = (
+        tuple(Decimal(p) for p in kind) for kind in PRICES[model])
     inp, cached, out = usage["input_token_details"], usage["input_token_details"]["cached_tokens_details"], \
         usage["output_token_details"]
-    return (Decimal(inp["text_tokens"] - cached["text_tokens"]) * 4 + Decimal(cached["text_tokens"]) * Decimal("0.4")
-            + Decimal(inp["audio_tokens"] - cached["audio_tokens"]) * 32
-            + Decimal(cached["audio_tokens"]) * Decimal("0.4")
-            + Decimal(out["text_tokens"]) * 16 + Decimal(out["audio_tokens"]) * 64) / M
+    return (Decimal(inp["text_tokens"] - cached["text_tokens"]) * text_in + cached["text_tokens"] * text_cached
+            + Decimal(inp["audio_tokens"] - cached["audio_tokens"]) * audio_in + cached["audio_tokens"] * audio_cached
+            + out["text_tokens"] * text_out + out["audio_tokens"] * audio_out) / M
 
 
 def test_each_response_done_is_a_row_with_tokens_by_kind_priced_exactly_and_frames_pass_unchanged(
@@ -215,3 +219,14 @@ def test_a_response_done_too_large_to_read_is_passed_on_and_stored_unpriced_with
     assert (huge["priced"], huge["cost_usd"], huge["model"]) == (False, None, MODEL)
     assert re.fullmatch(r"usage unreadable: a response.done of [\d,]+ bytes \(more than 4,194,304\) was not read",
                         huge["error"])
+
+
+def test_cached_audio_is_priced_at_its_own_rate_not_cached_texts(proxy, realtime, customer):
+    """gpt-realtime-mini reads cached audio at $0.30 and cached text at $0.06 per million."""
+    with _connect(proxy, customer, model="gpt-realtime-mini") as conn:
+        _until(conn, "session.created")
+        conn.response.create()
+        _until(conn, "response.done")
+    [row] = proxy.rows(customer)
+    assert row["model"] == "gpt-realtime-mini" and row["cache_read_audio_tokens"] == 512
+    assert Decimal(str(row["cost_usd"])) == _gpt_realtime_cost(fake.USAGE, "gpt-realtime-mini")
