@@ -61,8 +61,10 @@ class RealtimeSession:
         if kind is None or from_client != (kind == "session.update"):
             return None
         event = wire.decode(frame)
-        if event is None or event.get("type") != kind:
+        if event is None:
             self._warn_once("json", f"a {kind} frame that is not a JSON event was skipped")
+            return None
+        if event.get("type") != kind:  # the name was a nested object's
             return None
         if kind.startswith("session."):
             self.model = wire.session_model(event) or self.model

@@ -24,8 +24,16 @@ _MODEL = re.compile(r"[\w.:/-]{1,200}")
 
 def event_of_interest(frame: bytes) -> str | None:
     """The type of a frame that carries usage, a response's start or the model; None for the rest."""
-    found = _TYPE.search(frame)
-    return found.group(1).decode() if found else None
+    # From quote to quote: finding one byte is a memchr, which skips a 128 kB audio delta (base64,
+    # no quotes) in microseconds; re.search, or find(b'"type"'), take 0.4 to 1 ms for it.
+    at = frame.find(b'"')
+    while at >= 0:
+        if frame.startswith(b'"type"', at):
+            found = _TYPE.match(frame, at)
+            if found:
+                return found.group(1).decode()
+        at = frame.find(b'"', at + 1)
+    return None
 
 
 def decode(frame: bytes) -> dict | None:
