@@ -41,7 +41,6 @@ from addon.estimate import Counter
 from addon.gate import Gate
 from addon.meter import CallMeter
 from addon.providers import all_providers
-from addon.providers.base import METERED
 from addon.quotas import Quotas
 from addon.record import build_row
 from addon.shared_counters import SharedCounters
@@ -269,7 +268,7 @@ class AiSpendTrack:
         self._in_flight.pop(flow.id, None)
         if meter is not None and flow.response is not None:
             self.watch.finished(flow)
-            if flow.websocket is not None and meter.billing == METERED:  # a realtime session: a row per response
+            if flow.websocket is not None and realtime.is_session(meter):  # a row per response, not for this
                 flow.metadata[realtime.SESSION] = realtime.RealtimeSession(meter, flow.request.path.partition("?")[2])
                 return
             meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)

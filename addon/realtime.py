@@ -100,14 +100,15 @@ class RealtimeSession:
         meter.finish(101, "completed", None if status in (None, "completed") else f"response {status}")
         return meter
 
-    def closed(self, reason: str) -> CallMeter | None:
+    def closed(self, by_client: bool | None, code: int | None) -> CallMeter | None:
         """At the end of the socket: the meter of a response cut off before its response.done."""
         if self.response_started is None:
             return None
         meter = self._meter(self.response_started)
         self.response_started = None
-        meter.finish(101, "upstream_failed" if "server" in reason else "client_disconnected",
-                     f"no usage: the WebSocket closed before response.done ({reason})"[:200])
+        by = "the client" if by_client else "the server" if by_client is False else "the network"
+        meter.finish(101, "client_disconnected" if by_client else "upstream_failed",
+                     f"no usage: the WebSocket closed before response.done (closed by {by}, code {code})")
         return meter
 
     def _meter(self, started_at: float) -> CallMeter:
@@ -122,6 +123,11 @@ class RealtimeSession:
         if what not in self._warned:
             self._warned.add(what)
             log.warning("realtime session of call %s: %s", self.handshake.id, message)
+
+
+def is_session(handshake: CallMeter) -> bool:
+    """Whether an upgraded call is a realtime session (other WebSockets keep their one row)."""
+    return handshake.provider.name == "openai" and handshake.path == wire.PATH
 
 
 class RealtimeSessions:
@@ -150,7 +156,6 @@ class RealtimeSessions:
         ws = flow.websocket
         if session is None or ws is None:
             return
-        by = "the client" if ws.closed_by_client else "the server" if ws.closed_by_client is False else "the network"
-        meter = session.closed(f"closed by {by}, code {ws.close_code}")
+        meter = session.closed(ws.closed_by_client, ws.close_code)
         if meter is not None:
             self.submit(meter)
