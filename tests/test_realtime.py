@@ -8,6 +8,7 @@ The upstream is tests/realtime_upstream.py, strict at the handshake and in its e
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
@@ -78,13 +79,16 @@ def test_each_response_done_is_a_row_with_tokens_by_kind_priced_exactly_and_fram
         received = _until(conn, "session.created")
         conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
         received += _until(conn, "session.updated")
+        spoken = json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(48_000)).decode()})
+        conn.send_raw(spoken)  # a second of the user's voice
         for _ in range(2):
             conn.response.create()
             received += _until(conn, "response.done")
     [upstream] = realtime.connections[before:]
     assert received == upstream.sent  # every server frame, byte for byte, in order
-    assert [json.loads(f)["type"] for f in upstream.received] == ["session.update", "response.create",
-                                                                  "response.create"]
+    assert [json.loads(f)["type"] for f in upstream.received] == ["session.update", "input_audio_buffer.append",
+                                                                  "response.create", "response.create"]
+    assert upstream.received[1] == spoken.encode()  # the client's frame, byte for byte
     assert not {"x-aispendtrack-key", "x-customer-id", "x-feature"} & set(upstream.headers)
     assert upstream.headers["authorization"] == "Bearer sk-test-key"
     rows = proxy.rows(customer, expect=2)
