@@ -325,7 +325,8 @@ def make_addons() -> list:
     """The proxy's addons in hook order, sharing one state."""
     state = ProxyState()
     meter = AiSpendTrack(state)
-    return [ConnectionBounds(), Gate(state), Quotas(state), meter, realtime.RealtimeSessions(meter.submit)]
+    # RealtimeSessions before AiSpendTrack: at shutdown its done() stores open responses before the writer stops.
+    return [ConnectionBounds(), Gate(state), Quotas(state), realtime.RealtimeSessions(meter.submit), meter]
 
 
 addons = make_addons()

@@ -102,13 +102,17 @@ class RealtimeSession:
 
     def closed(self, by_client: bool | None, code: int | None) -> CallMeter | None:
         """At the end of the socket: the meter of a response cut off before its response.done."""
+        by = "the client" if by_client else "the server" if by_client is False else "the network"
+        return self.cut("client_disconnected" if by_client else "upstream_failed",
+                        f"the WebSocket closed before response.done (closed by {by}, code {code})")
+
+    def cut(self, outcome: str, why: str) -> CallMeter | None:
+        """The meter of the response under way, if one is, ended without its usage."""
         if self.response_started is None:
             return None
         meter = self._meter(self.response_started)
         self.response_started = None
-        by = "the client" if by_client else "the server" if by_client is False else "the network"
-        meter.finish(101, "client_disconnected" if by_client else "upstream_failed",
-                     f"no usage: the WebSocket closed before response.done (closed by {by}, code {code})")
+        meter.finish(101, outcome, f"no usage: {why}")
         return meter
 
     def _meter(self, started_at: float) -> CallMeter:
@@ -135,6 +139,20 @@ class RealtimeSessions:
 
     def __init__(self, submit: Callable[[CallMeter], None]) -> None:
         self.submit = submit
+        self._open: dict[str, RealtimeSession] = {}  # by flow id: the sessions still connected
+
+    def websocket_start(self, flow: http.HTTPFlow) -> None:
+        session: RealtimeSession | None = flow.metadata.get(SESSION)
+        if session is not None:
+            self._open[flow.id] = session
+
+    def done(self) -> None:
+        """Runs before AiSpendTrack's (make_addons), while the writer still takes rows."""
+        for session in self._open.values():
+            meter = session.cut("proxy_stopped", "the proxy stopped before response.done")
+            if meter is not None:
+                self.submit(meter)
+        self._open.clear()
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         session: RealtimeSession | None = flow.metadata.get(SESSION)
@@ -153,6 +171,7 @@ class RealtimeSessions:
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         session: RealtimeSession | None = flow.metadata.pop(SESSION, None)
+        self._open.pop(flow.id, None)
         ws = flow.websocket
         if session is None or ws is None:
             return

@@ -8,7 +8,7 @@ OpenAI answers), and records the headers it got. The session starts with ``sessi
 A ``response.create`` whose ``response.instructions`` is ``"cut"`` stops after the audio delta and
 closes the socket (code 1011) before ``response.done``; ``"garbled"`` sends a frame that is not
 JSON before the audio delta; ``"long"`` sends LONG_DELTAS audio deltas; ``"huge"`` puts HUGE_TEXT
-characters of text in its ``response.done``. Every frame sent is kept
+characters of text in its ``response.done``; ``"hold"`` sends no ``response.done`` at all. Every frame sent is kept
 in ``sent`` (per connection), byte for byte.
 """
 
@@ -104,6 +104,8 @@ class RealtimeProvider:
         if instructions == "cut":
             ws.close(1011, "upstream went away")
             return False
+        if instructions == "hold":  # a long answer, still being spoken: response.done is not sent yet
+            return True
         self._send(ws, conn, {"type": "response.output_audio_transcript.delta", "response_id": rid,
                               "delta": "Hello there"})
         output = [{"type": "message", "content": [{"type": "output_text", "text": "x" * HUGE_TEXT}]}] \

@@ -234,3 +234,20 @@ def test_cached_audio_is_priced_at_its_own_rate_not_cached_texts(proxy, realtime
     [row] = proxy.rows(customer)
     assert row["model"] == "gpt-realtime-mini" and row["cache_read_audio_tokens"] == 512
     assert Decimal(str(row["cost_usd"])) == _gpt_realtime_cost(fake.USAGE, "gpt-realtime-mini")
+
+
+def test_a_response_under_way_when_the_proxy_stops_is_stored_unpriced(tmp_path, realtime, customer):
+    proxy = start_proxy(tmp_path / "home", realtime.url, tmp_path / "proxy.log")
+    try:
+        with _connect(proxy, customer) as conn:
+            _until(conn, "session.created")
+            conn.response.create(response={"instructions": "hold"})
+            _until(conn, "response.output_audio.delta")
+            proxy.stop()  # SIGTERM, the session still open
+    except ConnectionClosed:
+        pass  # the SDK closing a socket the proxy has closed
+    finally:
+        proxy.stop()
+    [row] = proxy.rows(customer, timeout=0)
+    assert (row["model"], row["priced"], row["cost_usd"], row["outcome"]) == (MODEL, False, None, "proxy_stopped")
+    assert row["error"] == "no usage: the proxy stopped before response.done"
