@@ -50,7 +50,6 @@ class RealtimeSession:
         model = (parse_qs(query).get("model") or [""])[0]
         self.model: str | None = model if 0 < len(model) <= 200 else None
         self.response_started: float | None = None  # response.created seen, response.done not yet
-        self.responses = 0
         self._warned: set[str] = set()
 
     def read(self, frame: bytes, from_client: bool) -> CallMeter | None:
@@ -62,7 +61,7 @@ class RealtimeSession:
             return None
         event = wire.decode(frame)
         if event is None:
-            self._warn_once("json", f"a {kind} frame that is not a JSON event was skipped")
+            self.warn_once("json", f"a {kind} frame that is not a JSON event was skipped")
             return None
         if event.get("type") != kind:  # the name was a nested object's
             return None
@@ -77,7 +76,7 @@ class RealtimeSession:
     def _too_large(self, frame: bytes) -> CallMeter | None:
         """A frame past MAX_READ_FRAME is not decoded; if its head says it ends a response, that
         response is stored unpriced, with why."""
-        self._warn_once("large", f"a frame of {len(frame):,} bytes was passed on without being read "
+        self.warn_once("large", f"a frame of {len(frame):,} bytes was passed on without being read "
                                  f"(more than {MAX_READ_FRAME:,})")
         if wire.event_of_interest(frame[:_HEAD]) != "response.done":
             return None
@@ -120,10 +119,9 @@ class RealtimeSession:
         meter = CallMeter(h.provider, h.path, h.key_id, h.customer_id, h.feature, started_at, None, "", "GET")
         meter.stream = True
         meter.parser = _Seen(observed=Observed(model=self.model))
-        self.responses += 1
         return meter
 
-    def _warn_once(self, what: str, message: str) -> None:
+    def warn_once(self, what: str, message: str) -> None:
         if what not in self._warned:
             self._warned.add(what)
             log.warning("realtime session of call %s: %s", self.handshake.id, message)
@@ -164,7 +162,7 @@ class RealtimeSessions:
             try:
                 meter = session.read(message.content, message.from_client)
             except Exception as exc:  # bookkeeping must never stop a frame
-                session._warn_once("error", f"unexpected {type(exc).__name__} while reading a frame")
+                session.warn_once("error", f"unexpected {type(exc).__name__} while reading a frame")
                 continue
             if meter is not None:
                 self.submit(meter)
