@@ -25,7 +25,7 @@ import zoneinfo
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import batches, failures, injection, metrics_port, refusals, settings
+from addon import batches, failures, injection, metrics_port, realtime, refusals, settings
 from addon.bounds import ConnectionBounds
 from addon.core import config, config_files, gdpr, metrics, spool
 from addon.core import home as home_dir
@@ -225,7 +225,7 @@ class AiSpendTrack:
             if meter is not None:
                 meter.finish(flow.response.status_code if flow.response else None, "proxy_stopped",
                              "the proxy stopped before the call ended")
-                self._submit(meter)
+                self.submit(meter)
         self._in_flight.clear()
 
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -290,10 +290,13 @@ class AiSpendTrack:
         self._in_flight.pop(flow.id, None)
         if meter is not None and flow.response is not None:
             self.watch.finished(flow)
+            if flow.websocket is not None and realtime.is_session(meter):  # a row per response, not for this
+                flow.metadata[realtime.SESSION] = realtime.RealtimeSession(meter, flow.request.path.partition("?")[2])
+                return
             if meter.batch is not None and meter.batch.action != "results":
                 batches.point_results_here(flow.response, meter.provider)
             meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)
-            self._submit(meter)
+            self.submit(meter)
 
     def error(self, flow: http.HTTPFlow) -> None:
         meter: CallMeter | None = flow.metadata.pop(_META, None)
@@ -318,9 +321,9 @@ class AiSpendTrack:
                                                               self.watch.timeout)
             failures.reply_with(status, meter.provider.error_body(status, text, outcome))
             meter.finish(status, outcome, text[:200], None)
-        self._submit(meter)
+        self.submit(meter)
 
-    def _submit(self, meter: CallMeter) -> None:
+    def submit(self, meter: CallMeter) -> None:
         if self.writer is None:
             log.error("call %s finished after the proxy stopped recording; it is not stored", meter.id)
             return
@@ -346,7 +349,9 @@ def _usage_api_bases() -> dict[str, str]:
 def make_addons() -> list:
     """The proxy's addons in hook order, sharing one state."""
     state = ProxyState()
-    return [ConnectionBounds(), Gate(state), Quotas(state), AiSpendTrack(state)]
+    meter = AiSpendTrack(state)
+    # RealtimeSessions before AiSpendTrack: at shutdown its done() stores open responses before the writer stops.
+    return [ConnectionBounds(), Gate(state), Quotas(state), realtime.RealtimeSessions(meter.submit), meter]
 
 
 addons = make_addons()

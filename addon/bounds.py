@@ -179,7 +179,7 @@ class ConnectionBounds:
         deadlines.pop(flow.id, None)  # a stream that ended before its body did
         left = max(self._in_flight.get(client_id, 1) - 1, 0)
         self._in_flight[client_id] = left
-        if left == 0:
+        if left == 0 and flow.websocket is None:  # an upgraded connection carries frames, never another request
             deadlines[""] = (time.monotonic() + self.timeout, "request")
 
     async def _tick(self) -> None:

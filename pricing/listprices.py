@@ -33,13 +33,16 @@ _PROBES = {
     "input_audio_tokens": TokenUsage(input_tokens=1_000_000, input_audio_tokens=1_000_000),
     "input_image_tokens": TokenUsage(input_tokens=1_000_000, input_image_tokens=1_000_000),
     "output_audio_tokens": TokenUsage(output_tokens=1_000_000, output_audio_tokens=1_000_000),
+    "cache_read_audio_tokens": TokenUsage(cache_read_tokens=1_000_000, cache_read_audio_tokens=1_000_000),
+    "cache_read_image_tokens": TokenUsage(cache_read_tokens=1_000_000, cache_read_image_tokens=1_000_000),
     "output_image_tokens": TokenUsage(output_tokens=1_000_000, output_image_tokens=1_000_000),
     "audio_seconds": TokenUsage(audio_seconds=1_000_000),
     "characters": TokenUsage(characters=1_000_000),
 }
 _SUBSETS = {"cache_write_1h_tokens": "cache_write_tokens", "input_audio_tokens": "input_tokens",
             "input_image_tokens": "input_tokens", "output_audio_tokens": "output_tokens",
-            "output_image_tokens": "output_tokens"}
+            "output_image_tokens": "output_tokens", "cache_read_audio_tokens": "cache_read_tokens",
+            "cache_read_image_tokens": "cache_read_tokens"}
 Context = tuple[tuple[str, str], ...]  # genai-prices' price_context, hashable
 
 
@@ -93,9 +96,12 @@ def _genai_cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, c
         cache_write_1h_tokens=usage.cache_write_1h_tokens,
         output_tokens=usage.output_tokens,
         web_searches=usage.web_search_requests,
-        input_audio_tokens=usage.input_audio_tokens,
+        # genai-prices' audio and image input include their cached part; ours are the uncached part.
+        input_audio_tokens=usage.input_audio_tokens + usage.cache_read_audio_tokens,
+        cache_audio_read_tokens=usage.cache_read_audio_tokens,
         output_audio_tokens=usage.output_audio_tokens,
-        input_image_tokens=usage.input_image_tokens,
+        input_image_tokens=usage.input_image_tokens + usage.cache_read_image_tokens,
+        cache_image_read_tokens=usage.cache_read_image_tokens,
         output_image_tokens=usage.output_image_tokens,
         audio_seconds=usage.audio_seconds,
         input_characters=usage.characters,

@@ -11,7 +11,8 @@ Some fields are *subsets*, kept because they are priced or reported differently:
 ``cache_write_1h_tokens`` is the part of ``cache_write_tokens`` written with a one-hour TTL,
 ``reasoning_tokens`` the part of ``output_tokens`` spent on reasoning; ``input_audio_tokens`` and
 ``input_image_tokens`` are parts of ``input_tokens``, ``output_audio_tokens`` and
-``output_image_tokens`` parts of ``output_tokens`` (a transcription's audio, an image edit's
+``output_image_tokens`` parts of ``output_tokens``, ``cache_read_audio_tokens`` and
+``cache_read_image_tokens`` parts of ``cache_read_tokens`` (a transcription's audio, an image edit's
 pictures, a generated image: each has its own rate).
 
 Units that are not tokens, for the APIs billed by them: ``images`` generated (priced per image),
@@ -37,6 +38,8 @@ class TokenUsage:
     reasoning_tokens: int = 0
     web_search_requests: int = 0
     input_audio_tokens: int = 0
+    cache_read_audio_tokens: int = 0
+    cache_read_image_tokens: int = 0
     output_audio_tokens: int = 0
     input_image_tokens: int = 0
     output_image_tokens: int = 0

@@ -17,6 +17,7 @@ from pricing.usage import TokenUsage
 
 from ..estimate import Counter
 from . import openai_media as media
+from . import openai_realtime as realtime
 from .base import (
     MAX_REQUESTS_PER_CALL,
     BatchCall,
@@ -40,7 +41,6 @@ _METERED = (CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS, *media.PATHS)
 # or per session, not metered here (recorded unpriced, with the endpoint) ...
 _BILLABLE = patterns(
     r"/v1/images/variations",                        # dall-e-2, per image
-    r"/v1/realtime",                                 # Realtime over WebSocket: tokens per response
     r"/v1/threads/runs", r"/v1/threads/[^/]+/runs(?:/[^/]+/submit_tool_outputs)?",  # Assistants: tokens
     r"/v1/containers",                               # code interpreter container sessions
     r"/v1/videos(?:/[^/]+/remix)?",                  # Sora, per second of video
@@ -200,7 +200,7 @@ class OpenAI(Provider):
     free = _FREE
 
     def metered(self, path: str) -> bool:
-        return path in _METERED
+        return path in _METERED or path == realtime.PATH  # realtime: per response, addon/realtime.py
 
     def answers_text(self, path: str) -> bool:
         return path in media.TRANSCRIPTS  # response_format text, srt or vtt

@@ -18,6 +18,9 @@ UNIT_COLUMNS: list[tuple[str, str, str]] = [
     ("output_audio_tokens", "BIGINT", "audio tokens in output_tokens (speech)"),
     ("input_image_tokens", "BIGINT", "image tokens in input_tokens (an image edit's pictures)"),
     ("output_image_tokens", "BIGINT", "image tokens in output_tokens (a generated image)"),
+    # migrations.m019_realtime_cached_kinds
+    ("cache_read_audio_tokens", "BIGINT", "audio tokens in cache_read_tokens (a realtime session's audio)"),
+    ("cache_read_image_tokens", "BIGINT", "image tokens in cache_read_tokens"),
     ("images", "BIGINT", "images generated (priced per image: dall-e)"),
     ("audio_seconds", "DECIMAL(18, 3)", "seconds of audio transcribed or translated (whisper-1)"),
     ("characters", "BIGINT", "characters of text spoken (tts-1, tts-1-hd)"),

@@ -266,6 +266,11 @@ def m017_units_columns(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(UNMETERED_UPDATE)
 
 
+def m019_realtime_cached_kinds(con: duckdb.DuckDBPyConnection) -> None:
+    # Realtime sessions read cached audio and images at their own rates: two more unit columns.
+    con.execute(units_ddl("calls"))
+
+
 def units_ddl(table: str) -> str:
     """The unit columns added to ``table`` (the embedded calls table, or the lake's)."""
     return "; ".join(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {typ} DEFAULT 0"
@@ -326,7 +331,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
               m013_config, m014_reconciliations, m015_erasures,
-              m016_budgets_per_key, m017_units_columns, m018_batches]
+              m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -218,6 +218,11 @@ def ensure_lake(con, control) -> None:
                 con.execute(statement)
             con.execute(UNMETERED_UPDATE)
             control.execute("INSERT INTO schema_migrations VALUES ('s006_units_columns', now()) ON CONFLICT DO NOTHING")
+        if "s009_realtime_cached_kinds" not in _applied(control):  # as migrations.m019_realtime_cached_kinds
+            for statement in units_ddl("calls").split("; "):
+                con.execute(statement)
+            control.execute("INSERT INTO schema_migrations VALUES ('s009_realtime_cached_kinds', now()) "
+                            "ON CONFLICT DO NOTHING")
 
 
 @contextlib.contextmanager
