@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from .calls import CALL_COLUMNS, COST_TYPE, UNIT_NAMES
+from .calls import CALL_COLUMNS, COST_TYPE, UNIT_COLUMNS, UNIT_NAMES
 from .errors import StoreError
 from .migrations import BATCHES_DDL, ERASURES_DDL, RECONCILIATIONS_DDL, UNMETERED_UPDATE, units_ddl
 
@@ -95,10 +95,16 @@ CREATE TABLE IF NOT EXISTS budget_spend (
 );
 """
 
-# The unit columns come from the step s006_units_columns, on new lakes as on old ones.
+# In the order an upgraded lake has them: the unit columns last (steps s006 and s009 add them).
 _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS if c[0] != "service_tier" and c[0] not in UNIT_NAMES]
                       + [("previous_cost_usd", COST_TYPE), ("previous_price_source", "VARCHAR"),
-                         ("repriced_at", "TIMESTAMPTZ"), ("service_tier", "VARCHAR")])
+                         ("repriced_at", "TIMESTAMPTZ"), ("service_tier", "VARCHAR")]
+                      + [(name, f"{typ} DEFAULT 0") for name, typ, _ in UNIT_COLUMNS])
+# A new lake gets every column at once, and with it the steps that add columns to older lakes. Each
+# ALTER makes a schema version with an inlined-data table of its own, and DuckLake drops an old
+# version's table while a read on another replica may still be looking at it (seen as a failed read
+# during an erase): a new lake should have one version.
+_NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -212,7 +218,8 @@ def ensure_lake(con, control) -> None:
         if "s001_lake" not in _applied(control):
             for statement in _LAKE:
                 con.execute(statement)
-            control.execute("INSERT INTO schema_migrations VALUES ('s001_lake', now()) ON CONFLICT DO NOTHING")
+            for step in _NEW_LAKE_STEPS:
+                control.execute("INSERT INTO schema_migrations VALUES (?, now()) ON CONFLICT DO NOTHING", [step])
         if "s006_units_columns" not in _applied(control):  # as migrations.m017_units_columns
             for statement in units_ddl("calls").split("; "):
                 con.execute(statement)
