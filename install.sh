@@ -52,5 +52,5 @@ install .venv "${extras:+[$extras]}"
 if $tests; then
   # The Vercel AI SDK, a client in tests/test_real_clients.py.
   command -v npm >/dev/null 2>&1 || { echo "The tests need Node.js and npm (Debian: apt-get install nodejs npm)." >&2; exit 1; }
-  npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+  npm ci --prefix tests/js --no-audit --no-fund --loglevel=error >/dev/null  # its summary line is no error
 fi
