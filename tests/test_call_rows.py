@@ -1,0 +1,120 @@
+"""The row stored for a finished call, built in-process from the provider's bytes as they arrive.
+
+Each provider's response (tests/payloads.py, usage copied from real captures) goes through the same
+meter and row builder the proxy uses; the row must carry the tokens the provider reported, a cost
+equal to those tokens priced, and where the usage came from (``usage_source``). These run in
+milliseconds, so mutation testing (.ci/mutation) can run them against every change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+import pytest
+
+from addon.estimate import Counter
+from addon.meter import CallMeter
+from addon.providers import all_providers
+from addon.record import build_row
+from pricing import PriceBook, TokenUsage
+
+from . import payloads
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+STREAMED = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+MESSAGE = {"model": payloads.SONNET, "max_tokens": 10, "messages": CHAT["messages"]}
+COHERE = {"model": "command-r-plus-08-2024", "messages": CHAT["messages"]}
+
+
+@pytest.fixture(scope="module")
+def providers(tmp_path_factory):
+    counter = Counter(tmp_path_factory.mktemp("cache") / "tiktoken")
+    counter.load_in_background().join(60)
+    return {p.name: p for p in all_providers(counter)}
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    return PriceBook(tmp_path_factory.mktemp("prices") / "prices.toml")
+
+
+def _row(providers, book, provider: str, path: str, request: dict, scenario: str = "", keep: int | None = None,
+         status: int | None = None) -> dict:
+    """The row for ``request`` answered as tests/payloads.py answers it; ``keep``: the stream's pieces
+    that arrive before the connection ends."""
+    reply = payloads.reply_for(path, scenario, request)
+    meter = CallMeter(providers[provider], path, 7, "acme", "chat", time.time(), json.dumps(request).encode(), "")
+    streamed = meter.start_response(status or reply.status,
+                                    "text/event-stream" if reply.events else "application/json", "")
+    if streamed:
+        for piece in reply.pieces()[:keep]:
+            meter.tap(piece)
+        meter.tap(b"")
+    meter.finish(status or reply.status, "completed", None, None if streamed else reply.body)
+    return build_row(meter, book)
+
+
+def _tokens(row: dict) -> dict:
+    return {k: row[k] for k in ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+                                "output_tokens", "reasoning_tokens", "web_search_requests") if row[k]}
+
+
+CASES = [
+    ("openai", "/v1/chat/completions", CHAT, "", "gpt-5-mini-2025-08-07",
+     {"input_tokens": 156, "output_tokens": 561, "reasoning_tokens": 512}),
+    ("openai", "/v1/chat/completions", STREAMED, "", "gpt-4o-2024-08-06", {"input_tokens": 79, "output_tokens": 14}),
+    ("openai", "/v1/responses", {"model": "gpt-4o", "input": "hi"}, "", "gpt-4o-mini-2024-07-18",
+     {"input_tokens": 8, "cache_read_tokens": 4012, "output_tokens": 5}),
+    ("openai", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"}, "", "text-embedding-3-small",
+     {"input_tokens": 4}),
+    ("anthropic", "/v1/messages", MESSAGE, "", payloads.SONNET,
+     {"input_tokens": 3, "cache_read_tokens": 9511, "cache_write_tokens": 1956, "output_tokens": 44}),
+    ("anthropic", "/v1/messages", {**MESSAGE, "stream": True}, "", payloads.SONNET,
+     {"input_tokens": 377, "output_tokens": 65}),
+    ("google", "/v1beta/models/gemini-2.5-flash:generateContent", {"contents": []}, "", "gemini-2.5-flash",
+     {"input_tokens": 115, "cache_read_tokens": 230, "output_tokens": 51}),
+    ("google", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", {"contents": []}, "", "gemini-2.5-flash",
+     {"input_tokens": 4, "output_tokens": 5947 + 2042, "reasoning_tokens": 2042}),
+    ("cohere", "/v2/chat", COHERE, "", COHERE["model"], {"input_tokens": 431, "output_tokens": 661}),
+    ("cohere", "/v2/chat", {**COHERE, "stream": True}, "", COHERE["model"], {"input_tokens": 21, "output_tokens": 105}),
+    ("mistral", "/v1/chat/completions", {"model": "mistral-large-latest", "messages": []}, "mistral",
+     "mistral-large-latest", {"input_tokens": 70 - 69, "cache_read_tokens": 69, "output_tokens": 12}),
+]
+
+
+@pytest.mark.parametrize("provider,path,request_body,scenario,model,tokens", CASES,
+                         ids=[f"{c[0]}{c[1]}{'-stream' if c[2].get('stream') else ''}" for c in CASES])
+def test_a_completed_call_stores_the_reported_tokens_priced(providers, book, provider, path, request_body, scenario,
+                                                            model, tokens):
+    row = _row(providers, book, provider, path, request_body, scenario)
+    assert (row["provider"], row["model"], row["status"], row["key_id"]) == (provider, model, 200, 7)
+    assert (row["customer_id"], row["feature"], row["error"]) == ("acme", "chat", None)
+    assert row["usage_source"] == "reported"
+    assert _tokens(row) == tokens
+    expected = book.price(TokenUsage(**tokens), provider, model, row["ts"], row["service_tier"])
+    assert row["priced"] and row["cost_usd"] == expected.cost_usd > 0
+    assert row["stream"] is bool(request_body.get("stream") or ":stream" in path)
+    assert row["latency_ms"] >= 0 and (row["ttft_ms"] is not None) is row["stream"]
+
+
+@pytest.mark.parametrize("provider,path,request_body,keep", [
+    ("openai", "/v1/chat/completions", STREAMED, -2),  # neither the usage chunk nor [DONE]
+    ("anthropic", "/v1/messages", {**MESSAGE, "stream": True}, -1),  # no message_stop
+    ("google", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", {"contents": []}, 2),
+    ("cohere", "/v2/chat", {**COHERE, "stream": True}, -1),  # no message-end
+])
+def test_a_stream_cut_before_its_end_is_an_estimate_marked_partial(providers, book, provider, path, request_body,
+                                                                   keep):
+    row = _row(providers, book, provider, path, request_body, keep=keep)
+    assert row["usage_source"] == "partial"
+    assert row["output_tokens"] > 0 and row["priced"] and row["cost_usd"] > 0
+
+
+def test_a_refused_or_unmetered_call_costs_nothing_known(providers, book):
+    refused = _row(providers, book, "openai", "/v1/nothing", CHAT)
+    assert (refused["status"], refused["usage_source"], refused["cost_usd"], refused["priced"]) == \
+        (404, "none", Decimal(0), True)
+    models = _row(providers, book, "openai", "/v1/models", {})
+    assert (models["usage_source"], models["cost_usd"], models["priced"]) == ("none", Decimal(0), True)
