@@ -41,10 +41,10 @@ def book(tmp_path_factory):
 
 
 def _row(providers, book, provider: str, path: str, request: dict, scenario: str = "", keep: int | None = None,
-         status: int | None = None) -> dict:
-    """The row for ``request`` answered as tests/payloads.py answers it; ``keep``: the stream's pieces
-    that arrive before the connection ends."""
-    reply = payloads.reply_for(path, scenario, request)
+         status: int | None = None, reply: payloads.Reply | None = None) -> dict:
+    """The row for ``request`` answered as tests/payloads.py answers it (or with ``reply``); ``keep``:
+    the stream's pieces that arrive before the connection ends."""
+    reply = reply or payloads.reply_for(path, scenario, request)
     meter = CallMeter(providers[provider], path, 7, "acme", "chat", time.time(), json.dumps(request).encode(), "")
     streamed = meter.start_response(status or reply.status,
                                     "text/event-stream" if reply.events else "application/json", "")
@@ -67,6 +67,8 @@ CASES = [
     ("openai", "/v1/chat/completions", STREAMED, "", "gpt-4o-2024-08-06", {"input_tokens": 79, "output_tokens": 14}),
     ("openai", "/v1/responses", {"model": "gpt-4o", "input": "hi"}, "", "gpt-4o-mini-2024-07-18",
      {"input_tokens": 8, "cache_read_tokens": 4012, "output_tokens": 5}),
+    ("openai", "/v1/responses", {"model": "gpt-5", "input": "hi", "stream": True}, "", "gpt-5-2025-08-07",
+     {"input_tokens": 45, "output_tokens": 1719, "reasoning_tokens": 1408}),
     ("openai", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"}, "", "text-embedding-3-small",
      {"input_tokens": 4}),
     ("anthropic", "/v1/messages", MESSAGE, "", payloads.SONNET,
@@ -95,12 +97,13 @@ def test_a_completed_call_stores_the_reported_tokens_priced(providers, book, pro
     assert _tokens(row) == tokens
     expected = book.price(TokenUsage(**tokens), provider, model, row["ts"], row["service_tier"])
     assert row["priced"] and row["cost_usd"] == expected.cost_usd > 0
-    assert row["stream"] is bool(request_body.get("stream") or ":stream" in path)
+    assert row["stream"] is (bool(request_body.get("stream")) or ":stream" in path)
     assert row["latency_ms"] >= 0 and (row["ttft_ms"] is not None) is row["stream"]
 
 
 @pytest.mark.parametrize("provider,path,request_body,keep", [
     ("openai", "/v1/chat/completions", STREAMED, -2),  # neither the usage chunk nor [DONE]
+    ("openai", "/v1/responses", {"model": "gpt-5", "input": "hi", "stream": True}, -1),  # no response.completed
     ("anthropic", "/v1/messages", {**MESSAGE, "stream": True}, -1),  # no message_stop
     ("google", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", {"contents": []}, 2),
     ("cohere", "/v2/chat", {**COHERE, "stream": True}, -1),  # no message-end
@@ -118,3 +121,31 @@ def test_a_refused_or_unmetered_call_costs_nothing_known(providers, book):
         (404, "none", Decimal(0), True)
     models = _row(providers, book, "openai", "/v1/models", {})
     assert (models["usage_source"], models["cost_usd"], models["priced"]) == ("none", Decimal(0), True)
+
+
+def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, book):
+    usage = {"prompt_tokens": 3_000_000, "total_tokens": 3_000_000}
+    body = {"object": "list", "model": "text-embedding-3-small",
+            "data": [{"object": "embedding", "index": n, "embedding": [0.0123456789] * 1536} for n in range(600)],
+            "usage": usage}
+    reply = payloads.Reply(body=json.dumps(body).encode())
+    assert len(reply.body) > 9 * 1024 * 1024
+    row = _row(providers, book, "openai", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hi"]},
+               reply=reply)
+    assert (row["model"], row["usage_source"], _tokens(row)) == \
+        ("text-embedding-3-small", "reported", {"input_tokens": 3_000_000})
+    assert row["cost_usd"] == Decimal("0.06")  # $0.02 per 1M tokens
+
+
+@pytest.mark.parametrize("provider,status,expected", [
+    ("anthropic", 429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}),
+    ("anthropic", 404, {"type": "error", "error": {"type": "not_found_error", "message": "slow down"}}),
+    ("anthropic", 503, {"type": "error", "error": {"type": "api_error", "message": "slow down"}}),
+    ("anthropic", 409, {"type": "error", "error": {"type": "invalid_request_error", "message": "slow down"}}),
+    ("google", 429, {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}),
+    ("google", 401, {"error": {"code": 401, "message": "slow down", "status": "UNAUTHENTICATED"}}),
+    ("google", 418, {"error": {"code": 418, "message": "slow down", "status": "FAILED_PRECONDITION"}}),
+    ("cohere", 429, {"message": "slow down"}),
+])
+def test_our_refusals_come_in_the_shape_each_providers_sdk_reads(providers, provider, status, expected):
+    assert json.loads(providers[provider].error_body(status, "slow down", "aispendtrack_limit")) == expected
