@@ -60,8 +60,10 @@ def test_a_new_hour_and_a_new_month_start_at_their_first_instant():
     limiter = Limiter(LA)
     limiter.set_limits({1: Limits(per_hour=1, per_month=None), 2: Limits(per_hour=None, per_month=1)})
     before = dt.datetime(2026, 12, 1, 7, 59, 59, tzinfo=dt.UTC)  # 23:59:59 on November 30th in Los Angeles
-    limiter.seed({}, before)
-    assert limiter.admit(1, before) is None and limiter.admit(2, before) is None
+    limiter.seed({2: (0, 1)}, before)  # key 2 made its one call of the month before a restart
+    hour, month = dt.datetime(2026, 12, 1, 7, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, 7, tzinfo=dt.UTC)
+    assert limiter.periods(before) == (hour, month)
+    assert limiter.admit(1, before) is None
     assert limiter.admit(1, before).limit == "per-hour" and limiter.admit(2, before).limit == "per-month"
     midnight = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
     assert limiter.admit(1, midnight) is None, "refused at the first instant of a new hour"
@@ -71,7 +73,8 @@ def test_a_new_hour_and_a_new_month_start_at_their_first_instant():
 
 def test_counts_from_the_other_replicas_carry_on_locally():
     limiter = Limiter(zoneinfo.ZoneInfo("UTC"))
-    limiter.set_limits({1: Limits(per_hour=3, per_month=5), 2: Limits(per_hour=None, per_month=None)})
+    limiter.set_limits({1: Limits(per_hour=3, per_month=5), 2: Limits(per_hour=None, per_month=None),
+                        4: Limits(per_hour=None, per_month=7), 5: Limits(per_hour=9, per_month=None)})
     now = dt.datetime(2026, 11, 25, 10, 15, tzinfo=dt.UTC)
     limiter.seed({}, now)
     assert limiter.observe(1, 2, 2, now) is None  # 2 of 3 this hour in shared storage: one more is fine
@@ -83,7 +86,8 @@ def test_counts_from_the_other_replicas_carry_on_locally():
     assert refusal.resets_at == dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     assert limiter.limits_of(1) == Limits(per_hour=3, per_month=5)
     assert limiter.limits_of(2) is None and limiter.limits_of(3) is None  # no limit at all, or no key
-    assert limiter.limited_keys() == [1]
+    assert limiter.limits_of(4) == Limits(None, 7) and limiter.limits_of(5) == Limits(9, None)
+    assert limiter.limited_keys() == [1, 4, 5]
     hour, month = dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     assert limiter.periods(now) == (hour, month)
 

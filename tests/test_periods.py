@@ -37,7 +37,8 @@ def test_the_day_the_clocks_go_back_in_los_angeles_lasts_25_hours():
     during = utc(2026, 11, 1, 20, 0)
     start = day_start(during, LA)
     assert start == utc(2026, 11, 1, 7, 0) and start.utcoffset() == dt.timedelta(0)
-    assert next_day_start(start, LA) == utc(2026, 11, 2, 8, 0)
+    end = next_day_start(start, LA)
+    assert end == utc(2026, 11, 2, 8, 0) and end.utcoffset() == dt.timedelta(0)
     assert day_start(utc(2026, 11, 2, 7, 59, 59), LA) == start  # 23:59:59 PST is still November 1st
 
 
@@ -46,6 +47,13 @@ def test_the_day_the_clocks_go_forward_lasts_23_hours():
     start = day_start(utc(2026, 3, 8, 12, 0), LA)
     assert start == utc(2026, 3, 8, 8, 0)
     assert next_day_start(start, LA) == utc(2026, 3, 9, 7, 0)
+
+
+def test_a_day_far_east_of_utc_starts_the_evening_before_in_utc():
+    auckland = zoneinfo.ZoneInfo("Pacific/Auckland")  # UTC+13 in November (daylight saving time)
+    start = day_start(utc(2026, 11, 25, 12, 0), auckland)
+    assert start == utc(2026, 11, 25, 11, 0)
+    assert next_day_start(start, auckland) == utc(2026, 11, 26, 11, 0)
 
 
 def test_a_month_starts_and_ends_at_local_midnight_whatever_the_offset():
