@@ -149,3 +149,44 @@ def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, boo
 ])
 def test_our_refusals_come_in_the_shape_each_providers_sdk_reads(providers, provider, status, expected):
     assert json.loads(providers[provider].error_body(status, "slow down", "aispendtrack_limit")) == expected
+
+
+def _chunk(delta: dict) -> bytes:
+    return payloads._data({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-2024-08-06",
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+
+
+def test_a_cut_chat_stream_is_estimated_as_openai_counts_a_prompt_and_the_text_that_came(providers, book):
+    """OpenAI's counting: 3 tokens per message plus its role, name and text, and 3 priming the reply."""
+    count = providers["openai"].counter.count
+    messages = [{"role": "system", "content": "You answer in French."},
+                {"role": "user", "name": "ana", "content": [{"type": "text", "text": "Bonjour, ça va ?"},
+                                                            {"type": "image_url", "image_url": {"url": "x"}}]},
+                {"role": "assistant", "content": None, "tool_calls": []}]
+    request = {"model": "gpt-4o", "messages": messages, "stream": True}
+    came = [_chunk({"role": "assistant", "content": ""}), _chunk({"content": "Oui, "}),
+            _chunk({"reasoning_content": "polite"}),
+            _chunk({"tool_calls": [{"index": 0, "function": {"name": "lookup", "arguments": '{"q": "x"}'}}]}),
+            _chunk({"content": "merci."})]
+    row = _row(providers, book, "openai", "/v1/chat/completions", request, reply=payloads.Reply(events=came))
+    prompt = 3 + sum(3 + sum(count(t, "gpt-4o") for t in texts) for texts in (
+        ["system", "You answer in French."], ["user", "ana", "Bonjour, ça va ?"], ["assistant"]))
+    output = sum(count(t, "gpt-4o") for t in ("Oui, ", "polite", "lookup", '{"q": "x"}', "merci."))
+    assert (row["usage_source"], row["model"]) == ("partial", "gpt-4o-2024-08-06")
+    assert _tokens(row) == {"input_tokens": prompt, "output_tokens": output}
+    assert row["cost_usd"] == book.price(TokenUsage(input_tokens=prompt, output_tokens=output), "openai",
+                                         "gpt-4o-2024-08-06", row["ts"]).cost_usd
+
+
+@pytest.mark.parametrize("path,request_body,texts", [
+    ("/v1/responses", {"model": "gpt-4o", "instructions": "Be brief.",
+                       "input": [{"role": "user", "content": [{"type": "input_text", "text": "Hello"}]}, "again"]},
+     ["Hello", "again", "Be brief."]),
+    ("/v1/completions", {"model": "gpt-3.5-turbo-instruct", "prompt": ["one", "two"]}, ["one", "two"]),
+])
+def test_a_cut_stream_of_the_other_apis_counts_every_input_text(providers, book, path, request_body, texts):
+    count = providers["openai"].counter.count
+    cut = payloads.Reply(events=[b"data: {\"partial\": true"])  # the connection ended mid-event
+    row = _row(providers, book, "openai", path, {**request_body, "stream": True}, reply=cut)
+    assert row["usage_source"] == "partial"
+    assert row["input_tokens"] == sum(count(t, request_body["model"]) for t in texts) > 0
