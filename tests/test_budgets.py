@@ -342,3 +342,24 @@ def test_in_shared_mode_the_spend_not_yet_sent_is_kept_until_it_is_and_added_to_
     assert tracker.take_unsynced(now)[0] == {1: Decimal("2.00"), 2: Decimal("0.25")}
     tracker.set_spend({1: (Decimal(0), Decimal(0))}, day - dt.timedelta(days=1))  # an older day: ignored
     assert tracker.blocked(1, None, None, now).spent == Decimal("10.00")
+
+
+def test_only_the_calls_a_blocking_budget_covers_wait_for_its_check_and_replicas_totals_add_what_is_unsent():
+    tracker = BudgetTracker(UTC)
+    tracker.shared = True
+    now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    day = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+    tracker.load([Budget(1, "customer", "acme", Decimal("1"), None, True, key_id=3),
+                  Budget(2, "feature", "chat", Decimal("1"), None, True, key_id=3)],
+                 lambda b, d, m: (Decimal(0), Decimal(0)), now)
+    assert tracker.any_blocking(3, "acme", None) and tracker.any_blocking(3, None, "chat")
+    assert not tracker.any_blocking(4, "acme", "chat") and not tracker.any_blocking(3, "globex", "search")
+    tracker.set_spend({1: (Decimal("0.5"), Decimal("0.5"))}, day)  # nothing unsent here
+    assert tracker.blocked(3, "acme", None, now) is None
+    tracker.record(3, "acme", None, Decimal("0.5"), now)
+    tracker.set_spend({1: (Decimal("0.5"), Decimal("0.5"))}, day)  # the others' 0.5 and our unsent 0.5
+    assert tracker.blocked(3, "acme", None, now).spent == Decimal("1.0")
+    taken, _, _ = tracker.take_unsynced(now)
+    tracker.record(3, "acme", None, Decimal("0.25"), now)
+    tracker.give_back(taken)
+    assert tracker.take_unsynced(now)[0] == {1: Decimal("0.75")}

@@ -190,3 +190,24 @@ def test_a_cut_stream_of_the_other_apis_counts_every_input_text(providers, book,
     row = _row(providers, book, "openai", path, {**request_body, "stream": True}, reply=cut)
     assert row["usage_source"] == "partial"
     assert row["input_tokens"] == sum(count(t, request_body["model"]) for t in texts) > 0
+
+
+def test_cohere_bills_what_its_meta_says_on_other_endpoints_and_a_stream_that_failed_says_so(providers, book):
+    embed = payloads.Reply(body=json.dumps({"id": "e-1", "embeddings": {"float": [[0.1, 0.2]]}, "texts": ["hi"],
+                                            "meta": {"api_version": {"version": "2"},
+                                                     "billed_units": {"input_tokens": 12}}}).encode())
+    row = _row(providers, book, "cohere", "/v2/embed", {"model": "embed-english-v3.0", "texts": ["hi"]}, reply=embed)
+    assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 12})
+    failed = [b'event: content-delta\ndata: {"type": "content-delta", "index": 0, '
+              b'"delta": {"message": {"content": {"text": "Hel"}}}}\n\n',
+              b'event: message-end\ndata: {"type": "message-end", "delta": {"finish_reason": "ERROR", "usage": '
+              b'{"billed_units": {"input_tokens": 21, "output_tokens": 1}}}}\n\n']
+    row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True}, reply=payloads.Reply(events=failed))
+    assert row["error"] == "ERROR" and _tokens(row) == {"input_tokens": 21, "output_tokens": 1}
+
+
+def test_a_cut_cohere_stream_counts_the_text_that_came(providers, book):
+    count = providers["cohere"].counter.count
+    row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True}, keep=-1)  # no message-end
+    assert row["usage_source"] == "partial"
+    assert row["output_tokens"] == count("".join(payloads.STREAM_TEXT), COHERE["model"])
