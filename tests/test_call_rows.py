@@ -211,3 +211,36 @@ def test_a_cut_cohere_stream_counts_the_text_that_came(providers, book):
     row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True}, keep=-1)  # no message-end
     assert row["usage_source"] == "partial"
     assert row["output_tokens"] == count("".join(payloads.STREAM_TEXT), COHERE["model"])
+
+
+def _gemini_chunk(text: str, usage: dict | None = None, **more) -> dict:
+    chunk = {"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}], **more}
+    return chunk | ({"usageMetadata": usage} if usage else {})
+
+
+def test_gemini_rows_name_the_model_of_the_path_and_count_tool_prompts_and_json_array_streams(providers, book):
+    path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    usage = {"promptTokenCount": 100, "cachedContentTokenCount": 40, "toolUsePromptTokenCount": 7,
+             "candidatesTokenCount": 20}
+    array = payloads.Reply(body=json.dumps([_gemini_chunk("Hi"), _gemini_chunk(" there", usage)]).encode())
+    row = _row(providers, book, "google", path, {"contents": []}, reply=array)  # no alt=sse: one JSON array
+    assert (row["model"], row["endpoint"], row["usage_source"]) == \
+        ("gemini-2.5-flash", "/v1beta/models/{model}:streamGenerateContent", "reported")
+    assert _tokens(row) == {"input_tokens": 100 - 40 + 7, "cache_read_tokens": 40, "output_tokens": 20}
+    assert row["cost_usd"] == book.price(TokenUsage(input_tokens=67, cache_read_tokens=40, output_tokens=20),
+                                         "google", "gemini-2.5-flash", row["ts"]).cost_usd
+
+
+def test_a_gemini_stream_that_errs_or_is_cut_says_so_and_keeps_the_last_totals_it_saw(providers, book):
+    path = "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+    erred = [payloads._data(_gemini_chunk("Hel")),
+             payloads._data({"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}})]
+    row = _row(providers, book, "google", path, {"contents": []}, reply=payloads.Reply(events=erred))
+    assert row["error"] == "RESOURCE_EXHAUSTED" and row["model"] == "gemini-2.5-pro"
+    running = {"promptTokenCount": 9, "candidatesTokenCount": 3}
+    cut = [payloads._data(_gemini_chunk("Okay, ", running, modelVersion="gemini-2.5-pro-002")),
+           payloads._data(_gemini_chunk("let's go.", running | {"candidatesTokenCount": 6}))]
+    row = _row(providers, book, "google", path, {"contents": []}, reply=payloads.Reply(events=cut))
+    # Gemini repeats its running totals in every chunk: a cut stream keeps the last ones it saw.
+    assert (row["usage_source"], row["model"]) == ("partial", "gemini-2.5-pro-002")
+    assert _tokens(row) == {"input_tokens": 9, "output_tokens": 6}
