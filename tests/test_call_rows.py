@@ -125,16 +125,16 @@ def test_a_refused_or_unmetered_call_costs_nothing_known(providers, book):
 
 def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, book):
     usage = {"prompt_tokens": 3_000_000, "total_tokens": 3_000_000}
-    body = {"object": "list", "model": "text-embedding-3-small",
+    body = {"object": "list", "model": "text-embedding-3-large",  # the model that answered, not the one asked
             "data": [{"object": "embedding", "index": n, "embedding": [0.0123456789] * 1536} for n in range(600)],
             "usage": usage}
-    reply = payloads.Reply(body=json.dumps(body).encode())
+    reply = payloads.Reply(body=json.dumps(body, separators=(",", ":")).encode())
     assert len(reply.body) > 9 * 1024 * 1024
     row = _row(providers, book, "openai", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hi"]},
                reply=reply)
     assert (row["model"], row["usage_source"], _tokens(row)) == \
-        ("text-embedding-3-small", "reported", {"input_tokens": 3_000_000})
-    assert row["cost_usd"] == Decimal("0.06")  # $0.02 per 1M tokens
+        ("text-embedding-3-large", "reported", {"input_tokens": 3_000_000})
+    assert row["cost_usd"] == Decimal("0.39")  # $0.13 per 1M tokens
 
 
 @pytest.mark.parametrize("provider,status,expected", [

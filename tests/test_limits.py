@@ -12,6 +12,7 @@ import anthropic
 import openai
 import pytest
 
+from addon.core import periods
 from addon.core.home import db_path
 from addon.core.limits import Limiter
 from addon.core.plans import Limits, limits_for
@@ -69,6 +70,16 @@ def test_a_new_hour_and_a_new_month_start_at_their_first_instant():
     assert limiter.admit(1, midnight) is None, "refused at the first instant of a new hour"
     assert limiter.admit(2, midnight) is None, "refused at the first instant of a new month"
     assert limiter.periods(midnight) == (midnight, midnight)
+
+
+def test_a_limiter_counts_in_its_zone_from_the_start_before_any_seed():
+    limiter = Limiter(LA)
+    limiter.set_limits({1: Limits(per_hour=None, per_month=1)})
+    now = dt.datetime.now(dt.UTC)
+    this_month = periods.month_start(now, LA)
+    assert limiter.periods(now)[1] == this_month
+    assert limiter.admit(1, now) is None
+    assert limiter.admit(1, now).resets_at == periods.next_month_start(this_month, LA)
 
 
 def test_counts_from_the_other_replicas_carry_on_locally():

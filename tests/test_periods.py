@@ -54,6 +54,10 @@ def test_a_day_far_east_of_utc_starts_the_evening_before_in_utc():
     start = day_start(utc(2026, 11, 25, 12, 0), auckland)
     assert start == utc(2026, 11, 25, 11, 0)
     assert next_day_start(start, auckland) == utc(2026, 11, 26, 11, 0)
+    month = month_start(start, auckland)
+    assert month == utc(2026, 10, 31, 11, 0)  # November 1st, 00:00 in Auckland
+    end = next_month_start(month, auckland)
+    assert end == utc(2026, 11, 30, 11, 0) and end.utcoffset() == dt.timedelta(0)
 
 
 def test_a_month_starts_and_ends_at_local_midnight_whatever_the_offset():
