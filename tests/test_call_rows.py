@@ -244,3 +244,22 @@ def test_a_gemini_stream_that_errs_or_is_cut_says_so_and_keeps_the_last_totals_i
     # Gemini repeats its running totals in every chunk: a cut stream keeps the last ones it saw.
     assert (row["usage_source"], row["model"]) == ("partial", "gemini-2.5-pro-002")
     assert _tokens(row) == {"input_tokens": 9, "output_tokens": 6}
+
+
+def test_a_rows_error_says_why_its_usage_is_missing_or_refused(providers, book):
+    refused = _row(providers, book, "openai", "/v1/chat/completions", CHAT, scenario="error400")
+    assert (refused["status"], refused["usage_source"], refused["cost_usd"], refused["priced"]) == \
+        (400, "none", Decimal(0), True)
+    hostile = {**CHAT, "test_usage": {"prompt_tokens": -5, "completion_tokens": 2, "total_tokens": 2}}
+    invalid = _row(providers, book, "openai", "/v1/chat/completions", hostile)
+    assert (invalid["usage_source"], invalid["priced"], invalid["cost_usd"]) == ("invalid", False, None)
+    assert invalid["error"].startswith("usage implausible: ") and "prompt_tokens" in invalid["error"]
+
+    meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", None, time.time(),
+                      json.dumps(CHAT).encode(), "")
+    meter.start_response(200, "application/json", "gzip")
+    meter.finish(200, "completed", None, b"this is not gzip")
+    unreadable = build_row(meter, book)
+    assert unreadable["error"].startswith("usage unreadable: ") and unreadable["status"] == 200
+    # estimated from the request, as a call cut short would be
+    assert (unreadable["usage_source"], unreadable["priced"]) == ("partial", True) and unreadable["input_tokens"] > 0
