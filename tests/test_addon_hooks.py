@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
+import json
 
 import pytest
 from mitmproxy import ctx, exceptions
@@ -122,3 +124,53 @@ def test_a_refused_key_stops_at_the_gate(addon):
     flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": "ask_wrong"})
     addon.request(flow)
     assert flow.response.status_code == 401 and "aispendtrack" not in flow.metadata
+
+
+def _basic(user_password: str) -> str:
+    return "Basic " + base64.b64encode(user_password.encode()).decode()
+
+
+@pytest.mark.parametrize("path,headers,query,provider,forwarded", [
+    ("/v1/messages", {"authorization": _basic("user:sk-ant-api03-secret")}, "", "anthropic", "/base/v1/messages"),
+    ("/messages", {"x-api-key": "sk-ant-secret", "anthropic-version": "2023-06-01"}, "", "anthropic",
+     "/base/v1/messages"),
+    ("/v1/v1/messages", {"anthropic-version": "2023-06-01"}, "", "anthropic", "/base/v1/messages"),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", {}, "KEY=AIza" + "x" * 35, "google",
+     "/v1beta/models/gemini-2.5-flash:generateContent?KEY=AIza" + "x" * 35),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", {}, "k%65y=abc", "google",
+     "/v1beta/models/gemini-2.5-flash:generateContent?k%65y=abc"),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", {"x-goog-api-key": "abc"}, "", "google",
+     "/v1beta/models/gemini-2.5-flash:generateContent"),
+    ("/v1/chat/completions", {"authorization": _basic("user:sk-proj-ours")}, "", "openai", "/v1/chat/completions"),
+])
+def test_the_credentials_name_the_provider_whatever_the_path_looks_like(addon, path, headers, query, provider,
+                                                                        forwarded):
+    flow = _flow(path + ("?" + query if query else ""), **{"x-aispendtrack-key": KEY, **headers})
+    addon.request(flow)
+    assert flow.response is None, flow.response and flow.response.get_text()
+    assert flow.metadata["aispendtrack"].provider.name == provider
+    assert flow.request.path == forwarded
+
+
+@pytest.mark.parametrize("path,headers,query,status,shape,words", [
+    ("/v1/chat/completions", {"authorization": _basic("user:sk-ant-api03-secret")}, "", 404, "type",
+     "carries anthropic credentials, but /v1/chat/completions is not one of anthropic's API paths"),
+    ("/v1/chat/completions", {"x-goog-api-key": "abc"}, "", 404, "error",
+     "carries google credentials, but /v1/chat/completions is not one of google's API paths"),
+    ("/v1/chat/completions", {}, "key=abc", 404, "error", "set the base URL to http://HOST:PORT/gemini"),
+    ("/gemini/v1beta/models/x:generateContent", {"x-api-key": "sk-ant-secret"}, "", 404, "type",
+     "carries anthropic credentials, but /gemini is not one of anthropic's API paths"),
+    ("/v1/messages", {"authorization": "Bearer sk-proj-openai"}, "", 404, "error",
+     "carries openai credentials, but /v1/messages is not one of openai's API paths"),
+    ("/v1beta/openai/chat/completions", {"x-goog-api-key": "abc"}, "", 404, "error",
+     "is Gemini's OpenAI-compatible API"),
+    ("/v1/Chat/Completions", {}, "", 404, "error", "API paths are case-sensitive; use /v1/chat/completions"),
+    ("/v1/chat%2Fcompletions", {}, "", 400, "error", "AiSpendTrack cannot forward '/v1/chat%2Fcompletions'"),
+])
+def test_a_call_no_provider_may_take_is_answered_and_not_forwarded(addon, path, headers, query, status, shape, words):
+    flow = _flow(path + ("?" + query if query else ""), **{"x-aispendtrack-key": KEY, **headers})
+    addon.request(flow)
+    assert flow.response is not None and flow.response.status_code == status
+    body = json.loads(flow.response.get_text())
+    assert shape in body and words in flow.response.get_text()
+    assert "aispendtrack" not in flow.metadata

@@ -323,3 +323,102 @@ def test_setting_one_period_keeps_the_rest_and_removing_one_says_what_went(tmp_p
     assert run_cli(home, "budgets", "set", "--scope", "all", "--daily", "3", "--block") == (
         f"Budget {first['id']} for all calls: $3.00 a day (new), $600.00 a month (unchanged), now blocking.\n")
     assert len(json.loads(run_cli(home, "budgets", "list", "--json"))) == 1
+
+
+def test_each_scope_counts_only_its_calls_and_a_month_outlives_its_days():
+    la = zoneinfo.ZoneInfo("America/Los_Angeles")
+    tracker = BudgetTracker(la)
+    everything = Budget(1, "all", None, None, Decimal("100"), True)
+    key_3 = Budget(2, "key", "3", Decimal("1"), None, True)
+    acme_of_3 = Budget(3, "customer", "acme", None, Decimal("2"), True, key_id=3)
+    chat_anywhere = Budget(4, "feature", "chat", Decimal("50"), None, False)
+    seeded = []
+
+    def seed(budget, day, month):
+        seeded.append((budget.id, day, month))
+        return (Decimal("0.5"), Decimal("1.5")) if budget.id == 3 else (Decimal(0), Decimal(0))
+
+    # 2026-11-30 23:30 in Los Angeles: the last half hour of the day and of the month.
+    now = dt.datetime(2026, 12, 1, 7, 30, tzinfo=dt.UTC)
+    tracker.load([everything, key_3, acme_of_3, chat_anywhere], seed, now)
+    day, month = dt.datetime(2026, 11, 30, 8, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, 7, tzinfo=dt.UTC)
+    assert seeded == [(1, day, month), (2, day, month), (3, day, month), (4, day, month)]
+    assert tracker.periods(now) == (day, month) and tracker.has_budgets() and len(tracker.budgets()) == 4
+    assert tracker.any_blocking(9, None, None)  # "all" covers every call
+    assert not chat_anywhere.block and tracker.blocked(9, "acme", "chat", now) is None
+
+    tracker.record(4, "acme", "chat", Decimal("0.25"), now)  # key 4's "acme" is not key 3's
+    assert tracker.blocked(4, "acme", None, now) is None
+    tracker.record(3, "acme", "search", Decimal("0.5"), now)  # key 3's acme: 1.5 + 0.5 this month
+    refusal = tracker.blocked(3, "acme", None, now)
+    assert (refusal.budget.id, refusal.period, refusal.spent) == (3, "monthly", Decimal("2.0"))
+    assert refusal.resets_at == dt.datetime(2026, 12, 1, 8, tzinfo=dt.UTC)
+    assert tracker.blocked(3, "globex", None, now) is None  # key 3: $0.5 of its $1 today
+    tracker.record(3, "globex", "chat", Decimal("0.5"), now)
+    refusal = tracker.blocked(3, "globex", None, now)
+    assert (refusal.budget.id, refusal.period, refusal.spent) == (2, "daily", Decimal("1.0"))
+
+    december = dt.datetime(2026, 12, 1, 8, tzinfo=dt.UTC)  # midnight, local: a new day and a new month
+    assert tracker.blocked(3, "acme", None, december) is None
+    assert tracker.periods(december) == (december, december)
+    tracker.record(3, "acme", None, Decimal("1.5"), december)
+    tracker.record(3, "acme", None, Decimal("0.25"), december + dt.timedelta(days=1))
+    assert tracker.blocked(3, "acme", None, december + dt.timedelta(days=1)) is None  # $1.75 of $2
+    tracker.record(3, "acme", None, Decimal("0.25"), december + dt.timedelta(days=2))
+    refusal = tracker.blocked(3, "acme", None, december + dt.timedelta(days=2))
+    assert (refusal.budget.id, refusal.period, refusal.spent) == (3, "monthly", Decimal("2.00"))
+
+
+def test_who_may_see_a_budget_is_the_key_every_call_of_it_belongs_to():
+    assert Budget(1, "customer", "acme", None, None, False, key_id=3).owned_by(3)
+    assert not Budget(1, "customer", "acme", None, None, False, key_id=3).owned_by(4)
+    assert not Budget(1, "customer", "acme", None, None, False).owned_by(3)  # every key's acme
+    assert Budget(1, "key", "3", None, None, False).owned_by(3)
+    assert not Budget(1, "key", "3", None, None, False).owned_by(4)
+    assert not Budget(1, "all", None, None, None, False).owned_by(3)
+    assert not Budget(1, "key", "3", None, None, False).owned_by(None)
+
+
+def test_in_shared_mode_the_spend_not_yet_sent_is_kept_until_it_is_and_added_to_the_totals():
+    tracker = BudgetTracker(UTC)
+    tracker.shared = True
+    now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    tracker.load([Budget(1, "all", None, Decimal("3"), Decimal("10"), True),
+                  Budget(2, "feature", "chat", None, None, False)], lambda b, d, m: (Decimal(0), Decimal(0)), now)
+    tracker.record(1, None, None, Decimal("0.5"), now)
+    tracker.record(1, None, "chat", Decimal("0.25"), now)
+    taken, day, month = tracker.take_unsynced(now)
+    assert taken == {1: Decimal("0.75"), 2: Decimal("0.25")}
+    assert (day, month) == (dt.datetime(2026, 11, 25, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
+    assert tracker.take_unsynced(now)[0] == {}
+    tracker.give_back(taken)  # the shared store could not be reached
+    tracker.record(1, None, None, Decimal("1"), now)
+    tracker.set_spend({1: (Decimal("1"), Decimal("8")), 9: (Decimal("5"), Decimal("5"))}, day)
+    assert tracker.blocked(1, None, None, now) is None  # every replica's 1 and 8, plus the 1.75 not yet sent
+    tracker.record(1, None, None, Decimal("0.25"), now)
+    refusal = tracker.blocked(1, None, None, now)
+    assert (refusal.period, refusal.spent) == ("monthly", Decimal("10.00"))
+    assert tracker.take_unsynced(now)[0] == {1: Decimal("2.00"), 2: Decimal("0.25")}
+    tracker.set_spend({1: (Decimal(0), Decimal(0))}, day - dt.timedelta(days=1))  # an older day: ignored
+    assert tracker.blocked(1, None, None, now).spent == Decimal("10.00")
+
+
+def test_only_the_calls_a_blocking_budget_covers_wait_for_its_check_and_replicas_totals_add_what_is_unsent():
+    tracker = BudgetTracker(UTC)
+    tracker.shared = True
+    now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    day = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+    tracker.load([Budget(1, "customer", "acme", Decimal("1"), None, True, key_id=3),
+                  Budget(2, "feature", "chat", Decimal("1"), None, True, key_id=3)],
+                 lambda b, d, m: (Decimal(0), Decimal(0)), now)
+    assert tracker.any_blocking(3, "acme", None) and tracker.any_blocking(3, None, "chat")
+    assert not tracker.any_blocking(4, "acme", "chat") and not tracker.any_blocking(3, "globex", "search")
+    tracker.set_spend({1: (Decimal("0.5"), Decimal("0.5"))}, day)  # nothing unsent here
+    assert tracker.blocked(3, "acme", None, now) is None
+    tracker.record(3, "acme", None, Decimal("0.5"), now)
+    tracker.set_spend({1: (Decimal("0.5"), Decimal("0.5"))}, day)  # the others' 0.5 and our unsent 0.5
+    assert tracker.blocked(3, "acme", None, now).spent == Decimal("1.0")
+    taken, _, _ = tracker.take_unsynced(now)
+    tracker.record(3, "acme", None, Decimal("0.25"), now)
+    tracker.give_back(taken)
+    assert tracker.take_unsynced(now)[0] == {1: Decimal("0.75")}

@@ -11,6 +11,7 @@ import anthropic
 import openai
 import pytest
 
+from addon.core import periods
 from addon.core.home import db_path
 from addon.core.limits import Limiter
 from addon.core.plans import Limits, limits_for
@@ -30,7 +31,7 @@ def test_hourly_window_admits_the_limit_then_refuses_until_the_next_hour():
     limiter.seed({}, now)
     assert limiter.admit(1, now) is None and limiter.admit(1, now) is None
     refusal = limiter.admit(1, now)
-    assert refusal.limit == "per-hour" and refusal.size == 2
+    assert (refusal.limit, refusal.size, refusal.used) == ("per-hour", 2, 2)
     assert refusal.retry_after(now) == 30
     assert limiter.admit(1, now + dt.timedelta(seconds=31)) is None  # a new hour, a new count
     assert limiter.admit(2, now) is None  # other keys are unaffected
@@ -53,6 +54,52 @@ def test_monthly_quota_resets_on_the_first_in_the_configured_zone():
     assert refusal is not None, "a third call in December was admitted over a monthly quota of 2"
     assert (refusal.limit, refusal.size, refusal.used) == ("per-month", 2, 2)
     assert refusal.resets_at == dt.datetime(2027, 1, 1, 8, 0, tzinfo=dt.UTC)
+
+
+def test_a_new_hour_and_a_new_month_start_at_their_first_instant():
+    limiter = Limiter(LA)
+    limiter.set_limits({1: Limits(per_hour=1, per_month=None), 2: Limits(per_hour=None, per_month=1)})
+    before = dt.datetime(2026, 12, 1, 7, 59, 59, tzinfo=dt.UTC)  # 23:59:59 on November 30th in Los Angeles
+    limiter.seed({2: (0, 1)}, before)  # key 2 made its one call of the month before a restart
+    hour, month = dt.datetime(2026, 12, 1, 7, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, 7, tzinfo=dt.UTC)
+    assert limiter.periods(before) == (hour, month)
+    assert limiter.admit(1, before) is None
+    assert limiter.admit(1, before).limit == "per-hour" and limiter.admit(2, before).limit == "per-month"
+    midnight = dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)
+    assert limiter.admit(1, midnight) is None, "refused at the first instant of a new hour"
+    assert limiter.admit(2, midnight) is None, "refused at the first instant of a new month"
+    assert limiter.periods(midnight) == (midnight, midnight)
+
+
+def test_a_limiter_counts_in_its_zone_from_the_start_before_any_seed():
+    limiter = Limiter(LA)
+    limiter.set_limits({1: Limits(per_hour=None, per_month=1)})
+    now = dt.datetime.now(dt.UTC)
+    this_month = periods.month_start(now, LA)
+    assert limiter.periods(now)[1] == this_month
+    assert limiter.admit(1, now) is None
+    assert limiter.admit(1, now).resets_at == periods.next_month_start(this_month, LA)
+
+
+def test_counts_from_the_other_replicas_carry_on_locally():
+    limiter = Limiter(zoneinfo.ZoneInfo("UTC"))
+    limiter.set_limits({1: Limits(per_hour=3, per_month=5), 2: Limits(per_hour=None, per_month=None),
+                        4: Limits(per_hour=None, per_month=7), 5: Limits(per_hour=9, per_month=None)})
+    now = dt.datetime(2026, 11, 25, 10, 15, tzinfo=dt.UTC)
+    limiter.seed({}, now)
+    assert limiter.observe(1, 2, 2, now) is None  # 2 of 3 this hour in shared storage: one more is fine
+    assert limiter.admit(1, now) is None
+    refusal = limiter.admit(1, now)
+    assert (refusal.limit, refusal.size, refusal.used) == ("per-hour", 3, 3)
+    refusal = limiter.observe(1, 0, 5, now)
+    assert (refusal.limit, refusal.size, refusal.used) == ("per-month", 5, 5)
+    assert refusal.resets_at == dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    assert limiter.limits_of(1) == Limits(per_hour=3, per_month=5)
+    assert limiter.limits_of(2) is None and limiter.limits_of(3) is None  # no limit at all, or no key
+    assert limiter.limits_of(4) == Limits(None, 7) and limiter.limits_of(5) == Limits(9, None)
+    assert limiter.limited_keys() == [1, 4, 5]
+    hour, month = dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    assert limiter.periods(now) == (hour, month)
 
 
 def test_plans_and_overrides():

@@ -208,3 +208,29 @@ def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path):
     rows = {r["customer_id"]: r for r in json.loads(CliRunner().invoke(
         cli, ["--home", str(tmp_path), "calls", "--format", "json"]).output)}
     assert rows["flex"]["cost_usd"] == pytest.approx(0.625) and rows["std"]["cost_usd"] == pytest.approx(1.25)
+
+
+def test_an_anthropic_usage_body_costs_each_kind_of_token_at_its_own_rate(tmp_path):
+    from addon.providers.anthropic import usage_from
+    body = {"input_tokens": 1000, "cache_read_input_tokens": 2000, "cache_creation_input_tokens": 7000,
+            "cache_creation": {"ephemeral_5m_input_tokens": 3000, "ephemeral_1h_input_tokens": 4000},
+            "output_tokens": 500}
+    price = PriceBook(tmp_path / "prices.toml").price(usage_from(body), "anthropic", "claude-sonnet-4-20250514", NOW)
+    # $3 input, $0.30 cache read, $3.75 5-minute write, $6 one-hour write, $15 output, per 1M tokens
+    assert price.cost_usd == Decimal("0.04635")
+
+
+def test_only_a_model_with_a_thinking_rate_bills_a_response_that_thought_at_it(tmp_path):
+    book = PriceBook(tmp_path / "prices.toml")
+    answered = TokenUsage(output_tokens=1_000_000)
+    thought = TokenUsage(output_tokens=1_000_000, reasoning_tokens=1)
+    preview = "gemini-2.5-flash-preview-05-20"
+    assert book.price(answered, "google", preview, NOW).cost_usd == Decimal("0.60")
+    assert book.price(thought, "google", preview, NOW).cost_usd == Decimal("3.50")
+    assert book.price(thought, "openai", "o3", NOW).cost_usd == Decimal("8")  # o3 has one output rate
+
+
+@pytest.mark.parametrize("value", [True, -1, "12", 1.0, None])
+def test_a_token_count_that_is_not_a_whole_number_is_refused_by_name(value):
+    with pytest.raises(ValueError, match=f"cache_read_tokens must be a non-negative integer, got {value!r}"):
+        TokenUsage(input_tokens=5, cache_read_tokens=value)

@@ -82,6 +82,21 @@ def test_sign_in_and_sign_out_need_the_forms_csrf_token(client, admin_token):
     _sign_in(client, admin_token["token"])
     assert client.post("/logout").status_code == 400  # a forged sign-out is refused...
     assert client.get("/api/v1/report").status_code == 200  # ...and the session goes on
+    real = _csrf(client)
+    for forged in ("", real[:-1], real + "x"):
+        assert client.post("/logout", data={"csrf": forged}).status_code == 400, forged
+    assert client.get("/api/v1/report").status_code == 200
+    assert client.post("/logout", data={"csrf": real}).status_code == 302
+    assert client.get("/api/v1/report").status_code == 401
+
+
+@pytest.mark.parametrize("authorization", ["Basic {key}", "Token {key}", "{key}", "Bearer", "Bearer {key}x",
+                                           "Bearer ask_{key}"])
+def test_the_api_reads_a_key_only_from_a_bearer_authorization(client, home, authorization):
+    key = json.loads(run_cli(home, "keys", "create", "--name", "app", "--json"))["key"]
+    assert client.get("/api/v1/calls", headers={"Authorization": f"bearer  {key} "}).status_code == 200
+    refused = client.get("/api/v1/calls", headers={"Authorization": authorization.format(key=key)})
+    assert refused.status_code == 401 and "Authorization: Bearer" in refused.get_json()["error"]["message"]
 
 
 def test_a_post_from_another_site_is_refused(client, admin_token):
