@@ -177,7 +177,10 @@ def _anthropic(api: BatchApi, handler, url: str, path: str, body: bytes) -> None
     batch = api.batches.get(parts[3]) if len(parts) >= 4 else None
     if handler.command == "GET" and batch is not None and len(parts) == 4:
         gzip = api.gzip_objects and "gzip" in handler.headers.get("accept-encoding", "")
-        api.last_object = _json(handler, 200, _anthropic_batch(api, batch, url, poll=True), gzip)
+        obj = _anthropic_batch(api, batch, url, poll=True)
+        # Kept before it is sent: the client may read last_object the moment its answer arrives.
+        api.last_object = json.dumps(obj).encode()
+        _json(handler, 200, obj, gzip)
         return None
     if handler.command == "GET" and batch is not None and parts[4:] == ["results"]:
         if batch.retrieved < api.polls_until_done:
