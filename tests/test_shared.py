@@ -25,26 +25,9 @@ import pytest
 
 from .helpers import Endpoint, Load, free_port, run_cli, start_proxy
 from .loadbalancer import LoadBalancer
-from .pg import Cluster
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    running = Cluster()
-    yield running
-    running.remove()
-
-
-@pytest.fixture
-def shared_env(cluster, tmp_path, monkeypatch):
-    """A fresh catalog database and data path, set for this process (in-process CLI) and its children."""
-    url = cluster.create_database(f"t_{uuid.uuid4().hex[:12]}")
-    monkeypatch.setenv("AISPENDTRACK_CATALOG", url)
-    monkeypatch.setenv("AISPENDTRACK_DATA_PATH", str(tmp_path / "lake"))
-    return url
 
 
 def cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import psycopg
 import pytest
 
 from .helpers import Receiver, free_port, start_proxy
-from .pg import Cluster
 from .test_shared import CHAT, cli, new_key, replicas, stop_all
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,22 +27,6 @@ M = Decimal(1_000_000)
 OVERRIDE = '[[price]]\nprovider = "openai"\nmodel = "gpt-*"\ninput_mtok = 1000\noutput_mtok = 2000\n'
 HOOK_PATH = "/hooks/T0-s3cret-path"  # a webhook URL's path is its secret (Slack's are)
 CHANNELS = '[[channel]]\nname = "pager"\ntype = "webhook"\nurl_env = "HOOK_URL"\nsecret_env = "HOOK_SECRET"\n'
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    running = Cluster()
-    yield running
-    running.remove()
-
-
-@pytest.fixture
-def shared_env(cluster, tmp_path, monkeypatch):
-    """A fresh catalog database and data path, for this process and the replicas it starts."""
-    url = cluster.create_database(f"t_{uuid.uuid4().hex[:12]}")
-    monkeypatch.setenv("AISPENDTRACK_CATALOG", url)
-    monkeypatch.setenv("AISPENDTRACK_DATA_PATH", str(tmp_path / "lake"))
-    return url
 
 
 def override_cost(completion) -> Decimal:
