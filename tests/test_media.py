@@ -21,17 +21,15 @@ M = Decimal(1_000_000)
 
 
 @pytest.fixture(scope="module")
-def media():
+def upstream():
+    """This module's provider (conftest's ``proxy`` sends to it): the media endpoints' wire fake."""
     with fake.MediaProvider() as provider:
         yield provider
 
 
 @pytest.fixture(scope="module")
-def proxy(tmp_path_factory, media):
-    home = tmp_path_factory.mktemp("home")
-    running = start_proxy(home, media.url, tmp_path_factory.mktemp("logs") / "proxy.log")
-    yield running
-    running.stop()
+def media(upstream):
+    return upstream
 
 
 def _client(proxy, sent: list[bytes] | None = None, **kwargs):
