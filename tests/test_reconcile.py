@@ -126,24 +126,32 @@ def test_anthropic_analytics_api_with_cache_writes_and_the_legacy_reports_where_
     assert "Everything Anthropic reports matches" in legacy.output and "says $0.025 was billed" in legacy.output
 
 
+
+def _call_both_sides_agree_on(book, day: int, n: int, at: dt.datetime, **billed) -> tuple[dict, Billed]:
+    """The ``n``th gpt-4o call of ``day``: our row, and the provider's line for it at the same cost."""
+    from pricing.usage import TokenUsage
+    usage = TokenUsage(input_tokens=1000 + day, cache_read_tokens=200 * n, output_tokens=300 + n)
+    cost = book.price(usage, "openai", GPT4O, at).cost_usd
+    row = call_row(day * 2 + n, ts=at, model=GPT4O, input_tokens=usage.input_tokens,
+                   cache_read_tokens=usage.cache_read_tokens, output_tokens=usage.output_tokens,
+                   cost_usd=cost, price_source="test")
+    return row, Billed(at, "openai", GPT4O, usage.input_tokens, usage.cache_read_tokens,
+                       output_tokens=usage.output_tokens, billed_usd=float(cost), **billed)
+
+
 def test_a_month_with_a_known_gap_is_reported_to_the_token_and_the_cent(tmp_path, usage_api):
     """Generated history: 30 days, calls either side of each UTC midnight, one day with an extra
     call the provider billed and we never saw."""
     from pricing import PriceBook
-    from pricing.usage import TokenUsage
     book = PriceBook(tmp_path / "none.toml")
     start = dt.datetime(2026, 10, 26, tzinfo=dt.UTC)
     rows, ledger = [], []
     for day in range(30):
         midnight = start + dt.timedelta(days=day)
         for n, at in enumerate((midnight + dt.timedelta(hours=9), midnight + dt.timedelta(days=1, microseconds=-1))):
-            usage = TokenUsage(input_tokens=1000 + day, cache_read_tokens=200 * n, output_tokens=300 + n)
-            cost = book.price(usage, "openai", GPT4O, at).cost_usd
-            rows.append(call_row(day * 2 + n, ts=at, model=GPT4O, input_tokens=usage.input_tokens,
-                                 cache_read_tokens=usage.cache_read_tokens, output_tokens=usage.output_tokens,
-                                 cost_usd=cost, price_source="test"))
-            ledger.append(Billed(at, "openai", GPT4O, usage.input_tokens, usage.cache_read_tokens,
-                                 output_tokens=usage.output_tokens, billed_usd=float(cost)))
+            row, billed = _call_both_sides_agree_on(book, day, n, at)
+            rows.append(row)
+            ledger.append(billed)
     gap_day = dt.datetime(2026, 11, 10, tzinfo=dt.UTC)
     ledger.append(Billed(gap_day, "openai", GPT4O, 1000, output_tokens=500, billed_usd=0.0075))  # 00:00:00
     home = tmp_path / "home"
@@ -465,14 +473,9 @@ def _month_with_a_batch_job(tmp_path) -> tuple:
     for day in range(30):
         for n, hour in enumerate((9, 17)):
             at = start + dt.timedelta(days=day, hours=hour, minutes=15 + n)
-            usage = TokenUsage(input_tokens=1000 + day, cache_read_tokens=200 * n, output_tokens=300 + n)
-            cost = book.price(usage, "openai", GPT4O, at).cost_usd
-            rows.append(call_row(day * 2 + n, ts=at, model=GPT4O, input_tokens=usage.input_tokens,
-                                 cache_read_tokens=usage.cache_read_tokens, output_tokens=usage.output_tokens,
-                                 cost_usd=cost, price_source="test"))
-            ledger.append(Billed(at, "openai", GPT4O, usage.input_tokens, usage.cache_read_tokens,
-                                 output_tokens=usage.output_tokens, billed_usd=float(cost), api_key_id=APP[0],
-                                 project_id=APP[1]))
+            row, billed = _call_both_sides_agree_on(book, day, n, at, api_key_id=APP[0], project_id=APP[1])
+            rows.append(row)
+            ledger.append(billed)
     around = [(dt.datetime(2026, 11, 3, 9, 30, tzinfo=dt.UTC), 500, 100),
               (dt.datetime(2026, 11, 10, 3, 0, tzinfo=dt.UTC), 1000, 500),
               (dt.datetime(2026, 11, 20, 17, 5, tzinfo=dt.UTC), 700, 300)]
