@@ -151,13 +151,10 @@ def ensure_control(control) -> None:
                 ALTER TABLE budgets ADD CONSTRAINT budgets_scope_value_key_id UNIQUE (scope, scope_value, key_id);
                 INSERT INTO schema_migrations VALUES ('s005_budgets_per_key', now()) ON CONFLICT DO NOTHING;
             """)
-        if "s007_batches" not in done:  # as migrations.m018_batches
-            control.pg.execute(BATCHES_DDL)
-            control.execute("INSERT INTO schema_migrations VALUES ('s007_batches', now()) ON CONFLICT DO NOTHING")
-        if "s008_config_files" not in done:
-            control.pg.execute(CONFIG_FILES_DDL)
-            control.execute("INSERT INTO schema_migrations VALUES ('s008_config_files', now()) "
-                            "ON CONFLICT DO NOTHING")
+        for name, ddl in _NEW_TABLES:
+            if name not in done:
+                control.pg.execute(ddl)
+                control.execute("INSERT INTO schema_migrations VALUES (?, now()) ON CONFLICT DO NOTHING", [name])
 
 
 def _keyed_erasures(control) -> None:
@@ -192,6 +189,10 @@ CREATE TABLE IF NOT EXISTS config_files (
     updated_at TIMESTAMPTZ NOT NULL
 )
 """
+
+# Steps that only add a table, in order: the batches the proxy saw (as migrations.m018_batches), and
+# the deployment's prices.toml and alerts.toml.
+_NEW_TABLES = (("s007_batches", BATCHES_DDL), ("s008_config_files", CONFIG_FILES_DDL))
 
 
 def data_path(control, given: str | None) -> str:
