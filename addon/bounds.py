@@ -36,6 +36,7 @@ from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils.asyncio_utils import create_task
 
 from . import settings
+from .core import metrics
 from .core.burstlog import BurstLog
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class ConnectionBounds:
                         "(raise it with `ulimit -n`)", self.max_connections)
         else:
             log.info("serving at most %d connections at once", self.max_connections)
+        metrics.watch_connections(self.stats)
         if self._ticker is None:
             self._ticker = create_task(self._tick(), name="aispendtrack connection bounds", keep_ref=True)
 
@@ -130,6 +132,10 @@ class ConnectionBounds:
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+
+    def stats(self) -> dict[str, int]:
+        """Read from the metrics thread: len() of a set another thread changes is safe under the GIL."""
+        return {"served": len(self._open), "refused": len(self._refusing), "max": self.max_connections}
 
     def client_connected(self, client: Client) -> None:
         if len(self._open) < self.max_connections:

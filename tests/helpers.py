@@ -21,6 +21,7 @@ import anthropic
 import httpx
 import openai
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from addon.core.store import calls as call_rows
 from cli.main import cli
@@ -56,6 +57,15 @@ FLUSH_MS = 100
 PREFIXED = ("google", "cohere", "mistral", "azure", "openrouter", "groq", "deepseek", "x-ai", "together", "fireworks")
 
 
+def scrape(url: str, **kwargs) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of a ``/metrics`` page, as a Prometheus server would read it."""
+    response = httpx.get(url, timeout=5, **kwargs)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,6 +86,7 @@ class Proxy:
     key_id: int
     log_path: Path
     process: subprocess.Popen
+    metrics_url: str = ""  # with start_proxy(metrics=True)
 
     def openai(self, **kwargs) -> openai.OpenAI:
         headers = {"x-aispendtrack-key": self.key, **kwargs.pop("headers", {})}
@@ -135,21 +146,26 @@ def until_admitted(call, within: float, why: str) -> None:
 
 def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
                 flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = (), port: int | None = None,
-                run_under: tuple[str, ...] = ()) -> Proxy:
-    """``run_under``: a command the proxy runs under, e.g. ("prlimit", "--nofile=400:400", "--")."""
+                run_under: tuple[str, ...] = (), metrics: bool = False) -> Proxy:
+    """``run_under``: a command the proxy runs under, e.g. ("prlimit", "--nofile=400:400", "--");
+    ``metrics``: serve /metrics on a port of its own (``proxy.metrics_url``)."""
     if key is None:
         created = json.loads(run_cli(home, "keys", "create", "--name", "tests", "--json"))
         key, key_id = created["key"], created["id"]
     else:
         key_id = json.loads(run_cli(home, "keys", "list", "--json"))[0]["id"]
     port = port or free_port()
+    metrics_port = free_port() if metrics else 0
+    if metrics:
+        extra_args = (*extra_args, "--metrics-port", str(metrics_port))
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [*run_under, sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
          "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms),
          *[arg for name in PREFIXED for arg in ("--upstream", f"{name}={upstream_url}")], *extra_args],
         stdout=log, stderr=subprocess.STDOUT)
-    proxy = Proxy(home, f"http://127.0.0.1:{port}", key, key_id, log_path, process)
+    proxy = Proxy(home, f"http://127.0.0.1:{port}", key, key_id, log_path, process,
+                  f"http://127.0.0.1:{metrics_port}/metrics" if metrics else "")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

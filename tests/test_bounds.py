@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from .certs import make_ca_and_leaf
-from .helpers import closed_by_peer, start_proxy
+from .helpers import closed_by_peer, scrape, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -32,7 +32,7 @@ def strict(tmp_path_factory, upstream):
     """A proxy that allows 30 connections and gives a client 2 s to send its request headers."""
     home = tmp_path_factory.mktemp("home")
     running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log",
-                          extra_args=("--max-connections", "30", "--client-timeout", "2"))
+                          extra_args=("--max-connections", "30", "--client-timeout", "2"), metrics=True)
     yield running
     running.stop()
 
@@ -120,24 +120,24 @@ def test_slowloris_and_idle_keep_alive_connections_are_closed_and_others_served(
     assert log.count("closed connections that sent no complete request in time: no complete") == 1, log[-3000:]
 
 
-def _refused_once_full(proxy) -> None:
-    """Wait until the proxy has taken in the connections just opened: it accepts them on its own
-    time, and a busy machine may take longer than any fixed pause."""
+def _serving(metrics_url: str, count: int) -> dict[str, float]:
+    """Wait until the proxy serves ``count`` connections, as its gauge says: it accepts connections on
+    its own time, and a busy machine may take longer than any fixed pause. A probe request cannot
+    tell (a probe served while the proxy is still taking in the others frees its slot when it goes)."""
     deadline = time.monotonic() + 30
     while True:
-        probe = _connect(proxy)
-        probe.sendall(HEAD + b"connection: close\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
-        answer = _answer(probe)
-        probe.close()
-        if answer.startswith(b"HTTP/1.1 503"):
-            return
-        assert time.monotonic() < deadline, answer[:300]
-        time.sleep(0.2)
+        samples = scrape(metrics_url)
+        gauge = {state: samples[("aispendtrack_client_connections", (("state", state),))]
+                 for state in ("served", "refused")}
+        if gauge["served"] == count:
+            return {**gauge, "max": samples[("aispendtrack_client_connections_max", ())]}
+        assert time.monotonic() < deadline, gauge
+        time.sleep(0.1)
 
 
 def test_connections_past_the_cap_get_a_503_with_retry_after_and_are_logged_once(strict):
     held = [_connect(strict) for _ in range(30)]
-    _refused_once_full(strict)
+    assert _serving(strict.metrics_url, 30) == {"served": 30, "refused": 0, "max": 30}
     extra = [_connect(strict) for _ in range(10)]
     try:
         for sock in extra:
@@ -201,13 +201,13 @@ def _seconds_per_call(proxy) -> float:
 
 def test_the_default_cap_follows_the_file_descriptor_limit(tmp_path, upstream):
     running = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log",
-                          run_under=("prlimit", "--nofile=400:400", "--"))
+                          run_under=("prlimit", "--nofile=400:400", "--"), metrics=True)
     try:
         [line] = [line for line in running.log_path.read_text().splitlines() if "connections at once" in line]
         cap = int(re.search(r"serving at most (\d+) connections at once", line)[1])
         assert 100 <= cap <= (400 - 64) // 2, line  # two descriptors each, some kept for the database and logs
         held = [_connect(running) for _ in range(cap)]
-        _refused_once_full(running)
+        assert _serving(running.metrics_url, cap)["max"] == cap
         over = _connect(running)
         try:
             over.sendall(HEAD + b"content-type: application/json\r\ncontent-length: 2\r\n\r\n{}")

@@ -17,21 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from addon.core.metrics import Metrics
 
-from .helpers import free_port, run_cli, start_proxy
+from .helpers import free_port, run_cli, scrape, start_proxy
 from .upstream import FakeProvider
 
 LEGACY = {"x-test-scenario": "legacy"}  # 14 input + 37 output tokens of gpt-4o-2024-08-06
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
 DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json"
-
-
-def scrape(url: str, **kwargs) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} as a Prometheus server would read the page."""
-    response = httpx.get(url, timeout=5, **kwargs)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain; version=")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
 
 
 def total(samples: dict, name: str, **labels: str) -> float:

@@ -72,6 +72,7 @@ def _label(value: object, capped: _Capped) -> str:
 class Metrics:
     def __init__(self, tags: bool = False, cap: int = 100, series_cap: int = 1000) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(_ConnectionsCollector())
         self._labels = ("provider", "model", "key", *(("customer", "feature") if tags else ()))
         self._capped = {name: _Capped(cap) for name in self._labels}
         self._combinations = _Capped(series_cap)
@@ -166,6 +167,21 @@ class _WriterCollector(Collector):
                                   "nor the spill directory could be written).", value=s["dropped"])
 
 
+class _ConnectionsCollector(Collector):
+    def collect(self) -> Iterator:
+        if _connections is None:
+            return
+        s = _connections()
+        family = GaugeMetricFamily("aispendtrack_client_connections", "Client connections open: served, or over "
+                                   "the cap and waiting for their 503.", labels=["state"])
+        family.add_metric(["served"], s["served"])
+        family.add_metric(["refused"], s["refused"])
+        yield family
+        yield GaugeMetricFamily("aispendtrack_client_connections_max", "The most client connections served at once "
+                                "(--max-connections, or what the file descriptor limit allows).", value=s["max"])
+
+
+_connections: Callable[[], dict[str, int]] | None = None  # set before the proxy's metrics are made
 _current = Metrics()
 
 
@@ -174,6 +190,13 @@ def install(metrics: Metrics) -> Metrics:
     global _current
     _current = metrics
     return metrics
+
+
+def watch_connections(stats: Callable[[], dict[str, int]]) -> None:
+    """The client connections open now (served, refused, max), read at each scrape of any registry:
+    how close the proxy is to its cap. ConnectionBounds is loaded before the metrics are set up."""
+    global _connections
+    _connections = stats
 
 
 def current() -> Metrics:
