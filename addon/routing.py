@@ -10,7 +10,9 @@
    ``x-api-key``, an ``sk-ant-`` key in any header) and Gemini's (``x-goog-api-key``, a ``key``
    query parameter, an ``AIza`` key) send the request to that provider, whatever the path; a path
    that provider does not serve is answered with a 404 naming the base URL to set, and nothing is
-   forwarded. So no provider's key reaches another.
+   forwarded. A Google OAuth access token (``ya29.``) is Vertex AI's: it goes only under
+   ``/vertex``, never beside another provider's key, and Vertex is sent no other credential. So no
+   provider's key reaches another.
 3. **Then the path**: an explicit prefix (``/gemini/...``), Anthropic's own paths, else OpenAI.
 """
 
