@@ -106,10 +106,10 @@ def owner(headers: Headers, query: str) -> str | None:
     kinds = set()
     for name, value in headers.fields:
         lowered = name.lower()
-        kind = _SIGNATURE_HEADERS.get(lowered) or _key_in(value)
+        kind = _key_in(value)
         if kind is None and lowered in _AUTHORIZATION:
             kind = _basic_key(value)
-        kinds.add(kind)
+        kinds.update((kind, _SIGNATURE_HEADERS.get(lowered)))  # a ya29 token in x-goog-api-key is still one
     if query:
         kinds.add(_query_owner(query))
     return _one_owner(kinds)

@@ -48,10 +48,11 @@ def claude(proxy, customer: str, region: str = "us-east5") -> anthropic.Anthropi
                                      max_retries=0)
 
 
-def gemini(proxy, customer: str) -> genai.Client:
+def gemini(proxy, customer: str, api_version: str | None = "v1") -> genai.Client:
+    """``api_version`` None: the SDK's default for Vertex, v1beta1."""
     return genai.Client(vertexai=True, project=fake.PROJECT, location="us-central1",
                         credentials=Credentials(token=fake.TOKEN),
-                        http_options=types.HttpOptions(base_url=f"{proxy.url}/vertex", api_version="v1",
+                        http_options=types.HttpOptions(base_url=f"{proxy.url}/vertex", api_version=api_version,
                                                        headers=_tags(proxy, customer)))
 
 
@@ -109,12 +110,13 @@ def test_genai_vertex_generate_content_counts_cached_thoughts_and_tool_use_promp
 
 
 def test_genai_vertex_stream_takes_the_last_running_total(proxy, upstream, customer):
-    client = gemini(proxy, customer)
+    client = gemini(proxy, customer, api_version=None)
     chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
     assert "".join(c.text for c in chunks) == "Hello!"
-    assert upstream.last().path == GEMINI_PATH + ":streamGenerateContent?alt=sse"
+    assert upstream.last().path == GEMINI_PATH.replace("/v1/", "/v1beta1/") + ":streamGenerateContent?alt=sse"
     [row] = proxy.rows(customer)
-    assert row["stream"] is True and row["endpoint"].endswith(":streamGenerateContent")
+    assert row["stream"] is True and row["endpoint"] == ENDPOINT.replace("/v1/", "/v1beta1/").format(
+        publisher="google", method="streamGenerateContent")
     assert _tokens(row) == (12, 0, 0, 40 + 88, 88)
     assert _usd(row["cost_usd"]) == (12 * Decimal("0.30") + 128 * Decimal("2.50")) / M
 
@@ -132,8 +134,14 @@ def test_a_stream_without_alt_sse_is_one_json_array_read_whole(proxy, upstream, 
 def test_count_tokens_bills_nothing(proxy, upstream, customer):
     client = gemini(proxy, customer)
     assert client.models.count_tokens(model="gemini-2.5-flash", contents="hi").total_tokens == 31
-    [row] = proxy.rows(customer)
-    assert row["endpoint"].endswith(":countTokens") and row["priced"] is True and _usd(row["cost_usd"]) == 0
+    count = claude(proxy, customer).messages.count_tokens(model="claude-sonnet-4-5@20250929",
+                                                          messages=[{"role": "user", "content": "hi"}])
+    assert count.input_tokens == 14
+    rows = sorted(proxy.rows(customer, expect=2), key=lambda row: row["endpoint"])
+    assert [row["endpoint"] for row in rows] == [
+        "/v1/projects/{project}/locations/{location}/publishers/anthropic/models/count-tokens:rawPredict",
+        ENDPOINT.format(publisher="google", method="countTokens")]
+    assert all(row["priced"] is True and _usd(row["cost_usd"]) == 0 and row["status"] == 200 for row in rows)
 
 
 @pytest.mark.parametrize("location,host", [
@@ -171,6 +179,7 @@ SECRET_OAUTH = "ya29.a0-someone-elses-google-token"
     ("/mistral/v1/chat/completions", {"authorization": f"Bearer {SECRET_OAUTH}"}, 404),
     ("/v1/messages", {"authorization": f"Bearer {SECRET_OAUTH}", "anthropic-version": "2023-06-01"}, 400),
     ("/v1/chat/completions?access_token=" + SECRET_OAUTH, {"authorization": "Bearer sk-test"}, 404),
+    ("/gemini/v1beta/models/gemini-2.5-flash:generateContent", {"x-goog-api-key": SECRET_OAUTH}, 400),
     # Nothing but a Google token goes to Vertex.
     ("/vertex" + GEMINI_PATH + ":generateContent", {"x-api-key": "sk-ant-secret"}, 404),
     ("/vertex" + GEMINI_PATH + ":generateContent", {"x-goog-api-key": "AIzaSyD-fake-test-key-0123456789abcdefg"}, 404),

@@ -122,6 +122,11 @@ def _handler(fake: VertexFake):
                              "application/json; charset=UTF-8")
 
         def _claude(self, request: dict, model: str, method: str) -> None:
+            if model == "count-tokens" and method == "rawPredict":  # Claude's token counting: the model in the body
+                if not request.get("model") or not request.get("messages"):
+                    raise BadCall(400, "model and messages: Field required")
+                self._send(200, {"input_tokens": 14})
+                return
             if not _ANTHROPIC_VERSION.fullmatch(str(request.get("anthropic_version"))):
                 raise BadCall(400, "anthropic_version: Input should be 'vertex-2023-10-16' or an API version")
             if "model" in request:
