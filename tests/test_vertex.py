@@ -144,6 +144,18 @@ def test_count_tokens_bills_nothing(proxy, upstream, customer):
     assert all(row["priced"] is True and _usd(row["cost_usd"]) == 0 and row["status"] == 200 for row in rows)
 
 
+def test_vertexs_own_refusal_reaches_the_client_unchanged_and_costs_nothing(proxy, upstream, customer):
+    client = anthropic.AnthropicVertex(region="us-east5", project_id=fake.PROJECT, access_token="ya29.expired",
+                                       base_url=f"{proxy.url}/vertex/v1", default_headers=_tags(proxy, customer),
+                                       max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError, match="invalid authentication credentials"):
+        client.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=8,
+                               messages=[{"role": "user", "content": "hi"}])
+    assert upstream.last().headers["authorization"] == "Bearer ya29.expired"  # forwarded as sent
+    [row] = proxy.rows(customer)
+    assert (row["provider"], row["status"], row["priced"], _usd(row["cost_usd"])) == ("vertex", 401, True, 0)
+
+
 @pytest.mark.parametrize("location,host", [
     ("us-central1", "us-central1-aiplatform.googleapis.com"),
     ("europe-west4", "europe-west4-aiplatform.googleapis.com"),
