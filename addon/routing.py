@@ -103,7 +103,7 @@ def owner(headers: Headers, query: str) -> str | None:
     Google OAuth token beside another provider's key.
 
     One pass over the raw fields: a Headers lookup costs microseconds, and this runs on every call."""
-    kinds = set()
+    kinds: set[str | None] = set()
     for name, value in headers.fields:
         lowered = name.lower()
         kind = _key_in(value)
@@ -143,7 +143,7 @@ def _basic_key(value: bytes) -> str | None:
 
 def _query_owner(query: str) -> str | None:
     """Google's ``key`` parameter however it is written (``KEY``, ``k%65y``), or a key as a value."""
-    kinds = set()
+    kinds: set[str | None] = set()
     for param in query.split("&"):
         name, _, value = param.partition("=")
         kind = _key_in(unquote(value).encode("utf-8", "surrogateescape"))
