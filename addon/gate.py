@@ -78,9 +78,7 @@ class Gate:
                                 f"(got {len(value)} characters). The call was not forwarded.")
                 return
         if not upstreams.point(req, provider, self.upstreams):
-            refusals.refuse(flow, provider, 502, "aispendtrack_no_upstream",
-                            f"No upstream is configured for {provider.name}. Start the proxy with "
-                            f"--upstream {provider.name}=https://... (see docs/providers.md).")
+            refusals.refuse(flow, provider, 502, "aispendtrack_no_upstream", upstreams.missing(provider))
             return
         flow.metadata[ADMITTED] = Admission(provider, provider_path, key_id, tags["x-customer-id"],
                                             tags["x-feature"])

@@ -10,7 +10,9 @@
    ``x-api-key``, an ``sk-ant-`` key in any header) and Gemini's (``x-goog-api-key``, a ``key``
    query parameter, an ``AIza`` key) send the request to that provider, whatever the path; a path
    that provider does not serve is answered with a 404 naming the base URL to set, and nothing is
-   forwarded. So no provider's key reaches another.
+   forwarded. A Google OAuth access token (``ya29.``) is Vertex AI's: it goes only under
+   ``/vertex``, never beside another provider's key, and Vertex is sent no other credential. So no
+   provider's key reaches another.
 3. **Then the path**: an explicit prefix (``/gemini/...``), Anthropic's own paths, else OpenAI.
 """
 
@@ -25,7 +27,8 @@ from mitmproxy.http import Headers
 
 from .providers import Provider
 
-ANTHROPIC, GOOGLE = "anthropic", "google"
+ANTHROPIC, GOOGLE, VERTEX = "anthropic", "google", "vertex"
+MIXED = "mixed"  # a Google OAuth token beside another provider's key: it could only go to one of them
 # Anthropic's API, as its SDKs call it. Its credentials go nowhere else, and only here.
 _ANTHROPIC_EXACT = ("/v1/messages", "/v1/messages/count_tokens", "/v1/complete")
 _ANTHROPIC_TREES = ("/v1/messages/batches", "/v1/models", "/v1/files", "/v1/organizations", "/v1/skills")
@@ -84,33 +87,48 @@ def canonical(path: str) -> str | None:
 _SIGNATURE_HEADERS = {b"anthropic-version": ANTHROPIC, b"x-api-key": ANTHROPIC, b"x-goog-api-key": GOOGLE}
 # An Anthropic or Google key as a token of its own, in any header or query value: a client may put
 # it anywhere (after many spaces, in Azure's api-key header, in a Basic credential), and wherever
-# it is, it is that provider's. Google's keys are "AIza" and 35 more characters.
-_FOREIGN_KEY = re.compile(rb"(?:^|[\s:=,;\"'])(?:(sk-ant-)|AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-]))")
+# it is, it is that provider's. Google's keys are "AIza" and 35 more characters; a Google OAuth
+# access token ("ya29." and more) is Vertex AI's (its SDKs send one as a bearer token).
+_FOREIGN_KEY = re.compile(rb"(?:^|[\s:=,;\"'])(?:(sk-ant-)|(ya29\.)|AIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-]))")
+# The credentials Vertex takes: a Google access token, or a self-signed service-account JWT.
+_VERTEX_BEARER = re.compile(rb"\s*bearer\s+(?:ya29\.[0-9A-Za-z_\-.]+|"
+                            rb"eyJ[0-9A-Za-z_\-]*\.[0-9A-Za-z_\-]+\.[0-9A-Za-z_\-]+)\s*", re.IGNORECASE)
+_OTHER_KEY_HEADERS = (b"api-key", b"x-api-key", b"x-goog-api-key")  # Azure's, Anthropic's, Gemini's
 _BASIC = re.compile(rb"\s*basic\s+([0-9A-Za-z+/=_\-]+)\s*$", re.IGNORECASE)
 _AUTHORIZATION = (b"authorization", b"proxy-authorization")
 
 
 def owner(headers: Headers, query: str) -> str | None:
-    """The provider whose credentials the request carries, when they are unmistakable.
+    """The provider whose credentials the request carries, when they are unmistakable; MIXED for a
+    Google OAuth token beside another provider's key.
 
     One pass over the raw fields: a Headers lookup costs microseconds, and this runs on every call."""
-    found = None
+    kinds: set[str | None] = set()
     for name, value in headers.fields:
         lowered = name.lower()
-        kind = _SIGNATURE_HEADERS.get(lowered) or _key_in(value)
+        kind = _key_in(value)
         if kind is None and lowered in _AUTHORIZATION:
             kind = _basic_key(value)
-        if kind == ANTHROPIC:
-            return ANTHROPIC
-        found = found or kind
-    return found or (_query_owner(query) if query else None)
+        kinds.update((kind, _SIGNATURE_HEADERS.get(lowered)))  # a ya29 token in x-goog-api-key is still one
+    if query:
+        kinds.add(_query_owner(query))
+    return _one_owner(kinds)
+
+
+def _one_owner(kinds: set[str | None]) -> str | None:
+    """Anthropic's key wins over Google's (either way a key goes only to its owner); a Google OAuth
+    token beside any other provider's credential is MIXED: it could only be sent to one of them."""
+    kinds.discard(None)
+    if VERTEX in kinds and len(kinds) > 1 or MIXED in kinds:
+        return MIXED
+    return ANTHROPIC if ANTHROPIC in kinds else GOOGLE if GOOGLE in kinds else VERTEX if kinds else None
 
 
 def _key_in(value: bytes) -> str | None:
-    if b"sk-ant-" not in value and b"AIza" not in value:
+    if b"sk-ant-" not in value and b"AIza" not in value and b"ya29." not in value:
         return None
-    kinds = {ANTHROPIC if found.group(1) else GOOGLE for found in _FOREIGN_KEY.finditer(value)}
-    return ANTHROPIC if ANTHROPIC in kinds else GOOGLE if kinds else None
+    return _one_owner({ANTHROPIC if found.group(1) else VERTEX if found.group(2) else GOOGLE
+                       for found in _FOREIGN_KEY.finditer(value)})
 
 
 def _basic_key(value: bytes) -> str | None:
@@ -125,16 +143,14 @@ def _basic_key(value: bytes) -> str | None:
 
 def _query_owner(query: str) -> str | None:
     """Google's ``key`` parameter however it is written (``KEY``, ``k%65y``), or a key as a value."""
-    found = None
+    kinds: set[str | None] = set()
     for param in query.split("&"):
         name, _, value = param.partition("=")
         kind = _key_in(unquote(value).encode("utf-8", "surrogateescape"))
         if kind is None and unquote(name).strip().lower() == "key":
             kind = GOOGLE
-        if kind == ANTHROPIC:
-            return ANTHROPIC
-        found = found or kind
-    return found
+        kinds.add(kind)
+    return _one_owner(kinds)
 
 
 def route(providers: list[Provider], path: str, headers: Headers, query: str = "") -> Route:
@@ -148,16 +164,25 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
                         f"encoded '/', '\\', '?' or '#', a segment ending in '.'). Call the provider's documented "
                         f"path. Nothing was forwarded.")
     credentials = owner(headers, query)
+    if credentials == MIXED:
+        raise Misrouted(fallback, 400, "aispendtrack_mixed_credentials",
+                        "AiSpendTrack did not forward this call: it carries a Google OAuth access token (ya29.) "
+                        "and another provider's key, and a credential is never sent to another provider. "
+                        "Send only the one the provider takes. Nothing was forwarded.")
     provider, rest = _by_prefix(providers, clean)
     if provider is not None:
         if credentials is not None and credentials != provider.name:
             raise _foreign(_named(providers, credentials), provider.prefix or "/")
+        if provider.name == VERTEX:
+            _refuse_other_credentials(provider, headers)
     elif credentials == ANTHROPIC:
         provider, rest = _named(providers, ANTHROPIC), clean
     elif credentials == GOOGLE:
         provider, rest = _named(providers, GOOGLE), clean
         if not rest.startswith(_GEMINI_ROOTS):
             raise _foreign(provider, rest)
+    elif credentials == VERTEX:
+        raise _foreign(_named(providers, VERTEX), clean)  # Vertex is always named by its prefix
     else:
         provider = next((p for p in providers[:-1] if p.paths and _under(clean, p.paths)), fallback)
         rest = clean
@@ -204,12 +229,28 @@ def _foreign(provider: Provider, path: str) -> Misrouted:
                  "Anthropic(base_url=\"http://HOST:PORT\")), or to http://HOST:PORT/v1 for the Vercel AI SDK")
     elif provider.name == GOOGLE:
         where = "set the base URL to http://HOST:PORT/gemini (see docs/providers.md)"
+    elif provider.name == VERTEX:
+        where = ("set the base URL to http://HOST:PORT/vertex (google-genai) or http://HOST:PORT/vertex/v1 "
+                 "(AnthropicVertex; see docs/providers.md)")
     else:
         where = "OpenAI(base_url=\"http://HOST:PORT/v1\"); other providers take a prefix (see docs/providers.md)"
     return Misrouted(provider, 404, "aispendtrack_wrong_base_url",
                      f"AiSpendTrack did not forward this call: it carries {provider.name} credentials, but "
                      f"{path[:200]} is not one of {provider.name}'s API paths, and a key is never sent to "
                      f"another provider. Check the client's base URL: {where}.")
+
+
+def _refuse_other_credentials(provider: Provider, headers: Headers) -> None:
+    """Vertex takes a Google bearer token and nothing else: any other credential (an OpenAI-style
+    key, a Basic credential, Azure's api-key) belongs to someone else and is not sent to Google."""
+    for name, value in headers.fields:
+        lowered = name.lower()
+        if lowered in _AUTHORIZATION and not _VERTEX_BEARER.fullmatch(value) or lowered in _OTHER_KEY_HEADERS:
+            raise Misrouted(provider, 401, "aispendtrack_not_a_google_token",
+                            f"AiSpendTrack did not forward this call: its {name.decode(errors='replace')[:40]} "
+                            f"header is not a Google OAuth access token, and Vertex AI is sent nothing else "
+                            f"(a key is never sent to another provider). Authenticate with Google credentials "
+                            f"(see docs/providers.md). Nothing was forwarded.")
 
 
 def _refuse_wrong_case(provider: Provider, path: str) -> None:

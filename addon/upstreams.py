@@ -27,7 +27,7 @@ def parse(providers: list[Provider], openai: str, anthropic: str,
 
 def point(req: http.Request, provider: Provider, upstreams: dict[str, Upstream | None]) -> bool:
     """Point the request at the provider's upstream; False when it has none configured."""
-    target = upstreams.get(provider.name)
+    target = upstreams.get(provider.name) or _own_host(req, provider)
     if target is None:
         return provider.name == "openai"  # OpenAI's default is the reverse-mode target itself
     scheme, host, port, base_path = target
@@ -35,6 +35,21 @@ def point(req: http.Request, provider: Provider, upstreams: dict[str, Upstream |
     if base_path:
         req.path = base_path + req.path
     return True
+
+
+def missing(provider: Provider) -> str:
+    """Why a call has nowhere to go, and what to do."""
+    if type(provider).host_for is not Provider.host_for:  # its host comes from the path
+        return (f"AiSpendTrack did not forward this call: its path names no {provider.name} location "
+                f"(/v1/projects/PROJECT/locations/LOCATION/...; see docs/providers.md). Nothing was forwarded.")
+    return (f"No upstream is configured for {provider.name}. Start the proxy with "
+            f"--upstream {provider.name}=https://... (see docs/providers.md).")
+
+
+def _own_host(req: http.Request, provider: Provider) -> Upstream | None:
+    """A provider whose host depends on the path (Vertex: by location), when none is configured."""
+    host = provider.host_for(req.path.partition("?")[0])
+    return ("https", host, 443, "") if host else None
 
 
 def _parse_one(value: str, option: str) -> Upstream | None:

@@ -54,7 +54,8 @@ def closed_by_peer(sock: socket.socket, within: float) -> bool:
 
 FLUSH_MS = 100
 # Every provider behind a prefix is pointed at the same fake upstream.
-PREFIXED = ("google", "cohere", "mistral", "azure", "openrouter", "groq", "deepseek", "x-ai", "together", "fireworks")
+PREFIXED = ("google", "vertex", "cohere", "mistral", "azure", "openrouter", "groq", "deepseek", "x-ai", "together",
+            "fireworks")
 
 
 def scrape(url: str, **kwargs) -> dict[tuple[str, tuple], float]:

@@ -22,6 +22,9 @@ ANTHROPIC = "https://platform.claude.com/docs/en/about-claude/pricing"
 GOOGLE = "https://ai.google.dev/gemini-api/docs/pricing"
 DEEPSEEK = "https://api-docs.deepseek.com/quick_start/pricing"
 XAI = "https://docs.x.ai/docs/models"
+# Vertex's own page; its Gemini and Claude (global endpoint) rates are the first-party ones above.
+VERTEX = "https://cloud.google.com/vertex-ai/generative-ai/pricing"
+VERTEX_MODELS = "/v1/projects/p/locations/{location}/publishers/{publisher}/models/{model}:{method}"
 NOW = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
 PROVIDERS = {p.name: p for p in all_providers(None)}
 CHAT, RESPONSES = "/v1/chat/completions", "/v1/responses"
@@ -270,6 +273,24 @@ CASES = [
     Case("xai-grok-4-reasoning-outside-cached", "x-ai", CHAT, "grok-4-0709",
          chat(1000, 100, cached=800, reasoning=500, total=1600), [(200, "3.00"), (800, "0.75"), (600, "15.00")], XAI),
     Case("xai-grok-3-no-reasoning", "x-ai", CHAT, "grok-3", chat(1000, 200), [(1000, "3.00"), (200, "15.00")], XAI),
+    Case("vertex-gemini-cached-thoughts-and-tool-prompt", "vertex",
+         VERTEX_MODELS.format(location="us-central1", publisher="google", model="gemini-2.5-flash",
+                              method="generateContent"),
+         "gemini-2.5-flash", gemini(345, 51, cached=230, thoughts=19, tool_prompt=7),
+         [(345 - 230 + 7, "0.30"), (230, "0.03"), (51 + 19, "2.50")], VERTEX),
+    Case("vertex-claude-sonnet-4.5-writes-and-reads", "vertex",
+         VERTEX_MODELS.format(location="global", publisher="anthropic", model="claude-sonnet-4-5@20250929",
+                              method="rawPredict"),
+         "claude-sonnet-4-5@20250929", messages(21, 64, read=3400, write_5m=1200, write_1h=500),
+         [(21, "3.00"), (3400, "0.30"), (1200, "3.75"), (500, "6.00"), (64, "15.00")], VERTEX),
+    Case("vertex-claude-sonnet-4.5-over-200k", "vertex",
+         VERTEX_MODELS.format(location="global", publisher="anthropic", model="claude-sonnet-4-5@20250929",
+                              method="rawPredict"),
+         "claude-sonnet-4-5@20250929", messages(250_000, 2000), [(250_000, "6.00"), (2000, "22.50")], VERTEX),
+    Case("vertex-claude-opus-4.1", "vertex",
+         VERTEX_MODELS.format(location="us-east5", publisher="anthropic", model="claude-opus-4-1@20250805",
+                              method="rawPredict"),
+         "claude-opus-4-1@20250805", messages(100, 200), [(100, "15.00"), (200, "75.00")], VERTEX),
 ]
 
 

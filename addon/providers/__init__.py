@@ -14,6 +14,7 @@ from .base import Observed, Provider, StreamParser
 from .cohere import Cohere
 from .gemini import Gemini
 from .openai import OpenAI, OpenAICompatible
+from .vertex import Vertex
 
 __all__ = ["Observed", "Provider", "StreamParser", "all_providers"]
 
@@ -23,6 +24,7 @@ def all_providers(counter: Counter | None) -> list[Provider]:
     return [
         Gemini(counter),
         Cohere(counter),
+        Vertex(counter),
         OpenAICompatible("mistral", "/mistral", "https://api.mistral.ai", counter),
         # Azure has no default upstream: one per resource, --upstream azure=https://NAME.openai.azure.com
         OpenAICompatible("azure", "/azure", None, counter, accepts_stream_options=True),

@@ -6,6 +6,7 @@ module looks at a provider's field names.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -104,6 +105,9 @@ class Provider:
     default_upstream: str | None = None
     # Paths this provider answers on the shared port without a prefix, e.g. ("/v1/messages",).
     paths: tuple[str, ...] = ()
+    # The provider's own host names, lower case, for the forward mode (``serves_host``); "*" stands
+    # for one DNS label: "*-aiplatform.googleapis.com" is us-central1-aiplatform.googleapis.com.
+    hosts: tuple[str, ...] = ()
     # The provider's bill, path by path (full-match patterns; docs/coverage.md cites the price
     # pages): what it bills per call that we do not meter, and what it bills nothing for. A path
     # in neither is free to read (GET, DELETE) and unmetered otherwise: a call we cannot name
@@ -113,6 +117,15 @@ class Provider:
 
     def __init__(self, counter=None):
         self.counter = counter  # an estimate.Counter, for calls whose usage must be counted by us
+
+    def serves_host(self, host: str) -> bool:
+        """Whether ``host`` (a name without port) is one of this provider's ``hosts``."""
+        return any(_host_pattern(pattern).fullmatch(host.lower().rstrip(".")) for pattern in self.hosts)
+
+    def host_for(self, path: str) -> str | None:
+        """The provider's host for this path when it depends on the path (Vertex: the location's),
+        used when no upstream is configured; None when it does not, or the path names no valid one."""
+        return None
 
     def endpoint(self, path: str) -> str:
         """The path as recorded: the same for every call to the same API (no ids in it)."""
@@ -191,6 +204,11 @@ class Provider:
 
 
 _TIER_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+
+
+@functools.cache
+def _host_pattern(pattern: str) -> re.Pattern[str]:
+    return re.compile(r"[a-z0-9-]{1,63}".join(re.escape(part) for part in pattern.lower().split("*")))
 
 
 def patterns(*texts: str) -> tuple[re.Pattern[str], ...]:

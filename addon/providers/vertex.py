@@ -1,0 +1,98 @@
+"""Google Vertex AI: Gemini's generateContent and streamGenerateContent, and Anthropic's Claude by
+rawPredict and streamRawPredict, under ``/v1/projects/{project}/locations/{location}/publishers/...``.
+
+Vertex speaks each publisher's own wire format, so the bodies and streams are read by the Gemini
+and Anthropic modules (docs/provider-usage.md, sections 3 and 4); only the paths differ, and the
+model is named in the URL, not in Anthropic's body. A stream without ``alt=sse`` is one JSON array
+of Gemini's chunks, read whole. The host follows the location, as the Google and Anthropic SDKs
+build it (``vertex_host``). Prices: genai-prices' ``google`` provider, which ``vertex`` resolves to
+(its Claude entries are Vertex's global-endpoint rates; docs/coverage.md).
+"""
+
+from __future__ import annotations
+
+import re
+
+from pricing.usage import TokenUsage
+
+from . import anthropic, gemini
+from .base import Observed, Provider, StreamParser, patterns
+
+_CALL = re.compile(r"/(v1|v1beta1)/projects/([^/]+)/locations/([^/]+)/publishers/(google|anthropic)/models/"
+                   r"([^/:]+):([A-Za-z]+)")
+_METERED = {"google": ("generateContent", "streamGenerateContent"),
+            "anthropic": ("rawPredict", "streamRawPredict")}
+# AnthropicVertex's count_tokens: .../publishers/anthropic/models/count-tokens:rawPredict (free).
+_ANTHROPIC_COUNT = "count-tokens"
+# Vertex's price page (https://cloud.google.com/vertex-ai/generative-ai/pricing, docs/coverage.md):
+# counting tokens bills nothing; embeddings, Imagen, Veo, tuning and batch jobs are billed, not metered.
+_FREE = patterns(r"/v1(?:beta1)?/projects/[^/]+/locations/[^/]+/publishers/google/models/[^/:]+:(?:countTokens|"
+                 r"computeTokens)",
+                 r"/v1(?:beta1)?/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/count-tokens:rawPredict")
+_LOCATED = re.compile(r"/v1(?:beta1)?/projects/[^/]+/locations/([^/]+)(?:/|$)")
+_LOCATION = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_MULTI_REGION = {"global": "aiplatform.googleapis.com", "us": "aiplatform.us.rep.googleapis.com",
+                 "eu": "aiplatform.eu.rep.googleapis.com"}
+
+
+def vertex_host(location: str) -> str | None:
+    """The host that serves a location, as the SDKs build it; None for a location no host can have."""
+    if location in _MULTI_REGION:
+        return _MULTI_REGION[location]
+    return f"{location}-aiplatform.googleapis.com" if _LOCATION.fullmatch(location) else None
+
+
+class Vertex(Provider):
+    name = "vertex"
+    prefix = "/vertex"
+    default_upstream = None  # by location: host_for()
+    # "*" stands for one DNS label (base.py, serves_host): us-central1-aiplatform.googleapis.com.
+    hosts = ("*-aiplatform.googleapis.com", "aiplatform.googleapis.com", "aiplatform.us.rep.googleapis.com",
+             "aiplatform.eu.rep.googleapis.com")
+    free = _FREE
+
+    def __init__(self, counter=None):
+        super().__init__(counter)
+        self._gemini = gemini.Gemini(counter)
+        self._anthropic = anthropic.Anthropic(counter)
+
+    def host_for(self, path: str) -> str | None:
+        found = _LOCATED.match(path)
+        return vertex_host(found.group(1)) if found else None
+
+    def metered(self, path: str) -> bool:
+        found = _CALL.fullmatch(path)
+        return found is not None and found.group(6) in _METERED[found.group(4)] and found.group(5) != _ANTHROPIC_COUNT
+
+    def endpoint(self, path: str) -> str:
+        found = _CALL.fullmatch(path)
+        if found is None:
+            return path
+        version, _, _, publisher, model, method = found.groups()
+        model = model if model == _ANTHROPIC_COUNT else "{model}"
+        return f"/{version}/projects/{{project}}/locations/{{location}}/publishers/{publisher}/models/{model}:{method}"
+
+    def _publisher(self, path: str) -> tuple[Provider, str | None]:
+        """The module that reads this path's bodies, and the model the URL names."""
+        found = _CALL.fullmatch(path)
+        model = found.group(5) if found else None
+        return (self._anthropic if found and found.group(4) == "anthropic" else self._gemini), model
+
+    def parse_body(self, path: str, body) -> Observed:
+        reader, model = self._publisher(path)
+        observed = reader.parse_body(anthropic.MESSAGES if reader is self._anthropic else path, body)
+        observed.model = observed.model or model
+        return observed
+
+    def stream_parser(self, path: str) -> StreamParser:
+        reader, model = self._publisher(path)
+        parser = reader.stream_parser(anthropic.MESSAGES if reader is self._anthropic else path)
+        parser.observed.model = model  # Anthropic's message_start names it again
+        return parser
+
+    def estimate(self, path, request, parser, model) -> TokenUsage | None:
+        reader, _ = self._publisher(path)
+        return reader.estimate(anthropic.MESSAGES if reader is self._anthropic else path, request, parser, model)
+
+    def error_body(self, status: int, message: str, code: str) -> bytes:
+        return self._gemini.error_body(status, message, code)  # Google's error shape, for both SDKs
