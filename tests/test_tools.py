@@ -10,13 +10,16 @@ The upstream is tests/tools_upstream.py, strict at the wire (a tool must be decl
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
+import openai
 import pytest
 from google import genai
 from google.genai import types
 
 from . import tools_upstream as fake
+from .helpers import run_cli, start_proxy
 
 M = Decimal(1_000_000)
 # OpenAI's price page: gpt-4o $2.50 input, $1.25 cached input, $10 output per million tokens; file
@@ -97,6 +100,27 @@ def test_a_streamed_response_counts_its_tools_from_response_completed(proxy, ups
     assert row["stream"] is True and row["usage_source"] == "reported"
     assert _tools(row) == (fake.WEB_SEARCHES, 0, 2, 0, 0, 0)
     assert _usd(row["cost_usd"]) == GPT_4O_TOKENS + fake.WEB_SEARCHES * OPENAI_WEB_SEARCH + 2 * FILE_SEARCH
+
+
+def test_a_blocking_budget_counts_tool_fees_in_dollars(tmp_path, upstream):
+    """$0.0156 of tokens stays under a $0.017 daily budget; with its two file searches ($0.005) the
+    call crosses it, and the next call is refused."""
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:searcher", "--key", str(created["id"]), "--daily", "0.017",
+            "--block")
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"])
+    try:
+        client = proxy.openai(headers={"x-customer-id": "searcher"})
+        search = {"model": "gpt-4o", "input": "What is our refund policy?",
+                  "tools": [{"type": "file_search", "vector_store_ids": ["vs_68f1"]}]}
+        client.responses.create(**search)
+        with pytest.raises(openai.RateLimitError) as raised:
+            client.responses.create(**search)
+        spent = GPT_4O_TOKENS + 2 * FILE_SEARCH
+        assert f"${spent} spent of the daily budget of $0.017." in raised.value.message
+    finally:
+        proxy.stop()
 
 
 # --- Anthropic Messages ---------------------------------------------------------------------------
