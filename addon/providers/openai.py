@@ -120,7 +120,7 @@ def _with_tools(usage: TokenUsage | None, output: object) -> TokenUsage | None:
     for item in items:
         field = _TOOL_ITEMS[item["type"]]
         setattr(usage, field, getattr(usage, field) + 1)
-    usage.containers = len({item.get("container_id") for item in items if item["type"] == "code_interpreter_call"})
+    usage.containers = len({str(item.get("container_id")) for item in items if item["type"] == "code_interpreter_call"})
     return usage
 
 
