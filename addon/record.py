@@ -98,6 +98,8 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
                 f"AiSpendTrack does not read its usage (docs/coverage.md)"
     if error is None and observed.unknown_usage:
         error = f"usage unknown: {observed.unknown_usage}"[:200]
+    if error is None and observed.fee_estimated and usage.has_tools:
+        error = f"tool fee estimated: {observed.fee_estimated}"
     return {
         "id": meter.id, "ts": _ts(meter), "key_id": meter.key_id, "provider": meter.provider.name,
         "endpoint": meter.provider.endpoint(meter.path), "model": _stored_model(model), "stream": meter.stream,
@@ -127,7 +129,8 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
         return None, "unmetered"  # billed, but by what we do not read: unpriced, never $0
     interrupted = meter.outcome != "completed" or not observed.complete or meter.read_failure is not None
     if not interrupted and observed.usage is not None:
-        return observed.usage, "reported"
+        # Counts as reported, but a tool fee in them is an estimate (a container's time, a free allowance).
+        return observed.usage, "estimated" if observed.fee_estimated else "reported"
     counted = meter.provider.counted(meter.path, request.json(), model)
     if counted is not None:  # billed by the request alone (a speech input's characters), exact
         return counted, "counted"

@@ -132,3 +132,6 @@ def _show_patches(patches: pricing.PriceFile) -> None:
         click.echo(f"  {entry.provider}/{' '.join(entry.models)}{since}{tiers}: {entry.cited}")
     for tier in patches.multipliers:
         click.echo(f"  {tier.provider} {tier.name} tier: x{tier.multiplier} of standard: {tier.cited}")
+    for fee in patches.container_fees:
+        click.echo(f"  {fee.provider} containers: estimated at {fee.minutes} minutes of ${fee.usd_per_hour}/hour "
+                   f"each: {fee.cited}")

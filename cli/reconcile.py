@@ -106,6 +106,10 @@ def _line_items(obj, provider: str, api, admin_key: str, start: dt.datetime, end
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
         ours = usage_totals.per_endpoint(con, provider, start, end)
+    try:
+        line_items.price_tools(ours, config_files.price_book(obj.home), provider, end)
+    except PriceFileError as exc:
+        raise click.ClickException(str(exc)) from None
     lines = line_items.compare(billed, ours, tolerance / 100)
     emit([*lines, line_items.total(lines)], fmt, [
         ("KIND", lambda r: r["kind"], "<"), ("LINE ITEMS (provider)", lambda r: r["line_items"], "<"),

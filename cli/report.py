@@ -10,6 +10,7 @@ from addon.core.money import column_places, usd
 from addon.core.reports import DIMENSIONS, ReportError, ReportSpec, parse_report
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
+from addon.core.store.calls import TOOL_NAMES
 from addon.core.wording import plural
 
 from .options import selection_options
@@ -56,7 +57,11 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
         columns += [("REASONING", lambda r: number(r["reasoning_tokens"]), ">"),
                     ("IMAGES", lambda r: number(r["images"]), ">"),
                     ("AUDIO S", lambda r: f"{r['audio_seconds']:,.1f}", ">"),
-                    ("CHARS", lambda r: number(r["characters"]), ">")]
+                    ("CHARS", lambda r: number(r["characters"]), ">"),
+                    # Server-side tool calls (searches, fetches, file searches, code runs, grounded
+                    # prompts) and the containers code ran in; each count apart in --format json.
+                    ("TOOL CALLS", lambda r: number(sum(r[t] for t in TOOL_NAMES if t != "containers")), ">"),
+                    ("CONTAINERS", lambda r: number(r["containers"]), ">")]
     places = column_places(r["cost_usd"] for r in [*groups, total])
     columns += [("COST", lambda r: _cost(r, places), ">"),
                 ("%", lambda r: f"{r['share']:.0%}" if r["share"] is not None else "-", ">"),

@@ -77,6 +77,38 @@ class PriceBook:
         """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...)."""
         if not model:
             return UNPRICED
+        if not usage.has_tools:
+            return self._tokens_and_searches(usage, provider, model, at, service_tier)
+        tokens = self._tokens_and_searches(usage.without_tools(), provider, model, at, service_tier)
+        fees = self.tool_fees(usage, provider, model, at, service_tier)
+        if tokens.cost_usd is None or fees is None:
+            return UNPRICED  # a tool billed at a rate nobody publishes is not free either
+        return Price(tokens.cost_usd + fees, tokens.source)
+
+    def tool_fees(self, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
+                  service_tier: str | None = None) -> Decimal | None:
+        """What the call's server-side tools add to its tokens (None: a fee with no known rate).
+
+        Web searches cost what the price layer that prices the model says; the other tools are
+        genai-prices' rates whichever layer prices the tokens (a price file has no rates for them);
+        containers are estimated at their minimum billed time (``[[tool_fee]]`` in patches.toml)."""
+        searches = TokenUsage(web_search_requests=usage.web_search_requests)
+        with_searches = self._tokens_and_searches(searches, provider, model, at, service_tier).cost_usd
+        listed = TokenUsage(file_search_calls=usage.file_search_calls, code_executions=usage.code_executions,
+                            grounded_prompts=usage.grounded_prompts)
+        others = listprices.cost(listed, provider, model, at, listprices.context(priced_tier(service_tier)))
+        if with_searches is None or others is None and listed.has_tools:
+            return None
+        fees = with_searches + (others or 0)
+        if usage.containers:
+            fee = self._overrides.container_fee(provider) or self.patches.container_fee(provider)
+            if fee is None:
+                return None
+            fees += usage.containers * fee.each
+        return fees
+
+    def _tokens_and_searches(self, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
+                             service_tier: str | None) -> Price:
         tier = priced_tier(service_tier)
         # Price files hold token rates only: a call billed in images, seconds or characters is
         # priced by the list prices, never at $0 by a file entry that has no rate for its units.

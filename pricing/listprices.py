@@ -38,6 +38,9 @@ _PROBES = {
     "output_image_tokens": TokenUsage(output_tokens=1_000_000, output_image_tokens=1_000_000),
     "audio_seconds": TokenUsage(audio_seconds=1_000_000),
     "characters": TokenUsage(characters=1_000_000),
+    "file_search_calls": TokenUsage(file_search_calls=1_000_000),
+    "code_executions": TokenUsage(code_executions=1_000_000),
+    "grounded_prompts": TokenUsage(grounded_prompts=1_000_000),
 }
 _SUBSETS = {"cache_write_1h_tokens": "cache_write_tokens", "input_audio_tokens": "input_tokens",
             "input_image_tokens": "input_tokens", "output_audio_tokens": "output_tokens",
@@ -95,7 +98,10 @@ def _genai_cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, c
         cache_write_tokens=usage.cache_write_tokens,
         cache_write_1h_tokens=usage.cache_write_1h_tokens,
         output_tokens=usage.output_tokens,
-        web_searches=usage.web_search_requests,
+        # genai-prices prices Gemini 2.x's grounding per grounded prompt as its "web searches".
+        web_searches=usage.web_search_requests + usage.grounded_prompts,
+        storage_searches=usage.file_search_calls,  # OpenAI's file search tool calls
+        code_executions=usage.code_executions,
         # genai-prices' audio and image input include their cached part; ours are the uncached part.
         input_audio_tokens=usage.input_audio_tokens + usage.cache_read_audio_tokens,
         cache_audio_read_tokens=usage.cache_read_audio_tokens,

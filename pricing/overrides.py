@@ -27,6 +27,11 @@ Every rate is USD per million tokens, except ``web_search_kcount`` (USD per thou
     name = "flex"
     multiplier = 0.5
 
+    [[tool_fee]]                   # a container billed by its session's time, which no response
+    provider = "anthropic"         # reports: each container a call ran code in is estimated at
+    usd_per_hour = 0.05            # ``minutes`` (the provider's minimum) at this rate
+    minutes = 5
+
 When several price entries match a call, the one with the latest ``since`` that is not after the
 call wins; among equals, the first in the file.
 """
@@ -49,6 +54,7 @@ _ENTRY_KEYS = ("provider", "model", "since", "service_tier", "source", "checked"
                "tier", *_RATE_KEYS)
 _TIER_KEYS = ("above_input_tokens", *_RATE_KEYS)
 _MULTIPLIER_KEYS = ("provider", "name", "multiplier", "source", "checked")
+_TOOL_FEE_KEYS = ("provider", "usd_per_hour", "minutes", "source", "checked")
 
 
 class PriceFileError(ValueError):
@@ -92,12 +98,31 @@ class TierMultiplier:
 
 
 @dataclass(frozen=True)
+class ContainerFee:
+    """What one container session is estimated to cost: its minimum billed time at its hourly rate."""
+
+    provider: str
+    usd_per_hour: Decimal
+    minutes: Decimal
+    source: str
+    cited: str | None = None
+
+    @property
+    def each(self) -> Decimal:
+        return self.usd_per_hour * self.minutes / 60
+
+
+@dataclass(frozen=True)
 class PriceFile:
     prices: tuple[OverridePrice, ...] = ()
     multipliers: tuple[TierMultiplier, ...] = ()
+    container_fees: tuple[ContainerFee, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.prices) + len(self.multipliers)
+        return len(self.prices) + len(self.multipliers) + len(self.container_fees)
+
+    def container_fee(self, provider: str) -> ContainerFee | None:
+        return next((f for f in self.container_fees if f.provider == provider), None)
 
     def best_match(self, provider: str, model: str, at: dt.datetime,
                    service_tier: str | None = None) -> OverridePrice | None:
@@ -131,7 +156,7 @@ def parse(text: str, origin: str, *, name: str = FILE_NAME, cited: bool = False)
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PriceFileError(f"{origin}: not valid TOML ({exc}). See docs/pricing.md for the format.") from None
-    unknown_top = set(data) - {"price", "service_tier"}
+    unknown_top = set(data) - {"price", "service_tier", "tool_fee"}
     if unknown_top:
         raise PriceFileError(f"{origin}: unknown top-level key(s) {sorted(unknown_top)}; "
                              "write each price as a [[price]] table.")
@@ -140,7 +165,9 @@ def parse(text: str, origin: str, *, name: str = FILE_NAME, cited: bool = False)
     return PriceFile(
         prices=tuple(_parse_entry(origin, name, n, entry, cited) for n, entry in enumerate(prices, start=1)),
         multipliers=tuple(_parse_multiplier(origin, name, n, entry, cited)
-                          for n, entry in enumerate(multipliers, start=1)))
+                          for n, entry in enumerate(multipliers, start=1)),
+        container_fees=tuple(_parse_tool_fee(origin, name, n, entry, cited)
+                             for n, entry in enumerate(_tables(origin, data, "tool_fee"), start=1)))
 
 
 def _tables(origin: str, data: dict, name: str) -> list:
@@ -185,6 +212,17 @@ def _parse_multiplier(origin: str, file_name: str, n: int, entry: object, cited:
     return TierMultiplier(provider=provider, name=name, multiplier=_rate(where, "multiplier", entry["multiplier"]),
                           source=f"{'patch' if cited else 'override'} {file_name} [[service_tier]]#{n}",
                           cited=_citation(where, entry, cited))
+
+
+def _parse_tool_fee(origin: str, file_name: str, n: int, entry: object, cited: bool) -> ContainerFee:
+    where = f"{origin}: [[tool_fee]] entry {n}"
+    entry = _table(where, entry, _TOOL_FEE_KEYS, ("provider", "usd_per_hour", "minutes"))
+    provider = _text(where, entry, "provider")
+    assert provider is not None  # required
+    return ContainerFee(provider=provider, usd_per_hour=_rate(where, "usd_per_hour", entry["usd_per_hour"]),
+                        minutes=_rate(where, "minutes", entry["minutes"]),
+                        source=f"{'patch' if cited else 'override'} {file_name} [[tool_fee]]#{n}",
+                        cited=_citation(where, entry, cited))
 
 
 def _table(where: str, entry: object, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:

@@ -17,15 +17,23 @@ pictures, a generated image: each has its own rate).
 
 Units that are not tokens, for the APIs billed by them: ``images`` generated (priced per image),
 ``audio_seconds`` of audio transcribed (priced per minute), ``characters`` of text spoken.
+
+Tools a model ran on the provider's side, billed per call or per session on top of the tokens
+(``TOOL_FIELDS``): ``web_search_requests`` (searches billed per search), ``web_fetch_requests``
+(pages fetched), ``file_search_calls``, ``code_executions`` (code run in a container),
+``containers`` (the distinct containers that code ran in: billed by the session's time) and
+``grounded_prompts`` (prompts billed once when grounded with a search, whatever it searched).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 
 # Not a count: a duration, to the millisecond.
 _FRACTIONAL = frozenset({"audio_seconds"})
+TOOL_FIELDS = ("web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
+               "grounded_prompts")
 
 
 @dataclass
@@ -46,6 +54,11 @@ class TokenUsage:
     images: int = 0
     audio_seconds: Decimal | int = 0
     characters: int = 0
+    web_fetch_requests: int = 0
+    file_search_calls: int = 0
+    code_executions: int = 0
+    containers: int = 0
+    grounded_prompts: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -64,3 +77,11 @@ class TokenUsage:
         """Whether the call is billed in units other than tokens: seconds, characters, or images
         without tokens (a GPT Image call counts its images but is billed in tokens)."""
         return bool(self.audio_seconds or self.characters or self.images and not self.output_tokens)
+
+    @property
+    def has_tools(self) -> bool:
+        return any(getattr(self, name) for name in TOOL_FIELDS)
+
+    def without_tools(self) -> TokenUsage:
+        """The same call had it used no server-side tool: its tokens alone."""
+        return replace(self, **dict.fromkeys(TOOL_FIELDS, 0))

@@ -80,6 +80,7 @@ since = 2026-11-01
     ("[[price]]\nmodel = 'x'\ninput_mtok = 'cheap'\noutput_mtok = 2\n", "input_mtok must be a number"),
     ("[price]\nmodel = 'x'\n", "write [[price]], not [price]"),
     ("[[price]\n", "not valid TOML"),
+    ("[[tool_fee]]\nprovider = 'openai'\nusd_per_hour = 0.09\n", "missing ['minutes']"),
 ])
 def test_bad_override_files_are_refused_with_the_reason(tmp_path, text, message):
     path = tmp_path / "prices.toml"
@@ -189,6 +190,32 @@ def test_every_bundled_patch_cites_its_source_and_the_check_lists_them(tmp_path)
     assert result.exit_code == 0, result.output
     assert "claude-sonnet-4-0*" in result.output and "1 long-context tier(s)" in result.output
     assert "https://api-docs.deepseek.com/quick_start/pricing (checked " in result.output
+
+
+def test_a_container_is_estimated_at_the_tool_fee_of_the_nearest_layer_and_tools_add_to_any_layer(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    usage = TokenUsage(input_tokens=1_000_000, file_search_calls=4, code_executions=2, containers=2)
+    bundled = PriceBook(tmp_path / "prices.toml").price(usage, "openai", "gpt-4o", NOW)
+    # gpt-4o $2.50 per million input; file search $2.50 per 1,000; a 1 GB container $0.09/hour, 5 minutes.
+    assert bundled.cost_usd == Decimal("2.50") + 4 * Decimal("0.0025") + 2 * Decimal("0.0075")
+    (tmp_path / "prices.toml").write_text("""
+[[price]]
+model = "gpt-4o*"
+input_mtok = 2
+output_mtok = 8
+[[tool_fee]]
+provider = "openai"
+usd_per_hour = 0.36   # a 4 GB container
+minutes = 10
+""")
+    mine = PriceBook(tmp_path / "prices.toml").price(usage, "openai", "gpt-4o", NOW)
+    # The file's token rate; the file search still at genai-prices' rate (a file has none for it).
+    assert mine.cost_usd == Decimal(2) + 4 * Decimal("0.0025") + 2 * Decimal("0.06")
+    assert PriceBook(tmp_path / "prices.toml").price(usage, "acme", "acme-7b", NOW).cost_usd is None
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "prices", "check"])
+    assert "openai containers: estimated at 5 minutes of $0.09/hour each: https://platform.openai.com" in result.output
 
 
 def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path):

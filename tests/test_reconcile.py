@@ -622,6 +622,30 @@ def test_anthropic_cost_line_items_show_web_search_missing_in_both_of_its_apis(t
         assert all("cost_type" in path or "description" in path for path in usage_api.requests if "cost" in path)
 
 
+def test_our_tool_fees_are_put_beside_the_providers_tool_line_items_and_match(tmp_path, usage_api):
+    """A call that searched the web twice: its $0.02 of searches is ours on the tools line (beside
+    Anthropic's "web_search" cost type), its tokens on the model calls line; both match."""
+    sonnet, at = "claude-sonnet-4-20250514", dt.datetime(2026, 11, 12, 10, tzinfo=dt.UTC)
+    home = tmp_path / "home"
+    home.mkdir()
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, [call_row(1, ts=at, provider="anthropic", endpoint="/v1/messages", model=sonnet,
+                                        input_tokens=1000, output_tokens=100, web_search_requests=2,
+                                        cost_usd=Decimal("0.0245"))])
+    usage_api.ledger = [Billed(at, "anthropic", sonnet, 1000, output_tokens=100, billed_usd=0.0045,
+                               web_search_requests=2)]
+    usage_api.extra_costs = [Billed(at, "anthropic", sonnet, 0, billed_usd=0.02, cost_type="web_search")]
+    result = reconcile(home, "--provider", "anthropic", "--since", "2026-11-12", "--until", "2026-11-13",
+                       "--upstream", usage_api.url, "--by", "line-item", "--format", "json")
+    assert result.exit_code == 0, result.output
+    [calls, tools, total] = json.loads(result.stdout)
+    assert (calls["kind"], calls["status"], Decimal(str(calls["ours_cost_usd"]))) == (
+        "model calls", "match", Decimal("0.0045"))
+    assert (tools["kind"], tools["line_items"], tools["status"]) == ("tools", f"{sonnet}, web_search", "match")
+    assert Decimal(str(tools["ours_cost_usd"])) == Decimal(str(tools["billed_usd"])) == Decimal("0.02")
+    assert total["status"] == "match" and Decimal(str(total["difference_usd"])) == 0
+
+
 def test_when_our_side_cannot_be_split_among_keys_the_total_still_names_the_gap(tmp_path, usage_api):
     """Two provider keys made the same call in the same hour, one through the proxy: which one is a
     guess, so ours stays on a line with no key (docs/reconciliation.md), and the total is exact."""

@@ -683,6 +683,33 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
                                                                                     marker)
 
 
+def test_the_tool_columns_reach_an_older_lake(shared_env, tmp_path):
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    tools = ["web_fetch_requests", "file_search_calls", "code_executions", "containers", "grounded_prompts"]
+    home, marker = tmp_path / "admin", f"tools-{uuid.uuid4().hex}"
+    new_key(home)
+    with writing(home / "unused.duckdb") as con:  # as the lake was before step s010: no tool columns
+        for name in tools:
+            con.execute(f"ALTER TABLE calls DROP COLUMN {name}")
+        old = {n: v for n, v in call_row(1, customer_id=marker).items() if n not in tools}
+        con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's010_tools'")
+    # A new process (as an upgraded proxy or CLI is) applies the step when it opens the lake.
+    listed = json.loads(cli(home, "calls", "--limit", "100", "--format", "json").stdout)
+    assert [tuple(r[t] for t in tools) for r in listed if r["customer_id"] == marker] == [(0, 0, 0, 0, 0)]
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, [call_row(2, customer_id=marker, **{**dict.fromkeys(tools, 0), "code_executions": 3,
+                                                                  "containers": 1, "grounded_prompts": 1})])
+    stored = {r["input_tokens"]: tuple(r[t] for t in tools) for r in calls_json(home) if r["customer_id"] == marker}
+    assert stored == {1: (0, 0, 0, 0, 0), 2: (0, 0, 3, 1, 1)}
+
+
 class _ExtensionRepository:
     """DuckDB's extension repository on loopback: records every download asked of it (404 to all)."""
 

@@ -205,6 +205,22 @@ def test_the_units_migration_makes_free_looking_image_and_audio_calls_unpriced(t
                       4: (0, True, "none", 0), 5: (Decimal("0.01"), True, "reported", 0)}
 
 
+def test_the_tools_migration_gives_an_older_file_the_tool_columns_and_its_rows_zero_tool_calls(tmp_path):
+    tools = ["web_fetch_requests", "file_search_calls", "code_executions", "containers", "grounded_prompts"]
+    with writing(tmp_path / "a.duckdb") as con:
+        con.execute("DELETE FROM schema_migrations WHERE name = 'm020_tools'")
+        con.execute("; ".join(f"ALTER TABLE calls DROP COLUMN {name}" for name in tools))
+        row = call_row(1, web_search_requests=2)
+        names = [n for n in row if n not in tools]
+        con.execute(f"INSERT INTO calls ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                    [row[n] for n in names])
+        assert migrations.apply_pending(con) == ["m020_tools"]
+        call_rows.insert(con, [call_row(2, **{**dict.fromkeys(tools, 0), "file_search_calls": 3, "containers": 1})])
+        stored = {r["input_tokens"]: (r["web_search_requests"], *(r[t] for t in tools))
+                  for r in call_rows.newest(con, 10)}
+    assert stored == {1: (2, 0, 0, 0, 0, 0), 2: (0, 0, 3, 0, 1, 0)}
+
+
 def test_a_sum_of_stored_costs_is_the_cost_of_the_summed_usage(tmp_path):
     """A cent-fraction price: 1 cache-read token of deepseek-v4-pro's promotional $0.003625 per
     million is $3.625e-9 a call; at ten decimals it was stored as $3.6e-9 and 1,000 calls lost 0.7%."""

@@ -13,7 +13,7 @@ from addon.core.reports import DIMENSIONS
 from addon.core.retention import MAX_OLDER_THAN_DAYS
 from addon.core.store import keys as key_rows
 from addon.core.store import reports as report_rows
-from addon.core.store.calls import UNIT_COLUMNS
+from addon.core.store.calls import TOOL_NAMES, UNIT_COLUMNS
 
 openapi = Blueprint("openapi", __name__)
 
@@ -42,7 +42,7 @@ _TOTALS = {"calls": _INT, "errors": _INT, "unpriced_calls": _INT,
                                                       "not meter (within unpriced_calls)."},
            "estimated_calls": _INT, "input_tokens": _INT,
            "cache_read_tokens": _INT, "cache_write_tokens": _INT, "output_tokens": _INT, "reasoning_tokens": _INT,
-           "images": _INT, "characters": _INT, "audio_seconds": _NUM,
+           "images": _INT, "characters": _INT, "audio_seconds": _NUM, **dict.fromkeys(TOOL_NAMES, _INT),
            "cost_usd": {**_null(_NUM), "description": "Priced calls only; null when none is priced."},
            "share": {**_null(_NUM), "description": "The group's part of the total cost."},
            "p50_latency_ms": _null(_NUM), "p95_latency_ms": _null(_NUM)}

@@ -6,6 +6,10 @@ the completion, marked ``estimated``), priced at the model's token rates.
 Usage fields (docs/provider-usage.md, section 3): ``input_tokens`` already
 excludes cache reads and writes; ``cache_creation`` splits writes by TTL. In a stream the
 ``message_delta`` usage is cumulative and overrides ``message_start`` field by field.
+Server-side tools: ``server_tool_use`` counts web searches and web fetches; code execution is not
+counted there but is one ``server_tool_use`` content block per run, and the message's
+``container`` (in a stream: ``message_delta.delta.container``) names the container it ran in,
+billed by its time, which no response reports.
 """
 
 from __future__ import annotations
@@ -65,17 +69,44 @@ def usage_from(raw: object) -> TokenUsage | None:
         output_tokens=output,
         reasoning_tokens=min(count(raw, "output_tokens_details", "thinking_tokens"), output),
         web_search_requests=count(raw, "server_tool_use", "web_search_requests", limit=MAX_REQUESTS_PER_CALL),
+        web_fetch_requests=count(raw, "server_tool_use", "web_fetch_requests", limit=MAX_REQUESTS_PER_CALL),
     )
+
+
+_CODE_TOOLS = frozenset({"code_execution", "bash_code_execution", "text_editor_code_execution"})
+CONTAINER_ESTIMATE = ("Anthropic bills code execution by container time after free hours; estimated at the "
+                      "5-minute minimum (docs/coverage.md)")
+
+
+def _is_code_run(block: object) -> bool:
+    return isinstance(block, dict) and block.get("type") == "server_tool_use" and block.get("name") in _CODE_TOOLS
+
+
+def _observe_code(observed: Observed, runs: int, container: object) -> None:
+    """Code runs and the container they ran in, on top of the usage's own counts."""
+    if observed.usage is None or runs > MAX_REQUESTS_PER_CALL:
+        return
+    observed.usage.code_executions = runs
+    observed.usage.containers = 1 if isinstance(container, dict) and container.get("id") else 0
+    if observed.usage.containers:
+        observed.fee_estimated = CONTAINER_ESTIMATE
 
 
 class AnthropicStream(StreamParser):
     def __init__(self) -> None:
         super().__init__()
         self._raw_usage: dict = {}
+        self._code_runs = 0
+        self._container: object = None
 
     def feed(self, event: str | None, data: bytes) -> None:
         if event == "content_block_delta":
             self.keep_delta(data)
+            return
+        if (event == "content_block_start" or event is None and b'"content_block_start"' in data) \
+                and b'"server_tool_use"' in data:
+            block = (loads(data) or {}).get("content_block")
+            self._code_runs += _is_code_run(block)
             return
         if event not in (None, "message_start", "message_delta", "message_stop", "error"):
             return  # ping, content_block_start/stop, and event types added later
@@ -86,6 +117,7 @@ class AnthropicStream(StreamParser):
             self.observed.model = message.get("model")
             self._merge(message.get("usage"))
         elif kind == "message_delta":
+            self._container = as_dict(payload.get("delta")).get("container") or self._container
             self._merge(payload.get("usage"))
         elif kind == "message_stop":
             self.observed.complete = True
@@ -101,6 +133,7 @@ class AnthropicStream(StreamParser):
             self.observed.service_tier = tier_name(usage.get("service_tier")) or self.observed.service_tier
             self._raw_usage.update({k: v for k, v in usage.items() if k in _USAGE_FIELDS and v is not None})
             self.observed.take_usage(usage_from, self._raw_usage)
+            _observe_code(self.observed, self._code_runs, self._container)
 
     def output_text(self) -> str:
         parts = []
@@ -150,6 +183,9 @@ class Anthropic(Provider):
             return Observed(model=body.get("model"), complete=True, text=text if isinstance(text, str) else "")
         observed = Observed(model=body.get("model"), complete=True)
         observed.take_usage(usage_from, body.get("usage"))
+        content = body.get("content")
+        _observe_code(observed, sum(map(_is_code_run, content)) if isinstance(content, list) else 0,
+                      body.get("container"))
         if isinstance(body.get("usage"), dict):
             observed.service_tier = tier_name(body["usage"].get("service_tier"))
         return observed
@@ -173,7 +209,9 @@ class Anthropic(Provider):
         return TokenUsage(input_tokens=seen.input_tokens, cache_read_tokens=seen.cache_read_tokens,
                           cache_write_tokens=seen.cache_write_tokens,
                           cache_write_1h_tokens=seen.cache_write_1h_tokens,
-                          output_tokens=estimated_output, web_search_requests=seen.web_search_requests)
+                          output_tokens=estimated_output, web_search_requests=seen.web_search_requests,
+                          web_fetch_requests=seen.web_fetch_requests, code_executions=seen.code_executions,
+                          containers=seen.containers)
 
     batch_endpoint = BATCHES
 

@@ -46,6 +46,7 @@ class Observed:
     service_tier: str | None = None   # as the provider reported it: "default", "flex", "batch", ...
     unknown_usage: str | None = None  # why a call that billed something has no usage we can price
     text: str | None = None           # a whole response's text, when it reports no usage: for an estimate
+    fee_estimated: str | None = None  # why a tool fee in the usage cannot be known exactly from the call
 
     def take_usage(self, parse: Callable[[object], TokenUsage | None], raw: object) -> None:
         """Set ``usage`` from ``parse(raw)``; an implausible count marks the call invalid instead."""

@@ -5,6 +5,9 @@ read by the OpenAI module, priced as Gemini's models).
 Usage fields (docs/provider-usage.md, section 4): ``cachedContentTokenCount`` is
 inside ``promptTokenCount``; ``thoughtsTokenCount`` is *not* inside ``candidatesTokenCount``
 and is billed as output. A stream repeats running totals in every chunk: the last one counts.
+Grounding with Google Search: a candidate's ``groundingMetadata.webSearchQueries`` lists the
+searches run. Gemini 2.x and older bill one fee per grounded prompt, later models one per search
+query; both after a free daily or monthly allowance the proxy cannot see (so: estimated).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import re
 
 from pricing.usage import TokenUsage
 
-from .base import Observed, Provider, StreamParser, count, loads, patterns
+from .base import MAX_REQUESTS_PER_CALL, Observed, Provider, StreamParser, count, loads, patterns
 from .openai import OpenAI
 
 _CALL = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
@@ -44,22 +47,47 @@ def usage_from(meta: object) -> TokenUsage | None:
     )
 
 
-def _observe_chunk(observed: Observed, chunk: dict) -> None:
+_BILLED_PER_PROMPT = re.compile(r"(?:^|/)gemini-(?:1|2)\.")
+GROUNDING_ESTIMATE = ("Google bills grounding with Google Search after a free allowance the proxy cannot see; "
+                      "priced at the paid rate (docs/coverage.md)")
+
+
+def _observe_chunk(observed: Observed, chunk: dict) -> int | None:
+    """Reads one response (or stream chunk); returns the search queries it names, if any."""
     observed.model = chunk.get("modelVersion") or observed.model
     if chunk.get("usageMetadata"):
         observed.take_usage(usage_from, chunk["usageMetadata"])  # running totals: replace, never add
-    candidates = chunk.get("candidates") or []
-    if any(isinstance(c, dict) and c.get("finishReason") for c in candidates):
+    candidates = [c for c in chunk.get("candidates") or [] if isinstance(c, dict)]
+    if any(c.get("finishReason") for c in candidates):
         observed.complete = True
     if isinstance(chunk.get("error"), dict):
         observed.error = str(chunk["error"].get("status") or "error")
+    grounding = [c["groundingMetadata"] for c in candidates if isinstance(c.get("groundingMetadata"), dict)]
+    queries = [g["webSearchQueries"] for g in grounding if isinstance(g.get("webSearchQueries"), list)]
+    return sum(map(len, queries)) if queries else None
+
+
+def _observe_grounding(observed: Observed, queries: int | None) -> None:
+    """The searches of a grounded call, counted in the unit Google bills for its model."""
+    if observed.usage is None or not queries or queries > MAX_REQUESTS_PER_CALL:
+        return
+    if _BILLED_PER_PROMPT.search(observed.model or ""):
+        observed.usage.grounded_prompts = 1
+    else:
+        observed.usage.web_search_requests = queries
+    observed.fee_estimated = GROUNDING_ESTIMATE
 
 
 class GeminiStream(StreamParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self._queries: int | None = None
+
     def feed(self, event: str | None, data: bytes) -> None:
         chunk = loads(data)  # every chunk may carry the running usage, so each is decoded
         if chunk is not None:
-            _observe_chunk(self.observed, chunk)
+            self._queries = _observe_chunk(self.observed, chunk) or self._queries
+            _observe_grounding(self.observed, self._queries)
             self.keep_delta(data)
 
     def output_text(self) -> str:
@@ -100,9 +128,11 @@ class Gemini(Provider):
         match = _CALL.match(path)
         observed.model = match.group(1) if match else None
         # Without alt=sse the stream endpoint answers one JSON array of chunks.
+        queries = None
         for chunk in body if isinstance(body, list) else [body]:
             if isinstance(chunk, dict):
-                _observe_chunk(observed, chunk)
+                queries = _observe_chunk(observed, chunk) or queries
+        _observe_grounding(observed, queries)
         observed.complete = True
         return observed
 

@@ -5,7 +5,9 @@ Usage fields (docs/provider-usage.md, sections 1 and 2):
 (DeepSeek names cache reads ``prompt_cache_hit_tokens``, Mistral ``num_cached_tokens``);
 ``reasoning_tokens`` is inside ``completion_tokens``/``output_tokens``, except at xAI, whose
 ``total_tokens`` shows it outside.
-Web searches of the Responses API are the ``web_search_call`` items of its output.
+The Responses API's server-side tools are items of its output, one per call of the tool:
+``web_search_call``, ``file_search_call``, ``code_interpreter_call`` (with the ``container_id``
+its code ran in; a container is billed by its session's time, which no response reports).
 """
 
 from __future__ import annotations
@@ -97,16 +99,28 @@ def usage_from(raw: object) -> TokenUsage | None:
 def observe_response(observed: Observed, response: dict) -> None:
     """Usage and service tier from a whole response: a chat completion, or a Responses object."""
     observed.service_tier = tier_name(response.get("service_tier")) or observed.service_tier
-    observed.take_usage(lambda raw: _with_searches(usage_from(raw), response.get("output")), response.get("usage"))
+    observed.take_usage(lambda raw: _with_tools(usage_from(raw), response.get("output")), response.get("usage"))
+    if observed.usage is not None and observed.usage.containers:
+        observed.fee_estimated = CONTAINER_ESTIMATE
 
 
-def _with_searches(usage: TokenUsage | None, output: object) -> TokenUsage | None:
+CONTAINER_ESTIMATE = ("OpenAI bills a code interpreter container by its session's minutes; estimated at the "
+                      "5-minute minimum (docs/coverage.md)")
+# Output item type -> the usage field that counts it.
+_TOOL_ITEMS = {"web_search_call": "web_search_requests", "file_search_call": "file_search_calls",
+               "code_interpreter_call": "code_executions"}
+
+
+def _with_tools(usage: TokenUsage | None, output: object) -> TokenUsage | None:
     if usage is None or not isinstance(output, list):
         return usage
-    searches = sum(1 for item in output if isinstance(item, dict) and item.get("type") == "web_search_call")
-    if searches > MAX_REQUESTS_PER_CALL:
-        raise InvalidUsage(f"output has {searches:,} web_search_call items, more than {MAX_REQUESTS_PER_CALL:,}")
-    usage.web_search_requests = searches
+    items = [item for item in output if isinstance(item, dict) and item.get("type") in _TOOL_ITEMS]
+    if len(items) > MAX_REQUESTS_PER_CALL:
+        raise InvalidUsage(f"output has {len(items):,} tool call items, more than {MAX_REQUESTS_PER_CALL:,}")
+    for item in items:
+        field = _TOOL_ITEMS[item["type"]]
+        setattr(usage, field, getattr(usage, field) + 1)
+    usage.containers = len({str(item.get("container_id")) for item in items if item["type"] == "code_interpreter_call"})
     return usage
 
 

@@ -11,7 +11,11 @@ the same way.
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
+
+from pricing import PriceBook
+from pricing.usage import TOOL_FIELDS, TokenUsage
 
 NOT_VISIBLE = "not visible to a proxy"
 # (kind, whether calls through a proxy can carry it, words of the line item that say so)
@@ -47,6 +51,15 @@ def kind_of_row(endpoint: str, service_tier: str | None) -> str:
     return "model calls"
 
 
+def price_tools(ours: list[dict], book: PriceBook, provider: str, at: dt.datetime) -> None:
+    """Sets each of our lines' ``tool_cost_usd``: the part of its cost that its server-side tools
+    added (the provider bills them as line items of their own: "web search tool calls", ...)."""
+    for row in ours:
+        usage = TokenUsage(**{name: int(row.get(name) or 0) for name in TOOL_FIELDS})
+        if usage.has_tools and row["model"] and row["cost_usd"] is not None:
+            row["tool_cost_usd"] = book.tool_fees(usage, provider, row["model"], at, row.get("service_tier"))
+
+
 def compare(billed: dict[str, Decimal], ours: list[dict], tolerance: float = 0.0) -> list[dict]:
     """One line per kind of spend on either side: the line items in it, billed beside ours."""
     lines: dict[str, dict] = {}
@@ -59,9 +72,12 @@ def compare(billed: dict[str, Decimal], ours: list[dict], tolerance: float = 0.0
         lines[kind]["billed_usd"] += value
     for row in ours:
         into = lines[kind_of_row(row["endpoint"], row.get("service_tier"))]
+        tools = Decimal(row.get("tool_cost_usd") or 0)
         into["ours_calls"] += int(row["calls"])
-        into["ours_cost_usd"] += Decimal(row["cost_usd"] or 0)
-    found = [line for line in lines.values() if line["line_items"] or line["ours_calls"]]
+        into["ours_cost_usd"] += Decimal(row["cost_usd"] or 0) - tools
+        if tools:  # the calls are counted with their kind; their tools' fees with the tools
+            lines["tools"]["ours_cost_usd"] += tools
+    found = [line for line in lines.values() if line["line_items"] or line["ours_calls"] or line["ours_cost_usd"]]
     found.sort(key=lambda line: (not line["visible"], line["kind"] != "model calls"))  # the bulk first
     for line in found:
         line["line_items"] = "; ".join(line["line_items"])

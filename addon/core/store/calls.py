@@ -24,8 +24,17 @@ UNIT_COLUMNS: list[tuple[str, str, str]] = [
     ("images", "BIGINT", "images generated (priced per image: dall-e)"),
     ("audio_seconds", "DECIMAL(18, 3)", "seconds of audio transcribed or translated (whisper-1)"),
     ("characters", "BIGINT", "characters of text spoken (tts-1, tts-1-hd)"),
+    # migrations.m020_tools: server-side tools, billed per call or per session on top of tokens
+    ("web_fetch_requests", "BIGINT", "pages fetched by Anthropic's web fetch tool (billed as tokens only)"),
+    ("file_search_calls", "BIGINT", "file search tool calls (OpenAI Responses: file_search_call items)"),
+    ("code_executions", "BIGINT", "code runs (OpenAI code_interpreter_call items, Anthropic code execution)"),
+    ("containers", "BIGINT", "containers that code ran in, billed by session time (estimated)"),
+    ("grounded_prompts", "BIGINT", "prompts grounded with Google Search, billed per prompt (Gemini 2.x)"),
 ]
 UNIT_NAMES = [name for name, _, _ in UNIT_COLUMNS]
+# The server-side tools' counts (pricing.usage.TOOL_FIELDS), summed in reports.
+TOOL_NAMES = ["web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
+              "grounded_prompts"]
 # (column, DuckDB type) in table order; rows are dicts keyed by these names.
 CALL_COLUMNS: list[tuple[str, str]] = [
     ("id", "UUID"), ("ts", "TIMESTAMPTZ"), ("key_id", "INTEGER"), ("provider", "VARCHAR"),

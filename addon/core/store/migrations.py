@@ -271,6 +271,12 @@ def m019_realtime_cached_kinds(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(units_ddl("calls"))
 
 
+def m020_tools(con: duckdb.DuckDBPyConnection) -> None:
+    # Server-side tools (web fetch, file search, code execution, containers, grounding) are counted
+    # in unit columns of their own; stored rows used none that were counted: 0.
+    con.execute(units_ddl("calls"))
+
+
 def units_ddl(table: str) -> str:
     """The unit columns added to ``table`` (the embedded calls table, or the lake's)."""
     return "; ".join(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {typ} DEFAULT 0"
@@ -331,7 +337,8 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
               m013_config, m014_reconciliations, m015_erasures,
-              m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds]
+              m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
+              m020_tools]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

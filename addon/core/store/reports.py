@@ -13,7 +13,7 @@ import duckdb
 from ..reports import ReportSpec, Selection
 from . import batch
 from . import keys as key_rows
-from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, UNIT_NAMES
+from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES
 from .connection import one
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
@@ -21,7 +21,7 @@ _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
 _COLUMN_OF = {"model": "model", "provider": "provider", "customer": "customer_id", "feature": "feature",
               "key": "key_id"}
 _TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
-           "images", "characters")
+           "images", "characters", *TOOL_NAMES)
 # A call that failed: what a report counts as an error and `calls --errors` lists.
 FAILED = "(status >= 400 OR outcome <> 'completed')"
 _METRICS = f"""

@@ -95,7 +95,7 @@ CREATE TABLE IF NOT EXISTS budget_spend (
 );
 """
 
-# In the order an upgraded lake has them: the unit columns last (steps s006 and s009 add them).
+# In the order an upgraded lake has them: the unit columns last (steps s006, s009 and s010 add them).
 _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS if c[0] != "service_tier" and c[0] not in UNIT_NAMES]
                       + [("previous_cost_usd", COST_TYPE), ("previous_price_source", "VARCHAR"),
                          ("repriced_at", "TIMESTAMPTZ"), ("service_tier", "VARCHAR")]
@@ -104,7 +104,7 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS if c[0] != "service_tier" and c[0
 # ALTER makes a schema version with an inlined-data table of its own, and DuckLake drops an old
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
-_NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds")
+_NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -231,6 +231,10 @@ def ensure_lake(con, control) -> None:
                 con.execute(statement)
             control.execute("INSERT INTO schema_migrations VALUES ('s009_realtime_cached_kinds', now()) "
                             "ON CONFLICT DO NOTHING")
+        if "s010_tools" not in _applied(control):  # as migrations.m020_tools
+            for statement in units_ddl("calls").split("; "):
+                con.execute(statement)
+            control.execute("INSERT INTO schema_migrations VALUES ('s010_tools', now()) ON CONFLICT DO NOTHING")
 
 
 @contextlib.contextmanager

@@ -6,6 +6,8 @@ import datetime as dt
 
 import duckdb
 
+from .calls import TOOL_NAMES
+
 
 def per_bucket(con: duckdb.DuckDBPyConnection, provider: str, start: dt.datetime, end: dt.datetime,
                hourly: bool = False) -> list[dict]:
@@ -29,11 +31,12 @@ def per_bucket(con: duckdb.DuckDBPyConnection, provider: str, start: dt.datetime
 
 
 def per_endpoint(con: duckdb.DuckDBPyConnection, provider: str, start: dt.datetime, end: dt.datetime) -> list[dict]:
-    """What we recorded in [start, end) per endpoint and service tier: calls and cost (the kinds of
-    spend reconciliation puts beside the provider's cost line items). Calls the provider refused
-    (a 4xx or 5xx) are not billed, so not counted."""
-    cur = con.execute("""
-        SELECT endpoint, service_tier, count(*) AS calls, sum(cost_usd) AS cost_usd
+    """What we recorded in [start, end) per endpoint, service tier and model: calls, cost and the
+    server-side tools' counts (the kinds of spend reconciliation puts beside the provider's cost line
+    items). Calls the provider refused (a 4xx or 5xx) are not billed, so not counted."""
+    tools = ", ".join(f"coalesce(sum({name}), 0)::BIGINT AS {name}" for name in TOOL_NAMES)
+    cur = con.execute(f"""
+        SELECT endpoint, service_tier, model, count(*) AS calls, sum(cost_usd) AS cost_usd, {tools}
         FROM calls
         WHERE provider = ? AND ts >= ? AND ts < ? AND coalesce(status, 200) < 400
         GROUP BY ALL ORDER BY endpoint
