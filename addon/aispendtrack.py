@@ -138,7 +138,8 @@ class AiSpendTrack:
             home_dir.db_path(home), home / home_dir.SPILL_DIR, build_row=self._row, on_refresh=self._refresh,
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,
             sync=self.state.counters.sync_budgets if self.state.counters else None,
-            settle=lambda con, rows: batches.settle(con, rows, self._count))
+            settle=lambda con, rows: batches.settle(con, rows, self._count),
+            on_written=lambda seconds: metrics.current().wrote(seconds))
         self.metrics = metrics.install(metrics.Metrics(ctx.options.aispendtrack_metrics_tags,
                                                        ctx.options.aispendtrack_metrics_label_cap,
                                                        ctx.options.aispendtrack_metrics_series_cap))

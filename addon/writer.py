@@ -56,7 +56,8 @@ class Writer(threading.Thread):
                  key_refresh: float = 2.0, spill_after_rows: int = 10_000, spill_after_seconds: float = 30.0,
                  on_cycle: Callable[[], None] | None = None, max_pending: int = 500_000,
                  sync: Callable[[], None] | None = None, sync_interval: float = 0.25,
-                 settle: Callable[[object, list[dict]], list[dict]] | None = None):
+                 settle: Callable[[object, list[dict]], list[dict]] | None = None,
+                 on_written: Callable[[float], None] | None = None):
         super().__init__(name="aispendtrack-writer", daemon=True)
         self.db_path, self.spill_dir = db_path, spill_dir
         cfg = shared.configured()
@@ -66,6 +67,7 @@ class Writer(threading.Thread):
         # settle(connection, rows): what rows need from the store before they are stored (batches.py);
         # it returns the rows to try again at the next cycle, held meanwhile.
         self.settle = settle
+        self.on_written = on_written  # on_written(seconds): how long a cycle that stored rows took
         self._held: list[dict] = []
         # Shared mode: sync() sends this replica's budget spend and fetches everyone's, every
         # sync_interval, between flushes, so a budget crossed on one replica blocks all within 1 s.
@@ -143,6 +145,7 @@ class Writer(threading.Thread):
             self._spill(force=True)
 
     def cycle(self, lock_timeout: float, force_keys: bool | None = None) -> None:
+        started = time.monotonic()
         self._drain()
         if self.on_cycle is not None:
             self.on_cycle()
@@ -150,6 +153,7 @@ class Writer(threading.Thread):
         spills = self._spill_files()
         if not (self._pending or spills or keys_due):
             return
+        wrote = False
         try:
             with writing(self.db_path, timeout=lock_timeout, migrate=False) as con:
                 try:
@@ -158,9 +162,12 @@ class Writer(threading.Thread):
                     if self._pending:
                         self._store(con, self._pending, skip_existing=self._uncertain)
                         self._uncertain = False
+                        wrote = True
                 finally:  # after the rows (new budgets are seeded from them), and even if they failed
                     if keys_due:
                         self._refresh(con)
+            if wrote and self.on_written is not None:
+                self.on_written(time.monotonic() - started)
             if self._warned:
                 log.warning("wrote the waiting rows to %s after %.0f s; nothing was lost", self.where,
                             time.monotonic() - (self._failing_since or time.monotonic()))

@@ -31,6 +31,8 @@ KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 # Seconds: most calls take 0.3-30 s, streams' first tokens 0.1-3 s.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+# A write takes milliseconds on a quiet disk; seconds mean a slow disk, a big file or a busy catalog.
+WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 REASONS = ("limit", "budget", "bad_key", "too_many_bad_keys", "other")
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "current", "install"]
@@ -89,6 +91,9 @@ class Metrics:
                               "of a stream.", ("provider", "model"), buckets=TTFT_BUCKETS, registry=r)
         self.refusals = Counter("aispendtrack_refusals", "Calls the proxy refused with 429 or 401, by reason.",
                                 ("reason",), registry=r)
+        self.writes = Histogram("aispendtrack_writer_cycle_seconds", "How long one writer cycle that stored rows "
+                                "took, from taking them off the queue to the commit.", buckets=WRITE_BUCKETS,
+                                registry=r)
         for reason in REASONS:
             self.refusals.labels(reason)  # present at 0, so rate() works from the first refusal
 
@@ -141,6 +146,9 @@ class Metrics:
                     metric.remove(*values)
                 except KeyError:  # never counted (no error, no cost, no tokens of that kind)
                     pass
+
+    def wrote(self, seconds: float) -> None:
+        self.writes.observe(seconds)
 
     def refused(self, reason: str) -> None:
         self.refusals.labels(reason).inc()
