@@ -25,7 +25,8 @@ def all_providers(counter: Counter | None) -> list[Provider]:
         Cohere(counter),
         OpenAICompatible("mistral", "/mistral", "https://api.mistral.ai", counter),
         # Azure has no default upstream: one per resource, --upstream azure=https://NAME.openai.azure.com
-        OpenAICompatible("azure", "/azure", None, counter, accepts_stream_options=True),
+        OpenAICompatible("azure", "/azure", None, counter, accepts_stream_options=True,
+                         hosts=("*.openai.azure.com", "*.cognitiveservices.azure.com")),
         OpenAICompatible("openrouter", "/openrouter", "https://openrouter.ai/api", counter),
         OpenAICompatible("groq", "/groq", "https://api.groq.com/openai", counter, accepts_stream_options=True),
         OpenAICompatible("deepseek", "/deepseek", "https://api.deepseek.com", counter, accepts_stream_options=True),

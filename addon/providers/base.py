@@ -104,6 +104,10 @@ class Provider:
     default_upstream: str | None = None
     # Paths this provider answers on the shared port without a prefix, e.g. ("/v1/messages",).
     paths: tuple[str, ...] = ()
+    # The host names its API answers on: the forward mode (addon/forward.py) intercepts and meters
+    # these and tunnels every other host untouched. "*" stands for one or more characters other
+    # than ".", e.g. "bedrock-runtime.*.amazonaws.com" or "*-aiplatform.googleapis.com".
+    hosts: tuple[str, ...] = ()
     # The provider's bill, path by path (full-match patterns; docs/coverage.md cites the price
     # pages): what it bills per call that we do not meter, and what it bills nothing for. A path
     # in neither is free to read (GET, DELETE) and unmetered otherwise: a call we cannot name

@@ -1,0 +1,210 @@
+"""The forward-proxy mode (HTTPS_PROXY): the official clients with only environment variables set.
+
+The proxy runs as users start it (``aispendtrack proxy --forward-port``), its providers' upstreams
+pointed at the fake provider on 127.0.0.1 (``--openai-upstream``, ``--upstream``): the client calls
+https://api.openai.com as ever, the proxy intercepts it with its own CA and the fake answers with
+the request's Host header still the provider's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from .certs import make_ca_and_leaf
+from .helpers import cost, free_port, run_cli, start_proxy
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def forward(tmp_path_factory, upstream):
+    home = tmp_path_factory.mktemp("home")
+    port = free_port()
+    running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log",
+                          extra_args=("--forward-port", str(port)))
+    running.forward_port = port  # type: ignore[attr-defined]
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def env(monkeypatch, forward):
+    """The environment `aispendtrack ca` prints, with the proxy credential: nothing else is set."""
+    printed = run_cli(forward.home, "ca", "--forward-port", str(forward.forward_port))
+    for line in printed.splitlines():
+        if line.startswith("export ") and "=" in line:
+            name, _, value = line[len("export "):].partition("=")
+            monkeypatch.setenv(name, value.split("  #")[0].strip())
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{forward.key}@127.0.0.1:{forward.forward_port}")
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-forward")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-forward")
+    return printed
+
+
+def test_ca_prints_the_certificate_and_the_environment_and_keeps_its_key_private(forward, env):
+    assert "SSL_CERT_FILE=" in env and "NODE_EXTRA_CA_CERTS=" in env and "AWS_CA_BUNDLE=" in env
+    ca_dir = forward.home / "ca"
+    assert oct(ca_dir.stat().st_mode & 0o777) == "0o700"
+    assert oct((ca_dir / "mitmproxy-ca.pem").stat().st_mode & 0o777) == "0o600"
+    assert f"NODE_EXTRA_CA_CERTS={ca_dir / 'mitmproxy-ca-cert.pem'}" in env
+
+
+def test_openai_sdk_through_the_forward_port(forward, env, upstream, customer):
+    client = openai.OpenAI(max_retries=0, default_headers={"x-customer-id": customer, "x-feature": "fwd"})
+    reply = client.chat.completions.create(**CHAT)
+    assert reply.usage.prompt_tokens == 156
+    received = upstream.last()
+    assert received.headers["host"] == "api.openai.com"  # as the client addressed it
+    assert received.headers["authorization"] == "Bearer sk-test-forward"
+    assert not {"proxy-authorization", "x-customer-id", "x-feature", "x-aispendtrack-key"} & set(received.headers)
+    [row] = forward.rows(customer)
+    assert (row["provider"], row["endpoint"], row["model"]) == ("openai", "/v1/chat/completions",
+                                                               "gpt-5-mini-2025-08-07")
+    assert (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (156, 561, 512)
+    assert row["cost_usd"] == pytest.approx(cost((156, "0.25"), (561, "2.00")), abs=1e-12)
+    assert row["key_id"] == forward.key_id and row["feature"] == "fwd"
+
+
+def test_openai_stream_through_the_forward_port(forward, env, customer):
+    client = openai.OpenAI(max_retries=0, default_headers={"x-customer-id": customer})
+    chunks = list(client.chat.completions.create(**CHAT, stream=True))
+    assert all(chunk.usage is None for chunk in chunks)  # the usage we asked for is not shown to the client
+    [row] = forward.rows(customer)
+    assert row["stream"] is True and row["usage_source"] == "reported"
+    assert (row["input_tokens"], row["output_tokens"]) == (79, 14)
+    assert row["cost_usd"] == pytest.approx(cost((79, "2.50"), (14, "10.00")), abs=1e-12)
+
+
+def test_anthropic_sdk_through_the_forward_port(forward, env, upstream, customer):
+    client = anthropic.Anthropic(max_retries=0, default_headers={"x-customer-id": customer})
+    message = client.messages.create(model="claude-sonnet-4-5", max_tokens=64,
+                                     messages=[{"role": "user", "content": "hi"}])
+    assert message.usage.output_tokens > 0
+    assert upstream.last().headers["host"] == "api.anthropic.com"
+    sent = upstream.last().headers
+    assert "sk-ant-test-forward" in (sent.get("x-api-key") or sent.get("authorization", ""))
+    [row] = forward.rows(customer)
+    assert row["provider"] == "anthropic" and row["endpoint"] == "/v1/messages"
+    assert row["input_tokens"] == message.usage.input_tokens
+    assert row["output_tokens"] == message.usage.output_tokens
+    assert row["priced"] is True and row["cost_usd"] > 0
+
+
+def _connect(port: int, target: str, credential: str | None) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    auth = f"Proxy-Authorization: Basic {base64.b64encode(credential.encode()).decode()}\r\n" if credential else ""
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    length = int(lengths[0]) if lengths else 0
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("credential", [None, "ask_not-a-real-key:", "someone:secret"])
+def test_a_connect_without_an_active_key_gets_407_and_nothing_is_forwarded(forward, upstream, credential):
+    before = len(upstream.received)
+    with _connect(forward.forward_port, "api.openai.com:443", credential) as sock:
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 407")
+    assert b'proxy-authenticate: basic realm="aispendtrack"' in answer.lower()
+    assert b"HTTPS_PROXY=http://ask_KEY@HOST:PORT" in answer and b"Nothing was forwarded" in answer
+    assert len(upstream.received) == before
+
+
+def test_the_sdk_with_a_wrong_key_gets_407(forward, env, upstream, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", f"http://ask_wrong@127.0.0.1:{forward.forward_port}")
+    before = len(upstream.received)
+    with pytest.raises(openai.APIConnectionError) as raised:
+        openai.OpenAI(max_retries=0).chat.completions.create(**CHAT)
+    assert "407" in str(raised.value.__cause__)
+    assert len(upstream.received) == before
+
+
+def test_a_client_without_our_ca_gets_a_tls_error_and_the_log_names_the_fix(forward, env, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE")  # the public CAs only
+    with pytest.raises(openai.APIConnectionError) as raised:
+        openai.OpenAI(max_retries=0).chat.completions.create(**CHAT)
+    assert "CERTIFICATE_VERIFY_FAILED" in repr(raised.value.__cause__)
+    deadline = time.monotonic() + 5
+    while "refused the AiSpendTrack CA for api.openai.com" not in forward.log_path.read_text():
+        assert time.monotonic() < deadline, forward.log_path.read_text()[-2000:]
+        time.sleep(0.05)
+    assert "aispendtrack ca" in forward.log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def other_site(tmp_path_factory):
+    """An HTTPS site that is no provider's, with a certificate of its own CA."""
+    certs = make_ca_and_leaf(tmp_path_factory.mktemp("site"))
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = b'{"site": "ours"}'
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs["cert"], certs["key"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], certs
+    server.shutdown()
+
+
+def test_another_host_is_tunnelled_with_its_own_certificate_and_not_recorded(forward, env, other_site, monkeypatch):
+    port, certs = other_site
+    rows_before = len(forward.calls())
+    with _connect(forward.forward_port, f"127.0.0.1:{port}", forward.key + ":") as sock:
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+        context = ssl.create_default_context(cafile=certs["ca"])  # the site's CA only, not the proxy's
+        with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            issuer = dict(item[0] for item in tls.getpeercert()["issuer"])
+    assert issuer["commonName"] == "AiSpendTrack test CA"
+    # And an SDK-style client, trusting only that site's CA, gets its answer through the proxy.
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs["ca"]))
+    with httpx.Client() as client:
+        assert client.get(f"https://127.0.0.1:{port}/").json() == {"site": "ours"}
+    time.sleep(0.5)  # a row would be stored within a flush (100 ms)
+    assert len(forward.calls()) == rows_before
+
+
+def test_a_revoked_key_is_refused_on_the_next_connect(forward, tmp_path):
+    created = json.loads(run_cli(forward.home, "keys", "create", "--name", "soon-revoked", "--json"))
+    time.sleep(2.5)  # the proxy reads keys every 2 s
+    with _connect(forward.forward_port, "api.openai.com:443", created["key"] + ":") as sock:
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+    run_cli(forward.home, "keys", "revoke", str(created["id"]))
+    time.sleep(2.5)
+    with _connect(forward.forward_port, "api.openai.com:443", created["key"] + ":") as sock:
+        assert _answer(sock).startswith(b"HTTP/1.1 407")
