@@ -280,6 +280,7 @@ class AiSpendTrack:
         if meter is None or res is None:
             return
         self.watch.answered(flow)
+        meter.response_headers = res.headers
         if meter.start_response(res.status_code, res.headers.get("content-type", ""),
                                 res.headers.get("content-encoding", "")):
             res.stream = meter.tap  # chunks go to the client as they arrive; the tap only reads along

@@ -17,10 +17,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import anthropic
+import boto3
+import botocore.exceptions
 import httpx
 import openai
 import pytest
 
+from .bedrock_upstream import ACCESS_KEY, CONVERSE_USAGE, REGION, SECRET_KEY, FakeBedrock
 from .certs import make_ca_and_leaf
 from .helpers import cost, free_port, run_cli, start_proxy
 
@@ -28,11 +31,23 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(scope="module")
-def forward(tmp_path_factory, upstream):
+def upstream_certs(tmp_path_factory):
+    return make_ca_and_leaf(tmp_path_factory.mktemp("upstream-certs"))
+
+
+@pytest.fixture(scope="module")
+def bedrock(upstream_certs):
+    with FakeBedrock(upstream_certs) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def forward(tmp_path_factory, upstream, bedrock, upstream_certs):
     home = tmp_path_factory.mktemp("home")
     port = free_port()
-    running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log",
-                          extra_args=("--forward-port", str(port)))
+    running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log", extra_args=(
+        "--forward-port", str(port), "--upstream", f"bedrock={bedrock.url}",
+        "--upstream-ca", str(upstream_certs["ca"])))
     running.forward_port = port  # type: ignore[attr-defined]
     yield running
     running.stop()
@@ -46,11 +61,18 @@ def env(monkeypatch, forward):
         if line.startswith("export ") and "=" in line:
             name, _, value = line[len("export "):].partition("=")
             monkeypatch.setenv(name, value.split("  #")[0].strip())
-    monkeypatch.setenv("HTTPS_PROXY", f"http://{forward.key}@127.0.0.1:{forward.forward_port}")
+    # The key as the password: every client sends it so (botocore sends a credential only with both parts).
+    monkeypatch.setenv("HTTPS_PROXY", f"http://aispendtrack:{forward.key}@127.0.0.1:{forward.forward_port}")
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-forward")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-forward")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.setenv(name, "/dev/null")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     return printed
 
 
@@ -62,7 +84,9 @@ def test_ca_prints_the_certificate_and_the_environment_and_keeps_its_key_private
     assert f"NODE_EXTRA_CA_CERTS={ca_dir / 'mitmproxy-ca-cert.pem'}" in env
 
 
-def test_openai_sdk_through_the_forward_port(forward, env, upstream, customer):
+def test_openai_sdk_through_the_forward_port(forward, env, upstream, customer, monkeypatch):
+    # The key as the proxy user name, as the issue writes it.
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{forward.key}@127.0.0.1:{forward.forward_port}")
     client = openai.OpenAI(max_retries=0, default_headers={"x-customer-id": customer, "x-feature": "fwd"})
     reply = client.chat.completions.create(**CHAT)
     assert reply.usage.prompt_tokens == 156
@@ -208,3 +232,105 @@ def test_a_revoked_key_is_refused_on_the_next_connect(forward, tmp_path):
     time.sleep(2.5)
     with _connect(forward.forward_port, "api.openai.com:443", created["key"] + ":") as sock:
         assert _answer(sock).startswith(b"HTTP/1.1 407")
+
+
+# --- AWS Bedrock: boto3 with only the environment set, against a fake that checks SigV4 ---
+
+CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"  # an inference profile: genai-prices' regional rates
+CLAUDE_GLOBAL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
+HOST = f"bedrock-runtime.{REGION}.amazonaws.com"
+
+
+def bedrock_row(proxy, endpoint: str, model: str, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in proxy.calls() if r["provider"] == "bedrock" and r["endpoint"] == endpoint
+                and r["model"] == model]
+        if rows or time.monotonic() > deadline:
+            assert len(rows) == 1, rows
+            return rows[0]
+        time.sleep(0.05)
+
+
+def _signed_as_sent(bedrock, operation: str) -> tuple[str, dict]:
+    method, path, headers, _ = bedrock.received[-1]
+    assert path.endswith("/" + operation) and headers["host"] == HOST
+    assert "proxy-authorization" not in headers
+    return path, headers
+
+
+def test_bedrock_invoke_model(forward, env, bedrock):
+    client = boto3.client("bedrock-runtime")
+    answer = client.invoke_model(modelId=CLAUDE, body=json.dumps({
+        "anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}))
+    assert json.loads(answer["body"].read())["usage"]["output_tokens"] == 12
+    path, _ = _signed_as_sent(bedrock, "invoke")
+    assert path == "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke"  # byte for byte, as signed
+    row = bedrock_row(forward, "/model/{modelId}/invoke", CLAUDE)
+    assert (row["input_tokens"], row["output_tokens"], row["status"], row["stream"]) == (25, 12, 200, False)
+    assert row["usage_source"] == "reported" and row["key_id"] == forward.key_id
+    assert row["cost_usd"] == pytest.approx(cost((25, "3.30"), (12, "16.50")), abs=1e-12)
+
+
+def test_bedrock_invoke_model_usage_from_the_headers(forward, env):
+    client = boto3.client("bedrock-runtime")
+    model = "mistral.mistral-large-2402-v1:0"
+    client.invoke_model(modelId=model, body=json.dumps({"prompt": "<s>[INST] hi [/INST]", "max_tokens": 20}))
+    row = bedrock_row(forward, "/model/{modelId}/invoke", model)
+    assert (row["input_tokens"], row["output_tokens"], row["usage_source"]) == (17, 9, "reported")
+    assert row["cost_usd"] == pytest.approx(cost((17, "4.00"), (9, "12.00")), abs=1e-12)
+
+
+def test_bedrock_invoke_model_with_response_stream(forward, env, bedrock):
+    client = boto3.client("bedrock-runtime")
+    answer = client.invoke_model_with_response_stream(modelId=CLAUDE_GLOBAL, body=json.dumps({
+        "anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}))
+    events = [json.loads(event["chunk"]["bytes"]) for event in answer["body"]]
+    assert [e["type"] for e in events][-1] == "message_stop" and len(events) == 6  # every event, CRCs intact
+    _signed_as_sent(bedrock, "invoke-with-response-stream")
+    row = bedrock_row(forward, "/model/{modelId}/invoke-with-response-stream", CLAUDE_GLOBAL)
+    assert (row["input_tokens"], row["output_tokens"], row["stream"]) == (25, 12, True)
+    assert row["usage_source"] == "reported" and row["outcome"] == "completed"
+    assert row["cost_usd"] == pytest.approx(cost((25, "3.00"), (12, "15.00")), abs=1e-12)
+
+
+def _converse_cost() -> float:
+    return cost((CONVERSE_USAGE["inputTokens"], "3.00"), (CONVERSE_USAGE["cacheReadInputTokens"], "0.30"),
+                (CONVERSE_USAGE["cacheWriteInputTokens"], "3.75"), (CONVERSE_USAGE["outputTokens"], "15.00"))
+
+
+def test_bedrock_converse_with_cache_reads_and_writes(forward, env, bedrock):
+    client = boto3.client("bedrock-runtime")
+    answer = client.converse(modelId=CLAUDE_GLOBAL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert answer["usage"]["cacheReadInputTokens"] == 2000
+    _signed_as_sent(bedrock, "converse")
+    row = bedrock_row(forward, "/model/{modelId}/converse", CLAUDE_GLOBAL)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == \
+        (30, 2000, 1030, 12)
+    assert row["cost_usd"] == pytest.approx(_converse_cost(), abs=1e-12)
+
+
+def test_bedrock_converse_stream(forward, env, bedrock):
+    client = boto3.client("bedrock-runtime")
+    answer = client.converse_stream(modelId=CLAUDE_GLOBAL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    events = list(answer["stream"])
+    assert events[-1]["metadata"]["usage"]["outputTokens"] == 12
+    _signed_as_sent(bedrock, "converse-stream")
+    row = bedrock_row(forward, "/model/{modelId}/converse-stream", CLAUDE_GLOBAL)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == \
+        (30, 2000, 1030, 12)
+    assert row["stream"] is True and row["usage_source"] == "reported"
+    assert row["cost_usd"] == pytest.approx(_converse_cost(), abs=1e-12)
+
+
+def test_the_bedrock_fake_refuses_a_request_signed_with_other_credentials(forward, env, bedrock, monkeypatch):
+    """The fake checks SigV4 for real: the calls above passed the proxy with their signature intact."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")  # a new session reads it
+    rejected = bedrock.rejected
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        boto3.session.Session().client("bedrock-runtime").converse(modelId="us.amazon.nova-pro-v1:0",
+                                                 messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert raised.value.response["Error"]["Code"] == "InvalidSignatureException"
+    assert bedrock.rejected == rejected + 1
+    row = bedrock_row(forward, "/model/{modelId}/converse", "us.amazon.nova-pro-v1:0")
+    assert row["status"] == 403 and row["cost_usd"] == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..estimate import Counter
 from .anthropic import Anthropic
 from .base import Observed, Provider, StreamParser
+from .bedrock import Bedrock
 from .cohere import Cohere
 from .gemini import Gemini
 from .openai import OpenAI, OpenAICompatible
@@ -33,6 +34,7 @@ def all_providers(counter: Counter | None) -> list[Provider]:
         OpenAICompatible("x-ai", "/xai", "https://api.x.ai", counter, accepts_stream_options=True),
         OpenAICompatible("together", "/together", "https://api.together.xyz", counter),
         OpenAICompatible("fireworks", "/fireworks", "https://api.fireworks.ai/inference", counter),
+        Bedrock(counter),  # the forward mode's only (no prefix): SigV4 signs the host
         Anthropic(counter),
         OpenAI(counter),
     ]

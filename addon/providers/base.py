@@ -161,6 +161,11 @@ class Provider:
     def stream_parser(self, path: str) -> StreamParser:
         raise NotImplementedError
 
+    def usage_in_headers(self, headers) -> TokenUsage | None:
+        """Usage a provider reports in the response headers (Bedrock's token counts), for a complete
+        body that carries none; read on the writer thread. Raises InvalidUsage like ``count``."""
+        return None
+
     def estimate(self, path: str, request: dict | None, parser: StreamParser | None,
                  model: str | None) -> TokenUsage | None:
         """Our own count when the provider reported none; None when we cannot tell."""
