@@ -17,7 +17,8 @@ def ca(obj, host: str, forward_port: int) -> None:
     found = ca_files.ensure(obj.home)
     click.echo(f"# CA certificate: {found.cert}")
     click.echo(f"# (public CAs plus it: {found.bundle}; the private key stays in {found.confdir}, 0600)")
-    click.echo(f"export HTTPS_PROXY=http://ask_KEY@{host}:{forward_port}  # your AiSpendTrack key")
+    # The key as the password: botocore sends a proxy credential only when it has both parts.
+    click.echo(f"export HTTPS_PROXY=http://aispendtrack:ask_KEY@{host}:{forward_port}  # your AiSpendTrack key")
     for name, value in ca_files.environment(found).items():
         click.echo(f"export {name}={value}")
     click.echo("export NODE_USE_ENV_PROXY=1  # Node 24 and later")

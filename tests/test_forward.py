@@ -12,6 +12,7 @@ import base64
 import json
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,7 +48,7 @@ def forward(tmp_path_factory, upstream, bedrock, upstream_certs):
     port = free_port()
     running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log", extra_args=(
         "--forward-port", str(port), "--upstream", f"bedrock={bedrock.url}",
-        "--upstream-ca", str(upstream_certs["ca"])))
+        "--upstream-ca", str(upstream_certs["ca"]), "--forward-host", "openai=*.llm-gateway.test"))
     running.forward_port = port  # type: ignore[attr-defined]
     yield running
     running.stop()
@@ -125,6 +126,35 @@ def test_anthropic_sdk_through_the_forward_port(forward, env, upstream, customer
     assert row["input_tokens"] == message.usage.input_tokens
     assert row["output_tokens"] == message.usage.output_tokens
     assert row["priced"] is True and row["cost_usd"] > 0
+
+
+def test_a_host_added_with_forward_host_is_metered_as_its_provider(forward, env, upstream, customer):
+    client = openai.OpenAI(base_url="https://eu.llm-gateway.test/v1", max_retries=0,
+                           default_headers={"x-customer-id": customer})
+    client.chat.completions.create(**CHAT)
+    assert upstream.last().headers["host"] == "eu.llm-gateway.test"
+    [row] = forward.rows(customer)
+    assert row["provider"] == "openai" and row["cost_usd"] == pytest.approx(cost((156, "0.25"), (561, "2.00")),
+                                                                            abs=1e-12)
+
+
+def test_curl_through_the_forward_port(forward, env, upstream):
+    """curl with the proxy and the CA as `aispendtrack ca` prints them (no SDK involved)."""
+    rows_before = len(forward.calls())
+    done = subprocess.run(["curl", "-sS", "--fail-with-body", "--noproxy", "", "--proxy",
+                           f"http://aispendtrack:{forward.key}@127.0.0.1:{forward.forward_port}",
+                           "--cacert", str(forward.home / "ca" / "mitmproxy-ca-cert.pem"),
+                           "https://api.openai.com/v1/chat/completions", "-H", "authorization: Bearer sk-curl",
+                           "-H", "content-type: application/json", "-d", json.dumps(CHAT)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert json.loads(done.stdout)["usage"]["prompt_tokens"] == 156
+    assert upstream.last().headers["authorization"] == "Bearer sk-curl"
+    deadline = time.monotonic() + 5
+    while len(forward.calls()) == rows_before:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert forward.calls(1)[0]["provider"] == "openai"
 
 
 def _connect(port: int, target: str, credential: str | None) -> socket.socket:
