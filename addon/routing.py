@@ -177,7 +177,7 @@ def route_host(provider: Provider, path: str, headers: Headers, query: str = "")
     for kind in keys:
         if kind is not None and provider.name not in _KEY_OWNERS[kind]:
             raise Misrouted(provider, 403, "aispendtrack_foreign_key",
-                            f"AiSpendTrack did not forward this call: it carries a {kind} key, but is addressed to "
+                            f"AiSpendTrack did not forward this call: it carries a key for {kind}, but is addressed to "
                             f"{provider.name}'s host, and a key is never sent to another provider's upstream.")
     _refuse_wrong_case(provider, clean)
     return Route(provider, clean)

@@ -364,3 +364,31 @@ def test_the_bedrock_fake_refuses_a_request_signed_with_other_credentials(forwar
     assert bedrock.rejected == rejected + 1
     row = bedrock_row(forward, "/model/{modelId}/converse", "us.amazon.nova-pro-v1:0")
     assert row["status"] == 403 and row["cost_usd"] == 0
+
+
+def test_a_limit_applies_in_the_forward_mode_in_bedrocks_error_shape(forward, env, bedrock, monkeypatch):
+    created = json.loads(run_cli(forward.home, "keys", "create", "--name", "limited", "--json"))
+    run_cli(forward.home, "keys", "set-limit", str(created["id"]), "--per-hour", "2")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://aispendtrack:{created['key']}@127.0.0.1:{forward.forward_port}")
+    time.sleep(2.5)  # the proxy reads keys and limits every 2 s
+    client = boto3.session.Session().client("bedrock-runtime")
+    model = "us.amazon.nova-lite-v1:0"
+    for _ in range(2):
+        client.converse(modelId=model, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    received = len(bedrock.received)
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        client.converse(modelId=model, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    error = raised.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 429
+    assert error["Error"]["Code"] == "aispendtrack_limit_reached"
+    assert "2 requests per hour" in error["Error"]["Message"]
+    assert len(bedrock.received) == received  # refused here, never forwarded
+
+
+def test_another_providers_key_is_never_sent_to_a_providers_host(forward, env, upstream, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ant-api03-not-for-openai")
+    before = len(upstream.received)
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        openai.OpenAI(max_retries=0).chat.completions.create(**CHAT)
+    assert raised.value.status_code == 403 and "carries a key for anthropic" in raised.value.message
+    assert len(upstream.received) == before
