@@ -2,7 +2,7 @@
 
 ``aispendtrack proxy --forward-port 8081`` adds mitmproxy's regular mode beside the reverse mode
 (with mitmdump: ``--mode reverse:https://api.openai.com --mode regular@8081
---set confdir=~/.aispendtrack/ca``). A client sets ``HTTPS_PROXY=http://ask_KEY@HOST:8081`` and
+--set confdir=~/.aispendtrack/ca``). A client sets ``HTTPS_PROXY=http://aispendtrack:ask_KEY@HOST:8081`` and
 trusts the proxy's CA (``aispendtrack ca``). Then:
 
 - every CONNECT (and every plain-HTTP proxy request) must carry an active AiSpendTrack key as
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 FORWARDED = "aispendtrack.forwarded"  # flow.metadata key of a Forwarded: a provider's call, via the forward port
 PASSING = "aispendtrack.passing"      # flow.metadata key: a forward-port request to another host, not ours to meter
 _PROXY_AUTH = "proxy-authorization"
-_HOW = ("Set HTTPS_PROXY=http://ask_KEY@HOST:PORT (your AiSpendTrack key as the proxy user name; "
-        "`aispendtrack keys create --name NAME` makes one).")
+_HOW = ("Set HTTPS_PROXY=http://aispendtrack:ask_KEY@HOST:PORT (your AiSpendTrack key as the proxy "
+        "password; `aispendtrack keys create --name NAME` makes one).")
 
 
 @dataclass(frozen=True)

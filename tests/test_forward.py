@@ -186,7 +186,7 @@ def test_a_connect_without_an_active_key_gets_407_and_nothing_is_forwarded(forwa
         answer = _answer(sock)
     assert answer.startswith(b"HTTP/1.1 407")
     assert b'proxy-authenticate: basic realm="aispendtrack"' in answer.lower()
-    assert b"HTTPS_PROXY=http://ask_KEY@HOST:PORT" in answer and b"Nothing was forwarded" in answer
+    assert b"HTTPS_PROXY=http://aispendtrack:ask_KEY@HOST:PORT" in answer and b"Nothing was forwarded" in answer
     assert len(upstream.received) == before
 
 

@@ -22,6 +22,7 @@ ANTHROPIC = "https://platform.claude.com/docs/en/about-claude/pricing"
 GOOGLE = "https://ai.google.dev/gemini-api/docs/pricing"
 DEEPSEEK = "https://api-docs.deepseek.com/quick_start/pricing"
 XAI = "https://docs.x.ai/docs/models"
+BEDROCK = "https://aws.amazon.com/bedrock/pricing/"
 NOW = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
 PROVIDERS = {p.name: p for p in all_providers(None)}
 CHAT, RESPONSES = "/v1/chat/completions", "/v1/responses"
@@ -270,6 +271,21 @@ CASES = [
     Case("xai-grok-4-reasoning-outside-cached", "x-ai", CHAT, "grok-4-0709",
          chat(1000, 100, cached=800, reasoning=500, total=1600), [(200, "3.00"), (800, "0.75"), (600, "15.00")], XAI),
     Case("xai-grok-3-no-reasoning", "x-ai", CHAT, "grok-3", chat(1000, 200), [(1000, "3.00"), (200, "15.00")], XAI),
+    # Bedrock: the model is the path's; a regional inference profile (us.) costs 10% over the global one.
+    Case("bedrock-invoke-claude-regional-profile", "bedrock",
+         "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke", "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+         messages(100, 50, read=1000, write_5m=200, split=False),
+         [(100, "3.30"), (1000, "0.33"), (200, "4.125"), (50, "16.50")], BEDROCK),
+    Case("bedrock-converse-claude-global-profile-cache", "bedrock",
+         "/model/global.anthropic.claude-sonnet-4-5-20250929-v1:0/converse",
+         "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+         {"output": {}, "stopReason": "end_turn", "usage": {"inputTokens": 30, "outputTokens": 12, "totalTokens": 3072,
+                                                            "cacheReadInputTokens": 2000, "cacheWriteInputTokens": 1030}},
+         [(30, "3.00"), (2000, "0.30"), (1030, "3.75"), (12, "15.00")], BEDROCK),
+    Case("bedrock-invoke-llama-counts", "bedrock", "/model/meta.llama3-3-70b-instruct-v1:0/invoke",
+         "meta.llama3-3-70b-instruct-v1:0",
+         {"generation": "ok", "prompt_token_count": 40, "generation_token_count": 20, "stop_reason": "stop"},
+         [(40, "0.72"), (20, "0.72")], BEDROCK),
 ]
 
 
