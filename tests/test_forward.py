@@ -392,3 +392,21 @@ def test_another_providers_key_is_never_sent_to_a_providers_host(forward, env, u
         openai.OpenAI(max_retries=0).chat.completions.create(**CHAT)
     assert raised.value.status_code == 403 and "carries a key for anthropic" in raised.value.message
     assert len(upstream.received) == before
+
+
+def test_a_tunnel_to_another_host_outlives_the_client_timeout(tmp_path, upstream, other_site):
+    """--client-timeout bounds how long a client takes to send a request to us; a tunnelled host's
+    bytes are not ours to time (a long download through the forward port must not be cut)."""
+    port = free_port()
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log",
+                        extra_args=("--forward-port", str(port), "--client-timeout", "1"))
+    try:
+        site_port, certs = other_site
+        with _connect(port, f"127.0.0.1:{site_port}", "aispendtrack:" + proxy.key) as sock:
+            assert _answer(sock).startswith(b"HTTP/1.1 200")
+            with ssl.create_default_context(cafile=certs["ca"]).wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                time.sleep(3.5)  # the request deadline is checked every second
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                assert _answer(tls).endswith(b'{"site": "ours"}')
+    finally:
+        proxy.stop()
