@@ -171,7 +171,7 @@ def route_host(provider: Provider, path: str, headers: Headers, query: str = "")
     ``sk-ant-`` key, a Google ``AIza`` key) is refused: an upstream set for this provider
     (``--upstream``) must never receive it. Signature headers alone decide nothing here, since the
     Anthropic SDKs send ``anthropic-version`` to Bedrock and Vertex too."""
-    clean = _canonical_or_refuse(provider, path)
+    clean = provider.escaped_path(path) or _canonical_or_refuse(provider, path)
     keys = {_key_in(value) or _basic_key(value) for _, value in headers.fields}
     keys.add(_query_owner(query) if query else None)
     for kind in keys:

@@ -353,6 +353,16 @@ def test_bedrock_converse_stream(forward, env, bedrock):
     assert row["cost_usd"] == pytest.approx(_converse_cost(), abs=1e-12)
 
 
+def test_bedrock_a_model_given_as_an_inference_profile_arn_is_priced_as_the_model_it_names(forward, env, bedrock):
+    arn = f"arn:aws:bedrock:{REGION}:123456789012:inference-profile/{CLAUDE}"
+    boto3.client("bedrock-runtime").converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    path, _ = _signed_as_sent(bedrock, "converse")
+    assert "%2Finference-profile" not in path and "inference-profile%2Fus.anthropic" in path  # '/' kept encoded
+    row = bedrock_row(forward, "/model/{modelId}/converse", CLAUDE)
+    assert row["cost_usd"] == pytest.approx(cost((30, "3.30"), (2000, "0.33"), (1030, "4.125"), (12, "16.50")),
+                                            abs=1e-12)
+
+
 def test_the_bedrock_fake_refuses_a_request_signed_with_other_credentials(forward, env, bedrock, monkeypatch):
     """The fake checks SigV4 for real: the calls above passed the proxy with their signature intact."""
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")  # a new session reads it

@@ -161,6 +161,11 @@ class Provider:
     def stream_parser(self, path: str) -> StreamParser:
         raise NotImplementedError
 
+    def escaped_path(self, path: str) -> str | None:
+        """A request path this provider's API writes with an escape the canonical form refuses (an
+        encoded '/'), when it is one of its own: metered and forwarded as sent. None otherwise."""
+        return None
+
     def usage_in_headers(self, headers) -> TokenUsage | None:
         """Usage a provider reports in the response headers (Bedrock's token counts), for a complete
         body that carries none; read on the writer thread. Raises InvalidUsage like ``count``."""

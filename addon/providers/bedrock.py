@@ -32,6 +32,11 @@ from .base import Observed, Provider, StreamParser, as_dict, count, loads, patte
 INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", \
     "converse-stream"
 _CALL = re.compile(r"/model/([^/]{1,2048})/(invoke|invoke-with-response-stream|converse|converse-stream)")
+# A model given as an ARN is one path segment, its '/' encoded (botocore quotes the modelId whole).
+_ARN_CALL = re.compile(r"/model/(arn(?:%3[aA][A-Za-z0-9._-]*){5}(?:%2[fF](?:[A-Za-z0-9_-][A-Za-z0-9._-]*|%3[aA])+)+)/"
+                       r"(?:invoke|invoke-with-response-stream|converse|converse-stream)")
+# The foundation model an ARN names, when it names one (an application inference profile does not).
+_ARN_MODEL = re.compile(r"arn:aws[a-z-]*:bedrock:[^:]*:[^:]*:(?:inference-profile|foundation-model)/([^/]+)")
 _FREE = patterns(r"/model/[^/]+/count-tokens")
 _BILLABLE = patterns(r"/async-invoke(?:/.*)?", r"/guardrail/.+/apply")
 _HEADERS = {"input_tokens": "x-amzn-bedrock-input-token-count", "output_tokens": "x-amzn-bedrock-output-token-count",
@@ -40,9 +45,13 @@ _HEADERS = {"input_tokens": "x-amzn-bedrock-input-token-count", "output_tokens":
 
 
 def _call(path: str) -> tuple[str, str] | None:
-    """(model id, operation) of a metered path."""
+    """(model id, operation) of a metered path; an ARN's model as the ARN names it."""
     found = _CALL.fullmatch(path)
-    return (unquote(found.group(1)), found.group(2)) if found else None
+    if found is None:
+        return None
+    model = unquote(found.group(1))
+    named = _ARN_MODEL.fullmatch(model)
+    return (named.group(1) if named else model), found.group(2)
 
 
 def converse_usage(raw: object) -> TokenUsage | None:
@@ -136,6 +145,9 @@ class Bedrock(Provider):
 
     def metered(self, path: str) -> bool:
         return _call(path) is not None
+
+    def escaped_path(self, path: str) -> str | None:
+        return path if _ARN_CALL.fullmatch(path) else None
 
     def parse_body(self, path: str, body: object) -> Observed:
         found = _call(path)
