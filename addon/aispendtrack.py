@@ -8,6 +8,7 @@ Run it with plain mitmdump in reverse mode (one port serves every provider):
 or with ``aispendtrack proxy``, which does the same in-process. The addons, in the order mitmproxy
 runs their hooks (docs/architecture.md):
 
+- ``Forward`` (forward.py): the forward-proxy port's credential, and which hosts it intercepts;
 - ``ConnectionBounds`` (bounds.py): how many clients, how long, how large a request head;
 - ``Gate`` (gate.py): health check, our headers removed, routing, keys, tags, upstreams;
 - ``Quotas`` (quotas.py): rate limits, monthly quotas and blocking budgets;
@@ -38,6 +39,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import keys as key_rows
 from addon.core.store import shared
 from addon.estimate import Counter
+from addon.forward import Forward
 from addon.gate import Gate
 from addon.meter import CallMeter
 from addon.providers import all_providers
@@ -279,6 +281,7 @@ class AiSpendTrack:
         if meter is None or res is None:
             return
         self.watch.answered(flow)
+        meter.response_headers = res.headers
         if meter.start_response(res.status_code, res.headers.get("content-type", ""),
                                 res.headers.get("content-encoding", "")):
             res.stream = meter.tap  # chunks go to the client as they arrive; the tap only reads along
@@ -352,7 +355,9 @@ def make_addons() -> list:
     state = ProxyState()
     meter = AiSpendTrack(state)
     # RealtimeSessions before AiSpendTrack: at shutdown its done() stores open responses before the writer stops.
-    return [ConnectionBounds(), Gate(state), Quotas(state), realtime.RealtimeSessions(meter.submit), meter]
+    # Forward first: its TLS hook decides which tunnels are opened, and ConnectionBounds reads that.
+    return [Forward(state), ConnectionBounds(), Gate(state), Quotas(state), realtime.RealtimeSessions(meter.submit),
+            meter]
 
 
 addons = make_addons()

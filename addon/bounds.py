@@ -155,6 +155,12 @@ class ConnectionBounds:
         self._deadlines.pop(client.id, None)
         self._in_flight.pop(client.id, None)
 
+    def tls_clienthello(self, data) -> None:
+        """A tunnel the forward mode does not open (forward.py, whose hook runs first) carries another
+        host's bytes for as long as they flow: no request deadline, mitmproxy's idle timeout only."""
+        if data.ignore_connection:
+            self._deadlines.pop(data.context.client.id, None)
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         client_id = flow.client_conn.id
         self._in_flight[client_id] = self._in_flight.get(client_id, 0) + 1

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
 
-from . import refusals, routing, settings, upstreams
+from . import forward, refusals, routing, settings, upstreams
 from .core import keys as keygen
 from .guard import AuthGuard
 from .providers import Provider
@@ -33,6 +33,7 @@ class Gate:
     def __init__(self, state: ProxyState) -> None:
         self.state = state
         self.upstreams: dict[str, tuple[str, str, int, str] | None] = {}
+        self.redirected: set[str] = set()  # providers sent elsewhere than their own host (forward mode)
         self.guard = AuthGuard()
         self.tls_only = False
 
@@ -48,6 +49,7 @@ class Gate:
             self.upstreams = upstreams.parse(self.state.providers, ctx.options.aispendtrack_openai_upstream,
                                              ctx.options.aispendtrack_anthropic_upstream,
                                              ctx.options.aispendtrack_upstreams)
+            self.redirected = upstreams.redirected(self.state.providers, self.upstreams)
         if "aispendtrack_tls_only" in updated:
             self.tls_only = ctx.options.aispendtrack_tls_only
         if "aispendtrack_auth_failures_per_minute" in updated:
@@ -58,15 +60,18 @@ class Gate:
             return  # answered already (ConnectionBounds: over the connection cap)
         req = flow.request
         path, _, query = req.path.partition("?")
-        if path == HEALTH_PATH:
+        forwarded: forward.Forwarded | None = flow.metadata.get(forward.FORWARDED)
+        if forwarded is None and forward.is_forward(flow):
+            return  # another host's request through the forward port: passed on untouched (forward.py)
+        if path == HEALTH_PATH and forwarded is None:
             flow.response = http.Response.make(200, b'{"status": "ok"}', {"content-type": "application/json"})
             return
         ours = _take_our_headers(req.headers)  # removed here: they never reach the provider
-        routed = self._route(flow, path, query)
+        routed = self._route(flow, path, query) if forwarded is None else self._route_host(flow, forwarded, path, query)
         if routed is None:
             return
         provider, provider_path, key_in_query = routed
-        key_id = self.state.keyring.lookup(ours.get(KEY_HEADER))
+        key_id = self.state.keyring.lookup(forwarded.key if forwarded else ours.get(KEY_HEADER))
         if key_id is None:
             self._refuse_key(flow, provider, KEY_HEADER in ours, key_in_query)
             return
@@ -77,7 +82,10 @@ class Gate:
                                 f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
                                 f"(got {len(value)} characters). The call was not forwarded.")
                 return
-        if not upstreams.point(req, provider, self.upstreams):
+        if forwarded is not None:
+            if provider.name in self.redirected:
+                upstreams.point_keeping_host(req, provider, self.upstreams)
+        elif not upstreams.point(req, provider, self.upstreams):
             refusals.refuse(flow, provider, 502, "aispendtrack_no_upstream", upstreams.missing(provider))
             return
         flow.metadata[ADMITTED] = Admission(provider, provider_path, key_id, tags["x-customer-id"],
@@ -102,6 +110,23 @@ class Gate:
             # Forwarded as routed: canonical, without a prefix such as /gemini, and without our key.
             flow.request.path = routed.path + ("?" + query if query else "")
         return routed.provider, routed.path, key_in_query
+
+    def _route_host(self, flow: http.HTTPFlow, forwarded: forward.Forwarded, path: str,
+                    query: str) -> tuple[Provider, str, bool] | None:
+        """The forward mode's route (by the host the client called). The path goes on as the client
+        sent it when it only differs from the canonical one by escapes: signed requests (AWS SigV4)
+        sign its exact bytes."""
+        key_in_query = False
+        if query and ("ask_" in query or "aispendtrack" in query.lower()):
+            query, key_in_query = _drop_our_query(query)
+        try:
+            routed = routing.route_host(forwarded.provider, path, flow.request.headers, query)
+        except routing.Misrouted as exc:
+            refusals.refuse(flow, exc.provider, exc.status, exc.code, exc.message)
+            return None
+        if key_in_query or unquote(routed.path) != unquote(path):
+            flow.request.path = routed.path + ("?" + query if query else "")
+        return routed.provider, routed.path, False
 
     def _refuse_key(self, flow: http.HTTPFlow, provider: Provider, key_sent: bool, key_in_query: bool) -> None:
         # Only failures are throttled: a valid key is never refused because of a neighbour's.

@@ -13,7 +13,10 @@ import logging
 import time
 import uuid
 
+from mitmproxy.http import Headers
+
 from .decoding import BodyDecoder, DecodeError
+from .eventstream import EventStreamDecoder, FramingError
 from .injection import UsageStripper
 from .providers import Provider, StreamParser
 from .providers.base import METERED, BatchCall
@@ -25,6 +28,7 @@ log = logging.getLogger(__name__)
 # Past this size a stream is still forwarded in full; we just stop reading along.
 MAX_DECODED_BYTES = 64 * 1024 * 1024
 MAX_RESULTS_BYTES = 64 * 1024 * 1024 * 1024  # a batch's results (JSON lines): gigabytes are normal
+EVENT_STREAM = "application/vnd.amazon.eventstream"
 
 
 class CallMeter:
@@ -57,7 +61,8 @@ class CallMeter:
         self.body: bytes | None = None  # a non-streamed response's raw (still encoded) body
         self._decoder: BodyDecoder | None = None
         self._identity = False  # no content-encoding: skip the decoder on every chunk
-        self._sse: SSEDecoder | None = None
+        self._sse: SSEDecoder | EventStreamDecoder | None = None
+        self.response_headers: Headers | None = None  # kept by reference: a provider may report usage in them (Bedrock)
         self.usage_injected = False  # we asked upstream for the usage the client did not ask for
         self.usage_not_requested: str | None = None  # why we could not ask for it, when we could not
         self._stripper: UsageStripper | None = None
@@ -69,7 +74,8 @@ class CallMeter:
         self.status = status
         self.content_encoding = content_encoding
         kind = content_type.lower()
-        self.stream = kind.startswith("text/event-stream")
+        framed = kind.startswith(EVENT_STREAM)  # AWS's binary event stream (Bedrock)
+        self.stream = framed or kind.startswith("text/event-stream")
         if self.batch is not None and self.batch.action == "results" and status == 200:
             return self._read_results(content_encoding)
         if not self.stream:
@@ -83,7 +89,7 @@ class CallMeter:
                 self.read_failure = str(exc)
             else:
                 self._identity = content_encoding.strip().lower() in ("", "identity")
-                self._sse = SSEDecoder()
+                self._sse = EventStreamDecoder() if framed else SSEDecoder()
                 self.parser = self.provider.stream_parser(self.path)
                 if self.usage_injected and status == 200:
                     self._stripper = UsageStripper()
@@ -132,7 +138,7 @@ class CallMeter:
             feed = parser.feed
             for event, payload in (sse.close() if end else sse.feed(data)):
                 feed(event, payload)
-        except EventTooLarge as exc:
+        except (EventTooLarge, FramingError) as exc:
             self._stop_reading(str(exc))
         except Exception as exc:  # never let bookkeeping break the call
             # Only the type: an exception's text could quote the body.

@@ -142,6 +142,13 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
 
 
 def _observe(meter: CallMeter) -> Observed:
+    observed = _observe_body(meter)
+    if observed.usage is None and observed.complete and meter.response_headers is not None:
+        observed.take_usage(meter.provider.usage_in_headers, meter.response_headers)
+    return observed
+
+
+def _observe_body(meter: CallMeter) -> Observed:
     if meter.parser is not None:
         return meter.parser.observed
     if not meter.body or not meter.provider.metered(meter.path):

@@ -156,13 +156,7 @@ def _query_owner(query: str) -> str | None:
 def route(providers: list[Provider], path: str, headers: Headers, query: str = "") -> Route:
     """The provider and canonical path for a request; raises Misrouted when there is none."""
     fallback = providers[-1]
-    clean = canonical(path)
-    if clean is None:
-        raise Misrouted(fallback, 400, "aispendtrack_bad_path",
-                        f"AiSpendTrack cannot forward {path[:200]!r}: the path climbs above the root, or has a "
-                        f"character no API path has (';', '\\', a space, a control or non-ASCII character, an "
-                        f"encoded '/', '\\', '?' or '#', a segment ending in '.'). Call the provider's documented "
-                        f"path. Nothing was forwarded.")
+    clean = _canonical_or_refuse(fallback, path)
     credentials = owner(headers, query)
     if credentials == MIXED:
         raise Misrouted(fallback, 400, "aispendtrack_mixed_credentials",
@@ -193,6 +187,42 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
         rest = _anthropic_path(provider, rest)
     _refuse_wrong_case(provider, rest)
     return Route(provider, rest)
+
+
+def route_host(provider: Provider, path: str, headers: Headers, query: str = "") -> Route:
+    """The forward mode's route: the provider owns the host the client called (addon/hosts.py).
+
+    The path is checked as in the reverse mode. A key that is unmistakably another provider's (an
+    ``sk-ant-`` key, a Google ``AIza`` key) is refused: an upstream set for this provider
+    (``--upstream``) must never receive it. Signature headers alone decide nothing here, since the
+    Anthropic SDKs send ``anthropic-version`` to Bedrock and Vertex too."""
+    clean = provider.escaped_path(path) or _canonical_or_refuse(provider, path)
+    keys = {_key_in(value) or _basic_key(value) for _, value in headers.fields}
+    keys.add(_query_owner(query) if query else None)
+    for kind in keys:
+        if kind is not None and provider.name not in _KEY_OWNERS[kind]:
+            what = "keys of two providers" if kind == MIXED else f"a key for {kind}"
+            raise Misrouted(provider, 403, "aispendtrack_foreign_key",
+                            f"AiSpendTrack did not forward this call: it carries {what}, but is addressed to "
+                            f"{provider.name}'s host, and a key is never sent to another provider's upstream.")
+    _refuse_wrong_case(provider, clean)
+    return Route(provider, clean)
+
+
+# Who may receive a key found in a request: Google's API keys also serve Vertex AI (express mode),
+# and Google's OAuth tokens the Gemini API; a Google token beside another provider's key goes nowhere.
+_KEY_OWNERS = {ANTHROPIC: ("anthropic",), GOOGLE: ("google", "vertex"), VERTEX: ("vertex", "google"), MIXED: ()}
+
+
+def _canonical_or_refuse(provider: Provider, path: str) -> str:
+    clean = canonical(path)
+    if clean is None:
+        raise Misrouted(provider, 400, "aispendtrack_bad_path",
+                        f"AiSpendTrack cannot forward {path[:200]!r}: the path climbs above the root, or has a "
+                        f"character no API path has (';', '\\', a space, a control or non-ASCII character, an "
+                        f"encoded '/', '\\', '?' or '#', a segment ending in '.'). Call the provider's documented "
+                        f"path. Nothing was forwarded.")
+    return clean
 
 
 def _named(providers: list[Provider], name: str) -> Provider:

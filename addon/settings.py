@@ -46,6 +46,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("upstreams", Sequence[str], [], "Another provider's base URL as NAME=URL, e.g. "
             "azure=https://NAME.openai.azure.com (repeatable; names in docs/providers.md).", "--upstream",
             metavar="NAME=URL", owner="Gate"),
+    Setting("forward_hosts", Sequence[str], [], "Another host the forward mode (--forward-port) intercepts and "
+            "meters as a provider's, as NAME=HOST, e.g. openai=llm-gateway.example.com ('*' for part of a label; "
+            "repeatable). The providers' own hosts are known (docs/forward-proxy.md); every other host is "
+            "tunnelled untouched.", "--forward-host", metavar="NAME=HOST", owner="Forward"),
     Setting("quota_tz", str, "", "Time zone of the days and months that quotas and budgets count, e.g. "
             "America/New_York; stored in the database for the CLI and the web app too. Empty: the stored "
             "one (UTC until set).", "--quota-tz", owner="Quotas"),

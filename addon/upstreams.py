@@ -25,6 +25,21 @@ def parse(providers: list[Provider], openai: str, anthropic: str,
     return {name: _parse_one(url or "", f"the {name} upstream") for name, url in urls.items()}
 
 
+def redirected(providers: list[Provider], upstreams: dict[str, Upstream | None]) -> set[str]:
+    """The providers whose upstream is set elsewhere than their own API (the forward mode sends
+    only these away from the host the client called)."""
+    return {p.name for p in providers
+            if upstreams.get(p.name) is not None and upstreams[p.name] != _parse_one(p.default_upstream or "", "")}
+
+
+def point_keeping_host(req: http.Request, provider: Provider, upstreams: dict[str, Upstream | None]) -> None:
+    """The forward mode's pointing: the connection goes to the upstream, while the Host header
+    stays the provider's, as the client signed it (AWS SigV4 covers it)."""
+    host_header = req.host_header
+    point(req, provider, upstreams)
+    req.host_header = host_header
+
+
 def point(req: http.Request, provider: Provider, upstreams: dict[str, Upstream | None]) -> bool:
     """Point the request at the provider's upstream; False when it has none configured."""
     target = upstreams.get(provider.name) or _own_host(req, provider)

@@ -132,7 +132,8 @@ class Connection:
 
 
 def request_bytes(port: int, stream: bool, headers: dict[str, str], anthropic: bool = False,
-                  ask_usage: bool = True) -> bytes:
+                  ask_usage: bool = True, via_proxy: bool = False) -> bytes:
+    """``via_proxy``: to a forward proxy, for the server on ``port`` (an absolute-form request line)."""
     if anthropic:
         path = "/v1/messages"
         body = json.dumps({"model": "claude-sonnet-4-20250514", "max_tokens": 100, "stream": stream,
@@ -141,7 +142,8 @@ def request_bytes(port: int, stream: bool, headers: dict[str, str], anthropic: b
         path = "/v1/chat/completions"
         body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
                            **({"stream_options": {"include_usage": True}} if stream and ask_usage else {})}).encode()
-    lines = [f"POST {path} HTTP/1.1".encode(), f"host: 127.0.0.1:{port}".encode(),
+    target = f"http://127.0.0.1:{port}{path}" if via_proxy else path
+    lines = [f"POST {target} HTTP/1.1".encode(), f"host: 127.0.0.1:{port}".encode(),
              b"content-type: application/json", b"authorization: Bearer sk-bench",
              f"content-length: {len(body)}".encode()]
     lines += [f"{k}: {v}".encode() for k, v in headers.items()]

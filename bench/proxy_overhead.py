@@ -11,6 +11,10 @@ stream), ``mitmdump`` in reverse mode with no script ("bare"), the same with
 through ours twice: asking for usage ("ours"), and not asking ("ours injected": the proxy adds
 ``include_usage`` upstream and strips the usage chunk again, as for LangChain or LiteLLM). Targets
 are measured in interleaved rounds so that drift of the machine hits them alike.
+The forward mode is measured the same way in the same rounds: ours with ``--mode regular@PORT``
+beside its reverse mode ("ours forward", 127.0.0.1 counted as OpenAI's host by
+``aispendtrack_forward_hosts``, the key as the proxy credential) against bare mitmdump in regular
+mode ("bare regular"), both sent plain-HTTP proxy requests (absolute-form), so neither pays for TLS.
 At the end ours is stopped and its rows are counted: exactly one per request is required.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import socket
@@ -39,6 +44,10 @@ BARE = {"bare mitmdump": [], "bare streaming": ["--set", "stream_large_bodies=1"
 BASELINE = {"plain": "bare mitmdump", "stream": "bare streaming"}
 # Ours as measured, per mode: (target name, whether the client asks for stream usage itself).
 OURS = {"plain": (("ours", True),), "stream": (("ours", True), ("ours injected", False))}
+# The forward mode: bare mitmdump's regular mode, buffering and streaming, and ours beside it.
+BARE_REGULAR = {"bare regular": [], "bare regular streaming": ["--set", "stream_large_bodies=1"]}
+REGULAR_BASELINE = {"plain": "bare regular", "stream": "bare regular streaming"}
+FORWARD = "ours forward"
 
 
 def free_port() -> int:
@@ -75,13 +84,23 @@ def mitmdump(upstream_port: int, port: int, extra: list[str], root: Path = ROOT)
                   "127.0.0.1", "--listen-port", str(port), "--set", "connection_strategy=lazy", *extra], root)
 
 
-def start_ours(upstream_port: int, root: Path) -> tuple[int, subprocess.Popen, Path, str]:
-    """The addon of the checkout at ``root`` with a data directory and key of its own."""
+def mitmdump_regular(port: int, extra: list[str]) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("mitmdump")
+    return start([str(exe), "-q", "--mode", f"regular@{port}", "--listen-host", "127.0.0.1",
+                  "--set", "connection_strategy=lazy", *extra])
+
+
+def start_ours(upstream_port: int, root: Path,
+               forward_port: int | None = None) -> tuple[int, subprocess.Popen, Path, str]:
+    """The addon of the checkout at ``root`` with a data directory and key of its own; with
+    ``forward_port``, its forward mode there too (the upstream's address counted as OpenAI's host)."""
     home = Path(tempfile.mkdtemp(prefix="aispendtrack-bench-"))
     key = make_key(home, root)
     port = free_port()
+    forward = ["--mode", f"regular@{forward_port}", "--set", "aispendtrack_forward_hosts=openai=127.0.0.1",
+               "--set", f"confdir={home / 'ca'}"] if forward_port else []
     proc = mitmdump(upstream_port, port, ["-s", str(root / "addon" / "aispendtrack.py"),
-                                          "--set", f"aispendtrack_home={home}"], root)
+                                          "--set", f"aispendtrack_home={home}", *forward], root)
     return port, proc, home, key
 
 
@@ -145,29 +164,40 @@ def run(rounds: int, latency_count: int, load_count: int, connections: int, prev
     for name, extra in BARE.items():
         port = free_port()
         targets[name] = (port, mitmdump(up_port, port, extra))
-    ours_port, ours, home, key = start_ours(up_port, ROOT)
-    procs = [proc for _, proc in targets.values()] + [ours]
+    regular = {}
+    for name, extra in BARE_REGULAR.items():
+        port = free_port()
+        regular[name] = (port, mitmdump_regular(port, extra))
+    forward_port = free_port()
+    ours_port, ours, home, key = start_ours(up_port, ROOT, forward_port)
+    procs = [proc for _, proc in [*targets.values(), *regular.values()]] + [ours]
     before = start_ours(up_port, previous) if previous else None
     if before is not None:
         procs.append(before[1])
     sent_through_ours = 0
     results: dict = {}
     try:
-        for port, proc in [*targets.values(), (ours_port, ours), *([before[:2]] if before else [])]:
+        for port, proc in [*targets.values(), *regular.values(), (ours_port, ours), (forward_port, ours),
+                           *([before[:2]] if before else [])]:
             wait_for_port(port, proc)
         time.sleep(1.0)  # let the addon load its keys
+        credential = "Basic " + base64.b64encode(f"aispendtrack:{key}".encode()).decode()
         for mode in ("plain", "stream"):
-            # (name, port, extra headers, whether the client asks for stream usage)
-            runs = [(name, port, {}, True) for name, (port, _) in targets.items()]
-            runs += [(name, ours_port, {"x-aispendtrack-key": key}, asks) for name, asks in OURS[mode]]
+            # (name, port the client connects to, extra headers, whether the client asks for stream
+            # usage, whether it talks to a forward proxy)
+            runs = [(name, port, {}, True, False) for name, (port, _) in targets.items()]
+            runs += [(name, ours_port, {"x-aispendtrack-key": key}, asks, False) for name, asks in OURS[mode]]
+            runs += [(name, port, {}, True, True) for name, (port, _) in regular.items()]
+            runs.append((FORWARD, forward_port, {"proxy-authorization": credential}, True, True))
             if before is not None:
-                runs.append(("previous", before[0], {"x-aispendtrack-key": before[3]}, True))
+                runs.append(("previous", before[0], {"x-aispendtrack-key": before[3]}, True, False))
             samples = {name: {"total": [], "first": [], "rps": [], "round_p50": []} for name, *_ in runs}
             for n in range(rounds):
                 # Alternate the order each round, and compare targets within a round: this machine's
                 # speed drifts by tens of percent over minutes, which pooled figures would pick up.
-                for name, port, headers, asks in (runs[::-1] if n % 2 else runs):
-                    raw = loopback.request_bytes(port, mode == "stream", headers, ask_usage=asks)
+                for name, port, headers, asks, via_proxy in (runs[::-1] if n % 2 else runs):
+                    raw = loopback.request_bytes(up_port if via_proxy else port, mode == "stream", headers,
+                                                 ask_usage=asks, via_proxy=via_proxy)
                     asyncio.run(latency(port, raw, 20))  # warm-up
                     totals, firsts = asyncio.run(latency(port, raw, latency_count))
                     rps = asyncio.run(throughput(port, raw, connections, load_count))
@@ -175,7 +205,7 @@ def run(rounds: int, latency_count: int, load_count: int, connections: int, prev
                     samples[name]["first"] += firsts
                     samples[name]["round_p50"].append(percentile(totals, 50))
                     samples[name]["rps"].append(rps)
-                    if port == ours_port:
+                    if port in (ours_port, forward_port):
                         sent_through_ours += 20 + latency_count + load_count
             results[mode] = summarise(samples)
     finally:
@@ -218,20 +248,20 @@ def report(results: dict) -> bool:
     for mode in ("plain", "stream"):
         r = results[mode]
         print(f"\n{mode} requests ({'22-event SSE' if mode == 'stream' else 'JSON'}):")
-        print(f"  {'target':<16}{'p50 ms':>9}{'p99 ms':>9}{'1st byte':>10}{'added p50':>11}{'req/s':>9}")
+        print(f"  {'target':<24}{'p50 ms':>9}{'p99 ms':>9}{'1st byte':>10}{'added p50':>11}{'req/s':>9}")
         for name, v in r.items():
-            print(f"  {name:<16}{v['p50_ms']:>9.2f}{v['p99_ms']:>9.2f}{v['first_byte_p50_ms']:>10.2f}"
+            print(f"  {name:<24}{v['p50_ms']:>9.2f}{v['p99_ms']:>9.2f}{v['first_byte_p50_ms']:>10.2f}"
                   f"{v['added_p50_ms']:>11.2f}{v['rps']:>9.0f}")
         base = BASELINE[mode]
         if "previous" in r:
             delta, ratio = paired(r, "ours", "previous")
             print(f"  ours vs previous (the --previous checkout), median of per-round differences: "
                   f"p50 {delta:+.2f} ms; throughput {ratio:.0%}")
-        for name, _ in OURS[mode]:
-            delta, ratio = paired(r, name, base)
+        for name, against in [*((name, base) for name, _ in OURS[mode]), (FORWARD, REGULAR_BASELINE[mode])]:
+            delta, ratio = paired(r, name, against)
             lat_ok, rps_ok = delta <= 0.5, ratio >= 0.85
             ok &= lat_ok and rps_ok
-            print(f"  {name} vs {base}, median of per-round differences: p50 {delta:+.2f} ms (target <= +0.50) "
+            print(f"  {name} vs {against}, median of per-round differences: p50 {delta:+.2f} ms (target <= +0.50) "
                   f"{'ok' if lat_ok else 'MISSED'}; throughput {ratio:.0%} (target >= 85%) "
                   f"{'ok' if rps_ok else 'MISSED'}")
     rows = results["rows"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from addon import settings
+from addon.core import ca
 from addon.core import home as home_dir
 from addon.core import keys as keygen
 from addon.core.plans import DEFAULT_PLAN
@@ -47,6 +48,9 @@ _CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option("--web-port", type=click.IntRange(1, 65535), help="Also serve the web app and API on this port.")
+@click.option("--forward-port", type=click.IntRange(1, 65535),
+              help="Also be a forward proxy (HTTPS_PROXY) on this port, metering the providers' hosts "
+                   "(`aispendtrack ca` prints the client environment).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False),
               help="Serve HTTPS with this certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The private key of --tls-cert (PEM).")
@@ -55,11 +59,14 @@ _CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
 @trusted_proxy_option
 @_setting_flags
 @click.pass_obj
-def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None, tls_key: str | None,
-          upstream_ca: str | None, trusted_proxies: tuple[str, ...], **values) -> None:
+def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | None, tls_cert: str | None,
+          tls_key: str | None, upstream_ca: str | None, trusted_proxies: tuple[str, ...], **values) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
+    if tls_cert and forward_port:
+        raise click.UsageError("--forward-port cannot be combined with --tls-cert yet: mitmproxy would show the "
+                               "--tls-cert certificate for the providers' hosts too.")
     try:
         home_dir.check_free(obj.home)
     except home_dir.HomeInUse as exc:
@@ -67,6 +74,8 @@ def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None,
     check_port_free(host, port, "--port")
     if web_port:
         check_port_free(host, web_port, "--web-port")
+    if forward_port:
+        check_port_free(host, forward_port, "--forward-port")
     if values.get("metrics_port"):
         check_port_free(values["metrics_host"], values["metrics_port"], "--metrics-port")
     _first_key(obj.db)
@@ -80,8 +89,14 @@ def proxy(obj, host: str, port: int, web_port: int | None, tls_cert: str | None,
                "default_headers={'x-aispendtrack-key': ...})")
     click.echo(f"  Anthropic: Anthropic(base_url='{scheme}://{host}:{port}', "
                "default_headers={'x-aispendtrack-key': ...})")
+    modes = [f"reverse:{values['openai_upstream']}@{port}"]
+    if forward_port:
+        modes.append(f"regular@{forward_port}")
+        click.echo(f"  Forward:   HTTPS_PROXY=http://ask_KEY@{host}:{forward_port}  "
+                   "(and trust the CA: `aispendtrack ca`)")
     addon_options = _addon_options(values, home=str(obj.home), tls_only=bool(tls_cert))
-    mitm_options = dict(listen_host=host, listen_port=port, mode=[f"reverse:{values['openai_upstream']}"])
+    # The CA the forward mode signs with lives in the data directory (addon/core/ca.py).
+    mitm_options = dict(listen_host=host, listen_port=port, mode=modes, confdir=str(ca.ensure(obj.home).confdir))
     if tls_cert and tls_key:
         mitm_options["certs"] = [f"*={tls_pem(obj.home, tls_cert, tls_key)}"]
     if upstream_ca:

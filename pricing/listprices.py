@@ -60,8 +60,13 @@ def context(service_tier: str | None) -> Context:
     return (("processing", "batch"),) if service_tier == "batch" else (("service_tier", service_tier),)
 
 
+# Providers recorded under another name than genai-prices' id for them.
+_GENAI_IDS = {"bedrock": "aws"}
+
+
 def has_tier(provider: str, model: str, at: dt.datetime, ctx: Context) -> bool:
     """Whether genai-prices publishes this tier's own rates for the model at that time."""
+    provider = _GENAI_IDS.get(provider, provider)
     info = _model(provider, model, own=True)
     return info is not None and any(
         tuple(sorted(v.when.items())) == ctx and (v.constraint is None or v.constraint.active(at))
@@ -70,6 +75,7 @@ def has_tier(provider: str, model: str, at: dt.datetime, ctx: Context) -> bool:
 
 def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Context = ()) -> Decimal | None:
     """The list price, or None when genai-prices does not know the model."""
+    provider = _GENAI_IDS.get(provider, provider)
     rates = _linear_rates(provider, model, at.date(), ctx)
     if rates is None:
         return None

@@ -9,6 +9,7 @@ import json
 
 import pytest
 from mitmproxy import ctx, exceptions
+from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
 from addon.aispendtrack import make_addons
@@ -47,6 +48,7 @@ def addon(tmp_path):
 
 def _flow(path: str, **headers: str):
     flow = tflow.tflow()
+    flow.client_conn.proxy_mode = ProxyMode.parse("reverse:https://api.openai.com")  # as `aispendtrack proxy` runs
     flow.request.path = path
     flow.request.headers["host"] = "localhost:8080"  # as the client sent it
     for name, value in headers.items():

@@ -407,7 +407,7 @@ def test_the_dockerfile_steps_run_without_docker_and_print_nothing(tmp_path):
     argv[0] = str(workdir / argv[0])
     health = f"http://127.0.0.1:{port}/aispendtrack/health"
     assert served(argv, env, health, workdir) == '{"status": "ok"}'
-    assert (home / "aispendtrack.duckdb").exists() and (home / ".mitmproxy").is_dir()
+    assert (home / "aispendtrack.duckdb").exists() and (home / "ca" / "mitmproxy-ca.pem").is_file()
 
 
 def test_the_compose_file_runs_the_image_in_the_shared_mode_behind_haproxy():

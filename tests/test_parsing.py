@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import struct
 import time
 import zlib
 
@@ -12,6 +13,7 @@ import brotli
 import pytest
 
 from addon.decoding import BodyDecoder, DecodeError
+from addon.eventstream import EventStreamDecoder, FramingError
 from addon.providers import anthropic, openai
 from addon.sse import EventTooLarge, SSEDecoder
 from pricing.usage import TokenUsage
@@ -123,3 +125,34 @@ def test_reasoning_outside_completion_tokens_is_billed_as_output():
     # OpenAI: reasoning inside completion_tokens, and the total says so; nothing is added.
     assert openai.usage_from(payloads.USAGE_REASONING) == TokenUsage(input_tokens=156, output_tokens=561,
                                                                      reasoning_tokens=512)
+
+
+def _event_stream() -> tuple[bytes, list[tuple[str, bytes]]]:
+    from .bedrock_upstream import event_message
+    expected = [("chunk", json.dumps({"bytes": "eyJ0eXBlIjoibWVzc2FnZV9zdG9wIn0=", "p": "a" * n}).encode())
+                for n in range(0, 300, 37)]
+    expected.append(("exception:throttlingException", b'{"message": "slow down"}'))
+    wire = b"".join(event_message({":event-type": "chunk", ":content-type": "application/json",
+                                   ":message-type": "event"}, payload) for _, payload in expected[:-1])
+    wire += event_message({":message-type": "exception", ":exception-type": "throttlingException"}, expected[-1][1])
+    return wire, expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_aws_event_stream_messages_are_the_same_however_the_bytes_are_cut(seed):
+    wire, expected = _event_stream()
+    rng = random.Random(seed)
+    decoder, events, at = EventStreamDecoder(), [], 0
+    while at < len(wire):
+        step = rng.randint(1, 40)
+        events += decoder.feed(wire[at:at + step])
+        at += step
+    assert events == expected
+
+
+def test_aws_event_stream_refuses_a_huge_message_before_buffering_it():
+    decoder = EventStreamDecoder()
+    with pytest.raises(EventTooLarge):
+        list(decoder.feed(struct.pack(">II", 1 << 30, 10) + b"\0" * 4))  # claims 1 GiB
+    with pytest.raises(FramingError):
+        list(EventStreamDecoder().feed(struct.pack(">II", 14, 10) + b"\0" * 4))  # shorter than its headers

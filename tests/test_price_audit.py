@@ -25,6 +25,7 @@ XAI = "https://docs.x.ai/docs/models"
 # Vertex's own page; its Gemini and Claude (global endpoint) rates are the first-party ones above.
 VERTEX = "https://cloud.google.com/vertex-ai/generative-ai/pricing"
 VERTEX_MODELS = "/v1/projects/p/locations/{location}/publishers/{publisher}/models/{model}:{method}"
+BEDROCK = "https://aws.amazon.com/bedrock/pricing/"
 NOW = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
 PROVIDERS = {p.name: p for p in all_providers(None)}
 CHAT, RESPONSES = "/v1/chat/completions", "/v1/responses"
@@ -291,6 +292,22 @@ CASES = [
          VERTEX_MODELS.format(location="us-east5", publisher="anthropic", model="claude-opus-4-1@20250805",
                               method="rawPredict"),
          "claude-opus-4-1@20250805", messages(100, 200), [(100, "15.00"), (200, "75.00")], VERTEX),
+    # Bedrock: the model is the path's; a regional inference profile (us.) costs 10% over the global one.
+    Case("bedrock-invoke-claude-regional-profile", "bedrock",
+         "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke", "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+         messages(100, 50, read=1000, write_5m=200, split=False),
+         [(100, "3.30"), (1000, "0.33"), (200, "4.125"), (50, "16.50")], BEDROCK),
+    Case("bedrock-converse-claude-global-profile-cache", "bedrock",
+         "/model/global.anthropic.claude-sonnet-4-5-20250929-v1:0/converse",
+         "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+         {"output": {}, "stopReason": "end_turn",
+          "usage": {"inputTokens": 30, "outputTokens": 12, "totalTokens": 3072, "cacheReadInputTokens": 2000,
+                    "cacheWriteInputTokens": 1030}},
+         [(30, "3.00"), (2000, "0.30"), (1030, "3.75"), (12, "15.00")], BEDROCK),
+    Case("bedrock-invoke-llama-counts", "bedrock", "/model/meta.llama3-3-70b-instruct-v1:0/invoke",
+         "meta.llama3-3-70b-instruct-v1:0",
+         {"generation": "ok", "prompt_token_count": 40, "generation_token_count": 20, "stop_reason": "stop"},
+         [(40, "0.72"), (20, "0.72")], BEDROCK),
 ]
 
 

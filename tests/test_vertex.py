@@ -21,6 +21,7 @@ from google.genai import types
 from google.oauth2.credentials import Credentials
 from mitmproxy.test import tutils
 
+from addon.hosts import ProviderHosts
 from addon.providers.vertex import Vertex, vertex_host
 from addon.upstreams import missing, point
 
@@ -173,11 +174,11 @@ def test_without_an_upstream_a_call_goes_to_its_locations_host(location, host):
 
 
 def test_hosts_declare_vertex_for_the_forward_mode():
-    vertex = Vertex()
-    assert all(vertex.serves_host(vertex_host(loc) or "") for loc in ("us-east5", "global", "us", "eu"))
-    assert vertex.serves_host("US-CENTRAL1-aiplatform.googleapis.com.")
-    assert not vertex.serves_host("evil.example-aiplatform.googleapis.com.attacker.net")
-    assert not vertex.serves_host("a.b-aiplatform.googleapis.com")  # "*" is one DNS label
+    hosts = ProviderHosts([Vertex()])
+    assert all(hosts.provider(vertex_host(loc) or "") == "vertex" for loc in ("us-east5", "global", "us", "eu"))
+    assert hosts.provider("US-CENTRAL1-aiplatform.googleapis.com.") == "vertex"
+    assert hosts.provider("evil.example-aiplatform.googleapis.com.attacker.net") is None
+    assert hosts.provider("a.b-aiplatform.googleapis.com") is None  # "*" is within one DNS label
     assert vertex_host("evil.com#") is None and vertex_host("") is None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..estimate import Counter
 from .anthropic import Anthropic
 from .base import Observed, Provider, StreamParser
+from .bedrock import Bedrock
 from .cohere import Cohere
 from .gemini import Gemini
 from .openai import OpenAI, OpenAICompatible
@@ -27,13 +28,15 @@ def all_providers(counter: Counter | None) -> list[Provider]:
         Vertex(counter),
         OpenAICompatible("mistral", "/mistral", "https://api.mistral.ai", counter),
         # Azure has no default upstream: one per resource, --upstream azure=https://NAME.openai.azure.com
-        OpenAICompatible("azure", "/azure", None, counter, accepts_stream_options=True),
+        OpenAICompatible("azure", "/azure", None, counter, accepts_stream_options=True,
+                         hosts=("*.openai.azure.com", "*.cognitiveservices.azure.com")),
         OpenAICompatible("openrouter", "/openrouter", "https://openrouter.ai/api", counter),
         OpenAICompatible("groq", "/groq", "https://api.groq.com/openai", counter, accepts_stream_options=True),
         OpenAICompatible("deepseek", "/deepseek", "https://api.deepseek.com", counter, accepts_stream_options=True),
         OpenAICompatible("x-ai", "/xai", "https://api.x.ai", counter, accepts_stream_options=True),
         OpenAICompatible("together", "/together", "https://api.together.xyz", counter),
         OpenAICompatible("fireworks", "/fireworks", "https://api.fireworks.ai/inference", counter),
+        Bedrock(counter),  # the forward mode's only (no prefix): SigV4 signs the host
         Anthropic(counter),
         OpenAI(counter),
     ]

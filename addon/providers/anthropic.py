@@ -170,6 +170,7 @@ class Anthropic(Provider):
     prefix = "/anthropic"
     default_upstream = "https://api.anthropic.com"
     paths = PATHS
+    hosts = ("api.anthropic.com",)
     free = _FREE
 
     def metered(self, path: str) -> bool:

@@ -6,7 +6,6 @@ module looks at a provider's field names.
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections.abc import Callable
@@ -106,8 +105,9 @@ class Provider:
     default_upstream: str | None = None
     # Paths this provider answers on the shared port without a prefix, e.g. ("/v1/messages",).
     paths: tuple[str, ...] = ()
-    # The provider's own host names, lower case, for the forward mode (``serves_host``); "*" stands
-    # for one DNS label: "*-aiplatform.googleapis.com" is us-central1-aiplatform.googleapis.com.
+    # The host names its API answers on: the forward mode (addon/forward.py) intercepts and meters
+    # these and tunnels every other host untouched. "*" stands for one or more characters other
+    # than ".", e.g. "bedrock-runtime.*.amazonaws.com" or "*-aiplatform.googleapis.com".
     hosts: tuple[str, ...] = ()
     # The provider's bill, path by path (full-match patterns; docs/coverage.md cites the price
     # pages): what it bills per call that we do not meter, and what it bills nothing for. A path
@@ -118,10 +118,6 @@ class Provider:
 
     def __init__(self, counter=None):
         self.counter = counter  # an estimate.Counter, for calls whose usage must be counted by us
-
-    def serves_host(self, host: str) -> bool:
-        """Whether ``host`` (a name without port) is one of this provider's ``hosts``."""
-        return any(_host_pattern(pattern).fullmatch(host.lower().rstrip(".")) for pattern in self.hosts)
 
     def host_for(self, path: str) -> str | None:
         """The provider's host for this path when it depends on the path (Vertex: the location's),
@@ -171,6 +167,16 @@ class Provider:
     def stream_parser(self, path: str) -> StreamParser:
         raise NotImplementedError
 
+    def escaped_path(self, path: str) -> str | None:
+        """A request path this provider's API writes with an escape the canonical form refuses (an
+        encoded '/'), when it is one of its own: metered and forwarded as sent. None otherwise."""
+        return None
+
+    def usage_in_headers(self, headers) -> TokenUsage | None:
+        """Usage a provider reports in the response headers (Bedrock's token counts), for a complete
+        body that carries none; read on the writer thread. Raises InvalidUsage like ``count``."""
+        return None
+
     def estimate(self, path: str, request: dict | None, parser: StreamParser | None,
                  model: str | None) -> TokenUsage | None:
         """Our own count when the provider reported none; None when we cannot tell."""
@@ -205,11 +211,6 @@ class Provider:
 
 
 _TIER_NAME = re.compile(r"[a-z0-9_-]{1,32}")
-
-
-@functools.cache
-def _host_pattern(pattern: str) -> re.Pattern[str]:
-    return re.compile(r"[a-z0-9-]{1,63}".join(re.escape(part) for part in pattern.lower().split("*")))
 
 
 def patterns(*texts: str) -> tuple[re.Pattern[str], ...]:

@@ -50,6 +50,7 @@ class Cohere(Provider):
     name = "cohere"
     prefix = "/cohere"
     default_upstream = "https://api.cohere.com"
+    hosts = ("api.cohere.com", "api.cohere.ai")
 
 
     def metered(self, path: str) -> bool:

@@ -108,6 +108,7 @@ class Gemini(Provider):
     name = "google"
     prefix = "/gemini"
     default_upstream = "https://generativelanguage.googleapis.com"
+    hosts = ("generativelanguage.googleapis.com",)
     billable = _BILLABLE
     free = _FREE
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urlsplit
 
 from pricing.usage import TokenUsage
 
@@ -210,6 +211,7 @@ class OpenAI(Provider):
     prefix: str | None = "/openai"
     default_upstream: str | None = "https://api.openai.com"
     paths: tuple[str, ...] = ("/v1/",)
+    hosts: tuple[str, ...] = ("api.openai.com",)
     billable = _BILLABLE
     free = _FREE
 
@@ -336,9 +338,12 @@ class OpenAICompatible(OpenAI):
     paths = ()
 
     def __init__(self, name: str, prefix: str, default_upstream: str | None, counter: Counter | None = None,
-                 accepts_stream_options: bool = False):
+                 accepts_stream_options: bool = False, hosts: tuple[str, ...] | None = None):
         super().__init__(counter)
         self.name, self.prefix, self.default_upstream = name, prefix, default_upstream
+        # Its API's host is its default upstream's, unless it has several (Azure: one per resource).
+        self.hosts = hosts if hosts is not None else (urlsplit(default_upstream).hostname or "",) \
+            if default_upstream else ()
         self.accepts_stream_options = accepts_stream_options
 
     def metered(self, path: str) -> bool:

@@ -46,7 +46,7 @@ class Vertex(Provider):
     name = "vertex"
     prefix = "/vertex"
     default_upstream = None  # by location: host_for()
-    # "*" stands for one DNS label (base.py, serves_host): us-central1-aiplatform.googleapis.com.
+    # "*" stands for part of one DNS label (base.py): us-central1-aiplatform.googleapis.com.
     hosts = ("*-aiplatform.googleapis.com", "aiplatform.googleapis.com", "aiplatform.us.rep.googleapis.com",
              "aiplatform.eu.rep.googleapis.com")
     free = _FREE

@@ -1,0 +1,189 @@
+"""AWS Bedrock Runtime: InvokeModel, InvokeModelWithResponseStream, Converse and ConverseStream.
+
+Reached through the forward mode only (addon/forward.py): requests are signed with SigV4 over the
+host name and the exact path, so they go on byte for byte to ``bedrock-runtime.<region>.amazonaws.com``
+(or the ``--upstream bedrock=URL``, the Host header unchanged); the proxy never needs AWS credentials.
+
+The model is the path's (``/model/{modelId}/invoke``; an inference profile such as
+``us.anthropic.claude-...`` included), priced with genai-prices' ``aws`` prices. Usage:
+
+- InvokeModel: the body's, in the model's own format (Anthropic's ``usage``; Nova's
+  ``usage.inputTokens``), else the ``x-amzn-bedrock-*-token-count`` response headers;
+- InvokeModelWithResponseStream: AWS event-stream messages whose ``chunk`` carries the model's
+  event as base64 ``bytes`` (Anthropic's stream events), the last with
+  ``amazon-bedrock-invocationMetrics``;
+- Converse: ``usage`` (``inputTokens`` excludes the cache reads and writes, which have their own
+  fields); ConverseStream: the ``metadata`` event's ``usage``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from urllib.parse import unquote
+
+from pricing.usage import TokenUsage
+
+from . import anthropic
+from .base import Observed, Provider, StreamParser, as_dict, count, loads, patterns
+
+INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", \
+    "converse-stream"
+_CALL = re.compile(r"/model/([^/]{1,2048})/(invoke|invoke-with-response-stream|converse|converse-stream)")
+# A model given as an ARN is one path segment, its '/' encoded (botocore quotes the modelId whole).
+_ARN_CALL = re.compile(r"/model/(arn(?:%3[aA][A-Za-z0-9._-]*){5}(?:%2[fF](?:[A-Za-z0-9_-][A-Za-z0-9._-]*|%3[aA])+)+)/"
+                       r"(?:invoke|invoke-with-response-stream|converse|converse-stream)")
+# The foundation model an ARN names, when it names one (an application inference profile does not).
+_ARN_MODEL = re.compile(r"arn:aws[a-z-]*:bedrock:[^:]*:[^:]*:(?:inference-profile|foundation-model)/([^/]+)")
+_FREE = patterns(r"/model/[^/]+/count-tokens")
+_BILLABLE = patterns(r"/async-invoke(?:/.*)?", r"/guardrail/.+/apply")
+_HEADERS = {"input_tokens": "x-amzn-bedrock-input-token-count", "output_tokens": "x-amzn-bedrock-output-token-count",
+            "cache_read_tokens": "x-amzn-bedrock-cache-read-input-token-count",
+            "cache_write_tokens": "x-amzn-bedrock-cache-write-input-token-count"}
+
+
+def _call(path: str) -> tuple[str, str] | None:
+    """(model id, operation) of a metered path; an ARN's model as the ARN names it."""
+    found = _CALL.fullmatch(path)
+    if found is None:
+        return None
+    model = unquote(found.group(1))
+    named = _ARN_MODEL.fullmatch(model)
+    return (named.group(1) if named else model), found.group(2)
+
+
+def converse_usage(raw: object) -> TokenUsage | None:
+    if not isinstance(raw, dict):
+        return None
+    return TokenUsage(input_tokens=count(raw, "inputTokens", required=True),
+                      cache_read_tokens=count(raw, "cacheReadInputTokens") or count(raw, "cacheReadInputTokenCount"),
+                      cache_write_tokens=count(raw, "cacheWriteInputTokens") or count(raw, "cacheWriteInputTokenCount"),
+                      output_tokens=count(raw, "outputTokens", required=True))
+
+
+def _metrics_usage(raw: object) -> TokenUsage | None:
+    """``amazon-bedrock-invocationMetrics``, the last chunk of every InvokeModel stream."""
+    if not isinstance(raw, dict):
+        return None
+    return TokenUsage(input_tokens=count(raw, "inputTokenCount", required=True),
+                      cache_read_tokens=count(raw, "cacheReadInputTokenCount"),
+                      cache_write_tokens=count(raw, "cacheWriteInputTokenCount"),
+                      output_tokens=count(raw, "outputTokenCount", required=True))
+
+
+def _invoke_usage(raw: object) -> TokenUsage | None:
+    """An InvokeModel body's usage, in the formats of the models that report one in it."""
+    body = as_dict(raw)
+    usage = body.get("usage")
+    if isinstance(usage, dict) and "input_tokens" in usage:  # Anthropic's Messages
+        return anthropic.usage_from(usage)
+    if isinstance(usage, dict) and "inputTokens" in usage:  # Amazon Nova
+        return converse_usage(usage)
+    if "prompt_token_count" in body:  # Meta Llama
+        return TokenUsage(input_tokens=count(body, "prompt_token_count", required=True),
+                          output_tokens=count(body, "generation_token_count", required=True))
+    return None
+
+
+class InvokeStream(anthropic.AnthropicStream):
+    """An InvokeModel stream: each ``chunk`` holds the model's own event (Anthropic's, for Claude)."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self._model = model
+        self.observed.model = model
+
+    def feed(self, event: str | None, data: bytes) -> None:
+        if event is not None and event.startswith("exception:"):
+            self.observed.error = event.partition(":")[2][:100]
+            return
+        if event != "chunk":
+            return
+        try:
+            inner = base64.b64decode(as_dict(loads(data)).get("bytes") or b"", validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            return
+        if b"amazon-bedrock-invocationMetrics" in inner:
+            metrics = as_dict(loads(inner)).get("amazon-bedrock-invocationMetrics")
+            if self.observed.usage is None:  # a model whose events carry no usage of their own
+                self.observed.take_usage(_metrics_usage, metrics)
+            self.observed.complete = True
+        kind = re.search(rb'"type"\s*:\s*"([a-z_]+)"', inner[:200])
+        super().feed(kind.group(1).decode() if kind else None, inner)
+        self.observed.model = self._model  # the path names what is billed (an inference profile)
+
+
+class ConverseStream(StreamParser):
+    def __init__(self, model: str) -> None:
+        super().__init__()
+        self.observed.model = model
+
+    def feed(self, event: str | None, data: bytes) -> None:
+        if event is not None and event.startswith("exception:"):
+            self.observed.error = event.partition(":")[2][:100]
+        elif event == "contentBlockDelta":
+            self.keep_delta(data)
+        elif event == "metadata":
+            self.observed.take_usage(converse_usage, as_dict(loads(data)).get("usage"))
+            self.observed.complete = True
+
+    def output_text(self) -> str:
+        return "".join(str(as_dict(as_dict(loads(data)).get("delta")).get("text") or "") for data in self.deltas)
+
+
+class Bedrock(Provider):
+    name = "bedrock"
+    hosts = ("bedrock-runtime.*.amazonaws.com", "bedrock-runtime-fips.*.amazonaws.com")
+    billable = _BILLABLE
+    free = _FREE
+
+    def endpoint(self, path: str) -> str:
+        found = _call(path)
+        return f"/model/{{modelId}}/{found[1]}" if found else path
+
+    def metered(self, path: str) -> bool:
+        return _call(path) is not None
+
+    def escaped_path(self, path: str) -> str | None:
+        return path if _ARN_CALL.fullmatch(path) else None
+
+    def parse_body(self, path: str, body: object) -> Observed:
+        found = _call(path)
+        if found is None or not isinstance(body, dict):
+            return Observed()
+        model, operation = found
+        observed = Observed(model=model, complete=True)
+        if operation == CONVERSE:
+            observed.take_usage(converse_usage, body.get("usage"))
+        else:
+            observed.take_usage(_invoke_usage, body)
+        return observed
+
+    def usage_in_headers(self, headers) -> TokenUsage | None:
+        if _HEADERS["input_tokens"] not in headers:
+            return None
+        return TokenUsage(**{field: _header_count(headers, name) for field, name in _HEADERS.items()})
+
+    def stream_parser(self, path: str) -> StreamParser:
+        found = _call(path)
+        model = found[0] if found else ""
+        return ConverseStream(model) if found and found[1] == CONVERSE_STREAM else InvokeStream(model)
+
+    def error_body(self, status: int, message: str, code: str) -> bytes:
+        # botocore reads the error code from "__type" and the message from "message".
+        return json.dumps({"__type": code, "message": message}).encode()
+
+
+def _header_count(headers, name: str) -> int:
+    return count({"n": _number(headers.get(name))}, "n")
+
+
+def _number(value: str | None) -> object:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return value[:40]  # count() says why it is not a token count

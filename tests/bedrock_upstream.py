@@ -1,0 +1,181 @@
+"""A fake of AWS Bedrock Runtime over HTTPS on 127.0.0.1, as strict about SigV4 as AWS is.
+
+Every request's signature is recomputed with botocore's signer from the bytes received (method,
+path, the signed headers, the Host header among them, the body) and the test's credentials; a
+mismatch gets AWS's 403 ``InvalidSignatureException``. Answers: InvokeModel (Claude's Messages
+body, or a Mistral body with usage in the headers only), InvokeModelWithResponseStream (Claude's
+stream events in AWS event-stream framing), Converse and ConverseStream, as documented
+(docs.aws.amazon.com/bedrock/latest/APIReference).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import re
+import ssl
+import struct
+import threading
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+ACCESS_KEY, SECRET_KEY, REGION = "AKIDFORWARDTEST00001", "forward-test-secret-key", "us-east-1"
+_AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<day>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
+                   r"/aws4_request, SignedHeaders=(?P<signed>[^,]+), Signature=(?P<signature>[0-9a-f]{64})")
+_CALL = re.compile(r"/model/([^/]+)/(invoke|invoke-with-response-stream|converse|converse-stream)")
+
+CLAUDE_USAGE = {"input_tokens": 25, "output_tokens": 12, "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0}
+CONVERSE_USAGE = {"inputTokens": 30, "outputTokens": 12, "totalTokens": 3072, "cacheReadInputTokens": 2000,
+                  "cacheWriteInputTokens": 1030}
+MISTRAL_HEADERS = {"x-amzn-bedrock-input-token-count": "17", "x-amzn-bedrock-output-token-count": "9"}
+
+
+def signature_valid(method: str, path: str, headers: dict[str, str], body: bytes) -> bool:
+    """Whether the request is signed with the test's credentials, as AWS checks it."""
+    found = _AUTH.fullmatch(headers.get("authorization", ""))
+    if found is None or found["key"] != ACCESS_KEY or "x-amz-date" not in headers:
+        return False
+    signed = found["signed"].split(";")
+    if "host" not in signed or any(name not in headers for name in signed):
+        return False
+    request = AWSRequest(method=method, url=f"https://{headers['host']}{path}", data=body,
+                         headers={name: headers[name] for name in signed})
+    request.context["timestamp"] = headers["x-amz-date"]
+    signer = SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), found["service"], found["region"])
+    expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+    return hmac.compare_digest(expected, found["signature"])
+
+
+def event_message(headers: dict[str, str], payload: bytes) -> bytes:
+    """One AWS event-stream message, CRCs included (botocore checks both)."""
+    raw_headers = b"".join(bytes([len(name)]) + name.encode() + b"\x07" + struct.pack(">H", len(value)) + value.encode()
+                           for name, value in headers.items())
+    prelude = struct.pack(">II", 12 + len(raw_headers) + len(payload) + 4, len(raw_headers))
+    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + raw_headers + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def _event(kind: str, body: dict) -> bytes:
+    return event_message({":event-type": kind, ":content-type": "application/json", ":message-type": "event"},
+                         json.dumps(body).encode())
+
+
+def _chunk(event: dict) -> bytes:
+    return _event("chunk", {"bytes": base64.b64encode(json.dumps(event).encode()).decode(), "p": "abcdefgh"})
+
+
+def claude_message(model: str) -> dict:
+    return {"id": "msg_bdrk_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+            "content": [{"type": "text", "text": "Hello from Bedrock"}], "stop_reason": "end_turn",
+            "stop_sequence": None, "usage": CLAUDE_USAGE}
+
+
+def claude_stream() -> list[bytes]:
+    start = {"type": "message_start", "message": {**claude_message(""), "content": [], "stop_reason": None,
+                                                  "usage": {**CLAUDE_USAGE, "output_tokens": 1}}}
+    return [_chunk(start),
+            _chunk({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            _chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}),
+            _chunk({"type": "content_block_stop", "index": 0}),
+            _chunk({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 12}}),
+            _chunk({"type": "message_stop", "amazon-bedrock-invocationMetrics": {
+                "inputTokenCount": 25, "outputTokenCount": 12, "invocationLatency": 812, "firstByteLatency": 301}})]
+
+
+def converse_stream() -> list[bytes]:
+    return [_event("messageStart", {"role": "assistant"}),
+            _event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Hello"}}),
+            _event("contentBlockStop", {"contentBlockIndex": 0}),
+            _event("messageStop", {"stopReason": "end_turn"}),
+            _event("metadata", {"usage": CONVERSE_USAGE, "metrics": {"latencyMs": 640}})]
+
+
+class FakeBedrock:
+    def __init__(self, certs: dict[str, Path]) -> None:
+        self.received: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.rejected = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certs["cert"], certs["key"])
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeBedrock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler(fake: FakeBedrock):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            fake.received.append((self.command, self.path, headers, body))
+            if not signature_valid(self.command, self.path, headers, body):
+                fake.rejected += 1
+                self._json(403, {"message": "The request signature we calculated does not match the signature you "
+                                            "provided. Check your AWS Secret Access Key and signing method."},
+                           {"x-amzn-ErrorType": "InvalidSignatureException:http://internal.amazon.com/coral/"})
+                return
+            found = _CALL.fullmatch(self.path)
+            if found is None:
+                self._json(404, {"message": "Unknown operation"}, {"x-amzn-ErrorType": "UnknownOperationException:"})
+                return
+            model, operation = found.group(1).replace("%3A", ":"), found.group(2)
+            if operation == "invoke" and model.startswith("mistral."):
+                self._json(200, {"outputs": [{"text": "Bonjour", "stop_reason": "stop"}]}, MISTRAL_HEADERS)
+            elif operation == "invoke":
+                self._json(200, claude_message(model), {"x-amzn-bedrock-input-token-count": "25",
+                                                        "x-amzn-bedrock-output-token-count": "12"})
+            elif operation == "converse":
+                self._json(200, {"output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}},
+                                 "stopReason": "end_turn", "usage": CONVERSE_USAGE, "metrics": {"latencyMs": 640}})
+            else:
+                self._stream(claude_stream() if operation == "invoke-with-response-stream" else converse_stream())
+
+        def _json(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.send_header("x-amzn-requestid", "f0e1d2c3-0000-4000-8000-000000000001")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _stream(self, messages: list[bytes]) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/vnd.amazon.eventstream")
+            self.send_header("x-amzn-bedrock-content-type", "application/json")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            wire = b"".join(messages)
+            # Cut across message boundaries, as a network does: the proxy must reassemble them.
+            for start in range(0, len(wire), 37):
+                piece = wire[start:start + 37]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+    return Handler

@@ -1,0 +1,422 @@
+"""The forward-proxy mode (HTTPS_PROXY): the official clients with only environment variables set.
+
+The proxy runs as users start it (``aispendtrack proxy --forward-port``), its providers' upstreams
+pointed at the fake provider on 127.0.0.1 (``--openai-upstream``, ``--upstream``): the client calls
+https://api.openai.com as ever, the proxy intercepts it with its own CA and the fake answers with
+the request's Host header still the provider's.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import anthropic
+import boto3
+import botocore.exceptions
+import httpx
+import openai
+import pytest
+
+from .bedrock_upstream import ACCESS_KEY, CONVERSE_USAGE, REGION, SECRET_KEY, FakeBedrock
+from .certs import make_ca_and_leaf
+from .helpers import cost, free_port, run_cli, start_proxy
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def upstream_certs(tmp_path_factory):
+    return make_ca_and_leaf(tmp_path_factory.mktemp("upstream-certs"))
+
+
+@pytest.fixture(scope="module")
+def bedrock(upstream_certs):
+    with FakeBedrock(upstream_certs) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def forward(tmp_path_factory, upstream, bedrock, upstream_certs):
+    home = tmp_path_factory.mktemp("home")
+    port = free_port()
+    running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log", extra_args=(
+        "--forward-port", str(port), "--upstream", f"bedrock={bedrock.url}",
+        "--upstream-ca", str(upstream_certs["ca"]), "--forward-host", "openai=*.llm-gateway.test"))
+    running.forward_port = port  # type: ignore[attr-defined]
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def env(monkeypatch, forward):
+    """The environment `aispendtrack ca` prints, with the proxy credential: nothing else is set."""
+    printed = run_cli(forward.home, "ca", "--forward-port", str(forward.forward_port))
+    for line in printed.splitlines():
+        if line.startswith("export ") and "=" in line:
+            name, _, value = line[len("export "):].partition("=")
+            monkeypatch.setenv(name, value.split("  #")[0].strip())
+    # The key as the password: every client sends it so (botocore sends a credential only with both parts).
+    monkeypatch.setenv("HTTPS_PROXY", f"http://aispendtrack:{forward.key}@127.0.0.1:{forward.forward_port}")
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-forward")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-forward")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.setenv(name, "/dev/null")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return printed
+
+
+def test_ca_prints_the_certificate_and_the_environment_and_keeps_its_key_private(forward, env):
+    assert "SSL_CERT_FILE=" in env and "NODE_EXTRA_CA_CERTS=" in env and "AWS_CA_BUNDLE=" in env
+    ca_dir = forward.home / "ca"
+    assert oct(ca_dir.stat().st_mode & 0o777) == "0o700"
+    assert oct((ca_dir / "mitmproxy-ca.pem").stat().st_mode & 0o777) == "0o600"
+    assert f"NODE_EXTRA_CA_CERTS={ca_dir / 'mitmproxy-ca-cert.pem'}" in env
+
+
+def test_openai_sdk_through_the_forward_port(forward, env, upstream, customer, monkeypatch):
+    # The key as the proxy user name, as the issue writes it.
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{forward.key}@127.0.0.1:{forward.forward_port}")
+    client = openai.OpenAI(max_retries=0, default_headers={"x-customer-id": customer, "x-feature": "fwd"})
+    reply = client.chat.completions.create(**CHAT)
+    assert reply.usage.prompt_tokens == 156
+    received = upstream.last()
+    assert received.headers["host"] == "api.openai.com"  # as the client addressed it
+    assert received.headers["authorization"] == "Bearer sk-test-forward"
+    assert not {"proxy-authorization", "x-customer-id", "x-feature", "x-aispendtrack-key"} & set(received.headers)
+    [row] = forward.rows(customer)
+    assert (row["provider"], row["endpoint"], row["model"]) == ("openai", "/v1/chat/completions",
+                                                               "gpt-5-mini-2025-08-07")
+    assert (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (156, 561, 512)
+    assert row["cost_usd"] == pytest.approx(cost((156, "0.25"), (561, "2.00")), abs=1e-12)
+    assert row["key_id"] == forward.key_id and row["feature"] == "fwd"
+
+
+def test_openai_stream_through_the_forward_port(forward, env, customer):
+    client = openai.OpenAI(max_retries=0, default_headers={"x-customer-id": customer})
+    chunks = list(client.chat.completions.create(**CHAT, stream=True))
+    assert all(chunk.usage is None for chunk in chunks)  # the usage we asked for is not shown to the client
+    [row] = forward.rows(customer)
+    assert row["stream"] is True and row["usage_source"] == "reported"
+    assert (row["input_tokens"], row["output_tokens"]) == (79, 14)
+    assert row["cost_usd"] == pytest.approx(cost((79, "2.50"), (14, "10.00")), abs=1e-12)
+
+
+def test_anthropic_sdk_through_the_forward_port(forward, env, upstream, customer):
+    client = anthropic.Anthropic(max_retries=0, default_headers={"x-customer-id": customer})
+    message = client.messages.create(model="claude-sonnet-4-5", max_tokens=64,
+                                     messages=[{"role": "user", "content": "hi"}])
+    assert message.usage.output_tokens > 0
+    assert upstream.last().headers["host"] == "api.anthropic.com"
+    sent = upstream.last().headers
+    assert "sk-ant-test-forward" in (sent.get("x-api-key") or sent.get("authorization", ""))
+    [row] = forward.rows(customer)
+    assert row["provider"] == "anthropic" and row["endpoint"] == "/v1/messages"
+    assert row["input_tokens"] == message.usage.input_tokens
+    assert row["output_tokens"] == message.usage.output_tokens
+    assert row["priced"] is True and row["cost_usd"] > 0
+
+
+def test_a_host_added_with_forward_host_is_metered_as_its_provider(forward, env, upstream, customer):
+    client = openai.OpenAI(base_url="https://eu.llm-gateway.test/v1", max_retries=0,
+                           default_headers={"x-customer-id": customer})
+    client.chat.completions.create(**CHAT)
+    assert upstream.last().headers["host"] == "eu.llm-gateway.test"
+    [row] = forward.rows(customer)
+    assert row["provider"] == "openai" and row["cost_usd"] == pytest.approx(cost((156, "0.25"), (561, "2.00")),
+                                                                            abs=1e-12)
+
+
+def test_curl_through_the_forward_port(forward, env, upstream):
+    """curl with the proxy and the CA as `aispendtrack ca` prints them (no SDK involved)."""
+    rows_before = len(forward.calls())
+    done = subprocess.run(["curl", "-sS", "--fail-with-body", "--noproxy", "", "--proxy",
+                           f"http://aispendtrack:{forward.key}@127.0.0.1:{forward.forward_port}",
+                           "--cacert", str(forward.home / "ca" / "mitmproxy-ca-cert.pem"),
+                           "https://api.openai.com/v1/chat/completions", "-H", "authorization: Bearer sk-curl",
+                           "-H", "content-type: application/json", "-d", json.dumps(CHAT)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert json.loads(done.stdout)["usage"]["prompt_tokens"] == 156
+    assert upstream.last().headers["authorization"] == "Bearer sk-curl"
+    deadline = time.monotonic() + 5
+    while len(forward.calls()) == rows_before:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert forward.calls(1)[0]["provider"] == "openai"
+
+
+def _connect(port: int, target: str, credential: str | None) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    auth = f"Proxy-Authorization: Basic {base64.b64encode(credential.encode()).decode()}\r\n" if credential else ""
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lengths = [line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")]
+    length = int(lengths[0]) if lengths else 0
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("credential", [None, "ask_not-a-real-key:", "someone:secret"])
+def test_a_connect_without_an_active_key_gets_407_and_nothing_is_forwarded(forward, upstream, credential):
+    before = len(upstream.received)
+    with _connect(forward.forward_port, "api.openai.com:443", credential) as sock:
+        answer = _answer(sock)
+    assert answer.startswith(b"HTTP/1.1 407")
+    assert b'proxy-authenticate: basic realm="aispendtrack"' in answer.lower()
+    assert b"HTTPS_PROXY=http://aispendtrack:ask_KEY@HOST:PORT" in answer and b"Nothing was forwarded" in answer
+    assert len(upstream.received) == before
+
+
+def test_the_sdk_with_a_wrong_key_gets_407(forward, env, upstream, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", f"http://ask_wrong@127.0.0.1:{forward.forward_port}")
+    before = len(upstream.received)
+    with pytest.raises(openai.APIConnectionError) as raised:
+        openai.OpenAI(max_retries=0).chat.completions.create(**CHAT)
+    assert "407" in str(raised.value.__cause__)
+    assert len(upstream.received) == before
+
+
+def test_a_client_without_our_ca_gets_a_tls_error_and_the_log_names_the_fix(forward, env, monkeypatch):
+    monkeypatch.delenv("SSL_CERT_FILE")  # the public CAs only
+    with pytest.raises(openai.APIConnectionError) as raised:
+        openai.OpenAI(max_retries=0).chat.completions.create(**CHAT)
+    assert "CERTIFICATE_VERIFY_FAILED" in repr(raised.value.__cause__)
+    deadline = time.monotonic() + 5
+    while "refused the AiSpendTrack CA for api.openai.com" not in forward.log_path.read_text():
+        assert time.monotonic() < deadline, forward.log_path.read_text()[-2000:]
+        time.sleep(0.05)
+    assert "aispendtrack ca" in forward.log_path.read_text()
+
+
+@pytest.fixture(scope="module")
+def other_site(tmp_path_factory):
+    """An HTTPS site that is no provider's, with a certificate of its own CA."""
+    certs = make_ca_and_leaf(tmp_path_factory.mktemp("site"))
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = b'{"site": "ours"}'
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs["cert"], certs["key"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], certs
+    server.shutdown()
+
+
+def test_another_host_is_tunnelled_with_its_own_certificate_and_not_recorded(forward, env, other_site, monkeypatch):
+    port, certs = other_site
+    rows_before = len(forward.calls())
+    with _connect(forward.forward_port, f"127.0.0.1:{port}", forward.key + ":") as sock:
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+        context = ssl.create_default_context(cafile=certs["ca"])  # the site's CA only, not the proxy's
+        with context.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            issuer = dict(item[0] for item in tls.getpeercert()["issuer"])
+    assert issuer["commonName"] == "AiSpendTrack test CA"
+    # And an SDK-style client, trusting only that site's CA, gets its answer through the proxy.
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs["ca"]))
+    with httpx.Client() as client:
+        assert client.get(f"https://127.0.0.1:{port}/").json() == {"site": "ours"}
+    time.sleep(0.5)  # a row would be stored within a flush (100 ms)
+    assert len(forward.calls()) == rows_before
+
+
+def test_a_revoked_key_is_refused_on_the_next_connect(forward, tmp_path):
+    created = json.loads(run_cli(forward.home, "keys", "create", "--name", "soon-revoked", "--json"))
+    time.sleep(2.5)  # the proxy reads keys every 2 s
+    with _connect(forward.forward_port, "api.openai.com:443", created["key"] + ":") as sock:
+        assert _answer(sock).startswith(b"HTTP/1.1 200")
+    run_cli(forward.home, "keys", "revoke", str(created["id"]))
+    time.sleep(2.5)
+    with _connect(forward.forward_port, "api.openai.com:443", created["key"] + ":") as sock:
+        assert _answer(sock).startswith(b"HTTP/1.1 407")
+
+
+# --- AWS Bedrock: boto3 with only the environment set, against a fake that checks SigV4 ---
+
+CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"  # an inference profile: genai-prices' regional rates
+CLAUDE_GLOBAL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
+HOST = f"bedrock-runtime.{REGION}.amazonaws.com"
+
+
+def bedrock_row(proxy, endpoint: str, model: str, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [r for r in proxy.calls() if r["provider"] == "bedrock" and r["endpoint"] == endpoint
+                and r["model"] == model]
+        if rows or time.monotonic() > deadline:
+            assert len(rows) == 1, rows
+            return rows[0]
+        time.sleep(0.05)
+
+
+def _signed_as_sent(bedrock, operation: str) -> tuple[str, dict]:
+    method, path, headers, _ = bedrock.received[-1]
+    assert path.endswith("/" + operation) and headers["host"] == HOST
+    assert "proxy-authorization" not in headers
+    return path, headers
+
+
+def test_bedrock_invoke_model(forward, env, bedrock):
+    client = boto3.client("bedrock-runtime")
+    answer = client.invoke_model(modelId=CLAUDE, body=json.dumps({
+        "anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}))
+    assert json.loads(answer["body"].read())["usage"]["output_tokens"] == 12
+    path, _ = _signed_as_sent(bedrock, "invoke")
+    assert path == "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke"  # byte for byte, as signed
+    row = bedrock_row(forward, "/model/{modelId}/invoke", CLAUDE)
+    assert (row["input_tokens"], row["output_tokens"], row["status"], row["stream"]) == (25, 12, 200, False)
+    assert row["usage_source"] == "reported" and row["key_id"] == forward.key_id
+    assert row["cost_usd"] == pytest.approx(cost((25, "3.30"), (12, "16.50")), abs=1e-12)
+
+
+def test_bedrock_invoke_model_usage_from_the_headers(forward, env):
+    client = boto3.client("bedrock-runtime")
+    model = "mistral.mistral-large-2402-v1:0"
+    client.invoke_model(modelId=model, body=json.dumps({"prompt": "<s>[INST] hi [/INST]", "max_tokens": 20}))
+    row = bedrock_row(forward, "/model/{modelId}/invoke", model)
+    assert (row["input_tokens"], row["output_tokens"], row["usage_source"]) == (17, 9, "reported")
+    assert row["cost_usd"] == pytest.approx(cost((17, "4.00"), (9, "12.00")), abs=1e-12)
+
+
+def test_bedrock_invoke_model_with_response_stream(forward, env, bedrock):
+    client = boto3.client("bedrock-runtime")
+    answer = client.invoke_model_with_response_stream(modelId=CLAUDE_GLOBAL, body=json.dumps({
+        "anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}))
+    events = [json.loads(event["chunk"]["bytes"]) for event in answer["body"]]
+    assert [e["type"] for e in events][-1] == "message_stop" and len(events) == 6  # every event, CRCs intact
+    _signed_as_sent(bedrock, "invoke-with-response-stream")
+    row = bedrock_row(forward, "/model/{modelId}/invoke-with-response-stream", CLAUDE_GLOBAL)
+    assert (row["input_tokens"], row["output_tokens"], row["stream"]) == (25, 12, True)
+    assert row["usage_source"] == "reported" and row["outcome"] == "completed"
+    assert row["cost_usd"] == pytest.approx(cost((25, "3.00"), (12, "15.00")), abs=1e-12)
+
+
+def _converse_cost() -> float:
+    return cost((CONVERSE_USAGE["inputTokens"], "3.00"), (CONVERSE_USAGE["cacheReadInputTokens"], "0.30"),
+                (CONVERSE_USAGE["cacheWriteInputTokens"], "3.75"), (CONVERSE_USAGE["outputTokens"], "15.00"))
+
+
+def test_bedrock_converse_with_cache_reads_and_writes(forward, env, bedrock):
+    client = boto3.client("bedrock-runtime")
+    answer = client.converse(modelId=CLAUDE_GLOBAL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert answer["usage"]["cacheReadInputTokens"] == 2000
+    _signed_as_sent(bedrock, "converse")
+    row = bedrock_row(forward, "/model/{modelId}/converse", CLAUDE_GLOBAL)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == \
+        (30, 2000, 1030, 12)
+    assert row["cost_usd"] == pytest.approx(_converse_cost(), abs=1e-12)
+
+
+def test_bedrock_converse_stream(forward, env, bedrock):
+    client = boto3.client("bedrock-runtime")
+    answer = client.converse_stream(modelId=CLAUDE_GLOBAL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    events = list(answer["stream"])
+    assert events[-1]["metadata"]["usage"]["outputTokens"] == 12
+    _signed_as_sent(bedrock, "converse-stream")
+    row = bedrock_row(forward, "/model/{modelId}/converse-stream", CLAUDE_GLOBAL)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == \
+        (30, 2000, 1030, 12)
+    assert row["stream"] is True and row["usage_source"] == "reported"
+    assert row["cost_usd"] == pytest.approx(_converse_cost(), abs=1e-12)
+
+
+def test_bedrock_a_model_given_as_an_inference_profile_arn_is_priced_as_the_model_it_names(forward, env, bedrock):
+    arn = f"arn:aws:bedrock:{REGION}:123456789012:inference-profile/{CLAUDE}"
+    boto3.client("bedrock-runtime").converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    path, _ = _signed_as_sent(bedrock, "converse")
+    assert "%2Finference-profile" not in path and "inference-profile%2Fus.anthropic" in path  # '/' kept encoded
+    row = bedrock_row(forward, "/model/{modelId}/converse", CLAUDE)
+    assert row["cost_usd"] == pytest.approx(cost((30, "3.30"), (2000, "0.33"), (1030, "4.125"), (12, "16.50")),
+                                            abs=1e-12)
+
+
+def test_the_bedrock_fake_refuses_a_request_signed_with_other_credentials(forward, env, bedrock, monkeypatch):
+    """The fake checks SigV4 for real: the calls above passed the proxy with their signature intact."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")  # a new session reads it
+    rejected = bedrock.rejected
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        boto3.session.Session().client("bedrock-runtime").converse(modelId="us.amazon.nova-pro-v1:0",
+                                                 messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert raised.value.response["Error"]["Code"] == "InvalidSignatureException"
+    assert bedrock.rejected == rejected + 1
+    row = bedrock_row(forward, "/model/{modelId}/converse", "us.amazon.nova-pro-v1:0")
+    assert row["status"] == 403 and row["cost_usd"] == 0
+
+
+def test_a_limit_applies_in_the_forward_mode_in_bedrocks_error_shape(forward, env, bedrock, monkeypatch):
+    created = json.loads(run_cli(forward.home, "keys", "create", "--name", "limited", "--json"))
+    run_cli(forward.home, "keys", "set-limit", str(created["id"]), "--per-hour", "2")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://aispendtrack:{created['key']}@127.0.0.1:{forward.forward_port}")
+    time.sleep(2.5)  # the proxy reads keys and limits every 2 s
+    client = boto3.session.Session().client("bedrock-runtime")
+    model = "us.amazon.nova-lite-v1:0"
+    for _ in range(2):
+        client.converse(modelId=model, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    received = len(bedrock.received)
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        client.converse(modelId=model, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    error = raised.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 429
+    assert error["Error"]["Code"] == "aispendtrack_limit_reached"
+    assert "2 requests per hour" in error["Error"]["Message"]
+    assert len(bedrock.received) == received  # refused here, never forwarded
+
+
+def test_another_providers_key_is_never_sent_to_a_providers_host(forward, env, upstream, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ant-api03-not-for-openai")
+    before = len(upstream.received)
+    with pytest.raises(openai.PermissionDeniedError) as raised:
+        openai.OpenAI(max_retries=0).chat.completions.create(**CHAT)
+    assert raised.value.status_code == 403 and "carries a key for anthropic" in raised.value.message
+    assert len(upstream.received) == before
+
+
+def test_a_tunnel_to_another_host_outlives_the_client_timeout(tmp_path, upstream, other_site):
+    """--client-timeout bounds how long a client takes to send a request to us; a tunnelled host's
+    bytes are not ours to time (a long download through the forward port must not be cut)."""
+    port = free_port()
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log",
+                        extra_args=("--forward-port", str(port), "--client-timeout", "1"))
+    try:
+        site_port, certs = other_site
+        with _connect(port, f"127.0.0.1:{site_port}", "aispendtrack:" + proxy.key) as sock:
+            assert _answer(sock).startswith(b"HTTP/1.1 200")
+            with ssl.create_default_context(cafile=certs["ca"]).wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                time.sleep(3.5)  # the request deadline is checked every second
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                assert _answer(tls).endswith(b'{"site": "ours"}')
+    finally:
+        proxy.stop()
