@@ -18,11 +18,23 @@ WIDTHS = {"1d": DAY, "1h": dt.timedelta(hours=1)}  # the providers' bucket_width
 
 
 def pricer(book: PriceBook, provider: str, width: dt.timedelta = DAY):
-    """Price the provider's figures with our book, as our rows are priced (at the bucket's middle)."""
-    def price(model: str | None, bucket: dt.datetime, usage: dict) -> Decimal | None:
+    """Price the provider's figures with our book, as our rows are priced (at the bucket's middle;
+    ``service_tier`` "batch": at the batch rate)."""
+    def price(model: str | None, bucket: dt.datetime, usage: dict, service_tier: str | None = None) -> Decimal | None:
         tokens = TokenUsage(**{kind: usage.get(kind) or 0 for kind in KINDS})
-        return book.price(tokens, provider, model, bucket + width / 2).cost_usd
+        return book.price(tokens, provider, model, bucket + width / 2, service_tier).cost_usd
     return price
+
+
+def priced(theirs: list[dict], price) -> list[dict]:
+    """The provider's lines, each with its cost at our prices (batch lines at the batch rate). A batch
+    line counts no requests: our row of a batch is one per model, the provider counts each request."""
+    for line in theirs:
+        tier = line.pop("service_tier", None)
+        line["cost_usd"] = price(line["model"], line["bucket"], line, tier)
+        if tier == "batch":
+            line["requests"] = None
+    return theirs
 
 
 def check(db: Path, book: PriceBook, provider: str, base_url: str, admin_key: str, start: dt.datetime,
@@ -38,5 +50,5 @@ def check(db: Path, book: PriceBook, provider: str, base_url: str, admin_key: st
     for line in ours:
         line["bucket"] = line["bucket"].replace(tzinfo=dt.UTC)
     counts_requests = all(line["requests"] is not None for line in theirs)  # Anthropic's legacy report does not
-    return compare(ours, theirs, pricer(book, provider, WIDTHS[width]), WIDTHS[width], now, tolerance,
-                   counts_requests, by_key)
+    price = pricer(book, provider, WIDTHS[width])
+    return compare(ours, priced(theirs, price), price, WIDTHS[width], now, tolerance, counts_requests, by_key)
