@@ -756,13 +756,20 @@ def test_a_month_of_every_kind_of_traffic_reconciles_to_exactly_the_calls_around
     assert f"Around the proxy, by the provider's key: key_etl (proj_etl) {usd(gap)}." in table
     assert "key_app" in table and "match" in table and "IMG" in table and "CHARS" in table
 
+    # The ETL job's one message: 3 uncached, 9,511 cache-read, 1,956 cache-write (5 min) and 44 output tokens
+    # at Sonnet 4's $3, $0.30, $3.75 and $15 per million.
+    etl_cost = (3 * Decimal(3) + 9511 * Decimal("0.30") + 1956 * Decimal("3.75") + 44 * Decimal(15)) / M
     anthropic_args = ("--provider", "anthropic", "--since", "30d", "--upstream", usage_api.url, "--by", "api-key")
-    [app, etl, total] = lines(reconcile(proxy.home, *anthropic_args, "--format", "json"))
-    assert (app["api_key_id"], app["project"], app["status"]) == ("apikey_app", "wrkspc_app", "match")
-    assert Decimal(str(app["difference_usd"])) == 0
-    assert (etl["api_key_id"], etl["project"], etl["status"]) == ("apikey_etl", "wrkspc_etl", "untracked")
-    assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) > 0
-    assert app["theirs_input_tokens"] == app["ours_input_tokens"] == 2 * 3 + sum(500 + n for n in range(3))
+    for refused in (True, False):  # its legacy reports, then the analytics API
+        usage_api.analytics_refused = refused
+        result = reconcile(proxy.home, *anthropic_args, "--format", "json")
+        assert result.exit_code == 0 and ("legacy usage and cost reports" in result.stderr) is refused
+        [app, etl, total] = json.loads(result.stdout)
+        assert (app["api_key_id"], app["project"], app["status"]) == ("apikey_app", "wrkspc_app", "match")
+        assert Decimal(str(app["difference_usd"])) == 0
+        assert (etl["api_key_id"], etl["project"], etl["status"]) == ("apikey_etl", "wrkspc_etl", "untracked")
+        assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) == etl_cost
+        assert app["theirs_input_tokens"] == app["ours_input_tokens"] == 2 * 3 + sum(500 + n for n in range(3))
     as_csv = list(csv.DictReader(io.StringIO(reconcile(proxy.home, *anthropic_args, "--format", "csv").output)))
     assert [(r["api_key_id"], r["status"]) for r in as_csv[:-1]] == [("apikey_app", "match"),
                                                                       ("apikey_etl", "untracked")]
