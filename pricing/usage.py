@@ -28,6 +28,15 @@ from decimal import Decimal
 _FRACTIONAL = frozenset({"audio_seconds"})
 
 
+@dataclass(frozen=True)
+class ImageOptions:
+    """What a per-image price depends on besides the count: the images' size ("1024x1024") and
+    quality ("standard", "hd"), as the request asked for them."""
+
+    size: str
+    quality: str = "standard"
+
+
 @dataclass
 class TokenUsage:
     input_tokens: int = 0

@@ -90,7 +90,7 @@ def test_a_dall_e_image_is_priced_per_image_by_its_size_and_quality(proxy, media
     assert len(result.data) == row["images"] == request_options.get("n", 1)
     assert (row["model"], row["usage_source"], row["priced"]) == (request_options["model"], "reported", True)
     assert _usd(row["cost_usd"]) == expected
-    assert "platform.openai.com/docs/pricing" in row["price_source"] or "patch" in row["price_source"]
+    assert row["price_source"].startswith("patch patches.toml [[image_price]]#")  # cited there
 
 
 def test_a_dall_e_2_edit_is_priced_by_the_size_in_its_form(proxy, media, customer):
@@ -98,6 +98,9 @@ def test_a_dall_e_2_edit_is_priced_by_the_size_in_its_form(proxy, media, custome
                                size="256x256", n=2, **_tag(customer))
     [row] = proxy.rows(customer)
     assert (row["endpoint"], row["images"], _usd(row["cost_usd"])) == ("/v1/images/edits", 2, 2 * Decimal("0.016"))
+    # A reprice cannot see the size asked for (not stored): it keeps the price, never unprices the call.
+    assert "Checked 1 call; 0 changed" in run_cli(proxy.home, "reprice", "--customer", customer)
+    assert _usd(proxy.rows(customer)[0]["cost_usd"]) == 2 * Decimal("0.016")
 
 
 def test_a_whisper_transcription_is_priced_per_minute_of_audio(proxy, media, customer):

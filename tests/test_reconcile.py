@@ -712,7 +712,8 @@ def _around_the_proxy(provider, media) -> Decimal:
         a.read()
     anthropic_sdk.Anthropic(base_url=provider.url, api_key="sk-ant-etl-secret").messages.create(
         model=SONNET, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
-    return 2 * LEGACY_COST + len("Hello there.") * Decimal(15) / M  # tts-1: $15 per million characters
+    # tts-1: $15 per million characters; dall-e-2: $0.018 an image of 512x512
+    return 2 * LEGACY_COST + len("Hello there.") * Decimal(15) / M + Decimal("0.018")
 
 
 def test_a_month_of_every_kind_of_traffic_reconciles_to_exactly_the_calls_around_the_proxy(tmp_path, usage_api):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 
-from pricing.usage import TokenUsage
+from pricing.usage import ImageOptions, TokenUsage
 
 from ..estimate import Counter
 from . import openai_media as media
@@ -225,6 +225,9 @@ class OpenAI(Provider):
 
     def counted(self, path, request, model) -> TokenUsage | None:
         return media.counted(path, request, model)
+
+    def image_options(self, path: str, request: dict | None) -> ImageOptions | None:
+        return media.image_options(path, request)
 
     def missing_usage(self, path: str, request: dict | None) -> str | None:
         return media.missing(path) if path in media.PATHS else None

@@ -7,7 +7,7 @@ import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
-from pricing import PriceBook
+from pricing import ImageOptions, PriceBook
 from pricing.usage import TokenUsage
 
 from ..store import reading, usage_totals
@@ -19,10 +19,13 @@ WIDTHS = {"1d": DAY, "1h": dt.timedelta(hours=1)}  # the providers' bucket_width
 
 def pricer(book: PriceBook, provider: str, width: dt.timedelta = DAY):
     """Price the provider's figures with our book, as our rows are priced (at the bucket's middle;
-    ``service_tier`` "batch": at the batch rate)."""
-    def price(model: str | None, bucket: dt.datetime, usage: dict, service_tier: str | None = None) -> Decimal | None:
+    ``service_tier`` "batch": at the batch rate; images of ``image_size`` at its standard quality,
+    as the usage API does not say which)."""
+    def price(model: str | None, bucket: dt.datetime, usage: dict, service_tier: str | None = None,
+              image_size: str | None = None) -> Decimal | None:
         tokens = TokenUsage(**{kind: usage.get(kind) or 0 for kind in KINDS})
-        return book.price(tokens, provider, model, bucket + width / 2, service_tier).cost_usd
+        image = ImageOptions(image_size) if image_size else None
+        return book.price(tokens, provider, model, bucket + width / 2, service_tier, image).cost_usd
     return price
 
 
@@ -31,7 +34,7 @@ def priced(theirs: list[dict], price) -> list[dict]:
     line counts no requests: our row of a batch is one per model, the provider counts each request."""
     for line in theirs:
         tier = line.pop("service_tier", None)
-        line["cost_usd"] = price(line["model"], line["bucket"], line, tier)
+        line["cost_usd"] = price(line["model"], line["bucket"], line, tier, line.pop("image_size", None))
         if tier == "batch":
             line["requests"] = None
     return theirs

@@ -18,6 +18,8 @@ NAME = "OpenAI"
 KEY_VARIABLE = "OPENAI_ADMIN_KEY"
 DEFAULT_BASE_URL = "https://api.openai.com"
 ENDPOINTS = ("completions", "embeddings", "images", "audio_speeches", "audio_transcriptions")
+# What else a result is grouped by, because its price depends on it: batch requests cost half, an image its size.
+_PRICED_BY = {"completions": [("group_by", "batch")], "images": [("group_by", "size")]}
 _PAGE = {"1d": "31", "1h": "168"}  # the most buckets a page may hold
 
 
@@ -29,8 +31,8 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
     group = [("group_by", "model"), *([("group_by", "api_key_id"), ("group_by", "project_id")] if by_key else [])]
     for endpoint in ENDPOINTS:
         url = f"{base_url.rstrip('/')}/v1/organization/usage/{endpoint}"
-        batch = [("group_by", "batch")] if endpoint == "completions" else []
-        params = [*_span(start, end), ("bucket_width", width), *group, *batch, ("limit", _PAGE[width])]
+        params = [*_span(start, end), ("bucket_width", width), *group, *_PRICED_BY.get(endpoint, []),
+                  ("limit", _PAGE[width])]
         for body in pages(url, params, _headers(admin_key), NAME, KEY_VARIABLE):
             lines += read_page(body, url, NAME, _bucket_start, _UNITS.get(endpoint, _line))
     return lines
@@ -100,5 +102,11 @@ def _in_units(ours: str, theirs: str):
     return line
 
 
-_UNITS = {"images": _in_units("images", "images"), "audio_speeches": _in_units("characters", "characters"),
+def _images(at: dt.datetime, result: dict) -> dict:
+    """Images, and their size (DALL·E's price per image depends on it; the quality is not reported)."""
+    size = result.get("size")
+    return {**_in_units("images", "images")(at, result), "image_size": size if isinstance(size, str) else None}
+
+
+_UNITS = {"images": _images, "audio_speeches": _in_units("characters", "characters"),
           "audio_transcriptions": _in_units("audio_seconds", "seconds")}
