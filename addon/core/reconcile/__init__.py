@@ -33,16 +33,17 @@ BY = {"day": "bucket", "hour": "bucket", "model": "model", "api-key": "api_key_i
 
 __all__ = ["KINDS", "PROVIDERS", "UNITS", "ReconcileError", "bounded", "compare", "regroup", "total"]
 
-Price = Callable[[str | None, dt.datetime, dict], Decimal | None]
+Price = Callable[..., Decimal | None]  # (model, bucket, usage[, service_tier, image_size])
 
 
 def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timedelta, now: dt.datetime,
             tolerance: float = 0.0, counts_requests: bool = True, by_key: bool = False) -> list[dict]:
-    """One line per (bucket, model) seen on either side; theirs is priced line by line beforehand
-    (``cost_usd``: check.py), ``price(model, bucket, usage)`` only weighs provider keys against each other.
+    """One line per (bucket, model) seen on either side; ``price(model, bucket, usage, service_tier,
+    image_size)`` prices each of theirs (check.pricer), before they are summed.
     ``counts_requests``: whether the provider's report counts requests (Anthropic's legacy one does not).
     ``by_key``: theirs is per provider key and project too; ours is split among them (keys.attribute)."""
     dims = (*DIMS, *KEY_DIMS) if by_key else DIMS
+    theirs = _priced(theirs, price)
     if by_key:
         ours = keys.attribute(ours, theirs, lambda model, bucket, usage: price(model, bucket, usage) or Decimal(0),
                                KINDS)
@@ -61,6 +62,21 @@ def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timede
         line.update(_difference(line), status=_status(line, tolerance), pending=bucket + width > now - SETTLE)
         lines.append(line)
     return lines
+
+
+def _priced(theirs: list[dict], price: Price) -> list[dict]:
+    """The provider's lines, each with its cost at our prices: a batch line at the batch rate, images
+    by their size. A batch line counts no requests: we store a batch as one row per model, the
+    provider counts each of its requests."""
+    found = []
+    for line in theirs:
+        line = dict(line)
+        tier, size = line.pop("service_tier", None), line.pop("image_size", None)
+        line["cost_usd"] = price(line["model"], line["bucket"], line, tier, size)
+        if tier == "batch":
+            line["requests"] = None
+        found.append(line)
+    return found
 
 
 def regroup(lines: list[dict], by: tuple[str, ...], tolerance: float = 0.0) -> list[dict]:

@@ -29,16 +29,6 @@ def pricer(book: PriceBook, provider: str, width: dt.timedelta = DAY):
     return price
 
 
-def priced(theirs: list[dict], price) -> list[dict]:
-    """The provider's lines, each with its cost at our prices (batch lines at the batch rate). A batch
-    line counts no requests: our row of a batch is one per model, the provider counts each request."""
-    for line in theirs:
-        tier = line.pop("service_tier", None)
-        line["cost_usd"] = price(line["model"], line["bucket"], line, tier, line.pop("image_size", None))
-        if tier == "batch":
-            line["requests"] = None
-    return theirs
-
 
 def check(db: Path, book: PriceBook, provider: str, base_url: str, admin_key: str, start: dt.datetime,
           end: dt.datetime, now: dt.datetime, tolerance: float = 0.0, width: str = "1d",
@@ -53,5 +43,5 @@ def check(db: Path, book: PriceBook, provider: str, base_url: str, admin_key: st
     for line in ours:
         line["bucket"] = line["bucket"].replace(tzinfo=dt.UTC)
     counts_requests = all(line["requests"] is not None for line in theirs)  # Anthropic's legacy report does not
-    price = pricer(book, provider, WIDTHS[width])
-    return compare(ours, priced(theirs, price), price, WIDTHS[width], now, tolerance, counts_requests, by_key)
+    return compare(ours, theirs, pricer(book, provider, WIDTHS[width]), WIDTHS[width], now, tolerance,
+                   counts_requests, by_key)
