@@ -29,7 +29,6 @@ def pricer(book: PriceBook, provider: str, width: dt.timedelta = DAY):
     return price
 
 
-
 def check(db: Path, book: PriceBook, provider: str, base_url: str, admin_key: str, start: dt.datetime,
           end: dt.datetime, now: dt.datetime, tolerance: float = 0.0, width: str = "1d",
           by_key: bool = False) -> list[dict]:

@@ -57,6 +57,8 @@ def adopt(con: duckdb.DuckDBPyConnection, provider: str, ref: str, tags: Tags, a
 def forget_tags(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]) -> int:
     """Retention: the batches created before their key's cutoff (``None``: batches of no key) no longer
     say whose they were; each stays known, so its usage is still recorded once. How many lost them."""
+    if not cutoffs:  # every key keeps its calls forever
+        return 0
     keys = [-1 if key_id is None else key_id for key_id in cutoffs]
     return len(control(con).execute(
         "UPDATE batches SET key_id = NULL, customer_id = NULL, feature = NULL "
