@@ -716,6 +716,22 @@ def _around_the_proxy(provider, media) -> Decimal:
     return 2 * LEGACY_COST + len("Hello there.") * Decimal(15) / M + Decimal("0.018")
 
 
+def _bill_at_list_prices(ledger: list[Billed]) -> None:
+    """What each entry of the provider's books cost (its Costs API's amounts), at the list prices."""
+    from pricing import ImageOptions, PriceBook
+    from pricing.usage import TokenUsage
+    book = PriceBook(None)
+    for e in ledger:
+        usage = TokenUsage(input_tokens=e.input_tokens, cache_read_tokens=e.cached_tokens,
+                           cache_write_tokens=e.cache_5m_tokens + e.cache_1h_tokens,
+                           cache_write_1h_tokens=e.cache_1h_tokens, output_tokens=e.output_tokens, images=e.images,
+                           audio_seconds=e.seconds, characters=e.characters)
+        tier = "batch" if e.batch or e.service_tier == "batch" else None
+        price = book.price(usage, e.provider, e.model, e.at, tier, ImageOptions(e.size) if e.size else None)
+        assert price.cost_usd is not None, e
+        e.billed_usd = float(price.cost_usd)
+
+
 def test_a_month_of_every_kind_of_traffic_reconciles_to_exactly_the_calls_around_the_proxy(tmp_path, usage_api):
     """Chat, batches of both providers, images, a transcription and speech through the proxy, with
     the official SDKs; an ETL job's calls around it with provider keys of its own. The provider's
@@ -738,6 +754,7 @@ def test_a_month_of_every_kind_of_traffic_reconciles_to_exactly_the_calls_around
         gap = _around_the_proxy(provider, media)
         usage_api.ledger = billed_from(provider.received, {**OPENAI_KEYS, **ANTHROPIC_KEYS}, provider.batches)
     assert {b.usage for b in usage_api.ledger} == {"completions", "images", "audio_transcriptions", "audio_speeches"}
+    _bill_at_list_prices(usage_api.ledger)
 
     openai_args = ("--provider", "openai", "--since", "30d", "--upstream", usage_api.url, "--by", "api-key")
     [app, etl, total] = lines(reconcile(proxy.home, *openai_args, "--format", "json"))
@@ -748,6 +765,8 @@ def test_a_month_of_every_kind_of_traffic_reconciles_to_exactly_the_calls_around
     assert (etl["theirs_images"], etl["theirs_characters"]) == (1, len("Hello there."))
     assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) == gap
     assert (total["ours_images"], total["ours_audio_seconds"], total["ours_characters"]) == (2, 8, len(SPOKEN))
+    # The provider's cost report bills everything in its books: what we price its usage at, to the float.
+    assert total["billed_usd"] == pytest.approx(float(Decimal(str(total["theirs_cost_usd"]))), abs=1e-9)
 
     as_csv = list(csv.DictReader(io.StringIO(reconcile(proxy.home, *openai_args, "--format", "csv").output)))
     assert [(r["api_key_id"], r["status"]) for r in as_csv[:-1]] == [("key_app", "match"), ("key_etl", "untracked")]
@@ -771,6 +790,7 @@ def test_a_month_of_every_kind_of_traffic_reconciles_to_exactly_the_calls_around
         assert (etl["api_key_id"], etl["project"], etl["status"]) == ("apikey_etl", "wrkspc_etl", "untracked")
         assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) == etl_cost
         assert app["theirs_input_tokens"] == app["ours_input_tokens"] == 2 * 3 + sum(500 + n for n in range(3))
+        assert total["billed_usd"] == pytest.approx(float(Decimal(str(total["theirs_cost_usd"]))), abs=1e-6)
     as_csv = list(csv.DictReader(io.StringIO(reconcile(proxy.home, *anthropic_args, "--format", "csv").output)))
     assert [(r["api_key_id"], r["status"]) for r in as_csv[:-1]] == [("apikey_app", "match"),
                                                                       ("apikey_etl", "untracked")]
