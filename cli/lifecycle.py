@@ -62,6 +62,9 @@ def purge(obj, older_than: str | None, dry_run: bool, as_json: bool, quiet: bool
         click.echo(f"Purged {plural(d['calls'], 'call')} (kept as hourly totals); dropped "
                    f"{plural(d['hourly_rows'], 'hourly total')} and {plural(d['alerts'], 'alert')} "
                    f"older than 400 days.")
+        if d["batches"]:
+            click.echo(f"{plural(d['batches'], 'batch', 'batches')} past retention no longer name the key, "
+                       f"customer and feature that created them.")
 
 
 def _json_key(key: retention.KeyRetention, result: retention.PurgeResult) -> dict:

@@ -94,7 +94,8 @@ def _report(obj, provider: str, api, admin_key: str, start: dt.datetime, end: dt
     if fmt != "table":
         emit([*lines, summary], fmt, [])
         return
-    emit([*lines, summary], fmt, _columns(by, summary["theirs_requests"] is not None))
+    units = [unit for unit in rec.UNITS if summary[f"ours_{unit}"] or summary[f"theirs_{unit}"]]
+    emit([*lines, summary], fmt, _columns(by, summary["theirs_requests"] is not None, units))
     click.echo(_verdict(summary, api.NAME) + (_keys_named(lines) if by_key else ""))
 
 
@@ -169,7 +170,11 @@ def _pair(name: str):
     return cell
 
 
-def _columns(by: tuple[str, ...], counts_requests: bool) -> list:
+_UNIT_HEADINGS = {"images": "IMG", "audio_seconds": "AUDIO S", "characters": "CHARS"}
+
+
+def _columns(by: tuple[str, ...], counts_requests: bool, units: list[str]) -> list:
+    """``units``: the units (rec.UNITS) either side counted, each a column of its own."""
     columns: list = []
     if "day" in by:
         columns.append(("DAY (UTC)", lambda r: f"{r['bucket']:%Y-%m-%d}" if r["bucket"] else "TOTAL", "<"))
@@ -188,6 +193,7 @@ def _columns(by: tuple[str, ...], counts_requests: bool) -> list:
         columns.append(("REQ ours/theirs", _pair("requests"), ">"))
     columns += [("IN", _pair("input_tokens"), ">"), ("CACHE R", _pair("cache_read_tokens"), ">"),
                 ("CACHE W", _pair("cache_write_tokens"), ">"), ("OUT", _pair("output_tokens"), ">"),
+                *[(_UNIT_HEADINGS[unit], _pair(unit), ">") for unit in units],
                 ("COST ours/theirs", lambda r: f"{usd(r['ours_cost_usd'])}/{usd(r['theirs_cost_usd'])}", ">"),
                 ("STATUS", lambda r: r["status"] + (" (pending)" if r["pending"] else ""), "<")]
     return columns

@@ -57,6 +57,8 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
                 checked += 1
                 bar.advance()
                 usage = TokenUsage(**{name: row[name] for name in _TOKEN_FIELDS})
+                if book.priced_per_image(usage, row["provider"], row["model"]):
+                    continue  # its price per image depends on the size and quality asked for, not stored
                 price = book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"])
                 if price.cost_usd != row["cost_usd"] or price.source != row["price_source"]:
                     changes.append((row["id"], price.cost_usd, price.source))

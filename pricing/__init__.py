@@ -19,9 +19,9 @@ from pathlib import Path
 from . import listprices, overrides
 from .listprices import data_source
 from .overrides import PriceFile, PriceFileError
-from .usage import TokenUsage
+from .usage import ImageOptions, TokenUsage
 
-__all__ = ["PATCH_FILE", "UNPRICED", "Price", "PriceBook", "PriceFile", "PriceFileError", "TokenUsage",
+__all__ = ["PATCH_FILE", "UNPRICED", "ImageOptions", "Price", "PriceBook", "PriceFile", "PriceFileError", "TokenUsage",
            "data_source", "priced_tier"]
 
 log = logging.getLogger(__name__)
@@ -73,10 +73,13 @@ class PriceBook:
         self._overrides = found
 
     def price(self, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
-              service_tier: str | None = None) -> Price:
-        """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...)."""
+              service_tier: str | None = None, image: ImageOptions | None = None) -> Price:
+        """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...);
+        ``image``: the size and quality the request asked for, for a model billed per image."""
         if not model:
             return UNPRICED
+        if self.priced_per_image(usage, provider, model):
+            return self._per_image(usage, provider, model, at, image)
         if not usage.has_tools:
             return self._tokens_and_searches(usage, provider, model, at, service_tier)
         tokens = self._tokens_and_searches(usage.without_tools(), provider, model, at, service_tier)
@@ -117,6 +120,19 @@ class PriceBook:
             if price is not None:
                 return price
         return self._from_list(usage, provider, model, at, tier)
+
+    def priced_per_image(self, usage: TokenUsage, provider: str, model: str) -> bool:
+        """Whether the call's price is its images at a per-image price (which needs ImageOptions)."""
+        return bool(usage.images and not usage.output_tokens) and any(
+            layer.prices_images_of(provider, model) for layer in (self._overrides, self.patches))
+
+    def _per_image(self, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
+                   image: ImageOptions | None) -> Price:
+        """The first layer that prices the model per image decides; a size or quality it does not
+        name is unpriced, never priced as another."""
+        layer = next(layer for layer in (self._overrides, self.patches) if layer.prices_images_of(provider, model))
+        entry = layer.image_price(provider, model, at, image.size, image.quality) if image else None
+        return Price(usage.images * entry.usd_per_image, entry.source) if entry else UNPRICED
 
     def _from_file(self, layer: PriceFile, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
                    tier: str | None) -> Price | None:

@@ -32,6 +32,17 @@ Every rate is USD per million tokens, except ``web_search_kcount`` (USD per thou
     usd_per_hour = 0.05            # ``minutes`` (the provider's minimum) at this rate
     minutes = 5
 
+    [[image_price]]                # models billed per image (DALL·E), by the size and quality asked for
+    provider = "openai"
+    model = "dall-e-3"
+    size = ["1024x1792", "1792x1024"]  # one size or a list
+    quality = "hd"                 # optional, defaults to "standard"
+    usd_per_image = 0.12
+    checked = 2026-12-03           # optional, and since and source, as in [[price]]
+
+A model with image prices is priced by them alone: an image of a size or quality no entry names is
+unpriced, never priced as another size.
+
 When several price entries match a call, the one with the latest ``since`` that is not after the
 call wins; among equals, the first in the file.
 """
@@ -55,6 +66,7 @@ _ENTRY_KEYS = ("provider", "model", "since", "service_tier", "source", "checked"
 _TIER_KEYS = ("above_input_tokens", *_RATE_KEYS)
 _MULTIPLIER_KEYS = ("provider", "name", "multiplier", "source", "checked")
 _TOOL_FEE_KEYS = ("provider", "usd_per_hour", "minutes", "source", "checked")
+_IMAGE_KEYS = ("provider", "model", "size", "quality", "usd_per_image", "since", "source", "checked")
 
 
 class PriceFileError(ValueError):
@@ -113,16 +125,43 @@ class ContainerFee:
 
 
 @dataclass(frozen=True)
+class ImagePrice:
+    provider: str
+    models: tuple[str, ...]  # patterns
+    sizes: tuple[str, ...]
+    quality: str
+    usd_per_image: Decimal
+    since: dt.datetime | None
+    source: str
+    cited: str | None = None
+
+    def names(self, provider: str, model: str) -> bool:
+        return self.provider == provider and any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
+@dataclass(frozen=True)
 class PriceFile:
     prices: tuple[OverridePrice, ...] = ()
     multipliers: tuple[TierMultiplier, ...] = ()
     container_fees: tuple[ContainerFee, ...] = ()
+    images: tuple[ImagePrice, ...] = ()
 
     def __len__(self) -> int:
-        return len(self.prices) + len(self.multipliers) + len(self.container_fees)
+        return len(self.prices) + len(self.multipliers) + len(self.container_fees) + len(self.images)
 
     def container_fee(self, provider: str) -> ContainerFee | None:
         return next((f for f in self.container_fees if f.provider == provider), None)
+
+    def prices_images_of(self, provider: str, model: str) -> bool:
+        """Whether this file prices the model per image (then only its image prices apply)."""
+        return any(entry.names(provider, model) for entry in self.images)
+
+    def image_price(self, provider: str, model: str, at: dt.datetime, size: str, quality: str) -> ImagePrice | None:
+        """The entry for one image of that size and quality at ``at``; the latest ``since`` wins."""
+        matching = [e for e in self.images if e.names(provider, model) and size in e.sizes and e.quality == quality
+                    and (e.since is None or e.since <= at)]
+        floor = dt.datetime.min.replace(tzinfo=dt.UTC)
+        return max(matching, key=lambda e: e.since or floor) if matching else None
 
     def best_match(self, provider: str, model: str, at: dt.datetime,
                    service_tier: str | None = None) -> OverridePrice | None:
@@ -156,7 +195,7 @@ def parse(text: str, origin: str, *, name: str = FILE_NAME, cited: bool = False)
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PriceFileError(f"{origin}: not valid TOML ({exc}). See docs/pricing.md for the format.") from None
-    unknown_top = set(data) - {"price", "service_tier", "tool_fee"}
+    unknown_top = set(data) - {"price", "service_tier", "tool_fee", "image_price"}
     if unknown_top:
         raise PriceFileError(f"{origin}: unknown top-level key(s) {sorted(unknown_top)}; "
                              "write each price as a [[price]] table.")
@@ -167,7 +206,9 @@ def parse(text: str, origin: str, *, name: str = FILE_NAME, cited: bool = False)
         multipliers=tuple(_parse_multiplier(origin, name, n, entry, cited)
                           for n, entry in enumerate(multipliers, start=1)),
         container_fees=tuple(_parse_tool_fee(origin, name, n, entry, cited)
-                             for n, entry in enumerate(_tables(origin, data, "tool_fee"), start=1)))
+                             for n, entry in enumerate(_tables(origin, data, "tool_fee"), start=1)),
+        images=tuple(_parse_image(origin, name, n, entry, cited)
+                     for n, entry in enumerate(_tables(origin, data, "image_price"), start=1)))
 
 
 def _tables(origin: str, data: dict, name: str) -> list:
@@ -223,6 +264,27 @@ def _parse_tool_fee(origin: str, file_name: str, n: int, entry: object, cited: b
                         minutes=_rate(where, "minutes", entry["minutes"]),
                         source=f"{'patch' if cited else 'override'} {file_name} [[tool_fee]]#{n}",
                         cited=_citation(where, entry, cited))
+
+
+def _parse_image(origin: str, file_name: str, n: int, entry: object, cited: bool) -> ImagePrice:
+    where = f"{origin}: [[image_price]] entry {n}"
+    entry = _table(where, entry, _IMAGE_KEYS, ("provider", "model", "size", "usd_per_image"))
+    models, sizes = (_names(where, entry, key) for key in ("model", "size"))
+    provider, quality = _text(where, entry, "provider"), _text(where, entry, "quality") or "standard"
+    assert provider is not None  # required
+    return ImagePrice(provider=provider, models=models, sizes=sizes, quality=quality,
+                      usd_per_image=_rate(where, "usd_per_image", entry["usd_per_image"]),
+                      since=_date(where, entry.get("since"), "since"),
+                      source=f"{'patch' if cited else 'override'} {file_name} [[image_price]]#{n}",
+                      cited=_citation(where, entry, cited))
+
+
+def _names(where: str, entry: dict, key: str) -> tuple[str, ...]:
+    """A string, or a non-empty list of them."""
+    found = entry[key] if isinstance(entry[key], list) else [entry[key]]
+    if not found or not all(isinstance(name, str) and name for name in found):
+        raise PriceFileError(f"{where}: {key} must be a non-empty string, or a list of them.")
+    return tuple(found)
 
 
 def _table(where: str, entry: object, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict:

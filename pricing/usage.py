@@ -36,6 +36,15 @@ TOOL_FIELDS = ("web_search_requests", "web_fetch_requests", "file_search_calls",
                "grounded_prompts")
 
 
+@dataclass(frozen=True)
+class ImageOptions:
+    """What a per-image price depends on besides the count: the images' size ("1024x1024") and
+    quality ("standard", "hd"), as the request asked for them."""
+
+    size: str
+    quality: str = "standard"
+
+
 @dataclass
 class TokenUsage:
     input_tokens: int = 0

@@ -45,6 +45,7 @@ class _Batch:
     created_at: int
     retrieved: int = 0
     output_file_id: str | None = None
+    api_key: str = ""  # the provider key that created it: whose the usage is, in the provider's books
 
 
 @dataclass
@@ -72,7 +73,7 @@ def answer(api: BatchApi, handler, url: str, body: bytes) -> None:
         if not key or not headers.get("anthropic-version"):
             return _json(handler, 401, {"type": "error", "error": {"type": "authentication_error",
                                                                     "message": "an API key is required"}})
-        return _anthropic(api, handler, url, path, body)
+        return _anthropic(api, handler, url, path, body, key)
     if not headers.get("authorization", "").startswith("Bearer "):
         return _openai_error(handler, 401, "No API key")
     return _openai(api, handler, path, headers, body)
@@ -86,7 +87,7 @@ def _openai(api: BatchApi, handler, path: str, headers: dict, body: bytes) -> No
     if handler.command == "POST" and parts == ["v1", "files"]:
         return _upload(api, handler, headers, body)
     if handler.command == "POST" and parts == ["v1", "batches"]:
-        return _create_openai(api, handler, body)
+        return _create_openai(api, handler, body, headers["authorization"].removeprefix("Bearer "))
     if handler.command == "GET" and len(parts) == 3 and parts[1] == "batches" and parts[2] in api.batches:
         return _json(handler, 200, _openai_batch(api, api.batches[parts[2]], poll=True))
     if handler.command == "GET" and len(parts) == 4 and parts[1] == "files" and parts[3] == "content":
@@ -111,13 +112,13 @@ def _upload(api: BatchApi, handler, headers: dict, body: bytes) -> None:
                          "filename": "batch.jsonl", "purpose": "batch", "status": "processed"})
 
 
-def _create_openai(api: BatchApi, handler, body: bytes) -> None:
+def _create_openai(api: BatchApi, handler, body: bytes, api_key: str) -> None:
     request = json.loads(body)
     lines = [json.loads(line) for line in api.files.get(request.get("input_file_id"), b"").splitlines() if line]
     endpoint = request.get("endpoint")
     if not lines or request.get("completion_window") != "24h" or any(line.get("url") != endpoint for line in lines):
         return _openai_error(handler, 400, "invalid batch")
-    batch = _Batch(f"batch_{next(_ids):06d}", "openai", lines, int(time.time()))
+    batch = _Batch(f"batch_{next(_ids):06d}", "openai", lines, int(time.time()), api_key=api_key)
     api.batches[batch.id] = batch
     _json(handler, 200, _openai_batch(api, batch, poll=False) | {"metadata": request.get("metadata")})
 
@@ -163,7 +164,7 @@ def _openai_line(api: BatchApi, batch: _Batch, n: int) -> dict:
 # Anthropic ------------------------------------------------------------------------------------
 
 
-def _anthropic(api: BatchApi, handler, url: str, path: str, body: bytes) -> None:
+def _anthropic(api: BatchApi, handler, url: str, path: str, body: bytes, api_key: str) -> None:
     parts = path.strip("/").split("/")  # v1 messages batches [id] [results]
     if handler.command == "POST" and len(parts) == 3:
         request = json.loads(body)
@@ -171,7 +172,7 @@ def _anthropic(api: BatchApi, handler, url: str, path: str, body: bytes) -> None
         if not requests or any(not r.get("custom_id") or "model" not in r.get("params", {}) for r in requests):
             return _json(handler, 400, {"type": "error", "error": {"type": "invalid_request_error",
                                                                     "message": "requests: invalid"}})
-        batch = _Batch(f"msgbatch_{next(_ids):06d}", "anthropic", requests, int(time.time()))
+        batch = _Batch(f"msgbatch_{next(_ids):06d}", "anthropic", requests, int(time.time()), api_key=api_key)
         api.batches[batch.id] = batch
         return _json(handler, 200, _anthropic_batch(api, batch, url, poll=False))
     batch = api.batches.get(parts[3]) if len(parts) >= 4 else None

@@ -104,51 +104,69 @@ def _handler(provider: MediaProvider):
             pass
 
         def do_GET(self) -> None:
-            self._handle()
+            answer(provider, self)
 
         def do_POST(self) -> None:
-            self._handle()
-
-        def _handle(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length") or 0))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            provider.received.append(Received(self.command, self.path, headers, body))
-            path = self.path.split("?")[0]
-            try:
-                answer = _ROUTES.get(path)
-                if answer is None:
-                    self._json(404, {"error": {"message": f"Invalid URL (POST {path})", "type": "invalid_request_error",
-                                               "param": None, "code": None}})
-                    return
-                answer(self, body, headers.get("content-type", ""))
-            except BadRequest as exc:
-                self._json(400, {"error": {"message": str(exc), "type": "invalid_request_error", "param": None,
-                                           "code": None}})
-
-        def _json(self, status: int, document: object) -> None:
-            self._send(status, "application/json", json.dumps(document).encode())
-
-        def _send(self, status: int, content_type: str, data: bytes) -> None:
-            self.send_response(status)
-            self.send_header("content-type", content_type)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _chunks(self, content_type: str, pieces) -> None:
-            self.send_response(200)
-            self.send_header("content-type", content_type)
-            self.send_header("transfer-encoding", "chunked")
-            self.end_headers()
-            for n, piece in enumerate(pieces):
-                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                self.wfile.flush()
-                if n == 0:
-                    provider.gate.wait(20)
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+            answer(provider, self)
 
     return Handler
+
+
+def handles(path: str) -> bool:
+    """Whether a request on OpenAI's host is one of this fake's images or audio endpoints."""
+    return path.split("?")[0].startswith(("/v1/images/", "/v1/audio/"))
+
+
+def answer(provider: MediaProvider, handler: BaseHTTPRequestHandler, body: bytes | None = None) -> None:
+    """Answer one request on ``handler``: this fake's own server's, or the fake provider's
+    (tests/upstream.py ``FakeProvider.media``), as the real APIs share OpenAI's host. ``body``: read already."""
+    if body is None:
+        body = handler.rfile.read(int(handler.headers.get("content-length") or 0))
+    headers = {k.lower(): v for k, v in handler.headers.items()}
+    provider.received.append(Received(handler.command, handler.path, headers, body))
+    path = handler.path.split("?")[0]
+    reply = _Reply(provider, handler)
+    try:
+        route = _ROUTES.get(path)
+        if route is None:
+            reply._json(404, {"error": {"message": f"Invalid URL (POST {path})", "type": "invalid_request_error",
+                                        "param": None, "code": None}})
+            return
+        route(reply, body, headers.get("content-type", ""))
+    except BadRequest as exc:
+        reply._json(400, {"error": {"message": str(exc), "type": "invalid_request_error", "param": None,
+                                    "code": None}})
+
+
+class _Reply:
+    """How the routes answer, on whichever server's handler the request came."""
+
+    def __init__(self, provider: MediaProvider, handler: BaseHTTPRequestHandler) -> None:
+        self.provider, self.handler = provider, handler
+        self.headers, self.path = handler.headers, handler.path
+
+    def _json(self, status: int, document: object) -> None:
+        self._send(status, "application/json", json.dumps(document).encode())
+
+    def _send(self, status: int, content_type: str, data: bytes) -> None:
+        self.handler.send_response(status)
+        self.handler.send_header("content-type", content_type)
+        self.handler.send_header("content-length", str(len(data)))
+        self.handler.end_headers()
+        self.handler.wfile.write(data)
+
+    def _chunks(self, content_type: str, pieces) -> None:
+        self.handler.send_response(200)
+        self.handler.send_header("content-type", content_type)
+        self.handler.send_header("transfer-encoding", "chunked")
+        self.handler.end_headers()
+        for n, piece in enumerate(pieces):
+            self.handler.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.handler.wfile.flush()
+            if n == 0:
+                self.provider.gate.wait(20)
+        self.handler.wfile.write(b"0\r\n\r\n")
+        self.handler.wfile.flush()
 
 
 def _json_body(body: bytes) -> dict:
@@ -246,7 +264,7 @@ def _speech(handler, body: bytes, content_type: str) -> None:
     request = _json_body(body)
     if not isinstance(request.get("input"), str) or not request.get("voice"):
         raise BadRequest("Missing required parameters: 'input' and 'voice'.")
-    audio = handler.server.provider.speech
+    audio = handler.provider.speech
     if request.get("stream_format") == "sse":
         if request["model"] in ("tts-1", "tts-1-hd"):
             raise BadRequest("stream_format 'sse' is not supported for tts-1 and tts-1-hd.")

@@ -365,3 +365,42 @@ def test_a_purge_says_per_key_what_goes_and_why(tmp_path):
     assert done[-1].startswith("Purged 6 calls (kept as hourly totals)")
     assert sorted((k, round((NOW - ts).total_seconds() / 86400)) for k, ts in raw_rows(db)) == sorted(
         [(free, 0), (pro, 20), (forever, 10)])
+
+
+def batch_tags_follow_retention_and_erasure(home: Path, db: Path) -> None:
+    """Who created which batch (the ``batches`` table's tags) lives no longer than that key's calls,
+    and a subject's erase takes every tag of its batches; the batch stays known, so its usage is
+    still recorded once. Run on a DuckDB file and on the shared mode's PostgreSQL."""
+    from addon.core.store import batches
+    free, enterprise = make_key(home, "f", "free"), make_key(home, "e", "enterprise")
+    made = {"old-free": (free, "acme", 8), "new-free": (free, "acme", 1), "old-enterprise": (enterprise, "beta", 200),
+            "erase-me": (enterprise, "gone", 1)}
+    with writing(db) as con:
+        for batch_id, (key_id, customer, days) in made.items():
+            batches.remember(con, "anthropic", batch_id, None, (key_id, customer, "nightly"),
+                             NOW - dt.timedelta(days=days))
+        assert batches.claim(con, "anthropic", "old-free", NOW) == (free, "acme", "nightly")  # its usage recorded
+
+    def tags() -> dict[str, tuple]:
+        with reading(db) as con:
+            return {row[0]: row[1:] for row in con.execute(
+                "SELECT batch_id, key_id, customer_id, feature FROM batches ORDER BY batch_id").fetchall()}
+
+    done = json.loads(run_cli(home, "purge", "--json"))
+    assert done["deleted"]["batches"] == 1
+    assert tags() == {"old-free": (None, None, None), "new-free": (free, "acme", "nightly"),
+                      "old-enterprise": (enterprise, "beta", "nightly"), "erase-me": (enterprise, "gone", "nightly")}
+    run_cli(home, "purge", "--older-than", "30d")
+    assert tags()["old-enterprise"] == (None, None, None)
+    run_cli(home, "gdpr", "delete", "--customer", "gone", "--yes")
+    assert tags()["erase-me"] == (None, None, None)
+    run_cli(home, "gdpr", "delete", "--key", str(free), "--yes")
+    assert tags()["new-free"] == (None, None, None)
+    with writing(db) as con:  # still known: recorded once, never adopted as new
+        assert batches.claim(con, "anthropic", "old-free", NOW) is None
+    assert set(tags()) == set(made)
+
+
+def test_batch_tags_are_purged_with_their_keys_calls_and_erased_with_their_subject(tmp_path):
+    home = tmp_path / "home"
+    batch_tags_follow_retention_and_erasure(home, home_dir.db_path(home))

@@ -74,6 +74,35 @@ def test_an_image_edit_is_metered_and_its_upload_reaches_openai_byte_for_byte(pr
     assert _usd(row["cost_usd"]) == (text * 5 + image * 10 + fake.IMAGE_OUTPUT_TOKENS * 40) / M
 
 
+@pytest.mark.parametrize(("request_options", "expected"), [
+    # OpenAI's price page, per image: DALL·E 3 standard 1024x1024 $0.04, HD 1024x1792 or 1792x1024 $0.12;
+    # DALL·E 2 256x256 $0.016, 512x512 $0.018, 1024x1024 $0.020.
+    ({"model": "dall-e-3"}, Decimal("0.04")),  # OpenAI's defaults: 1024x1024, standard
+    ({"model": "dall-e-3", "size": "1792x1024", "quality": "hd"}, Decimal("0.12")),
+    ({"model": "dall-e-3", "size": "1024x1792", "quality": "standard"}, Decimal("0.08")),
+    ({"model": "dall-e-2", "size": "512x512", "n": 3}, 3 * Decimal("0.018")),
+    ({"model": "dall-e-2"}, Decimal("0.02")),
+])
+def test_a_dall_e_image_is_priced_per_image_by_its_size_and_quality(proxy, media, customer, request_options,
+                                                                    expected):
+    result = _client(proxy).images.generate(prompt="a red cat on a mat", **request_options, **_tag(customer))
+    [row] = proxy.rows(customer)
+    assert len(result.data) == row["images"] == request_options.get("n", 1)
+    assert (row["model"], row["usage_source"], row["priced"]) == (request_options["model"], "reported", True)
+    assert _usd(row["cost_usd"]) == expected
+    assert row["price_source"].startswith("patch patches.toml [[image_price]]#")  # cited there
+
+
+def test_a_dall_e_2_edit_is_priced_by_the_size_in_its_form(proxy, media, customer):
+    _client(proxy).images.edit(model="dall-e-2", image=("cat.png", b"\x89PNG fake", "image/png"), prompt="a hat",
+                               size="256x256", n=2, **_tag(customer))
+    [row] = proxy.rows(customer)
+    assert (row["endpoint"], row["images"], _usd(row["cost_usd"])) == ("/v1/images/edits", 2, 2 * Decimal("0.016"))
+    # A reprice cannot see the size asked for (not stored): it keeps the price, never unprices the call.
+    assert "Checked 1 call; 0 changed" in run_cli(proxy.home, "reprice", "--customer", customer)
+    assert _usd(proxy.rows(customer)[0]["cost_usd"]) == 2 * Decimal("0.016")
+
+
 def test_a_whisper_transcription_is_priced_per_minute_of_audio(proxy, media, customer):
     sent: list[bytes] = []
     audio = fake.wav(8.0)

@@ -681,3 +681,142 @@ def test_names_from_the_provider_reach_the_terminal_without_their_control_charac
     assert "key_\\x1b[2Jx" in reconcile(home, *args, "--by", "api-key").output
     [items, _] = lines(reconcile(home, *args, "--by", "line-item", "--format", "json"))
     assert items["line_items"].startswith("gpt-4o\\x1b]0;owned\\x07, input") and len(items["line_items"]) == 200
+
+
+# --- a month's mix of traffic ----------------------------------------------------------------------
+
+SPOKEN = "Today is a wonderful day to build something people love! " * 3  # 171 characters
+OPENAI_KEYS = {"sk-app-secret": APP, "sk-etl-secret": ETL}
+ANTHROPIC_KEYS = {"sk-ant-app-secret": ("apikey_app", "wrkspc_app"), "sk-ant-etl-secret": ("apikey_etl", "wrkspc_etl")}
+SONNET = "claude-sonnet-4-20250514"
+
+
+def _month_of_openai_through_the_proxy(proxy, provider, media) -> int:
+    """Chat, a batch, images, a transcription and speech, as an application makes them; its calls with usage."""
+    client = proxy.openai(api_key="sk-app-secret", headers={**LEGACY, "x-customer-id": "month"})
+    for _ in range(3):
+        client.chat.completions.create(**CHAT)
+    requests = [{"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions",
+                 "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"summarise {n}"}]}}
+                for n in range(4)]
+    upload = client.files.create(file=("in.jsonl", io.BytesIO(b"\n".join(json.dumps(r).encode() for r in requests))),
+                                 purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    while (batch := client.batches.retrieve(batch.id)).status != "completed":
+        time.sleep(0.05)
+    client.files.content(batch.output_file_id)
+    client.images.generate(model="dall-e-2", prompt="a red cat on a mat", n=2, size="512x512")
+    client.audio.transcriptions.create(model="whisper-1", file=("hello.wav", media.wav(8.0), "audio/wav"),
+                                       response_format="verbose_json")
+    with client.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input=SPOKEN) as answer:
+        answer.read()
+    return 3 + 1 + 1 + 1 + 1
+
+
+def _month_of_anthropic_through_the_proxy(proxy, provider) -> int:
+    client = proxy.anthropic(api_key="sk-ant-app-secret", headers={"x-customer-id": "month"})
+    message = {"model": SONNET, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(2):
+        client.messages.create(**message)
+    batch = client.messages.batches.create(requests=[{"custom_id": f"short-{n}", "params": message} for n in range(4)])
+    while client.messages.batches.retrieve(batch.id).processing_status != "ended":
+        time.sleep(0.05)
+    assert len(list(client.messages.batches.results(batch.id))) == 4
+    return 2 + 1
+
+
+def _around_the_proxy(provider, media) -> Decimal:
+    """An ETL job's calls with keys of its own, straight to the providers; what they cost at list prices."""
+    import anthropic as anthropic_sdk
+    direct = openai.OpenAI(base_url=f"{provider.url}/v1", api_key="sk-etl-secret", default_headers=LEGACY)
+    for _ in range(2):
+        direct.chat.completions.create(**CHAT)
+    direct.images.generate(model="dall-e-2", prompt="a blue dog", n=1, size="512x512")
+    with direct.audio.speech.with_streaming_response.create(model="tts-1", voice="alloy", input="Hello there.") as a:
+        a.read()
+    anthropic_sdk.Anthropic(base_url=provider.url, api_key="sk-ant-etl-secret").messages.create(
+        model=SONNET, max_tokens=50, messages=[{"role": "user", "content": "hi"}])
+    # tts-1: $15 per million characters; dall-e-2: $0.018 an image of 512x512
+    return 2 * LEGACY_COST + len("Hello there.") * Decimal(15) / M + Decimal("0.018")
+
+
+def _bill_at_list_prices(ledger: list[Billed]) -> None:
+    """What each entry of the provider's books cost (its Costs API's amounts), at the list prices."""
+    from pricing import ImageOptions, PriceBook
+    from pricing.usage import TokenUsage
+    book = PriceBook(None)
+    for e in ledger:
+        usage = TokenUsage(input_tokens=e.input_tokens, cache_read_tokens=e.cached_tokens,
+                           cache_write_tokens=e.cache_5m_tokens + e.cache_1h_tokens,
+                           cache_write_1h_tokens=e.cache_1h_tokens, output_tokens=e.output_tokens, images=e.images,
+                           audio_seconds=e.seconds, characters=e.characters)
+        tier = "batch" if e.batch or e.service_tier == "batch" else None
+        price = book.price(usage, e.provider, e.model, e.at, tier, ImageOptions(e.size) if e.size else None)
+        assert price.cost_usd is not None, e
+        e.billed_usd = float(price.cost_usd)
+
+
+def test_a_month_of_every_kind_of_traffic_reconciles_to_exactly_the_calls_around_the_proxy(tmp_path, usage_api):
+    """Chat, batches of both providers, images, a transcription and speech through the proxy, with
+    the official SDKs; an ETL job's calls around it with provider keys of its own. The provider's
+    books hold all of it: reconcile names exactly the ETL keys' calls, in table, JSON and CSV."""
+    from . import media_upstream
+    from .batch_api import BatchApi
+    with FakeProvider() as provider, media_upstream.MediaProvider() as media:
+        provider.batches, provider.media = BatchApi(), media
+        proxy = start_proxy(tmp_path / "home", provider.url, tmp_path / "proxy.log")
+        try:
+            made = _month_of_openai_through_the_proxy(proxy, provider, media_upstream)
+            made += _month_of_anthropic_through_the_proxy(proxy, provider)
+            deadline = time.monotonic() + 15
+            while len(rows := [r for r in proxy.calls() if r["usage_source"] != "none"]) < made:
+                assert time.monotonic() < deadline, rows
+                time.sleep(0.1)
+        finally:
+            proxy.stop()
+        assert len(rows) == made and all(r["customer_id"] == "month" for r in rows)
+        gap = _around_the_proxy(provider, media)
+        usage_api.ledger = billed_from(provider.received, {**OPENAI_KEYS, **ANTHROPIC_KEYS}, provider.batches)
+    assert {b.usage for b in usage_api.ledger} == {"completions", "images", "audio_transcriptions", "audio_speeches"}
+    _bill_at_list_prices(usage_api.ledger)
+
+    openai_args = ("--provider", "openai", "--since", "30d", "--upstream", usage_api.url, "--by", "api-key")
+    [app, etl, total] = lines(reconcile(proxy.home, *openai_args, "--format", "json"))
+    assert (app["api_key_id"], app["project"], app["status"]) == ("key_app", "proj_app", "match")
+    assert Decimal(str(app["difference_usd"])) == 0
+    assert (etl["api_key_id"], etl["project"], etl["status"]) == ("key_etl", "proj_etl", "untracked")
+    assert (etl["ours_requests"], etl["theirs_requests"]) == (0, 4)
+    assert (etl["theirs_images"], etl["theirs_characters"]) == (1, len("Hello there."))
+    assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) == gap
+    assert (total["ours_images"], total["ours_audio_seconds"], total["ours_characters"]) == (2, 8, len(SPOKEN))
+    # The provider's cost report bills everything in its books: what we price its usage at, to the float.
+    assert total["billed_usd"] == pytest.approx(float(Decimal(str(total["theirs_cost_usd"]))), abs=1e-9)
+
+    as_csv = list(csv.DictReader(io.StringIO(reconcile(proxy.home, *openai_args, "--format", "csv").output)))
+    assert [(r["api_key_id"], r["status"]) for r in as_csv[:-1]] == [("key_app", "match"), ("key_etl", "untracked")]
+    assert Decimal(as_csv[1]["difference_usd"]) == Decimal(as_csv[-1]["difference_usd"]) == gap
+    assert (as_csv[1]["theirs_images"], as_csv[1]["theirs_characters"]) == ("1", "12")
+    table = reconcile(proxy.home, *openai_args).output
+    assert f"Around the proxy, by the provider's key: key_etl (proj_etl) {usd(gap)}." in table
+    assert "key_app" in table and "match" in table and "IMG" in table and "CHARS" in table
+
+    # The ETL job's one message: 3 uncached, 9,511 cache-read, 1,956 cache-write (5 min) and 44 output tokens
+    # at Sonnet 4's $3, $0.30, $3.75 and $15 per million.
+    etl_cost = (3 * Decimal(3) + 9511 * Decimal("0.30") + 1956 * Decimal("3.75") + 44 * Decimal(15)) / M
+    anthropic_args = ("--provider", "anthropic", "--since", "30d", "--upstream", usage_api.url, "--by", "api-key")
+    for refused in (True, False):  # its legacy reports, then the analytics API
+        usage_api.analytics_refused = refused
+        result = reconcile(proxy.home, *anthropic_args, "--format", "json")
+        assert result.exit_code == 0 and ("legacy usage and cost reports" in result.stderr) is refused
+        [app, etl, total] = json.loads(result.stdout)
+        assert (app["api_key_id"], app["project"], app["status"]) == ("apikey_app", "wrkspc_app", "match")
+        assert Decimal(str(app["difference_usd"])) == 0
+        assert (etl["api_key_id"], etl["project"], etl["status"]) == ("apikey_etl", "wrkspc_etl", "untracked")
+        assert Decimal(str(etl["difference_usd"])) == Decimal(str(total["difference_usd"])) == etl_cost
+        assert app["theirs_input_tokens"] == app["ours_input_tokens"] == 2 * 3 + sum(500 + n for n in range(3))
+        assert total["billed_usd"] == pytest.approx(float(Decimal(str(total["theirs_cost_usd"]))), abs=1e-6)
+    as_csv = list(csv.DictReader(io.StringIO(reconcile(proxy.home, *anthropic_args, "--format", "csv").output)))
+    assert [(r["api_key_id"], r["status"]) for r in as_csv[:-1]] == [("apikey_app", "match"),
+                                                                      ("apikey_etl", "untracked")]
+    table = reconcile(proxy.home, *anthropic_args).output
+    assert "Around the proxy, by the provider's key: apikey_etl (wrkspc_etl)" in table

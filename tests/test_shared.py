@@ -779,3 +779,8 @@ def test_commands_on_control_tables_only_never_open_the_lake(shared_env, tmp_pat
     assert [(k["id"], k["plan"]) for k in listed] == [(key_id, "pro")]
     assert loaded == ["postgres_scanner", "ducklake"]
     shared.drop()
+
+
+def test_batch_tags_are_purged_and_erased_in_postgresql_too(shared_env, tmp_path):
+    from .test_lifecycle import batch_tags_follow_retention_and_erasure
+    batch_tags_follow_retention_and_erasure(tmp_path / "admin", tmp_path / "admin" / "unused.duckdb")

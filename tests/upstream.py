@@ -33,6 +33,7 @@ class FakeProvider:
         self.received: list[Received] = []
         self.usage_api = None  # a tests.usage_api.UsageApi: then this provider answers its usage API too
         self.batches = None  # a tests.batch_api.BatchApi: then this provider answers its batch APIs too
+        self.media = None  # a tests.media_upstream.MediaProvider: then this one answers the images and audio APIs too
         self.gate = threading.Event()  # a "gated" stream waits on this after its first event
         self.stream_abandoned = threading.Event()  # set when a client went away mid-stream
         self.server = _Server(("127.0.0.1", 0), _handler(self))
@@ -87,6 +88,11 @@ def _handler(provider: FakeProvider):
                 from .batch_api import answer
                 answer(provider.batches, self, provider.url, body)
                 return
+            if provider.media is not None:
+                from . import media_upstream
+                if media_upstream.handles(self.path):
+                    media_upstream.answer(provider.media, self, body)
+                    return
             scenario = self.headers.get("x-test-scenario", "")
             if scenario == "hang":  # accepts the call, then says nothing until the proxy gives up
                 provider.gate.wait(30)

@@ -42,6 +42,14 @@ ALLOWED = {
                                                             "service_tier"}, {"1m", "1h", "1d"}),
     "/v1/organization/usage/embeddings": (_FILTERS_OPENAI - {"batch"}, {"project_id", "user_id", "api_key_id",
                                                                         "model"}, {"1m", "1h", "1d"}),
+    "/v1/organization/usage/images": ((_FILTERS_OPENAI - {"batch"}) | {"sources", "sizes"},
+                                      {"project_id", "user_id", "api_key_id", "model", "size", "source"},
+                                      {"1m", "1h", "1d"}),
+    "/v1/organization/usage/audio_speeches": (_FILTERS_OPENAI - {"batch"}, {"project_id", "user_id", "api_key_id",
+                                                                            "model"}, {"1m", "1h", "1d"}),
+    "/v1/organization/usage/audio_transcriptions": (_FILTERS_OPENAI - {"batch"}, {"project_id", "user_id",
+                                                                                  "api_key_id", "model"},
+                                                    {"1m", "1h", "1d"}),
     "/v1/organization/costs": ({"start_time", "end_time", "bucket_width", "project_ids", "group_by", "limit", "page"},
                                {"project_id", "line_item"}, {"1d"}),
     "/v1/organizations/usage_report/messages": (_FILTERS_ANTHROPIC, {"api_key_id", "workspace_id", "model",
@@ -51,7 +59,8 @@ ALLOWED = {
                                       {"workspace_id", "description"}, {"1d"}),
 }
 GROUPS = {"project_id": "project_id", "workspace_id": "project_id", "api_key_id": "api_key_id", "model": "model",
-          "line_item": "line_item", "description": "line_item", "cost_type": "cost_type"}  # wire name -> Billed field
+          "line_item": "line_item", "description": "line_item", "cost_type": "cost_type", "batch": "batch",
+          "service_tier": "service_tier", "size": "size"}  # wire name -> Billed field
 
 
 @dataclass
@@ -70,18 +79,30 @@ class Billed:
     project_id: str = "proj_0001"  # OpenAI's project, Anthropic's workspace
     line_item: str = ""            # its cost line item; "" : "<model>, input and output"
     cost_type: str = "tokens"      # Anthropic's analytics cost type: tokens, web_search, code_execution
+    usage: str = "completions"     # OpenAI's usage endpoint that counts it: completions, images, audio_speeches, ...
+    images: int = 0
+    seconds: int = 0               # of audio transcribed
+    characters: int = 0            # of text spoken
+    size: str | None = None        # of the images
+    batch: bool = False            # run by the batch API (OpenAI's ``batch`` group)
+    service_tier: str = "standard"  # Anthropic's: "batch" for Message Batches
 
     def __post_init__(self) -> None:
         self.line_item = self.line_item or f"{self.model}, input and output"
 
 
-def billed_from(received, keys: dict[str, tuple[str, str]] | None = None) -> list[Billed]:
-    """The ledger of non-streamed chat and messages calls the fake provider answered with 200.
-    ``keys``: the provider key each call was made with (its ``authorization`` / ``x-api-key``
-    header) -> (its id, its project or workspace), as the provider's books name it."""
-    ledger = []
+def billed_from(received, keys: dict[str, tuple[str, str]] | None = None, batches=None) -> list[Billed]:
+    """The ledger of non-streamed chat and messages calls the fake provider answered with 200, its
+    images, transcriptions and speech (tests/media_upstream.py), and the requests of the ``batches``
+    (a tests.batch_api.BatchApi) that ended. ``keys``: the provider key each call was made with (its
+    ``authorization`` / ``x-api-key`` header) -> (its id, its project or workspace), as the
+    provider's books name it."""
+    ledger = [*_batch_ledger(batches, keys or {})] if batches is not None else []
     for r in received:
         path = r.path.split("?")[0]
+        if path in _MEDIA:
+            ledger.append(_MEDIA[path](r, _key_of(r, keys)))
+            continue
         try:
             request = json.loads(r.body) if r.body else {}
         except ValueError:
@@ -94,8 +115,7 @@ def billed_from(received, keys: dict[str, tuple[str, str]] | None = None) -> lis
         body = json.loads(reply.body)
         usage = body["usage"]
         at = dt.datetime.fromtimestamp(r.at, dt.UTC)
-        secret = (r.headers.get("authorization") or "").removeprefix("Bearer ") or r.headers.get("x-api-key") or ""
-        key = dict(zip(("api_key_id", "project_id"), (keys or {}).get(secret, ("key_0001", "proj_0001")), strict=True))
+        key = _key_of(r, keys)
         if path.endswith("/v1/messages"):
             creation = usage.get("cache_creation") or {}
             ledger.append(Billed(at, "anthropic", body["model"], usage["input_tokens"],
@@ -106,6 +126,57 @@ def billed_from(received, keys: dict[str, tuple[str, str]] | None = None) -> lis
             ledger.append(Billed(at, "openai", body["model"], usage["prompt_tokens"] - cached, cached,
                                  output_tokens=usage["completion_tokens"], **key))
     return ledger
+
+
+def _key_of(request, keys: dict[str, tuple[str, str]] | None) -> dict[str, str]:
+    secret = (request.headers.get("authorization") or "").removeprefix("Bearer ") or \
+        request.headers.get("x-api-key") or ""
+    return _key_named(secret, keys)
+
+
+def _key_named(secret: str, keys: dict[str, tuple[str, str]] | None) -> dict[str, str]:
+    return dict(zip(("api_key_id", "project_id"), (keys or {}).get(secret, ("key_0001", "proj_0001")), strict=True))
+
+
+def _image(r, key: dict) -> Billed:
+    request = json.loads(r.body)
+    return Billed(dt.datetime.fromtimestamp(r.at, dt.UTC), "openai", request["model"], 0, usage="images",
+                  images=int(request.get("n") or 1), size=request.get("size") or "1024x1024", **key)
+
+
+def _transcript(r, key: dict) -> Billed:
+    from . import media_upstream
+    fields = media_upstream.form(r.body, r.headers["content-type"])
+    seconds = round(media_upstream.wav_duration(fields["file"][1]))  # type: ignore[index]
+    return Billed(dt.datetime.fromtimestamp(r.at, dt.UTC), "openai", fields["model"].decode(), 0,  # type: ignore[union-attr]
+                  usage="audio_transcriptions", seconds=seconds, **key)
+
+
+def _speech(r, key: dict) -> Billed:
+    request = json.loads(r.body)
+    return Billed(dt.datetime.fromtimestamp(r.at, dt.UTC), "openai", request["model"], 0, usage="audio_speeches",
+                  characters=len(request["input"]), **key)
+
+
+_MEDIA = {"/v1/images/generations": _image, "/v1/audio/transcriptions": _transcript, "/v1/audio/speech": _speech}
+
+
+def _batch_ledger(api, keys: dict[str, tuple[str, str]]):
+    """Each request of each batch that ended, billed to the key that created the batch (failed ones: nothing)."""
+    from .batch_api import anthropic_usage, openai_usage
+    for batch in api.batches.values():
+        if batch.retrieved < api.polls_until_done:
+            continue
+        at, key = dt.datetime.fromtimestamp(batch.created_at, dt.UTC), _key_named(batch.api_key, keys)
+        for n, request in enumerate(batch.requests):
+            if batch.provider == "openai":
+                usage = openai_usage(n)
+                yield Billed(at, "openai", request["body"]["model"] + "-2024-07-18", usage["prompt_tokens"],
+                             output_tokens=usage["completion_tokens"], batch=True, **key)
+            elif n < len(batch.requests) - 1:  # the fake's last request of a Message Batch fails: not billed
+                usage = anthropic_usage(n, request["custom_id"].startswith("long-"))
+                yield Billed(at, "anthropic", request["params"]["model"], usage["input_tokens"],
+                             output_tokens=usage["output_tokens"], service_tier="batch", **key)
 
 
 class UsageApi:
@@ -137,10 +208,12 @@ class UsageApi:
         self.server.server_close()
 
     def buckets(self, provider: str, start: dt.datetime, end: dt.datetime, width: dt.timedelta = DAY,
-                costs: bool = False) -> list[tuple[dt.datetime, list]]:
+                costs: bool = False, usage: str | None = None) -> list[tuple[dt.datetime, list]]:
         """Every bucket of ``width`` in [start, end), with the ledger's entries in it (empty ones
-        included); ``costs``: the extra cost line items too."""
-        entries = [b for b in (*self.ledger, *(self.extra_costs if costs else [])) if b.provider == provider]
+        included); ``costs``: the extra cost line items too; ``usage``: only those that OpenAI usage
+        endpoint counts."""
+        entries = [b for b in (*self.ledger, *(self.extra_costs if costs else []))
+                   if b.provider == provider and usage in (None, b.usage)]
         found, at = [], start
         while at < end:
             found.append((at, [b for b in entries if at <= b.at < at + width]))
@@ -163,7 +236,23 @@ def _openai_result(group: dict, entries: list[Billed]) -> dict:
             "output_tokens": sum(e.output_tokens for e in entries), "input_audio_tokens": 0,
             "output_audio_tokens": 0, "num_model_requests": len(entries),
             "model": group.get("model"), "project_id": group.get("project_id"), "user_id": None,
-            "api_key_id": group.get("api_key_id"), "batch": None, "service_tier": None}
+            "api_key_id": group.get("api_key_id"), "batch": group.get("batch"), "service_tier": None}
+
+
+def _openai_units(kind: str, unit: str, field: str):
+    """A result of OpenAI's images or audio usage: requests and ``unit`` (what ``field`` of Billed counts)."""
+    def result(group: dict, entries: list[Billed]) -> dict:
+        return {"object": f"organization.usage.{kind}.result", unit: sum(getattr(e, field) for e in entries),
+                "num_model_requests": len(entries), "model": group.get("model"),
+                "project_id": group.get("project_id"), "user_id": None, "api_key_id": group.get("api_key_id"),
+                **({"size": group.get("size"), "source": None} if kind == "images" else {})}
+    return result
+
+
+_OPENAI_RESULTS = {"completions": _openai_result, "embeddings": _openai_result,
+                   "images": _openai_units("images", "images", "images"),
+                   "audio_speeches": _openai_units("audio_speeches", "characters", "characters"),
+                   "audio_transcriptions": _openai_units("audio_transcriptions", "seconds", "seconds")}
 
 
 def _openai_cost(group: dict, entries: list[Billed]) -> dict:
@@ -180,7 +269,8 @@ def _anthropic_result(group: dict, entries: list[Billed]) -> dict:
             "output_tokens": sum(e.output_tokens for e in entries),
             "server_tool_use": {"web_search_requests": sum(e.web_search_requests for e in entries)},
             "model": group.get("model"), "api_key_id": group.get("api_key_id"),
-            "workspace_id": group.get("workspace_id"), "service_tier": None, "context_window": None}
+            "workspace_id": group.get("workspace_id"), "service_tier": group.get("service_tier"),
+            "context_window": None}
 
 
 def _cents(entries: list[Billed]) -> str:
@@ -284,8 +374,9 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
     if openai:
         start = dt.datetime.fromtimestamp(int(query["start_time"][0]), dt.UTC)
         end = dt.datetime.fromtimestamp(int(query["end_time"][0]), dt.UTC)
-        buckets = api.buckets("openai", start, end, step, costs) if not url.path.endswith("/embeddings") else []
-        make = _openai_cost if costs else _openai_result
+        kind = url.path.rsplit("/", 1)[1]
+        buckets = api.buckets("openai", start, end, step, costs, None if costs else kind)
+        make = _openai_cost if costs else _OPENAI_RESULTS[kind]
         shape = lambda at: {"object": "bucket", "start_time": int(at.timestamp()),  # noqa: E731
                             "end_time": int((at + step).timestamp())}
     else:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pricing.usage import TokenUsage
+from pricing.usage import ImageOptions, TokenUsage
 
 # Raw SSE payloads kept for an estimate, should the stream never report usage.
 MAX_KEPT_DELTA_BYTES = 8 * 1024 * 1024
@@ -185,6 +185,10 @@ class Provider:
     def counted(self, path: str, request: dict | None, model: str | None) -> TokenUsage | None:
         """Usage the provider bills by a published rule on the request itself (the characters of a
         speech input): exact, counted by us, for a call whose response carries none."""
+        return None
+
+    def image_options(self, path: str, request: dict | None) -> ImageOptions | None:
+        """The size and quality of the images a request asked for, where a price per image depends on them."""
         return None
 
     def error_body(self, status: int, message: str, code: str) -> bytes:

@@ -16,7 +16,7 @@ import json
 import re
 from urllib.parse import urlsplit
 
-from pricing.usage import TokenUsage
+from pricing.usage import ImageOptions, TokenUsage
 
 from ..estimate import Counter
 from . import openai_media as media
@@ -241,6 +241,9 @@ class OpenAI(Provider):
 
     def counted(self, path, request, model) -> TokenUsage | None:
         return media.counted(path, request, model)
+
+    def image_options(self, path: str, request: dict | None) -> ImageOptions | None:
+        return media.image_options(path, request)
 
     def missing_usage(self, path: str, request: dict | None) -> str | None:
         return media.missing(path) if path in media.PATHS else None

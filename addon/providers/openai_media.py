@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
-from pricing.usage import TokenUsage
+from pricing.usage import ImageOptions, TokenUsage
 
 from ..audio import wav_seconds
 from .base import MAX_REQUESTS_PER_CALL, InvalidUsage, Observed, StreamParser, as_dict, count, loads
@@ -125,6 +125,16 @@ def counted(path: str, request: dict | None, model: str | None) -> TokenUsage | 
     if path != SPEECH or model not in _PER_CHARACTER or not isinstance(spoken, str):
         return None
     return TokenUsage(characters=len(spoken))
+
+
+def image_options(path: str, request: dict | None) -> ImageOptions | None:
+    """DALL·E's price per image depends on the size and quality asked for (a JSON body, or an edit's
+    form): OpenAI's defaults are 1024x1024 and standard ("auto" is the default too)."""
+    if path not in IMAGES:
+        return None
+    size, quality = ((request or {}).get(name) for name in ("size", "quality"))
+    return ImageOptions(size if isinstance(size, str) and size != "auto" else "1024x1024",
+                        quality if isinstance(quality, str) and quality != "auto" else "standard")
 
 
 def estimate(path: str, request: dict | None) -> TokenUsage | None:

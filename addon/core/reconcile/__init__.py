@@ -23,26 +23,27 @@ from types import ModuleType
 
 from . import anthropic, keys, openai
 from .http import ReconcileError, bounded
+from .kinds import KINDS, UNITS
 
 PROVIDERS: dict[str, ModuleType] = {"openai": openai, "anthropic": anthropic}
-KINDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
-         "web_search_requests")
 SETTLE = dt.timedelta(hours=24)
 DIMS = ("bucket", "model")                     # what a line is per, always
 KEY_DIMS = ("api_key_id", "project")           # and, grouped by provider key: its id and project (workspace)
 BY = {"day": "bucket", "hour": "bucket", "model": "model", "api-key": "api_key_id", "project": "project"}
 
-__all__ = ["KINDS", "PROVIDERS", "ReconcileError", "bounded", "compare", "regroup", "total"]
+__all__ = ["KINDS", "PROVIDERS", "UNITS", "ReconcileError", "bounded", "compare", "regroup", "total"]
 
-Price = Callable[[str | None, dt.datetime, dict], Decimal | None]
+Price = Callable[..., Decimal | None]  # (model, bucket, usage[, service_tier, image_size])
 
 
 def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timedelta, now: dt.datetime,
             tolerance: float = 0.0, counts_requests: bool = True, by_key: bool = False) -> list[dict]:
-    """One line per (bucket, model) seen on either side; ``price(model, bucket, usage)`` prices theirs.
+    """One line per (bucket, model) seen on either side; ``price(model, bucket, usage, service_tier,
+    image_size)`` prices each of theirs (check.pricer), before they are summed.
     ``counts_requests``: whether the provider's report counts requests (Anthropic's legacy one does not).
     ``by_key``: theirs is per provider key and project too; ours is split among them (keys.attribute)."""
     dims = (*DIMS, *KEY_DIMS) if by_key else DIMS
+    theirs = _priced(theirs, price)
     if by_key:
         ours = keys.attribute(ours, theirs, lambda model, bucket, usage: price(model, bucket, usage) or Decimal(0),
                                KINDS)
@@ -52,15 +53,30 @@ def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timede
     for key in sorted(set(mine) | set(provider), key=lambda k: tuple(part or "" for part in k)):
         o, t = mine.get(key, {}), provider.get(key, {})
         line: dict = dict(zip(dims, key, strict=True))
-        bucket, model = line["bucket"], line["model"]
+        bucket = line["bucket"]
         for kind in ("requests", *KINDS):
             line[f"ours_{kind}"] = int(o.get(kind) or 0)
             line[f"theirs_{kind}"] = None if kind == "requests" and not counts_requests else int(t.get(kind) or 0)
         line["ours_cost_usd"] = Decimal(o["cost_usd"]) if o.get("cost_usd") is not None else Decimal(0)
-        line["theirs_cost_usd"] = price(model, bucket, t) if t else Decimal(0)
+        line["theirs_cost_usd"] = (Decimal(t["cost_usd"]) if "cost_usd" in t else None) if t else Decimal(0)
         line.update(_difference(line), status=_status(line, tolerance), pending=bucket + width > now - SETTLE)
         lines.append(line)
     return lines
+
+
+def _priced(theirs: list[dict], price: Price) -> list[dict]:
+    """The provider's lines, each with its cost at our prices: a batch line at the batch rate, images
+    by their size. A batch line counts no requests: we store a batch as one row per model, the
+    provider counts each of its requests."""
+    found = []
+    for line in theirs:
+        line = dict(line)
+        tier, size = line.pop("service_tier", None), line.pop("image_size", None)
+        line["cost_usd"] = price(line["model"], line["bucket"], line, tier, size)
+        if tier == "batch":
+            line["requests"] = None
+        found.append(line)
+    return found
 
 
 def regroup(lines: list[dict], by: tuple[str, ...], tolerance: float = 0.0) -> list[dict]:

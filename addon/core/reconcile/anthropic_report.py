@@ -19,13 +19,14 @@ _PAGE = {"1d": "31", "1h": "168"}  # the most buckets a page may hold
 
 
 KEY_GROUPS = [("group_by[]", "api_key_id"), ("group_by[]", "workspace_id")]  # a key's id and its workspace
+TIER_GROUP = ("group_by[]", "service_tier")  # Message Batches are billed at the batch rate
 
 
 def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str,
           by_key: bool = False) -> list[dict]:
     url = f"{base_url.rstrip('/')}/v1/organizations/usage_report/messages"
     params = [("starting_at", rfc3339(start)), ("ending_at", rfc3339(end)), ("bucket_width", width),
-              ("group_by[]", "model"), *(KEY_GROUPS if by_key else []), ("limit", _PAGE[width])]
+              ("group_by[]", "model"), TIER_GROUP, *(KEY_GROUPS if by_key else []), ("limit", _PAGE[width])]
     return [found for body in _pages(url, params, admin_key) for found in read_page(body, url, NAME, _start, line)]
 
 
@@ -74,4 +75,5 @@ def line(at: dt.datetime, result: dict) -> dict:
             "cache_read_tokens": whole(result, "cache_read_input_tokens"),
             "cache_write_tokens": whole(creation, "ephemeral_5m_input_tokens") + one_hour,
             "cache_write_1h_tokens": one_hour, "output_tokens": whole(result, "output_tokens"),
-            "web_search_requests": whole(tools, "web_search_requests", MAX_REQUESTS_PER_BUCKET)}
+            "web_search_requests": whole(tools, "web_search_requests", MAX_REQUESTS_PER_BUCKET),
+            "service_tier": "batch" if result.get("service_tier") == "batch" else None}

@@ -7,7 +7,7 @@ import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 
-from pricing import PriceBook
+from pricing import ImageOptions, PriceBook
 from pricing.usage import TokenUsage
 
 from ..store import reading, usage_totals
@@ -18,10 +18,14 @@ WIDTHS = {"1d": DAY, "1h": dt.timedelta(hours=1)}  # the providers' bucket_width
 
 
 def pricer(book: PriceBook, provider: str, width: dt.timedelta = DAY):
-    """Price the provider's figures with our book, as our rows are priced (at the bucket's middle)."""
-    def price(model: str | None, bucket: dt.datetime, usage: dict) -> Decimal | None:
+    """Price the provider's figures with our book, as our rows are priced (at the bucket's middle;
+    ``service_tier`` "batch": at the batch rate; images of ``image_size`` at its standard quality,
+    as the usage API does not say which)."""
+    def price(model: str | None, bucket: dt.datetime, usage: dict, service_tier: str | None = None,
+              image_size: str | None = None) -> Decimal | None:
         tokens = TokenUsage(**{kind: usage.get(kind) or 0 for kind in KINDS})
-        return book.price(tokens, provider, model, bucket + width / 2).cost_usd
+        image = ImageOptions(image_size) if image_size else None
+        return book.price(tokens, provider, model, bucket + width / 2, service_tier, image).cost_usd
     return price
 
 

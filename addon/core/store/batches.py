@@ -52,3 +52,24 @@ def adopt(con: duckdb.DuckDBPyConnection, provider: str, ref: str, tags: Tags, a
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (provider, batch_id) DO NOTHING "
         "RETURNING key_id, customer_id, feature", [provider, ref, *tags, at, ref, at]).fetchall()
     return tuple(inserted[0]) if inserted else claim(con, provider, ref, at)
+
+
+def forget_tags(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]) -> int:
+    """Retention: the batches created before their key's cutoff (``None``: batches of no key) no longer
+    say whose they were; each stays known, so its usage is still recorded once. How many lost them."""
+    if not cutoffs:  # every key keeps its calls forever
+        return 0
+    keys = [-1 if key_id is None else key_id for key_id in cutoffs]
+    return len(control(con).execute(
+        "UPDATE batches SET key_id = NULL, customer_id = NULL, feature = NULL "
+        "FROM (SELECT unnest(?::INTEGER[]) AS key_id, unnest(?::TIMESTAMPTZ[]) AS cutoff) p "
+        "WHERE coalesce(batches.key_id, -1) = p.key_id AND batches.created_at < p.cutoff "
+        "AND (batches.key_id IS NOT NULL OR batches.customer_id IS NOT NULL OR batches.feature IS NOT NULL) "
+        "RETURNING batch_id", [keys, list(cutoffs.values())]).fetchall())
+
+
+def forget_subject(con: duckdb.DuckDBPyConnection, condition: str, params: list) -> int:
+    """An erase: the subject's batches (``condition`` on the table's tags) keep no tag at all."""
+    return len(control(con).execute(
+        f"UPDATE batches SET key_id = NULL, customer_id = NULL, feature = NULL WHERE {condition} RETURNING batch_id",
+        params).fetchall())

@@ -11,6 +11,7 @@ import datetime as dt
 
 import duckdb
 
+from . import batches
 from .connection import control, one
 
 # Rollups and alert history are kept this long: a year of budgets, quotas and spike baselines.
@@ -71,7 +72,8 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
         raise
     # Alert history is control state (PostgreSQL in the shared mode), so apart from the rows.
     alerts = len(control(con).execute("DELETE FROM alerts WHERE sent_at < ? RETURNING id", [history_cutoff]).fetchall())
-    return dict(per_key), {"calls": calls, "hourly_rows": hours, "alerts": alerts}
+    return dict(per_key), {"calls": calls, "hourly_rows": hours, "alerts": alerts,
+                           "batches": batches.forget_tags(con, cutoffs)}
 
 
 def retention_settings(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, str, int | None]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from .. import home as home_dir
-from . import keys
+from . import batches, keys
 from .alerts import budget_subject, spike_subject
 from .connection import control, is_shared, one
 
@@ -127,10 +127,9 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
     counts["alerts"] = _deleted(db, f"DELETE FROM alerts WHERE {alerts_condition} RETURNING id", alerts_params)
     counts["budgets"] = _deleted(db, "DELETE FROM budgets WHERE id IN (SELECT unnest(?::INTEGER[])) RETURNING id",
                                  [budget_ids])
-    # A batch stays known (its usage is recorded once), no longer naming whose it was.
-    column = "customer_id" if subject.kind == "customer" else "key_id"
-    counts["batches"] = _deleted(db, f"UPDATE batches SET {column} = NULL WHERE {rows_condition} RETURNING batch_id",
-                                 rows_params)
+    # A batch stays known (its usage is recorded once), no longer naming whose it was: none of the
+    # tags of the call that created it stays, as none of the subject's calls does.
+    counts["batches"] = batches.forget_subject(con, rows_condition, rows_params)
     if subject.kind == "key":
         counts["keys"] = _deleted(db, "DELETE FROM keys WHERE id = ? RETURNING id", [int(subject.value)])
     return counts

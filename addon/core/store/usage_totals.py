@@ -14,14 +14,17 @@ def per_bucket(con: duckdb.DuckDBPyConnection, provider: str, start: dt.datetime
     """Calls the provider answered with usage, per UTC bucket and model, in [start, end).
 
     Only calls with usage count: a provider bills (and reports) the requests it served, not the
-    ones refused before any token or never answered. Cache writes include the 1-hour ones."""
+    ones refused before any token or never answered. Cache writes include the 1-hour ones. A batch's
+    row (one per model) counts no requests: the provider counts each of the batch's requests."""
     width = "hour" if hourly else "day"
     cur = con.execute(f"""
         SELECT date_trunc('{width}', timezone('UTC', ts)) AS bucket, model,
-               count(*) AS requests, sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens,
+               count(*) FILTER (WHERE service_tier IS DISTINCT FROM 'batch') AS requests,
+               sum(input_tokens) AS input_tokens, sum(cache_read_tokens) AS cache_read_tokens,
                sum(cache_write_tokens) AS cache_write_tokens, sum(cache_write_1h_tokens) AS cache_write_1h_tokens,
                sum(output_tokens) AS output_tokens,
-               sum(web_search_requests) AS web_search_requests, sum(cost_usd) AS cost_usd
+               sum(web_search_requests) AS web_search_requests, sum(images) AS images,
+               sum(audio_seconds) AS audio_seconds, sum(characters) AS characters, sum(cost_usd) AS cost_usd
         FROM calls
         WHERE provider = ? AND ts >= ? AND ts < ? AND usage_source NOT IN ('none', 'invalid') AND model IS NOT NULL
         GROUP BY ALL ORDER BY bucket, model
