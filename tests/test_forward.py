@@ -23,7 +23,11 @@ import botocore.exceptions
 import httpx
 import openai
 import pytest
+from google import genai
+from google.genai import types
+from google.oauth2.credentials import Credentials
 
+from . import vertex_upstream as vertex_fake
 from .bedrock_upstream import ACCESS_KEY, CONVERSE_USAGE, REGION, SECRET_KEY, FakeBedrock
 from .certs import make_ca_and_leaf
 from .helpers import cost, free_port, run_cli, start_proxy
@@ -43,11 +47,17 @@ def bedrock(upstream_certs):
 
 
 @pytest.fixture(scope="module")
-def forward(tmp_path_factory, upstream, bedrock, upstream_certs):
+def vertex(upstream_certs):
+    with vertex_fake.VertexFake(upstream_certs) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def forward(tmp_path_factory, upstream, bedrock, vertex, upstream_certs):
     home = tmp_path_factory.mktemp("home")
     port = free_port()
     running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log", extra_args=(
-        "--forward-port", str(port), "--upstream", f"bedrock={bedrock.url}",
+        "--forward-port", str(port), "--upstream", f"bedrock={bedrock.url}", "--upstream", f"vertex={vertex.url}",
         "--upstream-ca", str(upstream_certs["ca"]), "--forward-host", "openai=*.llm-gateway.test"))
     running.forward_port = port  # type: ignore[attr-defined]
     yield running
@@ -420,3 +430,42 @@ def test_a_tunnel_to_another_host_outlives_the_client_timeout(tmp_path, upstream
                 assert _answer(tls).endswith(b'{"site": "ours"}')
     finally:
         proxy.stop()
+
+
+def test_anthropic_vertex_through_the_forward_port(forward, env, vertex, customer):
+    """The SDK as a team uses it, no base URL: it calls us-east5-aiplatform.googleapis.com itself."""
+    client = anthropic.AnthropicVertex(region="us-east5", project_id=vertex_fake.PROJECT,
+                                       access_token=vertex_fake.TOKEN, max_retries=0,
+                                       default_headers={"x-customer-id": customer})
+    reply = client.messages.create(model="claude-sonnet-4-5@20250929", max_tokens=256,
+                                   messages=[{"role": "user", "content": "hi"}])
+    assert reply.usage.cache_read_input_tokens == 3400
+    sent = vertex.last()
+    assert sent.headers["host"] == "us-east5-aiplatform.googleapis.com"  # as the client addressed it
+    assert sent.headers["authorization"] == f"Bearer {vertex_fake.TOKEN}"
+    assert not {"proxy-authorization", "x-customer-id"} & set(sent.headers)
+    [row] = forward.rows(customer)
+    assert (row["provider"], row["model"], row["key_id"]) == ("vertex", "claude-sonnet-4-5-20250929", forward.key_id)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == (
+        21, 3400, 1200, 64)
+    assert row["cost_usd"] == pytest.approx(cost((21, "3.00"), (3400, "0.30"), (1200, "3.75"), (64, "15.00")),
+                                            abs=1e-12)
+
+
+def test_google_genai_vertex_stream_through_the_forward_port(forward, env, vertex, customer):
+    client = genai.Client(vertexai=True, project=vertex_fake.PROJECT, location="us-central1",
+                          credentials=Credentials(token=vertex_fake.TOKEN),
+                          http_options=types.HttpOptions(headers={"x-customer-id": customer}))
+    text = "".join(chunk.text or "" for chunk in client.models.generate_content_stream(
+        model="gemini-2.5-flash", contents="hi"))
+    assert text == "Hello!"
+    sent = vertex.last()
+    assert sent.headers["host"] == "us-central1-aiplatform.googleapis.com"
+    assert sent.path.endswith("/locations/us-central1/publishers/google/models/gemini-2.5-flash"
+                              ":streamGenerateContent?alt=sse")
+    [row] = forward.rows(customer)
+    assert (row["provider"], row["model"], row["stream"], row["usage_source"]) == (
+        "vertex", "gemini-2.5-flash", True, "reported")
+    # The fake's last running total: 12 prompt tokens; 40 candidates and 88 thoughts.
+    assert (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (12, 128, 88)
+    assert row["cost_usd"] == pytest.approx(cost((12, "0.30"), (128, "2.50")), abs=1e-12)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 
 from .upstream import Received, _Server
 
@@ -52,11 +54,18 @@ class BadCall(Exception):
 
 
 class VertexFake:
-    def __init__(self) -> None:
+    def __init__(self, certs: dict[str, Path] | None = None) -> None:
+        """``certs``: serve HTTPS with that leaf (tests/certs.py), as Google's hosts do."""
         self.received: list[Received] = []
         self.server = _Server(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if certs is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(certs["cert"], certs["key"])
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> VertexFake:
