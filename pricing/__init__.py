@@ -10,6 +10,7 @@ service tier whose rates nobody publishes: a priority call is not priced at the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from pathlib import Path
 from . import listprices, overrides
 from .listprices import data_source
 from .overrides import PriceFile, PriceFileError
+from .snapshots import PriceData, PriceDataError
 from .usage import TokenUsage
 
-__all__ = ["PATCH_FILE", "UNPRICED", "Price", "PriceBook", "PriceFile", "PriceFileError", "TokenUsage",
-           "data_source", "priced_tier"]
+__all__ = ["PATCH_FILE", "UNPRICED", "Price", "PriceBook", "PriceData", "PriceDataError", "PriceFile",
+           "PriceFileError", "TokenUsage", "data_source", "priced_tier"]
 
 log = logging.getLogger(__name__)
 PATCH_FILE = Path(__file__).with_name("patches.toml")
@@ -35,6 +37,7 @@ _STANDARD_TIERS = frozenset({"default", "auto", "standard", "scale", "on_demand"
 class Price:
     cost_usd: Decimal | None
     source: str | None  # where the rates came from: "genai-prices 0.2.3", "override prices.toml#2", ...
+    snapshot: str | None = None  # the list-price data in use (PriceData.id), priced by it or not
 
     @property
     def priced(self) -> bool:
@@ -75,6 +78,11 @@ class PriceBook:
     def price(self, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
               service_tier: str | None = None) -> Price:
         """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...)."""
+        data = listprices.current()
+        return dataclasses.replace(self._price(data, usage, provider, model, at, service_tier), snapshot=data.id)
+
+    def _price(self, data: PriceData, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
+               service_tier: str | None) -> Price:
         if not model:
             return UNPRICED
         tier = priced_tier(service_tier)
@@ -84,7 +92,7 @@ class PriceBook:
             price = self._from_file(layer, usage, provider, model, at, tier)
             if price is not None:
                 return price
-        return self._from_list(usage, provider, model, at, tier)
+        return self._from_list(data, usage, provider, model, at, tier)
 
     def _from_file(self, layer: PriceFile, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
                    tier: str | None) -> Price | None:
@@ -98,15 +106,16 @@ class PriceBook:
         # published discount, or no price at all (never the standard rate for a priority call).
         return self._scaled(standard.cost(usage), standard.source, provider, tier) or UNPRICED
 
-    def _from_list(self, usage: TokenUsage, provider: str, model: str, at: dt.datetime, tier: str | None) -> Price:
+    def _from_list(self, data: PriceData, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
+                   tier: str | None) -> Price:
         ctx = listprices.context(tier)
-        if tier is None or listprices.has_tier(provider, model, at, ctx):
-            cost = listprices.cost(usage, provider, model, at, ctx)
-            return Price(cost, data_source()) if cost is not None else UNPRICED
-        standard = listprices.cost(usage, provider, model, at)
+        if tier is None or listprices.has_tier(provider, model, at, ctx, data):
+            cost = listprices.cost(usage, provider, model, at, ctx, data)
+            return Price(cost, data.label) if cost is not None else UNPRICED
+        standard = listprices.cost(usage, provider, model, at, data=data)
         if standard is None:
             return UNPRICED
-        return self._scaled(standard, data_source(), provider, tier) or UNPRICED
+        return self._scaled(standard, data.label, provider, tier) or UNPRICED
 
     def _scaled(self, standard: Decimal, source: str, provider: str, tier: str | None) -> Price | None:
         assert tier is not None

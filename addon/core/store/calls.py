@@ -37,6 +37,8 @@ CALL_COLUMNS: list[tuple[str, str]] = [
     ("price_source", "VARCHAR"), ("usage_source", "VARCHAR"), ("customer_id", "VARCHAR"),
     ("feature", "VARCHAR"), ("latency_ms", "DOUBLE"), ("ttft_ms", "DOUBLE"), ("service_tier", "VARCHAR"),
     *[(name, typ) for name, typ, _ in UNIT_COLUMNS],
+    # The list-price data the call was priced with (pricing.PriceData.id; migrations.m022_prices).
+    ("price_snapshot", "VARCHAR"),
 ]
 COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
 # Set only by `aispendtrack reprice`: what the call cost before, and by which price data.
