@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import http.client
 import json
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import genai_prices
-import httpx
 from genai_prices import data_snapshot
 from genai_prices.types import _providers_from_raw  # its own parser and validator, as UpdatePrices.fetch()'s
 from genai_prices.update_prices import DEFAULT_UPDATE_URL
@@ -67,18 +69,19 @@ def fetch(url: str) -> str:
         return _read_file(Path(url.removeprefix("file://")))
     deadline = time.monotonic() + FETCH_DEADLINE_S
     body = bytearray()
+    request = urllib.request.Request(url, headers={"User-Agent": "aispendtrack"})
     try:
-        with httpx.stream("GET", url, timeout=httpx.Timeout(10, connect=5), follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise PriceDataError(f"{url} answered HTTP {response.status_code}")
-            for chunk in response.iter_bytes():
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http(s) only, above)
+            while chunk := response.read(64 * 1024):
                 body += chunk
                 if len(body) > MAX_BYTES:
                     raise PriceDataError(f"{url} sent more than {MAX_BYTES // 2**20} MB")
                 if time.monotonic() > deadline:
                     raise PriceDataError(f"{url} took more than {FETCH_DEADLINE_S:.0f} s")
-    except httpx.HTTPError as exc:
-        raise PriceDataError(f"could not fetch {url}: {exc or type(exc).__name__}") from None
+    except urllib.error.HTTPError as exc:
+        raise PriceDataError(f"{url} answered HTTP {exc.code}") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise PriceDataError(f"could not fetch {url}: {getattr(exc, 'reason', None) or exc}") from None
     return _decoded(body, url)
 
 
