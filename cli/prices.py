@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shlex
 
 import click
 from click_default_group import DefaultGroup
 
 import pricing
-from addon.core import config_files
+from addon.core import config_files, price_data
+from addon.core.evaluate import UNPRICED_LOOKBACK
+from addon.core.money import usd
 from addon.core.reports import Selection
 from addon.core.store import calls as call_rows
+from addon.core.store import price_snapshots as stored_prices
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 from addon.core.wording import plural
 from pricing import overrides
+from pricing.patches import Compared
+from pricing.patches import compare as compare_patches
 
 from .imports import read_text, say_not_read
 from .output import emit, format_option
@@ -32,27 +38,30 @@ def check(obj, fmt: str = "table") -> None:
     """Validate the override file and list models seen in calls that have no price, and billable
     endpoints the proxy forwards without metering them."""
     found = config_files.read(obj.home, config_files.PRICES)
+    now = dt.datetime.now(dt.UTC)
     try:
-        book = pricing.PriceBook(None)
+        book = config_files.price_book(obj.home)  # with the list-price data the proxy uses
         book.use_overrides(config_files.price_file(found))
     except pricing.PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
-        rows = call_rows.unpriced_models(con)
+        rows = call_rows.unpriced_models(con, since=now - UNPRICED_LOOKBACK)
         endpoints = report_rows.unmetered_endpoints(con, Selection())
+        latest = stored_prices.latest(con)
     for row in rows:
         row["priced_now"] = _priced_now(book, row)
     if fmt != "table":  # one list: a model's rows name its model, an unmetered endpoint's its endpoint
         emit([*rows, *endpoints], fmt, [])
         return
     entries = plural(len(book.overrides), "entry", "entries") if found.text is not None else "none"
-    click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({found.origin}): {entries}")
+    click.echo(price_data.describe(latest, now))
+    click.echo(f"Overrides ({found.origin}): {entries}")
     say_not_read(obj.home)
-    _show_patches(book.patches)
+    _show_patches(book.patches, now)
     if endpoints:
         _show_unmetered(endpoints)
     if not rows:
-        click.echo("Every metered call so far has a price.")
+        click.echo(f"Every metered call of the last {UNPRICED_LOOKBACK.days} days has a price.")
         return
     _show_unpriced([r for r in rows if not r["priced_now"]], _where_to_add(found))
     _show_repriceable([r for r in rows if r["priced_now"]])
@@ -99,6 +108,15 @@ def _show_unmetered(endpoints: list[dict]) -> None:
     ])
 
 
+def _verdict(compared: Compared) -> str:
+    if compared.verdict == "redundant":
+        return f"redundant: {pricing.data_source()} has the same rates"
+    if compared.list_usd is None:
+        return f"still needed: {pricing.data_source()} has no price for {compared.model}"
+    return (f"still needed: {pricing.data_source()} differs ({usd(compared.list_usd)} vs {usd(compared.patch_usd)} "
+            f"for a million tokens of each kind and 1,000 searches)")
+
+
 def _where_to_add(found: config_files.ConfigFile) -> str:
     if found.in_shared_store:
         return f"your prices.toml and `aispendtrack prices import` it ({found.origin})"
@@ -123,12 +141,16 @@ def import_file(obj, file: str) -> None:
                f"{'every proxy prices with them within 2 s' if stored.in_shared_store else 'the proxy reloads it'}.")
 
 
-def _show_patches(patches: pricing.PriceFile) -> None:
-    """The bundled corrections to genai-prices, each with where its rates are published."""
+def _show_patches(patches: pricing.PriceFile, now: dt.datetime) -> None:
+    """The bundled corrections to genai-prices, each with where its rates are published and whether
+    the list data in use still needs it (a patch it has since absorbed is redundant)."""
     click.echo(f"Bundled corrections ({pricing.PATCH_FILE.name}, applied under your overrides): {len(patches)}")
+    verdicts = {id(c.entry): c for c in compare_patches(patches, now)}
     for entry in patches.prices:
         since = f" from {entry.since:%Y-%m-%d %H:%M} UTC" if entry.since else ""
         tiers = f", {len(entry.tiers)} long-context tier(s)" if entry.tiers else ""
-        click.echo(f"  {entry.provider}/{' '.join(entry.models)}{since}{tiers}: {entry.cited}")
+        compared = verdicts.get(id(entry))
+        verdict = f" [{_verdict(compared)}]" if compared else ""
+        click.echo(f"  {entry.provider}/{' '.join(entry.models)}{since}{tiers}: {entry.cited}{verdict}")
     for tier in patches.multipliers:
         click.echo(f"  {tier.provider} {tier.name} tier: x{tier.multiplier} of standard: {tier.cited}")

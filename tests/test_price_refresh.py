@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import time
 from decimal import Decimal
 
 import pytest
 
-from .helpers import start_proxy
+from .helpers import run_cli, start_proxy
 from .price_data import PriceServer, bundled_document, with_model
 
 NEW_MODEL = "acme-llm-7b"  # what the fake answers in its scenario "unknown_model": no genai-prices knows it
@@ -165,3 +166,29 @@ def test_a_restart_without_the_server_prices_as_before_it(tmp_path, upstream, bu
     finally:
         again.stop()
     assert "price data refused" in again.log_path.read_text()
+
+
+def test_prices_check_shows_the_data_in_use_its_age_unpriced_models_and_redundant_patches(tmp_path, upstream,
+                                                                                         bundled):
+    # The list data has since absorbed our DeepSeek correction of 2025-09-29 (patches.toml).
+    absorbed = copy.deepcopy(bundled)
+    deepseek = next(p for p in absorbed if p["id"] == "deepseek")
+    chat = next(m for m in deepseek["models"] if m["id"] == "deepseek-chat")
+    chat["prices"] = {"input_mtok": 0.28, "cache_read_mtok": 0.028, "output_mtok": 0.42}
+    with PriceServer(absorbed) as server:
+        proxy = refreshing(tmp_path, upstream, server, refresh_s=3600)
+        try:
+            call(proxy, "unpriced")
+            until(lambda: "genai-prices data" in run_cli(proxy.home, "prices", "check"), 20, "nothing was fetched")
+        finally:
+            proxy.stop()
+    checked = run_cli(proxy.home, "prices", "check")
+    lines = checked.splitlines()
+    assert re.fullmatch(
+        rf"List prices: genai-prices data {snapshot_id(absorbed)} \(2,\d{{3}} models\) from {re.escape(server.url)}, "
+        r"first fetched \d{4}-\d\d-\d\d \d\d:\d\d UTC, last checked \d{4}-\d\d-\d\d \d\d:\d\d UTC "
+        r"\(\d+ seconds? ago\)", lines[0]), lines[0]
+    [old, absorbed_patch] = [line for line in lines if line.startswith("  deepseek/")]
+    assert absorbed_patch.endswith(f"[redundant: genai-prices data {snapshot_id(absorbed)} has the same rates]")
+    assert "[still needed: " in old
+    assert re.search(r"openai\s+acme-llm-7b\s+standard\s+1\s", checked), checked

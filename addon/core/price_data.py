@@ -143,3 +143,21 @@ def start(db: Path, url: str, interval_s: float, book: PriceBook) -> PriceRefres
     refresher = PriceRefresher(db, url, interval_s, book)
     refresher.start()
     return refresher
+
+
+def describe(latest: stored.Stored | None, now: dt.datetime) -> str:
+    """Where the list prices in use come from and how old they are, for `prices check`."""
+    data = listprices.current()
+    if latest is None or latest.id != data.id:
+        return f"List prices: {data.label} bundled data (none fetched yet: the proxy fetches --prices-url)"
+    return (f"List prices: {data.label} ({plural(latest.models, 'model')}) from {latest.source}, first fetched "
+            f"{latest.fetched_at:%Y-%m-%d %H:%M} UTC, last checked {latest.checked_at:%Y-%m-%d %H:%M} UTC "
+            f"({age_text(now - latest.checked_at)} ago)")
+
+
+def age_text(age: dt.timedelta) -> str:
+    seconds = max(0, int(age.total_seconds()))
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            return plural(seconds // size, unit)
+    return plural(seconds, "second")
