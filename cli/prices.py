@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shlex
+import zoneinfo
 
 import click
 from click_default_group import DefaultGroup
@@ -12,7 +14,8 @@ import pricing
 from addon.core import config_files, price_data
 from addon.core.evaluate import UNPRICED_LOOKBACK
 from addon.core.money import usd
-from addon.core.reports import Selection
+from addon.core.reports import ReportError, Selection, parse_when
+from addon.core.reprice import spend_by_model
 from addon.core.store import calls as call_rows
 from addon.core.store import price_snapshots as stored_prices
 from addon.core.store import reading
@@ -55,7 +58,7 @@ def check(obj, fmt: str = "table") -> None:
         return
     entries = plural(len(book.overrides), "entry", "entries") if found.text is not None else "none"
     click.echo(price_data.describe(latest, now))
-    click.echo(f"Overrides ({found.origin}): {entries}")
+    click.echo(f"Your price overrides ({found.origin}): {entries}")
     say_not_read(obj.home)
     _show_patches(book.patches, now)
     if endpoints:
@@ -154,3 +157,56 @@ def _show_patches(patches: pricing.PriceFile, now: dt.datetime) -> None:
         click.echo(f"  {entry.provider}/{' '.join(entry.models)}{since}{tiers}: {entry.cited}{verdict}")
     for tier in patches.multipliers:
         click.echo(f"  {tier.provider} {tier.name} tier: x{tier.multiplier} of standard: {tier.cited}")
+
+
+@prices.command()
+@click.option("--since", "since_text", required=True, metavar="DATE",
+              help="From the list prices in use then: 2026-11-01, 30d, ...")
+@format_option()
+@click.pass_obj
+def diff(obj, since_text: str, fmt: str = "table") -> None:
+    """What changed in the list prices since DATE, for the models of the last 30 days' calls: their
+    spend by the data in use then and by the data in use now."""
+    now = dt.datetime.now(dt.UTC)
+    try:
+        since = parse_when(since_text, zoneinfo.ZoneInfo("UTC"), now, "--since")
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        book = config_files.price_book(obj.home)
+    except pricing.PriceFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    with reading(obj.db) as con:
+        versions = price_data.versions_since(con, since)
+        if len(versions) < 2:
+            click.echo(f"The list prices have not changed since {since:%Y-%m-%d %H:%M} UTC "
+                       f"({pricing.data_source()} in use).")
+            return
+        rows = report_rows.reprice_inputs(con, Selection(since=now - UNPRICED_LOOKBACK))
+        spend = spend_by_model(rows, book, versions[0], versions[-1])
+    changed = [{"provider": p, "model": m, **dataclasses.asdict(s)} for (p, m), s in sorted(spend.items()) if s.changed]
+    if fmt != "table":
+        emit(changed, fmt, [])
+        return
+    click.echo(f"List prices since {since:%Y-%m-%d %H:%M} UTC: "
+               + " -> ".join(f"{v.id} ({v.fetched_at:%Y-%m-%d %H:%M})" for v in versions))
+    if not changed:
+        click.echo(f"No model of the last {UNPRICED_LOOKBACK.days} days' calls costs differently.")
+        return
+    click.echo(f"Models of the last {UNPRICED_LOOKBACK.days} days' calls that cost differently, "
+               f"{versions[0].id} -> {versions[-1].id}:\n")
+    emit(changed, "table", [
+        ("PROVIDER", lambda r: r["provider"], "<"), ("MODEL", lambda r: r["model"], "<"),
+        ("CALLS", lambda r: f"{r['calls']:,}", ">"),
+        ("BEFORE", lambda r: _spent(r["before"], r["unpriced_before"]), ">"),
+        ("AFTER", lambda r: _spent(r["after"], r["unpriced_after"]), ">"),
+        ("CHANGE", lambda r: _signed(r["after"] - r["before"]), ">"),
+    ])
+
+
+def _spent(amount, unpriced: int) -> str:
+    return usd(amount) + (f" + {unpriced:,} unpriced" if unpriced else "")
+
+
+def _signed(amount) -> str:
+    return ("+" if amount >= 0 else "-") + usd(abs(amount))

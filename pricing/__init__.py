@@ -76,9 +76,10 @@ class PriceBook:
         self._overrides = found
 
     def price(self, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
-              service_tier: str | None = None) -> Price:
-        """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...)."""
-        data = listprices.current()
+              service_tier: str | None = None, data: PriceData | None = None) -> Price:
+        """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...);
+        ``data``: the list prices to use (default: those in use now)."""
+        data = data or listprices.current()
         return dataclasses.replace(self._price(data, usage, provider, model, at, service_tier), snapshot=data.id)
 
     def _price(self, data: PriceData, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,

@@ -46,7 +46,8 @@ _SUBSETS = {"cache_write_1h_tokens": "cache_write_tokens", "input_audio_tokens":
 Context = tuple[tuple[str, str], ...]  # genai-prices' price_context, hashable
 
 
-_current = bundled()
+BUNDLED = bundled()  # the installed package's data
+_current = BUNDLED
 
 
 def current() -> PriceData:

@@ -12,12 +12,14 @@ executed; it only becomes rates.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import http.client
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,30 +61,63 @@ class PriceData:
         return {(p.id, m.id) for p in self.snapshot.providers for m in p.models}
 
 
+def shown(url: str) -> str:
+    """``url`` as stored and logged: without a user, password or query (a mirror's credentials)."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme.startswith("http"):
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def bundled() -> PriceData:
     return PriceData(f"bundled-{genai_prices.__version__}", "bundled", None, data_snapshot.get_snapshot())
 
 
 def fetch(url: str) -> str:
-    """The document at ``url`` (http(s)) or path, within FETCH_DEADLINE_S and MAX_BYTES."""
+    """The document at ``url`` (http(s)) or path, within FETCH_DEADLINE_S and MAX_BYTES. Errors name
+    it as ``shown`` does."""
     if not url.startswith(("http://", "https://")):
         return _read_file(Path(url.removeprefix("file://")))
+    return _fetch(url, shown(url))
+
+
+def _fetch(url: str, name: str) -> str:
     deadline = time.monotonic() + FETCH_DEADLINE_S
     body = bytearray()
-    request = urllib.request.Request(url, headers={"User-Agent": "aispendtrack"})
+    parts = urllib.parse.urlsplit(url)
+    headers = {"User-Agent": "aispendtrack"}
+    if parts.username is not None:  # a mirror's credentials in the URL: sent as HTTP basic auth
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (http(s) only, above)
+        with _OPENER.open(request, timeout=10) as response:
             while chunk := response.read(64 * 1024):
                 body += chunk
                 if len(body) > MAX_BYTES:
-                    raise PriceDataError(f"{url} sent more than {MAX_BYTES // 2**20} MB")
+                    raise PriceDataError(f"{name} sent more than {MAX_BYTES // 2**20} MB")
                 if time.monotonic() > deadline:
-                    raise PriceDataError(f"{url} took more than {FETCH_DEADLINE_S:.0f} s")
+                    raise PriceDataError(f"{name} took more than {FETCH_DEADLINE_S:.0f} s")
     except urllib.error.HTTPError as exc:
-        raise PriceDataError(f"{url} answered HTTP {exc.code}") from None
+        raise PriceDataError(f"{name} answered HTTP {exc.code}") from None
     except (OSError, http.client.HTTPException) as exc:
-        raise PriceDataError(f"could not fetch {url}: {getattr(exc, 'reason', None) or exc}") from None
-    return _decoded(body, url)
+        raise PriceDataError(f"could not fetch {name}: {getattr(exc, 'reason', None) or exc}") from None
+    return _decoded(body, name)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is refused (answered as its HTTP status): it would carry a mirror's credentials to
+    whatever host it names."""
+
+    def redirect_request(self, *args, **kwargs) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def _read_file(path: Path) -> str:

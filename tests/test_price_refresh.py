@@ -16,9 +16,10 @@ import re
 import time
 from decimal import Decimal
 
+import httpx
 import pytest
 
-from .helpers import run_cli, start_proxy
+from .helpers import free_port, run_cli, start_proxy
 from .price_data import PriceServer, bundled_document, with_model
 
 NEW_MODEL = "acme-llm-7b"  # what the fake answers in its scenario "unknown_model": no genai-prices knows it
@@ -67,9 +68,9 @@ def until_priced(proxy, prefix: str, within: float = 10) -> dict:
     raise AssertionError
 
 
-def refreshing(tmp_path, upstream, server: PriceServer, refresh_s: int = 1, name: str = "home"):
+def refreshing(tmp_path, upstream, server: PriceServer, refresh_s: int = 1, name: str = "home", *more: str):
     return start_proxy(tmp_path / name, upstream.url, tmp_path / f"{name}.log",
-                       extra_args=("--prices-url", server.url, "--prices-refresh", str(refresh_s)))
+                       extra_args=("--prices-url", server.url, "--prices-refresh", str(refresh_s), *more))
 
 
 @pytest.fixture
@@ -78,8 +79,10 @@ def bundled():
 
 
 def test_a_new_model_is_priced_within_one_refresh_and_its_earlier_calls_are_repriced(tmp_path, upstream, bundled):
+    metrics_port = free_port()
     with PriceServer(bundled) as server:
-        proxy = refreshing(tmp_path, upstream, server, refresh_s=2)
+        started = time.monotonic()
+        proxy = refreshing(tmp_path, upstream, server, 2, "home", "--metrics-port", str(metrics_port))
         try:
             first = call(proxy, "before")
             before = row(proxy, "before")
@@ -97,6 +100,11 @@ def test_a_new_model_is_priced_within_one_refresh_and_its_earlier_calls_are_repr
             healed = until(lambda: (r := row(proxy, "before"))["priced"] and r, 10, "the unpriced call stayed unpriced")
             assert Decimal(str(healed["cost_usd"])) == expected_cost(first) > 0
             assert healed["price_snapshot"] == snapshot_id(newer)
+            # /metrics says which data is in use and how old it is (fetched since the test started).
+            scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            assert f'aispendtrack_price_data{{snapshot="{snapshot_id(newer)}",source="{server.url}"}} 1.0' in scraped
+            [age] = re.findall(r"^aispendtrack_price_data_age_seconds (\S+)$", scraped, re.M)
+            assert 0 <= float(age) < time.monotonic() - started
         finally:
             proxy.stop()
     assert f"price data {snapshot_id(newer)}" in proxy.log_path.read_text()
@@ -192,3 +200,28 @@ def test_prices_check_shows_the_data_in_use_its_age_unpriced_models_and_redundan
     assert absorbed_patch.endswith(f"[redundant: genai-prices data {snapshot_id(absorbed)} has the same rates]")
     assert "[still needed: " in old
     assert re.search(r"openai\s+acme-llm-7b\s+standard\s+1\s", checked), checked
+
+
+def test_prices_diff_shows_what_a_change_in_the_list_prices_did_to_the_spend_of_the_models_in_use(tmp_path, upstream,
+                                                                                                  bundled):
+    # A file path as --prices-url (an air-gapped install's copy), changed in place.
+    path = tmp_path / "data.json"
+    v1 = with_model(bundled, "openai", NEW_MODEL, input_mtok=3, output_mtok=15)
+    v2 = with_model(bundled, "openai", NEW_MODEL, input_mtok=6, output_mtok=15)
+    path.write_text(json.dumps(v1))
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "home.log",
+                        extra_args=("--prices-url", str(path), "--prices-refresh", "1"))
+    try:
+        assert until_priced(proxy, "v1")["price_snapshot"] == snapshot_id(v1)
+        path.write_text(json.dumps(v2))
+        until(lambda: until_priced(proxy, "v2")["price_snapshot"] == snapshot_id(v2), 20, "v2 was never used")
+    finally:
+        proxy.stop()
+    calls = len([r for r in proxy.calls() if r["model"] == NEW_MODEL])
+    shown = run_cli(proxy.home, "prices", "diff", "--since", "1d")
+    assert shown.splitlines()[0].startswith("List prices since ") and f"{snapshot_id(v1)} (" in shown
+    # 10 input and 5 output tokens a call: $0.000105 by v1, $0.000135 by v2.
+    assert re.search(rf"openai\s+{NEW_MODEL}\s+{calls}\s+\$0\.{105 * calls:06d}\s+\$0\.{135 * calls:06d}\s+"
+                     rf"\+\$0\.{30 * calls:06d}", shown), shown
+    as_json = json.loads(run_cli(proxy.home, "prices", "diff", "--since", "1d", "--format", "json"))
+    assert [(r["model"], r["calls"]) for r in as_json] == [(NEW_MODEL, calls)]

@@ -16,6 +16,7 @@ writes them all: unbounded labels would grow both without end.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -148,6 +149,10 @@ class Metrics:
         """The writer's figures, read at each scrape: queue, spill files, rows written and dropped."""
         self.registry.register(_WriterCollector(stats))
 
+    def watch_prices(self, status: Callable[[], dict]) -> None:
+        """The list-price data in use (price_data.as_status), read at each scrape."""
+        self.registry.register(_PricesCollector(status))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -164,6 +169,22 @@ class _WriterCollector(Collector):
         yield CounterMetricFamily("aispendtrack_rows_written", "Rows written to the database.", value=s["written"])
         yield CounterMetricFamily("aispendtrack_rows_dropped", "Rows dropped (memory cap while neither the database "
                                   "nor the spill directory could be written).", value=s["dropped"])
+
+
+class _PricesCollector(Collector):
+    def __init__(self, status: Callable[[], dict]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator:
+        s = self.status()
+        age = s["age_seconds"]
+        yield GaugeMetricFamily("aispendtrack_price_data_age_seconds", "Seconds since the list prices in use were "
+                                "last fetched (+Inf: never, the installed package's data).",
+                                value=math.inf if age is None else age)
+        info = GaugeMetricFamily("aispendtrack_price_data", "The list prices in use (1): their snapshot id and "
+                                 "source.", labels=["snapshot", "source"])
+        info.add_metric([s["snapshot"], s["source"]], 1)
+        yield info
 
 
 _current = Metrics()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pricing import PriceBook, PriceData, PriceDataError, listprices, snapshots
 
-from . import reprice
+from . import metrics, reprice
 from .store import lake, reading, shared_schema, writing
 from .store import price_snapshots as stored
 from .wording import plural
@@ -30,17 +30,25 @@ from .wording import plural
 log = logging.getLogger(__name__)
 POLL_S = 60.0  # how soon every process uses a version another one stored
 OFF = "off"
+_unusable: set[str] = set()  # stored versions this process cannot read
 
 
 def use_stored(con) -> PriceData | None:
-    """Price with the newest stored version (on ``con``), if any and not in use already; returns it."""
+    """Price with the newest stored version (on ``con``), or the installed package's data when none
+    is stored; returns the data newly in use, None when it was in use already."""
     latest = stored.latest(con)
+    if latest is None and listprices.current() is not listprices.BUNDLED:
+        listprices.use(listprices.BUNDLED)
+        return listprices.BUNDLED
     if latest is None or latest.id == listprices.current().id:
+        return None
+    if latest.id in _unusable:
         return None
     text = stored.document(con, latest.id)
     try:
         data = snapshots.parse(text or "", latest.source, latest.fetched_at)
     except PriceDataError as exc:  # stored by another version of genai-prices
+        _unusable.add(latest.id)  # said once
         log.error("keeping the price data in use (%s): the stored version %s is not usable: %s",
                   listprices.current().label, latest.id, exc)
         return None
@@ -48,14 +56,27 @@ def use_stored(con) -> PriceData | None:
     return data
 
 
+def versions_since(con, since: dt.datetime) -> list[PriceData]:
+    """The stored versions in use since ``since`` (the one in force then first), oldest first; a
+    version this genai-prices cannot read is left out (said in the log)."""
+    found = []
+    for version in stored.history(con, since):
+        try:
+            found.append(snapshots.parse(stored.document(con, version.id) or "", version.source, version.fetched_at))
+        except PriceDataError as exc:
+            log.error("price data %s left out: %s", version.id, exc)
+    return found
+
+
 def refresh(db: Path, url: str, now: dt.datetime) -> PriceData:
     """Fetch, validate and store the document at ``url``; returns it (in use from now on).
     Raises PriceDataError when it is refused."""
-    data = snapshots.parse(snapshots.fetch(url), url, now)
+    source = snapshots.shown(url)
+    data = snapshots.parse(snapshots.fetch(url), source, now)
     snapshots.check_coverage(data, listprices.current())
     with writing(db) as con:
         assert data.text is not None
-        stored.put(con, data.id, url, len(data.models()), data.text, now)
+        stored.put(con, data.id, source, len(data.models()), data.text, now)
     listprices.use(data)
     return data
 
@@ -68,9 +89,11 @@ class PriceRefresher(threading.Thread):
         self.db, self.url, self.interval_s, self.book = db, url, interval_s, book
         self._next_fetch = 0.0  # monotonic: no sooner after this process's last attempt
         self._first_round_done = False
+        self._heal_due = False
         self._turn = lake.Turn(shared_schema.PRICES_LOCK)
         self._said: set[str] = set()
         self._stopping = threading.Event()
+        self.latest: stored.Stored | None = None  # the newest stored version, as of the last round
 
     def run(self) -> None:
         while True:
@@ -92,18 +115,23 @@ class PriceRefresher(threading.Thread):
     def _round(self) -> None:
         with reading(self.db) as con:
             use_stored(con)
-            latest = stored.latest(con)
-        if self.url == OFF or time.monotonic() < self._next_fetch:
-            return
+            self.latest = latest = stored.latest(con)
         now = dt.datetime.now(dt.UTC)
-        # On start, fetched unless a replica just did; then when the stored version is an interval old.
+        if self._due(latest, now):
+            with self._turn.mine() as mine:
+                if mine:
+                    self._fetch(now)
+        if self._heal_due:
+            self._heal()
+
+    def _due(self, latest: stored.Stored | None, now: dt.datetime) -> bool:
+        """On start, unless a replica has just fetched; then when the stored version is an interval
+        old (whoever fetched it); never sooner than an interval after this process's last try."""
+        if self.url == OFF or time.monotonic() < self._next_fetch:
+            return False
         fresh_for = self.interval_s if self._first_round_done else min(self.interval_s, POLL_S)
         self._first_round_done = True
-        if latest is not None and (now - latest.checked_at).total_seconds() < fresh_for:
-            return
-        with self._turn.mine() as mine:
-            if mine:
-                self._fetch(now)
+        return latest is None or (now - latest.checked_at).total_seconds() >= fresh_for
 
     def _fetch(self, now: dt.datetime) -> None:
         self._next_fetch = time.monotonic() + self.interval_s
@@ -113,13 +141,17 @@ class PriceRefresher(threading.Thread):
         except PriceDataError as exc:
             self._say(f"price data refused, keeping {listprices.current().label} in use: {exc}")
             return
+        self.latest = stored.Stored(data.id, data.source, now, now, len(data.models()))
         self._said.clear()  # a later failure is news again
         if data.id != before:
-            log.info("price data %s from %s: %s", data.id, self.url, plural(len(data.models()), "model"))
-            self._heal()
+            log.info("price data %s from %s: %s", data.id, data.source, plural(len(data.models()), "model"))
+            self._heal_due = True
 
     def _heal(self) -> None:
+        """Price the calls stored without a price that the new data prices (again next round if
+        this fails: a conflicting write in the lake, a busy file)."""
         healed = reprice.heal_unpriced(self.db, self.book)
+        self._heal_due = False
         for (provider, model), calls in sorted(healed.items()):
             log.info("priced %s of %s/%s stored without a price (new price data)",
                      plural(calls, "call"), provider, model)
@@ -142,7 +174,24 @@ def start(db: Path, url: str, interval_s: float, book: PriceBook) -> PriceRefres
                       listprices.current().label)
     refresher = PriceRefresher(db, url, interval_s, book)
     refresher.start()
+    metrics.current().watch_prices(lambda: as_status(refresher.latest, dt.datetime.now(dt.UTC)))
     return refresher
+
+
+def status(con, now: dt.datetime) -> dict:
+    """The data in use by this process's prices (the newest stored version), for the API and /metrics."""
+    use_stored(con)
+    return as_status(stored.latest(con), now)
+
+
+def as_status(latest: stored.Stored | None, now: dt.datetime) -> dict:
+    data = listprices.current()
+    fetched = latest is not None and latest.id == data.id
+    return {"label": data.label, "snapshot": data.id, "source": data.source,
+            "models": latest.models if fetched and latest else None,
+            "fetched_at": latest.fetched_at if fetched and latest else None,
+            "checked_at": latest.checked_at if fetched and latest else None,
+            "age_seconds": (now - latest.checked_at).total_seconds() if fetched and latest else None}
 
 
 def describe(latest: stored.Stored | None, now: dt.datetime) -> str:

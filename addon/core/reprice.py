@@ -5,9 +5,11 @@ per call (previous_cost_usd, previous_price_source)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
-from pricing import Price, PriceBook, TokenUsage
+from pricing import Price, PriceBook, PriceData, TokenUsage
 
 from .reports import Selection
 from .store import reports as report_rows
@@ -25,6 +27,38 @@ def changed(rows: Iterable[dict], book: PriceBook) -> Iterator[tuple[dict, Price
         price = book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"])
         if price.cost_usd != row["cost_usd"] or price.source != row["price_source"]:
             yield row, price
+
+
+@dataclass
+class Spend:
+    """A model's calls priced by two versions of the list prices (``prices diff``)."""
+
+    calls: int = 0
+    before: Decimal = Decimal(0)
+    after: Decimal = Decimal(0)
+    unpriced_before: int = 0
+    unpriced_after: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return (self.before, self.unpriced_before) != (self.after, self.unpriced_after)
+
+
+def spend_by_model(rows: Iterable[dict], book: PriceBook, before: PriceData,
+                   after: PriceData) -> dict[tuple[str, str], Spend]:
+    """What the stored calls (report_rows.reprice_inputs) cost by ``before`` and by ``after``."""
+    found: dict[tuple[str, str], Spend] = {}
+    for row in rows:
+        usage = TokenUsage(**{name: row[name] for name in TOKEN_FIELDS})
+        spend = found.setdefault((row["provider"], row["model"]), Spend())
+        spend.calls += 1
+        old, new = (book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"], data=data).cost_usd
+                    for data in (before, after))
+        spend.before += old or 0
+        spend.after += new or 0
+        spend.unpriced_before += old is None
+        spend.unpriced_after += new is None
+    return found
 
 
 def heal_unpriced(db: Path, book: PriceBook) -> dict[tuple[str, str], int]:
