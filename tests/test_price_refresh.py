@@ -19,6 +19,9 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from addon.core.money import usd
+from pricing import listprices
+
 from .helpers import free_port, run_cli, start_proxy
 from .price_data import PriceServer, bundled_document, with_model
 
@@ -56,12 +59,13 @@ def until(condition, within: float, why: str):
     return found
 
 
-def until_priced(proxy, prefix: str, within: float = 10) -> dict:
-    """The row of the first of calls made every 0.2 s that was priced when stored."""
+def until_priced(proxy, prefix: str, within: float = 10, snapshot: str | None = None) -> dict:
+    """The row of the first of calls made every 0.2 s that was priced when stored (by ``snapshot``)."""
     deadline = time.monotonic() + within
     for n in range(10_000):
         call(proxy, f"{prefix}-{n}")
-        if (found := row(proxy, f"{prefix}-{n}"))["priced"]:
+        found = row(proxy, f"{prefix}-{n}")
+        if found["priced"] and snapshot in (None, found["price_snapshot"]):
             return found
         assert time.monotonic() < deadline, f"no call was priced within {within} s"
         time.sleep(0.2)
@@ -76,6 +80,14 @@ def refreshing(tmp_path, upstream, server: PriceServer, refresh_s: int = 1, name
 @pytest.fixture
 def bundled():
     return bundled_document()
+
+
+@pytest.fixture(autouse=True)
+def installed_prices_afterwards():
+    """A command run in this process (CliRunner) prices with the stored data: later tests of the
+    session must not inherit it."""
+    yield
+    listprices.use(listprices.BUNDLED)
 
 
 def test_a_new_model_is_priced_within_one_refresh_and_its_earlier_calls_are_repriced(tmp_path, upstream, bundled):
@@ -214,14 +226,14 @@ def test_prices_diff_shows_what_a_change_in_the_list_prices_did_to_the_spend_of_
     try:
         assert until_priced(proxy, "v1")["price_snapshot"] == snapshot_id(v1)
         path.write_text(json.dumps(v2))
-        until(lambda: until_priced(proxy, "v2")["price_snapshot"] == snapshot_id(v2), 20, "v2 was never used")
+        until_priced(proxy, "v2", within=20, snapshot=snapshot_id(v2))
     finally:
         proxy.stop()
     calls = len([r for r in proxy.calls() if r["model"] == NEW_MODEL])
     shown = run_cli(proxy.home, "prices", "diff", "--since", "1d")
     assert shown.splitlines()[0].startswith("List prices since ") and f"{snapshot_id(v1)} (" in shown
     # 10 input and 5 output tokens a call: $0.000105 by v1, $0.000135 by v2.
-    assert re.search(rf"openai\s+{NEW_MODEL}\s+{calls}\s+\$0\.{105 * calls:06d}\s+\$0\.{135 * calls:06d}\s+"
-                     rf"\+\$0\.{30 * calls:06d}", shown), shown
+    before, after, change = (re.escape(usd(Decimal(n * calls) / M)) for n in (105, 135, 30))
+    assert re.search(rf"openai\s+{NEW_MODEL}\s+{calls}\s+{before}\s+{after}\s+\+{change}", shown), shown
     as_json = json.loads(run_cli(proxy.home, "prices", "diff", "--since", "1d", "--format", "json"))
     assert [(r["model"], r["calls"]) for r in as_json] == [(NEW_MODEL, calls)]
