@@ -33,7 +33,8 @@ __all__ = ["DEFAULT_URL", "MAX_BYTES", "MAX_DROPPED_SHARE", "PriceData", "PriceD
 
 DEFAULT_URL = DEFAULT_UPDATE_URL
 MAX_BYTES = 32 * 1024 * 1024  # the published data.json is ~2 MB
-FETCH_DEADLINE_S = 30.0
+FETCH_DEADLINE_S = 30.0  # the whole document
+SOCKET_TIMEOUT_S = 10.0  # connecting, and each wait for more bytes
 MAX_DROPPED_SHARE = 0.05  # of the models known now; more gone is a broken document, not a retirement
 
 
@@ -95,7 +96,7 @@ def _fetch(url: str, name: str) -> str:
         url = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
     request = urllib.request.Request(url, headers=headers)
     try:
-        with _OPENER.open(request, timeout=10) as response:
+        with _OPENER.open(request, timeout=SOCKET_TIMEOUT_S) as response:
             while chunk := response.read(64 * 1024):
                 body += chunk
                 if len(body) > MAX_BYTES:

@@ -3,7 +3,8 @@ data (so every model a test prices is there), and a server for it on 127.0.0.1.
 
     doc = bundled_document()                 # the list of providers, as JSON values
     doc = with_model(doc, "openai", "gpt-9-test", input_mtok=3, output_mtok=15)
-    with PriceServer(doc) as server:          # server.url serves it; server.serve(b"...") changes it
+    with PriceServer(doc) as server:          # server.url serves it; server.serve(b"...") changes it,
+        server.hold()                         # server.hold() keeps requests waiting until server.release()
 """
 
 from __future__ import annotations
@@ -63,11 +64,14 @@ class PriceServer:
     def __init__(self, doc: list | bytes) -> None:
         self.body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
         self.requests = 0
+        self.holding = threading.Event()
+        self.holding.set()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 outer.requests += 1
+                outer.holding.wait()  # a server that accepted the request and says nothing until released
                 body = outer.body
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -84,10 +88,18 @@ class PriceServer:
     def serve(self, doc: list | bytes) -> None:
         self.body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
 
+    def hold(self) -> None:
+        """Keep every request waiting, answered only after ``release``."""
+        self.holding.clear()
+
+    def release(self) -> None:
+        self.holding.set()
+
     def __enter__(self) -> PriceServer:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()

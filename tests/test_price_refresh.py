@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from addon.core.money import usd
-from pricing import listprices
+from pricing import listprices, snapshots
 
 from .helpers import free_port, run_cli, start_proxy
 from .price_data import PriceServer, bundled_document, with_model
@@ -237,3 +237,31 @@ def test_prices_diff_shows_what_a_change_in_the_list_prices_did_to_the_spend_of_
     assert re.search(rf"openai\s+{NEW_MODEL}\s+{calls}\s+{before}\s+{after}\s+\+{change}", shown), shown
     as_json = json.loads(run_cli(proxy.home, "prices", "diff", "--since", "1d", "--format", "json"))
     assert [(r["model"], r["calls"]) for r in as_json] == [(NEW_MODEL, calls)]
+
+
+def test_a_price_server_that_never_answers_delays_neither_the_start_nor_any_call(tmp_path, upstream, bundled):
+    newer = with_model(bundled, "openai", NEW_MODEL, **RATES)
+    with PriceServer(newer) as server:
+        server.hold()
+        proxy = refreshing(tmp_path, upstream, server)
+        try:
+            until(lambda: server.requests >= 1, 10, "the proxy did not fetch on start")
+            # The fetch is held open: calls are answered and recorded meanwhile, unpriced.
+            call(proxy, "during")
+            assert row(proxy, "during")["priced"] is False
+            assert server.requests == 1 and not server.holding.is_set()
+            server.release()
+            until_priced(proxy, "after", within=20, snapshot=snapshot_id(newer))
+        finally:
+            proxy.stop()
+
+
+def test_a_fetch_that_times_out_is_refused_in_bounded_time(bundled, monkeypatch):
+    monkeypatch.setattr(snapshots, "SOCKET_TIMEOUT_S", 1.0)
+    with PriceServer(bundled) as server:
+        server.hold()
+        started = time.monotonic()
+        with pytest.raises(snapshots.PriceDataError, match=r"could not fetch http://127\.0\.0\.1:\d+/data\.json: "
+                                                           r"timed out"):
+            snapshots.fetch(server.url)
+        assert time.monotonic() - started < 1.0 + 2.0
