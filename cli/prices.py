@@ -35,20 +35,24 @@ def prices() -> None:
 
 
 @prices.command()
+@click.option("--since", "since_text", default="30d", show_default=True, metavar="DATE",
+              help="List the models without a price seen since DATE (2026-11-01, 7d, ...).")
 @format_option()
 @click.pass_obj
-def check(obj, fmt: str = "table") -> None:
-    """Validate the override file and list models seen in calls that have no price, and billable
-    endpoints the proxy forwards without metering them."""
+def check(obj, since_text: str = "30d", fmt: str = "table") -> None:
+    """Say which list prices are in use and how old they are, validate the override file, and list
+    models seen in calls that have no price, and billable endpoints the proxy forwards without
+    metering them."""
     found = config_files.read(obj.home, config_files.PRICES)
     now = dt.datetime.now(dt.UTC)
+    since = _since(since_text, now)
     try:
         book = config_files.price_book(obj.home)  # with the list-price data the proxy uses
         book.use_overrides(config_files.price_file(found))
     except pricing.PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
-        rows = call_rows.unpriced_models(con, since=now - UNPRICED_LOOKBACK)
+        rows = call_rows.unpriced_models(con, since=since)
         endpoints = report_rows.unmetered_endpoints(con, Selection())
         latest = stored_prices.latest(con)
     for row in rows:
@@ -64,7 +68,7 @@ def check(obj, fmt: str = "table") -> None:
     if endpoints:
         _show_unmetered(endpoints)
     if not rows:
-        click.echo(f"Every metered call of the last {UNPRICED_LOOKBACK.days} days has a price.")
+        click.echo(f"Every metered call since {since:%Y-%m-%d %H:%M} UTC has a price.")
         return
     _show_unpriced([r for r in rows if not r["priced_now"]], _where_to_add(found))
     _show_repriceable([r for r in rows if r["priced_now"]])
@@ -168,10 +172,7 @@ def diff(obj, since_text: str, fmt: str = "table") -> None:
     """What changed in the list prices since DATE, for the models of the last 30 days' calls: their
     spend by the data in use then and by the data in use now."""
     now = dt.datetime.now(dt.UTC)
-    try:
-        since = parse_when(since_text, zoneinfo.ZoneInfo("UTC"), now, "--since")
-    except ReportError as exc:
-        raise click.ClickException(str(exc)) from None
+    since = _since(since_text, now)
     try:
         book = config_files.price_book(obj.home)
     except pricing.PriceFileError as exc:
@@ -202,6 +203,13 @@ def diff(obj, since_text: str, fmt: str = "table") -> None:
         ("AFTER", lambda r: _spent(r["after"], r["unpriced_after"]), ">"),
         ("CHANGE", lambda r: _signed(r["after"] - r["before"]), ">"),
     ])
+
+
+def _since(text: str, now: dt.datetime) -> dt.datetime:
+    try:
+        return parse_when(text, zoneinfo.ZoneInfo("UTC"), now, "--since")
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _spent(amount, unpriced: int) -> str:

@@ -185,20 +185,21 @@ def status(con, now: dt.datetime) -> dict:
 
 
 def as_status(latest: stored.Stored | None, now: dt.datetime) -> dict:
+    """``latest``: the newest stored version; its times are those of the data in use if it is that."""
     data = listprices.current()
-    fetched = latest is not None and latest.id == data.id
-    return {"label": data.label, "snapshot": data.id, "source": data.source,
-            "models": latest.models if fetched and latest else None,
-            "fetched_at": latest.fetched_at if fetched and latest else None,
-            "checked_at": latest.checked_at if fetched and latest else None,
-            "age_seconds": (now - latest.checked_at).total_seconds() if fetched and latest else None}
+    found: dict[str, object] = {"label": data.label, "snapshot": data.id, "source": data.source,
+                                "models": None, "fetched_at": None, "checked_at": None, "age_seconds": None}
+    if latest is not None and latest.id == data.id:
+        found.update(models=latest.models, fetched_at=latest.fetched_at, checked_at=latest.checked_at,
+                     age_seconds=(now - latest.checked_at).total_seconds())
+    return found
 
 
 def describe(latest: stored.Stored | None, now: dt.datetime) -> str:
     """Where the list prices in use come from and how old they are, for `prices check`."""
     data = listprices.current()
     if latest is None or latest.id != data.id:
-        return f"List prices: {data.label} bundled data (none fetched yet: the proxy fetches --prices-url)"
+        return f"List prices: {data.label}, the installed package's data (none fetched: the proxy fetches --prices-url)"
     return (f"List prices: {data.label} ({plural(latest.models, 'model')}) from {latest.source}, first fetched "
             f"{latest.fetched_at:%Y-%m-%d %H:%M} UTC, last checked {latest.checked_at:%Y-%m-%d %H:%M} UTC "
             f"({age_text(now - latest.checked_at)} ago)")
