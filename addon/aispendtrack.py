@@ -28,7 +28,7 @@ from mitmproxy import ctx, exceptions, http
 
 from addon import batches, failures, injection, metrics_port, realtime, refusals, settings
 from addon.bounds import ConnectionBounds
-from addon.core import config, config_files, gdpr, metrics, spool
+from addon.core import config, config_files, gdpr, metrics, price_data, spool
 from addon.core import home as home_dir
 from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
@@ -72,6 +72,7 @@ class AiSpendTrack:
         self.metrics = metrics.current()
         self._metrics_server = None
         self._erasures: gdpr.ErasureWatch | None = None
+        self._prices: price_data.PriceRefresher | None = None
         failures.install()
 
     def load(self, loader) -> None:
@@ -155,6 +156,8 @@ class AiSpendTrack:
                 log.error("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
                           ctx.options.aispendtrack_metrics_port, exc.strerror or exc)
         self.writer.load_keys_now()
+        self._prices = price_data.start(home_dir.db_path(home), ctx.options.aispendtrack_prices_url,
+                                        ctx.options.aispendtrack_prices_refresh_s, self.book)
         self.writer.start()
         self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,
                                    interval=max(1, ctx.options.aispendtrack_alert_interval_s),
@@ -211,6 +214,8 @@ class AiSpendTrack:
             self._metrics_server.shutdown()
         if self.evaluator is not None:
             self.evaluator.stop()
+        if self._prices is not None:
+            self._prices.stop()
         if self.writer is not None:
             self._record_in_flight()
             self.writer.stop()

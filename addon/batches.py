@@ -131,13 +131,14 @@ def _priced(reader: ResultsReader, book: PriceBook, provider: str,
     for model, counts in reader.usage.items():
         totals = [sum(counts[i::step]) for i in range(step)]
         cost: Decimal | None = Decimal(0)
-        source = None
+        source = snapshot = None
         for start in range(0, len(counts), step):
             price = book.price(TokenUsage(*counts[start:start + step]), provider, model, at, BATCH_TIER)
-            source = source or price.source
+            source, snapshot = source or price.source, snapshot or price.snapshot
             cost = None if cost is None or price.cost_usd is None else cost + price.cost_usd
         out.append((model, {**dict(zip(FIELDS, totals, strict=True)), "cost_usd": cost,
-                            "priced": cost is not None, "price_source": source if cost is not None else None}))
+                            "priced": cost is not None, "price_source": source if cost is not None else None,
+                            "price_snapshot": snapshot}))
     return out
 
 

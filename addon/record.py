@@ -110,7 +110,8 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         "output_tokens": usage.output_tokens, "reasoning_tokens": usage.reasoning_tokens,
         "web_search_requests": usage.web_search_requests,
         "cost_usd": price.cost_usd, "priced": price.priced, "price_source": price.source,
-        "usage_source": source, "customer_id": meter.customer_id, "feature": meter.feature,
+        "price_snapshot": price.snapshot, "usage_source": source, "customer_id": meter.customer_id,
+        "feature": meter.feature,
         "latency_ms": round((finished - meter.started_at) * 1000, 3),
         "ttft_ms": round((meter.first_byte_at - meter.started_at) * 1000, 3)
         if meter.stream and meter.first_byte_at else None,

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from mitmproxy import exceptions
 
+from pricing.snapshots import DEFAULT_URL as DEFAULT_PRICES_URL
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -59,6 +61,12 @@ SETTINGS: tuple[Setting, ...] = (
             "--alert-interval", 1, 3600),
     Setting("purge_interval_s", int, 86_400, "Seconds between purges of calls past their plan's retention "
             "(the first comes at start-up).", "--purge-interval", 1),
+    Setting("prices_url", str, DEFAULT_PRICES_URL, "Where the list prices are fetched from, on start and every "
+            "--prices-refresh: genai-prices' published data.json, a mirror's URL or a file path (air-gapped "
+            "installs), or `off` to fetch nothing (the data last fetched, else the installed package's, stays in "
+            "use).", "--prices-url", metavar="URL"),
+    Setting("prices_refresh_s", int, 21_600, "Seconds between fetches of --prices-url (a refused document leaves "
+            "the last good data in use).", "--prices-refresh", 1, metavar="SECONDS"),
     Setting("upstream_timeout_s", int, 600, "Seconds to wait for a provider's response headers before "
             "answering 504.", "--upstream-timeout", 1, 86_400),
     Setting("auth_failures_per_minute", int, 30, "Wrong keys allowed per client address and minute before it "

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import shlex
+import zoneinfo
 
 import click
 from click_default_group import DefaultGroup
 
 import pricing
-from addon.core import config_files
-from addon.core.reports import Selection
+from addon.core import config_files, price_data
+from addon.core.evaluate import UNPRICED_LOOKBACK
+from addon.core.money import usd
+from addon.core.reports import ReportError, Selection, parse_when
+from addon.core.reprice import spend_by_model
 from addon.core.store import calls as call_rows
+from addon.core.store import price_snapshots as stored_prices
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 from addon.core.wording import plural
 from pricing import overrides
+from pricing.patches import Compared
+from pricing.patches import compare as compare_patches
 
 from .imports import read_text, say_not_read
 from .output import emit, format_option
@@ -26,33 +35,40 @@ def prices() -> None:
 
 
 @prices.command()
+@click.option("--since", "since_text", default="30d", show_default=True, metavar="DATE",
+              help="List the models without a price seen since DATE (2026-11-01, 7d, ...).")
 @format_option()
 @click.pass_obj
-def check(obj, fmt: str = "table") -> None:
-    """Validate the override file and list models seen in calls that have no price, and billable
-    endpoints the proxy forwards without metering them."""
+def check(obj, since_text: str = "30d", fmt: str = "table") -> None:
+    """Say which list prices are in use and how old they are, validate the override file, and list
+    models seen in calls that have no price, and billable endpoints the proxy forwards without
+    metering them."""
     found = config_files.read(obj.home, config_files.PRICES)
+    now = dt.datetime.now(dt.UTC)
+    since = _since(since_text, now)
     try:
-        book = pricing.PriceBook(None)
+        book = config_files.price_book(obj.home)  # with the list-price data the proxy uses
         book.use_overrides(config_files.price_file(found))
     except pricing.PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
-        rows = call_rows.unpriced_models(con)
+        rows = call_rows.unpriced_models(con, since=since)
         endpoints = report_rows.unmetered_endpoints(con, Selection())
+        latest = stored_prices.latest(con)
     for row in rows:
         row["priced_now"] = _priced_now(book, row)
     if fmt != "table":  # one list: a model's rows name its model, an unmetered endpoint's its endpoint
         emit([*rows, *endpoints], fmt, [])
         return
     entries = plural(len(book.overrides), "entry", "entries") if found.text is not None else "none"
-    click.echo(f"Prices: {pricing.data_source()} bundled data; overrides ({found.origin}): {entries}")
+    click.echo(price_data.describe(latest, now))
+    click.echo(f"Your price overrides ({found.origin}): {entries}")
     say_not_read(obj.home)
-    _show_patches(book.patches)
+    _show_patches(book.patches, now)
     if endpoints:
         _show_unmetered(endpoints)
     if not rows:
-        click.echo("Every metered call so far has a price.")
+        click.echo(f"Every metered call since {since:%Y-%m-%d %H:%M} UTC has a price.")
         return
     _show_unpriced([r for r in rows if not r["priced_now"]], _where_to_add(found))
     _show_repriceable([r for r in rows if r["priced_now"]])
@@ -99,6 +115,15 @@ def _show_unmetered(endpoints: list[dict]) -> None:
     ])
 
 
+def _verdict(compared: Compared) -> str:
+    if compared.verdict == "redundant":
+        return f"redundant: {pricing.data_source()} has the same rates"
+    if compared.list_usd is None:
+        return f"still needed: {pricing.data_source()} has no price for {compared.model}"
+    return (f"still needed: {pricing.data_source()} differs ({usd(compared.list_usd)} vs {usd(compared.patch_usd)} "
+            f"for a million tokens of each kind and 1,000 searches)")
+
+
 def _where_to_add(found: config_files.ConfigFile) -> str:
     if found.in_shared_store:
         return f"your prices.toml and `aispendtrack prices import` it ({found.origin})"
@@ -123,15 +148,76 @@ def import_file(obj, file: str) -> None:
                f"{'every proxy prices with them within 2 s' if stored.in_shared_store else 'the proxy reloads it'}.")
 
 
-def _show_patches(patches: pricing.PriceFile) -> None:
-    """The bundled corrections to genai-prices, each with where its rates are published."""
+def _show_patches(patches: pricing.PriceFile, now: dt.datetime) -> None:
+    """The bundled corrections to genai-prices, each with where its rates are published and whether
+    the list data in use still needs it (a patch it has since absorbed is redundant)."""
     click.echo(f"Bundled corrections ({pricing.PATCH_FILE.name}, applied under your overrides): {len(patches)}")
+    verdicts = {id(c.entry): c for c in compare_patches(patches, now)}
     for entry in patches.prices:
         since = f" from {entry.since:%Y-%m-%d %H:%M} UTC" if entry.since else ""
         tiers = f", {len(entry.tiers)} long-context tier(s)" if entry.tiers else ""
-        click.echo(f"  {entry.provider}/{' '.join(entry.models)}{since}{tiers}: {entry.cited}")
+        compared = verdicts.get(id(entry))
+        verdict = f" [{_verdict(compared)}]" if compared else ""
+        click.echo(f"  {entry.provider}/{' '.join(entry.models)}{since}{tiers}: {entry.cited}{verdict}")
     for tier in patches.multipliers:
         click.echo(f"  {tier.provider} {tier.name} tier: x{tier.multiplier} of standard: {tier.cited}")
     for fee in patches.container_fees:
         click.echo(f"  {fee.provider} containers: estimated at {fee.minutes} minutes of ${fee.usd_per_hour}/hour "
                    f"each: {fee.cited}")
+
+
+@prices.command()
+@click.option("--since", "since_text", required=True, metavar="DATE",
+              help="From the list prices in use then: 2026-11-01, 30d, ...")
+@format_option()
+@click.pass_obj
+def diff(obj, since_text: str, fmt: str = "table") -> None:
+    """What changed in the list prices since DATE, for the models of the last 30 days' calls: their
+    spend by the data in use then and by the data in use now."""
+    now = dt.datetime.now(dt.UTC)
+    since = _since(since_text, now)
+    try:
+        book = config_files.price_book(obj.home)
+    except pricing.PriceFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    with reading(obj.db) as con:
+        versions = price_data.versions_since(con, since)
+        if len(versions) < 2:
+            click.echo(f"The list prices have not changed since {since:%Y-%m-%d %H:%M} UTC "
+                       f"({pricing.data_source()} in use).")
+            return
+        rows = report_rows.reprice_inputs(con, Selection(since=now - UNPRICED_LOOKBACK))
+        spend = spend_by_model(rows, book, versions[0], versions[-1])
+    changed = [{"provider": p, "model": m, **dataclasses.asdict(s)} for (p, m), s in sorted(spend.items()) if s.changed]
+    if fmt != "table":
+        emit(changed, fmt, [])
+        return
+    click.echo(f"List prices since {since:%Y-%m-%d %H:%M} UTC: "
+               + " -> ".join(f"{v.id} ({v.fetched_at:%Y-%m-%d %H:%M})" for v in versions))
+    if not changed:
+        click.echo(f"No model of the last {UNPRICED_LOOKBACK.days} days' calls costs differently.")
+        return
+    click.echo(f"Models of the last {UNPRICED_LOOKBACK.days} days' calls that cost differently, "
+               f"{versions[0].id} -> {versions[-1].id}:\n")
+    emit(changed, "table", [
+        ("PROVIDER", lambda r: r["provider"], "<"), ("MODEL", lambda r: r["model"], "<"),
+        ("CALLS", lambda r: f"{r['calls']:,}", ">"),
+        ("BEFORE", lambda r: _spent(r["before"], r["unpriced_before"]), ">"),
+        ("AFTER", lambda r: _spent(r["after"], r["unpriced_after"]), ">"),
+        ("CHANGE", lambda r: _signed(r["after"] - r["before"]), ">"),
+    ])
+
+
+def _since(text: str, now: dt.datetime) -> dt.datetime:
+    try:
+        return parse_when(text, zoneinfo.ZoneInfo("UTC"), now, "--since")
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _spent(amount, unpriced: int) -> str:
+    return usd(amount) + (f" + {unpriced:,} unpriced" if unpriced else "")
+
+
+def _signed(amount) -> str:
+    return ("+" if amount >= 0 else "-") + usd(abs(amount))

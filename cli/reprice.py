@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -9,17 +10,14 @@ import click
 
 from addon.core import config_files
 from addon.core.money import UNPRICED, usd
+from addon.core.reprice import changed
 from addon.core.store import reports as report_rows
 from addon.core.store import writing
-from addon.core.store.calls import UNIT_NAMES
 from addon.core.wording import plural
-from pricing import PriceFileError, TokenUsage
+from pricing import PriceFileError
 
 from .options import selection_options
 from .progress import Bar, quiet_option, running
-
-_TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-                 "output_tokens", "reasoning_tokens", "web_search_requests", *UNIT_NAMES)
 
 
 @dataclass
@@ -48,31 +46,32 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
         book = config_files.price_book(obj.home)
     except PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
-    checked, changes = 0, []
+    changes, seen = [], [0]
     # A call that had no price was not a $0 call: counted apart from changed prices, as is the reverse.
     kinds = {kind: _Changed(kind) for kind in ("new price", "priced", "unpriced")}
     with writing(obj.db) as con:
         with Bar("Repricing", lambda: report_rows.count(con, selection), quiet) as bar:
-            for row in report_rows.reprice_inputs(con, selection):
-                checked += 1
-                bar.advance()
-                usage = TokenUsage(**{name: row[name] for name in _TOKEN_FIELDS})
-                if book.priced_per_image(usage, row["provider"], row["model"]):
-                    continue  # its price per image depends on the size and quality asked for, not stored
-                price = book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"])
-                if price.cost_usd != row["cost_usd"] or price.source != row["price_source"]:
-                    changes.append((row["id"], price.cost_usd, price.source))
-                    kind = ("priced" if row["cost_usd"] is None else
-                            "unpriced" if price.cost_usd is None else "new price")
-                    kinds[kind].add(row["cost_usd"], price.cost_usd)
+            for row, price in changed(_counted(report_rows.reprice_inputs(con, selection), bar, seen), book):
+                changes.append((row["id"], price.cost_usd, price.source, price.snapshot))
+                kind = ("priced" if row["cost_usd"] is None else
+                        "unpriced" if price.cost_usd is None else "new price")
+                kinds[kind].add(row["cost_usd"], price.cost_usd)
+        checked = seen[0]
         if not dry_run:
             with running(f"Storing {len(changes):,} new costs", quiet):
                 report_rows.apply_reprice(con, changes)
     verb = "would change" if dry_run else "changed"
     click.echo(f"Checked {plural(checked, 'call')}; {len(changes):,} {verb}{':' if changes else '.'}")
-    for changed in kinds.values():
-        if changed.calls:
-            click.echo(f"  {_line(changed)}")
+    for counted in kinds.values():
+        if counted.calls:
+            click.echo(f"  {_line(counted)}")
+
+
+def _counted(rows: Iterator[dict], bar: Bar, seen: list[int]) -> Iterator[dict]:
+    for row in rows:
+        seen[0] += 1
+        bar.advance()
+        yield row
 
 
 def _line(changed: _Changed) -> str:

@@ -10,6 +10,7 @@ service tier whose rates nobody publishes: a priority call is not priced at the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from pathlib import Path
 from . import listprices, overrides
 from .listprices import data_source
 from .overrides import PriceFile, PriceFileError
+from .snapshots import PriceData, PriceDataError
 from .usage import ImageOptions, TokenUsage
 
-__all__ = ["PATCH_FILE", "UNPRICED", "ImageOptions", "Price", "PriceBook", "PriceFile", "PriceFileError", "TokenUsage",
-           "data_source", "priced_tier"]
+__all__ = ["PATCH_FILE", "UNPRICED", "ImageOptions", "Price", "PriceBook", "PriceData", "PriceDataError", "PriceFile",
+           "PriceFileError", "TokenUsage", "data_source", "priced_tier"]
 
 log = logging.getLogger(__name__)
 PATCH_FILE = Path(__file__).with_name("patches.toml")
@@ -35,6 +37,7 @@ _STANDARD_TIERS = frozenset({"default", "auto", "standard", "scale", "on_demand"
 class Price:
     cost_usd: Decimal | None
     source: str | None  # where the rates came from: "genai-prices 0.2.3", "override prices.toml#2", ...
+    snapshot: str | None = None  # the list-price data in use (PriceData.id), priced by it or not
 
     @property
     def priced(self) -> bool:
@@ -73,33 +76,41 @@ class PriceBook:
         self._overrides = found
 
     def price(self, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
-              service_tier: str | None = None, image: ImageOptions | None = None) -> Price:
+              service_tier: str | None = None, image: ImageOptions | None = None,
+              data: PriceData | None = None) -> Price:
         """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...);
-        ``image``: the size and quality the request asked for, for a model billed per image."""
+        ``image``: the size and quality the request asked for, for a model billed per image;
+        ``data``: the list prices to use (default: those in use now)."""
+        data = data or listprices.current()
+        return dataclasses.replace(self._price(data, usage, provider, model, at, service_tier, image), snapshot=data.id)
+
+    def _price(self, data: PriceData, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
+               service_tier: str | None, image: ImageOptions | None) -> Price:
         if not model:
             return UNPRICED
         if self.priced_per_image(usage, provider, model):
             return self._per_image(usage, provider, model, at, image)
         if not usage.has_tools:
-            return self._tokens_and_searches(usage, provider, model, at, service_tier)
-        tokens = self._tokens_and_searches(usage.without_tools(), provider, model, at, service_tier)
-        fees = self.tool_fees(usage, provider, model, at, service_tier)
+            return self._tokens_and_searches(data, usage, provider, model, at, service_tier)
+        tokens = self._tokens_and_searches(data, usage.without_tools(), provider, model, at, service_tier)
+        fees = self.tool_fees(usage, provider, model, at, service_tier, data)
         if tokens.cost_usd is None or fees is None:
             return UNPRICED  # a tool billed at a rate nobody publishes is not free either
         return Price(tokens.cost_usd + fees, tokens.source)
 
     def tool_fees(self, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
-                  service_tier: str | None = None) -> Decimal | None:
+                  service_tier: str | None = None, data: PriceData | None = None) -> Decimal | None:
         """What the call's server-side tools add to its tokens (None: a fee with no known rate).
 
         Web searches cost what the price layer that prices the model says; the other tools are
         genai-prices' rates whichever layer prices the tokens (a price file has no rates for them);
         containers are estimated at their minimum billed time (``[[tool_fee]]`` in patches.toml)."""
+        data = data or listprices.current()
         searches = TokenUsage(web_search_requests=usage.web_search_requests)
-        with_searches = self._tokens_and_searches(searches, provider, model, at, service_tier).cost_usd
+        with_searches = self._tokens_and_searches(data, searches, provider, model, at, service_tier).cost_usd
         listed = TokenUsage(file_search_calls=usage.file_search_calls, code_executions=usage.code_executions,
                             grounded_prompts=usage.grounded_prompts)
-        others = listprices.cost(listed, provider, model, at, listprices.context(priced_tier(service_tier)))
+        others = listprices.cost(listed, provider, model, at, listprices.context(priced_tier(service_tier)), data)
         if with_searches is None or others is None and listed.has_tools:
             return None
         fees = with_searches + (others or 0)
@@ -110,7 +121,7 @@ class PriceBook:
             fees += usage.containers * fee.each
         return fees
 
-    def _tokens_and_searches(self, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
+    def _tokens_and_searches(self, data: PriceData, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
                              service_tier: str | None) -> Price:
         tier = priced_tier(service_tier)
         # Price files hold token rates only: a call billed in images, seconds or characters is
@@ -119,7 +130,7 @@ class PriceBook:
             price = self._from_file(layer, usage, provider, model, at, tier)
             if price is not None:
                 return price
-        return self._from_list(usage, provider, model, at, tier)
+        return self._from_list(data, usage, provider, model, at, tier)
 
     def priced_per_image(self, usage: TokenUsage, provider: str, model: str) -> bool:
         """Whether the call's price is its images at a per-image price (which needs ImageOptions)."""
@@ -146,15 +157,16 @@ class PriceBook:
         # published discount, or no price at all (never the standard rate for a priority call).
         return self._scaled(standard.cost(usage), standard.source, provider, tier) or UNPRICED
 
-    def _from_list(self, usage: TokenUsage, provider: str, model: str, at: dt.datetime, tier: str | None) -> Price:
+    def _from_list(self, data: PriceData, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
+                   tier: str | None) -> Price:
         ctx = listprices.context(tier)
-        if tier is None or listprices.has_tier(provider, model, at, ctx):
-            cost = listprices.cost(usage, provider, model, at, ctx)
-            return Price(cost, data_source()) if cost is not None else UNPRICED
-        standard = listprices.cost(usage, provider, model, at)
+        if tier is None or listprices.has_tier(provider, model, at, ctx, data):
+            cost = listprices.cost(usage, provider, model, at, ctx, data)
+            return Price(cost, data.label) if cost is not None else UNPRICED
+        standard = listprices.cost(usage, provider, model, at, data=data)
         if standard is None:
             return UNPRICED
-        return self._scaled(standard, data_source(), provider, tier) or UNPRICED
+        return self._scaled(standard, data.label, provider, tier) or UNPRICED
 
     def _scaled(self, standard: Decimal, source: str, provider: str, tier: str | None) -> Price | None:
         assert tier is not None

@@ -14,10 +14,10 @@ import functools
 from decimal import Decimal
 
 import genai_prices
-from genai_prices import data_snapshot
 from genai_prices.types import ModelInfo, TieredPrices, TimeOfDateConstraint
 
 from .rates import MTOK
+from .snapshots import PriceData, bundled
 from .usage import TokenUsage
 
 _TIER_FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
@@ -49,8 +49,27 @@ _SUBSETS = {"cache_write_1h_tokens": "cache_write_tokens", "input_audio_tokens":
 Context = tuple[tuple[str, str], ...]  # genai-prices' price_context, hashable
 
 
+BUNDLED = bundled()  # the installed package's data
+_current = BUNDLED
+
+
+def current() -> PriceData:
+    """The list-price data every call is priced with now."""
+    return _current
+
+
+def use(data: PriceData) -> None:
+    """Price with ``data`` from now on (a pricing thread sees the old data or the new, whole)."""
+    global _current
+    _current = data
+    # Keyed by the data too, so a lookup racing the swap cannot keep an old answer; cleared so
+    # the old data is not held in memory by its cached entries.
+    _model.cache_clear()
+    _linear_rates.cache_clear()
+
+
 def data_source() -> str:
-    return f"genai-prices {genai_prices.__version__}"
+    return _current.label
 
 
 def context(service_tier: str | None) -> Context:
@@ -64,39 +83,42 @@ def context(service_tier: str | None) -> Context:
 _GENAI_IDS = {"bedrock": "aws"}
 
 
-def has_tier(provider: str, model: str, at: dt.datetime, ctx: Context) -> bool:
+def has_tier(provider: str, model: str, at: dt.datetime, ctx: Context, data: PriceData | None = None) -> bool:
     """Whether genai-prices publishes this tier's own rates for the model at that time."""
     provider = _GENAI_IDS.get(provider, provider)
-    info = _model(provider, model, own=True)
+    info = _model(data or _current, provider, model, own=True)
     return info is not None and any(
         tuple(sorted(v.when.items())) == ctx and (v.constraint is None or v.constraint.active(at))
         for v in info.price_variants or ())
 
 
-def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Context = ()) -> Decimal | None:
-    """The list price, or None when genai-prices does not know the model."""
+def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Context = (),
+         data: PriceData | None = None) -> Decimal | None:
+    """The list price by ``data`` (default: the current), or None when it does not know the model."""
+    data = data or _current
     provider = _GENAI_IDS.get(provider, provider)
-    rates = _linear_rates(provider, model, at.date(), ctx)
+    rates = _linear_rates(data, provider, model, at.date(), ctx)
     if rates is None:
         return None
     if rates is _PER_CALL:
-        return _genai_cost(usage, provider, model, at, ctx)
+        return _genai_cost(data, usage, provider, model, at, ctx)
     assert isinstance(rates, dict)
     return sum((getattr(usage, field) * rate for field, rate in rates.items()), Decimal(0)) / MTOK
 
 
 @functools.lru_cache(maxsize=1024)
-def _model(provider: str, model: str, own: bool = False) -> ModelInfo | None:
+def _model(data: PriceData, provider: str, model: str, own: bool = False) -> ModelInfo | None:
     """``own``: only a model of that provider's, not one genai-prices borrows from another provider
     (whose tier rates it then ignores)."""
     try:
-        found_in, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+        found_in, info = data.snapshot.find_provider_model(model, None, provider, None)
     except LookupError:
         return None
     return None if own and not any(info is m for m in found_in.models) else info
 
 
-def _genai_cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Context) -> Decimal:
+def _genai_cost(data: PriceData, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
+                ctx: Context) -> Decimal:
     # genai-prices counts input_tokens as *all* input, cache included.
     counts = genai_prices.Usage(
         input_tokens=usage.total_input_tokens,
@@ -118,14 +140,14 @@ def _genai_cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, c
         audio_seconds=usage.audio_seconds,
         input_characters=usage.characters,
     )
-    calc = genai_prices.calc_price(counts, model, provider_id=provider, genai_request_timestamp=at,
-                                   price_context=dict(ctx) or None)
+    calc = data.snapshot.calc(counts, model, provider, None, at, price_context=dict(ctx) or None)
     return Decimal(calc.total_price)
 
 
 @functools.lru_cache(maxsize=4096)
-def _linear_rates(provider: str, model: str, day: dt.date, ctx: Context) -> dict[str, Decimal] | object | None:
-    info = _model(provider, model)
+def _linear_rates(data: PriceData, provider: str, model: str, day: dt.date,
+                  ctx: Context) -> dict[str, Decimal] | object | None:
+    info = _model(data, provider, model)
     if info is None:
         return None
     if _varies_by_time_of_day(info):
@@ -134,7 +156,7 @@ def _linear_rates(provider: str, model: str, day: dt.date, ctx: Context) -> dict
     prices = info.get_prices(at, dict(ctx) or None)
     if any(isinstance(getattr(prices, name, None), TieredPrices) for name in _TIER_FIELDS):
         return _PER_CALL
-    costs = {field: _genai_cost(usage, provider, model, at, ctx) for field, usage in _PROBES.items()}
+    costs = {field: _genai_cost(data, usage, provider, model, at, ctx) for field, usage in _PROBES.items()}
     # A 1h write is also a write: its rate is what it adds on top of a 5-minute write (and an audio
     # token an input token: its rate is what it adds on top of a text token's).
     for subset, parent in _SUBSETS.items():

@@ -163,7 +163,9 @@ def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None =
     process = subprocess.Popen(
         [*run_under, sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
          "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms),
-         *[arg for name in PREFIXED for arg in ("--upstream", f"{name}={upstream_url}")], *extra_args],
+         *[arg for name in PREFIXED for arg in ("--upstream", f"{name}={upstream_url}")],
+         # Tests price with the installed package's data unless they serve their own (test_price_refresh.py).
+         *(() if "--prices-url" in extra_args else ("--prices-url", "off")), *extra_args],
         stdout=log, stderr=subprocess.STDOUT)
     proxy = Proxy(home, f"http://127.0.0.1:{port}", key, key_id, log_path, process,
                   f"http://127.0.0.1:{metrics_port}/metrics" if metrics else "")

@@ -176,6 +176,30 @@ def test_check_sends_budget_quota_and_spike_alerts_once(tmp_path):
         receiver.close()
 
 
+def test_a_model_unpriced_for_more_than_a_day_is_alerted_once_naming_the_override_to_add(tmp_path):
+    receiver = Receiver()
+    now = dt.datetime.now(dt.UTC)
+    at = lambda t: t.replace(tzinfo=None).isoformat()  # noqa: E731
+    rows = [row(at(now - dt.timedelta(hours=h)), "acme-llm-7b", None, 100) for h in (26, 3)]
+    rows += [row(at(now - dt.timedelta(hours=2)), "acme-llm-8b", None, 100)]  # unpriced for 2 hours only
+    rows += [row(at(now - dt.timedelta(hours=30)), "gpt-4o", "0.01", 100)]
+    with writing(home_dir.db_path(tmp_path)) as con:
+        call_rows.insert(con, rows)
+    write_channels(tmp_path, f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{receiver.url}"\n')
+    try:
+        first = run(tmp_path, "alerts", "check")
+        assert first.output.startswith("1 new alert\n"), first.output
+        [(_, body)] = receiver.requests
+        alert = json.loads(body)
+        assert alert["kind"] == "unpriced"
+        assert alert["subject"] == "AiSpendTrack: calls to openai/acme-llm-7b have no price"
+        assert '[[price]]\nprovider = "openai"\nmodel = "acme-llm-7b"\n' in alert["text"]
+        assert alert["data"]["calls"] == 2 and "acme-llm-8b" not in alert["text"]
+        assert run(tmp_path, "alerts", "check").output == "0 new alerts; nothing new to report.\n"
+    finally:
+        receiver.close()
+
+
 # --- hostile receivers, hostile tags, channels that cannot sign ---------------------------------
 
 import contextlib  # noqa: E402

@@ -78,6 +78,8 @@ CASES = [  # (method, path, params or JSON body, who, expected status)
     ("GET", "/budgets", {}, "key", 200),
     ("GET", "/reconciliation", {}, "admin", 200),
     ("GET", "/reconciliation", {}, "key", 403),
+    ("GET", "/prices", {}, "admin", 200),
+    ("GET", "/prices", {}, "key", 403),
     ("GET", "/gdpr/export", {"customer": "cust-3"}, "admin", 200),
     ("POST", "/purge", {"dry_run": True}, "admin", 200),
     ("POST", "/purge", {"older_than_days": 0}, "admin", 400),

@@ -366,10 +366,11 @@ def test_calls_shows_customer_and_feature_and_takes_the_reports_filters(home):
 
 def test_prices_check_names_the_reprice_once_an_override_prices_unpriced_calls(home):
     runner = CliRunner()
-    before = runner.invoke(cli, ["--home", str(home), "prices", "check"]).output
+    since = ["--since", "2026-10-01"]  # DATA's calls; by default the check lists the last 30 days'
+    before = runner.invoke(cli, ["--home", str(home), "prices", "check", *since]).output
     assert "acme-llm" in before and "Add them to" in before
     (home / "prices.toml").write_text('[[price]]\nmodel = "acme-llm"\ninput_mtok = 10\noutput_mtok = 100\n')
-    checked = runner.invoke(cli, ["--home", str(home), "prices", "check"]).output
+    checked = runner.invoke(cli, ["--home", str(home), "prices", "check", *since]).output
     assert "Add them to" not in checked
     said = "1 call stored as unpriced has a price now; store it with:\n"
     assert said in checked and checked.endswith("\n  aispendtrack reprice --provider openai --model acme-llm\n")
@@ -383,5 +384,5 @@ def test_prices_check_names_the_reprice_once_an_override_prices_unpriced_calls(h
     result = runner.invoke(cli, ["--home", str(home), "reprice", "--customer", "acme", "--feature", "search"])
     assert result.output == "Checked 1 call; 1 changed:\n  1 with a new price: $2.00 -> $0.01 (-$1.99)\n"
     runner.invoke(cli, ["--home", str(home), *command])
-    assert "Every metered call so far has a price." in runner.invoke(cli, ["--home", str(home), "prices",
-                                                                           "check"]).output
+    assert "Every metered call since 2026-10-01 00:00 UTC has a price." in runner.invoke(
+        cli, ["--home", str(home), "prices", "check", *since]).output

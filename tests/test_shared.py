@@ -710,6 +710,28 @@ def test_the_tool_columns_reach_an_older_lake(shared_env, tmp_path):
     assert stored == {1: (0, 0, 0, 0, 0), 2: (0, 0, 3, 1, 1)}
 
 
+def test_the_price_snapshot_column_reaches_an_older_lake(shared_env, tmp_path):
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"prices-{uuid.uuid4().hex}"
+    new_key(home)
+    with writing(home / "unused.duckdb") as con:  # as an older version left the lake: no price_snapshot
+        con.execute("ALTER TABLE calls DROP COLUMN price_snapshot")
+        old = {k: v for k, v in call_row(1, customer_id=marker).items() if k != "price_snapshot"}
+        con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's011_prices'")
+    cli(home, "calls", "--limit", "1")  # a new process (an upgraded proxy or CLI) applies the step
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, [call_row(2, customer_id=marker, price_snapshot="0123456789ab")])
+    stored = sorted((r["price_snapshot"] or "") for r in calls_json(home) if r["customer_id"] == marker)
+    assert stored == ["", "0123456789ab"]
+
+
 class _ExtensionRepository:
     """DuckDB's extension repository on loopback: records every download asked of it (404 to all)."""
 

@@ -19,6 +19,8 @@ import psycopg
 import pytest
 
 from .helpers import Receiver, free_port, start_proxy
+from .price_data import PriceServer, bundled_document, with_model
+from .test_price_refresh import NEW_MODEL, RATES, snapshot_id, until_priced
 from .test_shared import CHAT, cli, new_key, replicas, stop_all
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,6 +109,30 @@ def test_an_alert_from_replica_b_reaches_the_channel_imported_on_replica_a(share
     with psycopg.connect(shared_env) as con:
         [(text,)] = con.execute("SELECT text FROM aispendtrack.config_files WHERE name = 'alerts.toml'").fetchall()
     assert "HOOK_URL" in text and HOOK_PATH not in text
+
+
+def test_two_replicas_price_a_call_identically_after_a_price_refresh_on_one_of_them(shared_env, tmp_path, upstream):
+    """One price book per deployment: A fetches the list prices and stores them in PostgreSQL; B,
+    which fetches nothing (--prices-url off), prices with the same version from its next poll."""
+    key = new_key(tmp_path / "admin")["key"]
+    newer = with_model(bundled_document(), "openai", NEW_MODEL, **RATES)
+    with PriceServer(newer) as server:
+        a = start_proxy(tmp_path / "replica-a", upstream.url, tmp_path / "a.log", key=key,
+                        extra_args=("--prices-url", server.url, "--prices-refresh", "2"))
+        b = start_proxy(tmp_path / "replica-b", upstream.url, tmp_path / "b.log", key=key,
+                        extra_args=("--prices-url", "off", "--prices-refresh", "2"))
+        try:
+            on_a = until_priced(a, "on-a", within=30)
+            on_b = until_priced(b, "on-b", within=30)
+        finally:
+            stop_all([a, b])
+    assert server.requests >= 1
+    assert on_a["price_snapshot"] == on_b["price_snapshot"] == snapshot_id(newer)
+    assert (on_a["cost_usd"], on_a["price_source"]) == (on_b["cost_usd"], on_b["price_source"])
+    assert Decimal(str(on_b["cost_usd"])) == (10 * RATES["input_mtok"] + 5 * RATES["output_mtok"]) / M
+    with psycopg.connect(shared_env) as con:
+        stored = con.execute("SELECT id, source, models FROM aispendtrack.price_snapshots").fetchall()
+    assert stored == [(snapshot_id(newer), server.url, sum(len(p["models"]) for p in newer))]
 
 
 def migrated_home(tmp_path: Path, catalog: str, data_path: str) -> tuple[Path, str, subprocess.CompletedProcess]:

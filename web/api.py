@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
-from addon.core import config
+from addon.core import config, price_data
 from addon.core import home as home_dir
 from addon.core.budgets import Budget, with_spend
 from addon.core.reports import ReportError, Selection, parse_report, parse_selection
@@ -116,6 +116,16 @@ def reconciliation():
     for item in found:
         item["lines"] = [json_row(line) for line in item["lines"]]
     return jsonify([json_row(item) for item in found])
+
+
+@api.get("/prices")
+def prices():
+    """The list-price data in use, and its age (price_data.py; admin tokens only: the source may name an
+    internal mirror)."""
+    if not g.principal.is_admin:
+        raise ApiError(403, "forbidden", "The price data's source is the deployment's: use an admin token.")
+    with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
+        return jsonify(json_row(price_data.status(con, dt.datetime.now(dt.UTC))))
 
 
 @api.get("/calls")

@@ -62,7 +62,7 @@ _CALL = {"id": {**_STR, "format": "uuid"}, "ts": _TIME, "key_id": _null(_INT), "
                                                                 "none", "unmetered", "invalid"]},
          "customer_id": _null(_STR), "feature": _null(_STR), "latency_ms": _null(_NUM), "ttft_ms": _null(_NUM),
          "service_tier": _null(_STR), "previous_cost_usd": _null(_NUM), "previous_price_source": _null(_STR),
-         "repriced_at": _null(_TIME),
+         "repriced_at": _null(_TIME), "price_snapshot": _null(_STR),
          **{name: _null(_NUM if typ.startswith("DECIMAL") else _INT) for name, typ, _ in UNIT_COLUMNS}}
 _LINE_VALUE = {"type": ["integer", "number", "null"]}
 
@@ -90,6 +90,8 @@ SCHEMAS = {
                                "ours_usd": _NUM, "theirs_usd": _NUM, "difference_usd": _NUM,
                                "difference_percent": _null(_NUM), "days_differing": _INT,
                                "lines": {"type": "array", "items": _ref("ReconciliationLine")}}),
+    "Prices": _object({"label": _STR, "snapshot": _STR, "source": _STR, "models": _null(_INT),
+                       "fetched_at": _null(_TIME), "checked_at": _null(_TIME), "age_seconds": _null(_NUM)}),
     "Subject": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
                 "properties": {"customer": {**_STR, "minLength": 1}, "key": _KEY_ID}},
     "Erased": _object({"subject": _ref("Subject"),
@@ -169,6 +171,9 @@ def document() -> dict:
         "/reconciliation": _get("The latest daily reconciliation per provider.", [],
                                 _answer("One per provider.", {"type": "array", "items": _ref("Reconciliation")}),
                                 admin=True),
+        "/prices": _get("The list-price data in use: where it came from and how old it is (age_seconds: since it "
+                        "was last fetched; null for the installed package's data).", [],
+                        _answer("The data in use.", _ref("Prices")), admin=True),
         "/gdpr/export": _get("Everything stored about one customer or key, one JSON document.", subject,
                              _answer("The document.", {"type": "object", "required": ["subject", "calls"]}),
                              admin=True),

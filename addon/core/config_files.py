@@ -94,7 +94,12 @@ def channels(found: ConfigFile) -> dict[str, notify.Channel]:
 
 
 def price_book(home: Path) -> pricing.PriceBook:
-    """The book a command prices with (raises PriceFileError with the file's message)."""
+    """The book a command prices with, by the list-price data the proxy uses (the version stored
+    last: price_data.py); raises PriceFileError with the file's message."""
+    from . import price_data
+
+    with reading(home_dir.db_path(home)) as con:
+        price_data.use_stored(con)
     if shared.configured() is None:
         return pricing.PriceBook(home / PRICES)
     book = pricing.PriceBook(None)

@@ -39,6 +39,8 @@ from .store import lake, reading, shared, shared_schema, writing
 
 log = logging.getLogger(__name__)
 QUOTA_THRESHOLDS = (0.9, 0.75, 0.5)
+UNPRICED_FOR = dt.timedelta(days=1)  # unpriced this long: no refresh is going to price it
+UNPRICED_LOOKBACK = dt.timedelta(days=30)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,30 @@ def candidates(db: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo,
                 found.append((f"quota:{key_id}:{month:%Y-%m}:{int(crossed * 100)}",
                               _quota_alert(key_id, plan, used, quota, crossed)))
         found += _spikes(con, now, settings)
+        found += _unpriced(con, now)
     return found
+
+
+def _unpriced(con, now: dt.datetime) -> list[tuple[str, notify.Alert]]:
+    """A model whose calls have had no price for more than UNPRICED_FOR (a refresh of the list
+    prices would have priced them, price_data.py): once per model and tier, naming the override."""
+    return [(f"unpriced:{m['provider']}:{m['model']}:{m['service_tier'] or ''}", _unpriced_alert(m))
+            for m in call_rows.unpriced_models(con, since=now - UNPRICED_LOOKBACK)
+            if m["first_seen"] <= now - UNPRICED_FOR]
+
+
+def _unpriced_alert(m: dict) -> notify.Alert:
+    name = f"{m['provider']}/{m['model']}" + (f" ({m['service_tier']} tier)" if m["service_tier"] else "")
+    entry = (f'[[price]]\nprovider = "{m["provider"]}"\nmodel = "{m["model"]}"\n'
+             + (f'service_tier = "{m["service_tier"]}"\n' if m["service_tier"] else "")
+             + "input_mtok = ...\noutput_mtok = ...\n")
+    return notify.Alert(
+        "unpriced", f"AiSpendTrack: calls to {name} have no price",
+        f"{m['calls']:,} calls to {name} since {m['first_seen']:%Y-%m-%d %H:%M} UTC have no price (shown as "
+        f"'unpriced', never $0), and no price data fetched since knows the model. Add it to prices.toml with the "
+        f"provider's rates per million tokens:\n\n{entry}\nthen `aispendtrack prices import prices.toml` and "
+        f"`aispendtrack reprice --provider {m['provider']} --model {m['model']}`.",
+        {"provider": m["provider"], "model": m["model"], "service_tier": m["service_tier"], "calls": m["calls"]})
 
 
 def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[notify.Alert]:

@@ -16,6 +16,7 @@ writes them all: unbounded labels would grow both without end.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -157,6 +158,10 @@ class Metrics:
         """The writer's figures, read at each scrape: queue, spill files, rows written and dropped."""
         self.registry.register(_WriterCollector(stats))
 
+    def watch_prices(self, status: Callable[[], dict]) -> None:
+        """The list-price data in use (price_data.as_status), read at each scrape."""
+        self.registry.register(_PricesCollector(status))
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -187,6 +192,22 @@ class _ConnectionsCollector(Collector):
         yield family
         yield GaugeMetricFamily("aispendtrack_client_connections_max", "The most client connections served at once "
                                 "(--max-connections, or what the file descriptor limit allows).", value=s["max"])
+
+
+class _PricesCollector(Collector):
+    def __init__(self, status: Callable[[], dict]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator:
+        s = self.status()
+        age = s["age_seconds"]
+        yield GaugeMetricFamily("aispendtrack_price_data_age_seconds", "Seconds since the list prices in use were "
+                                "last fetched (+Inf: never, the installed package's data).",
+                                value=math.inf if age is None else age)
+        info = GaugeMetricFamily("aispendtrack_price_data", "The list prices in use (1): their snapshot id and "
+                                 "source.", labels=["snapshot", "source"])
+        info.add_metric([s["snapshot"], s["source"]], 1)
+        yield info
 
 
 _connections: Callable[[], dict[str, int]] | None = None  # set before the proxy's metrics are made

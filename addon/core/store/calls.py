@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 import duckdb
@@ -46,6 +47,8 @@ CALL_COLUMNS: list[tuple[str, str]] = [
     ("price_source", "VARCHAR"), ("usage_source", "VARCHAR"), ("customer_id", "VARCHAR"),
     ("feature", "VARCHAR"), ("latency_ms", "DOUBLE"), ("ttft_ms", "DOUBLE"), ("service_tier", "VARCHAR"),
     *[(name, typ) for name, typ, _ in UNIT_COLUMNS],
+    # The list-price data the call was priced with (pricing.PriceData.id; migrations.m021_prices).
+    ("price_snapshot", "VARCHAR"),
 ]
 COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
 # Set only by `aispendtrack reprice`: what the call cost before, and by which price data.
@@ -76,15 +79,17 @@ def newest(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict]:
     return [dict(zip(COLUMN_NAMES, values, strict=True)) for values in cur.fetchall()]
 
 
-def unpriced_models(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    """Models (and service tiers) seen in calls we could not price, with how often and when last."""
+def unpriced_models(con: duckdb.DuckDBPyConnection, since: dt.datetime | None = None) -> list[dict]:
+    """Models (and service tiers) seen in calls we could not price (since ``since``), with how
+    often, and when first and last."""
     cur = con.execute("""
-        SELECT provider, model, service_tier, count(*) AS calls, max(ts) AS last_seen
+        SELECT provider, model, service_tier, count(*) AS calls, max(ts) AS last_seen, min(ts) AS first_seen
         FROM calls
         WHERE NOT priced AND usage_source NOT IN ('none', 'invalid', 'unmetered') AND model IS NOT NULL
+          AND (?::TIMESTAMPTZ IS NULL OR ts >= ?)
         GROUP BY provider, model, service_tier ORDER BY calls DESC, model, service_tier NULLS FIRST
-    """)
-    return [dict(zip(("provider", "model", "service_tier", "calls", "last_seen"), v, strict=True))
+    """, [since, since])
+    return [dict(zip(("provider", "model", "service_tier", "calls", "last_seen", "first_seen"), v, strict=True))
             for v in cur.fetchall()]
 
 

@@ -315,6 +315,28 @@ BATCHES_DDL = """
 """
 
 
+def m021_prices(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(PRICE_SNAPSHOTS_DDL)
+    con.execute(PRICE_SNAPSHOT_COLUMN.format(table="calls"))
+
+
+# Shared with shared_schema.py: the same table in PostgreSQL.
+PRICE_SNAPSHOTS_DDL = """
+    -- Each version of the list-price data fetched (addon/core/price_data.py): the document as
+    -- fetched, so a restart without network prices as before and any stored cost can be re-derived.
+    CREATE TABLE IF NOT EXISTS price_snapshots (
+        id VARCHAR PRIMARY KEY,              -- the first 12 hex digits of the document's SHA-256
+        source VARCHAR NOT NULL,             -- the URL or path it came from
+        fetched_at TIMESTAMPTZ NOT NULL,     -- first fetched
+        checked_at TIMESTAMPTZ NOT NULL,     -- last fetched (unchanged): the data is as fresh as this
+        models INTEGER NOT NULL,
+        data VARCHAR NOT NULL
+    )
+"""
+# The list-price data each call was priced with (calls.CALL_COLUMNS).
+PRICE_SNAPSHOT_COLUMN = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS price_snapshot VARCHAR"
+
+
 # Shared with shared_schema.py: the same table in PostgreSQL.
 RECONCILIATIONS_DDL = """
     -- Each scheduled reconciliation with a provider's usage API: the month so far, in UTC.
@@ -338,7 +360,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
               m013_config, m014_reconciliations, m015_erasures,
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
-              m020_tools]
+              m020_tools, m021_prices]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

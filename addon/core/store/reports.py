@@ -184,26 +184,28 @@ _REPRICE_INPUT = ("id", "ts", "provider", "model", "input_tokens", "cache_read_t
                   "cost_usd", "price_source", "service_tier", *UNIT_NAMES)
 
 
-def reprice_inputs(con: duckdb.DuckDBPyConnection, selection: Selection) -> Iterator[dict]:
+def reprice_inputs(con: duckdb.DuckDBPyConnection, selection: Selection, unpriced_only: bool = False) -> Iterator[dict]:
     condition, params = where(selection)
     # Unit columns of rows stored before they existed (replayed spill files) are NULL: none used.
     names = ", ".join(f"coalesce({c}, 0)" if c in UNIT_NAMES else c for c in _REPRICE_INPUT)
-    cur = con.execute(f"SELECT {names} FROM calls WHERE {condition} "
+    cur = con.execute(f"SELECT {names} FROM calls WHERE {condition} {'AND NOT priced' if unpriced_only else ''} "
                       f"AND usage_source NOT IN ('none', 'invalid', 'unmetered')", params)
     while rows := cur.fetchmany(50_000):
         yield from (dict(zip(_REPRICE_INPUT, r)) for r in rows)
 
 
-def apply_reprice(con: duckdb.DuckDBPyConnection, changes: list[tuple[uuid.UUID, Decimal | None, str | None]]) -> None:
-    """Set new costs, keeping the old cost and its price source in previous_*."""
+def apply_reprice(con: duckdb.DuckDBPyConnection,
+                  changes: list[tuple[uuid.UUID, Decimal | None, str | None, str | None]]) -> None:
+    """Set new costs (id, cost, price source, price snapshot), keeping the old cost and its price
+    source in previous_*."""
     if not changes:
         return
-    columns = [("id", "UUID"), ("cost", COST_TYPE), ("source", "VARCHAR")]
-    rows = [dict(zip(("id", "cost", "source"), change, strict=True)) for change in changes]
+    columns = [("id", "UUID"), ("cost", COST_TYPE), ("source", "VARCHAR"), ("snapshot", "VARCHAR")]
+    rows = [dict(zip(("id", "cost", "source", "snapshot"), change, strict=True)) for change in changes]
     con.execute(f"""
         UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
                          cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
-                         repriced_at = now()
+                         price_snapshot = n.snapshot, repriced_at = now()
         FROM ({batch.select(columns)}) n
         WHERE calls.id = n.id
     """, [batch.param(columns, rows)])

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 
 from .calls import CALL_COLUMNS, COST_TYPE, UNIT_COLUMNS, UNIT_NAMES
 from .errors import StoreError
-from .migrations import BATCHES_DDL, ERASURES_DDL, RECONCILIATIONS_DDL, UNMETERED_UPDATE, units_ddl
+from .migrations import (
+    BATCHES_DDL,
+    ERASURES_DDL,
+    PRICE_SNAPSHOT_COLUMN,
+    PRICE_SNAPSHOTS_DDL,
+    RECONCILIATIONS_DDL,
+    UNMETERED_UPDATE,
+    units_ddl,
+)
 
 # pg_advisory_lock ids (fixed numbers of ours): schema changes, lake maintenance (and alerts), the
 # daily reconciliation (a turn of its own: a slow provider must not hold up the alerts), reads of
@@ -22,6 +30,7 @@ SCHEMA_LOCK = 7_415_001
 MAINTENANCE_LOCK = 7_415_002
 RECONCILE_LOCK = 7_415_003
 LAKE_READS_LOCK = 7_415_004
+PRICES_LOCK = 7_415_005  # the fetch of the list-price data (addon/core/price_data.py)
 
 _CONTROL = """
 -- Column order as in the embedded file, so that SELECT * reads alike in both modes.
@@ -95,16 +104,18 @@ CREATE TABLE IF NOT EXISTS budget_spend (
 );
 """
 
-# In the order an upgraded lake has them: the unit columns last (steps s006, s009 and s010 add them).
-_LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS if c[0] != "service_tier" and c[0] not in UNIT_NAMES]
+# In the order an upgraded lake has them: the unit columns (steps s006, s009 and s010 add them),
+# then the price snapshot (s011).
+_LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS if c[0] not in ("service_tier", "price_snapshot", *UNIT_NAMES)]
                       + [("previous_cost_usd", COST_TYPE), ("previous_price_source", "VARCHAR"),
                          ("repriced_at", "TIMESTAMPTZ"), ("service_tier", "VARCHAR")]
-                      + [(name, f"{typ} DEFAULT 0") for name, typ, _ in UNIT_COLUMNS])
+                      + [(name, f"{typ} DEFAULT 0") for name, typ, _ in UNIT_COLUMNS]
+                      + [("price_snapshot", "VARCHAR")])
 # A new lake gets every column at once, and with it the steps that add columns to older lakes. Each
 # ALTER makes a schema version with an inlined-data table of its own, and DuckLake drops an old
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
-_NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools")
+_NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -190,9 +201,10 @@ CREATE TABLE IF NOT EXISTS config_files (
 )
 """
 
-# Steps that only add a table, in order: the batches the proxy saw (as migrations.m018_batches), and
-# the deployment's prices.toml and alerts.toml.
-_NEW_TABLES = (("s007_batches", BATCHES_DDL), ("s008_config_files", CONFIG_FILES_DDL))
+# Steps that only add a table, in order: the batches the proxy saw (as migrations.m018_batches),
+# the deployment's prices.toml and alerts.toml, and its list-price data (as migrations.m021_prices).
+_NEW_TABLES = (("s007_batches", BATCHES_DDL), ("s008_config_files", CONFIG_FILES_DDL),
+               ("s012_prices_table", PRICE_SNAPSHOTS_DDL))
 
 
 def data_path(control, given: str | None) -> str:
@@ -235,6 +247,9 @@ def ensure_lake(con, control) -> None:
             for statement in units_ddl("calls").split("; "):
                 con.execute(statement)
             control.execute("INSERT INTO schema_migrations VALUES ('s010_tools', now()) ON CONFLICT DO NOTHING")
+        if "s011_prices" not in _applied(control):  # as migrations.m021_prices
+            con.execute(PRICE_SNAPSHOT_COLUMN.format(table="calls"))
+            control.execute("INSERT INTO schema_migrations VALUES ('s011_prices', now()) ON CONFLICT DO NOTHING")
 
 
 @contextlib.contextmanager

@@ -1,0 +1,267 @@
+"""List prices kept current at run time (addon/core/price_data.py): the proxy fetches genai-prices'
+data.json from --prices-url on start and every --prices-refresh, refuses a bad document keeping the
+last good one, keeps that one in the store for a restart without network, and prices the calls it
+could not price once a refresh knows their model.
+
+The data is served by a real HTTP server on 127.0.0.1 in genai-prices' own format, made from the
+installed package's bundled data (tests/price_data.py); the official OpenAI SDK is the client.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import re
+import time
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from addon.core.money import usd
+from pricing import listprices, snapshots
+
+from .helpers import free_port, run_cli, start_proxy
+from .price_data import PriceServer, bundled_document, with_model
+
+NEW_MODEL = "acme-llm-7b"  # what the fake answers in its scenario "unknown_model": no genai-prices knows it
+RATES = {"input_mtok": 3, "output_mtok": 15}
+M = Decimal(1_000_000)
+
+
+def snapshot_id(doc: list) -> str:
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:12]
+
+
+def expected_cost(completion) -> Decimal:
+    usage = completion.usage
+    return (usage.prompt_tokens * Decimal(RATES["input_mtok"])
+            + usage.completion_tokens * Decimal(RATES["output_mtok"])) / M
+
+
+def call(proxy, tag: str):
+    return proxy.openai().chat.completions.create(model=NEW_MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                  extra_headers={"x-customer-id": tag,
+                                                                 "x-test-scenario": "unknown_model"})
+
+
+def row(proxy, tag: str) -> dict:
+    [found] = proxy.rows(tag, expect=1, timeout=10)
+    return found
+
+
+def until(condition, within: float, why: str):
+    deadline = time.monotonic() + within
+    while not (found := condition()):
+        assert time.monotonic() < deadline, why
+        time.sleep(0.2)
+    return found
+
+
+def until_priced(proxy, prefix: str, within: float = 10, snapshot: str | None = None) -> dict:
+    """The row of the first of calls made every 0.2 s that was priced when stored (by ``snapshot``)."""
+    deadline = time.monotonic() + within
+    for n in range(10_000):
+        call(proxy, f"{prefix}-{n}")
+        found = row(proxy, f"{prefix}-{n}")
+        if found["priced"] and snapshot in (None, found["price_snapshot"]):
+            return found
+        assert time.monotonic() < deadline, f"no call was priced within {within} s"
+        time.sleep(0.2)
+    raise AssertionError
+
+
+def refreshing(tmp_path, upstream, server: PriceServer, refresh_s: int = 1, name: str = "home", *more: str):
+    return start_proxy(tmp_path / name, upstream.url, tmp_path / f"{name}.log",
+                       extra_args=("--prices-url", server.url, "--prices-refresh", str(refresh_s), *more))
+
+
+@pytest.fixture
+def bundled():
+    return bundled_document()
+
+
+@pytest.fixture(autouse=True)
+def installed_prices_afterwards():
+    """A command run in this process (CliRunner) prices with the stored data: later tests of the
+    session must not inherit it."""
+    yield
+    listprices.use(listprices.BUNDLED)
+
+
+def test_a_new_model_is_priced_within_one_refresh_and_its_earlier_calls_are_repriced(tmp_path, upstream, bundled):
+    metrics_port = free_port()
+    with PriceServer(bundled) as server:
+        started = time.monotonic()
+        proxy = refreshing(tmp_path, upstream, server, 2, "home", "--metrics-port", str(metrics_port))
+        try:
+            first = call(proxy, "before")
+            before = row(proxy, "before")
+            assert before["cost_usd"] is None and before["priced"] is False
+            newer = with_model(bundled, "openai", NEW_MODEL, **RATES)
+            server.serve(newer)
+            asked = server.requests
+            # Priced from the next refresh on, without a restart: by the fetch after the one that
+            # may have been under way when the new document was served, at the latest.
+            after = until_priced(proxy, "after", within=30)
+            assert server.requests <= asked + 2
+            assert after["price_snapshot"] == snapshot_id(newer)
+            assert after["price_source"] == f"genai-prices data {snapshot_id(newer)}"
+            # The call made before the refresh is priced now too, by the same data.
+            healed = until(lambda: (r := row(proxy, "before"))["priced"] and r, 10, "the unpriced call stayed unpriced")
+            assert Decimal(str(healed["cost_usd"])) == expected_cost(first) > 0
+            assert healed["price_snapshot"] == snapshot_id(newer)
+            # /metrics says which data is in use and how old it is (fetched since the test started).
+            scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            assert f'aispendtrack_price_data{{snapshot="{snapshot_id(newer)}",source="{server.url}"}} 1.0' in scraped
+            [age] = re.findall(r"^aispendtrack_price_data_age_seconds (\S+)$", scraped, re.M)
+            assert 0 <= float(age) < time.monotonic() - started
+        finally:
+            proxy.stop()
+    assert f"price data {snapshot_id(newer)}" in proxy.log_path.read_text()
+
+
+def hostile_documents(good: list) -> dict[str, bytes]:
+    """What a broken mirror, a cut connection or an attacker on the path could serve instead."""
+    text = json.dumps(good).encode()
+    invalid = copy.deepcopy(good)
+    invalid[0]["models"][0]["prices"] = {"input_mtok": "free", "output_mtok": -1}
+    openai_only = [p for p in good if p["id"] == "openai"]  # valid, and forgets every other provider's models
+    return {
+        "not JSON": b"<html>502 Bad Gateway</html>",
+        "truncated": text[: len(text) // 2],
+        "fails genai-prices' validation": json.dumps(invalid).encode(),
+        "drops most models": json.dumps(openai_only).encode(),
+        "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+        "not a list of providers": b'{"providers": []}',
+    }
+
+
+def test_a_broken_truncated_or_hostile_document_is_refused_and_the_last_good_data_kept(tmp_path, upstream, bundled):
+    good = with_model(bundled, "openai", NEW_MODEL, **RATES)
+    with PriceServer(good) as server:
+        proxy = refreshing(tmp_path, upstream, server, refresh_s=1)
+        try:
+            until_priced(proxy, "good")
+            for n, (kind, body) in enumerate(hostile_documents(good).items()):
+                server.serve(body)
+                asked = server.requests
+                until(lambda: server.requests >= asked + 2, 15, f"the proxy stopped fetching after {kind!r}")
+                completion = call(proxy, f"bad-{n}")
+                priced = row(proxy, f"bad-{n}")
+                assert priced["price_snapshot"] == snapshot_id(good), kind
+                assert Decimal(str(priced["cost_usd"])) == expected_cost(completion), kind
+        finally:
+            proxy.stop()
+    logged = proxy.log_path.read_text()
+    refusals = [line for line in logged.splitlines() if "price data refused" in line]
+    # Each refusal is logged once, however many refreshes it was served for.
+    assert len(refusals) == len(hostile_documents(good)), "\n".join(refusals)
+    for expected in ("is not valid JSON", "fails genai-prices' validation", "lacks ", "expected a list of providers"):
+        assert any(expected in line for line in refusals), expected
+    assert "Traceback" not in logged
+
+
+def test_a_restart_without_the_server_prices_as_before_it(tmp_path, upstream, bundled):
+    newer = with_model(bundled, "openai", NEW_MODEL, **RATES)
+    with PriceServer(newer) as server:
+        proxy = refreshing(tmp_path, upstream, server)
+        try:
+            until_priced(proxy, "first")
+        finally:
+            proxy.stop()
+        url = server.url
+    # The server is gone (no network); the restarted proxy prices its first call as before.
+    again = start_proxy(tmp_path / "home", upstream.url, tmp_path / "again.log", key=proxy.key,
+                        extra_args=("--prices-url", url, "--prices-refresh", "1"))
+    try:
+        completion = call(again, "after restart")
+        priced = row(again, "after restart")
+        assert priced["price_snapshot"] == snapshot_id(newer)
+        assert Decimal(str(priced["cost_usd"])) == expected_cost(completion) > 0
+        time.sleep(2)  # a refresh or two fail meanwhile, and change nothing
+        call(again, "later")
+        assert row(again, "later")["price_snapshot"] == snapshot_id(newer)
+    finally:
+        again.stop()
+    assert "price data refused" in again.log_path.read_text()
+
+
+def test_prices_check_shows_the_data_in_use_its_age_unpriced_models_and_redundant_patches(tmp_path, upstream,
+                                                                                         bundled):
+    # The list data has since absorbed our DeepSeek correction of 2025-09-29 (patches.toml).
+    absorbed = copy.deepcopy(bundled)
+    deepseek = next(p for p in absorbed if p["id"] == "deepseek")
+    chat = next(m for m in deepseek["models"] if m["id"] == "deepseek-chat")
+    chat["prices"] = {"input_mtok": 0.28, "cache_read_mtok": 0.028, "output_mtok": 0.42}
+    with PriceServer(absorbed) as server:
+        proxy = refreshing(tmp_path, upstream, server, refresh_s=3600)
+        try:
+            call(proxy, "unpriced")
+            until(lambda: "genai-prices data" in run_cli(proxy.home, "prices", "check"), 20, "nothing was fetched")
+        finally:
+            proxy.stop()
+    checked = run_cli(proxy.home, "prices", "check")
+    lines = checked.splitlines()
+    assert re.fullmatch(
+        rf"List prices: genai-prices data {snapshot_id(absorbed)} \(2,\d{{3}} models\) from {re.escape(server.url)}, "
+        r"first fetched \d{4}-\d\d-\d\d \d\d:\d\d UTC, last checked \d{4}-\d\d-\d\d \d\d:\d\d UTC "
+        r"\(\d+ seconds? ago\)", lines[0]), lines[0]
+    [old, absorbed_patch] = [line for line in lines if line.startswith("  deepseek/")]
+    assert absorbed_patch.endswith(f"[redundant: genai-prices data {snapshot_id(absorbed)} has the same rates]")
+    assert "[still needed: " in old
+    assert re.search(r"openai\s+acme-llm-7b\s+standard\s+1\s", checked), checked
+
+
+def test_prices_diff_shows_what_a_change_in_the_list_prices_did_to_the_spend_of_the_models_in_use(tmp_path, upstream,
+                                                                                                  bundled):
+    # A file path as --prices-url (an air-gapped install's copy), changed in place.
+    path = tmp_path / "data.json"
+    v1 = with_model(bundled, "openai", NEW_MODEL, input_mtok=3, output_mtok=15)
+    v2 = with_model(bundled, "openai", NEW_MODEL, input_mtok=6, output_mtok=15)
+    path.write_text(json.dumps(v1))
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "home.log",
+                        extra_args=("--prices-url", str(path), "--prices-refresh", "1"))
+    try:
+        assert until_priced(proxy, "v1")["price_snapshot"] == snapshot_id(v1)
+        path.write_text(json.dumps(v2))
+        until_priced(proxy, "v2", within=20, snapshot=snapshot_id(v2))
+    finally:
+        proxy.stop()
+    calls = len([r for r in proxy.calls() if r["model"] == NEW_MODEL])
+    shown = run_cli(proxy.home, "prices", "diff", "--since", "1d")
+    assert shown.splitlines()[0].startswith("List prices since ") and f"{snapshot_id(v1)} (" in shown
+    # 10 input and 5 output tokens a call: $0.000105 by v1, $0.000135 by v2.
+    before, after, change = (re.escape(usd(Decimal(n * calls) / M)) for n in (105, 135, 30))
+    assert re.search(rf"openai\s+{NEW_MODEL}\s+{calls}\s+{before}\s+{after}\s+\+{change}", shown), shown
+    as_json = json.loads(run_cli(proxy.home, "prices", "diff", "--since", "1d", "--format", "json"))
+    assert [(r["model"], r["calls"]) for r in as_json] == [(NEW_MODEL, calls)]
+
+
+def test_a_price_server_that_never_answers_delays_neither_the_start_nor_any_call(tmp_path, upstream, bundled):
+    newer = with_model(bundled, "openai", NEW_MODEL, **RATES)
+    with PriceServer(newer) as server:
+        server.hold()
+        proxy = refreshing(tmp_path, upstream, server)
+        try:
+            until(lambda: server.requests >= 1, 10, "the proxy did not fetch on start")
+            # The fetch is held open: calls are answered and recorded meanwhile, unpriced.
+            call(proxy, "during")
+            assert row(proxy, "during")["priced"] is False
+            assert server.requests == 1 and not server.holding.is_set()
+            server.release()
+            until_priced(proxy, "after", within=20, snapshot=snapshot_id(newer))
+        finally:
+            proxy.stop()
+
+
+def test_a_fetch_that_times_out_is_refused_in_bounded_time(bundled, monkeypatch):
+    monkeypatch.setattr(snapshots, "SOCKET_TIMEOUT_S", 1.0)
+    with PriceServer(bundled) as server:
+        server.hold()
+        started = time.monotonic()
+        with pytest.raises(snapshots.PriceDataError, match=r"could not fetch http://127\.0\.0\.1:\d+/data\.json: "
+                                                           r"timed out"):
+            snapshots.fetch(server.url)
+        assert time.monotonic() - started < 1.0 + 2.0
