@@ -15,9 +15,13 @@ every file descriptor. This addon adds the bounds a front-line HTTP server has:
   503 with ``retry-after`` and the connection closed. Past refusal_slots() such connections, one
   more is closed at once; one that sends no request is closed at the client timeout.
 
+A burst of connections is queued, not reset: mitmproxy listens with asyncio's default backlog of
+100, so while the event loop was busy the 101st connection at once was dropped, and with SYN
+cookies reset. Its listening sockets get the kernel's maximum (``net.core.somaxconn``) instead.
+
 Each refusal is logged once per burst, then counted in a summary line (addon/core/burstlog.py).
-The header limit wraps one mitmproxy method (pinned to <13 in pyproject.toml); tests/test_bounds.py
-fails if it stops working.
+The header limit and the backlog each wrap one mitmproxy method (pinned to <13 in pyproject.toml);
+tests/test_bounds.py fails if either stops working.
 """
 
 from __future__ import annotations
@@ -26,12 +30,13 @@ import asyncio
 import json
 import logging
 import resource
+import socket
 import time
 
 from mitmproxy import ctx, http
 from mitmproxy.connection import Client
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import commands, events
+from mitmproxy.proxy import commands, events, mode_servers
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.utils.asyncio_utils import create_task
 
@@ -65,9 +70,22 @@ def _bounded_read_headers(self, event: events.ConnectionEvent):
         self.state = self.done
 
 
+_listen = mode_servers.AsyncioServerInstance.listen
+
+
+async def _listen_with_full_backlog(self, host: str, port: int):
+    servers = await _listen(self, host, port)
+    for server in servers:
+        for sock in getattr(server, "sockets", ()):  # TCP servers' (a UDP server has none)
+            with sock.dup() as listening:  # listen() again on the same socket: only its backlog changes
+                listening.listen(socket.SOMAXCONN)
+    return servers
+
+
 def install() -> None:
     """Idempotent: the addon may be loaded more than once in a process (tests, script reloads)."""
     _http1.Http1Server.read_headers = _bounded_read_headers  # type: ignore[method-assign]  # on purpose
+    mode_servers.AsyncioServerInstance.listen = _listen_with_full_backlog  # type: ignore[method-assign]
 
 
 def descriptor_budget() -> int:
