@@ -9,14 +9,17 @@ milliseconds, so mutation testing (.ci/mutation) can run them against every chan
 from __future__ import annotations
 
 import json
+import struct
 import time
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from addon.estimate import Counter
 from addon.meter import CallMeter
 from addon.providers import all_providers
+from addon.realtime import RealtimeSession
 from addon.record import build_row
 from pricing import PriceBook, TokenUsage
 
@@ -263,3 +266,237 @@ def test_a_rows_error_says_why_its_usage_is_missing_or_refused(providers, book):
     assert unreadable["error"].startswith("usage unreadable: ") and unreadable["status"] == 200
     # estimated from the request, as a call cut short would be
     assert (unreadable["usage_source"], unreadable["priced"]) == ("partial", True) and unreadable["input_tokens"] > 0
+
+
+# OpenAI's Realtime API: the rows a session's frames give, read by the same RealtimeSession the
+# proxy's WebSocket hook uses (tests/test_realtime.py runs it through the proxy with the SDK).
+REALTIME_USAGE = {"total_tokens": 2100, "input_tokens": 1200, "output_tokens": 900,  # as OpenAI documents it
+                  "input_token_details": {"text_tokens": 200, "audio_tokens": 1000, "image_tokens": 0,
+                                          "cached_tokens": 640, "cached_tokens_details": {
+                                              "text_tokens": 128, "audio_tokens": 512, "image_tokens": 0}},
+                  "output_token_details": {"text_tokens": 100, "audio_tokens": 800}}
+
+
+def _realtime_rows(providers, book, *frames: dict | bytes, query: str = "model=gpt-realtime") -> list[dict]:
+    """The rows of a session whose server sends ``frames`` (a client frame is given as ("client", event))."""
+    handshake = CallMeter(providers["openai"], "/v1/realtime", 7, "acme", "voice", time.time(), None, "", "GET")
+    session = RealtimeSession(handshake, query)
+    meters = []
+    for frame in frames:
+        from_client = isinstance(frame, tuple)
+        event = frame[1] if isinstance(frame, tuple) else frame
+        meter = session.read(event if isinstance(event, bytes) else json.dumps(event).encode(), from_client)
+        meters.append(meter)
+    return [build_row(m, book) for m in meters if m is not None]
+
+
+def _done(usage: dict | None, status: str = "completed") -> dict:
+    return {"type": "response.done", "event_id": "event_1", "response": {
+        "object": "realtime.response", "id": "resp_1", "status": status, "output": [],
+        **({"usage": usage} if usage is not None else {})}}
+
+
+def test_a_realtime_response_is_a_row_with_its_tokens_by_kind_and_the_sessions_model(providers, book):
+    updated = {"type": "session.updated", "session": {"type": "realtime", "model": "gpt-realtime-mini"}}
+    [row] = _realtime_rows(providers, book, {"type": "session.created", "session": {"model": "gpt-realtime"}},
+                           {"type": "response.created", "response": {"id": "resp_1"}},
+                           {"type": "response.output_audio.delta", "delta": "AAAA", "type_of": "session.updated"},
+                           updated, _done(REALTIME_USAGE))
+    assert (row["model"], row["endpoint"], row["usage_source"], row["error"]) == \
+        ("gpt-realtime-mini", "/v1/realtime", "reported", None)
+    assert (row["input_tokens"], row["input_audio_tokens"], row["input_image_tokens"], row["cache_read_tokens"],
+            row["cache_read_audio_tokens"], row["output_tokens"], row["output_audio_tokens"]) == \
+        (560, 488, 0, 640, 512, 900, 800)
+    assert row["priced"] and row["cost_usd"] > 0
+    # a model named by the client or in a nested object, or not a model name, does not rename the session
+    nested = {"item": {"type": "session.updated", "session": {"model": "gpt-4o"}}, "type": "conversation.item.added"}
+    [row] = _realtime_rows(providers, book, nested,
+                           ("client", {"type": "session.updated", "session": {"model": "gpt-4o"}}),
+                           {"type": "session.created", "session": {"model": "gpt realtime; drop"}},
+                           {"type": "session.created", "session": {"model": "g" * 201}},
+                           _done(REALTIME_USAGE), query="model=gpt-realtime")
+    assert (row["model"], row["usage_source"]) == ("gpt-realtime", "reported")
+
+
+def test_realtime_parts_may_reach_their_whole_but_never_pass_it(providers, book):
+    whole = {"input_tokens": 1000, "output_tokens": 50, "output_token_details": {"audio_tokens": 50},
+             "input_token_details": {"audio_tokens": 600, "image_tokens": 400, "cached_tokens": 1000,
+                                     "cached_tokens_details": {"audio_tokens": 600, "image_tokens": 400}}}
+    [row] = _realtime_rows(providers, book, _done(whole))
+    assert (row["usage_source"], row["input_tokens"], row["cache_read_tokens"], row["cache_read_audio_tokens"],
+            row["cache_read_image_tokens"], row["output_audio_tokens"]) == ("reported", 0, 1000, 600, 400, 50)
+    details = whole["input_token_details"]
+    past = [{**whole, "input_tokens": 999},  # cached, and audio + image, above the input
+            {**whole, "input_token_details": {**details, "cached_tokens": 999}},  # cached parts above cached
+            {**whole, "input_token_details": {**details, "audio_tokens": 599}},  # cached audio above audio
+            {**whole, "input_token_details": {**details, "image_tokens": 399}},  # cached images above images
+            {**whole, "input_token_details": {**details, "cached_tokens": 900,
+                                              "cached_tokens_details": {"audio_tokens": 600, "image_tokens": 300},
+                                              "audio_tokens": 601}},  # audio + image above the input
+            {**whole, "output_tokens": 49}]  # output audio above the output
+    for usage in past:
+        [row] = _realtime_rows(providers, book, _done(usage))
+        assert (row["usage_source"], row["priced"], row["cost_usd"]) == ("invalid", False, None), usage
+        assert row["error"] == (f"usage implausible: the parts of input_tokens={usage['input_tokens']} or "
+                                f"output_tokens={usage['output_tokens']} exceed them")
+
+
+def test_a_realtime_response_that_did_not_complete_says_so(providers, book):
+    rows = _realtime_rows(providers, book, _done(REALTIME_USAGE, "cancelled"), _done(REALTIME_USAGE, "x" * 33),
+                          _done(REALTIME_USAGE, "incomplete"))
+    assert [(r["error"], r["usage_source"], r["output_tokens"]) for r in rows] == [
+        ("response cancelled", "reported", 900), (None, "reported", 900), ("response incomplete", "reported", 900)]
+    [missing] = _realtime_rows(providers, book, _done(None))
+    assert (missing["usage_source"], missing["priced"], missing["cost_usd"]) == ("none", False, None)
+
+
+# OpenAI's images and audio APIs (tests/test_media.py runs them through the proxy with the SDK).
+def _media_row(providers, book, path: str, content_type: str, answer: bytes | list[bytes],
+               request: dict | None = None, upload: dict | None = None, status: int = 200) -> dict:
+    """The row for a call to ``path`` sent as JSON (``request``) or as a form with a file (``upload``,
+    encoded by httpx as the SDK does), answered with ``answer``: a body, or a stream's pieces."""
+    if upload is not None:
+        form = httpx.Request("POST", f"https://api.openai.com{path}", files={"file": upload.pop("file")},
+                             data=upload)
+        body, kind = form.read(), form.headers["content-type"]
+    else:
+        body, kind = json.dumps(request).encode(), "application/json"
+    meter = CallMeter(providers["openai"], path, 7, "acme", "media", time.time(), body, "", request_type=kind)
+    streamed = meter.start_response(status, content_type, "")
+    if streamed:
+        for piece in answer:
+            meter.tap(piece)
+        meter.tap(b"")
+    meter.finish(status, "completed", None, None if streamed else answer)  # type: ignore[arg-type]
+    return build_row(meter, book)
+
+
+def _units(row: dict) -> dict:
+    return {k: row[k] for k in ("input_tokens", "cache_read_tokens", "input_image_tokens", "input_audio_tokens",
+                                "output_tokens", "output_image_tokens", "output_audio_tokens", "images",
+                                "audio_seconds", "characters") if row[k]}
+
+
+def _wav(seconds: int, rate: int = 16000) -> bytes:
+    data = b"\0\0" * (seconds * rate)
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def test_an_image_call_stores_its_tokens_by_kind_and_its_images(providers, book):
+    path, request = "/v1/images/generations", {"model": "gpt-image-1", "prompt": "a red cat", "n": 2}
+    usage = {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+             "input_tokens_details": {"cached_tokens": 10, "image_tokens": 30, "text_tokens": 20},
+             "output_tokens_details": {"image_tokens": 4000}}
+    body = {"created": 1764763200, "model": "gpt-image-1", "data": [{"b64_json": "iVBO"}] * 2, "usage": usage}
+    row = _media_row(providers, book, path, "application/json", json.dumps(body).encode(), request)
+    assert (row["model"], row["usage_source"], row["error"]) == ("gpt-image-1", "reported", None)
+    assert _units(row) == {"input_tokens": 40, "cache_read_tokens": 10, "input_image_tokens": 30,
+                           "output_tokens": 4160, "output_image_tokens": 4000, "images": 2}
+    assert row["priced"] and row["cost_usd"] > 0
+    # image parts larger than what they are part of count as the whole, never more
+    odd = {**usage, "input_tokens_details": {"cached_tokens": 60, "image_tokens": 45},
+           "output_tokens_details": {"image_tokens": 5000}}
+    row = _media_row(providers, book, path, "application/json", json.dumps({**body, "usage": odd}).encode(), request)
+    assert _units(row) == {"cache_read_tokens": 50, "output_tokens": 4160, "output_image_tokens": 4160, "images": 2}
+    dall_e = {"created": 1764763200, "data": [{"url": "https://example.invalid/1.png"}] * 3}
+    row = _media_row(providers, book, path, "application/json", json.dumps(dall_e).encode(),
+                     {"model": "dall-e-3", "prompt": "a cat", "size": "1024x1024"})
+    assert (row["model"], row["usage_source"], _units(row)) == ("dall-e-3", "reported", {"images": 3})
+
+
+def test_an_image_count_past_the_bound_is_refused_by_name(providers, book):
+    path, request = "/v1/images/generations", {"model": "dall-e-2", "prompt": "a cat"}
+    many = json.dumps({"created": 1, "data": [{}] * 100_000}).encode()
+    assert _media_row(providers, book, path, "application/json", many, request)["images"] == 100_000
+    too_many = json.dumps({"created": 1, "data": [{}] * 100_001}).encode()
+    row = _media_row(providers, book, path, "application/json", too_many, request)
+    assert (row["usage_source"], row["priced"], row["images"]) == ("invalid", False, 0)
+    assert row["error"] == "usage implausible: data holds 100,001 images, more than 100,000"
+
+
+def test_a_transcription_stores_its_audio_tokens_or_its_seconds(providers, book):
+    path, wav = "/v1/audio/transcriptions", ("a.wav", _wav(1), "audio/wav")
+    tokens = {"type": "tokens", "input_tokens": 134, "output_tokens": 9,
+              "input_token_details": {"text_tokens": 14, "audio_tokens": 120}}
+    row = _media_row(providers, book, path, "application/json", json.dumps({"text": "hi", "usage": tokens}).encode(),
+                     upload={"model": "gpt-4o-transcribe", "file": wav})
+    assert (row["model"], row["usage_source"]) == ("gpt-4o-transcribe", "reported")
+    assert _units(row) == {"input_tokens": 134, "input_audio_tokens": 120, "output_tokens": 9}
+    odd = {**tokens, "input_token_details": {"audio_tokens": 150}}  # audio is part of the input: at most all of it
+    row = _media_row(providers, book, path, "application/json", json.dumps({"text": "hi", "usage": odd}).encode(),
+                     upload={"model": "gpt-4o-transcribe", "file": wav})
+    assert _units(row) == {"input_tokens": 134, "input_audio_tokens": 134, "output_tokens": 9}
+    for answer in ({"text": "hi", "usage": {"type": "duration", "seconds": 8}},
+                   {"text": "hi", "task": "transcribe", "duration": 8.0},  # verbose_json: no usage, a duration
+                   {"text": "hi", "duration": 3, "usage": {"type": "duration", "seconds": 8}}):
+        row = _media_row(providers, book, path, "application/json", json.dumps(answer).encode(),
+                         upload={"model": "whisper-1", "file": wav})
+        assert (row["usage_source"], row["audio_seconds"]) == ("reported", Decimal(8)), answer
+        assert row["cost_usd"] == Decimal("0.006") * 8 / 60  # whisper-1: $0.006 a minute
+    row = _media_row(providers, book, path, "application/json", json.dumps({"text": "hi", "duration": 86400}).encode(),
+                     upload={"model": "whisper-1", "file": wav})
+    assert row["audio_seconds"] == Decimal(86400)
+
+
+@pytest.mark.parametrize("seconds,shown", [(-1, "-1"), (86400.5, "86400.5"), (True, "True"), ("8", "'8'"),
+                                           ([8], "[8]")])
+def test_a_transcription_whose_duration_is_not_a_length_of_audio_is_refused_by_name(providers, book, seconds, shown):
+    answer = json.dumps({"text": "hi", "usage": {"type": "duration", "seconds": seconds}}).encode()
+    row = _media_row(providers, book, "/v1/audio/translations", "application/json", answer,
+                     upload={"model": "whisper-1", "file": ("a.wav", _wav(1), "audio/wav")})
+    assert (row["usage_source"], row["priced"], row["cost_usd"]) == ("invalid", False, None)
+    assert row["error"] == f"usage implausible: audio duration {shown} is not a number of seconds from 0 to 86400"
+
+
+def test_a_transcript_answered_as_text_is_timed_by_its_wav_header_or_unpriced_with_why(providers, book):
+    path = "/v1/audio/transcriptions"
+    row = _media_row(providers, book, path, "text/plain; charset=utf-8", b"Hello there.\n",
+                     upload={"model": "whisper-1", "response_format": "text", "file": ("a.wav", _wav(3), "audio/wav")})
+    assert (row["usage_source"], row["audio_seconds"], row["error"]) == ("estimated", Decimal(3), None)
+    assert row["cost_usd"] == Decimal("0.006") * 3 / 60
+    row = _media_row(providers, book, path, "text/plain; charset=utf-8", b"Hello there.\n",
+                     upload={"model": "whisper-1", "response_format": "text",
+                             "file": ("a.mp3", b"ID3\x04" + bytes(4000), "audio/mpeg")})
+    assert (row["usage_source"], row["priced"], row["cost_usd"]) == ("none", False, None)
+    assert row["error"] == ("usage unknown: the response reported no duration (response_format json or verbose_json "
+                            "reports it) and the audio file is not a WAV file whose header gives it")
+
+
+def test_speech_is_counted_in_characters_or_read_from_its_done_event(providers, book):
+    path, words = "/v1/audio/speech", "Today is a wonderful day."
+    audio = [b"ID3\x04" + bytes(20_000), bytes(10_000)]
+    row = _media_row(providers, book, path, "audio/mpeg", audio, {"model": "tts-1", "input": words, "voice": "alloy"})
+    assert (row["usage_source"], _units(row), row["error"]) == ("counted", {"characters": len(words)}, None)
+    assert row["cost_usd"] == Decimal(15) * len(words) / 1_000_000  # tts-1: $15 per million characters
+    row = _media_row(providers, book, path, "audio/mpeg", audio,
+                     {"model": "gpt-4o-mini-tts", "input": words, "voice": "alloy"})
+    assert (row["usage_source"], row["priced"], row["cost_usd"]) == ("none", False, None)
+    assert row["error"] == "usage unknown: gpt-4o-mini-tts reports its tokens only with stream_format=sse"
+    done = {"type": "speech.audio.done", "usage": {"input_tokens": 5, "output_tokens": 1200, "total_tokens": 1205}}
+    sse = [payloads._data({"type": "speech.audio.delta", "audio": "AAAA" * 500}), payloads._data(done)]
+    row = _media_row(providers, book, path, "text/event-stream", sse,
+                     {"model": "gpt-4o-mini-tts", "input": words, "voice": "alloy", "stream_format": "sse"})
+    assert (row["usage_source"], row["stream"]) == ("reported", True)
+    assert _units(row) == {"input_tokens": 5, "output_tokens": 1200, "output_audio_tokens": 1200}
+
+
+def test_a_streamed_transcription_is_read_from_its_done_event_or_says_why_it_failed(providers, book):
+    path, upload = "/v1/audio/transcriptions", {"model": "gpt-4o-mini-transcribe", "stream": "true"}
+    usage = {"type": "tokens", "input_tokens": 54, "output_tokens": 9, "total_tokens": 63,
+             "input_token_details": {"text_tokens": 14, "audio_tokens": 40}}
+    sse = [payloads._data({"type": "transcript.text.delta", "delta": "Hello "}),
+           payloads._data({"type": "transcript.text.done", "text": "Hello there", "usage": usage})]
+    row = _media_row(providers, book, path, "text/event-stream", sse,
+                     upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
+    assert (row["usage_source"], row["model"]) == ("reported", "gpt-4o-mini-transcribe")
+    assert _units(row) == {"input_tokens": 54, "input_audio_tokens": 40, "output_tokens": 9}
+    failed = [sse[0], payloads._data({"type": "error", "error": {"type": "server_error", "message": "oops"}})]
+    row = _media_row(providers, book, path, "text/event-stream", failed,
+                     upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
+    assert (row["error"], row["usage_source"], row["audio_seconds"]) == ("server_error", "partial", Decimal(4))
+    coded = [payloads._data({"type": "error", "error": {"code": "rate_limited"}})]
+    row = _media_row(providers, book, path, "text/event-stream", coded,
+                     upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
+    assert row["error"] == "rate_limited"
