@@ -500,3 +500,50 @@ def test_a_streamed_transcription_is_read_from_its_done_event_or_says_why_it_fai
     row = _media_row(providers, book, path, "text/event-stream", coded,
                      upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
     assert row["error"] == "rate_limited"
+
+
+def test_a_call_whose_usage_reading_fails_is_still_stored_without_usage(providers, book, monkeypatch):
+    def broken(path, body):
+        raise KeyError("a bug in a parser")
+    monkeypatch.setattr(providers["openai"], "parse_body", broken)
+    row = _row(providers, book, "openai", "/v1/chat/completions", CHAT)
+    assert (row["status"], row["model"], row["customer_id"], row["key_id"]) == (200, None, "acme", 7)
+    assert (row["usage_source"], row["priced"], row["cost_usd"], _tokens(row)) == ("none", False, None, {})
+    assert row["error"] == "usage unreadable: internal error"
+
+
+def test_a_billed_call_we_do_not_meter_is_unpriced_and_named(providers, book):
+    row = _row(providers, book, "openai", "/v1/images/variations", {"model": "dall-e-2"},
+               reply=payloads.Reply(body=b'{"created": 1, "data": [{"url": "https://example.invalid/1.png"}]}'))
+    assert (row["status"], row["usage_source"], row["priced"], row["cost_usd"]) == (200, "unmetered", False, None)
+    assert row["error"] == ("not metered: openai bills /v1/images/variations, AiSpendTrack does not read its usage "
+                            "(docs/coverage.md)")
+
+
+def test_a_model_name_too_long_to_be_real_is_stored_cut(providers, book):
+    for length, stored in ((200, "m" * 200), (201, "m" * 199 + "…")):
+        row = _row(providers, book, "openai", "/v1/embeddings", {"model": "m" * length, "input": "hi"},
+                   reply=payloads.Reply(body=b'{"object": "list", "data": [], "usage": {"prompt_tokens": 4}}'))
+        assert (row["model"], row["usage_source"], row["input_tokens"]) == (stored, "reported", 4)
+
+
+def test_a_stream_whose_usage_we_could_not_ask_for_says_why_unless_it_came(providers, book):
+    def row_for(request: dict, keep: int | None) -> dict:
+        reply = payloads.reply_for("/v1/chat/completions", "", request)
+        meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", "chat", time.time() - 2,
+                          json.dumps(request).encode(), "")
+        meter.usage_not_requested = "the request body is compressed (gzip)"  # as the proxy notes it
+        meter.start_response(200, "text/event-stream", "")
+        time.sleep(0.01)
+        for piece in reply.pieces()[:keep]:
+            meter.tap(piece)
+        meter.tap(b"")
+        meter.finish(200, "completed", None)
+        return build_row(meter, book)
+    estimated = row_for({**CHAT, "stream": True}, None)
+    assert (estimated["usage_source"], estimated["error"]) == (
+        "estimated", "usage not requested: the request body is compressed (gzip)")
+    reported = row_for(STREAMED, None)
+    assert (reported["usage_source"], reported["error"]) == ("reported", None)
+    # latency from the request to the end, time to first token from the request to the first byte
+    assert 2000 <= reported["ttft_ms"] < reported["latency_ms"] < 60_000
