@@ -15,7 +15,9 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from mitmproxy import http
 
+from addon import batches
 from addon.estimate import Counter
 from addon.meter import CallMeter
 from addon.providers import all_providers
@@ -32,9 +34,16 @@ COHERE = {"model": "command-r-plus-08-2024", "messages": CHAT["messages"]}
 
 
 @pytest.fixture(scope="module")
-def providers(tmp_path_factory):
+def counter(tmp_path_factory):
     counter = Counter(tmp_path_factory.mktemp("cache") / "tiktoken")
     counter.load_in_background().join(60)
+    return counter
+
+
+@pytest.fixture
+def providers(counter):
+    # Made for each test (it is cheap): mutation testing credits the providers' constructors to
+    # every test that uses them, not only to the first test of the module.
     return {p.name: p for p in all_providers(counter)}
 
 
@@ -57,6 +66,10 @@ def _row(providers, book, provider: str, path: str, request: dict, scenario: str
         meter.tap(b"")
     meter.finish(status or reply.status, "completed", None, None if streamed else reply.body)
     return build_row(meter, book)
+
+
+def _answer(body: object) -> payloads.Reply:
+    return payloads.Reply(body=json.dumps(body).encode())
 
 
 def _tokens(row: dict) -> dict:
@@ -131,7 +144,7 @@ def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, boo
     body = {"object": "list", "model": "text-embedding-3-large",  # the model that answered, not the one asked
             "data": [{"object": "embedding", "index": n, "embedding": [0.0123456789] * 1536} for n in range(600)],
             "usage": usage}
-    reply = payloads.Reply(body=json.dumps(body, separators=(",", ":")).encode())
+    reply = _answer(body, separators=(",", ":"))
     assert len(reply.body) > 9 * 1024 * 1024
     row = _row(providers, book, "openai", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hi"]},
                reply=reply)
@@ -149,13 +162,19 @@ def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, boo
     ("google", 401, {"error": {"code": 401, "message": "slow down", "status": "UNAUTHENTICATED"}}),
     ("google", 418, {"error": {"code": 418, "message": "slow down", "status": "FAILED_PRECONDITION"}}),
     ("cohere", 429, {"message": "slow down"}),
+    ("openai", 429, {"error": {"message": "slow down", "type": "rate_limit_exceeded", "param": None,
+                               "code": "aispendtrack_limit"}}),
+    ("openai", 499, {"error": {"message": "slow down", "type": "invalid_request_error", "param": None,
+                               "code": "aispendtrack_limit"}}),
+    ("openai", 500, {"error": {"message": "slow down", "type": "server_error", "param": None,
+                               "code": "aispendtrack_limit"}}),
 ])
 def test_our_refusals_come_in_the_shape_each_providers_sdk_reads(providers, provider, status, expected):
     assert json.loads(providers[provider].error_body(status, "slow down", "aispendtrack_limit")) == expected
 
 
-def _chunk(delta: dict) -> bytes:
-    return payloads._data({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-2024-08-06",
+def _chunk(delta: dict, model: str = "gpt-4o-2024-08-06") -> bytes:
+    return payloads._data({"id": "c", "object": "chat.completion.chunk", "model": model,
                            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
 
 
@@ -196,9 +215,9 @@ def test_a_cut_stream_of_the_other_apis_counts_every_input_text(providers, book,
 
 
 def test_cohere_bills_what_its_meta_says_on_other_endpoints_and_a_stream_that_failed_says_so(providers, book):
-    embed = payloads.Reply(body=json.dumps({"id": "e-1", "embeddings": {"float": [[0.1, 0.2]]}, "texts": ["hi"],
+    embed = _answer({"id": "e-1", "embeddings": {"float": [[0.1, 0.2]]}, "texts": ["hi"],
                                             "meta": {"api_version": {"version": "2"},
-                                                     "billed_units": {"input_tokens": 12}}}).encode())
+                                                     "billed_units": {"input_tokens": 12}}})
     row = _row(providers, book, "cohere", "/v2/embed", {"model": "embed-english-v3.0", "texts": ["hi"]}, reply=embed)
     assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 12})
     failed = [b'event: content-delta\ndata: {"type": "content-delta", "index": 0, '
@@ -547,3 +566,377 @@ def test_a_stream_whose_usage_we_could_not_ask_for_says_why_unless_it_came(provi
     assert (reported["usage_source"], reported["error"]) == ("reported", None)
     # latency from the request to the end, time to first token from the request to the first byte
     assert 2000 <= reported["ttft_ms"] < reported["latency_ms"] < 60_000
+
+
+@pytest.mark.parametrize("path,usage,field", [
+    ("/v1/chat/completions", {"prompt_tokens": None, "completion_tokens": 5}, "prompt_tokens"),
+    ("/v1/chat/completions", {"prompt_tokens": 5, "completion_tokens": None}, "completion_tokens"),
+    ("/v1/responses", {"input_tokens": None, "output_tokens": 5}, "input_tokens"),
+    ("/v1/responses", {"input_tokens": 5, "output_tokens": None}, "output_tokens"),
+])
+def test_an_openai_count_sent_as_null_is_refused_by_name_not_taken_as_zero(providers, book, path, usage, field):
+    body = {"id": "x", "object": "response", "model": "gpt-4o", "status": "completed", "output": [], "usage": usage}
+    row = _row(providers, book, "openai", path, {"model": "gpt-4o", "input": "hi"},
+               reply=_answer(body))
+    assert (row["usage_source"], row["priced"]) == ("invalid", False)
+    assert row["error"] == f"usage implausible: {field} is null"
+
+
+def test_deepseeks_cache_hits_are_cache_reads_and_the_service_tier_is_kept(providers, book):
+    usage = {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105, "prompt_cache_hit_tokens": 60,
+             "prompt_cache_miss_tokens": 40}
+    body = {"id": "x", "object": "chat.completion", "model": "deepseek-chat", "choices": [], "usage": usage}
+    row = _row(providers, book, "deepseek", "/v1/chat/completions", {**CHAT, "model": "deepseek-chat"},
+               reply=_answer(body))
+    assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 40, "cache_read_tokens": 60,
+                                                                "output_tokens": 5})
+    flex = {"id": "x", "object": "chat.completion", "model": "o3-2025-04-16", "service_tier": "flex", "choices": [],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+    row = _row(providers, book, "openai", "/v1/chat/completions", {**CHAT, "model": "o3"},
+               reply=_answer(flex))
+    assert (row["service_tier"], row["model"]) == ("flex", "o3-2025-04-16")
+    # in a stream the tier comes with the first chunks; the usage chunk need not repeat it
+    events = payloads.chat_stream(include_usage=True, tier="priority")
+    last = json.loads(events[-2][len(b"data: "):])
+    del last["service_tier"]
+    row = _row(providers, book, "openai", "/v1/chat/completions", STREAMED,
+               reply=payloads.Reply(events=[*events[:-2], payloads._data(last), events[-1]]))
+    assert (row["service_tier"], row["usage_source"]) == ("priority", "reported")
+
+
+def test_each_web_search_of_a_response_is_counted_up_to_the_bound(providers, book):
+    def row_for(searches: int) -> dict:
+        output = [{"type": "web_search_call", "id": f"ws_{n}", "status": "completed"} for n in range(searches)]
+        body = {**payloads._response_obj("gpt-4o-2024-08-06", "completed", {"input_tokens": 10, "output_tokens": 5}),
+                "output": [*output, {"type": "message", "content": []}]}
+        return _row(providers, book, "openai", "/v1/responses", {"model": "gpt-4o", "input": "news?"},
+                    reply=_answer(body))
+    assert (row_for(2)["web_search_requests"], row_for(2)["usage_source"]) == (2, "reported")
+    assert row_for(100_000)["web_search_requests"] == 100_000
+    refused = row_for(100_001)
+    assert (refused["usage_source"], refused["web_search_requests"], refused["priced"]) == ("invalid", 0, False)
+    assert refused["error"] == "usage implausible: output has 100,001 web_search_call items, more than 100,000"
+
+
+@pytest.mark.parametrize("error,stored", [({"type": "server_error", "code": "x"}, "server_error"),
+                                          ({"code": "rate_limit"}, "rate_limit"), ({}, "error")])
+def test_an_error_inside_a_chat_stream_is_the_rows_error(providers, book, error, stored):
+    events = payloads.chat_stream(include_usage=False)[:3] + [payloads._data({"error": error})]
+    row = _row(providers, book, "openai", "/v1/chat/completions", STREAMED, reply=payloads.Reply(events=events))
+    assert (row["error"], row["usage_source"]) == (stored, "partial")
+
+
+def _data_only(events: list[bytes]) -> list[bytes]:
+    """The same events without their ``event:`` lines, as some OpenAI-compatible servers send them."""
+    return [e.split(b"\n", 1)[1] if e.startswith(b"event:") else e for e in events]
+
+
+def test_a_responses_stream_is_read_with_or_without_event_names(providers, book):
+    request = {"model": "gpt-5", "input": "hi", "stream": True}
+    whole = payloads.reply_for("/v1/responses", "", request).events
+    row = _row(providers, book, "openai", "/v1/responses", request, reply=payloads.Reply(events=_data_only(whole)))
+    assert (row["usage_source"], row["model"], row["output_tokens"]) == ("reported", "gpt-5-2025-08-07", 1719)
+    # cut before response.completed: the model from response.created, the text of every delta counted
+    empty = payloads._event("response.output_text.delta", {"type": "response.output_text.delta", "delta": ""})
+    cut = [*whole[:-1], empty]
+    count = providers["openai"].counter.count
+    for events in (cut, _data_only(cut)):
+        row = _row(providers, book, "openai", "/v1/responses", request, reply=payloads.Reply(events=events))
+        assert (row["usage_source"], row["model"]) == ("partial", "gpt-5-2025-08-07")
+        assert row["output_tokens"] == count("".join(payloads.STREAM_TEXT), "gpt-5-2025-08-07")
+
+
+@pytest.mark.parametrize("last,error", [
+    (payloads._event("response.failed", {"type": "response.failed", "response": payloads._response_obj(
+        "gpt-5-2025-08-07", "failed", {"input_tokens": 45, "output_tokens": 3})}), "response.failed"),
+    (payloads._event("error", {"type": "error", "code": "server_error", "message": "oops"}), "server_error"),
+    (payloads._event("error", {"code": "rate_limit_exceeded", "message": "slow down"}), "rate_limit_exceeded"),
+    (payloads._data({"type": "error", "message": "oops"}), "error"),
+])
+def test_a_responses_stream_that_fails_says_how(providers, book, last, error):
+    request = {"model": "gpt-5", "input": "hi", "stream": True}
+    events = payloads.reply_for("/v1/responses", "", request).events[:3] + [last]
+    row = _row(providers, book, "openai", "/v1/responses", request, reply=payloads.Reply(events=events))
+    assert (row["error"], row["model"]) == (error, "gpt-5-2025-08-07")
+    if last.startswith(b"event: response.failed"):  # billed for what it used, as reported
+        assert (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("reported", 45, 3)
+
+
+def _message_row(providers, book, usage: dict, model: str = payloads.SONNET) -> dict:
+    body = json.dumps({"id": "msg_01", "type": "message", "role": "assistant", "model": model,
+                       "content": [{"type": "text", "text": "Hi!"}], "stop_reason": "end_turn", "usage": usage})
+    return _row(providers, book, "anthropic", "/v1/messages", {**MESSAGE, "model": "claude-sonnet-4-0"},
+                reply=payloads.Reply(body=body.encode()))
+
+
+def test_a_claude_message_stores_thinking_searches_the_cache_write_and_the_answering_model(providers, book):
+    usage = {"input_tokens": 13, "output_tokens": 44, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 30,
+             "cache_creation": {"ephemeral_1h_input_tokens": 20, "ephemeral_5m_input_tokens": 10},
+             "output_tokens_details": {"thinking_tokens": 33}, "server_tool_use": {"web_search_requests": 2},
+             "service_tier": "Priority"}
+    row = _message_row(providers, book, usage)
+    assert (row["model"], row["usage_source"], row["service_tier"]) == (payloads.SONNET, "reported", "priority")
+    assert _tokens(row) == {"input_tokens": 13, "cache_read_tokens": 5, "cache_write_tokens": 30,
+                            "cache_write_1h_tokens": 20, "output_tokens": 44, "reasoning_tokens": 33,
+                            "web_search_requests": 2}
+    # the total, when sent, is the cache write (the split may name only part of it)
+    row = _message_row(providers, book, {**usage, "cache_creation_input_tokens": 40})
+    assert (row["cache_write_tokens"], row["cache_write_1h_tokens"]) == (40, 20)
+    for field in ("input_tokens", "output_tokens"):
+        row = _message_row(providers, book, {**usage, field: None})
+        assert (row["usage_source"], row["error"]) == ("invalid", f"usage implausible: {field} is null")
+    row = _message_row(providers, book, {**usage, "server_tool_use": None, "output_tokens_details": None})
+    assert (row["web_search_requests"], row["reasoning_tokens"], row["usage_source"]) == (0, 0, "reported")
+    row = _message_row(providers, book, {**usage, "server_tool_use": {"web_search_requests": 100_001}})
+    assert row["error"] == ("usage implausible: server_tool_use.web_search_requests=100001 is not a whole number "
+                            "from 0 to 100,000")
+
+
+def _claude_stream(*, cut_after: int | None = None, error: dict | None = None) -> list[bytes]:
+    """A streamed message with thinking, text and a tool call; ``cut_after``: events kept."""
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                  "model": payloads.SONNET, "content": [], "usage": {
+                                                      "input_tokens": 377, "cache_read_input_tokens": 10,
+                                                      "output_tokens": 1, "service_tier": "standard"}}}
+    deltas = [{"type": "thinking_delta", "thinking": "The user wants the weather in Paris."},
+              {"type": "text_delta", "text": "Let me look that up for you."},
+              {"type": "input_json_delta", "partial_json": '{"city": "Paris", "units": "celsius"}'},
+              {"type": "signature_delta", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"}]
+    events = [payloads._event("message_start", start), payloads._event("ping", {"type": "ping"})]
+    events += [payloads._event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+               for d in deltas]
+    if error is not None:
+        return [*events, payloads._event("error", {"type": "error", "error": error})]
+    events += [payloads._event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                                                 "usage": {"output_tokens": 3}}),
+               payloads._event("message_stop", {"type": "message_stop"})]
+    return events[:cut_after]
+
+
+def test_a_claude_stream_cut_before_its_usage_counts_the_thinking_text_and_tool_input_that_came(providers, book):
+    count = providers["anthropic"].counter.count
+    request = {**MESSAGE, "model": "claude-sonnet-4-0", "stream": True}
+    came = count("The user wants the weather in Paris.Let me look that up for you."
+                 '{"city": "Paris", "units": "celsius"}', None)
+    for events in (_claude_stream(cut_after=6), _data_only(_claude_stream(cut_after=6))):
+        row = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=events))
+        assert (row["usage_source"], row["model"], row["service_tier"]) == ("partial", payloads.SONNET, "standard")
+        assert _tokens(row) == {"input_tokens": 377, "cache_read_tokens": 10, "output_tokens": came}
+        assert row["cost_usd"] == book.price(TokenUsage(input_tokens=377, cache_read_tokens=10, output_tokens=came),
+                                             "anthropic", payloads.SONNET, row["ts"]).cost_usd
+    # the usage of message_delta came, only message_stop did not: the larger of it and the text wins
+    row = _row(providers, book, "anthropic", "/v1/messages", request,
+               reply=payloads.Reply(events=_claude_stream(cut_after=-1)))
+    assert (row["usage_source"], row["output_tokens"]) == ("partial", came)
+    whole = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=_claude_stream()))
+    assert (whole["usage_source"], whole["output_tokens"]) == ("reported", 3)
+
+
+@pytest.mark.parametrize("error,stored", [({"type": "overloaded_error", "message": "Overloaded"}, "overloaded_error"),
+                                          ({"message": "?"}, "error")])
+def test_an_error_inside_a_claude_stream_is_the_rows_error(providers, book, error, stored):
+    request = {**MESSAGE, "stream": True}
+    for events in (_claude_stream(error=error), _data_only(_claude_stream(error=error))):
+        row = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=events))
+        assert (row["error"], row["usage_source"], row["input_tokens"]) == (stored, "partial", 377)
+
+
+COMPLETE = {"model": "claude-2", "prompt": "\n\nHuman: Say hello\n\nAssistant:", "max_tokens_to_sample": 20}
+
+
+def test_a_text_completion_is_estimated_from_its_prompt_and_completion(providers, book):
+    count = providers["anthropic"].counter.count
+    body = {"type": "completion", "id": "compl_01", "completion": " Hello there, how are you today?",
+            "stop_reason": "stop_sequence", "model": "claude-2.1"}
+    row = _row(providers, book, "anthropic", "/v1/complete", COMPLETE, reply=_answer(body))
+    assert (row["usage_source"], row["model"], row["error"]) == ("estimated", "claude-2.1", None)
+    assert _tokens(row) == {"input_tokens": count(COMPLETE["prompt"], None),
+                            "output_tokens": count(body["completion"], None)}
+    assert row["priced"] and row["cost_usd"] > 0
+    row = _row(providers, book, "anthropic", "/v1/complete", COMPLETE,
+               reply=_answer({**body, "completion": None}))
+    assert (row["usage_source"], row["output_tokens"]) == ("estimated", 0)
+
+
+def _completion_events(texts: list[str], stop: bool) -> list[bytes]:
+    events = [payloads._event("completion", {"type": "completion", "completion": t, "stop_reason": None,
+                                             "model": "claude-2.1"}) for t in texts]
+    events.insert(1, payloads._event("ping", {"type": "ping"}))
+    if stop:
+        events.append(payloads._event("completion", {"type": "completion", "completion": "", "model": "claude-2.1",
+                                                     "stop_reason": "stop_sequence"}))
+    return events
+
+
+def test_a_streamed_text_completion_is_estimated_and_a_cut_or_failed_one_says_so(providers, book):
+    count = providers["anthropic"].counter.count
+    texts = [" Hello", " there,", " how are you?"]
+    request = {**COMPLETE, "stream": True}
+    for events in (_completion_events(texts, True), _data_only(_completion_events(texts, True))):
+        row = _row(providers, book, "anthropic", "/v1/complete", request, reply=payloads.Reply(events=events))
+        assert (row["usage_source"], row["model"], row["stream"]) == ("estimated", "claude-2.1", True)
+        assert row["output_tokens"] == count("".join(texts), None)
+    row = _row(providers, book, "anthropic", "/v1/complete", request,
+               reply=payloads.Reply(events=_completion_events(texts, False)))
+    assert (row["usage_source"], row["output_tokens"]) == ("partial", count("".join(texts), None))
+    for error, stored in (({"type": "overloaded_error", "message": "Overloaded"}, "overloaded_error"), ({}, "error")):
+        failed = [*_completion_events(texts[:1], False), payloads._event("error", {"type": "error", "error": error})]
+        row = _row(providers, book, "anthropic", "/v1/complete", request, reply=payloads.Reply(events=failed))
+        assert (row["error"], row["usage_source"]) == (stored, "partial")
+
+
+def _batch_rows(providers, book, provider: str, method: str, path: str, answer: bytes,
+                content_type: str = "application/json") -> list[dict]:
+    """The rows a batch API call gives (addon/batches.py): the call's own, then one per model of a results download."""
+    meter = CallMeter(providers[provider], path, 7, "acme", "offline", time.time(), b"{}", "", method,
+                      batch=providers[provider].batch_call(method, path))
+    streamed = meter.start_response(200, content_type, "")
+    if streamed:
+        for start in range(0, len(answer), 100):
+            meter.tap(answer[start:start + 100])
+        meter.tap(b"")
+    meter.finish(200, "completed", None, None if streamed else answer)
+    return batches.rows(meter, build_row(meter, book), book)
+
+
+def _lines(*lines: dict) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def test_an_openai_batch_is_noted_at_creation_and_its_results_priced_per_model_at_the_batch_rate(providers, book):
+    created = json.dumps({"id": "batch_abc", "object": "batch", "status": "validating", "output_file_id": None})
+    [row] = _batch_rows(providers, book, "openai", "POST", "/v1/batches", created.encode())
+    assert (row["endpoint"], row["cost_usd"]) == ("/v1/batches", Decimal(0))
+    assert row[batches.NOTE] == {"created": "batch_abc"}
+    done = json.dumps({"id": "batch_abc", "object": "batch", "status": "completed", "output_file_id": "file-xyz"})
+    [row] = _batch_rows(providers, book, "openai", "GET", "/v1/batches/batch_abc", done.encode())
+    assert row["endpoint"] == "/v1/batches/{batch_id}"
+    assert row[batches.NOTE] == {"batch": "batch_abc", "results": "file-xyz"}
+    for unlike in ({"id": "batch_abc", "object": "list"}, {"object": "batch", "id": 7},
+                   {"id": "batch_abc", "object": "batch", "output_file_id": 7}):
+        [row] = _batch_rows(providers, book, "openai", "GET", "/v1/batches/batch_abc", json.dumps(unlike).encode())
+        assert batches.NOTE not in row, unlike
+    [row] = _batch_rows(providers, book, "openai", "POST", "/v1/batches/batch_abc/cancel", created.encode())
+    assert batches.NOTE not in row
+
+    def line(n: int, model: str, status: int = 200) -> dict:
+        body = {"id": f"chatcmpl-{n}", "object": "chat.completion", "model": model, "choices": [],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}
+        return {"id": f"batch_req_{n}", "custom_id": f"r{n}", "response": {"status_code": status, "body": body}}
+    results = _lines(line(1, "gpt-4o-2024-08-06"), line(2, "gpt-4o-2024-08-06"), line(3, "gpt-4o-mini-2024-07-18"),
+                     line(4, "gpt-4o-2024-08-06", status=500))
+    own, *models = _batch_rows(providers, book, "openai", "GET", "/v1/files/file-xyz/content", results,
+                               "application/octet-stream")
+    assert own["endpoint"] == "/v1/files/{file_id}/content"
+    by_model = {r["model"]: r for r in models}
+    assert {m: (r["input_tokens"], r["output_tokens"], r["service_tier"], r["endpoint"]) for m, r in by_model.items()} \
+        == {"gpt-4o-2024-08-06": (200, 20, "batch", "/v1/batches"), "gpt-4o-mini-2024-07-18": (100, 10, "batch",
+                                                                                             "/v1/batches")}
+    assert by_model["gpt-4o-2024-08-06"][batches.NOTE]["results"] == "file-xyz"
+    full = book.price(TokenUsage(input_tokens=100, output_tokens=10), "openai", "gpt-4o-2024-08-06", own["ts"])
+    assert by_model["gpt-4o-2024-08-06"]["cost_usd"] == full.cost_usd  # two lines at half the price each
+    # other methods on the batch paths are not batch calls (the call is still stored, alone)
+    assert len(_batch_rows(providers, book, "openai", "DELETE", "/v1/files/file-xyz/content", results)) == 1
+
+
+def test_an_anthropic_batch_is_noted_and_its_results_url_points_back_through_the_proxy(providers, book):
+    created = {"id": "msgbatch_01", "type": "message_batch", "processing_status": "in_progress", "results_url": None}
+    [row] = _batch_rows(providers, book, "anthropic", "POST", "/v1/messages/batches", json.dumps(created).encode())
+    assert (row["endpoint"], row[batches.NOTE]) == ("/v1/messages/batches", {"created": "msgbatch_01"})
+    [row] = _batch_rows(providers, book, "anthropic", "GET", "/v1/messages/batches", json.dumps(created).encode())
+    assert batches.NOTE not in row  # the list of batches: nothing created
+    for unlike in ({"id": "msgbatch_01", "type": "message"}, {"type": "message_batch", "id": None}):
+        [row] = _batch_rows(providers, book, "anthropic", "POST", "/v1/messages/batches", json.dumps(unlike).encode())
+        assert batches.NOTE not in row
+    for path, endpoint in (("/v1/messages/batches/msgbatch_01", "/v1/messages/batches/{message_batch_id}"),
+                           ("/v1/messages/batches/msgbatch_01/cancel",
+                            "/v1/messages/batches/{message_batch_id}/cancel")):
+        [row] = _batch_rows(providers, book, "anthropic", "POST" if "cancel" in path else "GET", path, b"{}")
+        assert row["endpoint"] == endpoint
+    ended = json.dumps({**created, "processing_status": "ended",
+                        "results_url": "https://api.anthropic.com/v1/messages/batches/msgbatch_01/results"}).encode()
+    response = http.Response.make(200, ended, {"content-type": "application/json"})
+    batches.point_results_here(response, providers["anthropic"])
+    assert response.content == ended.replace(b"https://api.anthropic.com", b"")
+    unchanged = http.Response.make(200, json.dumps(created).encode(), {"content-type": "application/json"})
+    batches.point_results_here(unchanged, providers["anthropic"])
+    assert unchanged.content == json.dumps(created).encode()
+
+    def line(n: int, kind: str = "succeeded") -> dict:
+        message = {"id": f"msg_{n}", "type": "message", "model": payloads.SONNET, "content": [],
+                   "usage": {"input_tokens": 100, "output_tokens": 10, "cache_read_input_tokens": 5}}
+        return {"custom_id": f"r{n}", "result": {"type": kind, **({"message": message} if kind == "succeeded" else {})}}
+    results = _lines(line(1), line(2), line(3, "errored"), line(4, "expired"))
+    own, model = _batch_rows(providers, book, "anthropic", "GET", "/v1/messages/batches/msgbatch_01/results", results,
+                             "application/binary")
+    assert own["endpoint"] == "/v1/messages/batches/{message_batch_id}/results"
+    assert (model["model"], model["input_tokens"], model["cache_read_tokens"], model["output_tokens"],
+            model["service_tier"]) == (payloads.SONNET, 200, 10, 20, "batch")
+    assert model["cost_usd"] == book.price(TokenUsage(input_tokens=100, cache_read_tokens=5, output_tokens=10),
+                                           "anthropic", payloads.SONNET, own["ts"]).cost_usd
+
+
+def test_a_cut_chat_stream_counts_tool_call_pieces_and_text_in_the_models_own_encoding(providers, book):
+    count = providers["openai"].counter.count
+    text = "Très bien, merci. Voilà ce que j'ai trouvé à Zürich : 23 °C."
+    assert count(text, "gpt-4") != count(text, None)  # gpt-4 counts in cl100k, the default is o200k
+    messages = [{"role": "user", "name": "ana_maria_garcia_lopez", "content": text}]
+    model = "gpt-4-0613"
+    came = [_chunk({"role": "assistant", "content": text, "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}]}, model),
+            _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Zürich"}'}}]}, model),
+            _chunk({"tool_calls": ["not a call"]}, model), _chunk({"content": None}, model)]
+    row = _row(providers, book, "openai", "/v1/chat/completions", {"model": "gpt-4", "messages": messages,
+                                                                    "stream": True}, reply=payloads.Reply(events=came))
+    prompt = 3 + 3 + sum(count(t, model) for t in ("user", "ana_maria_garcia_lopez", text))
+    output = count(text + "get_weather" + '{"city": "Zürich"}', model)  # what came, counted as one text
+    assert (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("partial", prompt, output)
+    # an OpenAI-compatible provider's cut stream is estimated the same way
+    row = _row(providers, book, "mistral", "/v1/chat/completions", {**CHAT, "model": "mistral-large-latest",
+                                                                   "stream": True}, keep=3)
+    assert row["usage_source"] == "partial" and row["input_tokens"] > 0 and row["output_tokens"] > 0
+
+
+def test_a_cut_legacy_completion_stream_counts_its_text(providers, book):
+    count = providers["openai"].counter.count
+    pieces = ["Once upon", "", " a time", None]
+    came = [payloads._data({"id": "cmpl-1", "object": "text_completion", "model": "gpt-3.5-turbo-instruct",
+                            "choices": [{"index": 0, "text": t, "finish_reason": None}]}) for t in pieces]
+    request = {"model": "gpt-3.5-turbo-instruct", "prompt": "Tell me a story", "stream": True}
+    row = _row(providers, book, "openai", "/v1/completions", request, reply=payloads.Reply(events=came))
+    assert (row["usage_source"], row["input_tokens"]) == ("partial", count("Tell me a story", "gpt-3.5-turbo-instruct"))
+    assert row["output_tokens"] == count("Once upon a time", "gpt-3.5-turbo-instruct")
+
+
+def test_embeddings_answered_without_usage_are_estimated_from_their_input(providers, book):
+    count = providers["openai"].counter.count
+    body = {"object": "list", "model": "text-embedding-3-small", "data": [{"object": "embedding", "embedding": [0.1]}]}
+    request = {"model": "text-embedding-3-small", "input": ["Bonjour tout le monde", "Hello world"]}
+    row = _row(providers, book, "openai", "/v1/embeddings", request, reply=_answer(body))
+    assert (row["usage_source"], row["output_tokens"]) == ("estimated", 0)
+    assert row["input_tokens"] == sum(count(t, "text-embedding-3-small") for t in request["input"])
+
+
+def test_what_a_call_costs_follows_its_method_and_path_when_we_do_not_meter_it(providers, book):
+    meter = CallMeter(providers["openai"], "/v1/responses/resp_123", 7, "acme", None, time.time(), b"", "", "GET")
+    meter.start_response(200, "application/json", "")
+    meter.finish(200, "completed", None, b"{}")
+    row = build_row(meter, book)  # a GET reads: free
+    assert (row["usage_source"], row["cost_usd"], row["priced"], row["error"]) == ("none", Decimal(0), True, None)
+    meter = CallMeter(providers["openai"], "/v1/brand_new_api", 7, "acme", None, time.time(), b"{}", "", "POST")
+    meter.start_response(200, "application/json", "")
+    meter.finish(200, "completed", None, b"{}")
+    row = build_row(meter, book)  # a call we cannot name is never claimed to cost $0
+    assert (row["usage_source"], row["cost_usd"], row["priced"]) == ("unmetered", None, False)
+    assert row["error"].startswith("not metered: openai bills /v1/brand_new_api")
+
+
+@pytest.mark.parametrize("value,shown", [("x" * 38, repr("x" * 38)), ("x" * 39, repr("x" * 39)[:40] + "..."),
+                                         (2.5, "2.5")])
+def test_a_count_that_is_not_a_whole_number_is_shown_in_the_error_at_most_40_characters_long(providers, book, value,
+                                                                                              shown):
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": value}}
+    body = {"id": "x", "object": "chat.completion", "model": "gpt-4o", "choices": [], "usage": usage}
+    row = _row(providers, book, "openai", "/v1/chat/completions", CHAT, reply=_answer(body))
+    assert row["error"] == (f"usage implausible: cached_tokens={shown} is not a whole number "
+                            "from 0 to 100,000,000")
