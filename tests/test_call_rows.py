@@ -144,7 +144,7 @@ def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, boo
     body = {"object": "list", "model": "text-embedding-3-large",  # the model that answered, not the one asked
             "data": [{"object": "embedding", "index": n, "embedding": [0.0123456789] * 1536} for n in range(600)],
             "usage": usage}
-    reply = _answer(body, separators=(",", ":"))
+    reply = payloads.Reply(body=json.dumps(body, separators=(",", ":")).encode())
     assert len(reply.body) > 9 * 1024 * 1024
     row = _row(providers, book, "openai", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hi"]},
                reply=reply)
