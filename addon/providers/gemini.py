@@ -56,24 +56,13 @@ def _observe_chunk(observed: Observed, chunk: dict) -> None:
 
 
 class GeminiStream(StreamParser):
+    """Every chunk carries the running totals, so a cut stream's usage is the last seen: no text is
+    kept for an estimate (``Gemini.estimate``)."""
+
     def feed(self, event: str | None, data: bytes) -> None:
         chunk = loads(data)  # every chunk may carry the running usage, so each is decoded
         if chunk is not None:
             _observe_chunk(self.observed, chunk)
-            self.keep_delta(data)
-
-    def output_text(self) -> str:
-        return "".join(_texts(loads(data) or {}) for data in self.deltas)
-
-
-def _texts(chunk: dict) -> str:
-    parts = []
-    for candidate in chunk.get("candidates") or []:
-        content = candidate.get("content") if isinstance(candidate, dict) else None
-        for part in (content or {}).get("parts") or []:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-    return "".join(parts)
 
 
 class Gemini(Provider):
