@@ -161,6 +161,8 @@ def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, boo
     ("google", 429, {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}),
     ("google", 401, {"error": {"code": 401, "message": "slow down", "status": "UNAUTHENTICATED"}}),
     ("google", 418, {"error": {"code": 418, "message": "slow down", "status": "FAILED_PRECONDITION"}}),
+    ("google", 400, {"error": {"code": 400, "message": "slow down", "status": "INVALID_ARGUMENT"}}),
+    ("google", 403, {"error": {"code": 403, "message": "slow down", "status": "PERMISSION_DENIED"}}),
     ("cohere", 429, {"message": "slow down"}),
     ("openai", 429, {"error": {"message": "slow down", "type": "rate_limit_exceeded", "param": None,
                                "code": "aispendtrack_limit"}}),
@@ -940,3 +942,67 @@ def test_a_count_that_is_not_a_whole_number_is_shown_in_the_error_at_most_40_cha
     row = _row(providers, book, "openai", "/v1/chat/completions", CHAT, reply=_answer(body))
     assert row["error"] == (f"usage implausible: cached_tokens={shown} is not a whole number "
                             "from 0 to 100,000,000")
+
+
+def test_gemini_rows_take_the_answering_model_and_never_more_cache_than_prompt(providers, book):
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    usage = {"promptTokenCount": 10, "cachedContentTokenCount": 50, "candidatesTokenCount": 4, "thoughtsTokenCount": 6}
+    body = {**_gemini_chunk("Hi", usage, modelVersion="gemini-2.5-flash-001"), "responseId": "r"}
+    body["candidates"][0]["finishReason"] = "STOP"
+    row = _row(providers, book, "google", path, {"contents": []}, reply=_answer(body))
+    assert (row["model"], row["usage_source"]) == ("gemini-2.5-flash-001", "reported")
+    assert _tokens(row) == {"cache_read_tokens": 10, "output_tokens": 10, "reasoning_tokens": 6}
+    # a JSON-array answer (no alt=sse) whose items are not all chunks
+    row = _row(providers, book, "google", "/v1/models/gemini-2.5-pro:streamGenerateContent", {"contents": []},
+               reply=_answer([None, "x", _gemini_chunk("Hi", {"promptTokenCount": 3, "candidatesTokenCount": 2})]))
+    assert (row["model"], row["usage_source"], _tokens(row)) == ("gemini-2.5-pro", "reported",
+                                                                 {"input_tokens": 3, "output_tokens": 2})
+
+
+def test_a_gemini_stream_ends_with_a_finish_reason_and_an_error_without_status_is_still_an_error(providers, book):
+    path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    running = {"promptTokenCount": 9, "candidatesTokenCount": 3}
+    finished = _gemini_chunk(".", running | {"candidatesTokenCount": 4})
+    finished["candidates"][0]["finishReason"] = "STOP"
+    events = [payloads._data(_gemini_chunk("Hi", running)), payloads._data({"candidates": []}),
+              payloads._data(finished)]
+    row = _row(providers, book, "google", path, {"contents": []}, reply=payloads.Reply(events=events))
+    assert (row["usage_source"], row["error"], _tokens(row)) == ("reported", None, {"input_tokens": 9,
+                                                                                    "output_tokens": 4})
+    erred = [payloads._data(_gemini_chunk("Hi", running)), payloads._data({"error": {"code": 500}})]
+    row = _row(providers, book, "google", path, {"contents": []}, reply=payloads.Reply(events=erred))
+    assert (row["error"], row["usage_source"], row["output_tokens"]) == ("error", "partial", 3)
+    row = _row(providers, book, "google", path, {"contents": []},
+               reply=payloads.Reply(events=[payloads._data({"candidates": [{"content": {"parts": []}}]})]))
+    assert (row["usage_source"], row["cost_usd"], row["priced"]) == ("none", None, False)  # cut before any totals
+
+
+def test_geminis_openai_compatible_api_is_read_as_openais_and_priced_as_geminis(providers, book):
+    path = "/v1beta/openai/chat/completions"
+    body = {"id": "g1", "object": "chat.completion", "model": "models/gemini-2.5-flash", "choices": [],
+            "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}}
+    request = {"model": "gemini-2.5-flash", "messages": CHAT["messages"]}
+    row = _row(providers, book, "google", path, request, reply=_answer(body))
+    assert (row["provider"], row["endpoint"], row["model"], row["usage_source"]) == (
+        "google", path, "gemini-2.5-flash", "reported")
+    assert row["cost_usd"] == (1200 * Decimal("0.30") + 300 * Decimal("2.50")) / 1_000_000  # $0.30 and $2.50 per MTok
+    row = _row(providers, book, "google", path, {**request, "stream": True},
+               reply=payloads.Reply(events=payloads.chat_stream(include_usage=False)[:4]))
+    assert (row["usage_source"], row["input_tokens"] > 0, row["output_tokens"] > 0) == ("partial", True, True)
+    row = _row(providers, book, "google", "/v1beta/openai/embeddings", {"model": "gemini-embedding-001", "input": "hi"},
+               reply=_answer({"object": "list", "model": "gemini-embedding-001", "data": [],
+                              "usage": {"prompt_tokens": 800, "total_tokens": 800}}))
+    assert (row["model"], row["input_tokens"], row["usage_source"]) == ("gemini-embedding-001", 800, "reported")
+
+
+def test_a_cohere_stream_reads_its_end_whatever_its_framing_and_counts_only_text(providers, book):
+    count = providers["cohere"].counter.count
+    reply = payloads.reply_for("/v2/chat", "", {**COHERE, "stream": True})
+    data_only = [*_data_only(reply.events), payloads._data("[DONE]")]
+    row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True},
+               reply=payloads.Reply(events=data_only))
+    assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 21, "output_tokens": 105})
+    odd = payloads._data({"type": "content-delta", "index": 1, "delta": {"message": {"content": ["not text"]}}})
+    cut = [*reply.events[:-2], odd]  # no content-end, no message-end
+    row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True}, reply=payloads.Reply(events=cut))
+    assert (row["usage_source"], row["output_tokens"]) == ("partial", count("".join(payloads.STREAM_TEXT), None))
