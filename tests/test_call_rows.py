@@ -1006,3 +1006,27 @@ def test_a_cohere_stream_reads_its_end_whatever_its_framing_and_counts_only_text
     cut = [*reply.events[:-2], odd]  # no content-end, no message-end
     row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True}, reply=payloads.Reply(events=cut))
     assert (row["usage_source"], row["output_tokens"]) == ("partial", count("".join(payloads.STREAM_TEXT), None))
+
+
+def test_stray_events_that_are_not_json_objects_neither_break_the_row_nor_hide_the_text_after_them(providers, book):
+    count = providers["openai"].counter.count
+    stray = [payloads._data("[1, 2]"), payloads._data('"keep-alive"'), payloads._data("not json")]
+    came = [_chunk({"role": "assistant", "content": "Bonjour"}), *stray, _chunk({"content": " tout le monde"})]
+    row = _row(providers, book, "openai", "/v1/chat/completions", STREAMED, reply=payloads.Reply(events=came))
+    assert (row["usage_source"], row["error"]) == ("partial", None)
+    assert row["output_tokens"] == count("Bonjour tout le monde", "gpt-4o-2024-08-06")
+    request = {"model": "gpt-5", "input": "hi", "stream": True}
+    whole = payloads.reply_for("/v1/responses", "", request).events
+    odd = payloads._event("response.created", {"type": "response.created", "response": ["not", "an", "object"]})
+    row = _row(providers, book, "openai", "/v1/responses", request,
+               reply=payloads.Reply(events=[odd, *whole[1:3], *stray, *whole[3:-1]]))
+    assert (row["usage_source"], row["error"]) == ("partial", None)
+    assert row["output_tokens"] == count("".join(payloads.STREAM_TEXT), "gpt-5")
+    claude = [*_claude_stream(cut_after=3), payloads._event("content_block_delta", {"type": "content_block_delta",
+                                                                                 "delta": ["x"]}),
+              *stray, *_claude_stream(cut_after=6)[3:]]
+    row = _row(providers, book, "anthropic", "/v1/messages", {**MESSAGE, "stream": True},
+               reply=payloads.Reply(events=claude))
+    assert (row["usage_source"], row["error"], row["input_tokens"]) == ("partial", None, 377)
+    assert row["output_tokens"] == count("The user wants the weather in Paris.Let me look that up for you."
+                                         '{"city": "Paris", "units": "celsius"}', None)
