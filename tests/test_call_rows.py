@@ -8,6 +8,7 @@ milliseconds, so mutation testing (.ci/mutation) can run them against every chan
 
 from __future__ import annotations
 
+import gzip
 import json
 import struct
 import time
@@ -1030,3 +1031,46 @@ def test_stray_events_that_are_not_json_objects_neither_break_the_row_nor_hide_t
     assert (row["usage_source"], row["error"], row["input_tokens"]) == ("partial", None, 377)
     assert row["output_tokens"] == count("The user wants the weather in Paris.Let me look that up for you."
                                          '{"city": "Paris", "units": "celsius"}', None)
+
+
+def test_a_call_that_got_no_answer_costs_nothing_known_and_keeps_its_error(providers, book):
+    meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", None, time.time(),
+                      json.dumps(CHAT).encode(), "")
+    meter.finish(None, "upstream_failed", "upstream unreachable: connection refused")
+    row = build_row(meter, book)
+    assert (row["status"], row["outcome"], row["error"]) == (None, "upstream_failed",
+                                                             "upstream unreachable: connection refused")
+    assert (row["usage_source"], row["cost_usd"], row["priced"], row["ttft_ms"]) == ("none", Decimal(0), True, None)
+
+
+def test_a_stream_we_cannot_decode_says_why_only_where_we_meter(providers, book):
+    def row_for(path: str, method: str = "POST") -> dict:
+        meter = CallMeter(providers["openai"], path, 7, "acme", None, time.time(), json.dumps(STREAMED).encode(), "",
+                          method)
+        meter.start_response(200, "text/event-stream", "compress")
+        for piece in payloads.chat_stream(include_usage=True):
+            meter.tap(piece)
+        meter.tap(b"")
+        meter.finish(200, "completed", None)
+        return build_row(meter, book)
+    row = row_for("/v1/chat/completions")
+    assert row["error"] == "usage unreadable: unsupported content-encoding 'compress'"
+    assert row["usage_source"] == "partial" and row["input_tokens"] > 0  # estimated from the request
+    assert row_for("/v1/models", "GET")["error"] is None  # free, nothing to read
+
+
+def test_a_compressed_request_is_read_for_its_estimate_and_an_unreadable_one_is_not(providers, book):
+    count = providers["openai"].counter.count
+    request = {"model": "gpt-4o", "input": "Summarise the history of Zürich in three sentences.", "stream": True}
+
+    def cut_row(body: bytes) -> dict:
+        meter = CallMeter(providers["openai"], "/v1/responses", 7, "acme", None, time.time(), body, "gzip")
+        meter.start_response(200, "text/event-stream", "")
+        meter.tap(b'data: {"partial": true')
+        meter.tap(b"")
+        meter.finish(200, "completed", None)
+        return build_row(meter, book)
+    row = cut_row(gzip.compress(json.dumps(request).encode()))
+    assert (row["usage_source"], row["input_tokens"]) == ("partial", count(request["input"], "gpt-4o"))
+    row = cut_row(b"this is not gzip")
+    assert (row["usage_source"], row["priced"], row["model"]) == ("none", False, None)
