@@ -976,13 +976,16 @@ def test_a_gemini_stream_ends_with_a_finish_reason_and_an_error_without_status_i
     row = _row(providers, book, "google", path, {"contents": []},
                reply=payloads.Reply(events=[payloads._data({"candidates": [{"content": {"parts": []}}]})]))
     assert (row["usage_source"], row["cost_usd"], row["priced"]) == ("none", None, False)  # cut before any totals
+    row = _row(providers, book, "google", "/v1beta/models/gemini-2.5-flash:generateContent", {"contents": []},
+               reply=_answer({"candidates": [{"content": {"parts": [{"text": "Hi"}]}, "finishReason": "STOP"}]}))
+    assert (row["usage_source"], row["priced"], row["error"]) == ("none", False, None)  # answered without totals
 
 
 def test_geminis_openai_compatible_api_is_read_as_openais_and_priced_as_geminis(providers, book):
     path = "/v1beta/openai/chat/completions"
     body = {"id": "g1", "object": "chat.completion", "model": "models/gemini-2.5-flash", "choices": [],
             "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}}
-    request = {"model": "gemini-2.5-flash", "messages": CHAT["messages"]}
+    request = {"model": "gemini-flash-latest", "messages": CHAT["messages"]}  # an alias: the answer names the model
     row = _row(providers, book, "google", path, request, reply=_answer(body))
     assert (row["provider"], row["endpoint"], row["model"], row["usage_source"]) == (
         "google", path, "gemini-2.5-flash", "reported")
@@ -1003,10 +1006,16 @@ def test_a_cohere_stream_reads_its_end_whatever_its_framing_and_counts_only_text
     row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True},
                reply=payloads.Reply(events=data_only))
     assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 21, "output_tokens": 105})
-    odd = payloads._data({"type": "content-delta", "index": 1, "delta": {"message": {"content": ["not text"]}}})
-    cut = [*reply.events[:-2], odd]  # no content-end, no message-end
+    odd = [payloads._data({"type": "content-delta", "index": 1, "delta": {"message": {"content": content}}})
+           for content in (["not text"], {"text": ""}, {}, {"text": " Zürich liegt am Zürichsee."})]
+    cut = [*reply.events[:-2], *odd]  # no content-end, no message-end
     row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True}, reply=payloads.Reply(events=cut))
-    assert (row["usage_source"], row["output_tokens"]) == ("partial", count("".join(payloads.STREAM_TEXT), None))
+    expected = count("".join(payloads.STREAM_TEXT) + " Zürich liegt am Zürichsee.", None)
+    assert (row["usage_source"], row["output_tokens"]) == ("partial", expected)
+    # a whole answer that reports no usage has nothing to estimate from: unpriced, never a crash
+    row = _row(providers, book, "cohere", "/v2/chat", COHERE,
+               reply=_answer({"id": "c-1", "finish_reason": "COMPLETE", "message": {"content": []}}))
+    assert (row["usage_source"], row["priced"], row["error"]) == ("none", False, None)
 
 
 def test_stray_events_that_are_not_json_objects_neither_break_the_row_nor_hide_the_text_after_them(providers, book):

@@ -92,7 +92,6 @@ class Gemini(Provider):
         for chunk in body if isinstance(body, list) else [body]:
             if isinstance(chunk, dict):
                 _observe_chunk(observed, chunk)
-        observed.complete = True
         return observed
 
     def stream_parser(self, path: str) -> StreamParser:
