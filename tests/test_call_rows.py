@@ -145,13 +145,24 @@ def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, boo
     body = {"object": "list", "model": "text-embedding-3-large",  # the model that answered, not the one asked
             "data": [{"object": "embedding", "index": n, "embedding": [0.0123456789] * 1536} for n in range(600)],
             "usage": usage}
+    request = {"model": "text-embedding-3-small", "input": ["hi"]}
     reply = payloads.Reply(body=json.dumps(body, separators=(",", ":")).encode())
     assert len(reply.body) > 9 * 1024 * 1024
-    row = _row(providers, book, "openai", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hi"]},
-               reply=reply)
+    row = _row(providers, book, "openai", "/v1/embeddings", request, reply=reply)
     assert (row["model"], row["usage_source"], _tokens(row)) == \
         ("text-embedding-3-large", "reported", {"input_tokens": 3_000_000})
     assert row["cost_usd"] == Decimal("0.39")  # $0.13 per 1M tokens
+    # written with spaces, and without a model: the usage is found all the same, the model is the request's
+    del body["model"]
+    row = _row(providers, book, "openai", "/v1/embeddings", request, reply=_answer(body))
+    assert (row["model"], row["usage_source"], row["input_tokens"]) == ("text-embedding-3-small", "reported", 3_000_000)
+
+
+def test_a_request_whose_model_is_not_a_name_stores_no_model(providers, book):
+    body = {"object": "list", "data": [], "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+    row = _row(providers, book, "openai", "/v1/embeddings", {"model": ["text-embedding-3-small"], "input": "hi"},
+               reply=_answer(body))
+    assert (row["model"], row["usage_source"], row["input_tokens"], row["priced"]) == (None, "reported", 4, False)
 
 
 @pytest.mark.parametrize("provider,status,expected", [
