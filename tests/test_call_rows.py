@@ -169,6 +169,7 @@ def test_a_request_whose_model_is_not_a_name_stores_no_model(providers, book):
     ("anthropic", 429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}),
     ("anthropic", 404, {"type": "error", "error": {"type": "not_found_error", "message": "slow down"}}),
     ("anthropic", 503, {"type": "error", "error": {"type": "api_error", "message": "slow down"}}),
+    ("anthropic", 500, {"type": "error", "error": {"type": "api_error", "message": "slow down"}}),
     ("anthropic", 409, {"type": "error", "error": {"type": "invalid_request_error", "message": "slow down"}}),
     ("google", 429, {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}),
     ("google", 401, {"error": {"code": 401, "message": "slow down", "status": "UNAUTHENTICATED"}}),
@@ -324,7 +325,7 @@ def _realtime_rows(providers, book, *frames: dict | bytes, query: str = "model=g
 
 
 def _done(usage: dict | None, status: str = "completed") -> dict:
-    return {"type": "response.done", "event_id": "event_1", "response": {
+    return {"event_id": "event_1", "type": "response.done", "response": {
         "object": "realtime.response", "id": "resp_1", "status": status, "output": [],
         **({"usage": usage} if usage is not None else {})}}
 
@@ -358,6 +359,15 @@ def test_realtime_parts_may_reach_their_whole_but_never_pass_it(providers, book)
     [row] = _realtime_rows(providers, book, _done(whole))
     assert (row["usage_source"], row["input_tokens"], row["cache_read_tokens"], row["cache_read_audio_tokens"],
             row["cache_read_image_tokens"], row["output_audio_tokens"]) == ("reported", 0, 1000, 600, 400, 50)
+    assert (row["input_audio_tokens"], row["input_image_tokens"]) == (0, 0)
+    half = {**whole, "input_token_details": {**whole["input_token_details"], "cached_tokens": 500,
+                                             "cached_tokens_details": {"audio_tokens": 300, "image_tokens": 200}}}
+    [row] = _realtime_rows(providers, book, _done(half))
+    assert (row["input_tokens"], row["input_audio_tokens"], row["input_image_tokens"], row["cache_read_tokens"],
+            row["cache_read_audio_tokens"], row["cache_read_image_tokens"]) == (500, 300, 200, 500, 300, 200)
+    for field in ("input_tokens", "output_tokens"):
+        [row] = _realtime_rows(providers, book, _done({**whole, field: None}))
+        assert (row["usage_source"], row["error"]) == ("invalid", f"usage implausible: {field} is null")
     details = whole["input_token_details"]
     past = [{**whole, "input_tokens": 999},  # cached, and audio + image, above the input
             {**whole, "input_token_details": {**details, "cached_tokens": 999}},  # cached parts above cached
@@ -376,9 +386,10 @@ def test_realtime_parts_may_reach_their_whole_but_never_pass_it(providers, book)
 
 def test_a_realtime_response_that_did_not_complete_says_so(providers, book):
     rows = _realtime_rows(providers, book, _done(REALTIME_USAGE, "cancelled"), _done(REALTIME_USAGE, "x" * 33),
-                          _done(REALTIME_USAGE, "incomplete"))
+                          _done(REALTIME_USAGE, "y" * 32), _done(REALTIME_USAGE, "incomplete"))
     assert [(r["error"], r["usage_source"], r["output_tokens"]) for r in rows] == [
-        ("response cancelled", "reported", 900), (None, "reported", 900), ("response incomplete", "reported", 900)]
+        ("response cancelled", "reported", 900), (None, "reported", 900), ("response " + "y" * 32, "reported", 900),
+        ("response incomplete", "reported", 900)]
     [missing] = _realtime_rows(providers, book, _done(None))
     assert (missing["usage_source"], missing["priced"], missing["cost_usd"]) == ("none", False, None)
 
@@ -711,7 +722,10 @@ def _claude_stream(*, cut_after: int | None = None, error: dict | None = None) -
     start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
                                                   "model": payloads.SONNET, "content": [], "usage": {
                                                       "input_tokens": 377, "cache_read_input_tokens": 10,
-                                                      "output_tokens": 1, "service_tier": "standard"}}}
+                                                      "cache_creation_input_tokens": 30, "output_tokens": 1,
+                                                      "cache_creation": {"ephemeral_1h_input_tokens": 30},
+                                                      "server_tool_use": {"web_search_requests": 1},
+                                                      "service_tier": "standard"}}}
     deltas = [{"type": "thinking_delta", "thinking": "The user wants the weather in Paris."},
               {"type": "text_delta", "text": "Let me look that up for you."},
               {"type": "input_json_delta", "partial_json": '{"city": "Paris", "units": "celsius"}'},
@@ -722,7 +736,7 @@ def _claude_stream(*, cut_after: int | None = None, error: dict | None = None) -
     if error is not None:
         return [*events, payloads._event("error", {"type": "error", "error": error})]
     events += [payloads._event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
-                                                 "usage": {"output_tokens": 3}}),
+                                                 "usage": {"input_tokens": None, "output_tokens": 3}}),
                payloads._event("message_stop", {"type": "message_stop"})]
     return events[:cut_after]
 
@@ -735,15 +749,20 @@ def test_a_claude_stream_cut_before_its_usage_counts_the_thinking_text_and_tool_
     for events in (_claude_stream(cut_after=6), _data_only(_claude_stream(cut_after=6))):
         row = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=events))
         assert (row["usage_source"], row["model"], row["service_tier"]) == ("partial", payloads.SONNET, "standard")
-        assert _tokens(row) == {"input_tokens": 377, "cache_read_tokens": 10, "output_tokens": came}
-        assert row["cost_usd"] == book.price(TokenUsage(input_tokens=377, cache_read_tokens=10, output_tokens=came),
-                                             "anthropic", payloads.SONNET, row["ts"]).cost_usd
+        seen = {"input_tokens": 377, "cache_read_tokens": 10, "cache_write_tokens": 30, "cache_write_1h_tokens": 30,
+                "output_tokens": came, "web_search_requests": 1}
+        assert _tokens(row) == seen
+        assert row["cost_usd"] == book.price(TokenUsage(**seen), "anthropic", payloads.SONNET, row["ts"]).cost_usd
     # the usage of message_delta came, only message_stop did not: the larger of it and the text wins
     row = _row(providers, book, "anthropic", "/v1/messages", request,
                reply=payloads.Reply(events=_claude_stream(cut_after=-1)))
     assert (row["usage_source"], row["output_tokens"]) == ("partial", came)
     whole = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=_claude_stream()))
-    assert (whole["usage_source"], whole["output_tokens"]) == ("reported", 3)
+    assert (whole["usage_source"], whole["input_tokens"], whole["output_tokens"]) == ("reported", 377, 3)
+    # a whole message that reports no usage has nothing to estimate from: unpriced, never a crash
+    row = _row(providers, book, "anthropic", "/v1/messages", MESSAGE,
+               reply=_answer({"id": "msg_01", "type": "message", "model": payloads.SONNET, "content": []}))
+    assert (row["usage_source"], row["priced"], row["error"]) == ("none", False, None)
 
 
 @pytest.mark.parametrize("error,stored", [({"type": "overloaded_error", "message": "Overloaded"}, "overloaded_error"),
@@ -753,6 +772,9 @@ def test_an_error_inside_a_claude_stream_is_the_rows_error(providers, book, erro
     for events in (_claude_stream(error=error), _data_only(_claude_stream(error=error))):
         row = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=events))
         assert (row["error"], row["usage_source"], row["input_tokens"]) == (stored, "partial", 377)
+    untyped = [*_claude_stream(cut_after=3), b"event: error\ndata: " + json.dumps({"error": error}).encode() + b"\n\n"]
+    row = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=untyped))
+    assert row["error"] == stored  # named by its event line alone
 
 
 COMPLETE = {"model": "claude-2", "prompt": "\n\nHuman: Say hello\n\nAssistant:", "max_tokens_to_sample": 20}
@@ -794,9 +816,15 @@ def test_a_streamed_text_completion_is_estimated_and_a_cut_or_failed_one_says_so
                reply=payloads.Reply(events=_completion_events(texts, False)))
     assert (row["usage_source"], row["output_tokens"]) == ("partial", count("".join(texts), None))
     for error, stored in (({"type": "overloaded_error", "message": "Overloaded"}, "overloaded_error"), ({}, "error")):
-        failed = [*_completion_events(texts[:1], False), payloads._event("error", {"type": "error", "error": error})]
-        row = _row(providers, book, "anthropic", "/v1/complete", request, reply=payloads.Reply(events=failed))
-        assert (row["error"], row["usage_source"]) == (stored, "partial")
+        for last in (payloads._event("error", {"type": "error", "error": error}),
+                     payloads._data({"type": "error", "error": error}),
+                     payloads._event("error", {"error": error})):
+            failed = [*_completion_events(texts[:1], False), last]
+            row = _row(providers, book, "anthropic", "/v1/complete", request, reply=payloads.Reply(events=failed))
+            assert (row["error"], row["usage_source"]) == (stored, "partial")
+    row = _row(providers, book, "anthropic", "/v1/complete", {**request, "prompt": ["not", "a", "prompt"]},
+               reply=payloads.Reply(events=_completion_events(texts, True)))
+    assert (row["usage_source"], row["input_tokens"]) == ("estimated", 0)
 
 
 def _batch_rows(providers, book, provider: str, method: str, path: str, answer: bytes,
@@ -886,6 +914,7 @@ def test_an_anthropic_batch_is_noted_and_its_results_url_points_back_through_the
     assert own["endpoint"] == "/v1/messages/batches/{message_batch_id}/results"
     assert (model["model"], model["input_tokens"], model["cache_read_tokens"], model["output_tokens"],
             model["service_tier"]) == (payloads.SONNET, 200, 10, 20, "batch")
+    assert model[batches.NOTE]["results"] == "msgbatch_01"  # the batch the usage is billed to
     assert model["cost_usd"] == book.price(TokenUsage(input_tokens=100, cache_read_tokens=5, output_tokens=10),
                                            "anthropic", payloads.SONNET, own["ts"]).cost_usd
 
