@@ -12,6 +12,7 @@ import gzip
 import json
 import struct
 import time
+import uuid
 from decimal import Decimal
 
 import httpx
@@ -113,7 +114,8 @@ def test_a_completed_call_stores_the_reported_tokens_priced(providers, book, pro
     assert row["usage_source"] == "reported"
     assert _tokens(row) == tokens
     expected = book.price(TokenUsage(**tokens), provider, model, row["ts"], row["service_tier"])
-    assert row["priced"] and row["cost_usd"] == expected.cost_usd > 0
+    assert row["priced"] and row["cost_usd"] == expected.cost_usd > 0 and row["price_source"] == expected.source
+    assert isinstance(row["id"], uuid.UUID) and row["outcome"] == "completed"
     assert row["stream"] is (bool(request_body.get("stream")) or ":stream" in path)
     assert row["latency_ms"] >= 0 and (row["ttft_ms"] is not None) is row["stream"]
 
@@ -574,23 +576,25 @@ def test_a_model_name_too_long_to_be_real_is_stored_cut(providers, book):
 def test_a_stream_whose_usage_we_could_not_ask_for_says_why_unless_it_came(providers, book):
     def row_for(request: dict, keep: int | None) -> dict:
         reply = payloads.reply_for("/v1/chat/completions", "", request)
-        meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", "chat", time.time() - 2,
+        meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", "chat", time.time(),
                           json.dumps(request).encode(), "")
         meter.usage_not_requested = "the request body is compressed (gzip)"  # as the proxy notes it
         meter.start_response(200, "text/event-stream", "")
-        time.sleep(0.01)
         for piece in reply.pieces()[:keep]:
             meter.tap(piece)
         meter.tap(b"")
         meter.finish(200, "completed", None)
+        # the clock readings of a call that took 1.2345678 s, its first byte after 12.3456 ms
+        meter.started_at = 1_764_763_200.0
+        meter.first_byte_at, meter.finished_at = meter.started_at + 0.0123456, meter.started_at + 1.2345678
         return build_row(meter, book)
     estimated = row_for({**CHAT, "stream": True}, None)
     assert (estimated["usage_source"], estimated["error"]) == (
         "estimated", "usage not requested: the request body is compressed (gzip)")
     reported = row_for(STREAMED, None)
     assert (reported["usage_source"], reported["error"]) == ("reported", None)
-    # latency from the request to the end, time to first token from the request to the first byte
-    assert 2000 <= reported["ttft_ms"] < reported["latency_ms"] < 60_000
+    # latency from the request to the end, time to first token from the request to the first byte, in ms
+    assert (reported["ttft_ms"], reported["latency_ms"]) == (12.346, 1234.568)
 
 
 @pytest.mark.parametrize("path,usage,field", [
@@ -620,6 +624,9 @@ def test_deepseeks_cache_hits_are_cache_reads_and_the_service_tier_is_kept(provi
     row = _row(providers, book, "openai", "/v1/chat/completions", {**CHAT, "model": "o3"},
                reply=_answer(flex))
     assert (row["service_tier"], row["model"]) == ("flex", "o3-2025-04-16")
+    at_flex = book.price(TokenUsage(input_tokens=10, output_tokens=5), "openai", "o3-2025-04-16", row["ts"], "flex")
+    standard = book.price(TokenUsage(input_tokens=10, output_tokens=5), "openai", "o3-2025-04-16", row["ts"])
+    assert row["cost_usd"] == at_flex.cost_usd < standard.cost_usd  # priced at the tier it was served at
     # in a stream the tier comes with the first chunks; the usage chunk need not repeat it
     events = payloads.chat_stream(include_usage=True, tier="priority")
     last = json.loads(events[-2][len(b"data: "):])
@@ -972,6 +979,18 @@ def test_what_a_call_costs_follows_its_method_and_path_when_we_do_not_meter_it(p
     row = build_row(meter, book)  # a call we cannot name is never claimed to cost $0
     assert (row["usage_source"], row["cost_usd"], row["priced"]) == ("unmetered", None, False)
     assert row["error"].startswith("not metered: openai bills /v1/brand_new_api")
+    long = "/v1/brand_new_api/" + "x" * 300
+    meter = CallMeter(providers["openai"], long, 7, "acme", None, time.time(), b"{}", "", "POST")
+    meter.start_response(200, "application/json", "")
+    meter.finish(200, "completed", None, b"{}")
+    assert build_row(meter, book)["error"] == (f"not metered: openai bills {long[:200]}, AiSpendTrack does not read "
+                                               "its usage (docs/coverage.md)")
+    refused = _media_row(providers, book, "/v1/images/generations", "application/json",
+                         json.dumps({"error": {"message": "Your prompt was rejected", "type": "invalid_request_error",
+                                               "code": "content_policy_violation"}}).encode(),
+                         {"model": "gpt-image-1", "prompt": "x"}, status=400)
+    assert (refused["usage_source"], refused["cost_usd"], refused["priced"], refused["error"]) == (
+        "none", Decimal(0), True, None)
 
 
 @pytest.mark.parametrize("value,shown", [("x" * 38, repr("x" * 38)), ("x" * 39, repr("x" * 39)[:40] + "..."),
