@@ -53,7 +53,10 @@ def observe(path: str, body: object) -> Observed:
     return observed
 
 
-def _image_usage(raw: object, data: object) -> TokenUsage:
+def _image_usage(raw: object, data: object) -> TokenUsage | None:
+    """None for an answer with neither (an error body): nothing was generated, nothing reported."""
+    if not isinstance(raw, dict) and not isinstance(data, list):
+        return None
     images = len(data) if isinstance(data, list) else 0
     if images > MAX_REQUESTS_PER_CALL:
         raise InvalidUsage(f"data holds {images:,} images, more than {MAX_REQUESTS_PER_CALL:,}")
