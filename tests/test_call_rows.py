@@ -431,7 +431,7 @@ def _wav(seconds: int, rate: int = 16000) -> bytes:
 
 
 def test_an_image_call_stores_its_tokens_by_kind_and_its_images(providers, book):
-    path, request = "/v1/images/generations", {"model": "gpt-image-1", "prompt": "a red cat", "n": 2}
+    path, request = "/v1/images/generations", {"model": "chatgpt-image-latest", "prompt": "a red cat", "n": 2}
     usage = {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
              "input_tokens_details": {"cached_tokens": 10, "image_tokens": 30, "text_tokens": 20},
              "output_tokens_details": {"image_tokens": 4000}}
@@ -446,6 +446,15 @@ def test_an_image_call_stores_its_tokens_by_kind_and_its_images(providers, book)
            "output_tokens_details": {"image_tokens": 5000}}
     row = _media_row(providers, book, path, "application/json", json.dumps({**body, "usage": odd}).encode(), request)
     assert _units(row) == {"cache_read_tokens": 50, "output_tokens": 4160, "output_image_tokens": 4160, "images": 2}
+    row = _media_row(providers, book, path, "application/json", json.dumps({"usage": usage}).encode(), request)
+    assert (row["usage_source"], row["images"], row["output_tokens"]) == ("reported", 0, 4160)  # no data: no images
+    for field in ("input_tokens", "output_tokens"):
+        row = _media_row(providers, book, path, "application/json",
+                         json.dumps({**body, "usage": {**usage, field: None}}).encode(), request)
+        assert (row["usage_source"], row["error"]) == ("invalid", f"usage implausible: {field} is null")
+    row = _media_row(providers, book, path, "application/json", b'{"created": 1}', request)
+    assert (row["usage_source"], row["priced"], row["error"]) == (
+        "none", False, "usage unknown: the response carried no usage")
     dall_e = {"created": 1764763200, "data": [{"url": "https://example.invalid/1.png"}] * 3}
     row = _media_row(providers, book, path, "application/json", json.dumps(dall_e).encode(),
                      {"model": "dall-e-3", "prompt": "a cat", "size": "1024x1024"})
@@ -484,11 +493,23 @@ def test_a_transcription_stores_its_audio_tokens_or_its_seconds(providers, book)
     row = _media_row(providers, book, path, "application/json", json.dumps({"text": "hi", "duration": 86400}).encode(),
                      upload={"model": "whisper-1", "file": wav})
     assert row["audio_seconds"] == Decimal(86400)
+    row = _media_row(providers, book, path, "application/json", json.dumps({"text": "", "duration": 0}).encode(),
+                     upload={"model": "whisper-1", "file": wav})
+    assert (row["usage_source"], row["audio_seconds"], row["cost_usd"]) == ("reported", 0, 0)
+    for field in ("input_tokens", "output_tokens"):
+        answer = {"text": "hi", "usage": {**tokens, field: None}}
+        row = _media_row(providers, book, path, "application/json", json.dumps(answer).encode(),
+                         upload={"model": "gpt-4o-transcribe", "file": wav})
+        assert (row["usage_source"], row["error"]) == ("invalid", f"usage implausible: {field} is null")
+    row = _media_row(providers, book, "/v1/audio/translations", "application/json", b'{"text": "hi"}',
+                     upload={"model": "whisper-1", "file": ("a.wav", _wav(2), "audio/wav")})
+    assert (row["usage_source"], row["audio_seconds"]) == ("estimated", 2)  # whisper's JSON names no duration
 
 
 @pytest.mark.parametrize("seconds,shown", [(-1, "-1"), (86400.5, "86400.5"), (True, "True"), ("8", "'8'"),
-                                           ([8], "[8]")])
+                                           ([8], "[8]"), (float("nan"), "nan"), ("x" * 50, repr("x" * 50)[:40])])
 def test_a_transcription_whose_duration_is_not_a_length_of_audio_is_refused_by_name(providers, book, seconds, shown):
+    # NaN is written (and read back) as Python's json does: a hostile upstream can send it
     answer = json.dumps({"text": "hi", "usage": {"type": "duration", "seconds": seconds}}).encode()
     row = _media_row(providers, book, "/v1/audio/translations", "application/json", answer,
                      upload={"model": "whisper-1", "file": ("a.wav", _wav(1), "audio/wav")})
@@ -508,6 +529,8 @@ def test_a_transcript_answered_as_text_is_timed_by_its_wav_header_or_unpriced_wi
     assert (row["usage_source"], row["priced"], row["cost_usd"]) == ("none", False, None)
     assert row["error"] == ("usage unknown: the response reported no duration (response_format json or verbose_json "
                             "reports it) and the audio file is not a WAV file whose header gives it")
+    row = _media_row(providers, book, path, "text/plain", b"Hello there.\n", {"model": "whisper-1", "file": "a.wav"})
+    assert (row["usage_source"], row["priced"]) == ("none", False)  # no upload to read a duration from
 
 
 def test_speech_is_counted_in_characters_or_read_from_its_done_event(providers, book):
@@ -542,10 +565,11 @@ def test_a_streamed_transcription_is_read_from_its_done_event_or_says_why_it_fai
     row = _media_row(providers, book, path, "text/event-stream", failed,
                      upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
     assert (row["error"], row["usage_source"], row["audio_seconds"]) == ("server_error", "partial", Decimal(4))
-    coded = [payloads._data({"type": "error", "error": {"code": "rate_limited"}})]
-    row = _media_row(providers, book, path, "text/event-stream", coded,
-                     upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
-    assert row["error"] == "rate_limited"
+    for error, stored in (({"code": "rate_limited"}, "rate_limited"), ({}, "error")):
+        erred = [payloads._data({"type": "error", "error": error})]
+        row = _media_row(providers, book, path, "text/event-stream", erred,
+                         upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
+        assert row["error"] == stored
 
 
 def test_a_call_whose_usage_reading_fails_is_still_stored_without_usage(providers, book, monkeypatch):
@@ -861,7 +885,7 @@ def test_an_openai_batch_is_noted_at_creation_and_its_results_priced_per_model_a
     [row] = _batch_rows(providers, book, "openai", "GET", "/v1/batches/batch_abc", done.encode())
     assert row["endpoint"] == "/v1/batches/{batch_id}"
     assert row[batches.NOTE] == {"batch": "batch_abc", "results": "file-xyz"}
-    for unlike in ({"id": "batch_abc", "object": "list"}, {"object": "batch", "id": 7},
+    for unlike in ({"id": "batch_abc", "object": "list", "output_file_id": "file-xyz"}, {"object": "batch", "id": 7},
                    {"id": "batch_abc", "object": "batch", "output_file_id": 7}):
         [row] = _batch_rows(providers, book, "openai", "GET", "/v1/batches/batch_abc", json.dumps(unlike).encode())
         assert batches.NOTE not in row, unlike
@@ -930,7 +954,7 @@ def test_a_cut_chat_stream_counts_tool_call_pieces_and_text_in_the_models_own_en
     count = providers["openai"].counter.count
     text = "Très bien, merci. Voilà ce que j'ai trouvé à Zürich : 23 °C."
     assert count(text, "gpt-4") != count(text, None)  # gpt-4 counts in cl100k, the default is o200k
-    messages = [{"role": "user", "name": "ana_maria_garcia_lopez", "content": text}]
+    messages = [{"role": "user", "name": "ana_maria_garcia_lopez", "content": text}, {"content": "Merci"}]
     model = "gpt-4-0613"
     came = [_chunk({"role": "assistant", "content": text, "tool_calls": [
                 {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}]}, model),
@@ -938,7 +962,7 @@ def test_a_cut_chat_stream_counts_tool_call_pieces_and_text_in_the_models_own_en
             _chunk({"tool_calls": ["not a call"]}, model), _chunk({"content": None}, model)]
     row = _row(providers, book, "openai", "/v1/chat/completions", {"model": "gpt-4", "messages": messages,
                                                                     "stream": True}, reply=payloads.Reply(events=came))
-    prompt = 3 + 3 + sum(count(t, model) for t in ("user", "ana_maria_garcia_lopez", text))
+    prompt = 3 + 3 + sum(count(t, model) for t in ("user", "ana_maria_garcia_lopez", text)) + 3 + count("Merci", model)
     output = count(text + "get_weather" + '{"city": "Zürich"}', model)  # what came, counted as one text
     assert (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("partial", prompt, output)
     # an OpenAI-compatible provider's cut stream is estimated the same way
@@ -949,13 +973,16 @@ def test_a_cut_chat_stream_counts_tool_call_pieces_and_text_in_the_models_own_en
 
 def test_a_cut_legacy_completion_stream_counts_its_text(providers, book):
     count = providers["openai"].counter.count
-    pieces = ["Once upon", "", " a time", None]
+    pieces = ["Il était une fois, à Zürich,", "", " une très vieille horloge.", None]
     came = [payloads._data({"id": "cmpl-1", "object": "text_completion", "model": "gpt-3.5-turbo-instruct",
                             "choices": [{"index": 0, "text": t, "finish_reason": None}]}) for t in pieces]
-    request = {"model": "gpt-3.5-turbo-instruct", "prompt": "Tell me a story", "stream": True}
+    prompt = "Raconte-moi une histoire très courte sur Zürich."
+    assert count(prompt, "gpt-3.5-turbo-instruct") != count(prompt, None)  # cl100k, not the default o200k
+    request = {"model": "gpt-3.5-turbo-instruct", "prompt": prompt, "stream": True}
     row = _row(providers, book, "openai", "/v1/completions", request, reply=payloads.Reply(events=came))
-    assert (row["usage_source"], row["input_tokens"]) == ("partial", count("Tell me a story", "gpt-3.5-turbo-instruct"))
-    assert row["output_tokens"] == count("Once upon a time", "gpt-3.5-turbo-instruct")
+    assert (row["usage_source"], row["input_tokens"]) == ("partial", count(prompt, "gpt-3.5-turbo-instruct"))
+    assert row["output_tokens"] == count("Il était une fois, à Zürich, une très vieille horloge.",
+                                         "gpt-3.5-turbo-instruct")
 
 
 def test_embeddings_answered_without_usage_are_estimated_from_their_input(providers, book):
@@ -1142,3 +1169,11 @@ def test_a_compressed_request_is_read_for_its_estimate_and_an_unreadable_one_is_
     assert (row["usage_source"], row["input_tokens"]) == ("partial", count(request["input"], "gpt-4o"))
     row = cut_row(b"this is not gzip")
     assert (row["usage_source"], row["priced"], row["model"]) == ("none", False, None)
+
+
+def test_a_chat_answer_without_usage_or_request_is_unpriced_without_a_reason_to_invent(providers, book):
+    meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", None, time.time(), None, "")
+    meter.start_response(200, "application/json", "")
+    meter.finish(200, "completed", None, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode())
+    row = build_row(meter, book)
+    assert (row["usage_source"], row["priced"], row["cost_usd"], row["error"]) == ("none", False, None, None)
