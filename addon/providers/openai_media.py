@@ -86,7 +86,9 @@ def _seconds(value: object) -> Decimal:
         seconds = Decimal(str(value)).quantize(Decimal("0.001"))
     except (InvalidOperation, ValueError):
         seconds = Decimal(-1)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= seconds <= _MAX_AUDIO_SECONDS:
+    # NaN (Python's json reads it) quantizes to NaN, which no comparison may touch
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not seconds.is_finite() \
+            or not 0 <= seconds <= _MAX_AUDIO_SECONDS:
         shown = repr(value)[:40]
         raise InvalidUsage(f"audio duration {shown} is not a number of seconds from 0 to {_MAX_AUDIO_SECONDS}")
     return seconds
