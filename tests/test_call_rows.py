@@ -452,6 +452,8 @@ def test_an_image_call_stores_its_tokens_by_kind_and_its_images(providers, book)
         row = _media_row(providers, book, path, "application/json",
                          json.dumps({**body, "usage": {**usage, field: None}}).encode(), request)
         assert (row["usage_source"], row["error"]) == ("invalid", f"usage implausible: {field} is null")
+    row = _media_row(providers, book, path, "application/json", json.dumps({**body, "model": 123}).encode(), request)
+    assert (row["model"], row["usage_source"]) == ("chatgpt-image-latest", "reported")  # not a name: the request's
     row = _media_row(providers, book, path, "application/json", b'{"created": 1}', request)
     assert (row["usage_source"], row["priced"], row["error"]) == (
         "none", False, "usage unknown: the response carried no usage")
@@ -531,6 +533,7 @@ def test_a_transcript_answered_as_text_is_timed_by_its_wav_header_or_unpriced_wi
                             "reports it) and the audio file is not a WAV file whose header gives it")
     row = _media_row(providers, book, path, "text/plain", b"Hello there.\n", {"model": "whisper-1", "file": "a.wav"})
     assert (row["usage_source"], row["priced"]) == ("none", False)  # no upload to read a duration from
+    assert row["error"].startswith("usage unknown: the response reported no duration")
 
 
 def test_speech_is_counted_in_characters_or_read_from_its_done_event(providers, book):
@@ -1168,7 +1171,7 @@ def test_a_compressed_request_is_read_for_its_estimate_and_an_unreadable_one_is_
     row = cut_row(gzip.compress(json.dumps(request).encode()))
     assert (row["usage_source"], row["input_tokens"]) == ("partial", count(request["input"], "gpt-4o"))
     row = cut_row(b"this is not gzip")
-    assert (row["usage_source"], row["priced"], row["model"]) == ("none", False, None)
+    assert (row["usage_source"], row["priced"], row["model"], row["error"]) == ("none", False, None, None)
 
 
 def test_a_chat_answer_without_usage_or_request_is_unpriced_without_a_reason_to_invent(providers, book):
