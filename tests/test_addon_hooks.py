@@ -176,3 +176,21 @@ def test_a_call_no_provider_may_take_is_answered_and_not_forwarded(addon, path, 
     body = json.loads(flow.response.get_text())
     assert shape in body and words in flow.response.get_text()
     assert "aispendtrack" not in flow.metadata
+
+
+@pytest.mark.parametrize("path,headers,asked", [
+    ("/v1/chat/completions", {}, True),
+    ("/groq/v1/chat/completions", {}, True),  # Groq documents stream_options
+    ("/mistral/v1/chat/completions", {}, False),  # Mistral does not: never asked
+    ("/v1/responses", {}, False),  # the Responses API reports usage in every stream
+    ("/v1/messages", {"x-api-key": "sk-ant-secret", "anthropic-version": "2023-06-01"}, False),
+])
+def test_only_chat_streams_of_apis_that_take_it_are_asked_for_their_usage(addon, path, headers, asked):
+    sent = json.dumps({"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    flow = _flow(path, **{"x-aispendtrack-key": KEY, "content-type": "application/json", **headers})
+    flow.request.method, flow.request.content = "POST", sent
+    addon.request(flow)
+    assert flow.response is None
+    forwarded = json.loads(flow.request.content)
+    assert (forwarded.get("stream_options") == {"include_usage": True}) is asked
+    assert (flow.request.content == sent) is not asked

@@ -8,15 +8,22 @@ milliseconds, so mutation testing (.ci/mutation) can run them against every chan
 
 from __future__ import annotations
 
+import gzip
 import json
+import struct
 import time
+import uuid
 from decimal import Decimal
 
+import httpx
 import pytest
+from mitmproxy import http
 
+from addon import batches
 from addon.estimate import Counter
 from addon.meter import CallMeter
 from addon.providers import all_providers
+from addon.realtime import RealtimeSession
 from addon.record import build_row
 from pricing import PriceBook, TokenUsage
 
@@ -29,9 +36,16 @@ COHERE = {"model": "command-r-plus-08-2024", "messages": CHAT["messages"]}
 
 
 @pytest.fixture(scope="module")
-def providers(tmp_path_factory):
+def counter(tmp_path_factory):
     counter = Counter(tmp_path_factory.mktemp("cache") / "tiktoken")
     counter.load_in_background().join(60)
+    return counter
+
+
+@pytest.fixture
+def providers(counter):
+    # Made for each test (it is cheap): mutation testing credits the providers' constructors to
+    # every test that uses them, not only to the first test of the module.
     return {p.name: p for p in all_providers(counter)}
 
 
@@ -54,6 +68,10 @@ def _row(providers, book, provider: str, path: str, request: dict, scenario: str
         meter.tap(b"")
     meter.finish(status or reply.status, "completed", None, None if streamed else reply.body)
     return build_row(meter, book)
+
+
+def _answer(body: object) -> payloads.Reply:
+    return payloads.Reply(body=json.dumps(body).encode())
 
 
 def _tokens(row: dict) -> dict:
@@ -96,7 +114,8 @@ def test_a_completed_call_stores_the_reported_tokens_priced(providers, book, pro
     assert row["usage_source"] == "reported"
     assert _tokens(row) == tokens
     expected = book.price(TokenUsage(**tokens), provider, model, row["ts"], row["service_tier"])
-    assert row["priced"] and row["cost_usd"] == expected.cost_usd > 0
+    assert row["priced"] and row["cost_usd"] == expected.cost_usd > 0 and row["price_source"] == expected.source
+    assert isinstance(row["id"], uuid.UUID) and row["outcome"] == "completed"
     assert row["stream"] is (bool(request_body.get("stream")) or ":stream" in path)
     assert row["latency_ms"] >= 0 and (row["ttft_ms"] is not None) is row["stream"]
 
@@ -128,31 +147,51 @@ def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, boo
     body = {"object": "list", "model": "text-embedding-3-large",  # the model that answered, not the one asked
             "data": [{"object": "embedding", "index": n, "embedding": [0.0123456789] * 1536} for n in range(600)],
             "usage": usage}
+    request = {"model": "text-embedding-3-small", "input": ["hi"]}
     reply = payloads.Reply(body=json.dumps(body, separators=(",", ":")).encode())
     assert len(reply.body) > 9 * 1024 * 1024
-    row = _row(providers, book, "openai", "/v1/embeddings", {"model": "text-embedding-3-small", "input": ["hi"]},
-               reply=reply)
+    row = _row(providers, book, "openai", "/v1/embeddings", request, reply=reply)
     assert (row["model"], row["usage_source"], _tokens(row)) == \
         ("text-embedding-3-large", "reported", {"input_tokens": 3_000_000})
     assert row["cost_usd"] == Decimal("0.39")  # $0.13 per 1M tokens
+    # written with spaces, and without a model: the usage is found all the same, the model is the request's
+    del body["model"]
+    row = _row(providers, book, "openai", "/v1/embeddings", request, reply=_answer(body))
+    assert (row["model"], row["usage_source"], row["input_tokens"]) == ("text-embedding-3-small", "reported", 3_000_000)
+
+
+def test_a_request_whose_model_is_not_a_name_stores_no_model(providers, book):
+    body = {"object": "list", "data": [], "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+    row = _row(providers, book, "openai", "/v1/embeddings", {"model": ["text-embedding-3-small"], "input": "hi"},
+               reply=_answer(body))
+    assert (row["model"], row["usage_source"], row["input_tokens"], row["priced"]) == (None, "reported", 4, False)
 
 
 @pytest.mark.parametrize("provider,status,expected", [
     ("anthropic", 429, {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}),
     ("anthropic", 404, {"type": "error", "error": {"type": "not_found_error", "message": "slow down"}}),
     ("anthropic", 503, {"type": "error", "error": {"type": "api_error", "message": "slow down"}}),
+    ("anthropic", 500, {"type": "error", "error": {"type": "api_error", "message": "slow down"}}),
     ("anthropic", 409, {"type": "error", "error": {"type": "invalid_request_error", "message": "slow down"}}),
     ("google", 429, {"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}),
     ("google", 401, {"error": {"code": 401, "message": "slow down", "status": "UNAUTHENTICATED"}}),
     ("google", 418, {"error": {"code": 418, "message": "slow down", "status": "FAILED_PRECONDITION"}}),
+    ("google", 400, {"error": {"code": 400, "message": "slow down", "status": "INVALID_ARGUMENT"}}),
+    ("google", 403, {"error": {"code": 403, "message": "slow down", "status": "PERMISSION_DENIED"}}),
     ("cohere", 429, {"message": "slow down"}),
+    ("openai", 429, {"error": {"message": "slow down", "type": "rate_limit_exceeded", "param": None,
+                               "code": "aispendtrack_limit"}}),
+    ("openai", 499, {"error": {"message": "slow down", "type": "invalid_request_error", "param": None,
+                               "code": "aispendtrack_limit"}}),
+    ("openai", 500, {"error": {"message": "slow down", "type": "server_error", "param": None,
+                               "code": "aispendtrack_limit"}}),
 ])
 def test_our_refusals_come_in_the_shape_each_providers_sdk_reads(providers, provider, status, expected):
     assert json.loads(providers[provider].error_body(status, "slow down", "aispendtrack_limit")) == expected
 
 
-def _chunk(delta: dict) -> bytes:
-    return payloads._data({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-2024-08-06",
+def _chunk(delta: dict, model: str = "gpt-4o-2024-08-06") -> bytes:
+    return payloads._data({"id": "c", "object": "chat.completion.chunk", "model": model,
                            "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
 
 
@@ -193,9 +232,9 @@ def test_a_cut_stream_of_the_other_apis_counts_every_input_text(providers, book,
 
 
 def test_cohere_bills_what_its_meta_says_on_other_endpoints_and_a_stream_that_failed_says_so(providers, book):
-    embed = payloads.Reply(body=json.dumps({"id": "e-1", "embeddings": {"float": [[0.1, 0.2]]}, "texts": ["hi"],
+    embed = _answer({"id": "e-1", "embeddings": {"float": [[0.1, 0.2]]}, "texts": ["hi"],
                                             "meta": {"api_version": {"version": "2"},
-                                                     "billed_units": {"input_tokens": 12}}}).encode())
+                                                     "billed_units": {"input_tokens": 12}}})
     row = _row(providers, book, "cohere", "/v2/embed", {"model": "embed-english-v3.0", "texts": ["hi"]}, reply=embed)
     assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 12})
     failed = [b'event: content-delta\ndata: {"type": "content-delta", "index": 0, '
@@ -263,3 +302,881 @@ def test_a_rows_error_says_why_its_usage_is_missing_or_refused(providers, book):
     assert unreadable["error"].startswith("usage unreadable: ") and unreadable["status"] == 200
     # estimated from the request, as a call cut short would be
     assert (unreadable["usage_source"], unreadable["priced"]) == ("partial", True) and unreadable["input_tokens"] > 0
+
+
+# OpenAI's Realtime API: the rows a session's frames give, read by the same RealtimeSession the
+# proxy's WebSocket hook uses (tests/test_realtime.py runs it through the proxy with the SDK).
+REALTIME_USAGE = {"total_tokens": 2100, "input_tokens": 1200, "output_tokens": 900,  # as OpenAI documents it
+                  "input_token_details": {"text_tokens": 200, "audio_tokens": 1000, "image_tokens": 0,
+                                          "cached_tokens": 640, "cached_tokens_details": {
+                                              "text_tokens": 128, "audio_tokens": 512, "image_tokens": 0}},
+                  "output_token_details": {"text_tokens": 100, "audio_tokens": 800}}
+
+
+def _realtime_rows(providers, book, *frames: dict | bytes, query: str = "model=gpt-realtime") -> list[dict]:
+    """The rows of a session whose server sends ``frames`` (a client frame is given as ("client", event))."""
+    handshake = CallMeter(providers["openai"], "/v1/realtime", 7, "acme", "voice", time.time(), None, "", "GET")
+    session = RealtimeSession(handshake, query)
+    meters = []
+    for frame in frames:
+        from_client = isinstance(frame, tuple)
+        event = frame[1] if isinstance(frame, tuple) else frame
+        meter = session.read(event if isinstance(event, bytes) else json.dumps(event).encode(), from_client)
+        meters.append(meter)
+    return [build_row(m, book) for m in meters if m is not None]
+
+
+def _done(usage: dict | None, status: str = "completed") -> dict:
+    return {"event_id": "event_1", "type": "response.done", "response": {
+        "object": "realtime.response", "id": "resp_1", "status": status, "output": [],
+        **({"usage": usage} if usage is not None else {})}}
+
+
+def test_a_realtime_response_is_a_row_with_its_tokens_by_kind_and_the_sessions_model(providers, book):
+    updated = {"type": "session.updated", "session": {"type": "realtime", "model": "gpt-realtime-mini"}}
+    [row] = _realtime_rows(providers, book, {"type": "session.created", "session": {"model": "gpt-realtime"}},
+                           {"type": "response.created", "response": {"id": "resp_1"}},
+                           {"type": "response.output_audio.delta", "delta": "AAAA", "type_of": "session.updated"},
+                           updated, _done(REALTIME_USAGE))
+    assert (row["model"], row["endpoint"], row["usage_source"], row["error"]) == \
+        ("gpt-realtime-mini", "/v1/realtime", "reported", None)
+    assert (row["input_tokens"], row["input_audio_tokens"], row["input_image_tokens"], row["cache_read_tokens"],
+            row["cache_read_audio_tokens"], row["output_tokens"], row["output_audio_tokens"]) == \
+        (560, 488, 0, 640, 512, 900, 800)
+    assert row["priced"] and row["cost_usd"] > 0
+    # a model named by the client or in a nested object, or not a model name, does not rename the session
+    nested = {"item": {"type": "session.updated", "session": {"model": "gpt-4o"}}, "type": "conversation.item.added"}
+    [row] = _realtime_rows(providers, book, nested,
+                           ("client", {"type": "session.updated", "session": {"model": "gpt-4o"}}),
+                           {"type": "session.created", "session": {"model": "gpt realtime; drop"}},
+                           {"type": "session.created", "session": {"model": "g" * 201}},
+                           _done(REALTIME_USAGE), query="model=gpt-realtime")
+    assert (row["model"], row["usage_source"]) == ("gpt-realtime", "reported")
+
+
+def test_realtime_parts_may_reach_their_whole_but_never_pass_it(providers, book):
+    whole = {"input_tokens": 1000, "output_tokens": 50, "output_token_details": {"audio_tokens": 50},
+             "input_token_details": {"audio_tokens": 600, "image_tokens": 400, "cached_tokens": 1000,
+                                     "cached_tokens_details": {"audio_tokens": 600, "image_tokens": 400}}}
+    [row] = _realtime_rows(providers, book, _done(whole))
+    assert (row["usage_source"], row["input_tokens"], row["cache_read_tokens"], row["cache_read_audio_tokens"],
+            row["cache_read_image_tokens"], row["output_audio_tokens"]) == ("reported", 0, 1000, 600, 400, 50)
+    assert (row["input_audio_tokens"], row["input_image_tokens"]) == (0, 0)
+    half = {**whole, "input_token_details": {**whole["input_token_details"], "cached_tokens": 500,
+                                             "cached_tokens_details": {"audio_tokens": 300, "image_tokens": 200}}}
+    [row] = _realtime_rows(providers, book, _done(half))
+    assert (row["input_tokens"], row["input_audio_tokens"], row["input_image_tokens"], row["cache_read_tokens"],
+            row["cache_read_audio_tokens"], row["cache_read_image_tokens"]) == (500, 300, 200, 500, 300, 200)
+    for field in ("input_tokens", "output_tokens"):
+        [row] = _realtime_rows(providers, book, _done({**whole, field: None}))
+        assert (row["usage_source"], row["error"]) == ("invalid", f"usage implausible: {field} is null")
+    details = whole["input_token_details"]
+    past = [{**whole, "input_tokens": 999},  # cached, and audio + image, above the input
+            {**whole, "input_token_details": {**details, "cached_tokens": 999}},  # cached parts above cached
+            {**whole, "input_token_details": {**details, "audio_tokens": 599}},  # cached audio above audio
+            {**whole, "input_token_details": {**details, "image_tokens": 399}},  # cached images above images
+            {**whole, "input_token_details": {**details, "cached_tokens": 900,
+                                              "cached_tokens_details": {"audio_tokens": 600, "image_tokens": 300},
+                                              "audio_tokens": 601}},  # audio + image above the input
+            {**whole, "output_tokens": 49}]  # output audio above the output
+    for usage in past:
+        [row] = _realtime_rows(providers, book, _done(usage))
+        assert (row["usage_source"], row["priced"], row["cost_usd"]) == ("invalid", False, None), usage
+        assert row["error"] == (f"usage implausible: the parts of input_tokens={usage['input_tokens']} or "
+                                f"output_tokens={usage['output_tokens']} exceed them")
+
+
+def test_a_realtime_response_that_did_not_complete_says_so(providers, book):
+    rows = _realtime_rows(providers, book, _done(REALTIME_USAGE, "cancelled"), _done(REALTIME_USAGE, "x" * 33),
+                          _done(REALTIME_USAGE, "y" * 32), _done(REALTIME_USAGE, "incomplete"))
+    assert [(r["error"], r["usage_source"], r["output_tokens"]) for r in rows] == [
+        ("response cancelled", "reported", 900), (None, "reported", 900), ("response " + "y" * 32, "reported", 900),
+        ("response incomplete", "reported", 900)]
+    [missing] = _realtime_rows(providers, book, _done(None))
+    assert (missing["usage_source"], missing["priced"], missing["cost_usd"]) == ("none", False, None)
+
+
+# OpenAI's images and audio APIs (tests/test_media.py runs them through the proxy with the SDK).
+def _media_row(providers, book, path: str, content_type: str, answer: bytes | list[bytes],
+               request: dict | None = None, upload: dict | None = None, status: int = 200) -> dict:
+    """The row for a call to ``path`` sent as JSON (``request``) or as a form with a file (``upload``,
+    encoded by httpx as the SDK does), answered with ``answer``: a body, or a stream's pieces."""
+    if upload is not None:
+        form = httpx.Request("POST", f"https://api.openai.com{path}", files={"file": upload.pop("file")},
+                             data=upload)
+        body, kind = form.read(), form.headers["content-type"]
+    else:
+        body, kind = json.dumps(request).encode(), "application/json"
+    meter = CallMeter(providers["openai"], path, 7, "acme", "media", time.time(), body, "", request_type=kind)
+    streamed = meter.start_response(status, content_type, "")
+    if streamed:
+        for piece in answer:
+            meter.tap(piece)
+        meter.tap(b"")
+    meter.finish(status, "completed", None, None if streamed else answer)  # type: ignore[arg-type]
+    return build_row(meter, book)
+
+
+def _units(row: dict) -> dict:
+    return {k: row[k] for k in ("input_tokens", "cache_read_tokens", "input_image_tokens", "input_audio_tokens",
+                                "output_tokens", "output_image_tokens", "output_audio_tokens", "images",
+                                "audio_seconds", "characters") if row[k]}
+
+
+def _wav(seconds: int, rate: int = 16000) -> bytes:
+    data = b"\0\0" * (seconds * rate)
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", len(data)) + data)
+
+
+def test_an_image_call_stores_its_tokens_by_kind_and_its_images(providers, book):
+    path, request = "/v1/images/generations", {"model": "chatgpt-image-latest", "prompt": "a red cat", "n": 2}
+    usage = {"input_tokens": 50, "output_tokens": 4160, "total_tokens": 4210,
+             "input_tokens_details": {"cached_tokens": 10, "image_tokens": 30, "text_tokens": 20},
+             "output_tokens_details": {"image_tokens": 4000}}
+    body = {"created": 1764763200, "model": "gpt-image-1", "data": [{"b64_json": "iVBO"}] * 2, "usage": usage}
+    row = _media_row(providers, book, path, "application/json", json.dumps(body).encode(), request)
+    assert (row["model"], row["usage_source"], row["error"]) == ("gpt-image-1", "reported", None)
+    assert _units(row) == {"input_tokens": 40, "cache_read_tokens": 10, "input_image_tokens": 30,
+                           "output_tokens": 4160, "output_image_tokens": 4000, "images": 2}
+    assert row["priced"] and row["cost_usd"] > 0
+    # image parts larger than what they are part of count as the whole, never more
+    odd = {**usage, "input_tokens_details": {"cached_tokens": 60, "image_tokens": 45},
+           "output_tokens_details": {"image_tokens": 5000}}
+    row = _media_row(providers, book, path, "application/json", json.dumps({**body, "usage": odd}).encode(), request)
+    assert _units(row) == {"cache_read_tokens": 50, "output_tokens": 4160, "output_image_tokens": 4160, "images": 2}
+    row = _media_row(providers, book, path, "application/json", json.dumps({"usage": usage}).encode(), request)
+    assert (row["usage_source"], row["images"], row["output_tokens"]) == ("reported", 0, 4160)  # no data: no images
+    for field in ("input_tokens", "output_tokens"):
+        row = _media_row(providers, book, path, "application/json",
+                         json.dumps({**body, "usage": {**usage, field: None}}).encode(), request)
+        assert (row["usage_source"], row["error"]) == ("invalid", f"usage implausible: {field} is null")
+    row = _media_row(providers, book, path, "application/json", json.dumps({**body, "model": 123}).encode(), request)
+    assert (row["model"], row["usage_source"]) == ("chatgpt-image-latest", "reported")  # not a name: the request's
+    row = _media_row(providers, book, path, "application/json", b'{"created": 1}', request)
+    assert (row["usage_source"], row["priced"], row["error"]) == (
+        "none", False, "usage unknown: the response carried no usage")
+    dall_e = {"created": 1764763200, "data": [{"url": "https://example.invalid/1.png"}] * 3}
+    row = _media_row(providers, book, path, "application/json", json.dumps(dall_e).encode(),
+                     {"model": "dall-e-3", "prompt": "a cat", "size": "1024x1024"})
+    assert (row["model"], row["usage_source"], _units(row)) == ("dall-e-3", "reported", {"images": 3})
+
+
+def test_an_image_count_past_the_bound_is_refused_by_name(providers, book):
+    path, request = "/v1/images/generations", {"model": "dall-e-2", "prompt": "a cat"}
+    many = json.dumps({"created": 1, "data": [{}] * 100_000}).encode()
+    assert _media_row(providers, book, path, "application/json", many, request)["images"] == 100_000
+    too_many = json.dumps({"created": 1, "data": [{}] * 100_001}).encode()
+    row = _media_row(providers, book, path, "application/json", too_many, request)
+    assert (row["usage_source"], row["priced"], row["images"]) == ("invalid", False, 0)
+    assert row["error"] == "usage implausible: data holds 100,001 images, more than 100,000"
+
+
+def test_a_transcription_stores_its_audio_tokens_or_its_seconds(providers, book):
+    path, wav = "/v1/audio/transcriptions", ("a.wav", _wav(1), "audio/wav")
+    tokens = {"type": "tokens", "input_tokens": 134, "output_tokens": 9,
+              "input_token_details": {"text_tokens": 14, "audio_tokens": 120}}
+    row = _media_row(providers, book, path, "application/json", json.dumps({"text": "hi", "usage": tokens}).encode(),
+                     upload={"model": "gpt-4o-transcribe", "file": wav})
+    assert (row["model"], row["usage_source"]) == ("gpt-4o-transcribe", "reported")
+    assert _units(row) == {"input_tokens": 134, "input_audio_tokens": 120, "output_tokens": 9}
+    odd = {**tokens, "input_token_details": {"audio_tokens": 150}}  # audio is part of the input: at most all of it
+    row = _media_row(providers, book, path, "application/json", json.dumps({"text": "hi", "usage": odd}).encode(),
+                     upload={"model": "gpt-4o-transcribe", "file": wav})
+    assert _units(row) == {"input_tokens": 134, "input_audio_tokens": 134, "output_tokens": 9}
+    for answer in ({"text": "hi", "usage": {"type": "duration", "seconds": 8}},
+                   {"text": "hi", "task": "transcribe", "duration": 8.0},  # verbose_json: no usage, a duration
+                   {"text": "hi", "duration": 3, "usage": {"type": "duration", "seconds": 8}}):
+        row = _media_row(providers, book, path, "application/json", json.dumps(answer).encode(),
+                         upload={"model": "whisper-1", "file": wav})
+        assert (row["usage_source"], row["audio_seconds"]) == ("reported", Decimal(8)), answer
+        assert row["cost_usd"] == Decimal("0.006") * 8 / 60  # whisper-1: $0.006 a minute
+    row = _media_row(providers, book, path, "application/json", json.dumps({"text": "hi", "duration": 86400}).encode(),
+                     upload={"model": "whisper-1", "file": wav})
+    assert row["audio_seconds"] == Decimal(86400)
+    row = _media_row(providers, book, path, "application/json", json.dumps({"text": "", "duration": 0}).encode(),
+                     upload={"model": "whisper-1", "file": wav})
+    assert (row["usage_source"], row["audio_seconds"], row["cost_usd"]) == ("reported", 0, 0)
+    for field in ("input_tokens", "output_tokens"):
+        answer = {"text": "hi", "usage": {**tokens, field: None}}
+        row = _media_row(providers, book, path, "application/json", json.dumps(answer).encode(),
+                         upload={"model": "gpt-4o-transcribe", "file": wav})
+        assert (row["usage_source"], row["error"]) == ("invalid", f"usage implausible: {field} is null")
+    row = _media_row(providers, book, "/v1/audio/translations", "application/json", b'{"text": "hi"}',
+                     upload={"model": "whisper-1", "file": ("a.wav", _wav(2), "audio/wav")})
+    assert (row["usage_source"], row["audio_seconds"]) == ("estimated", 2)  # whisper's JSON names no duration
+
+
+@pytest.mark.parametrize("seconds,shown", [(-1, "-1"), (86400.5, "86400.5"), (True, "True"), ("8", "'8'"),
+                                           ([8], "[8]"), (float("nan"), "nan"), ("x" * 50, repr("x" * 50)[:40])])
+def test_a_transcription_whose_duration_is_not_a_length_of_audio_is_refused_by_name(providers, book, seconds, shown):
+    # NaN is written (and read back) as Python's json does: a hostile upstream can send it
+    answer = json.dumps({"text": "hi", "usage": {"type": "duration", "seconds": seconds}}).encode()
+    row = _media_row(providers, book, "/v1/audio/translations", "application/json", answer,
+                     upload={"model": "whisper-1", "file": ("a.wav", _wav(1), "audio/wav")})
+    assert (row["usage_source"], row["priced"], row["cost_usd"]) == ("invalid", False, None)
+    assert row["error"] == f"usage implausible: audio duration {shown} is not a number of seconds from 0 to 86400"
+
+
+def test_a_transcript_answered_as_text_is_timed_by_its_wav_header_or_unpriced_with_why(providers, book):
+    path = "/v1/audio/transcriptions"
+    row = _media_row(providers, book, path, "text/plain; charset=utf-8", b"Hello there.\n",
+                     upload={"model": "whisper-1", "response_format": "text", "file": ("a.wav", _wav(3), "audio/wav")})
+    assert (row["usage_source"], row["audio_seconds"], row["error"]) == ("estimated", Decimal(3), None)
+    assert row["cost_usd"] == Decimal("0.006") * 3 / 60
+    row = _media_row(providers, book, path, "text/plain; charset=utf-8", b"Hello there.\n",
+                     upload={"model": "whisper-1", "response_format": "text",
+                             "file": ("a.mp3", b"ID3\x04" + bytes(4000), "audio/mpeg")})
+    assert (row["usage_source"], row["priced"], row["cost_usd"]) == ("none", False, None)
+    assert row["error"] == ("usage unknown: the response reported no duration (response_format json or verbose_json "
+                            "reports it) and the audio file is not a WAV file whose header gives it")
+    row = _media_row(providers, book, path, "text/plain", b"Hello there.\n", {"model": "whisper-1", "file": "a.wav"})
+    assert (row["usage_source"], row["priced"]) == ("none", False)  # no upload to read a duration from
+    assert row["error"].startswith("usage unknown: the response reported no duration")
+
+
+def test_speech_is_counted_in_characters_or_read_from_its_done_event(providers, book):
+    path, words = "/v1/audio/speech", "Today is a wonderful day."
+    audio = [b"ID3\x04" + bytes(20_000), bytes(10_000)]
+    row = _media_row(providers, book, path, "audio/mpeg", audio, {"model": "tts-1", "input": words, "voice": "alloy"})
+    assert (row["usage_source"], _units(row), row["error"]) == ("counted", {"characters": len(words)}, None)
+    assert row["cost_usd"] == Decimal(15) * len(words) / 1_000_000  # tts-1: $15 per million characters
+    row = _media_row(providers, book, path, "audio/mpeg", audio,
+                     {"model": "gpt-4o-mini-tts", "input": words, "voice": "alloy"})
+    assert (row["usage_source"], row["priced"], row["cost_usd"]) == ("none", False, None)
+    assert row["error"] == "usage unknown: gpt-4o-mini-tts reports its tokens only with stream_format=sse"
+    done = {"type": "speech.audio.done", "usage": {"input_tokens": 5, "output_tokens": 1200, "total_tokens": 1205}}
+    sse = [payloads._data({"type": "speech.audio.delta", "audio": "AAAA" * 500}), payloads._data(done)]
+    row = _media_row(providers, book, path, "text/event-stream", sse,
+                     {"model": "gpt-4o-mini-tts", "input": words, "voice": "alloy", "stream_format": "sse"})
+    assert (row["usage_source"], row["stream"]) == ("reported", True)
+    assert _units(row) == {"input_tokens": 5, "output_tokens": 1200, "output_audio_tokens": 1200}
+
+
+def test_a_streamed_transcription_is_read_from_its_done_event_or_says_why_it_failed(providers, book):
+    path, upload = "/v1/audio/transcriptions", {"model": "gpt-4o-mini-transcribe", "stream": "true"}
+    usage = {"type": "tokens", "input_tokens": 54, "output_tokens": 9, "total_tokens": 63,
+             "input_token_details": {"text_tokens": 14, "audio_tokens": 40}}
+    sse = [payloads._data({"type": "transcript.text.delta", "delta": "Hello "}),
+           payloads._data({"type": "transcript.text.done", "text": "Hello there", "usage": usage})]
+    row = _media_row(providers, book, path, "text/event-stream", sse,
+                     upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
+    assert (row["usage_source"], row["model"]) == ("reported", "gpt-4o-mini-transcribe")
+    assert _units(row) == {"input_tokens": 54, "input_audio_tokens": 40, "output_tokens": 9}
+    failed = [sse[0], payloads._data({"type": "error", "error": {"type": "server_error", "message": "oops"}})]
+    row = _media_row(providers, book, path, "text/event-stream", failed,
+                     upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
+    assert (row["error"], row["usage_source"], row["audio_seconds"]) == ("server_error", "partial", Decimal(4))
+    for error, stored in (({"code": "rate_limited"}, "rate_limited"), ({}, "error")):
+        erred = [payloads._data({"type": "error", "error": error})]
+        row = _media_row(providers, book, path, "text/event-stream", erred,
+                         upload={**upload, "file": ("a.wav", _wav(4), "audio/wav")})
+        assert row["error"] == stored
+
+
+def test_a_call_whose_usage_reading_fails_is_still_stored_without_usage(providers, book, monkeypatch):
+    def broken(path, body):
+        raise KeyError("a bug in a parser")
+    monkeypatch.setattr(providers["openai"], "parse_body", broken)
+    row = _row(providers, book, "openai", "/v1/chat/completions", CHAT)
+    assert (row["status"], row["model"], row["customer_id"], row["key_id"]) == (200, None, "acme", 7)
+    assert (row["usage_source"], row["priced"], row["cost_usd"], _tokens(row)) == ("none", False, None, {})
+    assert row["error"] == "usage unreadable: internal error"
+
+
+def test_a_billed_call_we_do_not_meter_is_unpriced_and_named(providers, book):
+    row = _row(providers, book, "openai", "/v1/images/variations", {"model": "dall-e-2"},
+               reply=payloads.Reply(body=b'{"created": 1, "data": [{"url": "https://example.invalid/1.png"}]}'))
+    assert (row["status"], row["usage_source"], row["priced"], row["cost_usd"]) == (200, "unmetered", False, None)
+    assert row["error"] == ("not metered: openai bills /v1/images/variations, AiSpendTrack does not read its usage "
+                            "(docs/coverage.md)")
+
+
+def test_a_model_name_too_long_to_be_real_is_stored_cut(providers, book):
+    for length, stored in ((200, "m" * 200), (201, "m" * 199 + "…")):
+        row = _row(providers, book, "openai", "/v1/embeddings", {"model": "m" * length, "input": "hi"},
+                   reply=payloads.Reply(body=b'{"object": "list", "data": [], "usage": {"prompt_tokens": 4}}'))
+        assert (row["model"], row["usage_source"], row["input_tokens"]) == (stored, "reported", 4)
+
+
+def test_a_stream_whose_usage_we_could_not_ask_for_says_why_unless_it_came(providers, book):
+    def row_for(request: dict, keep: int | None) -> dict:
+        reply = payloads.reply_for("/v1/chat/completions", "", request)
+        meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", "chat", time.time(),
+                          json.dumps(request).encode(), "")
+        meter.usage_not_requested = "the request body is compressed (gzip)"  # as the proxy notes it
+        meter.start_response(200, "text/event-stream", "")
+        for piece in reply.pieces()[:keep]:
+            meter.tap(piece)
+        meter.tap(b"")
+        meter.finish(200, "completed", None)
+        # the clock readings of a call that took 1.2345678 s, its first byte after 12.3456 ms
+        meter.started_at = 1_764_763_200.0
+        meter.first_byte_at, meter.finished_at = meter.started_at + 0.0123456, meter.started_at + 1.2345678
+        return build_row(meter, book)
+    estimated = row_for({**CHAT, "stream": True}, None)
+    assert (estimated["usage_source"], estimated["error"]) == (
+        "estimated", "usage not requested: the request body is compressed (gzip)")
+    reported = row_for(STREAMED, None)
+    assert (reported["usage_source"], reported["error"]) == ("reported", None)
+    # latency from the request to the end, time to first token from the request to the first byte, in ms
+    assert (reported["ttft_ms"], reported["latency_ms"]) == (12.346, 1234.568)
+
+
+@pytest.mark.parametrize("path,usage,field", [
+    ("/v1/chat/completions", {"prompt_tokens": None, "completion_tokens": 5}, "prompt_tokens"),
+    ("/v1/chat/completions", {"prompt_tokens": 5, "completion_tokens": None}, "completion_tokens"),
+    ("/v1/responses", {"input_tokens": None, "output_tokens": 5}, "input_tokens"),
+    ("/v1/responses", {"input_tokens": 5, "output_tokens": None}, "output_tokens"),
+])
+def test_an_openai_count_sent_as_null_is_refused_by_name_not_taken_as_zero(providers, book, path, usage, field):
+    body = {"id": "x", "object": "response", "model": "gpt-4o", "status": "completed", "output": [], "usage": usage}
+    row = _row(providers, book, "openai", path, {"model": "gpt-4o", "input": "hi"},
+               reply=_answer(body))
+    assert (row["usage_source"], row["priced"]) == ("invalid", False)
+    assert row["error"] == f"usage implausible: {field} is null"
+
+
+def test_deepseeks_cache_hits_are_cache_reads_and_the_service_tier_is_kept(providers, book):
+    usage = {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105, "prompt_cache_hit_tokens": 60,
+             "prompt_cache_miss_tokens": 40}
+    body = {"id": "x", "object": "chat.completion", "model": "deepseek-chat", "choices": [], "usage": usage}
+    row = _row(providers, book, "deepseek", "/v1/chat/completions", {**CHAT, "model": "deepseek-chat"},
+               reply=_answer(body))
+    assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 40, "cache_read_tokens": 60,
+                                                                "output_tokens": 5})
+    flex = {"id": "x", "object": "chat.completion", "model": "o3-2025-04-16", "service_tier": "flex", "choices": [],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+    row = _row(providers, book, "openai", "/v1/chat/completions", {**CHAT, "model": "o3"},
+               reply=_answer(flex))
+    assert (row["service_tier"], row["model"]) == ("flex", "o3-2025-04-16")
+    at_flex = book.price(TokenUsage(input_tokens=10, output_tokens=5), "openai", "o3-2025-04-16", row["ts"], "flex")
+    standard = book.price(TokenUsage(input_tokens=10, output_tokens=5), "openai", "o3-2025-04-16", row["ts"])
+    assert row["cost_usd"] == at_flex.cost_usd < standard.cost_usd  # priced at the tier it was served at
+    # in a stream the tier comes with the first chunks; the usage chunk need not repeat it
+    events = payloads.chat_stream(include_usage=True, tier="priority")
+    last = json.loads(events[-2][len(b"data: "):])
+    del last["service_tier"]
+    row = _row(providers, book, "openai", "/v1/chat/completions", STREAMED,
+               reply=payloads.Reply(events=[*events[:-2], payloads._data(last), events[-1]]))
+    assert (row["service_tier"], row["usage_source"]) == ("priority", "reported")
+
+
+def test_each_web_search_of_a_response_is_counted_up_to_the_bound(providers, book):
+    def row_for(searches: int) -> dict:
+        output = [{"type": "web_search_call", "id": f"ws_{n}", "status": "completed"} for n in range(searches)]
+        body = {**payloads._response_obj("gpt-4o-2024-08-06", "completed", {"input_tokens": 10, "output_tokens": 5}),
+                "output": [*output, {"type": "message", "content": []}]}
+        return _row(providers, book, "openai", "/v1/responses", {"model": "gpt-4o", "input": "news?"},
+                    reply=_answer(body))
+    assert (row_for(2)["web_search_requests"], row_for(2)["usage_source"]) == (2, "reported")
+    assert row_for(100_000)["web_search_requests"] == 100_000
+    refused = row_for(100_001)
+    assert (refused["usage_source"], refused["web_search_requests"], refused["priced"]) == ("invalid", 0, False)
+    assert refused["error"] == "usage implausible: output has 100,001 web_search_call items, more than 100,000"
+
+
+@pytest.mark.parametrize("error,stored", [({"type": "server_error", "code": "x"}, "server_error"),
+                                          ({"code": "rate_limit"}, "rate_limit"), ({}, "error")])
+def test_an_error_inside_a_chat_stream_is_the_rows_error(providers, book, error, stored):
+    events = payloads.chat_stream(include_usage=False)[:3] + [payloads._data({"error": error})]
+    row = _row(providers, book, "openai", "/v1/chat/completions", STREAMED, reply=payloads.Reply(events=events))
+    assert (row["error"], row["usage_source"]) == (stored, "partial")
+
+
+def _data_only(events: list[bytes]) -> list[bytes]:
+    """The same events without their ``event:`` lines, as some OpenAI-compatible servers send them."""
+    return [e.split(b"\n", 1)[1] if e.startswith(b"event:") else e for e in events]
+
+
+def test_a_responses_stream_is_read_with_or_without_event_names(providers, book):
+    request = {"model": "gpt-5", "input": "hi", "stream": True}
+    whole = payloads.reply_for("/v1/responses", "", request).events
+    row = _row(providers, book, "openai", "/v1/responses", request, reply=payloads.Reply(events=_data_only(whole)))
+    assert (row["usage_source"], row["model"], row["output_tokens"]) == ("reported", "gpt-5-2025-08-07", 1719)
+    # cut before response.completed: the model from response.created, the text of every delta counted
+    empty = payloads._event("response.output_text.delta", {"type": "response.output_text.delta", "delta": ""})
+    cut = [*whole[:-1], empty]
+    count = providers["openai"].counter.count
+    for events in (cut, _data_only(cut)):
+        row = _row(providers, book, "openai", "/v1/responses", request, reply=payloads.Reply(events=events))
+        assert (row["usage_source"], row["model"]) == ("partial", "gpt-5-2025-08-07")
+        assert row["output_tokens"] == count("".join(payloads.STREAM_TEXT), "gpt-5-2025-08-07")
+
+
+@pytest.mark.parametrize("last,error", [
+    (payloads._event("response.failed", {"type": "response.failed", "response": payloads._response_obj(
+        "gpt-5-2025-08-07", "failed", {"input_tokens": 45, "output_tokens": 3})}), "response.failed"),
+    (payloads._event("error", {"type": "error", "code": "server_error", "message": "oops"}), "server_error"),
+    (payloads._event("error", {"code": "rate_limit_exceeded", "message": "slow down"}), "rate_limit_exceeded"),
+    (payloads._data({"type": "error", "message": "oops"}), "error"),
+])
+def test_a_responses_stream_that_fails_says_how(providers, book, last, error):
+    request = {"model": "gpt-5", "input": "hi", "stream": True}
+    events = payloads.reply_for("/v1/responses", "", request).events[:3] + [last]
+    row = _row(providers, book, "openai", "/v1/responses", request, reply=payloads.Reply(events=events))
+    assert (row["error"], row["model"]) == (error, "gpt-5-2025-08-07")
+    if last.startswith(b"event: response.failed"):  # billed for what it used, as reported
+        assert (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("reported", 45, 3)
+
+
+def _message_row(providers, book, usage: dict, model: str = payloads.SONNET) -> dict:
+    body = json.dumps({"id": "msg_01", "type": "message", "role": "assistant", "model": model,
+                       "content": [{"type": "text", "text": "Hi!"}], "stop_reason": "end_turn", "usage": usage})
+    return _row(providers, book, "anthropic", "/v1/messages", {**MESSAGE, "model": "claude-sonnet-4-0"},
+                reply=payloads.Reply(body=body.encode()))
+
+
+def test_a_claude_message_stores_thinking_searches_the_cache_write_and_the_answering_model(providers, book):
+    usage = {"input_tokens": 13, "output_tokens": 44, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 30,
+             "cache_creation": {"ephemeral_1h_input_tokens": 20, "ephemeral_5m_input_tokens": 10},
+             "output_tokens_details": {"thinking_tokens": 33}, "server_tool_use": {"web_search_requests": 2},
+             "service_tier": "Priority"}
+    row = _message_row(providers, book, usage)
+    assert (row["model"], row["usage_source"], row["service_tier"]) == (payloads.SONNET, "reported", "priority")
+    assert _tokens(row) == {"input_tokens": 13, "cache_read_tokens": 5, "cache_write_tokens": 30,
+                            "cache_write_1h_tokens": 20, "output_tokens": 44, "reasoning_tokens": 33,
+                            "web_search_requests": 2}
+    # the total, when sent, is the cache write (the split may name only part of it)
+    row = _message_row(providers, book, {**usage, "cache_creation_input_tokens": 40})
+    assert (row["cache_write_tokens"], row["cache_write_1h_tokens"]) == (40, 20)
+    for field in ("input_tokens", "output_tokens"):
+        row = _message_row(providers, book, {**usage, field: None})
+        assert (row["usage_source"], row["error"]) == ("invalid", f"usage implausible: {field} is null")
+    row = _message_row(providers, book, {**usage, "server_tool_use": None, "output_tokens_details": None})
+    assert (row["web_search_requests"], row["reasoning_tokens"], row["usage_source"]) == (0, 0, "reported")
+    row = _message_row(providers, book, {**usage, "server_tool_use": {"web_search_requests": 100_001}})
+    assert row["error"] == ("usage implausible: server_tool_use.web_search_requests=100001 is not a whole number "
+                            "from 0 to 100,000")
+
+
+def _claude_stream(*, cut_after: int | None = None, error: dict | None = None) -> list[bytes]:
+    """A streamed message with thinking, text and a tool call; ``cut_after``: events kept."""
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                  "model": payloads.SONNET, "content": [], "usage": {
+                                                      "input_tokens": 377, "cache_read_input_tokens": 10,
+                                                      "cache_creation_input_tokens": 30, "output_tokens": 1,
+                                                      "cache_creation": {"ephemeral_1h_input_tokens": 30},
+                                                      "server_tool_use": {"web_search_requests": 1},
+                                                      "service_tier": "standard"}}}
+    deltas = [{"type": "thinking_delta", "thinking": "The user wants the weather in Paris."},
+              {"type": "text_delta", "text": "Let me look that up for you."},
+              {"type": "input_json_delta", "partial_json": '{"city": "Paris", "units": "celsius"}'},
+              {"type": "signature_delta", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"}]
+    events = [payloads._event("message_start", start), payloads._event("ping", {"type": "ping"})]
+    events += [payloads._event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": d})
+               for d in deltas]
+    if error is not None:
+        return [*events, payloads._event("error", {"type": "error", "error": error})]
+    events += [payloads._event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                                                 "usage": {"input_tokens": None, "output_tokens": 3}}),
+               payloads._event("message_stop", {"type": "message_stop"})]
+    return events[:cut_after]
+
+
+def test_a_claude_stream_cut_before_its_usage_counts_the_thinking_text_and_tool_input_that_came(providers, book):
+    count = providers["anthropic"].counter.count
+    request = {**MESSAGE, "model": "claude-sonnet-4-0", "stream": True}
+    came = count("The user wants the weather in Paris.Let me look that up for you."
+                 '{"city": "Paris", "units": "celsius"}', None)
+    for events in (_claude_stream(cut_after=6), _data_only(_claude_stream(cut_after=6))):
+        row = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=events))
+        assert (row["usage_source"], row["model"], row["service_tier"]) == ("partial", payloads.SONNET, "standard")
+        seen = {"input_tokens": 377, "cache_read_tokens": 10, "cache_write_tokens": 30, "cache_write_1h_tokens": 30,
+                "output_tokens": came, "web_search_requests": 1}
+        assert _tokens(row) == seen
+        assert row["cost_usd"] == book.price(TokenUsage(**seen), "anthropic", payloads.SONNET, row["ts"]).cost_usd
+    # the usage of message_delta came, only message_stop did not: the larger of it and the text wins
+    row = _row(providers, book, "anthropic", "/v1/messages", request,
+               reply=payloads.Reply(events=_claude_stream(cut_after=-1)))
+    assert (row["usage_source"], row["output_tokens"]) == ("partial", came)
+    whole = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=_claude_stream()))
+    assert (whole["usage_source"], whole["input_tokens"], whole["output_tokens"]) == ("reported", 377, 3)
+    # a whole message that reports no usage has nothing to estimate from: unpriced, never a crash
+    row = _row(providers, book, "anthropic", "/v1/messages", MESSAGE,
+               reply=_answer({"id": "msg_01", "type": "message", "model": payloads.SONNET, "content": []}))
+    assert (row["usage_source"], row["priced"], row["error"]) == ("none", False, None)
+
+
+@pytest.mark.parametrize("error,stored", [({"type": "overloaded_error", "message": "Overloaded"}, "overloaded_error"),
+                                          ({"message": "?"}, "error")])
+def test_an_error_inside_a_claude_stream_is_the_rows_error(providers, book, error, stored):
+    request = {**MESSAGE, "stream": True}
+    for events in (_claude_stream(error=error), _data_only(_claude_stream(error=error))):
+        row = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=events))
+        assert (row["error"], row["usage_source"], row["input_tokens"]) == (stored, "partial", 377)
+    untyped = [*_claude_stream(cut_after=3), b"event: error\ndata: " + json.dumps({"error": error}).encode() + b"\n\n"]
+    row = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=untyped))
+    assert row["error"] == stored  # named by its event line alone
+
+
+COMPLETE = {"model": "claude-2", "prompt": "\n\nHuman: Say hello\n\nAssistant:", "max_tokens_to_sample": 20}
+
+
+def test_a_text_completion_is_estimated_from_its_prompt_and_completion(providers, book):
+    count = providers["anthropic"].counter.count
+    body = {"type": "completion", "id": "compl_01", "completion": " Hello there, how are you today?",
+            "stop_reason": "stop_sequence", "model": "claude-2.1"}
+    row = _row(providers, book, "anthropic", "/v1/complete", COMPLETE, reply=_answer(body))
+    assert (row["usage_source"], row["model"], row["error"]) == ("estimated", "claude-2.1", None)
+    assert _tokens(row) == {"input_tokens": count(COMPLETE["prompt"], None),
+                            "output_tokens": count(body["completion"], None)}
+    assert row["priced"] and row["cost_usd"] > 0
+    row = _row(providers, book, "anthropic", "/v1/complete", COMPLETE,
+               reply=_answer({**body, "completion": None}))
+    assert (row["usage_source"], row["output_tokens"]) == ("estimated", 0)
+
+
+def _completion_events(texts: list[str], stop: bool) -> list[bytes]:
+    events = [payloads._event("completion", {"type": "completion", "completion": t, "stop_reason": None,
+                                             "model": "claude-2.1"}) for t in texts]
+    events.insert(1, payloads._event("ping", {"type": "ping"}))
+    if stop:
+        events.append(payloads._event("completion", {"type": "completion", "completion": "", "model": "claude-2.1",
+                                                     "stop_reason": "stop_sequence"}))
+    return events
+
+
+def test_a_streamed_text_completion_is_estimated_and_a_cut_or_failed_one_says_so(providers, book):
+    count = providers["anthropic"].counter.count
+    texts = [" Hello", " there,", " how are you?"]
+    request = {**COMPLETE, "stream": True}
+    for events in (_completion_events(texts, True), _data_only(_completion_events(texts, True))):
+        row = _row(providers, book, "anthropic", "/v1/complete", request, reply=payloads.Reply(events=events))
+        assert (row["usage_source"], row["model"], row["stream"]) == ("estimated", "claude-2.1", True)
+        assert row["output_tokens"] == count("".join(texts), None)
+    row = _row(providers, book, "anthropic", "/v1/complete", request,
+               reply=payloads.Reply(events=_completion_events(texts, False)))
+    assert (row["usage_source"], row["output_tokens"]) == ("partial", count("".join(texts), None))
+    for error, stored in (({"type": "overloaded_error", "message": "Overloaded"}, "overloaded_error"), ({}, "error")):
+        for last in (payloads._event("error", {"type": "error", "error": error}),
+                     payloads._data({"type": "error", "error": error}),
+                     payloads._event("error", {"error": error})):
+            failed = [*_completion_events(texts[:1], False), last]
+            row = _row(providers, book, "anthropic", "/v1/complete", request, reply=payloads.Reply(events=failed))
+            assert (row["error"], row["usage_source"]) == (stored, "partial")
+    row = _row(providers, book, "anthropic", "/v1/complete", {**request, "prompt": ["not", "a", "prompt"]},
+               reply=payloads.Reply(events=_completion_events(texts, True)))
+    assert (row["usage_source"], row["input_tokens"]) == ("estimated", 0)
+
+
+def _batch_rows(providers, book, provider: str, method: str, path: str, answer: bytes,
+                content_type: str = "application/json") -> list[dict]:
+    """The rows a batch API call gives (addon/batches.py): the call's own, then one per model of a results download."""
+    meter = CallMeter(providers[provider], path, 7, "acme", "offline", time.time(), b"{}", "", method,
+                      batch=providers[provider].batch_call(method, path))
+    streamed = meter.start_response(200, content_type, "")
+    if streamed:
+        for start in range(0, len(answer), 100):
+            meter.tap(answer[start:start + 100])
+        meter.tap(b"")
+    meter.finish(200, "completed", None, None if streamed else answer)
+    return batches.rows(meter, build_row(meter, book), book)
+
+
+def _lines(*lines: dict) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def test_an_openai_batch_is_noted_at_creation_and_its_results_priced_per_model_at_the_batch_rate(providers, book):
+    created = json.dumps({"id": "batch_abc", "object": "batch", "status": "validating", "output_file_id": None})
+    [row] = _batch_rows(providers, book, "openai", "POST", "/v1/batches", created.encode())
+    assert (row["endpoint"], row["cost_usd"]) == ("/v1/batches", Decimal(0))
+    assert row[batches.NOTE] == {"created": "batch_abc"}
+    done = json.dumps({"id": "batch_abc", "object": "batch", "status": "completed", "output_file_id": "file-xyz"})
+    [row] = _batch_rows(providers, book, "openai", "GET", "/v1/batches/batch_abc", done.encode())
+    assert row["endpoint"] == "/v1/batches/{batch_id}"
+    assert row[batches.NOTE] == {"batch": "batch_abc", "results": "file-xyz"}
+    for unlike in ({"id": "batch_abc", "object": "list", "output_file_id": "file-xyz"}, {"object": "batch", "id": 7},
+                   {"id": "batch_abc", "object": "batch", "output_file_id": 7}):
+        [row] = _batch_rows(providers, book, "openai", "GET", "/v1/batches/batch_abc", json.dumps(unlike).encode())
+        assert batches.NOTE not in row, unlike
+    [row] = _batch_rows(providers, book, "openai", "POST", "/v1/batches/batch_abc/cancel", created.encode())
+    assert batches.NOTE not in row
+
+    def line(n: int, model: str, status: int = 200) -> dict:
+        body = {"id": f"chatcmpl-{n}", "object": "chat.completion", "model": model, "choices": [],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}}
+        return {"id": f"batch_req_{n}", "custom_id": f"r{n}", "response": {"status_code": status, "body": body}}
+    results = _lines(line(1, "gpt-4o-2024-08-06"), line(2, "gpt-4o-2024-08-06"), line(3, "gpt-4o-mini-2024-07-18"),
+                     line(4, "gpt-4o-2024-08-06", status=500))
+    own, *models = _batch_rows(providers, book, "openai", "GET", "/v1/files/file-xyz/content", results,
+                               "application/octet-stream")
+    assert own["endpoint"] == "/v1/files/{file_id}/content"
+    by_model = {r["model"]: r for r in models}
+    assert {m: (r["input_tokens"], r["output_tokens"], r["service_tier"], r["endpoint"]) for m, r in by_model.items()} \
+        == {"gpt-4o-2024-08-06": (200, 20, "batch", "/v1/batches"), "gpt-4o-mini-2024-07-18": (100, 10, "batch",
+                                                                                             "/v1/batches")}
+    assert by_model["gpt-4o-2024-08-06"][batches.NOTE]["results"] == "file-xyz"
+    full = book.price(TokenUsage(input_tokens=100, output_tokens=10), "openai", "gpt-4o-2024-08-06", own["ts"])
+    assert by_model["gpt-4o-2024-08-06"]["cost_usd"] == full.cost_usd  # two lines at half the price each
+    # other methods on the batch paths are not batch calls (the call is still stored, alone)
+    assert len(_batch_rows(providers, book, "openai", "DELETE", "/v1/files/file-xyz/content", results)) == 1
+
+
+def test_an_anthropic_batch_is_noted_and_its_results_url_points_back_through_the_proxy(providers, book):
+    created = {"id": "msgbatch_01", "type": "message_batch", "processing_status": "in_progress", "results_url": None}
+    [row] = _batch_rows(providers, book, "anthropic", "POST", "/v1/messages/batches", json.dumps(created).encode())
+    assert (row["endpoint"], row[batches.NOTE]) == ("/v1/messages/batches", {"created": "msgbatch_01"})
+    [row] = _batch_rows(providers, book, "anthropic", "GET", "/v1/messages/batches", json.dumps(created).encode())
+    assert batches.NOTE not in row  # the list of batches: nothing created
+    for unlike in ({"id": "msgbatch_01", "type": "message"}, {"type": "message_batch", "id": None}):
+        [row] = _batch_rows(providers, book, "anthropic", "POST", "/v1/messages/batches", json.dumps(unlike).encode())
+        assert batches.NOTE not in row
+    for path, endpoint in (("/v1/messages/batches/msgbatch_01", "/v1/messages/batches/{message_batch_id}"),
+                           ("/v1/messages/batches/msgbatch_01/cancel",
+                            "/v1/messages/batches/{message_batch_id}/cancel")):
+        [row] = _batch_rows(providers, book, "anthropic", "POST" if "cancel" in path else "GET", path, b"{}")
+        assert row["endpoint"] == endpoint
+    ended = json.dumps({**created, "processing_status": "ended",
+                        "results_url": "https://api.anthropic.com/v1/messages/batches/msgbatch_01/results"}).encode()
+    response = http.Response.make(200, ended, {"content-type": "application/json"})
+    batches.point_results_here(response, providers["anthropic"])
+    assert response.content == ended.replace(b"https://api.anthropic.com", b"")
+    unchanged = http.Response.make(200, json.dumps(created).encode(), {"content-type": "application/json"})
+    batches.point_results_here(unchanged, providers["anthropic"])
+    assert unchanged.content == json.dumps(created).encode()
+
+    def line(n: int, kind: str = "succeeded") -> dict:
+        message = {"id": f"msg_{n}", "type": "message", "model": payloads.SONNET, "content": [],
+                   "usage": {"input_tokens": 100, "output_tokens": 10, "cache_read_input_tokens": 5}}
+        return {"custom_id": f"r{n}", "result": {"type": kind, **({"message": message} if kind == "succeeded" else {})}}
+    results = _lines(line(1), line(2), line(3, "errored"), line(4, "expired"))
+    own, model = _batch_rows(providers, book, "anthropic", "GET", "/v1/messages/batches/msgbatch_01/results", results,
+                             "application/binary")
+    assert own["endpoint"] == "/v1/messages/batches/{message_batch_id}/results"
+    assert (model["model"], model["input_tokens"], model["cache_read_tokens"], model["output_tokens"],
+            model["service_tier"]) == (payloads.SONNET, 200, 10, 20, "batch")
+    assert model[batches.NOTE]["results"] == "msgbatch_01"  # the batch the usage is billed to
+    assert model["cost_usd"] == book.price(TokenUsage(input_tokens=100, cache_read_tokens=5, output_tokens=10),
+                                           "anthropic", payloads.SONNET, own["ts"]).cost_usd
+
+
+def test_a_cut_chat_stream_counts_tool_call_pieces_and_text_in_the_models_own_encoding(providers, book):
+    count = providers["openai"].counter.count
+    text = "Très bien, merci. Voilà ce que j'ai trouvé à Zürich : 23 °C."
+    assert count(text, "gpt-4") != count(text, None)  # gpt-4 counts in cl100k, the default is o200k
+    messages = [{"role": "user", "name": "ana_maria_garcia_lopez", "content": text}, {"content": "Merci"}]
+    model = "gpt-4-0613"
+    came = [_chunk({"role": "assistant", "content": text, "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}]}, model),
+            _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Zürich"}'}}]}, model),
+            _chunk({"tool_calls": ["not a call"]}, model), _chunk({"content": None}, model)]
+    row = _row(providers, book, "openai", "/v1/chat/completions", {"model": "gpt-4", "messages": messages,
+                                                                    "stream": True}, reply=payloads.Reply(events=came))
+    prompt = 3 + 3 + sum(count(t, model) for t in ("user", "ana_maria_garcia_lopez", text)) + 3 + count("Merci", model)
+    output = count(text + "get_weather" + '{"city": "Zürich"}', model)  # what came, counted as one text
+    assert (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("partial", prompt, output)
+    # an OpenAI-compatible provider's cut stream is estimated the same way
+    row = _row(providers, book, "mistral", "/v1/chat/completions", {**CHAT, "model": "mistral-large-latest",
+                                                                   "stream": True}, keep=3)
+    assert row["usage_source"] == "partial" and row["input_tokens"] > 0 and row["output_tokens"] > 0
+
+
+def test_a_cut_legacy_completion_stream_counts_its_text(providers, book):
+    count = providers["openai"].counter.count
+    pieces = ["Il était une fois, à Zürich,", "", " une très vieille horloge.", None]
+    came = [payloads._data({"id": "cmpl-1", "object": "text_completion", "model": "gpt-3.5-turbo-instruct",
+                            "choices": [{"index": 0, "text": t, "finish_reason": None}]}) for t in pieces]
+    prompt = "Raconte-moi une histoire très courte sur Zürich."
+    assert count(prompt, "gpt-3.5-turbo-instruct") != count(prompt, None)  # cl100k, not the default o200k
+    request = {"model": "gpt-3.5-turbo-instruct", "prompt": prompt, "stream": True}
+    row = _row(providers, book, "openai", "/v1/completions", request, reply=payloads.Reply(events=came))
+    assert (row["usage_source"], row["input_tokens"]) == ("partial", count(prompt, "gpt-3.5-turbo-instruct"))
+    assert row["output_tokens"] == count("Il était une fois, à Zürich, une très vieille horloge.",
+                                         "gpt-3.5-turbo-instruct")
+
+
+def test_embeddings_answered_without_usage_are_estimated_from_their_input(providers, book):
+    count = providers["openai"].counter.count
+    body = {"object": "list", "model": "text-embedding-3-small", "data": [{"object": "embedding", "embedding": [0.1]}]}
+    request = {"model": "text-embedding-3-small", "input": ["Bonjour tout le monde", "Hello world"]}
+    row = _row(providers, book, "openai", "/v1/embeddings", request, reply=_answer(body))
+    assert (row["usage_source"], row["output_tokens"]) == ("estimated", 0)
+    assert row["input_tokens"] == sum(count(t, "text-embedding-3-small") for t in request["input"])
+
+
+def test_what_a_call_costs_follows_its_method_and_path_when_we_do_not_meter_it(providers, book):
+    meter = CallMeter(providers["openai"], "/v1/responses/resp_123", 7, "acme", None, time.time(), b"", "", "GET")
+    meter.start_response(200, "application/json", "")
+    meter.finish(200, "completed", None, b"{}")
+    row = build_row(meter, book)  # a GET reads: free
+    assert (row["usage_source"], row["cost_usd"], row["priced"], row["error"]) == ("none", Decimal(0), True, None)
+    meter = CallMeter(providers["openai"], "/v1/brand_new_api", 7, "acme", None, time.time(), b"{}", "", "POST")
+    meter.start_response(200, "application/json", "")
+    meter.finish(200, "completed", None, b"{}")
+    row = build_row(meter, book)  # a call we cannot name is never claimed to cost $0
+    assert (row["usage_source"], row["cost_usd"], row["priced"]) == ("unmetered", None, False)
+    assert row["error"].startswith("not metered: openai bills /v1/brand_new_api")
+    long = "/v1/brand_new_api/" + "x" * 300
+    meter = CallMeter(providers["openai"], long, 7, "acme", None, time.time(), b"{}", "", "POST")
+    meter.start_response(200, "application/json", "")
+    meter.finish(200, "completed", None, b"{}")
+    assert build_row(meter, book)["error"] == (f"not metered: openai bills {long[:200]}, AiSpendTrack does not read "
+                                               "its usage (docs/coverage.md)")
+    refused = _media_row(providers, book, "/v1/images/generations", "application/json",
+                         json.dumps({"error": {"message": "Your prompt was rejected", "type": "invalid_request_error",
+                                               "code": "content_policy_violation"}}).encode(),
+                         {"model": "gpt-image-1", "prompt": "x"}, status=400)
+    assert (refused["usage_source"], refused["cost_usd"], refused["priced"], refused["error"]) == (
+        "none", Decimal(0), True, None)
+
+
+@pytest.mark.parametrize("value,shown", [("x" * 38, repr("x" * 38)), ("x" * 39, repr("x" * 39)[:40] + "..."),
+                                         (2.5, "2.5")])
+def test_a_count_that_is_not_a_whole_number_is_shown_in_the_error_at_most_40_characters_long(providers, book, value,
+                                                                                              shown):
+    usage = {"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": value}}
+    body = {"id": "x", "object": "chat.completion", "model": "gpt-4o", "choices": [], "usage": usage}
+    row = _row(providers, book, "openai", "/v1/chat/completions", CHAT, reply=_answer(body))
+    assert row["error"] == (f"usage implausible: cached_tokens={shown} is not a whole number "
+                            "from 0 to 100,000,000")
+
+
+def test_gemini_rows_take_the_answering_model_and_never_more_cache_than_prompt(providers, book):
+    path = "/v1beta/models/gemini-2.5-flash:generateContent"
+    usage = {"promptTokenCount": 10, "cachedContentTokenCount": 50, "candidatesTokenCount": 4, "thoughtsTokenCount": 6}
+    body = {**_gemini_chunk("Hi", usage, modelVersion="gemini-2.5-flash-001"), "responseId": "r"}
+    body["candidates"][0]["finishReason"] = "STOP"
+    row = _row(providers, book, "google", path, {"contents": []}, reply=_answer(body))
+    assert (row["model"], row["usage_source"]) == ("gemini-2.5-flash-001", "reported")
+    assert _tokens(row) == {"cache_read_tokens": 10, "output_tokens": 10, "reasoning_tokens": 6}
+    # a JSON-array answer (no alt=sse) whose items are not all chunks
+    row = _row(providers, book, "google", "/v1/models/gemini-2.5-pro:streamGenerateContent", {"contents": []},
+               reply=_answer([None, "x", _gemini_chunk("Hi", {"promptTokenCount": 3, "candidatesTokenCount": 2})]))
+    assert (row["model"], row["usage_source"], _tokens(row)) == ("gemini-2.5-pro", "reported",
+                                                                 {"input_tokens": 3, "output_tokens": 2})
+
+
+def test_a_gemini_stream_ends_with_a_finish_reason_and_an_error_without_status_is_still_an_error(providers, book):
+    path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    running = {"promptTokenCount": 9, "candidatesTokenCount": 3}
+    finished = _gemini_chunk(".", running | {"candidatesTokenCount": 4})
+    finished["candidates"][0]["finishReason"] = "STOP"
+    events = [payloads._data(_gemini_chunk("Hi", running)), payloads._data({"candidates": []}),
+              payloads._data(finished)]
+    row = _row(providers, book, "google", path, {"contents": []}, reply=payloads.Reply(events=events))
+    assert (row["usage_source"], row["error"], _tokens(row)) == ("reported", None, {"input_tokens": 9,
+                                                                                    "output_tokens": 4})
+    erred = [payloads._data(_gemini_chunk("Hi", running)), payloads._data({"error": {"code": 500}})]
+    row = _row(providers, book, "google", path, {"contents": []}, reply=payloads.Reply(events=erred))
+    assert (row["error"], row["usage_source"], row["output_tokens"]) == ("error", "partial", 3)
+    row = _row(providers, book, "google", path, {"contents": []},
+               reply=payloads.Reply(events=[payloads._data({"candidates": [{"content": {"parts": []}}]})]))
+    assert (row["usage_source"], row["cost_usd"], row["priced"]) == ("none", None, False)  # cut before any totals
+    row = _row(providers, book, "google", "/v1beta/models/gemini-2.5-flash:generateContent", {"contents": []},
+               reply=_answer({"candidates": [{"content": {"parts": [{"text": "Hi"}]}, "finishReason": "STOP"}]}))
+    assert (row["usage_source"], row["priced"], row["error"]) == ("none", False, None)  # answered without totals
+
+
+def test_geminis_openai_compatible_api_is_read_as_openais_and_priced_as_geminis(providers, book):
+    path = "/v1beta/openai/chat/completions"
+    body = {"id": "g1", "object": "chat.completion", "model": "models/gemini-2.5-flash", "choices": [],
+            "usage": {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}}
+    request = {"model": "gemini-flash-latest", "messages": CHAT["messages"]}  # an alias: the answer names the model
+    row = _row(providers, book, "google", path, request, reply=_answer(body))
+    assert (row["provider"], row["endpoint"], row["model"], row["usage_source"]) == (
+        "google", path, "gemini-2.5-flash", "reported")
+    assert row["cost_usd"] == (1200 * Decimal("0.30") + 300 * Decimal("2.50")) / 1_000_000  # $0.30 and $2.50 per MTok
+    row = _row(providers, book, "google", path, {**request, "stream": True},
+               reply=payloads.Reply(events=payloads.chat_stream(include_usage=False)[:4]))
+    assert (row["usage_source"], row["input_tokens"] > 0, row["output_tokens"] > 0) == ("partial", True, True)
+    row = _row(providers, book, "google", "/v1beta/openai/embeddings", {"model": "gemini-embedding-001", "input": "hi"},
+               reply=_answer({"object": "list", "model": "gemini-embedding-001", "data": [],
+                              "usage": {"prompt_tokens": 800, "total_tokens": 800}}))
+    assert (row["model"], row["input_tokens"], row["usage_source"]) == ("gemini-embedding-001", 800, "reported")
+
+
+def test_a_cohere_stream_reads_its_end_whatever_its_framing_and_counts_only_text(providers, book):
+    count = providers["cohere"].counter.count
+    reply = payloads.reply_for("/v2/chat", "", {**COHERE, "stream": True})
+    data_only = [*_data_only(reply.events), payloads._data("[DONE]")]
+    row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True},
+               reply=payloads.Reply(events=data_only))
+    assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 21, "output_tokens": 105})
+    odd = [payloads._data({"type": "content-delta", "index": 1, "delta": {"message": {"content": content}}})
+           for content in (["not text"], {"text": ""}, {}, {"text": " Zürich liegt am Zürichsee."})]
+    cut = [*reply.events[:-2], *odd]  # no content-end, no message-end
+    row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True}, reply=payloads.Reply(events=cut))
+    expected = count("".join(payloads.STREAM_TEXT) + " Zürich liegt am Zürichsee.", None)
+    assert (row["usage_source"], row["output_tokens"]) == ("partial", expected)
+    # a whole answer that reports no usage has nothing to estimate from: unpriced, never a crash
+    row = _row(providers, book, "cohere", "/v2/chat", COHERE,
+               reply=_answer({"id": "c-1", "finish_reason": "COMPLETE", "message": {"content": []}}))
+    assert (row["usage_source"], row["priced"], row["error"]) == ("none", False, None)
+
+
+def test_stray_events_that_are_not_json_objects_neither_break_the_row_nor_hide_the_text_after_them(providers, book):
+    count = providers["openai"].counter.count
+    stray = [payloads._data("[1, 2]"), payloads._data('"keep-alive"'), payloads._data("not json")]
+    came = [_chunk({"role": "assistant", "content": "Bonjour"}), *stray, _chunk({"content": " tout le monde"})]
+    row = _row(providers, book, "openai", "/v1/chat/completions", STREAMED, reply=payloads.Reply(events=came))
+    assert (row["usage_source"], row["error"]) == ("partial", None)
+    assert row["output_tokens"] == count("Bonjour tout le monde", "gpt-4o-2024-08-06")
+    request = {"model": "gpt-5", "input": "hi", "stream": True}
+    whole = payloads.reply_for("/v1/responses", "", request).events
+    odd = payloads._event("response.created", {"type": "response.created", "response": ["not", "an", "object"]})
+    row = _row(providers, book, "openai", "/v1/responses", request,
+               reply=payloads.Reply(events=[odd, *whole[1:3], *stray, *whole[3:-1]]))
+    assert (row["usage_source"], row["error"]) == ("partial", None)
+    assert row["output_tokens"] == count("".join(payloads.STREAM_TEXT), "gpt-5")
+    claude = [*_claude_stream(cut_after=3), payloads._event("content_block_delta", {"type": "content_block_delta",
+                                                                                 "delta": ["x"]}),
+              *stray, *_claude_stream(cut_after=6)[3:]]
+    row = _row(providers, book, "anthropic", "/v1/messages", {**MESSAGE, "stream": True},
+               reply=payloads.Reply(events=claude))
+    assert (row["usage_source"], row["error"], row["input_tokens"]) == ("partial", None, 377)
+    assert row["output_tokens"] == count("The user wants the weather in Paris.Let me look that up for you."
+                                         '{"city": "Paris", "units": "celsius"}', None)
+
+
+def test_a_call_that_got_no_answer_costs_nothing_known_and_keeps_its_error(providers, book):
+    meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", None, time.time(),
+                      json.dumps(CHAT).encode(), "")
+    meter.finish(None, "upstream_failed", "upstream unreachable: connection refused")
+    row = build_row(meter, book)
+    assert (row["status"], row["outcome"], row["error"]) == (None, "upstream_failed",
+                                                             "upstream unreachable: connection refused")
+    assert (row["usage_source"], row["cost_usd"], row["priced"], row["ttft_ms"]) == ("none", Decimal(0), True, None)
+
+
+def test_a_stream_we_cannot_decode_says_why_only_where_we_meter(providers, book):
+    def row_for(path: str, method: str = "POST") -> dict:
+        meter = CallMeter(providers["openai"], path, 7, "acme", None, time.time(), json.dumps(STREAMED).encode(), "",
+                          method)
+        meter.start_response(200, "text/event-stream", "compress")
+        for piece in payloads.chat_stream(include_usage=True):
+            meter.tap(piece)
+        meter.tap(b"")
+        meter.finish(200, "completed", None)
+        return build_row(meter, book)
+    row = row_for("/v1/chat/completions")
+    assert row["error"] == "usage unreadable: unsupported content-encoding 'compress'"
+    assert row["usage_source"] == "partial" and row["input_tokens"] > 0  # estimated from the request
+    assert row_for("/v1/models", "GET")["error"] is None  # free, nothing to read
+
+
+def test_a_compressed_request_is_read_for_its_estimate_and_an_unreadable_one_is_not(providers, book):
+    count = providers["openai"].counter.count
+    request = {"model": "gpt-4o", "input": "Summarise the history of Zürich in three sentences.", "stream": True}
+
+    def cut_row(body: bytes) -> dict:
+        meter = CallMeter(providers["openai"], "/v1/responses", 7, "acme", None, time.time(), body, "gzip")
+        meter.start_response(200, "text/event-stream", "")
+        meter.tap(b'data: {"partial": true')
+        meter.tap(b"")
+        meter.finish(200, "completed", None)
+        return build_row(meter, book)
+    row = cut_row(gzip.compress(json.dumps(request).encode()))
+    assert (row["usage_source"], row["input_tokens"]) == ("partial", count(request["input"], "gpt-4o"))
+    row = cut_row(b"this is not gzip")
+    assert (row["usage_source"], row["priced"], row["model"], row["error"]) == ("none", False, None, None)
+
+
+def test_a_chat_answer_without_usage_or_request_is_unpriced_without_a_reason_to_invent(providers, book):
+    meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", None, time.time(), None, "")
+    meter.start_response(200, "application/json", "")
+    meter.finish(200, "completed", None, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode())
+    row = build_row(meter, book)
+    assert (row["usage_source"], row["priced"], row["cost_usd"], row["error"]) == ("none", False, None, None)

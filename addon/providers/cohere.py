@@ -25,8 +25,6 @@ def usage_from(billed: object) -> TokenUsage | None:
 
 class CohereStream(StreamParser):
     def feed(self, event: str | None, data: bytes) -> None:
-        if data == b"[DONE]":
-            return
         if b'"message-end"' not in data and b'"content-delta"' in data:
             self.keep_delta(data)
             return

@@ -79,6 +79,9 @@ def _observe_grounding(observed: Observed, queries: int | None) -> None:
 
 
 class GeminiStream(StreamParser):
+    """Every chunk carries the running totals, so a cut stream's usage is the last seen: no text is
+    kept for an estimate (``Gemini.estimate``)."""
+
     def __init__(self) -> None:
         super().__init__()
         self._queries: int | None = None
@@ -88,20 +91,6 @@ class GeminiStream(StreamParser):
         if chunk is not None:
             self._queries = _observe_chunk(self.observed, chunk) or self._queries
             _observe_grounding(self.observed, self._queries)
-            self.keep_delta(data)
-
-    def output_text(self) -> str:
-        return "".join(_texts(loads(data) or {}) for data in self.deltas)
-
-
-def _texts(chunk: dict) -> str:
-    parts = []
-    for candidate in chunk.get("candidates") or []:
-        content = candidate.get("content") if isinstance(candidate, dict) else None
-        for part in (content or {}).get("parts") or []:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-    return "".join(parts)
 
 
 class Gemini(Provider):
@@ -134,7 +123,6 @@ class Gemini(Provider):
             if isinstance(chunk, dict):
                 queries = _observe_chunk(observed, chunk) or queries
         _observe_grounding(observed, queries)
-        observed.complete = True
         return observed
 
     def stream_parser(self, path: str) -> StreamParser:

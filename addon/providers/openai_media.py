@@ -53,7 +53,10 @@ def observe(path: str, body: object) -> Observed:
     return observed
 
 
-def _image_usage(raw: object, data: object) -> TokenUsage:
+def _image_usage(raw: object, data: object) -> TokenUsage | None:
+    """None for an answer with neither (an error body): nothing was generated, nothing reported."""
+    if not isinstance(raw, dict) and not isinstance(data, list):
+        return None
     images = len(data) if isinstance(data, list) else 0
     if images > MAX_REQUESTS_PER_CALL:
         raise InvalidUsage(f"data holds {images:,} images, more than {MAX_REQUESTS_PER_CALL:,}")
@@ -83,7 +86,9 @@ def _seconds(value: object) -> Decimal:
         seconds = Decimal(str(value)).quantize(Decimal("0.001"))
     except (InvalidOperation, ValueError):
         seconds = Decimal(-1)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= seconds <= _MAX_AUDIO_SECONDS:
+    # NaN (Python's json reads it) quantizes to NaN, which no comparison may touch
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not seconds.is_finite() \
+            or not 0 <= seconds <= _MAX_AUDIO_SECONDS:
         shown = repr(value)[:40]
         raise InvalidUsage(f"audio duration {shown} is not a number of seconds from 0 to {_MAX_AUDIO_SECONDS}")
     return seconds
