@@ -674,7 +674,7 @@ def test_each_web_search_of_a_response_is_counted_up_to_the_bound(providers, boo
     assert row_for(100_000)["web_search_requests"] == 100_000
     refused = row_for(100_001)
     assert (refused["usage_source"], refused["web_search_requests"], refused["priced"]) == ("invalid", 0, False)
-    assert refused["error"] == "usage implausible: output has 100,001 web_search_call items, more than 100,000"
+    assert refused["error"] == "usage implausible: output has 100,001 tool call items, more than 100,000"
 
 
 @pytest.mark.parametrize("error,stored", [({"type": "server_error", "code": "x"}, "server_error"),
