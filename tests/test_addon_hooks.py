@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import inspect
 import json
+from decimal import Decimal
 
 import pytest
 from mitmproxy import ctx, exceptions
 from mitmproxy.test import taddons, tflow
 
 from addon.aispendtrack import make_addons
+from addon.core import periods
+from addon.core.budgets import Budget
 from addon.core.keys import hash_key
 from addon.core.plans import Limits
 from addon.gate import Gate
@@ -118,6 +122,41 @@ def test_a_key_over_its_hourly_limit_is_answered_429_and_never_metered(addon):
     assert second.response.status_code == 429 and "aispendtrack" not in second.metadata
     assert "limit reached for key 7: 1 requests per hour" in second.response.get_text()
     assert int(second.response.headers["retry-after"]) > 0
+
+
+SPENT = (Decimal("1.25"), Decimal("1.25"))  # the spend stored for each budget today and this month
+
+
+@pytest.mark.parametrize("budget,caller,words", [
+    (Budget(1, "customer", "acme", Decimal("1"), None, True, key_id=7), {"x-customer-id": "acme"},
+     "budget exceeded for customer acme of key 7: $1.25 spent of the daily budget of $1.00. Calls are blocked "
+     "until {day} 00:00 UTC; raise it with `aispendtrack budgets set --scope customer:acme --key 7 --daily USD "
+     "--block`."),
+    (Budget(2, "key", "7", None, Decimal("1.25"), True), {},
+     "budget exceeded for key 7: $1.25 spent of the monthly budget of $1.25. Calls are blocked until {month} "
+     "00:00 UTC; raise it with `aispendtrack budgets set --scope key:7 --monthly USD --block`."),
+    (Budget(3, "feature", "chat", Decimal("1"), None, True), {"x-feature": "chat"},
+     "budget exceeded: a daily budget set by the administrator over feature chat on all keys blocks this call "
+     "until {day} 00:00 UTC. It counts other keys' calls too, so its figures are not shown"),
+    (Budget(4, "all", None, Decimal("1"), None, True), {},
+     "budget exceeded: a daily budget set by the administrator over all calls blocks this call until {day} "
+     "00:00 UTC."),
+])
+def test_a_blocking_budget_answers_429_with_its_figures_only_to_the_key_it_belongs_to(addon, budget, caller, words):
+    now = dt.datetime.now(dt.UTC)
+    addon.state.budgets.load([budget], lambda b, day, month: SPENT, now)
+    flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY, **caller})
+    addon.request(flow)
+    assert flow.response.status_code == 429 and "aispendtrack" not in flow.metadata
+    day, month = periods.next_day_start(now, periods.UTC), periods.next_month_start(now, periods.UTC)
+    text = json.loads(flow.response.get_text())["error"]["message"]
+    assert words.format(day=f"{day:%Y-%m-%d}", month=f"{month:%Y-%m-%d}") in text
+    wait = int(flow.response.headers["retry-after"])
+    assert abs(wait - (day if budget.daily_usd else month).timestamp() + now.timestamp()) <= 2
+    other = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY, "x-customer-id": "globex",
+                                              "x-feature": "search"})
+    addon.request(other)
+    assert (other.response is None) == (budget.scope in ("customer", "feature"))  # outside its scope
 
 
 def test_a_refused_key_stops_at_the_gate(addon):
