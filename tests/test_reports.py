@@ -251,6 +251,10 @@ def test_a_key_sees_only_its_own_calls(api):
     assert [r["key_id"] for r in api("/api/v1/export?format=json", who="key2").get_json()] == [2, 2]
     refused = api("/api/v1/export?format=json&key=2", who="key1")
     assert refused.status_code == 403 and "may only see its own calls" in refused.get_json()["error"]["message"]
+    refused = api("/api/v1/reconciliation", who="key1")  # the whole organisation's: admin tokens only
+    assert refused.status_code == 403 and refused.get_json()["error"] == {
+        "code": "forbidden", "message": "The reconciliation covers the whole organisation: use an admin token."}
+    assert api("/api/v1/reconciliation").get_json() == []
 
 
 def test_the_api_total_has_the_totals_and_percentiles_a_key_sees_its_own(api):
