@@ -183,6 +183,19 @@ def _basic(user_password: str) -> str:
     ("/v1/chat/completions", {"authorization": _basic("user:sk-proj-ours")}, "", "openai", "/v1/chat/completions"),
     ("/v1beta/openai/chat/completions", {"x-goog-api-key": "abc"}, "", "google",  # OpenAI's format, Gemini's
      "/v1beta/openai/chat/completions"),
+    ("/v1/messages", {"authorization": "Basic " + base64.urlsafe_b64encode(b"~~~:sk-ant-api03-secret").decode()},
+     "", "anthropic", "/base/v1/messages"),  # a Basic credential in base64's URL alphabet
+    ("/v1beta/models/gemini-2.5-flash:generateContent", {}, "x=1&KEY=abc", "google",
+     "/v1beta/models/gemini-2.5-flash:generateContent?x=1&KEY=abc"),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", {}, "key=ab=c", "google",
+     "/v1beta/models/gemini-2.5-flash:generateContent?key=ab=c"),
+    ("/gemini/v1beta/models/gemini-2.5-flash:generateContent", {}, "", "google",
+     "/v1beta/models/gemini-2.5-flash:generateContent"),
+    ("/gemini", {"x-goog-api-key": "abc"}, "", "google", "/"),
+    ("/v1/messages/batches/msgbatch_1", {"x-api-key": "sk-ant-secret"}, "", "anthropic",
+     "/base/v1/messages/batches/msgbatch_1"),
+    ("/files/file_1/content", {"x-api-key": "sk-ant-secret"}, "", "anthropic", "/base/v1/files/file_1/content"),
+    ("/v1/chat/completions", {"x-note": "AIzaNotAKey sk-ant"}, "", "openai", "/v1/chat/completions"),
 ])
 def test_the_credentials_name_the_provider_whatever_the_path_looks_like(addon, path, headers, query, provider,
                                                                         forwarded):
@@ -193,16 +206,29 @@ def test_the_credentials_name_the_provider_whatever_the_path_looks_like(addon, p
     assert flow.request.path == forwarded
 
 
+# Where each provider's refusal tells the client to point its base URL.
+TO_ANTHROPIC = ("Check the client's base URL: set the base URL to the proxy's address with no path (Anthropic "
+                "SDK: Anthropic(base_url=\\\"http://HOST:PORT\\\")), or to http://HOST:PORT/v1 for the Vercel AI SDK.")
+TO_GEMINI = "Check the client's base URL: set the base URL to http://HOST:PORT/gemini (see docs/providers.md)."
+TO_OPENAI = ("Check the client's base URL: OpenAI(base_url=\\\"http://HOST:PORT/v1\\\"); other providers take a "
+             "prefix (see docs/providers.md).")
+GEMINI_KEY = "AIza" + "x" * 35
+
+
 @pytest.mark.parametrize("path,headers,query,status,shape,words", [
     ("/v1/chat/completions", {"authorization": _basic("user:sk-ant-api03-secret")}, "", 404, "type",
      "carries anthropic credentials, but /v1/chat/completions is not one of anthropic's API paths"),
+    ("/v1/chat/completions", {"authorization": "Bearer sk-ant-api03-secret"}, "", 404, "type", TO_ANTHROPIC),
+    ("/v1/chat/completions", {"authorization": f"Bearer {GEMINI_KEY}"}, "", 404, "error", TO_GEMINI),
+    ("/v1/chat/completions", {}, "x=sk-ant-api03-secret", 404, "type", "carries anthropic credentials"),
     ("/v1/chat/completions", {"x-goog-api-key": "abc"}, "", 404, "error",
      "carries google credentials, but /v1/chat/completions is not one of google's API paths"),
-    ("/v1/chat/completions", {}, "key=abc", 404, "error", "set the base URL to http://HOST:PORT/gemini"),
+    ("/v1/chat/completions", {}, "key=abc", 404, "error", TO_GEMINI),
     ("/gemini/v1beta/models/x:generateContent", {"x-api-key": "sk-ant-secret"}, "", 404, "type",
      "carries anthropic credentials, but /gemini is not one of anthropic's API paths"),
     ("/v1/messages", {"authorization": "Bearer sk-proj-openai"}, "", 404, "error",
      "carries openai credentials, but /v1/messages is not one of openai's API paths"),
+    ("/v1/messages", {"authorization": "Bearer sk-proj-openai"}, "", 404, "error", TO_OPENAI),
     ("/v1/Chat/Completions", {}, "", 404, "error", "API paths are case-sensitive; use /v1/chat/completions"),
     ("/v1/chat%2Fcompletions", {}, "", 400, "error", "AiSpendTrack cannot forward '/v1/chat%2Fcompletions'"),
 ])
@@ -212,4 +238,7 @@ def test_a_call_no_provider_may_take_is_answered_and_not_forwarded(addon, path, 
     assert flow.response is not None and flow.response.status_code == status
     body = json.loads(flow.response.get_text())
     assert shape in body and words in flow.response.get_text()
+    if isinstance(body["error"].get("code"), str):  # OpenAI's shape carries our code (Gemini's its status)
+        code = "aispendtrack_bad_path" if status == 400 or "case-sensitive" in words else "aispendtrack_wrong_base_url"
+        assert body["error"]["code"] == code
     assert "aispendtrack" not in flow.metadata
