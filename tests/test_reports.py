@@ -295,11 +295,14 @@ def test_the_api_takes_the_clis_filters(api, home):
         assert sum(g["calls"] for g in report) == len(listed), query
     assert [c["model"] for c in api("/api/v1/calls?errors=true").get_json()["calls"]] == ["gpt-4o"]
     assert api("/api/v1/calls?errors=false").get_json()["calls"]  # false is no filter, not "successes only"
+    every = len(api("/api/v1/calls").get_json()["calls"])
+    assert [len(api(f"/api/v1/calls?errors={v}").get_json()["calls"]) for v in ("1", "0", "FALSE")] == [1, every, every]
     assert api("/api/v1/calls?key=2147483647").get_json()["calls"] == []  # the largest key id: no calls
     for query, message in (("status=abc", "status must be a whole number from 100 to 599"),
                            ("errors=maybe", "errors must be true or false, got 'maybe'")):
         response = api(f"/api/v1/calls?{query}")
         assert response.status_code == 400 and message in response.get_json()["error"]["message"]
+        assert response.get_json()["error"]["code"] == "bad_request"
 
 
 def test_api_export_streams_the_rows(api):
