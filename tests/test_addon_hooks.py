@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import inspect
 import json
+from decimal import Decimal
 
 import pytest
 from mitmproxy import ctx, exceptions
@@ -13,6 +15,8 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
 from addon.aispendtrack import make_addons
+from addon.core import periods
+from addon.core.budgets import Budget
 from addon.core.keys import hash_key
 from addon.core.plans import Limits
 from addon.gate import Gate
@@ -122,6 +126,41 @@ def test_a_key_over_its_hourly_limit_is_answered_429_and_never_metered(addon):
     assert int(second.response.headers["retry-after"]) > 0
 
 
+SPENT = (Decimal("1.25"), Decimal("1.25"))  # the spend stored for each budget today and this month
+
+
+@pytest.mark.parametrize("budget,caller,words", [
+    (Budget(1, "customer", "acme", Decimal("1"), None, True, key_id=7), {"x-customer-id": "acme"},
+     "budget exceeded for customer acme of key 7: $1.25 spent of the daily budget of $1.00. Calls are blocked "
+     "until {day} 00:00 UTC; raise it with `aispendtrack budgets set --scope customer:acme --key 7 --daily USD "
+     "--block`."),
+    (Budget(2, "key", "7", None, Decimal("1.25"), True), {},
+     "budget exceeded for key 7: $1.25 spent of the monthly budget of $1.25. Calls are blocked until {month} "
+     "00:00 UTC; raise it with `aispendtrack budgets set --scope key:7 --monthly USD --block`."),
+    (Budget(3, "feature", "chat", Decimal("1"), None, True), {"x-feature": "chat"},
+     "budget exceeded: a daily budget set by the administrator over feature chat on all keys blocks this call "
+     "until {day} 00:00 UTC. It counts other keys' calls too, so its figures are not shown"),
+    (Budget(4, "all", None, Decimal("1"), None, True), {},
+     "budget exceeded: a daily budget set by the administrator over all calls blocks this call until {day} "
+     "00:00 UTC."),
+])
+def test_a_blocking_budget_answers_429_with_its_figures_only_to_the_key_it_belongs_to(addon, budget, caller, words):
+    now = dt.datetime.now(dt.UTC)
+    addon.state.budgets.load([budget], lambda b, day, month: SPENT, now)
+    flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY, **caller})
+    addon.request(flow)
+    assert flow.response.status_code == 429 and "aispendtrack" not in flow.metadata
+    day, month = periods.next_day_start(now, periods.UTC), periods.next_month_start(now, periods.UTC)
+    text = json.loads(flow.response.get_text())["error"]["message"]
+    assert words.format(day=f"{day:%Y-%m-%d}", month=f"{month:%Y-%m-%d}") in text
+    wait = int(flow.response.headers["retry-after"])
+    assert abs(wait - (day if budget.daily_usd else month).timestamp() + now.timestamp()) <= 2
+    other = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY, "x-customer-id": "globex",
+                                              "x-feature": "search"})
+    addon.request(other)
+    assert (other.response is None) == (budget.scope in ("customer", "feature"))  # outside its scope
+
+
 def test_a_refused_key_stops_at_the_gate(addon):
     flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": "ask_wrong"})
     addon.request(flow)
@@ -146,6 +185,19 @@ def _basic(user_password: str) -> str:
     ("/v1/chat/completions", {"authorization": _basic("user:sk-proj-ours")}, "", "openai", "/v1/chat/completions"),
     ("/v1beta/openai/chat/completions", {"x-goog-api-key": "abc"}, "", "google",  # OpenAI's format, Gemini's
      "/v1beta/openai/chat/completions"),
+    ("/v1/messages", {"authorization": "Basic " + base64.urlsafe_b64encode(b"~~~:sk-ant-api03-secret").decode()},
+     "", "anthropic", "/base/v1/messages"),  # a Basic credential in base64's URL alphabet
+    ("/v1beta/models/gemini-2.5-flash:generateContent", {}, "x=1&KEY=abc", "google",
+     "/v1beta/models/gemini-2.5-flash:generateContent?x=1&KEY=abc"),
+    ("/v1beta/models/gemini-2.5-flash:generateContent", {}, "key=ab=c", "google",
+     "/v1beta/models/gemini-2.5-flash:generateContent?key=ab=c"),
+    ("/gemini/v1beta/models/gemini-2.5-flash:generateContent", {}, "", "google",
+     "/v1beta/models/gemini-2.5-flash:generateContent"),
+    ("/gemini", {"x-goog-api-key": "abc"}, "", "google", "/"),
+    ("/v1/messages/batches/msgbatch_1", {"x-api-key": "sk-ant-secret"}, "", "anthropic",
+     "/base/v1/messages/batches/msgbatch_1"),
+    ("/files/file_1/content", {"x-api-key": "sk-ant-secret"}, "", "anthropic", "/base/v1/files/file_1/content"),
+    ("/v1/chat/completions", {"x-note": "AIzaNotAKey sk-ant"}, "", "openai", "/v1/chat/completions"),
 ])
 def test_the_credentials_name_the_provider_whatever_the_path_looks_like(addon, path, headers, query, provider,
                                                                         forwarded):
@@ -156,16 +208,29 @@ def test_the_credentials_name_the_provider_whatever_the_path_looks_like(addon, p
     assert flow.request.path == forwarded
 
 
+# Where each provider's refusal tells the client to point its base URL.
+TO_ANTHROPIC = ("Check the client's base URL: set the base URL to the proxy's address with no path (Anthropic "
+                "SDK: Anthropic(base_url=\\\"http://HOST:PORT\\\")), or to http://HOST:PORT/v1 for the Vercel AI SDK.")
+TO_GEMINI = "Check the client's base URL: set the base URL to http://HOST:PORT/gemini (see docs/providers.md)."
+TO_OPENAI = ("Check the client's base URL: OpenAI(base_url=\\\"http://HOST:PORT/v1\\\"); other providers take a "
+             "prefix (see docs/providers.md).")
+GEMINI_KEY = "AIza" + "x" * 35
+
+
 @pytest.mark.parametrize("path,headers,query,status,shape,words", [
     ("/v1/chat/completions", {"authorization": _basic("user:sk-ant-api03-secret")}, "", 404, "type",
      "carries anthropic credentials, but /v1/chat/completions is not one of anthropic's API paths"),
+    ("/v1/chat/completions", {"authorization": "Bearer sk-ant-api03-secret"}, "", 404, "type", TO_ANTHROPIC),
+    ("/v1/chat/completions", {"authorization": f"Bearer {GEMINI_KEY}"}, "", 404, "error", TO_GEMINI),
+    ("/v1/chat/completions", {}, "x=sk-ant-api03-secret", 404, "type", "carries anthropic credentials"),
     ("/v1/chat/completions", {"x-goog-api-key": "abc"}, "", 404, "error",
      "carries google credentials, but /v1/chat/completions is not one of google's API paths"),
-    ("/v1/chat/completions", {}, "key=abc", 404, "error", "set the base URL to http://HOST:PORT/gemini"),
+    ("/v1/chat/completions", {}, "key=abc", 404, "error", TO_GEMINI),
     ("/gemini/v1beta/models/x:generateContent", {"x-api-key": "sk-ant-secret"}, "", 404, "type",
      "carries anthropic credentials, but /gemini is not one of anthropic's API paths"),
     ("/v1/messages", {"authorization": "Bearer sk-proj-openai"}, "", 404, "error",
      "carries openai credentials, but /v1/messages is not one of openai's API paths"),
+    ("/v1/messages", {"authorization": "Bearer sk-proj-openai"}, "", 404, "error", TO_OPENAI),
     ("/v1/Chat/Completions", {}, "", 404, "error", "API paths are case-sensitive; use /v1/chat/completions"),
     ("/v1/chat%2Fcompletions", {}, "", 400, "error", "AiSpendTrack cannot forward '/v1/chat%2Fcompletions'"),
 ])
@@ -175,6 +240,9 @@ def test_a_call_no_provider_may_take_is_answered_and_not_forwarded(addon, path, 
     assert flow.response is not None and flow.response.status_code == status
     body = json.loads(flow.response.get_text())
     assert shape in body and words in flow.response.get_text()
+    if shape == "error" and "status" not in body["error"]:  # OpenAI's shape carries our code (Gemini's a status)
+        code = "aispendtrack_bad_path" if status == 400 or "case-sensitive" in words else "aispendtrack_wrong_base_url"
+        assert body["error"]["code"] == code
     assert "aispendtrack" not in flow.metadata
 
 

@@ -422,3 +422,42 @@ def test_only_the_calls_a_blocking_budget_covers_wait_for_its_check_and_replicas
     tracker.record(3, "acme", None, Decimal("0.25"), now)
     tracker.give_back(taken)
     assert tracker.take_unsynced(now)[0] == {1: Decimal("0.75")}
+
+
+def test_the_api_shows_each_key_its_own_budgets_spend_by_day_and_month_and_the_admin_all(tmp_path):
+    """In-process (the mutation selection's): who sees which budget in /api/v1/budgets, with the
+    spend of today and of this month in the quota zone, a call at either start counted in it."""
+    from addon.core import config
+    from web import create_app
+    home = tmp_path / "home"
+    one, two = (json.loads(run_cli(home, "keys", "create", "--name", n, "--json")) for n in ("one", "two"))
+    admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    for scope, key in (("customer:acme", ("--key", str(one["id"]))), ("customer:acme", ("--all-keys",)),
+                       (f"key:{two['id']}", ()), ("all", ())):
+        run_cli(home, "budgets", "set", "--scope", scope, *key, "--daily", "7", "--monthly", "70")
+    calendar = LocalCalendar.past_the_first(dt.datetime.now(dt.UTC))
+    before_the_month = calendar.month_start - dt.timedelta(microseconds=1)
+    with writing(db_path(home)) as con:
+        config.set_quota_zone(con, calendar.zone)
+        call_rows.insert(con, [
+            call_row(1, ts=calendar.day_start, key_id=one["id"], customer_id="acme", cost_usd=Decimal("1")),
+            call_row(2, ts=calendar.month_start, key_id=one["id"], customer_id="acme", cost_usd=Decimal("2")),
+            call_row(3, ts=before_the_month, key_id=one["id"], customer_id="acme", cost_usd=Decimal("4")),
+            call_row(4, ts=calendar.day_start, key_id=two["id"], customer_id="acme", cost_usd=Decimal("8")),
+            call_row(5, ts=calendar.month_start, key_id=two["id"], customer_id="globex", cost_usd=Decimal("16"))])
+    client = create_app(home).test_client()
+
+    def shown(secret: str) -> list[tuple]:
+        answer = client.get("/api/v1/budgets", headers={"Authorization": f"Bearer {secret}"})
+        assert answer.status_code == 200 and all(b["tz"] == calendar.zone for b in answer.get_json())
+        return sorted(((b["scope"], b["scope_value"], b["key_id"], b["spent_today_usd"], b["spent_this_month_usd"])
+                       for b in answer.get_json()), key=repr)
+
+    every_key_acme = ("customer", "acme", None, 9, 11)
+    assert shown(admin) == sorted([("all", None, None, 9, 27), every_key_acme, ("customer", "acme", one["id"], 1, 3),
+                                   ("key", str(two["id"]), None, 8, 24)], key=repr)
+    assert shown(one["key"]) == [("all", None, None, None, None), ("customer", "acme", one["id"], 1, 3)]
+    assert shown(two["key"]) == [("all", None, None, None, None), ("key", str(two["id"]), None, 8, 24)]
+    run_cli(home, "keys", "revoke", str(two["id"]))
+    refused = client.get("/api/v1/budgets", headers={"Authorization": f"Bearer {two['key']}"})
+    assert refused.status_code == 401 and refused.get_json()["error"]["code"] == "unauthorized"

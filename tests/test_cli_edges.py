@@ -58,9 +58,11 @@ def test_a_gdpr_export_with_nothing_stored_says_so(tmp_path):
 
 def test_revoking_a_revoked_key_says_so_and_fails(tmp_path):
     key_id = json.loads(run_cli(tmp_path, "keys", "create", "--name", "old", "--json"))["id"]
-    assert "Revoked key" in run_cli(tmp_path, "keys", "revoke", str(key_id))
+    first = run_cli(tmp_path, "keys", "revoke", str(key_id))
+    assert first.startswith(f"Revoked key {key_id} (at ")
     again = _invoke(tmp_path, "keys", "revoke", str(key_id))
-    assert again.exit_code == 1 and f"Key {key_id} was already revoked" in again.output
+    at = first.removeprefix(f"Revoked key {key_id} ").removesuffix(".\n")  # "(at 2026-12-03 16:40:00 UTC)"
+    assert again.exit_code == 1 and f"Key {key_id} was already revoked {at}; nothing changed." in again.output
 
 
 @pytest.mark.parametrize("amount,text", [(Decimal("0.005"), "$0.005"), (Decimal("0.0012"), "$0.0012"),
@@ -161,3 +163,13 @@ def test_help_lists_every_command_as_click_would_with_them_all_imported():
     lazy = listing(cli.format_commands)
     assert lazy == listing(lambda ctx, formatter: click.Group.format_commands(cli, ctx, formatter))
     assert all(f"  {name} " in lazy for name in main.COMMANDS)
+
+
+def test_a_first_start_with_no_keys_makes_one_and_later_starts_none(tmp_path, capsys):
+    from addon.core.home import db_path
+    from cli.proxy import _first_key  # what `aispendtrack proxy` runs before mitmproxy starts
+    _first_key(db_path(tmp_path))
+    assert "No keys yet, so created key 1 (default)." in capsys.readouterr().out
+    _first_key(db_path(tmp_path))
+    assert capsys.readouterr().out == ""
+    assert [k["name"] for k in json.loads(run_cli(tmp_path, "keys", "list", "--json"))] == ["default"]

@@ -260,8 +260,18 @@ def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(tmp_path):
     assert exported.status_code == 200 and len(exported.get_json()["calls"]) == 1
     assert client.post("/api/v1/gdpr/delete", json={}, headers=as_admin).get_json()["error"]["message"] == \
         "Give exactly one of customer=ID or key=ID."
+    assert set(exported.get_json()) >= {"calls", "hourly_usage", "budgets", "alerts", "batches"}
+    for bad in ({"customer": ""}, {"customer": 7}):  # nothing to match a call by: refused, not "everyone's"
+        refused = client.post("/api/v1/gdpr/delete", json=bad, headers=as_admin)
+        assert refused.status_code == 400
+        assert refused.get_json()["error"]["message"] == "customer must be a non-empty string."
     deleted = client.post("/api/v1/gdpr/delete", json={"customer": "api-cust"}, headers=as_admin).get_json()
-    assert deleted["deleted"]["calls"] == 1
+    counts = ("calls", "hourly_usage", "alerts", "budgets", "batches", "keys")
+    assert {n: deleted["deleted"].get(n) for n in counts} == {"calls": 1, "hourly_usage": 0, "alerts": 0, "budgets": 0,
+                                                            "batches": 0, "keys": None}
+    by_key = client.post("/api/v1/gdpr/delete", json={"key": key["id"]}, headers=as_admin).get_json()
+    assert {n: by_key["deleted"].get(n) for n in counts} == {"calls": 0, "hourly_usage": 0, "alerts": 0, "budgets": 0,
+                                                           "batches": 0, "keys": 1}
     assert client.post("/api/v1/purge", json={"dry_run": True}, headers=as_admin).get_json()["expired_calls"] == 0
 
 

@@ -186,3 +186,25 @@ def test_the_proxy_counts_the_monthly_quota_in_its_quota_zone(tmp_path, upstream
         assert len(proxy.rows("zoned", expect=3 - used_in_zone)) == 3 - used_in_zone
     finally:
         proxy.stop()
+
+
+def test_a_keys_plan_own_limits_and_retention_are_stored_and_a_missing_key_is_named(tmp_path):
+    """In-process (the mutation selection's): what `keys set-plan/set-limit/set-retention` store."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    home = tmp_path / "home"
+    key_id = json.loads(run_cli(home, "keys", "create", "--name", "app", "--json"))["id"]
+    other = json.loads(run_cli(home, "keys", "create", "--name", "other", "--json"))["id"]
+    assert run_cli(home, "keys", "set-plan", str(key_id), "free") == f"Key {key_id} is on the free plan.\n"
+    assert run_cli(home, "keys", "set-limit", str(key_id), "--per-month", "50") == f"Key {key_id}: 50 per month.\n"
+    run_cli(home, "keys", "set-retention", str(key_id), "--days", "3")
+    listed = {k["id"]: k for k in json.loads(run_cli(home, "keys", "list", "--json"))}
+    assert {n: listed[key_id][n] for n in ("plan", "per_hour_limit", "per_month_limit", "retention_days")} == {
+        "plan": "free", "per_hour_limit": None, "per_month_limit": 50, "retention_days": 3}
+    assert (listed[other]["plan"], listed[other]["per_month_limit"], listed[other]["retention_days"]) == (
+        "enterprise", None, None)
+    for args in (("set-plan", "99", "pro"), ("set-limit", "99", "--per-hour", "1"),
+                 ("set-retention", "99", "--days", "1"), ("revoke", "99")):
+        missing = CliRunner().invoke(cli, ["--home", str(home), "keys", *args])
+        assert missing.exit_code == 1 and "No key with id 99; see `aispendtrack keys list`." in missing.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from decimal import Decimal
 
 import pytest
 
-from pricing import PriceBook, PriceFileError, TokenUsage
+from pricing import Price, PriceBook, PriceFileError, TokenUsage
 
 NOW = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 MILLION_EACH = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
@@ -261,3 +262,25 @@ def test_only_a_model_with_a_thinking_rate_bills_a_response_that_thought_at_it(t
 def test_a_token_count_that_is_not_a_whole_number_is_refused_by_name(value):
     with pytest.raises(ValueError, match=f"cache_read_tokens must be a non-negative integer, got {value!r}"):
         TokenUsage(input_tokens=5, cache_read_tokens=value)
+
+
+def test_an_edited_override_file_applies_without_a_restart_and_a_broken_edit_keeps_the_last_good(tmp_path):
+    path = tmp_path / "prices.toml"
+    book = PriceBook(path)  # no file yet: list prices, which do not know this model
+    assert book.price(MILLION_EACH, "openai", "acme-llm", NOW) == Price(None, None)
+
+    def edit(n: int, text: str) -> None:  # each edit a second apart, as the proxy's check sees files change
+        path.write_text(text)
+        os.utime(path, (n, n))
+        book.reload_if_changed()
+
+    edit(1, '[[price]]\nmodel = "acme-llm"\ninput_mtok = 1\noutput_mtok = 2\n')
+    assert book.price(MILLION_EACH, "openai", "acme-llm", NOW) == Price(Decimal("3"), "override prices.toml#1")
+    assert len(book.overrides) == 1
+    edit(2, '[[price]]\nmodel = "acme-llm"\ninput_mtok = "lots"\n')  # a broken edit
+    assert book.price(MILLION_EACH, "openai", "acme-llm", NOW).cost_usd == Decimal("3")
+    edit(3, '[[price]]\nmodel = "acme-llm"\ninput_mtok = 2\noutput_mtok = 2\n')
+    assert book.price(MILLION_EACH, "openai", "acme-llm", NOW).cost_usd == Decimal("4")
+    path.unlink()  # removed: no overrides, as at a start without the file
+    book.reload_if_changed()
+    assert book.price(MILLION_EACH, "openai", "acme-llm", NOW) == Price(None, None)

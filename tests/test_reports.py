@@ -251,6 +251,20 @@ def test_a_key_sees_only_its_own_calls(api):
     assert [r["key_id"] for r in api("/api/v1/export?format=json", who="key2").get_json()] == [2, 2]
     refused = api("/api/v1/export?format=json&key=2", who="key1")
     assert refused.status_code == 403 and "may only see its own calls" in refused.get_json()["error"]["message"]
+    refused = api("/api/v1/reconciliation", who="key1")  # the whole organisation's: admin tokens only
+    assert refused.status_code == 403 and refused.get_json()["error"] == {
+        "code": "forbidden", "message": "The reconciliation covers the whole organisation: use an admin token."}
+    assert api("/api/v1/reconciliation").get_json() == []
+
+
+def test_the_api_total_has_the_totals_and_percentiles_a_key_sees_its_own(api):
+    total = api("/api/v1/report/total").get_json()
+    assert (total["calls"], total["errors"], total["cost_usd"], total["unpriced_calls"]) == (5, 1, 6.0, 1)
+    assert (total["p50_latency_ms"], total["p95_latency_ms"]) == (200, 380)  # of 50, 100, 200, 300, 400
+    own = api("/api/v1/report/total", who="key2").get_json()
+    assert (own["calls"], own["cost_usd"], own["p50_latency_ms"]) == (2, 3.0, 350)
+    refused = api("/api/v1/report/total?key=1", who="key2")
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
 
 
 def test_calls_pages_are_newest_first_and_complete(api):
@@ -263,6 +277,9 @@ def test_calls_pages_are_newest_first_and_complete(api):
             break
     assert len(seen) == len(DATA) and len({c["id"] for c in seen}) == len(DATA)
     assert [c["ts"] for c in seen] == sorted((c["ts"] for c in seen), reverse=True)
+    one = api("/api/v1/calls?limit=1").get_json()
+    assert [c["ts"] for c in one["calls"]] == [seen[0]["ts"]] and one["next_cursor"]
+    assert len(api("/api/v1/calls?limit=1000").get_json()["calls"]) == len(DATA)
 
 
 def test_the_api_takes_the_clis_filters(api, home):
@@ -278,15 +295,20 @@ def test_the_api_takes_the_clis_filters(api, home):
         assert sum(g["calls"] for g in report) == len(listed), query
     assert [c["model"] for c in api("/api/v1/calls?errors=true").get_json()["calls"]] == ["gpt-4o"]
     assert api("/api/v1/calls?errors=false").get_json()["calls"]  # false is no filter, not "successes only"
+    every = len(api("/api/v1/calls").get_json()["calls"])
+    assert [len(api(f"/api/v1/calls?errors={v}").get_json()["calls"]) for v in ("1", "0", "FALSE")] == [1, every, every]
+    assert api("/api/v1/calls?key=2147483647").get_json()["calls"] == []  # the largest key id: no calls
     for query, message in (("status=abc", "status must be a whole number from 100 to 599"),
                            ("errors=maybe", "errors must be true or false, got 'maybe'")):
         response = api(f"/api/v1/calls?{query}")
         assert response.status_code == 400 and message in response.get_json()["error"]["message"]
+        assert response.get_json()["error"]["code"] == "bad_request"
 
 
 def test_api_export_streams_the_rows(api):
     response = api("/api/v1/export?format=csv&customer=globex")
     assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert response.headers["Content-Disposition"] == 'attachment; filename="aispendtrack-calls.csv"'
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert sorted(r["model"] for r in rows) == ["acme-llm", "claude-sonnet-4"]
     as_json = api("/api/v1/export?format=json").get_json()
@@ -295,17 +317,26 @@ def test_api_export_streams_the_rows(api):
     assert len(lines) == 3 and all(json.loads(line)["model"] == "gpt-4o" for line in lines)
 
 
+NOT_A_KEY = "key must be a key id (a number from 1 to 2147483647, see `aispendtrack keys list`),"
+
+
 @pytest.mark.parametrize("path,message", [
     ("/api/v1/report?by=colour", "unknown dimension 'colour'"),
+    ("/api/v1/calls?limit=1001", "limit must be a whole number from 1 to 1000, got '1001'."),
+    ("/api/v1/report?limit=x", "limit must be a whole number from 1 to 100000, got 'x'."),
     ("/api/v1/report?since=yesterday-ish", "cannot read since"),
     ("/api/v1/calls?limit=0", "limit must be a whole number from 1 to 1000"),
-    ("/api/v1/calls?cursor=bogus", "cursor is not one this API gave out"),
+    ("/api/v1/calls?key=abc", f"{NOT_A_KEY} got 'abc'."),
+    ("/api/v1/calls?key=2147483648", f"{NOT_A_KEY} got '2147483648'."),
+    ("/api/v1/report?key=" + "7" * 150, f"{NOT_A_KEY} got '{'7' * 100}'."),
+    ("/api/v1/calls?cursor=bogus", "cursor is not one this API gave out; start again without it."),
     ("/api/v1/export?format=xml", "format must be one of csv, json, jsonl"),
 ])
 def test_api_errors_are_json_and_say_what_to_fix(api, path, message):
     response = api(path)
     assert response.status_code == 400
-    assert message in response.get_json()["error"]["message"]
+    assert response.get_json()["error"]["code"] == "bad_request"
+    assert response.get_json()["error"]["message"].startswith(message)
 
 
 def test_calls_csv_the_cli_export_and_the_api_export_are_the_same_bytes(api, home):

@@ -36,6 +36,8 @@ ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-secret", "anthropic-version": "2023-06
     ("/v1/./chat/x/../completions", "/v1/chat/completions"),
     ("/v1beta/models/gemini-2.5-flash%3AgenerateContent", "/v1beta/models/gemini-2.5-flash:generateContent"),
     ("/v1/files/a%25b", "/v1/files/a%25b"),
+    ("/v1/files/a%25b%63/c%25d%65", "/v1/files/a%25bc/c%25de"),  # decoded around each kept '%25'
+    ("/v1/files/{id}", "/v1/files/{id}"),  # a clean path is forwarded as sent
     ("/v1/chat%2Fcompletions", None),
     ("/v1/chat%5ccompletions", None),
     ("/../v1/chat/completions", None),

@@ -91,7 +91,7 @@ def test_sign_in_and_sign_out_need_the_forms_csrf_token(client, admin_token):
 
 
 @pytest.mark.parametrize("authorization", ["Basic {key}", "Token {key}", "{key}", "Bearer", "Bearer {key}x",
-                                           "Bearer ask_{key}"])
+                                           "Bearer ask_{key}", "Bearer sk-proj-not-ours"])
 def test_the_api_reads_a_key_only_from_a_bearer_authorization(client, home, authorization):
     key = json.loads(run_cli(home, "keys", "create", "--name", "app", "--json"))["key"]
     assert client.get("/api/v1/calls", headers={"Authorization": f"bearer  {key} "}).status_code == 200
