@@ -14,16 +14,16 @@ import base64
 import hmac
 import json
 import re
-import ssl
 import struct
-import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from .upstream import LocalServer, serving_context
 
 ACCESS_KEY, SECRET_KEY, REGION = "AKIDFORWARDTEST00001", "forward-test-secret-key", "us-east-1"
 _AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<day>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
@@ -98,25 +98,14 @@ def converse_stream() -> list[bytes]:
             _event("metadata", {"usage": CONVERSE_USAGE, "metrics": {"latencyMs": 640}})]
 
 
-class FakeBedrock:
+class FakeBedrock(LocalServer):
     def __init__(self, certs: dict[str, Path]) -> None:
-        self.received: list[tuple[str, str, dict[str, str], bytes]] = []
         self.rejected = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(certs["cert"], certs["key"])
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(_handler(self), serving_context(certs))
+        self.received: list[tuple[str, str, dict[str, str], bytes]] = []
 
     def __enter__(self) -> FakeBedrock:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return super().__enter__()
 
 
 def _handler(fake: FakeBedrock):

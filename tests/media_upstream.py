@@ -20,7 +20,7 @@ import struct
 import threading
 from http.server import BaseHTTPRequestHandler
 
-from .upstream import Received, _Server
+from .upstream import LocalServer, Received
 
 # What the fake's models "use", fixed so that the tests can work out the price by hand.
 IMAGE_OUTPUT_TOKENS = 4160            # gpt-image-1, 1024x1024 high quality, per image
@@ -33,29 +33,24 @@ SPEECH_OUTPUT_TOKENS = 1234           # gpt-4o-mini-tts, speech.audio.done
 COMPLETION_TEXT = " Hello! How can I help you today?"
 
 
-class MediaProvider:
+class MediaProvider(LocalServer):
     """``gate``: a speech answer waits on it after its first chunk (a test checks that audio
     reaches the client before the provider has finished sending it)."""
 
     def __init__(self, speech_bytes: int = 256 * 1024) -> None:
-        self.received: list[Received] = []
         self.speech = bytes(range(256)) * (speech_bytes // 256)  # "audio": every byte value
         self.gate = threading.Event()
         self.gate.set()
-        self.server = _Server(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
+        super().__init__(_handler(self))
+        self.received: list[Received] = []
         self.server.provider = self  # type: ignore[attr-defined]
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> MediaProvider:
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc) -> None:
         self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*exc)
 
     def last(self) -> Received:
         return self.received[-1]

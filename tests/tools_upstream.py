@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import uuid
 from http.server import BaseHTTPRequestHandler
 
-from .upstream import Received, _Server
+from .upstream import LocalServer, Received
 
 # What the fake's tools do per call, fixed so that a test can work out the price by hand.
 FILE_SEARCH_QUERIES = [["refund policy"], ["refund policy 2026", "returns window"]]  # one item per search
@@ -43,22 +42,14 @@ _ANTHROPIC_TOOLS = {"web_search": ("web_search_20250305", "web_search_20260209")
 _GEMINI_CALL = re.compile(r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)")
 
 
-class ToolsProvider:
+class ToolsProvider(LocalServer):
     def __init__(self) -> None:
-        self.received: list[Received] = []
         self.containers: list[str] = []  # every container it created
-        self.server = _Server(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(_handler(self))
+        self.received: list[Received] = []
 
     def __enter__(self) -> ToolsProvider:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return super().__enter__()
 
     def new_container(self) -> str:
         self.containers.append(f"cntr_{uuid.uuid4().hex}")

@@ -11,10 +11,12 @@ import functools
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from . import payloads
 
@@ -28,31 +30,56 @@ class Received:
     at: float = field(default_factory=time.time)  # when it arrived (the usage API fake buckets by it)
 
 
-class FakeProvider:
+class LocalServer:
+    """A fake's HTTP server on 127.0.0.1, in a thread of its own while a ``with`` block runs; HTTPS
+    with ``ssl_context`` (``serving_context``). Each fake subclasses it with its handler."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], ssl_context: ssl.SSLContext | None = None) -> None:
+        self.received: list = []
+        self.server = _Server(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def last(self):
+        return self.received[-1]
+
+
+def serving_context(certs: dict[str, Path]) -> ssl.SSLContext:
+    """A server's TLS context with the leaf tests/certs.py made."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs["cert"], certs["key"])
+    return context
+
+
+class FakeProvider(LocalServer):
     def __init__(self, ssl_context=None) -> None:
-        self.received: list[Received] = []
         self.usage_api = None  # a tests.usage_api.UsageApi: then this provider answers its usage API too
         self.batches = None  # a tests.batch_api.BatchApi: then this provider answers its batch APIs too
         self.media = None  # a tests.media_upstream.MediaProvider: then this one answers the images and audio APIs too
         self.gate = threading.Event()  # a "gated" stream waits on this after its first event
         self.stream_abandoned = threading.Event()  # set when a client went away mid-stream
-        self.server = _Server(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        if ssl_context is not None:  # an HTTPS provider, for upstream certificate checks
-            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
-            self.url = f"https://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        super().__init__(_handler(self), ssl_context)
+        self.received: list[Received] = []
 
     def __enter__(self) -> FakeProvider:
-        self._thread.start()
-        return self
+        return super().__enter__()
 
     def __exit__(self, *exc) -> None:
         self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*exc)
 
     def last(self) -> Received:
         return self.received[-1]

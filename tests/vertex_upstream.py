@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
-import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from .upstream import Received, _Server
+from .upstream import LocalServer, Received, serving_context
 
 TOKEN = "ya29.a0AfB_test-access-token-for-the-fake"
 PROJECT = "acme-llm-prod"
@@ -53,28 +51,14 @@ class BadCall(Exception):
         self.status, self.message = status, message
 
 
-class VertexFake:
+class VertexFake(LocalServer):
     def __init__(self, certs: dict[str, Path] | None = None) -> None:
         """``certs``: serve HTTPS with that leaf (tests/certs.py), as Google's hosts do."""
+        super().__init__(_handler(self), serving_context(certs) if certs else None)
         self.received: list[Received] = []
-        self.server = _Server(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        scheme = "http"
-        if certs is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(certs["cert"], certs["key"])
-            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-            scheme = "https"
-        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> VertexFake:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return super().__enter__()
 
     def last(self) -> Received:
         return self.received[-1]
