@@ -16,14 +16,13 @@ import json
 import re
 import struct
 import zlib
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from .upstream import LocalServer, serving_context
+from .upstream import FakeHandler, LocalServer, serving_context
 
 ACCESS_KEY, SECRET_KEY, REGION = "AKIDFORWARDTEST00001", "forward-test-secret-key", "us-east-1"
 _AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<day>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
@@ -109,15 +108,10 @@ class FakeBedrock(LocalServer):
 
 
 def _handler(fake: FakeBedrock):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:
-            pass
-
+    class Handler(FakeHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length") or 0))
-            headers = {name.lower(): value for name, value in self.headers.items()}
+            received = self.receive()
+            body, headers = received.body, received.headers
             fake.received.append((self.command, self.path, headers, body))
             if not signature_valid(self.command, self.path, headers, body):
                 fake.rejected += 1

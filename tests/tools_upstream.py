@@ -17,9 +17,8 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from http.server import BaseHTTPRequestHandler
 
-from .upstream import LocalServer, Received
+from .upstream import FakeHandler, LocalServer, Received
 
 # What the fake's tools do per call, fixed so that a test can work out the price by hand.
 FILE_SEARCH_QUERIES = [["refund policy"], ["refund policy 2026", "returns window"]]  # one item per search
@@ -61,16 +60,10 @@ class BadRequest(Exception):
 
 
 def _handler(provider: ToolsProvider):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:
-            pass
-
+    class Handler(FakeHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length") or 0))
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            provider.received.append(Received(self.command, self.path, headers, body))
+            provider.received.append(received := self.receive())
+            body, headers = received.body, received.headers
             path = self.path.split("?")[0]
             try:
                 request = json.loads(body)

@@ -57,6 +57,19 @@ class LocalServer:
         return self.received[-1]
 
 
+class FakeHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1, quiet, and ``receive()``: the request as a fake records it."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:  # keep test output quiet
+        pass
+
+    def receive(self) -> Received:
+        body = self.rfile.read(int(self.headers.get("content-length") or 0))
+        return Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+
+
 def serving_context(certs: dict[str, Path]) -> ssl.SSLContext:
     """A server's TLS context with the leaf tests/certs.py made."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

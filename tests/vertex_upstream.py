@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import json
 import re
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
-from .upstream import LocalServer, Received, serving_context
+from .upstream import FakeHandler, LocalServer, Received, serving_context
 
 TOKEN = "ya29.a0AfB_test-access-token-for-the-fake"
 PROJECT = "acme-llm-prod"
@@ -65,15 +64,10 @@ class VertexFake(LocalServer):
 
 
 def _handler(fake: VertexFake):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:
-            pass
-
+    class Handler(FakeHandler):
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length") or 0))
-            fake.received.append(Received("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            fake.received.append(received := self.receive())
+            body = received.body
             try:
                 self._answer(body)
             except BadCall as exc:
