@@ -9,7 +9,7 @@ their names, Gemini's ``googleSearch``), else a 400 in the provider's error shap
 only when declared. Payload shapes: the official SDKs' types (openai-python
 ``types/responses/response_{file_search,code_interpreter}_tool_call.py``, anthropic-sdk-python
 ``types/server_tool_use_block.py``, ``container.py``, ``raw_message_delta_event.py``, google-genai
-``GroundingMetadata``) and /work/shared/reference/provider-usage.md.
+``GroundingMetadata``) and docs/provider-usage.md (section 6).
 """
 
 from __future__ import annotations
