@@ -22,7 +22,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from .upstream import FakeHandler, LocalServer, serving_context
+from .upstream import FakeHandler, LocalServer, send_json, serving_context
 
 ACCESS_KEY, SECRET_KEY, REGION = "AKIDFORWARDTEST00001", "forward-test-secret-key", "us-east-1"
 _AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<day>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
@@ -33,6 +33,7 @@ CLAUDE_USAGE = {"input_tokens": 25, "output_tokens": 12, "cache_creation_input_t
                 "cache_read_input_tokens": 0}
 CONVERSE_USAGE = {"inputTokens": 30, "outputTokens": 12, "totalTokens": 3072, "cacheReadInputTokens": 2000,
                   "cacheWriteInputTokens": 1030}
+REQUEST_ID = "f0e1d2c3-0000-4000-8000-000000000001"  # x-amzn-requestid, as every Bedrock answer has one
 MISTRAL_HEADERS = {"x-amzn-bedrock-input-token-count": "17", "x-amzn-bedrock-output-token-count": "9"}
 
 
@@ -136,15 +137,7 @@ def _handler(fake: FakeBedrock):
                 self._stream(claude_stream() if operation == "invoke-with-response-stream" else converse_stream())
 
         def _json(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.send_header("x-amzn-requestid", "f0e1d2c3-0000-4000-8000-000000000001")
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, body, {**(headers or {}), "x-amzn-requestid": REQUEST_ID})
 
         def _stream(self, messages: list[bytes]) -> None:
             self.send_response(200)

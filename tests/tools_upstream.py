@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 
-from .upstream import FakeHandler, LocalServer, Received
+from .upstream import FakeHandler, LocalServer, Received, send_json
 
 # What the fake's tools do per call, fixed so that a test can work out the price by hand.
 FILE_SEARCH_QUERIES = [["refund policy"], ["refund policy 2026", "returns window"]]  # one item per search
@@ -70,7 +70,7 @@ def _handler(provider: ToolsProvider):
                 if not isinstance(request, dict):
                     raise ValueError
             except ValueError:
-                self._json(400, {"error": {"message": "We could not parse the JSON body of your request.",
+                send_json(self, 400, {"error": {"message": "We could not parse the JSON body of your request.",
                                            "type": "invalid_request_error", "param": None, "code": None}})
                 return
             try:
@@ -81,27 +81,19 @@ def _handler(provider: ToolsProvider):
                 elif found := _GEMINI_CALL.fullmatch(path):
                     _gemini(self, found.group(1), found.group(2), request, "alt=sse" in self.path)
                 else:
-                    self._json(404, {"error": {"message": f"Invalid URL (POST {path})",
+                    send_json(self, 404, {"error": {"message": f"Invalid URL (POST {path})",
                                                "type": "invalid_request_error", "param": None, "code": None}})
             except BadRequest as exc:
                 self._bad_request(path, str(exc))
 
         def _bad_request(self, path: str, message: str) -> None:
             if path == "/v1/messages":
-                self._json(400, {"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+                send_json(self, 400, {"type": "error", "error": {"type": "invalid_request_error", "message": message}})
             elif path.startswith("/v1beta/"):
-                self._json(400, {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}})
+                send_json(self, 400, {"error": {"code": 400, "message": message, "status": "INVALID_ARGUMENT"}})
             else:
-                self._json(400, {"error": {"message": message, "type": "invalid_request_error", "param": "tools",
+                send_json(self, 400, {"error": {"message": message, "type": "invalid_request_error", "param": "tools",
                                            "code": None}})
-
-        def _json(self, status: int, document: object) -> None:
-            data = json.dumps(document).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def sse(self, events: list[tuple[str | None, dict]]) -> None:
             self.send_response(200)
@@ -154,7 +146,7 @@ def _responses(handler, provider: ToolsProvider, request: dict) -> None:
                 "parallel_tool_calls": True, "tool_choice": "auto", "tools": request.get("tools") or [],
                 "service_tier": "default", "store": True, "usage": OPENAI_USAGE}
     if not request.get("stream"):
-        handler._json(200, response)
+        send_json(handler, 200, response)
         return
     created = {**response, "status": "in_progress", "output": [], "usage": None}
     events = [("response.created", {"type": "response.created", "sequence_number": 0, "response": created})]
@@ -190,7 +182,7 @@ def _messages(handler, provider: ToolsProvider, request: dict, headers: dict) ->
                "model": request["model"], "content": content, "stop_reason": "end_turn", "stop_sequence": None,
                "container": container, "usage": usage}
     if not request.get("stream"):
-        handler._json(200, message)
+        send_json(handler, 200, message)
         return
     start = {**message, "content": [], "stop_reason": None, "container": None, "usage": ANTHROPIC_START}
     events: list[tuple[str | None, dict]] = [("message_start", {"type": "message_start", "message": start}),
@@ -240,7 +232,7 @@ def _anthropic_content(provider: ToolsProvider, declared: set[str]) -> tuple[lis
 
 def _gemini(handler, model: str, method: str, request: dict, sse: bool) -> None:
     if not handler.headers.get("x-goog-api-key"):
-        handler._json(401, {"error": {"code": 401, "message": "API key not valid.", "status": "UNAUTHENTICATED"}})
+        send_json(handler, 401, {"error": {"code": 401, "message": "API key not valid.", "status": "UNAUTHENTICATED"}})
         return
     if not isinstance(request.get("contents"), list) or not request["contents"]:
         raise BadRequest("* GenerateContentRequest.contents: contents is not specified")
@@ -264,7 +256,7 @@ def _gemini(handler, model: str, method: str, request: dict, sse: bool) -> None:
     answer = {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model,
               "responseId": uuid.uuid4().hex[:20]}
     if method == "generateContent":
-        handler._json(200, answer)
+        send_json(handler, 200, answer)
         return
     if not sse:
         raise BadRequest("this fake streams with alt=sse only, as the SDK asks")

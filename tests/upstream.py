@@ -70,6 +70,19 @@ class FakeHandler(BaseHTTPRequestHandler):
         return Received(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, document: object, headers: dict | None = None,
+              content_type: str = "application/json") -> None:
+    """One JSON answer with its length, and any ``headers`` a fake adds."""
+    data = json.dumps(document).encode()
+    handler.send_response(status)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("content-type", content_type)
+    handler.send_header("content-length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def serving_context(certs: dict[str, Path]) -> ssl.SSLContext:
     """A server's TLS context with the leaf tests/certs.py made."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from . import payloads
+from .upstream import send_json
 
 ADMIN_KEY = "sk-admin-test-0123456789"
 DAY = dt.timedelta(days=1)
@@ -345,29 +346,29 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
         handler.wfile = _Drip(handler.wfile, api)  # type: ignore[assignment]
     if api.echo_key:
         sent = handler.headers.get("x-api-key") or handler.headers.get("authorization") or ""
-        return _json(handler, api.echo_key, {"type": "error", "error": {
+        return send_json(handler, api.echo_key, {"type": "error", "error": {
             "type": "invalid_request_error", "message": f"The key {sent} is not valid for this organization."}})
     if api.throttle > 0:
         api.throttle -= 1
-        return _json(handler, 429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}},
+        return send_json(handler, 429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}},
                      {"retry-after": "1"})
     if api.malformed > 0:
         api.malformed -= 1
-        return _json(handler, 200, {"data": [{"results": [{"model": "gpt-4o"}]}], "has_more": False})
+        return send_json(handler, 200, {"data": [{"results": [{"model": "gpt-4o"}]}], "has_more": False})
     if url.path.startswith("/v1/organizations/analytics/"):
         return _analytics(api, handler, url.path, query)
     if url.path not in ALLOWED:
-        return _json(handler, 404, {"error": {"message": "not found"}})
+        return send_json(handler, 404, {"error": {"message": "not found"}})
     openai = url.path.startswith("/v1/organization/")
     if openai and handler.headers.get("authorization") != f"Bearer {ADMIN_KEY}":
-        return _json(handler, 401, {"error": {"message": "Invalid authorization header",
+        return send_json(handler, 401, {"error": {"message": "Invalid authorization header",
                                               "type": "invalid_request_error"}})
     if not openai and (handler.headers.get("x-api-key") != ADMIN_KEY or not handler.headers.get("anthropic-version")):
-        return _json(handler, 401, _ANTHROPIC_401)
+        return send_json(handler, 401, _ANTHROPIC_401)
     width = query.get("bucket_width", ["1d"])[0]
     refused = _refused(url.path, query, width)
     if refused:
-        return _json(handler, 400, {"error": {"message": refused, "type": "invalid_request_error"}})
+        return send_json(handler, 400, {"error": {"message": refused, "type": "invalid_request_error"}})
     group = query.get("group_by" if openai else "group_by[]", [])
     step = WIDTHS[width]
     costs = url.path.endswith(("/costs", "/cost_report"))
@@ -401,7 +402,7 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
         body["object"] = "page"
     if api.padding:
         body["padding"] = "x" * api.padding
-    _json(handler, 200, body)
+    send_json(handler, 200, body)
 
 
 _ANTHROPIC_401 = {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
@@ -410,10 +411,10 @@ _ANTHROPIC_401 = {"type": "error", "error": {"type": "authentication_error", "me
 def _analytics(api: UsageApi, handler: BaseHTTPRequestHandler, path: str, query: dict) -> None:
     """Anthropic's analytics API: flat rows, ``limit`` rows a page, at most 31 days a request."""
     if handler.headers.get("x-api-key") != ADMIN_KEY or not handler.headers.get("anthropic-version"):
-        return _json(handler, 401, _ANTHROPIC_401)
+        return send_json(handler, 401, _ANTHROPIC_401)
     if "analytics-usage-cost-2026-08-24" not in (handler.headers.get("anthropic-beta") or "") or \
             api.analytics_refused:
-        return _json(handler, 400, {"type": "error", "error": {
+        return send_json(handler, 400, {"type": "error", "error": {
             "type": "invalid_request_error", "message": "This endpoint is not available to your organization."}})
     start = dt.datetime.fromisoformat(query["starting_at"][0].replace("Z", "+00:00"))
     end = dt.datetime.fromisoformat(query["ending_at"][0].replace("Z", "+00:00"))
@@ -421,7 +422,7 @@ def _analytics(api: UsageApi, handler: BaseHTTPRequestHandler, path: str, query:
     group = query.get("group_by[]", [])
     if end - start > 31 * DAY or width not in ("1h", "1d") or path not in _ANALYTICS_GROUPS or any(
             g not in _ANALYTICS_GROUPS[path] for g in group):
-        return _json(handler, 400, {"type": "error", "error": {"type": "invalid_request_error",
+        return send_json(handler, 400, {"type": "error", "error": {"type": "invalid_request_error",
                                                                "message": "bad range, width, group_by or path"}})
     step = WIDTHS[width]
     cost = path.endswith("/cost")
@@ -429,7 +430,7 @@ def _analytics(api: UsageApi, handler: BaseHTTPRequestHandler, path: str, query:
     size = api.page_size or int(query.get("limit", ["20"])[0])
     first = _cursor(query)
     more = first + size < len(rows)
-    _json(handler, 200, {"data": rows[first:first + size], "has_more": more,
+    send_json(handler, 200, {"data": rows[first:first + size], "has_more": more,
                          "next_page": str(first + size) if more else None,
                          "data_refreshed_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")})
 
@@ -468,15 +469,6 @@ class _Drip:
         self.wfile.flush()
 
 
-def _json(handler, status: int, body: dict, headers: dict | None = None) -> None:
-    raw = json.dumps(body).encode()
-    handler.send_response(status)
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.send_header("content-type", "application/json")
-    handler.send_header("content-length", str(len(raw)))
-    handler.end_headers()
-    handler.wfile.write(raw)
 
 
 

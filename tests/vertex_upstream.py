@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from .upstream import FakeHandler, LocalServer, Received, serving_context
+from .upstream import FakeHandler, LocalServer, Received, send_json, serving_context
 
 TOKEN = "ya29.a0AfB_test-access-token-for-the-fake"
 PROJECT = "acme-llm-prod"
@@ -144,12 +144,7 @@ def _handler(fake: VertexFake):
             self._stream([f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events])
 
         def _send(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json; charset=UTF-8")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, payload, content_type="application/json; charset=UTF-8")
 
         def _stream(self, pieces: list[bytes], content_type: str = "text/event-stream") -> None:
             self.send_response(200)
