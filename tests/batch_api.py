@@ -14,6 +14,7 @@ line), so a results file of hundreds of megabytes costs the fake no memory.
 from __future__ import annotations
 
 import email.parser
+import io
 import itertools
 import json
 import threading
@@ -28,6 +29,20 @@ def openai_usage(n: int) -> dict:
     """The usage of the n-th request (from 0) of an OpenAI batch."""
     return {"prompt_tokens": 1000 + n, "completion_tokens": 200 + n, "total_tokens": 1200 + 2 * n,
             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+
+
+def completed_openai_batch(creator, poller, model: str, count: int):
+    """An OpenAI batch of ``count`` chat requests as an application runs one with the official SDK:
+    uploaded and created by ``creator`` (an openai.OpenAI), polled by ``poller`` until completed."""
+    requests = [{"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions",
+                 "body": {"model": model, "messages": [{"role": "user", "content": f"summarise {n}"}]}}
+                for n in range(count)]
+    upload = creator.files.create(file=("in.jsonl", io.BytesIO(b"\n".join(json.dumps(r).encode() for r in requests))),
+                                  purpose="batch")
+    batch = creator.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    while (batch := poller.batches.retrieve(batch.id)).status != "completed":
+        time.sleep(0.05)
+    return batch
 
 
 def anthropic_usage(n: int, long_prompt: bool) -> dict:

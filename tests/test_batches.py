@@ -7,7 +7,6 @@ call that created it, whoever polls it or downloads its results, and however oft
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from decimal import Decimal
@@ -17,7 +16,7 @@ import anthropic
 import httpx
 import pytest
 
-from .batch_api import BatchApi, anthropic_usage, openai_usage
+from .batch_api import BatchApi, anthropic_usage, completed_openai_batch, openai_usage
 from .helpers import start_proxy
 from .upstream import FakeProvider
 
@@ -72,14 +71,7 @@ def test_openai_batch_is_priced_at_half_once_for_the_call_that_created_it(proxy,
     creator = proxy.openai(headers=tags("acme-openai", "nightly-summaries"))
     poller = proxy.openai(headers=tags("ops-openai"))
     customers = ("acme-openai", "ops-openai")
-    requests = [{"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions",
-                 "body": {"model": MINI, "messages": [{"role": "user", "content": f"summarise {n}"}]}}
-                for n in range(5)]
-    upload = creator.files.create(file=("in.jsonl", io.BytesIO(b"\n".join(json.dumps(r).encode() for r in requests))),
-                                  purpose="batch")
-    batch = creator.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
-    while (batch := poller.batches.retrieve(batch.id)).status != "completed":
-        time.sleep(0.05)
+    batch = completed_openai_batch(creator, poller, MINI, 5)
     assert batch.output_file_id
     content = poller.files.content(batch.output_file_id).content
     lines = [json.loads(line) for line in content.splitlines()]
@@ -299,15 +291,7 @@ def test_shared_storage_a_batch_created_on_one_replica_is_recorded_once_whicheve
                     assert len(results) == 3
 
                 openai_creator = replicas[0].openai(headers=tags("shared-acme-openai", "nightly-summaries"))
-                lines = [json.dumps({"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions",
-                                     "body": {"model": MINI, "messages": [{"role": "user", "content": "hi"}]}})
-                         for n in range(2)]
-                upload = openai_creator.files.create(file=("in.jsonl", io.BytesIO("\n".join(lines).encode())),
-                                                     purpose="batch")
-                batch = openai_creator.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                                      completion_window="24h")
-                while (batch := openai_creator.batches.retrieve(batch.id)).status != "completed":
-                    time.sleep(0.05)
+                batch = completed_openai_batch(openai_creator, openai_creator, MINI, 2)
                 replicas[1].openai(headers=tags("shared-ops-openai")).files.content(batch.output_file_id)
 
                 # create, 2 retrieves, then 3 x (a retrieve and the results)

@@ -23,6 +23,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import writing
 from cli.main import cli
 
+from .batch_api import completed_openai_batch
 from .helpers import call_row, start_proxy
 from .upstream import FakeProvider
 from .usage_api import ADMIN_KEY, Billed, UsageApi, billed_from
@@ -696,14 +697,7 @@ def _month_of_openai_through_the_proxy(proxy, provider, media) -> int:
     client = proxy.openai(api_key="sk-app-secret", headers={**LEGACY, "x-customer-id": "month"})
     for _ in range(3):
         client.chat.completions.create(**CHAT)
-    requests = [{"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions",
-                 "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"summarise {n}"}]}}
-                for n in range(4)]
-    upload = client.files.create(file=("in.jsonl", io.BytesIO(b"\n".join(json.dumps(r).encode() for r in requests))),
-                                 purpose="batch")
-    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
-    while (batch := client.batches.retrieve(batch.id)).status != "completed":
-        time.sleep(0.05)
+    batch = completed_openai_batch(client, client, "gpt-4o-mini", 4)
     client.files.content(batch.output_file_id)
     client.images.generate(model="dall-e-2", prompt="a red cat on a mat", n=2, size="512x512")
     client.audio.transcriptions.create(model="whisper-1", file=("hello.wav", media.wav(8.0), "audio/wav"),
