@@ -145,6 +145,15 @@ def until_admitted(call, within: float, why: str) -> None:
             time.sleep(0.2)
 
 
+def key_with_blocking_budget(home: Path, customer: str, **usd: str) -> dict:
+    """A new key ("budgeted", as ``keys create --json`` prints it) with a blocking budget on
+    ``customer``'s calls through it; ``usd``: daily=..., monthly=..."""
+    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
+    periods = [arg for period, limit in usd.items() for arg in (f"--{period}", limit)]
+    run_cli(home, "budgets", "set", "--scope", f"customer:{customer}", "--key", str(created["id"]), *periods, "--block")
+    return created
+
+
 def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
                 flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = (), port: int | None = None,
                 run_under: tuple[str, ...] = (), metrics: bool = False) -> Proxy:

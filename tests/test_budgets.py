@@ -18,7 +18,7 @@ from addon.core.home import db_path
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import call_row, run_cli, start_proxy, until_admitted
+from .helpers import call_row, key_with_blocking_budget, run_cli, start_proxy, until_admitted
 
 UTC = zoneinfo.ZoneInfo("UTC")
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
@@ -79,9 +79,7 @@ def _spend(home) -> tuple[Decimal, Decimal]:
 
 def test_a_blocking_budget_refuses_the_call_after_the_one_that_crossed_it(tmp_path, upstream):
     home = tmp_path / "home"
-    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
-    run_cli(home, "budgets", "set", "--scope", "customer:spender", "--key", str(created["id"]), "--daily", "0.001",
-            "--block")
+    created = key_with_blocking_budget(home, "spender", daily="0.001")
     calendar = LocalCalendar.past_the_first(dt.datetime.now(dt.UTC))
     _seed_earlier_this_month(home, calendar, "spender", "5")  # this month's, not today's: no refusal
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"],
@@ -106,9 +104,7 @@ def test_a_blocking_budget_refuses_the_call_after_the_one_that_crossed_it(tmp_pa
 
 def test_a_blocking_monthly_budget_counts_the_whole_month_not_today(tmp_path, upstream):
     home = tmp_path / "home"
-    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
-    run_cli(home, "budgets", "set", "--scope", "customer:spender", "--key", str(created["id"]), "--monthly", "0.001",
-            "--block")
+    created = key_with_blocking_budget(home, "spender", monthly="0.001")
     calendar = LocalCalendar.past_the_first(dt.datetime.now(dt.UTC))
     _seed_earlier_this_month(home, calendar, "spender", "0.0008")
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"],

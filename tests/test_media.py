@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from . import media_upstream as fake
-from .helpers import run_cli, start_proxy
+from .helpers import key_with_blocking_budget, run_cli, start_proxy
 
 M = Decimal(1_000_000)
 
@@ -252,9 +252,7 @@ def test_a_large_upload_is_forwarded_whole_and_priced_from_its_header(proxy, med
 
 def test_a_blocking_budget_counts_speech_and_images_in_dollars(tmp_path, media):
     home = tmp_path / "home"
-    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
-    run_cli(home, "budgets", "set", "--scope", "customer:speaker", "--key", str(created["id"]), "--daily", "0.005",
-            "--block")
+    created = key_with_blocking_budget(home, "speaker", daily="0.005")
     proxy = start_proxy(home, media.url, tmp_path / "proxy.log", key=created["key"])
     try:
         client = _client(proxy, headers={"x-customer-id": "speaker"})

@@ -10,7 +10,6 @@ The upstream is tests/tools_upstream.py, strict at the wire (a tool must be decl
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 import openai
@@ -19,7 +18,7 @@ from google import genai
 from google.genai import types
 
 from . import tools_upstream as fake
-from .helpers import run_cli, start_proxy
+from .helpers import key_with_blocking_budget, start_proxy
 
 M = Decimal(1_000_000)
 # OpenAI's price page: gpt-4o $2.50 input, $1.25 cached input, $10 output per million tokens; file
@@ -106,9 +105,7 @@ def test_a_blocking_budget_counts_tool_fees_in_dollars(tmp_path, upstream):
     """$0.0156 of tokens stays under a $0.017 daily budget; with its two file searches ($0.005) the
     call crosses it, and the next call is refused."""
     home = tmp_path / "home"
-    created = json.loads(run_cli(home, "keys", "create", "--name", "budgeted", "--json"))
-    run_cli(home, "budgets", "set", "--scope", "customer:searcher", "--key", str(created["id"]), "--daily", "0.017",
-            "--block")
+    created = key_with_blocking_budget(home, "searcher", daily="0.017")
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"])
     try:
         client = proxy.openai(headers={"x-customer-id": "searcher"})
