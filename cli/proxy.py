@@ -71,6 +71,8 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
         home_dir.check_free(obj.home)
     except home_dir.HomeInUse as exc:
         raise click.ClickException(str(exc)) from None
+    _check_ports_distinct({"--port": port, "--web-port": web_port, "--forward-port": forward_port,
+                           "--metrics-port": values.get("metrics_port")})
     check_port_free(host, port, "--port")
     if web_port:
         check_port_free(host, web_port, "--web-port")
@@ -108,6 +110,18 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
         if isinstance(exc, exceptions.OptionsError):
             raise click.ClickException(str(exc)) from None
         raise
+
+
+def _check_ports_distinct(ports: dict[str, int | None]) -> None:
+    """Two servers on one port: the second would fail only after the first started, mid-startup."""
+    seen: dict[int, str] = {}
+    for flag, number in ports.items():
+        if not number:
+            continue
+        if number in seen:
+            raise click.UsageError(f"{seen[number]} and {flag} are both {number}; each server needs a port of "
+                                   "its own.")
+        seen[number] = flag
 
 
 def _addon_options(values: dict, **others) -> dict:

@@ -67,10 +67,19 @@ def scrape(url: str, **kwargs) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(response.text) for s in family.samples}
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, never one this test run handed out before: the kernel may offer the
+    same free port twice in a row, and a test that takes two (proxy and metrics) would then collide."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def run_cli(home: Path, *args: str) -> str:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from addon.core.money import usd
 from cli.main import cli
 
-from .helpers import run_cli
+from .helpers import free_port, run_cli
 
 
 def _invoke(home, *args: str):
@@ -39,6 +39,17 @@ def test_a_port_in_use_is_named_before_anything_is_printed_or_created(tmp_path, 
     assert f"cannot listen on 127.0.0.1:{taken_port}" in result.output and f"with {flag} PORT" in result.output
     assert "proxy on" not in result.output and "Web and API on" not in result.output
     assert json.loads(run_cli(tmp_path, "keys", "list", "--json")) == []  # no key was created
+
+
+@pytest.mark.parametrize("first,second", [("--port", "--metrics-port"), ("--web-port", "--metrics-port"),
+                                           ("--port", "--forward-port")])
+def test_one_port_given_to_two_servers_is_refused_before_either_starts(tmp_path, first, second):
+    port = str(free_port())
+    args = ["proxy", first, port, second, port] + ([] if "--port" in (first, second) else ["--port", "0"])
+    result = _invoke(tmp_path, *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{first} and {second} are both {port}; each server needs a port of its own." in result.output
+    assert json.loads(run_cli(tmp_path, "keys", "list", "--json")) == []
 
 
 @pytest.mark.parametrize("args", [("export", "--out", "/no/such/dir/x.csv"),
