@@ -12,8 +12,9 @@ every file descriptor. This addon adds the bounds a front-line HTTP server has:
   flight is bounded by the upstream timeout;
 - at most ``aispendtrack_max_connections`` client connections at once (by default, and never more
   than, what the process's file descriptors allow). One more is told so: its request is answered
-  503 with ``retry-after`` and the connection closed. Past refusal_slots() such connections, one
-  more is closed at once; one that sends no request is closed at the client timeout.
+  503 with ``retry-after`` and the connection closed. Past refusal_slots() such connections (as many
+  as the descriptors left allow, at least an eighth of the cap), one more is closed at once; one
+  that sends no request is closed at the client timeout.
 
 A burst of connections is queued, not reset: mitmproxy listens with asyncio's default backlog of
 100, so while the event loop was busy the 101st connection at once was dropped, and with SYN
@@ -106,13 +107,19 @@ def descriptor_budget() -> int:
 
 
 def refusal_slots(max_connections: int) -> int:
-    return max_connections // 8 + 16
+    """Connections over the cap that may wait for their 503: the descriptors the served ones leave, so a
+    cap set below the descriptor limit refuses every connection past it with an answer, never a reset."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 65_536
+    return max(max_connections // 8 + 16, soft - _FDS_KEPT - 2 * max_connections)
 
 
 class ConnectionBounds:
     def __init__(self) -> None:
         self.max_connections = 1024
         self._fd_bound = False  # the file descriptor limit, not the option, sets max_connections
+        self._refusal_slots = refusal_slots(self.max_connections)
         self.timeout = 60.0
         self._open: set[str] = set()  # client ids served
         self._refusing: set[str] = set()  # client ids over the cap, to be answered 503
@@ -133,6 +140,7 @@ class ConnectionBounds:
             budget, asked = descriptor_budget(), ctx.options.aispendtrack_max_connections
             self.max_connections = min(asked or budget, budget)
             self._fd_bound = asked > budget
+            self._refusal_slots = refusal_slots(self.max_connections)
         if "aispendtrack_client_timeout_s" in updated:
             self.timeout = float(ctx.options.aispendtrack_client_timeout_s)
 
@@ -158,7 +166,7 @@ class ConnectionBounds:
     def client_connected(self, client: Client) -> None:
         if len(self._open) < self.max_connections:
             self._open.add(client.id)
-        elif len(self._refusing) < refusal_slots(self.max_connections):
+        elif len(self._refusing) < self._refusal_slots:
             self._refusing.add(client.id)  # its request gets a 503: an answer, not a reset
             self._over.refused(f"{self.max_connections} open (aispendtrack_max_connections)")
         else:

@@ -160,6 +160,44 @@ def test_connections_past_the_cap_get_a_503_with_retry_after_and_are_logged_once
     assert log.count("refused connections over the limit: 30 open") == 1, log[-3000:]
 
 
+def test_every_connection_past_a_cap_set_below_the_descriptor_limit_gets_a_503_never_a_reset(strict):
+    """With --max-connections 30 and descriptors for thousands, 60 more connections at once are all
+    answered 503: the connections waiting for a refusal were bounded by a share of the cap (19 here),
+    so the rest were closed unanswered, which a client sees as a reset."""
+    _serving(strict.metrics_url, 0)
+    held = [_connect(strict) for _ in range(30)]
+    _serving(strict.metrics_url, 30)
+    extra = [_connect(strict) for _ in range(60)]
+    try:
+        _settled_refusals(strict.metrics_url)  # all 60 accepted before any is answered and leaves
+        for sock in extra:
+            sock.sendall(HEAD + b"content-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+        answers = [_answer_or_error(sock) for sock in extra]
+        statuses = [a[:12].decode(errors="replace") for a in answers]
+        assert statuses.count("HTTP/1.1 503") == 60, {s: statuses.count(s) for s in statuses}
+        assert all(b"\r\nretry-after: 1\r\n" in a.lower() for a in answers)
+    finally:
+        for sock in [*held, *extra]:
+            sock.close()
+
+
+def _settled_refusals(metrics_url: str) -> None:
+    """Until the proxy has taken in every pending connection: its gauge of refused ones stops moving."""
+    last, steady_since, deadline = None, time.monotonic(), time.monotonic() + 30
+    while time.monotonic() - steady_since < 1 and time.monotonic() < deadline:
+        now = scrape(metrics_url)[("aispendtrack_client_connections", (("state", "refused"),))]
+        if now != last:
+            last, steady_since = now, time.monotonic()
+        time.sleep(0.1)
+
+
+def _answer_or_error(sock: socket.socket) -> bytes:
+    try:
+        return _answer(sock)
+    except OSError as exc:
+        return type(exc).__name__.encode()
+
+
 def _answer(sock: socket.socket) -> bytes:
     """Everything the proxy sends until it closes the connection."""
     sock.settimeout(10)
