@@ -159,16 +159,41 @@ def tls_pem(home, cert: str, key: str) -> str:
     return str(path)
 
 
+# The mitmproxy addons this proxy uses: serving, TLS, the forward mode's block of public clients and
+# its h2c refusal, Alt-Svc pointed back at the proxy, start-up errors. mitmdump adds some twenty more
+# (playback, map and modify rules, sticky cookies and auth, saving flows, the onboarding app, the
+# stdin reader, ...), features nobody can switch on here, and mitmproxy offers every hook of every
+# request to each of them: measured in docs/benchmarks.md ("mitmproxy's own cost per request").
+MITMPROXY_ADDONS: frozenset[str] | None = frozenset({
+    "core", "block", "disableh2c", "proxyserver", "dnsresolver", "nextlayer", "tlsconfig", "updatealtsvc",
+    "stripdnshttpsrecords"})
+# Lazy: the upstream is chosen per request (OpenAI or Anthropic), not per client connection.
+MITMPROXY_OPTIONS: dict = {"connection_strategy": "lazy", "termlog_verbosity": "info"}
+
+
+def _master(opts):
+    """mitmdump's master with only the addons of MITMPROXY_ADDONS (None: all of mitmdump's)."""
+    from mitmproxy import addons
+    from mitmproxy.addons import errorcheck
+    from mitmproxy.master import Master
+
+    every = {type(a).__name__.lower(): a for a in addons.default_addons()}
+    if missing := (MITMPROXY_ADDONS or set()) - every.keys():  # a mitmproxy that renamed one: fail loudly
+        raise RuntimeError(f"mitmproxy has no addon {', '.join(sorted(missing))}")
+    master = Master(opts, with_termlog=True)
+    master.addons.add(*(a for name, a in every.items() if MITMPROXY_ADDONS is None or name in MITMPROXY_ADDONS),
+                      errorcheck.ErrorCheck())
+    return master
+
+
 async def _serve(mitm_options: dict, addon_options: dict) -> None:
     from mitmproxy.options import Options
-    from mitmproxy.tools.dump import DumpMaster
 
     from addon.aispendtrack import make_addons
 
     opts = Options(**mitm_options)
-    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
-    # Lazy: the upstream is chosen per request (OpenAI or Anthropic), not per client connection.
-    opts.update(connection_strategy="lazy", termlog_verbosity="info")
+    master = _master(opts)
+    opts.update(**MITMPROXY_OPTIONS)
     master.addons.add(*make_addons())
     opts.update(**addon_options)
     # mitmproxy listens before its addons' `running` hooks, and its TLS addon loads its certificate
