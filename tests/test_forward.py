@@ -469,3 +469,19 @@ def test_google_genai_vertex_stream_through_the_forward_port(forward, env, verte
     # The fake's last running total: 12 prompt tokens; 40 candidates and 88 thoughts.
     assert (row["input_tokens"], row["output_tokens"], row["reasoning_tokens"]) == (12, 128, 88)
     assert row["cost_usd"] == pytest.approx(cost((12, "0.30"), (128, "2.50")), abs=1e-12)
+
+
+def test_the_forward_port_serves_no_page_of_mitmproxys_own(forward):
+    """mitmdump's onboarding app answered http://mitm.it/ on the forward port, before any of our addons
+    saw the request; `aispendtrack proxy` loads only the mitmproxy addons it uses (cli/proxy.py)."""
+    credential = base64.b64encode(f"aispendtrack:{forward.key}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", forward.forward_port), timeout=30) as sock:
+        sock.sendall(f"GET http://mitm.it/ HTTP/1.1\r\nHost: mitm.it\r\nProxy-Authorization: Basic {credential}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        sock.settimeout(30)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    # Its page ("Install mitmproxy's Certificate Authority"); now the request goes where any other
+    # host's plain-HTTP request goes (here, with no internet, a 502).
+    assert b"certificate authority" not in answer.lower(), answer[:300]
