@@ -6,15 +6,17 @@ loopback."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
+import openai
 import pytest
 
 from addon.core import home as home_dir
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import free_port, report_row, run_cli, scrape, start_proxy
+from .helpers import free_port, key_with_blocking_budget, report_row, run_cli, scrape, start_proxy
 from .upstream import FakeProvider
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
@@ -83,3 +85,21 @@ def test_the_total_gives_p50_and_p99_of_measured_calls_and_leaves_older_rows_out
     assert total["calls"] == 8
     assert (total["p50_proxy_us"], total["p99_proxy_us"]) == (200, 298)  # 100..300, interpolated as latencies are
     assert (_total(site, customer="mixed", until="2026-11-20T10:30:00")["p50_proxy_us"]) is None  # older rows only
+
+
+def test_a_call_under_a_blocking_budget_counts_the_row_built_before_its_answer(site):
+    """Under a blocking budget the row is built on the request path (its cost must count before the
+    next call): that time is the proxy's too."""
+    proxy = site["proxy"]
+    created = key_with_blocking_budget(site["home"], "budgeted", monthly="100")
+    client = proxy.openai(headers={"x-aispendtrack-key": created["key"], "x-customer-id": "budgeted"})
+    deadline = time.monotonic() + 15
+    while True:  # the new key reaches the running proxy within seconds
+        try:
+            client.chat.completions.create(**CHAT)
+            break
+        except openai.AuthenticationError:
+            assert time.monotonic() < deadline, "the new key was never admitted"
+            time.sleep(0.2)
+    [row] = proxy.rows("budgeted")
+    assert isinstance(row["proxy_us"], int) and 0 < row["proxy_us"] <= row["latency_ms"] * 1000, row
