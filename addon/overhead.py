@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from time import perf_counter_ns
 
-SPENT = "aispendtrack.spent_ns"  # flow.metadata: ns in our hooks not yet handed to a meter
+_SPENT = "aispendtrack.spent_ns"  # flow.metadata: ns in our hooks not yet handed to a meter
 _OPEN = "aispendtrack.hook_from_ns"  # flow.metadata: when the hook running now started
 # The hooks that run for a call's own flow (not its connection's: TLS, server connects, CONNECT).
 FLOW_HOOKS = ("requestheaders", "request", "responseheaders", "response", "error",
@@ -60,7 +60,7 @@ async def _awaited(result: Awaitable, metadata: dict) -> object:
 def _close(metadata: dict) -> None:
     started = metadata.pop(_OPEN, None)
     if started is not None:
-        metadata[SPENT] = metadata.get(SPENT, 0) + perf_counter_ns() - started
+        metadata[_SPENT] = metadata.get(_SPENT, 0) + perf_counter_ns() - started
 
 
 def take(flow) -> int:
@@ -69,7 +69,7 @@ def take(flow) -> int:
     metadata = flow.metadata
     now = perf_counter_ns()
     started = metadata.get(_OPEN)
-    spent = metadata.pop(SPENT, 0) + (now - started if started is not None else 0)
+    spent = metadata.pop(_SPENT, 0) + (now - started if started is not None else 0)
     if started is not None:
         metadata[_OPEN] = now
     return spent
