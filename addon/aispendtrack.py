@@ -347,8 +347,12 @@ class AiSpendTrack:
             assert self.book is not None
             started = perf_counter_ns()
             row = build_row(meter, self.book)
-            if row["proxy_us"] is not None:  # building it here is part of what the call waited for
-                row["proxy_us"] += (perf_counter_ns() - started + 500) // 1000
+            # Building it here is part of what the call waited for: ours, and the call's latency.
+            took_us = (perf_counter_ns() - started + 500) // 1000
+            if row["proxy_us"] is not None:
+                row["proxy_us"] += took_us
+            if row["latency_ms"] is not None:
+                row["latency_ms"] = round(row["latency_ms"] + took_us / 1000, 3)
             self._count(row)
             self.writer.submit(row)
         else:
