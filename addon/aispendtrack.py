@@ -23,10 +23,11 @@ import datetime as dt
 import logging
 import os
 import zoneinfo
+from time import perf_counter_ns
 
 from mitmproxy import ctx, exceptions, http
 
-from addon import batches, failures, injection, metrics_port, realtime, refusals, settings
+from addon import batches, failures, injection, metrics_port, overhead, realtime, refusals, settings
 from addon.bounds import ConnectionBounds
 from addon.core import config, config_files, gdpr, metrics, price_data, spool
 from addon.core import home as home_dir
@@ -233,6 +234,7 @@ class AiSpendTrack:
             if meter is not None:
                 meter.finish(flow.response.status_code if flow.response else None, "proxy_stopped",
                              "the proxy stopped before the call ended")
+                meter.hooks_ns = overhead.take(flow)
                 self.submit(meter)
         self._in_flight.clear()
 
@@ -305,6 +307,7 @@ class AiSpendTrack:
             if meter.batch is not None and meter.batch.action != "results":
                 batches.point_results_here(flow.response, meter.provider)
             meter.finish(flow.response.status_code, "completed", None, flow.response.raw_content)
+            meter.hooks_ns = overhead.take(flow)
             self.submit(meter)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -330,6 +333,7 @@ class AiSpendTrack:
                                                               self.watch.timeout)
             failures.reply_with(status, meter.provider.error_body(status, text, outcome))
             meter.finish(status, outcome, text[:200], None)
+        meter.hooks_ns = overhead.take(flow)
         self.submit(meter)
 
     def submit(self, meter: CallMeter) -> None:
@@ -340,7 +344,17 @@ class AiSpendTrack:
         # built here (one parse and price, ~50 us) instead of on the writer thread a second later.
         # A batch's usage counts against its creator's budgets once settled, on the writer thread.
         if meter.batch is None and self.state.budgets.any_blocking(meter.key_id, meter.customer_id, meter.feature):
-            self.writer.submit(self._row(meter))
+            assert self.book is not None
+            started = perf_counter_ns()
+            row = build_row(meter, self.book)
+            # Building it here is part of what the call waited for: ours, and the call's latency.
+            took_us = (perf_counter_ns() - started + 500) // 1000
+            if row["proxy_us"] is not None:
+                row["proxy_us"] += took_us
+            if row["latency_ms"] is not None:
+                row["latency_ms"] = round(row["latency_ms"] + took_us / 1000, 3)
+            self._count(row)
+            self.writer.submit(row)
         else:
             self.writer.submit(meter)
 
@@ -361,8 +375,9 @@ def make_addons() -> list:
     meter = AiSpendTrack(state)
     # RealtimeSessions before AiSpendTrack: at shutdown its done() stores open responses before the writer stops.
     # Forward first: its TLS hook decides which tunnels are opened, and ConnectionBounds reads that.
-    return [Forward(state), ConnectionBounds(), Gate(state), Quotas(state), realtime.RealtimeSessions(meter.submit),
-            meter]
+    # Every flow hook timed: each row says what the proxy added to its call (addon/overhead.py).
+    return overhead.instrument([Forward(state), ConnectionBounds(), Gate(state), Quotas(state),
+                                realtime.RealtimeSessions(meter.submit), meter])
 
 
 addons = make_addons()

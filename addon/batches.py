@@ -119,7 +119,8 @@ def _usage_rows(meter: CallMeter, row: dict, book: PriceBook) -> list[dict]:
     for model, columns in _priced(reader, book, meter.provider.name, row["ts"]):
         out.append({**row, **columns, "id": uuid.uuid4(), "endpoint": meter.provider.batch_endpoint, "model": model,
                     "stream": False, "usage_source": "reported", "service_tier": BATCH_TIER, "error": error,
-                    "latency_ms": None, "ttft_ms": None, NOTE: {"results": batch.ref, "download": str(meter.id)}})
+                    "latency_ms": None, "ttft_ms": None, "proxy_us": None,  # not a call of its own
+                    NOTE: {"results": batch.ref, "download": str(meter.id)}})
     return out
 
 

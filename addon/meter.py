@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from time import perf_counter_ns
 
 from mitmproxy.http import Headers
 
@@ -68,6 +69,8 @@ class CallMeter:
         self._stripper: UsageStripper | None = None
         self.batch = batch  # a call of a batch API (addon/batches.py)
         self.results: ResultsReader | None = None  # a batch's results, read along as they stream
+        self.hooks_ns: int | None = None  # time in our hooks (overhead.take), None when they were not timed
+        self.tap_ns = 0  # time in the tap, over every chunk
 
     def start_response(self, status: int, content_type: str, content_encoding: str) -> bool:
         """Called with the response headers; True when the body should stream through the tap."""
@@ -113,6 +116,13 @@ class CallMeter:
 
     def tap(self, chunk: bytes) -> bytes | list[bytes]:
         """mitmproxy's ``flow.response.stream`` callable: b"" marks the end of the body."""
+        started = perf_counter_ns()
+        try:
+            return self._tap(chunk)
+        finally:
+            self.tap_ns += perf_counter_ns() - started
+
+    def _tap(self, chunk: bytes) -> bytes | list[bytes]:
         if self.first_byte_at is None and chunk:
             self.first_byte_at = time.time()
         if self._sse is None and self._stripper is None and self.results is None:
@@ -179,6 +189,11 @@ class CallMeter:
     def saw_the_end(self) -> bool:
         """Whether a stream's terminal event ([DONE], message_stop, response.completed, ...) passed."""
         return self.stream and self.parser is not None and self.parser.observed.complete
+
+    @property
+    def proxy_us(self) -> int | None:
+        """Microseconds the call spent in our hooks and tap (docs/architecture.md, "What the proxy adds")."""
+        return None if self.hooks_ns is None else (self.hooks_ns + self.tap_ns + 500) // 1000
 
     def finish(self, status: int | None, outcome: str, error: str | None, body: bytes | None = None) -> None:
         """``body``: a buffered response's raw content (None for streams, or when there was none)."""

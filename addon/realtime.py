@@ -21,6 +21,7 @@ from urllib.parse import parse_qs
 
 from mitmproxy import http
 
+from . import overhead
 from .meter import CallMeter
 from .providers import Observed, StreamParser
 from .providers import openai_realtime as wire
@@ -165,6 +166,7 @@ class RealtimeSessions:
                 session.warn_once("error", f"unexpected {type(exc).__name__} while reading a frame")
                 continue
             if meter is not None:
+                meter.hooks_ns = overhead.take(flow)  # the session's frames since its previous response
                 self.submit(meter)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
@@ -175,4 +177,5 @@ class RealtimeSessions:
             return
         meter = session.closed(ws.closed_by_client, ws.close_code)
         if meter is not None:
+            meter.hooks_ns = overhead.take(flow)
             self.submit(meter)

@@ -115,6 +115,7 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         "latency_ms": round((finished - meter.started_at) * 1000, 3),
         "ttft_ms": round((meter.first_byte_at - meter.started_at) * 1000, 3)
         if meter.stream and meter.first_byte_at else None,
+        "proxy_us": meter.proxy_us,
         "service_tier": observed.service_tier,
         **{name: getattr(usage, name) for name in UNIT_NAMES},
     }

@@ -150,10 +150,20 @@ def make_key(home: Path, root: Path = ROOT) -> str:
     return json.loads(out.stdout)["key"]
 
 
-def count_rows(home: Path) -> int:
+def recorded_rows(home: Path) -> list[dict]:
     out = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "calls", "--limit", "1000000",
                           "--format", "json"], capture_output=True, text=True, check=True, cwd=ROOT)
-    return len(json.loads(out.stdout))
+    return json.loads(out.stdout)
+
+
+def own_figures(rows: list[dict]) -> dict:
+    """What ours says it added (the rows' proxy_us), per mode: p50 and p99 in ms, as the page shows them."""
+    out = {}
+    for mode, stream in (("plain", False), ("stream", True)):
+        values = [r["proxy_us"] / 1000 for r in rows if r["stream"] == stream and r["proxy_us"] is not None]
+        if values:
+            out[mode] = {"p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99), "calls": len(values)}
+    return out
 
 
 def run(rounds: int, latency_count: int, load_count: int, connections: int, previous: Path | None = None) -> dict:
@@ -215,7 +225,9 @@ def run(rounds: int, latency_count: int, load_count: int, connections: int, prev
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(10)
-    results["rows"] = {"sent_through_ours": sent_through_ours, "recorded": count_rows(home)}
+    rows = recorded_rows(home)
+    results["rows"] = {"sent_through_ours": sent_through_ours, "recorded": len(rows)}
+    results["own"] = own_figures(rows)
     results["settings"] = {"rounds": rounds, "latency_requests": latency_count, "load_requests": load_count,
                            "connections": connections, "cpus": os.cpu_count()}
     return results
@@ -264,6 +276,10 @@ def report(results: dict) -> bool:
             print(f"  {name} vs {against}, median of per-round differences: p50 {delta:+.2f} ms (target <= +0.50) "
                   f"{'ok' if lat_ok else 'MISSED'}; throughput {ratio:.0%} (target >= 85%) "
                   f"{'ok' if rps_ok else 'MISSED'}")
+        own = results.get("own", {}).get(mode)
+        if own:  # the same calls, as ours measured itself: its hooks only, without mitmproxy's dispatch of them
+            print(f"  ours' own figure for its {own['calls']} {mode} calls (rows' proxy_us, the page's): "
+                  f"p50 {own['p50_ms']:.3f} ms, p99 {own['p99_ms']:.3f} ms")
     rows = results["rows"]
     rows_ok = rows["recorded"] == rows["sent_through_ours"]
     print(f"\nrows recorded by ours: {rows['recorded']} of {rows['sent_through_ours']} requests "

@@ -104,6 +104,7 @@ def test_each_response_done_is_a_row_with_tokens_by_kind_priced_exactly_and_fram
                 row["cache_read_audio_tokens"], row["output_tokens"], row["output_audio_tokens"]) == (
             560, 488, 640, 512, 900, 800)
         assert Decimal(str(row["cost_usd"])) == _gpt_realtime_cost(usage)
+        assert isinstance(row["proxy_us"], int) and row["proxy_us"] > 0  # the session's frames, read by our hook
     report = json.loads(run_cli(proxy.home, "report", "--customer", customer, "--format", "json"))
     [line] = report  # one model
     assert (line["model"], line["calls"]) == (MODEL, 2)

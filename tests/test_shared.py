@@ -87,7 +87,11 @@ def test_two_replicas_record_every_call_once_and_report_as_one(shared_env, tmp_p
         page = web.get("/login").get_data(as_text=True)
         csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
         assert web.post("/login", data={"secret": token, "csrf": csrf}).status_code == 302
-        assert web.get("/api/v1/report/total").get_json()["calls"] == 10
+        total = web.get("/api/v1/report/total").get_json()
+        assert total["calls"] == 10
+        # What each replica added to each call is in the lake, and in the total's percentiles.
+        assert all(0 < r["proxy_us"] <= r["latency_ms"] * 1000 for r in rows), [r["proxy_us"] for r in rows]
+        assert 0 < total["p50_proxy_us"] <= total["p99_proxy_us"] <= max(r["proxy_us"] for r in rows)
     finally:
         stop_all(proxies)
 
@@ -730,6 +734,28 @@ def test_the_price_snapshot_column_reaches_an_older_lake(shared_env, tmp_path):
         call_rows.insert(con, [call_row(2, customer_id=marker, price_snapshot="0123456789ab")])
     stored = sorted((r["price_snapshot"] or "") for r in calls_json(home) if r["customer_id"] == marker)
     assert stored == ["", "0123456789ab"]
+
+
+def test_the_proxy_us_column_reaches_an_older_lake(shared_env, tmp_path):
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"added-{uuid.uuid4().hex}"
+    new_key(home)
+    with writing(home / "unused.duckdb") as con:  # as the lake was before step s013: no proxy_us
+        con.execute("ALTER TABLE calls DROP COLUMN proxy_us")
+        old = {k: v for k, v in call_row(1, customer_id=marker).items() if k != "proxy_us"}
+        con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's013_hooktime_proxy_us'")
+    cli(home, "calls", "--limit", "1")  # a new process (an upgraded proxy or CLI) applies the step
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, [call_row(2, customer_id=marker, proxy_us=57)])
+    stored = sorted((r["input_tokens"], r["proxy_us"]) for r in calls_json(home) if r["customer_id"] == marker)
+    assert stored == [(1, None), (2, 57)]
 
 
 class _ExtensionRepository:

@@ -456,3 +456,15 @@ def test_recent_calls_show_units_and_unmetered_calls_are_named_a_gap(page, site)
     page.wait_for_selector("#recent td:text('gpt-4o-2024-08-06 · 2 file searches · 3 code runs · 1 container')",
                            timeout=10_000)
     assert "went to endpoints the provider bills and AiSpendTrack does not meter" in page.inner_text("#warnings")
+
+
+def test_the_page_shows_what_the_proxy_added_at_p50_and_p99(page, site):
+    """Calls stored before the proxy measured itself (proxy_us NULL) are left out, not shown as 0 µs."""
+    rows = [_recent(3, "gpt-4o-mini", "0.00", 100, customer="added-time") for _ in range(4)]
+    _insert(site, rows + [{**_recent(3, "gpt-4o-mini", "0.00", 100, customer="added-time"), "proxy_us": us}
+                          for us in (40, 60, 2_000)])
+    sign_in(page, site)
+    page.goto(site["url"] + "/?range=7d&customer=added-time")
+    wait_until_drawn(page)
+    assert page.get_attribute("#total-calls", "data-value") == "7"
+    assert page.inner_text("#total-added") == "60 µs / 2.0 ms"  # p99 of 40, 60, 2000: 60 + 0.98 * 1940 = 1961 µs

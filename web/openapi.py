@@ -46,6 +46,9 @@ _TOTALS = {"calls": _INT, "errors": _INT, "unpriced_calls": _INT,
            "cost_usd": {**_null(_NUM), "description": "Priced calls only; null when none is priced."},
            "share": {**_null(_NUM), "description": "The group's part of the total cost."},
            "p50_latency_ms": _null(_NUM), "p95_latency_ms": _null(_NUM)}
+_ADDED = {f"{q}_proxy_us": {**_null(_INT), "description": f"The {q} of the calls' proxy_us (calls stored before "
+                                                             "it was measured left out); null when none has it."}
+          for q in ("p50", "p99")}
 _GROUP_KEYS = {"model": _null(_STR), "provider": _STR, "customer_id": _null(_STR), "feature": _null(_STR),
                "key_id": _null(_INT),
                "key_name": {**_null(_STR), "description": "With key_id: the key's name, and its id when another "
@@ -63,6 +66,8 @@ _CALL = {"id": {**_STR, "format": "uuid"}, "ts": _TIME, "key_id": _null(_INT), "
          "customer_id": _null(_STR), "feature": _null(_STR), "latency_ms": _null(_NUM), "ttft_ms": _null(_NUM),
          "service_tier": _null(_STR), "previous_cost_usd": _null(_NUM), "previous_price_source": _null(_STR),
          "repriced_at": _null(_TIME), "price_snapshot": _null(_STR),
+         "proxy_us": {**_null(_INT), "description": "Microseconds the call spent in the proxy's own hooks; null "
+                                                    "for calls stored before it was measured."},
          **{name: _null(_NUM if typ.startswith("DECIMAL") else _INT) for name, typ, _ in UNIT_COLUMNS}}
 _LINE_VALUE = {"type": ["integer", "number", "null"]}
 
@@ -70,6 +75,8 @@ SCHEMAS = {
     "Error": _object({"error": _object({"code": _STR, "message": _STR})}),
     "ReportGroup": _object({**_GROUP_KEYS, **_TOTALS}, required=list(_TOTALS),
                            description="Totals of one group; the keys of the dimensions asked for (`by`) name it."),
+    "ReportTotal": _object({**_GROUP_KEYS, **_TOTALS, **_ADDED}, required=[*_TOTALS, *_ADDED],
+                           description="Totals of the selection, and what the proxy added to its calls."),
     "Call": _object(_CALL),
     "CallsPage": _object({"calls": {"type": "array", "items": _ref("Call")}, "next_cursor": _null(_STR)}),
     "Budget": _object({"id": _INT, "scope": {"type": "string", "enum": ["all", "key", "customer", "feature"]},
@@ -158,7 +165,7 @@ def document() -> dict:
         "/report": _get("Totals per group, ordered by time for time dimensions, else by cost.",
                         [by, *_SELECTION, limit],
                         _answer("The groups.", {"type": "array", "items": _ref("ReportGroup")})),
-        "/report/total": _get("The total over the selection.", _SELECTION, _answer("The total.", _ref("ReportGroup"))),
+        "/report/total": _get("The total over the selection.", _SELECTION, _answer("The total.", _ref("ReportTotal"))),
         "/calls": _get("Calls, newest first, in keyset pages.", [
             *_SELECTION, _query("limit", "Calls per page.", {"type": "integer", "minimum": 1, "maximum": 1000}),
             _query("cursor", "`next_cursor` of the previous page.")], _answer("One page.", _ref("CallsPage"))),

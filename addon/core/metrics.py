@@ -2,9 +2,9 @@
 
 Counted in the proxy's process as each call's row is built, so they agree with the rows: calls,
 errors, tokens by kind and cost by provider, model and key (and customer and feature with
-``--metrics-tags``); latency and time-to-first-token histograms; the writer's queue, spill files,
-rows written and dropped; refusals by reason. Served at ``/metrics`` on ``--metrics-port`` and on
-``--web-port`` (the web app in the proxy's process).
+``--metrics-tags``); latency and time-to-first-token histograms; the time calls spent in our own
+hooks; the writer's queue, spill files, rows written and dropped; refusals by reason. Served at
+``/metrics`` on ``--metrics-port`` and on ``--web-port`` (the web app in the proxy's process).
 
 Label values come from callers and upstreams (a model name, a customer id), so each label keeps at
 most ``cap`` distinct values of at most MAX_LABEL_LENGTH characters; later or longer ones are
@@ -34,6 +34,9 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 # A write takes milliseconds on a quiet disk; seconds mean a slow disk, a big file or a busy catalog.
 WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# The time a call spends in our own hooks (the rows' proxy_us): tens of microseconds, a long stream's
+# tap more; milliseconds mean a blocked event loop or a slow shared-mode count.
+ADDED_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 REASONS = ("limit", "budget", "bad_key", "too_many_bad_keys", "other")
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "current", "install"]
@@ -90,6 +93,8 @@ class Metrics:
                                  ("provider", "model"), buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("aispendtrack_time_to_first_token_seconds", "From the request to the first token "
                               "of a stream.", ("provider", "model"), buckets=TTFT_BUCKETS, registry=r)
+        self.added = Histogram("aispendtrack_added_seconds", "Time each call spent in the proxy's own hooks and "
+                               "stream tap (the rows' proxy_us).", buckets=ADDED_BUCKETS, registry=r)
         self.refusals = Counter("aispendtrack_refusals", "Calls the proxy refused with 429 or 401, by reason.",
                                 ("reason",), registry=r)
         self.writes = Histogram("aispendtrack_writer_cycle_seconds", "How long one writer cycle that stored rows "
@@ -127,6 +132,8 @@ class Metrics:
             self.latency.labels(labels[0], labels[1]).observe(float(row["latency_ms"]) / 1000)
         if row.get("ttft_ms") is not None:
             self.ttft.labels(labels[0], labels[1]).observe(float(row["ttft_ms"]) / 1000)
+        if row.get("proxy_us") is not None:
+            self.added.observe(row["proxy_us"] / 1_000_000)
 
     def label_values(self, label: str) -> list[str]:
         """The values ``label`` (customer, key, ...) has now, "other" aside."""

@@ -147,6 +147,8 @@ const unitsLabel = (c) => [[c.images, "image"], [c.audio_seconds, "s of audio"],
 // As addon/core/wording.py's plural: 1 call, 2 calls.
 const plural = (n, noun, nouns) => count(n) + " " + (n === 1 ? noun : nouns || noun + "s");
 const ms = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " ms" : (v / 1000).toFixed(1) + " s");
+// The proxy's own time per call (proxy_us): microseconds, milliseconds past 1,000.
+const us = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " µs" : (v / 1000).toFixed(1) + " ms");
 const pct = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(v < 0.1 ? 1 : 0) + "%");
 const errorRate = (t) => (t.calls ? t.errors / t.calls : null);
 
@@ -184,6 +186,7 @@ function showTotals(total, previous) {
   calls.dataset.value = String(total.calls);
   document.getElementById("total-errors").textContent = pct(errorRate(total));
   document.getElementById("total-latency").textContent = `${ms(total.p50_latency_ms)} / ${ms(total.p95_latency_ms)}`;
+  document.getElementById("total-added").textContent = `${us(total.p50_proxy_us)} / ${us(total.p99_proxy_us)}`;
   delta(document.getElementById("delta-spend"), total.cost_usd, previous.cost_usd, null);
   delta(document.getElementById("delta-calls"), total.calls, previous.calls, null);
   delta(document.getElementById("delta-errors"), errorRate(total), errorRate(previous), true);

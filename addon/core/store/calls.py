@@ -49,6 +49,8 @@ CALL_COLUMNS: list[tuple[str, str]] = [
     *[(name, typ) for name, typ, _ in UNIT_COLUMNS],
     # The list-price data the call was priced with (pricing.PriceData.id; migrations.m021_prices).
     ("price_snapshot", "VARCHAR"),
+    # Microseconds the call spent in the proxy's own hooks (addon/overhead.py; migrations.m022_hooktime_proxy_us).
+    ("proxy_us", "BIGINT"),
 ]
 COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
 # Set only by `aispendtrack reprice`: what the call cost before, and by which price data.

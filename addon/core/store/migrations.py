@@ -337,6 +337,14 @@ PRICE_SNAPSHOTS_DDL = """
 PRICE_SNAPSHOT_COLUMN = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS price_snapshot VARCHAR"
 
 
+def m022_hooktime_proxy_us(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(PROXY_US_COLUMN.format(table="calls"))
+
+
+# The time each call spent in the proxy's own hooks (calls.CALL_COLUMNS); older rows keep NULL: not measured.
+PROXY_US_COLUMN = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS proxy_us BIGINT"
+
+
 # Shared with shared_schema.py: the same table in PostgreSQL.
 RECONCILIATIONS_DDL = """
     -- Each scheduled reconciliation with a provider's usage API: the month so far, in UTC.
@@ -360,7 +368,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
               m013_config, m014_reconciliations, m015_erasures,
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
-              m020_tools, m021_prices]
+              m020_tools, m021_prices, m022_hooktime_proxy_us]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -263,11 +263,14 @@ def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], condition: str | 
     total = {name: sum(g[name] for g in groups) for name in (*_COUNTS, *_TOKENS, "audio_seconds")}
     costs = [g["cost_usd"] for g in groups if g["cost_usd"] is not None]
     total["cost_usd"] = sum(costs) if costs else None
-    quantiles = None
+    latency = added = None
     if condition is not None:
-        (quantiles,) = one(con.execute(f"SELECT quantile_cont(latency_ms, [0.5, 0.95]) FROM calls WHERE {condition}",
-                                   params))
-    return _group({**total, "latency_ms": quantiles})
+        # proxy_us is NULL on rows stored before it was measured: quantiles skip them, not count them as 0.
+        latency, added = one(con.execute("SELECT quantile_cont(latency_ms, [0.5, 0.95]), "
+                                         f"quantile_cont(proxy_us, [0.5, 0.99]) FROM calls WHERE {condition}", params))
+    p50, p99 = added or (None, None)
+    return {**_group({**total, "latency_ms": latency}),
+            "p50_proxy_us": None if p50 is None else round(p50), "p99_proxy_us": None if p99 is None else round(p99)}
 
 
 def _group(row: dict) -> dict:

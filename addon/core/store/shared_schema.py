@@ -18,6 +18,7 @@ from .migrations import (
     ERASURES_DDL,
     PRICE_SNAPSHOT_COLUMN,
     PRICE_SNAPSHOTS_DDL,
+    PROXY_US_COLUMN,
     RECONCILIATIONS_DDL,
     UNMETERED_UPDATE,
     units_ddl,
@@ -105,17 +106,19 @@ CREATE TABLE IF NOT EXISTS budget_spend (
 """
 
 # In the order an upgraded lake has them: the unit columns (steps s006, s009 and s010 add them),
-# then the price snapshot (s011).
-_LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS if c[0] not in ("service_tier", "price_snapshot", *UNIT_NAMES)]
+# then the price snapshot (s011), then the time in our hooks (s013).
+_LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
+                       if c[0] not in ("service_tier", "price_snapshot", "proxy_us", *UNIT_NAMES)]
                       + [("previous_cost_usd", COST_TYPE), ("previous_price_source", "VARCHAR"),
                          ("repriced_at", "TIMESTAMPTZ"), ("service_tier", "VARCHAR")]
                       + [(name, f"{typ} DEFAULT 0") for name, typ, _ in UNIT_COLUMNS]
-                      + [("price_snapshot", "VARCHAR")])
+                      + [("price_snapshot", "VARCHAR"), ("proxy_us", "BIGINT")])
 # A new lake gets every column at once, and with it the steps that add columns to older lakes. Each
 # ALTER makes a schema version with an inlined-data table of its own, and DuckLake drops an old
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
-_NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices")
+_NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
+                   "s013_hooktime_proxy_us")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -250,6 +253,10 @@ def ensure_lake(con, control) -> None:
         if "s011_prices" not in _applied(control):  # as migrations.m021_prices
             con.execute(PRICE_SNAPSHOT_COLUMN.format(table="calls"))
             control.execute("INSERT INTO schema_migrations VALUES ('s011_prices', now()) ON CONFLICT DO NOTHING")
+        if "s013_hooktime_proxy_us" not in _applied(control):  # as migrations.m022_hooktime_proxy_us
+            con.execute(PROXY_US_COLUMN.format(table="calls"))
+            control.execute("INSERT INTO schema_migrations VALUES ('s013_hooktime_proxy_us', now()) "
+                            "ON CONFLICT DO NOTHING")
 
 
 @contextlib.contextmanager
