@@ -223,11 +223,11 @@ def test_a_budget_over_other_keys_calls_refuses_without_its_figures(tmp_path, up
         proxy.stop()
 
 
-def test_a_customer_budget_says_whose_customer_it_is(tmp_path):
+def test_a_customer_budget_says_whose_customer_it_is(migrated_home):
     from click.testing import CliRunner
 
     from cli.main import cli
-    home = tmp_path / "home"
+    home = migrated_home
     key_id = json.loads(run_cli(home, "keys", "create", "--name", "k", "--json"))["id"]
     unsaid = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "customer:acme",
                                       "--daily", "1"])
@@ -420,12 +420,12 @@ def test_only_the_calls_a_blocking_budget_covers_wait_for_its_check_and_replicas
     assert tracker.take_unsynced(now)[0] == {1: Decimal("0.75")}
 
 
-def test_the_api_shows_each_key_its_own_budgets_spend_by_day_and_month_and_the_admin_all(tmp_path):
+def test_the_api_shows_each_key_its_own_budgets_spend_by_day_and_month_and_the_admin_all(migrated_home):
     """In-process (the mutation selection's): who sees which budget in /api/v1/budgets, with the
     spend of today and of this month in the quota zone, a call at either start counted in it."""
     from addon.core import config
     from web import create_app
-    home = tmp_path / "home"
+    home = migrated_home
     one, two = (json.loads(run_cli(home, "keys", "create", "--name", n, "--json")) for n in ("one", "two"))
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
     for scope, key in (("customer:acme", ("--key", str(one["id"]))), ("customer:acme", ("--all-keys",)),

@@ -54,8 +54,8 @@ def raw_rows(db: Path) -> list[tuple]:
         return con.execute("SELECT key_id, ts FROM calls ORDER BY ts").fetchall()
 
 
-def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(tmp_path):
-    home = tmp_path / "home"
+def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(migrated_home):
+    home = migrated_home
     free, pro, enterprise = make_key(home, "f", "free"), make_key(home, "p", "pro"), make_key(home, "e", "enterprise")
     rows = [call_row(free, dt.timedelta(hours=2), "acme"),
             call_row(free, dt.timedelta(days=6), "acme"),
@@ -91,8 +91,8 @@ def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(tmp_path):
     assert month_counts(home) == counts_before  # the 60-day call was not in this month anyway
 
 
-def test_a_key_can_keep_its_own_retention(tmp_path):
-    home = tmp_path / "home"
+def test_a_key_can_keep_its_own_retention(migrated_home):
+    home = migrated_home
     key = make_key(home, "e", "enterprise")
     db = home_dir.db_path(home)
     with writing(db) as con:
@@ -197,8 +197,8 @@ def test_gdpr_delete_removes_the_subject_from_pending_spill_files(tmp_path):
     assert "not in the export" in result.output
 
 
-def test_gdpr_by_key_removes_the_key_and_its_calls(tmp_path):
-    home = tmp_path / "home"
+def test_gdpr_by_key_removes_the_key_and_its_calls(migrated_home):
+    home = migrated_home
     keep, gone = make_key(home, "keep", "pro"), make_key(home, "gone", "free")
     db = home_dir.db_path(home)
     with writing(db) as con:
@@ -215,9 +215,9 @@ def test_gdpr_by_key_removes_the_key_and_its_calls(tmp_path):
         assert con.execute("SELECT DISTINCT key_id FROM calls").fetchall() == [(keep,)]
 
 
-def test_gdpr_by_key_exports_and_erases_its_quota_alerts(tmp_path):
+def test_gdpr_by_key_exports_and_erases_its_quota_alerts(migrated_home):
     from .helpers import Receiver
-    home = tmp_path / "home"
+    home = migrated_home
     keep, gone = make_key(home, "keep", "free"), make_key(home, "gone", "free")
     for key_id in (keep, gone):
         run_cli(home, "keys", "set-limit", str(key_id), "--per-month", "4")
@@ -245,9 +245,9 @@ def test_gdpr_by_key_exports_and_erases_its_quota_alerts(tmp_path):
     assert f"key {keep} has used 75% of its monthly quota" in kept
 
 
-def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(tmp_path):
+def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(migrated_home):
     from web import create_app
-    home = tmp_path / "home"
+    home = migrated_home
     key = json.loads(run_cli(home, "keys", "create", "--name", "k", "--json"))
     admin = json.loads(run_cli(home, "admin", "create-token", "--name", "ops", "--json"))["token"]
     with writing(home_dir.db_path(home)) as con:
@@ -275,8 +275,8 @@ def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(tmp_path):
     assert client.post("/api/v1/purge", json={"dry_run": True}, headers=as_admin).get_json()["expired_calls"] == 0
 
 
-def test_gdpr_export_and_delete_touch_only_the_subjects_own_alerts(tmp_path):
-    home = tmp_path / "home"
+def test_gdpr_export_and_delete_touch_only_the_subjects_own_alerts(migrated_home):
+    home = migrated_home
     key = make_key(home, "k", "pro")
     with writing(home_dir.db_path(home)) as con:
         call_rows.insert(con, [call_row(key, dt.timedelta(minutes=1), who, cost="2") for who in ("e", "acme")])

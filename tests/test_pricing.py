@@ -219,7 +219,7 @@ minutes = 10
     assert "openai containers: estimated at 5 minutes of $0.09/hour each: https://platform.openai.com" in result.output
 
 
-def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path):
+def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path, new_store):
     from click.testing import CliRunner
 
     from addon.core.home import db_path
@@ -228,7 +228,7 @@ def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path):
     from cli.main import cli
 
     from .helpers import call_row
-    with writing(db_path(tmp_path)) as con:
+    with writing(new_store(db_path(tmp_path))) as con:
         call_rows.insert(con, [call_row(1_000_000, model="gpt-5", service_tier="flex", customer_id="flex"),
                                call_row(1_000_000, model="gpt-5", service_tier="default", customer_id="std")])
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "reprice"])

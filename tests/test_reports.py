@@ -35,8 +35,8 @@ DATA = [
 
 
 @pytest.fixture
-def home(tmp_path):
-    with writing(home_dir.db_path(tmp_path)) as con:
+def home(tmp_path, new_store):
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
         call_rows.insert(con, DATA)
     return tmp_path
 
@@ -87,8 +87,8 @@ DST_DATA = [
 
 
 @pytest.fixture
-def dst_home(tmp_path):
-    with writing(home_dir.db_path(tmp_path)) as con:
+def dst_home(tmp_path, new_store):
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
         call_rows.insert(con, DST_DATA)
     return tmp_path
 
@@ -218,8 +218,8 @@ def test_api_report_equals_the_cli_report(home, api):
         assert response.get_json() == cli_json(home, "report", *args)
 
 
-def test_api_and_cli_agree_on_generated_volume(tmp_path):
-    with writing(home_dir.db_path(tmp_path)) as con:
+def test_api_and_cli_agree_on_generated_volume(tmp_path, new_store):
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
         synthetic.generate(con, 30_000, end=dt.datetime(2026, 11, 25, tzinfo=UTC))
     app = create_app(tmp_path, {"TESTING": True})
     token = json.loads(CliRunner().invoke(cli, ["--home", str(tmp_path), "admin", "create-token", "--json"]).output)
