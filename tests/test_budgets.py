@@ -40,6 +40,19 @@ def test_tracker_counts_spend_per_scope_and_resets_each_day():
     assert tracker.blocked(3, "acme", None, now + dt.timedelta(hours=1)) is None  # a new day
 
 
+def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_blocking_one():
+    tracker = BudgetTracker(UTC)
+    now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    other = Budget(1, "customer", "globex", Decimal("1.00"), None, True)
+    feature = Budget(2, "feature", "chat", None, Decimal("10.00"), True)
+    spent = {1: (Decimal(0), Decimal(0)), 2: (Decimal("4.00"), Decimal("10.00"))}
+    tracker.load([other, feature], lambda b, day, month: spent[b.id], now)
+    refusal = tracker.blocked(3, "acme", "chat", now)
+    assert (refusal.budget, refusal.period, refusal.spent) == (feature, "monthly", Decimal("10.00"))
+    assert refusal.retry_after(now) == 5 * 86400 + 12 * 3600  # until December 1st
+    assert tracker.blocked(3, "acme", "search", now) is None
+
+
 # Zones with a fixed offset (hours east of UTC), so a day and a month are easy to work out by hand.
 _OFFSETS = {"UTC": 0, "Etc/GMT-14": 14, "Etc/GMT+12": -12}
 
