@@ -276,7 +276,7 @@ def test_an_edited_override_file_applies_without_a_restart_and_a_broken_edit_kee
 
     edit(1, '[[price]]\nmodel = "acme-llm"\ninput_mtok = 1\noutput_mtok = 2\n')
     assert _cost_and_source(book.price(MILLION_EACH, "openai", "acme-llm", NOW)) == (
-        Decimal("3"), "override prices.toml#1")
+        Decimal("3"), "override prices.toml [[image_price]]#1")
     assert len(book.overrides) == 1
     edit(2, '[[price]]\nmodel = "acme-llm"\ninput_mtok = "lots"\n')  # a broken edit
     assert book.price(MILLION_EACH, "openai", "acme-llm", NOW).cost_usd == Decimal("3")
@@ -289,3 +289,57 @@ def test_an_edited_override_file_applies_without_a_restart_and_a_broken_edit_kee
 
 def _cost_and_source(price: Price) -> tuple:
     return price.cost_usd, price.source
+
+
+def test_images_are_priced_per_image_by_size_and_quality_and_an_override_wins_for_its_models(tmp_path):
+    """In-process (the mutation selection's): DALL-E's per-image prices (patches.toml), an override's
+    own per-image price for a model, the latest ``since`` in force, and a size or quality nobody
+    prices left unpriced, never priced as another."""
+    from pricing.usage import ImageOptions
+    path = tmp_path / "prices.toml"
+    path.write_text("""
+[[image_price]]
+provider = "openai"
+model = "dall-e-3-acme*"
+size = "1024x1024"
+usd_per_image = 0.05
+
+[[image_price]]
+provider = "openai"
+model = "dall-e-3-acme*"
+size = ["1024x1024", "512x512"]
+usd_per_image = 0.03
+since = 2026-11-01
+
+[[image_price]]
+provider = "openai"
+model = "dall-e-3-acme*"
+size = "1024x1024"
+usd_per_image = 0.01
+since = 2099-01-01
+""")
+    book = PriceBook(path)
+    three = TokenUsage(images=3)
+
+    def cost(model: str, size: str, quality: str = "standard", at: dt.datetime = NOW,
+             provider: str = "openai") -> tuple:
+        found = book.price(three, provider, model, at, image=ImageOptions(size, quality))
+        return found.cost_usd, found.source
+
+    patch = "patch patches.toml [[image_price]]#{}".format
+    assert cost("dall-e-3", "1024x1024") == (Decimal("0.12"), patch(1))
+    assert cost("dall-e-3", "1024x1024", "hd") == (Decimal("0.24"), patch(3))
+    assert cost("dall-e-3-2026", "1792x1024", "hd") == (Decimal("0.36"), patch(4))
+    assert cost("dall-e-3", "1024x1792") == (Decimal("0.24"), patch(2))
+    assert cost("dall-e-3", "512x512") == (None, None)  # DALL-E 3 has no such size: unpriced
+    assert cost("dall-e-3", "1024x1024", "ultra") == (None, None)
+    assert book.price(three, "openai", "dall-e-3", NOW).cost_usd is None  # no size asked: unpriced
+    # The override prices its own models, the latest entry in force at the call's time wins;
+    # a size it does not name is unpriced, not priced by the patches' DALL-E 3 entry.
+    assert cost("dall-e-3-acme-v1", "1024x1024") == (Decimal("0.09"), "override prices.toml [[image_price]]#2")
+    assert cost("dall-e-3-acme-v1", "1024x1024", at=dt.datetime(2026, 10, 1, tzinfo=dt.UTC)) == (
+        Decimal("0.15"), "override prices.toml [[image_price]]#1")
+    assert cost("dall-e-3-acme-v1", "512x512") == (Decimal("0.09"), "override prices.toml [[image_price]]#2")
+    assert cost("dall-e-3-acme-v1", "1792x1024") == (None, None)
+    assert cost("dall-e-3-acme-v1", "1024x1024", "hd") == (None, None)
+    assert cost("dall-e-3", "1024x1024", provider="azure")[0] != Decimal("0.12")
