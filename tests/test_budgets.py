@@ -51,6 +51,13 @@ def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_
     assert (refusal.budget, refusal.period, refusal.spent) == (feature, "monthly", Decimal("10.00"))
     assert refusal.retry_after(now) == 5 * 86400 + 12 * 3600  # until December 1st
     assert tracker.blocked(3, "acme", "search", now) is None
+    # A daily budget in a zone 14 hours east of UTC: its day ends at 10:00 UTC, so at 12:00 UTC
+    # the refusal lasts until 10:00 UTC tomorrow.
+    east = BudgetTracker(zoneinfo.ZoneInfo("Etc/GMT-14"))
+    daily = Budget(3, "feature", "chat", Decimal("1.00"), None, True)
+    east.load([daily], lambda b, day, month: (Decimal("1.00"), Decimal("1.00")), now)
+    refusal = east.blocked(3, "acme", "chat", now)
+    assert (refusal.period, refusal.retry_after(now)) == ("daily", 22 * 3600)
 
 
 # Zones with a fixed offset (hours east of UTC), so a day and a month are easy to work out by hand.
