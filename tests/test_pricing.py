@@ -343,3 +343,28 @@ since = 2099-01-01
     assert cost("dall-e-3-acme-v1", "1792x1024") == (None, None)
     assert cost("dall-e-3-acme-v1", "1024x1024", "hd") == (None, None)
     assert cost("dall-e-3", "1024x1024", provider="azure")[0] != Decimal("0.12")
+
+
+def test_healing_prices_only_the_calls_that_had_no_price(tmp_path, new_store):
+    """What the proxy does once a refresh or an override prices a model it could not: the calls
+    stored unpriced get their price; a priced call keeps the price it was stored with."""
+    from addon.core.home import db_path
+    from addon.core.reprice import heal_unpriced
+    from addon.core.store import calls as call_rows
+    from addon.core.store import reading, writing
+
+    from .helpers import call_row
+    path = tmp_path / "prices.toml"
+    path.write_text('[[price]]\nprovider = "openai"\nmodel = "acme-llm"\ninput_mtok = 2.00\noutput_mtok = 8.00\n')
+    db = new_store(db_path(tmp_path))
+    with writing(db) as con:
+        call_rows.insert(con, [
+            call_row(1_000_000, model="acme-llm", cost_usd=None, priced=False, customer_id="unpriced"),
+            call_row(1_000_000, model="acme-llm", cost_usd=Decimal("0.5"), price_source="old", customer_id="priced"),
+            call_row(1_000_000, model="acme-unknown", cost_usd=None, priced=False, customer_id="still")])
+    assert heal_unpriced(db, PriceBook(path)) == {("openai", "acme-llm"): 1}
+    with reading(db) as con:
+        stored = {c: (cost, priced, source) for c, cost, priced, source in con.execute(
+            "SELECT customer_id, cost_usd, priced, price_source FROM calls").fetchall()}
+    assert stored == {"unpriced": (Decimal("2"), True, "override prices.toml#1"),
+                      "priced": (Decimal("0.5"), True, "old"), "still": (None, False, None)}
