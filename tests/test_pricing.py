@@ -276,7 +276,7 @@ def test_an_edited_override_file_applies_without_a_restart_and_a_broken_edit_kee
 
     edit(1, '[[price]]\nmodel = "acme-llm"\ninput_mtok = 1\noutput_mtok = 2\n')
     assert _cost_and_source(book.price(MILLION_EACH, "openai", "acme-llm", NOW)) == (
-        Decimal("3"), "override prices.toml [[image_price]]#1")
+        Decimal("3"), "override prices.toml#1")
     assert len(book.overrides) == 1
     edit(2, '[[price]]\nmodel = "acme-llm"\ninput_mtok = "lots"\n')  # a broken edit
     assert book.price(MILLION_EACH, "openai", "acme-llm", NOW).cost_usd == Decimal("3")
