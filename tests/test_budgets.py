@@ -40,6 +40,26 @@ def test_tracker_counts_spend_per_scope_and_resets_each_day():
     assert tracker.blocked(3, "acme", None, now + dt.timedelta(hours=1)) is None  # a new day
 
 
+def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_blocking_one():
+    tracker = BudgetTracker(UTC)
+    now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    other = Budget(1, "customer", "globex", Decimal("1.00"), None, True)
+    feature = Budget(2, "feature", "chat", None, Decimal("10.00"), True)
+    spent = {1: (Decimal(0), Decimal(0)), 2: (Decimal("4.00"), Decimal("10.00"))}
+    tracker.load([other, feature], lambda b, day, month: spent[b.id], now)
+    refusal = tracker.blocked(3, "acme", "chat", now)
+    assert (refusal.budget, refusal.period, refusal.spent) == (feature, "monthly", Decimal("10.00"))
+    assert refusal.retry_after(now) == 5 * 86400 + 12 * 3600  # until December 1st
+    assert tracker.blocked(3, "acme", "search", now) is None
+    # A daily budget in a zone 14 hours east of UTC: its day ends at 10:00 UTC, so at 12:00 UTC
+    # the refusal lasts until 10:00 UTC tomorrow.
+    east = BudgetTracker(zoneinfo.ZoneInfo("Etc/GMT-14"))
+    daily = Budget(3, "feature", "chat", Decimal("1.00"), None, True)
+    east.load([daily], lambda b, day, month: (Decimal("1.00"), Decimal("1.00")), now)
+    refusal = east.blocked(3, "acme", "chat", now)
+    assert (refusal.period, refusal.retry_after(now)) == ("daily", 22 * 3600)
+
+
 # Zones with a fixed offset (hours east of UTC), so a day and a month are easy to work out by hand.
 _OFFSETS = {"UTC": 0, "Etc/GMT-14": 14, "Etc/GMT+12": -12}
 
@@ -223,11 +243,11 @@ def test_a_budget_over_other_keys_calls_refuses_without_its_figures(tmp_path, up
         proxy.stop()
 
 
-def test_a_customer_budget_says_whose_customer_it_is(tmp_path):
+def test_a_customer_budget_says_whose_customer_it_is(migrated_home):
     from click.testing import CliRunner
 
     from cli.main import cli
-    home = tmp_path / "home"
+    home = migrated_home
     key_id = json.loads(run_cli(home, "keys", "create", "--name", "k", "--json"))["id"]
     unsaid = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "customer:acme",
                                       "--daily", "1"])
@@ -420,12 +440,12 @@ def test_only_the_calls_a_blocking_budget_covers_wait_for_its_check_and_replicas
     assert tracker.take_unsynced(now)[0] == {1: Decimal("0.75")}
 
 
-def test_the_api_shows_each_key_its_own_budgets_spend_by_day_and_month_and_the_admin_all(tmp_path):
+def test_the_api_shows_each_key_its_own_budgets_spend_by_day_and_month_and_the_admin_all(migrated_home):
     """In-process (the mutation selection's): who sees which budget in /api/v1/budgets, with the
     spend of today and of this month in the quota zone, a call at either start counted in it."""
     from addon.core import config
     from web import create_app
-    home = tmp_path / "home"
+    home = migrated_home
     one, two = (json.loads(run_cli(home, "keys", "create", "--name", n, "--json")) for n in ("one", "two"))
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
     for scope, key in (("customer:acme", ("--key", str(one["id"]))), ("customer:acme", ("--all-keys",)),

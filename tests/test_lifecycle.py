@@ -16,8 +16,8 @@ import httpx
 
 from addon.core import home as home_dir
 from addon.core.store import alerts as alert_rows
+from addon.core.store import batches, reading, writing
 from addon.core.store import calls as call_rows
-from addon.core.store import reading, writing
 
 from .helpers import Receiver, free_port, run_cli, start_proxy
 
@@ -54,8 +54,8 @@ def raw_rows(db: Path) -> list[tuple]:
         return con.execute("SELECT key_id, ts FROM calls ORDER BY ts").fetchall()
 
 
-def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(tmp_path):
-    home = tmp_path / "home"
+def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(migrated_home):
+    home = migrated_home
     free, pro, enterprise = make_key(home, "f", "free"), make_key(home, "p", "pro"), make_key(home, "e", "enterprise")
     rows = [call_row(free, dt.timedelta(hours=2), "acme"),
             call_row(free, dt.timedelta(days=6), "acme"),
@@ -91,8 +91,8 @@ def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(tmp_path):
     assert month_counts(home) == counts_before  # the 60-day call was not in this month anyway
 
 
-def test_a_key_can_keep_its_own_retention(tmp_path):
-    home = tmp_path / "home"
+def test_a_key_can_keep_its_own_retention(migrated_home):
+    home = migrated_home
     key = make_key(home, "e", "enterprise")
     db = home_dir.db_path(home)
     with writing(db) as con:
@@ -197,8 +197,8 @@ def test_gdpr_delete_removes_the_subject_from_pending_spill_files(tmp_path):
     assert "not in the export" in result.output
 
 
-def test_gdpr_by_key_removes_the_key_and_its_calls(tmp_path):
-    home = tmp_path / "home"
+def test_gdpr_by_key_removes_the_key_and_its_calls(migrated_home):
+    home = migrated_home
     keep, gone = make_key(home, "keep", "pro"), make_key(home, "gone", "free")
     db = home_dir.db_path(home)
     with writing(db) as con:
@@ -215,9 +215,9 @@ def test_gdpr_by_key_removes_the_key_and_its_calls(tmp_path):
         assert con.execute("SELECT DISTINCT key_id FROM calls").fetchall() == [(keep,)]
 
 
-def test_gdpr_by_key_exports_and_erases_its_quota_alerts(tmp_path):
+def test_gdpr_by_key_exports_and_erases_its_quota_alerts(migrated_home):
     from .helpers import Receiver
-    home = tmp_path / "home"
+    home = migrated_home
     keep, gone = make_key(home, "keep", "free"), make_key(home, "gone", "free")
     for key_id in (keep, gone):
         run_cli(home, "keys", "set-limit", str(key_id), "--per-month", "4")
@@ -245,19 +245,21 @@ def test_gdpr_by_key_exports_and_erases_its_quota_alerts(tmp_path):
     assert f"key {keep} has used 75% of its monthly quota" in kept
 
 
-def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(tmp_path):
+def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(migrated_home):
     from web import create_app
-    home = tmp_path / "home"
+    home = migrated_home
     key = json.loads(run_cli(home, "keys", "create", "--name", "k", "--json"))
     admin = json.loads(run_cli(home, "admin", "create-token", "--name", "ops", "--json"))["token"]
     with writing(home_dir.db_path(home)) as con:
         call_rows.insert(con, [call_row(key["id"], dt.timedelta(hours=1), "api-cust")])
+        batches.remember(con, "anthropic", "msgbatch_api", None, (key["id"], "api-cust", "nightly"), NOW)
     client = create_app(home).test_client()
     as_key = {"Authorization": f"Bearer {key['key']}"}
     as_admin = {"Authorization": f"Bearer {admin}"}
     assert client.get("/api/v1/gdpr/export?customer=api-cust", headers=as_key).status_code == 403
     exported = client.get("/api/v1/gdpr/export?customer=api-cust", headers=as_admin)
     assert exported.status_code == 200 and len(exported.get_json()["calls"]) == 1
+    assert [b["batch_id"] for b in exported.get_json()["batches"]] == ["msgbatch_api"]
     assert client.post("/api/v1/gdpr/delete", json={}, headers=as_admin).get_json()["error"]["message"] == \
         "Give exactly one of customer=ID or key=ID."
     assert set(exported.get_json()) >= {"calls", "hourly_usage", "budgets", "alerts", "batches"}
@@ -268,15 +270,18 @@ def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(tmp_path):
     deleted = client.post("/api/v1/gdpr/delete", json={"customer": "api-cust"}, headers=as_admin).get_json()
     counts = ("calls", "hourly_usage", "alerts", "budgets", "batches", "keys")
     assert {n: deleted["deleted"].get(n) for n in counts} == {"calls": 1, "hourly_usage": 0, "alerts": 0, "budgets": 0,
-                                                            "batches": 0, "keys": None}
+                                                            "batches": 1, "keys": None}
+    with reading(home_dir.db_path(home)) as con:  # the batch stays known, naming no one
+        assert con.execute("SELECT batch_id, key_id, customer_id, feature FROM batches").fetchall() == [
+            ("msgbatch_api", None, None, None)]
     by_key = client.post("/api/v1/gdpr/delete", json={"key": key["id"]}, headers=as_admin).get_json()
     assert {n: by_key["deleted"].get(n) for n in counts} == {"calls": 0, "hourly_usage": 0, "alerts": 0, "budgets": 0,
                                                            "batches": 0, "keys": 1}
     assert client.post("/api/v1/purge", json={"dry_run": True}, headers=as_admin).get_json()["expired_calls"] == 0
 
 
-def test_gdpr_export_and_delete_touch_only_the_subjects_own_alerts(tmp_path):
-    home = tmp_path / "home"
+def test_gdpr_export_and_delete_touch_only_the_subjects_own_alerts(migrated_home):
+    home = migrated_home
     key = make_key(home, "k", "pro")
     with writing(home_dir.db_path(home)) as con:
         call_rows.insert(con, [call_row(key, dt.timedelta(minutes=1), who, cost="2") for who in ("e", "acme")])
@@ -381,7 +386,6 @@ def batch_tags_follow_retention_and_erasure(home: Path, db: Path) -> None:
     """Who created which batch (the ``batches`` table's tags) lives no longer than that key's calls,
     and a subject's erase takes every tag of its batches; the batch stays known, so its usage is
     still recorded once. Run on a DuckDB file and on the shared mode's PostgreSQL."""
-    from addon.core.store import batches
     free, enterprise = make_key(home, "f", "free"), make_key(home, "e", "enterprise")
     made = {"old-free": (free, "acme", 8), "new-free": (free, "acme", 1), "old-enterprise": (enterprise, "beta", 200),
             "erase-me": (enterprise, "gone", 1)}
@@ -411,6 +415,57 @@ def batch_tags_follow_retention_and_erasure(home: Path, db: Path) -> None:
     assert set(tags()) == set(made)
 
 
-def test_batch_tags_are_purged_with_their_keys_calls_and_erased_with_their_subject(tmp_path):
-    home = tmp_path / "home"
+def test_batch_tags_are_purged_with_their_keys_calls_and_erased_with_their_subject(migrated_home):
+    home = migrated_home
     batch_tags_follow_retention_and_erasure(home, home_dir.db_path(home))
+
+
+def test_gdpr_matches_a_subjects_alerts_whole_whatever_its_id_holds(migrated_home):
+    """A GDPR export and erase take a subject's own alerts and no one else's: by dedupe key (its
+    budgets', a key's quota, its spikes: wildcards and escapes in a customer id are literal, and
+    `x` is not `x\\`) and, for a customer, by the subject line of alerts of budgets since removed."""
+    home = migrated_home
+    k1, k2 = make_key(home, "one", "pro"), make_key(home, "two", "pro")
+    for scope in (f"key:{k1}", f"key:{k2}"):
+        run_cli(home, "budgets", "set", "--scope", scope, "--daily", "1")
+    run_cli(home, "budgets", "set", "--scope", "customer:abc", "--all-keys", "--daily", "1")
+    budget_ids = {b["scope_value"]: b["id"] for b in json.loads(run_cli(home, "budgets", "list", "--format", "json"))}
+    customers = ["abc", "a_c", "a%", "x", "x\\", "o'r\"1"]
+    hour = "2026-12-03T10"
+    made: dict[str, list[tuple[str, str | None]]] = {c: [(f"AiSpendTrack: spend spike for customer {c}",
+                                                          f"spike:customer:{c}:{hour}")] for c in customers}
+    for k in (k1, k2):
+        made[str(k)] = [(f"AiSpendTrack: daily budget crossed for key {k}", f"budget:{budget_ids[str(k)]}:daily:x"),
+                        (f"AiSpendTrack: key {k} has used 75% of its monthly quota", f"quota:{k}:2026-12:75"),
+                        (f"AiSpendTrack: spend spike for key {k}", f"spike:key:{k}:{hour}")]
+    made["abc"].append(("AiSpendTrack: daily budget crossed for customer abc on all keys",
+                        f"budget:{budget_ids['abc']}:daily:y"))
+    # Alerts of budgets removed since (their dedupe key names a budget that is gone), and one from
+    # before alerts had dedupe keys: found by their subject line, in each wording a label had.
+    made["a_c"] += [("AiSpendTrack: daily budget crossed for customer a_c", "budget:900:daily:z"),
+                    ("AiSpendTrack: monthly budget crossed for customer a_c on all keys", "budget:901:monthly:z"),
+                    (f"AiSpendTrack: daily budget crossed for customer a_c of key {k2}", None)]
+    made["x\\"].append(("AiSpendTrack: spend spike for customer x\\", None))
+    with writing(home_dir.db_path(home)) as con:
+        for subject, dedupe in [a for alerts in made.values() for a in alerts]:
+            alert_rows.record(con, NOW, "budget", subject, "hook", "https://example.invalid", True, None, dedupe)
+
+    def exported(*args: str) -> list[tuple]:
+        return sorted((a["subject"], a["dedupe_key"] or "") for a in
+                      json.loads(run_cli(home, "gdpr", "export", *args))["alerts"])
+
+    def expected(who: str) -> list[tuple]:
+        return sorted((subject, dedupe or "") for subject, dedupe in made[who])
+
+    for c in customers:
+        assert exported("--customer", c) == expected(c), c
+    for k in (k1, k2):
+        assert exported("--key", str(k)) == expected(str(k)), k
+    for prefix in ("a", "ab", "x\\\\"):  # nothing of abc's, a_c's, a%'s or x\'s
+        assert f"Nothing is stored about customer {prefix}." in run_cli(home, "gdpr", "export", "--customer", prefix)
+    output = run_cli(home, "gdpr", "delete", "--customer", "a_c", "--yes")
+    assert "Erased customer a_c: 0 calls, 0 hourly totals, 0 budgets, 4 alerts," in output
+    output = run_cli(home, "gdpr", "delete", "--key", str(k1), "--yes")
+    assert f"Erased key {k1}: 0 calls, 0 hourly totals, 1 budget, 3 alerts," in output
+    left = sorted((a["subject"]) for a in json.loads(run_cli(home, "alerts", "list", "--json", "--limit", "100")))
+    assert left == sorted(s for who, alerts in made.items() if who not in ("a_c", str(k1)) for s, _ in alerts)

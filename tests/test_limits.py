@@ -188,12 +188,12 @@ def test_the_proxy_counts_the_monthly_quota_in_its_quota_zone(tmp_path, upstream
         proxy.stop()
 
 
-def test_a_keys_plan_own_limits_and_retention_are_stored_and_a_missing_key_is_named(tmp_path):
+def test_a_keys_plan_own_limits_and_retention_are_stored_and_a_missing_key_is_named(migrated_home):
     """In-process (the mutation selection's): what `keys set-plan/set-limit/set-retention` store."""
     from click.testing import CliRunner
 
     from cli.main import cli
-    home = tmp_path / "home"
+    home = migrated_home
     key_id = json.loads(run_cli(home, "keys", "create", "--name", "app", "--json"))["id"]
     other = json.loads(run_cli(home, "keys", "create", "--name", "other", "--json"))["id"]
     assert run_cli(home, "keys", "set-plan", str(key_id), "free") == f"Key {key_id} is on the free plan.\n"

@@ -10,6 +10,7 @@ installed package's bundled data (tests/price_data.py); the official OpenAI SDK 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
 import json
 import re
@@ -28,6 +29,7 @@ from .price_data import PriceServer, bundled_document, with_model
 NEW_MODEL = "acme-llm-7b"  # what the fake answers in its scenario "unknown_model": no genai-prices knows it
 RATES = {"input_mtok": 3, "output_mtok": 15}
 M = Decimal(1_000_000)
+NOW = dt.datetime(2026, 12, 3, 9, tzinfo=dt.UTC)
 
 
 def snapshot_id(doc: list) -> str:
@@ -265,3 +267,50 @@ def test_a_fetch_that_times_out_is_refused_in_bounded_time(bundled, monkeypatch)
                                                            r"timed out"):
             snapshots.fetch(server.url)
         assert time.monotonic() - started < 1.0 + 2.0
+
+
+def test_each_refused_document_says_why_and_a_good_one_becomes_the_prices(bundled, tmp_path):
+    """In-process (the mutation selection's): what the proxy's refresh does with each document it
+    fetches (snapshots.fetch, parse, check_coverage), with the reason a refusal is logged with."""
+    good = with_model(bundled, "openai", NEW_MODEL, **RATES)
+    current = snapshots.bundled()
+    assert current.label.startswith("genai-prices ") and current.fetched_at is None
+
+    def refusal(body: bytes, url_of=lambda server: server.url) -> str:
+        with PriceServer(body) as server, pytest.raises(snapshots.PriceDataError) as refused:
+            text = snapshots.fetch(url_of(server))
+            snapshots.check_coverage(snapshots.parse(text, snapshots.shown(url_of(server)), NOW), current)
+        return str(refused.value)
+
+    found = {kind: refusal(body) for kind, body in hostile_documents(good).items()}
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/data\.json is not valid JSON \(Expecting value: line 1 column 1 "
+                        r"\(char 0\)\)", found["not JSON"]), found["not JSON"]
+    assert found["truncated"].endswith(")") and " is not valid JSON (" in found["truncated"]
+    assert " is not valid JSON (" in found["nested 100,000 deep"]
+    assert " fails genai-prices' validation: " in found["fails genai-prices' validation"]
+    assert found["not a list of providers"].endswith(" is not genai-prices data (expected a list of providers)")
+    known = len(current.models())
+    gone = len(current.models() - {("openai", m.id) for p in current.snapshot.providers if p.id == "openai"
+                                   for m in p.models})
+    assert re.search(rf"/data\.json lacks {gone} of the {known} models known now \(more than 5%; e\.g\. \w",
+                     found["drops most models"]), found["drops most models"]
+    assert refusal(b"[]").endswith("is not genai-prices data (expected a list of providers)")
+    assert refusal("[\"caf\xe9\"]".encode("latin-1")).endswith("/data.json is not UTF-8 text")
+    # A mirror's credentials are sent as basic auth and never shown; the name has no query either.
+    secret = refusal(b"<html>", lambda server: server.url.replace("//", "//ops:pa%40ss@") + "?token=t")
+    assert re.match(r"http://127\.0\.0\.1:\d+/data\.json is not valid JSON", secret)
+    assert not {"ops", "pa", "token"} & set(re.findall(r"\w+", secret))
+    assert snapshots.shown("http://u:p@[::1]:8080/d.json?k=v") == "http://[::1]:8080/d.json"
+    assert snapshots.shown("/srv/prices/data.json") == "/srv/prices/data.json"
+
+    with PriceServer(good) as server:
+        data = snapshots.parse(snapshots.fetch(server.url), server.url, NOW)
+    snapshots.check_coverage(data, current)  # one model more: taken
+    assert (data.id, data.source, data.fetched_at) == (snapshot_id(good), server.url, NOW)
+    assert data.label == f"genai-prices data {snapshot_id(good)}" and data.text == json.dumps(good)
+    assert data.models() - current.models() == {("openai", NEW_MODEL)}
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(good))
+    assert snapshots.fetch(str(path)) == snapshots.fetch(f"file://{path}") == json.dumps(good)
+    with pytest.raises(snapshots.PriceDataError, match=r"^could not read .*missing\.json: No such file or directory$"):
+        snapshots.fetch(str(tmp_path / "missing.json"))

@@ -219,7 +219,7 @@ minutes = 10
     assert "openai containers: estimated at 5 minutes of $0.09/hour each: https://platform.openai.com" in result.output
 
 
-def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path):
+def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path, new_store):
     from click.testing import CliRunner
 
     from addon.core.home import db_path
@@ -228,7 +228,7 @@ def test_reprice_prices_stored_calls_at_their_service_tier(tmp_path):
     from cli.main import cli
 
     from .helpers import call_row
-    with writing(db_path(tmp_path)) as con:
+    with writing(new_store(db_path(tmp_path))) as con:
         call_rows.insert(con, [call_row(1_000_000, model="gpt-5", service_tier="flex", customer_id="flex"),
                                call_row(1_000_000, model="gpt-5", service_tier="default", customer_id="std")])
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "reprice"])
@@ -289,3 +289,82 @@ def test_an_edited_override_file_applies_without_a_restart_and_a_broken_edit_kee
 
 def _cost_and_source(price: Price) -> tuple:
     return price.cost_usd, price.source
+
+
+def test_images_are_priced_per_image_by_size_and_quality_and_an_override_wins_for_its_models(tmp_path):
+    """In-process (the mutation selection's): DALL-E's per-image prices (patches.toml), an override's
+    own per-image price for a model, the latest ``since`` in force, and a size or quality nobody
+    prices left unpriced, never priced as another."""
+    from pricing.usage import ImageOptions
+    path = tmp_path / "prices.toml"
+    path.write_text("""
+[[image_price]]
+provider = "openai"
+model = "dall-e-3-acme*"
+size = "1024x1024"
+usd_per_image = 0.05
+
+[[image_price]]
+provider = "openai"
+model = "dall-e-3-acme*"
+size = ["1024x1024", "512x512"]
+usd_per_image = 0.03
+since = 2026-11-01
+
+[[image_price]]
+provider = "openai"
+model = "dall-e-3-acme*"
+size = "1024x1024"
+usd_per_image = 0.01
+since = 2099-01-01
+""")
+    book = PriceBook(path)
+    three = TokenUsage(images=3)
+
+    def cost(model: str, size: str, quality: str = "standard", at: dt.datetime = NOW,
+             provider: str = "openai") -> tuple:
+        found = book.price(three, provider, model, at, image=ImageOptions(size, quality))
+        return found.cost_usd, found.source
+
+    patch = "patch patches.toml [[image_price]]#{}".format
+    assert cost("dall-e-3", "1024x1024") == (Decimal("0.12"), patch(1))
+    assert cost("dall-e-3", "1024x1024", "hd") == (Decimal("0.24"), patch(3))
+    assert cost("dall-e-3-2026", "1792x1024", "hd") == (Decimal("0.36"), patch(4))
+    assert cost("dall-e-3", "1024x1792") == (Decimal("0.24"), patch(2))
+    assert cost("dall-e-3", "512x512") == (None, None)  # DALL-E 3 has no such size: unpriced
+    assert cost("dall-e-3", "1024x1024", "ultra") == (None, None)
+    assert book.price(three, "openai", "dall-e-3", NOW).cost_usd is None  # no size asked: unpriced
+    # The override prices its own models, the latest entry in force at the call's time wins;
+    # a size it does not name is unpriced, not priced by the patches' DALL-E 3 entry.
+    assert cost("dall-e-3-acme-v1", "1024x1024") == (Decimal("0.09"), "override prices.toml [[image_price]]#2")
+    assert cost("dall-e-3-acme-v1", "1024x1024", at=dt.datetime(2026, 10, 1, tzinfo=dt.UTC)) == (
+        Decimal("0.15"), "override prices.toml [[image_price]]#1")
+    assert cost("dall-e-3-acme-v1", "512x512") == (Decimal("0.09"), "override prices.toml [[image_price]]#2")
+    assert cost("dall-e-3-acme-v1", "1792x1024") == (None, None)
+    assert cost("dall-e-3-acme-v1", "1024x1024", "hd") == (None, None)
+    assert cost("dall-e-3", "1024x1024", provider="azure")[0] != Decimal("0.12")
+
+
+def test_healing_prices_only_the_calls_that_had_no_price(tmp_path, new_store):
+    """What the proxy does once a refresh or an override prices a model it could not: the calls
+    stored unpriced get their price; a priced call keeps the price it was stored with."""
+    from addon.core.home import db_path
+    from addon.core.reprice import heal_unpriced
+    from addon.core.store import calls as call_rows
+    from addon.core.store import reading, writing
+
+    from .helpers import call_row
+    path = tmp_path / "prices.toml"
+    path.write_text('[[price]]\nprovider = "openai"\nmodel = "acme-llm"\ninput_mtok = 2.00\noutput_mtok = 8.00\n')
+    db = new_store(db_path(tmp_path))
+    with writing(db) as con:
+        call_rows.insert(con, [
+            call_row(1_000_000, model="acme-llm", cost_usd=None, priced=False, customer_id="unpriced"),
+            call_row(1_000_000, model="acme-llm", cost_usd=Decimal("0.5"), price_source="old", customer_id="priced"),
+            call_row(1_000_000, model="acme-unknown", cost_usd=None, priced=False, customer_id="still")])
+    assert heal_unpriced(db, PriceBook(path)) == {("openai", "acme-llm"): 1}
+    with reading(db) as con:
+        stored = {c: (cost, priced, source) for c, cost, priced, source in con.execute(
+            "SELECT customer_id, cost_usd, priced, price_source FROM calls").fetchall()}
+    assert stored == {"unpriced": (Decimal("2"), True, "override prices.toml#1"),
+                      "priced": (Decimal("0.5"), True, "old"), "still": (None, False, None)}

@@ -35,8 +35,8 @@ DATA = [
 
 
 @pytest.fixture
-def home(tmp_path):
-    with writing(home_dir.db_path(tmp_path)) as con:
+def home(tmp_path, new_store):
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
         call_rows.insert(con, DATA)
     return tmp_path
 
@@ -87,8 +87,8 @@ DST_DATA = [
 
 
 @pytest.fixture
-def dst_home(tmp_path):
-    with writing(home_dir.db_path(tmp_path)) as con:
+def dst_home(tmp_path, new_store):
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
         call_rows.insert(con, DST_DATA)
     return tmp_path
 
@@ -218,8 +218,8 @@ def test_api_report_equals_the_cli_report(home, api):
         assert response.get_json() == cli_json(home, "report", *args)
 
 
-def test_api_and_cli_agree_on_generated_volume(tmp_path):
-    with writing(home_dir.db_path(tmp_path)) as con:
+def test_api_and_cli_agree_on_generated_volume(tmp_path, new_store):
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
         synthetic.generate(con, 30_000, end=dt.datetime(2026, 11, 25, tzinfo=UTC))
     app = create_app(tmp_path, {"TESTING": True})
     token = json.loads(CliRunner().invoke(cli, ["--home", str(tmp_path), "admin", "create-token", "--json"]).output)
@@ -417,3 +417,33 @@ def test_prices_check_names_the_reprice_once_an_override_prices_unpriced_calls(h
     runner.invoke(cli, ["--home", str(home), *command])
     assert "Every metered call since 2026-10-01 00:00 UTC has a price." in runner.invoke(
         cli, ["--home", str(home), "prices", "check", *since]).output
+
+
+def test_the_report_and_prices_check_name_each_endpoint_forwarded_unmetered(tmp_path, new_store):
+    """Calls to an endpoint the provider bills but we do not meter: the report names each endpoint
+    with its count (within the report's filters), `prices check` lists them with when last seen."""
+    from .helpers import call_row
+    unmetered = {"usage_source": "unmetered", "cost_usd": None, "priced": False}
+    rows = [call_row(1), call_row(2, **unmetered, endpoint="/v1/images/variations", customer_id="acme"),
+            call_row(3, **unmetered, endpoint="/v1/images/variations", customer_id="acme"),
+            call_row(4, **unmetered, endpoint="/v1/images/variations", customer_id="globex"),
+            call_row(5, **unmetered, provider="anthropic", endpoint="/v1/files", customer_id="acme"),
+            call_row(6, **unmetered, provider="anthropic", endpoint="/v1/files", customer_id="acme",
+                     ts=dt.datetime(2026, 10, 1, tzinfo=dt.UTC))]
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        call_rows.insert(con, rows)
+
+    def report(*args: str) -> list[str]:
+        out = CliRunner().invoke(cli, ["--home", str(tmp_path), "report", "--since", "2026-11-01", *args],
+                                 catch_exceptions=False).output
+        return [line.strip() for line in out.splitlines() if "not metered by AiSpendTrack" in line]
+
+    note = "billed by the provider, not metered by AiSpendTrack (unpriced)."
+    assert report() == [f"3 calls to openai /v1/images/variations: {note}", f"1 call to anthropic /v1/files: {note}"]
+    assert report("--customer", "acme") == [f"2 calls to openai /v1/images/variations: {note}",
+                                            f"1 call to anthropic /v1/files: {note}"]
+    checked = json.loads(CliRunner().invoke(cli, ["--home", str(tmp_path), "prices", "check", "--format", "json"],
+                                            catch_exceptions=False).output)
+    assert [(e["provider"], e["endpoint"], e["calls"], e["last_seen"][:19]) for e in checked if "endpoint" in e] == [
+        ("openai", "/v1/images/variations", 3, "2026-11-25T12:00:04"),
+        ("anthropic", "/v1/files", 2, "2026-11-25T12:00:05")]

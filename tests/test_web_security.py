@@ -24,8 +24,8 @@ from .helpers import free_port, run_cli
 
 
 @pytest.fixture
-def home(tmp_path):
-    return tmp_path / "home"
+def home(migrated_home):
+    return migrated_home
 
 
 @pytest.fixture
