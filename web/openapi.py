@@ -96,7 +96,7 @@ SCHEMAS = {
                 "properties": {"customer": {**_STR, "minLength": 1}, "key": _KEY_ID}},
     "Erased": _object({"subject": _ref("Subject"),
                        "deleted": {"type": "object", "additionalProperties": _INT,
-                                   "required": ["calls", "hourly_usage", "budgets", "alerts", "pending_calls"]}}),
+                                   "required": ["calls", "rollups", "budgets", "alerts", "pending_calls"]}}),
     "Purged": _object({"dry_run": {"type": "boolean"}, "expired_calls": _INT,
                        "deleted": {"type": ["object", "null"], "additionalProperties": _INT}}),
 }

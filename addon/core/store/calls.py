@@ -60,17 +60,30 @@ _BATCH = batch.select(CALL_COLUMNS)
 
 
 def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: bool = False) -> int:
-    """Insert rows in one statement. ``skip_existing`` drops ids already stored (spill replay)."""
+    """Insert rows in one transaction, with their sums into ``rollups`` (store/rollups.py): the one
+    place rows are written (the writer's flush, spill replay, a replica's late rows), so whichever
+    connection writes them keeps rollups and raw rows in step. ``skip_existing`` drops ids already
+    stored (spill replay)."""
+    from . import rollups  # it sums the columns defined here
+
     if not rows:
         return 0
     # A row spilled by an older version lacks the columns added since; they are NULL.
     params: list = [batch.param(CALL_COLUMNS, rows)]
-    sql = f"INSERT INTO calls ({_NAMES}) {_BATCH}"
+    source = _BATCH
     if skip_existing:
-        sql = (f"INSERT INTO calls ({_NAMES}) SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
-               f"(SELECT id FROM calls WHERE ts BETWEEN ? AND ?)")
+        source = (f"SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
+                  f"(SELECT id FROM calls WHERE ts BETWEEN ? AND ?)")
         params += [min(r["ts"] for r in rows), max(r["ts"] for r in rows)]
-    con.execute(sql, params)
+    con.execute("BEGIN")
+    try:
+        # The rollup first: with skip_existing it must see the ids stored before this insert.
+        con.execute(f"INSERT INTO rollups {rollups.aggregate(source)}", params)
+        con.execute(f"INSERT INTO calls ({_NAMES}) {source}", params)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
     return len(rows)
 
 
