@@ -142,7 +142,7 @@ def quantiles(rows: list[tuple], points: tuple[float, ...]) -> dict[tuple, tuple
     found = {}
     for row in rows:
         group, (total, *bins) = tuple(row[:-width]), row[-width:]
-        values = []
+        values: list[float | None] = []
         for i, p in enumerate(points):
             low, high = bins[2 * i], bins[2 * i + 1]
             if not total or low is None or high is None:
