@@ -179,3 +179,26 @@ def test_the_migration_keeps_hourly_totals_and_sums_existing_calls(tmp_path):
     con.close()
     with reading(db) as con:  # and the file opens as current
         assert migrations.is_current(con)
+
+
+def test_reprice_and_erase_keep_the_rollups_right(tmp_path):
+    from .helpers import call_row
+    home = tmp_path / "home"
+    home.mkdir()
+    rows = [call_row(1_000_000, model="gpt-5", cost_usd=Decimal("9"), customer_id="acme"),  # a wrong price
+            call_row(2_000_000, model="gpt-5", cost_usd=None, priced=False, customer_id="acme"),  # none yet
+            call_row(1_000, model="gpt-5", cost_usd=Decimal("0.00125"), customer_id="beta")]  # right already
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, rows)
+
+    def report(*extra: str) -> dict:
+        found = json.loads(run_cli(home, "report", "--by", "customer", "--format", "json", *extra))
+        return {g["customer_id"]: (g["calls"], g["unpriced_calls"], g["cost_usd"]) for g in found}
+    assert report() == report("--exact") == {"acme": (2, 1, 9.0), "beta": (1, 0, 0.00125)}
+    run_cli(home, "reprice")
+    # gpt-5: $1.25 per million input tokens.
+    assert report() == report("--exact") == {"acme": (2, 0, 3.75), "beta": (1, 0, 0.00125)}
+    run_cli(home, "gdpr", "delete", "--customer", "acme", "--yes")
+    assert report() == report("--exact") == {"beta": (1, 0, 0.00125)}
+    with reading(home_dir.db_path(home)) as con:
+        assert con.execute("SELECT count(*) FROM rollups WHERE customer_id = 'acme'").fetchone() == (0,)

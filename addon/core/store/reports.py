@@ -288,18 +288,27 @@ def reprice_inputs(con: duckdb.DuckDBPyConnection, selection: Selection, unprice
 def apply_reprice(con: duckdb.DuckDBPyConnection,
                   changes: list[tuple[uuid.UUID, Decimal | None, str | None, str | None]]) -> None:
     """Set new costs (id, cost, price source, price snapshot), keeping the old cost and its price
-    source in previous_*."""
+    source in previous_*; the rollups of the buckets they are in are summed again, in the same
+    transaction (store/rollups.py)."""
     if not changes:
         return
     columns = [("id", "UUID"), ("cost", COST_TYPE), ("source", "VARCHAR"), ("snapshot", "VARCHAR")]
     rows = [dict(zip(("id", "cost", "source", "snapshot"), change, strict=True)) for change in changes]
-    con.execute(f"""
-        UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
-                         cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
-                         price_snapshot = n.snapshot, repriced_at = now()
-        FROM ({batch.select(columns)}) n
-        WHERE calls.id = n.id
-    """, [batch.param(columns, rows)])
+    param = batch.param(columns, rows)
+    con.execute("BEGIN")
+    try:
+        con.execute(f"""
+            UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
+                             cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
+                             price_snapshot = n.snapshot, repriced_at = now()
+            FROM ({batch.select(columns)}) n
+            WHERE calls.id = n.id
+        """, [param])
+        rollups.rebuild(con, f"id IN (SELECT n.id FROM ({batch.select(columns)}) n)", [param])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def _dimension_sql(dimension: str, local_time: str) -> str:
