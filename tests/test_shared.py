@@ -465,11 +465,14 @@ def test_reprice_and_retention_purge_work_on_the_lake(shared_env, tmp_path):
     result = json.loads(run_cli(home, "purge", "--older-than", "2d", "--json"))
     assert result["deleted"]["calls"] == 5
     assert [r for r in calls_json(home) if r["customer_id"] == marker] == []
-    # Purged rows are gone from the calls' files too, and stay counted as hourly totals (with their tags).
+    # Purged rows are gone from the calls' files too, and stay counted in the rollups (with their tags),
+    # at the repriced cost: reports from rollups, which count them, and raw scans agree on that cost.
     assert files_containing(Path(os.environ["AISPENDTRACK_DATA_PATH"]) / "main" / "calls", marker.encode()) == []
     with writing(home / "unused.duckdb") as con:
-        kept = con.execute("SELECT sum(calls) FROM hourly_usage WHERE customer_id = ?", [marker]).fetchone()[0]
-    assert kept == 5
+        kept = con.execute("SELECT sum(calls), sum(cost_usd) FROM rollups WHERE customer_id = ?", [marker]).fetchone()
+    assert kept == (5, sum(Decimal(str(r["cost_usd"])) for r in repriced))
+    [group] = json.loads(run_cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json"))
+    assert (group["calls"], group["cost_usd"]) == (5, float(kept[1]))
 
 
 S3_SECRET = """
@@ -730,6 +733,36 @@ def test_the_price_snapshot_column_reaches_an_older_lake(shared_env, tmp_path):
         call_rows.insert(con, [call_row(2, customer_id=marker, price_snapshot="0123456789ab")])
     stored = sorted((r["price_snapshot"] or "") for r in calls_json(home) if r["customer_id"] == marker)
     assert stored == ["", "0123456789ab"]
+
+
+def test_an_older_lake_gets_rollups_of_its_calls_and_keeps_its_hourly_totals(shared_env, tmp_path):
+    import psycopg
+
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"rollups-{uuid.uuid4().hex}"
+    new_key(home)
+    hour = dt.datetime(2026, 1, 5, 10, tzinfo=dt.UTC)
+    row = call_row(1, customer_id=marker, cost_usd=Decimal("0.25"), latency_ms=12.5)
+    with writing(home / "unused.duckdb") as con:  # as an older version left the lake: hourly_usage, no rollups
+        con.execute("DROP VIEW usage_history")
+        con.execute("DROP TABLE rollups")
+        con.execute("""CREATE TABLE hourly_usage (hour TIMESTAMPTZ, key_id INTEGER, customer_id VARCHAR,
+            feature VARCHAR, provider VARCHAR, model VARCHAR, calls BIGINT, failed_calls BIGINT,
+            unpriced_calls BIGINT, input_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT,
+            output_tokens BIGINT, reasoning_tokens BIGINT, cost_usd DECIMAL(38, 18))""")
+        con.execute("CREATE VIEW usage_history AS SELECT ts, key_id, customer_id, feature, cost_usd, 1::BIGINT "
+                    "AS calls FROM calls UNION ALL SELECT hour, key_id, customer_id, feature, cost_usd, calls "
+                    "FROM hourly_usage")
+        con.execute("INSERT INTO hourly_usage VALUES (?, 1, ?, 'chat', 'openai', 'gpt-4o', 7, 2, 1, 700, 5, 0, 140, "
+                    "0, 3.5)", [hour, marker])
+        con.execute(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's013_rollups'")
+    [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
+    assert (group["calls"], group["errors"], group["cost_usd"], group["input_tokens"]) == (8, 2, 3.75, 701)
+    assert group["p50_latency_ms"] == pytest.approx(12.5, rel=0.0099)  # the hourly totals had no latencies
 
 
 class _ExtensionRepository:
