@@ -202,3 +202,20 @@ def test_reprice_and_erase_keep_the_rollups_right(tmp_path):
     assert report() == report("--exact") == {"beta": (1, 0, 0.00125)}
     with reading(home_dir.db_path(home)) as con:
         assert con.execute("SELECT count(*) FROM rollups WHERE customer_id = 'acme'").fetchone() == (0,)
+
+
+def test_each_flush_adds_rows_and_a_closed_bucket_is_merged_to_one_row_per_group(tmp_path):
+    # A writer flushing every second for 30 minutes: 1,800 inserts, 3 groups in the first bucket.
+    start = dt.datetime(2027, 5, 1, 9, 0, tzinfo=dt.UTC)
+    rng = random.Random(11)
+    with writing(tmp_path / "a.duckdb") as con:
+        for second in range(0, 1800, 10):  # every 10 s, to keep the test short: 180 flushes
+            rows = [random_call(rng, start + dt.timedelta(seconds=second), 10)
+                    | {"key_id": 1, "customer_id": rng.choice(["a", "b", "c"]), "feature": None, "model": "m",
+                       "provider": "openai", "status": 200, "outcome": "completed"} for _ in range(3)]
+            call_rows.insert(con, rows)
+        per_bucket = dict(con.execute("SELECT bucket, count(*) FROM rollups GROUP BY bucket").fetchall())
+        spec = parse_report(["customer"], now=start)
+        assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), "merged")
+    assert per_bucket[start] == 3  # the closed bucket: one row per customer
+    assert per_bucket[start + rollups.BUCKET] > 3  # the open one: a row per flush and customer

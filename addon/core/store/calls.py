@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 
 import duckdb
 
 from . import batch
+
+log = logging.getLogger(__name__)
 
 # Money: 18 decimals hold any list rate (at most 12 decimals per million tokens) times a token
 # count exactly, so a sum of stored costs is the cost of the summed usage (docs/pricing.md).
@@ -84,7 +87,18 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    try:  # the rows are stored: merging the rollups' rows of the last bucket may fail alone
+        rollups.compact_previous(con, max(_aware(r["ts"]) for r in rows))
+    except duckdb.Error:
+        log.exception("could not merge the rollups of the last 15 minutes; reports stay right, the next "
+                      "bucket tries again")
     return len(rows)
+
+
+def _aware(ts: dt.datetime | str) -> dt.datetime:
+    """A row's time as the writer holds it (a datetime), or as a spill file gave it back (text)."""
+    at = ts if isinstance(ts, dt.datetime) else dt.datetime.fromisoformat(ts)
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
 
 
 def newest(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict]:

@@ -135,6 +135,23 @@ def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt
     return before - after
 
 
+_settled: set[dt.datetime] = set()  # buckets this process has compacted (compact_previous)
+
+
+def compact_previous(con: duckdb.DuckDBPyConnection, newest: dt.datetime) -> None:
+    """Once per bucket per process: merge the rows the flushes left in the bucket before
+    ``newest``'s, so a closed bucket holds one row per group (each flush adds rows of its own).
+    Rows arriving later (a spill replay, another replica) add a few rows more, which reads sum alike."""
+    previous = dt.datetime.fromtimestamp(newest.timestamp() // _BUCKET_S * _BUCKET_S, dt.UTC) - BUCKET
+    if previous in _settled:
+        return
+    _settled.add(previous)
+    (extra,) = con.execute(f"SELECT count(*) - count(DISTINCT ({', '.join(DIMENSIONS)})) FROM rollups "
+                           f"WHERE bucket = ?", [previous]).fetchone()  # type: ignore[misc]
+    if extra:
+        compact(con, previous, previous + BUCKET)
+
+
 def quantiles(rows: list[tuple], points: tuple[float, ...]) -> dict[tuple, tuple[float | None, ...]]:
     """{group: (value at each point)} from rows (group..., total, then (low bin, high bin) per point),
     interpolated as quantile_cont does between the two ranks it reads."""
