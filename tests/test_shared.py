@@ -664,6 +664,7 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
     home, marker = tmp_path / "admin", f"units-{uuid.uuid4().hex}"
     new_key(home)  # the catalog and lake at today's schema
     with writing(home / "unused.duckdb") as con:  # as an older version left the lake: no unit columns ...
+        lake_before_rollups(con)
         for name in call_rows.UNIT_NAMES:
             con.execute(f"ALTER TABLE calls DROP COLUMN {name}")
         old = call_row(1, customer_id=marker, endpoint="/v1/images/generations", model=None, usage_source="none",
@@ -671,7 +672,7 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
         old = {name: value for name, value in old.items() if name not in call_rows.UNIT_NAMES}
         con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name = 's006_units_columns'")
+        pg.execute("DELETE FROM schema_migrations WHERE name IN ('s006_units_columns', 's013_rollups')")
     # A new process (as an upgraded proxy or CLI is) applies the step when it opens the lake.
     listed = json.loads(cli(home, "calls", "--limit", "100", "--format", "json").stdout)
     [before] = [r for r in listed if r["customer_id"] == marker]
@@ -735,6 +736,20 @@ def test_the_price_snapshot_column_reaches_an_older_lake(shared_env, tmp_path):
     assert stored == ["", "0123456789ab"]
 
 
+def lake_before_rollups(con) -> None:
+    """The lake as a version before rollups left it (hourly_usage; s013_rollups not applied): rows
+    a test then writes with SQL, as such a version did, are summed by the step."""
+    con.execute("DROP VIEW usage_history")
+    con.execute("DROP TABLE rollups")
+    con.execute("""CREATE TABLE hourly_usage (hour TIMESTAMPTZ, key_id INTEGER, customer_id VARCHAR,
+        feature VARCHAR, provider VARCHAR, model VARCHAR, calls BIGINT, failed_calls BIGINT,
+        unpriced_calls BIGINT, input_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT,
+        output_tokens BIGINT, reasoning_tokens BIGINT, cost_usd DECIMAL(38, 18))""")
+    con.execute("CREATE VIEW usage_history AS SELECT ts, key_id, customer_id, feature, cost_usd, 1::BIGINT "
+                "AS calls FROM calls UNION ALL SELECT hour, key_id, customer_id, feature, cost_usd, calls "
+                "FROM hourly_usage")
+
+
 def test_an_older_lake_gets_rollups_of_its_calls_and_keeps_its_hourly_totals(shared_env, tmp_path):
     import psycopg
 
@@ -746,15 +761,7 @@ def test_an_older_lake_gets_rollups_of_its_calls_and_keeps_its_hourly_totals(sha
     hour = dt.datetime(2026, 1, 5, 10, tzinfo=dt.UTC)
     row = call_row(1, customer_id=marker, cost_usd=Decimal("0.25"), latency_ms=12.5)
     with writing(home / "unused.duckdb") as con:  # as an older version left the lake: hourly_usage, no rollups
-        con.execute("DROP VIEW usage_history")
-        con.execute("DROP TABLE rollups")
-        con.execute("""CREATE TABLE hourly_usage (hour TIMESTAMPTZ, key_id INTEGER, customer_id VARCHAR,
-            feature VARCHAR, provider VARCHAR, model VARCHAR, calls BIGINT, failed_calls BIGINT,
-            unpriced_calls BIGINT, input_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT,
-            output_tokens BIGINT, reasoning_tokens BIGINT, cost_usd DECIMAL(38, 18))""")
-        con.execute("CREATE VIEW usage_history AS SELECT ts, key_id, customer_id, feature, cost_usd, 1::BIGINT "
-                    "AS calls FROM calls UNION ALL SELECT hour, key_id, customer_id, feature, cost_usd, calls "
-                    "FROM hourly_usage")
+        lake_before_rollups(con)
         con.execute("INSERT INTO hourly_usage VALUES (?, 1, ?, 'chat', 'openai', 'gpt-4o', 7, 2, 1, 700, 5, 0, 140, "
                     "0, 3.5)", [hour, marker])
         con.execute(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
