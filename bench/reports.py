@@ -2,13 +2,15 @@
 
     .venv/bin/python -m bench.reports                 # 10M rows: ~2 minutes, ~2 GB of disk in /tmp
     .venv/bin/python -m bench.reports --rows 1000000  # smaller
+    .venv/bin/python -m bench.reports --exact         # each report also as a raw scan (report --exact)
     .venv/bin/python -m bench.reports --shared        # the same rows also in the shared mode's lake
                                                       # (a throwaway PostgreSQL; needs Debian's postgresql)
 
-Targets on a 2-core machine: each report <= 1 s (as the API and ``--format json`` compute it; the
-CLI table's total line adds a pass for its percentiles, shown beside it), CSV export >= 500k
-rows/s, and export memory that does not grow with the row count (10M rows must not need more
-memory than 1M).
+Reports read the 15-minute rollups (store/rollups.py) as the CLI and the API do; the storage line
+gives the MB of the calls and of their rollups. Targets on a 2-core machine: each report <= 1 s
+(as the API and ``--format json`` compute it; the CLI table's total line adds a pass for its
+percentiles, shown beside it), CSV export >= 500k rows/s, and export memory that does not grow
+with the row count (10M rows must not need more memory than 1M).
 """
 
 from __future__ import annotations
@@ -57,21 +59,29 @@ def build(db: Path, rows: int) -> float:
     return time.perf_counter() - start
 
 
-def time_reports(db: Path) -> list[tuple[str, float, float, int]]:
+def time_reports(db: Path, exact: bool = False) -> list[tuple[str, float, float, int]]:
     """(label, seconds for the groups as the API and --format json return them, seconds with the
-    table's total line, groups)."""
+    table's total line, groups); ``exact``: scanning raw rows instead of the rollups."""
     results = []
     with reading(db) as con:
         for dims, options in REPORTS:
             spec = parse_report(dims, now=END, **options)  # a fixed "now": the data ends at END
-            report_rows.report(con, spec)  # warm the file cache
+            report_rows.report(con, spec, exact=exact)  # warm the file cache
             start = time.perf_counter()
-            groups, _ = report_rows.report(con, spec, total_latency=False)
+            groups, _ = report_rows.report(con, spec, total_latency=False, exact=exact)
             middle = time.perf_counter()
-            report_rows.report(con, spec)
+            report_rows.report(con, spec, exact=exact)
             label = "--by " + " --by ".join(dims) + "".join(f" --{k} {v}" for k, v in options.items())
             results.append((label, middle - start, time.perf_counter() - middle, len(groups)))
     return results
+
+
+def storage_mb(db: Path) -> dict[str, float]:
+    """MB of the blocks each row table takes in the file (DuckDB's blocks of 256 KiB)."""
+    with reading(db) as con:
+        return {table: con.execute(f"SELECT count(DISTINCT block_id) * 262144 / 1e6 "
+                                   f"FROM pragma_storage_info('{table}') WHERE persistent").fetchone()[0]
+                for table in ("calls", "rollups")}
 
 
 def time_export(db: Path, since: str | None) -> tuple[int, float, int]:
@@ -117,6 +127,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--shared", action="store_true", help="also time the reports on the shared mode's lake")
+    parser.add_argument("--exact", action="store_true", help="also time each report as a raw scan (report --exact)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aispendtrack-reports-") as tmp:
         db = home_dir.db_path(Path(tmp))
@@ -126,10 +137,15 @@ def main() -> None:
             compare_shared(db, Path(tmp))
             return
         ok = True
-        print("\nreport (warm, seconds)                             groups  +total line  groups")
-        for label, seconds, with_total, groups in time_reports(db):
+        sizes = storage_mb(db)
+        print(f"storage: calls {sizes['calls']:,.0f} MB, rollups {sizes['rollups']:,.0f} MB")
+        exact = time_reports(db, exact=True) if args.exact else None
+        print("\nreport (warm, seconds)                             groups  +total line  groups"
+              + ("   exact  +total line" if exact else ""))
+        for i, (label, seconds, with_total, groups) in enumerate(time_reports(db)):
             ok &= seconds <= 1.0
-            print(f"  {label:<50} {seconds:>6.3f}  {with_total:>11.3f}  {groups:>6,}"
+            raw = f"  {exact[i][1]:>6.3f}  {exact[i][2]:>11.3f}" if exact else ""
+            print(f"  {label:<50} {seconds:>6.3f}  {with_total:>11.3f}  {groups:>6,}{raw}"
                   f"{'' if seconds <= 1.0 else '  OVER 1 s'}")
         print("\nexport to CSV                      rows      seconds   rows/s   peak RSS")
         small_since = (END - dt.timedelta(days=9)).date().isoformat()  # ~1/10 of the 90 days

@@ -40,7 +40,8 @@ def _duration(value: str | None) -> dt.timedelta | None:
 def purge(obj, older_than: str | None, dry_run: bool, as_json: bool, quiet: bool) -> None:
     """Delete raw calls past their key's retention (the proxy also does this daily).
 
-    Purged calls stay counted as hourly totals, so budgets, quotas and spike alerts are unchanged."""
+    Purged calls stay counted in the rollups (15-minute totals), so reports, budgets, quotas and
+    spike alerts are unchanged."""
     span = _duration(older_than)
     with running("Counting expired calls" if dry_run else "Purging", quiet):
         result = retention.purge(obj.db, dt.datetime.now(dt.UTC), span, dry_run)
@@ -59,8 +60,8 @@ def purge(obj, older_than: str | None, dry_run: bool, as_json: bool, quiet: bool
     else:
         d = result.deleted
         assert d is not None  # set unless a dry run
-        click.echo(f"Purged {plural(d['calls'], 'call')} (kept as hourly totals); dropped "
-                   f"{plural(d['hourly_rows'], 'hourly total')} and {plural(d['alerts'], 'alert')} "
+        click.echo(f"Purged {plural(d['calls'], 'call')} (kept in the rollups); dropped "
+                   f"{plural(d['hourly_rows'], 'rollup row')} and {plural(d['alerts'], 'alert')} "
                    f"older than 400 days.")
         if d["batches"]:
             click.echo(f"{plural(d['batches'], 'batch', 'batches')} past retention no longer name the key, "
@@ -152,7 +153,7 @@ def delete(obj, customer: str | None, key: int | None, yes: bool, quiet: bool) -
     with running(f"Erasing {subject.label()}", quiet):
         counts = subject_requests.erase(obj.db, obj.home / home_dir.SPILL_DIR, subject)
     click.echo(f"Erased {subject.label()}: {plural(counts['calls'], 'call')}, "
-               f"{plural(counts['hourly_usage'], 'hourly total')}, {plural(counts['budgets'], 'budget')}, "
+               f"{plural(counts['rollups'], 'rollup row')}, {plural(counts['budgets'], 'budget')}, "
                f"{plural(counts['alerts'], 'alert')}, {plural(counts['pending_calls'], 'pending call')}"
                + (", the key" if counts.get("keys") else "") + ". " + _reclaimed(counts))
     if counts["unreadable_spill_files"]:

@@ -80,9 +80,9 @@ def test_purge_follows_each_plan_and_budgets_and_quotas_keep_counting(migrated_h
     # What the purged calls cost and how many there were is still counted, to the cent and the call.
     assert budget_spend(home, "acme") == spend_before and month_counts(home) == counts_before
     with reading(db) as con:
-        rollup = con.execute("SELECT sum(calls), sum(failed_calls), sum(cost_usd), sum(input_tokens) "
-                             "FROM hourly_usage").fetchone()
-    assert rollup == (3, 1, Decimal("3.75"), 300)
+        rollup = con.execute("SELECT sum(calls), sum(errors), sum(cost_usd), sum(input_tokens) "
+                             "FROM rollups").fetchone()
+    assert rollup == (7, 1, Decimal("4.75"), 700)  # the purged calls' rollups stay
 
     # --older-than shortens retention for every key (enterprise included) and never lengthens it.
     run_cli(home, "purge", "--older-than", "30d")
@@ -204,14 +204,14 @@ def test_gdpr_by_key_removes_the_key_and_its_calls(migrated_home):
     with writing(db) as con:
         call_rows.insert(con, [call_row(keep, dt.timedelta(hours=1), "a"), call_row(gone, dt.timedelta(hours=1), "b"),
                                call_row(gone, dt.timedelta(days=9), "b")])
-    run_cli(home, "purge")  # one of the key's calls now lives on only as an hourly total
+    run_cli(home, "purge")  # one of the key's calls now lives on only in the rollups
     document = json.loads(run_cli(home, "gdpr", "export", "--key", str(gone)))
     assert [k["name"] for k in document["key"]] == ["gone"] and "key_hash" not in document["key"][0]
-    assert len(document["calls"]) == 1 and len(document["hourly_usage"]) == 1
+    assert len(document["calls"]) == 1 and len(document["rollups"]) == 2
     run_cli(home, "gdpr", "delete", "--key", str(gone), "--yes")
     assert [k["id"] for k in json.loads(run_cli(home, "keys", "list", "--json"))] == [keep]
     with reading(db) as con:
-        assert con.execute("SELECT count(*) FROM hourly_usage").fetchone() == (0,)
+        assert con.execute("SELECT DISTINCT key_id FROM rollups").fetchall() == [(keep,)]
         assert con.execute("SELECT DISTINCT key_id FROM calls").fetchall() == [(keep,)]
 
 
@@ -240,7 +240,7 @@ def test_gdpr_by_key_exports_and_erases_its_quota_alerts(migrated_home):
     document = json.loads(run_cli(home, "gdpr", "export", "--key", str(gone)))
     assert [a["subject"] for a in document["alerts"]] == [quota_alerts()[1]]
     output = run_cli(home, "gdpr", "delete", "--key", str(gone), "--yes")
-    assert f"Erased key {gone}: 3 calls, 0 hourly totals, 0 budgets, 1 alert," in output
+    assert f"Erased key {gone}: 3 calls, 1 rollup row, 0 budgets, 1 alert," in output
     [kept] = quota_alerts()
     assert f"key {keep} has used 75% of its monthly quota" in kept
 
@@ -262,20 +262,20 @@ def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(migrated_home):
     assert [b["batch_id"] for b in exported.get_json()["batches"]] == ["msgbatch_api"]
     assert client.post("/api/v1/gdpr/delete", json={}, headers=as_admin).get_json()["error"]["message"] == \
         "Give exactly one of customer=ID or key=ID."
-    assert set(exported.get_json()) >= {"calls", "hourly_usage", "budgets", "alerts", "batches"}
+    assert set(exported.get_json()) >= {"calls", "rollups", "budgets", "alerts", "batches"}
     for bad in ({"customer": ""}, {"customer": 7}):  # nothing to match a call by: refused, not "everyone's"
         refused = client.post("/api/v1/gdpr/delete", json=bad, headers=as_admin)
         assert refused.status_code == 400
         assert refused.get_json()["error"]["message"] == "customer must be a non-empty string."
     deleted = client.post("/api/v1/gdpr/delete", json={"customer": "api-cust"}, headers=as_admin).get_json()
-    counts = ("calls", "hourly_usage", "alerts", "budgets", "batches", "keys")
-    assert {n: deleted["deleted"].get(n) for n in counts} == {"calls": 1, "hourly_usage": 0, "alerts": 0, "budgets": 0,
-                                                            "batches": 1, "keys": None}
+    counts = ("calls", "rollups", "alerts", "budgets", "batches", "keys")
+    assert {n: deleted["deleted"].get(n) for n in counts} == {"calls": 1, "rollups": 1, "alerts": 0, "budgets": 0,
+                                                           "batches": 1, "keys": None}
     with reading(home_dir.db_path(home)) as con:  # the batch stays known, naming no one
         assert con.execute("SELECT batch_id, key_id, customer_id, feature FROM batches").fetchall() == [
             ("msgbatch_api", None, None, None)]
     by_key = client.post("/api/v1/gdpr/delete", json={"key": key["id"]}, headers=as_admin).get_json()
-    assert {n: by_key["deleted"].get(n) for n in counts} == {"calls": 0, "hourly_usage": 0, "alerts": 0, "budgets": 0,
+    assert {n: by_key["deleted"].get(n) for n in counts} == {"calls": 0, "rollups": 0, "alerts": 0, "budgets": 0,
                                                            "batches": 0, "keys": 1}
     assert client.post("/api/v1/purge", json={"dry_run": True}, headers=as_admin).get_json()["expired_calls"] == 0
 
@@ -377,7 +377,7 @@ def test_a_purge_says_per_key_what_goes_and_why(tmp_path):
     done = said("--older-than", "30d")
     assert done[2] == (f"  key {forever} (e): 1 call before T UTC: --older-than 30d (its enterprise plan keeps "
                        f"calls forever)")
-    assert done[-1].startswith("Purged 6 calls (kept as hourly totals)")
+    assert done[-1].startswith("Purged 6 calls (kept in the rollups)")
     assert sorted((k, round((NOW - ts).total_seconds() / 86400)) for k, ts in raw_rows(db)) == sorted(
         [(free, 0), (pro, 20), (forever, 10)])
 

@@ -469,11 +469,14 @@ def test_reprice_and_retention_purge_work_on_the_lake(shared_env, tmp_path):
     result = json.loads(run_cli(home, "purge", "--older-than", "2d", "--json"))
     assert result["deleted"]["calls"] == 5
     assert [r for r in calls_json(home) if r["customer_id"] == marker] == []
-    # Purged rows are gone from the calls' files too, and stay counted as hourly totals (with their tags).
+    # Purged rows are gone from the calls' files too, and stay counted in the rollups (with their tags),
+    # at the repriced cost: reports from rollups, which count them, and raw scans agree on that cost.
     assert files_containing(Path(os.environ["AISPENDTRACK_DATA_PATH"]) / "main" / "calls", marker.encode()) == []
     with writing(home / "unused.duckdb") as con:
-        kept = con.execute("SELECT sum(calls) FROM hourly_usage WHERE customer_id = ?", [marker]).fetchone()[0]
-    assert kept == 5
+        kept = con.execute("SELECT sum(calls), sum(cost_usd) FROM rollups WHERE customer_id = ?", [marker]).fetchone()
+    assert kept == (5, sum(Decimal(str(r["cost_usd"])) for r in repriced))
+    [group] = json.loads(run_cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json"))
+    assert (group["calls"], group["cost_usd"]) == (5, float(kept[1]))
 
 
 S3_SECRET = """
@@ -665,6 +668,7 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
     home, marker = tmp_path / "admin", f"units-{uuid.uuid4().hex}"
     new_key(home)  # the catalog and lake at today's schema
     with writing(home / "unused.duckdb") as con:  # as an older version left the lake: no unit columns ...
+        lake_before_rollups(con)
         for name in call_rows.UNIT_NAMES:
             con.execute(f"ALTER TABLE calls DROP COLUMN {name}")
         old = call_row(1, customer_id=marker, endpoint="/v1/images/generations", model=None, usage_source="none",
@@ -672,7 +676,7 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
         old = {name: value for name, value in old.items() if name not in call_rows.UNIT_NAMES}
         con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name = 's006_units_columns'")
+        pg.execute("DELETE FROM schema_migrations WHERE name IN ('s006_units_columns', 's014_rollups')")
     # A new process (as an upgraded proxy or CLI is) applies the step when it opens the lake.
     listed = json.loads(cli(home, "calls", "--limit", "100", "--format", "json").stdout)
     [before] = [r for r in listed if r["customer_id"] == marker]
@@ -750,12 +754,48 @@ def test_the_proxy_us_column_reaches_an_older_lake(shared_env, tmp_path):
         old = {k: v for k, v in call_row(1, customer_id=marker).items() if k != "proxy_us"}
         con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name = 's013_hooktime_proxy_us'")
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's013_proxy_us'")
     cli(home, "calls", "--limit", "1")  # a new process (an upgraded proxy or CLI) applies the step
     with writing(home / "unused.duckdb") as con:
         call_rows.insert(con, [call_row(2, customer_id=marker, proxy_us=57)])
     stored = sorted((r["input_tokens"], r["proxy_us"]) for r in calls_json(home) if r["customer_id"] == marker)
     assert stored == [(1, None), (2, 57)]
+
+
+def lake_before_rollups(con) -> None:
+    """The lake as a version before rollups left it (hourly_usage; s014_rollups not applied): rows
+    a test then writes with SQL, as such a version did, are summed by the step."""
+    con.execute("DROP VIEW usage_history")
+    con.execute("DROP TABLE rollups")
+    con.execute("""CREATE TABLE hourly_usage (hour TIMESTAMPTZ, key_id INTEGER, customer_id VARCHAR,
+        feature VARCHAR, provider VARCHAR, model VARCHAR, calls BIGINT, failed_calls BIGINT,
+        unpriced_calls BIGINT, input_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT,
+        output_tokens BIGINT, reasoning_tokens BIGINT, cost_usd DECIMAL(38, 18))""")
+    con.execute("CREATE VIEW usage_history AS SELECT ts, key_id, customer_id, feature, cost_usd, 1::BIGINT "
+                "AS calls FROM calls UNION ALL SELECT hour, key_id, customer_id, feature, cost_usd, calls "
+                "FROM hourly_usage")
+
+
+def test_an_older_lake_gets_rollups_of_its_calls_and_keeps_its_hourly_totals(shared_env, tmp_path):
+    import psycopg
+
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"rollups-{uuid.uuid4().hex}"
+    new_key(home)
+    hour = dt.datetime(2026, 1, 5, 10, tzinfo=dt.UTC)
+    row = call_row(1, customer_id=marker, cost_usd=Decimal("0.25"), latency_ms=12.5)
+    with writing(home / "unused.duckdb") as con:  # as an older version left the lake: hourly_usage, no rollups
+        lake_before_rollups(con)
+        con.execute("INSERT INTO hourly_usage VALUES (?, 1, ?, 'chat', 'openai', 'gpt-4o', 7, 2, 1, 700, 5, 0, 140, "
+                    "0, 3.5)", [hour, marker])
+        con.execute(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's014_rollups'")
+    [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
+    assert (group["calls"], group["errors"], group["cost_usd"], group["input_tokens"]) == (8, 2, 3.75, 701)
+    assert group["p50_latency_ms"] == pytest.approx(12.5, rel=0.0099)  # the hourly totals had no latencies
 
 
 class _ExtensionRepository:

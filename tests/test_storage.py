@@ -224,13 +224,13 @@ def test_the_tools_migration_gives_an_older_file_the_tool_columns_and_its_rows_z
 def test_the_proxy_us_migration_gives_an_older_file_the_column_and_its_rows_null(tmp_path):
     """Rows from before it were never measured: NULL, not 0 µs (the report's p50/p99 leave them out)."""
     with writing(tmp_path / "a.duckdb") as con:
-        con.execute("DELETE FROM schema_migrations WHERE name = 'm022_hooktime_proxy_us'")
+        con.execute("DELETE FROM schema_migrations WHERE name = 'm022_proxy_us'")
         con.execute("ALTER TABLE calls DROP COLUMN proxy_us")
         row = call_row(1)
         names = [n for n in row if n != "proxy_us"]
         con.execute(f"INSERT INTO calls ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                     [row[n] for n in names])
-        assert migrations.apply_pending(con) == ["m022_hooktime_proxy_us"]
+        assert migrations.apply_pending(con) == ["m022_proxy_us"]
         call_rows.insert(con, [call_row(2, proxy_us=57)])
         stored = {r["input_tokens"]: r["proxy_us"] for r in call_rows.newest(con, 10)}
     assert stored == {1: None, 2: 57}

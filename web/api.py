@@ -82,8 +82,9 @@ def report_total():
 def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
     spec = parse_report(request.args.getlist("by"), **_selection_args())
     spec = dataclasses.replace(spec, selection=_scoped(spec.selection))
+    exact = _bool_arg("exact")  # a raw scan instead of the rollups (store/rollups.py), for audits
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
-        return report_rows.report(con, spec, total_latency)
+        return report_rows.report(con, spec, total_latency, exact)
 
 
 @api.get("/budgets")
@@ -184,11 +185,15 @@ def _selection_args() -> dict:
                                                        "tz", "provider")}
     if "status" in args:
         chosen["status"] = _int_arg("status", 0, 100, 599)
-    errors = args.get("errors", "false").lower()
-    if errors not in ("true", "false", "1", "0"):
-        raise ApiError(400, "bad_request", f"errors must be true or false, got {args['errors']!r}.")
-    chosen["errors"] = errors in ("true", "1")
+    chosen["errors"] = _bool_arg("errors")
     return chosen
+
+
+def _bool_arg(name: str) -> bool:
+    value = request.args.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ApiError(400, "bad_request", f"{name} must be true or false, got {request.args[name]!r}.")
+    return value in ("true", "1")
 
 
 def _scoped(selection: Selection) -> Selection:

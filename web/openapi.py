@@ -103,7 +103,7 @@ SCHEMAS = {
                 "properties": {"customer": {**_STR, "minLength": 1}, "key": _KEY_ID}},
     "Erased": _object({"subject": _ref("Subject"),
                        "deleted": {"type": "object", "additionalProperties": _INT,
-                                   "required": ["calls", "hourly_usage", "budgets", "alerts", "pending_calls"]}}),
+                                   "required": ["calls", "rollups", "budgets", "alerts", "pending_calls"]}}),
     "Purged": _object({"dry_run": {"type": "boolean"}, "expired_calls": _INT,
                        "deleted": {"type": ["object", "null"], "additionalProperties": _INT}}),
 }
@@ -128,6 +128,9 @@ _SELECTION = [
                                                                     "maximum": 599}),
     _query("errors", "Only failed calls (what a report counts as errors).", {"type": "boolean", "default": False}),
 ]
+_EXACT = _query("exact", "Scan every raw call (exact percentiles, for audits) instead of the 15-minute rollups, whose "
+                         "p50/p95 are within 1%; purged calls are then not counted.",
+                {"type": "boolean", "default": False})
 
 
 def _answer(description: str, schema: dict, media: str = "application/json") -> dict:
@@ -163,9 +166,10 @@ def document() -> dict:
                for media in dict.fromkeys(report_rows.EXPORT_FORMATS.values())}
     paths = {
         "/report": _get("Totals per group, ordered by time for time dimensions, else by cost.",
-                        [by, *_SELECTION, limit],
+                        [by, *_SELECTION, limit, _EXACT],
                         _answer("The groups.", {"type": "array", "items": _ref("ReportGroup")})),
-        "/report/total": _get("The total over the selection.", _SELECTION, _answer("The total.", _ref("ReportTotal"))),
+        "/report/total": _get("The total over the selection.", [*_SELECTION, _EXACT],
+                              _answer("The total.", _ref("ReportTotal"))),
         "/calls": _get("Calls, newest first, in keyset pages.", [
             *_SELECTION, _query("limit", "Calls per page.", {"type": "integer", "minimum": 1, "maximum": 1000}),
             _query("cursor", "`next_cursor` of the previous page.")], _answer("One page.", _ref("CallsPage"))),

@@ -1,6 +1,6 @@
 """Data subject requests: export everything stored about a customer or a key, or erase it.
 
-Erasing deletes the subject's rows everywhere (calls, hourly rollups, budgets, alert history, the
+Erasing deletes the subject's rows everywhere (calls, rollups, budgets, alert history, the
 key itself), removes its rows from pending spill files, and rewrites the database into a fresh
 file so the deleted values are gone from the bytes on disk too (see store/compact.py). It works
 while the proxy runs: the proxy's writer waits for the file (and queues its rows) meanwhile.
@@ -38,7 +38,7 @@ def export(db: Path, spill_dir: Path, subject: Subject, out: IO[str]) -> dict[st
         for name, rows in small.items():
             out.write(f', "{name}": ' + json.dumps([json_row(r) for r in rows]))
             counts[name] = len(rows)
-        for table in ("calls", "hourly_usage"):
+        for table in ("calls", "rollups"):
             counts[table] = _write_array(out, table, subjects.stream(con, table, subject))
     pending, unreadable = [], 0
     for path, spilled in _spill_rows(spill_dir):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 
 import duckdb
 
 from . import batch
+
+log = logging.getLogger(__name__)
 
 # Money: 18 decimals hold any list rate (at most 12 decimals per million tokens) times a token
 # count exactly, so a sum of stored costs is the cost of the summed usage (docs/pricing.md).
@@ -49,7 +52,7 @@ CALL_COLUMNS: list[tuple[str, str]] = [
     *[(name, typ) for name, typ, _ in UNIT_COLUMNS],
     # The list-price data the call was priced with (pricing.PriceData.id; migrations.m021_prices).
     ("price_snapshot", "VARCHAR"),
-    # Microseconds the call spent in the proxy's own hooks (addon/overhead.py; migrations.m022_hooktime_proxy_us).
+    # Microseconds the call spent in the proxy's own hooks (addon/overhead.py; migrations.m022_proxy_us).
     ("proxy_us", "BIGINT"),
 ]
 COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
@@ -62,18 +65,42 @@ _BATCH = batch.select(CALL_COLUMNS)
 
 
 def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: bool = False) -> int:
-    """Insert rows in one statement. ``skip_existing`` drops ids already stored (spill replay)."""
+    """Insert rows in one transaction, with their sums into ``rollups`` (store/rollups.py): the one
+    place rows are written (the writer's flush, spill replay, a replica's late rows), so whichever
+    connection writes them keeps rollups and raw rows in step. ``skip_existing`` drops ids already
+    stored (spill replay)."""
+    from . import rollups  # it sums the columns defined here
+
     if not rows:
         return 0
     # A row spilled by an older version lacks the columns added since; they are NULL.
     params: list = [batch.param(CALL_COLUMNS, rows)]
-    sql = f"INSERT INTO calls ({_NAMES}) {_BATCH}"
+    source = _BATCH
     if skip_existing:
-        sql = (f"INSERT INTO calls ({_NAMES}) SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
-               f"(SELECT id FROM calls WHERE ts BETWEEN ? AND ?)")
+        source = (f"SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
+                  f"(SELECT id FROM calls WHERE ts BETWEEN ? AND ?)")
         params += [min(r["ts"] for r in rows), max(r["ts"] for r in rows)]
-    con.execute(sql, params)
+    con.execute("BEGIN")
+    try:
+        # The rollup first: with skip_existing it must see the ids stored before this insert.
+        con.execute(f"INSERT INTO rollups {rollups.aggregate(source)}", params)
+        con.execute(f"INSERT INTO calls ({_NAMES}) {source}", params)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    try:  # the rows are stored: merging the rollups' rows of the last bucket may fail alone
+        rollups.compact_previous(con, max(_aware(r["ts"]) for r in rows))
+    except duckdb.Error:
+        log.exception("could not merge the rollups of the last 15 minutes; reports stay right, the next "
+                      "bucket tries again")
     return len(rows)
+
+
+def _aware(ts: dt.datetime | str) -> dt.datetime:
+    """A row's time as the writer holds it (a datetime), or as a spill file gave it back (text)."""
+    at = ts if isinstance(ts, dt.datetime) else dt.datetime.fromisoformat(ts)
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
 
 
 def newest(con: duckdb.DuckDBPyConnection, limit: int) -> list[dict]:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import duckdb
 
+from . import rollups
 from .calls import UNIT_COLUMNS
+from .calls import UNIT_NAMES as UNIT_COLUMNS_NAMES
 
 
 def m001_calls_and_keys(con: duckdb.DuckDBPyConnection) -> None:
@@ -337,7 +339,7 @@ PRICE_SNAPSHOTS_DDL = """
 PRICE_SNAPSHOT_COLUMN = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS price_snapshot VARCHAR"
 
 
-def m022_hooktime_proxy_us(con: duckdb.DuckDBPyConnection) -> None:
+def m022_proxy_us(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(PROXY_US_COLUMN.format(table="calls"))
 
 
@@ -363,12 +365,41 @@ RECONCILIATIONS_DDL = """
 """
 
 
+def m023_rollups(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue 28: sums per 15 minutes and tag combination for every call (store/rollups.py), kept as
+    # calls are written; they replace hourly_usage (the totals of purged hours), whose rows move in
+    # as they are: status and the latency histogram unknown (NULL), counts they never held 0.
+    # usage_history reads them alone: its readers' lower bounds (an hour, a day, a month in a
+    # zone) are bucket edges, so this is the same sum as calls plus hourly_usage, from fewer rows.
+    con.execute(ROLLUPS_DDL)
+    con.execute("INSERT INTO rollups " + rollups.aggregate("SELECT * FROM calls"))
+    con.execute(HOURLY_INTO_ROLLUPS.format(hourly="hourly_usage"))
+    con.execute("DROP VIEW usage_history; DROP TABLE hourly_usage")
+    con.execute(USAGE_HISTORY_VIEW)
+
+
+ROLLUPS_DDL = rollups.DDL
+_LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
+                                                "web_search_requests", *UNIT_COLUMNS_NAMES))
+HOURLY_INTO_ROLLUPS = f"""
+    INSERT INTO rollups BY NAME
+    SELECT hour AS bucket, key_id, customer_id, feature, provider, model, NULL AS status, NULL AS failed, calls,
+           failed_calls AS errors, unpriced_calls, input_tokens, cache_read_tokens, cache_write_tokens,
+           output_tokens, reasoning_tokens, cost_usd, NULL AS latency, {_LEGACY_ZERO}
+    FROM {{hourly}}
+"""
+USAGE_HISTORY_VIEW = """
+    CREATE VIEW usage_history AS
+    SELECT bucket AS ts, key_id, customer_id, feature, cost_usd, calls FROM rollups
+"""
+
+
 MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and_limits, m004_budgets,
               m005_alert_history, m006_alert_dedupe, m007_retention, m008_wide_costs, m009_web_sessions,
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
               m013_config, m014_reconciliations, m015_erasures,
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
-              m020_tools, m021_prices, m022_hooktime_proxy_us]
+              m020_tools, m021_prices, m022_proxy_us, m023_rollups]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -6,12 +6,13 @@ import datetime as dt
 import uuid
 import zoneinfo
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 
 import duckdb
 
 from ..reports import ReportSpec, Selection
-from . import batch
+from . import batch, rollups
 from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES
 from .connection import one
@@ -64,19 +65,35 @@ def where(selection: Selection) -> tuple[str, list]:
 
 
 def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
-           total_latency: bool = True) -> tuple[list[dict], dict]:
+           total_latency: bool = True, exact: bool = False) -> tuple[list[dict], dict]:
     """Groups ordered by time (time dimensions) or by cost, and the total.
 
-    The total's p50/p95 cost a second pass over the rows (a third of the time at 10M rows);
-    ``total_latency=False`` skips it and leaves them None, for callers that show only groups."""
+    Whole 15-minute buckets come from ``rollups`` and raw rows only for a range's edges that cut a
+    bucket (store/rollups.py): the same counts, tokens and costs as a scan of every row, and
+    percentiles within rollups.RELATIVE_ERROR. ``exact`` scans the raw rows (exact percentiles;
+    purged calls, which only rollups keep, are then not counted).
+    The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
+    for callers that show only groups."""
     names = [dimension_name(d) for d in spec.by]
-    condition, params = where(spec.selection)
-    local = _local_time_sql(con, spec) if any(d in _TIME_FORMATS for d in spec.by) else ""
+    source = None if exact else _rollup_source(spec.selection)
+    local = ""
+    if any(d in _TIME_FORMATS for d in spec.by):
+        local = _local_time_sql(con, spec, source)
+        if source is not None and not local:  # a zone off the quarter hours: raw rows only
+            source, local = None, _local_time_sql(con, spec, None)
     dims = [_dimension_sql(d, local) for d in spec.by]
-    sql = (f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, {_METRICS} "
-           f"FROM calls WHERE {condition} GROUP BY ALL")
-    groups = [_group(dict(zip([*names, *_METRIC_NAMES], r))) for r in con.execute(sql, params).fetchall()]
-    total = _total(con, groups, condition if total_latency else None, params)
+    if source is None:
+        condition, params = where(spec.selection)
+        sql = (f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, {_METRICS} "
+               f"FROM calls WHERE {condition} GROUP BY ALL")
+        groups = [_group(dict(zip([*names, *_METRIC_NAMES], r))) for r in con.execute(sql, params).fetchall()]
+        total = _total(con, groups, condition if total_latency else None, params)
+    else:
+        groups, total = _rollup_groups(con, source, dims, names, total_latency)
+        if total_latency:  # rollups hold no proxy_us histogram: these two read the raw rows' one column
+            condition, params = where(spec.selection)
+            total.update(_added(one(con.execute(f"SELECT quantile_cont(proxy_us, [0.5, 0.99]) FROM calls "
+                                                f"WHERE {condition}", params))[0]))
     for row in [*groups, total]:
         row["share"] = _share(row["cost_usd"], total["cost_usd"])
     for dimension, name in zip(spec.by, names):
@@ -89,6 +106,84 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     groups.sort(key=lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"],
                                *[str(r[n]) for n in names]))
     return groups, {**{name: None for name in names}, **total}
+
+
+_ROLLUP_METRICS = (f"{', '.join(f'coalesce(sum({c}), 0)::BIGINT AS {c}' for c in (*_COUNTS, *_TOKENS))}, "
+                   f"coalesce(sum(audio_seconds), 0)::DOUBLE AS audio_seconds, sum(cost_usd) AS cost_usd")
+_POINTS = (0.5, 0.95)
+
+
+def _rollup_source(selection: Selection) -> tuple[str, list]:
+    """A SELECT of rollup rows (``ts``: the bucket) for the selection: the stored ones for whole
+    buckets, sums of raw rows for the edges that cut one."""
+    low = _bucket_ceil(selection.since) if selection.since is not None else None
+    high = _bucket_floor(selection.until) if selection.until is not None else None
+    stored_where, stored_params = _rollup_where(selection)
+    parts = []
+    if low is None or high is None or low < high:
+        bounds, bound_params = [], []
+        if low is not None:
+            bounds.append("bucket >= ?")
+            bound_params.append(low)
+        if high is not None:
+            bounds.append("bucket < ?")
+            bound_params.append(high)
+        parts.append((f"SELECT * FROM rollups WHERE {' AND '.join([stored_where, *bounds])}",
+                      stored_params + bound_params))
+        edges = [(selection.since, low), (high, selection.until)]
+    else:  # within one bucket
+        edges = [(selection.since, selection.until)]
+    for start, end in edges:
+        if start is None or end is None or start == end:
+            continue
+        condition, params = where(replace(selection, since=start, until=end))
+        parts.append((rollups.aggregate(f"SELECT * FROM calls WHERE {condition}"), params))
+    sql = " UNION ALL ".join(f"SELECT * FROM ({part})" for part, _ in parts)
+    return (f"SELECT * EXCLUDE (bucket), bucket AS ts FROM ({sql})",
+            [p for _, part_params in parts for p in part_params])
+
+
+def _rollup_where(selection: Selection) -> tuple[str, list]:
+    clauses: list[str] = ["TRUE"]
+    params: list[object] = []
+    for column, value in (("customer_id", selection.customer_id), ("feature", selection.feature),
+                          ("model", selection.model), ("key_id", selection.key_id),
+                          ("provider", selection.provider), ("status", selection.status)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if selection.errors_only:
+        clauses.append("failed")
+    return " AND ".join(clauses), params
+
+
+def _bucket_floor(at: dt.datetime) -> dt.datetime:
+    seconds = int(rollups.BUCKET.total_seconds())
+    return dt.datetime.fromtimestamp(at.timestamp() // seconds * seconds, dt.UTC)
+
+
+def _bucket_ceil(at: dt.datetime) -> dt.datetime:
+    floor = _bucket_floor(at)
+    return floor if floor == at else floor + rollups.BUCKET
+
+
+def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dims: list[str], names: list[str],
+                   total_latency: bool) -> tuple[list[dict], dict]:
+    sql, params = source
+    grouped = f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, * FROM ({sql})"
+    cur = con.execute(f"SELECT {', '.join(names)}, {_ROLLUP_METRICS} FROM ({grouped}) GROUP BY ALL", params)
+    rows = [dict(zip([*names, *_METRIC_NAMES[:-1]], r)) for r in cur.fetchall()]
+    found = rollups.quantiles(con.execute(rollups.quantile_sql(grouped, names, _POINTS), params).fetchall(), _POINTS)
+    groups = []
+    for row in rows:
+        row["latency_ms"] = found.get(tuple(row[n] for n in names))
+        groups.append(_group(row))
+    total = _total(con, groups, None, [])
+    if total_latency:
+        quantiles = rollups.quantiles(con.execute(rollups.quantile_sql(sql, [], _POINTS), params).fetchall(),
+                                      _POINTS).get(())
+        total["p50_latency_ms"], total["p95_latency_ms"] = _rounded(quantiles)
+    return groups, total
 
 
 def unmetered_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict]:
@@ -197,18 +292,27 @@ def reprice_inputs(con: duckdb.DuckDBPyConnection, selection: Selection, unprice
 def apply_reprice(con: duckdb.DuckDBPyConnection,
                   changes: list[tuple[uuid.UUID, Decimal | None, str | None, str | None]]) -> None:
     """Set new costs (id, cost, price source, price snapshot), keeping the old cost and its price
-    source in previous_*."""
+    source in previous_*; the rollups of the buckets they are in are summed again, in the same
+    transaction (store/rollups.py)."""
     if not changes:
         return
     columns = [("id", "UUID"), ("cost", COST_TYPE), ("source", "VARCHAR"), ("snapshot", "VARCHAR")]
     rows = [dict(zip(("id", "cost", "source", "snapshot"), change, strict=True)) for change in changes]
-    con.execute(f"""
-        UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
-                         cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
-                         price_snapshot = n.snapshot, repriced_at = now()
-        FROM ({batch.select(columns)}) n
-        WHERE calls.id = n.id
-    """, [batch.param(columns, rows)])
+    param = batch.param(columns, rows)
+    con.execute("BEGIN")
+    try:
+        con.execute(f"""
+            UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
+                             cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
+                             price_snapshot = n.snapshot, repriced_at = now()
+            FROM ({batch.select(columns)}) n
+            WHERE calls.id = n.id
+        """, [param])
+        rollups.rebuild(con, f"id IN (SELECT n.id FROM ({batch.select(columns)}) n)", [param])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def _dimension_sql(dimension: str, local_time: str) -> str:
@@ -217,18 +321,25 @@ def _dimension_sql(dimension: str, local_time: str) -> str:
     return _COLUMN_OF[dimension]
 
 
-def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> str:
+def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec, source: tuple[str, list] | None) -> str:
     """``ts`` as local wall-clock time in the report's zone, as a SQL expression.
 
     Converting with the ICU time zone functions costs ~1 s per 10M rows; a zone's offset only
     changes at a few known instants, so the offsets in force over the selected range become a
     CASE over ``ts`` added to its epoch: the same result at a tenth of the cost."""
     zone = zoneinfo.ZoneInfo(spec.selection.tz)
-    condition, params = where(spec.selection)
-    first, last = one(con.execute(f"SELECT min(ts), max(ts) FROM calls WHERE {condition}", params))
+    if source is None:
+        condition, params = where(spec.selection)
+        first, last = one(con.execute(f"SELECT min(ts), max(ts) FROM calls WHERE {condition}", params))
+    else:
+        first, last = one(con.execute(f"SELECT min(ts), max(ts) FROM ({source[0]})", source[1]))
     if first is None:
         return "ts::TIMESTAMP"
+    if source is not None:
+        last += rollups.BUCKET  # a bucket starting at ``last`` holds calls up to its end
     periods = _offset_periods(zone, first, last)
+    if source is not None and not _on_bucket_edges(periods):
+        return ""
     if len(periods) == 1:
         offset = f"{periods[0][1]}"
     else:
@@ -236,6 +347,14 @@ def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> str:
                          for (start, _), (_, previous) in zip(periods[1:], periods[:-1]))
         offset = f"CASE {cases} ELSE {periods[-1][1]} END"
     return f"make_timestamp(epoch_us(ts) + ({offset}))"
+
+
+def _on_bucket_edges(periods: list[tuple[dt.datetime, int]]) -> bool:
+    """Whether every offset is whole buckets and changes on a bucket edge: a local hour, day and
+    month then start on bucket edges, and a bucket's calls all fall in its start's group."""
+    width = int(rollups.BUCKET.total_seconds() * 1_000_000)
+    return all(offset % width == 0 for _, offset in periods) and \
+        all(_bucket_floor(start) == start for start, _ in periods[1:])
 
 
 def _offset_periods(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.datetime) -> list[tuple[dt.datetime, int]]:
@@ -268,16 +387,22 @@ def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], condition: str | 
         # proxy_us is NULL on rows stored before it was measured: quantiles skip them, not count them as 0.
         latency, added = one(con.execute("SELECT quantile_cont(latency_ms, [0.5, 0.95]), "
                                          f"quantile_cont(proxy_us, [0.5, 0.99]) FROM calls WHERE {condition}", params))
-    p50, p99 = added or (None, None)
-    return {**_group({**total, "latency_ms": latency}),
-            "p50_proxy_us": None if p50 is None else round(p50), "p99_proxy_us": None if p99 is None else round(p99)}
+    return {**_group({**total, "latency_ms": latency}), **_added(added)}
+
+
+def _added(quantiles) -> dict:
+    p50, p99 = quantiles or (None, None)
+    return {"p50_proxy_us": None if p50 is None else round(p50), "p99_proxy_us": None if p99 is None else round(p99)}
 
 
 def _group(row: dict) -> dict:
-    quantiles = row.pop("latency_ms") or (None, None)
-    # Microseconds are the precision latencies are stored with; interpolation adds float noise.
-    row["p50_latency_ms"], row["p95_latency_ms"] = (None if q is None else round(q, 3) for q in quantiles)
+    row["p50_latency_ms"], row["p95_latency_ms"] = _rounded(row.pop("latency_ms"))
     return row
+
+
+def _rounded(quantiles) -> tuple:
+    # Microseconds are the precision latencies are stored with; interpolation adds float noise.
+    return tuple(None if q is None else round(q, 3) for q in quantiles or (None, None))
 
 
 def _share(cost: Decimal | None, total: Decimal | None) -> float | None:

@@ -3,7 +3,7 @@
 Switched on by ``AISPENDTRACK_CATALOG`` (a PostgreSQL URL); ``AISPENDTRACK_DATA_PATH`` (a directory
 or ``s3://bucket/prefix``) says where the lake's Parquet files go when the catalog is first made.
 
-- **Rows** (``calls``, ``hourly_usage``) are a DuckLake lakehouse: its catalog in PostgreSQL, its
+- **Rows** (``calls``, ``rollups``) are a DuckLake lakehouse: its catalog in PostgreSQL, its
   data as Parquet under the data path. Small writes are inlined into the catalog, so one-second
   flushes do not make a file each; ``maintenance.py`` folds them into files on a schedule.
 - **Control state** (keys, admin tokens, budgets, alerts, web sign-ins, settings, limit counters)

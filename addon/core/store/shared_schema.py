@@ -11,16 +11,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from . import rollups
 from .calls import CALL_COLUMNS, COST_TYPE, UNIT_COLUMNS, UNIT_NAMES
 from .errors import StoreError
 from .migrations import (
     BATCHES_DDL,
     ERASURES_DDL,
+    HOURLY_INTO_ROLLUPS,
     PRICE_SNAPSHOT_COLUMN,
     PRICE_SNAPSHOTS_DDL,
     PROXY_US_COLUMN,
     RECONCILIATIONS_DDL,
     UNMETERED_UPDATE,
+    USAGE_HISTORY_VIEW,
     units_ddl,
 )
 
@@ -118,20 +121,21 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
-                   "s013_hooktime_proxy_us")
+                   "s013_proxy_us", "s014_rollups")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
     "CREATE TABLE IF NOT EXISTS calls (" + ", ".join(f"{n} {t}" for n, t in _LAKE_CALL_COLUMNS) + ")",
-    f"""CREATE TABLE IF NOT EXISTS hourly_usage (
-        hour TIMESTAMPTZ, key_id INTEGER, customer_id VARCHAR, feature VARCHAR, provider VARCHAR, model VARCHAR,
-        calls BIGINT, failed_calls BIGINT, unpriced_calls BIGINT, input_tokens BIGINT, cache_read_tokens BIGINT,
-        cache_write_tokens BIGINT, output_tokens BIGINT, reasoning_tokens BIGINT, cost_usd {COST_TYPE})""",
-    """CREATE VIEW IF NOT EXISTS usage_history AS
-        SELECT ts, key_id, customer_id, feature, cost_usd, 1::BIGINT AS calls FROM calls
-        UNION ALL
-        SELECT hour, key_id, customer_id, feature, cost_usd, calls FROM hourly_usage""",
+    # Rollups live in the lake beside the calls, not in PostgreSQL: calls.insert writes both in one
+    # DuckDB transaction (which cannot span two databases), and an erase removes the subject's bytes
+    # from lake files by rewriting them (lake.scrub), where PostgreSQL would keep dead tuples.
+    rollups.DDL,
+    USAGE_HISTORY_VIEW.replace("CREATE VIEW", "CREATE VIEW IF NOT EXISTS"),
 ]
+# An older lake (s014_rollups): its calls summed, its hourly totals moved in, as migrations.m023_rollups.
+_LAKE_ROLLUPS = [rollups.DDL, "INSERT INTO rollups " + rollups.aggregate("SELECT * FROM calls"),
+                 HOURLY_INTO_ROLLUPS.format(hourly="hourly_usage"), "DROP VIEW IF EXISTS usage_history",
+                 "DROP TABLE IF EXISTS hourly_usage", USAGE_HISTORY_VIEW]
 
 DATA_PATH_SETTING = "lake_data_path"
 
@@ -253,10 +257,20 @@ def ensure_lake(con, control) -> None:
         if "s011_prices" not in _applied(control):  # as migrations.m021_prices
             con.execute(PRICE_SNAPSHOT_COLUMN.format(table="calls"))
             control.execute("INSERT INTO schema_migrations VALUES ('s011_prices', now()) ON CONFLICT DO NOTHING")
-        if "s013_hooktime_proxy_us" not in _applied(control):  # as migrations.m022_hooktime_proxy_us
+        if "s013_proxy_us" not in _applied(control):  # as migrations.m022_proxy_us
             con.execute(PROXY_US_COLUMN.format(table="calls"))
-            control.execute("INSERT INTO schema_migrations VALUES ('s013_hooktime_proxy_us', now()) "
+            control.execute("INSERT INTO schema_migrations VALUES ('s013_proxy_us', now()) "
                             "ON CONFLICT DO NOTHING")
+        if "s014_rollups" not in _applied(control):
+            con.execute("BEGIN")
+            try:
+                for statement in _LAKE_ROLLUPS:
+                    con.execute(statement)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            control.execute("INSERT INTO schema_migrations VALUES ('s014_rollups', now()) ON CONFLICT DO NOTHING")
 
 
 @contextlib.contextmanager

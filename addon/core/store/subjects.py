@@ -1,6 +1,6 @@
 """SQL for one data subject (a customer id or a key): everything stored about it, and deleting it.
 
-Where a subject appears: ``calls`` and ``hourly_usage`` rows, budgets scoped to it, alerts about
+Where a subject appears: ``calls`` and ``rollups`` rows, budgets scoped to it, alerts about
 it (by their dedupe key, or a customer's budget alert by its exact subject line), and for a key its own row.
 """
 
@@ -84,7 +84,7 @@ def _like_literal(pattern: str) -> str:
 
 
 def stream(con: duckdb.DuckDBPyConnection, table: str, subject: Subject, batch: int = 10_000) -> Iterator[dict]:
-    """The subject's rows of ``calls`` or ``hourly_usage``, without holding them all in memory."""
+    """The subject's rows of ``calls`` or ``rollups``, without holding them all in memory."""
     condition, params = _rows_condition(subject)
     cur = con.execute(f"SELECT * FROM {table} WHERE {condition}", params)
     names = [d[0] for d in cur.description]
@@ -116,7 +116,7 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
     try:
         counts = {
             "calls": _count(con, f"DELETE FROM calls WHERE {rows_condition}", rows_params),
-            "hourly_usage": _count(con, f"DELETE FROM hourly_usage WHERE {rows_condition}", rows_params),
+            "rollups": _count(con, f"DELETE FROM rollups WHERE {rows_condition}", rows_params),
         }
         con.execute("COMMIT")
     except BaseException:

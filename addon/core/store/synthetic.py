@@ -10,6 +10,7 @@ import datetime as dt
 
 import duckdb
 
+from . import rollups
 from .calls import COST_TYPE
 
 # (model, provider, input $/Mtok, output $/Mtok); None: a model without a price.
@@ -27,8 +28,9 @@ MODELS = [
 
 def generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, days: int = 90,
              customers: int = 10_000, features: int = 50, keys: int = 20, batch: int = 1_000_000) -> None:
-    """Rows go in oldest first, in batches, as a proxy appends them: that is what makes DuckDB's
-    per-block min/max of ``ts`` skip most of the file for a recent time range."""
+    """Into a range of time without calls. Rows go in oldest first, in batches, as a proxy appends
+    them: that is what makes DuckDB's per-block min/max of ``ts`` skip most of the file for a
+    recent time range."""
     batches = max(1, -(-rows // batch))
     span = dt.timedelta(days=days) / batches
     start = end - dt.timedelta(days=days)
@@ -79,3 +81,6 @@ def _generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, span:
         FROM base JOIN m ON m.i = base.model_i
         ORDER BY ts
     """, [end])
+    # Their rollups, as calls.insert writes them (the range is this batch's: ts in (end - span, end]).
+    con.execute("INSERT INTO rollups " + rollups.aggregate("SELECT * FROM calls WHERE ts > ? AND ts <= ?"),
+                [end - span, end])

@@ -1,6 +1,6 @@
 """Copying an embedded database into shared storage (``aispendtrack migrate-to``).
 
-The embedded file is attached read-only to the shared connection, so the calls and hourly totals
+The embedded file is attached read-only to the shared connection, so the calls and rollups
 go into the lake in one INSERT ... SELECT each (straight to Parquet: no row passes through
 Python). Control rows keep their ids, so keys, budgets scoped to a key and alert history mean
 what they meant; the identity sequences then continue after the highest id. The destination must
@@ -25,7 +25,7 @@ _CONTROL_TABLES = {
     "config": ["name", "value", "updated_at"],
     "batches": ["provider", "batch_id", "key_id", "customer_id", "feature", "created_at", "results_ref", "recorded_at"],
 }
-_ROW_TABLES = ("calls", "hourly_usage")
+_ROW_TABLES = ("calls", "rollups")
 
 
 def copy_embedded(source: Path, con: SharedConnection) -> dict[str, int]:

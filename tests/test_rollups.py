@@ -1,0 +1,221 @@
+"""Rollups (store/rollups.py): reports from 15-minute sums agree with a scan of every raw row.
+
+hypothesis is not installed here: the property test draws its cases from a seeded generator.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import uuid
+from decimal import Decimal
+
+import duckdb
+import pytest
+
+from addon.core import home as home_dir
+from addon.core.reports import parse_report
+from addon.core.store import calls as call_rows
+from addon.core.store import migrations, reading, rollups, writing
+from addon.core.store import reports as report_rows
+
+from .helpers import run_cli
+
+# Half-hour, 45-minute and DST-switching zones: Kolkata +5:30, Kathmandu +5:45, Eucla +8:45,
+# Chatham +12:45/+13:45 (switches 2026-04-05), St John's -3:30/-2:30 (2026-03-08), Lord Howe
+# +10:30/+11 (a half-hour switch, 2026-04-05), Los Angeles (2026-03-08), Berlin (2026-03-29).
+ZONES = ["UTC", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Eucla", "Pacific/Chatham", "America/St_Johns",
+         "Australia/Lord_Howe", "America/Los_Angeles", "Europe/Berlin"]
+START = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+SPAN_S = 45 * 86400  # across every switch above
+EXACT_METRICS = ("calls", "errors", "unpriced_calls", "unmetered_calls", "estimated_calls", "input_tokens",
+                 "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens", "images",
+                 "characters", "web_search_requests", "code_executions", "audio_seconds", "cost_usd")
+
+
+def random_call(rng: random.Random, start: dt.datetime = START, span_s: int = SPAN_S) -> dict:
+    status = rng.choice([200, 200, 200, 429, 500, None])
+    source = rng.choice(["reported", "reported", "estimated", "partial", "none", "unmetered", "invalid"])
+    priced = rng.random() < 0.8
+    latency = rng.choice([None, 0.0, round(10 ** rng.uniform(-3, 6), 3), round(rng.uniform(20, 3000), 3)])
+    return {"id": uuid.uuid4(), "ts": start + dt.timedelta(microseconds=rng.randrange(span_s * 1_000_000)),
+            "key_id": rng.choice([1, 2, 3, None]), "provider": rng.choice(["openai", "anthropic"]),
+            "endpoint": "/v1/chat/completions", "model": rng.choice(["gpt-4o", "claude", None]), "stream": False,
+            "status": status, "outcome": rng.choice(["completed", "completed", "client_disconnected"]),
+            "error": None, "input_tokens": rng.randrange(5000), "cache_read_tokens": rng.randrange(100),
+            "cache_write_tokens": rng.randrange(50), "cache_write_1h_tokens": 0,
+            "output_tokens": rng.randrange(900), "reasoning_tokens": rng.randrange(30), "web_search_requests": 0,
+            "cost_usd": Decimal(rng.randrange(10**9)) / 10**15 if priced else None, "priced": priced,
+            "price_source": "test", "usage_source": source,
+            "customer_id": rng.choice(["acme", "beta", "x:1", None]), "feature": rng.choice(["chat", None]),
+            "latency_ms": latency, "ttft_ms": None, "images": rng.choice([0, 0, 2]),
+            "audio_seconds": Decimal(rng.randrange(10_000)) / 1000, "code_executions": rng.choice([0, 1])}
+
+
+def random_bound(rng: random.Random) -> str | None:
+    if rng.random() < 0.25:
+        return None
+    at = START + dt.timedelta(seconds=rng.randrange(-86400, SPAN_S + 86400))
+    if rng.random() < 0.3:
+        at = at.replace(minute=rng.choice([0, 15, 30, 45]), second=0)  # on a bucket edge
+    return at.isoformat()
+
+
+def assert_same(rolled: tuple[list[dict], dict], exact: tuple[list[dict], dict], label: str) -> None:
+    (groups, total), (exact_groups, exact_total) = rolled, exact
+    assert len(groups) == len(exact_groups), label
+    for row, want in zip([*groups, total], [*exact_groups, exact_total], strict=True):
+        assert {k: row[k] for k in EXACT_METRICS} == {k: want[k] for k in EXACT_METRICS}, label
+        for name in ("p50_latency_ms", "p95_latency_ms"):
+            if want[name] is None:
+                assert row[name] is None, label
+            else:  # the stated error, and the microsecond both are rounded to
+                assert abs(row[name] - want[name]) <= rollups.RELATIVE_ERROR * want[name] + 0.001, (label, name)
+
+
+def test_reports_from_rollups_match_a_raw_scan_over_random_zones_and_ranges(tmp_path):
+    rng = random.Random(28)
+    db = tmp_path / "aispendtrack.duckdb"
+    with writing(db) as con:
+        stored: list[dict] = []
+        for _ in range(8):  # several writes: several rollup rows per group, added up by every read
+            batch = [random_call(rng) for _ in range(rng.randrange(50, 400))]
+            call_rows.insert(con, batch)
+            stored += batch
+        # A spill replay brings rows already stored and new ones: each is counted once.
+        replay = rng.sample(stored, 40) + [random_call(rng) for _ in range(30)]
+        call_rows.insert(con, replay, skip_existing=True)
+        rollups.compact(con, START + dt.timedelta(days=10), START + dt.timedelta(days=20))
+        for case in range(120):
+            by = rng.sample(["model", "provider", "customer", "feature", "key", "day", "hour", "month"],
+                            rng.choice([1, 1, 2]))
+            since, until = random_bound(rng), random_bound(rng)
+            if since and until and since >= until:
+                since, until = until, since
+            if since == until:
+                until = None
+            filters = rng.choice([{}, {"customer": "acme"}, {"key": 2}, {"errors": True}, {"status": 429},
+                                  {"model": "gpt-4o", "provider": "openai"}, {"feature": "chat"}])
+            spec = parse_report(by, since=since, until=until, tz=rng.choice(ZONES), now=START, **filters)
+            label = f"case {case}: {by} {since} {until} {filters} {spec.selection.tz}"
+            assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), label)
+        (calls,) = con.execute("SELECT sum(calls) FROM rollups").fetchone()
+        assert calls == len(stored) + 30
+
+
+def test_a_zone_off_the_quarter_hours_reads_raw_rows(tmp_path):
+    # Amsterdam was +0:19:32 before 1937: a local day there does not start on a bucket edge.
+    rng = random.Random(5)
+    start = dt.datetime(1936, 6, 1, tzinfo=dt.UTC)
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [random_call(rng, start, 3 * 86400) for _ in range(300)])
+        spec = parse_report(["hour"], tz="Europe/Amsterdam", now=start)
+        rolled, exact = report_rows.report(con, spec), report_rows.report(con, spec, exact=True)
+    assert [g["hour"] for g in rolled[0]] == [g["hour"] for g in exact[0]]
+    assert rolled == exact  # raw rows: exact percentiles too
+
+
+def test_percentiles_of_one_bucket_are_within_one_percent(tmp_path):
+    # One group, 2,000 latencies from 1 ms to 100 s: the histogram's p50/p95 against quantile_cont's.
+    rng = random.Random(7)
+    rows = [random_call(rng, START, 600) | {"latency_ms": round(10 ** rng.uniform(0, 5), 3), "key_id": 1,
+                                            "customer_id": "acme"} for _ in range(2000)]
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, rows)
+        spec = parse_report(["customer"], now=START)
+        ([rolled], _), ([exact], _) = report_rows.report(con, spec), report_rows.report(con, spec, exact=True)
+    for name in ("p50_latency_ms", "p95_latency_ms"):
+        assert rolled[name] != exact[name]  # from the histogram, not the rows
+        assert abs(rolled[name] - exact[name]) <= 0.0099 * exact[name] + 0.001
+
+
+def test_purged_calls_stay_in_reports_and_exact_scans_only_raw_rows(tmp_path):
+    home = tmp_path / "home"
+    key = json.loads(run_cli(home, "keys", "create", "--name", "f", "--plan", "free", "--json"))["id"]
+    now = dt.datetime.now(dt.UTC)
+    rng = random.Random(3)
+    old = [random_call(rng, now - dt.timedelta(days=20), 3600) | {"key_id": key, "customer_id": "acme",
+                                                                  "cost_usd": Decimal("1.5"), "priced": True}
+           for _ in range(5)]
+    new = [random_call(rng, now - dt.timedelta(hours=3), 3600) | {"key_id": key, "customer_id": "acme",
+                                                                  "cost_usd": Decimal("0.25"), "priced": True}
+           for _ in range(3)]
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, old + new)
+    run_cli(home, "purge")
+
+    def report(*extra: str) -> dict:
+        [row] = json.loads(run_cli(home, "report", "--by", "customer", "--format", "json", *extra))
+        return row
+    assert (report()["calls"], report()["cost_usd"]) == (8, 8.25)
+    assert (report("--exact")["calls"], report("--exact")["cost_usd"]) == (3, 0.75)
+
+
+def test_the_migration_keeps_hourly_totals_and_sums_existing_calls(tmp_path):
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    for migration in migrations.MIGRATIONS[:-1]:  # a file as it was before rollups
+        migration(con)
+        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
+    hour = dt.datetime(2026, 1, 5, 10, tzinfo=dt.UTC)
+    con.execute("INSERT INTO hourly_usage VALUES (?, 1, 'acme', 'chat', 'openai', 'gpt-4o', 7, 2, 1, 700, 5, 0, "
+                "140, 0, 3.5)", [hour])
+    con.execute("INSERT INTO calls (id, ts, key_id, provider, endpoint, stream, status, outcome, input_tokens, "
+                "cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, "
+                "web_search_requests, cost_usd, priced, usage_source, customer_id, latency_ms) VALUES "
+                "(uuid(), ?, 1, 'openai', '/v1/chat/completions', false, 200, 'completed', 10, 0, 0, 0, 2, 0, 0, "
+                "0.25, true, 'reported', 'acme', 12.5)", [hour + dt.timedelta(days=30, minutes=20)])
+    migrations.apply_pending(con)
+    rows = con.execute("SELECT bucket, calls, errors, input_tokens, output_tokens, cost_usd, status FROM rollups "
+                       "ORDER BY bucket").fetchall()
+    assert rows == [(hour, 7, 2, 700, 140, Decimal(3.5), None),
+                    (hour + dt.timedelta(days=30, minutes=15), 1, 0, 10, 2, Decimal("0.25"), 200)]
+    assert con.execute("SELECT sum(calls), sum(cost_usd) FROM usage_history WHERE customer_id = 'acme'").fetchone() \
+        == (8, Decimal("3.75"))
+    with pytest.raises(duckdb.CatalogException):
+        con.execute("SELECT * FROM hourly_usage")
+    con.close()
+    with reading(db) as con:  # and the file opens as current
+        assert migrations.is_current(con)
+
+
+def test_reprice_and_erase_keep_the_rollups_right(tmp_path):
+    from .helpers import call_row
+    home = tmp_path / "home"
+    home.mkdir()
+    rows = [call_row(1_000_000, model="gpt-5", cost_usd=Decimal("9"), customer_id="acme"),  # a wrong price
+            call_row(2_000_000, model="gpt-5", cost_usd=None, priced=False, customer_id="acme"),  # none yet
+            call_row(1_000, model="gpt-5", cost_usd=Decimal("0.00125"), customer_id="beta")]  # right already
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, rows)
+
+    def report(*extra: str) -> dict:
+        found = json.loads(run_cli(home, "report", "--by", "customer", "--format", "json", *extra))
+        return {g["customer_id"]: (g["calls"], g["unpriced_calls"], g["cost_usd"]) for g in found}
+    assert report() == report("--exact") == {"acme": (2, 1, 9.0), "beta": (1, 0, 0.00125)}
+    run_cli(home, "reprice")
+    # gpt-5: $1.25 per million input tokens.
+    assert report() == report("--exact") == {"acme": (2, 0, 3.75), "beta": (1, 0, 0.00125)}
+    run_cli(home, "gdpr", "delete", "--customer", "acme", "--yes")
+    assert report() == report("--exact") == {"beta": (1, 0, 0.00125)}
+    with reading(home_dir.db_path(home)) as con:
+        assert con.execute("SELECT count(*) FROM rollups WHERE customer_id = 'acme'").fetchone() == (0,)
+
+
+def test_each_flush_adds_rows_and_a_closed_bucket_is_merged_to_one_row_per_group(tmp_path):
+    # A writer flushing every second for 30 minutes: 1,800 inserts, 3 groups in the first bucket.
+    start = dt.datetime(2027, 5, 1, 9, 0, tzinfo=dt.UTC)
+    rng = random.Random(11)
+    with writing(tmp_path / "a.duckdb") as con:
+        for second in range(0, 1800, 10):  # every 10 s, to keep the test short: 180 flushes
+            rows = [random_call(rng, start + dt.timedelta(seconds=second), 10)
+                    | {"key_id": 1, "customer_id": rng.choice(["a", "b", "c"]), "feature": None, "model": "m",
+                       "provider": "openai", "status": 200, "outcome": "completed"} for _ in range(3)]
+            call_rows.insert(con, rows)
+        per_bucket = dict(con.execute("SELECT bucket, count(*) FROM rollups GROUP BY bucket").fetchall())
+        spec = parse_report(["customer"], now=start)
+        assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), "merged")
+    assert per_bucket[start] == 3  # the closed bucket: one row per customer
+    assert per_bucket[start + rollups.BUCKET] > 3  # the open one: a row per flush and customer
