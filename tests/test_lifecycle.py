@@ -464,8 +464,8 @@ def test_gdpr_matches_a_subjects_alerts_whole_whatever_its_id_holds(migrated_hom
     for prefix in ("a", "ab", "x\\\\"):  # nothing of abc's, a_c's, a%'s or x\'s
         assert f"Nothing is stored about customer {prefix}." in run_cli(home, "gdpr", "export", "--customer", prefix)
     output = run_cli(home, "gdpr", "delete", "--customer", "a_c", "--yes")
-    assert "Erased customer a_c: 0 calls, 0 hourly totals, 0 budgets, 4 alerts," in output
+    assert "Erased customer a_c: 0 calls, 0 rollup rows, 0 budgets, 4 alerts," in output
     output = run_cli(home, "gdpr", "delete", "--key", str(k1), "--yes")
-    assert f"Erased key {k1}: 0 calls, 0 hourly totals, 1 budget, 3 alerts," in output
+    assert f"Erased key {k1}: 0 calls, 0 rollup rows, 1 budget, 3 alerts," in output
     left = sorted((a["subject"]) for a in json.loads(run_cli(home, "alerts", "list", "--json", "--limit", "100")))
     assert left == sorted(s for who, alerts in made.items() if who not in ("a_c", str(k1)) for s, _ in alerts)

@@ -229,7 +229,7 @@ class Evaluator(threading.Thread):
             return
         self._purge_due = time.monotonic() + self.purge_interval
         if result.deleted and result.deleted["calls"]:
-            log.info("retention: purged %d calls past their plan's retention (kept as hourly totals)",
+            log.info("retention: purged %d calls past their plan's retention (their sums stay in the rollups)",
                      result.deleted["calls"])
 
     def stop(self) -> None:
