@@ -56,10 +56,12 @@ class Owner:
         self._encrypted = connection.is_attached(self._con)
         self._inode = os.stat(self.path).st_ino
 
-    def close(self) -> None:
+    def close(self, patience: float = 10.0) -> None:
+        """Close once the cursors lent now are done, or after ``patience`` seconds (a stop must end)."""
         with self._gate:
+            self._gate.wait_for(lambda: not self._alone, timeout=patience)
             self._alone = True
-            self._gate.wait_for(lambda: self._sharing == 0, timeout=30)
+            self._gate.wait_for(lambda: self._sharing == 0, timeout=patience)
             if self._con is not None:
                 self._con.close()  # checkpoints: the file is whole without its WAL
                 self._con = None
