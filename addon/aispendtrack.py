@@ -38,7 +38,7 @@ from addon.core.plans import limits_for
 from addon.core.store import budgets as budget_rows
 from addon.core.store import calls as call_rows
 from addon.core.store import keys as key_rows
-from addon.core.store import shared
+from addon.core.store import owner, shared
 from addon.estimate import Counter
 from addon.forward import Forward
 from addon.gate import Gate
@@ -70,6 +70,7 @@ class AiSpendTrack:
         self.inject_usage = True
         self._in_flight: dict[str, http.HTTPFlow] = {}  # calls with a meter, until response or error
         self._home_lock: int | None = None
+        self._owner: owner.Owner | None = None
         self.metrics = metrics.current()
         self._metrics_server = None
         self._erasures: gdpr.ErasureWatch | None = None
@@ -138,6 +139,8 @@ class AiSpendTrack:
             log.warning("%s is not read in the shared mode: every replica uses the deployment's copy in the "
                         "shared store. Put it there with `aispendtrack %s import %s` (once), then remove it.",
                         path, path.stem, path)
+        if cfg is None:  # embedded: this process keeps the file open until done() (store/owner.py)
+            self._owner = owner.start(home_dir.db_path(home))
         self.writer = Writer(
             home_dir.db_path(home), home / home_dir.SPILL_DIR, build_row=self._row, on_refresh=self._refresh,
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,
@@ -221,6 +224,9 @@ class AiSpendTrack:
             self._record_in_flight()
             self.writer.stop()
             self.writer = None
+        if self._owner is not None:
+            owner.stop(self._owner)
+            self._owner = None
         if self.state.counters is not None:
             self.state.counters.close()
         self._release_home()

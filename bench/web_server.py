@@ -3,6 +3,11 @@ design), the same Flask app and data, measured in one run, rounds interleaved.
 
     .venv/bin/python -m bench.web_server                      # 100k rows, 3 rounds
     .venv/bin/python -m bench.web_server --rows 1000000 --rounds 5
+    .venv/bin/python -m bench.web_server --proxy this=. --proxy before=/tmp/old-checkout
+
+``--proxy NAME=DIR`` (repeatable) measures instead the API of a running ``aispendtrack proxy
+--web-port``, started from the checkout DIR (its own code, this venv) on a copy of the same data,
+the checkouts' rounds interleaved: the web app as a team meets it, in the process that records calls.
 
 Each round, for each server: CONCURRENCY keep-alive clients fetch the report page's login page and
 stylesheet (the server's own cost) and then the API's total (the app's cost), with requests/s, p50
@@ -16,8 +21,12 @@ import argparse
 import datetime as dt
 import json
 import logging
+import shutil
+import signal
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,11 +52,16 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=400, help="per client set and round")
+    parser.add_argument("--proxy", action="append", default=[], metavar="NAME=DIR",
+                        help="measure a running proxy's --web-port, from this checkout (repeatable)")
     args = parser.parse_args()
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth is 1", per request
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
         token = _setup(home, args.rows)
+        if args.proxy:
+            _print_proxies(_proxies(home, token, dict(p.split("=", 1) for p in args.proxy), args), args)
+            return
         app = create_app(home)
         results: dict[str, list[dict]] = {"werkzeug": [], "waitress": []}
         for _ in range(args.rounds):
@@ -86,6 +100,58 @@ def _start(name: str, app):
     server = WebServer("127.0.0.1", 0, app) if name == "waitress" else make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.server_port
+
+
+def _proxies(home: Path, token: str, trees: dict[str, str], args) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {name: [] for name in trees}
+    for _ in range(args.rounds):
+        for name, tree in trees.items():  # interleaved: the machine's drift hits both alike
+            copy = home.parent / f"home-{name}"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(home, copy)
+            process, port = _start_proxy(copy, Path(tree).resolve())
+            try:
+                url = f"http://127.0.0.1:{port}"
+                results[name].append({"static": _load(url, token, STATIC, args.requests),
+                                      "api": _load(url, token, API, args.requests)})
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)
+    return results
+
+
+def _start_proxy(home: Path, tree: Path) -> tuple[subprocess.Popen, int]:
+    port, web_port = _free_port(), _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
+                                "--web-port", str(web_port), "--prices-url", "off"], cwd=tree,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/aispendtrack/health", timeout=1).status_code == 200:
+                return process, web_port
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"the proxy from {tree} did not start")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _print_proxies(results: dict[str, list[dict]], args) -> None:
+    print(f"aispendtrack proxy --web-port: {args.rows:,} rows, {CONCURRENCY} clients, {args.requests} requests "
+          f"a set, {args.rounds} rounds, medians")
+    print(f"{'checkout':<9} {'page req/s':>10} {'p50 ms':>7} {'p99 ms':>7}  {'API req/s':>9} {'p50 ms':>7} "
+          f"{'p99 ms':>7}")
+    for name, rounds in results.items():
+        cells = [" ".join(f"{statistics.median(r[case][key] for r in rounds):>{w}.{d}f}"
+                          for key, w, d in (("rps", 10 if case == "static" else 9, 0), ("p50", 7, 1), ("p99", 7, 1)))
+                 for case in ("static", "api")]
+        print(f"{name:<9} {cells[0]}  {cells[1]}")
 
 
 def _idle(port: int) -> socket.socket:

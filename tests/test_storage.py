@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 from addon.core.store import calls as call_rows
-from addon.core.store import migrations, reading, writing
+from addon.core.store import migrations, reading, remote, writing
 from addon.writer import Writer
 
 from .helpers import call_row, hold_read_only, run_cli, start_proxy
@@ -142,16 +142,24 @@ def test_when_neither_database_nor_spill_can_be_written_rows_wait_in_memory_up_t
 def test_spilled_rows_survive_a_restart(tmp_path, upstream, customer):
     home = tmp_path / "home"
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log")
-    holder = hold_read_only(home / "aispendtrack.duckdb", 60)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # what an erase does: the file to itself, every other use of it waits
+        with remote.session(home, timeout=10, alone=True):
+            held.set()
+            release.wait(8)  # past the writer's last wait at shutdown (5 s)
+    holder = threading.Thread(target=hold)
     try:
         client = proxy.openai(headers={"x-customer-id": customer})
         for _ in range(3):
             client.chat.completions.create(**CHAT)
-        proxy.stop()  # the database is still locked: shutdown must spill, not drop
+        holder.start()
+        assert held.wait(10)
+        proxy.stop()  # the database is still held: shutdown must spill, not drop
         assert list((home / "spill").glob("*.jsonl"))
     finally:
-        holder.kill()
-        holder.wait()
+        release.set()
+        holder.join(10)
     restarted = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=proxy.key)
     try:
         assert len(restarted.rows(customer, expect=3)) == 3

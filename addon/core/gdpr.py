@@ -54,7 +54,7 @@ def export(db: Path, spill_dir: Path, subject: Subject, out: IO[str]) -> dict[st
 
 def erase(db: Path, spill_dir: Path, subject: Subject) -> dict[str, int]:
     """Delete the subject everywhere and reclaim the space; returns what was removed."""
-    with writing(db, timeout=60) as con:
+    with writing(db, timeout=60, alone=True) as con:
         counts = subjects.delete(con, subject)
         # Under the write lock the proxy cannot replay spill files, so none is half-read by it now.
         counts["pending_calls"], counts["unreadable_spill_files"] = _scrub_spills(spill_dir, subject)

@@ -1,8 +1,9 @@
 """Opening the DuckDB file, given that only one process may have it open for writing.
 
 DuckDB takes an exclusive file lock for a read-write connection and a shared one for
-read-only connections, so the proxy's writer holds the file only while it flushes a batch,
-and every other open (CLI, web) waits for its turn with a short retry instead of failing.
+read-only connections. While a proxy runs, it owns the file (owner.py): in its process
+``writing``/``reading`` hand out cursors on its one open connection. With no owner in the process,
+every open (CLI, web) waits for its turn with a short retry instead of failing.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import cast
 
 import duckdb
 
-from . import encryption, lake, migrated, migrations, shared
-from .errors import StoreError
+from . import encryption, lake, migrated, migrations, owner, remote, shared
+from .errors import StoreBusy, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ _in_use: list = []  # the connection open now (under the lock, so at most one), 
 # Who holds that connection, and since when: named in the message of whoever has to wait for it.
 _holders: list[tuple[str, float]] = []
 _doing = threading.local()
-
-
-class StoreBusy(StoreError):
-    """The file stayed locked by another process for longer than we were willing to wait."""
 
 
 class NewerFileFormat(StoreError):
@@ -210,9 +207,34 @@ def is_shared(con: duckdb.DuckDBPyConnection) -> bool:
     return isinstance(con, shared.SharedConnection)
 
 
+def open_owned(path: Path, timeout: float = 10.0) -> duckdb.DuckDBPyConnection:
+    """The owner's connection (owner.py): read-write, migrated, refused if migrate-to copied the file
+    away; kept open by the caller. Taken under the process lock, so no other open is in between."""
+    con = _connect(path, read_only=False, timeout=timeout)
+    _in_use.remove(con)
+    try:
+        migrations.apply_pending(con)
+        mark = migrated.found(con)
+        if mark is not None:
+            raise migrated.MigratedAway(mark.refusal(path))
+    except BaseException:
+        con.close()
+        raise
+    finally:
+        _release_process_lock()
+    return con
+
+
+def is_attached(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the file is attached as ``store`` (encrypted), rather than the connection's own database."""
+    # fetchall: a result left open keeps its transaction open, and the owner's connection then
+    # holds back every CHECKPOINT (an erase's) of its cursors.
+    return con.execute("SELECT current_database()").fetchall() == [("store",)]
+
+
 @contextlib.contextmanager
 def writing(path: Path, timeout: float = 10.0, migrate: bool = True,
-            migrated_away: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+            migrated_away: bool = False, alone: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-write connection with the schema up to date; closed (lock released) on exit.
 
     ``migrate=False`` skips the schema check, for a caller that already migrated this file.
@@ -220,12 +242,24 @@ def writing(path: Path, timeout: float = 10.0, migrate: bool = True,
     ``migrated_away``: migrate-to's own mark, and the schema of a copy that is only read. The
     check goes with the schema's: the proxy's writer makes it once, at start (migrate-to refuses
     to run while a proxy holds the data directory), not on every flush.
-    In the shared mode (shared.py) ``path`` is unused: the connection is the shared storage's."""
+    In the shared mode (shared.py) ``path`` is unused: the connection is the shared storage's.
+    Where this process owns the file (owner.py), a cursor on the owner's connection, which the owner
+    migrated and checked when it opened it; ``alone``: with no other cursor open meanwhile (an erase
+    that renames a fresh copy over the file)."""
     cfg = shared.configured()
     if cfg is not None:
         with _shared(cfg, timeout) as shared_con:
             yield shared_con
         return
+    found = owner.serving(path)
+    if found is not None:
+        with found.cursor(timeout, alone=alone) as cur:
+            yield cur
+        return
+    with remote.session(path.parent, timeout, alone=alone) as through_owner:
+        if through_owner is not None:  # a proxy owns the file: its migrations and checks are made
+            yield cast(duckdb.DuckDBPyConnection, through_owner)
+            return
     con = _connect(path, read_only=False, timeout=timeout)
     try:
         if migrate:
@@ -247,9 +281,18 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
     cfg = shared.configured()
     if cfg is not None:
         with (_shared(cfg, timeout) as shared_con, lake.reading_files(control(shared_con)),
-              _time_limited(shared_con, time_limit)):
+              time_limited(shared_con, time_limit)):
             yield shared_con
         return
+    found = owner.serving(path)
+    if found is not None:
+        with found.cursor(timeout) as cur, time_limited(cur, time_limit):
+            yield cur
+        return
+    with remote.session(path.parent, timeout, time_limit=time_limit) as through_owner:
+        if through_owner is not None:  # the time limit runs in the owner, beside the query
+            yield cast(duckdb.DuckDBPyConnection, through_owner)
+            return
     if not path.exists():
         with writing(path, timeout):
             pass
@@ -261,7 +304,7 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
                 pass
             con = _connect(path, read_only=True, timeout=timeout)
         _say_if_frozen(con, path)
-        with _time_limited(con, time_limit):
+        with time_limited(con, time_limit):
             yield con
     finally:
         _close(con)
@@ -270,8 +313,11 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
 def refuse_if_migrated(path: Path, timeout: float = 10.0) -> None:
     """For a server whose users expect current data (``aispendtrack web``): a file migrate-to copied
     away refuses it as it refuses writes. Nothing to check in the shared mode, or with no file yet."""
-    if shared.configured() is not None or not path.exists():
+    if shared.configured() is not None or owner.serving(path) is not None or not path.exists():
         return
+    with remote.session(path.parent, timeout) as through_owner:
+        if through_owner is not None:  # a proxy owns the file: it refused a migrated one when it opened it
+            return
     con = _connect(path, read_only=True, timeout=timeout)
     try:
         mark = migrated.found(con)
@@ -296,7 +342,7 @@ def _say_if_frozen(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _time_limited(con: duckdb.DuckDBPyConnection, time_limit: float | None) -> Iterator[None]:
+def time_limited(con: duckdb.DuckDBPyConnection, time_limit: float | None) -> Iterator[None]:
     timer = None
     if time_limit is not None:
         timer = threading.Timer(time_limit, con.interrupt)
@@ -310,6 +356,17 @@ def _time_limited(con: duckdb.DuckDBPyConnection, time_limit: float | None) -> I
     finally:
         if timer is not None:
             timer.cancel()
+
+
+@contextlib.contextmanager
+def output_path(con: duckdb.DuckDBPyConnection, path: str) -> Iterator[str]:
+    """Where ``con`` can write the file ``path`` (a COPY's target): ``path`` itself, or through the
+    owner's socket the descriptor of the file opened here (remote.py)."""
+    if isinstance(con, remote.RemoteConnection):
+        with con.output_path(path) as target:
+            yield target
+    else:
+        yield path
 
 
 def one(cursor: duckdb.DuckDBPyConnection) -> tuple:

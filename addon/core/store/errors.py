@@ -3,3 +3,7 @@
 
 class StoreError(RuntimeError):
     """Storage cannot be used as configured right now; ``str()`` is the whole explanation."""
+
+
+class StoreBusy(StoreError):
+    """The file stayed locked by another process (or its owner's other work) longer than we were willing to wait."""

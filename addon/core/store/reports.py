@@ -15,7 +15,7 @@ from ..reports import ReportSpec, Selection
 from . import batch, rollups
 from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES
-from .connection import one
+from .connection import one, output_path
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
@@ -266,7 +266,8 @@ def copy_out(con: duckdb.DuckDBPyConnection, selection: Selection, path: str, fm
     # Keeping insertion order makes DuckDB buffer what parallel threads read ahead: memory then
     # grows with the row count (measured: 1.8 GB for 10M rows). Without it COPY streams.
     con.execute(f"SET preserve_insertion_order = {'true' if newest is not None else 'false'}")
-    con.execute(f"COPY ({sql}) TO '{_quote(path)}' ({options})", params)
+    with output_path(con, path) as target:
+        con.execute(f"COPY ({sql}) TO '{_quote(target)}' ({options})", params)
 
 
 def count(con: duckdb.DuckDBPyConnection, selection: Selection) -> int:
