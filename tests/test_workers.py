@@ -1,0 +1,233 @@
+"""`aispendtrack proxy --workers N`: N mitmproxy processes on one port under one parent (cli/workers.py).
+
+The shared mode (a throwaway PostgreSQL, tests/pg.py) takes N workers; the embedded mode refuses more
+than one. Clients are the official OpenAI SDK; the upstream is tests/upstream.py's OpenAI on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from .helpers import free_port, run_cli, start_proxy
+
+REPO = Path(__file__).resolve().parent.parent
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (the workers of a proxy)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def start_workers(home: Path, upstream_url: str, log_path: Path, workers: int, *args: str, **kwargs):
+    """A proxy of ``workers`` workers, once every one of them serves (the parent says so in its log).
+    Starting several mitmproxy processes on a loaded 2-core machine takes a while: up to 90 s here."""
+    proxy = start_proxy(home, upstream_url, log_path, extra_args=("--workers", str(workers), *args), timeout=90,
+                        **kwargs)
+    wait_for(lambda: f"all {workers} workers serve" in log_path.read_text(), 90, "not every worker started")
+    return proxy
+
+
+def stop(proxy) -> int:
+    """SIGTERM, as a service manager sends it; the parent's exit code."""
+    proxy.process.send_signal(signal.SIGTERM)
+    return proxy.process.wait(60)
+
+
+def rows_tagged(home: Path, prefix: str) -> list[dict]:
+    rows = json.loads(run_cli(home, "calls", "--limit", "100000", "--format", "json"))
+    return [r for r in rows if (r["customer_id"] or "").startswith(prefix)]
+
+
+def metric(text: str, name: str) -> list[tuple[str, float]]:
+    """The samples of ``name`` in an exposition: (labels, value)."""
+    return [(m.group(1) or "", float(m.group(2)))
+            for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)]
+
+
+async def _calls(proxy, n: int, concurrency: int, prefix: str, key: str | None = None) -> list[object]:
+    """``n`` calls at once (``concurrency`` in flight): each a completion's usage, or "429"."""
+    client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test-key", max_retries=0, timeout=60,
+                                default_headers={"x-aispendtrack-key": key or proxy.key})
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> object:
+        async with gate:
+            try:
+                done = await client.chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"{prefix}{i}"})
+                return done.usage
+            except openai.RateLimitError as exc:
+                assert exc.response.headers["retry-after"].isdigit()
+                return "429"
+    try:
+        return await asyncio.gather(*(one(i) for i in range(n)))
+    finally:
+        await client.close()
+
+
+def test_two_workers_in_the_embedded_mode_are_refused_naming_the_shared_mode(tmp_path, monkeypatch):
+    monkeypatch.delenv("AISPENDTRACK_CATALOG", raising=False)
+    done = subprocess.run([sys.executable, "-m", "cli", "--home", str(tmp_path / "home"), "proxy", "--workers", "2",
+                           "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--workers 2 needs the shared mode" in done.stderr and "AISPENDTRACK_CATALOG" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_one_worker_in_the_embedded_mode_is_one_process_as_before(tmp_path, upstream):
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", extra_args=("--workers", "1"))
+    try:
+        proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "one-0"})
+        assert len(proxy.rows("one-0")) == 1
+        assert children(proxy.process.pid) == set()
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_n_workers_store_one_row_per_call_keep_a_limit_exact_and_sum_their_metrics(shared_env, tmp_path, upstream,
+                                                                                   workers):
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "free", "--json"))
+    limited = json.loads(run_cli(home, "keys", "create", "--name", "limited", "--json"))
+    run_cli(home, "keys", "set-limit", str(limited["id"]), "--per-hour", "30")
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", workers, key=created["key"], metrics=True)
+    try:
+        assert len(children(proxy.process.pid)) == workers
+        calls = 40 * workers
+        usages = asyncio.run(_calls(proxy, calls, 32, "w-"))
+        outcomes = asyncio.run(_calls(proxy, 120, 32, "lim-", key=limited["key"]))
+        assert (sum(o != "429" for o in outcomes), outcomes.count("429")) == (30, 90)
+        rows = wait_for(lambda: len(r := rows_tagged(home, "w-")) >= calls and r, 20, "rows not stored")
+        assert sorted(r["customer_id"] for r in rows) == sorted(f"w-{i}" for i in range(calls))
+        assert sum(r["input_tokens"] + r["output_tokens"] for r in rows) == sum(
+            u.prompt_tokens + u.completion_tokens for u in usages)
+        assert len(wait_for(lambda: len(r := rows_tagged(home, "lim-")) >= 30 and r, 20, "limited rows")) == 30
+        text = httpx.get(proxy.metrics_url, timeout=10).text
+        served = [v for labels, v in metric(text, "aispendtrack_calls_total") if 'status="200"' in labels]
+        assert sum(served) == calls + 30
+        assert metric(text, "aispendtrack_workers") == [("", float(workers))]
+        # A gauge is each worker's own, not a sum: every worker's connection cap, each labelled.
+        caps = metric(text, "aispendtrack_client_connections_max")
+        assert sorted(labels for labels, _ in caps) == sorted(f'{{worker="{i}"}}' for i in range(workers))
+        assert len({v for _, v in caps}) == 1
+    finally:
+        stop(proxy)
+
+
+def test_a_worker_killed_with_kill_9_is_replaced_while_the_others_serve(shared_env, tmp_path, upstream):
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2)
+    failures: list[str] = []
+    served = 0
+    stop_calls = threading.Event()
+
+    def caller(n: int) -> None:
+        nonlocal served
+        client = proxy.openai()
+        while not stop_calls.is_set():
+            try:
+                client.chat.completions.create(**CHAT)
+                served += 1
+            except openai.APIConnectionError as exc:  # a connection the killed worker held
+                failures.append(repr(exc))
+    try:
+        before = children(proxy.process.pid)
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: served >= 20, 30, "no calls served")
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        replaced = wait_for(lambda: (now := children(proxy.process.pid)) - before and len(now) == 2 and now, 30,
+                            "no new worker")
+        at_kill = served
+        wait_for(lambda: served >= at_kill + 20, 30, "calls stopped after the kill")
+        stop_calls.set()
+        for t in threads:
+            t.join(30)
+        assert len(failures) <= 4, failures  # at most the calls in flight on the killed worker's connections
+        assert victim not in replaced and (replaced - before)
+        # After the replacement every call succeeds and is stored, whichever worker takes it.
+        usages = asyncio.run(_calls(proxy, 40, 8, "after-"))
+        assert len(usages) == 40
+        assert len(wait_for(lambda: len(r := rows_tagged(home, "after-")) >= 40 and r, 20, "rows")) == 40
+        assert f"(pid {victim}) was killed by SIGKILL; starting another" in proxy.log_path.read_text()
+    finally:
+        stop_calls.set()
+        stop(proxy)
+
+
+def test_sigterm_stores_every_completed_call_and_leaves_no_worker(shared_env, tmp_path, upstream):
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--flush-ms", "5000")
+    workers = children(proxy.process.pid)
+    assert len(workers) == 2
+    usages = asyncio.run(_calls(proxy, 60, 16, "term-"))  # unwritten yet: the writers flush every 5 s
+    assert stop(proxy) == 0
+    assert not [pid for pid in workers if alive(pid)]
+    rows = rows_tagged(home, "term-")
+    assert len(usages) == 60 and sorted(r["customer_id"] for r in rows) == sorted(f"term-{i}" for i in range(60))
+
+
+def test_a_killed_parent_takes_its_workers_with_it(shared_env, tmp_path, upstream):
+    proxy = start_workers(tmp_path / "home", upstream.url, tmp_path / "proxy.log", 2)
+    workers = children(proxy.process.pid)
+    assert len(workers) == 2
+    proxy.process.kill()
+    proxy.process.wait(10)
+    wait_for(lambda: not [pid for pid in workers if alive(pid)], 20, "a worker outlived its parent")
+
+
+def test_workers_that_fail_at_start_stop_the_proxy_with_their_error_once(shared_env, tmp_path, upstream):
+    home = tmp_path / "home"
+    run_cli(home, "keys", "create", "--name", "k")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--workers", "2",
+                           "--port", str(free_port()), "--openai-upstream", upstream.url, "--prices-url", "off",
+                           "--quota-tz", "Nowhere/Atlantis"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "Nowhere/Atlantis" in output, output
+    assert output.count("exited at start") == 1 and "starting another" not in output
+    assert time.monotonic() - started < 60
