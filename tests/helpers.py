@@ -183,7 +183,9 @@ def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None =
          "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms),
          *[arg for name in PREFIXED for arg in ("--upstream", f"{name}={upstream_url}")],
          # Tests price with the installed package's data unless they serve their own (test_price_refresh.py).
-         *(() if "--prices-url" in extra_args else ("--prices-url", "off")), *extra_args],
+         *(() if "--prices-url" in extra_args else ("--prices-url", "off")),
+         # One process per proxy, as these tests were written for; tests/test_workers.py runs several.
+         *(() if "--workers" in extra_args else ("--workers", "1")), *extra_args],
         stdout=log, stderr=subprocess.STDOUT)
     proxy = Proxy(home, f"http://127.0.0.1:{port}", key, key_id, log_path, process,
                   f"http://127.0.0.1:{metrics_port}/metrics" if metrics else "")

@@ -210,13 +210,24 @@ def test_sigterm_stores_every_completed_call_and_leaves_no_worker(shared_env, tm
     assert len(usages) == 60 and sorted(r["customer_id"] for r in rows) == sorted(f"term-{i}" for i in range(60))
 
 
-def test_a_killed_parent_takes_its_workers_with_it(shared_env, tmp_path, upstream):
-    proxy = start_workers(tmp_path / "home", upstream.url, tmp_path / "proxy.log", 2)
-    workers = children(proxy.process.pid)
-    assert len(workers) == 2
-    proxy.process.kill()
-    proxy.process.wait(10)
-    wait_for(lambda: not [pid for pid in workers if alive(pid)], 20, "a worker outlived its parent")
+def test_by_default_one_worker_per_core_and_a_killed_parent_takes_them_with_it(shared_env, tmp_path, upstream):
+    cores = min(len(os.sched_getaffinity(0)), 8)  # the shared mode's default: the cores, at most 8
+    if cores < 2:
+        pytest.skip("one core: the default is one process")
+    home, log_path = tmp_path / "home", tmp_path / "proxy.log"
+    run_cli(home, "keys", "create", "--name", "k")
+    with open(log_path, "ab") as log:
+        parent = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--prices-url", "off",
+                                   "--port", str(free_port()), "--openai-upstream", upstream.url],
+                                  cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: f"all {cores} workers serve" in log_path.read_text(), 90, "not every worker started")
+        workers = children(parent.pid)
+        assert len(workers) == cores
+    finally:
+        parent.kill()
+        parent.wait(10)
+    wait_for(lambda: not [pid for pid in workers if alive(pid)], 30, "a worker outlived its parent")
 
 
 def test_workers_that_fail_at_start_stop_the_proxy_with_their_error_once(shared_env, tmp_path, upstream):
@@ -231,3 +242,23 @@ def test_workers_that_fail_at_start_stop_the_proxy_with_their_error_once(shared_
     assert done.returncode != 0 and "Nowhere/Atlantis" in output, output
     assert output.count("exited at start") == 1 and "starting another" not in output
     assert time.monotonic() - started < 60
+
+
+def test_the_forward_mode_works_with_workers(shared_env, tmp_path, upstream, monkeypatch):
+    home, forward_port = tmp_path / "home", free_port()
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--forward-port", str(forward_port))
+    try:
+        for line in run_cli(home, "ca", "--forward-port", str(forward_port)).splitlines():
+            if line.startswith("export ") and "=" in line:  # the client environment it prints
+                name, _, value = line[len("export "):].partition("=")
+                monkeypatch.setenv(name, value.split("  #")[0].strip())
+        monkeypatch.setenv("HTTPS_PROXY", f"http://aispendtrack:{proxy.key}@127.0.0.1:{forward_port}")
+        for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        for i in range(12):  # a client each: new connections, which the kernel spreads over the workers
+            with openai.OpenAI(api_key="sk-test-forward", max_retries=0) as client:
+                client.chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"fwd-{i}"})
+        rows = wait_for(lambda: len(r := rows_tagged(home, "fwd-")) >= 12 and r, 20, "forward rows")
+        assert sorted(r["customer_id"] for r in rows) == sorted(f"fwd-{i}" for i in range(12))
+    finally:
+        stop(proxy)
