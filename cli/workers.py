@@ -131,7 +131,8 @@ class Supervisor:
             if time.monotonic() >= self.restart_at.get(slot, 0):
                 self.workers[slot] = self._spawn(slot)
             return None
-        worker.poll_ready()
+        if not worker.ready and worker.poll_ready() and self.deaths.get(slot):
+            log.info("worker %d (pid %d) serves in place of the one that died", slot, worker.process.pid)
         code = worker.process.poll()
         if code is None:
             if worker.ready and time.monotonic() - worker.started > STABLE_S:

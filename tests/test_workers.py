@@ -85,6 +85,20 @@ def metric(text: str, name: str) -> list[tuple[str, float]]:
             for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE)]
 
 
+def calls_counted(proxy) -> float:
+    """aispendtrack_calls_total of the 200s, from the parent's merged /metrics."""
+    text = httpx.get(proxy.metrics_url, timeout=10).text
+    return sum(v for labels, v in metric(text, "aispendtrack_calls_total") if 'status="200"' in labels)
+
+
+def busiest_worker(proxy) -> int:
+    """The pid of the worker holding the most client connections now (a gauge per worker)."""
+    text = httpx.get(proxy.metrics_url, timeout=10).text
+    served = {labels: v for labels, v in metric(text, "aispendtrack_client_connections") if "served" in labels}
+    slot = re.search(r'worker="(\d+)"', max(served, key=lambda labels: served[labels])).group(1)
+    return int(re.findall(rf"worker {slot} started \(pid (\d+)\)", proxy.log_path.read_text())[-1])
+
+
 async def _calls(proxy, n: int, concurrency: int, prefix: str, key: str | None = None) -> list[object]:
     """``n`` calls at once (``concurrency`` in flight): each a completion's usage, or "429"."""
     client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test-key", max_retries=0, timeout=60,
@@ -144,8 +158,7 @@ def test_n_workers_store_one_row_per_call_keep_a_limit_exact_and_sum_their_metri
             u.prompt_tokens + u.completion_tokens for u in usages)
         assert len(wait_for(lambda: len(r := rows_tagged(home, "lim-")) >= 30 and r, 20, "limited rows")) == 30
         text = httpx.get(proxy.metrics_url, timeout=10).text
-        served = [v for labels, v in metric(text, "aispendtrack_calls_total") if 'status="200"' in labels]
-        assert sum(served) == calls + 30
+        assert calls_counted(proxy) == calls + 30
         assert metric(text, "aispendtrack_workers") == [("", float(workers))]
         # A gauge is each worker's own, not a sum: every worker's connection cap, each labelled.
         caps = metric(text, "aispendtrack_client_connections_max")
@@ -157,44 +170,65 @@ def test_n_workers_store_one_row_per_call_keep_a_limit_exact_and_sum_their_metri
 
 def test_a_worker_killed_with_kill_9_is_replaced_while_the_others_serve(shared_env, tmp_path, upstream):
     home = tmp_path / "home"
-    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2)
-    failures: list[str] = []
-    served = 0
-    stop_calls = threading.Event()
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, metrics=True)
+    failures: list[float] = []
+    served, busy, lock = 0, 0, threading.Lock()
+    go, done = threading.Event(), threading.Event()
 
-    def caller(n: int) -> None:
-        nonlocal served
-        client = proxy.openai()
-        while not stop_calls.is_set():
+    def caller() -> None:
+        nonlocal served, busy
+        client = proxy.openai()  # keeps its connections: those to the killed worker fail once
+        while go.wait() and not done.is_set():
+            with lock:
+                busy += 1
             try:
                 client.chat.completions.create(**CHAT)
-                served += 1
-            except openai.APIConnectionError as exc:  # a connection the killed worker held
-                failures.append(repr(exc))
+                with lock:
+                    served += 1
+            except openai.APIConnectionError:  # a call on the killed worker
+                failures.append(time.monotonic())
+            finally:
+                with lock:
+                    busy -= 1
+    threads = [threading.Thread(target=caller) for _ in range(4)]
     try:
         before = children(proxy.process.pid)
-        threads = [threading.Thread(target=caller, args=(n,)) for n in range(4)]
         for t in threads:
             t.start()
+        go.set()
         wait_for(lambda: served >= 20, 30, "no calls served")
-        victim = min(before)
+        go.clear()
+        wait_for(lambda: busy == 0, 30, "calls still running")
+        wait_for(lambda: calls_counted(proxy) == served, 20, "calls not counted")  # and read by the parent
+        victim = busiest_worker(proxy)
+        assert victim in before
         os.kill(victim, signal.SIGKILL)
+        at_kill = served
+        go.set()  # calls go on while the worker is replaced
         replaced = wait_for(lambda: (now := children(proxy.process.pid)) - before and len(now) == 2 and now, 30,
                             "no new worker")
-        at_kill = served
+        replaced_at = time.monotonic()  # 0.5 s at least after the death (the restart's backoff)
         wait_for(lambda: served >= at_kill + 20, 30, "calls stopped after the kill")
-        stop_calls.set()
+        done.set()
         for t in threads:
             t.join(30)
-        assert len(failures) <= 4, failures  # at most the calls in flight on the killed worker's connections
+        # Only calls on the killed worker failed: the connections it held and the ones it took as it died.
+        assert [t for t in failures if t > replaced_at] == [] and served > at_kill
         assert victim not in replaced and (replaced - before)
+        assert f"(pid {victim}) was killed by SIGKILL; starting another" in proxy.log_path.read_text()
+        new_pid = (replaced - before).pop()
+        wait_for(lambda: f"(pid {new_pid}) serves in place of the one that died" in proxy.log_path.read_text(), 90,
+                 "the new worker does not serve")
         # After the replacement every call succeeds and is stored, whichever worker takes it.
         usages = asyncio.run(_calls(proxy, 40, 8, "after-"))
         assert len(usages) == 40
         assert len(wait_for(lambda: len(r := rows_tagged(home, "after-")) >= 40 and r, 20, "rows")) == 40
-        assert f"(pid {victim}) was killed by SIGKILL; starting another" in proxy.log_path.read_text()
+        # The host's call count keeps the killed worker's: it never goes down. The new worker is read too.
+        assert len(metric(httpx.get(proxy.metrics_url, timeout=10).text, "aispendtrack_client_connections_max")) == 2
+        wait_for(lambda: calls_counted(proxy) == served + 40, 20, "the killed worker's counts lost")
     finally:
-        stop_calls.set()
+        done.set()
+        go.set()
         stop(proxy)
 
 
