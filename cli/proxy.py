@@ -133,12 +133,19 @@ def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    lock = home_dir.claim(home, listening)  # checked free above; held until this process ends
+    try:
+        lock = home_dir.claim(home, listening)  # held until this process ends
+    except home_dir.HomeInUse as exc:  # another proxy took it since the check above
+        raise click.ClickException(str(exc)) from None
     supervisor = Supervisor(count, home, mitm_options, addon_options)
     server = None
     if addon_options["aispendtrack_metrics_port"]:
-        server = metrics_port.serve(addon_options["aispendtrack_metrics_host"],
-                                    addon_options["aispendtrack_metrics_port"])
+        try:
+            server = metrics_port.serve(addon_options["aispendtrack_metrics_host"],
+                                        addon_options["aispendtrack_metrics_port"])
+        except OSError as exc:  # as a lone proxy: metrics are worth a log line, not the calls
+            log.error("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
+                      addon_options["aispendtrack_metrics_port"], exc.strerror or exc)
     try:
         return supervisor.run()
     finally:
