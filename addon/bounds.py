@@ -21,6 +21,7 @@ A burst of connections is queued, not reset: mitmproxy listens with asyncio's de
 cookies reset. Its listening sockets get the kernel's maximum (``net.core.somaxconn``) instead.
 
 Each refusal is logged once per burst, then counted in a summary line (addon/core/burstlog.py).
+With ``--workers`` the same wrapper also listens with SO_REUSEPORT (share_ports).
 The header limit and the backlog each wrap one mitmproxy method (pinned to <13 in pyproject.toml);
 tests/test_bounds.py fails if either stops working.
 """
@@ -72,9 +73,21 @@ def _bounded_read_headers(self, event: events.ConnectionEvent):
 
 
 _listen = mode_servers.AsyncioServerInstance.listen
+_share_port = False  # `aispendtrack proxy --workers N`: N processes accept on each listening port
+
+
+def share_ports() -> None:
+    """Listen with SO_REUSEPORT, so that the kernel spreads the connections of one port over this
+    process and its sibling workers (cli/workers.py). Only sockets of the same user can join."""
+    global _share_port
+    _share_port = True
 
 
 async def _listen_with_full_backlog(self, host: str, port: int):
+    if _share_port and port and self.mode.transport_protocol == "tcp":
+        # What mitmproxy's listen does for TCP, with the option it has no way to pass.
+        return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True,
+                                           backlog=socket.SOMAXCONN)]
     servers = await _listen(self, host, port)
     for server in servers:
         for sock in getattr(server, "sockets", ()):  # TCP servers' (a UDP server has none)

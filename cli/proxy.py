@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -56,12 +57,25 @@ _CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="The private key of --tls-cert (PEM).")
 @click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False),
               help="Verify providers against this CA bundle (PEM) instead of the public CAs.")
+@click.option("--workers", type=click.IntRange(1, 64),
+              help="Proxy processes accepting on the same ports, under one parent that restarts a dead one. "
+                   "Default: the host's cores, at most 8, in the shared mode (--catalog); 1 in the embedded mode, "
+                   "which takes no more.")
 @trusted_proxy_option
 @_setting_flags
 @click.pass_obj
 def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | None, tls_cert: str | None,
-          tls_key: str | None, upstream_ca: str | None, trusted_proxies: tuple[str, ...], **values) -> None:
+          tls_key: str | None, upstream_ca: str | None, workers: int | None, trusted_proxies: tuple[str, ...],
+          **values) -> None:
     """Run the metering proxy. Point your SDK's base_url at it."""
+    from addon.core.store import shared
+
+    from . import workers as worker_pool
+    in_shared_mode = shared.configured() is not None
+    workers = workers or worker_pool.default_count(in_shared_mode)
+    refused = worker_pool.refusal(workers, in_shared_mode)
+    if refused:
+        raise click.UsageError(refused)
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
     if tls_cert and forward_port:
@@ -103,8 +117,47 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
         mitm_options["certs"] = [f"*={tls_pem(obj.home, tls_cert, tls_key)}"]
     if upstream_ca:
         mitm_options["ssl_verify_upstream_trusted_ca"] = upstream_ca
+    if workers == 1:
+        serve(mitm_options, addon_options)
+        return
+    click.echo(f"  Workers:   {workers} processes on each port")
+    sys.exit(_run_workers(obj.home, workers, mitm_options, addon_options, f"{host}:{port}"))
+
+
+def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict, listening: str) -> int:
+    """The parent of ``count`` workers (cli/workers.py): the data directory's lock and the metrics port."""
+    from addon import metrics_port
+
+    from .workers import Supervisor, log
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
     try:
-        asyncio.run(_serve(mitm_options, addon_options))
+        lock = home_dir.claim(home, listening)  # held until this process ends
+    except home_dir.HomeInUse as exc:  # another proxy took it since the check above
+        raise click.ClickException(str(exc)) from None
+    supervisor = Supervisor(count, home, mitm_options, addon_options)
+    server = None
+    if addon_options["aispendtrack_metrics_port"]:
+        try:
+            server = metrics_port.serve(addon_options["aispendtrack_metrics_host"],
+                                        addon_options["aispendtrack_metrics_port"])
+        except OSError as exc:  # as a lone proxy: metrics are worth a log line, not the calls
+            log.error("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
+                      addon_options["aispendtrack_metrics_port"], exc.strerror or exc)
+    try:
+        return supervisor.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+        os.close(lock)
+
+
+def serve(mitm_options: dict, addon_options: dict, on_running=None) -> None:
+    """One proxy process until SIGTERM or SIGINT: `aispendtrack proxy`, or one of its workers."""
+    try:
+        asyncio.run(_serve(mitm_options, addon_options, on_running))
     except Exception as exc:
         from mitmproxy import exceptions
         if isinstance(exc, exceptions.OptionsError):
@@ -186,7 +239,17 @@ def _master(opts):
     return master
 
 
-async def _serve(mitm_options: dict, addon_options: dict) -> None:
+class _Running:
+    """Calls back once every addon's `running` hook has run: the proxy listens and serves."""
+
+    def __init__(self, callback) -> None:
+        self.callback = callback
+
+    def running(self) -> None:
+        self.callback()
+
+
+async def _serve(mitm_options: dict, addon_options: dict, on_running=None) -> None:
     from mitmproxy.options import Options
 
     from addon.aispendtrack import make_addons
@@ -195,6 +258,8 @@ async def _serve(mitm_options: dict, addon_options: dict) -> None:
     master = _master(opts)
     opts.update(**MITMPROXY_OPTIONS)
     master.addons.add(*make_addons())
+    if on_running is not None:
+        master.addons.add(_Running(on_running))
     opts.update(**addon_options)
     # mitmproxy listens before its addons' `running` hooks, and its TLS addon loads its certificate
     # store only there; a request in between (a health probe, an eager client) made that addon fail,

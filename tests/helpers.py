@@ -165,7 +165,7 @@ def key_with_blocking_budget(home: Path, customer: str, **usd: str) -> dict:
 
 def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
                 flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = (), port: int | None = None,
-                run_under: tuple[str, ...] = (), metrics: bool = False) -> Proxy:
+                run_under: tuple[str, ...] = (), metrics: bool = False, timeout: float = 30) -> Proxy:
     """``run_under``: a command the proxy runs under, e.g. ("prlimit", "--nofile=400:400", "--");
     ``metrics``: serve /metrics on a port of its own (``proxy.metrics_url``)."""
     if key is None:
@@ -183,11 +183,13 @@ def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None =
          "--openai-upstream", upstream_url, "--anthropic-upstream", upstream_url, "--flush-ms", str(flush_ms),
          *[arg for name in PREFIXED for arg in ("--upstream", f"{name}={upstream_url}")],
          # Tests price with the installed package's data unless they serve their own (test_price_refresh.py).
-         *(() if "--prices-url" in extra_args else ("--prices-url", "off")), *extra_args],
+         *(() if "--prices-url" in extra_args else ("--prices-url", "off")),
+         # One process per proxy, as these tests were written for; tests/test_workers.py runs several.
+         *(() if "--workers" in extra_args else ("--workers", "1")), *extra_args],
         stdout=log, stderr=subprocess.STDOUT)
     proxy = Proxy(home, f"http://127.0.0.1:{port}", key, key_id, log_path, process,
                   f"http://127.0.0.1:{metrics_port}/metrics" if metrics else "")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"proxy exited: {log_path.read_text()}")

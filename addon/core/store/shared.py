@@ -162,7 +162,8 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
         url = cfg.catalog.replace("'", "''")
         options = f"DATA_PATH '{data_path.replace(chr(39), chr(39) * 2)}', DATA_INLINING_ROW_LIMIT {INLINE_ROWS}"
         try:
-            con.execute(f"ATTACH 'ducklake:postgres:{url}' AS lake ({options})")
+            with shared_schema.creating_lake(control):
+                con.execute(f"ATTACH 'ducklake:postgres:{url}' AS lake ({options})")
             con.execute(f"ATTACH '{url}' AS ctl (TYPE postgres, SCHEMA '{CONTROL_SCHEMA}')")
         except duckdb.Error as exc:
             raise SharedUnavailable(f"cannot open the lake at {cfg.where} with data in {data_path}: "

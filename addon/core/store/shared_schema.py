@@ -274,6 +274,18 @@ def ensure_lake(con, control) -> None:
 
 
 @contextlib.contextmanager
+def creating_lake(control) -> Iterator[None]:
+    """Around the first ATTACH of a lake: DuckLake creates its catalog tables then, and two processes
+    doing so at once (workers or replicas starting together) collide in PostgreSQL ("duplicate key
+    value violates unique constraint pg_type_typname_nsp_index"): one at a time until it exists."""
+    if "s001_lake" in _applied(control):
+        yield
+        return
+    with _schema_lock(control):
+        yield
+
+
+@contextlib.contextmanager
 def _schema_lock(control) -> Iterator[None]:
     """Schema steps one replica at a time: a PostgreSQL advisory lock for the block's duration."""
     control.execute("SELECT pg_advisory_lock(?)", [SCHEMA_LOCK])

@@ -1,0 +1,101 @@
+"""Whole-host throughput of `aispendtrack proxy --workers N` against bare mitmdump, in the same run.
+
+    .venv/bin/python -m bench.workers            # about 5 minutes on 2 cores
+    .venv/bin/python -m bench.workers --quick    # a smoke run
+
+Bare mitmdump (one process), and ours in the shared mode (a throwaway PostgreSQL, as bench/shared.py
+starts) with `--workers 1` and `--workers 2`, every call metered with a key without limits. Plain
+JSON calls to the canned upstream of bench/loopback.py at 32 and 128 connections, the targets in
+interleaved rounds (reversed every other round); medians of requests/s. The client and the upstream
+run on the same host: on 2 cores they take a share of what the workers could use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.pg import Cluster
+
+from . import loopback
+from .proxy_overhead import ROOT, free_port, mitmdump, start, throughput, wait_for_port
+
+CONNECTIONS = (32, 128)
+
+
+def ours(upstream_port: int, env: dict, workers: int) -> tuple[int, subprocess.Popen, str]:
+    """`aispendtrack proxy --workers N` in the shared mode, once every worker serves."""
+    home = Path(tempfile.mkdtemp(prefix="aispendtrack-bench-"))
+    created = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "keys", "create", "--name", "bench",
+                              "--json"], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    port, log = free_port(), home / "proxy.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
+                                    "--openai-upstream", f"http://127.0.0.1:{upstream_port}", "--prices-url", "off",
+                                    "--workers", str(workers)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    wait_for_port(port, process, timeout=120)
+    deadline = time.monotonic() + 120
+    while workers > 1 and f"all {workers} workers serve" not in log.read_text():
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"the workers did not start: {log.read_text()}")
+        time.sleep(0.2)
+    return port, process, json.loads(created.stdout)["key"]
+
+
+def run(upstream_port: int, env: dict, rounds: int, load: int) -> dict[str, dict[int, float]]:
+    port = free_port()
+    targets = {"bare mitmdump": (port, mitmdump(upstream_port, port, []), {})}
+    for workers in (1, 2):
+        port, process, key = ours(upstream_port, env, workers)
+        targets[f"--workers {workers}"] = (port, process, {"x-aispendtrack-key": key})
+    samples: dict[str, dict[int, list[float]]] = {name: {c: [] for c in CONNECTIONS} for name in targets}
+    try:
+        wait_for_port(targets["bare mitmdump"][0], targets["bare mitmdump"][1])
+        time.sleep(3)  # keys loaded
+        order = list(targets.items())
+        for n in range(rounds):
+            for name, (port, _, headers) in (order[::-1] if n % 2 else order):
+                raw = loopback.request_bytes(port, False, headers)
+                asyncio.run(throughput(port, raw, 8, 200))  # warm
+                for connections in CONNECTIONS:
+                    samples[name][connections].append(asyncio.run(throughput(port, raw, connections, load)))
+    finally:
+        for _, process, _ in targets.values():
+            process.terminate()
+            process.wait(60)
+    return {name: {c: sorted(s)[len(s) // 2] for c, s in by_c.items()} for name, by_c in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    rounds, load = (2, 600) if args.quick else (5, 3000)
+    cluster = Cluster()
+    up_port = free_port()
+    upstream = start([sys.executable, "-c", f"import asyncio; from bench import loopback; "
+                                            f"asyncio.run(loopback.serve_upstream({up_port}))"])
+    try:
+        env = {**os.environ, "AISPENDTRACK_CATALOG": cluster.create_database("bench"),
+               "AISPENDTRACK_DATA_PATH": tempfile.mkdtemp(prefix="aispendtrack-lake-")}
+        results = run(up_port, env, rounds, load)
+        bare = results["bare mitmdump"]
+        print(f"\nwhole host, plain JSON, requests/s ({rounds} interleaved rounds, medians; {os.cpu_count()} cores; "
+              f"load average {os.getloadavg()[0]:.1f})")
+        print(f"  {'':<16}" + "".join(f"{f'c={c}':>10}{'x bare':>8}" for c in CONNECTIONS))
+        for name, by_c in results.items():
+            print(f"  {name:<16}" + "".join(f"{by_c[c]:>10.0f}{by_c[c] / bare[c]:>8.2f}" for c in CONNECTIONS))
+    finally:
+        upstream.terminate()
+        cluster.remove()
+
+
+if __name__ == "__main__":
+    main()

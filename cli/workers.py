@@ -1,0 +1,243 @@
+"""``aispendtrack proxy --workers N``: N mitmproxy processes accept on one port, under one parent.
+
+One mitmproxy process uses one core. Each worker is a whole proxy (cli/proxy.py ``serve``) that
+listens with SO_REUSEPORT (addon/bounds.py ``share_ports``), so the kernel spreads connections
+over them; each has a data directory of its own under ``<home>/workers/<slot>`` (its lock, its
+spill files), as a replica of the shared mode has. The parent holds ``<home>``'s lock, serves the
+web app and ``--metrics-port`` once (the workers' metrics merged: addon/core/metrics_merge.py),
+restarts a worker that dies, and stops them all on SIGTERM or SIGINT.
+
+Limits and budgets are exact across workers only where they are exact across replicas: the shared
+mode (PostgreSQL). The embedded mode's DuckDB file takes one process, so there ``--workers`` stays 1
+until one long-lived owner of the file exists (issue 27): lifting it is EMBEDDED_MAX_WORKERS.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+log = logging.getLogger("aispendtrack.workers")
+
+EMBEDDED_MAX_WORKERS = 1  # raise once the embedded data has one owner process (issue 27)
+MAX_DEFAULT_WORKERS = 8  # past this the PostgreSQL connections (~6 a worker) and lake commits cost more
+WORKERS_DIR = "workers"
+STOP_WAIT_S = 30.0  # a worker's own stop (in-flight calls recorded, rows flushed) takes a few seconds
+BACKOFF_S = (0.5, 1, 2, 5, 10, 30)  # before each further restart of a slot whose workers keep dying
+STABLE_S = 60.0  # a worker that served this long resets its slot's backoff
+METRICS_READ_S = 5.0  # how often the parent reads the workers' counters, so a kill -9 loses little
+_PR_SET_PDEATHSIG = 1
+
+
+def default_count(shared: bool) -> int:
+    """The host's cores (those this process may run on) in the shared mode, capped; 1 embedded."""
+    if not shared:
+        return 1
+    cores = getattr(os, "process_cpu_count", None)
+    count = cores() if cores else len(os.sched_getaffinity(0))
+    return max(1, min(count or 1, MAX_DEFAULT_WORKERS))
+
+
+def refusal(count: int, shared: bool) -> str | None:
+    """Why ``count`` workers cannot run here, or None."""
+    if shared or count <= EMBEDDED_MAX_WORKERS:
+        return None
+    return (f"--workers {count} needs the shared mode. The embedded mode keeps its data in one DuckDB file, "
+            "which one process at a time can write, so it runs one worker. Run several with PostgreSQL and "
+            "DuckLake: set AISPENDTRACK_CATALOG (or --catalog) and --data-path (docs/deploy.md, \"Running "
+            "several proxies as one\").")
+
+
+@dataclass
+class Worker:
+    slot: int
+    process: subprocess.Popen
+    metrics_url: str
+    ready_fd: int  # the parent's end of the pipe the worker writes one byte to once it serves
+    started: float = field(default_factory=time.monotonic)
+    ready: bool = False
+
+    def poll_ready(self) -> bool:
+        if not self.ready:
+            try:
+                self.ready = bool(os.read(self.ready_fd, 1))
+            except BlockingIOError:
+                pass
+        return self.ready
+
+    def close(self) -> None:
+        os.close(self.ready_fd)
+        if self.process.stdin:
+            self.process.stdin.close()
+
+
+class Supervisor:
+    def __init__(self, count: int, home: Path, mitm_options: dict, addon_options: dict) -> None:
+        self.count, self.home = count, home
+        self.mitm_options, self.addon_options = mitm_options, addon_options
+        self.workers: dict[int, Worker] = {}
+        self.deaths: dict[int, int] = {}  # slot -> consecutive deaths, for the backoff
+        self.restart_at: dict[int, float] = {}
+        self.stopping = threading.Event()
+        from addon.core import metrics
+        from addon.core.metrics_merge import Merged
+        self.metrics = Merged(self.metrics_urls)
+        metrics.install(self.metrics)  # what --metrics-port and the web port's /metrics serve
+
+    def metrics_urls(self) -> dict[int, str]:
+        return {slot: w.metrics_url for slot, w in list(self.workers.items()) if w.process.poll() is None}
+
+    def run(self) -> int:
+        """Until SIGTERM or SIGINT (exit 0), or a worker that fails at the first start (its exit code)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        for slot in range(self.count):
+            self.workers[slot] = self._spawn(slot)
+        code = self._watch()
+        self._stop_all()
+        return code
+
+    def _watch(self) -> int:
+        next_read = time.monotonic() + METRICS_READ_S
+        announced = False
+        while not self.stopping.wait(0.1):
+            for slot in range(self.count):
+                code = self._check(slot)
+                if code is not None:
+                    return code
+            if not announced and len(self.workers) == self.count and all(w.ready for w in self.workers.values()):
+                announced = True
+                log.info("all %d workers serve", self.count)
+            if time.monotonic() >= next_read:
+                self.metrics.read()  # on the main thread: a scrape never waits for this
+                next_read = time.monotonic() + METRICS_READ_S
+        return 0
+
+    def _check(self, slot: int) -> int | None:
+        worker = self.workers.get(slot)
+        if worker is None:
+            if time.monotonic() >= self.restart_at.get(slot, 0):
+                self.workers[slot] = self._spawn(slot)
+            return None
+        if not worker.ready and worker.poll_ready() and self.deaths.get(slot):
+            log.info("worker %d (pid %d) serves in place of the one that died", slot, worker.process.pid)
+        code = worker.process.poll()
+        if code is None:
+            if worker.ready and time.monotonic() - worker.started > STABLE_S:
+                self.deaths[slot] = 0
+            return None
+        worker.close()
+        del self.workers[slot]
+        if not worker.ready and self.metrics.restarts == 0 and not self.deaths.get(slot):
+            log.error("worker %d (pid %d) exited at start (%s); stopping the others", slot, worker.process.pid,
+                      _how(code))
+            return code if code > 0 else 1
+        deaths = self.deaths[slot] = self.deaths.get(slot, 0) + 1
+        delay = BACKOFF_S[min(deaths, len(BACKOFF_S)) - 1]
+        self.restart_at[slot] = time.monotonic() + delay
+        self.metrics.restarts += 1
+        log.warning("worker %d (pid %d) %s; starting another in %g s (the other workers serve meanwhile)",
+                    slot, worker.process.pid, _how(code), delay)
+        return None
+
+    def _spawn(self, slot: int) -> Worker:
+        home = self.home / WORKERS_DIR / str(slot)
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        metrics_port = _free_port()
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        config = {"mitm": self.mitm_options, "ready_fd": write_end, "parent": os.getpid(),
+                  "addon": {**self.addon_options, "aispendtrack_home": str(home),
+                            "aispendtrack_metrics_host": "127.0.0.1", "aispendtrack_metrics_port": metrics_port}}
+        process = subprocess.Popen([sys.executable, "-c", "from cli.workers import main; main()"],
+                                   stdin=subprocess.PIPE, pass_fds=(write_end,), cwd=os.getcwd())
+        os.close(write_end)
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(config).encode() + b"\n")
+        process.stdin.flush()  # kept open: its end tells the worker the parent is gone
+        log.info("worker %d started (pid %d)", slot, process.pid)
+        return Worker(slot, process, f"http://127.0.0.1:{metrics_port}/metrics", read_end)
+
+    def _stop_all(self) -> None:
+        """Each worker stops as a lone proxy does on SIGTERM: stops accepting, records the calls in
+        flight and flushes its rows. One that takes longer than STOP_WAIT_S is killed, and said so."""
+        for worker in self.workers.values():
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        for worker in self.workers.values():
+            try:
+                worker.process.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d (pid %d) did not stop within %g s; killed (its unwritten rows wait in its "
+                          "spill directory only if it spilled them)", worker.slot, worker.process.pid, STOP_WAIT_S)
+                worker.process.kill()
+                worker.process.wait()
+            worker.close()
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _free_port() -> int:
+    """A port for a worker's private metrics server (127.0.0.1 only)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    """A worker: reads its options from the parent on standard input, then serves until SIGTERM, or
+    until the parent is gone (the kernel's parent-death signal, and the end of standard input)."""
+    config = json.loads(sys.stdin.readline())
+    _die_with_parent(config["parent"])
+    ready_fd = config["ready_fd"]
+    from addon import bounds
+
+    from .proxy import serve
+    bounds.share_ports()
+    try:
+        serve(config["mitm"], config["addon"], on_running=lambda: _tell_ready(ready_fd))
+    except click.ClickException as exc:  # a bad option: the parent exits with this code
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the end of standard input below does it
+        pass
+    if os.getppid() != parent:  # the parent died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def watch_stdin() -> None:
+        sys.stdin.read()  # returns at end of file: the parent has closed it, or is gone
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch_stdin, name="aispendtrack-parent-watch", daemon=True).start()
+
+
+def _tell_ready(fd: int) -> None:
+    try:
+        os.write(fd, b"r")
+        os.close(fd)
+    except OSError:
+        pass
