@@ -87,6 +87,9 @@ def test_reports_from_rollups_match_a_raw_scan_over_random_zones_and_ranges(tmp_
         replay = rng.sample(stored, 40) + [random_call(rng) for _ in range(30)]
         call_rows.insert(con, replay, skip_existing=True)
         rollups.compact(con, START + dt.timedelta(days=10), START + dt.timedelta(days=20))
+        rollups.compact(con, START + dt.timedelta(days=15), START + dt.timedelta(days=25), rollups.COARSE)
+        assert_hourly_tier_right(con)
+        hourly = 0
         for case in range(120):
             by = rng.sample(["model", "provider", "customer", "feature", "key", "day", "hour", "month"],
                             rng.choice([1, 1, 2]))
@@ -99,9 +102,12 @@ def test_reports_from_rollups_match_a_raw_scan_over_random_zones_and_ranges(tmp_
                                   {"model": "gpt-4o", "provider": "openai"}, {"feature": "chat"}])
             spec = parse_report(by, since=since, until=until, tz=rng.choice(ZONES), now=START, **filters)
             label = f"case {case}: {by} {since} {until} {filters} {spec.selection.tz}"
+            source, _ = report_rows._source(con, spec)
+            hourly += source is not None and rollups.HOURLY in source[0]
             assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), label)
         (calls,) = con.execute("SELECT sum(calls) FROM rollups").fetchone()
         assert calls == len(stored) + 30
+    assert hourly >= 20  # the hourly tier was read, and agreed, in that many cases
 
 
 def test_a_zone_off_the_quarter_hours_reads_raw_rows(tmp_path):
@@ -156,7 +162,7 @@ def test_the_migration_keeps_hourly_totals_and_sums_existing_calls(tmp_path):
     db = tmp_path / "old.duckdb"
     con = duckdb.connect(str(db))
     con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
-    for migration in migrations.MIGRATIONS[:-1]:  # a file as it was before rollups
+    for migration in migrations.MIGRATIONS[:-2]:  # a file as it was before rollups
         migration(con)
         con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
     hour = dt.datetime(2026, 1, 5, 10, tzinfo=dt.UTC)
@@ -174,6 +180,9 @@ def test_the_migration_keeps_hourly_totals_and_sums_existing_calls(tmp_path):
                     (hour + dt.timedelta(days=30, minutes=15), 1, 0, 10, 2, Decimal("0.25"), 200)]
     assert con.execute("SELECT sum(calls), sum(cost_usd) FROM usage_history WHERE customer_id = 'acme'").fetchone() \
         == (8, Decimal("3.75"))
+    # The hourly tier (m024) holds the moved totals and the calls alike.
+    assert con.execute("SELECT bucket, calls, cost_usd FROM rollups_hourly ORDER BY bucket").fetchall() \
+        == [(hour, 7, Decimal(3.5)), (hour + dt.timedelta(days=30), 1, Decimal("0.25"))]
     with pytest.raises(duckdb.CatalogException):
         con.execute("SELECT * FROM hourly_usage")
     con.close()
@@ -219,3 +228,65 @@ def test_each_flush_adds_rows_and_a_closed_bucket_is_merged_to_one_row_per_group
         assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), "merged")
     assert per_bucket[start] == 3  # the closed bucket: one row per customer
     assert per_bucket[start + rollups.BUCKET] > 3  # the open one: a row per flush and customer
+
+
+def hourly_tier(con, source: str = "SELECT * FROM rollups_hourly") -> list[tuple]:
+    """One row per (hour, key, provider, model, status, failed) of ``source`` (hourly rollup rows),
+    histograms merged: what the hourly tier holds, in an order to compare."""
+    return sorted(con.execute(rollups.merged(source, rollups.COARSE)).fetchall(), key=str)
+
+
+def assert_hourly_tier_right(con, raw: bool = True) -> None:
+    """The hourly tier against the 15-minute rows summed per hour (always) and against raw calls
+    (``raw``: while no call is purged)."""
+    tier = hourly_tier(con)
+    assert tier, "an empty hourly tier proves nothing"
+    assert tier == hourly_tier(con, "SELECT to_timestamp(floor(epoch(bucket) / 3600) * 3600) AS bucket, "
+                                    "* EXCLUDE (bucket, customer_id, feature) FROM rollups")
+    if raw:
+        assert tier == hourly_tier(con, rollups.aggregate("SELECT * FROM calls", rollups.COARSE))
+
+
+def test_the_hourly_tier_stays_right_through_reprice_erase_and_purge(tmp_path):
+    # Reports by model, key or provider read the hourly tier; by customer the 15-minute one; --exact
+    # the raw rows. All three agree while no call is purged, and the two tiers after.
+    home = tmp_path / "home"
+    keys = [json.loads(run_cli(home, "keys", "create", "--name", f"k{n}", "--plan", "free", "--json"))["id"]
+            for n in range(2)]
+    now = dt.datetime.now(dt.UTC)
+    rng = random.Random(29)
+    rows = [random_call(rng, start, 6 * 3600) | {"key_id": rng.choice(keys), "model": rng.choice(["gpt-5", "gpt-4o"])}
+            for start in (now - dt.timedelta(days=20), now - dt.timedelta(hours=8)) for _ in range(150)]
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, rows)
+
+    def report(by: str, *extra: str) -> tuple[dict, tuple]:
+        found = json.loads(run_cli(home, "report", "--by", by, "--format", "json", *extra))
+        return ({g[report_rows.dimension_name(by)]: (g["calls"], g["input_tokens"], g["cost_usd"]) for g in found},
+                tuple(sum(Decimal(str(g[m] or 0)) for g in found) for m in ("calls", "errors", "output_tokens",
+                                                                            "cost_usd")))
+
+    def check(raw: bool) -> None:
+        with reading(home_dir.db_path(home)) as con:
+            assert_hourly_tier_right(con, raw)
+        totals = {report(by)[1] for by in ("model", "key", "customer")}
+        assert len(totals) == 1, totals  # the hourly tier (model, key) and the 15-minute one (customer)
+        if raw:
+            for by in ("model", "key"):
+                assert report(by) == report(by, "--exact"), by
+    check(raw=True)
+    before = report("model")[0]
+    run_cli(home, "reprice")
+    assert report("model")[0] != before  # gpt-5's costs changed, in the hourly tier too
+    check(raw=True)
+    run_cli(home, "gdpr", "delete", "--customer", "acme", "--yes")
+    check(raw=True)
+    assert report("customer")[0].get("acme") is None
+    run_cli(home, "gdpr", "delete", "--key", str(keys[1]), "--yes")
+    check(raw=True)
+    assert set(report("key")[0]) == {keys[0]}
+    kept = report("model")
+    run_cli(home, "purge")  # the 20-day-old calls: past the free plan's 7 days
+    assert report("model", "--exact")[1][0] < kept[1][0]
+    assert report("model") == kept  # purged calls stay in both tiers
+    check(raw=False)

@@ -477,6 +477,9 @@ def test_reprice_and_retention_purge_work_on_the_lake(shared_env, tmp_path):
     assert kept == (5, sum(Decimal(str(r["cost_usd"])) for r in repriced))
     [group] = json.loads(run_cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json"))
     assert (group["calls"], group["cost_usd"]) == (5, float(kept[1]))
+    # By key, the hourly tier answers (store/rollups.py): rebuilt at the repriced cost, kept through the purge.
+    [group] = json.loads(run_cli(home, "report", "--by", "key", "--key", str(key_id), "--format", "json"))
+    assert (group["calls"], group["cost_usd"]) == (5, float(kept[1]))
 
 
 S3_SECRET = """
@@ -676,7 +679,8 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
         old = {name: value for name, value in old.items() if name not in call_rows.UNIT_NAMES}
         con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name IN ('s006_units_columns', 's014_rollups')")
+        pg.execute("DELETE FROM schema_migrations WHERE name IN ('s006_units_columns', 's014_rollups', "
+                   "'s015_hourly_rollups')")
     # A new process (as an upgraded proxy or CLI is) applies the step when it opens the lake.
     listed = json.loads(cli(home, "calls", "--limit", "100", "--format", "json").stdout)
     [before] = [r for r in listed if r["customer_id"] == marker]
@@ -767,6 +771,7 @@ def lake_before_rollups(con) -> None:
     a test then writes with SQL, as such a version did, are summed by the step."""
     con.execute("DROP VIEW usage_history")
     con.execute("DROP TABLE rollups")
+    con.execute("DROP TABLE rollups_hourly")
     con.execute("""CREATE TABLE hourly_usage (hour TIMESTAMPTZ, key_id INTEGER, customer_id VARCHAR,
         feature VARCHAR, provider VARCHAR, model VARCHAR, calls BIGINT, failed_calls BIGINT,
         unpriced_calls BIGINT, input_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT,
@@ -792,9 +797,14 @@ def test_an_older_lake_gets_rollups_of_its_calls_and_keeps_its_hourly_totals(sha
                     "0, 3.5)", [hour, marker])
         con.execute(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name = 's014_rollups'")
+        pg.execute("DELETE FROM schema_migrations WHERE name IN ('s014_rollups', 's015_hourly_rollups')")
     [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
     assert (group["calls"], group["errors"], group["cost_usd"], group["input_tokens"]) == (8, 2, 3.75, 701)
+    # The hourly tier (s015, summed from the 15-minute rows s014 made) holds the same: a report by
+    # model reads it.
+    models = json.loads(cli(home, "report", "--by", "model", "--format", "json").stdout)
+    assert [(g["model"], g["calls"], g["errors"], g["cost_usd"], g["input_tokens"]) for g in models] \
+        == [("gpt-4o", 8, 2, 3.75, 701)]
     assert group["p50_latency_ms"] == pytest.approx(12.5, rel=0.0099)  # the hourly totals had no latencies
 
 

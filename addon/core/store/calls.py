@@ -65,7 +65,7 @@ _BATCH = batch.select(CALL_COLUMNS)
 
 
 def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: bool = False) -> int:
-    """Insert rows in one transaction, with their sums into ``rollups`` (store/rollups.py): the one
+    """Insert rows in one transaction, with their sums into both rollup tiers (store/rollups.py): the one
     place rows are written (the writer's flush, spill replay, a replica's late rows), so whichever
     connection writes them keeps rollups and raw rows in step. ``skip_existing`` drops ids already
     stored (spill replay)."""
@@ -83,7 +83,8 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
     con.execute("BEGIN")
     try:
         # The rollup first: with skip_existing it must see the ids stored before this insert.
-        con.execute(f"INSERT INTO rollups {rollups.aggregate(source)}", params)
+        for tier in rollups.TIERS:
+            con.execute(f"INSERT INTO {tier.table} {rollups.aggregate(source, tier)}", params)
         con.execute(f"INSERT INTO calls ({_NAMES}) {source}", params)
         con.execute("COMMIT")
     except BaseException:

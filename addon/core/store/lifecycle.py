@@ -10,7 +10,7 @@ import datetime as dt
 
 import duckdb
 
-from . import batches
+from . import batches, rollups
 from .connection import control, one
 
 # Rollups and alert history are kept this long: a year of budgets, quotas and spike baselines.
@@ -38,7 +38,8 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
           now: dt.datetime) -> tuple[dict[int | None, int], dict[str, int]]:
     """Delete expired calls; drop rollups and alert history past HISTORY_DAYS.
     Returns the calls purged per key and the totals."""
-    history_cutoff = now - dt.timedelta(days=HISTORY_DAYS)
+    # On an hour: both rollup tiers then drop the same calls' sums (store/rollups.py).
+    history_cutoff = (now - dt.timedelta(days=HISTORY_DAYS)).replace(minute=0, second=0, microsecond=0)
     con.execute("BEGIN")
     try:
         _load_cutoffs(con, cutoffs)
@@ -50,6 +51,7 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
             WHERE coalesce(calls.key_id, -1) = p.key_id AND calls.ts < p.cutoff
         """))
         (hours,) = one(con.execute("DELETE FROM rollups WHERE bucket < ?", [history_cutoff]))
+        con.execute(f"DELETE FROM {rollups.HOURLY} WHERE bucket < ?", [history_cutoff])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

@@ -378,7 +378,15 @@ def m023_rollups(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(USAGE_HISTORY_VIEW)
 
 
+def m024_hourly_rollups(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue 28: the rollups per UTC hour without customer and feature (store/rollups.py), summed
+    # from the 15-minute rows, which hold purged calls and hourly_usage's old totals too.
+    for statement in HOURLY_ROLLUPS:
+        con.execute(statement)
+
+
 ROLLUPS_DDL = rollups.DDL
+HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all()]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
                                                 "web_search_requests", *UNIT_COLUMNS_NAMES))
 HOURLY_INTO_ROLLUPS = f"""
@@ -399,7 +407,8 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
               m013_config, m014_reconciliations, m015_erasures,
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
-              m020_tools, m021_prices, m022_proxy_us, m023_rollups]
+              m020_tools, m021_prices, m022_proxy_us, m023_rollups,
+              m024_hourly_rollups]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -75,12 +75,9 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups."""
     names = [dimension_name(d) for d in spec.by]
-    source = None if exact else _rollup_source(spec.selection)
-    local = ""
-    if any(d in _TIME_FORMATS for d in spec.by):
-        local = _local_time_sql(con, spec, source)
-        if source is not None and not local:  # a zone off the quarter hours: raw rows only
-            source, local = None, _local_time_sql(con, spec, None)
+    source, local = (None, "") if exact else _source(con, spec)
+    if source is None and any(d in _TIME_FORMATS for d in spec.by):
+        local = _local_time_sql(con, spec, None)
     dims = [_dimension_sql(d, local) for d in spec.by]
     if source is None:
         condition, params = where(spec.selection)
@@ -113,9 +110,30 @@ _ROLLUP_METRICS = (f"{', '.join(f'coalesce(sum({c}), 0)::BIGINT AS {c}' for c in
 _POINTS = (0.5, 0.95)
 
 
-def _rollup_source(selection: Selection) -> tuple[str, list]:
-    """A SELECT of rollup rows (``ts``: the bucket) for the selection: the stored ones for whole
-    buckets, sums of raw rows for the edges that cut one."""
+def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> tuple[tuple[str, list] | None, str]:
+    """The rollup rows a report reads and its local time expression (store/rollups.py): the hourly
+    tier when neither the groups nor the filters name a customer or feature and the zone's offsets
+    are whole hours over the range; else the 15-minute tier if they are whole quarter hours; else
+    (None, ""): raw rows."""
+    selection, timed = spec.selection, any(d in _TIME_FORMATS for d in spec.by)
+    tiers = [rollups.FINE]
+    if selection.customer_id is None and selection.feature is None and not {"customer", "feature"} & set(spec.by):
+        tiers.insert(0, rollups.COARSE)
+    for tier in tiers:
+        source = _rollup_source(selection, tier)
+        if not timed:
+            return source, ""
+        local = _local_time_sql(con, spec, source, tier.seconds)
+        if local:
+            return source, local
+    return None, ""
+
+
+def _rollup_source(selection: Selection, tier: rollups.Tier = rollups.FINE) -> tuple[str, list]:
+    """A SELECT of rollup rows (``ts``: the bucket) for the selection: the stored ones of ``tier``
+    for its whole buckets, the finer tier's (and at last sums of raw rows) for the edges that cut one."""
+    if tier is rollups.COARSE:
+        return _hourly_source(selection)
     low = _bucket_ceil(selection.since) if selection.since is not None else None
     high = _bucket_floor(selection.until) if selection.until is not None else None
     stored_where, stored_params = _rollup_where(selection)
@@ -143,6 +161,29 @@ def _rollup_source(selection: Selection) -> tuple[str, list]:
             [p for _, part_params in parts for p in part_params])
 
 
+def _hourly_source(selection: Selection) -> tuple[str, list]:
+    """As _rollup_source over the hourly tier (no customer or feature columns): whole hours from
+    it, the range's edges that cut an hour from the 15-minute source."""
+    width = rollups.HOUR
+    low = _bucket_ceil(selection.since, width) if selection.since is not None else None
+    high = _bucket_floor(selection.until, width) if selection.until is not None else None
+    if low is not None and high is not None and low >= high:  # within one hour
+        fine, params = _rollup_source(selection)
+        return f"SELECT * EXCLUDE (customer_id, feature) FROM ({fine})", params
+    stored_where, params = _rollup_where(selection)
+    bounds = [(b, v) for b, v in (("bucket >= ?", low), ("bucket < ?", high)) if v is not None]
+    parts = [f"SELECT * EXCLUDE (bucket), bucket AS ts FROM {rollups.HOURLY} "
+             f"WHERE {' AND '.join([stored_where, *(b for b, _ in bounds)])}"]
+    params += [v for _, v in bounds]
+    for start, end in ((selection.since, low), (high, selection.until)):
+        if start is None or end is None or start == end:
+            continue
+        fine, fine_params = _rollup_source(replace(selection, since=start, until=end))
+        parts.append(f"SELECT * EXCLUDE (customer_id, feature) FROM ({fine})")
+        params += fine_params
+    return " UNION ALL BY NAME ".join(f"SELECT * FROM ({part})" for part in parts), params
+
+
 def _rollup_where(selection: Selection) -> tuple[str, list]:
     clauses: list[str] = ["TRUE"]
     params: list[object] = []
@@ -157,14 +198,14 @@ def _rollup_where(selection: Selection) -> tuple[str, list]:
     return " AND ".join(clauses), params
 
 
-def _bucket_floor(at: dt.datetime) -> dt.datetime:
-    seconds = int(rollups.BUCKET.total_seconds())
+def _bucket_floor(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.datetime:
+    seconds = int(width.total_seconds())
     return dt.datetime.fromtimestamp(at.timestamp() // seconds * seconds, dt.UTC)
 
 
-def _bucket_ceil(at: dt.datetime) -> dt.datetime:
-    floor = _bucket_floor(at)
-    return floor if floor == at else floor + rollups.BUCKET
+def _bucket_ceil(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.datetime:
+    floor = _bucket_floor(at, width)
+    return floor if floor == at else floor + width
 
 
 def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dims: list[str], names: list[str],
@@ -322,12 +363,14 @@ def _dimension_sql(dimension: str, local_time: str) -> str:
     return _COLUMN_OF[dimension]
 
 
-def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec, source: tuple[str, list] | None) -> str:
+def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec, source: tuple[str, list] | None,
+                    seconds: int = rollups.FINE.seconds) -> str:
     """``ts`` as local wall-clock time in the report's zone, as a SQL expression.
 
     Converting with the ICU time zone functions costs ~1 s per 10M rows; a zone's offset only
     changes at a few known instants, so the offsets in force over the selected range become a
-    CASE over ``ts`` added to its epoch: the same result at a tenth of the cost."""
+    CASE over ``ts`` added to its epoch: the same result at a tenth of the cost. Over rollup rows
+    of ``seconds``-wide buckets: "" when the zone's offsets are not whole buckets."""
     zone = zoneinfo.ZoneInfo(spec.selection.tz)
     if source is None:
         condition, params = where(spec.selection)
@@ -337,9 +380,9 @@ def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec, source: tu
     if first is None:
         return "ts::TIMESTAMP"
     if source is not None:
-        last += rollups.BUCKET  # a bucket starting at ``last`` holds calls up to its end
+        last += dt.timedelta(seconds=seconds)  # a bucket starting at ``last`` holds calls up to its end
     periods = _offset_periods(zone, first, last)
-    if source is not None and not _on_bucket_edges(periods):
+    if source is not None and not _on_bucket_edges(periods, seconds):
         return ""
     if len(periods) == 1:
         offset = f"{periods[0][1]}"
@@ -350,12 +393,12 @@ def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec, source: tu
     return f"make_timestamp(epoch_us(ts) + ({offset}))"
 
 
-def _on_bucket_edges(periods: list[tuple[dt.datetime, int]]) -> bool:
+def _on_bucket_edges(periods: list[tuple[dt.datetime, int]], seconds: int) -> bool:
     """Whether every offset is whole buckets and changes on a bucket edge: a local hour, day and
     month then start on bucket edges, and a bucket's calls all fall in its start's group."""
-    width = int(rollups.BUCKET.total_seconds() * 1_000_000)
-    return all(offset % width == 0 for _, offset in periods) and \
-        all(_bucket_floor(start) == start for start, _ in periods[1:])
+    width = dt.timedelta(seconds=seconds)
+    return all(offset % (seconds * 1_000_000) == 0 for _, offset in periods) and \
+        all(_bucket_floor(start, width) == start for start, _ in periods[1:])
 
 
 def _offset_periods(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.datetime) -> list[tuple[dt.datetime, int]]:

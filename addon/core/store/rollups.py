@@ -13,6 +13,13 @@ rows always agree, late rows included. Several rows for one group simply add up 
 ``compact`` merges them. A purge deletes raw rows and keeps these; a GDPR erase deletes the
 subject's rows here too; ``reprice`` rebuilds the buckets whose costs it changed.
 
+``rollups_hourly``: the same sums per UTC hour without ``customer_id`` and ``feature`` (issue 28):
+with about one 15-minute row per call on real tag spreads, reports that neither group nor filter
+by customer or feature read this far smaller tier (reports.py picks it, for zones whose offsets
+are whole hours over the range). It is written beside ``rollups`` by every writer above; a
+customer's erase cannot select its rows here, so they are summed again from the 15-minute rows
+left (``derive``), and both tiers keep agreeing with a raw scan.
+
 Latency: a mergeable histogram, bin ``b`` holding latencies in (G^(b-1), G^b] with G = (1+A)/(1-A),
 A = 0.0099. Each bin stands for 2*G^b/(G+1), within A (0.99%) of every latency in it; a
 percentile is the interpolation quantile_cont makes, between the bins of the two ranks it reads,
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import dataclass
 
 import duckdb
 
@@ -34,25 +42,32 @@ _BUCKET_S = int(BUCKET.total_seconds())
 RELATIVE_ERROR = 0.0099
 GROWTH = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
 ZERO_BIN = -32768
+HOUR = dt.timedelta(hours=1)
 DIMENSIONS = ["key_id", "customer_id", "feature", "provider", "model", "status", "failed"]
+HOURLY_DIMENSIONS = ["key_id", "provider", "model", "status", "failed"]
+HOURLY = "rollups_hourly"
 COUNTS = ["calls", "errors", "unpriced_calls", "unmetered_calls", "estimated_calls"]
 SUMS = ["input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
         "reasoning_tokens", "web_search_requests", *UNIT_NAMES]
 _SUM_TYPE = {"audio_seconds": "DECIMAL(38, 3)"}
 FAILED = "(status >= 400 OR outcome <> 'completed')"  # reports.FAILED
 
-DDL = f"""
-    CREATE TABLE IF NOT EXISTS rollups (
-        bucket TIMESTAMPTZ NOT NULL,      -- start of a 15-minute UTC bucket (store/rollups.py)
-        key_id INTEGER, customer_id VARCHAR, feature VARCHAR, provider VARCHAR NOT NULL, model VARCHAR,
+_DDL = """
+    CREATE TABLE IF NOT EXISTS {table} (
+        bucket TIMESTAMPTZ NOT NULL,      -- start of a {width} UTC bucket (store/rollups.py)
+        key_id INTEGER, {tags}provider VARCHAR NOT NULL, model VARCHAR,
         status INTEGER,                   -- the HTTP status; NULL for totals kept from hourly_usage
         failed BOOLEAN,                   -- what reports count as an error; NULL as status
-        {", ".join(f"{c} BIGINT NOT NULL" for c in COUNTS)},
-        {", ".join(f"{c} {_SUM_TYPE.get(c, 'BIGINT')}" for c in SUMS)},
+        {counts},
+        {sums},
         cost_usd DECIMAL(38, 18),         -- NULL when no call of the row was priced, as sum() is
         latency MAP(SMALLINT, BIGINT)     -- histogram bin -> calls (store/rollups.py)
     )
 """
+_COLUMNS = {"counts": ", ".join(f"{c} BIGINT NOT NULL" for c in COUNTS),
+            "sums": ", ".join(f"{c} {_SUM_TYPE.get(c, 'BIGINT')}" for c in SUMS)}
+DDL = _DDL.format(table="rollups", width="15-minute", tags="customer_id VARCHAR, feature VARCHAR, ", **_COLUMNS)
+HOURLY_DDL = _DDL.format(table=HOURLY, width="1-hour", tags="", **_COLUMNS)
 
 
 def bin_sql(column: str = "latency_ms") -> str:
@@ -64,15 +79,28 @@ def bin_value(b: int) -> float:
     return 0.0 if b == ZERO_BIN else 2 * GROWTH ** b / (GROWTH + 1)
 
 
-def bucket_sql(column: str = "ts") -> str:
-    return f"to_timestamp(floor(epoch({column}) / {_BUCKET_S}) * {_BUCKET_S})"
+@dataclass(frozen=True)
+class Tier:
+    table: str
+    seconds: int
+    dimensions: list[str]
 
 
-def aggregate(source: str) -> str:
-    """Rollup rows (table order) of the calls that ``source`` (a SELECT of calls' columns) yields."""
+FINE = Tier("rollups", _BUCKET_S, DIMENSIONS)
+COARSE = Tier(HOURLY, int(HOUR.total_seconds()), HOURLY_DIMENSIONS)
+TIERS = (FINE, COARSE)
+
+
+def bucket_sql(column: str = "ts", seconds: int = _BUCKET_S) -> str:
+    return f"to_timestamp(floor(epoch({column}) / {seconds}) * {seconds})"
+
+
+def aggregate(source: str, tier: Tier = FINE) -> str:
+    """Rows of ``tier`` (table order) of the calls that ``source`` (a SELECT of calls' columns) yields."""
     sums = ", ".join(f"sum({c})::{_SUM_TYPE.get(c, 'BIGINT')} AS {c}" for c in SUMS)
+    tags = ", ".join(tier.dimensions[:-1])  # failed last, computed
     return f"""
-        SELECT {bucket_sql()} AS bucket, key_id, customer_id, feature, provider, model, status,
+        SELECT {bucket_sql(seconds=tier.seconds)} AS bucket, {tags},
                coalesce({FAILED}, false) AS failed, count(*) AS calls,
                count(*) FILTER (WHERE {FAILED}) AS errors,
                count(*) FILTER (WHERE NOT priced AND usage_source NOT IN ('none', 'invalid')) AS unpriced_calls,
@@ -83,49 +111,81 @@ def aggregate(source: str) -> str:
         FROM ({source}) s GROUP BY ALL"""
 
 
+def merged(source: str, tier: Tier) -> str:
+    """One row of ``tier`` (table order) per group of the rollup rows ``source`` yields (their
+    ``bucket`` already on ``tier``'s edges): sums added, histograms merged bin by bin."""
+    group = ", ".join(["bucket", *tier.dimensions])
+    sums = ", ".join(f"sum({c})::{'BIGINT' if c in COUNTS else _SUM_TYPE.get(c, 'BIGINT')} AS {c}"
+                     for c in [*COUNTS, *SUMS])
+    same = " AND ".join(f"sums.{c} IS NOT DISTINCT FROM hist.{c}" for c in ["bucket", *tier.dimensions])
+    return f"""
+        WITH r AS ({source}),
+        sums AS (SELECT {group}, {sums}, sum(cost_usd) AS cost_usd FROM r GROUP BY ALL),
+        bins AS (SELECT {group}, b, sum(n)::BIGINT AS n FROM
+                   (SELECT {group}, unnest(map_keys(latency)) AS b, unnest(map_values(latency)) AS n FROM r)
+                 GROUP BY ALL),
+        hist AS (SELECT {group}, map(list(b ORDER BY b), list(n ORDER BY b)) AS latency FROM bins GROUP BY ALL)
+        SELECT {", ".join(f"sums.{c}" for c in ["bucket", *tier.dimensions, *COUNTS, *SUMS, "cost_usd"])},
+               coalesce(hist.latency, MAP {{}}::MAP(SMALLINT, BIGINT)) AS latency
+        FROM sums LEFT JOIN hist ON {same}"""
+
+
 def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list) -> None:
-    """Replace the rollup rows of the (bucket, key) pairs of the raw calls matching ``condition``
+    """Replace the rows of each tier's (bucket, key) pairs of the raw calls matching ``condition``
     by sums of those pairs' raw rows. Exact because a purge removes a key's calls by whole hours:
     a (bucket, key) pair's calls are all raw or all purged. Run inside the caller's transaction."""
-    con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE rollup_pairs AS
-        SELECT DISTINCT {bucket_sql()} AS bucket, coalesce(key_id, -1) AS key FROM calls WHERE {condition}""", params)
-    con.execute("DELETE FROM rollups USING rollup_pairs p "
-                "WHERE rollups.bucket = p.bucket AND coalesce(rollups.key_id, -1) = p.key")
-    con.execute("INSERT INTO rollups " + aggregate(
-        f"SELECT c.* FROM calls c JOIN rollup_pairs p ON {bucket_sql('c.ts')} = p.bucket "
-        f"AND coalesce(c.key_id, -1) = p.key"))
+    for tier in TIERS:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE rollup_pairs AS SELECT DISTINCT {bucket_sql(seconds=tier.seconds)} AS bucket,
+                   coalesce(key_id, -1) AS key FROM calls WHERE {condition}""", params)
+        con.execute(f"DELETE FROM {tier.table} USING rollup_pairs p "
+                    f"WHERE {tier.table}.bucket = p.bucket AND coalesce({tier.table}.key_id, -1) = p.key")
+        con.execute(f"INSERT INTO {tier.table} " + aggregate(
+            f"SELECT c.* FROM calls c JOIN rollup_pairs p ON {bucket_sql('c.ts', tier.seconds)} = p.bucket "
+            f"AND coalesce(c.key_id, -1) = p.key", tier))
+        con.execute("DROP TABLE rollup_pairs")
+
+
+def hour_pairs(condition: str) -> str:
+    """The (hour, key) pairs of the 15-minute rows matching ``condition``, as ``derive`` takes them."""
+    return (f"SELECT DISTINCT {bucket_sql('bucket', COARSE.seconds)} AS bucket, coalesce(key_id, -1) AS key "
+            f"FROM rollups WHERE {condition}")
+
+
+def derive(con: duckdb.DuckDBPyConnection, pairs: str, params: list | None = None) -> None:
+    """Sum the hourly rows of the (hour, key) pairs ``pairs`` (a SELECT, as hour_pairs) yields
+    again from the 15-minute ones: after a customer's erase removed some of those (the hourly tier
+    cannot tell its rows apart), or to fill the tier. Run inside the caller's transaction."""
+    hour = bucket_sql("r.bucket", COARSE.seconds)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_pairs AS {pairs}", params or [])
+    con.execute(f"DELETE FROM {HOURLY} USING rollup_pairs p "
+                f"WHERE {HOURLY}.bucket = p.bucket AND coalesce({HOURLY}.key_id, -1) = p.key")
+    con.execute(f"INSERT INTO {HOURLY} " + merged(
+        f"SELECT {hour} AS bucket, r.* EXCLUDE (bucket, customer_id, feature) FROM rollups r "
+        f"JOIN rollup_pairs p ON {hour} = p.bucket AND coalesce(r.key_id, -1) = p.key", COARSE))
     con.execute("DROP TABLE rollup_pairs")
 
 
-def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt.datetime) -> int:
-    """Merge the rows of each group in buckets [since, until) into one; returns the rows removed.
-    Sums and histograms stay as they were: only the count of rows changes."""
+def derive_all() -> str:
+    """The INSERT filling an empty hourly tier from every 15-minute row (a migration's)."""
+    return (f"INSERT INTO {HOURLY} " + merged(f"SELECT {bucket_sql('bucket', COARSE.seconds)} AS bucket, "
+                                               f"* EXCLUDE (bucket, customer_id, feature) FROM rollups", COARSE))
+
+
+def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt.datetime,
+            tier: Tier = FINE) -> int:
+    """Merge the rows of each group in buckets [since, until) of ``tier`` into one; returns the
+    rows removed. Sums and histograms stay as they were: only the count of rows changes."""
     bounds, params = "bucket < ?", [until]
     if since is not None:
         bounds, params = "bucket >= ? AND bucket < ?", [since, until]
-    group = ", ".join(["bucket", *DIMENSIONS])
-    merged_sums = ", ".join(f"sum({c})::{'BIGINT' if c in COUNTS else _SUM_TYPE.get(c, 'BIGINT')} AS {c}"
-                            for c in [*COUNTS, *SUMS])
     con.execute("BEGIN")
     try:
-        (before,) = con.execute(f"SELECT count(*) FROM rollups WHERE {bounds}", params).fetchone()  # type: ignore[misc]
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE rollup_merge AS
-            WITH r AS (SELECT *, row_number() OVER () AS row_id FROM rollups WHERE {bounds}),
-            sums AS (SELECT {group}, {merged_sums}, sum(cost_usd) AS cost_usd, min(row_id) AS row_id
-                     FROM r GROUP BY ALL),
-            bins AS (SELECT {group}, b, sum(n)::BIGINT AS n FROM
-                       (SELECT {group}, unnest(map_keys(latency)) AS b, unnest(map_values(latency)) AS n FROM r)
-                     GROUP BY ALL),
-            hist AS (SELECT {group}, map(list(b ORDER BY b), list(n ORDER BY b)) AS latency FROM bins GROUP BY ALL)
-            SELECT {", ".join(f"sums.{c}" for c in ["bucket", *DIMENSIONS, *COUNTS, *SUMS, "cost_usd"])},
-                   coalesce(hist.latency, MAP {{}}::MAP(SMALLINT, BIGINT)) AS latency
-            FROM sums LEFT JOIN hist ON {" AND ".join(f"sums.{c} IS NOT DISTINCT FROM hist.{c}"
-                                                       for c in ["bucket", *DIMENSIONS])}
-        """, params)
-        con.execute(f"DELETE FROM rollups WHERE {bounds}", params)
-        con.execute("INSERT INTO rollups SELECT * FROM rollup_merge")
+        (before,) = con.execute(f"SELECT count(*) FROM {tier.table} WHERE {bounds}", params).fetchone()  # type: ignore[misc]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_merge AS "
+                    f"{merged(f'SELECT * FROM {tier.table} WHERE {bounds}', tier)}", params)
+        con.execute(f"DELETE FROM {tier.table} WHERE {bounds}", params)
+        con.execute(f"INSERT INTO {tier.table} SELECT * FROM rollup_merge")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -135,21 +195,22 @@ def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt
     return before - after
 
 
-_settled: set[dt.datetime] = set()  # buckets this process has compacted (compact_previous)
+_settled: set[tuple[str, dt.datetime]] = set()  # (table, bucket) this process has compacted (compact_previous)
 
 
 def compact_previous(con: duckdb.DuckDBPyConnection, newest: dt.datetime) -> None:
-    """Once per bucket per process: merge the rows the flushes left in the bucket before
+    """Once per bucket per tier per process: merge the rows the flushes left in the bucket before
     ``newest``'s, so a closed bucket holds one row per group (each flush adds rows of its own).
     Rows arriving later (a spill replay, another replica) add a few rows more, which reads sum alike."""
-    previous = dt.datetime.fromtimestamp(newest.timestamp() // _BUCKET_S * _BUCKET_S, dt.UTC) - BUCKET
-    if previous in _settled:
-        return
-    _settled.add(previous)
-    (extra,) = con.execute(f"SELECT count(*) - count(DISTINCT ({', '.join(DIMENSIONS)})) FROM rollups "
-                           f"WHERE bucket = ?", [previous]).fetchone()  # type: ignore[misc]
-    if extra:
-        compact(con, previous, previous + BUCKET)
+    for tier in TIERS:
+        previous = dt.datetime.fromtimestamp(newest.timestamp() // tier.seconds * tier.seconds - tier.seconds, dt.UTC)
+        if (tier.table, previous) in _settled:
+            continue
+        _settled.add((tier.table, previous))
+        (extra,) = con.execute(f"SELECT count(*) - count(DISTINCT ({', '.join(tier.dimensions)})) FROM {tier.table} "
+                               f"WHERE bucket = ?", [previous]).fetchone()  # type: ignore[misc]
+        if extra:
+            compact(con, previous, previous + dt.timedelta(seconds=tier.seconds), tier)
 
 
 def quantiles(rows: list[tuple], points: tuple[float, ...]) -> dict[tuple, tuple[float | None, ...]]:

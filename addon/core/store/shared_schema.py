@@ -18,6 +18,7 @@ from .migrations import (
     BATCHES_DDL,
     ERASURES_DDL,
     HOURLY_INTO_ROLLUPS,
+    HOURLY_ROLLUPS,
     PRICE_SNAPSHOT_COLUMN,
     PRICE_SNAPSHOTS_DDL,
     PROXY_US_COLUMN,
@@ -121,7 +122,7 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
-                   "s013_proxy_us", "s014_rollups")
+                   "s013_proxy_us", "s014_rollups", "s015_hourly_rollups")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -130,6 +131,7 @@ _LAKE = [
     # DuckDB transaction (which cannot span two databases), and an erase removes the subject's bytes
     # from lake files by rewriting them (lake.scrub), where PostgreSQL would keep dead tuples.
     rollups.DDL,
+    rollups.HOURLY_DDL,
     USAGE_HISTORY_VIEW.replace("CREATE VIEW", "CREATE VIEW IF NOT EXISTS"),
 ]
 # An older lake (s014_rollups): its calls summed, its hourly totals moved in, as migrations.m023_rollups.
@@ -271,6 +273,21 @@ def ensure_lake(con, control) -> None:
                 con.execute("ROLLBACK")
                 raise
             control.execute("INSERT INTO schema_migrations VALUES ('s014_rollups', now()) ON CONFLICT DO NOTHING")
+        if "s015_hourly_rollups" not in _applied(control):  # as migrations.m024_hourly_rollups
+            _in_transaction(con, HOURLY_ROLLUPS)
+            control.execute("INSERT INTO schema_migrations VALUES ('s015_hourly_rollups', now()) "
+                            "ON CONFLICT DO NOTHING")
+
+
+def _in_transaction(con, statements: list[str]) -> None:
+    con.execute("BEGIN")
+    try:
+        for statement in statements:
+            con.execute(statement)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from .. import home as home_dir
-from . import batches, keys
+from . import batches, keys, rollups
 from .alerts import budget_subject, spike_subject
 from .connection import control, is_shared, one
 
@@ -114,10 +114,14 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
     rows_condition, rows_params = _rows_condition(subject)
     con.execute("BEGIN")
     try:
+        # The hours the subject's sums are in, taken before its 15-minute rows go (_erase_hourly).
+        con.execute(f"CREATE OR REPLACE TEMP TABLE erased_hours AS {rollups.hour_pairs(rows_condition)}", rows_params)
         counts = {
             "calls": _count(con, f"DELETE FROM calls WHERE {rows_condition}", rows_params),
             "rollups": _count(con, f"DELETE FROM rollups WHERE {rows_condition}", rows_params),
         }
+        _erase_hourly(con, subject)
+        con.execute("DROP TABLE erased_hours")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -133,6 +137,15 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
     if subject.kind == "key":
         counts["keys"] = _deleted(db, "DELETE FROM keys WHERE id = ? RETURNING id", [int(subject.value)])
     return counts
+
+
+def _erase_hourly(con: duckdb.DuckDBPyConnection, subject: Subject) -> None:
+    """The hourly rollups hold no customer: a key's rows go; for a customer, the hours it had calls
+    in are summed again from the 15-minute rows left (store/rollups.py), so no report keeps its calls."""
+    if subject.kind == "key":
+        con.execute(f"DELETE FROM {rollups.HOURLY} WHERE key_id = ?", [int(subject.value)])
+        return
+    rollups.derive(con, "SELECT * FROM erased_hours")
 
 
 def _deleted(db, sql: str, params: list) -> int:

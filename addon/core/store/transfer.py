@@ -25,7 +25,7 @@ _CONTROL_TABLES = {
     "config": ["name", "value", "updated_at"],
     "batches": ["provider", "batch_id", "key_id", "customer_id", "feature", "created_at", "results_ref", "recorded_at"],
 }
-_ROW_TABLES = ("calls", "rollups")
+_ROW_TABLES = ("calls", "rollups", "rollups_hourly")
 
 
 def copy_embedded(source: Path, con: SharedConnection) -> dict[str, int]:
