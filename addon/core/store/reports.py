@@ -68,9 +68,10 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
            total_latency: bool = True, exact: bool = False) -> tuple[list[dict], dict]:
     """Groups ordered by time (time dimensions) or by cost, and the total.
 
-    Whole 15-minute buckets come from ``rollups`` and raw rows only for a range's edges that cut a
-    bucket (store/rollups.py): the same counts, tokens and costs as a scan of every row, and
-    percentiles within rollups.RELATIVE_ERROR. ``exact`` scans the raw rows (exact percentiles;
+    Whole buckets come from a rollup tier (``rollups_hourly`` when the report names no customer or
+    feature and the zone allows, else ``rollups``: ``_source``) and the finer tier or raw rows only
+    for a range's edges that cut a bucket (store/rollups.py): the same counts, tokens and costs as a
+    scan of every row, and percentiles within rollups.RELATIVE_ERROR. ``exact`` scans the raw rows (exact percentiles;
     purged calls, which only rollups keep, are then not counted).
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups."""
