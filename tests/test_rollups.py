@@ -102,8 +102,8 @@ def test_reports_from_rollups_match_a_raw_scan_over_random_zones_and_ranges(tmp_
                                   {"model": "gpt-4o", "provider": "openai"}, {"feature": "chat"}])
             spec = parse_report(by, since=since, until=until, tz=rng.choice(ZONES), now=START, **filters)
             label = f"case {case}: {by} {since} {until} {filters} {spec.selection.tz}"
-            source, _ = report_rows._source(con, spec)
-            hourly += source is not None and rollups.HOURLY in source[0]
+            _, _, tier = report_rows._source(con, spec)
+            hourly += tier is rollups.COARSE
             assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), label)
         (calls,) = con.execute("SELECT sum(calls) FROM rollups").fetchone()
         assert calls == len(stored) + 30
@@ -126,14 +126,16 @@ def test_percentiles_of_one_bucket_are_within_one_percent(tmp_path):
     # One group, 2,000 latencies from 1 ms to 100 s: the histogram's p50/p95 against quantile_cont's.
     rng = random.Random(7)
     rows = [random_call(rng, START, 600) | {"latency_ms": round(10 ** rng.uniform(0, 5), 3), "key_id": 1,
-                                            "customer_id": "acme"} for _ in range(2000)]
+                                            "customer_id": "acme", "model": "gpt-4o"} for _ in range(2000)]
     with writing(tmp_path / "a.duckdb") as con:
         call_rows.insert(con, rows)
-        spec = parse_report(["customer"], now=START)
-        ([rolled], _), ([exact], _) = report_rows.report(con, spec), report_rows.report(con, spec, exact=True)
+        by_model, by_customer = parse_report(["model"], now=START), parse_report(["customer"], now=START)
+        ([rolled], _), ([exact], _) = report_rows.report(con, by_model), report_rows.report(con, by_model, exact=True)
+        ([customer], _) = report_rows.report(con, by_customer)
     for name in ("p50_latency_ms", "p95_latency_ms"):
-        assert rolled[name] != exact[name]  # from the histogram, not the rows
+        assert rolled[name] != exact[name]  # from the hourly tier's histogram, not the rows
         assert abs(rolled[name] - exact[name]) <= 0.0099 * exact[name] + 0.001
+        assert customer[name] == exact[name]  # the 15-minute tier's reports take them from the raw rows
 
 
 def test_purged_calls_stay_in_reports_and_exact_scans_only_raw_rows(tmp_path):

@@ -71,25 +71,26 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     Whole buckets come from a rollup tier (``rollups_hourly`` when the report names no customer or
     feature and the zone allows, else ``rollups``: ``_source``) and the finer tier or raw rows only
     for a range's edges that cut a bucket (store/rollups.py): the same counts, tokens and costs as a
-    scan of every row, and percentiles within rollups.RELATIVE_ERROR. ``exact`` scans the raw rows (exact percentiles;
-    purged calls, which only rollups keep, are then not counted).
+    scan of every row, and percentiles within rollups.RELATIVE_ERROR (from the hourly tier) or exact
+    over the calls kept raw (the 15-minute tier: _rollup_groups). ``exact`` scans the raw rows
+    (exact percentiles; purged calls, which only rollups keep, are then not counted).
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups."""
     names = [dimension_name(d) for d in spec.by]
-    source, local = (None, "") if exact else _source(con, spec)
+    source, local, tier = (None, "", None) if exact else _source(con, spec)
     if source is None and any(d in _TIME_FORMATS for d in spec.by):
         local = _local_time_sql(con, spec, None)
     dims = [_dimension_sql(d, local) for d in spec.by]
+    condition, params = where(spec.selection)
     if source is None:
-        condition, params = where(spec.selection)
         sql = (f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, {_METRICS} "
                f"FROM calls WHERE {condition} GROUP BY ALL")
         groups = [_group(dict(zip([*names, *_METRIC_NAMES], r))) for r in con.execute(sql, params).fetchall()]
         total = _total(con, groups, condition if total_latency else None, params)
     else:
-        groups, total = _rollup_groups(con, source, dims, names, total_latency)
+        raw = None if tier is rollups.COARSE else (condition, params)
+        groups, total = _rollup_groups(con, source, dims, names, total_latency, raw)
         if total_latency:  # rollups hold no proxy_us histogram: these two read the raw rows' one column
-            condition, params = where(spec.selection)
             total.update(_added(one(con.execute(f"SELECT quantile_cont(proxy_us, [0.5, 0.99]) FROM calls "
                                                 f"WHERE {condition}", params))[0]))
     for row in [*groups, total]:
@@ -111,11 +112,12 @@ _ROLLUP_METRICS = (f"{', '.join(f'coalesce(sum({c}), 0)::BIGINT AS {c}' for c in
 _POINTS = (0.5, 0.95)
 
 
-def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> tuple[tuple[str, list] | None, str]:
+def _source(con: duckdb.DuckDBPyConnection,
+            spec: ReportSpec) -> tuple[tuple[str, list] | None, str, rollups.Tier | None]:
     """The rollup rows a report reads and its local time expression (store/rollups.py): the hourly
     tier when neither the groups nor the filters name a customer or feature and the zone's offsets
     are whole hours over the range; else the 15-minute tier if they are whole quarter hours; else
-    (None, ""): raw rows."""
+    (None, "", None): raw rows."""
     selection, timed = spec.selection, any(d in _TIME_FORMATS for d in spec.by)
     tiers = [rollups.FINE]
     if selection.customer_id is None and selection.feature is None and not {"customer", "feature"} & set(spec.by):
@@ -123,11 +125,11 @@ def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> tuple[tuple[str
     for tier in tiers:
         source = _rollup_source(selection, tier)
         if not timed:
-            return source, ""
+            return source, "", tier
         local = _local_time_sql(con, spec, source, tier.seconds)
         if local:
-            return source, local
-    return None, ""
+            return source, local, tier
+    return None, "", None
 
 
 def _rollup_source(selection: Selection, tier: rollups.Tier = rollups.FINE) -> tuple[str, list]:
@@ -210,20 +212,35 @@ def _bucket_ceil(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.da
 
 
 def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dims: list[str], names: list[str],
-                   total_latency: bool) -> tuple[list[dict], dict]:
+                   total_latency: bool, raw: tuple[str, list] | None) -> tuple[list[dict], dict]:
+    """Sums from the rollup rows of ``source``; percentiles from their histograms, or, given ``raw``
+    (a condition on calls and its parameters), exact over the raw rows. The 15-minute tier holds
+    about one call per histogram bin (a customer or feature per group): merging bins there costs
+    several times quantile_cont over the raw rows (docs/benchmarks.md, "Rollups against raw scans"),
+    so its reports take exact percentiles of the calls still kept raw."""
     sql, params = source
     grouped = f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, * FROM ({sql})"
     cur = con.execute(f"SELECT {', '.join(names)}, {_ROLLUP_METRICS} FROM ({grouped}) GROUP BY ALL", params)
     rows = [dict(zip([*names, *_METRIC_NAMES[:-1]], r)) for r in cur.fetchall()]
-    found = rollups.quantiles(con.execute(rollups.quantile_sql(grouped, names, _POINTS), params).fetchall(), _POINTS)
+    if raw is None:
+        found = rollups.quantiles(con.execute(rollups.quantile_sql(grouped, names, _POINTS), params).fetchall(),
+                                  _POINTS)
+    else:
+        found = {tuple(r[:-1]): r[-1] for r in con.execute(
+            f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, "
+            f"quantile_cont(latency_ms, {list(_POINTS)}) FROM calls WHERE {raw[0]} GROUP BY ALL", raw[1]).fetchall()}
     groups = []
     for row in rows:
         row["latency_ms"] = found.get(tuple(row[n] for n in names))
         groups.append(_group(row))
     total = _total(con, groups, None, [])
     if total_latency:
-        quantiles = rollups.quantiles(con.execute(rollups.quantile_sql(sql, [], _POINTS), params).fetchall(),
-                                      _POINTS).get(())
+        if raw is None:
+            quantiles = rollups.quantiles(con.execute(rollups.quantile_sql(sql, [], _POINTS), params).fetchall(),
+                                          _POINTS).get(())
+        else:
+            (quantiles,) = one(con.execute(f"SELECT quantile_cont(latency_ms, {list(_POINTS)}) FROM calls "
+                                           f"WHERE {raw[0]}", raw[1]))
         total["p50_latency_ms"], total["p95_latency_ms"] = _rounded(quantiles)
     return groups, total
 
