@@ -7,9 +7,10 @@ spill files), as a replica of the shared mode has. The parent holds ``<home>``'s
 web app and ``--metrics-port`` once (the workers' metrics merged: addon/core/metrics_merge.py),
 restarts a worker that dies, and stops them all on SIGTERM or SIGINT.
 
-Limits and budgets are exact across workers only where they are exact across replicas: the shared
-mode (PostgreSQL). The embedded mode's DuckDB file takes one process, so there ``--workers`` stays 1
-until one long-lived owner of the file exists (issue 27): lifting it is EMBEDDED_MAX_WORKERS.
+In the shared mode each worker is a replica (its own connection to PostgreSQL and the lake, limits
+and budgets counted there). In the embedded mode the parent is the one owner of the DuckDB file
+(cli/embedded.py): the workers share ``<home>`` and reach its file only through the parent's socket,
+their spill files in ``<home>/workers/<slot>``, their limits and budgets in the host's shared counts.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ from pathlib import Path
 
 import click
 
+from addon.core import host_counters
+
 log = logging.getLogger("aispendtrack.workers")
 
-EMBEDDED_MAX_WORKERS = 1  # raise once the embedded data has one owner process (issue 27)
 MAX_DEFAULT_WORKERS = 8  # past this the PostgreSQL connections (~6 a worker) and lake commits cost more
-WORKERS_DIR = "workers"
+WORKERS_DIR = host_counters.WORKERS_DIR
 STOP_WAIT_S = 30.0  # a worker's own stop (in-flight calls recorded, rows flushed) takes a few seconds
 BACKOFF_S = (0.5, 1, 2, 5, 10, 30)  # before each further restart of a slot whose workers keep dying
 STABLE_S = 60.0  # a worker that served this long resets its slot's backoff
@@ -42,22 +44,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def default_count(shared: bool) -> int:
-    """The host's cores (those this process may run on) in the shared mode, capped; 1 embedded."""
+    """The host's cores (those this process may run on) in the shared mode, capped; 1 embedded (see
+    docs/operations.md: a single process there still skips the socket and the shared counts)."""
     if not shared:
         return 1
     cores = getattr(os, "process_cpu_count", None)
     count = cores() if cores else len(os.sched_getaffinity(0))
     return max(1, min(count or 1, MAX_DEFAULT_WORKERS))
-
-
-def refusal(count: int, shared: bool) -> str | None:
-    """Why ``count`` workers cannot run here, or None."""
-    if shared or count <= EMBEDDED_MAX_WORKERS:
-        return None
-    return (f"--workers {count} needs the shared mode. The embedded mode keeps its data in one DuckDB file, "
-            "which one process at a time can write, so it runs one worker. Run several with PostgreSQL and "
-            "DuckLake: set AISPENDTRACK_CATALOG (or --catalog) and --data-path (docs/deploy.md, \"Running "
-            "several proxies as one\").")
 
 
 @dataclass
@@ -84,8 +77,9 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, count: int, home: Path, mitm_options: dict, addon_options: dict) -> None:
-        self.count, self.home = count, home
+    def __init__(self, count: int, home: Path, mitm_options: dict, addon_options: dict,
+                 embedded: bool = False) -> None:
+        self.count, self.home, self.embedded = count, home, embedded
         self.mitm_options, self.addon_options = mitm_options, addon_options
         self.workers: dict[int, Worker] = {}
         self.deaths: dict[int, int] = {}  # slot -> consecutive deaths, for the backoff
@@ -158,8 +152,11 @@ class Supervisor:
         metrics_port = _free_port()
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
+        # Embedded: the parent's data directory, reached through its owner; shared: a replica's own.
+        homes = ({"aispendtrack_home": str(self.home), "aispendtrack_worker_dir": str(home)} if self.embedded
+                 else {"aispendtrack_home": str(home)})
         config = {"mitm": self.mitm_options, "ready_fd": write_end, "parent": os.getpid(),
-                  "addon": {**self.addon_options, "aispendtrack_home": str(home),
+                  "addon": {**self.addon_options, **homes,
                             "aispendtrack_metrics_host": "127.0.0.1", "aispendtrack_metrics_port": metrics_port}}
         process = subprocess.Popen([sys.executable, "-c", "from cli.workers import main; main()"],
                                    stdin=subprocess.PIPE, pass_fds=(write_end,), cwd=os.getcwd())
