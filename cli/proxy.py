@@ -91,6 +91,9 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
     if values.get("metrics_port"):
         check_port_free(values["metrics_host"], values["metrics_port"], "--metrics-port")
     _first_key(obj.db)
+    if workers > 1 and shared.configured() is None:  # a child owns the file (cli/embedded.py): never open it here
+        from addon.core.store import connection
+        connection.only_through_owner(obj.db)
     if web_port:
         from web.server import serve_in_thread
         serve_in_thread(obj.home, host, web_port, trusted_proxies)
@@ -125,7 +128,6 @@ def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict
     from addon import metrics_port
     from addon.core.store import shared
 
-    from .embedded import HostOwner
     from .workers import Supervisor, log
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
@@ -135,13 +137,7 @@ def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict
         lock = home_dir.claim(home, listening)  # held until this process ends
     except home_dir.HomeInUse as exc:  # another proxy took it since the check above
         raise click.ClickException(str(exc)) from None
-    embedded = shared.configured() is None
-    try:
-        host_owner = HostOwner(home, addon_options) if embedded else None
-    except BaseException:
-        os.close(lock)
-        raise
-    supervisor = Supervisor(count, home, mitm_options, addon_options, embedded=embedded)
+    supervisor = Supervisor(count, home, mitm_options, addon_options, embedded=shared.configured() is None)
     server = None
     if addon_options["aispendtrack_metrics_port"]:
         try:
@@ -155,8 +151,6 @@ def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict
     finally:
         if server is not None:
             server.shutdown()
-        if host_owner is not None:
-            host_owner.stop()
         os.close(lock)
 
 

@@ -8,9 +8,10 @@ web app and ``--metrics-port`` once (the workers' metrics merged: addon/core/met
 restarts a worker that dies, and stops them all on SIGTERM or SIGINT.
 
 In the shared mode each worker is a replica (its own connection to PostgreSQL and the lake, limits
-and budgets counted there). In the embedded mode the parent is the one owner of the DuckDB file
-(cli/embedded.py): the workers share ``<home>`` and reach its file only through the parent's socket,
-their spill files in ``<home>/workers/<slot>``, their limits and budgets in the host's shared counts.
+and budgets counted there). In the embedded mode one more child, the owner (cli/embedded.py), holds
+the DuckDB file; it starts first, and is restarted like a worker if it dies, while the workers go
+on proxying. The workers share ``<home>`` and reach its file only through the owner's socket (their
+spill files in ``<home>/workers/<slot>``), their limits and budgets in the host's shared counts.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class Supervisor:
         self.deaths: dict[int, int] = {}  # slot -> consecutive deaths, for the backoff
         self.restart_at: dict[int, float] = {}
         self.stopping = threading.Event()
+        self.owner: Worker | None = None  # embedded: the child that holds the data file
+        self.owner_deaths = 0
+        self.owner_restart_at = 0.0
         from addon.core import metrics
         from addon.core.metrics_merge import Merged
         self.metrics = Merged(self.metrics_urls)
@@ -97,6 +101,10 @@ class Supervisor:
         """Until SIGTERM or SIGINT (exit 0), or a worker that fails at the first start (its exit code)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        if self.embedded:
+            code = self._first_owner()
+            if code is not None:
+                return code
         for slot in range(self.count):
             self.workers[slot] = self._spawn(slot)
         code = self._watch()
@@ -107,6 +115,8 @@ class Supervisor:
         next_read = time.monotonic() + METRICS_READ_S
         announced = False
         while not self.stopping.wait(0.1):
+            if self.embedded:
+                self._check_owner()
             for slot in range(self.count):
                 code = self._check(slot)
                 if code is not None:
@@ -146,6 +156,63 @@ class Supervisor:
                     slot, worker.process.pid, _how(code), delay)
         return None
 
+    def _first_owner(self) -> int | None:
+        """Start the owner and wait until it serves (the workers need it to start); its exit code if it
+        cannot (a bad option, a file another process holds)."""
+        self.owner = self._spawn_owner(seed=True)
+        while not self.owner.poll_ready():
+            code = self.owner.process.poll()
+            if code is not None or self.stopping.wait(0.1):
+                if code is None:
+                    return 0
+                log.error("the owner of the data (pid %d) exited at start (%s)", self.owner.process.pid, _how(code))
+                self.owner.close()
+                self.owner = None
+                return code if code > 0 else 1
+        return None
+
+    def _check_owner(self) -> None:
+        owner = self.owner
+        if owner is None:
+            if time.monotonic() >= self.owner_restart_at:
+                self.owner = self._spawn_owner(seed=False)
+            return
+        if not owner.ready and owner.poll_ready() and self.owner_deaths:
+            log.info("the owner of the data (pid %d) serves again: the workers' waiting rows go to it now",
+                     owner.process.pid)
+        code = owner.process.poll()
+        if code is None:
+            if owner.ready and time.monotonic() - owner.started > STABLE_S:
+                self.owner_deaths = 0
+            return
+        owner.close()
+        self.owner = None
+        self.owner_deaths += 1
+        delay = BACKOFF_S[min(self.owner_deaths, len(BACKOFF_S)) - 1]
+        self.owner_restart_at = time.monotonic() + delay
+        log.warning("the owner of the data (pid %d) %s; starting another in %g s (the workers go on proxying, "
+                    "their rows wait for it)", owner.process.pid, _how(code), delay)
+
+    def _spawn_owner(self, seed: bool) -> Worker:
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        config = {"home": str(self.home), "addon": self.addon_options, "seed": seed, "ready_fd": write_end,
+                  "parent": os.getpid()}
+        process = self._child("from cli.embedded import main; main()", config, write_end)
+        log.info("owner of the data started (pid %d)", process.pid)
+        return Worker(-1, process, "", read_end)
+
+    @staticmethod
+    def _child(code: str, config: dict, write_end: int) -> subprocess.Popen:
+        """A child reading ``config`` on standard input, kept open: its end tells the child the parent is gone."""
+        process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, pass_fds=(write_end,),
+                                   cwd=os.getcwd())
+        os.close(write_end)
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(config).encode() + b"\n")
+        process.stdin.flush()
+        return process
+
     def _spawn(self, slot: int) -> Worker:
         home = self.home / WORKERS_DIR / str(slot)
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -158,12 +225,7 @@ class Supervisor:
         config = {"mitm": self.mitm_options, "ready_fd": write_end, "parent": os.getpid(),
                   "addon": {**self.addon_options, **homes,
                             "aispendtrack_metrics_host": "127.0.0.1", "aispendtrack_metrics_port": metrics_port}}
-        process = subprocess.Popen([sys.executable, "-c", "from cli.workers import main; main()"],
-                                   stdin=subprocess.PIPE, pass_fds=(write_end,), cwd=os.getcwd())
-        os.close(write_end)
-        assert process.stdin is not None
-        process.stdin.write(json.dumps(config).encode() + b"\n")
-        process.stdin.flush()  # kept open: its end tells the worker the parent is gone
+        process = self._child("from cli.workers import main; main()", config, write_end)
         log.info("worker %d started (pid %d)", slot, process.pid)
         return Worker(slot, process, f"http://127.0.0.1:{metrics_port}/metrics", read_end)
 
@@ -183,6 +245,20 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.wait()
             worker.close()
+        if self.owner is not None:  # last: the workers' final rows went to it
+            self._stop_owner(self.owner)
+
+    @staticmethod
+    def _stop_owner(owner: Worker) -> None:
+        owner.process.send_signal(signal.SIGTERM)
+        try:
+            owner.process.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.error("the owner of the data (pid %d) did not stop within %g s; killed", owner.process.pid,
+                      STOP_WAIT_S)
+            owner.process.kill()
+            owner.process.wait()
+        owner.close()
 
 
 def _how(code: int) -> str:

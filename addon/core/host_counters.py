@@ -2,17 +2,20 @@
 per budget for the whole host, in shared memory under one lock, so limits and blocking budgets hold
 across workers exactly as in one process.
 
-The file (``<home>/workers/counters``) is made and seeded by the parent before any worker starts
-(``create``), and mapped by every worker (``HostCounters``). Each check-and-count takes an exclusive
-``flock`` on it for a few microseconds (a dict lookup's worth of work on a 40-byte slot): the kernel
-lets go of that lock when its holder dies, so a worker killed with ``kill -9`` mid-count leaves no lock
-behind. A slot's count is never half-written by a dying worker: it writes a whole slot in one
-``pack_into`` while holding the lock, and nothing reads it without the lock.
+The file (``<home>/workers/counters``) is made and seeded by the first owner (cli/embedded.py)
+before any worker starts (``create``), kept by an owner that replaces a dead one, and mapped by
+every worker (``HostCounters``). Each check-and-count takes an exclusive ``flock`` on it for a few
+microseconds (a lookup's worth of work on a 40-byte slot): the kernel lets go of that lock when
+its holder dies, so a worker killed with ``kill -9`` mid-count leaves no lock behind. Nothing reads a
+slot without the lock. A worker killed in the few instructions of one ``pack_into`` could leave a
+slot with some words new and some old (each aligned 8-byte word is written whole): its own call's
+increment lost (that call never reaches the upstream), or at a period's roll an old count under
+the new start; that window is accepted, not closed.
 
 A slot is five signed 64-bit integers: the id + 1 (0: free), the start of its short period (the hour
 for a key, the day for a budget) in epoch seconds, its count there, the start of its month, its count
 there. Budgets count nano-dollars, each cost rounded up (never under a budget by rounding).
-The parent removes nothing: ids are few (keys and budgets), and a new start makes a new file.
+Nothing is ever removed: ids are few (keys and budgets), and a new start of the proxy makes a new file.
 """
 
 from __future__ import annotations
