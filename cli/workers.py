@@ -31,12 +31,12 @@ from pathlib import Path
 
 import click
 
-from addon.core import host_counters
+from addon.core import home as home_dir
 
 log = logging.getLogger("aispendtrack.workers")
 
 MAX_DEFAULT_WORKERS = 8  # past this the PostgreSQL connections (~6 a worker) and lake commits cost more
-WORKERS_DIR = host_counters.WORKERS_DIR
+WORKERS_DIR = home_dir.WORKERS_DIR
 STOP_WAIT_S = 30.0  # a worker's own stop (in-flight calls recorded, rows flushed) takes a few seconds
 BACKOFF_S = (0.5, 1, 2, 5, 10, 30)  # before each further restart of a slot whose workers keep dying
 STABLE_S = 60.0  # a worker that served this long resets its slot's backoff

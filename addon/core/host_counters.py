@@ -33,9 +33,10 @@ from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import TypeVar
 
+from .home import WORKERS_DIR
+
 log = logging.getLogger(__name__)
 
-WORKERS_DIR = "workers"  # the workers' own directories (spill files) and this file
 FILE = "counters"
 KEY_SLOTS = 16_384
 BUDGET_SLOTS = 4_096
