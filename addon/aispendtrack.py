@@ -92,7 +92,7 @@ class AiSpendTrack:
             if self.writer is not None:
                 raise exceptions.OptionsError("aispendtrack_home cannot change while the proxy runs; restart it.")
             self.state.home = None
-            if ctx.options.aispendtrack_worker_dir:  # the parent holds the directory and owns its file
+            if ctx.options.aispendtrack_worker_dir:  # the parent holds the directory, its owner child the file
                 connection.only_through_owner(home_dir.db_path(self.state.data_home()))
             else:
                 self._claim_home()
@@ -133,7 +133,7 @@ class AiSpendTrack:
         assert self.book is not None
         home = self.state.data_home()
         worker_dir = ctx.options.aispendtrack_worker_dir
-        if not worker_dir:  # a worker's parent has exports of its own in flight there
+        if not worker_dir:  # the owner of a worker's directory may have exports in flight there
             spool.remove_leftovers(home)
         counter = Counter(home / home_dir.CACHE_DIR / "tiktoken")
         counter.load_in_background()
@@ -146,7 +146,7 @@ class AiSpendTrack:
             log.warning("%s is not read in the shared mode: every replica uses the deployment's copy in the "
                         "shared store. Put it there with `aispendtrack %s import %s` (once), then remove it.",
                         path, path.stem, path)
-        if cfg is None and worker_dir:  # a worker of `proxy --workers N`: the host's counts, the parent's file
+        if cfg is None and worker_dir:  # a worker of `proxy --workers N`: the host's counts, the owner's file
             self._host_counters = host_counters.HostCounters(host_counters.path(home))
             self.state.limiter.host = self.state.budgets.host = self._host_counters
         elif cfg is None:  # embedded: this process keeps the file open until done() (store/owner.py)
@@ -174,7 +174,7 @@ class AiSpendTrack:
         self._prices = price_data.start(home_dir.db_path(home), ctx.options.aispendtrack_prices_url,
                                         ctx.options.aispendtrack_prices_refresh_s, self.book)
         self.writer.start()
-        if not worker_dir:  # the periodic jobs of workers run once, in their parent (cli/workers.py)
+        if not worker_dir:  # the periodic jobs of workers run once, in their owner (cli/embedded.py)
             self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,
                                        interval=max(1, ctx.options.aispendtrack_alert_interval_s),
                                        purge_interval=ctx.options.aispendtrack_purge_interval_s, book=self.book,

@@ -59,7 +59,7 @@ _CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
               help="Verify providers against this CA bundle (PEM) instead of the public CAs.")
 @click.option("--workers", type=click.IntRange(1, 64),
               help="Proxy processes accepting on the same ports, under one parent that restarts a dead one "
-                   "(embedded: the parent owns the data file, the workers send it their rows). "
+                   "(embedded: one more child owns the data file, the workers send it their rows). "
                    "Default: the host's cores, at most 8, in the shared mode (--catalog); 1 in the embedded mode.")
 @trusted_proxy_option
 @_setting_flags
