@@ -12,10 +12,14 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
+import pytest
+
 from addon.core import host_counters, periods
 from addon.core.budgets import Budget, BudgetTracker
 from addon.core.limits import Limiter
 from addon.core.plans import Limits
+from addon.core.store import connection, reading, writing
 
 NOW = dt.datetime.now(dt.UTC)
 SPAWN = multiprocessing.get_context("spawn")  # the test process has threads: no fork
@@ -90,3 +94,18 @@ def test_spend_recorded_by_one_worker_blocks_the_next_call_on_another(tmp_path):
     refusal = second.blocked(1, "acme", None, NOW)
     assert refusal is not None and refusal.period == "daily" and refusal.spent == Decimal("5.000000001")
     assert second.blocked(2, "acme", None, NOW) is None  # another key's calls with that tag: not this budget
+
+
+def test_a_worker_never_opens_the_file_behind_an_absent_owner(tmp_path):
+    """A worker's rows wait (StoreBusy) instead of opening the file its restarting owner needs."""
+    db = tmp_path / "aispendtrack.duckdb"
+    with writing(db):
+        pass  # the file exists; no owner serves it
+    connection.only_through_owner(db)
+    try:
+        for open_it in (writing, reading):
+            with pytest.raises(connection.OwnerAway, match="owner.sock"), open_it(db):
+                pass
+        duckdb.connect(str(db)).close()  # nobody holds it: the refusal was ours, not a lock's
+    finally:
+        connection._owner_only.clear()
