@@ -103,7 +103,8 @@ class Supervisor:
             signal.signal(sig, lambda *_: self.stopping.set())
         if self.embedded:
             code = self._first_owner()
-            if code is not None:
+            if code is not None:  # it failed, or a stop came first
+                self._stop_all()
                 return code
         for slot in range(self.count):
             self.workers[slot] = self._spawn(slot)
