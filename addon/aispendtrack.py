@@ -23,13 +23,14 @@ import datetime as dt
 import logging
 import os
 import zoneinfo
+from pathlib import Path
 from time import perf_counter_ns
 
 from mitmproxy import ctx, exceptions, http
 
 from addon import batches, failures, injection, metrics_port, overhead, realtime, refusals, settings
 from addon.bounds import ConnectionBounds
-from addon.core import config, config_files, gdpr, metrics, price_data, spool
+from addon.core import config, config_files, gdpr, host_counters, metrics, price_data, spool
 from addon.core import home as home_dir
 from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
@@ -37,8 +38,8 @@ from addon.core.periods import hour_start, month_start
 from addon.core.plans import limits_for
 from addon.core.store import budgets as budget_rows
 from addon.core.store import calls as call_rows
+from addon.core.store import connection, owner, shared
 from addon.core.store import keys as key_rows
-from addon.core.store import owner, shared
 from addon.estimate import Counter
 from addon.forward import Forward
 from addon.gate import Gate
@@ -71,6 +72,7 @@ class AiSpendTrack:
         self._in_flight: dict[str, http.HTTPFlow] = {}  # calls with a meter, until response or error
         self._home_lock: int | None = None
         self._owner: owner.Owner | None = None
+        self._host_counters: host_counters.HostCounters | None = None
         self.metrics = metrics.current()
         self._metrics_server = None
         self._erasures: gdpr.ErasureWatch | None = None
@@ -90,7 +92,10 @@ class AiSpendTrack:
             if self.writer is not None:
                 raise exceptions.OptionsError("aispendtrack_home cannot change while the proxy runs; restart it.")
             self.state.home = None
-            self._claim_home()
+            if ctx.options.aispendtrack_worker_dir:  # the parent holds the directory, its owner child the file
+                connection.only_through_owner(home_dir.db_path(self.state.data_home()))
+            else:
+                self._claim_home()
             self._load_prices()
 
     def _load_prices(self) -> None:
@@ -127,7 +132,9 @@ class AiSpendTrack:
             self.configure({"aispendtrack_home"})
         assert self.book is not None
         home = self.state.data_home()
-        spool.remove_leftovers(home)
+        worker_dir = ctx.options.aispendtrack_worker_dir
+        if not worker_dir:  # the owner of a worker's directory may have exports in flight there
+            spool.remove_leftovers(home)
         counter = Counter(home / home_dir.CACHE_DIR / "tiktoken")
         counter.load_in_background()
         self.state.providers[:] = all_providers(counter)
@@ -139,10 +146,14 @@ class AiSpendTrack:
             log.warning("%s is not read in the shared mode: every replica uses the deployment's copy in the "
                         "shared store. Put it there with `aispendtrack %s import %s` (once), then remove it.",
                         path, path.stem, path)
-        if cfg is None:  # embedded: this process keeps the file open until done() (store/owner.py)
+        if cfg is None and worker_dir:  # a worker of `proxy --workers N`: the host's counts, the owner's file
+            self._host_counters = host_counters.HostCounters(host_counters.path(home))
+            self.state.limiter.host = self.state.budgets.host = self._host_counters
+        elif cfg is None:  # embedded: this process keeps the file open until done() (store/owner.py)
             self._owner = owner.start(home_dir.db_path(home))
+        spill_dir = (Path(worker_dir) if worker_dir else home) / home_dir.SPILL_DIR
         self.writer = Writer(
-            home_dir.db_path(home), home / home_dir.SPILL_DIR, build_row=self._row, on_refresh=self._refresh,
+            home_dir.db_path(home), spill_dir, build_row=self._row, on_refresh=self._refresh,
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,
             sync=self.state.counters.sync_budgets if self.state.counters else None,
             settle=lambda con, rows: batches.settle(con, rows, self._count),
@@ -163,11 +174,12 @@ class AiSpendTrack:
         self._prices = price_data.start(home_dir.db_path(home), ctx.options.aispendtrack_prices_url,
                                         ctx.options.aispendtrack_prices_refresh_s, self.book)
         self.writer.start()
-        self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,
-                                   interval=max(1, ctx.options.aispendtrack_alert_interval_s),
-                                   purge_interval=ctx.options.aispendtrack_purge_interval_s, book=self.book,
-                                   base_urls=_usage_api_bases())
-        self.evaluator.start()
+        if not worker_dir:  # the periodic jobs of workers run once, in their owner (cli/embedded.py)
+            self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,
+                                       interval=max(1, ctx.options.aispendtrack_alert_interval_s),
+                                       purge_interval=ctx.options.aispendtrack_purge_interval_s, book=self.book,
+                                       base_urls=_usage_api_bases())
+            self.evaluator.start()
         log.info("AiSpendTrack: data in %s, %d active keys%s", home, len(self.state.keyring),
                  f", shared storage at {cfg.where}" if cfg else "")
 
@@ -229,6 +241,10 @@ class AiSpendTrack:
             self._owner = None
         if self.state.counters is not None:
             self.state.counters.close()
+        if self._host_counters is not None:
+            self.state.limiter.host = self.state.budgets.host = None
+            self._host_counters.close()
+            self._host_counters = None
         self._release_home()
 
     def _record_in_flight(self) -> None:

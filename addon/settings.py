@@ -75,6 +75,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(stream_options.include_usage) and give the client the stream it asked for; off: such streams "
             "are estimated.", "--no-usage-injection",
             flag_help="Do not ask for usage on chat streams whose client did not; such streams are then estimated."),
+    Setting("worker_dir", str, "", "Set by `aispendtrack proxy --workers N` in the embedded mode, for each worker: "
+            "its own directory (its spill files). The worker then reaches aispendtrack_home's file only through its "
+            "owner, the parent, and counts limits and budgets in the host's shared counts.", None),
     Setting("tls_only", bool, False, "Refuse calls that did not come over TLS (`aispendtrack proxy` sets it "
             "with --tls-cert).", None, owner="Gate"),
     Setting("metrics_port", int, 0, "Serve the proxy's metrics in the Prometheus format at /metrics on this "

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.workers            # about 5 minutes on 2 cores
     .venv/bin/python -m bench.workers --quick    # a smoke run
+    .venv/bin/python -m bench.workers --embedded # the embedded mode: one DuckDB file, its owner a child
 
 Bare mitmdump (one process), and ours in the shared mode (a throwaway PostgreSQL, as bench/shared.py
 starts) with `--workers 1` and `--workers 2`, every call metered with a key without limits. Plain
@@ -31,7 +32,7 @@ CONNECTIONS = (32, 128)
 
 
 def ours(upstream_port: int, env: dict, workers: int) -> tuple[int, subprocess.Popen, str]:
-    """`aispendtrack proxy --workers N` in the shared mode, once every worker serves."""
+    """`aispendtrack proxy --workers N` (shared mode: ``env`` names the catalog), once every worker serves."""
     home = Path(tempfile.mkdtemp(prefix="aispendtrack-bench-"))
     created = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "keys", "create", "--name", "bench",
                               "--json"], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
@@ -76,25 +77,30 @@ def run(upstream_port: int, env: dict, rounds: int, load: int) -> dict[str, dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--embedded", action="store_true", help="the embedded mode instead of the shared one")
     args = parser.parse_args()
     rounds, load = (2, 600) if args.quick else (5, 3000)
-    cluster = Cluster()
+    cluster = None if args.embedded else Cluster()
     up_port = free_port()
     upstream = start([sys.executable, "-c", f"import asyncio; from bench import loopback; "
                                             f"asyncio.run(loopback.serve_upstream({up_port}))"])
     try:
-        env = {**os.environ, "AISPENDTRACK_CATALOG": cluster.create_database("bench"),
-               "AISPENDTRACK_DATA_PATH": tempfile.mkdtemp(prefix="aispendtrack-lake-")}
+        env = {k: v for k, v in os.environ.items() if k not in ("AISPENDTRACK_CATALOG", "AISPENDTRACK_DATA_PATH")}
+        if cluster is not None:
+            env |= {"AISPENDTRACK_CATALOG": cluster.create_database("bench"),
+                    "AISPENDTRACK_DATA_PATH": tempfile.mkdtemp(prefix="aispendtrack-lake-")}
         results = run(up_port, env, rounds, load)
         bare = results["bare mitmdump"]
-        print(f"\nwhole host, plain JSON, requests/s ({rounds} interleaved rounds, medians; {os.cpu_count()} cores; "
-              f"load average {os.getloadavg()[0]:.1f})")
+        mode = "embedded" if cluster is None else "shared"
+        print(f"\nwhole host, plain JSON, {mode} mode, requests/s ({rounds} interleaved rounds, medians; "
+              f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f})")
         print(f"  {'':<16}" + "".join(f"{f'c={c}':>10}{'x bare':>8}" for c in CONNECTIONS))
         for name, by_c in results.items():
             print(f"  {name:<16}" + "".join(f"{by_c[c]:>10.0f}{by_c[c] / bare[c]:>8.2f}" for c in CONNECTIONS))
     finally:
         upstream.terminate()
-        cluster.remove()
+        if cluster is not None:
+            cluster.remove()
 
 
 if __name__ == "__main__":

@@ -58,9 +58,9 @@ _CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
 @click.option("--upstream-ca", type=click.Path(exists=True, dir_okay=False),
               help="Verify providers against this CA bundle (PEM) instead of the public CAs.")
 @click.option("--workers", type=click.IntRange(1, 64),
-              help="Proxy processes accepting on the same ports, under one parent that restarts a dead one. "
-                   "Default: the host's cores, at most 8, in the shared mode (--catalog); 1 in the embedded mode, "
-                   "which takes no more.")
+              help="Proxy processes accepting on the same ports, under one parent that restarts a dead one "
+                   "(embedded: one more child owns the data file, the workers send it their rows). "
+                   "Default: the host's cores, at most 8, in the shared mode (--catalog); 1 in the embedded mode.")
 @trusted_proxy_option
 @_setting_flags
 @click.pass_obj
@@ -71,11 +71,7 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
     from addon.core.store import shared
 
     from . import workers as worker_pool
-    in_shared_mode = shared.configured() is not None
-    workers = workers or worker_pool.default_count(in_shared_mode)
-    refused = worker_pool.refusal(workers, in_shared_mode)
-    if refused:
-        raise click.UsageError(refused)
+    workers = workers or worker_pool.default_count(shared.configured() is not None)
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
     if tls_cert and forward_port:
@@ -95,6 +91,9 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
     if values.get("metrics_port"):
         check_port_free(values["metrics_host"], values["metrics_port"], "--metrics-port")
     _first_key(obj.db)
+    if workers > 1 and shared.configured() is None:  # a child owns the file (cli/embedded.py): never open it here
+        from addon.core.store import connection
+        connection.only_through_owner(obj.db)
     if web_port:
         from web.server import serve_in_thread
         serve_in_thread(obj.home, host, web_port, trusted_proxies)
@@ -110,7 +109,7 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
         modes.append(f"regular@{forward_port}")
         click.echo(f"  Forward:   HTTPS_PROXY=http://ask_KEY@{host}:{forward_port}  "
                    "(and trust the CA: `aispendtrack ca`)")
-    addon_options = _addon_options(values, home=str(obj.home), tls_only=bool(tls_cert))
+    addon_options = _addon_options(values, home=str(obj.home), tls_only=bool(tls_cert), worker_dir="")
     # The CA the forward mode signs with lives in the data directory (addon/core/ca.py).
     mitm_options = dict(listen_host=host, listen_port=port, mode=modes, confdir=str(ca.ensure(obj.home).confdir))
     if tls_cert and tls_key:
@@ -127,6 +126,7 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
 def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict, listening: str) -> int:
     """The parent of ``count`` workers (cli/workers.py): the data directory's lock and the metrics port."""
     from addon import metrics_port
+    from addon.core.store import shared
 
     from .workers import Supervisor, log
     handler = logging.StreamHandler()
@@ -137,7 +137,7 @@ def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict
         lock = home_dir.claim(home, listening)  # held until this process ends
     except home_dir.HomeInUse as exc:  # another proxy took it since the check above
         raise click.ClickException(str(exc)) from None
-    supervisor = Supervisor(count, home, mitm_options, addon_options)
+    supervisor = Supervisor(count, home, mitm_options, addon_options, embedded=shared.configured() is None)
     server = None
     if addon_options["aispendtrack_metrics_port"]:
         try:

@@ -7,9 +7,11 @@ spill files), as a replica of the shared mode has. The parent holds ``<home>``'s
 web app and ``--metrics-port`` once (the workers' metrics merged: addon/core/metrics_merge.py),
 restarts a worker that dies, and stops them all on SIGTERM or SIGINT.
 
-Limits and budgets are exact across workers only where they are exact across replicas: the shared
-mode (PostgreSQL). The embedded mode's DuckDB file takes one process, so there ``--workers`` stays 1
-until one long-lived owner of the file exists (issue 27): lifting it is EMBEDDED_MAX_WORKERS.
+In the shared mode each worker is a replica (its own connection to PostgreSQL and the lake, limits
+and budgets counted there). In the embedded mode one more child, the owner (cli/embedded.py), holds
+the DuckDB file; it starts first, and is restarted like a worker if it dies, while the workers go
+on proxying. The workers share ``<home>`` and reach its file only through the owner's socket (their
+spill files in ``<home>/workers/<slot>``), their limits and budgets in the host's shared counts.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from pathlib import Path
 
 import click
 
+from addon.core import home as home_dir
+
 log = logging.getLogger("aispendtrack.workers")
 
-EMBEDDED_MAX_WORKERS = 1  # raise once the embedded data has one owner process (issue 27)
 MAX_DEFAULT_WORKERS = 8  # past this the PostgreSQL connections (~6 a worker) and lake commits cost more
-WORKERS_DIR = "workers"
+WORKERS_DIR = home_dir.WORKERS_DIR
 STOP_WAIT_S = 30.0  # a worker's own stop (in-flight calls recorded, rows flushed) takes a few seconds
 BACKOFF_S = (0.5, 1, 2, 5, 10, 30)  # before each further restart of a slot whose workers keep dying
 STABLE_S = 60.0  # a worker that served this long resets its slot's backoff
@@ -42,22 +45,13 @@ _PR_SET_PDEATHSIG = 1
 
 
 def default_count(shared: bool) -> int:
-    """The host's cores (those this process may run on) in the shared mode, capped; 1 embedded."""
+    """The host's cores (those this process may run on) in the shared mode, capped; 1 embedded (see
+    docs/operations.md: a single process there still skips the socket and the shared counts)."""
     if not shared:
         return 1
     cores = getattr(os, "process_cpu_count", None)
     count = cores() if cores else len(os.sched_getaffinity(0))
     return max(1, min(count or 1, MAX_DEFAULT_WORKERS))
-
-
-def refusal(count: int, shared: bool) -> str | None:
-    """Why ``count`` workers cannot run here, or None."""
-    if shared or count <= EMBEDDED_MAX_WORKERS:
-        return None
-    return (f"--workers {count} needs the shared mode. The embedded mode keeps its data in one DuckDB file, "
-            "which one process at a time can write, so it runs one worker. Run several with PostgreSQL and "
-            "DuckLake: set AISPENDTRACK_CATALOG (or --catalog) and --data-path (docs/deploy.md, \"Running "
-            "several proxies as one\").")
 
 
 @dataclass
@@ -84,13 +78,17 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, count: int, home: Path, mitm_options: dict, addon_options: dict) -> None:
-        self.count, self.home = count, home
+    def __init__(self, count: int, home: Path, mitm_options: dict, addon_options: dict,
+                 embedded: bool = False) -> None:
+        self.count, self.home, self.embedded = count, home, embedded
         self.mitm_options, self.addon_options = mitm_options, addon_options
         self.workers: dict[int, Worker] = {}
         self.deaths: dict[int, int] = {}  # slot -> consecutive deaths, for the backoff
         self.restart_at: dict[int, float] = {}
         self.stopping = threading.Event()
+        self.owner: Worker | None = None  # embedded: the child that holds the data file
+        self.owner_deaths = 0
+        self.owner_restart_at = 0.0
         from addon.core import metrics
         from addon.core.metrics_merge import Merged
         self.metrics = Merged(self.metrics_urls)
@@ -103,6 +101,11 @@ class Supervisor:
         """Until SIGTERM or SIGINT (exit 0), or a worker that fails at the first start (its exit code)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        if self.embedded:
+            code = self._first_owner()
+            if code is not None:  # it failed, or a stop came first
+                self._stop_all()
+                return code
         for slot in range(self.count):
             self.workers[slot] = self._spawn(slot)
         code = self._watch()
@@ -113,6 +116,8 @@ class Supervisor:
         next_read = time.monotonic() + METRICS_READ_S
         announced = False
         while not self.stopping.wait(0.1):
+            if self.embedded:
+                self._check_owner()
             for slot in range(self.count):
                 code = self._check(slot)
                 if code is not None:
@@ -152,21 +157,76 @@ class Supervisor:
                     slot, worker.process.pid, _how(code), delay)
         return None
 
+    def _first_owner(self) -> int | None:
+        """Start the owner and wait until it serves (the workers need it to start); its exit code if it
+        cannot (a bad option, a file another process holds)."""
+        self.owner = self._spawn_owner(seed=True)
+        while not self.owner.poll_ready():
+            code = self.owner.process.poll()
+            if code is not None or self.stopping.wait(0.1):
+                if code is None:
+                    return 0
+                log.error("the owner of the data (pid %d) exited at start (%s)", self.owner.process.pid, _how(code))
+                self.owner.close()
+                self.owner = None
+                return code if code > 0 else 1
+        return None
+
+    def _check_owner(self) -> None:
+        owner = self.owner
+        if owner is None:
+            if time.monotonic() >= self.owner_restart_at:
+                self.owner = self._spawn_owner(seed=False)
+            return
+        if not owner.ready and owner.poll_ready() and self.owner_deaths:
+            log.info("the owner of the data (pid %d) serves again: the workers' waiting rows go to it now",
+                     owner.process.pid)
+        code = owner.process.poll()
+        if code is None:
+            if owner.ready and time.monotonic() - owner.started > STABLE_S:
+                self.owner_deaths = 0
+            return
+        owner.close()
+        self.owner = None
+        self.owner_deaths += 1
+        delay = BACKOFF_S[min(self.owner_deaths, len(BACKOFF_S)) - 1]
+        self.owner_restart_at = time.monotonic() + delay
+        log.warning("the owner of the data (pid %d) %s; starting another in %g s (the workers go on proxying, "
+                    "their rows wait for it)", owner.process.pid, _how(code), delay)
+
+    def _spawn_owner(self, seed: bool) -> Worker:
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        config = {"home": str(self.home), "addon": self.addon_options, "seed": seed, "ready_fd": write_end,
+                  "parent": os.getpid()}
+        process = self._child("from cli.embedded import main; main()", config, write_end)
+        log.info("owner of the data started (pid %d)", process.pid)
+        return Worker(-1, process, "", read_end)
+
+    @staticmethod
+    def _child(code: str, config: dict, write_end: int) -> subprocess.Popen:
+        """A child reading ``config`` on standard input, kept open: its end tells the child the parent is gone."""
+        process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, pass_fds=(write_end,),
+                                   cwd=os.getcwd())
+        os.close(write_end)
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(config).encode() + b"\n")
+        process.stdin.flush()
+        return process
+
     def _spawn(self, slot: int) -> Worker:
         home = self.home / WORKERS_DIR / str(slot)
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         metrics_port = _free_port()
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
+        # Embedded: the parent's data directory, reached through its owner; shared: a replica's own.
+        homes = ({"aispendtrack_home": str(self.home), "aispendtrack_worker_dir": str(home)} if self.embedded
+                 else {"aispendtrack_home": str(home)})
         config = {"mitm": self.mitm_options, "ready_fd": write_end, "parent": os.getpid(),
-                  "addon": {**self.addon_options, "aispendtrack_home": str(home),
+                  "addon": {**self.addon_options, **homes,
                             "aispendtrack_metrics_host": "127.0.0.1", "aispendtrack_metrics_port": metrics_port}}
-        process = subprocess.Popen([sys.executable, "-c", "from cli.workers import main; main()"],
-                                   stdin=subprocess.PIPE, pass_fds=(write_end,), cwd=os.getcwd())
-        os.close(write_end)
-        assert process.stdin is not None
-        process.stdin.write(json.dumps(config).encode() + b"\n")
-        process.stdin.flush()  # kept open: its end tells the worker the parent is gone
+        process = self._child("from cli.workers import main; main()", config, write_end)
         log.info("worker %d started (pid %d)", slot, process.pid)
         return Worker(slot, process, f"http://127.0.0.1:{metrics_port}/metrics", read_end)
 
@@ -186,6 +246,20 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.wait()
             worker.close()
+        if self.owner is not None:  # last: the workers' final rows went to it
+            self._stop_owner(self.owner)
+
+    @staticmethod
+    def _stop_owner(owner: Worker) -> None:
+        owner.process.send_signal(signal.SIGTERM)
+        try:
+            owner.process.wait(STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            log.error("the owner of the data (pid %d) did not stop within %g s; killed", owner.process.pid,
+                      STOP_WAIT_S)
+            owner.process.kill()
+            owner.process.wait()
+        owner.close()
 
 
 def _how(code: int) -> str:

@@ -180,11 +180,17 @@ def test_gdpr_delete_removes_the_subject_from_pending_spill_files(tmp_path):
     lines = [json.dumps(call_row(key, dt.timedelta(0), who), default=str) for who in ("erase-me", "stay", "erase-me")]
     (spill / "1-1-1.jsonl").write_text("\n".join(lines) + "\n")
     (spill / "1-1-2.jsonl").write_text(lines[0] + "\n")
+    # A worker of `proxy --workers N` (embedded) spills in its own directory: replayed later all the same.
+    worker_spill = home / home_dir.WORKERS_DIR / "1" / home_dir.SPILL_DIR
+    worker_spill.mkdir(parents=True)
+    (worker_spill / "1-2-1.jsonl").write_text(lines[2] + "\n" + lines[1] + "\n")
     document = json.loads(run_cli(home, "gdpr", "export", "--customer", "erase-me"))
-    assert len(document["pending_calls"]) == 3
+    assert len(document["pending_calls"]) == 4
     output = run_cli(home, "gdpr", "delete", "--customer", "erase-me", "--yes")
-    assert "3 pending calls" in output
+    assert "4 pending calls" in output
     assert [p.name for p in spill.iterdir()] == ["1-1-1.jsonl"]
+    assert [json.loads(line)["customer_id"] for line in (worker_spill / "1-2-1.jsonl").read_text().splitlines()] == [
+        "stay"]
     assert [json.loads(line)["customer_id"] for line in (spill / "1-1-1.jsonl").read_text().splitlines()] == ["stay"]
     assert files_containing(home, b"erase-me") == []
     # A torn spill file (a crash in an older version) is reported, never silently left out.

@@ -30,7 +30,7 @@ def test_every_setting_is_an_option_of_its_addon_and_a_proxy_flag():
     flags = [s.flag for s in settings.SETTINGS if s.flag]
     assert all(flag in help_text for flag in flags) and len(flags) == len(set(flags))
     unflagged = {s.name for s in settings.SETTINGS if s.flag is None}
-    assert unflagged == {"home", "tls_only"}  # set by --home and --tls-cert
+    assert unflagged == {"home", "tls_only", "worker_dir"}  # set by --home, --tls-cert and --workers (embedded)
 
 
 @pytest.mark.parametrize("option,value,message", [

@@ -1,7 +1,8 @@
 """`aispendtrack proxy --workers N`: N mitmproxy processes on one port under one parent (cli/workers.py).
 
-The shared mode (a throwaway PostgreSQL, tests/pg.py) takes N workers; the embedded mode refuses more
-than one. Clients are the official OpenAI SDK; the upstream is tests/upstream.py's OpenAI on 127.0.0.1.
+The shared mode here (a throwaway PostgreSQL, tests/pg.py); the embedded mode's N workers in
+tests/test_workers_embedded.py. Clients are the official OpenAI SDK; the upstream is tests/upstream.py's
+OpenAI on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -117,15 +118,6 @@ async def _calls(proxy, n: int, concurrency: int, prefix: str, key: str | None =
         return await asyncio.gather(*(one(i) for i in range(n)))
     finally:
         await client.close()
-
-
-def test_two_workers_in_the_embedded_mode_are_refused_naming_the_shared_mode(tmp_path, monkeypatch):
-    monkeypatch.delenv("AISPENDTRACK_CATALOG", raising=False)
-    done = subprocess.run([sys.executable, "-m", "cli", "--home", str(tmp_path / "home"), "proxy", "--workers", "2",
-                           "--port", str(free_port())], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert "--workers 2 needs the shared mode" in done.stderr and "AISPENDTRACK_CATALOG" in done.stderr
-    assert "Traceback" not in done.stderr
 
 
 def test_one_worker_in_the_embedded_mode_is_one_process_as_before(tmp_path, upstream):

@@ -17,11 +17,13 @@ moment (for a stream, everything it generates).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 import zoneinfo
 from dataclasses import dataclass
 from decimal import Decimal
 
+from .host_counters import HostCounters
 from .periods import day_start, month_start, next_day_start, next_month_start, seconds_until
 
 SCOPES = ("all", "key", "customer", "feature")
@@ -106,6 +108,8 @@ class BudgetTracker:
         # Shared mode: spend recorded here but not yet added to the shared totals (take_unsynced).
         self.shared = False
         self._unsynced: dict[int, Decimal] = {}
+        # A worker of the embedded mode: spend is the host's, shared by every worker (host_counters.py).
+        self.host: HostCounters | None = None
         self._lock = threading.Lock()
         self._budgets: dict[int, Budget] = {}
         self._blocking: list[Budget] = []  # checked on every call: usually empty
@@ -118,9 +122,14 @@ class BudgetTracker:
         with self._lock:
             self._roll(now)
             fresh = {b.id: b for b in budgets}
+            day, month = self._day, self._month
             for budget in fresh.values():
                 if budget.id not in self._spend:
-                    self._spend[budget.id] = list(seed(budget, self._day, self._month))
+                    if self.host is not None:
+                        self.host.seed_spend(budget.id, day, month, functools.partial(seed, budget, day, month))
+                        self._spend[budget.id] = [Decimal(0), Decimal(0)]  # unused: the host's counts
+                    else:
+                        self._spend[budget.id] = list(seed(budget, self._day, self._month))
             self._spend = {k: v for k, v in self._spend.items() if k in fresh}
             self._budgets = fresh
             self._blocking = [b for b in fresh.values() if b.block]
@@ -131,6 +140,12 @@ class BudgetTracker:
     def record(self, key_id: int | None, customer_id: str | None, feature: str | None,
                cost: Decimal | None, now: dt.datetime) -> None:
         if not cost:
+            return
+        if self.host is not None:
+            day, month = self.periods(now)
+            covering = {b.id: cost for b in self._budgets.values() if b.covers(key_id, customer_id, feature)}
+            if covering:
+                self.host.add_spend(covering, day, month)
             return
         with self._lock:
             self._roll(now)
@@ -182,18 +197,26 @@ class BudgetTracker:
                 now: dt.datetime) -> BudgetRefusal | None:
         if not self._blocking:
             return None
+        covering = [b for b in self._blocking if b.covers(key_id, customer_id, feature)]
+        if not covering:
+            return None
+        host = self._host_spend(covering, now)
         with self._lock:
             self._roll(now)
-            for budget in self._blocking:
-                if not budget.covers(key_id, customer_id, feature):
-                    continue
-                today, month = self._spend.get(budget.id, (Decimal(0), Decimal(0)))
+            for budget in covering:
+                today, month = (host or self._spend).get(budget.id, (Decimal(0), Decimal(0)))
                 if budget.monthly_usd is not None and month >= budget.monthly_usd:
                     return BudgetRefusal(budget, "monthly", budget.monthly_usd, month,
                                          next_month_start(self._month, self.zone))
                 if budget.daily_usd is not None and today >= budget.daily_usd:
                     return BudgetRefusal(budget, "daily", budget.daily_usd, today, next_day_start(self._day, self.zone))
         return None
+
+    def _host_spend(self, budgets: list[Budget], now: dt.datetime) -> dict | None:
+        if self.host is None:
+            return None
+        day, month = self.periods(now)
+        return self.host.spend([b.id for b in budgets], day, month)
 
     def _roll(self, now: dt.datetime) -> None:
         if now >= self._day_end:  # compared on every call; the zone arithmetic runs once a day

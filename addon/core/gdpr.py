@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from . import spill
+from .home import WORKERS_DIR
 from .serialize import json_row
 from .store import compact, lake, reading, subjects, writing
 from .store.connection import is_shared
@@ -108,12 +109,18 @@ def _matches(row: dict, subject: Subject) -> bool:
     return str(row.get("key_id")) == subject.value
 
 
+def _spill_files(spill_dir: Path) -> list[Path]:
+    """The data directory's spill files and its workers' (``proxy --workers N``: <home>/workers/<slot>/spill)."""
+    found = []
+    for directory in [spill_dir, *sorted((spill_dir.parent / WORKERS_DIR).glob(f"*/{spill_dir.name}"))]:
+        # Quarantined rows (stored never, replayed never) are the subject's data all the same.
+        found += sorted(directory.glob("*.jsonl")) + sorted(directory.glob("quarantine/*.jsonl"))
+    return found
+
+
 def _spill_rows(spill_dir: Path) -> Iterator[tuple[Path, list[dict] | None]]:
     """(file, its rows) per spill file; rows None when a line is unreadable."""
-    if not spill_dir.is_dir():
-        return
-    # Quarantined rows (stored never, replayed never) are the subject's data all the same.
-    for path in sorted(spill_dir.glob("*.jsonl")) + sorted(spill_dir.glob("quarantine/*.jsonl")):
+    for path in _spill_files(spill_dir):
         try:
             rows, unreadable = spill.read(path)
         except (spill.Unreadable, OSError):  # sealed with another key, or gone

@@ -13,6 +13,7 @@ DB_FILE = "aispendtrack.duckdb"
 SPILL_DIR = "spill"
 SPOOL_DIR = "spool"  # exports being sent (core/spool.py)
 CACHE_DIR = "cache"
+WORKERS_DIR = "workers"  # `proxy --workers N`: each worker's directory (its spill files), the host's counts
 
 
 def resolve(explicit: str | os.PathLike | None = None) -> Path:

@@ -17,6 +17,7 @@ import threading
 import zoneinfo
 from dataclasses import dataclass
 
+from .host_counters import CountersFull, HostCounters
 from .periods import hour_start, month_start, next_month_start, seconds_until
 from .plans import Limits
 
@@ -42,6 +43,8 @@ class Limiter:
         self._month_end = next_month_start(self._month, zone)
         self._hour_counts: dict[int, int] = {}
         self._month_counts: dict[int, int] = {}
+        # A worker of the embedded mode counts in the host's shared counts instead (host_counters.py).
+        self.host: HostCounters | None = None
 
     def set_limits(self, limits: dict[int, Limits]) -> None:
         self._limits = limits  # replaced whole: the request path reads it without the lock
@@ -65,6 +68,13 @@ class Limiter:
     def admit(self, key_id: int, now: dt.datetime) -> Refusal | None:
         """Count the call if it is within the key's limits; otherwise say which limit it hit."""
         limits = self._limits.get(key_id)
+        if self.host is not None:
+            hour, month = self.periods(now)
+            try:
+                return self.host.count_call(key_id, hour, month, lambda used, monthly: self._refusal(limits, used,
+                                                                                                      monthly))
+            except CountersFull:  # more keys than slots: this one counted by this process alone
+                pass
         with self._lock:
             self._roll(now)
             hour_used = self._hour_counts.get(key_id, 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import threading
 import time
@@ -32,6 +33,9 @@ _in_use: list = []  # the connection open now (under the lock, so at most one), 
 # Who holds that connection, and since when: named in the message of whoever has to wait for it.
 _holders: list[tuple[str, float]] = []
 _doing = threading.local()
+# Files this process reaches only through their owner's socket, never by opening them: the workers of
+# the embedded mode (`proxy --workers N`). With no owner answering, their rows wait (StoreBusy).
+_owner_only: set[Path] = set()
 
 
 class NewerFileFormat(StoreError):
@@ -45,6 +49,21 @@ class ReadTooLong(RuntimeError):
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set" in text)
+
+
+class OwnerAway(StoreBusy):
+    """A file this process reaches only through its owner, whose socket does not answer now."""
+
+
+def only_through_owner(path: Path) -> None:
+    """From now on this process never opens ``path`` itself (see ``_owner_only``)."""
+    _owner_only.add(Path(os.path.abspath(path)))
+
+
+def _refuse_without_owner(path: Path) -> None:
+    if _owner_only and Path(os.path.abspath(path)) in _owner_only:
+        raise OwnerAway(f"the owner of {path} does not answer on {remote.socket_path(path.parent)} (restarting?); "
+                        f"this worker never opens the file itself, so its rows wait until the owner is back.")
 
 
 def doing(what: str | None) -> None:
@@ -260,6 +279,7 @@ def writing(path: Path, timeout: float = 10.0, migrate: bool = True,
         if through_owner is not None:  # a proxy owns the file: its migrations and checks are made
             yield cast(duckdb.DuckDBPyConnection, through_owner)
             return
+    _refuse_without_owner(path)
     con = _connect(path, read_only=False, timeout=timeout)
     try:
         if migrate:
@@ -293,6 +313,7 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
         if through_owner is not None:  # the time limit runs in the owner, beside the query
             yield cast(duckdb.DuckDBPyConnection, through_owner)
             return
+    _refuse_without_owner(path)
     if not path.exists():
         with writing(path, timeout):
             pass

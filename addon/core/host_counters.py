@@ -1,0 +1,185 @@
+"""The embedded mode's workers (``aispendtrack proxy --workers N``): one count per key and one spend
+per budget for the whole host, in shared memory under one lock, so limits and blocking budgets hold
+across workers exactly as in one process.
+
+The file (``<home>/workers/counters``) is made and seeded by the first owner (cli/embedded.py)
+before any worker starts (``create``), kept by an owner that replaces a dead one, and mapped by
+every worker (``HostCounters``). Each check-and-count takes an exclusive ``flock`` on it for a few
+microseconds (a lookup's worth of work on a 40-byte slot): the kernel lets go of that lock when
+its holder dies, so a worker killed with ``kill -9`` mid-count leaves no lock behind. Nothing reads a
+slot without the lock. A worker killed in the few instructions of one ``pack_into`` could leave a
+slot with some words new and some old (each aligned 8-byte word is written whole): its own call's
+increment lost (that call never reaches the upstream), or at a period's roll an old count under
+the new start; that window is accepted, not closed.
+
+A slot is five signed 64-bit integers: the id + 1 (0: free), the start of its short period (the hour
+for a key, the day for a budget) in epoch seconds, its count there, the start of its month, its count
+there. Budgets count nano-dollars, each cost rounded up (never under a budget by rounding).
+Nothing is ever removed: ids are few (keys and budgets), and a new start of the proxy makes a new file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import mmap
+import os
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from decimal import ROUND_CEILING, Decimal
+from pathlib import Path
+from typing import TypeVar
+
+from .home import WORKERS_DIR
+
+log = logging.getLogger(__name__)
+
+FILE = "counters"
+KEY_SLOTS = 16_384
+BUDGET_SLOTS = 4_096
+_SLOT = struct.Struct("<qqqqq")
+_HEADER = struct.Struct("<8sq")
+_MAGIC = b"astcnt01"
+_KEYS_AT = _HEADER.size
+_BUDGETS_AT = _KEYS_AT + KEY_SLOTS * _SLOT.size
+SIZE = _BUDGETS_AT + BUDGET_SLOTS * _SLOT.size
+NANO = Decimal(10) ** 9
+T = TypeVar("T")
+
+
+def path(home: Path) -> Path:
+    return home / WORKERS_DIR / FILE
+
+
+class CountersFull(RuntimeError):
+    """More distinct keys (or budgets) than slots: that one is counted by its worker alone."""
+
+
+def create(path: Path, key_counts: dict[int, tuple[int, int]], hour: dt.datetime, month: dt.datetime) -> None:
+    """A fresh file (in place of a previous start's), with the calls stored this hour and month per key."""
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.ftruncate(fd, SIZE)
+        with mmap.mmap(fd, SIZE) as memory:
+            _HEADER.pack_into(memory, 0, _MAGIC, SIZE)
+            for key_id, (hour_calls, month_calls) in key_counts.items():
+                at = _find(memory, _KEYS_AT, KEY_SLOTS, key_id)
+                _SLOT.pack_into(memory, at, key_id + 1, _epoch(hour), hour_calls, _epoch(month), month_calls)
+    finally:
+        os.close(fd)
+    os.replace(partial, path)
+
+
+class HostCounters:
+    """A worker's view of the host's counts (see the module's docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR)
+        self._memory = mmap.mmap(self._fd, SIZE)
+        if _HEADER.unpack_from(self._memory, 0) != (_MAGIC, SIZE):
+            raise ValueError(f"{path} is not a counters file of this version")
+        self._thread_lock = threading.Lock()  # flock is per open file: the threads of one process share it
+        self._epochs: dict[dt.datetime, int] = {}  # a period's start in epoch seconds (timestamp() costs ~1 us)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[mmap.mmap]:
+        with self._thread_lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield self._memory
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _epoch(self, moment: dt.datetime) -> int:
+        found = self._epochs.get(moment)
+        if found is None:
+            if len(self._epochs) > 64:  # periods pass: keep the few current ones
+                self._epochs.clear()
+            found = self._epochs[moment] = _epoch(moment)
+        return found
+
+    def count_call(self, key_id: int, hour: dt.datetime, month: dt.datetime,
+                   refusal: Callable[[int, int], T | None]) -> T | None:
+        """Under the lock: the key's calls this hour and month; ``refusal(hour_used, month_used)`` says
+        whether one more is refused; if not, it is counted. Exact whichever worker asks. On the request
+        path of every call: no context manager, each period's epoch computed once."""
+        hour_at, month_at = self._epoch(hour), self._epoch(month)
+        memory = self._memory
+        with self._thread_lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                at = _find(memory, _KEYS_AT, KEY_SLOTS, key_id)
+                hour_used, month_used = _current(memory, at, key_id, hour_at, month_at)
+                refused = refusal(hour_used, month_used)
+                if refused is None:
+                    _SLOT.pack_into(memory, at, key_id + 1, hour_at, hour_used + 1, month_at, month_used + 1)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return refused
+
+    def seed_spend(self, budget_id: int, day: dt.datetime, month: dt.datetime, seed: Callable[[], tuple]) -> None:
+        """A budget's slot from the stored spend ``seed()`` gives, unless a worker seeded it already.
+        The stored spend is read outside the lock (it is a query), so a second worker can read it too:
+        the first to take the lock afterwards writes it, the second leaves it."""
+        with self._locked() as memory:
+            if _SLOT.unpack_from(memory, _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id))[0]:
+                return
+        today, this_month = seed()
+        with self._locked() as memory:
+            at = _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id)
+            if not _SLOT.unpack_from(memory, at)[0]:
+                _SLOT.pack_into(memory, at, budget_id + 1, self._epoch(day), _nano(today), self._epoch(month),
+                                _nano(this_month))
+
+    def add_spend(self, costs: dict[int, Decimal], day: dt.datetime, month: dt.datetime) -> None:
+        with self._locked() as memory:
+            for budget_id, cost in costs.items():
+                at = _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id)
+                today, this_month = _current(memory, at, budget_id, self._epoch(day), self._epoch(month))
+                _SLOT.pack_into(memory, at, budget_id + 1, self._epoch(day), today + _nano(cost), self._epoch(month),
+                                this_month + _nano(cost))
+
+    def spend(self, budget_ids: list[int], day: dt.datetime, month: dt.datetime) -> dict[int, tuple[Decimal, Decimal]]:
+        """(today, this month) per budget, as every worker has recorded it."""
+        found = {}
+        with self._locked() as memory:
+            for budget_id in budget_ids:
+                at = _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id)
+                today, this_month = _current(memory, at, budget_id, self._epoch(day), self._epoch(month))
+                found[budget_id] = (Decimal(today) / NANO, Decimal(this_month) / NANO)
+        return found
+
+    def close(self) -> None:
+        self._memory.close()
+        os.close(self._fd)
+
+
+def _epoch(moment: dt.datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _nano(amount) -> int:
+    return int((Decimal(amount) * NANO).to_integral_value(ROUND_CEILING))
+
+
+def _find(memory: mmap.mmap, base: int, slots: int, ident: int) -> int:
+    """The offset of ``ident``'s slot, or of the free one it takes (open addressing, never deleted)."""
+    for probe in range(slots):
+        at = base + ((ident + probe) % slots) * _SLOT.size
+        held = _SLOT.unpack_from(memory, at)[0]
+        if held in (0, ident + 1):
+            return at
+    raise CountersFull(f"more than {slots} distinct ids to count")
+
+
+def _current(memory: mmap.mmap, at: int, ident: int, short: int, month: int) -> tuple[int, int]:
+    """The slot's counts in the periods starting at ``short`` and ``month`` (0 for a period that ended)."""
+    held, short_at, short_count, month_at, month_count = _SLOT.unpack_from(memory, at)
+    if held != ident + 1:
+        return 0, 0
+    return (short_count if short_at == short else 0), (month_count if month_at == month else 0)

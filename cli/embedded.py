@@ -1,0 +1,107 @@
+"""The owner of the embedded data under ``aispendtrack proxy --workers N``: a child of the parent.
+
+The workers (cli/workers.py) proxy; this process opens the DuckDB file once (store/owner.py) and
+keeps it open while they run. The parent starts it before the workers and starts another if it
+dies (``kill -9``): the workers go on proxying meanwhile, their rows waiting in memory and, past
+30 s, in their spill files, sent when the owner answers again.
+
+A worker never opens the file: it sends its finished rows, in the batches its writer flushes, over
+the owner's socket (``owner.sock``: one session, one insert of the batch as one JSON parameter),
+and reads keys, limits and budgets the same way every ~2 s. The web app (``--web-port``, served by
+the parent), the CLI and a standalone ``aispendtrack web`` use the same owner; the periodic jobs
+(alerts, purges, reconciliations) run here, once, not in every worker.
+
+Limits and blocking budgets are the host's: counted in shared memory under one lock
+(addon/core/host_counters.py), seeded by the first owner from the stored calls before any worker
+starts; a restarted owner leaves the counts as they are (the workers went on counting).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from addon.core import config, config_files, host_counters, periods
+from addon.core import home as home_dir
+from addon.core.evaluate import Evaluator
+from addon.core.store import calls as call_rows
+from addon.core.store import owner, writing
+from pricing import PriceBook, PriceFileError
+
+
+class HostOwner:
+    """The owner of ``home``'s file for the workers' lifetime, and the jobs that run once per host."""
+
+    def __init__(self, home: Path, addon_options: dict, seed: bool = True) -> None:
+        db = home_dir.db_path(home)
+        try:
+            book = PriceBook(home / config_files.PRICES)
+        except PriceFileError as exc:  # as a lone proxy: a bad override file stops the start, with its error
+            raise click.ClickException(str(exc)) from None
+        self.owner = owner.start(db)
+        try:
+            zone = self._seed_counters(home, addon_options["aispendtrack_quota_tz"], seed)
+        except BaseException:
+            owner.stop(self.owner)
+            raise
+        self.evaluator = Evaluator(db, home, zone, interval=max(1, addon_options["aispendtrack_alert_interval_s"]),
+                                   purge_interval=addon_options["aispendtrack_purge_interval_s"], book=book,
+                                   base_urls={"openai": addon_options["aispendtrack_openai_upstream"],
+                                              "anthropic": addon_options["aispendtrack_anthropic_upstream"]})
+        self.evaluator.start()
+
+    @staticmethod
+    def _seed_counters(home: Path, quota_tz: str, seed: bool):
+        """The host's counts start from the calls stored this hour and month (a restart grants no fresh
+        quota), in the quota zone (stored first when given, as a lone proxy does)."""
+        now = dt.datetime.now(dt.UTC)
+        try:
+            with writing(home_dir.db_path(home)) as con:
+                zone = config.set_quota_zone(con, quota_tz) if quota_tz else config.quota_zone(con)
+                hour, month = periods.hour_start(now), periods.month_start(now, zone)
+                counts = call_rows.counts_since(con, hour, month)
+        except periods.UnknownZone as exc:
+            raise click.ClickException(f"aispendtrack_quota_tz: {exc}") from None
+        path = host_counters.path(home)
+        if not seed and path.exists():
+            return zone
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        host_counters.create(path, counts, hour, month)
+        return zone
+
+    def stop(self) -> None:
+        """After the workers stopped: their last rows came in through the socket before they exited."""
+        self.evaluator.stop()
+        owner.stop(self.owner)
+
+
+def main() -> None:
+    """The owner's process: reads its options from the parent on standard input, serves until SIGTERM
+    or until the parent is gone (as a worker does: cli/workers.py)."""
+    from .workers import _die_with_parent, _tell_ready
+    config = json.loads(sys.stdin.readline())
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    _die_with_parent(config["parent"])
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+    for name in ("addon", "aispendtrack"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        host = HostOwner(Path(config["home"]), config["addon"], seed=config["seed"])
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    _tell_ready(config["ready_fd"])
+    stopping.wait()
+    host.stop()
+

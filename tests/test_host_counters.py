@@ -1,0 +1,111 @@
+"""The host's shared counts of the embedded mode's workers (addon/core/host_counters.py): real processes,
+a real file, the kernel's flock."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import multiprocessing
+import os
+import signal
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from addon.core import host_counters, periods
+from addon.core.budgets import Budget, BudgetTracker
+from addon.core.limits import Limiter
+from addon.core.plans import Limits
+from addon.core.store import connection, reading, writing
+
+NOW = dt.datetime.now(dt.UTC)
+SPAWN = multiprocessing.get_context("spawn")  # the test process has threads: no fork
+
+
+def _made(tmp_path: Path, counts: dict[int, tuple[int, int]] | None = None) -> Path:
+    path = tmp_path / "counters"
+    host_counters.create(path, counts or {}, periods.hour_start(NOW), periods.month_start(NOW, periods.UTC))
+    return path
+
+
+def _limiter(path: Path, per_hour: int) -> Limiter:
+    limiter = Limiter(periods.UTC)
+    limiter.set_limits({7: Limits(per_hour=per_hour, per_month=None)})
+    limiter.host = host_counters.HostCounters(path)
+    return limiter
+
+
+def _admit_many(path: str, tries: int, admitted) -> None:
+    limiter = _limiter(Path(path), 1000)
+    now = dt.datetime.now(dt.UTC)
+    got = sum(limiter.admit(7, now) is None for _ in range(tries))
+    with admitted.get_lock():
+        admitted.value += got
+
+
+def test_four_processes_racing_on_one_key_admit_exactly_its_limit(tmp_path):
+    path = _made(tmp_path, {7: (200, 200)})  # 200 calls stored this hour already: 800 left
+    admitted = SPAWN.Value("i", 0)
+    racers = [SPAWN.Process(target=_admit_many, args=(str(path), 400, admitted)) for _ in range(4)]
+    for p in racers:
+        p.start()
+    for p in racers:
+        p.join(60)
+    assert admitted.value == 800
+    refusal = _limiter(path, 1000).admit(7, dt.datetime.now(dt.UTC))
+    assert refusal is not None and (refusal.limit, refusal.used) == ("per-hour", 1000)
+
+
+def _hold_the_lock(path: str, holding) -> None:
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    holding.set()
+    time.sleep(60)
+
+
+def test_a_worker_killed_while_holding_the_lock_leaves_no_lock_behind(tmp_path):
+    path = _made(tmp_path)
+    holding = SPAWN.Event()
+    holder = SPAWN.Process(target=_hold_the_lock, args=(str(path), holding))
+    holder.start()
+    assert holding.wait(30)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    started = time.monotonic()
+    assert _limiter(path, 5).admit(7, dt.datetime.now(dt.UTC)) is None
+    assert time.monotonic() - started < 1
+
+
+def test_spend_recorded_by_one_worker_blocks_the_next_call_on_another(tmp_path):
+    path = _made(tmp_path)
+    budget = Budget(3, "customer", "acme", Decimal("5"), None, True, key_id=1)
+    trackers = []
+    for _ in range(2):  # two workers: two open files, two flock holders
+        tracker = BudgetTracker(periods.UTC)
+        tracker.host = host_counters.HostCounters(path)
+        tracker.load([budget], lambda b, day, month: (Decimal("1.5"), Decimal("1.5")), NOW)
+        trackers.append(tracker)
+    first, second = trackers
+    assert second.blocked(1, "acme", None, NOW) is None
+    first.record(1, "acme", None, Decimal("3.5000000001"), NOW)  # 1.5 stored + 3.5...: crosses 5
+    refusal = second.blocked(1, "acme", None, NOW)
+    assert refusal is not None and refusal.period == "daily" and refusal.spent == Decimal("5.000000001")
+    assert second.blocked(2, "acme", None, NOW) is None  # another key's calls with that tag: not this budget
+
+
+def test_a_worker_never_opens_the_file_behind_an_absent_owner(tmp_path):
+    """A worker's rows wait (StoreBusy) instead of opening the file its restarting owner needs."""
+    db = tmp_path / "aispendtrack.duckdb"
+    with writing(db):
+        pass  # the file exists; no owner serves it
+    connection.only_through_owner(db)
+    try:
+        for open_it in (writing, reading):
+            with pytest.raises(connection.OwnerAway, match="owner.sock"), open_it(db):
+                pass
+        duckdb.connect(str(db)).close()  # nobody holds it: the refusal was ours, not a lock's
+    finally:
+        connection._owner_only.clear()

@@ -1,0 +1,211 @@
+"""`aispendtrack proxy --workers N` in the embedded mode: the parent owns the DuckDB file (cli/embedded.py),
+the workers send it their rows over owner.sock, limits and budgets are the host's (addon/core/host_counters.py).
+
+Real proxy processes, the official OpenAI SDK as client, tests/upstream.py's OpenAI on 127.0.0.1, a real
+DuckDB file; the helpers are tests/test_workers.py's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from addon.core import home as home_dir
+
+from .helpers import free_port, run_cli
+from .test_workers import CHAT, _calls, alive, children, rows_tagged, start_workers, stop, wait_for
+
+
+@pytest.fixture(autouse=True)
+def _embedded(monkeypatch):
+    monkeypatch.delenv("AISPENDTRACK_CATALOG", raising=False)
+
+
+def owner_pid(proxy) -> int:
+    """The child that holds the data file now (the parent logs each one it starts)."""
+    return int(re.findall(r"owner of the data started \(pid (\d+)\)", proxy.log_path.read_text())[-1])
+
+
+def worker_pids(proxy) -> set[int]:
+    return children(proxy.process.pid) - {owner_pid(proxy)}
+
+
+def open_files(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found.add(os.readlink(fd))
+        except OSError:
+            pass
+    return found
+
+
+def test_two_embedded_workers_store_one_row_per_call_keep_a_limit_exact_and_serve_the_cli_and_api(tmp_path,
+                                                                                                 upstream):
+    home, web_port = tmp_path / "home", free_port()
+    free = json.loads(run_cli(home, "keys", "create", "--name", "free", "--json"))
+    limited = json.loads(run_cli(home, "keys", "create", "--name", "limited", "--json"))
+    run_cli(home, "keys", "set-limit", str(limited["id"]), "--per-hour", "30")
+    admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--web-port", str(web_port),
+                          key=free["key"], metrics=True)
+    try:
+        workers = worker_pids(proxy)
+        assert len(workers) == 2 and len(children(proxy.process.pid)) == 3
+        db = str(home_dir.db_path(home))
+        usages = asyncio.run(_calls(proxy, 200, 16, "w-"))
+        outcomes = asyncio.run(_calls(proxy, 120, 32, "lim-", key=limited["key"]))
+        # One count for the host: 30 admitted whichever worker took each call (each counting alone: up to 60).
+        assert (sum(o != "429" for o in outcomes), outcomes.count("429")) == (30, 90)
+        rows = wait_for(lambda: len(r := rows_tagged(home, "w-")) >= 200 and r, 30, "rows not stored")
+        assert sorted(r["customer_id"] for r in rows) == sorted(f"w-{i}" for i in range(200))
+        assert sum(r["input_tokens"] + r["output_tokens"] for r in rows) == sum(
+            u.prompt_tokens + u.completion_tokens for u in usages)
+        assert len(wait_for(lambda: len(r := rows_tagged(home, "lim-")) >= 30 and r, 20, "limited rows")) == 30
+        # The workers never opened the file, nor did the parent (its web app asked the owner): only the owner.
+        assert [pid for pid in {*workers, proxy.process.pid} if db in open_files(pid)] == []
+        assert db in open_files(owner_pid(proxy))
+        report = json.loads(run_cli(home, "report", "--by", "customer", "--format", "json"))
+        assert sum(r["calls"] for r in report if r["customer_id"].startswith(("w-", "lim-"))) == 230
+        with httpx.Client(base_url=f"http://127.0.0.1:{web_port}/api/v1", timeout=30,
+                          headers={"Authorization": f"Bearer {admin}"}) as api:
+            total = api.get("/report/total", params={"since": "1d"})
+            assert total.status_code == 200 and total.json()["calls"] == 230, total.text
+    finally:
+        assert stop(proxy) == 0
+    assert "Traceback" not in proxy.log_path.read_text()
+
+
+def test_a_blocking_budget_refuses_the_next_call_on_every_embedded_worker(tmp_path, upstream):
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2)
+    try:
+        proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "probe"})
+        cost = Decimal(str(proxy.rows("probe")[0]["cost_usd"]))
+        assert cost > 0
+        run_cli(home, "budgets", "set", "--scope", "customer:bud", "--daily", str(cost * Decimal("5.5")),
+                "--block", "--key", str(proxy.key_id))
+        time.sleep(3)  # every worker loads it within ~2 s
+        outcomes = []
+        for _ in range(20):  # a client each: new connections, spread over the workers by the kernel
+            try:
+                proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "bud"})
+                outcomes.append("ok")
+            except openai.RateLimitError:
+                outcomes.append("429")
+        # Six calls cross 5.5 calls' worth; the seventh is refused on whichever worker it lands.
+        assert outcomes == ["ok"] * 6 + ["429"] * 14
+        assert len(proxy.rows("bud", expect=6)) == 6
+    finally:
+        stop(proxy)
+
+
+def test_an_embedded_worker_killed_with_kill_9_is_replaced_while_the_other_serves(tmp_path, upstream):
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, flush_ms=200)
+    served, done = [0], threading.Event()
+
+    def caller() -> None:
+        while not done.is_set():
+            try:
+                proxy.openai().chat.completions.create(**CHAT)
+                served[0] += 1
+            except openai.APIConnectionError:  # a call on the killed worker
+                pass
+    threads = [threading.Thread(target=caller) for _ in range(3)]
+    try:
+        before = worker_pids(proxy)
+        for t in threads:
+            t.start()
+        wait_for(lambda: served[0] >= 10, 30, "no calls served")
+        victim = sorted(before)[0]
+        os.kill(victim, signal.SIGKILL)
+        at_kill = served[0]
+        wait_for(lambda: served[0] >= at_kill + 10, 30, "calls stopped after the kill")  # the other serves
+        replaced = wait_for(lambda: (now := worker_pids(proxy)) - before and len(now) == 2 and now, 30,
+                            "no new worker")
+        new_pid = (replaced - before).pop()
+        wait_for(lambda: f"(pid {new_pid}) serves in place of the one that died" in proxy.log_path.read_text(), 90,
+                 "the new worker does not serve")
+        done.set()
+        for t in threads:
+            t.join(30)
+        usages = asyncio.run(_calls(proxy, 40, 8, "after-"))
+        assert len(usages) == 40
+        assert len(wait_for(lambda: len(r := rows_tagged(home, "after-")) >= 40 and r, 20, "rows")) == 40
+        assert f"(pid {victim}) was killed by SIGKILL; starting another" in proxy.log_path.read_text()
+    finally:
+        done.set()
+        stop(proxy)
+
+
+def test_sigterm_stores_every_completed_call_of_every_embedded_worker(tmp_path, upstream):
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--flush-ms", "5000")
+    workers = children(proxy.process.pid)
+    usages = asyncio.run(_calls(proxy, 60, 16, "term-"))  # unwritten yet: the writers flush every 5 s
+    assert stop(proxy) == 0
+    assert not [pid for pid in workers if alive(pid)]
+    rows = rows_tagged(home, "term-")
+    assert len(usages) == 60 and sorted(r["customer_id"] for r in rows) == sorted(f"term-{i}" for i in range(60))
+    assert not list((home / "workers").glob("*/spill/*.jsonl"))  # stored through the owner, not spilled
+
+
+def test_a_parent_killed_with_kill_9_loses_no_completed_call_and_stores_none_twice(tmp_path, upstream):
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--flush-ms", "5000")
+    workers = children(proxy.process.pid)
+    usages = asyncio.run(_calls(proxy, 40, 8, "orphan-"))  # queued in the workers: they flush every 5 s
+    proxy.process.kill()
+    proxy.process.wait(10)
+    # The workers and the owner stop with their parent; the workers' rows went to the owner, or, when it
+    # had gone first, to their spill files: every completed call is in one of them.
+    wait_for(lambda: not [pid for pid in workers if alive(pid)], 30, "a child outlived its parent")
+    spilled = [json.loads(line)["customer_id"] for path in (home / "workers").glob("*/spill/*.jsonl")
+               for line in path.read_text().splitlines()]
+    stored = [r["customer_id"] for r in rows_tagged(home, "orphan-")]
+    assert len(usages) == 40 and sorted(spilled + stored) == sorted(f"orphan-{i}" for i in range(40))
+    again = start_workers(home, upstream.url, tmp_path / "again.log", 2, key=proxy.key)
+    try:
+        wait_for(lambda: len(rows_tagged(home, "orphan-")) >= 40, 30, "spilled rows not replayed")
+        time.sleep(2)  # a second replay, were there one, would show by now
+        assert sorted(r["customer_id"] for r in rows_tagged(home, "orphan-")) == sorted(
+            f"orphan-{i}" for i in range(40))
+        assert not list((home / "workers").glob("*/spill/*.jsonl"))
+    finally:
+        stop(again)
+
+
+def test_the_owner_killed_with_kill_9_is_replaced_while_the_workers_proxy_and_every_row_is_stored_once(
+        tmp_path, upstream):
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, flush_ms=200)
+    try:
+        asyncio.run(_calls(proxy, 20, 4, "before-"))
+        assert len(wait_for(lambda: len(r := rows_tagged(home, "before-")) >= 20 and r, 20, "rows")) == 20
+        victim = owner_pid(proxy)
+        os.kill(victim, signal.SIGKILL)
+        during = asyncio.run(_calls(proxy, 40, 8, "during-"))  # no owner: the workers proxy all the same
+        assert len(during) == 40 and "429" not in during
+        assert "serves again" not in proxy.log_path.read_text(), "the calls did not run while the owner was away"
+        log_text = wait_for(lambda: "serves again" in (t := proxy.log_path.read_text()) and t, 60, "no new owner")
+        assert f"(pid {victim}) was killed by SIGKILL; starting another" in log_text
+        wait_for(lambda: len(rows_tagged(home, "during-")) >= 40, 30, "the waiting rows never reached the owner")
+        time.sleep(2)  # a second copy, were one sent, would be stored by now
+        assert sorted(r["customer_id"] for r in rows_tagged(home, "during-")) == sorted(
+            f"during-{i}" for i in range(40))
+        assert len(rows_tagged(home, "before-")) == 20
+    finally:
+        assert stop(proxy) == 0
+
