@@ -165,7 +165,7 @@ def key_with_blocking_budget(home: Path, customer: str, **usd: str) -> dict:
 
 def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
                 flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = (), port: int | None = None,
-                run_under: tuple[str, ...] = (), metrics: bool = False, timeout: float = 30) -> Proxy:
+                run_under: tuple[str, ...] = (), metrics: bool = False, timeout: float = 60) -> Proxy:
     """``run_under``: a command the proxy runs under, e.g. ("prlimit", "--nofile=400:400", "--");
     ``metrics``: serve /metrics on a port of its own (``proxy.metrics_url``)."""
     if key is None:
