@@ -28,18 +28,23 @@ def keys() -> None:
 @click.option("--name", required=True, help="What the key is for, e.g. backend or staging.")
 @click.option("--plan", type=click.Choice(list(PLANS)), default=DEFAULT_PLAN, show_default=True,
               help="free: 1,000/hour and 10,000/month; pro: 10,000/hour; enterprise: no limits.")
+@click.option("--team", help="Put the key in this team (see `aispendtrack teams`).")
 @click.option("--json", "as_json", is_flag=True, help="Print {key, id, name} as JSON.")
 @click.pass_obj
-def create(obj, name: str, plan: str, as_json: bool) -> None:
+def create(obj, name: str, plan: str, team: str | None, as_json: bool) -> None:
     """Create a key. It is printed once and stored only as a hash."""
     name = name.strip()
     if not name:
         raise click.BadParameter("must not be empty", param_hint="--name")
-    key_id, key = keygen.create(obj.db, name, plan)
+    try:
+        key_id, key = keygen.create(obj.db, name, plan, team)
+    except LookupError:
+        raise click.BadParameter(f"no team named {team!r}; create it with `aispendtrack teams create`.",
+                                 param_hint="--team") from None
     if as_json:
         click.echo(dumps({"key": key, "id": key_id, "name": name}))
         return
-    click.echo(f"Created key {key_id} ({name}):\n\n    {key}\n")
+    click.echo(f"Created key {key_id} ({name}{', team ' + team if team else ''}):\n\n    {key}\n")
     click.echo("Store it now: it is shown only once. Callers send it as the x-aispendtrack-key header.")
 
 
@@ -62,7 +67,7 @@ def list_keys(obj, fmt: str = "table", as_json: bool = False) -> None:
     emit(rows, "json" if as_json else fmt, [
         ("ID", lambda r: str(r["id"]), ">"), ("NAME", lambda r: r["name"], "<"),
         ("KEY", lambda r: r["prefix"] + "…", "<"), ("STATUS", lambda r: r["status"], "<"),
-        ("PLAN", lambda r: r["plan"], "<"),
+        ("PLAN", lambda r: r["plan"], "<"), ("TEAM", lambda r: r["team"] or "-", "<"),
         ("HOUR", lambda r: _usage(r["used_this_hour"], r["limit_per_hour"]), ">"),
         (f"MONTH ({zone.key})", lambda r: _usage(r["used_this_month"], r["limit_per_month"]), ">"),
         ("KEEP", lambda r: _retention(r), ">"),
@@ -89,6 +94,25 @@ def set_plan(obj, key_id: int, plan: str) -> None:
         if not key_rows.set_plan(con, key_id, plan):
             raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
     click.echo(f"Key {key_id} is on the {plan} plan.")
+
+
+@keys.command("move")
+@click.argument("key_id", type=int)
+@click.option("--team", help="The team to put the key in.")
+@click.option("--no-team", is_flag=True, help="Take the key out of any team.")
+@click.pass_obj
+def move(obj, key_id: int, team: str | None, no_team: bool) -> None:
+    """Put a key in another team, or in none; its past calls report under its new team too."""
+    from addon.core.store import teams as team_rows
+
+    from .teams import existing
+    if (team is None) != no_team:
+        raise click.UsageError("give --team NAME or --no-team.")
+    with writing(obj.db) as con:
+        team_id = None if team is None else existing(con, team, "--team")
+        if not team_rows.move_key(con, key_id, team_id):
+            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+    click.echo(f"Key {key_id} is in " + (f"team {team}" if team else "no team") + "; its past calls report there too.")
 
 
 @keys.command("set-limit")

@@ -27,7 +27,7 @@ COMMANDS = {
     "gdpr": ("lifecycle", "gdpr"), "keys": ("keys", "keys"), "migrate-to": ("migrate", "migrate_to"),
     "prices": ("prices", "prices"), "proxy": ("proxy", "proxy"), "purge": ("lifecycle", "purge"),
     "reconcile": ("reconcile", "reconcile"), "report": ("report", "report"), "reprice": ("reprice", "reprice"),
-    "web": ("web", "web"),
+    "teams": ("teams", "teams"), "web": ("web", "web"),
 }
 
 

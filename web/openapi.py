@@ -51,6 +51,8 @@ _ADDED = {f"{q}_proxy_us": {**_null(_INT), "description": f"The {q} of the calls
           for q in ("p50", "p99")}
 _GROUP_KEYS = {"model": _null(_STR), "provider": _STR, "customer_id": _null(_STR), "feature": _null(_STR),
                "key_id": _null(_INT),
+               "team": {**_null(_STR), "description": "With by=team: the team the calls' key is in now; null: no "
+                                                      "team (or no key)."},
                "key_name": {**_null(_STR), "description": "With key_id: the key's name, and its id when another "
                                                           "key has the same name."}, "day": {**_STR, "format": "date"},
                "hour": {**_STR, "example": "2026-11-01 13:00"}, "month": {**_STR, "example": "2026-11"}}
@@ -122,6 +124,7 @@ _SELECTION = [
     _query("feature", "Only calls with this `x-feature`."),
     _query("model", "Only calls of this model (as recorded)."),
     _query("key", "Only calls of this key id (a key may only ask for its own).", _KEY_ID),
+    _query("team", "Only calls of the keys now in this team (moving a key moves its calls)."),
     _query("tz", "IANA time zone for dates and for day, hour and month groups; default UTC."),
     _query("provider", "Only calls to this provider (`openai`, `anthropic`, ...)."),
     _query("status", "Only calls answered with this HTTP status.", {"type": "integer", "minimum": 100,
