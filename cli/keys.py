@@ -7,7 +7,7 @@ import datetime as dt
 import click
 from click_default_group import DefaultGroup
 
-from addon.core import config
+from addon.core import audit, config
 from addon.core import keys as keygen
 from addon.core.periods import hour_start, month_start
 from addon.core.plans import DEFAULT_PLAN, PLANS, limits_for, retention_days_for
@@ -91,9 +91,21 @@ def _usage(used: int, limit: int | None) -> str:
 def set_plan(obj, key_id: int, plan: str) -> None:
     """Put a key on a plan; a running proxy applies it within ~2 seconds."""
     with writing(obj.db) as con:
-        if not key_rows.set_plan(con, key_id, plan):
-            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+        before = _existing(con, key_id)
+        key_rows.set_plan(con, key_id, plan)
+        audit.record(con, "keys.set-plan", f"key:{key_id}", {"plan": before["plan"]}, {"plan": plan})
     click.echo(f"Key {key_id} is on the {plan} plan.")
+
+
+def _existing(con, key_id: int) -> dict:
+    found = key_rows.get(con, key_id)
+    if found is None:
+        raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+    return found
+
+
+def _limits(key: dict) -> dict:
+    return {"per_hour_limit": key["per_hour_limit"], "per_month_limit": key["per_month_limit"]}
 
 
 @keys.command("move")
@@ -105,13 +117,16 @@ def move(obj, key_id: int, team: str | None, no_team: bool) -> None:
     """Put a key in another team, or in none; its past calls report under its new team too."""
     from addon.core.store import teams as team_rows
 
-    from .teams import existing
+    from .teams import existing, moved_keys
     if (team is None) != no_team:
         raise click.UsageError("give --team NAME or --no-team.")
     with writing(obj.db) as con:
         team_id = None if team is None else existing(con, team, "--team")
+        before = team_rows.names_of_keys(con).get(key_id)
         if not team_rows.move_key(con, key_id, team_id):
             raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+        moved_keys(con, [before, team])
+        audit.record(con, "keys.move", f"key:{key_id}", {"team": before}, {"team": team})
     click.echo(f"Key {key_id} is in " + (f"team {team}" if team else "no team") + "; its past calls report there too.")
 
 
@@ -126,8 +141,10 @@ def set_limit(obj, key_id: int, per_hour: int | None, per_month: int | None, res
     if reset == bool(per_hour or per_month):
         raise click.UsageError("give --per-hour and/or --per-month, or --reset.")
     with writing(obj.db) as con:
-        if not key_rows.set_limits(con, key_id, per_hour, per_month):
-            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+        before = _existing(con, key_id)
+        key_rows.set_limits(con, key_id, per_hour, per_month)
+        audit.record(con, "keys.set-limit", f"key:{key_id}", _limits(before),
+                     {"per_hour_limit": per_hour, "per_month_limit": per_month})
     click.echo(f"Key {key_id}: " + ("plan limits" if reset else
                ", ".join(f"{n:,} per {p}" for n, p in ((per_hour, "hour"), (per_month, "month")) if n)) + ".")
 
@@ -142,8 +159,10 @@ def set_retention(obj, key_id: int, days: int | None, use_plan: bool) -> None:
     if use_plan == (days is not None):
         raise click.UsageError("give --days N or --plan.")
     with writing(obj.db) as con:
-        if not key_rows.set_retention(con, key_id, days):
-            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+        before = _existing(con, key_id)
+        key_rows.set_retention(con, key_id, days)
+        audit.record(con, "keys.set-retention", f"key:{key_id}", {"retention_days": before["retention_days"]},
+                     {"retention_days": days})
     click.echo(f"Key {key_id}: raw calls kept " + (f"{days} days." if days else "as its plan says."))
 
 
@@ -154,6 +173,8 @@ def revoke(obj, key_id: int) -> None:
     """Revoke a key; a running proxy refuses it within ~2 seconds."""
     with writing(obj.db) as con:
         revoked = key_rows.revoke(con, key_id)
+        if revoked is not None and revoked[1]:
+            audit.record(con, "keys.revoke", f"key:{key_id}", {"revoked_at": None}, {"revoked_at": revoked[0]})
     if revoked is None:
         raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
     revoked_at, now = revoked

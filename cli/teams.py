@@ -5,9 +5,14 @@ through its key when they read, so moving a key moves its past calls to its new 
 
 from __future__ import annotations
 
+import datetime as dt
+
 import click
 from click_default_group import DefaultGroup
 
+from addon.core import audit
+from addon.core.budgets import respend_teams
+from addon.core.store import budgets as budget_rows
 from addon.core.store import reading, writing
 from addon.core.store import teams as team_rows
 from addon.core.wording import plural
@@ -48,6 +53,7 @@ def create(obj, name: str) -> None:
     with writing(obj.db) as con:
         if team_rows.add(con, name) is None:
             raise click.ClickException(f"A team named {name!r} exists already; see `aispendtrack teams list`.")
+        audit.record(con, "teams.create", f"team:{name}", None, {"name": name})
     click.echo(f"Created team {name}.")
 
 
@@ -77,6 +83,8 @@ def rename(obj, old: str, new: str) -> None:
         if team_rows.find(con, new) not in (None, team_id):
             raise click.ClickException(f"A team named {new!r} exists already; choose another name.")
         team_rows.rename(con, team_id, new)
+        budget_rows.rename_team(con, old, new)
+        audit.record(con, "teams.rename", f"team:{new}", {"name": old}, {"name": new})
     click.echo(f"Renamed team {old} to {new}.")
 
 
@@ -96,5 +104,13 @@ def delete(obj, name: str, move_keys_out: bool) -> None:
                 f"Move them with `aispendtrack keys move KEY --team OTHER` or `--no-team`, or delete with "
                 f"--move-keys-out to take them out of any team.")
         moved = team_rows.delete(con, team_id)
-    click.echo(f"Deleted team {name}" + (f"; {plural(len(moved), 'key')} (id {', '.join(map(str, moved))}) now "
-                                         f"in no team." if moved else "."))
+        budgets = budget_rows.delete_team(con, name)
+        audit.record(con, "teams.delete", f"team:{name}", {"name": name, "keys": moved, "budgets": budgets}, None)
+    said = [f"{plural(len(moved), 'key')} (id {', '.join(map(str, moved))}) now in no team"] if moved else []
+    said += [f"its {plural(len(budgets), 'budget')} (id {', '.join(map(str, budgets))}) deleted"] if budgets else []
+    click.echo(f"Deleted team {name}" + (f"; {'; '.join(said)}." if said else "."))
+
+
+def moved_keys(con, teams: list[str | None]) -> None:
+    """After keys changed team: those teams' budgets count their keys' spend as it is now."""
+    respend_teams(con, [t for t in teams if t is not None], dt.datetime.now(dt.UTC))

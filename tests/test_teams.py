@@ -4,8 +4,11 @@ the embedded migration and the shared mode."""
 from __future__ import annotations
 
 import json
+import time
+from decimal import Decimal
 
 import duckdb
+import openai
 import pytest
 from click.testing import CliRunner
 
@@ -16,7 +19,7 @@ from cli.main import cli
 from web import create_app
 
 from .helpers import report_row as row
-from .helpers import run_cli
+from .helpers import run_cli, start_proxy, until_admitted
 
 
 def invoke(home, *args: str):
@@ -135,7 +138,7 @@ def test_the_migration_puts_existing_keys_in_no_team(tmp_path):
         con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
     con.execute("INSERT INTO keys (name, key_hash, prefix, created_at, plan) VALUES ('old', 'h', 'ask_x', now(), "
                 "'free')")
-    assert migrations.apply_pending(con) == ["m024_teams"]
+    assert migrations.apply_pending(con)[0] == "m024_teams"
     con.close()
     home = tmp_path
     with reading(db) as con:
@@ -144,3 +147,109 @@ def test_the_migration_puts_existing_keys_in_no_team(tmp_path):
     run_cli(home, "keys", "move", "1", "--team", "old-ones")
     assert [(k["name"], k["team"]) for k in json.loads(run_cli(home, "keys", "list", "--json"))] == \
         [("old", "old-ones")]
+
+
+def test_teams_in_the_shared_mode_live_in_postgresql_and_reports_join_the_lake_to_them(shared_env, tmp_path):
+    from .helpers import call_row
+    home, other = tmp_path / "admin", tmp_path / "replica"  # two data directories, one catalog
+    run_cli(home, "teams", "create", "search")
+    keys = [new_key(home, "a", "--team", "search"), new_key(other, "b")]
+    assert [(t["name"], t["keys"]) for t in json.loads(run_cli(other, "teams", "list", "--json"))] == [("search", 1)]
+    with writing(home / "unused.duckdb") as con:  # the shared store, whatever the path
+        call_rows.insert(con, [call_row(1, key_id=keys[0]), call_row(2, key_id=keys[1]),
+                               call_row(3, key_id=keys[1])])
+    assert by_team(other) == {"search": (1, 0.01), None: (2, 0.02)}
+    run_cli(other, "keys", "move", str(keys[1]), "--team", "search")
+    assert by_team(home) == {"search": (3, 0.03)}
+    assert by_team(home, "--exact", "--team", "search") == {"search": (3, 0.03)}
+    refused = invoke(home, "teams", "delete", "search")
+    assert refused.exit_code == 1 and "has 2 keys" in refused.output
+
+
+# --- team budgets ------------------------------------------------------------------------------
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
+LEGACY_COST = Decimal("0.000405")  # the upstream's "legacy" answer, priced
+
+
+def team_budget(home) -> tuple[Decimal, Decimal]:
+    [listed] = [b for b in json.loads(run_cli(home, "budgets", "list", "--json")) if b["scope"] == "team"]
+    return Decimal(str(listed["spent_today_usd"])), Decimal(str(listed["spent_this_month_usd"]))
+
+
+def test_a_team_budget_sums_its_keys_blocks_them_all_and_follows_a_moved_key(tmp_path, upstream):
+    home = tmp_path / "home"
+    run_cli(home, "teams", "create", "search")
+    a, b, outside = (json.loads(run_cli(home, "keys", "create", "--name", n, "--json", *t))
+                     for n, t in (("a", ("--team", "search")), ("b", ("--team", "search")), ("c", ())))
+    bad = invoke(home, "budgets", "set", "--scope", "team:nope", "--daily", "1")
+    assert bad.exit_code == 2 and "no team named 'nope'" in bad.output
+    said = run_cli(home, "budgets", "set", "--scope", "team:search", "--daily", "0.001", "--block")
+    assert "for team search: $0.001 a day, blocking." in said
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=a["key"])
+    try:
+        def client(key: dict):
+            return proxy.openai(headers={"x-aispendtrack-key": key["key"], "x-test-scenario": "legacy"})
+        for key in (a, a, b):  # 0.000405 each: b's call takes the team past $0.001
+            client(key).chat.completions.create(**CHAT)
+        for key in (a, b):
+            with pytest.raises(openai.RateLimitError) as raised:
+                client(key).chat.completions.create(**CHAT)
+            message = raised.value.message
+            assert "budget set by the administrator over team search blocks this call" in message
+            assert "$" not in message  # the other keys' spend is not this key's to know
+        client(outside).chat.completions.create(**CHAT)  # in no team: not this budget's
+        assert team_budget(home) == (3 * LEGACY_COST, 3 * LEGACY_COST)
+        # b leaves the team, taking its spend: the team is back under its budget, and b is free.
+        run_cli(home, "keys", "move", str(b["id"]), "--no-team")
+        until_admitted(lambda: client(a).chat.completions.create(**CHAT), 10, "a moved key's spend stayed")
+        client(b).chat.completions.create(**CHAT)
+        assert team_budget(home) == (3 * LEGACY_COST, 3 * LEGACY_COST)  # a's three calls now
+        # Renamed, the team keeps its budget (and a the spend that crossed it): refused under its new name
+        # once the proxy has read it (~2 s).
+        run_cli(home, "teams", "rename", "search", "retrieval")
+        deadline = time.monotonic() + 10
+        while True:
+            with pytest.raises(openai.RateLimitError) as raised:
+                client(a).chat.completions.create(**CHAT)
+            if "over team retrieval" in raised.value.message or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "over team retrieval" in raised.value.message
+    finally:
+        proxy.stop()
+    assert [b["scope_value"] for b in json.loads(run_cli(home, "budgets", "list", "--json"))] == ["retrieval"]
+    assert run_cli(home, "teams", "delete", "retrieval", "--move-keys-out") == \
+        f"Deleted team retrieval; 1 key (id {a['id']}) now in no team; its 1 budget (id 1) deleted.\n"
+
+
+def test_a_team_budget_in_the_shared_mode_holds_over_replicas_and_a_move_recounts_it(shared_env, tmp_path,
+                                                                                      upstream):
+    admin = tmp_path / "admin"
+    run_cli(admin, "teams", "create", "search")
+    a, b = (json.loads(run_cli(admin, "keys", "create", "--name", n, "--json", "--team", "search")) for n in "ab")
+    run_cli(admin, "budgets", "set", "--scope", "team:search", "--daily", "0.001", "--block")
+    proxies = [start_proxy(tmp_path / f"replica{i}", upstream.url, tmp_path / f"replica{i}.log", key=a["key"])
+               for i in range(2)]
+    try:
+        def client(proxy, key: dict):
+            return proxy.openai(headers={"x-aispendtrack-key": key["key"], "x-test-scenario": "legacy"})
+        client(proxies[0], a).chat.completions.create(**CHAT)
+        client(proxies[1], a).chat.completions.create(**CHAT)
+        client(proxies[0], b).chat.completions.create(**CHAT)  # the team's third: past $0.001 over both replicas
+        time.sleep(1.5)  # the replicas share their spend every 0.25 s
+        for proxy, key in ((proxies[1], b), (proxies[0], a)):
+            with pytest.raises(openai.RateLimitError) as raised:
+                client(proxy, key).chat.completions.create(**CHAT)
+            assert "over team search" in raised.value.message
+        assert team_budget(admin) == (3 * LEGACY_COST, 3 * LEGACY_COST)
+        run_cli(admin, "keys", "move", str(b["id"]), "--no-team")  # the shared spend becomes a's two calls
+        time.sleep(3)  # both replicas have read the move (~2 s) and synced the shared spend since
+        client(proxies[1], a).chat.completions.create(**CHAT)
+        time.sleep(1.5)
+        with pytest.raises(openai.RateLimitError):  # a's third call crossed it again, seen on both
+            client(proxies[0], a).chat.completions.create(**CHAT)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+    assert team_budget(admin) == (3 * LEGACY_COST, 3 * LEGACY_COST)

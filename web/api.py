@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
-from addon.core import config, price_data
+from addon.core import audit, config, price_data
 from addon.core import home as home_dir
 from addon.core.budgets import Budget, with_spend
 from addon.core.reports import ReportError, Selection, parse_report, parse_selection
@@ -65,6 +65,7 @@ def _authenticate() -> None:
         raise ApiError(401, "unauthorized", "Send `Authorization: Bearer ask_...` (your key's calls) or an admin "
                                             "token from `aispendtrack admin create-token` (all calls).")
     g.principal = principal
+    audit.acting_as(principal.actor)  # whatever this request changes is recorded as the principal's
 
 
 @api.get("/report")
@@ -131,6 +132,15 @@ def reconciliation():
     for item in found:
         item["lines"] = [json_row(line) for line in item["lines"]]
     return jsonify([json_row(item) for item in found])
+
+
+@api.get("/audit")
+def audit_trail():
+    """The audit trail (admin tokens only: it names every key and token and what was done to them)."""
+    if not g.principal.is_admin:
+        raise ApiError(403, "forbidden", "The audit trail covers the whole organisation: use an admin token.")
+    with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
+        return jsonify([json_row(row) for row in audit.entries(con, request.args.get("since"))])
 
 
 @api.get("/prices")

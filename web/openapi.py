@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from addon.core.budgets import SCOPES
 from addon.core.reports import DIMENSIONS
 from addon.core.retention import MAX_OLDER_THAN_DAYS
 from addon.core.store import keys as key_rows
@@ -81,7 +82,7 @@ SCHEMAS = {
                            description="Totals of the selection, and what the proxy added to its calls."),
     "Call": _object(_CALL),
     "CallsPage": _object({"calls": {"type": "array", "items": _ref("Call")}, "next_cursor": _null(_STR)}),
-    "Budget": _object({"id": _INT, "scope": {"type": "string", "enum": ["all", "key", "customer", "feature"]},
+    "Budget": _object({"id": _INT, "scope": {"type": "string", "enum": list(SCOPES)},
                        "scope_value": _null(_STR),
                        "key_id": {**_null(_INT), "description": "customer/feature budgets: the key whose calls "
                                   "count; null: every key's."}, "daily_usd": _null(_NUM), "monthly_usd": _null(_NUM),

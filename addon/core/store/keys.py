@@ -69,6 +69,11 @@ def all_keys(con: duckdb.DuckDBPyConnection) -> list[dict]:
     return [dict(zip(_COLUMNS, values)) for values in cur.fetchall()]
 
 
+def get(con: duckdb.DuckDBPyConnection, key_id: int) -> dict | None:
+    """One key as ``all_keys`` lists it, or None."""
+    return next((k for k in all_keys(con) if k["id"] == key_id), None)
+
+
 def labels(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
     """What people call each key: its name, with its id when another key has the same name."""
     cur = control(con).execute("SELECT id, name, count(*) OVER (PARTITION BY name) FROM keys")

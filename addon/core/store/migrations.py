@@ -396,6 +396,25 @@ TEAMS_DDL = """
 KEY_TEAM_COLUMN = "ALTER TABLE keys ADD COLUMN {if_missing} team_id INTEGER"
 
 
+def m025_audit(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE SEQUENCE audit_id_seq START 1")
+    con.execute(AUDIT_DDL.format(id="BIGINT PRIMARY KEY DEFAULT nextval('audit_id_seq')"))
+
+
+# Every change made through the CLI or the API (addon/core/audit.py); before/after: JSON text.
+AUDIT_DDL = """
+    CREATE TABLE IF NOT EXISTS audit (
+        id {id},
+        changed_at TIMESTAMPTZ NOT NULL,
+        actor VARCHAR NOT NULL,
+        action VARCHAR NOT NULL,
+        target VARCHAR NOT NULL,
+        before VARCHAR,
+        after VARCHAR
+    )
+"""
+
+
 ROLLUPS_DDL = rollups.DDL
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
                                                 "web_search_requests", *UNIT_COLUMNS_NAMES))
@@ -417,7 +436,8 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m010_nothing_billed_costs_zero, m011_service_tier, m012_exact_costs,
               m013_config, m014_reconciliations, m015_erasures,
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
-              m020_tools, m021_prices, m022_proxy_us, m023_rollups, m024_teams]
+              m020_tools, m021_prices, m022_proxy_us, m023_rollups, m024_teams,
+              m025_audit]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -24,6 +24,7 @@ _CONTROL_TABLES = {
     "budgets": ["id", "scope", "scope_value", "daily_usd", "monthly_usd", "block", "created_at", "key_id"],
     "alerts": ["id", "sent_at", "kind", "subject", "channel", "destination", "delivered", "error", "dedupe_key"],
     "config": ["name", "value", "updated_at"],
+    "audit": ["id", "changed_at", "actor", "action", "target", "before", "after"],
     "batches": ["provider", "batch_id", "key_id", "customer_id", "feature", "created_at", "results_ref", "recorded_at"],
 }
 _ROW_TABLES = ("calls", "rollups")
