@@ -164,6 +164,10 @@ def test_teams_in_the_shared_mode_live_in_postgresql_and_reports_join_the_lake_t
     assert by_team(home, "--exact", "--team", "search") == {"search": (3, 0.03)}
     refused = invoke(home, "teams", "delete", "search")
     assert refused.exit_code == 1 and "has 2 keys" in refused.output
+    # The audit trail is in PostgreSQL too: one for every replica's changes.
+    assert [(e["action"], e["target"]) for e in json.loads(run_cli(other, "audit", "--json"))] == [
+        ("teams.create", "team:search"), ("keys.create", f"key:{keys[0]}"), ("keys.create", f"key:{keys[1]}"),
+        ("keys.move", f"key:{keys[1]}")]
 
 
 # --- team budgets ------------------------------------------------------------------------------

@@ -68,6 +68,11 @@ def _authenticate() -> None:
     audit.acting_as(principal.actor)  # whatever this request changes is recorded as the principal's
 
 
+@api.teardown_request
+def _no_longer_acting(exc: BaseException | None) -> None:
+    audit.acting_as(None)  # the thread serves other requests (or, in tests, runs the CLI) next
+
+
 @api.get("/report")
 def report():
     groups, _ = _run_report(total_latency=False)
@@ -140,7 +145,7 @@ def audit_trail():
     if not g.principal.is_admin:
         raise ApiError(403, "forbidden", "The audit trail covers the whole organisation: use an admin token.")
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
-        return jsonify([json_row(row) for row in audit.entries(con, request.args.get("since"))])
+        return jsonify([json_row(row) for row in audit.entries(con, request.args.get("since"), request.args.get("tz"))])
 
 
 @api.get("/prices")

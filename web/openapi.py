@@ -102,6 +102,12 @@ SCHEMAS = {
                                "lines": {"type": "array", "items": _ref("ReconciliationLine")}}),
     "Prices": _object({"label": _STR, "snapshot": _STR, "source": _STR, "models": _null(_INT),
                        "fetched_at": _null(_TIME), "checked_at": _null(_TIME), "age_seconds": _null(_NUM)}),
+    "AuditEntry": _object({"id": _INT, "changed_at": _TIME,
+                           "actor": {**_STR, "description": "admin:ID (an admin token), key:ID or cli:USER."},
+                           "action": {**_STR, "example": "keys.set-plan"}, "target": {**_STR, "example": "key:3"},
+                           **dict.fromkeys(("before", "after"), {"type": ["object", "null"],
+                                                                  "description": "The values before and after; "
+                                                                                 "null: created or removed."})}),
     "Subject": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
                 "properties": {"customer": {**_STR, "minLength": 1}, "key": _KEY_ID}},
     "Erased": _object({"subject": _ref("Subject"),
@@ -189,6 +195,10 @@ def document() -> dict:
         "/prices": _get("The list-price data in use: where it came from and how old it is (age_seconds: since it "
                         "was last fetched; null for the installed package's data).", [],
                         _answer("The data in use.", _ref("Prices")), admin=True),
+        "/audit": _get("Every change made through the CLI or the API, oldest first.",
+                       [_query("since", "From: `7d`, `today`, a date or a time (in `tz`)."),
+                        _query("tz", "IANA time zone of `since`; default UTC.")],
+                       _answer("The entries.", {"type": "array", "items": _ref("AuditEntry")}), admin=True),
         "/gdpr/export": _get("Everything stored about one customer or key, one JSON document.", subject,
                              _answer("The document.", {"type": "object", "required": ["subject", "calls"]}),
                              admin=True),

@@ -12,6 +12,7 @@ import contextvars
 import datetime as dt
 import getpass
 import json
+from decimal import Decimal
 
 _actor: contextvars.ContextVar[str | None] = contextvars.ContextVar("aispendtrack_actor", default=None)
 
@@ -48,8 +49,13 @@ def change(before: object, after: object) -> str:
 
 
 def values(value: object) -> str | None:
-    """Before/after values as stored: JSON, keys sorted; times and amounts as text."""
-    return None if value is None else json.dumps(value, sort_keys=True, default=str)
+    """Before/after values as stored: JSON, keys sorted; times and amounts as text (an amount without
+    trailing zeros, so a stored 5.000000 and a given 5 read the same)."""
+    return None if value is None else json.dumps(value, sort_keys=True, default=_text)
+
+
+def _text(value: object) -> str:
+    return format(value.normalize(), "f") if isinstance(value, Decimal) else str(value)
 
 
 def record(con, action: str, target: str, before: object = None, after: object = None) -> None:
@@ -58,13 +64,13 @@ def record(con, action: str, target: str, before: object = None, after: object =
     audit_rows.add(con, actor(), action, target, values(before), values(after))
 
 
-def entries(con, since: str | None, now: dt.datetime | None = None) -> list[dict]:
-    """Entries from ``since`` on (``7d``, ``today``, a date or a time in UTC, as reports take it),
-    oldest first, with before/after as values; ReportError when ``since`` cannot be read."""
+def entries(con, since: str | None, tz: str | None = None, now: dt.datetime | None = None) -> list[dict]:
+    """Entries from ``since`` on (``7d``, ``today``, a date or a time in ``tz``, as reports take it),
+    oldest first, with before/after as values; ReportError when ``since`` or ``tz`` cannot be read."""
     from .reports import parse_tz, parse_when
     from .store import audit as audit_rows
 
-    start = parse_when(since, parse_tz("UTC"), now or dt.datetime.now(dt.UTC), "since") if since else None
+    start = parse_when(since, parse_tz(tz or "UTC"), now or dt.datetime.now(dt.UTC), "since") if since else None
     rows = audit_rows.entries(con, start)
     for row in rows:
         for name in ("before", "after"):
