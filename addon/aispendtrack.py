@@ -40,6 +40,7 @@ from addon.core.store import budgets as budget_rows
 from addon.core.store import calls as call_rows
 from addon.core.store import connection, owner, shared
 from addon.core.store import keys as key_rows
+from addon.core.store import teams as team_rows
 from addon.estimate import Counter
 from addon.forward import Forward
 from addon.gate import Gate
@@ -204,7 +205,8 @@ class AiSpendTrack:
         state = self.state
         state.budgets.load([Budget.from_row(b) for b in budget_rows.all_budgets(con)],
                            lambda b, day, month: budget_rows.spend_since(con, b.scope, b.scope_value, b.key_id,
-                                                                         day, month), now)
+                                                                         day, month), now,
+                           team_rows.names_of_keys(con))
         active = key_rows.active(con)
         state.keyring.replace({key_hash: key_id for key_hash, key_id, *_ in active})
         state.limiter.set_limits({key_id: limits_for(plan, per_hour, per_month)

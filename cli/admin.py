@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import duckdb
 
+from addon.core import audit
 from addon.core import keys as keygen
 from addon.core.serialize import dumps
 from addon.core.store import admin as admin_rows
@@ -31,6 +32,7 @@ def create_token(obj, name: str, as_json: bool) -> None:
     token = keygen.new_admin_token()
     with writing(obj.db) as con:
         token_id = admin_rows.add(con, name, keygen.hash_key(token))
+        audit.record(con, "admin.create-token", f"admin:{token_id}", None, {"name": name})
     if as_json:
         click.echo(dumps({"token": token, "id": token_id, "name": name}))
         return
@@ -67,6 +69,8 @@ def revoke_token(obj, token_id: int) -> None:
             raise click.ClickException(f"Admin token {token_id} is already revoked." if known else
                                        f"No admin token {token_id}; see `aispendtrack admin list-tokens`.")
         ended = session_rows.end_for(con, token_hash)
+        audit.record(con, "admin.revoke-token", f"admin:{token_id}", {"revoked": False},
+                     {"revoked": True, "sessions_ended": ended})
     click.echo(f"Revoked admin token {token_id}; {ended} page session(s) ended.")
 
 

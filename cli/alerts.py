@@ -7,9 +7,9 @@ from __future__ import annotations
 import click
 from click_default_group import DefaultGroup
 
-from addon.core import config_files, notify
+from addon.core import audit, config_files, notify
 from addon.core.store import alerts as alert_rows
-from addon.core.store import reading
+from addon.core.store import reading, writing
 from addon.core.wording import plural
 
 from .imports import read_text, say_not_read
@@ -58,6 +58,9 @@ def import_file(obj, file: str) -> None:
     except notify.ChannelError as exc:
         raise click.ClickException(str(exc)) from None
     stored = config_files.write(obj.home, config_files.ALERTS, text)
+    with writing(obj.db) as con:  # the channels, not their settings: a URL or address may be a secret
+        audit.record(con, "alerts.import", "config:alerts.toml", None,
+                     {"channels": {name: channel.type for name, channel in channels.items()}})
     names = ", ".join(f"{name} ({channel.type})" for name, channel in channels.items()) or "none"
     click.echo(f"Alert channels from {file}, now in {stored.origin}: {names}.")
     inline = [name for name, channel in channels.items() if channel.settings.get("url")]

@@ -1,4 +1,4 @@
-"""``aispendtrack budgets``: daily and monthly spend limits per key, customer, feature or overall.
+"""``aispendtrack budgets``: daily and monthly spend limits per key, team, customer, feature or overall.
 
 A customer or feature budget belongs to a key (``--key ID``): customer ids are the client's own
 words, and another key sending the same one must neither spend nor be blocked by it. One over
@@ -13,12 +13,13 @@ from decimal import Decimal, InvalidOperation
 import click
 from click_default_group import DefaultGroup
 
-from addon.core import config
+from addon.core import audit, config
 from addon.core.budgets import SCOPES, TAGS, Budget, with_spend
 from addon.core.money import usd
 from addon.core.store import budgets as budget_rows
 from addon.core.store import keys as key_rows
 from addon.core.store import reading, writing
+from addon.core.store import teams as team_rows
 
 from .output import emit, format_option
 
@@ -26,7 +27,7 @@ from .output import emit, format_option
 def _scope(value: str) -> tuple[str, str | None]:
     kind, _, name = value.partition(":")
     if kind not in SCOPES or (kind == "all") != (name == ""):
-        raise click.BadParameter("use all, key:ID, customer:ID or feature:NAME", param_hint="--scope")
+        raise click.BadParameter("use all, key:ID, team:NAME, customer:ID or feature:NAME", param_hint="--scope")
     if kind == "key" and not name.isdigit():
         raise click.BadParameter("key:ID takes a key id (see `aispendtrack keys list`)", param_hint="--scope")
     return kind, name or None
@@ -50,7 +51,7 @@ def budgets() -> None:
 
 
 @budgets.command("set")
-@click.option("--scope", required=True, help="all, key:ID, customer:ID or feature:NAME.")
+@click.option("--scope", required=True, help="all, key:ID, team:NAME (its keys' calls), customer:ID or feature:NAME.")
 @click.option("--daily", callback=_usd,
               help="USD per day (in the quota zone, --quota-tz); a budget's other period is kept.")
 @click.option("--monthly", callback=_usd,
@@ -77,6 +78,8 @@ def set_budget(obj, scope: str, daily: Decimal | None, monthly: Decimal | None, 
     with writing(obj.db) as con:
         if key_id is not None and key_id not in {k["id"] for k in key_rows.all_keys(con)}:
             raise click.BadParameter(f"no key {key_id}; see `aispendtrack keys list`", param_hint="--key")
+        if kind == "team" and team_rows.find(con, value or "") is None:
+            raise click.BadParameter(f"no team named {value!r}; see `aispendtrack teams list`", param_hint="--scope")
         found = budget_rows.find(con, kind, value, key_id)
         old = Budget.from_row(found) if found else None
         new = Budget(old.id if old else 0, kind, value,
@@ -93,6 +96,7 @@ def set_budget(obj, scope: str, daily: Decimal | None, monthly: Decimal | None, 
                                                               new.monthly_usd, new.block))
         else:
             budget_rows.update(con, old.id, new.daily_usd, new.monthly_usd, new.block)
+        audit.record(con, "budgets.set", f"budget:{new.id}", old and dataclasses.asdict(old), dataclasses.asdict(new))
     click.echo(_what_changed(old, new))
 
 
@@ -169,6 +173,8 @@ def _against(spent: Decimal, budget: Decimal | None) -> str:
 def delete_budget(obj, budget_id: int) -> None:
     """Delete a budget."""
     with writing(obj.db) as con:
+        found = [b for b in budget_rows.all_budgets(con) if b["id"] == budget_id]
         if not budget_rows.delete(con, budget_id):
             raise click.ClickException(f"No budget with id {budget_id}; see `aispendtrack budgets list`.")
+        audit.record(con, "budgets.delete", f"budget:{budget_id}", found[0], None)
     click.echo(f"Deleted budget {budget_id}.")

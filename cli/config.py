@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from click_default_group import DefaultGroup
 
+from addon.core import audit, periods
 from addon.core import config as shared
-from addon.core import periods
 from addon.core.store import reading, writing
 
 from .output import emit, format_option
@@ -35,9 +35,11 @@ def show(obj, fmt: str = "table") -> None:
 def set_value(obj, name: str, value: str) -> None:
     """Set a shared setting, e.g. `config set quota-tz America/New_York`."""
     with writing(obj.db) as con:
+        before = shared.quota_zone(con).key
         try:
             zone = shared.set_quota_zone(con, value)
         except periods.UnknownZone as exc:
             raise click.BadParameter(str(exc), param_hint="VALUE") from None
+        audit.record(con, "config.set", f"config:{shared.QUOTA_TZ}", {"value": before}, {"value": zone.key})
     click.echo(f"quota_tz = {zone.key}. Quotas and budgets count days and months in it; a running proxy "
                "picks it up when restarted.")

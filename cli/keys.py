@@ -7,7 +7,7 @@ import datetime as dt
 import click
 from click_default_group import DefaultGroup
 
-from addon.core import config
+from addon.core import audit, config
 from addon.core import keys as keygen
 from addon.core.periods import hour_start, month_start
 from addon.core.plans import DEFAULT_PLAN, PLANS, limits_for, retention_days_for
@@ -28,18 +28,23 @@ def keys() -> None:
 @click.option("--name", required=True, help="What the key is for, e.g. backend or staging.")
 @click.option("--plan", type=click.Choice(list(PLANS)), default=DEFAULT_PLAN, show_default=True,
               help="free: 1,000/hour and 10,000/month; pro: 10,000/hour; enterprise: no limits.")
+@click.option("--team", help="Put the key in this team (see `aispendtrack teams`).")
 @click.option("--json", "as_json", is_flag=True, help="Print {key, id, name} as JSON.")
 @click.pass_obj
-def create(obj, name: str, plan: str, as_json: bool) -> None:
+def create(obj, name: str, plan: str, team: str | None, as_json: bool) -> None:
     """Create a key. It is printed once and stored only as a hash."""
     name = name.strip()
     if not name:
         raise click.BadParameter("must not be empty", param_hint="--name")
-    key_id, key = keygen.create(obj.db, name, plan)
+    try:
+        key_id, key = keygen.create(obj.db, name, plan, team)
+    except LookupError:
+        raise click.BadParameter(f"no team named {team!r}; create it with `aispendtrack teams create`.",
+                                 param_hint="--team") from None
     if as_json:
         click.echo(dumps({"key": key, "id": key_id, "name": name}))
         return
-    click.echo(f"Created key {key_id} ({name}):\n\n    {key}\n")
+    click.echo(f"Created key {key_id} ({name}{', team ' + team if team else ''}):\n\n    {key}\n")
     click.echo("Store it now: it is shown only once. Callers send it as the x-aispendtrack-key header.")
 
 
@@ -62,7 +67,7 @@ def list_keys(obj, fmt: str = "table", as_json: bool = False) -> None:
     emit(rows, "json" if as_json else fmt, [
         ("ID", lambda r: str(r["id"]), ">"), ("NAME", lambda r: r["name"], "<"),
         ("KEY", lambda r: r["prefix"] + "…", "<"), ("STATUS", lambda r: r["status"], "<"),
-        ("PLAN", lambda r: r["plan"], "<"),
+        ("PLAN", lambda r: r["plan"], "<"), ("TEAM", lambda r: r["team"] or "-", "<"),
         ("HOUR", lambda r: _usage(r["used_this_hour"], r["limit_per_hour"]), ">"),
         (f"MONTH ({zone.key})", lambda r: _usage(r["used_this_month"], r["limit_per_month"]), ">"),
         ("KEEP", lambda r: _retention(r), ">"),
@@ -86,9 +91,43 @@ def _usage(used: int, limit: int | None) -> str:
 def set_plan(obj, key_id: int, plan: str) -> None:
     """Put a key on a plan; a running proxy applies it within ~2 seconds."""
     with writing(obj.db) as con:
-        if not key_rows.set_plan(con, key_id, plan):
-            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+        before = _existing(con, key_id)
+        key_rows.set_plan(con, key_id, plan)
+        audit.record(con, "keys.set-plan", f"key:{key_id}", {"plan": before["plan"]}, {"plan": plan})
     click.echo(f"Key {key_id} is on the {plan} plan.")
+
+
+def _existing(con, key_id: int) -> dict:
+    found = key_rows.get(con, key_id)
+    if found is None:
+        raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+    return found
+
+
+def _limits(key: dict) -> dict:
+    return {"per_hour_limit": key["per_hour_limit"], "per_month_limit": key["per_month_limit"]}
+
+
+@keys.command("move")
+@click.argument("key_id", type=int)
+@click.option("--team", help="The team to put the key in.")
+@click.option("--no-team", is_flag=True, help="Take the key out of any team.")
+@click.pass_obj
+def move(obj, key_id: int, team: str | None, no_team: bool) -> None:
+    """Put a key in another team, or in none; its past calls report under its new team too."""
+    from addon.core.store import teams as team_rows
+
+    from .teams import existing, moved_keys
+    if (team is None) != no_team:
+        raise click.UsageError("give --team NAME or --no-team.")
+    with writing(obj.db) as con:
+        team_id = None if team is None else existing(con, team, "--team")
+        before = team_rows.names_of_keys(con).get(key_id)
+        if not team_rows.move_key(con, key_id, team_id):
+            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+        moved_keys(con, [before, team])
+        audit.record(con, "keys.move", f"key:{key_id}", {"team": before}, {"team": team})
+    click.echo(f"Key {key_id} is in " + (f"team {team}" if team else "no team") + "; its past calls report there too.")
 
 
 @keys.command("set-limit")
@@ -102,8 +141,10 @@ def set_limit(obj, key_id: int, per_hour: int | None, per_month: int | None, res
     if reset == bool(per_hour or per_month):
         raise click.UsageError("give --per-hour and/or --per-month, or --reset.")
     with writing(obj.db) as con:
-        if not key_rows.set_limits(con, key_id, per_hour, per_month):
-            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+        before = _existing(con, key_id)
+        key_rows.set_limits(con, key_id, per_hour, per_month)
+        audit.record(con, "keys.set-limit", f"key:{key_id}", _limits(before),
+                     {"per_hour_limit": per_hour, "per_month_limit": per_month})
     click.echo(f"Key {key_id}: " + ("plan limits" if reset else
                ", ".join(f"{n:,} per {p}" for n, p in ((per_hour, "hour"), (per_month, "month")) if n)) + ".")
 
@@ -118,8 +159,10 @@ def set_retention(obj, key_id: int, days: int | None, use_plan: bool) -> None:
     if use_plan == (days is not None):
         raise click.UsageError("give --days N or --plan.")
     with writing(obj.db) as con:
-        if not key_rows.set_retention(con, key_id, days):
-            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+        before = _existing(con, key_id)
+        key_rows.set_retention(con, key_id, days)
+        audit.record(con, "keys.set-retention", f"key:{key_id}", {"retention_days": before["retention_days"]},
+                     {"retention_days": days})
     click.echo(f"Key {key_id}: raw calls kept " + (f"{days} days." if days else "as its plan says."))
 
 
@@ -130,6 +173,8 @@ def revoke(obj, key_id: int) -> None:
     """Revoke a key; a running proxy refuses it within ~2 seconds."""
     with writing(obj.db) as con:
         revoked = key_rows.revoke(con, key_id)
+        if revoked is not None and revoked[1]:
+            audit.record(con, "keys.revoke", f"key:{key_id}", {"revoked_at": None}, {"revoked_at": revoked[0]})
     if revoked is None:
         raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
     revoked_at, now = revoked

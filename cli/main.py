@@ -22,12 +22,13 @@ from addon.core.redact import hide_passwords
 # command runs: duckdb and genai-prices take most of a second to import, and `aispendtrack --help`
 # needs neither (tests/test_cli_edges.py checks both).
 COMMANDS = {
-    "admin": ("admin", "admin"), "alerts": ("alerts", "alerts"), "budgets": ("budgets", "budgets"), "ca": ("ca", "ca"),
+    "admin": ("admin", "admin"), "alerts": ("alerts", "alerts"), "audit": ("audit", "audit"),
+    "budgets": ("budgets", "budgets"), "ca": ("ca", "ca"),
     "calls": ("calls", "calls"), "config": ("config", "config"), "export": ("export", "export"),
     "gdpr": ("lifecycle", "gdpr"), "keys": ("keys", "keys"), "migrate-to": ("migrate", "migrate_to"),
     "prices": ("prices", "prices"), "proxy": ("proxy", "proxy"), "purge": ("lifecycle", "purge"),
     "reconcile": ("reconcile", "reconcile"), "report": ("report", "report"), "reprice": ("reprice", "reprice"),
-    "web": ("web", "web"),
+    "teams": ("teams", "teams"), "web": ("web", "web"),
 }
 
 

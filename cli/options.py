@@ -13,7 +13,7 @@ from addon.core.wording import plural
 
 
 def selection_options(command):
-    """Adds --since/--until/--customer/--feature/--model/--key/--provider/--status/--errors/--tz and passes
+    """Adds --since/--until/--customer/--feature/--model/--key/--team/--provider/--status/--errors/--tz and passes
     ``selection``; the filters combine with AND."""
     options = [
         click.option("--since", help="Start: 7d, 24h, today, 2026-11-01 or 2026-11-01T09:00 (in --tz)."),
@@ -22,6 +22,7 @@ def selection_options(command):
         click.option("--feature", help="Only this x-feature."),
         click.option("--model", help="Only this model (as recorded, e.g. gpt-4o-2024-08-06)."),
         click.option("--key", "key", help="Only this key: its id or its name (see `aispendtrack keys list`)."),
+        click.option("--team", help="Only the calls of the keys now in this team (see `aispendtrack teams`)."),
         click.option("--provider", help="Only this provider, e.g. openai or anthropic."),
         click.option("--status", type=click.IntRange(100, 599), help="Only calls answered with this HTTP status."),
         click.option("--errors", is_flag=True, help="Only failed calls (an error status or no complete answer)."),
@@ -30,11 +31,11 @@ def selection_options(command):
     ]
 
     @functools.wraps(command)
-    def wrapper(*args, since, until, customer, feature, model, key, provider, status, errors, tz, **kwargs):
+    def wrapper(*args, since, until, customer, feature, model, key, team, provider, status, errors, tz, **kwargs):
         try:
             selection = parse_selection(since=since, until=until, customer=customer, feature=feature,
                                         model=model, key=_key_id(key), tz=tz, provider=provider, status=status,
-                                        errors=errors)
+                                        errors=errors, team=_team(team))
         except ReportError as exc:
             raise click.UsageError(str(exc)) from None
         return command(*args, selection=selection, **kwargs)
@@ -58,6 +59,18 @@ def _key_id(key: str | None) -> str | None:
         raise click.BadParameter(f"{plural(len(ids), 'key')} are named {key!r} (ids {', '.join(map(str, ids))}): "
                                  f"give the id.", param_hint="--key")
     return str(ids[0])
+
+
+def _team(name: str | None) -> str | None:
+    """--team as given, once a team has that name: a misspelt one is an error, not an empty report."""
+    if name is None:
+        return None
+    from addon.core.store import reading
+    from addon.core.store import teams as team_rows
+    with reading(click.get_current_context().obj.db) as con:
+        if team_rows.find(con, name) is None:
+            raise click.BadParameter(f"no team named {name!r}; see `aispendtrack teams list`.", param_hint="--team")
+    return name
 
 
 def _set_env(name: str):

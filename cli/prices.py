@@ -11,14 +11,14 @@ import click
 from click_default_group import DefaultGroup
 
 import pricing
-from addon.core import config_files, price_data
+from addon.core import audit, config_files, price_data
 from addon.core.evaluate import UNPRICED_LOOKBACK
 from addon.core.money import usd
 from addon.core.reports import ReportError, Selection, parse_when
 from addon.core.reprice import spend_by_model
 from addon.core.store import calls as call_rows
 from addon.core.store import price_snapshots as stored_prices
-from addon.core.store import reading
+from addon.core.store import reading, writing
 from addon.core.store import reports as report_rows
 from addon.core.wording import plural
 from pricing import overrides
@@ -144,6 +144,8 @@ def import_file(obj, file: str) -> None:
     except pricing.PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
     stored = config_files.write(obj.home, config_files.PRICES, text)
+    with writing(obj.db) as con:
+        audit.record(con, "prices.import", "config:prices.toml", None, {"entries": len(parsed), "text": text})
     click.echo(f"Price overrides: {plural(len(parsed), 'entry', 'entries')} from {file}, now in {stored.origin}; "
                f"{'every proxy prices with them within 2 s' if stored.in_shared_store else 'the proxy reloads it'}.")
 

@@ -1,4 +1,4 @@
-"""``aispendtrack report``: spend grouped by model, customer, feature, key or time."""
+"""``aispendtrack report``: spend grouped by model, customer, feature, key, team or time."""
 
 from __future__ import annotations
 
@@ -86,6 +86,8 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
 
 
 def _cell(name: str):
+    if name == "team":  # the calls of keys in no team (and of no key)
+        return lambda r: "(no team)" if r[name] is None else str(r[name])
     if name == "key_id":  # the key's name (docs/api.md: key_name), its id only when it has none
         return lambda r: "-" if r[name] is None else str(r.get("key_name") or r[name])
     return lambda r: "-" if r[name] is None else str(r[name])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 
 import click
 
-from addon.core import config_files
+from addon.core import audit, config_files
 from addon.core.money import UNPRICED, usd
 from addon.core.reprice import changed
 from addon.core.store import reports as report_rows
@@ -60,6 +61,8 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
         if not dry_run:
             with running(f"Storing {len(changes):,} new costs", quiet):
                 report_rows.apply_reprice(con, changes)
+            audit.record(con, "reprice", "calls", None, {"checked": checked, "changed": len(changes),
+                                                         "selection": dataclasses.asdict(selection)})
     verb = "would change" if dry_run else "changed"
     click.echo(f"Checked {plural(checked, 'call')}; {len(changes):,} {verb}{':' if changes else '.'}")
     for counted in kinds.values():

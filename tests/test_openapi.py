@@ -43,7 +43,8 @@ def site(tmp_path_factory):
     run_cli(home, "budgets", "set", "--scope", "customer:cust-1", "--all-keys", "--daily", "5", "--block")
     run_cli(home, "budgets", "set", "--scope", "all", "--monthly", "1000")  # shown to keys too, without spend
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
-    key = json.loads(run_cli(home, "keys", "create", "--name", "api", "--json"))["key"]
+    run_cli(home, "teams", "create", "site-team")
+    key = json.loads(run_cli(home, "keys", "create", "--name", "api", "--team", "site-team", "--json"))["key"]
     server = WebServer("127.0.0.1", 0, create_app(home))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield {"url": f"http://127.0.0.1:{server.server_port}", "admin": admin, "key": key, "app": create_app(home)}
@@ -80,6 +81,10 @@ CASES = [  # (method, path, params or JSON body, who, expected status)
     ("GET", "/reconciliation", {}, "key", 403),
     ("GET", "/prices", {}, "admin", 200),
     ("GET", "/prices", {}, "key", 403),
+    ("GET", "/report", {"by": ["team", "day"], "team": "site-team"}, "admin", 200),
+    ("GET", "/report", {"team": "no-such-team"}, "admin", 400),
+    ("GET", "/audit", {"since": "7d"}, "admin", 200),
+    ("GET", "/audit", {}, "key", 403),
     ("GET", "/gdpr/export", {"customer": "cust-3"}, "admin", 200),
     ("POST", "/purge", {"dry_run": True}, "admin", 200),
     ("POST", "/purge", {"older_than_days": 0}, "admin", 400),

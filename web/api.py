@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
-from addon.core import config, price_data
+from addon.core import audit, config, price_data
 from addon.core import home as home_dir
 from addon.core.budgets import Budget, with_spend
 from addon.core.reports import ReportError, Selection, parse_report, parse_selection
@@ -19,6 +19,7 @@ from addon.core.spool import filled
 from addon.core.store import ReadTooLong, StoreBusy, StoreError, reading
 from addon.core.store import reconciliations as reconciliation_rows
 from addon.core.store import reports as report_rows
+from addon.core.store import teams as team_rows
 
 from .auth import Principal, authenticate, bearer, credential, session_principal
 
@@ -64,6 +65,12 @@ def _authenticate() -> None:
         raise ApiError(401, "unauthorized", "Send `Authorization: Bearer ask_...` (your key's calls) or an admin "
                                             "token from `aispendtrack admin create-token` (all calls).")
     g.principal = principal
+    audit.acting_as(principal.actor)  # whatever this request changes is recorded as the principal's
+
+
+@api.teardown_request
+def _no_longer_acting(exc: BaseException | None) -> None:
+    audit.acting_as(None)  # the thread serves other requests (or, in tests, runs the CLI) next
 
 
 @api.get("/report")
@@ -84,6 +91,7 @@ def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
     spec = dataclasses.replace(spec, selection=_scoped(spec.selection))
     exact = _bool_arg("exact")  # a raw scan instead of the rollups (store/rollups.py), for audits
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
+        _known_team(con, spec.selection)
         return report_rows.report(con, spec, total_latency, exact)
 
 
@@ -131,6 +139,15 @@ def reconciliation():
     return jsonify([json_row(item) for item in found])
 
 
+@api.get("/audit")
+def audit_trail():
+    """The audit trail (admin tokens only: it names every key and token and what was done to them)."""
+    if not g.principal.is_admin:
+        raise ApiError(403, "forbidden", "The audit trail covers the whole organisation: use an admin token.")
+    with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
+        return jsonify([json_row(row) for row in audit.entries(con, request.args.get("since"), request.args.get("tz"))])
+
+
 @api.get("/prices")
 def prices():
     """The list-price data in use, and its age (price_data.py; admin tokens only: the source may name an
@@ -147,6 +164,7 @@ def calls():
     selection = _scoped(parse_selection(**_selection_args()))
     after = _decode_cursor(request.args.get("cursor"))
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
+        _known_team(con, selection)
         rows = report_rows.calls_page(con, selection, limit, after)
     next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
     return jsonify(calls=[json_row(r) for r in rows], next_cursor=next_cursor)
@@ -167,6 +185,7 @@ def export():
                        f"format must be one of {', '.join(report_rows.EXPORT_FORMATS)}, got {fmt!r}.")
     selection = _scoped(parse_selection(**_selection_args()))
     with reading(db_path(), time_limit=EXPORT_TIME_LIMIT) as con:
+        _known_team(con, selection)
         # The same COPY as `aispendtrack export`: one implementation, one file format.
         spool = filled(current_app.config["AISPENDTRACK_HOME"],
                        lambda path: report_rows.copy_out(con, selection, path, fmt))
@@ -182,11 +201,17 @@ def _selection_args() -> dict:
     """The filters the CLI's report, calls and export take, by the same names."""
     args = request.args
     chosen: dict = {name: args.get(name) for name in ("since", "until", "customer", "feature", "model", "key",
-                                                       "tz", "provider")}
+                                                       "tz", "provider", "team")}
     if "status" in args:
         chosen["status"] = _int_arg("status", 0, 100, 599)
     chosen["errors"] = _bool_arg("errors")
     return chosen
+
+
+def _known_team(con, selection: Selection) -> None:
+    """A team filter names a team that exists: a misspelt one is a 400, not an empty answer."""
+    if selection.team is not None and team_rows.find(con, selection.team) is None:
+        raise ApiError(400, "bad_request", f"team: no team named {selection.team!r} (`aispendtrack teams list`).")
 
 
 def _bool_arg(name: str) -> bool:

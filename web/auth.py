@@ -30,6 +30,12 @@ SECRET_FILE = "web-secret"
 @dataclass(frozen=True)
 class Principal:
     key_id: int | None  # None: an admin, who sees every key's calls
+    admin_id: int | None = None  # the admin token's id (the audit trail's "who")
+
+    @property
+    def actor(self) -> str:
+        """Who, in the audit trail: ``admin:ID`` or ``key:ID``."""
+        return f"admin:{self.admin_id}" if self.is_admin else f"key:{self.key_id}"
 
     @property
     def is_admin(self) -> bool:
@@ -58,7 +64,8 @@ def authenticate(db: Path, kind: str, digest: str) -> Principal | None:
 
 def _principal(con, kind: str, digest: str) -> Principal | None:
     if kind == "admin":
-        return Principal(None) if admin_rows.is_active(con, digest) else None
+        admin_id = admin_rows.active_id(con, digest)
+        return Principal(None, admin_id) if admin_id is not None else None
     key_id = key_rows.find_active(con, digest)
     return Principal(key_id) if key_id is not None else None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from addon.core.budgets import SCOPES
 from addon.core.reports import DIMENSIONS
 from addon.core.retention import MAX_OLDER_THAN_DAYS
 from addon.core.store import keys as key_rows
@@ -51,6 +52,8 @@ _ADDED = {f"{q}_proxy_us": {**_null(_INT), "description": f"The {q} of the calls
           for q in ("p50", "p99")}
 _GROUP_KEYS = {"model": _null(_STR), "provider": _STR, "customer_id": _null(_STR), "feature": _null(_STR),
                "key_id": _null(_INT),
+               "team": {**_null(_STR), "description": "With by=team: the team the calls' key is in now; null: no "
+                                                      "team (or no key)."},
                "key_name": {**_null(_STR), "description": "With key_id: the key's name, and its id when another "
                                                           "key has the same name."}, "day": {**_STR, "format": "date"},
                "hour": {**_STR, "example": "2026-11-01 13:00"}, "month": {**_STR, "example": "2026-11"}}
@@ -79,7 +82,7 @@ SCHEMAS = {
                            description="Totals of the selection, and what the proxy added to its calls."),
     "Call": _object(_CALL),
     "CallsPage": _object({"calls": {"type": "array", "items": _ref("Call")}, "next_cursor": _null(_STR)}),
-    "Budget": _object({"id": _INT, "scope": {"type": "string", "enum": ["all", "key", "customer", "feature"]},
+    "Budget": _object({"id": _INT, "scope": {"type": "string", "enum": list(SCOPES)},
                        "scope_value": _null(_STR),
                        "key_id": {**_null(_INT), "description": "customer/feature budgets: the key whose calls "
                                   "count; null: every key's."}, "daily_usd": _null(_NUM), "monthly_usd": _null(_NUM),
@@ -99,6 +102,12 @@ SCHEMAS = {
                                "lines": {"type": "array", "items": _ref("ReconciliationLine")}}),
     "Prices": _object({"label": _STR, "snapshot": _STR, "source": _STR, "models": _null(_INT),
                        "fetched_at": _null(_TIME), "checked_at": _null(_TIME), "age_seconds": _null(_NUM)}),
+    "AuditEntry": _object({"id": _INT, "changed_at": _TIME,
+                           "actor": {**_STR, "description": "admin:ID (an admin token), key:ID or cli:USER."},
+                           "action": {**_STR, "example": "keys.set-plan"}, "target": {**_STR, "example": "key:3"},
+                           **dict.fromkeys(("before", "after"), {"type": ["object", "null"],
+                                                                  "description": "The values before and after; "
+                                                                                 "null: created or removed."})}),
     "Subject": {"type": "object", "minProperties": 1, "maxProperties": 1, "additionalProperties": False,
                 "properties": {"customer": {**_STR, "minLength": 1}, "key": _KEY_ID}},
     "Erased": _object({"subject": _ref("Subject"),
@@ -122,6 +131,7 @@ _SELECTION = [
     _query("feature", "Only calls with this `x-feature`."),
     _query("model", "Only calls of this model (as recorded)."),
     _query("key", "Only calls of this key id (a key may only ask for its own).", _KEY_ID),
+    _query("team", "Only calls of the keys now in this team (moving a key moves its calls)."),
     _query("tz", "IANA time zone for dates and for day, hour and month groups; default UTC."),
     _query("provider", "Only calls to this provider (`openai`, `anthropic`, ...)."),
     _query("status", "Only calls answered with this HTTP status.", {"type": "integer", "minimum": 100,
@@ -186,6 +196,10 @@ def document() -> dict:
         "/prices": _get("The list-price data in use: where it came from and how old it is (age_seconds: since it "
                         "was last fetched; null for the installed package's data).", [],
                         _answer("The data in use.", _ref("Prices")), admin=True),
+        "/audit": _get("Every change made through the CLI or the API, oldest first.",
+                       [_query("since", "From: `7d`, `today`, a date or a time (in `tz`)."),
+                        _query("tz", "IANA time zone of `since`; default UTC.")],
+                       _answer("The entries.", {"type": "array", "items": _ref("AuditEntry")}), admin=True),
         "/gdpr/export": _get("Everything stored about one customer or key, one JSON document.", subject,
                              _answer("The document.", {"type": "object", "required": ["subject", "calls"]}),
                              admin=True),

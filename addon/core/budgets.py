@@ -1,4 +1,7 @@
-"""Budgets: spend per scope (all calls, a key, a customer, a feature) per day and per month.
+"""Budgets: spend per scope (all calls, a key, a team, a customer, a feature) per day and per month.
+
+A team budget counts the calls of the keys in the team now (store/teams.py): moving a key moves its
+spend of the day and month too, as it moves its history in reports (``respend_teams``).
 
 Customer ids and features are whatever a client sends in ``x-customer-id`` / ``x-feature``, so a
 budget on one belongs to a key (``Budget.key_id``): it counts and blocks only that key's calls with
@@ -26,7 +29,7 @@ from decimal import Decimal
 from .host_counters import HostCounters
 from .periods import day_start, month_start, next_day_start, next_month_start, seconds_until
 
-SCOPES = ("all", "key", "customer", "feature")
+SCOPES = ("all", "key", "team", "customer", "feature")
 TAGS = ("customer", "feature")  # the scopes a client names itself, per key
 
 
@@ -40,11 +43,15 @@ class Budget:
     block: bool
     key_id: int | None = None  # a customer or feature budget's key; None: every key's calls (TAGS only)
 
-    def covers(self, key_id: int | None, customer_id: str | None, feature: str | None) -> bool:
+    def covers(self, key_id: int | None, customer_id: str | None, feature: str | None,
+               team: str | None = None) -> bool:
+        """Whether a call counts against this budget; ``team``: the name of its key's team."""
         if self.scope == "all":
             return True
         if self.scope == "key":
             return key_id is not None and str(key_id) == self.scope_value
+        if self.scope == "team":
+            return team is not None and team == self.scope_value
         if self.key_id is not None and key_id != self.key_id:
             return False
         return (customer_id if self.scope == "customer" else feature) == self.scope_value
@@ -102,6 +109,23 @@ def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[dict]:
     return rows
 
 
+def respend_teams(con, names: list[str], now: dt.datetime) -> None:
+    """Shared mode: after keys changed team, the shared day's and month's spend of those teams'
+    budgets becomes their keys' stored spend (the replicas take it at their next sync)."""
+    from .config import quota_zone
+    from .store import budgets as budget_rows
+    from .store import counters
+    from .store.connection import control, is_shared
+
+    if not is_shared(con):  # embedded: the proxy seeds team budgets again when it sees the move
+        return
+    zone = quota_zone(con)
+    today, month = day_start(now, zone), month_start(now, zone)
+    spend = {row["id"]: budget_rows.spend_since(con, "team", row["scope_value"], None, today, month)
+             for row in budget_rows.all_budgets(con) if row["scope"] == "team" and row["scope_value"] in names}
+    counters.set_spend(control(con), spend, today, month)
+
+
 class BudgetTracker:
     def __init__(self, zone: zoneinfo.ZoneInfo):
         self.zone = zone
@@ -114,28 +138,41 @@ class BudgetTracker:
         self._budgets: dict[int, Budget] = {}
         self._blocking: list[Budget] = []  # checked on every call: usually empty
         self._spend: dict[int, list[Decimal]] = {}  # budget id -> [today, this month]
+        self._team_of: dict[int, str] = {}  # key id -> its team's name (team budgets)
         # The current day and month; the first _roll sets them (the ends start in the past).
         self._day = self._month = self._day_end = self._month_end = dt.datetime.min.replace(tzinfo=dt.UTC)
 
-    def load(self, budgets: list[Budget], seed, now: dt.datetime) -> None:
-        """Replace the definitions; ``seed(budget, day_start, month_start)`` gives stored spend for new ones."""
+    def load(self, budgets: list[Budget], seed, now: dt.datetime, teams: dict[int, str] | None = None) -> None:
+        """Replace the definitions; ``seed(budget, day_start, month_start)`` gives stored spend for new ones.
+        ``teams``: each key's team's name; when a key changed team, team budgets are seeded again (the
+        spend follows the key, as the reports do)."""
+        teams = teams or {}
         with self._lock:
             self._roll(now)
             fresh = {b.id: b for b in budgets}
             day, month = self._day, self._month
+            moved = teams != self._team_of
             for budget in fresh.values():
-                if budget.id not in self._spend:
-                    if self.host is not None:
-                        self.host.seed_spend(budget.id, day, month, functools.partial(seed, budget, day, month))
-                        self._spend[budget.id] = [Decimal(0), Decimal(0)]  # unused: the host's counts
-                    else:
-                        self._spend[budget.id] = list(seed(budget, self._day, self._month))
+                again = moved and budget.scope == "team"
+                if budget.id in self._spend and not again:
+                    continue
+                if self.host is not None:
+                    self.host.seed_spend(budget.id, day, month, functools.partial(seed, budget, day, month),
+                                         replace=again)
+                    self._spend[budget.id] = [Decimal(0), Decimal(0)]  # unused: the host's counts
+                else:
+                    self._spend[budget.id] = list(seed(budget, day, month))
+            self._team_of = teams
             self._spend = {k: v for k, v in self._spend.items() if k in fresh}
             self._budgets = fresh
             self._blocking = [b for b in fresh.values() if b.block]
 
     def any_blocking(self, key_id: int | None, customer_id: str | None, feature: str | None) -> bool:
-        return any(b.covers(key_id, customer_id, feature) for b in self._blocking)
+        team = self._team(key_id)
+        return any(b.covers(key_id, customer_id, feature, team) for b in self._blocking)
+
+    def _team(self, key_id: int | None) -> str | None:
+        return None if key_id is None else self._team_of.get(key_id)
 
     def record(self, key_id: int | None, customer_id: str | None, feature: str | None,
                cost: Decimal | None, now: dt.datetime) -> None:
@@ -143,14 +180,16 @@ class BudgetTracker:
             return
         if self.host is not None:
             day, month = self.periods(now)
-            covering = {b.id: cost for b in self._budgets.values() if b.covers(key_id, customer_id, feature)}
+            team = self._team(key_id)
+            covering = {b.id: cost for b in self._budgets.values() if b.covers(key_id, customer_id, feature, team)}
             if covering:
                 self.host.add_spend(covering, day, month)
             return
         with self._lock:
             self._roll(now)
+            team = self._team(key_id)
             for budget in self._budgets.values():
-                if budget.covers(key_id, customer_id, feature):
+                if budget.covers(key_id, customer_id, feature, team):
                     spend = self._spend.setdefault(budget.id, [Decimal(0), Decimal(0)])
                     spend[0] += cost
                     spend[1] += cost
@@ -197,7 +236,8 @@ class BudgetTracker:
                 now: dt.datetime) -> BudgetRefusal | None:
         if not self._blocking:
             return None
-        covering = [b for b in self._blocking if b.covers(key_id, customer_id, feature)]
+        team = self._team(key_id)
+        covering = [b for b in self._blocking if b.covers(key_id, customer_id, feature, team)]
         if not covering:
             return None
         host = self._host_spend(covering, now)

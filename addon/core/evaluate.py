@@ -223,7 +223,7 @@ class Evaluator(threading.Thread):
 
     def _purge(self) -> None:
         try:
-            result = retention.purge(self.db, dt.datetime.now(dt.UTC))
+            result = retention.purge(self.db, dt.datetime.now(dt.UTC), audited=False)
         except Exception:
             log.exception("retention purge failed; trying again in %.0f s", self.interval)
             return

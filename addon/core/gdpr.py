@@ -16,10 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from . import spill
+from . import audit, spill
 from .home import WORKERS_DIR
 from .serialize import json_row
 from .store import compact, lake, reading, subjects, writing
+from .store.audit import ERASED
 from .store.connection import is_shared
 from .store.subjects import Subject
 
@@ -50,6 +51,8 @@ def export(db: Path, spill_dir: Path, subject: Subject, out: IO[str]) -> dict[st
         pending += [row for row in spilled if _matches(row, subject)]
     out.write(', "pending_calls": ' + json.dumps(pending) + "}\n")
     counts["pending_calls"], counts["unreadable_spill_files"] = len(pending), unreadable
+    with writing(db) as con:  # an export is a disclosure: the trail says who took it
+        audit.record(con, "gdpr.export", f"{subject.kind}:{subject.value}", None, counts)
     return counts
 
 
@@ -57,6 +60,10 @@ def erase(db: Path, spill_dir: Path, subject: Subject) -> dict[str, int]:
     """Delete the subject everywhere and reclaim the space; returns what was removed."""
     with writing(db, timeout=60, alone=True) as con:
         counts = subjects.delete(con, subject)
+        # The subject's identifier leaves the trail (before the rewrite below reclaims its bytes); this
+        # erase's own entry does not name it either.
+        audit.scrub(con, subject.kind, subject.value)
+        audit.record(con, "gdpr.erase", f"{subject.kind}:{ERASED}", None, {k: v for k, v in counts.items()})
         # Under the write lock the proxy cannot replay spill files, so none is half-read by it now.
         counts["pending_calls"], counts["unreadable_spill_files"] = _scrub_spills(spill_dir, subject)
         # The proxy drops the subject's metric series; in the shared mode other replicas drop the

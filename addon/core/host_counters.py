@@ -122,17 +122,20 @@ class HostCounters:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         return refused
 
-    def seed_spend(self, budget_id: int, day: dt.datetime, month: dt.datetime, seed: Callable[[], tuple]) -> None:
-        """A budget's slot from the stored spend ``seed()`` gives, unless a worker seeded it already.
+    def seed_spend(self, budget_id: int, day: dt.datetime, month: dt.datetime, seed: Callable[[], tuple],
+                   replace: bool = False) -> None:
+        """A budget's slot from the stored spend ``seed()`` gives, unless a worker seeded it already
+        (``replace``: in any case, as when a key moved into or out of a team budget's team).
         The stored spend is read outside the lock (it is a query), so a second worker can read it too:
         the first to take the lock afterwards writes it, the second leaves it."""
-        with self._locked() as memory:
-            if _SLOT.unpack_from(memory, _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id))[0]:
-                return
+        if not replace:
+            with self._locked() as memory:
+                if _SLOT.unpack_from(memory, _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id))[0]:
+                    return
         today, this_month = seed()
         with self._locked() as memory:
             at = _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id)
-            if not _SLOT.unpack_from(memory, at)[0]:
+            if replace or not _SLOT.unpack_from(memory, at)[0]:
                 _SLOT.pack_into(memory, at, budget_id + 1, self._epoch(day), _nano(today), self._epoch(month),
                                 _nano(this_month))
 

@@ -59,12 +59,19 @@ class KeyRing:
         return len(self._by_selector)
 
 
-def create(db: Path, name: str, plan: str) -> tuple[int, str]:
-    """Store a new key's hash; returns (key id, the key). The key itself is never stored."""
+def create(db: Path, name: str, plan: str, team: str | None = None) -> tuple[int, str]:
+    """Store a new key's hash (in the team named ``team``: LookupError if there is none); returns
+    (key id, the key). The key itself is never stored."""
+    from . import audit
     from .store import keys as key_rows
+    from .store import teams as team_rows
     from .store import writing
 
     key = new_key()
     with writing(db) as con:
-        key_id = key_rows.add(con, name, hash_key(key), display_prefix(key), plan)
+        team_id = None if team is None else team_rows.find(con, team)
+        if team is not None and team_id is None:
+            raise LookupError(team)
+        key_id = key_rows.add(con, name, hash_key(key), display_prefix(key), plan, team_id)
+        audit.record(con, "keys.create", f"key:{key_id}", None, {"name": name, "plan": plan, "team": team})
     return key_id, key

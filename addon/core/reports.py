@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from . import periods
 from .store import keys
 
-DIMENSIONS = ("model", "provider", "customer", "feature", "key", "day", "hour", "month")
+DIMENSIONS = ("model", "provider", "customer", "feature", "key", "team", "day", "hour", "month")
 _RELATIVE = re.compile(r"^(\d{1,6})([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -41,6 +41,7 @@ class Selection:
     provider: str | None = None
     status: int | None = None  # an HTTP status, as recorded
     errors_only: bool = False  # failed calls only: what a report counts as errors
+    team: str | None = None  # the calls of the keys now in this team (store/teams.py)
 
     def for_key(self, key_id: int) -> Selection:
         """The same selection limited to one key's calls; asking for another key's is refused."""
@@ -58,7 +59,7 @@ class ReportSpec:
 def parse_selection(since: str | None = None, until: str | None = None, customer: str | None = None,
                     feature: str | None = None, model: str | None = None, key: str | int | None = None,
                     tz: str | None = None, now: dt.datetime | None = None, *, provider: str | None = None,
-                    status: int | None = None, errors: bool = False) -> Selection:
+                    status: int | None = None, errors: bool = False, team: str | None = None) -> Selection:
     zone = parse_tz(tz or "UTC")
     now = now or dt.datetime.now(dt.UTC)
     start = parse_when(since, zone, now, "since") if since else None
@@ -67,7 +68,7 @@ def parse_selection(since: str | None = None, until: str | None = None, customer
         raise ReportError(f"--since ({start:%Y-%m-%d %H:%M %Z}) must be before --until ({end:%Y-%m-%d %H:%M %Z}).")
     return Selection(since=start, until=end, customer_id=customer or None, feature=feature or None,
                      model=model or None, key_id=_key_id(key), tz=zone.key, provider=provider or None,
-                     status=status, errors_only=errors)
+                     status=status, errors_only=errors, team=team or None)
 
 
 def parse_report(by: list[str] | tuple[str, ...], **selection) -> ReportSpec:

@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import audit
 from .periods import hour_start
 from .plans import retention_days_for
 from .store import lake, lifecycle, reading, writing
@@ -72,7 +73,9 @@ def cutoffs(keys: list[KeyRetention], now: dt.datetime,
     return found
 
 
-def purge(db: Path, now: dt.datetime, older_than: dt.timedelta | None = None, dry_run: bool = False) -> PurgeResult:
+def purge(db: Path, now: dt.datetime, older_than: dt.timedelta | None = None, dry_run: bool = False,
+          audited: bool = True) -> PurgeResult:
+    """``audited``: a purge asked for (the CLI, the API) is an audit entry; the proxy's daily one is not."""
     if dry_run:
         with reading(db) as con:
             keys = [KeyRetention.of(*row) for row in lifecycle.retention_settings(con)]
@@ -82,6 +85,9 @@ def purge(db: Path, now: dt.datetime, older_than: dt.timedelta | None = None, dr
         keys = [KeyRetention.of(*row) for row in lifecycle.retention_settings(con)]
         limits = cutoffs(keys, now, older_than)
         purged, totals = lifecycle.purge(con, limits, now)
+        if audited:
+            audit.record(con, "purge", "calls", None, {"older_than_days": older_than.days if older_than else None,
+                                                       "deleted": totals})
         if is_shared(con) and any(purged.values()):
             lake.scrub(con)  # the purged rows out of the lake's files too, as a GDPR erase does
         return PurgeResult(keys, limits, purged, totals)

@@ -14,9 +14,11 @@ def add(con: duckdb.DuckDBPyConnection, name: str, token_hash: str) -> int:
     return token_id
 
 
-def is_active(con: duckdb.DuckDBPyConnection, token_hash: str) -> bool:
-    return one(control(con).execute("SELECT count(*) FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
-                       [token_hash]))[0] > 0
+def active_id(con: duckdb.DuckDBPyConnection, token_hash: str) -> int | None:
+    """The id of the active token with this hash, or None."""
+    row = control(con).execute("SELECT id FROM admin_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+                               [token_hash]).fetchone()
+    return row[0] if row else None
 
 
 def listing(con: duckdb.DuckDBPyConnection) -> list[dict]:

@@ -8,6 +8,7 @@ from decimal import Decimal
 import duckdb
 
 from .connection import control, one
+from .teams import IN_TEAM
 
 _COLUMNS = ("id", "scope", "scope_value", "daily_usd", "monthly_usd", "block", "key_id")
 _SCOPE_COLUMN = {"key": "CAST(key_id AS VARCHAR)", "customer": "customer_id", "feature": "feature"}
@@ -39,6 +40,17 @@ def delete(con: duckdb.DuckDBPyConnection, budget_id: int) -> bool:
     return control(con).execute("DELETE FROM budgets WHERE id = ? RETURNING id", [budget_id]).fetchone() is not None
 
 
+def rename_team(con: duckdb.DuckDBPyConnection, old: str, new: str) -> None:
+    """A team budget names its team: renamed with it, so it keeps its id, spend and alerts."""
+    control(con).execute("UPDATE budgets SET scope_value = ? WHERE scope = 'team' AND scope_value = ?", [new, old])
+
+
+def delete_team(con: duckdb.DuckDBPyConnection, name: str) -> list[int]:
+    """Delete a deleted team's budgets; returns their ids."""
+    cur = control(con).execute("DELETE FROM budgets WHERE scope = 'team' AND scope_value = ? RETURNING id", [name])
+    return sorted(budget_id for (budget_id,) in cur.fetchall())
+
+
 def all_budgets(con: duckdb.DuckDBPyConnection) -> list[dict]:
     cur = control(con).execute(f"SELECT {', '.join(_COLUMNS)} FROM budgets ORDER BY id")
     return [dict(zip(_COLUMNS, row)) for row in cur.fetchall()]
@@ -50,7 +62,10 @@ def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, k
     key, for a customer or feature budget that has one)."""
     conditions = ["TRUE"]
     params: list[object] = []
-    if scope != "all":
+    if scope == "team":  # the keys in the team now, as reports count it
+        conditions.append(IN_TEAM)
+        params.append(value)
+    elif scope != "all":
         conditions.append(f"{_SCOPE_COLUMN[scope]} = ?")
         params.append(value)
     if key_id is not None:

@@ -77,6 +77,15 @@ def seed_spend(db, spend: dict[int, tuple[Decimal, Decimal]], day: dt.datetime, 
                    [budget_id, day, today, month, this_month])
 
 
+def set_spend(db, spend: dict[int, tuple[Decimal, Decimal]], day: dt.datetime, month: dt.datetime) -> None:
+    """Replace the totals of these budgets with spend recomputed from the stored calls (a key moved
+    to or from a team: budgets.respend_teams)."""
+    for budget_id, (today, this_month) in spend.items():
+        db.execute("INSERT INTO budget_spend VALUES (?, ?, ?, ?, ?) ON CONFLICT (budget_id) DO UPDATE SET "
+                   "day = excluded.day, day_usd = excluded.day_usd, month = excluded.month, "
+                   "month_usd = excluded.month_usd", [budget_id, day, today, month, this_month])
+
+
 def spend(db, day: dt.datetime, month: dt.datetime) -> dict[int, tuple[Decimal, Decimal]]:
     """budget id -> (spent today, spent this month) over all replicas."""
     rows = db.execute("SELECT budget_id, day, day_usd, month, month_usd FROM budget_spend").fetchall()

@@ -26,13 +26,14 @@ def parse_id(value: object) -> int:
 
 
 _COLUMNS = ("id", "name", "prefix", "plan", "per_hour_limit", "per_month_limit", "retention_days", "created_at",
-            "revoked_at")
+            "revoked_at", "team")
 
 
-def add(con: duckdb.DuckDBPyConnection, name: str, key_hash: str, prefix: str, plan: str) -> int:
+def add(con: duckdb.DuckDBPyConnection, name: str, key_hash: str, prefix: str, plan: str,
+        team_id: int | None = None) -> int:
     (key_id,) = one(control(con).execute(
-        "INSERT INTO keys (name, key_hash, prefix, plan, created_at) VALUES (?, ?, ?, ?, now()) RETURNING id",
-        [name, key_hash, prefix, plan]))
+        "INSERT INTO keys (name, key_hash, prefix, plan, created_at, team_id) VALUES (?, ?, ?, ?, now(), ?) "
+        "RETURNING id", [name, key_hash, prefix, plan, team_id]))
     return key_id
 
 
@@ -62,8 +63,15 @@ def active(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, str, int | No
 
 
 def all_keys(con: duckdb.DuckDBPyConnection) -> list[dict]:
-    cur = control(con).execute(f"SELECT {', '.join(_COLUMNS)} FROM keys ORDER BY id")
+    selected = ", ".join(f"keys.{c}" for c in _COLUMNS[:-1])
+    cur = control(con).execute(f"SELECT {selected}, teams.name FROM keys LEFT JOIN teams ON teams.id = keys.team_id "
+                               f"ORDER BY keys.id")
     return [dict(zip(_COLUMNS, values)) for values in cur.fetchall()]
+
+
+def get(con: duckdb.DuckDBPyConnection, key_id: int) -> dict | None:
+    """One key as ``all_keys`` lists it, or None."""
+    return next((k for k in all_keys(con) if k["id"] == key_id), None)
 
 
 def labels(con: duckdb.DuckDBPyConnection) -> dict[int, str]:

@@ -385,6 +385,43 @@ def m024_hourly_rollups(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(statement)
 
 
+def m025_teams(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE SEQUENCE teams_id_seq START 1")
+    con.execute(TEAMS_DDL.format(id="INTEGER PRIMARY KEY DEFAULT nextval('teams_id_seq')"))
+    con.execute(KEY_TEAM_COLUMN.format(if_missing=""))
+
+
+# A team groups keys (a key is in at most one); reports find a call's team through its key at read
+# time, so moving a key moves its history with it (store/teams.py).
+TEAMS_DDL = """
+    CREATE TABLE IF NOT EXISTS teams (
+        id {id},
+        name VARCHAR NOT NULL UNIQUE,
+        created_at TIMESTAMPTZ NOT NULL
+    )
+"""
+KEY_TEAM_COLUMN = "ALTER TABLE keys ADD COLUMN {if_missing} team_id INTEGER"
+
+
+def m026_audit(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE SEQUENCE audit_id_seq START 1")
+    con.execute(AUDIT_DDL.format(id="BIGINT PRIMARY KEY DEFAULT nextval('audit_id_seq')"))
+
+
+# Every change made through the CLI or the API (addon/core/audit.py); before/after: JSON text.
+AUDIT_DDL = """
+    CREATE TABLE IF NOT EXISTS audit (
+        id {id},
+        changed_at TIMESTAMPTZ NOT NULL,
+        actor VARCHAR NOT NULL,
+        action VARCHAR NOT NULL,
+        target VARCHAR NOT NULL,
+        before VARCHAR,
+        after VARCHAR
+    )
+"""
+
+
 ROLLUPS_DDL = rollups.DDL
 HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all()]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
@@ -408,7 +445,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m013_config, m014_reconciliations, m015_erasures,
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
               m020_tools, m021_prices, m022_proxy_us, m023_rollups,
-              m024_hourly_rollups]
+              m024_hourly_rollups, m025_teams, m026_audit]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -16,11 +16,12 @@ from . import batch, rollups
 from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES
 from .connection import one, output_path
+from .teams import IN_TEAM, TEAM_OF_KEY
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
 _COLUMN_OF = {"model": "model", "provider": "provider", "customer": "customer_id", "feature": "feature",
-              "key": "key_id"}
+              "key": "key_id", "team": "team"}
 _TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
            "images", "characters", *TOOL_NAMES)
 # A call that failed: what a report counts as an error and `calls --errors` lists.
@@ -55,6 +56,9 @@ def where(selection: Selection) -> tuple[str, list]:
             params.append(value)
     if selection.errors_only:
         clauses.append(FAILED)
+    if selection.team is not None:
+        clauses.append(IN_TEAM)
+        params.append(selection.team)
     if selection.since is not None:
         clauses.append("ts >= ?")
         params.append(selection.since)
@@ -198,6 +202,9 @@ def _rollup_where(selection: Selection) -> tuple[str, list]:
             params.append(value)
     if selection.errors_only:
         clauses.append("failed")
+    if selection.team is not None:  # through the keys, as the raw rows' (where)
+        clauses.append(IN_TEAM)
+        params.append(selection.team)
     return " AND ".join(clauses), params
 
 
@@ -378,6 +385,8 @@ def apply_reprice(con: duckdb.DuckDBPyConnection,
 def _dimension_sql(dimension: str, local_time: str) -> str:
     if dimension in _TIME_FORMATS:
         return f"date_trunc('{dimension}', {local_time})"
+    if dimension == "team":  # through the call's key, as it is now: a moved key takes its history along
+        return TEAM_OF_KEY
     return _COLUMN_OF[dimension]
 
 

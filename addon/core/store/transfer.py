@@ -17,12 +17,14 @@ from .shared import SharedConnection
 
 # Control tables copied, with their columns (the same in both modes).
 _CONTROL_TABLES = {
+    "teams": ["id", "name", "created_at"],
     "keys": ["id", "name", "key_hash", "prefix", "created_at", "revoked_at", "plan", "per_hour_limit",
-             "per_month_limit", "retention_days"],
+             "per_month_limit", "retention_days", "team_id"],
     "admin_tokens": ["id", "name", "token_hash", "created_at", "revoked_at"],
     "budgets": ["id", "scope", "scope_value", "daily_usd", "monthly_usd", "block", "created_at", "key_id"],
     "alerts": ["id", "sent_at", "kind", "subject", "channel", "destination", "delivered", "error", "dedupe_key"],
     "config": ["name", "value", "updated_at"],
+    "audit": ["id", "changed_at", "actor", "action", "target", "before", "after"],
     "batches": ["provider", "batch_id", "key_id", "customer_id", "feature", "created_at", "results_ref", "recorded_at"],
 }
 _ROW_TABLES = ("calls", "rollups", "rollups_hourly")
@@ -32,7 +34,7 @@ def copy_embedded(source: Path, con: SharedConnection) -> dict[str, int]:
     """Copy everything in the embedded file ``source`` into the (empty) shared storage of ``con``."""
     db = con.control
     present = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-               for t in ("keys", "budgets", "admin_tokens", "config_files")}
+               for t in ("teams", "keys", "budgets", "admin_tokens", "config_files")}
     present.update({t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in _ROW_TABLES})
     if any(present.values()):
         found = ", ".join(f"{n:,} {t}" for t, n in present.items() if n)

@@ -1,0 +1,69 @@
+"""SQL for ``teams`` and the key's ``team_id``. A key belongs to at most one team.
+
+Calls and rollups hold no team: a report finds a call's team through its key when it reads
+(``TEAM_OF_KEY``), so moving a key to another team moves its whole history with it.
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from .connection import control, one
+
+# The team name of the row's ``key_id`` (NULL: no key, or a key in no team), for a report's
+# SELECT over calls or rollups; ``keys`` and ``teams`` are the control schema's in the shared mode.
+TEAM_OF_KEY = "(SELECT t.name FROM keys k JOIN teams t ON t.id = k.team_id WHERE k.id = key_id)"
+# The calls of one team's keys (the team's name as the parameter).
+IN_TEAM = "key_id IN (SELECT k.id FROM keys k JOIN teams t ON t.id = k.team_id WHERE t.name = ?)"
+
+
+def add(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
+    """The new team's id, or None when a team has that name already."""
+    if find(con, name) is not None:
+        return None
+    (team_id,) = one(control(con).execute("INSERT INTO teams (name, created_at) VALUES (?, now()) RETURNING id",
+                                          [name]))
+    return team_id
+
+
+def find(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
+    row = control(con).execute("SELECT id FROM teams WHERE name = ?", [name]).fetchone()
+    return row[0] if row else None
+
+
+def all_teams(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Every team with its keys' count (revoked ones too: their calls still count as the team's)."""
+    cur = control(con).execute("SELECT t.id, t.name, t.created_at, count(k.id) FROM teams t "
+                               "LEFT JOIN keys k ON k.team_id = t.id GROUP BY t.id, t.name, t.created_at "
+                               "ORDER BY t.name")
+    return [dict(zip(("id", "name", "created_at", "keys"), row)) for row in cur.fetchall()]
+
+
+def rename(con: duckdb.DuckDBPyConnection, team_id: int, name: str) -> None:
+    control(con).execute("UPDATE teams SET name = ? WHERE id = ?", [name, team_id])
+
+
+def key_ids(con: duckdb.DuckDBPyConnection, team_id: int) -> list[int]:
+    return [k for (k,) in control(con).execute("SELECT id FROM keys WHERE team_id = ? ORDER BY id",
+                                               [team_id]).fetchall()]
+
+
+def delete(con: duckdb.DuckDBPyConnection, team_id: int) -> list[int]:
+    """Delete a team, its keys moved out of any team first; returns those keys' ids."""
+    moved = key_ids(con, team_id)
+    if moved:
+        control(con).execute("UPDATE keys SET team_id = NULL WHERE team_id = ?", [team_id])
+    control(con).execute("DELETE FROM teams WHERE id = ?", [team_id])
+    return moved
+
+
+def move_key(con: duckdb.DuckDBPyConnection, key_id: int, team_id: int | None) -> bool:
+    """Put a key in a team (None: in none); False when there is no such key."""
+    row = control(con).execute("UPDATE keys SET team_id = ? WHERE id = ? RETURNING id", [team_id, key_id]).fetchone()
+    return row is not None
+
+
+def names_of_keys(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
+    """key id -> its team's name, for the keys in a team."""
+    cur = control(con).execute("SELECT k.id, t.name FROM keys k JOIN teams t ON t.id = k.team_id")
+    return dict(cur.fetchall())

@@ -1,0 +1,103 @@
+"""The audit trail (issue 29): every change through the CLI or the API, who made it, before and
+after; `aispendtrack audit`, `GET /api/v1/audit` (admin tokens only), and GDPR erase scrubbing it."""
+
+from __future__ import annotations
+
+import getpass
+import json
+
+from click.testing import CliRunner
+
+from addon.core import home as home_dir
+from addon.core.store import calls as call_rows
+from addon.core.store import writing
+from cli.main import cli
+from web import create_app
+
+from .helpers import call_row, run_cli
+
+OVERRIDE = '[[price]]\nprovider = "openai"\nmodel = "gpt-*"\ninput_mtok = 1000\noutput_mtok = 2000\n'
+CHANNELS = '[[channel]]\nname = "pager"\ntype = "webhook"\nurl_env = "HOOK_URL"\n'
+
+
+def trail(home, *args: str) -> list[dict]:
+    return json.loads(run_cli(home, "audit", "--json", *args))
+
+
+def test_every_cli_change_is_an_entry_with_who_what_and_the_values_before_and_after(migrated_home, tmp_path):
+    home, me = migrated_home, f"cli:{getpass.getuser()}"
+    key = json.loads(run_cli(home, "keys", "create", "--name", "backend", "--json"))["id"]
+    run_cli(home, "keys", "set-plan", str(key), "pro")
+    run_cli(home, "keys", "set-limit", str(key), "--per-hour", "50")
+    run_cli(home, "keys", "set-retention", str(key), "--days", "30")
+    run_cli(home, "teams", "create", "search")
+    run_cli(home, "keys", "move", str(key), "--team", "search")
+    run_cli(home, "teams", "rename", "search", "retrieval")
+    run_cli(home, "keys", "move", str(key), "--no-team")
+    run_cli(home, "teams", "delete", "retrieval")
+    token = json.loads(run_cli(home, "admin", "create-token", "--json"))["id"]
+    run_cli(home, "admin", "revoke-token", str(token))
+    run_cli(home, "budgets", "set", "--scope", "all", "--daily", "5")
+    run_cli(home, "budgets", "set", "--scope", "all", "--daily", "7", "--block")
+    run_cli(home, "budgets", "delete", "1")
+    run_cli(home, "config", "set", "quota-tz", "America/New_York")
+    (tmp_path / "prices.toml").write_text(OVERRIDE)
+    run_cli(home, "prices", "import", str(tmp_path / "prices.toml"))
+    (tmp_path / "alerts.toml").write_text(CHANNELS)
+    run_cli(home, "alerts", "import", str(tmp_path / "alerts.toml"))
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [call_row(1, key_id=key, model="gpt-4o-2024-08-06")])
+    run_cli(home, "reprice", "--quiet")
+    run_cli(home, "purge", "--older-than", "3650d", "--quiet")
+    run_cli(home, "keys", "revoke", str(key))
+    entries = trail(home)
+    assert [e["action"] for e in entries] == [
+        "keys.create", "keys.set-plan", "keys.set-limit", "keys.set-retention", "teams.create", "keys.move",
+        "teams.rename", "keys.move", "teams.delete", "admin.create-token", "admin.revoke-token", "budgets.set",
+        "budgets.set", "budgets.delete", "config.set", "prices.import", "alerts.import", "reprice", "purge",
+        "keys.revoke"]
+    assert {e["actor"] for e in entries} == {me}
+    by_action = {e["action"]: e for e in entries}
+    assert (by_action["keys.set-plan"]["target"], by_action["keys.set-plan"]["before"],
+            by_action["keys.set-plan"]["after"]) == (f"key:{key}", {"plan": "enterprise"}, {"plan": "pro"})
+    assert by_action["keys.create"]["after"] == {"name": "backend", "plan": "enterprise", "team": None}
+    assert by_action["teams.rename"]["before"] == {"name": "search"}
+    budget_changes = [(e["before"] and e["before"]["daily_usd"], e["after"] and e["after"]["daily_usd"])
+                      for e in entries if e["action"].startswith("budgets.")]
+    assert budget_changes == [(None, "5"), ("5", "7"), ("7", None)]
+    assert by_action["config.set"]["before"] == {"value": "UTC"}
+    assert by_action["config.set"]["after"] == {"value": "America/New_York"}
+    assert by_action["prices.import"]["after"]["text"] == OVERRIDE
+    assert by_action["alerts.import"]["after"] == {"channels": {"pager": "webhook"}}
+    assert by_action["reprice"]["after"]["changed"] == 1
+    assert by_action["purge"]["after"]["older_than_days"] == 3650
+    table = run_cli(home, "audit")
+    assert "keys.set-plan" in table and "plan: enterprise -> pro" in table and me in table
+    assert trail(home, "--since", "2999-01-01") == []
+    bad = CliRunner().invoke(cli, ["--home", str(home), "audit", "--since", "yesterday-ish"])
+    assert bad.exit_code == 2 and "cannot read since 'yesterday-ish'" in bad.output
+
+
+def test_the_api_records_its_changes_as_the_admin_token_and_only_admins_read_the_trail(migrated_home):
+    home = migrated_home
+    admin = json.loads(run_cli(home, "admin", "create-token", "--json"))
+    key = json.loads(run_cli(home, "keys", "create", "--name", "k", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:acme-person", "--key", str(key["id"]), "--daily", "3")
+    client = create_app(home, {"TESTING": True}).test_client()
+    as_admin = {"Authorization": f"Bearer {admin['token']}"}
+    assert client.get("/api/v1/gdpr/export?customer=acme-person", headers=as_admin).status_code == 200
+    assert client.post("/api/v1/purge", json={"older_than_days": 30}, headers=as_admin).status_code == 200
+    assert client.post("/api/v1/gdpr/delete", json={"customer": "acme-person"}, headers=as_admin).status_code == 200
+    refused = client.get("/api/v1/audit", headers={"Authorization": f"Bearer {key['key']}"})
+    assert refused.status_code == 403 and "use an admin token" in refused.get_json()["error"]["message"]
+    entries = client.get("/api/v1/audit", headers=as_admin).get_json()
+    assert entries == json.loads(json.dumps(trail(home)))
+    api_made = [(e["actor"], e["action"], e["target"]) for e in entries if e["actor"].startswith("admin:")]
+    assert api_made == [(f"admin:{admin['id']}", "gdpr.export", "customer:(erased)"),
+                        (f"admin:{admin['id']}", "purge", "calls"),
+                        (f"admin:{admin['id']}", "gdpr.erase", "customer:(erased)")]
+    # The erase took the customer's id out of every entry; the entries stay.
+    assert "acme-person" not in json.dumps(entries)
+    [budget] = [e for e in entries if e["action"] == "budgets.set"]
+    assert budget["after"]["scope_value"] == "(erased)" and budget["after"]["daily_usd"] == "3"
+    assert client.get("/api/v1/audit?since=2999-01-01", headers=as_admin).get_json() == []

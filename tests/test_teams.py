@@ -1,0 +1,259 @@
+"""Teams of keys (issue 29): the CLI, reports and calls by team, the API's filter and grouping,
+the embedded migration and the shared mode."""
+
+from __future__ import annotations
+
+import json
+import time
+from decimal import Decimal
+
+import duckdb
+import openai
+import pytest
+from click.testing import CliRunner
+
+from addon.core import home as home_dir
+from addon.core.store import calls as call_rows
+from addon.core.store import migrations, reading, writing
+from cli.main import cli
+from web import create_app
+
+from .helpers import report_row as row
+from .helpers import run_cli, start_proxy, until_admitted
+
+
+def invoke(home, *args: str):
+    return CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+
+
+def new_key(home, name: str, *args: str) -> int:
+    return json.loads(run_cli(home, "keys", "create", "--name", name, "--json", *args))["id"]
+
+
+# Keys 1 and 2 in team search, key 3 in team ads, key 4 in none; one call with no key.
+CALLS = [row("2026-11-02T10:00:00", "gpt-4o", "1.00", 100, key_id=1),
+         row("2026-11-02T10:20:00", "gpt-4o", "2.00", 100, key_id=2),
+         row("2026-11-02T11:00:00", "gpt-4o", "4.00", 100, key_id=3),
+         row("2026-11-02T12:00:00", "gpt-4o", "8.00", 100, key_id=4),
+         row("2026-11-02T12:30:00", "gpt-4o", "16.00", 100, key_id=None)]
+
+
+@pytest.fixture
+def home(tmp_path, new_store):
+    new_store(home_dir.db_path(tmp_path))
+    run_cli(tmp_path, "teams", "create", "search")
+    run_cli(tmp_path, "teams", "create", "ads")
+    assert [new_key(tmp_path, n, *t) for n, t in (("a", ("--team", "search")), ("b", ("--team", "search")),
+                                                  ("c", ("--team", "ads")), ("d", ()))] == [1, 2, 3, 4]
+    with writing(home_dir.db_path(tmp_path)) as con:
+        call_rows.insert(con, CALLS)
+    return tmp_path
+
+
+def by_team(home, *args: str) -> dict:
+    groups = json.loads(run_cli(home, "report", "--by", "team", "--format", "json", *args))
+    return {g["team"]: (g["calls"], g["cost_usd"]) for g in groups}
+
+
+def test_teams_are_created_listed_renamed_and_deleted_only_when_empty_or_asked(home):
+    listed = json.loads(run_cli(home, "teams", "list", "--json"))
+    assert [(t["name"], t["keys"]) for t in listed] == [("ads", 1), ("search", 2)]
+    keys = {k["id"]: k["team"] for k in json.loads(run_cli(home, "keys", "list", "--json"))}
+    assert keys == {1: "search", 2: "search", 3: "ads", 4: None}
+    taken = invoke(home, "teams", "create", "search")
+    assert taken.exit_code == 1 and "A team named 'search' exists already" in taken.output
+    assert "no team named 'nope'" in invoke(home, "keys", "create", "--name", "e", "--team", "nope").output
+    assert invoke(home, "teams", "rename", "ads", "search").exit_code == 1
+    assert run_cli(home, "teams", "rename", "ads", "marketing") == "Renamed team ads to marketing.\n"
+    refused = invoke(home, "teams", "delete", "search")
+    assert refused.exit_code == 1
+    assert "Team search has 2 keys (id 1, 2); nothing deleted." in refused.output
+    assert "--move-keys-out" in refused.output
+    assert [t["name"] for t in json.loads(run_cli(home, "teams", "list", "--json"))] == ["marketing", "search"]
+    assert run_cli(home, "teams", "delete", "search", "--move-keys-out") == \
+        "Deleted team search; 2 keys (id 1, 2) now in no team.\n"
+    run_cli(home, "keys", "move", "3", "--no-team")
+    assert run_cli(home, "teams", "delete", "marketing") == "Deleted team marketing.\n"
+    assert json.loads(run_cli(home, "teams", "list", "--json")) == []
+    assert {k["team"] for k in json.loads(run_cli(home, "keys", "list", "--json"))} == {None}
+
+
+def test_report_by_team_goes_through_the_keys_and_a_moved_key_takes_its_calls(home):
+    assert by_team(home) == {None: (2, 24.0), "search": (2, 3.0), "ads": (1, 4.0)}
+    assert by_team(home, "--exact") == by_team(home)  # rollups and raw rows agree
+    # A range that cuts the 15-minute buckets: stored rollups and raw edges both go through the keys.
+    assert by_team(home, "--since", "2026-11-02T10:10", "--until", "2026-11-02T12:10") == \
+        {"ads": (1, 4.0), None: (1, 8.0), "search": (1, 2.0)}
+    table = run_cli(home, "report", "--by", "team")
+    assert [line.split()[0] for line in table.splitlines()[1:4]] == ["(no", "ads", "search"]
+    run_cli(home, "keys", "move", "4", "--team", "ads")
+    assert by_team(home) == {None: (1, 16.0), "ads": (2, 12.0), "search": (2, 3.0)}
+    assert by_team(home, "--team", "ads") == {"ads": (2, 12.0)}
+    two = json.loads(run_cli(home, "report", "--by", "team", "--by", "key", "--team", "search", "--format", "json"))
+    assert sorted((g["team"], g["key_id"], g["cost_usd"]) for g in two) == [("search", 1, 1.0), ("search", 2, 2.0)]
+    calls = json.loads(run_cli(home, "calls", "--team", "ads", "--format", "json"))
+    assert [c["key_id"] for c in calls] == [4, 3]
+    unknown = invoke(home, "calls", "--team", "nope")
+    assert unknown.exit_code == 2 and "no team named 'nope'" in unknown.output
+
+
+def test_keys_move_says_where_and_refuses_what_does_not_exist(home):
+    assert run_cli(home, "keys", "move", "1", "--team", "ads") == \
+        "Key 1 is in team ads; its past calls report there too.\n"
+    assert "no team named 'x'" in invoke(home, "keys", "move", "1", "--team", "x").output
+    assert "No key with id 99" in invoke(home, "keys", "move", "99", "--team", "ads").output
+    assert "give --team NAME or --no-team" in invoke(home, "keys", "move", "1").output
+    assert run_cli(home, "keys", "move", "1", "--no-team") == "Key 1 is in no team; its past calls report there too.\n"
+
+
+def test_the_api_groups_and_filters_by_team(home):
+    client = create_app(home, {"TESTING": True}).test_client()
+    admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    key3 = json.loads(run_cli(home, "keys", "create", "--name", "c2", "--team", "ads", "--json"))
+
+    def get(path: str, token: str = admin):
+        return client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    groups = get("/api/v1/report?by=team").get_json()
+    assert groups == json.loads(run_cli(home, "report", "--by", "team", "--format", "json"))
+    assert {g["team"]: g["calls"] for g in groups} == {None: 2, "search": 2, "ads": 1}
+    assert get("/api/v1/report/total?team=search").get_json()["cost_usd"] == 3.0
+    assert [c["key_id"] for c in get("/api/v1/calls?team=search").get_json()["calls"]] == [2, 1]
+    exported = get("/api/v1/export?format=json&team=ads").get_json()
+    assert [r["key_id"] for r in exported] == [3]
+    unknown = get("/api/v1/report?by=team&team=nope")
+    assert unknown.status_code == 400 and "no team named 'nope'" in unknown.get_json()["error"]["message"]
+    # A key in team ads sees only its own calls, whichever team it asks for.
+    assert get("/api/v1/report?by=team", key3["key"]).get_json() == []
+    assert get("/api/v1/report?team=search", key3["key"]).get_json() == []
+
+
+def test_the_migration_puts_existing_keys_in_no_team(tmp_path):
+    db = home_dir.db_path(tmp_path)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    for migration in migrations.MIGRATIONS[:migrations.MIGRATIONS.index(migrations.m025_teams)]:
+        migration(con)
+        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
+    con.execute("INSERT INTO keys (name, key_hash, prefix, created_at, plan) VALUES ('old', 'h', 'ask_x', now(), "
+                "'free')")
+    assert migrations.apply_pending(con)[0] == "m025_teams"
+    con.close()
+    home = tmp_path
+    with reading(db) as con:
+        assert migrations.is_current(con)
+    run_cli(home, "teams", "create", "old-ones")
+    run_cli(home, "keys", "move", "1", "--team", "old-ones")
+    assert [(k["name"], k["team"]) for k in json.loads(run_cli(home, "keys", "list", "--json"))] == \
+        [("old", "old-ones")]
+
+
+def test_teams_in_the_shared_mode_live_in_postgresql_and_reports_join_the_lake_to_them(shared_env, tmp_path):
+    from .helpers import call_row
+    home, other = tmp_path / "admin", tmp_path / "replica"  # two data directories, one catalog
+    run_cli(home, "teams", "create", "search")
+    keys = [new_key(home, "a", "--team", "search"), new_key(other, "b")]
+    assert [(t["name"], t["keys"]) for t in json.loads(run_cli(other, "teams", "list", "--json"))] == [("search", 1)]
+    with writing(home / "unused.duckdb") as con:  # the shared store, whatever the path
+        call_rows.insert(con, [call_row(1, key_id=keys[0]), call_row(2, key_id=keys[1]),
+                               call_row(3, key_id=keys[1])])
+    assert by_team(other) == {"search": (1, 0.01), None: (2, 0.02)}
+    run_cli(other, "keys", "move", str(keys[1]), "--team", "search")
+    assert by_team(home) == {"search": (3, 0.03)}
+    assert by_team(home, "--exact", "--team", "search") == {"search": (3, 0.03)}
+    refused = invoke(home, "teams", "delete", "search")
+    assert refused.exit_code == 1 and "has 2 keys" in refused.output
+    # The audit trail is in PostgreSQL too: one for every replica's changes.
+    assert [(e["action"], e["target"]) for e in json.loads(run_cli(other, "audit", "--json"))] == [
+        ("teams.create", "team:search"), ("keys.create", f"key:{keys[0]}"), ("keys.create", f"key:{keys[1]}"),
+        ("keys.move", f"key:{keys[1]}")]
+
+
+# --- team budgets ------------------------------------------------------------------------------
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
+LEGACY_COST = Decimal("0.000405")  # the upstream's "legacy" answer, priced
+
+
+def team_budget(home) -> tuple[Decimal, Decimal]:
+    [listed] = [b for b in json.loads(run_cli(home, "budgets", "list", "--json")) if b["scope"] == "team"]
+    return Decimal(str(listed["spent_today_usd"])), Decimal(str(listed["spent_this_month_usd"]))
+
+
+def test_a_team_budget_sums_its_keys_blocks_them_all_and_follows_a_moved_key(tmp_path, upstream):
+    home = tmp_path / "home"
+    run_cli(home, "teams", "create", "search")
+    a, b, outside = (json.loads(run_cli(home, "keys", "create", "--name", n, "--json", *t))
+                     for n, t in (("a", ("--team", "search")), ("b", ("--team", "search")), ("c", ())))
+    bad = invoke(home, "budgets", "set", "--scope", "team:nope", "--daily", "1")
+    assert bad.exit_code == 2 and "no team named 'nope'" in bad.output
+    said = run_cli(home, "budgets", "set", "--scope", "team:search", "--daily", "0.001", "--block")
+    assert "for team search: $0.001 a day, blocking." in said
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=a["key"])
+    try:
+        def client(key: dict):
+            return proxy.openai(headers={"x-aispendtrack-key": key["key"], "x-test-scenario": "legacy"})
+        for key in (a, a, b):  # 0.000405 each: b's call takes the team past $0.001
+            client(key).chat.completions.create(**CHAT)
+        for key in (a, b):
+            with pytest.raises(openai.RateLimitError) as raised:
+                client(key).chat.completions.create(**CHAT)
+            message = raised.value.message
+            assert "budget set by the administrator over team search blocks this call" in message
+            assert "$" not in message  # the other keys' spend is not this key's to know
+        client(outside).chat.completions.create(**CHAT)  # in no team: not this budget's
+        assert team_budget(home) == (3 * LEGACY_COST, 3 * LEGACY_COST)
+        # b leaves the team, taking its spend: the team is back under its budget, and b is free.
+        run_cli(home, "keys", "move", str(b["id"]), "--no-team")
+        until_admitted(lambda: client(a).chat.completions.create(**CHAT), 10, "a moved key's spend stayed")
+        client(b).chat.completions.create(**CHAT)
+        assert team_budget(home) == (3 * LEGACY_COST, 3 * LEGACY_COST)  # a's three calls now
+        # Renamed, the team keeps its budget (and a the spend that crossed it): refused under its new name
+        # once the proxy has read it (~2 s).
+        run_cli(home, "teams", "rename", "search", "retrieval")
+        deadline = time.monotonic() + 10
+        while True:
+            with pytest.raises(openai.RateLimitError) as raised:
+                client(a).chat.completions.create(**CHAT)
+            if "over team retrieval" in raised.value.message or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "over team retrieval" in raised.value.message
+    finally:
+        proxy.stop()
+    assert [b["scope_value"] for b in json.loads(run_cli(home, "budgets", "list", "--json"))] == ["retrieval"]
+    assert run_cli(home, "teams", "delete", "retrieval", "--move-keys-out") == \
+        f"Deleted team retrieval; 1 key (id {a['id']}) now in no team; its 1 budget (id 1) deleted.\n"
+
+
+def test_a_team_budget_in_the_shared_mode_holds_over_replicas_and_a_move_recounts_it(shared_env, tmp_path,
+                                                                                      upstream):
+    admin = tmp_path / "admin"
+    run_cli(admin, "teams", "create", "search")
+    a, b = (json.loads(run_cli(admin, "keys", "create", "--name", n, "--json", "--team", "search")) for n in "ab")
+    run_cli(admin, "budgets", "set", "--scope", "team:search", "--daily", "0.001", "--block")
+    proxies = [start_proxy(tmp_path / f"replica{i}", upstream.url, tmp_path / f"replica{i}.log", key=a["key"])
+               for i in range(2)]
+    try:
+        def client(proxy, key: dict):
+            return proxy.openai(headers={"x-aispendtrack-key": key["key"], "x-test-scenario": "legacy"})
+        client(proxies[0], a).chat.completions.create(**CHAT)
+        client(proxies[1], a).chat.completions.create(**CHAT)
+        client(proxies[0], b).chat.completions.create(**CHAT)  # the team's third: past $0.001 over both replicas
+        time.sleep(1.5)  # the replicas share their spend every 0.25 s
+        for proxy, key in ((proxies[1], b), (proxies[0], a)):
+            with pytest.raises(openai.RateLimitError) as raised:
+                client(proxy, key).chat.completions.create(**CHAT)
+            assert "over team search" in raised.value.message
+        assert team_budget(admin) == (3 * LEGACY_COST, 3 * LEGACY_COST)
+        run_cli(admin, "keys", "move", str(b["id"]), "--no-team")  # the shared spend becomes a's two calls
+        time.sleep(3)  # both replicas have read the move (~2 s) and synced the shared spend since
+        client(proxies[1], a).chat.completions.create(**CHAT)
+        time.sleep(1.5)
+        with pytest.raises(openai.RateLimitError):  # a's third call crossed it again, seen on both
+            client(proxies[0], a).chat.completions.create(**CHAT)
+    finally:
+        for proxy in proxies:
+            proxy.stop()
+    assert team_budget(admin) == (3 * LEGACY_COST, 3 * LEGACY_COST)
