@@ -358,8 +358,9 @@ def test_a_purge_says_per_key_what_goes_and_why(tmp_path):
 
     def said(*args: str) -> list[str]:
         lines = run_cli(home, "purge", *args).splitlines()
+        # Measured from after the command (NOW is the module's import time, long past in a slow run).
         cutoff = re.search(r"before (\S+ \S+) UTC", lines[0]).group(1)  # the free plan's: 7 days ago
-        age = NOW - dt.datetime.fromisoformat(cutoff).replace(tzinfo=dt.UTC)
+        age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(cutoff).replace(tzinfo=dt.UTC)
         assert dt.timedelta(days=7) <= age <= dt.timedelta(days=7, hours=1, minutes=5)
         return [re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d", "T", line) for line in lines]
 
