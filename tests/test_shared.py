@@ -722,48 +722,28 @@ def test_the_tool_columns_reach_an_older_lake(shared_env, tmp_path):
     assert stored == {1: (0, 0, 0, 0, 0), 2: (0, 0, 3, 1, 1)}
 
 
-def test_the_price_snapshot_column_reaches_an_older_lake(shared_env, tmp_path):
+@pytest.mark.parametrize(("column", "step", "value"), [("price_snapshot", "s011_prices", "0123456789ab"),
+                                                        ("proxy_us", "s013_proxy_us", 57)])
+def test_a_new_column_reaches_an_older_lake(shared_env, tmp_path, column, step, value):
     import psycopg
 
     from addon.core.store import calls as call_rows
     from addon.core.store import writing
 
     from .helpers import call_row
-    home, marker = tmp_path / "admin", f"prices-{uuid.uuid4().hex}"
+    home, marker = tmp_path / "admin", f"{column}-{uuid.uuid4().hex}"
     new_key(home)
-    with writing(home / "unused.duckdb") as con:  # as an older version left the lake: no price_snapshot
-        con.execute("ALTER TABLE calls DROP COLUMN price_snapshot")
-        old = {k: v for k, v in call_row(1, customer_id=marker).items() if k != "price_snapshot"}
+    with writing(home / "unused.duckdb") as con:  # as an older version left the lake: without the column
+        con.execute(f"ALTER TABLE calls DROP COLUMN {column}")
+        old = {k: v for k, v in call_row(1, customer_id=marker).items() if k != column}
         con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name = 's011_prices'")
+        pg.execute("DELETE FROM schema_migrations WHERE name = %s", [step])
     cli(home, "calls", "--limit", "1")  # a new process (an upgraded proxy or CLI) applies the step
     with writing(home / "unused.duckdb") as con:
-        call_rows.insert(con, [call_row(2, customer_id=marker, price_snapshot="0123456789ab")])
-    stored = sorted((r["price_snapshot"] or "") for r in calls_json(home) if r["customer_id"] == marker)
-    assert stored == ["", "0123456789ab"]
-
-
-def test_the_proxy_us_column_reaches_an_older_lake(shared_env, tmp_path):
-    import psycopg
-
-    from addon.core.store import calls as call_rows
-    from addon.core.store import writing
-
-    from .helpers import call_row
-    home, marker = tmp_path / "admin", f"added-{uuid.uuid4().hex}"
-    new_key(home)
-    with writing(home / "unused.duckdb") as con:  # as the lake was before step s013: no proxy_us
-        con.execute("ALTER TABLE calls DROP COLUMN proxy_us")
-        old = {k: v for k, v in call_row(1, customer_id=marker).items() if k != "proxy_us"}
-        con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
-    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name = 's013_proxy_us'")
-    cli(home, "calls", "--limit", "1")  # a new process (an upgraded proxy or CLI) applies the step
-    with writing(home / "unused.duckdb") as con:
-        call_rows.insert(con, [call_row(2, customer_id=marker, proxy_us=57)])
-    stored = sorted((r["input_tokens"], r["proxy_us"]) for r in calls_json(home) if r["customer_id"] == marker)
-    assert stored == [(1, None), (2, 57)]
+        call_rows.insert(con, [call_row(2, customer_id=marker, **{column: value})])
+    stored = sorted((r["input_tokens"], r[column]) for r in calls_json(home) if r["customer_id"] == marker)
+    assert stored == [(1, None), (2, value)]
 
 
 def lake_before_rollups(con) -> None:

@@ -46,6 +46,20 @@ def dimension_name(dimension: str) -> str:
 
 
 def where(selection: Selection) -> tuple[str, list]:
+    """The selection as a condition on raw calls, and its parameters."""
+    clauses, params = _tag_clauses(selection, FAILED)
+    if selection.since is not None:
+        clauses.append("ts >= ?")
+        params.append(selection.since)
+    if selection.until is not None:
+        clauses.append("ts < ?")
+        params.append(selection.until)
+    return " AND ".join(clauses), params
+
+
+def _tag_clauses(selection: Selection, failed: str) -> tuple[list[str], list]:
+    """The selection's filters but its time range, on raw calls or rollup rows alike (``failed``:
+    how that table says a call failed)."""
     clauses: list[str] = ["TRUE"]
     params: list[object] = []
     for column, value in (("customer_id", selection.customer_id), ("feature", selection.feature),
@@ -55,17 +69,11 @@ def where(selection: Selection) -> tuple[str, list]:
             clauses.append(f"{column} = ?")
             params.append(value)
     if selection.errors_only:
-        clauses.append(FAILED)
-    if selection.team is not None:
+        clauses.append(failed)
+    if selection.team is not None:  # through the keys: a moved key takes its history along
         clauses.append(IN_TEAM)
         params.append(selection.team)
-    if selection.since is not None:
-        clauses.append("ts >= ?")
-        params.append(selection.since)
-    if selection.until is not None:
-        clauses.append("ts < ?")
-        params.append(selection.until)
-    return " AND ".join(clauses), params
+    return clauses, params
 
 
 def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
@@ -192,19 +200,7 @@ def _hourly_source(selection: Selection) -> tuple[str, list]:
 
 
 def _rollup_where(selection: Selection) -> tuple[str, list]:
-    clauses: list[str] = ["TRUE"]
-    params: list[object] = []
-    for column, value in (("customer_id", selection.customer_id), ("feature", selection.feature),
-                          ("model", selection.model), ("key_id", selection.key_id),
-                          ("provider", selection.provider), ("status", selection.status)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if selection.errors_only:
-        clauses.append("failed")
-    if selection.team is not None:  # through the keys, as the raw rows' (where)
-        clauses.append(IN_TEAM)
-        params.append(selection.team)
+    clauses, params = _tag_clauses(selection, "failed")
     return " AND ".join(clauses), params
 
 

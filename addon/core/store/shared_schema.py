@@ -273,14 +273,7 @@ def ensure_lake(con, control) -> None:
             control.execute("INSERT INTO schema_migrations VALUES ('s013_proxy_us', now()) "
                             "ON CONFLICT DO NOTHING")
         if "s014_rollups" not in _applied(control):
-            con.execute("BEGIN")
-            try:
-                for statement in _LAKE_ROLLUPS:
-                    con.execute(statement)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            _in_transaction(con, _LAKE_ROLLUPS)
             control.execute("INSERT INTO schema_migrations VALUES ('s014_rollups', now()) ON CONFLICT DO NOTHING")
         if "s015_hourly_rollups" not in _applied(control):  # as migrations.m024_hourly_rollups
             _in_transaction(con, HOURLY_ROLLUPS)
