@@ -50,6 +50,8 @@ def site(tmp_path_factory, upstream):
     web_port = free_port()
     proxy = start_proxy(home, upstream.url, tmp_path_factory.mktemp("web-logs") / "proxy.log",
                         extra_args=("--web-port", str(web_port)))
+    run_cli(home, "teams", "create", "platform")
+    run_cli(home, "keys", "move", str(proxy.key_id), "--team", "platform")
     yield {"proxy": proxy, "url": f"http://127.0.0.1:{web_port}", "admin": admin, "home": home}
     proxy.stop()
 
@@ -181,6 +183,22 @@ def test_the_by_key_and_recent_calls_tables_name_the_keys(page, site):
     key_id = site["proxy"].key_id
     assert ["tests", f"key id {key_id}"] in cells and ["2", "key id 2"] in cells
     assert page.get_attribute(f"#by-key tr[data-value='{key_id}'] td [title]", "title") == f"key id {key_id}"
+
+
+def test_the_by_team_table_matches_the_cli_and_filters_the_page_to_a_team(page, site):
+    sign_in(page, site)
+    shown = dict(page.eval_on_selector_all(
+        "#by-team tbody tr", "rows => rows.map(r => [r.cells[0].innerText, r.cells[2].innerText])"))
+    teams = json.loads(run_cli(site["home"], "report", "--by", "team", "--since", "7d", "--format", "json"))
+    assert {name for name in shown} == {"platform", "(none)"} == {g["team"] or "(none)" for g in teams}
+    for group in teams:  # the proxy's key is in the team; key 2 (never created) in none
+        assert float(shown[group["team"] or "(none)"].strip("$*")) == pytest.approx(group["cost_usd"])
+    page.click("#by-team tbody tr[data-value='platform']")
+    page.wait_for_url("**team=platform**")
+    wait_until_drawn(page)
+    [platform] = [g for g in teams if g["team"] == "platform"]
+    assert float(page.get_attribute("#total-spend", "data-value")) == pytest.approx(platform["cost_usd"])
+    assert page.eval_on_selector_all("#by-key tbody tr", "rows => rows.map(r => r.cells[0].innerText)") == ["tests"]
 
 
 def test_budgets_show_their_status(page, site):

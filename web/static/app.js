@@ -2,8 +2,9 @@
 // (period, filters, chart stacking) lives in the URL so it can be bookmarked and shared.
 "use strict";
 
-const DIMENSIONS = { model: "model", customer: "customer_id", feature: "feature", key: "key_id" };
-const FILTERS = ["model", "customer", "feature", "key"];
+// team: through each call's key as it is now (a moved key takes its calls along, as in `report --by team`).
+const DIMENSIONS = { model: "model", customer: "customer_id", feature: "feature", key: "key_id", team: "team" };
+const FILTERS = ["model", "customer", "feature", "key", "team"];
 // Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 const PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"];
 const DAY = 86400000;
