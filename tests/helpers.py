@@ -67,6 +67,15 @@ def scrape(url: str, **kwargs) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(response.text) for s in family.samples}
 
 
+def slowest_write(samples: dict) -> float:
+    """The upper edge of the slowest writer cycle's bucket in ``aispendtrack_writer_cycle_seconds``."""
+    buckets = sorted((float(dict(labels)["le"]), count) for (name, labels), count in samples.items()
+                     if name == "aispendtrack_writer_cycle_seconds_bucket")
+    total = buckets[-1][1]
+    assert total > 0, "no write was timed"
+    return next(edge for edge, count in buckets if count == total)
+
+
 _HANDED_OUT: set[int] = set()
 
 

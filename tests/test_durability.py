@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Load, run_cli, scrape, start_proxy
+from .helpers import Load, run_cli, scrape, slowest_write, start_proxy
 
 
 def stored_tags(home: Path) -> list[str]:
@@ -36,7 +36,7 @@ def test_kill_9_under_load_loses_at_most_the_last_flush_interval(tmp_path, upstr
                         metrics=True)
     with Load(proxy) as load:
         load.wait_for(300)
-        writes = _slowest_write(scrape(proxy.metrics_url))
+        writes = slowest_write(scrape(proxy.metrics_url))
         killed_at = time.monotonic()
         proxy.process.kill()
         proxy.process.wait(10)
@@ -53,15 +53,6 @@ def test_kill_9_under_load_loses_at_most_the_last_flush_interval(tmp_path, upstr
     restarted.stop()
     again = stored_tags(proxy.home)
     assert len(again) == len(set(again)) and set(again) == stored
-
-
-def _slowest_write(samples: dict) -> float:
-    """The upper edge of the slowest writer cycle's bucket in ``aispendtrack_writer_cycle_seconds``."""
-    buckets = sorted((float(dict(labels)["le"]), count) for (name, labels), count in samples.items()
-                     if name == "aispendtrack_writer_cycle_seconds_bucket")
-    total = buckets[-1][1]
-    assert total > 0, "no write was timed"
-    return next(edge for edge, count in buckets if count == total)
 
 
 @pytest.fixture
