@@ -128,6 +128,30 @@ def test_the_api_groups_and_filters_by_team(home):
     assert get("/api/v1/report?team=search", key3["key"]).get_json() == []
 
 
+@pytest.mark.parametrize("exact", ["false", "true"])
+def test_a_key_sees_only_its_own_spend_through_team_filters_grouping_and_exact_reports(home, exact):
+    """Probe: a key in team search (its one call $32; the team's other keys spent $3) asks for its
+    team, groups by team, and reads raw rows (exact=true) or the rollups: only its own $32 every time;
+    another key or the calls of no key are a 403 or nothing."""
+    client = create_app(home, {"TESTING": True}).test_client()
+    mine = json.loads(run_cli(home, "keys", "create", "--name", "e", "--team", "search", "--json"))
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [row("2026-11-02T13:00:00", "gpt-4o", "32.00", 100, key_id=mine["id"])])
+
+    def get(path: str):
+        return client.get(f"{path}&exact={exact}&since=2026-11-01",
+                          headers={"Authorization": f"Bearer {mine['key']}"})
+
+    grouped = get("/api/v1/report?by=team").get_json()
+    assert [(g["team"], g["calls"], g["cost_usd"]) for g in grouped] == [("search", 1, 32.0)]
+    assert get("/api/v1/report/total?team=search").get_json()["cost_usd"] == 32.0
+    assert [g["cost_usd"] for g in get("/api/v1/report?by=key&team=search").get_json()] == [32.0]
+    assert get("/api/v1/report/total?team=ads").get_json()["calls"] == 0
+    other = get("/api/v1/report?by=team&key=1")
+    assert other.status_code == 403 and "only see its own calls" in other.get_json()["error"]["message"]
+    assert [c["key_id"] for c in get("/api/v1/calls?team=search").get_json()["calls"]] == [mine["id"]]
+
+
 def test_the_migration_puts_existing_keys_in_no_team(tmp_path):
     db = home_dir.db_path(tmp_path)
     db.parent.mkdir(parents=True, exist_ok=True)
