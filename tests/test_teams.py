@@ -125,14 +125,16 @@ def test_the_api_groups_and_filters_by_team(home):
     assert unknown.status_code == 400 and "no team named 'nope'" in unknown.get_json()["error"]["message"]
     # A key in team ads sees only its own calls, whichever team it asks for.
     assert get("/api/v1/report?by=team", key3["key"]).get_json() == []
-    assert get("/api/v1/report?team=search", key3["key"]).get_json() == []
+    assert get("/api/v1/report?team=search", key3["key"]).status_code == 400  # not its team
+    assert get("/api/v1/report?team=ads", key3["key"]).get_json() == []
 
 
 @pytest.mark.parametrize("exact", ["false", "true"])
 def test_a_key_sees_only_its_own_spend_through_team_filters_grouping_and_exact_reports(home, exact):
     """Probe: a key in team search (its one call $32; the team's other keys spent $3) asks for its
     team, groups by team, and reads raw rows (exact=true) or the rollups: only its own $32 every time;
-    another key or the calls of no key are a 403 or nothing."""
+    another key is a 403. Asking for another team said whether it existed (200 or 400): now both are
+    the same 400."""
     client = create_app(home, {"TESTING": True}).test_client()
     mine = json.loads(run_cli(home, "keys", "create", "--name", "e", "--team", "search", "--json"))
     with writing(home_dir.db_path(home)) as con:
@@ -146,7 +148,11 @@ def test_a_key_sees_only_its_own_spend_through_team_filters_grouping_and_exact_r
     assert [(g["team"], g["calls"], g["cost_usd"]) for g in grouped] == [("search", 1, 32.0)]
     assert get("/api/v1/report/total?team=search").get_json()["cost_usd"] == 32.0
     assert [g["cost_usd"] for g in get("/api/v1/report?by=key&team=search").get_json()] == [32.0]
-    assert get("/api/v1/report/total?team=ads").get_json()["calls"] == 0
+    # Another team's name and a name no team has read alike: a key cannot list the organisation's teams.
+    answers = [get(f"/api/v1/report/total?team={name}") for name in ("ads", "nope")]
+    assert [a.status_code for a in answers] == [400, 400]
+    assert [a.get_json()["error"]["message"] for a in answers] == [
+        f"team: key {mine['id']} is not in a team named {name!r}; its team is 'search'." for name in ("ads", "nope")]
     other = get("/api/v1/report?by=team&key=1")
     assert other.status_code == 403 and "only see its own calls" in other.get_json()["error"]["message"]
     assert [c["key_id"] for c in get("/api/v1/calls?team=search").get_json()["calls"]] == [mine["id"]]
