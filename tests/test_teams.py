@@ -78,6 +78,22 @@ def test_teams_are_created_listed_renamed_and_deleted_only_when_empty_or_asked(h
     assert {k["team"] for k in json.loads(run_cli(home, "keys", "list", "--json"))} == {None}
 
 
+def test_team_names_with_sql_control_characters_or_past_the_limit(home):
+    """Probe: a name with SQL in it is just a name (stored, listed, filtered on as given); a name with
+    control characters (a terminal escape, a newline) or over 100 characters is refused, nothing made."""
+    sql = "x'); DROP TABLE keys; --"
+    assert run_cli(home, "teams", "create", sql) == f"Created team {sql}.\n"
+    run_cli(home, "keys", "move", "4", "--team", sql)
+    assert by_team(home, "--team", sql) == {sql: (1, 8.0)}
+    for bad in ("red\x1b[31m", "two\nlines", "t" * 101):
+        for args in (("teams", "create", bad), ("teams", "rename", "ads", bad)):
+            refused = invoke(home, *args)
+            assert refused.exit_code == 2 and "1 to 100 printable characters" in refused.output
+    listed = json.loads(run_cli(home, "teams", "list", "--json"))
+    assert sorted(t["name"] for t in listed) == sorted(["ads", "search", sql])
+    assert len(json.loads(run_cli(home, "keys", "list", "--json"))) == 4
+
+
 def test_report_by_team_goes_through_the_keys_and_a_moved_key_takes_its_calls(home):
     assert by_team(home) == {None: (2, 24.0), "search": (2, 3.0), "ads": (1, 4.0)}
     assert by_team(home, "--exact") == by_team(home)  # rollups and raw rows agree
