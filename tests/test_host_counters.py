@@ -159,3 +159,18 @@ def test_a_corrupt_or_truncated_counters_file_is_made_anew_at_start(tmp_path):
     assert counters.count_call(3, hour, month, lambda used, monthly: (used, monthly)) == (0, 0)
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     counters.close()
+
+
+def test_key_ids_past_the_slot_count_get_slots_of_their_own(tmp_path):
+    """Probe: ids are placed modulo the slot count; keys 3 and 3 + 10 x KEY_SLOTS share a home slot
+    and still count apart, seeded or new."""
+    far = 3 + 10 * host_counters.KEY_SLOTS
+    path = _made(tmp_path, {far: (5, 9)})
+    counters = host_counters.HostCounters(path)
+    hour, month = periods.hour_start(NOW), periods.month_start(NOW, periods.UTC)
+    assert counters.count_call(3, hour, month, lambda used, monthly: (used, monthly)) == (0, 0)
+    assert counters.count_call(far, hour, month, lambda used, monthly: (used, monthly)) == (5, 9)
+    assert counters.count_call(3, hour, month, lambda used, monthly: None) is None
+    assert counters.count_call(3, hour, month, lambda used, monthly: (used, monthly)) == (1, 1)
+    assert counters.count_call(far, hour, month, lambda used, monthly: (used, monthly)) == (5, 9)
+    counters.close()
