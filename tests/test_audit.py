@@ -101,3 +101,34 @@ def test_the_api_records_its_changes_as_the_admin_token_and_only_admins_read_the
     [budget] = [e for e in entries if e["action"] == "budgets.set"]
     assert budget["after"]["scope_value"] == "(erased)" and budget["after"]["daily_usd"] == "3"
     assert client.get("/api/v1/audit?since=2999-01-01", headers=as_admin).get_json() == []
+
+
+def test_no_secret_reaches_the_trail(migrated_home, tmp_path):
+    """Probe: admin tokens and keys (nor their hashes), a webhook URL with its token, an SMTP host: none
+    is in the trail's before/after values, read by the CLI or the API; a key (not an admin) reading
+    the trail is a 403 that names no entry."""
+    from addon.core.keys import hash_key
+    home = migrated_home
+    admin = json.loads(run_cli(home, "admin", "create-token", "--name", "ops", "--json"))
+    spare = json.loads(run_cli(home, "admin", "create-token", "--name", "spare", "--json"))
+    run_cli(home, "admin", "revoke-token", str(spare["id"]))
+    key = json.loads(run_cli(home, "keys", "create", "--name", "backend", "--json"))
+    run_cli(home, "keys", "revoke", str(key["id"]))
+    hook = "https://hooks.slack.com/services/T0SECRET/B0SECRET/xoxSECRETTOKEN"
+    alerts = tmp_path / "alerts.toml"
+    alerts.write_text(f'[[channel]]\nname = "slack"\ntype = "slack"\nurl = "{hook}"\n\n'
+                      '[[channel]]\nname = "mail"\ntype = "email"\nhost = "smtp.internal.example"\nport = 587\n'
+                      'security = "starttls"\nfrom = "a@example.com"\nto = ["ops@example.com"]\n'
+                      'password_env = "SMTP_PASSWORD"\n', encoding="utf-8")
+    run_cli(home, "alerts", "import", str(alerts))
+    client = create_app(home, {"TESTING": True}).test_client()
+    other = json.loads(run_cli(home, "keys", "create", "--name", "reader", "--json"))
+    refused = client.get("/api/v1/audit", headers={"Authorization": f"Bearer {other['key']}"})
+    assert refused.status_code == 403 and "keys.create" not in refused.get_data(as_text=True)
+    via_api = client.get("/api/v1/audit", headers={"Authorization": f"Bearer {admin['token']}"})
+    text = json.dumps(trail(home)) + via_api.get_data(as_text=True)
+    assert {"admin.create-token", "admin.revoke-token", "keys.create", "keys.revoke", "alerts.import"} <= {
+        e["action"] for e in trail(home)}
+    for secret in (admin["token"], spare["token"], key["key"], hash_key(admin["token"]), hash_key(key["key"]),
+                   hash_key(spare["token"]), hook, "xoxSECRETTOKEN", "smtp.internal.example"):
+        assert secret not in text

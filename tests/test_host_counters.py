@@ -109,3 +109,68 @@ def test_a_worker_never_opens_the_file_behind_an_absent_owner(tmp_path):
         duckdb.connect(str(db)).close()  # nobody holds it: the refusal was ours, not a lock's
     finally:
         connection._owner_only.clear()
+
+
+def test_more_keys_with_calls_than_slots_still_start_and_the_rest_are_counted_per_worker(tmp_path):
+    """Probe: a month with calls on more keys than KEY_SLOTS made ``create`` raise CountersFull, so
+    `proxy --workers N` could not start at all. The keys that fit are seeded; the others are counted by
+    each worker alone (as limits.py does for a key past the slots)."""
+    slots = host_counters.KEY_SLOTS
+    counts = {key_id: (1, 2) for key_id in range(1, slots + 2)}  # one key more than the slots
+    path = _made(tmp_path, counts)
+    counters = host_counters.HostCounters(path)
+    hour, month = periods.hour_start(NOW), periods.month_start(NOW, periods.UTC)
+    seen = counters.count_call(1, hour, month, lambda used, monthly: (used, monthly))
+    assert seen == (1, 2)  # the seeded counts of a key that fit
+    with pytest.raises(host_counters.CountersFull):
+        counters.count_call(slots + 5, hour, month, lambda used, monthly: None)
+    counters.close()
+
+
+def test_a_leftover_partial_file_open_to_others_does_not_make_the_counters_file_so(tmp_path):
+    """Probe: a start killed between creating ``counters.partial`` and renaming it left the file; one
+    made wider meanwhile (mode 666) kept its mode through O_CREAT, so any local user could rewrite the
+    host's counts (grant a key fresh quota, or block it). The counters file is 600 whatever was there."""
+    (tmp_path / "counters.partial").write_bytes(b"left over")
+    os.chmod(tmp_path / "counters.partial", 0o666)
+    path = _made(tmp_path)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+
+
+def test_a_corrupt_or_truncated_counters_file_is_made_anew_at_start(tmp_path):
+    """A start (seed) replaces whatever is at <home>/workers/counters; a worker refuses a file of
+    another size or version with a clear error instead of reading garbage counts."""
+    from cli.embedded import HostOwner
+    home = tmp_path / "home"
+    home.mkdir()
+    with writing(home / "aispendtrack.duckdb"):
+        pass
+    path = host_counters.path(home)
+    path.parent.mkdir()
+    path.write_bytes(b"\x00" * 100)  # truncated
+    with pytest.raises(ValueError, match="length|counters file"):
+        host_counters.HostCounters(path)
+    path.write_bytes(b"garbage!" * (host_counters.SIZE // 8))  # the right size, the wrong header
+    with pytest.raises(ValueError, match="not a counters file"):
+        host_counters.HostCounters(path)
+    HostOwner._seed_counters(home, "", True)
+    counters = host_counters.HostCounters(path)
+    hour, month = periods.hour_start(NOW), periods.month_start(NOW, periods.UTC)
+    assert counters.count_call(3, hour, month, lambda used, monthly: (used, monthly)) == (0, 0)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    counters.close()
+
+
+def test_key_ids_past_the_slot_count_get_slots_of_their_own(tmp_path):
+    """Probe: ids are placed modulo the slot count; keys 3 and 3 + 10 x KEY_SLOTS share a home slot
+    and still count apart, seeded or new."""
+    far = 3 + 10 * host_counters.KEY_SLOTS
+    path = _made(tmp_path, {far: (5, 9)})
+    counters = host_counters.HostCounters(path)
+    hour, month = periods.hour_start(NOW), periods.month_start(NOW, periods.UTC)
+    assert counters.count_call(3, hour, month, lambda used, monthly: (used, monthly)) == (0, 0)
+    assert counters.count_call(far, hour, month, lambda used, monthly: (used, monthly)) == (5, 9)
+    assert counters.count_call(3, hour, month, lambda used, monthly: None) is None
+    assert counters.count_call(3, hour, month, lambda used, monthly: (used, monthly)) == (1, 1)
+    assert counters.count_call(far, hour, month, lambda used, monthly: (used, monthly)) == (5, 9)
+    counters.close()

@@ -174,3 +174,66 @@ def test_a_standalone_web_app_reads_through_the_owner(tmp_path, upstream):
         web.terminate()
         web.wait(10)
         proxy.stop()
+
+
+def _raw_session(home: Path) -> socket.socket:
+    """A client of the owner's socket speaking its frames by hand (as a careless or hostile one may)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(remote.socket_path(home)))
+    sock.settimeout(10)
+    remote._send(sock, ("open", {"timeout": 5, "alone": False, "time_limit": None}))
+    assert remote._receive(sock)[0] == ("ok", None)
+    return sock
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_the_owner_socket_survives_hostile_frames_and_a_stuck_client(tmp_path):
+    """Probe of the owner's socket (store/remote.py): a frame that would run code when unpickled runs
+    none; a frame too large or cut short ends only that session; a client stuck mid-frame keeps no
+    other caller waiting; descriptors sent along with any request but ``file`` are closed, not kept
+    open in the owner for as long as it runs (a client could otherwise exhaust its descriptors)."""
+    from addon.core.store import owner as owner_module
+    from addon.core.store import writing
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    old_umask = os.umask(0)  # a careless shell: the socket is still 600
+    try:
+        served = owner_module.start(home / "aispendtrack.duckdb")
+    finally:
+        os.umask(old_umask)
+    try:
+        assert stat.S_IMODE(os.stat(remote.socket_path(home)).st_mode) == 0o600
+        marker = tmp_path / "ran"
+        evil = b"cos\nsystem\n(V" + f"touch {marker}".encode() + b"\ntR."
+        sock = _raw_session(home)
+        sock.sendall(remote._HEADER.pack(len(evil)) + evil)
+        (status, (_, name, text)), _ = remote._receive(sock)
+        assert status == "error" and name == "UnpicklingError" and "os.system" in text and not marker.exists()
+        sock.close()
+
+        big = _raw_session(home)
+        big.sendall(remote._HEADER.pack(remote._MAX_FRAME + 1))
+        assert remote._receive(big)[0][0] == "error"
+        big.close()
+
+        stuck = _raw_session(home)
+        stuck.sendall(remote._HEADER.pack(1000) + b"\x80")  # half a frame, then nothing
+        with remote.session(home, timeout=5) as con:
+            assert con is not None and con.execute("SELECT 42").fetchone() == (42,)
+
+        before = _open_fds()
+        passing = _raw_session(home)
+        with open(os.devnull, "rb") as devnull:
+            for _ in range(50):
+                remote._send(passing, ("execute", "SELECT 1", None), fds=[devnull.fileno()])
+                assert remote._receive(passing)[0][0] == "ok"
+        passing.close()
+        stuck.close()
+        _until(lambda: _open_fds() <= before, 10, f"the owner kept descriptors: {_open_fds()} open, {before} before")
+        with writing(home / "aispendtrack.duckdb") as con:  # the owner serves its own process still
+            assert con.execute("SELECT 7").fetchone() == (7,)
+    finally:
+        owner_module.stop(served)

@@ -78,6 +78,22 @@ def test_teams_are_created_listed_renamed_and_deleted_only_when_empty_or_asked(h
     assert {k["team"] for k in json.loads(run_cli(home, "keys", "list", "--json"))} == {None}
 
 
+def test_team_names_with_sql_control_characters_or_past_the_limit(home):
+    """Probe: a name with SQL in it is just a name (stored, listed, filtered on as given); a name with
+    control characters (a terminal escape, a newline) or over 100 characters is refused, nothing made."""
+    sql = "x'); DROP TABLE keys; --"
+    assert run_cli(home, "teams", "create", sql) == f"Created team {sql}.\n"
+    run_cli(home, "keys", "move", "4", "--team", sql)
+    assert by_team(home, "--team", sql) == {sql: (1, 8.0)}
+    for bad in ("red\x1b[31m", "two\nlines", "t" * 101):
+        for args in (("teams", "create", bad), ("teams", "rename", "ads", bad)):
+            refused = invoke(home, *args)
+            assert refused.exit_code == 2 and "1 to 100 printable characters" in refused.output
+    listed = json.loads(run_cli(home, "teams", "list", "--json"))
+    assert sorted(t["name"] for t in listed) == sorted(["ads", "search", sql])
+    assert len(json.loads(run_cli(home, "keys", "list", "--json"))) == 4
+
+
 def test_report_by_team_goes_through_the_keys_and_a_moved_key_takes_its_calls(home):
     assert by_team(home) == {None: (2, 24.0), "search": (2, 3.0), "ads": (1, 4.0)}
     assert by_team(home, "--exact") == by_team(home)  # rollups and raw rows agree
@@ -125,7 +141,37 @@ def test_the_api_groups_and_filters_by_team(home):
     assert unknown.status_code == 400 and "no team named 'nope'" in unknown.get_json()["error"]["message"]
     # A key in team ads sees only its own calls, whichever team it asks for.
     assert get("/api/v1/report?by=team", key3["key"]).get_json() == []
-    assert get("/api/v1/report?team=search", key3["key"]).get_json() == []
+    assert get("/api/v1/report?team=search", key3["key"]).status_code == 400  # not its team
+    assert get("/api/v1/report?team=ads", key3["key"]).get_json() == []
+
+
+@pytest.mark.parametrize("exact", ["false", "true"])
+def test_a_key_sees_only_its_own_spend_through_team_filters_grouping_and_exact_reports(home, exact):
+    """Probe: a key in team search (its one call $32; the team's other keys spent $3) asks for its
+    team, groups by team, and reads raw rows (exact=true) or the rollups: only its own $32 every time;
+    another key is a 403. Asking for another team said whether it existed (200 or 400): now both are
+    the same 400."""
+    client = create_app(home, {"TESTING": True}).test_client()
+    mine = json.loads(run_cli(home, "keys", "create", "--name", "e", "--team", "search", "--json"))
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [row("2026-11-02T13:00:00", "gpt-4o", "32.00", 100, key_id=mine["id"])])
+
+    def get(path: str):
+        return client.get(f"{path}&exact={exact}&since=2026-11-01",
+                          headers={"Authorization": f"Bearer {mine['key']}"})
+
+    grouped = get("/api/v1/report?by=team").get_json()
+    assert [(g["team"], g["calls"], g["cost_usd"]) for g in grouped] == [("search", 1, 32.0)]
+    assert get("/api/v1/report/total?team=search").get_json()["cost_usd"] == 32.0
+    assert [g["cost_usd"] for g in get("/api/v1/report?by=key&team=search").get_json()] == [32.0]
+    # Another team's name and a name no team has read alike: a key cannot list the organisation's teams.
+    answers = [get(f"/api/v1/report/total?team={name}") for name in ("ads", "nope")]
+    assert [a.status_code for a in answers] == [400, 400]
+    assert [a.get_json()["error"]["message"] for a in answers] == [
+        f"team: key {mine['id']} is not in a team named {name!r}; its team is 'search'." for name in ("ads", "nope")]
+    other = get("/api/v1/report?by=team&key=1")
+    assert other.status_code == 403 and "only see its own calls" in other.get_json()["error"]["message"]
+    assert [c["key_id"] for c in get("/api/v1/calls?team=search").get_json()["calls"]] == [mine["id"]]
 
 
 def test_the_migration_puts_existing_keys_in_no_team(tmp_path):

@@ -209,8 +209,18 @@ def _selection_args() -> dict:
 
 
 def _known_team(con, selection: Selection) -> None:
-    """A team filter names a team that exists: a misspelt one is a 400, not an empty answer."""
-    if selection.team is not None and team_rows.find(con, selection.team) is None:
+    """A team filter names a team that exists: a misspelt one is a 400, not an empty answer. A key may
+    name only its own team, and hears the same for any other name, existing or not: which teams the
+    organisation has is not a key's to list."""
+    if selection.team is None:
+        return
+    principal = g.principal
+    if not principal.is_admin:
+        own = team_rows.of_key(con, principal.key_id)
+        if selection.team != own:
+            raise ApiError(400, "bad_request", f"team: key {principal.key_id} is not in a team named "
+                                               f"{selection.team!r}; its team is {own!r}.")
+    elif team_rows.find(con, selection.team) is None:
         raise ApiError(400, "bad_request", f"team: no team named {selection.team!r} (`aispendtrack teams list`).")
 
 

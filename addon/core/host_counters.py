@@ -61,13 +61,21 @@ class CountersFull(RuntimeError):
 def create(path: Path, key_counts: dict[int, tuple[int, int]], hour: dt.datetime, month: dt.datetime) -> None:
     """A fresh file (in place of a previous start's), with the calls stored this hour and month per key."""
     partial = path.with_name(path.name + ".partial")
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Made anew (O_EXCL): one a killed start left behind keeps whatever mode it was given since, and a
+    # symlink there would have been followed.
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, SIZE)
         with mmap.mmap(fd, SIZE) as memory:
             _HEADER.pack_into(memory, 0, _MAGIC, SIZE)
             for key_id, (hour_calls, month_calls) in key_counts.items():
-                at = _find(memory, _KEYS_AT, KEY_SLOTS, key_id)
+                try:
+                    at = _find(memory, _KEYS_AT, KEY_SLOTS, key_id)
+                except CountersFull:  # the rest are counted by each worker alone (limits.py), not a failed start
+                    log.warning("more than %d keys have calls this month: the others' limits are counted per "
+                                "worker, not for the whole host", KEY_SLOTS)
+                    break
                 _SLOT.pack_into(memory, at, key_id + 1, _epoch(hour), hour_calls, _epoch(month), month_calls)
     finally:
         os.close(fd)

@@ -71,13 +71,17 @@ def _receive(sock: socket.socket) -> tuple[Any, list[int]]:
     head, ancillary, _, _ = sock.recvmsg(_HEADER.size, socket.CMSG_SPACE(struct.calcsize("i")))
     fds = [fd for level, kind, data in ancillary if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
            for fd in struct.unpack(f"{len(data) // 4}i", data[:len(data) - len(data) % 4])]
-    if not head:
-        raise EOFError
-    head += _exactly(sock, _HEADER.size - len(head))
-    (size,) = _HEADER.unpack(head)
-    if size > _MAX_FRAME:
-        raise StoreError("a frame on the owner's socket is too large")
-    return _Unpickler(io.BytesIO(_exactly(sock, size))).load(), fds
+    try:
+        if not head:
+            raise EOFError
+        head += _exactly(sock, _HEADER.size - len(head))
+        (size,) = _HEADER.unpack(head)
+        if size > _MAX_FRAME:
+            raise StoreError("a frame on the owner's socket is too large")
+        return _Unpickler(io.BytesIO(_exactly(sock, size))).load(), fds
+    except BaseException:
+        _close_all(fds)  # a frame that is not whole or not plain values: its descriptors are no one's
+        raise
 
 
 def _exactly(sock: socket.socket, size: int) -> bytes:
@@ -287,7 +291,8 @@ class _Session:
 
     def run(self) -> None:
         try:
-            request, _ = _receive(self.sock)
+            request, fds = _receive(self.sock)
+            _close_all(fds)
             if request[0] != "open":
                 return
             options = request[1]
@@ -311,6 +316,9 @@ class _Session:
                 request, fds = _receive(self.sock)
             except (EOFError, ConnectionError):
                 return
+            if fds and not (isinstance(request, tuple) and request[:1] == ("file",)):
+                _close_all(fds)  # sent along with anything else: kept, they would pile up in the owner
+                fds = []
             try:
                 answer = self._do(cur, request, fds)
             except duckdb.InterruptException:
@@ -337,6 +345,12 @@ class _Session:
     def _close_files(self) -> None:
         while self._files:
             os.close(self._files.pop())
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _description(cur: duckdb.DuckDBPyConnection) -> list[tuple] | None:

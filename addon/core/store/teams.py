@@ -31,6 +31,13 @@ def find(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
     return row[0] if row else None
 
 
+def of_key(con: duckdb.DuckDBPyConnection, key_id: int) -> str | None:
+    """The name of the key's team (None: in none, or no such key)."""
+    row = control(con).execute("SELECT t.name FROM keys k JOIN teams t ON t.id = k.team_id WHERE k.id = ?",
+                               [key_id]).fetchone()
+    return row[0] if row else None
+
+
 def all_teams(con: duckdb.DuckDBPyConnection) -> list[dict]:
     """Every team with its keys' count (revoked ones too: their calls still count as the team's)."""
     cur = control(con).execute("SELECT t.id, t.name, t.created_at, count(k.id) FROM teams t "
