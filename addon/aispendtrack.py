@@ -169,7 +169,7 @@ class AiSpendTrack:
                 self._metrics_server = metrics_port.serve(ctx.options.aispendtrack_metrics_host,
                                                           ctx.options.aispendtrack_metrics_port)
             except OSError as exc:  # metrics are worth a log line, not the calls
-                log.error("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
+                log.warning("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
                           ctx.options.aispendtrack_metrics_port, exc.strerror or exc)
         self.writer.load_keys_now()
         self._prices = price_data.start(home_dir.db_path(home), ctx.options.aispendtrack_prices_url,

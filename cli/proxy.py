@@ -144,7 +144,7 @@ def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict
             server = metrics_port.serve(addon_options["aispendtrack_metrics_host"],
                                         addon_options["aispendtrack_metrics_port"])
         except OSError as exc:  # as a lone proxy: metrics are worth a log line, not the calls
-            log.error("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
+            log.warning("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
                       addon_options["aispendtrack_metrics_port"], exc.strerror or exc)
     try:
         return supervisor.run()

@@ -99,8 +99,8 @@ class PriceRefresher(threading.Thread):
         while True:
             try:
                 self._round()
-            except Exception:
-                log.exception("price data refresh failed; trying again in %.0f s", self._poll_s)
+            except Exception:  # a warning: see _say
+                log.warning("price data refresh failed; trying again in %.0f s", self._poll_s, exc_info=True)
             if self._stopping.wait(self._poll_s):
                 break
         self._turn.close()
@@ -160,7 +160,9 @@ class PriceRefresher(threading.Thread):
         """Log a refusal once (the same one every interval would drown the log)."""
         if message not in self._said:
             self._said.add(message)
-            log.error(message)
+            # A warning, not an error: the last good data prices on, and mitmproxy ends a proxy that
+            # logs an error while it starts (a price server refusing at once did that).
+            log.warning(message)
 
 
 def start(db: Path, url: str, interval_s: float, book: PriceBook) -> PriceRefresher:
