@@ -321,3 +321,37 @@ class Load:
         while len(self.completed) < calls and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(self.completed) >= calls, f"only {len(self.completed)} calls completed"
+
+
+def until_key_works(call, within: float, why: str):
+    """``call()``'s answer once the proxy stops refusing its key: a key made while the proxy runs
+    reaches it within its refresh interval."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return call()
+        except openai.AuthenticationError:
+            assert time.monotonic() < deadline, why
+            time.sleep(0.1)
+
+
+def until_refused(call, within: float, why: str) -> None:
+    """Return once ``call()`` is refused (401): a revoked key is refused within the refresh interval."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            call()
+        except openai.AuthenticationError:
+            return
+        assert time.monotonic() < deadline, why
+        time.sleep(0.1)
+
+
+def migrated_before(con, migration) -> None:
+    """Apply and record every migration before ``migration``: a file as the version before it left it."""
+    from addon.core.store import migrations
+
+    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    for earlier in migrations.MIGRATIONS[:migrations.MIGRATIONS.index(migration)]:
+        earlier(con)
+        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [earlier.__name__])

@@ -6,17 +6,15 @@ loopback."""
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
-import openai
 import pytest
 
 from addon.core import home as home_dir
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import free_port, key_with_blocking_budget, report_row, run_cli, scrape, start_proxy
+from .helpers import free_port, key_with_blocking_budget, report_row, run_cli, scrape, start_proxy, until_key_works
 from .upstream import FakeProvider
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
@@ -93,13 +91,6 @@ def test_a_call_under_a_blocking_budget_counts_the_row_built_before_its_answer(s
     proxy = site["proxy"]
     created = key_with_blocking_budget(site["home"], "budgeted", monthly="100")
     client = proxy.openai(headers={"x-aispendtrack-key": created["key"], "x-customer-id": "budgeted"})
-    deadline = time.monotonic() + 15
-    while True:  # the new key reaches the running proxy within seconds
-        try:
-            client.chat.completions.create(**CHAT)
-            break
-        except openai.AuthenticationError:
-            assert time.monotonic() < deadline, "the new key was never admitted"
-            time.sleep(0.2)
+    until_key_works(lambda: client.chat.completions.create(**CHAT), 15, "the new key was never admitted")
     [row] = proxy.rows("budgeted")
     assert isinstance(row["proxy_us"], int) and 0 < row["proxy_us"] <= row["latency_ms"] * 1000, row

@@ -18,7 +18,7 @@ from addon.core.home import db_path
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import call_row, key_with_blocking_budget, run_cli, start_proxy, until_admitted
+from .helpers import call_row, key_with_blocking_budget, migrated_before, run_cli, start_proxy, until_admitted
 
 UTC = zoneinfo.ZoneInfo("UTC")
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
@@ -275,10 +275,7 @@ def test_budgets_stored_before_keys_owned_them_keep_counting_every_key(tmp_path)
     home = tmp_path / "home"
     home.mkdir()
     con = duckdb.connect(str(home_dir.db_path(home)))
-    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
-    for migration in migrations.MIGRATIONS[:migrations.MIGRATIONS.index(migrations.m016_budgets_per_key)]:
-        migration(con)
-        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
+    migrated_before(con, migrations.m016_budgets_per_key)
     con.execute("INSERT INTO budgets (scope, scope_value, daily_usd, block, created_at) "
                 "VALUES ('customer', 'acme', 5, true, now())")
     con.close()

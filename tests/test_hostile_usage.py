@@ -20,7 +20,7 @@ from addon.core.store import reading
 from addon.providers.base import InvalidUsage, count
 from addon.writer import QUARANTINE_DIR, Writer
 
-from .helpers import call_row, run_cli, start_proxy
+from .helpers import call_row, run_cli, start_proxy, until_key_works, until_refused
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 HOSTILE = [
@@ -92,23 +92,9 @@ def test_after_hostile_usage_a_revoke_applies_within_5_s_before_and_after_a_rest
         created = json.loads(run_cli(proxy.home, "keys", "create", "--name", "victim", "--json"))
         client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0,
                                default_headers={"x-aispendtrack-key": created["key"]})
-        deadline = time.monotonic() + 5
-        while True:  # a new key is taken within the refresh interval too
-            try:
-                client.chat.completions.create(**CHAT)
-                break
-            except openai.AuthenticationError:
-                assert time.monotonic() < deadline, "a new key was not accepted within 5 s"
-                time.sleep(0.1)
+        until_key_works(lambda: client.chat.completions.create(**CHAT), 5, "a new key was not accepted within 5 s")
         run_cli(proxy.home, "keys", "revoke", str(created["id"]))
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                client.chat.completions.create(**CHAT)
-            except openai.AuthenticationError:
-                return
-            assert time.monotonic() < deadline, "a revoked key still worked after 5 s"
-            time.sleep(0.1)
+        until_refused(lambda: client.chat.completions.create(**CHAT), 5, "a revoked key still worked after 5 s")
 
     _call(hostile_proxy, "hostile", HOSTILE[0][0])
     revoked_within_5s(hostile_proxy)

@@ -20,7 +20,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import migrations, reading, rollups, writing
 from addon.core.store import reports as report_rows
 
-from .helpers import run_cli
+from .helpers import migrated_before, run_cli
 
 # Half-hour, 45-minute and DST-switching zones: Kolkata +5:30, Kathmandu +5:45, Eucla +8:45,
 # Chatham +12:45/+13:45 (switches 2026-04-05), St John's -3:30/-2:30 (2026-03-08), Lord Howe
@@ -163,10 +163,7 @@ def test_purged_calls_stay_in_reports_and_exact_scans_only_raw_rows(tmp_path):
 def test_the_migration_keeps_hourly_totals_and_sums_existing_calls(tmp_path):
     db = tmp_path / "old.duckdb"
     con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
-    for migration in migrations.MIGRATIONS[:migrations.MIGRATIONS.index(migrations.m023_rollups)]:  # before rollups
-        migration(con)
-        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
+    migrated_before(con, migrations.m023_rollups)
     hour = dt.datetime(2026, 1, 5, 10, tzinfo=dt.UTC)
     con.execute("INSERT INTO hourly_usage VALUES (?, 1, 'acme', 'chat', 'openai', 'gpt-4o', 7, 2, 1, 700, 5, 0, "
                 "140, 0, 3.5)", [hour])

@@ -18,8 +18,8 @@ from addon.core.store import migrations, reading, writing
 from cli.main import cli
 from web import create_app
 
+from .helpers import migrated_before, run_cli, start_proxy, until_admitted
 from .helpers import report_row as row
-from .helpers import run_cli, start_proxy, until_admitted
 
 
 def invoke(home, *args: str):
@@ -178,10 +178,7 @@ def test_the_migration_puts_existing_keys_in_no_team(tmp_path):
     db = home_dir.db_path(tmp_path)
     db.parent.mkdir(parents=True, exist_ok=True)
     con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
-    for migration in migrations.MIGRATIONS[:migrations.MIGRATIONS.index(migrations.m025_teams)]:
-        migration(con)
-        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
+    migrated_before(con, migrations.m025_teams)
     con.execute("INSERT INTO keys (name, key_hash, prefix, created_at, plan) VALUES ('old', 'h', 'ask_x', now(), "
                 "'free')")
     assert migrations.apply_pending(con)[0] == "m025_teams"
@@ -222,9 +219,19 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]
 LEGACY_COST = Decimal("0.000405")  # the upstream's "legacy" answer, priced
 
 
-def team_budget(home) -> tuple[Decimal, Decimal]:
-    [listed] = [b for b in json.loads(run_cli(home, "budgets", "list", "--json")) if b["scope"] == "team"]
-    return Decimal(str(listed["spent_today_usd"])), Decimal(str(listed["spent_this_month_usd"]))
+THREE_CALLS = (3 * LEGACY_COST, 3 * LEGACY_COST)  # a team budget's today and this month
+
+
+def team_budget(home, expect: tuple[Decimal, Decimal] | None = None) -> tuple[Decimal, Decimal]:
+    """The team budget's (today, this month) as `budgets list` shows it: from stored calls, so a
+    running proxy's last calls count once its writer has flushed them (``expect``: wait up to 10 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        [listed] = [b for b in json.loads(run_cli(home, "budgets", "list", "--json")) if b["scope"] == "team"]
+        found = Decimal(str(listed["spent_today_usd"])), Decimal(str(listed["spent_this_month_usd"]))
+        if expect is None or found == expect or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
 
 
 def test_a_team_budget_sums_its_keys_blocks_them_all_and_follows_a_moved_key(tmp_path, upstream):
@@ -249,12 +256,12 @@ def test_a_team_budget_sums_its_keys_blocks_them_all_and_follows_a_moved_key(tmp
             assert "budget set by the administrator over team search blocks this call" in message
             assert "$" not in message  # the other keys' spend is not this key's to know
         client(outside).chat.completions.create(**CHAT)  # in no team: not this budget's
-        assert team_budget(home) == (3 * LEGACY_COST, 3 * LEGACY_COST)
+        assert team_budget(home, THREE_CALLS) == THREE_CALLS
         # b leaves the team, taking its spend: the team is back under its budget, and b is free.
         run_cli(home, "keys", "move", str(b["id"]), "--no-team")
         until_admitted(lambda: client(a).chat.completions.create(**CHAT), 10, "a moved key's spend stayed")
         client(b).chat.completions.create(**CHAT)
-        assert team_budget(home) == (3 * LEGACY_COST, 3 * LEGACY_COST)  # a's three calls now
+        assert team_budget(home, THREE_CALLS) == THREE_CALLS  # a's three calls now
         # Renamed, the team keeps its budget (and a the spend that crossed it): refused under its new name
         # once the proxy has read it (~2 s).
         run_cli(home, "teams", "rename", "search", "retrieval")
@@ -292,7 +299,7 @@ def test_a_team_budget_in_the_shared_mode_holds_over_replicas_and_a_move_recount
             with pytest.raises(openai.RateLimitError) as raised:
                 client(proxy, key).chat.completions.create(**CHAT)
             assert "over team search" in raised.value.message
-        assert team_budget(admin) == (3 * LEGACY_COST, 3 * LEGACY_COST)
+        assert team_budget(admin, THREE_CALLS) == THREE_CALLS
         run_cli(admin, "keys", "move", str(b["id"]), "--no-team")  # the shared spend becomes a's two calls
         time.sleep(3)  # both replicas have read the move (~2 s) and synced the shared spend since
         client(proxies[1], a).chat.completions.create(**CHAT)
@@ -302,4 +309,4 @@ def test_a_team_budget_in_the_shared_mode_holds_over_replicas_and_a_move_recount
     finally:
         for proxy in proxies:
             proxy.stop()
-    assert team_budget(admin) == (3 * LEGACY_COST, 3 * LEGACY_COST)
+    assert team_budget(admin, THREE_CALLS) == THREE_CALLS
