@@ -355,3 +355,12 @@ def migrated_before(con, migration) -> None:
     for earlier in migrations.MIGRATIONS[:migrations.MIGRATIONS.index(migration)]:
         earlier(con)
         con.execute("INSERT INTO schema_migrations VALUES (?, now())", [earlier.__name__])
+
+
+def until(check, within: float, why: str, every: float = 0.1):
+    """``check()``'s first truthy answer, asked every ``every`` seconds for at most ``within``."""
+    deadline = time.monotonic() + within
+    while not (found := check()):
+        assert time.monotonic() < deadline, why
+        time.sleep(every)
+    return found

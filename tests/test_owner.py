@@ -11,7 +11,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -24,18 +23,10 @@ from addon.core import home as home_dir
 from addon.core.store import remote
 from cli.main import cli
 
-from .helpers import Load, free_port, run_cli, start_proxy
+from .helpers import Load, free_port, run_cli, start_proxy, until
 
 REPO = Path(__file__).resolve().parent.parent
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def _until(check, within: float, why: str):
-    deadline = time.monotonic() + within
-    while not (found := check()):
-        assert time.monotonic() < deadline, why
-        time.sleep(0.1)
-    return found
 
 
 def _refused(client: openai.OpenAI) -> bool:
@@ -73,9 +64,9 @@ def test_the_cli_and_the_api_work_through_the_owner_while_calls_flow(tmp_path, u
 
             created = json.loads(run_cli(home, "keys", "create", "--name", "second", "--json"))
             second = proxy.openai(headers={"x-aispendtrack-key": created["key"]})
-            _until(lambda: not _refused(second), 10, "the key made through the owner was never admitted")
+            until(lambda: not _refused(second), 10, "the key made through the owner was never admitted")
             run_cli(home, "keys", "revoke", str(created["id"]))
-            _until(lambda: _refused(second), 10, "the key revoked through the owner was still admitted")
+            until(lambda: _refused(second), 10, "the key revoked through the owner was still admitted")
 
             run_cli(home, "budgets", "set", "--scope", "customer:kept-0", "--monthly", "12.5", "--all-keys")
             budgets = json.loads(run_cli(home, "budgets", "list", "--json"))
@@ -169,7 +160,7 @@ def test_a_standalone_web_app_reads_through_the_owner(tmp_path, upstream):
             except httpx.HTTPError:
                 return []
             return [r["customer_id"] for r in answer.json()] if answer.status_code == 200 else []
-        assert _until(customers, 30, "the web app never showed the call") == ["seen-by-web"]
+        assert until(customers, 30, "the web app never showed the call") == ["seen-by-web"]
     finally:
         web.terminate()
         web.wait(10)
@@ -232,7 +223,7 @@ def test_the_owner_socket_survives_hostile_frames_and_a_stuck_client(tmp_path):
                 assert remote._receive(passing)[0][0] == "ok"
         passing.close()
         stuck.close()
-        _until(lambda: _open_fds() <= before, 10, f"the owner kept descriptors: {_open_fds()} open, {before} before")
+        until(lambda: _open_fds() <= before, 10, f"the owner kept descriptors: {_open_fds()} open, {before} before")
         with writing(home / "aispendtrack.duckdb") as con:  # the owner serves its own process still
             assert con.execute("SELECT 7").fetchone() == (7,)
     finally:

@@ -23,7 +23,7 @@ import pytest
 from addon.core.money import usd
 from pricing import listprices, snapshots
 
-from .helpers import free_port, run_cli, start_proxy
+from .helpers import free_port, run_cli, start_proxy, until
 from .price_data import PriceServer, bundled_document, with_model
 
 NEW_MODEL = "acme-llm-7b"  # what the fake answers in its scenario "unknown_model": no genai-prices knows it
@@ -50,14 +50,6 @@ def call(proxy, tag: str):
 
 def row(proxy, tag: str) -> dict:
     [found] = proxy.rows(tag, expect=1, timeout=10)
-    return found
-
-
-def until(condition, within: float, why: str):
-    deadline = time.monotonic() + within
-    while not (found := condition()):
-        assert time.monotonic() < deadline, why
-        time.sleep(0.2)
     return found
 
 
