@@ -357,6 +357,18 @@ def migrated_before(con, migration) -> None:
         con.execute("INSERT INTO schema_migrations VALUES (?, now())", [earlier.__name__])
 
 
+def clear_of_utc_midnight(margin: float = 60) -> dt.datetime:
+    """Now, at least ``margin`` seconds after a UTC midnight and before the next: for a test whose
+    rows and daily check must fall on one UTC day (CI runs at any hour, midnight included)."""
+    now = dt.datetime.now(dt.UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if (midnight + dt.timedelta(days=1) - now).total_seconds() < margin:
+        time.sleep((midnight + dt.timedelta(days=1) - now).total_seconds() + margin)
+    elif (now - midnight).total_seconds() < margin:
+        time.sleep(margin - (now - midnight).total_seconds())
+    return dt.datetime.now(dt.UTC)
+
+
 def until(check, within: float, why: str, every: float = 0.1):
     """``check()``'s first truthy answer, asked every ``every`` seconds for at most ``within``."""
     deadline = time.monotonic() + within

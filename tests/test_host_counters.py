@@ -38,10 +38,11 @@ def _limiter(path: Path, per_hour: int) -> Limiter:
     return limiter
 
 
-def _admit_many(path: str, tries: int, admitted) -> None:
+def _admit_many(path: str, tries: int, now: str, admitted) -> None:
     limiter = _limiter(Path(path), 1000)
-    now = dt.datetime.now(dt.UTC)
-    got = sum(limiter.admit(7, now) is None for _ in range(tries))
+    # The hour the file was made for, passed in: a clock read here could be the next hour (the hour's
+    # count then starts again) and a spawned process imports this module afresh, with its own NOW.
+    got = sum(limiter.admit(7, dt.datetime.fromisoformat(now)) is None for _ in range(tries))
     with admitted.get_lock():
         admitted.value += got
 
@@ -49,13 +50,13 @@ def _admit_many(path: str, tries: int, admitted) -> None:
 def test_four_processes_racing_on_one_key_admit_exactly_its_limit(tmp_path):
     path = _made(tmp_path, {7: (200, 200)})  # 200 calls stored this hour already: 800 left
     admitted = SPAWN.Value("i", 0)
-    racers = [SPAWN.Process(target=_admit_many, args=(str(path), 400, admitted)) for _ in range(4)]
+    racers = [SPAWN.Process(target=_admit_many, args=(str(path), 400, NOW.isoformat(), admitted)) for _ in range(4)]
     for p in racers:
         p.start()
     for p in racers:
         p.join(60)
     assert admitted.value == 800
-    refusal = _limiter(path, 1000).admit(7, dt.datetime.now(dt.UTC))
+    refusal = _limiter(path, 1000).admit(7, NOW)
     assert refusal is not None and (refusal.limit, refusal.used) == ("per-hour", 1000)
 
 

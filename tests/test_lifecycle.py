@@ -19,7 +19,7 @@ from addon.core.store import alerts as alert_rows
 from addon.core.store import batches, reading, writing
 from addon.core.store import calls as call_rows
 
-from .helpers import Receiver, free_port, run_cli, start_proxy
+from .helpers import Receiver, clear_of_utc_midnight, free_port, run_cli, start_proxy
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 NOW = dt.datetime.now(dt.UTC)
@@ -290,7 +290,8 @@ def test_gdpr_export_and_delete_touch_only_the_subjects_own_alerts(migrated_home
     home = migrated_home
     key = make_key(home, "k", "pro")
     with writing(home_dir.db_path(home)) as con:
-        call_rows.insert(con, [call_row(key, dt.timedelta(minutes=1), who, cost="2") for who in ("e", "acme")])
+        now = clear_of_utc_midnight()  # the calls and `alerts check` on one UTC day
+        call_rows.insert(con, [call_row(key, dt.timedelta(0), who, cost="2", ts=now) for who in ("e", "acme")])
     for who in ("e", "acme"):
         run_cli(home, "budgets", "set", "--scope", f"customer:{who}", "--all-keys", "--daily", "1")
     receiver = Receiver()

@@ -21,7 +21,7 @@ import pytest
 from .helpers import Receiver, free_port, start_proxy
 from .price_data import PriceServer, bundled_document, with_model
 from .test_price_refresh import NEW_MODEL, RATES, snapshot_id, until_priced
-from .test_shared import CHAT, cli, new_key, replicas, stop_all
+from .test_shared import CHAT, cli, new_key, replicas, stop_all, wait_rows
 
 REPO = Path(__file__).resolve().parent.parent
 M = Decimal(1_000_000)
@@ -59,7 +59,9 @@ def test_a_price_override_imported_on_replica_a_prices_a_call_through_replica_b(
             completions[tag] = b.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": tag})
             made.append((tag, time.monotonic() - imported_at))
             time.sleep(0.2)
-        rows = {r["customer_id"]: r for r in b.calls() if r["customer_id"].startswith("after-")}
+        # Every call's row, once B has flushed the last of them (a loaded host lags a flush or two).
+        rows = {r["customer_id"]: r for r in wait_rows(b.home, "after-", len(made), timeout=30)}
+        assert sorted(rows) == sorted(tag for tag, _ in made)
         overridden = [(tag, at) for tag, at in made if rows[tag]["price_source"] == "override prices.toml#1"]
         assert overridden, f"B never priced with the override: {sorted({r['price_source'] for r in rows.values()})}"
         first_tag, first_at = overridden[0]
