@@ -12,9 +12,9 @@ from addon.core import keys as keygen
 from addon.core.periods import hour_start, month_start
 from addon.core.plans import DEFAULT_PLAN, PLANS, limits_for, retention_days_for
 from addon.core.serialize import dumps
+from addon.core.store import atomic, reading, writing
 from addon.core.store import calls as call_rows
 from addon.core.store import keys as key_rows
-from addon.core.store import reading, writing
 
 from .output import emit, format_option
 
@@ -123,10 +123,13 @@ def move(obj, key_id: int, team: str | None, no_team: bool) -> None:
     with writing(obj.db) as con:
         team_id = None if team is None else existing(con, team, "--team")
         before = team_rows.names_of_keys(con).get(key_id)
-        if not team_rows.move_key(con, key_id, team_id):
-            raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+        with atomic(con):  # the key's team and its entry: together or not at all
+            if not team_rows.move_key(con, key_id, team_id):
+                raise click.ClickException(f"No key with id {key_id}; see `aispendtrack keys list`.")
+            audit.record(con, "keys.move", f"key:{key_id}", {"team": before}, {"team": team})
+        # After the commit: in the shared mode the recount reads the keys' teams through the lake's
+        # own PostgreSQL session, which sees only what is committed.
         moved_keys(con, [before, team])
-        audit.record(con, "keys.move", f"key:{key_id}", {"team": before}, {"team": team})
     click.echo(f"Key {key_id} is in " + (f"team {team}" if team else "no team") + "; its past calls report there too.")
 
 

@@ -12,8 +12,8 @@ from click_default_group import DefaultGroup
 
 from addon.core import audit
 from addon.core.budgets import respend_teams
+from addon.core.store import atomic, reading, writing
 from addon.core.store import budgets as budget_rows
-from addon.core.store import reading, writing
 from addon.core.store import teams as team_rows
 from addon.core.wording import plural
 
@@ -82,9 +82,10 @@ def rename(obj, old: str, new: str) -> None:
         team_id = existing(con, old, "OLD")
         if team_rows.find(con, new) not in (None, team_id):
             raise click.ClickException(f"A team named {new!r} exists already; choose another name.")
-        team_rows.rename(con, team_id, new)
-        budget_rows.rename_team(con, old, new)
-        audit.record(con, "teams.rename", f"team:{new}", {"name": old}, {"name": new})
+        with atomic(con):
+            team_rows.rename(con, team_id, new)
+            budget_rows.rename_team(con, old, new)
+            audit.record(con, "teams.rename", f"team:{new}", {"name": old}, {"name": new})
     click.echo(f"Renamed team {old} to {new}.")
 
 
@@ -103,9 +104,11 @@ def delete(obj, name: str, move_keys_out: bool) -> None:
                 f"Team {name} has {plural(len(keys), 'key')} (id {', '.join(map(str, keys))}); nothing deleted. "
                 f"Move them with `aispendtrack keys move KEY --team OTHER` or `--no-team`, or delete with "
                 f"--move-keys-out to take them out of any team.")
-        moved = team_rows.delete(con, team_id)
-        budgets = budget_rows.delete_team(con, name)
-        audit.record(con, "teams.delete", f"team:{name}", {"name": name, "keys": moved, "budgets": budgets}, None)
+        with atomic(con):
+            moved = team_rows.delete(con, team_id)
+            budgets = budget_rows.delete_team(con, name)
+            audit.record(con, "teams.delete", f"team:{name}", {"name": name, "keys": moved, "budgets": budgets},
+                         None)
     said = [f"{plural(len(moved), 'key')} (id {', '.join(map(str, moved))}) now in no team"] if moved else []
     said += [f"its {plural(len(budgets), 'budget')} (id {', '.join(map(str, budgets))}) deleted"] if budgets else []
     click.echo(f"Deleted team {name}" + (f"; {'; '.join(said)}." if said else "."))

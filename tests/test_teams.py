@@ -78,6 +78,46 @@ def test_teams_are_created_listed_renamed_and_deleted_only_when_empty_or_asked(h
     assert {k["team"] for k in json.loads(run_cli(home, "keys", "list", "--json"))} == {None}
 
 
+def _team_state(home) -> tuple:
+    listed = [json.loads(run_cli(home, *command, "--json")) for command in (("teams", "list"), ("keys", "list"),
+                                                                           ("budgets", "list"), ("audit",))]
+    return tuple(listed[:2]) + ([(b["scope"], b["scope_value"], b["spent_today_usd"]) for b in listed[2]],
+                               len(listed[3]))
+
+
+@pytest.mark.parametrize("change", [("teams", "rename", "search", "web"),
+                                    ("teams", "delete", "search", "--move-keys-out"),
+                                    ("keys", "move", "1", "--team", "ads")])
+def test_a_team_change_that_fails_half_way_leaves_nothing_half_made(home, monkeypatch, change):
+    """The team, its keys' team, its budgets and the audit entry change together or not at all: here
+    the entry cannot be written (as a full disk or a lost catalog would refuse it), after the rest."""
+    _fails_whole(home, monkeypatch, change)
+
+
+def test_a_team_change_that_fails_half_way_in_the_shared_mode_leaves_nothing_half_made(shared_env, tmp_path,
+                                                                                        monkeypatch):
+    run_cli(tmp_path, "teams", "create", "search")
+    new_key(tmp_path, "a", "--team", "search")
+    for change in (("teams", "rename", "search", "web"), ("teams", "delete", "search", "--move-keys-out"),
+                   ("keys", "move", "1", "--no-team")):
+        _fails_whole(tmp_path, monkeypatch, change)
+
+
+def _fails_whole(home, monkeypatch: pytest.MonkeyPatch, change: tuple[str, ...]) -> None:
+    from addon.core import audit
+    run_cli(home, "budgets", "set", "--scope", "team:search", "--daily", "5")
+    before = _team_state(home)
+
+    def refused(*args, **kwargs):
+        raise duckdb.IOException("No space left on device")
+
+    with monkeypatch.context() as patched:  # its own undo: the shared mode's settings stay
+        patched.setattr(audit, "record", refused)
+        failed = CliRunner().invoke(cli, ["--home", str(home), *change])
+    assert failed.exit_code != 0
+    assert _team_state(home) == before
+
+
 def test_team_names_with_sql_control_characters_or_past_the_limit(home):
     """Probe: a name with SQL in it is just a name (stored, listed, filtered on as given); a name with
     control characters (a terminal escape, a newline) or over 100 characters is refused, nothing made."""

@@ -14,7 +14,7 @@ The proxy's writer thread, which feeds this package, is ``addon/writer.py``. A s
 replace this package without touching the proxy, the CLI or the web app.
 """
 
-from .connection import ReadTooLong, StoreBusy, doing, reading, writing
+from .connection import ReadTooLong, StoreBusy, atomic, doing, reading, writing
 from .errors import StoreError
 
-__all__ = ["ReadTooLong", "StoreBusy", "StoreError", "doing", "reading", "writing"]
+__all__ = ["ReadTooLong", "StoreBusy", "StoreError", "atomic", "doing", "reading", "writing"]

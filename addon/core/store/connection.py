@@ -222,6 +222,24 @@ def control(con: duckdb.DuckDBPyConnection):
     return con.control if isinstance(con, shared.SharedConnection) else con
 
 
+@contextlib.contextmanager
+def atomic(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The control-table changes made inside as one transaction: all of them or, if anything inside
+    raises, none (a team renamed without its budgets, or a change without its audit entry, never
+    stays). PostgreSQL's in the shared mode, where control tables live there."""
+    if isinstance(con, shared.SharedConnection):
+        with con.control.pg.transaction():
+            yield
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
 def is_shared(con: duckdb.DuckDBPyConnection) -> bool:
     return isinstance(con, shared.SharedConnection)
 
