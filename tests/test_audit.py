@@ -103,6 +103,26 @@ def test_the_api_records_its_changes_as_the_admin_token_and_only_admins_read_the
     assert client.get("/api/v1/audit?since=2999-01-01", headers=as_admin).get_json() == []
 
 
+def test_an_erase_takes_out_its_subject_only_where_an_entry_names_that_subject(migrated_home):
+    """A team and a key named like the erased customer keep their names in the trail; the customer's
+    budget scope loses it. An erased key's own entries lose its id and its name (a person's, often)."""
+    home = migrated_home
+    run_cli(home, "teams", "create", "acme-person")
+    same = json.loads(run_cli(home, "keys", "create", "--name", "acme-person", "--team", "acme-person", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:acme-person", "--all-keys", "--daily", "3")
+    alice = json.loads(run_cli(home, "keys", "create", "--name", "alice-laptop", "--plan", "pro", "--json"))
+    run_cli(home, "gdpr", "delete", "--customer", "acme-person", "--yes")
+    run_cli(home, "gdpr", "delete", "--key", str(alice["id"]), "--yes")
+    made = {(e["action"], e["target"]): (e["before"], e["after"]) for e in trail(home)}
+    assert made[("teams.create", "team:acme-person")] == (None, {"name": "acme-person"})
+    assert made[("keys.create", f"key:{same['id']}")][1] == {"name": "acme-person", "plan": "enterprise",
+                                                            "team": "acme-person"}
+    [budget] = [after for (action, _), (_, after) in made.items() if action == "budgets.set"]
+    assert (budget["scope"], budget["scope_value"], budget["daily_usd"]) == ("customer", "(erased)", "3")
+    assert made[("keys.create", "key:(erased)")] == (None, {"name": "(erased)", "plan": "pro", "team": None})
+    assert "alice-laptop" not in json.dumps(trail(home))
+
+
 def test_no_secret_reaches_the_trail(migrated_home, tmp_path):
     """Probe: admin tokens and keys (nor their hashes), a webhook URL with its token, an SMTP host: none
     is in the trail's before/after values, read by the CLI or the API; a key (not an admin) reading

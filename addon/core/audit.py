@@ -79,6 +79,25 @@ def entries(con, since: str | None, tz: str | None = None, now: dt.datetime | No
 
 
 def scrub(con, kind: str, value: str) -> None:
-    """GDPR erase: the subject's identifier leaves every entry; the entries stay."""
+    """GDPR erase: the subject's identifier leaves every entry; the entries stay.
+
+    Only where a value names this subject: the entry's target, a budget's scope (``customer`` and
+    ``acme``), a field named for the kind, and in a key's own entries the key's name (often a
+    person's). A team, a feature or another key that happens to have the same text keeps it."""
     from .store import audit as audit_rows
-    audit_rows.scrub(con, f"{kind}:{value}", json.dumps(value))
+    target = f"{kind}:{value}"
+    for entry_id, was, before, after in audit_rows.naming(con, target, json.dumps(value)):
+        own = was == target
+        new = [None if v is None else values(_erased(json.loads(v), kind, value, own)) for v in (before, after)]
+        audit_rows.rewrite(con, entry_id, f"{kind}:{audit_rows.ERASED}" if own else was, *new)
+
+
+def _erased(value: object, kind: str, subject: str, own: bool) -> object:
+    from .store.audit import ERASED
+    if isinstance(value, list):
+        return [_erased(v, kind, subject, own) for v in value]
+    if not isinstance(value, dict):
+        return value
+    named = {kind} | ({"scope_value"} if value.get("scope") == kind else set())
+    return {k: ERASED if (k in named and v == subject) or (own and kind == "key" and k == "name")
+            else _erased(v, kind, subject, own) for k, v in value.items()}

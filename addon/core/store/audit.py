@@ -25,13 +25,17 @@ def entries(con: duckdb.DuckDBPyConnection, since: dt.datetime | None) -> list[d
     return [dict(zip(_COLUMNS, row)) for row in cur.fetchall()]
 
 
-def scrub(con: duckdb.DuckDBPyConnection, target: str, quoted: str) -> None:
-    """An erased subject's identifier out of the trail: ``target`` (as entries name it) becomes
-    ``kind:(erased)``, and ``quoted`` (its JSON string) in before/after values becomes "(erased)".
-    The entries stay."""
-    kind = target.partition(":")[0]
-    db = control(con)
-    db.execute("UPDATE audit SET target = ? WHERE target = ?", [f"{kind}:{ERASED}", target])
-    db.execute("UPDATE audit SET before = replace(before, ?, ?), after = replace(after, ?, ?) "
-               "WHERE strpos(before, ?) > 0 OR strpos(after, ?) > 0",
-               [quoted, f'"{ERASED}"', quoted, f'"{ERASED}"', quoted, quoted])
+def naming(con: duckdb.DuckDBPyConnection, target: str, quoted: str) -> list[tuple[int, str, str | None, str | None]]:
+    """(id, target, before, after) of the entries about ``target`` or holding ``quoted`` (a JSON
+    string) in their values: those an erasure may have to change."""
+    cur = control(con).execute("SELECT id, target, before, after FROM audit "
+                               "WHERE target = ? OR strpos(before, ?) > 0 OR strpos(after, ?) > 0",
+                               [target, quoted, quoted])
+    return cur.fetchall()
+
+
+def rewrite(con: duckdb.DuckDBPyConnection, entry_id: int, target: str, before: str | None,
+            after: str | None) -> None:
+    """An entry's subject taken out by a GDPR erase: the only change an entry ever gets."""
+    control(con).execute("UPDATE audit SET target = ?, before = ?, after = ? WHERE id = ?",
+                         [target, before, after, entry_id])
