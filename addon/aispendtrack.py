@@ -172,8 +172,11 @@ class AiSpendTrack:
                 log.warning("cannot serve metrics on port %d (%s); calls are proxied and recorded all the same",
                           ctx.options.aispendtrack_metrics_port, exc.strerror or exc)
         self.writer.load_keys_now()
-        self._prices = price_data.start(home_dir.db_path(home), ctx.options.aispendtrack_prices_url,
-                                        ctx.options.aispendtrack_prices_refresh_s, self.book)
+        # The embedded mode's workers price with what their owner fetched and stored (cli/embedded.py):
+        # one fetch per host, one version on every worker.
+        url = price_data.OFF if cfg is None and worker_dir else ctx.options.aispendtrack_prices_url
+        self._prices = price_data.start(home_dir.db_path(home), url, ctx.options.aispendtrack_prices_refresh_s,
+                                        self.book)
         self.writer.start()
         if not worker_dir:  # the periodic jobs of workers run once, in their owner (cli/embedded.py)
             self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,

@@ -9,7 +9,8 @@ A worker never opens the file: it sends its finished rows, in the batches its wr
 the owner's socket (``owner.sock``: one session, one insert of the batch as one JSON parameter),
 and reads keys, limits and budgets the same way every ~2 s. The web app (``--web-port``, served by
 the parent), the CLI and a standalone ``aispendtrack web`` use the same owner; the periodic jobs
-(alerts, purges, reconciliations) run here, once, not in every worker.
+(alerts, purges, reconciliations) and the fetch of the list prices run here, once, not in every
+worker.
 
 Limits and blocking budgets are the host's: counted in shared memory under one lock
 (addon/core/host_counters.py), seeded by the first owner from the stored calls before any worker
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import click
 
-from addon.core import config, config_files, host_counters, periods
+from addon.core import config, config_files, host_counters, periods, price_data
 from addon.core import home as home_dir
 from addon.core.evaluate import Evaluator
 from addon.core.store import calls as call_rows
@@ -56,6 +57,9 @@ class HostOwner:
                                    base_urls={"openai": addon_options["aispendtrack_openai_upstream"],
                                               "anthropic": addon_options["aispendtrack_anthropic_upstream"]})
         self.evaluator.start()
+        # The host's one fetch of the list prices (its workers load what this stores).
+        self.prices = price_data.start(db, addon_options["aispendtrack_prices_url"],
+                                       addon_options["aispendtrack_prices_refresh_s"], book)
 
     @staticmethod
     def _seed_counters(home: Path, quota_tz: str, seed: bool):
@@ -79,6 +83,7 @@ class HostOwner:
     def stop(self) -> None:
         """After the workers stopped: their last rows came in through the socket before they exited."""
         self.evaluator.stop()
+        self.prices.stop()
         owner.stop(self.owner)
 
 

@@ -120,8 +120,9 @@ class Proxy:
     def calls(self, limit: int = 1000) -> list[dict]:
         return json.loads(run_cli(self.home, "calls", "--limit", str(limit), "--format", "json"))
 
-    def rows(self, customer_id: str, expect: int = 1, timeout: float = 5.0) -> list[dict]:
-        """The rows tagged with ``customer_id``, once ``expect`` of them are stored."""
+    def rows(self, customer_id: str, expect: int = 1, timeout: float = 20.0) -> list[dict]:
+        """The rows tagged with ``customer_id``, once ``expect`` of them are stored (or what is stored
+        after ``timeout``: a loaded CI host has taken over 5 s to flush a proxy's rows)."""
         deadline = time.monotonic() + timeout
         while True:
             rows = [r for r in self.calls() if r["customer_id"] == customer_id]

@@ -52,7 +52,7 @@ def calls_json(home: Path) -> list[dict]:
     return json.loads(run_cli(home, "calls", "--limit", "100000", "--format", "json"))
 
 
-def wait_rows(home: Path, tag_prefix: str, expect: int, timeout: float = 10) -> list[dict]:
+def wait_rows(home: Path, tag_prefix: str, expect: int, timeout: float = 30) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:
         rows = [r for r in calls_json(home) if (r["customer_id"] or "").startswith(tag_prefix)]

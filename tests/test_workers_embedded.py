@@ -209,3 +209,27 @@ def test_the_owner_killed_with_kill_9_is_replaced_while_the_workers_proxy_and_ev
     finally:
         assert stop(proxy) == 0
 
+
+
+def test_the_owner_fetches_the_list_prices_once_for_the_host_and_every_worker_prices_with_them(tmp_path, upstream):
+    """One fetch per host, not one per worker (a price server sees the host once; every worker
+    prices with the same version): a model only the served document knows is priced on both workers."""
+    from .price_data import PriceServer, bundled_document, with_model
+    from .test_price_refresh import NEW_MODEL, RATES, snapshot_id
+    document = with_model(bundled_document(), "openai", NEW_MODEL, **RATES)
+    with PriceServer(document) as server:
+        home = tmp_path / "home"
+        proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2,
+                              "--prices-url", server.url, "--prices-refresh", "3600")
+        try:
+            for n in range(12):  # a client each: new connections, spread over the workers by the kernel
+                proxy.openai().chat.completions.create(
+                    model=NEW_MODEL, messages=[{"role": "user", "content": "hi"}],
+                    extra_headers={"x-customer-id": f"priced-{n}", "x-test-scenario": "unknown_model"})
+            rows = wait_for(lambda: len(found := rows_tagged(home, "priced-")) == 12 and found, 30,
+                            "not every call was stored")
+        finally:
+            assert stop(proxy) == 0
+    assert server.requests == 1
+    # Every row, on whichever worker, was priced by that one version.
+    assert {(r["priced"], r["price_snapshot"]) for r in rows} == {(True, snapshot_id(document))}

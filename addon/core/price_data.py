@@ -7,8 +7,9 @@ Who does what:
 - one process fetches at a time (in the shared mode, the replica holding the PRICES_LOCK advisory
   lock); a good document is stored in ``price_snapshots`` with its id and time; a refused one
   (pricing/snapshots.py says which) is logged once and the last good data stays in use;
-- every process loads the newest stored version within a minute (``POLL_S``), and commands load it
-  when they start (``use_stored``), so a restart without network prices as before it;
+- every process loads the newest stored version within a minute (``POLL_S``; the first one stored
+  within seconds), and commands load it when they start (``use_stored``), so a restart without
+  network prices as before it; the embedded mode's workers never fetch: their owner does;
 - a fetch that prices models left unpriced reprices their calls (reprice.heal_unpriced).
 """
 
@@ -29,6 +30,7 @@ from .wording import plural
 
 log = logging.getLogger(__name__)
 POLL_S = 60.0  # how soon every process uses a version another one stored
+FIRST_POLL_S = 2.0  # as POLL_S while none is stored: the first one is used at once
 OFF = "off"
 _unusable: set[str] = set()  # stored versions this process cannot read
 
@@ -110,6 +112,8 @@ class PriceRefresher(threading.Thread):
 
     @property
     def _poll_s(self) -> float:
+        if self.latest is None:  # nothing stored yet: another process (the owner, a replica) is fetching the first
+            return min(FIRST_POLL_S, self.interval_s)
         return min(POLL_S, self.interval_s)
 
     def _round(self) -> None:
