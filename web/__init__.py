@@ -24,7 +24,7 @@ from .auth import session_secret
 from .metrics import metrics
 from .openapi import openapi
 from .pages import pages
-from .sso import sso
+from .sso import sign_on
 from .sso_settings import load as load_sso
 
 
@@ -53,7 +53,7 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None,
     security.install(app)
     app.register_blueprint(api)
     app.register_blueprint(pages)
-    app.register_blueprint(sso)
+    app.register_blueprint(sign_on)
     app.register_blueprint(metrics)
     app.register_blueprint(openapi)
 

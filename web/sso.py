@@ -39,7 +39,7 @@ from .pages import own_path
 from .sso_settings import SsoSettings
 
 log = logging.getLogger("aispendtrack.web")
-sso = Blueprint("sso", __name__, url_prefix="/sso")
+sign_on = Blueprint("sso", __name__, url_prefix="/sso")
 
 PENDING_COOKIE = "aispendtrack_sso"
 STATE_LIFETIME = dt.timedelta(minutes=10)
@@ -55,7 +55,7 @@ class SignInFailed(Exception):
         self.status, self.title, self.message = status, title, message
 
 
-@sso.errorhandler(SignInFailed)
+@sign_on.errorhandler(SignInFailed)
 def _failed(exc: SignInFailed):
     response = make_response(render_template("sso_error.html", title=exc.title, message=exc.message), exc.status)
     response.delete_cookie(PENDING_COOKIE, path="/sso/")
@@ -70,7 +70,7 @@ def settings() -> SsoSettings:
     return found
 
 
-@sso.get("/login")
+@sign_on.get("/login")
 def start() -> Response:
     cfg = settings()
     metadata = _discover(cfg)
@@ -87,7 +87,7 @@ def start() -> Response:
     return response
 
 
-@sso.get("/callback")
+@sign_on.get("/callback")
 def callback() -> Response:
     cfg = settings()
     if "error" in request.args:  # the provider refused or the user cancelled
