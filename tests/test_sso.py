@@ -328,3 +328,25 @@ def test_the_client_secret_is_only_taken_from_the_environment(tmp_path):
     # The web command says what is wrong, no traceback, before it serves anything.
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "web", "--port", str(free_port())], env={})
     assert result.exit_code == 1 and "MY_SSO_SECRET, which is not set" in result.output, result.output
+
+
+def test_sso_users_and_their_sessions_live_in_postgresql_in_the_shared_mode(shared_env, tmp_path):
+    """One replica signs a user in; another knows the session, its role and teams, and its end."""
+    from addon.core.store import sessions as session_rows
+    from addon.core.store import sso_users
+    from web.auth import session_principal, start_session
+
+    home, other = tmp_path / "replica-a", tmp_path / "replica-b"
+    run_cli(home, "teams", "create", "search")
+    db, other_db = home_dir.db_path(home), home_dir.db_path(other)
+    now = dt.datetime.now(dt.UTC)
+    with writing(db) as con:
+        sso_users.signed_in(con, "sub-1", "Tess", "tess@example.com", "team", ("search",), now)
+    session_id = start_session(db, "sso", "sub-1")
+    found = session_principal(other_db, session_id)
+    assert found is not None
+    assert (found.role, found.teams, found.actor) == ("team", ("search",), "sso:sub-1 (tess@example.com)")
+    with writing(db) as con:  # a later sign-in with no role, as the callback records it
+        sso_users.signed_in(con, "sub-1", "Tess", "tess@example.com", None, (), now)
+        session_rows.end_for(con, "sub-1")
+    assert session_principal(other_db, session_id) is None
