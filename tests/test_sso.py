@@ -350,3 +350,20 @@ def test_sso_users_and_their_sessions_live_in_postgresql_in_the_shared_mode(shar
         sso_users.signed_in(con, "sub-1", "Tess", "tess@example.com", None, (), now)
         session_rows.end_for(con, "sub-1")
     assert session_principal(other_db, session_id) is None
+
+
+def test_groups_give_the_strongest_role_and_every_team_mapped():
+    from web.sso_settings import parse
+
+    settings = parse({"issuer": "https://idp.example/", "client_id": "a",
+                      "roles": {"ops": "admin", "finance": "viewer"},
+                      "teams": {"team-search": "search", "team-ads": "ads"}}, "test", {
+                          "AISPENDTRACK_SSO_CLIENT_SECRET": "x"})
+    assert settings.issuer == "https://idp.example"
+    assert settings.role_for(["team-search", "finance", "ops"]) == ("admin", ())
+    assert settings.role_for(["team-search", "finance"]) == ("viewer", ())
+    assert settings.role_for(["team-search", "team-ads", "interns"]) == ("team", ("ads", "search"))
+    assert settings.role_for(["interns"]) == (None, ())
+    with pytest.raises(ValueError, match="gives admin or viewer"):
+        parse({"issuer": "https://idp.example", "client_id": "a", "roles": {"ops": "owner"}}, "test",
+              {"AISPENDTRACK_SSO_CLIENT_SECRET": "x"})
