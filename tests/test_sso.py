@@ -91,11 +91,12 @@ class Provider:
         self.process.wait(10)
 
 
-def _serve(home: Path) -> tuple[str, Any]:
+def _serve(home: Path, port: int | None = None) -> tuple[str, Any]:
+    """The web app on 127.0.0.1 in a thread of this process (the test's environment holds the secret)."""
     from web import create_app
     from web.server import WebServer
 
-    port = free_port()
+    port = port or free_port()
     server = WebServer("127.0.0.1", port, create_app(home))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{port}", server
@@ -122,12 +123,8 @@ def site(tmp_path_factory):
     web_port = free_port()
     idp = Provider(tmp, web_port)
     (home / "sso.toml").write_text(SSO_TOML.format(issuer=idp.issuer, env=SECRET_ENV))
-    from web import create_app
-    from web.server import WebServer
-
-    server = WebServer("127.0.0.1", web_port, create_app(home))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield {"url": f"http://127.0.0.1:{web_port}", "home": home, "idp": idp, "search_key": search,
+    url, server = _serve(home, web_port)  # the port the provider's client was registered with
+    yield {"url": url, "home": home, "idp": idp, "search_key": search,
            "platform_key": platform}
     server.close()
     idp.stop()
