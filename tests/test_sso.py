@@ -161,7 +161,7 @@ def sso_sign_in(page, site, user: str, expect_page: bool = True, started: bool =
     page.click("button[type=submit]")
     page.wait_for_load_state()
     if page.url.startswith(site["idp"].issuer) and page.locator("text=Continue").count():
-        page.click("text=Continue")  # the provider's consent (asked of native clients at every sign-in)
+        page.click("text=Continue")  # the provider's own consent page
     if expect_page:
         try:
             page.wait_for_selector(".who", timeout=20_000)

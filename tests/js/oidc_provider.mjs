@@ -33,15 +33,6 @@ const provider = new Provider(config.issuer, {
     if (!account) return undefined;
     return { accountId: id, async claims() { return { sub: id, ...account }; } };
   },
-  async loadExistingGrant(ctx) {
-    const grantId = ctx.oidc.result?.consent?.grantId || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
-    if (grantId) return ctx.oidc.provider.Grant.find(grantId);
-    const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId,
-                                                 accountId: ctx.oidc.session.accountId });
-    grant.addOIDCScope('openid email profile groups');
-    await grant.save();
-    return grant;
-  },
 });
 
 provider.use(async (ctx, next) => {
