@@ -96,7 +96,11 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
         connection.only_through_owner(obj.db)
     if web_port:
         from web.server import serve_in_thread
-        serve_in_thread(obj.home, host, web_port, trusted_proxies)
+        from web.sso_settings import SsoSettingsError
+        try:
+            serve_in_thread(obj.home, host, web_port, trusted_proxies)
+        except SsoSettingsError as exc:  # sso.toml (docs/sso.md): said before anything starts
+            raise click.ClickException(str(exc)) from None
         click.echo(f"Web and API on http://{host}:{web_port}")
     scheme = "https" if tls_cert else "http"
     click.echo(f"AiSpendTrack proxy on {scheme}://{host}:{port}  (data: {obj.home})")

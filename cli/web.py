@@ -33,7 +33,12 @@ def web(obj, host: str, port: int, trusted_proxies: tuple[str, ...]) -> None:
 
     check_port_free(host, port, "--port")
     refuse_if_migrated(obj.db)
-    server = WebServer(host, port, create_app(obj.home, trusted_proxies=trusted_proxies))
+    from web.sso_settings import SsoSettingsError
+    try:
+        app = create_app(obj.home, trusted_proxies=trusted_proxies)
+    except SsoSettingsError as exc:  # sso.toml (docs/sso.md)
+        raise click.ClickException(str(exc)) from None
+    server = WebServer(host, port, app)
     access_log()
     click.echo(f"AiSpendTrack web on http://{host}:{port}  (data: {obj.home})")
     try:

@@ -24,6 +24,8 @@ from .auth import session_secret
 from .metrics import metrics
 from .openapi import openapi
 from .pages import pages
+from .sso import sign_on
+from .sso_settings import load as load_sso
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -45,11 +47,13 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session",
                       # Every request body here is a small form or JSON object: anything larger is a 413.
                       MAX_CONTENT_LENGTH=64 * 1024)
+    app.config["SSO"] = load_sso(app.config["AISPENDTRACK_HOME"])  # None: no sso.toml, keys and tokens only
     if test_config:
         app.config.update(test_config)
     security.install(app)
     app.register_blueprint(api)
     app.register_blueprint(pages)
+    app.register_blueprint(sign_on)
     app.register_blueprint(metrics)
     app.register_blueprint(openapi)
 

@@ -21,7 +21,7 @@ from addon.core.store import reconciliations as reconciliation_rows
 from addon.core.store import reports as report_rows
 from addon.core.store import teams as team_rows
 
-from .auth import Principal, authenticate, bearer, credential, session_principal
+from .auth import TEAM, Principal, authenticate, bearer, credential, refusal, session_principal
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_PAGE = 1000
@@ -64,6 +64,9 @@ def _authenticate() -> None:
     if principal is None:
         raise ApiError(401, "unauthorized", "Send `Authorization: Bearer ask_...` (your key's calls) or an admin "
                                             "token from `aispendtrack admin create-token` (all calls).")
+    refused = refusal(principal, request.method)  # roles (web/auth.py): the one check for every route
+    if refused:
+        raise ApiError(403, "forbidden", refused)
     g.principal = principal
     audit.acting_as(principal.actor)  # whatever this request changes is recorded as the principal's
 
@@ -112,11 +115,13 @@ def budgets():
 # The access decisions are plain functions, not in the routes: mutation testing (docs/testing.md)
 # does not change decorated functions, and these are the lines it must reach.
 def _visible_budgets(rows: list[dict], principal: Principal) -> list[dict]:
-    """The budgets ``principal`` may see: all for an admin; for a key, its own with their spend and
-    those over all calls without it."""
+    """The budgets ``principal`` may see: all for an admin or a viewer; for a team user, its teams'
+    with their spend; for a key, its own with their spend; and those over all calls without it."""
     visible = []
     for row in rows:
-        if principal.is_admin or Budget.from_row(row).owned_by(principal.key_id):
+        budget = Budget.from_row(row)
+        team_own = principal.role == TEAM and budget.scope == "team" and budget.scope_value in principal.teams
+        if principal.sees_all or team_own or budget.owned_by(principal.key_id):
             visible.append(row)
         elif row["scope"] == "all":
             visible.append({**row, "spent_today_usd": None, "spent_this_month_usd": None})
@@ -124,7 +129,7 @@ def _visible_budgets(rows: list[dict], principal: Principal) -> list[dict]:
 
 
 def _admin_only(principal: Principal) -> None:
-    if not principal.is_admin:
+    if not principal.sees_all:
         raise ApiError(403, "forbidden", "The reconciliation covers the whole organisation: use an admin token.")
 
 
@@ -150,9 +155,9 @@ def audit_trail():
 
 @api.get("/prices")
 def prices():
-    """The list-price data in use, and its age (price_data.py; admin tokens only: the source may name an
+    """The list-price data in use, and its age (price_data.py; admins and viewers only: the source may name an
     internal mirror)."""
-    if not g.principal.is_admin:
+    if not g.principal.sees_all:
         raise ApiError(403, "forbidden", "The price data's source is the deployment's: use an admin token.")
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
         return jsonify(json_row(price_data.status(con, dt.datetime.now(dt.UTC))))
@@ -215,7 +220,9 @@ def _known_team(con, selection: Selection) -> None:
     if selection.team is None:
         return
     principal = g.principal
-    if not principal.is_admin:
+    if principal.role == TEAM:
+        return  # Principal.scope refused any team but its own already
+    if principal.key_id is not None:
         own = team_rows.of_key(con, principal.key_id)
         if selection.team != own:
             raise ApiError(400, "bad_request", f"team: key {principal.key_id} is not in a team named "
@@ -232,12 +239,10 @@ def _bool_arg(name: str) -> bool:
 
 
 def _scoped(selection: Selection) -> Selection:
-    """A key sees only its own calls; asking for another key's is a 403, never someone else's numbers."""
-    principal = g.principal
-    if principal.is_admin:
-        return selection
+    """What the principal may see (web/auth.py: a key its own calls, a team user its teams'); asking for
+    more is a 403, never someone else's numbers."""
     try:
-        return selection.for_key(principal.key_id)
+        return g.principal.scope(selection)
     except PermissionError as exc:
         raise ApiError(403, "forbidden", str(exc)) from None
 

@@ -1,4 +1,10 @@
-"""Who is asking: an ``ask_`` key (its own calls only) or an admin token (everything).
+"""Who is asking, and what they may see and change: the one place access is decided.
+
+An ``ask_`` key sees its own calls only; an admin token everything. A page user signed in through
+single sign-on (web/sso.py) has the role its groups gave it at sign-in: ``admin`` (everything),
+``viewer`` (all spend, no changes), ``team`` (its teams' calls and budgets only, no changes), or
+none (nothing at all). ``Principal.scope`` limits every report, page of calls and export;
+``refusal`` refuses what a principal may not do before any route runs.
 
 The API takes ``Authorization: Bearer <secret>``; the page signs in once and keeps a session
 cookie (signed, HttpOnly, SameSite=Strict, Secure over TLS, also behind a trusted TLS proxy) that
@@ -17,9 +23,10 @@ from pathlib import Path
 
 from addon.core import home as home_dir
 from addon.core import keys as keygen
+from addon.core.reports import Selection
 from addon.core.store import admin as admin_rows
 from addon.core.store import keys as key_rows
-from addon.core.store import reading, writing
+from addon.core.store import reading, sso_users, writing
 from addon.core.store import sessions as session_rows
 
 SESSION_LIFETIME = dt.timedelta(hours=12)
@@ -27,19 +34,77 @@ SESSION_LIFETIME = dt.timedelta(hours=12)
 SECRET_FILE = "web-secret"
 
 
+ADMIN, VIEWER, TEAM, KEY = "admin", "viewer", "team", "key"
+ROLES = (ADMIN, VIEWER, TEAM)  # the roles single sign-on gives (a key's role is its own)
+READS = ("GET", "HEAD", "OPTIONS")
+
+
 @dataclass(frozen=True)
 class Principal:
-    key_id: int | None  # None: an admin, who sees every key's calls
+    key_id: int | None  # a key's id (its calls only); None for everyone else
     admin_id: int | None = None  # the admin token's id (the audit trail's "who")
+    role: str | None = None  # admin | viewer | team | key; None: a signed-in user with no role
+    teams: tuple[str, ...] = ()  # a `team` role's teams
+    sub: str | None = None  # a single sign-on user's subject at the identity provider
+    shown_as: str | None = None  # their name, else e-mail, for the page
+    email: str | None = None  # their e-mail, for the audit trail
+
+    @classmethod
+    def admin_token(cls, admin_id: int) -> Principal:
+        return cls(None, admin_id, ADMIN)
+
+    @classmethod
+    def key(cls, key_id: int) -> Principal:
+        return cls(key_id, role=KEY)
 
     @property
     def actor(self) -> str:
-        """Who, in the audit trail: ``admin:ID`` or ``key:ID``."""
+        """Who, in the audit trail: ``admin:ID``, ``key:ID`` or ``sso:SUB (e-mail)``."""
+        if self.sub is not None:
+            return f"sso:{self.sub}" + (f" ({self.email or self.shown_as})" if self.email or self.shown_as else "")
         return f"admin:{self.admin_id}" if self.is_admin else f"key:{self.key_id}"
 
     @property
     def is_admin(self) -> bool:
-        return self.key_id is None
+        return self.role == ADMIN
+
+    @property
+    def sees_all(self) -> bool:
+        """Every key's and team's spend (admins and viewers)."""
+        return self.role in (ADMIN, VIEWER)
+
+    def scope(self, selection: Selection) -> Selection:
+        """``selection`` limited to what this principal may see; PermissionError when it names more."""
+        if self.sees_all:
+            return selection
+        if self.role == KEY and self.key_id is not None:
+            return selection.for_key(self.key_id)
+        if self.role == TEAM:
+            return selection.for_teams(self.teams)
+        raise PermissionError(NO_ROLE)
+
+    def describe(self) -> str:
+        """For the page's header: who is signed in and what they see."""
+        if self.sub is not None:
+            seen = {ADMIN: "admin: all keys", VIEWER: "viewer: all spend, read-only",
+                    TEAM: f"team {', '.join(self.teams)}"}.get(self.role or "", "no role")
+            return f"{self.shown_as or self.sub} ({seen})"
+        return "admin: all keys" if self.is_admin else f"key {self.key_id}"
+
+
+NO_ROLE = ("Your sign-in gives you no role here: none of your groups is mapped to one. Ask an administrator "
+           "to add you to a group mapped to admin, viewer or team (docs/sso.md).")
+
+
+def refusal(principal: Principal, method: str) -> str | None:
+    """Why ``principal`` may not make this request at all, or None. Changes are an admin's, or a key's
+    where a route allows it (the route then decides); a viewer and a team user change nothing."""
+    if principal.role is None:
+        return NO_ROLE
+    if method not in READS and principal.role in (VIEWER, TEAM):
+        return (f"Your role ({principal.role}) may look but not change anything: ask an admin "
+                "(docs/sso.md, roles).")
+    return None
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -63,11 +128,17 @@ def authenticate(db: Path, kind: str, digest: str) -> Principal | None:
 
 
 def _principal(con, kind: str, digest: str) -> Principal | None:
+    if kind == "sso":  # the session holds the user's sub: role and teams as of their last sign-in
+        user = sso_users.find(con, digest)
+        if user is None:
+            return None
+        return Principal(None, role=user["role"], teams=user["teams"], sub=digest,
+                         shown_as=user["name"] or user["email"], email=user["email"])
     if kind == "admin":
         admin_id = admin_rows.active_id(con, digest)
-        return Principal(None, admin_id) if admin_id is not None else None
+        return Principal.admin_token(admin_id) if admin_id is not None else None
     key_id = key_rows.find_active(con, digest)
-    return Principal(key_id) if key_id is not None else None
+    return Principal.key(key_id) if key_id is not None else None
 
 
 def start_session(db: Path, kind: str, digest: str) -> str:

@@ -151,7 +151,8 @@ def _answer(description: str, schema: dict, media: str = "application/json") -> 
 _ERRORS = {status: _answer(text, _ref("Error")) for status, text in (
     ("400", "A parameter is wrong; the message says which and how."),
     ("401", "No credential, or not an active key or admin token."),
-    ("403", "A key asked for what only admins (or another key) may see."),
+    ("403", "A key asked for what only admins (or another key) may see; a viewer or team user (docs/sso.md) asked "
+            "for a change, or a team user for another team's calls."),
     ("503", "The storage is busy or away, or the query ran too long; try again or ask for less."))}
 
 

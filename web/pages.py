@@ -9,13 +9,13 @@ from __future__ import annotations
 import secrets
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, redirect, render_template, request, session, url_for
 
 from addon.core import config
 from addon.core.store import reading
 
 from .api import current_principal, db_path
-from .auth import authenticate, credential, end_session, same_token, start_session
+from .auth import authenticate, credential, end_session, refusal, same_token, start_session
 
 pages = Blueprint("pages", __name__)
 
@@ -25,27 +25,30 @@ def dashboard():
     principal = current_principal()
     if principal is None:
         return redirect(url_for("pages.login", next=request.full_path))
-    who = "admin: all keys" if principal.is_admin else f"key {principal.key_id}"
+    refused = refusal(principal, request.method)
+    if refused:
+        return render_template("sso_error.html", title="No role for you here", message=refused), 403
     with reading(db_path()) as con:
         budget_zone = config.quota_zone(con).key  # named even before there is a budget to carry it
-    return render_template("dashboard.html", who=who, csrf=_csrf_token(), admin=principal.is_admin,
+    return render_template("dashboard.html", who=principal.describe(), csrf=_csrf_token(), admin=principal.sees_all,
                            budget_zone=budget_zone)
 
 
 @pages.get("/login")
 def login():
-    return render_template("login.html", error=None, csrf=_csrf_token())
+    return render_template("login.html", error=None, csrf=_csrf_token(), sso=current_app.config.get("SSO"))
 
 
 @pages.post("/login")
 def sign_in():
     if not _csrf_ok():
-        return render_template("login.html", error=_EXPIRED, csrf=_csrf_token()), 400
+        return render_template("login.html", error=_EXPIRED, csrf=_csrf_token(), sso=current_app.config.get("SSO")), 400
     secret = request.form.get("secret", "").strip()
     found = credential(secret)
     if not found or authenticate(db_path(), *found) is None:
         # 200, not 401: this is the sign-in form shown again with a message, not an API refusal.
-        return render_template("login.html", error="That is not an active key or admin token.", csrf=_csrf_token())
+        return render_template("login.html", error="That is not an active key or admin token.", csrf=_csrf_token(),
+                               sso=current_app.config.get("SSO"))
     session.clear()  # a new session id and a new CSRF token: nothing from before sign-in carries over
     session["sid"] = start_session(db_path(), *found)
     return redirect(own_path(request.args.get("next", "/")))

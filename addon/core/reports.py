@@ -42,12 +42,20 @@ class Selection:
     status: int | None = None  # an HTTP status, as recorded
     errors_only: bool = False  # failed calls only: what a report counts as errors
     team: str | None = None  # the calls of the keys now in this team (store/teams.py)
+    teams: tuple[str, ...] | None = None  # a `team` role's limit: its teams' calls only (None: no limit)
 
     def for_key(self, key_id: int) -> Selection:
         """The same selection limited to one key's calls; asking for another key's is refused."""
         if self.key_id is not None and self.key_id != key_id:
             raise PermissionError(f"this key may only see its own calls (key {key_id}), not key {self.key_id}")
         return replace(self, key_id=key_id)
+
+    def for_teams(self, teams: tuple[str, ...]) -> Selection:
+        """The same selection limited to the calls of these teams' keys; naming another team is refused."""
+        if self.team is not None and self.team not in teams:
+            raise PermissionError(f"you may see the calls of team {', '.join(teams) or '(none)'} only, "
+                                  f"not team {self.team!r}")
+        return replace(self, teams=teams)
 
 
 @dataclass(frozen=True)

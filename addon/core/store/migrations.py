@@ -422,6 +422,25 @@ AUDIT_DDL = """
 """
 
 
+def m027_sso_users(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SSO_USERS_DDL)
+
+
+# The page's single sign-on users (web/sso.py), by the identity provider's ``sub``; role and teams
+# as computed at their last sign-in (teams: a JSON list of names). A page session of kind ``sso``
+# holds the sub as its credential.
+SSO_USERS_DDL = """
+    CREATE TABLE IF NOT EXISTS sso_users (
+        sub VARCHAR PRIMARY KEY,
+        name VARCHAR,
+        email VARCHAR,
+        role VARCHAR,
+        teams VARCHAR NOT NULL,
+        signed_in_at TIMESTAMPTZ NOT NULL
+    )
+"""
+
+
 ROLLUPS_DDL = rollups.DDL
 HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all()]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
@@ -445,7 +464,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m013_config, m014_reconciliations, m015_erasures,
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
               m020_tools, m021_prices, m022_proxy_us, m023_rollups,
-              m024_hourly_rollups, m025_teams, m026_audit]
+              m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -16,7 +16,7 @@ from . import batch, rollups
 from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES
 from .connection import one, output_path
-from .teams import IN_TEAM, TEAM_OF_KEY
+from .teams import IN_TEAM, TEAM_OF_KEY, in_teams
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
@@ -73,6 +73,9 @@ def _tag_clauses(selection: Selection, failed: str) -> tuple[list[str], list]:
     if selection.team is not None:  # through the keys: a moved key takes its history along
         clauses.append(IN_TEAM)
         params.append(selection.team)
+    if selection.teams is not None:  # a `team` role's limit (web/auth.py); no team at all: nothing
+        clauses.append(in_teams(len(selection.teams)))
+        params.extend(selection.teams)
     return clauses, params
 
 

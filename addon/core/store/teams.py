@@ -17,6 +17,15 @@ TEAM_OF_KEY = "(SELECT t.name FROM keys k JOIN teams t ON t.id = k.team_id WHERE
 IN_TEAM = "key_id IN (SELECT k.id FROM keys k JOIN teams t ON t.id = k.team_id WHERE t.name = ?)"
 
 
+
+def in_teams(count: int) -> str:
+    """The calls of several teams' keys (their names as ``count`` parameters); of no team: none."""
+    if count == 0:
+        return "FALSE"
+    return ("key_id IN (SELECT k.id FROM keys k JOIN teams t ON t.id = k.team_id WHERE t.name IN ("
+            + ", ".join("?" * count) + "))")
+
+
 def add(con: duckdb.DuckDBPyConnection, name: str) -> int | None:
     """The new team's id, or None when a team has that name already."""
     if find(con, name) is not None:
