@@ -125,4 +125,6 @@ def encrypt(obj) -> None:
                                    f"other aispendtrack commands, then try again.") from None
     except duckdb.Error as exc:
         raise encryption.explain(exc, obj.db) from None
+    with writing(obj.db) as con:  # opened with the new key: the entry is in the encrypted file
+        audit.record(con, "admin.encrypt", "config:database", {"encrypted": False}, {"encrypted": True})
     click.echo(f"Encrypted {obj.db}. Every aispendtrack process now needs {encryption.ENV_KEY} (or its file).")

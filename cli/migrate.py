@@ -7,7 +7,7 @@ import os
 
 import click
 
-from addon.core import config_files, notify
+from addon.core import audit, config_files, notify
 from addon.core import home as home_dir
 from addon.core.redact import hide_passwords
 from addon.core.store import config_files as stored_files
@@ -40,6 +40,8 @@ def migrate_to(obj, catalog: str, data_path: str | None) -> None:
         counts = transfer.copy_embedded(obj.db, con)
         for found in files:
             stored_files.put(con, found.name, found.text or "", dt.datetime.now(dt.UTC))
+        audit.record(con, "migrate-to", "catalog", None, {"from": str(obj.db), "copied": counts,
+                                                          "files": [found.name for found in files]})
     finally:
         con.close()
     with writing(obj.db, migrated_away=True) as embedded:

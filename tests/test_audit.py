@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 
+import click
 from click.testing import CliRunner
 
 from addon.core import home as home_dir
@@ -56,6 +57,10 @@ def test_every_cli_change_is_an_entry_with_who_what_and_the_values_before_and_af
         "teams.rename", "keys.move", "teams.delete", "admin.create-token", "admin.revoke-token", "budgets.set",
         "budgets.set", "budgets.delete", "config.set", "prices.import", "alerts.import", "reprice", "purge",
         "keys.revoke"]
+    # With the entries the other tests check (the GDPR ones below, admin.encrypt in test_encryption,
+    # migrate-to in test_shared), every audited command of AUDITED is run.
+    assert {e["action"] for e in entries} | {"gdpr.export", "gdpr.erase", "admin.encrypt", "migrate-to"} == \
+        set(AUDITED.values())
     assert {e["actor"] for e in entries} == {me}
     by_action = {e["action"]: e for e in entries}
     assert (by_action["keys.set-plan"]["target"], by_action["keys.set-plan"]["before"],
@@ -76,6 +81,52 @@ def test_every_cli_change_is_an_entry_with_who_what_and_the_values_before_and_af
     assert trail(home, "--since", "2999-01-01") == []
     bad = CliRunner().invoke(cli, ["--home", str(home), "audit", "--since", "yesterday-ish"])
     assert bad.exit_code == 2 and "cannot read since 'yesterday-ish'" in bad.output
+
+
+# Every CLI command, by what it changes. A new command joins one of these lists, and a changing one
+# gets its entry: this test fails on a command in neither list.
+AUDITED = {  # command -> its entry's action (tested in the test above, test_encryption and test_shared)
+    "keys create": "keys.create", "keys set-plan": "keys.set-plan", "keys set-limit": "keys.set-limit",
+    "keys set-retention": "keys.set-retention", "keys move": "keys.move", "keys revoke": "keys.revoke",
+    "teams create": "teams.create", "teams rename": "teams.rename", "teams delete": "teams.delete",
+    "admin create-token": "admin.create-token", "admin revoke-token": "admin.revoke-token",
+    "admin encrypt": "admin.encrypt", "budgets set": "budgets.set", "budgets delete": "budgets.delete",
+    "config set": "config.set", "prices import": "prices.import", "alerts import": "alerts.import",
+    "reprice": "reprice", "purge": "purge", "gdpr export": "gdpr.export", "gdpr delete": "gdpr.erase",
+    "migrate-to": "migrate-to"}
+NOT_CHANGES = {  # command -> why it has no entry
+    "admin backup": "copies the file, changes nothing", "admin list-tokens": "reads",
+    "admin maintain": "compacts the file: the same values", "alerts check": "the alert round's own history",
+    "alerts init": "writes an example file; `alerts import` stores it", "alerts list": "reads",
+    "alerts test": "sends a test message", "audit": "reads", "budgets list": "reads",
+    "ca": "prints the forward mode's CA", "calls": "reads", "config show": "reads", "export": "reads",
+    "keys list": "reads", "prices check": "reads", "prices diff": "reads", "proxy": "serves",
+    "reconcile": "the providers' books beside ours", "report": "reads", "teams list": "reads", "web": "serves"}
+
+
+def _commands(group: click.Group, ctx: click.Context, path: tuple[str, ...] = ()) -> list[str]:
+    found = []
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            found += _commands(command, ctx, (*path, name))
+        else:
+            found.append(" ".join((*path, name)))
+    return found
+
+
+def test_every_cli_command_is_either_audited_or_changes_nothing():
+    commands = _commands(cli, click.Context(cli))
+    assert sorted(c for c in commands if c not in AUDITED and c not in NOT_CHANGES) == []
+    assert sorted(c for c in [*AUDITED, *NOT_CHANGES] if c not in commands) == []
+
+
+def test_every_changing_api_route_is_audited(migrated_home):
+    """The API's changing routes are the purge and the GDPR erase (the test below records both); the
+    page's sign-in and sign-out change only sessions."""
+    app = create_app(migrated_home, {"TESTING": True})
+    changing = sorted(rule.rule for rule in app.url_map.iter_rules() if rule.methods - {"GET", "HEAD", "OPTIONS"})
+    assert [r for r in changing if r.startswith("/api/")] == ["/api/v1/gdpr/delete", "/api/v1/purge"]
 
 
 def test_the_api_records_its_changes_as_the_admin_token_and_only_admins_read_the_trail(migrated_home):

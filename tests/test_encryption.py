@@ -103,6 +103,9 @@ def test_an_existing_database_can_be_encrypted_in_place(tmp_path):
     cli(home, "admin", "encrypt")
     assert files_containing(home, marker.encode()) == []
     assert marker in cli(home, "keys", "list").stdout
+    [entry] = [e for e in json.loads(cli(home, "audit", "--json").stdout) if e["action"] == "admin.encrypt"]
+    assert (entry["target"], entry["before"], entry["after"]) == ("config:database", {"encrypted": False},
+                                                                 {"encrypted": True})
 
 
 def test_without_httpfs_writing_encrypted_is_refused_with_the_ways_out(tmp_path, monkeypatch):

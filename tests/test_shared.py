@@ -23,6 +23,8 @@ import httpx
 import openai
 import pytest
 
+from addon.core import home as home_dir
+
 from .helpers import Endpoint, Load, free_port, run_cli, scrape, slowest_write, start_proxy
 from .loadbalancer import LoadBalancer
 
@@ -446,6 +448,9 @@ def test_migrate_to_copies_an_embedded_database_and_its_keys_work_on_a_replica(s
                        "report": ("report", "--by", "feature", "--format", "json"),
                        "keys": ("keys", "list", "--json"), "budgets": ("budgets", "list", "--json")}.items():
         assert json.loads(run_cli(shared_home, *args)) == json.loads(before[what]), what
+    [entry] = [e for e in json.loads(run_cli(shared_home, "audit", "--json")) if e["action"] == "migrate-to"]
+    assert entry["target"] == "catalog" and entry["after"]["from"] == str(home_dir.db_path(home))
+    assert entry["after"]["copied"]["calls"] == 5
     replica = start_proxy(shared_home, upstream.url, tmp_path / "replica.log", key=created["key"])
     try:
         replica.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "grown"})
