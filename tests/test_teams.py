@@ -320,22 +320,22 @@ def test_a_team_budget_sums_its_keys_blocks_them_all_and_follows_a_moved_key(tmp
         f"Deleted team retrieval; 1 key (id {a['id']}) now in no team; its 1 budget (id 1) deleted.\n"
 
 
-def test_a_team_budget_in_the_shared_mode_holds_over_replicas_and_a_move_recounts_it(shared_env, tmp_path,
-                                                                                      upstream):
+def test_a_team_budget_in_the_shared_mode_holds_over_three_replicas_and_a_move_recounts_it(shared_env, tmp_path,
+                                                                                          upstream):
     admin = tmp_path / "admin"
     run_cli(admin, "teams", "create", "search")
     a, b = (json.loads(run_cli(admin, "keys", "create", "--name", n, "--json", "--team", "search")) for n in "ab")
     run_cli(admin, "budgets", "set", "--scope", "team:search", "--daily", "0.001", "--block")
     proxies = [start_proxy(tmp_path / f"replica{i}", upstream.url, tmp_path / f"replica{i}.log", key=a["key"])
-               for i in range(2)]
+               for i in range(3)]
     try:
         def client(proxy, key: dict):
             return proxy.openai(headers={"x-aispendtrack-key": key["key"], "x-test-scenario": "legacy"})
         client(proxies[0], a).chat.completions.create(**CHAT)
         client(proxies[1], a).chat.completions.create(**CHAT)
-        client(proxies[0], b).chat.completions.create(**CHAT)  # the team's third: past $0.001 over both replicas
+        client(proxies[2], b).chat.completions.create(**CHAT)  # the team's third: past $0.001 over the replicas
         time.sleep(1.5)  # the replicas share their spend every 0.25 s
-        for proxy, key in ((proxies[1], b), (proxies[0], a)):
+        for proxy, key in ((proxies[1], b), (proxies[0], a), (proxies[2], a)):
             with pytest.raises(openai.RateLimitError) as raised:
                 client(proxy, key).chat.completions.create(**CHAT)
             assert "over team search" in raised.value.message
