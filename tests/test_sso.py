@@ -16,6 +16,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -42,7 +43,11 @@ ACCOUNTS = {
     "nobody": {"email": "nobody@example.com", "name": "No Body", "groups": ["interns"]},
     "mallory": {"email": "mallory@example.com", "name": "Mallory", "groups": ["spend-admins"]},
     "dora": {"email": "dora@example.com", "name": "Dora Demoted", "groups": ["finance"]},
+    "eve": {"email": "eve@example.com", "name": "Eve", "groups": ["interns"]},
+    "hank": {"email": "hank@example.com", "name": "Hank", "groups": ["interns"]},
+    "ivan": {"email": "ivan@example.com", "name": "Ivan", "groups": ["interns"]},
 }
+FORGED = {"eve": "none", "hank": "hs256", "ivan": "issuer"}  # tests/js/oidc_provider.mjs: how each is forged
 SSO_TOML = """
 [sso]
 issuer = "{issuer}"
@@ -77,6 +82,7 @@ class Provider:
     def write(self) -> None:
         self.config.write_text(json.dumps({
             "port": self.port, "issuer": self.issuer, "accounts": self.accounts, "wrong_audience": ["mallory"],
+            "forged": FORGED,
             "client": {"client_id": "aispendtrack", "client_secret": SECRET,
                        "redirect_uris": [f"http://127.0.0.1:{self.web_port}/sso/callback"]}}))
 
@@ -248,6 +254,18 @@ def test_an_id_token_with_another_audience_is_refused(page, site):
     assert api(page, site, "/api/v1/report/total").status == 401
 
 
+@pytest.mark.parametrize("user", FORGED)
+def test_a_forged_id_token_claiming_to_be_an_admin_is_refused(page, site, user):
+    """An unsigned (alg none) token, one signed HS256 with the provider's public key, one naming another
+    issuer: each claims the admin alice's sub and groups, and the provider's discovery lists none and HS256."""
+    sso_sign_in(page, site, user, expect_page=False)
+    page.wait_for_selector("#sso-error, .who")
+    assert page.locator(".who").count() == 0, f"signed in as {page.inner_text('.who')}"
+    assert "ID token from the identity provider was refused" in page.inner_text("#sso-error")
+    assert "Traceback" not in page.content()
+    assert api(page, site, "/api/v1/report/total").status == 401
+
+
 def test_a_replayed_or_forged_state_is_refused(page, browser, site):
     callbacks: list[str] = []
     page.on("request", lambda r: callbacks.append(r.url) if "/sso/callback" in r.url else None)
@@ -263,6 +281,31 @@ def test_a_replayed_or_forged_state_is_refused(page, browser, site):
     other.goto(site["url"] + "/sso/callback?code=x&state=forged")
     assert "expired or was already used" in other.inner_text("#sso-error")
     other.context.close()
+
+
+@pytest.mark.parametrize("query", ["code=x&state=%C3%A9t%C3%A9", "code=x&state=%FF%FE%80", "code=x&state=" + "s" * 6000,
+                                   "code=x", "", "state=%00"])
+def test_a_malformed_callback_gets_a_page_that_says_so_not_a_server_error(page, site, query):
+    """With a sign-in under way (its state cookie set): a state that is not ASCII, not UTF-8, huge or missing."""
+    page.goto(site["url"] + "/login")
+    page.click("#sso-sign-in")
+    page.wait_for_selector("input[name=login]")
+    answer = page.goto(site["url"] + "/sso/callback?" + query)
+    assert answer is not None and answer.status == 400, (answer and answer.status, page.content()[:300])
+    assert "expired or was already used" in page.inner_text("#sso-error")
+
+
+def test_a_callback_without_a_code_is_refused_with_a_page(page, site):
+    asked: list[str] = []  # the provider's authorization URL, which carries the state
+    page.on("request", lambda r: asked.extend(parse_qs(urlsplit(r.url).query).get("state", [])))
+    page.goto(site["url"] + "/login")
+    page.click("#sso-sign-in")
+    page.wait_for_selector("input[name=login]")
+    assert asked
+    answer = page.goto(site["url"] + f"/sso/callback?state={asked[0]}")
+    assert answer is not None and answer.status == 400
+    assert "The identity provider refused the sign-in" in page.inner_text("#sso-error")
+    assert api(page, site, "/api/v1/report/total").status == 401
 
 
 def test_a_sign_in_finished_after_its_state_expired_is_refused(page, site, monkeypatch):

@@ -90,6 +90,15 @@ def test_sign_in_and_sign_out_need_the_forms_csrf_token(client, admin_token):
     assert client.get("/api/v1/report").status_code == 401
 
 
+def test_a_csrf_token_that_is_not_ascii_is_refused_as_any_wrong_one(client, admin_token):
+    """hmac.compare_digest raises TypeError on a non-ASCII str: that was a 500 for anyone who sent one."""
+    refused = client.post("/login", data={"secret": admin_token["token"], "csrf": "été"})
+    assert refused.status_code == 400 and "form expired" in refused.get_data(as_text=True)
+    _sign_in(client, admin_token["token"])
+    assert client.post("/logout", data={"csrf": _csrf(client) + "é"}).status_code == 400
+    assert client.get("/api/v1/report").status_code == 200  # still signed in
+
+
 @pytest.mark.parametrize("authorization", ["Basic {key}", "Token {key}", "{key}", "Bearer", "Bearer {key}x",
                                            "Bearer ask_{key}", "Bearer sk-proj-not-ours"])
 def test_the_api_reads_a_key_only_from_a_bearer_authorization(client, home, authorization):

@@ -162,7 +162,10 @@ def end_session(db: Path, session_id: str) -> None:
 
 
 def same_token(expected: str | None, given: str | None) -> bool:
-    return expected is not None and given is not None and expected != "" and hmac.compare_digest(expected, given)
+    """Whether ``given`` is ``expected``, in constant time. As bytes: compare_digest raises TypeError on a
+    str with a non-ASCII character, which anyone can put in a form field or a query string."""
+    return (expected is not None and given is not None and expected != ""
+            and hmac.compare_digest(expected.encode(), given.encode(errors="replace")))
 
 
 def session_secret(home: Path) -> str:

@@ -34,7 +34,7 @@ from addon.core.store import sessions as session_rows
 from addon.core.store import sso_users, writing
 
 from .api import db_path
-from .auth import NO_ROLE, start_session
+from .auth import NO_ROLE, same_token, start_session
 from .pages import own_path
 from .sso_settings import SsoSettings
 
@@ -94,7 +94,7 @@ def callback() -> Response:
         raise SignInFailed(401, "Sign-in refused", f"The identity provider said: {request.args['error']} "
                                                    f"{request.args.get('error_description', '')}".strip())
     pending = _pending()
-    if not secrets.compare_digest(pending["state"], request.args.get("state", "")):
+    if not same_token(pending["state"], request.args.get("state", "")):
         raise SignInFailed(400, "Sign-in expired", _EXPIRED)
     metadata = _discover(cfg)
     claims = _verified_claims(cfg, metadata, pending)
@@ -187,7 +187,7 @@ def _verified_claims(cfg: SsoSettings, metadata: dict, pending: dict) -> dict:
         raise SignInFailed(502, "Identity provider misconfigured", "The provider sent no ID token (is `openid` "
                                                                    "among [sso] scopes?).")
     keys = KeySet.import_key_set(_get_json(cfg, metadata["jwks_uri"]))  # type: ignore[arg-type]
-    algorithms = metadata.get("id_token_signing_alg_values_supported")
+    algorithms = _signing_algorithms(metadata)
     try:
         decoded = jwt.decode(token["id_token"], keys, registry=JWSRegistry(algorithms=algorithms,
                                                                            strict_check_header=False))
@@ -202,3 +202,20 @@ def _verified_claims(cfg: SsoSettings, metadata: dict, pending: dict) -> dict:
         raise SignInFailed(401, "Sign-in refused", f"The ID token from the identity provider was refused: {reason}. "
                                                    "Nobody was signed in.") from None
     return dict(claims)
+
+
+# The ID token must carry a signature by one of the provider's published (JWKS) keys: never `none`
+# (unsigned) nor an HMAC, even when the discovery document lists them (the spec allows `none` where
+# the token comes from the token endpoint; a tampered or spoofed token endpoint would then sign
+# anyone in).
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
+                         "ES256K", "EdDSA", "Ed25519")
+
+
+def _signing_algorithms(metadata: dict) -> list[str]:
+    """The discovery document's ID token algorithms that sign with a published key (RS256 if it lists none:
+    the spec's default)."""
+    advertised = metadata.get("id_token_signing_alg_values_supported")
+    if not isinstance(advertised, list) or not advertised:
+        return ["RS256"]
+    return [alg for alg in advertised if alg in ASYMMETRIC_ALGORITHMS]
