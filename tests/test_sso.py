@@ -339,6 +339,32 @@ def test_the_provider_down_gives_a_clear_page_and_keys_still_work(page, site, tm
         server.close()
 
 
+@pytest.mark.parametrize("user", ["victor", "tess"])
+def test_sessions_end_when_sso_is_turned_off_or_their_role_is_no_longer_mapped(page, site, user):
+    """The same data directory served by apps whose sso.toml changed since the user signed in (each app
+    reads it at its start): no [sso] at all, then the user's group no longer mapped."""
+    import dataclasses
+
+    from web import create_app
+    from web.sso_settings import load
+
+    sso_sign_in(page, site, user)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "aispendtrack_session")
+    current = load(site["home"])
+    assert current is not None
+
+    def answer(settings) -> int:
+        client = create_app(site["home"], {"SSO": settings}).test_client()
+        client.set_cookie(cookie["name"], cookie["value"])
+        return client.get("/api/v1/report/total").status_code
+
+    assert answer(current) == 200  # the same settings: the session holds
+    assert answer(None) == 401
+    assert answer(dataclasses.replace(current, roles={"spend-admins": "admin"}, teams={})) == 403
+    assert answer(dataclasses.replace(current, teams={"team-search": "renamed-search"})) == (
+        200 if user == "victor" else 403)
+
+
 def test_the_audit_trail_names_the_sso_user(page, site):
     sso_sign_in(page, site, "alice")
     answer = api(page, site, "/api/v1/gdpr/export?customer=search-customer")  # recorded in the audit trail
@@ -375,6 +401,10 @@ def test_sso_users_and_their_sessions_live_in_postgresql_in_the_shared_mode(shar
     from addon.core.store import sessions as session_rows
     from addon.core.store import sso_users
     from web.auth import session_principal, start_session
+    from web.sso_settings import parse
+
+    settings = parse({"issuer": "https://idp.example", "client_id": "a", "teams": {"team-search": "search"}},
+                     "test", {"AISPENDTRACK_SSO_CLIENT_SECRET": "x"})
 
     home, other = tmp_path / "replica-a", tmp_path / "replica-b"
     run_cli(home, "teams", "create", "search")
@@ -383,13 +413,13 @@ def test_sso_users_and_their_sessions_live_in_postgresql_in_the_shared_mode(shar
     with writing(db) as con:
         sso_users.signed_in(con, "sub-1", "Tess", "tess@example.com", "team", ("search",), now)
     session_id = start_session(db, "sso", "sub-1")
-    found = session_principal(other_db, session_id)
+    found = session_principal(other_db, session_id, settings)
     assert found is not None
     assert (found.role, found.teams, found.actor) == ("team", ("search",), "sso:sub-1 (tess@example.com)")
     with writing(db) as con:  # a later sign-in with no role, as the callback records it
         sso_users.signed_in(con, "sub-1", "Tess", "tess@example.com", None, (), now)
         session_rows.end_for(con, "sub-1")
-    assert session_principal(other_db, session_id) is None
+    assert session_principal(other_db, session_id, settings) is None
 
 
 def test_groups_give_the_strongest_role_and_every_team_mapped():

@@ -281,7 +281,9 @@ def current_principal() -> Principal | None:
         found = credential(secret)
         return authenticate(db_path(), *found) if found else None
     session_id = session.get("sid")
-    return session_principal(db_path(), session_id) if isinstance(session_id, str) else None
+    if not isinstance(session_id, str):
+        return None
+    return session_principal(db_path(), session_id, current_app.config.get("SSO"))
 
 
 def db_path():

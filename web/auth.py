@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from addon.core import home as home_dir
@@ -28,6 +28,8 @@ from addon.core.store import admin as admin_rows
 from addon.core.store import keys as key_rows
 from addon.core.store import reading, sso_users, writing
 from addon.core.store import sessions as session_rows
+
+from .sso_settings import SsoSettings
 
 SESSION_LIFETIME = dt.timedelta(hours=12)
 
@@ -150,10 +152,28 @@ def start_session(db: Path, kind: str, digest: str) -> str:
     return session_id
 
 
-def session_principal(db: Path, session_id: str) -> Principal | None:
+def session_principal(db: Path, session_id: str, sso: SsoSettings | None) -> Principal | None:
+    """The session's principal; ``sso``: the page's single sign-on settings now (None: off)."""
     with reading(db) as con:
         found = session_rows.credential(con, keygen.hash_key(session_id), dt.datetime.now(dt.UTC))
-        return _principal(con, *found) if found else None
+        principal = _principal(con, *found) if found else None
+    if principal is not None and principal.sub is not None:
+        return _as_configured(principal, sso)
+    return principal
+
+
+def _as_configured(principal: Principal, sso: SsoSettings | None) -> Principal | None:
+    """A single sign-on user's role as of their sign-in, as far as the settings still give it: with single
+    sign-on turned off their sessions are worth nothing, and a role or team no group maps to any more is
+    gone at once (what changes at the provider shows at their next sign-in: docs/sso.md)."""
+    if sso is None:
+        return None
+    if principal.role == TEAM:
+        teams = tuple(t for t in principal.teams if t in sso.teams.values())
+        return replace(principal, role=TEAM if teams else None, teams=teams)
+    if principal.role not in sso.roles.values():
+        return replace(principal, role=None, teams=())
+    return principal
 
 
 def end_session(db: Path, session_id: str) -> None:
