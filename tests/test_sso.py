@@ -295,6 +295,26 @@ def test_a_malformed_callback_gets_a_page_that_says_so_not_a_server_error(page, 
     assert "expired or was already used" in page.inner_text("#sso-error")
 
 
+def test_an_error_callback_without_our_state_shows_none_of_its_words(page, site):
+    """Anyone can link to /sso/callback?error=...: its text must not appear on this site's page as the provider's."""
+    lure = "error=access_denied&error_description=Your+account+is+locked.+Call+555-0100+to+unlock+it"
+    for started in (False, True):  # no sign-in under way; one under way, but the link has another state
+        if started:
+            page.goto(site["url"] + "/login")
+            page.click("#sso-sign-in")
+            page.wait_for_selector("input[name=login]")
+        page.goto(site["url"] + "/sso/callback?" + lure + "&state=forged" * started)
+        assert "expired or was already used" in page.inner_text("#sso-error")
+        assert "555-0100" not in page.content()
+    asked: list[str] = []  # the provider's own refusal comes with our state, and is shown
+    page.on("request", lambda r: asked.extend(parse_qs(urlsplit(r.url).query).get("state", [])))
+    page.goto(site["url"] + "/login")
+    page.click("#sso-sign-in")
+    page.wait_for_selector("input[name=login]")
+    page.goto(site["url"] + f"/sso/callback?error=access_denied&state={asked[0]}")
+    assert "The identity provider said: access_denied" in page.inner_text("#sso-error")
+
+
 def test_a_callback_without_a_code_is_refused_with_a_page(page, site):
     asked: list[str] = []  # the provider's authorization URL, which carries the state
     page.on("request", lambda r: asked.extend(parse_qs(urlsplit(r.url).query).get("state", [])))

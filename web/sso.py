@@ -90,12 +90,14 @@ def start() -> Response:
 @sign_on.get("/callback")
 def callback() -> Response:
     cfg = settings()
-    if "error" in request.args:  # the provider refused or the user cancelled
-        raise SignInFailed(401, "Sign-in refused", f"The identity provider said: {request.args['error']} "
-                                                   f"{request.args.get('error_description', '')}".strip())
+    # The state first, the provider's error after: a link anyone can make to /sso/callback?error=... must
+    # not put its words on this site's page (the provider sends its errors with our state, RFC 6749 4.1.2.1).
     pending = _pending()
     if not same_token(pending["state"], request.args.get("state", "")):
         raise SignInFailed(400, "Sign-in expired", _EXPIRED)
+    if "error" in request.args:  # the provider refused or the user cancelled
+        said = f"{request.args['error']} {request.args.get('error_description', '')}".strip()
+        raise SignInFailed(401, "Sign-in refused", f"The identity provider said: {said[:300]}")
     metadata = _discover(cfg)
     claims = _verified_claims(cfg, metadata, pending)
     groups = claims.get(cfg.groups_claim) or []
