@@ -3,7 +3,8 @@
 An ``ask_`` key sees its own calls only; an admin token everything. A page user signed in through
 single sign-on (web/sso.py) has the role its groups gave it at sign-in: ``admin`` (everything),
 ``viewer`` (all spend, no changes), ``team`` (its teams' calls and budgets only, no changes), or
-none (nothing at all). ``Principal.scope`` limits every report, page of calls and export;
+none (nothing at all), as far as the sso.toml the app runs with still gives it (``_as_configured``).
+``Principal.scope`` limits every report, page of calls and export;
 ``refusal`` refuses what a principal may not do before any route runs.
 
 The API takes ``Authorization: Bearer <secret>``; the page signs in once and keeps a session
