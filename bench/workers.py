@@ -130,6 +130,9 @@ def arguments(description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--embedded", action="store_true", help="the embedded mode instead of the shared one")
+    parser.add_argument("--rounds", type=int, help="rounds (5; 2 with --quick)")
+    parser.add_argument("--requests", type=int,
+                        help="requests per target, round and count of connections (3000; 600 with --quick)")
     return parser
 
 
@@ -137,6 +140,7 @@ def measure(args: argparse.Namespace, extra: Extra | None = None) -> None:
     """Start the upstream (and for the shared mode a PostgreSQL), run the rounds, print the table; exit
     non-zero unless ours stored exactly one row per call."""
     rounds, load = (2, 600) if args.quick else (5, 3000)
+    rounds, load = args.rounds or rounds, args.requests or load
     cluster = None if args.embedded else Cluster()
     up_port = free_port()
     upstream = start([sys.executable, "-c", f"import asyncio; from bench import loopback; "
