@@ -1,7 +1,8 @@
 """Whole-host throughput of AiSpendTrack beside its peers, the LiteLLM proxy and Portkey's gateway, in one run.
 
     .venv/bin/python -m bench.peers --setup   # once: the peers, in bench/.peers/ (git-ignored)
-    .venv/bin/python -m bench.peers           # about 10 minutes on 2 cores
+    .venv/bin/python -m bench.peers           # about 30 minutes on 2 cores (LiteLLM serves ~30 req/s here)
+    .venv/bin/python -m bench.peers --rounds 3 --requests 1500   # about 15 minutes: docs/benchmarks.md's run
     .venv/bin/python -m bench.peers --quick   # a smoke run
 
 bench/workers.py's targets (bare mitmdump, ours with `--workers 1` and `--workers 2`, every call
