@@ -31,18 +31,22 @@ def _made(tmp_path: Path, counts: dict[int, tuple[int, int]] | None = None) -> P
     return path
 
 
-def _limiter(path: Path, per_hour: int) -> Limiter:
+def _limiter(path: Path, per_hour: int, now: dt.datetime = NOW) -> Limiter:
     limiter = Limiter(periods.UTC)
+    # Its periods from ``now``, the hour the file was made for: a Limiter starts at its own clock's
+    # hour and never goes back, so one made after the hour turned would count a fresh hour.
+    limiter.seed({}, now)
     limiter.set_limits({7: Limits(per_hour=per_hour, per_month=None)})
     limiter.host = host_counters.HostCounters(path)
     return limiter
 
 
 def _admit_many(path: str, tries: int, now: str, admitted) -> None:
-    limiter = _limiter(Path(path), 1000)
-    # The hour the file was made for, passed in: a clock read here could be the next hour (the hour's
-    # count then starts again) and a spawned process imports this module afresh, with its own NOW.
-    got = sum(limiter.admit(7, dt.datetime.fromisoformat(now)) is None for _ in range(tries))
+    # The hour the file was made for, passed in: a spawned process imports this module afresh, with
+    # its own NOW, and the hour may have turned since.
+    at = dt.datetime.fromisoformat(now)
+    limiter = _limiter(Path(path), 1000, at)
+    got = sum(limiter.admit(7, at) is None for _ in range(tries))
     with admitted.get_lock():
         admitted.value += got
 
@@ -57,7 +61,7 @@ def test_four_processes_racing_on_one_key_admit_exactly_its_limit(tmp_path):
         p.join(300)
     assert [p.exitcode for p in racers] == [0, 0, 0, 0]
     assert admitted.value == 800
-    refusal = _limiter(path, 1000).admit(7, NOW)
+    refusal = _limiter(path, 1000, NOW).admit(7, NOW)
     assert refusal is not None and (refusal.limit, refusal.used) == ("per-hour", 1000)
 
 
