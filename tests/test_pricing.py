@@ -83,6 +83,22 @@ since = 2026-11-01
     ("[[price]\n", "not valid TOML"),
     ("[[tool_fee]]\nprovider = 'openai'\nusd_per_hour = 0.09\n", "missing ['minutes']"),
     ("[[prices]]\nmodel = 'x'\n", "unknown top-level key(s) ['prices']; write each price as a [[price]] table"),
+    ("[[price]]\nmodel = []\ninput_mtok = 1\noutput_mtok = 2\n",
+     "[[price]] entry 1: model must be a model id or pattern, or a list of them."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\ntier = 3\n",
+     "[[price]] entry 1: 'tier' must be an array of tables: write [[price.tier]]."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\n[[price.tier]]\nabove_input_tokens = -1\n"
+     "input_mtok = 2\noutput_mtok = 3\n", "[[price]] entry 1, tier 1: above_input_tokens must be a whole number of "
+     "tokens, got -1."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\nsince = 'soon'\n",
+     "[[price]] entry 1: since must be a TOML date such as 2026-01-01, got 'soon'."),
+    ("[service_tier]\nprovider = 'openai'\n", "'service_tier' must be an array of tables: write [[service_tier]]"),
+    ("[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 'half'\n",
+     "[[service_tier]] entry 1: multiplier must be a number (USD), got 'half'."),
+    ("[[service_tier]]\nprovider = ''\nname = 'flex'\nmultiplier = 0.5\n",
+     "[[service_tier]] entry 1: provider must be a non-empty string, got ''."),
+    ("[[tool_fee]]\nprovider = ''\nusd_per_hour = 1\nminutes = 5\n",
+     "[[tool_fee]] entry 1: provider must be a non-empty string, got ''."),
 ])
 def test_bad_override_files_are_refused_with_the_reason(tmp_path, text, message):
     path = tmp_path / "prices.toml"
