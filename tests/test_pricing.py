@@ -92,6 +92,7 @@ since = 2026-11-01
      "tokens, got -1."),
     ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\nsince = 'soon'\n",
      "[[price]] entry 1: since must be a TOML date such as 2026-01-01, got 'soon'."),
+    ("[tool_fee]\nprovider = 'openai'\n", "'tool_fee' must be an array of tables: write [[tool_fee]]"),
     ("[service_tier]\nprovider = 'openai'\n", "'service_tier' must be an array of tables: write [[service_tier]]"),
     ("[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 'half'\n",
      "[[service_tier]] entry 1: multiplier must be a number (USD), got 'half'."),
@@ -408,6 +409,8 @@ def test_a_tier_is_priced_at_its_own_list_rates_else_at_a_published_multiplier_e
         Decimal("6.25"), f"{data_source()} x0.5 flex (patch patches.toml [[service_tier]]#1)")
     assert book.price(MILLION_EACH, "azure", "gpt-4o", NOW).cost_usd == Decimal("12.50")
     assert cost("azure", "gpt-4o", "batch") == (None, None)
+    # A bundled patch prices its model and says so: 1M input is past Claude Sonnet 4's 200k tier ($6 + $22.50).
+    assert cost("anthropic", "claude-sonnet-4-0", None) == (Decimal("28.5"), "patch patches.toml#1")
 
 
 def test_an_overrides_tier_multiplier_wins_over_the_bundled_one_and_the_check_counts_every_entry(tmp_path):
