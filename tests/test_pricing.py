@@ -93,6 +93,11 @@ since = 2026-11-01
     ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\nsince = 'soon'\n",
      "[[price]] entry 1: since must be a TOML date such as 2026-01-01, got 'soon'."),
     ("[tool_fee]\nprovider = 'openai'\n", "'tool_fee' must be an array of tables: write [[tool_fee]]"),
+    ("[[price]]\nmodel = ['x', '']\ninput_mtok = 1\noutput_mtok = 2\n",
+     "[[price]] entry 1: model must be a model id or pattern, or a list of them."),
+    ("[image_price]\nprovider = 'openai'\n", "'image_price' must be an array of tables: write [[image_price]]"),
+    ("[[image_price]]\nprovider = 'openai'\nmodel = 'x'\nsize = []\nusd_per_image = 1\n",
+     "[[image_price]] entry 1: size must be a non-empty string, or a list of them."),
     ("[service_tier]\nprovider = 'openai'\n", "'service_tier' must be an array of tables: write [[service_tier]]"),
     ("[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 'half'\n",
      "[[service_tier]] entry 1: multiplier must be a number (USD), got 'half'."),
@@ -490,3 +495,25 @@ minutes = 10
     # The fees alone, at the list prices in use: 4 file searches at $2.50 and 2 web searches at $10 per 1,000.
     tools = TokenUsage(input_tokens=1_000_000, file_search_calls=4, web_search_requests=2)
     assert book.tool_fees(tools, "openai", "gpt-4o", NOW) == Decimal("0.03")
+
+
+def test_long_context_tiers_apply_by_their_bound_whatever_order_the_file_lists_them(tmp_path):
+    path = tmp_path / "prices.toml"
+    path.write_text("""
+[[price]]
+model = "acme-*"
+input_mtok = 1
+output_mtok = 2
+  [[price.tier]]
+  above_input_tokens = 2000
+  input_mtok = 5
+  output_mtok = 5
+  [[price.tier]]
+  above_input_tokens = 1000
+  input_mtok = 3
+  output_mtok = 3
+""")
+    book = PriceBook(path)
+    # Each call's whole input at the rate of the highest bound it passes: $1, $3, then $5 per 1M.
+    assert [book.price(TokenUsage(input_tokens=n), "openai", "acme-1", NOW).cost_usd for n in (1000, 1500, 2500)] == [
+        Decimal("0.001"), Decimal("0.0045"), Decimal("0.0125")]
