@@ -98,6 +98,12 @@ since = 2026-11-01
     ("[image_price]\nprovider = 'openai'\n", "'image_price' must be an array of tables: write [[image_price]]"),
     ("[[image_price]]\nprovider = 'openai'\nmodel = 'x'\nsize = []\nusd_per_image = 1\n",
      "[[image_price]] entry 1: size must be a non-empty string, or a list of them."),
+    ("[[price]]\nprovider = ''\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\n",
+     "[[price]] entry 1: provider must be a non-empty string, got ''."),
+    ("[[price]]\nmodel = 'x'\nservice_tier = 3\ninput_mtok = 1\noutput_mtok = 2\n",
+     "[[price]] entry 1: service_tier must be a non-empty string, got 3."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\nweb_search_kcount = -1\n",
+     "[[price]] entry 1: web_search_kcount must be zero or more, got -1."),
     ("[service_tier]\nprovider = 'openai'\n", "'service_tier' must be an array of tables: write [[service_tier]]"),
     ("[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 'half'\n",
      "[[service_tier]] entry 1: multiplier must be a number (USD), got 'half'."),
@@ -489,6 +495,7 @@ minutes = 10
     # $2 of input, 100 searches at $30 per 1,000, a container at 10 minutes of $0.36/hour.
     assert book.price(searched, "openai", "acme-1", NOW, "priority").cost_usd == Decimal("5.06")
     assert book.price(searched, "openai", "acme-1", NOW).cost_usd == Decimal("2.06")
+    assert book.price(searched, "anthropic", "acme-1", NOW).cost_usd is None  # the entries are OpenAI's
     # Gemini's grounding: $35 per 1,000 grounded prompts on top of the tokens ($2.50 per 1M output).
     grounded = TokenUsage(output_tokens=1_000_000, grounded_prompts=2)
     assert book.price(grounded, "google", "gemini-2.5-flash", NOW).cost_usd == Decimal("2.57")
@@ -517,3 +524,6 @@ output_mtok = 2
     # Each call's whole input at the rate of the highest bound it passes: $1, $3, then $5 per 1M.
     assert [book.price(TokenUsage(input_tokens=n), "openai", "acme-1", NOW).cost_usd for n in (1000, 1500, 2500)] == [
         Decimal("0.001"), Decimal("0.0045"), Decimal("0.0125")]
+    # An entry with no web_search_kcount bills searches at nothing, not at some default rate.
+    assert book.price(TokenUsage(input_tokens=1000, web_search_requests=1000), "openai", "acme-1", NOW).cost_usd == \
+        Decimal("0.001")
