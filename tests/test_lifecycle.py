@@ -477,3 +477,36 @@ def test_gdpr_matches_a_subjects_alerts_whole_whatever_its_id_holds(migrated_hom
     assert f"Erased key {k1}: 0 calls, 0 rollup rows, 1 budget, 3 alerts," in output
     left = sorted((a["subject"]) for a in json.loads(run_cli(home, "alerts", "list", "--json", "--limit", "100")))
     assert left == sorted(s for who, alerts in made.items() if who not in ("a_c", str(k1)) for s, _ in alerts)
+
+
+def test_rows_still_held_for_an_erased_subject_are_dropped_only_if_made_before_the_erase(migrated_home):
+    """What a shared-mode replica does with the rows it held while another process erased a customer
+    or a key (the writer's flush, subjects.without_erased): made before the erase, they are not
+    stored; made after it, or another subject's, they are. In-process over the embedded file, which
+    records erasures the same way (keyed hashes in ``erasures``)."""
+    from addon.core.store import subjects
+    home = migrated_home
+    kept_key, gone_key = make_key(home, "kept", "pro"), make_key(home, "gone", "pro")
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [call_row(gone_key, dt.timedelta(minutes=1), "ann"),
+                               call_row(kept_key, dt.timedelta(minutes=1), "ann")])
+    with reading(home_dir.db_path(home)) as con:  # nothing erased yet: every row is stored
+        rows = [{"ts": NOW, "customer_id": "ann", "key_id": kept_key}]
+        assert subjects.without_erased(con, rows, subjects.erasure_key(con, home)) == rows
+    run_cli(home, "gdpr", "delete", "--customer", "ann", "--yes")
+    run_cli(home, "gdpr", "delete", "--key", str(gone_key), "--yes")
+    before, after = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1), dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    held = [
+        {"n": 1, "ts": before, "customer_id": "ann", "key_id": kept_key},   # the erased customer's
+        {"n": 2, "ts": before.isoformat(), "customer_id": "ann", "key_id": None},  # as a spill file holds it
+        {"n": 3, "ts": after, "customer_id": "ann", "key_id": kept_key},    # a new call after the erase
+        {"n": 4, "ts": before, "customer_id": "bob", "key_id": kept_key},   # another customer's
+        {"n": 5, "ts": before, "customer_id": None, "key_id": gone_key},    # the erased key's
+        {"n": 6, "ts": before, "customer_id": "bob", "key_id": gone_key},
+        {"n": 7, "ts": after, "customer_id": None, "key_id": gone_key},
+        {"n": 8, "ts": before, "customer_id": None, "key_id": None},
+    ]
+    with reading(home_dir.db_path(home)) as con:
+        assert sorted(kind for kind, _ in subjects.erasures(con)) == ["customer", "key"]
+        kept = subjects.without_erased(con, held, subjects.erasure_key(con, home))
+    assert [row["n"] for row in kept] == [3, 4, 7, 8]

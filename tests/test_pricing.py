@@ -82,6 +82,47 @@ since = 2026-11-01
     ("[price]\nmodel = 'x'\n", "write [[price]], not [price]"),
     ("[[price]\n", "not valid TOML"),
     ("[[tool_fee]]\nprovider = 'openai'\nusd_per_hour = 0.09\n", "missing ['minutes']"),
+    ("[[prices]]\nmodel = 'x'\n", "unknown top-level key(s) ['prices']; write each price as a [[price]] table"),
+    ("[[price]]\nmodel = []\ninput_mtok = 1\noutput_mtok = 2\n",
+     "[[price]] entry 1: model must be a model id or pattern, or a list of them."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\ntier = 3\n",
+     "[[price]] entry 1: 'tier' must be an array of tables: write [[price.tier]]."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\n[[price.tier]]\nabove_input_tokens = -1\n"
+     "input_mtok = 2\noutput_mtok = 3\n", "[[price]] entry 1, tier 1: above_input_tokens must be a whole number of "
+     "tokens, got -1."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\nsince = 'soon'\n",
+     "[[price]] entry 1: since must be a TOML date such as 2026-01-01, got 'soon'."),
+    ("[tool_fee]\nprovider = 'openai'\n", "'tool_fee' must be an array of tables: write [[tool_fee]]"),
+    ("[[price]]\nmodel = ['x', '']\ninput_mtok = 1\noutput_mtok = 2\n",
+     "[[price]] entry 1: model must be a model id or pattern, or a list of them."),
+    ("[image_price]\nprovider = 'openai'\n", "'image_price' must be an array of tables: write [[image_price]]"),
+    ("[[image_price]]\nprovider = 'openai'\nmodel = 'x'\nsize = []\nusd_per_image = 1\n",
+     "[[image_price]] entry 1: size must be a non-empty string, or a list of them."),
+    ("[[price]]\nprovider = ''\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\n",
+     "[[price]] entry 1: provider must be a non-empty string, got ''."),
+    ("[[price]]\nmodel = 'x'\nservice_tier = 3\ninput_mtok = 1\noutput_mtok = 2\n",
+     "[[price]] entry 1: service_tier must be a non-empty string, got 3."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\nweb_search_kcount = -1\n",
+     "[[price]] entry 1: web_search_kcount must be zero or more, got -1."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\nchecked = 'today'\n",
+     "[[price]] entry 1: checked must be a TOML date such as 2026-01-01, got 'today'."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\n[[price.tier]]\nabove_input_tokens = true\n"
+     "input_mtok = 2\noutput_mtok = 3\n", "tier 1: above_input_tokens must be a whole number of tokens, got True."),
+    ("[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 0.5\nrate = 1\n",
+     "[[service_tier]] entry 1: unknown key(s) ['rate']"),
+    ("[[service_tier]]\nprovider = 'openai'\nname = ''\nmultiplier = 0.5\n",
+     "[[service_tier]] entry 1: name must be a non-empty string, got ''."),
+    ("[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 0.5\nchecked = 'today'\n",
+     "[[service_tier]] entry 1: checked must be a TOML date"),
+    ("[[tool_fee]]\nprovider = 'openai'\nusd_per_hour = 'x'\nminutes = 5\n",
+     "[[tool_fee]] entry 1: usd_per_hour must be a number (USD), got 'x'."),
+    ("[service_tier]\nprovider = 'openai'\n", "'service_tier' must be an array of tables: write [[service_tier]]"),
+    ("[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 'half'\n",
+     "[[service_tier]] entry 1: multiplier must be a number (USD), got 'half'."),
+    ("[[service_tier]]\nprovider = ''\nname = 'flex'\nmultiplier = 0.5\n",
+     "[[service_tier]] entry 1: provider must be a non-empty string, got ''."),
+    ("[[tool_fee]]\nprovider = ''\nusd_per_hour = 1\nminutes = 5\n",
+     "[[tool_fee]] entry 1: provider must be a non-empty string, got ''."),
 ])
 def test_bad_override_files_are_refused_with_the_reason(tmp_path, text, message):
     path = tmp_path / "prices.toml"
@@ -339,6 +380,8 @@ since = 2099-01-01
     assert cost("dall-e-3-acme-v1", "1024x1024") == (Decimal("0.09"), "override prices.toml [[image_price]]#2")
     assert cost("dall-e-3-acme-v1", "1024x1024", at=dt.datetime(2026, 10, 1, tzinfo=dt.UTC)) == (
         Decimal("0.15"), "override prices.toml [[image_price]]#1")
+    assert cost("dall-e-3-acme-v1", "1024x1024", at=dt.datetime(2026, 11, 1, tzinfo=dt.UTC)) == (
+        Decimal("0.09"), "override prices.toml [[image_price]]#2")  # in force from its first instant
     assert cost("dall-e-3-acme-v1", "512x512") == (Decimal("0.09"), "override prices.toml [[image_price]]#2")
     assert cost("dall-e-3-acme-v1", "1792x1024") == (None, None)
     assert cost("dall-e-3-acme-v1", "1024x1024", "hd") == (None, None)
@@ -368,3 +411,131 @@ def test_healing_prices_only_the_calls_that_had_no_price(tmp_path, new_store):
             "SELECT customer_id, cost_usd, priced, price_source FROM calls").fetchall()}
     assert stored == {"unpriced": (Decimal("2"), True, "override prices.toml#1"),
                       "priced": (Decimal("0.5"), True, "old"), "still": (None, False, None)}
+
+
+def test_a_tier_is_priced_at_its_own_list_rates_else_at_a_published_multiplier_else_not_at_all(tmp_path):
+    """In-process (the mutation selection's): which rates a service tier gets. genai-prices
+    publishes gpt-5's priority and gpt-4o's batch rates, so those apply (not standard x a
+    multiplier); gpt-4o has no flex rates, so OpenAI's flex discount (patches.toml) halves its
+    list price; Azure's gpt-4o is one genai-prices borrows from OpenAI, whose tier rates are not
+    Azure's: with no Azure discount known, unpriced."""
+    from pricing import data_source
+    book = PriceBook(tmp_path / "prices.toml")
+
+    def cost(provider: str, model: str, tier: str) -> tuple:
+        found = book.price(MILLION_EACH, provider, model, NOW, tier)
+        return found.cost_usd, found.source
+
+    assert cost("openai", "gpt-5", "priority") == (Decimal("22.50"), data_source())  # $2.50 in, $20 out
+    assert cost("openai", "gpt-4o", "batch") == (Decimal("6.25"), data_source())
+    assert cost("openai", "gpt-4o", "flex") == (
+        Decimal("6.25"), f"{data_source()} x0.5 flex (patch patches.toml [[service_tier]]#1)")
+    assert book.price(MILLION_EACH, "azure", "gpt-4o", NOW).cost_usd == Decimal("12.50")
+    assert cost("azure", "gpt-4o", "batch") == (None, None)
+    # A bundled patch prices its model and says so: 1M input is past Claude Sonnet 4's 200k tier ($6 + $22.50).
+    assert cost("anthropic", "claude-sonnet-4-0", None) == (Decimal("28.5"), "patch patches.toml#1")
+
+
+def test_an_overrides_tier_multiplier_wins_over_the_bundled_one_and_the_check_counts_every_entry(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    from pricing import data_source
+    (tmp_path / "prices.toml").write_text("""
+[[price]]
+model = "acme-*"
+input_mtok = 1
+output_mtok = 2
+
+[[service_tier]]
+provider = "openai"
+name = "flex"
+multiplier = 0.25
+
+[[tool_fee]]
+provider = "openai"
+usd_per_hour = 0.36
+minutes = 10
+
+[[image_price]]
+provider = "openai"
+model = "acme-image"
+size = "1024x1024"
+usd_per_image = 0.05
+
+[[image_price]]
+provider = "openai"
+model = "acme-image"
+size = "512x512"
+usd_per_image = 0.02
+""")
+    flex = PriceBook(tmp_path / "prices.toml").price(MILLION_EACH, "openai", "gpt-4o", NOW, "flex")
+    assert (flex.cost_usd, flex.source) == (
+        Decimal("3.125"), f"{data_source()} x0.25 flex (override prices.toml [[service_tier]]#1)")
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "prices", "check"])
+    assert result.exit_code == 0, result.output
+    assert ": 5 entries" in result.output  # 1 price, 1 tier multiplier, 1 tool fee, 2 image prices
+
+
+def test_searches_are_priced_at_the_calls_tier_and_each_tool_adds_its_own_fee(tmp_path):
+    """In-process: a call with server-side tools is its tokens, its web searches at the rate of the
+    entry pricing its tier, and the other tools' fees; reconciliation asks for the fees alone."""
+    path = tmp_path / "prices.toml"
+    path.write_text("""
+[[price]]
+provider = "openai"
+model = "acme-*"
+input_mtok = 1
+output_mtok = 2
+web_search_kcount = 10
+
+[[price]]
+provider = "openai"
+model = "acme-*"
+service_tier = "priority"
+input_mtok = 2
+output_mtok = 4
+web_search_kcount = 30
+
+[[tool_fee]]
+provider = "openai"
+usd_per_hour = 0.36
+minutes = 10
+""")
+    book = PriceBook(path)
+    searched = TokenUsage(input_tokens=1_000_000, web_search_requests=100, containers=1)
+    # $2 of input, 100 searches at $30 per 1,000, a container at 10 minutes of $0.36/hour.
+    assert book.price(searched, "openai", "acme-1", NOW, "priority").cost_usd == Decimal("5.06")
+    assert book.price(searched, "openai", "acme-1", NOW).cost_usd == Decimal("2.06")
+    assert book.price(searched, "anthropic", "acme-1", NOW).cost_usd is None  # the entries are OpenAI's
+    # Gemini's grounding: $35 per 1,000 grounded prompts on top of the tokens ($2.50 per 1M output).
+    grounded = TokenUsage(output_tokens=1_000_000, grounded_prompts=2)
+    assert book.price(grounded, "google", "gemini-2.5-flash", NOW).cost_usd == Decimal("2.57")
+    # The fees alone, at the list prices in use: 4 file searches at $2.50 and 2 web searches at $10 per 1,000.
+    tools = TokenUsage(input_tokens=1_000_000, file_search_calls=4, web_search_requests=2)
+    assert book.tool_fees(tools, "openai", "gpt-4o", NOW) == Decimal("0.03")
+
+
+def test_long_context_tiers_apply_by_their_bound_whatever_order_the_file_lists_them(tmp_path):
+    path = tmp_path / "prices.toml"
+    path.write_text("""
+[[price]]
+model = "acme-*"
+input_mtok = 1
+output_mtok = 2
+  [[price.tier]]
+  above_input_tokens = 2000
+  input_mtok = 5
+  output_mtok = 5
+  [[price.tier]]
+  above_input_tokens = 1000
+  input_mtok = 3
+  output_mtok = 3
+""")
+    book = PriceBook(path)
+    # Each call's whole input at the rate of the highest bound it passes: $1, $3, then $5 per 1M.
+    assert [book.price(TokenUsage(input_tokens=n), "openai", "acme-1", NOW).cost_usd for n in (1000, 1500, 2500)] == [
+        Decimal("0.001"), Decimal("0.0045"), Decimal("0.0125")]
+    # An entry with no web_search_kcount bills searches at nothing, not at some default rate.
+    assert book.price(TokenUsage(input_tokens=1000, web_search_requests=1000), "openai", "acme-1", NOW).cost_usd == \
+        Decimal("0.001")
