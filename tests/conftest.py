@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from .helpers import start_proxy
+from .helpers import CHROMIUM, start_proxy
 from .pg import Cluster
 from .upstream import FakeProvider
 
@@ -93,3 +93,15 @@ def shared_env(cluster, tmp_path, monkeypatch):
     monkeypatch.setenv("AISPENDTRACK_CATALOG", url)
     monkeypatch.setenv("AISPENDTRACK_DATA_PATH", str(tmp_path / "lake"))
     return url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the page's tests, one per test module."""
+    from playwright import sync_api
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield chromium
+        chromium.close()

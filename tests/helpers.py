@@ -52,6 +52,7 @@ def closed_by_peer(sock: socket.socket, within: float) -> bool:
         return False
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, driven by Playwright (tests/conftest.py's browser)
 FLUSH_MS = 100
 # Every provider behind a prefix is pointed at the same fake upstream.
 PREFIXED = ("google", "vertex", "cohere", "mistral", "azure", "openrouter", "groq", "deepseek", "x-ai", "together",

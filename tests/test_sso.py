@@ -25,10 +25,9 @@ from addon.core import home as home_dir
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import call_row, free_port, run_cli, until
+from .helpers import CHROMIUM, call_row, free_port, run_cli, until
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
 JS = Path(__file__).parent / "js"
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)"),
@@ -135,16 +134,6 @@ def site(tmp_path_factory):
     server.close()
     idp.stop()
     os.environ.pop(SECRET_ENV, None)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -20,11 +20,10 @@ from addon.core import home as home_dir
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import free_port, run_cli, start_proxy
+from .helpers import CHROMIUM, free_port, run_cli, start_proxy
 from .helpers import report_row as row
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)")
 
@@ -54,16 +53,6 @@ def site(tmp_path_factory, upstream):
     run_cli(home, "keys", "move", str(proxy.key_id), "--team", "platform")
     yield {"proxy": proxy, "url": f"http://127.0.0.1:{web_port}", "admin": admin, "home": home}
     proxy.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
