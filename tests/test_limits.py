@@ -11,7 +11,7 @@ import anthropic
 import openai
 import pytest
 
-from addon.core import periods
+from addon.core import host_counters, periods
 from addon.core.home import db_path
 from addon.core.limits import Limiter
 from addon.core.plans import Limits, limits_for
@@ -24,8 +24,24 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
 
 
-def test_hourly_window_admits_the_limit_then_refuses_until_the_next_hour():
-    limiter = Limiter(zoneinfo.ZoneInfo("UTC"))
+@pytest.fixture(params=["one process", "host counts"])
+def counted(request, tmp_path):
+    """A Limiter counting in memory (one proxy process), or in the host's shared counts as each worker
+    of the embedded mode does (addon/core/host_counters.py: here in this process, so mutation testing
+    reaches that branch too); the same answers either way."""
+    def made(zone: zoneinfo.ZoneInfo) -> Limiter:
+        limiter = Limiter(zone)
+        if request.param == "host counts":
+            path = tmp_path / "counters"
+            epoch = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # the slots are empty: any period start
+            host_counters.create(path, {}, epoch, epoch)
+            limiter.host = host_counters.HostCounters(path)
+        return limiter
+    return made
+
+
+def test_hourly_window_admits_the_limit_then_refuses_until_the_next_hour(counted):
+    limiter = counted(zoneinfo.ZoneInfo("UTC"))
     limiter.set_limits({1: Limits(per_hour=2, per_month=None)})
     now = dt.datetime(2026, 11, 25, 10, 59, 30, tzinfo=dt.UTC)
     limiter.seed({}, now)
@@ -37,8 +53,8 @@ def test_hourly_window_admits_the_limit_then_refuses_until_the_next_hour():
     assert limiter.admit(2, now) is None  # other keys are unaffected
 
 
-def test_monthly_quota_resets_on_the_first_in_the_configured_zone():
-    limiter = Limiter(LA)
+def test_monthly_quota_resets_on_the_first_in_the_configured_zone(counted):
+    limiter = counted(LA)
     limiter.set_limits({1: limits_for("free", None, 2)})
     # 2026-12-01 07:30 UTC is still November 30th in Los Angeles.
     now = dt.datetime(2026, 12, 1, 7, 30, tzinfo=dt.UTC)
