@@ -20,9 +20,9 @@ from addon.core.money import column_places, usd
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import free_port, run_cli, start_proxy
+from .helpers import CHROMIUM, free_port, run_cli, start_proxy
 from .helpers import report_row as row
-from .test_web_page import CHROMIUM, browser, page, sign_in  # noqa: F401  (fixtures)
+from .test_web_page import page, sign_in  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium")
 
