@@ -1,0 +1,93 @@
+"""Roles decided in one place (web/auth.py), in-process over a real DuckDB file: what each principal
+may see and change, what a single sign-on session is worth as sso.toml stands now, and what the
+page's header says. tests/test_sso.py checks the same through a real provider and a browser; these
+are fast, so the mutation selection runs them."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from addon.core import home as home_dir
+from addon.core.reports import Selection
+from addon.core.store import sso_users, writing
+from web import auth
+from web.sso_settings import SsoSettings
+
+SSO = SsoSettings("https://idp.example", "aispendtrack", "secret", roles={"spend-admins": "admin",
+                                                                         "finance": "viewer"},
+                  teams={"team-search": "search", "team-ads": "ads"})
+
+
+def signed_in(home, sub: str, role: str | None, teams: tuple[str, ...] = (), name: str | None = "Ann Lee",
+              email: str | None = "ann@example.com") -> str:
+    db = home_dir.db_path(home)
+    with writing(db) as con:
+        sso_users.signed_in(con, sub, name, email, role, teams, dt.datetime.now(dt.UTC))
+    return auth.start_session(db, "sso", sub)
+
+
+def test_an_sso_session_is_its_users_role_teams_and_name(migrated_home):
+    session = signed_in(migrated_home, "u-1", "team", ("search", "ads"))
+    found = auth.session_principal(home_dir.db_path(migrated_home), session, SSO)
+    assert (found.key_id, found.admin_id, found.role, found.teams, found.sub) == (None, None, "team",
+                                                                                 ("search", "ads"), "u-1")
+    assert (found.shown_as, found.email, found.actor) == ("Ann Lee", "ann@example.com", "sso:u-1 (ann@example.com)")
+    assert found.describe() == "Ann Lee (team search, ads)"
+    assert not found.is_admin and not found.sees_all
+    nameless = signed_in(migrated_home, "u-2", "viewer", name=None)
+    viewer = auth.session_principal(home_dir.db_path(migrated_home), nameless, SSO)
+    assert (viewer.shown_as, viewer.describe(), viewer.sees_all) == (
+        "ann@example.com", "ann@example.com (viewer: all spend, read-only)", True)
+    bare = signed_in(migrated_home, "u-3", "admin", name=None, email=None)
+    admin = auth.session_principal(home_dir.db_path(migrated_home), bare, SSO)
+    assert (admin.describe(), admin.actor, admin.is_admin) == ("u-3 (admin: all keys)", "sso:u-3", True)
+    assert auth.session_principal(home_dir.db_path(migrated_home), "no-such-session", SSO) is None
+
+
+def test_an_sso_session_is_worth_what_sso_toml_gives_now(migrated_home):
+    db = home_dir.db_path(migrated_home)
+    team = signed_in(migrated_home, "t", "team", ("search", "gone"))
+    viewer = signed_in(migrated_home, "v", "viewer")
+    assert auth.session_principal(db, team, None) is None  # single sign-on turned off
+    assert auth.session_principal(db, team, SSO).teams == ("search",)  # "gone" is mapped no more
+    only_ads = SsoSettings("https://idp.example", "aispendtrack", "s", roles={}, teams={"x": "ads"})
+    dropped = auth.session_principal(db, team, only_ads)
+    assert (dropped.role, dropped.teams, dropped.describe()) == (None, (), "Ann Lee (no role)")
+    assert auth.session_principal(db, viewer, SSO).role == "viewer"
+    unmapped = auth.session_principal(db, viewer, only_ads)
+    assert (unmapped.role, unmapped.teams) == (None, ())
+    assert auth.refusal(unmapped, "GET") == auth.NO_ROLE
+
+
+@pytest.mark.parametrize("method", ["POST", "DELETE", "PUT", "PATCH"])
+def test_only_admins_and_keys_pass_the_gate_for_a_change(method):
+    viewer = auth.Principal(None, role="viewer", sub="v")
+    team = auth.Principal(None, role="team", teams=("search",), sub="t")
+    assert auth.refusal(viewer, method) == ("Your role (viewer) may look but not change anything: ask an admin "
+                                            "(docs/sso.md, roles).")
+    assert auth.refusal(team, method).startswith("Your role (team) may look")
+    assert auth.refusal(auth.Principal.admin_token(3), method) is None
+    assert auth.refusal(auth.Principal.key(4), method) is None
+    for reading in ("GET", "HEAD", "OPTIONS"):
+        assert auth.refusal(viewer, reading) is None and auth.refusal(team, reading) is None
+    assert auth.refusal(auth.Principal(None, role=None, sub="n"), "GET") == auth.NO_ROLE
+
+
+def test_each_principal_sees_its_own_scope_and_asking_for_more_is_refused():
+    everything = Selection()
+    assert auth.Principal.admin_token(1).scope(everything) == everything
+    assert auth.Principal(None, role="viewer", sub="v").scope(everything) == everything
+    assert auth.Principal.key(7).scope(everything).key_id == 7
+    team = auth.Principal(None, role="team", teams=("search",), sub="t")
+    assert team.scope(everything).teams == ("search",)
+    with pytest.raises(PermissionError, match="not team 'ads'"):
+        team.scope(Selection(team="ads"))
+    with pytest.raises(PermissionError, match="no role"):
+        auth.Principal(None, role=None, sub="n").scope(everything)
+    with pytest.raises(PermissionError):
+        auth.Principal(None, role="key").scope(everything)  # a key role without a key sees nothing
+    assert auth.Principal.admin_token(1).describe() == "admin: all keys"
+    assert auth.Principal.key(7).describe() == "key 7"
+    assert (auth.Principal.admin_token(5).actor, auth.Principal.key(7).actor) == ("admin:5", "key:7")
