@@ -89,7 +89,8 @@ def scrub(con, kind: str, value: str) -> None:
     for entry_id, was, before, after in audit_rows.naming(con, target, json.dumps(value)):
         own = was == target
         new = [None if v is None else values(_erased(json.loads(v), kind, value, own)) for v in (before, after)]
-        audit_rows.rewrite(con, entry_id, f"{kind}:{audit_rows.ERASED}" if own else was, *new)
+        if own or new != [before, after]:  # an entry whose text only looked like the subject stays as it was
+            audit_rows.rewrite(con, entry_id, f"{kind}:{audit_rows.ERASED}" if own else was, *new)
 
 
 def _erased(value: object, kind: str, subject: str, own: bool) -> object:
