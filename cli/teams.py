@@ -1,4 +1,4 @@
-"""``aispendtrack teams``: create, list, rename and delete teams of keys.
+"""``aispendtrack teams``: create, list, rename and delete teams of keys, and limit their calls.
 
 A key is in at most one team (`keys create --team`, `keys move`). Reports find a call's team
 through its key when they read, so moving a key moves its past calls to its new team too."""
@@ -67,8 +67,37 @@ def list_teams(obj, fmt: str = "table", as_json: bool = False) -> None:
         rows = team_rows.all_teams(con)
     emit(rows, "json" if as_json else fmt, [
         ("NAME", lambda r: r["name"], "<"), ("KEYS", lambda r: str(r["keys"]), ">"),
+        ("PER HOUR", lambda r: _limit(r["per_hour_limit"]), ">"),
+        ("PER MONTH", lambda r: _limit(r["per_month_limit"]), ">"),
         ("CREATED", lambda r: r["created_at"].strftime("%Y-%m-%d"), "<"),
     ])
+
+
+def _limit(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "-"
+
+
+@teams.command("set-limit")
+@click.argument("name")
+@click.option("--per-hour", type=click.IntRange(1), help="Requests per clock hour, over all the team's keys.")
+@click.option("--per-month", type=click.IntRange(1), help="Calls per calendar month, over all the team's keys.")
+@click.option("--reset", is_flag=True, help="Remove the team's limits.")
+@click.pass_obj
+def set_limit(obj, name: str, per_hour: int | None, per_month: int | None, reset: bool) -> None:
+    """Limit the calls of all a team's keys together (each key's own limits still apply); a running
+    proxy counts with it within ~2 seconds. The limits not given are removed."""
+    if reset == bool(per_hour or per_month):
+        raise click.UsageError("give --per-hour and/or --per-month, or --reset.")
+    with writing(obj.db) as con:
+        team_id = existing(con, name)
+        before = team_rows.limits(con, team_id)
+        team_rows.set_limits(con, team_id, per_hour, per_month)
+        audit.record(con, "teams.set-limit", f"team:{name}",
+                     {"per_hour_limit": before[0], "per_month_limit": before[1]},
+                     {"per_hour_limit": per_hour, "per_month_limit": per_month})
+    click.echo(f"Team {name}: " + ("no limits" if reset else
+               ", ".join(f"{n:,} per {p}" for n, p in ((per_hour, "hour"), (per_month, "month")) if n))
+               + " over all its keys.")
 
 
 @teams.command("rename")

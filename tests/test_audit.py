@@ -32,6 +32,7 @@ def test_every_cli_change_is_an_entry_with_who_what_and_the_values_before_and_af
     run_cli(home, "keys", "set-limit", str(key), "--per-hour", "50")
     run_cli(home, "keys", "set-retention", str(key), "--days", "30")
     run_cli(home, "teams", "create", "search")
+    run_cli(home, "teams", "set-limit", "search", "--per-hour", "100")
     run_cli(home, "keys", "move", str(key), "--team", "search")
     run_cli(home, "teams", "rename", "search", "retrieval")
     run_cli(home, "keys", "move", str(key), "--no-team")
@@ -53,10 +54,10 @@ def test_every_cli_change_is_an_entry_with_who_what_and_the_values_before_and_af
     run_cli(home, "keys", "revoke", str(key))
     entries = trail(home)
     assert [e["action"] for e in entries] == [
-        "keys.create", "keys.set-plan", "keys.set-limit", "keys.set-retention", "teams.create", "keys.move",
-        "teams.rename", "keys.move", "teams.delete", "admin.create-token", "admin.revoke-token", "budgets.set",
-        "budgets.set", "budgets.delete", "config.set", "prices.import", "alerts.import", "reprice", "purge",
-        "keys.revoke"]
+        "keys.create", "keys.set-plan", "keys.set-limit", "keys.set-retention", "teams.create", "teams.set-limit",
+        "keys.move", "teams.rename", "keys.move", "teams.delete", "admin.create-token", "admin.revoke-token",
+        "budgets.set", "budgets.set", "budgets.delete", "config.set", "prices.import", "alerts.import", "reprice",
+        "purge", "keys.revoke"]
     # With the entries the other tests check (the GDPR ones below, admin.encrypt in test_encryption,
     # migrate-to in test_shared), every audited command of AUDITED is run.
     assert {e["action"] for e in entries} | {"gdpr.export", "gdpr.erase", "admin.encrypt", "migrate-to"} == \
@@ -67,6 +68,8 @@ def test_every_cli_change_is_an_entry_with_who_what_and_the_values_before_and_af
             by_action["keys.set-plan"]["after"]) == (f"key:{key}", {"plan": "enterprise"}, {"plan": "pro"})
     assert by_action["keys.create"]["after"] == {"name": "backend", "plan": "enterprise", "team": None}
     assert by_action["teams.rename"]["before"] == {"name": "search"}
+    assert (by_action["teams.set-limit"]["target"], by_action["teams.set-limit"]["after"]) == (
+        "team:search", {"per_hour_limit": 100, "per_month_limit": None})
     budget_changes = [(e["before"] and e["before"]["daily_usd"], e["after"] and e["after"]["daily_usd"])
                       for e in entries if e["action"].startswith("budgets.")]
     assert budget_changes == [(None, "5"), ("5", "7"), ("7", None)]
@@ -89,6 +92,7 @@ AUDITED = {  # command -> its entry's action (tested in the test above, test_enc
     "keys create": "keys.create", "keys set-plan": "keys.set-plan", "keys set-limit": "keys.set-limit",
     "keys set-retention": "keys.set-retention", "keys move": "keys.move", "keys revoke": "keys.revoke",
     "teams create": "teams.create", "teams rename": "teams.rename", "teams delete": "teams.delete",
+    "teams set-limit": "teams.set-limit",
     "admin create-token": "admin.create-token", "admin revoke-token": "admin.revoke-token",
     "admin encrypt": "admin.encrypt", "budgets set": "budgets.set", "budgets delete": "budgets.delete",
     "config set": "config.set", "prices import": "prices.import", "alerts import": "alerts.import",

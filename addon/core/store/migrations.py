@@ -441,6 +441,15 @@ SSO_USERS_DDL = """
 """
 
 
+def m028_team_limits(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(TEAM_LIMIT_COLUMNS.format(if_missing=""))
+
+
+# A team's own limits over all its keys' calls (limits.py); NULL: none.
+TEAM_LIMIT_COLUMNS = ("ALTER TABLE teams ADD COLUMN {if_missing} per_hour_limit INTEGER; "
+                      "ALTER TABLE teams ADD COLUMN {if_missing} per_month_limit INTEGER")
+
+
 ROLLUPS_DDL = rollups.DDL
 HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all()]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
@@ -464,7 +473,8 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m013_config, m014_reconciliations, m015_erasures,
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
               m020_tools, m021_prices, m022_proxy_us, m023_rollups,
-              m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users]
+              m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
+              m028_team_limits]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

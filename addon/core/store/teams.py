@@ -49,10 +49,29 @@ def of_key(con: duckdb.DuckDBPyConnection, key_id: int) -> str | None:
 
 def all_teams(con: duckdb.DuckDBPyConnection) -> list[dict]:
     """Every team with its keys' count (revoked ones too: their calls still count as the team's)."""
-    cur = control(con).execute("SELECT t.id, t.name, t.created_at, count(k.id) FROM teams t "
-                               "LEFT JOIN keys k ON k.team_id = t.id GROUP BY t.id, t.name, t.created_at "
+    cur = control(con).execute("SELECT t.id, t.name, t.created_at, count(k.id), t.per_hour_limit, t.per_month_limit "
+                               "FROM teams t LEFT JOIN keys k ON k.team_id = t.id "
+                               "GROUP BY t.id, t.name, t.created_at, t.per_hour_limit, t.per_month_limit "
                                "ORDER BY t.name")
-    return [dict(zip(("id", "name", "created_at", "keys"), row)) for row in cur.fetchall()]
+    return [dict(zip(("id", "name", "created_at", "keys", "per_hour_limit", "per_month_limit"), row))
+            for row in cur.fetchall()]
+
+
+def limits(con: duckdb.DuckDBPyConnection, team_id: int) -> tuple[int | None, int | None]:
+    """(per_hour_limit, per_month_limit) of the team; None: no such limit."""
+    return one(control(con).execute("SELECT per_hour_limit, per_month_limit FROM teams WHERE id = ?", [team_id]))
+
+
+def set_limits(con: duckdb.DuckDBPyConnection, team_id: int, per_hour: int | None, per_month: int | None) -> None:
+    control(con).execute("UPDATE teams SET per_hour_limit = ?, per_month_limit = ? WHERE id = ?",
+                         [per_hour, per_month, team_id])
+
+
+def members(con: duckdb.DuckDBPyConnection) -> list[tuple[int, int, str, int | None, int | None]]:
+    """(key id, team id, team name, team's per_hour_limit, per_month_limit) of every key in a team,
+    revoked ones too (their calls this hour still count as the team's)."""
+    return control(con).execute("SELECT k.id, t.id, t.name, t.per_hour_limit, t.per_month_limit "
+                                "FROM keys k JOIN teams t ON t.id = k.team_id").fetchall()
 
 
 def rename(con: duckdb.DuckDBPyConnection, team_id: int, name: str) -> None:
