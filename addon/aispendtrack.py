@@ -34,6 +34,7 @@ from addon.core import config, config_files, gdpr, host_counters, metrics, price
 from addon.core import home as home_dir
 from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
+from addon.core.limits import team_counts, teams_of_keys
 from addon.core.periods import hour_start, month_start
 from addon.core.plans import limits_for
 from addon.core.store import budgets as budget_rows
@@ -212,8 +213,9 @@ class AiSpendTrack:
                            team_rows.names_of_keys(con))
         active = key_rows.active(con)
         state.keyring.replace({key_hash: key_id for key_hash, key_id, *_ in active})
+        members = team_rows.members(con)
         state.limiter.set_limits({key_id: limits_for(plan, per_hour, per_month)
-                                  for _, key_id, plan, per_hour, per_month in active})
+                                  for _, key_id, plan, per_hour, per_month in active}, teams_of_keys(members))
         stored = config.quota_zone(con)
         if stored != state.limiter.zone and stored != self._zone_warned:
             self._zone_warned = stored
@@ -227,7 +229,8 @@ class AiSpendTrack:
             self._shared_prices.refresh(con)
         if not self._seeded:
             zone = state.limiter.zone
-            state.limiter.seed(call_rows.counts_since(con, hour_start(now), month_start(now, zone)), now)
+            counts = call_rows.counts_since(con, hour_start(now), month_start(now, zone))
+            state.limiter.seed(counts, now, team_counts(counts, {key_id: team_id for key_id, team_id, *_ in members}))
             self._seeded = True
 
     def done(self) -> None:

@@ -1,6 +1,6 @@
-"""The Quotas addon: per-key rate limits and monthly quotas, and blocking budgets.
+"""The Quotas addon: per-key and per-team rate limits and monthly quotas, and blocking budgets.
 
-An admitted call (gate.py) over its key's limit, or in the scope of a blocking budget that is
+An admitted call (gate.py) over its key's or its team's limit, or in the scope of a blocking budget that is
 spent, is answered 429 with ``retry-after`` here and goes no further. The counts live in memory
 (addon/core/limits.py, addon/core/budgets.py), in the quota time zone stored in the database.
 """
@@ -66,7 +66,7 @@ class Quotas:
             del flow.metadata[ADMITTED]
             return None
         counters = self.state.counters
-        if counters is not None and self.state.limiter.limits_of(admitted.key_id) is not None:
+        if counters is not None and self.state.limiter.limited(admitted.key_id):
             return self._admit_shared(flow, admitted, counters, now)
         self._limit(flow, admitted, self.state.limiter.admit(admitted.key_id, now))
         return None

@@ -56,15 +56,22 @@ def too_many_bad_keys(flow: http.HTTPFlow, provider: Provider, address: str, wai
 
 
 def limit_reached(flow: http.HTTPFlow, provider: Provider, key_id: int, refusal: Refusal) -> None:
+    """A team's limit without its figures: they count the team's other keys' calls, which are not
+    the caller's to know (as a budget over other keys' spend)."""
     now = dt.datetime.now(dt.UTC)
     wait = refusal.retry_after(now)
     period = "hour" if refusal.limit == "per-hour" else "month"
     option = "--per-hour" if refusal.limit == "per-hour" else "--per-month"
-    refuse(flow, provider, 429, "aispendtrack_limit_reached",
-           f"AiSpendTrack limit reached for key {key_id}: {refusal.size:,} requests per {period}. It resets at "
-           f"{refusal.resets_at:%Y-%m-%d %H:%M:%S} UTC (in {wait:,} s). Raise it with `aispendtrack keys "
-           f"set-limit {key_id} {option} N` or `aispendtrack keys set-plan {key_id} PLAN`.",
-           {"retry-after": str(wait)})
+    resets = f"{refusal.resets_at:%Y-%m-%d %H:%M:%S} UTC (in {wait:,} s)"
+    if refusal.team is not None:
+        message = (f"AiSpendTrack team limit reached: the requests per {period} limit of team {refusal.team}, set "
+                   f"by the administrator over all the team's keys, blocks this call until {resets}. It counts "
+                   f"other keys' calls too, so its figures are not shown; ask the administrator of this proxy.")
+    else:
+        message = (f"AiSpendTrack limit reached for key {key_id}: {refusal.size:,} requests per {period}. It resets "
+                   f"at {resets}. Raise it with `aispendtrack keys set-limit {key_id} {option} N` or "
+                   f"`aispendtrack keys set-plan {key_id} PLAN`.")
+    refuse(flow, provider, 429, "aispendtrack_limit_reached", message, {"retry-after": str(wait)})
 
 
 def budget_exceeded(flow: http.HTTPFlow, provider: Provider, key_id: int, refusal: BudgetRefusal,

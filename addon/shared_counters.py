@@ -1,11 +1,12 @@
 """Shared mode: limits and blocking budgets that hold over all replicas.
 
-- **Limits.** Calls on a key with an hourly limit or a monthly quota wait for one statement in
-  PostgreSQL (store/counters.py ``ADMIT``), sent on an asyncio connection, so the event loop keeps
+- **Limits.** Calls on a key with an hourly limit or a monthly quota, or in a team with one, wait
+  for one statement in PostgreSQL (store/counters.py ``ADMIT``; a team's limit adds ``ADMIT_TEAM``
+  before it, in the same transaction), sent on an asyncio connection, so the event loop keeps
   serving other calls meanwhile. The calls that arrive while a statement is out go together in
   the next one, which grants as many as the limits leave: one round trip per batch, not per call,
   so a burst never queues behind itself, and the count stays exact (PostgreSQL grants each call of
-  a limit once, under the row's lock). A key without limits pays nothing.
+  a limit once, under the row's lock). A key without limits (its own or its team's) pays nothing.
 - **Outage.** If PostgreSQL does not answer within ``ADMIT_TIMEOUT_S`` (down, or that slow), the
   replica counts alone from the last count it saw and tries again after ``RETRY_AFTER_S``; the
   calls it admitted alone are then added to the shared count, so the replicas refuse what the
@@ -23,7 +24,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .core.limits import Refusal
+from .core.limits import Refusal, team_counts
 from .core.store import budgets as budget_rows
 from .core.store import calls as call_rows
 from .core.store import counters, shared
@@ -59,6 +60,7 @@ class SharedCounters:
         self._conn = None  # psycopg.AsyncConnection, used on the event loop only
         self._waiting: dict[int, list[asyncio.Future]] = {}  # key id -> calls for the next statement
         self._alone: dict[int, Alone] = {}
+        self._alone_teams: dict[int, Alone] = {}  # team id -> calls of its keys admitted alone
         self._sending: asyncio.Task | None = None
         self._retry_at = 0.0
         self._last_warning = -1e9
@@ -66,9 +68,17 @@ class SharedCounters:
 
     # -- limits, on the event loop ---------------------------------------------------------------
 
+    def _counted_here(self, key_id: int) -> bool:
+        """Whether this replica decides the key's calls alone: no limit at all, or one of 0 (never a call)."""
+        limiter = self.state.limiter
+        if not limiter.limited(key_id):
+            return True
+        limits, team = limiter.limits_of(key_id), limiter.team_of(key_id)
+        return any(lim is not None and 0 in (lim.per_hour, lim.per_month)
+                   for lim in (limits, team.limits if team else None))
+
     async def admit(self, key_id: int, now: dt.datetime) -> Refusal | None:
-        limits = self.state.limiter.limits_of(key_id)
-        if limits is None or limits.per_hour == 0 or limits.per_month == 0:
+        if self._counted_here(key_id):
             return self.state.limiter.admit(key_id, now)
         if time.monotonic() < self._retry_at:
             return self._admit_alone(key_id, now)
@@ -120,28 +130,33 @@ class SharedCounters:
             return
         now = dt.datetime.now(dt.UTC)
         limiter = self.state.limiter
-        limits = limiter.limits_of(key_id)
+        limits, team = limiter.limits_of(key_id), limiter.team_of(key_id)
         if time.monotonic() < self._retry_at:
             _answer(waiters, lambda: self._admit_alone(key_id, now))
             return
-        if limits is None or limits.per_hour == 0 or limits.per_month == 0:  # changed meanwhile
+        if self._counted_here(key_id):  # changed meanwhile
             self._alone.pop(key_id, None)
             _answer(waiters, lambda: limiter.admit(key_id, now))
             return
         hour, month = limiter.periods(now)
-        alone = self._alone.get(key_id)
-        hour_alone, month_alone = alone.within(hour, month) if alone else (0, 0)
-        params = counters.admit_params(key_id, hour, month, limits.per_hour, limits.per_month, len(waiters),
-                                       hour_alone, month_alone)
+        params = counters.admit_params(key_id, hour, month, limits.per_hour if limits else None,
+                                       limits.per_month if limits else None, len(waiters),
+                                       *_within(self._alone.get(key_id), hour, month))
+        team_params = None if team is None else counters.admit_params(
+            team.id, hour, month, team.limits.per_hour, team.limits.per_month, len(waiters),
+            *_within(self._alone_teams.get(team.id), hour, month))
         try:
             conn = await self._connection()
-            granted, hour_used, month_used = await asyncio.wait_for(self._execute(conn, params), ADMIT_TIMEOUT_S)
+            granted, hour_used, month_used, team_used = await asyncio.wait_for(
+                self._execute(conn, params, team_params), ADMIT_TIMEOUT_S)
         except Exception as exc:  # PostgreSQL away or slow: never fail the call for it
             await self._give_up(exc)
             _answer(waiters, lambda: self._admit_alone(key_id, now))
             return
         self._alone.pop(key_id, None)  # sent: only this task adds to it while PostgreSQL answers
-        refusal = limiter.observe(key_id, hour_used, month_used, now)
+        if team is not None:
+            self._alone_teams.pop(team.id, None)
+        refusal = limiter.observe(key_id, hour_used, month_used, now, team_used)
         _answer(waiters[:granted], lambda: None)
         # Not granted: the limit is reached (or it changed since: then count here, as a key without one).
         _answer(waiters[granted:], lambda: refusal or limiter.admit(key_id, now))
@@ -152,18 +167,27 @@ class SharedCounters:
         refusal = limiter.admit(key_id, now)
         if refusal is None:
             hour, month = limiter.periods(now)
-            alone = self._alone.get(key_id)
-            if alone is None or alone.month != month:
-                alone = self._alone[key_id] = Alone(hour, 0, month, 0)
-            if alone.hour != hour:
-                alone.hour, alone.hour_calls = hour, 0
-            alone.hour_calls += 1
-            alone.month_calls += 1
+            _add_alone(self._alone, key_id, hour, month)
+            team = limiter.team_of(key_id)
+            if team is not None:
+                _add_alone(self._alone_teams, team.id, hour, month)
         return refusal
 
     @staticmethod
-    async def _execute(conn, params: dict) -> tuple[int, int, int]:
-        return await (await conn.execute(counters.ADMIT, params)).fetchone()
+    async def _execute(conn, params: dict, team_params: dict | None) -> tuple[int, int, int, tuple[int, int] | None]:
+        """(granted, the key's counts, the team's counts or None). With a team: its grant first, the
+        key's out of that, what the key's limits did not take given back, all under the team row's lock."""
+        if team_params is None:
+            return (*await (await conn.execute(counters.ADMIT, params)).fetchone(), None)
+        async with conn.transaction():
+            team_granted, team_hour, team_month = await (await conn.execute(counters.ADMIT_TEAM,
+                                                                            team_params)).fetchone()
+            granted, hour_used, month_used = await (await conn.execute(counters.ADMIT,
+                                                                       {**params, "n": team_granted})).fetchone()
+            if granted < team_granted:
+                team_hour, team_month = await (await conn.execute(counters.GIVE_BACK_TEAM, {
+                    "id": team_params["id"], "n": team_granted - granted})).fetchone()
+        return granted, hour_used, month_used, (team_hour, team_month)
 
     async def _connection(self):
         import psycopg
@@ -197,10 +221,15 @@ class SharedCounters:
         db = control(con)
         limiter, tracker = self.state.limiter, self.state.budgets
         unseeded = {k for k in limiter.limited_keys() if k not in counters.keys_with_counters(db)}
-        if unseeded:
+        teams = limiter.limited_teams()
+        unseeded_teams = set(teams) - counters.teams_with_counters(db) if teams else set()
+        if unseeded or unseeded_teams:
             hour, month = limiter.periods(now)
             counts = call_rows.counts_since(con, hour, month)
             counters.seed_limits(db, {k: v for k, v in counts.items() if k in unseeded}, hour, month)
+            of_team = {key_id: team_id for team_id in unseeded_teams for key_id in teams[team_id]}
+            by_team = team_counts(counts, of_team)
+            counters.seed_team_limits(db, {t: by_team.get(t, (0, 0)) for t in unseeded_teams}, hour, month)
         if tracker.has_budgets():
             day, month = tracker.periods(now)
             have = counters.spend(db, day, month)
@@ -231,6 +260,20 @@ class SharedCounters:
         if self._sync_db is not None:
             self._sync_db.close()
             self._sync_db = None
+
+
+def _within(alone: Alone | None, hour: dt.datetime, month: dt.datetime) -> tuple[int, int]:
+    return alone.within(hour, month) if alone else (0, 0)
+
+
+def _add_alone(table: dict[int, Alone], ident: int, hour: dt.datetime, month: dt.datetime) -> None:
+    alone = table.get(ident)
+    if alone is None or alone.month != month:
+        alone = table[ident] = Alone(hour, 0, month, 0)
+    if alone.hour != hour:
+        alone.hour, alone.hour_calls = hour, 0
+    alone.hour_calls += 1
+    alone.month_calls += 1
 
 
 def _answer(waiters: list[asyncio.Future], outcome) -> None:

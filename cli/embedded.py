@@ -32,8 +32,10 @@ import click
 from addon.core import config, config_files, host_counters, periods, price_data
 from addon.core import home as home_dir
 from addon.core.evaluate import Evaluator
+from addon.core.limits import team_counts
 from addon.core.store import calls as call_rows
 from addon.core.store import owner, writing
+from addon.core.store import teams as team_rows
 from pricing import PriceBook, PriceFileError
 
 
@@ -71,13 +73,14 @@ class HostOwner:
                 zone = config.set_quota_zone(con, quota_tz) if quota_tz else config.quota_zone(con)
                 hour, month = periods.hour_start(now), periods.month_start(now, zone)
                 counts = call_rows.counts_since(con, hour, month)
+                teams = team_counts(counts, {key_id: team_id for key_id, team_id, *_ in team_rows.members(con)})
         except periods.UnknownZone as exc:
             raise click.ClickException(f"aispendtrack_quota_tz: {exc}") from None
         path = host_counters.path(home)
         if not seed and path.exists():
             return zone
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        host_counters.create(path, counts, hour, month)
+        host_counters.create(path, counts, hour, month, teams)
         return zone
 
     def stop(self) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from addon.core import host_counters, periods
 from addon.core.budgets import Budget, BudgetTracker
-from addon.core.limits import Limiter
+from addon.core.limits import Limiter, Team
 from addon.core.plans import Limits
 from addon.core.store import connection, reading, writing
 
@@ -63,6 +63,24 @@ def test_four_processes_racing_on_one_key_admit_exactly_its_limit(tmp_path):
     assert admitted.value == 800
     refusal = _limiter(path, 1000, NOW).admit(7, NOW)
     assert refusal is not None and (refusal.limit, refusal.used) == ("per-hour", 1000)
+
+
+def test_a_teams_count_is_seeded_shared_by_its_keys_and_a_refused_call_counts_in_neither(tmp_path):
+    path = tmp_path / "counters"
+    hour, month = periods.hour_start(NOW), periods.month_start(NOW, periods.UTC)
+    host_counters.create(path, {1: (1, 1)}, hour, month, {7: (2, 2)})  # the team's keys made 2 calls this hour
+    team = Team(7, "research", Limits(per_hour=4, per_month=None))
+    workers = [Limiter(periods.UTC) for _ in range(2)]  # two workers' views of one file
+    for limiter in workers:
+        limiter.seed({}, NOW)
+        limiter.set_limits({1: Limits(per_hour=2, per_month=None), 2: Limits(None, None)}, {1: team, 2: team})
+        limiter.host = host_counters.HostCounters(path)
+    assert workers[0].admit(1, NOW) is None  # key 1's second call this hour, the team's third
+    assert workers[1].admit(1, NOW).team is None  # key 1's own limit: not counted for the team
+    assert workers[1].admit(2, NOW) is None
+    refusal = workers[0].admit(2, NOW)
+    assert (refusal.limit, refusal.used, refusal.team) == ("per-hour", 4, "research")
+    assert workers[1].admit(3, NOW) is None  # in no team
 
 
 def _hold_the_lock(path: str, holding) -> None:
@@ -126,10 +144,10 @@ def test_more_keys_with_calls_than_slots_still_start_and_the_rest_are_counted_pe
     path = _made(tmp_path, counts)
     counters = host_counters.HostCounters(path)
     hour, month = periods.hour_start(NOW), periods.month_start(NOW, periods.UTC)
-    seen = counters.count_call(1, hour, month, lambda used, monthly: (used, monthly))
+    seen = counters.count_call(1, hour, month, lambda used, monthly, *team: (used, monthly))
     assert seen == (1, 2)  # the seeded counts of a key that fit
     with pytest.raises(host_counters.CountersFull):
-        counters.count_call(slots + 5, hour, month, lambda used, monthly: None)
+        counters.count_call(slots + 5, hour, month, lambda used, monthly, *team: None)
     counters.close()
 
 
@@ -162,7 +180,7 @@ def test_a_corrupt_or_truncated_counters_file_is_made_anew_at_start(tmp_path):
     HostOwner._seed_counters(home, "", True)
     counters = host_counters.HostCounters(path)
     hour, month = periods.hour_start(NOW), periods.month_start(NOW, periods.UTC)
-    assert counters.count_call(3, hour, month, lambda used, monthly: (used, monthly)) == (0, 0)
+    assert counters.count_call(3, hour, month, lambda used, monthly, *team: (used, monthly)) == (0, 0)
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     counters.close()
 
@@ -174,9 +192,9 @@ def test_key_ids_past_the_slot_count_get_slots_of_their_own(tmp_path):
     path = _made(tmp_path, {far: (5, 9)})
     counters = host_counters.HostCounters(path)
     hour, month = periods.hour_start(NOW), periods.month_start(NOW, periods.UTC)
-    assert counters.count_call(3, hour, month, lambda used, monthly: (used, monthly)) == (0, 0)
-    assert counters.count_call(far, hour, month, lambda used, monthly: (used, monthly)) == (5, 9)
-    assert counters.count_call(3, hour, month, lambda used, monthly: None) is None
-    assert counters.count_call(3, hour, month, lambda used, monthly: (used, monthly)) == (1, 1)
-    assert counters.count_call(far, hour, month, lambda used, monthly: (used, monthly)) == (5, 9)
+    assert counters.count_call(3, hour, month, lambda used, monthly, *team: (used, monthly)) == (0, 0)
+    assert counters.count_call(far, hour, month, lambda used, monthly, *team: (used, monthly)) == (5, 9)
+    assert counters.count_call(3, hour, month, lambda used, monthly, *team: None) is None
+    assert counters.count_call(3, hour, month, lambda used, monthly, *team: (used, monthly)) == (1, 1)
+    assert counters.count_call(far, hour, month, lambda used, monthly, *team: (used, monthly)) == (5, 9)
     counters.close()

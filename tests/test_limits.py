@@ -13,7 +13,7 @@ import pytest
 
 from addon.core import host_counters, periods
 from addon.core.home import db_path
-from addon.core.limits import Limiter
+from addon.core.limits import Limiter, Team, team_counts, teams_of_keys
 from addon.core.plans import Limits, limits_for
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
@@ -89,7 +89,7 @@ def test_a_new_hour_and_a_new_month_start_at_their_first_instant():
 
 def test_a_limiter_counts_in_its_zone_from_the_start_before_any_seed():
     limiter = Limiter(LA)
-    limiter.set_limits({1: Limits(per_hour=None, per_month=1)})
+    limiter.set_limits({1: Limits(per_hour=None, per_month=1)}, {1: Team(7, "research", Limits(None, None))})
     now = dt.datetime.now(dt.UTC)
     this_month = periods.month_start(now, LA)
     assert limiter.periods(now)[1] == this_month
@@ -116,6 +116,86 @@ def test_counts_from_the_other_replicas_carry_on_locally():
     assert limiter.limited_keys() == [1, 4, 5]
     hour, month = dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     assert limiter.periods(now) == (hour, month)
+
+
+RESEARCH = Team(7, "research", Limits(per_hour=3, per_month=None))
+
+
+def test_a_teams_limit_counts_all_its_keys_and_a_refused_call_counts_in_neither(counted):
+    limiter = counted(zoneinfo.ZoneInfo("UTC"))
+    ops = Team(8, "ops", Limits(per_hour=1, per_month=None))
+    limiter.set_limits({1: Limits(per_hour=3, per_month=None), 2: Limits(per_hour=1, per_month=None),
+                        3: Limits(None, None), 4: Limits(None, None)}, {1: RESEARCH, 2: RESEARCH, 3: ops})
+    now = dt.datetime(2026, 11, 25, 10, 59, 30, tzinfo=dt.UTC)
+    limiter.seed({}, now)
+    assert limiter.admit(2, now) is None
+    own = limiter.admit(2, now)  # key 2's own limit: its own figures, no team named
+    assert (own.limit, own.size, own.used, own.team) == ("per-hour", 1, 1, None)
+    assert limiter.admit(1, now) is None and limiter.admit(1, now) is None, "key 2's refused call counted"
+    refusal = limiter.admit(1, now)
+    assert (refusal.limit, refusal.size, refusal.used, refusal.team) == ("per-hour", 3, 3, "research")
+    assert refusal.retry_after(now) == 30
+    assert limiter.admit(3, now) is None and limiter.admit(4, now) is None  # another team, no team
+    assert limiter.admit(3, now).team == "ops"
+    # The team's limit raised: key 1's refused call did not count for key 1 either (2 of its 3).
+    limiter.set_limits({1: Limits(per_hour=3, per_month=None)}, {1: Team(7, "research", Limits(5, None))})
+    assert limiter.admit(1, now) is None
+    assert (limiter.admit(1, now).team, limiter.admit(1, now).used) == (None, 3)
+    assert limiter.admit(1, now + dt.timedelta(seconds=31)) is None  # a new hour, a new count
+
+
+def test_a_teams_monthly_limit_starts_from_its_keys_stored_calls_in_the_quota_zone():
+    limiter = Limiter(LA)
+    team = Team(7, "research", Limits(per_hour=None, per_month=3))
+    ops = Team(8, "ops", Limits(per_hour=None, per_month=1))  # no calls stored: starts from 0
+    limiter.set_limits({1: Limits(None, None), 2: Limits(None, None), 3: Limits(None, None)},
+                       {1: team, 2: team, 3: ops})
+    now = dt.datetime(2026, 12, 1, 7, 30, tzinfo=dt.UTC)  # still November 30th in Los Angeles
+    counts = {1: (0, 1), 2: (1, 1), 5: (4, 4)}  # key 5 is in no team
+    assert team_counts({1: (2, 5), 2: (1, 3), 5: (4, 4)}, {1: 7, 2: 7, 3: 8}) == {7: (3, 8)}
+    limiter.seed(counts, now, team_counts(counts, {1: 7, 2: 7}))
+    assert limiter.admit(2, now) is None
+    refusal = limiter.admit(1, now)
+    assert (refusal.limit, refusal.used, refusal.team) == ("per-month", 3, "research")
+    assert refusal.resets_at == dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)  # midnight PST
+    assert limiter.admit(3, now) is None and limiter.admit(3, now).team == "ops"
+    assert limiter.admit(1, dt.datetime(2026, 12, 1, 8, 0, tzinfo=dt.UTC)) is None  # December: a fresh count
+
+
+def test_a_key_moved_to_another_team_counts_there_from_the_next_reload():
+    limiter = Limiter(zoneinfo.ZoneInfo("UTC"))
+    now = dt.datetime(2026, 11, 25, 10, 15, tzinfo=dt.UTC)
+    limiter.seed({}, now)
+    members = [(1, 7, "research", 2, 9), (2, 7, "research", 2, 9), (3, 8, "ops", None, None)]
+    limiter.set_limits({5: Limits(1, None)}, teams_of_keys(members))
+    assert limiter.team_of(1) == limiter.team_of(2) == Team(7, "research", Limits(2, 9))
+    assert limiter.team_of(3) is None and limiter.team_of(4) is None  # a team without limits, no team
+    assert limiter.limited(1) and not limiter.limited(3) and not limiter.limited(4)
+    assert limiter.limited(5)  # its own limit, in no team
+    assert limiter.limited_teams() == {7: [1, 2]}
+    assert limiter.admit(1, now) is None and limiter.admit(3, now) is None and limiter.admit(3, now) is None
+    limiter.set_limits({5: Limits(1, None)}, teams_of_keys([(1, 7, "research", 2, None), (3, 7, "research", 2, None)]))
+    assert limiter.admit(3, now) is None  # key 3's calls in "ops" did not move with it
+    assert limiter.admit(3, now).team == "research"
+    assert limiter.admit(2, now) is None, "key 2 left the team but is still counted in it"
+
+
+def test_a_teams_counts_from_the_other_replicas_carry_on_locally():
+    limiter = Limiter(zoneinfo.ZoneInfo("UTC"))
+    team = Team(7, "research", Limits(per_hour=4, per_month=6))
+    limiter.set_limits({1: Limits(None, None), 2: Limits(None, None), 3: Limits(per_hour=2, per_month=5)},
+                       {1: team, 2: team, 3: team})
+    now = dt.datetime(2026, 11, 25, 10, 15, tzinfo=dt.UTC)
+    limiter.seed({}, now)
+    assert limiter.observe(1, 1, 1, now, (3, 3)) is None  # 3 of 4 this hour over the team's keys
+    assert limiter.admit(2, now) is None
+    refusal = limiter.admit(1, now)
+    assert (refusal.limit, refusal.used, refusal.team) == ("per-hour", 4, "research")
+    refusal = limiter.observe(2, 0, 0, now, (0, 6))
+    assert (refusal.limit, refusal.size, refusal.team) == ("per-month", 6, "research")
+    assert limiter.observe(1, 0, 0, now) is None  # the team's count not given: the key's alone decides
+    own = limiter.observe(3, 2, 1, now, (0, 0))  # the key's own limit first, with its own figures
+    assert (own.limit, own.size, own.used, own.team) == ("per-hour", 2, 2, None)
 
 
 def test_plans_and_overrides():

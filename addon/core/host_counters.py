@@ -1,5 +1,5 @@
-"""The embedded mode's workers (``aispendtrack proxy --workers N``): one count per key and one spend
-per budget for the whole host, in shared memory under one lock, so limits and blocking budgets hold
+"""The embedded mode's workers (``aispendtrack proxy --workers N``): one count per key, one per team
+and one spend per budget for the whole host, in shared memory under one lock, so limits and blocking budgets hold
 across workers exactly as in one process.
 
 The file (``<home>/workers/counters``) is made and seeded by the first owner (cli/embedded.py)
@@ -13,7 +13,7 @@ increment lost (that call never reaches the upstream), or at a period's roll an 
 the new start; that window is accepted, not closed.
 
 A slot is five signed 64-bit integers: the id + 1 (0: free), the start of its short period (the hour
-for a key, the day for a budget) in epoch seconds, its count there, the start of its month, its count
+for a key or a team, the day for a budget) in epoch seconds, its count there, the start of its month, its count
 there. Budgets count nano-dollars, each cost rounded up (never under a budget by rounding).
 Nothing is ever removed: ids are few (keys and budgets), and a new start of the proxy makes a new file.
 """
@@ -40,12 +40,14 @@ log = logging.getLogger(__name__)
 FILE = "counters"
 KEY_SLOTS = 16_384
 BUDGET_SLOTS = 4_096
+TEAM_SLOTS = 4_096
 _SLOT = struct.Struct("<qqqqq")
 _HEADER = struct.Struct("<8sq")
-_MAGIC = b"astcnt01"
+_MAGIC = b"astcnt02"
 _KEYS_AT = _HEADER.size
 _BUDGETS_AT = _KEYS_AT + KEY_SLOTS * _SLOT.size
-SIZE = _BUDGETS_AT + BUDGET_SLOTS * _SLOT.size
+_TEAMS_AT = _BUDGETS_AT + BUDGET_SLOTS * _SLOT.size
+SIZE = _TEAMS_AT + TEAM_SLOTS * _SLOT.size
 NANO = Decimal(10) ** 9
 T = TypeVar("T")
 
@@ -58,8 +60,10 @@ class CountersFull(RuntimeError):
     """More distinct keys (or budgets) than slots: that one is counted by its worker alone."""
 
 
-def create(path: Path, key_counts: dict[int, tuple[int, int]], hour: dt.datetime, month: dt.datetime) -> None:
-    """A fresh file (in place of a previous start's), with the calls stored this hour and month per key."""
+def create(path: Path, key_counts: dict[int, tuple[int, int]], hour: dt.datetime, month: dt.datetime,
+           team_counts: dict[int, tuple[int, int]] | None = None) -> None:
+    """A fresh file (in place of a previous start's), with the calls stored this hour and month per key
+    and per team."""
     partial = path.with_name(path.name + ".partial")
     # Made anew (O_EXCL): one a killed start left behind keeps whatever mode it was given since, and a
     # symlink there would have been followed.
@@ -69,17 +73,23 @@ def create(path: Path, key_counts: dict[int, tuple[int, int]], hour: dt.datetime
         os.ftruncate(fd, SIZE)
         with mmap.mmap(fd, SIZE) as memory:
             _HEADER.pack_into(memory, 0, _MAGIC, SIZE)
-            for key_id, (hour_calls, month_calls) in key_counts.items():
-                try:
-                    at = _find(memory, _KEYS_AT, KEY_SLOTS, key_id)
-                except CountersFull:  # the rest are counted by each worker alone (limits.py), not a failed start
-                    log.warning("more than %d keys have calls this month: the others' limits are counted per "
-                                "worker, not for the whole host", KEY_SLOTS)
-                    break
-                _SLOT.pack_into(memory, at, key_id + 1, _epoch(hour), hour_calls, _epoch(month), month_calls)
+            _seed(memory, _KEYS_AT, KEY_SLOTS, key_counts, hour, month, "keys")
+            _seed(memory, _TEAMS_AT, TEAM_SLOTS, team_counts or {}, hour, month, "teams")
     finally:
         os.close(fd)
     os.replace(partial, path)
+
+
+def _seed(memory: mmap.mmap, base: int, slots: int, counts: dict[int, tuple[int, int]], hour: dt.datetime,
+          month: dt.datetime, what: str) -> None:
+    for ident, (hour_calls, month_calls) in counts.items():
+        try:
+            at = _find(memory, base, slots, ident)
+        except CountersFull:  # the rest are counted by each worker alone (limits.py), not a failed start
+            log.warning("more than %d %s have calls this month: the others' limits are counted per "
+                        "worker, not for the whole host", slots, what)
+            return
+        _SLOT.pack_into(memory, at, ident + 1, _epoch(hour), hour_calls, _epoch(month), month_calls)
 
 
 class HostCounters:
@@ -112,20 +122,27 @@ class HostCounters:
         return found
 
     def count_call(self, key_id: int, hour: dt.datetime, month: dt.datetime,
-                   refusal: Callable[[int, int], T | None]) -> T | None:
-        """Under the lock: the key's calls this hour and month; ``refusal(hour_used, month_used)`` says
-        whether one more is refused; if not, it is counted. Exact whichever worker asks. On the request
-        path of every call: no context manager, each period's epoch computed once."""
+                   refusal: Callable[[int, int, int, int], T | None], team_id: int | None = None) -> T | None:
+        """Under the lock: the calls this hour and month of the key and of its team (0, 0 for none);
+        ``refusal(hour_used, month_used, team_hour, team_month)`` says whether one more is refused; if
+        not, it is counted for both. Exact whichever worker asks. On the request path of every call:
+        no context manager, each period's epoch computed once."""
         hour_at, month_at = self._epoch(hour), self._epoch(month)
         memory = self._memory
         with self._thread_lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
                 at = _find(memory, _KEYS_AT, KEY_SLOTS, key_id)
+                team_at = _find(memory, _TEAMS_AT, TEAM_SLOTS, team_id) if team_id is not None else None
                 hour_used, month_used = _current(memory, at, key_id, hour_at, month_at)
-                refused = refusal(hour_used, month_used)
+                team_hour, team_month = (_current(memory, team_at, team_id, hour_at, month_at)
+                                         if team_at is not None and team_id is not None else (0, 0))
+                refused = refusal(hour_used, month_used, team_hour, team_month)
                 if refused is None:
                     _SLOT.pack_into(memory, at, key_id + 1, hour_at, hour_used + 1, month_at, month_used + 1)
+                    if team_at is not None and team_id is not None:
+                        _SLOT.pack_into(memory, team_at, team_id + 1, hour_at, team_hour + 1, month_at,
+                                        team_month + 1)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         return refused

@@ -1,4 +1,4 @@
-"""Per-key request limits, checked in memory on the request path.
+"""Per-key and per-team request limits, checked in memory on the request path.
 
 The hourly limit is a fixed window on the clock hour (UTC), not a sliding one: its reset time
 is exact and the same for every caller, ``retry-after`` is simply the time to the next hour,
@@ -8,10 +8,15 @@ monthly quota resets on the 1st at 00:00 in the configured time zone.
 
 Counts are seeded from the store when the proxy starts (so a restart never grants a fresh
 quota) and then kept here: one dict lookup and two comparisons per call, no database.
+
+A team's limits count the calls of all its keys together: a call is admitted only if both its key's
+and its team's limits allow it, and a refused call counts in neither. Every call of a key in a team
+is counted for that team, limited or not, so a limit given later starts from the right count.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import zoneinfo
@@ -28,9 +33,43 @@ class Refusal:
     size: int
     used: int
     resets_at: dt.datetime
+    team: str | None = None  # a team's limit, over other keys' calls too: its figures are not this key's
 
     def retry_after(self, now: dt.datetime) -> int:
         return seconds_until(self.resets_at, now)
+
+
+@dataclass(frozen=True)
+class Team:
+    id: int
+    name: str
+    limits: Limits  # both None: the team has no limit (its calls are counted all the same)
+
+
+def teams_of_keys(members: list[tuple[int, int, str, int | None, int | None]]) -> dict[int, Team]:
+    """key id -> its team, from (key id, team id, name, per_hour, per_month) rows (store/teams.members)."""
+    teams: dict[int, Team] = {}
+    found = {}
+    for key_id, team_id, name, per_hour, per_month in members:
+        if team_id not in teams:
+            teams[team_id] = Team(team_id, name, Limits(per_hour, per_month))
+        found[key_id] = teams[team_id]
+    return found
+
+
+def team_counts(key_counts: dict[int, tuple[int, int]], key_teams: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """team id -> (calls this hour, calls this month) of its keys, from the keys' counts."""
+    found: dict[int, tuple[int, int]] = {}
+    for key_id, (hour, month) in key_counts.items():
+        team_id = key_teams.get(key_id)
+        if team_id is not None:
+            before = found.get(team_id, (0, 0))
+            found[team_id] = (before[0] + hour, before[1] + month)
+    return found
+
+
+def _limited(limits: Limits | None) -> Limits | None:
+    return limits if limits is not None and (limits.per_hour is not None or limits.per_month is not None) else None
 
 
 class Limiter:
@@ -43,43 +82,74 @@ class Limiter:
         self._month_end = next_month_start(self._month, zone)
         self._hour_counts: dict[int, int] = {}
         self._month_counts: dict[int, int] = {}
+        self._teams: dict[int, Team] = {}  # key id -> its team
+        self._team_hour_counts: dict[int, int] = {}
+        self._team_month_counts: dict[int, int] = {}
         # A worker of the embedded mode counts in the host's shared counts instead (host_counters.py).
         self.host: HostCounters | None = None
 
-    def set_limits(self, limits: dict[int, Limits]) -> None:
-        self._limits = limits  # replaced whole: the request path reads it without the lock
+    def set_limits(self, limits: dict[int, Limits], teams: dict[int, Team] | None = None) -> None:
+        """Each key's limits, and the team of each key in one (``keys move`` takes effect here)."""
+        # Each replaced whole: the request path reads them without the lock.
+        self._limits = limits
+        self._teams = teams or {}
 
-    def seed(self, counts: dict[int, tuple[int, int]], now: dt.datetime) -> None:
-        """Counts of calls already stored this hour and this month, per key (at start-up)."""
+    def seed(self, counts: dict[int, tuple[int, int]], now: dt.datetime,
+             teams: dict[int, tuple[int, int]] | None = None) -> None:
+        """Counts of calls already stored this hour and this month, per key and per team (at start-up)."""
+        teams = teams or {}
         with self._lock:
             self._hour, self._month = hour_start(now), month_start(now, self.zone)
             self._month_end = next_month_start(self._month, self.zone)
             self._hour_counts = {k: hour for k, (hour, _) in counts.items()}
             self._month_counts = {k: month for k, (_, month) in counts.items()}
+            self._team_hour_counts = {t: hour for t, (hour, _) in teams.items()}
+            self._team_month_counts = {t: month for t, (_, month) in teams.items()}
 
     def limits_of(self, key_id: int) -> Limits | None:
         """The key's limits, None when it has neither an hourly limit nor a monthly quota."""
-        limits = self._limits.get(key_id)
-        return limits if limits is not None and (limits.per_hour is not None or limits.per_month is not None) else None
+        return _limited(self._limits.get(key_id))
+
+    def team_of(self, key_id: int) -> Team | None:
+        """The key's team when that team has a limit (None: in no team, or in one without limits)."""
+        team = self._teams.get(key_id)
+        return team if team is not None and _limited(team.limits) is not None else None
+
+    def limited(self, key_id: int) -> bool:
+        """Whether the key's calls are limited at all, by its own limits or its team's."""
+        return self.limits_of(key_id) is not None or self.team_of(key_id) is not None
 
     def limited_keys(self) -> list[int]:
         return [key_id for key_id in self._limits if self.limits_of(key_id) is not None]
 
+    def limited_teams(self) -> dict[int, list[int]]:
+        """team id -> its keys, for the teams with a limit."""
+        found: dict[int, list[int]] = {}
+        for key_id, team in self._teams.items():
+            if _limited(team.limits) is not None:
+                found.setdefault(team.id, []).append(key_id)
+        return found
+
     def admit(self, key_id: int, now: dt.datetime) -> Refusal | None:
-        """Count the call if it is within the key's limits; otherwise say which limit it hit."""
-        limits = self._limits.get(key_id)
+        """Count the call if it is within its key's and its team's limits; otherwise say which limit it hit."""
+        limits, team = self._limits.get(key_id), self._teams.get(key_id)
         if self.host is not None:
             hour, month = self.periods(now)
             try:
-                return self.host.count_call(key_id, hour, month, lambda used, monthly: self._refusal(limits, used,
-                                                                                                      monthly))
-            except CountersFull:  # more keys than slots: this one counted by this process alone
+                return self.host.count_call(key_id, hour, month, lambda *used: self._refusal_both(limits, team, *used),
+                                            team.id if team else None)
+            except CountersFull:  # more keys (or teams) than slots: this one counted by this process alone
                 pass
         with self._lock:
             self._roll(now)
             hour_used = self._hour_counts.get(key_id, 0)
             month_used = self._month_counts.get(key_id, 0)
             refusal = self._refusal(limits, hour_used, month_used)
+            if refusal is None and team is not None:
+                team_hour, team_month = self._team_hour_counts.get(team.id, 0), self._team_month_counts.get(team.id, 0)
+                refusal = self._team_refusal(team, team_hour, team_month)
+                if refusal is None:
+                    self._team_hour_counts[team.id], self._team_month_counts[team.id] = team_hour + 1, team_month + 1
             if refusal is None:
                 self._hour_counts[key_id] = hour_used + 1
                 self._month_counts[key_id] = month_used + 1
@@ -91,14 +161,31 @@ class Limiter:
             self._roll(now)
             return self._hour, self._month
 
-    def observe(self, key_id: int, hour_used: int, month_used: int, now: dt.datetime) -> Refusal | None:
-        """Take the counts kept elsewhere (all replicas, in shared storage) as this key's, so that if
-        that storage goes away the local count goes on from there. Returns the refusal those counts
-        mean for one more call, if any."""
+    def observe(self, key_id: int, hour_used: int, month_used: int, now: dt.datetime,
+                team_used: tuple[int, int] | None = None) -> Refusal | None:
+        """Take the counts kept elsewhere (all replicas, in shared storage) as this key's (and, given,
+        its team's), so that if that storage goes away the local count goes on from there. Returns the
+        refusal those counts mean for one more call, if any."""
+        team = self._teams.get(key_id)
         with self._lock:
             self._roll(now)
             self._hour_counts[key_id], self._month_counts[key_id] = hour_used, month_used
-            return self._refusal(self._limits.get(key_id), hour_used, month_used)
+            if team is None or team_used is None:
+                return self._refusal(self._limits.get(key_id), hour_used, month_used)
+            self._team_hour_counts[team.id], self._team_month_counts[team.id] = team_used
+            return self._refusal_both(self._limits.get(key_id), team, hour_used, month_used, *team_used)
+
+    def _refusal_both(self, limits: Limits | None, team: Team | None, hour_used: int, month_used: int,
+                      team_hour: int, team_month: int) -> Refusal | None:
+        """The key's own limits first (their figures are its own), then its team's."""
+        refusal = self._refusal(limits, hour_used, month_used)
+        if refusal is None and team is not None:
+            return self._team_refusal(team, team_hour, team_month)
+        return refusal
+
+    def _team_refusal(self, team: Team, hour_used: int, month_used: int) -> Refusal | None:
+        refusal = self._refusal(team.limits, hour_used, month_used)
+        return dataclasses.replace(refusal, team=team.name) if refusal is not None else None
 
     def _refusal(self, limits: Limits | None, hour_used: int, month_used: int) -> Refusal | None:
         if limits is None:
@@ -111,7 +198,7 @@ class Limiter:
 
     def _roll(self, now: dt.datetime) -> None:
         if now - self._hour >= dt.timedelta(hours=1):
-            self._hour, self._hour_counts = hour_start(now), {}
+            self._hour, self._hour_counts, self._team_hour_counts = hour_start(now), {}, {}
         if now >= self._month_end:  # the zone arithmetic runs once a month, not on every call
-            self._month, self._month_counts = month_start(now, self.zone), {}
+            self._month, self._month_counts, self._team_month_counts = month_start(now, self.zone), {}, {}
             self._month_end = next_month_start(self._month, self.zone)

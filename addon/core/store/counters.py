@@ -1,4 +1,4 @@
-"""SQL for the shared mode's counters: calls per limited key, spend per budget, over all replicas.
+"""SQL for the shared mode's counters: calls per limited key and team, spend per budget, over all replicas.
 
 Both live in PostgreSQL (shared_schema.py) and change with one statement that reads and writes
 the row under its lock, so two replicas can never both take the last call of a limit. The
@@ -26,12 +26,13 @@ def _grant(hour_before: str, month_before: str) -> str:
             f"%(per_month)s::BIGINT - ({month_before})))")
 
 
-ADMIT = f"""
-INSERT INTO limit_counters AS c (key_id, hour, hour_count, month, month_count, granted)
-VALUES (%(key)s, %(hour)s, %(hour_alone)s + {_grant("%(hour_alone)s", "%(month_alone)s")},
+def _admit(table: str, id_column: str) -> str:
+    return f"""
+INSERT INTO {table} AS c ({id_column}, hour, hour_count, month, month_count, granted)
+VALUES (%(id)s, %(hour)s, %(hour_alone)s + {_grant("%(hour_alone)s", "%(month_alone)s")},
         %(month)s, %(month_alone)s + {_grant("%(hour_alone)s", "%(month_alone)s")},
         {_grant("%(hour_alone)s", "%(month_alone)s")})
-ON CONFLICT (key_id) DO UPDATE SET
+ON CONFLICT ({id_column}) DO UPDATE SET
     granted = {_grant(_HOUR_BEFORE, _MONTH_BEFORE)},
     hour_count = {_HOUR_BEFORE} + {_grant(_HOUR_BEFORE, _MONTH_BEFORE)},
     month_count = {_MONTH_BEFORE} + {_grant(_HOUR_BEFORE, _MONTH_BEFORE)},
@@ -40,9 +41,21 @@ RETURNING granted, hour_count, month_count
 """
 
 
-def admit_params(key_id: int, hour: dt.datetime, month: dt.datetime, per_hour: int | None,
+ADMIT = _admit("limit_counters", "key_id")
+# The same for a team's calls (over all its keys). A key in a limited team is admitted in one
+# transaction: the team's grant first (its row locked until the end), then the key's out of that,
+# then what the key's limits did not take given back to the team (GIVE_BACK_TEAM).
+ADMIT_TEAM = _admit("team_limit_counters", "team_id")
+GIVE_BACK_TEAM = """
+UPDATE team_limit_counters SET hour_count = hour_count - %(n)s, month_count = month_count - %(n)s
+WHERE team_id = %(id)s RETURNING hour_count, month_count
+"""
+
+
+def admit_params(ident: int, hour: dt.datetime, month: dt.datetime, per_hour: int | None,
                  per_month: int | None, calls: int, hour_alone: int = 0, month_alone: int = 0) -> dict:
-    return {"key": key_id, "hour": hour, "month": month, "per_hour": per_hour, "per_month": per_month,
+    """For ADMIT (``ident``: the key's id) or ADMIT_TEAM (the team's)."""
+    return {"id": ident, "hour": hour, "month": month, "per_hour": per_hour, "per_month": per_month,
             "n": calls, "hour_alone": hour_alone, "month_alone": month_alone}
 
 
@@ -56,6 +69,17 @@ def seed_limits(db, counts: dict[int, tuple[int, int]], hour: dt.datetime, month
 
 def keys_with_counters(db) -> set[int]:
     return {key_id for (key_id,) in db.execute("SELECT key_id FROM limit_counters").fetchall()}
+
+
+def seed_team_limits(db, counts: dict[int, tuple[int, int]], hour: dt.datetime, month: dt.datetime) -> None:
+    """As seed_limits, for teams given a limit (their keys' calls stored this hour and month)."""
+    for team_id, (hour_used, month_used) in counts.items():
+        db.execute("INSERT INTO team_limit_counters VALUES (?, ?, ?, ?, ?) ON CONFLICT (team_id) DO NOTHING",
+                   [team_id, hour, hour_used, month, month_used])
+
+
+def teams_with_counters(db) -> set[int]:
+    return {team_id for (team_id,) in db.execute("SELECT team_id FROM team_limit_counters").fetchall()}
 
 
 def add_spend(db, deltas: dict[int, Decimal], day: dt.datetime, month: dt.datetime) -> None:
