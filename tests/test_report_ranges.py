@@ -112,6 +112,9 @@ def test_a_range_on_bucket_edges_counts_purged_calls_from_the_rollups(con):
             [group], total = report_rows.report(con, spec)
             assert (group["calls"], group["cost_usd"], total["cost_usd"]) == (len(want), sum(want), sum(want)), (
                 since, until, by)
+            if by == "model":  # the hourly tier's percentiles are of every call its histograms hold
+                assert group["p50_latency_ms"] == pytest.approx(interpolated([10.0 * c for c in want], 0.5),
+                                                                rel=rollups.RELATIVE_ERROR), (since, until)
             _, raw = report_rows.report(con, spec, exact=True)  # the raw rows left: from 11:00
             assert raw["cost_usd"] == (sum(c for c in want if c in (64, 512, 128, 256)) or None), (since, until, by)
 
@@ -183,6 +186,10 @@ def test_months_hours_and_days_across_both_switches_of_a_year(dst_con):
         assert groups_by(dst_con, "hour", exact, since="2026-11-01", until="2026-11-01T09:10:00+00:00") == {
             "2026-11-01 01:00": (2, 192)}, exact
         assert groups_by(dst_con, "day", exact, since="2026-05-01", until="2026-05-02") == {}, exact
+        groups, _ = report_rows.report(dst_con, parse_report(["model", "month"], tz=LA, now=at("00:00", "2027-01-01")),
+                                       exact=exact)
+        assert [(g["model"], g["month"], g["calls"]) for g in groups] == [
+            ("gpt-4o", "2026-02", 1), ("gpt-4o", "2026-03", 4), ("gpt-4o", "2026-07", 1), ("gpt-4o", "2026-11", 3)]
 
 
 def test_purged_calls_stay_in_every_local_period_of_the_rollups(dst_con, con):
@@ -196,3 +203,13 @@ def test_purged_calls_stay_in_every_local_period_of_the_rollups(dst_con, con):
                          ("Asia/Kathmandu", "day", {DAY: (10, 1023)})):
         groups, _ = report_rows.report(con, parse_report([by], tz=tz, now=at("13:00")))
         assert {g[by].removeprefix(f"{DAY} "): (g["calls"], g["cost_usd"]) for g in groups} == want, tz
+
+
+def test_groups_are_by_cost_then_calls_then_name_with_the_unpriced_last(tmp_path, new_store):
+    stored = [("gpt-4o", "0.5"), ("b-model", "0.25"), ("a-model", "0.25"), ("unknown", None), ("c-model", "0.25"),
+              ("c-model", "0")]
+    with writing(new_store(tmp_path / "aispendtrack.duckdb")) as con:
+        call_rows.insert(con, [call_row(n, model=model, cost_usd=None if cost is None else Decimal(cost),
+                                        priced=cost is not None) for n, (model, cost) in enumerate(stored)])
+        groups, _ = report_rows.report(con, parse_report(["model"], now=at("00:00", "2026-12-01")))
+    assert [g["model"] for g in groups] == ["gpt-4o", "c-model", "a-model", "b-model", "unknown"]
