@@ -10,16 +10,21 @@ import datetime as dt
 import io
 import json
 import re
+from decimal import Decimal
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
 from addon.core import home as home_dir
+from addon.core.reports import Selection
 from addon.core.store import calls as call_rows
+from addon.core.store import reports as report_rows
 from addon.core.store import synthetic, writing
 from cli.main import cli
 from web import create_app
 
+from .helpers import call_row
 from .helpers import report_row as row
 
 UTC = dt.UTC
@@ -166,7 +171,6 @@ def test_export_writes_every_matching_row(home, tmp_path, fmt):
     elif fmt == "jsonl":
         rows = [json.loads(line) for line in out.read_text().splitlines()]
     else:
-        import duckdb
         rows = [dict(zip(("customer_id", "model"), r)) for r in
                 duckdb.connect().execute(f"SELECT customer_id, model FROM '{out}'").fetchall()]
     assert len(rows) == 3 and {r["customer_id"] for r in rows} == {"acme"}
@@ -187,6 +191,26 @@ def test_reprice_keeps_the_old_cost_and_prints_the_change(home):
     assert exported[0]["previous_cost_usd"] is None and exported[0]["previous_price_source"] is None
     assert exported[0]["price_source"] == "override prices.toml#1" and exported[0]["repriced_at"]
 
+
+
+def test_a_reprice_keeps_the_old_price_stores_the_snapshot_and_a_failed_one_changes_nothing(tmp_path, new_store):
+    first, second = call_row(1, cost_usd=Decimal("9"), price_source="list"), call_row(2, cost_usd=Decimal("1"))
+    columns = "cost_usd, priced, price_source, price_snapshot, previous_cost_usd, previous_price_source"
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        call_rows.insert(con, [first, second])
+        report_rows.apply_reprice(con, [(first["id"], Decimal("0.5"), "override prices.toml#1", "snapshot-7")])
+        assert con.execute(f"SELECT {columns}, repriced_at IS NOT NULL FROM calls WHERE id = ?",
+                           [first["id"]]).fetchone() == (Decimal("0.5"), True, "override prices.toml#1",
+                                                         "snapshot-7", Decimal("9"), "list", True)
+        # A cost the column cannot hold: refused whole, the store as it was and still usable.
+        with pytest.raises(duckdb.ConversionException):
+            report_rows.apply_reprice(con, [(second["id"], Decimal("0.25"), "a", None),
+                                            (first["id"], Decimal("1e30"), "b", None)])
+        assert con.execute(f"SELECT {columns} FROM calls ORDER BY input_tokens").fetchall() == [
+            (Decimal("0.5"), True, "override prices.toml#1", "snapshot-7", Decimal("9"), "list"),
+            (Decimal("1"), True, None, None, None, None)]
+        report_rows.apply_reprice(con, [])  # nothing to change: nothing written
+    assert [(g["calls"], g["cost_usd"]) for g in cli_json(tmp_path, "report", "--by", "model")] == [(2, 1.5)]
 
 # --- JSON API --------------------------------------------------------------------------------
 
@@ -323,6 +347,20 @@ def test_api_export_streams_the_rows(api):
     assert len(lines) == 3 and all(json.loads(line)["model"] == "gpt-4o" for line in lines)
 
 
+
+def test_pages_of_a_filtered_listing_hold_each_call_once_even_at_one_instant(tmp_path, new_store):
+    instant = dt.datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    stored = [call_row(n, ts=instant, customer_id="acme" if n % 2 else "globex") for n in range(1, 8)]
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        call_rows.insert(con, stored)
+        seen, after = [], None
+        while page := report_rows.calls_page(con, Selection(customer_id="acme"), 2, after):
+            assert len(page) <= 2
+            seen += page
+            after = (page[-1]["ts"], page[-1]["id"])
+    assert sorted(c["input_tokens"] for c in seen) == [1, 3, 5, 7]
+    assert [c["id"] for c in seen] == sorted((c["id"] for c in seen), reverse=True)  # one instant: by id
+
 NOT_A_KEY = "key must be a key id (a number from 1 to 2147483647, see `aispendtrack keys list`),"
 
 
@@ -428,7 +466,6 @@ def test_prices_check_names_the_reprice_once_an_override_prices_unpriced_calls(h
 def test_the_report_and_prices_check_name_each_endpoint_forwarded_unmetered(tmp_path, new_store):
     """Calls to an endpoint the provider bills but we do not meter: the report names each endpoint
     with its count (within the report's filters), `prices check` lists them with when last seen."""
-    from .helpers import call_row
     unmetered = {"usage_source": "unmetered", "cost_usd": None, "priced": False}
     rows = [call_row(1), call_row(2, **unmetered, endpoint="/v1/images/variations", customer_id="acme"),
             call_row(3, **unmetered, endpoint="/v1/images/variations", customer_id="acme"),
@@ -453,3 +490,38 @@ def test_the_report_and_prices_check_name_each_endpoint_forwarded_unmetered(tmp_
     assert [(e["provider"], e["endpoint"], e["calls"], e["last_seen"][:19]) for e in checked if "endpoint" in e] == [
         ("openai", "/v1/images/variations", 3, "2026-11-25T12:00:04"),
         ("anthropic", "/v1/files", 2, "2026-11-25T12:00:05")]
+
+
+def test_exported_cells_a_spreadsheet_would_run_are_quoted_and_money_and_times_read_alike(tmp_path, new_store):
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        call_rows.insert(con, [
+            call_row(1, customer_id='=HYPERLINK("http://evil.example","x")', feature="@SUM(A1)", error="-2+3",
+                     model="+cmd", endpoint="\t/v1/chat/completions", cost_usd=Decimal("1.50")),
+            call_row(2, customer_id="plain", cost_usd=Decimal("10")),
+            call_row(3, customer_id="unpriced", cost_usd=None, priced=False)])
+
+    def export(fmt: str, *args: str) -> str:
+        out = tmp_path / f"the team's calls.{fmt}"  # a quote in the path, as a user may name it
+        result = CliRunner().invoke(cli, ["--home", str(tmp_path), "export", "--format", fmt, "--out", str(out),
+                                          *args], catch_exceptions=False)
+        assert result.exit_code == 0 and "Wrote 3 calls" in result.output, result.output
+        return out.read_text() if fmt != "parquet" else str(out)
+
+    rows = {r["input_tokens"]: r for r in csv.DictReader(io.StringIO(export("csv")))}
+    assert [rows["1"][c] for c in ("customer_id", "feature", "error", "model", "endpoint")] == [
+        "'=HYPERLINK(\"http://evil.example\",\"x\")", "'@SUM(A1)", "'-2+3", "'+cmd", "'\t/v1/chat/completions"]
+    assert (rows["2"]["customer_id"], rows["2"]["model"], rows["2"]["endpoint"]) == (
+        "plain", "gpt-4o", "/v1/chat/completions")
+    assert [rows[n]["cost_usd"] for n in ("1", "2", "3")] == ["1.5", "10", ""]
+    assert rows["1"]["ts"] == "2026-11-25T12:00:01.000000+00:00" and rows["1"]["repriced_at"] == ""
+    for listed in (json.loads(export("json")), [json.loads(line) for line in export("jsonl").splitlines()]):
+        found = {r["input_tokens"]: r for r in listed}
+        assert (found[1]["customer_id"], found[1]["feature"]) == ('=HYPERLINK("http://evil.example","x")', "@SUM(A1)")
+        assert [found[n]["cost_usd"] for n in (1, 2, 3)] == [1.5, 10, None]
+        assert found[1]["ts"] == "2026-11-25T12:00:01.000000+00:00" and found[1]["stream"] is False
+    typed = duckdb.connect().execute("SELECT input_tokens, ts, cost_usd, feature FROM read_parquet(?) "
+                                     "ORDER BY input_tokens", [export("parquet")]).fetchall()
+    assert typed[0][1:] == (dt.datetime(2026, 11, 25, 12, 0, 1, tzinfo=UTC), Decimal("1.5"), "@SUM(A1)")
+    # `calls --format csv` is the same export, of the newest calls only, newest first.
+    newest = CliRunner().invoke(cli, ["--home", str(tmp_path), "calls", "--format", "csv", "--limit", "2"]).output
+    assert [r["customer_id"] for r in csv.DictReader(io.StringIO(newest))] == ["unpriced", "plain"]

@@ -1,0 +1,215 @@
+"""Report figures over ranges and zones that cut the rollups' buckets (store/reports.py), on a real
+DuckDB file: each range's count, cost and percentiles are worked out by hand below, and every tier
+a report may read (the hourly rollups, the 15-minute ones, the raw rows) must give them.
+
+In-process and in tests/mutation_selection.txt: the edges of a range are summed from finer tiers
+than its whole hours, and only a range that cuts a bucket reaches that code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from decimal import Decimal
+
+import pytest
+
+from addon.core.reports import parse_report
+from addon.core.store import calls as call_rows
+from addon.core.store import lifecycle, rollups, writing
+from addon.core.store import reports as report_rows
+
+from .helpers import call_row
+
+DAY = "2026-11-10"
+# (UTC time, cost): costs are powers of two, so a total says which calls it holds. Each call's latency
+# is ten times its cost in ms, its time in the proxy a hundred times its cost in µs, its input tokens its cost.
+CALLS = [("09:50", 1), ("10:05", 2), ("10:12", 4), ("10:20", 8), ("10:47", 16), ("10:55", 32), ("11:10", 64),
+         ("11:40", 512), ("12:03", 128), ("12:20", 256)]
+
+
+def at(hhmm: str, day: str = DAY) -> dt.datetime:
+    return dt.datetime.fromisoformat(f"{day}T{hhmm}").replace(tzinfo=dt.UTC)
+
+
+def rows(calls=CALLS, day: str = DAY, **changes) -> list[dict]:
+    return [call_row(cost, ts=at(hhmm, day), cost_usd=Decimal(cost), latency_ms=10.0 * cost, proxy_us=100 * cost,
+                     customer_id="acme", feature="chat", **changes) for hhmm, cost in calls]
+
+
+@pytest.fixture
+def con(tmp_path, new_store):
+    with writing(new_store(tmp_path / "aispendtrack.duckdb")) as connection:
+        call_rows.insert(connection, rows())
+        yield connection
+
+
+def interpolated(values: list[float], p: float) -> float:
+    """The percentile as quantile_cont (and a spreadsheet's PERCENTILE) takes it."""
+    ordered, rank = sorted(values), (len(values) - 1) * p
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return round(ordered[low] + (rank - low) * (ordered[high] - ordered[low]), 3)  # to the µs, as reports
+
+
+def costs_in(since: str | None, until: str | None) -> list[int]:
+    return [c for hhmm, c in CALLS if (since is None or hhmm >= since) and (until is None or hhmm < until)]
+
+
+# (since, until): ranges across hours whose both ends cut a 15-minute bucket (one cutting its hour
+# past the first quarter), one within an hour cutting two buckets, one within a bucket, one on
+# bucket edges, one on hour edges, open ends.
+RANGES = [("10:05", "12:20"), ("10:20", "12:20"), ("10:10", "10:50"), ("10:01", "10:14"), ("10:15", "10:45"),
+          ("10:00", "12:00"), ("10:05", "11:15"), ("10:12", None), (None, "10:12"), ("10:47", "10:55"), (None, None)]
+
+
+@pytest.fixture(params=["UTC", "Asia/Kathmandu"])
+def host_zone(request, monkeypatch):
+    """The server's own zone must not matter: each range is also worked out on a host set to +5:45."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_range_counts_the_calls_inside_it_once_from_every_tier(con, host_zone):
+    for since, until in RANGES:
+        want = costs_in(since, until)
+        for by, tier in (("model", rollups.COARSE), ("customer", rollups.FINE)):
+            spec = parse_report([by], since=since and f"{DAY}T{since}", until=until and f"{DAY}T{until}",
+                                now=at("13:00"))
+            assert report_rows._source(con, spec)[2] is tier
+            for exact in (False, True):
+                label = (since, until, by, exact)
+                groups, total = report_rows.report(con, spec, exact=exact)
+                assert [(g["calls"], g["cost_usd"], g["input_tokens"]) for g in groups] == [
+                    (len(want), sum(want), sum(want))], label
+                assert (total["calls"], total["cost_usd"], total["share"]) == (len(want), sum(want), 1.0), label
+                latencies = [10.0 * c for c in want]
+                p50, p95 = interpolated(latencies, 0.5), interpolated(latencies, 0.95)
+                if exact or by == "customer":  # the 15-minute tier's reports take them from the raw rows
+                    assert (groups[0]["p50_latency_ms"], groups[0]["p95_latency_ms"]) == (p50, p95), label
+                    assert (total["p50_latency_ms"], total["p95_latency_ms"]) == (p50, p95), label
+                else:  # the hourly tier's histograms: within 0.99%
+                    for got, exact_value in ((groups[0]["p50_latency_ms"], p50), (total["p95_latency_ms"], p95)):
+                        assert got == pytest.approx(exact_value, rel=rollups.RELATIVE_ERROR), label
+                added = [100 * c for c in want]  # read from the raw rows by every tier
+                assert (total["p50_proxy_us"], total["p99_proxy_us"]) == (
+                    round(interpolated(added, 0.5)), round(interpolated(added, 0.99))), label
+
+
+def test_a_range_on_bucket_edges_counts_purged_calls_from_the_rollups(con):
+    # The calls before 11:00 are purged: only the rollups keep them, so a range whose ends fall on
+    # bucket edges must read them there, not cut its ends off to the raw rows.
+    lifecycle.purge(con, {1: at("11:00")}, now=at("13:00"))
+    for since, until in (("10:00", "12:00"), ("10:15", "10:45"), ("10:15", "12:30"), (None, "10:30"), ("09:45", None)):
+        want = costs_in(since, until)
+        for by in ("model", "customer"):
+            spec = parse_report([by], since=since and f"{DAY}T{since}", until=until and f"{DAY}T{until}",
+                                now=at("13:00"))
+            [group], total = report_rows.report(con, spec)
+            assert (group["calls"], group["cost_usd"], total["cost_usd"]) == (len(want), sum(want), sum(want)), (
+                since, until, by)
+            if by == "model":  # the hourly tier's percentiles are of every call its histograms hold
+                assert group["p50_latency_ms"] == pytest.approx(interpolated([10.0 * c for c in want], 0.5),
+                                                                rel=rollups.RELATIVE_ERROR), (since, until)
+            _, raw = report_rows.report(con, spec, exact=True)  # the raw rows left: from 11:00
+            assert raw["cost_usd"] == (sum(c for c in want if c in (64, 512, 128, 256)) or None), (since, until, by)
+
+
+def test_hours_of_zones_off_the_whole_hour_start_at_their_local_hour(con):
+    def hours(tz: str, since: str | None = None, until: str | None = None) -> dict[str, tuple[int, Decimal]]:
+        spec = parse_report(["hour"], tz=tz, since=since, until=until, now=at("13:00"))
+        groups, _ = report_rows.report(con, spec)
+        return {g["hour"][11:]: (g["calls"], g["cost_usd"]) for g in groups}
+
+    # India, +5:30: 09:50 to 10:20 UTC is 15:20 to 15:50, 10:47 to 11:10 is 16:17 to 16:40.
+    assert hours("Asia/Kolkata") == {"15:00": (4, 15), "16:00": (3, 112), "17:00": (3, 896)}
+    # Nepal, +5:45: 10:12 UTC is 15:57, 10:20 is 16:05, 11:40 is 17:25, 12:20 is 18:05.
+    assert hours("Asia/Kathmandu") == {"15:00": (3, 7), "16:00": (4, 120), "17:00": (2, 640), "18:00": (1, 256)}
+    # A range in local time cutting buckets: 15:40 to 16:20 in Kolkata is 10:10 to 10:50 UTC.
+    assert hours("Asia/Kolkata", f"{DAY}T15:40", f"{DAY}T16:20") == {"15:00": (2, 12), "16:00": (1, 16)}
+    assert hours("America/Los_Angeles", f"{DAY}T02:10", f"{DAY}T03:15") == {"02:00": (4, 60), "03:00": (1, 64)}
+
+
+def test_a_zone_off_the_quarter_hours_groups_each_call_by_its_own_local_hour(tmp_path, new_store):
+    # Amsterdam kept +1:19:32 in the summer of 1936: 10:35 UTC was 11:54:32 there, 10:42 was 12:01:32,
+    # in another local hour than its 15-minute bucket's start (10:30 UTC, 11:49:32).
+    with writing(new_store(tmp_path / "aispendtrack.duckdb")) as con:
+        call_rows.insert(con, rows([("10:35", 1), ("10:42", 2), ("11:20", 4)], day="1936-06-01"))
+        spec = parse_report(["hour"], tz="Europe/Amsterdam", now=at("00:00", "1936-06-02"))
+        groups, total = report_rows.report(con, spec)
+    assert [(g["hour"], g["calls"], g["cost_usd"]) for g in groups] == [
+        ("1936-06-01 11:00", 1, 1), ("1936-06-01 12:00", 2, 6)]
+    assert (total["p50_latency_ms"], total["p95_latency_ms"]) == (20.0, 38.0)  # exact: from the raw rows
+
+
+# Los Angeles over 2026: 02:00 PST becomes 03:00 PDT at 2026-03-08 10:00 UTC, 02:00 PDT becomes
+# 01:00 PST at 2026-11-01 09:00 UTC. (UTC time, cost); the local time each call has there.
+DST_CALLS = [("2026-03-01T07:30:00", 1),        # Feb 28 23:30 PST
+             ("2026-03-08T09:59:59.500", 2),    # Mar 8 01:59:59 PST, half a second before the switch
+             ("2026-03-08T10:00:00", 4),        # Mar 8 03:00 PDT: the switch itself
+             ("2026-03-08T10:00:00.500", 8),    # 03:00:00.5 PDT
+             ("2026-03-08T10:00:01.500", 16),   # 03:00:01.5 PDT
+             ("2026-07-01T07:30:00", 32),       # Jul 1 00:30 PDT (Jun 30 23:30 at the winter offset)
+             ("2026-11-01T08:30:00", 64),       # Nov 1 01:30 PDT
+             ("2026-11-01T09:05:00", 128),      # Nov 1 01:05 PST
+             ("2026-12-01T07:30:00", 256)]      # Nov 30 23:30 PST (Dec 1 00:30 at the summer offset)
+LA = "America/Los_Angeles"
+
+
+@pytest.fixture
+def dst_con(tmp_path, new_store):
+    with writing(new_store(tmp_path / "dst.duckdb")) as connection:
+        call_rows.insert(connection, [call_row(cost, ts=dt.datetime.fromisoformat(ts).replace(tzinfo=dt.UTC),
+                                               cost_usd=Decimal(cost), latency_ms=float(cost))
+                                      for ts, cost in DST_CALLS])
+        yield connection
+
+
+def groups_by(con, dimension: str, exact: bool, **selection) -> dict[str, tuple[int, Decimal]]:
+    groups, _ = report_rows.report(con, parse_report([dimension], tz=LA, now=at("00:00", "2027-01-01"), **selection),
+                                   exact=exact)
+    return {g[dimension]: (g["calls"], g["cost_usd"]) for g in groups}
+
+
+def test_months_hours_and_days_across_both_switches_of_a_year(dst_con):
+    for exact in (False, True):  # the hourly rollups (whole-hour offsets) and the raw rows
+        assert groups_by(dst_con, "month", exact) == {"2026-02": (1, 1), "2026-03": (4, 30), "2026-07": (1, 32),
+                                                      "2026-11": (3, 448)}, exact
+        # The hour after the spring switch starts at it, to the second.
+        assert groups_by(dst_con, "hour", exact, since="2026-03-08", until="2026-03-09") == {
+            "2026-03-08 01:00": (1, 2), "2026-03-08 03:00": (3, 28)}, exact
+        # The last calls of a range, just after the autumn switch, take the winter offset.
+        assert groups_by(dst_con, "hour", exact, since="2026-11-01", until="2026-11-01T09:10:00+00:00") == {
+            "2026-11-01 01:00": (2, 192)}, exact
+        assert groups_by(dst_con, "day", exact, since="2026-05-01", until="2026-05-02") == {}, exact
+        groups, _ = report_rows.report(dst_con, parse_report(["model", "month"], tz=LA, now=at("00:00", "2027-01-01")),
+                                       exact=exact)
+        assert [(g["model"], g["month"], g["calls"]) for g in groups] == [
+            ("gpt-4o", "2026-02", 1), ("gpt-4o", "2026-03", 4), ("gpt-4o", "2026-07", 1), ("gpt-4o", "2026-11", 3)]
+
+
+def test_purged_calls_stay_in_every_local_period_of_the_rollups(dst_con, con):
+    lifecycle.purge(dst_con, {1: dt.datetime(2026, 12, 1, tzinfo=dt.UTC)}, now=at("00:00", "2027-01-01"))
+    assert groups_by(dst_con, "month", exact=False) == {"2026-02": (1, 1), "2026-03": (4, 30), "2026-07": (1, 32),
+                                                        "2026-11": (3, 448)}
+    assert groups_by(dst_con, "month", exact=True) == {"2026-11": (1, 256)}  # the raw rows left
+    lifecycle.purge(con, {1: at("13:00")}, now=at("13:00"))
+    for tz, by, want in (("UTC", "hour", {"09:00": (1, 1), "10:00": (5, 62), "11:00": (2, 576), "12:00": (2, 384)}),
+                         ("Asia/Kolkata", "hour", {"15:00": (4, 15), "16:00": (3, 112), "17:00": (3, 896)}),
+                         ("Asia/Kathmandu", "day", {DAY: (10, 1023)})):
+        groups, _ = report_rows.report(con, parse_report([by], tz=tz, now=at("13:00")))
+        assert {g[by].removeprefix(f"{DAY} "): (g["calls"], g["cost_usd"]) for g in groups} == want, tz
+
+
+def test_groups_are_by_cost_then_calls_then_name_with_the_unpriced_last(tmp_path, new_store):
+    stored = [("gpt-4o", "0.5"), ("b-model", "0.25"), ("a-model", "0.25"), ("unknown", None), ("c-model", "0.25"),
+              ("c-model", "0")]
+    with writing(new_store(tmp_path / "aispendtrack.duckdb")) as con:
+        call_rows.insert(con, [call_row(n, model=model, cost_usd=None if cost is None else Decimal(cost),
+                                        priced=cost is not None) for n, (model, cost) in enumerate(stored)])
+        groups, _ = report_rows.report(con, parse_report(["model"], now=at("00:00", "2026-12-01")))
+    assert [g["model"] for g in groups] == ["gpt-4o", "c-model", "a-model", "b-model", "unknown"]
