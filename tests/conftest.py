@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -105,3 +106,14 @@ def browser():
             "--disable-sync", "--no-first-run"])
         yield chromium
         chromium.close()
+
+
+@pytest.fixture(params=["UTC", "Asia/Kathmandu"])
+def host_zone(request, monkeypatch):
+    """The server's own zone must not matter: a test using this runs on a UTC host and on one set to
+    +5:45 (a naive datetime mistaken for UTC shows there)."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()

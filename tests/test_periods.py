@@ -8,7 +8,6 @@ zone the server itself runs in, so every case runs on a host set to UTC and on o
 from __future__ import annotations
 
 import datetime as dt
-import time
 import zoneinfo
 
 import pytest
@@ -19,13 +18,7 @@ from addon.core.periods import UnknownZone, day_start, hour_start, month_start, 
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
 
 
-@pytest.fixture(autouse=True, params=["UTC", "Asia/Kathmandu"])
-def host_zone(request, monkeypatch):
-    monkeypatch.setenv("TZ", request.param)
-    time.tzset()
-    yield request.param
-    monkeypatch.undo()
-    time.tzset()
+pytestmark = pytest.mark.usefixtures("host_zone")  # tests/conftest.py: on a UTC and a +5:45 host
 
 
 def utc(*parts: int) -> dt.datetime:
