@@ -52,6 +52,7 @@ def test_the_cli_and_the_api_work_through_the_owner_while_calls_flow(tmp_path, u
             proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "erase-me"})
             proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"kept-{n}"})
         assert len(proxy.rows("erase-me", expect=3)) == 3
+        assert len(proxy.rows("kept-2")) == 1  # the last call's row too: the total below counts all six
 
         with Load(proxy, threads=2) as load, httpx.Client(
                 base_url=f"http://127.0.0.1:{web_port}/api/v1", timeout=30,
