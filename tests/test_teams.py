@@ -3,8 +3,10 @@ the embedded migration and the shared mode."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
+import zoneinfo
 from decimal import Decimal
 
 import duckdb
@@ -13,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from addon.core import home as home_dir
+from addon.core import periods
 from addon.core.store import calls as call_rows
 from addon.core.store import migrations, reading, writing
 from cli.main import cli
@@ -350,3 +353,37 @@ def test_a_team_budget_in_the_shared_mode_holds_over_three_replicas_and_a_move_r
         for proxy in proxies:
             proxy.stop()
     assert team_budget(admin, THREE_CALLS) == THREE_CALLS
+
+
+def test_a_moved_key_takes_its_spend_between_the_shared_team_budgets_in_the_quota_zone(shared_env, tmp_path):
+    """In-process (the mutation selection's): what the replicas take at their next sync after
+    `keys move` is each team budget's spend recounted from its keys' stored calls, by the quota
+    zone's day and month."""
+    from addon.core.store import counters
+    from addon.core.store.connection import control
+
+    from .helpers import call_row
+    home = tmp_path / "admin"
+    run_cli(home, "config", "set", "quota-tz", "Asia/Kathmandu")  # +5:45: its day is not UTC's
+    zone = zoneinfo.ZoneInfo("Asia/Kathmandu")
+    for name in ("search", "ads", "idle"):
+        run_cli(home, "teams", "create", name)
+        run_cli(home, "budgets", "set", "--scope", f"team:{name}", "--daily", "100")
+    a, b = new_key(home, "a", "--team", "search"), new_key(home, "b", "--team", "search")
+    now = dt.datetime.now(dt.UTC)
+    day, month = periods.day_start(now, zone), periods.month_start(now, zone)
+    calls = [call_row(1, key_id=a, ts=day, cost_usd=Decimal("1")),  # the day's first instant
+             call_row(2, key_id=b, ts=day, cost_usd=Decimal("2")),
+             call_row(3, key_id=b, ts=day - dt.timedelta(microseconds=1), cost_usd=Decimal("4")),  # the day before
+             call_row(4, key_id=b, ts=month - dt.timedelta(microseconds=1), cost_usd=Decimal("8"))]  # last month
+    with writing(home / "unused.duckdb") as con:  # the shared store, whatever the path
+        call_rows.insert(con, calls)
+        counters.set_spend(control(con), {3: (Decimal("16"), Decimal("16"))}, day, month)  # idle's, as synced
+    run_cli(home, "keys", "move", str(b), "--team", "ads")
+    if periods.day_start(dt.datetime.now(dt.UTC), zone) != day:
+        pytest.skip("the quota zone's day ended during the test")
+    before_today = Decimal("4") if day > month else Decimal("0")  # the 1st of a month has no day before it
+    with reading(home / "unused.duckdb") as con:
+        synced = counters.spend(control(con), day, month)
+    assert synced == {1: (Decimal("1"), Decimal("1")), 2: (Decimal("2"), Decimal("2") + before_today),
+                      3: (Decimal("16"), Decimal("16"))}  # budget ids in the order set; idle's untouched
