@@ -23,6 +23,7 @@ import openai
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from addon.core import host_counters
 from addon.core.store import calls as call_rows
 from cli.main import cli
 
@@ -37,6 +38,14 @@ def call_row(n: int, **changes) -> dict:
                cost_usd=Decimal("0.01"), priced=True, usage_source="reported", customer_id=f"c{n}")
     row.update(changes)
     return row
+
+
+def empty_host_counters(path: Path) -> host_counters.HostCounters:
+    """A fresh file of the embedded workers' shared counts (addon/core/host_counters.py), opened here
+    as a worker opens it: in this process, so mutation testing reaches the host-count branches."""
+    epoch = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # the slots are empty: any period start
+    host_counters.create(path, {}, epoch, epoch)
+    return host_counters.HostCounters(path)
 
 
 def closed_by_peer(sock: socket.socket, within: float) -> bool:

@@ -18,15 +18,35 @@ from addon.core.home import db_path
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import call_row, key_with_blocking_budget, migrated_before, run_cli, start_proxy, until_admitted
+from .helpers import (
+    call_row,
+    empty_host_counters,
+    key_with_blocking_budget,
+    migrated_before,
+    run_cli,
+    start_proxy,
+    until_admitted,
+)
 
 UTC = zoneinfo.ZoneInfo("UTC")
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]}
 LEGACY_COST = Decimal("0.000405")  # 14 in x $2.50 + 37 out x $10, per million (the "legacy" payload)
 
 
-def test_tracker_counts_spend_per_scope_and_resets_each_day():
-    tracker = BudgetTracker(UTC)
+@pytest.fixture(params=["one process", "host counts"])
+def tracked(request, tmp_path):
+    """A BudgetTracker keeping spend in memory (one proxy process), or in the host's shared counts as
+    each worker of the embedded mode does; the same answers either way."""
+    def made(zone: zoneinfo.ZoneInfo) -> BudgetTracker:
+        tracker = BudgetTracker(zone)
+        if request.param == "host counts":
+            tracker.host = empty_host_counters(tmp_path / "counters")
+        return tracker
+    return made
+
+
+def test_tracker_counts_spend_per_scope_and_resets_each_day(tracked):
+    tracker = tracked(UTC)
     now = dt.datetime(2026, 11, 25, 23, 0, tzinfo=dt.UTC)
     budget = Budget(1, "customer", "acme", Decimal("1.00"), None, True)
     tracker.load([budget], lambda b, day, month: (Decimal("0.60"), Decimal("0.60")), now)
@@ -40,8 +60,8 @@ def test_tracker_counts_spend_per_scope_and_resets_each_day():
     assert tracker.blocked(3, "acme", None, now + dt.timedelta(hours=1)) is None  # a new day
 
 
-def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_blocking_one():
-    tracker = BudgetTracker(UTC)
+def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_blocking_one(tracked):
+    tracker = tracked(UTC)
     now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
     other = Budget(1, "customer", "globex", Decimal("1.00"), None, True)
     feature = Budget(2, "feature", "chat", None, Decimal("10.00"), True)
@@ -53,7 +73,7 @@ def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_
     assert tracker.blocked(3, "acme", "search", now) is None
     # A daily budget in a zone 14 hours east of UTC: its day ends at 10:00 UTC, so at 12:00 UTC
     # the refusal lasts until 10:00 UTC tomorrow.
-    east = BudgetTracker(zoneinfo.ZoneInfo("Etc/GMT-14"))
+    east = tracked(zoneinfo.ZoneInfo("Etc/GMT-14"))
     daily = Budget(3, "feature", "chat", Decimal("1.00"), None, True)
     east.load([daily], lambda b, day, month: (Decimal("1.00"), Decimal("1.00")), now)
     refusal = east.blocked(3, "acme", "chat", now)
@@ -338,9 +358,9 @@ def test_setting_one_period_keeps_the_rest_and_removing_one_says_what_went(tmp_p
     assert len(json.loads(run_cli(home, "budgets", "list", "--json"))) == 1
 
 
-def test_each_scope_counts_only_its_calls_and_a_month_outlives_its_days():
+def test_each_scope_counts_only_its_calls_and_a_month_outlives_its_days(tracked):
     la = zoneinfo.ZoneInfo("America/Los_Angeles")
-    tracker = BudgetTracker(la)
+    tracker = tracked(la)
     everything = Budget(1, "all", None, None, Decimal("100"), True)
     key_3 = Budget(2, "key", "3", Decimal("1"), None, True)
     acme_of_3 = Budget(3, "customer", "acme", None, Decimal("2"), True, key_id=3)
@@ -380,6 +400,46 @@ def test_each_scope_counts_only_its_calls_and_a_month_outlives_its_days():
     tracker.record(3, "acme", None, Decimal("0.25"), december + dt.timedelta(days=2))
     refusal = tracker.blocked(3, "acme", None, december + dt.timedelta(days=2))
     assert (refusal.budget.id, refusal.period, refusal.spent) == (3, "monthly", Decimal("2.00"))
+
+
+def test_a_team_budget_counts_its_keys_alone_and_a_moved_key_takes_its_stored_spend_along(tracked):
+    tracker = tracked(UTC)
+    now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    search = Budget(1, "team", "search", Decimal("1"), None, True)
+    ads = Budget(2, "team", "ads", None, Decimal("5"), True)
+    stored = {1: (Decimal("0.25"), Decimal("0.25")), 2: (Decimal(0), Decimal(0))}
+    seeded = []
+
+    def seed(budget, day, month):
+        seeded.append(budget.id)
+        return stored[budget.id]
+
+    tracker.load([search, ads], seed, now, teams={1: "search", 2: "search", 3: "ads"})
+    assert sorted(seeded) == [1, 2]
+    assert tracker.any_blocking(1, None, None) and tracker.any_blocking(3, None, None)
+    assert not tracker.any_blocking(4, "acme", "chat") and not tracker.any_blocking(None, None, None)
+    tracker.record(1, "acme", None, Decimal("0.5"), now)
+    tracker.record(3, "acme", None, Decimal("0.5"), now)  # ads': not search's
+    tracker.record(4, None, None, Decimal("9"), now)  # in no team
+    assert tracker.blocked(2, None, None, now) is None  # search: 0.25 stored + 0.5 of $1 today
+    tracker.record(2, None, None, Decimal("0.25"), now)
+    for key in (1, 2):
+        refusal = tracker.blocked(key, None, None, now)
+        assert (refusal.budget, refusal.period, refusal.spent) == (search, "daily", Decimal("1.00"))
+    assert tracker.blocked(3, None, None, now) is None and tracker.blocked(4, None, None, now) is None
+    # Key 2 moves to ads: both team budgets start again from what their keys' calls stored.
+    stored.update({1: (Decimal("0.75"), Decimal("0.75")), 2: (Decimal("4.75"), Decimal("4.75"))})
+    seeded.clear()
+    tracker.load([search, ads], seed, now, teams={1: "search", 2: "ads", 3: "ads"})
+    assert sorted(seeded) == [1, 2]
+    assert tracker.blocked(1, None, None, now) is None  # search: key 1's 0.75 of $1
+    tracker.record(2, None, None, Decimal("0.25"), now)  # now ads': 4.75 + 0.25 of $5 this month
+    refusal = tracker.blocked(3, None, None, now)
+    assert (refusal.budget, refusal.period, refusal.spent) == (ads, "monthly", Decimal("5.00"))
+    assert tracker.blocked(1, None, None, now) is None
+    seeded.clear()
+    tracker.load([search, ads], seed, now, teams={1: "search", 2: "ads", 3: "ads"})  # nothing moved
+    assert seeded == [] and tracker.blocked(2, None, None, now).spent == Decimal("5.00")
 
 
 def test_who_may_see_a_budget_is_the_key_every_call_of_it_belongs_to():

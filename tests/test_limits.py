@@ -11,14 +11,14 @@ import anthropic
 import openai
 import pytest
 
-from addon.core import host_counters, periods
+from addon.core import periods
 from addon.core.home import db_path
 from addon.core.limits import Limiter, Team, team_counts, teams_of_keys
 from addon.core.plans import Limits, limits_for
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import call_row, run_cli, start_proxy, until_admitted
+from .helpers import call_row, empty_host_counters, run_cli, start_proxy, until_admitted
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
@@ -32,10 +32,7 @@ def counted(request, tmp_path):
     def made(zone: zoneinfo.ZoneInfo) -> Limiter:
         limiter = Limiter(zone)
         if request.param == "host counts":
-            path = tmp_path / "counters"
-            epoch = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)  # the slots are empty: any period start
-            host_counters.create(path, {}, epoch, epoch)
-            limiter.host = host_counters.HostCounters(path)
+            limiter.host = empty_host_counters(tmp_path / "counters")
         return limiter
     return made
 
