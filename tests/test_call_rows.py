@@ -1180,3 +1180,44 @@ def test_a_chat_answer_without_usage_or_request_is_unpriced_without_a_reason_to_
     meter.finish(200, "completed", None, json.dumps({"id": "x", "object": "chat.completion", "choices": []}).encode())
     row = build_row(meter, book)
     assert (row["usage_source"], row["priced"], row["cost_usd"], row["error"]) == ("none", False, None, None)
+
+
+def _code_run_stream(named: bool) -> payloads.Reply:
+    """Claude running code twice in one container (bash, then the text editor), searching once and
+    calling the client's own tool that happens to be named like a code tool, streamed as the
+    Messages API streams it; ``named``: with its `event:` lines, else data lines only."""
+    def server(n: int, name: str) -> dict:
+        return {"type": "server_tool_use", "id": f"srvtoolu_{n}", "name": name, "input": {"command": "ls"}}
+    blocks = [server(1, "bash_code_execution"),
+              {"type": "bash_code_execution_tool_result", "tool_use_id": "srvtoolu_1", "content": {
+                  "type": "bash_code_execution_result", "stdout": "42\n", "stderr": "", "return_code": 0,
+                  "content": []}},
+              server(2, "text_editor_code_execution"), server(3, "web_search"),
+              {"type": "tool_use", "id": "toolu_4", "name": "code_execution", "input": {}},  # the client's tool
+              {"type": "text", "text": "Done.", "citations": None}]
+    container = {"id": "container_011CT9dc", "expires_at": "2026-12-03T17:00:00Z", "skills": None}
+    start = {"id": "msg_01", "type": "message", "role": "assistant", "model": payloads.SONNET, "content": [],
+             "stop_reason": None, "container": None,
+             "usage": {"input_tokens": 2679, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+                       "output_tokens": 3}}
+    events: list[tuple[str, dict]] = [("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(blocks):
+        events += [("content_block_start", {"type": "content_block_start", "index": index, "content_block": block}),
+                   ("content_block_stop", {"type": "content_block_stop", "index": index})]
+    events += [("message_delta", {"type": "message_delta", "delta": {
+                   "stop_reason": "end_turn", "stop_sequence": None, "container": container},
+                   "usage": {"input_tokens": 10682, "output_tokens": 510,
+                             "server_tool_use": {"web_search_requests": 1}}}),
+               ("message_stop", {"type": "message_stop"})]
+    lines = [(f"event: {name}\n" if named else "") + f"data: {json.dumps(body)}\n\n" for name, body in events]
+    return payloads.Reply(events=[line.encode() for line in lines])
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["event lines", "data only"])
+def test_a_streamed_anthropic_call_counts_its_code_runs_and_their_container(providers, book, named):
+    row = _row(providers, book, "anthropic", "/v1/messages", {**MESSAGE, "stream": True},
+               reply=_code_run_stream(named))
+    assert (row["input_tokens"], row["output_tokens"], row["priced"]) == (10682, 510, True)
+    assert row["usage_source"] == "estimated"  # the tokens are reported, the container's time is not
+    assert (row["code_executions"], row["containers"], row["web_search_requests"]) == (2, 1, 1)
+    assert row["error"].startswith("tool fee estimated: Anthropic bills code execution by container time")
