@@ -353,6 +353,25 @@ def until_key_works(call, within: float, why: str):
             time.sleep(0.25)
 
 
+def until_read(proxy: Proxy, within: float = 20.0, answers: int = 1) -> None:
+    """Return once the running proxy has read the store as it is now: it reads keys, their limits and
+    the budgets together, every ~2 s (later on a loaded host), so a key made now being admitted shows
+    that it has. The probe carries a tag the proxy refuses (400) once the key passes, so it is never
+    forwarded, counted or stored. ``answers``: admitted that many times in a row, each on a new
+    connection (``proxy --workers``: the kernel spreads them over workers that each read the store)."""
+    probe = json.loads(run_cli(proxy.home, "keys", "create", "--name", "probe", "--json"))["key"]
+    in_a_row = 0
+
+    def admitted() -> bool:
+        nonlocal in_a_row
+        answer = httpx.post(f"{proxy.url}/v1/chat/completions", json={}, timeout=10,
+                            headers={"x-aispendtrack-key": probe, "x-customer-id": "x" * 129})
+        in_a_row = in_a_row + 1 if answer.status_code == 400 else 0
+        return in_a_row >= answers
+    # Each try before the read is a wrong key to the proxy's guard (30 a minute): a few, not a flood.
+    until(admitted, within, "the proxy did not read the store", every=0.5 if answers == 1 else 0.1)
+
+
 def until_refused(call, within: float, why: str) -> None:
     """Return once ``call()`` is refused (401): a revoked key is refused within the refresh interval."""
     deadline = time.monotonic() + within
