@@ -522,7 +522,7 @@ def test_a_data_path_on_object_storage_with_credentials_from_a_duckdb_secret(sha
             for n in range(3):
                 proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"s3-{n}"})
             rows = json.loads(cli(tmp_path / "admin", "calls", "--format", "json").stdout)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 20
             while len(rows) < 3 and time.monotonic() < deadline:
                 rows = json.loads(cli(tmp_path / "admin", "calls", "--format", "json").stdout)
             assert sorted(r["customer_id"] for r in rows) == ["s3-0", "s3-1", "s3-2"]
