@@ -140,6 +140,16 @@ class Proxy:
                 return rows
             time.sleep(0.05)
 
+    def until_stored(self, tags: set[str], timeout: float = 20.0) -> set[str]:
+        """The customer ids stored, once every one of ``tags`` is (or what is stored after ``timeout``):
+        a call's row reaches the store a flush after its answer, later on a loaded host."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stored = {r["customer_id"] for r in self.calls(limit=1_000_000)}
+            if tags <= stored or time.monotonic() > deadline:
+                return stored
+            time.sleep(0.2)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -334,16 +344,41 @@ class Load:
         assert len(self.completed) >= calls, f"only {len(self.completed)} calls completed"
 
 
+BAD_KEYS = "aispendtrack_too_many_bad_keys"  # the 429 an address earns after 30 wrong keys a minute
+
+
 def until_key_works(call, within: float, why: str):
     """``call()``'s answer once the proxy stops refusing its key: a key made while the proxy runs
-    reaches it within its refresh interval."""
+    reaches it within its refresh interval. Until then each try is a wrong key to the proxy, and past
+    30 in a minute (3 s of tries on a host loaded enough to read keys late) the refusal is a 429."""
     deadline = time.monotonic() + within
     while True:
         try:
             return call()
-        except openai.AuthenticationError:
+        except (openai.AuthenticationError, openai.RateLimitError) as refused:
+            if isinstance(refused, openai.RateLimitError) and refused.code != BAD_KEYS:
+                raise
             assert time.monotonic() < deadline, why
-            time.sleep(0.1)
+            time.sleep(0.25)
+
+
+def until_read(proxy: Proxy, within: float = 20.0, answers: int = 1) -> None:
+    """Return once the running proxy has read the store as it is now: it reads keys, their limits and
+    the budgets together, every ~2 s (later on a loaded host), so a key made now being admitted shows
+    that it has. The probe carries a tag the proxy refuses (400) once the key passes, so it is never
+    forwarded, counted or stored. ``answers``: admitted that many times in a row, each on a new
+    connection (``proxy --workers``: the kernel spreads them over workers that each read the store)."""
+    probe = json.loads(run_cli(proxy.home, "keys", "create", "--name", "probe", "--json"))["key"]
+    in_a_row = 0
+
+    def admitted() -> bool:
+        nonlocal in_a_row
+        answer = httpx.post(f"{proxy.url}/v1/chat/completions", json={}, timeout=10,
+                            headers={"x-aispendtrack-key": probe, "x-customer-id": "x" * 129})
+        in_a_row = in_a_row + 1 if answer.status_code == 400 else 0
+        return in_a_row >= answers
+    # Each try before the read is a wrong key to the proxy's guard (30 a minute): a few, not a flood.
+    until(admitted, within, "the proxy did not read the store", every=0.5 if answers == 1 else 0.1)
 
 
 def until_refused(call, within: float, why: str) -> None:

@@ -176,7 +176,7 @@ def test_the_running_proxy_alerts_when_a_budget_is_crossed(tmp_path, upstream):
         client = proxy.openai(headers={"x-feature": "summaries", "x-test-scenario": "legacy"})
         for _ in range(2):  # $0.00081: over the $0.0005 budget, which does not block
             client.chat.completions.create(**CHAT)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while not receiver.requests and time.monotonic() < deadline:
             time.sleep(0.2)
         [(_, body)] = receiver.requests

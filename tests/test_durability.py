@@ -106,10 +106,9 @@ def test_a_backup_taken_under_load_restores_the_calls_before_it_and_the_keys(tmp
     proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", flush_ms=500)
     with Load(proxy, threads=4) as load:
         load.wait_for(60)
-        time.sleep(2)
-        started = time.monotonic()
+        before = set(load.completed)
+        assert before <= proxy.until_stored(before)  # stored before the backup begins
         run_cli(proxy.home, "admin", "backup", str(backup))
-        before = {tag for tag, at in load.completed.items() if at < started - 1.5}  # flushed before it began
         load.wait_for(len(load.completed) + 30)  # and the proxy goes on
     proxy.stop()
     assert load.failed == 0

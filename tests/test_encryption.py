@@ -70,7 +70,7 @@ def test_the_proxy_writes_an_encrypted_file_and_no_key_means_no_access(tmp_path,
                                default_headers={"x-aispendtrack-key": key, "x-customer-id": marker})
         for _ in range(3):
             client.chat.completions.create(**CHAT)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         rows = []
         while len(rows) < 3 and time.monotonic() < deadline:
             rows = json.loads(cli(home, "calls", "--format", "json").stdout)

@@ -245,7 +245,7 @@ def test_a_large_upload_is_forwarded_whole_and_priced_from_its_header(proxy, med
     audio = fake.wav(600.0)  # 19.2 MB
     _client(proxy, timeout=30).audio.transcriptions.create(
         model="whisper-1", file=("big.wav", audio, "audio/wav"), response_format="srt", **_tag(customer))
-    [row] = proxy.rows(customer, timeout=10)
+    [row] = proxy.rows(customer)
     assert media.last().body.count(audio) == 1
     assert row["usage_source"] == "estimated" and Decimal(str(row["audio_seconds"])) == 600
 

@@ -153,7 +153,7 @@ def test_the_metrics_port_stays_on_loopback_when_the_proxy_listens_everywhere(tm
         proxy = start_proxy(home, provider.url, tmp_path / "proxy.log", extra_args=extra)
         try:
             expected = "0.0.0.0" if explicit else "127.0.0.1"
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 20
             while _listening_addresses(metrics_port) != {expected} and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert _listening_addresses(metrics_port) == {expected}

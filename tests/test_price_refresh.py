@@ -49,7 +49,7 @@ def call(proxy, tag: str):
 
 
 def row(proxy, tag: str) -> dict:
-    [found] = proxy.rows(tag, expect=1, timeout=10)
+    [found] = proxy.rows(tag, expect=1)
     return found
 
 
@@ -103,7 +103,7 @@ def test_a_new_model_is_priced_within_one_refresh_and_its_earlier_calls_are_repr
             assert after["price_snapshot"] == snapshot_id(newer)
             assert after["price_source"] == f"genai-prices data {snapshot_id(newer)}"
             # The call made before the refresh is priced now too, by the same data.
-            healed = until(lambda: (r := row(proxy, "before"))["priced"] and r, 10, "the unpriced call stayed unpriced")
+            healed = until(lambda: (r := row(proxy, "before"))["priced"] and r, 20, "the unpriced call stayed unpriced")
             assert Decimal(str(healed["cost_usd"])) == expected_cost(first) > 0
             assert healed["price_snapshot"] == snapshot_id(newer)
             # /metrics says which data is in use and how old it is (fetched since the test started).
@@ -269,7 +269,7 @@ def test_a_price_server_that_never_answers_delays_neither_the_start_nor_any_call
         server.hold()
         proxy = refreshing(tmp_path, upstream, server)
         try:
-            until(lambda: server.requests >= 1, 10, "the proxy did not fetch on start")
+            until(lambda: server.requests >= 1, 20, "the proxy did not fetch on start")
             # The fetch is held open: calls are answered and recorded meanwhile, unpriced.
             call(proxy, "during")
             assert row(proxy, "during")["priced"] is False

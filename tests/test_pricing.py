@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from decimal import Decimal
 
 import pytest
@@ -133,13 +132,21 @@ def test_bad_override_files_are_refused_with_the_reason(tmp_path, text, message)
 
 
 def test_the_running_proxy_picks_up_an_edited_override_file(proxy, customer):
+    from .helpers import until
     path = proxy.home / "prices.toml"
     path.write_text('[[price]]\nmodel = "acme-llm-7b"\ninput_mtok = 1.0\noutput_mtok = 2.0\n')
-    time.sleep(0.5)  # a few writer cycles
     try:
-        client = proxy.openai(headers={"x-customer-id": customer, "x-test-scenario": "unknown_model"})
-        client.chat.completions.create(model="acme-llm-7b", messages=[{"role": "user", "content": "hi"}])
-        [row] = proxy.rows(customer)
+        def call(tag: str) -> dict:
+            client = proxy.openai(headers={"x-customer-id": tag, "x-test-scenario": "unknown_model"})
+            client.chat.completions.create(model="acme-llm-7b", messages=[{"role": "user", "content": "hi"}])
+            [row] = proxy.rows(tag)
+            return row
+        # The writer reads the file between its cycles (every 100 ms, later on a loaded host): probe
+        # calls until one is priced by it, then the call checked.
+        probes = iter(range(1000))
+        until(lambda: call(f"{customer}-probe-{next(probes)}")["priced"], 20, "the proxy never read prices.toml",
+              every=0)
+        row = call(customer)
         assert row["priced"] is True and row["cost_usd"] == pytest.approx((10 * 1.0 + 5 * 2.0) / 1e6)
         assert row["price_source"] == "override prices.toml#1"
     finally:

@@ -18,7 +18,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from . import realtime_upstream as fake
-from .helpers import run_cli, start_proxy
+from .helpers import run_cli, start_proxy, until_read
 
 M = Decimal(1_000_000)
 MODEL = "gpt-realtime"
@@ -147,7 +147,7 @@ def test_a_frame_that_is_not_json_is_passed_on_skipped_and_logged_once(proxy, re
 def test_a_key_over_its_limit_is_refused_at_the_upgrade_with_retry_after(proxy, realtime, customer):
     created = json.loads(run_cli(proxy.home, "keys", "create", "--name", "voice-limited", "--json"))
     run_cli(proxy.home, "keys", "set-limit", str(created["id"]), "--per-hour", "1")
-    time.sleep(2.5)  # the proxy reads keys and limits every 2 s
+    until_read(proxy)  # the key and its limit, read together
     before = len(realtime.connections)
     with _connect(proxy, customer, created["key"]) as conn:
         _until(conn, "session.created")
@@ -200,7 +200,7 @@ def test_a_session_that_crosses_a_blocking_budget_is_recorded_exactly_and_the_ne
     one = _gpt_realtime_cost(fake.USAGE)  # $0.06896 a response
     run_cli(proxy.home, "budgets", "set", "--scope", f"customer:{customer}", "--all-keys", "--daily", "0.10",
             "--block")
-    time.sleep(2.5)  # the proxy reads budgets every 2 s
+    until_read(proxy)  # the budget, read with the keys
     with _connect(proxy, customer) as conn:  # the budget is not spent yet: the upgrade is let through
         _until(conn, "session.created")
         for _ in range(3):  # the second response crosses $0.10; the session is not cut mid-way

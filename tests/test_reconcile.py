@@ -762,7 +762,7 @@ def test_a_month_of_every_kind_of_traffic_reconciles_to_exactly_the_calls_around
         try:
             made = _month_of_openai_through_the_proxy(proxy, provider, media_upstream)
             made += _month_of_anthropic_through_the_proxy(proxy, provider)
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 20
             while len(rows := [r for r in proxy.calls() if r["usage_source"] != "none"]) < made:
                 assert time.monotonic() < deadline, rows
                 time.sleep(0.1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import time
 
 import anthropic
 import httpx
@@ -20,7 +19,7 @@ import pytest
 
 from addon.routing import canonical
 
-from .helpers import run_cli, start_proxy
+from .helpers import run_cli, start_proxy, until_read
 from .upstream import FakeProvider
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -155,7 +154,7 @@ def test_non_canonical_spellings_are_metered_and_budgeted_as_the_canonical_path(
     customer = f"bypass-{path}"
     run_cli(proxy.home, "budgets", "set", "--scope", f"customer:{customer}", "--all-keys", "--daily", "0.000001",
             "--block")
-    time.sleep(2.5)  # a running proxy applies a new budget within ~2 s
+    until_read(proxy)  # a running proxy reads a new budget within ~2 s, later on a loaded host
     headers = {"authorization": "Bearer sk-test", "x-test-scenario": "legacy", "x-customer-id": customer}
     first = _post(proxy, path, headers, CHAT)
     assert first.status_code == 200 and openai_upstream.last().path == "/v1/chat/completions"

@@ -112,7 +112,7 @@ def test_a_key_created_or_revoked_anywhere_works_or_is_refused_on_every_replica_
                     break
                 except openai.AuthenticationError:
                     assert time.monotonic() - made_at < 5, "a new key was still refused after 5 s"
-                    time.sleep(0.1)
+                    time.sleep(0.25)  # past 30 wrong keys a minute, the proxy's guard answers 429 instead
         for proxy in proxies:
             proxy.openai().chat.completions.create(**CHAT)
         cli(proxies[1].home, "keys", "revoke", str(created["id"]))
@@ -522,7 +522,7 @@ def test_a_data_path_on_object_storage_with_credentials_from_a_duckdb_secret(sha
             for n in range(3):
                 proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"s3-{n}"})
             rows = json.loads(cli(tmp_path / "admin", "calls", "--format", "json").stdout)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 20
             while len(rows) < 3 and time.monotonic() < deadline:
                 rows = json.loads(cli(tmp_path / "admin", "calls", "--format", "json").stdout)
             assert sorted(r["customer_id"] for r in rows) == ["s3-0", "s3-1", "s3-2"]

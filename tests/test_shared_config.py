@@ -37,7 +37,7 @@ def override_cost(completion) -> Decimal:
 
 
 def stored_row(proxy, customer: str) -> dict:
-    [row] = proxy.rows(customer, expect=1, timeout=10)
+    [row] = proxy.rows(customer, expect=1)
     return row
 
 

@@ -42,7 +42,7 @@ def test_reading_while_the_proxy_writes_loses_nothing_and_shows_no_lock_errors(p
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: client.chat.completions.create(**CHAT), range(200)))
     completed_at = time.monotonic()
-    rows = proxy.rows(customer, expect=200, timeout=10)
+    rows = proxy.rows(customer, expect=200)
     visible_after = time.monotonic() - completed_at
     stop.set()
     for reader in readers:

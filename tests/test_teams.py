@@ -10,6 +10,7 @@ import zoneinfo
 from decimal import Decimal
 
 import duckdb
+import httpx
 import openai
 import pytest
 from click.testing import CliRunner
@@ -21,7 +22,7 @@ from addon.core.store import migrations, reading, writing
 from cli.main import cli
 from web import create_app
 
-from .helpers import migrated_before, run_cli, start_proxy, until_admitted
+from .helpers import migrated_before, run_cli, start_proxy, until, until_admitted
 from .helpers import report_row as row
 
 
@@ -267,8 +268,8 @@ THREE_CALLS = (3 * LEGACY_COST, 3 * LEGACY_COST)  # a team budget's today and th
 
 def team_budget(home, expect: tuple[Decimal, Decimal] | None = None) -> tuple[Decimal, Decimal]:
     """The team budget's (today, this month) as `budgets list` shows it: from stored calls, so a
-    running proxy's last calls count once its writer has flushed them (``expect``: wait up to 10 s)."""
-    deadline = time.monotonic() + 10
+    running proxy's last calls count once its writer has flushed them (``expect``: wait up to 20 s)."""
+    deadline = time.monotonic() + 20
     while True:
         [listed] = [b for b in json.loads(run_cli(home, "budgets", "list", "--json")) if b["scope"] == "team"]
         found = Decimal(str(listed["spent_today_usd"])), Decimal(str(listed["spent_this_month_usd"]))
@@ -302,13 +303,13 @@ def test_a_team_budget_sums_its_keys_blocks_them_all_and_follows_a_moved_key(tmp
         assert team_budget(home, THREE_CALLS) == THREE_CALLS
         # b leaves the team, taking its spend: the team is back under its budget, and b is free.
         run_cli(home, "keys", "move", str(b["id"]), "--no-team")
-        until_admitted(lambda: client(a).chat.completions.create(**CHAT), 10, "a moved key's spend stayed")
+        until_admitted(lambda: client(a).chat.completions.create(**CHAT), 20, "a moved key's spend stayed")
         client(b).chat.completions.create(**CHAT)
         assert team_budget(home, THREE_CALLS) == THREE_CALLS  # a's three calls now
         # Renamed, the team keeps its budget (and a the spend that crossed it): refused under its new name
-        # once the proxy has read it (~2 s).
+        # once the proxy has read it (~2 s, later on a loaded host).
         run_cli(home, "teams", "rename", "search", "retrieval")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while True:
             with pytest.raises(openai.RateLimitError) as raised:
                 client(a).chat.completions.create(**CHAT)
@@ -334,19 +335,26 @@ def test_a_team_budget_in_the_shared_mode_holds_over_three_replicas_and_a_move_r
     try:
         def client(proxy, key: dict):
             return proxy.openai(headers={"x-aispendtrack-key": key["key"], "x-test-scenario": "legacy"})
+
+        def refuses(proxy, key: dict) -> bool:
+            """Whether ``proxy`` refuses ``key``'s calls now, asked with a call that costs nothing if admitted."""
+            return httpx.get(f"{proxy.url}/v1/models", headers={"x-aispendtrack-key": key["key"]},
+                             timeout=10).status_code == 429
         client(proxies[0], a).chat.completions.create(**CHAT)
         client(proxies[1], a).chat.completions.create(**CHAT)
         client(proxies[2], b).chat.completions.create(**CHAT)  # the team's third: past $0.001 over the replicas
-        time.sleep(1.5)  # the replicas share their spend every 0.25 s
         for proxy, key in ((proxies[1], b), (proxies[0], a), (proxies[2], a)):
+            # The replicas share their spend every 0.25 s (later on a loaded host).
+            until(lambda: refuses(proxy, key), 20, "a replica never heard of the others' spend")
             with pytest.raises(openai.RateLimitError) as raised:
                 client(proxy, key).chat.completions.create(**CHAT)
             assert "over team search" in raised.value.message
         assert team_budget(admin, THREE_CALLS) == THREE_CALLS
         run_cli(admin, "keys", "move", str(b["id"]), "--no-team")  # the shared spend becomes a's two calls
-        time.sleep(3)  # both replicas have read the move (~2 s) and synced the shared spend since
+        # proxies[1] has read the move (~2 s) and synced the shared spend since.
+        until(lambda: not refuses(proxies[1], a), 20, "the moved key's spend stayed")
         client(proxies[1], a).chat.completions.create(**CHAT)
-        time.sleep(1.5)
+        until(lambda: refuses(proxies[0], a), 20, "a replica never heard of the other's spend")
         with pytest.raises(openai.RateLimitError):  # a's third call crossed it again, seen on both
             client(proxies[0], a).chat.completions.create(**CHAT)
     finally:

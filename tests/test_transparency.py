@@ -126,7 +126,7 @@ def test_first_chunk_reaches_the_client_while_the_upstream_is_still_sending(prox
 
     reader = threading.Thread(target=consume)
     reader.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 20
     while "event" not in first and time.monotonic() < deadline:
         time.sleep(0.01)
     assert "event" in first, "first chunk did not arrive while the upstream held the rest back"

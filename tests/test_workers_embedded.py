@@ -23,7 +23,7 @@ import pytest
 
 from addon.core import home as home_dir
 
-from .helpers import free_port, run_cli
+from .helpers import free_port, run_cli, until_read
 from .test_workers import CHAT, _calls, alive, children, rows_tagged, start_workers, stop, wait_for
 
 
@@ -96,7 +96,9 @@ def test_a_blocking_budget_refuses_the_next_call_on_every_embedded_worker(tmp_pa
         assert cost > 0
         run_cli(home, "budgets", "set", "--scope", "customer:bud", "--daily", str(cost * Decimal("5.5")),
                 "--block", "--key", str(proxy.key_id))
-        time.sleep(3)  # every worker loads it within ~2 s
+        # Every worker reads it within ~2 s, later on a loaded host: a probe key made after it is
+        # admitted ten times in a row, on new connections the kernel spreads over the workers.
+        until_read(proxy, answers=10)
         outcomes = []
         for _ in range(20):  # a client each: new connections, spread over the workers by the kernel
             try:
