@@ -23,6 +23,7 @@ import pytest
 from mitmproxy.http import Headers
 
 from addon.estimate import Counter
+from addon.eventstream import EventStreamDecoder
 from addon.meter import CallMeter
 from addon.providers import all_providers
 from addon.providers.bedrock import ConverseStream, InvokeStream
@@ -211,6 +212,14 @@ def test_a_converse_stream_keeps_the_text_of_its_deltas(providers):
     assert parser.output_text() == "Hello" and not parser.observed.complete
 
 
+def test_an_invoke_stream_keeps_the_text_of_claudes_deltas(providers):
+    parser = providers["bedrock"].stream_parser(f"/model/{CLAUDE}/invoke-with-response-stream")
+    decoder = EventStreamDecoder()
+    for event, data in decoder.feed(b"".join(aws.claude_stream()[:4])):  # to content_block_stop
+        parser.feed(event, data)
+    assert parser.output_text() == "Hello" and not parser.observed.complete
+
+
 def test_each_bedrock_operation_gets_its_parser_with_the_paths_model(providers):
     bedrock = providers["bedrock"]
     for path, kind, model in [(f"/model/{CLAUDE}/invoke-with-response-stream", InvokeStream, CLAUDE),
@@ -290,6 +299,9 @@ def test_a_vertex_gemini_stream_is_its_last_running_total_and_a_cut_one_the_last
     assert row["cost_usd"] == _usd((12, "0.30"), (128, "2.50"))
     cut = _row(providers, book, "vertex", path, "text/event-stream", events, {"contents": []}, keep=1)
     assert (_tokens(cut), cut["usage_source"]) == ((12, 0, 0, 3, 0), "partial")
+    unnamed = [f"data: {json.dumps({**c, 'modelVersion': None})}\r\n\r\n".encode() for c in _gemini_chunks()]
+    url_named = _row(providers, book, "vertex", path, "text/event-stream", unnamed, {"contents": []})
+    assert (url_named["model"], url_named["cost_usd"]) == ("gemini-2.5-flash", row["cost_usd"])  # the URL's model
     array = json.dumps(_gemini_chunks()).encode()  # without alt=sse: one JSON array
     whole = _row(providers, book, "vertex", path, "application/json; charset=UTF-8", array, {"contents": []})
     assert (_tokens(whole), whole["usage_source"]) == ((12, 0, 0, 128, 88), "reported")
