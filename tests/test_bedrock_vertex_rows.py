@@ -184,6 +184,11 @@ def test_an_exception_in_a_bedrock_stream_is_the_rows_error(providers, book):
                                               _exception("modelStreamErrorException", "the model failed")],
          "modelStreamErrorException"),
         (f"/model/{CLAUDE}/converse-stream", [_exception(long_kind, "long")], "x" * 100),
+        # A type with a ':' of its own (as AWS's x-amzn-ErrorType has) is kept whole after "exception:".
+        (f"/model/{CLAUDE}/converse-stream", [_exception("internalServerException:coral", "x")],
+         "internalServerException:coral"),
+        (f"/model/{CLAUDE}/invoke-with-response-stream", [_exception("internalServerException:coral", "x")],
+         "internalServerException:coral"),
         (f"/model/{CLAUDE}/invoke-with-response-stream", [_exception(long_kind, "long")], "x" * 100),
     ]:
         row = _row(providers, book, "bedrock", path, EVENT_STREAM, messages, BEDROCK_MESSAGE)
@@ -200,6 +205,34 @@ def test_a_bedrock_converse_stream_is_its_metadata_usage_with_cache_reads_and_wr
     cut = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
                aws.converse_stream(), keep=-1)  # no metadata event
     assert (cut["usage_source"], cut["input_tokens"], cut["output_tokens"]) == ("none", 0, 0)
+
+
+@pytest.mark.parametrize("usage,error", [
+    ({"inputTokens": None, "outputTokens": 12}, "inputTokens is null"),
+    ({"inputTokens": 30, "outputTokens": None}, "outputTokens is null"),
+])
+def test_a_converse_usage_with_a_null_count_is_refused_by_name(providers, book, usage, error):
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}}, "usage": usage}
+    for path, kind, body in [
+        (f"/model/{CLAUDE}/converse", "application/json", json.dumps(answer).encode()),
+        (f"/model/{CLAUDE}/converse-stream", EVENT_STREAM,
+         [aws.event_message({":event-type": "metadata", ":message-type": "event"},
+                            json.dumps({"usage": usage}).encode())]),
+    ]:
+        row = _row(providers, book, "bedrock", path, kind, body)
+        assert (row["input_tokens"], row["output_tokens"], row["usage_source"]) == (0, 0, "invalid"), path
+        assert error in row["error"], path
+
+
+def test_a_nova_invoke_model_body_counts_its_cache_reads_and_writes(providers, book):
+    # Nova's own InvokeModel body names the cache counts ...TokenCount, where Converse says ...Tokens.
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}}, "stopReason": "end_turn",
+              "usage": {"inputTokens": 11, "outputTokens": 23, "totalTokens": 1334, "cacheReadInputTokenCount": 1000,
+                        "cacheWriteInputTokenCount": 300}}
+    row = _row(providers, book, "bedrock", "/model/us.amazon.nova-pro-v1:0/invoke", "application/json",
+               json.dumps(answer).encode(), {"messages": []})
+    assert (row["model"], row["usage_source"]) == ("us.amazon.nova-pro-v1:0", "reported")
+    assert _tokens(row) == (11, 1000, 300, 23, 0)
 
 
 def test_a_converse_stream_keeps_the_text_of_its_deltas(providers):
@@ -439,7 +472,8 @@ def test_another_providers_key_is_refused_at_a_providers_host(providers, provide
 def test_a_path_that_could_be_read_as_another_or_in_the_wrong_case_is_refused_at_a_host(providers):
     with pytest.raises(Misrouted) as refused:
         route_host(providers["bedrock"], "/model/x%2F..%2Fy/converse", _headers())
-    assert (refused.value.status, refused.value.code) == (400, "aispendtrack_bad_path")
+    assert (refused.value.provider.name, refused.value.status, refused.value.code) == \
+        ("bedrock", 400, "aispendtrack_bad_path")  # answered in Bedrock's error shape
     assert "AiSpendTrack cannot forward '/model/x%2F..%2Fy/converse'" in refused.value.message
     with pytest.raises(Misrouted) as refused:
         route_host(providers["bedrock"], "/model/x/Converse", _headers())
