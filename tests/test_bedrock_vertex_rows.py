@@ -235,6 +235,28 @@ def test_a_nova_invoke_model_body_counts_its_cache_reads_and_writes(providers, b
     assert _tokens(row) == (11, 1000, 300, 23, 0)
 
 
+def test_a_llama_invoke_model_body_is_its_prompt_and_generation_counts(providers, book):
+    answer = {"generation": "Hi!", "prompt_token_count": 18, "generation_token_count": 5, "stop_reason": "stop"}
+    row = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke", "application/json", json.dumps(answer).encode(),
+               {"prompt": "hi"})
+    assert (row["model"], row["usage_source"], _tokens(row)) == (LLAMA, "reported", (18, 0, 0, 5, 0))
+    assert row["cost_usd"] == _usd((18, "2.65"), (5, "3.50"))
+    for field in ("prompt_token_count", "generation_token_count"):
+        null = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke", "application/json",
+                    json.dumps({**answer, field: None}).encode(), {"prompt": "hi"})
+        assert (null["usage_source"], null["input_tokens"], null["output_tokens"]) == ("invalid", 0, 0)
+        assert f"{field} is null" in null["error"]
+
+
+def test_a_model_given_as_an_inference_profile_arn_is_priced_as_the_profile_it_names(providers, book):
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}},
+              "usage": aws.CONVERSE_USAGE}
+    # The path as signed and forwarded: the ARN one segment, its ':' and '/' encoded.
+    row = _row(providers, book, "bedrock", ARN_PATH, "application/json", json.dumps(answer).encode())
+    assert (row["model"], row["endpoint"]) == (CLAUDE, "/model/{modelId}/converse")
+    assert row["cost_usd"] == _usd((30, "3.30"), (2000, "0.33"), (1030, "4.125"), (12, "16.50"))
+
+
 def test_a_converse_stream_keeps_the_text_of_its_deltas(providers):
     parser = providers["bedrock"].stream_parser(f"/model/{CLAUDE}/converse-stream")
     assert isinstance(parser, ConverseStream) and parser.observed.model == CLAUDE
