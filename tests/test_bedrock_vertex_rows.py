@@ -1,0 +1,540 @@
+"""The rows of AWS Bedrock and Vertex AI calls and the forward mode's routing by host, in-process.
+
+tests/test_forward.py and tests/test_vertex.py drive the same calls end to end through a proxy
+subprocess, which mutation testing cannot see into (it imports the original code). Here each
+provider's recorded bytes go through the meter and row builder the proxy uses, as in
+tests/test_call_rows.py: Bedrock's binary event stream framed by tests/bedrock_upstream.py's
+encoder, its usage headers and invocation metrics, Vertex's paths for both publishers.
+
+Rates (genai-prices, USD per 1M tokens): Claude Sonnet 4.5 on Bedrock 3 in / 0.30 cache read /
+3.75 cache write / 15 out by a global profile, 10% more by a regional one (us.); Mistral Large
+(2402) on Bedrock 4 in / 12 out; on Vertex (``google``) gemini-2.5-flash 0.30 in / 0.03 cached /
+2.50 out, claude-sonnet-4-5 as Anthropic's list, claude-haiku-4-5 1 in / 0.10 cache read / 5 out.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from decimal import Decimal
+
+import pytest
+from mitmproxy.http import Headers
+
+from addon.estimate import Counter
+from addon.eventstream import EventStreamDecoder
+from addon.meter import CallMeter
+from addon.providers import all_providers
+from addon.providers.bedrock import ConverseStream, InvokeStream
+from addon.providers.vertex import vertex_host
+from addon.record import build_row
+from addon.routing import Misrouted, route, route_host
+from pricing import PriceBook
+
+from . import bedrock_upstream as aws
+from . import vertex_upstream as gcp
+
+M = Decimal(1_000_000)
+EVENT_STREAM = "application/vnd.amazon.eventstream"
+CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"  # a regional inference profile
+CLAUDE_GLOBAL = "global.anthropic.claude-sonnet-4-5-20250929-v1:0"
+MISTRAL = "mistral.mistral-large-2402-v1:0"
+LLAMA = "meta.llama3-70b-instruct-v1:0"
+BEDROCK_MESSAGE = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+                   "messages": [{"role": "user", "content": "hi"}]}
+VERTEX = f"/v1/projects/{gcp.PROJECT}/locations/us-central1/publishers"
+VERTEX_ENDPOINT = "/v1/projects/{{project}}/locations/{{location}}/publishers/{publisher}/models/{{model}}:{method}"
+
+
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory):
+    counter = Counter(tmp_path_factory.mktemp("cache") / "tiktoken")
+    counter.load_in_background().join(60)
+    return counter
+
+
+@pytest.fixture
+def providers(counter):
+    return {p.name: p for p in all_providers(counter)}
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    return PriceBook(tmp_path_factory.mktemp("prices") / "prices.toml")
+
+
+def _row(providers, book, provider: str, path: str, content_type: str, answer: bytes | list[bytes],
+         request: dict | None = None, headers: dict[str, str] | None = None, status: int = 200,
+         keep: int | None = None) -> dict:
+    """The row of a call answered with ``answer``: one body, or a stream's messages (the first ``keep``
+    of them), cut every 37 bytes across message boundaries as a network does."""
+    meter = CallMeter(providers[provider], path, 7, "acme", "chat", time.time(),
+                      json.dumps(request or {}).encode(), "")
+    meter.response_headers = Headers([(k.encode(), v.encode()) for k, v in (headers or {}).items()])
+    streamed = meter.start_response(status, content_type, "")
+    if streamed:
+        wire = b"".join(answer[:keep] if isinstance(answer, list) else [answer])
+        for start in range(0, len(wire), 37):
+            meter.tap(wire[start:start + 37])
+        meter.tap(b"")
+    meter.finish(status, "completed", None, None if streamed else answer)  # type: ignore[arg-type]
+    return build_row(meter, book)
+
+
+def _tokens(row: dict) -> tuple:
+    return (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"],
+            row["reasoning_tokens"])
+
+
+def _usd(*priced: tuple[int, str]) -> Decimal:
+    return sum((tokens * Decimal(rate) for tokens, rate in priced), Decimal(0)) / M
+
+
+def _chunk(event: dict) -> bytes:
+    """An InvokeModelWithResponseStream message: the model's own event, base64 in ``bytes``."""
+    return aws.event_message({":event-type": "chunk", ":content-type": "application/json",
+                              ":message-type": "event"},
+                             json.dumps({"bytes": base64.b64encode(json.dumps(event).encode()).decode()}).encode())
+
+
+def _exception(kind: str, message: str) -> bytes:
+    return aws.event_message({":message-type": "exception", ":exception-type": kind, ":content-type":
+                              "application/json"}, json.dumps({"message": message}).encode())
+
+
+# Bedrock
+
+
+def test_a_bedrock_claude_stream_is_the_claude_events_usage_priced_as_the_profile_the_path_names(providers, book):
+    row = _row(providers, book, "bedrock", f"/model/{CLAUDE}/invoke-with-response-stream", EVENT_STREAM,
+               aws.claude_stream(), BEDROCK_MESSAGE)
+    # The events name claude-sonnet-4-5-20250929; the path's inference profile is what is billed.
+    assert (row["provider"], row["model"], row["endpoint"]) == \
+        ("bedrock", CLAUDE, "/model/{modelId}/invoke-with-response-stream")
+    assert _tokens(row) == (25, 0, 0, 12, 0) and row["usage_source"] == "reported"
+    assert (row["stream"], row["outcome"], row["error"], row["status"]) == (True, "completed", None, 200)
+    assert row["cost_usd"] == _usd((25, "3.30"), (12, "16.50"))
+
+
+def _llama_stream(metrics: dict) -> list[bytes]:
+    """Llama's own events carry no usage: the invocation metrics in the last chunk are the call's."""
+    return [_chunk({"generation": "Hel", "prompt_token_count": None, "generation_token_count": 1,
+                    "stop_reason": None}),
+            _chunk({"generation": "lo", "prompt_token_count": None, "generation_token_count": 2,
+                    "stop_reason": "stop", "amazon-bedrock-invocationMetrics": metrics})]
+
+
+def test_a_bedrock_stream_without_usage_of_its_own_is_its_invocation_metrics(providers, book):
+    metrics = {"inputTokenCount": 17, "outputTokenCount": 9, "cacheReadInputTokenCount": 40,
+               "cacheWriteInputTokenCount": 5, "invocationLatency": 300, "firstByteLatency": 120}
+    row = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke-with-response-stream", EVENT_STREAM,
+               _llama_stream(metrics), {"prompt": "hi"})
+    assert (row["model"], row["usage_source"], row["outcome"]) == (LLAMA, "reported", "completed")
+    assert _tokens(row) == (17, 40, 5, 9, 0)
+
+
+@pytest.mark.parametrize("metrics,error", [
+    ({"inputTokenCount": None, "outputTokenCount": 9}, "inputTokenCount is null"),
+    ({"inputTokenCount": 17, "outputTokenCount": None}, "outputTokenCount is null"),
+    ({"inputTokenCount": 17, "outputTokenCount": 9, "cacheReadInputTokenCount": -1}, "cacheReadInputTokenCount=-1"),
+    ({"inputTokenCount": 17, "outputTokenCount": 9, "cacheWriteInputTokenCount": "x"}, "cacheWriteInputTokenCount='x'"),
+])
+def test_invocation_metrics_missing_a_count_or_with_one_that_is_not_one_are_refused_by_name(providers, book,
+                                                                                            metrics, error):
+    # Bedrock always sends both counts: a null one is refused (an absent cache count is none read).
+    row = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke-with-response-stream", EVENT_STREAM,
+               _llama_stream(metrics), {"prompt": "hi"})
+    assert row["input_tokens"] == row["output_tokens"] == 0 and row["usage_source"] == "invalid"
+    assert error in row["error"]
+
+
+def test_invocation_metrics_that_are_not_an_object_give_no_usage(providers, book):
+    row = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke-with-response-stream", EVENT_STREAM,
+               _llama_stream([17, 9]), {"prompt": "hi"})
+    assert (row["input_tokens"], row["output_tokens"], row["usage_source"]) == (0, 0, "none")
+
+
+def test_a_bedrock_stream_cut_before_its_metrics_is_not_reported(providers, book):
+    row = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke-with-response-stream", EVENT_STREAM,
+               _llama_stream({"inputTokenCount": 17, "outputTokenCount": 9}), {"prompt": "hi"}, keep=1)
+    # Bedrock has no estimate of its own: a stream cut before its metrics has no usage, and says so.
+    assert (row["usage_source"], row["output_tokens"], row["error"]) == ("none", 0, None)
+
+
+def test_a_chunk_whose_bytes_are_not_base64_is_skipped_and_the_rest_still_read(providers, book):
+    # Base64 with a character outside its alphabet (these metrics would count 99): not read at all.
+    metrics = {"amazon-bedrock-invocationMetrics": {"inputTokenCount": 99, "outputTokenCount": 99}}
+    junk = "!" + base64.b64encode(json.dumps(metrics).encode()).decode()
+    bad = aws.event_message({":event-type": "chunk", ":content-type": "application/json", ":message-type": "event"},
+                            json.dumps({"bytes": junk}).encode())
+    not_a_string = aws.event_message({":event-type": "chunk", ":message-type": "event"}, b'{"bytes": 12}')
+    row = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke-with-response-stream", EVENT_STREAM,
+               [bad, not_a_string, *_llama_stream({"inputTokenCount": 17, "outputTokenCount": 9})], {"prompt": "hi"})
+    assert (_tokens(row), row["usage_source"], row["error"]) == ((17, 0, 0, 9, 0), "reported", None)
+
+
+def test_an_exception_in_a_bedrock_stream_is_the_rows_error(providers, book):
+    long_kind = "x" * 120 + "Exception"
+    for path, messages, stored in [
+        (f"/model/{CLAUDE}/invoke-with-response-stream", [*aws.claude_stream()[:3],
+                                                          _exception("throttlingException", "slow down")],
+         "throttlingException"),
+        (f"/model/{CLAUDE}/converse-stream", [*aws.converse_stream()[:2],
+                                              _exception("modelStreamErrorException", "the model failed")],
+         "modelStreamErrorException"),
+        (f"/model/{CLAUDE}/converse-stream", [_exception(long_kind, "long")], "x" * 100),
+        # A type with a ':' of its own (as AWS's x-amzn-ErrorType has) is kept whole after "exception:".
+        (f"/model/{CLAUDE}/converse-stream", [_exception("internalServerException:coral", "x")],
+         "internalServerException:coral"),
+        (f"/model/{CLAUDE}/invoke-with-response-stream", [_exception("internalServerException:coral", "x")],
+         "internalServerException:coral"),
+        (f"/model/{CLAUDE}/invoke-with-response-stream", [_exception(long_kind, "long")], "x" * 100),
+    ]:
+        row = _row(providers, book, "bedrock", path, EVENT_STREAM, messages, BEDROCK_MESSAGE)
+        assert (row["error"], row["usage_source"], row["output_tokens"]) == (stored, "none", 0), path
+
+
+def test_a_bedrock_converse_stream_is_its_metadata_usage_with_cache_reads_and_writes_apart(providers, book):
+    row = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
+               aws.converse_stream(), {"messages": [{"role": "user", "content": [{"text": "hi"}]}]})
+    assert (row["model"], row["endpoint"], row["stream"]) == (CLAUDE_GLOBAL, "/model/{modelId}/converse-stream", True)
+    # Converse's inputTokens leaves out the cache reads and writes, which have fields of their own.
+    assert _tokens(row) == (30, 2000, 1030, 12, 0) and row["usage_source"] == "reported"
+    assert row["cost_usd"] == _usd((30, "3.00"), (2000, "0.30"), (1030, "3.75"), (12, "15.00"))
+    cut = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
+               aws.converse_stream(), keep=-1)  # no metadata event
+    assert (cut["usage_source"], cut["input_tokens"], cut["output_tokens"]) == ("none", 0, 0)
+
+
+@pytest.mark.parametrize("usage,error", [
+    ({"inputTokens": None, "outputTokens": 12}, "inputTokens is null"),
+    ({"inputTokens": 30, "outputTokens": None}, "outputTokens is null"),
+])
+def test_a_converse_usage_with_a_null_count_is_refused_by_name(providers, book, usage, error):
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}}, "usage": usage}
+    for path, kind, body in [
+        (f"/model/{CLAUDE}/converse", "application/json", json.dumps(answer).encode()),
+        (f"/model/{CLAUDE}/converse-stream", EVENT_STREAM,
+         [aws.event_message({":event-type": "metadata", ":message-type": "event"},
+                            json.dumps({"usage": usage}).encode())]),
+    ]:
+        row = _row(providers, book, "bedrock", path, kind, body)
+        assert (row["input_tokens"], row["output_tokens"], row["usage_source"]) == (0, 0, "invalid"), path
+        assert error in row["error"], path
+
+
+def test_a_nova_invoke_model_body_counts_its_cache_reads_and_writes(providers, book):
+    # Nova's own InvokeModel body names the cache counts ...TokenCount, where Converse says ...Tokens.
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}}, "stopReason": "end_turn",
+              "usage": {"inputTokens": 11, "outputTokens": 23, "totalTokens": 1334, "cacheReadInputTokenCount": 1000,
+                        "cacheWriteInputTokenCount": 300}}
+    row = _row(providers, book, "bedrock", "/model/us.amazon.nova-pro-v1:0/invoke", "application/json",
+               json.dumps(answer).encode(), {"messages": []})
+    assert (row["model"], row["usage_source"]) == ("us.amazon.nova-pro-v1:0", "reported")
+    assert _tokens(row) == (11, 1000, 300, 23, 0)
+
+
+def test_a_llama_invoke_model_body_is_its_prompt_and_generation_counts(providers, book):
+    answer = {"generation": "Hi!", "prompt_token_count": 18, "generation_token_count": 5, "stop_reason": "stop"}
+    row = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke", "application/json", json.dumps(answer).encode(),
+               {"prompt": "hi"})
+    assert (row["model"], row["usage_source"], _tokens(row)) == (LLAMA, "reported", (18, 0, 0, 5, 0))
+    assert row["cost_usd"] == _usd((18, "2.65"), (5, "3.50"))
+    for field in ("prompt_token_count", "generation_token_count"):
+        null = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke", "application/json",
+                    json.dumps({**answer, field: None}).encode(), {"prompt": "hi"})
+        assert (null["usage_source"], null["input_tokens"], null["output_tokens"]) == ("invalid", 0, 0)
+        assert f"{field} is null" in null["error"]
+
+
+def test_a_model_given_as_an_inference_profile_arn_is_priced_as_the_profile_it_names(providers, book):
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}},
+              "usage": aws.CONVERSE_USAGE}
+    # The path as signed and forwarded: the ARN one segment, its ':' and '/' encoded.
+    row = _row(providers, book, "bedrock", ARN_PATH, "application/json", json.dumps(answer).encode())
+    assert (row["model"], row["endpoint"]) == (CLAUDE, "/model/{modelId}/converse")
+    assert row["cost_usd"] == _usd((30, "3.30"), (2000, "0.33"), (1030, "4.125"), (12, "16.50"))
+
+
+def test_a_converse_stream_keeps_the_text_of_its_deltas(providers):
+    parser = providers["bedrock"].stream_parser(f"/model/{CLAUDE}/converse-stream")
+    assert isinstance(parser, ConverseStream) and parser.observed.model == CLAUDE
+    for text in ("Hel", None, "lo"):
+        parser.feed("contentBlockDelta", json.dumps({"contentBlockIndex": 0, "delta": {"text": text}}).encode())
+    parser.feed("contentBlockDelta", json.dumps({"delta": {"toolUse": {"input": "{}"}}}).encode())
+    parser.feed("messageStop", b'{"stopReason": "end_turn"}')
+    assert parser.output_text() == "Hello" and not parser.observed.complete
+
+
+def test_an_invoke_stream_keeps_the_text_of_claudes_deltas(providers):
+    parser = providers["bedrock"].stream_parser(f"/model/{CLAUDE}/invoke-with-response-stream")
+    decoder = EventStreamDecoder()
+    for event, data in decoder.feed(b"".join(aws.claude_stream()[:4])):  # to content_block_stop
+        parser.feed(event, data)
+    assert parser.output_text() == "Hello" and not parser.observed.complete
+
+
+def test_each_bedrock_operation_gets_its_parser_with_the_paths_model(providers):
+    bedrock = providers["bedrock"]
+    for path, kind, model in [(f"/model/{CLAUDE}/invoke-with-response-stream", InvokeStream, CLAUDE),
+                              (f"/model/{CLAUDE}/converse-stream", ConverseStream, CLAUDE),
+                              ("/model/x/count-tokens", InvokeStream, "")]:
+        parser = bedrock.stream_parser(path)
+        assert type(parser) is kind and parser.observed.model == model, path
+
+
+def test_bedrock_invoke_model_usage_comes_from_the_headers_when_the_body_has_none(providers, book):
+    body = json.dumps({"outputs": [{"text": "Bonjour", "stop_reason": "stop"}]}).encode()
+    row = _row(providers, book, "bedrock", f"/model/{MISTRAL}/invoke", "application/json", body,
+               {"prompt": "hi"}, aws.MISTRAL_HEADERS)
+    assert (row["model"], row["endpoint"], row["stream"]) == (MISTRAL, "/model/{modelId}/invoke", False)
+    assert _tokens(row) == (17, 0, 0, 9, 0) and row["usage_source"] == "reported"
+    assert row["cost_usd"] == _usd((17, "4.00"), (9, "12.00"))
+    cached = _row(providers, book, "bedrock", f"/model/{MISTRAL}/invoke", "application/json", body, {"prompt": "hi"},
+                  {"x-amzn-bedrock-input-token-count": " 17 ", "x-amzn-bedrock-output-token-count": "9",
+                   "x-amzn-bedrock-cache-read-input-token-count": "300",
+                   "x-amzn-bedrock-cache-write-input-token-count": "44"})
+    assert _tokens(cached) == (17, 300, 44, 9, 0)
+    none = _row(providers, book, "bedrock", f"/model/{MISTRAL}/invoke", "application/json", body, {"prompt": "hi"},
+                {"x-amzn-bedrock-output-token-count": "9"})  # no input count: no usage in the headers
+    assert (none["input_tokens"], none["output_tokens"], none["usage_source"]) == (0, 0, "none")
+
+
+def test_a_usage_header_that_is_not_a_count_is_refused_showing_at_most_40_characters(providers, book):
+    body = json.dumps({"outputs": [{"text": "Bonjour"}]}).encode()
+    value = "seventeen" * 10
+    row = _row(providers, book, "bedrock", f"/model/{MISTRAL}/invoke", "application/json", body, {"prompt": "hi"},
+               {"x-amzn-bedrock-input-token-count": value, "x-amzn-bedrock-output-token-count": "9"})
+    assert row["input_tokens"] == row["output_tokens"] == 0 and row["usage_source"] == "invalid"
+    assert row["error"] == f"usage implausible: n={repr(value)[:40]}... is not a whole number from 0 to 100,000,000"
+
+
+def test_bedrock_endpoints_and_what_is_metered(providers):
+    bedrock = providers["bedrock"]
+    assert bedrock.endpoint(f"/model/{CLAUDE}/converse") == "/model/{modelId}/converse"
+    assert bedrock.endpoint(f"/model/{CLAUDE}/invoke") == "/model/{modelId}/invoke"
+    assert bedrock.endpoint("/model/x/count-tokens") == "/model/x/count-tokens"
+    assert bedrock.metered(f"/model/{CLAUDE}/converse") and bedrock.metered(f"/model/{MISTRAL}/invoke")
+    assert not bedrock.metered("/model/x/count-tokens") and not bedrock.metered("/async-invoke")
+
+
+def test_our_refusal_reaches_botocore_as_its_error_code_and_message(providers):
+    body = providers["bedrock"].error_body(429, "Limit reached: 10 calls an hour.", "aispendtrack_limit_reached")
+    assert body == b'{"__type": "aispendtrack_limit_reached", "message": "Limit reached: 10 calls an hour."}'
+
+
+# Vertex AI
+
+
+def test_a_vertex_gemini_call_counts_its_cached_thoughts_and_tool_use_prompt(providers, book):
+    body = json.dumps(gcp._gemini_chunk("Hello there!", "STOP", gcp.GEMINI_USAGE, "gemini-2.5-flash")).encode()
+    row = _row(providers, book, "vertex", f"{VERTEX}/google/models/gemini-2.5-flash:generateContent",
+               "application/json; charset=UTF-8", body, {"contents": []})
+    assert (row["provider"], row["model"]) == ("vertex", "gemini-2.5-flash")
+    assert row["endpoint"] == VERTEX_ENDPOINT.format(publisher="google", method="generateContent")
+    # 345 prompt tokens, 230 of them cached, and 7 of a tool-use prompt; 51 candidates and 19 thoughts.
+    assert _tokens(row) == (345 - 230 + 7, 230, 0, 51 + 19, 19) and row["usage_source"] == "reported"
+    assert row["cost_usd"] == _usd((122, "0.30"), (230, "0.03"), (70, "2.50"))
+
+
+def _gemini_chunks() -> list[dict]:
+    return [gcp._gemini_chunk("Hel", None, gcp.GEMINI_STREAM_USAGE[0], "gemini-2.5-flash"),
+            gcp._gemini_chunk("lo!", "STOP", gcp.GEMINI_STREAM_USAGE[1], "gemini-2.5-flash")]
+
+
+def test_a_vertex_gemini_stream_is_its_last_running_total_and_a_cut_one_the_last_it_saw(providers, book):
+    path = f"{VERTEX.replace('/v1/', '/v1beta1/')}/google/models/gemini-2.5-flash:streamGenerateContent"
+    events = [f"data: {json.dumps(c)}\r\n\r\n".encode() for c in _gemini_chunks()]
+    row = _row(providers, book, "vertex", path, "text/event-stream", events, {"contents": []})
+    assert row["endpoint"] == VERTEX_ENDPOINT.replace("/v1/", "/v1beta1/").format(publisher="google",
+                                                                                   method="streamGenerateContent")
+    assert (row["stream"], row["model"], row["usage_source"]) == (True, "gemini-2.5-flash", "reported")
+    assert _tokens(row) == (12, 0, 0, 40 + 88, 88)
+    assert row["cost_usd"] == _usd((12, "0.30"), (128, "2.50"))
+    cut = _row(providers, book, "vertex", path, "text/event-stream", events, {"contents": []}, keep=1)
+    assert (_tokens(cut), cut["usage_source"]) == ((12, 0, 0, 3, 0), "partial")
+    unnamed = [f"data: {json.dumps({**c, 'modelVersion': None})}\r\n\r\n".encode() for c in _gemini_chunks()]
+    url_named = _row(providers, book, "vertex", path, "text/event-stream", unnamed, {"contents": []})
+    assert (url_named["model"], url_named["cost_usd"]) == ("gemini-2.5-flash", row["cost_usd"])  # the URL's model
+    array = json.dumps(_gemini_chunks()).encode()  # without alt=sse: one JSON array
+    whole = _row(providers, book, "vertex", path, "application/json; charset=UTF-8", array, {"contents": []})
+    assert (_tokens(whole), whole["usage_source"]) == ((12, 0, 0, 128, 88), "reported")
+
+
+def test_a_vertex_claude_message_is_read_as_anthropics_with_the_urls_model(providers, book):
+    message = {"id": "msg_vrtx_01", "type": "message", "role": "assistant", "content": [{"type": "text",
+               "text": "Hello!"}], "stop_reason": "end_turn", "usage": gcp.CLAUDE_USAGE}  # no model in the body
+    request = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 256,
+               "messages": [{"role": "user", "content": "hi"}]}
+    row = _row(providers, book, "vertex", "/v1/projects/p/locations/us-east5/publishers/anthropic/models/"
+               "claude-sonnet-4-5@20250929:rawPredict", "application/json", json.dumps(message).encode(), request)
+    assert row["endpoint"] == VERTEX_ENDPOINT.format(publisher="anthropic", method="rawPredict")
+    assert row["model"] == "claude-sonnet-4-5@20250929" and row["usage_source"] == "reported"
+    assert _tokens(row) == (21, 3400, 1200, 64, 0)
+    assert row["cost_usd"] == _usd((21, "3"), (3400, "0.30"), (1200, "3.75"), (64, "15"))
+
+
+def _claude_events() -> list[bytes]:
+    named = "claude-haiku-4-5-20251001"
+    start = {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": named,
+                                                  "content": [], "usage": gcp.CLAUDE_STREAM_START}}
+    events = [("message_start", start),
+              ("content_block_start", {"type": "content_block_start", "index": 0,
+                                       "content_block": {"type": "text", "text": ""}}),
+              ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                       "delta": {"type": "text_delta", "text": "Hello, how are you today? " * 4}}),
+              ("message_delta", {"type": "message_delta", "usage": gcp.CLAUDE_STREAM_END,
+                                 "delta": {"stop_reason": "end_turn"}}),
+              ("message_stop", {"type": "message_stop"})]
+    return [f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events]
+
+
+def test_a_vertex_claude_stream_takes_the_cumulative_output_and_a_cut_one_counts_its_text(providers, book, counter):
+    path = "/v1/projects/p/locations/global/publishers/anthropic/models/claude-haiku-4-5@20251001:streamRawPredict"
+    request = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 256, "stream": True,
+               "messages": [{"role": "user", "content": "hi"}]}
+    row = _row(providers, book, "vertex", path, "text/event-stream", _claude_events(), request)
+    assert (row["model"], row["stream"], row["usage_source"]) == ("claude-haiku-4-5-20251001", True, "reported")
+    assert row["endpoint"] == VERTEX_ENDPOINT.format(publisher="anthropic", method="streamRawPredict")
+    assert _tokens(row) == (9, 2048, 0, 117, 0)
+    assert row["cost_usd"] == _usd((9, "1"), (2048, "0.10"), (117, "5"))
+    cut = _row(providers, book, "vertex", path, "text/event-stream", _claude_events(), request, keep=3)
+    came = counter.count("Hello, how are you today? " * 4, None)
+    assert came > 1 and (_tokens(cut), cut["usage_source"]) == ((9, 2048, 0, came, 0), "partial")
+
+
+def test_vertex_endpoints_and_what_is_metered(providers):
+    vertex = providers["vertex"]
+    google, claude = f"{VERTEX}/google/models/m", f"{VERTEX}/anthropic/models/c@1"
+    assert [vertex.metered(p) for p in (google + ":generateContent", google + ":streamGenerateContent",
+                                        claude + ":rawPredict", claude + ":streamRawPredict")] == [True] * 4
+    for free in (google + ":countTokens", google + ":computeTokens", google + ":rawPredict",
+                 claude + ":generateContent", f"{VERTEX}/anthropic/models/count-tokens:rawPredict",
+                 google + ":generateContent/x", "/v2" + google[3:] + ":generateContent"):
+        assert not vertex.metered(free), free
+    assert vertex.endpoint(f"{VERTEX}/anthropic/models/count-tokens:rawPredict") == \
+        "/v1/projects/{project}/locations/{location}/publishers/anthropic/models/count-tokens:rawPredict"
+    assert vertex.endpoint("/v1beta1/projects/p/locations/eu/publishers/google/models/m:countTokens") == \
+        "/v1beta1/projects/{project}/locations/{location}/publishers/google/models/{model}:countTokens"
+    assert vertex.endpoint("/v1/projects/p/locations/l/endpoints/e:predict") == \
+        "/v1/projects/p/locations/l/endpoints/e:predict"
+
+
+@pytest.mark.parametrize("location,host", [
+    ("us-central1", "us-central1-aiplatform.googleapis.com"),
+    ("europe-west4", "europe-west4-aiplatform.googleapis.com"),
+    ("global", "aiplatform.googleapis.com"), ("us", "aiplatform.us.rep.googleapis.com"),
+    ("eu", "aiplatform.eu.rep.googleapis.com"), ("a", "a-aiplatform.googleapis.com"),
+    ("evil.example.com", None), ("-us", None), ("us-", None), ("US", None), ("", None), ("a" * 64, None),
+])
+def test_the_host_of_a_vertex_path_is_its_locations(providers, location, host):
+    assert vertex_host(location) == host
+    vertex = providers["vertex"]
+    assert vertex.host_for(f"/v1/projects/p/locations/{location}/publishers/google/models/m:generateContent") == host
+    assert vertex.host_for(f"/v1beta1/projects/p/locations/{location}") == host
+    assert vertex.host_for(f"/v2/projects/p/locations/{location}/x") is None
+
+
+def test_vertex_refusals_come_in_googles_error_shape_for_both_sdks(providers):
+    body = providers["vertex"].error_body(401, "Send a Google token.", "aispendtrack_not_a_google_token")
+    assert json.loads(body) == {"error": {"code": 401, "message": "Send a Google token.", "status": "UNAUTHENTICATED"}}
+
+
+# The forward mode's route by host, and what Vertex may be sent
+
+
+GOOGLE_KEY = "AIza" + "S" * 35
+ARN_PATH = ("/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2F"
+            "us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse")
+
+
+def _headers(**fields: str) -> Headers:
+    return Headers([(name.replace("_", "-").encode(), value.encode()) for name, value in fields.items()])
+
+
+def test_a_call_to_a_providers_host_goes_to_it_with_its_path_canonical_or_as_signed(providers):
+    bedrock, vertex = providers["bedrock"], providers["vertex"]
+    sigv4 = _headers(authorization="AWS4-HMAC-SHA256 Credential=AKID/20261204/us-east-1/bedrock/aws4_request",
+                     anthropic_version="2023-06-01")  # the Anthropic SDK sends it to Bedrock too
+    assert route_host(bedrock, f"/model/{CLAUDE}/converse", sigv4) == (bedrock, f"/model/{CLAUDE}/converse")
+    # An ARN's '/' stays encoded: SigV4 signed those bytes, and canonical() would refuse the %2F.
+    assert route_host(bedrock, ARN_PATH, sigv4) == (bedrock, ARN_PATH)
+    assert route_host(bedrock, "/model//x/./converse", sigv4).path == "/model/x/converse"
+    google = "/v1/projects/p/locations/us/publishers/google/models/m:generateContent"
+    assert route_host(vertex, google, _headers(x_goog_api_key=GOOGLE_KEY)).path == google  # express mode
+    assert route_host(vertex, google, _headers(authorization="Bearer ya29.token")).path == google
+    assert route_host(providers["google"], "/v1beta/models/m:generateContent",
+                      _headers(authorization="Bearer ya29.token"), "alt=sse").path == "/v1beta/models/m:generateContent"
+    assert route_host(vertex, google, _headers(), "key=" + GOOGLE_KEY).path == google
+
+
+@pytest.mark.parametrize("provider,headers,query,what", [
+    ("bedrock", {"x-api-key": "sk-ant-api03-secret"}, "", "a key for anthropic"),
+    ("bedrock", {"authorization": "Basic " + base64.b64encode(b"user:sk-ant-api03-secret").decode()}, "",
+     "a key for anthropic"),
+    ("bedrock", {"x-note": GOOGLE_KEY}, "", "a key for google"),
+    ("bedrock", {}, "key=" + GOOGLE_KEY, "a key for google"),
+    ("bedrock", {"authorization": "Bearer ya29.token"}, "", "a key for vertex"),
+    ("vertex", {"x-api-key": "sk-ant-api03-secret"}, "", "a key for anthropic"),
+    ("anthropic", {"x-goog-api-key": GOOGLE_KEY}, "", "a key for google"),
+    ("vertex", {"authorization": "Bearer ya29.token", "x-api-key": "sk-ant-api03-secret"}, "", "a key for anthropic"),
+    ("vertex", {"authorization": "Bearer ya29.token sk-ant-api03-secret"}, "", "keys of two providers"),
+])
+def test_another_providers_key_is_refused_at_a_providers_host(providers, provider, headers, query, what):
+    with pytest.raises(Misrouted) as refused:
+        route_host(providers[provider], "/v1/x", Headers([(k.encode(), v.encode()) for k, v in headers.items()]),
+                   query)
+    exc = refused.value
+    assert (exc.provider.name, exc.status, exc.code) == (provider, 403, "aispendtrack_foreign_key")
+    assert exc.message == (f"AiSpendTrack did not forward this call: it carries {what}, but is addressed to "
+                           f"{provider}'s host, and a key is never sent to another provider's upstream.")
+
+
+def test_a_path_that_could_be_read_as_another_or_in_the_wrong_case_is_refused_at_a_host(providers):
+    with pytest.raises(Misrouted) as refused:
+        route_host(providers["bedrock"], "/model/x%2F..%2Fy/converse", _headers())
+    assert (refused.value.provider.name, refused.value.status, refused.value.code) == \
+        ("bedrock", 400, "aispendtrack_bad_path")  # answered in Bedrock's error shape
+    assert "AiSpendTrack cannot forward '/model/x%2F..%2Fy/converse'" in refused.value.message
+    with pytest.raises(Misrouted) as refused:
+        route_host(providers["bedrock"], "/model/x/Converse", _headers())
+    assert (refused.value.status, refused.value.code) == (404, "aispendtrack_bad_path")
+    assert refused.value.message == ("AiSpendTrack did not forward /model/x/Converse: API paths are "
+                                     "case-sensitive; use /model/x/converse.")
+
+
+JWT = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJzYUBwLmlhbSJ9.c2lnbmF0dXJl"
+
+
+@pytest.mark.parametrize("headers", [
+    {"authorization": "Bearer ya29.a0AfB_token"}, {"Authorization": f"bearer {JWT}"},
+    {"authorization": "  Bearer ya29.a0AfB_token  "}, {"x-goog-user-project": "p"}, {},
+])
+def test_vertex_takes_a_google_access_token_or_a_service_account_jwt(providers, headers):
+    path = "/vertex" + VERTEX + "/google/models/m:generateContent"
+    routed = route(list(providers.values()), path, Headers([(k.encode(), v.encode()) for k, v in headers.items()]))
+    assert (routed.provider.name, routed.path) == ("vertex", path[len("/vertex"):])
+
+
+@pytest.mark.parametrize("name,value", [
+    ("Authorization", "Bearer sk-proj-openai-secret"),
+    ("authorization", "Basic dXNlcjpwYXNz"),
+    ("Proxy-Authorization", "Bearer not-a-google-token"),
+    ("api-key", "azure-secret"),
+    ("authorization", "Bearer ya29.token extra"),
+    ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJzYUBwLmlhbSJ9"),  # two parts: not a JWT
+])
+def test_any_other_credential_sent_to_vertex_is_refused_naming_its_header(providers, name, value):
+    path = "/vertex" + VERTEX + "/google/models/m:generateContent"
+    headers = Headers([(b"authorization", b"Bearer ya29.a0AfB_token")] if name.lower() != "authorization" else [])
+    headers.fields = (*headers.fields, (name.encode(), value.encode()))
+    with pytest.raises(Misrouted) as refused:
+        route(list(providers.values()), path, headers)
+    exc = refused.value
+    assert (exc.provider.name, exc.status, exc.code) == ("vertex", 401, "aispendtrack_not_a_google_token")
+    assert exc.message == (f"AiSpendTrack did not forward this call: its {name} header is not a Google OAuth "
+                           f"access token, and Vertex AI is sent nothing else (a key is never sent to another "
+                           f"provider). Authenticate with Google credentials (see docs/providers.md). "
+                           f"Nothing was forwarded.")
+
