@@ -102,10 +102,12 @@ def test_a_user_browsing_the_page_while_the_proxy_records_costs_no_log_line(tmp_
             stop.set()
             for browser in browsers:
                 browser.join(30)
-        stored = _wait_stored(home, set(load.completed))
     finally:
         stop.set()
         proxy.stop()
+    # Read once the proxy has stopped (a clean stop writes every row it holds): on a loaded host the
+    # last rows have taken over 20 s to land while reports held the file (CI at load 10).
+    stored = _stored_tags(home)
     assert load.failed == 0 and set(load.completed) <= stored, "a call was lost"
     assert len(reads) >= 4 and set(reads) == {200}, (reads, slowest)
     assert _writer_lines(proxy.log_path.read_text()) == []
