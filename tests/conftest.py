@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -15,7 +16,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from .helpers import CHROMIUM, start_proxy
+from addon.estimate import Counter
+from addon.providers import all_providers
+from pricing import PriceBook
+
+from .helpers import CHROMIUM, empty_host_counters, start_proxy
 from .pg import Cluster
 from .upstream import FakeProvider
 
@@ -35,6 +40,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         cost[item.path] += durations.get(item.nodeid, 0.0)
     items.sort(key=lambda item: cost[item.path])  # stable: a file's tests keep their order
+
+
+@pytest.fixture(params=["one process", "host counts"])
+def counting(request, tmp_path):
+    """``counting(Limiter(zone))``, ``counting(BudgetTracker(zone))``: counting in memory as a proxy
+    of one process does, or in the host's shared counts as each worker of the embedded mode does
+    (addon/core/host_counters.py, opened in this process, so mutation testing reaches that branch
+    too). A test using it gives the same answers either way. Each one counts in a file of its own."""
+    made = itertools.count()
+
+    def count(counter):
+        if request.param == "host counts":
+            counter.host = empty_host_counters(tmp_path / f"counts{next(made)}")
+        return counter
+    return count
+
+
+# The pieces that build a call's row in-process (test_call_rows.py, test_bedrock_vertex_rows.py).
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory):
+    counter = Counter(tmp_path_factory.mktemp("cache") / "tiktoken")
+    counter.load_in_background().join(60)
+    return counter
+
+
+@pytest.fixture
+def providers(counter):
+    # Made for each test (it is cheap): mutation testing credits the providers' constructors to
+    # every test that uses them, not only to the first test of the module.
+    return {p.name: p for p in all_providers(counter)}
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    return PriceBook(tmp_path_factory.mktemp("prices") / "prices.toml")
 
 
 @pytest.fixture(scope="module")

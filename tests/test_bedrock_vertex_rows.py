@@ -22,15 +22,12 @@ from decimal import Decimal
 import pytest
 from mitmproxy.http import Headers
 
-from addon.estimate import Counter
 from addon.eventstream import EventStreamDecoder
 from addon.meter import CallMeter
-from addon.providers import all_providers
 from addon.providers.bedrock import ConverseStream, InvokeStream
 from addon.providers.vertex import vertex_host
 from addon.record import build_row
 from addon.routing import Misrouted, route, route_host
-from pricing import PriceBook
 
 from . import bedrock_upstream as aws
 from . import vertex_upstream as gcp
@@ -45,23 +42,6 @@ BEDROCK_MESSAGE = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
                    "messages": [{"role": "user", "content": "hi"}]}
 VERTEX = f"/v1/projects/{gcp.PROJECT}/locations/us-central1/publishers"
 VERTEX_ENDPOINT = "/v1/projects/{{project}}/locations/{{location}}/publishers/{publisher}/models/{{model}}:{method}"
-
-
-@pytest.fixture(scope="module")
-def counter(tmp_path_factory):
-    counter = Counter(tmp_path_factory.mktemp("cache") / "tiktoken")
-    counter.load_in_background().join(60)
-    return counter
-
-
-@pytest.fixture
-def providers(counter):
-    return {p.name: p for p in all_providers(counter)}
-
-
-@pytest.fixture(scope="module")
-def book(tmp_path_factory):
-    return PriceBook(tmp_path_factory.mktemp("prices") / "prices.toml")
 
 
 def _row(providers, book, provider: str, path: str, content_type: str, answer: bytes | list[bytes],

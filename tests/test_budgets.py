@@ -20,7 +20,6 @@ from addon.core.store import writing
 
 from .helpers import (
     call_row,
-    empty_host_counters,
     key_with_blocking_budget,
     migrated_before,
     run_cli,
@@ -33,20 +32,8 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "weather?"}]
 LEGACY_COST = Decimal("0.000405")  # 14 in x $2.50 + 37 out x $10, per million (the "legacy" payload)
 
 
-@pytest.fixture(params=["one process", "host counts"])
-def tracked(request, tmp_path):
-    """A BudgetTracker keeping spend in memory (one proxy process), or in the host's shared counts as
-    each worker of the embedded mode does; the same answers either way."""
-    def made(zone: zoneinfo.ZoneInfo) -> BudgetTracker:
-        tracker = BudgetTracker(zone)
-        if request.param == "host counts":
-            tracker.host = empty_host_counters(tmp_path / "counters")
-        return tracker
-    return made
-
-
-def test_tracker_counts_spend_per_scope_and_resets_each_day(tracked):
-    tracker = tracked(UTC)
+def test_tracker_counts_spend_per_scope_and_resets_each_day(counting):
+    tracker = counting(BudgetTracker(UTC))
     now = dt.datetime(2026, 11, 25, 23, 0, tzinfo=dt.UTC)
     budget = Budget(1, "customer", "acme", Decimal("1.00"), None, True)
     tracker.load([budget], lambda b, day, month: (Decimal("0.60"), Decimal("0.60")), now)
@@ -60,8 +47,8 @@ def test_tracker_counts_spend_per_scope_and_resets_each_day(tracked):
     assert tracker.blocked(3, "acme", None, now + dt.timedelta(hours=1)) is None  # a new day
 
 
-def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_blocking_one(tracked):
-    tracker = tracked(UTC)
+def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_blocking_one(counting):
+    tracker = counting(BudgetTracker(UTC))
     now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
     other = Budget(1, "customer", "globex", Decimal("1.00"), None, True)
     feature = Budget(2, "feature", "chat", None, Decimal("10.00"), True)
@@ -73,7 +60,7 @@ def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_
     assert tracker.blocked(3, "acme", "search", now) is None
     # A daily budget in a zone 14 hours east of UTC: its day ends at 10:00 UTC, so at 12:00 UTC
     # the refusal lasts until 10:00 UTC tomorrow.
-    east = tracked(zoneinfo.ZoneInfo("Etc/GMT-14"))
+    east = counting(BudgetTracker(zoneinfo.ZoneInfo("Etc/GMT-14")))
     daily = Budget(3, "feature", "chat", Decimal("1.00"), None, True)
     east.load([daily], lambda b, day, month: (Decimal("1.00"), Decimal("1.00")), now)
     refusal = east.blocked(3, "acme", "chat", now)
@@ -358,9 +345,9 @@ def test_setting_one_period_keeps_the_rest_and_removing_one_says_what_went(tmp_p
     assert len(json.loads(run_cli(home, "budgets", "list", "--json"))) == 1
 
 
-def test_each_scope_counts_only_its_calls_and_a_month_outlives_its_days(tracked):
+def test_each_scope_counts_only_its_calls_and_a_month_outlives_its_days(counting):
     la = zoneinfo.ZoneInfo("America/Los_Angeles")
-    tracker = tracked(la)
+    tracker = counting(BudgetTracker(la))
     everything = Budget(1, "all", None, None, Decimal("100"), True)
     key_3 = Budget(2, "key", "3", Decimal("1"), None, True)
     acme_of_3 = Budget(3, "customer", "acme", None, Decimal("2"), True, key_id=3)
@@ -402,8 +389,8 @@ def test_each_scope_counts_only_its_calls_and_a_month_outlives_its_days(tracked)
     assert (refusal.budget.id, refusal.period, refusal.spent) == (3, "monthly", Decimal("2.00"))
 
 
-def test_a_team_budget_counts_its_keys_alone_and_a_moved_key_takes_its_stored_spend_along(tracked):
-    tracker = tracked(UTC)
+def test_a_team_budget_counts_its_keys_alone_and_a_moved_key_takes_its_stored_spend_along(counting):
+    tracker = counting(BudgetTracker(UTC))
     now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
     search = Budget(1, "team", "search", Decimal("1"), None, True)
     ads = Budget(2, "team", "ads", None, Decimal("5"), True)

@@ -20,12 +20,10 @@ import pytest
 from mitmproxy import http
 
 from addon import batches
-from addon.estimate import Counter
 from addon.meter import CallMeter
-from addon.providers import all_providers
 from addon.realtime import RealtimeSession
 from addon.record import build_row
-from pricing import PriceBook, TokenUsage
+from pricing import TokenUsage
 
 from . import payloads
 
@@ -33,25 +31,6 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 STREAMED = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
 MESSAGE = {"model": payloads.SONNET, "max_tokens": 10, "messages": CHAT["messages"]}
 COHERE = {"model": "command-r-plus-08-2024", "messages": CHAT["messages"]}
-
-
-@pytest.fixture(scope="module")
-def counter(tmp_path_factory):
-    counter = Counter(tmp_path_factory.mktemp("cache") / "tiktoken")
-    counter.load_in_background().join(60)
-    return counter
-
-
-@pytest.fixture
-def providers(counter):
-    # Made for each test (it is cheap): mutation testing credits the providers' constructors to
-    # every test that uses them, not only to the first test of the module.
-    return {p.name: p for p in all_providers(counter)}
-
-
-@pytest.fixture(scope="module")
-def book(tmp_path_factory):
-    return PriceBook(tmp_path_factory.mktemp("prices") / "prices.toml")
 
 
 def _row(providers, book, provider: str, path: str, request: dict, scenario: str = "", keep: int | None = None,

@@ -18,27 +18,14 @@ from addon.core.plans import Limits, limits_for
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import call_row, empty_host_counters, run_cli, start_proxy, until_admitted
+from .helpers import call_row, run_cli, start_proxy, until_admitted
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 LA = zoneinfo.ZoneInfo("America/Los_Angeles")
 
 
-@pytest.fixture(params=["one process", "host counts"])
-def counted(request, tmp_path):
-    """A Limiter counting in memory (one proxy process), or in the host's shared counts as each worker
-    of the embedded mode does (addon/core/host_counters.py: here in this process, so mutation testing
-    reaches that branch too); the same answers either way."""
-    def made(zone: zoneinfo.ZoneInfo) -> Limiter:
-        limiter = Limiter(zone)
-        if request.param == "host counts":
-            limiter.host = empty_host_counters(tmp_path / "counters")
-        return limiter
-    return made
-
-
-def test_hourly_window_admits_the_limit_then_refuses_until_the_next_hour(counted):
-    limiter = counted(zoneinfo.ZoneInfo("UTC"))
+def test_hourly_window_admits_the_limit_then_refuses_until_the_next_hour(counting):
+    limiter = counting(Limiter(zoneinfo.ZoneInfo("UTC")))
     limiter.set_limits({1: Limits(per_hour=2, per_month=None)})
     now = dt.datetime(2026, 11, 25, 10, 59, 30, tzinfo=dt.UTC)
     limiter.seed({}, now)
@@ -50,8 +37,8 @@ def test_hourly_window_admits_the_limit_then_refuses_until_the_next_hour(counted
     assert limiter.admit(2, now) is None  # other keys are unaffected
 
 
-def test_monthly_quota_resets_on_the_first_in_the_configured_zone(counted):
-    limiter = counted(LA)
+def test_monthly_quota_resets_on_the_first_in_the_configured_zone(counting):
+    limiter = counting(Limiter(LA))
     limiter.set_limits({1: limits_for("free", None, 2)})
     # 2026-12-01 07:30 UTC is still November 30th in Los Angeles.
     now = dt.datetime(2026, 12, 1, 7, 30, tzinfo=dt.UTC)
@@ -118,8 +105,8 @@ def test_counts_from_the_other_replicas_carry_on_locally():
 RESEARCH = Team(7, "research", Limits(per_hour=3, per_month=None))
 
 
-def test_a_teams_limit_counts_all_its_keys_and_a_refused_call_counts_in_neither(counted):
-    limiter = counted(zoneinfo.ZoneInfo("UTC"))
+def test_a_teams_limit_counts_all_its_keys_and_a_refused_call_counts_in_neither(counting):
+    limiter = counting(Limiter(zoneinfo.ZoneInfo("UTC")))
     ops = Team(8, "ops", Limits(per_hour=1, per_month=None))
     limiter.set_limits({1: Limits(per_hour=3, per_month=None), 2: Limits(per_hour=1, per_month=None),
                         3: Limits(None, None), 4: Limits(None, None)}, {1: RESEARCH, 2: RESEARCH, 3: ops})
