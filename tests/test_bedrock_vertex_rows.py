@@ -287,7 +287,8 @@ def test_a_usage_header_that_is_not_a_count_is_refused_showing_at_most_40_charac
     row = _row(providers, book, "bedrock", f"/model/{MISTRAL}/invoke", "application/json", body, {"prompt": "hi"},
                {"x-amzn-bedrock-input-token-count": value, "x-amzn-bedrock-output-token-count": "9"})
     assert row["input_tokens"] == row["output_tokens"] == 0 and row["usage_source"] == "invalid"
-    assert row["error"] == f"usage implausible: n={repr(value)[:40]}... is not a whole number from 0 to 100,000,000"
+    assert row["error"] == (f"usage implausible: x-amzn-bedrock-input-token-count={repr(value)[:40]}... "
+                            "is not a whole number from 0 to 100,000,000")
 
 
 def test_bedrock_endpoints_and_what_is_metered(providers):

@@ -177,7 +177,7 @@ class Bedrock(Provider):
 
 
 def _header_count(headers, name: str) -> int:
-    return count({"n": _number(headers.get(name))}, "n")
+    return count({name: _number(headers.get(name))}, name)  # a refusal names the header
 
 
 def _number(value: str | None) -> object:
