@@ -61,13 +61,6 @@ def _stored_tags(home: Path) -> set[str]:
     return {r["customer_id"] for r in rows if (r["customer_id"] or "").startswith("load-")}
 
 
-def _wait_stored(home: Path, tags: set[str], timeout: float = 20) -> set[str]:
-    deadline = time.monotonic() + timeout
-    while not tags <= (stored := _stored_tags(home)) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    return stored
-
-
 def _writer_lines(log: str) -> list[str]:
     return [line for line in log.splitlines() if "cannot write" in line or "waiting rows" in line]
 
@@ -132,7 +125,7 @@ def test_an_erase_holding_the_file_long_is_one_line_naming_it_and_every_row_land
             assert held.wait(10)
             holder.join(BUSY_PATIENCE_S + 30)
             load.wait_for(len(load.completed) + 5)
-        stored = _wait_stored(home, set(load.completed))
+        stored = proxy.until_stored(set(load.completed))
     finally:
         release.set()
         proxy.stop()
