@@ -16,8 +16,9 @@ import anthropic
 import httpx
 import openai
 import pytest
+from mitmproxy.http import Headers
 
-from addon.routing import canonical
+from addon.routing import Misrouted, canonical, route
 
 from .helpers import run_cli, start_proxy, until_read
 from .upstream import FakeProvider
@@ -48,6 +49,113 @@ ANTHROPIC_HEADERS = {"x-api-key": "sk-ant-secret", "anthropic-version": "2023-06
 ])
 def test_canonical_paths(raw, expected):
     assert canonical(raw) == expected
+
+
+GEMINI_KEY = "AIzaSyD-fake-test-key-0123456789abcdefg"  # Google's format: AIza and 35 more characters
+assert len(GEMINI_KEY) == 39
+BASIC_ANTHROPIC = "Basic " + base64.b64encode(b":sk-ant-secret-basic").decode()
+VERTEX_TOKEN = {"authorization": "Bearer ya29.a0AfB_token"}
+# What a refusal tells the client to do, by the provider whose credentials it carries.
+WHERE = {
+    "anthropic": "set the base URL to the proxy's address with no path (Anthropic SDK: "
+                 "Anthropic(base_url=\"http://HOST:PORT\")), or to http://HOST:PORT/v1 for the Vercel AI SDK",
+    "google": "set the base URL to http://HOST:PORT/gemini (see docs/providers.md)",
+    "vertex": "set the base URL to http://HOST:PORT/vertex (google-genai) or http://HOST:PORT/vertex/v1 "
+              "(AnthropicVertex; see docs/providers.md)",
+    "openai": "OpenAI(base_url=\"http://HOST:PORT/v1\"); other providers take a prefix (see docs/providers.md)",
+}
+
+
+def _route(providers, target: str, headers: dict):
+    path, _, query = target.partition("?")
+    return route(list(providers.values()), path, Headers([(k.encode(), v.encode()) for k, v in headers.items()]),
+                 query)
+
+
+# The routing decision in-process (the tests below make the same calls through a proxy): which
+# provider gets the call, and the path it is sent, for each way a client may name it.
+@pytest.mark.parametrize("target,headers,provider,path", [
+    ("/v1/chat/completions", {"authorization": "Bearer sk-test"}, "openai", "/v1/chat/completions"),
+    ("/v1/chat/completions", {}, "openai", "/v1/chat/completions"),
+    ("/openai/v1/chat/completions", {"authorization": "Bearer sk-test"}, "openai", "/v1/chat/completions"),
+    ("/mistral/v1/chat/completions", {"authorization": "Bearer m"}, "mistral", "/v1/chat/completions"),
+    ("/gemini", {}, "google", "/"),
+    ("/gemini/v1beta/models/m:generateContent", {}, "google", "/v1beta/models/m:generateContent"),
+    ("/gemini/v1beta/models/m:generateContent", {"x-goog-api-key": "AIza-secret"}, "google",
+     "/v1beta/models/m:generateContent"),
+    ("/geminis/v1/chat/completions", {}, "openai", "/geminis/v1/chat/completions"),  # not the prefix
+    ("/v1beta/models/m:generateContent", {"x-goog-api-key": "AIza-secret"}, "google",
+     "/v1beta/models/m:generateContent"),
+    ("/v1beta/models/m:generateContent?key=AIza-secret", {}, "google", "/v1beta/models/m:generateContent"),
+    ("/v1beta/openai/chat/completions", {"authorization": f"Bearer {GEMINI_KEY}"}, "google",
+     "/v1beta/openai/chat/completions"),
+    ("/v1/models/gemini-2.5-flash", {"x-goog-api-key": "AIza-secret"}, "google", "/v1/models/gemini-2.5-flash"),
+    ("/v1/messages", ANTHROPIC_HEADERS, "anthropic", "/v1/messages"),
+    ("/v1/messages", {"anthropic-version": "2023-06-01"}, "anthropic", "/v1/messages"),
+    ("/v1/messages", {}, "anthropic", "/v1/messages"),  # Anthropic's own path, no credentials to say otherwise
+    ("/v1/messages/count_tokens", {}, "anthropic", "/v1/messages/count_tokens"),
+    ("/v1/complete", {}, "anthropic", "/v1/complete"),
+    ("/messages", ANTHROPIC_HEADERS, "anthropic", "/v1/messages"),  # the AI SDK's base URL without /v1
+    ("/v1/v1/messages", ANTHROPIC_HEADERS, "anthropic", "/v1/messages"),  # and with /v1 twice
+    ("/v1/models", ANTHROPIC_HEADERS, "anthropic", "/v1/models"),
+    ("/v1/messages/batches/msgbatch_1/results", ANTHROPIC_HEADERS, "anthropic",
+     "/v1/messages/batches/msgbatch_1/results"),
+    ("/anthropic/v1/messages", ANTHROPIC_HEADERS, "anthropic", "/v1/messages"),
+    ("/anthropic/messages", {"x-api-key": "sk-ant-secret"}, "anthropic", "/v1/messages"),
+    ("/v1/messages", {"authorization": "Bearer" + " " * 40 + "sk-ant-secret-far"}, "anthropic", "/v1/messages"),
+    ("/v1/messages", {"authorization": BASIC_ANTHROPIC}, "anthropic", "/v1/messages"),
+    ("/v1/messages", {"x-api-key": "sk-ant-a", "x-goog-api-key": "AIza-b"}, "anthropic", "/v1/messages"),
+    ("/v1/%63hat/completions", {"authorization": "Bearer sk-test"}, "openai", "/v1/chat/completions"),
+    ("/v1/files/file-AbC", {"authorization": "Bearer sk-test"}, "openai", "/v1/files/file-AbC"),
+])
+def test_each_request_goes_to_the_provider_its_credentials_and_path_name(providers, target, headers, provider,
+                                                                          path):
+    routed = _route(providers, target, headers)
+    assert (routed.provider.name, routed.path) == (provider, path)
+
+
+@pytest.mark.parametrize("target,headers,owner,status,code,shown", [
+    ("/v1/chat/completions", ANTHROPIC_HEADERS, "anthropic", 404, "aispendtrack_wrong_base_url",
+     "/v1/chat/completions"),
+    ("/chat/completions", {"authorization": "Bearer sk-ant-secret"}, "anthropic", 404, "aispendtrack_wrong_base_url",
+     "/chat/completions"),
+    ("/V1/messages", ANTHROPIC_HEADERS, "anthropic", 404, "aispendtrack_wrong_base_url", "/V1/messages"),
+    ("/openai/v1/chat/completions", ANTHROPIC_HEADERS, "anthropic", 404, "aispendtrack_wrong_base_url", "/openai"),
+    ("/v1/chat/completions", {"x-goog-api-key": "AIza-secret"}, "google", 404, "aispendtrack_wrong_base_url",
+     "/v1/chat/completions"),
+    ("/mistral/v1/chat/completions", {"x-goog-api-key": "AIza-secret"}, "google", 404,
+     "aispendtrack_wrong_base_url", "/mistral"),
+    ("/v1/chat/completions?k%65y=AIza-secret", {"authorization": "Bearer sk-test"}, "google", 404,
+     "aispendtrack_wrong_base_url", "/v1/chat/completions"),
+    ("/v1/chat/completions", {"api-key": "sk-ant-secret-azure"}, "anthropic", 404, "aispendtrack_wrong_base_url",
+     "/v1/chat/completions"),
+    ("/v1/chat/completions", VERTEX_TOKEN, "vertex", 404, "aispendtrack_wrong_base_url", "/v1/chat/completions"),
+    ("/gemini/v1beta/models/m:generateContent", VERTEX_TOKEN, "vertex", 404, "aispendtrack_wrong_base_url",
+     "/gemini"),
+    ("/v1/messages", {"authorization": "Bearer sk-proj"}, "openai", 404, "aispendtrack_wrong_base_url",
+     "/v1/messages"),  # a bearer token on Anthropic's path without Anthropic's signature is someone else's
+    ("/v1/chat/completions", {**VERTEX_TOKEN, "x-api-key": "sk-ant-secret"}, "openai", 400,
+     "aispendtrack_mixed_credentials", "a Google OAuth access token (ya29.) and another provider's key"),
+    ("/v1/messages", {"x-goog-api-key": "ya29.token", "anthropic-version": "2023-06-01"}, "openai", 400,
+     "aispendtrack_mixed_credentials", "Nothing was forwarded"),
+    ("/v1/chat/completions", {"authorization": "Bearer ya29.t, AIza" + "x" * 35}, "openai", 400,
+     "aispendtrack_mixed_credentials", "Nothing was forwarded"),
+    ("/v1/chat/completions;x", {"authorization": "Bearer sk-test"}, "openai", 400, "aispendtrack_bad_path",
+     "AiSpendTrack cannot forward '/v1/chat/completions;x'"),
+    ("/v1/Chat/completions", {"authorization": "Bearer sk-test"}, "openai", 404, "aispendtrack_bad_path",
+     "API paths are case-sensitive; use /v1/chat/completions."),
+])
+def test_a_request_that_can_go_nowhere_safely_is_refused_with_what_to_do(providers, target, headers, owner,
+                                                                          status, code, shown):
+    with pytest.raises(Misrouted) as refused:
+        _route(providers, target, headers)
+    exc = refused.value
+    assert (exc.provider.name, exc.status, exc.code) == (owner, status, code)
+    assert shown in exc.message
+    if code == "aispendtrack_wrong_base_url":
+        assert exc.message == (f"AiSpendTrack did not forward this call: it carries {owner} credentials, but "
+                               f"{shown} is not one of {owner}'s API paths, and a key is never sent to another "
+                               f"provider. Check the client's base URL: {WHERE[owner]}.")
 
 
 @pytest.fixture(scope="module")
@@ -212,11 +320,6 @@ def test_paths_a_front_end_may_rewrite_into_a_metered_one_are_refused_not_forwar
     assert status == 400 and body["error"]["code"] == "aispendtrack_bad_path"
     assert "Nothing was forwarded" in body["error"]["message"] and "character" in body["error"]["message"]
     assert len(openai_upstream.received) == before
-
-
-GEMINI_KEY = "AIzaSyD-fake-test-key-0123456789abcdefg"  # Google's format: AIza and 35 more characters
-assert len(GEMINI_KEY) == 39
-BASIC_ANTHROPIC = "Basic " + base64.b64encode(b":sk-ant-secret-basic").decode()
 
 
 @pytest.mark.parametrize("target,headers,secret", [
