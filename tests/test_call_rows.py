@@ -442,6 +442,31 @@ def test_an_image_call_stores_its_tokens_by_kind_and_its_images(providers, book)
     assert (row["model"], row["usage_source"], _units(row)) == ("dall-e-3", "reported", {"images": 3})
 
 
+@pytest.mark.parametrize("asked,cost", [
+    ({}, "0.08"),  # OpenAI's defaults: 1024x1024, standard
+    ({"size": "auto", "quality": "auto"}, "0.08"),
+    ({"size": "1792x1024"}, "0.16"),
+    ({"quality": "hd"}, "0.16"),
+    ({"size": "1024x1792", "quality": "hd"}, "0.24"),
+    ({"size": 1024, "quality": ["hd"]}, "0.08"),  # not a size or a quality: the defaults, as OpenAI's
+    ({"size": "512x512"}, None),  # DALL-E 3 makes no such size: unpriced, never priced as another
+    ({"quality": "ultra"}, None),
+])
+def test_an_image_is_priced_at_the_size_and_quality_the_request_asked_for(providers, book, asked, cost):
+    request = {"model": "dall-e-3", "prompt": "a cat", "n": 2, **asked}
+    answer = json.dumps({"created": 1764763200, "data": [{"url": "https://example.invalid/1.png"}] * 2}).encode()
+    row = _media_row(providers, book, "/v1/images/generations", "application/json", answer, request)
+    assert (row["images"], row["priced"], row["cost_usd"]) == (2, cost is not None, cost and Decimal(cost))
+
+
+def test_an_image_edit_is_priced_at_the_size_its_form_asked_for(providers, book):
+    answer = json.dumps({"created": 1764763200, "data": [{"b64_json": "iVBO"}]}).encode()
+    upload = {"file": ("cat.png", b"\x89PNG\r\n", "image/png"), "model": "dall-e-2", "prompt": "a hat",
+              "size": "512x512"}
+    row = _media_row(providers, book, "/v1/images/edits", "application/json", answer, upload=upload)
+    assert (row["model"], row["images"], row["cost_usd"]) == ("dall-e-2", 1, Decimal("0.018"))
+
+
 def test_an_image_count_past_the_bound_is_refused_by_name(providers, book):
     path, request = "/v1/images/generations", {"model": "dall-e-2", "prompt": "a cat"}
     many = json.dumps({"created": 1, "data": [{}] * 100_000}).encode()
