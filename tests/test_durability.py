@@ -34,11 +34,14 @@ def test_kill_9_under_load_loses_at_most_the_last_flush_interval(tmp_path, upstr
     flush_s = 0.5
     proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", flush_ms=int(flush_s * 1000),
                         metrics=True)
-    with Load(proxy) as load:
-        load.wait_for(300)
-        writes = slowest_write(scrape(proxy.metrics_url))
-        killed_at = time.monotonic()
-        proxy.process.kill()
+    try:
+        with Load(proxy) as load:
+            load.wait_for(300)
+            writes = slowest_write(scrape(proxy.metrics_url))
+            killed_at = time.monotonic()
+            proxy.process.kill()
+    finally:
+        proxy.process.kill()  # a failure before the kill left the proxy running for the rest of the suite
         proxy.process.wait(10)
     stored = set(stored_tags(proxy.home))
     missing = {tag: killed_at - at for tag, at in load.completed.items() if tag not in stored}

@@ -224,7 +224,8 @@ def test_exports_being_sent_are_sealed_in_the_data_directory_and_a_kill_leaves_n
         wait_until_up(f"{url}/login")
         held = []
         for path in ("/api/v1/export?format=csv", f"/api/v1/gdpr/export?customer={marker}"):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            # The 40,000 rows are written whole (sealed) before the first byte: over 30 s at load 9-10.
+            sock = socket.create_connection(("127.0.0.1", port), timeout=120)
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
             assert sock.recv(1024).startswith(b"HTTP/1.1 200")
             held.append(sock)
