@@ -649,3 +649,18 @@ output_mtok = 10
         ("acme-llm-7X", "not in the list data", Decimal("7"), None),
         ("deepseek-chat", "redundant", Decimal("1.405"), Decimal("1.405")),
     ]  # the service tier's entry and the one for any provider are not compared
+
+
+def test_a_tiers_own_list_rates_apply_from_the_day_they_are_published_and_a_multiplier_before(tmp_path):
+    """genai-prices publishes Claude Sonnet 4.5's batch rates from 2026-10-14 on: a batch call the
+    hour before is priced at the standard rates times Anthropic's batch discount (patches.toml)."""
+    from pricing import data_source
+    book = PriceBook(tmp_path / "prices.toml")
+    found = [(p.cost_usd, p.source) for p in (
+        book.price(MILLION_EACH, "anthropic", "claude-sonnet-4-5", dt.datetime(2026, 10, 13, 23, tzinfo=dt.UTC),
+                   "batch"),
+        book.price(MILLION_EACH, "anthropic", "claude-sonnet-4-5", dt.datetime(2026, 10, 14, 1, tzinfo=dt.UTC),
+                   "batch"))]
+    # 1M input is past the 200k long-context bound: $6 + $22.50, halved either way
+    assert found == [(Decimal("14.25"), f"{data_source()} x0.5 batch (patch patches.toml [[service_tier]]#3)"),
+                     (Decimal("14.25"), data_source())]
