@@ -731,6 +731,19 @@ def test_a_claude_message_stores_thinking_searches_the_cache_write_and_the_answe
                             "from 0 to 100,000")
 
 
+def test_a_claude_messages_web_fetches_are_counted_and_bounded_and_its_parts_never_exceed_their_whole(providers, book):
+    usage = {"input_tokens": 13, "output_tokens": 4, "server_tool_use": {"web_fetch_requests": 100_000},
+             "output_tokens_details": {"thinking_tokens": 9},  # more than the output: at most all of it
+             "cache_creation_input_tokens": 10, "cache_creation": {"ephemeral_1h_input_tokens": 25}}
+    row = _message_row(providers, book, usage)
+    assert (row["usage_source"], row["web_fetch_requests"], row["output_tokens"], row["reasoning_tokens"],
+            row["cache_write_tokens"], row["cache_write_1h_tokens"]) == ("reported", 100_000, 4, 4, 10, 10)
+    row = _message_row(providers, book, {**usage, "server_tool_use": {"web_fetch_requests": 100_001}})
+    assert (row["usage_source"], row["web_fetch_requests"], row["priced"]) == ("invalid", 0, False)
+    assert row["error"] == ("usage implausible: server_tool_use.web_fetch_requests=100001 is not a whole number "
+                            "from 0 to 100,000")
+
+
 def _claude_stream(*, cut_after: int | None = None, error: dict | None = None) -> list[bytes]:
     """A streamed message with thinking, text and a tool call; ``cut_after``: events kept."""
     start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
