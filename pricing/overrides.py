@@ -18,7 +18,8 @@ Every rate is USD per million tokens, except ``web_search_kcount`` (USD per thou
     checked = 2026-11-26           # optional here, required in patches.toml: when they were read there
 
       [[price.tier]]               # optional, any number: long-context rates
-      above_input_tokens = 200000  # applies to the whole call when its input (cache included) exceeds this
+      above_input_tokens = 200000  # applies to the whole call when its input (cache included) exceeds this;
+                                   # 0 or more, each tier of an entry its own
       input_mtok = 6               # the tier's rates, with the same keys and defaults as above
       output_mtok = 22.50
 
@@ -224,17 +225,26 @@ def _parse_entry(origin: str, file_name: str, n: int, entry: object, cited: bool
     models = entry["model"] if isinstance(entry["model"], list) else [entry["model"]]
     if not models or not all(isinstance(m, str) and m for m in models):
         raise PriceFileError(f"{where}: model must be a model id or pattern, or a list of them.")
-    tiers = entry.get("tier", [])
-    if not isinstance(tiers, list):
-        raise PriceFileError(f"{where}: 'tier' must be an array of tables: write [[price.tier]].")
-    parsed_tiers = sorted((_parse_tier(f"{where}, tier {k}", tier) for k, tier in enumerate(tiers, start=1)),
-                          key=lambda tier: tier[0])
     return OverridePrice(
         models=tuple(models), provider=_text(where, entry, "provider"), since=_date(where, entry.get("since"), "since"),
         service_tier=_text(where, entry, "service_tier"), rates=_rates(where, entry),
-        tiers=tuple(parsed_tiers),
+        tiers=_tiers(where, entry.get("tier", [])),
         web_search_kcount=_rate(where, "web_search_kcount", entry.get("web_search_kcount", 0)),
         source=f"{'patch' if cited else 'override'} {file_name}#{n}", cited=_citation(where, entry, cited))
+
+
+def _tiers(where: str, tiers: object) -> tuple[tuple[int, Rates], ...]:
+    """An entry's long-context tiers, ascending by bound. Two tiers with one bound are refused: which
+    of them priced a call would depend on their order in the file."""
+    if not isinstance(tiers, list):
+        raise PriceFileError(f"{where}: 'tier' must be an array of tables: write [[price.tier]].")
+    parsed = sorted((_parse_tier(f"{where}, tier {k}", tier) for k, tier in enumerate(tiers, start=1)),
+                    key=lambda tier: tier[0])
+    for (low, _), (high, _) in zip(parsed, parsed[1:]):
+        if low == high:
+            raise PriceFileError(f"{where}: two tiers have above_input_tokens = {low}; "
+                                 "give each tier its own bound.")
+    return tuple(parsed)
 
 
 def _parse_tier(where: str, tier: object) -> tuple[int, Rates]:

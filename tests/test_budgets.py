@@ -47,6 +47,19 @@ def test_tracker_counts_spend_per_scope_and_resets_each_day(counting):
     assert tracker.blocked(3, "acme", None, now + dt.timedelta(hours=1)) is None  # a new day
 
 
+def test_a_budget_added_after_others_starts_from_its_stored_spend_and_refuses_at_once(counting):
+    """A reload keeps the budgets it already counts and seeds each new one, wherever it is listed."""
+    tracker = counting(BudgetTracker(UTC))
+    now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    kept = Budget(1, "customer", "globex", Decimal("1.00"), None, True)
+    added = Budget(2, "customer", "acme", Decimal("1.00"), None, True)
+    stored = {1: (Decimal(0), Decimal(0)), 2: (Decimal("1.00"), Decimal("1.00"))}
+    tracker.load([kept], lambda b, day, month: stored[b.id], now)
+    tracker.load([kept, added], lambda b, day, month: stored[b.id], now)
+    refusal = tracker.blocked(3, "acme", None, now)
+    assert (refusal.budget, refusal.period, refusal.spent) == (added, "daily", Decimal("1.00"))
+
+
 def test_a_call_is_refused_by_any_used_up_budget_covering_it_not_only_the_first_blocking_one(counting):
     tracker = counting(BudgetTracker(UTC))
     now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)

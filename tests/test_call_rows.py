@@ -513,7 +513,8 @@ def test_a_transcription_stores_its_audio_tokens_or_its_seconds(providers, book)
 
 
 @pytest.mark.parametrize("seconds,shown", [(-1, "-1"), (86400.5, "86400.5"), (True, "True"), ("8", "'8'"),
-                                           ([8], "[8]"), (float("nan"), "nan"), ("x" * 50, repr("x" * 50)[:40])])
+                                           ([8], "[8]"), (float("nan"), "nan"), (float("inf"), "inf"),
+                                           (1e300, "1e+300"), ("x" * 50, repr("x" * 50)[:40])])
 def test_a_transcription_whose_duration_is_not_a_length_of_audio_is_refused_by_name(providers, book, seconds, shown):
     # NaN is written (and read back) as Python's json does: a hostile upstream can send it
     answer = json.dumps({"text": "hi", "usage": {"type": "duration", "seconds": seconds}}).encode()
@@ -755,6 +756,19 @@ def test_a_claude_message_stores_thinking_searches_the_cache_write_and_the_answe
                             "from 0 to 100,000")
 
 
+def test_a_claude_messages_web_fetches_are_counted_and_bounded_and_its_parts_never_exceed_their_whole(providers, book):
+    usage = {"input_tokens": 13, "output_tokens": 4, "server_tool_use": {"web_fetch_requests": 100_000},
+             "output_tokens_details": {"thinking_tokens": 9},  # more than the output: at most all of it
+             "cache_creation_input_tokens": 10, "cache_creation": {"ephemeral_1h_input_tokens": 25}}
+    row = _message_row(providers, book, usage)
+    assert (row["usage_source"], row["web_fetch_requests"], row["output_tokens"], row["reasoning_tokens"],
+            row["cache_write_tokens"], row["cache_write_1h_tokens"]) == ("reported", 100_000, 4, 4, 10, 10)
+    row = _message_row(providers, book, {**usage, "server_tool_use": {"web_fetch_requests": 100_001}})
+    assert (row["usage_source"], row["web_fetch_requests"], row["priced"]) == ("invalid", 0, False)
+    assert row["error"] == ("usage implausible: server_tool_use.web_fetch_requests=100001 is not a whole number "
+                            "from 0 to 100,000")
+
+
 def _claude_stream(*, cut_after: int | None = None, error: dict | None = None) -> list[bytes]:
     """A streamed message with thinking, text and a tool call; ``cut_after``: events kept."""
     start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
@@ -801,6 +815,25 @@ def test_a_claude_stream_cut_before_its_usage_counts_the_thinking_text_and_tool_
     row = _row(providers, book, "anthropic", "/v1/messages", MESSAGE,
                reply=_answer({"id": "msg_01", "type": "message", "model": payloads.SONNET, "content": []}))
     assert (row["usage_source"], row["priced"], row["error"]) == ("none", False, None)
+
+
+def test_a_cut_claude_stream_whose_reported_output_covers_its_text_keeps_the_reported_thinking(providers, book):
+    """Cut after message_delta: when the text that came counts no more tokens than the usage
+    reported, the reported usage stands whole, thinking included; only a larger count replaces it."""
+    count = providers["anthropic"].counter.count
+    request = {**MESSAGE, "model": "claude-sonnet-4-0", "stream": True}
+    came = count("The user wants the weather in Paris.Let me look that up for you."
+                 '{"city": "Paris", "units": "celsius"}', None)
+    for output in (came, came + 1):
+        delta = payloads._event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+                                                  "usage": {"output_tokens": output,
+                                                            "output_tokens_details": {"thinking_tokens": 9}}})
+        row = _row(providers, book, "anthropic", "/v1/messages", request,
+                   reply=payloads.Reply(events=[*_claude_stream(cut_after=-2), delta]))
+        seen = {"input_tokens": 377, "cache_read_tokens": 10, "cache_write_tokens": 30, "cache_write_1h_tokens": 30,
+                "output_tokens": output, "reasoning_tokens": 9, "web_search_requests": 1}
+        assert (row["usage_source"], _tokens(row)) == ("partial", seen)
+        assert row["cost_usd"] == book.price(TokenUsage(**seen), "anthropic", payloads.SONNET, row["ts"]).cost_usd
 
 
 @pytest.mark.parametrize("error,stored", [({"type": "overloaded_error", "message": "Overloaded"}, "overloaded_error"),
@@ -917,6 +950,20 @@ def test_an_openai_batch_is_noted_at_creation_and_its_results_priced_per_model_a
     assert by_model["gpt-4o-2024-08-06"]["cost_usd"] == full.cost_usd  # two lines at half the price each
     # other methods on the batch paths are not batch calls (the call is still stored, alone)
     assert len(_batch_rows(providers, book, "openai", "DELETE", "/v1/files/file-xyz/content", results)) == 1
+
+
+def test_a_batch_results_download_that_cannot_be_read_says_why_on_its_row_and_records_no_usage(providers, book):
+    """The results file is not a metered path: its row says why no usage was read all the same."""
+    path = "/v1/files/file-xyz/content"
+    meter = CallMeter(providers["openai"], path, 7, "acme", "offline", time.time(), b"{}", "", "GET",
+                      batch=providers["openai"].batch_call("GET", path))
+    assert meter.start_response(200, "application/octet-stream", "compress")
+    meter.tap(b"\x1f\x9d\x90")
+    meter.tap(b"")
+    meter.finish(200, "completed", None, None)
+    [row] = batches.rows(meter, build_row(meter, book), book)
+    assert (row["endpoint"], row["error"], row["cost_usd"]) == (
+        "/v1/files/{file_id}/content", "usage unreadable: unsupported content-encoding 'compress'", Decimal(0))
 
 
 def test_an_anthropic_batch_is_noted_and_its_results_url_points_back_through_the_proxy(providers, book):

@@ -510,3 +510,20 @@ def test_rows_still_held_for_an_erased_subject_are_dropped_only_if_made_before_t
         assert sorted(kind for kind, _ in subjects.erasures(con)) == ["customer", "key"]
         kept = subjects.without_erased(con, held, subjects.erasure_key(con, home))
     assert [row["n"] for row in kept] == [3, 4, 7, 8]
+
+
+def test_a_held_row_stamped_the_erases_very_instant_is_dropped_and_one_without_a_customer_is_no_customers(
+        migrated_home):
+    """subjects.without_erased at its edges: a call made at the erase's own microsecond is the
+    erased subject's; a row naming no customer is not the customer's, even one named "None"."""
+    from addon.core.store import subjects
+    home = migrated_home
+    key = make_key(home, "kept", "pro")
+    run_cli(home, "gdpr", "delete", "--customer", "None", "--yes")
+    with reading(home_dir.db_path(home)) as con:
+        [at] = subjects.erasures(con).values()
+        held = [{"n": 1, "ts": at, "customer_id": "None", "key_id": key},
+                {"n": 2, "ts": at - dt.timedelta(hours=1), "customer_id": None, "key_id": key},
+                {"n": 3, "ts": at + dt.timedelta(microseconds=1), "customer_id": "None", "key_id": key}]
+        kept = subjects.without_erased(con, held, subjects.erasure_key(con, home))
+    assert [row["n"] for row in kept] == [2, 3]

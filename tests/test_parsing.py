@@ -74,6 +74,9 @@ def test_unknown_coding_is_refused_not_guessed():
     ({"prompt_tokens": 100, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 60,
       "cache_write_tokens": 30}, "completion_tokens_details": None},
      TokenUsage(input_tokens=10, cache_read_tokens=60, cache_write_tokens=30, output_tokens=1)),
+    # a cache write reported past the prompt's uncached part is that part: never a negative input
+    ({"prompt_tokens": 100, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 60,
+      "cache_write_tokens": 80}}, TokenUsage(cache_read_tokens=60, cache_write_tokens=40, output_tokens=1)),
     (payloads.RESPONSES_REASONING_USAGE, TokenUsage(input_tokens=45, output_tokens=1719, reasoning_tokens=1408)),
     ({"prompt_tokens": 4, "total_tokens": 4}, TokenUsage(input_tokens=4)),
 ])

@@ -546,3 +546,121 @@ output_mtok = 2
     # An entry with no web_search_kcount bills searches at nothing, not at some default rate.
     assert book.price(TokenUsage(input_tokens=1000, web_search_requests=1000), "openai", "acme-1", NOW).cost_usd == \
         Decimal("0.001")
+
+
+def _tier(above: object, rate: object = 3) -> str:
+    return f"  [[price.tier]]\n  above_input_tokens = {above}\n  input_mtok = {rate}\n  output_mtok = {rate}\n"
+
+
+def test_a_tier_may_start_at_zero_but_two_tiers_may_not_share_a_bound_and_a_tiers_error_names_it(tmp_path):
+    path, entry = tmp_path / "prices.toml", "[[price]]\nmodel = 'acme-*'\ninput_mtok = 1\noutput_mtok = 2\n"
+    path.write_text(entry + _tier(0))
+    book = PriceBook(path)
+    # above 0: any input at all takes the tier's rates ($3 in and out), none keeps the entry's
+    assert [book.price(TokenUsage(input_tokens=n, output_tokens=1000), "openai", "acme-1", NOW).cost_usd
+            for n in (0, 1)] == [Decimal("0.002"), Decimal("0.003003")]
+    for tiers, message in ((_tier(1000) + _tier(2000, "'x'"),
+                            "[[price]] entry 1, tier 2: input_mtok must be a number (USD), got 'x'."),
+                           (_tier(1000) + _tier(2000) + _tier(1000, 5),
+                            "[[price]] entry 1: two tiers have above_input_tokens = 1000; give each tier its own "
+                            "bound.")):
+        path.write_text(entry + tiers)
+        with pytest.raises(PriceFileError) as raised:
+            PriceBook(path)
+        assert str(raised.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("citation", ["checked = 2026-11-26", "source = 'https://example.com/prices'"])
+def test_a_bundled_entry_without_both_its_source_and_its_check_date_is_refused(citation):
+    from pricing import overrides
+    entries = ("[[price]]\nmodel = 'acme-*'\ninput_mtok = 1\noutput_mtok = 2\n",
+               "[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 0.5\n")
+    for kind, text in zip(("[[price]]", "[[service_tier]]"), entries, strict=True):
+        assert len(overrides.parse(text + citation, "prices.toml")) == 1  # a user's file may leave either out
+        with pytest.raises(PriceFileError) as raised:
+            overrides.parse(text + citation, "patches.toml", name="patches.toml", cited=True)
+        assert str(raised.value) == (f"patches.toml: {kind} entry 1: a bundled patch needs source (the page with "
+                                     "the rates) and checked (a date).")
+
+
+def test_prices_check_cites_each_bundled_tier_multiplier(tmp_path):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "prices", "check"])
+    assert result.exit_code == 0, result.output
+    assert "  openai flex tier: x0.5 of standard: https://platform.openai.com/docs/guides/flex-processing " \
+           "(checked 2026-11-26)\n" in result.output
+
+
+def test_a_patch_is_redundant_when_the_list_prices_each_kind_alike_and_needed_when_one_differs_or_is_missing():
+    """pricing.patches, what `prices check` says of each bundled correction, over list data whose
+    gpt-4o rates are $2.50 in (and cache writes), $10 out, $1.25 cached, $10 per 1,000 searches, and
+    whose DeepSeek rates halve off-peak (16:30-00:30 UTC)."""
+    from pricing import overrides, patches
+    file = overrides.parse("""
+[[price]]
+provider = "openai"
+model = "gpt-4o*"
+input_mtok = 2.5
+output_mtok = 10
+cache_read_mtok = 1.25
+web_search_kcount = 10
+
+[[price]]
+provider = "openai"
+model = "gpt-4o"
+input_mtok = 2.5
+output_mtok = 11
+cache_read_mtok = 1.25
+web_search_kcount = 10
+
+[[price]]
+provider = "openai"
+model = "acme-llm-7X*"
+input_mtok = 1
+output_mtok = 2
+
+[[price]]
+provider = "deepseek"
+model = "deepseek-chat"
+input_mtok = 0.135
+output_mtok = 0.55
+cache_read_mtok = 0.035
+since = 2026-11-25T00:00:00Z
+
+[[price]]
+provider = "openai"
+model = "gpt-4o"
+service_tier = "flex"
+input_mtok = 1.25
+output_mtok = 5
+
+[[price]]
+model = "gpt-4o"
+input_mtok = 2.5
+output_mtok = 10
+""", "patches.toml")
+    noon = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)  # on-peak: the DeepSeek entry's own since is off-peak
+    found = [(c.model, c.verdict, c.patch_usd, c.list_usd) for c in patches.compare(file, noon)]
+    assert found == [
+        ("gpt-4o", "redundant", Decimal("36.25"), Decimal("36.25")),
+        ("gpt-4o", "differs", Decimal("38.25"), Decimal("36.25")),
+        ("acme-llm-7X", "not in the list data", Decimal("7"), None),
+        ("deepseek-chat", "redundant", Decimal("1.405"), Decimal("1.405")),
+    ]  # the service tier's entry and the one for any provider are not compared
+
+
+def test_a_tiers_own_list_rates_apply_from_the_day_they_are_published_and_a_multiplier_before(tmp_path):
+    """genai-prices publishes Claude Sonnet 4.5's batch rates from 2026-10-14 on: a batch call the
+    hour before is priced at the standard rates times Anthropic's batch discount (patches.toml)."""
+    from pricing import data_source
+    book = PriceBook(tmp_path / "prices.toml")
+    found = [(p.cost_usd, p.source) for p in (
+        book.price(MILLION_EACH, "anthropic", "claude-sonnet-4-5", dt.datetime(2026, 10, 13, 23, tzinfo=dt.UTC),
+                   "batch"),
+        book.price(MILLION_EACH, "anthropic", "claude-sonnet-4-5", dt.datetime(2026, 10, 14, 1, tzinfo=dt.UTC),
+                   "batch"))]
+    # 1M input is past the 200k long-context bound: $6 + $22.50, halved either way
+    assert found == [(Decimal("14.25"), f"{data_source()} x0.5 batch (patch patches.toml [[service_tier]]#3)"),
+                     (Decimal("14.25"), data_source())]
