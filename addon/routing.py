@@ -198,7 +198,7 @@ def route_host(provider: Provider, path: str, headers: Headers, query: str = "")
     Anthropic SDKs send ``anthropic-version`` to Bedrock and Vertex too."""
     clean = provider.escaped_path(path) or _canonical_or_refuse(provider, path)
     keys = {_key_in(value) or _basic_key(value) for _, value in headers.fields}
-    keys.add(_query_owner(query) if query else None)
+    keys.add(_query_owner(query))
     for kind in keys:
         if kind is not None and provider.name not in _KEY_OWNERS[kind]:
             what = "keys of two providers" if kind == MIXED else f"a key for {kind}"

@@ -107,6 +107,9 @@ def _route(providers, target: str, headers: dict):
     ("/v1/messages", {"x-api-key": "sk-ant-a", "x-goog-api-key": "AIza-b"}, "anthropic", "/v1/messages"),
     ("/v1/%63hat/completions", {"authorization": "Bearer sk-test"}, "openai", "/v1/chat/completions"),
     ("/v1/files/file-AbC", {"authorization": "Bearer sk-test"}, "openai", "/v1/files/file-AbC"),
+    # mitmproxy keeps a query's bytes that are not UTF-8 as surrogates: read, never a crash
+    ("/v1/chat/completions?x=\udcff", {"authorization": "Bearer sk-test"}, "openai", "/v1/chat/completions"),
+    ("/v1beta/models/m:generateContent?x=\udcff&key=AIza-secret", {}, "google", "/v1beta/models/m:generateContent"),
 ])
 def test_each_request_goes_to_the_provider_its_credentials_and_path_name(providers, target, headers, provider,
                                                                           path):
@@ -151,7 +154,7 @@ def test_a_request_that_can_go_nowhere_safely_is_refused_with_what_to_do(provide
         _route(providers, target, headers)
     exc = refused.value
     assert (exc.provider.name, exc.status, exc.code) == (owner, status, code)
-    assert shown in exc.message
+    assert shown in exc.message and str(exc) == exc.message  # what a log line of the exception says
     if code == "aispendtrack_wrong_base_url":
         assert exc.message == (f"AiSpendTrack did not forward this call: it carries {owner} credentials, but "
                                f"{shown} is not one of {owner}'s API paths, and a key is never sent to another "
