@@ -21,6 +21,7 @@ from mitmproxy import http
 
 from addon import batches
 from addon.meter import CallMeter
+from addon.providers.gemini import GROUNDING_ESTIMATE as GROUNDING
 from addon.realtime import RealtimeSession
 from addon.record import build_row
 from pricing import TokenUsage
@@ -262,6 +263,49 @@ def test_a_gemini_stream_that_errs_or_is_cut_says_so_and_keeps_the_last_totals_i
     # Gemini repeats its running totals in every chunk: a cut stream keeps the last ones it saw.
     assert (row["usage_source"], row["model"]) == ("partial", "gemini-2.5-pro-002")
     assert _tokens(row) == {"input_tokens": 9, "output_tokens": 6}
+
+
+def _grounded(text: str, queries: list | None, usage: dict | None = None, model: str = "gemini-3-pro-preview") -> dict:
+    chunk = _gemini_chunk(text, usage, modelVersion=model)
+    if queries is not None:
+        chunk["candidates"][0]["groundingMetadata"] = {"webSearchQueries": queries}
+    return chunk
+
+
+@pytest.mark.parametrize("model,searches,prompts", [("gemini-3-pro-preview", 3, 0), ("gemini-2.5-flash", 0, 1)])
+def test_a_grounded_gemini_call_counts_its_searches_in_the_unit_its_model_is_billed_in(providers, book, model,
+                                                                                       searches, prompts):
+    """Gemini 3 bills each search query, Gemini 2.x each grounded prompt; after a free allowance the
+    proxy cannot see, so the fee is an estimate and the row says so."""
+    path = f"/v1beta/models/{model}:generateContent"
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 5}
+    body = _grounded("Hi", ["weather paris", "weather lyon"], usage, model)
+    body["candidates"].append({**body["candidates"][0], "index": 1,
+                               "groundingMetadata": {"webSearchQueries": ["news"]}})
+    body["candidates"].append({"index": 2, "groundingMetadata": "not an object"})
+    row = _row(providers, book, "google", path, {"contents": []}, reply=_answer(body))
+    last = _grounded(" there", None, usage, model)
+    last["candidates"][0]["finishReason"] = "STOP"
+    stream = [payloads._data(_grounded("Hi", ["weather paris", "weather lyon", "news"], model=model)),
+              payloads._data(last)]
+    streamed = _row(providers, book, "google", path.replace(":generateContent", ":streamGenerateContent"),
+                    {"contents": []}, reply=payloads.Reply(events=stream))
+    for found in (row, streamed):  # a stream's queries come before its usage: kept until it comes
+        assert (found["web_search_requests"], found["grounded_prompts"]) == (searches, prompts)
+        assert (found["usage_source"], found["error"]) == ("estimated", f"tool fee estimated: {GROUNDING}")
+        assert found["cost_usd"] == book.price(TokenUsage(input_tokens=10, output_tokens=5,
+                                                          web_search_requests=searches, grounded_prompts=prompts),
+                                               "google", model, found["ts"]).cost_usd
+
+
+def test_a_gemini_call_that_searched_nothing_or_past_the_bound_has_no_search_fee(providers, book):
+    path = "/v1beta/models/gemini-3-pro-preview:generateContent"
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 5}
+    for queries in ([], ["q"] * 100_001, None):
+        row = _row(providers, book, "google", path, {"contents": []}, reply=_answer(_grounded("Hi", queries, usage)))
+        assert (row["web_search_requests"], row["usage_source"], row["error"]) == (0, "reported", None)
+    bound = _answer(_grounded("Hi", ["q"] * 100_000, usage))
+    assert _row(providers, book, "google", path, {"contents": []}, reply=bound)["web_search_requests"] == 100_000
 
 
 def test_a_rows_error_says_why_its_usage_is_missing_or_refused(providers, book):
