@@ -29,25 +29,26 @@ CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
 
 
-@pytest.fixture(scope="module")
-def strict(tmp_path_factory, upstream):
-    """A proxy that allows 30 connections and gives a client 2 s to send its request headers."""
+def _capped(tmp_path_factory, upstream, client_timeout: int):
+    """A proxy that allows 30 connections and gives a client ``client_timeout`` s to send a request."""
     home = tmp_path_factory.mktemp("home")
-    running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log",
-                          extra_args=("--max-connections", "30", "--client-timeout", "2"), metrics=True)
+    running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log", metrics=True,
+                          extra_args=("--max-connections", "30", "--client-timeout", str(client_timeout)))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory, upstream):
+    """30 connections, 2 s to send the request headers."""
+    yield from _capped(tmp_path_factory, upstream, 2)
 
 
 @pytest.fixture(scope="module")
 def patient(tmp_path_factory, upstream):
     """The same cap with 30 s to send a request: connections held past a busy machine's pauses are
     still waiting for their answer, not closed for want of a request (the 2 s of ``strict``)."""
-    home = tmp_path_factory.mktemp("home")
-    running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log",
-                          extra_args=("--max-connections", "30", "--client-timeout", "30"), metrics=True)
-    yield running
-    running.stop()
+    yield from _capped(tmp_path_factory, upstream, 30)
 
 
 def _connect(proxy, timeout: float = 10) -> socket.socket:
