@@ -135,11 +135,40 @@ def test_invocation_metrics_that_are_not_an_object_give_no_usage(providers, book
     assert (row["input_tokens"], row["output_tokens"], row["usage_source"]) == (0, 0, "none")
 
 
-def test_a_bedrock_stream_cut_before_its_metrics_is_not_reported(providers, book):
+def test_a_llama_stream_cut_before_its_metrics_is_not_reported_or_estimated(providers, book):
     row = _row(providers, book, "bedrock", f"/model/{LLAMA}/invoke-with-response-stream", EVENT_STREAM,
                _llama_stream({"inputTokenCount": 17, "outputTokenCount": 9}), {"prompt": "hi"}, keep=1)
-    # Bedrock has no estimate of its own: a stream cut before its metrics has no usage, and says so.
-    assert (row["usage_source"], row["output_tokens"], row["error"]) == ("none", 0, None)
+    # Llama's own events are not read for text: no usage, unpriced (never $0), and it says so.
+    assert (row["usage_source"], row["output_tokens"], row["error"], row["priced"]) == ("none", 0, None, False)
+
+
+def test_a_cut_claude_stream_on_bedrock_is_estimated_as_on_anthropics_own_api(providers, book, counter):
+    # Cut after "Hello": the input message_start reported, the output counted from the text so far
+    # (at least the 1 message_start said), priced as the path's regional profile.
+    row = _row(providers, book, "bedrock", f"/model/{CLAUDE}/invoke-with-response-stream", EVENT_STREAM,
+               aws.claude_stream(), BEDROCK_MESSAGE, keep=3)
+    output = max(counter.count("Hello", None), 1)
+    assert (row["usage_source"], row["outcome"], row["model"]) == ("partial", "completed", CLAUDE)
+    assert _tokens(row) == (25, 0, 0, output, 0) and row["priced"]
+    assert row["cost_usd"] == _usd((25, "3.30"), (output, "16.50"))
+    # The same stream cut before message_start: nothing to go on, unpriced.
+    early = _row(providers, book, "bedrock", f"/model/{CLAUDE}/invoke-with-response-stream", EVENT_STREAM,
+                 aws.claude_stream(), BEDROCK_MESSAGE, keep=0)
+    assert (early["usage_source"], early["priced"]) == ("none", False)
+
+
+def test_a_cut_converse_stream_counts_the_requests_text_and_the_text_streamed(providers, book, counter):
+    system, question = "You answer in one word.", "Say hello to the whole wide world, please."
+    request = {"system": [{"text": system}], "messages": [
+        {"role": "user", "content": [{"text": question}, {"image": {"format": "png", "source": {"bytes": "AAAA"}}}]},
+        {"role": "assistant", "content": [{"text": "Hi"}]}, {"role": "user", "content": [{"text": "Again"}]}]}
+    row = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
+               aws.converse_stream(), request, keep=-1)  # no metadata event
+    prompt = sum(counter.count(text, None) for text in (system, question, "Hi", "Again"))
+    output = counter.count("Hello", None)
+    assert prompt > 10 and output > 0
+    assert (row["usage_source"], _tokens(row)) == ("partial", (prompt, 0, 0, output, 0))
+    assert row["cost_usd"] == _usd((prompt, "3.00"), (output, "15.00"))
 
 
 def test_a_chunk_whose_bytes_are_not_base64_is_skipped_and_the_rest_still_read(providers, book):
@@ -154,25 +183,29 @@ def test_a_chunk_whose_bytes_are_not_base64_is_skipped_and_the_rest_still_read(p
     assert (_tokens(row), row["usage_source"], row["error"]) == ((17, 0, 0, 9, 0), "reported", None)
 
 
-def test_an_exception_in_a_bedrock_stream_is_the_rows_error(providers, book):
+def test_an_exception_in_a_bedrock_stream_is_the_rows_error(providers, book, counter):
     long_kind = "x" * 120 + "Exception"
-    for path, messages, stored in [
+    hello = counter.count("Hello", None)
+    for path, messages, stored, source, tokens in [
+        # After the model began: estimated as a cut stream (Claude's input as message_start said).
         (f"/model/{CLAUDE}/invoke-with-response-stream", [*aws.claude_stream()[:3],
                                                           _exception("throttlingException", "slow down")],
-         "throttlingException"),
+         "throttlingException", "partial", (25, max(hello, 1))),
         (f"/model/{CLAUDE}/converse-stream", [*aws.converse_stream()[:2],
                                               _exception("modelStreamErrorException", "the model failed")],
-         "modelStreamErrorException"),
-        (f"/model/{CLAUDE}/converse-stream", [_exception(long_kind, "long")], "x" * 100),
+         "modelStreamErrorException", "partial", (counter.count("hi", None), hello)),
+        # Before it began: nothing to go on, unpriced.
+        (f"/model/{CLAUDE}/converse-stream", [_exception(long_kind, "long")], "x" * 100, "none", (0, 0)),
         # A type with a ':' of its own (as AWS's x-amzn-ErrorType has) is kept whole after "exception:".
         (f"/model/{CLAUDE}/converse-stream", [_exception("internalServerException:coral", "x")],
-         "internalServerException:coral"),
+         "internalServerException:coral", "none", (0, 0)),
         (f"/model/{CLAUDE}/invoke-with-response-stream", [_exception("internalServerException:coral", "x")],
-         "internalServerException:coral"),
-        (f"/model/{CLAUDE}/invoke-with-response-stream", [_exception(long_kind, "long")], "x" * 100),
+         "internalServerException:coral", "none", (0, 0)),
+        (f"/model/{CLAUDE}/invoke-with-response-stream", [_exception(long_kind, "long")], "x" * 100, "none", (0, 0)),
     ]:
         row = _row(providers, book, "bedrock", path, EVENT_STREAM, messages, BEDROCK_MESSAGE)
-        assert (row["error"], row["usage_source"], row["output_tokens"]) == (stored, "none", 0), path
+        assert (row["error"], row["usage_source"], (row["input_tokens"], row["output_tokens"])) == \
+            (stored, source, tokens), path
 
 
 def test_a_bedrock_converse_stream_is_its_metadata_usage_with_cache_reads_and_writes_apart(providers, book):
@@ -182,9 +215,6 @@ def test_a_bedrock_converse_stream_is_its_metadata_usage_with_cache_reads_and_wr
     # Converse's inputTokens leaves out the cache reads and writes, which have fields of their own.
     assert _tokens(row) == (30, 2000, 1030, 12, 0) and row["usage_source"] == "reported"
     assert row["cost_usd"] == _usd((30, "3.00"), (2000, "0.30"), (1030, "3.75"), (12, "15.00"))
-    cut = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
-               aws.converse_stream(), keep=-1)  # no metadata event
-    assert (cut["usage_source"], cut["input_tokens"], cut["output_tokens"]) == ("none", 0, 0)
 
 
 @pytest.mark.parametrize("usage,error", [

@@ -233,6 +233,23 @@ def as_dict(value: object) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def texts_in(value: object) -> list[str]:
+    """The text inside a request's string, list of strings, or list of content parts, messages or
+    input items (each part's ``text``, each item's ``content`` in turn): what an estimate counts."""
+    if isinstance(value, str):
+        return [value]
+    texts: list[str] = []
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, dict):
+                if isinstance(item.get("text"), str):
+                    texts.append(item["text"])
+                texts += texts_in(item.get("content"))
+    return texts
+
+
 def loads(data: bytes | str) -> dict | None:
     """JSON object or None: provider payloads are untrusted and may be cut short."""
     value = loads_document(data)

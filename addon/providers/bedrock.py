@@ -14,6 +14,12 @@ The model is the path's (``/model/{modelId}/invoke``; an inference profile such 
   ``amazon-bedrock-invocationMetrics``;
 - Converse: ``usage`` (``inputTokens`` excludes the cache reads and writes, which have their own
   fields); ConverseStream: the ``metadata`` event's ``usage``.
+
+A stream cut before its usage (or ended by an exception) is estimated as the providers' own APIs'
+are (``partial``): Claude's events as Anthropic's (the input its message_start reported, the output
+counted from the text so far); a ConverseStream that began (messageStart) by counting the request's
+text and the text streamed, as its usage comes only in the last event. Other models' own events
+(Llama, Mistral, Nova through InvokeModel) are not read for text: such a stream stays unpriced.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from urllib.parse import unquote
 from pricing.usage import TokenUsage
 
 from . import anthropic
-from .base import Observed, Provider, StreamParser, as_dict, count, loads, patterns
+from .base import Observed, Provider, StreamParser, as_dict, count, loads, patterns, texts_in
 
 INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", \
     "converse-stream"
@@ -119,10 +125,13 @@ class ConverseStream(StreamParser):
     def __init__(self, model: str) -> None:
         super().__init__()
         self.observed.model = model
+        self.started = False  # messageStart came: the model took the request (an estimate counts it)
 
     def feed(self, event: str | None, data: bytes) -> None:
         if event is not None and event.startswith("exception:"):
             self.observed.error = event.partition(":")[2][:100]
+        elif event == "messageStart":
+            self.started = True
         elif event == "contentBlockDelta":
             self.keep_delta(data)
         elif event == "metadata":
@@ -138,6 +147,10 @@ class Bedrock(Provider):
     hosts = ("bedrock-runtime.*.amazonaws.com", "bedrock-runtime-fips.*.amazonaws.com")
     billable = _BILLABLE
     free = _FREE
+
+    def __init__(self, counter=None):
+        super().__init__(counter)
+        self._anthropic = anthropic.Anthropic(counter)  # estimates a cut Claude stream as for its own API
 
     def endpoint(self, path: str) -> str:
         found = _call(path)
@@ -170,6 +183,15 @@ class Bedrock(Provider):
         found = _call(path)
         model = found[0] if found else ""
         return ConverseStream(model) if found and found[1] == CONVERSE_STREAM else InvokeStream(model)
+
+    def estimate(self, path, request, parser, model) -> TokenUsage | None:
+        if isinstance(parser, InvokeStream) and parser.observed.usage is not None:  # Claude's message_start came
+            return self._anthropic.estimate(anthropic.MESSAGES, request, parser, model)
+        if not isinstance(parser, ConverseStream) or not parser.started or self.counter is None or request is None:
+            return None  # refused before it began (an exception first), or a stream we cannot read
+        prompt = texts_in(request.get("system")) + texts_in(request.get("messages"))
+        return TokenUsage(input_tokens=sum(self.counter.count(text, None) for text in prompt),
+                          output_tokens=self.counter.count(parser.output_text(), None))
 
     def error_body(self, status: int, message: str, code: str) -> bytes:
         # botocore reads the error code from "__type" and the message from "message".

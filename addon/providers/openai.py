@@ -32,6 +32,7 @@ from .base import (
     count,
     loads,
     patterns,
+    texts_in,
     tier_name,
 )
 
@@ -267,7 +268,7 @@ class OpenAI(Provider):
                 if isinstance(message, dict):
                     total += _PER_MESSAGE + sum(self.counter.count(t, model) for t in _message_texts(message))
             return total
-        texts = _input_texts(request.get("input" if path.endswith(("/responses", "/embeddings")) else "prompt"))
+        texts = texts_in(request.get("input" if path.endswith(("/responses", "/embeddings")) else "prompt"))
         texts.append(str(request.get("instructions") or ""))
         return sum(self.counter.count(t, model) for t in texts)
 
@@ -314,23 +315,7 @@ def _message_texts(message: dict) -> list[str]:
     texts = [str(message.get("role") or "")]
     if message.get("name"):
         texts.append(str(message["name"]))
-    texts += _input_texts(message.get("content"))
-    return texts
-
-
-def _input_texts(value: object) -> list[str]:
-    """Text inside a string, a list of strings, or a list of content parts / input items."""
-    if isinstance(value, str):
-        return [value]
-    texts: list[str] = []
-    if isinstance(value, list):
-        for item in value:
-            if isinstance(item, str):
-                texts.append(item)
-            elif isinstance(item, dict):
-                if isinstance(item.get("text"), str):
-                    texts.append(item["text"])
-                texts += _input_texts(item.get("content"))
+    texts += texts_in(message.get("content"))
     return texts
 
 
