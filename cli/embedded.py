@@ -101,7 +101,7 @@ def main() -> None:
     _die_with_parent(config["parent"])
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-    for name in ("addon", "aispendtrack"):
+    for name in ("addon", "aispendtrack", "pricing"):
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
     try:

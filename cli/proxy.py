@@ -273,6 +273,7 @@ async def _serve(mitm_options: dict, addon_options: dict, on_running=None) -> No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     logging.getLogger("addon").setLevel(logging.INFO)
+    logging.getLogger("pricing").setLevel(logging.INFO)  # "reloaded price overrides ..."
     logging.getLogger("aispendtrack.web").setLevel(logging.INFO)  # --web-port's access lines
     await master.run()
     # Rows are flushed by now. Connections still open (SDK keep-alive) are cancelled as the loop

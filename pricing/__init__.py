@@ -184,7 +184,7 @@ class PriceBook:
         self._mtime = mtime
         try:
             self._overrides = overrides.load(self.override_path)
-            log.info("reloaded price overrides from %s (%d entries)", self.override_path, len(self._overrides))
+            log.info("reloaded price overrides from %s (entries: %d)", self.override_path, len(self._overrides))
         except PriceFileError as exc:
             log.error("keeping the previous price overrides: %s", exc)
 

@@ -149,6 +149,8 @@ def test_the_running_proxy_picks_up_an_edited_override_file(proxy, customer):
         row = call(customer)
         assert row["priced"] is True and row["cost_usd"] == pytest.approx((10 * 1.0 + 5 * 2.0) / 1e6)
         assert row["price_source"] == "override prices.toml#1"
+        # The operator who edited the file sees that it was read.
+        assert f"reloaded price overrides from {path} (entries: 1)" in proxy.log_path.read_text()
     finally:
         path.unlink()
 
