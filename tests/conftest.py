@@ -8,6 +8,7 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import uuid
@@ -20,6 +21,7 @@ from addon.estimate import Counter
 from addon.providers import all_providers
 from pricing import PriceBook
 
+from . import helpers
 from .helpers import CHROMIUM, empty_host_counters, start_proxy
 from .pg import Cluster
 from .upstream import FakeProvider
@@ -40,6 +42,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         cost[item.path] += durations.get(item.nodeid, 0.0)
     items.sort(key=lambda item: cost[item.path])  # stable: a file's tests keep their order
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_outlives_its_test():
+    """Stops the proxies a test started and left running (it failed before its own stop): one left
+    running serves no one and takes CPU from every test after it. Fixtures of a wider scope start
+    theirs before this runs, so theirs are not touched; a function fixture's own teardown runs first."""
+    before = len(helpers.STARTED)
+    yield
+    for proxy in helpers.STARTED[before:]:
+        try:
+            proxy.stop()
+        except subprocess.TimeoutExpired:
+            proxy.process.kill()
+            proxy.process.wait()
+    del helpers.STARTED[before:]
 
 
 @pytest.fixture(params=["one process", "host counts"])

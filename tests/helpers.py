@@ -193,6 +193,10 @@ def key_with_blocking_budget(home: Path, customer: str, **usd: str) -> dict:
     return created
 
 
+# Every proxy start_proxy started, in order: tests/conftest.py stops those a test left running.
+STARTED: list[Proxy] = []
+
+
 def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None = None,
                 flush_ms: int = FLUSH_MS, extra_args: tuple[str, ...] = (), port: int | None = None,
                 run_under: tuple[str, ...] = (), metrics: bool = False, timeout: float = 60) -> Proxy:
@@ -219,6 +223,7 @@ def start_proxy(home: Path, upstream_url: str, log_path: Path, key: str | None =
         stdout=log, stderr=subprocess.STDOUT)
     proxy = Proxy(home, f"http://127.0.0.1:{port}", key, key_id, log_path, process,
                   f"http://127.0.0.1:{metrics_port}/metrics" if metrics else "")
+    STARTED.append(proxy)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
