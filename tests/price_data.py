@@ -64,6 +64,8 @@ class PriceServer:
     def __init__(self, doc: list | bytes) -> None:
         self.body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
         self.requests = 0
+        self.received: list[dict[str, str]] = []  # each request's headers
+        self.status, self.extra_headers = 200, {}  # what ``answer`` sets
         self.holding = threading.Event()
         self.holding.set()
         outer = self
@@ -71,9 +73,12 @@ class PriceServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 outer.requests += 1
+                outer.received.append({"path": self.path, **dict(self.headers.items())})
                 outer.holding.wait()  # a server that accepted the request and says nothing until released
                 body = outer.body
-                self.send_response(200)
+                self.send_response(outer.status)
+                for name, value in outer.extra_headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -87,6 +92,10 @@ class PriceServer:
 
     def serve(self, doc: list | bytes) -> None:
         self.body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+
+    def answer(self, status: int, **headers: str) -> None:
+        """Answer every request with ``status`` (and ``headers``), the body as before."""
+        self.status, self.extra_headers = status, headers
 
     def hold(self) -> None:
         """Keep every request waiting, answered only after ``release``."""

@@ -9,6 +9,7 @@ installed package's bundled data (tests/price_data.py); the official OpenAI SDK 
 
 from __future__ import annotations
 
+import base64
 import copy
 import datetime as dt
 import hashlib
@@ -336,3 +337,75 @@ def test_each_refused_document_says_why_and_a_good_one_becomes_the_prices(bundle
     assert snapshots.fetch(str(path)) == snapshots.fetch(f"file://{path}") == json.dumps(good)
     with pytest.raises(snapshots.PriceDataError, match=r"^could not read .*missing\.json: No such file or directory$"):
         snapshots.fetch(str(tmp_path / "missing.json"))
+
+
+def test_a_fetch_sends_a_mirrors_credentials_only_as_basic_auth_and_refuses_redirects_errors_and_excess(
+        tmp_path, monkeypatch):
+    """In-process (the mutation selection's): what ``snapshots.fetch`` sends and what it refuses."""
+    with PriceServer(b"[1]") as server:
+        assert snapshots.fetch(server.url.replace("//", "//ops:pa%40ss@") + "?v=2") == "[1]"
+        assert snapshots.fetch(server.url) == "[1]"
+        assert snapshots.fetch(server.url.replace("//", "//token@")) == "[1]"  # a user name alone
+        with_credentials, plain, token = server.received
+        assert base64.b64decode(token["Authorization"].removeprefix("Basic ")) == b"token:"
+        assert with_credentials["path"] == "/data.json?v=2" and with_credentials["User-Agent"] == "aispendtrack"
+        assert base64.b64decode(with_credentials["Authorization"].removeprefix("Basic ")) == b"ops:pa@ss"
+        assert with_credentials["Authorization"].startswith("Basic ") and "Authorization" not in plain
+        # A redirect would carry the credentials to the host it names: refused, as an error is.
+        for status, headers in ((302, {"Location": "http://127.0.0.1:9/elsewhere"}), (503, {})):
+            server.answer(status, **headers)
+            with pytest.raises(snapshots.PriceDataError, match=rf"^http://127\.0\.0\.1:\d+/data\.json answered "
+                                                               rf"HTTP {status}$"):
+                snapshots.fetch(server.url.replace("//", "//ops:pw@"))
+        assert len(server.received) == 5  # the redirect was not followed
+        server.answer(200)
+        monkeypatch.setattr(snapshots, "MAX_BYTES", 2**20)
+        server.serve(b"7" * 2**20)  # exactly the bound: taken
+        assert len(snapshots.fetch(server.url)) == 2**20
+        server.serve(b"7" * (2**20 + 1))
+        with pytest.raises(snapshots.PriceDataError, match=r"/data\.json sent more than 1 MB$"):
+            snapshots.fetch(server.url)
+        server.serve(b"[1]")
+        monkeypatch.setattr(snapshots, "FETCH_DEADLINE_S", -1.0)  # past its deadline as the first bytes come
+        with pytest.raises(snapshots.PriceDataError, match=r"/data\.json took more than -1 s$"):
+            snapshots.fetch(server.url)
+    # A file: the same bound, and text in UTF-8 only.
+    exact, over, latin = tmp_path / "exact.json", tmp_path / "over.json", tmp_path / "latin.json"
+    exact.write_bytes(b"7" * 2**20)
+    over.write_bytes(b"7" * (2**20 + 1))
+    latin.write_bytes("[\"caf\xe9\"]".encode("latin-1"))
+    assert len(snapshots.fetch(str(exact))) == 2**20
+    with pytest.raises(snapshots.PriceDataError, match=rf"^{re.escape(str(over))} is larger than 1 MB$"):
+        snapshots.fetch(str(over))
+    with pytest.raises(snapshots.PriceDataError, match=rf"^{re.escape(str(latin))} is not UTF-8 text$"):
+        snapshots.fetch(f"file://{latin}")
+
+
+class _Models:
+    """A price document as check_coverage sees it: its models, and where it came from."""
+
+    def __init__(self, count: int, source: str = "http://mirror/data.json") -> None:
+        self.source, self._models = source, {("openai", f"m{n:02}") for n in range(count)}
+
+    def models(self) -> set[tuple[str, str]]:
+        return self._models
+
+
+def test_a_document_may_drop_five_percent_of_the_known_models_and_not_one_more():
+    snapshots.check_coverage(_Models(19), _Models(20))  # 1 of 20 gone: exactly 5%, a retirement
+    snapshots.check_coverage(_Models(0), _Models(0))  # nothing known yet: anything goes
+    with pytest.raises(snapshots.PriceDataError) as refused:
+        snapshots.check_coverage(_Models(16), _Models(20))
+    assert str(refused.value) == ("http://mirror/data.json lacks 4 of the 20 models known now (more than 5%; "
+                                  "e.g. openai/m16, openai/m17, openai/m18)")
+
+
+def test_where_price_data_came_from_is_named_without_credentials_and_an_https_url_is_fetched_not_read():
+    assert snapshots.bundled().source == "bundled"
+    assert snapshots.shown("https://prices.example.com/data.json") == "https://prices.example.com/data.json"
+    assert snapshots.shown("https://ops:pw@prices.example.com:8443/d.json?t=1#x") == \
+        "https://prices.example.com:8443/d.json"
+    port = free_port()  # nothing listens: refused at once
+    with pytest.raises(snapshots.PriceDataError) as refused:
+        snapshots.fetch(f"https://127.0.0.1:{port}/data.json")
+    assert str(refused.value) == f"could not fetch https://127.0.0.1:{port}/data.json: [Errno 111] Connection refused"
