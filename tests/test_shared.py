@@ -304,7 +304,10 @@ def test_three_replicas_behind_a_load_balancer_survive_a_kill_9(shared_env, tmp_
         # a lake write holds the calls and both rollup tiers, slower than the embedded file's.
         bound = flush_s + 2 * writes + 0.05
         assert all(age <= bound for age in missing.values()), (bound, sorted(missing.values())[-5:])
-        assert len(missing) <= 30
+        # And none served after it (by the two replicas left); 2 s for a client thread to note a reply
+        # the killed replica sent just before it. How many that window holds follows the machine's
+        # speed (30 on a slow host, 42 on a fast one), so the window is the bound, not a count.
+        assert all(age >= -2.0 for age in missing.values()), sorted(missing.values())[:5]
         # One report over all: any replica's data directory sees every replica's rows.
         report = json.loads(run_cli(proxies[2].home, "report", "--by", "customer", "--format", "json"))
         assert sum(r["calls"] for r in report) == len(stored)
