@@ -37,23 +37,20 @@ def add(con: duckdb.DuckDBPyConnection, name: str, key_hash: str, prefix: str, p
     return key_id
 
 
-def set_plan(con: duckdb.DuckDBPyConnection, key_id: int, plan: str) -> bool:
-    row = control(con).execute("UPDATE keys SET plan = ? WHERE id = ? RETURNING id", [plan, key_id]).fetchone()
-    return row is not None
+# The setters below take a key the caller found (cli/keys.py names a missing one to the user).
+def set_plan(con: duckdb.DuckDBPyConnection, key_id: int, plan: str) -> None:
+    control(con).execute("UPDATE keys SET plan = ? WHERE id = ?", [plan, key_id])
 
 
-def set_limits(con: duckdb.DuckDBPyConnection, key_id: int, per_hour: int | None, per_month: int | None) -> bool:
+def set_limits(con: duckdb.DuckDBPyConnection, key_id: int, per_hour: int | None, per_month: int | None) -> None:
     """Set a key's own limits (None: back to its plan's)."""
-    row = control(con).execute("UPDATE keys SET per_hour_limit = ?, per_month_limit = ? WHERE id = ? RETURNING id",
-                      [per_hour, per_month, key_id]).fetchone()
-    return row is not None
+    control(con).execute("UPDATE keys SET per_hour_limit = ?, per_month_limit = ? WHERE id = ?",
+                         [per_hour, per_month, key_id])
 
 
-def set_retention(con: duckdb.DuckDBPyConnection, key_id: int, days: int | None) -> bool:
+def set_retention(con: duckdb.DuckDBPyConnection, key_id: int, days: int | None) -> None:
     """Set how many days a key's raw calls are kept (None: as its plan says)."""
-    row = control(con).execute("UPDATE keys SET retention_days = ? WHERE id = ? RETURNING id",
-                               [days, key_id]).fetchone()
-    return row is not None
+    control(con).execute("UPDATE keys SET retention_days = ? WHERE id = ?", [days, key_id])
 
 
 def active(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, str, int | None, int | None]]:
