@@ -47,6 +47,20 @@ def test_tracker_counts_spend_per_scope_and_resets_each_day(counting):
     assert tracker.blocked(3, "acme", None, now + dt.timedelta(hours=1)) is None  # a new day
 
 
+def test_a_feature_budget_counts_the_calls_of_its_feature_whoever_sends_them(counting):
+    tracker = counting(BudgetTracker(UTC))
+    now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    chat = Budget(1, "feature", "chat", Decimal("1.00"), None, True)
+    tracker.load([chat], lambda b, day, month: (Decimal(0), Decimal(0)), now)
+    tracker.record(7, "acme", "search", Decimal("5"), now)  # another feature: not this budget
+    assert tracker.blocked(7, "acme", "chat", now) is None
+    tracker.record(7, "acme", "chat", Decimal("0.60"), now)
+    tracker.record(8, None, "chat", Decimal("0.40"), now)  # another key, no customer: still the feature's
+    refusal = tracker.blocked(9, "globex", "chat", now)
+    assert (refusal.budget, refusal.period, refusal.spent) == (chat, "daily", Decimal("1.00"))
+    assert tracker.blocked(9, "globex", "search", now) is None
+
+
 def test_a_budget_added_after_others_starts_from_its_stored_spend_and_refuses_at_once(counting):
     """A reload keeps the budgets it already counts and seeds each new one, wherever it is listed."""
     tracker = counting(BudgetTracker(UTC))

@@ -138,6 +138,18 @@ def test_two_dimensions(home):
         ("acme", "chat"): 2, ("acme", "search"): 1, ("globex", "chat"): 2}
 
 
+def test_each_group_of_two_dimensions_has_its_own_percentiles_to_the_microsecond(tmp_path, new_store):
+    # A customer in the groups: read from the 15-minute rollups, percentiles exact over the raw rows.
+    latencies = {("acme", "chat"): [300, 400.004], ("acme", "search"): [200], ("globex", "chat"): [50, 70.5]}
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        call_rows.insert(con, [row("2026-11-02T12:00:00", "gpt-4o", "1.00", latency, customer=customer, feature=feature)
+                               for (customer, feature), values in latencies.items() for latency in values])
+    groups = cli_json(tmp_path, "report", "--by", "customer", "--by", "feature")
+    # quantile_cont interpolates: 300 + 0.95 x 100.004 = 395.0038, shown to the µs as stored.
+    assert {(g["customer_id"], g["feature"]): (g["p50_latency_ms"], g["p95_latency_ms"]) for g in groups} == {
+        ("acme", "chat"): (350.002, 395.004), ("acme", "search"): (200, 200), ("globex", "chat"): (60.25, 69.475)}
+
+
 def test_table_has_a_total_line_and_flags_unpriced(home):
     result = CliRunner().invoke(cli, ["--home", str(home), "report", "--by", "model"])
     lines = result.output.splitlines()
