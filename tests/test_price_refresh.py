@@ -314,7 +314,10 @@ def test_each_refused_document_says_why_and_a_good_one_becomes_the_prices(bundle
                         r"\(char 0\)\)", found["not JSON"]), found["not JSON"]
     assert found["truncated"].endswith(")") and " is not valid JSON (" in found["truncated"]
     assert " is not valid JSON (" in found["nested 100,000 deep"]
-    assert " fails genai-prices' validation: " in found["fails genai-prices' validation"]
+    # genai-prices' own reason, quoted: what failed and why (the document's input_mtok is "free").
+    invalid = found["fails genai-prices' validation"]
+    assert re.search(r" fails genai-prices' validation: 2 validation errors for .* input_mtok\.decimal +Input "
+                     r"should be a valid decimal", invalid), invalid
     assert found["not a list of providers"].endswith(" is not genai-prices data (expected a list of providers)")
     known = len(current.models())
     gone = len(current.models() - {("openai", m.id) for p in current.snapshot.providers if p.id == "openai"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 from decimal import Decimal
 
 import pytest
 
-from pricing import Price, PriceBook, PriceFileError, TokenUsage
+from pricing import Price, PriceBook, PriceData, PriceFileError, TokenUsage
 
 NOW = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 MILLION_EACH = TokenUsage(input_tokens=1_000_000, output_tokens=1_000_000)
@@ -72,7 +73,7 @@ since = 2026-11-01
 
 
 @pytest.mark.parametrize("text,message", [
-    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\n", "missing ['output_mtok']"),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = 1\n", "missing ['output_mtok']; it needs model, input_mtok, output_mtok."),
     ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = -2\n", "output_mtok must be zero or more"),
     ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\ninptu_mtok = 3\n", "unknown key(s) ['inptu_mtok']"),
     ("[[price]]\nmodel = 'x'\ninput_mtok = 1\noutput_mtok = 2\n[[price.tier]]\ninput_mtok = 2\noutput_mtok = 3\n",
@@ -122,10 +123,26 @@ since = 2026-11-01
      "[[service_tier]] entry 1: provider must be a non-empty string, got ''."),
     ("[[tool_fee]]\nprovider = ''\nusd_per_hour = 1\nminutes = 5\n",
      "[[tool_fee]] entry 1: provider must be a non-empty string, got ''."),
+    ("[[tool_fee]]\nprovider = 'openai'\nusd_per_hour = 1\nminutes = 'five'\n",
+     "[[tool_fee]] entry 1: minutes must be a number (USD), got 'five'."),
+    ("[[image_price]]\nprovider = 'openai'\nmodel = 'x'\nsize = '1024x1024'\nusd_per_image = 'cheap'\n",
+     "[[image_price]] entry 1: usd_per_image must be a number (USD), got 'cheap'."),
+    ("[[image_price]]\nprovider = 'openai'\nmodel = 'x'\nsize = '1024x1024'\nusd_per_image = 1\nsince = 'soon'\n",
+     "[[image_price]] entry 1: since must be a TOML date such as 2026-01-01, got 'soon'."),
+    ("[[image_price]]\nprovider = 'openai'\nmodel = 'x'\nsize = ['1024x1024', '']\nusd_per_image = 1\n",
+     "[[image_price]] entry 1: size must be a non-empty string, or a list of them."),
+    ("price = [1]\n", "[[price]] entry 1 is not a table."),
+    ("[[price]]\nmodel = 'x'\ninput_mtok = true\noutput_mtok = 2\n",
+     "[[price]] entry 1: input_mtok must be a number (USD), got True."),
+    ("[[price]]\nmodel = 'caf\xe9'\n".encode("latin-1"),
+     "not valid TOML ('utf-8' codec can't decode byte 0xe9 in position 22"),
 ])
 def test_bad_override_files_are_refused_with_the_reason(tmp_path, text, message):
     path = tmp_path / "prices.toml"
-    path.write_text(text)
+    if isinstance(text, bytes):
+        path.write_bytes(text)  # not UTF-8
+    else:
+        path.write_text(text)
     with pytest.raises(PriceFileError) as raised:
         PriceBook(path)
     assert message in str(raised.value) and str(path) in str(raised.value)
@@ -308,10 +325,16 @@ def test_only_a_model_with_a_thinking_rate_bills_a_response_that_thought_at_it(t
     assert book.price(thought, "openai", "o3", NOW).cost_usd == Decimal("8")  # o3 has one output rate
 
 
-@pytest.mark.parametrize("value", [True, -1, "12", 1.0, None])
+@pytest.mark.parametrize("value", [True, -1, "12", 1.0, None, Decimal("1.5")])
 def test_a_token_count_that_is_not_a_whole_number_is_refused_by_name(value):
-    with pytest.raises(ValueError, match=f"cache_read_tokens must be a non-negative integer, got {value!r}"):
+    with pytest.raises(ValueError, match=re.escape(f"cache_read_tokens must be a non-negative integer, got {value!r}")):
         TokenUsage(input_tokens=5, cache_read_tokens=value)
+
+
+def test_only_seconds_of_audio_may_be_a_fraction_and_the_counts_after_them_are_checked_too():
+    assert TokenUsage(audio_seconds=Decimal("1.5"), characters=3).audio_seconds == Decimal("1.5")
+    with pytest.raises(ValueError, match="characters must be a non-negative integer, got -1"):
+        TokenUsage(audio_seconds=Decimal("1.5"), characters=-1)
 
 
 def test_an_edited_override_file_applies_without_a_restart_and_a_broken_edit_keeps_the_last_good(tmp_path):
@@ -576,8 +599,10 @@ def test_a_tier_may_start_at_zero_but_two_tiers_may_not_share_a_bound_and_a_tier
 def test_a_bundled_entry_without_both_its_source_and_its_check_date_is_refused(citation):
     from pricing import overrides
     entries = ("[[price]]\nmodel = 'acme-*'\ninput_mtok = 1\noutput_mtok = 2\n",
-               "[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 0.5\n")
-    for kind, text in zip(("[[price]]", "[[service_tier]]"), entries, strict=True):
+               "[[service_tier]]\nprovider = 'openai'\nname = 'flex'\nmultiplier = 0.5\n",
+               "[[tool_fee]]\nprovider = 'openai'\nusd_per_hour = 0.09\nminutes = 5\n",
+               "[[image_price]]\nprovider = 'openai'\nmodel = 'dall-e-9'\nsize = '1024x1024'\nusd_per_image = 1\n")
+    for kind, text in zip(("[[price]]", "[[service_tier]]", "[[tool_fee]]", "[[image_price]]"), entries, strict=True):
         assert len(overrides.parse(text + citation, "prices.toml")) == 1  # a user's file may leave either out
         with pytest.raises(PriceFileError) as raised:
             overrides.parse(text + citation, "patches.toml", name="patches.toml", cited=True)
@@ -666,3 +691,101 @@ def test_a_tiers_own_list_rates_apply_from_the_day_they_are_published_and_a_mult
     # 1M input is past the 200k long-context bound: $6 + $22.50, halved either way
     assert found == [(Decimal("14.25"), f"{data_source()} x0.5 batch (patch patches.toml [[service_tier]]#3)"),
                      (Decimal("14.25"), data_source())]
+
+
+def _gpt_4o_priced_anew() -> PriceData:
+    """List data (genai-prices' format, validated as a fetched document is) in which OpenAI's gpt-4o
+    costs $5 in, $20 out, $5 per 1,000 file searches and $30 per 1,000 code executions; has flex
+    rates of its own ($1 in, $3 out, $1 per 1,000 file searches); and no batch rates."""
+    from pricing import snapshots
+
+    from .price_data import bundled_document
+    doc = bundled_document()
+    gpt_4o = next(m for p in doc if p["id"] == "openai" for m in p["models"] if m["id"] == "gpt-4o")
+    gpt_4o["prices"].update(input_mtok=5, output_mtok=20, storage_searches_kcount=5, code_executions_kcount=30)
+    gpt_4o["price_variants"] = [v for v in gpt_4o["price_variants"] if v["when"] != {"processing": "batch"}] + [
+        {"when": {"service_tier": "flex"}, "prices": {"input_mtok": 1, "output_mtok": 3, "storage_searches_kcount": 1}}]
+    return snapshots.parse(json.dumps(doc), "gpt-4o-anew.json", NOW)
+
+
+def test_a_call_is_priced_by_the_list_data_it_is_given_and_says_which(tmp_path):
+    """What `prices diff` does: price stored calls by one version of the list prices while another is
+    in use. Every rate comes from the data given (its tokens, its own tier rates or their absence,
+    its tools' fees at the call's tier), and the price names that data (stored as price_snapshot)."""
+    from pricing import listprices
+    data, book = _gpt_4o_priced_anew(), PriceBook(tmp_path / "prices.toml")
+
+    def priced(usage: TokenUsage, tier: str | None = None) -> tuple:
+        found = book.price(usage, "openai", "gpt-4o", NOW, tier, data=data)
+        return found.cost_usd, found.source, found.snapshot
+
+    in_use = book.price(MILLION_EACH, "openai", "gpt-4o", NOW)
+    assert (in_use.cost_usd, in_use.snapshot) == (Decimal("12.5"), listprices.current().id)  # $2.50 + $10
+    assert priced(MILLION_EACH) == (Decimal("25"), data.label, data.id)
+    assert priced(MILLION_EACH, "flex") == (Decimal("4"), data.label, data.id)  # its own flex rates, not x0.5
+    # No batch rates in this data (the data in use has them): its standard rates times OpenAI's batch discount.
+    assert priced(MILLION_EACH, "batch") == (
+        Decimal("12.5"), f"{data.label} x0.5 batch (patch patches.toml [[service_tier]]#2)", data.id)
+    # 4 file searches at $5 and 2 code executions at $30 per 1,000 on top of $5 of input; at flex
+    # the file searches cost flex's $1 per 1,000.
+    tools = TokenUsage(input_tokens=1_000_000, file_search_calls=4, code_executions=2)
+    assert priced(tools) == (Decimal("5.08"), data.label, data.id)
+    assert priced(TokenUsage(input_tokens=1_000_000, file_search_calls=4), "flex") == (
+        Decimal("1.004"), data.label, data.id)
+
+
+def test_audio_and_image_output_are_priced_at_their_own_rates(tmp_path):
+    """genai-prices' rates per 1M tokens: gpt-realtime-mini's output $2.40, its audio output $20;
+    chatgpt-image-latest's output $10, its image output $32. Of 1,000 output tokens 800 are audio
+    or image."""
+    book = PriceBook(tmp_path / "prices.toml")
+    spoken = TokenUsage(output_tokens=1000, output_audio_tokens=800)
+    drawn = TokenUsage(output_tokens=1000, output_image_tokens=800)
+    assert book.price(spoken, "openai", "gpt-realtime-mini", NOW).cost_usd == Decimal("0.01648")  # $0.00048 + $0.016
+    assert book.price(drawn, "openai", "chatgpt-image-latest", NOW).cost_usd == Decimal("0.0276")  # $0.002 + $0.0256
+
+
+def test_a_call_billed_in_characters_or_seconds_is_priced_by_the_list_prices_never_by_a_token_entry(tmp_path):
+    """A price file holds token rates only: an entry whose pattern covers a speech or transcription
+    model must not price its characters or seconds at $0."""
+    from pricing import data_source
+    path = tmp_path / "prices.toml"
+    path.write_text('[[price]]\nprovider = "openai"\nmodel = "*"\ninput_mtok = 1\noutput_mtok = 2\n')
+    book = PriceBook(path)
+    spoken = book.price(TokenUsage(characters=1000), "openai", "tts-1", NOW)  # $15 per 1M characters
+    heard = book.price(TokenUsage(audio_seconds=Decimal(90)), "openai", "whisper-1", NOW)  # $0.006 a minute
+    assert [(p.cost_usd, p.source) for p in (spoken, heard)] == [(Decimal("0.015"), data_source()),
+                                                                 (Decimal("0.009"), data_source())]
+
+
+def test_a_price_entry_applies_from_the_instant_its_since_names_in_utc_unless_it_gives_an_offset(tmp_path):
+    """``since`` as a date (midnight UTC), a local date-time (read as UTC) and one with an offset."""
+    path = tmp_path / "prices.toml"
+    path.write_text("""
+[[price]]
+model = "acme-*"
+input_mtok = 1
+output_mtok = 0
+[[price]]
+model = "acme-*"
+input_mtok = 2
+output_mtok = 0
+since = 2026-11-01
+[[price]]
+model = "acme-*"
+input_mtok = 3
+output_mtok = 0
+since = 2026-11-10T12:00:00
+[[price]]
+model = "acme-*"
+input_mtok = 4
+output_mtok = 0
+since = 2026-11-20T00:00:00+05:00
+""")
+    book = PriceBook(path)
+    second = dt.timedelta(seconds=1)
+    firsts = (dt.datetime(2026, 11, 1, tzinfo=dt.UTC), dt.datetime(2026, 11, 10, 12, tzinfo=dt.UTC),
+              dt.datetime(2026, 11, 19, 19, tzinfo=dt.UTC))  # the last: midnight at +05:00
+    found = [book.price(TokenUsage(input_tokens=1_000_000), "openai", "acme-1", at).cost_usd
+             for first in firsts for at in (first - second, first)]
+    assert found == [1, 2, 2, 3, 3, 4]

@@ -6,6 +6,8 @@ are fast, so the mutation selection runs them."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from decimal import Decimal
 
 import pytest
 
@@ -91,3 +93,29 @@ def test_each_principal_sees_its_own_scope_and_asking_for_more_is_refused():
     assert auth.Principal.admin_token(1).describe() == "admin: all keys"
     assert auth.Principal.key(7).describe() == "key 7"
     assert (auth.Principal.admin_token(5).actor, auth.Principal.key(7).actor) == ("admin:5", "key:7")
+
+
+def test_a_team_user_sees_its_teams_budgets_with_their_spend_and_no_other_teams_or_tags(migrated_home):
+    """/api/v1/budgets for a single sign-on user of team search, over the page's session: its team's
+    budget with the spend, the budget over all calls without it (other teams' spend is in it), and
+    neither team ads' budget nor a customer's that happens to be called "search"."""
+    from addon.core.store import calls as call_rows
+    from web import create_app
+
+    from .helpers import call_row, run_cli
+    home = migrated_home
+    for team in ("search", "ads"):
+        run_cli(home, "teams", "create", team)
+    key = json.loads(run_cli(home, "keys", "create", "--name", "s", "--team", "search", "--json"))["id"]
+    for scope, more in (("team:search", ()), ("team:ads", ()), ("customer:search", ("--all-keys",)), ("all", ())):
+        run_cli(home, "budgets", "set", "--scope", scope, *more, "--monthly", "70")
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [call_row(1, ts=dt.datetime.now(dt.UTC), key_id=key, customer_id="search",
+                                        cost_usd=Decimal("3"))])
+    client = create_app(home, {"SSO": SSO}).test_client()
+    with client.session_transaction() as cookie:
+        cookie["sid"] = signed_in(home, "t", "team", ("search",))
+    answer = client.get("/api/v1/budgets")
+    assert answer.status_code == 200, answer.get_json()
+    assert sorted((b["scope"], b["scope_value"], b["spent_this_month_usd"]) for b in answer.get_json()) == [
+        ("all", None, None), ("team", "search", 3)]

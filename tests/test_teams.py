@@ -182,7 +182,8 @@ def test_the_api_groups_and_filters_by_team(home):
     exported = get("/api/v1/export?format=json&team=ads").get_json()
     assert [r["key_id"] for r in exported] == [3]
     unknown = get("/api/v1/report?by=team&team=nope")
-    assert unknown.status_code == 400 and "no team named 'nope'" in unknown.get_json()["error"]["message"]
+    assert (unknown.status_code, unknown.get_json()["error"]["code"]) == (400, "bad_request")
+    assert unknown.get_json()["error"]["message"] == "team: no team named 'nope' (`aispendtrack teams list`)."
     # A key in team ads sees only its own calls, whichever team it asks for.
     assert get("/api/v1/report?by=team", key3["key"]).get_json() == []
     assert get("/api/v1/report?team=search", key3["key"]).status_code == 400  # not its team
@@ -210,7 +211,7 @@ def test_a_key_sees_only_its_own_spend_through_team_filters_grouping_and_exact_r
     assert [g["cost_usd"] for g in get("/api/v1/report?by=key&team=search").get_json()] == [32.0]
     # Another team's name and a name no team has read alike: a key cannot list the organisation's teams.
     answers = [get(f"/api/v1/report/total?team={name}") for name in ("ads", "nope")]
-    assert [a.status_code for a in answers] == [400, 400]
+    assert [(a.status_code, a.get_json()["error"]["code"]) for a in answers] == [(400, "bad_request")] * 2
     assert [a.get_json()["error"]["message"] for a in answers] == [
         f"team: key {mine['id']} is not in a team named {name!r}; its team is 'search'." for name in ("ads", "nope")]
     other = get("/api/v1/report?by=team&key=1")
