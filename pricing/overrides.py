@@ -271,7 +271,7 @@ def _parse_tool_fee(origin: str, file_name: str, n: int, entry: object, cited: b
     provider = _text(where, entry, "provider")
     assert provider is not None  # required
     return ContainerFee(provider=provider, usd_per_hour=_rate(where, "usd_per_hour", entry["usd_per_hour"]),
-                        minutes=_rate(where, "minutes", entry["minutes"]),
+                        minutes=_rate(where, "minutes", entry["minutes"], "a number of minutes"),
                         source=f"{'patch' if cited else 'override'} {file_name} [[tool_fee]]#{n}",
                         cited=_citation(where, entry, cited))
 
@@ -333,13 +333,13 @@ def _citation(where: str, entry: dict, required: bool) -> str | None:
     return f"{source} (checked {checked:%Y-%m-%d})" if checked else source
 
 
-def _rate(where: str, key: str, value: object) -> Decimal:
+def _rate(where: str, key: str, value: object, kind: str = "a number (USD)") -> Decimal:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise PriceFileError(f"{where}: {key} must be a number (USD), got {value!r}.")
+        raise PriceFileError(f"{where}: {key} must be {kind}, got {value!r}.")
     try:
         rate = Decimal(str(value))
     except InvalidOperation:
-        raise PriceFileError(f"{where}: {key} must be a number (USD), got {value!r}.") from None
+        raise PriceFileError(f"{where}: {key} must be {kind}, got {value!r}.") from None
     if not rate.is_finite() or rate < 0:
         raise PriceFileError(f"{where}: {key} must be zero or more, got {value!r}.")
     return rate

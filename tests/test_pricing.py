@@ -124,7 +124,7 @@ since = 2026-11-01
     ("[[tool_fee]]\nprovider = ''\nusd_per_hour = 1\nminutes = 5\n",
      "[[tool_fee]] entry 1: provider must be a non-empty string, got ''."),
     ("[[tool_fee]]\nprovider = 'openai'\nusd_per_hour = 1\nminutes = 'five'\n",
-     "[[tool_fee]] entry 1: minutes must be a number (USD), got 'five'."),
+     "[[tool_fee]] entry 1: minutes must be a number of minutes, got 'five'."),
     ("[[image_price]]\nprovider = 'openai'\nmodel = 'x'\nsize = '1024x1024'\nusd_per_image = 'cheap'\n",
      "[[image_price]] entry 1: usd_per_image must be a number (USD), got 'cheap'."),
     ("[[image_price]]\nprovider = 'openai'\nmodel = 'x'\nsize = '1024x1024'\nusd_per_image = 1\nsince = 'soon'\n",
@@ -691,6 +691,25 @@ def test_a_tiers_own_list_rates_apply_from_the_day_they_are_published_and_a_mult
     # 1M input is past the 200k long-context bound: $6 + $22.50, halved either way
     assert found == [(Decimal("14.25"), f"{data_source()} x0.5 batch (patch patches.toml [[service_tier]]#3)"),
                      (Decimal("14.25"), data_source())]
+
+
+def test_a_call_that_reports_its_tokens_is_priced_by_them_even_where_the_model_has_image_prices(tmp_path):
+    """GPT Image answers with token usage: an [[image_price]] for it prices only a response that
+    reports none (as DALL-E's), never one whose tokens are known."""
+    from pricing import data_source
+    from pricing.usage import ImageOptions
+    path = tmp_path / "prices.toml"
+    path.write_text('[[image_price]]\nprovider = "openai"\nmodel = "gpt-image-1"\n'
+                    'size = "1024x1024"\nusd_per_image = 0.04\n')
+    book = PriceBook(path)
+
+    def priced(usage: TokenUsage) -> tuple:
+        found = book.price(usage, "openai", "gpt-image-1", NOW, image=ImageOptions("1024x1024", "standard"))
+        return found.cost_usd, found.source
+    # genai-prices: $5 per 1M input tokens, $40 per 1M image output tokens.
+    reported = TokenUsage(images=1, input_tokens=20, output_tokens=1056, output_image_tokens=1056)
+    assert priced(reported) == (Decimal("0.04234"), data_source())
+    assert priced(TokenUsage(images=2)) == (Decimal("0.08"), "override prices.toml [[image_price]]#1")
 
 
 def _gpt_4o_priced_anew() -> PriceData:
