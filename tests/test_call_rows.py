@@ -95,6 +95,7 @@ def test_a_completed_call_stores_the_reported_tokens_priced(providers, book, pro
     assert _tokens(row) == tokens
     expected = book.price(TokenUsage(**tokens), provider, model, row["ts"], row["service_tier"])
     assert row["priced"] and row["cost_usd"] == expected.cost_usd > 0 and row["price_source"] == expected.source
+    assert row["price_snapshot"] == expected.snapshot is not None  # the list-price data that priced it
     assert isinstance(row["id"], uuid.UUID) and row["outcome"] == "completed"
     assert row["stream"] is (bool(request_body.get("stream")) or ":stream" in path)
     assert row["latency_ms"] >= 0 and (row["ttft_ms"] is not None) is row["stream"]
@@ -322,7 +323,7 @@ def test_a_rows_error_says_why_its_usage_is_missing_or_refused(providers, book):
     meter.start_response(200, "application/json", "gzip")
     meter.finish(200, "completed", None, b"this is not gzip")
     unreadable = build_row(meter, book)
-    assert unreadable["error"].startswith("usage unreadable: ") and unreadable["status"] == 200
+    assert (unreadable["error"], unreadable["status"]) == ("usage unreadable: cannot decode body: error", 200)
     # estimated from the request, as a call cut short would be
     assert (unreadable["usage_source"], unreadable["priced"]) == ("partial", True) and unreadable["input_tokens"] > 0
 
@@ -663,6 +664,7 @@ def test_a_stream_whose_usage_we_could_not_ask_for_says_why_unless_it_came(provi
         # the clock readings of a call that took 1.2345678 s, its first byte after 12.3456 ms
         meter.started_at = 1_764_763_200.0
         meter.first_byte_at, meter.finished_at = meter.started_at + 0.0123456, meter.started_at + 1.2345678
+        meter.hooks_ns, meter.tap_ns = 40_100, 2_400  # 42.5 us in our hooks and stream tap
         return build_row(meter, book)
     estimated = row_for({**CHAT, "stream": True}, None)
     assert (estimated["usage_source"], estimated["error"]) == (
@@ -671,6 +673,7 @@ def test_a_stream_whose_usage_we_could_not_ask_for_says_why_unless_it_came(provi
     assert (reported["usage_source"], reported["error"]) == ("reported", None)
     # latency from the request to the end, time to first token from the request to the first byte, in ms
     assert (reported["ttft_ms"], reported["latency_ms"]) == (12.346, 1234.568)
+    assert reported["proxy_us"] == 43  # what the proxy added, in whole microseconds
 
 
 @pytest.mark.parametrize("path,usage,field", [
