@@ -125,8 +125,11 @@ def test_a_refused_or_unmetered_call_costs_nothing_known(providers, book):
 
 def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, book):
     usage = {"prompt_tokens": 3_000_000, "total_tokens": 3_000_000}
+    # Numbers of unlike lengths, as real embeddings have: with one number repeated, the body's start
+    # joined by mistake to its last megabytes could still read as one JSON document.
+    vector = [round((i % 113) / 1000 - 0.05, 6) for i in range(1536)]
     body = {"object": "list", "model": "text-embedding-3-large",  # the model that answered, not the one asked
-            "data": [{"object": "embedding", "index": n, "embedding": [0.0123456789] * 1536} for n in range(600)],
+            "data": [{"object": "embedding", "index": n, "embedding": vector} for n in range(1100)],
             "usage": usage}
     request = {"model": "text-embedding-3-small", "input": ["hi"]}
     reply = payloads.Reply(body=json.dumps(body, separators=(",", ":")).encode())
