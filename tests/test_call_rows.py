@@ -732,6 +732,21 @@ def test_each_web_search_of_a_response_is_counted_up_to_the_bound(providers, boo
     assert refused["error"] == "usage implausible: output has 100,001 tool call items, more than 100,000"
 
 
+def test_code_interpreter_runs_of_a_response_count_their_containers_whose_time_is_estimated(providers, book):
+    def row_for(*containers: str) -> dict:
+        output = [{"type": "code_interpreter_call", "id": f"ci_{n}", "status": "completed", "code": "print(2)",
+                   "container_id": container} for n, container in enumerate(containers)]
+        body = {**payloads._response_obj("gpt-4o-2024-08-06", "completed", {"input_tokens": 10, "output_tokens": 5}),
+                "output": [*output, {"type": "message", "content": []}]}
+        return _row(providers, book, "openai", "/v1/responses", {"model": "gpt-4o", "input": "double 2"},
+                    reply=_answer(body))
+    row = row_for("cntr_a", "cntr_a", "cntr_b")
+    assert (row["code_executions"], row["containers"], row["usage_source"]) == (3, 2, "estimated")
+    assert row["error"].startswith("tool fee estimated: OpenAI bills a code interpreter container by its session")
+    plain = row_for()
+    assert (plain["containers"], plain["usage_source"], plain["error"]) == (0, "reported", None)
+
+
 @pytest.mark.parametrize("error,stored", [({"type": "server_error", "code": "x"}, "server_error"),
                                           ({"code": "rate_limit"}, "rate_limit"), ({}, "error")])
 def test_an_error_inside_a_chat_stream_is_the_rows_error(providers, book, error, stored):
