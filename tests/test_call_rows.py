@@ -1298,20 +1298,30 @@ def test_a_chat_answer_without_usage_or_request_is_unpriced_without_a_reason_to_
     assert (row["usage_source"], row["priced"], row["cost_usd"], row["error"]) == ("none", False, None, None)
 
 
+def _server_tool(n: int, name: str) -> dict:
+    return {"type": "server_tool_use", "id": f"srvtoolu_{n}", "name": name, "input": {"command": "ls"}}
+
+
+CONTAINER = {"id": "container_011CT9dc", "expires_at": "2026-12-03T17:00:00Z", "skills": None}
+
+
+def _code_run_blocks() -> list[dict]:
+    """Claude's content running code twice (bash, then the text editor), searching once and calling
+    the client's own tool that happens to be named like a code tool."""
+    return [_server_tool(1, "bash_code_execution"),
+            {"type": "bash_code_execution_tool_result", "tool_use_id": "srvtoolu_1", "content": {
+                "type": "bash_code_execution_result", "stdout": "42\n", "stderr": "", "return_code": 0,
+                "content": []}},
+            _server_tool(2, "text_editor_code_execution"), _server_tool(3, "web_search"),
+            {"type": "tool_use", "id": "toolu_4", "name": "code_execution", "input": {}},  # the client's tool
+            {"type": "text", "text": "Done.", "citations": None}]
+
+
 def _code_run_stream(named: bool) -> payloads.Reply:
     """Claude running code twice in one container (bash, then the text editor), searching once and
     calling the client's own tool that happens to be named like a code tool, streamed as the
     Messages API streams it; ``named``: with its `event:` lines, else data lines only."""
-    def server(n: int, name: str) -> dict:
-        return {"type": "server_tool_use", "id": f"srvtoolu_{n}", "name": name, "input": {"command": "ls"}}
-    blocks = [server(1, "bash_code_execution"),
-              {"type": "bash_code_execution_tool_result", "tool_use_id": "srvtoolu_1", "content": {
-                  "type": "bash_code_execution_result", "stdout": "42\n", "stderr": "", "return_code": 0,
-                  "content": []}},
-              server(2, "text_editor_code_execution"), server(3, "web_search"),
-              {"type": "tool_use", "id": "toolu_4", "name": "code_execution", "input": {}},  # the client's tool
-              {"type": "text", "text": "Done.", "citations": None}]
-    container = {"id": "container_011CT9dc", "expires_at": "2026-12-03T17:00:00Z", "skills": None}
+    blocks = _code_run_blocks()
     start = {"id": "msg_01", "type": "message", "role": "assistant", "model": payloads.SONNET, "content": [],
              "stop_reason": None, "container": None,
              "usage": {"input_tokens": 2679, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
@@ -1321,7 +1331,7 @@ def _code_run_stream(named: bool) -> payloads.Reply:
         events += [("content_block_start", {"type": "content_block_start", "index": index, "content_block": block}),
                    ("content_block_stop", {"type": "content_block_stop", "index": index})]
     events += [("message_delta", {"type": "message_delta", "delta": {
-                   "stop_reason": "end_turn", "stop_sequence": None, "container": container},
+                   "stop_reason": "end_turn", "stop_sequence": None, "container": CONTAINER},
                    "usage": {"input_tokens": 10682, "output_tokens": 510,
                              "server_tool_use": {"web_search_requests": 1}}}),
                ("message_stop", {"type": "message_stop"})]
@@ -1337,3 +1347,55 @@ def test_a_streamed_anthropic_call_counts_its_code_runs_and_their_container(prov
     assert row["usage_source"] == "estimated"  # the tokens are reported, the container's time is not
     assert (row["code_executions"], row["containers"], row["web_search_requests"]) == (2, 1, 1)
     assert row["error"].startswith("tool fee estimated: Anthropic bills code execution by container time")
+
+
+def _code_run_message(**changed) -> payloads.Reply:
+    message = {"id": "msg_01", "type": "message", "role": "assistant", "model": payloads.SONNET,
+               "content": _code_run_blocks(), "stop_reason": "end_turn", "container": CONTAINER,
+               "usage": {"input_tokens": 10682, "output_tokens": 510, "server_tool_use": {"web_search_requests": 1}}}
+    return payloads.Reply(body=json.dumps({**message, **changed}, separators=(",", ":")).encode())
+
+
+def test_a_whole_anthropic_message_counts_its_code_runs_and_their_container(providers, book):
+    row = _row(providers, book, "anthropic", "/v1/messages", MESSAGE, reply=_code_run_message())
+    assert (row["input_tokens"], row["output_tokens"], row["priced"]) == (10682, 510, True)
+    assert row["usage_source"] == "estimated"  # the tokens are reported, the container's time is not
+    assert (row["code_executions"], row["containers"], row["web_search_requests"]) == (2, 1, 1)
+    assert row["error"].startswith("tool fee estimated: Anthropic bills code execution by container time")
+    # Runs without a container named bill nothing by time; a message without a content list ran nothing.
+    for changed, runs in (({"container": None}, 2), ({"container": None, "content": None}, 0)):
+        row = _row(providers, book, "anthropic", "/v1/messages", MESSAGE, reply=_code_run_message(**changed))
+        assert (row["code_executions"], row["containers"], row["usage_source"], row["error"]) == \
+            (runs, 0, "reported", None), changed
+
+
+def test_a_messages_code_runs_are_counted_up_to_the_bound_and_past_it_not_at_all(providers, book):
+    run = {"type": "server_tool_use", "name": "code_execution"}  # cut to what counts it: 5 MB of them
+    for runs, counted in ((100_000, 100_000), (100_001, 0)):
+        reply = _code_run_message(content=[run] * runs)
+        row = _row(providers, book, "anthropic", "/v1/messages", MESSAGE, reply=reply)
+        assert (row["code_executions"], row["containers"], row["output_tokens"]) == \
+            (counted, 1 if counted else 0, 510), runs
+
+
+def test_a_cut_claude_stream_keeps_the_code_runs_container_and_web_fetches_it_saw(providers, book):
+    """Cut after message_delta, its text counting more tokens than the usage said: the output is our
+    count, and the tools the content and the usage named stay on the row."""
+    text = "Let me run that for you, then read the two pages it names."
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                  "model": payloads.SONNET, "content": [],
+                                                  "usage": {"input_tokens": 2679, "output_tokens": 1}}}
+    events = [payloads._event("message_start", start),
+              payloads._event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                      "content_block": _server_tool(1, "bash_code_execution")}),
+              payloads._event("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                                      "delta": {"type": "text_delta", "text": text}}),
+              payloads._event("message_delta", {"type": "message_delta",
+                                                 "delta": {"stop_reason": None, "container": CONTAINER},
+                                                 "usage": {"output_tokens": 1,
+                                                           "server_tool_use": {"web_fetch_requests": 2}}})]
+    row = _row(providers, book, "anthropic", "/v1/messages", {**MESSAGE, "stream": True},
+               reply=payloads.Reply(events=events))
+    output = providers["anthropic"].counter.count(text, None)
+    assert output > 1 and (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("partial", 2679, output)
+    assert (row["code_executions"], row["containers"], row["web_fetch_requests"]) == (1, 1, 2)
