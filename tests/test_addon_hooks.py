@@ -10,7 +10,7 @@ import json
 from decimal import Decimal
 
 import pytest
-from mitmproxy import ctx, exceptions
+from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons, tflow
 
@@ -32,9 +32,18 @@ class Chain:
         self.state = next(a for a in addons if isinstance(a, Gate)).state
 
     def request(self, flow) -> None:
+        self._hook("request", flow)
+
+    def answer(self, flow, response: http.Response) -> None:
+        """The upstream's ``response`` through the response hooks."""
+        flow.response = response
+        self._hook("responseheaders", flow)
+        self._hook("response", flow)
+
+    def _hook(self, name: str, flow) -> None:
         for addon in self.addons:
-            if hasattr(addon, "request"):
-                result = addon.request(flow)
+            if hasattr(addon, name):
+                result = getattr(addon, name)(flow)
                 if inspect.iscoroutine(result):  # mitmproxy awaits a hook that is a coroutine
                     asyncio.run(result)
 
@@ -206,6 +215,21 @@ def test_the_credentials_name_the_provider_whatever_the_path_looks_like(addon, p
     assert flow.response is None, flow.response and flow.response.get_text()
     assert flow.metadata["aispendtrack"].provider.name == provider
     assert flow.request.path == forwarded
+
+
+def test_a_batch_fetched_by_id_names_its_results_url_through_the_proxy(addon):
+    """Anthropic's batch object names its results on api.anthropic.com. Fetched by id (a GET of the
+    batch, not of its results), it reaches the client with that URL's path alone: the SDK then
+    downloads the results through the proxy, which meters them."""
+    results = "/v1/messages/batches/msgbatch_01/results"
+    ended = json.dumps({"id": "msgbatch_01", "type": "message_batch", "processing_status": "ended",
+                        "results_url": "https://api.anthropic.com" + results}).encode()
+    flow = _flow("/v1/messages/batches/msgbatch_01", **{"x-aispendtrack-key": KEY, "x-api-key": "sk-ant-secret"})
+    assert flow.request.method == "GET"
+    addon.request(flow)
+    assert flow.response is None
+    addon.answer(flow, http.Response.make(200, ended, {"content-type": "application/json"}))
+    assert json.loads(flow.response.content)["results_url"] == results
 
 
 # Where each provider's refusal tells the client to point its base URL.

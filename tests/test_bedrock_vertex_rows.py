@@ -26,8 +26,9 @@ from addon.eventstream import EventStreamDecoder
 from addon.meter import CallMeter
 from addon.providers.bedrock import ConverseStream, InvokeStream
 from addon.providers.vertex import vertex_host
-from addon.record import build_row
+from addon.record import MAX_REQUEST_PARSE_BYTES, build_row
 from addon.routing import Misrouted, route, route_host
+from pricing import TokenUsage
 
 from . import bedrock_upstream as aws
 from . import vertex_upstream as gcp
@@ -171,6 +172,14 @@ def test_a_cut_converse_stream_counts_the_requests_text_and_the_text_streamed(pr
     assert row["cost_usd"] == _usd((prompt, "3.00"), (output, "15.00"))
 
 
+def test_a_cut_converse_stream_whose_request_is_too_large_to_read_is_unpriced_not_guessed(providers, book):
+    picture = {"image": {"format": "png", "source": {"bytes": "A" * MAX_REQUEST_PARSE_BYTES}}}
+    request = {"messages": [{"role": "user", "content": [{"text": "What is this?"}, picture]}]}
+    row = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
+               aws.converse_stream(), request, keep=-1)  # began, cut before its metadata event
+    assert (row["usage_source"], row["priced"], row["error"], row["input_tokens"]) == ("none", False, None, 0)
+
+
 def test_a_chunk_whose_bytes_are_not_base64_is_skipped_and_the_rest_still_read(providers, book):
     # Base64 with a character outside its alphabet (these metrics would count 99): not read at all.
     metrics = {"amazon-bedrock-invocationMetrics": {"inputTokenCount": 99, "outputTokenCount": 99}}
@@ -309,6 +318,30 @@ def test_bedrock_invoke_model_usage_comes_from_the_headers_when_the_body_has_non
     none = _row(providers, book, "bedrock", f"/model/{MISTRAL}/invoke", "application/json", body, {"prompt": "hi"},
                 {"x-amzn-bedrock-output-token-count": "9"})  # no input count: no usage in the headers
     assert (none["input_tokens"], none["output_tokens"], none["usage_source"]) == (0, 0, "none")
+
+
+def test_a_claude_invoke_body_is_read_before_the_usage_headers_which_cannot_split_its_cache_writes(providers, book):
+    usage = {"input_tokens": 25, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 1000,
+             "cache_creation": {"ephemeral_1h_input_tokens": 1000, "ephemeral_5m_input_tokens": 0}, "output_tokens": 12}
+    answer = {"id": "msg_bdrk_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+              "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn", "usage": usage}
+    headers = {"x-amzn-bedrock-input-token-count": "25", "x-amzn-bedrock-output-token-count": "12",
+               "x-amzn-bedrock-cache-read-input-token-count": "0",
+               "x-amzn-bedrock-cache-write-input-token-count": "1000"}  # as AWS sends them beside every body
+    row = _row(providers, book, "bedrock", f"/model/{CLAUDE}/invoke", "application/json",
+               json.dumps(answer).encode(), BEDROCK_MESSAGE, headers)
+    assert (row["usage_source"], _tokens(row), row["cache_write_1h_tokens"]) == ("reported", (25, 0, 1000, 12, 0), 1000)
+    one_hour = TokenUsage(input_tokens=25, cache_write_tokens=1000, cache_write_1h_tokens=1000, output_tokens=12)
+    assert row["cost_usd"] == book.price(one_hour, "bedrock", CLAUDE, row["ts"]).cost_usd
+
+
+def test_a_bedrock_call_that_got_no_answer_keeps_its_error_and_costs_nothing_known(providers, book):
+    meter = CallMeter(providers["bedrock"], f"/model/{CLAUDE}/invoke", 7, "acme", "chat", time.time(),
+                      json.dumps(BEDROCK_MESSAGE).encode(), "")
+    meter.finish(None, "upstream_failed", "upstream unreachable: connection refused")  # no response, no headers
+    row = build_row(meter, book)
+    assert (row["status"], row["error"]) == (None, "upstream unreachable: connection refused")
+    assert (row["usage_source"], row["cost_usd"], row["priced"]) == ("none", Decimal(0), True)
 
 
 def test_a_usage_header_that_is_not_a_count_is_refused_showing_at_most_40_characters(providers, book):

@@ -95,6 +95,7 @@ def test_a_completed_call_stores_the_reported_tokens_priced(providers, book, pro
     assert _tokens(row) == tokens
     expected = book.price(TokenUsage(**tokens), provider, model, row["ts"], row["service_tier"])
     assert row["priced"] and row["cost_usd"] == expected.cost_usd > 0 and row["price_source"] == expected.source
+    assert row["price_snapshot"] == expected.snapshot is not None  # the list-price data that priced it
     assert isinstance(row["id"], uuid.UUID) and row["outcome"] == "completed"
     assert row["stream"] is (bool(request_body.get("stream")) or ":stream" in path)
     assert row["latency_ms"] >= 0 and (row["ttft_ms"] is not None) is row["stream"]
@@ -124,8 +125,11 @@ def test_a_refused_or_unmetered_call_costs_nothing_known(providers, book):
 
 def test_a_body_too_large_to_keep_is_read_for_its_model_and_usage(providers, book):
     usage = {"prompt_tokens": 3_000_000, "total_tokens": 3_000_000}
+    # Numbers of unlike lengths, as real embeddings have: with one number repeated, the body's start
+    # joined by mistake to its last megabytes could still read as one JSON document.
+    vector = [round((i % 113) / 1000 - 0.05, 6) for i in range(1536)]
     body = {"object": "list", "model": "text-embedding-3-large",  # the model that answered, not the one asked
-            "data": [{"object": "embedding", "index": n, "embedding": [0.0123456789] * 1536} for n in range(600)],
+            "data": [{"object": "embedding", "index": n, "embedding": vector} for n in range(1100)],
             "usage": usage}
     request = {"model": "text-embedding-3-small", "input": ["hi"]}
     reply = payloads.Reply(body=json.dumps(body, separators=(",", ":")).encode())
@@ -322,7 +326,7 @@ def test_a_rows_error_says_why_its_usage_is_missing_or_refused(providers, book):
     meter.start_response(200, "application/json", "gzip")
     meter.finish(200, "completed", None, b"this is not gzip")
     unreadable = build_row(meter, book)
-    assert unreadable["error"].startswith("usage unreadable: ") and unreadable["status"] == 200
+    assert (unreadable["error"], unreadable["status"]) == ("usage unreadable: cannot decode body: error", 200)
     # estimated from the request, as a call cut short would be
     assert (unreadable["usage_source"], unreadable["priced"]) == ("partial", True) and unreadable["input_tokens"] > 0
 
@@ -663,6 +667,7 @@ def test_a_stream_whose_usage_we_could_not_ask_for_says_why_unless_it_came(provi
         # the clock readings of a call that took 1.2345678 s, its first byte after 12.3456 ms
         meter.started_at = 1_764_763_200.0
         meter.first_byte_at, meter.finished_at = meter.started_at + 0.0123456, meter.started_at + 1.2345678
+        meter.hooks_ns, meter.tap_ns = 40_100, 2_400  # 42.5 us in our hooks and stream tap
         return build_row(meter, book)
     estimated = row_for({**CHAT, "stream": True}, None)
     assert (estimated["usage_source"], estimated["error"]) == (
@@ -671,6 +676,7 @@ def test_a_stream_whose_usage_we_could_not_ask_for_says_why_unless_it_came(provi
     assert (reported["usage_source"], reported["error"]) == ("reported", None)
     # latency from the request to the end, time to first token from the request to the first byte, in ms
     assert (reported["ttft_ms"], reported["latency_ms"]) == (12.346, 1234.568)
+    assert reported["proxy_us"] == 43  # what the proxy added, in whole microseconds
 
 
 @pytest.mark.parametrize("path,usage,field", [
@@ -724,6 +730,21 @@ def test_each_web_search_of_a_response_is_counted_up_to_the_bound(providers, boo
     refused = row_for(100_001)
     assert (refused["usage_source"], refused["web_search_requests"], refused["priced"]) == ("invalid", 0, False)
     assert refused["error"] == "usage implausible: output has 100,001 tool call items, more than 100,000"
+
+
+def test_code_interpreter_runs_of_a_response_count_their_containers_whose_time_is_estimated(providers, book):
+    def row_for(*containers: str) -> dict:
+        output = [{"type": "code_interpreter_call", "id": f"ci_{n}", "status": "completed", "code": "print(2)",
+                   "container_id": container} for n, container in enumerate(containers)]
+        body = {**payloads._response_obj("gpt-4o-2024-08-06", "completed", {"input_tokens": 10, "output_tokens": 5}),
+                "output": [*output, {"type": "message", "content": []}]}
+        return _row(providers, book, "openai", "/v1/responses", {"model": "gpt-4o", "input": "double 2"},
+                    reply=_answer(body))
+    row = row_for("cntr_a", "cntr_a", "cntr_b")
+    assert (row["code_executions"], row["containers"], row["usage_source"]) == (3, 2, "estimated")
+    assert row["error"].startswith("tool fee estimated: OpenAI bills a code interpreter container by its session")
+    plain = row_for()
+    assert (plain["containers"], plain["usage_source"], plain["error"]) == (0, "reported", None)
 
 
 @pytest.mark.parametrize("error,stored", [({"type": "server_error", "code": "x"}, "server_error"),
@@ -1277,20 +1298,30 @@ def test_a_chat_answer_without_usage_or_request_is_unpriced_without_a_reason_to_
     assert (row["usage_source"], row["priced"], row["cost_usd"], row["error"]) == ("none", False, None, None)
 
 
+def _server_tool(n: int, name: str) -> dict:
+    return {"type": "server_tool_use", "id": f"srvtoolu_{n}", "name": name, "input": {"command": "ls"}}
+
+
+CONTAINER = {"id": "container_011CT9dc", "expires_at": "2026-12-03T17:00:00Z", "skills": None}
+
+
+def _code_run_blocks() -> list[dict]:
+    """Claude's content running code twice (bash, then the text editor), searching once and calling
+    the client's own tool that happens to be named like a code tool."""
+    return [_server_tool(1, "bash_code_execution"),
+            {"type": "bash_code_execution_tool_result", "tool_use_id": "srvtoolu_1", "content": {
+                "type": "bash_code_execution_result", "stdout": "42\n", "stderr": "", "return_code": 0,
+                "content": []}},
+            _server_tool(2, "text_editor_code_execution"), _server_tool(3, "web_search"),
+            {"type": "tool_use", "id": "toolu_4", "name": "code_execution", "input": {}},  # the client's tool
+            {"type": "text", "text": "Done.", "citations": None}]
+
+
 def _code_run_stream(named: bool) -> payloads.Reply:
     """Claude running code twice in one container (bash, then the text editor), searching once and
     calling the client's own tool that happens to be named like a code tool, streamed as the
     Messages API streams it; ``named``: with its `event:` lines, else data lines only."""
-    def server(n: int, name: str) -> dict:
-        return {"type": "server_tool_use", "id": f"srvtoolu_{n}", "name": name, "input": {"command": "ls"}}
-    blocks = [server(1, "bash_code_execution"),
-              {"type": "bash_code_execution_tool_result", "tool_use_id": "srvtoolu_1", "content": {
-                  "type": "bash_code_execution_result", "stdout": "42\n", "stderr": "", "return_code": 0,
-                  "content": []}},
-              server(2, "text_editor_code_execution"), server(3, "web_search"),
-              {"type": "tool_use", "id": "toolu_4", "name": "code_execution", "input": {}},  # the client's tool
-              {"type": "text", "text": "Done.", "citations": None}]
-    container = {"id": "container_011CT9dc", "expires_at": "2026-12-03T17:00:00Z", "skills": None}
+    blocks = _code_run_blocks()
     start = {"id": "msg_01", "type": "message", "role": "assistant", "model": payloads.SONNET, "content": [],
              "stop_reason": None, "container": None,
              "usage": {"input_tokens": 2679, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
@@ -1300,7 +1331,7 @@ def _code_run_stream(named: bool) -> payloads.Reply:
         events += [("content_block_start", {"type": "content_block_start", "index": index, "content_block": block}),
                    ("content_block_stop", {"type": "content_block_stop", "index": index})]
     events += [("message_delta", {"type": "message_delta", "delta": {
-                   "stop_reason": "end_turn", "stop_sequence": None, "container": container},
+                   "stop_reason": "end_turn", "stop_sequence": None, "container": CONTAINER},
                    "usage": {"input_tokens": 10682, "output_tokens": 510,
                              "server_tool_use": {"web_search_requests": 1}}}),
                ("message_stop", {"type": "message_stop"})]
@@ -1316,3 +1347,55 @@ def test_a_streamed_anthropic_call_counts_its_code_runs_and_their_container(prov
     assert row["usage_source"] == "estimated"  # the tokens are reported, the container's time is not
     assert (row["code_executions"], row["containers"], row["web_search_requests"]) == (2, 1, 1)
     assert row["error"].startswith("tool fee estimated: Anthropic bills code execution by container time")
+
+
+def _code_run_message(**changed) -> payloads.Reply:
+    message = {"id": "msg_01", "type": "message", "role": "assistant", "model": payloads.SONNET,
+               "content": _code_run_blocks(), "stop_reason": "end_turn", "container": CONTAINER,
+               "usage": {"input_tokens": 10682, "output_tokens": 510, "server_tool_use": {"web_search_requests": 1}}}
+    return payloads.Reply(body=json.dumps({**message, **changed}, separators=(",", ":")).encode())
+
+
+def test_a_whole_anthropic_message_counts_its_code_runs_and_their_container(providers, book):
+    row = _row(providers, book, "anthropic", "/v1/messages", MESSAGE, reply=_code_run_message())
+    assert (row["input_tokens"], row["output_tokens"], row["priced"]) == (10682, 510, True)
+    assert row["usage_source"] == "estimated"  # the tokens are reported, the container's time is not
+    assert (row["code_executions"], row["containers"], row["web_search_requests"]) == (2, 1, 1)
+    assert row["error"].startswith("tool fee estimated: Anthropic bills code execution by container time")
+    # Runs without a container named bill nothing by time; a message without a content list ran nothing.
+    for changed, runs in (({"container": None}, 2), ({"container": None, "content": None}, 0)):
+        row = _row(providers, book, "anthropic", "/v1/messages", MESSAGE, reply=_code_run_message(**changed))
+        assert (row["code_executions"], row["containers"], row["usage_source"], row["error"]) == \
+            (runs, 0, "reported", None), changed
+
+
+def test_a_messages_code_runs_are_counted_up_to_the_bound_and_past_it_not_at_all(providers, book):
+    run = {"type": "server_tool_use", "name": "code_execution"}  # cut to what counts it: 5 MB of them
+    for runs, counted in ((100_000, 100_000), (100_001, 0)):
+        reply = _code_run_message(content=[run] * runs)
+        row = _row(providers, book, "anthropic", "/v1/messages", MESSAGE, reply=reply)
+        assert (row["code_executions"], row["containers"], row["output_tokens"]) == \
+            (counted, 1 if counted else 0, 510), runs
+
+
+def test_a_cut_claude_stream_keeps_the_code_runs_container_and_web_fetches_it_saw(providers, book):
+    """Cut after message_delta, its text counting more tokens than the usage said: the output is our
+    count, and the tools the content and the usage named stay on the row."""
+    text = "Let me run that for you, then read the two pages it names."
+    start = {"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant",
+                                                  "model": payloads.SONNET, "content": [],
+                                                  "usage": {"input_tokens": 2679, "output_tokens": 1}}}
+    events = [payloads._event("message_start", start),
+              payloads._event("content_block_start", {"type": "content_block_start", "index": 0,
+                                                      "content_block": _server_tool(1, "bash_code_execution")}),
+              payloads._event("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                                      "delta": {"type": "text_delta", "text": text}}),
+              payloads._event("message_delta", {"type": "message_delta",
+                                                 "delta": {"stop_reason": None, "container": CONTAINER},
+                                                 "usage": {"output_tokens": 1,
+                                                           "server_tool_use": {"web_fetch_requests": 2}}})]
+    row = _row(providers, book, "anthropic", "/v1/messages", {**MESSAGE, "stream": True},
+               reply=payloads.Reply(events=events))
+    output = providers["anthropic"].counter.count(text, None)
+    assert output > 1 and (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("partial", 2679, output)
+    assert (row["code_executions"], row["containers"], row["web_fetch_requests"]) == (1, 1, 2)
