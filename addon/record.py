@@ -49,7 +49,7 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     ts = _ts(meter)
     observed = _observe(meter)
     request = _RequestBody(meter)
-    model = observed.model or request.model()
+    model = observed.model or meter.provider.path_model(meter.path) or request.model()
     free = _bills_nothing(meter, observed)
     usage, source = _usage(meter, observed, request, model, free)
     if usage is not None:

@@ -582,3 +582,20 @@ def test_any_other_credential_sent_to_vertex_is_refused_naming_its_header(provid
                            f"provider). Authenticate with Google credentials (see docs/providers.md). "
                            f"Nothing was forwarded.")
 
+
+
+@pytest.mark.parametrize("provider,path,model", [
+    ("google", "/v1beta/models/gemini-2.5-flash:generateContent", "gemini-2.5-flash"),
+    ("vertex", f"{VERTEX}/google/models/gemini-2.5-flash:streamGenerateContent", "gemini-2.5-flash"),
+    ("vertex", f"{VERTEX}/anthropic/models/claude-haiku-4-5:rawPredict", "claude-haiku-4-5"),
+    ("bedrock", f"/model/{CLAUDE}/invoke", CLAUDE),
+    ("bedrock", f"/model/{CLAUDE}/converse", CLAUDE),
+])
+def test_an_answer_that_is_not_the_providers_keeps_the_model_the_url_names(providers, book, provider, path, model):
+    """A gateway's HTML error page, or an empty answer: the call is still the URL's model's, so a
+    report by model counts the failure where it belongs (at $0: a failed call is not billed)."""
+    page = _row(providers, book, provider, path, "text/html", b"<html><body>502 Bad Gateway</body></html>",
+                status=502)
+    empty = _row(providers, book, provider, path, "application/json", b"", status=503)
+    assert [(r["model"], r["status"], r["usage_source"], r["cost_usd"]) for r in (page, empty)] == [
+        (model, 502, "none", 0), (model, 503, "none", 0)]

@@ -160,6 +160,11 @@ class Provider:
         """Whether a stream to this path may be given stream_options.include_usage (see injection.py)."""
         return False
 
+    def path_model(self, path: str) -> str | None:
+        """The model a call's URL names, for the APIs that name it there (Gemini, Vertex AI, Bedrock):
+        the row then names it even when the answer is not the provider's (a gateway's HTML page)."""
+        return None
+
     def parse_body(self, path: str, body: object) -> Observed:
         """A complete (non-streamed) JSON body: usually an object, for some APIs an array."""
         raise NotImplementedError

@@ -162,6 +162,10 @@ class Bedrock(Provider):
     def escaped_path(self, path: str) -> str | None:
         return path if _ARN_CALL.fullmatch(path) else None
 
+    def path_model(self, path: str) -> str | None:
+        found = _call(path)
+        return found[0] if found else None
+
     def parse_body(self, path: str, body: object) -> Observed:
         found = _call(path)
         if found is None or not isinstance(body, dict):

@@ -111,12 +111,14 @@ class Gemini(Provider):
     def endpoint(self, path: str) -> str:
         return _CALL.sub(lambda m: m.group(0).replace(m.group(1), "{model}"), path)
 
+    def path_model(self, path: str) -> str | None:
+        match = _CALL.match(path)
+        return match.group(1) if match else None
+
     def parse_body(self, path: str, body) -> Observed:
         if path in OPENAI_COMPATIBLE:
             return _model_named(self._openai_format.parse_body(path, body))
-        observed = Observed(complete=True)
-        match = _CALL.match(path)
-        observed.model = match.group(1) if match else None
+        observed = Observed(complete=True, model=self.path_model(path))
         # Without alt=sse the stream endpoint answers one JSON array of chunks.
         queries = None
         for chunk in body if isinstance(body, list) else [body]:

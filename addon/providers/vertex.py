@@ -78,6 +78,9 @@ class Vertex(Provider):
         model = found.group(5) if found else None
         return (self._anthropic if found and found.group(4) == "anthropic" else self._gemini), model
 
+    def path_model(self, path: str) -> str | None:
+        return self._publisher(path)[1]
+
     def parse_body(self, path: str, body) -> Observed:
         reader, model = self._publisher(path)
         observed = reader.parse_body(anthropic.MESSAGES if reader is self._anthropic else path, body)
