@@ -599,3 +599,16 @@ def test_an_answer_that_is_not_the_providers_keeps_the_model_the_url_names(provi
     empty = _row(providers, book, provider, path, "application/json", b"", status=503)
     assert [(r["model"], r["status"], r["usage_source"], r["cost_usd"]) for r in (page, empty)] == [
         (model, 502, "none", 0), (model, 503, "none", 0)]
+
+
+def test_a_grounded_vertex_gemini_answer_without_its_model_version_is_billed_by_the_paths_model(providers, book):
+    """Gemini 2.x bills grounding per prompt, Gemini 3 per search: the path's model decides when the
+    answer names no ``modelVersion``."""
+    usage = {"promptTokenCount": 10, "candidatesTokenCount": 5}
+    for model, searches, prompts in (("gemini-2.5-flash", 0, 1), ("gemini-3-pro-preview", 2, 0)):
+        body = gcp._gemini_chunk("Hi", "STOP", usage, model)
+        del body["modelVersion"]
+        body["candidates"][0]["groundingMetadata"] = {"webSearchQueries": ["weather paris", "weather lyon"]}
+        row = _row(providers, book, "vertex", f"{VERTEX}/google/models/{model}:generateContent", "application/json",
+                   json.dumps(body).encode(), request={"contents": []})
+        assert (row["model"], row["web_search_requests"], row["grounded_prompts"]) == (model, searches, prompts)

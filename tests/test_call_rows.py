@@ -269,28 +269,32 @@ def test_a_gemini_stream_that_errs_or_is_cut_says_so_and_keeps_the_last_totals_i
     assert _tokens(row) == {"input_tokens": 9, "output_tokens": 6}
 
 
-def _grounded(text: str, queries: list | None, usage: dict | None = None, model: str = "gemini-3-pro-preview") -> dict:
-    chunk = _gemini_chunk(text, usage, modelVersion=model)
+def _grounded(text: str, queries: list | None, usage: dict | None = None,
+              model: str | None = "gemini-3-pro-preview") -> dict:
+    chunk = _gemini_chunk(text, usage, **({"modelVersion": model} if model else {}))
     if queries is not None:
         chunk["candidates"][0]["groundingMetadata"] = {"webSearchQueries": queries}
     return chunk
 
 
+@pytest.mark.parametrize("versioned", [True, False], ids=["modelVersion", "path's model"])
 @pytest.mark.parametrize("model,searches,prompts", [("gemini-3-pro-preview", 3, 0), ("gemini-2.5-flash", 0, 1)])
 def test_a_grounded_gemini_call_counts_its_searches_in_the_unit_its_model_is_billed_in(providers, book, model,
-                                                                                       searches, prompts):
+                                                                                       searches, prompts, versioned):
     """Gemini 3 bills each search query, Gemini 2.x each grounded prompt; after a free allowance the
-    proxy cannot see, so the fee is an estimate and the row says so."""
+    proxy cannot see, so the fee is an estimate and the row says so. The model is the answer's
+    ``modelVersion``, else the one the path names."""
     path = f"/v1beta/models/{model}:generateContent"
     usage = {"promptTokenCount": 10, "candidatesTokenCount": 5}
-    body = _grounded("Hi", ["weather paris", "weather lyon"], usage, model)
+    version = model if versioned else None
+    body = _grounded("Hi", ["weather paris", "weather lyon"], usage, version)
     body["candidates"].append({**body["candidates"][0], "index": 1,
                                "groundingMetadata": {"webSearchQueries": ["news"]}})
     body["candidates"].append({"index": 2, "groundingMetadata": "not an object"})
     row = _row(providers, book, "google", path, {"contents": []}, reply=_answer(body))
-    last = _grounded(" there", None, usage, model)
+    last = _grounded(" there", None, usage, version)
     last["candidates"][0]["finishReason"] = "STOP"
-    stream = [payloads._data(_grounded("Hi", ["weather paris", "weather lyon", "news"], model=model)),
+    stream = [payloads._data(_grounded("Hi", ["weather paris", "weather lyon", "news"], model=version)),
               payloads._data(last)]
     streamed = _row(providers, book, "google", path.replace(":generateContent", ":streamGenerateContent"),
                     {"contents": []}, reply=payloads.Reply(events=stream))

@@ -22,6 +22,9 @@ from .openai import OpenAI
 
 _CALL = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
 OPENAI_COMPATIBLE = ("/v1beta/openai/chat/completions", "/v1beta/openai/embeddings")
+# The model of a call on Gemini's API or on Vertex AI's (vertex.py hands its paths over as they are):
+# read before the answer, as the grounding fee's unit depends on it when the answer names none.
+_NAMED_MODEL = re.compile(r"/models/([^/:]+):(?:generateContent|streamGenerateContent)$")
 # Gemini's price page (https://ai.google.dev/gemini-api/docs/pricing, docs/coverage.md): billed per
 # call but not metered here, and free.
 _BILLABLE = patterns(r"/v1(?:beta|alpha)?/models/[^/:]+:(?:embedContent|batchEmbedContents|predict|"
@@ -112,13 +115,13 @@ class Gemini(Provider):
         return _CALL.sub(lambda m: m.group(0).replace(m.group(1), "{model}"), path)
 
     def path_model(self, path: str) -> str | None:
-        match = _CALL.match(path)
+        match = _NAMED_MODEL.search(path)
         return match.group(1) if match else None
 
     def parse_body(self, path: str, body) -> Observed:
         if path in OPENAI_COMPATIBLE:
             return _model_named(self._openai_format.parse_body(path, body))
-        observed = Observed(complete=True, model=self.path_model(path))
+        observed = Observed(complete=True, model=self.path_model(path))  # as in stream_parser
         # Without alt=sse the stream endpoint answers one JSON array of chunks.
         queries = None
         for chunk in body if isinstance(body, list) else [body]:
@@ -131,8 +134,7 @@ class Gemini(Provider):
         if path in OPENAI_COMPATIBLE:
             return self._openai_format.stream_parser(path)
         parser = GeminiStream()
-        match = _CALL.match(path)
-        parser.observed.model = match.group(1) if match else None
+        parser.observed.model = self.path_model(path)  # its grounding is billed by it (_observe_grounding)
         return parser
 
     def estimate(self, path, request, parser, model) -> TokenUsage | None:

@@ -81,17 +81,14 @@ class Vertex(Provider):
     def path_model(self, path: str) -> str | None:
         return self._publisher(path)[1]
 
+    # The readers leave a model the answer does not name to the row, which takes the URL's (path_model).
     def parse_body(self, path: str, body) -> Observed:
-        reader, model = self._publisher(path)
-        observed = reader.parse_body(anthropic.MESSAGES if reader is self._anthropic else path, body)
-        observed.model = observed.model or model
-        return observed
+        reader, _ = self._publisher(path)
+        return reader.parse_body(anthropic.MESSAGES if reader is self._anthropic else path, body)
 
     def stream_parser(self, path: str) -> StreamParser:
-        reader, model = self._publisher(path)
-        parser = reader.stream_parser(anthropic.MESSAGES if reader is self._anthropic else path)
-        parser.observed.model = model  # Anthropic's message_start names it again
-        return parser
+        reader, _ = self._publisher(path)
+        return reader.stream_parser(anthropic.MESSAGES if reader is self._anthropic else path)
 
     def estimate(self, path, request, parser, model) -> TokenUsage | None:
         reader, _ = self._publisher(path)
