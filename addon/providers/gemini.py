@@ -121,7 +121,7 @@ class Gemini(Provider):
     def parse_body(self, path: str, body) -> Observed:
         if path in OPENAI_COMPATIBLE:
             return _model_named(self._openai_format.parse_body(path, body))
-        observed = Observed(complete=True, model=self.path_model(path))  # as in stream_parser
+        observed = Observed(complete=True, model=self.path_model(path))  # its grounding is billed by it
         # Without alt=sse the stream endpoint answers one JSON array of chunks.
         queries = None
         for chunk in body if isinstance(body, list) else [body]:
