@@ -19,7 +19,7 @@ import pytest
 
 from addon.estimate import Counter
 from addon.providers import all_providers
-from pricing import PriceBook
+from pricing import PriceBook, listprices
 
 from . import helpers
 from .helpers import CHROMIUM, empty_host_counters, start_proxy
@@ -27,12 +27,25 @@ from .pg import Cluster
 from .upstream import FakeProvider
 
 
+def _under_mutant() -> bool:
+    return "__mutmut_" in os.environ.get("MUTANT_UNDER_TEST", "")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """mutmut runs each mutant in a process forked from the one that ran the tests on the original
+    code: what the list prices' caches hold was worked out there, and would hide a mutant of the
+    functions behind them (``_genai_cost``'s audio and image output went unseen)."""
+    if _under_mutant():
+        listprices._model.cache_clear()
+        listprices._linear_rates.cache_clear()
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """In mutmut's run of one mutant, the test files cheapest first (by the durations of its
     tests that mutmut measured): it stops at the first failure, and a mutant of the API's sign-in
     is caught as well by `test_web_security.py`'s short tests as by `test_reports.py` after a
     minute. Whole files keep their order inside, so no test runs without the ones before it."""
-    if "__mutmut_" not in os.environ.get("MUTANT_UNDER_TEST", ""):
+    if not _under_mutant():
         return
     stats = Path("mutmut-stats.json")  # mutmut runs the tests from its mutants/ copy
     if not stats.exists():
