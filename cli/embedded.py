@@ -110,6 +110,10 @@ def main() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     _tell_ready(config["ready_fd"])
-    stopping.wait()
+    # Timed: a signal taken by another thread of this process (the parent's death comes twice at
+    # once, the kernel's signal and the end of standard input) runs its handler only once the main
+    # thread next runs Python, which an untimed wait may never do.
+    while not stopping.wait(0.5):
+        pass
     host.stop()
 
