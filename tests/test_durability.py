@@ -37,6 +37,13 @@ def test_kill_9_under_load_loses_at_most_the_last_flush_interval(tmp_path, upstr
     try:
         with Load(proxy) as load:
             load.wait_for(300)
+            # Killed once 200 calls are well past the bound below, so it has calls it must not lose:
+            # a fast machine completes 300 calls within one flush interval.
+            settled = flush_s + 2 * slowest_write(scrape(proxy.metrics_url)) + 1.0
+            deadline = time.monotonic() + 30
+            while sum(time.monotonic() - at > settled for at in list(load.completed.values())) < 200:
+                assert time.monotonic() < deadline, "the load stalled"
+                time.sleep(0.05)
             writes = slowest_write(scrape(proxy.metrics_url))
             killed_at = time.monotonic()
             proxy.process.kill()
