@@ -166,6 +166,10 @@ def _show_patches(patches: pricing.PriceFile, now: dt.datetime) -> None:
     for fee in patches.container_fees:
         click.echo(f"  {fee.provider} containers: estimated at {fee.minutes} minutes of ${fee.usd_per_hour}/hour "
                    f"each: {fee.cited}")
+    for image in patches.images:
+        quality = f" {image.quality}" if image.quality != "standard" else ""
+        click.echo(f"  {image.provider}/{' '.join(image.models)} {'/'.join(image.sizes)}{quality}: "
+                   f"${image.usd_per_image} an image: {image.cited}")
 
 
 @prices.command()

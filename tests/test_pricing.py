@@ -258,6 +258,11 @@ def test_every_bundled_patch_cites_its_source_and_the_check_lists_them(tmp_path)
     assert result.exit_code == 0, result.output
     assert "claude-sonnet-4-0*" in result.output and "1 long-context tier(s)" in result.output
     assert "https://api-docs.deepseek.com/quick_start/pricing (checked " in result.output
+    # Per-image prices are bundled corrections too: each listed with its size, quality and citation.
+    assert book.patches.images and all(entry.cited and "checked 20" in entry.cited for entry in book.patches.images)
+    assert ("openai/dall-e-3 dall-e-3-* 1024x1792/1792x1024 hd: $0.12 an image: "
+            "https://platform.openai.com/docs/pricing#image-generation (checked ") in result.output
+    assert "openai/dall-e-3 dall-e-3-* 1024x1024: $0.04 an image: " in result.output
 
 
 def test_a_container_is_estimated_at_the_tool_fee_of_the_nearest_layer_and_tools_add_to_any_layer(tmp_path):
