@@ -72,27 +72,29 @@ class Vertex(Provider):
         model = model if model == _ANTHROPIC_COUNT else "{model}"
         return f"/{version}/projects/{{project}}/locations/{{location}}/publishers/{publisher}/models/{model}:{method}"
 
-    def _publisher(self, path: str) -> tuple[Provider, str | None]:
-        """The module that reads this path's bodies, and the model the URL names."""
+    def _reader(self, path: str) -> tuple[Provider, str]:
+        """The module that reads this path's bodies, and the path it knows them by."""
         found = _CALL.fullmatch(path)
-        model = found.group(5) if found else None
-        return (self._anthropic if found and found.group(4) == "anthropic" else self._gemini), model
+        if found and found.group(4) == "anthropic":
+            return self._anthropic, anthropic.MESSAGES
+        return self._gemini, path
 
     def path_model(self, path: str) -> str | None:
-        return self._publisher(path)[1]
+        found = _CALL.fullmatch(path)
+        return found.group(5) if found else None
 
     # The readers leave a model the answer does not name to the row, which takes the URL's (path_model).
     def parse_body(self, path: str, body) -> Observed:
-        reader, _ = self._publisher(path)
-        return reader.parse_body(anthropic.MESSAGES if reader is self._anthropic else path, body)
+        reader, known_as = self._reader(path)
+        return reader.parse_body(known_as, body)
 
     def stream_parser(self, path: str) -> StreamParser:
-        reader, _ = self._publisher(path)
-        return reader.stream_parser(anthropic.MESSAGES if reader is self._anthropic else path)
+        reader, known_as = self._reader(path)
+        return reader.stream_parser(known_as)
 
     def estimate(self, path, request, parser, model) -> TokenUsage | None:
-        reader, _ = self._publisher(path)
-        return reader.estimate(anthropic.MESSAGES if reader is self._anthropic else path, request, parser, model)
+        reader, known_as = self._reader(path)
+        return reader.estimate(known_as, request, parser, model)
 
     def error_body(self, status: int, message: str, code: str) -> bytes:
         return self._gemini.error_body(status, message, code)  # Google's error shape, for both SDKs
