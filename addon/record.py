@@ -146,8 +146,12 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
 
 def _observe(meter: CallMeter) -> Observed:
     observed = _observe_body(meter)
-    if observed.usage is None and observed.complete and meter.response_headers is not None:
+    if observed.usage is None and meter.parser is None and meter.response_headers is not None:
+        # Counts in a whole answer's headers (Bedrock's) are the provider's own for the call, whatever
+        # its body holds (a model's own format, a JSON array, not JSON at all); a cut transfer is
+        # still told by the call's outcome.
         observed.take_usage(meter.provider.usage_in_headers, meter.response_headers)
+        observed.complete = observed.complete or observed.usage is not None
     return observed
 
 

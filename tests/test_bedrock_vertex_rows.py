@@ -320,6 +320,17 @@ def test_bedrock_invoke_model_usage_comes_from_the_headers_when_the_body_has_non
     assert (none["input_tokens"], none["output_tokens"], none["usage_source"]) == (0, 0, "none")
 
 
+def test_bedrock_usage_headers_count_whatever_the_invoke_body_holds(providers, book):
+    """A model's own output format need not be a JSON object: AWS's counts in the headers still bill it."""
+    for body in [json.dumps([{"generation": "Bonjour"}]).encode(), b"Bonjour", b""]:
+        row = _row(providers, book, "bedrock", f"/model/{MISTRAL}/invoke", "application/json", body,
+                   {"prompt": "hi"}, aws.MISTRAL_HEADERS)
+        assert (row["model"], _tokens(row), row["usage_source"]) == (MISTRAL, (17, 0, 0, 9, 0), "reported"), body
+        assert row["cost_usd"] == _usd((17, "4.00"), (9, "12.00"))
+    bare = _row(providers, book, "bedrock", f"/model/{MISTRAL}/invoke", "application/json", b"[]", {"prompt": "hi"})
+    assert (bare["input_tokens"], bare["usage_source"], bare["priced"]) == (0, "none", False)
+
+
 def test_a_claude_invoke_body_is_read_before_the_usage_headers_which_cannot_split_its_cache_writes(providers, book):
     usage = {"input_tokens": 25, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 1000,
              "cache_creation": {"ephemeral_1h_input_tokens": 1000, "ephemeral_5m_input_tokens": 0}, "output_tokens": 12}
