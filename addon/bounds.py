@@ -84,8 +84,10 @@ def share_ports() -> None:
 
 
 async def _listen_with_full_backlog(self, host: str, port: int):
-    if _share_port and port and self.mode.transport_protocol == "tcp":
-        # What mitmproxy's listen does for TCP, with the option it has no way to pass.
+    if _share_port and port and self.mode.transport_protocol in ("tcp", "both"):
+        # What mitmproxy's listen does for TCP, with the option it has no way to pass. A reverse mode to
+        # https:// (every provider's) is "both": mitmproxy would also bind UDP for HTTP/3 to the proxy,
+        # a socket that cannot share the port, so the second worker could not start. Workers serve TCP.
         return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True,
                                            backlog=socket.SOMAXCONN)]
     servers = await _listen(self, host, port)

@@ -10,6 +10,7 @@ import pytest
 
 from .certs import make_ca_and_leaf
 from .helpers import start_proxy
+from .test_workers import start_workers
 from .upstream import FakeProvider
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -46,6 +47,20 @@ def test_https_in_and_out_with_a_private_ca(tmp_path, certs, https_upstream):
         assert oct((proxy.home / "tls" / "listen.pem").stat().st_mode & 0o777) == "0o600"
     finally:
         proxy.stop()
+
+
+def test_workers_share_the_port_in_front_of_an_https_upstream(tmp_path, certs, https_upstream):
+    """The providers' own scheme, https://: mitmproxy's reverse mode to it also binds UDP (HTTP/3), which
+    a port shared by several workers cannot take; every worker must serve all the same."""
+    proxy = start_workers(tmp_path / "home", https_upstream.url, tmp_path / "proxy.log", 2,
+                          "--upstream-ca", str(certs["ca"]))
+    try:
+        client = proxy.openai(headers={"x-customer-id": "https-workers"})
+        assert all(client.chat.completions.create(**CHAT).usage.total_tokens > 0 for _ in range(6))
+        assert [row["status"] for row in proxy.rows("https-workers", expect=6)] == [200] * 6
+    finally:
+        proxy.stop()
+    assert "exited at start" not in (tmp_path / "proxy.log").read_text()
 
 
 def test_an_upstream_certificate_from_an_unknown_ca_is_refused(tmp_path, https_upstream):
