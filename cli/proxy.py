@@ -60,7 +60,7 @@ _CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
 @click.option("--workers", type=click.IntRange(1, 64),
               help="Proxy processes accepting on the same ports, under one parent that restarts a dead one "
                    "(embedded: one more child owns the data file, the workers send it their rows). "
-                   "Default: the host's cores, at most 8, in the shared mode (--catalog); 1 in the embedded mode.")
+                   "Default: the host's cores, at most 8 (1 keeps one process).")
 @trusted_proxy_option
 @_setting_flags
 @click.pass_obj
@@ -71,7 +71,7 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
     from addon.core.store import shared
 
     from . import workers as worker_pool
-    workers = workers or worker_pool.default_count(shared.configured() is not None)
+    workers = workers or worker_pool.default_count()
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together.")
     if tls_cert and forward_port:

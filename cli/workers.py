@@ -44,11 +44,9 @@ METRICS_READ_S = 5.0  # how often the parent reads the workers' counters, so a k
 _PR_SET_PDEATHSIG = 1
 
 
-def default_count(shared: bool) -> int:
-    """The host's cores (those this process may run on) in the shared mode, capped; 1 embedded (see
-    docs/operations.md: a single process there still skips the socket and the shared counts)."""
-    if not shared:
-        return 1
+def default_count() -> int:
+    """The host's cores (those this process may run on), capped: in either mode a second worker
+    served 1.6-1.8x one on 2 cores (docs/benchmarks.md, "Peers"); one core keeps one process."""
     cores = getattr(os, "process_cpu_count", None)
     count = cores() if cores else len(os.sched_getaffinity(0))
     return max(1, min(count or 1, MAX_DEFAULT_WORKERS))

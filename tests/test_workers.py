@@ -236,10 +236,13 @@ def test_sigterm_stores_every_completed_call_and_leaves_no_worker(shared_env, tm
     assert len(usages) == 60 and sorted(r["customer_id"] for r in rows) == sorted(f"term-{i}" for i in range(60))
 
 
-def test_by_default_one_worker_per_core_and_a_killed_parent_takes_them_with_it(shared_env, tmp_path, upstream):
-    cores = min(len(os.sched_getaffinity(0)), 8)  # the shared mode's default: the cores, at most 8
+@pytest.mark.parametrize("mode", ["shared", "embedded"])
+def test_by_default_one_worker_per_core_and_a_killed_parent_takes_them_with_it(mode, request, tmp_path, upstream):
+    cores = min(len(os.sched_getaffinity(0)), 8)  # the default in either mode: the cores, at most 8
     if cores < 2:
         pytest.skip("one core: the default is one process")
+    if mode == "shared":
+        request.getfixturevalue("shared_env")
     home, log_path = tmp_path / "home", tmp_path / "proxy.log"
     run_cli(home, "keys", "create", "--name", "k")
     with open(log_path, "ab") as log:
@@ -249,7 +252,7 @@ def test_by_default_one_worker_per_core_and_a_killed_parent_takes_them_with_it(s
     try:
         wait_for(lambda: f"all {cores} workers serve" in log_path.read_text(), 90, "not every worker started")
         workers = children(parent.pid)
-        assert len(workers) == cores
+        assert len(workers) == cores + (mode == "embedded")  # and the owner of the file
     finally:
         parent.kill()
         parent.wait(10)
