@@ -241,7 +241,9 @@ def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dim
         groups.append(_group(row))
     total = _total(con, groups, None, [])
     if total_latency:
-        if raw is None:
+        if not names:  # one group, the whole selection: its percentiles are the total's
+            quantiles = found.get(())
+        elif raw is None:
             quantiles = rollups.quantiles(con.execute(rollups.quantile_sql(sql, [], _POINTS), params).fetchall(),
                                           _POINTS).get(())
         else:
