@@ -93,9 +93,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("metrics_series_cap", int, 1000, "Distinct label combinations the metrics keep (provider, model, key, "
             "tags, status); a call with a new one past that counts under 'other' in every label, so a scrape stays "
             "small.", "--metrics-series-cap", 1, 1_000_000),
-    Setting("max_connections", int, 0, "Client connections served at once; 0: as many as the file descriptor "
-            "limit allows (two each, after some for the database and logs), and never more than that. One more "
-            "gets a 503 with retry-after.", "--max-connections", 0, owner="ConnectionBounds"),
+    Setting("max_connections", int, 0, "Client connections each proxy process serves at once (with --workers N, "
+            "N times this for the host); 0: as many as the file descriptor limit allows (two each, after some for "
+            "the database and logs), and never more than that. One more gets a 503 with retry-after.",
+            "--max-connections", 0, owner="ConnectionBounds"),
     Setting("client_timeout_s", int, 60, "Seconds a client may take to send a whole request (headers and body), "
             "counted from connecting or from the previous response, so also the idle limit between requests; "
             "over HTTP/2, each stream's from its headers.", "--client-timeout", 1, 3600, owner="ConnectionBounds"),

@@ -13,11 +13,12 @@ event is its arrival time minus its send time (CLOCK_MONOTONIC is one clock for 
 Targets, in interleaved rounds: "direct" (the upstream itself: what the harness adds), bare
 mitmdump in reverse mode streaming bodies (``stream_large_bodies=1``: its default holds an SSE
 response back until it ends), and ``aispendtrack proxy`` with its default settings (only the
-upstream given, and price fetching off: no internet here). Per target: outcomes (complete, 503,
-reset, closed early, timed out), added delay per event at p50/p99 over direct, and the proxy's
-memory per open stream: (peak RSS during the wave - RSS before it) / streams.
+upstream given, and price fetching off: no internet here; a worker per core). Per target: outcomes
+(complete, 503, reset, closed early, timed out), added delay per event at p50/p99 over direct, and
+the proxy's memory per open stream: (peak RSS during the wave - RSS before it) / streams, and its
+CPU, each summed over the proxy's processes (with workers: the parent, the owner, each worker).
 
-Last, the cap: ours with ``--max-connections 500`` and 700 shorter streams at once: 500 must
+Last, the cap: ours with ``--max-connections 500 --workers 1`` and 700 shorter streams: 500 must
 complete and 200 get a 503 with ``retry-after``, none reset.
 """
 
@@ -185,18 +186,45 @@ def request_bytes(port: int, key: str | None, events: int, interval_ms: int) -> 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants: `aispendtrack proxy` with several workers is a parent, the data's
+    owner and a process per worker, and each one's CPU and memory count."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += parents.get(found[-1], [])
+    return found
+
+
 def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    total = 0.0
+    for member in tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return total
 
 
 def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
+    total = 0
+    for member in tree(pid):
+        try:
+            with open(f"/proc/{member}/status") as status:
+                total += next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
+        except OSError:
+            continue
+    return total
 
 
 async def wave(port: int, key: str | None, pid: int | None, streams: int, events: int, interval_ms: int,
@@ -242,9 +270,17 @@ def start_ours(upstream_port: int, extra: tuple[str, ...] = ()) -> tuple[int, su
     home = Path(tempfile.mkdtemp(prefix="aispendtrack-streams-"))
     key = make_key(home)
     port = free_port()
-    proc = start([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
-                  "--openai-upstream", f"http://127.0.0.1:{upstream_port}", "--prices-url", "off", *extra])
+    log = home / "proxy.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
+                                 "--openai-upstream", f"http://127.0.0.1:{upstream_port}", "--prices-url", "off",
+                                 *extra], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     wait_for_port(port, proc)
+    deadline = time.monotonic() + 120
+    while "Workers:" in log.read_text() and "workers serve" not in log.read_text():  # every worker, not the first
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"the workers did not start: {log.read_text()}")
+        time.sleep(0.2)
     return port, proc, key
 
 
@@ -268,7 +304,9 @@ def summarise(name: str, waves: list[Wave], direct: list[Wave], streams: int, ev
 
 
 def cap_check(upstream_port: int, cap: int, streams: int) -> dict:
-    port, proc, key = start_ours(upstream_port, ("--max-connections", str(cap)))
+    # One process: the cap is each worker's (addon/settings.py), and SO_REUSEPORT spreads the
+    # connections about evenly, not exactly, over several.
+    port, proc, key = start_ours(upstream_port, ("--max-connections", str(cap), "--workers", "1"))
     try:
         time.sleep(1)  # the start-up probe's connection is gone
         result = run_loop(wave(port, key, proc.pid, streams, 8, 250, 0.5))
