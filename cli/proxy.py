@@ -60,7 +60,7 @@ _CLI_DEFAULTS = {"openai_upstream": "https://api.openai.com"}
 @click.option("--workers", type=click.IntRange(1, 64),
               help="Proxy processes accepting on the same ports, under one parent that restarts a dead one "
                    "(embedded: one more child owns the data file, the workers send it their rows). "
-                   "Default: the host's cores, at most 8 (1 keeps one process).")
+                   "Default: the host's cores (a container's CPU quota if fewer), at most 8; 1 keeps one process.")
 @trusted_proxy_option
 @_setting_flags
 @click.pass_obj

@@ -36,6 +36,7 @@ from addon.core import home as home_dir
 log = logging.getLogger("aispendtrack.workers")
 
 MAX_DEFAULT_WORKERS = 8  # past this the PostgreSQL connections (~6 a worker) and lake commits cost more
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # this process's cgroup's CPU quota, as a container sees it
 WORKERS_DIR = home_dir.WORKERS_DIR
 STOP_WAIT_S = 30.0  # a worker's own stop (in-flight calls recorded, rows flushed) takes a few seconds
 BACKOFF_S = (0.5, 1, 2, 5, 10, 30)  # before each further restart of a slot whose workers keep dying
@@ -45,11 +46,26 @@ _PR_SET_PDEATHSIG = 1
 
 
 def default_count() -> int:
-    """The host's cores (those this process may run on), capped: in either mode a second worker
-    served 1.6-1.8x one on 2 cores (docs/benchmarks.md, "Peers"); one core keeps one process."""
+    """The cores this process may run on, fewer if a container's CPU quota allows fewer, at most
+    MAX_DEFAULT_WORKERS: in either mode a second worker served 1.6-1.8x one on 2 cores
+    (docs/benchmarks.md, "Peers"); one core keeps one process."""
     cores = getattr(os, "process_cpu_count", None)
     count = cores() if cores else len(os.sched_getaffinity(0))
+    quota = _quota_cpus()
+    if quota is not None:
+        count = min(count or quota, quota)
     return max(1, min(count or 1, MAX_DEFAULT_WORKERS))
+
+
+def _quota_cpus() -> int | None:
+    """The CPUs a cgroup v2 quota grants (``cpu.max`` "150000 100000": 2), None without a quota.
+    A container limited with --cpus sees every core of its host, and each worker costs ~300 MB:
+    the quota, not the host, says how many can run."""
+    try:
+        quota, period = CPU_MAX.read_text().split()
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 here, or a file we do not understand: no quota
+        return None
 
 
 @dataclass

@@ -236,9 +236,26 @@ def test_sigterm_stores_every_completed_call_and_leaves_no_worker(shared_env, tm
     assert len(usages) == 60 and sorted(r["customer_id"] for r in rows) == sorted(f"term-{i}" for i in range(60))
 
 
+@pytest.mark.parametrize("cpu_max,expected", [(None, 8), ("max 100000\n", 8), ("150000 100000\n", 2),
+                                               ("50000 100000\n", 1), ("400000 100000\n", 4), ("2 cpus\n", 8)])
+def test_the_default_count_is_the_cores_or_a_containers_cpu_quota_at_most_eight(cpu_max, expected, tmp_path,
+                                                                                  monkeypatch):
+    """On a 16-core host: a container given 1.5 CPUs (`docker run --cpus 1.5`) sees all 16 cores, and
+    16 workers of ~300 MB would share 1.5 CPUs; no quota file, no quota, or one not understood: the cores."""
+    from cli import workers
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 16, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    path = tmp_path / "cpu.max"
+    if cpu_max is not None:
+        path.write_text(cpu_max)
+    monkeypatch.setattr(workers, "CPU_MAX", path)
+    assert workers.default_count() == expected
+
+
 @pytest.mark.parametrize("mode", ["shared", "embedded"])
 def test_by_default_one_worker_per_core_and_a_killed_parent_takes_them_with_it(mode, request, tmp_path, upstream):
-    cores = min(len(os.sched_getaffinity(0)), 8)  # the default in either mode: the cores, at most 8
+    from cli.workers import default_count
+    cores = default_count()  # the cores, or a container's quota, at most 8 (the test below)
     if cores < 2:
         pytest.skip("one core: the default is one process")
     if mode == "shared":
