@@ -154,6 +154,8 @@ class AiSpendTrack:
         elif cfg is None:  # embedded: this process keeps the file open until done() (store/owner.py)
             self._owner = owner.start(home_dir.db_path(home))
         spill_dir = (Path(worker_dir) if worker_dir else home) / home_dir.SPILL_DIR
+        if not worker_dir and (moved := home_dir.gather_spills(home, spill_dir)):  # workers' parent gathers theirs
+            log.info("%d spill files of earlier workers (proxy --workers N) moved to %s: stored now", moved, spill_dir)
         self.writer = Writer(
             home_dir.db_path(home), spill_dir, build_row=self._row, on_refresh=self._refresh,
             flush_interval=ctx.options.aispendtrack_flush_ms / 1000, on_cycle=self.book.reload_if_changed,

@@ -115,6 +115,10 @@ class Supervisor:
         """Until SIGTERM or SIGINT (exit 0), or a worker that fails at the first start (its exit code)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
+        # Rows an earlier run spilled and no worker of this one would replay (a lone proxy's, or a slot
+        # past this count): to slot 0, whose worker replays them.
+        if moved := home_dir.gather_spills(self.home, home_dir.spill_dir(self.home, 0)):
+            log.info("%d spill files of an earlier run moved to worker 0's: stored once it runs", moved)
         if self.embedded:
             code = self._first_owner()
             if code is not None:  # it failed, or a stop came first

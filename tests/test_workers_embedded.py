@@ -23,7 +23,7 @@ import pytest
 
 from addon.core import home as home_dir
 
-from .helpers import free_port, run_cli, until_read
+from .helpers import call_row, free_port, run_cli, start_proxy, until_read
 from .test_workers import CHAT, _calls, alive, children, rows_tagged, start_workers, stop, wait_for
 
 
@@ -235,3 +235,31 @@ def test_the_owner_fetches_the_list_prices_once_for_the_host_and_every_worker_pr
     assert server.requests == 1
     # Every row, on whichever worker, was priced by that one version.
     assert {(r["priced"], r["price_snapshot"]) for r in rows} == {(True, snapshot_id(document))}
+
+
+def test_rows_an_earlier_run_spilled_are_stored_whatever_the_worker_count_now(tmp_path, upstream):
+    """A directory run as one process, then as two workers (the default on 2 cores), then as one again:
+    what one run spilled and could not store, the next stores, wherever it was spilled, and once."""
+    home = tmp_path / "home"
+    run_cli(home, "keys", "create", "--name", "k")  # key 1, the rows' key
+
+    def spilled(directory: Path, name: str, tag: str) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(json.dumps(call_row(7, customer_id=tag), default=str) + "\n")
+
+    spilled(home_dir.spill_dir(home), "1-1-1.jsonl", "spilled-alone")
+    spilled(home_dir.spill_dir(home, 3), "1-2-1.jsonl", "spilled-by-slot-3")  # a slot past this run's count
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2)
+    try:
+        wait_for(lambda: len(rows_tagged(home, "spilled-")) == 2, 30, "the earlier spill files were not stored")
+    finally:
+        assert stop(proxy) == 0
+    spilled(home_dir.spill_dir(home, 1), "1-3-1.jsonl", "spilled-by-worker-1")
+    lone = start_proxy(home, upstream.url, tmp_path / "lone.log")  # --workers 1
+    try:
+        wait_for(lambda: len(rows_tagged(home, "spilled-")) == 3, 30, "a worker's spill file was not stored")
+    finally:
+        lone.stop()
+    assert sorted(r["customer_id"] for r in rows_tagged(home, "spilled-")) == [
+        "spilled-alone", "spilled-by-slot-3", "spilled-by-worker-1"]
+    assert list(home.rglob("*.jsonl")) == []

@@ -43,6 +43,29 @@ def db_path(home: Path) -> Path:
     return home / DB_FILE
 
 
+def spill_dir(home: Path, slot: int | None = None) -> Path:
+    """Where a writer spills the rows it cannot store yet: the lone proxy's (``slot`` None), or that of
+    worker ``slot`` of `proxy --workers N` (replayed by the next worker in that slot)."""
+    return (home if slot is None else home / WORKERS_DIR / str(slot)) / SPILL_DIR
+
+
+def gather_spills(home: Path, into: Path) -> int:
+    """Move every spill file of ``home`` that is not in ``into`` there, and say how many: at a start,
+    before any writer runs, so that rows spilled by a lone proxy are replayed by workers, and rows of
+    workers (any count of them) by a lone proxy, whichever runs next. A spill file is whole once it
+    has its name (written as .partial, then renamed), and its name is unique: a rename moves it."""
+    found = [spill_dir(home), *(home / WORKERS_DIR).glob(f"*/{SPILL_DIR}")]
+    moved = 0
+    for directory in found:
+        if directory.resolve() == into.resolve() or not directory.is_dir():
+            continue
+        for path in sorted(directory.glob("*.jsonl")):
+            into.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.replace(path, into / path.name)
+            moved += 1
+    return moved
+
+
 def secret(home: Path, name: str) -> str:
     """A random secret kept in ``home/name``, readable by this user only, made on first use (by
     whichever process comes first: the others read the same one)."""
