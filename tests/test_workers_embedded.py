@@ -51,18 +51,19 @@ def open_files(pid: int) -> set[str]:
     return found
 
 
-def test_two_embedded_workers_store_one_row_per_call_keep_a_limit_exact_and_serve_the_cli_and_api(tmp_path,
-                                                                                                 upstream):
+@pytest.mark.parametrize("count", [2, 4])
+def test_n_embedded_workers_store_one_row_per_call_keep_a_limit_exact_and_serve_the_cli_and_api(count, tmp_path,
+                                                                                               upstream):
     home, web_port = tmp_path / "home", free_port()
     free = json.loads(run_cli(home, "keys", "create", "--name", "free", "--json"))
     limited = json.loads(run_cli(home, "keys", "create", "--name", "limited", "--json"))
     run_cli(home, "keys", "set-limit", str(limited["id"]), "--per-hour", "30")
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
-    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--web-port", str(web_port),
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", count, "--web-port", str(web_port),
                           key=free["key"], metrics=True)
     try:
         workers = worker_pids(proxy)
-        assert len(workers) == 2 and len(children(proxy.process.pid)) == 3
+        assert len(workers) == count and len(children(proxy.process.pid)) == count + 1  # and the owner
         db = str(home_dir.db_path(home))
         usages = asyncio.run(_calls(proxy, 200, 16, "w-"))
         outcomes = asyncio.run(_calls(proxy, 120, 32, "lim-", key=limited["key"]))
