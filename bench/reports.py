@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.reports                 # 10M rows: ~2 minutes, ~2 GB of disk in /tmp
     .venv/bin/python -m bench.reports --rows 1000000  # smaller
+    .venv/bin/python -m bench.reports --rows 100000000 --days 365 --customers 100000  # issue 28's size: ~8 GB
     .venv/bin/python -m bench.reports --exact         # each report also as a raw scan (report --exact)
                                                       # and from the 15-minute tier alone
     .venv/bin/python -m bench.reports --shared        # the same rows also in the shared mode's lake
@@ -56,10 +57,10 @@ print(rows, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def build(db: Path, rows: int) -> float:
+def build(db: Path, rows: int, days: int, customers: int) -> float:
     start = time.perf_counter()
     with writing(db) as con, running(f"Generating {rows:,} rows"):
-        synthetic.generate(con, rows, end=END)
+        synthetic.generate(con, rows, end=END, days=days, customers=customers)
     return time.perf_counter() - start
 
 
@@ -149,12 +150,15 @@ def compare_shared(db: Path, tmp: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--days", type=int, default=90, help="the time the calls span, ending at %s" % END.date())
+    parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--shared", action="store_true", help="also time the reports on the shared mode's lake")
     parser.add_argument("--exact", action="store_true", help="also time each report as a raw scan (report --exact)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aispendtrack-reports-") as tmp:
         db = home_dir.db_path(Path(tmp))
-        print(f"generating {args.rows:,} calls ... {build(db, args.rows):.1f} s, "
+        print(f"generating {args.rows:,} calls over {args.days} days, {args.customers:,} customers ... "
+              f"{build(db, args.rows, args.days, args.customers):.1f} s, "
               f"{db.stat().st_size / 1e6:,.0f} MB on disk")
         if args.shared:
             compare_shared(db, Path(tmp))
