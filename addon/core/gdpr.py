@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from . import audit, spill
-from .home import WORKERS_DIR
+from . import home as home_dir
 from .serialize import json_row
 from .store import compact, lake, reading, subjects, writing
 from .store.audit import ERASED
@@ -119,7 +119,7 @@ def _matches(row: dict, subject: Subject) -> bool:
 def _spill_files(spill_dir: Path) -> list[Path]:
     """The data directory's spill files and its workers' (``proxy --workers N``: <home>/workers/<slot>/spill)."""
     found = []
-    for directory in [spill_dir, *sorted((spill_dir.parent / WORKERS_DIR).glob(f"*/{spill_dir.name}"))]:
+    for directory in home_dir.spill_dirs(spill_dir.parent):
         # Quarantined rows (stored never, replayed never) are the subject's data all the same.
         found += sorted(directory.glob("*.jsonl")) + sorted(directory.glob("quarantine/*.jsonl"))
     return found

@@ -49,14 +49,18 @@ def spill_dir(home: Path, slot: int | None = None) -> Path:
     return (home if slot is None else home / WORKERS_DIR / str(slot)) / SPILL_DIR
 
 
+def spill_dirs(home: Path) -> list[Path]:
+    """Every spill directory of ``home``: the lone proxy's, then each worker slot's that exists."""
+    return [spill_dir(home), *sorted((home / WORKERS_DIR).glob(f"*/{SPILL_DIR}"))]
+
+
 def gather_spills(home: Path, into: Path) -> int:
     """Move every spill file of ``home`` that is not in ``into`` there, and say how many: at a start,
     before any writer runs, so that rows spilled by a lone proxy are replayed by workers, and rows of
     workers (any count of them) by a lone proxy, whichever runs next. A spill file is whole once it
     has its name (written as .partial, then renamed), and its name is unique: a rename moves it."""
-    found = [spill_dir(home), *(home / WORKERS_DIR).glob(f"*/{SPILL_DIR}")]
     moved = 0
-    for directory in found:
+    for directory in spill_dirs(home):
         if directory.resolve() == into.resolve() or not directory.is_dir():
             continue
         for path in sorted(directory.glob("*.jsonl")):
