@@ -7,9 +7,10 @@
 Everything on 127.0.0.1: ``aispendtrack proxy`` (the product as users run it) in front of the
 canned upstream from bench/loopback.py. The calls rotate through OpenAI and Anthropic, plain and
 streamed. Every answer is checked byte for byte against what the upstream sent; afterwards the
-proxy is stopped and the rows in its database are counted. The proxy's RSS is sampled every
-second; "flat" means the growth after warm-up (the first 20% of calls) stays small and does not
-keep climbing with the number of calls.
+proxy is stopped and the rows in its database are counted. The proxy's RSS (summed over its
+processes: with workers, the parent, the data's owner and each worker) is sampled every second;
+"flat" means the growth after warm-up (the first 20% of calls) stays small and does not keep
+climbing with the number of calls.
 """
 
 from __future__ import annotations
@@ -27,16 +28,14 @@ from addon.core import home as home_dir
 from addon.core.store import reading
 
 from . import loopback
+from .processes import rss_kib
 from .proxy_overhead import ROOT, free_port, make_key, mitmdump, start, wait_for_port
 
 KINDS = [("openai", False), ("openai", True), ("anthropic", False), ("anthropic", True)]
 
 
 def rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return rss_kib(pid) / 1024
 
 
 def expected_body(provider: str, stream: bool) -> bytes:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import resource
 import statistics
@@ -38,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .processes import cpu_s, rss_kib
 from .proxy_overhead import ROOT, free_port, make_key, mitmdump, percentile, start, wait_for_port
 
 _STAMP = re.compile(rb"t=(\d+\.\d+)")
@@ -184,47 +184,6 @@ def request_bytes(port: int, key: str | None, events: int, interval_ms: int) -> 
     if key:
         lines.append(f"x-aispendtrack-key: {key}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants: `aispendtrack proxy` with several workers is a parent, the data's
-    owner and a process per worker, and each one's CPU and memory count."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += parents.get(found[-1], [])
-    return found
-
-
-def cpu_s(pid: int) -> float:
-    total = 0.0
-    for member in tree(pid):
-        try:
-            with open(f"/proc/{member}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-    return total
-
-
-def rss_kib(pid: int) -> int:
-    total = 0
-    for member in tree(pid):
-        try:
-            with open(f"/proc/{member}/status") as status:
-                total += next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
-        except OSError:
-            continue
-    return total
 
 
 async def wave(port: int, key: str | None, pid: int | None, streams: int, events: int, interval_ms: int,
