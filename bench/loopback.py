@@ -143,8 +143,11 @@ def request_bytes(port: int, stream: bool, headers: dict[str, str], anthropic: b
         body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
                            **({"stream_options": {"include_usage": True}} if stream and ask_usage else {})}).encode()
     target = f"http://127.0.0.1:{port}{path}" if via_proxy else path
+    # Each provider's own credential header, as its SDK sends it: the proxy refuses to forward a
+    # key to another provider's path (an OpenAI bearer token to /v1/messages gets a 404).
+    credential = (b"x-api-key: sk-bench\r\nanthropic-version: 2023-06-01" if anthropic
+                  else b"authorization: Bearer sk-bench")
     lines = [f"POST {target} HTTP/1.1".encode(), f"host: 127.0.0.1:{port}".encode(),
-             b"content-type: application/json", b"authorization: Bearer sk-bench",
-             f"content-length: {len(body)}".encode()]
+             b"content-type: application/json", credential, f"content-length: {len(body)}".encode()]
     lines += [f"{k}: {v}".encode() for k, v in headers.items()]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
