@@ -37,6 +37,12 @@ def rows(calls=CALLS, day: str = DAY, **changes) -> list[dict]:
                      customer_id="acme", feature="chat", **changes) for hhmm, cost in calls]
 
 
+@pytest.fixture(autouse=True)
+def rollups_at_any_size(monkeypatch):
+    """These tests are about the rollups: read them however few the calls (reports.RAW_SCAN_MAX)."""
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+
+
 @pytest.fixture
 def con(tmp_path, new_store):
     with writing(new_store(tmp_path / "aispendtrack.duckdb")) as connection:

@@ -34,6 +34,12 @@ EXACT_METRICS = ("calls", "errors", "unpriced_calls", "unmetered_calls", "estima
                  "characters", "web_search_requests", "code_executions", "audio_seconds", "cost_usd")
 
 
+@pytest.fixture(autouse=True)
+def rollups_at_any_size(monkeypatch):
+    """These tests are about the rollups: read them however few the calls (reports.RAW_SCAN_MAX)."""
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+
+
 def random_call(rng: random.Random, start: dt.datetime = START, span_s: int = SPAN_S) -> dict:
     status = rng.choice([200, 200, 200, 429, 500, None])
     source = rng.choice(["reported", "reported", "estimated", "partial", "none", "unmetered", "invalid"])

@@ -802,7 +802,8 @@ def test_an_older_lake_gets_rollups_of_its_calls_and_keeps_its_hourly_totals(sha
                     "0, 3.5)", [hour, marker])
         con.execute(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name IN ('s014_rollups', 's015_hourly_rollups')")
+        pg.execute("DELETE FROM schema_migrations WHERE name IN ('s014_rollups', 's015_hourly_rollups', "
+                   "'s020_raw_horizon')")
     [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
     assert (group["calls"], group["errors"], group["cost_usd"], group["input_tokens"]) == (8, 2, 3.75, 701)
     # The hourly tier (s015, summed from the 15-minute rows s014 made) holds the same: a report by

@@ -6,14 +6,15 @@ import base64
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 
 from addon.core import audit, config, price_data
 from addon.core import home as home_dir
 from addon.core.budgets import Budget, with_spend
-from addon.core.reports import ReportError, Selection, parse_report, parse_selection
+from addon.core.reports import ReportError, ReportSpec, Selection, parse_report, parse_selection
 from addon.core.serialize import json_row
 from addon.core.spool import filled
 from addon.core.store import ReadTooLong, StoreBusy, StoreError, reading
@@ -23,6 +24,7 @@ from addon.core.store import teams as team_rows
 
 from .auth import TEAM, Principal, authenticate, bearer, credential, refusal, session_principal
 
+T = TypeVar("T")
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 MAX_PAGE = 1000
 
@@ -78,24 +80,24 @@ def _no_longer_acting(exc: BaseException | None) -> None:
 
 @api.get("/report")
 def report():
-    groups, _ = _run_report(total_latency=False)
+    groups, _ = _run_report(lambda con, spec, exact: report_rows.report(con, spec, False, exact))
     limit = _int_arg("limit", 0, 1, 100_000) if "limit" in request.args else None
     return jsonify([json_row(group) for group in groups[:limit]])
 
 
 @api.get("/report/total")
 def report_total():
-    _, total = _run_report()
-    return jsonify(json_row(total))
+    return jsonify(json_row(_run_report(report_rows.total)))
 
 
-def _run_report(total_latency: bool = True) -> tuple[list[dict], dict]:
+def _run_report(answer: Callable[[Any, ReportSpec, bool], T]) -> T:
+    """``answer(con, spec, exact)`` for the request's report arguments, on a read of the store;
+    ``exact``: a raw scan instead of the rollups (store/rollups.py), for audits."""
     spec = parse_report(request.args.getlist("by"), **_selection_args())
     spec = dataclasses.replace(spec, selection=_scoped(spec.selection))
-    exact = _bool_arg("exact")  # a raw scan instead of the rollups (store/rollups.py), for audits
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
         _known_team(con, spec.selection)
-        return report_rows.report(con, spec, total_latency, exact)
+        return answer(con, spec, _bool_arg("exact"))
 
 
 @api.get("/budgets")

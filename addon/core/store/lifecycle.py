@@ -10,7 +10,7 @@ import datetime as dt
 
 import duckdb
 
-from . import batches, rollups
+from . import batches, raw_horizon, rollups
 from .connection import control, one
 
 # Rollups and alert history are kept this long: a year of budgets, quotas and spike baselines.
@@ -46,6 +46,13 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
         per_key = con.execute("""
             SELECT p.key_id, count(*) FROM calls c JOIN purge_cutoffs p ON coalesce(c.key_id, -1) = p.key_id
             WHERE c.ts < p.cutoff GROUP BY p.key_id""").fetchall()
+        # Raw rows and rollups stop agreeing where either loses rows: said first (raw_horizon.py),
+        # as in the shared mode it is stored apart from the rows.
+        (oldest_rollup,) = one(con.execute("SELECT min(bucket) FROM rollups"))
+        dropped = [history_cutoff] if oldest_rollup is not None and oldest_rollup < history_cutoff else []
+        purged = [cutoffs[None if k == _NO_KEY else k] for k, n in per_key if n]
+        if dropped or purged:
+            raw_horizon.move(con, max(dropped + purged), now)
         (calls,) = one(con.execute("""
             DELETE FROM calls USING purge_cutoffs p
             WHERE coalesce(calls.key_id, -1) = p.key_id AND calls.ts < p.cutoff

@@ -12,7 +12,7 @@ from decimal import Decimal
 import duckdb
 
 from ..reports import ReportSpec, Selection
-from . import batch, rollups
+from . import batch, raw_horizon, rollups
 from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES
 from .connection import one, output_path
@@ -89,16 +89,18 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     scan of every row, and percentiles within rollups.RELATIVE_ERROR (from the hourly tier) or exact
     over the calls kept raw (the 15-minute tier: _rollup_groups). ``exact`` scans the raw rows
     (exact percentiles; purged calls, which only rollups keep, are then not counted).
+    A selection of few calls, all still raw (``_raw_answers``), is scanned as ``exact`` would.
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups."""
     names = [dimension_name(d) for d in spec.by]
-    source, local, tier = (None, "", None) if exact else _source(con, spec)
+    raw_scan = exact or _raw_answers(con, spec.selection)
+    source, local, tier = (None, "", None) if raw_scan else _source(con, spec)
     if source is None and any(d in _TIME_FORMATS for d in spec.by):
         local = _local_time_sql(con, spec, None)
     dims = [_dimension_sql(d, local) for d in spec.by]
     condition, params = where(spec.selection)
     if source is None:
-        sql = (f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, {_METRICS} "
+        sql = (f"SELECT {''.join(f'{d} AS {n}, ' for d, n in zip(dims, names))}{_METRICS} "
                f"FROM calls WHERE {condition} GROUP BY ALL")
         groups = [_group(dict(zip([*names, *_METRIC_NAMES], r))) for r in con.execute(sql, params).fetchall()]
         total = _total(con, groups, condition if total_latency else None, params)
@@ -120,6 +122,33 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     groups.sort(key=lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"],
                                *[str(r[n]) for n in names]))
     return groups, {**{name: None for name in names}, **total}
+
+
+def total(con: duckdb.DuckDBPyConnection, spec: ReportSpec, exact: bool = False) -> dict:
+    """The total of ``report(con, spec)`` alone: one group, the whole selection, without the
+    groups' sums and percentiles (its dimensions' keys None, as there)."""
+    _, found = report(con, replace(spec, by=()), exact=exact)
+    return {**{dimension_name(d): None for d in spec.by}, **found}
+
+
+# A selection of at most this many raw calls is scanned rather than read from the rollups: at such
+# sizes a rollup row holds about one call, so merging their histograms costs more than reading
+# the rows (docs/benchmarks.md, "The API of a running proxy"), and the percentiles come out exact.
+RAW_SCAN_MAX = 50_000
+
+
+def _raw_answers(con: duckdb.DuckDBPyConnection, selection: Selection) -> bool:
+    """Whether a scan of the selection's raw rows gives what the rollups would (none of its calls
+    purged: raw_horizon.py) over at most RAW_SCAN_MAX calls."""
+    condition, params = where(selection)
+    (found,) = one(con.execute(f"SELECT count(*) FROM (SELECT 1 FROM calls WHERE {condition} LIMIT ?)",
+                               [*params, RAW_SCAN_MAX + 1]))
+    if found > RAW_SCAN_MAX:
+        return False
+    # Read after the rows: the shared mode attaches its lake, and brings its schema up to date
+    # (the step that sets the horizon of an older lake included), at its first query of the rows.
+    horizon = raw_horizon.since(con)
+    return horizon == raw_horizon.EVER or (selection.since is not None and selection.since >= horizon)
 
 
 _ROLLUP_METRICS = (f"{', '.join(f'coalesce(sum({c}), 0)::BIGINT AS {c}' for c in (*_COUNTS, *_TOKENS))}, "
@@ -228,13 +257,7 @@ def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dim
     grouped = f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, * FROM ({sql})"
     cur = con.execute(f"SELECT {', '.join(names)}, {_ROLLUP_METRICS} FROM ({grouped}) GROUP BY ALL", params)
     rows = [dict(zip([*names, *_METRIC_NAMES[:-1]], r)) for r in cur.fetchall()]
-    if raw is None:
-        found = rollups.quantiles(con.execute(rollups.quantile_sql(grouped, names, _POINTS), params).fetchall(),
-                                  _POINTS)
-    else:
-        found = {tuple(r[:-1]): r[-1] for r in con.execute(
-            f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, "
-            f"quantile_cont(latency_ms, {list(_POINTS)}) FROM calls WHERE {raw[0]} GROUP BY ALL", raw[1]).fetchall()}
+    found = _group_quantiles(con, (grouped, params), dims, names, raw)
     groups = []
     for row in rows:
         row["latency_ms"] = found.get(tuple(row[n] for n in names))
@@ -251,6 +274,17 @@ def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dim
                                            f"WHERE {raw[0]}", raw[1]))
         total["p50_latency_ms"], total["p95_latency_ms"] = _rounded(quantiles)
     return groups, total
+
+
+def _group_quantiles(con: duckdb.DuckDBPyConnection, grouped: tuple[str, list], dims: list[str], names: list[str],
+                     raw: tuple[str, list] | None) -> dict[tuple, tuple]:
+    """{group: (p50, p95)}: from the histograms of the rollup rows ``grouped``, or over the raw rows."""
+    if raw is None:
+        return rollups.quantiles(con.execute(rollups.quantile_sql(grouped[0], names, _POINTS), grouped[1]).fetchall(),
+                                 _POINTS)
+    return {tuple(r[:-1]): r[-1] for r in con.execute(
+        f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, "
+        f"quantile_cont(latency_ms, {list(_POINTS)}) FROM calls WHERE {raw[0]} GROUP BY ALL", raw[1]).fetchall()}
 
 
 def unmetered_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict]:

@@ -9,9 +9,10 @@ together take a PostgreSQL advisory lock, so exactly one of them applies each st
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import Iterator
 
-from . import rollups
+from . import raw_horizon, rollups
 from .calls import CALL_COLUMNS, COST_TYPE, UNIT_COLUMNS, UNIT_NAMES
 from .errors import StoreError
 from .migrations import (
@@ -127,7 +128,7 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
-                   "s013_proxy_us", "s014_rollups", "s015_hourly_rollups")
+                   "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_raw_horizon")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -294,6 +295,9 @@ def ensure_lake(con, control) -> None:
             _in_transaction(con, HOURLY_ROLLUPS)
             control.execute("INSERT INTO schema_migrations VALUES ('s015_hourly_rollups', now()) "
                             "ON CONFLICT DO NOTHING")
+        if "s020_raw_horizon" not in _applied(control):  # as migrations.m030_raw_horizon
+            raw_horizon.from_rollups(con, control, dt.datetime.now(dt.UTC))
+            control.execute("INSERT INTO schema_migrations VALUES ('s020_raw_horizon', now()) ON CONFLICT DO NOTHING")
 
 
 def _in_transaction(con, statements: list[str]) -> None:

@@ -1,0 +1,118 @@
+"""A report over few calls scans their raw rows (reports.RAW_SCAN_MAX), where none was purged
+(store/raw_horizon.py): the same counts and costs as the rollups, percentiles exact."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from decimal import Decimal
+
+import duckdb
+
+from addon.core import home as home_dir
+from addon.core.reports import parse_report
+from addon.core.store import calls as call_rows
+from addon.core.store import lifecycle, migrations, raw_horizon, writing
+from addon.core.store import reports as report_rows
+
+from .helpers import migrated_before, run_cli
+from .test_rollups import EXACT_METRICS, START, random_call
+
+
+def spread_latencies(n: int, rng: random.Random, start: dt.datetime = START) -> list[dict]:
+    return [random_call(rng, start, 6 * 3600) | {"latency_ms": round(10 ** rng.uniform(0, 5), 3), "key_id": 1,
+                                                  "model": "gpt-4o", "status": 200, "outcome": "completed"}
+            for _ in range(n)]
+
+
+def test_few_calls_give_exact_percentiles_and_many_read_the_rollups(tmp_path, monkeypatch):
+    rows = spread_latencies(2000, random.Random(11))
+    spec = parse_report(["model"], now=START + dt.timedelta(days=1))
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, rows)
+        ([few], few_total), ([exact], exact_total) = report_rows.report(con, spec), report_rows.report(con, spec, True)
+        monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 1999)  # one call too many: the rollups
+        ([many], many_total) = report_rows.report(con, spec)
+    assert few == exact and few_total == exact_total
+    assert {k: many[k] for k in EXACT_METRICS} == {k: exact[k] for k in EXACT_METRICS}
+    assert many["calls"] == 2000
+    for name in ("p50_latency_ms", "p95_latency_ms"):  # the histogram's: close, not equal
+        assert many[name] != exact[name]
+        assert abs(many[name] - exact[name]) <= 0.0099 * exact[name] + 0.001
+
+
+def test_a_purge_sends_reports_over_its_range_to_the_rollups(tmp_path):
+    # Few calls, some purged: a raw scan would miss those, so reports that reach before the purge's
+    # cutoff read the rollups; a range after it scans the raw rows left.
+    home = tmp_path / "home"
+    key = json.loads(run_cli(home, "keys", "create", "--name", "f", "--plan", "free", "--json"))["id"]
+    now = dt.datetime.now(dt.UTC)
+    rng = random.Random(3)
+    tags = {"key_id": key, "priced": True, "customer_id": "acme"}
+    old = [random_call(rng, now - dt.timedelta(days=20), 3600) | tags | {"cost_usd": Decimal("1.5")} for _ in range(5)]
+    new = [random_call(rng, now - dt.timedelta(hours=3), 3600) | tags | {"cost_usd": Decimal("0.25")} for _ in range(3)]
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, old + new)
+        assert raw_horizon.since(con) == raw_horizon.EVER
+    run_cli(home, "purge")  # the free plan keeps 7 days of raw calls
+    with writing(home_dir.db_path(home)) as con:
+        horizon = raw_horizon.since(con)
+    assert now - dt.timedelta(days=7, hours=1) <= horizon <= now - dt.timedelta(days=7) + dt.timedelta(hours=1)
+
+    def report(*extra: str) -> tuple[int, float]:
+        [row] = json.loads(run_cli(home, "report", "--by", "customer", "--format", "json", *extra))
+        return row["calls"], row["cost_usd"]
+    assert report() == (8, 8.25)
+    assert report("--since", "30d") == (8, 8.25)
+    assert report("--since", "1d") == (3, 0.75)
+    assert report("--exact") == (3, 0.75)
+
+
+def test_the_horizon_never_moves_back_nor_for_a_purge_that_deleted_nothing(tmp_path):
+    at = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, spread_latencies(3, random.Random(1), at))
+        lifecycle.purge(con, {1: at - dt.timedelta(days=1)}, at)  # older than every call: nothing goes
+        assert raw_horizon.since(con) == raw_horizon.EVER
+        lifecycle.purge(con, {1: at + dt.timedelta(days=1)}, at)
+        assert raw_horizon.since(con) == at + dt.timedelta(days=1)
+        raw_horizon.move(con, at, at)
+        assert raw_horizon.since(con) == at + dt.timedelta(days=1)
+
+
+def test_rollups_past_the_history_part_from_raw_rows_kept_forever(tmp_path):
+    at = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    later = at + dt.timedelta(days=lifecycle.HISTORY_DAYS, hours=5, minutes=20)
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, spread_latencies(3, random.Random(1), at))
+        lifecycle.purge(con, {}, later)  # no raw call is due (a key kept forever); rollups before 05:00 go
+        assert raw_horizon.since(con) == at.replace(hour=5)
+
+
+def test_the_migration_finds_where_an_earlier_purge_left_raw_rows_and_rollups_apart(tmp_path):
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    migrated_before(con, migrations.m030_raw_horizon)
+    rows = spread_latencies(40, random.Random(5), dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
+    rows += spread_latencies(40, random.Random(6), dt.datetime(2026, 2, 9, tzinfo=dt.UTC))
+    call_rows.insert(con, rows)
+    # What a purge before this version left: raw rows gone, their sums kept.
+    cutoff = dt.datetime(2026, 2, 1, 3, tzinfo=dt.UTC)
+    (purged,) = con.execute("SELECT count(*) FROM calls WHERE ts < ?", [cutoff]).fetchone()
+    con.execute("DELETE FROM calls WHERE ts < ?", [cutoff])
+    (newest_purged,) = con.execute("SELECT max(bucket) FROM rollups WHERE bucket < ?", [cutoff]).fetchone()
+    migrations.apply_pending(con)
+    assert raw_horizon.since(con) == newest_purged + dt.timedelta(hours=1)
+    spec = parse_report(["model"], now=dt.datetime(2026, 3, 1, tzinfo=dt.UTC))
+    [group], _ = report_rows.report(con, spec)
+    assert purged > 0 and group["calls"] == 80  # the purged calls too, from the rollups
+    con.close()
+
+
+def test_a_file_whose_raw_rows_and_rollups_agree_keeps_no_horizon(tmp_path):
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    migrated_before(con, migrations.m030_raw_horizon)
+    call_rows.insert(con, spread_latencies(40, random.Random(5)))
+    migrations.apply_pending(con)
+    assert raw_horizon.since(con) == raw_horizon.EVER
+    con.close()
