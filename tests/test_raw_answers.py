@@ -42,6 +42,20 @@ def test_few_calls_give_exact_percentiles_and_many_read_the_rollups(tmp_path, mo
         assert abs(many[name] - exact[name]) <= 0.0099 * exact[name] + 0.001
 
 
+def test_the_total_alone_is_the_reports_total_from_raw_rows_and_rollups(tmp_path, monkeypatch):
+    rows = spread_latencies(300, random.Random(12))
+    for i, row in enumerate(rows):
+        row.update(model=("gpt-4o", "claude")[i % 2], proxy_us=100 + i)
+    spec = parse_report(["model"], now=START + dt.timedelta(days=1))
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, rows)
+        for most in (report_rows.RAW_SCAN_MAX, 0):
+            monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", most)
+            _, want = report_rows.report(con, spec)
+            assert report_rows.total(con, spec) == want
+            assert (want["calls"], want["p50_proxy_us"], want["p99_proxy_us"], want["model"]) == (300, 250, 396, None)
+
+
 def test_a_purge_sends_reports_over_its_range_to_the_rollups(tmp_path):
     # Few calls, some purged: a raw scan would miss those, so reports that reach before the purge's
     # cutoff read the rollups; a range after it scans the raw rows left.

@@ -100,10 +100,15 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     dims = [_dimension_sql(d, local) for d in spec.by]
     condition, params = where(spec.selection)
     if source is None:
-        sql = (f"SELECT {''.join(f'{d} AS {n}, ' for d, n in zip(dims, names))}{_METRICS} "
-               f"FROM calls WHERE {condition} GROUP BY ALL")
-        groups = [_group(dict(zip([*names, *_METRIC_NAMES], r))) for r in con.execute(sql, params).fetchall()]
-        total = _total(con, groups, condition if total_latency else None, params)
+        # No groups: the one row is the selection's, and the total's percentiles come in the same pass.
+        alone = total_latency and not names
+        sql = (f"SELECT {_named(dims, names)}{_METRICS}"
+               f"{', quantile_cont(proxy_us, [0.5, 0.99])' if alone else ''} FROM calls WHERE {condition} GROUP BY ALL")
+        rows = con.execute(sql, params).fetchall()
+        groups = [_group(dict(zip([*names, *_METRIC_NAMES], r))) for r in rows]
+        total = _total(con, groups, condition if total_latency and not alone else None, params)
+        if alone:
+            total.update({k: groups[0][k] for k in ("p50_latency_ms", "p95_latency_ms")}, **_added(rows[0][-1]))
     else:
         raw = None if tier is rollups.COARSE else (condition, params)
         groups, total = _rollup_groups(con, source, dims, names, total_latency, raw)
@@ -254,8 +259,9 @@ def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dim
     several times quantile_cont over the raw rows (docs/benchmarks.md, "Rollups against raw scans"),
     so its reports take exact percentiles of the calls still kept raw."""
     sql, params = source
-    grouped = f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, * FROM ({sql})"
-    cur = con.execute(f"SELECT {', '.join(names)}, {_ROLLUP_METRICS} FROM ({grouped}) GROUP BY ALL", params)
+    grouped = f"SELECT {_named(dims, names)}* FROM ({sql})"
+    cur = con.execute(f"SELECT {''.join(f'{n}, ' for n in names)}{_ROLLUP_METRICS} FROM ({grouped}) GROUP BY ALL",
+                      params)
     rows = [dict(zip([*names, *_METRIC_NAMES[:-1]], r)) for r in cur.fetchall()]
     found = _group_quantiles(con, (grouped, params), dims, names, raw)
     groups = []
@@ -276,6 +282,11 @@ def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dim
     return groups, total
 
 
+def _named(dims: list[str], names: list[str]) -> str:
+    """The start of a select list: each dimension's expression as its name, each with a comma."""
+    return "".join(f"{d} AS {n}, " for d, n in zip(dims, names))
+
+
 def _group_quantiles(con: duckdb.DuckDBPyConnection, grouped: tuple[str, list], dims: list[str], names: list[str],
                      raw: tuple[str, list] | None) -> dict[tuple, tuple]:
     """{group: (p50, p95)}: from the histograms of the rollup rows ``grouped``, or over the raw rows."""
@@ -283,8 +294,8 @@ def _group_quantiles(con: duckdb.DuckDBPyConnection, grouped: tuple[str, list], 
         return rollups.quantiles(con.execute(rollups.quantile_sql(grouped[0], names, _POINTS), grouped[1]).fetchall(),
                                  _POINTS)
     return {tuple(r[:-1]): r[-1] for r in con.execute(
-        f"SELECT {', '.join(f'{d} AS {n}' for d, n in zip(dims, names))}, "
-        f"quantile_cont(latency_ms, {list(_POINTS)}) FROM calls WHERE {raw[0]} GROUP BY ALL", raw[1]).fetchall()}
+        f"SELECT {_named(dims, names)}quantile_cont(latency_ms, {list(_POINTS)}) FROM calls WHERE {raw[0]} "
+        f"GROUP BY ALL", raw[1]).fetchall()}
 
 
 def unmetered_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict]:
