@@ -17,6 +17,7 @@ from .errors import StoreError
 from .migrations import (
     AUDIT_DDL,
     BATCHES_DDL,
+    DAILY_ROLLUPS,
     ERASURES_DDL,
     HOURLY_INTO_ROLLUPS,
     HOURLY_ROLLUPS,
@@ -127,7 +128,8 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
-                   "s013_proxy_us", "s014_rollups", "s015_hourly_rollups")
+                   "s013_proxy_us", "s014_rollups", "s015_hourly_rollups",
+                   "s020_daily_rollups")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -137,6 +139,7 @@ _LAKE = [
     # from lake files by rewriting them (lake.scrub), where PostgreSQL would keep dead tuples.
     rollups.DDL,
     rollups.HOURLY_DDL,
+    rollups.DAILY_DDL,
     USAGE_HISTORY_VIEW.replace("CREATE VIEW", "CREATE VIEW IF NOT EXISTS"),
 ]
 # An older lake (s014_rollups): its calls summed, its hourly totals moved in, as migrations.m023_rollups.
@@ -293,6 +296,10 @@ def ensure_lake(con, control) -> None:
         if "s015_hourly_rollups" not in _applied(control):  # as migrations.m024_hourly_rollups
             _in_transaction(con, HOURLY_ROLLUPS)
             control.execute("INSERT INTO schema_migrations VALUES ('s015_hourly_rollups', now()) "
+                            "ON CONFLICT DO NOTHING")
+        if "s020_daily_rollups" not in _applied(control):  # as migrations.m029_daily_rollups
+            _in_transaction(con, DAILY_ROLLUPS)
+            control.execute("INSERT INTO schema_migrations VALUES ('s020_daily_rollups', now()) "
                             "ON CONFLICT DO NOTHING")
 
 
