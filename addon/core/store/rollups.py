@@ -216,28 +216,32 @@ def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt
     return before - after
 
 
-_settled: set[tuple[str, dt.datetime, dt.datetime]] = set()  # (table, bucket, quarter) compacted
+_settled: set[tuple[str, dt.datetime]] = set()  # (table, bucket) this process has compacted (compact_previous)
+_quarters: set[dt.datetime] = set()  # the 15-minute buckets this process has written rows in
 
 
 def compact_previous(con: duckdb.DuckDBPyConnection, newest: dt.datetime) -> None:
     """Once per bucket per tier per process: merge the rows the flushes left in the bucket before
-    ``newest``'s, so a closed bucket holds one row per group (each flush adds rows of its own); and
-    once per 15-minute bucket, the open bucket of each coarser tier, so an open day holds a row per
-    group and per flush of its last quarter hour, not of every second since midnight. Rows arriving
-    later (a spill replay, another replica) add a few rows more, which reads sum alike."""
+    ``newest``'s, so a closed bucket holds one row per group (each flush adds rows of its own).
+    And when this process moves on to a new 15-minute bucket, the open bucket of each coarser
+    tier, so an open day holds a row per group and flush of its last quarter hour, not of every
+    flush since midnight. Not on a process's first write: in the shared mode replicas then start
+    together, and a merge's DELETE conflicts with the other replicas' inserts into the table
+    (DuckLake checks per table), which then write again. Rows arriving later (a spill replay,
+    another replica) add a few rows more, which reads sum alike."""
     quarter = bucket_start(newest, FINE.seconds)
+    moved_on = bool(_quarters) and quarter not in _quarters
+    _quarters.add(quarter)
     for tier in TIERS:
-        current = bucket_start(newest, tier.seconds)
-        previous = current - dt.timedelta(seconds=tier.seconds)
-        _compact_once(con, tier, previous, previous)
-        if tier is not FINE:
-            _compact_once(con, tier, current, quarter)
+        previous = bucket_start(newest, tier.seconds) - dt.timedelta(seconds=tier.seconds)
+        if (tier.table, previous) not in _settled:
+            _settled.add((tier.table, previous))
+            _merge_bucket(con, tier, previous)
+        if moved_on and tier is not FINE:
+            _merge_bucket(con, tier, bucket_start(newest, tier.seconds))
 
 
-def _compact_once(con: duckdb.DuckDBPyConnection, tier: Tier, bucket: dt.datetime, once_per: dt.datetime) -> None:
-    if (tier.table, bucket, once_per) in _settled:
-        return
-    _settled.add((tier.table, bucket, once_per))
+def _merge_bucket(con: duckdb.DuckDBPyConnection, tier: Tier, bucket: dt.datetime) -> None:
     (extra,) = con.execute(f"SELECT count(*) - count(DISTINCT ({', '.join(tier.dimensions)})) FROM {tier.table} "
                            f"WHERE bucket = ?", [bucket]).fetchone()  # type: ignore[misc]
     if extra:
