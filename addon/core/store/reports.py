@@ -166,7 +166,10 @@ def _rollup_source(selection: Selection, tier: rollups.Tier = rollups.FINE) -> t
     ones of ``tier`` for its whole buckets, the next finer tier's for the edges that cut one (daily,
     hourly, 15-minute, and at last sums of raw rows)."""
     width = dt.timedelta(seconds=tier.seconds)
-    low = _bucket_ceil(selection.since, width) if selection.since is not None else None
+    try:
+        low = _bucket_ceil(selection.since, width) if selection.since is not None else None
+    except OverflowError:  # a since in the calendar's last bucket (31 Dec 9999): no whole bucket after it
+        return _finer_source(selection, tier)
     high = _bucket_floor(selection.until, width) if selection.until is not None else None
     if low is not None and high is not None and low >= high:  # within one bucket
         return _finer_source(selection, tier)

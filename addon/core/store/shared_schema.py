@@ -128,8 +128,7 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
-                   "s013_proxy_us", "s014_rollups", "s015_hourly_rollups",
-                   "s020_daily_rollups")
+                   "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
