@@ -4,13 +4,13 @@
     .venv/bin/python -m bench.reports --rows 1000000  # smaller
     .venv/bin/python -m bench.reports --rows 100000000 --days 365 --customers 100000  # issue 28's size: ~8 GB
     .venv/bin/python -m bench.reports --exact         # each report also as a raw scan (report --exact)
-                                                      # and from the 15-minute tier alone
+                                                      # and from no tier coarser than hourly, 15-minute
     .venv/bin/python -m bench.reports --shared        # the same rows also in the shared mode's lake
                                                       # (a throwaway PostgreSQL; needs Debian's postgresql)
 
-Reports read the rollups (store/rollups.py: hourly without customer and feature when a report
-names neither, else 15-minute) as the CLI and the API do; the storage line gives the MB of the
-calls and of each rollup tier. Targets on a 2-core machine: each report <= 1 s
+Reports read the rollups (store/rollups.py: daily or hourly without customer and feature when a
+report names neither, else 15-minute) as the CLI and the API do; the storage line gives the MB of
+the calls and of each rollup tier. Targets on a 2-core machine: each report <= 1 s
 (as the API and ``--format json`` compute it; the CLI table's total line adds a pass for its
 percentiles, shown beside it), CSV export >= 500k rows/s, and export memory that does not grow
 with the row count (10M rows must not need more memory than 1M).
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from addon.core import home as home_dir
 from addon.core.reports import parse_report
-from addon.core.store import reading, synthetic, writing
+from addon.core.store import reading, rollups, synthetic, writing
 from addon.core.store import reports as report_rows
 from cli.progress import running
 
@@ -65,29 +66,23 @@ def build(db: Path, rows: int, days: int, customers: int) -> float:
 
 
 @contextlib.contextmanager
-def fine_tier_only() -> Iterator[None]:
-    """Reports as they were before the hourly tier: the 15-minute rollups alone (for comparison)."""
+def tiers_up_to(coarsest: rollups.Tier) -> Iterator[None]:
+    """Reports as they were before the coarser tiers: none coarser than ``coarsest`` (for comparison)."""
     chosen = report_rows._source
-
-    def fine(con, spec):
-        source = report_rows._rollup_source(spec.selection)
-        if not any(d in ("hour", "day", "month") for d in spec.by):
-            return source, ""
-        local = report_rows._local_time_sql(con, spec, source)
-        return (source, local) if local else (None, "")
-    report_rows._source = fine
+    report_rows._source = functools.partial(chosen, coarsest=coarsest)
     try:
         yield
     finally:
         report_rows._source = chosen
 
 
-def time_reports(db: Path, exact: bool = False, fine: bool = False) -> list[tuple[str, float, float, int]]:
+def time_reports(db: Path, exact: bool = False,
+                 coarsest: rollups.Tier = rollups.DAILY) -> list[tuple[str, float, float, int]]:
     """(label, seconds for the groups as the API and --format json return them, seconds with the
-    table's total line, groups); ``exact``: scanning raw rows instead of the rollups; ``fine``:
-    the 15-minute tier alone."""
+    table's total line, groups); ``exact``: scanning raw rows instead of the rollups; ``coarsest``:
+    the coarsest rollup tier reports may read."""
     results = []
-    with reading(db) as con, (fine_tier_only() if fine else contextlib.nullcontext()):
+    with reading(db) as con, tiers_up_to(coarsest):
         for dims, options in REPORTS:
             spec = parse_report(dims, now=END, **options)  # a fixed "now": the data ends at END
             report_rows.report(con, spec, exact=exact)  # warm the file cache
@@ -105,7 +100,7 @@ def storage_mb(db: Path) -> dict[str, float]:
     with reading(db) as con:
         return {table: con.execute(f"SELECT count(DISTINCT block_id) * 262144 / 1e6 "
                                    f"FROM pragma_storage_info('{table}') WHERE persistent").fetchone()[0]
-                for table in ("calls", "rollups", "rollups_hourly")}
+                for table in ("calls", *(tier.table for tier in rollups.TIERS))}
 
 
 def time_export(db: Path, since: str | None) -> tuple[int, float, int]:
@@ -166,16 +161,18 @@ def main() -> None:
         ok = True
         sizes = storage_mb(db)
         print(f"storage: calls {sizes['calls']:,.0f} MB, rollups {sizes['rollups']:,.0f} MB, "
-              f"hourly rollups {sizes['rollups_hourly']:,.0f} MB")
+              f"hourly rollups {sizes['rollups_hourly']:,.0f} MB, daily rollups {sizes['rollups_daily']:,.0f} MB")
         # Interleaved, so that the load other processes put on the machine weighs on each alike.
         exact = time_reports(db, exact=True) if args.exact else None
         rolled = time_reports(db)
-        fine = time_reports(db, fine=True) if args.exact else None
+        hourly = time_reports(db, coarsest=rollups.COARSE) if args.exact else None
+        fine = time_reports(db, coarsest=rollups.FINE) if args.exact else None
         print("\nreport (warm, seconds)                             groups  +total line  groups"
-              + ("  15-min  exact  +total line" if exact else ""))
+              + ("  hourly  15-min   exact  +total line" if exact else ""))
         for i, (label, seconds, with_total, groups) in enumerate(rolled):
             ok &= seconds <= 1.0
-            raw = f"  {fine[i][1]:>6.3f}  {exact[i][1]:>6.3f}  {exact[i][2]:>11.3f}" if exact and fine else ""
+            raw = (f"  {hourly[i][1]:>6.3f}  {fine[i][1]:>6.3f}  {exact[i][1]:>6.3f}  {exact[i][2]:>11.3f}"
+                   if exact and hourly and fine else "")
             print(f"  {label:<50} {seconds:>6.3f}  {with_total:>11.3f}  {groups:>6,}{raw}"
                   f"{'' if seconds <= 1.0 else '  OVER 1 s'}")
         print("\nexport to CSV                      rows      seconds   rows/s   peak RSS")

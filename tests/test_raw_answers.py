@@ -97,11 +97,11 @@ def test_the_horizon_never_moves_back_nor_for_a_purge_that_deleted_nothing(tmp_p
 
 def test_rollups_past_the_history_part_from_raw_rows_kept_forever(tmp_path):
     at = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
-    later = at + dt.timedelta(days=lifecycle.HISTORY_DAYS, hours=5, minutes=20)
+    later = at + dt.timedelta(days=lifecycle.HISTORY_DAYS + 1, hours=5, minutes=20)
     with writing(tmp_path / "a.duckdb") as con:
         call_rows.insert(con, spread_latencies(3, random.Random(1), at))
-        lifecycle.purge(con, {}, later)  # no raw call is due (a key kept forever); rollups before 05:00 go
-        assert raw_horizon.since(con) == at.replace(hour=5)
+        lifecycle.purge(con, {}, later)  # no raw call is due (a key kept forever); the rollups of 1 June go
+        assert raw_horizon.since(con) == at + dt.timedelta(days=1)
 
 
 def test_the_migration_finds_where_an_earlier_purge_left_raw_rows_and_rollups_apart(tmp_path):

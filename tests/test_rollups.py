@@ -17,7 +17,7 @@ import pytest
 from addon.core import home as home_dir
 from addon.core.reports import parse_report
 from addon.core.store import calls as call_rows
-from addon.core.store import migrations, reading, rollups, writing
+from addon.core.store import lifecycle, migrations, reading, rollups, writing
 from addon.core.store import reports as report_rows
 
 from .helpers import migrated_before, run_cli
@@ -65,6 +65,8 @@ def random_bound(rng: random.Random) -> str | None:
     at = START + dt.timedelta(seconds=rng.randrange(-86400, SPAN_S + 86400))
     if rng.random() < 0.3:
         at = at.replace(minute=rng.choice([0, 15, 30, 45]), second=0)  # on a bucket edge
+        if rng.random() < 0.3:
+            at = at.replace(hour=0, minute=0)  # on a UTC day's edge
     return at.isoformat()
 
 
@@ -94,8 +96,9 @@ def test_reports_from_rollups_match_a_raw_scan_over_random_zones_and_ranges(tmp_
         call_rows.insert(con, replay, skip_existing=True)
         rollups.compact(con, START + dt.timedelta(days=10), START + dt.timedelta(days=20))
         rollups.compact(con, START + dt.timedelta(days=15), START + dt.timedelta(days=25), rollups.COARSE)
-        assert_hourly_tier_right(con)
-        hourly = 0
+        rollups.compact(con, START + dt.timedelta(days=5), START + dt.timedelta(days=30), rollups.DAILY)
+        assert_coarse_tiers_right(con)
+        read = {tier.table: 0 for tier in rollups.TIERS}
         for case in range(120):
             by = rng.sample(["model", "provider", "customer", "feature", "key", "day", "hour", "month"],
                             rng.choice([1, 1, 2]))
@@ -109,11 +112,13 @@ def test_reports_from_rollups_match_a_raw_scan_over_random_zones_and_ranges(tmp_
             spec = parse_report(by, since=since, until=until, tz=rng.choice(ZONES), now=START, **filters)
             label = f"case {case}: {by} {since} {until} {filters} {spec.selection.tz}"
             _, _, tier = report_rows._source(con, spec)
-            hourly += tier is rollups.COARSE
+            if tier is not None:
+                read[tier.table] += 1
             assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), label)
         (calls,) = con.execute("SELECT sum(calls) FROM rollups").fetchone()
         assert calls == len(stored) + 30
-    assert hourly >= 20  # the hourly tier was read, and agreed, in that many cases
+    # Each tier was read, and agreed, in that many cases.
+    assert read["rollups"] >= 20 and read["rollups_hourly"] >= 8 and read["rollups_daily"] >= 15, read
 
 
 def test_a_zone_off_the_quarter_hours_reads_raw_rows(tmp_path):
@@ -139,7 +144,7 @@ def test_percentiles_of_one_bucket_are_within_one_percent(tmp_path):
         ([rolled], _), ([exact], _) = report_rows.report(con, by_model), report_rows.report(con, by_model, exact=True)
         ([customer], _) = report_rows.report(con, by_customer)
     for name in ("p50_latency_ms", "p95_latency_ms"):
-        assert rolled[name] != exact[name]  # from the hourly tier's histogram, not the rows
+        assert rolled[name] != exact[name]  # from the daily tier's histogram, not the rows
         assert abs(rolled[name] - exact[name]) <= 0.0099 * exact[name] + 0.001
         assert customer[name] == exact[name]  # the 15-minute tier's reports take them from the raw rows
 
@@ -195,6 +200,33 @@ def test_the_migration_keeps_hourly_totals_and_sums_existing_calls(tmp_path):
         assert migrations.is_current(con)
 
 
+def test_the_migration_fills_the_daily_tier_from_the_15_minute_rows(tmp_path, monkeypatch):
+    # A file as the version before the daily tier left it: calls over three days in both older
+    # tiers, then the first day's calls purged (only the rollups keep them).
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    migrated_before(con, migrations.m029_daily_rollups)
+    rng = random.Random(29)
+    calls = [random_call(rng, START, 3 * 86400) for _ in range(400)]
+    with monkeypatch.context() as older:
+        older.setattr(rollups, "TIERS", (rollups.FINE, rollups.COARSE))
+        call_rows.insert(con, calls)
+    con.execute("DELETE FROM calls WHERE ts < ?", [START + rollups.DAY])
+    assert migrations.apply_pending(con)[0] == "m029_daily_rollups"
+    days = con.execute("SELECT bucket, sum(calls), sum(cost_usd), sum(input_tokens) FROM rollups_daily "
+                       "GROUP BY bucket ORDER BY bucket").fetchall()
+    assert days == [(START + n * rollups.DAY, len(on_day), sum(c["cost_usd"] or 0 for c in on_day),
+                     sum(c["input_tokens"] for c in on_day))
+                    for n in range(3) for on_day in [[c for c in calls if (c["ts"] - START).days == n]]]
+    assert_coarse_tiers_right(con, raw=False)
+    con.close()
+    with reading(db) as con:  # the file opens as current, and a report by model reads the new tier
+        assert migrations.is_current(con)
+        spec = parse_report(["model"], now=START)
+        assert report_rows._source(con, spec)[2] is rollups.DAILY
+        assert sum(g["calls"] for g in report_rows.report(con, spec)[0]) == len(calls)
+
+
 def test_reprice_and_erase_keep_the_rollups_right(tmp_path):
     from .helpers import call_row
     home = tmp_path / "home"
@@ -219,7 +251,8 @@ def test_reprice_and_erase_keep_the_rollups_right(tmp_path):
 
 
 def test_each_flush_adds_rows_and_a_closed_bucket_is_merged_to_one_row_per_group(tmp_path):
-    # A writer flushing every second for 30 minutes: 1,800 inserts, 3 groups in the first bucket.
+    # A writer flushing every second for 30 minutes: 1,800 inserts, 3 groups in the first bucket, one
+    # in the hourly and daily tiers (no customer).
     start = dt.datetime(2027, 5, 1, 9, 0, tzinfo=dt.UTC)
     rng = random.Random(11)
     with writing(tmp_path / "a.duckdb") as con:
@@ -229,32 +262,40 @@ def test_each_flush_adds_rows_and_a_closed_bucket_is_merged_to_one_row_per_group
                        "provider": "openai", "status": 200, "outcome": "completed"} for _ in range(3)]
             call_rows.insert(con, rows)
         per_bucket = dict(con.execute("SELECT bucket, count(*) FROM rollups GROUP BY bucket").fetchall())
-        spec = parse_report(["customer"], now=start)
-        assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), "merged")
+        open_rows = [con.execute(f"SELECT count(*) FROM {tier.table}").fetchone()[0] for tier in rollups.DERIVED]
+        assert_coarse_tiers_right(con)
+        for by in (["customer"], ["model"], ["hour"]):  # the 15-minute, daily and hourly tiers
+            spec = parse_report(by, tz="UTC", now=start)
+            assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), f"merged {by}")
     assert per_bucket[start] == 3  # the closed bucket: one row per customer
     assert per_bucket[start + rollups.BUCKET] > 3  # the open one: a row per flush and customer
+    # The open hour and day (one group): merged when the 15-minute bucket closed at 09:15, then a
+    # row per flush since (90 flushes, the first merged in): not 180.
+    assert open_rows == [90, 90]
 
 
-def hourly_tier(con, source: str = "SELECT * FROM rollups_hourly") -> list[tuple]:
-    """One row per (hour, key, provider, model, status, failed) of ``source`` (hourly rollup rows),
-    histograms merged: what the hourly tier holds, in an order to compare."""
-    return sorted(con.execute(rollups.merged(source, rollups.COARSE)).fetchall(), key=str)
+def tier_rows(con, tier: rollups.Tier, source: str | None = None) -> list[tuple]:
+    """One row per (bucket, key, provider, model, status, failed) of ``source`` (rows of ``tier``'s
+    columns; its table if None), histograms merged: what the tier holds, in an order to compare."""
+    return sorted(con.execute(rollups.merged(source or f"SELECT * FROM {tier.table}", tier)).fetchall(), key=str)
 
 
-def assert_hourly_tier_right(con, raw: bool = True) -> None:
-    """The hourly tier against the 15-minute rows summed per hour (always) and against raw calls
-    (``raw``: while no call is purged)."""
-    tier = hourly_tier(con)
-    assert tier, "an empty hourly tier proves nothing"
-    assert tier == hourly_tier(con, "SELECT to_timestamp(floor(epoch(bucket) / 3600) * 3600) AS bucket, "
-                                    "* EXCLUDE (bucket, customer_id, feature) FROM rollups")
-    if raw:
-        assert tier == hourly_tier(con, rollups.aggregate("SELECT * FROM calls", rollups.COARSE))
+def assert_coarse_tiers_right(con, raw: bool = True) -> None:
+    """The hourly and daily tiers against the 15-minute rows summed per hour and per day (always)
+    and against raw calls (``raw``: while no call is purged)."""
+    for tier in rollups.DERIVED:
+        rows = tier_rows(con, tier)
+        assert rows, f"an empty {tier.table} proves nothing"
+        assert rows == tier_rows(con, tier, f"SELECT to_timestamp(floor(epoch(bucket) / {tier.seconds}) * "
+                                            f"{tier.seconds}) AS bucket, * EXCLUDE (bucket, customer_id, feature) "
+                                            f"FROM rollups"), tier.table
+        if raw:
+            assert rows == tier_rows(con, tier, rollups.aggregate("SELECT * FROM calls", tier)), tier.table
 
 
-def test_the_hourly_tier_stays_right_through_reprice_erase_and_purge(tmp_path):
-    # Reports by model, key or provider read the hourly tier; by customer the 15-minute one; --exact
-    # the raw rows. All three agree while no call is purged, and the two tiers after.
+def test_the_hourly_and_daily_tiers_stay_right_through_reprice_erase_and_purge(tmp_path):
+    # Reports by model or key read the daily tier; by hour (UTC) the hourly one; by customer the
+    # 15-minute one; --exact the raw rows. All agree while no call is purged, and the tiers after.
     home = tmp_path / "home"
     keys = [json.loads(run_cli(home, "keys", "create", "--name", f"k{n}", "--plan", "free", "--json"))["id"]
             for n in range(2)]
@@ -273,16 +314,19 @@ def test_the_hourly_tier_stays_right_through_reprice_erase_and_purge(tmp_path):
 
     def check(raw: bool) -> None:
         with reading(home_dir.db_path(home)) as con:
-            assert_hourly_tier_right(con, raw)
-        totals = {report(by)[1] for by in ("model", "key", "customer")}
-        assert len(totals) == 1, totals  # the hourly tier (model, key) and the 15-minute one (customer)
+            assert_coarse_tiers_right(con, raw)
+            tiers = {by: report_rows._source(con, parse_report([by], tz="UTC", now=now))[2]
+                     for by in ("model", "hour", "customer")}
+        assert tiers == {"model": rollups.DAILY, "hour": rollups.COARSE, "customer": rollups.FINE}
+        totals = {report(by, "--tz", "UTC")[1] for by in ("model", "key", "hour", "customer")}
+        assert len(totals) == 1, totals
         if raw:
-            for by in ("model", "key"):
-                assert report(by) == report(by, "--exact"), by
+            for by in ("model", "key", "hour", "day"):
+                assert report(by, "--tz", "UTC") == report(by, "--tz", "UTC", "--exact"), by
     check(raw=True)
     before = report("model")[0]
     run_cli(home, "reprice")
-    assert report("model")[0] != before  # gpt-5's costs changed, in the hourly tier too
+    assert report("model")[0] != before  # gpt-5's costs changed, in the daily tier too
     check(raw=True)
     run_cli(home, "gdpr", "delete", "--customer", "acme", "--yes")
     check(raw=True)
@@ -293,5 +337,46 @@ def test_the_hourly_tier_stays_right_through_reprice_erase_and_purge(tmp_path):
     kept = report("model")
     run_cli(home, "purge")  # the 20-day-old calls: past the free plan's 7 days
     assert report("model", "--exact")[1][0] < kept[1][0]
-    assert report("model") == kept  # purged calls stay in both tiers
+    assert report("model") == kept  # purged calls stay in every tier
     check(raw=False)
+
+
+def test_a_reprice_after_a_purge_keeps_the_purged_calls_of_a_day(tmp_path):
+    # The free plan's 7 days cut a UTC day of a key's calls: its day row then sums purged calls and
+    # raw ones, and a reprice of the raw ones must leave the purged ones' costs in it.
+    from .helpers import call_row
+    home = tmp_path / "home"
+    key = json.loads(run_cli(home, "keys", "create", "--name", "k", "--plan", "free", "--json"))["id"]
+    cut = dt.datetime.now(dt.UTC) - dt.timedelta(days=7)
+    rows = [call_row(1_000_000, model="gpt-5", cost_usd=Decimal("9"), key_id=key,
+                     ts=cut + dt.timedelta(minutes=minutes)) for minutes in range(-170, 180, 20)]
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, rows)
+    run_cli(home, "purge")
+    run_cli(home, "reprice")  # gpt-5: $1.25 per million input tokens
+    with reading(home_dir.db_path(home)) as con:
+        (kept,) = con.execute("SELECT count(*) FROM calls").fetchone()
+        assert 0 < kept < len(rows)
+        assert_coarse_tiers_right(con, raw=False)
+    want = Decimal(9) * (len(rows) - kept) + Decimal("1.25") * kept
+    for by in ("model", "hour", "customer"):  # the daily, hourly and 15-minute tiers
+        found = json.loads(run_cli(home, "report", "--by", by, "--tz", "UTC", "--format", "json"))
+        assert (sum(g["calls"] for g in found), sum(Decimal(str(g["cost_usd"])) for g in found)) \
+            == (len(rows), want), by
+
+
+def test_the_history_purge_drops_whole_utc_days_from_every_tier(tmp_path):
+    # Calls over three days around the 400-day history cutoff, which falls at 15:20 on the middle one.
+    now = dt.datetime(2027, 6, 10, 15, 20, tzinfo=dt.UTC)
+    rng = random.Random(400)
+    day = (now - dt.timedelta(days=lifecycle.HISTORY_DAYS)).replace(hour=0, minute=0)
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [random_call(rng, day - dt.timedelta(days=1), 3 * 86400) for _ in range(600)])
+        lifecycle.purge(con, {}, now)
+        assert_coarse_tiers_right(con, raw=False)
+        (first,) = con.execute("SELECT min(ts) FROM calls").fetchone()
+        sums = {tier.table: con.execute(f"SELECT min(bucket), sum(calls), sum(cost_usd) FROM {tier.table}").fetchone()
+                for tier in rollups.TIERS}
+        raw = con.execute("SELECT count(*), sum(cost_usd) FROM calls WHERE ts >= ?", [day]).fetchone()
+    assert first < day  # the raw calls stay: only their plans' retention purges them
+    assert set(sums.values()) == {(day, *raw)}  # the day of the cutoff kept whole, the one before gone

@@ -301,7 +301,7 @@ def test_three_replicas_behind_a_load_balancer_survive_a_kill_9(shared_env, tmp_
         missing = {tag: killed_at - at for tag, at in load.completed.items() if tag not in set(stored)}
         # At most the killed replica's last flush interval and two of its writes (as
         # test_durability's kill -9 test argues), as slow as it wrote then (its own metrics say):
-        # a lake write holds the calls and both rollup tiers, slower than the embedded file's.
+        # a lake write holds the calls and the three rollup tiers, slower than the embedded file's.
         bound = flush_s + 2 * writes + 0.05
         assert all(age <= bound for age in missing.values()), (bound, sorted(missing.values())[-5:])
         # And none served after it (by the two replicas left); 2 s for a client thread to note a reply
@@ -502,9 +502,12 @@ def test_reprice_and_retention_purge_work_on_the_lake(shared_env, tmp_path):
     assert kept == (5, sum(Decimal(str(r["cost_usd"])) for r in repriced))
     [group] = json.loads(run_cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json"))
     assert (group["calls"], group["cost_usd"]) == (5, float(kept[1]))
-    # By key, the hourly tier answers (store/rollups.py): rebuilt at the repriced cost, kept through the purge.
+    # By key, the daily tier answers, by hour (UTC) the hourly one (store/rollups.py): summed again at
+    # the repriced cost, kept through the purge.
     [group] = json.loads(run_cli(home, "report", "--by", "key", "--key", str(key_id), "--format", "json"))
     assert (group["calls"], group["cost_usd"]) == (5, float(kept[1]))
+    hours = json.loads(run_cli(home, "report", "--by", "hour", "--tz", "UTC", "--key", str(key_id), "--format", "json"))
+    assert (sum(g["calls"] for g in hours), sum(Decimal(str(g["cost_usd"])) for g in hours)) == (5, kept[1])
 
 
 S3_SECRET = """
@@ -705,7 +708,7 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
         con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
         pg.execute("DELETE FROM schema_migrations WHERE name IN ('s006_units_columns', 's014_rollups', "
-                   "'s015_hourly_rollups')")
+                   "'s015_hourly_rollups', 's020_daily_rollups', 's021_raw_horizon')")
     # A new process (as an upgraded proxy or CLI is) applies the step when it opens the lake.
     listed = json.loads(cli(home, "calls", "--limit", "100", "--format", "json").stdout)
     [before] = [r for r in listed if r["customer_id"] == marker]
@@ -777,6 +780,7 @@ def lake_before_rollups(con) -> None:
     con.execute("DROP VIEW usage_history")
     con.execute("DROP TABLE rollups")
     con.execute("DROP TABLE rollups_hourly")
+    con.execute("DROP TABLE rollups_daily")
     con.execute("""CREATE TABLE hourly_usage (hour TIMESTAMPTZ, key_id INTEGER, customer_id VARCHAR,
         feature VARCHAR, provider VARCHAR, model VARCHAR, calls BIGINT, failed_calls BIGINT,
         unpriced_calls BIGINT, input_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT,
@@ -803,14 +807,17 @@ def test_an_older_lake_gets_rollups_of_its_calls_and_keeps_its_hourly_totals(sha
         con.execute(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
         pg.execute("DELETE FROM schema_migrations WHERE name IN ('s014_rollups', 's015_hourly_rollups', "
-                   "'s020_raw_horizon')")
+                   "'s020_daily_rollups', 's021_raw_horizon')")
     [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
     assert (group["calls"], group["errors"], group["cost_usd"], group["input_tokens"]) == (8, 2, 3.75, 701)
-    # The hourly tier (s015, summed from the 15-minute rows s014 made) holds the same: a report by
-    # model reads it.
+    # The daily and hourly tiers (s020 and s015, summed from the 15-minute rows s014 made) hold the
+    # same: a report by model reads the daily one, by hour (UTC) the hourly one.
     models = json.loads(cli(home, "report", "--by", "model", "--format", "json").stdout)
     assert [(g["model"], g["calls"], g["errors"], g["cost_usd"], g["input_tokens"]) for g in models] \
         == [("gpt-4o", 8, 2, 3.75, 701)]
+    hours = json.loads(cli(home, "report", "--by", "hour", "--tz", "UTC", "--format", "json").stdout)
+    assert [(g["hour"], g["calls"], g["cost_usd"]) for g in hours] \
+        == [("2026-01-05 10:00", 7, 3.5), ("2026-11-25 12:00", 1, 0.25)]
     assert group["p50_latency_ms"] == pytest.approx(12.5, rel=0.0099)  # the hourly totals had no latencies
 
 

@@ -138,9 +138,9 @@ _SELECTION = [
                                                                     "maximum": 599}),
     _query("errors", "Only failed calls (what a report counts as errors).", {"type": "boolean", "default": False}),
 ]
-_EXACT = _query("exact", "Scan every raw call (exact percentiles, for audits) instead of the rollups (15-minute "
-                         "or hourly sums), whose p50/p95 are within 1% or of raw calls; purged calls are then not "
-                         "counted.",
+_EXACT = _query("exact", "Scan every raw call (exact percentiles, for audits) instead of the rollups (15-minute, "
+                         "hourly or daily sums), whose p50/p95 are within 1% or of raw calls; purged calls are "
+                         "then not counted.",
                 {"type": "boolean", "default": False})
 
 

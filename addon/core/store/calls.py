@@ -65,7 +65,7 @@ _BATCH = batch.select(CALL_COLUMNS)
 
 
 def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: bool = False) -> int:
-    """Insert rows in one transaction, with their sums into both rollup tiers (store/rollups.py): the one
+    """Insert rows in one transaction, with their sums into every rollup tier (store/rollups.py): the one
     place rows are written (the writer's flush, spill replay, a replica's late rows), so whichever
     connection writes them keeps rollups and raw rows in step. ``skip_existing`` drops ids already
     stored (spill replay)."""

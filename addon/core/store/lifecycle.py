@@ -38,8 +38,9 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
           now: dt.datetime) -> tuple[dict[int | None, int], dict[str, int]]:
     """Delete expired calls; drop rollups and alert history past HISTORY_DAYS.
     Returns the calls purged per key and the totals."""
-    # On an hour: both rollup tiers then drop the same calls' sums (store/rollups.py).
-    history_cutoff = (now - dt.timedelta(days=HISTORY_DAYS)).replace(minute=0, second=0, microsecond=0)
+    # On a UTC day's start: the widest rollup bucket is a UTC day, so each tier drops whole buckets
+    # of the same calls and the tiers go on agreeing (a cut day would leave its daily row whole).
+    history_cutoff = rollups.bucket_start(now - dt.timedelta(days=HISTORY_DAYS), rollups.DAILY.seconds)
     con.execute("BEGIN")
     try:
         _load_cutoffs(con, cutoffs)
@@ -58,7 +59,8 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
             WHERE coalesce(calls.key_id, -1) = p.key_id AND calls.ts < p.cutoff
         """))
         (hours,) = one(con.execute("DELETE FROM rollups WHERE bucket < ?", [history_cutoff]))
-        con.execute(f"DELETE FROM {rollups.HOURLY} WHERE bucket < ?", [history_cutoff])
+        for tier in rollups.DERIVED:
+            con.execute(f"DELETE FROM {tier.table} WHERE bucket < ?", [history_cutoff])
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

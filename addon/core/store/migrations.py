@@ -452,13 +452,21 @@ TEAM_LIMIT_COLUMNS = ("ALTER TABLE teams ADD COLUMN {if_missing} per_hour_limit 
                       "ALTER TABLE teams ADD COLUMN {if_missing} per_month_limit INTEGER")
 
 
+def m029_daily_rollups(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue 28: the rollups per UTC day without customer and feature (store/rollups.py), summed from
+    # the 15-minute rows as m024's hourly tier was: they hold purged calls and old totals too.
+    for statement in DAILY_ROLLUPS:
+        con.execute(statement)
+
+
 def m030_raw_horizon(con: duckdb.DuckDBPyConnection) -> None:
     # Issue 27: where raw calls and rollups agree, a report over few calls scans the raw rows.
     raw_horizon.from_rollups(con, con, dt.datetime.now(dt.UTC))
 
 
 ROLLUPS_DDL = rollups.DDL
-HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all()]
+HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all(rollups.COARSE)]
+DAILY_ROLLUPS = [rollups.DAILY_DDL, rollups.derive_all(rollups.DAILY)]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
                                                 "web_search_requests", *UNIT_COLUMNS_NAMES))
 HOURLY_INTO_ROLLUPS = f"""
@@ -481,7 +489,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
               m020_tools, m021_prices, m022_proxy_us, m023_rollups,
               m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
-              m028_team_limits, m030_raw_horizon]
+              m028_team_limits, m029_daily_rollups, m030_raw_horizon]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

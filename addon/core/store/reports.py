@@ -20,6 +20,8 @@ from .teams import IN_TEAM, TEAM_OF_KEY, in_teams
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
+# The widest rollup bucket each time group can be summed from (a month starts on a day's edge).
+_PERIOD_SECONDS = {"hour": 3600, "day": 86400, "month": 86400}
 _COLUMN_OF = {"model": "model", "provider": "provider", "customer": "customer_id", "feature": "feature",
               "key": "key_id", "team": "team"}
 _TOKENS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens",
@@ -83,12 +85,13 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
            total_latency: bool = True, exact: bool = False) -> tuple[list[dict], dict]:
     """Groups ordered by time (time dimensions) or by cost, and the total.
 
-    Whole buckets come from a rollup tier (``rollups_hourly`` when the report names no customer or
-    feature and the zone allows, else ``rollups``: ``_source``) and the finer tier or raw rows only
-    for a range's edges that cut a bucket (store/rollups.py): the same counts, tokens and costs as a
-    scan of every row, and percentiles within rollups.RELATIVE_ERROR (from the hourly tier) or exact
-    over the calls kept raw (the 15-minute tier: _rollup_groups). ``exact`` scans the raw rows
-    (exact percentiles; purged calls, which only rollups keep, are then not counted).
+    Whole buckets come from a rollup tier (``rollups_daily`` or ``rollups_hourly`` when the report
+    names no customer or feature and the zone allows, else ``rollups``: ``_source``) and the finer
+    tiers or raw rows only for a range's edges that cut a bucket (store/rollups.py): the same counts,
+    tokens and costs as a scan of every row, and percentiles within rollups.RELATIVE_ERROR (from the
+    daily or hourly tier's histograms) or exact over the calls kept raw (the 15-minute tier:
+    _rollup_groups). ``exact`` scans the raw rows (exact percentiles; purged calls, which only
+    rollups keep, are then not counted).
     A selection of few calls, all still raw (``_raw_answers``), is scanned as ``exact`` would.
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups."""
@@ -110,7 +113,7 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
         if alone:
             total.update({k: groups[0][k] for k in ("p50_latency_ms", "p95_latency_ms")}, **_added(rows[0][-1]))
     else:
-        raw = None if tier is rollups.COARSE else (condition, params)
+        raw = (condition, params) if tier is not None and tier.tagged else None
         groups, total = _rollup_groups(con, source, dims, names, total_latency, raw)
         if total_latency:  # rollups hold no proxy_us histogram: these two read the raw rows' one column
             total.update(_added(one(con.execute(f"SELECT quantile_cont(proxy_us, [0.5, 0.99]) FROM calls "
@@ -161,18 +164,19 @@ _ROLLUP_METRICS = (f"{', '.join(f'coalesce(sum({c}), 0)::BIGINT AS {c}' for c in
 _POINTS = (0.5, 0.95)
 
 
-def _source(con: duckdb.DuckDBPyConnection,
-            spec: ReportSpec) -> tuple[tuple[str, list] | None, str, rollups.Tier | None]:
-    """The rollup rows a report reads and its local time expression (store/rollups.py): the hourly
-    tier when neither the groups nor the filters name a customer or feature and the zone's offsets
-    are whole hours over the range; else the 15-minute tier if they are whole quarter hours; else
-    (None, "", None): raw rows."""
-    selection, timed = spec.selection, any(d in _TIME_FORMATS for d in spec.by)
-    tiers = [rollups.FINE]
-    if selection.customer_id is None and selection.feature is None and not {"customer", "feature"} & set(spec.by):
-        tiers.insert(0, rollups.COARSE)
-    for tier in tiers:
-        source = _rollup_source(selection, tier)
+def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec, coarsest: rollups.Tier = rollups.DAILY,
+            ) -> tuple[tuple[str, list] | None, str, rollups.Tier | None]:
+    """The rollup rows a report reads and its local time expression (store/rollups.py): the
+    coarsest tier (no coarser than ``coarsest``) whose buckets fit the report. The daily and hourly
+    tiers when neither the groups nor the filters name a customer or feature, no wider than the
+    narrowest time group (an hour), and when the zone's offsets are whole buckets over the range
+    (whole days: UTC); else the 15-minute tier if they are whole quarter hours; else (None, "",
+    None): raw rows."""
+    timed = any(d in _TIME_FORMATS for d in spec.by)
+    for tier in reversed(rollups.TIERS):
+        if not _fits(spec, tier, coarsest):
+            continue
+        source = _rollup_source(spec.selection, tier)
         if not timed:
             return source, "", tier
         local = _local_time_sql(con, spec, source, tier.seconds)
@@ -181,59 +185,54 @@ def _source(con: duckdb.DuckDBPyConnection,
     return None, "", None
 
 
+def _fits(spec: ReportSpec, tier: rollups.Tier, coarsest: rollups.Tier) -> bool:
+    """Whether ``tier``'s rows hold what the report groups and filters by, in buckets no wider than
+    its time groups (the zone is _local_time_sql's to judge)."""
+    selection = spec.selection
+    tagged = selection.customer_id is not None or selection.feature is not None \
+        or bool({"customer", "feature"} & set(spec.by))
+    widest = min((_PERIOD_SECONDS[d] for d in spec.by if d in _TIME_FORMATS), default=tier.seconds)
+    return tier.seconds <= min(coarsest.seconds, widest) and (tier.tagged or not tagged)
+
+
 def _rollup_source(selection: Selection, tier: rollups.Tier = rollups.FINE) -> tuple[str, list]:
-    """A SELECT of rollup rows (``ts``: the bucket) for the selection: the stored ones of ``tier``
-    for its whole buckets, the finer tier's (and at last sums of raw rows) for the edges that cut one."""
-    if tier is rollups.COARSE:
-        return _hourly_source(selection)
-    low = _bucket_ceil(selection.since) if selection.since is not None else None
-    high = _bucket_floor(selection.until) if selection.until is not None else None
-    stored_where, stored_params = _rollup_where(selection)
-    parts = []
-    if low is None or high is None or low < high:
-        bounds, bound_params = [], []
-        if low is not None:
-            bounds.append("bucket >= ?")
-            bound_params.append(low)
-        if high is not None:
-            bounds.append("bucket < ?")
-            bound_params.append(high)
-        parts.append((f"SELECT * FROM rollups WHERE {' AND '.join([stored_where, *bounds])}",
-                      stored_params + bound_params))
-        edges = [(selection.since, low), (high, selection.until)]
-    else:  # within one bucket
-        edges = [(selection.since, selection.until)]
-    for start, end in edges:
-        if start is None or end is None or start == end:
-            continue
-        condition, params = where(replace(selection, since=start, until=end))
-        parts.append((rollups.aggregate(f"SELECT * FROM calls WHERE {condition}"), params))
-    sql = " UNION ALL ".join(f"SELECT * FROM ({part})" for part, _ in parts)
-    return (f"SELECT * EXCLUDE (bucket), bucket AS ts FROM ({sql})",
-            [p for _, part_params in parts for p in part_params])
-
-
-def _hourly_source(selection: Selection) -> tuple[str, list]:
-    """As _rollup_source over the hourly tier (no customer or feature columns): whole hours from
-    it, the range's edges that cut an hour from the 15-minute source."""
-    width = rollups.HOUR
-    low = _bucket_ceil(selection.since, width) if selection.since is not None else None
+    """A SELECT of rollup rows of ``tier``'s columns (``ts``: the bucket) for the selection: the stored
+    ones of ``tier`` for its whole buckets, the next finer tier's for the edges that cut one (daily,
+    hourly, 15-minute, and at last sums of raw rows)."""
+    width = dt.timedelta(seconds=tier.seconds)
+    try:
+        low = _bucket_ceil(selection.since, width) if selection.since is not None else None
+    except OverflowError:  # a since in the calendar's last bucket (31 Dec 9999): no whole bucket after it
+        return _finer_source(selection, tier)
     high = _bucket_floor(selection.until, width) if selection.until is not None else None
-    if low is not None and high is not None and low >= high:  # within one hour
-        fine, params = _rollup_source(selection)
-        return f"SELECT * EXCLUDE (customer_id, feature) FROM ({fine})", params
+    if low is not None and high is not None and low >= high:  # within one bucket
+        return _finer_source(selection, tier)
     stored_where, params = _rollup_where(selection)
     bounds = [(b, v) for b, v in (("bucket >= ?", low), ("bucket < ?", high)) if v is not None]
-    parts = [f"SELECT * EXCLUDE (bucket), bucket AS ts FROM {rollups.HOURLY} "
+    parts = [f"SELECT * EXCLUDE (bucket), bucket AS ts FROM {tier.table} "
              f"WHERE {' AND '.join([stored_where, *(b for b, _ in bounds)])}"]
     params += [v for _, v in bounds]
     for start, end in ((selection.since, low), (high, selection.until)):
         if start is None or end is None or start == end:
             continue
-        fine, fine_params = _rollup_source(replace(selection, since=start, until=end))
-        parts.append(f"SELECT * EXCLUDE (customer_id, feature) FROM ({fine})")
-        params += fine_params
+        finer, finer_params = _finer_source(replace(selection, since=start, until=end), tier)
+        parts.append(finer)
+        params += finer_params
     return " UNION ALL BY NAME ".join(f"SELECT * FROM ({part})" for part in parts), params
+
+
+def _finer_source(selection: Selection, tier: rollups.Tier) -> tuple[str, list]:
+    """Rows of ``tier``'s columns for a range within its buckets' edges, from the next finer tier
+    (the 15-minute tier's: sums of raw rows)."""
+    at = rollups.TIERS.index(tier)
+    if at == 0:
+        condition, params = where(selection)
+        summed = rollups.aggregate(f"SELECT * FROM calls WHERE {condition}")
+        return f"SELECT * EXCLUDE (bucket), bucket AS ts FROM ({summed})", params
+    finer = rollups.TIERS[at - 1]
+    sql, params = _rollup_source(selection, finer)
+    dropped = [d for d in finer.dimensions if d not in tier.dimensions]
+    return (f"SELECT * EXCLUDE ({', '.join(dropped)}) FROM ({sql})" if dropped else sql), params
 
 
 def _rollup_where(selection: Selection) -> tuple[str, list]:
@@ -242,8 +241,7 @@ def _rollup_where(selection: Selection) -> tuple[str, list]:
 
 
 def _bucket_floor(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.datetime:
-    seconds = int(width.total_seconds())
-    return dt.datetime.fromtimestamp(at.timestamp() // seconds * seconds, dt.UTC)
+    return rollups.bucket_start(at, int(width.total_seconds()))
 
 
 def _bucket_ceil(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.datetime:

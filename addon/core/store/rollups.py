@@ -13,12 +13,15 @@ rows always agree, late rows included. Several rows for one group simply add up 
 ``compact`` merges them. A purge deletes raw rows and keeps these; a GDPR erase deletes the
 subject's rows here too; ``reprice`` rebuilds the buckets whose costs it changed.
 
-``rollups_hourly``: the same sums per UTC hour without ``customer_id`` and ``feature`` (issue 28):
-with about one 15-minute row per call on real tag spreads, reports that neither group nor filter
-by customer or feature read this far smaller tier (reports.py picks it, for zones whose offsets
-are whole hours over the range). It is written beside ``rollups`` by every writer above; a
-customer's erase cannot select its rows here, so they are summed again from the 15-minute rows
-left (``derive``), and both tiers keep agreeing with a raw scan.
+``rollups_hourly`` and ``rollups_daily``: the same sums per UTC hour and per UTC day without
+``customer_id`` and ``feature`` (issue 28): with about one 15-minute row per call on real tag
+spreads, reports that neither group nor filter by customer or feature read these far smaller
+tiers (reports.py picks the coarsest the zone allows: whole days of offset, i.e. UTC, for the
+daily one, whole hours for the hourly one). They are written beside ``rollups`` by every writer
+above. Neither can tell a customer's calls apart, nor (a day) a purge's: an erase and a reprice
+sum their affected (bucket, key) pairs again from the 15-minute rows (``derive``), so every tier
+keeps agreeing with a raw scan. The open bucket of a coarse tier gains a row per group per flush
+until it closes (a day: 86,400 flushes): it is merged each time a 15-minute bucket closes.
 
 Latency: a mergeable histogram, bin ``b`` holding latencies in (G^(b-1), G^b] with G = (1+A)/(1-A),
 A = 0.0099. Each bin stands for 2*G^b/(G+1), within A (0.99%) of every latency in it; a
@@ -43,9 +46,11 @@ RELATIVE_ERROR = 0.0099
 GROWTH = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
 ZERO_BIN = -32768
 HOUR = dt.timedelta(hours=1)
+DAY = dt.timedelta(days=1)
 DIMENSIONS = ["key_id", "customer_id", "feature", "provider", "model", "status", "failed"]
 HOURLY_DIMENSIONS = ["key_id", "provider", "model", "status", "failed"]
 HOURLY = "rollups_hourly"
+DAILY_TABLE = "rollups_daily"
 COUNTS = ["calls", "errors", "unpriced_calls", "unmetered_calls", "estimated_calls"]
 SUMS = ["input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
         "reasoning_tokens", "web_search_requests", *UNIT_NAMES]
@@ -68,6 +73,7 @@ _COLUMNS = {"counts": ", ".join(f"{c} BIGINT NOT NULL" for c in COUNTS),
             "sums": ", ".join(f"{c} {_SUM_TYPE.get(c, 'BIGINT')}" for c in SUMS)}
 DDL = _DDL.format(table="rollups", width="15-minute", tags="customer_id VARCHAR, feature VARCHAR, ", **_COLUMNS)
 HOURLY_DDL = _DDL.format(table=HOURLY, width="1-hour", tags="", **_COLUMNS)
+DAILY_DDL = _DDL.format(table=DAILY_TABLE, width="1-day", tags="", **_COLUMNS)
 
 
 def bin_sql(column: str = "latency_ms") -> str:
@@ -85,10 +91,22 @@ class Tier:
     seconds: int
     dimensions: list[str]
 
+    @property
+    def tagged(self) -> bool:
+        """Whether rows name a customer and feature (only the 15-minute tier's do)."""
+        return "customer_id" in self.dimensions
+
 
 FINE = Tier("rollups", _BUCKET_S, DIMENSIONS)
 COARSE = Tier(HOURLY, int(HOUR.total_seconds()), HOURLY_DIMENSIONS)
-TIERS = (FINE, COARSE)
+DAILY = Tier(DAILY_TABLE, int(DAY.total_seconds()), HOURLY_DIMENSIONS)
+TIERS = (FINE, COARSE, DAILY)  # fine to coarse
+DERIVED = TIERS[1:]  # the tiers summed again from the 15-minute rows when theirs cannot be picked out
+
+
+def bucket_start(at: dt.datetime, seconds: int) -> dt.datetime:
+    """The start of the ``seconds``-wide UTC bucket ``at`` is in."""
+    return dt.datetime.fromtimestamp(at.timestamp() // seconds * seconds, dt.UTC)
 
 
 def bucket_sql(column: str = "ts", seconds: int = _BUCKET_S) -> str:
@@ -131,45 +149,48 @@ def merged(source: str, tier: Tier) -> str:
 
 
 def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list) -> None:
-    """Replace the rows of each tier's (bucket, key) pairs of the raw calls matching ``condition``
-    by sums of those pairs' raw rows. Exact because a purge removes a key's calls by whole hours:
-    a (bucket, key) pair's calls are all raw or all purged. Run inside the caller's transaction."""
-    for tier in TIERS:
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE rollup_pairs AS SELECT DISTINCT {bucket_sql(seconds=tier.seconds)} AS bucket,
-                   coalesce(key_id, -1) AS key FROM calls WHERE {condition}""", params)
-        con.execute(f"DELETE FROM {tier.table} USING rollup_pairs p "
-                    f"WHERE {tier.table}.bucket = p.bucket AND coalesce({tier.table}.key_id, -1) = p.key")
-        con.execute(f"INSERT INTO {tier.table} " + aggregate(
-            f"SELECT c.* FROM calls c JOIN rollup_pairs p ON {bucket_sql('c.ts', tier.seconds)} = p.bucket "
-            f"AND coalesce(c.key_id, -1) = p.key", tier))
-        con.execute("DROP TABLE rollup_pairs")
+    """Replace the 15-minute rows of each (bucket, key) pair of the raw calls matching ``condition``
+    by sums of those pairs' raw rows, then the coarser tiers' rows of those pairs from the 15-minute
+    rows (``derive``). Exact because a purge removes a key's calls by whole hours: a 15-minute
+    pair's calls are all raw or all purged; an hour or a day may hold purged calls, which only the
+    15-minute rows still sum. Run inside the caller's transaction."""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rebuilt_buckets AS
+        SELECT DISTINCT {bucket_sql()} AS bucket, key_id FROM calls WHERE {condition}""", params)
+    con.execute("DELETE FROM rollups USING rebuilt_buckets p "
+                "WHERE rollups.bucket = p.bucket AND coalesce(rollups.key_id, -1) = coalesce(p.key_id, -1)")
+    con.execute("INSERT INTO rollups " + aggregate(
+        f"SELECT c.* FROM calls c JOIN rebuilt_buckets p ON {bucket_sql('c.ts')} = p.bucket "
+        f"AND coalesce(c.key_id, -1) = coalesce(p.key_id, -1)"))
+    for tier in DERIVED:
+        derive(con, pairs("rebuilt_buckets", tier), tier)
+    con.execute("DROP TABLE rebuilt_buckets")
 
 
-def hour_pairs(condition: str) -> str:
-    """The (hour, key) pairs of the 15-minute rows matching ``condition``, as ``derive`` takes them."""
-    return (f"SELECT DISTINCT {bucket_sql('bucket', COARSE.seconds)} AS bucket, coalesce(key_id, -1) AS key "
-            f"FROM rollups WHERE {condition}")
+def pairs(table: str, tier: Tier) -> str:
+    """The (bucket of ``tier``, key) pairs of ``table``'s 15-minute (bucket, key_id) pairs, as
+    ``derive`` takes them."""
+    return f"SELECT DISTINCT {bucket_sql('bucket', tier.seconds)} AS bucket, coalesce(key_id, -1) AS key FROM {table}"
 
 
-def derive(con: duckdb.DuckDBPyConnection, pairs: str, params: list | None = None) -> None:
-    """Sum the hourly rows of the (hour, key) pairs ``pairs`` (a SELECT, as hour_pairs) yields
-    again from the 15-minute ones: after a customer's erase removed some of those (the hourly tier
-    cannot tell its rows apart), or to fill the tier. Run inside the caller's transaction."""
-    hour = bucket_sql("r.bucket", COARSE.seconds)
-    con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_pairs AS {pairs}", params or [])
-    con.execute(f"DELETE FROM {HOURLY} USING rollup_pairs p "
-                f"WHERE {HOURLY}.bucket = p.bucket AND coalesce({HOURLY}.key_id, -1) = p.key")
-    con.execute(f"INSERT INTO {HOURLY} " + merged(
-        f"SELECT {hour} AS bucket, r.* EXCLUDE (bucket, customer_id, feature) FROM rollups r "
-        f"JOIN rollup_pairs p ON {hour} = p.bucket AND coalesce(r.key_id, -1) = p.key", COARSE))
+def derive(con: duckdb.DuckDBPyConnection, selected: str, tier: Tier, params: list | None = None) -> None:
+    """Sum the rows of ``tier`` of the (bucket, key) pairs ``selected`` (a SELECT, as ``pairs``)
+    yields again from the 15-minute ones: after a customer's erase removed some of those (a coarse
+    tier cannot tell its rows apart), or a reprice changed them. Run inside the caller's transaction."""
+    start = bucket_sql("r.bucket", tier.seconds)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_pairs AS {selected}", params or [])
+    con.execute(f"DELETE FROM {tier.table} USING rollup_pairs p "
+                f"WHERE {tier.table}.bucket = p.bucket AND coalesce({tier.table}.key_id, -1) = p.key")
+    con.execute(f"INSERT INTO {tier.table} " + merged(
+        f"SELECT {start} AS bucket, r.* EXCLUDE (bucket, customer_id, feature) FROM rollups r "
+        f"JOIN rollup_pairs p ON {start} = p.bucket AND coalesce(r.key_id, -1) = p.key", tier))
     con.execute("DROP TABLE rollup_pairs")
 
 
-def derive_all() -> str:
-    """The INSERT filling an empty hourly tier from every 15-minute row (a migration's)."""
-    return (f"INSERT INTO {HOURLY} " + merged(f"SELECT {bucket_sql('bucket', COARSE.seconds)} AS bucket, "
-                                               f"* EXCLUDE (bucket, customer_id, feature) FROM rollups", COARSE))
+def derive_all(tier: Tier) -> str:
+    """The INSERT filling an empty ``tier`` from every 15-minute row (a migration's)."""
+    return (f"INSERT INTO {tier.table} " + merged(f"SELECT {bucket_sql('bucket', tier.seconds)} AS bucket, "
+                                                   f"* EXCLUDE (bucket, customer_id, feature) FROM rollups", tier))
 
 
 def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt.datetime,
@@ -196,21 +217,35 @@ def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt
 
 
 _settled: set[tuple[str, dt.datetime]] = set()  # (table, bucket) this process has compacted (compact_previous)
+_quarters: set[dt.datetime] = set()  # the 15-minute buckets this process has written rows in
 
 
 def compact_previous(con: duckdb.DuckDBPyConnection, newest: dt.datetime) -> None:
     """Once per bucket per tier per process: merge the rows the flushes left in the bucket before
     ``newest``'s, so a closed bucket holds one row per group (each flush adds rows of its own).
-    Rows arriving later (a spill replay, another replica) add a few rows more, which reads sum alike."""
+    And when this process moves on to a new 15-minute bucket, the open bucket of each coarser
+    tier, so an open day holds a row per group and flush of its last quarter hour, not of every
+    flush since midnight. Not on a process's first write: in the shared mode replicas then start
+    together, and a merge's DELETE conflicts with the other replicas' inserts into the table
+    (DuckLake checks per table), which then write again. Rows arriving later (a spill replay,
+    another replica) add a few rows more, which reads sum alike."""
+    quarter = bucket_start(newest, FINE.seconds)
+    moved_on = bool(_quarters) and quarter not in _quarters
+    _quarters.add(quarter)
     for tier in TIERS:
-        previous = dt.datetime.fromtimestamp(newest.timestamp() // tier.seconds * tier.seconds - tier.seconds, dt.UTC)
-        if (tier.table, previous) in _settled:
-            continue
-        _settled.add((tier.table, previous))
-        (extra,) = con.execute(f"SELECT count(*) - count(DISTINCT ({', '.join(tier.dimensions)})) FROM {tier.table} "
-                               f"WHERE bucket = ?", [previous]).fetchone()  # type: ignore[misc]
-        if extra:
-            compact(con, previous, previous + dt.timedelta(seconds=tier.seconds), tier)
+        previous = bucket_start(newest, tier.seconds) - dt.timedelta(seconds=tier.seconds)
+        if (tier.table, previous) not in _settled:
+            _settled.add((tier.table, previous))
+            _merge_bucket(con, tier, previous)
+        if moved_on and tier is not FINE:
+            _merge_bucket(con, tier, bucket_start(newest, tier.seconds))
+
+
+def _merge_bucket(con: duckdb.DuckDBPyConnection, tier: Tier, bucket: dt.datetime) -> None:
+    (extra,) = con.execute(f"SELECT count(*) - count(DISTINCT ({', '.join(tier.dimensions)})) FROM {tier.table} "
+                           f"WHERE bucket = ?", [bucket]).fetchone()  # type: ignore[misc]
+    if extra:
+        compact(con, bucket, bucket + dt.timedelta(seconds=tier.seconds), tier)
 
 
 def quantiles(rows: list[tuple], points: tuple[float, ...]) -> dict[tuple, tuple[float | None, ...]]:

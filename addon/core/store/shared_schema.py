@@ -18,6 +18,7 @@ from .errors import StoreError
 from .migrations import (
     AUDIT_DDL,
     BATCHES_DDL,
+    DAILY_ROLLUPS,
     ERASURES_DDL,
     HOURLY_INTO_ROLLUPS,
     HOURLY_ROLLUPS,
@@ -128,7 +129,8 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
-                   "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_raw_horizon")
+                   "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups",
+                   "s021_raw_horizon")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -138,6 +140,7 @@ _LAKE = [
     # from lake files by rewriting them (lake.scrub), where PostgreSQL would keep dead tuples.
     rollups.DDL,
     rollups.HOURLY_DDL,
+    rollups.DAILY_DDL,
     USAGE_HISTORY_VIEW.replace("CREATE VIEW", "CREATE VIEW IF NOT EXISTS"),
 ]
 # An older lake (s014_rollups): its calls summed, its hourly totals moved in, as migrations.m023_rollups.
@@ -295,9 +298,14 @@ def ensure_lake(con, control) -> None:
             _in_transaction(con, HOURLY_ROLLUPS)
             control.execute("INSERT INTO schema_migrations VALUES ('s015_hourly_rollups', now()) "
                             "ON CONFLICT DO NOTHING")
-        if "s020_raw_horizon" not in _applied(control):  # as migrations.m030_raw_horizon
+        if "s020_daily_rollups" not in _applied(control):  # as migrations.m029_daily_rollups
+            _in_transaction(con, DAILY_ROLLUPS)
+            control.execute("INSERT INTO schema_migrations VALUES ('s020_daily_rollups', now()) "
+                            "ON CONFLICT DO NOTHING")
+        if "s021_raw_horizon" not in _applied(control):  # as migrations.m030_raw_horizon
             raw_horizon.from_rollups(con, control, dt.datetime.now(dt.UTC))
-            control.execute("INSERT INTO schema_migrations VALUES ('s020_raw_horizon', now()) ON CONFLICT DO NOTHING")
+            control.execute("INSERT INTO schema_migrations VALUES ('s021_raw_horizon', now()) "
+                            "ON CONFLICT DO NOTHING")
 
 
 def _in_transaction(con, statements: list[str]) -> None:

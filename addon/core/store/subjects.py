@@ -114,14 +114,15 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
     rows_condition, rows_params = _rows_condition(subject)
     con.execute("BEGIN")
     try:
-        # The hours the subject's sums are in, taken before its 15-minute rows go (_erase_hourly).
-        con.execute(f"CREATE OR REPLACE TEMP TABLE erased_hours AS {rollups.hour_pairs(rows_condition)}", rows_params)
+        # The buckets the subject's sums are in, taken before its 15-minute rows go (_erase_coarse).
+        con.execute(f"CREATE OR REPLACE TEMP TABLE erased_buckets AS SELECT DISTINCT bucket, key_id FROM rollups "
+                    f"WHERE {rows_condition}", rows_params)
         counts = {
             "calls": _count(con, f"DELETE FROM calls WHERE {rows_condition}", rows_params),
             "rollups": _count(con, f"DELETE FROM rollups WHERE {rows_condition}", rows_params),
         }
-        _erase_hourly(con, subject)
-        con.execute("DROP TABLE erased_hours")
+        _erase_coarse(con, subject)
+        con.execute("DROP TABLE erased_buckets")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -139,13 +140,15 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
     return counts
 
 
-def _erase_hourly(con: duckdb.DuckDBPyConnection, subject: Subject) -> None:
-    """The hourly rollups hold no customer: a key's rows go; for a customer, the hours it had calls
-    in are summed again from the 15-minute rows left (store/rollups.py), so no report keeps its calls."""
-    if subject.kind == "key":
-        con.execute(f"DELETE FROM {rollups.HOURLY} WHERE key_id = ?", [int(subject.value)])
-        return
-    rollups.derive(con, "SELECT * FROM erased_hours")
+def _erase_coarse(con: duckdb.DuckDBPyConnection, subject: Subject) -> None:
+    """The hourly and daily rollups hold no customer: a key's rows go; for a customer, the hours and
+    days it had calls in are summed again from the 15-minute rows left (store/rollups.py), so no
+    report keeps its calls."""
+    for tier in rollups.DERIVED:
+        if subject.kind == "key":
+            con.execute(f"DELETE FROM {tier.table} WHERE key_id = ?", [int(subject.value)])
+        else:
+            rollups.derive(con, rollups.pairs("erased_buckets", tier), tier)
 
 
 def _deleted(db, sql: str, params: list) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import encryption, migrations
+from . import encryption, migrations, rollups
 from .errors import StoreError
 from .shared import SharedConnection
 
@@ -27,7 +27,7 @@ _CONTROL_TABLES = {
     "audit": ["id", "changed_at", "actor", "action", "target", "before", "after"],
     "batches": ["provider", "batch_id", "key_id", "customer_id", "feature", "created_at", "results_ref", "recorded_at"],
 }
-_ROW_TABLES = ("calls", "rollups", "rollups_hourly")
+_ROW_TABLES = ("calls", *(tier.table for tier in rollups.TIERS))
 
 
 def copy_embedded(source: Path, con: SharedConnection) -> dict[str, int]:
