@@ -16,7 +16,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import lifecycle, migrations, raw_horizon, writing
 from addon.core.store import reports as report_rows
 
-from .helpers import migrated_before, run_cli
+from .helpers import call_row, migrated_before, run_cli
 from .test_rollups import EXACT_METRICS, START, random_call
 
 
@@ -130,3 +130,37 @@ def test_a_file_whose_raw_rows_and_rollups_agree_keeps_no_horizon(tmp_path):
     migrations.apply_pending(con)
     assert raw_horizon.since(con) == raw_horizon.EVER
     con.close()
+
+
+def test_a_purge_committed_during_a_raw_scan_sends_the_report_to_the_rollups(tmp_path, monkeypatch):
+    # The report reads the horizon, then a purge commits (the proxy's daily one, on another cursor),
+    # then the raw scan runs: it would miss the purged calls, so the report reads the rollups.
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    real_since = raw_horizon.since
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [call_row(i, ts=now - dt.timedelta(days=20, minutes=i), key_id=1) for i in range(5)]
+                         + [call_row(i, ts=now - dt.timedelta(hours=2, minutes=i), key_id=1) for i in range(3)])
+
+        def since_then_purge(c):
+            found = real_since(c)
+            monkeypatch.setattr(raw_horizon, "since", real_since)
+            lifecycle.purge(con, {1: now - dt.timedelta(days=7)}, now)
+            return found
+        monkeypatch.setattr(raw_horizon, "since", since_then_purge)
+        [group], total = report_rows.report(con, parse_report(["model"], now=now))
+        assert (group["calls"], total["calls"]) == (8, 8)
+        assert report_rows.report(con, parse_report(["model"], now=now), exact=True)[1]["calls"] == 3
+
+
+def test_the_total_of_a_report_by_customer_has_its_exact_percentiles(tmp_path, monkeypatch):
+    rows = spread_latencies(400, random.Random(13))
+    for i, row in enumerate(rows):
+        row["customer_id"] = f"c{i % 7}"
+    spec = parse_report(["customer"], now=START + dt.timedelta(days=1))
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)  # the rollups, whose customer tier keeps raw percentiles
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, rows)
+        _, want = report_rows.report(con, spec)
+        _, exact = report_rows.report(con, spec, exact=True)
+        assert report_rows.total(con, spec) == want
+    assert (want["p50_latency_ms"], want["p95_latency_ms"]) == (exact["p50_latency_ms"], exact["p95_latency_ms"])

@@ -466,7 +466,9 @@ def m030_raw_horizon(con: duckdb.DuckDBPyConnection) -> None:
 
 ROLLUPS_DDL = rollups.DDL
 HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all(rollups.COARSE)]
-DAILY_ROLLUPS = [rollups.DAILY_DDL, rollups.derive_all(rollups.DAILY)]
+# The DELETE makes the step safe to run again: the lake's (s020) commits its rows before PostgreSQL
+# records it, and a crash between the two runs it again at the next start.
+DAILY_ROLLUPS = [rollups.DAILY_DDL, f"DELETE FROM {rollups.DAILY.table}", rollups.derive_all(rollups.DAILY)]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
                                                 "web_search_requests", *UNIT_COLUMNS_NAMES))
 HOURLY_INTO_ROLLUPS = f"""

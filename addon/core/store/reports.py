@@ -92,11 +92,24 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     daily or hourly tier's histograms) or exact over the calls kept raw (the 15-minute tier:
     _rollup_groups). ``exact`` scans the raw rows (exact percentiles; purged calls, which only
     rollups keep, are then not counted).
-    A selection of few calls, all still raw (``_raw_answers``), is scanned as ``exact`` would.
+    A selection of few calls, all still raw (``_few_unpurged``), is scanned as ``exact`` would.
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups."""
+    if not exact:
+        horizon = raw_horizon.since(con)
+        if _few_unpurged(con, spec.selection, horizon):
+            found = _report(con, spec, total_latency, True)
+            # A purge that committed since the check removed raw calls this scan then missed: it moves
+            # the horizon first (raw_horizon.py), so an unchanged horizon says none did. (In the shared
+            # mode this also covers the first query of an older lake, which sets the horizon.)
+            if raw_horizon.since(con) == horizon:
+                return found
+    return _report(con, spec, total_latency, exact)
+
+
+def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool,
+            raw_scan: bool) -> tuple[list[dict], dict]:
     names = [dimension_name(d) for d in spec.by]
-    raw_scan = exact or _raw_answers(con, spec.selection)
     source, local, tier = (None, "", None) if raw_scan else _source(con, spec)
     if source is None and any(d in _TIME_FORMATS for d in spec.by):
         local = _local_time_sql(con, spec, None)
@@ -133,8 +146,12 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
 
 
 def total(con: duckdb.DuckDBPyConnection, spec: ReportSpec, exact: bool = False) -> dict:
-    """The total of ``report(con, spec)`` alone: one group, the whole selection, without the
-    groups' sums and percentiles (its dimensions' keys None, as there)."""
+    """The total of ``report(con, spec)`` alone (its dimensions' keys None, as there): one group,
+    the whole selection, without the groups' sums and percentiles. Except when the groups name a
+    customer or feature: that report's percentiles are exact over the raw rows (_rollup_groups), and
+    the total shows the same numbers wherever it is read."""
+    if {"customer", "feature"} & set(spec.by):
+        return report(con, spec, exact=exact)[1]
     _, found = report(con, replace(spec, by=()), exact=exact)
     return {**{dimension_name(d): None for d in spec.by}, **found}
 
@@ -145,18 +162,15 @@ def total(con: duckdb.DuckDBPyConnection, spec: ReportSpec, exact: bool = False)
 RAW_SCAN_MAX = 50_000
 
 
-def _raw_answers(con: duckdb.DuckDBPyConnection, selection: Selection) -> bool:
-    """Whether a scan of the selection's raw rows gives what the rollups would (none of its calls
-    purged: raw_horizon.py) over at most RAW_SCAN_MAX calls."""
+def _few_unpurged(con: duckdb.DuckDBPyConnection, selection: Selection, horizon: dt.datetime) -> bool:
+    """Whether a scan of the selection's raw rows gives what the rollups would (it starts at or
+    after the purge ``horizon``: raw_horizon.py) over at most RAW_SCAN_MAX calls."""
+    if horizon != raw_horizon.EVER and (selection.since is None or selection.since < horizon):
+        return False
     condition, params = where(selection)
     (found,) = one(con.execute(f"SELECT count(*) FROM (SELECT 1 FROM calls WHERE {condition} LIMIT ?)",
                                [*params, RAW_SCAN_MAX + 1]))
-    if found > RAW_SCAN_MAX:
-        return False
-    # Read after the rows: the shared mode attaches its lake, and brings its schema up to date
-    # (the step that sets the horizon of an older lake included), at its first query of the rows.
-    horizon = raw_horizon.since(con)
-    return horizon == raw_horizon.EVER or (selection.since is not None and selection.since >= horizon)
+    return found <= RAW_SCAN_MAX
 
 
 _ROLLUP_METRICS = (f"{', '.join(f'coalesce(sum({c}), 0)::BIGINT AS {c}' for c in (*_COUNTS, *_TOKENS))}, "
