@@ -4,7 +4,11 @@ is a parent, the data's owner and a process per worker, and each one's share cou
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 def tree(pid: int) -> list[int]:
@@ -25,23 +29,25 @@ def tree(pid: int) -> list[int]:
 
 
 def cpu_s(pid: int) -> float:
-    total = 0.0
-    for member in tree(pid):
-        try:
-            with open(f"/proc/{member}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-    return total
+    def seconds(stat) -> float:
+        fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return sum(_each(pid, "stat", seconds))
 
 
 def rss_kib(pid: int) -> int:
-    total = 0
+    def kib(status) -> int:
+        return next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
+    return sum(_each(pid, "status", kib))
+
+
+def _each(pid: int, name: str, read: Callable[[TextIO], T]) -> list[T]:
+    """``read`` of /proc/<member>/``name`` for each process of the tree still running."""
+    found = []
     for member in tree(pid):
         try:
-            with open(f"/proc/{member}/status") as status:
-                total += next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), 0)
-        except OSError:
+            with open(f"/proc/{member}/{name}") as file:
+                found.append(read(file))
+        except OSError:  # ended meanwhile
             continue
-    return total
+    return found

@@ -16,6 +16,8 @@ import datetime as dt
 
 import duckdb
 
+from . import rollups
+
 SETTING = "raw_calls_complete_since"
 EVER = dt.datetime.min.replace(tzinfo=dt.UTC)  # what `since` gives while raw rows and rollups agree throughout
 
@@ -38,9 +40,9 @@ def move(con: duckdb.DuckDBPyConnection, to: dt.datetime, now: dt.datetime) -> N
 # The end of the last 15-minute bucket whose rollups count other calls than its raw rows (NULL:
 # none): for data purged before this instant was kept. An hour past it, as the totals kept before
 # rollups existed (migrations.HOURLY_INTO_ROLLUPS) start on hours.
-DIFFERING = """
+DIFFERING = f"""
     WITH r AS (SELECT bucket, sum(calls) AS n FROM rollups GROUP BY bucket),
-         c AS (SELECT to_timestamp(floor(epoch(ts) / 900) * 900) AS bucket, count(*) AS n FROM calls GROUP BY ALL)
+         c AS (SELECT {rollups.bucket_sql()} AS bucket, count(*) AS n FROM calls GROUP BY ALL)
     SELECT max(bucket) + INTERVAL 1 HOUR FROM r FULL JOIN c USING (bucket) WHERE r.n IS DISTINCT FROM c.n
 """
 
