@@ -4,16 +4,16 @@
     .venv/bin/python -m bench.reports --rows 1000000  # smaller
     .venv/bin/python -m bench.reports --rows 100000000 --days 365 --customers 100000  # issue 28's size: ~8 GB
     .venv/bin/python -m bench.reports --exact         # each report also as a raw scan (report --exact)
-                                                      # and from no tier coarser than hourly, 15-minute
+                                                      # and from the tiers before the weekly ones, 15-minute
     .venv/bin/python -m bench.reports --shared        # the same rows also in the shared mode's lake
                                                       # (a throwaway PostgreSQL; needs Debian's postgresql)
 
-Reports read the rollups (store/rollups.py: daily or hourly without customer and feature when a
-report names neither, else 15-minute) as the CLI and the API do; the storage line gives the MB of
-the calls and of each rollup tier. Targets on a 2-core machine: each report <= 1 s
-(as the API and ``--format json`` compute it; the CLI table's total line adds a pass for its
-percentiles, shown beside it), CSV export >= 500k rows/s, and export memory that does not grow
-with the row count (10M rows must not need more memory than 1M).
+Reports read the rollups (store/rollups.py: the weekly tier of customers or features, daily or
+hourly without customer and feature when a report names neither, else 15-minute) as the CLI and the
+API do; the storage line gives the MB of the calls and of each rollup tier. Targets on a 2-core
+machine: each report <= 1 s (as the API and ``--format json`` compute it; the CLI table's total
+line adds a pass for its percentiles, shown beside it), CSV export >= 500k rows/s, and export
+memory that does not grow with the row count (10M rows must not need more memory than 1M).
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ def build(db: Path, rows: int, days: int, customers: int) -> float:
 
 
 @contextlib.contextmanager
-def tiers_up_to(coarsest: rollups.Tier) -> Iterator[None]:
-    """Reports as they were before the coarser tiers: none coarser than ``coarsest`` (for comparison)."""
+def only_tiers(tiers: tuple[rollups.Tier, ...]) -> Iterator[None]:
+    """Reports as they were before some tiers: read only ``tiers`` (for comparison)."""
     chosen = report_rows._source
-    report_rows._source = functools.partial(chosen, coarsest=coarsest)
+    report_rows._source = functools.partial(chosen, tiers=tiers)
     try:
         yield
     finally:
@@ -77,12 +77,12 @@ def tiers_up_to(coarsest: rollups.Tier) -> Iterator[None]:
 
 
 def time_reports(db: Path, exact: bool = False,
-                 coarsest: rollups.Tier = rollups.DAILY) -> list[tuple[str, float, float, int]]:
+                 tiers: tuple[rollups.Tier, ...] = rollups.TIERS) -> list[tuple[str, float, float, int]]:
     """(label, seconds for the groups as the API and --format json return them, seconds with the
-    table's total line, groups); ``exact``: scanning raw rows instead of the rollups; ``coarsest``:
-    the coarsest rollup tier reports may read."""
+    table's total line, groups); ``exact``: scanning raw rows instead of the rollups; ``tiers``:
+    the rollup tiers reports may read."""
     results = []
-    with reading(db) as con, tiers_up_to(coarsest):
+    with reading(db) as con, only_tiers(tiers):
         for dims, options in REPORTS:
             spec = parse_report(dims, now=END, **options)  # a fixed "now": the data ends at END
             report_rows.report(con, spec, exact=exact)  # warm the file cache
@@ -160,19 +160,19 @@ def main() -> None:
             return
         ok = True
         sizes = storage_mb(db)
-        print(f"storage: calls {sizes['calls']:,.0f} MB, rollups {sizes['rollups']:,.0f} MB, "
-              f"hourly rollups {sizes['rollups_hourly']:,.0f} MB, daily rollups {sizes['rollups_daily']:,.0f} MB")
+        print("storage: " + ", ".join(f"{table} {mb:,.0f} MB" for table, mb in sizes.items()))
         # Interleaved, so that the load other processes put on the machine weighs on each alike.
         exact = time_reports(db, exact=True) if args.exact else None
         rolled = time_reports(db)
-        hourly = time_reports(db, coarsest=rollups.COARSE) if args.exact else None
-        fine = time_reports(db, coarsest=rollups.FINE) if args.exact else None
+        # The tiers before the weekly ones (issue 28's third step), and the 15-minute tier alone.
+        daily = time_reports(db, tiers=(rollups.FINE, rollups.COARSE, rollups.DAILY)) if args.exact else None
+        fine = time_reports(db, tiers=(rollups.FINE,)) if args.exact else None
         print("\nreport (warm, seconds)                             groups  +total line  groups"
-              + ("  hourly  15-min   exact  +total line" if exact else ""))
+              + ("  no week  15-min   exact  +total line" if exact else ""))
         for i, (label, seconds, with_total, groups) in enumerate(rolled):
             ok &= seconds <= 1.0
-            raw = (f"  {hourly[i][1]:>6.3f}  {fine[i][1]:>6.3f}  {exact[i][1]:>6.3f}  {exact[i][2]:>11.3f}"
-                   if exact and hourly and fine else "")
+            raw = (f"  {daily[i][1]:>7.3f}  {fine[i][1]:>6.3f}  {exact[i][1]:>6.3f}  {exact[i][2]:>11.3f}"
+                   if exact and daily and fine else "")
             print(f"  {label:<50} {seconds:>6.3f}  {with_total:>11.3f}  {groups:>6,}{raw}"
                   f"{'' if seconds <= 1.0 else '  OVER 1 s'}")
         print("\nexport to CSV                      rows      seconds   rows/s   peak RSS")

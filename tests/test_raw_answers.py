@@ -13,7 +13,7 @@ import duckdb
 from addon.core import home as home_dir
 from addon.core.reports import parse_report
 from addon.core.store import calls as call_rows
-from addon.core.store import lifecycle, migrations, raw_horizon, writing
+from addon.core.store import lifecycle, migrations, raw_horizon, rollups, writing
 from addon.core.store import reports as report_rows
 
 from .helpers import call_row, migrated_before, run_cli
@@ -97,19 +97,23 @@ def test_the_horizon_never_moves_back_nor_for_a_purge_that_deleted_nothing(tmp_p
 
 def test_rollups_past_the_history_part_from_raw_rows_kept_forever(tmp_path):
     at = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
-    later = at + dt.timedelta(days=lifecycle.HISTORY_DAYS + 1, hours=5, minutes=20)
+    later = at + dt.timedelta(days=lifecycle.HISTORY_DAYS + 4, hours=5, minutes=20)
     with writing(tmp_path / "a.duckdb") as con:
         call_rows.insert(con, spread_latencies(3, random.Random(1), at))
-        lifecycle.purge(con, {}, later)  # no raw call is due (a key kept forever); the rollups of 1 June go
-        assert raw_horizon.since(con) == at + dt.timedelta(days=1)
+        # No raw call is due (a key kept forever); the rollups before the history cutoff's week (which
+        # starts on Thursday 4 June) go, 1 June's with them.
+        lifecycle.purge(con, {}, later)
+        assert raw_horizon.since(con) == dt.datetime(2026, 6, 4, tzinfo=dt.UTC)
 
 
-def test_the_migration_finds_where_an_earlier_purge_left_raw_rows_and_rollups_apart(tmp_path):
+def test_the_migration_finds_where_an_earlier_purge_left_raw_rows_and_rollups_apart(tmp_path, monkeypatch):
     con = duckdb.connect(str(tmp_path / "old.duckdb"))
     migrated_before(con, migrations.m030_raw_horizon)
     rows = spread_latencies(40, random.Random(5), dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
     rows += spread_latencies(40, random.Random(6), dt.datetime(2026, 2, 9, tzinfo=dt.UTC))
-    call_rows.insert(con, rows)
+    with monkeypatch.context() as older:  # the version before had no weekly tiers
+        older.setattr(rollups, "TIERS", rollups.TIERS[:3])
+        call_rows.insert(con, rows)
     # What a purge before this version left: raw rows gone, their sums kept.
     cutoff = dt.datetime(2026, 2, 1, 3, tzinfo=dt.UTC)
     (purged,) = con.execute("SELECT count(*) FROM calls WHERE ts < ?", [cutoff]).fetchone()
@@ -123,10 +127,12 @@ def test_the_migration_finds_where_an_earlier_purge_left_raw_rows_and_rollups_ap
     con.close()
 
 
-def test_a_file_whose_raw_rows_and_rollups_agree_keeps_no_horizon(tmp_path):
+def test_a_file_whose_raw_rows_and_rollups_agree_keeps_no_horizon(tmp_path, monkeypatch):
     con = duckdb.connect(str(tmp_path / "old.duckdb"))
     migrated_before(con, migrations.m030_raw_horizon)
-    call_rows.insert(con, spread_latencies(40, random.Random(5)))
+    with monkeypatch.context() as older:  # the version before had no weekly tiers
+        older.setattr(rollups, "TIERS", rollups.TIERS[:3])
+        call_rows.insert(con, spread_latencies(40, random.Random(5)))
     migrations.apply_pending(con)
     assert raw_horizon.since(con) == raw_horizon.EVER
     con.close()

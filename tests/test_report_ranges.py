@@ -1,6 +1,7 @@
 """Report figures over ranges and zones that cut the rollups' buckets (store/reports.py), on a real
 DuckDB file: each range's count, cost and percentiles are worked out by hand below, and every tier
-a report may read (the daily rollups, the hourly ones, the 15-minute ones, the raw rows) must give them.
+a report may read (the weekly rollups of customers and of features, the daily ones, the hourly
+ones, the 15-minute ones, the raw rows) must give them.
 
 In-process and in tests/mutation_selection.txt: the edges of a range are summed from finer tiers
 than its whole days and hours, and only a range that cuts a bucket reaches that code.
@@ -75,26 +76,32 @@ def test_a_range_counts_the_calls_inside_it_once_from_every_tier(con, host_zone)
                                  costs_in(since, until), at("13:00"))
 
 
+# The tier each report reads: grouped by customer and day it is the 15-minute one (no weekly tier
+# holds days, no daily one customers).
+TIER_OF = [(("model",), rollups.DAILY), (("hour",), rollups.COARSE), (("customer",), rollups.CUSTOMERS),
+           (("feature",), rollups.FEATURES), (("customer", "day"), rollups.FINE)]
+
+
 def assert_every_tier_counts(con, since: str | None, until: str | None, want: list[int], now: dt.datetime) -> None:
-    """The calls of costs ``want`` in [since, until), from each tier (a report by model reads the daily
-    one, by UTC hour the hourly one, by customer the 15-minute one) and from the raw rows."""
-    for by, tier in (("model", rollups.DAILY), ("hour", rollups.COARSE), ("customer", rollups.FINE)):
-        spec = parse_report([by], since=since, until=until, now=now)
+    """The calls of costs ``want`` in [since, until), from each tier (TIER_OF) and from the raw rows."""
+    for by, tier in TIER_OF:
+        spec = parse_report(by, since=since, until=until, now=now)
         assert report_rows._source(con, spec)[2] is tier
         for exact in (False, True):
             label = (since, until, by, exact)
             groups, total = report_rows.report(con, spec, exact=exact)
             assert [sum(g[m] for g in groups) for m in ("calls", "cost_usd", "input_tokens")] == [
                 len(want), sum(want), sum(want)], label
-            assert len(groups) == 1 or by == "hour", label
+            timed = {"hour", "day"} & set(by)
+            assert len(groups) == 1 or timed, label
             assert (total["calls"], total["cost_usd"], total["share"]) == (len(want), sum(want), 1.0), label
             latencies = [10.0 * c for c in want]
             p50, p95 = interpolated(latencies, 0.5), interpolated(latencies, 0.95)
-            if exact or by == "customer":  # the 15-minute tier's reports take them from the raw rows
+            if exact or tier.sparse:  # the 15-minute and customers' tiers' reports take them from the raw rows
                 assert (total["p50_latency_ms"], total["p95_latency_ms"]) == (p50, p95), label
-                if by != "hour":
+                if not timed:
                     assert (groups[0]["p50_latency_ms"], groups[0]["p95_latency_ms"]) == (p50, p95), label
-            else:  # the daily and hourly tiers' histograms: within 0.99%
+            else:  # the other tiers' histograms: within 0.99%
                 for got, exact_value in ((total["p50_latency_ms"], p50), (total["p95_latency_ms"], p95)):
                     assert got == pytest.approx(exact_value, rel=rollups.RELATIVE_ERROR), label
             added = [100 * c for c in want]  # read from the raw rows by every tier
@@ -115,7 +122,9 @@ def test_a_range_across_days_counts_its_whole_days_and_edges_once_from_every_tie
     # Ends that cut a day, an hour and a quarter hour; on day edges; on an hour; open.
     for since, until in (("2026-11-09T23:55", "2026-11-12T00:10"), ("2026-11-10T10:05", "2026-11-11T01:25"),
                          ("2026-11-10", "2026-11-12"), ("2026-11-10T11:00", "2026-11-12T18:00"),
-                         ("2026-11-09T23:50", None), (None, "2026-11-11T00:05"), (None, None)):
+                         ("2026-11-09T23:50", None), (None, "2026-11-11T00:05"), (None, None),
+                         # a whole UTC week (from Thursday), and it and the next one open-ended
+                         ("2026-11-05", "2026-11-12"), ("2026-11-05", None)):
         want = [cost for ts, cost in every if (since is None or ts >= since) and (until is None or ts < until)]
         assert_every_tier_counts(con, since and f"{since}+00:00", until and f"{until}+00:00", want,
                                  at("00:00", "2026-11-13"))
@@ -127,13 +136,13 @@ def test_a_range_on_bucket_edges_counts_purged_calls_from_the_rollups(con):
     lifecycle.purge(con, {1: at("11:00")}, now=at("13:00"))
     for since, until in (("10:00", "12:00"), ("10:15", "10:45"), ("10:15", "12:30"), (None, "10:30"), ("09:45", None)):
         want = costs_in(since, until)
-        for by in ("model", "customer"):
+        for by in ("model", "customer", "feature"):
             spec = parse_report([by], since=since and f"{DAY}T{since}", until=until and f"{DAY}T{until}",
                                 now=at("13:00"))
             [group], total = report_rows.report(con, spec)
             assert (group["calls"], group["cost_usd"], total["cost_usd"]) == (len(want), sum(want), sum(want)), (
                 since, until, by)
-            if by == "model":  # the daily tier's percentiles are of every call its histograms hold
+            if by != "customer":  # the daily and features' tiers' percentiles: of every call their histograms hold
                 assert group["p50_latency_ms"] == pytest.approx(interpolated([10.0 * c for c in want], 0.5),
                                                                 rel=rollups.RELATIVE_ERROR), (since, until)
             _, raw = report_rows.report(con, spec, exact=True)  # the raw rows left: from 11:00

@@ -227,6 +227,39 @@ def test_the_migration_fills_the_daily_tier_from_the_15_minute_rows(tmp_path, mo
         assert sum(g["calls"] for g in report_rows.report(con, spec)[0]) == len(calls)
 
 
+def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, monkeypatch):
+    # A file as the version before the weekly tiers left it: calls over three weeks, then the first
+    # week's calls purged (only the rollups keep them).
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    migrated_before(con, migrations.m031_tag_rollups)
+    rng = random.Random(31)
+    week = rollups.bucket_start(START, rollups.CUSTOMERS.seconds)
+    calls = [random_call(rng, week, 21 * 86400) for _ in range(400)]
+    with monkeypatch.context() as older:
+        older.setattr(rollups, "TIERS", rollups.TIERS[:3])
+        call_rows.insert(con, calls)
+    con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
+    assert migrations.apply_pending(con)[0] == "m031_tag_rollups"
+    for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
+        groups: dict[tuple, list[dict]] = {}
+        for call in calls:
+            groups.setdefault((week + (call["ts"] - week).days // 7 * rollups.WEEK, call[tag]), []).append(call)
+        costs = {g: [c["cost_usd"] for c in of if c["cost_usd"] is not None] for g, of in groups.items()}
+        want = [(*g, len(of), sum(costs[g]) if costs[g] else None, sum(c["input_tokens"] for c in of))
+                for g, of in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] is None, item[0][1] or ""))]
+        assert len({g[0] for g in groups}) == 3
+        assert con.execute(f"SELECT bucket, {tag}, sum(calls), sum(cost_usd), sum(input_tokens) FROM {tier.table} "
+                           f"GROUP BY ALL ORDER BY ALL").fetchall() == want, tier.table
+    assert_coarse_tiers_right(con, raw=False)
+    con.close()
+    with reading(db) as con:  # the file opens as current, and a report by customer reads the new tier
+        assert migrations.is_current(con)
+        spec = parse_report(["customer"], now=START + dt.timedelta(days=30))
+        assert report_rows._source(con, spec)[2] is rollups.CUSTOMERS
+        assert sum(g["calls"] for g in report_rows.report(con, spec)[0]) == len(calls)
+
+
 def test_reprice_and_erase_keep_the_rollups_right(tmp_path):
     from .helpers import call_row
     home = tmp_path / "home"
@@ -247,20 +280,29 @@ def test_reprice_and_erase_keep_the_rollups_right(tmp_path):
     run_cli(home, "gdpr", "delete", "--customer", "acme", "--yes")
     assert report() == report("--exact") == {"beta": (1, 0, 0.00125)}
     with reading(home_dir.db_path(home)) as con:
-        assert con.execute("SELECT count(*) FROM rollups WHERE customer_id = 'acme'").fetchone() == (0,)
+        for table in ("rollups", "rollups_customers"):
+            assert con.execute(f"SELECT count(*) FROM {table} WHERE customer_id = 'acme'").fetchone() == (0,)
 
 
 def test_each_flush_adds_rows_and_a_closed_bucket_is_merged_to_one_row_per_group(tmp_path):
     # A writer flushing every second for 30 minutes: 1,800 inserts, 3 groups in the first bucket, one
-    # in the hourly and daily tiers (no customer).
+    # in the hourly, daily and weekly feature tiers (no customer, no feature), 3 in the customers'.
     start = dt.datetime(2027, 5, 1, 9, 0, tzinfo=dt.UTC)
     rng = random.Random(11)
+    customers_in_open_week = set()  # the customers' groups when the open week was merged at 09:15
+    open_week_rows = 0
     with writing(tmp_path / "a.duckdb") as con:
         for second in range(0, 1800, 10):  # every 10 s, to keep the test short: 180 flushes
             rows = [random_call(rng, start + dt.timedelta(seconds=second), 10)
                     | {"key_id": 1, "customer_id": rng.choice(["a", "b", "c"]), "feature": None, "model": "m",
                        "provider": "openai", "status": 200, "outcome": "completed"} for _ in range(3)]
             call_rows.insert(con, rows)
+            flushed = {r["customer_id"] for r in rows}
+            if second <= 900:  # up to the flush that moved on to 09:15, merged with it
+                customers_in_open_week |= flushed
+                open_week_rows = len(customers_in_open_week)
+            else:
+                open_week_rows += len(flushed)
         per_bucket = dict(con.execute("SELECT bucket, count(*) FROM rollups GROUP BY bucket").fetchall())
         open_rows = [con.execute(f"SELECT count(*) FROM {tier.table}").fetchone()[0] for tier in rollups.DERIVED]
         assert_coarse_tiers_right(con)
@@ -269,33 +311,37 @@ def test_each_flush_adds_rows_and_a_closed_bucket_is_merged_to_one_row_per_group
             assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), f"merged {by}")
     assert per_bucket[start] == 3  # the closed bucket: one row per customer
     assert per_bucket[start + rollups.BUCKET] > 3  # the open one: a row per flush and customer
-    # The open hour and day (one group): merged when the 15-minute bucket closed at 09:15, then a
-    # row per flush since (90 flushes, the first merged in): not 180.
-    assert open_rows == [90, 90]
+    # The open hour, day and week (one group): merged when the 15-minute bucket closed at 09:15, then
+    # a row per flush since (90 flushes, the first merged in): not 180. The customers' week: a row
+    # per customer of each flush since, ~190 against ~500 unmerged.
+    assert open_rows == [90, 90, 90, open_week_rows]
+    assert open_week_rows < 250
 
 
 def tier_rows(con, tier: rollups.Tier, source: str | None = None) -> list[tuple]:
-    """One row per (bucket, key, provider, model, status, failed) of ``source`` (rows of ``tier``'s
-    columns; its table if None), histograms merged: what the tier holds, in an order to compare."""
+    """One row per bucket and group of ``tier`` (key, provider, model, status, failed; or a customer,
+    or a feature) of ``source`` (rows of ``tier``'s columns; its table if None), histograms merged:
+    what the tier holds, in an order to compare."""
     return sorted(con.execute(rollups.merged(source or f"SELECT * FROM {tier.table}", tier)).fetchall(), key=str)
 
 
 def assert_coarse_tiers_right(con, raw: bool = True) -> None:
-    """The hourly and daily tiers against the 15-minute rows summed per hour and per day (always)
-    and against raw calls (``raw``: while no call is purged)."""
+    """The hourly, daily and weekly tiers against the 15-minute rows summed per hour, day and week
+    (always) and against raw calls (``raw``: while no call is purged)."""
     for tier in rollups.DERIVED:
         rows = tier_rows(con, tier)
         assert rows, f"an empty {tier.table} proves nothing"
+        columns = ", ".join([*tier.dimensions, *rollups.COUNTS, *rollups.SUMS, "cost_usd", "latency"])
         assert rows == tier_rows(con, tier, f"SELECT to_timestamp(floor(epoch(bucket) / {tier.seconds}) * "
-                                            f"{tier.seconds}) AS bucket, * EXCLUDE (bucket, customer_id, feature) "
-                                            f"FROM rollups"), tier.table
+                                            f"{tier.seconds}) AS bucket, {columns} FROM rollups"), tier.table
         if raw:
             assert rows == tier_rows(con, tier, rollups.aggregate("SELECT * FROM calls", tier)), tier.table
 
 
-def test_the_hourly_and_daily_tiers_stay_right_through_reprice_erase_and_purge(tmp_path):
-    # Reports by model or key read the daily tier; by hour (UTC) the hourly one; by customer the
-    # 15-minute one; --exact the raw rows. All agree while no call is purged, and the tiers after.
+def test_the_coarser_tiers_stay_right_through_reprice_erase_and_purge(tmp_path):
+    # Reports by model or key read the daily tier; by hour (UTC) the hourly one; by customer or
+    # feature the weekly ones, and the 15-minute one when they also filter by key; --exact the raw
+    # rows. All agree while no call is purged, and the tiers after.
     home = tmp_path / "home"
     keys = [json.loads(run_cli(home, "keys", "create", "--name", f"k{n}", "--plan", "free", "--json"))["id"]
             for n in range(2)]
@@ -316,12 +362,15 @@ def test_the_hourly_and_daily_tiers_stay_right_through_reprice_erase_and_purge(t
         with reading(home_dir.db_path(home)) as con:
             assert_coarse_tiers_right(con, raw)
             tiers = {by: report_rows._source(con, parse_report([by], tz="UTC", now=now))[2]
-                     for by in ("model", "hour", "customer")}
-        assert tiers == {"model": rollups.DAILY, "hour": rollups.COARSE, "customer": rollups.FINE}
-        totals = {report(by, "--tz", "UTC")[1] for by in ("model", "key", "hour", "customer")}
+                     for by in ("model", "hour", "customer", "feature")}
+            tiers["customer of a key"] = report_rows._source(con, parse_report(["customer"], now=now,
+                                                                               key=keys[0]))[2]
+        assert tiers == {"model": rollups.DAILY, "hour": rollups.COARSE, "customer": rollups.CUSTOMERS,
+                         "feature": rollups.FEATURES, "customer of a key": rollups.FINE}
+        totals = {report(by, "--tz", "UTC")[1] for by in ("model", "key", "hour", "customer", "feature")}
         assert len(totals) == 1, totals
         if raw:
-            for by in ("model", "key", "hour", "day"):
+            for by in ("model", "key", "hour", "day", "customer", "feature"):
                 assert report(by, "--tz", "UTC") == report(by, "--tz", "UTC", "--exact"), by
     check(raw=True)
     before = report("model")[0]
@@ -365,18 +414,21 @@ def test_a_reprice_after_a_purge_keeps_the_purged_calls_of_a_day(tmp_path):
             == (len(rows), want), by
 
 
-def test_the_history_purge_drops_whole_utc_days_from_every_tier(tmp_path):
-    # Calls over three days around the 400-day history cutoff, which falls at 15:20 on the middle one.
+def test_the_history_purge_drops_whole_utc_weeks_from_every_tier(tmp_path):
+    # Calls over six days around the 400-day history cutoff (2026-05-06 15:20), which is cut back to
+    # the start of its week (Thursday 2026-04-30, 00:00 UTC): the widest rollup bucket.
     now = dt.datetime(2027, 6, 10, 15, 20, tzinfo=dt.UTC)
     rng = random.Random(400)
-    day = (now - dt.timedelta(days=lifecycle.HISTORY_DAYS)).replace(hour=0, minute=0)
+    week = dt.datetime(2026, 4, 30, tzinfo=dt.UTC)
+    assert week.weekday() == 3 and now - dt.timedelta(days=lifecycle.HISTORY_DAYS) - week < dt.timedelta(days=7)
     with writing(tmp_path / "a.duckdb") as con:
-        call_rows.insert(con, [random_call(rng, day - dt.timedelta(days=1), 3 * 86400) for _ in range(600)])
+        call_rows.insert(con, [random_call(rng, week - dt.timedelta(days=3), 6 * 86400) for _ in range(600)])
         lifecycle.purge(con, {}, now)
         assert_coarse_tiers_right(con, raw=False)
         (first,) = con.execute("SELECT min(ts) FROM calls").fetchone()
-        sums = {tier.table: con.execute(f"SELECT min(bucket), sum(calls), sum(cost_usd) FROM {tier.table}").fetchone()
-                for tier in rollups.TIERS}
-        raw = con.execute("SELECT count(*), sum(cost_usd) FROM calls WHERE ts >= ?", [day]).fetchone()
-    assert first < day  # the raw calls stay: only their plans' retention purges them
-    assert set(sums.values()) == {(day, *raw)}  # the day of the cutoff kept whole, the one before gone
+        sums = {tier.table: con.execute(f"SELECT min(bucket) >= ?, sum(calls), sum(cost_usd) FROM {tier.table}",
+                                        [week]).fetchone() for tier in rollups.TIERS}
+        raw = con.execute("SELECT count(*), sum(cost_usd) FROM calls WHERE ts >= ?", [week]).fetchone()
+    assert first < week  # the raw calls stay: only their plans' retention purges them
+    assert 200 < raw[0] < 400
+    assert set(sums.values()) == {(True, *raw)}  # the week of the cutoff kept whole, the days before gone

@@ -38,9 +38,10 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
           now: dt.datetime) -> tuple[dict[int | None, int], dict[str, int]]:
     """Delete expired calls; drop rollups and alert history past HISTORY_DAYS.
     Returns the calls purged per key and the totals."""
-    # On a UTC day's start: the widest rollup bucket is a UTC day, so each tier drops whole buckets
-    # of the same calls and the tiers go on agreeing (a cut day would leave its daily row whole).
-    history_cutoff = rollups.bucket_start(now - dt.timedelta(days=HISTORY_DAYS), rollups.DAILY.seconds)
+    # On the start of the widest rollup bucket (a week): each tier drops whole buckets of the same
+    # calls and the tiers go on agreeing (a cut week would leave its weekly row whole).
+    widest = max(tier.seconds for tier in rollups.TIERS)
+    history_cutoff = rollups.bucket_start(now - dt.timedelta(days=HISTORY_DAYS), widest)
     con.execute("BEGIN")
     try:
         _load_cutoffs(con, cutoffs)

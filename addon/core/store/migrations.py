@@ -464,11 +464,20 @@ def m030_raw_horizon(con: duckdb.DuckDBPyConnection) -> None:
     raw_horizon.from_rollups(con, con, dt.datetime.now(dt.UTC))
 
 
+def m031_tag_rollups(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue 28: the weekly rollups per customer and per feature (store/rollups.py), summed from the
+    # 15-minute rows as m029's daily tier was.
+    for statement in TAG_ROLLUPS:
+        con.execute(statement)
+
+
 ROLLUPS_DDL = rollups.DDL
 HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all(rollups.COARSE)]
 # The DELETE makes the step safe to run again: the lake's (s020) commits its rows before PostgreSQL
 # records it, and a crash between the two runs it again at the next start.
 DAILY_ROLLUPS = [rollups.DAILY_DDL, f"DELETE FROM {rollups.DAILY.table}", rollups.derive_all(rollups.DAILY)]
+TAG_ROLLUPS = [statement for tier in (rollups.CUSTOMERS, rollups.FEATURES)
+               for statement in (tier.ddl, f"DELETE FROM {tier.table}", rollups.derive_all(tier))]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
                                                 "web_search_requests", *UNIT_COLUMNS_NAMES))
 HOURLY_INTO_ROLLUPS = f"""
@@ -491,7 +500,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m016_budgets_per_key, m017_units_columns, m018_batches, m019_realtime_cached_kinds,
               m020_tools, m021_prices, m022_proxy_us, m023_rollups,
               m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
-              m028_team_limits, m029_daily_rollups, m030_raw_horizon]
+              m028_team_limits, m029_daily_rollups, m030_raw_horizon, m031_tag_rollups]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -126,7 +126,7 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
         if alone:
             total.update({k: groups[0][k] for k in ("p50_latency_ms", "p95_latency_ms")}, **_added(rows[0][-1]))
     else:
-        raw = (condition, params) if tier is not None and tier.tagged else None
+        raw = (condition, params) if tier is not None and tier.sparse else None
         groups, total = _rollup_groups(con, source, dims, names, total_latency, raw)
         if total_latency:  # rollups hold no proxy_us histogram: these two read the raw rows' one column
             total.update(_added(one(con.execute(f"SELECT quantile_cont(proxy_us, [0.5, 0.99]) FROM calls "
@@ -178,17 +178,15 @@ _ROLLUP_METRICS = (f"{', '.join(f'coalesce(sum({c}), 0)::BIGINT AS {c}' for c in
 _POINTS = (0.5, 0.95)
 
 
-def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec, coarsest: rollups.Tier = rollups.DAILY,
+def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec, tiers: tuple[rollups.Tier, ...] = rollups.TIERS,
             ) -> tuple[tuple[str, list] | None, str, rollups.Tier | None]:
     """The rollup rows a report reads and its local time expression (store/rollups.py): the
-    coarsest tier (no coarser than ``coarsest``) whose buckets fit the report. The daily and hourly
-    tiers when neither the groups nor the filters name a customer or feature, no wider than the
-    narrowest time group (an hour), and when the zone's offsets are whole buckets over the range
-    (whole days: UTC); else the 15-minute tier if they are whole quarter hours; else (None, "",
-    None): raw rows."""
+    coarsest of ``tiers`` whose buckets fit the report (``_fits``), when the zone's offsets are
+    whole buckets over the range for a report grouped by time (whole days: UTC, for the daily
+    tier); else (None, "", None): raw rows."""
     timed = any(d in _TIME_FORMATS for d in spec.by)
-    for tier in reversed(rollups.TIERS):
-        if not _fits(spec, tier, coarsest):
+    for tier in sorted(tiers, key=lambda t: -t.seconds):  # coarse to fine; a tie keeps TIERS' order
+        if not _fits(spec, tier):
             continue
         source = _rollup_source(spec.selection, tier)
         if not timed:
@@ -199,14 +197,25 @@ def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec, coarsest: rollups.
     return None, "", None
 
 
-def _fits(spec: ReportSpec, tier: rollups.Tier, coarsest: rollups.Tier) -> bool:
-    """Whether ``tier``'s rows hold what the report groups and filters by, in buckets no wider than
-    its time groups (the zone is _local_time_sql's to judge)."""
-    selection = spec.selection
-    tagged = selection.customer_id is not None or selection.feature is not None \
-        or bool({"customer", "feature"} & set(spec.by))
+def _fits(spec: ReportSpec, tier: rollups.Tier) -> bool:
+    """Whether ``tier``'s rows name everything the report groups and filters by, in buckets no
+    wider than its time groups (the zone is _local_time_sql's to judge)."""
     widest = min((_PERIOD_SECONDS[d] for d in spec.by if d in _TIME_FORMATS), default=tier.seconds)
-    return tier.seconds <= min(coarsest.seconds, widest) and (tier.tagged or not tagged)
+    return tier.seconds <= widest and _columns_named(spec) <= set(tier.dimensions)
+
+
+def _columns_named(spec: ReportSpec) -> set[str]:
+    """The columns of calls (and rollup rows) the report's groups and filters read."""
+    selection = spec.selection
+    named = {_COLUMN_OF[d] for d in spec.by if d in _COLUMN_OF}
+    for column, value in (("customer_id", selection.customer_id), ("feature", selection.feature),
+                          ("model", selection.model), ("key_id", selection.key_id),
+                          ("provider", selection.provider), ("status", selection.status),
+                          ("failed", selection.errors_only or None), ("team", selection.team),
+                          ("team", selection.teams)):
+        if value is not None:
+            named.add(column)
+    return {"key_id" if c == "team" else c for c in named}  # a team is its keys'
 
 
 def _rollup_source(selection: Selection, tier: rollups.Tier = rollups.FINE) -> tuple[str, list]:
@@ -238,12 +247,11 @@ def _rollup_source(selection: Selection, tier: rollups.Tier = rollups.FINE) -> t
 def _finer_source(selection: Selection, tier: rollups.Tier) -> tuple[str, list]:
     """Rows of ``tier``'s columns for a range within its buckets' edges, from the next finer tier
     (the 15-minute tier's: sums of raw rows)."""
-    at = rollups.TIERS.index(tier)
-    if at == 0:
+    finer = tier.finer
+    if finer is None:
         condition, params = where(selection)
         summed = rollups.aggregate(f"SELECT * FROM calls WHERE {condition}")
         return f"SELECT * EXCLUDE (bucket), bucket AS ts FROM ({summed})", params
-    finer = rollups.TIERS[at - 1]
     sql, params = _rollup_source(selection, finer)
     dropped = [d for d in finer.dimensions if d not in tier.dimensions]
     return (f"SELECT * EXCLUDE ({', '.join(dropped)}) FROM ({sql})" if dropped else sql), params

@@ -23,6 +23,10 @@ sum their affected (bucket, key) pairs again from the 15-minute rows (``derive``
 keeps agreeing with a raw scan. The open bucket of a coarse tier gains a row per group per flush
 until it closes (a day: 86,400 flushes): it is merged each time a 15-minute bucket closes.
 
+``rollups_customers`` and ``rollups_features``: the same sums per UTC week and one tag alone
+(``CUSTOMERS``, ``FEATURES``): what a report by customer or feature, or with no groups at all,
+reads over a long range. Without keys, an erase or a reprice sums their whole weeks again.
+
 Latency: a mergeable histogram, bin ``b`` holding latencies in (G^(b-1), G^b] with G = (1+A)/(1-A),
 A = 0.0099. Each bin stands for 2*G^b/(G+1), within A (0.99%) of every latency in it; a
 percentile is the interpolation quantile_cont makes, between the bins of the two ranks it reads,
@@ -47,8 +51,9 @@ GROWTH = (1 + RELATIVE_ERROR) / (1 - RELATIVE_ERROR)
 ZERO_BIN = -32768
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
-DIMENSIONS = ["key_id", "customer_id", "feature", "provider", "model", "status", "failed"]
-HOURLY_DIMENSIONS = ["key_id", "provider", "model", "status", "failed"]
+WEEK = dt.timedelta(days=7)
+DIMENSIONS = ("key_id", "customer_id", "feature", "provider", "model", "status", "failed")
+HOURLY_DIMENSIONS = ("key_id", "provider", "model", "status", "failed")
 HOURLY = "rollups_hourly"
 DAILY_TABLE = "rollups_daily"
 COUNTS = ["calls", "errors", "unpriced_calls", "unmetered_calls", "estimated_calls"]
@@ -59,21 +64,25 @@ FAILED = "(status >= 400 OR outcome <> 'completed')"  # reports.FAILED
 
 _DDL = """
     CREATE TABLE IF NOT EXISTS {table} (
-        bucket TIMESTAMPTZ NOT NULL,      -- start of a {width} UTC bucket (store/rollups.py)
-        key_id INTEGER, {tags}provider VARCHAR NOT NULL, model VARCHAR,
-        status INTEGER,                   -- the HTTP status; NULL for totals kept from hourly_usage
-        failed BOOLEAN,                   -- what reports count as an error; NULL as status
+        bucket TIMESTAMPTZ NOT NULL,      -- start of a UTC bucket of the tier's width (store/rollups.py)
+        {tags}
         {counts},
         {sums},
         cost_usd DECIMAL(38, 18),         -- NULL when no call of the row was priced, as sum() is
         latency MAP(SMALLINT, BIGINT)     -- histogram bin -> calls (store/rollups.py)
     )
 """
+_TAG_TYPES = {"key_id": "INTEGER", "customer_id": "VARCHAR", "feature": "VARCHAR", "provider": "VARCHAR NOT NULL",
+              "model": "VARCHAR",
+              "status": "INTEGER",  # the HTTP status; NULL for totals kept from hourly_usage
+              "failed": "BOOLEAN"}  # what reports count as an error; NULL as status
 _COLUMNS = {"counts": ", ".join(f"{c} BIGINT NOT NULL" for c in COUNTS),
             "sums": ", ".join(f"{c} {_SUM_TYPE.get(c, 'BIGINT')}" for c in SUMS)}
-DDL = _DDL.format(table="rollups", width="15-minute", tags="customer_id VARCHAR, feature VARCHAR, ", **_COLUMNS)
-HOURLY_DDL = _DDL.format(table=HOURLY, width="1-hour", tags="", **_COLUMNS)
-DAILY_DDL = _DDL.format(table=DAILY_TABLE, width="1-day", tags="", **_COLUMNS)
+
+
+def _ddl(table: str, dimensions: tuple[str, ...]) -> str:
+    return _DDL.format(table=table, tags=" ".join(f"{d} {_TAG_TYPES[d]}," for d in dimensions),
+                       **_COLUMNS)
 
 
 def bin_sql(column: str = "latency_ms") -> str:
@@ -89,19 +98,30 @@ def bin_value(b: int) -> float:
 class Tier:
     table: str
     seconds: int
-    dimensions: list[str]
+    dimensions: tuple[str, ...]
+    finer: Tier | None = None  # the tier a range's edges within a bucket, and ``derive``, read
+    sparse: bool = False  # about one call per histogram bin: percentiles from raw rows (reports.py)
 
     @property
-    def tagged(self) -> bool:
-        """Whether rows name a customer and feature (only the 15-minute tier's do)."""
-        return "customer_id" in self.dimensions
+    def ddl(self) -> str:
+        return _ddl(self.table, self.dimensions)
 
 
-FINE = Tier("rollups", _BUCKET_S, DIMENSIONS)
-COARSE = Tier(HOURLY, int(HOUR.total_seconds()), HOURLY_DIMENSIONS)
-DAILY = Tier(DAILY_TABLE, int(DAY.total_seconds()), HOURLY_DIMENSIONS)
-TIERS = (FINE, COARSE, DAILY)  # fine to coarse
+FINE = Tier("rollups", _BUCKET_S, DIMENSIONS, sparse=True)
+COARSE = Tier(HOURLY, int(HOUR.total_seconds()), HOURLY_DIMENSIONS, FINE)
+DAILY = Tier(DAILY_TABLE, int(DAY.total_seconds()), HOURLY_DIMENSIONS, COARSE)
+# One tag alone per week (issue 28): a report by customer or by feature, or with no groups, over a
+# long range reads a row per customer (feature) and week, not ~one per call as the 15-minute tier
+# holds. Weeks, not days: a year of 100,000 customers has ~27M (day, customer) pairs but ~5M
+# (week, customer) ones. Buckets start on Thursdays (the epoch's weekday), UTC; a range's edges come
+# from the 15-minute tier. A customer's week holds about one call per histogram bin (sparse); a
+# feature's many.
+CUSTOMERS = Tier("rollups_customers", int(WEEK.total_seconds()), ("customer_id",), FINE, sparse=True)
+FEATURES = Tier("rollups_features", int(WEEK.total_seconds()), ("feature",), FINE)
+TIERS = (FINE, COARSE, DAILY, FEATURES, CUSTOMERS)  # each after the tier it is summed from; of two tiers
+# that fit a report equally (a total: either), reports read the first (fewer rows, histograms)
 DERIVED = TIERS[1:]  # the tiers summed again from the 15-minute rows when theirs cannot be picked out
+DDL, HOURLY_DDL, DAILY_DDL = FINE.ddl, COARSE.ddl, DAILY.ddl
 
 
 def bucket_start(at: dt.datetime, seconds: int) -> dt.datetime:
@@ -116,10 +136,9 @@ def bucket_sql(column: str = "ts", seconds: int = _BUCKET_S) -> str:
 def aggregate(source: str, tier: Tier = FINE) -> str:
     """Rows of ``tier`` (table order) of the calls that ``source`` (a SELECT of calls' columns) yields."""
     sums = ", ".join(f"sum({c})::{_SUM_TYPE.get(c, 'BIGINT')} AS {c}" for c in SUMS)
-    tags = ", ".join(tier.dimensions[:-1])  # failed last, computed
+    tags = "".join(f"coalesce({FAILED}, false) AS failed, " if d == "failed" else f"{d}, " for d in tier.dimensions)
     return f"""
-        SELECT {bucket_sql(seconds=tier.seconds)} AS bucket, {tags},
-               coalesce({FAILED}, false) AS failed, count(*) AS calls,
+        SELECT {bucket_sql(seconds=tier.seconds)} AS bucket, {tags}count(*) AS calls,
                count(*) FILTER (WHERE {FAILED}) AS errors,
                count(*) FILTER (WHERE NOT priced AND usage_source NOT IN ('none', 'invalid')) AS unpriced_calls,
                count(*) FILTER (WHERE usage_source = 'unmetered') AS unmetered_calls,
@@ -148,6 +167,11 @@ def merged(source: str, tier: Tier) -> str:
         FROM sums LEFT JOIN hist ON {same}"""
 
 
+def _columns(tier: Tier, prefix: str = "") -> str:
+    """``tier``'s columns but ``bucket``, as the 15-minute rows (``prefix``: their alias) hold them."""
+    return ", ".join(f"{prefix}{c}" for c in [*tier.dimensions, *COUNTS, *SUMS, "cost_usd", "latency"])
+
+
 def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list) -> None:
     """Replace the 15-minute rows of each (bucket, key) pair of the raw calls matching ``condition``
     by sums of those pairs' raw rows, then the coarser tiers' rows of those pairs from the 15-minute
@@ -169,28 +193,32 @@ def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list) -> Non
 
 def pairs(table: str, tier: Tier) -> str:
     """The (bucket of ``tier``, key) pairs of ``table``'s 15-minute (bucket, key_id) pairs, as
-    ``derive`` takes them."""
-    return f"SELECT DISTINCT {bucket_sql('bucket', tier.seconds)} AS bucket, coalesce(key_id, -1) AS key FROM {table}"
+    ``derive`` takes them (key -1 for a tier without keys: its whole buckets)."""
+    key = "coalesce(key_id, -1)" if "key_id" in tier.dimensions else "-1"
+    return f"SELECT DISTINCT {bucket_sql('bucket', tier.seconds)} AS bucket, {key} AS key FROM {table}"
 
 
 def derive(con: duckdb.DuckDBPyConnection, selected: str, tier: Tier, params: list | None = None) -> None:
     """Sum the rows of ``tier`` of the (bucket, key) pairs ``selected`` (a SELECT, as ``pairs``)
     yields again from the 15-minute ones: after a customer's erase removed some of those (a coarse
-    tier cannot tell its rows apart), or a reprice changed them. Run inside the caller's transaction."""
+    tier cannot tell its rows apart), or a reprice changed them. A tier without keys sums its whole
+    buckets again. Run inside the caller's transaction."""
     start = bucket_sql("r.bucket", tier.seconds)
+    keyed = "key_id" in tier.dimensions
     con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_pairs AS {selected}", params or [])
-    con.execute(f"DELETE FROM {tier.table} USING rollup_pairs p "
-                f"WHERE {tier.table}.bucket = p.bucket AND coalesce({tier.table}.key_id, -1) = p.key")
+    con.execute(f"DELETE FROM {tier.table} USING rollup_pairs p WHERE {tier.table}.bucket = p.bucket"
+                + (f" AND coalesce({tier.table}.key_id, -1) = p.key" if keyed else ""))
     con.execute(f"INSERT INTO {tier.table} " + merged(
-        f"SELECT {start} AS bucket, r.* EXCLUDE (bucket, customer_id, feature) FROM rollups r "
-        f"JOIN rollup_pairs p ON {start} = p.bucket AND coalesce(r.key_id, -1) = p.key", tier))
+        f"SELECT {start} AS bucket, {_columns(tier, 'r.')} FROM rollups r "
+        f"JOIN (SELECT DISTINCT bucket, key FROM rollup_pairs) p ON {start} = p.bucket"
+        + (" AND coalesce(r.key_id, -1) = p.key" if keyed else ""), tier))
     con.execute("DROP TABLE rollup_pairs")
 
 
 def derive_all(tier: Tier) -> str:
     """The INSERT filling an empty ``tier`` from every 15-minute row (a migration's)."""
     return (f"INSERT INTO {tier.table} " + merged(f"SELECT {bucket_sql('bucket', tier.seconds)} AS bucket, "
-                                                   f"* EXCLUDE (bucket, customer_id, feature) FROM rollups", tier))
+                                                   f"{_columns(tier)} FROM rollups", tier))
 
 
 def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt.datetime,

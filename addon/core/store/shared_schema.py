@@ -28,6 +28,7 @@ from .migrations import (
     PROXY_US_COLUMN,
     RECONCILIATIONS_DDL,
     SSO_USERS_DDL,
+    TAG_ROLLUPS,
     TEAM_LIMIT_COLUMNS,
     TEAMS_DDL,
     UNMETERED_UPDATE,
@@ -130,7 +131,7 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
                    "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups",
-                   "s021_raw_horizon")
+                   "s021_raw_horizon", "s022_tag_rollups")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -141,6 +142,8 @@ _LAKE = [
     rollups.DDL,
     rollups.HOURLY_DDL,
     rollups.DAILY_DDL,
+    rollups.CUSTOMERS.ddl,
+    rollups.FEATURES.ddl,
     USAGE_HISTORY_VIEW.replace("CREATE VIEW", "CREATE VIEW IF NOT EXISTS"),
 ]
 # An older lake (s014_rollups): its calls summed, its hourly totals moved in, as migrations.m023_rollups.
@@ -305,6 +308,10 @@ def ensure_lake(con, control) -> None:
         if "s021_raw_horizon" not in _applied(control):  # as migrations.m030_raw_horizon
             raw_horizon.from_rollups(con, control, dt.datetime.now(dt.UTC))
             control.execute("INSERT INTO schema_migrations VALUES ('s021_raw_horizon', now()) "
+                            "ON CONFLICT DO NOTHING")
+        if "s022_tag_rollups" not in _applied(control):  # as migrations.m031_tag_rollups
+            _in_transaction(con, TAG_ROLLUPS)
+            control.execute("INSERT INTO schema_migrations VALUES ('s022_tag_rollups', now()) "
                             "ON CONFLICT DO NOTHING")
 
 

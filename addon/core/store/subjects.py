@@ -43,9 +43,13 @@ def subject_from(customer: str | None, key: object | None) -> Subject:
 
 
 def _rows_condition(subject: Subject) -> tuple[str, list]:
-    if subject.kind == "customer":
-        return "customer_id = ?", [subject.value]
-    return "key_id = ?", [int(subject.value)]
+    column = _column(subject)
+    return f"{column} = ?", [subject.value if column == "customer_id" else int(subject.value)]
+
+
+def _column(subject: Subject) -> str:
+    """The column of rows (raw and rollups) that names the subject."""
+    return "customer_id" if subject.kind == "customer" else "key_id"
 
 
 def _budget_ids(con: duckdb.DuckDBPyConnection, subject: Subject) -> list[int]:
@@ -141,12 +145,13 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
 
 
 def _erase_coarse(con: duckdb.DuckDBPyConnection, subject: Subject) -> None:
-    """The hourly and daily rollups hold no customer: a key's rows go; for a customer, the hours and
-    days it had calls in are summed again from the 15-minute rows left (store/rollups.py), so no
-    report keeps its calls."""
+    """The coarser rollups: a tier that names the subject (a key's hours and days, a customer's
+    weeks) loses its rows; in the others, the buckets it had calls in are summed again from the
+    15-minute rows left (store/rollups.py), so no report keeps its calls."""
+    condition, params = _rows_condition(subject)
     for tier in rollups.DERIVED:
-        if subject.kind == "key":
-            con.execute(f"DELETE FROM {tier.table} WHERE key_id = ?", [int(subject.value)])
+        if _column(subject) in tier.dimensions:
+            con.execute(f"DELETE FROM {tier.table} WHERE {condition}", params)
         else:
             rollups.derive(con, rollups.pairs("erased_buckets", tier), tier)
 
