@@ -708,7 +708,7 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
         con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
         pg.execute("DELETE FROM schema_migrations WHERE name IN ('s006_units_columns', 's014_rollups', "
-                   "'s015_hourly_rollups', 's020_daily_rollups', 's021_raw_horizon')")
+                   "'s015_hourly_rollups', 's020_daily_rollups', 's021_raw_horizon', 's022_tag_rollups')")
     # A new process (as an upgraded proxy or CLI is) applies the step when it opens the lake.
     listed = json.loads(cli(home, "calls", "--limit", "100", "--format", "json").stdout)
     [before] = [r for r in listed if r["customer_id"] == marker]
@@ -781,6 +781,8 @@ def lake_before_rollups(con) -> None:
     con.execute("DROP TABLE rollups")
     con.execute("DROP TABLE rollups_hourly")
     con.execute("DROP TABLE rollups_daily")
+    con.execute("DROP TABLE rollups_customers")
+    con.execute("DROP TABLE rollups_features")
     con.execute("""CREATE TABLE hourly_usage (hour TIMESTAMPTZ, key_id INTEGER, customer_id VARCHAR,
         feature VARCHAR, provider VARCHAR, model VARCHAR, calls BIGINT, failed_calls BIGINT,
         unpriced_calls BIGINT, input_tokens BIGINT, cache_read_tokens BIGINT, cache_write_tokens BIGINT,
@@ -807,7 +809,8 @@ def test_an_older_lake_gets_rollups_of_its_calls_and_keeps_its_hourly_totals(sha
         con.execute(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
         pg.execute("DELETE FROM schema_migrations WHERE name IN ('s014_rollups', 's015_hourly_rollups', "
-                   "'s020_daily_rollups', 's021_raw_horizon')")
+                   "'s020_daily_rollups', 's021_raw_horizon', 's022_tag_rollups')")
+    # A report by customer reads the customers' weekly tier (s022, summed from s014's 15-minute rows).
     [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
     assert (group["calls"], group["errors"], group["cost_usd"], group["input_tokens"]) == (8, 2, 3.75, 701)
     # The daily and hourly tiers (s020 and s015, summed from the 15-minute rows s014 made) hold the

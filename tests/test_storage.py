@@ -17,7 +17,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import migrations, reading, remote, writing
 from addon.writer import Writer
 
-from .helpers import call_row, hold_read_only, run_cli, start_proxy
+from .helpers import call_row, hold_read_only, run_cli, start_proxy, until
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -163,7 +163,9 @@ def test_spilled_rows_survive_a_restart(tmp_path, upstream, customer):
     restarted = start_proxy(home, upstream.url, tmp_path / "proxy.log", key=proxy.key)
     try:
         assert len(restarted.rows(customer, expect=3)) == 3
-        assert not list((home / "spill").glob("*.jsonl"))
+        # The file goes once its rows are committed (and the rollups' last bucket merged, which the
+        # insert does before it returns): a moment after the rows can be read.
+        until(lambda: not list((home / "spill").glob("*.jsonl")), 10, "the replayed spill file removed")
     finally:
         restarted.stop()
 
