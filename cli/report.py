@@ -25,7 +25,7 @@ from .output import compact, emit, render_table, seconds, tokens
 @click.option("--wide", is_flag=True, help="Table with every token kind (wider than 80 columns).")
 @click.option("--exact", is_flag=True,
               help="Scan every raw call (exact percentiles, for audits) instead of the rollups (15-minute, "
-                   "hourly or daily sums), whose p50/p95 are within 1% or of raw calls; purged calls are then "
+                   "hourly, daily or weekly sums), whose p50/p95 are within 1% or of raw calls; purged calls are then "
                    "not counted.")
 @click.pass_obj
 def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool, exact: bool) -> None:

@@ -246,8 +246,9 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
         for call in calls:
             groups.setdefault((week + (call["ts"] - week).days // 7 * rollups.WEEK, call[tag]), []).append(call)
         costs = {g: [c["cost_usd"] for c in of if c["cost_usd"] is not None] for g, of in groups.items()}
-        want = [(*g, len(of), sum(costs[g]) if costs[g] else None, sum(c["input_tokens"] for c in of))
-                for g, of in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] is None, item[0][1] or ""))]
+        order = sorted(groups, key=lambda g: (g[0], g[1] is None, g[1] or ""))  # as ORDER BY ALL: NULLs last
+        want = [(*g, len(groups[g]), sum(costs[g]) if costs[g] else None, sum(c["input_tokens"] for c in groups[g]))
+                for g in order]
         assert len({g[0] for g in groups}) == 3
         assert con.execute(f"SELECT bucket, {tag}, sum(calls), sum(cost_usd), sum(input_tokens) FROM {tier.table} "
                            f"GROUP BY ALL ORDER BY ALL").fetchall() == want, tier.table

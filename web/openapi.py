@@ -139,7 +139,7 @@ _SELECTION = [
     _query("errors", "Only failed calls (what a report counts as errors).", {"type": "boolean", "default": False}),
 ]
 _EXACT = _query("exact", "Scan every raw call (exact percentiles, for audits) instead of the rollups (15-minute, "
-                         "hourly or daily sums), whose p50/p95 are within 1% or of raw calls; purged calls are "
+                         "hourly, daily or weekly sums), whose p50/p95 are within 1% or of raw calls; purged calls are "
                          "then not counted.",
                 {"type": "boolean", "default": False})
 
