@@ -37,6 +37,12 @@ def generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, days: 
     for n in range(batches):
         count = rows // batches + (1 if n < rows % batches else 0)
         _generate(con, count, start + span * (n + 1), span, customers, features, keys)
+    # A bucket that two batches cut holds rows of each: merged, as a proxy merges a bucket once it
+    # closes (rollups.compact_previous), so the tiers hold what a proxy's would.
+    cut = {(tier, rollups.bucket_start(start + span * n, tier.seconds)) for n in range(1, batches)
+           for tier in rollups.TIERS}
+    for tier, bucket in sorted(cut, key=lambda c: (c[0].table, c[1])):
+        rollups.compact(con, bucket, bucket + dt.timedelta(seconds=tier.seconds), tier)
 
 
 def _generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, span: dt.timedelta,
