@@ -1,21 +1,25 @@
 """A report's ``limit`` (store/reports.py): the first groups of the whole report, percentiles and
 all, computed for those groups alone; the order, the total and what was left out are those of
-every group. On a real DuckDB file.
+every group. On a real DuckDB file, through the store and the JSON API.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 from decimal import Decimal
 
 import pytest
+from click.testing import CliRunner
 
 from addon.core import home as home_dir
 from addon.core.reports import parse_report
 from addon.core.store import calls as call_rows
 from addon.core.store import reading, writing
 from addon.core.store import reports as report_rows
+from cli.main import cli
+from web import create_app
 
 from .helpers import call_row
 
@@ -108,3 +112,32 @@ def test_the_first_groups_are_the_costliest_or_the_earliest_and_keep_the_calls_w
     days, _ = report_rows.report(con, parse_report(["day"], now=NOW), limit=2)
     assert [d["day"] for d in days] == ["2026-11-20", "2026-11-21"]
     assert days.rest["calls"] == sum(1 for c in spread_calls() if c["ts"] >= START + dt.timedelta(days=2))
+
+
+# --- the API ------------------------------------------------------------------------------
+
+
+def run(home, *args: str) -> str:
+    result = CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture
+def api(home):
+    client = create_app(home, {"TESTING": True}).test_client()
+    token = json.loads(run(home, "admin", "create-token", "--json"))["token"]
+    return lambda path: client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+
+def test_the_api_limit_cuts_the_same_groups_and_says_how_many_there_are(api):
+    for query in ("by=customer", "by=model", "by=day&by=customer"):
+        everything = api(f"/api/v1/report?{query}&until={NOW.date()}")
+        first = api(f"/api/v1/report?{query}&until={NOW.date()}&limit=5")
+        assert first.status_code == 200
+        assert first.get_json() == everything.get_json()[:5], query
+        assert first.headers["X-Total-Groups"] == everything.headers["X-Total-Groups"] \
+            == str(len(everything.get_json())), query
+    refused = api("/api/v1/report?by=customer&limit=0")
+    assert refused.status_code == 400
+    assert refused.get_json()["error"]["message"] == "limit must be a whole number from 1 to 100000, got '0'."
