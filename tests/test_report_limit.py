@@ -1,6 +1,6 @@
 """A report's ``limit`` (store/reports.py): the first groups of the whole report, percentiles and
 all, computed for those groups alone; the order, the total and what was left out are those of
-every group. On a real DuckDB file, through the store and the JSON API.
+every group. On a real DuckDB file, through the store, the CLI and the JSON API.
 """
 
 from __future__ import annotations
@@ -114,13 +114,37 @@ def test_the_first_groups_are_the_costliest_or_the_earliest_and_keep_the_calls_w
     assert days.rest["calls"] == sum(1 for c in spread_calls() if c["ts"] >= START + dt.timedelta(days=2))
 
 
-# --- the API ------------------------------------------------------------------------------
+# --- the CLI and the API ------------------------------------------------------------------------------
 
 
 def run(home, *args: str) -> str:
     result = CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def test_the_cli_table_sums_the_groups_it_leaves_out_on_one_line(home):
+    everything = json.loads(run(home, "report", "--by", "customer", "--format", "json"))
+    assert len(everything) == 31
+    table = run(home, "report", "--by", "customer", "--limit", "2").splitlines()
+    assert [line.split()[0] for line in table[1:3]] == [g["customer_id"] or "-" for g in everything[:2]]
+    left = everything[2:]
+    calls = sum(g["calls"] for g in left)
+    cost = sum(Decimal(str(g["cost_usd"])) for g in left)  # whole cents: the column's two places
+    share = float(cost) / sum(g["cost_usd"] for g in everything)
+    # "*": some of those calls have no price (local-llm), as the COST column marks a group
+    assert table[3] == f"… 29 more customers: {calls:,} calls, ${cost:,.2f}* ({share:.0%})"
+    assert table[4] == "-" * max(len(line) for line in table[:3]) and table[5].startswith("TOTAL")
+    unlimited = run(home, "report", "--by", "customer").splitlines()
+    assert table[5] == next(line for line in unlimited if line.startswith("TOTAL"))  # of every group
+    assert len(unlimited) == len(table) - 2 + 31 - 1
+    first = json.loads(run(home, "report", "--by", "customer", "--limit", "2", "--format", "json"))
+    assert first == everything[:2]
+
+
+def test_the_cli_refuses_a_limit_below_one(home):
+    result = CliRunner().invoke(cli, ["--home", str(home), "report", "--limit", "0"])
+    assert result.exit_code == 2 and "Invalid value for '--limit'" in result.output
 
 
 @pytest.fixture
