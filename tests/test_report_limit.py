@@ -91,8 +91,8 @@ def test_a_limit_gives_the_first_groups_of_the_whole_report(con, monkeypatch, ho
             assert first.rest is None
             continue
         priced = [g["cost_usd"] for g in left if g["cost_usd"] is not None]
-        assert first.rest["calls"] == sum(g["calls"] for g in left)
-        assert first.rest["input_tokens"] == sum(g["input_tokens"] for g in left)
+        for name in ("calls", "errors", "unpriced_calls", "input_tokens", "output_tokens", "audio_seconds"):
+            assert first.rest[name] == sum(g[name] for g in left), name
         assert first.rest["cost_usd"] == (sum(priced) if priced else None)
         assert first.rest["calls"] + sum(g["calls"] for g in first) == total["calls"]
 

@@ -145,7 +145,8 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
         if total_latency:  # rollups hold no proxy_us histogram: these two read the raw rows' one column
             total.update(_added(one(con.execute(f"SELECT quantile_cont(proxy_us, [0.5, 0.99]) FROM calls "
                                                 f"WHERE {condition}", params))[0]))
-    shown = Groups(groups[:limit], len(groups), _rest(con, groups[limit:] if limit is not None else [], total))
+    left = groups[limit:] if limit is not None else []
+    shown = Groups(groups[:limit], len(groups), _rest(total, groups[:limit], left))
     for row in [*shown, total]:
         row["share"] = _share(row["cost_usd"], total["cost_usd"])
     for dimension, name in zip(spec.by, names):
@@ -163,12 +164,17 @@ def _order_key(names: list[str], time_names: list[str]) -> Callable[[dict], tupl
     return lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"], *[str(r[n]) for n in names])
 
 
-def _rest(con: duckdb.DuckDBPyConnection, left: list[dict], total: dict) -> dict | None:
-    """The sums of the groups a limit left out, with their share of the total cost."""
+def _rest(total: dict, shown: list[dict], left: list[dict]) -> dict | None:
+    """The sums of the groups a limit ``left`` out, with their share of the total cost: the total's
+    less the ``shown`` groups', as a pass over a million groups per sum would take seconds. Counts
+    and costs subtract exactly; audio seconds, a float, are summed."""
     if not left:
         return None
-    rest = _total(con, left, None, [])
-    rest["share"] = _share(rest["cost_usd"], total["cost_usd"])
+    rest = {name: total[name] - sum(g[name] for g in shown) for name in (*_COUNTS, *_TOKENS)}
+    priced = any(g["cost_usd"] is not None for g in left)  # else no cost, as a group of unpriced calls
+    rest["cost_usd"] = total["cost_usd"] - sum(g["cost_usd"] or 0 for g in shown) if priced else None
+    rest["audio_seconds"] = sum(g["audio_seconds"] for g in left)
+    rest.update(p50_latency_ms=None, p95_latency_ms=None, share=_share(rest["cost_usd"], total["cost_usd"]))
     return rest
 
 
