@@ -36,14 +36,13 @@ from addon.core.store import reports as report_rows
 from cli.progress import running
 
 END = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+# (dimensions, parse_report's options; ``limit``: the first that many groups, as the page and the API ask)
 REPORTS = [
     (["model"], {}), (["customer"], {}), (["customer"], {"limit": 50}), (["feature"], {}), (["key"], {}),
     (["provider"], {}),
     (["day"], {}), (["month"], {"tz": "America/Los_Angeles"}), (["model", "day"], {}),
     (["feature"], {"since": "2026-11-18"}), (["day"], {"customer": "cust-1"}),
 ]
-# ``limit``: the report as the page and the API ask for it (the first 50 groups' percentiles alone);
-# the other options are parse_report's.
 # Run in a child process so that its peak memory is its own.
 _EXPORT_CHILD = """
 import resource, sys, time
