@@ -27,8 +27,11 @@ from .output import compact, emit, render_table, seconds, tokens
               help="Scan every raw call (exact percentiles, for audits) instead of the rollups (15-minute, "
                    "hourly, daily or weekly sums), whose p50/p95 are within 1% or of raw calls; purged calls are then "
                    "not counted.")
+@click.option("--limit", type=click.IntRange(1, None), metavar="N",
+              help="The first N groups: the N costliest, or the N earliest for a time grouping (their p50/p95 "
+                   "alone are computed; the TOTAL line is that of all groups). Default: all.")
 @click.pass_obj
-def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool, exact: bool) -> None:
+def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool, exact: bool, limit: int | None) -> None:
     """What was spent, on what, for whom: calls, tokens, cost, share and latency per group."""
     try:
         spec = parse_report(by)
@@ -36,7 +39,7 @@ def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool, exact: boo
         raise click.UsageError(str(exc)) from None
     spec = dataclasses.replace(spec, selection=selection)
     with reading(obj.db) as con:
-        groups, total = report_rows.report(con, spec, total_latency=fmt == "table", exact=exact)
+        groups, total = report_rows.report(con, spec, total_latency=fmt == "table", exact=exact, limit=limit)
         unmetered = report_rows.unmetered_endpoints(con, selection) if total["unmetered_calls"] else []
     if fmt != "table":
         emit(groups, fmt, [])
@@ -44,10 +47,12 @@ def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool, exact: boo
     click.echo(render(spec, groups, total, wide, unmetered))
 
 
-def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False,
+def render(spec: ReportSpec, groups: report_rows.Groups, total: dict, wide: bool = False,
            unmetered: list[dict] | None = None) -> str:
     """The table; the default one fits 80 columns for a dimension up to ~25 characters wide.
-    ``%`` is the share of the total cost. ``unmetered``: the endpoints of calls we do not meter."""
+    ``%`` is the share of the total cost. ``unmetered``: the endpoints of calls we do not meter.
+    Groups a limit left out are summed on one line above the TOTAL."""
+    rest = groups.rest
     names = [report_rows.dimension_name(d) for d in spec.by]
     number = tokens if wide else compact
     columns = [(name.upper().replace("_ID", ""), _cell(name), "<") for name in names]
@@ -66,13 +71,16 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
                     # prompts) and the containers code ran in; each count apart in --format json.
                     ("TOOL CALLS", lambda r: number(sum(r[t] for t in TOOL_NAMES if t != "containers")), ">"),
                     ("CONTAINERS", lambda r: number(r["containers"]), ">")]
-    places = column_places(r["cost_usd"] for r in [*groups, total])
+    places = column_places(r["cost_usd"] for r in [*groups, total, *([rest] if rest else [])])
     columns += [("COST", lambda r: _cost(r, places), ">"),
                 ("%", lambda r: f"{r['share']:.0%}" if r["share"] is not None else "-", ">"),
                 ("P50/P95", lambda r: f"{seconds(r['p50_latency_ms'])}/{seconds(r['p95_latency_ms'])}", ">")]
     totals_row = {**total, **{name: "TOTAL" if i == 0 else "" for i, name in enumerate(names)}}
     lines = render_table([*groups, totals_row], columns).splitlines()
-    lines.insert(len(lines) - 1, "-" * max(len(line) for line in lines))
+    rule = "-" * max(len(line) for line in lines)
+    if rest:
+        lines.insert(len(lines) - 1, _left_out(spec, groups, rest, places))
+    lines.insert(len(lines) - 1, rule)
     if total["unpriced_calls"]:
         more = plural(total["unpriced_calls"], "more call has", "more calls have")
         why = "an unknown model, or an endpoint not metered" if unmetered else "unknown model"
@@ -84,6 +92,14 @@ def render(spec: ReportSpec, groups: list[dict], total: dict, wide: bool = False
         lines.append(f"IN excludes {compact(total['cache_read_tokens'])} cache-read, "
                      f"{compact(total['cache_write_tokens'])} cache-write tokens (--wide shows them).")
     return "\n".join(lines)
+
+
+def _left_out(spec: ReportSpec, groups: report_rows.Groups, rest: dict, places: int) -> str:
+    """``… 99,950 more customers: 1,234,567 calls, $1,234.56 (12%)``"""
+    what = f"more {spec.by[0]}" if len(spec.by) == 1 else "more group"
+    share = f" ({rest['share']:.0%})" if rest["share"] is not None else ""
+    return (f"… {plural(groups.total_groups - len(groups), what)}: {plural(rest['calls'], 'call')}, "
+            f"{_cost(rest, places)}{share}")
 
 
 def _cell(name: str):

@@ -80,9 +80,12 @@ def _no_longer_acting(exc: BaseException | None) -> None:
 
 @api.get("/report")
 def report():
-    groups, _ = _run_report(lambda con, spec, exact: report_rows.report(con, spec, False, exact))
+    """The groups; with ``limit``, the first that many, and X-Total-Groups says how many there are."""
     limit = _int_arg("limit", 0, 1, 100_000) if "limit" in request.args else None
-    return jsonify([json_row(group) for group in groups[:limit]])
+    groups, _ = _run_report(lambda con, spec, exact: report_rows.report(con, spec, False, exact, limit))
+    response = jsonify([json_row(group) for group in groups])
+    response.headers["X-Total-Groups"] = str(groups.total_groups)
+    return response
 
 
 @api.get("/report/total")

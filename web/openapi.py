@@ -172,14 +172,19 @@ def document() -> dict:
     by = _query("by", "One or two dimensions to group by (repeat the parameter).",
                 {"type": "array", "items": {"type": "string", "enum": list(DIMENSIONS)}, "minItems": 1, "maxItems": 2},
                 style="form", explode=True)
-    limit = _query("limit", "Keep only the first groups.", {"type": "integer", "minimum": 1, "maximum": 100_000})
+    limit = _query("limit", "Keep only the first groups (the costliest, or the earliest for a time dimension); "
+                            "only theirs get percentiles computed.",
+                   {"type": "integer", "minimum": 1, "maximum": 100_000})
     subject = [_query("customer", "The customer's `x-customer-id`."), _query("key", "The key id.", _KEY_ID)]
     exports = {media: {"schema": {"type": "string", "format": "binary"}}
                for media in dict.fromkeys(report_rows.EXPORT_FORMATS.values())}
     paths = {
         "/report": _get("Totals per group, ordered by time for time dimensions, else by cost.",
                         [by, *_SELECTION, limit, _EXACT],
-                        _answer("The groups.", {"type": "array", "items": _ref("ReportGroup")})),
+                        {**_answer("The groups.", {"type": "array", "items": _ref("ReportGroup")}),
+                         "headers": {"X-Total-Groups": {"description": "How many groups there are in all, "
+                                                                       "however many `limit` keeps.",
+                                                        "schema": {"type": "integer", "minimum": 0}}}}),
         "/report/total": _get("The total over the selection.", [*_SELECTION, _EXACT],
                               _answer("The total.", _ref("ReportTotal"))),
         "/calls": _get("Calls, newest first, in keyset pages.", [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from decimal import Decimal
 
@@ -81,8 +81,18 @@ def _tag_clauses(selection: Selection, failed: str) -> tuple[list[str], list]:
     return clauses, params
 
 
-def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
-           total_latency: bool = True, exact: bool = False) -> tuple[list[dict], dict]:
+class Groups(list[dict]):
+    """A report's groups in order; with a limit, the first that many. ``total_groups``: how many
+    there are in all; ``rest``: the sums of those left out (as the total's, without percentiles),
+    None when none was."""
+
+    def __init__(self, shown: list[dict], total_groups: int, rest: dict | None) -> None:
+        super().__init__(shown)
+        self.total_groups, self.rest = total_groups, rest
+
+
+def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool = True, exact: bool = False,
+           limit: int | None = None) -> tuple[Groups, dict]:
     """Groups ordered by time (time dimensions) or by cost, and the total.
 
     Whole buckets come from a rollup tier (``rollups_daily`` or ``rollups_hourly`` when the report
@@ -94,22 +104,25 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     rollups keep, are then not counted).
     A selection of few calls, all still raw (``_few_unpurged``), is scanned as ``exact`` would.
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
-    for callers that show only groups."""
+    for callers that show only groups. ``limit``: only the first that many groups, and only theirs
+    get percentiles (most of the time of a report by customer); the order and the total are those of
+    all groups (Groups.total_groups, Groups.rest)."""
     if not exact:
         horizon = raw_horizon.since(con)
         if _few_unpurged(con, spec.selection, horizon):
-            found = _report(con, spec, total_latency, True)
+            found = _report(con, spec, total_latency, True, limit)
             # A purge that committed since the check removed raw calls this scan then missed: it moves
             # the horizon first (raw_horizon.py), so an unchanged horizon says none did. (In the shared
             # mode this also covers the first query of an older lake, which sets the horizon.)
             if raw_horizon.since(con) == horizon:
                 return found
-    return _report(con, spec, total_latency, exact)
+    return _report(con, spec, total_latency, exact, limit)
 
 
 def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool,
-            raw_scan: bool) -> tuple[list[dict], dict]:
+            raw_scan: bool, limit: int | None) -> tuple[Groups, dict]:
     names = [dimension_name(d) for d in spec.by]
+    order = _order_key(names, [n for d, n in zip(spec.by, names) if d in _TIME_FORMATS])
     source, local, tier = (None, "", None) if raw_scan else _source(con, spec)
     if source is None and any(d in _TIME_FORMATS for d in spec.by):
         local = _local_time_sql(con, spec, None)
@@ -125,24 +138,44 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
         total = _total(con, groups, condition if total_latency and not alone else None, params)
         if alone:
             total.update({k: groups[0][k] for k in ("p50_latency_ms", "p95_latency_ms")}, **_added(rows[0][-1]))
+        groups.sort(key=order)
     else:
         raw = (condition, params) if tier is not None and tier.sparse else None
-        groups, total = _rollup_groups(con, source, dims, names, total_latency, raw)
+        groups, total = _rollup_groups(con, source, dims, names, total_latency, raw, order=order, limit=limit)
         if total_latency:  # rollups hold no proxy_us histogram: these two read the raw rows' one column
             total.update(_added(one(con.execute(f"SELECT quantile_cont(proxy_us, [0.5, 0.99]) FROM calls "
                                                 f"WHERE {condition}", params))[0]))
-    for row in [*groups, total]:
+    left = groups[limit:] if limit is not None else []
+    shown = Groups(groups[:limit], len(groups), _rest(total, groups[:limit], left))
+    for row in [*shown, total]:
         row["share"] = _share(row["cost_usd"], total["cost_usd"])
     for dimension, name in zip(spec.by, names):
         if dimension in _TIME_FORMATS:
-            for row in groups:
+            for row in shown:
                 row[name] = row[name].strftime(_TIME_FORMATS[dimension])
     if "key" in spec.by:
-        name_keys(con, groups)
-    time_names = [n for d, n in zip(spec.by, names) if d in _TIME_FORMATS]
-    groups.sort(key=lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"],
-                               *[str(r[n]) for n in names]))
-    return groups, {**{name: None for name in names}, **total}
+        name_keys(con, shown)
+    return shown, {**{name: None for name in names}, **total}
+
+
+def _order_key(names: list[str], time_names: list[str]) -> Callable[[dict], tuple]:
+    """A report's order: by time for time dimensions (before they are written as text, which sorts
+    alike), then by cost and by calls, most first; the names break ties so the order never varies."""
+    return lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"], *[str(r[n]) for n in names])
+
+
+def _rest(total: dict, shown: list[dict], left: list[dict]) -> dict | None:
+    """The sums of the groups a limit ``left`` out, with their share of the total cost: the total's
+    less the ``shown`` groups', as a pass over a million groups per sum would take seconds. Counts
+    and costs subtract exactly; audio seconds, a float, are summed."""
+    if not left:
+        return None
+    rest = {name: total[name] - sum(g[name] for g in shown) for name in (*_COUNTS, *_TOKENS)}
+    priced = any(g["cost_usd"] is not None for g in left)  # else no cost, as a group of unpriced calls
+    rest["cost_usd"] = total["cost_usd"] - sum(g["cost_usd"] or 0 for g in shown) if priced else None
+    rest["audio_seconds"] = sum(g["audio_seconds"] for g in left)
+    rest.update(p50_latency_ms=None, p95_latency_ms=None, share=_share(rest["cost_usd"], total["cost_usd"]))
+    return rest
 
 
 def total(con: duckdb.DuckDBPyConnection, spec: ReportSpec, exact: bool = False) -> dict:
@@ -272,22 +305,24 @@ def _bucket_ceil(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.da
 
 
 def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dims: list[str], names: list[str],
-                   total_latency: bool, raw: tuple[str, list] | None) -> tuple[list[dict], dict]:
-    """Sums from the rollup rows of ``source``; percentiles from their histograms, or, given ``raw``
-    (a condition on calls and its parameters), exact over the raw rows. The 15-minute tier holds
-    about one call per histogram bin (a customer or feature per group): merging bins there costs
-    several times quantile_cont over the raw rows (docs/benchmarks.md, "Rollups against raw scans"),
-    so its reports take exact percentiles of the calls still kept raw."""
+                   total_latency: bool, raw: tuple[str, list] | None, *, order: Callable[[dict], tuple],
+                   limit: int | None) -> tuple[list[dict], dict]:
+    """Sums from the rollup rows of ``source``, sorted by ``order``; percentiles, for the first
+    ``limit`` groups alone (None: all), from their histograms, or, given ``raw`` (a condition on
+    calls and its parameters), exact over the raw rows. The 15-minute tier holds about one call per
+    histogram bin (a customer or feature per group): merging bins there costs several times
+    quantile_cont over the raw rows (docs/benchmarks.md, "Rollups against raw scans"), so its
+    reports take exact percentiles of the calls still kept raw."""
     sql, params = source
     grouped = f"SELECT {_named(dims, names)}* FROM ({sql})"
     cur = con.execute(f"SELECT {''.join(f'{n}, ' for n in names)}{_ROLLUP_METRICS} FROM ({grouped}) GROUP BY ALL",
                       params)
-    rows = [dict(zip([*names, *_METRIC_NAMES[:-1]], r)) for r in cur.fetchall()]
-    found = _group_quantiles(con, (grouped, params), dims, names, raw)
-    groups = []
-    for row in rows:
+    groups = sorted((dict(zip([*names, *_METRIC_NAMES[:-1]], r)) for r in cur.fetchall()), key=order)
+    shown = groups[:limit]
+    found = _group_quantiles(con, (grouped, params), dims, names, raw, None if len(shown) == len(groups) else shown)
+    for row in groups:
         row["latency_ms"] = found.get(tuple(row[n] for n in names))
-        groups.append(_group(row))
+        _group(row)
     total = _total(con, groups, None, [])
     if total_latency:
         if not names:  # one group, the whole selection: its percentiles are the total's
@@ -308,14 +343,32 @@ def _named(dims: list[str], names: list[str]) -> str:
 
 
 def _group_quantiles(con: duckdb.DuckDBPyConnection, grouped: tuple[str, list], dims: list[str], names: list[str],
-                     raw: tuple[str, list] | None) -> dict[tuple, tuple]:
-    """{group: (p50, p95)}: from the histograms of the rollup rows ``grouped``, or over the raw rows."""
+                     raw: tuple[str, list] | None, among: list[dict] | None) -> dict[tuple, tuple]:
+    """{group: (p50, p95)}: from the histograms of the rollup rows ``grouped``, or over the raw rows;
+    for the groups ``among`` alone (None: every group)."""
     if raw is None:
-        return rollups.quantiles(con.execute(rollups.quantile_sql(grouped[0], names, _POINTS), grouped[1]).fetchall(),
-                                 _POINTS)
+        sql, params = _among(grouped, names, among)
+        return rollups.quantiles(con.execute(rollups.quantile_sql(sql, names, _POINTS), params).fetchall(), _POINTS)
+    sql, params = _among((f"SELECT {_named(dims, names)}latency_ms FROM calls WHERE {raw[0]}", raw[1]), names, among)
     return {tuple(r[:-1]): r[-1] for r in con.execute(
-        f"SELECT {_named(dims, names)}quantile_cont(latency_ms, {list(_POINTS)}) FROM calls WHERE {raw[0]} "
-        f"GROUP BY ALL", raw[1]).fetchall()}
+        f"SELECT {''.join(f'{n}, ' for n in names)}quantile_cont(latency_ms, {list(_POINTS)}) FROM ({sql}) "
+        f"GROUP BY ALL", params).fetchall()}
+
+
+# The SQL type of each group column that is not text: the values a limit keeps arrive as JSON text.
+_GROUP_TYPES = {"key_id": "INTEGER", **dict.fromkeys(_TIME_FORMATS, "TIMESTAMP")}
+
+
+def _among(rows: tuple[str, list], names: list[str], groups: list[dict] | None) -> tuple[str, list]:
+    """The rows of the SELECT ``rows`` (a column per name) that are in one of ``groups`` (None: all);
+    a NULL (calls without a customer) is the group of NULLs."""
+    sql, params = rows
+    if groups is None or not names:
+        return sql, params
+    columns = [(n, _GROUP_TYPES.get(n, "VARCHAR")) for n in names]
+    on = " AND ".join(f"g.{n} IS NOT DISTINCT FROM c.{n}" for n in names)
+    return (f"SELECT g.* FROM ({sql}) g SEMI JOIN ({batch.select(columns)}) c ON {on}",
+            [*params, batch.param(columns, groups)])
 
 
 def unmetered_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict]:
