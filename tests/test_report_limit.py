@@ -101,14 +101,14 @@ def test_the_first_groups_are_the_costliest_or_the_earliest_and_keep_the_calls_w
     monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
     by_customer = parse_report(["customer"], now=NOW)
     _, _, tier = report_rows._source(con, by_customer)
-    assert tier is not None and tier.tagged  # the tier whose percentiles come from the raw rows
+    assert tier is not None and tier.sparse  # a tier whose percentiles come from the raw rows
     groups, _ = report_rows.report(con, by_customer, limit=3)
     assert None in [g["customer_id"] for g in groups]
     costs = [g["cost_usd"] for g in groups]
     assert costs == sorted(costs, reverse=True)
     by_model = parse_report(["model"], now=NOW)
     _, _, tier = report_rows._source(con, by_model)
-    assert tier is not None and not tier.tagged  # a tier of histograms
+    assert tier is not None and not tier.sparse  # a tier of histograms
     days, _ = report_rows.report(con, parse_report(["day"], now=NOW), limit=2)
     assert [d["day"] for d in days] == ["2026-11-20", "2026-11-21"]
     assert days.rest["calls"] == sum(1 for c in spread_calls() if c["ts"] >= START + dt.timedelta(days=2))
