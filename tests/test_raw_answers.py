@@ -6,9 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+from dataclasses import replace
 from decimal import Decimal
 
 import duckdb
+import pytest
 
 from addon.core import home as home_dir
 from addon.core.reports import parse_report
@@ -158,15 +160,23 @@ def test_a_purge_committed_during_a_raw_scan_sends_the_report_to_the_rollups(tmp
         assert report_rows.report(con, parse_report(["model"], now=now), exact=True)[1]["calls"] == 3
 
 
-def test_the_total_of_a_report_by_customer_has_its_exact_percentiles(tmp_path, monkeypatch):
+def test_the_total_of_a_report_by_customer_is_the_report_without_groups(tmp_path, monkeypatch):
+    # The groups' percentiles are exact (the customers' tier reads raw rows); the total's are those
+    # of the report without groups (the features' tier's histograms), wherever it is read.
     rows = spread_latencies(400, random.Random(13))
     for i, row in enumerate(rows):
         row["customer_id"] = f"c{i % 7}"
     spec = parse_report(["customer"], now=START + dt.timedelta(days=1))
-    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)  # the rollups, whose customer tier keeps raw percentiles
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)  # the rollups, not a raw scan of few calls
     with writing(tmp_path / "a.duckdb") as con:
         call_rows.insert(con, rows)
-        _, want = report_rows.report(con, spec)
-        _, exact = report_rows.report(con, spec, exact=True)
+        groups, want = report_rows.report(con, spec)
+        exact_groups, exact = report_rows.report(con, spec, exact=True)
         assert report_rows.total(con, spec) == want
-    assert (want["p50_latency_ms"], want["p95_latency_ms"]) == (exact["p50_latency_ms"], exact["p95_latency_ms"])
+        _, alone = report_rows.report(con, replace(spec, by=()))
+    assert groups == exact_groups
+    for name in ("p50_latency_ms", "p95_latency_ms"):
+        assert want[name] == alone[name] == pytest.approx(exact[name], rel=rollups.RELATIVE_ERROR)
+        assert want[name] != exact[name]
+
+

@@ -95,13 +95,14 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
            limit: int | None = None) -> tuple[Groups, dict]:
     """Groups ordered by time (time dimensions) or by cost, and the total.
 
-    Whole buckets come from a rollup tier (``rollups_daily`` or ``rollups_hourly`` when the report
-    names no customer or feature and the zone allows, else ``rollups``: ``_source``) and the finer
-    tiers or raw rows only for a range's edges that cut a bucket (store/rollups.py): the same counts,
-    tokens and costs as a scan of every row, and percentiles within rollups.RELATIVE_ERROR (from the
-    daily or hourly tier's histograms) or exact over the calls kept raw (the 15-minute tier:
-    _rollup_groups). ``exact`` scans the raw rows (exact percentiles; purged calls, which only
-    rollups keep, are then not counted).
+    Whole buckets come from the coarsest rollup tier that names what the report groups and filters
+    by (``_source``: a weekly one of customers or features, the daily or hourly one without them
+    when the zone allows, else the 15-minute one) and the finer tiers or raw rows only for a range's
+    edges that cut a bucket (store/rollups.py): the same counts, tokens and costs as a scan of every
+    row, and the groups' percentiles within rollups.RELATIVE_ERROR (from histograms) or exact over
+    the calls kept raw (the sparse tiers: _rollup_groups). The total's percentiles are those of the
+    report without groups (``_whole_latency``). ``exact`` scans the raw rows (exact percentiles;
+    purged calls, which only rollups keep, are then not counted).
     A selection of few calls, all still raw (``_few_unpurged``), is scanned as ``exact`` would.
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups. ``limit``: only the first that many groups, and only theirs
@@ -141,10 +142,15 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
         groups.sort(key=order)
     else:
         raw = (condition, params) if tier is not None and tier.sparse else None
-        groups, total = _rollup_groups(con, source, dims, names, total_latency, raw, order=order, limit=limit)
+        groups, total = _rollup_groups(con, source, dims, names, raw, order=order, limit=limit)
         if total_latency:  # rollups hold no proxy_us histogram: these two read the raw rows' one column
             total.update(_added(one(con.execute(f"SELECT quantile_cont(proxy_us, [0.5, 0.99]) FROM calls "
                                                 f"WHERE {condition}", params))[0]))
+            if not names:  # one group, the whole selection: its percentiles are the total's
+                total["p50_latency_ms"], total["p95_latency_ms"] = (
+                    (groups[0]["p50_latency_ms"], groups[0]["p95_latency_ms"]) if groups else (None, None))
+    if total_latency and names and not raw_scan:
+        total["p50_latency_ms"], total["p95_latency_ms"] = _whole_latency(con, spec)
     left = groups[limit:] if limit is not None else []
     shown = Groups(groups[:limit], len(groups), _rest(total, groups[:limit], left))
     for row in [*shown, total]:
@@ -180,13 +186,23 @@ def _rest(total: dict, shown: list[dict], left: list[dict]) -> dict | None:
 
 def total(con: duckdb.DuckDBPyConnection, spec: ReportSpec, exact: bool = False) -> dict:
     """The total of ``report(con, spec)`` alone (its dimensions' keys None, as there): one group,
-    the whole selection, without the groups' sums and percentiles. Except when the groups name a
-    customer or feature: that report's percentiles are exact over the raw rows (_rollup_groups), and
-    the total shows the same numbers wherever it is read."""
-    if {"customer", "feature"} & set(spec.by):
-        return report(con, spec, exact=exact)[1]
+    the whole selection, without the groups' sums and percentiles (``_whole_latency``)."""
     _, found = report(con, replace(spec, by=()), exact=exact)
     return {**{dimension_name(d): None for d in spec.by}, **found}
+
+
+def _whole_latency(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> tuple:
+    """The p50/p95 of the whole selection as the report without groups takes them (``total``), from
+    the tier it reads: a report's total line shows the same numbers whatever it groups by, and reads
+    the smallest tier that holds them (a report by customer: the features' weeks, not every raw call)."""
+    source, _, tier = _source(con, replace(spec, by=()))
+    if source is not None and tier is not None and not tier.sparse:
+        found = rollups.quantiles(con.execute(rollups.quantile_sql(source[0], [], _POINTS), source[1]).fetchall(),
+                                  _POINTS)
+        return _rounded(found.get(()))
+    condition, params = where(spec.selection)
+    return _rounded(one(con.execute(f"SELECT quantile_cont(latency_ms, {list(_POINTS)}) FROM calls "
+                                    f"WHERE {condition}", params))[0])
 
 
 # A selection of at most this many raw calls is scanned rather than read from the rollups: at such
@@ -305,14 +321,14 @@ def _bucket_ceil(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.da
 
 
 def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dims: list[str], names: list[str],
-                   total_latency: bool, raw: tuple[str, list] | None, *, order: Callable[[dict], tuple],
+                   raw: tuple[str, list] | None, *, order: Callable[[dict], tuple],
                    limit: int | None) -> tuple[list[dict], dict]:
-    """Sums from the rollup rows of ``source``, sorted by ``order``; percentiles, for the first
-    ``limit`` groups alone (None: all), from their histograms, or, given ``raw`` (a condition on
-    calls and its parameters), exact over the raw rows. The 15-minute tier holds about one call per
-    histogram bin (a customer or feature per group): merging bins there costs several times
-    quantile_cont over the raw rows (docs/benchmarks.md, "Rollups against raw scans"), so its
-    reports take exact percentiles of the calls still kept raw."""
+    """Sums from the rollup rows of ``source``, sorted by ``order``, and their total (without its
+    percentiles: ``_whole_latency``); percentiles, for the first ``limit`` groups alone (None: all),
+    from their histograms, or, given ``raw`` (a condition on calls and its parameters), exact over
+    the raw rows. The 15-minute and customers' tiers hold about one call per histogram bin: merging
+    bins there costs several times quantile_cont over the raw rows (docs/benchmarks.md, "Rollups
+    against raw scans"), so their reports take exact percentiles of the calls still kept raw."""
     sql, params = source
     grouped = f"SELECT {_named(dims, names)}* FROM ({sql})"
     cur = con.execute(f"SELECT {''.join(f'{n}, ' for n in names)}{_ROLLUP_METRICS} FROM ({grouped}) GROUP BY ALL",
@@ -323,18 +339,7 @@ def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dim
     for row in groups:
         row["latency_ms"] = found.get(tuple(row[n] for n in names))
         _group(row)
-    total = _total(con, groups, None, [])
-    if total_latency:
-        if not names:  # one group, the whole selection: its percentiles are the total's
-            quantiles = found.get(())
-        elif raw is None:
-            quantiles = rollups.quantiles(con.execute(rollups.quantile_sql(sql, [], _POINTS), params).fetchall(),
-                                          _POINTS).get(())
-        else:
-            (quantiles,) = one(con.execute(f"SELECT quantile_cont(latency_ms, {list(_POINTS)}) FROM calls "
-                                           f"WHERE {raw[0]}", raw[1]))
-        total["p50_latency_ms"], total["p95_latency_ms"] = _rounded(quantiles)
-    return groups, total
+    return groups, _total(con, groups, None, [])
 
 
 def _named(dims: list[str], names: list[str]) -> str:
