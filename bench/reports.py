@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.reports --rows 1000000  # smaller
     .venv/bin/python -m bench.reports --rows 100000000 --days 365 --customers 100000  # issue 28's size: ~8 GB
     .venv/bin/python -m bench.reports --exact         # each report also as a raw scan (report --exact)
-                                                      # and from the tiers before the weekly ones, 15-minute
+                                                      # and from the tiers before the narrow ones, 15-minute
     .venv/bin/python -m bench.reports --shared        # the same rows also in the shared mode's lake
                                                       # (a throwaway PostgreSQL; needs Debian's postgresql)
 
@@ -168,11 +168,11 @@ def main() -> None:
         # Interleaved, so that the load other processes put on the machine weighs on each alike.
         exact = time_reports(db, exact=True) if args.exact else None
         rolled = time_reports(db)
-        # The tiers before the weekly ones (issue 28's third step), and the 15-minute tier alone.
-        daily = time_reports(db, tiers=(rollups.FINE, rollups.COARSE, rollups.DAILY)) if args.exact else None
+        # The tiers before the narrow ones (issue 28's third step), and the 15-minute tier alone.
+        daily = time_reports(db, tiers=rollups.BEFORE_NARROW) if args.exact else None
         fine = time_reports(db, tiers=(rollups.FINE,)) if args.exact else None
         print("\nreport (warm, seconds)                             groups  +total line  groups"
-              + ("  no week  15-min   exact  +total line" if exact else ""))
+              + ("   before  15-min   exact  +total line" if exact else ""))
         for i, (label, seconds, with_total, groups) in enumerate(rolled):
             ok &= seconds <= 1.0
             raw = (f"  {daily[i][1]:>7.3f}  {fine[i][1]:>6.3f}  {exact[i][1]:>6.3f}  {exact[i][2]:>11.3f}"

@@ -114,7 +114,7 @@ def test_the_migration_finds_where_an_earlier_purge_left_raw_rows_and_rollups_ap
     rows = spread_latencies(40, random.Random(5), dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
     rows += spread_latencies(40, random.Random(6), dt.datetime(2026, 2, 9, tzinfo=dt.UTC))
     with monkeypatch.context() as older:  # the version before had no weekly tiers
-        older.setattr(rollups, "TIERS", rollups.TIERS[:3])
+        older.setattr(rollups, "TIERS", rollups.BEFORE_NARROW)
         call_rows.insert(con, rows)
     # What a purge before this version left: raw rows gone, their sums kept.
     cutoff = dt.datetime(2026, 2, 1, 3, tzinfo=dt.UTC)
@@ -133,7 +133,7 @@ def test_a_file_whose_raw_rows_and_rollups_agree_keeps_no_horizon(tmp_path, monk
     con = duckdb.connect(str(tmp_path / "old.duckdb"))
     migrated_before(con, migrations.m030_raw_horizon)
     with monkeypatch.context() as older:  # the version before had no weekly tiers
-        older.setattr(rollups, "TIERS", rollups.TIERS[:3])
+        older.setattr(rollups, "TIERS", rollups.BEFORE_NARROW)
         call_rows.insert(con, spread_latencies(40, random.Random(5)))
     migrations.apply_pending(con)
     assert raw_horizon.since(con) == raw_horizon.EVER

@@ -78,8 +78,8 @@ def test_a_range_counts_the_calls_inside_it_once_from_every_tier(con, host_zone)
 
 # The tier each report reads: grouped by customer and day it is the 15-minute one (no weekly tier
 # holds days, no daily one customers).
-TIER_OF = [(("model",), rollups.DAILY), (("hour",), rollups.COARSE), (("customer",), rollups.CUSTOMERS),
-           (("feature",), rollups.FEATURES), (("customer", "day"), rollups.FINE)]
+TIER_OF = [(("model",), rollups.MODELS), (("key",), rollups.DAILY), (("hour",), rollups.COARSE),
+           (("customer",), rollups.CUSTOMERS), (("feature",), rollups.FEATURES), (("customer", "day"), rollups.FINE)]
 
 
 def assert_every_tier_counts(con, since: str | None, until: str | None, want: list[int], now: dt.datetime) -> None:

@@ -227,9 +227,9 @@ def test_the_migration_fills_the_daily_tier_from_the_15_minute_rows(tmp_path, mo
                     for n in range(3) for on_day in [[c for c in calls if (c["ts"] - START).days == n]]]
     assert_coarse_tiers_right(con, raw=False)
     con.close()
-    with reading(db) as con:  # the file opens as current, and a report by model reads the new tier
+    with reading(db) as con:  # the file opens as current, and a report by key reads the new tier
         assert migrations.is_current(con)
-        spec = parse_report(["model"], now=START)
+        spec = parse_report(["key"], now=START)
         assert report_rows._source(con, spec)[2] is rollups.DAILY
         assert sum(g["calls"] for g in report_rows.report(con, spec)[0]) == len(calls)
 
@@ -244,7 +244,7 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
     week = rollups.bucket_start(START, rollups.CUSTOMERS.seconds)
     calls = [random_call(rng, week, 21 * 86400) for _ in range(400)]
     with monkeypatch.context() as older:
-        older.setattr(rollups, "TIERS", rollups.TIERS[:3])
+        older.setattr(rollups, "TIERS", rollups.BEFORE_NARROW)
         call_rows.insert(con, calls)
     con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
     assert migrations.apply_pending(con)[0] == "m031_tag_rollups"
@@ -319,10 +319,10 @@ def test_each_flush_adds_rows_and_a_closed_bucket_is_merged_to_one_row_per_group
             assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), f"merged {by}")
     assert per_bucket[start] == 3  # the closed bucket: one row per customer
     assert per_bucket[start + rollups.BUCKET] > 3  # the open one: a row per flush and customer
-    # The open hour, day and week (one group): merged when the 15-minute bucket closed at 09:15, then
+    # The open hour, days and week (one group): merged when the 15-minute bucket closed at 09:15, then
     # a row per flush since (90 flushes, the first merged in): not 180. The customers' week: a row
     # per customer of each flush since, ~190 against ~500 unmerged.
-    assert open_rows == [90, 90, 90, open_week_rows]
+    assert open_rows == [90, 90, 90, 90, open_week_rows]
     assert open_week_rows < 250
 
 
@@ -347,9 +347,9 @@ def assert_coarse_tiers_right(con, raw: bool = True) -> None:
 
 
 def test_the_coarser_tiers_stay_right_through_reprice_erase_and_purge(tmp_path):
-    # Reports by model or key read the daily tier; by hour (UTC) the hourly one; by customer or
-    # feature the weekly ones, and the 15-minute one when they also filter by key; --exact the raw
-    # rows. All agree while no call is purged, and the tiers after.
+    # Reports by model read the models' daily tier, by key the daily one; by hour (UTC) the hourly
+    # one; by customer or feature the weekly ones, and the 15-minute one when they also filter by
+    # key; --exact the raw rows. All agree while no call is purged, and the tiers after.
     home = tmp_path / "home"
     keys = [json.loads(run_cli(home, "keys", "create", "--name", f"k{n}", "--plan", "free", "--json"))["id"]
             for n in range(2)]
@@ -373,8 +373,9 @@ def test_the_coarser_tiers_stay_right_through_reprice_erase_and_purge(tmp_path):
                      for by in ("model", "hour", "customer", "feature")}
             tiers["customer of a key"] = report_rows._source(con, parse_report(["customer"], now=now,
                                                                                key=keys[0]))[2]
-        assert tiers == {"model": rollups.DAILY, "hour": rollups.COARSE, "customer": rollups.CUSTOMERS,
-                         "feature": rollups.FEATURES, "customer of a key": rollups.FINE}
+            tiers["key"] = report_rows._source(con, parse_report(["key"], now=now))[2]
+        assert tiers == {"model": rollups.MODELS, "key": rollups.DAILY, "hour": rollups.COARSE,
+                         "customer": rollups.CUSTOMERS, "feature": rollups.FEATURES, "customer of a key": rollups.FINE}
         totals = {report(by, "--tz", "UTC")[1] for by in ("model", "key", "hour", "customer", "feature")}
         assert len(totals) == 1, totals
         if raw:

@@ -465,8 +465,8 @@ def m030_raw_horizon(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def m031_tag_rollups(con: duckdb.DuckDBPyConnection) -> None:
-    # Issue 28: the weekly rollups per customer and per feature (store/rollups.py), summed from the
-    # 15-minute rows as m029's daily tier was.
+    # Issue 28: the weekly rollups per customer and per feature and the daily ones per model
+    # (store/rollups.py), summed from the 15-minute rows as m029's daily tier was.
     for statement in TAG_ROLLUPS:
         con.execute(statement)
 
@@ -476,7 +476,7 @@ HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all(rollups.COARSE)]
 # The DELETE makes the step safe to run again: the lake's (s020) commits its rows before PostgreSQL
 # records it, and a crash between the two runs it again at the next start.
 DAILY_ROLLUPS = [rollups.DAILY_DDL, f"DELETE FROM {rollups.DAILY.table}", rollups.derive_all(rollups.DAILY)]
-TAG_ROLLUPS = [statement for tier in (rollups.CUSTOMERS, rollups.FEATURES)
+TAG_ROLLUPS = [statement for tier in rollups.TIERS if tier not in rollups.BEFORE_NARROW
                for statement in (tier.ddl, f"DELETE FROM {tier.table}", rollups.derive_all(tier))]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
                                                 "web_search_requests", *UNIT_COLUMNS_NAMES))

@@ -25,7 +25,8 @@ until it closes (a day: 86,400 flushes): it is merged each time a 15-minute buck
 
 ``rollups_customers`` and ``rollups_features``: the same sums per UTC week and one tag alone
 (``CUSTOMERS``, ``FEATURES``): what a report by customer or feature, or with no groups at all,
-reads over a long range. Without keys, an erase or a reprice sums their whole weeks again.
+reads over a long range; ``rollups_models``, per UTC day and model alone. Without keys, an erase
+or a reprice sums their whole buckets again.
 
 Latency: a mergeable histogram, bin ``b`` holding latencies in (G^(b-1), G^b] with G = (1+A)/(1-A),
 A = 0.0099. Each bin stands for 2*G^b/(G+1), within A (0.99%) of every latency in it; a
@@ -118,8 +119,12 @@ DAILY = Tier(DAILY_TABLE, int(DAY.total_seconds()), HOURLY_DIMENSIONS, COARSE)
 # feature's many.
 CUSTOMERS = Tier("rollups_customers", int(WEEK.total_seconds()), ("customer_id",), FINE, sparse=True)
 FEATURES = Tier("rollups_features", int(WEEK.total_seconds()), ("feature",), FINE)
-TIERS = (FINE, COARSE, DAILY, FEATURES, CUSTOMERS)  # each after the tier it is summed from; of two tiers
-# that fit a report equally (a total: either), reports read the first (fewer rows, histograms)
+# The same per UTC day and model alone: reports by model, provider or day (model x day at 100M calls:
+# a few thousand rows, where the daily tier has a row per key, status and model).
+MODELS = Tier("rollups_models", int(DAY.total_seconds()), ("provider", "model"), COARSE)
+BEFORE_NARROW = (FINE, COARSE, DAILY)  # the tiers before the narrow ones (m031)
+# Of two tiers that fit a report equally, reports read the first: the narrower (a total: the features').
+TIERS = (FINE, COARSE, MODELS, DAILY, FEATURES, CUSTOMERS)
 DERIVED = TIERS[1:]  # the tiers summed again from the 15-minute rows when theirs cannot be picked out
 DDL, HOURLY_DDL, DAILY_DDL = FINE.ddl, COARSE.ddl, DAILY.ddl
 

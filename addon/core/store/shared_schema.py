@@ -142,8 +142,7 @@ _LAKE = [
     rollups.DDL,
     rollups.HOURLY_DDL,
     rollups.DAILY_DDL,
-    rollups.CUSTOMERS.ddl,
-    rollups.FEATURES.ddl,
+    *(tier.ddl for tier in rollups.TIERS if tier not in rollups.BEFORE_NARROW),
     USAGE_HISTORY_VIEW.replace("CREATE VIEW", "CREATE VIEW IF NOT EXISTS"),
 ]
 # An older lake (s014_rollups): its calls summed, its hourly totals moved in, as migrations.m023_rollups.
