@@ -123,7 +123,8 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
 def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool,
             raw_scan: bool, limit: int | None) -> tuple[Groups, dict]:
     names = [dimension_name(d) for d in spec.by]
-    order = _order_key(names, [n for d, n in zip(spec.by, names) if d in _TIME_FORMATS])
+    time_names = [n for d, n in zip(spec.by, names) if d in _TIME_FORMATS]
+    order = _order_key(names, time_names)
     source, local, tier = (None, "", None) if raw_scan else _source(con, spec)
     if source is None and any(d in _TIME_FORMATS for d in spec.by):
         local = _local_time_sql(con, spec, None)
@@ -135,24 +136,32 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
         sql = (f"SELECT {_named(dims, names)}{_METRICS}"
                f"{', quantile_cont(proxy_us, [0.5, 0.99])' if alone else ''} FROM calls WHERE {condition} GROUP BY ALL")
         rows = con.execute(sql, params).fetchall()
-        groups = [_group(dict(zip([*names, *_METRIC_NAMES], r))) for r in rows]
+        groups = sorted((_group(dict(zip([*names, *_METRIC_NAMES], r))) for r in rows), key=order)
         total = _total(con, groups, condition if total_latency and not alone else None, params)
         if alone:
             total.update({k: groups[0][k] for k in ("p50_latency_ms", "p95_latency_ms")}, **_added(rows[0][-1]))
-        groups.sort(key=order)
+        shown = Groups(groups[:limit], len(groups), _rest(total, groups[:limit], groups[limit:] if limit else []))
     else:
         raw = (condition, params) if tier is not None and tier.sparse else None
-        groups, total = _rollup_groups(con, source, dims, names, raw, order=order, limit=limit)
+        if limit is not None and tier is not None and tier.seconds >= rollups.WEEK.total_seconds():
+            # A limit's few groups (the page's top 50) take percentiles from the weekly histograms:
+            # a row per week each, where the raw rows of the 50 costliest customers of 100M calls
+            # are millions (3-4 s). Within 0.99% of those of the report without a limit.
+            raw = None
+        if limit is not None and names:
+            shown, total = _first_groups(con, spec, (source, dims, names, raw), time_names, order, limit)
+        else:
+            groups = _rollup_groups(con, source, dims, names, raw, order=order)
+            total = _total(con, groups, None, [])
+            shown = Groups(groups, len(groups), None)
         if total_latency:  # rollups hold no proxy_us histogram: these two read the raw rows' one column
             total.update(_added(one(con.execute(f"SELECT quantile_cont(proxy_us, [0.5, 0.99]) FROM calls "
                                                 f"WHERE {condition}", params))[0]))
             if not names:  # one group, the whole selection: its percentiles are the total's
                 total["p50_latency_ms"], total["p95_latency_ms"] = (
-                    (groups[0]["p50_latency_ms"], groups[0]["p95_latency_ms"]) if groups else (None, None))
+                    (shown[0]["p50_latency_ms"], shown[0]["p95_latency_ms"]) if shown else (None, None))
     if total_latency and names and not raw_scan:
         total["p50_latency_ms"], total["p95_latency_ms"] = _whole_latency(con, spec)
-    left = groups[limit:] if limit is not None else []
-    shown = Groups(groups[:limit], len(groups), _rest(total, groups[:limit], left))
     for row in [*shown, total]:
         row["share"] = _share(row["cost_usd"], total["cost_usd"])
     for dimension, name in zip(spec.by, names):
@@ -171,17 +180,57 @@ def _order_key(names: list[str], time_names: list[str]) -> Callable[[dict], tupl
 
 
 def _rest(total: dict, shown: list[dict], left: list[dict]) -> dict | None:
-    """The sums of the groups a limit ``left`` out, with their share of the total cost: the total's
-    less the ``shown`` groups', as a pass over a million groups per sum would take seconds. Counts
-    and costs subtract exactly; audio seconds, a float, are summed."""
+    """The sums of the groups a limit ``left`` out, with their share of the total cost."""
     if not left:
         return None
+    return _rest_of(total, shown, any(g["cost_usd"] is not None for g in left))
+
+
+def _rest_of(total: dict, shown: list[dict], priced: bool) -> dict:
+    """The total's sums less the ``shown`` groups': those of the groups left out (a pass over a
+    million groups per sum would take seconds). Counts and costs subtract exactly; no cost when no
+    group left out was ``priced``, as a group of unpriced calls has none."""
     rest = {name: total[name] - sum(g[name] for g in shown) for name in (*_COUNTS, *_TOKENS)}
-    priced = any(g["cost_usd"] is not None for g in left)  # else no cost, as a group of unpriced calls
     rest["cost_usd"] = total["cost_usd"] - sum(g["cost_usd"] or 0 for g in shown) if priced else None
-    rest["audio_seconds"] = sum(g["audio_seconds"] for g in left)
+    rest["audio_seconds"] = max(0.0, round(total["audio_seconds"] - sum(g["audio_seconds"] for g in shown), 3))
     rest.update(p50_latency_ms=None, p95_latency_ms=None, share=_share(rest["cost_usd"], total["cost_usd"]))
     return rest
+
+
+def _first_groups(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
+                  grouping: tuple[tuple[str, list], list[str], list[str], tuple[str, list] | None],
+                  time_names: list[str], order: Callable[[dict], tuple], limit: int) -> tuple[Groups, dict]:
+    """The first ``limit`` groups of the rollup rows ``source`` (``grouping``: as _rollup_groups
+    takes them) and the total: the groups ranked in SQL by what the report orders by (the time
+    groups, the cost, the calls, the names as text, as ``_order_key``), their other sums and
+    percentiles for the shown groups alone, the total's sums from the report without groups
+    (``_whole_sums``: the same sums, from the smallest tier that holds them). At 100,000
+    customers, summing every column of every group took most of a report."""
+    (sql, params), dims, names, raw = grouping
+    grouped = f"SELECT {_named(dims, names)}* FROM ({sql})"
+    ranks = ", ".join([*time_names, "coalesce(cost_usd, 0) DESC", "calls DESC",
+                       *(f"coalesce({n}::VARCHAR, 'None')" for n in names)])  # str(None) in _order_key
+    picked = con.execute(f"""
+        SELECT {''.join(f'{n}, ' for n in names)}count(*) OVER (), count(cost_usd) OVER ()
+        FROM (SELECT {''.join(f'{n}, ' for n in names)}sum(cost_usd) AS cost_usd, sum(calls) AS calls
+              FROM ({grouped}) GROUP BY ALL)
+        ORDER BY {ranks} LIMIT {int(limit)}""", params).fetchall()
+    keys = [dict(zip(names, row)) for row in picked]
+    groups = _rollup_groups(con, (sql, params), dims, names, raw, order=order, among=keys)
+    total = _whole_sums(con, spec)
+    count, priced = (picked[0][-2], picked[0][-1]) if picked else (0, 0)
+    left_priced = priced > sum(g["cost_usd"] is not None for g in groups)
+    return Groups(groups, count, _rest_of(total, groups, left_priced) if count > len(groups) else None), total
+
+
+def _whole_sums(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> dict:
+    """The sums of the whole selection, as the report without groups reads them."""
+    source, _, _ = _source(con, replace(spec, by=()))
+    if source is None:
+        condition, params = where(spec.selection)
+        source = (rollups.aggregate(f"SELECT * FROM calls WHERE {condition}"), params)
+    row = one(con.execute(f"SELECT {_ROLLUP_METRICS} FROM ({source[0]})", source[1]))
+    return _total(con, [dict(zip(_METRIC_NAMES[:-1], row))], None, [])
 
 
 def total(con: duckdb.DuckDBPyConnection, spec: ReportSpec, exact: bool = False) -> dict:
@@ -322,24 +371,24 @@ def _bucket_ceil(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.da
 
 def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dims: list[str], names: list[str],
                    raw: tuple[str, list] | None, *, order: Callable[[dict], tuple],
-                   limit: int | None) -> tuple[list[dict], dict]:
-    """Sums from the rollup rows of ``source``, sorted by ``order``, and their total (without its
-    percentiles: ``_whole_latency``); percentiles, for the first ``limit`` groups alone (None: all),
-    from their histograms, or, given ``raw`` (a condition on calls and its parameters), exact over
-    the raw rows. The 15-minute and customers' tiers hold about one call per histogram bin: merging
-    bins there costs several times quantile_cont over the raw rows (docs/benchmarks.md, "Rollups
-    against raw scans"), so their reports take exact percentiles of the calls still kept raw."""
+                   among: list[dict] | None = None) -> list[dict]:
+    """The groups ``among`` (None: all) of the rollup rows of ``source``, sorted by ``order``: sums,
+    and percentiles from their histograms, or, given ``raw`` (a condition on calls and its
+    parameters), exact over the raw rows. The 15-minute and customers' tiers hold about one call per
+    histogram bin: merging bins there costs several times quantile_cont over the raw rows
+    (docs/benchmarks.md, "Rollups against raw scans"), so their reports take exact percentiles of
+    the calls still kept raw."""
     sql, params = source
     grouped = f"SELECT {_named(dims, names)}* FROM ({sql})"
-    cur = con.execute(f"SELECT {''.join(f'{n}, ' for n in names)}{_ROLLUP_METRICS} FROM ({grouped}) GROUP BY ALL",
-                      params)
+    kept, kept_params = _among((grouped, params), names, among)
+    cur = con.execute(f"SELECT {''.join(f'{n}, ' for n in names)}{_ROLLUP_METRICS} FROM ({kept}) GROUP BY ALL",
+                      kept_params)
     groups = sorted((dict(zip([*names, *_METRIC_NAMES[:-1]], r)) for r in cur.fetchall()), key=order)
-    shown = groups[:limit]
-    found = _group_quantiles(con, (grouped, params), dims, names, raw, None if len(shown) == len(groups) else shown)
+    found = _group_quantiles(con, (grouped, params), dims, names, raw, among)
     for row in groups:
         row["latency_ms"] = found.get(tuple(row[n] for n in names))
         _group(row)
-    return groups, _total(con, groups, None, [])
+    return groups
 
 
 def _named(dims: list[str], names: list[str]) -> str:
