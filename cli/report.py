@@ -7,7 +7,7 @@ import dataclasses
 import click
 
 from addon.core.money import column_places, usd
-from addon.core.reports import DIMENSIONS, ReportError, ReportSpec, parse_report
+from addon.core.reports import DIMENSIONS, TIME_DIMENSIONS, ReportError, ReportSpec, parse_report
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 from addon.core.store.calls import TOOL_NAMES
@@ -15,6 +15,10 @@ from addon.core.wording import plural
 
 from .options import selection_options
 from .output import compact, emit, render_table, seconds, tokens
+
+# A table shows the costliest groups, as the page's breakdowns do (web/static/app.js BREAKDOWN_ROWS):
+# 100,000 customers are no table to read, and their percentiles are most of a report's time.
+TABLE_ROWS = 50
 
 
 @click.command()
@@ -28,15 +32,22 @@ from .output import compact, emit, render_table, seconds, tokens
                    "hourly, daily or weekly sums), whose p50/p95 are within 1% or of raw calls; purged calls are then "
                    "not counted.")
 @click.option("--limit", type=click.IntRange(1, None), metavar="N",
-              help="The first N groups: the N costliest, or the N earliest for a time grouping (their p50/p95 "
-                   "alone are computed; the TOTAL line is that of all groups). Default: all.")
+              help=f"The first N groups: the N costliest, or the N earliest for a time grouping (their p50/p95 "
+                   f"alone are computed; the TOTAL line is that of all groups). Default: the {TABLE_ROWS} costliest "
+                   f"in a table without a time grouping, else all.")
+@click.option("--all", "every", is_flag=True, help="Every group, in a table too.")
 @click.pass_obj
-def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool, exact: bool, limit: int | None) -> None:
+def report(obj, by: tuple[str, ...], selection, fmt: str, wide: bool, exact: bool, limit: int | None,
+           every: bool) -> None:
     """What was spent, on what, for whom: calls, tokens, cost, share and latency per group."""
     try:
         spec = parse_report(by)
     except ReportError as exc:
         raise click.UsageError(str(exc)) from None
+    if every and limit is not None:
+        raise click.UsageError("give --limit or --all, not both.")
+    if limit is None and not every and fmt == "table" and not set(spec.by) & set(TIME_DIMENSIONS):
+        limit = TABLE_ROWS
     spec = dataclasses.replace(spec, selection=selection)
     with reading(obj.db) as con:
         groups, total = report_rows.report(con, spec, total_latency=fmt == "table", exact=exact, limit=limit)

@@ -176,3 +176,25 @@ def test_the_api_limit_cuts_the_same_groups_and_says_how_many_there_are(api):
     refused = api("/api/v1/report?by=customer&limit=0")
     assert refused.status_code == 400
     assert refused.get_json()["error"]["message"] == "limit must be a whole number from 1 to 100000, got '0'."
+
+
+def test_a_table_shows_the_50_costliest_groups_unless_asked_for_every_one(tmp_path, store_template):
+    # 60 customers, customer i with one call of $(i + 1) on day i: the table's default cut, not JSON's.
+    db = home_dir.db_path(tmp_path)
+    db.write_bytes(store_template.read_bytes())
+    with writing(db) as con:
+        call_rows.insert(con, [call_row(i, ts=START - dt.timedelta(days=i), customer_id=f"c{i:02}",
+                                        cost_usd=Decimal(i + 1), latency_ms=100.0) for i in range(60)])
+    table = run(tmp_path, "report", "--by", "customer", "--since", "2026-09-01").splitlines()
+    assert [line.split()[0] for line in table[1:51]] == [f"c{i:02}" for i in range(59, 9, -1)]
+    total_cost = sum(range(1, 61))
+    assert table[51] == f"… 10 more customers: 10 calls, $55.00 ({55 / total_cost:.0%})"
+    assert table[53].startswith("TOTAL") and len(table) == 54
+    every = run(tmp_path, "report", "--by", "customer", "--since", "2026-09-01", "--all").splitlines()
+    assert len(every) == 1 + 60 + 2 and every[-1] == table[-1]
+    assert len(json.loads(run(tmp_path, "report", "--by", "customer", "--since", "2026-09-01",
+                              "--format", "json"))) == 60
+    days = run(tmp_path, "report", "--by", "day", "--since", "2026-09-01").splitlines()
+    assert len(days) == 1 + 60 + 2  # a time grouping: every period, in order
+    both = CliRunner().invoke(cli, ["--home", str(tmp_path), "report", "--limit", "3", "--all"])
+    assert both.exit_code == 2 and "give --limit or --all, not both." in both.output

@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from . import periods
 from .store import keys
 
-DIMENSIONS = ("model", "provider", "customer", "feature", "key", "team", "day", "hour", "month")
+TIME_DIMENSIONS = ("day", "hour", "month")
+DIMENSIONS = ("model", "provider", "customer", "feature", "key", "team", *TIME_DIMENSIONS)
 _RELATIVE = re.compile(r"^(\d{1,6})([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
