@@ -180,3 +180,24 @@ def test_the_total_of_a_report_by_customer_is_the_report_without_groups(tmp_path
         assert want[name] != exact[name]
 
 
+
+
+def test_one_customers_total_comes_from_the_customers_weekly_histograms(tmp_path, monkeypatch):
+    # One group: a row per week of the customers' tier, not a scan of every raw call for its rows.
+    rows = spread_latencies(400, random.Random(17))
+    for i, row in enumerate(rows):
+        row["customer_id"] = f"c{i % 3}"
+    spec = parse_report(["model"], customer="c1", now=START + dt.timedelta(days=1))
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, rows)
+        assert report_rows._source(con, replace(spec, by=()))[2] is rollups.CUSTOMERS
+        alone = report_rows.total(con, spec)
+        exact = report_rows.total(con, spec, exact=True)
+        ([by_customer], _) = report_rows.report(con, replace(spec, by=("customer",)))
+    calls = len([r for r in rows if r["customer_id"] == "c1"])
+    assert alone["calls"] == exact["calls"] == by_customer["calls"] == calls
+    for name in ("p50_latency_ms", "p95_latency_ms"):
+        assert alone[name] == pytest.approx(exact[name], rel=rollups.RELATIVE_ERROR)
+        assert alone[name] != exact[name]  # from the histograms
+        assert by_customer[name] == exact[name]  # a report by customer, every group: from the raw rows

@@ -142,12 +142,7 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
             total.update({k: groups[0][k] for k in ("p50_latency_ms", "p95_latency_ms")}, **_added(rows[0][-1]))
         shown = Groups(groups[:limit], len(groups), _rest(total, groups[:limit], groups[limit:] if limit else []))
     else:
-        raw = (condition, params) if tier is not None and tier.sparse else None
-        if limit is not None and tier is not None and tier.seconds >= rollups.WEEK.total_seconds():
-            # A limit's few groups (the page's top 50) take percentiles from the weekly histograms:
-            # a row per week each, where the raw rows of the 50 costliest customers of 100M calls
-            # are millions (3-4 s). Within 0.99% of those of the report without a limit.
-            raw = None
+        raw = (condition, params) if _raw_percentiles(tier, bool(names) and limit is None) else None
         if limit is not None and names:
             shown, total = _first_groups(con, spec, (source, dims, names, raw), time_names, order, limit)
         else:
@@ -240,12 +235,21 @@ def total(con: duckdb.DuckDBPyConnection, spec: ReportSpec, exact: bool = False)
     return {**{dimension_name(d): None for d in spec.by}, **found}
 
 
+def _raw_percentiles(tier: rollups.Tier | None, many_groups: bool) -> bool:
+    """Whether a report over ``tier`` takes its groups' percentiles from the raw rows: over a sparse
+    tier (about a call per histogram bin, so merging bins costs more than reading the calls), unless
+    the tier is weekly and the groups are few (a limit's, the page's top 50, or the one of a report
+    without groups): a row per week each, where the raw rows of the 50 costliest of 100,000
+    customers, or a scan for one customer's, take seconds at 100M calls. Within 0.99% then."""
+    return tier is not None and tier.sparse and (many_groups or tier.seconds < rollups.WEEK.total_seconds())
+
+
 def _whole_latency(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> tuple:
     """The p50/p95 of the whole selection as the report without groups takes them (``total``), from
     the tier it reads: a report's total line shows the same numbers whatever it groups by, and reads
     the smallest tier that holds them (a report by customer: the features' weeks, not every raw call)."""
     source, _, tier = _source(con, replace(spec, by=()))
-    if source is not None and tier is not None and not tier.sparse:
+    if source is not None and not _raw_percentiles(tier, many_groups=False):
         found = rollups.quantiles(con.execute(rollups.quantile_sql(source[0], [], _POINTS), source[1]).fetchall(),
                                   _POINTS)
         return _rounded(found.get(()))
