@@ -339,7 +339,7 @@ def assert_coarse_tiers_right(con, raw: bool = True) -> None:
     for tier in rollups.DERIVED:
         rows = tier_rows(con, tier)
         assert rows, f"an empty {tier.table} proves nothing"
-        columns = ", ".join([*tier.dimensions, *rollups.COUNTS, *rollups.SUMS, "cost_usd", "latency"])
+        columns = ", ".join([*tier.dimensions, *rollups.COUNTS, *rollups.SUMS, "cost_usd", *rollups.HISTOGRAMS])
         assert rows == tier_rows(con, tier, f"SELECT to_timestamp(floor(epoch(bucket) / {tier.seconds}) * "
                                             f"{tier.seconds}) AS bucket, {columns} FROM rollups"), tier.table
         if raw:

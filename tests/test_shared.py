@@ -898,3 +898,28 @@ def test_commands_on_control_tables_only_never_open_the_lake(shared_env, tmp_pat
 def test_batch_tags_are_purged_and_erased_in_postgresql_too(shared_env, tmp_path):
     from .test_lifecycle import batch_tags_follow_retention_and_erasure
     batch_tags_follow_retention_and_erasure(tmp_path / "admin", tmp_path / "admin" / "unused.duckdb")
+
+
+def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_path):
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import rollups, writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"proxy-{uuid.uuid4().hex}"
+    new_key(home)
+    with writing(home / "unused.duckdb") as con:  # as the version before s023 left the lake
+        call_rows.insert(con, [call_row(i, customer_id=marker, proxy_us=1000 * (i + 1)) for i in range(3)])
+        for tier in rollups.TIERS:
+            con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's023_proxy_histograms'")
+    [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
+    assert group["calls"] == 3
+    with writing(home / "unused.duckdb") as con:  # the step ran: every tier has the histograms again
+        (histogram,) = con.execute("SELECT proxy FROM rollups_customers WHERE customer_id = ?", [marker]).fetchone()
+        assert sum(histogram.values()) == 3 and len(histogram) == 3
+        (rows,) = con.execute("SELECT count(*) FROM rollups WHERE customer_id = ? AND proxy IS NOT NULL",
+                              [marker]).fetchone()
+        assert rows >= 1

@@ -101,7 +101,7 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
     edges that cut a bucket (store/rollups.py): the same counts, tokens and costs as a scan of every
     row, and the groups' percentiles within rollups.RELATIVE_ERROR (from histograms) or exact over
     the calls kept raw (the sparse tiers: _rollup_groups). The total's percentiles are those of the
-    report without groups (``_whole_latency``). ``exact`` scans the raw rows (exact percentiles;
+    report without groups (``_whole_percentiles``). ``exact`` scans the raw rows (exact percentiles;
     purged calls, which only rollups keep, are then not counted).
     A selection of few calls, all still raw (``_few_unpurged``), is scanned as ``exact`` would.
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
@@ -134,7 +134,8 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
         # No groups: the one row is the selection's, and the total's percentiles come in the same pass.
         alone = total_latency and not names
         sql = (f"SELECT {_named(dims, names)}{_METRICS}"
-               f"{', quantile_cont(proxy_us, [0.5, 0.99])' if alone else ''} FROM calls WHERE {condition} GROUP BY ALL")
+               f"{f', quantile_cont(proxy_us, {list(_PROXY_POINTS)})' if alone else ''} FROM calls WHERE {condition} "
+               "GROUP BY ALL")
         rows = con.execute(sql, params).fetchall()
         groups = sorted((_group(dict(zip([*names, *_METRIC_NAMES], r))) for r in rows), key=order)
         total = _total(con, groups, condition if total_latency and not alone else None, params)
@@ -149,14 +150,11 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
             groups = _rollup_groups(con, source, dims, names, raw, order=order)
             total = _total(con, groups, None, [])
             shown = Groups(groups, len(groups), None)
-        if total_latency:  # rollups hold no proxy_us histogram: these two read the raw rows' one column
-            total.update(_added(one(con.execute(f"SELECT quantile_cont(proxy_us, [0.5, 0.99]) FROM calls "
-                                                f"WHERE {condition}", params))[0]))
-            if not names:  # one group, the whole selection: its percentiles are the total's
-                total["p50_latency_ms"], total["p95_latency_ms"] = (
-                    (shown[0]["p50_latency_ms"], shown[0]["p95_latency_ms"]) if shown else (None, None))
-    if total_latency and names and not raw_scan:
-        total["p50_latency_ms"], total["p95_latency_ms"] = _whole_latency(con, spec)
+        if total_latency and not names:  # one group, the whole selection: its percentiles are the total's
+            total["p50_latency_ms"], total["p95_latency_ms"] = (
+                (shown[0]["p50_latency_ms"], shown[0]["p95_latency_ms"]) if shown else (None, None))
+    if total_latency and not raw_scan:
+        total.update(_whole_percentiles(con, spec, latency=bool(names)))
     for row in [*shown, total]:
         row["share"] = _share(row["cost_usd"], total["cost_usd"])
     for dimension, name in zip(spec.by, names):
@@ -230,7 +228,7 @@ def _whole_sums(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> dict:
 
 def total(con: duckdb.DuckDBPyConnection, spec: ReportSpec, exact: bool = False) -> dict:
     """The total of ``report(con, spec)`` alone (its dimensions' keys None, as there): one group,
-    the whole selection, without the groups' sums and percentiles (``_whole_latency``)."""
+    the whole selection, without the groups' sums and percentiles (``_whole_percentiles``)."""
     _, found = report(con, replace(spec, by=()), exact=exact)
     return {**{dimension_name(d): None for d in spec.by}, **found}
 
@@ -244,18 +242,28 @@ def _raw_percentiles(tier: rollups.Tier | None, many_groups: bool) -> bool:
     return tier is not None and tier.sparse and (many_groups or tier.seconds < rollups.WEEK.total_seconds())
 
 
-def _whole_latency(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> tuple:
-    """The p50/p95 of the whole selection as the report without groups takes them (``total``), from
-    the tier it reads: a report's total line shows the same numbers whatever it groups by, and reads
-    the smallest tier that holds them (a report by customer: the features' weeks, not every raw call)."""
+def _whole_percentiles(con: duckdb.DuckDBPyConnection, spec: ReportSpec, latency: bool) -> dict:
+    """The whole selection's p50/p99 time in the proxy (and, given ``latency``, p50/p95 latency) as
+    the report without groups takes them (``total``), from the tier it reads: a report's total line
+    shows the same numbers whatever it groups by, and reads the smallest tier that holds them (a
+    whole year of 100M calls: the models' days, not every raw call's proxy_us, 2 s)."""
     source, _, tier = _source(con, replace(spec, by=()))
+    found: dict = {}
     if source is not None and not _raw_percentiles(tier, many_groups=False):
-        found = rollups.quantiles(con.execute(rollups.quantile_sql(source[0], [], _POINTS), source[1]).fetchall(),
-                                  _POINTS)
-        return _rounded(found.get(()))
+        def histogram(name: str, points: tuple[float, ...]) -> tuple | None:
+            sql = rollups.quantile_sql(source[0], [], points, name)
+            return rollups.quantiles(con.execute(sql, source[1]).fetchall(), points).get(())
+
+        if latency:
+            found["p50_latency_ms"], found["p95_latency_ms"] = _rounded(histogram("latency", _POINTS))
+        return {**found, **_added(histogram("proxy", _PROXY_POINTS))}
     condition, params = where(spec.selection)
-    return _rounded(one(con.execute(f"SELECT quantile_cont(latency_ms, {list(_POINTS)}) FROM calls "
-                                    f"WHERE {condition}", params))[0])
+    times, added = one(con.execute(f"SELECT quantile_cont(latency_ms, {list(_POINTS)}), "
+                                   f"quantile_cont(proxy_us, {list(_PROXY_POINTS)}) FROM calls WHERE {condition}",
+                                   params))
+    if latency:
+        found["p50_latency_ms"], found["p95_latency_ms"] = _rounded(times)
+    return {**found, **_added(added)}
 
 
 # A selection of at most this many raw calls is scanned rather than read from the rollups: at such
@@ -278,6 +286,7 @@ def _few_unpurged(con: duckdb.DuckDBPyConnection, selection: Selection, horizon:
 _ROLLUP_METRICS = (f"{', '.join(f'coalesce(sum({c}), 0)::BIGINT AS {c}' for c in (*_COUNTS, *_TOKENS))}, "
                    f"coalesce(sum(audio_seconds), 0)::DOUBLE AS audio_seconds, sum(cost_usd) AS cost_usd")
 _POINTS = (0.5, 0.95)
+_PROXY_POINTS = (0.5, 0.99)  # of the time in the proxy's hooks: its tail is what a user weighs
 
 
 def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec, tiers: tuple[rollups.Tier, ...] = rollups.TIERS,
@@ -634,7 +643,8 @@ def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], condition: str | 
     if condition is not None:
         # proxy_us is NULL on rows stored before it was measured: quantiles skip them, not count them as 0.
         latency, added = one(con.execute("SELECT quantile_cont(latency_ms, [0.5, 0.95]), "
-                                         f"quantile_cont(proxy_us, [0.5, 0.99]) FROM calls WHERE {condition}", params))
+                                         f"quantile_cont(proxy_us, {list(_PROXY_POINTS)}) FROM calls WHERE {condition}",
+                                         params))
     return {**_group({**total, "latency_ms": latency}), **_added(added)}
 
 

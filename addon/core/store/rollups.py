@@ -62,6 +62,8 @@ SUMS = ["input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_
         "reasoning_tokens", "web_search_requests", *UNIT_NAMES]
 _SUM_TYPE = {"audio_seconds": "DECIMAL(38, 3)"}
 FAILED = "(status >= 400 OR outcome <> 'completed')"  # reports.FAILED
+# Latency (ms) and the time in the proxy's hooks (proxy_us, µs): histograms of the same bins.
+HISTOGRAMS = ("latency", "proxy")
 
 _DDL = """
     CREATE TABLE IF NOT EXISTS {table} (
@@ -70,7 +72,8 @@ _DDL = """
         {counts},
         {sums},
         cost_usd DECIMAL(38, 18),         -- NULL when no call of the row was priced, as sum() is
-        latency MAP(SMALLINT, BIGINT)     -- histogram bin -> calls (store/rollups.py)
+        latency MAP(SMALLINT, BIGINT),    -- histogram bin -> calls (store/rollups.py)
+        proxy MAP(SMALLINT, BIGINT)       -- the same of proxy_us; NULL in rows summed before m032
     )
 """
 _TAG_TYPES = {"key_id": "INTEGER", "customer_id": "VARCHAR", "feature": "VARCHAR", "provider": "VARCHAR NOT NULL",
@@ -149,7 +152,8 @@ def aggregate(source: str, tier: Tier = FINE) -> str:
                count(*) FILTER (WHERE usage_source = 'unmetered') AS unmetered_calls,
                count(*) FILTER (WHERE usage_source IN ('estimated', 'partial')) AS estimated_calls,
                {sums}, sum(cost_usd) AS cost_usd,
-               histogram({bin_sql()})::MAP(SMALLINT, BIGINT) AS latency
+               histogram({bin_sql()})::MAP(SMALLINT, BIGINT) AS latency,
+               histogram({bin_sql('proxy_us')})::MAP(SMALLINT, BIGINT) AS proxy
         FROM ({source}) s GROUP BY ALL"""
 
 
@@ -159,22 +163,24 @@ def merged(source: str, tier: Tier) -> str:
     group = ", ".join(["bucket", *tier.dimensions])
     sums = ", ".join(f"sum({c})::{'BIGINT' if c in COUNTS else _SUM_TYPE.get(c, 'BIGINT')} AS {c}"
                      for c in [*COUNTS, *SUMS])
-    same = " AND ".join(f"sums.{c} IS NOT DISTINCT FROM hist.{c}" for c in ["bucket", *tier.dimensions])
+    same = " AND ".join(f"sums.{c} IS NOT DISTINCT FROM {{h}}.{c}" for c in ["bucket", *tier.dimensions])
+    merges = "".join(f""",
+        bins_{h} AS (SELECT {group}, b, sum(n)::BIGINT AS n FROM
+                       (SELECT {group}, unnest(map_keys({h})) AS b, unnest(map_values({h})) AS n FROM r)
+                     GROUP BY ALL),
+        hist_{h} AS (SELECT {group}, map(list(b ORDER BY b), list(n ORDER BY b)) AS {h} FROM bins_{h} GROUP BY ALL)"""
+                     for h in HISTOGRAMS)
     return f"""
         WITH r AS ({source}),
-        sums AS (SELECT {group}, {sums}, sum(cost_usd) AS cost_usd FROM r GROUP BY ALL),
-        bins AS (SELECT {group}, b, sum(n)::BIGINT AS n FROM
-                   (SELECT {group}, unnest(map_keys(latency)) AS b, unnest(map_values(latency)) AS n FROM r)
-                 GROUP BY ALL),
-        hist AS (SELECT {group}, map(list(b ORDER BY b), list(n ORDER BY b)) AS latency FROM bins GROUP BY ALL)
+        sums AS (SELECT {group}, {sums}, sum(cost_usd) AS cost_usd FROM r GROUP BY ALL){merges}
         SELECT {", ".join(f"sums.{c}" for c in ["bucket", *tier.dimensions, *COUNTS, *SUMS, "cost_usd"])},
-               coalesce(hist.latency, MAP {{}}::MAP(SMALLINT, BIGINT)) AS latency
-        FROM sums LEFT JOIN hist ON {same}"""
+               {", ".join(f"coalesce(hist_{h}.{h}, MAP {{}}::MAP(SMALLINT, BIGINT)) AS {h}" for h in HISTOGRAMS)}
+        FROM sums {" ".join(f"LEFT JOIN hist_{h} ON {same.format(h=f'hist_{h}')}" for h in HISTOGRAMS)}"""
 
 
 def _columns(tier: Tier, prefix: str = "") -> str:
     """``tier``'s columns but ``bucket``, as the 15-minute rows (``prefix``: their alias) hold them."""
-    return ", ".join(f"{prefix}{c}" for c in [*tier.dimensions, *COUNTS, *SUMS, "cost_usd", "latency"])
+    return ", ".join(f"{prefix}{c}" for c in [*tier.dimensions, *COUNTS, *SUMS, "cost_usd", *HISTOGRAMS])
 
 
 def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list) -> None:
@@ -300,8 +306,8 @@ def quantiles(rows: list[tuple], points: tuple[float, ...]) -> dict[tuple, tuple
     return found
 
 
-def quantile_sql(source: str, names: list[str], points: tuple[float, ...]) -> str:
-    """Per group of ``names`` over ``source`` (rows with a ``latency`` histogram): the total and,
+def quantile_sql(source: str, names: list[str], points: tuple[float, ...], histogram: str = "latency") -> str:
+    """Per group of ``names`` over ``source`` (rows with a ``histogram`` column): the total and,
     per point, the bins of the two ranks quantile_cont would interpolate between."""
     group = ", ".join(names)
     partition = f"PARTITION BY {group}" if names else ""
@@ -309,8 +315,8 @@ def quantile_sql(source: str, names: list[str], points: tuple[float, ...]) -> st
                       f"min(b) FILTER (WHERE upto > ceil((total - 1) * {p}))" for p in points)
     return f"""
         WITH bins AS (SELECT {group + ',' if names else ''} b, sum(n) AS n FROM
-                        (SELECT {group + ',' if names else ''} unnest(map_keys(latency)) AS b,
-                                unnest(map_values(latency)) AS n FROM ({source}))
+                        (SELECT {group + ',' if names else ''} unnest(map_keys({histogram})) AS b,
+                                unnest(map_values({histogram})) AS n FROM ({source}))
                       GROUP BY ALL),
         cum AS (SELECT *, sum(n) OVER ({partition} ORDER BY b ROWS UNBOUNDED PRECEDING) AS upto,
                        sum(n) OVER ({partition}) AS total FROM bins)

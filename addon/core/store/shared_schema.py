@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import raw_horizon, rollups
 from .calls import CALL_COLUMNS, COST_TYPE, UNIT_COLUMNS, UNIT_NAMES
@@ -25,6 +25,7 @@ from .migrations import (
     KEY_TEAM_COLUMN,
     PRICE_SNAPSHOT_COLUMN,
     PRICE_SNAPSHOTS_DDL,
+    PROXY_HISTOGRAMS,
     PROXY_US_COLUMN,
     RECONCILIATIONS_DDL,
     SSO_USERS_DDL,
@@ -131,7 +132,7 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
                    "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups",
-                   "s021_raw_horizon", "s022_tag_rollups")
+                   "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -312,13 +313,19 @@ def ensure_lake(con, control) -> None:
             _in_transaction(con, TAG_ROLLUPS)
             control.execute("INSERT INTO schema_migrations VALUES ('s022_tag_rollups', now()) "
                             "ON CONFLICT DO NOTHING")
+        if "s023_proxy_histograms" not in _applied(control):  # as migrations.m032_proxy_histograms
+            _in_transaction(con, PROXY_HISTOGRAMS, then=lambda: rollups.rebuild(con, "TRUE", []))
+            control.execute("INSERT INTO schema_migrations VALUES ('s023_proxy_histograms', now()) "
+                            "ON CONFLICT DO NOTHING")
 
 
-def _in_transaction(con, statements: list[str]) -> None:
+def _in_transaction(con, statements: list[str], then: Callable[[], None] | None = None) -> None:
     con.execute("BEGIN")
     try:
         for statement in statements:
             con.execute(statement)
+        if then is not None:
+            then()
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
