@@ -208,13 +208,14 @@ def test_one_customers_total_comes_from_the_customers_weekly_histograms(tmp_path
         assert by_customer[name] == exact[name]  # a report by customer, every group: from the raw rows
 
 
-def test_the_migration_sums_histograms_of_the_time_in_the_proxy_from_the_raw_calls(tmp_path, monkeypatch):
+def test_rollups_summed_before_the_proxy_histograms_send_totals_to_the_raw_calls_proxy_us(tmp_path, monkeypatch):
     # A file as the version before m032 left it: rollups without a proxy_us histogram, and the first
     # six hours' calls purged (their sums only in the rollups, their proxy_us gone).
     from .test_report_ranges import interpolated
     con = duckdb.connect(str(tmp_path / "old.duckdb"))
     migrated_before(con, migrations.m032_proxy_histograms)
     rng = random.Random(32)
+    day = dt.timedelta(days=1)
     rows = [r | {"proxy_us": rng.randrange(100, 5000)} for r in spread_latencies(300, rng)
             + spread_latencies(300, rng, START + dt.timedelta(hours=6))]
     call_rows.insert(con, rows)
@@ -223,11 +224,22 @@ def test_the_migration_sums_histograms_of_the_time_in_the_proxy_from_the_raw_cal
     cutoff = START + dt.timedelta(hours=6)
     con.execute("DELETE FROM calls WHERE ts < ?", [cutoff])
     assert migrations.apply_pending(con) == ["m032_proxy_histograms"]
-    assert_coarse_tiers_right(con, raw=False)
     monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
-    _, total = report_rows.report(con, parse_report(["model"], now=START + dt.timedelta(days=1)))
-    assert total["calls"] == 600  # the purged calls still counted, from the rollups
-    kept = [r["proxy_us"] for r in rows if r["ts"] >= cutoff]  # the only proxy_us left to sum
-    for name, point in (("p50_proxy_us", 0.5), ("p99_proxy_us", 0.99)):
-        assert total[name] == pytest.approx(interpolated(kept, point), rel=rollups.RELATIVE_ERROR, abs=1)
+
+    def added(since: dt.datetime) -> tuple:
+        _, total = report_rows.report(con, parse_report(["model"], since=since.isoformat(), now=START + 3 * day))
+        return total["calls"], total["p50_proxy_us"], total["p99_proxy_us"]
+
+    kept = [r["proxy_us"] for r in rows if r["ts"] >= cutoff]  # the only proxy_us left
+    # Rows summed before: the raw calls' proxy_us, exact (the purged calls' sums still counted).
+    assert added(START) == (600, round(interpolated(kept, 0.5)), round(interpolated(kept, 0.99)))
+    later = [r | {"proxy_us": rng.randrange(100, 5000)} for r in spread_latencies(300, rng, START + 2 * day)]
+    call_rows.insert(con, later)
+    calls, p50, p99 = added(START + 2 * day)  # rows summed since: their histograms, within 0.99%
+    new = [r["proxy_us"] for r in later]
+    assert calls == 300 and (p50, p99) != (round(interpolated(new, 0.5)), round(interpolated(new, 0.99)))
+    assert p50 == pytest.approx(interpolated(new, 0.5), rel=rollups.RELATIVE_ERROR, abs=1)
+    assert p99 == pytest.approx(interpolated(new, 0.99), rel=rollups.RELATIVE_ERROR, abs=1)
+    assert added(START)[1:] == (round(interpolated(kept + new, 0.5)), round(interpolated(kept + new, 0.99)))
+    assert_coarse_tiers_right(con, raw=False)
     con.close()

@@ -917,9 +917,11 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
         pg.execute("DELETE FROM schema_migrations WHERE name = 's023_proxy_histograms'")
     [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
     assert group["calls"] == 3
-    with writing(home / "unused.duckdb") as con:  # the step ran: every tier has the histograms again
-        (histogram,) = con.execute("SELECT proxy FROM rollups_customers WHERE customer_id = ?", [marker]).fetchone()
-        assert sum(histogram.values()) == 3 and len(histogram) == 3
-        (rows,) = con.execute("SELECT count(*) FROM rollups WHERE customer_id = ? AND proxy IS NOT NULL",
-                              [marker]).fetchone()
-        assert rows >= 1
+    with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, NULL in the rows before
+        before = con.execute("SELECT proxy FROM rollups_customers WHERE customer_id = ?", [marker]).fetchall()
+        assert before == [(None,)]
+        later = f"{marker}-later"
+        call_rows.insert(con, [call_row(i, customer_id=later, proxy_us=1000 * (i + 1)) for i in range(3)])
+        for tier in (rollups.FINE, rollups.CUSTOMERS):  # and rows summed since hold the histogram
+            (histogram,) = con.execute(f"SELECT proxy FROM {tier.table} WHERE customer_id = ?", [later]).fetchone()
+            assert sorted(histogram.values()) == [1, 1, 1], tier.table

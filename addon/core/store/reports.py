@@ -249,6 +249,7 @@ def _whole_percentiles(con: duckdb.DuckDBPyConnection, spec: ReportSpec, latency
     whole year of 100M calls: the models' days, not every raw call's proxy_us, 2 s)."""
     source, _, tier = _source(con, replace(spec, by=()))
     found: dict = {}
+    condition, params = where(spec.selection)
     if source is not None and not _raw_percentiles(tier, many_groups=False):
         def histogram(name: str, points: tuple[float, ...]) -> tuple | None:
             sql = rollups.quantile_sql(source[0], [], points, name)
@@ -256,8 +257,13 @@ def _whole_percentiles(con: duckdb.DuckDBPyConnection, spec: ReportSpec, latency
 
         if latency:
             found["p50_latency_ms"], found["p95_latency_ms"] = _rounded(histogram("latency", _POINTS))
-        return {**found, **_added(histogram("proxy", _PROXY_POINTS))}
-    condition, params = where(spec.selection)
+        # Rows summed before the rollups kept proxy_us (m032) have no histogram of it: their calls'
+        # values are still in the raw rows (or purged with them).
+        (missing,) = one(con.execute(f"SELECT bool_or(proxy IS NULL) FROM ({source[0]})", source[1]))
+        if not missing:
+            return {**found, **_added(histogram("proxy", _PROXY_POINTS))}
+        return {**found, **_added(one(con.execute(f"SELECT quantile_cont(proxy_us, {list(_PROXY_POINTS)}) "
+                                                  f"FROM calls WHERE {condition}", params))[0])}
     times, added = one(con.execute(f"SELECT quantile_cont(latency_ms, {list(_POINTS)}), "
                                    f"quantile_cont(proxy_us, {list(_PROXY_POINTS)}) FROM calls WHERE {condition}",
                                    params))

@@ -73,7 +73,7 @@ _DDL = """
         {sums},
         cost_usd DECIMAL(38, 18),         -- NULL when no call of the row was priced, as sum() is
         latency MAP(SMALLINT, BIGINT),    -- histogram bin -> calls (store/rollups.py)
-        proxy MAP(SMALLINT, BIGINT)       -- the same of proxy_us; NULL in rows summed before m032
+        proxy MAP(SMALLINT, BIGINT)       -- the same of proxy_us; NULL: some calls' not summed (m032)
     )
 """
 _TAG_TYPES = {"key_id": "INTEGER", "customer_id": "VARCHAR", "feature": "VARCHAR", "provider": "VARCHAR NOT NULL",
@@ -170,11 +170,16 @@ def merged(source: str, tier: Tier) -> str:
                      GROUP BY ALL),
         hist_{h} AS (SELECT {group}, map(list(b ORDER BY b), list(n ORDER BY b)) AS {h} FROM bins_{h} GROUP BY ALL)"""
                      for h in HISTOGRAMS)
+    # A row without a proxy histogram (summed before m032, or of calls without proxy_us) makes the
+    # merged one have none: a histogram of part of the calls would pass for all of them.
     return f"""
         WITH r AS ({source}),
-        sums AS (SELECT {group}, {sums}, sum(cost_usd) AS cost_usd FROM r GROUP BY ALL){merges}
+        sums AS (SELECT {group}, {sums}, sum(cost_usd) AS cost_usd, bool_or(proxy IS NULL) AS proxy_missing
+                 FROM r GROUP BY ALL){merges}
         SELECT {", ".join(f"sums.{c}" for c in ["bucket", *tier.dimensions, *COUNTS, *SUMS, "cost_usd"])},
-               {", ".join(f"coalesce(hist_{h}.{h}, MAP {{}}::MAP(SMALLINT, BIGINT)) AS {h}" for h in HISTOGRAMS)}
+               coalesce(hist_latency.latency, MAP {{}}::MAP(SMALLINT, BIGINT)) AS latency,
+               CASE WHEN NOT proxy_missing THEN coalesce(hist_proxy.proxy, MAP {{}}::MAP(SMALLINT, BIGINT)) END
+                 AS proxy
         FROM sums {" ".join(f"LEFT JOIN hist_{h} ON {same.format(h=f'hist_{h}')}" for h in HISTOGRAMS)}"""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from . import raw_horizon, rollups
 from .calls import CALL_COLUMNS, COST_TYPE, UNIT_COLUMNS, UNIT_NAMES
@@ -314,18 +314,16 @@ def ensure_lake(con, control) -> None:
             control.execute("INSERT INTO schema_migrations VALUES ('s022_tag_rollups', now()) "
                             "ON CONFLICT DO NOTHING")
         if "s023_proxy_histograms" not in _applied(control):  # as migrations.m032_proxy_histograms
-            _in_transaction(con, PROXY_HISTOGRAMS, then=lambda: rollups.rebuild(con, "TRUE", []))
+            _in_transaction(con, PROXY_HISTOGRAMS)
             control.execute("INSERT INTO schema_migrations VALUES ('s023_proxy_histograms', now()) "
                             "ON CONFLICT DO NOTHING")
 
 
-def _in_transaction(con, statements: list[str], then: Callable[[], None] | None = None) -> None:
+def _in_transaction(con, statements: list[str]) -> None:
     con.execute("BEGIN")
     try:
         for statement in statements:
             con.execute(statement)
-        if then is not None:
-            then()
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
