@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import random
 import uuid
 from decimal import Decimal
@@ -441,3 +442,20 @@ def test_the_history_purge_drops_whole_utc_weeks_from_every_tier(tmp_path):
     assert first < week  # the raw calls stay: only their plans' retention purges them
     assert 200 < raw[0] < 400
     assert set(sums.values()) == {(True, *raw)}  # the week of the cutoff kept whole, the days before gone
+
+
+def test_calls_without_a_time_in_the_proxy_sum_to_an_empty_histogram_not_a_missing_one(tmp_path):
+    # A batch's result rows carry no proxy_us: their rollups say "none", which a total reads from the
+    # rollups, where NULL (rows summed before m032) sends it to the raw calls.
+    from .helpers import call_row
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [call_row(1, ts=START, proxy_us=None, customer_id="acme"),
+                               call_row(2, ts=START + dt.timedelta(hours=1), proxy_us=700, customer_id="acme")])
+        for tier in rollups.TIERS:
+            found = con.execute(f"SELECT bucket, proxy FROM {tier.table} ORDER BY bucket").fetchall()
+            assert [h for _, h in found] == ([{}, {rollups_bin(700): 1}] if tier.seconds < 7200
+                                             else [{rollups_bin(700): 1}]), tier.table
+
+
+def rollups_bin(value: float) -> int:
+    return math.ceil(math.log(value) / math.log(rollups.GROWTH))

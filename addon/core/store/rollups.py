@@ -73,7 +73,7 @@ _DDL = """
         {sums},
         cost_usd DECIMAL(38, 18),         -- NULL when no call of the row was priced, as sum() is
         latency MAP(SMALLINT, BIGINT),    -- histogram bin -> calls (store/rollups.py)
-        proxy MAP(SMALLINT, BIGINT)       -- the same of proxy_us; NULL: some calls' not summed (m032)
+        proxy MAP(SMALLINT, BIGINT)       -- the same of proxy_us; NULL: rows summed before m032
     )
 """
 _TAG_TYPES = {"key_id": "INTEGER", "customer_id": "VARCHAR", "feature": "VARCHAR", "provider": "VARCHAR NOT NULL",
@@ -153,7 +153,8 @@ def aggregate(source: str, tier: Tier = FINE) -> str:
                count(*) FILTER (WHERE usage_source IN ('estimated', 'partial')) AS estimated_calls,
                {sums}, sum(cost_usd) AS cost_usd,
                histogram({bin_sql()})::MAP(SMALLINT, BIGINT) AS latency,
-               histogram({bin_sql('proxy_us')})::MAP(SMALLINT, BIGINT) AS proxy
+               -- empty, not NULL, for calls without proxy_us (a batch's results): NULL says "not summed"
+               coalesce(histogram({bin_sql('proxy_us')}), MAP {{}})::MAP(SMALLINT, BIGINT) AS proxy
         FROM ({source}) s GROUP BY ALL"""
 
 
@@ -170,8 +171,8 @@ def merged(source: str, tier: Tier) -> str:
                      GROUP BY ALL),
         hist_{h} AS (SELECT {group}, map(list(b ORDER BY b), list(n ORDER BY b)) AS {h} FROM bins_{h} GROUP BY ALL)"""
                      for h in HISTOGRAMS)
-    # A row without a proxy histogram (summed before m032, or of calls without proxy_us) makes the
-    # merged one have none: a histogram of part of the calls would pass for all of them.
+    # A row without a proxy histogram (summed before m032) makes the merged one have none: a
+    # histogram of part of the calls would pass for all of them.
     return f"""
         WITH r AS ({source}),
         sums AS (SELECT {group}, {sums}, sum(cost_usd) AS cost_usd, bool_or(proxy IS NULL) AS proxy_missing
