@@ -219,6 +219,8 @@ def test_the_migration_fills_the_daily_tier_from_the_15_minute_rows(tmp_path, mo
     with monkeypatch.context() as older:
         older.setattr(rollups, "TIERS", (rollups.FINE, rollups.COARSE))
         call_rows.insert(con, calls)
+    for tier in (rollups.FINE, rollups.COARSE):  # nor had its tiers a histogram of proxy_us
+        con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
     con.execute("DELETE FROM calls WHERE ts < ?", [START + rollups.DAY])
     assert migrations.apply_pending(con)[0] == "m029_daily_rollups"
     days = con.execute("SELECT bucket, sum(calls), sum(cost_usd), sum(input_tokens) FROM rollups_daily "
@@ -247,8 +249,10 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
     with monkeypatch.context() as older:
         older.setattr(rollups, "TIERS", rollups.BEFORE_NARROW)
         call_rows.insert(con, calls)
+    for tier in rollups.BEFORE_NARROW:  # nor had its tiers a histogram of proxy_us
+        con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
     con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
-    assert migrations.apply_pending(con)[0] == "m031_tag_rollups"
+    assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms"]
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
         groups: dict[tuple, list[dict]] = {}
         for call in calls:

@@ -481,14 +481,18 @@ def m032_proxy_histograms(con: duckdb.DuckDBPyConnection) -> None:
 
 
 ROLLUPS_DDL = rollups.DDL
-HOURLY_ROLLUPS = [rollups.HOURLY_DDL, rollups.derive_all(rollups.COARSE)]
+# The proxy_us histogram column (m032) first: derive_all reads it from the 15-minute rows, which a
+# store upgraded from before m032 holds without it.
+_ADD_PROXY = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS proxy MAP(SMALLINT, BIGINT)"
+PROXY_HISTOGRAMS = [_ADD_PROXY.format(table=tier.table) for tier in rollups.TIERS]
+_FINE_PROXY = [_ADD_PROXY.format(table=rollups.FINE.table)]
+HOURLY_ROLLUPS = [*_FINE_PROXY, rollups.HOURLY_DDL, rollups.derive_all(rollups.COARSE)]
 # The DELETE makes the step safe to run again: the lake's (s020) commits its rows before PostgreSQL
 # records it, and a crash between the two runs it again at the next start.
-DAILY_ROLLUPS = [rollups.DAILY_DDL, f"DELETE FROM {rollups.DAILY.table}", rollups.derive_all(rollups.DAILY)]
-PROXY_HISTOGRAMS = [f"ALTER TABLE {tier.table} ADD COLUMN IF NOT EXISTS proxy MAP(SMALLINT, BIGINT)"
-                    for tier in rollups.TIERS]
-TAG_ROLLUPS = [statement for tier in rollups.TIERS if tier not in rollups.BEFORE_NARROW
-               for statement in (tier.ddl, f"DELETE FROM {tier.table}", rollups.derive_all(tier))]
+DAILY_ROLLUPS = [*_FINE_PROXY, rollups.DAILY_DDL, f"DELETE FROM {rollups.DAILY.table}",
+                 rollups.derive_all(rollups.DAILY)]
+TAG_ROLLUPS = [*_FINE_PROXY, *(statement for tier in rollups.TIERS if tier not in rollups.BEFORE_NARROW
+                               for statement in (tier.ddl, f"DELETE FROM {tier.table}", rollups.derive_all(tier)))]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
                                                 "web_search_requests", *UNIT_COLUMNS_NAMES))
 HOURLY_INTO_ROLLUPS = f"""
