@@ -165,17 +165,16 @@ def ensure_control(control) -> None:
         done = _applied(control)
         if "s001_control" not in done:
             control.pg.execute(_CONTROL)
-            control.execute("INSERT INTO schema_migrations VALUES ('s001_control', now()) ON CONFLICT DO NOTHING")
+            _record(control, "s001_control")
         if "s002_reconciliations" not in done:
             control.pg.execute(RECONCILIATIONS_DDL)
-            control.execute("INSERT INTO schema_migrations VALUES ('s002_reconciliations', now()) "
-                            "ON CONFLICT DO NOTHING")
+            _record(control, "s002_reconciliations")
         if "s003_keyed_erasures" not in done:
             _keyed_erasures(control)
         if "s004_limit_grants" not in done:
             # How many calls the last admit statement granted (counters.ADMIT returns it).
             control.execute("ALTER TABLE limit_counters ADD COLUMN IF NOT EXISTS granted BIGINT NOT NULL DEFAULT 0")
-            control.execute("INSERT INTO schema_migrations VALUES ('s004_limit_grants', now()) ON CONFLICT DO NOTHING")
+            _record(control, "s004_limit_grants")
         if "s005_budgets_per_key" not in done:  # as migrations.m016_budgets_per_key
             control.pg.execute("""
                 ALTER TABLE budgets ADD COLUMN IF NOT EXISTS key_id INTEGER;
@@ -186,7 +185,7 @@ def ensure_control(control) -> None:
         for name, ddl in _NEW_TABLES:
             if name not in done:
                 control.pg.execute(ddl)
-                control.execute("INSERT INTO schema_migrations VALUES (?, now()) ON CONFLICT DO NOTHING", [name])
+                _record(control, name)
 
 
 def _keyed_erasures(control) -> None:
@@ -201,7 +200,7 @@ def _keyed_erasures(control) -> None:
         for kind, plain in control.execute("SELECT kind, value_hash FROM erasures").fetchall():
             control.execute("UPDATE erasures SET value_hash = ? WHERE kind = ? AND value_hash = ?",
                             [keyed(key, plain), kind, plain])
-        control.execute("INSERT INTO schema_migrations VALUES ('s003_keyed_erasures', now()) ON CONFLICT DO NOTHING")
+        _record(control, "s003_keyed_erasures")
 
 
 SECRETS_DDL = """
@@ -272,51 +271,44 @@ def ensure_lake(con, control) -> None:
             for statement in _LAKE:
                 con.execute(statement)
             for step in _NEW_LAKE_STEPS:
-                control.execute("INSERT INTO schema_migrations VALUES (?, now()) ON CONFLICT DO NOTHING", [step])
+                _record(control, step)
         if "s006_units_columns" not in _applied(control):  # as migrations.m017_units_columns
             for statement in units_ddl("calls").split("; "):
                 con.execute(statement)
             con.execute(UNMETERED_UPDATE)
-            control.execute("INSERT INTO schema_migrations VALUES ('s006_units_columns', now()) ON CONFLICT DO NOTHING")
+            _record(control, "s006_units_columns")
         if "s009_realtime_cached_kinds" not in _applied(control):  # as migrations.m019_realtime_cached_kinds
             for statement in units_ddl("calls").split("; "):
                 con.execute(statement)
-            control.execute("INSERT INTO schema_migrations VALUES ('s009_realtime_cached_kinds', now()) "
-                            "ON CONFLICT DO NOTHING")
+            _record(control, "s009_realtime_cached_kinds")
         if "s010_tools" not in _applied(control):  # as migrations.m020_tools
             for statement in units_ddl("calls").split("; "):
                 con.execute(statement)
-            control.execute("INSERT INTO schema_migrations VALUES ('s010_tools', now()) ON CONFLICT DO NOTHING")
+            _record(control, "s010_tools")
         if "s011_prices" not in _applied(control):  # as migrations.m021_prices
             con.execute(PRICE_SNAPSHOT_COLUMN.format(table="calls"))
-            control.execute("INSERT INTO schema_migrations VALUES ('s011_prices', now()) ON CONFLICT DO NOTHING")
+            _record(control, "s011_prices")
         if "s013_proxy_us" not in _applied(control):  # as migrations.m022_proxy_us
             con.execute(PROXY_US_COLUMN.format(table="calls"))
-            control.execute("INSERT INTO schema_migrations VALUES ('s013_proxy_us', now()) "
-                            "ON CONFLICT DO NOTHING")
+            _record(control, "s013_proxy_us")
         if "s014_rollups" not in _applied(control):
             _in_transaction(con, _LAKE_ROLLUPS)
-            control.execute("INSERT INTO schema_migrations VALUES ('s014_rollups', now()) ON CONFLICT DO NOTHING")
+            _record(control, "s014_rollups")
         if "s015_hourly_rollups" not in _applied(control):  # as migrations.m024_hourly_rollups
             _in_transaction(con, HOURLY_ROLLUPS)
-            control.execute("INSERT INTO schema_migrations VALUES ('s015_hourly_rollups', now()) "
-                            "ON CONFLICT DO NOTHING")
+            _record(control, "s015_hourly_rollups")
         if "s020_daily_rollups" not in _applied(control):  # as migrations.m029_daily_rollups
             _in_transaction(con, DAILY_ROLLUPS)
-            control.execute("INSERT INTO schema_migrations VALUES ('s020_daily_rollups', now()) "
-                            "ON CONFLICT DO NOTHING")
+            _record(control, "s020_daily_rollups")
         if "s021_raw_horizon" not in _applied(control):  # as migrations.m030_raw_horizon
             raw_horizon.from_rollups(con, control, dt.datetime.now(dt.UTC))
-            control.execute("INSERT INTO schema_migrations VALUES ('s021_raw_horizon', now()) "
-                            "ON CONFLICT DO NOTHING")
+            _record(control, "s021_raw_horizon")
         if "s022_tag_rollups" not in _applied(control):  # as migrations.m031_tag_rollups
             _in_transaction(con, TAG_ROLLUPS)
-            control.execute("INSERT INTO schema_migrations VALUES ('s022_tag_rollups', now()) "
-                            "ON CONFLICT DO NOTHING")
+            _record(control, "s022_tag_rollups")
         if "s023_proxy_histograms" not in _applied(control):  # as migrations.m032_proxy_histograms
             _in_transaction(con, PROXY_HISTOGRAMS)
-            control.execute("INSERT INTO schema_migrations VALUES ('s023_proxy_histograms', now()) "
-                            "ON CONFLICT DO NOTHING")
+            _record(control, "s023_proxy_histograms")
 
 
 def _in_transaction(con, statements: list[str]) -> None:
@@ -354,3 +346,8 @@ def _schema_lock(control) -> Iterator[None]:
 
 def _applied(control) -> set[str]:
     return {name for (name,) in control.execute("SELECT name FROM schema_migrations").fetchall()}
+
+
+def _record(control, step: str) -> None:
+    """``step`` applied (a replica that raced to it too finds it recorded)."""
+    control.execute("INSERT INTO schema_migrations VALUES (?, now()) ON CONFLICT DO NOTHING", [step])
