@@ -235,7 +235,9 @@ def test_a_4_mb_event_in_1_kb_chunks_neither_stalls_other_callers_nor_escapes_me
     thread = threading.Thread(target=big)
     thread.start()
     beside = []
-    while thread.is_alive() and len(beside) < 50:
+    # At least five calls: when the stream ends after one or two, the median of those alone is the
+    # one that met the event's decoding (0.32 s against 0.02 s alone, in one CI run), not a stall.
+    while (thread.is_alive() or len(beside) < 5) and len(beside) < 50:
         beside.append(_seconds_per_call(proxy))
     thread.join(60)
     assert result["bytes"] > 4 * 1024 * 1024
