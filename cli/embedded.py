@@ -7,10 +7,10 @@ dies (``kill -9``): the workers go on proxying meanwhile, their rows waiting in 
 
 A worker never opens the file: it sends its finished rows, in the batches its writer flushes, over
 the owner's socket (``owner.sock``: one session, one insert of the batch as one JSON parameter),
-and reads keys, limits and budgets the same way every ~2 s. The web app (``--web-port``, served by
-the parent), the CLI and a standalone ``aispendtrack web`` use the same owner; the periodic jobs
-(alerts, purges, reconciliations) and the fetch of the list prices run here, once, not in every
-worker.
+and reads keys, limits and budgets the same way every ~2 s. The web app (``--web-port``) runs here,
+a cursor per request, on the port the parent holds across owners; the CLI and a standalone
+``aispendtrack web`` use the owner's socket. The periodic jobs (alerts, purges, reconciliations)
+and the fetch of the list prices run here, once, not in every worker.
 
 Limits and blocking budgets are the host's: counted in shared memory under one lock
 (addon/core/host_counters.py), seeded by the first owner from the stored calls before any worker
@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -109,11 +110,25 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    web = _serve_web(Path(config["home"]), config["web"]) if config["web"] else None
     _tell_ready(config["ready_fd"])
     # Timed: a signal taken by another thread of this process (the parent's death comes twice at
     # once, the kernel's signal and the end of standard input) runs its handler only once the main
     # thread next runs Python, which an untimed wait may never do.
     while not stopping.wait(0.5):
         pass
+    if web is not None:
+        web.shutdown()  # requests after this wait in the port's queue, which the parent holds
     host.stop()
+
+
+def _serve_web(home: Path, options: dict):
+    """``--web-port``: the web app and API in this process, a cursor of the open file per request, on
+    the listening socket the parent bound (cli/workers.py WebHandover); /metrics relays the parent's."""
+    from addon.core import metrics
+    from addon.core.metrics_merge import Relayed
+    from web.server import serve_in_thread
+    metrics.install(Relayed(options["metrics_url"]))
+    listening = socket.socket(fileno=options["fd"])
+    return serve_in_thread(home, options["host"], options["port"], options["trusted_proxies"], listening)
 

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +22,9 @@ from addon.core.store import writing
 
 from .options import trusted_proxy_option
 from .output import check_port_free
+
+if TYPE_CHECKING:
+    from .workers import WebHandover
 
 
 def _setting_flags(command):
@@ -91,15 +95,22 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
     if values.get("metrics_port"):
         check_port_free(values["metrics_host"], values["metrics_port"], "--metrics-port")
     _first_key(obj.db)
-    if workers > 1 and shared.configured() is None:  # a child owns the file (cli/embedded.py): never open it here
+    owned = workers > 1 and shared.configured() is None  # a child owns the file (cli/embedded.py)
+    if owned:
         from addon.core.store import connection
-        connection.only_through_owner(obj.db)
+        connection.only_through_owner(obj.db)  # never opened here
+    web = None
     if web_port:
         from web.server import serve_in_thread
         from web.sso_settings import SsoSettingsError
+        from web.sso_settings import load as load_sso
         try:
-            serve_in_thread(obj.home, host, web_port, trusted_proxies)
-        except SsoSettingsError as exc:  # sso.toml (docs/sso.md): said before anything starts
+            if owned:  # served by the owner, next to the data (see worker_pool.WebHandover)
+                load_sso(obj.home)  # sso.toml (docs/sso.md): its error is said here, before anything starts
+                web = worker_pool.WebHandover(host, web_port, trusted_proxies)
+            else:
+                serve_in_thread(obj.home, host, web_port, trusted_proxies)
+        except SsoSettingsError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"Web and API on http://{host}:{web_port}")
     scheme = "https" if tls_cert else "http"
@@ -124,10 +135,11 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
         serve(mitm_options, addon_options)
         return
     click.echo(f"  Workers:   {workers} processes on each port")
-    sys.exit(_run_workers(obj.home, workers, mitm_options, addon_options, f"{host}:{port}"))
+    sys.exit(_run_workers(obj.home, workers, mitm_options, addon_options, f"{host}:{port}", web))
 
 
-def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict, listening: str) -> int:
+def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict, listening: str,
+                 web: WebHandover | None) -> int:
     """The parent of ``count`` workers (cli/workers.py): the data directory's lock and the metrics port."""
     from addon import metrics_port
     from addon.core.store import shared
@@ -141,7 +153,7 @@ def _run_workers(home: Path, count: int, mitm_options: dict, addon_options: dict
         lock = home_dir.claim(home, listening)  # held until this process ends
     except home_dir.HomeInUse as exc:  # another proxy took it since the check above
         raise click.ClickException(str(exc)) from None
-    supervisor = Supervisor(count, home, mitm_options, addon_options, embedded=shared.configured() is None)
+    supervisor = Supervisor(count, home, mitm_options, addon_options, embedded=shared.configured() is None, web=web)
     server = None
     if addon_options["aispendtrack_metrics_port"]:
         try:

@@ -3,8 +3,8 @@
 One mitmproxy process uses one core. Each worker is a whole proxy (cli/proxy.py ``serve``) that
 listens with SO_REUSEPORT (addon/bounds.py ``share_ports``), so the kernel spreads connections
 over them; each has a data directory of its own under ``<home>/workers/<slot>`` (its lock, its
-spill files), as a replica of the shared mode has. The parent holds ``<home>``'s lock, serves the
-web app and ``--metrics-port`` once (the workers' metrics merged: addon/core/metrics_merge.py),
+spill files), as a replica of the shared mode has. The parent holds ``<home>``'s lock, serves
+``--metrics-port`` (and in the shared mode the web app) once (the workers' metrics merged: addon/core/metrics_merge.py),
 restarts a worker that dies, and stops them all on SIGTERM or SIGINT.
 
 In the shared mode each worker is a replica (its own connection to PostgreSQL and the lake, limits
@@ -12,6 +12,7 @@ and budgets counted there). In the embedded mode one more child, the owner (cli/
 the DuckDB file; it starts first, and is restarted like a worker if it dies, while the workers go
 on proxying. The workers share ``<home>`` and reach its file only through the owner's socket (their
 spill files in ``<home>/workers/<slot>``), their limits and budgets in the host's shared counts.
+The web app runs in the owner, next to the data, on the web port the parent binds (WebHandover).
 """
 
 from __future__ import annotations
@@ -68,6 +69,28 @@ def _quota_cpus() -> int | None:
         return None
 
 
+class WebHandover:
+    """``--web-port`` under ``--workers N``, embedded: the parent binds the port and hands the
+    listening socket to each owner it starts, which serves the web app and API next to the data, a
+    cursor per request (through the owner's socket, an API request cost ~14 round trips and a
+    thread: 220 requests/s against 310 in the owner, docs/benchmarks.md). Bound here, the port
+    outlives an owner that dies: requests sent meanwhile wait in its queue for the next owner."""
+
+    def __init__(self, host: str, port: int, trusted_proxies: tuple[str, ...]) -> None:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        self.socket = socket.socket(family, kind, proto)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the web server binds its own
+        self.socket.bind(address)
+        self.socket.listen(1024)
+        self.host, self.port, self.trusted_proxies = host, port, trusted_proxies
+
+    def options(self, metrics_url: str) -> dict:
+        """What the owner needs (cli/embedded.py): the descriptor, and where the host's metrics are."""
+        return {"fd": self.socket.fileno(), "host": self.host, "port": self.port,
+                "trusted_proxies": list(self.trusted_proxies), "metrics_url": metrics_url}
+
+
 @dataclass
 class Worker:
     slot: int
@@ -93,8 +116,8 @@ class Worker:
 
 class Supervisor:
     def __init__(self, count: int, home: Path, mitm_options: dict, addon_options: dict,
-                 embedded: bool = False) -> None:
-        self.count, self.home, self.embedded = count, home, embedded
+                 embedded: bool = False, web: WebHandover | None = None) -> None:
+        self.count, self.home, self.embedded, self.web = count, home, embedded, web
         self.mitm_options, self.addon_options = mitm_options, addon_options
         self.workers: dict[int, Worker] = {}
         self.deaths: dict[int, int] = {}  # slot -> consecutive deaths, for the backoff
@@ -107,6 +130,10 @@ class Supervisor:
         from addon.core.metrics_merge import Merged
         self.metrics = Merged(self.metrics_urls)
         metrics.install(self.metrics)  # what --metrics-port and the web port's /metrics serve
+        self.relay = None  # the owner's web app reads the host's metrics here (127.0.0.1, a port of its own)
+        if web is not None:
+            from addon import metrics_port
+            self.relay = metrics_port.serve("127.0.0.1", 0)
 
     def metrics_urls(self) -> dict[int, str]:
         return {slot: w.metrics_url for slot, w in list(self.workers.items()) if w.process.poll() is None}
@@ -216,16 +243,21 @@ class Supervisor:
         read_end, write_end = os.pipe()
         os.set_blocking(read_end, False)
         config = {"home": str(self.home), "addon": self.addon_options, "seed": seed, "ready_fd": write_end,
-                  "parent": os.getpid()}
-        process = self._child("from cli.embedded import main; main()", config, write_end)
+                  "parent": os.getpid(), "web": None}
+        fds = [write_end]
+        if self.web is not None and self.relay is not None:
+            config["web"] = self.web.options(f"http://127.0.0.1:{self.relay.server_port}/metrics")
+            fds.append(self.web.socket.fileno())
+        process = self._child("from cli.embedded import main; main()", config, *fds)
         log.info("owner of the data started (pid %d)", process.pid)
         return Worker(-1, process, "", read_end)
 
     @staticmethod
-    def _child(code: str, config: dict, write_end: int) -> subprocess.Popen:
-        """A child reading ``config`` on standard input, kept open: its end tells the child the parent is gone."""
-        process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, pass_fds=(write_end,),
-                                   cwd=os.getcwd())
+    def _child(code: str, config: dict, write_end: int, *shared: int) -> subprocess.Popen:
+        """A child reading ``config`` on standard input, kept open: its end tells the child the parent is
+        gone. ``write_end`` (its ready pipe) is the child's alone from now; ``shared`` stay open here too."""
+        process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                                   pass_fds=(write_end, *shared), cwd=os.getcwd())
         os.close(write_end)
         assert process.stdin is not None
         process.stdin.write(json.dumps(config).encode() + b"\n")
@@ -266,6 +298,10 @@ class Supervisor:
             worker.close()
         if self.owner is not None:  # last: the workers' final rows went to it
             self._stop_owner(self.owner)
+        if self.relay is not None:
+            self.relay.shutdown()
+        if self.web is not None:
+            self.web.socket.close()
 
     @staticmethod
     def _stop_owner(owner: Worker) -> None:

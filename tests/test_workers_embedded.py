@@ -24,7 +24,7 @@ import pytest
 from addon.core import home as home_dir
 
 from .helpers import call_row, free_port, run_cli, start_proxy, until_read
-from .test_workers import CHAT, _calls, alive, children, rows_tagged, start_workers, stop, wait_for
+from .test_workers import CHAT, _calls, alive, children, metric, rows_tagged, start_workers, stop, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +74,7 @@ def test_n_embedded_workers_store_one_row_per_call_keep_a_limit_exact_and_serve_
         assert sum(r["input_tokens"] + r["output_tokens"] for r in rows) == sum(
             u.prompt_tokens + u.completion_tokens for u in usages)
         assert len(wait_for(lambda: len(r := rows_tagged(home, "lim-")) >= 30 and r, 20, "limited rows")) == 30
-        # The workers never opened the file, nor did the parent (its web app asked the owner): only the owner.
+        # The workers never opened the file, nor did the parent (the web app runs in the owner): only the owner.
         assert [pid for pid in {*workers, proxy.process.pid} if db in open_files(pid)] == []
         assert db in open_files(owner_pid(proxy))
         report = json.loads(run_cli(home, "report", "--by", "customer", "--format", "json"))
@@ -83,6 +83,11 @@ def test_n_embedded_workers_store_one_row_per_call_keep_a_limit_exact_and_serve_
                           headers={"Authorization": f"Bearer {admin}"}) as api:
             total = api.get("/report/total", params={"since": "1d"})
             assert total.status_code == 200 and total.json()["calls"] == 230, total.text
+            # The web port's /metrics is the host's, every worker's calls merged, as --metrics-port's.
+            exposition = httpx.get(f"http://127.0.0.1:{web_port}/metrics", timeout=30,
+                                   headers={"Authorization": f"Bearer {admin}"}).text
+            counted = sum(v for labels, v in metric(exposition, "aispendtrack_calls_total") if 'status="200"' in labels)
+            assert counted == 230
     finally:
         assert stop(proxy) == 0
     assert "Traceback" not in proxy.log_path.read_text()
@@ -192,8 +197,11 @@ def test_a_parent_killed_with_kill_9_loses_no_completed_call_and_stores_none_twi
 
 def test_the_owner_killed_with_kill_9_is_replaced_while_the_workers_proxy_and_every_row_is_stored_once(
         tmp_path, upstream):
-    home = tmp_path / "home"
-    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, flush_ms=200)
+    home, web_port = tmp_path / "home", free_port()
+    admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--web-port", str(web_port), flush_ms=200)
+    api = httpx.Client(base_url=f"http://127.0.0.1:{web_port}/api/v1", timeout=60,
+                       headers={"Authorization": f"Bearer {admin}"})
     try:
         asyncio.run(_calls(proxy, 20, 4, "before-"))
         assert len(wait_for(lambda: len(r := rows_tagged(home, "before-")) >= 20 and r, 20, "rows")) == 20
@@ -202,6 +210,9 @@ def test_the_owner_killed_with_kill_9_is_replaced_while_the_workers_proxy_and_ev
         during = asyncio.run(_calls(proxy, 40, 8, "during-"))  # no owner: the workers proxy all the same
         assert len(during) == 40 and "429" not in during
         assert "serves again" not in proxy.log_path.read_text(), "the calls did not run while the owner was away"
+        # The web port is the parent's: a request sent while no owner serves waits for the next one.
+        total = api.get("/report/total", params={"since": "1d"})
+        assert total.status_code == 200, total.text
         log_text = wait_for(lambda: "serves again" in (t := proxy.log_path.read_text()) and t, 60, "no new owner")
         assert f"(pid {victim}) was killed by SIGKILL; starting another" in log_text
         wait_for(lambda: len(rows_tagged(home, "during-")) >= 40, 30, "the waiting rows never reached the owner")
@@ -209,9 +220,10 @@ def test_the_owner_killed_with_kill_9_is_replaced_while_the_workers_proxy_and_ev
         assert sorted(r["customer_id"] for r in rows_tagged(home, "during-")) == sorted(
             f"during-{i}" for i in range(40))
         assert len(rows_tagged(home, "before-")) == 20
+        assert api.get("/report/total", params={"since": "1d"}).json()["calls"] == 20 + 40
     finally:
+        api.close()
         assert stop(proxy) == 0
-
 
 
 def test_the_owner_fetches_the_list_prices_once_for_the_host_and_every_worker_prices_with_them(tmp_path, upstream):

@@ -24,4 +24,9 @@ def exposition():
     if principal is None or not principal.is_admin:
         return jsonify(error={"code": "unauthorized", "message": "Send `Authorization: Bearer` with an admin "
                                                                  "token from `aispendtrack admin create-token`."}), 401
-    return Response(proxy_metrics.current().exposition(), content_type=proxy_metrics.CONTENT_TYPE_LATEST)
+    try:
+        body = proxy_metrics.current().exposition()
+    except OSError as exc:  # under --workers N: the parent, which merges the workers' metrics, is stopping
+        return jsonify(error={"code": "metrics_unavailable",
+                              "message": f"The proxy's metrics cannot be read now ({exc}); try again."}), 503
+    return Response(body, content_type=proxy_metrics.CONTENT_TYPE_LATEST)

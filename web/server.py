@@ -17,6 +17,7 @@ that chose it over Werkzeug's thread-per-connection server). On top of it:
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import threading
 import time
@@ -65,7 +66,9 @@ class _Channel(HTTPChannel):
 class WebServer(TcpWSGIServer):
     channel_class = _Channel
 
-    def __init__(self, host: str, port: int, app: Callable) -> None:
+    def __init__(self, host: str, port: int, app: Callable, sock: socket.socket | None = None) -> None:
+        """``sock``: a socket already listening (one the proxy's parent bound and handed on), else one
+        bound here to ``host``:``port``."""
         adj = Adjustments(host=host, port=port, threads=THREADS, channel_timeout=READ_TIMEOUT, cleanup_interval=1,
                           # Room to accept (and refuse with a 503) what comes over MAX_CONNECTIONS.
                           connection_limit=MAX_CONNECTIONS + 64, ident="AiSpendTrack", expose_tracebacks=False,
@@ -78,7 +81,9 @@ class WebServer(TcpWSGIServer):
                           clear_untrusted_proxy_headers=False)
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(THREADS)
-        super().__init__(_access_logged(app), map={}, dispatcher=dispatcher, adj=adj)
+        handed = {} if sock is None else {"_sock": sock, "bind_socket": False,
+                                          "sockinfo": (sock.family, sock.type, sock.proto, sock.getsockname())}
+        super().__init__(_access_logged(app), map={}, dispatcher=dispatcher, adj=adj, **handed)
         self.server_port = int(self.effective_port)
         self.busy = BurstLog("web: refused connections over the limit")
         self.slow = BurstLog("web: closed connections that sent no complete request in time")
@@ -181,11 +186,12 @@ def _access_logged(app: Callable) -> Callable:
     return logged
 
 
-def serve_in_thread(home, host: str, port: int, trusted_proxies: Sequence[str] = ()) -> threading.Thread:
-    """The web app beside the proxy, in the same process (``aispendtrack proxy --web-port``)."""
+def serve_in_thread(home, host: str, port: int, trusted_proxies: Sequence[str] = (),
+                    sock: socket.socket | None = None) -> WebServer:
+    """The web app beside the proxy, in the same process (``aispendtrack proxy --web-port``; under
+    ``--workers N``, embedded, in the owner of the data, on the socket the parent bound)."""
     from . import create_app
 
-    server = WebServer(host, port, create_app(home, trusted_proxies=trusted_proxies))
-    thread = threading.Thread(target=server.serve_forever, name="aispendtrack-web", daemon=True)
-    thread.start()
-    return thread
+    server = WebServer(host, port, create_app(home, trusted_proxies=trusted_proxies), sock)
+    threading.Thread(target=server.serve_forever, name="aispendtrack-web", daemon=True).start()
+    return server

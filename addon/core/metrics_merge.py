@@ -141,3 +141,16 @@ class _Families(Collector):
             if metric.samples:
                 yield metric
         yield from self.own
+
+
+class Relayed(Metrics):
+    """The web app's metrics in the owner of the embedded data (cli/embedded.py): the parent's merge,
+    read from its private port on each scrape (the parent alone knows which workers serve now)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+
+    def exposition(self) -> bytes:
+        with urllib.request.urlopen(self.url, timeout=2 * SCRAPE_TIMEOUT_S) as answer:  # it reads each worker
+            return answer.read()
