@@ -2,10 +2,12 @@
 
     .venv/bin/python -m bench.page                  # 10M rows, ~1 minute; needs /usr/bin/chromium
     .venv/bin/python -m bench.page --rows 1000000
+    .venv/bin/python -m bench.page --rows 100000000 --days 365 --customers 100000 --view "" --view range=30d \
+        --view "range=custom&from=2025-12-01&to=2026-12-31"
 
 Measures, from navigation start, the browser's first contentful paint and the moment the
-totals, and then every table, are filled in (the default view: the last 7 days of 90).
-Target: first paint <= 1.5 s.
+totals, and then every table, are filled in, for each ``--view`` (the page's query string; the
+default: the default view, the last 7 days). Target: first paint <= 1.5 s.
 """
 
 from __future__ import annotations
@@ -32,15 +34,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 
 
-def build(home: Path, rows: int) -> str:
+def build(home: Path, rows: int, days: int, customers: int) -> str:
     with writing(home_dir.db_path(home)) as con, running(f"Generating {rows:,} rows"):
-        synthetic.generate(con, rows, end=dt.datetime.now(dt.UTC))
+        synthetic.generate(con, rows, end=dt.datetime.now(dt.UTC), days=days, customers=customers)
     out = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "admin", "create-token", "--json"],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout)["token"]
 
 
-def measure(url: str, token: str, runs: int) -> list[dict]:
+def measure(url: str, token: str, runs: int, view: str) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     results = []
@@ -53,7 +55,7 @@ def measure(url: str, token: str, runs: int) -> list[dict]:
         page.click("button[type=submit]")
         page.wait_for_selector("#by-key tbody tr[data-value]", timeout=60_000)
         for _ in range(runs):
-            page.goto(url + "/", wait_until="commit")
+            page.goto(url + "/" + (f"?{view}" if view else ""), wait_until="commit")
             page.wait_for_function("document.querySelector('#total-spend').dataset.value !== undefined",
                                    timeout=60_000)
             totals = page.evaluate("performance.now()")
@@ -69,11 +71,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--days", type=int, default=90, help="the time the calls span, ending now")
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--view", action="append", help="the page's query string, e.g. range=30d (repeatable; "
+                                                        "default: the default view)")
     args = parser.parse_args()
+    views = args.view or [""]
     with tempfile.TemporaryDirectory(prefix="aispendtrack-page-") as tmp:
         home = Path(tmp)
         start = time.perf_counter()
-        token = build(home, args.rows)
+        token = build(home, args.rows, args.days, args.customers)
         print(f"generated {args.rows:,} calls in {time.perf_counter() - start:.1f} s")
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "web", "--port", str(port)],
@@ -85,14 +92,16 @@ def main() -> None:
                     break
                 except OSError:
                     time.sleep(0.1)
-            results = measure(f"http://127.0.0.1:{port}", token, args.runs)
+            results = {view: measure(f"http://127.0.0.1:{port}", token, args.runs, view) for view in views}
         finally:
             server.terminate()
             server.wait(10)
-    medians = {k: statistics.median(r[k] for r in results) for k in results[0]}
-    print(f"median of {args.runs} loads: first paint {medians['first_paint_ms']:.0f} ms, totals shown "
-          f"{medians['totals_ms']:.0f} ms, every table filled {medians['tables_ms']:.0f} ms")
-    ok = medians["first_paint_ms"] <= 1500
+    ok = True
+    for view, loads in results.items():
+        medians = {k: statistics.median(r[k] for r in loads) for k in loads[0]}
+        print(f"{view or 'default view'}: median of {args.runs} loads: first paint {medians['first_paint_ms']:.0f} ms, "
+              f"totals shown {medians['totals_ms']:.0f} ms, every table filled {medians['tables_ms']:.0f} ms")
+        ok = ok and medians["first_paint_ms"] <= 1500
     print(f"first paint target <= 1500 ms: {'ok' if ok else 'MISSED'}")
     sys.exit(0 if ok else 1)
 

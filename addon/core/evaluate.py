@@ -35,9 +35,12 @@ from .reconcile import daily
 from .store import alerts as alert_rows
 from .store import calls as call_rows
 from .store import keys as key_rows
-from .store import lake, reading, shared, shared_schema, writing
+from .store import lake, proxy_backfill, reading, shared, shared_schema, writing
 
 log = logging.getLogger(__name__)
+# Of each round at most, filling in rollups' proxy histograms (store/proxy_backfill.py); a day of
+# 100M calls a year takes a few seconds, and the alerts of the next round must not wait for a year.
+BACKFILL_S = 5.0
 QUOTA_THRESHOLDS = (0.9, 0.75, 0.5)
 UNPRICED_FOR = dt.timedelta(days=1)  # unpriced this long: no refresh is going to price it
 UNPRICED_LOOKBACK = dt.timedelta(days=30)
@@ -133,8 +136,9 @@ def send_new(db: Path, channels: list[notify.Channel],
 
 
 class Evaluator(threading.Thread):
-    """Alerts every ``interval`` seconds, the retention purge every ``purge_interval`` and, in the
-    shared mode, the lake's maintenance, off the request path; failures are logged and tried
+    """Alerts every ``interval`` seconds, the retention purge every ``purge_interval``, the proxy
+    histograms older rollups lack (store/proxy_backfill.py) and, in the shared mode, the lake's
+    maintenance, off the request path; failures are logged and tried
     again. With several replicas, one at a time does each round (lake.Turn), so an alert is
     sent once, not once per replica."""
 
@@ -153,6 +157,7 @@ class Evaluator(threading.Thread):
         self._turn = lake.Turn()
         self._stop = threading.Event()
         self._said: set[str] = set()  # the refused channels already logged: once each, not every round
+        self._backfilled = False  # no rollup row left without a proxy histogram (m032)
 
     def run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -172,6 +177,8 @@ class Evaluator(threading.Thread):
             log.exception("alert evaluation failed; trying again in %.0f s", self.interval)
         if time.monotonic() >= self._purge_due:
             self._purge()
+        if not self._backfilled:
+            self._backfill()
         if self.book is not None and time.monotonic() >= self._reconcile_due:
             self._reconcile()
         if shared.configured() is not None and time.monotonic() >= self._maintenance_due:
@@ -231,6 +238,22 @@ class Evaluator(threading.Thread):
         if result.deleted and result.deleted["calls"]:
             log.info("retention: purged %d calls past their plan's retention (their sums stay in the rollups)",
                      result.deleted["calls"])
+
+    def _backfill(self) -> None:
+        """Proxy histograms for the rollups summed before m032, oldest day first, for BACKFILL_S."""
+        deadline, days = time.monotonic() + BACKFILL_S, 0
+        try:
+            while time.monotonic() < deadline and not self._stop.is_set():
+                with writing(self.db) as con:
+                    if proxy_backfill.fill_oldest(con) is None:
+                        self._backfilled = True
+                        break
+                days += 1
+        except Exception:
+            log.exception("filling in the rollups' proxy histograms failed; trying again in %.0f s", self.interval)
+        if days:
+            log.info("rollups: proxy histograms filled in for %d day(s) summed before they were kept%s", days,
+                     "; none left" if self._backfilled else "")
 
     def stop(self) -> None:
         self._stop.set()

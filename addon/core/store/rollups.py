@@ -189,10 +189,10 @@ def _columns(tier: Tier, prefix: str = "") -> str:
     return ", ".join(f"{prefix}{c}" for c in [*tier.dimensions, *COUNTS, *SUMS, "cost_usd", *HISTOGRAMS])
 
 
-def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list) -> None:
+def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list, derived: bool = True) -> None:
     """Replace the 15-minute rows of each (bucket, key) pair of the raw calls matching ``condition``
-    by sums of those pairs' raw rows, then the coarser tiers' rows of those pairs from the 15-minute
-    rows (``derive``). Exact because a purge removes a key's calls by whole hours: a 15-minute
+    by sums of those pairs' raw rows, then (``derived``) the coarser tiers' rows of those pairs from
+    the 15-minute rows (``derive``). Exact because a purge removes a key's calls by whole hours: a 15-minute
     pair's calls are all raw or all purged; an hour or a day may hold purged calls, which only the
     15-minute rows still sum. Run inside the caller's transaction."""
     con.execute(f"""
@@ -203,7 +203,7 @@ def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list) -> Non
     con.execute("INSERT INTO rollups " + aggregate(
         f"SELECT c.* FROM calls c JOIN rebuilt_buckets p ON {bucket_sql('c.ts')} = p.bucket "
         f"AND coalesce(c.key_id, -1) = coalesce(p.key_id, -1)"))
-    for tier in DERIVED:
+    for tier in DERIVED if derived else ():
         derive(con, pairs("rebuilt_buckets", tier), tier)
     con.execute("DROP TABLE rebuilt_buckets")
 
