@@ -4,8 +4,8 @@ One mitmproxy process uses one core. Each worker is a whole proxy (cli/proxy.py 
 listens with SO_REUSEPORT (addon/bounds.py ``share_ports``), so the kernel spreads connections
 over them; each has a data directory of its own under ``<home>/workers/<slot>`` (its lock, its
 spill files), as a replica of the shared mode has. The parent holds ``<home>``'s lock, serves
-``--metrics-port`` (and in the shared mode the web app) once (the workers' metrics merged: addon/core/metrics_merge.py),
-restarts a worker that dies, and stops them all on SIGTERM or SIGINT.
+``--metrics-port`` once (the workers' metrics merged: addon/core/metrics_merge.py) and, in the
+shared mode, the web app, restarts a worker that dies, and stops them all on SIGTERM or SIGINT.
 
 In the shared mode each worker is a replica (its own connection to PostgreSQL and the lake, limits
 and budgets counted there). In the embedded mode one more child, the owner (cli/embedded.py), holds
