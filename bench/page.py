@@ -34,9 +34,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-sync", "--no-first-run"]
 
 
-def build(home: Path, rows: int, days: int, customers: int) -> str:
+def build(home: Path, rows: int, days: int, customers: int) -> None:
     with writing(home_dir.db_path(home)) as con, running(f"Generating {rows:,} rows"):
         synthetic.generate(con, rows, end=dt.datetime.now(dt.UTC), days=days, customers=customers)
+
+
+def _token(home: Path) -> str:
     out = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "admin", "create-token", "--json"],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout)["token"]
@@ -75,13 +78,21 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--view", action="append", help="the page's query string, e.g. range=30d (repeatable; "
                                                         "default: the default view)")
+    parser.add_argument("--home", type=Path, help="keep the generated data here, and use what an earlier run "
+                                                   "left there instead of generating it again")
     args = parser.parse_args()
     views = args.view or [""]
     with tempfile.TemporaryDirectory(prefix="aispendtrack-page-") as tmp:
-        home = Path(tmp)
-        start = time.perf_counter()
-        token = build(home, args.rows, args.days, args.customers)
-        print(f"generated {args.rows:,} calls in {time.perf_counter() - start:.1f} s")
+        home = args.home or Path(tmp)
+        if home_dir.db_path(home).exists():
+            token = _token(home)
+            print(f"the calls of {home} (generated before)")
+        else:
+            home.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            build(home, args.rows, args.days, args.customers)
+            token = _token(home)
+            print(f"generated {args.rows:,} calls in {time.perf_counter() - start:.1f} s")
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), "web", "--port", str(port)],
                                   cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

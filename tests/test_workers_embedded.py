@@ -93,6 +93,28 @@ def test_n_embedded_workers_store_one_row_per_call_keep_a_limit_exact_and_serve_
     assert "Traceback" not in proxy.log_path.read_text()
 
 
+def test_the_page_signs_in_and_shows_every_workers_calls_in_chromium(tmp_path, upstream, browser):
+    from .test_web_page import sign_in
+    home, web_port = tmp_path / "home", free_port()
+    admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--web-port", str(web_port))
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        for n in range(40):  # a client each: new connections, spread over the workers by the kernel
+            proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": f"page-{n}"})
+        wait_for(lambda: len(rows_tagged(home, "page-")) >= 40, 30, "rows not stored")
+        page = context.new_page()
+        sign_in(page, {"url": f"http://127.0.0.1:{web_port}", "admin": admin})
+        groups = json.loads(run_cli(home, "report", "--by", "model", "--since", "7d", "--format", "json"))
+        assert int(page.get_attribute("#total-calls", "data-value")) == sum(g["calls"] for g in groups) == 40
+        assert float(page.get_attribute("#total-spend", "data-value")) == pytest.approx(
+            sum(g["cost_usd"] or 0 for g in groups))
+        assert page.locator("#by-customer tbody tr[data-value]").count() > 0
+    finally:
+        context.close()
+        assert stop(proxy) == 0
+
+
 def test_a_blocking_budget_refuses_the_next_call_on_every_embedded_worker(tmp_path, upstream):
     home = tmp_path / "home"
     proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2)
