@@ -198,3 +198,19 @@ def test_a_table_shows_the_50_costliest_groups_unless_asked_for_every_one(tmp_pa
     assert len(days) == 1 + 60 + 2  # a time grouping: every period, in order
     both = CliRunner().invoke(cli, ["--home", str(tmp_path), "report", "--limit", "3", "--all"])
     assert both.exit_code == 2 and "give --limit or --all, not both." in both.output
+
+
+def test_the_api_leaves_out_the_groups_percentiles_when_asked_and_nothing_else(api, monkeypatch):
+    # The page's chart draws costs alone: percentiles=false skips their p50/p95, over the rollups
+    # and over raw rows alike; every other figure, and the order, stay as they are.
+    for raw_max in (0, report_rows.RAW_SCAN_MAX):
+        monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", raw_max)
+        for query in ("by=day&by=model", "by=customer&limit=5", "by=model"):
+            full = api(f"/api/v1/report?{query}&until={NOW.date()}").get_json()
+            bare = api(f"/api/v1/report?{query}&until={NOW.date()}&percentiles=false")
+            assert bare.status_code == 200
+            assert any(g["p50_latency_ms"] is not None for g in full), query
+            assert bare.get_json() == [{**g, "p50_latency_ms": None, "p95_latency_ms": None} for g in full], query
+    refused = api("/api/v1/report?by=model&percentiles=maybe")
+    assert refused.status_code == 400
+    assert refused.get_json()["error"]["message"] == "percentiles must be true or false, got 'maybe'."

@@ -80,9 +80,11 @@ def _no_longer_acting(exc: BaseException | None) -> None:
 
 @api.get("/report")
 def report():
-    """The groups; with ``limit``, the first that many, and X-Total-Groups says how many there are."""
+    """The groups; with ``limit``, the first that many, and X-Total-Groups says how many there are;
+    ``percentiles=false``: without their p50/p95 (null), for sums alone (the page's chart)."""
     limit = _int_arg("limit", 0, 1, 100_000) if "limit" in request.args else None
-    groups, _ = _run_report(lambda con, spec, exact: report_rows.report(con, spec, False, exact, limit))
+    percentiles = _bool_arg("percentiles", default=True)
+    groups, _ = _run_report(lambda con, spec, exact: report_rows.report(con, spec, False, exact, limit, percentiles))
     response = jsonify([json_row(group) for group in groups])
     response.headers["X-Total-Groups"] = str(groups.total_groups)
     return response
@@ -236,8 +238,8 @@ def _known_team(con, selection: Selection) -> None:
         raise ApiError(400, "bad_request", f"team: no team named {selection.team!r} (`aispendtrack teams list`).")
 
 
-def _bool_arg(name: str) -> bool:
-    value = request.args.get(name, "false").lower()
+def _bool_arg(name: str, default: bool = False) -> bool:
+    value = request.args.get(name, str(default)).lower()
     if value not in ("true", "false", "1", "0"):
         raise ApiError(400, "bad_request", f"{name} must be true or false, got {request.args[name]!r}.")
     return value in ("true", "1")

@@ -175,12 +175,15 @@ def document() -> dict:
     limit = _query("limit", "Keep only the first groups (the costliest, or the earliest for a time dimension); "
                             "only theirs get percentiles computed.",
                    {"type": "integer", "minimum": 1, "maximum": 100_000})
+    percentiles = _query("percentiles", "false: the groups' p50/p95 are null, not computed (sums alone, faster: "
+                                        "merging the histograms of many groups is most of a report's time).",
+                         {"type": "boolean", "default": True})
     subject = [_query("customer", "The customer's `x-customer-id`."), _query("key", "The key id.", _KEY_ID)]
     exports = {media: {"schema": {"type": "string", "format": "binary"}}
                for media in dict.fromkeys(report_rows.EXPORT_FORMATS.values())}
     paths = {
         "/report": _get("Totals per group, ordered by time for time dimensions, else by cost.",
-                        [by, *_SELECTION, limit, _EXACT],
+                        [by, *_SELECTION, limit, percentiles, _EXACT],
                         {**_answer("The groups.", {"type": "array", "items": _ref("ReportGroup")}),
                          "headers": {"X-Total-Groups": {"description": "How many groups there are in all, "
                                                                        "however many `limit` keeps.",

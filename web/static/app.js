@@ -437,7 +437,7 @@ function summary(state, range) {
   // Each part is drawn as soon as its data arrives, so the totals never wait for a big table.
   return [
     totals,
-    api("report?" + params(state, range, { by: [bucket, state.stack] }))
+    api("report?" + params(state, range, { by: [bucket, state.stack], percentiles: "false" }))  // costs alone
       .then((rows) => showChart(rows, bucket, DIMENSIONS[state.stack] || state.stack, range, state.tz)),
     ...Object.keys(DIMENSIONS).map((d) => api("report?" + params(state, range, { by: d, limit: BREAKDOWN_ROWS }))
       .then((rows) => showBreakdown(document.getElementById("by-" + d), rows, state))),

@@ -103,7 +103,6 @@ class Tier:
     table: str
     seconds: int
     dimensions: tuple[str, ...]
-    finer: Tier | None = None  # the tier a range's edges within a bucket, and ``derive``, read
     sparse: bool = False  # about one call per histogram bin: percentiles from raw rows (reports.py)
 
     @property
@@ -112,19 +111,20 @@ class Tier:
 
 
 FINE = Tier("rollups", _BUCKET_S, DIMENSIONS, sparse=True)
-COARSE = Tier(HOURLY, int(HOUR.total_seconds()), HOURLY_DIMENSIONS, FINE)
-DAILY = Tier(DAILY_TABLE, int(DAY.total_seconds()), HOURLY_DIMENSIONS, COARSE)
+COARSE = Tier(HOURLY, int(HOUR.total_seconds()), HOURLY_DIMENSIONS)
+DAILY = Tier(DAILY_TABLE, int(DAY.total_seconds()), HOURLY_DIMENSIONS)
 # One tag alone per week (issue 28): a report by customer or by feature, or with no groups, over a
 # long range reads a row per customer (feature) and week, not ~one per call as the 15-minute tier
 # holds. Weeks, not days: a year of 100,000 customers has ~27M (day, customer) pairs but ~5M
 # (week, customer) ones. Buckets start on Thursdays (the epoch's weekday), UTC; a range's edges come
-# from the 15-minute tier. A customer's week holds about one call per histogram bin (sparse); a
-# feature's many.
-CUSTOMERS = Tier("rollups_customers", int(WEEK.total_seconds()), ("customer_id",), FINE, sparse=True)
-FEATURES = Tier("rollups_features", int(WEEK.total_seconds()), ("feature",), FINE)
+# from the finer tiers that name what the report does (reports._finer_source: the 15-minute one for
+# a customer's, the models' days for a total). A customer's week holds about one call per histogram
+# bin (sparse); a feature's many.
+CUSTOMERS = Tier("rollups_customers", int(WEEK.total_seconds()), ("customer_id",), sparse=True)
+FEATURES = Tier("rollups_features", int(WEEK.total_seconds()), ("feature",))
 # The same per UTC day and model alone: reports by model, provider or day (model x day at 100M calls:
 # a few thousand rows, where the daily tier has a row per key, status and model).
-MODELS = Tier("rollups_models", int(DAY.total_seconds()), ("provider", "model"), COARSE)
+MODELS = Tier("rollups_models", int(DAY.total_seconds()), ("provider", "model"))
 BEFORE_NARROW = (FINE, COARSE, DAILY)  # the tiers before the narrow ones (m031)
 # Of two tiers that fit a report equally, reports read the first: the narrower (a total: the features').
 TIERS = (FINE, COARSE, MODELS, DAILY, FEATURES, CUSTOMERS)
