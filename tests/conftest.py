@@ -22,7 +22,7 @@ from addon.providers import all_providers
 from pricing import PriceBook, listprices
 
 from . import helpers
-from .helpers import CHROMIUM, empty_host_counters, start_proxy
+from .helpers import chromium, empty_host_counters, start_proxy
 from .pg import Cluster
 from .upstream import FakeProvider
 
@@ -188,14 +188,10 @@ def shared_env(cluster, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Chromium for the page's tests, one per test module."""
-    from playwright import sync_api
-    with sync_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield chromium
-        chromium.close()
+    """Headless Chromium for the page's tests, one per test module (its event loop runs until the
+    module ends: a module whose other tests call asyncio.run takes ``chromium()`` in a test instead)."""
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(params=["UTC", "Asia/Kathmandu"])

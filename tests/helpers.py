@@ -4,6 +4,7 @@ never from conftest or from each other."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import socket
@@ -62,6 +63,20 @@ def closed_by_peer(sock: socket.socket, within: float) -> bool:
 
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's, driven by Playwright (tests/conftest.py's browser)
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless Chromium, closed (with Playwright's event loop) on leaving."""
+    from playwright import sync_api
+    with sync_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            yield launched
+        finally:
+            launched.close()
 FLUSH_MS = 100
 # Every provider behind a prefix is pointed at the same fake upstream.
 PREFIXED = ("google", "vertex", "cohere", "mistral", "azure", "openrouter", "groq", "deepseek", "x-ai", "together",

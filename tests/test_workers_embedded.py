@@ -23,7 +23,7 @@ import pytest
 
 from addon.core import home as home_dir
 
-from .helpers import call_row, free_port, run_cli, start_proxy, until_read
+from .helpers import call_row, chromium, free_port, run_cli, start_proxy, until_read
 from .test_workers import CHAT, _calls, alive, children, metric, rows_tagged, start_workers, stop, wait_for
 
 
@@ -93,11 +93,20 @@ def test_n_embedded_workers_store_one_row_per_call_keep_a_limit_exact_and_serve_
     assert "Traceback" not in proxy.log_path.read_text()
 
 
-def test_the_page_signs_in_and_shows_every_workers_calls_in_chromium(tmp_path, upstream, browser):
-    from .test_web_page import sign_in
+def test_the_page_signs_in_and_shows_every_workers_calls_in_chromium(tmp_path, upstream):
     home, web_port = tmp_path / "home", free_port()
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
     proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--web-port", str(web_port))
+    try:
+        # Chromium for this test alone: the module's other tests run asyncio loops of their own.
+        with chromium() as browser:
+            _page_shows_the_calls(browser, proxy, home, web_port, admin)
+    finally:
+        assert stop(proxy) == 0
+
+
+def _page_shows_the_calls(browser, proxy, home: Path, web_port: int, admin: str) -> None:
+    from .test_web_page import sign_in
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     try:
         for n in range(40):  # a client each: new connections, spread over the workers by the kernel
@@ -112,7 +121,6 @@ def test_the_page_signs_in_and_shows_every_workers_calls_in_chromium(tmp_path, u
         assert page.locator("#by-customer tbody tr[data-value]").count() > 0
     finally:
         context.close()
-        assert stop(proxy) == 0
 
 
 def test_a_blocking_budget_refuses_the_next_call_on_every_embedded_worker(tmp_path, upstream):
