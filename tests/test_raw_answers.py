@@ -44,6 +44,27 @@ def test_few_calls_give_exact_percentiles_and_many_read_the_rollups(tmp_path, mo
         assert abs(many[name] - exact[name]) <= 0.0099 * exact[name] + 0.001
 
 
+def test_a_filter_for_few_calls_in_a_range_of_many_reads_the_rollups(tmp_path, monkeypatch):
+    # A scan of one customer's calls reads every call of the range (the filter skips none): what is
+    # few is the range's calls, not the customer's.
+    rows = spread_latencies(2000, random.Random(13))
+    for i, row in enumerate(rows):
+        row["customer_id"] = "rare" if i % 20 == 0 else "common"
+    spec = parse_report(["model"], now=START + dt.timedelta(days=1), customer="rare")
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, rows)
+        exact = report_rows.total(con, spec, True)
+        monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 2000)  # the range's 2,000 calls: a raw scan
+        scanned = report_rows.total(con, spec)
+        monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 1999)  # 100 of the customer's, but 2,000 to read
+        summed = report_rows.total(con, spec)  # the customers' weekly tier, its histograms
+    assert scanned == exact and exact["calls"] == 100
+    assert {k: summed[k] for k in EXACT_METRICS} == {k: exact[k] for k in EXACT_METRICS}
+    for name in ("p50_latency_ms", "p95_latency_ms"):
+        assert summed[name] != exact[name]
+        assert abs(summed[name] - exact[name]) <= 0.0099 * exact[name] + 0.001
+
+
 def test_the_total_alone_is_the_reports_total_from_raw_rows_and_rollups(tmp_path, monkeypatch):
     rows = spread_latencies(300, random.Random(12))
     for i, row in enumerate(rows):
