@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.reports                 # 10M rows: ~2 minutes, ~2 GB of disk in /tmp
     .venv/bin/python -m bench.reports --rows 1000000  # smaller
     .venv/bin/python -m bench.reports --rows 100000000 --days 365 --customers 100000  # issue 28's size: ~8 GB
+    .venv/bin/python -m bench.reports --home DIR      # keep the calls in DIR; reuse them when there
     .venv/bin/python -m bench.reports --exact         # each report also as a raw scan (report --exact)
                                                       # and from the tiers before the narrow ones, 15-minute
     .venv/bin/python -m bench.reports --shared        # the same rows also in the shared mode's lake
@@ -41,7 +42,7 @@ REPORTS = [
     (["model"], {}), (["customer"], {}), (["customer"], {"limit": 50}), (["feature"], {}), (["key"], {}),
     (["provider"], {}),
     (["day"], {}), (["month"], {"tz": "America/Los_Angeles"}), (["model", "day"], {}),
-    (["feature"], {"since": "2026-11-18"}), (["day"], {"customer": "cust-1"}),
+    (["feature"], {"since": "7d"}), (["day"], {"customer": "cust-1"}),
 ]
 # Run in a child process so that its peak memory is its own.
 _EXPORT_CHILD = """
@@ -78,17 +79,17 @@ def only_tiers(tiers: tuple[rollups.Tier, ...]) -> Iterator[None]:
         report_rows._source = chosen
 
 
-def time_reports(db: Path, exact: bool = False,
+def time_reports(db: Path, end: dt.datetime, exact: bool = False,
                  tiers: tuple[rollups.Tier, ...] = rollups.TIERS) -> list[tuple[str, float, float, int]]:
     """(label, seconds for the groups as the API and --format json return them, seconds with the
-    table's total line, groups); ``exact``: scanning raw rows instead of the rollups; ``tiers``:
-    the rollup tiers reports may read."""
+    table's total line, groups); ``end``: the data's; ``exact``: scanning raw rows instead of the
+    rollups; ``tiers``: the rollup tiers reports may read."""
     results = []
     with reading(db) as con, only_tiers(tiers):
         for dims, options in REPORTS:
             limit = options.get("limit")
-            # a fixed "now": the data ends at END
-            spec = parse_report(dims, now=END, **{k: v for k, v in options.items() if k != "limit"})
+            # a fixed "now": the data's end
+            spec = parse_report(dims, now=end, **{k: v for k, v in options.items() if k != "limit"})
             report_rows.report(con, spec, exact=exact, limit=limit)  # warm the file cache
             start = time.perf_counter()
             groups, _ = report_rows.report(con, spec, total_latency=False, exact=exact, limit=limit)
@@ -115,7 +116,14 @@ def time_export(db: Path, since: str | None) -> tuple[int, float, int]:
     return int(rows), float(elapsed), int(rss_kb)
 
 
-def compare_shared(db: Path, tmp: Path) -> None:
+def data_end(db: Path) -> dt.datetime:
+    """When the calls of an earlier run's store end."""
+    with reading(db) as con:
+        (end,) = con.execute("SELECT max(ts) FROM calls").fetchone()
+    return end
+
+
+def compare_shared(db: Path, tmp: Path, end: dt.datetime) -> None:
     """The same reports on the same rows, copied into a DuckLake on a throwaway PostgreSQL."""
     import os
 
@@ -131,10 +139,10 @@ def compare_shared(db: Path, tmp: Path) -> None:
         finally:
             con.close()
         print(f"\ncopied into the lake in {time.perf_counter() - start:.1f} s")
-        embedded = time_reports(db)
+        embedded = time_reports(db, end)
         os.environ[shared.ENV_CATALOG] = cfg.catalog
         try:
-            in_lake = time_reports(db)
+            in_lake = time_reports(db, end)
         finally:
             del os.environ[shared.ENV_CATALOG]
             shared.drop()
@@ -153,24 +161,33 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--shared", action="store_true", help="also time the reports on the shared mode's lake")
     parser.add_argument("--exact", action="store_true", help="also time each report as a raw scan (report --exact)")
+    parser.add_argument("--home", type=Path, help="keep the generated calls here, and use what an earlier run (or "
+                                                   "bench.page --home) left there instead of generating them")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aispendtrack-reports-") as tmp:
-        db = home_dir.db_path(Path(tmp))
-        print(f"generating {args.rows:,} calls over {args.days} days, {args.customers:,} customers ... "
-              f"{build(db, args.rows, args.days, args.customers):.1f} s, "
-              f"{db.stat().st_size / 1e6:,.0f} MB on disk")
+        db = home_dir.db_path(args.home or Path(tmp))
+        if db.exists():
+            end = data_end(db)
+            print(f"the calls of {db} (generated before, ending {end:%Y-%m-%d %H:%M}), "
+                  f"{db.stat().st_size / 1e6:,.0f} MB on disk")
+        else:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            end = END
+            print(f"generating {args.rows:,} calls over {args.days} days, {args.customers:,} customers ... "
+                  f"{build(db, args.rows, args.days, args.customers):.1f} s, "
+                  f"{db.stat().st_size / 1e6:,.0f} MB on disk")
         if args.shared:
-            compare_shared(db, Path(tmp))
+            compare_shared(db, Path(tmp), end)
             return
         ok = True
         sizes = storage_mb(db)
         print("storage: " + ", ".join(f"{table} {mb:,.0f} MB" for table, mb in sizes.items()))
         # Interleaved, so that the load other processes put on the machine weighs on each alike.
-        exact = time_reports(db, exact=True) if args.exact else None
-        rolled = time_reports(db)
+        exact = time_reports(db, end, exact=True) if args.exact else None
+        rolled = time_reports(db, end)
         # The tiers before the narrow ones (issue 28's third step), and the 15-minute tier alone.
-        daily = time_reports(db, tiers=rollups.BEFORE_NARROW) if args.exact else None
-        fine = time_reports(db, tiers=(rollups.FINE,)) if args.exact else None
+        daily = time_reports(db, end, tiers=rollups.BEFORE_NARROW) if args.exact else None
+        fine = time_reports(db, end, tiers=(rollups.FINE,)) if args.exact else None
         print("\nreport (warm, seconds)                             groups  +total line  groups"
               + ("   before  15-min   exact  +total line" if exact else ""))
         for i, (label, seconds, with_total, groups) in enumerate(rolled):
@@ -180,7 +197,7 @@ def main() -> None:
             print(f"  {label:<50} {seconds:>6.3f}  {with_total:>11.3f}  {groups:>6,}{raw}"
                   f"{'' if seconds <= 1.0 else '  OVER 1 s'}")
         print("\nexport to CSV                      rows      seconds   rows/s   peak RSS")
-        small_since = (END - dt.timedelta(days=9)).date().isoformat()  # ~1/10 of the 90 days
+        small_since = (end - dt.timedelta(days=9)).date().isoformat()  # ~1/10 of the 90 days
         exports = [time_export(db, small_since), time_export(db, None)]
         for rows, seconds, rss_kb in exports:
             print(f"  {'':<28}{rows:>10,}  {seconds:>8.2f}  {rows / seconds:>8,.0f}  {rss_kb / 1024:>7,.0f} MB")
