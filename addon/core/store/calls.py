@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import duckdb
 
 from . import batch
+from .transaction import transaction
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +81,11 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
         source = (f"SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
                   f"(SELECT id FROM calls WHERE ts BETWEEN ? AND ?)")
         params += [min(r["ts"] for r in rows), max(r["ts"] for r in rows)]
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         # The rollup first: with skip_existing it must see the ids stored before this insert.
         for tier in rollups.TIERS:
             con.execute(f"INSERT INTO {tier.table} {rollups.aggregate(source, tier)}", params)
         con.execute(f"INSERT INTO calls ({_NAMES}) {source}", params)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     try:  # the rows are stored: merging the rollups' rows of the last bucket may fail alone
         rollups.compact_previous(con, max(_aware(r["ts"]) for r in rows))
     except duckdb.Error:

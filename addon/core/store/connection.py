@@ -24,6 +24,7 @@ import duckdb
 
 from . import encryption, lake, migrated, migrations, owner, remote, shared
 from .errors import StoreBusy, StoreError
+from .transaction import transaction
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +241,8 @@ def atomic(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         with con.control.pg.transaction():
             yield
         return
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         yield
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
 
 
 def is_shared(con: duckdb.DuckDBPyConnection) -> bool:

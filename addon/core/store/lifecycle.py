@@ -12,6 +12,7 @@ import duckdb
 
 from . import batches, raw_horizon, rollups
 from .connection import control, one
+from .transaction import transaction
 
 # Rollups and alert history are kept this long: a year of budgets, quotas and spike baselines.
 HISTORY_DAYS = 400
@@ -42,8 +43,7 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
     # calls and the tiers go on agreeing (a cut week would leave its weekly row whole).
     widest = max(tier.seconds for tier in rollups.TIERS)
     history_cutoff = rollups.bucket_start(now - dt.timedelta(days=HISTORY_DAYS), widest)
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         _load_cutoffs(con, cutoffs)
         per_key = con.execute("""
             SELECT p.key_id, count(*) FROM calls c JOIN purge_cutoffs p ON coalesce(c.key_id, -1) = p.key_id
@@ -62,10 +62,6 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
         (hours,) = one(con.execute("DELETE FROM rollups WHERE bucket < ?", [history_cutoff]))
         for tier in rollups.DERIVED:
             con.execute(f"DELETE FROM {tier.table} WHERE bucket < ?", [history_cutoff])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     # Alert history is control state (PostgreSQL in the shared mode), so apart from the rows.
     alerts = len(control(con).execute("DELETE FROM alerts WHERE sent_at < ? RETURNING id", [history_cutoff]).fetchall())
     totals = {"calls": calls, "hourly_rows": hours, "alerts": alerts, "batches": batches.forget_tags(con, cutoffs)}

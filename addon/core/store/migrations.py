@@ -12,6 +12,7 @@ import duckdb
 from . import raw_horizon, rollups
 from .calls import UNIT_COLUMNS
 from .calls import UNIT_NAMES as UNIT_COLUMNS_NAMES
+from .transaction import transaction
 
 
 def m001_calls_and_keys(con: duckdb.DuckDBPyConnection) -> None:
@@ -527,10 +528,9 @@ def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:
     for migration in MIGRATIONS:
         if migration.__name__ in done:
             continue
-        con.execute("BEGIN")
-        migration(con)
-        con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
-        con.execute("COMMIT")
+        with transaction(con):
+            migration(con)
+            con.execute("INSERT INTO schema_migrations VALUES (?, now())", [migration.__name__])
         applied.append(migration.__name__)
     return applied
 

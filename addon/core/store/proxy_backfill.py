@@ -23,6 +23,7 @@ import duckdb
 
 from . import rollups
 from .connection import one
+from .transaction import transaction
 
 _EMPTY = "MAP {}::MAP(SMALLINT, BIGINT)"
 
@@ -30,16 +31,11 @@ _EMPTY = "MAP {}::MAP(SMALLINT, BIGINT)"
 def fill_oldest(con: duckdb.DuckDBPyConnection) -> dt.datetime | None:
     """Fill the oldest UTC day that has a 15-minute row without a proxy histogram, in a transaction
     of its own; that day, or None when no row is left without one."""
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         (oldest,) = one(con.execute("SELECT min(bucket) FROM rollups WHERE proxy IS NULL"))
         day = None if oldest is None else rollups.bucket_start(oldest, int(rollups.DAY.total_seconds()))
         if day is not None:
             _fill_day(con, day)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return day
 
 

@@ -17,6 +17,7 @@ from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES
 from .connection import one, output_path
 from .teams import IN_TEAM, TEAM_OF_KEY, in_teams
+from .transaction import transaction
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
@@ -609,8 +610,7 @@ def apply_reprice(con: duckdb.DuckDBPyConnection,
     columns = [("id", "UUID"), ("cost", COST_TYPE), ("source", "VARCHAR"), ("snapshot", "VARCHAR")]
     rows = [dict(zip(("id", "cost", "source", "snapshot"), change, strict=True)) for change in changes]
     param = batch.param(columns, rows)
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         con.execute(f"""
             UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
                              cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
@@ -619,10 +619,6 @@ def apply_reprice(con: duckdb.DuckDBPyConnection,
             WHERE calls.id = n.id
         """, [param])
         rollups.rebuild(con, f"id IN (SELECT n.id FROM ({batch.select(columns)}) n)", [param])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def _dimension_sql(dimension: str, local_time: str) -> str:

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import duckdb
 
 from .calls import UNIT_NAMES
+from .transaction import transaction
 
 BUCKET = dt.timedelta(minutes=15)
 _BUCKET_S = int(BUCKET.total_seconds())
@@ -245,17 +246,12 @@ def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt
     bounds, params = "bucket < ?", [until]
     if since is not None:
         bounds, params = "bucket >= ? AND bucket < ?", [since, until]
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         (before,) = con.execute(f"SELECT count(*) FROM {tier.table} WHERE {bounds}", params).fetchone()  # type: ignore[misc]
         con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_merge AS "
                     f"{merged(f'SELECT * FROM {tier.table} WHERE {bounds}', tier)}", params)
         con.execute(f"DELETE FROM {tier.table} WHERE {bounds}", params)
         con.execute(f"INSERT INTO {tier.table} SELECT * FROM rollup_merge")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     (after,) = con.execute("SELECT count(*) FROM rollup_merge").fetchone()  # type: ignore[misc]
     con.execute("DROP TABLE rollup_merge")
     return before - after

@@ -36,6 +36,7 @@ from .migrations import (
     USAGE_HISTORY_VIEW,
     units_ddl,
 )
+from .transaction import transaction
 
 # pg_advisory_lock ids (fixed numbers of ours): schema changes, lake maintenance (and alerts), the
 # daily reconciliation (a turn of its own: a slow provider must not hold up the alerts), reads of
@@ -312,14 +313,9 @@ def ensure_lake(con, control) -> None:
 
 
 def _in_transaction(con, statements: list[str]) -> None:
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         for statement in statements:
             con.execute(statement)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from .. import home as home_dir
 from . import batches, keys, rollups
 from .alerts import budget_subject, spike_subject
 from .connection import control, is_shared, one
+from .transaction import transaction
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,7 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
     leaves the subject's alerts and budgets, which running the delete again removes."""
     budget_ids = _budget_ids(con, subject)
     rows_condition, rows_params = _rows_condition(subject)
-    con.execute("BEGIN")
-    try:
+    with transaction(con):
         # The buckets the subject's sums are in, taken before its 15-minute rows go (_erase_coarse).
         con.execute(f"CREATE OR REPLACE TEMP TABLE erased_buckets AS SELECT DISTINCT bucket, key_id FROM rollups "
                     f"WHERE {rows_condition}", rows_params)
@@ -127,10 +127,6 @@ def delete(con: duckdb.DuckDBPyConnection, subject: Subject) -> dict[str, int]:
         }
         _erase_coarse(con, subject)
         con.execute("DROP TABLE erased_buckets")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     db = control(con)
     alerts_condition, alerts_params = _alerts_condition(con, subject, budget_ids)
     counts["alerts"] = _deleted(db, f"DELETE FROM alerts WHERE {alerts_condition} RETURNING id", alerts_params)
