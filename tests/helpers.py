@@ -77,6 +77,8 @@ def chromium():
             yield launched
         finally:
             launched.close()
+
+
 FLUSH_MS = 100
 # Every provider behind a prefix is pointed at the same fake upstream.
 PREFIXED = ("google", "vertex", "cohere", "mistral", "azure", "openrouter", "groq", "deepseek", "x-ai", "together",

@@ -441,11 +441,11 @@ def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dim
     grouped = f"SELECT {_named(dims, names)}* FROM ({sql})"
     kept, kept_params = _among((grouped, params), names, among)
     width = len(names) + len(_METRIC_NAMES) - 1
-    if percentiles and raw is None and (among is not None or not names):
-        # A limit's groups, some left out, or the one group of a total: their rows (found by a scan of
-        # the tier: ~100 ms for the 5.3M weekly rows of 100,000 customers' year) are read once for the
-        # sums and the histograms. (Kept whole, every group's rows cost more to hold than to read
-        # twice: 125 against 97 ms by key.)
+    if percentiles and raw is None and among is not None and names:
+        # A limit's groups, some left out: their rows (found by a scan of the tier: ~100 ms for the 5.3M
+        # weekly rows of 100,000 customers' year) are read once for the sums and the histograms. (Kept
+        # whole, every group's rows cost more to hold than to read twice: 125 against 97 ms by key. A
+        # total alone reads its sums with every percentile: _whole_percentiles.)
         rows = con.execute(_sums_and_quantiles(kept, names), kept_params).fetchall()
         found = rollups.quantiles([(*r[:len(names)], *r[width:]) for r in rows], _POINTS)
     else:
@@ -467,11 +467,9 @@ def _sums_and_quantiles(rows: str, names: list[str]) -> str:
     """``_sums`` followed by the quantile columns of the groups' histograms (rollups.quantile_sql),
     the SELECT ``rows`` read once."""
     merged = rollups.quantile_sql("SELECT * FROM kept", names, _POINTS)
-    start = f"WITH kept AS MATERIALIZED ({rows}), s AS ({_sums('SELECT * FROM kept', names)}) "
-    if not names:  # one row each
-        return f"{start} SELECT * FROM s, ({merged})"
     on = " AND ".join(f"s.{n} IS NOT DISTINCT FROM q.{n}" for n in names)
-    return f"{start} SELECT s.*, q.* EXCLUDE ({', '.join(names)}) FROM s LEFT JOIN ({merged}) q ON {on}"
+    return (f"WITH kept AS MATERIALIZED ({rows}), s AS ({_sums('SELECT * FROM kept', names)}) "
+            f"SELECT s.*, q.* EXCLUDE ({', '.join(names)}) FROM s LEFT JOIN ({merged}) q ON {on}")
 
 
 def _named(dims: list[str], names: list[str]) -> str:
