@@ -454,6 +454,9 @@ def test_migrate_to_copies_an_embedded_database_and_its_keys_work_on_a_replica(s
         "keys": ("keys", "list", "--json"), "budgets": ("budgets", "list", "--json")}.items()}
     copied = cli(home, "migrate-to", "--catalog", catalog, "--data-path", data_path)
     assert "5 calls" in copied.stdout and "1 keys" in copied.stdout and "1 budgets" in copied.stdout
+    # The copied rows are in Parquet files, not inlined in the catalog (slow to read) until a maintenance.
+    assert all(list((Path(data_path) / "main" / table).glob("*.parquet"))
+               for table in ("calls", "rollups", "rollups_models", "rollups_customers")), data_path
     again = cli(home, "migrate-to", "--catalog", catalog, check=False)
     assert again.returncode == 1 and "already holds data" in again.stderr and "Traceback" not in again.stderr
 

@@ -86,9 +86,15 @@ class Turn:
             self._db = None
 
 
+def flush(con: duckdb.DuckDBPyConnection) -> None:
+    """Inlined rows (deleted ones too) into Parquet files: read from the catalog, a table's rows cost
+    far more (at 100M calls the models' 2,928 daily rows took 0.3 s a report, from a file 0.025 s)."""
+    con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}')")
+
+
 def maintain(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> None:
     older = now - KEEP_SNAPSHOTS
-    con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}')")
+    flush(con)
     con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
     con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => ?::TIMESTAMPTZ)", [older])
     con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', older_than => ?::TIMESTAMPTZ)", [older])
@@ -96,7 +102,7 @@ def maintain(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> None:
 
 def scrub(con: duckdb.DuckDBPyConnection) -> int:
     """Remove deleted rows from the lake's files and catalog for good; returns the data files left."""
-    con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}')")  # inlined rows, deleted ones too, into files
+    flush(con)
     con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}', delete_threshold => 0)")
     con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => now())")
     with _reads_of_old_files_done(cast(shared.SharedConnection, con).control):

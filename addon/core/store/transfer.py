@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import encryption, migrations, rollups
+from . import encryption, lake, migrations, rollups
 from .errors import StoreError
 from .shared import SharedConnection
 
@@ -68,6 +68,9 @@ def copy_embedded(source: Path, con: SharedConnection) -> dict[str, int]:
             names = ", ".join(columns)
             con.execute(f"INSERT INTO lake.main.{table} ({names}) SELECT {names} FROM embedded.{table}")
             counts[table] = con.execute(f"SELECT count(*) FROM lake.main.{table}").fetchone()[0]
+        # A small table (a rollup tier of few models) was inlined into the catalog: into files now,
+        # not at the first maintenance, so that the first reports do not read it from PostgreSQL.
+        lake.flush(con.duck)
         return counts
     finally:
         con.execute("DETACH embedded")
