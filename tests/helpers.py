@@ -446,3 +446,12 @@ def until(check, within: float, why: str, every: float = 0.1):
         assert time.monotonic() < deadline, why
         time.sleep(every)
     return found
+
+
+def read_rollups(monkeypatch) -> None:
+    """Reports read the rollups, however few the calls (reports.RAW_SCAN_MAX) and whatever tier
+    they read (reports.RAW_OVER_FINE): for tests about the rollups, not the raw scans that answer
+    instead where they read less."""
+    from addon.core.store import reports
+    monkeypatch.setattr(reports, "RAW_SCAN_MAX", 0)
+    monkeypatch.setattr(reports, "RAW_OVER_FINE", False)

@@ -21,13 +21,13 @@ from addon.core.store import calls as call_rows
 from addon.core.store import proxy_backfill, reading, rollups, writing
 from addon.core.store import reports as report_rows
 
-from .helpers import run_cli
+from .helpers import read_rollups, run_cli
 from .test_rollups import assert_coarse_tiers_right, random_call, tier_rows
 
 
 @pytest.fixture(autouse=True)
 def rollups_at_any_size(monkeypatch):
-    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+    read_rollups(monkeypatch)
 
 
 def calls(rng: random.Random, key: int, start: dt.datetime, hours: int, count: int) -> list[dict]:

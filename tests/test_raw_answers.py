@@ -18,7 +18,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import lifecycle, migrations, raw_horizon, rollups, writing
 from addon.core.store import reports as report_rows
 
-from .helpers import call_row, migrated_before, run_cli
+from .helpers import call_row, migrated_before, read_rollups, run_cli
 from .test_rollups import EXACT_METRICS, START, assert_coarse_tiers_right, random_call
 
 
@@ -193,7 +193,7 @@ def test_the_total_of_a_report_by_customer_is_the_report_without_groups(tmp_path
     for i, row in enumerate(rows):
         row["customer_id"] = f"c{i % 7}"
     spec = parse_report(["customer"], now=START + dt.timedelta(days=1))
-    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)  # the rollups, not a raw scan of few calls
+    read_rollups(monkeypatch)  # the rollups, not a raw scan of few calls
     with writing(tmp_path / "a.duckdb") as con:
         call_rows.insert(con, rows)
         groups, want = report_rows.report(con, spec)
@@ -214,7 +214,7 @@ def test_one_customers_total_comes_from_the_customers_weekly_histograms(tmp_path
     for i, row in enumerate(rows):
         row["customer_id"] = f"c{i % 3}"
     spec = parse_report(["model"], customer="c1", now=START + dt.timedelta(days=1))
-    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+    read_rollups(monkeypatch)
     with writing(tmp_path / "a.duckdb") as con:
         call_rows.insert(con, rows)
         assert report_rows._source(con, replace(spec, by=()))[2] is rollups.CUSTOMERS
@@ -245,7 +245,7 @@ def test_rollups_summed_before_the_proxy_histograms_send_totals_to_the_raw_calls
     cutoff = START + dt.timedelta(hours=6)
     con.execute("DELETE FROM calls WHERE ts < ?", [cutoff])
     assert migrations.apply_pending(con) == ["m032_proxy_histograms"]
-    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+    read_rollups(monkeypatch)
 
     def added(since: dt.datetime) -> tuple:
         _, total = report_rows.report(con, parse_report(["model"], since=since.isoformat(), now=START + 3 * day))
@@ -264,3 +264,48 @@ def test_rollups_summed_before_the_proxy_histograms_send_totals_to_the_raw_calls
     assert added(START)[1:] == (round(interpolated(kept + new, 0.5)), round(interpolated(kept + new, 0.99)))
     assert_coarse_tiers_right(con, raw=False)
     con.close()
+
+
+def _customers_hours(con) -> list[dict]:
+    rows = spread_latencies(600, random.Random(23))
+    for i, row in enumerate(rows):
+        row["customer_id"] = f"c{i % 3}"
+    call_rows.insert(con, rows)
+    return rows
+
+
+def test_a_report_the_15_minute_tier_would_answer_scans_the_raw_calls_and_keeps_its_total(tmp_path, monkeypatch):
+    # One customer's hours: only the 15-minute tier names both, a row per call here, and the groups'
+    # percentiles come from the raw calls anyway, so the calls are scanned once instead, many as they
+    # are. The same groups as --exact; the total line's percentiles are still the report's without
+    # groups (the customers' weekly histograms), as with the tier read.
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)  # not few calls: the scan is for the tier
+    spec = parse_report(["hour"], customer="c1", now=START + dt.timedelta(days=1))
+    with writing(tmp_path / "a.duckdb") as con:
+        _customers_hours(con)
+        assert report_rows._source(con, spec)[2] is rollups.FINE
+        scanned, scanned_total = report_rows.report(con, spec)
+        exact, exact_total = report_rows.report(con, spec, exact=True)
+        alone = report_rows.total(con, spec)
+        read_rollups(monkeypatch)
+        summed, summed_total = report_rows.report(con, spec)
+    assert scanned == exact == summed and sum(g["calls"] for g in scanned) == 200 and len(scanned) == 6
+    assert scanned_total == summed_total == {**alone, "share": 1.0}
+    assert {k: scanned_total[k] for k in EXACT_METRICS} == {k: exact_total[k] for k in EXACT_METRICS}
+    for name in ("p50_latency_ms", "p95_latency_ms"):
+        assert scanned_total[name] == pytest.approx(exact_total[name], rel=rollups.RELATIVE_ERROR)
+        assert scanned_total[name] != exact_total[name]
+
+
+def test_a_report_the_15_minute_tier_would_answer_over_purged_calls_reads_the_tier(tmp_path, monkeypatch):
+    # The raw calls of the first hours are purged: a scan would miss them, the tier still counts them.
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+    spec = parse_report(["hour"], customer="c1", now=START + dt.timedelta(days=30))
+    with writing(tmp_path / "a.duckdb") as con:
+        rows = _customers_hours(con)
+        lifecycle.purge(con, {1: START + dt.timedelta(hours=3)}, START + dt.timedelta(days=30))
+        groups, total = report_rows.report(con, spec)
+        kept = report_rows.report(con, spec, exact=True)[1]["calls"]
+    want = sum(r["customer_id"] == "c1" for r in rows)
+    assert [g["calls"] for g in groups] and total["calls"] == sum(g["calls"] for g in groups) == want == 200
+    assert 0 < kept < want  # the raw rows lost some

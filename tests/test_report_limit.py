@@ -21,7 +21,7 @@ from addon.core.store import reports as report_rows
 from cli.main import cli
 from web import create_app
 
-from .helpers import call_row
+from .helpers import call_row, read_rollups
 
 START = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 NOW = START + dt.timedelta(days=6)
@@ -73,10 +73,12 @@ SPECS = [
 ]
 
 
-@pytest.mark.parametrize("how", ["rollups", "raw scan", "exact"])
+@pytest.mark.parametrize("how", ["rollups", "raw scan", "exact", "scan for the 15-minute tier"])
 @pytest.mark.parametrize("by,options", SPECS, ids=[" ".join(by) + (" cut" if o else "") for by, o in SPECS])
 def test_a_limit_gives_the_first_groups_of_the_whole_report(con, monkeypatch, how, by, options):
-    if how == "rollups":  # however few the calls, read the rollups (reports.RAW_SCAN_MAX)
+    if how == "rollups":  # however few the calls, read the rollups
+        read_rollups(monkeypatch)
+    if how == "scan for the 15-minute tier":  # not few calls: a raw scan only in place of that tier
         monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
     exact = how == "exact"
     spec = parse_report(by, now=NOW, **options)
@@ -84,7 +86,7 @@ def test_a_limit_gives_the_first_groups_of_the_whole_report(con, monkeypatch, ho
     assert len(groups) >= 4 and all(g["p50_latency_ms"] is not None for g in groups)
     tier = report_rows._source(con, spec)[2]
     # Limited, the customers' weekly tier takes its groups' percentiles from histograms: within 0.99%.
-    weekly = how == "rollups" and tier.seconds >= rollups.WEEK.total_seconds()
+    weekly = how != "raw scan" and not exact and tier.seconds >= rollups.WEEK.total_seconds()
     for limit in (1, 3, len(groups) - 1, len(groups), len(groups) + 10):
         first, first_total = report_rows.report(con, spec, exact=exact, limit=limit)
         if weekly and tier.sparse:
@@ -109,7 +111,7 @@ def test_a_limit_gives_the_first_groups_of_the_whole_report(con, monkeypatch, ho
 
 
 def test_the_first_groups_are_the_costliest_or_the_earliest_and_keep_the_calls_without_a_customer(con, monkeypatch):
-    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+    read_rollups(monkeypatch)
     by_customer = parse_report(["customer"], now=NOW)
     _, _, tier = report_rows._source(con, by_customer)
     assert tier is not None and tier.sparse  # a tier whose percentiles come from the raw rows

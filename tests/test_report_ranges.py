@@ -22,7 +22,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import lifecycle, rollups, writing
 from addon.core.store import reports as report_rows
 
-from .helpers import call_row
+from .helpers import call_row, read_rollups
 
 DAY = "2026-11-10"
 # (UTC time, cost): costs are powers of two, so a total says which calls it holds. Each call's latency
@@ -42,8 +42,8 @@ def rows(calls=CALLS, day: str = DAY, **changes) -> list[dict]:
 
 @pytest.fixture(autouse=True)
 def rollups_at_any_size(monkeypatch):
-    """These tests are about the rollups: read them however few the calls (reports.RAW_SCAN_MAX)."""
-    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+    """These tests are about the rollups: read them however few the calls."""
+    read_rollups(monkeypatch)
 
 
 @pytest.fixture

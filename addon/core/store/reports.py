@@ -104,31 +104,44 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
     the calls kept raw (the sparse tiers: _rollup_groups). The total's percentiles are those of the
     report without groups (``_whole_percentiles``). ``exact`` scans the raw rows (exact percentiles;
     purged calls, which only rollups keep, are then not counted).
-    A selection of few calls, all still raw (``_few_unpurged``), is scanned as ``exact`` would.
+    A selection none of whose calls was purged is scanned as ``exact`` would when it has few calls
+    (``_few``) or when the 15-minute tier would answer it (``_scan_instead``).
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups. ``limit``: only the first that many groups, and only theirs
     get percentiles (most of the time of a report by customer); the order and the total are those of
     all groups (Groups.total_groups, Groups.rest). ``percentiles=False`` leaves the groups' p50/p95
     None, for callers that draw sums only (the page's chart: merging a year of days by model's
     histograms was most of its 0.6 s at 100M calls)."""
-    if not exact:
-        horizon = raw_horizon.since(con)
-        if _few_unpurged(con, spec.selection, horizon):
-            found = _report(con, spec, total_latency, True, limit, percentiles)
-            # A purge that committed since the check removed raw calls this scan then missed: it moves
-            # the horizon first (raw_horizon.py), so an unchanged horizon says none did. (In the shared
-            # mode this also covers the first query of an older lake, which sets the horizon.)
-            if raw_horizon.since(con) == horizon:
-                return found
-    return _report(con, spec, total_latency, exact, limit, percentiles)
+    if exact:
+        return _report(con, spec, total_latency, None, limit, percentiles)
+    horizon = raw_horizon.since(con)
+    chosen = _source(con, spec)
+    few = _unpurged(spec.selection, horizon) and _few(con, spec.selection)
+    instead = not few and _unpurged(spec.selection, horizon) and _scan_instead(chosen[2], spec, limit, percentiles)
+    if few or instead:
+        # In place of the 15-minute tier, the total line's percentiles stay those of the report
+        # without groups (which may read another tier), as they are with a limit, which reads that tier.
+        apart = instead and bool(spec.by) and total_latency
+        groups, found = _report(con, spec, total_latency and not apart, None, limit, percentiles)
+        if apart:
+            found.update(_whole_percentiles(con, spec, latency=True))
+        # A purge that committed since the check removed raw calls this scan then missed: it moves
+        # the horizon first (raw_horizon.py), so an unchanged horizon says none did. (In the shared
+        # mode this also covers the first query of an older lake, which sets the horizon.)
+        if raw_horizon.since(con) == horizon:
+            return groups, found
+    return _report(con, spec, total_latency, chosen, limit, percentiles)
 
 
 def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool,
-            raw_scan: bool, limit: int | None, percentiles: bool) -> tuple[Groups, dict]:
+            chosen: tuple[tuple[str, list] | None, str, rollups.Tier | None] | None, limit: int | None,
+            percentiles: bool) -> tuple[Groups, dict]:
+    """``report`` from the rollups ``chosen`` (as ``_source`` gives them), or a raw scan (None)."""
     names = [dimension_name(d) for d in spec.by]
     time_names = [n for d, n in zip(spec.by, names) if d in _TIME_FORMATS]
     order = _order_key(names, time_names)
-    source, local, tier = (None, "", None) if raw_scan else _source(con, spec)
+    raw_scan = chosen is None
+    source, local, tier = (None, "", None) if chosen is None else chosen
     if source is None and any(d in _TIME_FORMATS for d in spec.by):
         local = _local_time_sql(con, spec, None)
     dims = [_dimension_sql(d, local) for d in spec.by]
@@ -309,18 +322,35 @@ def _whole_percentiles(con: duckdb.DuckDBPyConnection, spec: ReportSpec, latency
 RAW_SCAN_MAX = 50_000
 
 
-def _few_unpurged(con: duckdb.DuckDBPyConnection, selection: Selection, horizon: dt.datetime) -> bool:
-    """Whether a scan of the selection's raw rows gives what the rollups would (it starts at or
-    after the purge ``horizon``: raw_horizon.py) and reads at most RAW_SCAN_MAX calls: those of its
-    time range, whatever its filters. A filter (a customer, a feature) skips no row of the range, so
-    one customer's 400 calls in a year of 100M took 1.6 s to count and 0.85 s to scan, where the
+def _unpurged(selection: Selection, horizon: dt.datetime) -> bool:
+    """Whether the selection starts at or after the purge ``horizon`` (raw_horizon.py): a scan of its
+    raw rows then counts what the rollups would."""
+    return horizon == raw_horizon.EVER or (selection.since is not None and selection.since >= horizon)
+
+
+def _few(con: duckdb.DuckDBPyConnection, selection: Selection) -> bool:
+    """Whether a scan of the selection reads at most RAW_SCAN_MAX calls: those of its time range,
+    whatever its filters. A filter (a customer, a feature) skips no row of the range, so one
+    customer's 400 calls in a year of 100M took 1.6 s to count and 0.85 s to scan, where the
     rollups answered in 0.1 s; and counting them stopped at the limit only for a frequent one."""
-    if horizon != raw_horizon.EVER and (selection.since is None or selection.since < horizon):
-        return False
     condition, params = where(Selection(since=selection.since, until=selection.until))
     (found,) = one(con.execute(f"SELECT count(*) FROM (SELECT 1 FROM calls WHERE {condition} LIMIT ?)",
                                [*params, RAW_SCAN_MAX + 1]))
     return found <= RAW_SCAN_MAX
+
+
+# Whether a report the 15-minute tier would answer scans the raw rows instead (``_scan_instead``);
+# tests about that tier turn it off.
+RAW_OVER_FINE = True
+
+
+def _scan_instead(tier: rollups.Tier | None, spec: ReportSpec, limit: int | None, percentiles: bool) -> bool:
+    """Whether one scan of the raw rows answers a report better than ``tier``, the 15-minute one:
+    with many customers it holds about a row per call, and its groups' percentiles come from the raw
+    rows anyway (_raw_percentiles), so the calls were read after the tier (one customer's days over
+    a year of 100M calls: 1.59 s, scanned 0.81 s). Not for a limit's groups (ranked over the tier,
+    the raw rows read for the shown groups alone) nor without percentiles (the tier's sums alone)."""
+    return RAW_OVER_FINE and tier is rollups.FINE and percentiles and (limit is None or not spec.by)
 
 
 _ROLLUP_METRICS = (f"{', '.join(f'coalesce(sum({c}), 0)::BIGINT AS {c}' for c in (*_COUNTS, *_TOKENS))}, "
