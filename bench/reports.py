@@ -70,13 +70,15 @@ def build(db: Path, rows: int, days: int, customers: int) -> float:
 
 @contextlib.contextmanager
 def only_tiers(tiers: tuple[rollups.Tier, ...]) -> Iterator[None]:
-    """Reports as they were before some tiers: read only ``tiers`` (for comparison)."""
-    chosen = report_rows._source
+    """Reports as they were before some tiers: read only ``tiers`` (for comparison), the 15-minute
+    one too where a raw scan now answers in its place (reports.RAW_OVER_FINE)."""
+    chosen, instead = report_rows._source, report_rows.RAW_OVER_FINE
     report_rows._source = functools.partial(chosen, tiers=tiers)
+    report_rows.RAW_OVER_FINE = tiers == rollups.TIERS
     try:
         yield
     finally:
-        report_rows._source = chosen
+        report_rows._source, report_rows.RAW_OVER_FINE = chosen, instead
 
 
 def time_reports(db: Path, end: dt.datetime, exact: bool = False,

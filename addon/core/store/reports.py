@@ -116,8 +116,9 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
         return _report(con, spec, total_latency, None, limit, percentiles)
     horizon = raw_horizon.since(con)
     chosen = _source(con, spec)
-    few = _unpurged(spec.selection, horizon) and _few(con, spec.selection)
-    instead = not few and _unpurged(spec.selection, horizon) and _scan_instead(chosen[2], spec, limit, percentiles)
+    unpurged = _unpurged(spec.selection, horizon)
+    few = unpurged and _few(con, spec.selection)
+    instead = unpurged and not few and _scan_instead(chosen[2], spec, limit, percentiles)
     if few or instead:
         # In place of the 15-minute tier, the total line's percentiles stay those of the report
         # without groups (which may read another tier), as they are with a limit, which reads that tier.
