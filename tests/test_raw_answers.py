@@ -166,24 +166,32 @@ def test_a_file_whose_raw_rows_and_rollups_agree_keeps_no_horizon(tmp_path, monk
     con.close()
 
 
-def test_a_purge_committed_during_a_raw_scan_sends_the_report_to_the_rollups(tmp_path, monkeypatch):
+@pytest.mark.parametrize("why", ["few calls", "in place of the 15-minute tier"])
+def test_a_purge_committed_during_a_raw_scan_sends_the_report_to_the_rollups(tmp_path, monkeypatch, why):
     # The report reads the horizon, then a purge commits (the proxy's daily one, on another cursor),
     # then the raw scan runs: it would miss the purged calls, so the report reads the rollups.
     now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     real_since = raw_horizon.since
+    by = ["model"]
+    if why != "few calls":
+        monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+        by = ["model", "hour"]  # with a customer's calls: only the 15-minute tier names both
     with writing(tmp_path / "a.duckdb") as con:
-        call_rows.insert(con, [call_row(i, ts=now - dt.timedelta(days=20, minutes=i), key_id=1) for i in range(5)]
-                         + [call_row(i, ts=now - dt.timedelta(hours=2, minutes=i), key_id=1) for i in range(3)])
+        call_rows.insert(con, [call_row(i, ts=now - dt.timedelta(hours=hours, minutes=i), customer_id="c")
+                               for hours, n in ((20 * 24, 5), (2, 3)) for i in range(n)])
 
         def since_then_purge(c):
             found = real_since(c)
             monkeypatch.setattr(raw_horizon, "since", real_since)
             lifecycle.purge(con, {1: now - dt.timedelta(days=7)}, now)
             return found
+        spec = parse_report(by, now=now, customer="c")
+        if why != "few calls":
+            assert report_rows._source(con, spec)[2] is rollups.FINE
         monkeypatch.setattr(raw_horizon, "since", since_then_purge)
-        [group], total = report_rows.report(con, parse_report(["model"], now=now))
-        assert (group["calls"], total["calls"]) == (8, 8)
-        assert report_rows.report(con, parse_report(["model"], now=now), exact=True)[1]["calls"] == 3
+        groups, total = report_rows.report(con, spec)
+        assert (sum(g["calls"] for g in groups), total["calls"]) == (8, 8)
+        assert report_rows.report(con, spec, exact=True)[1]["calls"] == 3
 
 
 def test_the_total_of_a_report_by_customer_is_the_report_without_groups(tmp_path, monkeypatch):

@@ -270,3 +270,34 @@ def test_a_totals_edges_come_from_the_widest_tier_that_holds_them_not_the_15_min
     assert read == {"rollups_models", "rollups_hourly", "rollups", "calls"}, sql
     total = report_rows.total(con, spec)
     assert (total["calls"], total["cost_usd"]) == (9, sum(c for hhmm, c in CALLS if hhmm >= "10:05"))
+
+
+def _two_calls_across_la_spring_forward(con) -> None:
+    # Los Angeles moves from -8 to -7 hours at 2026-03-08 10:00 UTC: 04:00 local the day before,
+    # 05:30 local (12:30 UTC) after it.
+    call_rows.insert(con, [call_row(1, ts=dt.datetime(2026, 3, 7, 12, tzinfo=dt.UTC), cost_usd=Decimal(1)),
+                           call_row(2, ts=dt.datetime(2026, 3, 8, 12, 30, tzinfo=dt.UTC), cost_usd=Decimal(2))])
+
+
+def test_local_hours_after_an_offset_change_on_the_last_day_of_purged_calls(tmp_path):
+    # Every raw call purged: the zone's offsets are found over the daily tier's days, the whole last one
+    # included (its calls came after the change).
+    now = dt.datetime(2026, 3, 10, tzinfo=dt.UTC)
+    with writing(tmp_path / "a.duckdb") as con:
+        _two_calls_across_la_spring_forward(con)
+        lifecycle.purge(con, {1: dt.datetime(2026, 3, 9, tzinfo=dt.UTC)}, now)
+        assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+        groups, _ = report_rows.report(con, parse_report(["hour"], tz=LA, now=now))
+    assert [(g["hour"], g["calls"]) for g in groups] == [("2026-03-07 04:00", 1), ("2026-03-08 05:00", 1)]
+
+
+def test_local_hours_of_raw_calls_whose_rollups_the_history_purge_dropped(tmp_path):
+    # Past the rollups' history only raw calls are left (kept longer by a key's retention): --exact
+    # still finds the zone's offsets over them.
+    now = dt.datetime(2027, 6, 1, tzinfo=dt.UTC)
+    with writing(tmp_path / "a.duckdb") as con:
+        _two_calls_across_la_spring_forward(con)
+        lifecycle.purge(con, {}, now)
+        assert con.execute(f"SELECT count(*) FROM {rollups.DAILY.table}").fetchone() == (0,)
+        groups, _ = report_rows.report(con, parse_report(["hour"], tz=LA, now=now), exact=True)
+    assert [(g["hour"], g["calls"]) for g in groups] == [("2026-03-07 04:00", 1), ("2026-03-08 05:00", 1)]
