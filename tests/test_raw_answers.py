@@ -177,7 +177,8 @@ def test_a_purge_committed_during_a_raw_scan_sends_the_report_to_the_rollups(tmp
         monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
         by = ["model", "hour"]  # with a customer's calls: only the 15-minute tier names both
     with writing(tmp_path / "a.duckdb") as con:
-        call_rows.insert(con, [call_row(i, ts=now - dt.timedelta(hours=hours, minutes=i), customer_id="c")
+        call_rows.insert(con, [call_row(i, ts=now - dt.timedelta(hours=hours, minutes=i), customer_id="c",
+                                        feature=f"f{hours}-{i}")  # a 15-minute row each
                                for hours, n in ((20 * 24, 5), (2, 3)) for i in range(n)])
 
         def since_then_purge(c):
@@ -187,7 +188,7 @@ def test_a_purge_committed_during_a_raw_scan_sends_the_report_to_the_rollups(tmp
             return found
         spec = parse_report(by, now=now, customer="c")
         if why != "few calls":
-            assert report_rows._source(con, spec)[2] is rollups.FINE
+            assert report_rows._source(con, spec)[2] is rollups.FINE and report_rows._fine_is_sparse(con)
         monkeypatch.setattr(raw_horizon, "since", since_then_purge)
         groups, total = report_rows.report(con, spec)
         assert (sum(g["calls"] for g in groups), total["calls"]) == (8, 8)
@@ -275,10 +276,13 @@ def test_rollups_summed_before_the_proxy_histograms_send_totals_to_the_raw_calls
 
 
 def _customers_hours(con) -> list[dict]:
+    """Calls of 3 customers, each of its own feature: the 15-minute tier holds a row per call, as
+    with many customers (reports._fine_is_sparse)."""
     rows = spread_latencies(600, random.Random(23))
     for i, row in enumerate(rows):
-        row["customer_id"] = f"c{i % 3}"
+        row.update(customer_id=f"c{i % 3}", feature=f"f{i}")
     call_rows.insert(con, rows)
+    assert report_rows._fine_is_sparse(con)
     return rows
 
 
@@ -317,3 +321,20 @@ def test_a_report_the_15_minute_tier_would_answer_over_purged_calls_reads_the_ti
     want = sum(r["customer_id"] == "c1" for r in rows)
     assert [g["calls"] for g in groups] and total["calls"] == sum(g["calls"] for g in groups) == want == 200
     assert 0 < kept < want  # the raw rows lost some
+
+
+def test_the_15_minute_tier_is_scanned_around_only_where_it_holds_about_a_row_per_call(tmp_path):
+    # 600 calls of 3 customers in 6 hours: about a quarter as many rows of the tier when they share a
+    # feature (read it, then the raw latencies), 600 when each has its own (scan the raw calls alone).
+    rows = spread_latencies(600, random.Random(29))
+    for i, row in enumerate(rows):
+        row.update(customer_id=f"c{i % 3}", feature="one")
+    with writing(tmp_path / "dense.duckdb") as con:
+        call_rows.insert(con, rows)
+        assert con.execute("SELECT count(*) FROM rollups").fetchone()[0] < 600 / 2
+        assert not report_rows._fine_is_sparse(con)
+    with writing(tmp_path / "sparse.duckdb") as con:
+        call_rows.insert(con, [row | {"feature": f"f{i}"} for i, row in enumerate(rows)])
+        assert report_rows._fine_is_sparse(con)
+    with writing(tmp_path / "empty.duckdb") as con:
+        assert not report_rows._fine_is_sparse(con)

@@ -80,6 +80,7 @@ def test_a_limit_gives_the_first_groups_of_the_whole_report(con, monkeypatch, ho
         read_rollups(monkeypatch)
     if how == "scan for the 15-minute tier":  # not few calls: a raw scan only in place of that tier
         monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+        assert report_rows._fine_is_sparse(con)
     exact = how == "exact"
     spec = parse_report(by, now=NOW, **options)
     groups, total = report_rows.report(con, spec, exact=exact)
