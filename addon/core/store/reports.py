@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 import zoneinfo
 from collections.abc import Callable, Iterable, Iterator
@@ -115,10 +116,10 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
     if exact:
         return _report(con, spec, total_latency, None, limit, percentiles)
     horizon = raw_horizon.since(con)
-    chosen = _source(con, spec)
     unpurged = _unpurged(spec.selection, horizon)
     few = unpurged and _few(con, spec.selection)
-    instead = unpurged and not few and _scan_instead(con, chosen[2], spec, limit, percentiles)
+    chosen = None if few else _source(con, spec)
+    instead = chosen is not None and unpurged and _scan_instead(con, chosen[2], spec, limit, percentiles)
     if few or instead:
         # In place of the 15-minute tier, the total line's percentiles stay those of the report
         # without groups (which may read another tier), as they are with a limit, which reads that tier.
@@ -131,7 +132,7 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
         # mode this also covers the first query of an older lake, which sets the horizon.)
         if raw_horizon.since(con) == horizon:
             return groups, found
-    return _report(con, spec, total_latency, chosen, limit, percentiles)
+    return _report(con, spec, total_latency, chosen or _source(con, spec), limit, percentiles)
 
 
 def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool,
@@ -144,7 +145,7 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
     raw_scan = chosen is None
     source, local, tier = (None, "", None) if chosen is None else chosen
     if source is None and any(d in _TIME_FORMATS for d in spec.by):
-        local = _local_time_sql(con, spec, None)
+        local = _local_time_sql(spec, functools.partial(_data_range, con))
     dims = [_dimension_sql(d, local) for d in spec.by]
     condition, params = where(spec.selection)
     whole_read = False  # the total's percentiles read with its sums
@@ -382,11 +383,12 @@ def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec, tiers: tuple[rollu
     tier); else (None, "", None): raw rows."""
     timed = any(d in _TIME_FORMATS for d in spec.by)
     fitting = _coarse_first(t for t in tiers if _fits(spec, t))
+    data_range = functools.cache(functools.partial(_data_range, con))  # once, whatever the tiers tried
     for tier in fitting:
         source = _rollup_source(spec.selection, tier, fitting)
         if not timed:
             return source, "", tier
-        local = _local_time_sql(con, spec, source, tier.seconds)
+        local = _local_time_sql(spec, data_range, tier.seconds)
         if local:
             return source, local, tier
     return None, "", None
@@ -690,30 +692,30 @@ def _dimension_sql(dimension: str, local_time: str) -> str:
     return _COLUMN_OF[dimension]
 
 
-def _local_time_sql(con: duckdb.DuckDBPyConnection, spec: ReportSpec, source: tuple[str, list] | None,
-                    seconds: int = rollups.FINE.seconds) -> str:
+def _local_time_sql(spec: ReportSpec, data_range: Callable[[], tuple[dt.datetime | None, dt.datetime | None]],
+                    buckets: int | None = None) -> str:
     """``ts`` as local wall-clock time in the report's zone, as a SQL expression.
 
     Converting with the ICU time zone functions costs ~1 s per 10M rows; a zone's offset only
     changes at a few known instants, so the offsets in force over the selected range become a
     CASE over ``ts`` added to its epoch: the same result at a tenth of the cost. Over rollup rows
-    (``source``) of ``seconds``-wide buckets: "" when the zone's offsets are not whole buckets.
+    of ``buckets`` seconds (None: raw rows): "" when the zone's offsets are not whole buckets.
 
     The range is the selection's when it has both ends, at most OFFSETS_SPAN apart; else the
-    selection's within the data's (``_data_range``, its filters aside: one customer's first and
-    last call took a scan of 1.2 s at 100M calls, where the data's cost 3 ms)."""
+    selection's within the data's (``data_range``: ``_data_range``, its filters aside: one
+    customer's first and last call took a scan of 1.2 s at 100M calls, where the data's cost 3 ms)."""
     zone = zoneinfo.ZoneInfo(spec.selection.tz)
     since, until = spec.selection.since, spec.selection.until
     if since is not None and until is not None and until - since <= OFFSETS_SPAN:
-        found = _offsets_sql(zone, since, until - dt.timedelta(microseconds=1), source is not None, seconds)
+        found = _offsets_sql(zone, since, until - dt.timedelta(microseconds=1), buckets)
         if found:
             return found
-    first, last = _data_range(con)
+    first, last = data_range()
     if first is None or last is None:
         return "ts::TIMESTAMP"
     first, last = max(first, since or first), min(last, until - dt.timedelta(microseconds=1) if until else last)
     # An empty range: no call to convert, but the expression must still be valid SQL.
-    return _offsets_sql(zone, first, max(first, last), source is not None, seconds)
+    return _offsets_sql(zone, first, max(first, last), buckets)
 
 
 # Finding the offsets over two years takes ~5 ms (a step each 6 hours); over the years a since of
@@ -731,13 +733,13 @@ def _data_range(con: duckdb.DuckDBPyConnection) -> tuple[dt.datetime | None, dt.
         f"(SELECT max(bucket) FROM {rollups.DAILY.table}) + INTERVAL {rollups.DAILY.seconds} SECOND)"))
 
 
-def _offsets_sql(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.datetime, buckets: bool, seconds: int) -> str:
+def _offsets_sql(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.datetime, buckets: int | None) -> str:
     """_local_time_sql's expression for times from ``first`` to ``last`` (given ``buckets``, the
-    start of the last ``seconds``-wide bucket), or "" for buckets the offsets do not fit."""
-    if buckets:
-        last += dt.timedelta(seconds=seconds)  # a bucket starting at ``last`` holds calls up to its end
+    start of the last bucket of that many seconds), or "" for buckets the offsets do not fit."""
+    if buckets is not None:
+        last += dt.timedelta(seconds=buckets)  # a bucket starting at ``last`` holds calls up to its end
     periods = _offset_periods(zone, first, last)
-    if buckets and not _on_bucket_edges(periods, seconds):
+    if buckets is not None and not _on_bucket_edges(periods, buckets):
         return ""
     if len(periods) == 1:
         offset = f"{periods[0][1]}"
