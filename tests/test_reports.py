@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from addon.core import home as home_dir
-from addon.core.reports import Selection
+from addon.core.reports import Selection, parse_report
 from addon.core.store import calls as call_rows
 from addon.core.store import reports as report_rows
 from addon.core.store import synthetic, writing
@@ -537,3 +537,16 @@ def test_exported_cells_a_spreadsheet_would_run_are_quoted_and_money_and_times_r
     # `calls --format csv` is the same export, of the newest calls only, newest first.
     newest = CliRunner().invoke(cli, ["--home", str(tmp_path), "calls", "--format", "csv", "--limit", "2"]).output
     assert [r["customer_id"] for r in csv.DictReader(io.StringIO(newest))] == ["unpriced", "plain"]
+
+
+def test_a_reports_total_audio_seconds_are_the_stores_sum_to_the_millisecond(tmp_path):
+    # Summed from the groups in Python, 0.1 + 0.2 seconds came out 0.30000000000000004 on the total
+    # line, where the total alone (the store's sum) says 0.3.
+    spec = parse_report(["model"], now=dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [call_row(1, model="whisper-1", audio_seconds=Decimal("0.1")),
+                               call_row(2, model="gpt-4o-transcribe", audio_seconds=Decimal("0.2"))])
+        groups, total = report_rows.report(con, spec)
+        alone = report_rows.total(con, spec)
+    assert sorted(g["audio_seconds"] for g in groups) == [0.1, 0.2]
+    assert total["audio_seconds"] == alone["audio_seconds"] == 0.3

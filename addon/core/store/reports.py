@@ -217,7 +217,7 @@ def _rest_of(total: dict, shown: list[dict], priced: bool) -> dict:
     group left out was ``priced``, as a group of unpriced calls has none."""
     rest = {name: total[name] - sum(g[name] for g in shown) for name in (*_COUNTS, *_TOKENS)}
     rest["cost_usd"] = total["cost_usd"] - sum(g["cost_usd"] or 0 for g in shown) if priced else None
-    rest["audio_seconds"] = max(0.0, round(total["audio_seconds"] - sum(g["audio_seconds"] for g in shown), 3))
+    rest["audio_seconds"] = max(0.0, _milliseconds(total["audio_seconds"] - sum(g["audio_seconds"] for g in shown)))
     rest.update(p50_latency_ms=None, p95_latency_ms=None, share=_share(rest["cost_usd"], total["cost_usd"]))
     return rest
 
@@ -780,7 +780,8 @@ def _offset_periods(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.dateti
 def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], condition: str | None, params: list) -> dict:
     """Counts and sums add up from the groups; only the percentiles need another pass (skipped when
     ``condition`` is None)."""
-    total = {name: sum(g[name] for g in groups) for name in (*_COUNTS, *_TOKENS, "audio_seconds")}
+    total = {name: sum(g[name] for g in groups) for name in (*_COUNTS, *_TOKENS)}
+    total["audio_seconds"] = _milliseconds(sum(g["audio_seconds"] for g in groups))
     costs = [g["cost_usd"] for g in groups if g["cost_usd"] is not None]
     total["cost_usd"] = sum(costs) if costs else None
     latency = added = None
@@ -790,6 +791,12 @@ def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], condition: str | 
                                          f"quantile_cont(proxy_us, {list(_PROXY_POINTS)}) FROM calls WHERE {condition}",
                                          params))
     return {**_group({**total, "latency_ms": latency}), **_added(added)}
+
+
+def _milliseconds(seconds: float) -> float:
+    """A sum of audio seconds in Python, to the millisecond they are stored with (DECIMAL(18, 3)):
+    adding their floats leaves noise (0.1 + 0.2 = 0.30000000000000004) that the store's sum has not."""
+    return round(seconds, 3)
 
 
 def _added(quantiles) -> dict:
