@@ -149,6 +149,18 @@ def test_times_and_numbers_out_of_range_are_refused_with_the_range(tmp_path, arg
     assert message in result.output, result.output
 
 
+@pytest.mark.parametrize("args", [
+    ("--by", "day", "--since", "9999-12-30", "--until", "9999-12-31T23:00Z"),
+    ("--by", "hour", "--tz", "Asia/Kolkata", "--since", "9999-12-30"),
+    ("--by", "month", "--tz", "Pacific/Kiritimati", "--since", "9999-12-31T05:00Z"),
+])
+def test_a_report_by_time_at_the_calendars_end_is_an_empty_table(tmp_path, args):
+    # The zone's offsets were looked up past the range's end (a bucket, six hours): past 9999-12-31.
+    result = _invoke(tmp_path, "report", *args)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert result.output.splitlines()[-1].split()[:2] == ["TOTAL", "0"], result.output
+
+
 def test_help_imports_neither_duckdb_nor_genai_prices():
     # They take most of a second to import: `aispendtrack --help` (and a mistyped command) must not wait for them
     # (bench/cli_start.py times it: docs/benchmarks.md).

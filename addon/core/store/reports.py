@@ -736,8 +736,8 @@ def _data_range(con: duckdb.DuckDBPyConnection) -> tuple[dt.datetime | None, dt.
 def _offsets_sql(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.datetime, buckets: int | None) -> str:
     """_local_time_sql's expression for times from ``first`` to ``last`` (given ``buckets``, the
     start of the last bucket of that many seconds), or "" for buckets the offsets do not fit."""
-    if buckets is not None:
-        last += dt.timedelta(seconds=buckets)  # a bucket starting at ``last`` holds calls up to its end
+    if buckets is not None:  # a bucket starting at ``last`` holds calls up to its end
+        last = _later(last, dt.timedelta(seconds=buckets))
     periods = _offset_periods(zone, first, last)
     if buckets is not None and not _on_bucket_edges(periods, buckets):
         return ""
@@ -758,6 +758,14 @@ def _on_bucket_edges(periods: list[tuple[dt.datetime, int]], seconds: int) -> bo
         all(_bucket_floor(start, width) == start for start, _ in periods[1:])
 
 
+def _later(at: dt.datetime, delta: dt.timedelta) -> dt.datetime:
+    """``at`` + ``delta``, or the calendar's last instant when that is past it (9999-12-31)."""
+    try:
+        return at + delta
+    except OverflowError:
+        return dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
 def _offset_periods(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.datetime) -> list[tuple[dt.datetime, int]]:
     """(start, UTC offset in microseconds) for each period of constant offset between first and last."""
     def offset(at: dt.datetime) -> int:
@@ -766,7 +774,7 @@ def _offset_periods(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.dateti
     periods = [(first, offset(first))]
     at = first
     while at < last:
-        step = min(at + dt.timedelta(hours=6), last)
+        step = min(_later(at, dt.timedelta(hours=6)), last)
         if offset(step) != periods[-1][1]:
             low, high = at, step  # bisect to the second the offset changed
             while high - low > dt.timedelta(seconds=1):
