@@ -168,6 +168,12 @@ def test_every_parameter_error_is_a_400(site, query):
             assert response.json()["error"]["code"] == "bad_request"
 
 
+def test_a_report_by_day_at_the_calendars_end_is_empty_not_a_500(site):
+    response = httpx.get(f"{site['url']}/api/v1/report", headers={"Authorization": f"Bearer {site['token']}"},
+                         params={"by": "day", "since": "9999-12-30", "until": "9999-12-31T23:00Z"})
+    assert (response.status_code, response.json()) == (200, []), response.text[:200]
+
+
 def test_csv_listings_of_the_cli_neutralise_formulas_too(site):
     with writing(home_dir.db_path(site["home"])) as con:
         call_rows.insert(con, [call_row(1, customer_id="=1+1", ts=dt.datetime.now(dt.UTC))])
