@@ -309,6 +309,27 @@ def test_a_report_the_15_minute_tier_would_answer_scans_the_raw_calls_and_keeps_
         assert scanned_total[name] != exact_total[name]
 
 
+def test_one_customers_first_groups_come_from_one_scan_and_many_customers_from_the_tier(tmp_path, monkeypatch):
+    # A limit ranks the groups over the tier and reads the raw rows for the shown ones alone: worth
+    # it for the costliest of many customers; one customer's few groups are scanned once instead.
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+    ranked = []
+    first_groups = report_rows._first_groups
+    monkeypatch.setattr(report_rows, "_first_groups", lambda *a, **k: ranked.append(1) or first_groups(*a, **k))
+    with writing(tmp_path / "a.duckdb") as con:
+        rows = _customers_hours(con)
+        ones = parse_report(["feature"], customer="c1", now=START + dt.timedelta(days=1))
+        scanned = report_rows.report(con, ones, limit=5)
+        assert not ranked
+        everyones = parse_report(["feature"], now=START + dt.timedelta(days=1))
+        report_rows.report(con, everyones, limit=5)
+        assert ranked
+        read_rollups(monkeypatch)
+        assert report_rows.report(con, ones, limit=5) == scanned
+    assert scanned[0].total_groups == sum(r["customer_id"] == "c1" for r in rows) == 200
+    assert len(scanned[0]) == 5 and scanned[0].rest["calls"] == 195
+
+
 def test_a_report_the_15_minute_tier_would_answer_over_purged_calls_reads_the_tier(tmp_path, monkeypatch):
     # The raw calls of the first hours are purged: a scan would miss them, the tier still counts them.
     monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)

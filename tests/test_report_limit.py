@@ -70,11 +70,14 @@ SPECS = [
     (["day"], {}),                                       # the first days, not the costliest
     (["model", "hour"], {}),                             # the hourly tier, in time order
     (["customer", "day"], {}),                           # two dimensions, one of them time
+    (["model"], {"customer": "c01"}),                    # one customer's: the 15-minute tier, or one scan
 ]
 
 
 @pytest.mark.parametrize("how", ["rollups", "raw scan", "exact", "scan for the 15-minute tier"])
-@pytest.mark.parametrize("by,options", SPECS, ids=[" ".join(by) + (" cut" if o else "") for by, o in SPECS])
+@pytest.mark.parametrize("by,options", SPECS, ids=[
+    " ".join(by) + (" cut" if "since" in o else "") + (" of one customer" if "customer" in o else "")
+    for by, o in SPECS])
 def test_a_limit_gives_the_first_groups_of_the_whole_report(con, monkeypatch, how, by, options):
     if how == "rollups":  # however few the calls, read the rollups
         read_rollups(monkeypatch)
