@@ -252,7 +252,7 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
     for tier in rollups.BEFORE_NARROW:  # nor had its tiers a histogram of proxy_us
         con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
     con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
-    assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms"]
+    assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key"]
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
         groups: dict[tuple, list[dict]] = {}
         for call in calls:

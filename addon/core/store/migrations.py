@@ -10,7 +10,7 @@ import datetime as dt
 import duckdb
 
 from . import raw_horizon, rollups
-from .calls import UNIT_COLUMNS
+from .calls import CUSTOMER_KEY_COLUMN, UNIT_COLUMNS, customer_key_sql
 from .calls import UNIT_NAMES as UNIT_COLUMNS_NAMES
 from .transaction import transaction
 
@@ -481,6 +481,13 @@ def m032_proxy_histograms(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(statement)
 
 
+def m033_customer_key(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue 28: one customer's calls found by a number (calls.CUSTOMER_KEY_COLUMN), the rows stored
+    # before included (100M calls: ~25 s, once).
+    con.execute(CUSTOMER_KEY_COLUMN.format(table="calls"))
+    con.execute(f"UPDATE calls SET customer_key = {customer_key_sql('customer_id')}")
+
+
 ROLLUPS_DDL = rollups.DDL
 # The proxy_us histogram column (m032) first: derive_all reads it from the 15-minute rows, which a
 # store upgraded from before m032 holds without it.
@@ -517,7 +524,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m020_tools, m021_prices, m022_proxy_us, m023_rollups,
               m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
               m028_team_limits, m029_daily_rollups, m030_raw_horizon, m031_tag_rollups,
-              m032_proxy_histograms]
+              m032_proxy_histograms, m033_customer_key]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

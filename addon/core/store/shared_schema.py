@@ -13,7 +13,7 @@ import datetime as dt
 from collections.abc import Iterator
 
 from . import raw_horizon, rollups
-from .calls import CALL_COLUMNS, COST_TYPE, UNIT_COLUMNS, UNIT_NAMES
+from .calls import CALL_COLUMNS, COST_TYPE, CUSTOMER_KEY_COLUMN, UNIT_COLUMNS, UNIT_NAMES
 from .errors import StoreError
 from .migrations import (
     AUDIT_DDL,
@@ -126,14 +126,14 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
                       + [("previous_cost_usd", COST_TYPE), ("previous_price_source", "VARCHAR"),
                          ("repriced_at", "TIMESTAMPTZ"), ("service_tier", "VARCHAR")]
                       + [(name, f"{typ} DEFAULT 0") for name, typ, _ in UNIT_COLUMNS]
-                      + [("price_snapshot", "VARCHAR"), ("proxy_us", "BIGINT")])
+                      + [("price_snapshot", "VARCHAR"), ("proxy_us", "BIGINT"), ("customer_key", "INTEGER")])
 # A new lake gets every column at once, and with it the steps that add columns to older lakes. Each
 # ALTER makes a schema version with an inlined-data table of its own, and DuckLake drops an old
 # version's table while a read on another replica may still be looking at it (seen as a failed read
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
                    "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups",
-                   "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms")
+                   "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms", "s024_customer_key")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -310,6 +310,11 @@ def ensure_lake(con, control) -> None:
         if "s023_proxy_histograms" not in _applied(control):  # as migrations.m032_proxy_histograms
             _in_transaction(con, PROXY_HISTOGRAMS)
             _record(control, "s023_proxy_histograms")
+        if "s024_customer_key" not in _applied(control):  # as migrations.m033_customer_key
+            # The rows already in the lake keep NULL (reports.where finds them by the text): filling
+            # them in would rewrite every data file.
+            con.execute(CUSTOMER_KEY_COLUMN.format(table="calls"))
+            _record(control, "s024_customer_key")
 
 
 def _in_transaction(con, statements: list[str]) -> None:

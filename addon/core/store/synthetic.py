@@ -11,7 +11,7 @@ import datetime as dt
 import duckdb
 
 from . import rollups
-from .calls import COST_TYPE
+from .calls import COST_TYPE, customer_key_sql
 
 # (model, provider, input $/Mtok, output $/Mtok); None: a model without a price.
 MODELS = [
@@ -55,7 +55,7 @@ def _generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, span:
         INSERT INTO calls (id, ts, key_id, provider, endpoint, model, stream, status, outcome, error,
             input_tokens, cache_read_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
             reasoning_tokens, web_search_requests, cost_usd, priced, price_source, usage_source,
-            customer_id, feature, latency_ms, ttft_ms, proxy_us)
+            customer_id, feature, latency_ms, ttft_ms, proxy_us, customer_key)
         WITH m(i, model, provider, in_rate, out_rate) AS (VALUES {models}),
         base AS (
             SELECT uuid() AS id,
@@ -85,7 +85,7 @@ def _generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, span:
                CASE WHEN luck < 0.03 THEN 'none' ELSE 'reported' END,
                customer_id, feature, latency_ms, CASE WHEN is_stream THEN latency_ms / 4 END,
                -- the time in the proxy's hooks, as recorded (docs/benchmarks.md: p50 ~0.3 ms)
-               (150 + random() * random() * 2000)::BIGINT
+               (150 + random() * random() * 2000)::BIGINT, {customer_key_sql('customer_id')}
         FROM base JOIN m ON m.i = base.model_i
         ORDER BY ts
     """, [end])
