@@ -60,8 +60,9 @@ COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
 # The customer as a number beside its text (migrations.m033_customer_key), written with every row,
 # not exported (a GDPR export, every stored column, has it): a scan for one customer compares
 # integers instead of decompressing every row's text (a year of 100M calls: 0.82 -> 0.06 s to find
-# a customer's 1,810), reports.where. 0 for a call without a customer; NULL only in a lake's rows
-# written before the column (found by the text). md5: the same number whatever DuckDB version wrote it.
+# a customer's 1,810), reports.where. 0 for a call without a customer; NULL in rows a version before
+# it wrote (a lake's older rows, an old replica's; found by the text). md5: the same number whatever
+# DuckDB version wrote it.
 CUSTOMER_KEY_COLUMN = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS customer_key INTEGER"
 
 

@@ -784,7 +784,11 @@ def _later(at: dt.datetime, delta: dt.timedelta) -> dt.datetime:
 def _offset_periods(zone: zoneinfo.ZoneInfo, first: dt.datetime, last: dt.datetime) -> list[tuple[dt.datetime, int]]:
     """(start, UTC offset in microseconds) for each period of constant offset between first and last."""
     def offset(at: dt.datetime) -> int:
-        return int((at.astimezone(zone).utcoffset() or dt.timedelta(0)).total_seconds() * 1_000_000)
+        try:
+            found = at.astimezone(zone).utcoffset()
+        except OverflowError:  # ahead of UTC, the last hours of 9999 are local times in the year 10000
+            found = zone.utcoffset(at.replace(tzinfo=None))
+        return int((found or dt.timedelta(0)).total_seconds() * 1_000_000)
 
     periods = [(first, offset(first))]
     at = first
