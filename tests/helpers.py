@@ -419,13 +419,18 @@ def until_refused(call, within: float, why: str) -> None:
 
 def migrated_before(con, migration) -> None:
     """Apply and record every migration before ``migration``: a file as the version before it left it,
-    but for the customer key's column (m033), which calls.insert writes: there, as m033 adds it."""
-    from addon.core.store import calls, migrations
+    but for the customer key's columns (m033, m034), which calls.insert writes: there, as those add them."""
+    from addon.core.store import calls, migrations, rollups
 
     con.execute("CREATE TABLE schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
     for earlier in migrations.MIGRATIONS[:migrations.MIGRATIONS.index(migration)]:
         earlier(con)
         con.execute("INSERT INTO schema_migrations VALUES (?, now())", [earlier.__name__])
+    tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    for tier in rollups.TIERS:
+        if tier.table in tables:
+            for statement in tier.key_ddl:
+                con.execute(statement)
     con.execute(calls.CUSTOMER_KEY_COLUMN.format(table="calls"))
 
 

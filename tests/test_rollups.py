@@ -10,6 +10,7 @@ import json
 import math
 import random
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 
 import duckdb
@@ -252,7 +253,8 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
     for tier in rollups.BEFORE_NARROW:  # nor had its tiers a histogram of proxy_us
         con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
     con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
-    assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key"]
+    assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key",
+                                                 "m034_rollup_customer_key"]
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
         groups: dict[tuple, list[dict]] = {}
         for call in calls:
@@ -463,3 +465,57 @@ def test_calls_without_a_time_in_the_proxy_sum_to_an_empty_histogram_not_a_missi
 
 def rollups_bin(value: float) -> int:
     return math.ceil(math.log(value) / math.log(rollups.GROWTH))
+
+
+def customer_totals(con, customers: tuple[str, ...], **range_) -> dict[str, int]:
+    """Each customer's calls, as a report's total line reads them (the weekly tier over whole weeks)."""
+    return {c: report_rows.total(con, parse_report([], customer=c, now=dt.datetime(2026, 12, 1, tzinfo=dt.UTC),
+                                                   **range_))["calls"] for c in customers}
+
+
+def stored_keys(con) -> dict[str, set]:
+    """Per tier naming customers: the (text, key) pairs of its rows, and the key as computed from the text."""
+    computed = call_rows.customer_key_sql("customer_id")
+    return {tier.table: set(con.execute(f"SELECT customer_id, customer_key, {computed} FROM {tier.table}").fetchall())
+            for tier in rollups.TIERS if tier.keyed}
+
+
+def test_the_tiers_naming_customers_find_them_by_their_key_then_their_text(tmp_path):
+    # c19345 and c211544 share a key (md5's low bits modulo 2^31 - 1); a lake's rows summed before
+    # s025 hold NULL and are found by their text alone.
+    from .helpers import call_row
+    customers = ("c19345", "c211544", "other", "none")
+    with writing(tmp_path / "a.duckdb") as con:
+        for part in (["c19345", "c211544", "other"], ["c19345", "c211544", "c211544"]):  # two flushes
+            call_rows.insert(con, [call_row(i, customer_id=c) for i, c in enumerate(part)])
+        week = rollups.bucket_start(dt.datetime(2026, 11, 25, tzinfo=dt.UTC), rollups.CUSTOMERS.seconds)
+        for tier in (rollups.FINE, rollups.CUSTOMERS):  # a closed bucket's rows merged, as the writer does
+            rollups.compact(con, week, week + rollups.WEEK, tier)
+        keys = stored_keys(con)
+        con.execute("UPDATE rollups_customers SET customer_key = NULL WHERE customer_id = 'c211544'")
+        con.execute("UPDATE rollups SET customer_key = NULL WHERE customer_id = 'c19345'")
+        weeks = customer_totals(con, customers, since="2026-11-01", until="2026-12-01")
+        quarters = customer_totals(con, customers, since="2026-11-25T11:00Z", until="2026-11-25T13:00Z")
+        spec = parse_report([], customer="c19345", since="2026-11-01", until="2026-12-01", now=START)
+        assert report_rows._source(con, replace(spec, by=()))[2] is rollups.CUSTOMERS
+    for table, rows in keys.items():
+        assert {(c, k) for c, k, _ in rows} == {(c, want) for c, _, want in rows}, table
+        assert {c for c, _, _ in rows} == {"c19345", "c211544", "other"}, table
+        assert len({k for c, k, _ in rows if c != "other"}) == 1, table  # the shared key
+    assert weeks == quarters == {"c19345": 2, "c211544": 3, "other": 1, "none": 0}
+
+
+def test_the_migration_gives_the_rows_summed_before_their_customer_key(tmp_path):
+    from .helpers import call_row
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [call_row(i, customer_id=c) for i, c in enumerate(["acme", "acme", None, "beta"])])
+        for tier in rollups.TIERS:
+            if tier.keyed:
+                con.execute(f"ALTER TABLE {tier.table} DROP COLUMN customer_key")
+        con.execute("DELETE FROM schema_migrations WHERE name = 'm034_rollup_customer_key'")
+        assert migrations.apply_pending(con) == ["m034_rollup_customer_key"]
+        keys = stored_keys(con)
+        totals = customer_totals(con, ("acme", "beta"), since="2026-11-01", until="2026-12-01")
+    assert keys["rollups"] == keys["rollups_customers"] == {(c, k, k) for c, k, _ in keys["rollups"]}
+    assert {c for c, k, _ in keys["rollups"] if k == 0} == {None}  # no customer: 0, as in raw calls
+    assert totals == {"acme": 2, "beta": 1}

@@ -711,7 +711,8 @@ def test_unit_columns_reach_an_older_lake_and_its_free_looking_image_calls_becom
         con.execute(f"INSERT INTO calls ({', '.join(old)}) VALUES ({', '.join('?' * len(old))})", list(old.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
         pg.execute("DELETE FROM schema_migrations WHERE name IN ('s006_units_columns', 's014_rollups', "
-                   "'s015_hourly_rollups', 's020_daily_rollups', 's021_raw_horizon', 's022_tag_rollups')")
+                   "'s015_hourly_rollups', 's020_daily_rollups', 's021_raw_horizon', 's022_tag_rollups', "
+                   "'s025_rollup_customer_key')")
     # A new process (as an upgraded proxy or CLI is) applies the step when it opens the lake.
     listed = json.loads(cli(home, "calls", "--limit", "100", "--format", "json").stdout)
     [before] = [r for r in listed if r["customer_id"] == marker]
@@ -812,7 +813,7 @@ def test_an_older_lake_gets_rollups_of_its_calls_and_keeps_its_hourly_totals(sha
         con.execute(f"INSERT INTO calls ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
         pg.execute("DELETE FROM schema_migrations WHERE name IN ('s014_rollups', 's015_hourly_rollups', "
-                   "'s020_daily_rollups', 's021_raw_horizon', 's022_tag_rollups')")
+                   "'s020_daily_rollups', 's021_raw_horizon', 's022_tag_rollups', 's025_rollup_customer_key')")
     # A report by customer reads the customers' weekly tier (s022, summed from s014's 15-minute rows).
     [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
     assert (group["calls"], group["errors"], group["cost_usd"], group["input_tokens"]) == (8, 2, 3.75, 701)
@@ -928,3 +929,33 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
         for tier in (rollups.FINE, rollups.CUSTOMERS):  # and rows summed since hold the histogram
             (histogram,) = con.execute(f"SELECT proxy FROM {tier.table} WHERE customer_id = ?", [later]).fetchone()
             assert sorted(histogram.values()) == [1, 1, 1], tier.table
+
+
+def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path):
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import rollups, writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"keyed-{uuid.uuid4().hex}"
+    new_key(home)
+    keyed = [tier for tier in rollups.TIERS if tier.keyed]
+    with writing(home / "unused.duckdb") as con:  # as the version before s025 left the lake
+        call_rows.insert(con, [call_row(i, customer_id=marker) for i in range(3)])
+        for tier in keyed:
+            con.execute(f"ALTER TABLE {tier.table} DROP COLUMN customer_key")
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's025_rollup_customer_key'")
+    [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
+    assert group["calls"] == 3
+    with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, NULL in the rows before
+        for tier in keyed:
+            assert con.execute(f"SELECT DISTINCT customer_key FROM {tier.table} WHERE customer_id = ?",
+                               [marker]).fetchall() == [(None,)], tier.table
+        later = f"{marker}-later"
+        call_rows.insert(con, [call_row(i, customer_id=later) for i in range(3)])
+        (want,) = con.execute(f"SELECT {call_rows.customer_key_sql('?')}", [later]).fetchone()
+        for tier in keyed:  # and rows summed since hold the key
+            assert con.execute(f"SELECT DISTINCT customer_key FROM {tier.table} WHERE customer_id = ?",
+                               [later]).fetchall() == [(want,)], tier.table

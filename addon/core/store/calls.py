@@ -98,7 +98,7 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
     with transaction(con):
         # The rollup first: with skip_existing it must see the ids stored before this insert.
         for tier in rollups.TIERS:
-            con.execute(f"INSERT INTO {tier.table} {rollups.aggregate(source, tier)}", params)
+            con.execute(rollups.insert(tier, rollups.aggregate(source, tier)), params)
         con.execute(f"INSERT INTO calls ({_NAMES}, customer_key) "
                     f"SELECT *, {customer_key_sql('customer_id')} FROM ({source})", params)
     try:  # the rows are stored: merging the rollups' rows of the last bucket may fail alone

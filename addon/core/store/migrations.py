@@ -488,7 +488,18 @@ def m033_customer_key(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"UPDATE calls SET customer_key = {customer_key_sql('customer_id')}")
 
 
+def m034_rollup_customer_key(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue 28: the same number in the tiers naming customers (rollups.Tier.key_ddl): a customer's
+    # total reads integers, not the text of every weekly row.
+    for statement in ROLLUP_CUSTOMER_KEY:
+        con.execute(statement)
+    for tier in rollups.TIERS:
+        if tier.keyed:
+            con.execute(f"UPDATE {tier.table} SET customer_key = {customer_key_sql('customer_id')}")
+
+
 ROLLUPS_DDL = rollups.DDL
+ROLLUP_CUSTOMER_KEY = [statement for tier in rollups.TIERS for statement in tier.key_ddl]
 # The proxy_us histogram column (m032) first: derive_all reads it from the 15-minute rows, which a
 # store upgraded from before m032 holds without it.
 _ADD_PROXY = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS proxy MAP(SMALLINT, BIGINT)"
@@ -524,7 +535,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m020_tools, m021_prices, m022_proxy_us, m023_rollups,
               m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
               m028_team_limits, m029_daily_rollups, m030_raw_horizon, m031_tag_rollups,
-              m032_proxy_histograms, m033_customer_key]
+              m032_proxy_histograms, m033_customer_key, m034_rollup_customer_key]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -50,13 +50,13 @@ def dimension_name(dimension: str) -> str:
 
 
 # A row of the customer given as a parameter, by its key (calls.CUSTOMER_KEY_COLUMN; NULL: a lake's
-# row from before it), to be told apart from others with the same key by the text.
+# row from before it; rollups.Tier.key_ddl), to be told apart from others with the same key by the text.
 _KEY_MATCH = f"(customer_key = {customer_key_sql('?::VARCHAR')} OR customer_key IS NULL)"
 
 
 def where(selection: Selection) -> tuple[str, list]:
     """The selection as a condition on raw calls, and its parameters (a statement with it: ``scan``)."""
-    clauses, params = _tag_clauses(selection, FAILED, raw=True)
+    clauses, params = _tag_clauses(selection, FAILED)
     clauses, params = clauses + _range_clauses(selection), params + _range_params(selection)
     return " AND ".join(clauses), params
 
@@ -82,9 +82,9 @@ def scan(selection: Selection, sql: str, params: list) -> tuple[str, list]:
             [selection.customer_id, *_range_params(selection), *params])
 
 
-def _tag_clauses(selection: Selection, failed: str, raw: bool = False) -> tuple[list[str], list]:
-    """The selection's filters but its time range, on raw calls (``raw``) or rollup rows (``failed``:
-    how that table says a call failed)."""
+def _tag_clauses(selection: Selection, failed: str) -> tuple[list[str], list]:
+    """The selection's filters but its time range, on raw calls or rollup rows (``failed``: how
+    that table says a call failed)."""
     clauses: list[str] = ["TRUE"]
     params: list[object] = []
     for column, value in (("customer_id", selection.customer_id), ("feature", selection.feature),
@@ -92,12 +92,12 @@ def _tag_clauses(selection: Selection, failed: str, raw: bool = False) -> tuple[
                           ("provider", selection.provider), ("status", selection.status)):
         if value is None:
             continue
-        if column == "customer_id" and raw:
-            # By its number first (_KEY_MATCH), so DuckDB decompresses the text only of the vectors
-            # where the number matched (a statement can pick those rows first: ``scan``). The text is
-            # compared as an expression (`|| ''`), which the scan checks after the number; as a column
-            # against a constant it was checked on every row's text too (a year of 100M calls: 0.76 s,
-            # against 0.2 s).
+        if column == "customer_id":
+            # By its number first (_KEY_MATCH; raw calls and the tiers naming customers have it), so
+            # DuckDB decompresses the text only of the vectors where the number matched (a statement
+            # can pick those rows first: ``scan``). The text is compared as an expression (`|| ''`),
+            # which the scan checks after the number; as a column against a constant it was checked
+            # on every row's text too (a year of 100M calls: 0.76 s, against 0.2 s).
             clauses.append(f"{_KEY_MATCH} AND customer_id || '' = ?")
             params += [value, value]
             continue

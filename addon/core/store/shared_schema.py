@@ -28,6 +28,7 @@ from .migrations import (
     PROXY_HISTOGRAMS,
     PROXY_US_COLUMN,
     RECONCILIATIONS_DDL,
+    ROLLUP_CUSTOMER_KEY,
     SSO_USERS_DDL,
     TAG_ROLLUPS,
     TEAM_LIMIT_COLUMNS,
@@ -133,7 +134,8 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 # during an erase): a new lake should have one version.
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
                    "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups",
-                   "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms", "s024_customer_key")
+                   "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms", "s024_customer_key",
+                   "s025_rollup_customer_key")
 
 _LAKE = [
     # DuckLake has no constraints or indexes; the embedded table has none that matter either.
@@ -141,10 +143,7 @@ _LAKE = [
     # Rollups live in the lake beside the calls, not in PostgreSQL: calls.insert writes both in one
     # DuckDB transaction (which cannot span two databases), and an erase removes the subject's bytes
     # from lake files by rewriting them (lake.scrub), where PostgreSQL would keep dead tuples.
-    rollups.DDL,
-    rollups.HOURLY_DDL,
-    rollups.DAILY_DDL,
-    *(tier.ddl for tier in rollups.TIERS if tier not in rollups.BEFORE_NARROW),
+    *(tier.whole_ddl for tier in rollups.TIERS),
     USAGE_HISTORY_VIEW.replace("CREATE VIEW", "CREATE VIEW IF NOT EXISTS"),
 ]
 # An older lake (s014_rollups): its calls summed, its hourly totals moved in, as migrations.m023_rollups.
@@ -315,6 +314,9 @@ def ensure_lake(con, control) -> None:
             # them in would rewrite every data file.
             con.execute(CUSTOMER_KEY_COLUMN.format(table="calls"))
             _record(control, "s024_customer_key")
+        if "s025_rollup_customer_key" not in _applied(control):  # as migrations.m034_rollup_customer_key
+            _in_transaction(con, ROLLUP_CUSTOMER_KEY)  # the rows already in the lake keep NULL, as s024's
+            _record(control, "s025_rollup_customer_key")
 
 
 def _in_transaction(con, statements: list[str]) -> None:

@@ -91,5 +91,5 @@ def _generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, span:
     """, [end])
     # Their rollups, as calls.insert writes them (the range is this batch's: ts in (end - span, end]).
     for tier in rollups.TIERS:
-        con.execute(f"INSERT INTO {tier.table} " + rollups.aggregate("SELECT * FROM calls WHERE ts > ? AND ts <= ?",
-                                                                     tier), [end - span, end])
+        con.execute(rollups.insert(tier, rollups.aggregate("SELECT * FROM calls WHERE ts > ? AND ts <= ?", tier)),
+                    [end - span, end])
