@@ -158,9 +158,11 @@ def bucket_start(at: dt.datetime, seconds: int) -> dt.datetime:
 
 def insert(tier: Tier, select: str) -> str:
     """The INSERT of the rows ``select`` yields (``tier``'s columns by name, as ``aggregate`` and
-    ``merged`` give them) into ``tier``, with their customer key where it has one (``key_ddl``)."""
+    ``merged`` give them) into ``tier``, with their customer key where it has one (``key_ddl``).
+    By name, so that a lake step adding a nullable column to a tier leaves this version writing
+    (a replica before these inserts wrote by position, and fails once a tier has a column more)."""
     if not tier.keyed:
-        return f"INSERT INTO {tier.table} {select}"
+        return f"INSERT INTO {tier.table} BY NAME {select}"
     key = customer_key_sql("customer_id")
     return f"INSERT INTO {tier.table} BY NAME SELECT *, {key} AS customer_key FROM ({select})"
 
