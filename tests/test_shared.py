@@ -931,13 +931,15 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
             assert sorted(histogram.values()) == [1, 1, 1], tier.table
 
 
-def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path):
+def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path, monkeypatch):
     import psycopg
 
+    from addon.core.reports import parse_report
     from addon.core.store import calls as call_rows
+    from addon.core.store import reports as report_rows
     from addon.core.store import rollups, writing
 
-    from .helpers import call_row
+    from .helpers import call_row, read_rollups
     home, marker = tmp_path / "admin", f"keyed-{uuid.uuid4().hex}"
     new_key(home)
     keyed = [tier for tier in rollups.TIERS if tier.keyed]
@@ -953,6 +955,10 @@ def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path
         for tier in keyed:
             assert con.execute(f"SELECT DISTINCT customer_key FROM {tier.table} WHERE customer_id = ?",
                                [marker]).fetchall() == [(None,)], tier.table
+        read_rollups(monkeypatch)  # and are found by their text: the week's total from the weekly tier
+        spec = parse_report([], customer=marker, since="2026-11-01", until="2026-12-01",
+                            now=dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
+        assert report_rows.total(con, spec)["calls"] == 3
         later = f"{marker}-later"
         call_rows.insert(con, [call_row(i, customer_id=later) for i in range(3)])
         (want,) = con.execute(f"SELECT {call_rows.customer_key_sql('?')}", [later]).fetchone()
