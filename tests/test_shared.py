@@ -904,23 +904,35 @@ def test_batch_tags_are_purged_and_erased_in_postgresql_too(shared_env, tmp_path
     batch_tags_follow_retention_and_erasure(tmp_path / "admin", tmp_path / "admin" / "unused.duckdb")
 
 
-def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_path):
+def lake_before_step(shared_env: str, home: Path, step: str, dropped: list[tuple[str, str]], rows: list[dict]) -> None:
+    """A lake as the version before ``step`` left it: ``rows`` (calls of one customer) stored, the
+    ``dropped`` (table, column) pairs not there yet, the step not recorded; then a CLI report of
+    that customer, whose start applies the step, counts them."""
     import psycopg
 
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    new_key(home)
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, rows)
+        for table, column in dropped:
+            con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = %s", [step])
+    [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", rows[0]["customer_id"],
+                             "--format", "json").stdout)
+    assert group["calls"] == len(rows)
+
+
+def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_path):
     from addon.core.store import calls as call_rows
     from addon.core.store import rollups, writing
 
     from .helpers import call_row
     home, marker = tmp_path / "admin", f"proxy-{uuid.uuid4().hex}"
-    new_key(home)
-    with writing(home / "unused.duckdb") as con:  # as the version before s023 left the lake
-        call_rows.insert(con, [call_row(i, customer_id=marker, proxy_us=1000 * (i + 1)) for i in range(3)])
-        for tier in rollups.TIERS:
-            con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
-    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name = 's023_proxy_histograms'")
-    [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
-    assert group["calls"] == 3
+    lake_before_step(shared_env, home, "s023_proxy_histograms", [(tier.table, "proxy") for tier in rollups.TIERS],
+                     [call_row(i, customer_id=marker, proxy_us=1000 * (i + 1)) for i in range(3)])
     with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, NULL in the rows before
         before = con.execute("SELECT proxy FROM rollups_customers WHERE customer_id = ?", [marker]).fetchall()
         assert before == [(None,)]
@@ -932,8 +944,6 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
 
 
 def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path, monkeypatch):
-    import psycopg
-
     from addon.core.reports import parse_report
     from addon.core.store import calls as call_rows
     from addon.core.store import reports as report_rows
@@ -941,16 +951,9 @@ def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path
 
     from .helpers import call_row, read_rollups
     home, marker = tmp_path / "admin", f"keyed-{uuid.uuid4().hex}"
-    new_key(home)
     keyed = [tier for tier in rollups.TIERS if tier.keyed]
-    with writing(home / "unused.duckdb") as con:  # as the version before s025 left the lake
-        call_rows.insert(con, [call_row(i, customer_id=marker) for i in range(3)])
-        for tier in keyed:
-            con.execute(f"ALTER TABLE {tier.table} DROP COLUMN customer_key")
-    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name = 's025_rollup_customer_key'")
-    [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
-    assert group["calls"] == 3
+    lake_before_step(shared_env, home, "s025_rollup_customer_key", [(tier.table, "customer_key") for tier in keyed],
+                     [call_row(i, customer_id=marker) for i in range(3)])
     with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, NULL in the rows before
         for tier in keyed:
             assert con.execute(f"SELECT DISTINCT customer_key FROM {tier.table} WHERE customer_id = ?",
