@@ -34,8 +34,8 @@ from .plans import limits_for
 from .reconcile import daily
 from .store import alerts as alert_rows
 from .store import calls as call_rows
+from .store import customer_order, lake, proxy_backfill, reading, shared, shared_schema, writing
 from .store import keys as key_rows
-from .store import lake, proxy_backfill, reading, shared, shared_schema, writing
 
 log = logging.getLogger(__name__)
 # Of each round at most, filling in rollups' proxy histograms (store/proxy_backfill.py); a day of
@@ -137,7 +137,8 @@ def send_new(db: Path, channels: list[notify.Channel],
 
 class Evaluator(threading.Thread):
     """Alerts every ``interval`` seconds, the retention purge every ``purge_interval``, the proxy
-    histograms older rollups lack (store/proxy_backfill.py) and, in the shared mode, the lake's
+    histograms older rollups lack (store/proxy_backfill.py), closed weeks of rollups into customer
+    order (store/customer_order.py, embedded mode) and, in the shared mode, the lake's
     maintenance, off the request path; failures are logged and tried
     again. With several replicas, one at a time does each round (lake.Turn), so an alert is
     sent once, not once per replica."""
@@ -179,6 +180,8 @@ class Evaluator(threading.Thread):
             self._purge()
         if not self._backfilled:
             self._backfill()
+        if shared.configured() is None:
+            self._order_rollups()
         if self.book is not None and time.monotonic() >= self._reconcile_due:
             self._reconcile()
         if shared.configured() is not None and time.monotonic() >= self._maintenance_due:
@@ -254,6 +257,19 @@ class Evaluator(threading.Thread):
         if days:
             log.info("rollups: proxy histograms filled in for %d day(s) summed before they were kept%s", days,
                      "; none left" if self._backfilled else "")
+
+    def _order_rollups(self) -> None:
+        """A closed week of the 15-minute rollups into customer order (store/customer_order.py): one
+        a round, so that after an upgrade a year of weeks does not hold up the alerts (at 100M
+        calls a year a week takes about 10 s)."""
+        try:
+            with writing(self.db) as con:
+                week = customer_order.order_oldest(con, dt.datetime.now(dt.UTC))
+        except Exception:
+            log.exception("putting a week of rollups in customer order failed; trying again in %.0f s", self.interval)
+            return
+        if week is not None:
+            log.info("rollups: the week from %s put in customer order", week.date().isoformat())
 
     def stop(self) -> None:
         self._stop.set()

@@ -13,7 +13,7 @@ from decimal import Decimal
 import duckdb
 
 from ..reports import ReportSpec, Selection
-from . import batch, raw_horizon, rollups
+from . import batch, customer_order, raw_horizon, rollups
 from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES, customer_key_sql
 from .connection import one, output_path
@@ -150,7 +150,9 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
     unpurged = _unpurged(spec.selection, horizon)
     few = unpurged and _few(con, spec.selection)
     chosen = None if few else _source(con, spec)
-    instead = chosen is not None and unpurged and _scan_instead(con, chosen[2], spec, limit, percentiles)
+    ordered = chosen is not None and _in_customer_order(con, chosen[2], spec.selection)
+    instead = chosen is not None and unpurged and not ordered and _scan_instead(con, chosen[2], spec, limit,
+                                                                                percentiles)
     if few or instead:
         # In place of the 15-minute tier, the total line's percentiles stay those of the report
         # without groups (which may read another tier), as they are with a limit, which reads that tier.
@@ -163,13 +165,14 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
         # mode this also covers the first query of an older lake, which sets the horizon.)
         if raw_horizon.since(con) == horizon:
             return groups, found
-    return _report(con, spec, total_latency, chosen or _source(con, spec), limit, percentiles)
+    return _report(con, spec, total_latency, chosen or _source(con, spec), limit, percentiles, histograms=ordered)
 
 
 def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool,
             chosen: tuple[tuple[str, list] | None, str, rollups.Tier | None] | None, limit: int | None,
-            percentiles: bool) -> tuple[Groups, dict]:
-    """``report`` from the rollups ``chosen`` (as ``_source`` gives them), or a raw scan (None)."""
+            percentiles: bool, histograms: bool = False) -> tuple[Groups, dict]:
+    """``report`` from the rollups ``chosen`` (as ``_source`` gives them), or a raw scan (None);
+    ``histograms``: the groups' percentiles from the tier's, even where it is sparse."""
     names = [dimension_name(d) for d in spec.by]
     time_names = [n for d, n in zip(spec.by, names) if d in _TIME_FORMATS]
     order = _order_key(names, time_names)
@@ -196,7 +199,7 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
             for row in shown:
                 row["p50_latency_ms"] = row["p95_latency_ms"] = None
     else:
-        raw = (condition, params) if _raw_percentiles(tier, bool(names) and limit is None) else None
+        raw = (condition, params) if not histograms and _raw_percentiles(tier, bool(names) and limit is None) else None
         if limit is not None and names:
             shown, total = _first_groups(con, spec, (source, dims, names, raw), time_names, order, limit,
                                          percentiles)
@@ -392,6 +395,23 @@ def _scan_instead(con: duckdb.DuckDBPyConnection, tier: rollups.Tier | None, spe
     one_customer = spec.selection.customer_id is not None
     return (RAW_OVER_FINE and tier is rollups.FINE and (percentiles or one_customer)
             and (limit is None or not spec.by or one_customer) and _fine_is_sparse(con))
+
+
+# At most this much of a range in weeks not yet in customer order (the current one, and the last
+# until it is ordered) and one customer's rows are read from the 15-minute tier.
+UNORDERED_MAX = rollups.WEEK * 2 + customer_order.SETTLE
+
+
+def _in_customer_order(con: duckdb.DuckDBPyConnection, tier: rollups.Tier | None, selection: Selection) -> bool:
+    """Whether a report of one customer reads the 15-minute ``tier``, its percentiles from the
+    histograms too, rather than the raw calls (``_scan_instead``): when the weeks of its range are
+    in customer order (store/customer_order.py) but for at most UNORDERED_MAX. Its rows sit
+    together there, where its raw calls are spread over the whole table (the page's tables of one
+    customer's year at 100M calls: ... s each, scanned ... s; the largest customer's ... s)."""
+    if tier is not rollups.FINE or selection.customer_id is None:
+        return False
+    unordered = customer_order.unordered_span(con, selection.since, selection.until)
+    return unordered is not None and unordered <= UNORDERED_MAX
 
 
 def _fine_is_sparse(con: duckdb.DuckDBPyConnection) -> bool:

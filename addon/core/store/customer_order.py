@@ -1,0 +1,63 @@
+"""Closed weeks of the 15-minute rollups rewritten in customer key order (issue 28).
+
+The 15-minute tier is written as calls come, so one customer's rows are spread over every vector
+of it: a report of one customer's year read the customer key of all its rows and then every other
+column of each vector holding one of theirs (at 100M calls a year, the largest customer has a row
+in every vector; the costs alone, DECIMAL(38,18), took 1.2 s to read). Merged per group and
+written back ordered by customer key (``rollups.compact``), a week holds each customer's rows
+together, and DuckDB's row group statistics skip the rest: one customer's weeks are read in a
+few vectors each. Reports read a customer from this tier once the weeks of its range are in
+order (``unordered_span``), and from the raw calls before.
+
+The owner's periodic jobs (evaluate.py) order one week at a time, oldest first, a week after it
+ended (late rows, a spill replay or a slow writer, then add a few rows at the end of the table,
+which every read sums alike). ``SETTING`` in ``config``: the start of the first week not yet
+ordered. Embedded mode only: on the lake a week's DELETE conflicts with every replica's inserts
+into the table (DuckLake checks per table), so its rows stay as written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+
+from . import config, rollups
+from .connection import one
+
+SETTING = "rollups_ordered_until"
+_WEEK_S = int(rollups.WEEK.total_seconds())
+SETTLE = dt.timedelta(hours=1)  # after a week ends, before it is ordered: the last flushes and spills land
+
+
+def ordered_until(con: duckdb.DuckDBPyConnection) -> dt.datetime | None:
+    """The start of the first week of the 15-minute tier not in customer order (None: none is)."""
+    stored = config.get(con, SETTING)
+    return None if stored is None else dt.datetime.fromisoformat(stored)
+
+
+def order_oldest(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> dt.datetime | None:
+    """Put the oldest week not yet ordered into customer order, if it ended over SETTLE before
+    ``now``, in a transaction of its own (rollups.compact); that week, or None when none is due."""
+    done = ordered_until(con)
+    (first,) = one(con.execute("SELECT min(bucket) FROM rollups" + (" WHERE bucket >= ?" if done else ""),
+                               [done] if done else []))
+    if first is None:
+        return None
+    week = rollups.bucket_start(first, _WEEK_S)
+    if week + rollups.WEEK + SETTLE > now:
+        return None
+    rollups.compact(con, week, week + rollups.WEEK)
+    config.put(con, SETTING, (week + rollups.WEEK).isoformat(), now)
+    return week
+
+
+def unordered_span(con: duckdb.DuckDBPyConnection, since: dt.datetime | None,
+                   until: dt.datetime | None) -> dt.timedelta | None:
+    """How much of [since, until) (None: from the first call, up to now) lies in weeks not yet in
+    customer order (None: unbounded)."""
+    done = ordered_until(con)
+    start = since if done is None else max(since, done) if since is not None else done
+    if start is None:
+        return None
+    return max((until or dt.datetime.now(dt.UTC)) - start, dt.timedelta(0))

@@ -1,0 +1,118 @@
+"""Closed weeks of the 15-minute rollups put in customer key order (store/customer_order.py), and
+one customer's reports reading them there."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import zoneinfo
+from dataclasses import replace
+from decimal import Decimal
+
+from addon.core import home as home_dir
+from addon.core.evaluate import Evaluator
+from addon.core.reports import parse_report
+from addon.core.store import calls as call_rows
+from addon.core.store import customer_order, reading, rollups, writing
+from addon.core.store import reports as report_rows
+
+from .helpers import call_row, read_rollups
+from .test_rollups import assert_same
+
+WEEK0 = rollups.bucket_start(dt.datetime(2026, 3, 5, tzinfo=dt.UTC), rollups.CUSTOMERS.seconds)
+CUSTOMERS = [f"cust-{n}" for n in range(60)]
+
+
+def write_weeks(con, rng: random.Random, weeks: int = 3, flushes: int = 12, per_flush: int = 150) -> None:
+    """Calls of 60 customers over ``weeks`` weeks from WEEK0, written in time order as a proxy does."""
+    span = weeks * rollups.WEEK / flushes
+    for flush in range(flushes):
+        start = WEEK0 + flush * span
+        call_rows.insert(con, [call_row(
+            rng.randrange(5000), ts=start + rng.random() * span, customer_id=rng.choice(CUSTOMERS),
+            model=rng.choice(["gpt-4o", "gpt-4o-mini", "o3"]), cost_usd=Decimal(rng.randrange(10**6)) / 10**9,
+            latency_ms=round(rng.uniform(20, 4000), 3), proxy_us=rng.randrange(50, 900),
+            status=rng.choice([200, 200, 429])) for _ in range(per_flush)])
+
+
+def week_keys(con, week: dt.datetime) -> list[int]:
+    """The customer keys of a week's 15-minute rows, in the order they are stored."""
+    return [k for (k,) in con.execute("SELECT customer_key FROM rollups WHERE bucket >= ? AND bucket < ? "
+                                      "ORDER BY rowid", [week, week + rollups.WEEK]).fetchall()]
+
+
+def sums(con) -> tuple[set[tuple], set[tuple]]:
+    """Per (bucket, customer, model, status) of the 15-minute tier: its sums, and its latency histogram's bins."""
+    group = "bucket, customer_id, model, status"
+    return (set(con.execute(f"SELECT {group}, sum(calls), sum(errors), sum(input_tokens), sum(cost_usd) "
+                            "FROM rollups GROUP BY ALL").fetchall()),
+            set(con.execute(f"SELECT {group}, b, sum(n) FROM (SELECT {group}, unnest(map_keys(latency)) AS b, "
+                            "unnest(map_values(latency)) AS n FROM rollups) GROUP BY ALL").fetchall()))
+
+
+def test_closed_weeks_are_ordered_oldest_first_once_settled_and_their_sums_stay(tmp_path):
+    with writing(tmp_path / "a.duckdb") as con:
+        write_weeks(con, random.Random(1))
+        before = sums(con)
+        assert customer_order.ordered_until(con) is None
+        now = WEEK0 + 3 * rollups.WEEK + customer_order.SETTLE / 2  # the third week ended half an hour ago
+        done = [customer_order.order_oldest(con, now) for _ in range(3)]
+        assert done == [WEEK0, WEEK0 + rollups.WEEK, None]
+        assert customer_order.ordered_until(con) == WEEK0 + 2 * rollups.WEEK
+        ordered = [week_keys(con, WEEK0 + n * rollups.WEEK) for n in range(3)]
+        later = customer_order.order_oldest(con, now + customer_order.SETTLE)
+        after = sums(con)
+    assert later == WEEK0 + 2 * rollups.WEEK
+    for keys in ordered[:2]:
+        assert keys == sorted(keys) and len(set(keys)) == len(CUSTOMERS)
+    assert ordered[2] != sorted(ordered[2])  # as written: the order the ordered weeks no longer have
+    assert after == before
+
+
+def test_one_customers_report_reads_the_ordered_weeks_and_agrees_with_a_raw_scan(tmp_path, monkeypatch):
+    read_rollups(monkeypatch)  # however few the calls
+    with writing(tmp_path / "a.duckdb") as con:
+        write_weeks(con, random.Random(2), weeks=4)
+        now = WEEK0 + 4 * rollups.WEEK + dt.timedelta(hours=6)
+        specs = [replace(parse_report(["model"], customer=customer, since=since.isoformat(), until=until.isoformat(),
+                                      now=now), by=by)
+                 for by in (("model",), ("day",), ())
+                 for customer in ("cust-7", "cust-41", "nobody")
+                 for since, until in ((WEEK0 + dt.timedelta(hours=5), now),
+                                      (WEEK0 + dt.timedelta(days=2, minutes=7), WEEK0 + dt.timedelta(days=20)))]
+        fine = [s for s in specs if report_rows._source(con, s)[2] is rollups.FINE]
+        assert len(fine) == 12  # by model and by day: what the weekly customers' tier cannot name
+        read_before = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in fine]
+        while customer_order.order_oldest(con, now) is not None:
+            pass
+        read_after = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in fine]
+        for spec in specs:
+            assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), str(spec))
+        whole = parse_report(["model"], customer="cust-7", until=now.isoformat(), now=now)
+        unbounded = report_rows._in_customer_order(con, rollups.FINE, whole.selection)
+        later = now + 3 * rollups.WEEK  # three weeks more written, none of them ordered yet
+        far = report_rows._in_customer_order(con, rollups.FINE, parse_report(
+            ["model"], customer="cust-7", since=WEEK0.isoformat(), now=later).selection)
+        others = report_rows._in_customer_order(con, rollups.FINE, parse_report(["model"], now=now).selection)
+    assert read_before == [False] * 12 and read_after == [True] * 12
+    assert unbounded  # from the first call: the ordered weeks, then at most UNORDERED_MAX
+    assert not far and not others
+
+
+def test_the_alert_rounds_order_a_week_each(tmp_path, caplog):
+    home = tmp_path / "home"
+    home.mkdir()
+    db = home_dir.db_path(home)
+    with writing(db) as con:
+        write_weeks(con, random.Random(3), weeks=2, flushes=4, per_flush=40)
+    evaluator = Evaluator(db, home, zoneinfo.ZoneInfo("UTC"))  # not started: its rounds are called here
+    with caplog.at_level(logging.INFO, logger="addon.core.evaluate"):
+        evaluator._order_rollups()
+        evaluator._order_rollups()
+        evaluator._order_rollups()
+    assert caplog.text.count("put in customer order") == 2
+    assert f"the week from {WEEK0.date().isoformat()} put in customer order" in caplog.text
+    with reading(db) as con:
+        assert customer_order.ordered_until(con) == WEEK0 + 2 * rollups.WEEK
+        assert all(keys == sorted(keys) for keys in (week_keys(con, WEEK0 + n * rollups.WEEK) for n in range(2)))
