@@ -36,9 +36,9 @@ def write_weeks(con, rng: random.Random, weeks: int = 3, flushes: int = 12, per_
             status=rng.choice([200, 200, 429])) for _ in range(per_flush)])
 
 
-def week_keys(con, week: dt.datetime) -> list[int]:
-    """The customer keys of a week's 15-minute rows, in the order they are stored."""
-    return [k for (k,) in con.execute("SELECT customer_key FROM rollups WHERE bucket >= ? AND bucket < ? "
+def week_keys(con, week: dt.datetime, tier: rollups.Tier = rollups.FINE) -> list[int]:
+    """The customer keys of a week's rows of ``tier``, in the order they are stored."""
+    return [k for (k,) in con.execute(f"SELECT customer_key FROM {tier.table} WHERE bucket >= ? AND bucket < ? "
                                       "ORDER BY rowid", [week, week + rollups.WEEK]).fetchall()]
 
 
@@ -54,6 +54,10 @@ def sums(con) -> tuple[set[tuple], set[tuple]]:
 def test_closed_weeks_are_ordered_oldest_first_once_settled_and_their_sums_stay(tmp_path):
     with writing(tmp_path / "a.duckdb") as con:
         write_weeks(con, random.Random(1))
+        # As the version before wrote its closed weeks: merged, but in no order.
+        con.execute("CREATE TEMP TABLE written AS SELECT * FROM rollups_customers ORDER BY hash(customer_id)")
+        con.execute("DELETE FROM rollups_customers")
+        con.execute("INSERT INTO rollups_customers SELECT * FROM written")
         before = sums(con)
         assert customer_order.ordered_until(con) is None
         now = WEEK0 + 3 * rollups.WEEK + customer_order.SETTLE / 2  # the third week ended half an hour ago
@@ -61,12 +65,14 @@ def test_closed_weeks_are_ordered_oldest_first_once_settled_and_their_sums_stay(
         assert done == [WEEK0, WEEK0 + rollups.WEEK, None]
         assert customer_order.ordered_until(con) == WEEK0 + 2 * rollups.WEEK
         ordered = [week_keys(con, WEEK0 + n * rollups.WEEK) for n in range(3)]
+        weekly = [week_keys(con, WEEK0 + n * rollups.WEEK, rollups.CUSTOMERS) for n in range(3)]
         later = customer_order.order_oldest(con, now + customer_order.SETTLE)
         after = sums(con)
     assert later == WEEK0 + 2 * rollups.WEEK
-    for keys in ordered[:2]:
+    for keys in [*ordered[:2], *weekly[:2]]:
         assert keys == sorted(keys) and len(set(keys)) == len(CUSTOMERS)
-    assert ordered[2] != sorted(ordered[2])  # as written: the order the ordered weeks no longer have
+    # As written: the order the ordered weeks no longer have.
+    assert ordered[2] != sorted(ordered[2]) and weekly[2] != sorted(weekly[2])
     assert after == before
 
 

@@ -38,7 +38,8 @@ def ordered_until(con: duckdb.DuckDBPyConnection) -> dt.datetime | None:
 
 def order_oldest(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> dt.datetime | None:
     """Put the oldest week not yet ordered into customer order, if it ended over SETTLE before
-    ``now``, in a transaction of its own (rollups.compact); that week, or None when none is due."""
+    ``now``: its rows of each tier naming customers, each tier in a transaction of its own
+    (rollups.compact); that week, or None when none is due."""
     done = ordered_until(con)
     (first,) = one(con.execute("SELECT min(bucket) FROM rollups" + (" WHERE bucket >= ?" if done else ""),
                                [done] if done else []))
@@ -47,7 +48,9 @@ def order_oldest(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> dt.datetim
     week = rollups.bucket_start(first, _WEEK_S)
     if week + rollups.WEEK + SETTLE > now:
         return None
-    rollups.compact(con, week, week + rollups.WEEK)
+    for tier in rollups.TIERS:
+        if tier.keyed:  # the weekly customers' too: each writer merged its closed week in its own order
+            rollups.compact(con, week, week + rollups.WEEK, tier)
     config.put(con, SETTING, (week + rollups.WEEK).isoformat(), now)
     return week
 

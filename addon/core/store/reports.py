@@ -51,7 +51,8 @@ def dimension_name(dimension: str) -> str:
 
 # A row of the customer given as a parameter, by its key (calls.CUSTOMER_KEY_COLUMN; NULL: a lake's
 # row from before it; rollups.Tier.key_ddl), to be told apart from others with the same key by the text.
-_KEY_MATCH = f"(customer_key = {customer_key_sql('?::VARCHAR')} OR customer_key IS NULL)"
+_KEY = customer_key_sql("?::VARCHAR")
+_KEY_MATCH = f"(customer_key = {_KEY} OR customer_key IS NULL)"
 
 
 def where(selection: Selection) -> tuple[str, list]:
@@ -77,14 +78,27 @@ def scan(selection: Selection, sql: str, params: list) -> tuple[str, list]:
     as long as one after another; picked first, 0.16 s each, alike at once (docs/benchmarks.md)."""
     if selection.customer_id is None:
         return sql, params
-    picked = " AND ".join([_KEY_MATCH, *_range_clauses(selection)])
-    return (f"WITH calls AS MATERIALIZED (SELECT * FROM calls WHERE {picked}) {sql}",
-            [selection.customer_id, *_range_params(selection), *params])
+    picked, picked_params = _customer_rows("calls", selection, _range_clauses(selection), _range_params(selection))
+    return f"WITH calls AS MATERIALIZED ({picked}) {sql}", [*picked_params, *params]
 
 
-def _tag_clauses(selection: Selection, failed: str) -> tuple[list[str], list]:
+def _customer_rows(table: str, selection: Selection, clauses: list[str], params: list) -> tuple[str, list]:
+    """A SELECT of the rows of ``table`` (raw calls, or a tier naming customers) matching ``clauses``
+    (``params``) with the customer key of the selection's customer, then those with none (NULL:
+    the lake's rows from before s024/s025, found by their text): two scans, since with both in
+    one (an OR) DuckDB's statistics skipped no row group (one customer's 15-minute rows of a year
+    in customer order, store/customer_order.py: 36 against 4 ms; the largest customer's 278
+    against 39 ms)."""
+    where = "".join(f" AND {c}" for c in clauses)
+    return (f"SELECT * FROM {table} WHERE customer_key = {_KEY}{where} "
+            f"UNION ALL SELECT * FROM {table} WHERE customer_key IS NULL{where}",
+            [selection.customer_id, *params, *params])
+
+
+def _tag_clauses(selection: Selection, failed: str, by_key: bool = True) -> tuple[list[str], list]:
     """The selection's filters but its time range, on raw calls or rollup rows (``failed``: how
-    that table says a call failed)."""
+    that table says a call failed); without the customer key's where ``by_key`` is false (the
+    caller picked the rows by it: ``_customer_rows``)."""
     clauses: list[str] = ["TRUE"]
     params: list[object] = []
     for column, value in (("customer_id", selection.customer_id), ("feature", selection.feature),
@@ -98,8 +112,8 @@ def _tag_clauses(selection: Selection, failed: str) -> tuple[list[str], list]:
             # can pick those rows first: ``scan``). The text is compared as an expression (`|| ''`),
             # which the scan checks after the number; as a column against a constant it was checked
             # on every row's text too (a year of 100M calls: 0.76 s, against 0.2 s).
-            clauses.append(f"{_KEY_MATCH} AND customer_id || '' = ?")
-            params += [value, value]
+            clauses.append(f"{_KEY_MATCH} AND customer_id || '' = ?" if by_key else "customer_id || '' = ?")
+            params += [value, value] if by_key else [value]
             continue
         clauses.append(f"{column} = ?")
         params.append(value)
@@ -137,7 +151,8 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
     report without groups (``_whole_percentiles``). ``exact`` scans the raw rows (exact percentiles;
     purged calls, which only rollups keep, are then not counted).
     A selection none of whose calls was purged is scanned as ``exact`` would when it has few calls
-    (``_few``) or when the 15-minute tier would answer it (``_scan_instead``).
+    (``_few``) or when the 15-minute tier would answer it (``_scan_instead``), unless it is one
+    customer's over weeks in customer order (``_in_customer_order``).
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups. ``limit``: only the first that many groups, and only theirs
     get percentiles (most of the time of a report by customer); the order and the total are those of
@@ -398,8 +413,9 @@ def _scan_instead(con: duckdb.DuckDBPyConnection, tier: rollups.Tier | None, spe
 
 
 # At most this much of a range in weeks not yet in customer order (the current one, and the last
-# until it is ordered) and one customer's rows are read from the 15-minute tier.
-UNORDERED_MAX = rollups.WEEK * 2 + customer_order.SETTLE
+# until it is ordered, customer_order.SETTLE and a round after it ended) and one customer's rows
+# are read from the 15-minute tier.
+UNORDERED_MAX = dt.timedelta(days=15)
 
 
 def _in_customer_order(con: duckdb.DuckDBPyConnection, tier: rollups.Tier | None, selection: Selection) -> bool:
@@ -407,7 +423,8 @@ def _in_customer_order(con: duckdb.DuckDBPyConnection, tier: rollups.Tier | None
     histograms too, rather than the raw calls (``_scan_instead``): when the weeks of its range are
     in customer order (store/customer_order.py) but for at most UNORDERED_MAX. Its rows sit
     together there, where its raw calls are spread over the whole table (the page's tables of one
-    customer's year at 100M calls: ... s each, scanned ... s; the largest customer's ... s)."""
+    customer's year at 100M calls: 0.06 s each, scanned 0.17-0.2 s; the largest customer's, a call
+    in every vector, 0.14-0.16 s, scanned 1.9-2.0 s). Percentiles within rollups.RELATIVE_ERROR."""
     if tier is not rollups.FINE or selection.customer_id is None:
         return False
     unordered = customer_order.unordered_span(con, selection.since, selection.until)
@@ -488,11 +505,12 @@ def _rollup_source(selection: Selection, tier: rollups.Tier, fitting: tuple[roll
     high = _bucket_floor(selection.until, width) if selection.until is not None else None
     if low is not None and high is not None and low >= high:  # within one bucket
         return _finer_source(selection, tier, fitting)
-    stored_where, params = _rollup_where(selection)
+    clauses, params = _tag_clauses(selection, "failed", by_key=False)
     bounds = [(b, v) for b, v in (("bucket >= ?", low), ("bucket < ?", high)) if v is not None]
-    parts = [f"SELECT * EXCLUDE (bucket), bucket AS ts FROM {tier.table} "
-             f"WHERE {' AND '.join([stored_where, *(b for b, _ in bounds)])}"]
-    params += [v for _, v in bounds]
+    clauses, params = [*clauses, *(b for b, _ in bounds)], [*params, *(v for _, v in bounds)]
+    rows = (_customer_rows(tier.table, selection, clauses, params) if selection.customer_id is not None
+            else (f"SELECT * FROM {tier.table} WHERE {' AND '.join(clauses)}", params))
+    parts, params = [f"SELECT * EXCLUDE (bucket), bucket AS ts FROM ({rows[0]})"], rows[1]
     for start, end in ((selection.since, low), (high, selection.until)):
         if start is None or end is None or start == end:
             continue
@@ -515,11 +533,6 @@ def _finer_source(selection: Selection, tier: rollups.Tier, fitting: tuple[rollu
     sql, params = _rollup_source(selection, finer, fitting)
     dropped = [d for d in finer.dimensions if d not in tier.dimensions]
     return (f"SELECT * EXCLUDE ({', '.join(dropped)}) FROM ({sql})" if dropped else sql), params
-
-
-def _rollup_where(selection: Selection) -> tuple[str, list]:
-    clauses, params = _tag_clauses(selection, "failed")
-    return " AND ".join(clauses), params
 
 
 def _bucket_floor(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.datetime:
