@@ -17,7 +17,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import customer_order, reading, rollups, writing
 from addon.core.store import reports as report_rows
 
-from .helpers import call_row, read_rollups
+from .helpers import call_row
 from .test_rollups import assert_same
 
 WEEK0 = rollups.bucket_start(dt.datetime(2026, 3, 5, tzinfo=dt.UTC), rollups.CUSTOMERS.seconds)
@@ -31,7 +31,8 @@ def write_weeks(con, rng: random.Random, weeks: int = 3, flushes: int = 12, per_
         start = WEEK0 + flush * span
         call_rows.insert(con, [call_row(
             rng.randrange(5000), ts=start + rng.random() * span, customer_id=rng.choice(CUSTOMERS),
-            model=rng.choice(["gpt-4o", "gpt-4o-mini", "o3"]), cost_usd=Decimal(rng.randrange(10**6)) / 10**9,
+            model=rng.choice(["gpt-4o", "gpt-4o-mini", "o3"]), key_id=rng.choice([1, 2]),
+            cost_usd=Decimal(rng.randrange(10**6)) / 10**9,
             latency_ms=round(rng.uniform(20, 4000), 3), proxy_us=rng.randrange(50, 900),
             status=rng.choice([200, 200, 429])) for _ in range(per_flush)])
 
@@ -76,34 +77,79 @@ def test_closed_weeks_are_ordered_oldest_first_once_settled_and_their_sums_stay(
     assert after == before
 
 
+def percentiles(report: tuple[list[dict], dict]) -> list[tuple]:
+    """The groups' p50 and p95 (a total's are those of the report without groups, from its own tier)."""
+    return [(row["p50_latency_ms"], row["p95_latency_ms"]) for row in report[0]]
+
+
 def test_one_customers_report_reads_the_ordered_weeks_and_agrees_with_a_raw_scan(tmp_path, monkeypatch):
-    read_rollups(monkeypatch)  # however few the calls
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)  # however few the calls; and the raw scan that
+    # the 15-minute tier's sparse rows would get instead (reports._scan_instead) left on
     with writing(tmp_path / "a.duckdb") as con:
         write_weeks(con, random.Random(2), weeks=4)
         now = WEEK0 + 4 * rollups.WEEK + dt.timedelta(hours=6)
+        ranges = ((WEEK0 + dt.timedelta(hours=5), now), (WEEK0 + dt.timedelta(days=2, minutes=7),
+                                                          WEEK0 + dt.timedelta(days=20)))
         specs = [replace(parse_report(["model"], customer=customer, since=since.isoformat(), until=until.isoformat(),
-                                      now=now), by=by)
-                 for by in (("model",), ("day",), ())
+                                      now=now, **filters), by=by)
+                 for by, filters in ((("model",), {}), (("day",), {}), ((), {}), ((), {"model": "o3"}),
+                                     (("day",), {"status": 429}), (("model",), {"key": 2}))
                  for customer in ("cust-7", "cust-41", "nobody")
-                 for since, until in ((WEEK0 + dt.timedelta(hours=5), now),
-                                      (WEEK0 + dt.timedelta(days=2, minutes=7), WEEK0 + dt.timedelta(days=20)))]
+                 for since, until in ranges]
         fine = [s for s in specs if report_rows._source(con, s)[2] is rollups.FINE]
-        assert len(fine) == 12  # by model and by day: what the weekly customers' tier cannot name
-        read_before = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in fine]
+        assert len(fine) == 30  # all but the plain totals: what the weekly customers' tier cannot name
+        short = parse_report(["model"], customer="cust-7", since=(now - dt.timedelta(days=7)).isoformat(),
+                             until=now.isoformat(), now=now)
+        read_before = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in [*fine, short]]
+        exact = [report_rows.report(con, spec, exact=True) for spec in specs]
+        before = [report_rows.report(con, spec) for spec in specs]
         while customer_order.order_oldest(con, now) is not None:
             pass
-        read_after = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in fine]
-        for spec in specs:
-            assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), str(spec))
+        read_after = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in [*fine, short]]
+        after = [report_rows.report(con, spec) for spec in specs]
         whole = parse_report(["model"], customer="cust-7", until=now.isoformat(), now=now)
         unbounded = report_rows._in_customer_order(con, rollups.FINE, whole.selection)
         later = now + 3 * rollups.WEEK  # three weeks more written, none of them ordered yet
         far = report_rows._in_customer_order(con, rollups.FINE, parse_report(
-            ["model"], customer="cust-7", since=WEEK0.isoformat(), now=later).selection)
+            ["model"], customer="cust-7", since=WEEK0.isoformat(), until=later.isoformat(), now=later).selection)
         others = report_rows._in_customer_order(con, rollups.FINE, parse_report(["model"], now=now).selection)
-    assert read_before == [False] * 12 and read_after == [True] * 12
+    # Nothing ordered yet, however short the range: the raw calls, exact percentiles.
+    assert read_before == [False] * 31 and read_after == [True] * 31
+    for spec, report, want in zip(specs, before, exact, strict=True):
+        assert_same(report, want, str(spec))
+        assert spec not in fine or percentiles(report) == percentiles(want), spec
+    # Ordered: the same counts and costs, percentiles within 1% from the 15-minute histograms.
+    for spec, report, want in zip(specs, after, exact, strict=True):
+        assert_same(report, want, str(spec))
+    moved = [s for s, report, want in zip(specs, after, exact, strict=True)
+             if s in fine and s.selection.customer_id != "nobody" and percentiles(report) != percentiles(want)]
+    assert len(moved) == 20, moved
     assert unbounded  # from the first call: the ordered weeks, then at most UNORDERED_MAX
     assert not far and not others
+
+
+def test_rows_summed_again_send_the_ordering_back_to_their_week(tmp_path):
+    from addon.core.store import subjects
+
+    with writing(tmp_path / "a.duckdb") as con:
+        write_weeks(con, random.Random(4), weeks=3)
+        now = WEEK0 + 3 * rollups.WEEK + 2 * customer_order.SETTLE
+        while customer_order.order_oldest(con, now) is not None:
+            pass
+        done = customer_order.ordered_until(con)
+        (call_id,) = con.execute("SELECT id FROM calls WHERE ts >= ? ORDER BY ts LIMIT 1",
+                                 [WEEK0 + rollups.WEEK + dt.timedelta(days=3)]).fetchone()
+        report_rows.apply_reprice(con, [(call_id, Decimal("0.5"), "test", None)])
+        repriced = customer_order.ordered_until(con)
+        unordered = week_keys(con, WEEK0 + rollups.WEEK)
+        again = [customer_order.order_oldest(con, now) for _ in range(3)]
+        reordered = week_keys(con, WEEK0 + rollups.WEEK)
+        subjects.delete(con, subjects.subject_from(None, 2))  # the weekly customers' rows summed again
+        erased = customer_order.ordered_until(con)
+    assert done == WEEK0 + 3 * rollups.WEEK
+    assert repriced == WEEK0 + rollups.WEEK and unordered != sorted(unordered)
+    assert again == [WEEK0 + rollups.WEEK, WEEK0 + 2 * rollups.WEEK, None] and reordered == sorted(reordered)
+    assert erased == WEEK0
 
 
 def test_the_alert_rounds_order_a_week_each(tmp_path, caplog):

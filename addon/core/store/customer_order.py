@@ -9,9 +9,10 @@ together, and DuckDB's row group statistics skip the rest: one customer's weeks 
 few vectors each. Reports read a customer from this tier once the weeks of its range are in
 order (``unordered_span``), and from the raw calls before.
 
-The owner's periodic jobs (evaluate.py) order one week at a time, oldest first, a week after it
+The owner's periodic jobs (evaluate.py) order one week at a time, oldest first, an hour after it
 ended (late rows, a spill replay or a slow writer, then add a few rows at the end of the table,
-which every read sums alike). ``SETTING`` in ``config``: the start of the first week not yet
+which every read sums alike; rows summed again, by a reprice or an erase, send the ordering back
+to their week: ``reopen``). ``SETTING`` in ``config``: the start of the first week not yet
 ordered. Embedded mode only: on the lake a week's DELETE conflicts with every replica's inserts
 into the table (DuckLake checks per table), so its rows stay as written.
 """
@@ -58,9 +59,20 @@ def order_oldest(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> dt.datetim
 def unordered_span(con: duckdb.DuckDBPyConnection, since: dt.datetime | None,
                    until: dt.datetime | None) -> dt.timedelta | None:
     """How much of [since, until) (None: from the first call, up to now) lies in weeks not yet in
-    customer order (None: unbounded)."""
+    customer order, up to now (None: all of it, no week being in order: the lake's case)."""
     done = ordered_until(con)
-    start = since if done is None else max(since, done) if since is not None else done
-    if start is None:
+    if done is None:
         return None
-    return max((until or dt.datetime.now(dt.UTC)) - start, dt.timedelta(0))
+    now = dt.datetime.now(dt.UTC)
+    return max(min(until or now, now) - (done if since is None else max(since, done)), dt.timedelta(0))
+
+
+def reopen(con: duckdb.DuckDBPyConnection, at: dt.datetime) -> None:
+    """Rows of the bucket at ``at`` were summed again and appended out of customer order (a reprice,
+    an erase, the proxy histograms' backfill: rollups.rebuild, rollups.derive): the ordering goes
+    back to its week, and one customer's reports read the raw calls from there until it is done
+    again. In the caller's transaction (the setting is in the same file)."""
+    done = ordered_until(con)
+    week = rollups.bucket_start(at, _WEEK_S)
+    if done is not None and week < done:
+        config.put(con, SETTING, week.isoformat(), dt.datetime.now(dt.UTC))

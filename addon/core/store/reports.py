@@ -221,7 +221,7 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
         elif not names and raw is None and total_latency and percentiles:
             # A total alone: its sums and every percentile from one statement (one customer's year at
             # 100M calls: one scan of the customers' 5.3M weekly rows, 35 ms, where there were two).
-            whole = _whole_percentiles(con, spec, latency=True, sums=True)
+            whole = _whole_percentiles(con, spec, latency=True, sums=True, histograms=histograms)
             group = _group({**{name: whole.pop(name) for name in _METRIC_NAMES[:-1]},
                             "latency_ms": (whole.pop("p50_latency_ms"), whole.pop("p95_latency_ms"))})
             total = {**_total(con, [group], None), **whole}
@@ -235,7 +235,7 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
             total["p50_latency_ms"], total["p95_latency_ms"] = (
                 (shown[0]["p50_latency_ms"], shown[0]["p95_latency_ms"]) if shown else (None, None))
     if total_latency and not raw_scan and not whole_read:
-        total.update(_whole_percentiles(con, spec, latency=bool(names)))
+        total.update(_whole_percentiles(con, spec, latency=bool(names), histograms=histograms))
     for row in [*shown, total]:
         row["share"] = _share(row["cost_usd"], total["cost_usd"])
     for dimension, name in zip(spec.by, names):
@@ -323,17 +323,19 @@ def _raw_percentiles(tier: rollups.Tier | None, many_groups: bool) -> bool:
     return tier is not None and tier.sparse and (many_groups or tier.seconds < rollups.WEEK.total_seconds())
 
 
-def _whole_percentiles(con: duckdb.DuckDBPyConnection, spec: ReportSpec, latency: bool, sums: bool = False) -> dict:
+def _whole_percentiles(con: duckdb.DuckDBPyConnection, spec: ReportSpec, latency: bool, sums: bool = False,
+                       histograms: bool = False) -> dict:
     """The whole selection's p50/p99 time in the proxy (and, given ``latency``, p50/p95 latency) as
     the report without groups takes them (``total``), from the tier it reads: a report's total line
     shows the same numbers whatever it groups by, and reads the smallest tier that holds them (a
     whole year of 100M calls: the models' days, not every raw call's proxy_us, 2 s). Given ``sums``
     (only where that tier's histograms give the percentiles), the selection's sums too, from the
-    same statement (_METRIC_NAMES but latency_ms)."""
+    same statement (_METRIC_NAMES but latency_ms). ``histograms``: from the tier's histograms even
+    where it is sparse (one customer's, in customer order: ``_in_customer_order``)."""
     source, _, tier = _source(con, replace(spec, by=()))
     found: dict = {}
     condition, params = where(spec.selection)
-    if source is not None and not _raw_percentiles(tier, many_groups=False):
+    if source is not None and (histograms or not _raw_percentiles(tier, many_groups=False)):
         # One statement, the rows read once (for one customer's year, each pass scanned the 5.3M
         # weekly rows of 100,000 customers: 40 ms): the histograms' quantile columns, then whether
         # some rows, summed before the rollups kept proxy_us (m032), have no histogram of it.

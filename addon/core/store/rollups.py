@@ -259,7 +259,21 @@ def derive(con: duckdb.DuckDBPyConnection, selected: str, tier: Tier, params: li
         f"SELECT {start} AS bucket, {_columns(tier, 'r.')} FROM rollups r "
         f"JOIN (SELECT DISTINCT bucket, key FROM rollup_pairs) p ON {start} = p.bucket"
         + (" AND coalesce(r.key_id, -1) = p.key" if keyed else ""), tier)))
+    if tier.keyed:
+        _reopened(con, "rollup_pairs")
     con.execute("DROP TABLE rollup_pairs")
+
+
+def _reopened(con: duckdb.DuckDBPyConnection, buckets: str) -> None:
+    """Rows of a tier naming customers appended for the buckets of the table ``buckets``: out of
+    customer order, which the first of their weeks is put in again (customer_order.reopen). The
+    weekly customers' rows are derived after every ``rebuild`` of 15-minute rows (a reprice, the
+    proxy histograms' backfill), so this covers those too."""
+    from . import customer_order  # it builds on this module
+
+    (first,) = con.execute(f"SELECT min(bucket) FROM {buckets}").fetchone()  # type: ignore[misc]
+    if first is not None:
+        customer_order.reopen(con, first)
 
 
 def derive_all(tier: Tier) -> str:
