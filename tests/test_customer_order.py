@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import random
 import zoneinfo
 from dataclasses import replace
@@ -17,7 +18,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import customer_order, reading, rollups, writing
 from addon.core.store import reports as report_rows
 
-from .helpers import call_row
+from .helpers import call_row, run_cli
 from .test_rollups import assert_same
 
 WEEK0 = rollups.bucket_start(dt.datetime(2026, 3, 5, tzinfo=dt.UTC), rollups.CUSTOMERS.seconds)
@@ -168,3 +169,35 @@ def test_the_alert_rounds_order_a_week_each(tmp_path, caplog):
     with reading(db) as con:
         assert customer_order.ordered_until(con) == WEEK0 + 2 * rollups.WEEK
         assert all(keys == sorted(keys) for keys in (week_keys(con, WEEK0 + n * rollups.WEEK) for n in range(2)))
+
+
+def test_the_lake_keeps_no_order_even_migrated_from_an_ordered_file(shared_env, tmp_path, monkeypatch):
+    """On the lake nothing orders the weeks (customer_order.py): a setting `migrate-to` copies from
+    the file it came from is not read there, and a reprice does not write one."""
+    from addon.core.store import config
+
+    lake = {name: os.environ[name] for name in ("AISPENDTRACK_CATALOG", "AISPENDTRACK_DATA_PATH")}
+    for name in lake:
+        monkeypatch.delenv(name)
+    home = tmp_path / "embedded"
+    home.mkdir()
+    now = WEEK0 + 2 * rollups.WEEK + 2 * customer_order.SETTLE
+    with writing(home_dir.db_path(home)) as con:
+        write_weeks(con, random.Random(5), weeks=2, flushes=4, per_flush=40)
+        while customer_order.order_oldest(con, now) is not None:
+            pass
+        assert customer_order.ordered_until(con) == WEEK0 + 2 * rollups.WEEK
+    run_cli(home, "migrate-to", "--catalog", lake["AISPENDTRACK_CATALOG"],
+            "--data-path", lake["AISPENDTRACK_DATA_PATH"])
+    for name, value in lake.items():
+        monkeypatch.setenv(name, value)
+    with writing(tmp_path / "replica.duckdb") as con:  # the lake: no file of its own
+        copied = config.get(con, customer_order.SETTING)
+        spec = parse_report(["model"], customer="cust-7", since=WEEK0.isoformat(),
+                            until=(WEEK0 + dt.timedelta(days=10)).isoformat(), now=now)
+        ordered = (customer_order.ordered_until(con), report_rows._in_customer_order(con, rollups.FINE, spec.selection))
+        (call_id,) = con.execute("SELECT id FROM calls ORDER BY ts LIMIT 1").fetchone()
+        report_rows.apply_reprice(con, [(call_id, Decimal("0.5"), "test", None)])
+        after = config.get(con, customer_order.SETTING)
+    assert copied == after == (WEEK0 + 2 * rollups.WEEK).isoformat()  # copied, and left as it was
+    assert ordered == (None, False)

@@ -4,7 +4,7 @@ The 15-minute tier is written as calls come, so one customer's rows are spread o
 of it: a report of one customer's year read the customer key of all its rows and then every other
 column of each vector holding one of theirs (at 100M calls a year, the largest customer has a row
 in every vector; the costs alone, DECIMAL(38,18), took 1.2 s to read). Merged per group and
-written back ordered by customer key (``rollups.compact``), a week holds each customer's rows
+written back ordered by customer key (``rollups.merge``), a week holds each customer's rows
 together, and DuckDB's row group statistics skip the rest: one customer's weeks are read in a
 few vectors each. Reports read a customer from this tier once the weeks of its range are in
 order (``unordered_span``), and from the raw calls before.
@@ -24,7 +24,8 @@ import datetime as dt
 import duckdb
 
 from . import config, rollups
-from .connection import one
+from .connection import is_shared, one
+from .transaction import transaction
 
 SETTING = "rollups_ordered_until"
 _WEEK_S = int(rollups.WEEK.total_seconds())
@@ -32,15 +33,19 @@ SETTLE = dt.timedelta(hours=1)  # after a week ends, before it is ordered: the l
 
 
 def ordered_until(con: duckdb.DuckDBPyConnection) -> dt.datetime | None:
-    """The start of the first week of the 15-minute tier not in customer order (None: none is)."""
+    """The start of the first week of the 15-minute tier not in customer order (None: none is, as
+    on the lake, whatever setting `migrate-to` copied there from the file it came from)."""
+    if is_shared(con):
+        return None
     stored = config.get(con, SETTING)
     return None if stored is None else dt.datetime.fromisoformat(stored)
 
 
 def order_oldest(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> dt.datetime | None:
     """Put the oldest week not yet ordered into customer order, if it ended over SETTLE before
-    ``now``: its rows of each tier naming customers, each tier in a transaction of its own
-    (rollups.compact); that week, or None when none is due."""
+    ``now``: its rows of each tier naming customers (rollups.merge) and the setting, in one
+    transaction, so that a reprice meanwhile either conflicts with it (the same rows) or sends
+    the setting back after it (``reopen``); that week, or None when none is due."""
     done = ordered_until(con)
     (first,) = one(con.execute("SELECT min(bucket) FROM rollups" + (" WHERE bucket >= ?" if done else ""),
                                [done] if done else []))
@@ -49,10 +54,11 @@ def order_oldest(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> dt.datetim
     week = rollups.bucket_start(first, _WEEK_S)
     if week + rollups.WEEK + SETTLE > now:
         return None
-    for tier in rollups.TIERS:
-        if tier.keyed:  # the weekly customers' too: each writer merged its closed week in its own order
-            rollups.compact(con, week, week + rollups.WEEK, tier)
-    config.put(con, SETTING, (week + rollups.WEEK).isoformat(), now)
+    with transaction(con):
+        for tier in rollups.TIERS:
+            if tier.keyed:  # the weekly customers' too: each writer merged its closed week in its own order
+                rollups.merge(con, week, week + rollups.WEEK, tier)
+        config.put(con, SETTING, (week + rollups.WEEK).isoformat(), now)
     return week
 
 

@@ -285,20 +285,25 @@ def derive_all(tier: Tier) -> str:
 
 def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt.datetime,
             tier: Tier = FINE) -> int:
-    """Merge the rows of each group in buckets [since, until) of ``tier`` into one; returns the
-    rows removed. Sums and histograms stay as they were: only the count of rows changes. A tier
-    naming customers gets them back in customer key order: one customer's rows of a closed week
-    (customer_order.py) then sit in a vector or two, not in every one."""
+    """Merge the rows of each group in buckets [since, until) of ``tier`` into one, in a transaction
+    of its own (``merge``); returns the rows removed."""
+    with transaction(con):
+        return merge(con, since, until, tier)
+
+
+def merge(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt.datetime, tier: Tier) -> int:
+    """``compact`` in the caller's transaction. Sums and histograms stay as they were: only the
+    count of rows changes. A tier naming customers gets them back in customer key order: one
+    customer's rows of a closed week (customer_order.py) then sit in a vector or two, not in every one."""
     bounds, params = "bucket < ?", [until]
     if since is not None:
         bounds, params = "bucket >= ? AND bucket < ?", [since, until]
-    with transaction(con):
-        (before,) = con.execute(f"SELECT count(*) FROM {tier.table} WHERE {bounds}", params).fetchone()  # type: ignore[misc]
-        order = f" ORDER BY {customer_key_sql('customer_id')}, bucket" if tier.keyed else ""
-        con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_merge AS SELECT * FROM "
-                    f"({merged(f'SELECT * FROM {tier.table} WHERE {bounds}', tier)}){order}", params)
-        con.execute(f"DELETE FROM {tier.table} WHERE {bounds}", params)
-        con.execute(insert(tier, "SELECT * FROM rollup_merge"))
+    (before,) = con.execute(f"SELECT count(*) FROM {tier.table} WHERE {bounds}", params).fetchone()  # type: ignore[misc]
+    order = f" ORDER BY {customer_key_sql('customer_id')}, bucket" if tier.keyed else ""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_merge AS SELECT * FROM "
+                f"({merged(f'SELECT * FROM {tier.table} WHERE {bounds}', tier)}){order}", params)
+    con.execute(f"DELETE FROM {tier.table} WHERE {bounds}", params)
+    con.execute(insert(tier, "SELECT * FROM rollup_merge"))
     (after,) = con.execute("SELECT count(*) FROM rollup_merge").fetchone()  # type: ignore[misc]
     con.execute("DROP TABLE rollup_merge")
     return before - after
