@@ -38,6 +38,12 @@ def write_weeks(con, rng: random.Random, weeks: int = 3, flushes: int = 12, per_
             status=rng.choice([200, 200, 429])) for _ in range(per_flush)])
 
 
+def order_all(con, now: dt.datetime) -> None:
+    """Every week due by ``now`` put in order, as the alert rounds would one a minute."""
+    while customer_order.order_oldest(con, now) is not None:
+        pass
+
+
 def week_keys(con, week: dt.datetime, tier: rollups.Tier = rollups.FINE) -> list[int]:
     """The customer keys of a week's rows of ``tier``, in the order they are stored."""
     return [k for (k,) in con.execute(f"SELECT customer_key FROM {tier.table} WHERE bucket >= ? AND bucket < ? "
@@ -104,8 +110,7 @@ def test_one_customers_report_reads_the_ordered_weeks_and_agrees_with_a_raw_scan
         read_before = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in [*fine, short]]
         exact = [report_rows.report(con, spec, exact=True) for spec in specs]
         before = [report_rows.report(con, spec) for spec in specs]
-        while customer_order.order_oldest(con, now) is not None:
-            pass
+        order_all(con, now)
         read_after = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in [*fine, short]]
         after = [report_rows.report(con, spec) for spec in specs]
         whole = parse_report(["model"], customer="cust-7", until=now.isoformat(), now=now)
@@ -135,8 +140,7 @@ def test_rows_summed_again_send_the_ordering_back_to_their_week(tmp_path):
     with writing(tmp_path / "a.duckdb") as con:
         write_weeks(con, random.Random(4), weeks=3)
         now = WEEK0 + 3 * rollups.WEEK + 2 * customer_order.SETTLE
-        while customer_order.order_oldest(con, now) is not None:
-            pass
+        order_all(con, now)
         done = customer_order.ordered_until(con)
         (call_id,) = con.execute("SELECT id FROM calls WHERE ts >= ? ORDER BY ts LIMIT 1",
                                  [WEEK0 + rollups.WEEK + dt.timedelta(days=3)]).fetchone()
@@ -184,8 +188,7 @@ def test_the_lake_keeps_no_order_even_migrated_from_an_ordered_file(shared_env, 
     now = WEEK0 + 2 * rollups.WEEK + 2 * customer_order.SETTLE
     with writing(home_dir.db_path(home)) as con:
         write_weeks(con, random.Random(5), weeks=2, flushes=4, per_flush=40)
-        while customer_order.order_oldest(con, now) is not None:
-            pass
+        order_all(con, now)
         assert customer_order.ordered_until(con) == WEEK0 + 2 * rollups.WEEK
     run_cli(home, "migrate-to", "--catalog", lake["AISPENDTRACK_CATALOG"],
             "--data-path", lake["AISPENDTRACK_DATA_PATH"])

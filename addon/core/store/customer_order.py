@@ -75,7 +75,7 @@ def unordered_span(con: duckdb.DuckDBPyConnection, since: dt.datetime | None,
 
 def reopen(con: duckdb.DuckDBPyConnection, at: dt.datetime) -> None:
     """Rows of the bucket at ``at`` were summed again and appended out of customer order (a reprice,
-    an erase, the proxy histograms' backfill: rollups.rebuild, rollups.derive): the ordering goes
+    an erase, the proxy histograms' backfill: rollups.derive, after every rebuild): the ordering goes
     back to its week, and one customer's reports read the raw calls from there until it is done
     again. In the caller's transaction (the setting is in the same file)."""
     done = ordered_until(con)
