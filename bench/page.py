@@ -6,16 +6,19 @@
         --view "range=custom&from=2025-12-01&to=2026-12-31"
 
 Measures the page as ``aispendtrack proxy --web-port`` serves it (``--standalone``: ``aispendtrack
-web``), from navigation start: the browser's first contentful paint and the moment the
-totals, and then every table, are filled in, for each ``--view`` (the page's query string; the
-default: the default view, the last 7 days). Target: first paint <= 1.5 s.
+web``; ``--shared``: the proxy in the shared mode, the calls copied into a DuckLake on a throwaway
+PostgreSQL, which needs Debian's postgresql), from navigation start: the browser's first
+contentful paint and the moment the totals, and then every table, are filled in, for each
+``--view`` (the page's query string; the default: the default view, the last 7 days). Target: first paint <= 1.5 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -29,6 +32,7 @@ from addon.core.store import synthetic, writing
 from cli.progress import running
 
 from .proxy_overhead import free_port
+from .reports import copied_into_lake
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -40,9 +44,9 @@ def build(home: Path, rows: int, days: int, customers: int) -> None:
         synthetic.generate(con, rows, end=dt.datetime.now(dt.UTC), days=days, customers=customers)
 
 
-def _token(home: Path) -> str:
+def _token(home: Path, env: dict[str, str]) -> str:
     out = subprocess.run([sys.executable, "-m", "cli", "--home", str(home), "admin", "create-token", "--json"],
-                         capture_output=True, text=True, check=True, cwd=ROOT)
+                         capture_output=True, text=True, check=True, cwd=ROOT, env=env)
     return json.loads(out.stdout)["token"]
 
 
@@ -82,21 +86,25 @@ def main() -> None:
                                                         "default: the default view)")
     parser.add_argument("--standalone", action="store_true", help="measure `aispendtrack web` instead of the "
                                                                     "proxy's --web-port")
+    parser.add_argument("--shared", action="store_true", help="serve the page in the shared mode, from a copy "
+                                                                "of the calls in a DuckLake")
     parser.add_argument("--home", type=Path, help="keep the generated data here, and use what an earlier run "
                                                    "left there instead of generating it again")
     args = parser.parse_args()
     views = args.view or [""]
-    with tempfile.TemporaryDirectory(prefix="aispendtrack-page-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="aispendtrack-page-") as tmp, contextlib.ExitStack() as stack:
         home = args.home or Path(tmp)
         if home_dir.db_path(home).exists():
-            token = _token(home)
             print(f"the calls of {home} (generated before)")
         else:
             home.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             build(home, args.rows, args.days, args.customers)
-            token = _token(home)
             print(f"generated {args.rows:,} calls in {time.perf_counter() - start:.1f} s")
+        env = dict(os.environ)
+        if args.shared:
+            env.update(stack.enter_context(copied_into_lake(home_dir.db_path(home), Path(tmp))))
+        token = _token(home, env)
         port = free_port()
         # As a team runs it: the proxy's web port, served next to the open file (a standalone
         # `aispendtrack web` opens the file for each request: ~40 ms each at 100M calls, and cold).
@@ -104,7 +112,7 @@ def main() -> None:
         if args.standalone:
             command = ["web", "--port", str(port)]
         server = subprocess.Popen([sys.executable, "-m", "cli", "--home", str(home), *command],
-                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(600):
                 try:

@@ -126,10 +126,10 @@ def data_end(db: Path) -> dt.datetime:
     return end
 
 
-def compare_shared(db: Path, tmp: Path, end: dt.datetime) -> None:
-    """The same reports on the same rows, copied into a DuckLake on a throwaway PostgreSQL."""
-    import os
-
+@contextlib.contextmanager
+def copied_into_lake(db: Path, tmp: Path) -> Iterator[dict[str, str]]:
+    """The calls of ``db`` copied into a DuckLake on a throwaway PostgreSQL; yields the environment
+    that points the shared mode at it (removed on exit)."""
     from addon.core.store import shared, transfer
     from tests.pg import Cluster
     cluster = Cluster()
@@ -141,20 +141,30 @@ def compare_shared(db: Path, tmp: Path, end: dt.datetime) -> None:
             transfer.copy_embedded(db, con)
         finally:
             con.close()
-        print(f"\ncopied into the lake in {time.perf_counter() - start:.1f} s")
+        print(f"copied into the lake in {time.perf_counter() - start:.1f} s")
+        yield {shared.ENV_CATALOG: cfg.catalog, shared.ENV_DATA_PATH: str(tmp / "lake")}
+    finally:
+        cluster.remove()
+
+
+def compare_shared(db: Path, tmp: Path, end: dt.datetime) -> None:
+    """The same reports on the same rows, in the embedded file and in the lake."""
+    import os
+
+    from addon.core.store import shared
+    with copied_into_lake(db, tmp) as env:
         embedded = time_reports(db, end)
-        os.environ[shared.ENV_CATALOG] = cfg.catalog
+        os.environ.update(env)
         try:
             in_lake = time_reports(db, end)
         finally:
-            del os.environ[shared.ENV_CATALOG]
+            for name in env:
+                del os.environ[name]
             shared.drop()
-        print("report (warm, seconds)                             embedded    lake   lake/embedded")
-        for (label, seconds, _, groups), (_, lake_seconds, _, lake_groups) in zip(embedded, in_lake, strict=True):
-            assert groups == lake_groups, label
-            print(f"  {label:<50} {seconds:>6.3f}  {lake_seconds:>6.3f}  {lake_seconds / seconds:>8.2f}x")
-    finally:
-        cluster.remove()
+    print("report (warm, seconds)                             embedded    lake   lake/embedded")
+    for (label, seconds, _, groups), (_, lake_seconds, _, lake_groups) in zip(embedded, in_lake, strict=True):
+        assert groups == lake_groups, label
+        print(f"  {label:<50} {seconds:>6.3f}  {lake_seconds:>6.3f}  {lake_seconds / seconds:>8.2f}x")
 
 
 def main() -> None:

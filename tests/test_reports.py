@@ -324,6 +324,34 @@ def test_calls_pages_are_newest_first_and_complete(api):
     assert len(api("/api/v1/calls?limit=1000").get_json()["calls"]) == len(DATA)
 
 
+def test_pages_of_calls_near_now_and_far_back_are_whole_and_in_order(tmp_path, new_store):
+    """calls_page looks back from the newest end in widening windows: however the calls are spread
+    around them, each page is the next rows of the whole list, newest first (ties by id)."""
+    now = dt.datetime.now(UTC)
+    ages = [-dt.timedelta(minutes=1), dt.timedelta(minutes=10), dt.timedelta(minutes=10), dt.timedelta(hours=2),
+            dt.timedelta(days=3), dt.timedelta(days=20), dt.timedelta(days=60), dt.timedelta(days=60),
+            dt.timedelta(days=400)]
+    rows = [call_row(i, ts=now - age) for i, age in enumerate(ages)]
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        call_rows.insert(con, rows)
+        for selection in (Selection(), Selection(until=now - dt.timedelta(days=1)),
+                          Selection(since=now - dt.timedelta(days=30)),
+                          Selection(since=now - dt.timedelta(days=90), until=now - dt.timedelta(hours=1))):
+            expected = sorted(((r["ts"], r["id"]) for r in rows
+                               if (selection.since is None or r["ts"] >= selection.since)
+                               and (selection.until is None or r["ts"] < selection.until)), reverse=True)
+            for limit in (1, 2, 3, 4, 100):
+                listed, after = [], None
+                while True:
+                    page = report_rows.calls_page(con, selection, limit, after)
+                    assert len(page) <= limit
+                    listed += [(c["ts"], c["id"]) for c in page]
+                    if len(page) < limit:
+                        break
+                    after = listed[-1]
+                assert listed == expected, (selection, limit)
+
+
 def test_the_api_takes_the_clis_filters(api, home):
     """provider, status and errors filter /calls, /export and /report as `calls --provider ...` does."""
     for query, args in (("provider=anthropic", ("--provider", "anthropic")), ("errors=true", ("--errors",)),
