@@ -175,11 +175,15 @@ def test_the_alert_rounds_order_a_week_each(tmp_path, caplog):
         assert all(keys == sorted(keys) for keys in (week_keys(con, WEEK0 + n * rollups.WEEK) for n in range(2)))
 
 
-def test_the_lake_keeps_no_order_even_migrated_from_an_ordered_file(shared_env, tmp_path, monkeypatch):
-    """On the lake nothing orders the weeks (customer_order.py): a setting `migrate-to` copies from
-    the file it came from is not read there, and a reprice does not write one."""
+def test_the_lake_reads_one_customer_from_the_tier_unordered_and_keeps_no_setting(shared_env, tmp_path,
+                                                                                 monkeypatch):
+    """On the lake one customer's reports read the 15-minute tier as written (its Parquet files
+    answer them faster than the raw calls: reports._one_customer_from_tier), with a raw scan's
+    counts and costs; nothing orders its weeks (customer_order.py): a setting `migrate-to` copies
+    from the file it came from is not read there, and a reprice does not write one."""
     from addon.core.store import config
 
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)  # however few the calls
     lake = {name: os.environ[name] for name in ("AISPENDTRACK_CATALOG", "AISPENDTRACK_DATA_PATH")}
     for name in lake:
         monkeypatch.delenv(name)
@@ -187,20 +191,33 @@ def test_the_lake_keeps_no_order_even_migrated_from_an_ordered_file(shared_env, 
     home.mkdir()
     now = WEEK0 + 2 * rollups.WEEK + 2 * customer_order.SETTLE
     with writing(home_dir.db_path(home)) as con:
-        write_weeks(con, random.Random(5), weeks=2, flushes=4, per_flush=40)
+        write_weeks(con, random.Random(5), weeks=2, flushes=4, per_flush=100)
         order_all(con, now)
         assert customer_order.ordered_until(con) == WEEK0 + 2 * rollups.WEEK
     run_cli(home, "migrate-to", "--catalog", lake["AISPENDTRACK_CATALOG"],
             "--data-path", lake["AISPENDTRACK_DATA_PATH"])
     for name, value in lake.items():
         monkeypatch.setenv(name, value)
+    specs = [replace(parse_report(["model"], customer=customer, since=(WEEK0 + dt.timedelta(hours=5)).isoformat(),
+                                  until=(WEEK0 + dt.timedelta(days=10)).isoformat(), now=now), by=by)
+             for by in (("model",), ("day",), ("key", "model")) for customer in ("cust-7", "cust-41", "nobody")]
     with writing(tmp_path / "replica.duckdb") as con:  # the lake: no file of its own
         copied = config.get(con, customer_order.SETTING)
-        spec = parse_report(["model"], customer="cust-7", since=WEEK0.isoformat(),
-                            until=(WEEK0 + dt.timedelta(days=10)).isoformat(), now=now)
-        ordered = (customer_order.ordered_until(con), report_rows._in_customer_order(con, rollups.FINE, spec.selection))
+        tiered = [report_rows._one_customer_from_tier(con, report_rows._source(con, s)[2], s.selection)
+                  for s in specs]
+        everyone = report_rows._one_customer_from_tier(con, rollups.FINE, replace(specs[0].selection,
+                                                                                  customer_id=None))
+        exact = [report_rows.report(con, spec, exact=True) for spec in specs]
+        found = [report_rows.report(con, spec) for spec in specs]
+        setting = customer_order.ordered_until(con)
         (call_id,) = con.execute("SELECT id FROM calls ORDER BY ts LIMIT 1").fetchone()
         report_rows.apply_reprice(con, [(call_id, Decimal("0.5"), "test", None)])
         after = config.get(con, customer_order.SETTING)
     assert copied == after == (WEEK0 + 2 * rollups.WEEK).isoformat()  # copied, and left as it was
-    assert ordered == (None, False)
+    assert setting is None and tiered == [True] * len(specs) and not everyone
+    for spec, report, want in zip(specs, found, exact, strict=True):
+        assert_same(report, want, str(spec))
+    # From the tier's histograms (within 1%), not from the raw calls as the file's unordered weeks.
+    moved = [s for s, report, want in zip(specs, found, exact, strict=True)
+             if s.selection.customer_id != "nobody" and percentiles(report) != percentiles(want)]
+    assert len(moved) == 6, moved

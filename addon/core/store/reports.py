@@ -16,7 +16,7 @@ from ..reports import ReportSpec, Selection
 from . import batch, customer_order, raw_horizon, rollups
 from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES, customer_key_sql
-from .connection import one, output_path
+from .connection import is_shared, one, output_path
 from .teams import IN_TEAM, TEAM_OF_KEY, in_teams
 from .transaction import transaction
 
@@ -152,7 +152,8 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
     purged calls, which only rollups keep, are then not counted).
     A selection none of whose calls was purged is scanned as ``exact`` would when it has few calls
     (``_few``) or when the 15-minute tier would answer it (``_scan_instead``), unless it is one
-    customer's over weeks in customer order (``_in_customer_order``).
+    customer's that tier answers better (on the lake, or over weeks in customer order:
+    ``_one_customer_from_tier``).
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups. ``limit``: only the first that many groups, and only theirs
     get percentiles (most of the time of a report by customer); the order and the total are those of
@@ -165,9 +166,9 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
     unpurged = _unpurged(spec.selection, horizon)
     few = unpurged and _few(con, spec.selection)
     chosen = None if few else _source(con, spec)
-    ordered = chosen is not None and _in_customer_order(con, chosen[2], spec.selection)
-    instead = chosen is not None and unpurged and not ordered and _scan_instead(con, chosen[2], spec, limit,
-                                                                                percentiles)
+    tiered = chosen is not None and _one_customer_from_tier(con, chosen[2], spec.selection)
+    instead = chosen is not None and unpurged and not tiered and _scan_instead(con, chosen[2], spec, limit,
+                                                                               percentiles)
     if few or instead:
         # In place of the 15-minute tier, the total line's percentiles stay those of the report
         # without groups (which may read another tier), as they are with a limit, which reads that tier.
@@ -180,7 +181,7 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
         # mode this also covers the first query of an older lake, which sets the horizon.)
         if raw_horizon.since(con) == horizon:
             return groups, found
-    return _report(con, spec, total_latency, chosen or _source(con, spec), limit, percentiles, histograms=ordered)
+    return _report(con, spec, total_latency, chosen or _source(con, spec), limit, percentiles, histograms=tiered)
 
 
 def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool,
@@ -331,7 +332,7 @@ def _whole_percentiles(con: duckdb.DuckDBPyConnection, spec: ReportSpec, latency
     whole year of 100M calls: the models' days, not every raw call's proxy_us, 2 s). Given ``sums``
     (only where that tier's histograms give the percentiles), the selection's sums too, from the
     same statement (_METRIC_NAMES but latency_ms). ``histograms``: from the tier's histograms even
-    where it is sparse (one customer's, in customer order: ``_in_customer_order``)."""
+    where it is sparse (one customer's: ``_one_customer_from_tier``)."""
     source, _, tier = _source(con, replace(spec, by=()))
     found: dict = {}
     condition, params = where(spec.selection)
@@ -420,15 +421,21 @@ def _scan_instead(con: duckdb.DuckDBPyConnection, tier: rollups.Tier | None, spe
 UNORDERED_MAX = dt.timedelta(days=15)
 
 
-def _in_customer_order(con: duckdb.DuckDBPyConnection, tier: rollups.Tier | None, selection: Selection) -> bool:
+def _one_customer_from_tier(con: duckdb.DuckDBPyConnection, tier: rollups.Tier | None,
+                            selection: Selection) -> bool:
     """Whether a report of one customer reads the 15-minute ``tier``, its percentiles from the
-    histograms too, rather than the raw calls (``_scan_instead``): when the weeks of its range are
-    in customer order (store/customer_order.py) but for at most UNORDERED_MAX. Its rows sit
-    together there, where its raw calls are spread over the whole table (the page's tables of one
-    customer's year at 100M calls: 0.06 s each, scanned 0.17-0.2 s; the largest customer's, a call
-    in every vector, 0.14-0.16 s, scanned 1.9-2.0 s). Percentiles within rollups.RELATIVE_ERROR."""
+    histograms too, rather than the raw calls (``_scan_instead``). In the file, when the weeks of
+    its range are in customer order (store/customer_order.py) but for at most UNORDERED_MAX: its
+    rows sit together there, where its raw calls are spread over the whole table (the page's
+    tables of one customer's year at 100M calls: 0.06 s each, scanned 0.17-0.2 s; the largest
+    customer's, a call in every vector, 0.14-0.16 s, scanned 1.9-2.0 s). On the lake, always: its
+    Parquet files answer one customer's 15-minute rows of a year in 0.1 s unordered, where its raw
+    calls' costs and text take 0.55-1.6 s (docs/benchmarks.md). Percentiles within
+    rollups.RELATIVE_ERROR."""
     if tier is not rollups.FINE or selection.customer_id is None:
         return False
+    if is_shared(con):
+        return True
     unordered = customer_order.unordered_span(con, selection.since, selection.until)
     return unordered is not None and unordered <= UNORDERED_MAX
 
