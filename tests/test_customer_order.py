@@ -107,18 +107,18 @@ def test_one_customers_report_reads_the_ordered_weeks_and_agrees_with_a_raw_scan
         assert len(fine) == 30  # all but the plain totals: what the weekly customers' tier cannot name
         short = parse_report(["model"], customer="cust-7", since=(now - dt.timedelta(days=7)).isoformat(),
                              until=now.isoformat(), now=now)
-        read_before = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in [*fine, short]]
+        read_before = [report_rows._one_customer_from_tier(con, rollups.FINE, s.selection) for s in [*fine, short]]
         exact = [report_rows.report(con, spec, exact=True) for spec in specs]
         before = [report_rows.report(con, spec) for spec in specs]
         order_all(con, now)
-        read_after = [report_rows._in_customer_order(con, rollups.FINE, s.selection) for s in [*fine, short]]
+        read_after = [report_rows._one_customer_from_tier(con, rollups.FINE, s.selection) for s in [*fine, short]]
         after = [report_rows.report(con, spec) for spec in specs]
         whole = parse_report(["model"], customer="cust-7", until=now.isoformat(), now=now)
-        unbounded = report_rows._in_customer_order(con, rollups.FINE, whole.selection)
+        unbounded = report_rows._one_customer_from_tier(con, rollups.FINE, whole.selection)
         later = now + 3 * rollups.WEEK  # three weeks more written, none of them ordered yet
-        far = report_rows._in_customer_order(con, rollups.FINE, parse_report(
+        far = report_rows._one_customer_from_tier(con, rollups.FINE, parse_report(
             ["model"], customer="cust-7", since=WEEK0.isoformat(), until=later.isoformat(), now=later).selection)
-        others = report_rows._in_customer_order(con, rollups.FINE, parse_report(["model"], now=now).selection)
+        others = report_rows._one_customer_from_tier(con, rollups.FINE, parse_report(["model"], now=now).selection)
     # Nothing ordered yet, however short the range: the raw calls, exact percentiles.
     assert read_before == [False] * 31 and read_after == [True] * 31
     for spec, report, want in zip(specs, before, exact, strict=True):

@@ -280,7 +280,7 @@ def _first_groups(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     takes them) and the total: the groups ranked in SQL by what the report orders by (the time
     groups, the cost, the calls, the names as text, as ``_order_key``), their other sums and
     percentiles for the shown groups alone, the total's sums from the report without groups
-    (``_whole_sums``: the same sums, from the smallest tier that holds them). At 100,000
+    (``_whole_sums``: the same sums, from the smallest tier that holds them) when some are left out. At 100,000
     customers, summing every column of every group took most of a report."""
     (sql, params), dims, names, raw = grouping
     grouped = f"SELECT {_named(dims, names)}* FROM ({sql})"
@@ -295,7 +295,9 @@ def _first_groups(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     # Every group shown: no filter to apply (it would read the rows of each once more).
     keys = [dict(zip(names, row)) for row in picked] if count > len(picked) else None
     groups = _rollup_groups(con, (sql, params), dims, names, raw, order=order, among=keys, percentiles=percentiles)
-    total = _whole_sums(con, spec)
+    # Every group shown: they add up to the total (a statement less; ~0.15 s of one customer's
+    # tables on the lake at 100M calls).
+    total = _whole_sums(con, spec) if keys is not None else _total(con, groups, None)
     left_priced = priced > sum(g["cost_usd"] is not None for g in groups)
     return Groups(groups, count, _rest_of(total, groups, left_priced) if count > len(groups) else None), total
 
