@@ -134,6 +134,22 @@ def test_one_customers_report_reads_the_ordered_weeks_and_agrees_with_a_raw_scan
     assert not far and not others
 
 
+def test_a_shared_connection_reads_one_customer_from_the_tier_with_no_week_ordered(tmp_path, monkeypatch):
+    """The lake's rule, in process (the lake's test below needs PostgreSQL): one customer's 15-minute
+    rows whatever the order, and nothing else changes."""
+    now = WEEK0 + 2 * rollups.WEEK
+    with writing(tmp_path / "a.duckdb") as con:
+        write_weeks(con, random.Random(3), weeks=1, flushes=2, per_flush=20)
+        selection = parse_report(["model"], customer="cust-7", since=WEEK0.isoformat(), until=now.isoformat(),
+                                 now=now).selection
+        embedded = report_rows._one_customer_from_tier(con, rollups.FINE, selection)
+        monkeypatch.setattr(report_rows, "is_shared", lambda con: True)
+        shared = [report_rows._one_customer_from_tier(con, tier, chosen) for tier, chosen in (
+            (rollups.FINE, selection), (rollups.CUSTOMERS, selection), (None, selection),
+            (rollups.FINE, replace(selection, customer_id=None)))]
+    assert not embedded and shared == [True, False, False, False]
+
+
 def test_rows_summed_again_send_the_ordering_back_to_their_week(tmp_path):
     from addon.core.store import subjects
 

@@ -5,11 +5,14 @@ The small data set below is chosen so every expected number can be worked out by
 
 from __future__ import annotations
 
+import base64
 import csv
 import datetime as dt
 import io
 import json
 import re
+import urllib.parse
+import uuid
 from decimal import Decimal
 
 import duckdb
@@ -350,6 +353,19 @@ def test_pages_of_calls_near_now_and_far_back_are_whole_and_in_order(tmp_path, n
                         break
                     after = listed[-1]
                 assert listed == expected, (selection, limit)
+
+
+def test_calls_at_the_ends_of_time_and_a_cursor_without_a_zone(api, home):
+    """The windows calls_page looks back in start before the year 1 for an ``until`` there: no
+    window then, not a 500; a cursor whose time names no offset is not one the API gave out."""
+    for until, found in (("0001-01-01T00:30+00:00", 0), ("9999-12-31T23:30+00:00", len(DATA))):
+        response = api(f"/api/v1/calls?until={urllib.parse.quote(until)}")
+        assert response.status_code == 200 and len(response.get_json()["calls"]) == found, until
+        assert len(cli_json(home, "calls", "--until", until)) == found
+    naive = base64.urlsafe_b64encode(f"2030-01-01T00:00:00|{uuid.uuid4()}".encode()).decode()
+    response = api(f"/api/v1/calls?since=30d&cursor={naive}")
+    assert response.status_code == 400 and response.get_json()["error"]["message"] == (
+        "cursor is not one this API gave out; start again without it.")
 
 
 def test_the_api_takes_the_clis_filters(api, home):

@@ -276,7 +276,10 @@ def _decode_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
         return None
     try:
         ts, _, call_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return dt.datetime.fromisoformat(ts), uuid.UUID(call_id)
+        when = dt.datetime.fromisoformat(ts)
+        if when.tzinfo is None:  # ours always name the offset; a time without one is a hand-made cursor
+            raise ValueError(ts)
+        return when, uuid.UUID(call_id)
     except ValueError:
         raise ApiError(400, "bad_request", "cursor is not one this API gave out; start again without it.") from None
 

@@ -7,7 +7,8 @@ in every vector; the costs alone, DECIMAL(38,18), took 1.2 s to read). Merged pe
 written back ordered by customer key (``rollups.merge``), a week holds each customer's rows
 together, and DuckDB's row group statistics skip the rest: one customer's weeks are read in a
 few vectors each. Reports read a customer from this tier once the weeks of its range are in
-order (``unordered_span``), and from the raw calls before.
+order (``unordered_span``), and from the raw calls before (the lake's from the tier always:
+reports._one_customer_from_tier).
 
 The owner's periodic jobs (evaluate.py) order one week at a time, oldest first, an hour after it
 ended (late rows, a spill replay or a slow writer, then add a few rows at the end of the table,

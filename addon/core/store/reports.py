@@ -657,15 +657,18 @@ RECENT_WINDOWS = (dt.timedelta(hours=1), dt.timedelta(days=1), dt.timedelta(days
 
 def calls_page(con: duckdb.DuckDBPyConnection, selection: Selection, limit: int,
                after: tuple[dt.datetime, uuid.UUID] | None) -> list[dict]:
-    """Newest first; ``after`` is the (ts, id) of the last row of the previous page (keyset paging)."""
+    """Newest first; ``after`` is the (ts, id) of the last row of the previous page (keyset paging).
+    Looked for in RECENT_WINDOWS back from the newest end (the cursor's time, ``until``, or now,
+    whichever is earliest: rows stamped after now are in every window), then in the whole selection."""
     condition, params = where(selection)
     if after is not None:
         condition += " AND (ts < ? OR (ts = ? AND id < ?))"
         params += [after[0], after[0], after[1]]
-    newest = after[0] if after is not None else selection.until or dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    newest = min(after[0] if after is not None else selection.until or now, now)
     select = f"SELECT {', '.join(EXPORT_COLUMNS)} FROM calls WHERE {condition}"
     for width in (*RECENT_WINDOWS, None):
-        start = None if width is None else newest - width
+        start = _window_start(newest, width)
         if start is not None and selection.since is not None and start <= selection.since:
             start = None  # the window holds the whole selection
         # Every row after ``start`` is in this window, so when it fills the page, the page is right.
@@ -675,6 +678,16 @@ def calls_page(con: duckdb.DuckDBPyConnection, selection: Selection, limit: int,
         if start is None or len(found) >= limit:
             break
     return name_keys(con, [dict(zip(EXPORT_COLUMNS, values)) for values in found])
+
+
+def _window_start(newest: dt.datetime, width: dt.timedelta | None) -> dt.datetime | None:
+    """``width`` before ``newest``; None (no bound) for the last window, or before the year 1."""
+    if width is None:
+        return None
+    try:
+        return newest - width
+    except OverflowError:
+        return None
 
 
 def name_keys(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> list[dict]:
