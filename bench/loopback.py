@@ -118,7 +118,8 @@ class Connection:
         return status, first - start, body
 
     async def _chunked(self, clock) -> tuple[bytes, float]:
-        parts, first = [], None
+        parts: list[bytes] = []
+        first = None
         while True:
             size = int((await self.reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
             data = await self.reader.readexactly(size + 2)

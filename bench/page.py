@@ -35,8 +35,6 @@ from .proxy_overhead import free_port
 from .reports import copied_into_lake
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 
 
 def build(home: Path, rows: int, days: int, customers: int) -> None:
@@ -51,11 +49,10 @@ def _token(home: Path, env: dict[str, str]) -> str:
 
 
 def measure(url: str, token: str, runs: int, view: str) -> list[dict]:
-    from playwright.sync_api import sync_playwright
+    from tests.helpers import chromium
 
     results = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+    with chromium() as browser:
         # The page forbids eval (its CSP); the waits below are evaluated by Playwright, not the page.
         page = browser.new_page(viewport={"width": 1280, "height": 900}, bypass_csp=True)
         page.goto(url + "/login")
@@ -72,7 +69,6 @@ def measure(url: str, token: str, runs: int, view: str) -> list[dict]:
             tables = page.evaluate("performance.now()")
             paint = page.evaluate("(performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime")
             results.append({"first_paint_ms": paint, "totals_ms": totals, "tables_ms": tables})
-        browser.close()
     return results
 
 

@@ -60,7 +60,7 @@ def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"process exited early: {process.args}")
+            raise RuntimeError(f"process exited early: {process.args!r}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -195,13 +195,15 @@ def run(rounds: int, latency_count: int, load_count: int, connections: int, prev
         for mode in ("plain", "stream"):
             # (name, port the client connects to, extra headers, whether the client asks for stream
             # usage, whether it talks to a forward proxy)
-            runs = [(name, port, {}, True, False) for name, (port, _) in targets.items()]
+            runs: list[tuple[str, int, dict[str, str], bool, bool]] = [
+                (name, port, {}, True, False) for name, (port, _) in targets.items()]
             runs += [(name, ours_port, {"x-aispendtrack-key": key}, asks, False) for name, asks in OURS[mode]]
             runs += [(name, port, {}, True, True) for name, (port, _) in regular.items()]
             runs.append((FORWARD, forward_port, {"proxy-authorization": credential}, True, True))
             if before is not None:
                 runs.append(("previous", before[0], {"x-aispendtrack-key": before[3]}, True, False))
-            samples = {name: {"total": [], "first": [], "rps": [], "round_p50": []} for name, *_ in runs}
+            samples: dict[str, dict[str, list[float]]] = {
+                name: {"total": [], "first": [], "rps": [], "round_p50": []} for name, *_ in runs}
             for n in range(rounds):
                 # Alternate the order each round, and compare targets within a round: this machine's
                 # speed drifts by tens of percent over minutes, which pooled figures would pick up.

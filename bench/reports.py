@@ -34,11 +34,12 @@ from addon.core import home as home_dir
 from addon.core.reports import parse_report
 from addon.core.store import reading, rollups, synthetic, writing
 from addon.core.store import reports as report_rows
+from addon.core.store.connection import one
 from cli.progress import running
 
 END = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
 # (dimensions, parse_report's options; ``limit``: the first that many groups, as the page and the API ask)
-REPORTS = [
+REPORTS: list[tuple[list[str], dict[str, str | int]]] = [
     (["model"], {}), (["customer"], {}), (["customer"], {"limit": 50}), (["feature"], {}), (["key"], {}),
     (["provider"], {}),
     (["day"], {}), (["month"], {"tz": "America/Los_Angeles"}), (["model", "day"], {}),
@@ -91,6 +92,7 @@ def time_reports(db: Path, end: dt.datetime, exact: bool = False,
     with reading(db) as con, only_tiers(tiers):
         for dims, options in REPORTS:
             limit = options.get("limit")
+            assert limit is None or isinstance(limit, int)
             # a fixed "now": the data's end
             spec = parse_report(dims, now=end, **{k: v for k, v in options.items() if k != "limit"})
             report_rows.report(con, spec, exact=exact, limit=limit)  # warm the file cache
@@ -106,8 +108,8 @@ def time_reports(db: Path, end: dt.datetime, exact: bool = False,
 def storage_mb(db: Path) -> dict[str, float]:
     """MB of the blocks each row table takes in the file (DuckDB's blocks of 256 KiB)."""
     with reading(db) as con:
-        return {table: con.execute(f"SELECT count(DISTINCT block_id) * 262144 / 1e6 "
-                                   f"FROM pragma_storage_info('{table}') WHERE persistent").fetchone()[0]
+        return {table: one(con.execute(f"SELECT count(DISTINCT block_id) * 262144 / 1e6 "
+                                       f"FROM pragma_storage_info('{table}') WHERE persistent"))[0]
                 for table in ("calls", *(tier.table for tier in rollups.TIERS))}
 
 
@@ -122,7 +124,7 @@ def time_export(db: Path, since: str | None) -> tuple[int, float, int]:
 def data_end(db: Path) -> dt.datetime:
     """When the calls of an earlier run's store end."""
     with reading(db) as con:
-        (end,) = con.execute("SELECT max(ts) FROM calls").fetchone()
+        (end,) = one(con.execute("SELECT max(ts) FROM calls"))
     return end
 
 

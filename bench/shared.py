@@ -28,6 +28,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import cast
+
+import duckdb
 
 from tests.loadbalancer import LoadBalancer
 from tests.pg import Cluster
@@ -119,6 +122,7 @@ def replicas(upstream_port: int, shared_env: dict, rounds: int, load: int) -> di
 def flush_files(cluster: Cluster, flushes: int) -> dict:
     """Files in the data path after ``flushes`` small inserts, as the writer makes them."""
     from addon.core.store import calls, lake, shared
+    from addon.core.store.connection import one
     from tests.helpers import call_row
     results = {}
     for label, inline in (("inlining (default)", shared.INLINE_ROWS), ("inlining off", 0)):
@@ -126,7 +130,8 @@ def flush_files(cluster: Cluster, flushes: int) -> dict:
         cfg = shared.SharedConfig(cluster.create_database(f"files_{uuid.uuid4().hex[:8]}"), str(data))
         saved, shared.INLINE_ROWS = shared.INLINE_ROWS, inline
         try:
-            con = shared.SharedConnection(cfg)
+            # As the store's callers take it (store.connection): a DuckDB connection to them.
+            con = cast(duckdb.DuckDBPyConnection, shared.SharedConnection(cfg))
         finally:
             shared.INLINE_ROWS = saved
         start_time = time.perf_counter()
@@ -139,7 +144,7 @@ def flush_files(cluster: Cluster, flushes: int) -> dict:
         lake.maintain(con, now)
         lake.maintain(con, now + lake.KEEP_SNAPSHOTS + dt.timedelta(minutes=1))
         after = sum(1 for p in data.rglob("*") if p.is_file())
-        rows = con.execute("SELECT count(*) FROM calls").fetchone()[0]
+        (rows,) = one(con.execute("SELECT count(*) FROM calls"))
         con.close()
         results[label] = {"files": before, "files_after_maintenance": after, "rows": rows,
                           "ms_per_flush": elapsed / flushes * 1000}

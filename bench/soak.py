@@ -26,6 +26,7 @@ from pathlib import Path
 
 from addon.core import home as home_dir
 from addon.core.store import reading
+from addon.core.store.connection import one
 
 from . import loopback
 from .processes import rss_kib
@@ -93,7 +94,8 @@ def run(calls: int, concurrency: int, bare: bool = False) -> dict:
     else:
         proxy = start([sys.executable, "-m", "cli", "--home", str(home), "proxy", "--port", str(port),
                        "--openai-upstream", url, "--anthropic-upstream", url])
-    progress, samples, stop = [0], [], threading.Event()
+    progress, stop = [0], threading.Event()
+    samples: list[tuple[float, int, float]] = []
     try:
         wait_for_port(up_port, upstream)
         wait_for_port(port, proxy)
@@ -113,8 +115,8 @@ def run(calls: int, concurrency: int, bare: bool = False) -> dict:
     rows = reported = 0
     if not bare:
         with reading(home_dir.db_path(home)) as con:
-            rows, reported = con.execute(
-                "SELECT count(*), count(*) FILTER (WHERE usage_source = 'reported' AND priced) FROM calls").fetchone()
+            rows, reported = one(con.execute(
+                "SELECT count(*), count(*) FILTER (WHERE usage_source = 'reported' AND priced) FROM calls"))
     return {"calls": calls, "concurrency": concurrency, "seconds": elapsed, "calls_per_s": calls / elapsed,
             "errors": errors, "rows": rows, "rows_reported_and_priced": reported, "memory": memory(samples, calls),
             "proxy_exit_code": proxy.returncode}

@@ -31,7 +31,7 @@ from cli.main import cli
 
 def call_row(n: int, **changes) -> dict:
     """A stored call's row: ``n`` input tokens, ``n`` seconds after noon on 2026-11-25 UTC."""
-    row = {name: None for name in call_rows.COLUMN_NAMES}
+    row: dict[str, object] = {name: None for name in call_rows.COLUMN_NAMES}
     row.update(id=uuid.uuid4(), ts=dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC) + dt.timedelta(seconds=n),
                key_id=1, provider="openai", endpoint="/v1/chat/completions", model="gpt-4o", stream=False,
                status=200, outcome="completed", input_tokens=n, cache_read_tokens=0, cache_write_tokens=0,
@@ -323,7 +323,8 @@ class Load:
     ``proxy`` is anything with ``openai()``: a Proxy, or an Endpoint (a load balancer)."""
 
     def __init__(self, proxy, threads: int = 8):
-        self.proxy, self.completed, self.failed = proxy, {}, 0
+        self.proxy, self.failed = proxy, 0
+        self.completed: dict[str, float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
