@@ -278,7 +278,7 @@ def _decode_cursor(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
         ts, _, call_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
         when = dt.datetime.fromisoformat(ts)
         if when.tzinfo is None:  # ours always name the offset; a time without one is a hand-made cursor
-            raise ValueError(ts)
+            raise ValueError
         return when, uuid.UUID(call_id)
     except ValueError:
         raise ApiError(400, "bad_request", "cursor is not one this API gave out; start again without it.") from None
