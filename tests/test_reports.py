@@ -327,9 +327,12 @@ def test_calls_pages_are_newest_first_and_complete(api):
     assert len(api("/api/v1/calls?limit=1000").get_json()["calls"]) == len(DATA)
 
 
-def test_pages_of_calls_near_now_and_far_back_are_whole_and_in_order(tmp_path, new_store):
-    """calls_page looks back from the newest end in widening windows: however the calls are spread
-    around them, each page is the next rows of the whole list, newest first (ties by id)."""
+@pytest.mark.parametrize("shared", [False, True], ids=["file", "lake's windows"])
+def test_pages_of_calls_near_now_and_far_back_are_whole_and_in_order(tmp_path, new_store, monkeypatch, shared):
+    """On the lake calls_page looks back from the newest end in widening windows: however the calls
+    are spread around them, each page is the next rows of the whole list, newest first (ties by id),
+    as the file's one statement gives them."""
+    monkeypatch.setattr(report_rows, "is_shared", lambda con: shared)
     now = dt.datetime.now(UTC)
     ages = [-dt.timedelta(minutes=1), dt.timedelta(minutes=10), dt.timedelta(minutes=10), dt.timedelta(hours=2),
             dt.timedelta(days=3), dt.timedelta(days=20), dt.timedelta(days=60), dt.timedelta(days=60),
@@ -355,9 +358,10 @@ def test_pages_of_calls_near_now_and_far_back_are_whole_and_in_order(tmp_path, n
                 assert listed == expected, (selection, limit)
 
 
-def test_calls_at_the_ends_of_time_and_a_cursor_without_a_zone(api, home):
-    """The windows calls_page looks back in start before the year 1 for an ``until`` there: no
-    window then, not a 500; a cursor whose time names no offset is not one the API gave out."""
+def test_calls_at_the_ends_of_time_and_a_cursor_without_a_zone(api, home, monkeypatch):
+    """The windows calls_page looks back in on the lake start before the year 1 for an ``until``
+    there: no window then, not a 500; a cursor whose time names no offset is not one the API gave out."""
+    monkeypatch.setattr(report_rows, "is_shared", lambda con: True)
     for until, found in (("0001-01-01T00:30+00:00", 0), ("9999-12-31T23:30+00:00", len(DATA))):
         response = api(f"/api/v1/calls?until={urllib.parse.quote(until)}")
         assert response.status_code == 200 and len(response.get_json()["calls"]) == found, until

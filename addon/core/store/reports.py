@@ -649,17 +649,19 @@ def unmetered_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection) ->
     return [dict(zip(("provider", "endpoint", "calls", "last_seen"), v, strict=True)) for v in cur.fetchall()]
 
 
-# How far back from its newest end a page of calls is looked for first, widening until the page is
-# full: a bound on the time lets the lake skip every file before it (without one, its top-N read
-# the time of all 100M calls: 2-3 s for the page's 15 newest), and the file its row groups.
+# How far back from its newest end the lake looks for a page of calls first, widening until the
+# page is full: a bound on the time lets it skip every file before it (without one, its top-N read
+# the time of all 100M calls: 2-3 s for the page's 15 newest). The file's top-N is quicker in one
+# statement (at 100M: 7 against 67 ms for the newest 15, 66 against 171 ms for a customer's).
 RECENT_WINDOWS = (dt.timedelta(hours=1), dt.timedelta(days=1), dt.timedelta(days=7), dt.timedelta(days=31))
 
 
 def calls_page(con: duckdb.DuckDBPyConnection, selection: Selection, limit: int,
                after: tuple[dt.datetime, uuid.UUID] | None) -> list[dict]:
     """Newest first; ``after`` is the (ts, id) of the last row of the previous page (keyset paging).
-    Looked for in RECENT_WINDOWS back from the newest end (the cursor's time, ``until``, or now,
-    whichever is earliest: rows stamped after now are in every window), then in the whole selection."""
+    On the lake, looked for in RECENT_WINDOWS back from the newest end (the cursor's time, ``until``,
+    or now, whichever is earliest: rows stamped after now are in every window), then in the whole
+    selection."""
     condition, params = where(selection)
     if after is not None:
         condition += " AND (ts < ? OR (ts = ? AND id < ?))"
@@ -667,7 +669,7 @@ def calls_page(con: duckdb.DuckDBPyConnection, selection: Selection, limit: int,
     now = dt.datetime.now(dt.UTC)
     newest = min(after[0] if after is not None else selection.until or now, now)
     select = f"SELECT {', '.join(EXPORT_COLUMNS)} FROM calls WHERE {condition}"
-    for width in (*RECENT_WINDOWS, None):
+    for width in (*(RECENT_WINDOWS if is_shared(con) else ()), None):
         start = _window_start(newest, width)
         if start is not None and selection.since is not None and start <= selection.since:
             start = None  # the window holds the whole selection
