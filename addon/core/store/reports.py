@@ -280,8 +280,8 @@ def _first_groups(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
     takes them) and the total: the groups ranked in SQL by what the report orders by (the time
     groups, the cost, the calls, the names as text, as ``_order_key``), their other sums and
     percentiles for the shown groups alone, the total's sums from the report without groups
-    (``_whole_sums``: the same sums, from the smallest tier that holds them) when some are left out. At 100,000
-    customers, summing every column of every group took most of a report."""
+    (``_whole_sums``: the same sums, from the smallest tier that holds them) when some are left
+    out. At 100,000 customers, summing every column of every group took most of a report."""
     (sql, params), dims, names, raw = grouping
     grouped = f"SELECT {_named(dims, names)}* FROM ({sql})"
     ranks = ", ".join([*time_names, "coalesce(cost_usd, 0) DESC", "calls DESC",
@@ -292,11 +292,10 @@ def _first_groups(con: duckdb.DuckDBPyConnection, spec: ReportSpec,
               FROM ({grouped}) GROUP BY ALL)
         ORDER BY {ranks} LIMIT {int(limit)}""", params).fetchall()
     count, priced = (picked[0][-2], picked[0][-1]) if picked else (0, 0)
-    # Every group shown: no filter to apply (it would read the rows of each once more).
+    # Every group shown: no filter to apply (it would read the rows of each once more), and their
+    # sums add up to the total (a statement less: ~0.1 s of a table of one customer on the lake at 100M).
     keys = [dict(zip(names, row)) for row in picked] if count > len(picked) else None
     groups = _rollup_groups(con, (sql, params), dims, names, raw, order=order, among=keys, percentiles=percentiles)
-    # Every group shown: they add up to the total (a statement less; ~0.15 s of one customer's
-    # tables on the lake at 100M calls).
     total = _whole_sums(con, spec) if keys is not None else _total(con, groups, None)
     left_priced = priced > sum(g["cost_usd"] is not None for g in groups)
     return Groups(groups, count, _rest_of(total, groups, left_priced) if count > len(groups) else None), total
