@@ -904,10 +904,11 @@ def test_batch_tags_are_purged_and_erased_in_postgresql_too(shared_env, tmp_path
     batch_tags_follow_retention_and_erasure(tmp_path / "admin", tmp_path / "admin" / "unused.duckdb")
 
 
-def lake_before_step(shared_env: str, home: Path, step: str, dropped: list[tuple[str, str]], rows: list[dict]) -> None:
-    """A lake as the version before ``step`` left it: ``rows`` (calls of one customer) stored, the
-    ``dropped`` (table, column) pairs not there yet, the step not recorded; then a CLI report of
-    that customer, whose start applies the step, counts them."""
+def lake_before_step(shared_env: str, home: Path, steps: tuple[str, ...], dropped: list[tuple[str, str]],
+                     rows: list[dict]) -> None:
+    """A lake as the version before ``steps`` left it: ``rows`` (calls of one customer) stored, the
+    ``dropped`` (table, column) pairs not there yet, the steps not recorded; then a CLI report of
+    that customer, whose start applies the steps, counts them."""
     import psycopg
 
     from addon.core.store import calls as call_rows
@@ -916,10 +917,12 @@ def lake_before_step(shared_env: str, home: Path, step: str, dropped: list[tuple
     new_key(home)
     with writing(home / "unused.duckdb") as con:
         call_rows.insert(con, rows)
+        if "s026_customers_sorted" in steps:  # its sort names the customer key
+            con.execute("ALTER TABLE rollups_customers RESET SORTED BY")
         for table, column in dropped:
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
-        pg.execute("DELETE FROM schema_migrations WHERE name = %s", [step])
+        pg.execute("DELETE FROM schema_migrations WHERE name = ANY(%s)", [list(steps)])
     [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", rows[0]["customer_id"],
                              "--format", "json").stdout)
     assert group["calls"] == len(rows)
@@ -931,7 +934,7 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
 
     from .helpers import call_row
     home, marker = tmp_path / "admin", f"proxy-{uuid.uuid4().hex}"
-    lake_before_step(shared_env, home, "s023_proxy_histograms", [(tier.table, "proxy") for tier in rollups.TIERS],
+    lake_before_step(shared_env, home, ("s023_proxy_histograms",), [(tier.table, "proxy") for tier in rollups.TIERS],
                      [call_row(i, customer_id=marker, proxy_us=1000 * (i + 1)) for i in range(3)])
     with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, NULL in the rows before
         before = con.execute("SELECT proxy FROM rollups_customers WHERE customer_id = ?", [marker]).fetchall()
@@ -952,13 +955,19 @@ def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path
     from .helpers import call_row, read_rollups
     home, marker = tmp_path / "admin", f"keyed-{uuid.uuid4().hex}"
     keyed = [tier for tier in rollups.TIERS if tier.keyed]
-    lake_before_step(shared_env, home, "s025_rollup_customer_key", [(tier.table, "customer_key") for tier in keyed],
-                     [call_row(i, customer_id=marker) for i in range(3)])
-    with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, NULL in the rows before
-        for tier in keyed:
-            assert con.execute(f"SELECT DISTINCT customer_key FROM {tier.table} WHERE customer_id = ?",
-                               [marker]).fetchall() == [(None,)], tier.table
-        read_rollups(monkeypatch)  # and are found by their text: the week's total from the weekly tier
+    lake_before_step(shared_env, home, ("s025_rollup_customer_key", "s026_customers_sorted"),
+                     [(tier.table, "customer_key") for tier in keyed], [call_row(i, customer_id=marker) for i in range(3)])
+    with writing(home / "unused.duckdb") as con:  # s025 ran: the column is back, NULL in the rows before
+        assert con.execute("SELECT DISTINCT customer_key FROM rollups WHERE customer_id = ?",
+                           [marker]).fetchall() == [(None,)]
+        (key,) = con.execute(f"SELECT {call_rows.customer_key_sql('?')}", [marker]).fetchone()
+        # but for the weekly customers' rows, which s026 wrote again in key order, with their key
+        assert con.execute("SELECT DISTINCT customer_key FROM rollups_customers WHERE customer_id = ?",
+                           [marker]).fetchall() == [(key,)]
+        # Rows without a key (as an old replica goes on writing until stopped) are found by their
+        # text: the week's total from the weekly tier.
+        con.execute("UPDATE rollups_customers SET customer_key = NULL WHERE customer_id = ?", [marker])
+        read_rollups(monkeypatch)
         spec = parse_report([], customer=marker, since="2026-11-01", until="2026-12-01",
                             now=dt.datetime(2026, 12, 1, tzinfo=dt.UTC))
         assert report_rows.total(con, spec)["calls"] == 3
@@ -968,3 +977,64 @@ def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path
         for tier in keyed:  # and rows summed since hold the key
             assert con.execute(f"SELECT DISTINCT customer_key FROM {tier.table} WHERE customer_id = ?",
                                [later]).fetchall() == [(want,)], tier.table
+
+
+def customers_layout(con) -> tuple[int, int, int]:
+    """The weekly customers' tier's Parquet files: their row groups, the rows of the largest, and
+    the most of them one customer's rows could be in by their key statistics (what a read of one
+    customer's week cannot skip; every row of a test here is in one week)."""
+    files = [f for (f,) in con.execute("SELECT data_file FROM ducklake_list_files('lake', 'rollups_customers')")
+             .fetchall()]
+    listed = ", ".join(f"'{f}'" for f in files)
+    return con.execute(f"""
+        WITH g AS (SELECT row_group_num_rows AS n, stats_min::INTEGER AS lo, stats_max::INTEGER AS hi
+                   FROM parquet_metadata([{listed}]) WHERE path_in_schema = 'customer_key'),
+             candidates AS (SELECT count(*) AS c FROM (SELECT DISTINCT customer_key FROM rollups_customers) k
+                            JOIN g ON k.customer_key BETWEEN g.lo AND g.hi GROUP BY k.customer_key)
+        SELECT (SELECT count(*) FROM g), (SELECT max(n) FROM g), (SELECT max(c) FROM candidates)""").fetchone()
+
+
+def test_the_weekly_customers_are_stored_by_key_in_small_row_groups_and_an_older_lake_rewritten(
+        shared_env, tmp_path):
+    """A customer's reports read the weekly customers' tier skipping every row group but theirs
+    (shared_schema._CUSTOMERS_LAYOUT): a new lake writes it so, an older lake's rows are written
+    again so by step s026, with the customer key rows from before s025 lack, every sum as it was."""
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home = tmp_path / "admin"
+    new_key(home)
+    contents = "SELECT customer_id, customer_key, calls, input_tokens, cost_usd, latency FROM rollups_customers"
+    with writing(home / "unused.duckdb") as con:
+        # 40,000 customers' calls in one week, in one insert: straight to Parquet, in three row groups.
+        call_rows.insert(con, [call_row(i, customer_id=f"c{i}", latency_ms=i % 997) for i in range(40_000)])
+        assert customers_layout(con) == (3, 16_384, 1)
+        # As an older version left it: rows in the order written (a row group of 40,000), those of the
+        # customers c1... summed before s025 without their key.
+        con.execute("ALTER TABLE rollups_customers RESET SORTED BY")
+        con.execute("CALL lake.set_option('parquet_row_group_size', 122880, table_name => 'rollups_customers')")
+        con.execute("BEGIN")
+        con.execute("CREATE TEMP TABLE older AS SELECT * REPLACE (CASE WHEN customer_id LIKE 'c1%' THEN NULL "
+                    "ELSE customer_key END AS customer_key) FROM rollups_customers")
+        con.execute("DELETE FROM rollups_customers")
+        con.execute("INSERT INTO rollups_customers BY NAME SELECT * FROM older ORDER BY hash(customer_id)")
+        con.execute("DROP TABLE older")
+        con.execute("COMMIT")
+        assert customers_layout(con) == (1, 40_000, 1)
+        (unkeyed,) = con.execute("SELECT count(*) FROM rollups_customers WHERE customer_key IS NULL").fetchone()
+        assert unkeyed == 11_111
+        before = sorted(con.execute(contents).fetchall(), key=lambda r: r[0])
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's026_customers_sorted'")
+    [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", "c12345", "--format", "json").stdout)
+    assert (group["calls"], group["input_tokens"]) == (1, 12_345)
+    with writing(home / "unused.duckdb") as con:
+        assert customers_layout(con)[1:] == (16_384, 1)
+        after = {r[0]: r for r in con.execute(contents).fetchall()}
+        (key,) = con.execute(f"SELECT {call_rows.customer_key_sql('?')}", ["c12345"]).fetchone()
+    assert after["c12345"][1] == key
+    assert [(*r[:1], *r[2:]) for r in before] == [(*after[r[0]][:1], *after[r[0]][2:]) for r in before]
+    assert [r[1] for r in before if r[1] is not None] == [after[r[0]][1] for r in before if r[1] is not None]

@@ -32,8 +32,8 @@ from typing import cast
 import duckdb
 
 from . import shared, shared_schema
+from .shared_schema import LAKE
 
-LAKE = "lake"  # the name the shared connection attaches the lake under
 # Reads stop after 30 s (exports after 120 s): an erase waits that long for those already running,
 # then deletes the files anyway (the data subject's values must go), failing a read still running.
 ERASE_WAITS_FOR_READS_S = 150

@@ -163,13 +163,13 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
         options = f"DATA_PATH '{data_path.replace(chr(39), chr(39) * 2)}', DATA_INLINING_ROW_LIMIT {INLINE_ROWS}"
         try:
             with shared_schema.creating_lake(control):
-                con.execute(f"ATTACH 'ducklake:postgres:{url}' AS lake ({options})")
+                con.execute(f"ATTACH 'ducklake:postgres:{url}' AS {shared_schema.LAKE} ({options})")
             con.execute(f"ATTACH '{url}' AS ctl (TYPE postgres, SCHEMA '{CONTROL_SCHEMA}')")
         except duckdb.Error as exc:
             raise SharedUnavailable(f"cannot open the lake at {cfg.where} with data in {data_path}: "
                                     f"{first_line(exc)}") from None
-        con.execute("USE lake")
-        con.execute(f"SET search_path = 'lake.main,ctl.{CONTROL_SCHEMA}'")
+        con.execute(f"USE {shared_schema.LAKE}")
+        con.execute(f"SET search_path = '{shared_schema.LAKE}.main,ctl.{CONTROL_SCHEMA}'")
         shared_schema.ensure_lake(con, control)
         return con
     except BaseException:
