@@ -956,7 +956,8 @@ def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path
     home, marker = tmp_path / "admin", f"keyed-{uuid.uuid4().hex}"
     keyed = [tier for tier in rollups.TIERS if tier.keyed]
     lake_before_step(shared_env, home, ("s025_rollup_customer_key", "s026_customers_sorted"),
-                     [(tier.table, "customer_key") for tier in keyed], [call_row(i, customer_id=marker) for i in range(3)])
+                     [(tier.table, "customer_key") for tier in keyed],
+                     [call_row(i, customer_id=marker) for i in range(3)])
     with writing(home / "unused.duckdb") as con:  # s025 ran: the column is back, NULL in the rows before
         assert con.execute("SELECT DISTINCT customer_key FROM rollups WHERE customer_id = ?",
                            [marker]).fetchall() == [(None,)]
