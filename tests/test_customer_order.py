@@ -134,6 +134,38 @@ def test_one_customers_report_reads_the_ordered_weeks_and_agrees_with_a_raw_scan
     assert not far and not others
 
 
+def test_a_limit_on_one_customers_report_from_the_tier_shows_the_first_groups_and_sums_the_rest(
+        tmp_path, monkeypatch):
+    """Read from the 15-minute tier (its groups summed at once, then cut to the limit), a limited
+    report of one customer shows what the raw scan shows: the same first groups in the same order,
+    how many there are, and the sums of those left out."""
+    monkeypatch.setattr(report_rows, "RAW_SCAN_MAX", 0)
+    from .test_rollups import EXACT_METRICS
+    with writing(tmp_path / "a.duckdb") as con:
+        write_weeks(con, random.Random(5), weeks=2)
+        now = WEEK0 + 2 * rollups.WEEK + dt.timedelta(hours=6)
+        order_all(con, now)
+        checked = 0
+        for by in (("model",), ("key",), ("day",), ("model", "key")):
+            for limit in (1, 2, 50):
+                spec = replace(parse_report([], customer="cust-7", since=(WEEK0 + dt.timedelta(hours=3)).isoformat(),
+                                            until=now.isoformat(), now=now), by=by)
+                assert report_rows._one_customer_from_tier(con, report_rows._source(con, spec)[2], spec.selection)
+                groups, total = report_rows.report(con, spec, False, limit=limit)
+                want, want_total = report_rows.report(con, spec, False, exact=True, limit=limit)
+                label = f"{by} limit {limit}"
+                assert_same((groups, total), (want, want_total), label)
+                assert [[g[n] for n in ("model", "key_id", "day") if n in g] for g in groups] == \
+                       [[g[n] for n in ("model", "key_id", "day") if n in g] for g in want], label
+                assert groups.total_groups == want.total_groups, label
+                if want.rest is None:
+                    assert groups.rest is None, label
+                else:
+                    checked += 1
+                    assert {k: groups.rest[k] for k in EXACT_METRICS} == {k: want.rest[k] for k in EXACT_METRICS}, label
+    assert checked == 7  # the limits that left groups out: 1 and 2 of 3 models, 2 keys and 15 days, 6 pairs
+
+
 def test_a_shared_connection_reads_one_customer_from_the_tier_with_no_week_ordered(tmp_path, monkeypatch):
     """The lake's rule, in process (the lake's test below needs PostgreSQL): one customer's 15-minute
     rows whatever the order, and nothing else changes."""

@@ -216,7 +216,7 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
                 row["p50_latency_ms"] = row["p95_latency_ms"] = None
     else:
         raw = (condition, params) if not histograms and _raw_percentiles(tier, bool(names) and limit is None) else None
-        if limit is not None and names:
+        if limit is not None and names and not histograms:
             shown, total = _first_groups(con, spec, (source, dims, names, raw), time_names, order, limit,
                                          percentiles)
         elif not names and raw is None and total_latency and percentiles:
@@ -229,9 +229,12 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
             shown = Groups([group], 1, None)
             whole_read = True
         else:
+            # One customer's 15-minute rows (``histograms``) make few groups: each of them summed at
+            # once, then cut to the limit, a statement less than ranking them first (~0.1 s of each
+            # table of one customer's year on the lake at 100M calls).
             groups = _rollup_groups(con, source, dims, names, raw, order=order, percentiles=percentiles)
             total = _total(con, groups, None)
-            shown = Groups(groups, len(groups), None)
+            shown = Groups(groups[:limit], len(groups), _rest(total, groups[:limit], groups[limit:] if limit else []))
         if total_latency and not names:  # one group, the whole selection: its percentiles are the total's
             total["p50_latency_ms"], total["p95_latency_ms"] = (
                 (shown[0]["p50_latency_ms"], shown[0]["p95_latency_ms"]) if shown else (None, None))
