@@ -1039,3 +1039,48 @@ def test_the_weekly_customers_are_stored_by_key_in_small_row_groups_and_an_older
     assert after["c12345"][1] == key
     assert [(*r[:1], *r[2:]) for r in before] == [(*after[r[0]][:1], *after[r[0]][2:]) for r in before]
     assert [r[1] for r in before if r[1] is not None] == [after[r[0]][1] for r in before if r[1] is not None]
+
+
+def test_the_rewrite_of_an_older_lake_that_meets_another_proxys_writes_stops_with_what_to_do(
+        shared_env, tmp_path, monkeypatch):
+    """Step s026 writes a table every replica's flush writes to: a flush meanwhile makes DuckLake
+    fail it. The replica says to stop the others, nothing is lost, and the next start applies it."""
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import shared, shared_schema, writing
+    from addon.core.store.errors import StoreError
+    from addon.core.store.transaction import transaction
+
+    from .helpers import call_row
+    home = tmp_path / "admin"
+    new_key(home)
+    other = shared.SharedConnection(shared.configured())  # another proxy, on the current schema
+    other.execute("SELECT count(*) FROM rollups_customers")  # it attaches (and checks the schema) at its first use
+    try:
+        with writing(home / "unused.duckdb") as con:
+            call_rows.insert(con, [call_row(i, customer_id=f"before-{i}") for i in range(3)])
+            with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+                pg.execute("DELETE FROM schema_migrations WHERE name = 's026_customers_sorted'")
+
+            def with_a_flush_meanwhile(con, statements):
+                with transaction(con):
+                    for statement in statements:
+                        con.execute(statement)
+                    call_rows.insert(other, [call_row(7, customer_id="meanwhile")])
+
+            monkeypatch.setattr(shared_schema, "_in_transaction", with_a_flush_meanwhile)
+            with pytest.raises(StoreError) as refused:
+                shared_schema.ensure_lake(con.duck, con.control)
+            monkeypatch.undo()
+            stored = sorted(con.execute("SELECT customer_id, calls FROM rollups_customers").fetchall())
+            shared_schema.ensure_lake(con.duck, con.control)  # the next start
+            (applied,) = con.control.execute("SELECT count(*) FROM schema_migrations "
+                                             "WHERE name = 's026_customers_sorted'").fetchone()
+            after = sorted(con.execute("SELECT customer_id, calls FROM rollups_customers").fetchall())
+    finally:
+        other.close()
+    assert "s026_customers_sorted" in str(refused.value)
+    assert "Stop every proxy on this catalog, start this one, then the others" in str(refused.value)
+    assert stored == after == [("before-0", 1), ("before-1", 1), ("before-2", 1), ("meanwhile", 1)]
+    assert applied == 1

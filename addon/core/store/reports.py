@@ -156,8 +156,9 @@ def report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: bool
     ``_one_customer_from_tier``).
     The total's p50/p95 cost a second pass; ``total_latency=False`` skips it and leaves them None,
     for callers that show only groups. ``limit``: only the first that many groups, and only theirs
-    get percentiles (most of the time of a report by customer); the order and the total are those of
-    all groups (Groups.total_groups, Groups.rest). ``percentiles=False`` leaves the groups' p50/p95
+    get percentiles (most of the time of a report by customer; one customer's few groups from the
+    15-minute tier all get them); the order and the total are those of all groups
+    (Groups.total_groups, Groups.rest). ``percentiles=False`` leaves the groups' p50/p95
     None, for callers that draw sums only (the page's chart: merging a year of days by model's
     histograms was most of its 0.6 s at 100M calls)."""
     if exact:

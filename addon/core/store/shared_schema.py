@@ -12,6 +12,9 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 
+import duckdb
+
+from ..redact import first_line
 from . import raw_horizon, rollups
 from .calls import CALL_COLUMNS, COST_TYPE, CUSTOMER_KEY_COLUMN, UNIT_COLUMNS, UNIT_NAMES, customer_key_sql
 from .errors import StoreError
@@ -340,7 +343,13 @@ def ensure_lake(con, control) -> None:
             _in_transaction(con, ROLLUP_CUSTOMER_KEY)  # the rows already in the lake keep NULL, as s024's
             _record(control, "s025_rollup_customer_key")
         if "s026_customers_sorted" not in _applied(control):
-            _in_transaction(con, _CUSTOMERS_LAYOUT + _CUSTOMERS_REWRITE)
+            try:
+                _in_transaction(con, _CUSTOMERS_LAYOUT + _CUSTOMERS_REWRITE)
+            except duckdb.TransactionException as exc:  # DuckLake: a write to the table meanwhile
+                raise StoreError(
+                    f"The upgrade step s026_customers_sorted (the weekly customers' rollups written again "
+                    f"in key order) met another proxy's writes ({first_line(exc)}). Stop every proxy on this "
+                    f"catalog, start this one, then the others (docs/operations.md, Upgrading).") from None
             _record(control, "s026_customers_sorted")
 
 
