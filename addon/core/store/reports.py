@@ -211,7 +211,7 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
         total = _total(con, groups, spec.selection if total_latency and not alone else None)
         if alone:
             total.update({k: groups[0][k] for k in ("p50_latency_ms", "p95_latency_ms")}, **_added(rows[0][-1]))
-        shown = Groups(groups[:limit], len(groups), _rest(total, groups[:limit], groups[limit:] if limit else []))
+        shown = _cut(groups, total, limit)
         if not percentiles:  # computed in the same pass here, and cheap over the few calls it reads
             for row in shown:
                 row["p50_latency_ms"] = row["p95_latency_ms"] = None
@@ -235,7 +235,7 @@ def _report(con: duckdb.DuckDBPyConnection, spec: ReportSpec, total_latency: boo
             # table of one customer's year on the lake at 100M calls).
             groups = _rollup_groups(con, source, dims, names, raw, order=order, percentiles=percentiles)
             total = _total(con, groups, None)
-            shown = Groups(groups[:limit], len(groups), _rest(total, groups[:limit], groups[limit:] if limit else []))
+            shown = _cut(groups, total, limit)
         if total_latency and not names:  # one group, the whole selection: its percentiles are the total's
             total["p50_latency_ms"], total["p95_latency_ms"] = (
                 (shown[0]["p50_latency_ms"], shown[0]["p95_latency_ms"]) if shown else (None, None))
@@ -256,6 +256,12 @@ def _order_key(names: list[str], time_names: list[str]) -> Callable[[dict], tupl
     """A report's order: by time for time dimensions (before they are written as text, which sorts
     alike), then by cost and by calls, most first; the names break ties so the order never varies."""
     return lambda r: (*[r[n] for n in time_names], -(r["cost_usd"] or 0), -r["calls"], *[str(r[n]) for n in names])
+
+
+def _cut(groups: list[dict], total: dict, limit: int | None) -> Groups:
+    """Every group of a report, in order, cut to the first ``limit`` (None: all), with the rest's sums."""
+    shown = groups[:limit]
+    return Groups(shown, len(groups), _rest(total, shown, groups[len(shown):]))
 
 
 def _rest(total: dict, shown: list[dict], left: list[dict]) -> dict | None:
