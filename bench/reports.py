@@ -7,7 +7,8 @@
     .venv/bin/python -m bench.reports --exact         # each report also as a raw scan (report --exact)
                                                       # and from the tiers before the narrow ones, 15-minute
     .venv/bin/python -m bench.reports --shared        # the same rows also in the shared mode's lake
-                                                      # (a throwaway PostgreSQL; needs Debian's postgresql)
+                                                      # (a throwaway PostgreSQL; needs Debian's postgresql),
+                                                      # and what waits there beside a long report
 
 Reports read the rollups (store/rollups.py: the weekly tier of customers or features, daily or
 hourly without customer and feature when a report names neither, else 15-minute) as the CLI and the
@@ -159,6 +160,7 @@ def compare_shared(db: Path, tmp: Path, end: dt.datetime) -> None:
         os.environ.update(env)
         try:
             in_lake = time_reports(db, end)
+            waits = beside_a_long_read(db, end)
         finally:
             for name in env:
                 del os.environ[name]
@@ -167,6 +169,37 @@ def compare_shared(db: Path, tmp: Path, end: dt.datetime) -> None:
     for (label, seconds, _, groups), (_, lake_seconds, _, lake_groups) in zip(embedded, in_lake, strict=True):
         assert groups == lake_groups, label
         print(f"  {label:<50} {seconds:>6.3f}  {lake_seconds:>6.3f}  {lake_seconds / seconds:>8.2f}x")
+    long_read, writer, short_read = waits
+    print(f"while every customer's report runs on the lake ({long_read:.2f} s), asked 1 s in: a writer's turn "
+          f"{writer * 1000:.0f} ms, then the last hour's total {short_read * 1000:.0f} ms")
+
+
+def beside_a_long_read(db: Path, end: dt.datetime) -> tuple[float, float, float]:
+    """Seconds of every customer's report of the whole range, and the waits of a flush's turn on the
+    process's connection and of a short read asked while it runs."""
+    import threading
+
+    took: list[float] = []
+
+    def long_read() -> None:
+        start = time.perf_counter()
+        with reading(db) as con:
+            report_rows.report(con, parse_report(["customer"], now=end), total_latency=False)
+        took.append(time.perf_counter() - start)
+
+    thread = threading.Thread(target=long_read)
+    thread.start()
+    time.sleep(1)
+    start = time.perf_counter()
+    with writing(db, timeout=120) as con:
+        con.execute("SELECT 1").fetchall()
+    writer = time.perf_counter() - start
+    start = time.perf_counter()
+    with reading(db, timeout=120) as con:
+        report_rows.total(con, parse_report([], since="1h", now=end))
+    short_read = time.perf_counter() - start
+    thread.join()
+    return took[0], writer, short_read
 
 
 def main() -> None:

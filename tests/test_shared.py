@@ -622,6 +622,57 @@ def test_the_first_web_request_after_postgres_comes_back_is_answered(cluster, sh
 
 
 
+def test_a_long_read_holds_back_neither_the_writers_flush_nor_another_read(shared_env, tmp_path):
+    """A replica's reports and its proxy's flushes share the process's storage connection. A long read
+    (every customer's year at 100M calls: 8-13 s) held it all along, so the flushes and the page's
+    other requests waited behind it. Here a read is held inside its statement (PostgreSQL keeps it
+    waiting for a table another session locked) until the rest is done, and the connection is
+    dropped under it (as a failure elsewhere in the process does)."""
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import reading, shared, writing
+
+    from .helpers import call_row
+    db = tmp_path / "unused.duckdb"
+    with writing(db) as con:
+        call_rows.insert(con, [call_row(n) for n in range(3)])
+    results, failures = [], []
+
+    def held_read() -> None:
+        try:
+            with reading(db) as con:
+                results.append(con.execute("SELECT (SELECT count(*) FROM calls), (SELECT count(*) FROM budgets)")
+                               .fetchone())
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    with psycopg.connect(shared_env) as locker, psycopg.connect(shared_env, autocommit=True) as watcher:
+        locker.execute("LOCK TABLE aispendtrack.budgets IN ACCESS EXCLUSIVE MODE")
+        reader = threading.Thread(target=held_read)
+        reader.start()
+        try:
+            for _ in range(300):
+                waiting = watcher.execute("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                                          "WHERE c.relname = 'budgets' AND NOT l.granted").fetchone()
+                if waiting[0] or failures:
+                    break
+                time.sleep(0.1)
+            assert waiting[0] == 1, failures
+            with writing(db, timeout=5) as con:
+                call_rows.insert(con, [call_row(n) for n in range(3, 5)])
+            with reading(db, timeout=5) as con:
+                assert con.execute("SELECT count(*) FROM calls").fetchone()[0] == 5
+            shared.drop()
+            with reading(db, timeout=5) as con:
+                assert con.execute("SELECT count(*) FROM calls").fetchone()[0] == 5
+            assert reader.is_alive() and results == []
+        finally:
+            locker.rollback()
+            reader.join(60)
+    assert failures == [] and results == [(3, 0)]  # its own snapshot, from before the flush
+
+
 def test_an_erase_on_one_replica_never_fails_a_read_running_on_another(cluster, shared_env, tmp_path):
     """Replica A (a CLI process) erases customers, which deletes the lake files that held them, while
     replica B (this process) reads every file in a loop. B's reads are slow on purpose (one thread,

@@ -38,8 +38,9 @@ if importlib.util.find_spec("pandas") is None:
 # DuckDB refuses a second connection to a file from the same process with another configuration
 # (read-only beside read-write). The proxy can serve the web app in-process, so every connection
 # in a process takes this lock for its lifetime: at most one is open at a time, whatever its mode.
+# (But for the shared mode's reads: cursors side by side on one DuckDB instance, _shared_reader.)
 _PROCESS_LOCK = threading.RLock()
-_in_use: list = []  # the connection open now (under the lock, so at most one), for progress()
+_in_use: list = []  # the connections open now, the latest last, for progress()
 # Who holds that connection, and since when: named in the message of whoever has to wait for it.
 _holders: list[tuple[str, float]] = []
 _doing = threading.local()
@@ -204,26 +205,41 @@ def _connect_locked(path: Path, read_only: bool, deadline: float, timeout: float
 
 @contextlib.contextmanager
 def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
-    """The process's shared-storage connection (kept open); dropped if the storage went away."""
+    """The process's shared-storage connection (kept open), for writing; dropped if the storage went away."""
     _take_process_lock("the shared storage connection", timeout)
     try:
-        con = shared.connection(cfg)
-        _in_use.append(con)
-        try:
-            yield cast(duckdb.DuckDBPyConnection, con)
-        except Exception as exc:
-            if not shared.is_connection_failure(exc):
-                raise
-            shared.drop()
-            if isinstance(exc, StoreError):
-                raise
-            # One line that says what happened (a 503 in JSON from the API), not a driver's traceback.
-            raise shared.SharedUnavailable(f"the shared storage at {cfg.where} failed ({type(exc).__name__}); "
-                                           f"its connection is opened afresh on the next use: try again.") from exc
-        finally:
-            _in_use.remove(con)
+        with shared.held(cfg, writing=True) as held, _failing_over(cfg, held) as con:
+            yield con
     finally:
         _release_process_lock()
+
+
+@contextlib.contextmanager
+def _shared_reader(cfg: shared.SharedConfig) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read of the shared storage, beside the process's other reads and its writes (no process
+    lock: the page's parts run at once, and a long report holds back no flush)."""
+    with shared.held(cfg, writing=False) as held, held.reader() as reader, _failing_over(cfg, reader) as con:
+        yield con
+
+
+@contextlib.contextmanager
+def _failing_over(cfg: shared.SharedConfig, con: shared.SharedConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``con`` in use (for progress()); where the storage went away, the process's connection is
+    dropped and the caller gets one line that says so."""
+    _in_use.append(con)
+    try:
+        yield cast(duckdb.DuckDBPyConnection, con)
+    except Exception as exc:
+        if not shared.is_connection_failure(exc):
+            raise
+        shared.drop()
+        if isinstance(exc, StoreError):
+            raise
+        # One line that says what happened (a 503 in JSON from the API), not a driver's traceback.
+        raise shared.SharedUnavailable(f"the shared storage at {cfg.where} failed ({type(exc).__name__}); "
+                                       f"its connection is opened afresh on the next use: try again.") from exc
+    finally:
+        _in_use.remove(con)
 
 
 def control(con: duckdb.DuckDBPyConnection):
@@ -323,7 +339,7 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
     refresh keys. ``time_limit`` (seconds) interrupts a query still running then (ReadTooLong)."""
     cfg = shared.configured()
     if cfg is not None:
-        with (_shared(cfg, timeout) as shared_con, lake.reading_files(control(shared_con)),
+        with (_shared_reader(cfg) as shared_con, lake.reading_files(control(shared_con)),
               time_limited(shared_con, time_limit)):
             yield shared_con
         return

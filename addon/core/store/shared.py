@@ -19,9 +19,11 @@ two attached databases.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -115,6 +117,12 @@ class SharedConnection:
         self.cfg = cfg
         self._duck: duckdb.DuckDBPyConnection | None = None
         self.control = ControlConnection(cfg)
+        # Threads using it now (held()), reads (reader()) beside the process's one writer; the reads'
+        # idle control sessions; whether a close waits for the last user.
+        self._lock = threading.Lock()
+        self._users = 0
+        self._idle_controls: list[ControlConnection] = []
+        self._closing = False
         try:
             shared_schema.ensure_control(self.control)
         except BaseException:
@@ -123,11 +131,14 @@ class SharedConnection:
 
     def attach(self) -> duckdb.DuckDBPyConnection:
         """The DuckDB connection, attached now if it is not yet (SharedUnavailable if it cannot be)."""
-        if self._duck is None:
-            self._duck = _attach(self.cfg, self.control)
-        return self._duck
+        with self._lock:
+            if self._duck is None:
+                self._duck = _attach(self.cfg, self.control)
+            return self._duck
 
-    duck = property(attach)
+    @property
+    def duck(self) -> duckdb.DuckDBPyConnection:
+        return self.attach()
 
     def __getattr__(self, name: str):
         return getattr(self.duck, name)
@@ -143,12 +154,76 @@ class SharedConnection:
     def query_progress(self) -> float:
         return self._duck.query_progress() if self._duck is not None else -1
 
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[SharedConnection]:
+        """This storage for one read, beside other threads' reads and the writer's flushes: a cursor
+        of its own on the DuckDB instance (the lake attached once for all, on first use) and a
+        control session of its own, so a read never runs inside a writer's PostgreSQL transaction,
+        nor an erase's lock timeout inside a read. The control sessions are kept for the next read."""
+        with self._lock:
+            control = self._idle_controls.pop() if self._idle_controls else None
+        if control is None or control.broken():
+            if control is not None:
+                control.close()
+            control = ControlConnection(self.cfg)
+        found = _Reader(self, control)
+        try:
+            yield found
+        finally:
+            if found._duck is not None:
+                found._duck.close()
+            with self._lock:
+                self._idle_controls.append(control)
+
+    def _use(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            closing = self._closing and self._users == 0
+        if closing:
+            self._close_now()
+
     def close(self) -> None:
+        """Closed now, or (dropped while other threads use it) once the last of them is done: a DuckDB
+        connection closed under a running cursor is not safe."""
+        with self._lock:
+            self._closing = True
+            if self._users:
+                return
+        self._close_now()
+
+    def _close_now(self) -> None:
         try:
             if self._duck is not None:
                 self._duck.close()
         finally:
             self.control.close()
+            for control in self._idle_controls:
+                control.close()
+            self._idle_controls.clear()
+
+
+class _Reader(SharedConnection):
+    """A SharedConnection for one read (SharedConnection.reader), which closes it."""
+
+    def __init__(self, parent: SharedConnection, control: ControlConnection) -> None:
+        self.cfg = parent.cfg
+        self.control = control
+        self._parent = parent
+        self._duck = None
+
+    def attach(self) -> duckdb.DuckDBPyConnection:
+        if self._duck is None:
+            duck = self._parent.attach().cursor()
+            _use_lake(duck)
+            self._duck = duck
+        return self._duck
+
+    def close(self) -> None:
+        pass
 
 
 def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyConnection:
@@ -168,8 +243,7 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
         except duckdb.Error as exc:
             raise SharedUnavailable(f"cannot open the lake at {cfg.where} with data in {data_path}: "
                                     f"{first_line(exc)}") from None
-        con.execute(f"USE {shared_schema.LAKE}")
-        con.execute(f"SET search_path = '{shared_schema.LAKE}.main,ctl.{CONTROL_SCHEMA}'")
+        _use_lake(con)
         shared_schema.ensure_lake(con, control)
         return con
     except BaseException:
@@ -177,25 +251,45 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
         raise
 
 
+def _use_lake(con: duckdb.DuckDBPyConnection) -> None:
+    """Names resolve in the lake, then the control schema (a setting of each DuckDB connection)."""
+    con.execute(f"USE {shared_schema.LAKE}")
+    con.execute(f"SET search_path = '{shared_schema.LAKE}.main,ctl.{CONTROL_SCHEMA}'")
+
+
 # One connection per process, kept open: attaching costs ~50-200 ms, far too much per flush.
-# Used under connection.py's process lock, like the embedded file.
+# Its writes go under connection.py's process lock, like the embedded file's; reads through
+# reader(), side by side.
 _cached: SharedConnection | None = None
 _cached_lock = threading.Lock()
 
 
-def connection(cfg: SharedConfig) -> SharedConnection:
+@contextlib.contextmanager
+def held(cfg: SharedConfig, writing: bool) -> Iterator[SharedConnection]:
+    """The process's connection, not closed while in use here (a drop() meanwhile closes it after).
+    ``writing``: for its control session, which a writer uses, so one PostgreSQL closed while we
+    were idle is replaced first and the first request after a restart is answered. (DuckDB's own
+    sessions to the catalog reconnect by themselves; a read's control session is its own.)"""
     global _cached
     with _cached_lock:
-        # A session PostgreSQL closed while we were idle is replaced before use, so the first request
-        # after a restart is answered. (DuckDB's own sessions to the catalog reconnect by themselves.)
-        if _cached is None or _cached.cfg != cfg or _cached.control.broken():
-            drop()
+        if _cached is None or _cached.cfg != cfg or (writing and _cached.control.broken()):
+            _drop()
             _cached = SharedConnection(cfg)
-        return _cached
+        con = _cached
+        con._use()
+    try:
+        yield con
+    finally:
+        con._release()
 
 
 def drop() -> None:
     """Forget the cached connection (after a failure): the next use connects afresh."""
+    with _cached_lock:
+        _drop()
+
+
+def _drop() -> None:
     global _cached
     if _cached is not None:
         try:
