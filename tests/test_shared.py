@@ -609,7 +609,9 @@ def test_the_first_web_request_after_postgres_comes_back_is_answered(cluster, sh
     url = f"http://127.0.0.1:{server.server_port}/api/v1/report/total"
     headers = {"Authorization": f"Bearer {token}"}
     try:
-        assert httpx.get(url, headers=headers, timeout=30).status_code == 200  # the connection is open now
+        # Control tables alone first (the lake not attached yet: the first restart finds it so, the
+        # second attached), then the first request after each restart reads the lake.
+        assert httpx.get(url.replace("report/total", "audit"), headers=headers, timeout=30).status_code == 200
         for _ in range(2):
             cluster.stop("fast")
             cluster.start()
@@ -625,19 +627,20 @@ def test_the_first_web_request_after_postgres_comes_back_is_answered(cluster, sh
 def test_a_long_read_holds_back_neither_the_writers_flush_nor_another_read(shared_env, tmp_path):
     """A replica's reports and its proxy's flushes share the process's storage connection. A long read
     (every customer's year at 100M calls: 8-13 s) held it all along, so the flushes and the page's
-    other requests waited behind it. Here a read is held inside its statement (PostgreSQL keeps it
-    waiting for a table another session locked) until the rest is done, and the connection is
-    dropped under it (as a failure elsewhere in the process does)."""
+    other requests waited behind it. Here reads are held inside their statement (PostgreSQL keeps
+    them waiting for a table another session locked) while the rest goes on, up to the process's
+    bound on reads at once, and the connection is dropped under them (as a failure elsewhere in the
+    process does)."""
     import psycopg
 
+    from addon.core.store import StoreBusy, reading, shared, writing
     from addon.core.store import calls as call_rows
-    from addon.core.store import reading, shared, writing
 
     from .helpers import call_row
     db = tmp_path / "unused.duckdb"
     with writing(db) as con:
         call_rows.insert(con, [call_row(n) for n in range(3)])
-    results, failures = [], []
+    results, failures, readers = [], [], []
 
     def held_read() -> None:
         try:
@@ -647,30 +650,41 @@ def test_a_long_read_holds_back_neither_the_writers_flush_nor_another_read(share
         except Exception as exc:
             failures.append(f"{type(exc).__name__}: {exc}")
 
+    def hold(reads: int) -> None:
+        for _ in range(reads):
+            readers.append(threading.Thread(target=held_read))
+            readers[-1].start()
+        for _ in range(300):
+            (waiting,) = watcher.execute("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                                         "WHERE c.relname = 'budgets' AND NOT l.granted").fetchone()
+            if waiting == len(readers) or failures:
+                break
+            time.sleep(0.1)
+        assert waiting == len(readers), failures
+
     with psycopg.connect(shared_env) as locker, psycopg.connect(shared_env, autocommit=True) as watcher:
         locker.execute("LOCK TABLE aispendtrack.budgets IN ACCESS EXCLUSIVE MODE")
-        reader = threading.Thread(target=held_read)
-        reader.start()
         try:
-            for _ in range(300):
-                waiting = watcher.execute("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                                          "WHERE c.relname = 'budgets' AND NOT l.granted").fetchone()
-                if waiting[0] or failures:
-                    break
-                time.sleep(0.1)
-            assert waiting[0] == 1, failures
+            hold(shared.READS_AT_ONCE - 1)
             with writing(db, timeout=5) as con:
                 call_rows.insert(con, [call_row(n) for n in range(3, 5)])
             with reading(db, timeout=5) as con:
                 assert con.execute("SELECT count(*) FROM calls").fetchone()[0] == 5
+            hold(1)
+            with pytest.raises(StoreBusy, match=f"^{shared.READS_AT_ONCE} reads of the shared storage are running "
+                                                r"in this process; waited 0\.5 s for one to end\.$"):
+                with reading(db, timeout=0.5):
+                    pass
             shared.drop()
             with reading(db, timeout=5) as con:
                 assert con.execute("SELECT count(*) FROM calls").fetchone()[0] == 5
-            assert reader.is_alive() and results == []
+            assert all(r.is_alive() for r in readers) and results == []
         finally:
             locker.rollback()
-            reader.join(60)
-    assert failures == [] and results == [(3, 0)]  # its own snapshot, from before the flush
+            for reader in readers:
+                reader.join(60)
+    # each its own snapshot: the first ones from before the flush
+    assert failures == [] and sorted(results) == [(3, 0)] * (shared.READS_AT_ONCE - 1) + [(5, 0)]
 
 
 def test_an_erase_on_one_replica_never_fails_a_read_running_on_another(cluster, shared_env, tmp_path):

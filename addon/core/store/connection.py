@@ -208,31 +208,33 @@ def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBP
     """The process's shared-storage connection (kept open), for writing; dropped if the storage went away."""
     _take_process_lock("the shared storage connection", timeout)
     try:
-        with shared.held(cfg, writing=True) as held, _failing_over(cfg, held) as con:
+        with shared.held(cfg, writing=True) as held, _failing_over(cfg, held, held) as con:
             yield con
     finally:
         _release_process_lock()
 
 
 @contextlib.contextmanager
-def _shared_reader(cfg: shared.SharedConfig) -> Iterator[duckdb.DuckDBPyConnection]:
+def _shared_reader(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read of the shared storage, beside the process's other reads and its writes (no process
     lock: the page's parts run at once, and a long report holds back no flush)."""
-    with shared.held(cfg, writing=False) as held, held.reader() as reader, _failing_over(cfg, reader) as con:
+    with (shared.held(cfg, writing=False) as held, held.reader(timeout) as reader,
+          _failing_over(cfg, reader, held) as con):
         yield con
 
 
 @contextlib.contextmanager
-def _failing_over(cfg: shared.SharedConfig, con: shared.SharedConnection) -> Iterator[duckdb.DuckDBPyConnection]:
-    """``con`` in use (for progress()); where the storage went away, the process's connection is
-    dropped and the caller gets one line that says so."""
+def _failing_over(cfg: shared.SharedConfig, con: shared.SharedConnection,
+                  held: shared.SharedConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``con`` (of the process's connection ``held``) in use, for progress(); where the storage went
+    away, ``held`` is dropped and the caller gets one line that says so."""
     _in_use.append(con)
     try:
         yield cast(duckdb.DuckDBPyConnection, con)
     except Exception as exc:
         if not shared.is_connection_failure(exc):
             raise
-        shared.drop()
+        shared.drop(held)
         if isinstance(exc, StoreError):
             raise
         # One line that says what happened (a 503 in JSON from the API), not a driver's traceback.
@@ -339,7 +341,7 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) 
     refresh keys. ``time_limit`` (seconds) interrupts a query still running then (ReadTooLong)."""
     cfg = shared.configured()
     if cfg is not None:
-        with (_shared_reader(cfg) as shared_con, lake.reading_files(control(shared_con)),
+        with (_shared_reader(cfg, timeout) as shared_con, lake.reading_files(control(shared_con)),
               time_limited(shared_con, time_limit)):
             yield shared_con
         return

@@ -31,13 +31,17 @@ import duckdb
 
 from ..redact import first_line, hide_passwords
 from . import extensions, shared_schema
-from .errors import StoreError
+from .errors import StoreBusy, StoreError
 
 ENV_CATALOG = "AISPENDTRACK_CATALOG"
 ENV_DATA_PATH = "AISPENDTRACK_DATA_PATH"
 CONTROL_SCHEMA = "aispendtrack"
 # Rows inlined into the catalog per insert at most; bigger batches go straight to Parquet.
 INLINE_ROWS = 10_000
+# A process's reads of the shared storage at once (the web server runs 8 threads), each with a
+# PostgreSQL session of its own, of which this many are kept idle between reads.
+READS_AT_ONCE = 4
+IDLE_READ_SESSIONS = 2
 CONNECT_TIMEOUT_S = 3
 
 
@@ -117,11 +121,13 @@ class SharedConnection:
         self.cfg = cfg
         self._duck: duckdb.DuckDBPyConnection | None = None
         self.control = ControlConnection(cfg)
-        # Threads using it now (held()), reads (reader()) beside the process's one writer; the reads'
-        # idle control sessions; whether a close waits for the last user.
+        self._attaching = threading.Lock()  # held while DuckDB is attached: others that need it wait
+        # Reads (reader()) beside the process's one writer: their slots and idle control sessions;
+        # threads using this connection now (held()), and whether a close waits for the last of them.
+        self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
         self._lock = threading.Lock()
-        self._users = 0
         self._idle_controls: list[ControlConnection] = []
+        self._users = 0
         self._closing = False
         try:
             shared_schema.ensure_control(self.control)
@@ -129,11 +135,12 @@ class SharedConnection:
             self.control.close()
             raise
 
-    def attach(self) -> duckdb.DuckDBPyConnection:
-        """The DuckDB connection, attached now if it is not yet (SharedUnavailable if it cannot be)."""
-        with self._lock:
+    def attach(self, control: ControlConnection | None = None) -> duckdb.DuckDBPyConnection:
+        """The DuckDB connection, attached now if it is not yet (SharedUnavailable if it cannot be);
+        a reader attaches through its own ``control`` session, never the writer's."""
+        with self._attaching:
             if self._duck is None:
-                self._duck = _attach(self.cfg, self.control)
+                self._duck = _attach(self.cfg, control or self.control)
             return self._duck
 
     @property
@@ -155,25 +162,36 @@ class SharedConnection:
         return self._duck.query_progress() if self._duck is not None else -1
 
     @contextlib.contextmanager
-    def reader(self) -> Iterator[SharedConnection]:
+    def reader(self, timeout: float) -> Iterator[SharedConnection]:
         """This storage for one read, beside other threads' reads and the writer's flushes: a cursor
         of its own on the DuckDB instance (the lake attached once for all, on first use) and a
         control session of its own, so a read never runs inside a writer's PostgreSQL transaction,
-        nor an erase's lock timeout inside a read. The control sessions are kept for the next read."""
-        with self._lock:
-            control = self._idle_controls.pop() if self._idle_controls else None
-        if control is None or control.broken():
-            if control is not None:
-                control.close()
-            control = ControlConnection(self.cfg)
-        found = _Reader(self, control)
+        nor an erase's lock timeout inside a read. At most READS_AT_ONCE at a time (each holds
+        PostgreSQL sessions); a few control sessions are kept for the next reads."""
+        if not self._reads.acquire(timeout=timeout):
+            raise StoreBusy(f"{READS_AT_ONCE} reads of the shared storage are running in this process; "
+                            f"waited {timeout:.1f} s for one to end.")
         try:
-            yield found
-        finally:
-            if found._duck is not None:
-                found._duck.close()
             with self._lock:
-                self._idle_controls.append(control)
+                control = self._idle_controls.pop() if self._idle_controls else None
+            if control is None or control.broken():
+                if control is not None:
+                    control.close()
+                control = ControlConnection(self.cfg)
+            found = _Reader(self, control)
+            try:
+                yield found
+            finally:
+                if found._duck is not None:
+                    found._duck.close()
+                with self._lock:
+                    kept = not self._closing and len(self._idle_controls) < IDLE_READ_SESSIONS
+                    if kept:
+                        self._idle_controls.append(control)
+                if not kept:
+                    control.close()
+        finally:
+            self._reads.release()
 
     def _use(self) -> None:
         with self._lock:
@@ -184,7 +202,10 @@ class SharedConnection:
             self._users -= 1
             closing = self._closing and self._users == 0
         if closing:
-            self._close_now()
+            try:
+                self._close_now()
+            except Exception:  # dropped as broken: closing it may fail too, and the read itself went well
+                pass
 
     def close(self) -> None:
         """Closed now, or (dropped while other threads use it) once the last of them is done: a DuckDB
@@ -200,10 +221,10 @@ class SharedConnection:
             if self._duck is not None:
                 self._duck.close()
         finally:
-            self.control.close()
-            for control in self._idle_controls:
+            with self._lock:
+                idle, self._idle_controls = self._idle_controls, []
+            for control in [self.control, *idle]:
                 control.close()
-            self._idle_controls.clear()
 
 
 class _Reader(SharedConnection):
@@ -215,9 +236,9 @@ class _Reader(SharedConnection):
         self._parent = parent
         self._duck = None
 
-    def attach(self) -> duckdb.DuckDBPyConnection:
+    def attach(self, control: ControlConnection | None = None) -> duckdb.DuckDBPyConnection:
         if self._duck is None:
-            duck = self._parent.attach().cursor()
+            duck = self._parent.attach(self.control).cursor()
             _use_lake(duck)
             self._duck = duck
         return self._duck
@@ -283,10 +304,12 @@ def held(cfg: SharedConfig, writing: bool) -> Iterator[SharedConnection]:
         con._release()
 
 
-def drop() -> None:
-    """Forget the cached connection (after a failure): the next use connects afresh."""
+def drop(failed: SharedConnection | None = None) -> None:
+    """Forget the cached connection (after a failure): the next use connects afresh. ``failed``:
+    only if it is still that one (another thread may have replaced it already)."""
     with _cached_lock:
-        _drop()
+        if failed is None or _cached is failed:
+            _drop()
 
 
 def _drop() -> None:
