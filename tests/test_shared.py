@@ -687,6 +687,77 @@ def test_a_long_read_holds_back_neither_the_writers_flush_nor_another_read(share
     assert failures == [] and sorted(results) == [(3, 0)] * (shared.READS_AT_ONCE - 1) + [(5, 0)]
 
 
+def test_reads_wait_for_another_threads_attach_of_the_lake_only_as_long_as_their_timeout(shared_env, tmp_path,
+                                                                                       monkeypatch):
+    """The lake is attached once per process, by the first thread that needs it (0.4-0.6 s; far
+    longer while another replica holds the schema lock, or the catalog's host does not answer).
+    Meanwhile a read that needs the lake waits for it its timeout at most, and one that reads
+    control tables alone (a sign-in) does not wait at all."""
+    from addon.core.store import StoreBusy, reading, shared
+
+    db = tmp_path / "unused.duckdb"
+    shared.drop()
+    started, release, failures = threading.Event(), threading.Event(), []
+    real_attach = shared._attach
+
+    def slow_attach(cfg, control):
+        started.set()
+        release.wait(60)
+        return real_attach(cfg, control)
+
+    def first_read() -> None:
+        try:
+            with reading(db) as con:
+                con.execute("SELECT count(*) FROM calls").fetchone()
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+
+    monkeypatch.setattr(shared, "_attach", slow_attach)
+    first = threading.Thread(target=first_read)
+    first.start()
+    try:
+        assert started.wait(30), failures
+        begun = time.monotonic()
+        with reading(db, timeout=5) as con:
+            assert con.control.execute("SELECT count(*) FROM budgets").fetchone() == (0,)
+        assert time.monotonic() - begun < 2
+        with pytest.raises(StoreBusy, match=r"^another thread of this process is opening the lake; waited 0\.5 s\.$"):
+            with reading(db, timeout=0.5) as con:
+                con.execute("SELECT count(*) FROM calls")
+    finally:
+        release.set()
+        first.join(60)
+    assert failures == []
+    with reading(db, timeout=5) as con:
+        assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+
+
+def test_a_reads_postgresql_session_serves_the_next_read_only_while_recently_idle(shared_env, tmp_path, monkeypatch):
+    """Kept for the next read, a session is not kept for long: one a firewall cut silently would
+    hang the read that took it."""
+    import psycopg
+
+    from addon.core.store import reading, shared
+
+    db = tmp_path / "unused.duckdb"
+
+    def backend() -> int:
+        with reading(db) as con:
+            return con.control.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+    first = backend()
+    assert backend() == first
+    monkeypatch.setattr(shared, "IDLE_READ_SESSION_S", 0)
+    time.sleep(0.01)
+    assert backend() != first
+    with psycopg.connect(shared_env, autocommit=True) as watcher:
+        for _ in range(50):
+            if watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [first]).fetchone() == (0,):
+                break
+            time.sleep(0.1)
+        assert watcher.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [first]).fetchone() == (0,)
+
+
 def test_an_erase_on_one_replica_never_fails_a_read_running_on_another(cluster, shared_env, tmp_path):
     """Replica A (a CLI process) erases customers, which deletes the lake files that held them, while
     replica B (this process) reads every file in a loop. B's reads are slow on purpose (one thread,

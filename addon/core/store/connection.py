@@ -208,7 +208,7 @@ def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBP
     """The process's shared-storage connection (kept open), for writing; dropped if the storage went away."""
     _take_process_lock("the shared storage connection", timeout)
     try:
-        with shared.held(cfg, writing=True) as held, _failing_over(cfg, held, held) as con:
+        with shared.held(cfg, writing=True, timeout=timeout) as held, _failing_over(cfg, held, held) as con:
             yield con
     finally:
         _release_process_lock()
@@ -218,7 +218,7 @@ def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBP
 def _shared_reader(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read of the shared storage, beside the process's other reads and its writes (no process
     lock: the page's parts run at once, and a long report holds back no flush)."""
-    with (shared.held(cfg, writing=False) as held, held.reader(timeout) as reader,
+    with (shared.held(cfg, writing=False, timeout=timeout) as held, held.reader(timeout) as reader,
           _failing_over(cfg, reader, held) as con):
         yield con
 

@@ -23,6 +23,7 @@ import contextlib
 import os
 import select
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -39,9 +40,11 @@ CONTROL_SCHEMA = "aispendtrack"
 # Rows inlined into the catalog per insert at most; bigger batches go straight to Parquet.
 INLINE_ROWS = 10_000
 # A process's reads of the shared storage at once (the web server runs 8 threads), each with a
-# PostgreSQL session of its own, of which this many are kept idle between reads.
+# PostgreSQL session of its own, of which this many are kept idle between reads, for so long at
+# most (a session a firewall silently cut would hang its next read, as DuckDB's own pool avoids).
 READS_AT_ONCE = 4
 IDLE_READ_SESSIONS = 2
+IDLE_READ_SESSION_S = 60
 CONNECT_TIMEOUT_S = 3
 
 
@@ -126,7 +129,7 @@ class SharedConnection:
         # threads using this connection now (held()), and whether a close waits for the last of them.
         self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
         self._lock = threading.Lock()
-        self._idle_controls: list[ControlConnection] = []
+        self._idle_controls: list[tuple[ControlConnection, float]] = []  # (session, since)
         self._users = 0
         self._closing = False
         try:
@@ -135,13 +138,18 @@ class SharedConnection:
             self.control.close()
             raise
 
-    def attach(self, control: ControlConnection | None = None) -> duckdb.DuckDBPyConnection:
+    def attach(self, control: ControlConnection | None = None, timeout: float = -1) -> duckdb.DuckDBPyConnection:
         """The DuckDB connection, attached now if it is not yet (SharedUnavailable if it cannot be);
-        a reader attaches through its own ``control`` session, never the writer's."""
-        with self._attaching:
+        a reader attaches through its own ``control`` session, never the writer's, and waits for
+        another thread's attach ``timeout`` seconds at most (StoreBusy)."""
+        if not self._attaching.acquire(timeout=timeout):
+            raise StoreBusy(f"another thread of this process is opening the lake; waited {timeout:.1f} s.")
+        try:
             if self._duck is None:
                 self._duck = _attach(self.cfg, control or self.control)
             return self._duck
+        finally:
+            self._attaching.release()
 
     @property
     def duck(self) -> duckdb.DuckDBPyConnection:
@@ -172,26 +180,32 @@ class SharedConnection:
             raise StoreBusy(f"{READS_AT_ONCE} reads of the shared storage are running in this process; "
                             f"waited {timeout:.1f} s for one to end.")
         try:
-            with self._lock:
-                control = self._idle_controls.pop() if self._idle_controls else None
-            if control is None or control.broken():
-                if control is not None:
-                    control.close()
-                control = ControlConnection(self.cfg)
-            found = _Reader(self, control)
+            control = self._idle_control()
+            found = _Reader(self, control, timeout)
             try:
                 yield found
             finally:
-                if found._duck is not None:
-                    found._duck.close()
-                with self._lock:
-                    kept = not self._closing and len(self._idle_controls) < IDLE_READ_SESSIONS
-                    if kept:
-                        self._idle_controls.append(control)
-                if not kept:
-                    control.close()
+                try:
+                    if found._duck is not None:
+                        found._duck.close()
+                finally:
+                    with self._lock:
+                        kept = not self._closing and len(self._idle_controls) < IDLE_READ_SESSIONS
+                        if kept:
+                            self._idle_controls.append((control, time.monotonic()))
+                    if not kept:
+                        control.close()
         finally:
             self._reads.release()
+
+    def _idle_control(self) -> ControlConnection:
+        """A control session for a read: a recently idle one, or a new one."""
+        with self._lock:
+            control, since = self._idle_controls.pop() if self._idle_controls else (None, 0.0)
+        if control is not None and (time.monotonic() - since > IDLE_READ_SESSION_S or control.broken()):
+            control.close()
+            control = None
+        return control or ControlConnection(self.cfg)
 
     def _use(self) -> None:
         with self._lock:
@@ -223,23 +237,28 @@ class SharedConnection:
         finally:
             with self._lock:
                 idle, self._idle_controls = self._idle_controls, []
-            for control in [self.control, *idle]:
+            for control in [self.control, *(c for c, _ in idle)]:
                 control.close()
 
 
 class _Reader(SharedConnection):
     """A SharedConnection for one read (SharedConnection.reader), which closes it."""
 
-    def __init__(self, parent: SharedConnection, control: ControlConnection) -> None:
+    def __init__(self, parent: SharedConnection, control: ControlConnection, timeout: float) -> None:
         self.cfg = parent.cfg
         self.control = control
         self._parent = parent
+        self._timeout = timeout
         self._duck = None
 
-    def attach(self, control: ControlConnection | None = None) -> duckdb.DuckDBPyConnection:
+    def attach(self, control: ControlConnection | None = None, timeout: float = -1) -> duckdb.DuckDBPyConnection:
         if self._duck is None:
-            duck = self._parent.attach(self.control).cursor()
-            _use_lake(duck)
+            duck = self._parent.attach(self.control, self._timeout).cursor()
+            try:
+                _use_lake(duck)
+            except BaseException:
+                duck.close()
+                raise
             self._duck = duck
         return self._duck
 
@@ -286,18 +305,23 @@ _cached_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def held(cfg: SharedConfig, writing: bool) -> Iterator[SharedConnection]:
-    """The process's connection, not closed while in use here (a drop() meanwhile closes it after).
-    ``writing``: for its control session, which a writer uses, so one PostgreSQL closed while we
-    were idle is replaced first and the first request after a restart is answered. (DuckDB's own
-    sessions to the catalog reconnect by themselves; a read's control session is its own.)"""
+def held(cfg: SharedConfig, writing: bool, timeout: float) -> Iterator[SharedConnection]:
+    """The process's connection, not closed while in use here (a drop() meanwhile closes it after);
+    StoreBusy if another thread has been opening it for ``timeout`` seconds. ``writing``: for its
+    control session, which a writer uses, so one PostgreSQL closed while we were idle is replaced
+    first and the first request after a restart is answered. (DuckDB's own sessions to the
+    catalog reconnect by themselves; a read's control session is its own.)"""
     global _cached
-    with _cached_lock:
+    if not _cached_lock.acquire(timeout=timeout):
+        raise StoreBusy(f"another thread of this process is opening the shared storage; waited {timeout:.1f} s.")
+    try:
         if _cached is None or _cached.cfg != cfg or (writing and _cached.control.broken()):
             _drop()
             _cached = SharedConnection(cfg)
         con = _cached
         con._use()
+    finally:
+        _cached_lock.release()
     try:
         yield con
     finally:
