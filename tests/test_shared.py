@@ -732,6 +732,60 @@ def test_reads_wait_for_another_threads_attach_of_the_lake_only_as_long_as_their
         assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)
 
 
+def test_the_lakes_sessions_to_a_catalog_that_does_not_answer_give_up_in_seconds(shared_env, tmp_path, monkeypatch):
+    """DuckDB opens sessions of its own to the catalog (the lake's attach, its pool's reconnects).
+    To a host that drops packets one waited for the TCP timeout (about 2 minutes), to one that
+    accepts connections and never answers (a stopped server) for ever (measured: over 6 minutes),
+    holding back the read or the flush that needed it. Now libpq's connect timeout ends it, as it
+    ends the control sessions', with one line that hides the password."""
+    import socket
+
+    from addon.core.store import shared
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(silent.accept()[0])
+            except OSError:
+                return
+
+    monkeypatch.setattr(shared, "CONNECT_TIMEOUT_S", 1)
+    real = shared.configured()
+    assert real is not None
+    reachable = shared.SharedConnection(real)  # the control session, the schema made
+    refused: list[BaseException] = []
+
+    def attach() -> None:
+        try:
+            shared._attach(shared.SharedConfig(f"postgresql://u:hunter2@127.0.0.1:{port}/db", real.data_path),
+                           reachable.control)
+        except BaseException as exc:
+            refused.append(exc)
+
+    threading.Thread(target=accept, daemon=True).start()
+    attaching = threading.Thread(target=attach, daemon=True)
+    begun = time.monotonic()
+    attaching.start()
+    try:
+        attaching.join(10)
+        took = time.monotonic() - begun
+    finally:
+        silent.close()
+        for conn in accepted:  # ends a session still waiting for an answer
+            conn.close()
+        attaching.join(10)
+        reachable.close()
+    assert accepted and 1 <= took < 10
+    assert len(refused) == 1 and isinstance(refused[0], shared.SharedUnavailable), refused
+    message = str(refused[0])
+    assert message.startswith(f"cannot open the lake at 127.0.0.1:{port}/db with data in ")
+    assert "timeout expired" in message and "hunter2" not in message and "\n" not in message
+
+
 def test_a_reads_postgresql_session_serves_the_next_read_only_while_recently_idle(shared_env, tmp_path, monkeypatch):
     """Kept for the next read, a session is not kept for long: one a firewall cut silently would
     hang the read that took it."""

@@ -274,7 +274,11 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
         data_path = shared_schema.data_path(control, cfg.data_path)
         if data_path.startswith("s3://"):
             extensions.load(con, "httpfs", "A data path on object storage")
-        url = cfg.catalog.replace("'", "''")
+        # With libpq's connect timeout, as the control sessions: DuckDB opens its own sessions to the
+        # catalog (here and whenever its pool reconnects): one to a host that drops packets would
+        # otherwise wait for the TCP timeout (about 2 minutes), to one that accepts and never answers
+        # (a stopped server) for ever.
+        url = _pg_url(cfg).replace("'", "''")
         options = f"DATA_PATH '{data_path.replace(chr(39), chr(39) * 2)}', DATA_INLINING_ROW_LIMIT {INLINE_ROWS}"
         try:
             with shared_schema.creating_lake(control):
@@ -282,7 +286,7 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
             con.execute(f"ATTACH '{url}' AS ctl (TYPE postgres, SCHEMA '{CONTROL_SCHEMA}')")
         except duckdb.Error as exc:
             raise SharedUnavailable(f"cannot open the lake at {cfg.where} with data in {data_path}: "
-                                    f"{first_line(exc)}") from None
+                                    f"{first_line(exc, limit=600)}") from None
         _use_lake(con)
         shared_schema.ensure_lake(con, control)
         return con
