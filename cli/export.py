@@ -43,7 +43,7 @@ def write_calls(home: Path, selection: Selection, fmt: str, out: str | None = No
     # for as long as it likes, and must not hold the database while the proxy needs it.
     spool = None
     total = None
-    with reading(home_dir.db_path(home)) as con:
+    with reading(home_dir.db_path(home), long_read=True) as con:
         if newest is None:
             total = report_rows.count(con, selection)
         with running(f"Exporting {plural(total, 'call')}" if total else "Exporting calls", quiet):

@@ -687,6 +687,69 @@ def test_a_long_read_holds_back_neither_the_writers_flush_nor_another_read(share
     assert failures == [] and sorted(results) == [(3, 0)] * (shared.READS_AT_ONCE - 1) + [(5, 0)]
 
 
+def test_exports_running_leave_read_slots_for_the_pages_requests(shared_env, tmp_path):
+    """A process runs READS_AT_ONCE reads of the shared storage at once; an export holds one for up
+    to 2 minutes. With that many exports running the page's requests waited 10 s, then got a 503.
+    Now exports take at most LONG_READS_AT_ONCE of the slots: one more waits and is refused (its
+    timeout, a 503 saying why) while the page is answered at once. Exports are held inside their
+    statement here by the teams table, locked by another session (an export filtered by team
+    checks that the team exists)."""
+    import psycopg
+
+    from addon.core.store import shared
+    from web import create_app
+    from web.server import WebServer
+
+    home = tmp_path / "web"
+    token = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    run_cli(home, "teams", "create", "ops")
+    server = WebServer("127.0.0.1", 0, create_app(home))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_port}/api/v1"
+    headers = {"Authorization": f"Bearer {token}"}
+    exports: list[httpx.Response] = []
+
+    def export() -> None:
+        exports.append(httpx.get(f"{api}/export?format=csv&team=ops", headers=headers, timeout=60))
+
+    threads = [threading.Thread(target=export) for _ in range(shared.READS_AT_ONCE)]
+    try:
+        with psycopg.connect(shared_env) as locker, psycopg.connect(shared_env, autocommit=True) as watcher:
+            locker.execute("LOCK TABLE aispendtrack.teams IN ACCESS EXCLUSIVE MODE")
+            try:
+                for thread in threads:
+                    thread.start()
+                for _ in range(100):
+                    (waiting,) = watcher.execute(
+                        "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                        "WHERE c.relname = 'teams' AND NOT l.granted").fetchone()
+                    if waiting == shared.LONG_READS_AT_ONCE:
+                        break
+                    time.sleep(0.1)
+                assert waiting == shared.LONG_READS_AT_ONCE
+                begun = time.monotonic()
+                total = httpx.get(f"{api}/report/total", headers=headers, timeout=60)
+                assert total.status_code == 200, total.text
+                assert total.json()["calls"] == 0 and time.monotonic() - begun < 5
+                for _ in range(300):
+                    if len(exports) == shared.READS_AT_ONCE - shared.LONG_READS_AT_ONCE:
+                        break
+                    time.sleep(0.1)
+            finally:
+                locker.rollback()
+            for thread in threads:
+                thread.join(60)
+    finally:
+        server.shutdown()
+    refused = [r for r in exports if r.status_code == 503]
+    assert [r.json()["error"] for r in refused] == [{
+        "code": "busy", "message": f"{shared.LONG_READS_AT_ONCE} exports of the shared storage are running in "
+                                   f"this process; waited 10.0 s for one to end."}] * (
+        shared.READS_AT_ONCE - shared.LONG_READS_AT_ONCE)
+    done = [r for r in exports if r.status_code == 200]
+    assert len(done) == shared.LONG_READS_AT_ONCE and all(r.text.startswith("id,") for r in done), exports
+
+
 def test_reads_wait_for_another_threads_attach_of_the_lake_only_as_long_as_their_timeout(shared_env, tmp_path,
                                                                                        monkeypatch):
     """The lake is attached once per process, by the first thread that needs it (0.4-0.6 s; far

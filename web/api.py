@@ -196,7 +196,7 @@ def export():
         raise ApiError(400, "bad_request",
                        f"format must be one of {', '.join(report_rows.EXPORT_FORMATS)}, got {fmt!r}.")
     selection = _scoped(parse_selection(**_selection_args()))
-    with reading(db_path(), time_limit=EXPORT_TIME_LIMIT) as con:
+    with reading(db_path(), time_limit=EXPORT_TIME_LIMIT, long_read=True) as con:
         _known_team(con, selection)
         # The same COPY as `aispendtrack export`: one implementation, one file format.
         spool = filled(current_app.config["AISPENDTRACK_HOME"],

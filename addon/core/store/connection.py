@@ -215,10 +215,10 @@ def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBP
 
 
 @contextlib.contextmanager
-def _shared_reader(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
+def _shared_reader(cfg: shared.SharedConfig, timeout: float, long_read: bool) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read of the shared storage, beside the process's other reads and its writes (no process
     lock: the page's parts run at once, and a long report holds back no flush)."""
-    with (shared.held(cfg, writing=False, timeout=timeout) as held, held.reader(timeout) as reader,
+    with (shared.held(cfg, writing=False, timeout=timeout) as held, held.reader(timeout, long_read) as reader,
           _failing_over(cfg, reader, held) as con):
         yield con
 
@@ -334,14 +334,17 @@ def writing(path: Path, timeout: float = 10.0, migrate: bool = True,
 
 
 @contextlib.contextmanager
-def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None,
+            long_read: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection. Creates and migrates the file first if needed (the reader cannot).
 
     A reader shares the file lock, so while it is open the proxy's writer cannot store rows or
-    refresh keys. ``time_limit`` (seconds) interrupts a query still running then (ReadTooLong)."""
+    refresh keys. ``time_limit`` (seconds) interrupts a query still running then (ReadTooLong).
+    ``long_read``: one that may run for minutes (an export), of which the shared mode runs only a
+    few at once per process (shared.LONG_READS_AT_ONCE)."""
     cfg = shared.configured()
     if cfg is not None:
-        with (_shared_reader(cfg, timeout) as shared_con, lake.reading_files(control(shared_con)),
+        with (_shared_reader(cfg, timeout, long_read) as shared_con, lake.reading_files(control(shared_con)),
               time_limited(shared_con, time_limit)):
             yield shared_con
         return

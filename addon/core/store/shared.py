@@ -43,6 +43,9 @@ INLINE_ROWS = 10_000
 # PostgreSQL session of its own, of which this many are kept idle between reads, for so long at
 # most (a session a firewall silently cut would hang its next read, as DuckDB's own pool avoids).
 READS_AT_ONCE = 4
+# Of those, long reads (an export: up to 2 minutes) at once at most, so the others keep slots for
+# the page's and the API's short reads rather than wait behind them and time out.
+LONG_READS_AT_ONCE = 2
 IDLE_READ_SESSIONS = 2
 IDLE_READ_SESSION_S = 60
 CONNECT_TIMEOUT_S = 3
@@ -128,6 +131,7 @@ class SharedConnection:
         # Reads (reader()) beside the process's one writer: their slots and idle control sessions;
         # threads using this connection now (held()), and whether a close waits for the last of them.
         self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
+        self._long_reads = threading.BoundedSemaphore(LONG_READS_AT_ONCE)
         self._lock = threading.Lock()
         self._idle_controls: list[tuple[ControlConnection, float]] = []  # (session, since)
         self._users = 0
@@ -170,16 +174,24 @@ class SharedConnection:
         return self._duck.query_progress() if self._duck is not None else -1
 
     @contextlib.contextmanager
-    def reader(self, timeout: float) -> Iterator[SharedConnection]:
+    def reader(self, timeout: float, long_read: bool = False) -> Iterator[SharedConnection]:
         """This storage for one read, beside other threads' reads and the writer's flushes: a cursor
         of its own on the DuckDB instance (the lake attached once for all, on first use) and a
         control session of its own, so a read never runs inside a writer's PostgreSQL transaction,
         nor an erase's lock timeout inside a read. At most READS_AT_ONCE at a time (each holds
-        PostgreSQL sessions); a few control sessions are kept for the next reads."""
-        if not self._reads.acquire(timeout=timeout):
-            raise StoreBusy(f"{READS_AT_ONCE} reads of the shared storage are running in this process; "
-                            f"waited {timeout:.1f} s for one to end.")
-        try:
+        PostgreSQL sessions), LONG_READS_AT_ONCE of them ``long_read``; a few control sessions are
+        kept for the next reads."""
+        deadline = time.monotonic() + timeout
+        with contextlib.ExitStack() as slots:
+            if long_read:
+                if not self._long_reads.acquire(timeout=timeout):
+                    raise StoreBusy(f"{LONG_READS_AT_ONCE} exports of the shared storage are running in this "
+                                    f"process; waited {timeout:.1f} s for one to end.")
+                slots.callback(self._long_reads.release)
+            if not self._reads.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise StoreBusy(f"{READS_AT_ONCE} reads of the shared storage are running in this process; "
+                                f"waited {timeout:.1f} s for one to end.")
+            slots.callback(self._reads.release)
             control = self._idle_control()
             found = _Reader(self, control, timeout)
             try:
@@ -195,8 +207,6 @@ class SharedConnection:
                             self._idle_controls.append((control, time.monotonic()))
                     if not kept:
                         control.close()
-        finally:
-            self._reads.release()
 
     def _idle_control(self) -> ControlConnection:
         """A control session for a read: a recently idle one, or a new one."""
