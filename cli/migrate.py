@@ -32,7 +32,7 @@ def migrate_to(obj, catalog: str, data_path: str | None) -> None:
         raise click.ClickException(f"Stop the proxy first: {exc}") from None
     if not obj.db.exists():
         raise click.ClickException(f"There is no database in {obj.home} to copy.")
-    cfg = shared.SharedConfig(catalog, data_path)
+    cfg = shared.config(catalog, data_path)
     os.environ.pop(shared.ENV_CATALOG, None)  # the source is the embedded file, whatever the environment says
     files = _local_files(obj.home)
     con = shared.SharedConnection(cfg)

@@ -624,6 +624,59 @@ def test_the_first_web_request_after_postgres_comes_back_is_answered(cluster, sh
 
 
 
+@pytest.mark.parametrize("password", ["s3cr?t", "p#ss"])
+def test_a_catalog_url_is_read_as_libpq_reads_it(shared_env, tmp_path, monkeypatch, password):
+    """libpq takes a password with ``?`` or ``#`` as written, where a URL parser takes them for the
+    query or the fragment: the connect timeout appended after a ``?`` became part of the database's
+    name, and the catalog's host:port in messages read part of the password as the port."""
+    from addon.core.store import reading, shared
+
+    assert shared_env.startswith("postgresql://aispend@")
+    monkeypatch.setenv(shared.ENV_CATALOG, shared_env.replace("://aispend@", f"://aispend:{password}@"))
+    cfg = shared.configured()
+    assert cfg is not None and shared_env.endswith(cfg.where) and password not in cfg.where
+    with reading(tmp_path / "unused.duckdb") as con:
+        assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+        assert con.control.execute("SELECT current_database()").fetchone() == (shared_env.rpartition("/")[2],)
+    assert "connect_timeout=7" in shared.dsn(shared.config(f"{shared_env}?connect_timeout=7", None))
+    assert "connect_timeout=3" not in shared.dsn(shared.config(f"{shared_env}?connect_timeout=7", None))
+    with pytest.raises(shared.SharedUnavailable) as refused:
+        shared.config(shared_env.replace("://aispend@", "://aispend:two words@"), None)
+    assert str(refused.value) == ('AISPENDTRACK_CATALOG is not a PostgreSQL URL libpq can read: unexpected spaces '
+                                  'found in "***", use percent-encoded spaces (%20) instead.')
+
+
+def test_the_catalog_failing_under_a_read_is_one_line_without_its_password(cluster, shared_env, tmp_path,
+                                                                           monkeypatch):
+    """DuckDB's errors quote the connection string it was given, password and all. The read that
+    meets PostgreSQL going away gets one line naming the catalog without it, not chained to the
+    driver's error (which a log line of the exception would print)."""
+    import traceback
+
+    from addon.core.store import reading, shared
+
+    assert shared_env.startswith("postgresql://aispend@")
+    monkeypatch.setenv(shared.ENV_CATALOG, shared_env.replace("://aispend@", "://aispend:hunter2@"))
+    db = tmp_path / "unused.duckdb"
+    with reading(db) as con:
+        assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)  # the lake attached
+    try:
+        with pytest.raises(shared.SharedUnavailable) as failed:
+            with reading(db) as con:
+                cluster.stop("fast")
+                con.execute("SELECT count(*) FROM calls").fetchall()
+    finally:
+        cluster.start()
+        cluster.wait_ready()
+    where = shared.configured().where
+    message = str(failed.value)
+    assert message.startswith(f"the shared storage at {where} failed (") and "\n" not in message
+    assert message.endswith("its connection is opened afresh on the next use: try again.")
+    assert "hunter2" not in "".join(traceback.format_exception(failed.value)), message
+    with reading(db) as con:
+        assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+
+
 def test_a_long_read_holds_back_neither_the_writers_flush_nor_another_read(shared_env, tmp_path):
     """A replica's reports and its proxy's flushes share the process's storage connection. A long read
     (every customer's year at 100M calls: 8-13 s) held it all along, so the flushes and the page's
@@ -691,9 +744,9 @@ def test_exports_running_leave_read_slots_for_the_pages_requests(shared_env, tmp
     """A process runs READS_AT_ONCE reads of the shared storage at once; an export holds one for up
     to 2 minutes. With that many exports running the page's requests waited 10 s, then got a 503.
     Now exports take at most LONG_READS_AT_ONCE of the slots: one more waits and is refused (its
-    timeout, a 503 saying why) while the page is answered at once. Exports are held inside their
-    statement here by the teams table, locked by another session (an export filtered by team
-    checks that the team exists)."""
+    timeout, a 503 saying why) while the page is answered at once, and every slot is free again
+    after. Exports are held inside their statement here by the teams table, locked by another
+    session (an export filtered by team checks that the team exists)."""
     import psycopg
 
     from addon.core.store import shared
@@ -707,13 +760,16 @@ def test_exports_running_leave_read_slots_for_the_pages_requests(shared_env, tmp
     threading.Thread(target=server.serve_forever, daemon=True).start()
     api = f"http://127.0.0.1:{server.server_port}/api/v1"
     headers = {"Authorization": f"Bearer {token}"}
-    exports: list[httpx.Response] = []
 
-    def export() -> None:
-        exports.append(httpx.get(f"{api}/export?format=csv&team=ops", headers=headers, timeout=60))
+    def exports_held(count: int, answered: int) -> list[httpx.Response]:
+        """``count`` exports at once, the teams table locked until ``answered`` of them are (the
+        report asked once LONG_READS_AT_ONCE wait for the lock)."""
+        exports: list[httpx.Response] = []
 
-    threads = [threading.Thread(target=export) for _ in range(shared.READS_AT_ONCE)]
-    try:
+        def export() -> None:
+            exports.append(httpx.get(f"{api}/export?format=csv&team=ops", headers=headers, timeout=60))
+
+        threads = [threading.Thread(target=export) for _ in range(count)]
         with psycopg.connect(shared_env) as locker, psycopg.connect(shared_env, autocommit=True) as watcher:
             locker.execute("LOCK TABLE aispendtrack.teams IN ACCESS EXCLUSIVE MODE")
             try:
@@ -726,28 +782,33 @@ def test_exports_running_leave_read_slots_for_the_pages_requests(shared_env, tmp
                     if waiting == shared.LONG_READS_AT_ONCE:
                         break
                     time.sleep(0.1)
-                assert waiting == shared.LONG_READS_AT_ONCE
+                assert waiting == shared.LONG_READS_AT_ONCE, exports
                 begun = time.monotonic()
                 total = httpx.get(f"{api}/report/total", headers=headers, timeout=60)
                 assert total.status_code == 200, total.text
                 assert total.json()["calls"] == 0 and time.monotonic() - begun < 5
                 for _ in range(300):
-                    if len(exports) == shared.READS_AT_ONCE - shared.LONG_READS_AT_ONCE:
+                    if len(exports) == answered:
                         break
                     time.sleep(0.1)
             finally:
                 locker.rollback()
             for thread in threads:
                 thread.join(60)
+        return exports
+
+    try:
+        first = exports_held(shared.READS_AT_ONCE, shared.READS_AT_ONCE - shared.LONG_READS_AT_ONCE)
+        again = exports_held(shared.LONG_READS_AT_ONCE, 0)  # a slot not given back leaves one short
     finally:
         server.shutdown()
-    refused = [r for r in exports if r.status_code == 503]
+    refused = [r for r in first if r.status_code == 503]
     assert [r.json()["error"] for r in refused] == [{
         "code": "busy", "message": f"{shared.LONG_READS_AT_ONCE} exports of the shared storage are running in "
                                    f"this process; waited 10.0 s for one to end."}] * (
         shared.READS_AT_ONCE - shared.LONG_READS_AT_ONCE)
-    done = [r for r in exports if r.status_code == 200]
-    assert len(done) == shared.LONG_READS_AT_ONCE and all(r.text.startswith("id,") for r in done), exports
+    done = [r for r in first + again if r.status_code == 200]
+    assert len(done) == 2 * shared.LONG_READS_AT_ONCE and all(r.text.startswith("id,") for r in done), first + again
 
 
 def test_reads_wait_for_another_threads_attach_of_the_lake_only_as_long_as_their_timeout(shared_env, tmp_path,
@@ -837,6 +898,7 @@ def test_the_lakes_sessions_to_a_catalog_that_does_not_answer_give_up_in_seconds
         attaching.join(10)
         took = time.monotonic() - begun
     finally:
+        silent.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (a close alone does not)
         silent.close()
         for conn in accepted:  # ends a session still waiting for an answer
             conn.close()

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def export(db: Path, spill_dir: Path, subject: Subject, out: IO[str]) -> dict[str, int]:
     """Write one JSON document about ``subject`` to ``out``, streaming its calls; returns counts."""
     counts = {}
-    with reading(db) as con:
+    with reading(db, long_read=True) as con:
         small = subjects.small_tables(con, subject)
         out.write('{"subject": ' + json.dumps({subject.kind: subject.value}))
         out.write(', "exported_at": ' + json.dumps(dt.datetime.now(dt.UTC).isoformat()))

@@ -218,9 +218,11 @@ def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBP
 def _shared_reader(cfg: shared.SharedConfig, timeout: float, long_read: bool) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read of the shared storage, beside the process's other reads and its writes (no process
     lock: the page's parts run at once, and a long report holds back no flush)."""
-    with (shared.held(cfg, writing=False, timeout=timeout) as held, held.reader(timeout, long_read) as reader,
-          _failing_over(cfg, reader, held) as con):
-        yield con
+    deadline = time.monotonic() + timeout  # for all its waits: the storage opened, a slot, the lake attached
+    with shared.held(cfg, writing=False, timeout=timeout) as held:
+        with (held.reader(max(0.0, deadline - time.monotonic()), long_read) as reader,
+              _failing_over(cfg, reader, held) as con):
+            yield con
 
 
 @contextlib.contextmanager
@@ -237,9 +239,11 @@ def _failing_over(cfg: shared.SharedConfig, con: shared.SharedConnection,
         shared.drop(held)
         if isinstance(exc, StoreError):
             raise
-        # One line that says what happened (a 503 in JSON from the API), not a driver's traceback.
-        raise shared.SharedUnavailable(f"the shared storage at {cfg.where} failed ({type(exc).__name__}); "
-                                       f"its connection is opened afresh on the next use: try again.") from exc
+        # One line that says what happened (a 503 in JSON from the API), not a driver's traceback;
+        # and not chained to it: DuckDB's text quotes the catalog's connection string, password and
+        # all, which a log line of this error would print.
+        raise shared.SharedUnavailable(f"the shared storage at {cfg.where} failed ({shared.without_dsn(exc, cfg)}); "
+                                       f"its connection is opened afresh on the next use: try again.") from None
     finally:
         _in_use.remove(con)
 

@@ -20,13 +20,14 @@ two attached databases.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import select
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import duckdb
 
@@ -61,26 +62,64 @@ class SharedConfig:
     data_path: str | None
 
     @property
+    def params(self) -> dict[str, str]:
+        """The catalog's connection parameters as libpq reads them (a password may hold ``?`` or
+        ``#``, which a URL parser takes for the query or the fragment)."""
+        return dict(_parsed(self.catalog))
+
+    @property
     def where(self) -> str:
-        """The catalog without its password, for messages and logs."""
-        parts = urlsplit(self.catalog)
-        host = parts.hostname or "localhost"
-        return f"{host}:{parts.port or 5432}{parts.path}"
+        """The catalog without its user or password, for messages and logs."""
+        found = self.params
+        host = found.get("host") or found.get("hostaddr") or "localhost"
+        dbname = found.get("dbname")
+        return f"{host}:{found.get('port') or 5432}{'/' + dbname if dbname else ''}"
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(catalog: str) -> tuple[tuple[str, str], ...]:
+    """libpq's parse, once per URL: configured() is asked on every read and write (50 us a parse)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    return tuple((name, str(value)) for name, value in conninfo_to_dict(catalog).items())
 
 
 def configured() -> SharedConfig | None:
     catalog = os.environ.get(ENV_CATALOG)
-    if not catalog:
-        return None
+    return config(catalog, os.environ.get(ENV_DATA_PATH) or None) if catalog else None
+
+
+def config(catalog: str, data_path: str | None) -> SharedConfig:
+    """The shared storage at ``catalog`` (SharedUnavailable, saying why, if it is no PostgreSQL URL)."""
     if not catalog.startswith(("postgresql://", "postgres://")):
         raise SharedUnavailable(f"{ENV_CATALOG} must be a PostgreSQL URL (postgresql://user@host:5432/db), "
                                 f"not {hide_passwords(catalog)!r}.")
-    return SharedConfig(catalog, os.environ.get(ENV_DATA_PATH) or None)
+    found = SharedConfig(catalog, data_path)
+    try:
+        found.params
+    except Exception as exc:  # psycopg's ProgrammingError: libpq could not parse it
+        # libpq quotes the part it could not read, which may be the password.
+        secret = catalog.split("://", 1)[1].rpartition("@")[0]
+        reason = re.sub(r'"([^"]*)"', lambda m: '"***"' if m.group(1) in secret else m.group(0), first_line(exc))
+        raise SharedUnavailable(f"{ENV_CATALOG} is not a PostgreSQL URL libpq can read: {reason}.") from None
+    return found
 
 
-def _pg_url(cfg: SharedConfig) -> str:
-    separator = "&" if "?" in cfg.catalog else "?"
-    return f"{cfg.catalog}{separator}connect_timeout={CONNECT_TIMEOUT_S}"
+def dsn(cfg: SharedConfig) -> str:
+    """The catalog as libpq's keyword/value string, with CONNECT_TIMEOUT_S unless it names its own
+    connect timeout: a session to a host that does not answer gives up then (DuckDB's too)."""
+    from psycopg.conninfo import make_conninfo
+
+    timeout = {} if "connect_timeout" in cfg.params else {"connect_timeout": CONNECT_TIMEOUT_S}
+    return make_conninfo(cfg.catalog, **timeout)
+
+
+def without_dsn(exc: BaseException, cfg: SharedConfig) -> str:
+    """An error's first line with "the catalog" for the connection string DuckDB quotes in it (twice
+    in a failed attach of the lake, where the quotes left no room for the reason), passwords hidden
+    in what is left."""
+    text = str(exc).replace(f'"postgres:{dsn(cfg)}"', "the catalog").replace(f'"{dsn(cfg)}"', "the catalog")
+    return first_line(RuntimeError(text)) if text.strip() else type(exc).__name__
 
 
 class ControlConnection:
@@ -91,7 +130,7 @@ class ControlConnection:
         import psycopg
 
         try:
-            self.pg = psycopg.connect(_pg_url(cfg), autocommit=True, options=f"-c search_path={CONTROL_SCHEMA}")
+            self.pg = psycopg.connect(dsn(cfg), autocommit=True, options=f"-c search_path={CONTROL_SCHEMA}")
         except psycopg.Error as exc:
             raise SharedUnavailable(f"cannot reach the catalog at {cfg.where}: {first_line(exc)}") from None
 
@@ -193,7 +232,7 @@ class SharedConnection:
                                 f"waited {timeout:.1f} s for one to end.")
             slots.callback(self._reads.release)
             control = self._idle_control()
-            found = _Reader(self, control, timeout)
+            found = _Reader(self, control, max(0.0, deadline - time.monotonic()))
             try:
                 yield found
             finally:
@@ -284,11 +323,12 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
         data_path = shared_schema.data_path(control, cfg.data_path)
         if data_path.startswith("s3://"):
             extensions.load(con, "httpfs", "A data path on object storage")
-        # With libpq's connect timeout, as the control sessions: DuckDB opens its own sessions to the
-        # catalog (here and whenever its pool reconnects): one to a host that drops packets would
-        # otherwise wait for the TCP timeout (about 2 minutes), to one that accepts and never answers
-        # (a stopped server) for ever.
-        url = _pg_url(cfg).replace("'", "''")
+        # With libpq's connect timeout (dsn()), as the control sessions: DuckDB opens sessions of its
+        # own to the catalog (here and whenever its pool needs one), and opening one to a host that
+        # drops packets would otherwise wait for the TCP timeout (about 2 minutes), to one that
+        # accepts and never answers (a stopped server) for ever. (A session already open that stops
+        # being answered waits as long as the OS lets it.)
+        url = dsn(cfg).replace("'", "''")
         options = f"DATA_PATH '{data_path.replace(chr(39), chr(39) * 2)}', DATA_INLINING_ROW_LIMIT {INLINE_ROWS}"
         try:
             with shared_schema.creating_lake(control):
@@ -296,7 +336,7 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
             con.execute(f"ATTACH '{url}' AS ctl (TYPE postgres, SCHEMA '{CONTROL_SCHEMA}')")
         except duckdb.Error as exc:
             raise SharedUnavailable(f"cannot open the lake at {cfg.where} with data in {data_path}: "
-                                    f"{first_line(exc, limit=600)}") from None
+                                    f"{without_dsn(exc, cfg)}") from None
         _use_lake(con)
         shared_schema.ensure_lake(con, control)
         return con
