@@ -118,7 +118,8 @@ def without_dsn(exc: BaseException, cfg: SharedConfig) -> str:
     """An error's first line with "the catalog" for the connection string DuckDB quotes in it (twice
     in a failed attach of the lake, where the quotes left no room for the reason), passwords hidden
     in what is left."""
-    text = str(exc).replace(f'"postgres:{dsn(cfg)}"', "the catalog").replace(f'"{dsn(cfg)}"', "the catalog")
+    quoted = dsn(cfg)
+    text = str(exc).replace(f'"postgres:{quoted}"', "the catalog").replace(f'"{quoted}"', "the catalog")
     return first_line(RuntimeError(text)) if text.strip() else type(exc).__name__
 
 
