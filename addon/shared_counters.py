@@ -34,7 +34,9 @@ from .state import ProxyState
 log = logging.getLogger(__name__)
 
 ADMIT_TIMEOUT_S = 1.0  # for one statement on an open connection
-CONNECT_TIMEOUT_S = 3  # opening one takes longer, more so on a busy machine: not an outage
+# Opening one takes longer, more so on a busy machine: not an outage. (The catalog's one setting,
+# here whatever the URL says: STUCK_AFTER_S counts on it.)
+CONNECT_TIMEOUT_S = shared.CONNECT_TIMEOUT_S
 RETRY_AFTER_S = 5.0
 # A call never waits longer than this for the sending task, whatever psycopg does on a broken
 # connection (a cancelled statement can itself wait for the server): then the replica counts alone.

@@ -94,15 +94,14 @@ def config(catalog: str, data_path: str | None) -> SharedConfig:
     if not catalog.startswith(("postgresql://", "postgres://")):
         raise SharedUnavailable(f"{ENV_CATALOG} must be a PostgreSQL URL (postgresql://user@host:5432/db), "
                                 f"not {hide_passwords(catalog)!r}.")
-    found = SharedConfig(catalog, data_path)
     try:
-        found.params
+        _parsed(catalog)
     except Exception as exc:  # psycopg's ProgrammingError: libpq could not parse it
         # libpq quotes the part it could not read, which may be the password.
         secret = catalog.split("://", 1)[1].rpartition("@")[0]
         reason = re.sub(r'"([^"]*)"', lambda m: '"***"' if m.group(1) in secret else m.group(0), first_line(exc))
         raise SharedUnavailable(f"{ENV_CATALOG} is not a PostgreSQL URL libpq can read: {reason}.") from None
-    return found
+    return SharedConfig(catalog, data_path)
 
 
 def dsn(cfg: SharedConfig) -> str:
