@@ -196,7 +196,7 @@ class SharedCounters:
 
         if self._conn is None or self._conn.closed:  # only _send_all gets here: one at a time
             self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
-                self.cfg.catalog, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                shared.dsn(self.cfg), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                 options=f"-c search_path={shared.CONTROL_SCHEMA}"), CONNECT_TIMEOUT_S + 1)
         return self._conn
 

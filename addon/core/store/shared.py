@@ -50,6 +50,12 @@ LONG_READS_AT_ONCE = 2
 IDLE_READ_SESSIONS = 2
 IDLE_READ_SESSION_S = 60
 CONNECT_TIMEOUT_S = 3
+# A session already open whose host stops answering (a cut network, a frozen VM) is given up after
+# this long, where the OS's retransmissions held it ~15 minutes: libpq's tcp_user_timeout (data
+# sent and not acknowledged) and keepalives (a statement waiting for its answer), which also bound
+# it where the OS has no tcp_user_timeout. A live server's kernel answers both while it works.
+DEAD_SESSION_S = 15
+_KEEPALIVE_S = 5
 
 
 class SharedUnavailable(StoreError):
@@ -105,12 +111,15 @@ def config(catalog: str, data_path: str | None) -> SharedConfig:
 
 
 def dsn(cfg: SharedConfig) -> str:
-    """The catalog as libpq's keyword/value string, with CONNECT_TIMEOUT_S unless it names its own
-    connect timeout: a session to a host that does not answer gives up then (DuckDB's too)."""
+    """The catalog as libpq's keyword/value string, with CONNECT_TIMEOUT_S and DEAD_SESSION_S in
+    each of the settings the URL does not name itself: a session to a host that does not answer
+    gives up then (DuckDB's too, whose sessions otherwise wait as long as the OS lets them)."""
     from psycopg.conninfo import make_conninfo
 
-    timeout = {} if "connect_timeout" in cfg.params else {"connect_timeout": CONNECT_TIMEOUT_S}
-    return make_conninfo(cfg.catalog, **timeout)
+    bounds = {"connect_timeout": CONNECT_TIMEOUT_S, "tcp_user_timeout": DEAD_SESSION_S * 1000,
+              "keepalives_idle": _KEEPALIVE_S, "keepalives_interval": _KEEPALIVE_S,
+              "keepalives_count": DEAD_SESSION_S // _KEEPALIVE_S - 1}
+    return make_conninfo(cfg.catalog, **{k: v for k, v in bounds.items() if k not in cfg.params})
 
 
 def without_dsn(exc: BaseException, cfg: SharedConfig) -> str:
@@ -323,11 +332,11 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
         data_path = shared_schema.data_path(control, cfg.data_path)
         if data_path.startswith("s3://"):
             extensions.load(con, "httpfs", "A data path on object storage")
-        # With libpq's connect timeout (dsn()), as the control sessions: DuckDB opens sessions of its
-        # own to the catalog (here and whenever its pool needs one), and opening one to a host that
-        # drops packets would otherwise wait for the TCP timeout (about 2 minutes), to one that
-        # accepts and never answers (a stopped server) for ever. (A session already open that stops
-        # being answered waits as long as the OS lets it.)
+        # With libpq's connect timeout and keepalives (dsn()), as the control sessions: DuckDB opens
+        # sessions of its own to the catalog (here and whenever its pool needs one), and opening one
+        # to a host that drops packets would otherwise wait for the TCP timeout (about 2 minutes),
+        # to one that accepts and never answers (a stopped server) for ever, and one open when the
+        # network is cut ~15 minutes.
         url = dsn(cfg).replace("'", "''")
         options = f"DATA_PATH '{data_path.replace(chr(39), chr(39) * 2)}', DATA_INLINING_ROW_LIMIT {INLINE_ROWS}"
         try:

@@ -1,0 +1,105 @@
+"""The shared storage when the network to its catalog is cut: PostgreSQL on the far side of a link
+(tests/pg.py's Link, a network namespace) that the test cuts, so what is sent to it is lost with no
+error coming back. DuckDB's sessions to the catalog, already open, waited ~15 minutes for the OS's
+retransmissions; the read holding one kept a slot of the process's few all along."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from .pg import Cluster, Link
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace needs root (CAP_NET_ADMIN)")
+
+
+@pytest.fixture(scope="module")
+def far_cluster():
+    link = Link()
+    try:
+        running = Cluster(link)
+    except BaseException:
+        link.remove()
+        raise
+    yield running
+    link.mend()
+    running.remove()
+    link.remove()
+
+
+@pytest.fixture
+def catalog(far_cluster, tmp_path, monkeypatch):
+    url = far_cluster.create_database(f"t_{os.urandom(6).hex()}")
+    monkeypatch.setenv("AISPENDTRACK_CATALOG", url)
+    monkeypatch.setenv("AISPENDTRACK_DATA_PATH", str(tmp_path / "lake"))
+    return url
+
+
+def _failure_within(read: Callable[[], object], seconds: float, link: Link) -> tuple[BaseException | None, float]:
+    """What ``read`` raised and after how long, waiting ``seconds`` at most; past that the link is
+    mended (so the read ends, as the test's thread must) and the test fails."""
+    outcome: list = []
+
+    def run() -> None:
+        start = time.monotonic()
+        try:
+            read()
+            outcome.append((None, time.monotonic() - start))
+        except BaseException as exc:
+            outcome.append((exc, time.monotonic() - start))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not outcome:
+        link.mend()
+        thread.join(60)
+        pytest.fail(f"the read still waited after {seconds} s on a cut network")
+    return outcome[0]
+
+
+@pytest.mark.parametrize("when", ["before the statement", "while it waits for its answer"])
+def test_a_read_on_a_cut_network_fails_in_seconds_and_the_next_one_after_it_is_mended_is_answered(
+        far_cluster, catalog, tmp_path, when):
+    """Cut before the statement is sent, it goes unacknowledged (tcp_user_timeout); cut while the
+    server works on it (here: waits for a lock another session holds), nothing more is sent and the
+    keepalives go unanswered. Either way the read gets one line after shared.DEAD_SESSION_S, where
+    it waited 100 s and more (ended then by mending the link), and the storage is used again."""
+    import psycopg
+
+    from addon.core.store import reading, shared
+
+    db = tmp_path / "unused.duckdb"
+    with reading(db) as con:
+        assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)  # the lake attached
+    # Over the server's Unix socket, which the cut leaves alone.
+    holder = psycopg.connect(host=str(far_cluster.dir), port=far_cluster.port, user="aispend",
+                             dbname=catalog.rpartition("/")[2])
+    cut = threading.Timer(1.0, far_cluster.link.cut)
+
+    def read() -> None:
+        with reading(db) as con:
+            if when == "before the statement":
+                far_cluster.link.cut()
+                con.execute("SELECT count(*) FROM calls").fetchall()
+            else:
+                holder.execute("LOCK TABLE aispendtrack.teams IN ACCESS EXCLUSIVE MODE")
+                cut.start()
+                con.execute("SELECT count(*) FROM ctl.aispendtrack.teams").fetchall()
+
+    try:
+        failed, after = _failure_within(read, shared.DEAD_SESSION_S + 15, far_cluster.link)
+    finally:
+        cut.cancel()
+        holder.close()
+        far_cluster.link.mend()
+    assert isinstance(failed, shared.SharedUnavailable), repr(failed)
+    assert shared.DEAD_SESSION_S - 2 <= after <= shared.DEAD_SESSION_S + 10, after
+    assert str(failed).startswith(f"the shared storage at {shared.configured().where} failed ("), failed
+    assert "\n" not in str(failed)
+    with reading(db) as con:
+        assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)
