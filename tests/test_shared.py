@@ -513,6 +513,45 @@ def test_reprice_and_retention_purge_work_on_the_lake(shared_env, tmp_path):
     assert (sum(g["calls"] for g in hours), sum(Decimal(str(g["cost_usd"])) for g in hours)) == (5, kept[1])
 
 
+def test_a_reprice_an_erase_and_a_purge_succeed_while_replicas_flush_calls(shared_env, tmp_path, upstream):
+    """DuckLake checks conflicts per table: a transaction that changed stored rows failed at its
+    commit if any replica had flushed rows into the table since it began ("Failed to commit DuckLake
+    transaction"), so a reprice, an erase's file rewrite or a purge failed again and again while the
+    proxies took calls. Each now waits for its turn, and the flushes meanwhile for it; no call the
+    replicas answered is lost or stored twice."""
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home = tmp_path / "admin"
+    key = new_key(home)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, [call_row(n, key_id=key["id"], customer_id=f"old{n % 50}",
+                                        ts=old - dt.timedelta(seconds=n)) for n in range(20_000)])
+    proxies = replicas(tmp_path, upstream.url, 2, key["key"])
+    try:
+        with Load(proxies[0], threads=3) as first, Load(proxies[1], threads=3) as second:
+            first.wait_for(20)
+            second.wait_for(20)
+            until = (old + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
+            repriced = cli(home, "reprice", "--until", until, check=False)
+            erased = cli(home, "gdpr", "delete", "--customer", "old7", "--yes", check=False)
+            purged = cli(home, "purge", "--older-than", "2d", "--json", check=False)
+        answered = {**first.completed, **second.completed}
+    finally:
+        stop_all(proxies)
+    assert repriced.returncode == 0, repriced.stderr
+    assert repriced.stdout.startswith("Checked 20,000 calls; 20,000 changed:"), repriced.stdout
+    assert erased.returncode == 0, erased.stderr
+    assert erased.stdout.startswith("Erased customer old7: 400 calls,"), erased.stdout
+    assert purged.returncode == 0, purged.stderr
+    assert json.loads(purged.stdout)["deleted"]["calls"] == 19_600
+    rows = wait_rows(home, "load-", len(answered))
+    assert sorted(r["customer_id"] for r in rows) == sorted(answered)
+    assert not any((r["customer_id"] or "").startswith("old") for r in calls_json(home))
+
+
 S3_SECRET = """
 import duckdb, sys
 from addon.core.store.extensions import load

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import duckdb
 
 from . import batch
+from .errors import StoreBusy
 from .transaction import transaction
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
         source = (f"SELECT b.* FROM ({_BATCH}) b WHERE b.id NOT IN "
                   f"(SELECT id FROM calls WHERE ts BETWEEN ? AND ?)")
         params += [min(r["ts"] for r in rows), max(r["ts"] for r in rows)]
-    with transaction(con):
+    with transaction(con, appends=True):
         # The rollup first: with skip_existing it must see the ids stored before this insert.
         for tier in rollups.TIERS:
             con.execute(rollups.insert(tier, rollups.aggregate(source, tier)), params)
@@ -103,6 +104,8 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
                     f"SELECT *, {customer_key_sql('customer_id')} FROM ({source})", params)
     try:  # the rows are stored: merging the rollups' rows of the last bucket may fail alone
         rollups.compact_previous(con, max(_aware(r["ts"]) for r in rows))
+    except StoreBusy as exc:  # the shared storage's turn for it not had at once: nothing is wrong
+        log.info("rollups of the last 15 minutes left unmerged (%s); reports stay right", exc)
     except duckdb.Error:
         log.exception("could not merge the rollups of the last 15 minutes; reports stay right, the next "
                       "bucket tries again")

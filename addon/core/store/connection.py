@@ -209,6 +209,7 @@ def _shared(cfg: shared.SharedConfig, timeout: float) -> Iterator[duckdb.DuckDBP
     _take_process_lock("the shared storage connection", timeout)
     try:
         with shared.held(cfg, writing=True, timeout=timeout) as held, _failing_over(cfg, held, held) as con:
+            held.write_wait = timeout  # for its transactions' turn; one writer of the process at a time
             yield con
     finally:
         _release_process_lock()

@@ -33,6 +33,7 @@ import duckdb
 
 from . import shared, shared_schema
 from .shared_schema import LAKE
+from .transaction import lake_turn
 
 # Reads stop after 30 s (exports after 120 s): an erase waits that long for those already running,
 # then deletes the files anyway (the data subject's values must go), failing a read still running.
@@ -89,13 +90,15 @@ class Turn:
 def flush(con: duckdb.DuckDBPyConnection) -> None:
     """Inlined rows (deleted ones too) into Parquet files: read from the catalog, a table's rows cost
     far more (at 100M calls the models' 2,928 daily rows took 0.3 s a report, from a file 0.025 s)."""
-    con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}')")
+    with lake_turn(con):  # each file rewrite in a turn of its own, as other writes (SharedConnection.writing_lake)
+        con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}')")
 
 
 def maintain(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> None:
     older = now - KEEP_SNAPSHOTS
     flush(con)
-    con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
+    with lake_turn(con):
+        con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
     con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => ?::TIMESTAMPTZ)", [older])
     con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', older_than => ?::TIMESTAMPTZ)", [older])
 
@@ -103,7 +106,8 @@ def maintain(con: duckdb.DuckDBPyConnection, now: dt.datetime) -> None:
 def scrub(con: duckdb.DuckDBPyConnection) -> int:
     """Remove deleted rows from the lake's files and catalog for good; returns the data files left."""
     flush(con)
-    con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}', delete_threshold => 0)")
+    with lake_turn(con):
+        con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}', delete_threshold => 0)")
     con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => now())")
     with _reads_of_old_files_done(cast(shared.SharedConnection, con).control):
         con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)")

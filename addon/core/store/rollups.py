@@ -319,9 +319,9 @@ def compact_previous(con: duckdb.DuckDBPyConnection, newest: dt.datetime) -> Non
     And when this process moves on to a new 15-minute bucket, the open bucket of each coarser
     tier, so an open day holds a row per group and flush of its last quarter hour, not of every
     flush since midnight. Not on a process's first write: in the shared mode replicas then start
-    together, and a merge's DELETE conflicts with the other replicas' inserts into the table
-    (DuckLake checks per table), which then write again. Rows arriving later (a spill replay,
-    another replica) add a few rows more, which reads sum alike."""
+    together, and a merge's DELETE has the lake to itself (transaction.lake_turn), so the other
+    replicas' flushes wait for it. Rows arriving later (a spill replay, another replica) add a few
+    rows more, which reads sum alike."""
     quarter = bucket_start(newest, FINE.seconds)
     moved_on = bool(_quarters) and quarter not in _quarters
     _quarters.add(quarter)

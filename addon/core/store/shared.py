@@ -184,6 +184,7 @@ class SharedConnection:
         self._idle_controls: list[tuple[ControlConnection, float]] = []  # (session, since)
         self._users = 0
         self._closing = False
+        self.write_wait = 10.0  # seconds a transaction waits for its turn (writing_lake): the writer's own
         try:
             shared_schema.ensure_control(self.control)
         except BaseException:
@@ -212,6 +213,34 @@ class SharedConnection:
 
     def execute(self, sql: str, params: object = None):
         return self.duck.execute(sql, params)
+
+    @contextlib.contextmanager
+    def writing_lake(self, appends: bool) -> Iterator[None]:
+        """Around each transaction that writes the lake (transaction.py), for write_wait seconds at
+        most (StoreBusy). DuckLake checks conflicts per table: a transaction that deleted or updated
+        rows fails at its commit if another committed rows to the table after it began, so a
+        reprice of 20,000 calls (2 s) failed every time beside one replica flushing every second;
+        appends alone are merged. So every replica's appends hold this catalog-wide lock shared, any
+        other write (a reprice, an erase, a purge, a merge of rollup rows) alone: it waits for the
+        flushes under way, and those that come meanwhile wait for it (PostgreSQL queues them)."""
+        import psycopg
+
+        mode = "_shared" if appends else ""
+        self.control.execute(f"SET lock_timeout = {max(1, round(self.write_wait * 1000))}")
+        try:
+            self.control.execute(f"SELECT pg_advisory_lock{mode}(?)", [shared_schema.LAKE_WRITES_LOCK])
+        except psycopg.errors.LockNotAvailable:
+            raise StoreBusy(f"another change to the stored rows is under way (a reprice, an erase or a purge, on "
+                            f"this replica or another); waited {self.write_wait:.1f} s for it.") from None
+        finally:
+            self.control.execute("RESET lock_timeout")
+        try:
+            yield
+        finally:
+            try:
+                self.control.execute(f"SELECT pg_advisory_unlock{mode}(?)", [shared_schema.LAKE_WRITES_LOCK])
+            except Exception:  # the session is gone, and its lock with it
+                pass
 
     # Called from other threads (a read's time limit, a progress bar): they never attach.
     def interrupt(self) -> None:

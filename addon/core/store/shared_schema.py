@@ -44,12 +44,14 @@ from .transaction import transaction
 
 # pg_advisory_lock ids (fixed numbers of ours): schema changes, lake maintenance (and alerts), the
 # daily reconciliation (a turn of its own: a slow provider must not hold up the alerts), reads of
-# the lake's files (with the generation of files they may use as the second key: lake.py).
+# the lake's files (with the generation of files they may use as the second key: lake.py), the
+# transactions that write the lake (shared.SharedConnection.writing_lake).
 SCHEMA_LOCK = 7_415_001
 MAINTENANCE_LOCK = 7_415_002
 RECONCILE_LOCK = 7_415_003
 LAKE_READS_LOCK = 7_415_004
 PRICES_LOCK = 7_415_005  # the fetch of the list-price data (addon/core/price_data.py)
+LAKE_WRITES_LOCK = 7_415_006
 LAKE = "lake"  # the name the shared connection attaches the lake under
 
 _CONTROL = """
