@@ -205,6 +205,32 @@ def test_rows_summed_again_send_the_ordering_back_to_their_week(tmp_path):
     assert erased == WEEK0
 
 
+def test_a_reprice_meeting_a_week_being_ordered_waits_for_it_and_is_stored(tmp_path):
+    """The owner orders a week in one transaction (6-26 s at 100M calls a year); a reprice of a call
+    of that week meanwhile met its deleted rollup rows and failed with DuckDB's "Conflict on tuple
+    deletion". It runs again once the ordering ended: the new cost in the call and in its sums."""
+    import threading
+    import time
+
+    with writing(tmp_path / "a.duckdb") as con:
+        write_weeks(con, random.Random(5), weeks=2)
+        week = WEEK0 + rollups.WEEK
+        (call_id, customer) = con.execute("SELECT id, customer_id FROM calls WHERE ts >= ? ORDER BY ts LIMIT 1",
+                                          [week + dt.timedelta(days=2)]).fetchone()
+        ordering = con.cursor()
+        ordering.execute("BEGIN TRANSACTION")
+        rollups.merge(ordering, week, week + rollups.WEEK, rollups.FINE)  # as order_oldest, not committed yet
+        threading.Timer(2.0, ordering.execute, ["COMMIT"]).start()
+        start = time.monotonic()
+        report_rows.apply_reprice(con, [(call_id, Decimal("7.25"), "test", None)])
+        waited = time.monotonic() - start
+        stored = con.execute("SELECT cost_usd FROM calls WHERE id = ?", [call_id]).fetchone()[0]
+        summed = con.execute("SELECT sum(cost_usd) FROM rollups WHERE customer_id = ?", [customer]).fetchone()[0]
+        raw = con.execute("SELECT sum(cost_usd) FROM calls WHERE customer_id = ?", [customer]).fetchone()[0]
+    assert waited >= 1.5
+    assert stored == Decimal("7.25") and summed == raw
+
+
 def test_the_alert_rounds_order_a_week_each(tmp_path, caplog):
     home = tmp_path / "home"
     home.mkdir()

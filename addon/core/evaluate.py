@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
+
 from pricing import PriceBook
 
 from . import config_files, notify, retention
@@ -265,8 +267,13 @@ class Evaluator(threading.Thread):
         try:
             with writing(self.db) as con:
                 week = customer_order.order_oldest(con, dt.datetime.now(dt.UTC))
-        except Exception:
-            log.exception("putting a week of rollups in customer order failed; trying again in %.0f s", self.interval)
+        except Exception as exc:
+            if isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower():
+                # A reprice or an erase changed the same rows first; it sends the ordering back to their week.
+                log.info("rollups: a week left out of customer order this round (its rows were being changed)")
+            else:
+                log.exception("putting a week of rollups in customer order failed; trying again in %.0f s",
+                              self.interval)
             return
         if week is not None:
             log.info("rollups: the week from %s put in customer order", week.date().isoformat())
