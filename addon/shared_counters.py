@@ -196,8 +196,8 @@ class SharedCounters:
 
         if self._conn is None or self._conn.closed:  # only _send_all gets here: one at a time
             self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
-                shared.dsn(self.cfg), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                options=f"-c search_path={shared.CONTROL_SCHEMA}"), CONNECT_TIMEOUT_S + 1)
+                shared.dsn(self.cfg, f"-c search_path={shared.CONTROL_SCHEMA}"), autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT_S), CONNECT_TIMEOUT_S + 1)
         return self._conn
 
     async def _give_up(self, exc: BaseException) -> None:

@@ -103,3 +103,30 @@ def test_a_read_on_a_cut_network_fails_in_seconds_and_the_next_one_after_it_is_m
     assert "\n" not in str(failed)
     with reading(db) as con:
         assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+
+
+def test_a_turn_at_writing_the_lake_held_across_a_cut_network_is_given_back(far_cluster, catalog, tmp_path):
+    """A replica that holds its turn at writing the lake (a PostgreSQL advisory lock, here alone,
+    as a reprice does) when its network is cut gives up its end; the server kept its own end, and
+    the lock with it, for its OS's keepalive time (~2 hours: every flush of every replica waiting).
+    The server's end now ends within shared.DEAD_SESSION_S too, and the next change takes the turn."""
+    import psycopg
+
+    from addon.core.store import shared, shared_schema, writing
+    from addon.core.store.transaction import lake_turn
+
+    db = tmp_path / "unused.duckdb"
+    with writing(db) as con:
+        with lake_turn(con):
+            time.sleep(1)  # every answer acknowledged: an idle session, as a holder waiting on DuckDB's work
+            far_cluster.link.cut()
+            time.sleep(shared.DEAD_SESSION_S + 5)
+    far_cluster.link.mend()
+    shared.drop()
+    # Over the server's Unix socket: what any other replica would find.
+    with psycopg.connect(host=str(far_cluster.dir), port=far_cluster.port, user="aispend",
+                         dbname=catalog.rpartition("/")[2], autocommit=True) as other:
+        deadline = time.monotonic() + 20
+        while not other.execute("SELECT pg_try_advisory_lock(%s)", [shared_schema.LAKE_WRITES_LOCK]).fetchone()[0]:
+            assert time.monotonic() < deadline, "the turn is still held by the cut session"
+            time.sleep(0.5)

@@ -231,6 +231,25 @@ def test_a_reprice_meeting_a_week_being_ordered_waits_for_it_and_is_stored(tmp_p
     assert stored == Decimal("7.25") and summed == raw
 
 
+def test_two_reprices_of_a_call_at_once_keep_its_cost_from_before_both(tmp_path):
+    """The second of two reprices to the same price (``heal_unpriced`` beside a CLI reprice) meets
+    the first's rows, runs again once it committed, and leaves the call as the first left it: its
+    previous cost is still the one before both, not the new one."""
+    import threading
+
+    with writing(tmp_path / "a.duckdb") as con:
+        write_weeks(con, random.Random(6), weeks=1, flushes=2, per_flush=20)
+        (call_id, before) = con.execute("SELECT id, cost_usd FROM calls ORDER BY ts LIMIT 1").fetchone()
+        first = con.cursor()
+        first.execute("BEGIN TRANSACTION")  # the first reprice's change of the call, not committed yet
+        first.execute("UPDATE calls SET previous_cost_usd = cost_usd, cost_usd = 7.25, price_source = 'test', "
+                      "price_snapshot = NULL WHERE id = ?", [call_id])
+        threading.Timer(1.0, first.execute, ["COMMIT"]).start()
+        report_rows.apply_reprice(con, [(call_id, Decimal("7.25"), "test", None)])
+        stored = con.execute("SELECT cost_usd, previous_cost_usd FROM calls WHERE id = ?", [call_id]).fetchone()
+    assert stored == (Decimal("7.25"), before)
+
+
 def test_the_alert_rounds_order_a_week_each(tmp_path, caplog):
     home = tmp_path / "home"
     home.mkdir()

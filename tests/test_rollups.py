@@ -22,7 +22,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import lifecycle, migrations, reading, rollups, writing
 from addon.core.store import reports as report_rows
 
-from .helpers import migrated_before, read_rollups, run_cli
+from .helpers import call_row, migrated_before, read_rollups, run_cli
 
 # Half-hour, 45-minute and DST-switching zones: Kolkata +5:30, Kathmandu +5:45, Eucla +8:45,
 # Chatham +12:45/+13:45 (switches 2026-04-05), St John's -3:30/-2:30 (2026-03-08), Lord Howe
@@ -519,3 +519,36 @@ def test_the_migration_gives_the_rows_summed_before_their_customer_key(tmp_path)
     assert keys["rollups"] == keys["rollups_customers"] == {(c, k, k) for c, k, _ in keys["rollups"]}
     assert {c for c, k, _ in keys["rollups"] if k == 0} == {None}  # no customer: 0, as in raw calls
     assert totals == {"acme": 2, "beta": 1}
+
+
+def test_a_merge_of_the_last_bucket_refused_its_turn_is_tried_again_at_the_next_flush(tmp_path, monkeypatch):
+    """Each flush merges the rows the flushes left in the bucket before (once per bucket). On the
+    shared storage the merge waits for its turn among the replicas' writes, the flush's 0.2 s at
+    most; one refused (StoreBusy) was marked done all the same, leaving the bucket a row per flush."""
+    from addon.core.store import StoreBusy
+
+    monkeypatch.setattr(rollups, "_settled", set())
+    monkeypatch.setattr(rollups, "_quarters", set())
+    newest = dt.datetime(2026, 11, 25, 12, 20, tzinfo=dt.UTC)
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [call_row(n, ts=newest - dt.timedelta(minutes=15), customer_id="acme")
+                               for n in range(3)])
+        call_rows.insert(con, [call_row(n, ts=newest - dt.timedelta(minutes=15), customer_id="acme")
+                               for n in range(3, 6)])
+        fine = rollups.bucket_start(newest, rollups.FINE.seconds) - dt.timedelta(seconds=rollups.FINE.seconds)
+        rows = con.execute("SELECT count(*) FROM rollups WHERE bucket = ?", [fine]).fetchone()[0]
+        merge = rollups._merge_bucket
+        refused = []
+
+        def once_refused(con, tier, bucket):
+            if tier is rollups.FINE and not refused:
+                refused.append(bucket)
+                raise StoreBusy("another change to the stored rows is under way")
+            merge(con, tier, bucket)
+
+        monkeypatch.setattr(rollups, "_merge_bucket", once_refused)
+        with pytest.raises(StoreBusy):
+            rollups.compact_previous(con, newest)
+        rollups.compact_previous(con, newest)
+        merged = con.execute("SELECT count(*) FROM rollups WHERE bucket = ?", [fine]).fetchone()[0]
+    assert refused == [fine] and rows == 2 and merged == 1

@@ -105,7 +105,7 @@ def insert(con: duckdb.DuckDBPyConnection, rows: Sequence[dict], skip_existing: 
     try:  # the rows are stored: merging the rollups' rows of the last bucket may fail alone
         rollups.compact_previous(con, max(_aware(r["ts"]) for r in rows))
     except StoreBusy as exc:  # the shared storage's turn for it not had at once: nothing is wrong
-        log.info("rollups of the last 15 minutes left unmerged (%s); reports stay right", exc)
+        log.info("rollups of the last 15 minutes left unmerged for now (%s); the next flush tries again", exc)
     except duckdb.Error:
         log.exception("could not merge the rollups of the last 15 minutes; reports stay right, the next "
                       "bucket tries again")

@@ -807,14 +807,17 @@ def apply_reprice(con: duckdb.DuckDBPyConnection,
                                      cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
                                      price_snapshot = n.snapshot, repriced_at = now()
                     FROM ({batch.select(columns)}) n
-                    WHERE calls.id = n.id
+                    WHERE calls.id = n.id AND (calls.cost_usd IS DISTINCT FROM n.cost
+                        OR calls.price_source IS DISTINCT FROM n.source
+                        OR calls.price_snapshot IS DISTINCT FROM n.snapshot)
                 """, [param])
                 rollups.rebuild(con, f"id IN (SELECT n.id FROM ({batch.select(columns)}) n)", [param])
             return
         except duckdb.TransactionException as exc:
-            # The file's owner putting a week in customer order (customer_order.py) changed the same
-            # rollup rows first: this transaction is rolled back whole, so run it again once that
-            # one ended (a week at 100M calls a year: 6-26 s).
+            # The file's owner putting a week in customer order (customer_order.py), or another
+            # reprice, changed the same rows first: this transaction is rolled back whole, so run it
+            # again once that one ended (a week at 100M calls a year: 6-26 s). A call already at its
+            # new price is left as it is (above), so its previous cost stays the one before.
             if "conflict" not in str(exc).lower() or time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import duckdb
 
 from .calls import CUSTOMER_KEY_COLUMN, UNIT_NAMES, customer_key_sql
+from .errors import StoreBusy
 from .transaction import transaction
 
 BUCKET = dt.timedelta(minutes=15)
@@ -329,7 +330,11 @@ def compact_previous(con: duckdb.DuckDBPyConnection, newest: dt.datetime) -> Non
         previous = bucket_start(newest, tier.seconds) - dt.timedelta(seconds=tier.seconds)
         if (tier.table, previous) not in _settled:
             _settled.add((tier.table, previous))
-            _merge_bucket(con, tier, previous)
+            try:
+                _merge_bucket(con, tier, previous)
+            except StoreBusy:  # the shared storage's turn not had in time: the next flush tries again
+                _settled.discard((tier.table, previous))
+                raise
         if moved_on and tier is not FINE:
             _merge_bucket(con, tier, bucket_start(newest, tier.seconds))
 

@@ -50,12 +50,15 @@ LONG_READS_AT_ONCE = 2
 IDLE_READ_SESSIONS = 2
 IDLE_READ_SESSION_S = 60
 CONNECT_TIMEOUT_S = 3
-# A session already open whose host stops answering (a cut network, a frozen VM) is given up after
-# this long, where the OS's retransmissions held it ~15 minutes: libpq's tcp_user_timeout (data
-# sent and not acknowledged) and keepalives (a statement waiting for its answer), which also bound
-# it where the OS has no tcp_user_timeout. A live server's kernel answers both while it works.
-DEAD_SESSION_S = 15
-_KEEPALIVE_S = 5
+# A session whose other end stops answering (a cut network, a frozen VM) is given up after this
+# long, where the OS's retransmissions held our end ~15 minutes and the server's keepalives held
+# its end ~2 hours, with what it held (a turn at writing the lake, a DuckLake commit's row locks).
+# Both ends: libpq's tcp_user_timeout (data sent and not acknowledged) and keepalives (a statement
+# waiting for its answer, an idle session), and the server's same settings for its end. A live
+# peer's kernel answers both while it works; a peer that stops reading for this long (blocked
+# mid-statement with a full window) is cut too, hence not less.
+DEAD_SESSION_S = 30
+_KEEPALIVE_S = 10
 
 
 class SharedUnavailable(StoreError):
@@ -110,16 +113,23 @@ def config(catalog: str, data_path: str | None) -> SharedConfig:
     return SharedConfig(catalog, data_path)
 
 
-def dsn(cfg: SharedConfig) -> str:
+def dsn(cfg: SharedConfig, options: str = "") -> str:
     """The catalog as libpq's keyword/value string, with CONNECT_TIMEOUT_S and DEAD_SESSION_S in
     each of the settings the URL does not name itself: a session to a host that does not answer
-    gives up then (DuckDB's too, whose sessions otherwise wait as long as the OS lets them)."""
+    gives up then (DuckDB's too, whose sessions otherwise wait as long as the OS lets them), and the
+    server ends its side of one whose client vanished. ``options``: more of the server's settings
+    (``-c name=value``), after the URL's own."""
     from psycopg.conninfo import make_conninfo
 
-    bounds = {"connect_timeout": CONNECT_TIMEOUT_S, "tcp_user_timeout": DEAD_SESSION_S * 1000,
-              "keepalives_idle": _KEEPALIVE_S, "keepalives_interval": _KEEPALIVE_S,
-              "keepalives_count": DEAD_SESSION_S // _KEEPALIVE_S - 1}
-    return make_conninfo(cfg.catalog, **{k: v for k, v in bounds.items() if k not in cfg.params})
+    count = DEAD_SESSION_S // _KEEPALIVE_S - 1
+    ours = {"connect_timeout": CONNECT_TIMEOUT_S, "tcp_user_timeout": DEAD_SESSION_S * 1000,
+            "keepalives_idle": _KEEPALIVE_S, "keepalives_interval": _KEEPALIVE_S, "keepalives_count": count}
+    given = cfg.params.get("options", "")
+    server = " ".join(f"-c {name}={value}" for name, value in (
+        ("tcp_keepalives_idle", _KEEPALIVE_S), ("tcp_keepalives_interval", _KEEPALIVE_S),
+        ("tcp_keepalives_count", count), ("tcp_user_timeout", DEAD_SESSION_S * 1000)) if name not in given)
+    return make_conninfo(cfg.catalog, **{k: v for k, v in ours.items() if k not in cfg.params},
+                         options=" ".join(part for part in (given, server, options) if part))
 
 
 def without_dsn(exc: BaseException, cfg: SharedConfig) -> str:
@@ -139,7 +149,7 @@ class ControlConnection:
         import psycopg
 
         try:
-            self.pg = psycopg.connect(dsn(cfg), autocommit=True, options=f"-c search_path={CONTROL_SCHEMA}")
+            self.pg = psycopg.connect(dsn(cfg, f"-c search_path={CONTROL_SCHEMA}"), autocommit=True)
         except psycopg.Error as exc:
             raise SharedUnavailable(f"cannot reach the catalog at {cfg.where}: {first_line(exc)}") from None
 
@@ -225,6 +235,7 @@ class SharedConnection:
         flushes under way, and those that come meanwhile wait for it (PostgreSQL queues them)."""
         import psycopg
 
+        self.attach()  # not under the lock: a command's first write loads the extensions and attaches (0.5 s)
         mode = "_shared" if appends else ""
         self.control.execute(f"SET lock_timeout = {max(1, round(self.write_wait * 1000))}")
         try:
