@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a network namespace n
 
 
 @pytest.fixture(scope="module")
-def far_cluster():
+def cluster():
+    """conftest's ``cluster`` (and so ``shared_env``'s catalog) behind a link the tests cut."""
     link = Link()
     try:
         running = Cluster(link)
@@ -29,14 +30,6 @@ def far_cluster():
     link.mend()
     running.remove()
     link.remove()
-
-
-@pytest.fixture
-def catalog(far_cluster, tmp_path, monkeypatch):
-    url = far_cluster.create_database(f"t_{os.urandom(6).hex()}")
-    monkeypatch.setenv("AISPENDTRACK_CATALOG", url)
-    monkeypatch.setenv("AISPENDTRACK_DATA_PATH", str(tmp_path / "lake"))
-    return url
 
 
 def _failure_within(read: Callable[[], object], seconds: float, link: Link) -> tuple[BaseException | None, float]:
@@ -64,7 +57,7 @@ def _failure_within(read: Callable[[], object], seconds: float, link: Link) -> t
 
 @pytest.mark.parametrize("when", ["before the statement", "while it waits for its answer"])
 def test_a_read_on_a_cut_network_fails_in_seconds_and_the_next_one_after_it_is_mended_is_answered(
-        far_cluster, catalog, tmp_path, when):
+        cluster, shared_env, tmp_path, when):
     """Cut before the statement is sent, it goes unacknowledged (tcp_user_timeout); cut while the
     server works on it (here: waits for a lock another session holds), nothing more is sent and the
     keepalives go unanswered. Either way the read gets one line after shared.DEAD_SESSION_S, where
@@ -77,14 +70,14 @@ def test_a_read_on_a_cut_network_fails_in_seconds_and_the_next_one_after_it_is_m
     with reading(db) as con:
         assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)  # the lake attached
     # Over the server's Unix socket, which the cut leaves alone.
-    holder = psycopg.connect(host=str(far_cluster.dir), port=far_cluster.port, user="aispend",
-                             dbname=catalog.rpartition("/")[2])
-    cut = threading.Timer(1.0, far_cluster.link.cut)
+    holder = psycopg.connect(host=str(cluster.dir), port=cluster.port, user="aispend",
+                             dbname=shared_env.rpartition("/")[2])
+    cut = threading.Timer(1.0, cluster.link.cut)
 
     def read() -> None:
         with reading(db) as con:
             if when == "before the statement":
-                far_cluster.link.cut()
+                cluster.link.cut()
                 con.execute("SELECT count(*) FROM calls").fetchall()
             else:
                 holder.execute("LOCK TABLE aispendtrack.teams IN ACCESS EXCLUSIVE MODE")
@@ -92,11 +85,11 @@ def test_a_read_on_a_cut_network_fails_in_seconds_and_the_next_one_after_it_is_m
                 con.execute("SELECT count(*) FROM ctl.aispendtrack.teams").fetchall()
 
     try:
-        failed, after = _failure_within(read, shared.DEAD_SESSION_S + 15, far_cluster.link)
+        failed, after = _failure_within(read, shared.DEAD_SESSION_S + 15, cluster.link)
     finally:
         cut.cancel()
         holder.close()
-        far_cluster.link.mend()
+        cluster.link.mend()
     assert isinstance(failed, shared.SharedUnavailable), repr(failed)
     assert shared.DEAD_SESSION_S - 2 <= after <= shared.DEAD_SESSION_S + 10, after
     assert str(failed).startswith(f"the shared storage at {shared.configured().where} failed ("), failed
@@ -105,7 +98,7 @@ def test_a_read_on_a_cut_network_fails_in_seconds_and_the_next_one_after_it_is_m
         assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)
 
 
-def test_a_turn_at_writing_the_lake_held_across_a_cut_network_is_given_back(far_cluster, catalog, tmp_path):
+def test_a_turn_at_writing_the_lake_held_across_a_cut_network_is_given_back(cluster, shared_env, tmp_path):
     """A replica that holds its turn at writing the lake (a PostgreSQL advisory lock, here alone,
     as a reprice does) when its network is cut gives up its end; the server kept its own end, and
     the lock with it, for its OS's keepalive time (~2 hours: every flush of every replica waiting).
@@ -119,13 +112,13 @@ def test_a_turn_at_writing_the_lake_held_across_a_cut_network_is_given_back(far_
     with writing(db) as con:
         with lake_turn(con):
             time.sleep(1)  # every answer acknowledged: an idle session, as a holder waiting on DuckDB's work
-            far_cluster.link.cut()
+            cluster.link.cut()
             time.sleep(shared.DEAD_SESSION_S + 5)
-    far_cluster.link.mend()
+    cluster.link.mend()
     shared.drop()
     # Over the server's Unix socket: what any other replica would find.
-    with psycopg.connect(host=str(far_cluster.dir), port=far_cluster.port, user="aispend",
-                         dbname=catalog.rpartition("/")[2], autocommit=True) as other:
+    with psycopg.connect(host=str(cluster.dir), port=cluster.port, user="aispend",
+                         dbname=shared_env.rpartition("/")[2], autocommit=True) as other:
         deadline = time.monotonic() + 20
         while not other.execute("SELECT pg_try_advisory_lock(%s)", [shared_schema.LAKE_WRITES_LOCK]).fetchone()[0]:
             assert time.monotonic() < deadline, "the turn is still held by the cut session"
