@@ -549,6 +549,9 @@ def test_a_merge_of_the_last_bucket_refused_its_turn_is_tried_again_at_the_next_
         monkeypatch.setattr(rollups, "_merge_bucket", once_refused)
         with pytest.raises(StoreBusy):
             rollups.compact_previous(con, newest)
+        # The coarser tiers' open buckets, merged when a process moves to a new quarter hour, wait too.
+        quarter_left = rollups.bucket_start(newest, rollups.FINE.seconds) not in rollups._quarters
         rollups.compact_previous(con, newest)
         merged = con.execute("SELECT count(*) FROM rollups WHERE bucket = ?", [fine]).fetchone()[0]
     assert refused == [fine] and rows == 2 and merged == 1
+    assert quarter_left and rollups.bucket_start(newest, rollups.FINE.seconds) in rollups._quarters

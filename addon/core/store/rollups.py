@@ -325,18 +325,25 @@ def compact_previous(con: duckdb.DuckDBPyConnection, newest: dt.datetime) -> Non
     rows more, which reads sum alike."""
     quarter = bucket_start(newest, FINE.seconds)
     moved_on = bool(_quarters) and quarter not in _quarters
-    _quarters.add(quarter)
-    for tier in TIERS:
-        previous = bucket_start(newest, tier.seconds) - dt.timedelta(seconds=tier.seconds)
-        if (tier.table, previous) not in _settled:
-            _settled.add((tier.table, previous))
-            try:
-                _merge_bucket(con, tier, previous)
-            except StoreBusy:  # the shared storage's turn not had in time: the next flush tries again
-                _settled.discard((tier.table, previous))
-                raise
-        if moved_on and tier is not FINE:
-            _merge_bucket(con, tier, bucket_start(newest, tier.seconds))
+    busy = False
+    try:
+        for tier in TIERS:
+            previous = bucket_start(newest, tier.seconds) - dt.timedelta(seconds=tier.seconds)
+            if (tier.table, previous) not in _settled:
+                _settled.add((tier.table, previous))
+                try:
+                    _merge_bucket(con, tier, previous)
+                except StoreBusy:
+                    _settled.discard((tier.table, previous))
+                    raise
+            if moved_on and tier is not FINE:
+                _merge_bucket(con, tier, bucket_start(newest, tier.seconds))
+    except StoreBusy:  # the shared storage's turn not had in time: the next flush tries these merges again
+        busy = True
+        raise
+    finally:
+        if not busy:
+            _quarters.add(quarter)
 
 
 def _merge_bucket(con: duckdb.DuckDBPyConnection, tier: Tier, bucket: dt.datetime) -> None:

@@ -125,9 +125,10 @@ def dsn(cfg: SharedConfig, options: str = "") -> str:
     ours = {"connect_timeout": CONNECT_TIMEOUT_S, "tcp_user_timeout": DEAD_SESSION_S * 1000,
             "keepalives_idle": _KEEPALIVE_S, "keepalives_interval": _KEEPALIVE_S, "keepalives_count": count}
     given = cfg.params.get("options", "")
+    named = given.lower().replace("-", "_")  # as the server reads names: --tcp-user-timeout=0 too
     server = " ".join(f"-c {name}={value}" for name, value in (
         ("tcp_keepalives_idle", _KEEPALIVE_S), ("tcp_keepalives_interval", _KEEPALIVE_S),
-        ("tcp_keepalives_count", count), ("tcp_user_timeout", DEAD_SESSION_S * 1000)) if name not in given)
+        ("tcp_keepalives_count", count), ("tcp_user_timeout", DEAD_SESSION_S * 1000)) if name not in named)
     return make_conninfo(cfg.catalog, **{k: v for k, v in ours.items() if k not in cfg.params},
                          options=" ".join(part for part in (given, server, options) if part))
 
