@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-import duckdb
-
 from pricing import PriceBook
 
 from . import config_files, notify, retention
@@ -38,6 +36,7 @@ from .store import alerts as alert_rows
 from .store import calls as call_rows
 from .store import customer_order, lake, proxy_backfill, reading, shared, shared_schema, writing
 from .store import keys as key_rows
+from .store.transaction import is_write_conflict
 
 log = logging.getLogger(__name__)
 # Of each round at most, filling in rollups' proxy histograms (store/proxy_backfill.py); a day of
@@ -268,7 +267,7 @@ class Evaluator(threading.Thread):
             with writing(self.db) as con:
                 week = customer_order.order_oldest(con, dt.datetime.now(dt.UTC))
         except Exception as exc:
-            if isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower():
+            if is_write_conflict(exc):
                 # A reprice or an erase changed the same rows first; it sends the ordering back to their week.
                 log.info("rollups: a week left out of customer order this round (its rows were being changed)")
             else:

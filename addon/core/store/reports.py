@@ -19,7 +19,7 @@ from . import keys as key_rows
 from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES, customer_key_sql
 from .connection import is_shared, one, output_path
 from .teams import IN_TEAM, TEAM_OF_KEY, in_teams
-from .transaction import transaction
+from .transaction import is_write_conflict, transaction
 
 EXPORT_COLUMNS = COLUMN_NAMES + REPRICE_COLUMNS
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00", "month": "%Y-%m"}
@@ -818,7 +818,7 @@ def apply_reprice(con: duckdb.DuckDBPyConnection,
             # reprice, changed the same rows first: this transaction is rolled back whole, so run it
             # again once that one ended (a week at 100M calls a year: 6-26 s). A call already at its
             # new price is left as it is (above), so its previous cost stays the one before.
-            if "conflict" not in str(exc).lower() or time.monotonic() >= deadline:
+            if not is_write_conflict(exc) or time.monotonic() >= deadline:
                 raise
             time.sleep(0.5)
 

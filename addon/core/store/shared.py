@@ -121,14 +121,14 @@ def dsn(cfg: SharedConfig, options: str = "") -> str:
     (``-c name=value``), after the URL's own."""
     from psycopg.conninfo import make_conninfo
 
-    count = DEAD_SESSION_S // _KEEPALIVE_S - 1
-    ours = {"connect_timeout": CONNECT_TIMEOUT_S, "tcp_user_timeout": DEAD_SESSION_S * 1000,
-            "keepalives_idle": _KEEPALIVE_S, "keepalives_interval": _KEEPALIVE_S, "keepalives_count": count}
+    dead = {"tcp_user_timeout": DEAD_SESSION_S * 1000, "keepalives_idle": _KEEPALIVE_S,
+            "keepalives_interval": _KEEPALIVE_S, "keepalives_count": DEAD_SESSION_S // _KEEPALIVE_S - 1}
+    ours = {"connect_timeout": CONNECT_TIMEOUT_S, **dead}
     given = cfg.params.get("options", "")
     named = given.lower().replace("-", "_")  # as the server reads names: --tcp-user-timeout=0 too
-    server = " ".join(f"-c {name}={value}" for name, value in (
-        ("tcp_keepalives_idle", _KEEPALIVE_S), ("tcp_keepalives_interval", _KEEPALIVE_S),
-        ("tcp_keepalives_count", count), ("tcp_user_timeout", DEAD_SESSION_S * 1000)) if name not in named)
+    # The same bounds for the server's end, by its names: tcp_user_timeout, tcp_keepalives_idle...
+    server = " ".join(f"-c {name}={value}" for name, value in
+                      ((n if n.startswith("tcp_") else f"tcp_{n}", v) for n, v in dead.items()) if name not in named)
     return make_conninfo(cfg.catalog, **{k: v for k, v in ours.items() if k not in cfg.params},
                          options=" ".join(part for part in (given, server, options) if part))
 

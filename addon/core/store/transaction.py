@@ -32,3 +32,9 @@ def lake_turn(con: duckdb.DuckDBPyConnection, appends: bool = False) -> contextl
     from .shared import SharedConnection
 
     return con.writing_lake(appends) if isinstance(con, SharedConnection) else contextlib.nullcontext()
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB refusing a change because another transaction changed the same rows
+    first (that transaction rolled back whole, so running it again is safe)."""
+    return isinstance(exc, duckdb.TransactionException) and "conflict" in str(exc).lower()
