@@ -28,6 +28,7 @@ from .core import keys
 from .guard import AuthGuard
 from .hosts import ProviderHosts
 from .providers import Provider
+from .refusals import KEY_HEADER
 from .state import ProxyState
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,9 @@ class Forward:
         name = self.hosts.provider(flow.request.host)
         if name is None:
             flow.metadata[PASSING] = True
+            # Not metered, but our key goes no further than the proxy whatever the host (a plain-HTTP
+            # request's headers are ours to read; a tunnel to another host is not opened).
+            flow.request.headers.pop(KEY_HEADER, None)
         else:
             provider = next(p for p in self.state.providers if p.name == name)
             flow.metadata[FORWARDED] = Forwarded(key, provider)

@@ -10,6 +10,7 @@ points the request at the provider's upstream. An admitted call is handed on in
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import unquote
 
 from mitmproxy import ctx, exceptions, http
@@ -27,6 +28,11 @@ TAG_HEADERS = ("x-customer-id", "x-feature")
 HEALTH_PATH = "/aispendtrack/health"
 MAX_TAG_LENGTH = 128
 _OUR_HEADERS = {name.encode(): name for name in (KEY_HEADER, *TAG_HEADERS)}
+# An AiSpendTrack key as a token of another header's value ("Bearer ask_...", "ask_..."), not
+# inside a word ("task_..."): keys are PREFIX and 43 URL-safe characters (core/keys.py).
+_KEY_IN_VALUE = re.compile(rb"(?<![A-Za-z0-9_-])" + re.escape(keygen.PREFIX.encode()) + rb"[A-Za-z0-9_-]{16,}")
+# SigV4's list of the headers a signature covers (Authorization: AWS4-HMAC-SHA256 ..., SignedHeaders=a;b, ...)
+_SIGNED_HEADERS = re.compile(rb"SignedHeaders=([^,\s]*)")
 
 
 class Gate:
@@ -66,11 +72,25 @@ class Gate:
         if path == HEALTH_PATH and forwarded is None:
             flow.response = http.Response.make(200, b'{"status": "ok"}', {"content-type": "application/json"})
             return
-        ours = _take_our_headers(req.headers)  # removed here: they never reach the provider
+        ours, signed = _take_our_headers(req.headers)  # removed here: they never reach the provider
         routed = self._route(flow, path, query) if forwarded is None else self._route_host(flow, forwarded, path, query)
         if routed is None:
             return
         provider, provider_path, key_in_query = routed
+        if KEY_HEADER in signed:
+            refusals.refuse(flow, provider, 400, "aispendtrack_key_signed",
+                            f"The request's AWS signature covers the {KEY_HEADER} header: removing it would break "
+                            f"the signature and keeping it would send your AiSpendTrack key to the provider. Give "
+                            f"the key only in HTTPS_PROXY (the forward mode's proxy credential). The call was not "
+                            f"forwarded.")
+            return
+        misplaced = _key_in_other_header(req.headers)
+        if misplaced is not None:
+            refusals.refuse(flow, provider, 400, "aispendtrack_key_in_provider_header",
+                            f"An AiSpendTrack key (ask_...) is in the {misplaced} header, which goes to the "
+                            f"provider. Send it only in the {KEY_HEADER} header, and your provider's own key "
+                            f"where the provider expects it (e.g. api_key=). The call was not forwarded.")
+            return
         key_id = self.state.keyring.lookup(forwarded.key if forwarded else ours.get(KEY_HEADER))
         if key_id is None:
             self._refuse_key(flow, provider, KEY_HEADER in ours, key_in_query)
@@ -151,22 +171,51 @@ def _is_our_param(param: str) -> bool:
     return unquote(name).lower() == KEY_HEADER or unquote(value).startswith(keygen.PREFIX)
 
 
-def _take_our_headers(headers: http.Headers) -> dict[str, str]:
-    """Remove our headers and return their values (the first, if one was sent twice).
+def _take_our_headers(headers: http.Headers) -> tuple[dict[str, str], frozenset[str]]:
+    """Remove our headers and return their values (the first, if one was sent twice), and the
+    names of those an AWS SigV4 signature covers: those are read but left in place, as removing
+    one would make the provider refuse the signature (a Bedrock client adding x-customer-id in
+    botocore's before-sign hook). The caller refuses a signed key header.
 
     One pass over the raw fields: Headers.get and .pop cost several microseconds each, and this
     runs on every request."""
     taken: dict[str, str] = {}
     kept = []
+    authorization = b""
     for field in headers.fields:
-        name = _OUR_HEADERS.get(field[0].lower())
+        lowered = field[0].lower()
+        name = _OUR_HEADERS.get(lowered)
         if name is None:
             kept.append(field)
+            if lowered == b"authorization":
+                authorization = field[1]
         elif name not in taken:
             taken[name] = field[1].decode("utf-8", "surrogateescape")
-    if taken:
-        headers.fields = tuple(kept)
-    return taken
+    if not taken:
+        return taken, frozenset()
+    signed = _signed_headers(authorization) & _OUR_HEADERS.keys()
+    if signed:  # those stay where they are: a signature covers the order of repeated values too
+        kept = [f for f in headers.fields if _OUR_HEADERS.get(f[0].lower()) is None or f[0].lower() in signed]
+    headers.fields = tuple(kept)
+    return taken, frozenset(_OUR_HEADERS[name] for name in signed)
+
+
+def _signed_headers(authorization: bytes) -> set[bytes]:
+    """The header names an AWS SigV4 Authorization value signs (lower case); empty for any other."""
+    if not authorization.startswith(b"AWS4-"):
+        return set()
+    found = _SIGNED_HEADERS.search(authorization)
+    return set(found.group(1).lower().split(b";")) if found else set()
+
+
+def _key_in_other_header(headers: http.Headers) -> str | None:
+    """The name of a header (ours removed) whose value holds an AiSpendTrack key: a client given
+    its key as api_key= would send it to the provider."""
+    prefix = keygen.PREFIX.encode()
+    for name, value in headers.fields:
+        if prefix in value and _KEY_IN_VALUE.search(value):
+            return name.decode("latin-1")
+    return None
 
 
 def _valid_tag(value: str) -> bool:

@@ -392,6 +392,54 @@ def test_the_bedrock_fake_refuses_a_request_signed_with_other_credentials(forwar
     assert row["status"] == 403 and row["cost_usd"] == 0
 
 
+def _adding_in_before_sign(client, headers: dict[str, str]) -> None:
+    """botocore's hook before SigV4 signs the request: the headers become part of the signature."""
+    def add(request, **_) -> None:
+        for name, value in headers.items():
+            request.headers[name] = value
+    client.meta.events.register("before-sign.bedrock-runtime.*", add)
+
+
+def test_a_tag_header_the_client_signs_is_read_and_left_for_the_signature(forward, env, bedrock, customer):
+    client = boto3.session.Session().client("bedrock-runtime")
+    _adding_in_before_sign(client, {"x-customer-id": customer})
+    model = "us.amazon.nova-micro-v1:0"
+    rejected = bedrock.rejected
+    client.converse(modelId=model, messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    assert bedrock.rejected == rejected  # the signature held
+    _, headers = _signed_as_sent(bedrock, "converse")
+    assert headers["x-customer-id"] == customer  # signed, so it stays
+    [row] = forward.rows(customer)
+    assert (row["provider"], row["model"], row["status"]) == ("bedrock", model, 200)
+
+
+def test_our_key_in_a_signed_header_is_refused_not_sent_to_aws(forward, env, bedrock):
+    client = boto3.session.Session().client("bedrock-runtime")
+    _adding_in_before_sign(client, {"x-aispendtrack-key": forward.key})
+    received = len(bedrock.received)
+    with pytest.raises(botocore.exceptions.ClientError) as raised:
+        client.converse(modelId="us.amazon.nova-micro-v1:0", messages=[{"role": "user", "content": [{"text": "hi"}]}])
+    error = raised.value.response
+    assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert error["Error"]["Code"] == "aispendtrack_key_signed"
+    assert "Give the key only in HTTPS_PROXY" in error["Error"]["Message"]
+    assert len(bedrock.received) == received
+
+
+def test_a_plain_http_request_to_another_host_loses_our_key_header(forward, upstream):
+    """Through the forward port, http:// to a host that is no provider's: passed on, not metered,
+    but our key header goes no further (nor the proxy credential)."""
+    proxy = f"http://aispendtrack:{forward.key}@127.0.0.1:{forward.forward_port}"
+    before = len(upstream.received)
+    with httpx.Client(proxy=proxy, trust_env=False) as client:
+        answer = client.post(f"{upstream.url}/elsewhere", json=CHAT,
+                             headers={"x-aispendtrack-key": forward.key, "x-customer-id": "theirs"})
+    assert len(upstream.received) == before + 1, answer.text
+    sent = upstream.last().headers
+    assert "x-aispendtrack-key" not in sent and "proxy-authorization" not in sent
+    assert sent["x-customer-id"] == "theirs"  # the other host's own header, if it has one
+
+
 def test_a_limit_applies_in_the_forward_mode_in_bedrocks_error_shape(forward, env, bedrock, monkeypatch):
     created = json.loads(run_cli(forward.home, "keys", "create", "--name", "limited", "--json"))
     run_cli(forward.home, "keys", "set-limit", str(created["id"]), "--per-hour", "2")

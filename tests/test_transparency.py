@@ -84,6 +84,27 @@ def test_wrong_key_is_refused_in_the_anthropic_shape(proxy, upstream):
     assert len(upstream.received) == before
 
 
+@pytest.mark.parametrize("placed", ["api_key", "api-key", "x-custom"])
+def test_our_key_in_a_header_that_goes_to_the_provider_is_refused(proxy, upstream, placed):
+    """A client given its AiSpendTrack key as api_key= (or in a header of its own) would hand it to
+    the provider: refused, never forwarded, whatever else it carries."""
+    before = len(upstream.received)
+    client = (proxy.openai(api_key=proxy.key) if placed == "api_key"
+              else proxy.openai(headers={placed: f"{proxy.key}"}))
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(**CHAT)
+    where = "authorization" if placed == "api_key" else placed
+    assert raised.value.code == "aispendtrack_key_in_provider_header"
+    assert f"An AiSpendTrack key (ask_...) is in the {where} header" in raised.value.message
+    assert len(upstream.received) == before
+
+
+def test_a_header_value_with_ask_inside_a_word_is_forwarded(proxy, upstream, customer):
+    client = proxy.openai(headers={"x-customer-id": customer, "x-task": "task_0123456789abcdefghij"})
+    client.chat.completions.create(**CHAT)
+    assert upstream.last().headers["x-task"] == "task_0123456789abcdefghij"
+
+
 @pytest.mark.parametrize("header,value", [("x-customer-id", "c" * 129), ("x-feature", "tab\there")])
 def test_bad_tags_get_a_400_that_states_the_rule(proxy, upstream, header, value):
     before = len(upstream.received)
