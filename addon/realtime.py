@@ -55,10 +55,12 @@ class RealtimeSession:
 
     def read(self, frame: bytes, from_client: bool) -> CallMeter | None:
         """A finished response's meter, for the writer; None for every other frame."""
+        if from_client:  # the model is the server's: OpenAI refuses a session.update naming another
+            return None
         if len(frame) > MAX_READ_FRAME:
             return self._too_large(frame)
         kind = wire.event_of_interest(frame)
-        if kind is None or from_client != (kind == "session.update"):
+        if kind is None:
             return None
         event = wire.decode(frame)
         if event is None:

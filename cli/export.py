@@ -15,7 +15,7 @@ from addon.core.store import reports as report_rows
 from addon.core.wording import plural
 
 from .options import selection_options
-from .output import out_option
+from .output import out_option, written_whole
 from .progress import quiet_option, running
 
 
@@ -43,7 +43,7 @@ def write_calls(home: Path, selection: Selection, fmt: str, out: str | None = No
     # for as long as it likes, and must not hold the database while the proxy needs it.
     spool = None
     total = None
-    with reading(home_dir.db_path(home), long_read=True) as con:
+    with written_whole(out), reading(home_dir.db_path(home), long_read=True) as con:
         if newest is None:
             total = report_rows.count(con, selection)
         with running(f"Exporting {plural(total, 'call')}" if total else "Exporting calls", quiet):
@@ -52,8 +52,9 @@ def write_calls(home: Path, selection: Selection, fmt: str, out: str | None = No
             else:
                 spool = filled(home, lambda path: report_rows.copy_out(con, selection, path, fmt, newest))
     if spool is not None:
-        sys.stdout.flush()
-        for chunk in spool.chunks():
-            sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
+        with written_whole(None):
+            sys.stdout.flush()
+            for chunk in spool.chunks():
+                sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
     return total

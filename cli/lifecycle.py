@@ -15,7 +15,7 @@ from addon.core.serialize import dumps
 from addon.core.store.subjects import Subject, subject_from
 from addon.core.wording import plural
 
-from .output import out_option
+from .output import out_option, written_whole
 from .progress import quiet_option, running
 
 
@@ -118,11 +118,14 @@ def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
     """Everything stored about the subject, as one JSON document."""
     subject = _subject(customer, key)
     spill = obj.home / home_dir.SPILL_DIR
-    if out is None:
-        counts = subject_requests.export(obj.db, spill, subject, sys.stdout)
-    else:
-        with open(out, "w", encoding="utf-8") as f:
-            counts = subject_requests.export(obj.db, spill, subject, f)
+    with written_whole(out):
+        if out is None:
+            counts = subject_requests.export(obj.db, spill, subject, sys.stdout)
+            sys.stdout.flush()  # here, where a failure is still ours to report
+        else:
+            with open(out, "w", encoding="utf-8") as f:
+                counts = subject_requests.export(obj.db, spill, subject, f)
+    if out is not None:
         click.echo(f"Wrote {out}: " + ", ".join(f"{n:,} {name.replace('_', ' ')}" for name, n in counts.items()),
                    err=True)
     if not any(counts.values()):
@@ -156,6 +159,9 @@ def delete(obj, customer: str | None, key: int | None, yes: bool, quiet: bool) -
                f"{plural(counts['rollups'], 'rollup row')}, {plural(counts['budgets'], 'budget')}, "
                f"{plural(counts['alerts'], 'alert')}, {plural(counts['pending_calls'], 'pending call')}"
                + (", the key" if counts.get("keys") else "") + ". " + _reclaimed(counts))
+    if not any(counts[name] for name in ("calls", "rollups", "budgets", "alerts", "pending_calls", "keys")
+               if name in counts):
+        click.echo(f"Nothing was stored about {subject.label()} (ids match exactly, case included).", err=True)
     if counts["unreadable_spill_files"]:
         raise click.ClickException(f"Could not read {plural(counts['unreadable_spill_files'], 'spill file')} under "
                                    f"{obj.home / home_dir.SPILL_DIR}: they may still hold "

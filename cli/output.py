@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import click
@@ -31,6 +32,22 @@ def _writable_target(ctx: click.Context, param: click.Parameter, value: str | No
     if not os.access(directory, os.W_OK):
         raise click.BadParameter(f"the directory {directory} is not writable.")
     return value
+
+
+@contextlib.contextmanager
+def written_whole(out: str | None) -> Iterator[None]:
+    """A failed write of an export (a full disk, a device that takes nothing) as one line that says
+    the output is incomplete, not a traceback; a reader that stopped reading (| head) ends quietly."""
+    import duckdb
+
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except (OSError, duckdb.IOException) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise click.ClickException(f"could not write {out or 'to standard output'}: {why}. What was "
+                                   f"written is incomplete.") from None
 
 
 def check_port_free(host: str, port: int, flag: str) -> None:

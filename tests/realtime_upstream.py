@@ -3,7 +3,8 @@ WebSocket that speaks the documented event sequence.
 
 The handshake needs a model in the query and ``Authorization: Bearer sk-...`` (else 400/401, as
 OpenAI answers), and records the headers it got. The session starts with ``session.created``;
-``session.update`` is answered with ``session.updated``; each ``response.create`` with
+``session.update`` is answered with ``session.updated`` (with an ``error`` event, the update
+not applied, when it names another model); each ``response.create`` with
 ``response.created``, an audio delta, a transcript delta and ``response.done`` with the usage below.
 A ``response.create`` whose ``response.instructions`` is ``"cut"`` stops after the audio delta and
 closes the socket (code 1011) before ``response.done``; ``"garbled"`` sends a frame that is not
@@ -86,7 +87,14 @@ class RealtimeProvider:
             conn.received.append(raw)
             event = json.loads(raw)
             if event["type"] == "session.update":
-                session.update(event.get("session") or {})
+                asked = event.get("session") or {}
+                if asked.get("model", session["model"]) != session["model"]:
+                    # As OpenAI: a session's model cannot change (only the upgrade's ?model= sets it).
+                    self._send(ws, conn, {"type": "error", "event_id": "event_err1", "error": {
+                        "type": "invalid_request_error", "code": "invalid_value", "param": "session.model",
+                        "message": "Cannot update a session's model.", "event_id": event.get("event_id")}})
+                    continue
+                session.update(asked)
                 self._send(ws, conn, {"type": "session.updated", "session": session})
             elif event["type"] == "response.create":
                 if not self._respond(ws, conn, (event.get("response") or {}).get("instructions")):

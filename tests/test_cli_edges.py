@@ -60,11 +60,50 @@ def test_an_out_file_in_a_missing_directory_is_refused_up_front(tmp_path, args):
     assert "the directory /no/such/dir does not exist; create it first." in result.output
 
 
+_WRITES = [("export", "--format", "csv"), ("export", "--format", "parquet"),
+           ("gdpr", "export", "--customer", "acme")]
+
+
+def _full_disk_refused(result, target: str) -> None:
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"could not write {target}: " in result.output and "What was written is incomplete." in result.output
+    assert "Wrote" not in result.output
+
+
+@pytest.mark.parametrize("args", _WRITES)
+def test_an_export_to_a_full_disk_fails_with_one_line(tmp_path, args):
+    run_cli(tmp_path, "keys", "create", "--name", "a")  # a store to read
+    _full_disk_refused(_invoke(tmp_path, *args, "--out", "/dev/full"), "/dev/full")
+
+
+@pytest.mark.parametrize("args", [_WRITES[0], _WRITES[2]])
+def test_an_export_to_a_full_standard_output_fails_with_one_line(tmp_path, args):
+    run_cli(tmp_path, "keys", "create", "--name", "a")
+    with open("/dev/full", "wb") as full:
+        done = subprocess.run([sys.executable, "-m", "cli", "--home", str(tmp_path), *args], stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "could not write to standard output: No space left on device." in done.stderr
+
+
+@pytest.mark.parametrize("args", [_WRITES[0], _WRITES[1]])
+def test_an_export_through_a_running_proxy_to_a_full_disk_fails(proxy, args):
+    """With the proxy up, its process writes the file's bytes into a pipe that this one copies to
+    the file: a copy that failed reported the export written before."""
+    _full_disk_refused(_invoke(proxy.home, *args, "--out", "/dev/full"), "/dev/full")
+
+
 def test_a_gdpr_export_with_nothing_stored_says_so(tmp_path):
     out = tmp_path / "acme.json"
     result = _invoke(tmp_path, "gdpr", "export", "--customer", "nobody", "--out", str(out))
     assert result.exit_code == 0 and "Nothing is stored about customer nobody." in result.output
     assert json.loads(out.read_text())["subject"] == {"customer": "nobody"}
+
+
+def test_a_gdpr_delete_of_a_subject_never_stored_says_so(tmp_path):
+    result = _invoke(tmp_path, "gdpr", "delete", "--customer", "Acme", "--yes")
+    assert result.exit_code == 0 and "Erased customer Acme: 0 calls" in result.output
+    assert "Nothing was stored about customer Acme (ids match exactly, case included)." in result.output
 
 
 def test_revoking_a_revoked_key_says_so_and_fails(tmp_path):

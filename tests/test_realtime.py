@@ -243,6 +243,21 @@ def test_cached_audio_is_priced_at_its_own_rate_not_cached_texts(proxy, realtime
     assert Decimal(str(row["cost_usd"])) == _gpt_realtime_cost(fake.USAGE, "gpt-realtime-mini")
 
 
+def test_a_model_the_client_names_in_session_update_is_not_the_price(proxy, realtime, customer):
+    """The session's model is the server's (the upgrade's, session.created/updated): OpenAI refuses
+    a session.update naming another, so a client's claim of the cheaper mini must not price the call."""
+    with _connect(proxy, customer) as conn:
+        _until(conn, "session.created")
+        conn.session.update(session={"type": "realtime", "model": "gpt-realtime-mini"})
+        [refused] = _until(conn, "error")
+        assert json.loads(refused)["error"]["param"] == "session.model"
+        conn.response.create()
+        _until(conn, "response.done")
+    [row] = proxy.rows(customer)
+    assert row["model"] == MODEL
+    assert Decimal(str(row["cost_usd"])) == _gpt_realtime_cost(fake.USAGE, MODEL)
+
+
 def test_a_response_under_way_when_the_proxy_stops_is_stored_unpriced(tmp_path, realtime, customer):
     proxy = start_proxy(tmp_path / "home", realtime.url, tmp_path / "proxy.log")
     try:

@@ -5,7 +5,8 @@ Usage comes in each server event ``response.done`` (docs/provider-usage.md), ``r
 {text_tokens, audio_tokens, image_tokens, cached_tokens, cached_tokens_details {text_tokens,
 audio_tokens, image_tokens}}, and ``output_tokens`` with ``output_token_details`` {text_tokens,
 audio_tokens}. The session's model is in the upgrade's query and in ``session.created`` /
-``session.updated`` (``session.model``); a client may name one in ``session.update``.
+``session.updated`` (``session.model``); a client's ``session.update`` cannot change it (OpenAI
+answers one that names another model with an error event), so client frames are not read.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .base import InvalidUsage, as_dict, count, loads
 
 PATH = "/v1/realtime"
 # Events are found by their type before any JSON is decoded: an audio delta is large and frequent.
-_TYPE = re.compile(rb'"type"\s*:\s*"(response\.created|response\.done|session\.(?:created|updated|update))"')
+_TYPE = re.compile(rb'"type"\s*:\s*"(response\.created|response\.done|session\.(?:created|updated))"')
 _MODEL = re.compile(r"[\w.:/-]{1,200}")
 
 

@@ -160,13 +160,17 @@ class RemoteConnection:
             return
         target = open(path, "wb")  # noqa: SIM115  (closed by the pump, or below)
         read_end, write_end = os.pipe()
-        pump = threading.Thread(target=_pump, args=(read_end, target), name="aispendtrack-owner-file", daemon=True)
+        failed: list[OSError] = []
+        pump = threading.Thread(target=_pump, args=(read_end, target, failed), name="aispendtrack-owner-file",
+                                daemon=True)
         pump.start()
         try:
             yield self._ask("file", fds=[write_end])
         finally:
             os.close(write_end)  # the owner closed its copy after the statement: the pump sees the end
             pump.join()
+            if failed:  # the file is short (a full disk): the cause, not the owner's broken pipe, if any
+                raise failed[0]
 
     def query_progress(self) -> float:
         return -1
@@ -178,10 +182,15 @@ class RemoteConnection:
         self._sock.close()
 
 
-def _pump(read_end: int, target) -> None:
-    with open(read_end, "rb") as pipe, target:
-        while piece := pipe.read(1 << 20):
-            target.write(piece)
+def _pump(read_end: int, target, failed: list[OSError]) -> None:
+    """Copy the pipe into ``target``; a write that fails ends the copy (the owner's next write then
+    fails too) and is kept in ``failed`` for the caller to raise."""
+    try:
+        with open(read_end, "rb") as pipe, target:
+            while piece := pipe.read(1 << 20):
+                target.write(piece)
+    except OSError as exc:
+        failed.append(exc)
 
 
 def _rebuilt(module: str, name: str, text: str) -> Exception:
