@@ -155,16 +155,19 @@ def list_budgets(obj, fmt: str = "table", as_json: bool = False) -> None:
         ("ID", lambda r: str(r["id"]), ">"),
         ("SCOPE", lambda r: Budget.from_row(r).scope_arg, "<"),
         ("KEY", lambda r: str(r["key_id"]) if r["key_id"] else "all" if r["scope"] in TAGS else "", "<"),
-        ("TODAY", lambda r: _against(r["spent_today_usd"], r["daily_usd"]), ">"),
-        ("THIS MONTH", lambda r: _against(r["spent_this_month_usd"], r["monthly_usd"]), ">"),
+        ("TODAY", lambda r: _against(r["spent_today_usd"], r["daily_usd"], r["unpriced_calls_today"]), ">"),
+        ("THIS MONTH", lambda r: _against(r["spent_this_month_usd"], r["monthly_usd"],
+                                          r["unpriced_calls_this_month"]), ">"),
         ("BLOCK", lambda r: "yes" if r["block"] else "no", "<"),
     ])
 
 
-def _against(spent: Decimal, budget: Decimal | None) -> str:
+def _against(spent: Decimal, budget: Decimal | None, unpriced: int) -> str:
+    """The known spend against the budget, and the calls it lacks the cost of (never read as $0)."""
+    unknown = f" + {unpriced:,} unpriced" if unpriced else ""
     if budget is None:
-        return usd(spent)
-    return f"{usd(spent)} of {usd(budget)} ({spent / budget:.0%})"
+        return usd(spent) + unknown
+    return f"{usd(spent)}{unknown} of {usd(budget)} ({spent / budget:.0%})"
 
 
 @budgets.command("delete")

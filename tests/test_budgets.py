@@ -548,3 +548,32 @@ def test_the_api_shows_each_key_its_own_budgets_spend_by_day_and_month_and_the_a
     run_cli(home, "keys", "revoke", str(two["id"]))
     refused = client.get("/api/v1/budgets", headers={"Authorization": f"Bearer {two['key']}"})
     assert refused.status_code == 401 and refused.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_calls_without_a_price_are_named_beside_a_budgets_spend_never_read_as_free(migrated_home):
+    """A budget's spend is what is known; the calls of unknown cost in its scope are said beside it
+    (CLI, JSON and API), where $0.00 of $10.00 read as nothing spent."""
+    from addon.core import config
+    from web import create_app
+    home = migrated_home
+    key = json.loads(run_cli(home, "keys", "create", "--name", "k", "--json"))
+    run_cli(home, "budgets", "set", "--scope", "customer:acme", "--key", str(key["id"]), "--daily", "10",
+            "--monthly", "100")
+    calendar = LocalCalendar.past_the_first(dt.datetime.now(dt.UTC))
+    with writing(db_path(home)) as con:
+        config.set_quota_zone(con, calendar.zone)
+        call_rows.insert(con, [
+            call_row(1, ts=calendar.day_start, key_id=key["id"], customer_id="acme", cost_usd=Decimal("1")),
+            *(call_row(i, ts=calendar.day_start, key_id=key["id"], customer_id="acme", cost_usd=None, priced=False)
+              for i in (2, 3)),
+            call_row(4, ts=calendar.month_start, key_id=key["id"], customer_id="acme", cost_usd=None, priced=False),
+            call_row(5, ts=calendar.day_start, key_id=key["id"], customer_id="other", cost_usd=None, priced=False)])
+    [listed] = json.loads(run_cli(home, "budgets", "list", "--json"))
+    assert (listed["spent_today_usd"], listed["unpriced_calls_today"]) == (1, 2)
+    assert (listed["spent_this_month_usd"], listed["unpriced_calls_this_month"]) == (1, 3)
+    row = run_cli(home, "budgets", "list").splitlines()[-1]
+    assert "$1.00 + 2 unpriced of $10.00 (10%)" in row and "$1.00 + 3 unpriced of $100.00 (1%)" in row
+    admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
+    [shown] = create_app(home).test_client().get("/api/v1/budgets",
+                                                 headers={"Authorization": f"Bearer {admin}"}).get_json()
+    assert (shown["unpriced_calls_today"], shown["unpriced_calls_this_month"]) == (2, 3)

@@ -131,7 +131,8 @@ def _visible_budgets(rows: list[dict], principal: Principal) -> list[dict]:
         if principal.sees_all or team_own or budget.owned_by(principal.key_id):
             visible.append(row)
         elif row["scope"] == "all":
-            visible.append({**row, "spent_today_usd": None, "spent_this_month_usd": None})
+            visible.append({**row, "spent_today_usd": None, "spent_this_month_usd": None,
+                            "unpriced_calls_today": None, "unpriced_calls_this_month": None})
     return visible
 
 

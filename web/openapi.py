@@ -90,6 +90,9 @@ SCHEMAS = {
                        **dict.fromkeys(("spent_today_usd", "spent_this_month_usd"), {
                            **_null(_NUM), "description": "null to a key for a budget over all calls: that spend "
                                                          "is other keys' too."}),
+                       **dict.fromkeys(("unpriced_calls_today", "unpriced_calls_this_month"), {
+                           **_null(_INT), "description": "Calls in the budget's scope whose cost is unknown (not "
+                                                         "in the spend); null where the spend is."}),
                        "tz": {**_STR, "description": "The zone of today and this month (the proxy's quota_tz)."}}),
     "ReconciliationLine": {"type": "object", "required": ["bucket", "model", "status"],
                            "properties": {"bucket": _null(_TIME), "model": _null(_STR), "pending": {"type": "boolean"},

@@ -98,14 +98,16 @@ class BudgetRefusal:
 
 
 def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[dict]:
-    """Every stored budget, with ``spent_today_usd`` and ``spent_this_month_usd`` from the store."""
+    """Every stored budget, with ``spent_today_usd`` and ``spent_this_month_usd`` from the store, and
+    the calls among them without a known cost (``unpriced_calls_today``, ``..._this_month``)."""
     from .store import budgets as budget_rows  # the store's rows, read on the caller's connection
 
     today, month = day_start(now, zone), month_start(now, zone)
     rows = budget_rows.all_budgets(con)
     for row in rows:
-        row["spent_today_usd"], row["spent_this_month_usd"] = budget_rows.spend_since(
-            con, row["scope"], row["scope_value"], row["key_id"], today, month)
+        scope = (con, row["scope"], row["scope_value"], row["key_id"], today, month)
+        row["spent_today_usd"], row["spent_this_month_usd"] = budget_rows.spend_since(*scope)
+        row["unpriced_calls_today"], row["unpriced_calls_this_month"] = budget_rows.unpriced_since(*scope)
     return rows
 
 

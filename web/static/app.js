@@ -353,14 +353,16 @@ function showBudgets(budgets) {
   const table = document.getElementById("budget-table");
   document.getElementById("no-budgets").hidden = budgets.length > 0;
   // A key is not shown the spend of a budget over all keys (null): that is other keys' spend too.
-  const used = (spent, limit) => spent === null ? (limit === null ? "–" : `limit ${money(limit)} (all keys' spend not shown)`)
-    : limit === null ? money(spent)
-    : `${money(spent)} of ${money(limit)} (${pct(spent / limit)})${spent >= limit ? " — over" : ""}`;
+  // Calls of unknown cost are not in the spend: named beside it, so it never reads as complete.
+  const unknown = (n) => n ? ` + ${n.toLocaleString("en-US")} unpriced` : "";
+  const used = (spent, limit, unpriced) => spent === null ? (limit === null ? "–" : `limit ${money(limit)} (all keys' spend not shown)`)
+    : limit === null ? money(spent) + unknown(unpriced)
+    : `${money(spent)}${unknown(unpriced)} of ${money(limit)} (${pct(spent / limit)})${spent >= limit ? " — over" : ""}`;
   const head = el("tr", {}, ...["scope", "today", "this month", "blocks calls"].map((h, i) => el("th", { class: i === 1 || i === 2 ? "num" : "", scope: "col" }, h)));
   const rows = budgets.map((b) => el("tr", { class: (b.daily_usd !== null && b.spent_today_usd >= b.daily_usd) || (b.monthly_usd !== null && b.spent_this_month_usd >= b.monthly_usd) ? "over" : "" },
     el("td", {}, budgetLabel(b)),
-    el("td", { class: "num" }, used(b.spent_today_usd, b.daily_usd)),
-    el("td", { class: "num" }, used(b.spent_this_month_usd, b.monthly_usd)),
+    el("td", { class: "num" }, used(b.spent_today_usd, b.daily_usd, b.unpriced_calls_today)),
+    el("td", { class: "num" }, used(b.spent_this_month_usd, b.monthly_usd, b.unpriced_calls_this_month)),
     el("td", {}, b.block ? "yes" : "no")));
   table.replaceChildren(...(budgets.length ? [el("thead", {}, head), el("tbody", {}, ...rows)] : []));
   if (budgets.length) document.getElementById("budget-zone").textContent = budgets[0].tz;

@@ -59,7 +59,31 @@ def all_budgets(con: duckdb.DuckDBPyConnection) -> list[dict]:
 def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
                 day_start: dt.datetime, month_start: dt.datetime) -> tuple[Decimal, Decimal]:
     """(spend since day_start, spend since month_start) of the calls in a budget's scope (of its
-    key, for a customer or feature budget that has one)."""
+    key, for a customer or feature budget that has one): what is known; calls without a price
+    count nothing (``unpriced_since``)."""
+    conditions, params = _in_scope(scope, value, key_id)
+    row = one(con.execute(f"""
+        SELECT coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0), coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0)
+        FROM usage_history WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {conditions}
+    """, [day_start, month_start, day_start, month_start, *params]))
+    return Decimal(row[0]), Decimal(row[1])
+
+
+def unpriced_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
+                   day_start: dt.datetime, month_start: dt.datetime) -> tuple[int, int]:
+    """The calls of ``spend_since`` whose cost nobody knows, today and this month: shown beside a
+    budget's spend, which would read as complete without them."""
+    conditions, params = _in_scope(scope, value, key_id)
+    row = one(con.execute(f"""
+        SELECT coalesce(sum(unpriced_calls) FILTER (WHERE bucket >= ?), 0),
+               coalesce(sum(unpriced_calls) FILTER (WHERE bucket >= ?), 0)
+        FROM rollups WHERE bucket >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {conditions}
+    """, [day_start, month_start, day_start, month_start, *params]))
+    return int(row[0]), int(row[1])
+
+
+def _in_scope(scope: str, value: str | None, key_id: int | None) -> tuple[str, list[object]]:
+    """The condition on rollup rows (and usage_history's) of a budget's scope, and its parameters."""
     conditions = ["TRUE"]
     params: list[object] = []
     if scope == "team":  # the keys in the team now, as reports count it
@@ -71,8 +95,4 @@ def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, k
     if key_id is not None:
         conditions.append("key_id = ?")
         params.append(key_id)
-    row = one(con.execute(f"""
-        SELECT coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0), coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0)
-        FROM usage_history WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {' AND '.join(conditions)}
-    """, [day_start, month_start, day_start, month_start, *params]))
-    return Decimal(row[0]), Decimal(row[1])
+    return " AND ".join(conditions), params
