@@ -430,24 +430,60 @@ def test_a_reprice_after_a_purge_keeps_the_purged_calls_of_a_day(tmp_path):
             == (len(rows), want), by
 
 
-def test_the_history_purge_drops_whole_utc_weeks_from_every_tier(tmp_path):
+@pytest.mark.parametrize("mode", ["embedded", "shared"])
+def test_the_history_purge_drops_whole_utc_weeks_of_purged_calls_and_keeps_those_kept_raw(tmp_path, mode, request):
     # Calls over six days around the 400-day history cutoff (2026-05-06 15:20), which is cut back to
-    # the start of its week (Thursday 2026-04-30, 00:00 UTC): the widest rollup bucket.
+    # the start of its week (Thursday 2026-04-30, 00:00 UTC): the widest rollup bucket. Keys 1, 2 and
+    # none are purged up to that week; key 3 is kept forever, so its calls stay raw, and so do their
+    # sums (the reports read only rollups there: they lost key 3's old calls).
+    if mode == "shared":
+        request.getfixturevalue("shared_env")  # a lake on a throwaway PostgreSQL
     now = dt.datetime(2027, 6, 10, 15, 20, tzinfo=dt.UTC)
     rng = random.Random(400)
     week = dt.datetime(2026, 4, 30, tzinfo=dt.UTC)
     assert week.weekday() == 3 and now - dt.timedelta(days=lifecycle.HISTORY_DAYS) - week < dt.timedelta(days=7)
     with writing(tmp_path / "a.duckdb") as con:
         call_rows.insert(con, [random_call(rng, week - dt.timedelta(days=3), 6 * 86400) for _ in range(600)])
-        lifecycle.purge(con, {}, now)
-        assert_coarse_tiers_right(con, raw=False)
-        (first,) = con.execute("SELECT min(ts) FROM calls").fetchone()
-        sums = {tier.table: con.execute(f"SELECT min(bucket) >= ?, sum(calls), sum(cost_usd) FROM {tier.table}",
+        lifecycle.purge(con, {1: week, 2: week, None: week}, now)
+        assert_coarse_tiers_right(con)  # every tier sums exactly the calls still stored
+        old = con.execute("SELECT count(*), sum(cost_usd), count(DISTINCT coalesce(key_id, -1)) FROM calls "
+                          "WHERE ts < ?", [week]).fetchone()
+        sums = {tier.table: con.execute(f"SELECT sum(calls), sum(cost_usd) FROM {tier.table} WHERE bucket < ?",
                                         [week]).fetchone() for tier in rollups.TIERS}
-        raw = con.execute("SELECT count(*), sum(cost_usd) FROM calls WHERE ts >= ?", [week]).fetchone()
-    assert first < week  # the raw calls stay: only their plans' retention purges them
-    assert 200 < raw[0] < 400
-    assert set(sums.values()) == {(True, *raw)}  # the week of the cutoff kept whole, the days before gone
+        spec = parse_report(["key"], since="2026-04-01", until="2026-05-10", now=now)
+        assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), "by key")
+    assert 50 < old[0] < 150 and old[2] == 1  # key 3's: only their plans' retention purges raw calls
+    assert set(sums.values()) == {old[:2]}  # kept in every tier; the purged keys' days before the week gone
+
+
+@pytest.mark.parametrize("mode", ["embedded", "shared"])
+def test_a_reprice_of_a_late_row_in_a_purged_hour_keeps_the_purged_calls(tmp_path, mode, request):
+    """A spill replayed after its hour was purged stores a raw row beside sums of calls gone raw:
+    repricing it summed the pair again from its one raw row (1 call, $0.50 in every tier, where 11
+    calls and $10.50 were stored)."""
+    if mode == "shared":
+        request.getfixturevalue("shared_env")
+    now = dt.datetime(2026, 12, 6, 12, tzinfo=dt.UTC)
+    noon = dt.datetime(2026, 11, 1, 12, tzinfo=dt.UTC)
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [call_row(i, ts=noon + dt.timedelta(minutes=i), key_id=1, cost_usd=Decimal(1),
+                                        customer_id=("acme", "beta")[i % 2], latency_ms=100.0 * (i + 1))
+                               for i in range(10)])
+        lifecycle.purge(con, {1: dt.datetime(2026, 11, 2, tzinfo=dt.UTC)}, now)
+        late = call_row(99, ts=noon + dt.timedelta(minutes=3, seconds=7), key_id=1, cost_usd=None, priced=False,
+                        customer_id="acme", latency_ms=5000.0)
+        call_rows.insert(con, [late], skip_existing=True)
+        report_rows.apply_reprice(con, [(late["id"], Decimal("0.5"), "test", None)])
+        for tier in rollups.TIERS:
+            found = con.execute(f"SELECT sum(calls), sum(cost_usd), sum(unpriced_calls), "
+                                f"sum(list_sum(map_values(latency))) FROM {tier.table}").fetchone()
+            assert found == (11, Decimal("10.5"), 0, 11), tier.table
+        assert_coarse_tiers_right(con, raw=False)
+        spec = parse_report(["customer"], since="2026-11-01", until="2026-11-02", now=now)
+        groups, total = report_rows.report(con, spec)
+        assert [(g["customer_id"], g["calls"], g["cost_usd"]) for g in groups] == [
+            ("acme", 6, Decimal("5.5")), ("beta", 5, Decimal("5"))]
+        assert (total["calls"], total["cost_usd"]) == (11, Decimal("10.5"))
 
 
 def test_calls_without_a_time_in_the_proxy_sum_to_an_empty_histogram_not_a_missing_one(tmp_path):

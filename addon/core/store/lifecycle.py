@@ -59,13 +59,32 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
             DELETE FROM calls USING purge_cutoffs p
             WHERE coalesce(calls.key_id, -1) = p.key_id AND calls.ts < p.cutoff
         """))
-        (hours,) = one(con.execute("DELETE FROM rollups WHERE bucket < ?", [history_cutoff]))
-        for tier in rollups.DERIVED:
-            con.execute(f"DELETE FROM {tier.table} WHERE bucket < ?", [history_cutoff])
+        hours = _drop_history(con, history_cutoff) if dropped else 0
     # Alert history is control state (PostgreSQL in the shared mode), so apart from the rows.
     alerts = len(control(con).execute("DELETE FROM alerts WHERE sent_at < ? RETURNING id", [history_cutoff]).fetchall())
     totals = {"calls": calls, "hourly_rows": hours, "alerts": alerts, "batches": batches.forget_tags(con, cutoffs)}
     return {None if k == _NO_KEY else k: n for k, n in per_key}, totals
+
+
+def _drop_history(con: duckdb.DuckDBPyConnection, cutoff: dt.datetime) -> int:
+    """Drop the rollups before ``cutoff`` but the sums of calls still kept raw (a key kept forever:
+    reports read only rollups before the horizon, so dropping those lost the calls from every
+    report but --exact); the coarser tiers' rows there are summed again from what stays. Returns
+    the 15-minute rows dropped. In the caller's transaction."""
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE history_kept AS
+                    SELECT DISTINCT {rollups.bucket_sql()} AS bucket, coalesce(key_id, -1) AS key_id
+                    FROM calls WHERE ts < ?""", [cutoff])
+    (dropped,) = one(con.execute("""
+        DELETE FROM rollups WHERE bucket < ? AND NOT EXISTS (
+            SELECT 1 FROM history_kept k WHERE k.bucket = rollups.bucket AND k.key_id = coalesce(rollups.key_id, -1))
+    """, [cutoff]))
+    for tier in rollups.DERIVED:
+        con.execute(f"DELETE FROM {tier.table} WHERE bucket < ?", [cutoff])
+    if one(con.execute("SELECT count(*) FROM history_kept"))[0]:
+        for tier in rollups.DERIVED:
+            rollups.derive(con, rollups.pairs("history_kept", tier), tier)
+    con.execute("DROP TABLE history_kept")
+    return dropped
 
 
 def retention_settings(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, str, int | None]]:

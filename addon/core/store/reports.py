@@ -802,6 +802,8 @@ def apply_reprice(con: duckdb.DuckDBPyConnection,
     while True:
         try:
             with transaction(con):
+                changed = f"id IN (SELECT n.id FROM ({batch.select(columns)}) n)"
+                rollups.keep_remainders(con, changed, [param])  # before the calls change
                 con.execute(f"""
                     UPDATE calls SET previous_cost_usd = calls.cost_usd, previous_price_source = calls.price_source,
                                      cost_usd = n.cost, priced = n.cost IS NOT NULL, price_source = n.source,
@@ -811,7 +813,7 @@ def apply_reprice(con: duckdb.DuckDBPyConnection,
                         OR calls.price_source IS DISTINCT FROM n.source
                         OR calls.price_snapshot IS DISTINCT FROM n.snapshot)
                 """, [param])
-                rollups.rebuild(con, f"id IN (SELECT n.id FROM ({batch.select(columns)}) n)", [param])
+                rollups.rebuild(con, changed, [param], kept=True)
             return
         except duckdb.TransactionException as exc:
             # The file's owner putting a week in customer order (customer_order.py), or another

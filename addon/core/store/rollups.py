@@ -199,7 +199,7 @@ def merged(source: str, tier: Tier) -> str:
     merges = "".join(f""",
         bins_{h} AS (SELECT {group}, b, sum(n)::BIGINT AS n FROM
                        (SELECT {group}, unnest(map_keys({h})) AS b, unnest(map_values({h})) AS n FROM r)
-                     GROUP BY ALL),
+                     GROUP BY ALL HAVING sum(n) <> 0),
         hist_{h} AS (SELECT {group}, map(list(b ORDER BY b), list(n ORDER BY b)) AS {h} FROM bins_{h} GROUP BY ALL)"""
                      for h in HISTOGRAMS)
     # A row without a proxy histogram (summed before m032) makes the merged one have none: a
@@ -220,12 +220,17 @@ def _columns(tier: Tier, prefix: str = "") -> str:
     return ", ".join(f"{prefix}{c}" for c in [*tier.dimensions, *COUNTS, *SUMS, "cost_usd", *HISTOGRAMS])
 
 
-def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list, derived: bool = True) -> None:
+def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list, derived: bool = True,
+            kept: bool = False) -> None:
     """Replace the 15-minute rows of each (bucket, key) pair of the raw calls matching ``condition``
-    by sums of those pairs' raw rows, then (``derived``) the coarser tiers' rows of those pairs from
-    the 15-minute rows (``derive``). Exact because a purge removes a key's calls by whole hours: a 15-minute
-    pair's calls are all raw or all purged; an hour or a day may hold purged calls, which only the
-    15-minute rows still sum. Run inside the caller's transaction."""
+    by sums of those pairs' raw rows, plus what those rows held beyond them (``keep_remainders``;
+    given ``kept``, the caller took it before changing the calls), then (``derived``) the coarser
+    tiers' rows of those pairs from the 15-minute rows (``derive``). A purge removes a key's calls
+    by whole hours, so a pair's calls are all raw or all purged, unless a late row (a spill replayed
+    days later) landed in a purged hour: that pair's purged calls live on only in its rows. Run
+    inside the caller's transaction."""
+    if not kept:
+        keep_remainders(con, condition, params)
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE rebuilt_buckets AS
         SELECT DISTINCT {bucket_sql()} AS bucket, key_id FROM calls WHERE {condition}""", params)
@@ -234,9 +239,40 @@ def rebuild(con: duckdb.DuckDBPyConnection, condition: str, params: list, derive
     con.execute(insert(FINE, aggregate(
         f"SELECT c.* FROM calls c JOIN rebuilt_buckets p ON {bucket_sql('c.ts')} = p.bucket "
         f"AND coalesce(c.key_id, -1) = coalesce(p.key_id, -1)")))
+    con.execute(insert(FINE, "SELECT * FROM rollup_remainders"))
     for tier in DERIVED if derived else ():
         derive(con, pairs("rebuilt_buckets", tier), tier)
     con.execute("DROP TABLE rebuilt_buckets")
+    con.execute("DROP TABLE rollup_remainders")
+
+
+def keep_remainders(con: duckdb.DuckDBPyConnection, condition: str, params: list) -> None:
+    """Into the temp table rollup_remainders, for ``rebuild``: of the (bucket, key) pairs of the raw
+    calls matching ``condition``, what their 15-minute rows sum beyond their raw calls (purged
+    calls' sums, where a late row was stored after the purge): the rows with the raw calls' sums
+    taken off, groups left without a call dropped. Taken before the calls change (a reprice's
+    UPDATE). Where the purged calls of a group had no known cost and its raw calls had, the
+    remainder's cost is 0, not NULL (its unpriced count still says so)."""
+    pair = "coalesce({0}.key_id, -1) = p.key_id"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE remainder_pairs AS
+        WITH p AS (SELECT DISTINCT {bucket_sql()} AS bucket, coalesce(key_id, -1) AS key_id
+                   FROM calls WHERE {condition}),
+             raw AS (SELECT p.bucket, p.key_id, count(*) AS n FROM calls c
+                     JOIN p ON {bucket_sql('c.ts')} = p.bucket AND {pair.format('c')} GROUP BY ALL),
+             rolled AS (SELECT p.bucket, p.key_id, sum(r.calls) AS n FROM rollups r
+                        JOIN p ON r.bucket = p.bucket AND {pair.format('r')} GROUP BY ALL)
+        SELECT bucket, key_id FROM rolled JOIN raw USING (bucket, key_id) WHERE rolled.n > raw.n""", params)
+    negated = ", ".join(["bucket", *FINE.dimensions, *(f"-{c} AS {c}" for c in [*COUNTS, *SUMS, "cost_usd"]),
+                         *(f"map_from_entries(list_transform(map_entries({h}), e -> {{'k': e.key, 'v': -e.value}})) "
+                           f"AS {h}" for h in HISTOGRAMS)])
+    raw_rows = aggregate(f"SELECT c.* FROM calls c JOIN remainder_pairs p ON {bucket_sql('c.ts')} = p.bucket "
+                         f"AND {pair.format('c')}")
+    rows = (f"SELECT r.* EXCLUDE (customer_key) FROM rollups r JOIN remainder_pairs p ON r.bucket = p.bucket "
+            f"AND {pair.format('r')} UNION ALL BY NAME SELECT {negated} FROM ({raw_rows})")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_remainders AS "
+                f"SELECT * FROM ({merged(rows, FINE)}) WHERE calls <> 0")
+    con.execute("DROP TABLE remainder_pairs")
 
 
 def pairs(table: str, tier: Tier) -> str:
