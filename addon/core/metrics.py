@@ -119,7 +119,7 @@ class Metrics:
         if not self._combinations((*labels, status_label)):
             labels, status_label = [OTHER] * len(labels), OTHER
         self.calls.labels(*labels, status_label).inc()
-        if status is None or status >= 400:
+        if _failed(status, row.get("outcome")):
             self.errors.labels(*labels).inc()
         for kind in KINDS:
             count = int(row.get(f"{kind}_tokens") or 0)
@@ -237,3 +237,9 @@ def watch_connections(stats: Callable[[], dict[str, int]]) -> None:
 
 def current() -> Metrics:
     return _current
+
+
+def _failed(status: int | None, outcome: str | None) -> bool:
+    """As reports count errors (rollups.FAILED, in SQL): an error status, or an answer that did not
+    complete (a stream cut after its 200, the client gone); no status alone is not one."""
+    return (status is not None and status >= 400) or (outcome is not None and outcome != "completed")
