@@ -28,9 +28,10 @@ TAG_HEADERS = ("x-customer-id", "x-feature")
 HEALTH_PATH = "/aispendtrack/health"
 MAX_TAG_LENGTH = 128
 _OUR_HEADERS = {name.encode(): name for name in (KEY_HEADER, *TAG_HEADERS)}
-# An AiSpendTrack key as a token of another header's value ("Bearer ask_...", "ask_..."), not
-# inside a word ("task_..."): keys are PREFIX and 43 URL-safe characters (core/keys.py).
-_KEY_IN_VALUE = re.compile(rb"(?<![A-Za-z0-9_-])" + re.escape(keygen.PREFIX.encode()) + rb"[A-Za-z0-9_-]{16,}")
+# An AiSpendTrack key as a token of another header's value ("Bearer ask_..."): PREFIX and exactly
+# 43 URL-safe characters (core/keys.py), not inside a longer word ("task_...", a Referer's path).
+_KEY_PREFIX = keygen.PREFIX.encode()
+_KEY_IN_VALUE = re.compile(rb"(?<![A-Za-z0-9_-])" + re.escape(_KEY_PREFIX) + rb"[A-Za-z0-9_-]{43}(?![A-Za-z0-9_-])")
 # SigV4's list of the headers a signature covers (Authorization: AWS4-HMAC-SHA256 ..., SignedHeaders=a;b, ...)
 _SIGNED_HEADERS = re.compile(rb"SignedHeaders=([^,\s]*)")
 
@@ -72,7 +73,9 @@ class Gate:
         if path == HEALTH_PATH and forwarded is None:
             flow.response = http.Response.make(200, b'{"status": "ok"}', {"content-type": "application/json"})
             return
-        ours, signed = _take_our_headers(req.headers)  # removed here: they never reach the provider
+        # Removed here: they never reach the provider. Signed requests (AWS SigV4) come only
+        # through the forward port: the reverse mode's Host is ours, so no signature survives it.
+        ours, signed = _take_our_headers(req.headers, keep_signed=forwarded is not None)
         routed = self._route(flow, path, query) if forwarded is None else self._route_host(flow, forwarded, path, query)
         if routed is None:
             return
@@ -171,29 +174,28 @@ def _is_our_param(param: str) -> bool:
     return unquote(name).lower() == KEY_HEADER or unquote(value).startswith(keygen.PREFIX)
 
 
-def _take_our_headers(headers: http.Headers) -> tuple[dict[str, str], frozenset[str]]:
-    """Remove our headers and return their values (the first, if one was sent twice), and the
-    names of those an AWS SigV4 signature covers: those are read but left in place, as removing
-    one would make the provider refuse the signature (a Bedrock client adding x-customer-id in
-    botocore's before-sign hook). The caller refuses a signed key header.
+def _take_our_headers(headers: http.Headers, keep_signed: bool) -> tuple[dict[str, str], frozenset[str]]:
+    """Remove our headers and return their values (the first, if one was sent twice); given
+    ``keep_signed``, also the names of those an AWS SigV4 signature covers: those are read but left
+    in place, as removing one would make the provider refuse the signature (a Bedrock client adding
+    x-customer-id in botocore's before-sign hook). The caller refuses a signed key header.
 
     One pass over the raw fields: Headers.get and .pop cost several microseconds each, and this
     runs on every request."""
     taken: dict[str, str] = {}
     kept = []
-    authorization = b""
     for field in headers.fields:
-        lowered = field[0].lower()
-        name = _OUR_HEADERS.get(lowered)
+        name = _OUR_HEADERS.get(field[0].lower())
         if name is None:
             kept.append(field)
-            if lowered == b"authorization":
-                authorization = field[1]
         elif name not in taken:
             taken[name] = field[1].decode("utf-8", "surrogateescape")
     if not taken:
         return taken, frozenset()
-    signed = _signed_headers(authorization) & _OUR_HEADERS.keys()
+    signed = set()
+    if keep_signed:
+        authorization = next((v for n, v in headers.fields if n.lower() == b"authorization"), b"")
+        signed = _signed_headers(authorization) & _OUR_HEADERS.keys()
     if signed:  # those stay where they are: a signature covers the order of repeated values too
         kept = [f for f in headers.fields if _OUR_HEADERS.get(f[0].lower()) is None or f[0].lower() in signed]
     headers.fields = tuple(kept)
@@ -210,10 +212,13 @@ def _signed_headers(authorization: bytes) -> set[bytes]:
 
 def _key_in_other_header(headers: http.Headers) -> str | None:
     """The name of a header (ours removed) whose value holds an AiSpendTrack key: a client given
-    its key as api_key= would send it to the provider."""
-    prefix = keygen.PREFIX.encode()
-    for name, value in headers.fields:
-        if prefix in value and _KEY_IN_VALUE.search(value):
+    its key as api_key= would send it to the provider. One search over all values first (~1 µs
+    for an SDK's headers); the fields one by one only when it finds the prefix."""
+    fields = headers.fields
+    if _KEY_PREFIX not in b"\n".join([value for _, value in fields]):
+        return None
+    for name, value in fields:
+        if _KEY_IN_VALUE.search(value):
             return name.decode("latin-1")
     return None
 
