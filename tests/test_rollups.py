@@ -19,7 +19,7 @@ import pytest
 from addon.core import home as home_dir
 from addon.core.reports import parse_report
 from addon.core.store import calls as call_rows
-from addon.core.store import lifecycle, migrations, reading, rollups, writing
+from addon.core.store import config, customer_order, lifecycle, migrations, reading, rollups, writing
 from addon.core.store import reports as report_rows
 
 from .helpers import call_row, migrated_before, read_rollups, run_cli
@@ -444,6 +444,9 @@ def test_the_history_purge_drops_whole_utc_weeks_of_purged_calls_and_keeps_those
     assert week.weekday() == 3 and now - dt.timedelta(days=lifecycle.HISTORY_DAYS) - week < dt.timedelta(days=7)
     with writing(tmp_path / "a.duckdb") as con:
         call_rows.insert(con, [random_call(rng, week - dt.timedelta(days=3), 6 * 86400) for _ in range(600)])
+        if mode == "embedded":  # the owner has put the weeks up to the cutoff's in customer order
+            config.put(con, customer_order.SETTING, (week + rollups.WEEK).isoformat(), now)
+        order = customer_order.ordered_until(con)
         lifecycle.purge(con, {1: week, 2: week, None: week}, now)
         assert_coarse_tiers_right(con)  # every tier sums exactly the calls still stored
         old = con.execute("SELECT count(*), sum(cost_usd), count(DISTINCT coalesce(key_id, -1)) FROM calls "
@@ -452,6 +455,14 @@ def test_the_history_purge_drops_whole_utc_weeks_of_purged_calls_and_keeps_those
                                         [week]).fetchone() for tier in rollups.TIERS}
         spec = parse_report(["key"], since="2026-04-01", until="2026-05-10", now=now)
         assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), "by key")
+        # No 15-minute row was appended: the weeks stay in customer order (re-ordering a year of them
+        # would follow). The next day's purge finds nothing more to drop and leaves the tiers as they
+        # are: the kept rows stay older than the cutoff for good.
+        assert customer_order.ordered_until(con) == order
+        tiers = {tier.table: tier_rows(con, tier) for tier in rollups.DERIVED}
+        _, totals = lifecycle.purge(con, {1: week, 2: week, None: week}, now + dt.timedelta(days=1))
+        assert totals["hourly_rows"] == 0 and customer_order.ordered_until(con) == order
+        assert {tier.table: tier_rows(con, tier) for tier in rollups.DERIVED} == tiers
     assert 50 < old[0] < 150 and old[2] == 1  # key 3's: only their plans' retention purges raw calls
     assert set(sums.values()) == {old[:2]}  # kept in every tier; the purged keys' days before the week gone
 

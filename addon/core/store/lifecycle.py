@@ -69,21 +69,23 @@ def purge(con: duckdb.DuckDBPyConnection, cutoffs: dict[int | None, dt.datetime]
 def _drop_history(con: duckdb.DuckDBPyConnection, cutoff: dt.datetime) -> int:
     """Drop the rollups before ``cutoff`` but the sums of calls still kept raw (a key kept forever:
     reports read only rollups before the horizon, so dropping those lost the calls from every
-    report but --exact); the coarser tiers' rows there are summed again from what stays. Returns
-    the 15-minute rows dropped. In the caller's transaction."""
+    report but --exact); the coarser tiers' rows of the buckets that lost some are summed again
+    from what stays. Returns the 15-minute rows dropped. In the caller's transaction."""
     con.execute(f"""CREATE OR REPLACE TEMP TABLE history_kept AS
                     SELECT DISTINCT {rollups.bucket_sql()} AS bucket, coalesce(key_id, -1) AS key_id
                     FROM calls WHERE ts < ?""", [cutoff])
-    (dropped,) = one(con.execute("""
-        DELETE FROM rollups WHERE bucket < ? AND NOT EXISTS (
-            SELECT 1 FROM history_kept k WHERE k.bucket = rollups.bucket AND k.key_id = coalesce(rollups.key_id, -1))
-    """, [cutoff]))
-    for tier in rollups.DERIVED:
-        con.execute(f"DELETE FROM {tier.table} WHERE bucket < ?", [cutoff])
-    if one(con.execute("SELECT count(*) FROM history_kept"))[0]:
+    con.execute("""CREATE OR REPLACE TEMP TABLE history_dropped AS
+                   SELECT DISTINCT bucket, coalesce(key_id, -1) AS key_id FROM rollups r WHERE bucket < ?
+                   AND NOT EXISTS (SELECT 1 FROM history_kept k
+                                   WHERE k.bucket = r.bucket AND k.key_id = coalesce(r.key_id, -1))""", [cutoff])
+    (dropped,) = one(con.execute("DELETE FROM rollups USING history_dropped d WHERE rollups.bucket = d.bucket "
+                                 "AND coalesce(rollups.key_id, -1) = d.key_id"))
+    if dropped:  # once a week's worth: the rows kept raw stay old, and are left alone after the first
         for tier in rollups.DERIVED:
-            rollups.derive(con, rollups.pairs("history_kept", tier), tier)
+            # No 15-minute row was appended: their customer order stands (customer_order.reopen).
+            rollups.derive(con, rollups.pairs("history_dropped", tier), tier, reopen=False)
     con.execute("DROP TABLE history_kept")
+    con.execute("DROP TABLE history_dropped")
     return dropped
 
 

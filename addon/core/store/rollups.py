@@ -199,7 +199,7 @@ def merged(source: str, tier: Tier) -> str:
     merges = "".join(f""",
         bins_{h} AS (SELECT {group}, b, sum(n)::BIGINT AS n FROM
                        (SELECT {group}, unnest(map_keys({h})) AS b, unnest(map_values({h})) AS n FROM r)
-                     GROUP BY ALL HAVING sum(n) <> 0),
+                     GROUP BY ALL HAVING sum(n) > 0),
         hist_{h} AS (SELECT {group}, map(list(b ORDER BY b), list(n ORDER BY b)) AS {h} FROM bins_{h} GROUP BY ALL)"""
                      for h in HISTOGRAMS)
     # A row without a proxy histogram (summed before m032) makes the merged one have none: a
@@ -250,9 +250,10 @@ def keep_remainders(con: duckdb.DuckDBPyConnection, condition: str, params: list
     """Into the temp table rollup_remainders, for ``rebuild``: of the (bucket, key) pairs of the raw
     calls matching ``condition``, what their 15-minute rows sum beyond their raw calls (purged
     calls' sums, where a late row was stored after the purge): the rows with the raw calls' sums
-    taken off, groups left without a call dropped. Taken before the calls change (a reprice's
-    UPDATE). Where the purged calls of a group had no known cost and its raw calls had, the
-    remainder's cost is 0, not NULL (its unpriced count still says so)."""
+    taken off, groups and histogram bins left with no call (or fewer, where rows went missing)
+    dropped. Taken before the calls change (a reprice's UPDATE). Where the purged calls of a group
+    had no known cost and its raw calls had, the remainder's cost is 0, not NULL (its unpriced
+    count still says so)."""
     pair = "coalesce({0}.key_id, -1) = p.key_id"
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE remainder_pairs AS
@@ -271,7 +272,7 @@ def keep_remainders(con: duckdb.DuckDBPyConnection, condition: str, params: list
     rows = (f"SELECT r.* EXCLUDE (customer_key) FROM rollups r JOIN remainder_pairs p ON r.bucket = p.bucket "
             f"AND {pair.format('r')} UNION ALL BY NAME SELECT {negated} FROM ({raw_rows})")
     con.execute(f"CREATE OR REPLACE TEMP TABLE rollup_remainders AS "
-                f"SELECT * FROM ({merged(rows, FINE)}) WHERE calls <> 0")
+                f"SELECT * FROM ({merged(rows, FINE)}) WHERE calls > 0")
     con.execute("DROP TABLE remainder_pairs")
 
 
@@ -282,7 +283,8 @@ def pairs(table: str, tier: Tier) -> str:
     return f"SELECT DISTINCT {bucket_sql('bucket', tier.seconds)} AS bucket, {key} AS key FROM {table}"
 
 
-def derive(con: duckdb.DuckDBPyConnection, selected: str, tier: Tier, params: list | None = None) -> None:
+def derive(con: duckdb.DuckDBPyConnection, selected: str, tier: Tier, params: list | None = None,
+           reopen: bool = True) -> None:
     """Sum the rows of ``tier`` of the (bucket, key) pairs ``selected`` (a SELECT, as ``pairs``)
     yields again from the 15-minute ones: after a customer's erase removed some of those (a coarse
     tier cannot tell its rows apart), or a reprice changed them. A tier without keys sums its whole
@@ -296,7 +298,7 @@ def derive(con: duckdb.DuckDBPyConnection, selected: str, tier: Tier, params: li
         f"SELECT {start} AS bucket, {_columns(tier, 'r.')} FROM rollups r "
         f"JOIN (SELECT DISTINCT bucket, key FROM rollup_pairs) p ON {start} = p.bucket"
         + (" AND coalesce(r.key_id, -1) = p.key" if keyed else ""), tier)))
-    if tier.keyed:
+    if tier.keyed and reopen:
         _reopened(con, "rollup_pairs")
     con.execute("DROP TABLE rollup_pairs")
 
