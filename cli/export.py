@@ -43,12 +43,13 @@ def write_calls(home: Path, selection: Selection, fmt: str, out: str | None = No
     # for as long as it likes, and must not hold the database while the proxy needs it.
     spool = None
     total = None
-    with written_whole(out), reading(home_dir.db_path(home), long_read=True) as con:
+    with reading(home_dir.db_path(home), long_read=True) as con:
         if newest is None:
             total = report_rows.count(con, selection)
         with running(f"Exporting {plural(total, 'call')}" if total else "Exporting calls", quiet):
             if out:
-                report_rows.copy_out(con, selection, out, fmt, newest)
+                with written_whole(out):
+                    report_rows.copy_out(con, selection, out, fmt, newest)
             else:
                 spool = filled(home, lambda path: report_rows.copy_out(con, selection, path, fmt, newest))
     if spool is not None:

@@ -159,8 +159,8 @@ def delete(obj, customer: str | None, key: int | None, yes: bool, quiet: bool) -
                f"{plural(counts['rollups'], 'rollup row')}, {plural(counts['budgets'], 'budget')}, "
                f"{plural(counts['alerts'], 'alert')}, {plural(counts['pending_calls'], 'pending call')}"
                + (", the key" if counts.get("keys") else "") + ". " + _reclaimed(counts))
-    if not any(counts[name] for name in ("calls", "rollups", "budgets", "alerts", "pending_calls", "keys")
-               if name in counts):
+    erased = {"calls", "rollups", "budgets", "alerts", "pending_calls", "keys", "batches"}
+    if not any(n for name, n in counts.items() if name in erased):
         click.echo(f"Nothing was stored about {subject.label()} (ids match exactly, case included).", err=True)
     if counts["unreadable_spill_files"]:
         raise click.ClickException(f"Could not read {plural(counts['unreadable_spill_files'], 'spill file')} under "

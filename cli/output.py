@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import os
 import socket
 import sys
@@ -34,19 +35,28 @@ def _writable_target(ctx: click.Context, param: click.Parameter, value: str | No
     return value
 
 
+# The errors of a write that ran out of room or hit a bad device, as opposed to those of the
+# database being read (a file that is not DuckDB's, a permission): the latter keep their own words.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
 @contextlib.contextmanager
 def written_whole(out: str | None) -> Iterator[None]:
-    """A failed write of an export (a full disk, a device that takes nothing) as one line that says
-    the output is incomplete, not a traceback; a reader that stopped reading (| head) ends quietly."""
+    """A failed write of an export to ``out`` (None: standard output), a full disk or a device that
+    takes nothing, as one line that says the output is incomplete, not a traceback."""
     import duckdb
 
     try:
         yield
-    except BrokenPipeError:
-        raise
-    except (OSError, duckdb.IOException) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise click.ClickException(f"could not write {out or 'to standard output'}: {why}. What was "
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise click.ClickException(f"could not write {out or 'to standard output'}: {exc.strerror}. What was "
+                                   f"written is incomplete.") from None
+    except duckdb.IOException as exc:  # DuckDB writing the file itself (COPY ... TO)
+        if out is None or out not in str(exc):
+            raise
+        raise click.ClickException(f"could not write {out}: {str(exc).partition(': ')[2] or exc}. What was "
                                    f"written is incomplete.") from None
 
 

@@ -93,6 +93,17 @@ def test_an_export_through_a_running_proxy_to_a_full_disk_fails(proxy, args):
     _full_disk_refused(_invoke(proxy.home, *args, "--out", "/dev/full"), "/dev/full")
 
 
+@pytest.mark.parametrize("args", [("report",), ("export", "--out", "out.csv"),
+                                  ("gdpr", "export", "--customer", "acme", "--out", "out.json")])
+def test_a_database_file_that_is_not_duckdbs_is_named_not_blamed_on_the_output(tmp_path, args):
+    (tmp_path / "aispendtrack.duckdb").write_bytes(b"not a database\n" * 100)
+    args = tuple(str(tmp_path / a) if a.startswith("out.") else a for a in args)
+    result = _invoke(tmp_path, *args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"{tmp_path / 'aispendtrack.duckdb'} is not a DuckDB database file" in result.output
+    assert "could not write" not in result.output
+
+
 def test_a_gdpr_export_with_nothing_stored_says_so(tmp_path):
     out = tmp_path / "acme.json"
     result = _invoke(tmp_path, "gdpr", "export", "--customer", "nobody", "--out", str(out))

@@ -163,6 +163,10 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
                 f"most likely 2.0 by an earlier AiSpendTrack. Convert it once, as docs/architecture.md "
                 f"(\"One DuckDB version\") shows: EXPORT DATABASE with DuckDB 2.0, IMPORT DATABASE with "
                 f"this one.") from None
+        if "not a valid DuckDB database file" in str(exc):
+            raise StoreError(f"{path} is not a DuckDB database file (damaged, or another program's): restore it "
+                             f"from a backup (docs/operations.md, \"Backup and restore\"), or move it aside to "
+                             f"start a new one.") from None
         raise
 
 
