@@ -107,9 +107,11 @@ def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo, unpriced: bool = 
     rows = budget_rows.all_budgets(con)
     for row in rows:
         scope = (con, row["scope"], row["scope_value"], row["key_id"], today, month)
-        row["spent_today_usd"], row["spent_this_month_usd"] = budget_rows.spend_since(*scope)
         if unpriced:
-            row["unpriced_calls_today"], row["unpriced_calls_this_month"] = budget_rows.unpriced_since(*scope)
+            (row["spent_today_usd"], row["spent_this_month_usd"], row["unpriced_calls_today"],
+             row["unpriced_calls_this_month"]) = budget_rows.spend_and_unpriced_since(*scope)
+        else:
+            row["spent_today_usd"], row["spent_this_month_usd"] = budget_rows.spend_since(*scope)
     return rows
 
 

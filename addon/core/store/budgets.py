@@ -69,17 +69,20 @@ def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, k
     return Decimal(row[0]), Decimal(row[1])
 
 
-def unpriced_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
-                   day_start: dt.datetime, month_start: dt.datetime) -> tuple[int, int]:
-    """The calls of ``spend_since`` whose cost nobody knows, today and this month: shown beside a
-    budget's spend, which would read as complete without them."""
+def spend_and_unpriced_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
+                             day_start: dt.datetime, month_start: dt.datetime) -> tuple[Decimal, Decimal, int, int]:
+    """``spend_since``'s two sums and the calls among them whose cost nobody knows, today and this
+    month, in one pass (both read the 15-minute rollups): shown beside a budget's spend, which
+    would read as complete without them."""
     conditions, params = _in_scope(scope, value, key_id)
     row = one(con.execute(f"""
-        SELECT coalesce(sum(unpriced_calls) FILTER (WHERE bucket >= ?), 0),
+        SELECT coalesce(sum(cost_usd) FILTER (WHERE bucket >= ?), 0),
+               coalesce(sum(cost_usd) FILTER (WHERE bucket >= ?), 0),
+               coalesce(sum(unpriced_calls) FILTER (WHERE bucket >= ?), 0),
                coalesce(sum(unpriced_calls) FILTER (WHERE bucket >= ?), 0)
         FROM rollups WHERE bucket >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {conditions}
-    """, [day_start, month_start, day_start, month_start, *params]))
-    return int(row[0]), int(row[1])
+    """, [day_start, month_start, day_start, month_start, day_start, month_start, *params]))
+    return Decimal(row[0]), Decimal(row[1]), int(row[2]), int(row[3])
 
 
 def _in_scope(scope: str, value: str | None, key_id: int | None) -> tuple[str, list[object]]:
