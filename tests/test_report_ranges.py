@@ -155,7 +155,7 @@ def test_a_range_on_bucket_edges_counts_purged_calls_from_the_rollups(con):
                 assert group["p50_latency_ms"] == pytest.approx(interpolated([10.0 * c for c in want], 0.5),
                                                                 rel=rollups.RELATIVE_ERROR), (since, until)
             _, raw = report_rows.report(con, spec, exact=True)  # the raw rows left: from 11:00
-            assert raw["cost_usd"] == (sum(c for c in want if c in (64, 512, 128, 256)) or None), (since, until, by)
+            assert raw["cost_usd"] == sum(c for c in want if c in (64, 512, 128, 256)), (since, until, by)  # $0: none
 
 
 def test_hours_of_zones_off_the_whole_hour_start_at_their_local_hour(con):
@@ -291,13 +291,15 @@ def test_local_hours_after_an_offset_change_on_the_last_day_of_purged_calls(tmp_
     assert [(g["hour"], g["calls"]) for g in groups] == [("2026-03-07 04:00", 1), ("2026-03-08 05:00", 1)]
 
 
-def test_local_hours_of_raw_calls_whose_rollups_the_history_purge_dropped(tmp_path):
-    # Past the rollups' history only raw calls are left (kept longer by a key's retention): --exact
-    # still finds the zone's offsets over them.
+def test_local_hours_of_raw_calls_kept_past_the_rollups_history(tmp_path):
+    # Past the rollups' 400 days, calls still kept raw (a key's retention) keep their rollups, and
+    # both a report and --exact find the zone's offsets over them.
     now = dt.datetime(2027, 6, 1, tzinfo=dt.UTC)
     with writing(tmp_path / "a.duckdb") as con:
         _two_calls_across_la_spring_forward(con)
         lifecycle.purge(con, {}, now)
-        assert con.execute(f"SELECT count(*) FROM {rollups.DAILY.table}").fetchone() == (0,)
-        groups, _ = report_rows.report(con, parse_report(["hour"], tz=LA, now=now), exact=True)
-    assert [(g["hour"], g["calls"]) for g in groups] == [("2026-03-07 04:00", 1), ("2026-03-08 05:00", 1)]
+        assert con.execute(f"SELECT sum(calls) FROM {rollups.DAILY.table}").fetchone() == (2,)
+        found = [report_rows.report(con, parse_report(["hour"], tz=LA, now=now), exact=exact)[0]
+                 for exact in (False, True)]
+    for groups in found:
+        assert [(g["hour"], g["calls"]) for g in groups] == [("2026-03-07 04:00", 1), ("2026-03-08 05:00", 1)]

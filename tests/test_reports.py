@@ -598,3 +598,18 @@ def test_a_reports_total_audio_seconds_are_the_stores_sum_to_the_millisecond(tmp
         alone = report_rows.total(con, spec)
     assert sorted(g["audio_seconds"] for g in groups) == [0.1, 0.2]
     assert total["audio_seconds"] == alone["audio_seconds"] == 0.3
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_a_period_without_calls_cost_nothing_and_one_of_unpriced_calls_is_unknown(tmp_path, exact):
+    """No call is $0 spent; calls none of whose cost is known are "unpriced" (null), never $0."""
+    from .helpers import call_row
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [call_row(1, cost_usd=None, priced=False)])  # 2026-11-25 12:00
+        total = {label: report_rows.total(con, parse_report([], since=since, until=until, now=now), exact=exact)
+                 for label, since, until in (("empty", "2026-11-26", "2026-11-27"),
+                                             ("unpriced", "2026-11-25", "2026-11-26"))}
+    assert (total["empty"]["calls"], total["empty"]["cost_usd"]) == (0, 0)
+    unpriced = total["unpriced"]
+    assert (unpriced["calls"], unpriced["unpriced_calls"], unpriced["cost_usd"]) == (1, 1, None)

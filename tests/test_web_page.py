@@ -475,3 +475,31 @@ def test_the_page_shows_what_the_proxy_added_at_p50_and_p99(page, site):
     wait_until_drawn(page)
     assert page.get_attribute("#total-calls", "data-value") == "7"
     assert page.inner_text("#total-added") == "60 µs / 2.0 ms"  # p99 of 40, 60, 2000: 60 + 0.98 * 1940 = 1961 µs
+
+
+_TOOLTIPS = """() => {
+  const chart = Chart.getChart(document.getElementById("chart"));
+  const label = chart.options.plugins.tooltip.callbacks.label;
+  return chart.data.datasets.flatMap((d) => d.data.map((y, i) => [chart.data.labels[i],
+    label({ dataset: d, dataIndex: i, parsed: { y } })]));
+}"""
+
+
+def test_a_past_custom_period_bounds_its_recent_calls_and_an_unpriced_bar_says_so(page, site):
+    """Weeks back, where no other test puts calls: a day whose only calls have no price reads
+    "unpriced" in the chart (it read $0.00), and the recent calls end with the period (today's
+    showed up in it)."""
+    start = (dt.datetime.now(dt.UTC) - dt.timedelta(days=100)).replace(hour=12, minute=0, second=0, microsecond=0)
+    inside = [row(_utc_text(start), "mystery-llm", None, 100, customer="past", usage="reported"),
+              row(_utc_text(start + dt.timedelta(minutes=5)), "mystery-llm", None, 100, customer="past"),
+              row(_utc_text(start + dt.timedelta(days=1)), "gpt-4o", "0.25", 100, customer="past")]
+    _insert(site, inside)
+    sign_in(page, site)
+    first, last = start.date(), (start + dt.timedelta(days=1)).date()
+    page.goto(f"{site['url']}/?range=custom&from={first}&to={last}&tz=UTC")
+    wait_until_drawn(page)
+    ids = [tr.get_attribute("data-id") for tr in page.query_selector_all("#recent tbody tr[data-id]")]
+    assert sorted(ids) == sorted(str(r["id"]) for r in inside)
+    tooltips = [t for t in page.evaluate(_TOOLTIPS) if not t[1].endswith(": $0.00")]
+    assert sorted(tooltips) == [[f"{first} 12:00", "mystery-llm: unpriced (2 calls)"],  # two days: by hour
+                                [f"{last} 12:00", "gpt-4o: $0.25"]]

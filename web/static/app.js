@@ -208,7 +208,9 @@ function showWarnings(total, lastHour) {
          "their cost is not in the totals (marked *). `aispendtrack prices check` names them.");
   }
   if (total.calls && total.estimated_calls) {
-    warn(`${pct(total.estimated_calls / total.calls)} of calls have estimated usage (streams without include_usage, or cut short).`);
+    const share = total.estimated_calls / total.calls;
+    warn(`${share < 0.001 ? "Under 0.1%" : pct(share)} of calls (${count(total.estimated_calls)}) have estimated usage ` +
+         "(streams without include_usage, or cut short).");
   }
   const recentRate = errorRate(lastHour), overallRate = errorRate(total);
   if (lastHour.calls >= 5 && recentRate >= 0.05 && recentRate >= 2 * (overallRate || 0)) {
@@ -242,16 +244,24 @@ function showChart(rows, bucket, stackName, range, tz) {
   const costBy = new Map();
   for (const r of rows) costBy.set(String(r[stackName]), (costBy.get(String(r[stackName])) || 0) + (r.cost_usd || 0));
   const top = [...costBy.entries()].sort((a, b) => b[1] - a[1]).slice(0, 7).map(([name]) => name);
-  const series = new Map(top.map((name) => [name, new Array(labels.length).fill(0)]));
-  const other = new Array(labels.length).fill(0);
+  // Each bar's cost, and its calls of unknown cost: a bar of those alone is "unpriced", not $0.
+  const zeros = () => ({ data: new Array(labels.length).fill(0), unpriced: new Array(labels.length).fill(0) });
+  const series = new Map(top.map((name) => [name, zeros()]));
+  const other = zeros();
   for (const r of rows) {
     const i = labels.indexOf(r[bucket]);
     if (i < 0) continue;
     const target = series.get(String(r[stackName])) || other;
-    target[i] += r.cost_usd || 0;
+    target.data[i] += r.cost_usd || 0;
+    target.unpriced[i] += r.unpriced_calls || 0;
   }
-  const datasets = [...series.entries()].map(([name, data], i) => ({ label: name === "null" ? "(none)" : name, data, backgroundColor: PALETTE[i] }));
-  if (other.some((v) => v)) datasets.push({ label: "other", data: other, backgroundColor: "#999999" });
+  const datasets = [...series.entries()].map(([name, s], i) => ({ label: name === "null" ? "(none)" : name, ...s, backgroundColor: PALETTE[i] }));
+  if (other.data.some((v) => v) || other.unpriced.some((v) => v)) datasets.push({ label: "other", ...other, backgroundColor: "#999999" });
+  const shown = (c) => {
+    const unknown = c.dataset.unpriced[c.dataIndex];
+    if (!unknown) return money(c.parsed.y);
+    return c.parsed.y ? `${money(c.parsed.y)}* (+ ${plural(unknown, "unpriced call")})` : `unpriced (${plural(unknown, "call")})`;
+  };
   const config = {
     type: "bar",
     data: { labels, datasets },
@@ -259,7 +269,7 @@ function showChart(rows, bucket, stackName, range, tz) {
       animation: false, maintainAspectRatio: false, interaction: { mode: "index", intersect: false },
       scales: { x: { stacked: true }, y: { stacked: true, ticks: { callback: (v) => "$" + Number(v.toPrecision(3)) } } },
       plugins: {
-        tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${money(c.parsed.y)}` } },
+        tooltip: { callbacks: { label: (c) => `${c.dataset.label}: ${shown(c)}` } },
         legend: NARROW.matches ? { position: "bottom", labels: { boxWidth: 12, padding: 6, font: { size: 11 } } } : {},
       },
       onResize: (c) => requestAnimationFrame(() => keepPlotHeight(c)),
@@ -323,8 +333,11 @@ function showBreakdown(table, rows, state) {
 
 async function showRecent(state) {
   const table = document.getElementById("recent");
-  // Open-ended: calls made after the page loaded must show up too.
-  const q = new URLSearchParams({ limit: "15", since: period(state).since.toISOString(), ...state.filters });
+  // Open-ended but for a custom period: calls made after the page loaded must show up too.
+  // A custom period has ended: its own end bounds them.
+  const range = period(state);
+  const q = new URLSearchParams({ limit: "15", since: range.since.toISOString(),
+    ...(state.range === "custom" ? { until: range.until.toISOString() } : {}), ...state.filters });
   const page = await api("calls?" + q.toString());
   const seen = new Set([...table.querySelectorAll("tbody tr")].map((tr) => tr.dataset.id));
   const head = el("tr", {}, ...["time", "key", "provider", "model", "in", "out", "cost", "latency", "status", "customer", "feature"]
@@ -430,7 +443,8 @@ function summary(state, range) {
   const span = range.until - range.since;
   const previous = { since: new Date(range.since - span), until: range.since };
   const bucket = span <= 2 * DAY ? "hour" : "day";
-  const hourAgo = { since: new Date(range.until - 3600000), until: range.until };
+  // The period's last hour, or less of it: calls before the period are not the period's spike.
+  const hourAgo = { since: new Date(Math.max(range.since.getTime(), range.until - 3600000)), until: range.until };
   const totals = Promise.all([
     api("report/total?" + params(state, range)),
     api("report/total?" + params(state, previous)),

@@ -936,7 +936,8 @@ def _total(con: duckdb.DuckDBPyConnection, groups: list[dict], selection: Select
     total = {name: sum(g[name] for g in groups) for name in (*_COUNTS, *_TOKENS)}
     total["audio_seconds"] = _milliseconds(sum(g["audio_seconds"] for g in groups))
     costs = [g["cost_usd"] for g in groups if g["cost_usd"] is not None]
-    total["cost_usd"] = sum(costs) if costs else None
+    # No cost known is "unpriced", but no call at all cost nothing: $0, not unknown.
+    total["cost_usd"] = sum(costs) if costs else None if total["calls"] else Decimal(0)
     latency = added = None
     if selection is not None:
         # proxy_us is NULL on rows stored before it was measured: quantiles skip them, not count them as 0.
