@@ -60,20 +60,16 @@ def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, k
                 day_start: dt.datetime, month_start: dt.datetime) -> tuple[Decimal, Decimal]:
     """(spend since day_start, spend since month_start) of the calls in a budget's scope (of its
     key, for a customer or feature budget that has one): what is known; calls without a price
-    count nothing (``unpriced_since``)."""
-    conditions, params = _in_scope(scope, value, key_id)
-    row = one(con.execute(f"""
-        SELECT coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0), coalesce(sum(cost_usd) FILTER (WHERE ts >= ?), 0)
-        FROM usage_history WHERE ts >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ) AND {conditions}
-    """, [day_start, month_start, day_start, month_start, *params]))
-    return Decimal(row[0]), Decimal(row[1])
+    count nothing (``spend_and_unpriced_since`` counts them)."""
+    today, month, _, _ = spend_and_unpriced_since(con, scope, value, key_id, day_start, month_start)
+    return today, month
 
 
 def spend_and_unpriced_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
                              day_start: dt.datetime, month_start: dt.datetime) -> tuple[Decimal, Decimal, int, int]:
-    """``spend_since``'s two sums and the calls among them whose cost nobody knows, today and this
-    month, in one pass (both read the 15-minute rollups): shown beside a budget's spend, which
-    would read as complete without them."""
+    """The spend of the calls in a budget's scope since day_start and since month_start, and the
+    calls among them whose cost nobody knows (shown beside the spend, which would read as complete
+    without them), in one pass over the 15-minute rollups."""
     conditions, params = _in_scope(scope, value, key_id)
     row = one(con.execute(f"""
         SELECT coalesce(sum(cost_usd) FILTER (WHERE bucket >= ?), 0),
@@ -86,7 +82,7 @@ def spend_and_unpriced_since(con: duckdb.DuckDBPyConnection, scope: str, value: 
 
 
 def _in_scope(scope: str, value: str | None, key_id: int | None) -> tuple[str, list[object]]:
-    """The condition on rollup rows (and usage_history's) of a budget's scope, and its parameters."""
+    """The condition on rollup rows of a budget's scope, and its parameters."""
     conditions = ["TRUE"]
     params: list[object] = []
     if scope == "team":  # the keys in the team now, as reports count it
