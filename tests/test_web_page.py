@@ -503,3 +503,12 @@ def test_a_past_custom_period_bounds_its_recent_calls_and_an_unpriced_bar_says_s
     tooltips = [t for t in page.evaluate(_TOOLTIPS) if not t[1].endswith(": $0.00")]
     assert sorted(tooltips) == [[f"{first} 12:00", "mystery-llm: unpriced (2 calls)"],  # two days: by hour
                                 [f"{last} 12:00", "gpt-4o: $0.25"]]
+
+
+def test_the_chart_stacked_by_key_names_the_keys_as_the_tables_do(page, site):
+    [key] = [k for k in json.loads(run_cli(site["home"], "keys", "list", "--json")) if k["id"] == site["proxy"].key_id]
+    sign_in(page, site)
+    page.goto(f"{site['url']}/?range=30d&stack=key")
+    wait_until_drawn(page)
+    labels = page.evaluate("() => Chart.getChart(document.getElementById('chart')).data.datasets.map((d) => d.label)")
+    assert key["name"] in labels and str(key["id"]) not in labels

@@ -255,7 +255,9 @@ function showChart(rows, bucket, stackName, range, tz) {
     target.data[i] += r.cost_usd || 0;
     target.unpriced[i] += r.unpriced_calls || 0;
   }
-  const datasets = [...series.entries()].map(([name, s], i) => ({ label: name === "null" ? "(none)" : name, ...s, backgroundColor: PALETTE[i] }));
+  // Keys by name, as the tables show them (rows by key carry key_name).
+  const named = new Map(rows.filter((r) => r.key_name).map((r) => [String(r[stackName]), r.key_name]));
+  const datasets = [...series.entries()].map(([name, s], i) => ({ label: name === "null" ? "(none)" : named.get(name) || name, ...s, backgroundColor: PALETTE[i] }));
   if (other.data.some((v) => v) || other.unpriced.some((v) => v)) datasets.push({ label: "other", ...other, backgroundColor: "#999999" });
   const shown = (c) => {
     const unknown = c.dataset.unpriced[c.dataIndex];
