@@ -97,21 +97,17 @@ class BudgetRefusal:
         return seconds_until(self.resets_at, now)
 
 
-def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo, unpriced: bool = True) -> list[dict]:
+def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[dict]:
     """Every stored budget, with ``spent_today_usd`` and ``spent_this_month_usd`` from the store, and
-    the calls among them without a known cost (``unpriced_calls_today``, ``..._this_month``) unless
-    not ``unpriced`` (the alert rounds: a month of 15-minute rows read per budget for nothing)."""
+    the calls among them without a known cost (``unpriced_calls_today``, ``..._this_month``)."""
     from .store import budgets as budget_rows  # the store's rows, read on the caller's connection
 
     today, month = day_start(now, zone), month_start(now, zone)
     rows = budget_rows.all_budgets(con)
     for row in rows:
-        scope = (con, row["scope"], row["scope_value"], row["key_id"], today, month)
-        if unpriced:
-            (row["spent_today_usd"], row["spent_this_month_usd"], row["unpriced_calls_today"],
-             row["unpriced_calls_this_month"]) = budget_rows.spend_and_unpriced_since(*scope)
-        else:
-            row["spent_today_usd"], row["spent_this_month_usd"] = budget_rows.spend_since(*scope)
+        (row["spent_today_usd"], row["spent_this_month_usd"], row["unpriced_calls_today"],
+         row["unpriced_calls_this_month"]) = budget_rows.spend_and_unpriced_since(
+            con, row["scope"], row["scope_value"], row["key_id"], today, month)
     return rows
 
 

@@ -71,7 +71,7 @@ def candidates(db: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo,
     today, month = day_start(now, zone), month_start(now, zone)
     found = []
     with reading(db) as con:
-        for b in with_spend(con, now, zone, unpriced=False):
+        for b in with_spend(con, now, zone):
             for period, limit, spent, start in (("daily", b["daily_usd"], b["spent_today_usd"], today),
                                                 ("monthly", b["monthly_usd"], b["spent_this_month_usd"], month)):
                 if limit is not None and spent >= limit:

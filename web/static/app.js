@@ -369,7 +369,7 @@ function showBudgets(budgets) {
   document.getElementById("no-budgets").hidden = budgets.length > 0;
   // A key is not shown the spend of a budget over all keys (null): that is other keys' spend too.
   // Calls of unknown cost are not in the spend: named beside it, so it never reads as complete.
-  const unknown = (n) => n ? ` + ${n.toLocaleString("en-US")} unpriced` : "";
+  const unknown = (n) => n ? ` + ${count(n)} unpriced` : "";
   const used = (spent, limit, unpriced) => spent === null ? (limit === null ? "–" : `limit ${money(limit)} (all keys' spend not shown)`)
     : limit === null ? money(spent) + unknown(unpriced)
     : `${money(spent)}${unknown(unpriced)} of ${money(limit)} (${pct(spent / limit)})${spent >= limit ? " — over" : ""}`;
