@@ -310,6 +310,8 @@ def test_the_api_total_has_the_totals_and_percentiles_a_key_sees_its_own(api):
     assert (own["calls"], own["cost_usd"], own["p50_latency_ms"]) == (2, 3.0, pytest.approx(350, rel=0.0099))
     refused = api("/api/v1/report/total?key=1", who="key2")
     assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "forbidden"
+    # The total has no groups: a `by` sent along (as to /report) names no dimension in it.
+    assert api("/api/v1/report/total?by=model&by=day").get_json() == total
 
 
 def test_calls_pages_are_newest_first_and_complete(api):

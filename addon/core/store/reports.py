@@ -321,10 +321,10 @@ def _whole_sums(con: duckdb.DuckDBPyConnection, spec: ReportSpec) -> dict:
 
 
 def total(con: duckdb.DuckDBPyConnection, spec: ReportSpec, exact: bool = False) -> dict:
-    """The total of ``report(con, spec)`` alone (its dimensions' keys None, as there): one group,
-    the whole selection, without the groups' sums and percentiles (``_whole_percentiles``)."""
-    _, found = report(con, replace(spec, by=()), exact=exact)
-    return {**{dimension_name(d): None for d in spec.by}, **found}
+    """The total of ``report(con, spec)`` alone: one group, the whole selection, without the groups'
+    sums and percentiles (``_whole_percentiles``). Whatever ``spec`` groups by, no dimension is named
+    (the API's total of a `by=model` request had a `model: null`)."""
+    return report(con, replace(spec, by=()), exact=exact)[1]
 
 
 def _raw_percentiles(tier: rollups.Tier | None, many_groups: bool) -> bool:
