@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 
 import click
 from click_default_group import DefaultGroup
@@ -33,7 +33,15 @@ def _scope(value: str) -> tuple[str, str | None]:
     return kind, name or None
 
 
+# What the budgets' columns hold (DECIMAL(18, 6)): whole millionths of a dollar, below a trillion.
+_MICRO = Decimal("0.000001")
+_MOST = Decimal("999999999999.999999")
+
+
 def _usd(ctx, param, value: str | None) -> Decimal | None:
+    """The amount as stored: written out to the millionth, so what is printed, audited and stored
+    agree (DuckDB 1.5 bound Decimal("1e3") as 1, and rounded 0.0000004 to a $0 budget that blocked
+    every call); more decimals than that, or more than the column holds, refused."""
     if value is None:
         return None
     try:
@@ -42,7 +50,12 @@ def _usd(ctx, param, value: str | None) -> Decimal | None:
         raise click.BadParameter(f"{value!r} is not an amount in USD, e.g. 25 or 0.50") from None
     if not amount.is_finite() or amount <= 0:
         raise click.BadParameter("must be more than 0")
-    return amount
+    if amount > _MOST:
+        raise click.BadParameter(f"must be at most {usd(_MOST.quantize(Decimal('0.01'), ROUND_DOWN))}")
+    if amount != amount.quantize(_MICRO, ROUND_DOWN):
+        raise click.BadParameter(f"{value!r} has more decimals than a budget keeps: give whole millionths "
+                                 f"of a dollar at most (e.g. 0.000001)")
+    return amount.quantize(_MICRO)
 
 
 @click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
@@ -76,8 +89,11 @@ def set_budget(obj, scope: str, daily: Decimal | None, monthly: Decimal | None, 
     kind, value = _scope(scope)
     _check_owner(kind, key_id, all_keys)
     with writing(obj.db) as con:
-        if key_id is not None and key_id not in {k["id"] for k in key_rows.all_keys(con)}:
+        known = {k["id"] for k in key_rows.all_keys(con)}
+        if key_id is not None and key_id not in known:
             raise click.BadParameter(f"no key {key_id}; see `aispendtrack keys list`", param_hint="--key")
+        if kind == "key" and int(value or 0) not in known:
+            raise click.BadParameter(f"no key {value}; see `aispendtrack keys list`", param_hint="--scope")
         if kind == "team" and team_rows.find(con, value or "") is None:
             raise click.BadParameter(f"no team named {value!r}; see `aispendtrack teams list`", param_hint="--scope")
         found = budget_rows.find(con, kind, value, key_id)

@@ -372,6 +372,33 @@ def test_setting_one_period_keeps_the_rest_and_removing_one_says_what_went(tmp_p
     assert len(json.loads(run_cli(home, "budgets", "list", "--json"))) == 1
 
 
+def test_a_budget_is_stored_as_printed_or_refused_in_one_line(tmp_path):
+    # "1e3" was printed and audited as $1,000.00 and stored as $1 (DuckDB 1.5 binds a Decimal with a
+    # positive exponent as its digits alone); 0.0000004 was stored as a $0 budget that blocked every call.
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    home = tmp_path / "home"
+    most = ("999999999999.999999", "$999,999,999,999.999999", 999999999999.999999)
+    for given, printed, stored in (("1e3", "$1,000.00", 1000), ("2.5E+2", "$250.00", 250),
+                                   ("$0.000001", "$0.000001", 0.000001), most):
+        assert run_cli(home, "budgets", "set", "--scope", "all", "--daily", given).startswith(
+            f"Budget 1 for all calls: {printed} a day"), given
+        [budget] = json.loads(run_cli(home, "budgets", "list", "--json"))
+        assert budget["daily_usd"] == stored, given
+    for given, said in (("0.0000004", "has more decimals than a budget keeps"), ("0.1234567", "more decimals"),
+                        ("1e400", "must be at most $999,999,999,999.99"),
+                        ("123456789012345", "must be at most"), ("0", "must be more than 0")):
+        refused = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "all", "--daily", given])
+        assert refused.exit_code == 2 and said in refused.output and "Traceback" not in refused.output, given
+    [budget] = json.loads(run_cli(home, "budgets", "list", "--json"))
+    assert budget["daily_usd"] == 999999999999.999999  # none of those changed it
+    for scope in ("key:0", "key:999"):  # as --key 999 is: no budget for a key that does not exist
+        refused = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", scope, "--daily", "5"])
+        assert refused.exit_code == 2 and f"no key {scope[4:]}; see `aispendtrack keys list`" in refused.output
+    assert len(json.loads(run_cli(home, "budgets", "list", "--json"))) == 1
+
+
 def test_each_scope_counts_only_its_calls_and_a_month_outlives_its_days(counting):
     la = zoneinfo.ZoneInfo("America/Los_Angeles")
     tracker = counting(BudgetTracker(la))
