@@ -169,6 +169,36 @@ def test_a_large_request_body_is_refused_before_it_is_read(client, admin_token):
     response = client.post("/api/v1/purge", data=b"x" * (1024 * 1024), content_type="application/json",
                            headers={"Authorization": f"Bearer {admin_token['token']}"})
     assert response.status_code == 413
+    assert response.get_json()["error"] == {"code": "too_large",
+                                            "message": "The body is over 64 KiB; no endpoint takes one that big."}
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ('{"dry_run": true, "dry_run": false, "older_than_days": 36500}', "The field 'dry_run' is given twice"),
+    ("[" * 12000 + "]" * 12000, "cannot read (a number too long, or nested too deep)"),
+    ('{"older_than_days": ' + "9" * 5000 + "}", "cannot read (a number too long, or nested too deep)"),
+    ("{'dry_run': true}", "The body is not JSON"),
+])
+def test_a_body_the_purge_cannot_take_is_a_400_in_json_and_purges_nothing(client, admin_token, body, said):
+    # A duplicated dry_run ran a real purge (the last one won); nesting thousands deep was an HTML 500.
+    response = client.post("/api/v1/purge", data=body, content_type="application/json",
+                           headers={"Authorization": f"Bearer {admin_token['token']}"})
+    assert response.status_code == 400 and said in response.get_json()["error"]["message"]
+    refused = client.post("/api/v1/gdpr/delete", data='{"customer": null, "key": null}',
+                          content_type="application/json", headers={"Authorization": f"Bearer {admin_token['token']}"})
+    assert refused.get_json()["error"]["message"] == "key must be a key id (a JSON number), got null."
+
+
+def test_a_request_that_fails_unexpectedly_is_a_500_in_json_without_a_traceback(client, admin_token, monkeypatch):
+    from addon.core.store import reports as report_rows
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug with /secret/path in its text")
+    monkeypatch.setattr(report_rows, "total", broken)
+    response = client.get("/api/v1/report/total", headers={"Authorization": f"Bearer {admin_token['token']}"})
+    assert response.status_code == 500 and response.get_json()["error"] == {
+        "code": "internal_error", "message": "The request failed on the server; the server's log says why."}
+    assert b"secret" not in response.data
 
 
 def _web_server(home, tmp_path, *args: str):

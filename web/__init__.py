@@ -27,6 +27,9 @@ from .pages import pages
 from .sso import sign_on
 from .sso_settings import load as load_sso
 
+# Every request body here is a small form or JSON object: anything larger is a 413.
+MAX_BODY = 64 * 1024
+
 
 class JSONProvider(DefaultJSONProvider):
     """Every API answer in the CLI's JSON dialect (addon/core/serialize.py)."""
@@ -45,8 +48,7 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None,
     app.config["TRUSTED_PROXIES"] = security.trusted_networks(trusted_proxies)
     app.config.update(SECRET_KEY=session_secret(app.config["AISPENDTRACK_HOME"]), SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session",
-                      # Every request body here is a small form or JSON object: anything larger is a 413.
-                      MAX_CONTENT_LENGTH=64 * 1024)
+                      MAX_CONTENT_LENGTH=MAX_BODY)
     app.config["SSO"] = load_sso(app.config["AISPENDTRACK_HOME"])  # None: no sso.toml, keys and tokens only
     if test_config:
         app.config.update(test_config)
@@ -73,5 +75,15 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None,
     def wrong_method(_):
         return jsonify(error={"code": "method_not_allowed",
                               "message": "Wrong method for this endpoint; see docs/api.md."}), 405
+
+    @app.errorhandler(413)
+    def too_large(_):
+        return jsonify(error={"code": "too_large", "message": f"The body is over {MAX_BODY // 1024} KiB; no "
+                                                              f"endpoint takes one that big."}), 413
+
+    @app.errorhandler(500)
+    def failed(_):  # Flask logged the exception; the caller gets JSON, as from every other error
+        return jsonify(error={"code": "internal_error",
+                              "message": "The request failed on the server; the server's log says why."}), 500
 
     return app

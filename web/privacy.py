@@ -42,10 +42,15 @@ def _json_object(fields: tuple[str, ...]) -> dict:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except ValueError:  # not JSON, or not UTF-8
+        body = json.loads(raw, object_pairs_hook=_once_each)
+    except _GivenTwice as exc:  # {"dry_run": true, "dry_run": false} ran a purge: the last one won
+        raise ApiError(400, "bad_request", f"The field {str(exc)[:100]!r} is given twice; give each once.") from None
+    except json.JSONDecodeError:  # not JSON, or not UTF-8 (a UnicodeDecodeError is a ValueError too)
         raise ApiError(400, "bad_request", f"The body is not JSON; send an object with {' or '.join(fields)}.") \
             from None
+    except (ValueError, RecursionError):  # JSON, but a number of thousands of digits, or arrays nested thousands deep
+        raise ApiError(400, "bad_request", f"The body is JSON this endpoint cannot read (a number too long, or "
+                                           f"nested too deep); send an object with {' or '.join(fields)}.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", f"The body must be a JSON object with {' or '.join(fields)}, "
                                            f"not {type(body).__name__}.")
@@ -54,6 +59,20 @@ def _json_object(fields: tuple[str, ...]) -> dict:
         raise ApiError(400, "bad_request", f"Unknown field {unknown[0][:100]!r}; this endpoint takes "
                                            f"{' and '.join(fields)}.")
     return body
+
+
+class _GivenTwice(ValueError):
+    pass
+
+
+def _once_each(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose every field is given once (json.loads keeps the last of two)."""
+    found: dict = {}
+    for name, value in pairs:
+        if name in found:
+            raise _GivenTwice(name)
+        found[name] = value
+    return found
 
 
 def _spill_dir():
@@ -78,7 +97,8 @@ def gdpr_delete():
     _require_admin(header_only=True)
     body = _json_object(("customer", "key"))
     if "key" in body and type(body["key"]) is not int:  # bool is an int to Python, not to a client
-        raise ApiError(400, "bad_request", f"key must be a key id (a JSON number), got {body['key']!r}.")
+        raise ApiError(400, "bad_request",
+                       f"key must be a key id (a JSON number), got {json.dumps(body['key'])[:100]}.")
     subject = _subject(body)
     return jsonify(subject={subject.kind: subject.value}, deleted=gdpr.erase(db_path(), _spill_dir(), subject))
 
