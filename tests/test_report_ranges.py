@@ -72,6 +72,22 @@ RANGES = [("10:05", "12:20"), ("10:20", "12:20"), ("10:10", "10:50"), ("10:01", 
           ("10:00", "12:00"), ("10:05", "11:15"), ("10:12", None), (None, "10:12"), ("10:47", "10:55"), (None, None)]
 
 
+def test_a_range_at_the_calendars_ends_reads_the_rollups_without_an_error(con):
+    # The years 1 and 9999 are the bounds a time may take (reports.parse_when): a week's start before
+    # 1 Jan 1 (a Monday) and a float of 23:59:59.999999 on 31 Dec 9999 rounded to the year 10000 were
+    # tracebacks (an HTML 500 in the API) once a store was too big for a raw scan.
+    first, last = "0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59.999999+00:00"
+    for by, since, until, tz in (([], first, None, "UTC"), ([], first, last, "UTC"), (["day"], first, last, "UTC"),
+                                 (["hour"], None, last, "UTC"), ([], "0001-01-01", None, "America/Los_Angeles"),
+                                 (["model"], "0001-01-03T00:00:01+00:00", last, "UTC")):
+        spec = parse_report(by or ["model"], since=since, until=until, tz=tz, now=at("13:00"))
+        spec = spec if by else dataclasses.replace(spec, by=())
+        assert report_rows._source(con, spec)[0] is not None, (by, since, until)  # the rollups, not a raw scan
+        groups, total = report_rows.report(con, spec)
+        assert (total["calls"], total["cost_usd"]) == (len(CALLS), sum(c for _, c in CALLS)), (by, since, until)
+        assert sum(g["calls"] for g in groups) == len(CALLS)
+
+
 def test_a_range_counts_the_calls_inside_it_once_from_every_tier(con, host_zone):
     for since, until in RANGES:
         assert_every_tier_counts(con, since and f"{DAY}T{since}", until and f"{DAY}T{until}",

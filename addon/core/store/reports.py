@@ -521,9 +521,9 @@ def _rollup_source(selection: Selection, tier: rollups.Tier, fitting: tuple[roll
     width = dt.timedelta(seconds=tier.seconds)
     try:
         low = _bucket_ceil(selection.since, width) if selection.since is not None else None
-    except OverflowError:  # a since in the calendar's last bucket (31 Dec 9999): no whole bucket after it
+        high = _bucket_floor(selection.until, width) if selection.until is not None else None
+    except OverflowError:  # an edge in the calendar's first or last bucket (1 Jan 1, 31 Dec 9999): no whole one
         return _finer_source(selection, tier, fitting)
-    high = _bucket_floor(selection.until, width) if selection.until is not None else None
     if low is not None and high is not None and low >= high:  # within one bucket
         return _finer_source(selection, tier, fitting)
     clauses, params = _tag_clauses(selection, "failed", by_key=False)
@@ -561,8 +561,7 @@ def _bucket_floor(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.d
 
 
 def _bucket_ceil(at: dt.datetime, width: dt.timedelta = rollups.BUCKET) -> dt.datetime:
-    floor = _bucket_floor(at, width)
-    return floor if floor == at else floor + width
+    return rollups.bucket_after(at, int(width.total_seconds()))
 
 
 def _rollup_groups(con: duckdb.DuckDBPyConnection, source: tuple[str, list], dims: list[str], names: list[str],

@@ -152,9 +152,21 @@ DERIVED = TIERS[1:]  # the tiers summed again from the 15-minute rows when their
 DDL, HOURLY_DDL, DAILY_DDL = FINE.ddl, COARSE.ddl, DAILY.ddl
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def bucket_start(at: dt.datetime, seconds: int) -> dt.datetime:
-    """The start of the ``seconds``-wide UTC bucket ``at`` is in."""
-    return dt.datetime.fromtimestamp(at.timestamp() // seconds * seconds, dt.UTC)
+    """The start of the ``seconds``-wide UTC bucket ``at`` is in. In whole microseconds (a float of
+    the time rounded 9999-12-31 23:59:59.999999 up to the year 10000); OverflowError for a bucket
+    that starts before the year 1."""
+    width = dt.timedelta(seconds=seconds)
+    return _EPOCH + (at - _EPOCH) // width * width
+
+
+def bucket_after(at: dt.datetime, seconds: int) -> dt.datetime:
+    """The first bucket start at or after ``at`` (OverflowError past the year 9999)."""
+    width = dt.timedelta(seconds=seconds)
+    return _EPOCH - (_EPOCH - at) // width * width
 
 
 def insert(tier: Tier, select: str) -> str:
