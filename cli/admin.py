@@ -10,6 +10,7 @@ import duckdb
 
 from addon.core import audit
 from addon.core import keys as keygen
+from addon.core.redact import first_line
 from addon.core.serialize import dumps
 from addon.core.store import admin as admin_rows
 from addon.core.store import compact, encryption, lake, reading, shared, writing
@@ -98,10 +99,20 @@ def backup(obj, target: Path) -> None:
     if shared.configured() is not None:
         raise click.ClickException("In the shared mode the data is in PostgreSQL and the data path: back them up "
                                    "with pg_dump and a copy of the data path; see docs/operations.md.")
-    if target.exists() or target.with_name(target.name + ".wal").exists():
+    target = target.absolute()  # a running proxy's process writes it, from its own working directory
+    if not target.parent.is_dir():
+        raise click.ClickException(f"{target.parent} is not a directory; create it first.")
+    written = (target, target.with_name(target.name + ".wal"))
+    if any(path.exists() for path in written):
         raise click.ClickException(f"{target} exists; name a new file.")
-    with reading(obj.db) as con:
-        size = compact.backup(con, target)
+    try:
+        with reading(obj.db) as con:
+            size = compact.backup(con, target)
+    except duckdb.Error as exc:
+        for path in written:  # ours: neither existed before
+            path.unlink(missing_ok=True)
+        raise click.ClickException(f"could not back up to {target}: {first_line(exc)} (with a proxy running, its "
+                                   f"process writes the copy: a place it may write to). Nothing was left there.")
     click.echo(f"Backed up {obj.db} to {target} ({size:,} bytes).")
 
 

@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from .helpers import Load, run_cli, scrape, slowest_write, start_proxy
@@ -109,17 +110,35 @@ def test_calls_flow_while_the_disk_is_full_and_every_row_lands_afterwards(small_
     assert "cannot write" in log and proxy.process.returncode == 0
 
 
-def test_a_backup_taken_under_load_restores_the_calls_before_it_and_the_keys(tmp_path, upstream):
+def test_a_backup_taken_under_load_restores_the_calls_before_it_and_the_keys(tmp_path, upstream, monkeypatch):
     """docs/operations.md, "Backup and restore": `admin backup` while calls flow, then a new data
-    directory with the backup as its database."""
-    backup = tmp_path / "backup.duckdb"
+    directory with the backup as its database. Given as a relative path, from another directory
+    than the proxy's (whose process writes the copy: it wrote one into its own directory, then the
+    command failed); after a copy that failed, which left its database attached in the proxy and
+    refused every later backup until a restart."""
+    from click.testing import CliRunner
+
+    from addon.core.store import compact, reading
+    from cli.main import cli
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", flush_ms=500)
     with Load(proxy, threads=4) as load:
         load.wait_for(60)
         before = set(load.completed)
         assert before <= proxy.until_stored(before)  # stored before the backup begins
-        run_cli(proxy.home, "admin", "backup", str(backup))
+        clashing = tmp_path / "clashing.duckdb"  # a database already holding tables: the copy fails half-way
+        duckdb.connect(str(clashing)).execute("CREATE TABLE calls (id INTEGER)").close()
+        with pytest.raises(duckdb.Error), reading(proxy.home / "aispendtrack.duckdb") as con:
+            compact.backup(con, clashing)
+        missing = CliRunner().invoke(cli, ["--home", str(proxy.home), "admin", "backup", str(tmp_path / "no/b.db")])
+        assert missing.exit_code == 1 and f"{tmp_path / 'no'} is not a directory; create it first." in missing.output
+        monkeypatch.chdir(elsewhere)
+        run_cli(proxy.home, "admin", "backup", "backup.duckdb")
         load.wait_for(len(load.completed) + 30)  # and the proxy goes on
+    backup = elsewhere / "backup.duckdb"
+    proxy_dir = Path(f"/proc/{proxy.process.pid}/cwd").resolve()
+    assert backup.exists() and proxy_dir != elsewhere and not (proxy_dir / "backup.duckdb").exists()
     proxy.stop()
     assert load.failed == 0
     stored = stored_tags(proxy.home)

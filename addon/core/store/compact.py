@@ -11,6 +11,7 @@ our connection to the old one closes on its (now unlinked) inode and touches not
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import duckdb
@@ -31,20 +32,35 @@ def backup(con: duckdb.DuckDBPyConnection, target: Path) -> int:
 
     A read-only connection is enough, and while it is open no process can write the file: the
     copy is one consistent moment, and a running proxy's writer waits it out with its rows queued,
-    as it does for any reader."""
+    as it does for any reader. ``target`` is absolute: with a proxy running, its process (the
+    data's owner, store/owner.py) writes the copy, from its own working directory."""
+    assert target.is_absolute(), target
     source = one(con.execute("SELECT current_database()"))[0]
     key = encryption.configured_key()
     secret = f", ENCRYPTION_KEY '{key.replace("'", "''")}'" if key else ""
     quoted = str(target).replace("'", "''")
-    con.execute(f"ATTACH '{quoted}' AS aispendtrack_backup (READ_WRITE{secret})")
+    # A name of its own: attached databases belong to the owner's whole DuckDB instance, and one left
+    # attached by a failed copy refused every later backup until the proxy restarted.
+    name = f"aispendtrack_backup_{secrets.token_hex(6)}"
+    con.execute(f"ATTACH '{quoted}' AS {name} (READ_WRITE{secret})")
     try:
-        con.execute(f'COPY FROM DATABASE "{source}" TO aispendtrack_backup')
-        con.execute("CHECKPOINT aispendtrack_backup")  # everything in the one file, no .wal beside it
+        con.execute(f'COPY FROM DATABASE "{source}" TO {name}')
+        con.execute(f"CHECKPOINT {name}")  # everything in the one file, no .wal beside it
     finally:
-        con.execute("DETACH aispendtrack_backup")
+        _detach(con, name)
     with open(target, "rb") as f:
         os.fsync(f.fileno())
     return target.stat().st_size
+
+
+def _detach(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """DETACH ``name``, also after a failed statement left the cursor's transaction aborted (which
+    refuses a DETACH until it is rolled back)."""
+    try:
+        con.execute(f"DETACH {name}")
+    except duckdb.TransactionException:
+        con.execute("ROLLBACK")
+        con.execute(f"DETACH {name}")
 
 
 def encrypt(path: Path, key: str) -> tuple[int, int]:
