@@ -7,6 +7,7 @@ import os
 
 import click
 
+from addon.core import home as home_dir
 from addon.core.reports import ReportError, parse_selection
 from addon.core.store import shared
 from addon.core.wording import plural
@@ -81,15 +82,21 @@ def _set_env(name: str):
 
 
 def add_storage_options(command: click.Command) -> None:
-    """--catalog and --data-path on a command and every command of a group (shared mode,
-    docs/deploy.md), defined once here. They set the environment variables the store reads, so
-    they mean the same as those."""
+    """--home (as before the command: `aispendtrack calls --home DIR` was "No such option"), and
+    --catalog and --data-path (shared mode, docs/deploy.md) on a command and every command of a
+    group, defined once here. The last two set the environment variables the store reads, so they
+    mean the same as those."""
     if isinstance(command, click.Group):
         for subcommand in command.commands.values():
             add_storage_options(subcommand)
         return
+    if any(param.name == "home" for param in command.params):
+        return  # a command is extended once
+    command.params.append(click.Option(["--home"], expose_value=False, callback=_set_home,
+                                       type=click.Path(file_okay=False), metavar="DIR",
+                                       help="Data directory, as `aispendtrack --home DIR` before the command."))
     if any(param.name in ("catalog", "data_path") for param in command.params):
-        return  # migrate-to: its --catalog is where to copy to; and a command is extended once
+        return  # migrate-to: its --catalog is where to copy to
     command.params += [
         click.Option(["--catalog"], expose_value=False, is_eager=True, callback=_set_env(shared.ENV_CATALOG),
                      metavar="URL", help=f"Shared mode: the PostgreSQL catalog, postgresql://user@host:5432/db "
@@ -98,6 +105,11 @@ def add_storage_options(command: click.Command) -> None:
                      metavar="DIR|s3://...", help=f"Shared mode: where the lake's files go, needed when the "
                                                   f"catalog is first created [env {shared.ENV_DATA_PATH}]."),
     ]
+
+
+def _set_home(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.obj.home = home_dir.resolve(value)  # the group's Context (cli/main.py), read when the command runs
 
 
 def _check_trusted_proxies(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:

@@ -247,3 +247,15 @@ def test_a_first_start_with_no_keys_makes_one_and_later_starts_none(tmp_path, ca
     _first_key(db_path(tmp_path))
     assert capsys.readouterr().out == ""
     assert [k["name"] for k in json.loads(run_cli(tmp_path, "keys", "list", "--json"))] == ["default"]
+
+
+def test_home_may_follow_the_command_as_it_may_precede_it(tmp_path):
+    # `aispendtrack calls --home DIR` was "No such option: --home" (README: every command takes it).
+    first, second = tmp_path / "first", tmp_path / "second"
+    created = CliRunner().invoke(cli, ["keys", "create", "--name", "after", "--home", str(second), "--json"])
+    assert created.exit_code == 0, created.output
+    listed = {str(home): CliRunner().invoke(cli, ["--home", str(home), "keys", "list", "--json"]).output
+              for home in (first, second)}
+    assert json.loads(listed[str(first)]) == [] and [k["name"] for k in json.loads(listed[str(second)])] == ["after"]
+    after = CliRunner().invoke(cli, ["--home", str(first), "keys", "list", "--json", "--home", str(second)])
+    assert after.output == listed[str(second)]  # the later one, as for any option given twice
