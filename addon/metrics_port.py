@@ -25,6 +25,8 @@ def serve(host: str, port: int):
     """Start serving in a daemon thread; returns the server (``shutdown()`` stops it)."""
     from web.server import WebServer
 
-    server = WebServer(host or "127.0.0.1", port, _app)
+    # No line per scrape: a worker's port is read by the proxy's parent every 5 s (cli/workers.py), a
+    # Prometheus server's every 15 s or so; those lines were most of the proxy's log.
+    server = WebServer(host or "127.0.0.1", port, _app, access_log=False)
     threading.Thread(target=server.serve_forever, name="aispendtrack-metrics", daemon=True).start()
     return server

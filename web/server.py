@@ -66,9 +66,10 @@ class _Channel(HTTPChannel):
 class WebServer(TcpWSGIServer):
     channel_class = _Channel
 
-    def __init__(self, host: str, port: int, app: Callable, sock: socket.socket | None = None) -> None:
+    def __init__(self, host: str, port: int, app: Callable, sock: socket.socket | None = None,
+                 access_log: bool = True) -> None:
         """``sock``: a socket already listening (one the proxy's parent bound and handed on), else one
-        bound here to ``host``:``port``."""
+        bound here to ``host``:``port``. ``access_log``: a line per answer (``_access_logged``)."""
         adj = Adjustments(host=host, port=port, threads=THREADS, channel_timeout=READ_TIMEOUT, cleanup_interval=1,
                           # Room to accept (and refuse with a 503) what comes over MAX_CONNECTIONS.
                           connection_limit=MAX_CONNECTIONS + 64, ident="AiSpendTrack", expose_tracebacks=False,
@@ -83,7 +84,8 @@ class WebServer(TcpWSGIServer):
         dispatcher.set_thread_count(THREADS)
         handed = {} if sock is None else {"_sock": sock, "bind_socket": False,
                                           "sockinfo": (sock.family, sock.type, sock.proto, sock.getsockname())}
-        super().__init__(_access_logged(app), map={}, dispatcher=dispatcher, adj=adj, **handed)
+        super().__init__(_access_logged(app) if access_log else app, map={}, dispatcher=dispatcher, adj=adj,
+                         **handed)
         self.server_port = int(self.effective_port)
         self.busy = BurstLog("web: refused connections over the limit")
         self.slow = BurstLog("web: closed connections that sent no complete request in time")
