@@ -10,7 +10,7 @@ from click_default_group import DefaultGroup
 from addon.core import audit, config
 from addon.core import keys as keygen
 from addon.core.periods import hour_start, month_start
-from addon.core.plans import DEFAULT_PLAN, PLANS, limits_for, retention_days_for
+from addon.core.plans import DEFAULT_PLAN, LIMIT_MAX, PLANS, limits_for, retention_days_for
 from addon.core.serialize import dumps
 from addon.core.store import atomic, reading, writing
 from addon.core.store import calls as call_rows
@@ -135,12 +135,12 @@ def move(obj, key_id: int, team: str | None, no_team: bool) -> None:
 
 @keys.command("set-limit")
 @click.argument("key_id", type=int)
-@click.option("--per-hour", type=click.IntRange(1), help="Requests per clock hour.")
-@click.option("--per-month", type=click.IntRange(1), help="Calls per calendar month.")
+@click.option("--per-hour", type=click.IntRange(1, LIMIT_MAX), help="Requests per clock hour.")
+@click.option("--per-month", type=click.IntRange(1, LIMIT_MAX), help="Calls per calendar month.")
 @click.option("--reset", is_flag=True, help="Go back to the plan's limits.")
 @click.pass_obj
 def set_limit(obj, key_id: int, per_hour: int | None, per_month: int | None, reset: bool) -> None:
-    """Give a key its own limits instead of its plan's (the ones not given stay as the plan says)."""
+    """Give a key its own limits instead of its plan's (the ones not given go back to the plan's)."""
     if reset == bool(per_hour or per_month):
         raise click.UsageError("give --per-hour and/or --per-month, or --reset.")
     with writing(obj.db) as con:
@@ -148,8 +148,19 @@ def set_limit(obj, key_id: int, per_hour: int | None, per_month: int | None, res
         key_rows.set_limits(con, key_id, per_hour, per_month)
         audit.record(con, "keys.set-limit", f"key:{key_id}", _limits(before),
                      {"per_hour_limit": per_hour, "per_month_limit": per_month})
-    click.echo(f"Key {key_id}: " + ("plan limits" if reset else
-               ", ".join(f"{n:,} per {p}" for n, p in ((per_hour, "hour"), (per_month, "month")) if n)) + ".")
+    plan = PLANS.get(before["plan"], PLANS[DEFAULT_PLAN])
+    click.echo(f"Key {key_id}: " + ", ".join(
+        _limit_said(given, before[f"per_{period}_limit"], of_plan, period)
+        for given, of_plan, period in ((per_hour, plan.per_hour, "hour"), (per_month, plan.per_month, "month"))) + ".")
+
+
+def _limit_said(given: int | None, before: int | None, of_plan: int | None, period: str) -> str:
+    """One period's limit after set-limit, and what it was when it changed: one not given goes back
+    to the plan's, said so (a key's own hourly cap of 100 went back to 10,000 unmentioned)."""
+    was = f" (was {before:,})" if before is not None and before != given else ""
+    if given is not None:
+        return f"{given:,} per {period}{was}"
+    return f"per {period} as its plan says ({'no limit' if of_plan is None else f'{of_plan:,}'}){was}"
 
 
 @keys.command("set-retention")

@@ -12,6 +12,7 @@ from click_default_group import DefaultGroup
 
 from addon.core import audit
 from addon.core.budgets import respend_teams
+from addon.core.plans import LIMIT_MAX
 from addon.core.store import atomic, reading, writing
 from addon.core.store import budgets as budget_rows
 from addon.core.store import teams as team_rows
@@ -79,8 +80,10 @@ def _limit(value: int | None) -> str:
 
 @teams.command("set-limit")
 @click.argument("name")
-@click.option("--per-hour", type=click.IntRange(1), help="Requests per clock hour, over all the team's keys.")
-@click.option("--per-month", type=click.IntRange(1), help="Calls per calendar month, over all the team's keys.")
+@click.option("--per-hour", type=click.IntRange(1, LIMIT_MAX),
+              help="Requests per clock hour, over all the team's keys.")
+@click.option("--per-month", type=click.IntRange(1, LIMIT_MAX),
+              help="Calls per calendar month, over all the team's keys.")
 @click.option("--reset", is_flag=True, help="Remove the team's limits.")
 @click.pass_obj
 def set_limit(obj, name: str, per_hour: int | None, per_month: int | None, reset: bool) -> None:

@@ -259,3 +259,24 @@ def test_home_may_follow_the_command_as_it_may_precede_it(tmp_path):
     assert json.loads(listed[str(first)]) == [] and [k["name"] for k in json.loads(listed[str(second)])] == ["after"]
     after = CliRunner().invoke(cli, ["--home", str(first), "keys", "list", "--json", "--home", str(second)])
     assert after.output == listed[str(second)]  # the later one, as for any option given twice
+
+
+def test_set_limit_says_what_each_limit_becomes_and_refuses_what_no_column_holds(tmp_path):
+    # --per-month alone sent the key's own hourly cap of 100 back to the plan's 10,000 unmentioned;
+    # 99999999999999999999 (a key) and 3000000000 (a team) were DuckDB tracebacks.
+    home = tmp_path / "home"
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, ["--home", str(home), *args])
+    assert run("keys", "create", "--name", "a", "--plan", "pro").exit_code == 0
+    assert run("keys", "set-limit", "1", "--per-hour", "100", "--per-month", "5000").output == (
+        "Key 1: 100 per hour, 5,000 per month.\n")
+    assert run("keys", "set-limit", "1", "--per-month", "6000").output == (
+        "Key 1: per hour as its plan says (10,000) (was 100), 6,000 per month (was 5,000).\n")
+    [key] = json.loads(run("keys", "list", "--json").output)
+    assert (key["per_hour_limit"], key["per_month_limit"]) == (None, 6000)
+    assert run("teams", "create", "t").exit_code == 0
+    for args in (("keys", "set-limit", "1", "--per-hour", "99999999999999999999"),
+                 ("teams", "set-limit", "t", "--per-month", "3000000000")):
+        refused = run(*args)
+        assert refused.exit_code == 2 and "is not in the range 1<=x<=2147483647" in refused.output, refused.output

@@ -24,6 +24,9 @@ PLANS = {
     "enterprise": Plan("enterprise", per_hour=None, per_month=None, retention_days=None),
 }
 DEFAULT_PLAN = "enterprise"
+# The most a key's or a team's own limit may be (a team's is an INTEGER column): far past any real
+# traffic, where a larger number was a DuckDB traceback.
+LIMIT_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
