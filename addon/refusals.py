@@ -13,6 +13,7 @@ from .core import metrics
 from .core.budgets import BudgetRefusal
 from .core.limits import Refusal
 from .core.money import usd
+from .core.wording import plural
 from .providers import Provider
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ def limit_reached(flow: http.HTTPFlow, provider: Provider, key_id: int, refusal:
                    f"by the administrator over all the team's keys, blocks this call until {resets}. It counts "
                    f"other keys' calls too, so its figures are not shown; ask the administrator of this proxy.")
     else:
-        message = (f"AiSpendTrack limit reached for key {key_id}: {refusal.size:,} requests per {period}. It resets "
-                   f"at {resets}. Raise it with `aispendtrack keys set-limit {key_id} {option} N` or "
+        message = (f"AiSpendTrack limit reached for key {key_id}: {plural(refusal.size, 'request')} per {period}. "
+                   f"It resets at {resets}. Raise it with `aispendtrack keys set-limit {key_id} {option} N` or "
                    f"`aispendtrack keys set-plan {key_id} PLAN`.")
     refuse(flow, provider, 429, "aispendtrack_limit_reached", message, {"retry-after": str(wait)})
 
@@ -102,7 +103,10 @@ def upstream_failure(flow: http.HTTPFlow, provider: Provider, message: str, time
         return 502, "upstream_failed", (
             f"AiSpendTrack refused the {where}: {message[:300]}. Upstream certificates are always "
             f"verified; for a private CA start the proxy with --upstream-ca CA.pem.")
+    # The flag that sets this provider's upstream (cli/proxy.py; "--upstream" alone named none of them).
+    flag = (f"--{provider.name}-upstream" if provider.name in ("openai", "anthropic")
+            else f"--upstream {provider.name}=URL")
     return 502, "upstream_failed", (
         f"AiSpendTrack could not get a response from the {where}: {message.split(': ', 1)[0][:200]}. "
-        f"Check the --upstream setting and that the provider is reachable.")
+        f"Check the proxy's {flag} setting and that the provider is reachable.")
 

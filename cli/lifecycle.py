@@ -109,6 +109,11 @@ def _subject(customer: str | None, key: int | None) -> Subject:
         raise click.UsageError(str(exc).replace("customer=ID or key=ID", "--customer ID or --key ID")) from None
 
 
+def _one(things: str) -> str:
+    """The singular of an export's plural count name (batches, budgets, pending calls)."""
+    return things[:-2] if things.endswith("ches") else things[:-1]
+
+
 @gdpr.command("export")
 @click.option("--customer", help="The x-customer-id value.")
 @click.option("--key", type=int, help="The key id (see `aispendtrack keys list`).")
@@ -126,8 +131,8 @@ def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
             with open(out, "w", encoding="utf-8") as f:
                 counts = subject_requests.export(obj.db, spill, subject, f)
     if out is not None:
-        click.echo(f"Wrote {out}: " + ", ".join(f"{n:,} {name.replace('_', ' ')}" for name, n in counts.items()),
-                   err=True)
+        click.echo(f"Wrote {out}: " + ", ".join(plural(n, _one(name.replace("_", " ")), name.replace("_", " "))
+                                                for name, n in counts.items()), err=True)
     if not any(counts.values()):
         click.echo(f"Nothing is stored about {subject.label()}.", err=True)
     if counts["unreadable_spill_files"]:

@@ -131,7 +131,7 @@ def test_a_key_over_its_hourly_limit_is_answered_429_and_never_metered(addon):
     addon.request(second)
     assert first.response is None and "aispendtrack" in first.metadata
     assert second.response.status_code == 429 and "aispendtrack" not in second.metadata
-    assert "limit reached for key 7: 1 requests per hour" in second.response.get_text()
+    assert "limit reached for key 7: 1 request per hour" in second.response.get_text()
     assert int(second.response.headers["retry-after"]) > 0
 
 

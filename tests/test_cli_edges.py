@@ -280,3 +280,14 @@ def test_set_limit_says_what_each_limit_becomes_and_refuses_what_no_column_holds
                  ("teams", "set-limit", "t", "--per-month", "3000000000")):
         refused = run(*args)
         assert refused.exit_code == 2 and "is not in the range 1<=x<=2147483647" in refused.output, refused.output
+
+
+def test_a_gdpr_exports_counts_are_worded_for_one_and_for_many(tmp_path):
+    home = tmp_path / "home"
+    run = lambda *args: CliRunner().invoke(cli, ["--home", str(home), *args])  # noqa: E731
+    run("keys", "create", "--name", "a")
+    run("budgets", "set", "--scope", "customer:acme", "--key", "1", "--daily", "5")
+    written = run("gdpr", "export", "--customer", "acme", "--out", str(tmp_path / "acme.json"))
+    assert written.exit_code == 0 and written.output == (  # "1 budgets" before
+        f"Wrote {tmp_path / 'acme.json'}: 1 budget, 0 alerts, 0 batches, 0 calls, 0 rollups, 0 pending calls, "
+        f"0 unreadable spill files\n")

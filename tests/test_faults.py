@@ -42,11 +42,13 @@ def test_refused_upstream_is_a_502_each_sdk_can_read(tmp_path, customer):
         assert raised.value.status_code == 502
         assert raised.value.body["message"].startswith("AiSpendTrack could not get a response from the openai upstream")
         assert "Connect call failed" in raised.value.body["message"]
+        assert "Check the proxy's --openai-upstream setting" in raised.value.body["message"]  # the flag there is
         with pytest.raises(anthropic.InternalServerError) as raised:
             proxy.anthropic(headers={"x-customer-id": customer}).messages.create(**MESSAGE)
         assert raised.value.status_code == 502
         assert raised.value.body["error"]["type"] == "api_error"
         assert "anthropic upstream" in raised.value.body["error"]["message"]
+        assert "--anthropic-upstream setting" in raised.value.body["error"]["message"]
         rows = proxy.rows(customer, expect=2)
         assert sorted(r["provider"] for r in rows) == ["anthropic", "openai"]
         assert all(r["status"] == 502 and r["outcome"] == "upstream_failed" and r["usage_source"] == "none"
