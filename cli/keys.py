@@ -16,7 +16,7 @@ from addon.core.store import atomic, reading, writing
 from addon.core.store import calls as call_rows
 from addon.core.store import keys as key_rows
 
-from .output import emit, format_option
+from .output import emit, format_option, printable_name
 
 
 @click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
@@ -33,9 +33,7 @@ def keys() -> None:
 @click.pass_obj
 def create(obj, name: str, plan: str, team: str | None, as_json: bool) -> None:
     """Create a key. It is printed once and stored only as a hash."""
-    name = name.strip()
-    if not name:
-        raise click.BadParameter("must not be empty", param_hint="--name")
+    name = printable_name(name, "a key's name", "--name")
     try:
         key_id, key = keygen.create(obj.db, name, plan, team)
     except LookupError:

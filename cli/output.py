@@ -60,6 +60,20 @@ def written_whole(out: str | None) -> Iterator[None]:
                                    f"written is incomplete.") from None
 
 
+MAX_NAME = 100  # a key's or a team's name, in characters
+NO_TEAM = "(no team)"  # how tables name the calls of keys in no team
+
+
+def printable_name(value: str, what: str, hint: str) -> str:
+    """A name as given, trimmed: 1 to MAX_NAME printable characters (a newline or an escape sequence
+    in a key's name split the tables and reached terminals raw), else an error naming ``what``."""
+    name = value.strip()
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise click.BadParameter(f"{what} is 1 to {MAX_NAME} printable characters, got {value[:120]!r}",
+                                 param_hint=hint)
+    return name
+
+
 def check_port_free(host: str, port: int, flag: str) -> None:
     """Fail before printing a banner or creating anything when the port is taken."""
     if port == 0:

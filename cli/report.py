@@ -14,7 +14,7 @@ from addon.core.store.calls import TOOL_NAMES
 from addon.core.wording import plural
 
 from .options import selection_options
-from .output import compact, emit, render_table, seconds, tokens
+from .output import NO_TEAM, compact, emit, render_table, seconds, tokens
 
 # A table shows the costliest groups, as the page's breakdowns do (web/static/app.js BREAKDOWN_ROWS):
 # 100,000 customers are no table to read, and their percentiles are most of a report's time.
@@ -115,7 +115,7 @@ def _left_out(spec: ReportSpec, groups: report_rows.Groups, rest: dict, places: 
 
 def _cell(name: str):
     if name == "team":  # the calls of keys in no team (and of no key)
-        return lambda r: "(no team)" if r[name] is None else str(r[name])
+        return lambda r: NO_TEAM if r[name] is None else str(r[name])
     if name == "key_id":  # the key's name (docs/api.md: key_name), its id only when it has none
         return lambda r: "-" if r[name] is None else str(r.get("key_name") or r[name])
     return lambda r: "-" if r[name] is None else str(r[name])

@@ -18,16 +18,15 @@ from addon.core.store import budgets as budget_rows
 from addon.core.store import teams as team_rows
 from addon.core.wording import plural
 
-from .output import emit, format_option
-
-MAX_NAME = 100
+from .output import NO_TEAM, emit, format_option, printable_name
 
 
 def team_name(value: str, hint: str = "NAME") -> str:
-    """A team's name as given, trimmed; an empty or overlong one is an error."""
-    name = value.strip()
-    if not name or len(name) > MAX_NAME or not name.isprintable():
-        raise click.BadParameter(f"a team's name is 1 to {MAX_NAME} printable characters, got {value[:120]!r}",
+    """A team's name as given, trimmed; an empty, overlong or unprintable one is an error, and so is
+    the name tables give the keys in no team (a team of that name read as none in them)."""
+    name = printable_name(value, "a team's name", hint)
+    if name == NO_TEAM:
+        raise click.BadParameter(f"{NO_TEAM} is how reports name the keys in no team; choose another name",
                                  param_hint=hint)
     return name
 

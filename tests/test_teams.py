@@ -133,6 +133,12 @@ def test_team_names_with_sql_control_characters_or_past_the_limit(home):
         for args in (("teams", "create", bad), ("teams", "rename", "ads", bad)):
             refused = invoke(home, *args)
             assert refused.exit_code == 2 and "1 to 100 printable characters" in refused.output
+        # A key's name alike: it split `keys list` and went to terminals raw.
+        refused = invoke(home, "keys", "create", "--name", bad)
+        assert refused.exit_code == 2 and "a key's name is 1 to 100 printable characters" in refused.output
+    # The name reports give the keys in no team: a team of that name read as none in their tables.
+    refused = invoke(home, "teams", "create", "(no team)")
+    assert refused.exit_code == 2 and "(no team) is how reports name the keys in no team" in refused.output
     listed = json.loads(run_cli(home, "teams", "list", "--json"))
     assert sorted(t["name"] for t in listed) == sorted(["ads", "search", sql])
     assert len(json.loads(run_cli(home, "keys", "list", "--json"))) == 4
