@@ -248,13 +248,15 @@ def test_rollups_summed_before_the_proxy_histograms_send_totals_to_the_raw_calls
     day = dt.timedelta(days=1)
     rows = [r | {"proxy_us": rng.randrange(100, 5000)} for r in spread_latencies(300, rng)
             + spread_latencies(300, rng, START + dt.timedelta(hours=6))]
-    call_rows.insert(con, rows)
-    for tier in rollups.TIERS:
+    with monkeypatch.context() as older:
+        older.setattr(rollups, "TIERS", rollups.BEFORE_TOTALS)
+        call_rows.insert(con, rows)
+    for tier in rollups.BEFORE_TOTALS:
         con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
     cutoff = START + dt.timedelta(hours=6)
     con.execute("DELETE FROM calls WHERE ts < ?", [cutoff])
     assert migrations.apply_pending(con) == ["m032_proxy_histograms", "m033_customer_key",
-                                                 "m034_rollup_customer_key"]
+                                                 "m034_rollup_customer_key", "m035_total_rollups"]
     read_rollups(monkeypatch)
 
     def added(since: dt.datetime) -> tuple:

@@ -254,7 +254,7 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
         con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
     con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
     assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key",
-                                                 "m034_rollup_customer_key"]
+                                                 "m034_rollup_customer_key", "m035_total_rollups"]
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
         groups: dict[tuple, list[dict]] = {}
         for call in calls:
@@ -273,6 +273,43 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
         spec = parse_report(["customer"], now=START + dt.timedelta(days=30))
         assert report_rows._source(con, spec)[2] is rollups.CUSTOMERS
         assert sum(g["calls"] for g in report_rows.report(con, spec)[0]) == len(calls)
+
+
+def test_the_migration_fills_the_total_tiers_from_the_narrow_ones(tmp_path, monkeypatch):
+    # A file as the version before the totals' tiers left it: calls over three weeks, then the first
+    # week's calls purged (only the rollups keep them): m035 sums the models' days and the features'
+    # weeks into the totals, and a total, and a report by day, read those.
+    db = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(db))
+    migrated_before(con, migrations.m035_total_rollups)
+    rng = random.Random(35)
+    week = rollups.bucket_start(START, rollups.TOTAL_WEEKS.seconds)
+    calls = [random_call(rng, week, 21 * 86400) for _ in range(400)]
+    with monkeypatch.context() as older:
+        older.setattr(rollups, "TIERS", rollups.BEFORE_TOTALS)
+        call_rows.insert(con, calls)
+    con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
+    assert migrations.apply_pending(con) == ["m035_total_rollups"]
+    for tier in (rollups.TOTAL_DAYS, rollups.TOTAL_WEEKS):
+        groups: dict[dt.datetime, list[dict]] = {}
+        for call in calls:
+            groups.setdefault(rollups.bucket_start(call["ts"], tier.seconds), []).append(call)
+        want = [(b, len(groups[b]), sum(c["cost_usd"] for c in groups[b] if c["cost_usd"] is not None),
+                 sum(c["input_tokens"] for c in groups[b])) for b in sorted(groups)]
+        assert len(want) == (3 if tier is rollups.TOTAL_WEEKS else 21)
+        assert con.execute(f"SELECT bucket, calls, cost_usd, input_tokens FROM {tier.table} "
+                           f"ORDER BY bucket").fetchall() == want, tier.table
+    assert_coarse_tiers_right(con, raw=False)
+    con.close()
+    with reading(db) as con:
+        assert migrations.is_current(con)
+        now = week + dt.timedelta(days=30)
+        total = replace(parse_report([], now=now, since=week.date().isoformat()), by=())
+        assert report_rows._source(con, total)[2] is rollups.TOTAL_WEEKS
+        assert report_rows.total(con, total)["calls"] == len(calls)
+        by_day = parse_report(["day"], now=now, since=week.date().isoformat())
+        assert report_rows._source(con, by_day)[2] is rollups.TOTAL_DAYS
+        assert sum(g["calls"] for g in report_rows.report(con, by_day)[0]) == len(calls)
 
 
 def test_reprice_and_erase_keep_the_rollups_right(tmp_path):
@@ -326,10 +363,11 @@ def test_each_flush_adds_rows_and_a_closed_bucket_is_merged_to_one_row_per_group
             assert_same(report_rows.report(con, spec), report_rows.report(con, spec, exact=True), f"merged {by}")
     assert per_bucket[start] == 3  # the closed bucket: one row per customer
     assert per_bucket[start + rollups.BUCKET] > 3  # the open one: a row per flush and customer
-    # The open hour, days and week (one group): merged when the 15-minute bucket closed at 09:15, then
+    # The open hour, days and weeks (one group): merged when the 15-minute bucket closed at 09:15, then
     # a row per flush since (90 flushes, the first merged in): not 180. The customers' week: a row
     # per customer of each flush since, ~190 against ~500 unmerged.
-    assert open_rows == [90, 90, 90, 90, open_week_rows]
+    assert [t.table for t in rollups.DERIVED][-1] == rollups.CUSTOMERS.table
+    assert open_rows == [90] * (len(rollups.DERIVED) - 1) + [open_week_rows]
     assert open_week_rows < 250
 
 

@@ -1266,13 +1266,16 @@ def lake_before_step(shared_env: str, home: Path, steps: tuple[str, ...], droppe
     import psycopg
 
     from addon.core.store import calls as call_rows
-    from addon.core.store import writing
+    from addon.core.store import rollups, writing
 
     new_key(home)
     with writing(home / "unused.duckdb") as con:
         call_rows.insert(con, rows)
         if "s026_customers_sorted" in steps:  # its sort names the customer key
             con.execute("ALTER TABLE rollups_customers RESET SORTED BY")
+        if "s027_total_rollups" in steps:  # the totals' tiers came with it
+            for tier in (rollups.TOTAL_DAYS, rollups.TOTAL_WEEKS):
+                con.execute(f"DROP TABLE {tier.table}")
         for table, column in dropped:
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
@@ -1288,7 +1291,8 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
 
     from .helpers import call_row
     home, marker = tmp_path / "admin", f"proxy-{uuid.uuid4().hex}"
-    lake_before_step(shared_env, home, ("s023_proxy_histograms",), [(tier.table, "proxy") for tier in rollups.TIERS],
+    lake_before_step(shared_env, home, ("s023_proxy_histograms", "s027_total_rollups"),
+                     [(tier.table, "proxy") for tier in rollups.BEFORE_TOTALS],
                      [call_row(i, customer_id=marker, proxy_us=1000 * (i + 1)) for i in range(3)])
     with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, NULL in the rows before
         before = con.execute("SELECT proxy FROM rollups_customers WHERE customer_id = ?", [marker]).fetchall()
@@ -1298,6 +1302,31 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
         for tier in (rollups.FINE, rollups.CUSTOMERS):  # and rows summed since hold the histogram
             (histogram,) = con.execute(f"SELECT proxy FROM {tier.table} WHERE customer_id = ?", [later]).fetchone()
             assert sorted(histogram.values()) == [1, 1, 1], tier.table
+
+
+def test_an_older_lake_gets_the_totals_tiers_summed_from_the_narrow_ones(shared_env, tmp_path, monkeypatch):
+    # s027 (as m035): the totals per day and week from the models' days and the features' weeks; a
+    # total then reads them, and counts what it did before.
+    import dataclasses
+
+    from addon.core.reports import parse_report
+    from addon.core.store import reading, rollups
+    from addon.core.store import reports as report_rows
+
+    from .helpers import call_row, read_rollups
+    home, marker = tmp_path / "admin", f"totals-{uuid.uuid4().hex}"
+    rows = [call_row(i, customer_id=marker, cost_usd=Decimal(i + 1)) for i in range(4)]
+    lake_before_step(shared_env, home, ("s027_total_rollups",), [], rows)
+    read_rollups(monkeypatch)
+    with reading(home / "unused.duckdb") as con:
+        for tier in (rollups.TOTAL_DAYS, rollups.TOTAL_WEEKS):
+            assert con.execute(f"SELECT sum(calls) FROM {tier.table}").fetchone()[0] == con.execute(
+                "SELECT count(*) FROM calls").fetchone()[0] >= 4, tier.table
+        spec = dataclasses.replace(parse_report([], now=dt.datetime.now(dt.UTC)), by=())
+        assert report_rows._source(con, spec)[2] is rollups.TOTAL_WEEKS
+        exact = report_rows.total(con, spec, exact=True)
+        assert {k: report_rows.total(con, spec)[k] for k in ("calls", "cost_usd")} == {
+            k: exact[k] for k in ("calls", "cost_usd")}
 
 
 def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path, monkeypatch):

@@ -498,20 +498,32 @@ def m034_rollup_customer_key(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"UPDATE {tier.table} SET customer_key = {customer_key_sql('customer_id')}")
 
 
+def m035_total_rollups(con: duckdb.DuckDBPyConnection) -> None:
+    # Issue 28: the totals per UTC day and week (rollups.TOTAL_DAYS, TOTAL_WEEKS), summed from the
+    # models' days and the features' weeks: the same calls, a few thousand rows a year to read where
+    # the 15-minute ones are ~100M at 100M calls (m031 read those).
+    for statement in TOTAL_ROLLUPS:
+        con.execute(statement)
+
+
 ROLLUPS_DDL = rollups.DDL
-ROLLUP_CUSTOMER_KEY = [statement for tier in rollups.TIERS for statement in tier.key_ddl]
+ROLLUP_CUSTOMER_KEY = [statement for tier in rollups.BEFORE_TOTALS for statement in tier.key_ddl]
 # The proxy_us histogram column (m032) first: derive_all reads it from the 15-minute rows, which a
 # store upgraded from before m032 holds without it.
 _ADD_PROXY = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS proxy MAP(SMALLINT, BIGINT)"
-PROXY_HISTOGRAMS = [_ADD_PROXY.format(table=tier.table) for tier in rollups.TIERS]
+PROXY_HISTOGRAMS = [_ADD_PROXY.format(table=tier.table) for tier in rollups.BEFORE_TOTALS]
 _FINE_PROXY = [_ADD_PROXY.format(table=rollups.FINE.table)]
 HOURLY_ROLLUPS = [*_FINE_PROXY, rollups.HOURLY_DDL, rollups.derive_all(rollups.COARSE)]
 # The DELETE makes the step safe to run again: the lake's (s020) commits its rows before PostgreSQL
 # records it, and a crash between the two runs it again at the next start.
 DAILY_ROLLUPS = [*_FINE_PROXY, rollups.DAILY_DDL, f"DELETE FROM {rollups.DAILY.table}",
                  rollups.derive_all(rollups.DAILY)]
-TAG_ROLLUPS = [*_FINE_PROXY, *(statement for tier in rollups.TIERS if tier not in rollups.BEFORE_NARROW
+TAG_ROLLUPS = [*_FINE_PROXY, *(statement for tier in rollups.BEFORE_TOTALS if tier not in rollups.BEFORE_NARROW
                                for statement in (tier.ddl, f"DELETE FROM {tier.table}", rollups.derive_all(tier)))]
+# The DELETE as DAILY_ROLLUPS's. Each from the narrow tier of its buckets that names no tag it lacks.
+TOTAL_ROLLUPS = [statement for tier, source in ((rollups.TOTAL_DAYS, rollups.MODELS),
+                                                (rollups.TOTAL_WEEKS, rollups.FEATURES))
+                 for statement in (tier.ddl, f"DELETE FROM {tier.table}", rollups.derive_all(tier, source))]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
                                                 "web_search_requests", *UNIT_COLUMNS_NAMES))
 HOURLY_INTO_ROLLUPS = f"""
@@ -535,7 +547,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m020_tools, m021_prices, m022_proxy_us, m023_rollups,
               m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
               m028_team_limits, m029_daily_rollups, m030_raw_horizon, m031_tag_rollups,
-              m032_proxy_histograms, m033_customer_key, m034_rollup_customer_key]
+              m032_proxy_histograms, m033_customer_key, m034_rollup_customer_key, m035_total_rollups]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

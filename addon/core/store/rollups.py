@@ -145,9 +145,16 @@ FEATURES = Tier("rollups_features", int(WEEK.total_seconds()), ("feature",))
 # The same per UTC day and model alone: reports by model, provider or day (model x day at 100M calls:
 # a few thousand rows, where the daily tier has a row per key, status and model).
 MODELS = Tier("rollups_models", int(DAY.total_seconds()), ("provider", "model"))
+# The whole selection's sums per UTC day and per UTC week, no tag at all (issue 28): what a total or a
+# report by day reads, 365 and 52 rows a year. From the models' days and the features' weeks, the
+# histograms of a year at 100M calls were ~800,000 bins each, where the Parquet reader decodes every
+# row of a row group it reads: the lake's total of a year took 76-82 ms, most of it those scans.
+TOTAL_DAYS = Tier("rollups_total_days", int(DAY.total_seconds()), ())
+TOTAL_WEEKS = Tier("rollups_total_weeks", int(WEEK.total_seconds()), ())
 BEFORE_NARROW = (FINE, COARSE, DAILY)  # the tiers before the narrow ones (m031)
-# Of two tiers that fit a report equally, reports read the first: the narrower (a total: the features').
-TIERS = (FINE, COARSE, MODELS, DAILY, FEATURES, CUSTOMERS)
+BEFORE_TOTALS = (FINE, COARSE, MODELS, DAILY, FEATURES, CUSTOMERS)  # the tiers before the totals (m035)
+# Of two tiers that fit a report equally, reports read the first: the narrower (a total: the totals').
+TIERS = (FINE, COARSE, TOTAL_DAYS, MODELS, DAILY, TOTAL_WEEKS, FEATURES, CUSTOMERS)
 DERIVED = TIERS[1:]  # the tiers summed again from the 15-minute rows when theirs cannot be picked out
 DDL, HOURLY_DDL, DAILY_DDL = FINE.ddl, COARSE.ddl, DAILY.ddl
 
@@ -327,11 +334,12 @@ def _reopened(con: duckdb.DuckDBPyConnection, buckets: str) -> None:
         customer_order.reopen(con, first)
 
 
-def derive_all(tier: Tier) -> str:
-    """The INSERT filling an empty ``tier`` from every 15-minute row (a migration's, before the
-    customer key's: m034 fills it in)."""
-    return (f"INSERT INTO {tier.table} " + merged(f"SELECT {bucket_sql('bucket', tier.seconds)} AS bucket, "
-                                                   f"{_columns(tier)} FROM rollups", tier))
+def derive_all(tier: Tier, source: Tier = FINE) -> str:
+    """The INSERT filling an empty ``tier`` from every row of ``source`` (a migration's, before the
+    customer key's: m034 fills it in): the 15-minute rows, or a tier with the same buckets or
+    narrower ones that names every tag ``tier`` does (the totals' from the models' and features')."""
+    return (f"INSERT INTO {tier.table} BY NAME " + merged(f"SELECT {bucket_sql('bucket', tier.seconds)} AS bucket, "
+                                                           f"{_columns(tier)} FROM {source.table}", tier))
 
 
 def compact(con: duckdb.DuckDBPyConnection, since: dt.datetime | None, until: dt.datetime,
@@ -397,7 +405,8 @@ def compact_previous(con: duckdb.DuckDBPyConnection, newest: dt.datetime) -> Non
 
 
 def _merge_bucket(con: duckdb.DuckDBPyConnection, tier: Tier, bucket: dt.datetime) -> None:
-    (extra,) = con.execute(f"SELECT count(*) - count(DISTINCT ({', '.join(tier.dimensions)})) FROM {tier.table} "
+    (extra,) = con.execute(f"SELECT count(*) - count(DISTINCT ({', '.join(tier.dimensions) or 'bucket'})) "
+                           f"FROM {tier.table} "
                            f"WHERE bucket = ?", [bucket]).fetchone()  # type: ignore[misc]
     if extra:
         compact(con, bucket, bucket + dt.timedelta(seconds=tier.seconds), tier)

@@ -36,6 +36,7 @@ from .migrations import (
     TAG_ROLLUPS,
     TEAM_LIMIT_COLUMNS,
     TEAMS_DDL,
+    TOTAL_ROLLUPS,
     UNMETERED_UPDATE,
     USAGE_HISTORY_VIEW,
     units_ddl,
@@ -141,7 +142,7 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
                    "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups",
                    "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms", "s024_customer_key",
-                   "s025_rollup_customer_key", "s026_customers_sorted")
+                   "s025_rollup_customer_key", "s026_customers_sorted", "s027_total_rollups")
 
 # The weekly customers' tier sorted by week and customer key, in row groups of 16,384 rows (issue 28).
 # DuckLake sorts a table so on every insert, flush of inlined rows and merge of files. A week of
@@ -354,6 +355,9 @@ def ensure_lake(con, control) -> None:
                     f"in key order) met another proxy's writes ({first_line(exc)}). Stop every proxy on this "
                     f"catalog, start this one, then the others (docs/operations.md, Upgrading).") from None
             _record(control, "s026_customers_sorted")
+        if "s027_total_rollups" not in _applied(control):  # as migrations.m035_total_rollups
+            _in_transaction(con, TOTAL_ROLLUPS)
+            _record(control, "s027_total_rollups")
 
 
 def _in_transaction(con, statements: list[str]) -> None:
