@@ -20,6 +20,7 @@ from addon.core.store import budgets as budget_rows
 from addon.core.store import keys as key_rows
 from addon.core.store import reading, writing
 from addon.core.store import teams as team_rows
+from addon.core.wording import percent
 
 from .output import emit, format_option
 
@@ -183,7 +184,7 @@ def _against(spent: Decimal, budget: Decimal | None, unpriced: int) -> str:
     unknown = f" + {unpriced:,} unpriced" if unpriced else ""
     if budget is None:
         return usd(spent) + unknown
-    return f"{usd(spent)}{unknown} of {usd(budget)} ({spent / budget:.0%})"
+    return f"{usd(spent)}{unknown} of {usd(budget)} ({percent(float(spent / budget))})"
 
 
 @budgets.command("delete")

@@ -11,7 +11,7 @@ from addon.core.reports import DIMENSIONS, TIME_DIMENSIONS, ReportError, ReportS
 from addon.core.store import reading
 from addon.core.store import reports as report_rows
 from addon.core.store.calls import TOOL_NAMES
-from addon.core.wording import plural
+from addon.core.wording import percent, plural
 
 from .options import selection_options
 from .output import NO_TEAM, compact, emit, render_table, seconds, tokens
@@ -84,7 +84,7 @@ def render(spec: ReportSpec, groups: report_rows.Groups, total: dict, wide: bool
                     ("CONTAINERS", lambda r: number(r["containers"]), ">")]
     places = column_places(r["cost_usd"] for r in [*groups, total, *([rest] if rest else [])])
     columns += [("COST", lambda r: _cost(r, places), ">"),
-                ("%", lambda r: f"{r['share']:.0%}" if r["share"] is not None else "-", ">"),
+                ("%", lambda r: percent(r["share"]) if r["share"] is not None else "-", ">"),
                 ("P50/P95", lambda r: f"{seconds(r['p50_latency_ms'])}/{seconds(r['p95_latency_ms'])}", ">")]
     totals_row = {**total, **{name: "TOTAL" if i == 0 else "" for i, name in enumerate(names)}}
     lines = render_table([*groups, totals_row], columns).splitlines()
@@ -108,7 +108,7 @@ def render(spec: ReportSpec, groups: report_rows.Groups, total: dict, wide: bool
 def _left_out(spec: ReportSpec, groups: report_rows.Groups, rest: dict, places: int) -> str:
     """``… 99,950 more customers: 1,234,567 calls, $1,234.56 (12%)``"""
     what = f"more {spec.by[0]}" if len(spec.by) == 1 else "more group"
-    share = f" ({rest['share']:.0%})" if rest["share"] is not None else ""
+    share = f" ({percent(rest['share'])})" if rest["share"] is not None else ""
     return (f"… {plural(groups.total_groups - len(groups), what)}: {plural(rest['calls'], 'call')}, "
             f"{_cost(rest, places)}{share}")
 

@@ -599,7 +599,7 @@ def test_calls_without_a_price_are_named_beside_a_budgets_spend_never_read_as_fr
     assert (listed["spent_today_usd"], listed["unpriced_calls_today"]) == (1, 2)
     assert (listed["spent_this_month_usd"], listed["unpriced_calls_this_month"]) == (1, 3)
     row = run_cli(home, "budgets", "list").splitlines()[-1]
-    assert "$1.00 + 2 unpriced of $10.00 (10%)" in row and "$1.00 + 3 unpriced of $100.00 (1%)" in row
+    assert "$1.00 + 2 unpriced of $10.00 (10%)" in row and "$1.00 + 3 unpriced of $100.00 (1.0%)" in row
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
     [shown] = create_app(home).test_client().get("/api/v1/budgets",
                                                  headers={"Authorization": f"Bearer {admin}"}).get_json()

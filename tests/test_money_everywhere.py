@@ -19,6 +19,7 @@ from addon.core import home as home_dir
 from addon.core.money import column_places, usd
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
+from addon.core.wording import percent
 
 from .helpers import CHROMIUM, free_port, run_cli, start_proxy
 from .helpers import report_row as row
@@ -75,6 +76,10 @@ def test_the_same_calls_cost_the_same_in_the_cli_the_api_and_the_page(page, site
     assert python[0][:6] == ["$0.05175", "$0.069", "$0.0833", "$0.00575", "$0.00", "unpriced"]
     assert python[0][6:9] == ["<$0.000001", "$0.000001", "$1.000001"]
     assert [usd(Decimal("0.051750000000000000")), usd(Decimal("0.000000"))] == ["$0.05175", "$0.00"]
+    # Shares, alike (the CLI wrote 2% where the page wrote 1.8%), halves and binary near-halves included.
+    shares = [0.018, 0.081, 0.1, 0.125, 0.0225, 0.00049, 0.0005, 0.99951, 1.0, 0.0, 1 / 3, 0.0995]
+    assert page.evaluate("(shares) => shares.map((v) => pct(v))", shares) == [percent(v) for v in shares]
+    assert [percent(v) for v in shares[:4]] == ["1.8%", "8.1%", "10%", "13%"]
 
     # The by-model table: the CLI's report and the page's, cell for cell.
     cli_report = _cli_column(run_cli(site["home"], "report", "--by", "model", "--since", "7d"), "TOTAL", "COST")

@@ -18,6 +18,7 @@ from addon.core.reports import parse_report
 from addon.core.store import calls as call_rows
 from addon.core.store import reading, rollups, writing
 from addon.core.store import reports as report_rows
+from addon.core.wording import percent
 from cli.main import cli
 from web import create_app
 
@@ -150,7 +151,7 @@ def test_the_cli_table_sums_the_groups_it_leaves_out_on_one_line(home):
     cost = sum(Decimal(str(g["cost_usd"])) for g in left)  # whole cents: the column's two places
     share = float(cost) / sum(g["cost_usd"] for g in everything)
     # "*": some of those calls have no price (local-llm), as the COST column marks a group
-    assert table[3] == f"… 29 more customers: {calls:,} calls, ${cost:,.2f}* ({share:.0%})"
+    assert table[3] == f"… 29 more customers: {calls:,} calls, ${cost:,.2f}* ({percent(share)})"
     assert table[4] == "-" * max(len(line) for line in table[:3]) and table[5].startswith("TOTAL")
     unlimited = run(home, "report", "--by", "customer").splitlines()
     assert table[5] == next(line for line in unlimited if line.startswith("TOTAL"))  # of every group
@@ -194,7 +195,7 @@ def test_a_table_shows_the_50_costliest_groups_unless_asked_for_every_one(tmp_pa
     table = run(tmp_path, "report", "--by", "customer", "--since", "2026-09-01").splitlines()
     assert [line.split()[0] for line in table[1:51]] == [f"c{i:02}" for i in range(59, 9, -1)]
     total_cost = sum(range(1, 61))
-    assert table[51] == f"… 10 more customers: 10 calls, $55.00 ({55 / total_cost:.0%})"
+    assert table[51] == f"… 10 more customers: 10 calls, $55.00 ({percent(55 / total_cost)})"
     assert table[53].startswith("TOTAL") and len(table) == 54
     every = run(tmp_path, "report", "--by", "customer", "--since", "2026-09-01", "--all").splitlines()
     assert len(every) == 1 + 60 + 2 and every[-1] == table[-1]

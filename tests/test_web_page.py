@@ -179,9 +179,9 @@ def test_the_by_team_table_matches_the_cli_and_filters_the_page_to_a_team(page, 
     shown = dict(page.eval_on_selector_all(
         "#by-team tbody tr", "rows => rows.map(r => [r.cells[0].innerText, r.cells[2].innerText])"))
     teams = json.loads(run_cli(site["home"], "report", "--by", "team", "--since", "7d", "--format", "json"))
-    assert {name for name in shown} == {"platform", "(none)"} == {g["team"] or "(none)" for g in teams}
+    assert {name for name in shown} == {"platform", "(no team)"} == {g["team"] or "(no team)" for g in teams}
     for group in teams:  # the proxy's key is in the team; key 2 (never created) in none
-        assert float(shown[group["team"] or "(none)"].strip("$*")) == pytest.approx(group["cost_usd"])
+        assert float(shown[group["team"] or "(no team)"].strip("$*")) == pytest.approx(group["cost_usd"])
     page.click("#by-team tbody tr[data-value='platform']")
     page.wait_for_url("**team=platform**")
     wait_until_drawn(page)

@@ -152,6 +152,8 @@ const ms = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round
 const us = (v) => (v === null || v === undefined ? "–" : v < 1000 ? Math.round(v) + " µs" : (v / 1000).toFixed(1) + " ms");
 const pct = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(v < 0.1 ? 1 : 0) + "%");
 const errorRate = (t) => (t.calls ? t.errors / t.calls : null);
+// A group with no value: the keys in no team as the CLI's tables name them (cli/output.py NO_TEAM).
+const none = (dimension) => (dimension === "team" ? "(no team)" : "(none)");
 
 // A key as people call it (the API's key_name, as the CLI's reports show it), its id in the tooltip;
 // a key that no longer exists has only its id.
@@ -257,7 +259,7 @@ function showChart(rows, bucket, stackName, range, tz) {
   }
   // Keys by name, as the tables show them (rows by key carry key_name).
   const named = new Map(rows.filter((r) => r.key_name).map((r) => [String(r[stackName]), r.key_name]));
-  const datasets = [...series.entries()].map(([name, s], i) => ({ label: name === "null" ? "(none)" : named.get(name) || name, ...s, backgroundColor: PALETTE[i] }));
+  const datasets = [...series.entries()].map(([name, s], i) => ({ label: name === "null" ? none(stackName) : named.get(name) || name, ...s, backgroundColor: PALETTE[i] }));
   if (other.data.some((v) => v) || other.unpriced.some((v) => v)) datasets.push({ label: "other", ...other, backgroundColor: "#999999" });
   const shown = (c) => {
     const unknown = c.dataset.unpriced[c.dataIndex];
@@ -299,7 +301,7 @@ function showBreakdown(table, rows, state) {
   const places = moneyPlaces(rows.map((r) => r.cost_usd));
   const columns = [
     // By key: the key's name (with its id when another key shares it), as `aispendtrack report --by key`.
-    [dimension, (r) => (r[key] === null ? "(none)" : dimension === "key" ? keyName(r) : String(r[key])),
+    [dimension, (r) => (r[key] === null ? none(dimension) : dimension === "key" ? keyName(r) : String(r[key])),
       (r) => String(r.key_name ?? r[key])],
     ["calls", (r) => count(r.calls), (r) => r.calls],
     ["cost", (r) => money(r.cost_usd, places) + (r.unpriced_calls && r.cost_usd !== null ? "*" : ""), (r) => r.cost_usd ?? -1],
