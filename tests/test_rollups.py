@@ -238,21 +238,30 @@ def test_the_migration_fills_the_daily_tier_from_the_15_minute_rows(tmp_path, mo
         assert sum(g["calls"] for g in report_rows.report(con, spec)[0]) == len(calls)
 
 
+def _three_weeks_before(db, monkeypatch, migration, tiers: tuple[rollups.Tier, ...], seed: int):
+    """A file as the version before ``migration`` left it, whose rollups were ``tiers``: 400 calls over
+    three weeks, then the first week's calls purged (only the rollups keep them). (A version before
+    m032 had no histogram of proxy_us in its tiers either.) Returns (connection, first week, calls)."""
+    con = duckdb.connect(str(db))
+    migrated_before(con, migration)
+    rng = random.Random(seed)
+    week = rollups.bucket_start(START, int(rollups.WEEK.total_seconds()))
+    calls = [random_call(rng, week, 21 * 86400) for _ in range(400)]
+    with monkeypatch.context() as older:
+        older.setattr(rollups, "TIERS", tiers)
+        call_rows.insert(con, calls)
+    if migrations.MIGRATIONS.index(migration) <= migrations.MIGRATIONS.index(migrations.m032_proxy_histograms):
+        for tier in tiers:
+            con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
+    con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
+    return con, week, calls
+
+
 def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, monkeypatch):
     # A file as the version before the weekly tiers left it: calls over three weeks, then the first
     # week's calls purged (only the rollups keep them).
     db = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(db))
-    migrated_before(con, migrations.m031_tag_rollups)
-    rng = random.Random(31)
-    week = rollups.bucket_start(START, rollups.CUSTOMERS.seconds)
-    calls = [random_call(rng, week, 21 * 86400) for _ in range(400)]
-    with monkeypatch.context() as older:
-        older.setattr(rollups, "TIERS", rollups.BEFORE_NARROW)
-        call_rows.insert(con, calls)
-    for tier in rollups.BEFORE_NARROW:  # nor had its tiers a histogram of proxy_us
-        con.execute(f"ALTER TABLE {tier.table} DROP COLUMN proxy")
-    con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
+    con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m031_tag_rollups, rollups.BEFORE_NARROW, 31)
     assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key",
                                                  "m034_rollup_customer_key", "m035_total_rollups"]
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
@@ -280,15 +289,7 @@ def test_the_migration_fills_the_total_tiers_from_the_narrow_ones(tmp_path, monk
     # week's calls purged (only the rollups keep them): m035 sums the models' days and the features'
     # weeks into the totals, and a total, and a report by day, read those.
     db = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(db))
-    migrated_before(con, migrations.m035_total_rollups)
-    rng = random.Random(35)
-    week = rollups.bucket_start(START, rollups.TOTAL_WEEKS.seconds)
-    calls = [random_call(rng, week, 21 * 86400) for _ in range(400)]
-    with monkeypatch.context() as older:
-        older.setattr(rollups, "TIERS", rollups.BEFORE_TOTALS)
-        call_rows.insert(con, calls)
-    con.execute("DELETE FROM calls WHERE ts < ?", [week + rollups.WEEK])
+    con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m035_total_rollups, rollups.BEFORE_TOTALS, 35)
     assert migrations.apply_pending(con) == ["m035_total_rollups"]
     for tier in (rollups.TOTAL_DAYS, rollups.TOTAL_WEEKS):
         groups: dict[dt.datetime, list[dict]] = {}
