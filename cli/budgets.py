@@ -29,8 +29,10 @@ def _scope(value: str) -> tuple[str, str | None]:
     kind, _, name = value.partition(":")
     if kind not in SCOPES or (kind == "all") != (name == ""):
         raise click.BadParameter("use all, key:ID, team:NAME, customer:ID or feature:NAME", param_hint="--scope")
-    if kind == "key" and not name.isdigit():
-        raise click.BadParameter("key:ID takes a key id (see `aispendtrack keys list`)", param_hint="--scope")
+    if kind == "key":
+        if not (name.isascii() and name.isdigit()):  # "²".isdigit(), but int("²") is an error
+            raise click.BadParameter("key:ID takes a key id (see `aispendtrack keys list`)", param_hint="--scope")
+        name = str(int(name))  # as budgets are matched to a key's calls: key:01 counted none of key 1's
     return kind, name or None
 
 

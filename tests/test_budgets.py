@@ -396,7 +396,14 @@ def test_a_budget_is_stored_as_printed_or_refused_in_one_line(tmp_path):
     for scope in ("key:0", "key:999"):  # as --key 999 is: no budget for a key that does not exist
         refused = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", scope, "--daily", "5"])
         assert refused.exit_code == 2 and f"no key {scope[4:]}; see `aispendtrack keys list`" in refused.output
+    refused = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "key:²", "--daily", "5"])
+    assert refused.exit_code == 2 and "key:ID takes a key id" in refused.output  # was a ValueError's traceback
     assert len(json.loads(run_cli(home, "budgets", "list", "--json"))) == 1
+    # key:01 is key 1's budget (stored as "01", it counted none of key 1's calls).
+    run_cli(home, "keys", "create", "--name", "k")
+    assert run_cli(home, "budgets", "set", "--scope", "key:01", "--daily", "5").startswith("Budget 2 for key 1:")
+    assert {(b["scope"], b["scope_value"]) for b in json.loads(run_cli(home, "budgets", "list", "--json"))} == {
+        ("all", None), ("key", "1")}
 
 
 def test_each_scope_counts_only_its_calls_and_a_month_outlives_its_days(counting):
