@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import secrets
 from pathlib import Path
 
 import click
@@ -102,17 +104,26 @@ def backup(obj, target: Path) -> None:
     target = target.absolute()  # a running proxy's process writes it, from its own working directory
     if not target.parent.is_dir():
         raise click.ClickException(f"{target.parent} is not a directory; create it first.")
-    written = (target, target.with_name(target.name + ".wal"))
-    if any(path.exists() for path in written):
+    if target.exists() or target.with_name(target.name + ".wal").exists():
         raise click.ClickException(f"{target} exists; name a new file.")
+    # Written under a name of its own, then linked to TARGET, which fails if something made TARGET
+    # meanwhile: a failure removes only what this command wrote (it once removed another's TARGET).
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
     try:
-        with reading(obj.db) as con:
-            size = compact.backup(con, target)
-    except duckdb.Error as exc:
-        for path in written:  # ours: neither existed before
+        try:
+            with reading(obj.db) as con:
+                size = compact.backup(con, partial)
+        except duckdb.Error as exc:
+            raise click.ClickException(f"could not back up to {target}: {first_line(exc)} (with a proxy running, "
+                                       f"its process writes the copy: a place it may write to). Nothing was left "
+                                       f"there.") from None
+        try:
+            os.link(partial, target)
+        except FileExistsError:
+            raise click.ClickException(f"{target} was made by something else meanwhile; name a new file.") from None
+    finally:
+        for path in (partial, partial.with_name(partial.name + ".wal")):
             path.unlink(missing_ok=True)
-        raise click.ClickException(f"could not back up to {target}: {first_line(exc)} (with a proxy running, its "
-                                   f"process writes the copy: a place it may write to). Nothing was left there.")
     click.echo(f"Backed up {obj.db} to {target} ({size:,} bytes).")
 
 

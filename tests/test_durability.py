@@ -169,6 +169,21 @@ def test_a_backup_never_overwrites_and_the_shared_mode_is_sent_to_its_own_tools(
     refused = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "admin", "backup", str(existing)])
     assert refused.exit_code == 1 and "exists; name a new file" in refused.output
     assert existing.read_bytes() == b"someone's file"
+    # Something makes the target while the copy runs: it stays as that made it, and no copy is left.
+    from addon.core.store import compact
+    copy = compact.backup
+    racing = tmp_path / "racing.duckdb"
+
+    def meanwhile(con, target):
+        size = copy(con, target)
+        racing.write_bytes(b"another's file")
+        return size
+    monkeypatch.setattr(compact, "backup", meanwhile)
+    raced = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "admin", "backup", str(racing)])
+    assert raced.exit_code == 1 and "was made by something else meanwhile; name a new file" in raced.output
+    assert racing.read_bytes() == b"another's file" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "existing.duckdb", "home", "racing.duckdb"]
+    monkeypatch.setattr(compact, "backup", copy)
     monkeypatch.setenv("AISPENDTRACK_CATALOG", "postgresql://nobody@127.0.0.1:1/none")
     shared = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "admin", "backup", str(tmp_path / "b")])
     assert shared.exit_code == 1 and "pg_dump" in shared.output and not (tmp_path / "b").exists()
