@@ -109,9 +109,12 @@ def _subject(customer: str | None, key: int | None) -> Subject:
         raise click.UsageError(str(exc).replace("customer=ID or key=ID", "--customer ID or --key ID")) from None
 
 
-def _one(things: str) -> str:
-    """The singular of an export's plural count name (batches, budgets, pending calls)."""
-    return things[:-2] if things.endswith("ches") else things[:-1]
+def _counted(count: int, name: str) -> str:
+    """An export's count by its name, plural (batches, pending_calls) or singular (key)."""
+    things = name.replace("_", " ")
+    if not things.endswith("s"):
+        return plural(count, things)
+    return plural(count, things[:-2] if things.endswith("ches") else things[:-1], things)
 
 
 @gdpr.command("export")
@@ -131,8 +134,7 @@ def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
             with open(out, "w", encoding="utf-8") as f:
                 counts = subject_requests.export(obj.db, spill, subject, f)
     if out is not None:
-        click.echo(f"Wrote {out}: " + ", ".join(plural(n, _one(name.replace("_", " ")), name.replace("_", " "))
-                                                for name, n in counts.items()), err=True)
+        click.echo(f"Wrote {out}: " + ", ".join(_counted(n, name) for name, n in counts.items()), err=True)
     if not any(counts.values()):
         click.echo(f"Nothing is stored about {subject.label()}.", err=True)
     if counts["unreadable_spill_files"]:

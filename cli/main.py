@@ -34,7 +34,19 @@ COMMANDS = {
 
 @dataclass
 class Context:
-    home: Path
+    given: str | None  # --home (before or after the command: cli/options.py) or $AISPENDTRACK_HOME
+    _home: Path | None = None
+
+    @property
+    def home(self) -> Path:
+        """The data directory, resolved (and created) when a command first needs it: not before a
+        --home given after the command is read, which would make the default one too."""
+        if self._home is None:
+            self._home = home_dir.resolve(self.given)
+        return self._home
+
+    def use(self, given: str) -> None:
+        self.given, self._home = given, None
 
     @property
     def db(self) -> Path:
@@ -91,4 +103,5 @@ def _docstring(module: str, function: str) -> str:
 @click.pass_context
 def cli(ctx: click.Context, home: str | None) -> None:
     """AiSpendTrack: see where your LLM money goes."""
-    ctx.obj = Context(home=home_dir.resolve(home))
+    home_dir.private_files()  # before any command writes a file (an export), whenever it resolves its home
+    ctx.obj = Context(home)

@@ -7,7 +7,6 @@ import os
 
 import click
 
-from addon.core import home as home_dir
 from addon.core.reports import ReportError, parse_selection
 from addon.core.store import shared
 from addon.core.wording import plural
@@ -109,7 +108,7 @@ def add_storage_options(command: click.Command) -> None:
 
 def _set_home(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if value is not None:
-        ctx.obj.home = home_dir.resolve(value)  # the group's Context (cli/main.py), read when the command runs
+        ctx.obj.use(value)  # the group's Context (cli/main.py), resolved when the command runs
 
 
 def _check_trusted_proxies(ctx, param, values: tuple[str, ...]) -> tuple[str, ...]:

@@ -259,6 +259,12 @@ def test_home_may_follow_the_command_as_it_may_precede_it(tmp_path):
     assert json.loads(listed[str(first)]) == [] and [k["name"] for k in json.loads(listed[str(second)])] == ["after"]
     after = CliRunner().invoke(cli, ["--home", str(first), "keys", "list", "--json", "--home", str(second)])
     assert after.output == listed[str(second)]  # the later one, as for any option given twice
+    # Given after the command only, the default data directory is not made (nor one the environment names).
+    runner = CliRunner(env={"HOME": str(tmp_path / "user"), "AISPENDTRACK_HOME": None})
+    assert runner.invoke(cli, ["keys", "list", "--json", "--home", str(second)]).output == listed[str(second)]
+    assert not (tmp_path / "user").exists()
+    unusable = CliRunner(env={"AISPENDTRACK_HOME": "/proc/nowhere"})
+    assert unusable.invoke(cli, ["keys", "list", "--json", "--home", str(second)]).output == listed[str(second)]
 
 
 def test_set_limit_says_what_each_limit_becomes_and_refuses_what_no_column_holds(tmp_path):
@@ -291,3 +297,5 @@ def test_a_gdpr_exports_counts_are_worded_for_one_and_for_many(tmp_path):
     assert written.exit_code == 0 and written.output == (  # "1 budgets" before
         f"Wrote {tmp_path / 'acme.json'}: 1 budget, 0 alerts, 0 batches, 0 calls, 0 rollups, 0 pending calls, "
         f"0 unreadable spill files\n")
+    key = run("gdpr", "export", "--key", "1", "--out", str(tmp_path / "key.json"))
+    assert key.exit_code == 0 and ": 0 budgets, 0 alerts, 0 batches, 1 key, 0 calls," in key.output  # not "1 ke"

@@ -16,6 +16,11 @@ CACHE_DIR = "cache"
 WORKERS_DIR = "workers"  # `proxy --workers N`: each worker's directory (its spill files), the host's counts
 
 
+def private_files() -> None:
+    """Files this process creates from now on are readable by its own user only."""
+    os.umask(0o077)
+
+
 def resolve(explicit: str | os.PathLike | None = None) -> Path:
     """--home wins, then $AISPENDTRACK_HOME, then ~/.aispendtrack. The directory is created.
 
@@ -24,7 +29,7 @@ def resolve(explicit: str | os.PathLike | None = None) -> Path:
     version left readable by others are made private too."""
     chosen = explicit or os.environ.get(ENV_VAR) or Path.home() / ".aispendtrack"
     home = Path(chosen).expanduser().resolve()
-    os.umask(0o077)
+    private_files()
     home.mkdir(parents=True, exist_ok=True)
     _make_private(home)
     return home
