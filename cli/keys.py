@@ -16,7 +16,7 @@ from addon.core.store import atomic, reading, writing
 from addon.core.store import calls as call_rows
 from addon.core.store import keys as key_rows
 
-from .output import emit, format_option, printable_name
+from .output import emit, format_option, limit_said, printable_name
 
 
 @click.group(cls=DefaultGroup, default="list", default_if_no_args=True)
@@ -148,17 +148,9 @@ def set_limit(obj, key_id: int, per_hour: int | None, per_month: int | None, res
                      {"per_hour_limit": per_hour, "per_month_limit": per_month})
     plan = PLANS.get(before["plan"], PLANS[DEFAULT_PLAN])
     click.echo(f"Key {key_id}: " + ", ".join(
-        _limit_said(given, before[f"per_{period}_limit"], of_plan, period)
+        limit_said(given, before[f"per_{period}_limit"], period,
+                   f"per {period} as its plan says ({'no limit' if of_plan is None else f'{of_plan:,}'})")
         for given, of_plan, period in ((per_hour, plan.per_hour, "hour"), (per_month, plan.per_month, "month"))) + ".")
-
-
-def _limit_said(given: int | None, before: int | None, of_plan: int | None, period: str) -> str:
-    """One period's limit after set-limit, and what it was when it changed: one not given goes back
-    to the plan's, said so (a key's own hourly cap of 100 went back to 10,000 unmentioned)."""
-    was = f" (was {before:,})" if before is not None and before != given else ""
-    if given is not None:
-        return f"{given:,} per {period}{was}"
-    return f"per {period} as its plan says ({'no limit' if of_plan is None else f'{of_plan:,}'}){was}"
 
 
 @keys.command("set-retention")

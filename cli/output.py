@@ -74,6 +74,13 @@ def printable_name(value: str, what: str, hint: str) -> str:
     return name
 
 
+def limit_said(given: int | None, before: int | None, period: str, otherwise: str) -> str:
+    """One period's limit after a set-limit, and what it was when that changed; ``otherwise``: what
+    a limit not given becomes (a key's own hourly cap of 100 went back to its plan's unmentioned)."""
+    was = f" (was {before:,})" if before is not None and before != given else ""
+    return f"{given:,} per {period}{was}" if given is not None else f"{otherwise}{was}"
+
+
 def check_port_free(host: str, port: int, flag: str) -> None:
     """Fail before printing a banner or creating anything when the port is taken."""
     if port == 0:

@@ -18,7 +18,7 @@ from addon.core.store import budgets as budget_rows
 from addon.core.store import teams as team_rows
 from addon.core.wording import plural
 
-from .output import NO_TEAM, emit, format_option, printable_name
+from .output import NO_TEAM, emit, format_option, limit_said, printable_name
 
 
 def team_name(value: str, hint: str = "NAME") -> str:
@@ -97,9 +97,10 @@ def set_limit(obj, name: str, per_hour: int | None, per_month: int | None, reset
         audit.record(con, "teams.set-limit", f"team:{name}",
                      {"per_hour_limit": before[0], "per_month_limit": before[1]},
                      {"per_hour_limit": per_hour, "per_month_limit": per_month})
-    click.echo(f"Team {name}: " + ("no limits" if reset else
-               ", ".join(f"{n:,} per {p}" for n, p in ((per_hour, "hour"), (per_month, "month")) if n))
-               + " over all its keys.")
+    click.echo(f"Team {name}: " + ", ".join(
+        limit_said(given, was, period, f"no limit per {period}")
+        for given, was, period in ((per_hour, before[0], "hour"), (per_month, before[1], "month")))
+        + " over all its keys.")
 
 
 @teams.command("rename")

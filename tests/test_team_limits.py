@@ -47,12 +47,15 @@ def test_set_limit_is_stored_listed_audited_reset_and_bad_input_is_refused_by_na
     assert teams(home) == {"search": (1200, 50000), "ads": (None, None)}
     table = run_cli(home, "teams", "list")
     assert "PER HOUR" in table and "1,200" in table and "50,000" in table
-    run_cli(home, "teams", "set-limit", "search", "--per-month", "900")  # the limit not given is removed
+    # The limit not given is removed, said so.
+    assert run_cli(home, "teams", "set-limit", "search", "--per-month", "900") == (
+        "Team search: no limit per hour (was 1,200), 900 per month (was 50,000) over all its keys.\n")
     assert teams(home)["search"] == (None, 900)
-    assert run_cli(home, "teams", "set-limit", "search", "--reset") == "Team search: no limits over all its keys.\n"
+    assert run_cli(home, "teams", "set-limit", "search", "--reset") == (
+        "Team search: no limit per hour, no limit per month (was 900) over all its keys.\n")
     assert teams(home)["search"] == (None, None)
-    for args, error in ((("search", "--per-hour", "0"), "0 is not in the range x>=1"),
-                        (("search", "--per-month", "-5"), "-5 is not in the range x>=1"),
+    for args, error in ((("search", "--per-hour", "0"), "0 is not in the range 1<=x<=2147483647"),
+                        (("search", "--per-month", "-5"), "-5 is not in the range 1<=x<=2147483647"),
                         (("search", "--per-hour", "many"), "'many' is not a valid integer"),
                         (("search",), "give --per-hour and/or --per-month, or --reset"),
                         (("search", "--per-hour", "5", "--reset"), "give --per-hour and/or --per-month, or --reset"),
