@@ -178,6 +178,7 @@ def test_a_large_request_body_is_refused_before_it_is_read(client, admin_token):
     ("[" * 12000 + "]" * 12000, "cannot read (a number too long, or nested too deep)"),
     ('{"older_than_days": ' + "9" * 5000 + "}", "cannot read (a number too long, or nested too deep)"),
     ("{'dry_run': true}", "The body is not JSON"),
+    (b'{"dry_run": "\xff"}', "The body is not JSON"),  # not UTF-8: read as "nested too deep"
 ])
 def test_a_body_the_purge_cannot_take_is_a_400_in_json_and_purges_nothing(client, admin_token, body, said):
     # A duplicated dry_run ran a real purge (the last one won); nesting thousands deep was an HTML 500.

@@ -45,7 +45,7 @@ def _json_object(fields: tuple[str, ...]) -> dict:
         body = json.loads(raw, object_pairs_hook=_once_each)
     except _GivenTwice as exc:  # {"dry_run": true, "dry_run": false} ran a purge: the last one won
         raise ApiError(400, "bad_request", f"The field {str(exc)[:100]!r} is given twice; give each once.") from None
-    except json.JSONDecodeError:  # not JSON, or not UTF-8 (a UnicodeDecodeError is a ValueError too)
+    except (json.JSONDecodeError, UnicodeDecodeError):  # not JSON, or not UTF-8
         raise ApiError(400, "bad_request", f"The body is not JSON; send an object with {' or '.join(fields)}.") \
             from None
     except (ValueError, RecursionError):  # JSON, but a number of thousands of digits, or arrays nested thousands deep
