@@ -341,7 +341,7 @@ def _whole_percentiles(con: duckdb.DuckDBPyConnection, spec: ReportSpec, latency
     """The whole selection's p50/p99 time in the proxy (and, given ``latency``, p50/p95 latency) as
     the report without groups takes them (``total``), from the tier it reads: a report's total line
     shows the same numbers whatever it groups by, and reads the smallest tier that holds them (a
-    whole year of 100M calls: the models' days, not every raw call's proxy_us, 2 s). Given ``sums``
+    whole year of 100M calls: the totals' weeks and days, not every raw call's proxy_us, 2 s). Given ``sums``
     (only where that tier's histograms give the percentiles), the selection's sums too, from the
     same statement (_METRIC_NAMES but latency_ms). ``histograms``: from the tier's histograms even
     where it is sparse (one customer's: ``_one_customer_from_tier``)."""
@@ -544,7 +544,7 @@ def _rollup_source(selection: Selection, tier: rollups.Tier, fitting: tuple[roll
 def _finer_source(selection: Selection, tier: rollups.Tier, fitting: tuple[rollups.Tier, ...]) -> tuple[str, list]:
     """Rows for a range within ``tier``'s buckets' edges, from the widest of the ``fitting`` tiers
     (coarse first) with narrower buckets, which nest in ``tier``'s: a total's week edges from the
-    models' days, not from ~a 15-minute row per call (below the 15-minute tier: sums of raw rows).
+    totals' days, not from ~a 15-minute row per call (below the 15-minute tier: sums of raw rows).
     Columns of ``tier`` a finer tier lacks are NULL: the report names none of them."""
     finer = next((t for t in fitting if t.seconds < tier.seconds), None)
     if finer is None:

@@ -24,9 +24,10 @@ keeps agreeing with a raw scan. The open bucket of a coarse tier gains a row per
 until it closes (a day: 86,400 flushes): it is merged each time a 15-minute bucket closes.
 
 ``rollups_customers`` and ``rollups_features``: the same sums per UTC week and one tag alone
-(``CUSTOMERS``, ``FEATURES``): what a report by customer or feature, or with no groups at all,
-reads over a long range; ``rollups_models``, per UTC day and model alone. Without keys, an erase
-or a reprice sums their whole buckets again.
+(``CUSTOMERS``, ``FEATURES``): what a report by customer or feature reads over a long range;
+``rollups_models``, per UTC day and model alone; ``rollups_total_weeks`` and ``rollups_total_days``,
+per UTC week and day with no tag (``TOTAL_WEEKS``, ``TOTAL_DAYS``): what a report with no groups, or
+by day, reads. Without keys, an erase or a reprice sums their whole buckets again.
 
 Latency: a mergeable histogram, bin ``b`` holding latencies in (G^(b-1), G^b] with G = (1+A)/(1-A),
 A = 0.0099. Each bin stands for 2*G^b/(G+1), within A (0.99%) of every latency in it; a
@@ -133,13 +134,13 @@ class Tier:
 FINE = Tier("rollups", _BUCKET_S, DIMENSIONS, sparse=True)
 COARSE = Tier(HOURLY, int(HOUR.total_seconds()), HOURLY_DIMENSIONS)
 DAILY = Tier(DAILY_TABLE, int(DAY.total_seconds()), HOURLY_DIMENSIONS)
-# One tag alone per week (issue 28): a report by customer or by feature, or with no groups, over a
-# long range reads a row per customer (feature) and week, not ~one per call as the 15-minute tier
-# holds. Weeks, not days: a year of 100,000 customers has ~27M (day, customer) pairs but ~5M
-# (week, customer) ones. Buckets start on Thursdays (the epoch's weekday), UTC; a range's edges come
-# from the finer tiers that name what the report does (reports._finer_source: the 15-minute one for
-# a customer's, the models' days for a total). A customer's week holds about one call per histogram
-# bin (sparse); a feature's many.
+# One tag alone per week (issue 28): a report by customer or by feature over a long range reads a
+# row per customer (feature) and week, not ~one per call as the 15-minute tier holds. Weeks, not
+# days: a year of 100,000 customers has ~27M (day, customer) pairs but ~5M (week, customer) ones.
+# Buckets start on Thursdays (the epoch's weekday), UTC; a range's edges come from the finer tiers
+# that name what the report does (reports._finer_source: the 15-minute one for a customer's, the
+# totals' days for a total). A customer's week holds about one call per histogram bin (sparse); a
+# feature's many.
 CUSTOMERS = Tier("rollups_customers", int(WEEK.total_seconds()), ("customer_id",), sparse=True)
 FEATURES = Tier("rollups_features", int(WEEK.total_seconds()), ("feature",))
 # The same per UTC day and model alone: reports by model, provider or day (model x day at 100M calls:
