@@ -265,6 +265,23 @@ def test_a_refused_fetch_is_logged_as_a_warning_never_an_error(tmp_path, caplog)
     assert record.levelname == "WARNING"
 
 
+def test_a_refresh_that_finds_the_owner_away_logs_one_line_without_a_traceback(tmp_path, caplog, monkeypatch):
+    # A worker's refresh as the proxy stopped: the owner gone, a traceback on the terminal.
+    from addon.core import price_data
+    from addon.core.store.connection import OwnerAway
+
+    refresher = price_data.PriceRefresher(tmp_path / "unused.duckdb", "off", 3600, None)  # type: ignore[arg-type]
+
+    def away() -> None:
+        refresher.stop()
+        raise OwnerAway("the owner of x does not answer on y (restarting?)")
+    monkeypatch.setattr(refresher, "_round", away)
+    with caplog.at_level("INFO", logger=price_data.log.name):
+        refresher.run()
+    [record] = [r for r in caplog.records if "price data refresh" in r.getMessage()]
+    assert record.levelname == "INFO" and record.exc_info is None and "does not answer" in record.getMessage()
+
+
 def test_a_price_server_that_never_answers_delays_neither_the_start_nor_any_call(tmp_path, upstream, bundled):
     newer = with_model(bundled, "openai", NEW_MODEL, **RATES)
     with PriceServer(newer) as server:

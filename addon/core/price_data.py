@@ -24,7 +24,7 @@ from pathlib import Path
 from pricing import PriceBook, PriceData, PriceDataError, listprices, snapshots
 
 from . import metrics, reprice
-from .store import lake, reading, shared_schema, writing
+from .store import StoreBusy, lake, reading, shared_schema, writing
 from .store import price_snapshots as stored
 from .wording import plural
 
@@ -101,6 +101,9 @@ class PriceRefresher(threading.Thread):
         while True:
             try:
                 self._round()
+            except StoreBusy as exc:  # the data's owner restarting or stopping (a worker's), the file busy:
+                # nothing wrong here, and no traceback (one reached the terminal when a proxy stopped)
+                log.info("price data refresh waits (%s); trying again in %.0f s", exc, self._poll_s)
             except Exception:  # a warning: see _say
                 log.warning("price data refresh failed; trying again in %.0f s", self._poll_s, exc_info=True)
             if self._stopping.wait(self._poll_s):
