@@ -274,14 +274,14 @@ def test_groups_are_by_cost_then_calls_then_name_with_the_unpriced_last(tmp_path
 
 
 def test_a_totals_edges_come_from_the_widest_tier_that_holds_them_not_the_15_minute_rows(con):
-    # Seven days from a Tuesday 10:05 hold no whole (Thursday) week: the total's days come from the
-    # daily totals, the first day's hours from the hourly rows (11:10 to 12:20), its quarter
+    # Seven days from a Tuesday 10:05: the total's whole days come from the daily totals, the
+    # first day's hours from the hourly rows (11:10 to 12:20), its quarter
     # hours from the 15-minute ones (10:20 to 10:55) and its first minutes from the raw calls (10:05,
     # 10:12). Read from the 15-minute tier alone, a week at 100M calls is ~2M rows.
     since, until, now = f"{DAY}T10:05+00:00", "2026-11-17T10:05+00:00", at("00:00", "2026-11-20")
     spec = dataclasses.replace(parse_report([], since=since, until=until, now=now), by=())  # a total, as total()'s
     (sql, _), _, tier = report_rows._source(con, spec)
-    assert tier is rollups.TOTAL_WEEKS
+    assert tier is rollups.TOTAL_DAYS
     read = set(re.findall(r"FROM (rollups\w*|calls) ", sql))
     assert read == {"rollups_total_days", "rollups_hourly", "rollups", "calls"}, sql
     total = report_rows.total(con, spec)

@@ -284,29 +284,28 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
         assert sum(g["calls"] for g in report_rows.report(con, spec)[0]) == len(calls)
 
 
-def test_the_migration_fills_the_total_tiers_from_the_narrow_ones(tmp_path, monkeypatch):
-    # A file as the version before the totals' tiers left it: calls over three weeks, then the first
-    # week's calls purged (only the rollups keep them): m035 sums the models' days and the features'
-    # weeks into the totals, and a total, and a report by day, read those.
+def test_the_migration_fills_the_daily_totals_from_the_models_days(tmp_path, monkeypatch):
+    # A file as the version before the daily totals left it: calls over three weeks, then the first
+    # week's calls purged (only the rollups keep them): m035 sums the models' days into the totals,
+    # and a total over whole weeks, and a report by day, read those.
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m035_total_rollups, rollups.BEFORE_TOTALS, 35)
     assert migrations.apply_pending(con) == ["m035_total_rollups"]
-    for tier in (rollups.TOTAL_DAYS, rollups.TOTAL_WEEKS):
-        groups: dict[dt.datetime, list[dict]] = {}
-        for call in calls:
-            groups.setdefault(rollups.bucket_start(call["ts"], tier.seconds), []).append(call)
-        want = [(b, len(groups[b]), sum(c["cost_usd"] for c in groups[b] if c["cost_usd"] is not None),
-                 sum(c["input_tokens"] for c in groups[b])) for b in sorted(groups)]
-        assert len(want) == (3 if tier is rollups.TOTAL_WEEKS else 21)
-        assert con.execute(f"SELECT bucket, calls, cost_usd, input_tokens FROM {tier.table} "
-                           f"ORDER BY bucket").fetchall() == want, tier.table
+    groups: dict[dt.datetime, list[dict]] = {}
+    for call in calls:
+        groups.setdefault(rollups.bucket_start(call["ts"], rollups.TOTAL_DAYS.seconds), []).append(call)
+    want = [(b, len(groups[b]), sum(c["cost_usd"] for c in groups[b] if c["cost_usd"] is not None),
+             sum(c["input_tokens"] for c in groups[b])) for b in sorted(groups)]
+    assert len(want) == 21
+    assert con.execute(f"SELECT bucket, calls, cost_usd, input_tokens FROM {rollups.TOTAL_DAYS.table} "
+                       f"ORDER BY bucket").fetchall() == want
     assert_coarse_tiers_right(con, raw=False)
     con.close()
     with reading(db) as con:
         assert migrations.is_current(con)
         now = week + dt.timedelta(days=30)
         total = replace(parse_report([], now=now, since=week.date().isoformat()), by=())
-        assert report_rows._source(con, total)[2] is rollups.TOTAL_WEEKS
+        assert report_rows._source(con, total)[2] is rollups.TOTAL_DAYS  # not the features' weeks
         assert report_rows.total(con, total)["calls"] == len(calls)
         by_day = parse_report(["day"], now=now, since=week.date().isoformat())
         assert report_rows._source(con, by_day)[2] is rollups.TOTAL_DAYS

@@ -1273,9 +1273,8 @@ def lake_before_step(shared_env: str, home: Path, steps: tuple[str, ...], droppe
         call_rows.insert(con, rows)
         if "s026_customers_sorted" in steps:  # its sort names the customer key
             con.execute("ALTER TABLE rollups_customers RESET SORTED BY")
-        if "s027_total_rollups" in steps:  # the totals' tiers came with it
-            for tier in (rollups.TOTAL_DAYS, rollups.TOTAL_WEEKS):
-                con.execute(f"DROP TABLE {tier.table}")
+        if "s027_total_rollups" in steps:  # the daily totals came with it
+            con.execute(f"DROP TABLE {rollups.TOTAL_DAYS.table}")
         for table, column in dropped:
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
@@ -1304,9 +1303,9 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
             assert sorted(histogram.values()) == [1, 1, 1], tier.table
 
 
-def test_an_older_lake_gets_the_totals_tiers_summed_from_the_narrow_ones(shared_env, tmp_path, monkeypatch):
-    # s027 (as m035): the totals per day and week from the models' days and the features' weeks; a
-    # total then reads them, and counts what it did before.
+def test_an_older_lake_gets_the_daily_totals_summed_from_the_models_days(shared_env, tmp_path, monkeypatch):
+    # s027 (as m035): the totals per day from the models' days; a total then reads them, and counts
+    # what it did before.
     import dataclasses
 
     from addon.core.reports import parse_report
@@ -1319,11 +1318,10 @@ def test_an_older_lake_gets_the_totals_tiers_summed_from_the_narrow_ones(shared_
     lake_before_step(shared_env, home, ("s027_total_rollups",), [], rows)
     read_rollups(monkeypatch)
     with reading(home / "unused.duckdb") as con:
-        for tier in (rollups.TOTAL_DAYS, rollups.TOTAL_WEEKS):
-            assert con.execute(f"SELECT sum(calls) FROM {tier.table}").fetchone()[0] == con.execute(
-                "SELECT count(*) FROM calls").fetchone()[0] >= 4, tier.table
+        assert con.execute(f"SELECT sum(calls) FROM {rollups.TOTAL_DAYS.table}").fetchone()[0] == con.execute(
+            "SELECT count(*) FROM calls").fetchone()[0] >= 4
         spec = dataclasses.replace(parse_report([], now=dt.datetime.now(dt.UTC)), by=())
-        assert report_rows._source(con, spec)[2] is rollups.TOTAL_WEEKS
+        assert report_rows._source(con, spec)[2] is rollups.TOTAL_DAYS
         exact = report_rows.total(con, spec, exact=True)
         assert {k: report_rows.total(con, spec)[k] for k in ("calls", "cost_usd")} == {
             k: exact[k] for k in ("calls", "cost_usd")}

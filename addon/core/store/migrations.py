@@ -499,9 +499,9 @@ def m034_rollup_customer_key(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def m035_total_rollups(con: duckdb.DuckDBPyConnection) -> None:
-    # Issue 28: the totals per UTC day and week (rollups.TOTAL_DAYS, TOTAL_WEEKS), summed from the
-    # models' days and the features' weeks: the same calls, a few thousand rows a year to read where
-    # the 15-minute ones are ~100M at 100M calls (m031 read those).
+    # Issue 28: the totals per UTC day (rollups.TOTAL_DAYS), summed from the models' days: the same
+    # calls, a few thousand rows a year to read where the 15-minute ones are ~100M at 100M calls
+    # (m031 read those).
     for statement in TOTAL_ROLLUPS:
         con.execute(statement)
 
@@ -520,10 +520,9 @@ DAILY_ROLLUPS = [*_FINE_PROXY, rollups.DAILY_DDL, f"DELETE FROM {rollups.DAILY.t
                  rollups.derive_all(rollups.DAILY)]
 TAG_ROLLUPS = [*_FINE_PROXY, *(statement for tier in rollups.BEFORE_TOTALS if tier not in rollups.BEFORE_NARROW
                                for statement in (tier.ddl, f"DELETE FROM {tier.table}", rollups.derive_all(tier)))]
-# The DELETE as DAILY_ROLLUPS's. Each from the narrow tier of its buckets that names no tag it lacks.
-TOTAL_ROLLUPS = [statement for tier, source in ((rollups.TOTAL_DAYS, rollups.MODELS),
-                                                (rollups.TOTAL_WEEKS, rollups.FEATURES))
-                 for statement in (tier.ddl, f"DELETE FROM {tier.table}", rollups.derive_all(tier, source))]
+# The DELETE as DAILY_ROLLUPS's. From the narrow tier of the same days.
+TOTAL_ROLLUPS = [rollups.TOTAL_DAYS.ddl, f"DELETE FROM {rollups.TOTAL_DAYS.table}",
+                 rollups.derive_all(rollups.TOTAL_DAYS, rollups.MODELS)]
 _LEGACY_ZERO = ", ".join(f"0 AS {c}" for c in ("unmetered_calls", "estimated_calls", "cache_write_1h_tokens",
                                                 "web_search_requests", *UNIT_COLUMNS_NAMES))
 HOURLY_INTO_ROLLUPS = f"""

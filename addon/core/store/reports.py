@@ -471,12 +471,12 @@ _PROXY_POINTS = (0.5, 0.99)  # of the time in the proxy's hooks: its tail is wha
 
 def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec, tiers: tuple[rollups.Tier, ...] = rollups.TIERS,
             ) -> tuple[tuple[str, list] | None, str, rollups.Tier | None]:
-    """The rollup rows a report reads and its local time expression (store/rollups.py): the
-    coarsest of ``tiers`` whose buckets fit the report (``_fits``), when the zone's offsets are
-    whole buckets over the range for a report grouped by time (whole days: UTC, for the daily
-    tier); else (None, "", None): raw rows."""
+    """The rollup rows a report reads and its local time expression (store/rollups.py): the first
+    of ``tiers`` (``_in_preference``) whose buckets fit the report (``_fits``), when the zone's
+    offsets are whole buckets over the range for a report grouped by time (whole days: UTC, for
+    the daily tiers); else (None, "", None): raw rows."""
     timed = any(d in _TIME_FORMATS for d in spec.by)
-    fitting = _coarse_first(t for t in tiers if _fits(spec, t))
+    fitting = _in_preference(t for t in tiers if _fits(spec, t))
     data_range = functools.cache(functools.partial(_data_range, con))  # once, whatever the tiers tried
     for tier in fitting:
         source = _rollup_source(spec.selection, tier, fitting)
@@ -488,9 +488,12 @@ def _source(con: duckdb.DuckDBPyConnection, spec: ReportSpec, tiers: tuple[rollu
     return None, "", None
 
 
-def _coarse_first(tiers: Iterable[rollups.Tier]) -> tuple[rollups.Tier, ...]:
-    """Widest buckets first; of two as wide, the first in TIERS (the narrower)."""
-    return tuple(sorted(tiers, key=lambda t: -t.seconds))
+def _in_preference(tiers: Iterable[rollups.Tier]) -> tuple[rollups.Tier, ...]:
+    """The tier naming no tag first (the totals' days: a total of a year reads 365 rows in one scan,
+    where the features' weeks and the days at their edges were three scans, each ~6-9 ms of
+    DuckLake's catalog queries: docs/benchmarks.md, "The totals' days"), then the widest buckets
+    first; of two as wide, the first in TIERS (the narrower)."""
+    return tuple(sorted(tiers, key=lambda t: (bool(t.dimensions), -t.seconds)))
 
 
 def _fits(spec: ReportSpec, tier: rollups.Tier) -> bool:
@@ -543,10 +546,11 @@ def _rollup_source(selection: Selection, tier: rollups.Tier, fitting: tuple[roll
 
 def _finer_source(selection: Selection, tier: rollups.Tier, fitting: tuple[rollups.Tier, ...]) -> tuple[str, list]:
     """Rows for a range within ``tier``'s buckets' edges, from the widest of the ``fitting`` tiers
-    (coarse first) with narrower buckets, which nest in ``tier``'s: a total's week edges from the
-    totals' days, not from ~a 15-minute row per call (below the 15-minute tier: sums of raw rows).
-    Columns of ``tier`` a finer tier lacks are NULL: the report names none of them."""
-    finer = next((t for t in fitting if t.seconds < tier.seconds), None)
+    with narrower buckets, which nest in ``tier``'s (of two as wide, the first in ``fitting``): a
+    total's partial days from the hours, not from ~a 15-minute row per call (below the 15-minute
+    tier: sums of raw rows). Columns of ``tier`` a finer tier lacks are NULL: the report names none
+    of them."""
+    finer = max((t for t in fitting if t.seconds < tier.seconds), key=lambda t: t.seconds, default=None)
     if finer is None:
         condition, params = where(selection)
         summed = rollups.aggregate(f"SELECT * FROM calls WHERE {condition}")

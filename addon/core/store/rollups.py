@@ -25,9 +25,9 @@ until it closes (a day: 86,400 flushes): it is merged each time a 15-minute buck
 
 ``rollups_customers`` and ``rollups_features``: the same sums per UTC week and one tag alone
 (``CUSTOMERS``, ``FEATURES``): what a report by customer or feature reads over a long range;
-``rollups_models``, per UTC day and model alone; ``rollups_total_weeks`` and ``rollups_total_days``,
-per UTC week and day with no tag (``TOTAL_WEEKS``, ``TOTAL_DAYS``): what a report with no groups, or
-by day, reads. Without keys, an erase or a reprice sums their whole buckets again.
+``rollups_models``, per UTC day and model alone; ``rollups_total_days``, per UTC day with no tag
+(``TOTAL_DAYS``): what a report with no groups, or by day, reads. Without keys, an erase or a reprice
+sums their whole buckets again.
 
 Latency: a mergeable histogram, bin ``b`` holding latencies in (G^(b-1), G^b] with G = (1+A)/(1-A),
 A = 0.0099. Each bin stands for 2*G^b/(G+1), within A (0.99%) of every latency in it; a
@@ -146,16 +146,16 @@ FEATURES = Tier("rollups_features", int(WEEK.total_seconds()), ("feature",))
 # The same per UTC day and model alone: reports by model, provider or day (model x day at 100M calls:
 # a few thousand rows, where the daily tier has a row per key, status and model).
 MODELS = Tier("rollups_models", int(DAY.total_seconds()), ("provider", "model"))
-# The whole selection's sums per UTC day and per UTC week, no tag at all (issue 28): what a total or a
-# report by day reads, 365 and 52 rows a year. From the models' days and the features' weeks, the
-# histograms of a year at 100M calls were ~800,000 bins each, where the Parquet reader decodes every
-# row of a row group it reads: the lake's total of a year took 76-82 ms, most of it those scans.
+# The whole selection's sums per UTC day, no tag at all (issue 28): what a total or a report by day
+# reads, 365 rows a year. From the features' weeks and the models' days at a range's edges, the
+# histograms of a year at 100M calls were ~800,000 bins, where the Parquet reader decodes every row
+# of a row group it reads: the lake's total of a year took 76-82 ms, most of it those scans. Days,
+# not weeks: a year's days are one scan, where weeks and their edges' days were three, each ~6-9 ms
+# of DuckLake's catalog queries (docs/benchmarks.md, "The totals' days").
 TOTAL_DAYS = Tier("rollups_total_days", int(DAY.total_seconds()), ())
-TOTAL_WEEKS = Tier("rollups_total_weeks", int(WEEK.total_seconds()), ())
 BEFORE_NARROW = (FINE, COARSE, DAILY)  # the tiers before the narrow ones (m031)
 BEFORE_TOTALS = (FINE, COARSE, MODELS, DAILY, FEATURES, CUSTOMERS)  # the tiers before the totals (m035)
-# Of two tiers that fit a report equally, reports read the first: the narrower (a total: the totals').
-TIERS = (FINE, COARSE, TOTAL_DAYS, MODELS, DAILY, TOTAL_WEEKS, FEATURES, CUSTOMERS)
+TIERS = (FINE, COARSE, TOTAL_DAYS, MODELS, DAILY, FEATURES, CUSTOMERS)
 DERIVED = TIERS[1:]  # the tiers summed again from the 15-minute rows when theirs cannot be picked out
 DDL, HOURLY_DDL, DAILY_DDL = FINE.ddl, COARSE.ddl, DAILY.ddl
 
