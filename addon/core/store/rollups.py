@@ -338,7 +338,7 @@ def _reopened(con: duckdb.DuckDBPyConnection, buckets: str) -> None:
 def derive_all(tier: Tier, source: Tier = FINE) -> str:
     """The INSERT filling an empty ``tier`` from every row of ``source`` (a migration's, before the
     customer key's: m034 fills it in): the 15-minute rows, or a tier with the same buckets or
-    narrower ones that names every tag ``tier`` does (the totals' from the models' and features')."""
+    narrower ones that names every tag ``tier`` does (the daily totals' from the models' days)."""
     return (f"INSERT INTO {tier.table} BY NAME " + merged(f"SELECT {bucket_sql('bucket', tier.seconds)} AS bucket, "
                                                            f"{_columns(tier)} FROM {source.table}", tier))
 
