@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from decimal import ROUND_DOWN, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 import click
 from click_default_group import DefaultGroup
@@ -42,9 +42,9 @@ _MOST = Decimal("999999999999.999999")
 
 
 def _usd(ctx, param, value: str | None) -> Decimal | None:
-    """The amount as stored: written out to the millionth, so what is printed, audited and stored
-    agree (DuckDB 1.5 bound Decimal("1e3") as 1, and rounded 0.0000004 to a $0 budget that blocked
-    every call); more decimals than that, or more than the column holds, refused."""
+    """The amount as stored: rounded to the millionth and written out, so what is printed, audited
+    and stored agree (DuckDB 1.5 bound Decimal("1e3") as 1, and rounded 0.0000004 to a $0 budget
+    that blocked every call); less than a millionth, or more than the column holds, refused."""
     if value is None:
         return None
     try:
@@ -55,10 +55,10 @@ def _usd(ctx, param, value: str | None) -> Decimal | None:
         raise click.BadParameter("must be more than 0")
     if amount > _MOST:
         raise click.BadParameter(f"must be at most {usd(_MOST.quantize(Decimal('0.01'), ROUND_DOWN))}")
-    if amount != amount.quantize(_MICRO, ROUND_DOWN):
-        raise click.BadParameter(f"{value!r} has more decimals than a budget keeps: give whole millionths "
-                                 f"of a dollar at most (e.g. 0.000001)")
-    return amount.quantize(_MICRO)
+    stored = amount.quantize(_MICRO, ROUND_HALF_UP)
+    if stored == 0:
+        raise click.BadParameter(f"must be at least {usd(_MICRO)}: a budget keeps millionths of a dollar")
+    return stored
 
 
 @click.group(cls=DefaultGroup, default="list", default_if_no_args=True)

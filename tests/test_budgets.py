@@ -381,12 +381,12 @@ def test_a_budget_is_stored_as_printed_or_refused_in_one_line(tmp_path):
     home = tmp_path / "home"
     most = ("999999999999.999999", "$999,999,999,999.999999", 999999999999.999999)
     for given, printed, stored in (("1e3", "$1,000.00", 1000), ("2.5E+2", "$250.00", 250),
-                                   ("$0.000001", "$0.000001", 0.000001), most):
+                                   ("$0.000001", "$0.000001", 0.000001), ("0.1234565", "$0.123457", 0.123457), most):
         assert run_cli(home, "budgets", "set", "--scope", "all", "--daily", given).startswith(
             f"Budget 1 for all calls: {printed} a day"), given
         [budget] = json.loads(run_cli(home, "budgets", "list", "--json"))
         assert budget["daily_usd"] == stored, given
-    for given, said in (("0.0000004", "has more decimals than a budget keeps"), ("0.1234567", "more decimals"),
+    for given, said in (("0.0000004", "must be at least $0.000001: a budget keeps millionths of a dollar"),
                         ("1e400", "must be at most $999,999,999,999.99"),
                         ("123456789012345", "must be at most"), ("0", "must be more than 0")):
         refused = CliRunner().invoke(cli, ["--home", str(home), "budgets", "set", "--scope", "all", "--daily", given])

@@ -277,7 +277,8 @@ def test_a_keys_plan_own_limits_and_retention_are_stored_and_a_missing_key_is_na
     key_id = json.loads(run_cli(home, "keys", "create", "--name", "app", "--json"))["id"]
     other = json.loads(run_cli(home, "keys", "create", "--name", "other", "--json"))["id"]
     assert run_cli(home, "keys", "set-plan", str(key_id), "free") == f"Key {key_id} is on the free plan.\n"
-    assert run_cli(home, "keys", "set-limit", str(key_id), "--per-month", "50") == f"Key {key_id}: 50 per month.\n"
+    assert run_cli(home, "keys", "set-limit", str(key_id), "--per-month", "50") == (
+        f"Key {key_id}: per hour as its plan says (1,000), 50 per month.\n")
     run_cli(home, "keys", "set-retention", str(key_id), "--days", "3")
     listed = {k["id"]: k for k in json.loads(run_cli(home, "keys", "list", "--json"))}
     assert {n: listed[key_id][n] for n in ("plan", "per_hour_limit", "per_month_limit", "retention_days")} == {
