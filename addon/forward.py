@@ -9,15 +9,22 @@ trusts the proxy's CA (``aispendtrack ca``). Then:
   its proxy credential (user name or password); otherwise 407, and nothing is forwarded;
 - a connection to a provider's host (``Provider.hosts``, addon/hosts.py) is intercepted and its
   calls go through the Gate, Quotas and the meter as in the reverse mode, routed by host;
-- a connection to any other host is tunnelled untouched: no TLS interception, no record.
+- a connection to any other host is tunnelled untouched: no TLS interception, no record; but not
+  to this host's loopback or link-local addresses (the proxy's own metrics and web ports, a cloud's
+  metadata service) unless ``aispendtrack_forward_local`` allows them: the name is resolved once,
+  refused with 403 if any of its addresses is one, and the connection made to the address checked
+  (``Forward._pinned``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import binascii
+import ipaddress
 import logging
+import socket
 import weakref
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from mitmproxy import connection, ctx, http, tls
@@ -59,9 +66,20 @@ def proxy_key(value: str | None) -> str | None:
         return None
     try:
         user, _, password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), not ASCII text, not UTF-8 once decoded
         return None
     return next((part for part in (user, password) if part.startswith(keys.PREFIX)), user or password or None)
+
+
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # "this host" (RFC 1122): Linux connects 0.0.0.0 to itself
+
+
+def is_local(address: str) -> bool:
+    """Whether an IP address reaches this host or its link only: loopback, unspecified, link-local."""
+    ip = ipaddress.ip_address(address.partition("%")[0])  # an IPv6 scope (fe80::1%eth0) is no part of it
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or (ip.version == 4 and ip in _THIS_NETWORK)
 
 
 class Forward:
@@ -81,12 +99,14 @@ class Forward:
         if "aispendtrack_auth_failures_per_minute" in updated:
             self.guard.allowed = ctx.options.aispendtrack_auth_failures_per_minute
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
+    def http_connect(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not is_forward(flow):
-            return
+            return None
         key = self._admit(flow, flow.request.headers.get(_PROXY_AUTH))
-        if key is not None:
-            self._keys[flow.client_conn] = key
+        if key is None:
+            return None
+        self._keys[flow.client_conn] = key
+        return self._reachable(flow)
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         """Only a provider's host is intercepted; any other keeps its own certificate and bytes."""
@@ -107,14 +127,15 @@ class Forward:
                     "forward mode: use the base URL instead (docs/forward-proxy.md).", host,
                     (data.conn.error or "TLS handshake failed")[:120])
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not is_forward(flow) or flow.response is not None:
-            return
+            return None
         key = self._keys.get(flow.client_conn)
-        if key is None:  # a plain-HTTP request to the proxy: its credential comes with each request
+        plain = key is None  # a plain-HTTP request to the proxy: its credential comes with each request
+        if key is None:
             key = self._admit(flow, flow.request.headers.get(_PROXY_AUTH))
             if key is None:
-                return
+                return None
         flow.request.headers.pop(_PROXY_AUTH, None)  # ours: it never travels on
         name = self.hosts.provider(flow.request.host)
         if name is None:
@@ -122,15 +143,53 @@ class Forward:
             # Not metered, but our key goes no further than the proxy whatever the host (a plain-HTTP
             # request's headers are ours to read; a tunnel to another host is not opened).
             flow.request.headers.pop(KEY_HEADER, None)
-        else:
-            provider = next(p for p in self.state.providers if p.name == name)
-            flow.metadata[FORWARDED] = Forwarded(key, provider)
+            return self._reachable(flow) if plain else None  # a tunnel's was checked at its CONNECT
+        provider = next(p for p in self.state.providers if p.name == name)
+        flow.metadata[FORWARDED] = Forwarded(key, provider)
+        return None
+
+    def _reachable(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """For a host not intercepted: its address checked and kept (``_pinned``)."""
+        if self.hosts.provider(flow.request.host) is not None:
+            return None
+        return self._pinned(flow, refuse_local=not ctx.options.aispendtrack_forward_local)
+
+    async def _pinned(self, flow: http.HTTPFlow, refuse_local: bool) -> None:
+        """Given ``refuse_local``, refuse (403) a host one of whose addresses is local (``is_local``): a
+        key holder would reach the proxy's own metrics and web ports, or a cloud's metadata service,
+        through the proxy. Then connect to the first address as checked, not to the name resolved
+        again (a name whose answer changes in between would reach them). Its Host header and request
+        line stay as sent."""
+        host, port = flow.request.host, flow.request.port
+        try:
+            found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):  # no such name: mitmproxy's connection fails and says so
+            return
+        addresses = [str(info[4][0]) for info in found]
+        local = next((a for a in addresses if is_local(a)), None) if refuse_local else None
+        if local is not None:
+            flow.response = http.Response.make(
+                403, f"AiSpendTrack forward proxy: {host} is {local}, an address of this host (loopback or "
+                     "link-local), which the forward port does not reach: leave the host out of the proxy "
+                     "(NO_PROXY), or start the proxy with --forward-local. Nothing was forwarded.\n",
+                {"content-type": "text/plain"})
+            log.info("refused a forward-proxy request to %s (%s): a local address", host, local)
+            return
+        if addresses:
+            authority, host_header = flow.request.authority, flow.request.host_header
+            flow.request.host = addresses[0]
+            flow.request.authority, flow.request.host_header = authority, host_header
 
     def _admit(self, flow: http.HTTPFlow, credential: str | None) -> str | None:
-        """The key of a valid proxy credential; else a 407 (or a 429 after many wrong ones) and None."""
-        key = proxy_key(credential)
-        if key is not None and self.state.keyring.lookup(key) is not None:
-            return key
+        """The key of a valid proxy credential; else a 407 (or a 429 after many wrong ones) and None.
+        Whatever goes wrong reading it refuses: mitmproxy lets a CONNECT through when its hook raises."""
+        try:
+            key = proxy_key(credential)
+            if key is not None and self.state.keyring.lookup(key) is not None:
+                return key
+        except Exception:
+            log.exception("could not read a forward-proxy credential; refused")
+            key = None
         address = flow.client_conn.peername[0] if flow.client_conn.peername else ""
         wait = self.guard.wait(address)
         if wait is not None:

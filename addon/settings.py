@@ -52,6 +52,10 @@ SETTINGS: tuple[Setting, ...] = (
             "meters as a provider's, as NAME=HOST, e.g. openai=llm-gateway.example.com ('*' for part of a label; "
             "repeatable). The providers' own hosts are known (docs/forward-proxy.md); every other host is "
             "tunnelled untouched.", "--forward-host", metavar="NAME=HOST", owner="Forward"),
+    Setting("forward_local", bool, False, "Let forward-port clients reach this host's loopback and link-local "
+            "addresses (127.0.0.0/8, ::1, 169.254.0.0/16 such as a cloud's metadata service), refused by default: "
+            "the proxy's own metrics and web ports, and services meant for this host alone, listen there.",
+            "--forward-local", owner="Forward"),
     Setting("quota_tz", str, "", "Time zone of the days and months that quotas and budgets count, e.g. "
             "America/New_York; stored in the database for the CLI and the web app too. Empty: the stored "
             "one (UTC until set).", "--quota-tz", owner="Quotas"),

@@ -122,7 +122,7 @@ def proxy(obj, host: str, port: int, web_port: int | None, forward_port: int | N
     modes = [f"reverse:{values['openai_upstream']}@{port}"]
     if forward_port:
         modes.append(f"regular@{forward_port}")
-        click.echo(f"  Forward:   HTTPS_PROXY=http://ask_KEY@{host}:{forward_port}  "
+        click.echo(f"  Forward:   HTTPS_PROXY=http://aispendtrack:ask_KEY@{host}:{forward_port}  "
                    "(and trust the CA: `aispendtrack ca`)")
     addon_options = _addon_options(values, home=str(obj.home), tls_only=bool(tls_cert), worker_dir="")
     # The CA the forward mode signs with lives in the data directory (addon/core/ca.py).

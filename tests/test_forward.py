@@ -58,7 +58,8 @@ def forward(tmp_path_factory, upstream, bedrock, vertex, upstream_certs):
     port = free_port()
     running = start_proxy(home, upstream.url, tmp_path_factory.mktemp("logs") / "proxy.log", extra_args=(
         "--forward-port", str(port), "--upstream", f"bedrock={bedrock.url}", "--upstream", f"vertex={vertex.url}",
-        "--upstream-ca", str(upstream_certs["ca"]), "--forward-host", "openai=*.llm-gateway.test"))
+        "--upstream-ca", str(upstream_certs["ca"]), "--forward-host", "openai=*.llm-gateway.test",
+        "--forward-local"))  # the other sites these tests reach listen on 127.0.0.1
     running.forward_port = port  # type: ignore[attr-defined]
     yield running
     running.stop()
@@ -440,6 +441,81 @@ def test_a_plain_http_request_to_another_host_loses_our_key_header(forward, upst
     assert sent["x-customer-id"] == "theirs"  # the other host's own header, if it has one
 
 
+def _raw_answer(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        return _answer(sock)
+
+
+@pytest.mark.parametrize("value", [b"Basic \xff", b"Basic \xc3\xa9", b"Basic w6k=", b"Basic \x00"])
+def test_a_credential_that_is_no_text_gets_407_and_opens_nothing(forward, upstream, value):
+    """A Proxy-Authorization of bytes that are no ASCII (or base64 of no UTF-8) made the credential's
+    reading raise, and mitmproxy opened the tunnel its hook had not refused: to any host, keyless."""
+    before = len(upstream.received)
+    port = int(upstream.url.rsplit(":", 1)[1])
+    connect = _raw_answer(forward.forward_port, b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                          b"Proxy-Authorization: %s\r\n\r\n" % (port, port, value))
+    plain = _raw_answer(forward.forward_port, b"GET %s/elsewhere HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                        b"Proxy-Authorization: %s\r\nConnection: close\r\n\r\n" % (upstream.url.encode(), port, value))
+    assert connect.startswith(b"HTTP/1.1 407") and b"Nothing was forwarded" in connect, connect[:200]
+    assert plain.startswith(b"HTTP/1.1 407") and b"Nothing was forwarded" in plain, plain[:200]
+    assert len(upstream.received) == before
+
+
+def _this_hosts_address() -> str | None:
+    """An IPv4 address of this host that is not loopback (the forward port reaches those), if any."""
+    found = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True)
+    return next((line.split()[3].split("/")[0] for line in found.stdout.splitlines()), None)
+
+
+def test_this_hosts_loopback_and_link_local_addresses_are_refused_unless_allowed(tmp_path, upstream):
+    """Without --forward-local, a key holder reached the proxy's own metrics port (key ids, models,
+    customers), its web app, and would reach a cloud's metadata service, through the forward port."""
+    port, metrics = free_port(), free_port()
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log",
+                        extra_args=("--forward-port", str(port), "--metrics-port", str(metrics)))
+    credential = base64.b64encode(f"aispendtrack:{proxy.key}".encode())
+    auth = b"Proxy-Authorization: Basic " + credential + b"\r\n"
+    try:
+        for target in (f"127.0.0.1:{metrics}", f"localhost:{metrics}", f"[::1]:{metrics}", f"127.1.2.3:{metrics}",
+                       f"0.0.0.0:{metrics}", "169.254.169.254:80", f"[::ffff:127.0.0.1]:{metrics}"):
+            answer = _raw_answer(port, f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n".encode() + auth + b"\r\n")
+            assert answer.startswith(b"HTTP/1.1 403"), (target, answer[:300])
+            assert b"an address of this host (loopback or link-local)" in answer and b"--forward-local" in answer
+        answer = _raw_answer(port, f"GET http://127.0.0.1:{metrics}/metrics HTTP/1.1\r\nHost: 127.0.0.1:{metrics}\r\n"
+                             .encode() + auth + b"Connection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 403") and b"aispendtrack_" not in answer, answer[:300]
+        address = _this_hosts_address()
+        if address is None:
+            pytest.skip("this host has no address but loopback: the allowed path is not reachable here")
+        # Another address of this host is no loopback one: passed on, to the address checked, with
+        # the Host header as the client sent it.
+        seen: list[str] = []
+
+        class Site(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                seen.append(self.headers["host"])
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+        server = ThreadingHTTPServer((address, 0), Site)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            site = f"{address}:{server.server_address[1]}"
+            answer = _raw_answer(port, f"GET http://{site}/ HTTP/1.1\r\nHost: site.example\r\n".encode() + auth
+                                 + b"Connection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"ok") and seen == ["site.example"]
+        finally:
+            server.shutdown()
+    finally:
+        proxy.stop()
+
+
 def test_a_limit_applies_in_the_forward_mode_in_bedrocks_error_shape(forward, env, bedrock, monkeypatch):
     created = json.loads(run_cli(forward.home, "keys", "create", "--name", "limited", "--json"))
     run_cli(forward.home, "keys", "set-limit", str(created["id"]), "--per-hour", "2")
@@ -473,7 +549,7 @@ def test_a_tunnel_to_another_host_outlives_the_client_timeout(tmp_path, upstream
     bytes are not ours to time (a long download through the forward port must not be cut)."""
     port = free_port()
     proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log",
-                        extra_args=("--forward-port", str(port), "--client-timeout", "1"))
+                        extra_args=("--forward-port", str(port), "--client-timeout", "1", "--forward-local"))
     try:
         site_port, certs = other_site
         with _connect(port, f"127.0.0.1:{site_port}", "aispendtrack:" + proxy.key) as sock:
