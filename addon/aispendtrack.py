@@ -354,7 +354,8 @@ class AiSpendTrack:
             # The terminal event had passed: the client had everything. Providers often keep the
             # connection a moment longer, and SDKs close theirs at [DONE]; that is no error.
             meter.finish(flow.response.status_code, "completed", None)
-        elif flow.response is not None or client_gone:  # the answer had started, or nobody is listening
+        elif client_gone or (flow.response is not None and flow.response.stream):
+            # The answer had started to reach the client, or nobody is listening.
             status = flow.response.status_code if flow.response else None
             outcome = "client_disconnected" if client_gone else "upstream_failed"
             # Only the part before the first ": " — the rest can quote bytes of the response.

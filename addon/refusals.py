@@ -93,7 +93,8 @@ def budget_exceeded(flow: http.HTTPFlow, provider: Provider, key_id: int, refusa
 
 def upstream_failure(flow: http.HTTPFlow, provider: Provider, message: str, timed_out: bool,
                      timeout: float) -> tuple[int, str, str]:
-    """(status, outcome, message) for a call whose upstream never answered."""
+    """(status, outcome, message) for a call whose upstream never answered, or whose answer was cut
+    before any of it reached the client (a response not streamed is read whole first)."""
     where = f"{provider.name} upstream {flow.request.host}:{flow.request.port}"
     if timed_out:
         return 504, "upstream_timeout", (
@@ -103,6 +104,10 @@ def upstream_failure(flow: http.HTTPFlow, provider: Provider, message: str, time
         return 502, "upstream_failed", (
             f"AiSpendTrack refused the {where}: {message[:300]}. Upstream certificates are always "
             f"verified; for a private CA start the proxy with --upstream-ca CA.pem.")
+    if flow.response is not None:  # its head came, its body was cut: nothing had reached the client
+        return 502, "upstream_failed", (
+            f"AiSpendTrack: the {where} answered {flow.response.status_code} but closed the connection before "
+            f"the end of its body ({message.split(': ', 1)[0][:200]}). The call may have run at the provider.")
     # The flag that sets this provider's upstream (cli/proxy.py; "--upstream" alone named none of them).
     flag = (f"--{provider.name}-upstream" if provider.name in ("openai", "anthropic")
             else f"--upstream {provider.name}=URL")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 
 import anthropic
@@ -137,3 +139,44 @@ def test_a_gzip_bomb_from_upstream_reaches_the_client_as_sent_and_memory_stays_b
     # Inflating it would take 256 MB; reading along stops at the decoder's limit.
     assert rss_kib(proxy.process.pid) - before < 128 * 1024
     assert json.loads(proxy.openai().chat.completions.create(**CHAT).to_json())["usage"]["total_tokens"] > 0
+
+
+@pytest.fixture
+def cut_upstream():
+    """An upstream that sends a 200's head, a few bytes of its 500-byte body, and hangs up."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
+                    data += chunk
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n"
+                             b'{"id":')
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_an_answer_cut_before_the_client_saw_any_of_it_is_our_502_not_mitmproxys_page(tmp_path, cut_upstream,
+                                                                                        customer):
+    """A response not streamed is read whole before it is sent: when its body was cut, the client got
+    mitmproxy's HTML 502 ("HTTP/1 protocol error"), which no SDK parses, and the row said 200."""
+    proxy = start_proxy(tmp_path / "home", cut_upstream, tmp_path / "proxy.log")
+    try:
+        with pytest.raises(openai.InternalServerError) as raised:
+            proxy.openai(headers={"x-customer-id": customer}).chat.completions.create(**CHAT)
+        assert raised.value.status_code == 502
+        message = raised.value.body["message"]
+        assert message.startswith("AiSpendTrack: the openai upstream 127.0.0.1:") and "answered 200 but closed the " \
+            "connection before the end of its body" in message, message
+        [row] = proxy.rows(customer, expect=1)
+        assert (row["status"], row["outcome"]) == (502, "upstream_failed")
+    finally:
+        proxy.stop()
