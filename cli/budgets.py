@@ -15,7 +15,7 @@ from click_default_group import DefaultGroup
 
 from addon.core import audit, config
 from addon.core.budgets import SCOPES, TAGS, Budget, with_spend
-from addon.core.money import usd
+from addon.core.money import MICRO, usd
 from addon.core.store import budgets as budget_rows
 from addon.core.store import keys as key_rows
 from addon.core.store import reading, writing
@@ -36,8 +36,8 @@ def _scope(value: str) -> tuple[str, str | None]:
     return kind, name or None
 
 
-# What the budgets' columns hold (DECIMAL(18, 6)): whole millionths of a dollar, below a trillion.
-_MICRO = Decimal("0.000001")
+# What the budgets' columns hold (DECIMAL(18, 6)): whole millionths of a dollar (money.MICRO, the
+# least amount written), below a trillion.
 _MOST = Decimal("999999999999.999999")
 
 
@@ -55,9 +55,9 @@ def _usd(ctx, param, value: str | None) -> Decimal | None:
         raise click.BadParameter("must be more than 0")
     if amount > _MOST:
         raise click.BadParameter(f"must be at most {usd(_MOST.quantize(Decimal('0.01'), ROUND_DOWN))}")
-    stored = amount.quantize(_MICRO, ROUND_HALF_UP)
+    stored = amount.quantize(MICRO, ROUND_HALF_UP)
     if stored == 0:
-        raise click.BadParameter(f"must be at least {usd(_MICRO)}: a budget keeps millionths of a dollar")
+        raise click.BadParameter(f"must be at least {usd(MICRO)}: a budget keeps millionths of a dollar")
     return stored
 
 

@@ -17,7 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 UNPRICED = "unpriced"
 MAX_PLACES = 6
-_MICRO = Decimal(1).scaleb(-MAX_PLACES)
+MICRO = Decimal(1).scaleb(-MAX_PLACES)
 
 
 def usd(value: Decimal | float | int | None, places: int = 2) -> str:
@@ -25,7 +25,7 @@ def usd(value: Decimal | float | int | None, places: int = 2) -> str:
     if value is None:
         return UNPRICED
     amount = _decimal(value)
-    rounded = amount.quantize(_MICRO, ROUND_HALF_UP)
+    rounded = amount.quantize(MICRO, ROUND_HALF_UP)
     sign = "-" if rounded < 0 else ""
     if rounded == 0 and amount != 0:
         return f"{'-' if amount < 0 else ''}<$0.{'0' * (MAX_PLACES - 1)}1"
@@ -34,7 +34,7 @@ def usd(value: Decimal | float | int | None, places: int = 2) -> str:
 
 def column_places(values: Iterable[Decimal | float | int | None]) -> int:
     """The decimals every amount of a column is written with: those of the one that needs most."""
-    return max([_needed(_decimal(v).quantize(_MICRO, ROUND_HALF_UP)) for v in values if v is not None], default=2)
+    return max([_needed(_decimal(v).quantize(MICRO, ROUND_HALF_UP)) for v in values if v is not None], default=2)
 
 
 def _needed(rounded: Decimal) -> int:
