@@ -6,7 +6,7 @@ offers no hook to change it, nor any upstream response timeout. Two small pieces
 * ``error`` (our addon hook) decides the reply and parks it in a context variable. mitmproxy runs
   the error hook and then renders the error page in the same asyncio task, so the wrapped renderer
   finds the reply there and sends it instead of the HTML page. Errors of flows that are not ours
-  (no parked reply) still get mitmproxy's own page.
+  (no parked reply) and clients' protocol errors get mitmproxy's message as plain text.
 * ``UpstreamWatch`` keeps each upstream connection's task (the hook that opens a connection runs
   in the task that later reads it) and a timer per call. When no response headers arrived in
   time, it cancels that task: mitmproxy then reports the upstream as gone and the call ends with
@@ -29,18 +29,28 @@ from mitmproxy.proxy.layers.http import _http1
 log = logging.getLogger(__name__)
 
 _REPLY: contextvars.ContextVar[tuple[int, bytes] | None] = contextvars.ContextVar("aispendtrack_reply", default=None)
-_original_render = _http1.make_error_response
 
 
 def _render(status_code: int, message: str = "") -> bytes:
     reply = _REPLY.get()
-    # Only upstream failures (mitmproxy's 502) are ours to answer; a client's own protocol error
-    # (a 400) keeps mitmproxy's page even if a reply was parked for its flow.
+    # Only upstream failures (mitmproxy's 502) are ours to answer in the SDK's shape; a client's own
+    # protocol error (a 400) is answered as plain text even if a reply was parked for its flow.
     if reply is None or status_code != 502:
-        return _original_render(status_code, message)
+        return _plain(status_code, message)
     _REPLY.set(None)
     status, body = reply
     response = http.Response.make(status, body, {"content-type": "application/json", "connection": "close"})
+    return http1.assemble_response(response)
+
+
+def _plain(status_code: int, message: str) -> bytes:
+    """mitmproxy's own errors (a malformed request line, a request without a destination on the
+    forward port, a flow not ours whose upstream failed) as one line of text: its page was HTML
+    and named mitmproxy's version in a Server header."""
+    reason = http.status_codes.RESPONSES.get(status_code, "Error")
+    text = f"AiSpendTrack proxy: {status_code} {reason}: {message}\n"
+    response = http.Response.make(status_code, text, {"content-type": "text/plain; charset=utf-8",
+                                                      "connection": "close"})
     return http1.assemble_response(response)
 
 

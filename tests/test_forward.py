@@ -615,3 +615,19 @@ def test_the_forward_port_serves_no_page_of_mitmproxys_own(forward):
     # Its page ("Install mitmproxy's Certificate Authority"); now the request goes where any other
     # host's plain-HTTP request goes (here, with no internet, a 502).
     assert b"certificate authority" not in answer.lower(), answer[:300]
+
+
+@pytest.mark.parametrize("request_head", [
+    b"CONNECT api.openai.com HTTP/1.1\r\n",          # no port
+    b"CONNECT api.openai.com:99999 HTTP/1.1\r\n",    # no such port
+    b"GET /v1/models HTTP/1.1\r\nHost: \r\n",        # origin form and no host: no destination
+])
+def test_a_malformed_proxy_request_gets_a_line_of_text_not_mitmproxys_page(forward, request_head):
+    """mitmproxy answered these with its HTML page and `Server: mitmproxy <version>`."""
+    credential = base64.b64encode(f"aispendtrack:{forward.key}".encode())
+    answer = _raw_answer(forward.forward_port, request_head + b"Proxy-Authorization: Basic " + credential
+                         + b"\r\nConnection: close\r\n\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] in (b"400", b"502"), answer[:300]
+    assert b"content-type: text/plain" in head.lower() and body.startswith(b"AiSpendTrack proxy: "), answer[:300]
+    assert b"mitmproxy" not in answer.lower() and b"<html" not in answer.lower()
