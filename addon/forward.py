@@ -149,24 +149,25 @@ class Forward:
         return None
 
     def _reachable(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        """For a host not intercepted: its address checked and kept (``_pinned``)."""
-        if self.hosts.provider(flow.request.host) is not None:
+        """For a host not intercepted, unless local addresses are allowed: its address checked and
+        kept (``_pinned``)."""
+        if ctx.options.aispendtrack_forward_local or self.hosts.provider(flow.request.host) is not None:
             return None
-        return self._pinned(flow, refuse_local=not ctx.options.aispendtrack_forward_local)
+        return self._pinned(flow)
 
-    async def _pinned(self, flow: http.HTTPFlow, refuse_local: bool) -> None:
-        """Given ``refuse_local``, refuse (403) a host one of whose addresses is local (``is_local``): a
-        key holder would reach the proxy's own metrics and web ports, or a cloud's metadata service,
-        through the proxy. Then connect to the first address as checked, not to the name resolved
-        again (a name whose answer changes in between would reach them). Its Host header and request
-        line stay as sent."""
+    async def _pinned(self, flow: http.HTTPFlow) -> None:
+        """Refuse (403) a host one of whose addresses is local (``is_local``): a key holder would reach
+        the proxy's own metrics and web ports, or a cloud's metadata service, through the proxy. Else
+        connect to the first address as checked, not to the name resolved again (a name whose answer
+        changed in between would reach them); mitmproxy would have tried the others after it. Its Host
+        header and request line stay as sent."""
         host, port = flow.request.host, flow.request.port
         try:
             found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, UnicodeError):  # no such name: mitmproxy's connection fails and says so
             return
         addresses = [str(info[4][0]) for info in found]
-        local = next((a for a in addresses if is_local(a)), None) if refuse_local else None
+        local = next((a for a in addresses if is_local(a)), None)
         if local is not None:
             flow.response = http.Response.make(
                 403, f"AiSpendTrack forward proxy: {host} is {local}, an address of this host (loopback or "
