@@ -110,7 +110,7 @@ def _fetch(url: str, name: str) -> str:
     return _decoded(body, name)
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
+class NoRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect is refused (answered as its HTTP status): it would carry a mirror's credentials to
     whatever host it names."""
 
@@ -118,7 +118,7 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+_OPENER = urllib.request.build_opener(NoRedirects)
 
 
 def _read_file(path: Path) -> str:

@@ -385,3 +385,177 @@ def test_alerts_import_refuses_a_bad_file_and_keeps_the_one_in_use(tmp_path):
     imported = run(home, "alerts", "import", str(good))
     assert imported.exit_code == 0 and f"now in {home / 'alerts.toml'}: pager (webhook)." in imported.output
     assert (home / "alerts.toml").read_text() == good.read_text()
+
+
+# --- channels' URLs and certificates, alerts sent once, quoted commands (the alerts probe) ------
+
+import shlex  # noqa: E402
+import ssl  # noqa: E402
+import tomllib  # noqa: E402
+from decimal import Decimal  # noqa: E402
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
+
+from aiosmtpd.smtp import AuthResult  # noqa: E402
+
+from addon.core import evaluate as evaluation  # noqa: E402
+from addon.core import notify  # noqa: E402
+
+from .certs import make_ca_and_leaf  # noqa: E402
+
+
+def test_a_channel_url_with_a_bad_port_is_refused_at_import_not_sent_every_round(tmp_path):
+    """`http://127.0.0.1:18402x/...` passed the file's check; naming its destination then raised in
+    every round, after the other channels had been sent to and before anything was recorded, so
+    they got the same alert again each minute (and `alerts test` printed a traceback)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[channel]]\nname = "b"\ntype = "webhook"\nurl = "http://127.0.0.1:18402x/hook/secret-path"\n')
+    result = run(tmp_path, "alerts", "import", str(bad))
+    assert result.exit_code == 1 and "url has a bad host or port" in result.output, result.output
+    assert "secret-path" not in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("url", ["hooks.slack.com/services/T000/B000/SLACKSECRET1",
+                                 "http://127.0.0.1:abc/services/SLACKSECRET1",
+                                 "http://[::1/services/SLACKSECRET1", "http://127.0.0.1:9/ok/SLACK SECRET1"])
+def test_a_secret_url_from_the_environment_that_is_no_url_is_recorded_without_it(tmp_path, monkeypatch, url):
+    """Slack's URL is the secret: urllib quoted it whole in its errors, stored in alerts.error and
+    shown by `alerts list`; a bad port was a traceback."""
+    good = Receiver()
+    monkeypatch.setenv("SLACK_URL", url)
+    write_channels(tmp_path, '[[channel]]\nname = "slack"\ntype = "slack"\nurl_env = "SLACK_URL"\nretries = 0\n'
+                             f'[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "{good.url}"\n')
+    try:
+        result = run(tmp_path, "alerts", "test", "--channel", "slack")
+        assert result.exit_code == 1 and "Sending to slack" in result.output and "failed" in result.output
+        assert "Traceback" not in result.output and "SECRET1" not in result.output, result.output
+        _crossed_budget(tmp_path, "acme")
+        for _ in range(2):
+            assert run(tmp_path, "alerts", "check").exit_code == 0
+        assert len(good.requests) == 1  # the crossing, once, beside the channel that cannot send
+    finally:
+        good.close()
+    rows = json.loads(run(tmp_path, "alerts", "list", "--json").output)
+    assert "SECRET1" not in json.dumps(rows)
+    assert {r["destination"] for r in rows if r["channel"] == "slack"} == {"(not a URL)"}
+
+
+class _Logins:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        self.seen.append(auth_data.login.decode())
+        return AuthResult(success=True)
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_email_over_tls_checks_the_servers_certificate_before_the_password(tmp_path, monkeypatch, security):
+    """smtplib checks no certificate unless given a context: the password went to any server that
+    answered with any certificate."""
+    (tmp_path / "certs").mkdir()
+    certs = make_ca_and_leaf(tmp_path / "certs")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certs["cert"], certs["key"])
+    inbox, logins = Inbox(), _Logins()
+    tls = {"tls_context": context, "require_starttls": True} if security == "starttls" else {"ssl_context": context}
+    # (aiosmtpd offers AUTH over implicit TLS only if told not to wait for a STARTTLS)
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port(), authenticator=logins,
+                            auth_require_tls=security == "starttls", **tls)
+    controller.start()
+    monkeypatch.setenv("SMTP_USER", "ops")
+    monkeypatch.setenv("SMTP_PASSWORD", "SuperSecretPw123")
+    channel = (f'[[channel]]\nname = "ops"\ntype = "email"\nhost = "127.0.0.1"\nport = {controller.port}\n'
+               f'security = "{security}"\nfrom = "ast@example.com"\nto = ["ops@example.com"]\nretries = 0\n'
+               'username_env = "SMTP_USER"\npassword_env = "SMTP_PASSWORD"\n')
+    try:
+        write_channels(tmp_path, channel)
+        refused = run(tmp_path, "alerts", "test", "--channel", "ops")
+        assert refused.exit_code == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.output, refused.output
+        assert logins.seen == [] and inbox.messages == []
+        write_channels(tmp_path, channel + f'ca_file = "{certs["ca"]}"\n')  # the server's private CA
+        sent = run(tmp_path, "alerts", "test", "--channel", "ops")
+        assert sent.exit_code == 0, sent.output
+        assert logins.seen == ["ops"] and len(inbox.messages) == 1
+    finally:
+        controller.stop()
+
+
+def test_a_webhook_that_redirects_is_not_delivered_and_its_target_gets_nothing(tmp_path, monkeypatch):
+    """urllib followed a 302 as a GET without the body (recorded delivered) and sent the signature on."""
+    target = Receiver()
+    monkeypatch.setenv("HOOK_SECRET", "s3cret")
+
+    class Redirect(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.send_response(302)
+            self.send_header("location", target.url)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    write_channels(tmp_path, f'[[channel]]\nname = "hook"\ntype = "webhook"\n'
+                             f'url = "http://127.0.0.1:{server.server_address[1]}/hook"\nsecret_env = "HOOK_SECRET"\n'
+                             'retries = 0\n')
+    try:
+        result = run(tmp_path, "alerts", "test", "--channel", "hook")
+    finally:
+        server.shutdown()
+        target.close()
+    assert result.exit_code == 1 and "302" in result.output, result.output
+    assert target.requests == []
+    [row] = json.loads(run(tmp_path, "alerts", "list", "--json").output)
+    assert row["delivered"] is False
+
+
+def test_two_evaluations_at_once_send_an_alert_once(tmp_path):
+    """The proxy's round and `alerts check` each read what was sent, then sent, then recorded: with
+    a slow channel both sent the same crossing."""
+    received: list[bytes] = []
+
+    class Slow(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            received.append(self.rfile.read(int(self.headers["content-length"])))
+            time.sleep(1)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    db = home_dir.db_path(tmp_path)
+    with writing(db):
+        pass
+    channel = notify.Channel("hook", "webhook", {"url": f"http://127.0.0.1:{server.server_address[1]}/hook"})
+    alert = notify.Alert("budget", "AiSpendTrack: daily budget crossed for customer acme", "crossed")
+    try:
+        threads = [threading.Thread(target=evaluation.send_new, args=(db, [channel], [("budget:1:day", alert)]))
+                   for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        server.shutdown()
+    assert len(received) == 1
+
+
+def test_commands_in_alerts_are_quoted_for_the_shell_and_toml(tmp_path):
+    """A model name is the upstream's text and a customer id the caller's: pasted as they were into
+    the alert's command lines, `$(touch /tmp/pwned)` ran, and a quote and a newline added a TOML key."""
+    model = 'm $(touch /tmp/pwned) "q\nmodel = "x'
+    text = evaluation._unpriced_alert({"provider": "openai", "model": model, "service_tier": None, "calls": 3,
+                                       "first_seen": dt.datetime(2026, 12, 1)}).text
+    entry = text[text.index("[[price]]"):text.index("input_mtok")]
+    assert tomllib.loads(entry)["price"] == [{"provider": "openai", "model": model}]
+    command = text[text.rindex("`aispendtrack reprice") + 1:text.rindex("`")]
+    assert shlex.split(command) == ["aispendtrack", "reprice", "--provider", "openai", "--model", model]
+    from addon.core.budgets import Budget
+    budget = Budget(1, "customer", "<!channel> $(id)", Decimal("1"), None, False, None)
+    assert shlex.split(budget.set_args) == ["--scope", "customer:<!channel> $(id)", "--all-keys"]

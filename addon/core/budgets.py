@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import shlex
 import threading
 import zoneinfo
 from dataclasses import dataclass
@@ -75,10 +76,10 @@ class Budget:
 
     @property
     def set_args(self) -> str:
-        """The arguments of `aispendtrack budgets set` that name this budget."""
-        if self.scope not in TAGS:
-            return f"--scope {self.scope_arg}"
-        return f"--scope {self.scope_arg} " + (f"--key {self.key_id}" if self.key_id else "--all-keys")
+        """The arguments of `aispendtrack budgets set` that name this budget, quoted for the shell (a
+        customer id is a caller's text: `<!channel> $(id)` pasted as is would run)."""
+        owner = [] if self.scope not in TAGS else ["--key", str(self.key_id)] if self.key_id else ["--all-keys"]
+        return shlex.join(["--scope", self.scope_arg, *owner])
 
     @classmethod
     def from_row(cls, row: dict) -> Budget:

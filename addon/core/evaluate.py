@@ -14,12 +14,18 @@ fires; a ramp of a few percent a day stays within the band; one alert per scope 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
+import json
 import logging
+import os
+import shlex
 import statistics
 import threading
 import time
 import zoneinfo
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -102,15 +108,18 @@ def _unpriced(con, now: dt.datetime) -> list[tuple[str, notify.Alert]]:
 
 def _unpriced_alert(m: dict) -> notify.Alert:
     name = f"{m['provider']}/{m['model']}" + (f" ({m['service_tier']} tier)" if m["service_tier"] else "")
-    entry = (f'[[price]]\nprovider = "{m["provider"]}"\nmodel = "{m["model"]}"\n'
-             + (f'service_tier = "{m["service_tier"]}"\n' if m["service_tier"] else "")
+    # Quoted for TOML (a JSON string is a TOML basic string) and the shell: a model's name is the
+    # upstream's text, and `m $(touch x)` or `x"\nmodel = "y` pasted as is would run or mean more.
+    entry = (f'[[price]]\nprovider = {json.dumps(m["provider"])}\nmodel = {json.dumps(m["model"])}\n'
+             + (f'service_tier = {json.dumps(m["service_tier"])}\n' if m["service_tier"] else "")
              + "input_mtok = ...\noutput_mtok = ...\n")
+    reprice = shlex.join(["aispendtrack", "reprice", "--provider", m["provider"], "--model", m["model"]])
     return notify.Alert(
         "unpriced", f"AiSpendTrack: calls to {name} have no price",
         f"{m['calls']:,} calls to {name} since {m['first_seen']:%Y-%m-%d %H:%M} UTC have no price (shown as "
         f"'unpriced', never $0), and no price data fetched since knows the model. Add it to prices.toml with the "
         f"provider's rates per million tokens:\n\n{entry}\nthen `aispendtrack prices import prices.toml` and "
-        f"`aispendtrack reprice --provider {m['provider']} --model {m['model']}`.",
+        f"`{reprice}`.",
         {"provider": m["provider"], "model": m["model"], "service_tier": m["service_tier"], "calls": m["calls"]})
 
 
@@ -128,12 +137,39 @@ def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) ->
 def send_new(db: Path, channels: list[notify.Channel],
              found: list[tuple[str, notify.Alert]]) -> list[notify.Alert]:
     """Deliver the alerts whose dedupe key was never sent; returns those alerts."""
-    with reading(db) as con:
-        sent = alert_rows.already_sent(con, [key for key, _ in found])
-    fresh = [(key, alert) for key, alert in found if key not in sent]
-    for key, alert in fresh:
-        notify.deliver(db, channels, alert, key)
+    with one_sender(db):
+        with reading(db) as con:
+            sent = alert_rows.already_sent(con, [key for key, _ in found])
+        fresh = [(key, alert) for key, alert in found if key not in sent]
+        for key, alert in fresh:
+            notify.deliver(db, channels, alert, key)
     return [alert for _, alert in fresh]
+
+
+_SENDING_LOCK = ".alerts-sending.lock"  # beside the database, in the embedded mode
+
+
+@contextlib.contextmanager
+def one_sender(db: Path) -> Iterator[None]:
+    """One process at a time reads which alerts were sent, sends the others and records them: the
+    proxy's round and `aispendtrack alerts check` run at once sent an alert twice (a slow channel
+    held the gap open for up to ~40 s). A lock file beside the database in the embedded mode; in
+    the shared mode a PostgreSQL advisory lock, whichever replica or host asks."""
+    cfg = shared.configured()
+    if cfg is not None:
+        control = shared.ControlConnection(cfg)
+        try:
+            control.execute("SELECT pg_advisory_lock(?)", [shared_schema.ALERTS_LOCK])
+            yield  # unlocked with the session
+        finally:
+            control.close()
+        return
+    fd = os.open(db.with_name(_SENDING_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class Evaluator(threading.Thread):

@@ -18,11 +18,13 @@ import hmac
 import json
 import os
 import smtplib
+import ssl
 import time
 import tomllib
 import unicodedata
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -37,8 +39,8 @@ TIMEOUT_S = 10.0         # one attempt, from connecting to the answer's last byt
 RETRIES = 3              # after the first attempt (a channel's retries)
 MAX_ANSWER_BYTES = 65_536  # of a webhook's answer; only its status matters
 _TYPES = {"email": ("host", "from", "to"), "slack": (), "webhook": ()}
-_ALLOWED = {"name", "type", "timeout_s", "retries", "host", "port", "security", "from", "to", "username_env",
-            "password_env", "url", "url_env", "secret_env"}
+_ALLOWED = {"name", "type", "timeout_s", "retries", "host", "port", "security", "ca_file", "from", "to",
+            "username_env", "password_env", "url", "url_env", "secret_env"}
 
 
 class ChannelError(ValueError):
@@ -75,6 +77,8 @@ class Channel:
         url = self._url()
         if not url:
             return "(no url)"
+        if url_problem(url):
+            return "(not a URL)"
         parts = urlsplit(url)  # the host and port only: a login in the URL is a secret too
         return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
@@ -97,7 +101,7 @@ class Channel:
                 self._send_once(alert)
                 return Delivery(self.name, self.destination, True, None)
             except Exception as exc:  # any failure is recorded, never raised into the proxy
-                error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                error = f"{type(exc).__name__}: {_without(str(exc), self._url())[:200]}"
                 if attempt < retries:
                     sleep(0.5 * 2 ** attempt)
         return Delivery(self.name, self.destination, False, error)
@@ -126,9 +130,12 @@ class Channel:
         message.set_content(_plain(alert.text, keep="\n"))
         security = s.get("security", "starttls")
         port = int(s.get("port", 465 if security == "tls" else 587))
-        with outbound.deadline(timeout) as watch, _smtp(security, watch)(s["host"], port, timeout=timeout) as smtp:
+        # The server's certificate is checked (smtplib's default checks nothing: the password went to
+        # whoever answered); ca_file for a server with a private CA.
+        context = ssl.create_default_context(cafile=s.get("ca_file"))
+        with outbound.deadline(timeout) as watch, _smtp(security, watch, context)(s["host"], port, timeout) as smtp:
             if security == "starttls":
-                smtp.starttls()
+                smtp.starttls(context=context)
             user, password = _env(s.get("username_env")), _env(s.get("password_env"))
             if user:
                 smtp.login(user, password or "")
@@ -183,23 +190,59 @@ def _channel(origin: str, n: int, entry: object) -> Channel:
         raise ChannelError(f"{where} ({entry['name']}): security must be starttls, tls or none.")
     if kind != "email" and not (entry.get("url") or entry.get("url_env")):
         raise ChannelError(f"{where} ({entry['name']}): a {kind} channel needs url or url_env.")
+    if kind != "email" and entry.get("url") and (problem := url_problem(str(entry["url"]))):
+        raise ChannelError(f"{where} ({entry['name']}): url {problem}.")
+    if kind == "email" and entry.get("ca_file") and not Path(str(entry["ca_file"])).expanduser().is_file():
+        raise ChannelError(f"{where} ({entry['name']}): ca_file {entry['ca_file']!r} is not a file.")
     return Channel(entry["name"], kind, dict(entry))
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be posted to (said without the URL, whose path may be a secret), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  # raises for a port that is no number or out of range
+    except ValueError:
+        return "has a bad host or port"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be http:// or https:// and name a host"
+    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in url):
+        return "has spaces or control characters"
+    return None
+
+
+def _without(text: str, url: str | None) -> str:
+    """An error's text without the URL or its path and query (Slack's and many webhooks' secret),
+    which urllib quotes in some of its messages."""
+    if not url:
+        return text
+    try:
+        parts = urlsplit(url)
+        pieces = {url, parts.path, parts.query, parts.netloc.rpartition("@")[0]}
+    except ValueError:  # no URL to take apart ("http://[::1/..."): the whole of it, then
+        pieces = {url}
+    for secret in sorted(pieces, key=len, reverse=True):
+        if len(secret) > 1:
+            text = text.replace(secret, "(the URL)")
+    return text
 
 
 def _env(name: str | None) -> str | None:
     return os.environ.get(name) if name else None
 
 
-def _smtp(security: str, watch) -> type[smtplib.SMTP]:
-    """The SMTP class for ``security`` whose socket ``watch`` cuts at the deadline (the greeting
-    is read while connecting, before the object is returned)."""
+def _smtp(security: str, watch, context: ssl.SSLContext) -> Callable[[str, int, float], smtplib.SMTP]:
+    """(host, port, timeout) -> an SMTP connection for ``security`` whose socket ``watch`` cuts at the
+    deadline (the greeting is read while connecting, before the object is returned)."""
     base = smtplib.SMTP_SSL if security == "tls" else smtplib.SMTP
 
     class Watched(base):  # type: ignore[valid-type,misc]
         def _get_socket(self, host, port, timeout):
             watch(lambda: self.sock)
             return super()._get_socket(host, port, timeout)
-    return Watched
+    if security == "tls":
+        return lambda host, port, timeout: Watched(host, port, timeout=timeout, context=context)
+    return lambda host, port, timeout: Watched(host, port, timeout=timeout)
 
 
 def slack_text(text: str) -> str:
@@ -217,6 +260,8 @@ def _plain(text: str, keep: str = "") -> str:
 def _post(url: str | None, body: bytes, headers: dict, timeout: float) -> None:
     if not url:
         raise ValueError("no URL (is the url_env variable set?)")
+    if problem := url_problem(url):
+        raise ValueError(f"the URL {problem}")
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": "application/json", **headers})
     status, answer_headers, _ = outbound.fetch(request, timeout, MAX_ANSWER_BYTES)

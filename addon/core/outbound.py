@@ -5,8 +5,10 @@ its body.
 The standard library's ``timeout`` bounds each wait for a byte, so a server that sends one byte
 every few seconds never trips it. Here a timer shuts the connection's socket down when the
 deadline passes, whatever the exchange is waiting for (``deadline``), and an HTTP answer is read
-up to a size bound (``fetch``). urllib's other behaviour (proxies from the environment,
-redirects, TLS checks) is kept.
+up to a size bound (``fetch``). A redirect is answered as its status, not followed: urllib sent the
+headers on (a webhook's signature, a usage API's admin key) to whatever host it named, and turned a
+webhook's POST into a GET without its body that counted as delivered. urllib's other behaviour
+(proxies from the environment, TLS checks) is kept.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from email.message import Message
+
+from pricing.snapshots import NoRedirects
 
 
 class DeadlineExceeded(TimeoutError):
@@ -47,7 +51,7 @@ def fetch(request: urllib.request.Request, seconds: float, max_bytes: int) -> tu
     """(status, headers, body) of ``request`` within ``seconds``; an HTTP error status is returned
     like any other. Raises DeadlineExceeded, AnswerTooLarge, or urllib's errors (URLError, ...)."""
     with deadline(seconds) as watch:
-        opener = urllib.request.build_opener(_HTTPHandler(watch), _HTTPSHandler(watch))
+        opener = urllib.request.build_opener(_HTTPHandler(watch), _HTTPSHandler(watch), NoRedirects)
         try:
             response = opener.open(request, timeout=seconds)
         except urllib.error.HTTPError as exc:

@@ -53,6 +53,7 @@ RECONCILE_LOCK = 7_415_003
 LAKE_READS_LOCK = 7_415_004
 PRICES_LOCK = 7_415_005  # the fetch of the list-price data (addon/core/price_data.py)
 LAKE_WRITES_LOCK = 7_415_006
+ALERTS_LOCK = 7_415_007  # one sender of alerts at a time (addon/core/evaluate.py)
 LAKE = "lake"  # the name the shared connection attaches the lake under
 
 _CONTROL = """
