@@ -162,13 +162,15 @@ def delete(obj, customer: str | None, key: int | None, yes: bool, quiet: bool) -
         click.confirm(f"Erase everything stored about {subject.label()}? This cannot be undone", abort=True)
     with running(f"Erasing {subject.label()}", quiet):
         counts = subject_requests.erase(obj.db, obj.home / home_dir.SPILL_DIR, subject)
+    erased = {"calls", "rollups", "budgets", "alerts", "pending_calls", "keys", "batches"}
+    if not any(n for name, n in counts.items() if name in erased):  # "Erased ...: 0 calls" read as a contradiction
+        click.echo(f"Nothing was stored about {subject.label()} (ids match exactly, case included). "
+                   f"{_reclaimed(counts)}")
+        return
     click.echo(f"Erased {subject.label()}: {plural(counts['calls'], 'call')}, "
                f"{plural(counts['rollups'], 'rollup row')}, {plural(counts['budgets'], 'budget')}, "
                f"{plural(counts['alerts'], 'alert')}, {plural(counts['pending_calls'], 'pending call')}"
                + (", the key" if counts.get("keys") else "") + ". " + _reclaimed(counts))
-    erased = {"calls", "rollups", "budgets", "alerts", "pending_calls", "keys", "batches"}
-    if not any(n for name, n in counts.items() if name in erased):
-        click.echo(f"Nothing was stored about {subject.label()} (ids match exactly, case included).", err=True)
     if counts["unreadable_spill_files"]:
         raise click.ClickException(f"Could not read {plural(counts['unreadable_spill_files'], 'spill file')} under "
                                    f"{obj.home / home_dir.SPILL_DIR}: they may still hold "

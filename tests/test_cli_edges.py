@@ -113,8 +113,9 @@ def test_a_gdpr_export_with_nothing_stored_says_so(tmp_path):
 
 def test_a_gdpr_delete_of_a_subject_never_stored_says_so(tmp_path):
     result = _invoke(tmp_path, "gdpr", "delete", "--customer", "Acme", "--yes")
-    assert result.exit_code == 0 and "Erased customer Acme: 0 calls" in result.output
-    assert "Nothing was stored about customer Acme (ids match exactly, case included)." in result.output
+    assert result.exit_code == 0 and "Erased" not in result.output, result.output
+    assert result.output.startswith("Nothing was stored about customer Acme (ids match exactly, case included). "
+                                    "Database rewritten")
 
 
 def test_revoking_a_revoked_key_says_so_and_fails(tmp_path):
