@@ -17,6 +17,7 @@ from mitmproxy import ctx, exceptions, http
 
 from . import forward, refusals, routing, settings, upstreams
 from .core import keys as keygen
+from .core.budgets import MAX_TAG_LENGTH, valid_tag
 from .guard import AuthGuard
 from .providers import Provider
 from .refusals import KEY_HEADER
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 
 TAG_HEADERS = ("x-customer-id", "x-feature")
 HEALTH_PATH = "/aispendtrack/health"
-MAX_TAG_LENGTH = 128
 _OUR_HEADERS = {name.encode(): name for name in (KEY_HEADER, *TAG_HEADERS)}
 # An AiSpendTrack key as a token of another header's value ("Bearer ask_..."): PREFIX and exactly
 # 43 URL-safe characters (core/keys.py), not inside a longer word ("task_...", a Referer's path).
@@ -100,7 +100,7 @@ class Gate:
             return
         tags = {name: ours.get(name) for name in TAG_HEADERS}
         for name, value in tags.items():
-            if value is not None and not _valid_tag(value):
+            if value is not None and not valid_tag(value):
                 refusals.refuse(flow, provider, 400, "aispendtrack_invalid_tag",
                                 f"The {name} header must be 1 to {MAX_TAG_LENGTH} printable characters "
                                 f"(got {len(value)} characters). The call was not forwarded.")
@@ -221,7 +221,3 @@ def _key_in_other_header(headers: http.Headers) -> str | None:
         if _KEY_IN_VALUE.search(value):
             return name.decode("latin-1")
     return None
-
-
-def _valid_tag(value: str) -> bool:
-    return 0 < len(value) <= MAX_TAG_LENGTH and value.isprintable()

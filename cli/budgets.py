@@ -14,7 +14,7 @@ import click
 from click_default_group import DefaultGroup
 
 from addon.core import audit, config
-from addon.core.budgets import SCOPES, TAGS, Budget, with_spend
+from addon.core.budgets import MAX_TAG_LENGTH, SCOPES, TAGS, Budget, valid_tag, with_spend
 from addon.core.money import MICRO, usd
 from addon.core.store import budgets as budget_rows
 from addon.core.store import keys as key_rows
@@ -33,6 +33,9 @@ def _scope(value: str) -> tuple[str, str | None]:
         if not (name.isascii() and name.isdigit()):  # "²".isdigit(), but int("²") is an error
             raise click.BadParameter("key:ID takes a key id (see `aispendtrack keys list`)", param_hint="--scope")
         name = str(int(name))  # as budgets are matched to a key's calls: key:01 counted none of key 1's
+    if kind in TAGS and not valid_tag(name):
+        raise click.BadParameter(f"a {kind} is 1 to {MAX_TAG_LENGTH} printable characters, as the proxy accepts "
+                                 f"in x-{'customer-id' if kind == 'customer' else kind}", param_hint="--scope")
     return kind, name or None
 
 

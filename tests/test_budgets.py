@@ -611,3 +611,15 @@ def test_calls_without_a_price_are_named_beside_a_budgets_spend_never_read_as_fr
     [shown] = create_app(home).test_client().get("/api/v1/budgets",
                                                  headers={"Authorization": f"Bearer {admin}"}).get_json()
     assert (shown["unpriced_calls_today"], shown["unpriced_calls_this_month"]) == (2, 3)
+
+
+@pytest.mark.parametrize("scope", ["customer:evil\r\nBcc: x", "feature:" + "f" * 129, "customer:a\x1b[2Jb"])
+def test_a_budget_cannot_name_a_customer_or_feature_the_proxy_would_refuse(tmp_path, scope):
+    """The proxy takes 1 to 128 printable characters in x-customer-id and x-feature: a budget over
+    any other counted no call, and its newline broke the `budgets list` table."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "budgets", "set", "--scope", scope, "--all-keys",
+                                      "--daily", "5"])
+    assert result.exit_code == 2 and "1 to 128 printable characters" in result.output, result.output

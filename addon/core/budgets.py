@@ -32,6 +32,13 @@ from .periods import day_start, month_start, next_day_start, next_month_start, s
 
 SCOPES = ("all", "key", "team", "customer", "feature")
 TAGS = ("customer", "feature")  # the scopes a client names itself, per key
+MAX_TAG_LENGTH = 128
+
+
+def valid_tag(value: str) -> bool:
+    """What an x-customer-id or x-feature may be: the proxy refuses a call with another (gate.py),
+    so a budget's scope naming one could never count a call."""
+    return 0 < len(value) <= MAX_TAG_LENGTH and value.isprintable()
 
 
 @dataclass(frozen=True)
