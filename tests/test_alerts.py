@@ -104,9 +104,11 @@ def test_a_bad_channel_file_says_what_is_wrong(tmp_path):
 # --- what triggers alerts --------------------------------------------------------------------
 
 import datetime as dt  # noqa: E402
+from decimal import Decimal  # noqa: E402
 
 from addon.core import home as home_dir  # noqa: E402
 from addon.core.evaluate import SpikeSettings, is_spike  # noqa: E402
+from addon.core.store import budgets as budget_rows  # noqa: E402
 from addon.core.store import calls as call_rows  # noqa: E402
 from addon.core.store import writing  # noqa: E402
 
@@ -292,11 +294,12 @@ EVIL_TAG = "<!channel> <https://evil.example|Budget frozen - re-authenticate>"
 
 
 def _crossed_budget(home, customer: str) -> None:
+    """A $1 daily budget over ``customer``, crossed: made in the store itself, for a customer id the
+    proxy and `budgets set` would refuse (data from before they checked it)."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     with writing(home_dir.db_path(home)) as con:
         call_rows.insert(con, [row(now.isoformat(), "gpt-4o", "2.50", 100, customer=customer)])
-    result = run(home, "budgets", "set", "--scope", f"customer:{customer}", "--all-keys", "--daily", "1")
-    assert result.exit_code == 0, result.output
+        budget_rows.add(con, "customer", customer, None, Decimal("1"), None, False)
 
 
 def test_a_customer_tag_cannot_mention_or_link_in_slack(tmp_path):
@@ -392,7 +395,6 @@ def test_alerts_import_refuses_a_bad_file_and_keeps_the_one_in_use(tmp_path):
 import shlex  # noqa: E402
 import ssl  # noqa: E402
 import tomllib  # noqa: E402
-from decimal import Decimal  # noqa: E402
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: E402
 
 from aiosmtpd.smtp import AuthResult  # noqa: E402
@@ -559,3 +561,30 @@ def test_commands_in_alerts_are_quoted_for_the_shell_and_toml(tmp_path):
     from addon.core.budgets import Budget
     budget = Budget(1, "customer", "<!channel> $(id)", Decimal("1"), None, False, None)
     assert shlex.split(budget.set_args) == ["--scope", "customer:<!channel> $(id)", "--all-keys"]
+
+
+def test_a_channel_that_failed_an_alert_gets_it_in_a_later_round_and_the_others_not_twice(tmp_path):
+    """An alert whose channel failed (a mail server down for a minute) was never tried again: the
+    crossing was lost. Now the failed channel is tried again while the alert stands, with backoff."""
+    down, up = Receiver(fail=1), Receiver()
+    db = home_dir.db_path(tmp_path)
+    with writing(db):
+        pass
+    channels = [notify.Channel("down", "webhook", {"url": down.url, "retries": 0}),
+                notify.Channel("up", "webhook", {"url": up.url, "retries": 0})]
+    alert = notify.Alert("budget", "AiSpendTrack: daily budget crossed for customer acme", "crossed")
+    now = dt.datetime.now(dt.UTC)
+    try:
+        assert evaluation.send_new(db, channels, [("budget:1:day", alert)], now) == [alert]
+        assert (len(down.requests), len(up.requests)) == (1, 1)  # a 500, and delivered
+        assert evaluation.send_new(db, channels, [("budget:1:day", alert)], now + dt.timedelta(seconds=30)) == []
+        assert (len(down.requests), len(up.requests)) == (1, 1)  # not due yet
+        evaluation.send_new(db, channels, [("budget:1:day", alert)], now + dt.timedelta(seconds=61))
+        assert (len(down.requests), len(up.requests)) == (2, 1)  # tried again, and delivered now
+        evaluation.send_new(db, channels, [("budget:1:day", alert)], now + dt.timedelta(hours=1))
+        assert (len(down.requests), len(up.requests)) == (2, 1)
+    finally:
+        down.close()
+        up.close()
+    rows = json.loads(run(tmp_path, "alerts", "list", "--json").output)
+    assert sorted((r["channel"], r["delivered"]) for r in rows) == [("down", False), ("down", True), ("up", True)]

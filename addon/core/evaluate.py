@@ -131,19 +131,39 @@ def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) ->
     except notify.ChannelError as exc:
         log.error("alerts not sent: %s", exc)
         return []
-    return send_new(db, channels, candidates(db, now, zone, _settings(found)))
+    return send_new(db, channels, candidates(db, now, zone, _settings(found)), now)
 
 
-def send_new(db: Path, channels: list[notify.Channel],
-             found: list[tuple[str, notify.Alert]]) -> list[notify.Alert]:
-    """Deliver the alerts whose dedupe key was never sent; returns those alerts."""
+# A channel that failed an alert is tried again while the alert still stands (a budget still
+# crossed, a spike's hour), RETRY_FIRST after its first failure, then twice as long each time, for
+# up to RETRY_FOR after the first try: ~10 tries, where one failing minute of a mail server lost it.
+RETRY_FIRST = dt.timedelta(minutes=1)
+RETRY_FOR = dt.timedelta(hours=24)
+
+
+def send_new(db: Path, channels: list[notify.Channel], found: list[tuple[str, notify.Alert]],
+             now: dt.datetime | None = None) -> list[notify.Alert]:
+    """Deliver the alerts (by dedupe key) never sent to every channel, and again to a channel that
+    failed one when its retry is due (``_due``); returns the alerts sent for the first time. A
+    channel added later gets only alerts new since."""
+    now = now or dt.datetime.now(dt.UTC)
+    fresh = []
     with one_sender(db):
         with reading(db) as con:
-            sent = alert_rows.already_sent(con, [key for key, _ in found])
-        fresh = [(key, alert) for key, alert in found if key not in sent]
-        for key, alert in fresh:
-            notify.deliver(db, channels, alert, key)
-    return [alert for _, alert in fresh]
+            tried = alert_rows.attempts(con, [key for key, _ in found])
+        for key, alert in found:
+            if key not in tried:
+                fresh.append(alert)
+                notify.deliver(db, channels, alert, key)
+            elif again := [c for c in channels if c.name in tried[key] and _due(tried[key][c.name], now)]:
+                notify.deliver(db, again, alert, key)
+    return fresh
+
+
+def _due(attempts: alert_rows.Attempts, now: dt.datetime) -> bool:
+    if attempts.delivered or now - attempts.first > RETRY_FOR:
+        return False
+    return now >= attempts.last + RETRY_FIRST * 2 ** (attempts.failures - 1)
 
 
 _SENDING_LOCK = ".alerts-sending.lock"  # beside the database, in the embedded mode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import duckdb
 
@@ -27,12 +28,27 @@ def record(con: duckdb.DuckDBPyConnection, sent_at: dt.datetime, kind: str, subj
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [sent_at, kind, subject, channel, destination, delivered, error, dedupe_key])
 
 
-def already_sent(con: duckdb.DuckDBPyConnection, dedupe_keys: list[str]) -> set[str]:
+@dataclass(frozen=True)
+class Attempts:
+    """What was done with one alert on one channel: delivered once or not, failures, first and last try."""
+    delivered: bool
+    failures: int
+    first: dt.datetime
+    last: dt.datetime
+
+
+def attempts(con: duckdb.DuckDBPyConnection, dedupe_keys: list[str]) -> dict[str, dict[str, Attempts]]:
+    """Per alert (dedupe key) and channel name, the attempts recorded (alerts never tried: absent)."""
     if not dedupe_keys:
-        return set()
+        return {}
     cur = control(con).execute(
-        "SELECT DISTINCT dedupe_key FROM alerts WHERE dedupe_key IN (SELECT unnest(?::VARCHAR[]))", [dedupe_keys])
-    return {key for (key,) in cur.fetchall()}
+        "SELECT dedupe_key, channel, bool_or(delivered), count(*) FILTER (WHERE NOT delivered), min(sent_at), "
+        "max(sent_at) FROM alerts WHERE dedupe_key IN (SELECT unnest(?::VARCHAR[])) GROUP BY dedupe_key, channel",
+        [dedupe_keys])
+    found: dict[str, dict[str, Attempts]] = {}
+    for key, channel, delivered, failures, first, last in cur.fetchall():
+        found.setdefault(key, {})[channel] = Attempts(bool(delivered), int(failures), first, last)
+    return found
 
 
 def hourly_spend(con: duckdb.DuckDBPyConnection, since: dt.datetime, scope_column: str | None) -> list[tuple]:
