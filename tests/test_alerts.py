@@ -513,7 +513,15 @@ def test_a_webhook_that_redirects_is_not_delivered_and_its_target_gets_nothing(t
     assert row["delivered"] is False
 
 
-def test_two_evaluations_at_once_send_an_alert_once(tmp_path):
+@pytest.fixture(params=["embedded", "shared"])
+def either_mode(request):
+    """The embedded file, then the shared mode's catalog (PostgreSQL: its own SQL and lock)."""
+    if request.param == "shared":
+        request.getfixturevalue("shared_env")
+    return request.param
+
+
+def test_two_evaluations_at_once_send_an_alert_once(tmp_path, either_mode):
     """The proxy's round and `alerts check` each read what was sent, then sent, then recorded: with
     a slow channel both sent the same crossing."""
     received: list[bytes] = []
@@ -563,7 +571,7 @@ def test_commands_in_alerts_are_quoted_for_the_shell_and_toml(tmp_path):
     assert shlex.split(budget.set_args) == ["--scope", "customer:<!channel> $(id)", "--all-keys"]
 
 
-def test_a_channel_that_failed_an_alert_gets_it_in_a_later_round_and_the_others_not_twice(tmp_path):
+def test_a_channel_that_failed_an_alert_gets_it_in_a_later_round_and_the_others_not_twice(tmp_path, either_mode):
     """An alert whose channel failed (a mail server down for a minute) was never tried again: the
     crossing was lost. Now the failed channel is tried again while the alert stands, with backoff."""
     down, up = Receiver(fail=1), Receiver()
