@@ -23,7 +23,7 @@ def _duration(value: str | None) -> dt.timedelta | None:
     if value is None:
         return None
     duration = parse_duration(value)
-    if not duration:
+    if duration is None:  # (0d is a duration: check_older_than says why it cannot be one)
         raise click.BadParameter(f"{value!r}: give a number and a unit, e.g. 30d, 12h or 2w.")
     try:
         return retention.check_older_than(duration)

@@ -46,12 +46,18 @@ def selection_options(command):
 
 
 def _key_id(key: str | None) -> str | None:
-    """--key as given when it is an id; a name becomes the id of the one key that has it."""
-    if key is None or key.strip().isdigit():
+    """--key as given when it is the id of a key; a name becomes the id of the one key that has it.
+    An id no key has is refused like an unknown name (it answered an empty report)."""
+    if key is None:
         return key
     from addon.core.store import keys as key_rows
     from addon.core.store import reading
     with reading(click.get_current_context().obj.db) as con:
+        if key.strip().isascii() and key.strip().isdigit():
+            # (an id past MAX_ID is left to the selection's check, which names the range)
+            if int(key) <= key_rows.MAX_ID and key_rows.get(con, int(key)) is None:
+                raise click.BadParameter(f"no key {key.strip()}; see `aispendtrack keys list`.", param_hint="--key")
+            return key
         ids = key_rows.ids_named(con, key)
     if not ids:
         raise click.BadParameter(f"no key named {key!r}; see `aispendtrack keys list`.", param_hint="--key")

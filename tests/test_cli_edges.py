@@ -300,3 +300,15 @@ def test_a_gdpr_exports_counts_are_worded_for_one_and_for_many(tmp_path):
         f"0 unreadable spill files\n")
     key = run("gdpr", "export", "--key", "1", "--out", str(tmp_path / "key.json"))
     assert key.exit_code == 0 and ": 0 budgets, 0 alerts, 0 batches, 1 key, 0 calls," in key.output  # not "1 ke"
+
+
+def test_a_key_id_no_key_has_is_refused_like_an_unknown_name(tmp_path):
+    """`export --key 99` wrote 0 calls where `--key nosuch` was refused; `report --key 99` was empty."""
+    for command in (("export", "--out", str(tmp_path / "o.csv")), ("report",)):
+        result = _invoke(tmp_path, *command, "--key", "99")
+        assert result.exit_code == 2 and "no key 99; see `aispendtrack keys list`" in result.output, result.output
+
+
+def test_a_purge_age_of_zero_says_the_range_not_the_form(tmp_path):
+    result = _invoke(tmp_path, "purge", "--older-than", "0d")
+    assert result.exit_code == 2 and "must be more than 0 and at most 36,500 days" in result.output, result.output

@@ -269,8 +269,7 @@ def fill_in_ops_email(path: Path, port: int) -> None:
     block = re.search(r'# \[\[channel\]\]\n# name = "ops-email"\n(?:# .*\n)+', text).group()
     filled = (block.replace("# ", "", 1).replace("\n# ", "\n").replace("smtp.example.com", "127.0.0.1")
               .replace("port = 587", f"port = {port}").replace('"starttls"', '"none"'))
-    filled = "\n".join(line for line in filled.splitlines()  # the optional lines left out
-                       if not line.startswith(("username_env", "password_env", "ca_file")))
+    filled = "\n".join(line for line in filled.splitlines() if not line.startswith(("username_env", "password_env")))
     path.write_text(text.replace(block, filled + "\n"))
 
 
