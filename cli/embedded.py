@@ -26,14 +26,17 @@ import signal
 import socket
 import sys
 import threading
+from decimal import Decimal
 from pathlib import Path
 
 import click
 
-from addon.core import config, config_files, host_counters, periods, price_data
+from addon.core import config, config_files, host_counters, periods, price_data, spill
 from addon.core import home as home_dir
+from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
 from addon.core.limits import team_counts
+from addon.core.store import budgets as budget_rows
 from addon.core.store import calls as call_rows
 from addon.core.store import owner, writing
 from addon.core.store import teams as team_rows
@@ -66,22 +69,40 @@ class HostOwner:
 
     @staticmethod
     def _seed_counters(home: Path, quota_tz: str, seed: bool):
-        """The host's counts start from the calls stored this hour and month (a restart grants no fresh
-        quota), in the quota zone (stored first when given, as a lone proxy does)."""
+        """The host's counts start from the calls stored this hour and month and those spilled and not
+        yet stored (a restart grants no fresh quota, nor budget), in the quota zone (stored first when
+        given, as a lone proxy does)."""
         now = dt.datetime.now(dt.UTC)
+        path = host_counters.path(home)
         try:
             with writing(home_dir.db_path(home)) as con:
                 zone = config.set_quota_zone(con, quota_tz) if quota_tz else config.quota_zone(con)
+                if not seed and path.exists():
+                    return zone
                 hour, month = periods.hour_start(now), periods.month_start(now, zone)
+                day = periods.day_start(now, zone)
+                spilled = _spilled(home, min(hour, month, day))
                 counts = call_rows.counts_since(con, hour, month)
+                for row in spilled:
+                    if row["key_id"] is not None:
+                        found = counts.get(row["key_id"], (0, 0))
+                        counts[row["key_id"]] = (found[0] + (row["ts"] >= hour), found[1] + (row["ts"] >= month))
                 teams = team_counts(counts, {key_id: team_id for key_id, team_id, *_ in team_rows.members(con)})
+                team_of = team_rows.names_of_keys(con)
+                spend = {}
+                for budget in (Budget.from_row(b) for b in budget_rows.all_budgets(con)):
+                    today, this_month = budget_rows.spend_since(con, budget.scope, budget.scope_value,
+                                                                budget.key_id, day, month)
+                    for row in spilled:
+                        if row["cost"] and budget.covers(row["key_id"], row["customer_id"], row["feature"],
+                                                         team_of.get(row["key_id"])):
+                            today += row["cost"] if row["ts"] >= day else 0
+                            this_month += row["cost"] if row["ts"] >= month else 0
+                    spend[budget.id] = (today, this_month)
         except periods.UnknownZone as exc:
             raise click.ClickException(f"aispendtrack_quota_tz: {exc}") from None
-        path = host_counters.path(home)
-        if not seed and path.exists():
-            return zone
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        host_counters.create(path, counts, hour, month, teams)
+        host_counters.create(path, counts, hour, month, teams, (spend, day, month))
         return zone
 
     def stop(self) -> None:
@@ -89,6 +110,29 @@ class HostOwner:
         self.evaluator.stop()
         self.prices.stop()
         owner.stop(self.owner)
+
+
+def _spilled(home: Path, since: dt.datetime) -> list[dict]:
+    """The calls since ``since`` in spill files a killed run left (the workers store them once they
+    start, after the counts are seeded): key, tags, time and cost of each. A file that cannot be
+    read is left to the worker that replays it, which says why."""
+    found = []
+    for directory in home_dir.spill_dirs(home):
+        for path in sorted(directory.glob("*.jsonl")):
+            try:
+                rows, _ = spill.read(path)
+            except (OSError, ValueError):
+                continue
+            for row in rows:
+                try:
+                    ts = dt.datetime.fromisoformat(str(row["ts"]))
+                    cost = Decimal(str(row["cost_usd"])) if row.get("cost_usd") is not None else None
+                except (KeyError, TypeError, ValueError, ArithmeticError):
+                    continue
+                if ts >= since:
+                    found.append({"key_id": row.get("key_id"), "customer_id": row.get("customer_id"),
+                                  "feature": row.get("feature"), "ts": ts, "cost": cost})
+    return found
 
 
 def main() -> None:

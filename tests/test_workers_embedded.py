@@ -8,6 +8,7 @@ DuckDB file; the helpers are tests/test_workers.py's.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import re
@@ -311,3 +312,43 @@ def test_rows_an_earlier_run_spilled_are_stored_whatever_the_worker_count_now(tm
     assert sorted(r["customer_id"] for r in rows_tagged(home, "spilled-")) == [
         "spilled-alone", "spilled-by-slot-3", "spilled-by-worker-1"]
     assert list(home.rglob("*.jsonl")) == []
+
+
+def test_calls_a_killed_run_spilled_count_against_the_limits_and_budgets_of_the_next(tmp_path, upstream):
+    """A parent killed with kill -9 leaves its workers' unstored rows in spill files, which the next
+    run's workers store once they start: after the host's counts were seeded from the store, so the
+    restart granted a fresh hourly limit (60 calls in an hour against 30) and a fresh budget."""
+    home = tmp_path / "home"
+    created = json.loads(run_cli(home, "keys", "create", "--name", "spender", "--json"))
+    run_cli(home, "keys", "set-limit", str(created["id"]), "--per-hour", "5")
+    run_cli(home, "budgets", "set", "--scope", "customer:spent", "--all-keys", "--daily", "0.05", "--block")
+    now = dt.datetime.now(dt.UTC)
+    spill = home_dir.spill_dir(home, 0)
+    spill.mkdir(parents=True)
+    # Three calls of the key this hour, spilled by a worker; six of customer "spent" at $0.01, by another.
+    rows = [call_row(i, key_id=created["id"], ts=now - dt.timedelta(seconds=i), customer_id="limited")
+            for i in range(3)]
+    (spill / "1-1-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    rows = [call_row(i, key_id=None, ts=now - dt.timedelta(seconds=i), customer_id="spent") for i in range(6)]
+    home_dir.spill_dir(home, 1).mkdir(parents=True)
+    (home_dir.spill_dir(home, 1) / "1-2-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    if now.minute == 59 and now.second > 30:
+        pytest.skip("the hour ends before the calls: the limit would reset")  # (a 1-in-120 chance)
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, key=created["key"])
+    try:
+        outcomes = []
+        for _ in range(4):
+            try:
+                proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "limited"})
+                outcomes.append("ok")
+            except openai.RateLimitError:
+                outcomes.append("429")
+        assert outcomes == ["ok", "ok", "429", "429"]  # 3 spilled + 2 = the 5 an hour
+        run_cli(home, "keys", "set-limit", str(created["id"]), "--per-hour", "100")
+        until_read(proxy, answers=3)
+        with pytest.raises(openai.RateLimitError) as refused:
+            proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "spent"})
+        assert "budget exceeded" in refused.value.message
+    finally:
+        stop(proxy)
+    assert len(rows_tagged(home, "limited")) == 5 and len(rows_tagged(home, "spent")) == 6

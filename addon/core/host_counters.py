@@ -61,9 +61,11 @@ class CountersFull(RuntimeError):
 
 
 def create(path: Path, key_counts: dict[int, tuple[int, int]], hour: dt.datetime, month: dt.datetime,
-           team_counts: dict[int, tuple[int, int]] | None = None) -> None:
+           team_counts: dict[int, tuple[int, int]] | None = None,
+           budget_spend: tuple[dict[int, tuple[Decimal, Decimal]], dt.datetime, dt.datetime] | None = None) -> None:
     """A fresh file (in place of a previous start's), with the calls stored this hour and month per key
-    and per team."""
+    and per team; ``budget_spend``: ({budget id: (spend today, this month)}, the day, the month), the
+    budgets' slots seeded before any worker seeds them from the store alone."""
     partial = path.with_name(path.name + ".partial")
     # Made anew (O_EXCL): one a killed start left behind keeps whatever mode it was given since, and a
     # symlink there would have been followed.
@@ -75,6 +77,10 @@ def create(path: Path, key_counts: dict[int, tuple[int, int]], hour: dt.datetime
             _HEADER.pack_into(memory, 0, _MAGIC, SIZE)
             _seed(memory, _KEYS_AT, KEY_SLOTS, key_counts, hour, month, "keys")
             _seed(memory, _TEAMS_AT, TEAM_SLOTS, team_counts or {}, hour, month, "teams")
+            spend, day, this_month = budget_spend or ({}, hour, month)
+            for budget_id, (today, monthly) in spend.items():
+                _SLOT.pack_into(memory, _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id), budget_id + 1,
+                                _epoch(day), _nano(today), _epoch(this_month), _nano(monthly))
     finally:
         os.close(fd)
     os.replace(partial, path)
