@@ -62,12 +62,20 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     return _row(meter, observed, model, usage, source, price)
 
 
+# Calls forwarded and cut before any answer: the provider may have run them, so a cost unknown (the
+# request's tokens estimated), not $0. (An upstream that could not be reached ran nothing.)
+_CUT_UNANSWERED = ("proxy_stopped", "client_disconnected")
+
+
 def _bills_nothing(meter: CallMeter, observed: Observed) -> bool:
     """A call the provider charges nothing for: a free path (/v1/models, count_tokens, ...: the
     providers' tables in addon/providers/), or refused or failed before any token. Its cost is $0,
     known, not "unpriced"."""
-    return (meter.billing == FREE or meter.status is None
-            or meter.status >= 400 and observed.usage is None)
+    if meter.billing == FREE:
+        return True
+    if meter.status is None:
+        return meter.outcome not in _CUT_UNANSWERED
+    return meter.status >= 400 and observed.usage is None
 
 
 def _ts(meter: CallMeter) -> dt.datetime:

@@ -1403,3 +1403,17 @@ def test_a_cut_claude_stream_keeps_the_code_runs_container_and_web_fetches_it_sa
     output = providers["anthropic"].counter.count(text, None)
     assert output > 1 and (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("partial", 2679, output)
     assert (row["code_executions"], row["containers"], row["web_fetch_requests"]) == (1, 1, 2)
+
+
+@pytest.mark.parametrize("outcome", ["proxy_stopped", "client_disconnected"])
+def test_a_call_cut_before_its_answer_has_a_cost_unknown_not_zero(providers, book, outcome):
+    """Forwarded, then the proxy stopped (or the client left) before the provider answered: the
+    provider may have run it, yet it was stored as a priced $0 (read as free) and added nothing to
+    budgets. Its request's tokens are counted, as an estimate, and the row says so."""
+    meter = CallMeter(providers["openai"], "/v1/chat/completions", 7, "acme", None, time.time(),
+                      json.dumps(CHAT).encode(), "")
+    meter.finish(None, outcome, "the proxy stopped before the call ended")
+    row = build_row(meter, book)
+    assert (row["usage_source"], row["priced"], row["output_tokens"]) == ("partial", True, 0), row
+    assert row["input_tokens"] > 0 and row["cost_usd"] > 0  # at least what its prompt costs, flagged estimated
+    assert row["status"] is None and row["outcome"] == outcome
