@@ -289,3 +289,25 @@ def test_a_keys_plan_own_limits_and_retention_are_stored_and_a_missing_key_is_na
                  ("set-retention", "99", "--days", "1"), ("revoke", "99")):
         missing = CliRunner().invoke(cli, ["--home", str(home), "keys", *args])
         assert missing.exit_code == 1 and "No key with id 99; see `aispendtrack keys list`." in missing.output
+
+
+def test_retry_after_is_when_both_the_key_and_its_team_would_accept_a_call(counting):
+    """Key 1's hour and its team's month both used up: the 429 said the key's hour (retry in 30 s),
+    when the team's month still refused the call until the 1st."""
+    limiter = counting(Limiter(zoneinfo.ZoneInfo("UTC")))
+    team = Team(7, "g", Limits(per_hour=None, per_month=4))
+    limiter.set_limits({1: Limits(per_hour=2, per_month=None), 2: Limits(per_hour=None, per_month=None)},
+                       {1: team, 2: team})
+    now = dt.datetime(2026, 11, 25, 10, 59, 30, tzinfo=dt.UTC)
+    limiter.seed({}, now)
+    assert [limiter.admit(k, now) for k in (1, 1, 2, 2)] == [None] * 4
+    refusal = limiter.admit(1, now)
+    assert (refusal.limit, refusal.team, refusal.retry_after(now)) == ("per-month", "g", 5 * 86_400 + 13 * 3600 + 30)
+    assert limiter.admit(1, now + dt.timedelta(seconds=31)).team == "g"  # the key's new hour: still refused
+    # Only the key's own hour used up: its own figures, and its hour.
+    other = counting(Limiter(zoneinfo.ZoneInfo("UTC")))
+    other.set_limits({1: Limits(per_hour=2, per_month=None)}, {1: Team(8, "h", Limits(per_hour=None, per_month=9))})
+    other.seed({}, now)
+    assert other.admit(1, now) is None and other.admit(1, now) is None
+    refusal = other.admit(1, now)
+    assert (refusal.limit, refusal.team, refusal.retry_after(now)) == ("per-hour", None, 30)

@@ -144,13 +144,12 @@ class Limiter:
             self._roll(now)
             hour_used = self._hour_counts.get(key_id, 0)
             month_used = self._month_counts.get(key_id, 0)
-            refusal = self._refusal(limits, hour_used, month_used)
-            if refusal is None and team is not None:
-                team_hour, team_month = self._team_hour_counts.get(team.id, 0), self._team_month_counts.get(team.id, 0)
-                refusal = self._team_refusal(team, team_hour, team_month)
-                if refusal is None:
-                    self._team_hour_counts[team.id], self._team_month_counts[team.id] = team_hour + 1, team_month + 1
+            team_hour, team_month = ((self._team_hour_counts.get(team.id, 0), self._team_month_counts.get(team.id, 0))
+                                     if team is not None else (0, 0))
+            refusal = self._refusal_both(limits, team, hour_used, month_used, team_hour, team_month)
             if refusal is None:
+                if team is not None:
+                    self._team_hour_counts[team.id], self._team_month_counts[team.id] = team_hour + 1, team_month + 1
                 self._hour_counts[key_id] = hour_used + 1
                 self._month_counts[key_id] = month_used + 1
             return refusal
@@ -177,11 +176,14 @@ class Limiter:
 
     def _refusal_both(self, limits: Limits | None, team: Team | None, hour_used: int, month_used: int,
                       team_hour: int, team_month: int) -> Refusal | None:
-        """The key's own limits first (their figures are its own), then its team's."""
-        refusal = self._refusal(limits, hour_used, month_used)
-        if refusal is None and team is not None:
-            return self._team_refusal(team, team_hour, team_month)
-        return refusal
+        """Of the key's own limits and its team's, the refusal that lasts longest: a call is accepted
+        only once both allow it (retry-after said the key's hour while the team's month still refused).
+        Of two that end together, the key's: its figures are its own."""
+        own = self._refusal(limits, hour_used, month_used)
+        theirs = self._team_refusal(team, team_hour, team_month) if team is not None else None
+        if own is None or theirs is None:
+            return own or theirs
+        return theirs if theirs.resets_at > own.resets_at else own
 
     def _team_refusal(self, team: Team, hour_used: int, month_used: int) -> Refusal | None:
         refusal = self._refusal(team.limits, hour_used, month_used)
