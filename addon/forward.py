@@ -72,6 +72,7 @@ def proxy_key(value: str | None) -> str | None:
 
 
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # "this host" (RFC 1122): Linux connects 0.0.0.0 to itself
+_METADATA_V6 = ipaddress.ip_address("fd00:ec2::254")  # AWS's metadata service over IPv6: a ULA, not link-local
 
 
 def is_local(address: str) -> bool:
@@ -79,7 +80,8 @@ def is_local(address: str) -> bool:
     ip = ipaddress.ip_address(address.partition("%")[0])  # an IPv6 scope (fe80::1%eth0) is no part of it
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or (ip.version == 4 and ip in _THIS_NETWORK)
+    return (ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip == _METADATA_V6
+            or (ip.version == 4 and ip in _THIS_NETWORK))
 
 
 class Forward:
@@ -164,22 +166,31 @@ class Forward:
         host, port = flow.request.host, flow.request.port
         try:
             found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except (OSError, UnicodeError):  # no such name: mitmproxy's connection fails and says so
-            return
-        addresses = [str(info[4][0]) for info in found]
-        local = next((a for a in addresses if is_local(a)), None)
+            addresses = [str(info[4][0]) for info in found]
+            local = next((a for a in addresses if is_local(a)), None)
+        except Exception as exc:  # no such name, or none now: mitmproxy would look it up again (a second
+            # answer, which may be local), and it opens a CONNECT whose hook raised: refused here
+            addresses, local = [], None
+            why = getattr(exc, "strerror", None) or type(exc).__name__
+        else:
+            why = "no address"
         if local is not None:
-            flow.response = http.Response.make(
-                403, f"AiSpendTrack forward proxy: {host} is {local}, an address of this host (loopback or "
-                     "link-local), which the forward port does not reach: leave the host out of the proxy "
-                     "(NO_PROXY), or start the proxy with --forward-local. Nothing was forwarded.\n",
-                {"content-type": "text/plain"})
+            self._refuse(flow, 403, f"{host} is {local}, an address of this host (loopback or link-local), which "
+                         "the forward port does not reach: leave the host out of the proxy (NO_PROXY), or start "
+                         "the proxy with --forward-local")
             log.info("refused a forward-proxy request to %s (%s): a local address", host, local)
-            return
-        if addresses:
+        elif not addresses:
+            self._refuse(flow, 502, f"cannot resolve {host} ({why})")
+        elif flow.request.scheme == "http" or flow.request.method == "CONNECT":
+            # (not an absolute-form https:// request: mitmproxy would send the address as its SNI)
             authority, host_header = flow.request.authority, flow.request.host_header
             flow.request.host = addresses[0]
             flow.request.authority, flow.request.host_header = authority, host_header
+
+    @staticmethod
+    def _refuse(flow: http.HTTPFlow, status: int, why: str) -> None:
+        flow.response = http.Response.make(status, f"AiSpendTrack forward proxy: {why}. Nothing was forwarded.\n",
+                                           {"content-type": "text/plain"})
 
     def _admit(self, flow: http.HTTPFlow, credential: str | None) -> str | None:
         """The key of a valid proxy credential; else a 407 (or a 429 after many wrong ones) and None.

@@ -52,6 +52,7 @@ class CallMeter:
         self.request_type = request_type  # its content-type: JSON, or multipart (an upload)
         self.stream = False
         self.status: int | None = None
+        self.answered: int | None = None  # the upstream's own status, kept when the client was told another
         self.first_byte_at: float | None = None
         self.finished_at: float | None = None
         self.outcome = "completed"
@@ -74,7 +75,7 @@ class CallMeter:
 
     def start_response(self, status: int, content_type: str, content_encoding: str) -> bool:
         """Called with the response headers; True when the body should stream through the tap."""
-        self.status = status
+        self.status = self.answered = status
         self.content_encoding = content_encoding
         kind = content_type.lower()
         framed = kind.startswith(EVENT_STREAM)  # AWS's binary event stream (Bedrock)

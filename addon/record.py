@@ -75,6 +75,8 @@ def _bills_nothing(meter: CallMeter, observed: Observed) -> bool:
         return True
     if meter.status is None:
         return meter.outcome not in _CUT_UNANSWERED
+    if meter.answered is not None and meter.answered < 400:  # answered, then cut (the client got our 502):
+        return False                                          # the provider made the answer, and bills it
     return meter.status >= 400 and observed.usage is None
 
 

@@ -178,5 +178,7 @@ def test_an_answer_cut_before_the_client_saw_any_of_it_is_our_502_not_mitmproxys
             "connection before the end of its body" in message, message
         [row] = proxy.rows(customer, expect=1)
         assert (row["status"], row["outcome"]) == (502, "upstream_failed")
+        # The provider made its answer before sending it: billed, so an estimate, never $0.
+        assert row["usage_source"] == "partial" and row["cost_usd"] > 0 and row["priced"], row
     finally:
         proxy.stop()

@@ -631,3 +631,41 @@ def test_a_malformed_proxy_request_gets_a_line_of_text_not_mitmproxys_page(forwa
     assert head.split(b" ", 2)[1] in (b"400", b"502"), answer[:300]
     assert b"content-type: text/plain" in head.lower() and body.startswith(b"AiSpendTrack proxy: "), answer[:300]
     assert b"mitmproxy" not in answer.lower() and b"<html" not in answer.lower()
+
+
+def test_a_name_is_connected_at_the_address_checked_and_a_lookup_that_fails_refuses(monkeypatch):
+    """The check must hold the connection to its answer: mitmproxy would look the name up again, and
+    a name whose first answer is public (or no answer) and second 127.0.0.1 reached the metrics port."""
+    import asyncio
+
+    from mitmproxy.test import tflow, tutils
+
+    from addon.forward import Forward
+
+    answers: dict[str, object] = {"site.example": ["192.0.2.10", "192.0.2.11"], "local.example": ["192.0.2.10", "::1"],
+                                  "gone.example": OSError(-3, "Temporary failure in name resolution"),
+                                  "empty.example": [], "meta.example": ["fd00:ec2::254"]}
+
+    async def getaddrinfo(self, host, port, *args, **kwargs):
+        found = answers[host]
+        if isinstance(found, Exception):
+            raise found
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
+                for a in found]
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", getaddrinfo)
+
+    def pinned(host: str, scheme: str = "http"):
+        flow = tflow.tflow(req=tutils.treq(host=host, port=80, scheme=scheme.encode(), authority=b"",
+                                           headers=((b"host", b"site.example:8080"),)))
+        asyncio.run(Forward._pinned(object.__new__(Forward), flow))
+        return flow
+
+    flow = pinned("site.example")
+    assert flow.response is None and flow.request.host == "192.0.2.10"  # connected where it was checked
+    assert flow.request.headers["host"] == "site.example:8080"  # and the request as the client sent it
+    assert pinned("site.example", "https").request.host == "site.example"  # (its SNI is the name)
+    for host, status in (("local.example", 403), ("meta.example", 403), ("gone.example", 502), ("empty.example", 502)):
+        flow = pinned(host)
+        assert flow.response is not None and flow.response.status_code == status, host
+        assert b"Nothing was forwarded" in flow.response.content
