@@ -81,7 +81,7 @@ class HostOwner:
                     return zone
                 hour, month = periods.hour_start(now), periods.month_start(now, zone)
                 day = periods.day_start(now, zone)
-                spilled = _spilled(home, min(hour, month, day))
+                spilled = call_rows.not_stored(con, _spilled(home, min(hour, month, day)))
                 counts = call_rows.counts_since(con, hour, month)
                 for row in spilled:
                     if row["key_id"] is not None:
@@ -89,16 +89,16 @@ class HostOwner:
                         counts[row["key_id"]] = (found[0] + (row["ts"] >= hour), found[1] + (row["ts"] >= month))
                 teams = team_counts(counts, {key_id: team_id for key_id, team_id, *_ in team_rows.members(con)})
                 team_of = team_rows.names_of_keys(con)
+                # Only the budgets a spilled call counts in; the workers seed the others from the store.
                 spend = {}
                 for budget in (Budget.from_row(b) for b in budget_rows.all_budgets(con)):
-                    today, this_month = budget_rows.spend_since(con, budget.scope, budget.scope_value,
-                                                                budget.key_id, day, month)
-                    for row in spilled:
-                        if row["cost"] and budget.covers(row["key_id"], row["customer_id"], row["feature"],
-                                                         team_of.get(row["key_id"])):
-                            today += row["cost"] if row["ts"] >= day else 0
-                            this_month += row["cost"] if row["ts"] >= month else 0
-                    spend[budget.id] = (today, this_month)
+                    covered = [row for row in spilled if row["cost"] and budget.covers(
+                        row["key_id"], row["customer_id"], row["feature"], team_of.get(row["key_id"]))]
+                    if covered:
+                        today, this_month = budget_rows.spend_since(con, budget.scope, budget.scope_value,
+                                                                    budget.key_id, day, month)
+                        spend[budget.id] = (today + sum(r["cost"] for r in covered if r["ts"] >= day),
+                                            this_month + sum(r["cost"] for r in covered if r["ts"] >= month))
         except periods.UnknownZone as exc:
             raise click.ClickException(f"aispendtrack_quota_tz: {exc}") from None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -130,8 +130,8 @@ def _spilled(home: Path, since: dt.datetime) -> list[dict]:
                 except (KeyError, TypeError, ValueError, ArithmeticError):
                     continue
                 if ts >= since:
-                    found.append({"key_id": row.get("key_id"), "customer_id": row.get("customer_id"),
-                                  "feature": row.get("feature"), "ts": ts, "cost": cost})
+                    found.append({"id": str(row.get("id")), "key_id": row.get("key_id"), "ts": ts, "cost": cost,
+                                  "customer_id": row.get("customer_id"), "feature": row.get("feature")})
     return found
 
 

@@ -166,12 +166,12 @@ def delete(obj, customer: str | None, key: int | None, yes: bool, quiet: bool) -
     if not any(n for name, n in counts.items() if name in erased):  # "Erased ...: 0 calls" read as a contradiction
         click.echo(f"Nothing was stored about {subject.label()} (ids match exactly, case included). "
                    f"{_reclaimed(counts)}")
-        return
-    click.echo(f"Erased {subject.label()}: {plural(counts['calls'], 'call')}, "
-               f"{plural(counts['rollups'], 'rollup row')}, {plural(counts['budgets'], 'budget')}, "
-               f"{plural(counts['alerts'], 'alert')}, {plural(counts['pending_calls'], 'pending call')}"
-               + (", the key" if counts.get("keys") else "") + ". " + _reclaimed(counts))
-    if counts["unreadable_spill_files"]:
+    else:
+        click.echo(f"Erased {subject.label()}: {plural(counts['calls'], 'call')}, "
+                   f"{plural(counts['rollups'], 'rollup row')}, {plural(counts['budgets'], 'budget')}, "
+                   f"{plural(counts['alerts'], 'alert')}, {plural(counts['pending_calls'], 'pending call')}"
+                   + (", the key" if counts.get("keys") else "") + ". " + _reclaimed(counts))
+    if counts["unreadable_spill_files"]:  # whichever was said: they may hold the subject
         raise click.ClickException(f"Could not read {plural(counts['unreadable_spill_files'], 'spill file')} under "
                                    f"{obj.home / home_dir.SPILL_DIR}: they may still hold "
                                    f"{subject.label()}; see the log and remove them by hand.")

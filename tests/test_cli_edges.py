@@ -312,3 +312,14 @@ def test_a_key_id_no_key_has_is_refused_like_an_unknown_name(tmp_path):
 def test_a_purge_age_of_zero_says_the_range_not_the_form(tmp_path):
     result = _invoke(tmp_path, "purge", "--older-than", "0d")
     assert result.exit_code == 2 and "must be more than 0 and at most 36,500 days" in result.output, result.output
+
+
+def test_a_gdpr_delete_of_a_subject_never_stored_still_reports_a_spill_file_it_could_not_read(tmp_path):
+    """The "nothing was stored" answer returned before the check of unreadable spill files, which may
+    hold the subject: it exited 0."""
+    spill = tmp_path / "spill"
+    spill.mkdir(parents=True)
+    (spill / "1-1-1.jsonl").write_text('{"customer_id": "Acme"')  # torn by a crash (an older version)
+    result = _invoke(tmp_path, "gdpr", "delete", "--customer", "Acme", "--yes")
+    assert result.exit_code == 1 and "Nothing was stored about customer Acme" in result.output, result.output
+    assert "Could not read 1 spill file" in result.output

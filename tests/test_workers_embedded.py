@@ -23,6 +23,8 @@ import openai
 import pytest
 
 from addon.core import home as home_dir
+from addon.core.store import calls as call_rows
+from addon.core.store import writing
 from cli import workers as workers_cli
 
 from .helpers import call_row, chromium, free_port, run_cli, start_proxy, until_read
@@ -329,6 +331,8 @@ def test_calls_a_killed_run_spilled_count_against_the_limits_and_budgets_of_the_
     rows = [call_row(i, key_id=created["id"], ts=now - dt.timedelta(seconds=i), customer_id="limited")
             for i in range(3)]
     (spill / "1-1-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    with writing(home_dir.db_path(home)) as con:  # one of them stored too: the crash came after its insert
+        call_rows.insert(con, rows[:1])
     rows = [call_row(i, key_id=None, ts=now - dt.timedelta(seconds=i), customer_id="spent") for i in range(6)]
     home_dir.spill_dir(home, 1).mkdir(parents=True)
     (home_dir.spill_dir(home, 1) / "1-2-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
@@ -343,7 +347,7 @@ def test_calls_a_killed_run_spilled_count_against_the_limits_and_budgets_of_the_
                 outcomes.append("ok")
             except openai.RateLimitError:
                 outcomes.append("429")
-        assert outcomes == ["ok", "ok", "429", "429"]  # 3 spilled + 2 = the 5 an hour
+        assert outcomes == ["ok", "ok", "429", "429"]  # 3 spilled (1 of them stored, counted once) + 2 = 5
         run_cli(home, "keys", "set-limit", str(created["id"]), "--per-hour", "100")
         until_read(proxy, answers=3)
         with pytest.raises(openai.RateLimitError) as refused:

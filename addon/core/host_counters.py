@@ -79,8 +79,13 @@ def create(path: Path, key_counts: dict[int, tuple[int, int]], hour: dt.datetime
             _seed(memory, _TEAMS_AT, TEAM_SLOTS, team_counts or {}, hour, month, "teams")
             spend, day, this_month = budget_spend or ({}, hour, month)
             for budget_id, (today, monthly) in spend.items():
-                _SLOT.pack_into(memory, _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id), budget_id + 1,
-                                _epoch(day), _nano(today), _epoch(this_month), _nano(monthly))
+                try:
+                    at = _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id)
+                except CountersFull:  # the others are seeded by each worker from the store (seed_spend)
+                    log.warning("more than %d budgets: the others are counted per worker", BUDGET_SLOTS)
+                    break
+                _SLOT.pack_into(memory, at, budget_id + 1, _epoch(day), _nano(today), _epoch(this_month),
+                                _nano(monthly))
     finally:
         os.close(fd)
     os.replace(partial, path)

@@ -137,6 +137,16 @@ def unpriced_models(con: duckdb.DuckDBPyConnection, since: dt.datetime | None = 
             for v in cur.fetchall()]
 
 
+def not_stored(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> list[dict]:
+    """``rows`` (each with its "id") but those stored already: a crash after a spill file's insert and
+    before its removal leaves its rows in both (its replay skips them)."""
+    if not rows:
+        return rows
+    stored = {str(i) for (i,) in con.execute("SELECT id::VARCHAR FROM calls WHERE id::VARCHAR IN "
+                                             "(SELECT unnest(?::VARCHAR[]))", [[r["id"] for r in rows]]).fetchall()}
+    return [r for r in rows if r["id"] not in stored]
+
+
 def counts_since(con: duckdb.DuckDBPyConnection, hour_start, month_start) -> dict[int, tuple[int, int]]:
     """key id -> (calls since hour_start, calls since month_start): what the limits have used."""
     cur = con.execute("""
