@@ -29,6 +29,8 @@ from genai_prices import data_snapshot
 from genai_prices.types import _providers_from_raw  # its own parser and validator, as UpdatePrices.fetch()'s
 from genai_prices.update_prices import DEFAULT_UPDATE_URL
 
+from addon.core.outbound import NoRedirects
+
 __all__ = ["DEFAULT_URL", "MAX_BYTES", "MAX_DROPPED_SHARE", "PriceData", "PriceDataError", "bundled", "fetch", "parse"]
 
 DEFAULT_URL = DEFAULT_UPDATE_URL
@@ -110,15 +112,7 @@ def _fetch(url: str, name: str) -> str:
     return _decoded(body, name)
 
 
-class NoRedirects(urllib.request.HTTPRedirectHandler):
-    """A redirect is refused (answered as its HTTP status): it would carry a mirror's credentials to
-    whatever host it names."""
-
-    def redirect_request(self, *args, **kwargs) -> None:
-        return None
-
-
-_OPENER = urllib.request.build_opener(NoRedirects)
+_OPENER = urllib.request.build_opener(NoRedirects)  # a mirror's credentials stay with it
 
 
 def _read_file(path: Path) -> str:

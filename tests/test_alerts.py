@@ -596,3 +596,18 @@ def test_a_channel_that_failed_an_alert_gets_it_in_a_later_round_and_the_others_
         up.close()
     rows = json.loads(run(tmp_path, "alerts", "list", "--json").output)
     assert sorted((r["channel"], r["delivered"]) for r in rows) == [("down", False), ("down", True), ("up", True)]
+
+
+def test_ca_file_is_an_absolute_path_to_a_file_and_for_email_only(tmp_path):
+    """~/ca.pem passed the check (expanded) and failed every send (not expanded); a relative one was
+    checked from the CLI's directory and read from the proxy's; on a webhook it was ignored."""
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    email_channel = ('[[channel]]\nname = "ops"\ntype = "email"\nhost = "127.0.0.1"\nfrom = "a@example.com"\n'
+                     'to = ["b@example.com"]\n')
+    for entry, words in ((email_channel + 'ca_file = "ca.pem"\n', "give its absolute path"),
+                         ('[[channel]]\nname = "hook"\ntype = "webhook"\nurl = "https://example.com/x"\n'
+                          f'ca_file = "{tmp_path / "ca.pem"}"\n', "ca_file is for email channels")):
+        with pytest.raises(notify.ChannelError, match=words):
+            notify.parse(entry, "alerts.toml")
+    [channel] = notify.parse(email_channel + f'ca_file = "{tmp_path / "ca.pem"}"\n', "alerts.toml").values()
+    assert channel.settings["ca_file"] == str(tmp_path / "ca.pem")

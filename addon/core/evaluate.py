@@ -147,7 +147,9 @@ def send_new(db: Path, channels: list[notify.Channel], found: list[tuple[str, no
     failed one when its retry is due (``_due``); returns the alerts sent for the first time. A
     channel added later gets only alerts new since."""
     now = now or dt.datetime.now(dt.UTC)
-    fresh = []
+    fresh: list[notify.Alert] = []
+    if not found:  # most rounds: no lock taken (in the shared mode, a PostgreSQL session)
+        return fresh
     with one_sender(db):
         with reading(db) as con:
             tried = alert_rows.attempts(con, [key for key, _ in found])

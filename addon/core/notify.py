@@ -192,8 +192,14 @@ def _channel(origin: str, n: int, entry: object) -> Channel:
         raise ChannelError(f"{where} ({entry['name']}): a {kind} channel needs url or url_env.")
     if kind != "email" and entry.get("url") and (problem := url_problem(str(entry["url"]))):
         raise ChannelError(f"{where} ({entry['name']}): url {problem}.")
-    if kind == "email" and entry.get("ca_file") and not Path(str(entry["ca_file"])).expanduser().is_file():
-        raise ChannelError(f"{where} ({entry['name']}): ca_file {entry['ca_file']!r} is not a file.")
+    if "ca_file" in entry and kind != "email":
+        raise ChannelError(f"{where} ({entry['name']}): ca_file is for email channels (webhooks use the system's CAs).")
+    if "ca_file" in entry:
+        ca = Path(str(entry["ca_file"])).expanduser()
+        if not ca.is_absolute() or not ca.is_file():  # read by the proxy, wherever it runs from
+            raise ChannelError(f"{where} ({entry['name']}): ca_file {entry['ca_file']!r} is not a file "
+                               "(give its absolute path).")
+        entry = {**entry, "ca_file": str(ca)}
     return Channel(entry["name"], kind, dict(entry))
 
 

@@ -22,7 +22,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from email.message import Message
 
-from pricing.snapshots import NoRedirects
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is refused (answered as its HTTP status): it would carry the request's credentials
+    to whatever host it names (also the price fetch's: pricing/snapshots.py)."""
+
+    def redirect_request(self, *args, **kwargs) -> None:
+        return None
 
 
 class DeadlineExceeded(TimeoutError):

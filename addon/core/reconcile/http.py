@@ -259,6 +259,9 @@ def _explain(status: int, kind: str, provider: str, key_variable: str, url: str)
                 f"(organization settings, admin keys) and set {key_variable} to it.")
     if status == 429:
         return f"{provider}'s usage API kept answering 429 (rate limited) after {MAX_TRIES} tries{said}; try later."
+    if 300 <= status < 400:  # not followed: it would carry the admin key to whatever host it names
+        return (f"{provider}'s usage API at {url} answered {status}{said}, a redirect, which is not followed: set "
+                f"the provider's base URL to the one it names.")
     return f"{provider}'s usage API at {url} answered {status}{said}."
 
 
