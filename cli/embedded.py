@@ -88,17 +88,7 @@ class HostOwner:
                         found = counts.get(row["key_id"], (0, 0))
                         counts[row["key_id"]] = (found[0] + (row["ts"] >= hour), found[1] + (row["ts"] >= month))
                 teams = team_counts(counts, {key_id: team_id for key_id, team_id, *_ in team_rows.members(con)})
-                team_of = team_rows.names_of_keys(con)
-                # Only the budgets a spilled call counts in; the workers seed the others from the store.
-                spend = {}
-                for budget in (Budget.from_row(b) for b in budget_rows.all_budgets(con)):
-                    covered = [row for row in spilled if row["cost"] and budget.covers(
-                        row["key_id"], row["customer_id"], row["feature"], team_of.get(row["key_id"]))]
-                    if covered:
-                        today, this_month = budget_rows.spend_since(con, budget.scope, budget.scope_value,
-                                                                    budget.key_id, day, month)
-                        spend[budget.id] = (today + sum(r["cost"] for r in covered if r["ts"] >= day),
-                                            this_month + sum(r["cost"] for r in covered if r["ts"] >= month))
+                spend = _budget_spend(con, spilled, day, month)
         except periods.UnknownZone as exc:
             raise click.ClickException(f"aispendtrack_quota_tz: {exc}") from None
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -110,6 +100,23 @@ class HostOwner:
         self.evaluator.stop()
         self.prices.stop()
         owner.stop(self.owner)
+
+
+def _budget_spend(con, spilled: list[dict], day: dt.datetime,
+                  month: dt.datetime) -> dict[int, tuple[Decimal, Decimal]]:
+    """(spend today, this month) of each budget some ``spilled`` call counts in: stored and spilled.
+    The workers seed the others from the store alone, as they load them."""
+    team_of = team_rows.names_of_keys(con)
+    spend = {}
+    for budget in (Budget.from_row(b) for b in budget_rows.all_budgets(con)):
+        covered = [row for row in spilled if row["cost"] and budget.covers(
+            row["key_id"], row["customer_id"], row["feature"], team_of.get(row["key_id"]))]
+        if covered:
+            today, this_month = budget_rows.spend_since(con, budget.scope, budget.scope_value, budget.key_id,
+                                                        day, month)
+            spend[budget.id] = (today + sum(r["cost"] for r in covered if r["ts"] >= day),
+                                this_month + sum(r["cost"] for r in covered if r["ts"] >= month))
+    return spend
 
 
 def _spilled(home: Path, since: dt.datetime) -> list[dict]:
