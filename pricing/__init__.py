@@ -124,9 +124,10 @@ class PriceBook:
     def _tokens_and_searches(self, data: PriceData, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
                              service_tier: str | None) -> Price:
         tier = priced_tier(service_tier)
-        # Price files hold token rates only: a call billed in images, seconds or characters is
-        # priced by the list prices, never at $0 by a file entry that has no rate for its units.
-        for layer in () if usage.has_units else (self._overrides, self.patches):
+        # Price files hold text-token rates only: a call billed in images, seconds or characters, or
+        # with audio or image tokens, is priced by the list prices, never at $0 (or at a text rate)
+        # by a file entry that has no rate for its units.
+        for layer in () if usage.has_units or usage.has_media_tokens else (self._overrides, self.patches):
             price = self._from_file(layer, usage, provider, model, at, tier)
             if price is not None:
                 return price
@@ -149,13 +150,15 @@ class PriceBook:
                    tier: str | None) -> Price | None:
         exact = layer.best_match(provider, model, at, tier)
         if exact is not None:
-            return Price(exact.cost(usage), exact.source)
+            cost = exact.cost(usage)  # None: it searched, and the entry has no rate for searches
+            return Price(cost, exact.source) if cost is not None else UNPRICED
         standard = layer.best_match(provider, model, at) if tier else None
         if standard is None:
             return None
         # The file prices this model, but not at this tier: its standard rates times the tier's
         # published discount, or no price at all (never the standard rate for a priority call).
-        return self._scaled(standard.cost(usage), standard.source, provider, tier) or UNPRICED
+        cost = standard.cost(usage)
+        return (self._scaled(cost, standard.source, provider, tier) if cost is not None else None) or UNPRICED
 
     def _from_list(self, data: PriceData, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
                    tier: str | None) -> Price:

@@ -46,6 +46,12 @@ _SUBSETS = {"cache_write_1h_tokens": "cache_write_tokens", "input_audio_tokens":
             "input_image_tokens": "input_tokens", "output_audio_tokens": "output_tokens",
             "output_image_tokens": "output_tokens", "cache_read_audio_tokens": "cache_read_tokens",
             "cache_read_image_tokens": "cache_read_tokens"}
+# Units billed at a rate of their own, which genai-prices leaves out for a model it knows no rate of
+# it for: a call counting one of them is then unpriced, never priced without it (gpt-4o-transcribe
+# has token rates but none per second, so a transcript whose seconds alone are known cost $0).
+# Not code runs (billed by their containers' time: pricing.PriceBook.tool_fees) nor pages fetched
+# (tokens only); token subsets (audio, image) fall back to their parent's rate in genai-prices.
+_OWN_RATE = ("audio_seconds", "characters", "web_search_requests", "file_search_calls", "grounded_prompts")
 Context = tuple[tuple[str, str], ...]  # genai-prices' price_context, hashable
 
 
@@ -94,15 +100,21 @@ def has_tier(provider: str, model: str, at: dt.datetime, ctx: Context, data: Pri
 
 def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Context = (),
          data: PriceData | None = None) -> Decimal | None:
-    """The list price by ``data`` (default: the current), or None when it does not know the model."""
+    """The list price by ``data`` (default: the current), or None when it does not know the model,
+    or not the rate of a unit the call is billed in (``_OWN_RATE``)."""
     data = data or _current
     provider = _GENAI_IDS.get(provider, provider)
     rates = _linear_rates(data, provider, model, at.date(), ctx)
-    if rates is None:
+    if rates is None or usage.images and not usage.output_tokens:  # genai-prices prices no image count
         return None
     if rates is _PER_CALL:
+        if any(getattr(usage, field) and not _genai_cost(data, _PROBES[field], provider, model, at, ctx)
+               for field in _OWN_RATE):
+            return None
         return _genai_cost(data, usage, provider, model, at, ctx)
     assert isinstance(rates, dict)
+    if any(getattr(usage, field) and field not in rates for field in _OWN_RATE):
+        return None
     return sum((getattr(usage, field) * rate for field, rate in rates.items()), Decimal(0)) / MTOK
 
 

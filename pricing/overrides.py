@@ -11,7 +11,7 @@ Every rate is USD per million tokens, except ``web_search_kcount`` (USD per thou
     cache_write_mtok = 3.75        # optional, defaults to input_mtok
     cache_write_1h_mtok = 6        # optional, defaults to cache_write_mtok
     thinking_output_mtok = 3.50    # optional: the output rate of a response that spent reasoning tokens
-    web_search_kcount = 10         # optional, defaults to 0
+    web_search_kcount = 10         # optional: without it a call that searched is unpriced
     service_tier = "flex"          # optional; without it the entry prices the standard tier
     since = 2026-01-01             # optional; the entry applies to calls from that day (UTC) on
     source = "https://..."         # optional here, required in patches.toml: where the rates are published
@@ -82,7 +82,7 @@ class OverridePrice:
     service_tier: str | None
     rates: Rates
     tiers: tuple[tuple[int, Rates], ...]  # (above_input_tokens, rates), ascending
-    web_search_kcount: Decimal
+    web_search_kcount: Decimal | None  # None: no rate given, a call that searched is not priced by it
     source: str
     cited: str | None = None  # "https://... (checked 2026-11-26)"
 
@@ -93,11 +93,16 @@ class OverridePrice:
             return False
         return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
-    def cost(self, usage) -> Decimal:
+    def cost(self, usage) -> Decimal | None:
+        """None for a call that searched when the entry has no rate for searches: not free."""
         rates = self.rates
         for above, tier_rates in self.tiers:
             if usage.total_input_tokens > above:
                 rates = tier_rates
+        if not usage.web_search_requests:
+            return rates.cost(usage)
+        if self.web_search_kcount is None:
+            return None
         return rates.cost(usage) + usage.web_search_requests * self.web_search_kcount / 1000
 
 
@@ -229,7 +234,8 @@ def _parse_entry(origin: str, file_name: str, n: int, entry: object, cited: bool
         models=tuple(models), provider=_text(where, entry, "provider"), since=_date(where, entry.get("since"), "since"),
         service_tier=_text(where, entry, "service_tier"), rates=_rates(where, entry),
         tiers=_tiers(where, entry.get("tier", [])),
-        web_search_kcount=_rate(where, "web_search_kcount", entry.get("web_search_kcount", 0)),
+        web_search_kcount=(_rate(where, "web_search_kcount", entry["web_search_kcount"])
+                           if "web_search_kcount" in entry else None),
         source=f"{'patch' if cited else 'override'} {file_name}#{n}", cited=_citation(where, entry, cited))
 
 

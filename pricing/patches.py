@@ -39,10 +39,11 @@ def _compare(entry: OverridePrice, now: dt.datetime) -> Compared:
     at = entry.since or now
     model = entry.models[0].rstrip("*?")
     assert entry.provider is not None
-    ours = sum((entry.cost(u) for u in _PROBES), Decimal(0))
+    # None of a kind neither prices (searches of a model that has no search tool) is alike.
+    own = [entry.cost(u) for u in _PROBES]
     listed = [listprices.cost(u, entry.provider, model, at) for u in _PROBES]
-    if any(cost is None for cost in listed):
+    ours = sum((c for c in own if c is not None), Decimal(0))
+    if listed[0] is None:  # not even its input tokens
         return Compared(entry, model, "not in the list data", ours, None)
     theirs = sum((c for c in listed if c is not None), Decimal(0))
-    same = all(entry.cost(u) == c for u, c in zip(_PROBES, listed, strict=True))
-    return Compared(entry, model, "redundant" if same else "differs", ours, theirs)
+    return Compared(entry, model, "redundant" if own == listed else "differs", ours, theirs)

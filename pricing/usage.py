@@ -32,6 +32,8 @@ from decimal import Decimal
 
 # Not a count: a duration, to the millisecond.
 _FRACTIONAL = frozenset({"audio_seconds"})
+_MEDIA_TOKENS = ("input_audio_tokens", "cache_read_audio_tokens", "output_audio_tokens", "input_image_tokens",
+                 "cache_read_image_tokens", "output_image_tokens")
 TOOL_FIELDS = ("web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
                "grounded_prompts")
 
@@ -86,6 +88,12 @@ class TokenUsage:
         """Whether the call is billed in units other than tokens: seconds, characters, or images
         without tokens (a GPT Image call counts its images but is billed in tokens)."""
         return bool(self.audio_seconds or self.characters or self.images and not self.output_tokens)
+
+    @property
+    def has_media_tokens(self) -> bool:
+        """Whether some of its tokens are audio or image ones, which most models bill at rates of their
+        own (gpt-4o-transcribe's audio input: $6 per million, its text $2.50)."""
+        return any(getattr(self, name) for name in _MEDIA_TOKENS)
 
     @property
     def has_tools(self) -> bool:

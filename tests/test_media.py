@@ -124,6 +124,17 @@ def test_a_transcript_answered_as_text_is_estimated_from_the_wav_header(proxy, m
     assert _usd(row["cost_usd"]) == Decimal("0.006") * Decimal("90.5") / 60
 
 
+def test_a_gpt_4o_transcript_answered_as_text_is_unpriced_not_free(proxy, media, customer):
+    """gpt-4o-transcribe bills tokens; a transcript answered as text reports none, and the WAV
+    header's seconds have no price on this model (genai-prices lists none): unpriced, never $0."""
+    _client(proxy).audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=("a.wav", fake.wav(60.0), "audio/wav"), response_format="text",
+        **_tag(customer))
+    [row] = proxy.rows(customer)
+    assert row["usage_source"] == "estimated" and Decimal(str(row["audio_seconds"])) == 60
+    assert row["cost_usd"] is None and row["priced"] is False
+
+
 def test_a_transcript_whose_length_nobody_can_tell_is_unpriced_with_the_reason(proxy, media, customer):
     _client(proxy).audio.transcriptions.create(
         model="whisper-1", file=("talk.mp3", b"ID3\x04" + bytes(4000), "audio/mpeg"), response_format="text",

@@ -206,6 +206,10 @@ def test_cached_rates_give_exactly_what_genai_prices_gives(tmp_path, provider, m
             cache_write_tokens=usage.cache_write_tokens, cache_write_1h_tokens=usage.cache_write_1h_tokens,
             output_tokens=usage.output_tokens, web_searches=usage.web_search_requests),
             model, provider_id=provider, genai_request_timestamp=NOW).total_price
+        search_rate = genai_prices.calc_price(genai_prices.Usage(web_searches=1), model, provider_id=provider,
+                                              genai_request_timestamp=NOW).total_price
+        if usage.web_search_requests and not search_rate:
+            expected = None  # billed per search at a rate genai-prices does not know: unpriced, not free
         assert book.price(usage, provider, model, NOW).cost_usd == expected
 
 
@@ -553,6 +557,37 @@ minutes = 10
     assert book.tool_fees(tools, "openai", "gpt-4o", NOW) == Decimal("0.03")
 
 
+def test_a_unit_with_no_known_rate_leaves_the_call_unpriced_never_free(tmp_path):
+    """genai-prices knows gpt-4o-transcribe's tokens but no rate per second, gpt-image-1's tokens but
+    none per image, gpt-4o-mini-tts' tokens but none per search: a call counting only such units
+    was priced at $0 for them."""
+    book = PriceBook(tmp_path / "prices.toml")
+    for usage, model in ((TokenUsage(audio_seconds=Decimal(60)), "gpt-4o-transcribe"),
+                         (TokenUsage(images=2), "gpt-image-1"),  # an answer without its usage
+                         (TokenUsage(input_tokens=10, output_tokens=10, web_search_requests=1), "gpt-4o-mini-tts"),
+                         (TokenUsage(characters=1000), "gpt-4o")):
+        assert book.price(usage, "openai", model, NOW).cost_usd is None, (usage, model)
+    # The same units where a rate is known: whisper-1 at $0.006 a minute, gpt-image-1 by its tokens.
+    assert book.price(TokenUsage(audio_seconds=Decimal(60)), "openai", "whisper-1", NOW).cost_usd == Decimal("0.006")
+    assert book.price(TokenUsage(output_tokens=4160, images=1), "openai", "gpt-image-1", NOW).cost_usd == \
+        Decimal("0.1664")
+
+
+def test_a_price_file_entry_prices_text_tokens_and_leaves_audio_and_image_ones_to_the_list(tmp_path):
+    """A `gpt-4o*` entry at gpt-4o's text rates matched gpt-4o-transcribe and priced its audio
+    tokens at the text rate ($2.50 per million, where OpenAI bills $6)."""
+    path = tmp_path / "prices.toml"
+    path.write_text('[[price]]\nprovider = "openai"\nmodel = "gpt-4o*"\ninput_mtok = 2.50\noutput_mtok = 10\n')
+    book = PriceBook(path)
+    audio = TokenUsage(input_tokens=607, input_audio_tokens=600, output_tokens=9)
+    price = book.price(audio, "openai", "gpt-4o-transcribe", NOW)
+    assert price.cost_usd == (600 * 6 + 7 * Decimal("2.5") + 9 * 10) / 1_000_000
+    assert price.source is not None and price.source.startswith("genai-prices")
+    text = book.price(TokenUsage(input_tokens=607, output_tokens=9), "openai", "gpt-4o-transcribe", NOW)
+    assert text.cost_usd == (607 * Decimal("2.5") + 9 * 10) / 1_000_000
+    assert text.source is not None and "prices.toml" in text.source
+
+
 def test_long_context_tiers_apply_by_their_bound_whatever_order_the_file_lists_them(tmp_path):
     path = tmp_path / "prices.toml"
     path.write_text("""
@@ -573,9 +608,12 @@ output_mtok = 2
     # Each call's whole input at the rate of the highest bound it passes: $1, $3, then $5 per 1M.
     assert [book.price(TokenUsage(input_tokens=n), "openai", "acme-1", NOW).cost_usd for n in (1000, 1500, 2500)] == [
         Decimal("0.001"), Decimal("0.0045"), Decimal("0.0125")]
-    # An entry with no web_search_kcount bills searches at nothing, not at some default rate.
-    assert book.price(TokenUsage(input_tokens=1000, web_search_requests=1000), "openai", "acme-1", NOW).cost_usd == \
-        Decimal("0.001")
+    # An entry with no web_search_kcount prices no call that searched (a search is billed: not free,
+    # nor at some default rate); one that says 0 makes searches free.
+    searched = TokenUsage(input_tokens=1000, web_search_requests=1000)
+    assert book.price(searched, "openai", "acme-1", NOW).cost_usd is None
+    path.write_text(path.read_text().replace("output_mtok = 2\n", "output_mtok = 2\nweb_search_kcount = 0\n", 1))
+    assert PriceBook(path).price(searched, "openai", "acme-1", NOW).cost_usd == Decimal("0.001")
 
 
 def _tier(above: object, rate: object = 3) -> str:
