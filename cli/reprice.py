@@ -47,12 +47,12 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
         book = config_files.price_book(obj.home)
     except PriceFileError as exc:
         raise click.ClickException(str(exc)) from None
-    changes, seen = [], [0]
+    changes, seen, kept = [], [0], list[dict]()
     # A call that had no price was not a $0 call: counted apart from changed prices, as is the reverse.
     kinds = {kind: _Changed(kind) for kind in ("new price", "priced", "unpriced")}
     with writing(obj.db) as con:
         with Bar("Repricing", lambda: report_rows.count(con, selection), quiet) as bar:
-            for row, price in changed(_counted(report_rows.reprice_inputs(con, selection), bar, seen), book):
+            for row, price in changed(_counted(report_rows.reprice_inputs(con, selection), bar, seen), book, kept):
                 changes.append((row["id"], price.cost_usd, price.source, price.snapshot))
                 kind = ("priced" if row["cost_usd"] is None else
                         "unpriced" if price.cost_usd is None else "new price")
@@ -68,6 +68,10 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
     for counted in kinds.values():
         if counted.calls:
             click.echo(f"  {_line(counted)}")
+    if kept:
+        click.echo(f"Left as stored: {plural(len(kept), 'batch row')}, each of a batch's requests priced one by one "
+                   "when it was stored, of models with long-context rates (a sum of requests is not priced as they "
+                   "were).")
 
 
 def _counted(rows: Iterator[dict], bar: Bar, seen: list[int]) -> Iterator[dict]:

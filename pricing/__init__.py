@@ -133,6 +133,18 @@ class PriceBook:
                 return price
         return self._from_list(data, usage, provider, model, at, tier)
 
+    def adds_up(self, provider: str, model: str, at: dt.datetime, service_tier: str | None = None) -> bool:
+        """Whether a sum of the model's calls costs what they cost one by one: no long-context tier,
+        no output rate for a response that thought, no rate by the time of day in whatever layer may
+        price them. A batch's row holds its requests' counts summed, each priced alone when stored;
+        only then can the sum be priced again (``reprice``)."""
+        tier = priced_tier(service_tier)
+        for layer in (self._overrides, self.patches):
+            for entry in (layer.best_match(provider, model, at, tier), layer.best_match(provider, model, at)):
+                if entry is not None and (entry.tiers or entry.rates.thinking_output_mtok is not None):
+                    return False
+        return listprices.adds_up(provider, model, at, listprices.context(tier))
+
     def priced_per_image(self, usage: TokenUsage, provider: str, model: str) -> bool:
         """Whether the call's price is its images at a per-image price (which needs ImageOptions)."""
         return bool(usage.images and not usage.output_tokens) and any(

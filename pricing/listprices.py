@@ -118,6 +118,13 @@ def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Con
     return sum((getattr(usage, field) * rate for field, rate in rates.items()), Decimal(0)) / MTOK
 
 
+def adds_up(provider: str, model: str, at: dt.datetime, ctx: Context = (), data: PriceData | None = None) -> bool:
+    """Whether the list prices a sum of calls as the sum of their prices (no long-context tier, no
+    rate by the time of day): true of a model they do not know."""
+    provider = _GENAI_IDS.get(provider, provider)
+    return _linear_rates(data or _current, provider, model, at.date(), ctx) is not _PER_CALL
+
+
 @functools.lru_cache(maxsize=1024)
 def _model(data: PriceData, provider: str, model: str, own: bool = False) -> ModelInfo | None:
     """``own``: only a model of that provider's, not one genai-prices borrows from another provider

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from .batch_api import BatchApi, anthropic_usage, completed_openai_batch, openai_usage
-from .helpers import start_proxy
+from .helpers import run_cli, start_proxy
 from .upstream import FakeProvider
 
 M = Decimal(1_000_000)
@@ -126,6 +126,13 @@ def test_anthropic_results_come_through_the_proxy_each_request_priced_alone_once
 
     assert len(list(poller.messages.batches.results(batch.id))) == 5
     assert len(usage_rows(proxy, customers, calls=7)) == 1
+
+    # A reprice at the same prices leaves it as stored: priced as one sum it took the long-context
+    # rates ($0.459804 -> $0.915086), and a reprice cannot see the requests apart.
+    out = run_cli(proxy.home, "reprice", "--customer", "acme-anthropic")
+    assert "Left as stored: 1 batch row" in out and "changed." in out
+    [after] = usage_rows(proxy, customers, calls=7)
+    assert cost(after) == cost(row) and after["previous_cost_usd"] is None
 
 
 def test_results_come_through_the_proxy_under_a_prefixed_base_url_too(proxy, fake):

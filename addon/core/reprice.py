@@ -20,15 +20,28 @@ TOKEN_FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cach
                 "output_tokens", "reasoning_tokens", "web_search_requests", *UNIT_NAMES)
 
 
-def changed(rows: Iterable[dict], book: PriceBook) -> Iterator[tuple[dict, Price]]:
-    """Each stored row (report_rows.reprice_inputs) whose price ``book`` sets differently, with it."""
+def changed(rows: Iterable[dict], book: PriceBook, kept: list[dict] | None = None) -> Iterator[tuple[dict, Price]]:
+    """Each stored row (report_rows.reprice_inputs) whose price ``book`` sets differently, with it.
+    A batch's row whose sums cannot be priced again (``_sums_apart``) is left as stored, and added
+    to ``kept``."""
     for row in rows:
         usage = TokenUsage(**{name: row[name] for name in TOKEN_FIELDS})
         if book.priced_per_image(usage, row["provider"], row["model"]):
             continue  # its price per image depends on the size and quality asked for, which is not stored
+        if _sums_apart(row, book):
+            if kept is not None:
+                kept.append(row)
+            continue
         price = book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"])
         if price.cost_usd != row["cost_usd"] or price.source != row["price_source"]:
             yield row, price
+
+
+def _sums_apart(row: dict, book: PriceBook) -> bool:
+    """Whether the row holds a batch's requests summed (``summed``: addon/batches.py), each priced
+    alone when stored, of a model whose price is not a plain sum of its calls' (a long-context
+    tier: three requests of 100K input tokens each are under Claude's 200K bound, their sum is not)."""
+    return bool(row["summed"]) and not book.adds_up(row["provider"], row["model"], row["ts"], row["service_tier"])
 
 
 @dataclass
@@ -52,8 +65,8 @@ def spend_by_model(rows: Iterable[dict], book: PriceBook, before: PriceData,
     found: dict[tuple[str, str], Spend] = {}
     for row in rows:
         usage = TokenUsage(**{name: row[name] for name in TOKEN_FIELDS})
-        if book.priced_per_image(usage, row["provider"], row["model"]):
-            continue  # priced by the bundled per-image prices, not by the list-price data
+        if book.priced_per_image(usage, row["provider"], row["model"]) or _sums_apart(row, book):
+            continue  # priced by the bundled per-image prices, or per request of a batch: left as stored
         spend = found.setdefault((row["provider"], row["model"]), Spend())
         spend.calls += 1
         old, new = (book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"], data=data).cost_usd

@@ -777,14 +777,20 @@ _REPRICE_INPUT = ("id", "ts", "provider", "model", "input_tokens", "cache_read_t
                   "cost_usd", "price_source", "service_tier", *UNIT_NAMES)
 
 
+# A batch's usage row (addon/batches.py): its requests' counts summed, no latency of its own.
+_SUMMED = "coalesce(service_tier = 'batch' AND latency_ms IS NULL, false)"
+
+
 def reprice_inputs(con: duckdb.DuckDBPyConnection, selection: Selection, unpriced_only: bool = False) -> Iterator[dict]:
+    """The rows a reprice may price again, with _REPRICE_INPUT and ``summed`` (a batch's row)."""
     condition, params = where(selection)
     # Unit columns of rows stored before they existed (replayed spill files) are NULL: none used.
     names = ", ".join(f"coalesce({c}, 0)" if c in UNIT_NAMES else c for c in _REPRICE_INPUT)
-    cur = con.execute(f"SELECT {names} FROM calls WHERE {condition} {'AND NOT priced' if unpriced_only else ''} "
+    cur = con.execute(f"SELECT {names}, {_SUMMED} FROM calls WHERE {condition} "
+                      f"{'AND NOT priced' if unpriced_only else ''} "
                       f"AND usage_source NOT IN ('none', 'invalid', 'unmetered')", params)
     while rows := cur.fetchmany(50_000):
-        yield from (dict(zip(_REPRICE_INPUT, r)) for r in rows)
+        yield from (dict(zip((*_REPRICE_INPUT, "summed"), r)) for r in rows)
 
 
 # How long a reprice tries again when its rows were being changed by another transaction.
