@@ -134,7 +134,8 @@ def _priced(reader: ResultsReader, book: PriceBook, provider: str,
         cost: Decimal | None = Decimal(0)
         source = snapshot = None
         for start in range(0, len(counts), step):
-            price = book.price(TokenUsage(*counts[start:start + step]), provider, model, at, BATCH_TIER)
+            price = book.price(TokenUsage(**dict(zip(FIELDS, counts[start:start + step], strict=True))), provider,
+                               model, at, BATCH_TIER)
             source, snapshot = source or price.source, snapshot or price.snapshot
             cost = None if cost is None or price.cost_usd is None else cost + price.cost_usd
         out.append((model, {**dict(zip(FIELDS, totals, strict=True)), "cost_usd": cost,

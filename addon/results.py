@@ -8,13 +8,18 @@ changed, and none is kept past the end of its line. What stays is each line's us
 from __future__ import annotations
 
 from array import array
+from dataclasses import fields
+
+from pricing.usage import TokenUsage
 
 from .providers import Provider
 from .providers.base import loads
 
 MAX_LINE_BYTES = 64 * 1024 * 1024  # one result line holds one response; none comes near this
-FIELDS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
-          "output_tokens", "reasoning_tokens", "web_search_requests")
+# Every count a line's usage may hold, its tools' included (a Responses line's file searches are
+# billed on top of its tokens); not audio seconds, which no batch endpoint bills and which are not
+# whole numbers.
+FIELDS = tuple(f.name for f in fields(TokenUsage) if f.name != "audio_seconds")
 
 
 class LineTooLong(ValueError):

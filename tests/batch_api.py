@@ -31,15 +31,18 @@ def openai_usage(n: int) -> dict:
             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
 
 
-def completed_openai_batch(creator, poller, model: str, count: int):
-    """An OpenAI batch of ``count`` chat requests as an application runs one with the official SDK:
-    uploaded and created by ``creator`` (an openai.OpenAI), polled by ``poller`` until completed."""
-    requests = [{"custom_id": f"r{n}", "method": "POST", "url": "/v1/chat/completions",
-                 "body": {"model": model, "messages": [{"role": "user", "content": f"summarise {n}"}]}}
+def completed_openai_batch(creator, poller, model: str, count: int, endpoint: str = "/v1/chat/completions",
+                           body: dict | None = None):
+    """An OpenAI batch of ``count`` requests as an application runs one with the official SDK:
+    uploaded and created by ``creator`` (an openai.OpenAI), polled by ``poller`` until completed.
+    Chat requests, or ``body`` on ``endpoint`` ("/v1/responses": a ``file_search`` tool in its
+    ``tools`` makes each answer run one search)."""
+    requests = [{"custom_id": f"r{n}", "method": "POST", "url": endpoint,
+                 "body": {"model": model, **(body or {"messages": [{"role": "user", "content": f"summarise {n}"}]})}}
                 for n in range(count)]
     upload = creator.files.create(file=("in.jsonl", io.BytesIO(b"\n".join(json.dumps(r).encode() for r in requests))),
                                   purpose="batch")
-    batch = creator.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+    batch = creator.batches.create(input_file_id=upload.id, endpoint=endpoint, completion_window="24h")
     while (batch := poller.batches.retrieve(batch.id)).status != "completed":
         time.sleep(0.05)
     return batch
@@ -167,6 +170,8 @@ def _openai_batch(api: BatchApi, batch: _Batch, poll: bool) -> dict:
 
 def _openai_line(api: BatchApi, batch: _Batch, n: int) -> dict:
     request = batch.requests[n]
+    if request["url"] == "/v1/responses":
+        return _responses_line(api, batch, n)
     return {"id": f"batch_req_{n:06d}", "custom_id": request["custom_id"], "error": None,
             "response": {"status_code": 200, "request_id": f"req_{n:06d}", "body": {
                 "id": f"chatcmpl-{n}", "object": "chat.completion", "created": batch.created_at,
@@ -174,6 +179,25 @@ def _openai_line(api: BatchApi, batch: _Batch, n: int) -> dict:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * api.pad},
                              "finish_reason": "stop", "logprobs": None}],
                 "usage": openai_usage(n), "service_tier": "default", "system_fingerprint": "fp_1"}}}
+
+
+def _responses_line(api: BatchApi, batch: _Batch, n: int) -> dict:
+    """A Responses API answer, as the SDK's ``Response`` type has it: a ``file_search_call`` item
+    before the message when the request offered the file_search tool."""
+    request, usage = batch.requests[n], openai_usage(n)
+    searched = any(tool.get("type") == "file_search" for tool in request["body"].get("tools", []))
+    output = [{"type": "file_search_call", "id": f"fs_{n}", "status": "completed", "queries": ["q"],
+               "results": None}] if searched else []
+    output.append({"type": "message", "id": f"msg_{n}", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": "x" * api.pad, "annotations": []}]})
+    return {"id": f"batch_req_{n:06d}", "custom_id": request["custom_id"], "error": None,
+            "response": {"status_code": 200, "request_id": f"req_{n:06d}", "body": {
+                "id": f"resp_{n}", "object": "response", "created_at": batch.created_at, "status": "completed",
+                "model": request["body"]["model"] + "-2025-04-14", "output": output,
+                "usage": {"input_tokens": usage["prompt_tokens"], "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens": usage["completion_tokens"],
+                          "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": usage["total_tokens"]},
+                "service_tier": "default"}}}
 
 
 # Anthropic ------------------------------------------------------------------------------------

@@ -96,6 +96,23 @@ def test_openai_batch_is_priced_at_half_once_for_the_call_that_created_it(proxy,
     assert len(usage_rows(proxy, customers, calls=7)) == 1
 
 
+def test_an_openai_batch_of_responses_counts_and_prices_its_file_searches(proxy, fake):
+    """Each line's file search is billed on top of its tokens: the results' lines kept tokens and
+    web searches alone, so a priced row left out $2.50 per 1,000 searches."""
+    client = proxy.openai(headers=tags("acme-searches"))
+    batch = completed_openai_batch(client, client, "gpt-4.1", 4, "/v1/responses",
+                                   {"input": "what changed?", "tools": [{"type": "file_search",
+                                                                         "vector_store_ids": ["vs_1"]}]})
+    lines = [json.loads(line) for line in client.files.content(batch.output_file_id).content.splitlines()]
+    assert [item["type"] for item in lines[0]["response"]["body"]["output"]] == ["file_search_call", "message"]
+    [row] = usage_rows(proxy, ("acme-searches",), calls=5, expect=1)  # upload, create, 2 retrieves, download
+    prompt = sum(openai_usage(n)["prompt_tokens"] for n in range(4))  # 4,006
+    completion = sum(openai_usage(n)["completion_tokens"] for n in range(4))  # 806
+    assert (row["input_tokens"], row["output_tokens"], row["file_search_calls"]) == (prompt, completion, 4)
+    # gpt-4.1 at half of $2 and $8 per million, and 4 file searches at $2.50 per 1,000.
+    assert cost(row) == (Decimal(prompt) * 1 + Decimal(completion) * 4) / M + 4 * Decimal("2.5") / 1000
+
+
 def test_anthropic_results_come_through_the_proxy_each_request_priced_alone_once(proxy, fake):
     creator = proxy.anthropic(headers=tags("acme-anthropic", "nightly-summaries"))
     poller = proxy.anthropic(headers=tags("ops-anthropic"))
