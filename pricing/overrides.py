@@ -70,6 +70,12 @@ _TOOL_FEE_KEYS = ("provider", "usd_per_hour", "minutes", "source", "checked")
 _IMAGE_KEYS = ("provider", "model", "size", "quality", "usd_per_image", "since", "source", "checked")
 
 
+# The most any number of a price file may be: thousands of times any published rate ($600 per million
+# tokens at most), and small enough that a call's cost at it (MAX_TOKENS_PER_CALL of each kind) fits
+# the stored DECIMAL(38, 18). A call priced at 1e30 could not be stored, and was set aside unread.
+MAX_RATE = Decimal(1_000_000)
+
+
 class PriceFileError(ValueError):
     """The price file cannot be used; the message names the file, the entry and the fix."""
 
@@ -348,6 +354,8 @@ def _rate(where: str, key: str, value: object, kind: str = "a number (USD)") -> 
         raise PriceFileError(f"{where}: {key} must be {kind}, got {value!r}.") from None
     if not rate.is_finite() or rate < 0:
         raise PriceFileError(f"{where}: {key} must be zero or more, got {value!r}.")
+    if rate > MAX_RATE:
+        raise PriceFileError(f"{where}: {key} must be at most {MAX_RATE:,}, got {value!r}.")
     return rate
 
 
