@@ -256,7 +256,8 @@ def test_rollups_summed_before_the_proxy_histograms_send_totals_to_the_raw_calls
     cutoff = START + dt.timedelta(hours=6)
     con.execute("DELETE FROM calls WHERE ts < ?", [cutoff])
     assert migrations.apply_pending(con) == ["m032_proxy_histograms", "m033_customer_key",
-                                                 "m034_rollup_customer_key", "m035_total_rollups"]
+                                                 "m034_rollup_customer_key", "m035_total_rollups",
+                                                 "m036_sso_groups"]
     read_rollups(monkeypatch)
 
     def added(since: dt.datetime) -> tuple:

@@ -23,20 +23,25 @@ SSO = SsoSettings("https://idp.example", "aispendtrack", "secret", roles={"spend
 
 
 def signed_in(home, sub: str, role: str | None, teams: tuple[str, ...] = (), name: str | None = "Ann Lee",
-              email: str | None = "ann@example.com") -> str:
+              email: str | None = "ann@example.com", groups: tuple[str, ...] | None = None) -> str:
+    """A session of a user who signed in with ``groups`` (default: those SSO maps to ``role`` and
+    ``teams``, a team it does not map as "team-NAME"), given ``role`` and ``teams`` by them."""
+    if groups is None:
+        groups = tuple(g for g, r in SSO.roles.items() if r == role) + tuple(
+            next((g for g, t in SSO.teams.items() if t == team), f"team-{team}") for team in teams)
     db = home_dir.db_path(home)
     with writing(db) as con:
-        sso_users.signed_in(con, sub, name, email, role, teams, dt.datetime.now(dt.UTC))
+        sso_users.signed_in(con, sub, name, email, role, teams, groups, dt.datetime.now(dt.UTC))
     return auth.start_session(db, "sso", sub)
 
 
 def test_an_sso_session_is_its_users_role_teams_and_name(migrated_home):
-    session = signed_in(migrated_home, "u-1", "team", ("search", "ads"))
+    session = signed_in(migrated_home, "u-1", "team", ("ads", "search"))
     found = auth.session_principal(home_dir.db_path(migrated_home), session, SSO)
     assert (found.key_id, found.admin_id, found.role, found.teams, found.sub) == (None, None, "team",
-                                                                                 ("search", "ads"), "u-1")
+                                                                                 ("ads", "search"), "u-1")
     assert (found.shown_as, found.email, found.actor) == ("Ann Lee", "ann@example.com", "sso:u-1 (ann@example.com)")
-    assert found.describe() == "Ann Lee (team search, ads)"
+    assert found.describe() == "Ann Lee (team ads, search)"
     assert not found.is_admin and not found.sees_all
     nameless = signed_in(migrated_home, "u-2", "viewer", name=None)
     viewer = auth.session_principal(home_dir.db_path(migrated_home), nameless, SSO)
@@ -61,6 +66,33 @@ def test_an_sso_session_is_worth_what_sso_toml_gives_now(migrated_home):
     unmapped = auth.session_principal(db, viewer, only_ads)
     assert (unmapped.role, unmapped.teams) == (None, ())
     assert auth.refusal(unmapped, "GET") == auth.NO_ROLE
+
+
+def test_a_groups_mapping_taken_out_takes_its_role_even_where_another_group_gives_the_same(migrated_home):
+    """An operator takes `contractors` out of sso.toml; `spend-admins` still maps to admin, and
+    `team-search-old` to search beside `team-search`: the sessions of users who had them only through
+    the group taken out lose them at once (they kept them until the session ended, up to 12 hours)."""
+    db = home_dir.db_path(migrated_home)
+    contractor = signed_in(migrated_home, "c", "admin", groups=("contractors",))
+    searcher = signed_in(migrated_home, "s", "team", ("search",), groups=("team-search-old",))
+    both = signed_in(migrated_home, "b", "admin", groups=("contractors", "spend-admins"))
+    before = SsoSettings("https://idp.example", "aispendtrack", "s",
+                         roles={"contractors": "admin", "spend-admins": "admin"},
+                         teams={"team-search": "search", "team-search-old": "search"})
+    after = SsoSettings("https://idp.example", "aispendtrack", "s", roles={"spend-admins": "admin"},
+                        teams={"team-search": "search"})
+    assert [auth.session_principal(db, s, before).role for s in (contractor, searcher, both)] == ["admin", "team",
+                                                                                                "admin"]
+    lost = auth.session_principal(db, contractor, after)
+    assert (lost.role, auth.refusal(lost, "GET")) == (None, auth.NO_ROLE)
+    assert (auth.session_principal(db, searcher, after).role, auth.session_principal(db, searcher, after).teams) == (
+        None, ())
+    assert auth.session_principal(db, both, after).role == "admin"  # still given by spend-admins
+    # A user who signed in before the groups were kept: judged by the role's name, as before.
+    with writing(db) as con:
+        con.execute("UPDATE sso_users SET groups = NULL WHERE sub = 'c'")
+    assert auth.session_principal(db, contractor, after).role == "admin"
+    assert auth.session_principal(db, contractor, SsoSettings("https://idp.example", "a", "s")).role is None
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE", "PUT", "PATCH"])

@@ -263,7 +263,8 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m031_tag_rollups, rollups.BEFORE_NARROW, 31)
     assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key",
-                                                 "m034_rollup_customer_key", "m035_total_rollups"]
+                                                 "m034_rollup_customer_key", "m035_total_rollups",
+                                                 "m036_sso_groups"]
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
         groups: dict[tuple, list[dict]] = {}
         for call in calls:
@@ -290,7 +291,7 @@ def test_the_migration_fills_the_daily_totals_from_the_models_days(tmp_path, mon
     # and a total over whole weeks, and a report by day, read those.
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m035_total_rollups, rollups.BEFORE_TOTALS, 35)
-    assert migrations.apply_pending(con) == ["m035_total_rollups"]
+    assert migrations.apply_pending(con) == ["m035_total_rollups", "m036_sso_groups"]
     groups: dict[dt.datetime, list[dict]] = {}
     for call in calls:
         groups.setdefault(rollups.bucket_start(call["ts"], rollups.TOTAL_DAYS.seconds), []).append(call)

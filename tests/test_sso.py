@@ -370,8 +370,10 @@ def test_sessions_end_when_sso_is_turned_off_or_their_role_is_no_longer_mapped(p
     assert answer(current) == 200  # the same settings: the session holds
     assert answer(None) == 401
     assert answer(dataclasses.replace(current, roles={"spend-admins": "admin"}, teams={})) == 403
-    assert answer(dataclasses.replace(current, teams={"team-search": "renamed-search"})) == (
-        200 if user == "victor" else 403)
+    # Her group mapped to another team's name: her session has that team now (nothing of search's);
+    # her group no longer mapped, though another group maps to search: nothing at all.
+    assert answer(dataclasses.replace(current, teams={"team-search": "renamed-search"})) == 200
+    assert answer(dataclasses.replace(current, teams={"team-other": "search"})) == (200 if user == "victor" else 403)
 
 
 def test_the_audit_trail_names_the_sso_user(page, site):
@@ -420,13 +422,13 @@ def test_sso_users_and_their_sessions_live_in_postgresql_in_the_shared_mode(shar
     db, other_db = home_dir.db_path(home), home_dir.db_path(other)
     now = dt.datetime.now(dt.UTC)
     with writing(db) as con:
-        sso_users.signed_in(con, "sub-1", "Tess", "tess@example.com", "team", ("search",), now)
+        sso_users.signed_in(con, "sub-1", "Tess", "tess@example.com", "team", ("search",), ("team-search",), now)
     session_id = start_session(db, "sso", "sub-1")
     found = session_principal(other_db, session_id, settings)
     assert found is not None
     assert (found.role, found.teams, found.actor) == ("team", ("search",), "sso:sub-1 (tess@example.com)")
     with writing(db) as con:  # a later sign-in with no role, as the callback records it
-        sso_users.signed_in(con, "sub-1", "Tess", "tess@example.com", None, (), now)
+        sso_users.signed_in(con, "sub-1", "Tess", "tess@example.com", None, (), (), now)
         session_rows.end_for(con, "sub-1")
     assert session_principal(other_db, session_id, settings) is None
 

@@ -51,6 +51,7 @@ class Principal:
     sub: str | None = None  # a single sign-on user's subject at the identity provider
     shown_as: str | None = None  # their name, else e-mail, for the page
     email: str | None = None  # their e-mail, for the audit trail
+    groups: tuple[str, ...] | None = None  # their groups the settings mapped at sign-in (None: not kept)
 
     @classmethod
     def admin_token(cls, admin_id: int) -> Principal:
@@ -136,7 +137,7 @@ def _principal(con, kind: str, digest: str) -> Principal | None:
         if user is None:
             return None
         return Principal(None, role=user["role"], teams=user["teams"], sub=digest,
-                         shown_as=user["name"] or user["email"], email=user["email"])
+                         shown_as=user["name"] or user["email"], email=user["email"], groups=user["groups"])
     if kind == "admin":
         admin_id = admin_rows.active_id(con, digest)
         return Principal.admin_token(admin_id) if admin_id is not None else None
@@ -165,10 +166,16 @@ def session_principal(db: Path, session_id: str, sso: SsoSettings | None) -> Pri
 
 def _as_configured(principal: Principal, sso: SsoSettings | None) -> Principal | None:
     """A single sign-on user's role as of their sign-in, as far as the settings still give it: with single
-    sign-on turned off their sessions are worth nothing, and a role or team no group maps to any more is
-    gone at once (what changes at the provider shows at their next sign-in: docs/sso.md)."""
+    sign-on turned off their sessions are worth nothing, and the role and teams are those their groups
+    at sign-in give under the settings now, so a group's mapping taken out takes away what it gave at
+    once, even where another group maps to the same role (what changes at the provider shows at their
+    next sign-in: docs/sso.md). A user who signed in before the groups were kept: a role or team no
+    group maps to any more is gone."""
     if sso is None:
         return None
+    if principal.groups is not None:
+        role, teams = sso.role_for(list(principal.groups))
+        return replace(principal, role=role, teams=teams)
     if principal.role == TEAM:
         teams = tuple(t for t in principal.teams if t in sso.teams.values())
         return replace(principal, role=TEAM if teams else None, teams=teams)

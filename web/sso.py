@@ -105,7 +105,8 @@ def callback() -> Response:
     role, teams = cfg.role_for(groups)
     sub = str(claims["sub"])
     with writing(db_path()) as con:
-        sso_users.signed_in(con, sub, claims.get("name"), claims.get("email"), role, teams, dt.datetime.now(dt.UTC))
+        sso_users.signed_in(con, sub, claims.get("name"), claims.get("email"), role, teams, cfg.mapped(groups),
+                            dt.datetime.now(dt.UTC))
         if role is None:
             session_rows.end_for(con, sub)  # its earlier sessions too: it has lost whatever role it had
     if role is None:

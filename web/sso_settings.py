@@ -59,6 +59,10 @@ class SsoSettings:
     roles: dict[str, str] = field(default_factory=dict)
     teams: dict[str, str] = field(default_factory=dict)
 
+    def mapped(self, groups: list[str]) -> tuple[str, ...]:
+        """Those of ``groups`` these settings map to a role or a team (what a sign-in keeps)."""
+        return tuple(sorted({g for g in groups if g in self.roles or g in self.teams}))
+
     def role_for(self, groups: list[str]) -> tuple[str | None, tuple[str, ...]]:
         """The role (None: none) and teams these groups give: admin over viewer over team."""
         roles = {self.roles[g] for g in groups if g in self.roles}

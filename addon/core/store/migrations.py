@@ -532,6 +532,17 @@ HOURLY_INTO_ROLLUPS = f"""
            output_tokens, reasoning_tokens, cost_usd, NULL AS latency, {_LEGACY_ZERO}
     FROM {{hourly}}
 """
+# The user's groups the settings mapped at their sign-in (a JSON list; NULL: signed in before this
+# column): their role and teams are computed from them again under the settings of each request, so
+# a group's mapping taken out takes its role away at once even when another mapped group gives the
+# same role name (web/auth.py).
+SSO_GROUPS_COLUMN = "ALTER TABLE sso_users ADD COLUMN IF NOT EXISTS groups VARCHAR"
+
+
+def m036_sso_groups(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SSO_GROUPS_COLUMN)
+
+
 USAGE_HISTORY_VIEW = """
     CREATE VIEW usage_history AS
     SELECT bucket AS ts, key_id, customer_id, feature, cost_usd, calls FROM rollups
@@ -546,7 +557,8 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m020_tools, m021_prices, m022_proxy_us, m023_rollups,
               m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
               m028_team_limits, m029_daily_rollups, m030_raw_horizon, m031_tag_rollups,
-              m032_proxy_histograms, m033_customer_key, m034_rollup_customer_key, m035_total_rollups]
+              m032_proxy_histograms, m033_customer_key, m034_rollup_customer_key, m035_total_rollups,
+              m036_sso_groups]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:
