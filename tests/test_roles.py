@@ -68,6 +68,15 @@ def test_an_sso_session_is_worth_what_sso_toml_gives_now(migrated_home):
     assert auth.refusal(unmapped, "GET") == auth.NO_ROLE
 
 
+def test_an_sso_users_name_is_named_in_the_audit_trail_without_its_control_characters(migrated_home):
+    """A display name (a profile field users edit) with a CR and terminal escapes, and no e-mail:
+    `aispendtrack audit` printed it raw, so a terminal showed a forged row in its place."""
+    forged = "Bob\r\x1b[2K2026-01-01 00:00:00  admin:1  keys.revoke"
+    session = signed_in(migrated_home, "b", "admin", name=forged, email=None)
+    found = auth.session_principal(home_dir.db_path(migrated_home), session, SSO)
+    assert found.actor == "sso:b (Bob\\x0d\\x1b[2K2026-01-01 00:00:00  admin:1  keys.revoke)"
+
+
 def test_a_groups_mapping_taken_out_takes_its_role_even_where_another_group_gives_the_same(migrated_home):
     """An operator takes `contractors` out of sso.toml; `spend-admins` still maps to admin, and
     `team-search-old` to search beside `team-search`: the sessions of users who had them only through

@@ -348,6 +348,42 @@ def test_the_provider_down_gives_a_clear_page_and_keys_still_work(page, site, tm
         server.close()
 
 
+def test_a_discovery_document_naming_no_issuer_text_gives_the_misconfigured_page(tmp_path, monkeypatch):
+    """A provider whose discovery document names its issuer as a number (or not at all): a page that
+    says so (502), where the sign-in was a server error."""
+    import http.server
+
+    documents = iter([{"issuer": 5}, {}])
+
+    class Discovery(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(next(documents)).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    provider = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "sso.toml").write_text(SSO_TOML.format(issuer=f"http://127.0.0.1:{provider.server_port}", env=SECRET_ENV))
+    url, server = _serve(home)
+    try:
+        for _ in range(2):
+            answer = httpx.get(url + "/sso/login", timeout=10)
+            assert answer.status_code == 502 and "names another issuer" in answer.text, answer.text[:300]
+            assert "Traceback" not in answer.text
+    finally:
+        server.close()
+        provider.shutdown()
+
+
 @pytest.mark.parametrize("user", ["victor", "tess"])
 def test_sessions_end_when_sso_is_turned_off_or_their_role_is_no_longer_mapped(page, site, user):
     """The same data directory served by apps whose sso.toml changed since the user signed in (each app
@@ -448,3 +484,14 @@ def test_groups_give_the_strongest_role_and_every_team_mapped():
     with pytest.raises(ValueError, match="gives admin or viewer"):
         parse({"issuer": "https://idp.example", "client_id": "a", "roles": {"ops": "owner"}}, "test",
               {"AISPENDTRACK_SSO_CLIENT_SECRET": "x"})
+    # A setting of the wrong type is refused with its name, at the start: a list as the groups claim
+    # made every sign-in a server error, a number as the secret's variable a traceback.
+    for name, value, said in (("groups_claim", ["groups"], "groups_claim must be a non-empty string, got ['groups']"),
+                              ("groups_claim", 5, "groups_claim must be a non-empty string, got 5"),
+                              ("client_secret_env", 5, "client_secret_env must be a non-empty string, got 5"),
+                              ("scopes", ["openid"], "scopes must be a non-empty string, got ['openid']"),
+                              ("redirect_uri", 1, "redirect_uri must be a URL (a string), got 1")):
+        with pytest.raises(ValueError) as refused:
+            parse({"issuer": "https://idp.example", "client_id": "a", name: value}, "sso.toml",
+                  {"AISPENDTRACK_SSO_CLIENT_SECRET": "x"})
+        assert str(refused.value) == f"sso.toml: [sso] {said}."

@@ -29,12 +29,14 @@ from addon.core.store import admin as admin_rows
 from addon.core.store import keys as key_rows
 from addon.core.store import reading, sso_users, writing
 from addon.core.store import sessions as session_rows
+from addon.core.wording import visible
 
 from .sso_settings import SsoSettings
 
 SESSION_LIFETIME = dt.timedelta(hours=12)
 
 SECRET_FILE = "web-secret"
+MAX_ACTOR = 600  # characters of a single sign-on user as the audit trail names them
 
 
 ADMIN, VIEWER, TEAM, KEY = "admin", "viewer", "team", "key"
@@ -64,8 +66,9 @@ class Principal:
     @property
     def actor(self) -> str:
         """Who, in the audit trail: ``admin:ID``, ``key:ID`` or ``sso:SUB (e-mail)``."""
-        if self.sub is not None:
-            return f"sso:{self.sub}" + (f" ({self.email or self.shown_as})" if self.email or self.shown_as else "")
+        if self.sub is not None:  # claims as given at sign-in, kept visible (web/sso.py: a CR would rewrite a row)
+            who = self.email or self.shown_as
+            return visible(f"sso:{self.sub}" + (f" ({who})" if who else ""), MAX_ACTOR)
         return f"admin:{self.admin_id}" if self.is_admin else f"key:{self.key_id}"
 
     @property

@@ -32,6 +32,7 @@ from joserfc.jws import JWSRegistry
 
 from addon.core.store import sessions as session_rows
 from addon.core.store import sso_users, writing
+from addon.core.wording import visible
 
 from .api import db_path
 from .auth import NO_ROLE, same_token, start_session
@@ -105,18 +106,29 @@ def callback() -> Response:
     role, teams = cfg.role_for(groups)
     sub = str(claims["sub"])
     with writing(db_path()) as con:
-        sso_users.signed_in(con, sub, claims.get("name"), claims.get("email"), role, teams, cfg.mapped(groups),
-                            dt.datetime.now(dt.UTC))
+        sso_users.signed_in(con, sub, _claim_text(claims, "name"), _claim_text(claims, "email"), role, teams,
+                            cfg.mapped(groups), dt.datetime.now(dt.UTC))
         if role is None:
             session_rows.end_for(con, sub)  # its earlier sessions too: it has lost whatever role it had
     if role is None:
-        log.info("single sign-on: %s refused, no group of theirs maps to a role", claims.get("email") or sub)
+        log.info("single sign-on: %s refused, no group of theirs maps to a role", _claim_text(claims, "email") or sub)
         raise SignInFailed(403, "No role for you here", NO_ROLE)
     session.clear()
     session["sid"] = start_session(db_path(), "sso", sub)
     response = make_response(render_template("sso_done.html", target=pending["next"]))
     response.delete_cookie(PENDING_COOKIE, path="/sso/")
     return response
+
+
+MAX_CLAIM = 200  # characters of a name or e-mail kept from the ID token
+
+
+def _claim_text(claims: dict, name: str) -> str | None:
+    """A claim shown on the page and written in the audit trail: text only (an object or a list is
+    dropped), control characters as visible escapes, so a name with a CR cannot rewrite a row of
+    `aispendtrack audit` in a terminal."""
+    value = claims.get(name)
+    return visible(value, MAX_CLAIM) if isinstance(value, str) and value else None
 
 
 _EXPIRED = ("This sign-in link expired or was already used (each works once, within 10 minutes). "
@@ -146,7 +158,8 @@ def _client(cfg: SsoSettings) -> OAuth2Session:
 def _discover(cfg: SsoSettings) -> dict:
     """The provider's discovery document (asked at every sign-in: a changed key or endpoint is seen)."""
     metadata = _get_json(cfg, f"{cfg.issuer}/.well-known/openid-configuration")
-    if metadata.get("issuer", "").rstrip("/") != cfg.issuer:
+    issuer = metadata.get("issuer")
+    if not isinstance(issuer, str) or issuer.rstrip("/") != cfg.issuer:
         raise SignInFailed(502, "Identity provider misconfigured",
                            f"The discovery document at {cfg.issuer} names another issuer "
                            f"({metadata.get('issuer')!r}); check [sso] issuer in sso.toml.")
@@ -189,7 +202,11 @@ def _verified_claims(cfg: SsoSettings, metadata: dict, pending: dict) -> dict:
     if "id_token" not in token:
         raise SignInFailed(502, "Identity provider misconfigured", "The provider sent no ID token (is `openid` "
                                                                    "among [sso] scopes?).")
-    keys = KeySet.import_key_set(_get_json(cfg, metadata["jwks_uri"]))  # type: ignore[arg-type]
+    try:
+        keys = KeySet.import_key_set(_get_json(cfg, metadata["jwks_uri"]))  # type: ignore[arg-type]
+    except (JoseError, ValueError, TypeError, KeyError, AttributeError):  # `keys` not a list of keys
+        raise SignInFailed(502, "Identity provider misconfigured",
+                           f"The provider's key set ({metadata['jwks_uri']}) holds no keys we can read.") from None
     algorithms = _signing_algorithms(metadata)
     try:
         decoded = jwt.decode(token["id_token"], keys, registry=JWSRegistry(algorithms=algorithms,

@@ -98,6 +98,12 @@ def parse(section: object, origin: str, environ) -> SsoSettings:
     for name in ("issuer", "client_id"):
         if not isinstance(values[name], str) or not values[name]:
             raise SsoSettingsError(f"{origin}: [sso] {name} is required (docs/sso.md).")
+    for name in ("client_secret_env", "groups_claim", "scopes"):  # a list or a number failed at the first sign-in
+        if not isinstance(values[name], str) or not values[name]:
+            raise SsoSettingsError(f"{origin}: [sso] {name} must be a non-empty string, got {values[name]!r}.")
+    if not isinstance(values["redirect_uri"], str):
+        raise SsoSettingsError(f"{origin}: [sso] redirect_uri must be a URL (a string), "
+                               f"got {values['redirect_uri']!r}.")
     for name in ("roles", "teams"):
         if not isinstance(values[name], dict) or not all(isinstance(v, str) and v for v in values[name].values()):
             raise SsoSettingsError(f"{origin}: [sso.{name}] maps group names to names.")

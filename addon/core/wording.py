@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from decimal import ROUND_HALF_UP, Decimal
 
 
@@ -17,3 +18,11 @@ def percent(share: float) -> str:
     value = Decimal(share * 100)  # the same double the page multiplies out
     places = Decimal("0.1") if share < 0.1 else Decimal(1)
     return f"{value.quantize(places, ROUND_HALF_UP)}%"
+
+
+def visible(text: str, limit: int) -> str:
+    """Text from outside (a provider's report, an identity provider's claims) as we show and store it:
+    control characters (terminal escapes, CR that overwrites a table's row, line breaks) written as
+    visible escapes, at most ``limit`` characters."""
+    text = "".join(ch if unicodedata.category(ch) != "Cc" else f"\\x{ord(ch):02x}" for ch in text)
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -20,7 +20,6 @@ import http.client
 import json
 import re
 import time
-import unicodedata
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from .. import outbound
+from ..wording import visible
 
 MAX_TRIES = 4
 MAX_WAIT_S = 60.0
@@ -193,12 +193,8 @@ MAX_LABEL = 200  # characters of a name the provider gives (a key id, a project,
 
 
 def label(value: object) -> str | None:
-    """A name from the provider's report as we show it: text, control characters (terminal
-    escapes, line breaks) written as visible escapes, at most ``MAX_LABEL`` characters."""
-    if value is None:
-        return None
-    text = "".join(ch if unicodedata.category(ch) != "Cc" else f"\\x{ord(ch):02x}" for ch in str(value))
-    return text if len(text) <= MAX_LABEL else text[:MAX_LABEL - 1] + "…"
+    """A name from the provider's report as we show it (wording.visible), at most ``MAX_LABEL`` characters."""
+    return None if value is None else visible(str(value), MAX_LABEL)
 
 
 def whole(result: dict, name: str, limit: int = MAX_TOKENS_PER_BUCKET) -> int:
