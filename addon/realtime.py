@@ -4,12 +4,14 @@ The upgrade request (``GET /v1/realtime?model=...``) goes through the Gate and Q
 call: our headers removed, the key, tags, limits and budgets checked, a 429 before the upgrade.
 Once upstream answers 101, the ``AiSpendTrack`` addon hands the call's meter to a
 ``RealtimeSession`` instead of storing a row for the handshake; from then on this addon reads the
-frames in ``websocket_message`` and stores a row for each response the server finishes.
+frames in ``websocket_message`` and stores a row for each response the server finishes, and for
+each transcription of the user's audio (another model's, billed apart).
 
 Every frame goes on unchanged: the hook only reads, and then empties
 ``flow.websocket.messages``, where mitmproxy would otherwise keep every frame of the session (a
-long voice session is many megabytes of audio). A response the socket closes before its
-``response.done`` is stored as partial, unpriced, with the reason.
+long voice session is many megabytes of audio). Each response the socket closes before its
+``response.done`` is stored as partial, unpriced, with the reason (several can be under way: one
+of the conversation and out-of-band ones, each done by its id).
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ SESSION = "aispendtrack_realtime"  # flow.metadata key of a flow's RealtimeSessi
 # A frame larger than this is passed on without being read (a response.done is a few kB).
 MAX_READ_FRAME = 4 * 1024 * 1024
 _HEAD = 4096  # of a frame too large to read: where its type is looked for
+# Responses under way, and committed audio waiting for its transcription, kept per session: a
+# server that never finishes them cannot make a session hold more.
+MAX_PENDING = 1000
 
 
 class _Seen(StreamParser):
@@ -50,7 +55,9 @@ class RealtimeSession:
         self.handshake = handshake
         model = (parse_qs(query).get("model") or [""])[0]
         self.model: str | None = model if 0 < len(model) <= 200 else None
-        self.response_started: float | None = None  # response.created seen, response.done not yet
+        self.transcriber: str | None = None  # the model transcribing the user's audio, if the session asks
+        self.under_way: dict[str, float] = {}  # response id -> when its response.created came; done not yet
+        self.committed: dict[str, float] = {}  # item id -> when its audio was committed; transcription not yet
         self._warned: set[str] = set()
 
     def read(self, frame: bytes, from_client: bool) -> CallMeter | None:
@@ -70,8 +77,13 @@ class RealtimeSession:
             return None
         if kind.startswith("session."):
             self.model = wire.session_model(event) or self.model
+            self.transcriber = wire.transcription_model(event) or self.transcriber
         elif kind == "response.created":
-            self.response_started = time.time()
+            _keep(self.under_way, wire.response_id(event))
+        elif kind == wire.COMMITTED:
+            _keep(self.committed, wire.item_of(event))
+        elif kind == wire.TRANSCRIBED:
+            return self._transcribed(event)
         else:
             return self._finished(event)
         return None
@@ -83,15 +95,34 @@ class RealtimeSession:
                                  f"(more than {MAX_READ_FRAME:,})")
         if wire.event_of_interest(frame[:_HEAD]) != "response.done":
             return None
-        meter = self._meter(self.response_started or time.time())
-        self.response_started = None
+        meter = self._meter(self._started(None))  # its id is not read
         meter.finish(101, "completed", f"usage unreadable: a response.done of {len(frame):,} bytes "
                                        f"(more than {MAX_READ_FRAME:,}) was not read")
         return meter
 
+    def _started(self, response: str | None) -> float:
+        """When the response ``response`` (an id) began, no longer under way; one whose id is not among
+        those under way (or not known) is taken for the one under way the longest, so that no response
+        is left waiting to be stored as cut off at the end."""
+        if response not in self.under_way:
+            response = next(iter(self.under_way), None)
+        return self.under_way.pop(response) if response is not None else time.time()
+
+    def _transcribed(self, event: dict) -> CallMeter:
+        """The row of a transcription of the user's audio, by the session's transcription model
+        (unpriced when the session never named it)."""
+        meter = self._meter(self.committed.pop(wire.item_of(event), time.time()), self.transcriber)
+        observed = meter.parser.observed  # type: ignore[union-attr]
+        try:
+            observed.usage = wire.transcription_usage(event)
+        except InvalidUsage as exc:
+            observed.invalid_usage = str(exc)
+        observed.complete = True
+        meter.finish(101, "completed", None)
+        return meter
+
     def _finished(self, event: dict) -> CallMeter:
-        meter = self._meter(self.response_started or time.time())
-        self.response_started = None
+        meter = self._meter(self._started(wire.response_id(event)))
         observed = meter.parser.observed  # type: ignore[union-attr]
         try:
             observed.usage = wire.response_usage(event)
@@ -102,26 +133,29 @@ class RealtimeSession:
         meter.finish(101, "completed", None if status in (None, "completed") else f"response {status}")
         return meter
 
-    def closed(self, by_client: bool | None, code: int | None) -> CallMeter | None:
-        """At the end of the socket: the meter of a response cut off before its response.done."""
+    def closed(self, by_client: bool | None, code: int | None) -> list[CallMeter]:
+        """At the end of the socket: the meters of the responses cut off before their response.done."""
         by = "the client" if by_client else "the server" if by_client is False else "the network"
         return self.cut("client_disconnected" if by_client else "upstream_failed",
                         f"the WebSocket closed before response.done (closed by {by}, code {code})")
 
-    def cut(self, outcome: str, why: str) -> CallMeter | None:
-        """The meter of the response under way, if one is, ended without its usage."""
-        if self.response_started is None:
-            return None
-        meter = self._meter(self.response_started)
-        self.response_started = None
-        meter.finish(101, outcome, f"no usage: {why}")
-        return meter
+    def cut(self, outcome: str, why: str) -> list[CallMeter]:
+        """The meters of the responses under way, ended without their usage. (Audio committed and not
+        yet transcribed is not counted: its transcription may not have been asked for.)"""
+        meters = []
+        for started_at in self.under_way.values():
+            meter = self._meter(started_at)
+            meter.finish(101, outcome, f"no usage: {why}")
+            meters.append(meter)
+        self.under_way.clear()
+        return meters
 
-    def _meter(self, started_at: float) -> CallMeter:
+    def _meter(self, started_at: float, model: str | None = None) -> CallMeter:
+        """A row's meter for the session's model, or ``model``."""
         h = self.handshake
         meter = CallMeter(h.provider, h.path, h.key_id, h.customer_id, h.feature, started_at, None, "", "GET")
         meter.stream = True
-        meter.parser = _Seen(observed=Observed(model=self.model))
+        meter.parser = _Seen(observed=Observed(model=model or self.model))
         return meter
 
     def warn_once(self, what: str, message: str) -> None:
@@ -150,8 +184,7 @@ class RealtimeSessions:
     def done(self) -> None:
         """Runs before AiSpendTrack's (make_addons), while the writer still takes rows."""
         for session in self._open.values():
-            meter = session.cut("proxy_stopped", "the proxy stopped before response.done")
-            if meter is not None:
+            for meter in session.cut("proxy_stopped", "the proxy stopped before response.done"):
                 self.submit(meter)
         self._open.clear()
 
@@ -177,7 +210,14 @@ class RealtimeSessions:
         ws = flow.websocket
         if session is None or ws is None:
             return
-        meter = session.closed(ws.closed_by_client, ws.close_code)
-        if meter is not None:
-            meter.hooks_ns = overhead.take(flow)
+        for n, meter in enumerate(session.closed(ws.closed_by_client, ws.close_code)):
+            meter.hooks_ns = overhead.take(flow) if n == 0 else None  # the frames timed once
             self.submit(meter)
+
+
+def _keep(pending: dict[str, float], name: str) -> None:
+    """When ``name`` started, in a session's bounded record of what it waits for (MAX_PENDING: the
+    oldest goes first)."""
+    if len(pending) >= MAX_PENDING:
+        del pending[next(iter(pending))]
+    pending[name] = time.time()

@@ -9,7 +9,12 @@ not applied, when it names another model); each ``response.create`` with
 A ``response.create`` whose ``response.instructions`` is ``"cut"`` stops after the audio delta and
 closes the socket (code 1011) before ``response.done``; ``"garbled"`` sends a frame that is not
 JSON before the audio delta; ``"long"`` sends LONG_DELTAS audio deltas; ``"huge"`` puts HUGE_TEXT
-characters of text in its ``response.done``; ``"hold"`` sends no ``response.done`` at all. Every frame sent is kept
+characters of text in its ``response.done``; ``"hold"`` sends no ``response.done`` at all;
+``"overlap"`` starts a second (out-of-band) response before the first is done, finishes the first,
+then closes the socket (code 1011). ``input_audio_buffer.commit`` is answered with
+``input_audio_buffer.committed`` and, when the session transcribes the user's audio
+(``session.audio.input.transcription.model``), ``conversation.item.input_audio_transcription.completed``
+with that model's usage (TRANSCRIPTION_USAGE; whisper-1's a duration). Every frame sent is kept
 in ``sent`` (per connection), byte for byte.
 """
 
@@ -33,6 +38,10 @@ USAGE = {
     },
     "output_token_details": {"text_tokens": 100, "audio_tokens": 800},
 }
+# The input transcription's usage, as OpenAI documents it (the completed event's usage), by the model's kind.
+TRANSCRIPTION_USAGE = {"type": "tokens", "input_tokens": 120, "output_tokens": 9, "total_tokens": 129,
+                       "input_token_details": {"audio_tokens": 120, "text_tokens": 0}}
+TRANSCRIPTION_SECONDS = 2.5  # whisper-1's
 AUDIO_DELTA_BYTES = 96_000  # 2 s of 24 kHz pcm16, base64-encoded in the delta
 LONG_DELTAS = 400  # a "long" response: 13 minutes of audio, 51 MB of frames
 HUGE_TEXT = 5 * 1024 * 1024  # characters of text in a "huge" response.done
@@ -99,6 +108,21 @@ class RealtimeProvider:
             elif event["type"] == "response.create":
                 if not self._respond(ws, conn, (event.get("response") or {}).get("instructions")):
                     return
+            elif event["type"] == "input_audio_buffer.commit":
+                self._transcribe(ws, conn, session)
+
+    def _transcribe(self, ws: ServerConnection, conn: Connection, session: dict) -> None:
+        self._counter += 1
+        item = f"item_{self._counter}"
+        self._send(ws, conn, {"type": "input_audio_buffer.committed", "event_id": f"event_c{self._counter}",
+                              "previous_item_id": None, "item_id": item})
+        model = (((session.get("audio") or {}).get("input") or {}).get("transcription") or {}).get("model")
+        if model is None:
+            return
+        usage = {"type": "duration", "seconds": TRANSCRIPTION_SECONDS} if model == "whisper-1" else TRANSCRIPTION_USAGE
+        self._send(ws, conn, {"type": "conversation.item.input_audio_transcription.completed",
+                              "event_id": f"event_t{self._counter}", "item_id": item, "content_index": 0,
+                              "transcript": "Hello.", "usage": usage})
 
     def _respond(self, ws: ServerConnection, conn: Connection, instructions: str | None) -> bool:
         self._counter += 1
@@ -110,6 +134,13 @@ class RealtimeProvider:
         for _ in range(LONG_DELTAS if instructions == "long" else 1):
             self._send(ws, conn, {"type": "response.output_audio.delta", "response_id": rid, "delta": audio})
         if instructions == "cut":
+            ws.close(1011, "upstream went away")
+            return False
+        if instructions == "overlap":  # an out-of-band response starts; the first finishes; the socket ends
+            self._send(ws, conn, {"type": "response.created",
+                                  "response": {"id": f"{rid}_oob", "status": "in_progress"}})
+            self._send(ws, conn, {"type": "response.done", "event_id": f"event_{self._counter}", "response": {
+                "object": "realtime.response", "id": rid, "status": "completed", "output": [], "usage": USAGE}})
             ws.close(1011, "upstream went away")
             return False
         if instructions == "hold":  # a long answer, still being spoken: response.done is not sent yet

@@ -273,3 +273,50 @@ def test_a_response_under_way_when_the_proxy_stops_is_stored_unpriced(tmp_path, 
     [row] = proxy.rows(customer, timeout=0)
     assert (row["model"], row["priced"], row["cost_usd"], row["outcome"]) == (MODEL, False, None, "proxy_stopped")
     assert row["error"] == "no usage: the proxy stopped before response.done"
+
+
+@pytest.mark.parametrize(("transcriber", "cost"), [
+    # gpt-4o-transcribe: audio input $6, text output $10 per million tokens; whisper-1: $0.006 a minute.
+    ("gpt-4o-transcribe", (120 * Decimal(6) + 9 * Decimal(10)) / M),
+    ("whisper-1", Decimal("0.006") * Decimal(str(fake.TRANSCRIPTION_SECONDS)) / 60)])
+def test_the_transcription_of_the_users_audio_is_a_row_of_its_own_model(proxy, realtime, customer, transcriber,
+                                                                       cost):
+    """Billed apart from the responses, by the transcription model: it was never recorded, and a
+    session that only transcribed recorded nothing."""
+    with _connect(proxy, customer) as conn:
+        _until(conn, "session.created")
+        conn.session.update(session={"type": "realtime", "audio": {"input": {"transcription": {"model": transcriber}}}})
+        _until(conn, "session.updated")
+        conn.input_audio_buffer.append(audio=base64.b64encode(bytes(48_000)).decode())
+        conn.input_audio_buffer.commit()
+        _until(conn, "conversation.item.input_audio_transcription.completed")
+        conn.response.create()
+        _until(conn, "response.done")
+    rows = {row["model"]: row for row in proxy.rows(customer, expect=2)}
+    assert set(rows) == {transcriber, MODEL}
+    heard = rows[transcriber]
+    assert (heard["endpoint"], heard["usage_source"], heard["priced"], heard["feature"]) == (
+        "/v1/realtime", "reported", True, "voice")
+    if transcriber == "whisper-1":
+        assert Decimal(str(heard["audio_seconds"])) == Decimal("2.5")
+    else:
+        assert (heard["input_tokens"], heard["input_audio_tokens"], heard["output_tokens"]) == (120, 120, 9)
+    assert Decimal(str(heard["cost_usd"])) == cost
+    assert Decimal(str(rows[MODEL]["cost_usd"])) == _gpt_realtime_cost(fake.USAGE)
+
+
+def test_a_second_response_under_way_when_the_socket_closes_is_stored_unpriced_too(proxy, realtime, customer):
+    """An out-of-band response started before the first was done: the first's response.done took the
+    one slot there was, and the second, cut off by the close, was never recorded."""
+    with _connect(proxy, customer) as conn:
+        _until(conn, "session.created")
+        conn.response.create(response={"instructions": "overlap"})
+        _until(conn, "response.done")
+        with pytest.raises(ConnectionClosed):
+            conn.recv_bytes()
+    rows = sorted(proxy.rows(customer, expect=2), key=lambda r: r["priced"])
+    assert len(rows) == 2
+    cut, whole = rows
+    assert whole["priced"] is True and Decimal(str(whole["cost_usd"])) == _gpt_realtime_cost(fake.USAGE)
+    assert (cut["priced"], cut["cost_usd"], cut["outcome"]) == (False, None, "upstream_failed")
+    assert cut["error"] == "no usage: the WebSocket closed before response.done (closed by the server, code 1011)"

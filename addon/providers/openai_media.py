@@ -49,7 +49,7 @@ def observe(path: str, body: object) -> Observed:
     if path in IMAGES:
         observed.take_usage(lambda raw: _image_usage(raw, body.get("data")), body.get("usage"))
     elif path in TRANSCRIPTS:
-        observed.take_usage(lambda raw: _transcript_usage(raw, body.get("duration")), body.get("usage"))
+        observed.take_usage(lambda raw: transcript_usage(raw, body.get("duration")), body.get("usage"))
     return observed
 
 
@@ -71,7 +71,9 @@ def _image_usage(raw: object, data: object) -> TokenUsage | None:
         images=images)
 
 
-def _transcript_usage(raw: object, duration: object) -> TokenUsage | None:
+def transcript_usage(raw: object, duration: object) -> TokenUsage | None:
+    """A transcript's ``usage`` (``type: tokens`` or ``duration``; also a realtime session's input
+    transcription), else the answer's ``duration``; None when neither is there."""
     usage = as_dict(raw)
     if usage.get("type") == "tokens":
         prompt = count(usage, "input_tokens", required=True)
@@ -115,7 +117,7 @@ class MediaStream(StreamParser):
     def _usage(self, raw: object) -> TokenUsage | None:
         if not isinstance(raw, dict):
             return None
-        usage = _transcript_usage({**raw, "type": "tokens"}, None)
+        usage = transcript_usage({**raw, "type": "tokens"}, None)
         if usage is not None and self.speech:  # what a speech model outputs is audio
             usage.output_audio_tokens = usage.output_tokens
         return usage

@@ -7,6 +7,12 @@ audio_tokens, image_tokens}}, and ``output_tokens`` with ``output_token_details`
 audio_tokens}. The session's model is in the upgrade's query and in ``session.created`` /
 ``session.updated`` (``session.model``); a client's ``session.update`` cannot change it (OpenAI
 answers one that names another model with an error event), so client frames are not read.
+
+The user's audio is transcribed, when the session asks for it, by another model
+(``session.audio.input.transcription.model``; before the GA interface
+``session.input_audio_transcription.model``), billed apart: its usage comes in
+``conversation.item.input_audio_transcription.completed`` (``usage``, as a transcription's:
+``type: tokens`` or ``duration``), for the item ``input_audio_buffer.committed`` named.
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ import re
 from pricing.usage import TokenUsage
 
 from .base import InvalidUsage, as_dict, count, loads
+from .openai_media import transcript_usage
 
 PATH = "/v1/realtime"
+TRANSCRIBED = "conversation.item.input_audio_transcription.completed"
+COMMITTED = "input_audio_buffer.committed"
 # Events are found by their type before any JSON is decoded: an audio delta is large and frequent.
-_TYPE = re.compile(rb'"type"\s*:\s*"(response\.created|response\.done|session\.(?:created|updated))"')
+_TYPE = re.compile(rb'"type"\s*:\s*"(response\.created|response\.done|session\.(?:created|updated)'
+                   rb'|conversation\.item\.input_audio_transcription\.completed|input_audio_buffer\.committed)"')
 _MODEL = re.compile(r"[\w.:/-]{1,200}")
 
 
@@ -45,6 +55,32 @@ def decode(frame: bytes) -> dict | None:
 def session_model(event: dict) -> str | None:
     model = as_dict(event.get("session")).get("model")
     return model if isinstance(model, str) and _MODEL.fullmatch(model) else None
+
+
+def transcription_model(event: dict) -> str | None:
+    """The model a session transcribes the user's audio with, as ``session.created`` / ``.updated`` say."""
+    session = as_dict(event.get("session"))
+    model = (as_dict(as_dict(as_dict(session.get("audio")).get("input")).get("transcription")).get("model")
+             or as_dict(session.get("input_audio_transcription")).get("model"))
+    return model if isinstance(model, str) and _MODEL.fullmatch(model) else None
+
+
+def transcription_usage(event: dict) -> TokenUsage | None:
+    """The usage of an input transcription's ``completed`` event; None when it has none."""
+    raw = event.get("usage")
+    return transcript_usage(raw, None) if isinstance(raw, dict) else None
+
+
+def item_of(event: dict) -> str:
+    """The conversation item an event is about (a committed buffer, its transcription)."""
+    item = event.get("item_id")
+    return item if isinstance(item, str) else ""
+
+
+def response_id(event: dict) -> str:
+    """The id of the response a ``response.created`` or ``response.done`` is about ("" if none)."""
+    found = as_dict(event.get("response")).get("id")
+    return found if isinstance(found, str) else ""
 
 
 def response_usage(event: dict) -> TokenUsage | None:
