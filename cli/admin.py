@@ -15,8 +15,9 @@ from addon.core import keys as keygen
 from addon.core.redact import first_line
 from addon.core.serialize import dumps
 from addon.core.store import admin as admin_rows
-from addon.core.store import compact, encryption, lake, reading, shared, writing
+from addon.core.store import compact, encryption, lake, reading, shared, sso_users, writing
 from addon.core.store import sessions as session_rows
+from addon.core.wording import plural
 
 from .output import emit, format_option
 
@@ -75,6 +76,23 @@ def revoke_token(obj, token_id: int) -> None:
         audit.record(con, "admin.revoke-token", f"admin:{token_id}", {"revoked": False},
                      {"revoked": True, "sessions_ended": ended})
     click.echo(f"Revoked admin token {token_id}; {ended} page session(s) ended.")
+
+
+@admin.command("end-sso-sessions")
+@click.argument("who")
+@click.pass_obj
+def end_sso_sessions(obj, who: str) -> None:
+    """End the page sessions of a single sign-on user, named by e-mail or sub, at once (a session
+    otherwise lasts 12 hours). Disable the user at the identity provider too: they could sign in again."""
+    with writing(obj.db) as con:
+        subs = sso_users.named(con, who)
+        if not subs:
+            raise click.ClickException(f"No single sign-on user with the e-mail or sub {who!r} has signed in.")
+        ended = sum(session_rows.end_for(con, sub) for sub in subs)
+        audit.record(con, "admin.end-sso-sessions", ", ".join(f"sso:{sub}" for sub in subs), None,
+                     {"sessions_ended": ended})
+    click.echo(f"Ended {plural(ended, 'page session')} of {who}. Disable them at the identity provider too, "
+               "or they can sign in again.")
 
 
 @admin.command("maintain")

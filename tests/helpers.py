@@ -118,8 +118,13 @@ def free_port() -> int:
             return port
 
 
+def invoke(home: Path, *args: str):
+    """The CLI's result (exit code, output), whatever its exit code."""
+    return CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+
+
 def run_cli(home: Path, *args: str) -> str:
-    result = CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
+    result = invoke(home, *args)
     assert result.exit_code == 0, result.output
     return result.output
 

@@ -59,9 +59,9 @@ def test_every_cli_change_is_an_entry_with_who_what_and_the_values_before_and_af
         "budgets.set", "budgets.set", "budgets.delete", "config.set", "prices.import", "alerts.import", "reprice",
         "purge", "keys.revoke"]
     # With the entries the other tests check (the GDPR ones below, admin.encrypt in test_encryption,
-    # migrate-to in test_shared), every audited command of AUDITED is run.
-    assert {e["action"] for e in entries} | {"gdpr.export", "gdpr.erase", "admin.encrypt", "migrate-to"} == \
-        set(AUDITED.values())
+    # migrate-to in test_shared, admin.end-sso-sessions in test_sso), every audited command of AUDITED is run.
+    assert {e["action"] for e in entries} | {"gdpr.export", "gdpr.erase", "admin.encrypt", "migrate-to",
+                                             "admin.end-sso-sessions"} == set(AUDITED.values())
     assert {e["actor"] for e in entries} == {me}
     by_action = {e["action"]: e for e in entries}
     assert (by_action["keys.set-plan"]["target"], by_action["keys.set-plan"]["before"],
@@ -94,7 +94,8 @@ AUDITED = {  # command -> its entry's action (tested in the test above, test_enc
     "teams create": "teams.create", "teams rename": "teams.rename", "teams delete": "teams.delete",
     "teams set-limit": "teams.set-limit",
     "admin create-token": "admin.create-token", "admin revoke-token": "admin.revoke-token",
-    "admin encrypt": "admin.encrypt", "budgets set": "budgets.set", "budgets delete": "budgets.delete",
+    "admin end-sso-sessions": "admin.end-sso-sessions", "admin encrypt": "admin.encrypt",
+    "budgets set": "budgets.set", "budgets delete": "budgets.delete",
     "config set": "config.set", "prices import": "prices.import", "alerts import": "alerts.import",
     "reprice": "reprice", "purge": "purge", "gdpr export": "gdpr.export", "gdpr delete": "gdpr.erase",
     "migrate-to": "migrate-to"}

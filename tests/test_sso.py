@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -25,7 +26,7 @@ from addon.core import home as home_dir
 from addon.core.store import calls as call_rows
 from addon.core.store import writing
 
-from .helpers import CHROMIUM, call_row, free_port, run_cli, until
+from .helpers import CHROMIUM, call_row, free_port, invoke, run_cli, until
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 JS = Path(__file__).parent / "js"
@@ -410,6 +411,23 @@ def test_sessions_end_when_sso_is_turned_off_or_their_role_is_no_longer_mapped(p
     # her group no longer mapped, though another group maps to search: nothing at all.
     assert answer(dataclasses.replace(current, teams={"team-search": "renamed-search"})) == 200
     assert answer(dataclasses.replace(current, teams={"team-other": "search"})) == (200 if user == "victor" else 403)
+
+
+def test_an_admin_ends_one_users_sessions_at_once_by_e_mail(page, site):
+    """A compromised account, disabled at the provider: its open sessions lasted 12 hours, and the only
+    way to end them at once was to turn single sign-on off for everyone."""
+    sso_sign_in(page, site, "victor")
+    assert api(page, site, "/api/v1/report/total").status == 200
+    said = run_cli(site["home"], "admin", "end-sso-sessions", "victor@example.com")
+    # (other tests of this module signed victor in too: every one of his sessions ends)
+    assert re.match(r"Ended \d+ page sessions? of victor@example\.com\. Disable them at the identity provider", said)
+    assert api(page, site, "/api/v1/report/total").status == 401
+    trail = json.loads(run_cli(site["home"], "audit", "--json"))
+    assert [(e["action"], e["target"]) for e in trail if e["action"] == "admin.end-sso-sessions"] == [
+        ("admin.end-sso-sessions", "sso:victor")]
+    unknown = invoke(site["home"], "admin", "end-sso-sessions", "nobody-here@example.com")
+    assert unknown.exit_code == 1 and unknown.output == (
+        "Error: No single sign-on user with the e-mail or sub 'nobody-here@example.com' has signed in.\n")
 
 
 def test_the_audit_trail_names_the_sso_user(page, site):

@@ -12,20 +12,14 @@ import re
 
 import openai
 import pytest
-from click.testing import CliRunner
 
 from addon.core import home as home_dir
-from cli.main import cli
 
-from .helpers import free_port, run_cli, start_proxy, until_admitted
+from .helpers import free_port, invoke, run_cli, start_proxy, until_admitted
 from .loadbalancer import LoadBalancer
 from .test_limits import _seconds_to_next_hour
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def invoke(home, *args: str):
-    return CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
 
 
 def new_key(home, name: str, *args: str) -> dict:

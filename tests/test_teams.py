@@ -22,12 +22,8 @@ from addon.core.store import migrations, reading, writing
 from cli.main import cli
 from web import create_app
 
-from .helpers import migrated_before, run_cli, start_proxy, until, until_admitted
+from .helpers import invoke, migrated_before, run_cli, start_proxy, until, until_admitted
 from .helpers import report_row as row
-
-
-def invoke(home, *args: str):
-    return CliRunner().invoke(cli, ["--home", str(home), *args], catch_exceptions=False)
 
 
 def new_key(home, name: str, *args: str) -> int:

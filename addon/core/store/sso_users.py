@@ -38,3 +38,9 @@ def find(con: duckdb.DuckDBPyConnection, sub: str) -> dict | None:
         return None
     return {"name": row[0], "email": row[1], "role": row[2], "teams": tuple(json.loads(row[3])),
             "groups": tuple(json.loads(row[4])) if row[4] is not None else None}
+
+
+def named(con: duckdb.DuckDBPyConnection, who: str) -> list[str]:
+    """The subs of the users whose sub, or e-mail, is ``who``."""
+    return [sub for (sub,) in control(con).execute("SELECT sub FROM sso_users WHERE sub = ? OR email = ? ORDER BY sub",
+                                                   [who, who]).fetchall()]
