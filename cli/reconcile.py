@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 from decimal import Decimal
 
 import click
@@ -48,8 +47,8 @@ def reconcile(obj, provider: str, since: str, until: str | None, by: tuple[str, 
     change at the provider. --by line-item puts the provider's billed line items beside ours per
     kind of spend; fine-tuning training and storage are "not visible to a proxy", not a gap."""
     api = rec.PROVIDERS[provider]
-    admin_key = os.environ.get(api.KEY_VARIABLE)
-    if not admin_key:
+    admin_key = rec.admin_key(api)
+    if admin_key is None:
         raise click.UsageError(f"Set {api.KEY_VARIABLE} to an organization admin key of {api.NAME}: the usage API "
                                f"does not take ordinary API keys.")
     start, end = _range(since, until)

@@ -208,6 +208,15 @@ def test_a_wrong_admin_key_a_missing_one_and_rate_limits(tmp_path, usage_api):
     waited = reconcile(home, "--provider", "anthropic", "--upstream", usage_api.url, "--format", "json")
     assert waited.exit_code == 0, waited.output
     assert len(usage_api.requests) == 1 + 4  # the refused call, then 2 throttled, the usage and the cost
+    # A secret file's trailing line break is not part of the key (the request library refused the
+    # header with an error that quoted the whole key); one inside it is refused without quoting it.
+    trailing = reconcile(home, "--provider", "openai", "--upstream", usage_api.url, "--format", "json",
+                         env={"OPENAI_ADMIN_KEY": ADMIN_KEY + "\r\n"})
+    assert trailing.exit_code == 0, trailing.output
+    inside = reconcile(home, "--provider", "openai", "--upstream", usage_api.url,
+                       env={"OPENAI_ADMIN_KEY": ADMIN_KEY[:8] + "\n" + ADMIN_KEY[8:]})
+    assert inside.exit_code == 1 and ADMIN_KEY[8:] not in inside.output and "Traceback" not in inside.output
+    assert "header for OpenAI's usage API holds a line break" in inside.output
     usage_api.malformed = 1
     odd = reconcile(home, "--provider", "openai", "--upstream", usage_api.url)
     assert odd.exit_code == 1 and "answered a page we cannot read (KeyError" in odd.output
@@ -302,6 +311,25 @@ def test_paging_that_never_ends_stops_with_a_clear_error_after_a_bounded_number_
     else:
         assert f"still said there was more after {rec_http.MAX_PAGES} pages" in result.output
         assert len(usage_api.requests) == rec_http.MAX_PAGES
+
+
+@pytest.mark.parametrize(("page", "said"), [
+    ({}, "answered a page we cannot read (TypeError)"),
+    ({"object": "page", "data": None, "has_more": False}, "answered a page we cannot read (TypeError)"),
+    ({"error": {"message": "internal", "type": "server_error"}}, "answered a page we cannot read (TypeError)"),
+    ({"object": "page", "data": [], "has_more": True, "next_page": None}, "gave no cursor to ask for it"),
+    ({"object": "page", "has_more": False, "next_page": None, "data": [
+        {"object": "bucket", "start_time": 1764547200, "end_time": 1764633600,
+         "results": [{"object": "organization.usage.completions.result", "model": 123, "input_tokens": 1,
+                      "output_tokens": 1, "num_model_requests": 1}]}]},
+     "answered a page we cannot read (TypeError)")])
+def test_a_page_answered_200_but_not_as_documented_is_an_error_not_an_empty_day(tmp_path, usage_api, page, said):
+    """Read as "no usage", such a page made every day of ours look over (and the daily check could
+    alert on it); a model that is not text crashed the price lookup with a traceback."""
+    usage_api.odd_pages = [page]
+    result = reconcile(tmp_path / "home", "--provider", "openai", "--upstream", usage_api.url)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert said in result.output and "nothing was compared" in result.output
 
 
 def test_a_dripping_answer_gives_up_within_the_overall_deadline(tmp_path, usage_api, monkeypatch):

@@ -186,6 +186,7 @@ class UsageApi:
         self.page_size: int | None = None  # buckets per page; None: as asked
         self.throttle = 0                  # answer this many next requests 429
         self.malformed = 0                 # answer this many next requests with buckets lacking their times
+        self.odd_pages: list[object] = []  # answer the next requests with these bodies, status 200, in order
         self.analytics_refused = False     # Anthropic's analytics API answers 400, as to HIPAA-ready orgs
         self.stuck_cursor = False          # has_more: true with the cursor just asked for, every time
         self.endless = False               # has_more: true with a new cursor, every time
@@ -352,6 +353,8 @@ def answer(api: UsageApi, handler: BaseHTTPRequestHandler) -> None:
         api.throttle -= 1
         return send_json(handler, 429, {"error": {"message": "Rate limit exceeded", "type": "rate_limit_error"}},
                      {"retry-after": "1"})
+    if api.odd_pages:
+        return send_json(handler, 200, api.odd_pages.pop(0))
     if api.malformed > 0:
         api.malformed -= 1
         return send_json(handler, 200, {"data": [{"results": [{"model": "gpt-4o"}]}], "has_more": False})

@@ -17,6 +17,7 @@ difference in cost is a difference in usage, or rows priced before a price chang
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable
 from decimal import Decimal
 from types import ModuleType
@@ -31,7 +32,14 @@ DIMS = ("bucket", "model")                     # what a line is per, always
 KEY_DIMS = ("api_key_id", "project")           # and, grouped by provider key: its id and project (workspace)
 BY = {"day": "bucket", "hour": "bucket", "model": "model", "api-key": "api_key_id", "project": "project"}
 
-__all__ = ["KINDS", "PROVIDERS", "UNITS", "ReconcileError", "bounded", "compare", "regroup", "total"]
+__all__ = ["KINDS", "PROVIDERS", "UNITS", "ReconcileError", "admin_key", "bounded", "compare", "regroup", "total"]
+
+
+def admin_key(api: ModuleType) -> str | None:
+    """The provider's organization admin key from its variable (api.KEY_VARIABLE), without the line
+    break a secret file often ends with (sent in a header, the break made the request library refuse it
+    with an error quoting the whole key); None when unset."""
+    return os.environ.get(api.KEY_VARIABLE, "").strip() or None
 
 Price = Callable[..., Decimal | None]  # (model, bucket, usage[, service_tier, image_size])
 

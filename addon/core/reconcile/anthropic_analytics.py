@@ -11,7 +11,7 @@ import datetime as dt
 from decimal import Decimal
 
 from . import anthropic_report
-from .http import MAX_REQUESTS_PER_BUCKET, amount, label, pages, parse_rfc3339, read_rows, rfc3339, whole
+from .http import MAX_REQUESTS_PER_BUCKET, amount, data, label, pages, parse_rfc3339, read_rows, rfc3339, whole
 
 NAME = anthropic_report.NAME
 KEY_VARIABLE = anthropic_report.KEY_VARIABLE
@@ -26,7 +26,7 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
     def usage(body: dict) -> list[dict]:
         return [{**anthropic_report.line(parse_rfc3339(row["starting_at"]), {**row["usage"], **row["group"]}),
                  "requests": whole(row["usage"], "requests", MAX_REQUESTS_PER_BUCKET)}
-                for row in body.get("data") or []]
+                for row in data(body)]
     group = [("group_by[]", "model"), anthropic_report.TIER_GROUP, *(anthropic_report.KEY_GROUPS if by_key else [])]
     return [found for body in _pages(url, start, end, width, group, admin_key)
             for found in read_rows(body, url, NAME, lambda body=body: usage(body))]
@@ -39,7 +39,7 @@ def fetch_costs(base_url: str, admin_key: str, start: dt.datetime, end: dt.datet
     for body in _pages(url, start, end, "1d", [], admin_key):
         rows = read_rows(body, url, NAME, lambda body=body: [(parse_rfc3339(row["starting_at"]),
                                                               amount(row["cost"]["amount"], "cost.amount"))
-                                                             for row in body.get("data") or []])
+                                                             for row in data(body)])
         for day, cents in rows:
             days[day] = days.get(day, Decimal(0)) + cents / 100
     return days
@@ -53,7 +53,7 @@ def fetch_line_items(base_url: str, admin_key: str, start: dt.datetime, end: dt.
     for body in _pages(url, start, end, "1d", group, admin_key):
         rows = read_rows(body, url, NAME, lambda body=body: [(_line_item(row["group"]),
                                                               amount(row["cost"]["amount"], "cost.amount"))
-                                                             for row in body.get("data") or []])
+                                                             for row in data(body)])
         for name, cents in rows:
             items[name] = items.get(name, Decimal(0)) + cents / 100
     return items

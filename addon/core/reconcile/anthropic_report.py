@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import MAX_REQUESTS_PER_BUCKET, amount, label, pages, parse_rfc3339, read_page, rfc3339, whole
+from .http import MAX_REQUESTS_PER_BUCKET, amount, label, model_name, pages, parse_rfc3339, read_page, rfc3339, whole
 
 NAME = "Anthropic"
 KEY_VARIABLE = "ANTHROPIC_ADMIN_KEY"
@@ -69,7 +69,7 @@ def line(at: dt.datetime, result: dict) -> dict:
     creation = result.get("cache_creation") or {}
     tools = result.get("server_tool_use") or {}
     one_hour = whole(creation, "ephemeral_1h_input_tokens")
-    return {"bucket": at, "model": result.get("model"), "api_key_id": label(result.get("api_key_id")),
+    return {"bucket": at, "model": model_name(result.get("model")), "api_key_id": label(result.get("api_key_id")),
             "project": label(result.get("workspace_id")), "requests": None,  # the report does not count them
             "input_tokens": whole(result, "uncached_input_tokens"),
             "cache_read_tokens": whole(result, "cache_read_input_tokens"),

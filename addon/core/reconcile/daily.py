@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -28,7 +27,7 @@ from .. import config_files, notify
 from ..money import usd
 from ..store import reading, writing
 from ..store import reconciliations as rows
-from . import PROVIDERS, ReconcileError, bounded, total
+from . import PROVIDERS, ReconcileError, admin_key, bounded, total
 from .check import DAY, check
 
 log = logging.getLogger(__name__)
@@ -52,8 +51,8 @@ def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: d
     limit = threshold(home)
     alerts = []
     for provider, api in PROVIDERS.items():
-        admin_key = os.environ.get(api.KEY_VARIABLE)
-        if not admin_key:
+        key = admin_key(api)
+        if key is None:
             continue
         with reading(db) as con:
             done = rows.last_checked(con, provider)
@@ -61,8 +60,8 @@ def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: d
             continue
         try:
             with bounded():
-                lines = check(db, book, provider, base_urls.get(provider) or api.DEFAULT_BASE_URL, admin_key, start,
-                              end, now)
+                lines = check(db, book, provider, base_urls.get(provider) or api.DEFAULT_BASE_URL, key, start, end,
+                              now)
             summary = total(lines)
         except ReconcileError as exc:
             log.error("reconciliation with %s failed: %s", api.NAME, exc)

@@ -117,6 +117,10 @@ def get_json(url: str, params: list[tuple[str, str]], headers: dict[str, str], p
 def _get(full: str, headers: dict[str, str], run: _Run, provider: str, url: str):
     """One GET within the request's deadline or the rest of the run's, whichever ends first."""
     seconds = min(REQUEST_DEADLINE_S, run.left(provider, url))
+    bad = next((name for name, value in headers.items() if any(c in value for c in "\r\n\0")), None)
+    if bad is not None:  # the request library's error would quote the value: an admin key
+        raise ReconcileError(f"The {bad} header for {provider}'s usage API holds a line break; check the key's "
+                             f"variable for a stray line break inside it.")
     try:
         return outbound.fetch(urllib.request.Request(full, headers=headers), seconds, MAX_PAGE_BYTES)
     except outbound.DeadlineExceeded:
@@ -148,9 +152,13 @@ def pages(url: str, params: list[tuple[str, str]], headers: dict[str, str], prov
     for _ in range(MAX_PAGES):
         body = get_json(url, [*params, *([("page", page)] if page else [])], headers, provider, key_variable)
         yield body
-        page = str(body.get("next_page") or "") if body.get("has_more") else None
-        if not page:
+        if not body.get("has_more"):
             return
+        page = body.get("next_page")
+        if not isinstance(page, str) or not page:  # more, but no way to ask for it: the rest would be lost
+            raise ReconcileError(f"{provider}'s usage API at {url} said there was more after {len(seen) + 1} "
+                                 f"page(s) but gave no cursor to ask for it; nothing was compared. Try again "
+                                 f"later; if it persists, report it to {provider}.")
         if page in seen or len(page) > 1000:
             raise ReconcileError(f"{provider}'s usage API at {url} said there was more after {len(seen) + 1} "
                                  f"page(s) but gave back a page cursor it had already given; nothing was compared. "
@@ -164,8 +172,8 @@ def read_page(body: dict, url: str, provider: str, bucket_start, line) -> list[d
     """The lines of one page of buckets holding results; a page not shaped as documented is an
     error that says so."""
     return read_rows(body, url, provider, lambda: [line(bucket_start(bucket), result)
-                                                   for bucket in body.get("data") or []
-                                                   for result in bucket.get("results") or []])
+                                                   for bucket in data(body)
+                                                   for result in data(bucket, "results")])
 
 
 def read_rows(body: dict, url: str, provider: str, read) -> list:
@@ -190,6 +198,24 @@ def read_rows(body: dict, url: str, provider: str, read) -> list:
 
 
 MAX_LABEL = 200  # characters of a name the provider gives (a key id, a project, a line item)
+
+
+def data(body: dict, name: str = "data") -> list:
+    """A page's list of buckets (or a bucket's ``results``), as documented: a list, maybe empty. A page
+    without it (``{}``, an error object answered with 200, ``null``) read as "no usage" made every day
+    of ours look over."""
+    found = body.get(name)
+    if not isinstance(found, list):
+        raise TypeError(f"{name} is not a list")
+    return found
+
+
+def model_name(value: object) -> str | None:
+    """A model as the provider's report names it, shown as ``label`` does; not text is an error of
+    the page (a number crashed the price lookup)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError("a model name that is not text")
+    return label(value)
 
 
 def label(value: object) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from .http import MAX_REQUESTS_PER_BUCKET, Implausible, amount, label, pages, read_page, whole
+from .http import MAX_REQUESTS_PER_BUCKET, Implausible, amount, label, model_name, pages, read_page, whole
 from .kinds import KINDS
 
 NAME = "OpenAI"
@@ -89,7 +89,7 @@ def _line(at: dt.datetime, result: dict) -> dict:
 
 def _counted(at: dt.datetime, result: dict) -> dict:
     """What every usage result has: its group, its requests; every count still 0."""
-    return {"bucket": at, "model": result.get("model"), "api_key_id": label(result.get("api_key_id")),
+    return {"bucket": at, "model": model_name(result.get("model")), "api_key_id": label(result.get("api_key_id")),
             "project": label(result.get("project_id")),
             "requests": whole(result, "num_model_requests", MAX_REQUESTS_PER_BUCKET),
             **dict.fromkeys(KINDS, 0)}
