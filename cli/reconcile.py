@@ -164,8 +164,8 @@ def _range(since: str, until: str | None) -> tuple[dt.datetime, dt.datetime]:
 
 def _pair(name: str):
     def cell(row: dict) -> str:
-        theirs = row[f"theirs_{name}"]
-        return f"{tokens(row[f'ours_{name}'])}/{'-' if theirs is None else tokens(theirs)}"
+        ours, theirs = row[f"ours_{name}"], row[f"theirs_{name}"]
+        return f"{'-' if ours is None else tokens(ours)}/{'-' if theirs is None else tokens(theirs)}"
     return cell
 
 

@@ -225,6 +225,42 @@ def test_a_wrong_admin_key_a_missing_one_and_rate_limits(tmp_path, usage_api):
     assert unreachable.exit_code == 1 and "Cannot reach OpenAI's usage API" in unreachable.output
 
 
+def test_days_whose_raw_calls_were_purged_are_read_from_the_rollups_and_still_match(tmp_path, usage_api):
+    """A free-plan key keeps 7 days of raw calls; the rollups keep the sums. Reading the raw calls
+    alone, the purged days' calls (all through the proxy) showed as untracked, and the daily check
+    alerted on them."""
+    from addon.core import retention
+    from pricing import PriceBook
+    from pricing.usage import TokenUsage
+
+    home = tmp_path / "home"
+    key = json.loads(CliRunner().invoke(cli, ["--home", str(home), "keys", "create", "--name", "app", "--plan",
+                                              "free", "--json"]).output)["id"]
+    book = PriceBook(tmp_path / "none.toml")
+    today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows, ledger = [], []
+    for day in range(2, 16):
+        at = today - dt.timedelta(days=day, hours=-12)
+        cost = book.price(TokenUsage(input_tokens=1000, output_tokens=100), "openai", GPT4O, at).cost_usd
+        rows.append(call_row(day, ts=at, key_id=key, model=GPT4O, input_tokens=1000, output_tokens=100,
+                             cost_usd=cost))
+        ledger.append(Billed(at, "openai", GPT4O, 1000, output_tokens=100, billed_usd=float(cost)))
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, rows)
+    usage_api.ledger = ledger
+    args = ("--provider", "openai", "--since", "20d", "--upstream", usage_api.url, "--by", "day")
+    assert lines(reconcile(home, *args, "--format", "json"))[-1]["status"] == "match"
+    purged = retention.purge(home / "aispendtrack.duckdb", dt.datetime.now(dt.UTC), audited=False).deleted
+    assert purged and sum(purged.values()) > 0
+    *days, after = lines(reconcile(home, *args, "--format", "json"))
+    assert (after["status"], after["difference_usd"], after["ours_requests"]) == ("match", 0, None)
+    assert [d["status"] for d in days] == ["match"] * 14
+    rolled = [d for d in days if d["ours_requests"] is None]  # not counted by the rollups
+    assert 5 <= len(rolled) < 14 and all(d["ours_input_tokens"] == d["theirs_input_tokens"] == 1000 for d in rolled)
+    table = reconcile(home, *args).output
+    assert "-/1" in table and "1/1" in table
+
+
 def _month_so_far(now: dt.datetime, gap: bool, book) -> tuple[list[dict], list[Billed]]:
     """Two calls on each past day of this month (UTC); with ``gap``, one more the proxy never saw."""
     from pricing.usage import TokenUsage

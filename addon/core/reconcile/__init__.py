@@ -57,13 +57,15 @@ def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timede
                                KINDS)
     mine = _by_key(ours, dims)
     provider = _by_key(theirs, dims)
+    # Buckets read from the rollups (their raw calls purged: usage_totals.per_bucket) count no requests.
+    uncounted = {line["bucket"] for line in ours if line.get("requests") is None}
     lines = []
     for key in sorted(set(mine) | set(provider), key=lambda k: tuple(part or "" for part in k)):
         o, t = mine.get(key, {}), provider.get(key, {})
         line: dict = dict(zip(dims, key, strict=True))
         bucket = line["bucket"]
         for kind in ("requests", *KINDS):
-            line[f"ours_{kind}"] = int(o.get(kind) or 0)
+            line[f"ours_{kind}"] = None if kind == "requests" and bucket in uncounted else int(o.get(kind) or 0)
             line[f"theirs_{kind}"] = None if kind == "requests" and not counts_requests else int(t.get(kind) or 0)
         line["ours_cost_usd"] = Decimal(o["cost_usd"]) if o.get("cost_usd") is not None else Decimal(0)
         line["theirs_cost_usd"] = (Decimal(t["cost_usd"]) if "cost_usd" in t else None) if t else Decimal(0)
@@ -99,8 +101,9 @@ def regroup(lines: list[dict], by: tuple[str, ...], tolerance: float = 0.0) -> l
         dims = {name: line[name] if name in kept else None for name in (*DIMS, *KEY_DIMS) if name in line}
         into = groups.setdefault(tuple(dims.values()), {**dims, "pending": False})
         for name, value in line.items():
-            if name.startswith(("ours_", "theirs_")):
-                into[name] = None if value is None and into.get(name) is None else (into.get(name) or 0) + (value or 0)
+            if name.startswith(("ours_", "theirs_")):  # a sum with a part not counted is not counted
+                into[name] = None if value is None or name in into and into[name] is None else \
+                    into.get(name, 0) + value
         into["pending"] = into["pending"] or line["pending"]
     for into in groups.values():
         into.update(_difference(into), status=_status(into, tolerance))
@@ -114,7 +117,8 @@ def total(lines: list[dict]) -> dict:
     for name in [*names, "ours_cost_usd", "theirs_cost_usd"]:  # an empty month too has every sum, all 0
         values = [line[name] for line in lines if line[name] is not None]
         zero = Decimal(0) if name.endswith("_usd") else 0
-        sums[name] = sum(values, zero) if values or not lines else None
+        counted = len(values) == len(lines) or name.endswith("_usd")  # requests: none missing from the sum
+        sums[name] = sum(values, zero) if counted else None
     sums.update(_difference(sums))
     sums["status"] = "match" if all(line["status"] == "match" for line in lines) else "differs"
     sums["pending"] = any(line["pending"] for line in lines)
@@ -143,7 +147,7 @@ def _status(line: dict, tolerance: float) -> str:
     more = less = False
     for kind in ("requests", *KINDS):
         ours, theirs = line[f"ours_{kind}"], line[f"theirs_{kind}"]
-        if theirs is None:
+        if ours is None or theirs is None:  # not counted on one side
             continue
         if abs(theirs - ours) <= tolerance * max(ours, theirs):
             continue

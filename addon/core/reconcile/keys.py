@@ -42,7 +42,8 @@ def attribute(ours: list[dict], theirs: list[dict], price: Price, kinds: tuple[s
 
 
 def _split(line: dict, found: dict[tuple, dict], price: Price, kinds: tuple[str, ...]) -> list[dict]:
-    names = [name for name in ("requests", *kinds) if all(name in usage for usage in found.values())]
+    names = [name for name in ("requests", *kinds) if all(name in usage for usage in found.values())
+             and (name != "requests" or line.get("requests") is not None)]  # None: not counted (purged)
     wanted = tuple(int(line.get(name) or 0) for name in names)
     keys = _matching(found, names, wanted)
     if keys is None and len(found) == 1:

@@ -6,7 +6,11 @@ import datetime as dt
 
 import duckdb
 
+from . import raw_horizon, rollups
 from .calls import TOOL_NAMES
+
+_SUMS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
+         "web_search_requests", "images", "audio_seconds", "characters", "cost_usd")
 
 
 def per_bucket(con: duckdb.DuckDBPyConnection, provider: str, start: dt.datetime, end: dt.datetime,
@@ -15,7 +19,31 @@ def per_bucket(con: duckdb.DuckDBPyConnection, provider: str, start: dt.datetime
 
     Only calls with usage count: a provider bills (and reports) the requests it served, not the
     ones refused before any token or never answered. Cache writes include the 1-hour ones. A batch's
-    row (one per model) counts no requests: the provider counts each of the batch's requests."""
+    row (one per model) counts no requests: the provider counts each of the batch's requests.
+    Buckets whose raw calls a purge may have taken (before raw_horizon) are read from the rollups,
+    which keep their sums: there requests are None, not counted (a rollup does not tell a batch's
+    row, or a call without usage, from the others)."""
+    tier = rollups.COARSE if hourly else rollups.MODELS
+    horizon = raw_horizon.since(con)
+    split = start if horizon <= start else min(rollups.bucket_after(horizon, tier.seconds), end)
+    kept = _from_rollups(con, tier, provider, start, split) if split > start else []
+    return kept + (_from_calls(con, provider, split, end, hourly) if split < end else [])
+
+
+def _from_rollups(con: duckdb.DuckDBPyConnection, tier: rollups.Tier, provider: str, start: dt.datetime,
+                  end: dt.datetime) -> list[dict]:
+    sums = ", ".join(f"sum({name}) AS {name}" for name in _SUMS)
+    cur = con.execute(f"""
+        SELECT timezone('UTC', bucket) AS bucket, model, NULL AS requests, {sums} FROM {tier.table}
+        WHERE provider = ? AND bucket >= ? AND bucket < ? AND model IS NOT NULL
+        GROUP BY ALL ORDER BY bucket, model
+    """, [provider, start, end])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _from_calls(con: duckdb.DuckDBPyConnection, provider: str, start: dt.datetime, end: dt.datetime,
+                hourly: bool) -> list[dict]:
     width = "hour" if hourly else "day"
     cur = con.execute(f"""
         SELECT date_trunc('{width}', timezone('UTC', ts)) AS bucket, model,
