@@ -95,7 +95,7 @@ def _report(obj, provider: str, api, admin_key: str, start: dt.datetime, end: dt
         return
     units = [unit for unit in rec.UNITS if summary[f"ours_{unit}"] or summary[f"theirs_{unit}"]]
     emit([*lines, summary], fmt, _columns(by, summary["theirs_requests"] is not None, units))
-    click.echo(_verdict(summary, api.NAME) + (_keys_named(lines) if by_key else ""))
+    click.echo(_verdict(summary, rec.unpriced(lines), api.NAME) + (_keys_named(lines) if by_key else ""))
 
 
 def _line_items(obj, provider: str, api, admin_key: str, start: dt.datetime, end: dt.datetime, tolerance: float,
@@ -220,16 +220,22 @@ def _keys_named(lines: list[dict]) -> str:
     return f" Around the proxy, by the provider's key: {named}."
 
 
-def _verdict(summary: dict, name: str) -> str:
+def _verdict(summary: dict, unpriced: list[str], name: str) -> str:
+    """``unpriced``: the models whose differing usage has no price (rec.unpriced)."""
     difference, percent = summary["difference_usd"], summary["difference_percent"]
     if summary["status"] == "match":
         text = f"Everything {name} reports matches what the proxy recorded."
+    elif difference == 0 and unpriced:
+        text = f"{name}'s usage and the proxy's differ only for models with no price here."
     elif difference >= 0:
         text = (f"{name} reports {usd(difference)} more than the proxy recorded"
                 + (f" ({percent:.1f}% of its total)" if percent is not None else "") + ": calls that went around "
                 "the proxy, or a key it does not know.")
     else:
         text = f"The proxy recorded {usd(-difference)} more than {name} reports."
+    if unpriced:
+        text += (f" The usage of {', '.join(unpriced)} has no price here, so it is in no dollar figure: see its "
+                 f"lines' tokens (add the model to prices.toml to price it).")
     if summary.get("billed_usd") is not None:
         text += (f" Its cost report says {usd(summary['billed_usd'])} was billed for these days, every line item "
                  f"included (fine-tuning, tools and calls that never passed a proxy too).")

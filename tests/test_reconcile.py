@@ -453,6 +453,33 @@ def test_an_empty_month_is_recorded_without_an_error(tmp_path, usage_api, monkey
     assert latest["provider"] == "openai" and latest["difference_usd"] == 0 and latest["lines"] == []
 
 
+def test_usage_around_the_proxy_of_a_model_without_a_price_is_named_and_alerted(tmp_path, usage_api, monkeypatch):
+    """5M input tokens of a model we have no price for, around the proxy: the total counted its cost
+    as $0 ("OpenAI reports $0.00 more (0.0%)"), so the daily check's threshold never saw it."""
+    from addon.core.reconcile import daily
+    from pricing import PriceBook
+
+    home = tmp_path / "home"
+    home.mkdir()
+    now = dt.datetime.now(dt.UTC)
+    at = (now - dt.timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
+    if at.month != (now - dt.timedelta(days=1)).month or now.day == 1:
+        pytest.skip("on the 1st the daily run covers last month")
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, [call_row(1, ts=at, model=GPT4O, input_tokens=1000, output_tokens=100,
+                                        cost_usd=Decimal("0.0035"))])
+    usage_api.ledger = [Billed(at, "openai", GPT4O, 1000, output_tokens=100, billed_usd=0.0035),
+                        Billed(at, "openai", "acme-llm-7b", 5_000_000, output_tokens=2_000_000)]
+    shown = reconcile(home, "--provider", "openai", "--since", "3d", "--upstream", usage_api.url).output
+    assert "$0.00 more" not in shown
+    assert "The usage of acme-llm-7b has no price here, so it is in no dollar figure" in shown
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    [(_, alert)] = daily.run(home / "aispendtrack.duckdb", home, PriceBook(tmp_path / "none.toml"),
+                             {"openai": usage_api.url}, now)
+    assert alert.subject == "AiSpendTrack: OpenAI usage of a model without a price differs this month"
+    assert "Usage of acme-llm-7b differs too, and has no price here" in alert.text
+
+
 def _wait(what: str, done, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while not done():

@@ -32,7 +32,8 @@ DIMS = ("bucket", "model")                     # what a line is per, always
 KEY_DIMS = ("api_key_id", "project")           # and, grouped by provider key: its id and project (workspace)
 BY = {"day": "bucket", "hour": "bucket", "model": "model", "api-key": "api_key_id", "project": "project"}
 
-__all__ = ["KINDS", "PROVIDERS", "UNITS", "ReconcileError", "admin_key", "bounded", "compare", "regroup", "total"]
+__all__ = ["KINDS", "PROVIDERS", "UNITS", "ReconcileError", "admin_key", "bounded", "compare", "regroup", "total",
+           "unpriced"]
 
 
 def admin_key(api: ModuleType) -> str | None:
@@ -123,6 +124,13 @@ def total(lines: list[dict]) -> dict:
     sums["status"] = "match" if all(line["status"] == "match" for line in lines) else "differs"
     sums["pending"] = any(line["pending"] for line in lines)
     return sums
+
+
+def unpriced(lines: list[dict]) -> list[str]:
+    """The models whose usage differs where the provider's side has no price at ours: in no dollar
+    figure of ``total`` (not as $0 either), so no threshold in dollars would ever see them."""
+    return sorted({str(line["model"]) for line in lines
+                   if line["theirs_cost_usd"] is None and line["status"] != "match"})
 
 
 def _difference(line: dict) -> dict:

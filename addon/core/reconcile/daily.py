@@ -27,7 +27,7 @@ from .. import config_files, notify
 from ..money import usd
 from ..store import reading, writing
 from ..store import reconciliations as rows
-from . import PROVIDERS, ReconcileError, admin_key, bounded, total
+from . import PROVIDERS, ReconcileError, admin_key, bounded, total, unpriced
 from .check import DAY, check
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: d
             with bounded():
                 lines = check(db, book, provider, base_urls.get(provider) or api.DEFAULT_BASE_URL, key, start, end,
                               now)
-            summary = total(lines)
+            summary = {**total(lines), "theirs_unpriced": unpriced(lines)}
         except ReconcileError as exc:
             log.error("reconciliation with %s failed: %s", api.NAME, exc)
             continue
@@ -75,20 +75,30 @@ def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: d
 
 
 def _over(summary: dict, limit: Threshold) -> bool:
+    """Past the threshold in dollars, or differing in usage we cannot price (in no dollar figure,
+    so no threshold would ever see it)."""
+    return _over_in_dollars(summary, limit) or bool(summary["theirs_unpriced"])
+
+
+def _over_in_dollars(summary: dict, limit: Threshold) -> bool:
     percent = summary["difference_percent"]
     return (percent is not None and abs(percent) >= limit.percent
             and abs(summary["difference_usd"]) >= Decimal(str(limit.min_usd)))
 
 
 def _alert(name: str, start: dt.datetime, end: dt.datetime, summary: dict, differing: list[dict]) -> notify.Alert:
-    difference = summary["difference_usd"]
+    difference, percent, unpriced = summary["difference_usd"], summary["difference_percent"], summary["theirs_unpriced"]
     more = f"{name} reports {usd(difference)} more" if difference > 0 else f"the proxy recorded {usd(-difference)} more"
     days = sorted({f"{line['bucket']:%Y-%m-%d}" for line in differing})
+    title = (f"AiSpendTrack: {name} usage differs by {percent:.1f}% this month" if percent is not None and difference
+             else f"AiSpendTrack: {name} usage of a model without a price differs this month")
+    without = (f" Usage of {', '.join(unpriced)} differs too, and has no price here, so it is in no dollar figure."
+               if unpriced else "")
     return notify.Alert(
-        "reconcile", f"AiSpendTrack: {name} usage differs by {summary['difference_percent']:.1f}% this month",
+        "reconcile", title,
         f"From {start:%Y-%m-%d} to {end - DAY:%Y-%m-%d} (UTC) {more} than the proxy: "
-        f"{usd(summary['ours_cost_usd'])} recorded, {usd(summary['theirs_cost_usd'])} by {name}. "
+        f"{usd(summary['ours_cost_usd'])} recorded, {usd(summary['theirs_cost_usd'])} by {name}.{without} "
         f"Days that differ: {', '.join(days) or 'none'}. Calls that went around the proxy show as untracked in "
         f"`aispendtrack reconcile --provider {name.lower()} --since {start:%Y-%m-%d}`.",
-        {"provider": name.lower(), "difference_usd": float(difference),
-         "difference_percent": summary["difference_percent"], "days": days})
+        {"provider": name.lower(), "difference_usd": float(difference), "difference_percent": percent,
+         "days": days, "unpriced_models": unpriced})
