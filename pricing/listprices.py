@@ -17,7 +17,7 @@ import genai_prices
 from genai_prices.types import ModelInfo, TieredPrices, TimeOfDateConstraint
 
 from .rates import MTOK
-from .snapshots import PriceData, bundled
+from .snapshots import PriceData, PriceDataError, bundled
 from .usage import TokenUsage
 
 _TIER_FIELDS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok", "cache_write_1h_mtok")
@@ -123,6 +123,27 @@ def adds_up(provider: str, model: str, at: dt.datetime, ctx: Context = (), data:
     rate by the time of day): true of a model they do not know."""
     provider = _GENAI_IDS.get(provider, provider)
     return _linear_rates(data or _current, provider, model, at.date(), ctx) is not _PER_CALL
+
+
+def check_not_free(new: PriceData, current: PriceData, at: dt.datetime) -> None:
+    """Refuse a document in which models ``current`` prices now cost nothing at all (input and
+    output at $0): a broken or tampered mirror would otherwise make every call to them $0, priced,
+    without a word. (A model that really became free can be priced in prices.toml.)"""
+    freed = sorted((provider, model) for provider, model in new.models() & current.models()
+                   if _charges(current, provider, model, at) and _charges(new, provider, model, at) is False)
+    if freed:
+        examples = ", ".join(f"{p}/{m}" for p, m in freed[:3])
+        raise PriceDataError(f"{new.source} prices {len(freed)} model(s) priced now at $0 for input and output "
+                             f"(e.g. {examples}): refused, the list prices in use stay")
+
+
+def _charges(data: PriceData, provider: str, model: str, at: dt.datetime) -> bool | None:
+    """Whether ``data`` prices the model's input or output above $0 at ``at``; None when it cannot tell."""
+    try:
+        return _model(data, provider, model) is not None and any(
+            _genai_cost(data, _PROBES[kind], provider, model, at, ()) for kind in ("input_tokens", "output_tokens"))
+    except Exception:  # a model genai-prices cannot price without more (a context it needs): not judged
+        return None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -415,6 +415,30 @@ class _Models:
         return self._models
 
 
+def test_a_document_that_makes_priced_models_free_is_refused_and_the_prices_in_use_stay(bundled, tmp_path):
+    """A broken or tampered mirror with every gpt-4o model at $0 for input and output passed every
+    check: from then on each gpt-4o call was stored priced at $0.00, without a word."""
+    from addon.core import price_data
+    from addon.core.store import writing
+    from pricing import PriceBook, TokenUsage
+
+    zeroed = copy.deepcopy(bundled)
+    for model in next(p for p in zeroed if p["id"] == "openai")["models"]:
+        if model["id"].startswith("gpt-4o"):
+            model["prices"] = {"input_mtok": 0, "output_mtok": 0}
+    db = tmp_path / "aispendtrack.duckdb"
+    with writing(db):
+        pass
+    usage = TokenUsage(input_tokens=1_000_000, output_tokens=100_000)
+    before = PriceBook(None).price(usage, "openai", "gpt-4o", NOW).cost_usd
+    with PriceServer(zeroed) as server, pytest.raises(snapshots.PriceDataError) as refused:
+        price_data.refresh(db, server.url, NOW)
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/data\.json prices \d+ model\(s\) priced now at \$0 for input and "
+                        r"output \(e\.g\. openai/gpt-4o\S*, .*\): refused, the list prices in use stay",
+                        str(refused.value)), str(refused.value)
+    assert before == Decimal("3.5") and PriceBook(None).price(usage, "openai", "gpt-4o", NOW).cost_usd == before
+
+
 def test_a_document_may_drop_five_percent_of_the_known_models_and_not_one_more():
     snapshots.check_coverage(_Models(19), _Models(20))  # 1 of 20 gone: exactly 5%, a retirement
     snapshots.check_coverage(_Models(0), _Models(0))  # nothing known yet: anything goes

@@ -76,6 +76,7 @@ def refresh(db: Path, url: str, now: dt.datetime) -> PriceData:
     source = snapshots.shown(url)
     data = snapshots.parse(snapshots.fetch(url), source, now)
     snapshots.check_coverage(data, listprices.current())
+    listprices.check_not_free(data, listprices.current(), now)
     with writing(db) as con:
         assert data.text is not None
         stored.put(con, data.id, source, len(data.models()), data.text, now)
