@@ -352,37 +352,22 @@ def test_the_provider_down_gives_a_clear_page_and_keys_still_work(page, site, tm
 def test_a_discovery_document_naming_no_issuer_text_gives_the_misconfigured_page(tmp_path, monkeypatch):
     """A provider whose discovery document names its issuer as a number (or not at all): a page that
     says so (502), where the sign-in was a server error."""
-    import http.server
-
-    documents = iter([{"issuer": 5}, {}])
-
-    class Discovery(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps(next(documents)).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
+    from .price_data import PriceServer  # a server of one JSON document, whatever the path
 
     monkeypatch.setenv(SECRET_ENV, SECRET)
-    provider = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
-    threading.Thread(target=provider.serve_forever, daemon=True).start()
     home = tmp_path / "home"
     home.mkdir()
-    (home / "sso.toml").write_text(SSO_TOML.format(issuer=f"http://127.0.0.1:{provider.server_port}", env=SECRET_ENV))
-    url, server = _serve(home)
-    try:
-        for _ in range(2):
-            answer = httpx.get(url + "/sso/login", timeout=10)
-            assert answer.status_code == 502 and "names another issuer" in answer.text, answer.text[:300]
-            assert "Traceback" not in answer.text
-    finally:
-        server.close()
-        provider.shutdown()
+    with PriceServer(b"{}") as provider:
+        (home / "sso.toml").write_text(SSO_TOML.format(issuer=provider.url.removesuffix("/data.json"), env=SECRET_ENV))
+        url, server = _serve(home)
+        try:
+            for document in ({"issuer": 5}, {}):
+                provider.serve(json.dumps(document).encode())
+                answer = httpx.get(url + "/sso/login", timeout=10)
+                assert answer.status_code == 502 and "names another issuer" in answer.text, answer.text[:300]
+                assert "Traceback" not in answer.text
+        finally:
+            server.close()
 
 
 @pytest.mark.parametrize("user", ["victor", "tess"])
