@@ -97,11 +97,16 @@ def test_a_groups_mapping_taken_out_takes_its_role_even_where_another_group_give
     assert (auth.session_principal(db, searcher, after).role, auth.session_principal(db, searcher, after).teams) == (
         None, ())
     assert auth.session_principal(db, both, after).role == "admin"  # still given by spend-admins
-    # A user who signed in before the groups were kept: judged by the role's name, as before.
+    # Users who signed in before the groups were kept: judged by the role's and teams' names, as before.
+    legacy = signed_in(migrated_home, "l", "team", ("search", "gone"))
     with writing(db) as con:
-        con.execute("UPDATE sso_users SET groups = NULL WHERE sub = 'c'")
+        con.execute("UPDATE sso_users SET groups = NULL WHERE sub IN ('c', 'l')")
     assert auth.session_principal(db, contractor, after).role == "admin"
     assert auth.session_principal(db, contractor, SsoSettings("https://idp.example", "a", "s")).role is None
+    kept = auth.session_principal(db, legacy, after)
+    assert (kept.role, kept.teams) == ("team", ("search",))  # "gone" is mapped no more
+    lost_team = auth.session_principal(db, legacy, SsoSettings("https://idp.example", "a", "s", teams={"x": "ads"}))
+    assert (lost_team.role, lost_team.teams) == (None, ())
 
 
 @pytest.mark.parametrize("method", ["POST", "DELETE", "PUT", "PATCH"])
