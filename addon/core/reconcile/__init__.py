@@ -102,7 +102,9 @@ def regroup(lines: list[dict], by: tuple[str, ...], tolerance: float = 0.0) -> l
         dims = {name: line[name] if name in kept else None for name in (*DIMS, *KEY_DIMS) if name in line}
         into = groups.setdefault(tuple(dims.values()), {**dims, "pending": False})
         for name, value in line.items():
-            if name.startswith(("ours_", "theirs_")):  # a sum with a part not counted is not counted
+            if name.endswith("_usd") and name.startswith(("ours_", "theirs_")):  # the priced parts' sum
+                into[name] = None if value is None and into.get(name) is None else (into.get(name) or 0) + (value or 0)
+            elif name.startswith(("ours_", "theirs_")):  # a count with a part not counted is not counted
                 into[name] = None if value is None or name in into and into[name] is None else \
                     into.get(name, 0) + value
         into["pending"] = into["pending"] or line["pending"]
