@@ -37,10 +37,7 @@ PATHS = (*IMAGES, *TRANSCRIPTS, SPEECH)
 _PER_CHARACTER = ("tts-1", "tts-1-hd")
 _MAX_AUDIO_SECONDS = Decimal(24 * 3600)
 _DONE_EVENTS = ("transcript.text.done", "speech.audio.done")
-# A streamed GPT Image answer: each image ends with one of these, carrying usage. How usage is split
-# over the events of several images is not documented, so only a one-image stream is priced.
-_IMAGE_DONE = ("image_generation.completed", "image_edit.completed")
-_DONE_MARKS = tuple(f'"{kind}"'.encode() for kind in (*_DONE_EVENTS, *_IMAGE_DONE))
+_DONE_MARKS = tuple(f'"{kind}"'.encode() for kind in _DONE_EVENTS)
 
 
 def observe(path: str, body: object) -> Observed:
@@ -106,20 +103,12 @@ class MediaStream(StreamParser):
     def __init__(self, path: str):
         super().__init__()
         self.speech = path == SPEECH
-        self.images = 0  # the images a streamed GPT Image answer completed
 
     def feed(self, event: str | None, data: bytes) -> None:
         if not any(mark in data for mark in _DONE_MARKS) and b'"error"' not in data:
             return  # a delta: a substring search, never a JSON decode
         payload = loads(data) or {}
-        if payload.get("type") in _IMAGE_DONE:
-            self.images += 1
-            self.observed.complete = True
-            if self.images == 1:
-                self.observed.take_usage(lambda raw: _image_usage(raw, [None]), payload.get("usage"))
-            else:  # several images: not priced from one's usage, nor from a sum that may count twice
-                self.observed.usage = None
-        elif payload.get("type") in _DONE_EVENTS:
+        if payload.get("type") in _DONE_EVENTS:
             self.observed.complete = True
             self.observed.take_usage(self._usage, payload.get("usage"))
         elif isinstance(payload.get("error"), dict):
@@ -166,9 +155,6 @@ def estimate(path: str, request: dict | None) -> TokenUsage | None:
 
 def missing(path: str) -> str:
     """Why a successful call on one of PATHS has no usage we could price."""
-    if path in IMAGES:
-        return ("the answer reported no usage (a streamed answer of several images is not metered: how its usage "
-                "is split over their completed events is not documented)")
     if path in TRANSCRIPTS:
         return ("the response reported no duration (response_format json or verbose_json reports it) and the "
                 "audio file is not a WAV file whose header gives it")
