@@ -209,13 +209,13 @@ class AiSpendTrack:
         """On the writer thread, with its connection: keys, limits and budgets now; usage counts once."""
         now = dt.datetime.now(dt.UTC)
         state = self.state
-        state.budgets.load([Budget.from_row(b) for b in budget_rows.all_budgets(con)],
+        with connection.snapshot(con):  # a team renamed or a key moved meanwhile shows on all of them, or none
+            budgets, teams = budget_rows.all_budgets(con), team_rows.names_of_keys(con)
+            active, members = key_rows.active(con), team_rows.members(con)
+        state.budgets.load([Budget.from_row(b) for b in budgets],
                            lambda b, day, month: budget_rows.spend_since(con, b.scope, b.scope_value, b.key_id,
-                                                                         day, month), now,
-                           team_rows.names_of_keys(con))
-        active = key_rows.active(con)
+                                                                         day, month), now, teams)
         state.keyring.replace({key_hash: key_id for key_hash, key_id, *_ in active})
-        members = team_rows.members(con)
         state.limiter.set_limits({key_id: limits_for(plan, per_hour, per_month)
                                   for _, key_id, plan, per_hour, per_month in active}, teams_of_keys(members))
         stored = config.quota_zone(con)

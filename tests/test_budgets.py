@@ -490,6 +490,29 @@ def test_a_team_budget_counts_its_keys_alone_and_a_moved_key_takes_its_stored_sp
     assert seeded == [] and tracker.blocked(2, None, None, now).spent == Decimal("5.00")
 
 
+def test_a_renamed_team_keeps_the_spend_its_budget_counted_and_a_shared_replica_waits_for_the_shared_total():
+    now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    stored = (Decimal("0.25"), Decimal("0.25"))  # the rows stored when the proxy read the budget
+    for shared in (False, True):
+        tracker = BudgetTracker(dt.UTC)
+        tracker.shared = shared
+        tracker.load([Budget(1, "team", "search", Decimal("1"), None, True)], lambda b, d, m: stored, now,
+                     teams={1: "search", 2: "search"})
+        tracker.record(1, None, None, Decimal("0.80"), now)  # counted, not yet in the rows the seed reads
+        renamed = Budget(1, "team", "retrieval", Decimal("1"), None, True)
+        tracker.load([renamed], lambda b, d, m: stored, now, teams={1: "retrieval", 2: "retrieval"})
+        refusal = tracker.blocked(2, None, None, now)
+        assert (refusal.budget, refusal.spent) == (renamed, Decimal("1.05")), shared
+    # A key moved out: the embedded proxy counts the team's keys' rows again; a replica keeps its
+    # count until the sync brings the shared total, which the move recounted (respend_teams).
+    tracker.load([renamed], lambda b, d, m: stored, now, teams={1: "retrieval"})
+    assert tracker.blocked(1, None, None, now).spent == Decimal("1.05") and tracker.blocked(2, None, None, now) is None
+    sent, day, _ = tracker.take_unsynced(now)  # the sync sends the replica's 0.80, then reads the total
+    assert sent == {1: Decimal("0.80")}
+    tracker.set_spend({1: (Decimal("0.30"), Decimal("0.30"))}, day)
+    assert tracker.blocked(1, None, None, now) is None
+
+
 def test_who_may_see_a_budget_is_the_key_every_call_of_it_belongs_to():
     assert Budget(1, "customer", "acme", None, None, False, key_id=3).owned_by(3)
     assert not Budget(1, "customer", "acme", None, None, False, key_id=3).owned_by(4)

@@ -17,8 +17,11 @@ from click.testing import CliRunner
 
 from addon.core import home as home_dir
 from addon.core import periods
+from addon.core.store import budgets as budget_rows
 from addon.core.store import calls as call_rows
-from addon.core.store import migrations, reading, writing
+from addon.core.store import migrations, reading, shared, writing
+from addon.core.store import teams as team_rows
+from addon.core.store.connection import snapshot
 from cli.main import cli
 from web import create_app
 
@@ -325,6 +328,31 @@ def test_a_team_budget_sums_its_keys_blocks_them_all_and_follows_a_moved_key(tmp
     assert [b["scope_value"] for b in json.loads(run_cli(home, "budgets", "list", "--json"))] == ["retrieval"]
     assert run_cli(home, "teams", "delete", "retrieval", "--move-keys-out") == \
         f"Deleted team retrieval; 1 key (id {a['id']}) now in no team; its 1 budget (id 1) deleted.\n"
+
+
+@pytest.mark.parametrize("mode", ["embedded", "shared"])
+def test_the_proxy_reads_a_team_and_its_budget_as_of_one_moment(mode, request, tmp_path):
+    """The proxy reads the budgets, then the keys' teams: a rename between the two showed the budget
+    over a team no key was in, whose spend the proxy counted again from none of the calls ($0)."""
+    if mode == "shared":
+        request.getfixturevalue("shared_env")
+    home = tmp_path / "home"
+    run_cli(home, "teams", "create", "search")
+    key = new_key(home, "a", "--team", "search")
+    run_cli(home, "budgets", "set", "--scope", "team:search", "--daily", "1", "--block")
+    with writing(home_dir.db_path(home)) as con:
+        other = con.cursor() if mode == "embedded" else shared.ControlConnection(shared.configured())
+        try:
+            with snapshot(con):
+                teams = team_rows.names_of_keys(con)
+                team_rows.rename(other, team_rows.find(other, "search"), "retrieval")  # as `teams rename`
+                budget_rows.rename_team(other, "search", "retrieval")
+                budgets = budget_rows.all_budgets(con)
+            assert (teams, [b["scope_value"] for b in budgets]) == ({key: "search"}, ["search"])
+            assert team_rows.names_of_keys(con) == {key: "retrieval"}
+            assert [b["scope_value"] for b in budget_rows.all_budgets(con)] == ["retrieval"]
+        finally:
+            other.close()
 
 
 def test_a_team_budget_in_the_shared_mode_holds_over_three_replicas_and_a_move_recounts_it(shared_env, tmp_path,

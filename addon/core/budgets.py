@@ -149,6 +149,7 @@ class BudgetTracker:
         self._blocking: list[Budget] = []  # checked on every call: usually empty
         self._spend: dict[int, list[Decimal]] = {}  # budget id -> [today, this month]
         self._team_of: dict[int, str] = {}  # key id -> its team's name (team budgets)
+        self._members: dict[int, frozenset[int]] = {}  # team budget id -> the keys it counts
         # The current day and month; the first _roll sets them (the ends start in the past).
         self._day = self._month = self._day_end = self._month_end = dt.datetime.min.replace(tzinfo=dt.UTC)
 
@@ -161,9 +162,14 @@ class BudgetTracker:
             self._roll(now)
             fresh = {b.id: b for b in budgets}
             day, month = self._day, self._month
-            moved = teams != self._team_of
+            members = {b.id: frozenset(k for k, name in teams.items() if name == b.scope_value)
+                       for b in budgets if b.scope == "team"}
             for budget in fresh.values():
-                again = moved and budget.scope == "team"
+                # Keys moved in or out: the team's spend is its keys' again. A rename moves no key, and
+                # keeps the spend counted since the rows were last stored. In the shared mode the move
+                # recounted the shared total (respend_teams), which the next sync brings; a recount
+                # from the rows the lake has so far would lower what the replicas counted.
+                again = members.get(budget.id) != self._members.get(budget.id) and not self.shared
                 if budget.id in self._spend and not again:
                     continue
                 if self.host is not None:
@@ -172,7 +178,7 @@ class BudgetTracker:
                     self._spend[budget.id] = [Decimal(0), Decimal(0)]  # unused: the host's counts
                 else:
                     self._spend[budget.id] = list(seed(budget, day, month))
-            self._team_of = teams
+            self._team_of, self._members = teams, members
             self._spend = {k: v for k, v in self._spend.items() if k in fresh}
             self._budgets = fresh
             self._blocking = [b for b in fresh.values() if b.block]

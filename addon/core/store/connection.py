@@ -272,6 +272,20 @@ def atomic(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def snapshot(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """The control tables read inside as of one moment. Two reads apart can straddle a change: a team
+    renamed in between shows its budget under the old name beside its keys under the new one."""
+    if isinstance(con, shared.SharedConnection):
+        pg = con.control.pg
+        with pg.transaction():  # PostgreSQL's default takes a snapshot per statement
+            pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield
+        return
+    with transaction(con):
+        yield
+
+
 def is_shared(con: duckdb.DuckDBPyConnection) -> bool:
     return isinstance(con, shared.SharedConnection)
 
