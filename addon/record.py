@@ -58,7 +58,9 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     else:
         price = _NOTHING_BILLED if free and source == "none" else UNPRICED
         if source == "none" and not free and meter.billing == METERED and observed.invalid_usage is None:
-            observed.unknown_usage = meter.provider.missing_usage(meter.path, request.json())
+            # The answer's own reason first (a stream that said why), else the path's.
+            observed.unknown_usage = observed.unknown_usage or meter.provider.missing_usage(meter.path,
+                                                                                            request.json())
     return _row(meter, observed, model, usage, source, price)
 
 

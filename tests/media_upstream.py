@@ -197,6 +197,18 @@ def _generations(handler, body: bytes, content_type: str) -> None:
     if not isinstance(request.get("prompt"), str):
         raise BadRequest("Missing required parameter: 'prompt'.")
     n = int(request.get("n") or 1)
+    if request.get("stream") is True:  # GPT Image models only: partial images, then each image completed
+        if not request["model"].startswith("gpt-image"):
+            raise BadRequest("Streaming is only supported for GPT Image models.")
+        picture = base64.b64encode(b"\x89PNG fake").decode()
+        shape = {"background": "opaque", "output_format": "png", "quality": "high", "size": "1024x1024",
+                 "created_at": 1764763200}
+        events = [{"type": "image_generation.partial_image", "b64_json": picture, "partial_image_index": 0, **shape}]
+        events += [{"type": "image_generation.completed", "b64_json": picture, **shape,
+                    "usage": _image_usage(_prompt_tokens(request["prompt"]), 0, 1)} for _ in range(n)]
+        handler._chunks("text/event-stream", [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode()
+                                              for e in events])
+        return
     answer = {"created": 1764763200, **_image_data(request["model"], n)}
     if request["model"].startswith("gpt-image"):
         answer["usage"] = _image_usage(_prompt_tokens(request["prompt"]), 0, n)

@@ -59,6 +59,23 @@ def test_an_image_generation_is_metered_in_text_and_image_tokens(proxy, media, c
     assert _usd(row["cost_usd"]) == (6 * Decimal(5) + 8320 * Decimal(40)) / M
 
 
+def test_a_streamed_image_generation_is_metered_from_its_completed_event(proxy, media, customer):
+    """One image, streamed: its usage is in image_generation.completed (stored unpriced before, as if
+    the answer had none). Several: unpriced with why, never a sum that may count twice."""
+    stream = _client(proxy).images.generate(model="gpt-image-1", prompt="a red cat on a mat", stream=True,
+                                            partial_images=1, **_tag(customer))
+    assert [e.type for e in stream] == ["image_generation.partial_image", "image_generation.completed"]
+    [row] = proxy.rows(customer)
+    assert (row["stream"], row["usage_source"], row["images"]) == (True, "reported", 1)
+    assert (row["input_tokens"], row["output_tokens"]) == (6, fake.IMAGE_OUTPUT_TOKENS)
+    assert _usd(row["cost_usd"]) == (6 * Decimal(5) + fake.IMAGE_OUTPUT_TOKENS * Decimal(40)) / M
+    two = f"{customer}-two"
+    list(_client(proxy).images.generate(model="gpt-image-1", prompt="two cats", stream=True, n=2, **_tag(two)))
+    [several] = proxy.rows(two)
+    assert (several["priced"], several["cost_usd"]) == (False, None)
+    assert "a streamed answer of several images is not metered" in several["error"]
+
+
 def test_an_image_edit_is_metered_and_its_upload_reaches_openai_byte_for_byte(proxy, media, customer):
     sent: list[bytes] = []
     picture = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64

@@ -37,7 +37,10 @@ PATHS = (*IMAGES, *TRANSCRIPTS, SPEECH)
 _PER_CHARACTER = ("tts-1", "tts-1-hd")
 _MAX_AUDIO_SECONDS = Decimal(24 * 3600)
 _DONE_EVENTS = ("transcript.text.done", "speech.audio.done")
-_DONE_MARKS = tuple(f'"{kind}"'.encode() for kind in _DONE_EVENTS)
+# A streamed GPT Image answer: each image ends with one of these, carrying usage. How usage is split
+# over the events of several images is not documented, so only a one-image stream is priced.
+_IMAGE_DONE = ("image_generation.completed", "image_edit.completed")
+_DONE_MARKS = tuple(f'"{kind}"'.encode() for kind in (*_DONE_EVENTS, *_IMAGE_DONE))
 
 
 def observe(path: str, body: object) -> Observed:
@@ -103,12 +106,22 @@ class MediaStream(StreamParser):
     def __init__(self, path: str):
         super().__init__()
         self.speech = path == SPEECH
+        self.images = 0  # the images a streamed GPT Image answer completed
 
     def feed(self, event: str | None, data: bytes) -> None:
         if not any(mark in data for mark in _DONE_MARKS) and b'"error"' not in data:
             return  # a delta: a substring search, never a JSON decode
         payload = loads(data) or {}
-        if payload.get("type") in _DONE_EVENTS:
+        if payload.get("type") in _IMAGE_DONE:
+            self.images += 1
+            self.observed.complete = True
+            if self.images == 1:
+                self.observed.take_usage(lambda raw: _image_usage(raw, [None]), payload.get("usage"))
+            else:  # several images: not priced from one's usage, nor from a sum that may count twice
+                self.observed.usage = None
+                self.observed.unknown_usage = ("a streamed answer of several images is not metered: how its "
+                                               "usage splits over their completed events is not documented")
+        elif payload.get("type") in _DONE_EVENTS:
             self.observed.complete = True
             self.observed.take_usage(self._usage, payload.get("usage"))
         elif isinstance(payload.get("error"), dict):
