@@ -203,7 +203,7 @@ class AiSpendTrack:
     def _count(self, row: dict) -> None:
         self.metrics.observe(row)
         self.state.budgets.record(row["key_id"], row["customer_id"], row["feature"], row["cost_usd"],
-                                  dt.datetime.now(dt.UTC))
+                                  dt.datetime.now(dt.UTC), row["ts"])
 
     def _refresh(self, con) -> None:
         """On the writer thread, with its connection: keys, limits and budgets now; usage counts once."""

@@ -116,8 +116,9 @@ def _usage_rows(meter: CallMeter, row: dict, book: PriceBook) -> list[dict]:
         return []
     error = f"{reader.malformed} result lines unreadable, not counted" if reader.malformed else None
     out = []
-    for model, columns in _priced(reader, book, meter.provider.name, row["ts"]):
-        out.append({**row, **columns, "id": uuid.uuid4(), "endpoint": meter.provider.batch_endpoint, "model": model,
+    for model, ts, columns in _priced(reader, book, meter.provider.name, row["ts"]):
+        out.append({**row, **columns, "id": uuid.uuid4(), "ts": ts, "endpoint": meter.provider.batch_endpoint,
+                    "model": model,
                     "stream": False, "usage_source": "reported", "service_tier": BATCH_TIER, "error": error,
                     "latency_ms": None, "ttft_ms": None, "proxy_us": None,  # not a call of its own
                     NOTE: {"results": batch.ref, "download": str(meter.id)}})
@@ -125,11 +126,16 @@ def _usage_rows(meter: CallMeter, row: dict, book: PriceBook) -> list[dict]:
 
 
 def _priced(reader: ResultsReader, book: PriceBook, provider: str,
-            at: dt.datetime) -> list[tuple[str | None, dict]]:
-    """(model, the columns of its row): summed counts, and the sum of each line's price at the batch rate."""
+            downloaded: dt.datetime) -> list[tuple[str | None, dt.datetime, dict]]:
+    """(model, when, the columns of its row) per model and 15 minutes the requests ran in: summed
+    counts, and the sum of each line's price at the batch rate then. Dated by the latest of its lines
+    (the download's time where a line does not say, or says later: a clock ahead), so the day a
+    report or the provider's books put the usage on is the day it ran, not the day it was fetched."""
     step = len(FIELDS)
     out = []
-    for model, counts in reader.usage.items():
+    for (model, bucket), counts in reader.usage.items():
+        ran = reader.ran.get((model, bucket))
+        at = downloaded if ran is None else min(dt.datetime.fromtimestamp(ran, dt.UTC), downloaded)
         totals = [sum(counts[i::step]) for i in range(step)]
         cost: Decimal | None = Decimal(0)
         source = snapshot = None
@@ -138,9 +144,9 @@ def _priced(reader: ResultsReader, book: PriceBook, provider: str,
                                model, at, BATCH_TIER)
             source, snapshot = source or price.source, snapshot or price.snapshot
             cost = None if cost is None or price.cost_usd is None else cost + price.cost_usd
-        out.append((model, {**dict(zip(FIELDS, totals, strict=True)), "cost_usd": cost,
-                            "priced": cost is not None, "price_source": source if cost is not None else None,
-                            "price_snapshot": snapshot}))
+        out.append((model, at, {**dict(zip(FIELDS, totals, strict=True)), "cost_usd": cost,
+                                "priced": cost is not None, "price_source": source if cost is not None else None,
+                                "price_snapshot": snapshot}))
     return out
 
 

@@ -26,13 +26,19 @@ class LineTooLong(ValueError):
     """A results line grew past MAX_LINE_BYTES without ending."""
 
 
+BUCKET_S = 900  # the rollups' 15 minutes: every zone's day starts on one of their edges
+
+
 class ResultsReader:
-    """Feed content-decoded chunks cut anywhere; ``usage`` holds each line's counts, per model.
+    """Feed content-decoded chunks cut anywhere; ``usage`` holds each line's counts, per model and
+    the 15 minutes its request ran in (None where the line does not say: then the download's time).
     A line that is not JSON, or whose usage cannot be believed, is counted in ``malformed``."""
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
-        self.usage: dict[str | None, array] = {}  # model -> the lines' counts, len(FIELDS) per line
+        # (model, 15-minute bucket) -> the lines' counts, len(FIELDS) per line
+        self.usage: dict[tuple[str | None, int | None], array] = {}
+        self.ran: dict[tuple[str | None, int | None], int] = {}  # the same -> its latest line's run time
         self.lines = 0
         self.malformed = 0
         self.first_malformed: int | None = None  # its line number, for the log
@@ -76,7 +82,11 @@ class ResultsReader:
         if observed is None or observed.usage is None:
             return
         model = observed.model if isinstance(observed.model, str) else None
-        counts = self.usage.get(model)
+        ran = observed.ran_at
+        group = (model, None if ran is None else ran // BUCKET_S)
+        counts = self.usage.get(group)
         if counts is None:
-            counts = self.usage[model] = array("q")
+            counts = self.usage[group] = array("q")
+        if ran is not None:
+            self.ran[group] = max(ran, self.ran.get(group, ran))
         counts.extend(getattr(observed.usage, name) for name in FIELDS)

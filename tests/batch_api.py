@@ -73,6 +73,7 @@ class BatchApi:
     cut_after_bytes: int = 0       # the results connection drops after this many bytes; 0: never
     polls_until_done: int = 2      # retrieves before the batch is done
     gzip_objects: bool = False     # batch objects gzip-encoded for a client that accepts it
+    ran_at: list[int] = field(default_factory=list)  # when each request ran (Unix s); []: at creation
     files: dict[str, bytes] = field(default_factory=dict)
     batches: dict[str, _Batch] = field(default_factory=dict)
     results_sent: int = 0          # result files served in full
@@ -174,11 +175,16 @@ def _openai_line(api: BatchApi, batch: _Batch, n: int) -> dict:
         return _responses_line(api, batch, n)
     return {"id": f"batch_req_{n:06d}", "custom_id": request["custom_id"], "error": None,
             "response": {"status_code": 200, "request_id": f"req_{n:06d}", "body": {
-                "id": f"chatcmpl-{n}", "object": "chat.completion", "created": batch.created_at,
+                "id": f"chatcmpl-{n}", "object": "chat.completion", "created": _ran(api, batch, n),
                 "model": request["body"]["model"] + "-2024-07-18",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "x" * api.pad},
                              "finish_reason": "stop", "logprobs": None}],
                 "usage": openai_usage(n), "service_tier": "default", "system_fingerprint": "fp_1"}}}
+
+
+def _ran(api: BatchApi, batch: _Batch, n: int) -> int:
+    """When the n-th request ran: an answer's own time (a batch runs for up to 24 hours)."""
+    return api.ran_at[n] if n < len(api.ran_at) else batch.created_at
 
 
 def _responses_line(api: BatchApi, batch: _Batch, n: int) -> dict:
@@ -192,7 +198,7 @@ def _responses_line(api: BatchApi, batch: _Batch, n: int) -> dict:
                    "content": [{"type": "output_text", "text": "x" * api.pad, "annotations": []}]})
     return {"id": f"batch_req_{n:06d}", "custom_id": request["custom_id"], "error": None,
             "response": {"status_code": 200, "request_id": f"req_{n:06d}", "body": {
-                "id": f"resp_{n}", "object": "response", "created_at": batch.created_at, "status": "completed",
+                "id": f"resp_{n}", "object": "response", "created_at": _ran(api, batch, n), "status": "completed",
                 "model": request["body"]["model"] + "-2025-04-14", "output": output,
                 "usage": {"input_tokens": usage["prompt_tokens"], "input_tokens_details": {"cached_tokens": 0},
                           "output_tokens": usage["completion_tokens"],

@@ -96,6 +96,33 @@ def test_openai_batch_is_priced_at_half_once_for_the_call_that_created_it(proxy,
     assert len(usage_rows(proxy, customers, calls=7)) == 1
 
 
+def test_a_batch_that_ran_yesterday_is_dated_and_budgeted_where_it_ran_not_where_it_was_fetched(tmp_path, fake):
+    """Each result line says when its request ran: rows per 15 minutes of running, dated then, so a
+    report and the provider's books show the usage on the same day, and a daily budget of today does
+    not count yesterday's half (a call under it is admitted; counted at the download, it was refused)."""
+    now = int(time.time())
+    yesterday = now - 26 * 3600
+    fake.batches.ran_at = [yesterday, yesterday + 60, now - 120, now - 60]
+    home = tmp_path / "home"
+    # One line costs (1,000 + n) x 0.075 + (200 + n) x 0.30 per million, about $0.000135: today's two
+    # stay under $0.0004, all four do not.
+    run_cli(home, "budgets", "set", "--scope", "customer:night-owl", "--all-keys", "--daily", "0.0004", "--block")
+    proxy = start_proxy(home, fake.url, tmp_path / "proxy.log")
+    try:
+        client = proxy.openai(headers=tags("night-owl"))
+        batch = completed_openai_batch(client, client, MINI, 4)
+        client.files.content(batch.output_file_id)
+        rows = sorted(usage_rows(proxy, ("night-owl",), calls=5, expect=2), key=lambda r: r["ts"])
+        assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(2001, 401), (2005, 405)]
+        assert [r["ts"][:19] for r in rows] == [
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) for t in (yesterday + 60, now - 60)]
+        assert cost(rows[0]) == (Decimal(2001) * Decimal("0.075") + Decimal(401) * Decimal("0.30")) / M
+        client.chat.completions.create(model=MINI, messages=[{"role": "user", "content": "hi"}])  # not refused
+    finally:
+        fake.batches.ran_at = []
+        proxy.stop()
+
+
 def test_an_openai_batch_of_responses_counts_and_prices_its_file_searches(proxy, fake):
     """Each line's file search is billed on top of its tokens: the results' lines kept tokens and
     web searches alone, so a priced row left out $2.50 per 1,000 searches."""

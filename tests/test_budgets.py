@@ -508,7 +508,7 @@ def test_a_renamed_team_keeps_the_spend_its_budget_counted_and_a_shared_replica_
     tracker.load([renamed], lambda b, d, m: stored, now, teams={1: "retrieval"})
     assert tracker.blocked(1, None, None, now).spent == Decimal("1.05") and tracker.blocked(2, None, None, now) is None
     sent, day, _ = tracker.take_unsynced(now)  # the sync sends the replica's 0.80, then reads the total
-    assert sent == {1: Decimal("0.80")}
+    assert sent == {1: (Decimal("0.80"), Decimal("0.80"))}
     tracker.set_spend({1: (Decimal("0.30"), Decimal("0.30"))}, day)
     assert tracker.blocked(1, None, None, now) is None
 
@@ -532,7 +532,7 @@ def test_in_shared_mode_the_spend_not_yet_sent_is_kept_until_it_is_and_added_to_
     tracker.record(1, None, None, Decimal("0.5"), now)
     tracker.record(1, None, "chat", Decimal("0.25"), now)
     taken, day, month = tracker.take_unsynced(now)
-    assert taken == {1: Decimal("0.75"), 2: Decimal("0.25")}
+    assert taken == {1: (Decimal("0.75"), Decimal("0.75")), 2: (Decimal("0.25"), Decimal("0.25"))}
     assert (day, month) == (dt.datetime(2026, 11, 25, tzinfo=dt.UTC), dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
     assert tracker.take_unsynced(now)[0] == {}
     tracker.give_back(taken)  # the shared store could not be reached
@@ -542,9 +542,31 @@ def test_in_shared_mode_the_spend_not_yet_sent_is_kept_until_it_is_and_added_to_
     tracker.record(1, None, None, Decimal("0.25"), now)
     refusal = tracker.blocked(1, None, None, now)
     assert (refusal.period, refusal.spent) == ("monthly", Decimal("10.00"))
-    assert tracker.take_unsynced(now)[0] == {1: Decimal("2.00"), 2: Decimal("0.25")}
+    assert tracker.take_unsynced(now)[0] == {1: (Decimal("2.00"), Decimal("2.00")),
+                                             2: (Decimal("0.25"), Decimal("0.25"))}
     tracker.set_spend({1: (Decimal(0), Decimal(0))}, day - dt.timedelta(days=1))  # an older day: ignored
     assert tracker.blocked(1, None, None, now).spent == Decimal("10.00")
+
+
+def test_a_cost_counts_in_the_day_and_month_its_row_is_dated_in_alone_and_on_replicas():
+    """A batch's usage that ran yesterday, downloaded today: this month's, not today's (as its stored
+    rows count it after a restart); last month's: no budget of now counts it."""
+    now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    for shared in (False, True):
+        tracker = BudgetTracker(UTC)
+        tracker.shared = shared
+        tracker.load([Budget(1, "all", None, Decimal("1"), Decimal("5"), True)],
+                     lambda b, d, m: (Decimal(0), Decimal(0)), now)
+        tracker.record(1, None, None, Decimal("0.5"), now, now - dt.timedelta(days=1))
+        tracker.record(1, None, None, Decimal("9"), now, dt.datetime(2026, 10, 31, 23, 59, tzinfo=dt.UTC))
+        tracker.record(1, None, None, Decimal("0.25"), now, now)
+        tracker.record(1, None, None, Decimal("0.125"), now)  # undated: now's
+        tracker.set_spend({}, tracker.periods(now)[0])
+        assert tracker.blocked(1, None, None, now) is None
+        tracker.record(1, None, None, Decimal("4.125"), now, now - dt.timedelta(days=2))
+        refusal = tracker.blocked(1, None, None, now)
+        assert (refusal.period, refusal.spent) == ("monthly", Decimal("5.000")), shared
+        assert tracker.take_unsynced(now)[0] == ({1: (Decimal("0.375"), Decimal("5.000"))} if shared else {})
 
 
 def test_only_the_calls_a_blocking_budget_covers_wait_for_its_check_and_replicas_totals_add_what_is_unsent():
@@ -565,7 +587,7 @@ def test_only_the_calls_a_blocking_budget_covers_wait_for_its_check_and_replicas
     taken, _, _ = tracker.take_unsynced(now)
     tracker.record(3, "acme", None, Decimal("0.25"), now)
     tracker.give_back(taken)
-    assert tracker.take_unsynced(now)[0] == {1: Decimal("0.75")}
+    assert tracker.take_unsynced(now)[0] == {1: (Decimal("0.75"), Decimal("0.75"))}
 
 
 def test_the_api_shows_each_key_its_own_budgets_spend_by_day_and_month_and_the_admin_all(migrated_home):

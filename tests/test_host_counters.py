@@ -120,6 +120,17 @@ def test_spend_recorded_by_one_worker_blocks_the_next_call_on_another(tmp_path):
     assert second.blocked(2, "acme", None, NOW) is None  # another key's calls with that tag: not this budget
 
 
+def test_a_cost_dated_yesterday_counts_in_this_month_only_on_every_worker(tmp_path):
+    """A batch's usage ran before its results were downloaded: counted where its row is dated."""
+    tracker = BudgetTracker(periods.UTC)
+    tracker.host = host_counters.HostCounters(_made(tmp_path))
+    budget = Budget(3, "all", None, Decimal("1"), Decimal("5"), True)
+    tracker.load([budget], lambda b, day, month: (Decimal(0), Decimal(0)), NOW)
+    for days_ago, cost in ((0, "0.25"), (1, "0.5"), (40, "8")):
+        tracker.record(1, None, None, Decimal(cost), NOW, NOW - dt.timedelta(days=days_ago))
+    assert tracker.host.spend([3], *tracker.periods(NOW)) == {3: (Decimal("0.25"), Decimal("0.75"))}
+
+
 def test_a_worker_never_opens_the_file_behind_an_absent_owner(tmp_path):
     """A worker's rows wait (StoreBusy) instead of opening the file its restarting owner needs."""
     db = tmp_path / "aispendtrack.duckdb"

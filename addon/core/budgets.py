@@ -141,7 +141,7 @@ class BudgetTracker:
         self.zone = zone
         # Shared mode: spend recorded here but not yet added to the shared totals (take_unsynced).
         self.shared = False
-        self._unsynced: dict[int, Decimal] = {}
+        self._unsynced: dict[int, list[Decimal]] = {}  # budget id -> [today, this month]
         # A worker of the embedded mode: spend is the host's, shared by every worker (host_counters.py).
         self.host: HostCounters | None = None
         self._lock = threading.Lock()
@@ -191,26 +191,32 @@ class BudgetTracker:
         return None if key_id is None else self._team_of.get(key_id)
 
     def record(self, key_id: int | None, customer_id: str | None, feature: str | None,
-               cost: Decimal | None, now: dt.datetime) -> None:
+               cost: Decimal | None, now: dt.datetime, at: dt.datetime | None = None) -> None:
+        """Count a call's cost in the day and month it is dated in (``at``, its row's time; None: now),
+        as the stored rows count it: a batch's usage ran before its results were downloaded."""
         if not cost:
             return
+        day, month = self.periods(now)
+        counted = (cost if at is None or at >= day else Decimal(0), cost if at is None or at >= month else Decimal(0))
+        if not counted[1]:
+            return  # an earlier month's: no budget counts it now
+        team = self._team(key_id)
         if self.host is not None:
-            day, month = self.periods(now)
-            team = self._team(key_id)
-            covering = {b.id: cost for b in self._budgets.values() if b.covers(key_id, customer_id, feature, team)}
+            covering = {b.id: counted for b in self._budgets.values() if b.covers(key_id, customer_id, feature, team)}
             if covering:
                 self.host.add_spend(covering, day, month)
             return
         with self._lock:
-            self._roll(now)
-            team = self._team(key_id)
+            if (day, month) != (self._day, self._month):
+                return  # the day rolled over meanwhile: the row is read as stored, at the next start
             for budget in self._budgets.values():
                 if budget.covers(key_id, customer_id, feature, team):
                     spend = self._spend.setdefault(budget.id, [Decimal(0), Decimal(0)])
-                    spend[0] += cost
-                    spend[1] += cost
-                    if self.shared:
-                        self._unsynced[budget.id] = self._unsynced.get(budget.id, Decimal(0)) + cost
+                    pending = self._unsynced.setdefault(budget.id, [Decimal(0), Decimal(0)]) if self.shared else None
+                    for period in (0, 1):
+                        spend[period] += counted[period]
+                        if pending is not None:
+                            pending[period] += counted[period]
 
     def has_budgets(self) -> bool:
         return bool(self._budgets)
@@ -224,18 +230,21 @@ class BudgetTracker:
             self._roll(now)
             return self._day, self._month
 
-    def take_unsynced(self, now: dt.datetime) -> tuple[dict[int, Decimal], dt.datetime, dt.datetime]:
-        """Shared mode: the spend recorded since the last call, and the day and month it belongs to."""
+    def take_unsynced(self, now: dt.datetime) -> tuple[dict[int, tuple[Decimal, Decimal]], dt.datetime, dt.datetime]:
+        """Shared mode: the spend recorded since the last call (today's, this month's), and the day and
+        month it belongs to."""
         with self._lock:
             self._roll(now)
             taken, self._unsynced = self._unsynced, {}
-            return taken, self._day, self._month
+            return {b: (today, month) for b, (today, month) in taken.items()}, self._day, self._month
 
-    def give_back(self, unsynced: dict[int, Decimal]) -> None:
+    def give_back(self, unsynced: dict[int, tuple[Decimal, Decimal]]) -> None:
         """The shared totals could not be updated: keep the spend for the next try."""
         with self._lock:
-            for budget_id, amount in unsynced.items():
-                self._unsynced[budget_id] = self._unsynced.get(budget_id, Decimal(0)) + amount
+            for budget_id, amounts in unsynced.items():
+                pending = self._unsynced.setdefault(budget_id, [Decimal(0), Decimal(0)])
+                for period in (0, 1):
+                    pending[period] += amounts[period]
 
     def set_spend(self, totals: dict[int, tuple[Decimal, Decimal]], day: dt.datetime) -> None:
         """Shared mode: the totals of all replicas for ``day`` (and its month) replace ours, plus what
@@ -245,8 +254,8 @@ class BudgetTracker:
                 return
             for budget_id, (today, month) in totals.items():
                 if budget_id in self._budgets:
-                    pending = self._unsynced.get(budget_id, Decimal(0))
-                    self._spend[budget_id] = [today + pending, month + pending]
+                    pending = self._unsynced.get(budget_id, (Decimal(0), Decimal(0)))
+                    self._spend[budget_id] = [today + pending[0], month + pending[1]]
 
     def blocked(self, key_id: int | None, customer_id: str | None, feature: str | None,
                 now: dt.datetime) -> BudgetRefusal | None:

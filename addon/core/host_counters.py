@@ -175,13 +175,14 @@ class HostCounters:
                 _SLOT.pack_into(memory, at, budget_id + 1, self._epoch(day), _nano(today), self._epoch(month),
                                 _nano(this_month))
 
-    def add_spend(self, costs: dict[int, Decimal], day: dt.datetime, month: dt.datetime) -> None:
+    def add_spend(self, costs: dict[int, tuple[Decimal, Decimal]], day: dt.datetime, month: dt.datetime) -> None:
+        """Add (to today's, to this month's) spend of each budget."""
         with self._locked() as memory:
-            for budget_id, cost in costs.items():
+            for budget_id, (cost_today, cost_month) in costs.items():
                 at = _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id)
                 today, this_month = _current(memory, at, budget_id, self._epoch(day), self._epoch(month))
-                _SLOT.pack_into(memory, at, budget_id + 1, self._epoch(day), today + _nano(cost), self._epoch(month),
-                                this_month + _nano(cost))
+                _SLOT.pack_into(memory, at, budget_id + 1, self._epoch(day), today + _nano(cost_today),
+                                self._epoch(month), this_month + _nano(cost_month))
 
     def spend(self, budget_ids: list[int], day: dt.datetime, month: dt.datetime) -> dict[int, tuple[Decimal, Decimal]]:
         """(today, this month) per budget, as every worker has recorded it."""

@@ -46,6 +46,7 @@ class Observed:
     unknown_usage: str | None = None  # why a call that billed something has no usage we can price
     text: str | None = None           # a whole response's text, when it reports no usage: for an estimate
     fee_estimated: str | None = None  # why a tool fee in the usage cannot be known exactly from the call
+    ran_at: int | None = None         # a batch result line's: when its request ran (Unix seconds)
 
     def take_usage(self, parse: Callable[[object], TokenUsage | None], raw: object) -> None:
         """Set ``usage`` from ``parse(raw)``; an implausible count marks the call invalid instead."""
@@ -231,6 +232,14 @@ def tier_name(value: object) -> str | None:
     if not isinstance(value, str) or not _TIER_NAME.fullmatch(value.lower()):
         return None
     return value.lower()
+
+
+_EARLIEST, _LATEST = 1_420_070_400, 4_102_444_800  # 2015-01-01 and 2100-01-01, UTC
+
+
+def unix_time(value: object) -> int | None:
+    """A provider's Unix time in seconds, or None for anything else (a string, a float, 1970)."""
+    return value if type(value) is int and _EARLIEST <= value < _LATEST else None
 
 
 def as_dict(value: object) -> dict:

@@ -34,6 +34,7 @@ from .base import (
     patterns,
     texts_in,
     tier_name,
+    unix_time,
 )
 
 CHAT = "/v1/chat/completions"
@@ -302,7 +303,11 @@ class OpenAI(Provider):
         response = as_dict(line.get("response"))
         if response.get("status_code") != 200:
             return None  # a failed request: not billed
-        return self.parse_body(BATCHES, response.get("body"))
+        observed = self.parse_body(BATCHES, response.get("body"))
+        if observed is not None:  # the answer's own time: chat completions' "created", responses' "created_at"
+            body = as_dict(response.get("body"))
+            observed.ran_at = unix_time(body.get("created", body.get("created_at")))
+        return observed
 
     def error_body(self, status: int, message: str, code: str) -> bytes:
         kind = "invalid_request_error" if status < 500 else "server_error"

@@ -82,16 +82,17 @@ def teams_with_counters(db) -> set[int]:
     return {team_id for (team_id,) in db.execute("SELECT team_id FROM team_limit_counters").fetchall()}
 
 
-def add_spend(db, deltas: dict[int, Decimal], day: dt.datetime, month: dt.datetime) -> None:
-    """Add this replica's new spend per budget to the shared totals of the current day and month."""
-    for budget_id, amount in deltas.items():
+def add_spend(db, deltas: dict[int, tuple[Decimal, Decimal]], day: dt.datetime, month: dt.datetime) -> None:
+    """Add this replica's new spend per budget (today's, this month's) to the shared totals of the
+    current day and month."""
+    for budget_id, (today, this_month) in deltas.items():
         db.execute("""
             INSERT INTO budget_spend AS s VALUES (?, ?, ?, ?, ?)
             ON CONFLICT (budget_id) DO UPDATE SET
                 day_usd = CASE WHEN s.day = excluded.day THEN s.day_usd ELSE 0 END + excluded.day_usd,
                 month_usd = CASE WHEN s.month = excluded.month THEN s.month_usd ELSE 0 END + excluded.month_usd,
                 day = excluded.day, month = excluded.month
-        """, [budget_id, day, amount, month, amount])
+        """, [budget_id, day, today, month, this_month])
 
 
 def seed_spend(db, spend: dict[int, tuple[Decimal, Decimal]], day: dt.datetime, month: dt.datetime) -> None:
