@@ -110,6 +110,23 @@ def test_genai_vertex_generate_content_counts_cached_thoughts_and_tool_use_promp
     assert _usd(row["cost_usd"]) == (122 * Decimal("0.30") + 230 * Decimal("0.03") + 70 * Decimal("2.50")) / M
 
 
+def test_gemini_audio_in_and_images_out_are_priced_at_their_own_rates_not_as_text(proxy, upstream, customer):
+    """usageMetadata splits each count by modality: audio in ($1.00, cached $0.10 per million on
+    gemini-2.5-flash) and a generated image ($30 per million on gemini-2.5-flash-image) were priced
+    as text ($0.30, $2.50): 3.3 and 12 times under the bill."""
+    client = gemini(proxy, customer)
+    sound = types.Part.from_bytes(data=b"RIFF fake wav", mime_type="audio/wav")
+    client.models.generate_content(model="gemini-2.5-flash", contents=[sound, "transcribe this"])
+    client.models.generate_content(model="gemini-2.5-flash-image", contents="a red cat")
+    heard, drawn = sorted(proxy.rows(customer, expect=2), key=lambda r: r["model"])
+    assert (heard["input_tokens"], heard["input_audio_tokens"], heard["cache_read_tokens"],
+            heard["cache_read_audio_tokens"], heard["output_tokens"]) == (70_345, 70_000, 30_000, 30_000, 100)
+    assert _usd(heard["cost_usd"]) == (345 * Decimal("0.30") + 70_000 * Decimal(1) + 30_000 * Decimal("0.10")
+                                       + 100 * Decimal("2.50")) / M
+    assert (drawn["output_tokens"], drawn["output_image_tokens"]) == (1295, 1290)
+    assert _usd(drawn["cost_usd"]) == (10 * Decimal("0.30") + 5 * Decimal("2.50") + 1290 * Decimal(30)) / M
+
+
 def test_genai_vertex_stream_takes_the_last_running_total(proxy, upstream, customer):
     client = gemini(proxy, customer, api_version=None)
     chunks = list(client.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))

@@ -32,6 +32,18 @@ _METHODS = {"google": ("generateContent", "streamGenerateContent", "countTokens"
 GEMINI_USAGE = {"promptTokenCount": 345, "cachedContentTokenCount": 230, "candidatesTokenCount": 51,
                 "thoughtsTokenCount": 19, "toolUsePromptTokenCount": 7, "totalTokenCount": 422,
                 "trafficType": "ON_DEMAND"}
+# Usage by modality (each list sums to its count; the cached part is in the prompt's): audio and
+# generated images have rates of their own, images and video in the prompt the text rate.
+GEMINI_AUDIO_USAGE = {"promptTokenCount": 100_345, "cachedContentTokenCount": 30_000, "candidatesTokenCount": 100,
+                      "totalTokenCount": 100_445, "trafficType": "ON_DEMAND",
+                      "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 345},
+                                              {"modality": "AUDIO", "tokenCount": 100_000}],
+                      "cacheTokensDetails": [{"modality": "AUDIO", "tokenCount": 30_000}],
+                      "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 100}]}
+GEMINI_IMAGE_USAGE = {"promptTokenCount": 10, "candidatesTokenCount": 1295, "totalTokenCount": 1305,
+                      "trafficType": "ON_DEMAND", "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 10}],
+                      "candidatesTokensDetails": [{"modality": "TEXT", "tokenCount": 5},
+                                                  {"modality": "IMAGE", "tokenCount": 1290}]}
 GEMINI_STREAM_USAGE = [  # running totals: the last one counts
     {"promptTokenCount": 12, "candidatesTokenCount": 3, "totalTokenCount": 15},
     {"promptTokenCount": 12, "candidatesTokenCount": 40, "thoughtsTokenCount": 88, "totalTokenCount": 140},
@@ -98,7 +110,12 @@ def _handler(fake: VertexFake):
                 self._send(200, {"totalTokens": 31, "totalBillableCharacters": 96})
                 return
             if method == "generateContent":
-                self._send(200, _gemini_chunk("Hello there!", "STOP", GEMINI_USAGE, model))
+                heard = any(str(data.get("mimeType", data.get("mime_type", ""))).startswith("audio/")  # both spelt
+                            for content in request["contents"] for part in content.get("parts", [])
+                            for data in [part.get("inlineData", {})])
+                usage = (GEMINI_IMAGE_USAGE if model.endswith("-image") else GEMINI_AUDIO_USAGE if heard
+                         else GEMINI_USAGE)
+                self._send(200, _gemini_chunk("Hello there!", "STOP", usage, model))
                 return
             chunks = [_gemini_chunk("Hel", None, GEMINI_STREAM_USAGE[0], model),
                       _gemini_chunk("lo!", "STOP", GEMINI_STREAM_USAGE[1], model)]

@@ -42,12 +42,32 @@ def usage_from(meta: object) -> TokenUsage | None:
     prompt = count(meta, "promptTokenCount")
     cached = min(count(meta, "cachedContentTokenCount"), prompt)
     thoughts = count(meta, "thoughtsTokenCount")
+    input_tokens = prompt - cached + count(meta, "toolUsePromptTokenCount")
+    output_tokens = count(meta, "candidatesTokenCount") + thoughts
+    # Audio (in, cached, out) and generated images have rates of their own; images, video and
+    # documents in the prompt are billed as text, so they are not told apart (a price file's entry
+    # for the model still applies to them: pricing/overrides.py).
+    heard = _modality(meta, "promptTokensDetails", "AUDIO")
+    cached_heard = min(_modality(meta, "cacheTokensDetails", "AUDIO"), cached)
     return TokenUsage(
-        input_tokens=prompt - cached + count(meta, "toolUsePromptTokenCount"),
+        input_tokens=input_tokens,
         cache_read_tokens=cached,
-        output_tokens=count(meta, "candidatesTokenCount") + thoughts,
+        output_tokens=output_tokens,
         reasoning_tokens=thoughts,
+        input_audio_tokens=min(max(heard - cached_heard, 0), input_tokens),
+        cache_read_audio_tokens=cached_heard,
+        output_audio_tokens=min(_modality(meta, "candidatesTokensDetails", "AUDIO"), output_tokens),
+        output_image_tokens=min(_modality(meta, "candidatesTokensDetails", "IMAGE"), output_tokens),
     )
+
+
+def _modality(meta: dict, details: str, modality: str) -> int:
+    """The tokens of one modality in a ``*TokensDetails`` list ([{"modality", "tokenCount"}])."""
+    entries = meta.get(details)
+    if not isinstance(entries, list):
+        return 0
+    return sum(count(entry, "tokenCount") for entry in entries
+               if isinstance(entry, dict) and entry.get("modality") == modality)
 
 
 _BILLED_PER_PROMPT = re.compile(r"(?:^|/)gemini-(?:1|2)\.")
