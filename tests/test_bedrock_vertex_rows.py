@@ -243,6 +243,36 @@ def test_a_converse_usage_with_a_null_count_is_refused_by_name(providers, book, 
         assert error in row["error"], path
 
 
+def test_an_hours_cache_writes_and_a_tier_not_the_standard_one_are_not_priced_at_the_standard_rates(providers,
+                                                                                                    book):
+    """Converse's cacheDetails split the writes by time to live (an hour's: $6 per million on Sonnet
+    4.5, the 5 minutes' $3.75); Converse's serviceTier and Vertex's trafficType name a tier whose
+    rates are not the standard ones: both were priced at the standard rates."""
+    usage = {"inputTokens": 10, "outputTokens": 100, "totalTokens": 15110, "cacheReadInputTokens": 5000,
+             "cacheWriteInputTokens": 10000, "cacheDetails": [{"ttl": "1h", "inputTokens": 10000}]}
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}}, "stopReason": "end_turn",
+              "usage": usage}
+    converse = f"/model/{CLAUDE_GLOBAL}/converse"
+    row = _row(providers, book, "bedrock", converse, "application/json", json.dumps(answer).encode())
+    assert (row["cache_write_tokens"], row["cache_write_1h_tokens"]) == (10000, 10000)
+    assert row["cost_usd"] == _usd((10, "3.00"), (5000, "0.30"), (10000, "6.00"), (100, "15.00"))
+    for tier, priced in (("default", True), ("priority", False), ("flex", False)):
+        said = {"serviceTier": {"type": tier}}
+        whole = _row(providers, book, "bedrock", converse, "application/json", json.dumps({**answer, **said}).encode())
+        streamed = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
+                        [*aws.converse_stream()[:-1], aws.event_message(
+                            {":event-type": "metadata", ":message-type": "event"},
+                            json.dumps({"usage": usage, **said}).encode())])
+        for row in (whole, streamed):
+            assert (row["service_tier"], row["priced"], row["cost_usd"] is not None) == (tier, priced, priced), tier
+    for traffic, priced in (("ON_DEMAND", True), ("ON_DEMAND_PRIORITY", False), ("ON_DEMAND_FLEX", False),
+                            ("PROVISIONED_THROUGHPUT", False)):
+        body = gcp._gemini_chunk("Hi", "STOP", {**gcp.GEMINI_USAGE, "trafficType": traffic}, "gemini-2.5-flash")
+        row = _row(providers, book, "vertex", f"{VERTEX}/google/models/gemini-2.5-flash:generateContent",
+                   "application/json; charset=UTF-8", json.dumps(body).encode(), {"contents": []})
+        assert (row["service_tier"], row["priced"]) == (traffic.lower(), priced), traffic
+
+
 def test_a_nova_invoke_model_body_counts_its_cache_reads_and_writes(providers, book):
     # Nova's own InvokeModel body names the cache counts ...TokenCount, where Converse says ...Tokens.
     answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}}, "stopReason": "end_turn",

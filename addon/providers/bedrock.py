@@ -33,7 +33,7 @@ from urllib.parse import unquote
 from pricing.usage import TokenUsage
 
 from . import anthropic
-from .base import Observed, Provider, StreamParser, as_dict, count, loads, patterns, texts_in
+from .base import Observed, Provider, StreamParser, as_dict, count, loads, patterns, texts_in, tier_name
 
 INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", \
     "converse-stream"
@@ -63,10 +63,21 @@ def _call(path: str) -> tuple[str, str] | None:
 def converse_usage(raw: object) -> TokenUsage | None:
     if not isinstance(raw, dict):
         return None
+    written = count(raw, "cacheWriteInputTokens") or count(raw, "cacheWriteInputTokenCount")
+    # cacheDetails: the writes by time to live ([{"ttl": "5m"|"1h", "inputTokens"}]); an hour's cost more.
+    details = raw.get("cacheDetails")
+    one_hour = sum(count(d, "inputTokens") for d in details if isinstance(d, dict) and d.get("ttl") == "1h") \
+        if isinstance(details, list) else 0
     return TokenUsage(input_tokens=count(raw, "inputTokens", required=True),
                       cache_read_tokens=count(raw, "cacheReadInputTokens") or count(raw, "cacheReadInputTokenCount"),
-                      cache_write_tokens=count(raw, "cacheWriteInputTokens") or count(raw, "cacheWriteInputTokenCount"),
+                      cache_write_tokens=written, cache_write_1h_tokens=min(one_hour, written),
                       output_tokens=count(raw, "outputTokens", required=True))
+
+
+def _tier(raw: object) -> str | None:
+    """Converse's ``serviceTier`` ({"type": "priority"}): a tier other than the standard one is
+    not priced at the standard rate (pricing.priced_tier)."""
+    return tier_name(as_dict(raw).get("type"))
 
 
 def _metrics_usage(raw: object) -> TokenUsage | None:
@@ -135,7 +146,9 @@ class ConverseStream(StreamParser):
         elif event == "contentBlockDelta":
             self.keep_delta(data)
         elif event == "metadata":
-            self.observed.take_usage(converse_usage, as_dict(loads(data)).get("usage"))
+            metadata = as_dict(loads(data))
+            self.observed.take_usage(converse_usage, metadata.get("usage"))
+            self.observed.service_tier = _tier(metadata.get("serviceTier")) or self.observed.service_tier
             self.observed.complete = True
 
     def output_text(self) -> str:
@@ -174,6 +187,7 @@ class Bedrock(Provider):
         observed = Observed(model=model, complete=True)
         if operation == CONVERSE:
             observed.take_usage(converse_usage, body.get("usage"))
+            observed.service_tier = _tier(body.get("serviceTier"))
         else:
             observed.take_usage(_invoke_usage, body)
         return observed

@@ -17,7 +17,17 @@ import re
 
 from pricing.usage import TokenUsage
 
-from .base import MAX_REQUESTS_PER_CALL, Observed, Provider, StreamParser, count, loads, patterns
+from .base import (
+    MAX_REQUESTS_PER_CALL,
+    Observed,
+    Provider,
+    StreamParser,
+    as_dict,
+    count,
+    loads,
+    patterns,
+    tier_name,
+)
 from .openai import OpenAI
 
 _CALL = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
@@ -80,6 +90,9 @@ def _observe_chunk(observed: Observed, chunk: dict) -> int | None:
     observed.model = chunk.get("modelVersion") or observed.model
     if chunk.get("usageMetadata"):
         observed.take_usage(usage_from, chunk["usageMetadata"])  # running totals: replace, never add
+        # Vertex's trafficType: ON_DEMAND is the standard rate; priority, flex and provisioned
+        # throughput are not (pricing.priced_tier leaves them unpriced unless a price file has them).
+        observed.service_tier = tier_name(as_dict(chunk["usageMetadata"]).get("trafficType")) or observed.service_tier
     candidates = [c for c in chunk.get("candidates") or [] if isinstance(c, dict)]
     if any(c.get("finishReason") for c in candidates):
         observed.complete = True
