@@ -107,6 +107,13 @@ class Writer(threading.Thread):
         with writing(self.db_path, timeout=timeout) as con:
             if is_shared(con):  # the lake too: a proxy that cannot write its rows there does not start
                 cast(shared.SharedConnection, con).attach()
+            # What an earlier run spilled is stored first, so the counts seeded from the store hold its
+            # calls: a restart never grants a fresh limit or budget. (Workers' are counted by their owner.)
+            try:
+                for path in self._spill_files():
+                    self._replay(con, path)
+            except Exception:  # the first cycles try again; the proxy starts all the same
+                log.exception("could not store the rows an earlier run spilled to %s before starting", self.spill_dir)
             self.on_refresh(con)
         self._keys_due = time.monotonic() + self.key_refresh
 

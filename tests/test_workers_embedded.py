@@ -316,16 +316,18 @@ def test_rows_an_earlier_run_spilled_are_stored_whatever_the_worker_count_now(tm
     assert list(home.rglob("*.jsonl")) == []
 
 
-def test_calls_a_killed_run_spilled_count_against_the_limits_and_budgets_of_the_next(tmp_path, upstream):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_calls_a_killed_run_spilled_count_against_the_limits_and_budgets_of_the_next(tmp_path, upstream, workers):
     """A parent killed with kill -9 leaves its workers' unstored rows in spill files, which the next
     run's workers store once they start: after the host's counts were seeded from the store, so the
-    restart granted a fresh hourly limit (60 calls in an hour against 30) and a fresh budget."""
+    restart granted a fresh hourly limit (60 calls in an hour against 30) and a fresh budget. A lone
+    process (--workers 1) too: it seeded its counts before it replayed its spill files."""
     home = tmp_path / "home"
     created = json.loads(run_cli(home, "keys", "create", "--name", "spender", "--json"))
     run_cli(home, "keys", "set-limit", str(created["id"]), "--per-hour", "5")
     run_cli(home, "budgets", "set", "--scope", "customer:spent", "--all-keys", "--daily", "0.05", "--block")
     now = dt.datetime.now(dt.UTC)
-    spill = home_dir.spill_dir(home, 0)
+    spill = home_dir.spill_dir(home, 0) if workers > 1 else home_dir.spill_dir(home)
     spill.mkdir(parents=True)
     # Three calls of the key this hour, spilled by a worker; six of customer "spent" at $0.01, by another.
     rows = [call_row(i, key_id=created["id"], ts=now - dt.timedelta(seconds=i), customer_id="limited")
@@ -334,11 +336,13 @@ def test_calls_a_killed_run_spilled_count_against_the_limits_and_budgets_of_the_
     with writing(home_dir.db_path(home)) as con:  # one of them stored too: the crash came after its insert
         call_rows.insert(con, rows[:1])
     rows = [call_row(i, key_id=None, ts=now - dt.timedelta(seconds=i), customer_id="spent") for i in range(6)]
-    home_dir.spill_dir(home, 1).mkdir(parents=True)
-    (home_dir.spill_dir(home, 1) / "1-2-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    spill = home_dir.spill_dir(home, 1) if workers > 1 else spill
+    spill.mkdir(parents=True, exist_ok=True)
+    (spill / "1-2-1.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     if now.minute == 59 and now.second > 30:
         pytest.skip("the hour ends before the calls: the limit would reset")  # (a 1-in-120 chance)
-    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, key=created["key"])
+    proxy = (start_workers(home, upstream.url, tmp_path / "proxy.log", 2, key=created["key"]) if workers > 1
+             else start_proxy(home, upstream.url, tmp_path / "proxy.log", key=created["key"]))
     try:
         outcomes = []
         for _ in range(4):
@@ -354,5 +358,8 @@ def test_calls_a_killed_run_spilled_count_against_the_limits_and_budgets_of_the_
             proxy.openai().chat.completions.create(**CHAT, extra_headers={"x-customer-id": "spent"})
         assert "budget exceeded" in refused.value.message
     finally:
-        stop(proxy)
+        if workers > 1:
+            stop(proxy)
+        else:
+            proxy.stop()
     assert len(rows_tagged(home, "limited")) == 5 and len(rows_tagged(home, "spent")) == 6
