@@ -214,7 +214,8 @@ class AiSpendTrack:
             active, members = key_rows.active(con), team_rows.members(con)
         state.budgets.load([Budget.from_row(b) for b in budgets],
                            lambda b, day, month: budget_rows.spend_since(con, b.scope, b.scope_value, b.key_id,
-                                                                         day, month), now, teams)
+                                                                         day, month), now, teams,
+                           lambda keys, day, month: budget_rows.keys_spend_since(con, keys, day, month))
         state.keyring.replace({key_hash: key_id for key_hash, key_id, *_ in active})
         state.limiter.set_limits({key_id: limits_for(plan, per_hour, per_month)
                                   for _, key_id, plan, per_hour, per_month in active}, teams_of_keys(members))

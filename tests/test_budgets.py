@@ -513,6 +513,25 @@ def test_a_renamed_team_keeps_the_spend_its_budget_counted_and_a_shared_replica_
     assert tracker.blocked(1, None, None, now) is None
 
 
+def test_a_key_moved_out_takes_its_stored_spend_and_leaves_the_spend_not_yet_stored():
+    """Recounting the team from the store alone lost the calls counted but still on their way to it."""
+    now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    stored = {1: Decimal("0.25"), 2: Decimal("0.50"), 3: Decimal("0.125")}  # by key, today and this month
+
+    def key_spend(keys, day, month):
+        return (sum((stored[k] for k in keys), Decimal(0)),) * 2
+
+    tracker = BudgetTracker(UTC)
+    search = Budget(1, "team", "search", Decimal("2"), None, True)
+    tracker.load([search], lambda b, d, m: key_spend({1, 2}, d, m), now, {1: "search", 2: "search"}, key_spend)
+    tracker.record(1, None, None, Decimal("1.00"), now)  # counted, not yet stored
+    tracker.load([search], lambda b, d, m: key_spend({1, 3}, d, m), now, {1: "search", 3: "search"}, key_spend)
+    assert tracker.blocked(1, None, None, now) is None  # 0.25 + 1.00 + 0.125 (3 came) of $2
+    tracker.record(3, None, None, Decimal("0.625"), now)
+    assert tracker.blocked(1, None, None, now).spent == Decimal("2.000")
+    assert tracker.blocked(2, None, None, now) is None  # key 2 left with its 0.50
+
+
 def test_who_may_see_a_budget_is_the_key_every_call_of_it_belongs_to():
     assert Budget(1, "customer", "acme", None, None, False, key_id=3).owned_by(3)
     assert not Budget(1, "customer", "acme", None, None, False, key_id=3).owned_by(4)

@@ -131,6 +131,33 @@ def test_a_cost_dated_yesterday_counts_in_this_month_only_on_every_worker(tmp_pa
     assert tracker.host.spend([3], *tracker.periods(NOW)) == {3: (Decimal("0.25"), Decimal("0.75"))}
 
 
+def test_a_team_budget_is_seeded_once_per_host_and_a_move_moves_its_spend_once(tmp_path):
+    """Each worker seeded a team budget's slot again from the store at its first load and at every
+    move (each seeing the keys change), wiping the spend the other workers counted but had not stored
+    (the probe: 10 to 20 times the overshoot a budget allows)."""
+    path = _made(tmp_path)
+    stored = {1: Decimal("0.25"), 2: Decimal("0.5")}
+
+    def key_spend(keys, day, month):
+        return (sum((stored.get(k, Decimal(0)) for k in keys), Decimal(0)),) * 2
+
+    def seed(budget, day, month):
+        return key_spend({1, 2}, day, month)
+
+    search = Budget(3, "team", "search", Decimal("5"), None, True)
+    first, second = (BudgetTracker(periods.UTC), BudgetTracker(periods.UTC))
+    for tracker in (first, second):
+        tracker.host = host_counters.HostCounters(path)
+    first.load([search], seed, NOW, {1: "search", 2: "search"}, key_spend)
+    first.record(1, None, None, Decimal("1"), NOW)  # not yet stored when the second worker starts
+    second.load([search], seed, NOW, {1: "search", 2: "search"}, key_spend)
+    assert second.blocked(1, None, None, NOW) is None and first.host.spend([3], *first.periods(NOW)) == {
+        3: (Decimal("1.75"), Decimal("1.75"))}
+    for tracker in (first, second):  # key 2 leaves: both workers see it; its 0.50 goes once
+        tracker.load([search], seed, NOW, {1: "search"}, key_spend)
+    assert first.host.spend([3], *first.periods(NOW)) == {3: (Decimal("1.25"), Decimal("1.25"))}
+
+
 def test_a_worker_never_opens_the_file_behind_an_absent_owner(tmp_path):
     """A worker's rows wait (StoreBusy) instead of opening the file its restarting owner needs."""
     db = tmp_path / "aispendtrack.duckdb"

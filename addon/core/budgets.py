@@ -27,7 +27,7 @@ import zoneinfo
 from dataclasses import dataclass
 from decimal import Decimal
 
-from .host_counters import HostCounters
+from .host_counters import HostCounters, members_hash
 from .periods import day_start, month_start, next_day_start, next_month_start, seconds_until
 
 SCOPES = ("all", "key", "team", "customer", "feature")
@@ -153,10 +153,12 @@ class BudgetTracker:
         # The current day and month; the first _roll sets them (the ends start in the past).
         self._day = self._month = self._day_end = self._month_end = dt.datetime.min.replace(tzinfo=dt.UTC)
 
-    def load(self, budgets: list[Budget], seed, now: dt.datetime, teams: dict[int, str] | None = None) -> None:
+    def load(self, budgets: list[Budget], seed, now: dt.datetime, teams: dict[int, str] | None = None,
+             key_spend=None) -> None:
         """Replace the definitions; ``seed(budget, day_start, month_start)`` gives stored spend for new ones.
-        ``teams``: each key's team's name; when a key changed team, team budgets are seeded again (the
-        spend follows the key, as the reports do)."""
+        ``teams``: each key's team's name. When keys moved into or out of a team, its budgets' spend
+        follows them, as the reports do: ``key_spend(key_ids, day_start, month_start)`` gives the stored
+        spend of the keys that moved, added or taken off (without it the budget is seeded again)."""
         teams = teams or {}
         with self._lock:
             self._roll(now)
@@ -165,16 +167,21 @@ class BudgetTracker:
             members = {b.id: frozenset(k for k, name in teams.items() if name == b.scope_value)
                        for b in budgets if b.scope == "team"}
             for budget in fresh.values():
-                # Keys moved in or out: the team's spend is its keys' again. A rename moves no key, and
-                # keeps the spend counted since the rows were last stored. In the shared mode the move
-                # recounted the shared total (respend_teams), which the next sync brings; a recount
-                # from the rows the lake has so far would lower what the replicas counted.
-                again = members.get(budget.id) != self._members.get(budget.id) and not self.shared
-                if budget.id in self._spend and not again:
+                known = budget.id in self._spend
+                # A rename moves no key: the spend stays whole, the part not yet stored too. In the
+                # shared mode a move recounted the shared total (respend_teams), which the next sync
+                # brings; a recount from the rows the lake has so far would lower what replicas counted.
+                moved = known and budget.scope == "team" and members[budget.id] != self._members.get(budget.id)
+                if known and (not moved or self.shared):
+                    continue
+                if moved and key_spend is not None and self._move(budget.id, self._members.get(budget.id, frozenset()),
+                                                                   members[budget.id], key_spend, day, month):
                     continue
                 if self.host is not None:
                     self.host.seed_spend(budget.id, day, month, functools.partial(seed, budget, day, month),
-                                         replace=again)
+                                         replace=moved)
+                    if budget.scope == "team":
+                        self.host.note_members(budget.id, members_hash(members[budget.id]))
                     self._spend[budget.id] = [Decimal(0), Decimal(0)]  # unused: the host's counts
                 else:
                     self._spend[budget.id] = list(seed(budget, day, month))
@@ -182,6 +189,19 @@ class BudgetTracker:
             self._spend = {k: v for k, v in self._spend.items() if k in fresh}
             self._budgets = fresh
             self._blocking = [b for b in fresh.values() if b.block]
+
+    def _move(self, budget_id: int, was: frozenset[int], now: frozenset[int], key_spend, day: dt.datetime,
+              month: dt.datetime) -> bool:
+        """Keys moved into or out of a team budget's team: their stored spend added or taken off, the
+        spend counted but not yet stored kept (a recount from the store alone lost it). False: the
+        host's workers saw other moves; seed it again."""
+        came, went = key_spend(now - was, day, month), key_spend(was - now, day, month)
+        delta = (came[0] - went[0], came[1] - went[1])
+        if self.host is not None:
+            return self.host.move_spend(budget_id, members_hash(was), members_hash(now), delta, day, month)
+        spend = self._spend[budget_id]
+        self._spend[budget_id] = [max(spend[0] + delta[0], Decimal(0)), max(spend[1] + delta[1], Decimal(0))]
+        return True
 
     def any_blocking(self, key_id: int | None, customer_id: str | None, feature: str | None) -> bool:
         team = self._team(key_id)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import logging
 import mmap
 import os
@@ -43,11 +44,13 @@ BUDGET_SLOTS = 4_096
 TEAM_SLOTS = 4_096
 _SLOT = struct.Struct("<qqqqq")
 _HEADER = struct.Struct("<8sq")
-_MAGIC = b"astcnt02"
+_MAGIC = b"astcnt03"
 _KEYS_AT = _HEADER.size
 _BUDGETS_AT = _KEYS_AT + KEY_SLOTS * _SLOT.size
 _TEAMS_AT = _BUDGETS_AT + BUDGET_SLOTS * _SLOT.size
-SIZE = _TEAMS_AT + TEAM_SLOTS * _SLOT.size
+# A team budget's keys as its spend counts them: the id + 1 and a hash of the set (the rest unused).
+_MEMBERS_AT = _TEAMS_AT + TEAM_SLOTS * _SLOT.size
+SIZE = _MEMBERS_AT + BUDGET_SLOTS * _SLOT.size
 NANO = Decimal(10) ** 9
 T = TypeVar("T")
 
@@ -175,6 +178,34 @@ class HostCounters:
                 _SLOT.pack_into(memory, at, budget_id + 1, self._epoch(day), _nano(today), self._epoch(month),
                                 _nano(this_month))
 
+    def note_members(self, budget_id: int, members: int) -> None:
+        """The keys (``members_hash``) a team budget's slot was seeded with, unless noted already."""
+        with self._locked() as memory:
+            at = _find(memory, _MEMBERS_AT, BUDGET_SLOTS, budget_id)
+            if _SLOT.unpack_from(memory, at)[0] == 0:
+                _SLOT.pack_into(memory, at, budget_id + 1, members, 0, 0, 0)
+
+    def move_spend(self, budget_id: int, was: int, now: int, delta: tuple[Decimal, Decimal], day: dt.datetime,
+                   month: dt.datetime) -> bool:
+        """A team budget's keys changed from ``was`` to ``now`` (``members_hash``): its spend moves by
+        ``delta`` (the stored spend of the keys that came in less that of those that left), once for
+        the host, whichever worker sees it first; the spend counted meanwhile stays. False when the host
+        counts other keys than ``was`` (two moves the workers saw apart): the caller seeds it again."""
+        with self._locked() as memory:
+            at = _find(memory, _MEMBERS_AT, BUDGET_SLOTS, budget_id)
+            held, recorded = _SLOT.unpack_from(memory, at)[:2]
+            recorded = recorded if held == budget_id + 1 else 0
+            if recorded == now:
+                return True  # another worker moved it
+            _SLOT.pack_into(memory, at, budget_id + 1, now, 0, 0, 0)
+            if recorded not in (0, was):
+                return False
+            spend_at = _find(memory, _BUDGETS_AT, BUDGET_SLOTS, budget_id)
+            today, this_month = _current(memory, spend_at, budget_id, self._epoch(day), self._epoch(month))
+            _SLOT.pack_into(memory, spend_at, budget_id + 1, self._epoch(day), max(today + _nano(delta[0]), 0),
+                            self._epoch(month), max(this_month + _nano(delta[1]), 0))
+            return True
+
     def add_spend(self, costs: dict[int, tuple[Decimal, Decimal]], day: dt.datetime, month: dt.datetime) -> None:
         """Add (to today's, to this month's) spend of each budget."""
         with self._locked() as memory:
@@ -197,6 +228,12 @@ class HostCounters:
     def close(self) -> None:
         self._memory.close()
         os.close(self._fd)
+
+
+def members_hash(keys: frozenset[int]) -> int:
+    """A set of key ids as one nonzero signed 64-bit number (0 in a slot: none noted)."""
+    digest = hashlib.blake2b(",".join(map(str, sorted(keys))).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True) or 1
 
 
 def _epoch(moment: dt.datetime) -> int:

@@ -65,6 +65,21 @@ def spend_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, k
     return today, month
 
 
+def keys_spend_since(con: duckdb.DuckDBPyConnection, key_ids: frozenset[int], day_start: dt.datetime,
+                     month_start: dt.datetime) -> tuple[Decimal, Decimal]:
+    """(spend since day_start, since month_start) of these keys' calls: a team budget's part that
+    moves with keys moved into or out of its team."""
+    if not key_ids:
+        return Decimal(0), Decimal(0)
+    row = one(con.execute(f"""
+        SELECT coalesce(sum(cost_usd) FILTER (WHERE bucket >= ?), 0),
+               coalesce(sum(cost_usd) FILTER (WHERE bucket >= ?), 0)
+        FROM rollups WHERE bucket >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ)
+          AND key_id IN ({", ".join("?" * len(key_ids))})
+    """, [day_start, month_start, day_start, month_start, *sorted(key_ids)]))
+    return Decimal(row[0]), Decimal(row[1])
+
+
 def spend_and_unpriced_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
                              day_start: dt.datetime, month_start: dt.datetime) -> tuple[Decimal, Decimal, int, int]:
     """The spend of the calls in a budget's scope since day_start and since month_start, and the
