@@ -62,6 +62,12 @@ class Quotas:
         now = dt.datetime.now(dt.UTC)
         over_budget = self.state.budgets.blocked(admitted.key_id, admitted.customer_id, admitted.feature, now)
         if over_budget is not None:
+            # A limit reached too, that lasts longer, is the answer: retry-after says when a call passes.
+            limit = (self.state.limiter.refusing(admitted.key_id, now)
+                     if admitted.key_id is not None and self.state.limiter.limited(admitted.key_id) else None)
+            if limit is not None and limit.resets_at > over_budget.resets_at:
+                self._limit(flow, admitted, limit)
+                return None
             refusals.budget_exceeded(flow, admitted.provider, admitted.key_id, over_budget, now)
             del flow.metadata[ADMITTED]
             return None

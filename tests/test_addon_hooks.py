@@ -170,6 +170,37 @@ def test_a_blocking_budget_answers_429_with_its_figures_only_to_the_key_it_belon
     assert (other.response is None) == (budget.scope in ("customer", "feature"))  # outside its scope
 
 
+def test_a_call_refused_by_several_budgets_and_a_limit_is_told_to_wait_for_the_last_of_them(addon):
+    """retry-after is when a call would pass: the first refusal found (a daily budget) said tomorrow
+    while a monthly budget, or the key's monthly limit, still refused until the month's end."""
+    now = dt.datetime.now(dt.UTC)
+    day, month = periods.next_day_start(now, periods.UTC), periods.next_month_start(now, periods.UTC)
+    if day == month:
+        pytest.skip("the last day of a month: the day and the month end together")
+    daily = Budget(1, "key", "7", Decimal("1"), None, True)
+    monthly = Budget(2, "customer", "acme", None, Decimal("1"), True, key_id=7)
+    addon.state.budgets.load([daily, monthly], lambda b, d, m: SPENT, now)
+    flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY, "x-customer-id": "acme"})
+    addon.request(flow)
+    assert "monthly budget" in json.loads(flow.response.get_text())["error"]["message"]
+    assert abs(int(flow.response.headers["retry-after"]) - (month - now).total_seconds()) <= 2
+    # The key's own daily budget and its monthly limit of one call, used: the limit says when.
+    addon.state.budgets.load([daily], lambda b, d, m: SPENT, now)
+    addon.state.limiter.set_limits({7: Limits(per_hour=None, per_month=1)})
+    assert addon.state.limiter.admit(7, now) is None
+    assert addon.state.limiter.refusing(7, now) is not None and addon.state.limiter.refusing(7, now) is not None
+    limited = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY})
+    addon.request(limited)
+    assert "per-month" in json.loads(limited.response.get_text())["error"]["message"]
+    assert abs(int(limited.response.headers["retry-after"]) - (month - now).total_seconds()) <= 2
+    addon.state.limiter.set_limits({7: Limits(per_hour=None, per_month=5)})  # not reached: the budget answers
+    assert addon.state.limiter.refusing(7, now) is None
+    budgeted = _flow("/v1/chat/completions", **{"x-aispendtrack-key": KEY})
+    addon.request(budgeted)
+    assert "daily budget" in json.loads(budgeted.response.get_text())["error"]["message"]
+    assert addon.state.limiter.admit(7, now) is None  # refusing() counted nothing: 2 of 5
+
+
 def test_a_refused_key_stops_at_the_gate(addon):
     flow = _flow("/v1/chat/completions", **{"x-aispendtrack-key": "ask_wrong"})
     addon.request(flow)

@@ -158,6 +158,17 @@ def test_a_team_budget_is_seeded_once_per_host_and_a_move_moves_its_spend_once(t
     assert first.host.spend([3], *first.periods(NOW)) == {3: (Decimal("1.25"), Decimal("1.25"))}
 
 
+def test_asking_whether_a_limit_refuses_counts_no_call_on_the_host(tmp_path):
+    path = _made(tmp_path)
+    first, second = _limiter(path, 2), _limiter(path, 2)
+    assert first.refusing(7, NOW) is None and second.refusing(7, NOW) is None
+    assert first.admit(7, NOW) is None and second.refusing(7, NOW) is None  # 1 of 2 counted, not 3
+    assert second.admit(7, NOW) is None
+    refusal = first.refusing(7, NOW)
+    assert refusal is not None and (refusal.limit, refusal.used) == ("per-hour", 2)
+    assert first.admit(7, NOW) is not None
+
+
 def test_a_worker_never_opens_the_file_behind_an_absent_owner(tmp_path):
     """A worker's rows wait (StoreBusy) instead of opening the file its restarting owner needs."""
     db = tmp_path / "aispendtrack.duckdb"

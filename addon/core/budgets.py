@@ -286,16 +286,20 @@ class BudgetTracker:
         if not covering:
             return None
         host = self._host_spend(covering, now)
+        refusals = []
         with self._lock:
             self._roll(now)
             for budget in covering:
                 today, month = (host or self._spend).get(budget.id, (Decimal(0), Decimal(0)))
                 if budget.monthly_usd is not None and month >= budget.monthly_usd:
-                    return BudgetRefusal(budget, "monthly", budget.monthly_usd, month,
-                                         next_month_start(self._month, self.zone))
-                if budget.daily_usd is not None and today >= budget.daily_usd:
-                    return BudgetRefusal(budget, "daily", budget.daily_usd, today, next_day_start(self._day, self.zone))
-        return None
+                    refusals.append(BudgetRefusal(budget, "monthly", budget.monthly_usd, month,
+                                                  next_month_start(self._month, self.zone)))
+                elif budget.daily_usd is not None and today >= budget.daily_usd:
+                    refusals.append(BudgetRefusal(budget, "daily", budget.daily_usd, today,
+                                                  next_day_start(self._day, self.zone)))
+        # The one that lasts longest: a call is accepted only once every budget allows it (retry-after
+        # said tomorrow while another budget refused until the month's end). Of equal ones, the first.
+        return max(refusals, key=lambda refusal: refusal.resets_at, default=None)
 
     def _host_spend(self, budgets: list[Budget], now: dt.datetime) -> dict | None:
         if self.host is None:

@@ -26,6 +26,7 @@ from .host_counters import CountersFull, HostCounters
 from .periods import hour_start, month_start, next_month_start, seconds_until
 from .plans import Limits
 
+_NOT_COUNTED = object()  # what refusing() tells the host's count: never count this one
 
 @dataclass(frozen=True)
 class Refusal:
@@ -153,6 +154,29 @@ class Limiter:
                 self._hour_counts[key_id] = hour_used + 1
                 self._month_counts[key_id] = month_used + 1
             return refusal
+
+    def refusing(self, key_id: int, now: dt.datetime) -> Refusal | None:
+        """The refusal one more call of the key would get, counting nothing (the shared mode's: from
+        the counts last seen): when a budget refuses too, the one that lasts longer is the answer."""
+        limits, team = self._limits.get(key_id), self._teams.get(key_id)
+        if self.host is not None:
+            hour, month = self.periods(now)
+            found: list[Refusal | None] = []
+
+            def never_count(*used: int) -> object:
+                found.append(self._refusal_both(limits, team, *used))
+                return _NOT_COUNTED
+            try:
+                self.host.count_call(key_id, hour, month, never_count, team.id if team else None)
+                return found[0]
+            except CountersFull:
+                pass
+        with self._lock:
+            self._roll(now)
+            team_used = ((self._team_hour_counts.get(team.id, 0), self._team_month_counts.get(team.id, 0))
+                         if team is not None else (0, 0))
+            return self._refusal_both(limits, team, self._hour_counts.get(key_id, 0),
+                                      self._month_counts.get(key_id, 0), *team_used)
 
     def periods(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
         """(this hour, this month) as the counters count them."""
