@@ -480,6 +480,8 @@ def test_a_tier_is_priced_at_its_own_list_rates_else_at_a_published_multiplier_e
     assert cost("azure", "gpt-4o", "batch") == (None, None)
     # A bundled patch prices its model and says so: 1M input is past Claude Sonnet 4's 200k tier ($6 + $22.50).
     assert cost("anthropic", "claude-sonnet-4-0", None) == (Decimal("28.5"), "patch patches.toml#1")
+    # The same on Vertex AI, which names the model with "@" (priced at $3 and $15 before: half).
+    assert cost("vertex", "claude-sonnet-4@20250514", None) == (Decimal("28.5"), "patch patches.toml#5")
 
 
 def test_an_overrides_tier_multiplier_wins_over_the_bundled_one_and_the_check_counts_every_entry(tmp_path):
