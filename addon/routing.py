@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote
 
 from mitmproxy.http import Headers
 
-from .providers import Provider
+from .providers import Provider, vertex
 
 ANTHROPIC, GOOGLE, VERTEX = "anthropic", "google", "vertex"
 MIXED = "mixed"  # a Google OAuth token beside another provider's key: it could only go to one of them
@@ -165,10 +165,12 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
                         "Send only the one the provider takes. Nothing was forwarded.")
     provider, rest = _by_prefix(providers, clean)
     if provider is not None:
-        if credentials is not None and credentials != provider.name:
+        # Vertex's express mode takes a Google API key, as Google's hosts do.
+        on_key = provider.name == VERTEX and credentials == GOOGLE and vertex.express(rest)
+        if credentials is not None and credentials != provider.name and not on_key:
             raise _foreign(_named(providers, credentials), provider.prefix or "/")
         if provider.name == VERTEX:
-            _refuse_other_credentials(provider, headers)
+            _refuse_other_credentials(provider, headers, api_key=on_key)
     elif credentials == ANTHROPIC:
         provider, rest = _named(providers, ANTHROPIC), clean
     elif credentials == GOOGLE:
@@ -270,11 +272,14 @@ def _foreign(provider: Provider, path: str) -> Misrouted:
                      f"another provider. Check the client's base URL: {where}.")
 
 
-def _refuse_other_credentials(provider: Provider, headers: Headers) -> None:
-    """Vertex takes a Google bearer token and nothing else: any other credential (an OpenAI-style
-    key, a Basic credential, Azure's api-key) belongs to someone else and is not sent to Google."""
+def _refuse_other_credentials(provider: Provider, headers: Headers, api_key: bool = False) -> None:
+    """Vertex takes a Google bearer token (or, in express mode, ``api_key``, a Google API key) and
+    nothing else: any other credential (an OpenAI-style key, a Basic credential, Azure's api-key)
+    belongs to someone else and is not sent to Google."""
     for name, value in headers.fields:
         lowered = name.lower()
+        if api_key and lowered == b"x-goog-api-key" and _key_in(value) == GOOGLE:
+            continue
         if lowered in _AUTHORIZATION and not _VERTEX_BEARER.fullmatch(value) or lowered in _OTHER_KEY_HEADERS:
             raise Misrouted(provider, 401, "aispendtrack_not_a_google_token",
                             f"AiSpendTrack did not forward this call: its {name.decode(errors='replace')[:40]} "

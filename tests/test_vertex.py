@@ -139,6 +139,23 @@ def test_genai_vertex_stream_takes_the_last_running_total(proxy, upstream, custo
     assert _usd(row["cost_usd"]) == (12 * Decimal("0.30") + 128 * Decimal("2.50")) / M
 
 
+def test_express_mode_on_an_api_key_is_metered_as_any_gemini_call(proxy, upstream, customer):
+    """Vertex AI in express mode names no project or location: stored unmetered before."""
+    client = genai.Client(vertexai=True, api_key=fake.API_KEY,
+                          http_options=types.HttpOptions(base_url=f"{proxy.url}/vertex", api_version="v1",
+                                                         headers=_tags(proxy, customer)))
+    reply = client.models.generate_content(model="gemini-2.5-flash", contents="hi")
+    assert reply.text == "Hello there!"
+    sent = upstream.last()
+    assert sent.path == "/v1/publishers/google/models/gemini-2.5-flash:generateContent"
+    assert sent.headers["x-goog-api-key"] == fake.API_KEY and "x-aispendtrack-key" not in sent.headers
+    [row] = proxy.rows(customer)
+    assert (row["provider"], row["model"], row["usage_source"]) == ("vertex", "gemini-2.5-flash", "reported")
+    assert row["endpoint"] == "/v1/publishers/google/models/{model}:generateContent"
+    assert _usd(row["cost_usd"]) == (122 * Decimal("0.30") + 230 * Decimal("0.03") + 70 * Decimal("2.50")) / M
+    assert fake.API_KEY not in json.dumps(proxy.calls(), default=str)
+
+
 def test_a_stream_without_alt_sse_is_one_json_array_read_whole(proxy, upstream, customer):
     response = httpx.post(f"{proxy.url}/vertex{GEMINI_PATH}:streamGenerateContent",
                           headers={"authorization": f"Bearer {fake.TOKEN}", **_tags(proxy, customer)},

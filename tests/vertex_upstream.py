@@ -21,6 +21,8 @@ from .upstream import FakeHandler, LocalServer, Received, send_json, serving_con
 
 TOKEN = "ya29.a0AfB_test-access-token-for-the-fake"
 PROJECT = "acme-llm-prod"
+API_KEY = "AIzaSyExpressModeKeyForTheFake000000000"  # Vertex AI in express mode: a Google API key
+_EXPRESS = re.compile(r"/(?:v1|v1beta1)/publishers/google/models/([a-z0-9.-]+):([A-Za-z]+)")
 _PATH = re.compile(r"/(?:v1|v1beta1)/projects/([a-z0-9-]+)/locations/([a-z0-9-]+)/publishers/(google|anthropic)/"
                    r"models/([^/:]+):([A-Za-z]+)")
 # Vertex's documented "vertex-2023-10-16", or a dated API version (what anthropic 2.16's AnthropicVertex sends).
@@ -87,16 +89,21 @@ def _handler(fake: VertexFake):
                                                   "status": _STATUS[exc.status]}})
 
         def _answer(self, body: bytes) -> None:
+            path, _, query = self.path.partition("?")
+            express = _EXPRESS.fullmatch(path)
+            if express is not None:  # express mode: Gemini models on an API key, no project or location
+                if self.headers.get("x-goog-api-key") != API_KEY or "authorization" in self.headers:
+                    raise BadCall(401, "API key not valid. Please pass a valid API key.")
+                if express.group(2) not in _METHODS["google"]:
+                    raise BadCall(404, f"The requested URL {path} was not found on this server.")
+                self._gemini(_json_body(body), express.group(1), express.group(2), sse=query == "alt=sse")
+                return
             if self.headers.get("authorization") != f"Bearer {TOKEN}":
                 raise BadCall(401, "Request had invalid authentication credentials. Expected OAuth 2 access token.")
-            path, _, query = self.path.partition("?")
             found = _PATH.fullmatch(path)
             if found is None or found.group(5) not in _METHODS[found.group(3)] or found.group(1) != PROJECT:
                 raise BadCall(404, f"The requested URL {path} was not found on this server.")
-            try:
-                request = json.loads(body)
-            except ValueError:
-                raise BadCall(400, "Invalid JSON payload received.") from None
+            request = _json_body(body)
             _, location, publisher, model, method = found.groups()
             if publisher == "anthropic":
                 self._claude(request, model, method)
@@ -186,3 +193,10 @@ def _gemini_chunk(text: str, finish: str | None, usage: dict, model: str) -> dic
         candidate["finishReason"] = finish
     return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model,
             "createTime": "2026-12-03T16:00:00.000000Z", "responseId": "vrtx-resp-1"}
+
+
+def _json_body(body: bytes) -> dict:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise BadCall(400, "Invalid JSON payload received.") from None

@@ -18,21 +18,28 @@ from pricing.usage import TokenUsage
 from . import anthropic, gemini
 from .base import Observed, Provider, StreamParser, patterns
 
-_CALL = re.compile(r"/(v1|v1beta1)/projects/([^/]+)/locations/([^/]+)/publishers/(google|anthropic)/models/"
+# Without a project and location: express mode (Gemini models on a Google API key, the global host).
+_CALL = re.compile(r"/(v1|v1beta1)(?:/projects/([^/]+)/locations/([^/]+))?/publishers/(google|anthropic)/models/"
                    r"([^/:]+):([A-Za-z]+)")
+_EXPRESS = re.compile(r"/v1(?:beta1)?/publishers/google/models/[^/:]+:[A-Za-z]+")
 _METERED = {"google": ("generateContent", "streamGenerateContent"),
             "anthropic": ("rawPredict", "streamRawPredict")}
 # AnthropicVertex's count_tokens: .../publishers/anthropic/models/count-tokens:rawPredict (free).
 _ANTHROPIC_COUNT = "count-tokens"
 # Vertex's price page (https://cloud.google.com/vertex-ai/generative-ai/pricing, docs/coverage.md):
 # counting tokens bills nothing; embeddings, Imagen, Veo, tuning and batch jobs are billed, not metered.
-_FREE = patterns(r"/v1(?:beta1)?/projects/[^/]+/locations/[^/]+/publishers/google/models/[^/:]+:(?:countTokens|"
+_FREE = patterns(r"/v1(?:beta1)?(?:/projects/[^/]+/locations/[^/]+)?/publishers/google/models/[^/:]+:(?:countTokens|"
                  r"computeTokens)",
                  r"/v1(?:beta1)?/projects/[^/]+/locations/[^/]+/publishers/anthropic/models/count-tokens:rawPredict")
 _LOCATED = re.compile(r"/v1(?:beta1)?/projects/[^/]+/locations/([^/]+)(?:/|$)")
 _LOCATION = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MULTI_REGION = {"global": "aiplatform.googleapis.com", "us": "aiplatform.us.rep.googleapis.com",
                  "eu": "aiplatform.eu.rep.googleapis.com"}
+
+
+def express(path: str) -> bool:
+    """Whether ``path`` is an express-mode call, which a Google API key authenticates."""
+    return _EXPRESS.fullmatch(path) is not None
 
 
 def vertex_host(location: str) -> str | None:
@@ -57,20 +64,24 @@ class Vertex(Provider):
         self._anthropic = anthropic.Anthropic(counter)
 
     def host_for(self, path: str) -> str | None:
+        if express(path):
+            return vertex_host("global")
         found = _LOCATED.match(path)
         return vertex_host(found.group(1)) if found else None
 
     def metered(self, path: str) -> bool:
         found = _CALL.fullmatch(path)
-        return found is not None and found.group(6) in _METERED[found.group(4)] and found.group(5) != _ANTHROPIC_COUNT
+        return (found is not None and found.group(6) in _METERED[found.group(4)] and found.group(5) != _ANTHROPIC_COUNT
+                and (found.group(2) is not None or express(path)))
 
     def endpoint(self, path: str) -> str:
         found = _CALL.fullmatch(path)
         if found is None:
             return path
-        version, _, _, publisher, model, method = found.groups()
+        version, project, _, publisher, model, method = found.groups()
         model = model if model == _ANTHROPIC_COUNT else "{model}"
-        return f"/{version}/projects/{{project}}/locations/{{location}}/publishers/{publisher}/models/{model}:{method}"
+        where = "" if project is None else "/projects/{project}/locations/{location}"
+        return f"/{version}{where}/publishers/{publisher}/models/{model}:{method}"
 
     def _reader(self, path: str) -> tuple[Provider, str]:
         """The module that reads this path's bodies, and the path it knows them by."""
