@@ -273,6 +273,19 @@ def test_an_hours_cache_writes_and_a_tier_not_the_standard_one_are_not_priced_at
         assert (row["service_tier"], row["priced"]) == (traffic.lower(), priced), traffic
 
 
+def test_bedrocks_dual_stack_and_fips_hosts_are_metered_in_the_forward_mode(providers):
+    """botocore names bedrock-runtime.REGION.api.aws when asked for dual-stack endpoints: tunnelled
+    untouched and unrecorded before."""
+    from addon.hosts import ProviderHosts
+
+    hosts = ProviderHosts([providers["bedrock"]])
+    for host in ("bedrock-runtime.us-east-1.amazonaws.com", "bedrock-runtime-fips.us-east-1.amazonaws.com",
+                 "bedrock-runtime.us-east-1.api.aws", "bedrock-runtime-fips.us-gov-west-1.api.aws"):
+        assert hosts.provider(host) == "bedrock", host
+    assert hosts.provider("bedrock-runtime.us-east-1.api.aws.attacker.net") is None
+    assert hosts.provider("bedrock.us-east-1.api.aws") is None  # the control plane: not calls
+
+
 def test_a_nova_invoke_model_body_counts_its_cache_reads_and_writes(providers, book):
     # Nova's own InvokeModel body names the cache counts ...TokenCount, where Converse says ...Tokens.
     answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}}, "stopReason": "end_turn",

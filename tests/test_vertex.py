@@ -207,6 +207,13 @@ def test_without_an_upstream_a_call_goes_to_its_locations_host(location, host):
     assert request.path.endswith(f"/locations/{location}/publishers/google/models/m:generateContent?alt=sse")
 
 
+def test_an_express_mode_call_goes_to_the_global_host():
+    request = tutils.treq(host="127.0.0.1", port=8080, scheme=b"http",
+                          path="/v1beta1/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse")
+    assert point(request, Vertex(), {"vertex": None})
+    assert (request.scheme, request.host, request.port) == ("https", "aiplatform.googleapis.com", 443)
+
+
 def test_hosts_declare_vertex_for_the_forward_mode():
     hosts = ProviderHosts([Vertex()])
     assert all(hosts.provider(vertex_host(loc) or "") == "vertex" for loc in ("us-east5", "global", "us", "eu"))

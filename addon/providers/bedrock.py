@@ -157,7 +157,9 @@ class ConverseStream(StreamParser):
 
 class Bedrock(Provider):
     name = "bedrock"
-    hosts = ("bedrock-runtime.*.amazonaws.com", "bedrock-runtime-fips.*.amazonaws.com")
+    # The dual-stack (IPv6) names too: botocore's endpoint rules with AWS_USE_DUALSTACK_ENDPOINT=true.
+    hosts = ("bedrock-runtime.*.amazonaws.com", "bedrock-runtime-fips.*.amazonaws.com", "bedrock-runtime.*.api.aws",
+             "bedrock-runtime-fips.*.api.aws")
     billable = _BILLABLE
     free = _FREE
 
