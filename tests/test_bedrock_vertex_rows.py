@@ -256,8 +256,10 @@ def test_an_hours_cache_writes_and_a_tier_not_the_standard_one_are_not_priced_at
     row = _row(providers, book, "bedrock", converse, "application/json", json.dumps(answer).encode())
     assert (row["cache_write_tokens"], row["cache_write_1h_tokens"]) == (10000, 10000)
     assert row["cost_usd"] == _usd((10, "3.00"), (5000, "0.30"), (10000, "6.00"), (100, "15.00"))
-    for tier, priced in (("default", True), ("priority", False), ("flex", False)):
-        said = {"serviceTier": {"type": tier}}
+    for tier, said, priced in [(tier, {"serviceTier": {"type": tier}}, tier == "default")
+                               for tier in ("default", "priority", "flex")] + [
+            ("latency_optimized", {"performanceConfig": {"latency": "optimized"}}, False),
+            (None, {"performanceConfig": {"latency": "standard"}}, True)]:
         whole = _row(providers, book, "bedrock", converse, "application/json", json.dumps({**answer, **said}).encode())
         streamed = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
                         [*aws.converse_stream()[:-1], aws.event_message(

@@ -74,10 +74,16 @@ def converse_usage(raw: object) -> TokenUsage | None:
                       output_tokens=count(raw, "outputTokens", required=True))
 
 
-def _tier(raw: object) -> str | None:
-    """Converse's ``serviceTier`` ({"type": "priority"}): a tier other than the standard one is
-    not priced at the standard rate (pricing.priced_tier)."""
-    return tier_name(as_dict(raw).get("type"))
+LATENCY_OPTIMIZED = "latency_optimized"
+
+
+def _tier(answer: dict) -> str | None:
+    """Converse's ``serviceTier`` ({"type": "priority"}), or latency-optimized inference
+    (``performanceConfig``): rates other than the standard ones, so not priced at them
+    (pricing.priced_tier) unless a price file has them."""
+    if as_dict(answer.get("performanceConfig")).get("latency") == "optimized":
+        return LATENCY_OPTIMIZED
+    return tier_name(as_dict(answer.get("serviceTier")).get("type"))
 
 
 def _metrics_usage(raw: object) -> TokenUsage | None:
@@ -148,7 +154,7 @@ class ConverseStream(StreamParser):
         elif event == "metadata":
             metadata = as_dict(loads(data))
             self.observed.take_usage(converse_usage, metadata.get("usage"))
-            self.observed.service_tier = _tier(metadata.get("serviceTier")) or self.observed.service_tier
+            self.observed.service_tier = _tier(metadata) or self.observed.service_tier
             self.observed.complete = True
 
     def output_text(self) -> str:
@@ -189,7 +195,7 @@ class Bedrock(Provider):
         observed = Observed(model=model, complete=True)
         if operation == CONVERSE:
             observed.take_usage(converse_usage, body.get("usage"))
-            observed.service_tier = _tier(body.get("serviceTier"))
+            observed.service_tier = _tier(body)
         else:
             observed.take_usage(_invoke_usage, body)
         return observed
