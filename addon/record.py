@@ -164,6 +164,8 @@ def _observe(meter: CallMeter) -> Observed:
         # still told by the call's outcome.
         observed.take_usage(meter.provider.usage_in_headers, meter.response_headers)
         observed.complete = observed.complete or observed.usage is not None
+    if observed.service_tier is None and meter.response_headers is not None:
+        observed.service_tier = meter.provider.tier_in_headers(meter.response_headers)
     return observed
 
 

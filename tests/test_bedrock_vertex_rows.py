@@ -267,6 +267,19 @@ def test_an_hours_cache_writes_and_a_tier_not_the_standard_one_are_not_priced_at
                             json.dumps({"usage": usage, **said}).encode())])
         for row in (whole, streamed):
             assert (row["service_tier"], row["priced"], row["cost_usd"] is not None) == (tier, priced, priced), tier
+    # InvokeModel says it in its headers, for a whole body and a stream.
+    invoke = f"/model/{CLAUDE_GLOBAL}/invoke"
+    claude = json.dumps({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+                         "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn",
+                         "usage": {"input_tokens": 10, "output_tokens": 100}}).encode()
+    for headers, tier in (({"x-amzn-bedrock-service-tier": "priority"}, "priority"),
+                          ({"x-amzn-bedrock-performanceconfig-latency": "optimized"}, "latency_optimized"),
+                          ({"x-amzn-bedrock-service-tier": "default"}, "default")):
+        whole = _row(providers, book, "bedrock", invoke, "application/json", claude, headers=headers)
+        streamed = _row(providers, book, "bedrock", f"{invoke}-with-response-stream", EVENT_STREAM,
+                        aws.claude_stream(), headers=headers)
+        for row in (whole, streamed):
+            assert (row["service_tier"], row["priced"]) == (tier, tier == "default"), (tier, row["stream"])
     for traffic, priced in (("ON_DEMAND", True), ("ON_DEMAND_PRIORITY", False), ("ON_DEMAND_FLEX", False),
                             ("PROVISIONED_THROUGHPUT", False)):
         body = gcp._gemini_chunk("Hi", "STOP", {**gcp.GEMINI_USAGE, "trafficType": traffic}, "gemini-2.5-flash")

@@ -183,6 +183,10 @@ class Provider:
         body that carries none; read on the writer thread. Raises InvalidUsage like ``count``."""
         return None
 
+    def tier_in_headers(self, headers) -> str | None:
+        """A service tier the provider names in the response headers (Bedrock's InvokeModel)."""
+        return None
+
     def estimate(self, path: str, request: dict | None, parser: StreamParser | None,
                  model: str | None) -> TokenUsage | None:
         """Our own count when the provider reported none; None when we cannot tell."""

@@ -205,6 +205,11 @@ class Bedrock(Provider):
             return None
         return TokenUsage(**{field: _header_count(headers, name) for field, name in _HEADERS.items()})
 
+    def tier_in_headers(self, headers) -> str | None:
+        if headers.get("x-amzn-bedrock-performanceconfig-latency") == "optimized":
+            return LATENCY_OPTIMIZED
+        return tier_name(headers.get("x-amzn-bedrock-service-tier"))
+
     def stream_parser(self, path: str) -> StreamParser:
         found = _call(path)
         model = found[0] if found else ""
