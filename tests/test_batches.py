@@ -7,6 +7,7 @@ call that created it, whoever polls it or downloads its results, and however oft
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from decimal import Decimal
@@ -279,6 +280,34 @@ def settled_rss_kb(pid: int, timeout: float = 120) -> int:
         if len(samples) == 5 and max(samples) - min(samples) < 2048:  # steady for 4 s
             return max(samples)
     raise AssertionError(f"the proxy's memory did not settle in {timeout} s")
+
+
+def test_a_batchs_usage_spilled_before_it_was_settled_is_settled_and_counted_after_the_restart(tmp_path):
+    """A proxy stopped while a batch's usage waited to be settled spills it with its note; read back,
+    its time was text, which settling (and counting it against budgets by its date) could not use."""
+    from addon import batches
+    from addon.core import spill
+    from addon.core.store import calls as call_rows
+    from addon.core.store import reading
+    from addon.writer import Writer
+
+    from .helpers import call_row
+
+    db, spilled = tmp_path / "a.duckdb", tmp_path / "spill"
+    ran = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    row = call_row(7, ts=ran, endpoint="/v1/batches", service_tier="batch", customer_id="downloader")
+    row[batches.NOTE] = {"results": "file-out-1", "download": "call-1"}
+    spilled.mkdir()
+    spill.write(spilled / "1-1-1.jsonl", [row])
+    counted: list[dict] = []
+    writer = Writer(db, spilled, build_row=lambda r: r, on_refresh=lambda con: None,
+                    settle=lambda con, rows: batches.settle(con, rows, counted.append))
+    writer.load_keys_now()
+    # A batch the proxy never saw: its downloader's, counted by the time it ran.
+    assert [(r["customer_id"], r["ts"]) for r in counted] == [("downloader", ran)]
+    with reading(db) as con:
+        [stored] = [r for r in call_rows.newest(con, 10) if r["customer_id"] == "downloader"]
+    assert stored["input_tokens"] == 7 and not list(spilled.glob("*.jsonl"))
 
 
 def test_a_200_mb_results_file_streams_through_in_bounded_memory_every_line_recorded_once(tmp_path):

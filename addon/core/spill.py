@@ -7,6 +7,7 @@ store's, so a spill file is no easier to read than the database it waits for.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from pathlib import Path
@@ -33,6 +34,16 @@ def write(path: Path, rows: list[dict]) -> None:
             sealer.finish()
         f.flush()
         os.fsync(f.fileno())
+
+
+def timestamp(text: str) -> datetime.datetime | str:
+    """A row's time as write() spelt it (``str`` of an aware datetime), or the text if it is not one
+    (the insert reads it then, as before)."""
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
 
 
 def read(path: Path) -> tuple[list[dict], int]:
