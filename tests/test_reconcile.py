@@ -480,6 +480,26 @@ def test_usage_around_the_proxy_of_a_model_without_a_price_is_named_and_alerted(
     assert "Usage of acme-llm-7b differs too, and has no price here" in alert.text
 
 
+def test_our_usage_of_a_model_without_a_price_is_unpriced_on_our_side_not_0(tmp_path, usage_api):
+    """Our calls of a model we have no price for read "$0.00/$0.00 over": as if free."""
+    home = tmp_path / "home"
+    home.mkdir()
+    now = dt.datetime.now(dt.UTC)
+    at = (now - dt.timedelta(days=1)).replace(hour=10, minute=0, second=0, microsecond=0)
+    with writing(home / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, [call_row(1, ts=at, model=GPT4O, input_tokens=1000, output_tokens=100,
+                                        cost_usd=Decimal("0.0035")),
+                               call_row(2, ts=at, model="acme-ft-7b", input_tokens=4000, output_tokens=100,
+                                        cost_usd=None, priced=False)])
+    usage_api.ledger = [Billed(at, "openai", GPT4O, 1000, output_tokens=100, billed_usd=0.0035)]
+    shown = lines(reconcile(home, "--provider", "openai", "--since", "3d", "--upstream", usage_api.url,
+                            "--format", "json"))
+    [line] = [line for line in shown if line["model"] == "acme-ft-7b"]
+    assert (line["ours_cost_usd"], line["status"]) == (None, "over")
+    table = reconcile(home, "--provider", "openai", "--since", "3d", "--upstream", usage_api.url).output
+    assert "The usage of acme-ft-7b has no price here, so it is in no dollar figure" in table
+
+
 def _wait(what: str, done, seconds: float = 30.0) -> None:
     deadline = time.monotonic() + seconds
     while not done():

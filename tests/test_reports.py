@@ -38,7 +38,7 @@ DATA = [
     row("2026-11-01T00:30:00", "gpt-4o", "2.00", 200, feature="search"),       # Nov in UTC, Oct 31 in Pacific
     row("2026-11-01T08:00:00", "claude-sonnet-4", "3.00", 300, customer="globex", key_id=2, provider="anthropic"),
     row("2026-11-02T12:00:00", "acme-llm", None, 400, customer="globex", key_id=2),   # unpriced
-    row("2026-11-02T13:00:00", "gpt-4o", None, 50, status=500, usage="none", input_tokens=0, output_tokens=0),
+    row("2026-11-02T13:00:00", "gpt-4o", "0", 50, status=500, usage="none", input_tokens=0, output_tokens=0),
 ]
 
 
@@ -288,7 +288,7 @@ def test_a_key_sees_only_its_own_calls(api):
     assert {c["key_id"] for c in calls} == {1} and len(calls) == 3
     exported = csv.DictReader(io.StringIO(api("/api/v1/export?format=csv", who="key1").get_data(as_text=True)))
     assert sorted((r["key_id"], r["customer_id"], r["cost_usd"]) for r in exported) == [
-        ("1", "acme", ""), ("1", "acme", "1"), ("1", "acme", "2")]
+        ("1", "acme", "0"), ("1", "acme", "1"), ("1", "acme", "2")]
     assert [r["key_id"] for r in api("/api/v1/export?format=json", who="key2").get_json()] == [2, 2]
     refused = api("/api/v1/export?format=json&key=2", who="key1")
     assert refused.status_code == 403 and "may only see its own calls" in refused.get_json()["error"]["message"]

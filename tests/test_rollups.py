@@ -209,6 +209,33 @@ def test_the_migration_keeps_hourly_totals_and_sums_existing_calls(tmp_path):
         assert migrations.is_current(con)
 
 
+def test_calls_whose_usage_is_missing_or_not_believed_are_unpriced_in_every_total_and_after_the_migration(
+        tmp_path, monkeypatch):
+    """A speech call answered without its usage, or a usage not believed, has no known cost: the
+    totals counted it as neither priced nor unpriced, so a report's cost read as complete ($0.25 for
+    three calls) and a budget named no unpriced call."""
+    home = tmp_path / "home"
+    home.mkdir()
+    con = duckdb.connect(str(home_dir.db_path(home)))
+    migrated_before(con, migrations.m037_unknown_usage_unpriced)
+    at = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    call_rows.insert(con, [
+        call_row(1, ts=at, cost_usd=Decimal("0.25")),
+        call_row(2, ts=at, cost_usd=None, priced=False, usage_source="none", model="tts-1", input_tokens=0),
+        call_row(3, ts=at, cost_usd=None, priced=False, usage_source="invalid", input_tokens=0),
+        call_row(4, ts=at, cost_usd=Decimal(0), priced=True, usage_source="none", status=500, outcome="failed",
+                 input_tokens=0)])  # a call that failed: nothing billed, a known $0
+    for tier in rollups.TIERS:  # as the version before counted them
+        con.execute(f"UPDATE {tier.table} SET unpriced_calls = 0")
+    migrations.apply_pending(con)
+    con.close()
+    read_rollups(monkeypatch)  # the rollups m037 summed again, and the raw calls
+    for exact in ((), ("--exact",)):
+        [total] = json.loads(run_cli(home, "report", "--by", "day", "--since", "2026-11-25", "--until",
+                                     "2026-11-26", "--tz", "UTC", "--format", "json", *exact))
+        assert (total["calls"], total["unpriced_calls"], Decimal(str(total["cost_usd"]))) == (4, 2, Decimal("0.25"))
+
+
 def test_the_migration_fills_the_daily_tier_from_the_15_minute_rows(tmp_path, monkeypatch):
     # A file as the version before the daily tier left it: calls over three days in both older
     # tiers, then the first day's calls purged (only the rollups keep them).
@@ -264,7 +291,7 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m031_tag_rollups, rollups.BEFORE_NARROW, 31)
     assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key",
                                                  "m034_rollup_customer_key", "m035_total_rollups",
-                                                 "m036_sso_groups"]
+                                                 "m036_sso_groups", "m037_unknown_usage_unpriced"]
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
         groups: dict[tuple, list[dict]] = {}
         for call in calls:
@@ -291,7 +318,7 @@ def test_the_migration_fills_the_daily_totals_from_the_models_days(tmp_path, mon
     # and a total over whole weeks, and a report by day, read those.
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m035_total_rollups, rollups.BEFORE_TOTALS, 35)
-    assert migrations.apply_pending(con) == ["m035_total_rollups", "m036_sso_groups"]
+    assert migrations.apply_pending(con) == ["m035_total_rollups", "m036_sso_groups", "m037_unknown_usage_unpriced"]
     groups: dict[dt.datetime, list[dict]] = {}
     for call in calls:
         groups.setdefault(rollups.bucket_start(call["ts"], rollups.TOTAL_DAYS.seconds), []).append(call)

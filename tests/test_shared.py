@@ -1327,6 +1327,38 @@ def test_an_older_lake_gets_the_daily_totals_summed_from_the_models_days(shared_
             k: exact[k] for k in ("calls", "cost_usd")}
 
 
+def test_an_older_lakes_rollups_count_calls_of_unknown_usage_as_unpriced(shared_env, tmp_path, monkeypatch):
+    """s029, as m037: the rollups counted a call without usage (or with usage not believed) as
+    neither priced nor unpriced."""
+    import dataclasses
+
+    import psycopg
+
+    from addon.core.reports import Selection, parse_report
+    from addon.core.store import calls as call_rows
+    from addon.core.store import reading, rollups, writing
+    from addon.core.store import reports as report_rows
+
+    from .helpers import call_row, read_rollups
+    home, marker = tmp_path / "admin", f"unknown-{uuid.uuid4().hex}"
+    new_key(home)
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, [call_row(1, customer_id=marker),
+                               call_row(2, customer_id=marker, cost_usd=None, priced=False, usage_source="none",
+                                        model="tts-1", input_tokens=0),
+                               call_row(3, customer_id=marker, cost_usd=None, priced=False, usage_source="invalid")])
+        for tier in rollups.TIERS:  # as the version before counted them
+            con.execute(f"UPDATE {tier.table} SET unpriced_calls = 0")
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = 's029_unknown_usage_unpriced'")
+    cli(home, "keys", "list")  # a new process applies the step as it opens the lake
+    read_rollups(monkeypatch)
+    with reading(home / "unused.duckdb") as con:
+        spec = parse_report(["customer"], now=dt.datetime.now(dt.UTC))
+        [group] = report_rows.report(con, dataclasses.replace(spec, selection=Selection(customer_id=marker)))[0]
+    assert (group["calls"], group["unpriced_calls"], group["cost_usd"]) == (3, 2, Decimal("0.01"))
+
+
 def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path, monkeypatch):
     from addon.core.reports import parse_report
     from addon.core.store import calls as call_rows

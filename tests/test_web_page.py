@@ -42,7 +42,7 @@ def site(tmp_path_factory, upstream):
             _recent(20, "gpt-4o", "2.00", 200, customer="globex", feature="search"),
             _recent(10, "claude-sonnet-4", "3.00", 300, customer="globex", key_id=2, provider="anthropic"),
             _recent(5, "acme-llm", None, 400, customer="initech", key_id=2),
-            _recent(2, "gpt-4o", None, 50, customer="acme", status=500, usage="none"),
+            _recent(2, "gpt-4o", "0", 50, customer="acme", status=500, usage="none"),
         ])
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
     run_cli(home, "budgets", "set", "--scope", "customer:globex", "--all-keys", "--monthly", "4", "--block")

@@ -68,7 +68,8 @@ def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timede
         for kind in ("requests", *KINDS):
             line[f"ours_{kind}"] = None if kind == "requests" and bucket in uncounted else int(o.get(kind) or 0)
             line[f"theirs_{kind}"] = None if kind == "requests" and not counts_requests else int(t.get(kind) or 0)
-        line["ours_cost_usd"] = Decimal(o["cost_usd"]) if o.get("cost_usd") is not None else Decimal(0)
+        # Our calls with usage but no price: unpriced, as the provider's side without one, never $0.
+        line["ours_cost_usd"] = Decimal(o["cost_usd"]) if o.get("cost_usd") is not None else None if o else Decimal(0)
         line["theirs_cost_usd"] = (Decimal(t["cost_usd"]) if "cost_usd" in t else None) if t else Decimal(0)
         line.update(_difference(line), status=_status(line, tolerance), pending=bucket + width > now - SETTLE)
         lines.append(line)
@@ -129,10 +130,10 @@ def total(lines: list[dict]) -> dict:
 
 
 def unpriced(lines: list[dict]) -> list[str]:
-    """The models whose usage differs where the provider's side has no price at ours: in no dollar
-    figure of ``total`` (not as $0 either), so no threshold in dollars would ever see them."""
+    """The models whose usage differs where either side has no price at ours: in no dollar figure of
+    ``total`` (not as $0 either), so no threshold in dollars would ever see them."""
     return sorted({str(line["model"]) for line in lines
-                   if line["theirs_cost_usd"] is None and line["status"] != "match"})
+                   if None in (line["theirs_cost_usd"], line["ours_cost_usd"]) and line["status"] != "match"})
 
 
 def _difference(line: dict) -> dict:

@@ -67,6 +67,11 @@ COLUMN_NAMES = [name for name, _ in CALL_COLUMNS]
 CUSTOMER_KEY_COLUMN = "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS customer_key INTEGER"
 
 
+# A call whose cost nobody knows: no price for its usage, no usage at all (an answer without it), or
+# usage not believed. Counted as unpriced everywhere, never a $0 (a free call is priced at $0).
+UNPRICED = "NOT priced"
+
+
 def customer_key_sql(text: str) -> str:
     """The customer key (CUSTOMER_KEY_COLUMN) of the SQL expression ``text``."""
     return f"coalesce((md5_number_lower({text}) % 2147483647)::INTEGER, 0)"

@@ -543,6 +543,17 @@ def m036_sso_groups(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SSO_GROUPS_COLUMN)
 
 
+def m037_unknown_usage_unpriced(con: duckdb.DuckDBPyConnection) -> None:
+    # The rollups' unpriced counts left out the calls whose usage was missing or not believed
+    # (calls.UNPRICED): the buckets holding such calls summed again from their raw rows. Purged
+    # buckets keep their counts (their raw rows are gone).
+    rollups.rebuild(con, UNKNOWN_USAGE, [])
+
+
+# The calls m037 (s029 in the shared mode) counts as unpriced where the rollups did not.
+UNKNOWN_USAGE = "NOT priced AND usage_source IN ('none', 'invalid')"
+
+
 USAGE_HISTORY_VIEW = """
     CREATE VIEW usage_history AS
     SELECT bucket AS ts, key_id, customer_id, feature, cost_usd, calls FROM rollups
@@ -558,7 +569,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
               m028_team_limits, m029_daily_rollups, m030_raw_horizon, m031_tag_rollups,
               m032_proxy_histograms, m033_customer_key, m034_rollup_customer_key, m035_total_rollups,
-              m036_sso_groups]
+              m036_sso_groups, m037_unknown_usage_unpriced]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -16,7 +16,7 @@ import duckdb
 from ..reports import ReportSpec, Selection
 from . import batch, customer_order, raw_horizon, rollups
 from . import keys as key_rows
-from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES, customer_key_sql
+from .calls import COLUMN_NAMES, COST_TYPE, REPRICE_COLUMNS, TOOL_NAMES, UNIT_NAMES, UNPRICED, customer_key_sql
 from .connection import is_shared, one, output_path
 from .teams import IN_TEAM, TEAM_OF_KEY, in_teams
 from .transaction import is_write_conflict, transaction
@@ -34,7 +34,7 @@ FAILED = "(status >= 400 OR outcome <> 'completed')"
 _METRICS = f"""
     count(*) AS calls,
     count(*) FILTER (WHERE {FAILED}) AS errors,
-    count(*) FILTER (WHERE NOT priced AND usage_source NOT IN ('none', 'invalid')) AS unpriced_calls,
+    count(*) FILTER (WHERE {UNPRICED}) AS unpriced_calls,
     count(*) FILTER (WHERE usage_source = 'unmetered') AS unmetered_calls,
     count(*) FILTER (WHERE usage_source IN ('estimated', 'partial')) AS estimated_calls,
     {", ".join(f"coalesce(sum({t}), 0)::BIGINT AS {t}" for t in _TOKENS)},

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from .calls import CUSTOMER_KEY_COLUMN, UNIT_NAMES, customer_key_sql
+from .calls import CUSTOMER_KEY_COLUMN, UNIT_NAMES, UNPRICED, customer_key_sql
 from .errors import StoreBusy
 from .transaction import transaction
 
@@ -199,7 +199,7 @@ def aggregate(source: str, tier: Tier = FINE) -> str:
     return f"""
         SELECT {bucket_sql(seconds=tier.seconds)} AS bucket, {tags}count(*) AS calls,
                count(*) FILTER (WHERE {FAILED}) AS errors,
-               count(*) FILTER (WHERE NOT priced AND usage_source NOT IN ('none', 'invalid')) AS unpriced_calls,
+               count(*) FILTER (WHERE {UNPRICED}) AS unpriced_calls,
                count(*) FILTER (WHERE usage_source = 'unmetered') AS unmetered_calls,
                count(*) FILTER (WHERE usage_source IN ('estimated', 'partial')) AS estimated_calls,
                {sums}, sum(cost_usd) AS cost_usd,

@@ -38,6 +38,7 @@ from .migrations import (
     TEAM_LIMIT_COLUMNS,
     TEAMS_DDL,
     TOTAL_ROLLUPS,
+    UNKNOWN_USAGE,
     UNMETERED_UPDATE,
     USAGE_HISTORY_VIEW,
     units_ddl,
@@ -144,7 +145,8 @@ _LAKE_CALL_COLUMNS = ([c for c in CALL_COLUMNS
 _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kinds", "s010_tools", "s011_prices",
                    "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups",
                    "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms", "s024_customer_key",
-                   "s025_rollup_customer_key", "s026_customers_sorted", "s027_total_rollups")
+                   "s025_rollup_customer_key", "s026_customers_sorted", "s027_total_rollups",
+                   "s029_unknown_usage_unpriced")
 
 # The weekly customers' tier sorted by week and customer key, in row groups of 16,384 rows (issue 28).
 # DuckLake sorts a table so on every insert, flush of inlined rows and merge of files. A week of
@@ -361,6 +363,10 @@ def ensure_lake(con, control) -> None:
         if "s027_total_rollups" not in _applied(control):  # as migrations.m035_total_rollups
             _in_transaction(con, TOTAL_ROLLUPS)
             _record(control, "s027_total_rollups")
+        if "s029_unknown_usage_unpriced" not in _applied(control):  # as migrations.m037_unknown_usage_unpriced
+            with transaction(con):
+                rollups.rebuild(con, UNKNOWN_USAGE, [])
+            _record(control, "s029_unknown_usage_unpriced")
 
 
 def _in_transaction(con, statements: list[str]) -> None:
