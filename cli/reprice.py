@@ -10,7 +10,7 @@ from decimal import Decimal
 import click
 
 from addon.core import audit, config_files
-from addon.core.money import UNPRICED, usd
+from addon.core.money import UNPRICED, shown, usd
 from addon.core.reprice import changed
 from addon.core.store import reports as report_rows
 from addon.core.store import writing
@@ -87,6 +87,7 @@ def _line(changed: _Changed) -> str:
     if changed.kind == "unpriced":
         return (f"{changed.calls:,} without a price now: {usd(changed.before)} -> {UNPRICED}; see "
                 f"`aispendtrack prices check`.")
-    difference = changed.after - changed.before
+    # Of the amounts as shown (each to the micro-dollar), so the line adds up as read.
+    difference = shown(changed.after) - shown(changed.before)
     return (f"{changed.calls:,} with a new price: {usd(changed.before)} -> {usd(changed.after)} "
             f"({'+' if difference >= 0 else '-'}{usd(abs(difference))})")

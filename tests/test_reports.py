@@ -208,6 +208,15 @@ def test_reprice_keeps_the_old_cost_and_prints_the_change(home):
 
 
 
+def test_a_reprices_summary_adds_up_as_shown(tmp_path, new_store):
+    """Each amount rounded alone: "$17.258121 -> $13.14353 (-$4.114592)", 1 micro-dollar off as read."""
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        call_rows.insert(con, [call_row(1_000_000, model="acme-llm", output_tokens=0, cost_usd=Decimal("17.2581214"))])
+    (tmp_path / "prices.toml").write_text('[[price]]\nmodel = "acme-llm"\ninput_mtok = 13.1435299\noutput_mtok = 1\n')
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "reprice", "--model", "acme-llm"])
+    assert result.output == "Checked 1 call; 1 changed:\n  1 with a new price: $17.258121 -> $13.14353 (-$4.114591)\n"
+
+
 def test_a_reprice_keeps_the_old_price_stores_the_snapshot_and_a_failed_one_changes_nothing(tmp_path, new_store):
     first, second = call_row(1, cost_usd=Decimal("9"), price_source="list"), call_row(2, cost_usd=Decimal("1"))
     columns = "cost_usd, priced, price_source, price_snapshot, previous_cost_usd, previous_price_source"

@@ -20,12 +20,17 @@ MAX_PLACES = 6
 MICRO = Decimal(1).scaleb(-MAX_PLACES)
 
 
+def shown(value: Decimal | float | int) -> Decimal:
+    """The amount ``usd`` shows: to the micro-dollar, half up."""
+    return _decimal(value).quantize(MICRO, ROUND_HALF_UP)
+
+
 def usd(value: Decimal | float | int | None, places: int = 2) -> str:
     """``places`` is the least number of decimals (a column's, from ``column_places``)."""
     if value is None:
         return UNPRICED
     amount = _decimal(value)
-    rounded = amount.quantize(MICRO, ROUND_HALF_UP)
+    rounded = shown(amount)
     sign = "-" if rounded < 0 else ""
     if rounded == 0 and amount != 0:
         return f"{'-' if amount < 0 else ''}<$0.{'0' * (MAX_PLACES - 1)}1"
