@@ -229,9 +229,10 @@ def test_forgetting_a_customer_or_a_key_drops_its_series_and_keeps_the_others():
     assert metrics.label_values("customer") == ["bob"]
 
 
-def test_errors_are_the_reports_errors(tmp_path):
+def test_errors_and_unpriced_calls_are_the_reports(tmp_path):
     """The same rows counted by /metrics and by a report: a stream cut after its 200 and a client
-    gone are errors in both (the metric counted only error statuses)."""
+    gone are errors in both (the metric counted only error statuses); the calls of unknown cost are
+    counted apart (the cost counter left them out silently)."""
     import datetime as dt
 
     from addon.core.reports import parse_report
@@ -242,13 +243,19 @@ def test_errors_are_the_reports_errors(tmp_path):
     from .helpers import call_row
     rows = [call_row(1), call_row(2, status=500, outcome="completed"), call_row(3, outcome="upstream_failed"),
             call_row(4, outcome="client_disconnected"), call_row(5, status=None, outcome="upstream_failed"),
-            call_row(6, status=429, outcome="completed")]
+            call_row(6, status=429, outcome="completed"),
+            call_row(7, model="acme-llm", cost_usd=None, priced=False),  # unpriced, as a report counts them:
+            call_row(8, model="tts-1", cost_usd=None, priced=False, usage_source="none")]  # no price, no usage
     metrics = Metrics(tags=False)
     for row in rows:
         metrics.observe(row)
     families = {f.name: f for f in text_string_to_metric_families(metrics.exposition().decode())}
     counted = sum(s.value for s in families["aispendtrack_errors"].samples if s.name.endswith("_total"))
+    unpriced = sum(s.value for s in families["aispendtrack_unpriced_calls"].samples if s.name.endswith("_total"))
     with writing(tmp_path / "a.duckdb") as con:
         call_rows.insert(con, rows)
         _, found = report_rows.report(con, parse_report([], now=dt.datetime(2026, 12, 1, tzinfo=dt.UTC)), exact=True)
     assert counted == found["errors"] == 5
+    assert unpriced == found["unpriced_calls"] == 2
+    cost = sum(s.value for s in families["aispendtrack_cost_usd"].samples if s.name.endswith("_total"))
+    assert cost == pytest.approx(float(found["cost_usd"]))

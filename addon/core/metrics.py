@@ -89,6 +89,10 @@ class Metrics:
         self.tokens = Counter("aispendtrack_tokens", "Tokens by kind (input is uncached input).", (*labels, "kind"),
                               registry=r)
         self.cost = Counter("aispendtrack_cost_usd", "Cost in USD at list price.", labels, registry=r)
+        # The calls whose cost nobody knows add nothing to the cost: without them a spend panel reads
+        # a model without a price as free.
+        self.unpriced = Counter("aispendtrack_unpriced_calls", "Calls whose cost is unknown (no price, no usage, "
+                                "or usage not believed): in no cost total.", labels, registry=r)
         self.latency = Histogram("aispendtrack_latency_seconds", "From the request to the response's end.",
                                  ("provider", "model"), buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("aispendtrack_time_to_first_token_seconds", "From the request to the first token "
@@ -128,6 +132,8 @@ class Metrics:
         cost = row.get("cost_usd")
         if cost:
             self.cost.labels(*labels).inc(float(Decimal(cost)))
+        if row.get("priced") is False:  # calls.UNPRICED
+            self.unpriced.labels(*labels).inc()
         if row.get("latency_ms") is not None:
             self.latency.labels(labels[0], labels[1]).observe(float(row["latency_ms"]) / 1000)
         if row.get("ttft_ms") is not None:
