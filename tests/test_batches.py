@@ -101,9 +101,11 @@ def test_a_batch_that_ran_yesterday_is_dated_and_budgeted_where_it_ran_not_where
     """Each result line says when its request ran: rows per 15 minutes of running, dated then, so a
     report and the provider's books show the usage on the same day, and a daily budget of today does
     not count yesterday's half (a call under it is admitted; counted at the download, it was refused)."""
-    now = int(time.time())
-    yesterday = now - 26 * 3600
-    fake.batches.ran_at = [yesterday, yesterday + 60, now - 120, now - 60]
+    # Each pair in one 15-minute bucket (a row each), whatever the hour: today's at this quarter
+    # hour's start (a day starts on such an edge), yesterday's 26 hours before.
+    today = int(time.time()) // 900 * 900
+    yesterday = today - 26 * 3600
+    fake.batches.ran_at = [yesterday, yesterday, today, today]
     home = tmp_path / "home"
     # One line costs (1,000 + n) x 0.075 + (200 + n) x 0.30 per million, about $0.000135: today's two
     # stay under $0.0004, all four do not.
@@ -116,7 +118,7 @@ def test_a_batch_that_ran_yesterday_is_dated_and_budgeted_where_it_ran_not_where
         rows = sorted(usage_rows(proxy, ("night-owl",), calls=5, expect=2), key=lambda r: r["ts"])
         assert [(r["input_tokens"], r["output_tokens"]) for r in rows] == [(2001, 401), (2005, 405)]
         assert [r["ts"][:19] for r in rows] == [
-            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) for t in (yesterday + 60, now - 60)]
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) for t in (yesterday, today)]
         assert cost(rows[0]) == (Decimal(2001) * Decimal("0.075") + Decimal(401) * Decimal("0.30")) / M
         client.chat.completions.create(model=MINI, messages=[{"role": "user", "content": "hi"}])  # not refused
     finally:

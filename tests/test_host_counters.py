@@ -122,13 +122,14 @@ def test_spend_recorded_by_one_worker_blocks_the_next_call_on_another(tmp_path):
 
 def test_a_cost_dated_yesterday_counts_in_this_month_only_on_every_worker(tmp_path):
     """A batch's usage ran before its results were downloaded: counted where its row is dated."""
+    now = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)  # mid-month: yesterday is this month's
     tracker = BudgetTracker(periods.UTC)
     tracker.host = host_counters.HostCounters(_made(tmp_path))
     budget = Budget(3, "all", None, Decimal("1"), Decimal("5"), True)
-    tracker.load([budget], lambda b, day, month: (Decimal(0), Decimal(0)), NOW)
+    tracker.load([budget], lambda b, day, month: (Decimal(0), Decimal(0)), now)
     for days_ago, cost in ((0, "0.25"), (1, "0.5"), (40, "8")):
-        tracker.record(1, None, None, Decimal(cost), NOW, NOW - dt.timedelta(days=days_ago))
-    assert tracker.host.spend([3], *tracker.periods(NOW)) == {3: (Decimal("0.25"), Decimal("0.75"))}
+        tracker.record(1, None, None, Decimal(cost), now, now - dt.timedelta(days=days_ago))
+    assert tracker.host.spend([3], *tracker.periods(now)) == {3: (Decimal("0.25"), Decimal("0.75"))}
 
 
 def test_a_team_budget_is_seeded_once_per_host_and_a_move_moves_its_spend_once(tmp_path):
