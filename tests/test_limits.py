@@ -311,3 +311,24 @@ def test_retry_after_is_when_both_the_key_and_its_team_would_accept_a_call(count
     assert other.admit(1, now) is None and other.admit(1, now) is None
     refusal = other.admit(1, now)
     assert (refusal.limit, refusal.team, refusal.retry_after(now)) == ("per-hour", None, 30)
+
+
+def test_asking_whether_a_call_would_be_refused_counts_it_for_neither_the_key_nor_its_team(counting):
+    """What a budget's 429 asks (quotas.py: a limit that lasts longer answers): the refusal the next
+    call would get, the key's or its team's, without using up any of either."""
+    limiter = counting(Limiter(zoneinfo.ZoneInfo("UTC")))
+    team = Team(7, "g", Limits(per_hour=None, per_month=3))
+    limiter.set_limits({1: Limits(per_hour=2, per_month=None), 2: Limits(per_hour=None, per_month=None)},
+                       {1: team, 2: team})
+    now = dt.datetime(2026, 11, 25, 10, 59, 30, tzinfo=dt.UTC)
+    limiter.seed({}, now)
+    for _ in range(4):
+        assert limiter.refusing(1, now) is None and limiter.refusing(2, now) is None
+    assert [limiter.admit(1, now), limiter.admit(1, now)] == [None, None]  # key 1: 2 of 2; the team: 2 of 3
+    own = limiter.refusing(1, now)
+    assert (own.limit, own.team, own.used, own.retry_after(now)) == ("per-hour", None, 2, 30)
+    assert limiter.refusing(2, now) is None and limiter.admit(2, now) is None  # the team: 3 of 3
+    theirs = limiter.refusing(2, now)
+    assert (theirs.limit, theirs.team, theirs.used, theirs.size) == ("per-month", "g", 3, 3)
+    assert limiter.refusing(1, now) == limiter.admit(1, now) == theirs  # the team's month outlasts the key's hour
+    assert limiter.admit(2, now) == theirs and limiter.refusing(2, now) == theirs

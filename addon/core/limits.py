@@ -133,12 +133,25 @@ class Limiter:
 
     def admit(self, key_id: int, now: dt.datetime) -> Refusal | None:
         """Count the call if it is within its key's and its team's limits; otherwise say which limit it hit."""
+        return self._decide(key_id, now, count=True)
+
+    def refusing(self, key_id: int, now: dt.datetime) -> Refusal | None:
+        """The refusal one more call of the key would get, counting nothing (the shared mode's: from
+        the counts last seen): when a budget refuses too, the one that lasts longer is the answer."""
+        return self._decide(key_id, now, count=False)
+
+    def _decide(self, key_id: int, now: dt.datetime, count: bool) -> Refusal | None:
         limits, team = self._limits.get(key_id), self._teams.get(key_id)
         if self.host is not None:
             hour, month = self.periods(now)
+            found: list[Refusal | None] = []
+
+            def refusal(*used: int) -> object:
+                found.append(self._refusal_both(limits, team, *used))
+                return found[0] if count else _NOT_COUNTED  # the host counts the call when this is None
             try:
-                return self.host.count_call(key_id, hour, month, lambda *used: self._refusal_both(limits, team, *used),
-                                            team.id if team else None)
+                self.host.count_call(key_id, hour, month, refusal, team.id if team else None)
+                return found[0]
             except CountersFull:  # more keys (or teams) than slots: this one counted by this process alone
                 pass
         with self._lock:
@@ -147,36 +160,13 @@ class Limiter:
             month_used = self._month_counts.get(key_id, 0)
             team_hour, team_month = ((self._team_hour_counts.get(team.id, 0), self._team_month_counts.get(team.id, 0))
                                      if team is not None else (0, 0))
-            refusal = self._refusal_both(limits, team, hour_used, month_used, team_hour, team_month)
-            if refusal is None:
+            found_here = self._refusal_both(limits, team, hour_used, month_used, team_hour, team_month)
+            if found_here is None and count:
                 if team is not None:
                     self._team_hour_counts[team.id], self._team_month_counts[team.id] = team_hour + 1, team_month + 1
                 self._hour_counts[key_id] = hour_used + 1
                 self._month_counts[key_id] = month_used + 1
-            return refusal
-
-    def refusing(self, key_id: int, now: dt.datetime) -> Refusal | None:
-        """The refusal one more call of the key would get, counting nothing (the shared mode's: from
-        the counts last seen): when a budget refuses too, the one that lasts longer is the answer."""
-        limits, team = self._limits.get(key_id), self._teams.get(key_id)
-        if self.host is not None:
-            hour, month = self.periods(now)
-            found: list[Refusal | None] = []
-
-            def never_count(*used: int) -> object:
-                found.append(self._refusal_both(limits, team, *used))
-                return _NOT_COUNTED
-            try:
-                self.host.count_call(key_id, hour, month, never_count, team.id if team else None)
-                return found[0]
-            except CountersFull:
-                pass
-        with self._lock:
-            self._roll(now)
-            team_used = ((self._team_hour_counts.get(team.id, 0), self._team_month_counts.get(team.id, 0))
-                         if team is not None else (0, 0))
-            return self._refusal_both(limits, team, self._hour_counts.get(key_id, 0),
-                                      self._month_counts.get(key_id, 0), *team_used)
+            return found_here
 
     def periods(self, now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
         """(this hour, this month) as the counters count them."""
