@@ -20,7 +20,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import price_snapshots as stored_prices
 from addon.core.store import reading, writing
 from addon.core.store import reports as report_rows
-from addon.core.wording import plural
+from addon.core.wording import plural, visible
 from pricing import overrides
 from pricing.patches import Compared
 from pricing.patches import compare as compare_patches
@@ -36,13 +36,14 @@ def prices() -> None:
 
 @prices.command()
 @click.option("--since", "since_text", default="30d", show_default=True, metavar="DATE",
-              help="List the models without a price seen since DATE (2026-11-01, 7d, ...).")
+              help="List the calls without a price (by model, endpoint not metered, answer without usage) "
+                   "since DATE (2026-11-01, 7d, ...).")
 @format_option()
 @click.pass_obj
 def check(obj, since_text: str = "30d", fmt: str = "table") -> None:
     """Say which list prices are in use and how old they are, validate the override file, and list
-    models seen in calls that have no price, and billable endpoints the proxy forwards without
-    metering them."""
+    models seen in calls that have no price, billable endpoints the proxy forwards without metering
+    them, and endpoints whose answers carried no usage it could read."""
     found = config_files.read(obj.home, config_files.PRICES)
     now = dt.datetime.now(dt.UTC)
     since = _since(since_text, now)
@@ -53,12 +54,13 @@ def check(obj, since_text: str = "30d", fmt: str = "table") -> None:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
         rows = call_rows.unpriced_models(con, since=since)
-        endpoints = report_rows.unmetered_endpoints(con, Selection())
+        endpoints = report_rows.unmetered_endpoints(con, Selection(since=since))
+        unknown = report_rows.unpriced_endpoints(con, Selection(since=since), report_rows.USAGE_UNKNOWN)
         latest = stored_prices.latest(con)
     for row in rows:
         row["priced_now"] = _priced_now(book, row)
-    if fmt != "table":  # one list: a model's rows name its model, an unmetered endpoint's its endpoint
-        emit([*rows, *endpoints], fmt, [])
+    if fmt != "table":  # one list: a model's rows name its model, an endpoint's its endpoint and usage_source
+        emit([*rows, *endpoints, *unknown], fmt, [])
         return
     entries = plural(len(book.overrides), "entry", "entries") if found.text is not None else "none"
     click.echo(price_data.describe(latest, now))
@@ -67,8 +69,10 @@ def check(obj, since_text: str = "30d", fmt: str = "table") -> None:
     _show_patches(book.patches, now)
     if endpoints:
         _show_unmetered(endpoints)
-    if not rows:
-        click.echo(f"Every metered call since {since:%Y-%m-%d %H:%M} UTC has a price.")
+    if unknown:
+        _show_usage_unknown(unknown)
+    if not rows and not endpoints and not unknown:
+        click.echo(f"Every call since {since:%Y-%m-%d %H:%M} UTC has a price.")
         return
     _show_unpriced([r for r in rows if not r["priced_now"]], _where_to_add(found))
     _show_repriceable([r for r in rows if r["priced_now"]])
@@ -112,6 +116,17 @@ def _show_unmetered(endpoints: list[dict]) -> None:
         ("PROVIDER", lambda r: r["provider"], "<"), ("ENDPOINT (not metered)", lambda r: r["endpoint"], "<"),
         ("CALLS", lambda r: f"{r['calls']:,}", ">"),
         ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
+    ])
+
+
+def _show_usage_unknown(endpoints: list[dict]) -> None:
+    click.echo(f"\n{plural(sum(r['calls'] for r in endpoints), 'call')} got an answer without usage AiSpendTrack could "
+               f"read (cost unknown, shown as 'unpriced'; each call's reason in `aispendtrack calls`):\n")
+    emit(endpoints, "table", [
+        ("PROVIDER", lambda r: r["provider"], "<"), ("ENDPOINT", lambda r: r["endpoint"], "<"),
+        ("CALLS", lambda r: f"{r['calls']:,}", ">"),
+        ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
+        ("LATEST REASON", lambda r: visible(r["reason"], 100) if r["reason"] else "-", "<"),
     ])
 
 

@@ -94,8 +94,8 @@ def render(spec: ReportSpec, groups: report_rows.Groups, total: dict, wide: bool
     lines.insert(len(lines) - 1, rule)
     if total["unpriced_calls"]:
         more = plural(total["unpriced_calls"], "more call has", "more calls have")
-        why = "an unknown model, or an endpoint not metered" if unmetered else "unknown model"
-        lines.append(f"* {more} no price ({why}), see `aispendtrack prices check`.")
+        # Why (an unknown model, an answer without usage, an endpoint not metered): prices check says.
+        lines.append(f"* {more} no price, see `aispendtrack prices check` for why.")
     for line in unmetered or ():
         lines.append(f"  {plural(line['calls'], 'call')} to {line['provider']} {line['endpoint']}: billed by the "
                      f"provider, not metered by AiSpendTrack (unpriced).")

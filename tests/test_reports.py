@@ -158,7 +158,7 @@ def test_table_has_a_total_line_and_flags_unpriced(home):
     lines = result.output.splitlines()
     total = next(line for line in lines if line.startswith("TOTAL"))
     assert "$6.00*" in total and "5" in total.split()
-    assert "* 1 more call has no price (unknown model)" in result.output
+    assert "* 1 more call has no price, see `aispendtrack prices check` for why." in result.output
     assert max(len(line) for line in lines) <= 80
 
 
@@ -530,7 +530,7 @@ def test_prices_check_names_the_reprice_once_an_override_prices_unpriced_calls(h
     result = runner.invoke(cli, ["--home", str(home), "reprice", "--customer", "acme", "--feature", "search"])
     assert result.output == "Checked 1 call; 1 changed:\n  1 with a new price: $2.00 -> $0.01 (-$1.99)\n"
     runner.invoke(cli, ["--home", str(home), *command])
-    assert "Every metered call since 2026-10-01 00:00 UTC has a price." in runner.invoke(
+    assert "Every call since 2026-10-01 00:00 UTC has a price." in runner.invoke(
         cli, ["--home", str(home), "prices", "check", *since]).output
 
 
@@ -556,11 +556,47 @@ def test_the_report_and_prices_check_name_each_endpoint_forwarded_unmetered(tmp_
     assert report() == [f"3 calls to openai /v1/images/variations: {note}", f"1 call to anthropic /v1/files: {note}"]
     assert report("--customer", "acme") == [f"2 calls to openai /v1/images/variations: {note}",
                                             f"1 call to anthropic /v1/files: {note}"]
-    checked = json.loads(CliRunner().invoke(cli, ["--home", str(tmp_path), "prices", "check", "--format", "json"],
-                                            catch_exceptions=False).output)
+    checked = json.loads(CliRunner().invoke(cli, ["--home", str(tmp_path), "prices", "check", "--format", "json",
+                                                  "--since", "2026-09-01"], catch_exceptions=False).output)
     assert [(e["provider"], e["endpoint"], e["calls"], e["last_seen"][:19]) for e in checked if "endpoint" in e] == [
         ("openai", "/v1/images/variations", 3, "2026-11-25T12:00:04"),
         ("anthropic", "/v1/files", 2, "2026-11-25T12:00:05")]
+    since_november = json.loads(CliRunner().invoke(cli, ["--home", str(tmp_path), "prices", "check", "--format",
+                                                         "json", "--since", "2026-11-01"]).output)
+    assert [(e["endpoint"], e["calls"]) for e in since_november] == [("/v1/images/variations", 3), ("/v1/files", 1)]
+
+
+def test_prices_check_names_the_answers_without_usage_and_never_says_every_call_has_a_price(tmp_path, new_store):
+    """Calls answered without usage the proxy could read are unpriced (the report counts them): the
+    check said "Every metered call ... has a price" over them. It lists them by endpoint, with the
+    latest reason; a free call ($0, no usage) is not among them."""
+    unknown = {"usage_source": "none", "cost_usd": None, "priced": False, "input_tokens": 0}
+    rows = [call_row(1), call_row(2, usage_source="none", cost_usd=0, endpoint="/v1/models", input_tokens=0),
+            call_row(3, **unknown, error="usage unknown: the stream ended before its usage"),
+            call_row(4, **unknown, error="usage unknown: no usage in the answer\x1b[2J"),
+            call_row(5, usage_source="invalid", cost_usd=None, priced=False, provider="anthropic",
+                     endpoint="/v1/messages", error="usage implausible: input_tokens -3")]
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        call_rows.insert(con, rows)
+
+    def check(*args: str) -> str:
+        return CliRunner().invoke(cli, ["--home", str(tmp_path), "prices", "check", "--since", "2026-11-01", *args],
+                                  catch_exceptions=False).output
+
+    table = check()
+    assert "has a price" not in table
+    assert "\n3 calls got an answer without usage AiSpendTrack could read (cost unknown, shown as 'unpriced'" in table
+    listed = table[table.rindex("\nPROVIDER") + 1:].splitlines()
+    assert listed[0].split() == ["PROVIDER", "ENDPOINT", "CALLS", "LAST", "SEEN", "(UTC)", "LATEST", "REASON"]
+    assert [line.split()[:3] for line in listed[1:3]] == [["openai", "/v1/chat/completions", "2"],
+                                                          ["anthropic", "/v1/messages", "1"]]
+    assert listed[1].endswith("usage unknown: no usage in the answer\\x1b[2J")  # the escape shown, not run
+    assert listed[2].endswith("usage implausible: input_tokens -3")
+    as_json = json.loads(check("--format", "json"))
+    assert [(e["provider"], e["endpoint"], e["usage_source"], e["calls"]) for e in as_json] == [
+        ("openai", "/v1/chat/completions", "none", 2), ("anthropic", "/v1/messages", "invalid", 1)]
+    report = CliRunner().invoke(cli, ["--home", str(tmp_path), "report", "--since", "2026-11-01"]).output
+    assert "* 3 more calls have no price, see `aispendtrack prices check` for why." in report
 
 
 def test_exported_cells_a_spreadsheet_would_run_are_quoted_and_money_and_times_read_alike(tmp_path, new_store):

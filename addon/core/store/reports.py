@@ -654,12 +654,25 @@ def _among(rows: tuple[str, list], names: list[str], groups: list[dict] | None) 
 
 def unmetered_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection) -> list[dict]:
     """Billable endpoints the proxy forwarded without metering them: unpriced calls, by endpoint."""
+    return unpriced_endpoints(con, selection, ("unmetered",))
+
+
+# Answers of metered endpoints whose usage the proxy could not read ('none': absent, 'invalid': not
+# believed): unpriced as an unknown model's calls are, for another reason (each row's ``error``).
+USAGE_UNKNOWN = ("none", "invalid")
+
+
+def unpriced_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection, sources: tuple[str, ...]) -> list[dict]:
+    """Unpriced calls whose ``usage_source`` is one of ``sources``, by endpoint, with the reason the
+    latest of them gave (its ``error``)."""
     condition, params = where(selection)
     cur = con.execute(*scan(selection, f"""
-        SELECT provider, endpoint, count(*) AS calls, max(ts) AS last_seen FROM calls
-        WHERE {condition} AND usage_source = 'unmetered'
-        GROUP BY provider, endpoint ORDER BY calls DESC, provider, endpoint""", params))
-    return [dict(zip(("provider", "endpoint", "calls", "last_seen"), v, strict=True)) for v in cur.fetchall()]
+        SELECT provider, endpoint, usage_source, count(*) AS calls, max(ts) AS last_seen, arg_max(error, ts)
+        FROM calls WHERE {condition} AND {UNPRICED} AND usage_source IN (SELECT unnest(?::VARCHAR[]))
+        GROUP BY provider, endpoint, usage_source ORDER BY calls DESC, provider, endpoint, usage_source""",
+                            [*params, list(sources)]))
+    return [dict(zip(("provider", "endpoint", "usage_source", "calls", "last_seen", "reason"), v, strict=True))
+            for v in cur.fetchall()]
 
 
 # How far back from its newest end the lake looks for a page of calls first, widening until the
