@@ -316,9 +316,6 @@ class Writer(threading.Thread):
             return
         if unreadable:  # lines cut short by a crash while spilling (older versions)
             log.error("skipping %d unreadable lines of %s", unreadable, path)
-        for row in rows:  # as built: settling a batch's usage and counting it by its date need its time
-            if isinstance(row.get("ts"), str):
-                row["ts"] = spill.timestamp(row["ts"])
         before = self.rows_written
         self._store(con, rows, skip_existing=True)  # a crash after insert, before unlink: no doubles
         path.unlink()

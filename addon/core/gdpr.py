@@ -49,7 +49,7 @@ def export(db: Path, spill_dir: Path, subject: Subject, out: IO[str]) -> dict[st
             unreadable += 1
             continue
         pending += [row for row in spilled if _matches(row, subject)]
-    out.write(', "pending_calls": ' + json.dumps(pending) + "}\n")
+    out.write(', "pending_calls": ' + json.dumps([json_row(r) for r in pending]) + "}\n")
     counts["pending_calls"], counts["unreadable_spill_files"] = len(pending), unreadable
     with writing(db) as con:  # an export is a disclosure: the trail says who took it
         audit.record(con, "gdpr.export", f"{subject.kind}:{subject.value}", None, counts)

@@ -36,7 +36,7 @@ def write(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def timestamp(text: str) -> datetime.datetime | str:
+def _timestamp(text: str) -> datetime.datetime | str:
     """A row's time as write() spelt it (``str`` of an aware datetime), or the text if it is not one
     (the insert reads it then, as before)."""
     try:
@@ -47,7 +47,9 @@ def timestamp(text: str) -> datetime.datetime | str:
 
 
 def read(path: Path) -> tuple[list[dict], int]:
-    """The rows, and how many lines could not be read (cut short by a crash in an older version)."""
+    """The rows, and how many lines could not be read (cut short by a crash in an older version).
+    Each row's time is a datetime again, as built: settling a batch's usage and counting it by its
+    date need it."""
     with open(path, "rb") as f:
         sealed_file = sealed.is_sealed(f.read(len(sealed.MAGIC)))
         f.seek(0)
@@ -57,9 +59,13 @@ def read(path: Path) -> tuple[list[dict], int]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
             unreadable += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("ts"), str):
+            row["ts"] = _timestamp(row["ts"])
+        rows.append(row)
     return rows, unreadable
 
 
