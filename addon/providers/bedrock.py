@@ -81,9 +81,13 @@ def _tier(answer: dict) -> str | None:
     """Converse's ``serviceTier`` ({"type": "priority"}), or latency-optimized inference
     (``performanceConfig``): rates other than the standard ones, so not priced at them
     (pricing.priced_tier) unless a price file has them."""
-    if as_dict(answer.get("performanceConfig")).get("latency") == "optimized":
-        return LATENCY_OPTIMIZED
-    return tier_name(as_dict(answer.get("serviceTier")).get("type"))
+    return _tier_of(as_dict(answer.get("performanceConfig")).get("latency"),
+                    as_dict(answer.get("serviceTier")).get("type"))
+
+
+def _tier_of(latency: object, tier: object) -> str | None:
+    """One rule for the answer's body and InvokeModel's headers: latency-optimized, else the tier."""
+    return LATENCY_OPTIMIZED if latency == "optimized" else tier_name(tier)
 
 
 def _metrics_usage(raw: object) -> TokenUsage | None:
@@ -206,9 +210,8 @@ class Bedrock(Provider):
         return TokenUsage(**{field: _header_count(headers, name) for field, name in _HEADERS.items()})
 
     def tier_in_headers(self, headers) -> str | None:
-        if headers.get("x-amzn-bedrock-performanceconfig-latency") == "optimized":
-            return LATENCY_OPTIMIZED
-        return tier_name(headers.get("x-amzn-bedrock-service-tier"))
+        return _tier_of(headers.get("x-amzn-bedrock-performanceconfig-latency"),
+                        headers.get("x-amzn-bedrock-service-tier"))
 
     def stream_parser(self, path: str) -> StreamParser:
         found = _call(path)

@@ -21,7 +21,6 @@ from .base import Observed, Provider, StreamParser, patterns
 # Without a project and location: express mode (Gemini models on a Google API key, the global host).
 _CALL = re.compile(r"/(v1|v1beta1)(?:/projects/([^/]+)/locations/([^/]+))?/publishers/(google|anthropic)/models/"
                    r"([^/:]+):([A-Za-z]+)")
-_EXPRESS = re.compile(r"/v1(?:beta1)?/publishers/google/models/[^/:]+:[A-Za-z]+")
 _METERED = {"google": ("generateContent", "streamGenerateContent"),
             "anthropic": ("rawPredict", "streamRawPredict")}
 # AnthropicVertex's count_tokens: .../publishers/anthropic/models/count-tokens:rawPredict (free).
@@ -39,7 +38,13 @@ _MULTI_REGION = {"global": "aiplatform.googleapis.com", "us": "aiplatform.us.rep
 
 def express(path: str) -> bool:
     """Whether ``path`` is an express-mode call, which a Google API key authenticates."""
-    return _EXPRESS.fullmatch(path) is not None
+    found = _CALL.fullmatch(path)
+    return found is not None and _express(found)
+
+
+def _express(found: re.Match) -> bool:
+    """A call naming no project, to a Google model: express mode's (its API key stands for the project)."""
+    return found.group(2) is None and found.group(4) == "google"
 
 
 def vertex_host(location: str) -> str | None:
@@ -72,7 +77,7 @@ class Vertex(Provider):
     def metered(self, path: str) -> bool:
         found = _CALL.fullmatch(path)
         return (found is not None and found.group(6) in _METERED[found.group(4)] and found.group(5) != _ANTHROPIC_COUNT
-                and (found.group(2) is not None or express(path)))
+                and (found.group(2) is not None or _express(found)))
 
     def endpoint(self, path: str) -> str:
         found = _CALL.fullmatch(path)

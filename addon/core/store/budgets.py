@@ -71,13 +71,9 @@ def keys_spend_since(con: duckdb.DuckDBPyConnection, key_ids: frozenset[int], da
     moves with keys moved into or out of its team."""
     if not key_ids:
         return Decimal(0), Decimal(0)
-    row = one(con.execute(f"""
-        SELECT coalesce(sum(cost_usd) FILTER (WHERE bucket >= ?), 0),
-               coalesce(sum(cost_usd) FILTER (WHERE bucket >= ?), 0)
-        FROM rollups WHERE bucket >= least(?::TIMESTAMPTZ, ?::TIMESTAMPTZ)
-          AND key_id IN ({", ".join("?" * len(key_ids))})
-    """, [day_start, month_start, day_start, month_start, *sorted(key_ids)]))
-    return Decimal(row[0]), Decimal(row[1])
+    today, month, _, _ = _spend(con, f"key_id IN ({', '.join('?' * len(key_ids))})", sorted(key_ids),
+                                day_start, month_start)
+    return today, month
 
 
 def spend_and_unpriced_since(con: duckdb.DuckDBPyConnection, scope: str, value: str | None, key_id: int | None,
@@ -85,7 +81,11 @@ def spend_and_unpriced_since(con: duckdb.DuckDBPyConnection, scope: str, value: 
     """The spend of the calls in a budget's scope since day_start and since month_start, and the
     calls among them whose cost nobody knows (shown beside the spend, which would read as complete
     without them), in one pass over the 15-minute rollups."""
-    conditions, params = _in_scope(scope, value, key_id)
+    return _spend(con, *_in_scope(scope, value, key_id), day_start, month_start)
+
+
+def _spend(con: duckdb.DuckDBPyConnection, conditions: str, params: list, day_start: dt.datetime,
+           month_start: dt.datetime) -> tuple[Decimal, Decimal, int, int]:
     row = one(con.execute(f"""
         SELECT coalesce(sum(cost_usd) FILTER (WHERE bucket >= ?), 0),
                coalesce(sum(cost_usd) FILTER (WHERE bucket >= ?), 0),
