@@ -50,8 +50,12 @@ _SUBSETS = {"cache_write_1h_tokens": "cache_write_tokens", "input_audio_tokens":
 # it for: a call counting one of them is then unpriced, never priced without it (gpt-4o-transcribe
 # has token rates but none per second, so a transcript whose seconds alone are known cost $0).
 # Not code runs (billed by their containers' time: pricing.PriceBook.tool_fees) nor pages fetched
-# (tokens only); token subsets (audio, image) fall back to their parent's rate in genai-prices.
-_OWN_RATE = ("audio_seconds", "characters", "web_search_requests", "file_search_calls", "grounded_prompts")
+# (tokens only); token subsets (audio, image) fall back to their parent's rate in genai-prices, but
+# not an hour's cache writes: every provider that reports them bills them above the 5 minutes' rate
+# (Anthropic's: twice the input rate, against 1.25 times), so without a rate of their own they were
+# priced a third low.
+_OWN_RATE = ("audio_seconds", "characters", "web_search_requests", "file_search_calls", "grounded_prompts",
+             "cache_write_1h_tokens")
 Context = tuple[tuple[str, str], ...]  # genai-prices' price_context, hashable
 
 
@@ -89,9 +93,20 @@ def context(service_tier: str | None) -> Context:
 _GENAI_IDS = {"bedrock": "aws"}
 
 
+def _listed(provider: str, model: str) -> tuple[str, str]:
+    """genai-prices' provider and model for a row's. Vertex AI bills Anthropic's models at
+    Anthropic's own rates (docs/coverage.md), which genai-prices' Anthropic entries carry in full
+    where its Vertex ones lack the 1-hour cache writes of every model before Claude 4.5: a Vertex
+    Claude call is priced as Anthropic's, its model named as Anthropic names it (the path's
+    claude-sonnet-4@20250514 and the answer's claude-sonnet-4-20250514 alike)."""
+    if provider == "vertex" and model.startswith("claude-"):
+        return "anthropic", model.replace("@", "-")
+    return _GENAI_IDS.get(provider, provider), model
+
+
 def has_tier(provider: str, model: str, at: dt.datetime, ctx: Context, data: PriceData | None = None) -> bool:
     """Whether genai-prices publishes this tier's own rates for the model at that time."""
-    provider = _GENAI_IDS.get(provider, provider)
+    provider, model = _listed(provider, model)
     info = _model(data or _current, provider, model, own=True)
     return info is not None and any(
         tuple(sorted(v.when.items())) == ctx and (v.constraint is None or v.constraint.active(at))
@@ -103,13 +118,12 @@ def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Con
     """The list price by ``data`` (default: the current), or None when it does not know the model,
     or not the rate of a unit the call is billed in (``_OWN_RATE``)."""
     data = data or _current
-    provider = _GENAI_IDS.get(provider, provider)
+    provider, model = _listed(provider, model)
     rates = _linear_rates(data, provider, model, at.date(), ctx)
     if rates is None or usage.images and not usage.output_tokens:  # genai-prices prices no image count
         return None
     if rates is _PER_CALL:
-        if any(getattr(usage, field) and not _genai_cost(data, _PROBES[field], provider, model, at, ctx)
-               for field in _OWN_RATE):
+        if any(getattr(usage, field) and not _own_cost(data, field, provider, model, at, ctx) for field in _OWN_RATE):
             return None
         return _genai_cost(data, usage, provider, model, at, ctx)
     assert isinstance(rates, dict)
@@ -121,7 +135,7 @@ def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Con
 def adds_up(provider: str, model: str, at: dt.datetime, ctx: Context = (), data: PriceData | None = None) -> bool:
     """Whether the list prices a sum of calls as the sum of their prices (no long-context tier, no
     rate by the time of day): true of a model they do not know."""
-    provider = _GENAI_IDS.get(provider, provider)
+    provider, model = _listed(provider, model)
     return _linear_rates(data or _current, provider, model, at.date(), ctx) is not _PER_CALL
 
 
@@ -202,6 +216,13 @@ def _linear_rates(data: PriceData, provider: str, model: str, day: dt.date,
     for subset, parent in _SUBSETS.items():
         costs[subset] -= costs[parent]
     return {field: value for field, value in costs.items() if value}
+
+
+def _own_cost(data: PriceData, field: str, provider: str, model: str, at: dt.datetime, ctx: Context) -> Decimal:
+    """What a million of ``field`` costs beyond its parent's rate (a subset's), or at all."""
+    cost = _genai_cost(data, _PROBES[field], provider, model, at, ctx)
+    parent = _SUBSETS.get(field)
+    return cost - _genai_cost(data, _PROBES[parent], provider, model, at, ctx) if parent else cost
 
 
 def _varies_by_time_of_day(info: ModelInfo) -> bool:

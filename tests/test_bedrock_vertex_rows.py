@@ -488,6 +488,53 @@ def test_a_vertex_claude_message_is_read_as_anthropics_with_the_urls_model(provi
     assert row["cost_usd"] == _usd((21, "3"), (3400, "0.30"), (1200, "3.75"), (64, "15"))
 
 
+def test_a_vertex_claude_call_costs_anthropics_rates_whichever_way_the_model_is_spelt(providers, book):
+    """Vertex bills Claude at Anthropic's rates. genai-prices' Vertex entries have no 1-hour cache
+    write rate before Claude 4.5: those writes were priced at the 5 minutes' rate ($3.75 for $6 on
+    Sonnet 4); and Sonnet 4's long context was priced only when the row's model was the path's
+    "claude-sonnet-4@..." (patches.toml #5), not the answer's "claude-sonnet-4-20250514" (half)."""
+    path = "/v1/projects/p/locations/us-east5/publishers/anthropic/models/{model}:rawPredict"
+    request = {"anthropic_version": "vertex-2023-10-16", "max_tokens": 256, "messages": []}
+    hour = {"input_tokens": 21, "output_tokens": 64, "cache_creation_input_tokens": 1200,
+            "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 200, "ephemeral_1h_input_tokens": 1000}}
+    long = {"input_tokens": 250_000, "output_tokens": 1000, "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0}
+    for at_path, answered, rates in [
+            ("claude-sonnet-4@20250514", "claude-sonnet-4-20250514", ("3", "3.75", "6", "15")),
+            ("claude-3-5-haiku@20241022", "claude-3-5-haiku-20241022", ("0.80", "1", "1.60", "4")),
+            ("claude-opus-4@20250514", None, ("15", "18.75", "30", "75"))]:
+        message = {"id": "msg_vrtx_01", "type": "message", "role": "assistant", "content": [], "usage": hour,
+                   "stop_reason": "end_turn", **({"model": answered} if answered else {})}
+        row = _row(providers, book, "vertex", path.format(model=at_path), "application/json",
+                   json.dumps(message).encode(), request)
+        assert (row["model"], row["cache_write_1h_tokens"]) == (answered or at_path, 1000)
+        written_in, five_minutes, an_hour, out = rates
+        assert row["cost_usd"] == _usd((21, written_in), (200, five_minutes), (1000, an_hour), (64, out)), at_path
+    for answered in ("claude-sonnet-4-20250514", None):  # past 200K input: $6 and $22.50, however named
+        message = {"id": "msg_vrtx_02", "type": "message", "role": "assistant", "content": [], "usage": long,
+                   "stop_reason": "end_turn", **({"model": answered} if answered else {})}
+        row = _row(providers, book, "vertex", path.format(model="claude-sonnet-4@20250514"), "application/json",
+                   json.dumps(message).encode(), request)
+        assert row["cost_usd"] == _usd((250_000, "6"), (1000, "22.50")), answered
+
+
+def test_an_hours_cache_writes_without_a_rate_of_their_own_are_unpriced_not_at_the_5_minutes_rate(providers, book):
+    """genai-prices' Bedrock entry for Claude Sonnet 4 has no 1-hour write rate: its writes were
+    priced at the 5 minutes' $3.75, a third under what every provider bills them at."""
+    usage = {"inputTokens": 10, "outputTokens": 100, "totalTokens": 10110, "cacheWriteInputTokens": 10000,
+             "cacheDetails": [{"ttl": "1h", "inputTokens": 10000}]}
+    answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}}, "stopReason": "end_turn",
+              "usage": usage}
+    converse = "/model/us.anthropic.claude-sonnet-4-20250514-v1:0/converse"
+    row = _row(providers, book, "bedrock", converse, "application/json", json.dumps(answer).encode())
+    assert (row["cache_write_1h_tokens"], row["priced"], row["cost_usd"]) == (10000, False, None)
+    five_minutes = {**usage, "cacheDetails": [{"ttl": "5m", "inputTokens": 10000}]}
+    row = _row(providers, book, "bedrock", converse, "application/json",
+               json.dumps({**answer, "usage": five_minutes}).encode())
+    assert row["cost_usd"] == _usd((10, "3"), (10000, "3.75"), (100, "15"))
+
+
 def _claude_events() -> list[bytes]:
     named = "claude-haiku-4-5-20251001"
     start = {"type": "message_start", "message": {"id": "m", "type": "message", "role": "assistant", "model": named,

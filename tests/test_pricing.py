@@ -215,6 +215,13 @@ def test_cached_rates_give_exactly_what_genai_prices_gives(tmp_path, provider, m
                                               genai_request_timestamp=NOW).total_price
         if usage.web_search_requests and not search_rate:
             expected = None  # billed per search at a rate genai-prices does not know: unpriced, not free
+        hour_rate = genai_prices.calc_price(genai_prices.Usage(input_tokens=10**6, cache_write_tokens=10**6,
+                                                               cache_write_1h_tokens=10**6),
+                                            model, provider_id=provider, genai_request_timestamp=NOW).total_price
+        five_minutes = genai_prices.calc_price(genai_prices.Usage(input_tokens=10**6, cache_write_tokens=10**6),
+                                               model, provider_id=provider, genai_request_timestamp=NOW).total_price
+        if usage.cache_write_1h_tokens and hour_rate == five_minutes:
+            expected = None  # an hour's writes with no rate of their own: unpriced, not at the 5 minutes' rate
         assert book.price(usage, provider, model, NOW).cost_usd == expected
 
 
