@@ -36,7 +36,7 @@ import duckdb
 from .core import spill
 from .core.redact import first_line
 from .core.store import StoreBusy, StoreError, calls, shared, subjects
-from .core.store.connection import is_shared, writing
+from .core.store.connection import OwnerAway, is_shared, writing
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ SPILL_RETRY_SECONDS = 30
 # How long rows may wait for a file another reader holds before the log says so: calls show in
 # reports within ~2 s under load, so 5 s is a delay someone could notice.
 BUSY_PATIENCE_S = 5.0
+UNREACHABLE_SPILL_S = 1.0  # rows wait this long in memory for a store that is away, then in spill files
 QUARANTINE_DIR = "quarantine"  # under the spill directory; replay never reads it, GDPR requests do
 # Errors about the rows themselves, not the database: retrying them can never succeed.
 _ROW_ERRORS = (duckdb.DataError, duckdb.IntegrityError, duckdb.InvalidInputException,
@@ -248,6 +249,12 @@ class Writer(threading.Thread):
         now = time.monotonic()
         self._failing_since = self._failing_since or now
         waited = now - self._failing_since
+        # Rows wait in memory for a file a reader holds a moment (that is how it is shared). Any other
+        # failure (PostgreSQL or the lake away, a worker's owner restarting) may last, and meanwhile
+        # this process holds the only copy of its rows: were it killed too (the OOM killer, a deploy)
+        # it would lose every call it served since. They go to a spill file within a second.
+        patience = (self.spill_after_seconds if isinstance(exc, StoreBusy) and not isinstance(exc, OwnerAway)
+                    else min(UNREACHABLE_SPILL_S, self.spill_after_seconds))
         # A reader holding the file for a moment is how sharing it works: the rows go in at a later
         # cycle, and a line per cycle would only alarm. Only a wait long enough to delay what reports
         # show is worth a line; any other failure (disk full, storage away) needs a person at once.
@@ -258,9 +265,8 @@ class Writer(threading.Thread):
             log.warning("cannot write %s for %.0f s: %s. The %d rows waiting are safe: kept in memory and "
                         "retried every %.1f s (put in %s after %.0f s); they show in reports once written.",
                         self.where, waited, cause, len(self._pending), self.flush_interval, self.spill_dir,
-                        self.spill_after_seconds)
-        if (len(self._pending) >= self.spill_after_rows
-                or self._pending and now - self._failing_since >= self.spill_after_seconds):
+                        patience)
+        if len(self._pending) >= self.spill_after_rows or self._pending and waited >= patience:
             self._spill()
 
     def _spill(self, force: bool = False) -> None:

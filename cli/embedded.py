@@ -3,7 +3,8 @@
 The workers (cli/workers.py) proxy; this process opens the DuckDB file once (store/owner.py) and
 keeps it open while they run. The parent starts it before the workers and starts another if it
 dies (``kill -9``): the workers go on proxying meanwhile, their rows waiting in memory and, past
-30 s, in their spill files, sent when the owner answers again.
+1 s, in their spill files, sent when the owner answers again. A worker that dies meanwhile is
+replaced once the owner serves again (it needs the owner to start).
 
 A worker never opens the file: it sends its finished rows, in the batches its writer flushes, over
 the owner's socket (``owner.sock``: one session, one insert of the batch as one JSON parameter),
@@ -36,9 +37,9 @@ from addon.core import home as home_dir
 from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
 from addon.core.limits import team_counts
+from addon.core.store import StoreError, owner, writing
 from addon.core.store import budgets as budget_rows
 from addon.core.store import calls as call_rows
-from addon.core.store import owner, writing
 from addon.core.store import teams as team_rows
 from pricing import PriceBook, PriceFileError
 
@@ -161,6 +162,9 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except StoreError as exc:  # the file held by another process (a CLI command run while no owner served)
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)
     web = _serve_web(Path(config["home"]), config["web"]) if config["web"] else None
     _tell_ready(config["ready_fd"])
     # Timed: a signal taken by another thread of this process (the parent's death comes twice at

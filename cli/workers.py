@@ -178,7 +178,10 @@ class Supervisor:
     def _check(self, slot: int) -> int | None:
         worker = self.workers.get(slot)
         if worker is None:
-            if time.monotonic() >= self.restart_at.get(slot, 0):
+            # Embedded, a worker starts by reading the keys from the owner: while the owner is away it
+            # could only fail, after taking connections on the shared port and resetting them.
+            owner_serves = not self.embedded or self.owner is not None and self.owner.ready
+            if owner_serves and time.monotonic() >= self.restart_at.get(slot, 0):
                 self.workers[slot] = self._spawn(slot)
             return None
         if not worker.ready and worker.poll_ready() and self.deaths.get(slot):
@@ -190,10 +193,12 @@ class Supervisor:
             return None
         worker.close()
         del self.workers[slot]
-        if not worker.ready and self.metrics.restarts == 0 and not self.deaths.get(slot):
+        # A first start that exits (a bad option, a port taken) stops them all; one killed by a signal
+        # (kill -9, the OOM killer, at start-up's memory peak) is replaced like any other.
+        if not worker.ready and self.metrics.restarts == 0 and not self.deaths.get(slot) and code > 0:
             log.error("worker %d (pid %d) exited at start (%s); stopping the others", slot, worker.process.pid,
                       _how(code))
-            return code if code > 0 else 1
+            return code
         deaths = self.deaths[slot] = self.deaths.get(slot, 0) + 1
         delay = BACKOFF_S[min(deaths, len(BACKOFF_S)) - 1]
         self.restart_at[slot] = time.monotonic() + delay

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
 from addon.core.store import calls as call_rows
-from addon.core.store import migrations, reading, remote, writing
+from addon.core.store import connection, migrations, reading, remote, writing
 from addon.writer import Writer
 
 from .helpers import call_row, hold_read_only, run_cli, start_proxy, until
@@ -115,6 +115,42 @@ def test_rows_spill_while_the_database_is_locked_and_are_written_exactly_once(tm
         again = call_rows.newest(con, 100)
     assert sorted(r["input_tokens"] for r in again) == list(range(12))
     assert {r["cost_usd"] for r in again} == {Decimal("0.0000125")}
+
+
+def test_rows_wait_for_a_busy_file_but_are_spilled_within_a_second_while_the_store_is_away(tmp_path):
+    """A reader holding the file a moment is how it is shared: the rows wait in memory (30 s). A store
+    that is away (a worker's owner restarting here; PostgreSQL stopped in the shared mode alike) may
+    stay away, and the rows were kept 30 s in memory all the same: a kill -9 of the process meanwhile
+    lost every call it served in that time (probes: 10 of 40, and 50 of 50)."""
+    def cycles(writer: Writer, seconds: float) -> None:
+        until_at = time.monotonic() + seconds
+        while time.monotonic() < until_at:
+            writer.cycle(lock_timeout=0.05)
+            time.sleep(0.1)
+
+    db, spill = tmp_path / "a.duckdb", tmp_path / "spill"
+    writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None)
+    writer.load_keys_now()
+    holder = hold_read_only(db, 30)
+    try:
+        writer.submit(_row(1))
+        cycles(writer, 1.6)
+        assert not list(spill.glob("*.jsonl"))
+    finally:
+        holder.kill()
+        holder.wait()
+    away, away_spill = tmp_path / "b.duckdb", tmp_path / "b-spill"
+    with writing(away):
+        pass  # the file exists; its owner does not answer
+    connection.only_through_owner(away)
+    try:
+        absent = Writer(away, away_spill, build_row=lambda row: row, on_refresh=lambda con: None)
+        absent.submit(_row(2))
+        cycles(absent, 1.6)
+        spilled = [json.loads(line) for path in away_spill.glob("*.jsonl") for line in path.read_text().splitlines()]
+        assert [row["input_tokens"] for row in spilled] == [2]
+    finally:
+        connection._owner_only.clear()
 
 
 def test_when_neither_database_nor_spill_can_be_written_rows_wait_in_memory_up_to_a_cap(tmp_path, caplog):

@@ -308,3 +308,59 @@ def test_the_forward_mode_works_with_workers(shared_env, tmp_path, upstream, mon
         assert sorted(r["customer_id"] for r in rows) == sorted(f"fwd-{i}" for i in range(12))
     finally:
         stop(proxy)
+
+
+def test_a_worker_killed_at_its_first_start_is_replaced_and_none_starts_while_the_owner_is_away():
+    """Probe: a worker killed (kill -9, the OOM killer at start-up's memory peak) before it served
+    stopped the whole proxy as a bad option would; and, embedded, a worker started while the owner
+    was away could only fail after taking connections on the shared port (12 calls reset of 318),
+    again and again. The parent's decisions, on real child processes (``sleep`` stands for a worker)."""
+    from types import SimpleNamespace
+
+    from cli import workers as workers_cli
+
+    started: list[subprocess.Popen] = []
+    fds: list[int] = []
+
+    def child(*command: str) -> workers_cli.Worker:
+        read_end, write_end = os.pipe()
+        os.set_blocking(read_end, False)
+        fds.append(write_end)
+        started.append(subprocess.Popen(command or ("sleep", "60"), stdin=subprocess.PIPE))
+        return workers_cli.Worker(0, started[-1], "", read_end)
+
+    class Watched(workers_cli.Supervisor):
+        def _spawn(self, slot: int) -> workers_cli.Worker:
+            return child()
+
+    parent = Watched.__new__(Watched)
+    parent.count, parent.embedded, parent.deaths, parent.restart_at = 1, True, {}, {}
+    parent.metrics = SimpleNamespace(restarts=0)
+    parent.owner = child()
+    parent.owner.ready = True
+    try:
+        parent.workers = {0: child("sh", "-c", "exit 3")}  # a bad option: the first start fails
+        started[-1].wait(10)
+        assert parent._check(0) == 3
+        parent.workers = {0: parent._spawn(0)}
+        started[-1].kill()
+        started[-1].wait(10)
+        assert parent._check(0) is None and parent.metrics.restarts == 1  # killed at start: replaced
+        time.sleep(workers_cli.BACKOFF_S[0] + 0.1)
+        assert parent._check(0) is None and parent.workers[0].process is started[-1]
+        parent.workers[0].ready = True
+        started[-1].kill()
+        started[-1].wait(10)
+        parent.owner.ready = False  # the owner was killed too: a new one does not serve yet
+        parent._check(0)
+        time.sleep(workers_cli.BACKOFF_S[1] + 0.1)
+        before = len(started)
+        assert parent._check(0) is None and 0 not in parent.workers and len(started) == before
+        parent.owner.ready = True  # it serves again: the slot's worker starts
+        assert parent._check(0) is None and parent.workers[0].process is started[-1] and len(started) == before + 1
+    finally:
+        for process in started:
+            process.kill()
+            process.wait(10)
+        for fd in fds:
+            os.close(fd)
