@@ -194,22 +194,29 @@ class SharedCounters:
     async def _connection(self):
         import psycopg
 
+        if self._conn is not None and shared.ended_by_server(self._conn):
+            # PostgreSQL restarted since the last statement: its first statement would fail, and the
+            # replica count alone for RETRY_AFTER_S from its last count (probe: 21-25 of 10 admitted).
+            await self._drop_connection()
         if self._conn is None or self._conn.closed:  # only _send_all gets here: one at a time
             self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
                 shared.dsn(self.cfg, f"-c search_path={shared.CONTROL_SCHEMA}"), autocommit=True,
                 connect_timeout=CONNECT_TIMEOUT_S), CONNECT_TIMEOUT_S + 1)
         return self._conn
 
-    async def _give_up(self, exc: BaseException) -> None:
-        self._retry_at = time.monotonic() + RETRY_AFTER_S
-        # Then send what was admitted alone, even if no call comes to trigger it.
-        asyncio.get_running_loop().call_later(RETRY_AFTER_S + 0.1, self._send_soon)
+    async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:  # bounded: every limited call of this replica waits behind this task
                 await asyncio.wait_for(conn.close(), ADMIT_TIMEOUT_S)
             except Exception:  # it is broken already
                 pass
+
+    async def _give_up(self, exc: BaseException) -> None:
+        self._retry_at = time.monotonic() + RETRY_AFTER_S
+        # Then send what was admitted alone, even if no call comes to trigger it.
+        asyncio.get_running_loop().call_later(RETRY_AFTER_S + 0.1, self._send_soon)
+        await self._drop_connection()
         if time.monotonic() - self._last_warning > 30:
             self._last_warning = time.monotonic()
             log.warning("limits: PostgreSQL at %s did not answer (%s); counting on this replica alone, "

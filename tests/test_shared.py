@@ -233,6 +233,28 @@ def test_calls_admitted_alone_during_an_outage_join_the_shared_count_when_postgr
         stop_all(proxies)
 
 
+def test_a_limit_stays_exact_after_postgres_restarts_between_calls(cluster, shared_env, tmp_path, upstream):
+    """Probe: each replica kept its limits' session across a restart of PostgreSQL; the first limited
+    call after it failed on the dead session and the replica counted alone for 5 s from its last
+    count: 21-25 calls of the 10 the limit left were admitted, with PostgreSQL up all along."""
+    created = new_key(tmp_path / "admin")
+    run_cli(tmp_path / "admin", "keys", "set-limit", str(created["id"]), "--per-hour", "20")
+    proxies = replicas(tmp_path, upstream.url, 2, created["key"])
+    clients = [p.openai() for p in proxies]
+    try:
+        for n in range(10):
+            clients[n % 2].chat.completions.create(**CHAT)
+        cluster.stop("fast")
+        cluster.start()
+        cluster.wait_ready()
+        outcomes = asyncio.run(_burst(proxies, 40, 8))
+        assert (outcomes.count("ok"), outcomes.count("429")) == (10, 30)
+        assert shared_count(shared_env, created["id"]) == 20
+        assert "counting on this replica alone" not in "".join(p.log_path.read_text() for p in proxies)
+    finally:
+        stop_all(proxies)
+
+
 def test_a_blocking_budget_crossed_on_one_replica_blocks_every_replica_within_1_s(shared_env, tmp_path, upstream):
     admin = tmp_path / "admin"
     created = new_key(admin)

@@ -163,15 +163,19 @@ class ControlConnection:
         self.pg.close()
 
     def broken(self) -> bool:
-        """Whether the server closed this idle session (a restart, a terminated backend), seen without
-        a round trip: an idle autocommit session that listens for nothing is sent nothing else."""
-        if self.pg.closed:
-            return True
-        try:
-            readable, _, _ = select.select([self.pg.fileno()], [], [], 0)
-        except (OSError, ValueError):
-            return True
-        return bool(readable)
+        return ended_by_server(self.pg)
+
+
+def ended_by_server(pg) -> bool:
+    """Whether the server closed this idle psycopg session (a restart, a terminated backend), seen
+    without a round trip: an idle autocommit session that listens for nothing is sent nothing else."""
+    if pg.closed:
+        return True
+    try:
+        readable, _, _ = select.select([pg.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 class SharedConnection:
