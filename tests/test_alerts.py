@@ -401,6 +401,8 @@ from aiosmtpd.smtp import AuthResult  # noqa: E402
 
 from addon.core import evaluate as evaluation  # noqa: E402
 from addon.core import notify  # noqa: E402
+from addon.core.store import StoreError, reading  # noqa: E402
+from addon.core.store import alerts as alert_rows  # noqa: E402
 
 from .certs import make_ca_and_leaf  # noqa: E402
 
@@ -611,3 +613,122 @@ def test_ca_file_is_an_absolute_path_to_a_file_and_for_email_only(tmp_path):
             notify.parse(entry, "alerts.toml")
     [channel] = notify.parse(email_channel + f'ca_file = "{tmp_path / "ca.pem"}"\n', "alerts.toml").values()
     assert channel.settings["ca_file"] == str(tmp_path / "ca.pem")
+
+
+class _Hanging:
+    """A webhook that answers nothing for ``seconds``: a channel stuck until its timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        self.requests = 0
+        hanging = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                hanging.requests += 1
+                time.sleep(seconds)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _crossings(n: int) -> list[tuple[str, notify.Alert]]:
+    return [(f"budget:{i}:day", notify.Alert("budget", f"AiSpendTrack: daily budget crossed for customer c{i}",
+                                             "crossed")) for i in range(n)]
+
+
+def test_a_hanging_channel_delays_no_other_channel_nor_alert_and_each_attempt_is_on_record_as_it_ends(tmp_path):
+    """Probe: channels were tried in order and alerts one after another, each recorded once all its
+    channels had answered: with a webhook that hangs listed first, a working channel got three
+    budget alerts 44 s, 88 s and 131 s late, and nothing said it had them meanwhile."""
+    hanging, up = _Hanging(8), Receiver()
+    db = home_dir.db_path(tmp_path)
+    with writing(db):
+        pass
+    channels = [notify.Channel("stuck", "webhook", {"url": hanging.url, "retries": 0, "timeout_s": 5}),
+                notify.Channel("up", "webhook", {"url": up.url, "retries": 0})]
+    found = _crossings(3)
+    sent: list[list[notify.Alert]] = []
+    round_ = threading.Thread(target=lambda: sent.append(evaluation.send_new(db, channels, found)))
+    try:
+        round_.start()
+        deadline = time.monotonic() + 3  # the stuck channel's first timeout is 5 s away
+        while len(up.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(up.requests) == 3 and round_.is_alive()
+        with reading(db) as con:
+            on_record = alert_rows.attempts(con, [key for key, _ in found])
+        assert {key: sorted(by_channel) for key, by_channel in on_record.items()} == {
+            key: ["up"] for key, _ in found}
+        round_.join(30)
+        assert sent == [[alert for _, alert in found]] and hanging.requests == 3
+    finally:
+        hanging.close()
+        up.close()
+
+
+def test_an_attempt_the_store_did_not_take_is_recorded_before_the_next_round_sends_anything(tmp_path):
+    """Probe: a round whose records the store refused (PostgreSQL away; another process holding the
+    file here) failed whole, and the next round sent the same alert to the channel that had it."""
+    from .helpers import hold_read_only
+
+    up = Receiver()
+    db = home_dir.db_path(tmp_path)
+    with writing(db):
+        pass
+    channels = [notify.Channel("up", "webhook", {"url": up.url, "retries": 0})]
+    [(key, alert)] = found = _crossings(1)
+
+    def evaluation_round() -> list[notify.Alert]:  # as the proxy's Evaluator runs it: a failure is logged
+        try:
+            return evaluation.send_new(db, channels, found)
+        except StoreError:
+            return []
+
+    holder = hold_read_only(db, 60)
+    try:
+        evaluation_round()  # delivered; its record waits 10 s for the file, then is kept in memory
+    finally:
+        holder.kill()
+        holder.wait()
+    try:
+        assert evaluation_round() == [] and len(up.requests) == 1
+        with reading(db) as con:
+            assert alert_rows.attempts(con, [key])[key]["up"].delivered
+    finally:
+        up.close()
+
+
+def test_a_replica_that_lost_its_turn_to_a_postgres_restart_sends_nothing_twice(cluster, shared_env, tmp_path):
+    """Probe: the turn to send is an advisory lock, which a restart of PostgreSQL ends while its
+    replica still waits on a slow channel; the next replica took the turn, found nothing recorded
+    (the records came once every channel had answered) and sent the alert again to the working one."""
+    hanging, up = _Hanging(8), Receiver()
+    db = home_dir.db_path(tmp_path)
+    channels = [notify.Channel("stuck", "webhook", {"url": hanging.url, "retries": 0, "timeout_s": 5}),
+                notify.Channel("up", "webhook", {"url": up.url, "retries": 0})]
+    found = _crossings(1)
+    first = threading.Thread(target=evaluation.send_new, args=(db, channels, found))
+    try:
+        first.start()
+        deadline = time.monotonic() + 3
+        while not (up.requests and hanging.requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        cluster.stop("fast")
+        cluster.start()
+        cluster.wait_ready()
+        assert first.is_alive()  # still waiting on the stuck channel
+        assert evaluation.send_new(db, channels, found) == []  # another replica's round, its turn now
+        first.join(30)
+        assert (len(up.requests), hanging.requests) == (1, 1)
+    finally:
+        hanging.close()
+        up.close()

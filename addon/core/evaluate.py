@@ -25,7 +25,7 @@ import statistics
 import threading
 import time
 import zoneinfo
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -147,19 +147,24 @@ def send_new(db: Path, channels: list[notify.Channel], found: list[tuple[str, no
     failed one when its retry is due (``_due``); returns the alerts sent for the first time. A
     channel added later gets only alerts new since."""
     now = now or dt.datetime.now(dt.UTC)
-    fresh: list[notify.Alert] = []
     if not found:  # most rounds: no lock taken (in the shared mode, a PostgreSQL session)
-        return fresh
-    with one_sender(db):
+        return []
+    with one_sender(db) as sending:
+        notify.record_unrecorded(db)  # sent by an earlier round whose record the store did not take
         with reading(db) as con:
             tried = alert_rows.attempts(con, [key for key, _ in found])
+        sends = []
         for key, alert in found:
             if key not in tried:
-                fresh.append(alert)
-                notify.deliver(db, channels, alert, key)
+                sends.append(notify.Send(alert, channels, key))
             elif again := [c for c in channels if c.name in tried[key] and _due(tried[key][c.name], now)]:
-                notify.deliver(db, again, alert, key)
-    return fresh
+                sends.append(notify.Send(alert, again, key))
+        delivered = notify.deliver_all(db, sends, sending)
+        if not sending():
+            log.warning("alerts: the turn to send ended with the PostgreSQL session holding it (a restart?); "
+                        "alerts not sent yet wait for the next round")
+    return [send.alert for send, done in zip(sends, delivered, strict=True)
+            if send.dedupe_key not in tried and done]
 
 
 def _due(attempts: alert_rows.Attempts, now: dt.datetime) -> bool:
@@ -172,24 +177,26 @@ _SENDING_LOCK = ".alerts-sending.lock"  # beside the database, in the embedded m
 
 
 @contextlib.contextmanager
-def one_sender(db: Path) -> Iterator[None]:
+def one_sender(db: Path) -> Iterator[Callable[[], bool]]:
     """One process at a time reads which alerts were sent, sends the others and records them: the
     proxy's round and `aispendtrack alerts check` run at once sent an alert twice (a slow channel
     held the gap open for up to ~40 s). A lock file beside the database in the embedded mode; in
-    the shared mode a PostgreSQL advisory lock, whichever replica or host asks."""
+    the shared mode a PostgreSQL advisory lock, whichever replica or host asks. Yields whether the
+    turn is still this process's: an advisory lock ends with its session (PostgreSQL restarted),
+    and another replica may take it then; the sender starts no further send."""
     cfg = shared.configured()
     if cfg is not None:
         control = shared.ControlConnection(cfg)
         try:
             control.execute("SELECT pg_advisory_lock(?)", [shared_schema.ALERTS_LOCK])
-            yield  # unlocked with the session
+            yield lambda: not control.broken()  # unlocked with the session
         finally:
             control.close()
         return
     fd = os.open(db.with_name(_SENDING_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield lambda: True
     finally:
         os.close(fd)
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import smtplib
 import ssl
+import threading
 import time
 import tomllib
 import unicodedata
@@ -31,6 +33,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import outbound
+
+log = logging.getLogger(__name__)
 
 FILE_NAME = "alerts.toml"
 EXAMPLE = Path(__file__).with_name("alerts.example.toml")
@@ -275,18 +279,91 @@ def _post(url: str | None, body: bytes, headers: dict, timeout: float) -> None:
         raise urllib.error.HTTPError(url, status, "unexpected status", answer_headers, None)
 
 
+# At most this many sends at once: a channel that hangs (its timeout times its tries, ~44 s by
+# default) then delays no other channel nor the round's other alerts (it held each alert's every
+# channel, one alert after another: the third reached a working channel 131 s late).
+MAX_SENDING = 8
+
+
+@dataclass(frozen=True)
+class Send:
+    alert: Alert
+    channels: list[Channel]
+    dedupe_key: str | None = None
+
+
+# Attempts made whose record the store did not take (PostgreSQL away meanwhile): recorded before the
+# next round decides anything (``record_unrecorded``), which would otherwise send them again.
+_unrecorded: list[tuple] = []
+_unrecorded_lock = threading.Lock()
+
+
 def deliver(db: Path, channels: list[Channel], alert: Alert, dedupe_key: str | None = None) -> list[Delivery]:
-    """Send to every channel and record each attempt in the store (failures included). With no
-    channel configured the alert is still recorded, so `alerts list` shows it and it is not repeated."""
+    """Send one alert to its channels (see ``deliver_all``); what happened on each, in their order."""
+    return deliver_all(db, [Send(alert, channels, dedupe_key)])[0]
+
+
+def deliver_all(db: Path, sends: list[Send], sending: Callable[[], bool] = lambda: True) -> list[list[Delivery]]:
+    """Send every alert to each of its channels, up to MAX_SENDING at once, and record each attempt
+    as it ends (failures included): a channel that took an alert is on record before a slower one
+    answers. ``sending()`` false: no further send starts (the turn to send was lost), and those not
+    started are left out of the answer. An alert with no channel is still recorded, so `alerts list`
+    shows it and it is not repeated."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(alert: Alert, channel: Channel | None, key: str | None) -> Delivery | None:
+        if channel is None:
+            found = Delivery("(none)", "(none)", False, f"no channels in {FILE_NAME}")
+        elif not sending():
+            return None
+        else:
+            found = channel.send(alert)
+        _record(db, alert, found, key)
+        return found
+
+    pairs = [(n, send, channel) for n, send in enumerate(sends) for channel in _targets(send)]
+    with ThreadPoolExecutor(max_workers=max(1, min(MAX_SENDING, len(pairs))),
+                            thread_name_prefix="aispendtrack-send") as pool:
+        futures = [(n, pool.submit(one, send.alert, channel, send.dedupe_key)) for n, send, channel in pairs]
+    found: list[list[Delivery]] = [[] for _ in sends]
+    for n, future in futures:
+        if (delivery := future.result()) is not None:
+            found[n].append(delivery)
+    return found
+
+
+def _targets(send: Send) -> list[Channel | None]:
+    targets: list[Channel | None] = [*send.channels]
+    return targets or [None]  # None: no channel, recorded as such
+
+
+def _record(db: Path, alert: Alert, d: Delivery, dedupe_key: str | None) -> None:
     import datetime as dt
 
+    from .store import StoreError, writing
+    from .store import alerts as alert_rows
+
+    attempt = (dt.datetime.now(dt.UTC), alert.kind, alert.subject, d.channel, d.destination, d.delivered, d.error,
+               dedupe_key)
+    try:
+        with writing(db) as con:
+            alert_rows.record(con, *attempt)
+    except StoreError as exc:
+        with _unrecorded_lock:
+            _unrecorded.append(attempt)
+        log.warning("alert %r %s on %s, but its record waits (%s): written before the next round sends anything",
+                    alert.subject, "delivered" if d.delivered else "failed", d.channel, exc)
+
+
+def record_unrecorded(db: Path) -> None:
+    """Record the attempts the store did not take earlier; raises StoreError while it still cannot."""
     from .store import alerts as alert_rows
     from .store import writing
 
-    deliveries = [channel.send(alert) for channel in channels] or \
-        [Delivery("(none)", "(none)", False, f"no channels in {FILE_NAME}")]
-    with writing(db) as con:
-        for d in deliveries:
-            alert_rows.record(con, dt.datetime.now(dt.UTC), alert.kind, alert.subject, d.channel, d.destination,
-                              d.delivered, d.error, dedupe_key)
-    return deliveries
+    with _unrecorded_lock:
+        if not _unrecorded:
+            return
+        with writing(db) as con:
+            for attempt in _unrecorded:
+                alert_rows.record(con, *attempt)
+        _unrecorded.clear()
