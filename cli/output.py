@@ -46,8 +46,14 @@ def written_whole(out: str | None) -> Iterator[None]:
     takes nothing, as one line that says the output is incomplete, not a traceback."""
     import duckdb
 
+    from addon.core.store import StoreError
+
     try:
         yield
+    except StoreError as exc:  # the store went away mid-export (a restarting owner, PostgreSQL)
+        if out is None:
+            raise
+        raise click.ClickException(f"{exc}. What was written to {out} is incomplete.") from None
     except OSError as exc:
         if exc.errno not in _WRITE_ERRNOS:
             raise

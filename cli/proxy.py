@@ -262,6 +262,13 @@ class _Running:
         self.callback = callback
 
     def running(self) -> None:
+        from mitmproxy import ctx
+
+        # An addon that failed its start logged an error, and mitmproxy exits once the hooks have run:
+        # not a process that serves (the parent said "serves in place of the one that died" of it).
+        check = ctx.master.addons.get("errorcheck")
+        if check is not None and check.logger.has_errored:
+            return
         self.callback()
 
 

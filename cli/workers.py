@@ -136,7 +136,8 @@ class Supervisor:
             self.relay = metrics_port.serve("127.0.0.1", 0)
 
     def metrics_urls(self) -> dict[int, str]:
-        return {slot: w.metrics_url for slot, w in list(self.workers.items()) if w.process.poll() is None}
+        # Serving: a worker still starting (or failing to) is not one (aispendtrack_workers counts these).
+        return {slot: w.metrics_url for slot, w in list(self.workers.items()) if w.ready and w.process.poll() is None}
 
     def run(self) -> int:
         """Until SIGTERM or SIGINT (exit 0), or a worker that fails at the first start (its exit code)."""
@@ -239,6 +240,7 @@ class Supervisor:
         owner.close()
         self.owner = None
         self.owner_deaths += 1
+        self.metrics.owner_restarts += 1
         delay = BACKOFF_S[min(self.owner_deaths, len(BACKOFF_S)) - 1]
         self.owner_restart_at = time.monotonic() + delay
         log.warning("the owner of the data (pid %d) %s; starting another in %g s (the workers go on proxying, "

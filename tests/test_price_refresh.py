@@ -457,3 +457,33 @@ def test_where_price_data_came_from_is_named_without_credentials_and_an_https_ur
     with pytest.raises(snapshots.PriceDataError) as refused:
         snapshots.fetch(f"https://127.0.0.1:{port}/data.json")
     assert str(refused.value) == f"could not fetch https://127.0.0.1:{port}/data.json: [Errno 111] Connection refused"
+
+
+def test_a_store_away_is_said_once_a_minute_by_the_price_refresh_not_with_a_traceback_every_poll(tmp_path,
+                                                                                                  monkeypatch, caplog):
+    """Probe: while PostgreSQL was away the refresh logged a 25-line traceback every 2 s (40 in one
+    replica's log over a few outages), where every other part said one line."""
+    import logging
+    import threading
+
+    from addon.core import price_data
+    from addon.core.store import StoreError
+    from pricing import PriceBook
+
+    monkeypatch.setattr(price_data, "FIRST_POLL_S", 0.02)
+    refresher = price_data.PriceRefresher(tmp_path / "a.duckdb", "off", 3600, PriceBook(None))
+    causes = iter(["the catalog at db:5432 does not answer"] * 20 + ["another cause"] * 1000)
+
+    def away() -> None:
+        raise StoreError(next(causes))
+    monkeypatch.setattr(refresher, "_round", away)
+    caplog.set_level(logging.INFO, logger="addon.core.price_data")
+    thread = threading.Thread(target=refresher.run)
+    thread.start()
+    time.sleep(1)
+    refresher.stop()
+    thread.join(10)
+    said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records if r.name == "addon.core.price_data"]
+    assert said == [("INFO", "price data refresh waits (the catalog at db:5432 does not answer); trying again "
+                             "every 0 s", None),
+                    ("INFO", "price data refresh waits (another cause); trying again every 0 s", None)]

@@ -13,6 +13,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+import pytest
+
 from addon.core.store import calls as call_rows
 from addon.core.store import connection, migrations, reading, remote, writing
 from addon.writer import Writer
@@ -365,3 +367,30 @@ def test_an_upgrade_applies_every_migration_on_start_and_keeps_keys_and_calls(tm
     with reading(home / "aispendtrack.duckdb") as con:
         applied = [name for (name,) in con.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall()]
     assert applied == sorted(m.__name__ for m in migrations.MIGRATIONS)
+
+
+def test_an_owner_that_stops_answering_mid_request_is_one_line_and_an_export_says_its_file_is_incomplete(tmp_path):
+    """Probe: a command whose owner was killed mid-answer printed "Aborted!" (click's word for an
+    EOFError, as for Ctrl-C) and nothing else, and an export left a partial file without a word."""
+    import socket
+
+    import click
+
+    from addon.core.store import StoreError
+    from cli.output import written_whole
+
+    for answers_first in (False, True):
+        ours, theirs = socket.socketpair()
+        if answers_first:  # reads the request, then dies before answering
+            threading.Thread(target=lambda s=theirs: (s.recv(65536), s.close()), daemon=True).start()
+        else:  # already gone
+            theirs.close()
+        try:
+            with pytest.raises(StoreError, match="owner of the data stopped answering mid-request"):
+                remote.RemoteConnection(ours).execute("SELECT 1")
+        finally:
+            ours.close()
+    out = tmp_path / "calls.csv"
+    with pytest.raises(click.ClickException) as raised, written_whole(str(out)):
+        raise StoreError("the proxy's owner of the data stopped answering mid-request")
+    assert raised.value.message.endswith(f"What was written to {out} is incomplete.")

@@ -237,7 +237,8 @@ def test_the_owner_killed_with_kill_9_is_replaced_while_the_workers_proxy_and_ev
         tmp_path, upstream):
     home, web_port = tmp_path / "home", free_port()
     admin = json.loads(run_cli(home, "admin", "create-token", "--json"))["token"]
-    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--web-port", str(web_port), flush_ms=200)
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--web-port", str(web_port), flush_ms=200,
+                          metrics=True)
     api = httpx.Client(base_url=f"http://127.0.0.1:{web_port}/api/v1", timeout=60,
                        headers={"Authorization": f"Bearer {admin}"})
     try:
@@ -259,6 +260,9 @@ def test_the_owner_killed_with_kill_9_is_replaced_while_the_workers_proxy_and_ev
             f"during-{i}" for i in range(40))
         assert len(rows_tagged(home, "before-")) == 20
         assert api.get("/report/total", params={"since": "1d"}).json()["calls"] == 20 + 40
+        text = httpx.get(proxy.metrics_url, timeout=10).text
+        assert metric(text, "aispendtrack_owner_restarts_total") == [("", 1.0)]
+        assert metric(text, "aispendtrack_workers") == [("", 2.0)]
     finally:
         api.close()
         assert stop(proxy) == 0

@@ -74,6 +74,7 @@ class Merged(Metrics):
         super().__init__()
         self.workers = workers  # slot -> the /metrics URL of the worker serving in it now
         self.restarts = 0
+        self.owner_restarts = 0  # embedded: the data's owner died and was replaced
         self._lock = threading.Lock()
         self._last: dict[int, tuple[str, dict[str, dict[Key, float]]]] = {}  # slot -> (url, summed samples)
         self._retired: dict[str, dict[Key, float]] = {}  # the summed samples of replaced workers
@@ -125,7 +126,10 @@ class Merged(Metrics):
         alive.add_sample("aispendtrack_workers", {}, len(self.workers()))
         restarts = Metric("aispendtrack_worker_restarts", "Workers that died and were replaced.", "counter")
         restarts.add_sample("aispendtrack_worker_restarts_total", {}, self.restarts)
-        return [alive, restarts]
+        owner = Metric("aispendtrack_owner_restarts", "Owners of the embedded data that died and were replaced.",
+                       "counter")
+        owner.add_sample("aispendtrack_owner_restarts_total", {}, self.owner_restarts)
+        return [alive, restarts, owner]
 
 
 class _Families(Collector):

@@ -24,13 +24,15 @@ from pathlib import Path
 from pricing import PriceBook, PriceData, PriceDataError, listprices, snapshots
 
 from . import metrics, reprice
-from .store import StoreBusy, lake, reading, shared_schema, writing
+from .redact import first_line
+from .store import StoreError, lake, reading, shared_schema, writing
 from .store import price_snapshots as stored
 from .wording import plural
 
 log = logging.getLogger(__name__)
 POLL_S = 60.0  # how soon every process uses a version another one stored
 FIRST_POLL_S = 2.0  # as POLL_S while none is stored: the first one is used at once
+WAIT_LOG_S = 60.0  # a store away that long is said again (the same cause), not every poll
 OFF = "off"
 _unusable: set[str] = set()  # stored versions this process cannot read
 
@@ -95,6 +97,7 @@ class PriceRefresher(threading.Thread):
         self._heal_due = False
         self._turn = lake.Turn(shared_schema.PRICES_LOCK)
         self._said: set[str] = set()
+        self._waiting: tuple[str, float] = ("", -1e9)  # the last wait logged, and when
         self._stopping = threading.Event()
         self.latest: stored.Stored | None = None  # the newest stored version, as of the last round
 
@@ -102,9 +105,13 @@ class PriceRefresher(threading.Thread):
         while True:
             try:
                 self._round()
-            except StoreBusy as exc:  # the data's owner restarting or stopping (a worker's), the file busy:
-                # nothing wrong here, and no traceback (one reached the terminal when a proxy stopped)
-                log.info("price data refresh waits (%s); trying again in %.0f s", exc, self._poll_s)
+            except StoreError as exc:  # the store away (PostgreSQL, a worker's restarting owner), the file
+                # busy: nothing wrong here, no traceback (one every 2 s while PostgreSQL was away), and
+                # said again only when the cause changes or a minute later
+                cause = first_line(exc, 300)
+                if cause != self._waiting[0] or time.monotonic() - self._waiting[1] >= WAIT_LOG_S:
+                    self._waiting = (cause, time.monotonic())
+                    log.info("price data refresh waits (%s); trying again every %.0f s", cause, self._poll_s)
             except Exception:  # a warning: see _say
                 log.warning("price data refresh failed; trying again in %.0f s", self._poll_s, exc_info=True)
             if self._stopping.wait(self._poll_s):

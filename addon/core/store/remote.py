@@ -113,8 +113,12 @@ class RemoteConnection:
         self._more = False  # the owner holds more rows of the last result
 
     def _ask(self, *request: object, fds: list[int] | None = None) -> Any:
-        _send(self._sock, request, fds)
-        (status, value), _ = _receive(self._sock)
+        try:
+            _send(self._sock, request, fds)
+            (status, value), _ = _receive(self._sock)
+        except (EOFError, ConnectionError) as exc:  # click said only "Aborted!" of an EOFError
+            raise StoreError(f"the proxy's owner of the data stopped answering mid-request ({type(exc).__name__}; "
+                             "killed or restarting?); run the command again") from None
         if status == "error":
             raise _rebuilt(*value)
         return value
