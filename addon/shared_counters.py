@@ -108,7 +108,9 @@ class SharedCounters:
                     "retrying in %.0f s", self.cfg.where, STUCK_AFTER_S, RETRY_AFTER_S)
 
     def _send_soon(self) -> None:
-        if self._sending is None and (self._waiting or self._alone):
+        # Done already: mitmproxy's loop runs a new task eagerly, so one that never waits (PostgreSQL
+        # refusing at once) ends inside create_task, before it is kept here: no send would start again.
+        if (self._sending is None or self._sending.done()) and (self._waiting or self._alone):
             self._sending = asyncio.get_running_loop().create_task(self._send_all())
 
     async def _send_all(self) -> None:

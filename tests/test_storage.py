@@ -394,3 +394,29 @@ def test_an_owner_that_stops_answering_mid_request_is_one_line_and_an_export_say
     with pytest.raises(click.ClickException) as raised, written_whole(str(out)):
         raise StoreError("the proxy's owner of the data stopped answering mid-request")
     assert raised.value.message.endswith(f"What was written to {out} is incomplete.")
+
+
+def test_a_postgresql_session_on_a_descriptor_past_1023_is_not_taken_for_ended():
+    """Review: select() refuses a descriptor past 1023, which a proxy serving hundreds of connections
+    gives its PostgreSQL sessions: each healthy one was taken for ended (the alert round sent nothing,
+    the limits reconnected for every batch)."""
+    import os
+    import resource
+    import socket
+    from types import SimpleNamespace
+
+    from addon.core.store import shared
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), max(hard, 2048)))
+    ours, theirs = socket.socketpair()
+    high = os.dup2(ours.fileno(), 1500)
+    session = SimpleNamespace(closed=False, fileno=lambda: high)
+    try:
+        assert not shared.ended_by_server(session)
+        theirs.close()  # the server ends it (a restart): readable, at end of file
+        assert shared.ended_by_server(session)
+    finally:
+        os.close(high)
+        ours.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -171,11 +171,14 @@ def ended_by_server(pg) -> bool:
     without a round trip: an idle autocommit session that listens for nothing is sent nothing else."""
     if pg.closed:
         return True
+    # poll, not select: select refuses a descriptor past 1023, which a proxy serving hundreds of
+    # connections gives its sessions, and every healthy one was then taken for ended.
+    waiting = select.poll()
     try:
-        readable, _, _ = select.select([pg.fileno()], [], [], 0)
+        waiting.register(pg.fileno(), select.POLLIN)
+        return bool(waiting.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 class SharedConnection:
