@@ -732,3 +732,38 @@ def test_a_replica_that_lost_its_turn_to_a_postgres_restart_sends_nothing_twice(
     finally:
         hanging.close()
         up.close()
+
+
+def test_the_alerts_left_when_the_turn_to_send_is_lost_reach_every_channel_in_a_later_round(tmp_path, monkeypatch):
+    """Review: sends not started once the turn was lost were dropped unrecorded, and a later round
+    tries again only the channels on record for an alert: a channel left out never got it."""
+    import itertools
+
+    first, second = Receiver(), Receiver()
+    db = home_dir.db_path(tmp_path)
+    with writing(db):
+        pass
+    channels = [notify.Channel("first", "webhook", {"url": first.url, "retries": 0}),
+                notify.Channel("second", "webhook", {"url": second.url, "retries": 0})]
+    found = _crossings(3)
+    asked = itertools.count()
+
+    @contextlib.contextmanager
+    def turn_lost_after_two_sends(_db):
+        yield lambda: next(asked) < 2
+    now = dt.datetime.now(dt.UTC)
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(evaluation, "one_sender", turn_lost_after_two_sends)
+            sent = evaluation.send_new(db, channels, found, now)
+        assert len(first.requests) + len(second.requests) == 2 and 1 <= len(sent) <= 2
+        rows = json.loads(run(tmp_path, "alerts", "list", "--json").output)
+        assert sum(r["error"] is not None and r["error"].startswith("not sent: this process lost its turn")
+                   for r in rows) == 4
+        evaluation.send_new(db, channels, found, now + dt.timedelta(seconds=61))
+        for receiver in (first, second):  # each alert on each channel, once
+            assert sorted(json.loads(body)["subject"] for _, body in receiver.requests) == sorted(
+                alert.subject for _, alert in found)
+    finally:
+        first.close()
+        second.close()

@@ -164,7 +164,7 @@ def send_new(db: Path, channels: list[notify.Channel], found: list[tuple[str, no
             log.warning("alerts: the turn to send ended with the PostgreSQL session holding it (a restart?); "
                         "alerts not sent yet wait for the next round")
     return [send.alert for send, done in zip(sends, delivered, strict=True)
-            if send.dedupe_key not in tried and done]
+            if send.dedupe_key not in tried and any(d.tried for d in done)]
 
 
 def _due(attempts: alert_rows.Attempts, now: dt.datetime) -> bool:

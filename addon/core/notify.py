@@ -65,6 +65,7 @@ class Delivery:
     destination: str
     delivered: bool
     error: str | None
+    tried: bool = True  # False: not sent at all (the turn to send was lost), recorded as failed
 
 
 @dataclass(frozen=True)
@@ -306,30 +307,50 @@ def deliver(db: Path, channels: list[Channel], alert: Alert, dedupe_key: str | N
 def deliver_all(db: Path, sends: list[Send], sending: Callable[[], bool] = lambda: True) -> list[list[Delivery]]:
     """Send every alert to each of its channels, up to MAX_SENDING at once, and record each attempt
     as it ends (failures included): a channel that took an alert is on record before a slower one
-    answers. ``sending()`` false: no further send starts (the turn to send was lost), and those not
-    started are left out of the answer. An alert with no channel is still recorded, so `alerts list`
-    shows it and it is not repeated."""
-    from concurrent.futures import ThreadPoolExecutor
+    answers. Once ``sending()`` is false (the turn to send was lost) no send starts: those left are
+    recorded as failed, so a later round tries them again. An alert with no channel is still
+    recorded, so `alerts list` shows it and it is not repeated. The sending threads are daemons: a
+    proxy that stops does not wait for a channel that hangs (an attempt it cut is sent again)."""
+    import queue
 
-    def one(alert: Alert, channel: Channel | None, key: str | None) -> Delivery | None:
-        if channel is None:
-            found = Delivery("(none)", "(none)", False, f"no channels in {FILE_NAME}")
-        elif not sending():
-            return None
-        else:
-            found = channel.send(alert)
-        _record(db, alert, found, key)
-        return found
+    pairs = [(send, channel) for send in sends for channel in _targets(send)]
+    done: list[Delivery | None] = [None] * len(pairs)
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for i in range(len(pairs)):
+        todo.put(i)
 
-    pairs = [(n, send, channel) for n, send in enumerate(sends) for channel in _targets(send)]
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_SENDING, len(pairs))),
-                            thread_name_prefix="aispendtrack-send") as pool:
-        futures = [(n, pool.submit(one, send.alert, channel, send.dedupe_key)) for n, send, channel in pairs]
-    found: list[list[Delivery]] = [[] for _ in sends]
-    for n, future in futures:
-        if (delivery := future.result()) is not None:
-            found[n].append(delivery)
-    return found
+    def work() -> None:
+        while True:
+            try:
+                i = todo.get_nowait()
+            except queue.Empty:
+                return
+            send, channel = pairs[i]
+            delivery = _attempt(send.alert, channel, sending)
+            _record(db, send.alert, delivery, send.dedupe_key)
+            done[i] = delivery
+
+    threads = [threading.Thread(target=work, name="aispendtrack-send", daemon=True)
+               for _ in range(min(MAX_SENDING, len(pairs)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    found: dict[int, list[Delivery]] = {id(send): [] for send in sends}
+    for (send, _), delivery in zip(pairs, done, strict=True):
+        if delivery is not None:
+            found[id(send)].append(delivery)
+    return [found[id(send)] for send in sends]
+
+
+def _attempt(alert: Alert, channel: Channel | None, sending: Callable[[], bool]) -> Delivery:
+    if channel is None:
+        return Delivery("(none)", "(none)", False, f"no channels in {FILE_NAME}")
+    if not sending():
+        return Delivery(channel.name, channel.destination, False,
+                        "not sent: this process lost its turn to send (PostgreSQL restarted?); tried in a later round",
+                        tried=False)
+    return channel.send(alert)
 
 
 def _targets(send: Send) -> list[Channel | None]:
@@ -340,15 +361,15 @@ def _targets(send: Send) -> list[Channel | None]:
 def _record(db: Path, alert: Alert, d: Delivery, dedupe_key: str | None) -> None:
     import datetime as dt
 
-    from .store import StoreError, writing
     from .store import alerts as alert_rows
+    from .store import writing
 
     attempt = (dt.datetime.now(dt.UTC), alert.kind, alert.subject, d.channel, d.destination, d.delivered, d.error,
                dedupe_key)
     try:
         with writing(db) as con:
             alert_rows.record(con, *attempt)
-    except StoreError as exc:
+    except Exception as exc:  # the store away, its disk full...: kept, recorded before the next round sends
         with _unrecorded_lock:
             _unrecorded.append(attempt)
         log.warning("alert %r %s on %s, but its record waits (%s): written before the next round sends anything",
@@ -364,6 +385,5 @@ def record_unrecorded(db: Path) -> None:
         if not _unrecorded:
             return
         with writing(db) as con:
-            for attempt in _unrecorded:
-                alert_rows.record(con, *attempt)
+            alert_rows.record_many(con, _unrecorded)  # all or none: a second try records none twice
         _unrecorded.clear()

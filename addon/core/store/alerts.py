@@ -23,9 +23,15 @@ def spike_subject(label: str) -> str:
 
 def record(con: duckdb.DuckDBPyConnection, sent_at: dt.datetime, kind: str, subject: str, channel: str,
            destination: str, delivered: bool, error: str | None, dedupe_key: str | None = None) -> None:
-    control(con).execute(
-        "INSERT INTO alerts (sent_at, kind, subject, channel, destination, delivered, error, dedupe_key) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [sent_at, kind, subject, channel, destination, delivered, error, dedupe_key])
+    record_many(con, [(sent_at, kind, subject, channel, destination, delivered, error, dedupe_key)])
+
+
+def record_many(con: duckdb.DuckDBPyConnection, attempts: list[tuple]) -> None:
+    """Attempts as ``record`` takes them, in one statement: all recorded, or none."""
+    if attempts:
+        control(con).execute(
+            "INSERT INTO alerts (sent_at, kind, subject, channel, destination, delivered, error, dedupe_key) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(attempts)), [v for attempt in attempts for v in attempt])
 
 
 @dataclass(frozen=True)
