@@ -89,6 +89,7 @@ class Writer(threading.Thread):
         self._spill_retry_at = 0.0
         self._last_drop_log = -1e9
         self._spill_seq = 0
+        self._spilled_at = self._spill_said_at = -1e9  # the last spill, the last one logged
         self.rows_written = 0
         self.rows_dropped = 0
         self.max_pending = max_pending
@@ -111,10 +112,11 @@ class Writer(threading.Thread):
             # What an earlier run spilled is stored first, so the counts seeded from the store hold its
             # calls: a restart never grants a fresh limit or budget. (Workers' are counted by their owner.)
             try:
-                for path in self._spill_files():
-                    self._replay(con, path)
-            except Exception:  # the first cycles try again; the proxy starts all the same
-                log.exception("could not store the rows an earlier run spilled to %s before starting", self.spill_dir)
+                self._replay(con, self._spill_files())
+            except Exception as exc:  # the first cycles try again; the proxy starts all the same (a
+                # warning: mitmproxy ends a proxy that logs an error while it starts)
+                log.warning("could not store the rows an earlier run spilled to %s before starting (%s); "
+                            "the next flushes try again", self.spill_dir, first_line(exc, 300))
             self.on_refresh(con)
         self._keys_due = time.monotonic() + self.key_refresh
 
@@ -165,8 +167,7 @@ class Writer(threading.Thread):
         try:
             with writing(self.db_path, timeout=lock_timeout, migrate=False) as con:
                 try:
-                    for path in spills:
-                        self._replay(con, path)
+                    self._replay(con, spills)
                     if self._pending:
                         self._store(con, self._pending, skip_existing=self._uncertain)
                         self._uncertain = False
@@ -266,7 +267,9 @@ class Writer(threading.Thread):
                         "retried every %.1f s (put in %s after %.0f s); they show in reports once written.",
                         self.where, waited, cause, len(self._pending), self.flush_interval, self.spill_dir,
                         patience)
-        if len(self._pending) >= self.spill_after_rows or self._pending and waited >= patience:
+        # Once a second at most: a long outage leaves a file a second, not one every flush.
+        if len(self._pending) >= self.spill_after_rows or (
+                self._pending and waited >= patience and now - self._spilled_at >= UNREACHABLE_SPILL_S):
             self._spill()
 
     def _spill(self, force: bool = False) -> None:
@@ -303,7 +306,11 @@ class Writer(threading.Thread):
         partial = path.with_suffix(".partial")
         spill.write(partial, self._pending)
         os.replace(partial, path)
-        log.warning("spilled %d rows to %s; they are written once the database is writable", len(self._pending), path)
+        self._spilled_at = time.monotonic()
+        if self._spilled_at - self._spill_said_at >= 30:  # a line a second through an outage would drown the log
+            self._spill_said_at = self._spilled_at
+            log.warning("spilled %d rows to %s; they are written once the database is writable (more spills "
+                        "of this outage are not logged for 30 s)", len(self._pending), path)
         self._pending = []
 
     def _spill_files(self) -> list[Path]:
@@ -311,18 +318,42 @@ class Writer(threading.Thread):
             return []
         return sorted(self.spill_dir.glob("*.jsonl"))
 
-    def _replay(self, con, path: Path) -> None:
+    def _replay(self, con, paths: list[Path]) -> None:
+        """Store the rows of spill files, many files to an insert (an outage leaves one a second: one
+        lake commit each would hold this thread for minutes), then remove them: a crash between the
+        two stores none twice (the replay skips stored ids)."""
+        group: list[Path] = []
+        rows: list[dict] = []
+        for path in paths:
+            found = self._spilled_rows(path)
+            if found is None:
+                continue
+            group.append(path)
+            rows += found
+            if len(rows) >= self.spill_after_rows:
+                self._store_replayed(con, group, rows)
+                group, rows = [], []
+        if group:
+            self._store_replayed(con, group, rows)
+
+    def _spilled_rows(self, path: Path) -> list[dict] | None:
         try:
             rows, unreadable = spill.read(path)
         except spill.Unreadable as exc:  # sealed with another key: kept for a person, never retried
             aside = self.spill_dir / QUARANTINE_DIR / path.name
             aside.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, aside)
-            log.error("%s; its rows are not stored, and the file is set aside in %s", exc, aside)
-            return
+            # A warning: an error logged while mitmproxy starts ends the proxy, for a file set aside.
+            log.warning("%s; its rows are not stored, and the file is set aside in %s", exc, aside)
+            return None
         if unreadable:  # lines cut short by a crash while spilling (older versions)
-            log.error("skipping %d unreadable lines of %s", unreadable, path)
+            log.warning("skipping %d unreadable lines of %s", unreadable, path)
+        return rows
+
+    def _store_replayed(self, con, paths: list[Path], rows: list[dict]) -> None:
         before = self.rows_written
         self._store(con, rows, skip_existing=True)  # a crash after insert, before unlink: no doubles
-        path.unlink()
-        log.info("replayed %d rows from %s", self.rows_written - before, path)
+        for path in paths:
+            path.unlink()
+        log.info("replayed %d rows from %s in %s", self.rows_written - before,
+                 "1 spill file" if len(paths) == 1 else f"{len(paths)} spill files", self.spill_dir)

@@ -420,3 +420,39 @@ def test_a_postgresql_session_on_a_descriptor_past_1023_is_not_taken_for_ended()
         os.close(high)
         ours.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_outage_leaves_a_spill_file_a_second_and_the_files_are_replayed_together(tmp_path, caplog):
+    """Review: past its patience the writer spilled on every cycle (10 to 100 files a second with a
+    short --flush-ms), and the replay stored each file as an insert of its own (on the lake, a
+    commit each): minutes of one thread after an hour's outage."""
+    import logging
+
+    away, spilled = tmp_path / "away.duckdb", tmp_path / "away-spill"
+    with writing(away):
+        pass  # its owner does not answer
+    connection.only_through_owner(away)
+    try:
+        writer = Writer(away, spilled, build_row=lambda row: row, on_refresh=lambda con: None)
+        n = 0
+        until_at = time.monotonic() + 2.6
+        while time.monotonic() < until_at:
+            writer.submit(_row(n % 60))
+            writer.cycle(lock_timeout=0.05)
+            n += 1
+            time.sleep(0.05)
+    finally:
+        connection._owner_only.clear()
+    files = sorted(spilled.glob("*.jsonl"))
+    assert 1 <= len(files) <= 2, len(files)  # after 1 s, then once a second; the last rows still in memory
+    held = sum(len(path.read_text().splitlines()) for path in files)
+    db, spill_dir = tmp_path / "back.duckdb", tmp_path / "back-spill"
+    spill_dir.mkdir()
+    for path in files:
+        shutil.move(path, spill_dir / path.name)
+    writer = Writer(db, spill_dir, build_row=lambda row: row, on_refresh=lambda con: None)
+    caplog.set_level(logging.INFO, logger="addon.writer")
+    writer.load_keys_now()  # replays them before anything else
+    with reading(db) as con:
+        assert len(call_rows.newest(con, 1000)) == held
+    assert f"replayed {held} rows from {len(files)} spill file" in caplog.text
