@@ -111,8 +111,9 @@ def emit(rows: Sequence[dict], fmt: str, table: Sequence[tuple[str, Callable[[di
     if fmt == "json":
         click.echo(dumps([json_row(row) for row in rows]))
     elif fmt == "csv":
-        if rows:
-            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]), lineterminator="\n")
+        if rows:  # every row's fields, in the order first seen: a list may mix kinds (prices check's)
+            fields = list(dict.fromkeys(name for row in rows for name in row))
+            writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
             writer.writeheader()
             writer.writerows({k: _csv_value(v) for k, v in json_row(row).items()} for row in rows)
     else:

@@ -55,7 +55,8 @@ def check(obj, since_text: str = "30d", fmt: str = "table") -> None:
     with reading(obj.db) as con:
         rows = call_rows.unpriced_models(con, since=since)
         endpoints = report_rows.unmetered_endpoints(con, Selection(since=since))
-        unknown = report_rows.unpriced_endpoints(con, Selection(since=since), report_rows.USAGE_UNKNOWN)
+        unknown = report_rows.unpriced_endpoints(con, Selection(since=since), report_rows.USAGE_UNKNOWN,
+                                                 without_model=True)
         latest = stored_prices.latest(con)
     for row in rows:
         row["priced_now"] = _priced_now(book, row)
@@ -121,7 +122,8 @@ def _show_unmetered(endpoints: list[dict]) -> None:
 
 def _show_usage_unknown(endpoints: list[dict]) -> None:
     click.echo(f"\n{plural(sum(r['calls'] for r in endpoints), 'call')} got an answer without usage AiSpendTrack could "
-               f"read (cost unknown, shown as 'unpriced'; each call's reason in `aispendtrack calls`):\n")
+               f"read, or naming no model (cost unknown, shown as 'unpriced'; each call's reason in `aispendtrack "
+               f"calls`):\n")
     emit(endpoints, "table", [
         ("PROVIDER", lambda r: r["provider"], "<"), ("ENDPOINT", lambda r: r["endpoint"], "<"),
         ("CALLS", lambda r: f"{r['calls']:,}", ">"),

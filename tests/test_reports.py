@@ -575,7 +575,8 @@ def test_prices_check_names_the_answers_without_usage_and_never_says_every_call_
             call_row(3, **unknown, error="usage unknown: the stream ended before its usage"),
             call_row(4, **unknown, error="usage unknown: no usage in the answer\x1b[2J"),
             call_row(5, usage_source="invalid", cost_usd=None, priced=False, provider="anthropic",
-                     endpoint="/v1/messages", error="usage implausible: input_tokens -3")]
+                     endpoint="/v1/messages", error="usage implausible: input_tokens -3"),
+            call_row(6, model=None, cost_usd=None, priced=False, endpoint="/v1/responses")]  # no model to price
     with writing(new_store(home_dir.db_path(tmp_path))) as con:
         call_rows.insert(con, rows)
 
@@ -585,18 +586,24 @@ def test_prices_check_names_the_answers_without_usage_and_never_says_every_call_
 
     table = check()
     assert "has a price" not in table
-    assert "\n3 calls got an answer without usage AiSpendTrack could read (cost unknown, shown as 'unpriced'" in table
+    assert ("\n4 calls got an answer without usage AiSpendTrack could read, or naming no model (cost unknown, "
+            "shown as 'unpriced'") in table
     listed = table[table.rindex("\nPROVIDER") + 1:].splitlines()
     assert listed[0].split() == ["PROVIDER", "ENDPOINT", "CALLS", "LAST", "SEEN", "(UTC)", "LATEST", "REASON"]
-    assert [line.split()[:3] for line in listed[1:3]] == [["openai", "/v1/chat/completions", "2"],
-                                                          ["anthropic", "/v1/messages", "1"]]
+    assert [line.split()[:3] for line in listed[1:4]] == [["openai", "/v1/chat/completions", "2"],
+                                                          ["anthropic", "/v1/messages", "1"],
+                                                          ["openai", "/v1/responses", "1"]]
     assert listed[1].endswith("usage unknown: no usage in the answer\\x1b[2J")  # the escape shown, not run
     assert listed[2].endswith("usage implausible: input_tokens -3")
     as_json = json.loads(check("--format", "json"))
     assert [(e["provider"], e["endpoint"], e["usage_source"], e["calls"]) for e in as_json] == [
-        ("openai", "/v1/chat/completions", "none", 2), ("anthropic", "/v1/messages", "invalid", 1)]
+        ("openai", "/v1/chat/completions", "none", 2), ("anthropic", "/v1/messages", "invalid", 1),
+        ("openai", "/v1/responses", "reported", 1)]
+    as_csv = list(csv.DictReader(io.StringIO(check("--format", "csv"))))  # one header over every kind of row
+    assert [(r["endpoint"], r["usage_source"], r["calls"]) for r in as_csv] == [
+        ("/v1/chat/completions", "none", "2"), ("/v1/messages", "invalid", "1"), ("/v1/responses", "reported", "1")]
     report = CliRunner().invoke(cli, ["--home", str(tmp_path), "report", "--since", "2026-11-01"]).output
-    assert "* 3 more calls have no price, see `aispendtrack prices check` for why." in report
+    assert "* 4 more calls have no price, see `aispendtrack prices check` for why." in report
 
 
 def test_exported_cells_a_spreadsheet_would_run_are_quoted_and_money_and_times_read_alike(tmp_path, new_store):

@@ -662,13 +662,16 @@ def unmetered_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection) ->
 USAGE_UNKNOWN = ("none", "invalid")
 
 
-def unpriced_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection, sources: tuple[str, ...]) -> list[dict]:
-    """Unpriced calls whose ``usage_source`` is one of ``sources``, by endpoint, with the reason the
-    latest of them gave (its ``error``)."""
+def unpriced_endpoints(con: duckdb.DuckDBPyConnection, selection: Selection, sources: tuple[str, ...],
+                       without_model: bool = False) -> list[dict]:
+    """Unpriced calls whose ``usage_source`` is one of ``sources`` (``without_model``: or that name
+    no model, whose usage no price can take), by endpoint, with the reason the latest of them gave
+    (its ``error``)."""
     condition, params = where(selection)
+    nameless = "OR model IS NULL AND usage_source <> 'unmetered'" if without_model else ""
     cur = con.execute(*scan(selection, f"""
-        SELECT provider, endpoint, usage_source, count(*) AS calls, max(ts) AS last_seen, arg_max(error, ts)
-        FROM calls WHERE {condition} AND {UNPRICED} AND usage_source IN (SELECT unnest(?::VARCHAR[]))
+        SELECT provider, endpoint, usage_source, count(*) AS calls, max(ts) AS last_seen, arg_max_null(error, ts)
+        FROM calls WHERE {condition} AND {UNPRICED} AND (usage_source IN (SELECT unnest(?::VARCHAR[])) {nameless})
         GROUP BY provider, endpoint, usage_source ORDER BY calls DESC, provider, endpoint, usage_source""",
                             [*params, list(sources)]))
     return [dict(zip(("provider", "endpoint", "usage_source", "calls", "last_seen", "reason"), v, strict=True))
