@@ -103,7 +103,9 @@ def check(obj) -> None:
             click.echo(f"Not sending to {name}: {refused}.", err=True)
     with reading(obj.db) as con:
         zone = config.quota_zone(con)
-    sent = evaluate(obj.db, obj.home, dt.datetime.now(dt.UTC), zone)
+    sent = evaluate(obj.db, obj.home, dt.datetime.now(dt.UTC), zone, on_wait=lambda: click.echo(
+        "Another process is sending alerts (the proxy's round, a slow channel?); waiting for it to finish...",
+        err=True))
     # What each alert is about (its subject names the scope and the period), not its dedupe key.
     about = "".join(f"\n  {alert.subject.removeprefix('AiSpendTrack: ')}" for alert in sent)
     click.echo(plural(len(sent), "new alert") + (about or "; nothing new to report."))

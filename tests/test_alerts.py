@@ -767,3 +767,43 @@ def test_the_alerts_left_when_the_turn_to_send_is_lost_reach_every_channel_in_a_
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize("mode", ["embedded", "shared"])
+def test_alerts_check_says_it_waits_for_another_processs_round_then_sends(tmp_path, mode, request):
+    """Probe: `alerts check` behind a round waiting on a slow channel sat silent for two minutes."""
+    import fcntl
+    import os
+
+    up = Receiver()
+    db = home_dir.db_path(tmp_path)
+    if mode == "shared":
+        request.getfixturevalue("shared_env")
+    with writing(db):
+        pass
+    channels = [notify.Channel("up", "webhook", {"url": up.url, "retries": 0})]
+    waited: list[float] = []
+    started = time.monotonic()
+    release = threading.Event()
+
+    def other_round() -> None:  # another process's turn, held a second
+        if mode == "embedded":
+            fd = os.open(db.with_name(evaluation._SENDING_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            release.wait(10)
+            os.close(fd)
+        else:
+            with evaluation.one_sender(db):
+                release.wait(10)
+    holder = threading.Thread(target=other_round)
+    holder.start()
+    try:
+        time.sleep(0.3)
+        threading.Timer(1.0, release.set).start()
+        sent = evaluation.send_new(db, channels, _crossings(1), on_wait=lambda: waited.append(time.monotonic()))
+        assert len(waited) == 1 and waited[0] - started < 0.9  # said at once, not once the turn came
+        assert len(sent) == 1 and len(up.requests) == 1
+    finally:
+        release.set()
+        holder.join(10)
+        up.close()

@@ -123,15 +123,17 @@ def _unpriced_alert(m: dict) -> notify.Alert:
         {"provider": m["provider"], "model": m["model"], "service_tier": m["service_tier"], "calls": m["calls"]})
 
 
-def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[notify.Alert]:
-    """Send what is new; returns the alerts sent. A broken channel file is logged, not raised."""
+def evaluate(db: Path, home: Path, now: dt.datetime, zone: zoneinfo.ZoneInfo,
+             on_wait: Callable[[], None] | None = None) -> list[notify.Alert]:
+    """Send what is new; returns the alerts sent. A broken channel file is logged, not raised.
+    ``on_wait``: called once if another process is sending (see ``one_sender``)."""
     found = config_files.read(home, config_files.ALERTS)
     try:
         channels = list(config_files.channels(found).values())
     except notify.ChannelError as exc:
         log.error("alerts not sent: %s", exc)
         return []
-    return send_new(db, channels, candidates(db, now, zone, _settings(found)), now)
+    return send_new(db, channels, candidates(db, now, zone, _settings(found)), now, on_wait)
 
 
 # A channel that failed an alert is tried again while the alert still stands (a budget still
@@ -142,14 +144,14 @@ RETRY_FOR = dt.timedelta(hours=24)
 
 
 def send_new(db: Path, channels: list[notify.Channel], found: list[tuple[str, notify.Alert]],
-             now: dt.datetime | None = None) -> list[notify.Alert]:
+             now: dt.datetime | None = None, on_wait: Callable[[], None] | None = None) -> list[notify.Alert]:
     """Deliver the alerts (by dedupe key) never sent to every channel, and again to a channel that
     failed one when its retry is due (``_due``); returns the alerts sent for the first time. A
     channel added later gets only alerts new since."""
     now = now or dt.datetime.now(dt.UTC)
     if not found:  # most rounds: no lock taken (in the shared mode, a PostgreSQL session)
         return []
-    with one_sender(db) as sending:
+    with one_sender(db, on_wait) as sending:
         notify.record_unrecorded(db)  # sent by an earlier round whose record the store did not take
         with reading(db) as con:
             tried = alert_rows.attempts(con, [key for key, _ in found])
@@ -177,25 +179,35 @@ _SENDING_LOCK = ".alerts-sending.lock"  # beside the database, in the embedded m
 
 
 @contextlib.contextmanager
-def one_sender(db: Path) -> Iterator[Callable[[], bool]]:
+def one_sender(db: Path, on_wait: Callable[[], None] | None = None) -> Iterator[Callable[[], bool]]:
     """One process at a time reads which alerts were sent, sends the others and records them: the
     proxy's round and `aispendtrack alerts check` run at once sent an alert twice (a slow channel
     held the gap open for up to ~40 s). A lock file beside the database in the embedded mode; in
     the shared mode a PostgreSQL advisory lock, whichever replica or host asks. Yields whether the
     turn is still this process's: an advisory lock ends with its session (PostgreSQL restarted),
-    and another replica may take it then; the sender starts no further send."""
+    and another replica may take it then; the sender starts no further send. ``on_wait``: called
+    once when another process has the turn, before waiting for it (a round waiting on a slow
+    channel can hold it a minute or more: `alerts check` sat silent for two)."""
     cfg = shared.configured()
     if cfg is not None:
         control = shared.ControlConnection(cfg)
         try:
-            control.execute("SELECT pg_advisory_lock(?)", [shared_schema.ALERTS_LOCK])
+            if not control.execute("SELECT pg_try_advisory_lock(?)", [shared_schema.ALERTS_LOCK]).fetchone()[0]:
+                if on_wait is not None:
+                    on_wait()
+                control.execute("SELECT pg_advisory_lock(?)", [shared_schema.ALERTS_LOCK])
             yield lambda: not control.broken()  # unlocked with the session
         finally:
             control.close()
         return
     fd = os.open(db.with_name(_SENDING_LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield lambda: True
     finally:
         os.close(fd)
