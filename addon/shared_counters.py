@@ -198,7 +198,7 @@ class SharedCounters:
 
         if self._conn is not None and shared.ended_by_server(self._conn):
             # PostgreSQL restarted since the last statement: its first statement would fail, and the
-            # replica count alone for RETRY_AFTER_S from its last count (probe: 21-25 of 10 admitted).
+            # replica counted alone for RETRY_AFTER_S from its last count (probe: 21-25 of 10 admitted).
             await self._drop_connection()
         if self._conn is None or self._conn.closed:  # only _send_all gets here: one at a time
             self._conn = await asyncio.wait_for(psycopg.AsyncConnection.connect(
