@@ -364,3 +364,30 @@ def test_a_worker_killed_at_its_first_start_is_replaced_and_none_starts_while_th
             process.wait(10)
         for fd in fds:
             os.close(fd)
+
+
+def test_a_worker_whose_start_logged_an_error_does_not_tell_its_parent_it_serves():
+    """mitmproxy ends a process that logs an error while it starts, once the running hooks have run:
+    such a worker told its parent it served (which logged "serves in place of the one that died"
+    of it, and counted it in aispendtrack_workers) a moment before it exited."""
+    import asyncio
+    import logging
+
+    from mitmproxy.addons.errorcheck import ErrorCheck
+    from mitmproxy.test import taddons
+
+    from cli.proxy import _Running
+
+    async def told(error: bool) -> bool:
+        ready: list[bool] = []
+        check = ErrorCheck()
+        try:
+            with taddons.context(check):
+                if error:
+                    logging.getLogger("addon.test").error("AiSpendTrack cannot start: the catalog does not answer")
+                _Running(lambda: ready.append(True)).running()
+        finally:
+            check.finish()
+        return bool(ready)
+    assert asyncio.run(told(error=False)) is True
+    assert asyncio.run(told(error=True)) is False
