@@ -389,5 +389,7 @@ def test_a_worker_whose_start_logged_an_error_does_not_tell_its_parent_it_serves
         finally:
             check.finish()
         return bool(ready)
-    assert asyncio.run(told(error=False)) is True
-    assert asyncio.run(told(error=True)) is False
+
+    async def both() -> tuple[bool, bool]:
+        return await told(error=False), await told(error=True)
+    assert asyncio.run(both()) == (True, False)
