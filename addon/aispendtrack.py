@@ -258,6 +258,10 @@ class AiSpendTrack:
             self._host_counters = None
         self._release_home()
 
+    def calls_in_flight(self) -> int:
+        """Calls forwarded and not yet answered whole (cli/proxy.py waits for them on a stop)."""
+        return len(self._in_flight)
+
     def _record_in_flight(self) -> None:
         """Calls still open at shutdown get their row now: their response or error hook may come
         after the writer has stopped, or never. A streaming client may already have everything

@@ -101,6 +101,10 @@ SETTINGS: tuple[Setting, ...] = (
             "N times this for the host); 0: as many as the file descriptor limit allows (two each, after some for "
             "the database and logs), and never more than that. One more gets a 503 with retry-after.",
             "--max-connections", 0, owner="ConnectionBounds"),
+    Setting("drain_s", int, 5, "On SIGTERM or Ctrl-C, seconds the calls in flight get to finish once the proxy "
+            "stops accepting new ones; those still open then are recorded as cut (proxy_stopped). A second signal "
+            "stops at once; 0: stop at once. Only `aispendtrack proxy` (a bare mitmdump stops as mitmproxy does).",
+            "--drain-s", 0, 600),
     Setting("client_timeout_s", int, 60, "Seconds a client may take to send a whole request (headers and body), "
             "counted from connecting or from the previous response, so also the idle limit between requests; "
             "over HTTP/2, each stream's from its headers.", "--client-timeout", 1, 3600, owner="ConnectionBounds"),

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from addon.core.store import writing
 
 from .options import trusted_proxy_option
 from .output import check_port_free
+
+log = logging.getLogger("addon.stop")  # under "addon": its INFO lines are shown
 
 if TYPE_CHECKING:
     from .workers import WebHandover
@@ -255,6 +258,34 @@ def _master(opts):
     return master
 
 
+class _Stop:
+    """SIGTERM or SIGINT: stop accepting (a load balancer's health check fails, and the kernel sends
+    a worker's new connections to the others), give the calls in flight up to --drain-s to finish,
+    then stop, recording those still open as cut. They were all cut at once: clients got a reset
+    for a call the provider went on to bill. A second signal stops at once."""
+
+    def __init__(self, master, opts) -> None:
+        self.master, self.opts = master, opts
+        self.draining: asyncio.Task | None = None
+
+    def asked(self) -> None:
+        seconds = self.opts.aispendtrack_drain_s
+        addon = self.master.addons.get("aispendtrack")
+        if self.draining is not None or seconds <= 0 or addon is None or not addon.calls_in_flight():
+            self.master.shutdown()
+            return
+        log.info("stopping: no new connections; waiting up to %d s for %d calls in flight (again to stop at once)",
+                 seconds, addon.calls_in_flight())
+        self.opts.update(server=False)  # the listening sockets close; open connections go on
+        self.draining = asyncio.get_running_loop().create_task(self._drain(addon, seconds))
+
+    async def _drain(self, addon, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while addon.calls_in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.master.shutdown()
+
+
 class _Running:
     """Calls back once every addon's `running` hook has run: the proxy listens and serves."""
 
@@ -289,8 +320,9 @@ async def _serve(mitm_options: dict, addon_options: dict, on_running=None) -> No
     # and mitmproxy exits on any error logged during start-up, resetting the calls in flight.
     master.addons.get("tlsconfig").configure({"confdir"})
     loop = asyncio.get_running_loop()
+    stop = _Stop(master, opts)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
+        loop.add_signal_handler(sig, stop.asked)
     logging.getLogger("addon").setLevel(logging.INFO)
     logging.getLogger("pricing").setLevel(logging.INFO)  # "reloaded price overrides ..."
     logging.getLogger("aispendtrack.web").setLevel(logging.INFO)  # --web-port's access lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -187,3 +188,29 @@ def test_a_backup_never_overwrites_and_the_shared_mode_is_sent_to_its_own_tools(
     monkeypatch.setenv("AISPENDTRACK_CATALOG", "postgresql://nobody@127.0.0.1:1/none")
     shared = CliRunner().invoke(cli, ["--home", str(tmp_path / "home"), "admin", "backup", str(tmp_path / "b")])
     assert shared.exit_code == 1 and "pg_dump" in shared.output and not (tmp_path / "b").exists()
+
+
+def test_sigterm_lets_a_call_in_flight_finish_and_takes_no_new_connection(tmp_path, upstream):
+    """Probe: a stop cut every call in flight at once: the client got a reset, and the row an estimate
+    ($0.00002) of a call the provider went on to bill ($0.00075). Now the proxy stops accepting,
+    gives the calls in flight up to --drain-s, then stops."""
+    import httpx
+
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", extra_args=("--drain-s", "20"))
+    client = proxy.openai(headers={"x-test-scenario": "paced", "x-customer-id": "drained"})  # ~7 s of events
+    stream = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True, stream_options={"include_usage": True})
+    chunks = [next(iter(stream))]  # under way: its events come every 0.5 s
+    stopped_at = time.monotonic()
+    proxy.process.send_signal(signal.SIGTERM)
+    try:
+        time.sleep(0.5)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{proxy.url}/aispendtrack/health", timeout=5)
+        chunks += list(stream)
+        assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0  # the whole answer
+        assert proxy.process.wait(30) == 0 and time.monotonic() - stopped_at < 15  # once the call ended
+    finally:
+        proxy.stop()
+    [row] = [r for r in json.loads(run_cli(proxy.home, "calls", "--format", "json")) if r["customer_id"] == "drained"]
+    assert (row["outcome"], row["usage_source"], row["priced"]) == ("completed", "reported", True)
