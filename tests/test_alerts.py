@@ -749,7 +749,7 @@ def test_the_alerts_left_when_the_turn_to_send_is_lost_reach_every_channel_in_a_
     asked = itertools.count()
 
     @contextlib.contextmanager
-    def turn_lost_after_two_sends(_db):
+    def turn_lost_after_two_sends(_db, _on_wait=None):
         yield lambda: next(asked) < 2
     now = dt.datetime.now(dt.UTC)
     try:
