@@ -54,9 +54,10 @@ def check(obj, since_text: str = "30d", fmt: str = "table") -> None:
         raise click.ClickException(str(exc)) from None
     with reading(obj.db) as con:
         rows = call_rows.unpriced_models(con, since=since)
-        endpoints = report_rows.unmetered_endpoints(con, Selection(since=since))
-        unknown = report_rows.unpriced_endpoints(con, Selection(since=since), report_rows.USAGE_UNKNOWN,
-                                                 without_model=True)
+        every = report_rows.unpriced_endpoints(con, Selection(since=since), ("unmetered", *report_rows.USAGE_UNKNOWN),
+                                               without_model=True)
+        endpoints = [r for r in every if r["usage_source"] == "unmetered"]
+        unknown = [r for r in every if r["usage_source"] != "unmetered"]
         latest = stored_prices.latest(con)
     for row in rows:
         row["priced_now"] = _priced_now(book, row)
@@ -68,10 +69,11 @@ def check(obj, since_text: str = "30d", fmt: str = "table") -> None:
     click.echo(f"Your price overrides ({found.origin}): {entries}")
     say_not_read(obj.home)
     _show_patches(book.patches, now)
-    if endpoints:
-        _show_unmetered(endpoints)
-    if unknown:
-        _show_usage_unknown(unknown)
+    _show_endpoints(endpoints, "went to endpoints the provider bills but AiSpendTrack does not meter (cost shown "
+                               "as 'unpriced', never $0; docs/coverage.md)", "ENDPOINT (not metered)")
+    _show_endpoints(unknown, "got an answer without usage AiSpendTrack could read, or naming no model (cost unknown, "
+                             "shown as 'unpriced'; each call's reason in `aispendtrack calls`)", "ENDPOINT",
+                    ("LATEST REASON", lambda r: visible(r["reason"], 100) if r["reason"] else "-", "<"))
     if not rows and not endpoints and not unknown:
         click.echo(f"Every call since {since:%Y-%m-%d %H:%M} UTC has a price.")
         return
@@ -110,25 +112,14 @@ def _show_repriceable(rows: list[dict]) -> None:
         click.echo("  " + shlex.join(["aispendtrack", "reprice", "--provider", provider, "--model", model]))
 
 
-def _show_unmetered(endpoints: list[dict]) -> None:
-    click.echo(f"\n{plural(sum(r['calls'] for r in endpoints), 'call')} went to endpoints the provider bills but "
-               f"AiSpendTrack does not meter (cost shown as 'unpriced', never $0; docs/coverage.md):\n")
+def _show_endpoints(endpoints: list[dict], what: str, title: str, *more: tuple) -> None:
+    if not endpoints:
+        return
+    click.echo(f"\n{plural(sum(r['calls'] for r in endpoints), 'call')} {what}:\n")
     emit(endpoints, "table", [
-        ("PROVIDER", lambda r: r["provider"], "<"), ("ENDPOINT (not metered)", lambda r: r["endpoint"], "<"),
+        ("PROVIDER", lambda r: r["provider"], "<"), (title, lambda r: r["endpoint"], "<"),
         ("CALLS", lambda r: f"{r['calls']:,}", ">"),
-        ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
-    ])
-
-
-def _show_usage_unknown(endpoints: list[dict]) -> None:
-    click.echo(f"\n{plural(sum(r['calls'] for r in endpoints), 'call')} got an answer without usage AiSpendTrack could "
-               f"read, or naming no model (cost unknown, shown as 'unpriced'; each call's reason in `aispendtrack "
-               f"calls`):\n")
-    emit(endpoints, "table", [
-        ("PROVIDER", lambda r: r["provider"], "<"), ("ENDPOINT", lambda r: r["endpoint"], "<"),
-        ("CALLS", lambda r: f"{r['calls']:,}", ">"),
-        ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"),
-        ("LATEST REASON", lambda r: visible(r["reason"], 100) if r["reason"] else "-", "<"),
+        ("LAST SEEN (UTC)", lambda r: r["last_seen"].strftime("%Y-%m-%d %H:%M"), "<"), *more,
     ])
 
 

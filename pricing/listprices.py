@@ -210,16 +210,14 @@ def _linear_rates(data: PriceData, provider: str, model: str, day: dt.date,
     prices = info.get_prices(at, dict(ctx) or None)
     if any(isinstance(getattr(prices, name, None), TieredPrices) for name in _TIER_FIELDS):
         return _PER_CALL
-    costs = {field: _genai_cost(data, usage, provider, model, at, ctx) for field, usage in _PROBES.items()}
-    # A 1h write is also a write: its rate is what it adds on top of a 5-minute write (and an audio
-    # token an input token: its rate is what it adds on top of a text token's).
-    for subset, parent in _SUBSETS.items():
-        costs[subset] -= costs[parent]
+    costs = {field: _own_cost(data, field, provider, model, at, ctx) for field in _PROBES}
     return {field: value for field, value in costs.items() if value}
 
 
 def _own_cost(data: PriceData, field: str, provider: str, model: str, at: dt.datetime, ctx: Context) -> Decimal:
-    """What a million of ``field`` costs beyond its parent's rate (a subset's), or at all."""
+    """What a million of ``field`` costs beyond its parent's rate (a subset's), or at all: a 1h write
+    is also a write, so its rate is what it adds on top of a 5-minute write (and an audio token's is
+    what it adds on top of a text token's)."""
     cost = _genai_cost(data, _PROBES[field], provider, model, at, ctx)
     parent = _SUBSETS.get(field)
     return cost - _genai_cost(data, _PROBES[parent], provider, model, at, ctx) if parent else cost
