@@ -395,6 +395,10 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
             raise SharedUnavailable(f"cannot open the lake at {cfg.where} with data in {data_path}: "
                                     f"{without_dsn(exc, cfg)}") from None
         _use_lake(con)
+        # The Parquet footers read once per file, not at every scan: DuckLake never rewrites a data
+        # file in place (new files get new names), so a cached footer cannot go stale. A total over
+        # a range cutting a day scans three tiers' files: 167 -> 114 ms (docs/benchmarks.md).
+        con.execute("SET parquet_metadata_cache = true")
         shared_schema.ensure_lake(con, control)
         return con
     except BaseException:
