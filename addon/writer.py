@@ -198,13 +198,12 @@ class Writer(threading.Thread):
         the database itself raises, leaving the rows not yet stored in the list."""
         if self.settle is not None:
             self._held += self.settle(con, rows)
-        if is_shared(con):  # rows of a subject erased meanwhile (on any replica) are not stored
-            if self._erasure_key is None:
-                self._erasure_key = subjects.erasure_key(con, self.db_path.parent)
-            kept = subjects.without_erased(con, rows, self._erasure_key)
-            if len(kept) < len(rows):
-                log.info("dropped %d unwritten rows of an erased customer or key", len(rows) - len(kept))
-                rows[:] = kept
+        # Rows of a subject erased since their call began are not stored: those this process (or a
+        # replica) held in memory or in a spill file while the erase ran, which it could not reach.
+        kept = subjects.without_erased(con, rows, lambda: self._key_of_erasures(con))
+        if len(kept) < len(rows):
+            log.info("dropped %d unwritten rows of an erased customer or key", len(rows) - len(kept))
+            rows[:] = kept
         try:
             self.rows_written += calls.insert(con, rows, skip_existing)
         except _ROW_ERRORS:
@@ -217,6 +216,11 @@ class Writer(threading.Thread):
                     self._quarantine(rows[-1], exc)
                 rows.pop()
         rows.clear()
+
+    def _key_of_erasures(self, con) -> bytes:
+        if self._erasure_key is None:
+            self._erasure_key = subjects.erasure_key(con, self.db_path.parent)
+        return self._erasure_key
 
     def _quarantine(self, row: dict, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {first_line(exc)}" if str(exc) else type(exc).__name__
@@ -263,6 +267,7 @@ class Writer(threading.Thread):
         if (not busy or waited >= BUSY_PATIENCE_S) and now - self._last_warning > 30:
             self._last_warning, self._warned = now, True
             cause = first_line(exc, 300) if busy else f"{type(exc).__name__}: {first_line(exc, 200)}"
+            cause = cause.rstrip(".")  # the sentence's own full stop follows ("waited 0.2 s.. The")
             log.warning("cannot write %s for %.0f s: %s. The %d rows waiting are safe: kept in memory and "
                         "retried every %.1f s (put in %s after %.0f s); they show in reports once written.",
                         self.where, waited, cause, len(self._pending), self.flush_interval, self.spill_dir,

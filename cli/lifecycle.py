@@ -145,8 +145,10 @@ def export(obj, customer: str | None, key: int | None, out: str | None) -> None:
 def _reclaimed(counts: dict) -> str:
     if "lake_files" in counts:
         return (f"Lake files with deleted rows rewritten and old snapshots expired ({counts['lake_files']:,} data "
-                f"files left). Other replicas' unwritten rows are checked against this erase when they land.")
-    return f"Database rewritten ({counts['bytes_before']:,} -> {counts['bytes_after']:,} bytes)."
+                f"files left). Calls the replicas have not written yet are checked against this erase when they "
+                f"land.")
+    return (f"Database rewritten ({counts['bytes_before']:,} -> {counts['bytes_after']:,} bytes). Calls a running "
+            f"proxy has not written yet are checked against this erase when they land.")
 
 
 @gdpr.command("delete")

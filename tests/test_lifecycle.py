@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
+import pytest
 
 from addon.core import home as home_dir
 from addon.core.store import alerts as alert_rows
@@ -170,6 +171,32 @@ def test_gdpr_export_then_delete_while_the_proxy_runs_leaves_no_trace_on_disk(tm
         proxy.stop()
     assert files_containing(home, customer.encode()) == []
     assert files_containing(tmp_path / "proxy.log", customer.encode()) == []
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_calls_answered_before_an_erase_and_not_yet_written_never_reach_the_file(tmp_path, upstream, workers):
+    """A proxy writes its rows a flush after the answers: a customer's calls answered just before
+    `gdpr delete` were still in its writer's memory (one process, or any worker of --workers) and
+    landed after the erase, the customer back in the file and its reports. They are dropped as
+    they land; another customer's, answered beside them, are stored."""
+    home = tmp_path / "home"
+    victim, bystander = f"gone-{uuid.uuid4().hex[:12]}", f"kept-{uuid.uuid4().hex[:12]}"
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", flush_ms=15_000,
+                        extra_args=("--workers", workers))
+    try:
+        for customer in (victim, bystander, victim, victim):
+            proxy.openai(headers={"x-customer-id": customer}).chat.completions.create(**CHAT)
+        with reading(home_dir.db_path(home)) as con:  # a flush has not come: the rows are all held
+            assert con.execute("SELECT count(*) FROM calls").fetchone() == (0,)
+        output = run_cli(home, "gdpr", "delete", "--customer", victim, "--yes")
+        assert output.startswith(f"Nothing was stored about customer {victim}"), output
+        assert "Calls a running proxy has not written yet are checked against this erase when they land." in output
+    finally:
+        proxy.stop()  # its rows are all written before it exits
+    with reading(home_dir.db_path(home)) as con:
+        stored = con.execute("SELECT customer_id, count(*) FROM calls GROUP BY ALL").fetchall()
+    assert stored == [(bystander, 1)]
+    assert files_containing(home, victim.encode()) == []
 
 
 def test_gdpr_delete_removes_the_subject_from_pending_spill_files(tmp_path):

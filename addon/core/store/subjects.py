@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,12 +205,16 @@ def erasures(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dt.datetim
             in control(con).execute("SELECT kind, value_hash, erased_at FROM erasures").fetchall()}
 
 
-def without_erased(con: duckdb.DuckDBPyConnection, rows: list[dict], key: bytes) -> list[dict]:
-    """Shared mode: ``rows`` less those of a subject erased after the call was made (rows a replica
-    held while another ran the erase). One small query per flush."""
+def without_erased(con: duckdb.DuckDBPyConnection, rows: list[dict], key: bytes | Callable[[], bytes]) -> list[dict]:
+    """``rows`` less those of a subject erased after the call began (rows a writer held, in memory
+    or a spill file, while the erase ran in another process or on another replica). One small query
+    per flush. ``key`` (erasure_key) may be a function, called only if something was erased: the
+    writer must not make the key file, which a full disk leaves empty (every flush then failed)."""
     erased = erasures(con)
     if not erased:
         return rows
+    if callable(key):
+        key = key()
 
     def gone(row: dict) -> bool:
         ts = row["ts"] if isinstance(row["ts"], dt.datetime) else dt.datetime.fromisoformat(str(row["ts"]))
