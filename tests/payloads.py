@@ -241,7 +241,7 @@ def _messages(scenario: str, request: dict) -> Reply:
         reply = Reply(events=anthropic_stream(TOOL_USE_START, {"output_tokens": 65}, SONNET,
                                               repeat=200 if "slow" in scenario else 1))
         reply.delay = 0.05 if "slow" in scenario else 0.0
-        reply.die_after = 6 if "die" in scenario else None
+        reply.die_after = 0 if "die_at_start" in scenario else 6 if "die" in scenario else None
         if "no_stop" in scenario:  # the body ends cleanly, but before message_delta and message_stop
             reply.events = reply.events[:-2]
         reply.gated = "gated" in scenario

@@ -114,6 +114,22 @@ def test_anthropic_stream_cut_short_keeps_the_input_it_was_told(proxy, customer)
     assert row["output_tokens"] >= 1
 
 
+def test_an_anthropic_stream_cut_before_message_start_is_estimated_from_the_request_not_zero(proxy, customer, o200k):
+    """Cut after its 200 and before any event: Anthropic ran the request and bills its input, which
+    no event told; the row was $0.00, priced, 0 tokens. Estimated from the request's text now."""
+    client = proxy.anthropic(headers={"x-customer-id": customer, "x-test-scenario": "die_at_start"})
+    system, question = "You answer in one line.", "Say hello to the whole team, please."
+    with pytest.raises(Exception):
+        with client.messages.stream(model="claude-sonnet-4-20250514", max_tokens=100, system=system,
+                                    messages=[{"role": "user", "content": question}]) as stream:
+            stream.until_done()
+    [row] = proxy.rows(customer)
+    assert row["outcome"] == "upstream_failed" and row["usage_source"] == "partial"
+    assert row["input_tokens"] == len(o200k.encode(system)) + len(o200k.encode(question)) > 0
+    assert row["output_tokens"] == 0
+    assert row["cost_usd"] == pytest.approx(row["input_tokens"] * 3 / 1e6, abs=1e-12) and row["cost_usd"] > 0
+
+
 def test_a_stream_that_ends_without_its_terminal_event_is_partial_not_reported(proxy, customer, o200k):
     """message_start says output_tokens 1; the real count came in message_delta, which never did."""
     client = proxy.anthropic(headers={"x-customer-id": customer, "x-test-scenario": "no_stop"})

@@ -193,6 +193,10 @@ def _handler(provider: FakeProvider):
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
             compressor = _GzipStream() if reply.gzip else None
+            if reply.die_after == 0:  # the headers alone
+                self.wfile.flush()
+                self._die()
+                return
             try:
                 for n, piece in enumerate(reply.pieces()):
                     data = compressor.compress(piece) if compressor else piece

@@ -29,6 +29,7 @@ from .base import (
     count,
     loads,
     patterns,
+    texts_in,
     tier_name,
 )
 
@@ -203,8 +204,14 @@ class Anthropic(Provider):
             prompt = (request or {}).get("prompt")
             return TokenUsage(input_tokens=self.counter.count(prompt if isinstance(prompt, str) else "", None),
                               output_tokens=self.counter.count(parser.output_text(), None))
-        seen = parser.observed.usage or TokenUsage()
         estimated_output = self.counter.count(parser.output_text(), None)
+        seen = parser.observed.usage
+        if seen is None:  # cut before message_start: the request's text, as OpenAI's are (was $0, priced)
+            if request is None:
+                return None
+            prompt = texts_in(request.get("system")) + texts_in(request.get("messages"))
+            return TokenUsage(input_tokens=sum(self.counter.count(t, None) for t in prompt),
+                              output_tokens=estimated_output)
         if estimated_output <= seen.output_tokens:
             return seen
         return TokenUsage(input_tokens=seen.input_tokens, cache_read_tokens=seen.cache_read_tokens,
