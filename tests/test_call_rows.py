@@ -917,6 +917,20 @@ def test_an_error_inside_a_claude_stream_is_the_rows_error(providers, book, erro
     assert row["error"] == stored  # named by its event line alone
 
 
+def test_a_claude_stream_refused_before_message_start_costs_nothing_and_one_cut_there_is_estimated(providers, book):
+    """An `error` event first (overloaded): Anthropic bills nothing, the row $0 with the error. Cut
+    before any event: the request's text is estimated (it ran), never $0."""
+    request = {**MESSAGE, "stream": True}
+    refused = [b"event: error\ndata: " + json.dumps({"type": "error", "error": {
+        "type": "overloaded_error", "message": "Overloaded"}}).encode() + b"\n\n"]
+    row = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=refused))
+    assert (row["error"], row["input_tokens"], row["cost_usd"]) == ("overloaded_error", 0, 0)
+    cut = _row(providers, book, "anthropic", "/v1/messages", request, reply=payloads.Reply(events=_claude_stream()),
+               keep=0)
+    assert cut["input_tokens"] == providers["anthropic"].counter.count(CHAT["messages"][0]["content"], None) > 0
+    assert cut["cost_usd"] > 0
+
+
 COMPLETE = {"model": "claude-2", "prompt": "\n\nHuman: Say hello\n\nAssistant:", "max_tokens_to_sample": 20}
 
 

@@ -206,6 +206,8 @@ class Anthropic(Provider):
                               output_tokens=self.counter.count(parser.output_text(), None))
         estimated_output = self.counter.count(parser.output_text(), None)
         seen = parser.observed.usage
+        if seen is None and parser.observed.error is not None:  # refused in the stream (overloaded): billed nothing
+            return TokenUsage()
         if seen is None:  # cut before message_start: the request's text, as OpenAI's are (was $0, priced)
             if request is None:
                 return None
