@@ -39,7 +39,7 @@ from addon.core.periods import hour_start, month_start
 from addon.core.plans import limits_for
 from addon.core.store import budgets as budget_rows
 from addon.core.store import calls as call_rows
-from addon.core.store import connection, owner, shared
+from addon.core.store import connection, owner, remote, shared
 from addon.core.store import keys as key_rows
 from addon.core.store import teams as team_rows
 from addon.estimate import Counter
@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 _META = "aispendtrack"  # flow.metadata key of a call's CallMeter
 _READ_ON_THE_LOOP = 256 * 1024  # request bodies larger than this are read for usage injection off the loop
+
+
+_STOPPED = "the proxy stopped before the call ended"
 
 
 class AiSpendTrack:
@@ -96,6 +99,7 @@ class AiSpendTrack:
             self.state.home = None
             if ctx.options.aispendtrack_worker_dir:  # the parent holds the directory, its owner child the file
                 connection.only_through_owner(home_dir.db_path(self.state.data_home()))
+                remote.bound_answers()
             else:
                 self._claim_home()
             self._load_prices()
@@ -269,8 +273,7 @@ class AiSpendTrack:
         for flow in list(self._in_flight.values()):
             meter: CallMeter | None = flow.metadata.pop(_META, None)
             if meter is not None:
-                meter.finish(flow.response.status_code if flow.response else None, "proxy_stopped",
-                             "the proxy stopped before the call ended")
+                meter.finish(flow.response.status_code if flow.response else None, "proxy_stopped", _STOPPED)
                 meter.hooks_ns = overhead.take(flow)
                 self.submit(meter)
         self._in_flight.clear()
@@ -359,6 +362,9 @@ class AiSpendTrack:
             # The terminal event had passed: the client had everything. Providers often keep the
             # connection a moment longer, and SDKs close theirs at [DONE]; that is no error.
             meter.finish(flow.response.status_code, "completed", None)
+        elif self.state.cutting:
+            meter.finish(flow.response.status_code if flow.response else None, "proxy_stopped", _STOPPED,
+                         flow.response.raw_content if flow.response else None)
         elif client_gone or (flow.response is not None and flow.response.stream):
             # The answer had started to reach the client, or nobody is listening.
             status = flow.response.status_code if flow.response else None
@@ -415,7 +421,7 @@ def make_addons() -> list:
     # Forward first: its TLS hook decides which tunnels are opened, and ConnectionBounds reads that.
     # Every flow hook timed: each row says what the proxy added to its call (addon/overhead.py).
     return overhead.instrument([Forward(state), ConnectionBounds(), Gate(state), Quotas(state),
-                                realtime.RealtimeSessions(meter.submit), meter])
+                                realtime.RealtimeSessions(meter.submit, state), meter])
 
 
 addons = make_addons()

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_HEADER_BYTES = 64 * 1024  # twice what the providers' own front ends accept (32 KB)
 RETRY_AFTER_S = 1
+_AFTER_STOP = "aispendtrack.after_stop"  # flow.metadata: its request began once the proxy was stopping
 _FDS_KEPT = 64  # for the database, spill files, the web port and logs
 
 
@@ -141,6 +142,10 @@ class ConnectionBounds:
         self._in_flight: dict[str, int] = {}  # client id -> calls under way (several with HTTP/2)
         # client id -> {"" (the next request) or a flow id (its body): (deadline, what)}
         self._deadlines: dict[str, dict[str, tuple[float, str]]] = {}
+        # Set by a stop (cli/proxy.py): a request begun after it, on a connection kept alive, is
+        # answered 503 and the connection closed; one begun before is served (the drain waits for it).
+        self.stopping = False
+        self.answered: set[str] = set()  # client ids whose latest request's response hook ran (_Stop)
         self._over = BurstLog("refused connections over the limit")
         self._slow = BurstLog("closed connections that sent no complete request in time")
         self._ticker: asyncio.Task | None = None
@@ -195,6 +200,7 @@ class ConnectionBounds:
         self._refusing.discard(client.id)
         self._deadlines.pop(client.id, None)
         self._in_flight.pop(client.id, None)
+        self.answered.discard(client.id)
 
     def tls_clienthello(self, data) -> None:
         """A tunnel the forward mode does not open (forward.py, whose hook runs first) carries another
@@ -203,7 +209,10 @@ class ConnectionBounds:
             self._deadlines.pop(data.context.client.id, None)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if self.stopping:
+            flow.metadata[_AFTER_STOP] = True
         client_id = flow.client_conn.id
+        self.answered.discard(client_id)
         self._in_flight[client_id] = self._in_flight.get(client_id, 0) + 1
         deadlines = self._deadlines.setdefault(client_id, {})
         # The request's clock started when the connection began to wait for it (HTTP/1, and a first
@@ -214,11 +223,27 @@ class ConnectionBounds:
     def request(self, flow: http.HTTPFlow) -> None:
         client_id = flow.client_conn.id
         self._deadlines.get(client_id, {}).pop(flow.id, None)  # in flight: the upstream timeout applies
-        if client_id in self._refusing and flow.response is None:
-            flow.response = http.Response.make(503, _busy_body(self.max_connections), {
-                "content-type": "application/json", "retry-after": str(RETRY_AFTER_S), "connection": "close"})
+        if flow.response is not None:
+            return
+        if client_id in self._refusing:
+            body = _busy_body(self.max_connections)
+        elif flow.metadata.get(_AFTER_STOP):  # forwarded now, it would be billed and then cut at the drain's end
+            body = _error_body("aispendtrack_stopping", "AiSpendTrack is stopping and takes no new call on this "
+                                                        "connection; retry (another replica, or this one once "
+                                                        "restarted). The call was not forwarded.")
+        else:
+            return
+        flow.response = http.Response.make(503, body, {
+            "content-type": "application/json", "retry-after": str(RETRY_AFTER_S), "connection": "close"})
+
+    def requests_under_way(self) -> int:
+        """Requests whose headers came and whose response hook has not run: those still sending their
+        body too, which a stop's drain waits for as it does for the calls forwarded."""
+        return sum(self._in_flight.values())
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None:  # a websocket's frames go on long after: not an answer to send out
+            self.answered.add(flow.client_conn.id)
         self._next_request(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -258,8 +283,13 @@ class ConnectionBounds:
 
 
 def _busy_body(max_connections: int) -> bytes:
+    return _error_body("aispendtrack_over_capacity",
+                       f"AiSpendTrack is serving its maximum of {max_connections} connections at once; retry in "
+                       f"{RETRY_AFTER_S} s. An operator can raise --max-connections or the file descriptor limit "
+                       f"(ulimit -n).")
+
+
+def _error_body(code: str, message: str) -> bytes:
     """In both SDK families' error shapes at once: OpenAI's reads error.message, Anthropic's type and error."""
-    message = (f"AiSpendTrack is serving its maximum of {max_connections} connections at once; retry in "
-               f"{RETRY_AFTER_S} s. An operator can raise --max-connections or the file descriptor limit (ulimit -n).")
-    return json.dumps({"type": "error", "error": {"type": "overloaded_error", "code": "aispendtrack_over_capacity",
+    return json.dumps({"type": "error", "error": {"type": "overloaded_error", "code": code,
                                                   "message": message}}).encode()

@@ -28,6 +28,7 @@ from .meter import CallMeter
 from .providers import Observed, StreamParser
 from .providers import openai_realtime as wire
 from .providers.base import InvalidUsage
+from .state import ProxyState
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +173,8 @@ def is_session(handshake: CallMeter) -> bool:
 class RealtimeSessions:
     """The addon: reads the frames of upgraded realtime calls; ``submit`` stores a finished meter."""
 
-    def __init__(self, submit: Callable[[CallMeter], None]) -> None:
-        self.submit = submit
+    def __init__(self, submit: Callable[[CallMeter], None], state: ProxyState | None = None) -> None:
+        self.submit, self.state = submit, state
         self._open: dict[str, RealtimeSession] = {}  # by flow id: the sessions still connected
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
@@ -210,7 +211,11 @@ class RealtimeSessions:
         ws = flow.websocket
         if session is None or ws is None:
             return
-        for n, meter in enumerate(session.closed(ws.closed_by_client, ws.close_code)):
+        if self.state is not None and self.state.cutting:  # closed by a stop, not by either end
+            meters = session.cut("proxy_stopped", "the proxy stopped before response.done")
+        else:
+            meters = session.closed(ws.closed_by_client, ws.close_code)
+        for n, meter in enumerate(meters):
             meter.hooks_ns = overhead.take(flow) if n == 0 else None  # the frames timed once
             self.submit(meter)
 

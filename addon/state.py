@@ -48,6 +48,9 @@ class ProxyState:
     home: Path | None = None
     # Shared mode only (shared_counters.py): limits and budgets over all replicas.
     counters: SharedCounters | None = None
+    # A stop closes the client connections (cli/proxy.py): the calls and realtime sessions they
+    # carried were cut by it, not by their clients leaving.
+    cutting: bool = False
 
     def data_home(self) -> Path:
         """The data directory, from the aispendtrack_home option (resolved once)."""

@@ -143,8 +143,10 @@ class Writer(threading.Thread):
                 log.warning("cannot share budget spend (%s: %s); each replica counts its own until it can",
                             type(exc).__name__, first_line(exc, 200))
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Flush everything; whatever the database will not take now goes to a spill file."""
+    def stop(self, timeout: float = 12.0) -> None:
+        """Flush everything; whatever the database will not take now goes to a spill file. ``timeout``:
+        for the writer thread's cycle under way, past a worker's bound on its owner's answers
+        (remote.WORKER_ANSWER_S), so that two cycles never run at once."""
         self._stopping.set()
         if self.is_alive():
             self.join(timeout)
@@ -183,7 +185,7 @@ class Writer(threading.Thread):
             self._failing_since, self._warned, self._last_warning = None, False, -1e9
         except Exception as exc:  # locked, read-only, disk full, storage away...: keep the rows, try again
             self._uncertain = True
-            self._on_failure(exc)
+            self._on_failure(exc, started)
 
     def _refresh(self, con) -> None:
         try:
@@ -196,14 +198,16 @@ class Writer(threading.Thread):
     def _store(self, con, rows: list[dict], skip_existing: bool = False) -> None:
         """Insert ``rows`` and empty the list. Rows the table refuses go to quarantine; a failure of
         the database itself raises, leaving the rows not yet stored in the list."""
-        if self.settle is not None:
-            self._held += self.settle(con, rows)
         # Rows of a subject erased since their call began are not stored: those this process (or a
         # replica) held in memory or in a spill file while the erase ran, which it could not reach.
+        # Before a batch's are settled: settling records the batch with its creator's tags, which its
+        # results' rows, made after the erase, would have taken.
         kept = subjects.without_erased(con, rows, lambda: self._key_of_erasures(con))
         if len(kept) < len(rows):
             log.info("dropped %d unwritten rows of an erased customer or key", len(rows) - len(kept))
             rows[:] = kept
+        if self.settle is not None:
+            self._held += self.settle(con, rows)
         try:
             self.rows_written += calls.insert(con, rows, skip_existing)
         except _ROW_ERRORS:
@@ -250,9 +254,10 @@ class Writer(threading.Thread):
             built = self.build_row(item)
             self._pending.extend(built if isinstance(built, list) else [built])
 
-    def _on_failure(self, exc: Exception) -> None:
+    def _on_failure(self, exc: Exception, started: float) -> None:
         now = time.monotonic()
-        self._failing_since = self._failing_since or now
+        # From the attempt's start: an owner that does not answer takes remote.WORKER_ANSWER_S to say so.
+        self._failing_since = self._failing_since or started
         waited = now - self._failing_since
         # Rows wait in memory for a file a reader holds a moment (that is how it is shared). Any other
         # failure (PostgreSQL or the lake away, a worker's owner restarting) may last, and meanwhile

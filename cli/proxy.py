@@ -260,30 +260,88 @@ def _master(opts):
 
 class _Stop:
     """SIGTERM or SIGINT: stop accepting (a load balancer's health check fails, and the kernel sends
-    a worker's new connections to the others), give the calls in flight up to --drain-s to finish,
+    a worker's new connections to the others), give the calls under way up to --drain-s to finish,
     then stop, recording those still open as cut. They were all cut at once: clients got a reset
-    for a call the provider went on to bill. A second signal stops at once."""
+    for a call the provider went on to bill. A second signal stops at once.
+
+    Under way: requests whose headers came (their body may still be arriving), calls forwarded, and
+    answers not yet handed to the kernel (mitmproxy runs the response hook before it writes a body:
+    an 8 MiB answer to a slow reader was cut, its row saying completed). A request begun on a kept
+    connection once stopping is answered 503 (ConnectionBounds): forwarded, it was billed, then cut.
+    Not seen: an HTTP/2 answer mitmproxy holds back for the client's flow-control window (in its h2
+    connection, not the transport), which a slow HTTP/2 reader may still be cut short of."""
 
     def __init__(self, master, opts) -> None:
         self.master, self.opts = master, opts
         self.draining: asyncio.Task | None = None
 
     def asked(self) -> None:
-        seconds = self.opts.aispendtrack_drain_s
-        addon = self.master.addons.get("aispendtrack")
-        if self.draining is not None or seconds <= 0 or addon is None or not addon.calls_in_flight():
-            self.master.shutdown()
-            return
-        log.info("stopping: no new connections; waiting up to %d s for %d calls in flight (again to stop at once)",
-                 seconds, addon.calls_in_flight())
-        self.opts.update(server=False)  # the listening sockets close; open connections go on
-        self.draining = asyncio.get_running_loop().create_task(self._drain(addon, seconds))
-
-    async def _drain(self, addon, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while addon.calls_in_flight() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        try:
+            if self.draining is not None:  # the second signal
+                self._cut_connections()
+            elif self.opts.aispendtrack_drain_s > 0 and (under_way := self._under_way()):
+                self._start_drain(under_way)
+                return
+        except Exception:  # mitmproxy's internals read here changed shape: stop, as before the drain
+            log.exception("could not drain the calls under way; stopping now")
         self.master.shutdown()
+
+    def _start_drain(self, under_way: int) -> None:
+        seconds = self.opts.aispendtrack_drain_s
+        log.info("stopping: no new connections; waiting up to %d s for %d calls under way (again to stop at once)",
+                 seconds, under_way)
+        bounds = self.master.addons.get("connectionbounds")
+        if bounds is not None:
+            bounds.stopping = True
+        self.opts.update(server=False)  # the listening sockets close; open connections go on
+        self.draining = asyncio.get_running_loop().create_task(self._drain(seconds))
+
+    async def _drain(self, seconds: float) -> None:
+        try:
+            deadline, quiet = time.monotonic() + seconds, 0
+            # Twice idle in a row: a response hook's bytes are written a moment after it ran.
+            while quiet < 2 and time.monotonic() < deadline:
+                quiet = 0 if self._under_way() else quiet + 1
+                await asyncio.sleep(0.05)
+            self._cut_connections()
+            await asyncio.sleep(0.1)  # their error hooks run: each call's row says it was cut
+        except Exception:
+            log.exception("could not drain the calls under way; stopping now")
+        finally:
+            self.master.shutdown()
+
+    def _under_way(self) -> int:
+        addon, bounds = self.master.addons.get("aispendtrack"), self.master.addons.get("connectionbounds")
+        # Bytes unsent only to a client just answered: a tunnel to another host, or a websocket, may
+        # keep some buffered for as long as it lives.
+        answered = bounds.answered if bounds is not None else set()
+        return ((addon.calls_in_flight() if addon is not None else 0)
+                + (bounds.requests_under_way() if bounds is not None else 0)
+                + sum(1 for client, transport in _client_transports(self.master)
+                      if client in answered and transport.get_write_buffer_size()))
+
+    def _cut_connections(self) -> None:
+        """Every client connection closed before the shutdown: mitmproxy goes on serving them while the
+        addons' done hooks run, so a call finishing then reached the client whole after its row had
+        been stored as cut (and, at $0.00002 estimated, for a call the provider billed)."""
+        addon = self.master.addons.get("aispendtrack")
+        if addon is not None:
+            addon.state.cutting = True  # the calls' rows say the proxy stopped, not that their clients left
+        for _, transport in _client_transports(self.master):
+            transport.abort()
+
+
+def _client_transports(master) -> list[tuple[str, asyncio.WriteTransport]]:
+    """(client id, asyncio transport) of the TCP client connections mitmproxy serves (its proxyserver's
+    handlers); a UDP one (QUIC) has a stream of mitmproxy_rs instead, no transport."""
+    server = master.addons.get("proxyserver")
+    found = []
+    for handler in list(getattr(server, "connections", {}).values()):
+        io = handler.transports.get(handler.client)
+        transport = getattr(io.writer, "transport", None) if io is not None and io.writer is not None else None
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            found.append((handler.client.id, transport))
+    return found
 
 
 class _Running:

@@ -39,7 +39,7 @@ log = logging.getLogger("aispendtrack.workers")
 MAX_DEFAULT_WORKERS = 8  # past this the PostgreSQL connections (~6 a worker) and lake commits cost more
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # this process's cgroup's CPU quota, as a container sees it
 WORKERS_DIR = home_dir.WORKERS_DIR
-STOP_WAIT_S = 30.0  # a worker's own stop (in-flight calls recorded, rows flushed) takes a few seconds
+STOP_WAIT_S = 30.0  # a worker's own stop (in-flight calls recorded, rows flushed) takes a few seconds, after its drain
 BACKOFF_S = (0.5, 1, 2, 5, 10, 30)  # before each further restart of a slot whose workers keep dying
 STABLE_S = 60.0  # a worker that served this long resets its slot's backoff
 METRICS_READ_S = 5.0  # how often the parent reads the workers' counters, so a kill -9 loses little
@@ -122,7 +122,9 @@ class Supervisor:
         self.workers: dict[int, Worker] = {}
         self.deaths: dict[int, int] = {}  # slot -> consecutive deaths, for the backoff
         self.restart_at: dict[int, float] = {}
-        self.stopping = threading.Event()
+        # Signals counted, not an Event set in the handler: a handler runs between two bytecodes of
+        # the main thread, which may hold the Event's lock then (inside its wait): set() would deadlock.
+        self.signals = 0
         self.owner: Worker | None = None  # embedded: the child that holds the data file
         self.owner_deaths = 0
         self.owner_restart_at = 0.0
@@ -142,7 +144,7 @@ class Supervisor:
     def run(self) -> int:
         """Until SIGTERM or SIGINT (exit 0), or a worker that fails at the first start (its exit code)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stopping.set())
+            signal.signal(sig, self._asked_to_stop)
         # Rows an earlier run spilled and no worker of this one would replay (a lone proxy's, or a slot
         # past this count): to slot 0, whose worker replays them.
         if moved := home_dir.gather_spills(self.home, home_dir.spill_dir(self.home, 0)):
@@ -158,10 +160,25 @@ class Supervisor:
         self._stop_all()
         return code
 
+    def _asked_to_stop(self, *_) -> None:
+        """The first signal: each worker drains (_stop_all). A second: passed on, so that each stops at
+        once, as a lone proxy does (it waited for the whole drain)."""
+        self.signals += 1
+        if self.signals == 1:
+            return
+        for worker in list(self.workers.values()):
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+
+    def _stop_asked(self, within: float) -> bool:
+        if not self.signals:
+            time.sleep(within)
+        return self.signals > 0
+
     def _watch(self) -> int:
         next_read = time.monotonic() + METRICS_READ_S
         announced = False
-        while not self.stopping.wait(0.1):
+        while not self._stop_asked(0.1):
             if self.embedded:
                 self._check_owner()
             for slot in range(self.count):
@@ -214,7 +231,7 @@ class Supervisor:
         self.owner = self._spawn_owner(seed=True)
         while not self.owner.poll_ready():
             code = self.owner.process.poll()
-            if code is not None or self.stopping.wait(0.1):
+            if code is not None or self._stop_asked(0.1):
                 if code is None:
                     return 0
                 log.error("the owner of the data (pid %d) exited at start (%s)", self.owner.process.pid, _how(code))
@@ -263,8 +280,11 @@ class Supervisor:
     def _child(code: str, config: dict, write_end: int, *shared: int) -> subprocess.Popen:
         """A child reading ``config`` on standard input, kept open: its end tells the child the parent is
         gone. ``write_end`` (its ready pipe) is the child's alone from now; ``shared`` stay open here too."""
+        # A process group of its own: Ctrl-C in a terminal signals the foreground group, and a worker
+        # that got it beside the parent's SIGTERM took the two for "stop at once", skipping its
+        # drain, while the owner closed the file under the workers' last rows. The parent tells each.
         process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                   pass_fds=(write_end, *shared), cwd=os.getcwd())
+                                   pass_fds=(write_end, *shared), cwd=os.getcwd(), process_group=0)
         os.close(write_end)
         assert process.stdin is not None
         process.stdin.write(json.dumps(config).encode() + b"\n")
@@ -290,16 +310,18 @@ class Supervisor:
     def _stop_all(self) -> None:
         """Each worker stops as a lone proxy does on SIGTERM: stops accepting, records the calls in
         flight and flushes its rows. One that takes longer than STOP_WAIT_S is killed, and said so."""
-        for worker in self.workers.values():
+        for worker in list(self.workers.values()):
             if worker.process.poll() is None:
                 worker.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_WAIT_S
-        for worker in self.workers.values():
+        # Its drain first (--drain-s, up to 600 s): a fixed 30 s killed workers draining for 40.
+        wait = self.addon_options.get("aispendtrack_drain_s", 0) + STOP_WAIT_S
+        deadline = time.monotonic() + wait
+        for worker in list(self.workers.values()):
             try:
                 worker.process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.error("worker %d (pid %d) did not stop within %g s; killed (its unwritten rows wait in its "
-                          "spill directory only if it spilled them)", worker.slot, worker.process.pid, STOP_WAIT_S)
+                          "spill directory only if it spilled them)", worker.slot, worker.process.pid, wait)
                 worker.process.kill()
                 worker.process.wait()
             worker.close()

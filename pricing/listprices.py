@@ -29,7 +29,7 @@ _PROBES = {
     "cache_write_1h_tokens": TokenUsage(cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000),
     "output_tokens": TokenUsage(output_tokens=1_000_000),
     "web_search_requests": TokenUsage(web_search_requests=1_000_000),
-    # A subset's rate is what it adds on top of its parent's (see _linear_rates).
+    # A subset's rate is what it adds on top of its parent's (see _own_cost).
     "input_audio_tokens": TokenUsage(input_tokens=1_000_000, input_audio_tokens=1_000_000),
     "input_image_tokens": TokenUsage(input_tokens=1_000_000, input_image_tokens=1_000_000),
     "output_audio_tokens": TokenUsage(output_tokens=1_000_000, output_audio_tokens=1_000_000),

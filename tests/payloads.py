@@ -125,6 +125,10 @@ def _chat(scenario: str, request: dict) -> Reply:
         reply.die_after = 4 if "die" in scenario else None
         reply.split = 7 if "split" in scenario else None
         return reply
+    if scenario.startswith("big_json:"):  # an answer of that many MiB, read in full only by a patient client
+        body = _chat_body("gpt-4o", USAGE_CACHED)
+        body["choices"][0]["message"]["content"] = "x" * (int(scenario.split(":")[1]) * 1024 * 1024)
+        return _json(body)
     if scenario == "cached":
         return _json(_chat_body("gpt-4o", USAGE_CACHED))
     if scenario == "legacy":

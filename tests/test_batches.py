@@ -264,6 +264,22 @@ def test_gdpr_export_lists_a_customers_batches_and_delete_leaves_them_nameless(p
     assert usage_rows(proxy, ("after-erase",), calls=2) == []
 
 
+def test_a_batch_its_creator_is_erased_while_its_calls_wait_unwritten_never_brings_them_back(tmp_path, fake):
+    """The batch's calls were still in the writer's memory when `gdpr delete` ran: their rows were
+    dropped as they landed, but the batch was recorded first, with its creator's tags, and the rows
+    of its results, downloaded after the erase, took them: the customer back in the calls."""
+    home = tmp_path / "home"
+    proxy = start_proxy(home, fake.url, tmp_path / "proxy.log", flush_ms=30_000)
+    try:
+        batch_id = ended_batch(proxy.anthropic(headers=tags("erased-creator")), fake, ["short-0", "failed-1"])
+        run_cli(home, "gdpr", "delete", "--customer", "erased-creator", "--yes")
+        list(proxy.anthropic(headers=tags("downloader")).messages.batches.results(batch_id))
+    finally:
+        proxy.stop()  # every row written or spilled
+    assert "Nothing is stored about customer erased-creator." in run_cli(home, "gdpr", "export", "--customer",
+                                                                          "erased-creator")
+
+
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):

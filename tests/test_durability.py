@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -214,3 +216,82 @@ def test_sigterm_lets_a_call_in_flight_finish_and_takes_no_new_connection(tmp_pa
         proxy.stop()
     [row] = [r for r in json.loads(run_cli(proxy.home, "calls", "--format", "json")) if r["customer_id"] == "drained"]
     assert (row["outcome"], row["usage_source"], row["priced"]) == ("completed", "reported", True)
+
+
+def _raw_request(proxy, scenario: str, customer: str) -> socket.socket:
+    """A chat call sent on a plain socket (read as slowly as the test likes), keep-alive."""
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", int(proxy.url.rsplit(":", 1)[1])), timeout=30)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                 b"authorization: Bearer sk-test\r\n" + f"x-aispendtrack-key: {proxy.key}\r\n"
+                 f"x-customer-id: {customer}\r\nx-test-scenario: {scenario}\r\n"
+                 f"content-length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def _read_answer(sock: socket.socket, pace: float = 0.0) -> tuple[bytes, bytes]:
+    """(head, body) of one HTTP/1.1 answer with a content-length, read 64 KiB at a time, ``pace`` s apart."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536) or b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE).group(1))
+    while len(body) < length:
+        part = sock.recv(65536)
+        if not part:
+            break
+        body += part
+        time.sleep(pace)
+    return head, body
+
+
+def test_sigterm_waits_until_a_slow_reader_has_the_whole_answer(tmp_path, upstream):
+    """mitmproxy runs the response hook before it writes the body: a stop counted an 8 MiB answer as
+    done while most of it waited for a slow client, which got 5.7 of 8.4 MB and a reset, and the row
+    said completed. The drain now waits until the answer is handed to the kernel."""
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", extra_args=("--drain-s", "30"))
+    try:
+        sock = _raw_request(proxy, "big_json:8", "slow-reader")
+        sock.recv(1, socket.MSG_PEEK)  # the answer has begun to come
+        proxy.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        _, body = _read_answer(sock, pace=0.02)  # ~3 MB/s
+        assert proxy.process.wait(30) == 0
+    finally:
+        proxy.stop()
+    answer = json.loads(body)
+    assert len(answer["choices"][0]["message"]["content"]) == 8 * 1024 * 1024
+    [row] = [r for r in json.loads(run_cli(proxy.home, "calls", "--format", "json"))
+             if r["customer_id"] == "slow-reader"]
+    assert (row["outcome"], row["usage_source"], row["priced"]) == ("completed", "reported", True)
+
+
+def test_a_request_begun_on_a_kept_connection_while_stopping_gets_a_503_and_is_not_forwarded(tmp_path, upstream):
+    """During the drain, a client on a connection kept alive went on sending calls: each was forwarded
+    (billed), then cut at the drain's end. Now answered 503 (retry elsewhere), the connection closed."""
+    proxy = start_proxy(tmp_path / "home", upstream.url, tmp_path / "proxy.log", extra_args=("--drain-s", "20"))
+    try:
+        kept = _raw_request(proxy, "", "kept-alive")
+        head, _ = _read_answer(kept)
+        assert head.startswith(b"HTTP/1.1 200")
+        stream = proxy.openai(headers={"x-test-scenario": "paced", "x-customer-id": "holding"}).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True)
+        next(iter(stream))  # under way for ~7 s: the drain waits for it
+        proxy.process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        forwarded = len(upstream.received)
+        kept.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                     + f"x-aispendtrack-key: {proxy.key}\r\nx-customer-id: after-stop\r\ncontent-length: 2\r\n"
+                       f"\r\n{{}}".encode())
+        head, body = _read_answer(kept)
+        assert head.startswith(b"HTTP/1.1 503") and b"connection: close" in head.lower()
+        assert json.loads(body)["error"]["code"] == "aispendtrack_stopping"
+        assert kept.recv(1) == b""  # closed
+        assert len(upstream.received) == forwarded  # never reached the provider
+        list(stream)
+        assert proxy.process.wait(30) == 0
+    finally:
+        proxy.stop()
+    stored = {r["customer_id"] for r in json.loads(run_cli(proxy.home, "calls", "--format", "json"))}
+    assert stored == {"kept-alive", "holding"}

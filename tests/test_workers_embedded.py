@@ -8,6 +8,7 @@ DuckDB file; the helpers are tests/test_workers.py's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -208,6 +209,51 @@ def test_sigterm_stores_every_completed_call_of_every_embedded_worker(tmp_path, 
     assert not list((home / "workers").glob("*/spill/*.jsonl"))  # stored through the owner, not spilled
 
 
+def _paced_stream(proxy, customer: str):
+    """A stream under way (its first chunk read), whose events come every 0.5 s for ~7 s."""
+    client = proxy.openai(headers={"x-test-scenario": "paced", "x-customer-id": customer})
+    stream = client.chat.completions.create(**CHAT, stream=True, stream_options={"include_usage": True})
+    return stream, [next(iter(stream))]
+
+
+def test_ctrl_c_in_a_terminal_lets_every_workers_calls_finish_before_the_stop(tmp_path, upstream):
+    """Ctrl-C signals the terminal's whole process group: each worker got it beside the parent's
+    SIGTERM, took the two for "stop at once" and cut its calls, and the owner closed the file under
+    their last rows (probe: calls needing 2 s cut 0.04 s after the signal). The children have a
+    group of their own now: the parent alone is told, and it tells each in turn."""
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--drain-s", "20", run_under=("setsid",))
+    try:
+        stream, chunks = _paced_stream(proxy, "ctrl-c")
+        os.killpg(proxy.process.pid, signal.SIGINT)  # setsid: the proxy leads its own group, as a shell's job
+        chunks += list(stream)
+        assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0  # the whole answer
+        assert proxy.process.wait(60) == 0
+    finally:
+        proxy.stop()
+    [row] = rows_tagged(home, "ctrl-c")
+    assert (row["outcome"], row["usage_source"], row["priced"]) == ("completed", "reported", True)
+
+
+def test_a_second_sigterm_stops_every_worker_at_once(tmp_path, upstream):
+    """As a lone proxy does: the first signal drains, a second cuts the calls still in flight (the
+    parent passed on only the first, so its workers drained for the whole --drain-s)."""
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--drain-s", "60")
+    try:
+        stream, _ = _paced_stream(proxy, "twice")
+        proxy.process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        proxy.process.send_signal(signal.SIGTERM)
+        with pytest.raises(openai.APIError):  # cut, not waited for
+            list(stream)
+        assert proxy.process.wait(30) == 0
+    finally:
+        proxy.stop()
+    [row] = rows_tagged(home, "twice")
+    assert row["outcome"] == "proxy_stopped"
+
+
 def test_a_parent_killed_with_kill_9_loses_no_completed_call_and_stores_none_twice(tmp_path, upstream):
     home = tmp_path / "home"
     proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, "--flush-ms", "5000")
@@ -266,6 +312,37 @@ def test_the_owner_killed_with_kill_9_is_replaced_while_the_workers_proxy_and_ev
     finally:
         api.close()
         assert stop(proxy) == 0
+
+
+def test_a_hung_owner_neither_holds_the_workers_rows_for_good_nor_loses_them_at_a_stop(tmp_path, upstream):
+    """An owner that stops answering without dying (here SIGSTOP; a deadlock, a hung disk): the
+    workers waited on its socket for good, their rows neither stored nor spilled, and a stop killed
+    them with every row (probe: 711 calls answered, no row). A question unanswered within
+    remote.WORKER_ANSWER_S now takes it for away: the rows spill, and the next start stores them."""
+    home = tmp_path / "home"
+    proxy = start_workers(home, upstream.url, tmp_path / "proxy.log", 2, flush_ms=200)
+    owner = owner_pid(proxy)
+    os.kill(owner, signal.SIGSTOP)
+    try:
+        answered = asyncio.run(_calls(proxy, 20, 4, "hung-"))  # admission needs no owner
+        assert len(answered) == 20 and "429" not in answered
+        proxy.process.send_signal(signal.SIGTERM)
+        # The workers' stops (~25 s: a bounded wait on the owner, then a spill), then the parent kills
+        # the owner it cannot stop (30 s).
+        assert proxy.process.wait(150) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(owner, signal.SIGCONT)
+        proxy.stop()
+    log_text = proxy.log_path.read_text()
+    assert "did not answer within" in log_text
+    assert not re.search(r"worker \d+ \(pid \d+\) did not stop within", log_text), log_text  # none killed
+    again = start_proxy(home, upstream.url, tmp_path / "again.log")
+    try:
+        wait_for(lambda: len(rows_tagged(home, "hung-")) >= 20, 30, "the spilled rows were not stored")
+        assert sorted(r["customer_id"] for r in rows_tagged(home, "hung-")) == sorted(f"hung-{i}" for i in range(20))
+    finally:
+        again.stop()
 
 
 def test_the_owner_fetches_the_list_prices_once_for_the_host_and_every_worker_prices_with_them(tmp_path, upstream):

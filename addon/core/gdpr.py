@@ -66,8 +66,8 @@ def erase(db: Path, spill_dir: Path, subject: Subject) -> dict[str, int]:
         audit.record(con, "gdpr.erase", f"{subject.kind}:{ERASED}", None, {k: v for k, v in counts.items()})
         # Under the write lock the proxy cannot replay spill files, so none is half-read by it now.
         counts["pending_calls"], counts["unreadable_spill_files"] = _scrub_spills(spill_dir, subject)
-        # The proxy drops the subject's metric series; in the shared mode other replicas drop the
-        # rows they still hold when those land.
+        # The proxy drops the subject's metric series, and every writer (this host's, other
+        # replicas') the rows it still holds when those land.
         subjects.record_erasure(con, subject, subjects.erasure_key(con, db.parent))
         if is_shared(con):
             counts["lake_files"] = lake.scrub(con)

@@ -23,7 +23,7 @@ from typing import cast
 import duckdb
 
 from . import encryption, lake, migrated, migrations, owner, remote, shared
-from .errors import StoreBusy, StoreError
+from .errors import OwnerAway, StoreBusy, StoreError
 from .transaction import transaction
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,6 @@ class ReadTooLong(RuntimeError):
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
     text = str(exc).lower()
     return "lock" in text and ("conflicting" in text or "could not set" in text)
-
-
-class OwnerAway(StoreBusy):
-    """A file this process reaches only through its owner, whose socket does not answer now."""
 
 
 def only_through_owner(path: Path) -> None:

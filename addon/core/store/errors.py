@@ -7,3 +7,7 @@ class StoreError(RuntimeError):
 
 class StoreBusy(StoreError):
     """The file stayed locked by another process (or its owner's other work) longer than we were willing to wait."""
+
+
+class OwnerAway(StoreBusy):
+    """A file this process reaches only through its owner, whose socket does not answer now."""

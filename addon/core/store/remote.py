@@ -31,13 +31,22 @@ from typing import Any
 
 import duckdb
 
-from .errors import StoreError
+from .errors import OwnerAway, StoreError
 
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "owner.sock"
 _HEADER = struct.Struct("!I")
 _MAX_FRAME = 1 << 31
+# A worker of `proxy --workers N` (only_through_owner) takes an owner that has not answered a
+# question (or taken a connection: a full backlog) within this many seconds for away (OwnerAway): a
+# stopped or hung owner answers never, and the worker's writer waited for good, holding its rows
+# (neither stored nor spilled; at a stop, killed with them). A false alarm costs nothing: the rows
+# spill and are replayed, each id once. The CLI waits as long as its query runs (an export takes
+# minutes). 10 s: a worker's stop (its writer's last flush, then a spill) must end within the 30 s
+# its parent gives it after the drain.
+WORKER_ANSWER_S = 10.0
+ANSWER_WITHIN_S: float | None = None  # WORKER_ANSWER_S in a worker (bound_answers)
 _FETCH_ROWS = 10_000  # rows a fetchall brings per round trip: memory stays bounded on both ends
 # What a frame may build: the values DuckDB takes and returns, nothing callable.
 _ALLOWED = {("datetime", n) for n in ("datetime", "date", "time", "timedelta", "timezone")} | {
@@ -103,25 +112,44 @@ def _peer_uid(sock: socket.socket) -> int:
 # --- the client -------------------------------------------------------------------------------
 
 
+def bound_answers() -> None:
+    """This process is a worker: its questions to the owner are answered within WORKER_ANSWER_S."""
+    global ANSWER_WITHIN_S
+    ANSWER_WITHIN_S = WORKER_ANSWER_S
+
+
 class RemoteConnection:
     """A cursor of the owner, used from another process (see the module's docstring)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self._sock_timeout = 0.0
+        self._timed_out = False
         self.description: list[tuple] | None = None
         self._rows: list[tuple] = []  # fetched but not yet handed out
         self._more = False  # the owner holds more rows of the last result
 
     def _ask(self, *request: object, fds: list[int] | None = None) -> Any:
+        if self._timed_out:  # the same session asked again (a cycle's key refresh after its rows)
+            raise OwnerAway("the owner of the data did not answer this session's last question; not asked again")
         try:
             _send(self._sock, request, fds)
             (status, value), _ = _receive(self._sock)
+        except TimeoutError:
+            self._sock.close()  # a late answer must never be read as the next question's
+            self._timed_out = True
+            raise OwnerAway(f"the owner of the data did not answer within {self._sock_timeout:g} s (stopped or "
+                            f"hung?); rows wait in the spill directory") from None
         except (EOFError, ConnectionError) as exc:  # click said only "Aborted!" of an EOFError
             raise StoreError(f"the proxy's owner of the data stopped answering mid-request ({type(exc).__name__}; "
                              "killed or restarting?); run the command again") from None
         if status == "error":
             raise _rebuilt(*value)
         return value
+
+    def bound(self, seconds: float) -> None:
+        self._sock_timeout = seconds
+        self._sock.settimeout(seconds)
 
     def execute(self, sql: str, parameters: object = None) -> RemoteConnection:
         self.description, self._more = self._ask("execute", sql, parameters)
@@ -224,7 +252,11 @@ def session(home: Path, timeout: float, alone: bool = False,
         return
     con = RemoteConnection(sock)
     try:
+        if ANSWER_WITHIN_S is not None:  # the owner answers the open once the file is free, or busy
+            con.bound(timeout + ANSWER_WITHIN_S)
         con._ask("open", {"timeout": timeout, "alone": alone, "time_limit": time_limit})
+        if ANSWER_WITHIN_S is not None:
+            con.bound(ANSWER_WITHIN_S)
         yield con
     finally:
         con.close()
@@ -237,8 +269,13 @@ def _connect(path: Path) -> socket.socket | None:
         return None
     _check_file(path, found)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(ANSWER_WITHIN_S)  # an owner that accepts no more blocks a connect for good
     try:
         sock.connect(str(path))
+    except TimeoutError:
+        sock.close()
+        raise OwnerAway(f"the owner of the data took no connection within {ANSWER_WITHIN_S:g} s (stopped or "
+                        f"hung?); rows wait in the spill directory") from None
     except OSError:  # ECONNREFUSED: a proxy killed with kill -9 left its socket; nobody owns the file
         sock.close()
         return None

@@ -397,7 +397,7 @@ def _attach(cfg: SharedConfig, control: ControlConnection) -> duckdb.DuckDBPyCon
         _use_lake(con)
         # The Parquet footers read once per file, not at every scan: DuckLake never rewrites a data
         # file in place (new files get new names), so a cached footer cannot go stale. A total over
-        # a range cutting a day scans three tiers' files: 167 -> 114 ms (docs/benchmarks.md).
+        # a range cutting a day scans three tiers' files: 127 -> 112 ms at 10M calls (docs/benchmarks.md).
         con.execute("SET parquet_metadata_cache = true")
         shared_schema.ensure_lake(con, control)
         return con
