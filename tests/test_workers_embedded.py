@@ -263,7 +263,10 @@ def test_a_parent_killed_with_kill_9_loses_no_completed_call_and_stores_none_twi
     proxy.process.wait(10)
     # The workers and the owner stop with their parent; the workers' rows went to the owner, or, when it
     # had gone first, to their spill files: every completed call is in one of them.
-    wait_for(lambda: not [pid for pid in workers if alive(pid)], 30, "a child outlived its parent")
+    # A worker's stop may wait for an owner stopping beside it: its writer's cycle under way (up to
+    # Writer.stop's join, 12 s), then a last flush bounded by remote.WORKER_ANSWER_S: ~30 s on a
+    # loaded CI host (ci114 timed out at 30 s).
+    wait_for(lambda: not [pid for pid in workers if alive(pid)], 60, "a child outlived its parent")
     spilled = [json.loads(line)["customer_id"] for path in (home / "workers").glob("*/spill/*.jsonl")
                for line in path.read_text().splitlines()]
     stored = [r["customer_id"] for r in rows_tagged(home, "orphan-")]
