@@ -659,14 +659,18 @@ def test_a_hanging_channel_delays_no_other_channel_nor_alert_and_each_attempt_is
     round_ = threading.Thread(target=lambda: sent.append(evaluation.send_new(db, channels, found)))
     try:
         round_.start()
-        deadline = time.monotonic() + 3  # the stuck channel's first timeout is 5 s away
-        while len(up.requests) < 3 and time.monotonic() < deadline:
+        # Each attempt is recorded once its channel has answered: a moment after the receiver has the
+        # request (a CI host once read the records in between). The stuck channel's timeout is 5 s away.
+        expected = {key: ["up"] for key, _ in found}
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            with reading(db) as con:
+                on_record = alert_rows.attempts(con, [key for key, _ in found])
+            if len(up.requests) == 3 and {key: sorted(by) for key, by in on_record.items()} == expected:
+                break
             time.sleep(0.05)
         assert len(up.requests) == 3 and round_.is_alive()
-        with reading(db) as con:
-            on_record = alert_rows.attempts(con, [key for key, _ in found])
-        assert {key: sorted(by_channel) for key, by_channel in on_record.items()} == {
-            key: ["up"] for key, _ in found}
+        assert {key: sorted(by_channel) for key, by_channel in on_record.items()} == expected
         round_.join(30)
         assert sent == [[alert for _, alert in found]] and hanging.requests == 3
     finally:
