@@ -315,8 +315,10 @@ class _Stop:
         # Bytes unsent only to a client just answered: a tunnel to another host, or a websocket, may
         # keep some buffered for as long as it lives.
         answered = bounds.answered if bounds is not None else set()
-        return ((addon.calls_in_flight() if addon is not None else 0)
-                + (bounds.requests_under_way() if bounds is not None else 0)
+        # The requests under way include every call forwarded (both end at the response or error
+        # hook): the larger of the two, not their sum, which counted each forwarded call twice.
+        return (max(addon.calls_in_flight() if addon is not None else 0,
+                    bounds.requests_under_way() if bounds is not None else 0)
                 + sum(1 for client, transport in _client_transports(self.master)
                       if client in answered and transport.get_write_buffer_size()))
 

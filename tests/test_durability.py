@@ -214,6 +214,7 @@ def test_sigterm_lets_a_call_in_flight_finish_and_takes_no_new_connection(tmp_pa
         assert proxy.process.wait(30) == 0 and time.monotonic() - stopped_at < 15  # once the call ended
     finally:
         proxy.stop()
+    assert "waiting up to 20 s for 1 calls under way" in (tmp_path / "proxy.log").read_text()  # counted once
     [row] = [r for r in json.loads(run_cli(proxy.home, "calls", "--format", "json")) if r["customer_id"] == "drained"]
     assert (row["outcome"], row["usage_source"], row["priced"]) == ("completed", "reported", True)
 
