@@ -520,19 +520,19 @@ def test_a_vertex_claude_call_costs_anthropics_rates_whichever_way_the_model_is_
 
 
 def test_an_hours_cache_writes_without_a_rate_of_their_own_are_unpriced_not_at_the_5_minutes_rate(providers, book):
-    """genai-prices' Bedrock entry for Claude Sonnet 4 has no 1-hour write rate: its writes were
-    priced at the 5 minutes' $3.75, a third under what every provider bills them at."""
+    """genai-prices' Bedrock entry for Claude Opus 4.1 has no 1-hour write rate: its writes were
+    priced at the 5 minutes' $18.75, a third under what every provider bills them at."""
     usage = {"inputTokens": 10, "outputTokens": 100, "totalTokens": 10110, "cacheWriteInputTokens": 10000,
              "cacheDetails": [{"ttl": "1h", "inputTokens": 10000}]}
     answer = {"output": {"message": {"role": "assistant", "content": [{"text": "Hi"}]}}, "stopReason": "end_turn",
               "usage": usage}
-    converse = "/model/us.anthropic.claude-sonnet-4-20250514-v1:0/converse"
+    converse = "/model/us.anthropic.claude-opus-4-1-20250805-v1:0/converse"
     row = _row(providers, book, "bedrock", converse, "application/json", json.dumps(answer).encode())
     assert (row["cache_write_1h_tokens"], row["priced"], row["cost_usd"]) == (10000, False, None)
     five_minutes = {**usage, "cacheDetails": [{"ttl": "5m", "inputTokens": 10000}]}
     row = _row(providers, book, "bedrock", converse, "application/json",
                json.dumps({**answer, "usage": five_minutes}).encode())
-    assert row["cost_usd"] == _usd((10, "3"), (10000, "3.75"), (100, "15"))
+    assert row["cost_usd"] == _usd((10, "15"), (10000, "18.75"), (100, "75"))
 
 
 def _claude_events() -> list[bytes]:
