@@ -77,9 +77,10 @@ def messages(inp, out, read=0, write_5m=0, write_1h=0, searches=0, thinking=None
     return {"type": "message", "role": "assistant", "content": [], "usage": usage}
 
 
-def gemini(prompt, candidates, cached=0, thoughts=0, tool_prompt=0):
+def gemini(prompt, candidates, cached=0, thoughts=0, tool_prompt=0, tier=None):
     meta = {"promptTokenCount": prompt, "candidatesTokenCount": candidates,
             "totalTokenCount": prompt + candidates + thoughts + tool_prompt}
+    meta |= {"serviceTier": tier} if tier else {}
     meta |= {k: v for k, v in (("cachedContentTokenCount", cached), ("thoughtsTokenCount", thoughts),
                                ("toolUsePromptTokenCount", tool_prompt)) if v}
     return {"candidates": [{"content": {"parts": [{"text": "ok"}]}, "finishReason": "STOP"}], "usageMetadata": meta}
@@ -201,6 +202,16 @@ CASES = [
     Case("anthropic-priority-has-no-list-price", "anthropic", "/v1/messages", "claude-haiku-4-5-20251001",
          messages(1000, 1000, tier="priority"), None, ANTHROPIC),
     # Gemini: cached inside promptTokenCount, thoughts outside candidatesTokenCount, 200K tiers.
+    # The Gemini API says which tier served the call (usageMetadata.serviceTier); flex and priority
+    # have rates of their own, and a model without them is unpriced, never at the standard rates.
+    Case("gemini-4-neon-flex", "google", gem("gemini-4-neon"), "gemini-4-neon", gemini(100_000, 10_000, tier="flex"),
+         [(100_000, "1.50"), (10_000, "7.50")], GOOGLE),
+    Case("gemini-4-neon-priority", "google", gem("gemini-4-neon"), "gemini-4-neon",
+         gemini(100_000, 10_000, tier="priority"), [(100_000, "5.40"), (10_000, "27.00")], GOOGLE),
+    Case("gemini-4-neon-standard", "google", gem("gemini-4-neon"), "gemini-4-neon",
+         gemini(100_000, 10_000, tier="standard"), [(100_000, "3.00"), (10_000, "15.00")], GOOGLE),
+    Case("gemini-2.5-flash-flex-without-a-published-rate-is-unpriced", "google", gem("gemini-2.5-flash"),
+         "gemini-2.5-flash", gemini(1000, 100, tier="flex"), None, GOOGLE),
     Case("gemini-pro-at-200k", "google", gem("gemini-2.5-pro"), "gemini-2.5-pro", gemini(200_000, 1000),
          [(200_000, "1.25"), (1000, "10.00")], GOOGLE),
     Case("gemini-pro-over-200k-all-long", "google", gem("gemini-2.5-pro"), "gemini-2.5-pro", gemini(300_000, 1000),

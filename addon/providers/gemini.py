@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 
+from pricing import priced_tier
 from pricing.usage import TokenUsage
 
 from .base import (
@@ -44,6 +45,12 @@ _FREE = patterns(r"/v1(?:beta|alpha)?/models/[^/:]+:countTokens", r"/v1(?:beta|a
                  r"/v1(?:beta)?/files(?:/.*)?", r"/upload/.*", r"/v1beta/openai/models(?:/.*)?",
                  r"/v1(?:beta)?/operations(?:/.*)?", r"/v1(?:beta)?/tunedModels(?:/.*)?")
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 429: "RESOURCE_EXHAUSTED"}
+
+
+# Vertex's stream chunks before the last carry usageMetadata with no count ({"trafficType":
+# "ON_DEMAND"}): not a usage of zero tokens, which a cut stream would have been priced at ($0).
+_COUNTS = ("promptTokenCount", "candidatesTokenCount", "totalTokenCount", "cachedContentTokenCount",
+           "thoughtsTokenCount", "toolUsePromptTokenCount")
 
 
 def usage_from(meta: object) -> TokenUsage | None:
@@ -88,11 +95,14 @@ GROUNDING_ESTIMATE = ("Google bills grounding with Google Search after a free al
 def _observe_chunk(observed: Observed, chunk: dict) -> int | None:
     """Reads one response (or stream chunk); returns the search queries it names, if any."""
     observed.model = chunk.get("modelVersion") or observed.model
-    if chunk.get("usageMetadata"):
-        observed.take_usage(usage_from, chunk["usageMetadata"])  # running totals: replace, never add
-        # Vertex's trafficType: ON_DEMAND is the standard rate; priority, flex and provisioned
-        # throughput are not (pricing.priced_tier leaves them unpriced unless a price file has them).
-        observed.service_tier = tier_name(as_dict(chunk["usageMetadata"]).get("trafficType")) or observed.service_tier
+    meta = as_dict(chunk.get("usageMetadata"))
+    if any(field in meta for field in _COUNTS):
+        observed.take_usage(usage_from, meta)  # running totals: replace, never add
+    # The Gemini API's serviceTier ("standard", "flex", "priority") and Vertex's trafficType
+    # (ON_DEMAND, PROVISIONED_THROUGHPUT): the standard rate or not (pricing.priced_tier prices
+    # another tier at its own rates, or leaves it unpriced). A tier other than the standard one wins.
+    tier, traffic = tier_name(meta.get("serviceTier")), tier_name(meta.get("trafficType"))
+    observed.service_tier = (tier if priced_tier(tier) else traffic or tier) or observed.service_tier
     candidates = [c for c in chunk.get("candidates") or [] if isinstance(c, dict)]
     if any(c.get("finishReason") for c in candidates):
         observed.complete = True
