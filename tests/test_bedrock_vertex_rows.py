@@ -172,6 +172,43 @@ def test_a_cut_converse_stream_counts_the_requests_text_and_the_text_streamed(pr
     assert row["cost_usd"] == _usd((prompt, "3.00"), (output, "15.00"))
 
 
+def test_a_cut_converse_stream_counts_tool_results_and_specs_in_and_reasoning_and_tool_input_out(providers, book,
+                                                                                                 counter):
+    """Probe: a cut ConverseStream counted only ``delta.text`` out (thinking and a tool call's input
+    streamed are billed as output) and missed a tool's result in (nested under ``toolResult``): 2
+    output tokens of ~4,100, 5 input of ~7,000."""
+    result, args, spec = "row 17: 4.5 kWh " * 40, {"city": "Paris", "days": 3}, {"toolSpec": {"name": "weather"}}
+    request = {"messages": [
+        {"role": "user", "content": [{"text": "Weather?"}]},
+        {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "weather", "input": args}}]},
+        {"role": "user", "content": [{"toolResult": {"toolUseId": "t1", "content": [{"text": result},
+                                                                                   {"json": {"rain": True}}]}}]}],
+        "toolConfig": {"tools": [spec]}}
+    thought, partial = "Let me think about the forecast carefully. " * 20, '{"city": "Lyon", "da'
+    stream = [aws._event("messageStart", {"role": "assistant"}),
+              aws._event("contentBlockDelta", {"contentBlockIndex": 0,
+                                               "delta": {"reasoningContent": {"text": thought}}}),
+              aws._event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"text": "Checking"}}),
+              aws._event("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"toolUse": {"input": partial}}})]
+    row = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM, stream, request)
+    prompt = sum(counter.count(text, None) for text in ("Weather?", json.dumps(args), result,
+                                                         json.dumps({"rain": True}), json.dumps([spec])))
+    output = counter.count(thought + "Checking" + partial, None)
+    assert prompt > counter.count(result, None) > 100 and output > counter.count(thought, None) > 100
+    assert (row["usage_source"], _tokens(row)) == ("partial", (prompt, 0, 0, output, 0))
+    assert row["cost_usd"] == _usd((prompt, "3.00"), (output, "15.00"))
+
+
+def test_a_text_naming_the_invocation_metrics_does_not_end_a_claude_stream_on_bedrock(providers, book, counter):
+    """Probe: the metrics' name inside a text delta marked the stream complete, and a stream cut after
+    it was stored as reported at message_start's 1 output token."""
+    text = 'Read "amazon-bedrock-invocationMetrics" in the last chunk. ' * 30
+    said = aws._chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}})
+    row = _row(providers, book, "bedrock", f"/model/{CLAUDE}/invoke-with-response-stream", EVENT_STREAM,
+               [*aws.claude_stream()[:2], said], BEDROCK_MESSAGE)
+    assert (row["usage_source"], row["output_tokens"]) == ("partial", counter.count(text, None))
+
+
 def test_a_cut_converse_stream_whose_request_is_too_large_to_read_is_unpriced_not_guessed(providers, book):
     picture = {"image": {"format": "png", "source": {"bytes": "A" * MAX_REQUEST_PARSE_BYTES}}}
     request = {"messages": [{"role": "user", "content": [{"text": "What is this?"}, picture]}]}
@@ -341,7 +378,7 @@ def test_a_converse_stream_keeps_the_text_of_its_deltas(providers):
         parser.feed("contentBlockDelta", json.dumps({"contentBlockIndex": 0, "delta": {"text": text}}).encode())
     parser.feed("contentBlockDelta", json.dumps({"delta": {"toolUse": {"input": "{}"}}}).encode())
     parser.feed("messageStop", b'{"stopReason": "end_turn"}')
-    assert parser.output_text() == "Hello" and not parser.observed.complete
+    assert parser.output_text() == "Hello{}" and not parser.observed.complete  # a tool call's input is output too
 
 
 def test_an_invoke_stream_keeps_the_text_of_claudes_deltas(providers):
@@ -473,6 +510,22 @@ def test_a_vertex_gemini_stream_is_its_last_running_total_and_a_cut_one_the_last
     array = json.dumps(_gemini_chunks()).encode()  # without alt=sse: one JSON array
     whole = _row(providers, book, "vertex", path, "application/json; charset=UTF-8", array, {"contents": []})
     assert (_tokens(whole), whole["usage_source"]) == ((12, 0, 0, 128, 88), "reported")
+
+
+def test_a_vertex_gemini_stream_cut_before_its_counts_is_unpriced_not_free(providers, book):
+    """Vertex's chunks before the last carry usageMetadata with no count ({"trafficType": "ON_DEMAND"}):
+    a stream cut before the last was stored at 0 tokens, $0.00, priced, for a prompt Google billed."""
+    path = f"{VERTEX}/google/models/gemini-2.5-flash:streamGenerateContent"
+    traffic_only = {"trafficType": "ON_DEMAND"}
+    chunks = [gcp._gemini_chunk("Hel", None, traffic_only, "gemini-2.5-flash"),
+              gcp._gemini_chunk("lo", None, traffic_only, "gemini-2.5-flash"),
+              gcp._gemini_chunk("!", "STOP", {**gcp.GEMINI_STREAM_USAGE[1], **traffic_only}, "gemini-2.5-flash")]
+    events = [f"data: {json.dumps(c)}\r\n\r\n".encode() for c in chunks]
+    whole = _row(providers, book, "vertex", path, "text/event-stream", events, {"contents": []})
+    assert (_tokens(whole), whole["cost_usd"]) == ((12, 0, 0, 128, 88), _usd((12, "0.30"), (128, "2.50")))
+    cut = _row(providers, book, "vertex", path, "text/event-stream", events, {"contents": []}, keep=2)
+    assert (cut["priced"], cut["cost_usd"], cut["usage_source"], cut["service_tier"]) == (False, None, "none",
+                                                                                         "on_demand")
 
 
 def test_a_vertex_claude_message_is_read_as_anthropics_with_the_urls_model(providers, book):

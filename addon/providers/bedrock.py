@@ -33,7 +33,7 @@ from urllib.parse import unquote
 from pricing.usage import TokenUsage
 
 from . import anthropic
-from .base import Observed, Provider, StreamParser, as_dict, count, loads, patterns, texts_in, tier_name
+from .base import Observed, Provider, StreamParser, as_dict, count, loads, patterns, tier_name
 
 INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", \
     "converse-stream"
@@ -132,8 +132,9 @@ class InvokeStream(anthropic.AnthropicStream):
             inner = base64.b64decode(as_dict(loads(data)).get("bytes") or b"", validate=True)
         except (binascii.Error, TypeError, ValueError):
             return
-        if b"amazon-bedrock-invocationMetrics" in inner:
-            metrics = as_dict(loads(inner)).get("amazon-bedrock-invocationMetrics")
+        # The metrics are a key of the last event itself: the name inside a text delta is not them.
+        if b"amazon-bedrock-invocationMetrics" in inner and \
+                (metrics := as_dict(loads(inner)).get("amazon-bedrock-invocationMetrics")) is not None:
             if self.observed.usage is None:  # a model whose events carry no usage of their own
                 self.observed.take_usage(_metrics_usage, metrics)
             self.observed.complete = True
@@ -162,7 +163,38 @@ class ConverseStream(StreamParser):
             self.observed.complete = True
 
     def output_text(self) -> str:
-        return "".join(str(as_dict(as_dict(loads(data)).get("delta")).get("text") or "") for data in self.deltas)
+        """Every delta billed as output: text, reasoning, and a tool call's input as it is streamed."""
+        parts = []
+        for data in self.deltas:
+            delta = as_dict(as_dict(loads(data)).get("delta"))
+            for part in (delta.get("text"), as_dict(delta.get("reasoningContent")).get("text"),
+                         as_dict(delta.get("toolUse")).get("input")):
+                if isinstance(part, str):
+                    parts.append(part)
+        return "".join(parts)
+
+
+def converse_texts(value: object) -> list[str]:
+    """The text of Converse's messages or system blocks, each billed as input: text, a tool call's
+    input, a tool's result (its text and JSON), reasoning. Converse nests a tool's result under
+    ``toolResult``, where the texts of other formats (base.texts_in) never look."""
+    if isinstance(value, str):  # not Converse's shape, but a text all the same
+        return [value]
+    texts: list[str] = []
+    for block in value if isinstance(value, list) else ():
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        if "json" in block:
+            texts.append(json.dumps(block["json"]))
+        if "input" in as_dict(block.get("toolUse")):
+            texts.append(json.dumps(block["toolUse"]["input"]))
+        reasoning = as_dict(as_dict(block.get("reasoningContent")).get("reasoningText")).get("text")
+        if isinstance(reasoning, str):
+            texts.append(reasoning)
+        texts += converse_texts(block.get("content")) + converse_texts(as_dict(block.get("toolResult")).get("content"))
+    return texts
 
 
 class Bedrock(Provider):
@@ -223,7 +255,10 @@ class Bedrock(Provider):
             return self._anthropic.estimate(anthropic.MESSAGES, request, parser, model)
         if not isinstance(parser, ConverseStream) or not parser.started or self.counter is None or request is None:
             return None  # refused before it began (an exception first), or a stream we cannot read
-        prompt = texts_in(request.get("system")) + texts_in(request.get("messages"))
+        prompt = converse_texts(request.get("system")) + converse_texts(request.get("messages"))
+        tools = as_dict(request.get("toolConfig")).get("tools")
+        if tools:  # their specs are billed as input too
+            prompt.append(json.dumps(tools))
         return TokenUsage(input_tokens=sum(self.counter.count(text, None) for text in prompt),
                           output_tokens=self.counter.count(parser.output_text(), None))
 
