@@ -199,28 +199,34 @@ def record_erasure(con: duckdb.DuckDBPyConnection, subject: Subject, key: bytes)
                          "DO UPDATE SET erased_at = excluded.erased_at", [subject.kind, value_hash(key, subject.value)])
 
 
-def erasures(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], dt.datetime]:
-    """{(kind, value hash): when it was erased}."""
+def erasures(con: duckdb.DuckDBPyConnection, since: dt.datetime | None = None) -> dict[tuple[str, str], dt.datetime]:
+    """{(kind, value hash): when it was erased}, of those erased at ``since`` or later if given."""
+    where, args = ("WHERE erased_at >= ?", [since]) if since is not None else ("", [])
     return {(kind, hashed): at for kind, hashed, at
-            in control(con).execute("SELECT kind, value_hash, erased_at FROM erasures").fetchall()}
+            in control(con).execute(f"SELECT kind, value_hash, erased_at FROM erasures {where}", args).fetchall()}
 
 
 def without_erased(con: duckdb.DuckDBPyConnection, rows: list[dict], key: bytes | Callable[[], bytes]) -> list[dict]:
     """``rows`` less those of a subject erased after the call began (rows a writer held, in memory
     or a spill file, while the erase ran in another process or on another replica). One small query
-    per flush. ``key`` (erasure_key) may be a function, called only if something was erased: the
-    writer must not make the key file, which a full disk leaves empty (every flush then failed)."""
-    erased = erasures(con)
+    per flush, of the erasures since the oldest row began (only those can drop one: a deployment's
+    thousands of older ones are not read each time). ``key`` (erasure_key) may be a function, called
+    only if something was erased: the writer must not make the key file, which a full disk leaves
+    empty (every flush then failed)."""
+    if not rows:
+        return rows
+    began = [row["ts"] if isinstance(row["ts"], dt.datetime) else dt.datetime.fromisoformat(str(row["ts"]))
+             for row in rows]
+    erased = erasures(con, since=min(began))
     if not erased:
         return rows
     if callable(key):
         key = key()
 
-    def gone(row: dict) -> bool:
-        ts = row["ts"] if isinstance(row["ts"], dt.datetime) else dt.datetime.fromisoformat(str(row["ts"]))
+    def gone(row: dict, ts: dt.datetime) -> bool:
         for kind, value in (("customer", row.get("customer_id")), ("key", row.get("key_id"))):
             at = erased.get((kind, value_hash(key, str(value)))) if value is not None else None
             if at is not None and ts <= at:
                 return True
         return False
-    return [row for row in rows if not gone(row)]
+    return [row for row, ts in zip(rows, began, strict=True) if not gone(row, ts)]
