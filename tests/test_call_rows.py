@@ -1157,6 +1157,37 @@ def test_what_a_call_costs_follows_its_method_and_path_when_we_do_not_meter_it(p
         "none", Decimal(0), True, None)
 
 
+@pytest.mark.parametrize("provider, method, path", [
+    # Probe: each was stored at $0.00, priced, for a call its provider bills.
+    ("mistral", "POST", "/v1/conversations"), ("mistral", "POST", "/v1/conversations/conv_1/restart"),
+    ("mistral", "POST", "/v1/moderations"), ("groq", "POST", "/v1/batches"), ("together", "POST", "/v1/batches"),
+    ("x-ai", "POST", "/v1/batches"), ("x-ai", "GET", "/v1/realtime"), ("azure", "GET", "/openai/realtime"),
+    ("google", "GET", "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"),
+    ("vertex", "GET", "/ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent"),
+    ("google", "POST", "/v1beta/tunedModels/my-model-1:generateContent"),
+])
+def test_calls_other_providers_bill_where_openais_of_the_same_path_are_free_are_unpriced(providers, book, provider,
+                                                                                        method, path):
+    meter = CallMeter(providers[provider], path, 7, "acme", None, time.time(), b"{}", "", method)
+    meter.start_response(101 if path.endswith(("realtime", "BidiGenerateContent")) else 200, "application/json", "")
+    meter.finish(meter.status or 200, "completed", None, b"{}")
+    row = build_row(meter, book)
+    assert (row["usage_source"], row["cost_usd"], row["priced"]) == ("unmetered", None, False), path
+    assert row["error"].startswith(f"not metered: {provider} bills ")
+
+
+@pytest.mark.parametrize("provider, method, path", [
+    ("groq", "GET", "/v1/files/file_1/content"), ("mistral", "GET", "/v1/models"),
+    ("together", "POST", "/v1/batches/batch_1/cancel"), ("openai", "POST", "/v1/moderations"),
+    ("openai", "POST", "/v1/conversations"), ("google", "GET", "/v1beta/tunedModels/my-model-1"),
+])
+def test_what_is_free_at_openai_or_at_every_compatible_api_costs_nothing(providers, book, provider, method, path):
+    meter = CallMeter(providers[provider], path, 7, "acme", None, time.time(), b"{}", "", method)
+    meter.start_response(200, "application/json", "")
+    meter.finish(200, "completed", None, b"{}")
+    assert (build_row(meter, book)["cost_usd"], build_row(meter, book)["priced"]) == (Decimal(0), True), path
+
+
 @pytest.mark.parametrize("value,shown", [("x" * 38, repr("x" * 38)), ("x" * 39, repr("x" * 39)[:40] + "..."),
                                          (2.5, "2.5")])
 def test_a_count_that_is_not_a_whole_number_is_shown_in_the_error_at_most_40_characters_long(providers, book, value,

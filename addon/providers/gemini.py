@@ -33,6 +33,9 @@ from .openai import OpenAI
 
 _CALL = re.compile(r"^/v1(?:beta|alpha)?/models/([^/:]+):(generateContent|streamGenerateContent)$")
 OPENAI_COMPATIBLE = ("/v1beta/openai/chat/completions", "/v1beta/openai/embeddings")
+# Google's Live API, on Gemini's host and on Vertex's: /ws/google.ai.generativelanguage.v1beta.
+# GenerativeService.BidiGenerateContent, /ws/google.cloud.aiplatform.v1.LlmBidiService/BidiGenerateContent.
+LIVE_SESSIONS = r"/ws/.+"
 # The model of a call on Gemini's API or on Vertex AI's (vertex.py hands its paths over as they are):
 # read before the answer, as the grounding fee's unit depends on it when the answer names none.
 _NAMED_MODEL = re.compile(r"/models/([^/:]+):(?:generateContent|streamGenerateContent)$")
@@ -40,7 +43,12 @@ _NAMED_MODEL = re.compile(r"/models/([^/:]+):(?:generateContent|streamGenerateCo
 # call but not metered here, and free.
 _BILLABLE = patterns(r"/v1(?:beta|alpha)?/models/[^/:]+:(?:embedContent|batchEmbedContents|predict|"
                      r"predictLongRunning|batchGenerateContent)",
-                     r"/v1beta/openai/(?:images/generations|audio/.*)", r"/v1(?:beta)?/cachedContents")
+                     r"/v1beta/openai/(?:images/generations|audio/.*)", r"/v1(?:beta)?/cachedContents",
+                     # A tuned model's calls bill its base model's tokens; the Live API's sessions
+                     # (a websocket, opened by a GET) bill audio and text tokens.
+                     r"/v1(?:beta)?/tunedModels/[^/:]+:(?:generateContent|streamGenerateContent|"
+                     r"batchGenerateContent)",
+                     LIVE_SESSIONS)
 _FREE = patterns(r"/v1(?:beta|alpha)?/models/[^/:]+:countTokens", r"/v1(?:beta|alpha)?/models(?:/[^/:]+)?",
                  r"/v1(?:beta)?/files(?:/.*)?", r"/upload/.*", r"/v1beta/openai/models(?:/.*)?",
                  r"/v1(?:beta)?/operations(?:/.*)?", r"/v1(?:beta)?/tunedModels(?:/.*)?")

@@ -324,11 +324,21 @@ def _message_texts(message: dict) -> list[str]:
     return texts
 
 
+# What is free at every OpenAI-compatible API: not OpenAI's list, whose batches, moderations and
+# conversations others bill (Mistral's conversations and moderations, Groq's, Together's and xAI's
+# batches, none metered here: unpriced, never $0). Their realtime sessions too (xAI's, Azure's).
+_COMPATIBLE_FREE = patterns(r"/v1/models(?:/.*)?", r"/v1/files(?:/.*)?", r"/v1/batches/[^/]+/cancel",
+                            r"/v1/responses/[^/]+/cancel")
+_COMPATIBLE_BILLABLE = patterns(r"(?:/.*)?/realtime")
+
+
 class OpenAICompatible(OpenAI):
     """Mistral, Azure OpenAI, OpenRouter, Groq, DeepSeek, xAI, Together, Fireworks: OpenAI's wire
     format under their own root path, priced with their own price data."""
 
     paths = ()
+    billable = _COMPATIBLE_BILLABLE
+    free = _COMPATIBLE_FREE
 
     def __init__(self, name: str, prefix: str, default_upstream: str | None, counter: Counter | None = None,
                  accepts_stream_options: bool = False, hosts: tuple[str, ...] | None = None):

@@ -62,6 +62,7 @@ class Vertex(Provider):
     hosts = ("*-aiplatform.googleapis.com", "aiplatform.googleapis.com", "aiplatform.us.rep.googleapis.com",
              "aiplatform.eu.rep.googleapis.com")
     free = _FREE
+    billable = patterns(gemini.LIVE_SESSIONS)
 
     def __init__(self, counter=None):
         super().__init__(counter)
