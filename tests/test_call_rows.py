@@ -229,11 +229,27 @@ def test_cohere_bills_what_its_meta_says_on_other_endpoints_and_a_stream_that_fa
     assert row["error"] == "ERROR" and _tokens(row) == {"input_tokens": 21, "output_tokens": 1}
 
 
-def test_a_cut_cohere_stream_counts_the_text_that_came(providers, book):
+def test_a_cut_cohere_stream_counts_the_request_and_the_text_tool_plan_and_arguments_that_came(providers, book):
+    """Probe: a stream cut before any text was stored at 0 tokens, $0.00, priced, and one cut later
+    never counted its prompt (Cohere bills the prompt the moment it starts)."""
     count = providers["cohere"].counter.count
-    row = _row(providers, book, "cohere", "/v2/chat", {**COHERE, "stream": True}, keep=-1)  # no message-end
-    assert row["usage_source"] == "partial"
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    request = {**COHERE, "stream": True, "messages": [{"role": "system", "content": "Be brief."},
+                                                      {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+               "tools": tools}
+    prompt = sum(count(text, None) for text in ("Be brief.", "hi", json.dumps(tools)))
+    row = _row(providers, book, "cohere", "/v2/chat", request, keep=-1)  # no message-end
+    assert (row["usage_source"], row["input_tokens"]) == ("partial", prompt)
     assert row["output_tokens"] == count("".join(payloads.STREAM_TEXT), COHERE["model"])
+    early = _row(providers, book, "cohere", "/v2/chat", request, keep=1)  # message-start only
+    assert (early["usage_source"], early["input_tokens"], early["output_tokens"]) == ("partial", prompt, 0)
+    assert early["priced"] and early["cost_usd"] > 0
+    start = payloads.reply_for("/v2/chat", "", request).events[:1]
+    planned = [*start, payloads._data({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will look"}}}),
+               payloads._data({"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {
+                   "function": {"arguments": '{"city": "Par'}}}}})]
+    row = _row(providers, book, "cohere", "/v2/chat", request, reply=payloads.Reply(events=planned))
+    assert (row["input_tokens"], row["output_tokens"]) == (prompt, count('I will look{"city": "Par', None))
 
 
 def _gemini_chunk(text: str, usage: dict | None = None, **more) -> dict:

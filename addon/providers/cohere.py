@@ -11,7 +11,7 @@ import json
 
 from pricing.usage import TokenUsage
 
-from .base import Observed, Provider, StreamParser, count, loads
+from .base import Observed, Provider, StreamParser, as_dict, count, loads, texts_in
 
 CHAT = "/v2/chat"
 EMBED = "/v2/embed"
@@ -23,9 +23,13 @@ def usage_from(billed: object) -> TokenUsage | None:
     return TokenUsage(input_tokens=count(billed, "input_tokens"), output_tokens=count(billed, "output_tokens"))
 
 
+# The events whose text is billed as output: the answer, the tool plan, a tool call's arguments.
+_OUTPUT_DELTAS = (b'"content-delta"', b'"tool-plan-delta"', b'"tool-call-delta"')
+
+
 class CohereStream(StreamParser):
     def feed(self, event: str | None, data: bytes) -> None:
-        if b'"message-end"' not in data and b'"content-delta"' in data:
+        if b'"message-end"' not in data and any(kind in data for kind in _OUTPUT_DELTAS):
             self.keep_delta(data)
             return
         payload = loads(data) or {}
@@ -39,8 +43,11 @@ class CohereStream(StreamParser):
     def output_text(self) -> str:
         texts = []
         for data in self.deltas:
-            content = (((loads(data) or {}).get("delta") or {}).get("message") or {}).get("content") or {}
-            texts.append(str(content.get("text") or "") if isinstance(content, dict) else "")
+            message = as_dict(as_dict(as_dict(loads(data)).get("delta")).get("message"))
+            call = as_dict(as_dict(message.get("tool_calls")).get("function"))
+            for part in (as_dict(message.get("content")).get("text"), message.get("tool_plan"), call.get("arguments")):
+                if isinstance(part, str):
+                    texts.append(part)
         return "".join(texts)
 
 
@@ -67,9 +74,15 @@ class Cohere(Provider):
         return CohereStream()
 
     def estimate(self, path, request, parser, model) -> TokenUsage | None:
-        if self.counter is None or parser is None:
+        """A stream cut before ``message-end``: the request's messages (and tools) in, what streamed
+        out; nothing known at all (no request to read) is unpriced, never $0."""
+        if self.counter is None or parser is None or request is None:
             return None
-        return TokenUsage(output_tokens=self.counter.count(parser.output_text(), None))
+        prompt = texts_in(request.get("messages"))
+        if request.get("tools"):  # their specs are billed as input too
+            prompt.append(json.dumps(request["tools"]))
+        return TokenUsage(input_tokens=sum(self.counter.count(text, None) for text in prompt),
+                          output_tokens=self.counter.count(parser.output_text(), None))
 
     def error_body(self, status: int, message: str, code: str) -> bytes:
         return json.dumps({"message": message}).encode()
