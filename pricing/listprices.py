@@ -56,6 +56,13 @@ _SUBSETS = {"cache_write_1h_tokens": "cache_write_tokens", "input_audio_tokens":
 # priced a third low.
 _OWN_RATE = ("audio_seconds", "characters", "web_search_requests", "file_search_calls", "grounded_prompts",
              "cache_write_1h_tokens")
+# OpenAI bills a model's audio tokens above its text tokens (gpt-audio: $32 against $2.50 in, $64
+# against $10 out): audio beside text on a model genai-prices has no audio rate for
+# (gpt-4o-audio-preview) leaves the call unpriced, not priced 16 times low. Audio alone on its side
+# is at that side's rate, which is then the audio one (a speech model's output). (Gemini bills some
+# models' audio as text.)
+_AUDIO_APART = {"openai": ("input_audio_tokens", "output_audio_tokens"),
+                "azure": ("input_audio_tokens", "output_audio_tokens")}
 Context = tuple[tuple[str, str], ...]  # genai-prices' price_context, hashable
 
 
@@ -122,12 +129,14 @@ def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Con
     rates = _linear_rates(data, provider, model, at.date(), ctx)
     if rates is None or usage.images and not usage.output_tokens:  # genai-prices prices no image count
         return None
+    own = _OWN_RATE + tuple(field for field in _AUDIO_APART.get(provider, ())
+                            if getattr(usage, field) < getattr(usage, _SUBSETS[field]))
     if rates is _PER_CALL:
-        if any(getattr(usage, field) and not _own_cost(data, field, provider, model, at, ctx) for field in _OWN_RATE):
+        if any(getattr(usage, field) and not _own_cost(data, field, provider, model, at, ctx) for field in own):
             return None
         return _genai_cost(data, usage, provider, model, at, ctx)
     assert isinstance(rates, dict)
-    if any(getattr(usage, field) and field not in rates for field in _OWN_RATE):
+    if any(getattr(usage, field) and field not in rates for field in own):
         return None
     return sum((getattr(usage, field) * rate for field, rate in rates.items()), Decimal(0)) / MTOK
 

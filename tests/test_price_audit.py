@@ -123,6 +123,15 @@ CASES = [
          [(45, "1.25"), (1719, "10.00")], OPENAI),
     Case("openai-gpt-5-mini-cached", "openai", CHAT, "gpt-5-mini", chat(4020, 5, cached=4012),
          [(8, "0.25"), (4012, "0.025"), (5, "2.00")], OPENAI),
+    # A chat completion's audio (prompt_tokens_details / completion_tokens_details.audio_tokens) at
+    # the audio rates; a model with none published is unpriced, never at the text rate.
+    Case("openai-chat-audio-in-and-out", "openai", CHAT, "gpt-audio",
+         chat(1000, 2000, prompt_tokens_details={"audio_tokens": 800},
+              completion_tokens_details={"audio_tokens": 1800}),
+         [(200, "2.50"), (800, "32.00"), (200, "10.00"), (1800, "64.00")], OPENAI),
+    Case("openai-chat-audio-without-an-audio-rate-is-unpriced", "openai", CHAT, "gpt-4o-audio-preview-2024-12-17",
+         chat(1000, 2000, prompt_tokens_details={"audio_tokens": 800},
+              completion_tokens_details={"audio_tokens": 1800}), None, OPENAI),
     Case("openai-flex", "openai", CHAT, "gpt-5", chat(1000, 1000, tier="flex"),
          [(1000, "0.625"), (1000, "5.00")], OPENAI),
     Case("openai-flex-cached", "openai", CHAT, "gpt-5", chat(2000, 100, cached=1000, tier="flex"),

@@ -90,11 +90,17 @@ def usage_from(raw: object) -> TokenUsage | None:
     if reasoning and count(raw, "total_tokens") == prompt + completion + reasoning:
         # xAI counts reasoning outside completion_tokens (its total says so); it is billed as output.
         completion += reasoning
+    # A chat completion's audio (gpt-audio, gpt-4o-audio-preview), in and out, has rates of its own:
+    # the prompt's audio is not split cached or not, so it is counted against the uncached part first.
+    uncached, audio = prompt - cached - written, min(count(in_details, "audio_tokens"), prompt)
     return TokenUsage(
-        input_tokens=prompt - cached - written,
+        input_tokens=uncached,
+        input_audio_tokens=min(audio, uncached),
         cache_read_tokens=cached,
+        cache_read_audio_tokens=min(audio - min(audio, uncached), cached),
         cache_write_tokens=written,
         output_tokens=completion,
+        output_audio_tokens=min(count(out_details, "audio_tokens"), completion),
         reasoning_tokens=min(reasoning, completion),
     )
 
