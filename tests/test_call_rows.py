@@ -1173,6 +1173,22 @@ def test_what_a_call_costs_follows_its_method_and_path_when_we_do_not_meter_it(p
         "none", Decimal(0), True, None)
 
 
+def test_a_background_response_answered_queued_is_unpriced_not_its_prompt_alone(providers, book):
+    """Probe: a background run (200K tokens in, 30 searches: $3.50) was stored at its prompt's
+    estimate, $0.00005: its usage comes only with GET /v1/responses/{id}, when it has run."""
+    request = {"model": "o3-deep-research", "input": "Research the market", "background": True}
+    queued = {"id": "resp_1", "object": "response", "status": "queued", "background": True,
+              "model": "o3-deep-research-2025-06-26", "output": [], "usage": None}
+    row = _row(providers, book, "openai", "/v1/responses", request, reply=_answer(queued))
+    assert (row["usage_source"], row["cost_usd"], row["priced"], _tokens(row)) == ("none", None, False, {})
+    assert row["error"] == ("usage unknown: a background response is billed when it has run: its usage comes with "
+                            "GET /v1/responses/{id}, which is not metered (docs/coverage.md)")
+    done = {**queued, "status": "completed", "background": False,
+            "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}}
+    row = _row(providers, book, "openai", "/v1/responses", {**request, "background": False}, reply=_answer(done))
+    assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 10, "output_tokens": 5})
+
+
 @pytest.mark.parametrize("provider, method, path", [
     # Probe: each was stored at $0.00, priced, for a call its provider bills.
     ("mistral", "POST", "/v1/conversations"), ("mistral", "POST", "/v1/conversations/conv_1/restart"),

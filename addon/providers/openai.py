@@ -133,6 +133,15 @@ def _with_tools(usage: TokenUsage | None, output: object) -> TokenUsage | None:
     return usage
 
 
+BACKGROUND = ("a background response is billed when it has run: its usage comes with GET /v1/responses/{id}, "
+              "which is not metered (docs/coverage.md)")
+
+
+def _in_background(path: str, request: dict | None) -> bool:
+    """A Responses call run in the background: its answer says "queued", with no usage yet."""
+    return path.endswith(RESPONSES_SUFFIX) and isinstance(request, dict) and request.get("background") is True
+
+
 class OpenAIStream(StreamParser):
     def __init__(self, path: str):
         super().__init__()
@@ -254,11 +263,15 @@ class OpenAI(Provider):
         return media.image_options(path, request)
 
     def missing_usage(self, path: str, request: dict | None) -> str | None:
+        if _in_background(path, request):
+            return BACKGROUND
         return media.missing(path) if path in media.PATHS else None
 
     def estimate(self, path, request, parser, model) -> TokenUsage | None:
         if parser is not None and parser.observed.usage is not None:
             return parser.observed.usage  # the usage chunk came; only [DONE] was missed
+        if parser is None and _in_background(path, request):
+            return None  # answered "queued": its prompt alone would pass for the whole bill
         if path in media.PATHS:
             return media.estimate(path, request)
         if self.counter is None or request is None:
