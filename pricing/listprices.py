@@ -93,6 +93,8 @@ def context(service_tier: str | None) -> Context:
     """genai-prices' request context for a (normalised) service tier; () for the standard tier."""
     if service_tier is None:
         return ()
+    if service_tier == "fast":  # Anthropic's fast mode (usage.speed), on the standard tier
+        return (("speed", "fast"),)
     return (("processing", "batch"),) if service_tier == "batch" else (("service_tier", service_tier),)
 
 

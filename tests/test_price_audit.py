@@ -63,7 +63,7 @@ def responses(inp, out, cached=0, reasoning=0, searches=0, tier="default"):
                       "total_tokens": inp + out}}
 
 
-def messages(inp, out, read=0, write_5m=0, write_1h=0, searches=0, thinking=None, tier=None, split=True):
+def messages(inp, out, read=0, write_5m=0, write_1h=0, searches=0, thinking=None, tier=None, split=True, speed=None):
     usage = {"input_tokens": inp, "output_tokens": out, "cache_read_input_tokens": read,
              "cache_creation_input_tokens": write_5m + write_1h}
     if split:
@@ -74,6 +74,8 @@ def messages(inp, out, read=0, write_5m=0, write_1h=0, searches=0, thinking=None
         usage["output_tokens_details"] = {"thinking_tokens": thinking}
     if tier:
         usage["service_tier"] = tier
+    if speed:
+        usage["speed"] = speed
     return {"type": "message", "role": "assistant", "content": [], "usage": usage}
 
 
@@ -208,6 +210,11 @@ CASES = [
          "https://platform.claude.com/docs/en/build-with-claude/batch-processing#pricing"),
     Case("anthropic-sonnet-4-long-context-batch", "anthropic", "/v1/messages", "claude-sonnet-4-20250514",
          messages(250_000, 2000, tier="batch"), [(250_000, "3.00"), (2000, "11.25")], ANTHROPIC),
+    # Fast mode (usage.speed "fast") at its own rates; a model with none published is unpriced.
+    Case("anthropic-fast-mode", "anthropic", "/v1/messages", "claude-opus-5",
+         messages(10_000, 2000, tier="standard", speed="fast"), [(10_000, "10.00"), (2000, "50.00")], ANTHROPIC),
+    Case("anthropic-fast-mode-without-a-published-rate-is-unpriced", "anthropic", "/v1/messages", "claude-opus-4-6",
+         messages(10_000, 2000, tier="standard", speed="fast"), None, ANTHROPIC),
     Case("anthropic-priority-has-no-list-price", "anthropic", "/v1/messages", "claude-haiku-4-5-20251001",
          messages(1000, 1000, tier="priority"), None, ANTHROPIC),
     # Gemini: cached inside promptTokenCount, thoughts outside candidatesTokenCount, 200K tiers.

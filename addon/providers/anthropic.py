@@ -93,6 +93,16 @@ def _observe_code(observed: Observed, runs: int, container: object) -> None:
         observed.fee_estimated = CONTAINER_ESTIMATE
 
 
+def usage_tier(usage: dict) -> str | None:
+    """The tier a call is priced at: its ``service_tier``, or "fast" for fast mode (``speed``), billed
+    at rates of its own (genai-prices' ``speed`` variant), on the standard tier; a tier other than
+    the standard one wins (its rates are unpublished: unpriced either way)."""
+    tier = tier_name(usage.get("service_tier"))
+    if tier_name(usage.get("speed")) == "fast" and tier in (None, "standard"):
+        return "fast"
+    return tier
+
+
 class AnthropicStream(StreamParser):
     def __init__(self) -> None:
         super().__init__()
@@ -131,7 +141,7 @@ class AnthropicStream(StreamParser):
     def _merge(self, usage: object) -> None:
         # Cumulative: a later value replaces an earlier one; never add them up.
         if isinstance(usage, dict):
-            self.observed.service_tier = tier_name(usage.get("service_tier")) or self.observed.service_tier
+            self.observed.service_tier = usage_tier(usage) or self.observed.service_tier
             self._raw_usage.update({k: v for k, v in usage.items() if k in _USAGE_FIELDS and v is not None})
             self.observed.take_usage(usage_from, self._raw_usage)
             _observe_code(self.observed, self._code_runs, self._container)
@@ -189,7 +199,7 @@ class Anthropic(Provider):
         _observe_code(observed, sum(map(_is_code_run, content)) if isinstance(content, list) else 0,
                       body.get("container"))
         if isinstance(body.get("usage"), dict):
-            observed.service_tier = tier_name(body["usage"].get("service_tier"))
+            observed.service_tier = usage_tier(body["usage"])
         return observed
 
     def stream_parser(self, path: str) -> StreamParser:
