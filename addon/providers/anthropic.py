@@ -14,6 +14,7 @@ billed by its time, which no response reports.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -108,6 +109,7 @@ class AnthropicStream(StreamParser):
         super().__init__()
         self._raw_usage: dict = {}
         self._code_runs = 0
+        self.searches = 0  # web searches begun: billed, though a stream cut before message_delta never says
         self._container: object = None
 
     def feed(self, event: str | None, data: bytes) -> None:
@@ -118,6 +120,7 @@ class AnthropicStream(StreamParser):
                 and b'"server_tool_use"' in data:
             block = (loads(data) or {}).get("content_block")
             self._code_runs += _is_code_run(block)
+            self.searches += isinstance(block, dict) and block.get("name") == "web_search"
             return
         if event not in (None, "message_start", "message_delta", "message_stop", "error"):
             return  # ping, content_block_start/stop, and event types added later
@@ -224,14 +227,10 @@ class Anthropic(Provider):
             prompt = texts_in(request.get("system")) + texts_in(request.get("messages"))
             return TokenUsage(input_tokens=sum(self.counter.count(t, None) for t in prompt),
                               output_tokens=estimated_output)
-        if estimated_output <= seen.output_tokens:
-            return seen
-        return TokenUsage(input_tokens=seen.input_tokens, cache_read_tokens=seen.cache_read_tokens,
-                          cache_write_tokens=seen.cache_write_tokens,
-                          cache_write_1h_tokens=seen.cache_write_1h_tokens,
-                          output_tokens=estimated_output, web_search_requests=seen.web_search_requests,
-                          web_fetch_requests=seen.web_fetch_requests, code_executions=seen.code_executions,
-                          containers=seen.containers)
+        # The searches begun, where the usage seen (message_start's) predates them.
+        searches = max(seen.web_search_requests, min(getattr(parser, "searches", 0), MAX_REQUESTS_PER_CALL))
+        return dataclasses.replace(seen, output_tokens=max(estimated_output, seen.output_tokens),
+                                   web_search_requests=searches)
 
     batch_endpoint = BATCHES
 
