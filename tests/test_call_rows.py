@@ -1173,6 +1173,49 @@ def test_what_a_call_costs_follows_its_method_and_path_when_we_do_not_meter_it(p
         "none", Decimal(0), True, None)
 
 
+def test_a_cut_responses_stream_counts_every_output_delta_the_tools_that_ran_and_the_tier_asked(providers, book):
+    """Probe: a cut Responses stream counted only output_text deltas (a cut in a function call's
+    arguments or a reasoning summary was 0 output tokens), no search that had run, and priced a
+    priority call at the default rate."""
+    count = providers["openai"].counter.count
+    request = {"model": "gpt-5", "input": "Find it", "stream": True, "service_tier": "priority",
+               "tools": [{"type": "web_search"}]}
+    created = [payloads._event("response.created", {"type": "response.created", "response": {
+        **payloads._response_obj("gpt-5-2025-08-07", "in_progress", None), "service_tier": "priority"}})]
+    args, summary = '{"query": "weather in Par', "The user wants the forecast."
+    events = [*created,
+              payloads._event("response.output_item.done", {"type": "response.output_item.done", "item": {
+                  "type": "web_search_call", "id": "ws_1", "status": "completed"}}),
+              payloads._event("response.reasoning_summary_text.delta", {
+                  "type": "response.reasoning_summary_text.delta", "delta": summary}),
+              payloads._event("response.function_call_arguments.delta", {
+                  "type": "response.function_call_arguments.delta", "delta": args})]
+    row = _row(providers, book, "openai", "/v1/responses", request, reply=payloads.Reply(events=events))
+    assert (row["usage_source"], row["output_tokens"]) == ("partial", count(summary + args, "gpt-5"))
+    assert row["input_tokens"] == count("Find it", "gpt-5") + count(json.dumps(request["tools"]), "gpt-5")
+    assert (row["web_search_requests"], row["service_tier"]) == (1, "priority")
+
+
+def test_a_cut_claude_stream_keeps_the_web_searches_it_began(providers, book):
+    """Probe: searches begun before the cut were billed, but message_start's usage (0 searches) was kept."""
+    search = payloads._event("content_block_start", {"type": "content_block_start", "index": 1, "content_block": {
+        "type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}})
+    events = payloads.anthropic_stream(payloads.WEB_SEARCH_START, payloads.WEB_SEARCH_DELTA, payloads.SONNET)
+    cut = [*events[:3], search, search, *events[3:5]]  # before message_delta
+    row = _row(providers, book, "anthropic", "/v1/messages", {**MESSAGE, "stream": True},
+               reply=payloads.Reply(events=cut))
+    assert (row["usage_source"], row["web_search_requests"], row["input_tokens"]) == ("partial", 2, 2679)
+
+
+@pytest.mark.parametrize("usage", [{}, {"total_tokens": 900}])
+def test_a_usage_without_counts_is_no_usage_not_a_usage_of_nothing(providers, book, usage):
+    """Probe: ``usage: {}`` (or a total alone) was read as 0 tokens: $0.00, priced, "reported"."""
+    body = {"id": "c-1", "object": "chat.completion", "model": "gpt-4o", "usage": usage,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}]}
+    row = _row(providers, book, "openai", "/v1/chat/completions", CHAT, reply=_answer(body))
+    assert row["usage_source"] == "estimated" and row["input_tokens"] > 0 and row["cost_usd"] > 0
+
+
 def test_a_background_response_answered_queued_is_unpriced_not_its_prompt_alone(providers, book):
     """Probe: a background run (200K tokens in, 30 searches: $3.50) was stored at its prompt's
     estimate, $0.00005: its usage comes only with GET /v1/responses/{id}, when it has run."""

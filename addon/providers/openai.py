@@ -63,18 +63,25 @@ _FREE = patterns(
 # OpenAI-compatible APIs mount the same endpoints under other roots (/openai/deployments/x/..., /api/v1/...).
 _SUFFIXES = ("/chat/completions", "/completions", "/responses", "/embeddings")
 RESPONSES_SUFFIX = "/responses"
+# The Responses API's streamed text billed as output: the answer, a function call's or a custom
+# tool's input, reasoning and its summary, a refusal, code for the interpreter, an MCP call's arguments.
+_OUTPUT_DELTAS = frozenset({
+    "response.output_text.delta", "response.function_call_arguments.delta", "response.reasoning_text.delta",
+    "response.reasoning_summary_text.delta", "response.refusal.delta", "response.custom_tool_call_input.delta",
+    "response.code_interpreter_call_code.delta", "response.mcp_call_arguments.delta"})
 _RESPONSE_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 BATCHES = "/v1/batches"
 _BATCH = re.compile(r"/v1/batches/([A-Za-z0-9_-]{1,200})")
 _FILE_CONTENT = re.compile(r"/v1/files/([A-Za-z0-9_-]{1,200})/content")
+_COUNTS = frozenset({"prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"})
 # OpenAI's recipe for chat framing: tokens per message, and to prime the assistant's reply.
 _PER_MESSAGE, _REPLY_PRIMING = 3, 3
 
 
 def usage_from(raw: object) -> TokenUsage | None:
     """Normalise a chat/completions/embeddings ``usage`` or a Responses ``usage``."""
-    if not isinstance(raw, dict):
-        return None
+    if not isinstance(raw, dict) or not _COUNTS.intersection(raw):
+        return None  # {} or a total alone: no usage to price (was $0.00, priced), not a usage of nothing
     if "input_tokens" in raw:  # Responses API names
         prompt, completion = count(raw, "input_tokens", required=True), count(raw, "output_tokens", required=True)
         in_details, out_details = raw.get("input_tokens_details"), raw.get("output_tokens_details")
@@ -146,6 +153,7 @@ class OpenAIStream(StreamParser):
     def __init__(self, path: str):
         super().__init__()
         self.responses_api = path.endswith(RESPONSES_SUFFIX)
+        self.tools_run: list[dict] = []  # the Responses API's tool items done so far
 
     def feed(self, event: str | None, data: bytes) -> None:
         if self.responses_api:
@@ -171,15 +179,22 @@ class OpenAIStream(StreamParser):
             self.keep_delta(data)
 
     def _feed_responses(self, event: str | None, data: bytes) -> None:
-        if event == "response.output_text.delta" or event is None and b'"response.output_text.delta"' in data:
+        if event in _OUTPUT_DELTAS or event is None and any(f'"{name}"'.encode() in data for name in _OUTPUT_DELTAS):
             self.keep_delta(data)
             return
-        if event not in (None, "response.created", "error", *_RESPONSE_TERMINAL):
+        if event not in (None, "response.created", "response.output_item.done", "error", *_RESPONSE_TERMINAL):
             return
         payload = loads(data) or {}
         kind = payload.get("type", event)
+        if kind == "response.output_item.done":  # a tool that ran: billed, though the stream may end before the total
+            item = as_dict(payload.get("item"))
+            if item.get("type") in _TOOL_ITEMS and len(self.tools_run) < MAX_REQUESTS_PER_CALL:
+                self.tools_run.append({"type": item["type"], "container_id": item.get("container_id")})
+            return
         response = as_dict(payload.get("response"))
         self.observed.model = response.get("model") or self.observed.model
+        if kind == "response.created":  # the tier asked for, until the end says which served it
+            self.observed.service_tier = tier_name(response.get("service_tier")) or self.observed.service_tier
         if kind in _RESPONSE_TERMINAL:
             self.observed.complete = True
             observe_response(self.observed, response)
@@ -278,19 +293,26 @@ class OpenAI(Provider):
             return None
         prompt = self._prompt_tokens(path, request, model)
         output = self.counter.count(parser.output_text(), model) if parser is not None else 0
-        return TokenUsage(input_tokens=prompt, output_tokens=output)
+        usage = TokenUsage(input_tokens=prompt, output_tokens=output)
+        if isinstance(parser, OpenAIStream) and parser.tools_run:
+            usage = _with_tools(usage, parser.tools_run) or usage
+            if usage.containers:
+                parser.observed.fee_estimated = CONTAINER_ESTIMATE
+        return usage
 
     def _prompt_tokens(self, path: str, request: dict, model: str | None) -> int:
+        # The tools' definitions are billed as input too (their JSON, near enough).
+        tools = self.counter.count(json.dumps(request["tools"]), model) if request.get("tools") else 0
         if path.endswith("/chat/completions"):
             messages = request.get("messages") or []
-            total = _REPLY_PRIMING
+            total = _REPLY_PRIMING + tools
             for message in messages if isinstance(messages, list) else ():
                 if isinstance(message, dict):
                     total += _PER_MESSAGE + sum(self.counter.count(t, model) for t in _message_texts(message))
             return total
         texts = texts_in(request.get("input" if path.endswith(("/responses", "/embeddings")) else "prompt"))
         texts.append(str(request.get("instructions") or ""))
-        return sum(self.counter.count(t, model) for t in texts)
+        return tools + sum(self.counter.count(t, model) for t in texts)
 
     batch_endpoint = BATCHES
 
