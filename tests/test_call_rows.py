@@ -1216,6 +1216,21 @@ def test_a_usage_without_counts_is_no_usage_not_a_usage_of_nothing(providers, bo
     assert row["usage_source"] == "estimated" and row["input_tokens"] > 0 and row["cost_usd"] > 0
 
 
+def test_a_groq_stream_without_usage_asked_for_takes_its_x_groq_usage(providers, book):
+    """Probe: with no usage requested (a compressed request body, or injection off), Groq's own
+    x_groq.usage in the last chunk was ignored and the call estimated with our tokenizer."""
+    model = "llama-3.3-70b-versatile"
+    chunks = [{"id": "c", "object": "chat.completion.chunk", "model": model,
+               "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+              {"id": "c", "object": "chat.completion.chunk", "model": model,
+               "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+               "x_groq": {"id": "req_1", "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52}}}]
+    events = [*(payloads._data(c) for c in chunks), payloads._data("[DONE]")]
+    row = _row(providers, book, "groq", "/v1/chat/completions", {**CHAT, "model": model, "stream": True},
+               reply=payloads.Reply(events=events))
+    assert (row["usage_source"], _tokens(row)) == ("reported", {"input_tokens": 40, "output_tokens": 12})
+
+
 def test_a_background_response_answered_queued_is_unpriced_not_its_prompt_alone(providers, book):
     """Probe: a background run (200K tokens in, 30 searches: $3.50) was stored at its prompt's
     estimate, $0.00005: its usage comes only with GET /v1/responses/{id}, when it has run."""

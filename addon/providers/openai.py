@@ -169,8 +169,10 @@ class OpenAIStream(StreamParser):
         if self.observed.model is None or _may_carry_usage(data) or b'"error"' in data:
             chunk = loads(data) or {}
             self.observed.model = self.observed.model or chunk.get("model")
-            if chunk.get("usage"):
-                observe_response(self.observed, chunk)
+            # Groq reports a stream's usage in its last chunk's x_groq when none was asked for.
+            groq = as_dict(chunk.get("x_groq")).get("usage")
+            if chunk.get("usage") or groq:
+                observe_response(self.observed, chunk if chunk.get("usage") else {**chunk, "usage": groq})
             else:
                 self.observed.service_tier = self.observed.service_tier or tier_name(chunk.get("service_tier"))
             if isinstance(chunk.get("error"), dict):
