@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from . import listprices, overrides
+from . import listprices, overrides, regions
 from .listprices import data_source
 from .overrides import PriceFile, PriceFileError
 from .snapshots import PriceData, PriceDataError
@@ -77,12 +77,17 @@ class PriceBook:
 
     def price(self, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
               service_tier: str | None = None, image: ImageOptions | None = None,
-              data: PriceData | None = None) -> Price:
+              data: PriceData | None = None, region: str | None = None) -> Price:
         """``service_tier``: as the provider reported it (None, "default", "flex", "batch", ...);
         ``image``: the size and quality the request asked for, for a model billed per image;
-        ``data``: the list prices to use (default: those in use now)."""
+        ``data``: the list prices to use (default: those in use now); ``region``: where the call
+        ran, where its price depends on it (Provider.price_region; ``regions.REGIONAL`` for a row
+        priced off a global endpoint before, ``regions.stored_region``)."""
         data = data or listprices.current()
-        return dataclasses.replace(self._price(data, usage, provider, model, at, service_tier, image), snapshot=data.id)
+        price = self._price(data, usage, provider, model, at, service_tier, image)
+        if model and price.cost_usd is not None:
+            price = regions.with_premium(price, provider, model, region)
+        return dataclasses.replace(price, snapshot=data.id)
 
     def _price(self, data: PriceData, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
                service_tier: str | None, image: ImageOptions | None) -> Price:

@@ -22,6 +22,7 @@ from decimal import Decimal
 import pytest
 from mitmproxy.http import Headers
 
+from addon.core import reprice
 from addon.eventstream import EventStreamDecoder
 from addon.meter import CallMeter
 from addon.providers.bedrock import ConverseStream, InvokeStream
@@ -538,7 +539,8 @@ def test_a_vertex_claude_message_is_read_as_anthropics_with_the_urls_model(provi
     assert row["endpoint"] == VERTEX_ENDPOINT.format(publisher="anthropic", method="rawPredict")
     assert row["model"] == "claude-sonnet-4-5@20250929" and row["usage_source"] == "reported"
     assert _tokens(row) == (21, 3400, 1200, 64, 0)
-    assert row["cost_usd"] == _usd((21, "3"), (3400, "0.30"), (1200, "3.75"), (64, "15"))
+    # Anthropic's rates, 10% more on a regional endpoint (us-east5) from Claude Sonnet 4.5 on.
+    assert row["cost_usd"] == _usd((21, "3.30"), (3400, "0.33"), (1200, "4.125"), (64, "16.50"))
 
 
 def test_a_vertex_claude_call_costs_anthropics_rates_whichever_way_the_model_is_spelt(providers, book):
@@ -570,6 +572,27 @@ def test_a_vertex_claude_call_costs_anthropics_rates_whichever_way_the_model_is_
         row = _row(providers, book, "vertex", path.format(model="claude-sonnet-4@20250514"), "application/json",
                    json.dumps(message).encode(), request)
         assert row["cost_usd"] == _usd((250_000, "6"), (1000, "22.50")), answered
+
+
+@pytest.mark.parametrize("location, model, premium", [
+    ("us-east5", "claude-sonnet-4-5@20250929", True), ("eu", "claude-opus-4-5@20251101", True),
+    ("global", "claude-sonnet-4-5@20250929", False), ("us-east5", "claude-opus-4-1@20250805", False),
+    ("europe-west1", "claude-sonnet-4@20250514", False)])
+def test_claude_from_4_5_on_costs_10_percent_more_off_vertexs_global_endpoint_and_keeps_it_when_repriced(
+        providers, book, location, model, premium):
+    """Was priced at the global endpoint's rates wherever it ran: 10% under the bill of every call to
+    a regional or multi-region endpoint (us-east5, europe-west1, us, eu) of Claude 4.5 and later."""
+    usage = {"input_tokens": 1000, "output_tokens": 200, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    message = {"id": "msg_vrtx_03", "type": "message", "role": "assistant", "content": [], "usage": usage,
+               "stop_reason": "end_turn"}
+    path = f"/v1/projects/p/locations/{location}/publishers/anthropic/models/{model}:rawPredict"
+    row = _row(providers, book, "vertex", path, "application/json", json.dumps(message).encode(),
+               {"anthropic_version": "vertex-2023-10-16", "max_tokens": 256, "messages": []})
+    at_global = book.price(TokenUsage(input_tokens=1000, output_tokens=200), "vertex", model, row["ts"]).cost_usd
+    assert row["cost_usd"] == (at_global * Decimal("1.1") if premium else at_global)
+    assert ("regional endpoint" in row["price_source"]) == premium
+    stored = {**row, "summed": False}
+    assert list(reprice.changed([stored], book)) == []  # priced again as stored, the premium kept
 
 
 def test_an_hours_cache_writes_without_a_rate_of_their_own_are_unpriced_not_at_the_5_minutes_rate(providers, book):

@@ -578,7 +578,8 @@ def test_anthropic_vertex_through_the_forward_port(forward, env, vertex, custome
     assert (row["provider"], row["model"], row["key_id"]) == ("vertex", "claude-sonnet-4-5-20250929", forward.key_id)
     assert (row["input_tokens"], row["cache_read_tokens"], row["cache_write_tokens"], row["output_tokens"]) == (
         21, 3400, 1200, 64)
-    assert row["cost_usd"] == pytest.approx(cost((21, "3.00"), (3400, "0.30"), (1200, "3.75"), (64, "15.00")),
+    # Anthropic's rates, 10% more on a regional endpoint (us-east5) from Claude Sonnet 4.5 on.
+    assert row["cost_usd"] == pytest.approx(cost((21, "3.30"), (3400, "0.33"), (1200, "4.125"), (64, "16.50")),
                                             abs=1e-12)
 
 

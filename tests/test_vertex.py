@@ -79,8 +79,9 @@ def test_anthropic_vertex_message_is_metered_with_its_cache_writes_and_reads(pro
     assert row["provider"] == "vertex" and row["model"] == "claude-sonnet-4-5-20250929" and row["stream"] is False
     assert row["endpoint"] == ENDPOINT.format(publisher="anthropic", method="rawPredict")
     assert _tokens(row) == (21, 3400, 1200, 64, 0) and row["usage_source"] == "reported"
+    # Anthropic's rates, 10% more on a regional endpoint (us-east5) from Claude Sonnet 4.5 on.
     assert _usd(row["cost_usd"]) == (21 * Decimal(3) + 3400 * Decimal("0.30") + 1200 * Decimal("3.75")
-                                     + 64 * Decimal(15)) / M  # $0.006543
+                                     + 64 * Decimal(15)) / M * Decimal("1.1")  # $0.0071973
 
 
 def test_anthropic_vertex_stream_takes_message_deltas_cumulative_output(proxy, upstream, customer):

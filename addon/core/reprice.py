@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from pricing import Price, PriceBook, PriceData, TokenUsage
+from pricing import Price, PriceBook, PriceData, TokenUsage, regions
 
 from .reports import Selection
 from .store import reports as report_rows
@@ -32,7 +32,8 @@ def changed(rows: Iterable[dict], book: PriceBook, kept: list[dict] | None = Non
             if kept is not None:
                 kept.append(row)
             continue
-        price = book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"])
+        price = book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"],
+                           region=regions.stored_region(row["price_source"]))
         if price.cost_usd != row["cost_usd"] or price.source != row["price_source"]:
             yield row, price
 
@@ -69,8 +70,9 @@ def spend_by_model(rows: Iterable[dict], book: PriceBook, before: PriceData,
             continue  # priced by the bundled per-image prices, or per request of a batch: left as stored
         spend = found.setdefault((row["provider"], row["model"]), Spend())
         spend.calls += 1
-        old, new = (book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"], data=data).cost_usd
-                    for data in (before, after))
+        region = regions.stored_region(row["price_source"])
+        old, new = (book.price(usage, row["provider"], row["model"], row["ts"], row["service_tier"], data=data,
+                               region=region).cost_usd for data in (before, after))
         spend.before += old or 0
         spend.after += new or 0
         spend.unpriced_before += old is None

@@ -161,6 +161,11 @@ class Provider:
         """Whether a stream to this path may be given stream_options.include_usage (see injection.py)."""
         return False
 
+    def price_region(self, path: str) -> str | None:
+        """The region a call's URL names where its price depends on it (Vertex AI's location for
+        Claude); None elsewhere."""
+        return None
+
     def path_model(self, path: str) -> str | None:
         """The model a call's URL names, for the APIs that name it there (Gemini, Vertex AI, Bedrock):
         the row then names it even when the answer is not the provider's (a gateway's HTML page)."""

@@ -100,6 +100,11 @@ class Vertex(Provider):
         found = _CALL.fullmatch(path)
         return found.group(5) if found else None
 
+    def price_region(self, path: str) -> str | None:
+        """The location of a Claude call: Vertex bills recent models 10% more off the global endpoint."""
+        found = _CALL.fullmatch(path)
+        return found.group(3) if found and found.group(4) == "anthropic" else None
+
     # The readers leave a model the answer does not name to the row, which takes the URL's (path_model).
     def parse_body(self, path: str, body) -> Observed:
         reader, known_as = self._reader(path)
