@@ -1241,6 +1241,13 @@ def test_a_background_response_answered_queued_is_unpriced_not_its_prompt_alone(
     assert (row["usage_source"], row["cost_usd"], row["priced"], _tokens(row)) == ("none", None, False, {})
     assert row["error"] == ("usage unknown: a background response is billed when it has run: its usage comes with "
                             "GET /v1/responses/{id}, which is not metered (docs/coverage.md)")
+    # Streamed, and cut: the run goes on upstream and is billed whole; the part seen is not the bill.
+    events = [payloads._event("response.created", {"type": "response.created", "response": {
+        **payloads._response_obj("o3-deep-research-2025-06-26", "queued", None), "background": True}}),
+        payloads._event("response.output_text.delta", {"type": "response.output_text.delta", "delta": "Start"})]
+    cut = _row(providers, book, "openai", "/v1/responses", {**request, "stream": True},
+               reply=payloads.Reply(events=events))
+    assert (cut["usage_source"], cut["cost_usd"], cut["error"]) == ("none", None, row["error"])
     done = {**queued, "status": "completed", "background": False,
             "usage": {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}}
     row = _row(providers, book, "openai", "/v1/responses", {**request, "background": False}, reply=_answer(done))

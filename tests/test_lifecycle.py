@@ -532,11 +532,18 @@ def test_rows_still_held_for_an_erased_subject_are_dropped_only_if_made_before_t
         {"n": 6, "ts": before, "customer_id": "bob", "key_id": gone_key},
         {"n": 7, "ts": after, "customer_id": None, "key_id": gone_key},
         {"n": 8, "ts": before, "customer_id": None, "key_id": None},
+        # A time no one can read (a damaged spill file's): kept, for the insert to quarantine, never
+        # an error that stopped every flush.
+        {"n": 9, "ts": "garbage", "customer_id": "ann", "key_id": kept_key},
     ]
     with reading(home_dir.db_path(home)) as con:
         assert sorted(kind for kind, _ in subjects.erasures(con)) == ["customer", "key"]
         kept = subjects.without_erased(con, held, subjects.erasure_key(con, home))
-    assert [row["n"] for row in kept] == [3, 4, 7, 8]
+        assert [row["n"] for row in kept] == [3, 4, 7, 8, 9]
+        # Only the erasures since the oldest row began are read: rows made after both erases keep all.
+        assert subjects.erasures(con, since=after) == {}
+        assert subjects.without_erased(con, held[2:3] + held[6:7], subjects.erasure_key(con, home)) == \
+            held[2:3] + held[6:7]
 
 
 def test_a_held_row_stamped_the_erases_very_instant_is_dropped_and_one_without_a_customer_is_no_customers(

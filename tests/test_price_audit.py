@@ -134,6 +134,11 @@ CASES = [
     Case("openai-chat-audio-without-an-audio-rate-is-unpriced", "openai", CHAT, "gpt-4o-audio-preview-2024-12-17",
          chat(1000, 2000, prompt_tokens_details={"audio_tokens": 800},
               completion_tokens_details={"audio_tokens": 1800}), None, OPENAI),
+    Case("openai-chat-audio-input-only-without-an-audio-rate-is-unpriced", "openai", CHAT, "gpt-4o-audio-preview",
+         chat(800, 200, prompt_tokens_details={"audio_tokens": 800}), None, OPENAI),
+    Case("openai-chat-cached-audio-without-an-audio-rate-is-unpriced", "openai", CHAT, "gpt-4o-audio-preview",
+         chat(2000, 80, prompt_tokens_details={"audio_tokens": 1800, "cached_tokens": 1536}), None,
+         OPENAI),
     Case("openai-flex", "openai", CHAT, "gpt-5", chat(1000, 1000, tier="flex"),
          [(1000, "0.625"), (1000, "5.00")], OPENAI),
     Case("openai-flex-cached", "openai", CHAT, "gpt-5", chat(2000, 100, cached=1000, tier="flex"),
@@ -315,6 +320,16 @@ CASES = [
          VERTEX_MODELS.format(location="global", publisher="anthropic", model="claude-sonnet-4-5@20250929",
                               method="rawPredict"),
          "claude-sonnet-4-5@20250929", messages(250_000, 2000), [(250_000, "6.00"), (2000, "22.50")], VERTEX),
+    # Vertex bills Claude Sonnet 4.5 and later 10% more off the global endpoint (a region, or us/eu).
+    Case("vertex-claude-sonnet-4.5-regional-endpoint", "vertex",
+         VERTEX_MODELS.format(location="us-east5", publisher="anthropic", model="claude-sonnet-4-5@20250929",
+                              method="rawPredict"),
+         "claude-sonnet-4-5@20250929", messages(1000, 200, read=3000), [(1000, "3.30"), (3000, "0.33"), (200, "16.50")],
+         VERTEX),
+    Case("vertex-claude-haiku-4.5-multi-region-endpoint", "vertex",
+         VERTEX_MODELS.format(location="eu", publisher="anthropic", model="claude-haiku-4-5@20251001",
+                              method="rawPredict"),
+         "claude-haiku-4-5-20251001", messages(1000, 200), [(1000, "1.10"), (200, "5.50")], VERTEX),
     Case("vertex-claude-opus-4.1", "vertex",
          VERTEX_MODELS.format(location="us-east5", publisher="anthropic", model="claude-opus-4-1@20250805",
                               method="rawPredict"),
@@ -381,7 +396,7 @@ def test_documented_payload_costs_its_hand_computed_list_price(case, tmp_path):
     observed = provider.parse_body(case.path, case.body)
     assert observed.usage is not None and observed.invalid_usage is None
     price = PriceBook(tmp_path / "prices.toml").price(observed.usage, case.provider, case.model, case.at,
-                                                      observed.service_tier)
+                                                      observed.service_tier, region=provider.price_region(case.path))
     if case.lines is None:
         assert price.cost_usd is None and not price.priced  # never the standard rate for another tier
     else:

@@ -81,8 +81,9 @@ class Cohere(Provider):
         prompt = texts_in(request.get("messages"))
         if request.get("tools"):  # their specs are billed as input too
             prompt.append(json.dumps(request["tools"]))
-        return TokenUsage(input_tokens=sum(self.counter.count(text, None) for text in prompt),
-                          output_tokens=self.counter.count(parser.output_text(), None))
+        usage = TokenUsage(input_tokens=sum(self.counter.count(text, None) for text in prompt),
+                           output_tokens=self.counter.count(parser.output_text(), None))
+        return usage if usage.input_tokens or usage.output_tokens else None
 
     def error_body(self, status: int, message: str, code: str) -> bytes:
         return json.dumps({"message": message}).encode()

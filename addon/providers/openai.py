@@ -287,8 +287,8 @@ class OpenAI(Provider):
     def estimate(self, path, request, parser, model) -> TokenUsage | None:
         if parser is not None and parser.observed.usage is not None:
             return parser.observed.usage  # the usage chunk came; only [DONE] was missed
-        if parser is None and _in_background(path, request):
-            return None  # answered "queued": its prompt alone would pass for the whole bill
+        if _in_background(path, request):
+            return None  # answered "queued", or a stream cut while the run goes on: billed whole, later
         if path in media.PATHS:
             return media.estimate(path, request)
         if self.counter is None or request is None:
@@ -371,7 +371,7 @@ def _message_texts(message: dict) -> list[str]:
 # conversations others bill (Mistral's conversations and moderations, Groq's, Together's and xAI's
 # batches, none metered here: unpriced, never $0). Their realtime sessions too (xAI's, Azure's).
 _COMPATIBLE_FREE = patterns(r"/v1/models(?:/.*)?", r"/v1/files(?:/.*)?", r"/v1/batches/[^/]+/cancel",
-                            r"/v1/responses/[^/]+/cancel")
+                            r"/v1/responses/[^/]+/cancel", r"/v1/chat/completions/[^/]+")
 _COMPATIBLE_BILLABLE = patterns(r"(?:/.*)?/realtime")
 
 

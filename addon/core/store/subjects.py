@@ -206,6 +206,17 @@ def erasures(con: duckdb.DuckDBPyConnection, since: dt.datetime | None = None) -
             in control(con).execute(f"SELECT kind, value_hash, erased_at FROM erasures {where}", args).fetchall()}
 
 
+def _began(row: dict) -> dt.datetime | None:
+    ts = row.get("ts")
+    if isinstance(ts, dt.datetime):
+        return ts if ts.tzinfo is not None else ts.replace(tzinfo=dt.UTC)
+    try:
+        found = dt.datetime.fromisoformat(str(ts))
+    except ValueError:
+        return None
+    return found if found.tzinfo is not None else found.replace(tzinfo=dt.UTC)
+
+
 def without_erased(con: duckdb.DuckDBPyConnection, rows: list[dict], key: bytes | Callable[[], bytes]) -> list[dict]:
     """``rows`` less those of a subject erased after the call began (rows a writer held, in memory
     or a spill file, while the erase ran in another process or on another replica). One small query
@@ -213,17 +224,19 @@ def without_erased(con: duckdb.DuckDBPyConnection, rows: list[dict], key: bytes 
     thousands of older ones are not read each time). ``key`` (erasure_key) may be a function, called
     only if something was erased: the writer must not make the key file, which a full disk leaves
     empty (every flush then failed)."""
-    if not rows:
+    began = [_began(row) for row in rows]
+    known = [ts for ts in began if ts is not None]
+    if not known:
         return rows
-    began = [row["ts"] if isinstance(row["ts"], dt.datetime) else dt.datetime.fromisoformat(str(row["ts"]))
-             for row in rows]
-    erased = erasures(con, since=min(began))
+    erased = erasures(con, since=min(known))
     if not erased:
         return rows
     if callable(key):
         key = key()
 
-    def gone(row: dict, ts: dt.datetime) -> bool:
+    def gone(row: dict, ts: dt.datetime | None) -> bool:
+        if ts is None:
+            return False  # a time not to be read (a damaged spill file's): the insert quarantines the row
         for kind, value in (("customer", row.get("customer_id")), ("key", row.get("key_id"))):
             at = erased.get((kind, value_hash(key, str(value)))) if value is not None else None
             if at is not None and ts <= at:
