@@ -56,13 +56,14 @@ _SUBSETS = {"cache_write_1h_tokens": "cache_write_tokens", "input_audio_tokens":
 # priced a third low.
 _OWN_RATE = ("audio_seconds", "characters", "web_search_requests", "file_search_calls", "grounded_prompts",
              "cache_write_1h_tokens")
-# OpenAI bills a model's audio tokens above its text tokens (gpt-audio: $32 against $2.50 in, $64
-# against $10 out): audio on a model genai-prices has no audio rate for (gpt-4o-audio-preview)
-# leaves the call unpriced, not priced 16 times low. Output all audio is at the output rate, which is
-# then the audio one (a speech model's, gpt-4o-mini-tts: a chat answer in audio has its transcript's
-# text tokens too). (Gemini bills some models' audio as text.)
-_AUDIO_APART = ("input_audio_tokens", "output_audio_tokens")
-_AUDIO_APART_AT = frozenset({"openai", "azure"})
+# Media tokens a provider always bills above its text tokens: OpenAI's audio (gpt-audio: $32 against
+# $2.50 in, $64 against $10 out), Cohere's embedded images ($0.47 against $0.12 for embed-v4.0). On a
+# model genai-prices has no such rate for (gpt-4o-audio-preview, embed-v4.0) the call is unpriced,
+# not priced many times low. Output all audio is at the output rate, which is then the audio one (a
+# speech model's, gpt-4o-mini-tts: a chat answer in audio has its transcript's text tokens too).
+# (Gemini bills some models' audio as text.)
+_AUDIO = ("input_audio_tokens", "output_audio_tokens")
+_MEDIA_APART = {"openai": _AUDIO, "azure": _AUDIO, "cohere": ("input_image_tokens",)}
 Context = tuple[tuple[str, str], ...]  # genai-prices' price_context, hashable
 
 
@@ -131,9 +132,8 @@ def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Con
     rates = _linear_rates(data, provider, model, at.date(), ctx)
     if rates is None or usage.images and not usage.output_tokens:  # genai-prices prices no image count
         return None
-    own = _OWN_RATE + (tuple(field for field in _AUDIO_APART if field != "output_audio_tokens"
-                             or usage.output_audio_tokens < usage.output_tokens)
-                       if provider in _AUDIO_APART_AT else ())
+    own = _OWN_RATE + tuple(field for field in _MEDIA_APART.get(provider, ())
+                            if field != "output_audio_tokens" or usage.output_audio_tokens < usage.output_tokens)
     if rates is _PER_CALL:
         if any(getattr(usage, field) and not _own_cost(data, field, provider, model, at, ctx) for field in own):
             return None

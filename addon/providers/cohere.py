@@ -18,9 +18,13 @@ EMBED = "/v2/embed"
 
 
 def usage_from(billed: object) -> TokenUsage | None:
+    """``billed_units``: text tokens, and an embed's image tokens (or images) beside them, which
+    Cohere bills at a rate of their own (pricing.listprices leaves them unpriced without one)."""
     if not isinstance(billed, dict):
         return None
-    return TokenUsage(input_tokens=count(billed, "input_tokens"), output_tokens=count(billed, "output_tokens"))
+    images = count(billed, "image_tokens")
+    return TokenUsage(input_tokens=count(billed, "input_tokens") + images, input_image_tokens=images,
+                      output_tokens=count(billed, "output_tokens"), images=count(billed, "images"))
 
 
 # The events whose text is billed as output: the answer, the tool plan, a tool call's arguments.
