@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from addon.core.store.calls import UNIT_NAMES
-from pricing import UNPRICED, Price, PriceBook
+from pricing import IMAGE_TOOL_FEE, UNPRICED, Price, PriceBook
 from pricing.usage import TokenUsage
 
 from . import multipart
@@ -114,6 +114,8 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         error = f"usage unknown: {observed.unknown_usage}"[:200]
     if error is None and observed.fee_estimated and usage.has_tools:
         error = f"tool fee estimated: {observed.fee_estimated}"
+    if error is None and usage.image_generation_calls:
+        error = f"tool fee unknown: {IMAGE_TOOL_FEE}"
     return {
         "id": meter.id, "ts": _ts(meter), "key_id": meter.key_id, "provider": meter.provider.name,
         "endpoint": meter.provider.endpoint(meter.path), "model": _stored_model(model), "stream": meter.stream,

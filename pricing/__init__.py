@@ -23,8 +23,8 @@ from .overrides import PriceFile, PriceFileError
 from .snapshots import PriceData, PriceDataError
 from .usage import ImageOptions, TokenUsage
 
-__all__ = ["PATCH_FILE", "UNPRICED", "ImageOptions", "Price", "PriceBook", "PriceData", "PriceDataError", "PriceFile",
-           "PriceFileError", "TokenUsage", "data_source", "priced_tier"]
+__all__ = ["IMAGE_TOOL_FEE", "PATCH_FILE", "UNPRICED", "ImageOptions", "Price", "PriceBook", "PriceData",
+           "PriceDataError", "PriceFile", "PriceFileError", "TokenUsage", "data_source", "priced_tier"]
 
 log = logging.getLogger(__name__)
 PATCH_FILE = Path(__file__).with_name("patches.toml")
@@ -52,6 +52,12 @@ def priced_tier(reported: str | None) -> str | None:
     if reported is None or reported.lower() in _STANDARD_TIERS:
         return None
     return reported.lower()
+
+
+# Why a call whose model had the image generation tool make images is unpriced (its row's error):
+# the images are billed at the image model's token rates, and its tokens are in no usage we read.
+IMAGE_TOOL_FEE = ("the image generation tool's images are billed at the image model's rates, which the "
+                  "answer does not report (docs/coverage.md)")
 
 
 class PriceBook:
@@ -110,6 +116,8 @@ class PriceBook:
         Web searches cost what the price layer that prices the model says; the other tools are
         genai-prices' rates whichever layer prices the tokens (a price file has no rates for them);
         containers are estimated at their minimum billed time (``[[tool_fee]]`` in patches.toml)."""
+        if usage.image_generation_calls:
+            return None  # IMAGE_TOOL_FEE
         data = data or listprices.current()
         searches = TokenUsage(web_search_requests=usage.web_search_requests)
         with_searches = self._tokens_and_searches(data, searches, provider, model, at, service_tier).cost_usd

@@ -21,8 +21,10 @@ Units that are not tokens, for the APIs billed by them: ``images`` generated (pr
 Tools a model ran on the provider's side, billed per call or per session on top of the tokens
 (``TOOL_FIELDS``): ``web_search_requests`` (searches billed per search), ``web_fetch_requests``
 (pages fetched), ``file_search_calls``, ``code_executions`` (code run in a container),
-``containers`` (the distinct containers that code ran in: billed by the session's time) and
-``grounded_prompts`` (prompts billed once when grounded with a search, whatever it searched).
+``containers`` (the distinct containers that code ran in: billed by the session's time),
+``grounded_prompts`` (prompts billed once when grounded with a search, whatever it searched) and
+``image_generation_calls`` (images a chat model had an image model make: billed at that model's
+rates for tokens the answer does not report, so never priced).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ _FRACTIONAL = frozenset({"audio_seconds"})
 _MEDIA_TOKENS = ("input_audio_tokens", "cache_read_audio_tokens", "output_audio_tokens", "input_image_tokens",
                  "cache_read_image_tokens", "output_image_tokens")
 TOOL_FIELDS = ("web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
-               "grounded_prompts")
+               "grounded_prompts", "image_generation_calls")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class TokenUsage:
     code_executions: int = 0
     containers: int = 0
     grounded_prompts: int = 0
+    image_generation_calls: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):

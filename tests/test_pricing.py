@@ -281,6 +281,22 @@ def test_every_bundled_patch_cites_its_source_and_the_check_lists_them(tmp_path)
     assert "openai/dall-e-3 dall-e-3-* 1024x1024: $0.04 an image: " in result.output
 
 
+def test_images_made_by_the_image_tool_leave_the_call_unpriced_whatever_layer_prices_its_tokens(tmp_path):
+    """Billed at the image model's rates, in tokens no usage reports: priced at the chat model's
+    tokens alone it read as a few cents a picture cheaper, also after a reprice (which prices the
+    stored counts again)."""
+    tokens = TokenUsage(input_tokens=1_000_000, output_tokens=1_000, file_search_calls=1)
+    drawn = TokenUsage(input_tokens=1_000_000, output_tokens=1_000, file_search_calls=1, image_generation_calls=1)
+    bundled = PriceBook(tmp_path / "prices.toml")
+    assert bundled.price(tokens, "openai", "gpt-4o", NOW).cost_usd == Decimal("2.51") + Decimal("0.0025")
+    unpriced = bundled.price(drawn, "openai", "gpt-4o", NOW)
+    assert (unpriced.cost_usd, unpriced.source) == (None, None)
+    (tmp_path / "prices.toml").write_text('[[price]]\nmodel = "gpt-4o*"\ninput_mtok = 2\noutput_mtok = 8\n')
+    own = PriceBook(tmp_path / "prices.toml")
+    assert own.price(tokens, "openai", "gpt-4o", NOW).cost_usd == Decimal("2.008") + Decimal("0.0025")
+    assert own.price(drawn, "openai", "gpt-4o", NOW).cost_usd is None
+
+
 def test_a_container_is_estimated_at_the_tool_fee_of_the_nearest_layer_and_tools_add_to_any_layer(tmp_path):
     from click.testing import CliRunner
 

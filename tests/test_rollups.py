@@ -236,6 +236,32 @@ def test_calls_whose_usage_is_missing_or_not_believed_are_unpriced_in_every_tota
         assert (total["calls"], total["unpriced_calls"], Decimal(str(total["cost_usd"]))) == (4, 2, Decimal("0.25"))
 
 
+def test_the_migration_counts_the_image_tools_images_in_the_calls_and_every_tier(tmp_path, monkeypatch):
+    """m038: the images OpenAI's image generation tool made, a unit column of the calls and of every
+    tier (its calls are unpriced: pricing.IMAGE_TOOL_FEE); the rows before count none."""
+    home = tmp_path / "home"
+    home.mkdir()
+    con = duckdb.connect(str(home_dir.db_path(home)))
+    migrated_before(con, migrations.m038_image_tool)
+    at = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
+    call_rows.insert(con, [call_row(1, ts=at, customer_id="acme")])
+    tables = ["calls", *(tier.table for tier in rollups.TIERS)]
+    for table in tables:  # as the version before had them
+        con.execute(f"ALTER TABLE {table} DROP COLUMN image_generation_calls")
+    assert migrations.apply_pending(con) == ["m038_image_tool"]
+    for table in tables:
+        assert con.execute(f"SELECT DISTINCT image_generation_calls FROM {table}").fetchall() == [(0,)], table
+    call_rows.insert(con, [call_row(2, ts=at, customer_id="acme", image_generation_calls=2, cost_usd=None,
+                                    priced=False)])
+    con.close()
+    read_rollups(monkeypatch)
+    for exact in ((), ("--exact",)):
+        [group] = json.loads(run_cli(home, "report", "--by", "customer", "--since", "2026-11-25", "--until",
+                                     "2026-11-26", "--tz", "UTC", "--format", "json", *exact))
+        assert (group["calls"], group["unpriced_calls"], group["image_generation_calls"], group["cost_usd"]) == (
+            2, 1, 2, 0.01), exact
+
+
 def test_the_migration_fills_the_daily_tier_from_the_15_minute_rows(tmp_path, monkeypatch):
     # A file as the version before the daily tier left it: calls over three days in both older
     # tiers, then the first day's calls purged (only the rollups keep them).
@@ -291,7 +317,8 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m031_tag_rollups, rollups.BEFORE_NARROW, 31)
     assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key",
                                                  "m034_rollup_customer_key", "m035_total_rollups",
-                                                 "m036_sso_groups", "m037_unknown_usage_unpriced"]
+                                                 "m036_sso_groups", "m037_unknown_usage_unpriced",
+                                                 "m038_image_tool"]
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
         groups: dict[tuple, list[dict]] = {}
         for call in calls:
@@ -318,7 +345,8 @@ def test_the_migration_fills_the_daily_totals_from_the_models_days(tmp_path, mon
     # and a total over whole weeks, and a report by day, read those.
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m035_total_rollups, rollups.BEFORE_TOTALS, 35)
-    assert migrations.apply_pending(con) == ["m035_total_rollups", "m036_sso_groups", "m037_unknown_usage_unpriced"]
+    assert migrations.apply_pending(con) == ["m035_total_rollups", "m036_sso_groups", "m037_unknown_usage_unpriced",
+                                             "m038_image_tool"]
     groups: dict[dt.datetime, list[dict]] = {}
     for call in calls:
         groups.setdefault(rollups.bucket_start(call["ts"], rollups.TOTAL_DAYS.seconds), []).append(call)

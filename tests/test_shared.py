@@ -1327,6 +1327,27 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
             assert sorted(histogram.values()) == [1, 1, 1], tier.table
 
 
+def test_an_older_lake_counts_the_image_tools_images(shared_env, tmp_path):
+    """s030, as m038: a unit column of the calls and of every tier; the rows before count none, and a
+    report sums the rows since."""
+    from addon.core.store import calls as call_rows
+    from addon.core.store import rollups, writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"images-{uuid.uuid4().hex}"
+    tables = ["calls", *(tier.table for tier in rollups.TIERS)]
+    lake_before_step(shared_env, home, ("s030_image_tool",), [(table, "image_generation_calls") for table in tables],
+                     [call_row(i, customer_id=marker) for i in range(3)])
+    with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, 0 in the rows before
+        for table in tables:
+            assert con.execute(f"SELECT count(*) FROM {table} WHERE image_generation_calls IS DISTINCT FROM 0"
+                               ).fetchone() == (0,), table
+        call_rows.insert(con, [call_row(9, customer_id=marker, image_generation_calls=2, cost_usd=None,
+                                        priced=False)])
+    [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
+    assert (group["calls"], group["unpriced_calls"], group["image_generation_calls"]) == (4, 1, 2)
+
+
 def test_an_older_lake_gets_the_daily_totals_summed_from_the_models_days(shared_env, tmp_path, monkeypatch):
     # s027 (as m035): the totals per day from the models' days; a total then reads them, and counts
     # what it did before.

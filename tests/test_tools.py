@@ -101,6 +101,26 @@ def test_a_streamed_response_counts_its_tools_from_response_completed(proxy, ups
     assert _usd(row["cost_usd"]) == GPT_4O_TOKENS + fake.WEB_SEARCHES * OPENAI_WEB_SEARCH + 2 * FILE_SEARCH
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_an_image_the_image_generation_tool_made_leaves_the_call_unpriced(proxy, upstream, customer, streamed):
+    """The tool's images are billed at the image model's rates, in tokens the answer's usage does
+    not hold: priced at gpt-4o's tokens alone, the call looked ~$0.04 a picture cheaper than billed."""
+    made = proxy.openai().responses.create(
+        model="gpt-4o", input="Draw a lighthouse.", tools=[{"type": "image_generation"}], stream=streamed,
+        **_tag(customer))
+    if streamed:
+        done = [event.item for event in made if event.type == "response.output_item.done"]
+        assert [item.type for item in done] == ["image_generation_call", "message"]
+    else:
+        assert [item.type for item in made.output] == ["image_generation_call", "message"]
+    [row] = proxy.rows(customer)
+    assert row["image_generation_calls"] == 1 and row["stream"] is streamed
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (4000, 1200, 410)
+    assert row["usage_source"] == "reported" and row["priced"] is False and row["cost_usd"] is None
+    assert row["error"] == ("tool fee unknown: the image generation tool's images are billed at the image "
+                            "model's rates, which the answer does not report (docs/coverage.md)")
+
+
 def test_a_blocking_budget_counts_tool_fees_in_dollars(tmp_path, upstream):
     """$0.0156 of tokens stays under a $0.017 daily budget; with its two file searches ($0.005) the
     call crosses it, and the next call is refused."""

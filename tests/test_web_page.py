@@ -456,12 +456,15 @@ def test_recent_calls_show_units_and_unmetered_calls_are_named_a_gap(page, site)
     unmetered.update(endpoint="/v1/images/variations")
     tools = row(stamp, "gpt-4o-2024-08-06", "0.0381", 900, customer="analyst")
     tools.update(endpoint="/v1/responses", file_search_calls=2, code_executions=3, containers=1)
+    drawn = row(stamp, "gpt-5-2025-08-07", None, 900, customer="illustrator")
+    drawn.update(endpoint="/v1/responses", image_generation_calls=2)
     with writing(home_dir.db_path(site["home"])) as con:  # the proxy holds the file only while it flushes
-        call_rows.insert(con, [speech, unmetered, tools])
+        call_rows.insert(con, [speech, unmetered, tools, drawn])
     sign_in(page, site)
     page.wait_for_selector("#recent td:text('tts-1 · 171 characters')", timeout=10_000)
     page.wait_for_selector("#recent td:text('gpt-4o-2024-08-06 · 2 file searches · 3 code runs · 1 container')",
                            timeout=10_000)
+    page.wait_for_selector("#recent td:text('gpt-5-2025-08-07 · 2 images by a tool')", timeout=10_000)
     assert "went to endpoints the provider bills and AiSpendTrack does not meter" in page.inner_text("#warnings")
 
 

@@ -1,7 +1,7 @@
 """A fake of the providers' server-side tools, strict at the wire: a real HTTP server on 127.0.0.1
-answering OpenAI's Responses API with file search, web search and code interpreter, Anthropic's
-Messages API with web search, web fetch and code execution (plain and streamed), and Gemini's
-generateContent with grounding with Google Search (plain and streamed).
+answering OpenAI's Responses API with file search, web search, code interpreter and image generation,
+Anthropic's Messages API with web search, web fetch and code execution (plain and streamed), and
+Gemini's generateContent with grounding with Google Search (plain and streamed).
 
 Strict as the real services: a tool must be declared as the API documents it (file search with
 ``vector_store_ids``, code interpreter with a ``container``, Anthropic's versioned tool types with
@@ -25,6 +25,8 @@ FILE_SEARCH_QUERIES = [["refund policy"], ["refund policy 2026", "returns window
 CODE_RUNS = 3                    # code_interpreter_call items per response, in one container
 WEB_SEARCHES = 2                 # searches per call (OpenAI items, Anthropic's server_tool_use count)
 WEB_FETCHES = 1                  # Anthropic web fetches per call
+# The image generation tool's picture, base64 (a 1x1 PNG).
+IMAGE_RESULT = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGD4DwABBAEAwS2OUAAAAABJRU5ErkJggg=="
 GROUNDING_QUERIES = ["uefa euro 2024 winner", "euro 2024 final score"]
 OPENAI_USAGE = {"input_tokens": 5200, "input_tokens_details": {"cached_tokens": 1200, "cache_write_tokens": 0},
                 "output_tokens": 410, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 5610}
@@ -134,6 +136,9 @@ def _responses(handler, provider: ToolsProvider, request: dict) -> None:
             output += [{"id": f"ci_{uuid.uuid4().hex}", "type": "code_interpreter_call", "status": "completed",
                         "code": f"print({k} * 2)", "container_id": container_id,
                         "outputs": [{"type": "logs", "logs": str(k * 2)}]} for k in range(CODE_RUNS)]
+        elif kind == "image_generation":  # the image model's tokens are in no usage of the answer
+            output.append({"id": f"ig_{uuid.uuid4().hex}", "type": "image_generation_call", "status": "completed",
+                           "result": IMAGE_RESULT})
         elif kind in ("web_search", "web_search_preview"):
             output += [{"id": f"ws_{uuid.uuid4().hex}", "type": "web_search_call", "status": "completed",
                         "action": {"type": "search", "query": "weather"}} for _ in range(WEB_SEARCHES)]

@@ -124,7 +124,7 @@ CONTAINER_ESTIMATE = ("OpenAI bills a code interpreter container by its session'
                       "5-minute minimum (docs/coverage.md)")
 # Output item type -> the usage field that counts it.
 _TOOL_ITEMS = {"web_search_call": "web_search_requests", "file_search_call": "file_search_calls",
-               "code_interpreter_call": "code_executions"}
+               "code_interpreter_call": "code_executions", "image_generation_call": "image_generation_calls"}
 
 
 def _with_tools(usage: TokenUsage | None, output: object) -> TokenUsage | None:

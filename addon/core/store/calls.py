@@ -36,11 +36,14 @@ UNIT_COLUMNS: list[tuple[str, str, str]] = [
     ("code_executions", "BIGINT", "code runs (OpenAI code_interpreter_call items, Anthropic code execution)"),
     ("containers", "BIGINT", "containers that code ran in, billed by session time (estimated)"),
     ("grounded_prompts", "BIGINT", "prompts grounded with Google Search, billed per prompt (Gemini 2.x)"),
+    # migrations.m038_image_tool
+    ("image_generation_calls", "BIGINT", "images made by the image generation tool (OpenAI Responses: "
+                                         "image_generation_call items), billed outside the usage: unpriced"),
 ]
 UNIT_NAMES = [name for name, _, _ in UNIT_COLUMNS]
 # The server-side tools' counts (pricing.usage.TOOL_FIELDS), summed in reports.
 TOOL_NAMES = ["web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
-              "grounded_prompts"]
+              "grounded_prompts", "image_generation_calls"]
 # (column, DuckDB type) in table order; rows are dicts keyed by these names.
 CALL_COLUMNS: list[tuple[str, str]] = [
     ("id", "UUID"), ("ts", "TIMESTAMPTZ"), ("key_id", "INTEGER"), ("provider", "VARCHAR"),
