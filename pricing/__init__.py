@@ -91,7 +91,7 @@ class PriceBook:
         priced off a global endpoint before, ``regions.stored_region``)."""
         data = data or listprices.current()
         price = self._price(data, usage, provider, model, at, service_tier, image)
-        if model and price.cost_usd is not None:
+        if model:
             price = regions.with_premium(price, provider, model, region)
         return dataclasses.replace(price, snapshot=data.id)
 

@@ -27,10 +27,13 @@ _FROM = (4, 5)
 
 
 def with_premium(price: Price, provider: str, model: str, region: str | None) -> Price:
-    """``price`` (priced) with the regional premium where it applies; unchanged elsewhere."""
+    """``price`` with the regional premium where it applies; unchanged elsewhere. Unpriced there (a
+    model the list prices do not know yet), its source names the premium alone: the reprice that
+    prices it once they do applies it (the row keeps no location)."""
     if provider != "vertex" or region in (None, "global") or not _premium_model(model):
         return price
-    assert price.cost_usd is not None
+    if price.cost_usd is None:
+        return dataclasses.replace(price, source=f"unpriced, {MARK} once priced ({_SOURCE})")
     return dataclasses.replace(price, cost_usd=price.cost_usd * _PREMIUM, source=f"{price.source} {MARK} ({_SOURCE})")
 
 

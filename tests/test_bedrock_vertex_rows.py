@@ -29,7 +29,7 @@ from addon.providers.bedrock import ConverseStream, InvokeStream
 from addon.providers.vertex import vertex_host
 from addon.record import MAX_REQUEST_PARSE_BYTES, build_row
 from addon.routing import Misrouted, route, route_host
-from pricing import TokenUsage
+from pricing import PriceBook, TokenUsage
 
 from . import bedrock_upstream as aws
 from . import vertex_upstream as gcp
@@ -593,6 +593,27 @@ def test_claude_from_4_5_on_costs_10_percent_more_off_vertexs_global_endpoint_an
     assert ("regional endpoint" in row["price_source"]) == premium
     stored = {**row, "summed": False}
     assert list(reprice.changed([stored], book)) == []  # priced again as stored, the premium kept
+
+
+def test_a_regional_claude_call_unpriced_when_made_gets_the_premium_when_repriced(providers, book, tmp_path):
+    """A Claude model the list prices do not know yet, on a regional endpoint: the reprice that
+    priced it once they did charged the global rate (the row keeps no location), 10% under the bill."""
+    usage = {"input_tokens": 1000, "output_tokens": 200, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    message = {"id": "msg_vrtx_04", "type": "message", "role": "assistant", "content": [], "usage": usage,
+               "stop_reason": "end_turn"}
+    rows = {}
+    for location in ("us-east5", "global"):
+        path = f"/v1/projects/p/locations/{location}/publishers/anthropic/models/claude-sonnet-9@20271201:rawPredict"
+        rows[location] = _row(providers, book, "vertex", path, "application/json", json.dumps(message).encode(),
+                              {"anthropic_version": "vertex-2023-10-16", "max_tokens": 256, "messages": []})
+        assert (rows[location]["priced"], rows[location]["cost_usd"]) == (False, None)
+    (tmp_path / "prices.toml").write_text('[[price]]\nprovider = "vertex"\nmodel = "claude-sonnet-9*"\n'
+                                          'input_mtok = 4\noutput_mtok = 20\n')
+    later = PriceBook(tmp_path / "prices.toml")  # the model priced since (here by an override)
+    at_global = (1000 * 4 + 200 * 20) / M
+    repriced = {location: price.cost_usd for location, row in rows.items()
+                for _, price in reprice.changed([{**row, "summed": False}], later)}
+    assert repriced == {"us-east5": at_global * Decimal("1.1"), "global": at_global}
 
 
 def test_an_hours_cache_writes_without_a_rate_of_their_own_are_unpriced_not_at_the_5_minutes_rate(providers, book):
