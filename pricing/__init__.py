@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from . import listprices, overrides, regions
+from . import listprices, openai_search, overrides, regions
 from .listprices import data_source
 from .overrides import PriceFile, PriceFileError
 from .snapshots import PriceData, PriceDataError
@@ -119,8 +119,11 @@ class PriceBook:
         if usage.image_generation_calls:
             return None  # IMAGE_TOOL_FEE
         data = data or listprices.current()
-        searches = TokenUsage(web_search_requests=usage.web_search_requests)
+        flat = openai_search.flat_searches(usage, provider, model)
+        searches = TokenUsage(web_search_requests=usage.web_search_requests - flat)
         with_searches = self._tokens_and_searches(data, searches, provider, model, at, service_tier).cost_usd
+        if with_searches is not None:
+            with_searches += flat * openai_search.RATE
         listed = TokenUsage(file_search_calls=usage.file_search_calls, code_executions=usage.code_executions,
                             grounded_prompts=usage.grounded_prompts)
         others = listprices.cost(listed, provider, model, at, listprices.context(priced_tier(service_tier)), data)

@@ -24,7 +24,8 @@ Tools a model ran on the provider's side, billed per call or per session on top 
 ``containers`` (the distinct containers that code ran in: billed by the session's time),
 ``grounded_prompts`` (prompts billed once when grounded with a search, whatever it searched) and
 ``image_generation_calls`` (images a chat model had an image model make: billed at that model's
-rates for tokens the answer does not report, so never priced).
+rates for tokens the answer does not report, so never priced). ``web_search_preview_requests`` is
+the part of ``web_search_requests`` OpenAI's older search tool ran, at a rate of its own on some models.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ _FRACTIONAL = frozenset({"audio_seconds"})
 _MEDIA_TOKENS = ("input_audio_tokens", "cache_read_audio_tokens", "output_audio_tokens", "input_image_tokens",
                  "cache_read_image_tokens", "output_image_tokens")
 TOOL_FIELDS = ("web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
-               "grounded_prompts", "image_generation_calls")
+               "grounded_prompts", "image_generation_calls", "web_search_preview_requests")
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class TokenUsage:
     containers: int = 0
     grounded_prompts: int = 0
     image_generation_calls: int = 0
+    web_search_preview_requests: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):

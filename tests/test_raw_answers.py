@@ -258,7 +258,7 @@ def test_rollups_summed_before_the_proxy_histograms_send_totals_to_the_raw_calls
     assert migrations.apply_pending(con) == ["m032_proxy_histograms", "m033_customer_key",
                                                  "m034_rollup_customer_key", "m035_total_rollups",
                                                  "m036_sso_groups", "m037_unknown_usage_unpriced",
-                                                 "m038_image_tool"]
+                                                 "m038_openai_tools"]
     read_rollups(monkeypatch)
 
     def added(since: dt.datetime) -> tuple:

@@ -242,13 +242,13 @@ def test_the_migration_counts_the_image_tools_images_in_the_calls_and_every_tier
     home = tmp_path / "home"
     home.mkdir()
     con = duckdb.connect(str(home_dir.db_path(home)))
-    migrated_before(con, migrations.m038_image_tool)
+    migrated_before(con, migrations.m038_openai_tools)
     at = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
     call_rows.insert(con, [call_row(1, ts=at, customer_id="acme")])
     tables = ["calls", *(tier.table for tier in rollups.TIERS)]
     for table in tables:  # as the version before had them
         con.execute(f"ALTER TABLE {table} DROP COLUMN image_generation_calls")
-    assert migrations.apply_pending(con) == ["m038_image_tool"]
+    assert migrations.apply_pending(con) == ["m038_openai_tools"]
     for table in tables:
         assert con.execute(f"SELECT DISTINCT image_generation_calls FROM {table}").fetchall() == [(0,)], table
     call_rows.insert(con, [call_row(2, ts=at, customer_id="acme", image_generation_calls=2, cost_usd=None,
@@ -318,7 +318,7 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
     assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key",
                                                  "m034_rollup_customer_key", "m035_total_rollups",
                                                  "m036_sso_groups", "m037_unknown_usage_unpriced",
-                                                 "m038_image_tool"]
+                                                 "m038_openai_tools"]
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
         groups: dict[tuple, list[dict]] = {}
         for call in calls:
@@ -346,7 +346,7 @@ def test_the_migration_fills_the_daily_totals_from_the_models_days(tmp_path, mon
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m035_total_rollups, rollups.BEFORE_TOTALS, 35)
     assert migrations.apply_pending(con) == ["m035_total_rollups", "m036_sso_groups", "m037_unknown_usage_unpriced",
-                                             "m038_image_tool"]
+                                             "m038_openai_tools"]
     groups: dict[dt.datetime, list[dict]] = {}
     for call in calls:
         groups.setdefault(rollups.bucket_start(call["ts"], rollups.TOTAL_DAYS.seconds), []).append(call)

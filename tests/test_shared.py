@@ -1336,7 +1336,7 @@ def test_an_older_lake_counts_the_image_tools_images(shared_env, tmp_path):
     from .helpers import call_row
     home, marker = tmp_path / "admin", f"images-{uuid.uuid4().hex}"
     tables = ["calls", *(tier.table for tier in rollups.TIERS)]
-    lake_before_step(shared_env, home, ("s030_image_tool",), [(table, "image_generation_calls") for table in tables],
+    lake_before_step(shared_env, home, ("s030_openai_tools",), [(table, "image_generation_calls") for table in tables],
                      [call_row(i, customer_id=marker) for i in range(3)])
     with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, 0 in the rows before
         for table in tables:

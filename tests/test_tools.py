@@ -121,6 +121,34 @@ def test_an_image_the_image_generation_tool_made_leaves_the_call_unpriced(proxy,
                             "model's rates, which the answer does not report (docs/coverage.md)")
 
 
+# o4-mini: $1.10 input, $0.275 cached input, $4.40 output per million tokens.
+O4_MINI_TOKENS = (4000 * Decimal("1.10") + 1200 * Decimal("0.275") + 410 * Decimal("4.40")) / M
+# The web search preview tool on a model without reasoning (gpt-4o, gpt-4.1): $25 per 1,000 calls.
+OPENAI_WEB_SEARCH_PREVIEW = Decimal(25) / 1000
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_the_web_search_preview_tool_costs_25_per_1000_on_gpt_4o_and_the_searches_rate_on_a_reasoning_model(
+        proxy, upstream, customer, streamed):
+    """Was $10 per 1,000 on every model: 2.5 times under the bill of gpt-4o's and gpt-4.1's searches."""
+    costs = {}
+    for model, tool in (("gpt-4o", "web_search_preview"), ("o4-mini-2025-04-16", "web_search_preview_2025_03_11"),
+                        ("gpt-4o", "web_search")):
+        tag = f"{customer}-{len(costs)}"
+        answer = proxy.openai().responses.create(model=model, input="Weather in Paris?", tools=[{"type": tool}],
+                                                 stream=streamed, **_tag(tag))
+        if streamed:
+            assert [event.type for event in answer][-1] == "response.completed"
+        [row] = proxy.rows(tag)
+        assert (row["web_search_requests"], row["web_search_preview_requests"]) == (
+            fake.WEB_SEARCHES, fake.WEB_SEARCHES if tool.startswith("web_search_preview") else 0)
+        costs[model, tool] = _usd(row["cost_usd"])
+    assert costs == {("gpt-4o", "web_search_preview"): GPT_4O_TOKENS + fake.WEB_SEARCHES * OPENAI_WEB_SEARCH_PREVIEW,
+                     ("o4-mini-2025-04-16", "web_search_preview_2025_03_11"):
+                         O4_MINI_TOKENS + fake.WEB_SEARCHES * OPENAI_WEB_SEARCH,
+                     ("gpt-4o", "web_search"): GPT_4O_TOKENS + fake.WEB_SEARCHES * OPENAI_WEB_SEARCH}
+
+
 def test_a_blocking_budget_counts_tool_fees_in_dollars(tmp_path, upstream):
     """$0.0156 of tokens stays under a $0.017 daily budget; with its two file searches ($0.005) the
     call crosses it, and the next call is refused."""

@@ -40,6 +40,7 @@ _ANTHROPIC_TOOLS = {"web_search": ("web_search_20250305", "web_search_20260209")
                     "web_fetch": ("web_fetch_20250910", "web_fetch_20260209"),
                     "code_execution": ("code_execution_20250522", "code_execution_20250825",
                                        "code_execution_20260120")}
+_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")  # a model snapshot's name, as the answer gives every model's
 _GEMINI_CALL = re.compile(r"/v1beta/models/([^/:]+):(generateContent|streamGenerateContent)")
 
 
@@ -139,7 +140,7 @@ def _responses(handler, provider: ToolsProvider, request: dict) -> None:
         elif kind == "image_generation":  # the image model's tokens are in no usage of the answer
             output.append({"id": f"ig_{uuid.uuid4().hex}", "type": "image_generation_call", "status": "completed",
                            "result": IMAGE_RESULT})
-        elif kind in ("web_search", "web_search_preview"):
+        elif kind in ("web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11"):
             output += [{"id": f"ws_{uuid.uuid4().hex}", "type": "web_search_call", "status": "completed",
                         "action": {"type": "search", "query": "weather"}} for _ in range(WEB_SEARCHES)]
         else:
@@ -147,7 +148,8 @@ def _responses(handler, provider: ToolsProvider, request: dict) -> None:
     output.append({"id": f"msg_{uuid.uuid4().hex}", "type": "message", "status": "completed", "role": "assistant",
                    "content": [{"type": "output_text", "text": "Done.", "annotations": [], "logprobs": []}]})
     response = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": 1764763200,
-                "status": "completed", "model": request["model"] + "-2024-08-06", "output": output,
+                "status": "completed", "output": output,
+                "model": request["model"] if _DATED.search(request["model"]) else request["model"] + "-2024-08-06",
                 "parallel_tool_calls": True, "tool_choice": "auto", "tools": request.get("tools") or [],
                 "service_tier": "default", "store": True, "usage": OPENAI_USAGE}
     if not request.get("stream"):

@@ -115,7 +115,8 @@ def usage_from(raw: object) -> TokenUsage | None:
 def observe_response(observed: Observed, response: dict) -> None:
     """Usage and service tier from a whole response: a chat completion, or a Responses object."""
     observed.service_tier = tier_name(response.get("service_tier")) or observed.service_tier
-    observed.take_usage(lambda raw: _with_tools(usage_from(raw), response.get("output")), response.get("usage"))
+    observed.take_usage(lambda raw: _with_tools(usage_from(raw), response.get("output"), response.get("tools")),
+                        response.get("usage"))
     if observed.usage is not None and observed.usage.containers:
         observed.fee_estimated = CONTAINER_ESTIMATE
 
@@ -127,7 +128,9 @@ _TOOL_ITEMS = {"web_search_call": "web_search_requests", "file_search_call": "fi
                "code_interpreter_call": "code_executions", "image_generation_call": "image_generation_calls"}
 
 
-def _with_tools(usage: TokenUsage | None, output: object) -> TokenUsage | None:
+def _with_tools(usage: TokenUsage | None, output: object, tools: object) -> TokenUsage | None:
+    """``usage`` with the tools the output items ran; ``tools``: those the call declared (the
+    response echoes them)."""
     if usage is None or not isinstance(output, list):
         return usage
     items = [item for item in output if isinstance(item, dict) and item.get("type") in _TOOL_ITEMS]
@@ -137,7 +140,17 @@ def _with_tools(usage: TokenUsage | None, output: object) -> TokenUsage | None:
         field = _TOOL_ITEMS[item["type"]]
         setattr(usage, field, getattr(usage, field) + 1)
     usage.containers = len({str(item.get("container_id")) for item in items if item["type"] == "code_interpreter_call"})
+    if _searches_by_preview(tools):
+        usage.web_search_preview_requests = usage.web_search_requests
     return usage
+
+
+def _searches_by_preview(tools: object) -> bool:
+    """Whether the call's web searches ran the older preview tool (web_search_preview_2025_03_11, ...):
+    it is the only search tool declared (a web_search_call item does not say which ran)."""
+    kinds = {str(as_dict(tool).get("type")) for tool in tools} if isinstance(tools, list) else set()
+    searching = {kind for kind in kinds if kind.startswith("web_search")}
+    return bool(searching) and all(kind.startswith("web_search_preview") for kind in searching)
 
 
 BACKGROUND = ("a background response is billed when it has run: its usage comes with GET /v1/responses/{id}, "
@@ -297,7 +310,7 @@ class OpenAI(Provider):
         output = self.counter.count(parser.output_text(), model) if parser is not None else 0
         usage = TokenUsage(input_tokens=prompt, output_tokens=output)
         if isinstance(parser, OpenAIStream) and parser.tools_run:
-            usage = _with_tools(usage, parser.tools_run) or usage
+            usage = _with_tools(usage, parser.tools_run, request.get("tools")) or usage
             if usage.containers:
                 parser.observed.fee_estimated = CONTAINER_ESTIMATE
         return usage

@@ -36,9 +36,11 @@ UNIT_COLUMNS: list[tuple[str, str, str]] = [
     ("code_executions", "BIGINT", "code runs (OpenAI code_interpreter_call items, Anthropic code execution)"),
     ("containers", "BIGINT", "containers that code ran in, billed by session time (estimated)"),
     ("grounded_prompts", "BIGINT", "prompts grounded with Google Search, billed per prompt (Gemini 2.x)"),
-    # migrations.m038_image_tool
+    # migrations.m038_openai_tools
     ("image_generation_calls", "BIGINT", "images made by the image generation tool (OpenAI Responses: "
                                          "image_generation_call items), billed outside the usage: unpriced"),
+    ("web_search_preview_requests", "BIGINT", "the part of web_search_requests run by OpenAI's "
+                                              "web_search_preview tool (a flat rate on gpt-4o and gpt-4.1)"),
 ]
 UNIT_NAMES = [name for name, _, _ in UNIT_COLUMNS]
 # The server-side tools' counts (pricing.usage.TOOL_FIELDS), summed in reports.

@@ -550,16 +550,17 @@ def m037_unknown_usage_unpriced(con: duckdb.DuckDBPyConnection) -> None:
     rollups.rebuild(con, UNKNOWN_USAGE, [])
 
 
-def m038_image_tool(con: duckdb.DuckDBPyConnection) -> None:
-    # The images OpenAI's image generation tool made in a Responses call, a unit column of the calls
-    # and of every rollup tier: such a call is unpriced (pricing.IMAGE_TOOL_FEE). Rows stored before
-    # did not count them: 0.
-    for statement in IMAGE_TOOL_COLUMNS:
+def m038_openai_tools(con: duckdb.DuckDBPyConnection) -> None:
+    # Unit columns of the calls and of every rollup tier: the images OpenAI's image generation tool
+    # made in a Responses call (such a call is unpriced: pricing.IMAGE_TOOL_FEE), and the searches its
+    # web_search_preview tool ran (pricing/openai_search.py). Rows stored before did not count them: 0.
+    for statement in OPENAI_TOOL_COLUMNS:
         con.execute(statement)
 
 
-IMAGE_TOOL_COLUMNS = [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS image_generation_calls BIGINT DEFAULT 0"
-                      for table in ("calls", *(tier.table for tier in rollups.TIERS))]
+OPENAI_TOOL_COLUMNS = [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} BIGINT DEFAULT 0"
+                       for column in ("image_generation_calls", "web_search_preview_requests")
+                       for table in ("calls", *(tier.table for tier in rollups.TIERS))]
 
 
 # The calls m037 (s029 in the shared mode) counts as unpriced where the rollups did not.
@@ -581,7 +582,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
               m028_team_limits, m029_daily_rollups, m030_raw_horizon, m031_tag_rollups,
               m032_proxy_histograms, m033_customer_key, m034_rollup_customer_key, m035_total_rollups,
-              m036_sso_groups, m037_unknown_usage_unpriced, m038_image_tool]
+              m036_sso_groups, m037_unknown_usage_unpriced, m038_openai_tools]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -25,8 +25,8 @@ from .migrations import (
     ERASURES_DDL,
     HOURLY_INTO_ROLLUPS,
     HOURLY_ROLLUPS,
-    IMAGE_TOOL_COLUMNS,
     KEY_TEAM_COLUMN,
+    OPENAI_TOOL_COLUMNS,
     PRICE_SNAPSHOT_COLUMN,
     PRICE_SNAPSHOTS_DDL,
     PROXY_HISTOGRAMS,
@@ -147,7 +147,7 @@ _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kind
                    "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups",
                    "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms", "s024_customer_key",
                    "s025_rollup_customer_key", "s026_customers_sorted", "s027_total_rollups",
-                   "s029_unknown_usage_unpriced", "s030_image_tool")
+                   "s029_unknown_usage_unpriced", "s030_openai_tools")
 
 # The weekly customers' tier sorted by week and customer key, in row groups of 16,384 rows (issue 28).
 # DuckLake sorts a table so on every insert, flush of inlined rows and merge of files. A week of
@@ -368,9 +368,9 @@ def ensure_lake(con, control) -> None:
             with transaction(con):
                 rollups.rebuild(con, UNKNOWN_USAGE, [])
             _record(control, "s029_unknown_usage_unpriced")
-        if "s030_image_tool" not in _applied(control):  # as migrations.m038_image_tool
-            _in_transaction(con, IMAGE_TOOL_COLUMNS)
-            _record(control, "s030_image_tool")
+        if "s030_openai_tools" not in _applied(control):  # as migrations.m038_openai_tools
+            _in_transaction(con, OPENAI_TOOL_COLUMNS)
+            _record(control, "s030_openai_tools")
 
 
 def _in_transaction(con, statements: list[str]) -> None:
