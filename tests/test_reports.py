@@ -282,6 +282,17 @@ def test_api_and_cli_agree_on_generated_volume(tmp_path, new_store):
         assert sum(g["calls"] for g in cli_groups) == 30_000
 
 
+def test_generated_calls_are_stored_as_the_proxy_stores_them(tmp_path, new_store):
+    """A refused or failed call bills nothing, a known $0 (record.py): the generator stored them
+    unpriced, ~3% of every bench's calls read as unpriced spend."""
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        synthetic.generate(con, 20_000, end=dt.datetime(2026, 11, 25, tzinfo=UTC))
+        kinds = dict(con.execute(
+            "SELECT CASE WHEN status >= 400 THEN 'failed' WHEN model = 'acme-ft-7b' THEN 'unknown' ELSE 'priced' END, "
+            "list(DISTINCT (priced, cost_usd = 0)) FROM calls GROUP BY 1").fetchall())
+    assert kinds == {"failed": [(True, True)], "unknown": [(False, None)], "priced": [(True, False)]}
+
+
 def test_api_needs_credentials(api):
     assert api("/api/v1/report", who=None).status_code == 401
     response = api("/api/v1/calls", who=None)

@@ -78,9 +78,10 @@ def _generate(con: duckdb.DuckDBPyConnection, rows: int, end: dt.datetime, span:
                'completed', NULL,
                CASE WHEN luck < 0.03 THEN 0 ELSE input_tokens END, 0, 0, 0,
                CASE WHEN luck < 0.03 THEN 0 ELSE output_tokens END, 0, 0,
-               CASE WHEN luck < 0.03 OR m.in_rate IS NULL THEN NULL
+               -- a refused or failed call bills nothing: $0, known, as the proxy stores it (record.py)
+               CASE WHEN luck < 0.03 THEN 0 WHEN m.in_rate IS NULL THEN NULL
                     ELSE (input_tokens * m.in_rate + output_tokens * m.out_rate) / 1e6 END::{COST_TYPE},
-               luck >= 0.03 AND m.in_rate IS NOT NULL,
+               luck < 0.03 OR m.in_rate IS NOT NULL,
                CASE WHEN luck >= 0.03 AND m.in_rate IS NOT NULL THEN 'synthetic' END,
                CASE WHEN luck < 0.03 THEN 'none' ELSE 'reported' END,
                customer_id, feature, latency_ms, CASE WHEN is_stream THEN latency_ms / 4 END,
