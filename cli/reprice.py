@@ -23,7 +23,8 @@ from .progress import Bar, quiet_option, running
 
 @dataclass
 class _Changed:
-    """Calls of one kind of change ("new price", "priced", "unpriced"), what they cost before and after."""
+    """Calls of one kind of change ("new price", "new source": the same cost by other price data,
+    "priced", "unpriced"), what they cost before and after."""
 
     kind: str
     calls: int = 0
@@ -49,13 +50,14 @@ def reprice(obj, selection, dry_run: bool, quiet: bool) -> None:
         raise click.ClickException(str(exc)) from None
     changes, seen, kept = [], [0], list[dict]()
     # A call that had no price was not a $0 call: counted apart from changed prices, as is the reverse.
-    kinds = {kind: _Changed(kind) for kind in ("new price", "priced", "unpriced")}
+    kinds = {kind: _Changed(kind) for kind in ("new price", "new source", "priced", "unpriced")}
     with writing(obj.db) as con:
         with Bar("Repricing", lambda: report_rows.count(con, selection), quiet) as bar:
             for row, price in changed(_counted(report_rows.reprice_inputs(con, selection), bar, seen), book, kept):
                 changes.append((row["id"], price.cost_usd, price.source, price.snapshot))
                 kind = ("priced" if row["cost_usd"] is None else
-                        "unpriced" if price.cost_usd is None else "new price")
+                        "unpriced" if price.cost_usd is None else
+                        "new price" if price.cost_usd != row["cost_usd"] else "new source")
                 kinds[kind].add(row["cost_usd"], price.cost_usd)
         checked = seen[0]
         if not dry_run:
@@ -87,6 +89,8 @@ def _line(changed: _Changed) -> str:
     if changed.kind == "unpriced":
         return (f"{changed.calls:,} without a price now: {usd(changed.before)} -> {UNPRICED}; see "
                 f"`aispendtrack prices check`.")
+    if changed.kind == "new source":
+        return f"{changed.calls:,} at the same cost ({usd(changed.after)}), by other price data (their price_source)"
     # Of the amounts as shown (each to the micro-dollar), so the line adds up as read.
     difference = shown(changed.after) - shown(changed.before)
     return (f"{changed.calls:,} with a new price: {usd(changed.before)} -> {usd(changed.after)} "

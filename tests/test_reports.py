@@ -217,6 +217,20 @@ def test_a_reprices_summary_adds_up_as_shown(tmp_path, new_store):
     assert result.output == "Checked 1 call; 1 changed:\n  1 with a new price: $17.258121 -> $13.14353 (-$4.114591)\n"
 
 
+def test_a_reprice_that_changes_only_the_price_source_says_the_cost_is_the_same(tmp_path, new_store):
+    """Was "1 with a new price: $4.00 -> $4.00 (+$0.00)": a call priced again by other data at the
+    same cost (a new genai-prices release, an override of the same rates) read as a price change."""
+    with writing(new_store(home_dir.db_path(tmp_path))) as con:
+        call_rows.insert(con, [call_row(1_000_000, model="acme-llm", output_tokens=0, cost_usd=Decimal(4),
+                                        price_source="genai-prices 0.0.1")])
+    (tmp_path / "prices.toml").write_text('[[price]]\nmodel = "acme-llm"\ninput_mtok = 4\noutput_mtok = 1\n')
+    result = CliRunner().invoke(cli, ["--home", str(tmp_path), "reprice", "--model", "acme-llm"])
+    assert result.output == ("Checked 1 call; 1 changed:\n"
+                             "  1 at the same cost ($4.00), by other price data (their price_source)\n")
+    [row] = cli_json(tmp_path, "calls")
+    assert (row["price_source"], row["previous_price_source"]) == ("override prices.toml#1", "genai-prices 0.0.1")
+
+
 def test_a_reprice_keeps_the_old_price_stores_the_snapshot_and_a_failed_one_changes_nothing(tmp_path, new_store):
     first, second = call_row(1, cost_usd=Decimal("9"), price_source="list"), call_row(2, cost_usd=Decimal("1"))
     columns = "cost_usd, priced, price_source, price_snapshot, previous_cost_usd, previous_price_source"
