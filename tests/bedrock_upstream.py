@@ -5,7 +5,9 @@ path, the signed headers, the Host header among them, the body) and the test's c
 mismatch gets AWS's 403 ``InvalidSignatureException``. Answers: InvokeModel (Claude's Messages
 body, or a Mistral body with usage in the headers only), InvokeModelWithResponseStream (Claude's
 stream events in AWS event-stream framing), Converse and ConverseStream, as documented
-(docs.aws.amazon.com/bedrock/latest/APIReference).
+(docs.aws.amazon.com/bedrock/latest/APIReference); and the OpenAI-compatible Chat Completions API
+(``/openai/v1/chat/completions``, gpt-oss models), which takes a Bedrock API key as a bearer token
+instead of a signature (``API_KEY``; any other bearer gets a 403).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ CLAUDE_USAGE = {"input_tokens": 25, "output_tokens": 12, "cache_creation_input_t
 CONVERSE_USAGE = {"inputTokens": 30, "outputTokens": 12, "totalTokens": 3072, "cacheReadInputTokens": 2000,
                   "cacheWriteInputTokens": 1030}
 REQUEST_ID = "f0e1d2c3-0000-4000-8000-000000000001"  # x-amzn-requestid, as every Bedrock answer has one
+API_KEY = "ABSKQmVkcm9ja0FQSUtleS1mb3J3YXJkLXRlc3Q="  # a Bedrock API key (they start ABSK)
+OPENAI_USAGE = {"prompt_tokens": 84, "completion_tokens": 310, "total_tokens": 394}
 MISTRAL_HEADERS = {"x-amzn-bedrock-input-token-count": "17", "x-amzn-bedrock-output-token-count": "9"}
 
 
@@ -114,6 +118,9 @@ def _handler(fake: FakeBedrock):
             received = self.receive()
             body, headers = received.body, received.headers
             fake.received.append((self.command, self.path, headers, body))
+            if self.path == "/openai/v1/chat/completions" and headers.get("authorization", "").startswith("Bearer "):
+                self._openai_chat(headers["authorization"] == f"Bearer {API_KEY}", json.loads(body or b"{}"))
+                return
             if not signature_valid(self.command, self.path, headers, body):
                 fake.rejected += 1
                 self._json(403, {"message": "The request signature we calculated does not match the signature you "
@@ -135,6 +142,32 @@ def _handler(fake: FakeBedrock):
                                  "stopReason": "end_turn", "usage": CONVERSE_USAGE, "metrics": {"latencyMs": 640}})
             else:
                 self._stream(claude_stream() if operation == "invoke-with-response-stream" else converse_stream())
+
+        def _openai_chat(self, known: bool, request: dict) -> None:
+            if not known:
+                self._json(403, {"message": "Authentication failed: invalid API key"},
+                           {"x-amzn-ErrorType": "AccessDeniedException:"})
+                return
+            model = request.get("model")
+            answer = {"id": "chatcmpl-bdrk01", "created": 1764763200, "model": model, "service_tier": None,
+                      "system_fingerprint": None}
+            if not request.get("stream"):
+                self._json(200, {**answer, "object": "chat.completion", "usage": OPENAI_USAGE, "choices": [
+                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hola"}}]})
+                return
+            chunk = {**answer, "object": "chat.completion.chunk"}
+            chunks = [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hola"}}]},
+                      {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]
+            if (request.get("stream_options") or {}).get("include_usage"):
+                chunks.append({**chunk, "choices": [], "usage": OPENAI_USAGE})
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for piece in [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]:
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
 
         def _json(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
             send_json(self, status, body, {**(headers or {}), "x-amzn-requestid": REQUEST_ID})

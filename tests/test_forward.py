@@ -29,6 +29,7 @@ from google.oauth2.credentials import Credentials
 
 from . import vertex_upstream as vertex_fake
 from .bedrock_upstream import ACCESS_KEY, CONVERSE_USAGE, REGION, SECRET_KEY, FakeBedrock
+from .bedrock_upstream import API_KEY as BEDROCK_API_KEY
 from .certs import make_ca_and_leaf
 from .helpers import cost, free_port, run_cli, start_proxy, until, until_read
 
@@ -339,6 +340,47 @@ def test_bedrock_invoke_model_with_response_stream(forward, env, bedrock):
     assert (row["input_tokens"], row["output_tokens"], row["stream"]) == (25, 12, True)
     assert row["usage_source"] == "reported" and row["outcome"] == "completed"
     assert row["cost_usd"] == pytest.approx(cost((25, "3.00"), (12, "15.00")), abs=1e-12)
+
+
+GPT_OSS = "openai.gpt-oss-20b-1:0"
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_bedrock_openai_compatible_chat_with_a_bedrock_api_key(forward, env, bedrock, customer, streamed):
+    """Bedrock's OpenAI-compatible API (gpt-oss, a Bedrock API key as the bearer): forwarded
+    unpriced before; read now as OpenAI's wire format, at Bedrock's prices ($0.07 in, $0.30 out)."""
+    client = openai.OpenAI(base_url=f"https://{HOST}/openai/v1", api_key=BEDROCK_API_KEY, max_retries=0,
+                           default_headers={"x-customer-id": customer})
+    ask = {"model": GPT_OSS, "messages": [{"role": "user", "content": "Hola"}]}
+    if streamed:
+        chunks = list(client.chat.completions.create(**ask, stream=True, stream_options={"include_usage": True}))
+        assert chunks[-1].usage.completion_tokens == 310
+    else:
+        assert client.chat.completions.create(**ask).usage.prompt_tokens == 84
+    _, path, headers, body = bedrock.received[-1]
+    assert (path, headers["host"], headers["authorization"]) == ("/openai/v1/chat/completions", HOST,
+                                                                 f"Bearer {BEDROCK_API_KEY}")
+    assert not {"proxy-authorization", "x-customer-id"} & set(headers)
+    assert "include_usage" in body.decode() if streamed else "stream_options" not in body.decode()
+    [row] = forward.rows(customer)
+    assert (row["provider"], row["endpoint"], row["model"], row["stream"]) == (
+        "bedrock", "/openai/v1/chat/completions", GPT_OSS, streamed)
+    assert (row["input_tokens"], row["output_tokens"], row["usage_source"], row["error"]) == (84, 310, "reported", None)
+    assert row["cost_usd"] == pytest.approx(cost((84, "0.07"), (310, "0.30")), abs=1e-12)
+
+
+def test_bedrock_openai_compatible_stream_without_usage_is_estimated_and_left_as_sent(forward, env, bedrock,
+                                                                                       customer):
+    """Not asked for its usage: the request may be signed, so it goes on as sent, and the row is
+    counted from the text (never $0)."""
+    client = openai.OpenAI(base_url=f"https://{HOST}/openai/v1", api_key=BEDROCK_API_KEY, max_retries=0,
+                           default_headers={"x-customer-id": customer})
+    chunks = list(client.chat.completions.create(model=GPT_OSS, messages=[{"role": "user", "content": "Hola"}],
+                                                 stream=True))
+    assert [c.usage for c in chunks] == [None, None]
+    assert b"stream_options" not in bedrock.received[-1][3]
+    [row] = forward.rows(customer)
+    assert (row["usage_source"], row["priced"]) == ("estimated", True) and row["output_tokens"] >= 1
 
 
 def _converse_cost() -> float:

@@ -13,7 +13,11 @@ The model is the path's (``/model/{modelId}/invoke``; an inference profile such 
   event as base64 ``bytes`` (Anthropic's stream events), the last with
   ``amazon-bedrock-invocationMetrics``;
 - Converse: ``usage`` (``inputTokens`` excludes the cache reads and writes, which have their own
-  fields); ConverseStream: the ``metadata`` event's ``usage``.
+  fields); ConverseStream: the ``metadata`` event's ``usage``;
+- the OpenAI-compatible Chat Completions API (``/openai/v1/chat/completions``, OpenAI's gpt-oss
+  models, a Bedrock API key as the bearer token): OpenAI's wire format, read as OpenAI's, the model
+  the body's (``openai.gpt-oss-120b-1:0``). A stream's usage only if the client asked for it (the
+  request is never changed here: it may be signed).
 
 A stream cut before its usage (or ended by an exception) is estimated as the providers' own APIs'
 are (``partial``): Claude's events as Anthropic's (the input its message_start reported, the output
@@ -32,7 +36,7 @@ from urllib.parse import unquote
 
 from pricing.usage import TokenUsage
 
-from . import anthropic
+from . import anthropic, openai
 from .base import Observed, Provider, StreamParser, as_dict, count, loads, patterns, tier_name
 
 INVOKE, INVOKE_STREAM, CONVERSE, CONVERSE_STREAM = "invoke", "invoke-with-response-stream", "converse", \
@@ -43,6 +47,7 @@ _ARN_CALL = re.compile(r"/model/(arn(?:%3[aA][A-Za-z0-9._-]*){5}(?:%2[fF](?:[A-Z
                        r"(?:invoke|invoke-with-response-stream|converse|converse-stream)")
 # The foundation model an ARN names, when it names one (an application inference profile does not).
 _ARN_MODEL = re.compile(r"arn:aws[a-z-]*:bedrock:[^:]*:[^:]*:(?:inference-profile|foundation-model)/([^/]+)")
+OPENAI_CHAT = "/openai/v1/chat/completions"
 _FREE = patterns(r"/model/[^/]+/count-tokens")
 _BILLABLE = patterns(r"/async-invoke(?:/.*)?", r"/guardrail/.+/apply")
 _HEADERS = {"input_tokens": "x-amzn-bedrock-input-token-count", "output_tokens": "x-amzn-bedrock-output-token-count",
@@ -208,13 +213,14 @@ class Bedrock(Provider):
     def __init__(self, counter=None):
         super().__init__(counter)
         self._anthropic = anthropic.Anthropic(counter)  # estimates a cut Claude stream as for its own API
+        self._openai = openai.OpenAI(counter)  # reads (and estimates) the OpenAI-compatible API's calls
 
     def endpoint(self, path: str) -> str:
         found = _call(path)
         return f"/model/{{modelId}}/{found[1]}" if found else path
 
     def metered(self, path: str) -> bool:
-        return _call(path) is not None
+        return _call(path) is not None or path == OPENAI_CHAT
 
     def escaped_path(self, path: str) -> str | None:
         return path if _ARN_CALL.fullmatch(path) else None
@@ -224,6 +230,8 @@ class Bedrock(Provider):
         return found[0] if found else None
 
     def parse_body(self, path: str, body: object) -> Observed:
+        if path == OPENAI_CHAT:
+            return self._openai.parse_body(path, body)
         found = _call(path)
         if found is None or not isinstance(body, dict):
             return Observed()
@@ -246,11 +254,15 @@ class Bedrock(Provider):
                         headers.get("x-amzn-bedrock-service-tier"))
 
     def stream_parser(self, path: str) -> StreamParser:
+        if path == OPENAI_CHAT:
+            return self._openai.stream_parser(path)
         found = _call(path)
         model = found[0] if found else ""
         return ConverseStream(model) if found and found[1] == CONVERSE_STREAM else InvokeStream(model)
 
     def estimate(self, path, request, parser, model) -> TokenUsage | None:
+        if path == OPENAI_CHAT:
+            return self._openai.estimate(path, request, parser, model)
         if isinstance(parser, InvokeStream) and parser.observed.usage is not None:  # Claude's message_start came
             return self._anthropic.estimate(anthropic.MESSAGES, request, parser, model)
         if not isinstance(parser, ConverseStream) or not parser.started or self.counter is None or request is None:
