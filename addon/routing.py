@@ -27,7 +27,7 @@ from mitmproxy.http import Headers
 
 from .providers import Provider, vertex
 
-ANTHROPIC, GOOGLE, VERTEX = "anthropic", "google", "vertex"
+ANTHROPIC, GOOGLE, VERTEX, AZURE = "anthropic", "google", "vertex", "azure"
 MIXED = "mixed"  # a Google OAuth token beside another provider's key: it could only go to one of them
 # Anthropic's API, as its SDKs call it. Its credentials go nowhere else, and only here.
 _ANTHROPIC_EXACT = ("/v1/messages", "/v1/messages/count_tokens", "/v1/complete")
@@ -164,6 +164,7 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
                         "and another provider's key, and a credential is never sent to another provider. "
                         "Send only the one the provider takes. Nothing was forwarded.")
     provider, rest = _by_prefix(providers, clean)
+    prefix = provider.prefix if provider is not None else None
     if provider is not None:
         # Vertex's express mode takes a Google API key, as Google's hosts do.
         on_key = provider.name == VERTEX and credentials == GOOGLE and vertex.express(rest)
@@ -185,6 +186,10 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
         if provider.name == ANTHROPIC and "authorization" in headers:
             # Anthropic's SDKs always send anthropic-version; this bearer token is someone else's.
             raise _foreign(fallback, clean)
+    if credentials is None and provider.name not in (AZURE, VERTEX) and "api-key" in headers:
+        # Azure OpenAI's header, which no other provider takes: an AzureOpenAI client whose endpoint
+        # lacks /azure (its /openai/deployments/... paths then read as OpenAI's).
+        raise _foreign(_named(providers, AZURE), prefix or clean)
     if provider.name == ANTHROPIC:
         rest = _anthropic_path(provider, rest)
     _refuse_wrong_case(provider, rest)
@@ -264,6 +269,8 @@ def _foreign(provider: Provider, path: str) -> Misrouted:
     elif provider.name == VERTEX:
         where = ("set the base URL to http://HOST:PORT/vertex (google-genai) or http://HOST:PORT/vertex/v1 "
                  "(AnthropicVertex; see docs/providers.md)")
+    elif provider.name == AZURE:
+        where = "set the endpoint to http://HOST:PORT/azure (AzureOpenAI(azure_endpoint=\"http://HOST:PORT/azure\"))"
     else:
         where = "OpenAI(base_url=\"http://HOST:PORT/v1\"); other providers take a prefix (see docs/providers.md)"
     return Misrouted(provider, 404, "aispendtrack_wrong_base_url",

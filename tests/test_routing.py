@@ -63,6 +63,7 @@ WHERE = {
     "vertex": "set the base URL to http://HOST:PORT/vertex (google-genai) or http://HOST:PORT/vertex/v1 "
               "(AnthropicVertex; see docs/providers.md)",
     "openai": "OpenAI(base_url=\"http://HOST:PORT/v1\"); other providers take a prefix (see docs/providers.md)",
+    "azure": "set the endpoint to http://HOST:PORT/azure (AzureOpenAI(azure_endpoint=\"http://HOST:PORT/azure\"))",
 }
 
 
@@ -133,6 +134,14 @@ def test_each_request_goes_to_the_provider_its_credentials_and_path_name(provide
     ("/v1/chat/completions", {"api-key": "sk-ant-secret-azure"}, "anthropic", 404, "aispendtrack_wrong_base_url",
      "/v1/chat/completions"),
     ("/v1/chat/completions", VERTEX_TOKEN, "vertex", 404, "aispendtrack_wrong_base_url", "/v1/chat/completions"),
+    # Azure's api-key header, which no other provider takes: an AzureOpenAI endpoint without /azure
+    # (its /openai/deployments/... paths read as OpenAI's prefix) sent it to OpenAI.
+    ("/openai/deployments/prod-4o/chat/completions", {"api-key": "0123456789abcdef0123456789abcdef"}, "azure", 404,
+     "aispendtrack_wrong_base_url", "/openai"),
+    ("/v1/chat/completions", {"api-key": "0123456789abcdef0123456789abcdef"}, "azure", 404,
+     "aispendtrack_wrong_base_url", "/v1/chat/completions"),
+    ("/mistral/v1/chat/completions", {"api-key": "0123456789abcdef0123456789abcdef"}, "azure", 404,
+     "aispendtrack_wrong_base_url", "/mistral"),
     ("/gemini/v1beta/models/m:generateContent", VERTEX_TOKEN, "vertex", 404, "aispendtrack_wrong_base_url",
      "/gemini"),
     ("/v1/messages", {"authorization": "Bearer sk-proj"}, "openai", 404, "aispendtrack_wrong_base_url",
@@ -343,6 +352,19 @@ def test_a_key_in_another_providers_form_never_reaches_openai(split, target, hea
     assert "did not forward this call" in json.dumps(body) and "base URL" in json.dumps(body)
     assert (len(openai_upstream.received), len(claude.received), len(gemini.received)) == before
     assert not [r for r in openai_upstream.received if secret in r.path or secret in json.dumps(r.headers)]
+
+
+def test_an_azure_client_whose_endpoint_lacks_azure_is_refused_and_its_key_never_reaches_openai(split):
+    """AzureOpenAI(azure_endpoint=PROXY) calls /openai/deployments/..., which is OpenAI's prefix here:
+    the call went to OpenAI's upstream with the Azure api-key."""
+    proxy, openai_upstream, *_ = split
+    before = len(openai_upstream.received)
+    client = openai.AzureOpenAI(azure_endpoint=proxy.url, api_key="0123456789abcdef0123456789abcdef",
+                                api_version="2024-10-21", max_retries=0,
+                                default_headers={"x-aispendtrack-key": proxy.key})
+    with pytest.raises(openai.NotFoundError, match=r"carries azure credentials.*http://HOST:PORT/azure"):
+        client.chat.completions.create(model="prod-4o", messages=CHAT["messages"])
+    assert len(openai_upstream.received) == before
 
 
 def test_a_gemini_key_on_geminis_openai_compatible_path_goes_to_gemini_never_to_openai(split):
