@@ -328,10 +328,37 @@ def _cohere(request: dict) -> Reply:
     return Reply(events=[f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events])
 
 
-def _compatible(scenario: str, request: dict) -> Reply:
-    """An OpenAI-compatible provider answering with its own model name (scenario "model:NAME")."""
+COMPATIBLE_USAGE = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
+# Azure's first chunk of a chat stream: its prompt's content filter results, no model, no choices.
+_AZURE_PROMPT_FILTER = {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": [
+    {"prompt_index": 0, "content_filter_results": {"hate": {"filtered": False, "severity": "safe"}}}]}
+
+
+def _compatible(scenario: str, request: dict, azure: bool) -> Reply:
+    """An OpenAI-compatible provider answering with its own model name (scenario "model:NAME");
+    streamed as Azure streams when ``azure`` (its prompt filter's chunk first)."""
     model = scenario.split(":", 1)[1]
-    return _json(_chat_body(model, {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}))
+    if not request.get("stream"):
+        return _json(_chat_body(model, COMPATIBLE_USAGE))
+    chunk = {"id": "chatcmpl-cmp", "object": "chat.completion.chunk", "created": 1727346169, "model": model}
+    events = [_data(_AZURE_PROMPT_FILTER)] if azure else []
+    events += [_data({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi there, "},
+                                            "finish_reason": None}]}),
+               _data({**chunk, "choices": [{"index": 0, "delta": {"content": "how can I help?"},
+                                            "finish_reason": "stop"}]})]
+    if (request.get("stream_options") or {}).get("include_usage"):
+        events.append(_data({**chunk, "choices": [], "usage": COMPATIBLE_USAGE}))
+    return Reply(events=[*events, _data("[DONE]")])
+
+
+def azure_refusal(target: str, request: dict) -> Reply | None:
+    """Azure's 400 for ``stream_options`` on an api-version before 2024-09-01 (``target``: path and query)."""
+    path, _, query = target.partition("?")
+    version = dict(p.partition("=")[::2] for p in query.split("&")).get("api-version", "")
+    if not path.startswith("/openai/deployments/") or "stream_options" not in request or version >= "2024-09-01":
+        return None
+    return _json({"error": {"message": "Unrecognized request argument supplied: stream_options",
+                            "type": "invalid_request_error", "param": None, "code": None}}, status=400)
 
 
 def reply_for(path: str, scenario: str, request: dict) -> Reply:
@@ -342,7 +369,7 @@ def reply_for(path: str, scenario: str, request: dict) -> Reply:
     if scenario == "mistral":
         return _mistral(request)
     if scenario.startswith("model:"):
-        return _compatible(scenario, request)
+        return _compatible(scenario, request, azure=path.startswith("/openai/deployments/"))
     routes = {"/v1/chat/completions": _chat, "/v1/responses": _responses, "/v1/embeddings": _embeddings,
               "/v1/completions": _completions, "/v1/messages": _messages}
     if path in routes:

@@ -120,6 +120,38 @@ def test_openai_compatible_providers_use_their_own_prices(proxy, upstream, custo
     assert row["cost_usd"] == pytest.approx(cost((1000, rates[0]), (500, rates[1])), abs=1e-12)
 
 
+@pytest.mark.parametrize("api_version,asked", [("2024-06-01", False), ("2024-10-21", True), (None, True)],
+                         ids=["older", "2024-10-21", "v1"])
+def test_an_azure_stream_is_asked_for_its_usage_only_where_its_api_version_takes_it(proxy, upstream, customer,
+                                                                                     api_version, asked):
+    """Azure's api-versions before 2024-09-01 answer stream_options with a 400: every such stream
+    failed through the proxy. It goes on as sent now, estimated from its text, under the model its
+    answer names (Azure's first chunk, "model": "", had the deployment's name stored instead)."""
+    import json
+
+    import openai
+    key, scenario = "0123456789abcdef0123456789abcdef", headers(proxy, customer, "model:gpt-4o-2024-08-06")
+    if api_version is None:  # the v1 API: no api-version
+        client = openai.OpenAI(base_url=proxy.url + "/azure/openai/v1", api_key=key, max_retries=0,
+                               default_headers=scenario)
+    else:
+        client = openai.AzureOpenAI(azure_endpoint=proxy.url + "/azure", api_key=key, api_version=api_version,
+                                    max_retries=0, default_headers=scenario)
+    chunks = list(client.chat.completions.create(model="prod-4o", messages=MESSAGES, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi there, how can I help?"
+    assert all(c.usage is None for c in chunks)  # the usage asked for is not shown to the client
+    assert ("stream_options" in json.loads(upstream.last().body)) is asked
+    [row] = proxy.rows(customer)
+    assert (row["provider"], row["model"], row["status"]) == ("azure", "gpt-4o-2024-08-06", 200)
+    assert row["endpoint"] == ("/openai/v1/chat/completions" if api_version is None
+                               else "/openai/deployments/{deployment}/chat/completions")
+    if asked:
+        assert (row["usage_source"], row["input_tokens"], row["output_tokens"]) == ("reported", 1000, 500)
+        assert row["cost_usd"] == pytest.approx(cost((1000, "2.50"), (500, "10")), abs=1e-12)
+    else:
+        assert row["usage_source"] == "estimated" and row["output_tokens"] >= 5 and row["priced"] is True
+
+
 def test_an_unpriced_model_at_a_compatible_provider_is_flagged(proxy, customer):
     import openai
     client = openai.OpenAI(base_url=proxy.url + "/together/v1", api_key="sk-compatible", max_retries=0,

@@ -158,7 +158,8 @@ def _handler(provider: FakeProvider):
                 request = json.loads(body) if body else {}
             except ValueError:
                 request = {}
-            reply = payloads.reply_for(self.path.split("?")[0], scenario, request)
+            reply = payloads.azure_refusal(self.path, request) or payloads.reply_for(self.path.split("?")[0], scenario,
+                                                                                    request)
             if reply.events is None:
                 self._send_body(reply)
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from ..estimate import Counter
 from .anthropic import Anthropic
+from .azure import Azure
 from .base import Observed, Provider, StreamParser
 from .bedrock import Bedrock
 from .cohere import Cohere
@@ -27,9 +28,7 @@ def all_providers(counter: Counter | None) -> list[Provider]:
         Cohere(counter),
         Vertex(counter),
         OpenAICompatible("mistral", "/mistral", "https://api.mistral.ai", counter),
-        # Azure has no default upstream: one per resource, --upstream azure=https://NAME.openai.azure.com
-        OpenAICompatible("azure", "/azure", None, counter, accepts_stream_options=True,
-                         hosts=("*.openai.azure.com", "*.cognitiveservices.azure.com")),
+        Azure(counter),  # no default upstream: one per resource, --upstream azure=https://NAME.openai.azure.com
         OpenAICompatible("openrouter", "/openrouter", "https://openrouter.ai/api", counter),
         OpenAICompatible("groq", "/groq", "https://api.groq.com/openai", counter, accepts_stream_options=True),
         OpenAICompatible("deepseek", "/deepseek", "https://api.deepseek.com", counter, accepts_stream_options=True),

@@ -157,8 +157,9 @@ class Provider:
         there is more to say than that the response carried none."""
         return None
 
-    def injects_usage(self, path: str) -> bool:
-        """Whether a stream to this path may be given stream_options.include_usage (see injection.py)."""
+    def injects_usage(self, path: str, query: str = "") -> bool:
+        """Whether a stream to this path (and query string) may be given stream_options.include_usage
+        (see injection.py)."""
         return False
 
     def price_region(self, path: str) -> str | None:

@@ -178,10 +178,11 @@ class OpenAIStream(StreamParser):
         if data == b"[DONE]":
             self.observed.complete = True
             return
-        # Only the usage chunk, the first chunk (model) and errors are decoded here.
-        if self.observed.model is None or _may_carry_usage(data) or b'"error"' in data:
+        # Only the usage chunk, the chunks until one names the model and errors are decoded here
+        # (Azure's first chunk, its prompt's filter results, has "model": "").
+        if not self.observed.model or _may_carry_usage(data) or b'"error"' in data:
             chunk = loads(data) or {}
-            self.observed.model = self.observed.model or chunk.get("model")
+            self.observed.model = self.observed.model or chunk.get("model") or None
             # Groq reports a stream's usage in its last chunk's x_groq when none was asked for.
             groq = as_dict(chunk.get("x_groq")).get("usage")
             if chunk.get("usage") or groq:
@@ -271,7 +272,7 @@ class OpenAI(Provider):
     def streams_binary(self, path: str) -> bool:
         return path == media.SPEECH
 
-    def injects_usage(self, path: str) -> bool:
+    def injects_usage(self, path: str, query: str = "") -> bool:
         return self.accepts_stream_options and path.endswith("/chat/completions")
 
     def parse_body(self, path: str, body) -> Observed:
