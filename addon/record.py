@@ -80,7 +80,8 @@ def _bills_nothing(meter: CallMeter, observed: Observed) -> bool:
         return meter.outcome not in _CUT_UNANSWERED
     if meter.answered is not None and meter.answered < 400:  # answered, then cut (the client got our 502):
         return False                                          # the provider made the answer, and bills it
-    return meter.status >= 400 and observed.usage is None
+    # A refusal the provider says it bills (Azure's content filter) has a reason, and no usage.
+    return meter.status >= 400 and observed.usage is None and observed.unknown_usage is None
 
 
 def _ts(meter: CallMeter) -> dt.datetime:

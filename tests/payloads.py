@@ -368,6 +368,14 @@ def reply_for(path: str, scenario: str, request: dict) -> Reply:
         return _cohere(request)
     if scenario == "mistral":
         return _mistral(request)
+    if scenario == "content_filter":  # Azure's content filter refusing the prompt
+        return _json({"error": {
+            "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management "
+                       "policy. Please modify your prompt and retry.", "type": None, "param": "prompt",
+            "code": "content_filter", "status": 400, "innererror": {
+                "code": "ResponsibleAIPolicyViolation", "content_filter_result": {
+                    "hate": {"filtered": False, "severity": "safe"},
+                    "violence": {"filtered": True, "severity": "medium"}}}}}, status=400)
     if scenario.startswith("model:"):
         return _compatible(scenario, request, azure=path.startswith("/openai/deployments/"))
     routes = {"/v1/chat/completions": _chat, "/v1/responses": _responses, "/v1/embeddings": _embeddings,

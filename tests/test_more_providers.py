@@ -152,6 +152,22 @@ def test_an_azure_stream_is_asked_for_its_usage_only_where_its_api_version_takes
         assert row["usage_source"] == "estimated" and row["output_tokens"] >= 5 and row["priced"] is True
 
 
+def test_a_prompt_azures_content_filter_refused_is_unpriced_not_a_free_refusal(proxy, customer):
+    """Azure bills such a prompt (its prompt's and completion's tokens, none reported): stored as a
+    refusal, $0.00, priced."""
+    import openai
+    client = openai.AzureOpenAI(azure_endpoint=proxy.url + "/azure", api_key="0123456789abcdef0123456789abcdef",
+                                api_version="2024-10-21", max_retries=0,
+                                default_headers=headers(proxy, customer, "content_filter"))
+    with pytest.raises(openai.BadRequestError, match="content management policy"):
+        client.chat.completions.create(model="prod-4o", messages=MESSAGES)
+    [row] = proxy.rows(customer)
+    assert (row["provider"], row["status"], row["priced"], row["cost_usd"]) == ("azure", 400, False, None)
+    assert row["error"] == ("usage unknown: Azure bills a prompt its content filter refused (400 content_filter), "
+                            "the prompt's and the completion's tokens, which its answer does not report "
+                            "(docs/coverage.md)")
+
+
 def test_an_unpriced_model_at_a_compatible_provider_is_flagged(proxy, customer):
     import openai
     client = openai.OpenAI(base_url=proxy.url + "/together/v1", api_key="sk-compatible", max_retries=0,
