@@ -141,6 +141,8 @@ def cost(usage: TokenUsage, provider: str, model: str, at: dt.datetime, ctx: Con
     assert isinstance(rates, dict)
     if any(getattr(usage, field) and field not in rates for field in own):
         return None
+    if usage.output_tokens and "input_tokens" in rates and "output_tokens" not in rates:
+        return None  # input priced, output not (Azure's davinci-002 in genai-prices): unknown, not free
     return sum((getattr(usage, field) * rate for field, rate in rates.items()), Decimal(0)) / MTOK
 
 
@@ -172,6 +174,13 @@ def _charges(data: PriceData, provider: str, model: str, at: dt.datetime) -> boo
         return None
 
 
+# The providers whose rates genai-prices may lend to another for a model it does not list there:
+# Azure bills OpenAI's and Anthropic's models at their makers' rates, but the other makers' models
+# it serves (DeepSeek's, xAI's, Moonshot's) at its own (DeepSeek-R1: $1.35 and $5.40 per million
+# on Azure AI Foundry, $0.55 and $2.19 at DeepSeek): those are unpriced, never at another's price.
+_LENDERS = {"azure": ("azure", "openai", "anthropic")}
+
+
 @functools.lru_cache(maxsize=1024)
 def _model(data: PriceData, provider: str, model: str, own: bool = False) -> ModelInfo | None:
     """``own``: only a model of that provider's, not one genai-prices borrows from another provider
@@ -179,6 +188,9 @@ def _model(data: PriceData, provider: str, model: str, own: bool = False) -> Mod
     try:
         found_in, info = data.snapshot.find_provider_model(model, None, provider, None)
     except LookupError:
+        return None
+    lenders = _LENDERS.get(provider)
+    if lenders and not any(info is m for p in data.snapshot.providers if p.id in lenders for m in p.models):
         return None
     return None if own and not any(info is m for m in found_in.models) else info
 

@@ -281,6 +281,28 @@ def test_every_bundled_patch_cites_its_source_and_the_check_lists_them(tmp_path)
     assert "openai/dall-e-3 dall-e-3-* 1024x1024: $0.04 an image: " in result.output
 
 
+def test_azure_prices_only_openais_and_anthropics_models_at_their_makers_rates(tmp_path):
+    """genai-prices lends Azure DeepSeek's, xAI's and Moonshot's rates, which Azure does not charge
+    (DeepSeek-R1 on Azure AI Foundry: $1.35 and $5.40 per million; DeepSeek's own $0.55 and $2.19,
+    off-peak $0.135 and $0.55, which it was priced at): such a model is unpriced until prices.toml has it."""
+    usage = TokenUsage(input_tokens=1000, output_tokens=1000)
+    book = PriceBook(tmp_path / "prices.toml")
+    assert [book.price(usage, "azure", model, NOW).cost_usd for model in ("DeepSeek-R1", "grok-3-mini")] == [None, None]
+    assert book.price(usage, "deepseek", "deepseek-reasoner", NOW).cost_usd is not None  # at DeepSeek itself
+    assert book.price(usage, "azure", "gpt-4o-2024-11-20", NOW).cost_usd == Decimal("0.0125")  # OpenAI's rates
+    (tmp_path / "prices.toml").write_text(
+        '[[price]]\nprovider = "azure"\nmodel = "DeepSeek-R1"\ninput_mtok = 1.35\noutput_mtok = 5.40\n')
+    assert PriceBook(tmp_path / "prices.toml").price(usage, "azure", "DeepSeek-R1", NOW).cost_usd == Decimal("0.00675")
+
+
+def test_a_model_priced_for_its_input_alone_is_unpriced_once_it_writes_output(tmp_path):
+    """genai-prices' Azure davinci-002 has an input rate and none for output: its completions' tokens
+    were free ($2 per million in, $0 out), where Azure bills them."""
+    book = PriceBook(tmp_path / "prices.toml")
+    assert book.price(TokenUsage(input_tokens=1000), "azure", "davinci-002", NOW).cost_usd == Decimal("0.002")
+    assert book.price(TokenUsage(input_tokens=1000, output_tokens=10), "azure", "davinci-002", NOW).cost_usd is None
+
+
 def test_images_made_by_the_image_tool_leave_the_call_unpriced_whatever_layer_prices_its_tokens(tmp_path):
     """Billed at the image model's rates, in tokens no usage reports: priced at the chat model's
     tokens alone it read as a few cents a picture cheaper, also after a reprice (which prices the
