@@ -468,6 +468,24 @@ def test_recent_calls_show_units_and_unmetered_calls_are_named_a_gap(page, site)
     assert "went to endpoints the provider bills and AiSpendTrack does not meter" in page.inner_text("#warnings")
 
 
+def test_the_page_starts_a_day_where_the_server_does_in_every_zone(page, site):
+    """A midnight the clocks skip (Havana, Santiago on the day DST starts) was read an hour early: the
+    page's "today" and a custom range took in the previous day's last hour, where the CLI and API
+    (Python, fold=0) start the day at the change. A time that happens twice is its first."""
+    from zoneinfo import ZoneInfo
+    sign_in(page, site)
+    page.goto(site["url"] + "/?range=7d")
+    wait_until_drawn(page)
+    cases = [("America/Havana", 2026, 3, 8, 0), ("America/Santiago", 2026, 9, 6, 0), ("America/Havana", 2026, 11, 1, 0),
+             ("America/Los_Angeles", 2026, 3, 8, 2), ("America/Los_Angeles", 2026, 11, 1, 1),
+             ("Australia/Lord_Howe", 2026, 10, 4, 2), ("Asia/Kathmandu", 2026, 6, 1, 0),
+             ("Pacific/Kiritimati", 2026, 1, 1, 0)]
+    shown = page.evaluate("(cases) => cases.map(([tz, y, m, d, h]) => new Date(zoned(y, m, d, tz, h)).toISOString())",
+                          cases)
+    assert shown == [dt.datetime(y, m, d, h, tzinfo=ZoneInfo(tz)).astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+                     for tz, y, m, d, h in cases]
+
+
 def test_the_page_shows_what_the_proxy_added_at_p50_and_p99(page, site):
     """Calls stored before the proxy measured itself (proxy_us NULL) are left out, not shown as 0 µs."""
     rows = [_recent(3, "gpt-4o-mini", "0.00", 100, customer="added-time") for _ in range(4)]

@@ -51,11 +51,17 @@ function wall(instant, tz) {
   return { year: get("year"), month: get("month"), day: get("day"), hour: get("hour"), minute: get("minute"), second: get("second") };
 }
 
-// The instant of a wall-clock time in a zone (midnight by default), across DST changes.
+// The instant of a wall-clock time in a zone (midnight by default), across DST changes, as the server
+// reads a date (Python's fold=0): a time that happens twice is its first; one the clocks skip (midnight
+// in Havana or Santiago on the day DST starts) is read at the offset before the change, the instant
+// the day begins.
 function zoned(year, month, day, tz, hour = 0) {
   const guess = Date.UTC(year, month - 1, day, hour);
   const offset = (t) => { const w = wall(new Date(t), tz); return Date.UTC(w.year, w.month - 1, w.day, w.hour, w.minute, w.second) - t; };
-  return guess - offset(guess - offset(guess));  // the second offset is the one in force then
+  const before = offset(guess - DAY), after = offset(guess + DAY);  // no zone changes its clocks twice a day
+  const shows = (t) => offset(t) + t === guess;
+  if (shows(guess - before)) return guess - before;
+  return shows(guess - after) ? guess - after : guess - before;
 }
 
 const pad = (n) => String(n).padStart(2, "0");
