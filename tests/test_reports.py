@@ -167,6 +167,14 @@ def test_table_has_a_total_line_and_flags_unpriced(home):
     (["--since", "last tuesday"], "cannot read since 'last tuesday'"),
     (["--tz", "Mars/Olympus"], "unknown time zone 'Mars/Olympus'"),
     (["--since", "2026-11-02", "--until", "2026-11-01"], "must be before --until"),
+    # A local time the clocks skip or show twice was read as one of them silently (02:30 as 03:30,
+    # then "--since (10:30 UTC) must be before --until (10:15 UTC)" for 02:30 to 03:15).
+    (["--tz", "America/Los_Angeles", "--since", "2026-03-08T02:30", "--until", "2026-03-08T03:15"],
+     "since '2026-03-08T02:30' does not exist in America/Los_Angeles: the clocks skipped it (daylight saving "
+     "time). Give a time that exists, or one with its UTC offset (2026-03-08T03:30-07:00)."),
+    (["--tz", "America/Los_Angeles", "--since", "2026-11-01T00:30", "--until", "2026-11-01T01:15"],
+     "until '2026-11-01T01:15' happens twice in America/Los_Angeles (the clocks went back): give its UTC offset, "
+     "2026-11-01T01:15-07:00 for the first or 2026-11-01T01:15-08:00 for the second."),
 ])
 def test_bad_report_arguments_say_what_to_fix(home, args, message):
     result = CliRunner().invoke(cli, ["--home", str(home), "report", *args])
@@ -465,6 +473,7 @@ NOT_A_KEY = "key must be a key id (a number from 1 to 2147483647, see `aispendtr
     ("/api/v1/calls?limit=1001", "limit must be a whole number from 1 to 1000, got '1001'."),
     ("/api/v1/report?limit=x", "limit must be a whole number from 1 to 100000, got 'x'."),
     ("/api/v1/report?since=yesterday-ish", "cannot read since"),
+    ("/api/v1/report?since=2026-11-01T01:30&tz=America/Los_Angeles", "since '2026-11-01T01:30' happens twice"),
     ("/api/v1/calls?limit=0", "limit must be a whole number from 1 to 1000"),
     ("/api/v1/calls?key=abc", f"{NOT_A_KEY} got 'abc'."),
     ("/api/v1/calls?key=2147483648", f"{NOT_A_KEY} got '2147483648'."),

@@ -120,11 +120,29 @@ def parse_when(value: str, zone: zoneinfo.ZoneInfo, now: dt.datetime, name: str)
                           f"2026-11-01T09:00.") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
+        if len(value) > len("2026-11-01"):  # a time, not a date (whose day starts at fold 0's reading)
+            _refuse_unclear_time(parsed, value, zone, name)
     try:
         return parsed.astimezone(dt.UTC)
     except OverflowError:  # 0001-01-01T00:00+14:00 is in the year 0 in UTC, 9999-12-31T23:00-05:00 in 10000
         raise ReportError(f"{name} {value!r} falls outside the years 1 to 9999 in UTC; give a time "
                           f"within them.") from None
+
+
+def _refuse_unclear_time(local: dt.datetime, value: str, zone: zoneinfo.ZoneInfo, name: str) -> None:
+    """A local time the clocks skip or show twice (a change to or from daylight saving time) names
+    no one instant: refused with the offsets to say which, never read as one of them silently."""
+    first, second = local.replace(fold=0), local.replace(fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return
+    later = first.astimezone(dt.UTC).astimezone(zone)  # fold 0's instant, as the clocks then showed it
+    if later.replace(tzinfo=None) != local.replace(tzinfo=None):
+        raise ReportError(f"{name} {value!r} does not exist in {zone.key}: the clocks skipped it (daylight saving "
+                          f"time). Give a time that exists, or one with its UTC offset "
+                          f"({later.isoformat(timespec='minutes')}).")
+    raise ReportError(f"{name} {value!r} happens twice in {zone.key} (the clocks went back): give its UTC offset, "
+                      f"{first.isoformat(timespec='minutes')} for the first or "
+                      f"{second.isoformat(timespec='minutes')} for the second.")
 
 
 def _key_id(key: str | int | None) -> int | None:
