@@ -8,18 +8,28 @@ a setting held by one process's flags could not give them the same answer.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import zoneinfo
 
 from . import periods
 from .store import config as config_rows
+
+log = logging.getLogger(__name__)
 
 QUOTA_TZ = "quota_tz"
 DEFAULTS = {QUOTA_TZ: "UTC"}
 
 
 def quota_zone(con) -> zoneinfo.ZoneInfo:
-    """The stored quota time zone (UTC until one is set)."""
-    return periods.zone(config_rows.get(con, QUOTA_TZ) or DEFAULTS[QUOTA_TZ])
+    """The stored quota time zone (UTC until one is set). One an older version took that names no
+    zone (``localtime``: each host its own) is read as UTC, with a warning."""
+    stored = config_rows.get(con, QUOTA_TZ) or DEFAULTS[QUOTA_TZ]
+    try:
+        return periods.zone(stored)
+    except periods.UnknownZone as exc:
+        log.warning("the stored quota time zone: %s Counting in UTC until one is set (aispendtrack config set "
+                    "quota-tz ZONE).", exc)
+        return periods.UTC
 
 
 def set_quota_zone(con, name: str) -> zoneinfo.ZoneInfo:

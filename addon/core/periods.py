@@ -18,8 +18,15 @@ class UnknownZone(ValueError):
     """A time zone name that is not an IANA zone; the text says what to use instead."""
 
 
+# Files of the zone database that name no zone: the host's own setting (each host would count its
+# own days), a template of rules, a placeholder for "unknown".
+_NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
 def zone(name: str) -> zoneinfo.ZoneInfo:
     try:
+        if name in _NOT_ZONES:
+            raise ValueError(name)
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise UnknownZone(f"unknown time zone {name!r}; use an IANA name such as UTC or America/Los_Angeles.") \
