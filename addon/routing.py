@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote
 
 from mitmproxy.http import Headers
 
+from .core import keys as keygen
 from .providers import Provider, vertex
 
 ANTHROPIC, GOOGLE, VERTEX, AZURE = "anthropic", "google", "vertex", "azure"
@@ -186,7 +187,7 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
         if provider.name == ANTHROPIC and "authorization" in headers:
             # Anthropic's SDKs always send anthropic-version; this bearer token is someone else's.
             raise _foreign(fallback, clean)
-    if credentials is None and provider.name not in (AZURE, VERTEX) and "api-key" in headers:
+    if credentials is None and provider.name not in (AZURE, VERTEX) and _azure_key(headers):
         # Azure OpenAI's header, which no other provider takes: an AzureOpenAI client whose endpoint
         # lacks /azure (its /openai/deployments/... paths then read as OpenAI's).
         raise _foreign(_named(providers, AZURE), prefix or clean)
@@ -258,6 +259,11 @@ def _anthropic_path(provider: Provider, path: str) -> str:
     if path in _ANTHROPIC_EXACT or _under(path, _ANTHROPIC_TREES):
         return path
     raise _foreign(provider, path)
+
+
+def _azure_key(headers: Headers) -> bool:
+    """An Azure key in Azure's header; our own key there is refused as such by the gate."""
+    return "api-key" in headers and keygen.PREFIX not in headers["api-key"]
 
 
 def _foreign(provider: Provider, path: str) -> Misrouted:
