@@ -262,6 +262,31 @@ def test_the_migration_counts_the_image_tools_images_in_the_calls_and_every_tier
             2, 1, 2, 0.01), exact
 
 
+@pytest.mark.parametrize("before", ["m031_tag_rollups", "m035_total_rollups", "m037_unknown_usage_unpriced"])
+def test_a_store_from_before_a_unit_column_upgrades_through_the_steps_that_sum_every_column(tmp_path, monkeypatch,
+                                                                                            before):
+    """m035 (and m031, m037) sum every unit column today's code has, which a store from before m038
+    lacks: the upgrade failed ('Referenced column "image_generation_calls" not found') and the file
+    could not be opened. unit_columns_first adds the missing ones before any step runs."""
+    migration = getattr(migrations, before)
+    tiers = {"m031_tag_rollups": rollups.BEFORE_NARROW, "m035_total_rollups": rollups.BEFORE_TOTALS}.get(before,
+                                                                                                          rollups.TIERS)
+    db = tmp_path / "old.duckdb"
+    con, week, calls = _three_weeks_before(db, monkeypatch, migration, tiers, 38)
+    added = ("image_generation_calls", "web_search_preview_requests")  # m038's: not in a store before it
+    for table in ("calls", *(tier.table for tier in tiers)):
+        for column in added:
+            con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    applied = migrations.apply_pending(con)
+    assert applied[0] == before and applied[-1] == "m038_openai_tools"
+    for tier in rollups.TIERS:
+        assert con.execute(f"SELECT sum(calls), sum(image_generation_calls) FROM {tier.table}").fetchone() == (
+            len(calls), 0), tier.table
+    con.close()
+    with reading(db) as con:
+        assert migrations.is_current(con)
+
+
 def test_the_migration_fills_the_daily_tier_from_the_15_minute_rows(tmp_path, monkeypatch):
     # A file as the version before the daily tier left it: calls over three days in both older
     # tiers, then the first day's calls purged (only the rollups keep them).

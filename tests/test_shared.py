@@ -1348,6 +1348,24 @@ def test_an_older_lake_counts_the_image_tools_images(shared_env, tmp_path):
     assert (group["calls"], group["unpriced_calls"], group["image_generation_calls"]) == (4, 1, 2)
 
 
+def test_a_lake_from_before_the_daily_totals_and_a_unit_column_upgrades(shared_env, tmp_path):
+    """s027 and s029 sum every unit column today's code has, which a lake from before s030 lacks:
+    every command and proxy failed to open it ('Referenced column "image_generation_calls" not
+    found'), the steps before recorded and those after not. unit_columns_first adds them first."""
+    from addon.core.store import rollups
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"before-totals-{uuid.uuid4().hex}"
+    added = ("image_generation_calls", "web_search_preview_requests")
+    tables = ["calls", *(tier.table for tier in rollups.TIERS if tier is not rollups.TOTAL_DAYS)]
+    lake_before_step(shared_env, home, ("s027_total_rollups", "s029_unknown_usage_unpriced", "s030_openai_tools"),
+                     [(table, column) for table in tables for column in added],
+                     [call_row(i, customer_id=marker) for i in range(3)])  # the report there applied the steps
+    [total] = json.loads(cli(home, "report", "--customer", marker, "--by", "day", "--format", "json").stdout)
+    [exact] = json.loads(cli(home, "report", "--customer", marker, "--by", "day", "--exact", "--format", "json").stdout)
+    assert total["calls"] == exact["calls"] == 3 and total["cost_usd"] == exact["cost_usd"]
+
+
 def test_an_older_lake_gets_the_daily_totals_summed_from_the_models_days(shared_env, tmp_path, monkeypatch):
     # s027 (as m035): the totals per day from the models' days; a total then reads them, and counts
     # what it did before.

@@ -554,13 +554,29 @@ def m038_openai_tools(con: duckdb.DuckDBPyConnection) -> None:
     # Unit columns of the calls and of every rollup tier: the images OpenAI's image generation tool
     # made in a Responses call (such a call is unpriced: pricing.IMAGE_TOOL_FEE), and the searches its
     # web_search_preview tool ran (pricing/openai_search.py). Rows stored before did not count them: 0.
-    for statement in OPENAI_TOOL_COLUMNS:
-        con.execute(statement)
+    # (unit_columns_first has added them already, before the first step pending ran.)
+    unit_columns_first(con)
 
 
-OPENAI_TOOL_COLUMNS = [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} BIGINT DEFAULT 0"
-                       for column in ("image_generation_calls", "web_search_preview_requests")
-                       for table in ("calls", *(tier.table for tier in rollups.TIERS))]
+def unit_columns_first(con: duckdb.DuckDBPyConnection) -> None:
+    """Every unit column today's code has, on the calls and the rollup tiers that exist, before any
+    pending step runs: a step that sums rows names them all (rollups.SUMS: m035's daily totals, m037's
+    rebuild, the lake's s027 and s029), so a store from before the step adding a column could not be
+    upgraded (m038's two, at m035). Only missing columns are added (each ALTER of a lake table makes a
+    schema version); rows stored before hold 0."""
+    tables = ("calls", *(tier.table for tier in rollups.TIERS))
+    found: dict[str, set[str]] = {}
+    for table, column in con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = current_database() "
+            "AND schema_name = current_schema()").fetchall():
+        found.setdefault(table, set()).add(column)
+    for table in tables:
+        if table not in found:
+            continue  # made later, by today's DDL, with every column
+        for name, typ, _ in UNIT_COLUMNS:
+            if name not in found[table]:
+                kind = typ if table == "calls" else rollups.sum_type(name)
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind} DEFAULT 0")
 
 
 # The calls m037 (s029 in the shared mode) counts as unpriced where the rollups did not.
@@ -590,6 +606,9 @@ def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:
     con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
     done = {name for (name,) in con.execute("SELECT name FROM schema_migrations").fetchall()}
     applied = []
+    if any(migration.__name__ not in done for migration in MIGRATIONS):
+        with transaction(con):
+            unit_columns_first(con)
     for migration in MIGRATIONS:
         if migration.__name__ in done:
             continue

@@ -64,6 +64,11 @@ COUNTS = ["calls", "errors", "unpriced_calls", "unmetered_calls", "estimated_cal
 SUMS = ["input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
         "reasoning_tokens", "web_search_requests", *UNIT_NAMES]
 _SUM_TYPE = {"audio_seconds": "DECIMAL(38, 3)"}
+
+
+def sum_type(column: str) -> str:
+    """The type of a summed column in every tier."""
+    return _SUM_TYPE.get(column, "BIGINT")
 FAILED = "(status >= 400 OR outcome <> 'completed')"  # reports.FAILED
 # Latency (ms) and the time in the proxy's hooks (proxy_us, µs): histograms of the same bins.
 HISTOGRAMS = ("latency", "proxy")

@@ -26,7 +26,6 @@ from .migrations import (
     HOURLY_INTO_ROLLUPS,
     HOURLY_ROLLUPS,
     KEY_TEAM_COLUMN,
-    OPENAI_TOOL_COLUMNS,
     PRICE_SNAPSHOT_COLUMN,
     PRICE_SNAPSHOTS_DDL,
     PROXY_HISTOGRAMS,
@@ -42,6 +41,7 @@ from .migrations import (
     UNKNOWN_USAGE,
     UNMETERED_UPDATE,
     USAGE_HISTORY_VIEW,
+    unit_columns_first,
     units_ddl,
 )
 from .transaction import transaction
@@ -307,6 +307,9 @@ def ensure_lake(con, control) -> None:
                 con.execute(statement)
             for step in _NEW_LAKE_STEPS:
                 _record(control, step)
+        if "s030_openai_tools" not in _applied(control):  # the steps below sum every unit column of today's
+            with transaction(con):                        # code: an older lake's tables get them first
+                unit_columns_first(con)
         if "s006_units_columns" not in _applied(control):  # as migrations.m017_units_columns
             for statement in units_ddl("calls").split("; "):
                 con.execute(statement)
@@ -369,8 +372,7 @@ def ensure_lake(con, control) -> None:
                 rollups.rebuild(con, UNKNOWN_USAGE, [])
             _record(control, "s029_unknown_usage_unpriced")
         if "s030_openai_tools" not in _applied(control):  # as migrations.m038_openai_tools
-            _in_transaction(con, OPENAI_TOOL_COLUMNS)
-            _record(control, "s030_openai_tools")
+            _record(control, "s030_openai_tools")  # its columns: unit_columns_first, before every step
 
 
 def _in_transaction(con, statements: list[str]) -> None:
