@@ -150,6 +150,8 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
     if not interrupted and observed.usage is not None:
         # Counts as reported, but a tool fee in them is an estimate (a container's time, a free allowance).
         return observed.usage, "estimated" if observed.fee_estimated else "reported"
+    if observed.unknown_usage is not None and (meter.status or 0) >= 400:
+        return None, "none"  # a refusal billed in amounts nobody reports (Azure's filter): not estimated
     counted = meter.provider.counted(meter.path, request.json(), model)
     if counted is not None:  # billed by the request alone (a speech input's characters), exact
         return counted, "counted"

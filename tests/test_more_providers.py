@@ -152,17 +152,19 @@ def test_an_azure_stream_is_asked_for_its_usage_only_where_its_api_version_takes
         assert row["usage_source"] == "estimated" and row["output_tokens"] >= 5 and row["priced"] is True
 
 
-def test_a_prompt_azures_content_filter_refused_is_unpriced_not_a_free_refusal(proxy, customer):
-    """Azure bills such a prompt (its prompt's and completion's tokens, none reported): stored as a
-    refusal, $0.00, priced."""
+@pytest.mark.parametrize("deployment", ["prod-4o", "gpt-4o"])  # named as its model: priced if estimated
+def test_a_prompt_azures_content_filter_refused_is_unpriced_not_a_free_refusal(proxy, customer, deployment):
+    """Azure bills such a prompt (its prompt's and completion's tokens, none reported): was stored as
+    a refusal, $0.00 and priced; nor is it the estimate of its prompt alone."""
     import openai
     client = openai.AzureOpenAI(azure_endpoint=proxy.url + "/azure", api_key="0123456789abcdef0123456789abcdef",
                                 api_version="2024-10-21", max_retries=0,
                                 default_headers=headers(proxy, customer, "content_filter"))
     with pytest.raises(openai.BadRequestError, match="content management policy"):
-        client.chat.completions.create(model="prod-4o", messages=MESSAGES)
+        client.chat.completions.create(model=deployment, messages=MESSAGES)
     [row] = proxy.rows(customer)
     assert (row["provider"], row["status"], row["priced"], row["cost_usd"]) == ("azure", 400, False, None)
+    assert (row["usage_source"], row["input_tokens"]) == ("none", 0)
     assert row["error"] == ("usage unknown: Azure bills a prompt its content filter refused (400 content_filter), "
                             "the prompt's and the completion's tokens, which its answer does not report "
                             "(docs/coverage.md)")

@@ -758,6 +758,23 @@ def test_our_tool_fees_are_put_beside_the_providers_tool_line_items_and_match(tm
     assert total["status"] == "match" and Decimal(str(total["difference_usd"])) == 0
 
 
+def test_our_web_search_preview_fees_go_on_the_tools_line_at_their_own_rate(tmp_path):
+    """Two searches by the preview tool on gpt-4o cost $0.05 (pricing/openai_search.py): the tools
+    line took them at $0.02, the general rate, and the $0.03 left on the model calls line."""
+    from addon.core.reconcile.line_items import price_tools
+    from addon.core.store import usage_totals
+    from pricing import PriceBook
+    at = dt.datetime(2026, 11, 12, 10, tzinfo=dt.UTC)
+    tokens = (1000 * Decimal("2.50") + 100 * Decimal("10.00")) / M
+    with writing(tmp_path / "a.duckdb") as con:
+        call_rows.insert(con, [call_row(1, ts=at, model=GPT4O, endpoint="/v1/responses", input_tokens=1000,
+                                        output_tokens=100, web_search_requests=2, web_search_preview_requests=2,
+                                        cost_usd=tokens + Decimal("0.05"))])
+        ours = usage_totals.per_endpoint(con, "openai", at - dt.timedelta(hours=1), at + dt.timedelta(hours=1))
+    price_tools(ours, PriceBook(tmp_path / "prices.toml"), "openai", at)
+    assert [Decimal(str(row["tool_cost_usd"])) for row in ours] == [Decimal("0.05")]
+
+
 def test_when_our_side_cannot_be_split_among_keys_the_total_still_names_the_gap(tmp_path, usage_api):
     """Two provider keys made the same call in the same hour, one through the proxy: which one is a
     guess, so ours stays on a line with no key (docs/reconciliation.md), and the total is exact."""

@@ -27,9 +27,14 @@ def quota_zone(con) -> zoneinfo.ZoneInfo:
     try:
         return periods.zone(stored)
     except periods.UnknownZone as exc:
-        log.warning("the stored quota time zone: %s Counting in UTC until one is set (aispendtrack config set "
-                    "quota-tz ZONE).", exc)
+        if stored not in _WARNED:  # read on every key refresh: said once per process
+            _WARNED.add(stored)
+            log.warning("the stored quota time zone: %s Counting in UTC until one is set (aispendtrack config "
+                        "set quota-tz ZONE).", exc)
         return periods.UTC
+
+
+_WARNED: set[str] = set()
 
 
 def set_quota_zone(con, name: str) -> zoneinfo.ZoneInfo:

@@ -18,14 +18,14 @@ class UnknownZone(ValueError):
     """A time zone name that is not an IANA zone; the text says what to use instead."""
 
 
-# Files of the zone database that name no zone: the host's own setting (each host would count its
-# own days), a template of rules, a placeholder for "unknown".
+# Files of the zone database that name no zone, in any of its directories (posix/Factory): the
+# host's own setting (each host would count its own days), a template of rules, a placeholder.
 _NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 
 
 def zone(name: str) -> zoneinfo.ZoneInfo:
     try:
-        if name in _NOT_ZONES:
+        if name.rsplit("/", 1)[-1] in _NOT_ZONES:
             raise ValueError(name)
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):

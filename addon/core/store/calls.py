@@ -46,6 +46,9 @@ UNIT_NAMES = [name for name, _, _ in UNIT_COLUMNS]
 # The server-side tools' counts (pricing.usage.TOOL_FIELDS), summed in reports.
 TOOL_NAMES = ["web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
               "grounded_prompts", "image_generation_calls"]
+# Parts of a count above with a rate of their own: summed too wherever tools' fees are priced again
+# (reconciliation's tool line), not shown as counts of their own.
+TOOL_PARTS = ["web_search_preview_requests"]
 # (column, DuckDB type) in table order; rows are dicts keyed by these names.
 CALL_COLUMNS: list[tuple[str, str]] = [
     ("id", "UUID"), ("ts", "TIMESTAMPTZ"), ("key_id", "INTEGER"), ("provider", "VARCHAR"),

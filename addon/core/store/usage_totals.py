@@ -7,7 +7,7 @@ import datetime as dt
 import duckdb
 
 from . import raw_horizon, rollups
-from .calls import TOOL_NAMES
+from .calls import TOOL_NAMES, TOOL_PARTS
 
 _SUMS = ("input_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens", "output_tokens",
          "web_search_requests", "images", "audio_seconds", "characters", "cost_usd")
@@ -65,7 +65,7 @@ def per_endpoint(con: duckdb.DuckDBPyConnection, provider: str, start: dt.dateti
     """What we recorded in [start, end) per endpoint, service tier and model: calls, cost and the
     server-side tools' counts (the kinds of spend reconciliation puts beside the provider's cost line
     items). Calls the provider refused (a 4xx or 5xx) are not billed, so not counted."""
-    tools = ", ".join(f"coalesce(sum({name}), 0)::BIGINT AS {name}" for name in TOOL_NAMES)
+    tools = ", ".join(f"coalesce(sum({name}), 0)::BIGINT AS {name}" for name in TOOL_NAMES + TOOL_PARTS)
     cur = con.execute(f"""
         SELECT endpoint, service_tier, model, count(*) AS calls, sum(cost_usd) AS cost_usd, {tools}
         FROM calls
