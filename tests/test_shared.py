@@ -1456,6 +1456,38 @@ def test_an_older_lake_gets_the_customer_key_in_its_rollups(shared_env, tmp_path
                                [later]).fetchall() == [(want,)], tier.table
 
 
+def test_an_erase_works_on_a_lake_whose_weekly_customers_rows_were_inlined_before_their_key(shared_env, tmp_path):
+    """An older replica's weekly customers' rows, inlined in the catalog under the schema without the
+    customer key (before s025): after s026 sorted the tier by that key, every flush of inlined rows
+    failed ('Referenced column "customer_key" not found'): an erase stopped with the subject's bytes
+    still in a file, a purge failed, and so did the lake's maintenance."""
+    import psycopg
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import rollups, writing
+
+    from .helpers import call_row
+    home, marker = tmp_path / "admin", f"inlined-{uuid.uuid4().hex}"
+    new_key(home)
+    with writing(home / "unused.duckdb") as con:
+        call_rows.insert(con, [call_row(i, customer_id=customer) for i in range(2) for customer in (marker, "kept")])
+        con.execute("ALTER TABLE rollups_customers RESET SORTED BY")
+        for tier in rollups.TIERS:
+            if tier.keyed:
+                con.execute(f"ALTER TABLE {tier.table} DROP COLUMN customer_key")
+        con.execute("INSERT INTO rollups_customers (bucket, customer_id, calls, errors, unpriced_calls, "
+                    "unmetered_calls, estimated_calls) VALUES ('2026-11-23', ?, 0, 0, 0, 0, 0)", [marker])
+    with psycopg.connect(shared_env, autocommit=True, options="-c search_path=aispendtrack") as pg:
+        pg.execute("DELETE FROM schema_migrations WHERE name = ANY(%s)",
+                   [["s025_rollup_customer_key", "s026_customers_sorted", "s031_customers_flushed"]])
+    erased = cli(home, "gdpr", "delete", "--customer", marker, "--yes", check=False)
+    assert erased.returncode == 0, erased.stderr
+    with writing(home / "unused.duckdb") as con:
+        files = [f for (f,) in con.execute("SELECT data_file FROM ducklake_list_files('lake', 'rollups_customers')")
+                 .fetchall()]
+    assert files and not [f for f in files if marker.encode() in Path(f).read_bytes()]
+
+
 def customers_layout(con) -> tuple[int, int, int]:
     """The weekly customers' tier's Parquet files: their row groups, the rows of the largest, and
     the most of them one customer's rows could be in by their key statistics (what a read of one

@@ -147,7 +147,7 @@ _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kind
                    "s013_proxy_us", "s014_rollups", "s015_hourly_rollups", "s020_daily_rollups",
                    "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms", "s024_customer_key",
                    "s025_rollup_customer_key", "s026_customers_sorted", "s027_total_rollups",
-                   "s029_unknown_usage_unpriced", "s030_openai_tools")
+                   "s029_unknown_usage_unpriced", "s030_openai_tools", "s031_customers_flushed")
 
 # The weekly customers' tier sorted by week and customer key, in row groups of 16,384 rows (issue 28).
 # DuckLake sorts a table so on every insert, flush of inlined rows and merge of files. A week of
@@ -307,8 +307,8 @@ def ensure_lake(con, control) -> None:
                 con.execute(statement)
             for step in _NEW_LAKE_STEPS:
                 _record(control, step)
-        if "s030_openai_tools" not in _applied(control):  # the steps below sum every unit column of today's
-            with transaction(con):                        # code: an older lake's tables get them first
+        if not _applied(control).issuperset(_NEW_LAKE_STEPS):  # the steps below sum every unit column of
+            with transaction(con):                            # today's code: an older lake's tables get them first
                 unit_columns_first(con)
         if "s006_units_columns" not in _applied(control):  # as migrations.m017_units_columns
             for statement in units_ddl("calls").split("; "):
@@ -364,6 +364,14 @@ def ensure_lake(con, control) -> None:
                     f"in key order) met another proxy's writes ({first_line(exc)}). Stop every proxy on this "
                     f"catalog, start this one, then the others (docs/operations.md, Upgrading).") from None
             _record(control, "s026_customers_sorted")
+        if "s031_customers_flushed" not in _applied(control):
+            # Rows an older replica left inlined in the catalog under the tier's schema without the
+            # customer key: DuckLake's flush sorts them by it (s026's order) and failed, and with it
+            # every erase, purge and maintenance round. Flushed once unsorted, then the order again.
+            con.execute(f"ALTER TABLE {_CUSTOMERS} RESET SORTED BY")
+            con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}', table_name => '{_CUSTOMERS}')")
+            _in_transaction(con, _CUSTOMERS_LAYOUT)
+            _record(control, "s031_customers_flushed")
         if "s027_total_rollups" not in _applied(control):  # as migrations.m035_total_rollups
             _in_transaction(con, TOTAL_ROLLUPS)
             _record(control, "s027_total_rollups")
