@@ -84,6 +84,21 @@ def _row(n: int) -> dict:
 
 
 
+def test_a_reader_whose_upgrade_fails_says_why(tmp_path, monkeypatch):
+    """A file an upgrade step failed on was reported as 'IndexError: pop from empty list' (the reader
+    closed its connection, then closed it again after the failure), hiding the step's error."""
+    db = tmp_path / "a.duckdb"
+    with writing(db):
+        pass
+    monkeypatch.setattr(migrations, "is_current", lambda con, database=None: False)
+
+    def failing_upgrade(*args, **kwargs):
+        raise RuntimeError("Binder Error: the step that failed")
+    monkeypatch.setattr(connection, "writing", failing_upgrade)
+    with pytest.raises(RuntimeError, match="the step that failed"), reading(db):
+        pass
+
+
 def test_rows_spill_while_the_database_is_locked_and_are_written_exactly_once(tmp_path):
     db, spill = tmp_path / "a.duckdb", tmp_path / "spill"
     writer = Writer(db, spill, build_row=lambda row: row, on_refresh=lambda con: None,

@@ -381,17 +381,21 @@ def reading(path: Path, timeout: float = 10.0, time_limit: float | None = None,
         with writing(path, timeout):
             pass
     con = _connect(path, read_only=True, timeout=timeout)
+    is_open = True
     try:
         if not migrations.is_current(con):
             _close(con)
+            is_open = False  # closed once: a failed upgrade below says why, not that its lock went twice
             with writing(path, timeout, migrated_away=True):
                 pass
             con = _connect(path, read_only=True, timeout=timeout)
+            is_open = True
         _say_if_frozen(con, path)
         with time_limited(con, time_limit):
             yield con
     finally:
-        _close(con)
+        if is_open:
+            _close(con)
 
 
 def refuse_if_migrated(path: Path, timeout: float = 10.0) -> None:
