@@ -1,8 +1,9 @@
 """OpenAI's web search preview tool (``web_search_preview`` among a Responses call's tools) on a model
 without reasoning (gpt-4o, gpt-4.1 and their minis) costs $25 per 1,000 searches, its search content
 tokens free; the generally available tool (``web_search``), and the preview on a reasoning model (o3,
-gpt-5), cost the $10 genai-prices lists, their content tokens billed as input. (OpenAI's price page,
-"Built-in tools".) The tokens a preview call's usage reports are priced as reported.
+gpt-5), cost the $10 genai-prices lists, their content tokens billed as input (OpenAI's price page,
+https://platform.openai.com/docs/pricing#built-in-tools). The tokens a preview call's usage reports
+are priced as reported.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from decimal import Decimal
 from .usage import TokenUsage
 
 RATE = Decimal(25) / 1000
-SOURCE = "https://platform.openai.com/docs/pricing#built-in-tools"
 _WITHOUT_REASONING = re.compile(r"(?:gpt-4o|gpt-4\.1|chatgpt-4o)(?:-|$)")
 
 

@@ -51,15 +51,11 @@ def kind_of_row(endpoint: str, service_tier: str | None) -> str:
     return "model calls"
 
 
-# The image tool's calls are unpriced (pricing.IMAGE_TOOL_FEE): nothing of theirs is in cost_usd.
-_PRICED_TOOLS = [name for name in TOOL_FIELDS if name != "image_generation_calls"]
-
-
 def price_tools(ours: list[dict], book: PriceBook, provider: str, at: dt.datetime) -> None:
     """Sets each of our lines' ``tool_cost_usd``: the part of its cost that its server-side tools
     added (the provider bills them as line items of their own: "web search tool calls", ...)."""
-    for row in ours:
-        usage = TokenUsage(**{name: int(row.get(name) or 0) for name in _PRICED_TOOLS})
+    for row in ours:  # an unpriced call (the image tool's: pricing.IMAGE_TOOL_FEE) adds nothing
+        usage = TokenUsage(**{name: int(row.get(name) or 0) for name in TOOL_FIELDS})
         if usage.has_tools and row["model"] and row["cost_usd"] is not None:
             row["tool_cost_usd"] = book.tool_fees(usage, provider, row["model"], at, row.get("service_tier"))
 

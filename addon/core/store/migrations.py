@@ -554,8 +554,8 @@ def m038_openai_tools(con: duckdb.DuckDBPyConnection) -> None:
     # Unit columns of the calls and of every rollup tier: the images OpenAI's image generation tool
     # made in a Responses call (such a call is unpriced: pricing.IMAGE_TOOL_FEE), and the searches its
     # web_search_preview tool ran (pricing/openai_search.py). Rows stored before did not count them: 0.
-    # (unit_columns_first has added them already, before the first step pending ran.)
-    unit_columns_first(con)
+    # unit_columns_first adds them, before the first pending step runs: nothing is left to do here.
+    del con
 
 
 def unit_columns_first(con: duckdb.DuckDBPyConnection) -> None:
