@@ -287,6 +287,7 @@ class AiSpendTrack:
                           req.timestamp_start, req.raw_content, req.headers.get("content-encoding", ""),
                           req.method, req.headers.get("content-type", ""),
                           batch=admitted.provider.batch_call(req.method, admitted.path))
+        meter.guarded = admitted.provider.guardrail_in_headers(req.headers)
         if self.inject_usage and admitted.provider.injects_usage(admitted.path, req.path.partition("?")[2]):
             await self._inject_usage(req, meter)
         flow.metadata[_META] = meter

@@ -67,6 +67,7 @@ class CallMeter:
         self.response_headers: Headers | None = None  # kept by reference: a provider may report usage in them (Bedrock)
         self.usage_injected = False  # we asked upstream for the usage the client did not ask for
         self.usage_not_requested: str | None = None  # why we could not ask for it, when we could not
+        self.guarded = False  # the request's headers name a guardrail billed apart (Provider.guardrail_in_headers)
         self._stripper: UsageStripper | None = None
         self.batch = batch  # a call of a batch API (addon/batches.py)
         self.results: ResultsReader | None = None  # a batch's results, read along as they stream

@@ -10,11 +10,11 @@ import datetime as dt
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from addon.core.store.calls import UNIT_NAMES
-from pricing import IMAGE_TOOL_FEE, UNPRICED, Price, PriceBook
+from pricing import UNPRICED, Price, PriceBook, unknown_fee
 from pricing.usage import TokenUsage
 
 from . import multipart
@@ -52,6 +52,8 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     model = observed.model or meter.provider.path_model(meter.path) or request.model()
     free = _bills_nothing(meter, observed)
     usage, source = _usage(meter, observed, request, model, free)
+    if usage is not None and (meter.guarded or meter.provider.guardrail_in_request(meter.path, request.json)):
+        usage = replace(usage, guardrail_checks=1)
     if usage is not None:
         image = meter.provider.image_options(meter.path, request.json()) if usage.images else None
         price = book.price(usage, meter.provider.name, model, ts, observed.service_tier, image,
@@ -115,8 +117,8 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
         error = f"usage unknown: {observed.unknown_usage}"[:200]
     if error is None and observed.fee_estimated and usage.has_tools:
         error = f"tool fee estimated: {observed.fee_estimated}"
-    if error is None and usage.image_generation_calls:
-        error = f"tool fee unknown: {IMAGE_TOOL_FEE}"
+    if error is None and (fee := unknown_fee(usage)):
+        error = f"tool fee unknown: {fee}"
     return {
         "id": meter.id, "ts": _ts(meter), "key_id": meter.key_id, "provider": meter.provider.name,
         "endpoint": meter.provider.endpoint(meter.path), "model": _stored_model(model), "stream": meter.stream,

@@ -23,8 +23,8 @@ from .overrides import PriceFile, PriceFileError
 from .snapshots import PriceData, PriceDataError
 from .usage import ImageOptions, TokenUsage
 
-__all__ = ["IMAGE_TOOL_FEE", "PATCH_FILE", "UNPRICED", "ImageOptions", "Price", "PriceBook", "PriceData",
-           "PriceDataError", "PriceFile", "PriceFileError", "TokenUsage", "data_source", "priced_tier"]
+__all__ = ["PATCH_FILE", "UNKNOWN_FEES", "UNPRICED", "ImageOptions", "Price", "PriceBook", "PriceData",
+           "PriceDataError", "PriceFile", "PriceFileError", "TokenUsage", "data_source", "priced_tier", "unknown_fee"]
 
 log = logging.getLogger(__name__)
 PATCH_FILE = Path(__file__).with_name("patches.toml")
@@ -54,10 +54,20 @@ def priced_tier(reported: str | None) -> str | None:
     return reported.lower()
 
 
-# Why a call whose model had the image generation tool make images is unpriced (its row's error):
-# the images are billed at the image model's token rates, and its tokens are in no usage we read.
-IMAGE_TOOL_FEE = ("the image generation tool's images are billed at the image model's rates, which the "
-                  "answer does not report (docs/coverage.md)")
+# Why a call is unpriced (its row's error), for the fees on top of its tokens that no answer prices:
+# the image generation tool's images, at the image model's token rates, which no usage we read has;
+# a Bedrock guardrail's checks, per 1,000 text units of each policy, reported only with its trace.
+UNKNOWN_FEES = {
+    "image_generation_calls": "the image generation tool's images are billed at the image model's rates, "
+                              "which the answer does not report (docs/coverage.md)",
+    "guardrail_checks": "a Bedrock guardrail's checks are billed per text unit and policy, which the answer "
+                        "does not report (docs/coverage.md)",
+}
+
+
+def unknown_fee(usage: TokenUsage) -> str | None:
+    """Why the call's fees cannot be priced (one of UNKNOWN_FEES), None when they can."""
+    return next((why for name, why in UNKNOWN_FEES.items() if getattr(usage, name)), None)
 
 
 class PriceBook:
@@ -116,8 +126,8 @@ class PriceBook:
         Web searches cost what the price layer that prices the model says; the other tools are
         genai-prices' rates whichever layer prices the tokens (a price file has no rates for them);
         containers are estimated at their minimum billed time (``[[tool_fee]]`` in patches.toml)."""
-        if usage.image_generation_calls:
-            return None  # IMAGE_TOOL_FEE
+        if unknown_fee(usage):
+            return None
         data = data or listprices.current()
         flat = openai_search.flat_searches(usage, provider, model)
         searches = TokenUsage(web_search_requests=usage.web_search_requests - flat)

@@ -8,6 +8,11 @@ stream events in AWS event-stream framing), Converse and ConverseStream, as docu
 (docs.aws.amazon.com/bedrock/latest/APIReference); and the OpenAI-compatible Chat Completions API
 (``/openai/v1/chat/completions``, gpt-oss models), which takes a Bedrock API key as a bearer token
 instead of a signature (``API_KEY``; any other bearer gets a 403).
+
+Guardrails: ``GUARDRAIL`` (version 1) exists, any other identifier gets AWS's 400. Named in Converse's
+``guardrailConfig`` or InvokeModel's ``X-Amzn-Bedrock-GuardrailIdentifier`` header, it checks the
+prompt: one holding ``BLOCKED_WORD`` is refused by it (Converse's ``guardrail_intervened``, the model
+never run: no tokens), and a Converse answer with the trace on reports its text units per policy.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ CONVERSE_USAGE = {"inputTokens": 30, "outputTokens": 12, "totalTokens": 3072, "c
 REQUEST_ID = "f0e1d2c3-0000-4000-8000-000000000001"  # x-amzn-requestid, as every Bedrock answer has one
 API_KEY = "ABSKQmVkcm9ja0FQSUtleS1mb3J3YXJkLXRlc3Q="  # a Bedrock API key (they start ABSK)
 OPENAI_USAGE = {"prompt_tokens": 84, "completion_tokens": 310, "total_tokens": 394}
+GUARDRAIL, BLOCKED_WORD = "gr7kq2example", "forbidden-topic"
+GUARDRAIL_UNITS = {"topicPolicyUnits": 1, "contentPolicyUnits": 1, "wordPolicyUnits": 1,
+                   "sensitiveInformationPolicyUnits": 0, "sensitiveInformationPolicyFreeUnits": 0,
+                   "contextualGroundingPolicyUnits": 0}
 MISTRAL_HEADERS = {"x-amzn-bedrock-input-token-count": "17", "x-amzn-bedrock-output-token-count": "9"}
 
 
@@ -132,7 +141,22 @@ def _handler(fake: FakeBedrock):
                 self._json(404, {"message": "Unknown operation"}, {"x-amzn-ErrorType": "UnknownOperationException:"})
                 return
             model, operation = found.group(1).replace("%3A", ":"), found.group(2)
-            if operation == "invoke" and model.startswith("mistral."):
+            request = json.loads(body or b"{}")
+            guardrail = request.get("guardrailConfig") if operation.startswith("converse") else \
+                {"guardrailIdentifier": headers.get("x-amzn-bedrock-guardrailidentifier"),
+                 "guardrailVersion": headers.get("x-amzn-bedrock-guardrailversion")}
+            if guardrail and guardrail.get("guardrailIdentifier"):
+                if (guardrail["guardrailIdentifier"], guardrail.get("guardrailVersion")) != (GUARDRAIL, "1"):
+                    self._json(400, {"message": "The guardrail identifier or version provided in the request does "
+                                                "not exist."}, {"x-amzn-ErrorType": "ValidationException:"})
+                    return
+                if operation == "converse":
+                    self._guarded_converse(BLOCKED_WORD.encode() in body, guardrail.get("trace") == "enabled")
+                    return
+            if operation == "invoke" and guardrail.get("guardrailIdentifier"):
+                self._json(200, {**claude_message(model), "amazon-bedrock-guardrailAction": "NONE"},
+                           {"x-amzn-bedrock-input-token-count": "25", "x-amzn-bedrock-output-token-count": "12"})
+            elif operation == "invoke" and model.startswith("mistral."):
                 self._json(200, {"outputs": [{"text": "Bonjour", "stop_reason": "stop"}]}, MISTRAL_HEADERS)
             elif operation == "invoke":
                 self._json(200, claude_message(model), {"x-amzn-bedrock-input-token-count": "25",
@@ -142,6 +166,19 @@ def _handler(fake: FakeBedrock):
                                  "stopReason": "end_turn", "usage": CONVERSE_USAGE, "metrics": {"latencyMs": 640}})
             else:
                 self._stream(claude_stream() if operation == "invoke-with-response-stream" else converse_stream())
+
+        def _guarded_converse(self, blocked: bool, trace: bool) -> None:
+            answer: dict = {"output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}},
+                            "stopReason": "end_turn", "usage": CONVERSE_USAGE, "metrics": {"latencyMs": 640}}
+            if blocked:  # the model never ran: no tokens, the guardrail's checks alone billed
+                answer.update(output={"message": {"role": "assistant", "content": [
+                    {"text": "Sorry, the model cannot answer this question."}]}}, stopReason="guardrail_intervened",
+                    usage={"inputTokens": 0, "outputTokens": 0, "totalTokens": 0})
+            if trace:
+                answer["trace"] = {"guardrail": {"inputAssessment": {GUARDRAIL: {"invocationMetrics": {
+                    "guardrailProcessingLatency": 190, "usage": GUARDRAIL_UNITS,
+                    "guardrailCoverage": {"textCharacters": {"guarded": 12, "total": 12}}}}}}}
+            self._json(200, answer)
 
         def _openai_chat(self, known: bool, request: dict) -> None:
             if not known:

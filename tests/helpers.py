@@ -440,6 +440,14 @@ def migrated_before(con, migration) -> None:
     con.execute(calls.CUSTOMER_KEY_COLUMN.format(table="calls"))
 
 
+def migrations_from(migration) -> list[str]:
+    """The names of ``migration`` and of every one after it: what apply_pending reports for a store
+    from before it."""
+    from addon.core.store import migrations
+
+    return [later.__name__ for later in migrations.MIGRATIONS[migrations.MIGRATIONS.index(migration):]]
+
+
 def clear_of_utc_midnight(margin: float = 60) -> dt.datetime:
     """Now, at least ``margin`` seconds after a UTC midnight and before the next: for a test whose
     rows and daily check must fall on one UTC day (CI runs at any hour, midnight included)."""

@@ -28,7 +28,7 @@ from google.genai import types
 from google.oauth2.credentials import Credentials
 
 from . import vertex_upstream as vertex_fake
-from .bedrock_upstream import ACCESS_KEY, CONVERSE_USAGE, REGION, SECRET_KEY, FakeBedrock
+from .bedrock_upstream import ACCESS_KEY, BLOCKED_WORD, CONVERSE_USAGE, GUARDRAIL, REGION, SECRET_KEY, FakeBedrock
 from .bedrock_upstream import API_KEY as BEDROCK_API_KEY
 from .certs import make_ca_and_leaf
 from .helpers import cost, free_port, run_cli, start_proxy, until, until_read
@@ -412,6 +412,36 @@ def test_bedrock_converse_stream(forward, env, bedrock):
     assert row["cost_usd"] == pytest.approx(_converse_cost(), abs=1e-12)
 
 
+GUARDRAIL_FEE = "tool fee unknown: a Bedrock guardrail's checks are billed per text unit and policy"
+
+
+def test_bedrock_a_call_a_guardrail_checked_is_unpriced_not_priced_at_its_tokens(forward, env, bedrock):
+    """A guardrail's checks are billed per 1,000 text units of each policy on top of the tokens: the
+    tokens alone would be a cheaper bill than AWS's, and a prompt the guardrail refused $0."""
+    client = boto3.client("bedrock-runtime")
+    model, blocked_model, invoked = ("us.anthropic.claude-3-5-haiku-20241022-v1:0", "us.amazon.nova-lite-v1:0",
+                                     "anthropic.claude-3-haiku-20240307-v1:0")
+    answer = client.converse(modelId=model, messages=[{"role": "user", "content": [{"text": "hi"}]}],
+                             guardrailConfig={"guardrailIdentifier": GUARDRAIL, "guardrailVersion": "1",
+                                              "trace": "enabled"})
+    assert answer["trace"]["guardrail"]["inputAssessment"][GUARDRAIL]["invocationMetrics"]["usage"]["topicPolicyUnits"]
+    refused = client.converse(modelId=blocked_model, messages=[{"role": "user", "content": [{"text": BLOCKED_WORD}]}],
+                              guardrailConfig={"guardrailIdentifier": GUARDRAIL, "guardrailVersion": "1"})
+    assert refused["stopReason"] == "guardrail_intervened"
+    client.invoke_model(modelId=invoked, guardrailIdentifier=GUARDRAIL, guardrailVersion="1", body=json.dumps({
+        "anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}))
+    assert bedrock.received[-1][2]["x-amzn-bedrock-guardrailidentifier"] == GUARDRAIL  # signed, sent as it was
+    checked = bedrock_row(forward, "/model/{modelId}/converse", model)
+    assert (checked["input_tokens"], checked["cache_read_tokens"], checked["output_tokens"]) == (30, 2000, 12)
+    blocked = bedrock_row(forward, "/model/{modelId}/converse", blocked_model)
+    assert (blocked["input_tokens"], blocked["output_tokens"], blocked["status"]) == (0, 0, 200)
+    header = bedrock_row(forward, "/model/{modelId}/invoke", invoked)
+    assert (header["input_tokens"], header["output_tokens"]) == (25, 12)
+    for row in (checked, blocked, header):
+        assert (row["guardrail_checks"], row["cost_usd"], row["priced"]) == (1, None, False)
+        assert row["usage_source"] == "reported" and row["error"].startswith(GUARDRAIL_FEE)
+
+
 def test_bedrock_a_model_given_as_an_inference_profile_arn_is_priced_as_the_model_it_names(forward, env, bedrock):
     arn = f"arn:aws:bedrock:{REGION}:123456789012:inference-profile/{CLAUDE}"
     boto3.client("bedrock-runtime").converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "hi"}]}])
@@ -712,3 +742,4 @@ def test_a_name_is_connected_at_the_address_checked_and_a_lookup_that_fails_refu
         flow = pinned(host)
         assert flow.response is not None and flow.response.status_code == status, host
         assert b"Nothing was forwarded" in flow.response.content
+

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -317,6 +318,22 @@ def test_images_made_by_the_image_tool_leave_the_call_unpriced_whatever_layer_pr
     own = PriceBook(tmp_path / "prices.toml")
     assert own.price(tokens, "openai", "gpt-4o", NOW).cost_usd == Decimal("2.008") + Decimal("0.0025")
     assert own.price(drawn, "openai", "gpt-4o", NOW).cost_usd is None
+
+
+def test_a_call_a_bedrock_guardrail_checked_is_unpriced_whatever_layer_prices_its_tokens(tmp_path):
+    """Its checks are billed per text unit and policy on top of the tokens, in units no answer
+    reports without the guardrail's trace: never its tokens alone, nor $0 for a refused prompt."""
+    model = "anthropic.claude-3-haiku-20240307-v1:0"
+    tokens = TokenUsage(input_tokens=1_000_000, output_tokens=1_000)
+    bundled = PriceBook(tmp_path / "prices.toml")
+    assert bundled.price(tokens, "bedrock", model, NOW).cost_usd == Decimal("0.25") + Decimal("0.00125")
+    for usage in (replace(tokens, guardrail_checks=1), TokenUsage(guardrail_checks=1)):
+        assert bundled.price(usage, "bedrock", model, NOW).cost_usd is None
+    (tmp_path / "prices.toml").write_text('[[price]]\nmodel = "anthropic.claude-3-haiku*"\ninput_mtok = 1\n'
+                                          'output_mtok = 5\n')
+    own = PriceBook(tmp_path / "prices.toml")
+    assert own.price(tokens, "bedrock", model, NOW).cost_usd == Decimal("1.005")
+    assert own.price(replace(tokens, guardrail_checks=1), "bedrock", model, NOW).cost_usd is None
 
 
 def test_a_container_is_estimated_at_the_tool_fee_of_the_nearest_layer_and_tools_add_to_any_layer(tmp_path):

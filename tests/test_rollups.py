@@ -22,7 +22,7 @@ from addon.core.store import calls as call_rows
 from addon.core.store import config, customer_order, lifecycle, migrations, reading, rollups, writing
 from addon.core.store import reports as report_rows
 
-from .helpers import call_row, migrated_before, read_rollups, run_cli
+from .helpers import call_row, migrated_before, migrations_from, read_rollups, run_cli
 
 # Half-hour, 45-minute and DST-switching zones: Kolkata +5:30, Kathmandu +5:45, Eucla +8:45,
 # Chatham +12:45/+13:45 (switches 2026-04-05), St John's -3:30/-2:30 (2026-03-08), Lord Howe
@@ -236,30 +236,32 @@ def test_calls_whose_usage_is_missing_or_not_believed_are_unpriced_in_every_tota
         assert (total["calls"], total["unpriced_calls"], Decimal(str(total["cost_usd"]))) == (4, 2, Decimal("0.25"))
 
 
-def test_the_migration_counts_the_image_tools_images_in_the_calls_and_every_tier(tmp_path, monkeypatch):
-    """m038: the images OpenAI's image generation tool made, a unit column of the calls and of every
-    tier (its calls are unpriced: pricing.IMAGE_TOOL_FEE); the rows before count none."""
+@pytest.mark.parametrize(("migration", "column"), [("m038_openai_tools", "image_generation_calls"),
+                                                 ("m039_guardrail_checks", "guardrail_checks")])
+def test_the_migration_counts_a_fee_left_unpriced_in_the_calls_and_every_tier(tmp_path, monkeypatch, migration,
+                                                                              column):
+    """m038: the images OpenAI's image generation tool made; m039: the calls a Bedrock guardrail
+    checked. Unit columns of the calls and of every tier (such calls are unpriced:
+    pricing.UNKNOWN_FEES); the rows before count none."""
     home = tmp_path / "home"
     home.mkdir()
     con = duckdb.connect(str(home_dir.db_path(home)))
-    migrated_before(con, migrations.m038_openai_tools)
+    migrated_before(con, getattr(migrations, migration))
     at = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
     call_rows.insert(con, [call_row(1, ts=at, customer_id="acme")])
     tables = ["calls", *(tier.table for tier in rollups.TIERS)]
     for table in tables:  # as the version before had them
-        con.execute(f"ALTER TABLE {table} DROP COLUMN image_generation_calls")
-    assert migrations.apply_pending(con) == ["m038_openai_tools"]
+        con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    assert migrations.apply_pending(con) == migrations_from(getattr(migrations, migration))
     for table in tables:
-        assert con.execute(f"SELECT DISTINCT image_generation_calls FROM {table}").fetchall() == [(0,)], table
-    call_rows.insert(con, [call_row(2, ts=at, customer_id="acme", image_generation_calls=2, cost_usd=None,
-                                    priced=False)])
+        assert con.execute(f"SELECT DISTINCT {column} FROM {table}").fetchall() == [(0,)], table
+    call_rows.insert(con, [call_row(2, ts=at, customer_id="acme", cost_usd=None, priced=False, **{column: 2})])
     con.close()
     read_rollups(monkeypatch)
     for exact in ((), ("--exact",)):
         [group] = json.loads(run_cli(home, "report", "--by", "customer", "--since", "2026-11-25", "--until",
                                      "2026-11-26", "--tz", "UTC", "--format", "json", *exact))
-        assert (group["calls"], group["unpriced_calls"], group["image_generation_calls"], group["cost_usd"]) == (
-            2, 1, 2, 0.01), exact
+        assert (group["calls"], group["unpriced_calls"], group[column], group["cost_usd"]) == (2, 1, 2, 0.01), exact
 
 
 @pytest.mark.parametrize("before", ["m031_tag_rollups", "m035_total_rollups", "m037_unknown_usage_unpriced"])
@@ -273,12 +275,12 @@ def test_a_store_from_before_a_unit_column_upgrades_through_the_steps_that_sum_e
                                                                                                           rollups.TIERS)
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migration, tiers, 38)
-    added = ("image_generation_calls", "web_search_preview_requests")  # m038's: not in a store before it
+    added = ("image_generation_calls", "web_search_preview_requests", "guardrail_checks")  # m038's, m039's
     for table in ("calls", *(tier.table for tier in tiers)):
         for column in added:
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     applied = migrations.apply_pending(con)
-    assert applied[0] == before and applied[-1] == "m038_openai_tools"
+    assert applied == migrations_from(migration)
     for tier in rollups.TIERS:
         assert con.execute(f"SELECT sum(calls), sum(image_generation_calls) FROM {tier.table}").fetchone() == (
             len(calls), 0), tier.table
@@ -340,10 +342,7 @@ def test_the_migration_fills_the_weekly_tiers_from_the_15_minute_rows(tmp_path, 
     # week's calls purged (only the rollups keep them).
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m031_tag_rollups, rollups.BEFORE_NARROW, 31)
-    assert migrations.apply_pending(con) == ["m031_tag_rollups", "m032_proxy_histograms", "m033_customer_key",
-                                                 "m034_rollup_customer_key", "m035_total_rollups",
-                                                 "m036_sso_groups", "m037_unknown_usage_unpriced",
-                                                 "m038_openai_tools"]
+    assert migrations.apply_pending(con) == migrations_from(migrations.m031_tag_rollups)
     for tier, tag in ((rollups.CUSTOMERS, "customer_id"), (rollups.FEATURES, "feature")):
         groups: dict[tuple, list[dict]] = {}
         for call in calls:
@@ -370,8 +369,7 @@ def test_the_migration_fills_the_daily_totals_from_the_models_days(tmp_path, mon
     # and a total over whole weeks, and a report by day, read those.
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migrations.m035_total_rollups, rollups.BEFORE_TOTALS, 35)
-    assert migrations.apply_pending(con) == ["m035_total_rollups", "m036_sso_groups", "m037_unknown_usage_unpriced",
-                                             "m038_openai_tools"]
+    assert migrations.apply_pending(con) == migrations_from(migrations.m035_total_rollups)
     groups: dict[dt.datetime, list[dict]] = {}
     for call in calls:
         groups.setdefault(rollups.bucket_start(call["ts"], rollups.TOTAL_DAYS.seconds), []).append(call)

@@ -1327,25 +1327,26 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
             assert sorted(histogram.values()) == [1, 1, 1], tier.table
 
 
-def test_an_older_lake_counts_the_image_tools_images(shared_env, tmp_path):
-    """s030, as m038: a unit column of the calls and of every tier; the rows before count none, and a
-    report sums the rows since."""
+@pytest.mark.parametrize(("step", "column"), [("s030_openai_tools", "image_generation_calls"),
+                                             ("s032_guardrail_checks", "guardrail_checks")])
+def test_an_older_lake_counts_a_fee_left_unpriced(shared_env, tmp_path, step, column):
+    """s030 and s032, as m038 and m039: a unit column of the calls and of every tier; the rows before
+    count none, and a report sums the rows since."""
     from addon.core.store import calls as call_rows
     from addon.core.store import rollups, writing
 
     from .helpers import call_row
-    home, marker = tmp_path / "admin", f"images-{uuid.uuid4().hex}"
+    home, marker = tmp_path / "admin", f"fees-{uuid.uuid4().hex}"
     tables = ["calls", *(tier.table for tier in rollups.TIERS)]
-    lake_before_step(shared_env, home, ("s030_openai_tools",), [(table, "image_generation_calls") for table in tables],
+    lake_before_step(shared_env, home, (step,), [(table, column) for table in tables],
                      [call_row(i, customer_id=marker) for i in range(3)])
     with writing(home / "unused.duckdb") as con:  # the step ran: the column is back, 0 in the rows before
         for table in tables:
-            assert con.execute(f"SELECT count(*) FROM {table} WHERE image_generation_calls IS DISTINCT FROM 0"
+            assert con.execute(f"SELECT count(*) FROM {table} WHERE {column} IS DISTINCT FROM 0"
                                ).fetchone() == (0,), table
-        call_rows.insert(con, [call_row(9, customer_id=marker, image_generation_calls=2, cost_usd=None,
-                                        priced=False)])
+        call_rows.insert(con, [call_row(9, customer_id=marker, cost_usd=None, priced=False, **{column: 2})])
     [group] = json.loads(cli(home, "report", "--by", "customer", "--customer", marker, "--format", "json").stdout)
-    assert (group["calls"], group["unpriced_calls"], group["image_generation_calls"]) == (4, 1, 2)
+    assert (group["calls"], group["unpriced_calls"], group[column]) == (4, 1, 2)
 
 
 def test_a_lake_from_before_the_daily_totals_and_a_unit_column_upgrades(shared_env, tmp_path):
@@ -1356,9 +1357,10 @@ def test_a_lake_from_before_the_daily_totals_and_a_unit_column_upgrades(shared_e
 
     from .helpers import call_row
     home, marker = tmp_path / "admin", f"before-totals-{uuid.uuid4().hex}"
-    added = ("image_generation_calls", "web_search_preview_requests")
+    added = ("image_generation_calls", "web_search_preview_requests", "guardrail_checks")
     tables = ["calls", *(tier.table for tier in rollups.TIERS if tier is not rollups.TOTAL_DAYS)]
-    lake_before_step(shared_env, home, ("s027_total_rollups", "s029_unknown_usage_unpriced", "s030_openai_tools"),
+    lake_before_step(shared_env, home, ("s027_total_rollups", "s029_unknown_usage_unpriced", "s030_openai_tools",
+                                        "s032_guardrail_checks"),
                      [(table, column) for table in tables for column in added],
                      [call_row(i, customer_id=marker) for i in range(3)])  # the report there applied the steps
     [total] = json.loads(cli(home, "report", "--customer", marker, "--by", "day", "--format", "json").stdout)

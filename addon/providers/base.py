@@ -157,6 +157,16 @@ class Provider:
         there is more to say than that the response carried none."""
         return None
 
+    def guardrail_in_headers(self, headers) -> bool:
+        """Whether the request headers name a guardrail the provider bills apart (Bedrock's
+        InvokeModel): read in the request hook, as the request's headers are not kept."""
+        return False
+
+    def guardrail_in_request(self, path: str, request: Callable[[], dict | None]) -> bool:
+        """Whether the request body names such a guardrail (Bedrock's Converse). ``request`` decodes
+        it: only a path that may name one is worth that."""
+        return False
+
     def injects_usage(self, path: str, query: str = "") -> bool:
         """Whether a stream to this path (and query string) may be given stream_options.include_usage
         (see injection.py)."""

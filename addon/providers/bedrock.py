@@ -32,6 +32,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Callable
 from urllib.parse import unquote
 
 from pricing.usage import TokenUsage
@@ -50,6 +51,9 @@ _ARN_MODEL = re.compile(r"arn:aws[a-z-]*:bedrock:[^:]*:[^:]*:(?:inference-profil
 OPENAI_CHAT = "/openai/v1/chat/completions"
 _FREE = patterns(r"/model/[^/]+/count-tokens")
 _BILLABLE = patterns(r"/async-invoke(?:/.*)?", r"/guardrail/.+/apply")
+# A guardrail on InvokeModel (and on the OpenAI-compatible API) is named in this header; on Converse,
+# in the body's guardrailConfig. Its checks are billed on top of the tokens (pricing.UNKNOWN_FEES).
+_GUARDRAIL_HEADER = "x-amzn-bedrock-guardrailidentifier"
 _HEADERS = {"input_tokens": "x-amzn-bedrock-input-token-count", "output_tokens": "x-amzn-bedrock-output-token-count",
             "cache_read_tokens": "x-amzn-bedrock-cache-read-input-token-count",
             "cache_write_tokens": "x-amzn-bedrock-cache-write-input-token-count"}
@@ -243,6 +247,14 @@ class Bedrock(Provider):
         else:
             observed.take_usage(_invoke_usage, body)
         return observed
+
+    def guardrail_in_headers(self, headers) -> bool:
+        return bool(headers.get(_GUARDRAIL_HEADER, "").strip())
+
+    def guardrail_in_request(self, path: str, request: Callable[[], dict | None]) -> bool:
+        found = _call(path)
+        return found is not None and found[1] in (CONVERSE, CONVERSE_STREAM) and \
+            bool(as_dict(as_dict(request()).get("guardrailConfig")).get("guardrailIdentifier"))
 
     def usage_in_headers(self, headers) -> TokenUsage | None:
         if _HEADERS["input_tokens"] not in headers:

@@ -145,12 +145,12 @@ function money(value, places = 2) {
 const count = (n) => (n || 0).toLocaleString("en-US");
 // What a call was billed in besides tokens: images generated, seconds of audio, characters spoken,
 // and the server-side tools it ran (searches, fetches, file searches, code runs, containers, grounding,
-// images made by the image generation tool).
+// images made by the image generation tool, a Bedrock guardrail's checks).
 const unitsLabel = (c) => [[c.images, "image"], [c.audio_seconds, "s of audio"], [c.characters, "character"],
   [c.web_search_requests, "web search", "web searches"], [c.web_fetch_requests, "web fetch", "web fetches"],
   [c.file_search_calls, "file search", "file searches"], [c.code_executions, "code run"],
   [c.containers, "container"], [c.grounded_prompts, "grounded prompt"],
-  [c.image_generation_calls, "image by a tool", "images by a tool"]]
+  [c.image_generation_calls, "image by a tool", "images by a tool"], [c.guardrail_checks, "guardrail check"]]
   .filter(([n]) => n).map(([n, unit, units]) => ` · ${unit.startsWith("s ") ? Number(n).toFixed(1) + " " + unit : plural(n, unit, units)}`)
   .join("");
 // As addon/core/wording.py's plural: 1 call, 2 calls.

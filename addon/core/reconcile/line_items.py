@@ -54,7 +54,7 @@ def kind_of_row(endpoint: str, service_tier: str | None) -> str:
 def price_tools(ours: list[dict], book: PriceBook, provider: str, at: dt.datetime) -> None:
     """Sets each of our lines' ``tool_cost_usd``: the part of its cost that its server-side tools
     added (the provider bills them as line items of their own: "web search tool calls", ...)."""
-    for row in ours:  # an unpriced call (the image tool's: pricing.IMAGE_TOOL_FEE) adds nothing
+    for row in ours:  # an unpriced call (pricing.UNKNOWN_FEES: the image tool, a guardrail) adds nothing
         usage = TokenUsage(**{name: int(row.get(name) or 0) for name in TOOL_FIELDS})
         if usage.has_tools and row["model"] and row["cost_usd"] is not None:
             row["tool_cost_usd"] = book.tool_fees(usage, provider, row["model"], at, row.get("service_tier"))

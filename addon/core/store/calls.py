@@ -41,11 +41,14 @@ UNIT_COLUMNS: list[tuple[str, str, str]] = [
                                          "image_generation_call items), billed outside the usage: unpriced"),
     ("web_search_preview_requests", "BIGINT", "the part of web_search_requests run by OpenAI's "
                                               "web_search_preview tool (a flat rate on gpt-4o and gpt-4.1)"),
+    # migrations.m039_guardrail_checks
+    ("guardrail_checks", "BIGINT", "1 for a call a Bedrock guardrail checked, billed per text unit and "
+                                   "policy outside the usage: unpriced"),
 ]
 UNIT_NAMES = [name for name, _, _ in UNIT_COLUMNS]
 # The server-side tools' counts (pricing.usage.TOOL_FIELDS), summed in reports.
 TOOL_NAMES = ["web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
-              "grounded_prompts", "image_generation_calls"]
+              "grounded_prompts", "image_generation_calls", "guardrail_checks"]
 # Parts of a count above with a rate of their own: summed too wherever tools' fees are priced again
 # (reconciliation's tool line), not shown as counts of their own.
 TOOL_PARTS = ["web_search_preview_requests"]

@@ -552,9 +552,15 @@ def m037_unknown_usage_unpriced(con: duckdb.DuckDBPyConnection) -> None:
 
 def m038_openai_tools(con: duckdb.DuckDBPyConnection) -> None:
     # Unit columns of the calls and of every rollup tier: the images OpenAI's image generation tool
-    # made in a Responses call (such a call is unpriced: pricing.IMAGE_TOOL_FEE), and the searches its
+    # made in a Responses call (such a call is unpriced: pricing.UNKNOWN_FEES), and the searches its
     # web_search_preview tool ran (pricing/openai_search.py). Rows stored before did not count them: 0.
     # unit_columns_first adds them, before the first pending step runs: nothing is left to do here.
+    del con
+
+
+def m039_guardrail_checks(con: duckdb.DuckDBPyConnection) -> None:
+    # A unit column of the calls and every rollup tier: the calls a Bedrock guardrail checked, which
+    # are unpriced (pricing.UNKNOWN_FEES). Added by unit_columns_first, as m038's; rows before hold 0.
     del con
 
 
@@ -598,7 +604,8 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m024_hourly_rollups, m025_teams, m026_audit, m027_sso_users,
               m028_team_limits, m029_daily_rollups, m030_raw_horizon, m031_tag_rollups,
               m032_proxy_histograms, m033_customer_key, m034_rollup_customer_key, m035_total_rollups,
-              m036_sso_groups, m037_unknown_usage_unpriced, m038_openai_tools]
+              m036_sso_groups, m037_unknown_usage_unpriced, m038_openai_tools,
+              m039_guardrail_checks]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:
