@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from mitmproxy import exceptions, http
 
+from .hosts import ProviderHosts
 from .providers import Provider
 
 Upstream = tuple[str, str, int, str]  # scheme, host, port, base path
@@ -27,9 +28,12 @@ def parse(providers: list[Provider], openai: str, anthropic: str,
 
 def redirected(providers: list[Provider], upstreams: dict[str, Upstream | None]) -> set[str]:
     """The providers whose upstream is set elsewhere than their own API (the forward mode sends
-    only these away from the host the client called)."""
+    only these away from the host the client called). An upstream that is one of the provider's own
+    hosts (an Azure resource, a Bedrock region: what the reverse mode needs) is not elsewhere: a
+    forward client calling another resource or region goes there, its key and prompt not to this one."""
+    own = ProviderHosts(providers)
     return {p.name for p in providers
-            if upstreams.get(p.name) is not None and upstreams[p.name] != _parse_one(p.default_upstream or "", "")}
+            if (target := upstreams.get(p.name)) is not None and own.provider(target[1]) != p.name}
 
 
 def point_keeping_host(req: http.Request, provider: Provider, upstreams: dict[str, Upstream | None]) -> None:

@@ -743,3 +743,17 @@ def test_a_name_is_connected_at_the_address_checked_and_a_lookup_that_fails_refu
         assert flow.response is not None and flow.response.status_code == status, host
         assert b"Nothing was forwarded" in flow.response.content
 
+
+def test_an_upstream_that_is_one_of_the_providers_own_hosts_leaves_a_forward_call_at_the_host_it_named():
+    """The reverse mode needs `--upstream azure=https://RESOURCE.openai.azure.com` (one resource). In
+    the forward mode that upstream took every Azure host's calls: a client of another resource had
+    its api-key and prompt sent to this one. Only an upstream elsewhere (a fake, an egress proxy)
+    takes a provider's calls from every host."""
+    from addon import upstreams
+    from addon.providers import all_providers
+
+    providers = all_providers(None)
+    configured = upstreams.parse(providers, "", "https://api.anthropic.com", [
+        "azure=https://myres.openai.azure.com", "bedrock=https://bedrock-runtime.us-west-2.amazonaws.com",
+        "mistral=http://127.0.0.1:9", "cohere=https://egress.example.com/cohere"])
+    assert upstreams.redirected(providers, configured) == {"mistral", "cohere"}
