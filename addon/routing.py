@@ -11,8 +11,9 @@
    query parameter, an ``AIza`` key) send the request to that provider, whatever the path; a path
    that provider does not serve is answered with a 404 naming the base URL to set, and nothing is
    forwarded. A Google OAuth access token (``ya29.``) is Vertex AI's: it goes only under
-   ``/vertex``, never beside another provider's key, and Vertex is sent no other credential. So no
-   provider's key reaches another.
+   ``/vertex``, and Vertex is sent no other credential. Two providers' credentials together (an
+   Anthropic key beside a Google key; an OpenAI-style key or Azure's ``api-key`` beside Anthropic's
+   or Gemini's) go nowhere. So no provider's key reaches another.
 3. **Then the path**: an explicit prefix (``/gemini/...``), Anthropic's own paths, else OpenAI.
 """
 
@@ -117,12 +118,12 @@ def owner(headers: Headers, query: str) -> str | None:
 
 
 def _one_owner(kinds: set[str | None]) -> str | None:
-    """Anthropic's key wins over Google's (either way a key goes only to its owner); a Google OAuth
-    token beside any other provider's credential is MIXED: it could only be sent to one of them."""
+    """The one provider the credentials are for; MIXED for two providers' (Anthropic's key beside
+    Google's, a Google OAuth token beside any other): sent to one, the other's would go along."""
     kinds.discard(None)
-    if VERTEX in kinds and len(kinds) > 1 or MIXED in kinds:
+    if len(kinds) > 1 or MIXED in kinds:
         return MIXED
-    return ANTHROPIC if ANTHROPIC in kinds else GOOGLE if GOOGLE in kinds else VERTEX if kinds else None
+    return next(iter(kinds), None)
 
 
 def _key_in(value: bytes) -> str | None:
@@ -133,11 +134,17 @@ def _key_in(value: bytes) -> str | None:
 
 
 def _basic_key(value: bytes) -> str | None:
+    decoded = _basic_decoded(value)
+    return _key_in(decoded) if decoded else None
+
+
+def _basic_decoded(value: bytes) -> bytes | None:
+    """The credential a Basic authorization value encodes, if it is one."""
     basic = _BASIC.match(value)
     if basic is None:
         return None
     try:
-        return _key_in(base64.b64decode(basic.group(1) + b"==", altchars=b"-_"))
+        return base64.b64decode(basic.group(1) + b"==", altchars=b"-_")
     except ValueError:
         return None
 
@@ -161,9 +168,9 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
     credentials = owner(headers, query)
     if credentials == MIXED:
         raise Misrouted(fallback, 400, "aispendtrack_mixed_credentials",
-                        "AiSpendTrack did not forward this call: it carries a Google OAuth access token (ya29.) "
-                        "and another provider's key, and a credential is never sent to another provider. "
-                        "Send only the one the provider takes. Nothing was forwarded.")
+                        "AiSpendTrack did not forward this call: it carries the credentials of two providers "
+                        "(an Anthropic key, a Google API key or OAuth access token), and a credential is never "
+                        "sent to another provider. Send only the one the provider takes. Nothing was forwarded.")
     provider, rest = _by_prefix(providers, clean)
     prefix = provider.prefix if provider is not None else None
     if provider is not None:
@@ -191,6 +198,8 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
         # Azure OpenAI's header, which no other provider takes: an AzureOpenAI client whose endpoint
         # lacks /azure (its /openai/deployments/... paths then read as OpenAI's).
         raise _foreign(_named(providers, AZURE), prefix or clean)
+    if provider.name in (ANTHROPIC, GOOGLE):
+        _refuse_keys_of_others(provider, headers)
     if provider.name == ANTHROPIC:
         rest = _anthropic_path(provider, rest)
     _refuse_wrong_case(provider, rest)
@@ -299,6 +308,31 @@ def _refuse_other_credentials(provider: Provider, headers: Headers, api_key: boo
                             f"header is not a Google OAuth access token, and Vertex AI is sent nothing else "
                             f"(a key is never sent to another provider). Authenticate with Google credentials "
                             f"(see docs/providers.md). Nothing was forwarded.")
+
+
+# An OpenAI-style key (OpenAI's, DeepSeek's, ...: "sk-" and more, not Anthropic's "sk-ant-").
+_SK_KEY = re.compile(rb"(?:^|[\s:=,;\"'])sk-(?!ant-)[0-9A-Za-z_\-]{16,}")
+
+
+def _refuse_keys_of_others(provider: Provider, headers: Headers) -> None:
+    """Anthropic's and Gemini's calls carry their own key (or, for a gateway set as their upstream,
+    its token): an OpenAI-style key in an Authorization header, or Azure's api-key header, beside it
+    is another provider's credential, and is not sent along."""
+    own = ANTHROPIC if provider.name == ANTHROPIC else GOOGLE
+    for name, value in headers.fields:
+        lowered = name.lower()
+        if lowered == b"api-key":
+            other = keygen.PREFIX.encode() not in value and _key_in(value) != own  # ours: the gate says so
+        elif lowered in _AUTHORIZATION:
+            other = any(_SK_KEY.search(text) for text in (value, _basic_decoded(value) or b""))
+        else:
+            continue
+        if other:
+            raise Misrouted(provider, 400, "aispendtrack_foreign_key",
+                            f"AiSpendTrack did not forward this call: its {name.decode(errors='replace')[:40]} "
+                            f"header holds another provider's key, beside {provider.name}'s credentials, and a "
+                            f"key is never sent to another provider. Send only {provider.name}'s. Nothing was "
+                            f"forwarded.")
 
 
 def _refuse_wrong_case(provider: Provider, path: str) -> None:

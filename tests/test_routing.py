@@ -54,6 +54,7 @@ def test_canonical_paths(raw, expected):
 GEMINI_KEY = "AIzaSyD-fake-test-key-0123456789abcdefg"  # Google's format: AIza and 35 more characters
 assert len(GEMINI_KEY) == 39
 BASIC_ANTHROPIC = "Basic " + base64.b64encode(b":sk-ant-secret-basic").decode()
+BASIC_OPENAI = "Basic " + base64.b64encode(b"user:sk-proj-0123456789abcdefghij").decode()
 VERTEX_TOKEN = {"authorization": "Bearer ya29.a0AfB_token"}
 # What a refusal tells the client to do, by the provider whose credentials it carries.
 WHERE = {
@@ -105,7 +106,9 @@ def _route(providers, target: str, headers: dict):
     ("/anthropic/messages", {"x-api-key": "sk-ant-secret"}, "anthropic", "/v1/messages"),
     ("/v1/messages", {"authorization": "Bearer" + " " * 40 + "sk-ant-secret-far"}, "anthropic", "/v1/messages"),
     ("/v1/messages", {"authorization": BASIC_ANTHROPIC}, "anthropic", "/v1/messages"),
-    ("/v1/messages", {"x-api-key": "sk-ant-a", "x-goog-api-key": "AIza-b"}, "anthropic", "/v1/messages"),
+    # A gateway set as Anthropic's upstream takes its own bearer token beside Anthropic's signature.
+    ("/v1/messages", {"anthropic-version": "2023-06-01", "authorization": "Bearer gw-token-1"}, "anthropic",
+     "/v1/messages"),
     ("/v1/%63hat/completions", {"authorization": "Bearer sk-test"}, "openai", "/v1/chat/completions"),
     ("/v1/files/file-AbC", {"authorization": "Bearer sk-test"}, "openai", "/v1/files/file-AbC"),
     # mitmproxy keeps a query's bytes that are not UTF-8 as surrogates: read, never a crash
@@ -147,7 +150,23 @@ def test_each_request_goes_to_the_provider_its_credentials_and_path_name(provide
     ("/v1/messages", {"authorization": "Bearer sk-proj"}, "openai", 404, "aispendtrack_wrong_base_url",
      "/v1/messages"),  # a bearer token on Anthropic's path without Anthropic's signature is someone else's
     ("/v1/chat/completions", {**VERTEX_TOKEN, "x-api-key": "sk-ant-secret"}, "openai", 400,
-     "aispendtrack_mixed_credentials", "a Google OAuth access token (ya29.) and another provider's key"),
+     "aispendtrack_mixed_credentials", "it carries the credentials of two providers"),
+    # Another provider's key beside Anthropic's or Gemini's went along to it (the leak audit's finding).
+    ("/v1/messages", {"x-api-key": "sk-ant-a", "x-goog-api-key": "AIza-b"}, "openai", 400,
+     "aispendtrack_mixed_credentials", "Send only the one the provider takes"),
+    ("/v1/messages?key=AIza-b", {"x-api-key": "sk-ant-a"}, "openai", 400, "aispendtrack_mixed_credentials",
+     "Nothing was forwarded"),
+    ("/v1/messages", {"x-api-key": "sk-ant-a", "authorization": "Bearer sk-proj-0123456789abcdefgh"}, "anthropic",
+     400, "aispendtrack_foreign_key", "its authorization header holds another provider's key"),
+    ("/v1/messages", {"x-api-key": "sk-ant-a", "api-key": "0123456789abcdef0123456789abcdef"}, "anthropic", 400,
+     "aispendtrack_foreign_key", "its api-key header holds another provider's key"),
+    ("/gemini/v1beta/models/m:generateContent", {"x-goog-api-key": "AIza-b",
+                                                  "authorization": "Bearer sk-proj-0123456789abcdefgh"}, "google",
+     400, "aispendtrack_foreign_key", "Send only google's"),
+    ("/gemini/v1beta/models/m:generateContent", {"authorization": BASIC_OPENAI}, "google", 400,
+     "aispendtrack_foreign_key", "another provider's key"),
+    ("/gemini/v1beta/models/m:generateContent?key=AIza-b", {"api-key": "0123456789abcdef0123456789abcdef"},
+     "google", 400, "aispendtrack_foreign_key", "its api-key header"),
     ("/v1/messages", {"x-goog-api-key": "ya29.token", "anthropic-version": "2023-06-01"}, "openai", 400,
      "aispendtrack_mixed_credentials", "Nothing was forwarded"),
     ("/v1/chat/completions", {"authorization": "Bearer ya29.t, AIza" + "x" * 35}, "openai", 400,
