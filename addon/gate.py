@@ -118,7 +118,7 @@ class Gate:
         """(provider, its path, whether our key was in the query), with the request pointed at that
         path; None when the call was refused."""
         key_in_query = False
-        if query and ("ask_" in query or "aispendtrack" in query.lower()):
+        if query and _may_hold_our_key(query):
             query, key_in_query = _drop_our_query(query)
         try:
             routed = routing.route(self.state.providers, path, flow.request.headers, query)
@@ -140,7 +140,7 @@ class Gate:
         sent it when it only differs from the canonical one by escapes: signed requests (AWS SigV4)
         sign its exact bytes."""
         key_in_query = False
-        if query and ("ask_" in query or "aispendtrack" in query.lower()):
+        if query and _may_hold_our_key(query):
             query, key_in_query = _drop_our_query(query)
         try:
             routed = routing.route_host(forwarded.provider, path, flow.request.headers, query)
@@ -169,9 +169,21 @@ def _drop_our_query(query: str) -> tuple[str, bool]:
     return "&".join(kept), len(kept) < query.count("&") + 1
 
 
+def _may_hold_our_key(query: str) -> bool:
+    """A cheap first look, on every call with a query: an escape (``%61sk_``) may hide the key."""
+    return keygen.PREFIX in query or "aispendtrack" in query.lower() or \
+        "%" in query and keygen.PREFIX in unquote(query)
+
+
+# One of our keys anywhere in a value (``note=key:ask_...``): "ask_" and token_urlsafe(32)'s 43 characters.
+_OUR_KEY = re.compile(rf"(?<![0-9A-Za-z_-]){keygen.PREFIX}[0-9A-Za-z_-]{{43}}(?![0-9A-Za-z_-])")
+
+
 def _is_our_param(param: str) -> bool:
     name, _, value = param.partition("=")
-    return unquote(name).lower() == KEY_HEADER or unquote(value).startswith(keygen.PREFIX)
+    value = unquote(value)
+    return unquote(name).lower() == KEY_HEADER or value.startswith(keygen.PREFIX) or \
+        _OUR_KEY.search(unquote(param)) is not None
 
 
 def _take_our_headers(headers: http.Headers, keep_signed: bool) -> tuple[dict[str, str], frozenset[str]]:

@@ -326,6 +326,19 @@ def test_our_key_in_a_query_string_is_removed_and_refused(split):
     assert openai_upstream.last().path == "/v1/chat/completions?x=1"
 
 
+@pytest.mark.parametrize("param", ["api_key=%61sk_{key}", "note=key:{key}", "note=key%3A{key}", "{key}"])
+def test_our_key_escaped_or_inside_a_query_value_never_reaches_the_provider(split, param):
+    """The leak audit's finding: the key was looked for only as a value's start, and not behind an
+    escape; such a parameter went to the provider, in its URL (and logs)."""
+    proxy, openai_upstream, *_ = split
+    query = param.format(key=proxy.key) if "%61" not in param else param.format(key=proxy.key[4:])
+    response = httpx.post(f"{proxy.url}/v1/chat/completions?{query}&x=1&mode=m%61sk_1",
+                          headers={"authorization": "Bearer sk-test", "x-aispendtrack-key": proxy.key},
+                          json=CHAT, timeout=10)
+    assert response.status_code == 200
+    assert openai_upstream.last().path == "/v1/chat/completions?x=1&mode=m%61sk_1"
+
+
 def _raw_post(proxy, path: str, headers: dict, body: dict) -> tuple[int, dict]:
     """POST with the path exactly as written (an HTTP library would clean some of these up)."""
     connection = http.client.HTTPConnection(proxy.url.removeprefix("http://"), timeout=10)
