@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 
 from mitmproxy import http
 
@@ -25,11 +26,23 @@ _REASONS = {"aispendtrack_limit_reached": "limit", "aispendtrack_budget_exceeded
             "aispendtrack_missing_key": "bad_key", "aispendtrack_key_in_url": "bad_key"}
 
 
+# A path as the log shows it: up to the first character no plain API path has (a query, an escape,
+# ';', '#', '='), which may begin a key a client put in its URL, with any key-shaped token cut too.
+_PLAIN = re.compile(r"[A-Za-z0-9/._:-]{0,200}")
+_KEY_SHAPED = re.compile(r"(sk-|AIza|ya29\.|ask_|ast_)[A-Za-z0-9_.-]{6,}")
+
+
+def logged_path(path: str) -> str:
+    plain = _PLAIN.match(path)
+    kept = plain.group(0) if plain else ""
+    return _KEY_SHAPED.sub(r"\1…", kept) + ("…" if len(kept) < len(path) else "")
+
+
 def refuse(flow: http.HTTPFlow, provider: Provider, status: int, code: str, message: str,
            headers: dict[str, str] | None = None) -> None:
     body = provider.error_body(status, message, code)
     flow.response = http.Response.make(status, body, {"content-type": "application/json", **(headers or {})})
-    log.info("refused %s %s: %s", flow.request.method, flow.request.path.split("?", 1)[0], code)
+    log.info("refused %s %s: %s", flow.request.method, logged_path(flow.request.path), code)
     metrics.current().refused(_REASONS.get(code, "other"))
 
 

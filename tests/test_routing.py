@@ -20,7 +20,7 @@ from mitmproxy.http import Headers
 
 from addon.routing import Misrouted, canonical, route
 
-from .helpers import run_cli, start_proxy, until_read
+from .helpers import run_cli, start_proxy, until, until_read
 from .upstream import FakeProvider
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -337,6 +337,25 @@ def test_our_key_escaped_or_inside_a_query_value_never_reaches_the_provider(spli
                           json=CHAT, timeout=10)
     assert response.status_code == 200
     assert openai_upstream.last().path == "/v1/chat/completions?x=1&mode=m%61sk_1"
+
+
+@pytest.mark.parametrize(("path", "logged"), [
+    ("/gemini/v1beta/models/m:generateContent%3Fkey=AIzaLOGCANARY0123456789abcdef",
+     "/gemini/v1beta/models/m:generateContent…"),
+    ("/v1/chat/completions;api_key=sk-proj-LOGCANARY2", "/v1/chat/completions…"),
+    ("/v1/chat/completions%23sk-proj-LOGCANARY3", "/v1/chat/completions…"),
+    ("/v1/sk-proj-LOGCANARY4/x%00", "/v1/sk-…/x…")])
+def test_a_refused_path_is_logged_without_the_key_a_client_put_in_it(split, path, logged):
+    """The leak audit's finding: the log cut a refused path only at a literal '?', so a key behind an
+    escaped one, a ';' or a '#' was written to the proxy's log."""
+    proxy, *_ = split
+    refused = proxy.log_path.read_text(errors="replace").count(": aispendtrack_bad_path")
+    status, _ = _raw_post(proxy, path, {"authorization": "Bearer sk-test"}, CHAT)
+    assert status == 400
+    until(lambda: proxy.log_path.read_text(errors="replace").count(": aispendtrack_bad_path") > refused, 10,
+          "the refusal logged")
+    log = proxy.log_path.read_text(errors="replace")
+    assert "LOGCANARY" not in log and f"refused POST {logged}: aispendtrack_bad_path" in log
 
 
 def _raw_post(proxy, path: str, headers: dict, body: dict) -> tuple[int, dict]:
