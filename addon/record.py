@@ -86,6 +86,17 @@ def _bills_nothing(meter: CallMeter, observed: Observed) -> bool:
     return meter.status >= 400 and observed.usage is None and observed.unknown_usage is None
 
 
+# A provider's in-stream error is a code ("overloaded_error", "RESOURCE_EXHAUSTED"): anything else
+# (an upstream echoing the prompt there) is not stored, as no text of a call's is.
+_CODE = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
+
+
+def _error_code(error: str | None) -> str | None:
+    if error is None or _CODE.fullmatch(error):
+        return error
+    return "error (not a code: not stored)"
+
+
 def _ts(meter: CallMeter) -> dt.datetime:
     return dt.datetime.fromtimestamp(meter.started_at, dt.UTC)
 
@@ -102,7 +113,7 @@ def _row(meter: CallMeter, observed: Observed, model: str | None, usage: TokenUs
          source: str, price: Price) -> dict:
     usage = usage or TokenUsage()
     finished = meter.finished_at or meter.started_at
-    error = meter.error or observed.error
+    error = meter.error or _error_code(observed.error)
     if error is None and source == "invalid":
         error = f"usage implausible: {observed.invalid_usage}"[:200]
     reads_usage = meter.provider.metered(meter.path) or meter.batch is not None and meter.batch.action == "results"

@@ -768,7 +768,9 @@ def test_code_interpreter_runs_of_a_response_count_their_containers_whose_time_i
 
 
 @pytest.mark.parametrize("error,stored", [({"type": "server_error", "code": "x"}, "server_error"),
-                                          ({"code": "rate_limit"}, "rate_limit"), ({}, "error")])
+                                          ({"code": "rate_limit"}, "rate_limit"), ({}, "error"),
+                                          # an upstream echoing the prompt where a code goes: never stored
+                                          ({"type": "bad: Tell me my secret plan"}, "error (not a code: not stored)")])
 def test_an_error_inside_a_chat_stream_is_the_rows_error(providers, book, error, stored):
     events = payloads.chat_stream(include_usage=False)[:3] + [payloads._data({"error": error})]
     row = _row(providers, book, "openai", "/v1/chat/completions", STREAMED, reply=payloads.Reply(events=events))
