@@ -199,7 +199,7 @@ def route(providers: list[Provider], path: str, headers: Headers, query: str = "
         # lacks /azure (its /openai/deployments/... paths then read as OpenAI's).
         raise _foreign(_named(providers, AZURE), prefix or clean)
     if provider.name in (ANTHROPIC, GOOGLE):
-        _refuse_keys_of_others(provider, headers)
+        _refuse_keys_of_others(provider, headers, query)
     if provider.name == ANTHROPIC:
         rest = _anthropic_path(provider, rest)
     _refuse_wrong_case(provider, rest)
@@ -314,15 +314,24 @@ def _refuse_other_credentials(provider: Provider, headers: Headers, api_key: boo
 _SK_KEY = re.compile(rb"(?:^|[\s:=,;\"'])sk-(?!ant-)[0-9A-Za-z_\-]{16,}")
 
 
-def _refuse_keys_of_others(provider: Provider, headers: Headers) -> None:
-    """Anthropic's and Gemini's calls carry their own key (or, for a gateway set as their upstream,
-    its token): an OpenAI-style key in an Authorization header, or Azure's api-key header, beside it
-    is another provider's credential, and is not sent along."""
+def _refuse_keys_of_others(provider: Provider, headers: Headers, query: str) -> None:
+    """A call carrying Anthropic's or Google's own key (``sk-ant-``, ``AIza``, or any value in
+    ``x-api-key`` / ``x-goog-api-key`` / Google's ``key`` parameter) and, in another
+    header, an OpenAI-style key in Authorization or Azure's api-key: that one is another provider's,
+    and is not sent along. Without such a key of its own, the call's credential is whatever its
+    upstream takes (a gateway's token, Azure Foundry's api-key for Claude), left alone."""
     own = ANTHROPIC if provider.name == ANTHROPIC else GOOGLE
+    key_header = b"x-api-key" if own == ANTHROPIC else b"x-goog-api-key"
+    holds_own = {name.lower() for name, value in headers.fields
+                 if name.lower() == key_header or own in (_key_in(value), _basic_key(value))}
+    if not holds_own and not (own == GOOGLE and query and _query_owner(query) == GOOGLE):
+        return
     for name, value in headers.fields:
         lowered = name.lower()
+        if lowered in holds_own:
+            continue
         if lowered == b"api-key":
-            other = keygen.PREFIX.encode() not in value and _key_in(value) != own  # ours: the gate says so
+            other = keygen.PREFIX.encode() not in value  # ours: the gate says so
         elif lowered in _AUTHORIZATION:
             other = any(_SK_KEY.search(text) for text in (value, _basic_decoded(value) or b""))
         else:

@@ -106,9 +106,15 @@ def _route(providers, target: str, headers: dict):
     ("/anthropic/messages", {"x-api-key": "sk-ant-secret"}, "anthropic", "/v1/messages"),
     ("/v1/messages", {"authorization": "Bearer" + " " * 40 + "sk-ant-secret-far"}, "anthropic", "/v1/messages"),
     ("/v1/messages", {"authorization": BASIC_ANTHROPIC}, "anthropic", "/v1/messages"),
-    # A gateway set as Anthropic's upstream takes its own bearer token beside Anthropic's signature.
+    # Without an Anthropic key of its own, a call's credential is what its upstream takes: the
+    # Anthropic SDK's Authorization (a LiteLLM gateway's sk- key), Azure Foundry's api-key for Claude.
     ("/v1/messages", {"anthropic-version": "2023-06-01", "authorization": "Bearer gw-token-1"}, "anthropic",
      "/v1/messages"),
+    ("/v1/messages", {"anthropic-version": "2023-06-01", "authorization": "Bearer sk-litellm-0123456789abcdef"},
+     "anthropic", "/v1/messages"),
+    ("/v1/messages", {"anthropic-version": "2023-06-01", "api-key": "0123456789abcdef0123456789abcdef"},
+     "anthropic", "/v1/messages"),
+    ("/v1/messages", {"authorization": "Bearer sk-ant-a", "x-api-key": "sk-ant-a"}, "anthropic", "/v1/messages"),
     ("/v1/%63hat/completions", {"authorization": "Bearer sk-test"}, "openai", "/v1/chat/completions"),
     ("/v1/files/file-AbC", {"authorization": "Bearer sk-test"}, "openai", "/v1/files/file-AbC"),
     # mitmproxy keeps a query's bytes that are not UTF-8 as surrogates: read, never a crash
@@ -163,7 +169,7 @@ def test_each_request_goes_to_the_provider_its_credentials_and_path_name(provide
     ("/gemini/v1beta/models/m:generateContent", {"x-goog-api-key": "AIza-b",
                                                   "authorization": "Bearer sk-proj-0123456789abcdefgh"}, "google",
      400, "aispendtrack_foreign_key", "Send only google's"),
-    ("/gemini/v1beta/models/m:generateContent", {"authorization": BASIC_OPENAI}, "google", 400,
+    ("/gemini/v1beta/models/m:generateContent?key=AIza-b", {"authorization": BASIC_OPENAI}, "google", 400,
      "aispendtrack_foreign_key", "another provider's key"),
     ("/gemini/v1beta/models/m:generateContent?key=AIza-b", {"api-key": "0123456789abcdef0123456789abcdef"},
      "google", 400, "aispendtrack_foreign_key", "its api-key header"),
