@@ -218,13 +218,16 @@ def test_forgetting_a_customer_or_a_key_drops_its_series_and_keeps_the_others():
     for customer, key in (("ann", 1), ("bob", 1), ("bob", 2)):
         metrics.observe({"provider": "openai", "model": "gpt-4o", "key_id": key, "customer_id": customer,
                          "feature": "chat", "status": 500, "input_tokens": 10, "cost_usd": Decimal("0.001")})
+        metrics.observe({"provider": "openai", "model": "gpt-x", "key_id": key, "customer_id": customer,
+                         "feature": "chat", "status": 200, "input_tokens": 10, "cost_usd": None, "priced": False})
     metrics.forget("customer", "ann")
     page = metrics.exposition().decode()
     assert 'customer="ann"' not in page and page.count('customer="bob"') > 0
     metrics.forget("key", "1")
     samples = [s for f in text_string_to_metric_families(metrics.exposition().decode()) for s in f.samples
                if s.name in ("aispendtrack_calls_total", "aispendtrack_errors_total", "aispendtrack_tokens_total",
-                             "aispendtrack_cost_usd_total")]
+                             "aispendtrack_cost_usd_total", "aispendtrack_unpriced_calls_total")]
+    assert {s.name for s in samples} >= {"aispendtrack_unpriced_calls_total", "aispendtrack_cost_usd_total"}
     assert samples and {(s.labels["customer"], s.labels["key"]) for s in samples} == {("bob", "2")}
     assert metrics.label_values("customer") == ["bob"]
 

@@ -84,7 +84,8 @@ class Metrics:
         self._combinations = _Capped(series_cap)
         labels, r = self._labels, self.registry
         self.calls = Counter("aispendtrack_calls", "Calls recorded, by HTTP status.", (*labels, "status"), registry=r)
-        self.errors = Counter("aispendtrack_errors", "Calls that ended in an error (status >= 400, or none).", labels,
+        self.errors = Counter("aispendtrack_errors", "Calls that ended in an error (status >= 400, none, or "
+                              "cut after their status).", labels,
                               registry=r)
         self.tokens = Counter("aispendtrack_tokens", "Tokens by kind (input is uncached input).", (*labels, "kind"),
                               registry=r)
@@ -99,7 +100,8 @@ class Metrics:
                               "of a stream.", ("provider", "model"), buckets=TTFT_BUCKETS, registry=r)
         self.added = Histogram("aispendtrack_added_seconds", "Time each call spent in the proxy's own hooks and "
                                "stream tap (the rows' proxy_us).", buckets=ADDED_BUCKETS, registry=r)
-        self.refusals = Counter("aispendtrack_refusals", "Calls the proxy refused with 429 or 401, by reason.",
+        self.refusals = Counter("aispendtrack_refusals", "Calls the proxy refused itself (429, 401, 400, ...), by "
+                                "reason.",
                                 ("reason",), registry=r)
         self.writes = Histogram("aispendtrack_writer_cycle_seconds", "How long one writer cycle that stored rows "
                                 "took, from taking them off the queue to the commit.", buckets=WRITE_BUCKETS,
@@ -154,7 +156,7 @@ class Metrics:
         for combination in self._combinations.drop(lambda c: isinstance(c, tuple) and c[at] == value):
             labels, status = combination[:-1], combination[-1]
             series = [(self.calls, (*labels, status)), (self.errors, labels), (self.cost, labels),
-                      *((self.tokens, (*labels, kind)) for kind in KINDS)]
+                      (self.unpriced, labels), *((self.tokens, (*labels, kind)) for kind in KINDS)]
             for metric, values in series:
                 try:
                     metric.remove(*values)
