@@ -130,7 +130,7 @@ class Supervisor:
         self.owner_restart_at = 0.0
         from addon.core import metrics
         from addon.core.metrics_merge import Merged
-        self.metrics = Merged(self.metrics_urls)
+        self.metrics = Merged(self.metrics_urls, addon_options["aispendtrack_metrics_label_cap"])
         metrics.install(self.metrics)  # what --metrics-port and the web port's /metrics serve
         self.relay = None  # the owner's web app reads the host's metrics here (127.0.0.1, a port of its own)
         if web is not None:

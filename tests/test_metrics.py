@@ -262,3 +262,45 @@ def test_errors_and_unpriced_calls_are_the_reports(tmp_path):
     assert unpriced == found["unpriced_calls"] == 2
     cost = sum(s.value for s in families["aispendtrack_cost_usd"].samples if s.name.endswith("_total"))
     assert cost == pytest.approx(float(found["cost_usd"]))
+
+
+def test_the_workers_merge_keeps_the_label_cap_over_the_host_and_one_created_per_series():
+    """Each worker caps its own labels: two workers with --metrics-label-cap 2 showed four models (and
+    each replaced worker two more); the merge keeps the cap over the host. A *_created sample was
+    served per worker (the text format makes it a gauge of its own): the earliest now."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from addon.core.metrics_merge import Merged
+
+    workers = [Metrics(cap=2), Metrics(cap=2)]
+    for n, worker in enumerate(workers):
+        for model in (f"a{n}", f"b{n}", f"c{n}"):
+            worker.observe({"provider": "openai", "model": model, "key_id": 1, "status": 200, "input_tokens": 5})
+
+    def serving(worker: Metrics) -> ThreadingHTTPServer:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = worker.exposition()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+    servers = [serving(w) for w in workers]
+    try:
+        merged = Merged(lambda: {n: f"http://127.0.0.1:{s.server_port}/metrics" for n, s in enumerate(servers)}, 2)
+        families = {f.name: f for f in text_string_to_metric_families(merged.exposition().decode())}
+    finally:
+        for server in servers:
+            server.shutdown()
+    calls = [s for s in families["aispendtrack_calls"].samples if s.name == "aispendtrack_calls_total"]
+    assert {s.labels["model"] for s in calls} == {"a0", "b0", "other"}
+    assert sum(s.value for s in calls) == 6
+    created = families["aispendtrack_calls_created"].samples
+    assert len(created) == len(calls) and all("worker" not in s.labels for s in created)

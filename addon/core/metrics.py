@@ -27,6 +27,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 OTHER = "other"
+# The labels whose values a caller or an upstream chooses, each kept to --metrics-label-cap values
+# (customer and feature only with --metrics-tags).
+CAPPED_LABELS = ("provider", "model", "key", "customer", "feature")
 MAX_LABEL_LENGTH = 200  # as long as a stored model name (addon/record.py); tags are shorter still
 KINDS = ("input", "cache_read", "cache_write", "output", "reasoning")
 # Seconds: most calls take 0.3-30 s, streams' first tokens 0.1-3 s.
@@ -42,7 +45,7 @@ REASONS = ("limit", "budget", "bad_key", "too_many_bad_keys", "other")
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "current", "install"]
 
 
-class _Capped:
+class Capped:
     """At most ``cap`` distinct values; the rest become ``other``."""
 
     def __init__(self, cap: int) -> None:
@@ -70,7 +73,7 @@ class _Capped:
         return True
 
 
-def _label(value: object, capped: _Capped) -> str:
+def _label(value: object, capped: Capped) -> str:
     text = "" if value is None else str(value)
     return text if len(text) <= MAX_LABEL_LENGTH and capped(text) else OTHER
 
@@ -79,9 +82,9 @@ class Metrics:
     def __init__(self, tags: bool = False, cap: int = 100, series_cap: int = 1000) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_ConnectionsCollector())
-        self._labels = ("provider", "model", "key", *(("customer", "feature") if tags else ()))
-        self._capped = {name: _Capped(cap) for name in self._labels}
-        self._combinations = _Capped(series_cap)
+        self._labels = CAPPED_LABELS if tags else CAPPED_LABELS[:3]
+        self._capped = {name: Capped(cap) for name in self._labels}
+        self._combinations = Capped(series_cap)
         labels, r = self._labels, self.registry
         self.calls = Counter("aispendtrack_calls", "Calls recorded, by HTTP status.", (*labels, "status"), registry=r)
         self.errors = Counter("aispendtrack_errors", "Calls that ended in an error (status >= 400, none, or "

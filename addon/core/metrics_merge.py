@@ -11,6 +11,9 @@ erased customer's series, so the workers keep their registries and the parent me
   last figures read are added to every later merge, so a sum never goes down (Prometheus would
   take a drop for a reset and count the whole new value again); series labelled by customer or
   feature excepted (an erased customer must not stay named in the parent).
+- Every label keeps at most ``--metrics-label-cap`` values over the whole host, as in one process:
+  each worker caps its own, so N workers (and the replaced ones) would show N times as many. The
+  parent keeps the first values it serves, for its lifetime, and sums the others under ``other``.
 - Gauges are not summed: each keeps its worker's value with a ``worker`` label (its slot), since
   a sum of, say, ``aispendtrack_client_connections_max`` would claim a capacity no one connection
   can have (the kernel gives a connection to one worker, which caps it alone).
@@ -28,7 +31,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from .metrics import Metrics
+from .metrics import CAPPED_LABELS, OTHER, Capped, Metrics
 
 SCRAPE_TIMEOUT_S = 2.0
 _SUMMED = ("counter", "histogram", "summary")
@@ -61,17 +64,36 @@ def _add(into: dict[str, dict[Key, float]], samples: dict[str, dict[Key, float]]
                 into_values[key] += value
 
 
+def _summed(name: str, families: dict[str, Family]) -> bool:
+    """A counter's or histogram's; ``*_created`` too (the text format makes it a gauge of its own),
+    merged as the earliest."""
+    return families[name][0] in _SUMMED or name.endswith("_created")
+
+
 def _tagged(key: Key) -> bool:
     """A series naming a customer or feature (--metrics-tags) is not kept past its worker: an erased
     subject's series is dropped by the live workers (Metrics.forget), and the parent keeps none."""
     return any(label in ("customer", "feature") for label, _ in key[1])
 
 
+def capped(sums: dict[str, dict[Key, float]], kept: dict[str, Capped]) -> dict[str, dict[Key, float]]:
+    """``sums`` with each capped label's values past its cap as ``other``, their samples summed."""
+    out: dict[str, dict[Key, float]] = {}
+    for name, values in sums.items():
+        _add(out, {name: {}})
+        for (sample, labels), value in values.items():
+            relabelled = tuple((label, v if label not in kept or v == OTHER or kept[label](v) else OTHER)
+                               for label, v in labels)
+            _add(out, {name: {(sample, relabelled): value}})
+    return out
+
+
 class Merged(Metrics):
     """The parent's metrics: ``exposition()`` reads every worker now and merges (see above)."""
 
-    def __init__(self, workers: Callable[[], dict[int, str]]) -> None:
+    def __init__(self, workers: Callable[[], dict[int, str]], cap: int) -> None:
         super().__init__()
+        self._kept = {label: Capped(cap) for label in CAPPED_LABELS}
         self.workers = workers  # slot -> the /metrics URL of the worker serving in it now
         self.restarts = 0
         self.owner_restarts = 0  # embedded: the data's owner died and was replaced
@@ -98,9 +120,9 @@ class Merged(Metrics):
                 continue
             with self._lock:
                 self._families.update(families)
-                self._keep(slot, url, {n: v for n, v in samples.items() if families[n][0] in _SUMMED})
+                self._keep(slot, url, {n: v for n, v in samples.items() if _summed(n, families)})
             for name, values in samples.items():
-                if families[name][0] not in _SUMMED:
+                if not _summed(name, families):
                     labelled = gauges.setdefault(name, {})
                     for (sample, labels), value in values.items():
                         labelled[(sample, tuple(sorted((*labels, ("worker", str(slot))))))] = value
@@ -119,7 +141,7 @@ class Merged(Metrics):
             _add(merged, self._retired)
             for _, sums in self._last.values():
                 _add(merged, sums)
-        return merged
+        return capped(merged, self._kept)
 
     def _own(self) -> list[Metric]:
         alive = Metric("aispendtrack_workers", "Worker processes serving now (--workers).", "gauge")
