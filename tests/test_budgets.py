@@ -298,6 +298,9 @@ def test_a_customer_budget_says_whose_customer_it_is(migrated_home):
     listed = json.loads(run_cli(home, "budgets", "list", "--json"))
     assert sorted((b["key_id"] or 0, b["daily_usd"]) for b in listed) == [(0, 3), (key_id, 1), (other, 2)]
     assert "all" in run_cli(home, "budgets", "list").splitlines()[-1]
+    # The zone of "today" and "this month", as the API's list says it (the CLI's left it out).
+    run_cli(home, "config", "set", "quota-tz", "Asia/Kolkata")
+    assert {b["tz"] for b in json.loads(run_cli(home, "budgets", "list", "--json"))} == {"Asia/Kolkata"}
 
 
 def test_budgets_stored_before_keys_owned_them_keep_counting_every_key(tmp_path):

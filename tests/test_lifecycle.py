@@ -239,6 +239,7 @@ def test_gdpr_by_key_removes_the_key_and_its_calls(migrated_home):
                                call_row(gone, dt.timedelta(days=9), "b")])
     run_cli(home, "purge")  # one of the key's calls now lives on only in the rollups
     document = json.loads(run_cli(home, "gdpr", "export", "--key", str(gone)))
+    assert document["subject"] == {"key": gone}  # a key id is a number, as it is asked for
     assert [k["name"] for k in document["key"]] == ["gone"] and "key_hash" not in document["key"][0]
     assert len(document["calls"]) == 1 and len(document["rollups"]) == 2
     run_cli(home, "gdpr", "delete", "--key", str(gone), "--yes")
@@ -308,6 +309,7 @@ def test_gdpr_api_is_for_admin_tokens_sent_as_a_header(migrated_home):
         assert con.execute("SELECT batch_id, key_id, customer_id, feature FROM batches").fetchall() == [
             ("msgbatch_api", None, None, None)]
     by_key = client.post("/api/v1/gdpr/delete", json={"key": key["id"]}, headers=as_admin).get_json()
+    assert by_key["subject"] == {"key": key["id"]}
     assert {n: by_key["deleted"].get(n) for n in counts} == {"calls": 0, "rollups": 0, "alerts": 0, "budgets": 0,
                                                            "batches": 0, "keys": 1}
     assert client.post("/api/v1/purge", json={"dry_run": True}, headers=as_admin).get_json()["expired_calls"] == 0

@@ -112,10 +112,7 @@ def budgets():
     over all calls (scope ``all``), the latter without their spend: that is other keys' too (as the
     429 of such a budget shows no figures). Never a budget of another key, nor another key's tags."""
     with reading(db_path(), time_limit=READ_TIME_LIMIT) as con:
-        zone = config.quota_zone(con)
-        rows = with_spend(con, dt.datetime.now(dt.UTC), zone)
-    for row in rows:
-        row["tz"] = zone.key  # the zone of "today" and "this month", as the proxy counts them
+        rows = with_spend(con, dt.datetime.now(dt.UTC), config.quota_zone(con))
     return jsonify([json_row(b) for b in _visible_budgets(rows, g.principal)])
 
 

@@ -156,7 +156,9 @@ _ERRORS = {status: _answer(text, _ref("Error")) for status, text in (
     ("401", "No credential, or not an active key or admin token."),
     ("403", "A key asked for what only admins (or another key) may see; a viewer or team user (docs/sso.md) asked "
             "for a change, or a team user for another team's calls."),
-    ("503", "The storage is busy or away, or the query ran too long; try again or ask for less."))}
+    ("503", "The storage is busy or away, or the query ran too long; try again or ask for less."),
+    ("default", "Any other error (404 no such endpoint, 405 wrong method, 413 body too large, 500): the same "
+                "error body."))}
 
 
 def _get(summary: str, parameters: list[dict], ok: dict, admin: bool = False) -> dict:
@@ -184,6 +186,8 @@ def document() -> dict:
     subject = [_query("customer", "The customer's `x-customer-id`."), _query("key", "The key id.", _KEY_ID)]
     exports = {media: {"schema": {"type": "string", "format": "binary"}}
                for media in dict.fromkeys(report_rows.EXPORT_FORMATS.values())}
+    exports["application/json"] = {"schema": {"type": "array", "items": {
+        "type": "object", "description": "A call's fields, as a Call has them (without key_name)."}}}
     paths = {
         "/report": _get("Totals per group, ordered by time for time dimensions, else by cost.",
                         [by, *_SELECTION, limit, percentiles, _EXACT],

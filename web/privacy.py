@@ -100,7 +100,7 @@ def gdpr_delete():
         raise ApiError(400, "bad_request",
                        f"key must be a key id (a JSON number), got {json.dumps(body['key'])[:100]}.")
     subject = _subject(body)
-    return jsonify(subject={subject.kind: subject.value}, deleted=gdpr.erase(db_path(), _spill_dir(), subject))
+    return jsonify(subject=subject.as_json(), deleted=gdpr.erase(db_path(), _spill_dir(), subject))
 
 
 @api.post("/purge")

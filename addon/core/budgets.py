@@ -106,8 +106,9 @@ class BudgetRefusal:
 
 
 def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[dict]:
-    """Every stored budget, with ``spent_today_usd`` and ``spent_this_month_usd`` from the store, and
-    the calls among them without a known cost (``unpriced_calls_today``, ``..._this_month``)."""
+    """Every stored budget, with ``spent_today_usd`` and ``spent_this_month_usd`` from the store, the
+    calls among them without a known cost (``unpriced_calls_today``, ``..._this_month``), and ``tz``:
+    the zone of "today" and "this month", as the proxy counts them."""
     from .store import budgets as budget_rows  # the store's rows, read on the caller's connection
 
     today, month = day_start(now, zone), month_start(now, zone)
@@ -116,6 +117,7 @@ def with_spend(con, now: dt.datetime, zone: zoneinfo.ZoneInfo) -> list[dict]:
         (row["spent_today_usd"], row["spent_this_month_usd"], row["unpriced_calls_today"],
          row["unpriced_calls_this_month"]) = budget_rows.spend_and_unpriced_since(
             con, row["scope"], row["scope_value"], row["key_id"], today, month)
+        row["tz"] = zone.key
     return rows
 
 

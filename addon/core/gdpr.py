@@ -35,7 +35,7 @@ def export(db: Path, spill_dir: Path, subject: Subject, out: IO[str]) -> dict[st
     counts = {}
     with reading(db, long_read=True) as con:
         small = subjects.small_tables(con, subject)
-        out.write('{"subject": ' + json.dumps({subject.kind: subject.value}))
+        out.write('{"subject": ' + json.dumps(subject.as_json()))
         out.write(', "exported_at": ' + json.dumps(dt.datetime.now(dt.UTC).isoformat()))
         for name, rows in small.items():
             out.write(f', "{name}": ' + json.dumps([json_row(r) for r in rows]))

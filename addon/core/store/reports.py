@@ -760,6 +760,8 @@ def _export_expr(column: str, fmt: str) -> str:
         return column  # typed columns
     if column in _TIMES:
         return f"strftime({column}, '{_ISO_UTC}')"
+    if column.endswith("_ms"):  # to the microsecond, as the API writes durations (serialize.json_row)
+        return f"round({column}, 3)"
     if fmt == "csv" and column in _MONEY:
         return f"rtrim(rtrim({column}::VARCHAR, '0'), '.')"
     if column in _MONEY:  # JSON: a number in its shortest form (0.001852), as the API writes it

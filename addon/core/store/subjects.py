@@ -31,6 +31,10 @@ class Subject:
     def label(self) -> str:
         return f"{self.kind} {self.value}"
 
+    def as_json(self) -> dict[str, str | int]:
+        """As an answer names it: a key id is a number, as it is asked for."""
+        return {self.kind: int(self.value) if self.kind == "key" else self.value}
+
 
 def subject_from(customer: str | None, key: object | None) -> Subject:
     """Exactly one of a customer id or a key id (a number); ValueError says what is wrong."""
