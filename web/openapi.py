@@ -184,8 +184,8 @@ def document() -> dict:
                                         "merging the histograms of many groups is most of a report's time).",
                          {"type": "boolean", "default": True})
     subject = [_query("customer", "The customer's `x-customer-id`."), _query("key", "The key id.", _KEY_ID)]
-    exports = {media: {"schema": {"type": "string", "format": "binary"}}
-               for media in dict.fromkeys(report_rows.EXPORT_FORMATS.values())}
+    exports: dict[str, dict] = {media: {"schema": {"type": "string", "format": "binary"}}
+                                for media in dict.fromkeys(report_rows.EXPORT_FORMATS.values())}
     exports["application/json"] = {"schema": {"type": "array", "items": {
         "type": "object", "description": "A call's fields, as a Call has them (without key_name)."}}}
     paths = {
