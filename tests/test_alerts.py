@@ -115,6 +115,21 @@ from addon.core.store import writing  # noqa: E402
 from .helpers import report_row as row  # noqa: E402
 
 
+@pytest.mark.parametrize("host_zone", ["UTC", "Asia/Kathmandu", "America/New_York"])
+def test_a_spike_is_found_in_its_utc_hour_whatever_the_hosts_time_zone(tmp_path, host_zone):
+    """The hours were cut in DuckDB's session zone, the host's, and looked up by the UTC hour: on a
+    host not set to UTC the detector compared other hours and missed the spike."""
+    from addon.core.evaluate import _spikes
+
+    now = dt.datetime(2026, 12, 1, 10, 30, tzinfo=dt.UTC)
+    rows = [row(f"{(now - dt.timedelta(days=d)):%Y-%m-%d}T10:10:00", "gpt-4o", "1", 100.0) for d in range(1, 8)]
+    with writing(tmp_path / "spikes.duckdb") as con:
+        call_rows.insert(con, [*rows, row("2026-12-01T10:10:00", "gpt-4o", "100", 100.0)])
+        con.execute(f"SET TimeZone = '{host_zone}'")  # as DuckDB starts on such a host
+        found = [key for key, _ in _spikes(con, now, SpikeSettings())]
+    assert "spike:all:all:2026-12-01T10" in found and "spike:key:1:2026-12-01T10" in found
+
+
 def test_spike_detection_fires_on_a_spike_but_not_on_noise_or_a_ramp():
     import random
     rng = random.Random(7)

@@ -62,7 +62,7 @@ def hourly_spend(con: duckdb.DuckDBPyConnection, since: dt.datetime, scope_colum
     column = {"key": "CAST(key_id AS VARCHAR)", "customer": "customer_id", "feature": "feature",
               None: "'all'"}[scope_column]
     return con.execute(f"""
-        SELECT date_trunc('hour', ts::TIMESTAMP) AS hour, {column} AS scope, sum(cost_usd)::DOUBLE
+        SELECT date_trunc('hour', timezone('UTC', ts)) AS hour, {column} AS scope, sum(cost_usd)::DOUBLE
         FROM usage_history WHERE ts >= ? AND cost_usd IS NOT NULL AND {column} IS NOT NULL GROUP BY ALL
     """, [since]).fetchall()
 
