@@ -48,7 +48,10 @@ def create_app(home: str | Path | None = None, test_config: dict | None = None,
     app.config["TRUSTED_PROXIES"] = security.trusted_networks(trusted_proxies)
     app.config.update(SECRET_KEY=session_secret(app.config["AISPENDTRACK_HOME"]), SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", SESSION_COOKIE_NAME="aispendtrack_session",
-                      MAX_CONTENT_LENGTH=MAX_BODY)
+                      MAX_CONTENT_LENGTH=MAX_BODY,
+                      # No CORS here: Flask's own OPTIONS answer was an empty HTML 200, where every API
+                      # answer is JSON; an OPTIONS gets the 405 of any other method not taken.
+                      PROVIDE_AUTOMATIC_OPTIONS=False)
     app.config["SSO"] = load_sso(app.config["AISPENDTRACK_HOME"])  # None: no sso.toml, keys and tokens only
     if test_config:
         app.config.update(test_config)
