@@ -316,32 +316,46 @@ _SK_KEY = re.compile(rb"(?:^|[\s:=,;\"'])sk-(?!ant-)[0-9A-Za-z_\-]{16,}")
 
 def _refuse_keys_of_others(provider: Provider, headers: Headers, query: str) -> None:
     """A call carrying Anthropic's or Google's own key (``sk-ant-``, ``AIza``, or any value in
-    ``x-api-key`` / ``x-goog-api-key`` / Google's ``key`` parameter) and, in another
-    header, an OpenAI-style key in Authorization or Azure's api-key: that one is another provider's,
-    and is not sent along. Without such a key of its own, the call's credential is whatever its
-    upstream takes (a gateway's token, Azure Foundry's api-key for Claude), left alone."""
+    ``x-api-key`` / ``x-goog-api-key`` / Google's ``key`` parameter) and, in another header, a
+    different credential, an OpenAI-style key in Authorization or Azure's api-key: that one is
+    another provider's, and is not sent along. The same credential in two headers is one (Azure
+    Foundry's Anthropic client sends its key as x-api-key and api-key; Claude Code's key helper as
+    X-Api-Key and a bearer token). Without a key of its own, the call's credential is whatever its
+    upstream takes (a gateway's token), left alone. Runs on every Anthropic and Gemini call: the
+    headers are read again only when one could be another's."""
+    others = [(name, _credential(value)) for name, value in headers.fields if _maybe_anothers(name.lower(), value)]
+    if not others:
+        return
     own = ANTHROPIC if provider.name == ANTHROPIC else GOOGLE
     key_header = b"x-api-key" if own == ANTHROPIC else b"x-goog-api-key"
-    holds_own = {name.lower() for name, value in headers.fields
-                 if name.lower() == key_header or own in (_key_in(value), _basic_key(value))}
-    if not holds_own and not (own == GOOGLE and query and _query_owner(query) == GOOGLE):
+    owns = {_credential(value) for name, value in headers.fields
+            if name.lower() == key_header or own in (_key_in(value), _basic_key(value))}
+    if not owns and not (own == GOOGLE and query and _query_owner(query) == GOOGLE):
         return
-    for name, value in headers.fields:
-        lowered = name.lower()
-        if lowered in holds_own:
-            continue
-        if lowered == b"api-key":
-            other = keygen.PREFIX.encode() not in value  # ours: the gate says so
-        elif lowered in _AUTHORIZATION:
-            other = any(_SK_KEY.search(text) for text in (value, _basic_decoded(value) or b""))
-        else:
-            continue
-        if other:
+    for name, credential in others:
+        if credential not in owns:
             raise Misrouted(provider, 400, "aispendtrack_foreign_key",
                             f"AiSpendTrack did not forward this call: its {name.decode(errors='replace')[:40]} "
                             f"header holds another provider's key, beside {provider.name}'s credentials, and a "
                             f"key is never sent to another provider. Send only {provider.name}'s. Nothing was "
                             f"forwarded.")
+
+
+def _maybe_anothers(name: bytes, value: bytes) -> bool:
+    """Azure's api-key header (ours there: the gate refuses it as such), or an OpenAI-style key in
+    an Authorization header, plain or Basic."""
+    if name == b"api-key":
+        return keygen.PREFIX.encode() not in value
+    return name in _AUTHORIZATION and any(_SK_KEY.search(text) for text in (value, _basic_decoded(value) or b""))
+
+
+def _credential(value: bytes) -> bytes:
+    """A header's credential without its scheme: ``Bearer K``, ``K`` and Basic's ``user:K`` compare."""
+    decoded = _basic_decoded(value)
+    if decoded is not None:
+        return decoded.partition(b":")[2].strip() or decoded.strip()
+    scheme, _, rest = value.strip().partition(b" ")
+    return rest.strip() if rest and scheme.lower() == b"bearer" else value.strip()
 
 
 def _refuse_wrong_case(provider: Provider, path: str) -> None:

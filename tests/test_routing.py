@@ -115,6 +115,9 @@ def _route(providers, target: str, headers: dict):
     ("/v1/messages", {"anthropic-version": "2023-06-01", "api-key": "0123456789abcdef0123456789abcdef"},
      "anthropic", "/v1/messages"),
     ("/v1/messages", {"authorization": "Bearer sk-ant-a", "x-api-key": "sk-ant-a"}, "anthropic", "/v1/messages"),
+    # One credential in two headers: Claude Code's key helper (X-Api-Key and a bearer token).
+    ("/v1/messages", {"x-api-key": "sk-gw-0123456789abcdefgh", "authorization": "Bearer sk-gw-0123456789abcdefgh"},
+     "anthropic", "/v1/messages"),
     ("/v1/%63hat/completions", {"authorization": "Bearer sk-test"}, "openai", "/v1/chat/completions"),
     ("/v1/files/file-AbC", {"authorization": "Bearer sk-test"}, "openai", "/v1/files/file-AbC"),
     # mitmproxy keeps a query's bytes that are not UTF-8 as surrogates: read, never a crash
@@ -204,6 +207,23 @@ def split(tmp_path_factory, upstream):
                             extra_args=("--anthropic-upstream", claude.url, "--upstream", f"google={gemini.url}"))
         yield proxy, upstream, claude, gemini
         proxy.stop()
+
+
+@pytest.mark.parametrize("where", ["/anthropic", ""])
+def test_azure_foundrys_anthropic_client_sending_its_key_twice_goes_to_anthropics_upstream(split, where):
+    """AnthropicFoundry sends one key as x-api-key and api-key: one credential, not another
+    provider's beside Anthropic's (the first version of the foreign-key check refused it)."""
+    from anthropic.lib.foundry import AnthropicFoundry
+
+    proxy, _, claude, _ = split
+    client = AnthropicFoundry(api_key="f0undry0123456789abcdef0123456789", base_url=proxy.url + where,
+                              default_headers={"x-aispendtrack-key": proxy.key, "x-customer-id": f"foundry{where}"},
+                              max_retries=0)
+    client.messages.create(model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    sent = claude.last()
+    assert sent.path == "/v1/messages" and sent.headers["api-key"] == sent.headers["x-api-key"]
+    [row] = proxy.rows(f"foundry{where}")
+    assert (row["provider"], row["status"]) == ("anthropic", 200)
 
 
 def _post(proxy, path: str, headers: dict, body: dict | None = None, method: str = "POST") -> httpx.Response:
