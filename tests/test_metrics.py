@@ -296,6 +296,10 @@ def test_the_workers_merge_keeps_the_label_cap_over_the_host_and_one_created_per
     try:
         merged = Merged(lambda: {n: f"http://127.0.0.1:{s.server_port}/metrics" for n, s in enumerate(servers)}, 2)
         families = {f.name: f for f in text_string_to_metric_families(merged.exposition().decode())}
+        # A series the parent serves under other, forgotten by its worker (an erased subject), keeps
+        # its count there: other never goes down (Prometheus would read a reset).
+        workers[1].forget("model", "a1")
+        after = {f.name: f for f in text_string_to_metric_families(merged.exposition().decode())}
     finally:
         for server in servers:
             server.shutdown()
@@ -304,3 +308,5 @@ def test_the_workers_merge_keeps_the_label_cap_over_the_host_and_one_created_per
     assert sum(s.value for s in calls) == 6
     created = families["aispendtrack_calls_created"].samples
     assert len(created) == len(calls) and all("worker" not in s.labels for s in created)
+    later = [s for s in after["aispendtrack_calls"].samples if s.name == "aispendtrack_calls_total"]
+    assert {s.labels["model"]: s.value for s in later} == {s.labels["model"]: s.value for s in calls}

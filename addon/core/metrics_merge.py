@@ -76,24 +76,14 @@ def _tagged(key: Key) -> bool:
     return any(label in ("customer", "feature") for label, _ in key[1])
 
 
-def capped(sums: dict[str, dict[Key, float]], kept: dict[str, Capped]) -> dict[str, dict[Key, float]]:
-    """``sums`` with each capped label's values past its cap as ``other``, their samples summed."""
-    out: dict[str, dict[Key, float]] = {}
-    for name, values in sums.items():
-        _add(out, {name: {}})
-        for (sample, labels), value in values.items():
-            relabelled = tuple((label, v if label not in kept or v == OTHER or kept[label](v) else OTHER)
-                               for label, v in labels)
-            _add(out, {name: {(sample, relabelled): value}})
-    return out
-
-
 class Merged(Metrics):
     """The parent's metrics: ``exposition()`` reads every worker now and merges (see above)."""
 
     def __init__(self, workers: Callable[[], dict[int, str]], cap: int) -> None:
         super().__init__()
         self._kept = {label: Capped(cap) for label in CAPPED_LABELS}
+        self._folded: dict[tuple[str, Key], tuple[Key, float]] = {}  # series served under other: (as other, value)
+        self._folded_gone: dict[str, dict[Key, float]] = {}  # the last values of those no worker serves now
         self.workers = workers  # slot -> the /metrics URL of the worker serving in it now
         self.restarts = 0
         self.owner_restarts = 0  # embedded: the data's owner died and was replaced
@@ -141,7 +131,28 @@ class Merged(Metrics):
             _add(merged, self._retired)
             for _, sums in self._last.values():
                 _add(merged, sums)
-        return capped(merged, self._kept)
+            return self._cap(merged)
+
+    def _cap(self, sums: dict[str, dict[Key, float]]) -> dict[str, dict[Key, float]]:
+        """``sums`` with each capped label's values past its cap as ``other``, their samples summed. A
+        series under ``other`` that no worker serves any more (a subject a worker forgot) keeps its
+        last value there: ``other`` never goes down, which Prometheus would read as a reset."""
+        out: dict[str, dict[Key, float]] = {}
+        folded: dict[tuple[str, Key], tuple[Key, float]] = {}
+        for name, values in sums.items():
+            _add(out, {name: {}})
+            for (sample, labels), value in values.items():
+                relabelled = tuple((label, v if label not in self._kept or v == OTHER or self._kept[label](v)
+                                    else OTHER) for label, v in labels)
+                if relabelled != labels:
+                    folded[(name, (sample, labels))] = ((sample, relabelled), value)
+                _add(out, {name: {(sample, relabelled): value}})
+        for (name, source), (target, value) in self._folded.items():
+            if (name, source) not in folded:
+                _add(self._folded_gone, {name: {target: value}})
+        self._folded = folded
+        _add(out, self._folded_gone)
+        return out
 
     def _own(self) -> list[Metric]:
         alive = Metric("aispendtrack_workers", "Worker processes serving now (--workers).", "gauge")
