@@ -52,7 +52,8 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     model = observed.model or meter.provider.path_model(meter.path) or request.model()
     free = _bills_nothing(meter, observed)
     usage, source = _usage(meter, observed, request, model, free)
-    if usage is not None and (meter.guarded or meter.provider.guardrail_in_request(meter.path, request.json)):
+    if usage is not None and (meter.guarded or meter.provider.guardrail_in_request(
+            meter.path, request.json, meter.request_body if meter.request_encoding in ("", "identity") else None)):
         usage = replace(usage, guardrail_checks=1)
     if usage is not None:
         image = meter.provider.image_options(meter.path, request.json()) if usage.images else None

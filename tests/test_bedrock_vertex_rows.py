@@ -264,6 +264,21 @@ def test_a_bedrock_converse_stream_is_its_metadata_usage_with_cache_reads_and_wr
     assert row["cost_usd"] == _usd((30, "3.00"), (2000, "0.30"), (1030, "3.75"), (12, "15.00"))
 
 
+def test_a_guardrail_on_a_converse_stream_or_a_body_too_large_to_read_leaves_the_call_unpriced(providers, book):
+    """ConverseStream names its guardrail as Converse does; a body past what is decoded (inline
+    documents) is searched as sent: priced at its tokens alone it read cheaper than AWS bills."""
+    guard = {"guardrailConfig": {"guardrailIdentifier": aws.GUARDRAIL, "guardrailVersion": "1"}}
+    picture = {"image": {"format": "png", "source": {"bytes": "A" * MAX_REQUEST_PARSE_BYTES}}}
+    for request in ({"messages": [{"role": "user", "content": [{"text": "hi"}]}], **guard},
+                    {"messages": [{"role": "user", "content": [{"text": "What is this?"}, picture]}], **guard}):
+        row = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
+                   aws.converse_stream(), request)
+        assert (row["guardrail_checks"], row["priced"], row["usage_source"]) == (1, False, "reported")
+    unguarded = _row(providers, book, "bedrock", f"/model/{CLAUDE_GLOBAL}/converse-stream", EVENT_STREAM,
+                     aws.converse_stream(), {"messages": [{"role": "user", "content": [{"text": "guardrailConfig"}]}]})
+    assert (unguarded["guardrail_checks"], unguarded["priced"]) == (0, True)  # the word in a prompt is not one
+
+
 @pytest.mark.parametrize("usage,error", [
     ({"inputTokens": None, "outputTokens": 12}, "inputTokens is null"),
     ({"inputTokens": 30, "outputTokens": None}, "outputTokens is null"),

@@ -162,9 +162,9 @@ class Provider:
         InvokeModel): read in the request hook, as the request's headers are not kept."""
         return False
 
-    def guardrail_in_request(self, path: str, request: Callable[[], dict | None]) -> bool:
+    def guardrail_in_request(self, path: str, request: Callable[[], dict | None], raw: bytes | None) -> bool:
         """Whether the request body names such a guardrail (Bedrock's Converse). ``request`` decodes
-        it: only a path that may name one is worth that."""
+        it (only a path that may name one is worth that); ``raw``: its bytes when sent uncompressed."""
         return False
 
     def injects_usage(self, path: str, query: str = "") -> bool:

@@ -251,10 +251,16 @@ class Bedrock(Provider):
     def guardrail_in_headers(self, headers) -> bool:
         return bool(headers.get(_GUARDRAIL_HEADER, "").strip())
 
-    def guardrail_in_request(self, path: str, request: Callable[[], dict | None]) -> bool:
+    def guardrail_in_request(self, path: str, request: Callable[[], dict | None], raw: bytes | None) -> bool:
         found = _call(path)
-        return found is not None and found[1] in (CONVERSE, CONVERSE_STREAM) and \
-            bool(as_dict(as_dict(request()).get("guardrailConfig")).get("guardrailIdentifier"))
+        if found is None or found[1] not in (CONVERSE, CONVERSE_STREAM):
+            return False
+        if raw is not None and b"guardrailConfig" not in raw:
+            return False  # most calls: no body decoded for this
+        parsed = request()
+        if parsed is None:  # too large to decode (inline documents), naming it: not priced at its tokens
+            return raw is not None
+        return bool(as_dict(parsed.get("guardrailConfig")).get("guardrailIdentifier"))
 
     def usage_in_headers(self, headers) -> TokenUsage | None:
         if _HEADERS["input_tokens"] not in headers:
