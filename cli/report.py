@@ -16,6 +16,7 @@ from addon.core.wording import percent, plural
 from .options import selection_options
 from .output import NO_TEAM, compact, emit, render_table, seconds, tokens
 
+_NOT_CALLS = ("containers", "guardrail_checks")  # in TOOL_NAMES, but not a tool's calls
 # A table shows the costliest groups, as the page's breakdowns do (web/static/app.js BREAKDOWN_ROWS):
 # 100,000 customers are no table to read, and their percentiles are most of a report's time.
 TABLE_ROWS = 50
@@ -79,9 +80,11 @@ def render(spec: ReportSpec, groups: report_rows.Groups, total: dict, wide: bool
                     ("AUDIO S", lambda r: f"{r['audio_seconds']:,.1f}", ">"),
                     ("CHARS", lambda r: number(r["characters"]), ">"),
                     # Server-side tool calls (searches, fetches, file searches, code runs, grounded
-                    # prompts) and the containers code ran in; each count apart in --format json.
-                    ("TOOL CALLS", lambda r: number(sum(r[t] for t in TOOL_NAMES if t != "containers")), ">"),
-                    ("CONTAINERS", lambda r: number(r["containers"]), ">")]
+                    # prompts, images by a tool), the containers code ran in, and the calls a Bedrock
+                    # guardrail checked; each count apart in --format json.
+                    ("TOOL CALLS", lambda r: number(sum(r[t] for t in TOOL_NAMES if t not in _NOT_CALLS)), ">"),
+                    ("CONTAINERS", lambda r: number(r["containers"]), ">"),
+                    ("GUARDED", lambda r: number(r["guardrail_checks"]), ">")]
     places = column_places(r["cost_usd"] for r in [*groups, total, *([rest] if rest else [])])
     columns += [("COST", lambda r: _cost(r, places), ">"),
                 ("%", lambda r: percent(r["share"]) if r["share"] is not None else "-", ">"),

@@ -323,3 +323,26 @@ def test_a_gdpr_delete_of_a_subject_never_stored_still_reports_a_spill_file_it_c
     result = _invoke(tmp_path, "gdpr", "delete", "--customer", "Acme", "--yes")
     assert result.exit_code == 1 and "Nothing was stored about customer Acme" in result.output, result.output
     assert "Could not read 1 spill file" in result.output
+
+
+def test_the_wide_report_counts_guardrail_checks_apart_from_tool_calls(tmp_path):
+    """A call a Bedrock guardrail checked is not a tool call: it was summed into TOOL CALLS."""
+    from addon.core import home as home_dir
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+
+    from .helpers import call_row
+    home = tmp_path / "home"
+    home.mkdir()
+    with writing(home_dir.db_path(home)) as con:
+        call_rows.insert(con, [call_row(1, customer_id="g", web_search_requests=2),
+                               call_row(2, customer_id="g", provider="bedrock", guardrail_checks=1, cost_usd=None,
+                                        priced=False)])
+    header, *lines = run_cli(home, "report", "--customer", "g", "--since", "2026-11-25", "--until", "2026-11-26",
+                             "--tz", "UTC", "--wide").splitlines()
+    [total] = [line for line in lines if line.startswith("TOTAL")]
+
+    def column(name: str) -> str:  # right-aligned under its header
+        end = header.index(name) + len(name)
+        return total[:end].split()[-1]
+    assert (column("TOOL CALLS"), column("GUARDED")) == ("2", "1")
