@@ -29,7 +29,7 @@ _REASONS = {"aispendtrack_limit_reached": "limit", "aispendtrack_budget_exceeded
 # A path as the log shows it: up to the first character no plain API path has (a query, an escape,
 # ';', '#', '='), which may begin a key a client put in its URL, with any key-shaped token cut too.
 _PLAIN = re.compile(r"[A-Za-z0-9/._:-]{0,200}")
-_KEY_SHAPED = re.compile(r"(sk-|AIza|ya29\.|ask_|ast_)[A-Za-z0-9_.-]{6,}")
+_KEY_SHAPED = re.compile(r"(?<![A-Za-z0-9])(sk-|AIza|ya29\.|ask_|ast_|gsk_|xai-|ABSK|eyJ)[A-Za-z0-9_.-]{6,}")
 
 
 def logged_path(path: str) -> str:

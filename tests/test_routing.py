@@ -370,7 +370,8 @@ def test_our_key_escaped_or_inside_a_query_value_never_reaches_the_provider(spli
      "/gemini/v1beta/models/m:generateContent…"),
     ("/v1/chat/completions;api_key=sk-proj-LOGCANARY2", "/v1/chat/completions…"),
     ("/v1/chat/completions%23sk-proj-LOGCANARY3", "/v1/chat/completions…"),
-    ("/v1/sk-proj-LOGCANARY4/x%00", "/v1/sk-…/x…")])
+    ("/v1/sk-proj-LOGCANARY4/x%00", "/v1/sk-…/x…"),
+    ("/v1/task-runner-abcdef/gsk_LOGCANARY5/x%00", "/v1/task-runner-abcdef/gsk_…/x…")])
 def test_a_refused_path_is_logged_without_the_key_a_client_put_in_it(split, path, logged):
     """The leak audit's finding: the log cut a refused path only at a literal '?', so a key behind an
     escaped one, a ';' or a '#' was written to the proxy's log."""
