@@ -431,13 +431,21 @@ def test_bedrock_a_call_a_guardrail_checked_is_unpriced_not_priced_at_its_tokens
     client.invoke_model(modelId=invoked, guardrailIdentifier=GUARDRAIL, guardrailVersion="1", body=json.dumps({
         "anthropic_version": "bedrock-2023-05-31", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}))
     assert bedrock.received[-1][2]["x-amzn-bedrock-guardrailidentifier"] == GUARDRAIL  # signed, sent as it was
+    streamed = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+    answer = client.invoke_model_with_response_stream(
+        modelId=streamed, guardrailIdentifier=GUARDRAIL, guardrailVersion="1", body=json.dumps({
+            "anthropic_version": "bedrock-2023-05-31", "max_tokens": 64,
+            "messages": [{"role": "user", "content": "hi"}]}))
+    assert list(answer["body"])
     checked = bedrock_row(forward, "/model/{modelId}/converse", model)
     assert (checked["input_tokens"], checked["cache_read_tokens"], checked["output_tokens"]) == (30, 2000, 12)
     blocked = bedrock_row(forward, "/model/{modelId}/converse", blocked_model)
     assert (blocked["input_tokens"], blocked["output_tokens"], blocked["status"]) == (0, 0, 200)
     header = bedrock_row(forward, "/model/{modelId}/invoke", invoked)
     assert (header["input_tokens"], header["output_tokens"]) == (25, 12)
-    for row in (checked, blocked, header):
+    stream = bedrock_row(forward, "/model/{modelId}/invoke-with-response-stream", streamed)
+    assert (stream["input_tokens"], stream["output_tokens"], stream["stream"]) == (25, 12, True)
+    for row in (checked, blocked, header, stream):
         assert (row["guardrail_checks"], row["cost_usd"], row["priced"]) == (1, None, False)
         assert row["usage_source"] == "reported" and row["error"].startswith(GUARDRAIL_FEE)
 
