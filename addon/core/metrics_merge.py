@@ -136,7 +136,8 @@ class Merged(Metrics):
     def _cap(self, sums: dict[str, dict[Key, float]]) -> dict[str, dict[Key, float]]:
         """``sums`` with each capped label's values past its cap as ``other``, their samples summed. A
         series under ``other`` that no worker serves any more (a subject a worker forgot) keeps its
-        last value there: ``other`` never goes down, which Prometheus would read as a reset."""
+        last value there: ``other`` never goes down, which Prometheus would read as a reset. Not one
+        that names a customer or feature (as a replaced worker's, _keep): an erased one would stay."""
         out: dict[str, dict[Key, float]] = {}
         folded: dict[tuple[str, Key], tuple[Key, float]] = {}
         for name, values in sums.items():
@@ -148,7 +149,7 @@ class Merged(Metrics):
                     folded[(name, (sample, labels))] = ((sample, relabelled), value)
                 _add(out, {name: {(sample, relabelled): value}})
         for (name, source), (target, value) in self._folded.items():
-            if (name, source) not in folded:
+            if (name, source) not in folded and not _tagged(target):
                 _add(self._folded_gone, {name: {target: value}})
         self._folded = folded
         _add(out, self._folded_gone)
