@@ -268,9 +268,6 @@ def test_the_workers_merge_keeps_the_label_cap_over_the_host_and_one_created_per
     """Each worker caps its own labels: two workers with --metrics-label-cap 2 showed four models (and
     each replaced worker two more); the merge keeps the cap over the host. A *_created sample was
     served per worker (the text format makes it a gauge of its own): the earliest now."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from addon.core.metrics_merge import Merged
 
     workers = [Metrics(cap=2), Metrics(cap=2)]
@@ -278,21 +275,7 @@ def test_the_workers_merge_keeps_the_label_cap_over_the_host_and_one_created_per
         for model in (f"a{n}", f"b{n}", f"c{n}"):
             worker.observe({"provider": "openai", "model": model, "key_id": 1, "status": 200, "input_tokens": 5})
 
-    def serving(worker: Metrics) -> ThreadingHTTPServer:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = worker.exposition()
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-    servers = [serving(w) for w in workers]
+    servers = [_serving(w) for w in workers]
     try:
         merged = Merged(lambda: {n: f"http://127.0.0.1:{s.server_port}/metrics" for n, s in enumerate(servers)}, 2)
         families = {f.name: f for f in text_string_to_metric_families(merged.exposition().decode())}
@@ -310,3 +293,42 @@ def test_the_workers_merge_keeps_the_label_cap_over_the_host_and_one_created_per
     assert len(created) == len(calls) and all("worker" not in s.labels for s in created)
     later = [s for s in after["aispendtrack_calls"].samples if s.name == "aispendtrack_calls_total"]
     assert {s.labels["model"]: s.value for s in later} == {s.labels["model"]: s.value for s in calls}
+
+
+def test_the_workers_merge_keeps_no_erased_customer_in_a_series_it_served_under_other():
+    """A series folded under other for its model still names its customer: once the worker forgets
+    the customer (gdpr delete), the parent must not keep it."""
+    from addon.core.metrics_merge import Merged
+
+    worker = Metrics(tags=True, cap=5)
+    for model in ("a", "b"):
+        worker.observe({"provider": "openai", "model": model, "key_id": 1, "customer_id": "erased-one",
+                        "feature": "f", "status": 200, "input_tokens": 5})
+    server = _serving(worker)
+    try:
+        merged = Merged(lambda: {0: f"http://127.0.0.1:{server.server_port}/metrics"}, 1)
+        assert 'model="other"' in merged.exposition().decode()  # b under other, naming its customer
+        worker.forget("customer", "erased-one")
+        assert "erased-one" not in merged.exposition().decode()
+    finally:
+        server.shutdown()
+
+
+def _serving(worker: Metrics):
+    """A worker's /metrics on 127.0.0.1, as the parent reads it."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = worker.exposition()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
