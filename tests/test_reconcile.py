@@ -327,6 +327,9 @@ def test_the_proxy_reconciles_daily_and_alerts_once_when_the_month_differs(tmp_p
         assert alerts == []
     assert "OPENAI_ADMIN_KEY" not in (tmp_path / "proxy.log").read_text()
     assert ADMIN_KEY not in (tmp_path / "proxy.log").read_text()
+    # Said at start: the admin key goes to the upstream, here not OpenAI's own API.
+    assert f"the openai admin key goes to {provider.url} for the daily reconciliation" in \
+        (tmp_path / "proxy.log").read_text()
 
 
 # --- a hostile or broken usage API ---------------------------------------------------------------
