@@ -25,13 +25,12 @@ import os
 import zoneinfo
 from pathlib import Path
 from time import perf_counter_ns
-from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
 
 from addon import batches, failures, injection, metrics_port, overhead, realtime, refusals, settings
 from addon.bounds import ConnectionBounds
-from addon.core import config, config_files, gdpr, host_counters, metrics, price_data, reconcile, spool
+from addon.core import config, config_files, gdpr, host_counters, metrics, price_data, spool
 from addon.core import home as home_dir
 from addon.core.budgets import Budget
 from addon.core.evaluate import Evaluator
@@ -47,7 +46,7 @@ from addon.estimate import Counter
 from addon.forward import Forward
 from addon.gate import Gate
 from addon.meter import CallMeter
-from addon.providers import Provider, all_providers
+from addon.providers import all_providers
 from addon.quotas import Quotas
 from addon.record import build_row
 from addon.shared_counters import SharedCounters
@@ -190,7 +189,7 @@ class AiSpendTrack:
             self.evaluator = Evaluator(home_dir.db_path(home), home, self.state.limiter.zone,
                                        interval=max(1, ctx.options.aispendtrack_alert_interval_s),
                                        purge_interval=ctx.options.aispendtrack_purge_interval_s, book=self.book,
-                                       base_urls=_usage_api_bases(self.state.providers))
+                                       base_urls=_usage_api_bases())
             self.evaluator.start()
         log.info("AiSpendTrack: data in %s, %d active keys%s", home, len(self.state.keyring),
                  f", shared storage at {cfg.where}" if cfg else "")
@@ -405,25 +404,14 @@ class AiSpendTrack:
             self.writer.submit(meter)
 
 
-def _usage_api_bases(providers: list[Provider]) -> dict[str, str]:
+def _usage_api_bases() -> dict[str, str]:
     """The providers' API base URLs as this proxy forwards to them: their usage APIs live there too
-    (so an egress proxy, or a test's fake provider, stands in for both). An admin key set for the
-    daily reconciliation goes there: said once, at start, when that is not the provider's own API
-    (a gateway set as the upstream gets the organization's admin key)."""
+    (so an egress proxy, or a test's fake provider, stands in for both)."""
     reverse = next((m.split(":", 1)[1] for m in ctx.options.mode if m.startswith("reverse:")), "")
     target, _, listen = reverse.rpartition("@")  # "reverse:URL@8081" also names the listening port
     reverse = target if target and listen.isdigit() else reverse
-    bases = {"openai": ctx.options.aispendtrack_openai_upstream or reverse,
-             "anthropic": ctx.options.aispendtrack_anthropic_upstream}
-    own = {p.name: p.default_upstream or "" for p in providers}
-    for name, api in reconcile.PROVIDERS.items():
-        base = (bases.get(name) or own[name]).rstrip("/")
-        if reconcile.admin_key(api) and base != own[name].rstrip("/"):
-            parts = urlsplit(base)  # its host alone: a URL may carry a login
-            log.warning("the %s admin key goes to %s://%s for the daily reconciliation (the %s upstream), not to "
-                        "%s: unset it if that host must not have it (docs/reconciliation.md)", name, parts.scheme,
-                        parts.netloc.rpartition("@")[2][:200], name, own[name])
-    return bases
+    return {"openai": ctx.options.aispendtrack_openai_upstream or reverse,
+            "anthropic": ctx.options.aispendtrack_anthropic_upstream}
 
 
 def make_addons() -> list:

@@ -332,6 +332,21 @@ def test_the_proxy_reconciles_daily_and_alerts_once_when_the_month_differs(tmp_p
         (tmp_path / "proxy.log").read_text()
 
 
+def test_a_host_of_workers_says_where_the_admin_key_goes(tmp_path, monkeypatch):
+    """With several workers the host's owner runs the reconciliation: it says so at start as a lone
+    proxy does, naming the host alone, never the key."""
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", ADMIN_KEY)
+    home = tmp_path / "home"
+    home.mkdir()
+    with FakeProvider() as provider:
+        proxy = start_proxy(home, provider.url, tmp_path / "proxy.log", extra_args=("--workers", "2"))
+        proxy.stop()
+    logged = (tmp_path / "proxy.log").read_text()
+    said = f"the openai admin key goes to {provider.url} for the daily reconciliation"
+    assert logged.count(said) == 1
+    assert "anthropic admin key" not in logged and ADMIN_KEY not in logged
+
+
 # --- a hostile or broken usage API ---------------------------------------------------------------
 
 from addon.core.reconcile import http as rec_http  # noqa: E402

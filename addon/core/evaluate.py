@@ -228,6 +228,7 @@ class Evaluator(threading.Thread):
         self.db, self.home, self.zone, self.interval = db, home, zone, interval
         # The daily reconciliation (reconcile/daily.py) prices the providers' figures with our book.
         self.book, self.base_urls = book, base_urls or {}
+        daily.warn_of_admin_keys(self.base_urls)
         self._reconcile_due = time.monotonic()
         self._reconciler: threading.Thread | None = None
         self.purge_interval = purge_interval

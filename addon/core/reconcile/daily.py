@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pricing import PriceBook
 
@@ -44,6 +45,23 @@ def threshold(home: Path) -> Threshold:
     return Threshold(float(section.get("percent", Threshold.percent)), float(section.get("min_usd", Threshold.min_usd)))
 
 
+def base_url(provider: str, base_urls: dict[str, str]) -> str:
+    """Where the provider's usage API is asked (and its admin key sent): its upstream when one is set."""
+    return (base_urls.get(provider) or PROVIDERS[provider].DEFAULT_BASE_URL).rstrip("/")
+
+
+def warn_of_admin_keys(base_urls: dict[str, str]) -> None:
+    """Said once, at start, for each admin key that goes elsewhere than the provider's own API (a
+    gateway set as the upstream gets the organization's admin key)."""
+    for name, api in PROVIDERS.items():
+        base = base_url(name, base_urls)
+        if admin_key(api) and base != api.DEFAULT_BASE_URL:
+            parts = urlsplit(base)  # its host alone: a URL may carry a login
+            log.warning("the %s admin key goes to %s://%s for the daily reconciliation (the %s upstream), not to "
+                        "%s: unset it if that host must not have it (docs/reconciliation.md)", name, parts.scheme,
+                        parts.netloc.rpartition("@")[2][:200], name, api.DEFAULT_BASE_URL)
+
+
 def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: dt.datetime) -> list:
     """Check every provider with an admin key not yet checked today; (dedupe key, alert) for those over."""
     end = now.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -60,8 +78,7 @@ def run(db: Path, home: Path, book: PriceBook, base_urls: dict[str, str], now: d
             continue
         try:
             with bounded():
-                lines = check(db, book, provider, base_urls.get(provider) or api.DEFAULT_BASE_URL, key, start, end,
-                              now)
+                lines = check(db, book, provider, base_url(provider, base_urls), key, start, end, now)
             summary = {**total(lines), "theirs_unpriced": unpriced(lines)}
         except ReconcileError as exc:
             log.error("reconciliation with %s failed: %s", api.NAME, exc)
