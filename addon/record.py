@@ -53,7 +53,7 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     free = _bills_nothing(meter, observed)
     usage, source = _usage(meter, observed, request, model, free)
     if usage is not None and (meter.guarded or meter.provider.guardrail_in_request(
-            meter.path, request.json, meter.request_body if meter.request_encoding in ("", "identity") else None)):
+            meter.path, request.json, request.plain_bytes())):
         usage = replace(usage, guardrail_checks=1)
     if usage is not None:
         image = meter.provider.image_options(meter.path, request.json()) if usage.images else None
@@ -273,6 +273,10 @@ class _RequestBody:
                 else:
                     self._parsed = loads(raw) if raw else None
         return self._parsed
+
+    def plain_bytes(self) -> bytes | None:
+        """The bytes as sent when they are the body itself (not compressed), to search without decoding."""
+        return self._meter.request_body if self._meter.request_encoding in ("", "identity") else None
 
     def model(self) -> str | None:
         model = (self.json() or {}).get("model")
