@@ -127,21 +127,21 @@ def _usage_rows(meter: CallMeter, row: dict, book: PriceBook) -> list[dict]:
 
 def _priced(reader: ResultsReader, book: PriceBook, provider: str,
             downloaded: dt.datetime) -> list[tuple[str | None, dt.datetime, dict]]:
-    """(model, when, the columns of its row) per model and 15 minutes the requests ran in: summed
+    """(model, when, the columns of its row) per model, 15 minutes and region the requests ran in: summed
     counts, and the sum of each line's price at the batch rate then. Dated by the latest of its lines
     (the download's time where a line does not say, or says later: a clock ahead), so the day a
     report or the provider's books put the usage on is the day it ran, not the day it was fetched."""
     step = len(FIELDS)
     out = []
-    for (model, bucket), counts in reader.usage.items():
-        ran = reader.ran.get((model, bucket))
+    for (model, bucket, region), counts in reader.usage.items():
+        ran = reader.ran.get((model, bucket, region))
         at = downloaded if ran is None else min(dt.datetime.fromtimestamp(ran, dt.UTC), downloaded)
         totals = [sum(counts[i::step]) for i in range(step)]
         cost: Decimal | None = Decimal(0)
         source = snapshot = None
         for start in range(0, len(counts), step):
             price = book.price(TokenUsage(**dict(zip(FIELDS, counts[start:start + step], strict=True))), provider,
-                               model, at, BATCH_TIER)
+                               model, at, BATCH_TIER, region=region)
             source, snapshot = source or price.source, snapshot or price.snapshot
             cost = None if cost is None or price.cost_usd is None else cost + price.cost_usd
         out.append((model, at, {**dict(zip(FIELDS, totals, strict=True)), "cost_usd": cost,

@@ -58,7 +58,7 @@ def _full_row(meter: CallMeter, book: PriceBook) -> dict:
     if usage is not None:
         image = meter.provider.image_options(meter.path, request.json()) if usage.images else None
         price = book.price(usage, meter.provider.name, model, ts, observed.service_tier, image,
-                           region=meter.provider.price_region(meter.path))
+                           region=meter.provider.price_region(meter.path, observed))
     else:
         price = _NOTHING_BILLED if free and source == "none" else UNPRICED
         if source == "none" and not free and meter.billing == METERED and observed.invalid_usage is None:

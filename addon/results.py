@@ -30,15 +30,16 @@ BUCKET_S = 900  # the rollups' 15 minutes: every zone's day starts on one of the
 
 
 class ResultsReader:
-    """Feed content-decoded chunks cut anywhere; ``usage`` holds each line's counts, per model and
-    the 15 minutes its request ran in (None where the line does not say: then the download's time).
+    """Feed content-decoded chunks cut anywhere; ``usage`` holds each line's counts, per model, the
+    15 minutes its request ran in (None where the line does not say: then the download's time) and
+    where it ran when the line says (its price may depend on it: pricing/regions.py).
     A line that is not JSON, or whose usage cannot be believed, is counted in ``malformed``."""
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
-        # (model, 15-minute bucket) -> the lines' counts, len(FIELDS) per line
-        self.usage: dict[tuple[str | None, int | None], array] = {}
-        self.ran: dict[tuple[str | None, int | None], int] = {}  # the same -> its latest line's run time
+        # (model, 15-minute bucket, region) -> the lines' counts, len(FIELDS) per line
+        self.usage: dict[tuple[str | None, int | None, str | None], array] = {}
+        self.ran: dict[tuple[str | None, int | None, str | None], int] = {}  # the same -> its latest line's run time
         self.lines = 0
         self.malformed = 0
         self.first_malformed: int | None = None  # its line number, for the log
@@ -83,7 +84,7 @@ class ResultsReader:
             return
         model = observed.model if isinstance(observed.model, str) else None
         ran = observed.ran_at
-        group = (model, None if ran is None else ran // BUCKET_S)
+        group = (model, None if ran is None else ran // BUCKET_S, observed.region)
         counts = self.usage.get(group)
         if counts is None:
             counts = self.usage[group] = array("q")

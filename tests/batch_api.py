@@ -259,7 +259,9 @@ def _anthropic_line(api: BatchApi, batch: _Batch, n: int) -> dict:
     return {"custom_id": request["custom_id"], "result": {"type": "succeeded", "message": {
         "id": f"msg_{n:06d}", "type": "message", "role": "assistant", "model": request["params"]["model"],
         "content": [{"type": "text", "text": "y" * api.pad}], "stop_reason": "end_turn", "stop_sequence": None,
-        "usage": anthropic_usage(n, long_prompt)}}}
+        # Where it ran, when the request named it, as Anthropic's usage says.
+        "usage": anthropic_usage(n, long_prompt) | ({"inference_geo": geo}
+                                                    if (geo := request["params"].get("inference_geo")) else {})}}}
 
 
 # Results: JSON lines, made as they are sent ---------------------------------------------------------

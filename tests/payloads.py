@@ -7,6 +7,7 @@ texts are filler. ``reply_for`` picks the response for a path, the request, and 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 STREAM_TEXT = ["Hello", " there", "!", " How", " can", " I", " help", " you", " today", "?"]
@@ -238,7 +239,29 @@ WEB_SEARCH_DELTA = {"input_tokens": 10682, "cache_creation_input_tokens": 0, "ca
                     "output_tokens": 510, "server_tool_use": {"web_search_requests": 1}}  # VERBATIM
 
 
+# A request naming where it runs (``inference_geo``), answered as Anthropic does: the usage says
+# where it ran; a model before Claude Opus 4.6 refuses the parameter.
+GEO_USAGE = {"input_tokens": 1000, "cache_creation_input_tokens": 400, "cache_read_input_tokens": 2000,
+             "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 0},
+             "output_tokens": 200, "service_tier": "standard"}
+_GEO_MODELS = re.compile(r"claude-(opus-4-[6-9]|sonnet-4-[6-9]|[a-z]+-[5-9])")
+
+
+def _in_geo(request: dict) -> Reply:
+    model, geo = str(request.get("model")), request["inference_geo"]
+    if not _GEO_MODELS.match(model) or geo not in ("us", "global"):
+        return _json({"type": "error", "error": {"type": "invalid_request_error",
+                                                 "message": f"inference_geo: not supported for {model}"}}, status=400)
+    usage = {**GEO_USAGE, "inference_geo": geo}
+    if request.get("stream"):
+        start = {**usage, "output_tokens": 1}
+        return Reply(events=anthropic_stream(start, {"output_tokens": usage["output_tokens"]}, model))
+    return _json(_message(model, usage))
+
+
 def _messages(scenario: str, request: dict) -> Reply:
+    if "inference_geo" in request:
+        return _in_geo(request)
     if request.get("stream"):
         if "web_search" in scenario:
             return Reply(events=anthropic_stream(WEB_SEARCH_START, WEB_SEARCH_DELTA, SONNET))

@@ -87,3 +87,36 @@ def test_overloaded_error_reaches_the_sdk_and_is_recorded(proxy, customer):
     assert raised.value.status_code == 529
     [row] = proxy.rows(customer)
     assert row["status"] == 529 and row["usage_source"] == "none"
+
+
+@pytest.mark.parametrize("geo, stream", [("us", False), ("us", True), ("global", False)])
+def test_us_only_inference_costs_a_tenth_more_on_every_token_rate_and_keeps_it_when_repriced(
+        proxy, customer, geo, stream):
+    """Anthropic bills US-only inference (the answer's inference_geo "us") of Claude Opus 4.6 and
+    later 1.1 times every token rate: it was priced at the global rates, a tenth under the bill."""
+    from .helpers import run_cli
+    client = proxy.anthropic(headers={"x-customer-id": customer})
+    asked = {"model": "claude-opus-4-6", "max_tokens": 300, "messages": MESSAGES, "inference_geo": geo}
+    if stream:
+        with client.messages.stream(**asked) as answer:
+            final = answer.get_final_message()
+    else:
+        final = client.messages.create(**asked)
+    assert final.usage.inference_geo == geo
+    [row] = proxy.rows(customer)
+    assert tokens(row) == (1000, 2000, 400, 0, 200, 0)
+    # Opus 4.6: input 5, 5m write 6.25, cache read 0.50, output 25; 1.1 times each in the US alone.
+    at_global = cost((1000, "5"), (400, "6.25"), (2000, "0.50"), (200, "25"))
+    assert row["cost_usd"] == pytest.approx(at_global * (1.1 if geo == "us" else 1), abs=1e-12)
+    assert ("x1.1 US-only inference" in row["price_source"]) == (geo == "us")
+    dry = run_cli(proxy.home, "reprice", "--customer", customer, "--dry-run", "--quiet")
+    assert dry.strip() == "Checked 1 call; 0 would change."  # the premium kept
+
+
+def test_a_model_before_opus_4_6_asked_to_run_in_the_us_is_refused_and_costs_nothing(proxy, customer):
+    client = proxy.anthropic(headers={"x-customer-id": customer})
+    with pytest.raises(anthropic.BadRequestError, match="inference_geo"):
+        client.messages.create(model="claude-sonnet-4-5-20250929", max_tokens=10, messages=MESSAGES,
+                               inference_geo="us")
+    [row] = proxy.rows(customer)
+    assert (row["status"], row["cost_usd"], row["input_tokens"]) == (400, 0, 0)

@@ -182,6 +182,29 @@ def test_anthropic_results_come_through_the_proxy_each_request_priced_alone_once
     assert cost(after) == cost(row) and after["previous_cost_usd"] is None
 
 
+def test_a_batchs_us_only_requests_cost_a_tenth_more_in_a_row_of_their_own(proxy, fake):
+    """A batch's requests run in the US alone (inference_geo "us") cost 1.1 times the batch rates of
+    Claude Opus 4.6 and later; they were priced with the others, at the global rates."""
+    client = proxy.anthropic(headers=tags("acme-geo", "nightly-us"))
+    geos = ["us", "global", "us", "us"]  # and a fifth request, which fails
+    requests = [{"custom_id": f"r{n}", "params": {"model": "claude-opus-4-6", "max_tokens": 10, "inference_geo": geo,
+                                                   "messages": [{"role": "user", "content": "hi"}]}}
+                for n, geo in enumerate([*geos, "us"])]
+    batch = client.messages.batches.create(requests=requests)
+    while (batch := client.messages.batches.retrieve(batch.id)).processing_status != "ended":
+        time.sleep(0.05)
+    assert len(list(client.messages.batches.results(batch.id))) == 5
+    rows = usage_rows(proxy, ("acme-geo",), calls=4, expect=2)
+    by_source = {"us" if "US-only" in r["price_source"] else "global": r for r in rows}
+    assert len(rows) == 2 and set(by_source) == {"us", "global"}
+    for geo, premium in (("us", Decimal("1.1")), ("global", Decimal(1))):
+        usages = [anthropic_usage(n, long_prompt=False) for n, g in enumerate(geos) if g == geo]
+        inp, out = sum(u["input_tokens"] for u in usages), sum(u["output_tokens"] for u in usages)
+        assert (by_source[geo]["input_tokens"], by_source[geo]["output_tokens"]) == (inp, out)
+        # Opus 4.6 in a batch: half of 5 and 25 per million.
+        assert cost(by_source[geo]) == (inp * Decimal("2.5") + out * Decimal("12.5")) * premium / M
+
+
 def test_results_come_through_the_proxy_under_a_prefixed_base_url_too(proxy, fake):
     client = anthropic.Anthropic(base_url=f"{proxy.url}/anthropic", api_key="sk-ant-test-key", max_retries=0,
                                  default_headers={"x-aispendtrack-key": proxy.key, **tags("prefixed")})

@@ -19,6 +19,7 @@ from pricing import PriceBook
 
 OPENAI = "https://platform.openai.com/docs/pricing"
 ANTHROPIC = "https://platform.claude.com/docs/en/about-claude/pricing"
+RESIDENCY = "https://platform.claude.com/docs/en/build-with-claude/data-residency"
 GOOGLE = "https://ai.google.dev/gemini-api/docs/pricing"
 DEEPSEEK = "https://api-docs.deepseek.com/quick_start/pricing"
 XAI = "https://docs.x.ai/docs/models"
@@ -63,7 +64,8 @@ def responses(inp, out, cached=0, reasoning=0, searches=0, tier="default"):
                       "total_tokens": inp + out}}
 
 
-def messages(inp, out, read=0, write_5m=0, write_1h=0, searches=0, thinking=None, tier=None, split=True, speed=None):
+def messages(inp, out, read=0, write_5m=0, write_1h=0, searches=0, thinking=None, tier=None, split=True, speed=None,
+             geo=None):
     usage = {"input_tokens": inp, "output_tokens": out, "cache_read_input_tokens": read,
              "cache_creation_input_tokens": write_5m + write_1h}
     if split:
@@ -76,6 +78,8 @@ def messages(inp, out, read=0, write_5m=0, write_1h=0, searches=0, thinking=None
         usage["service_tier"] = tier
     if speed:
         usage["speed"] = speed
+    if geo:
+        usage["inference_geo"] = geo
     return {"type": "message", "role": "assistant", "content": [], "usage": usage}
 
 
@@ -220,6 +224,21 @@ CASES = [
          messages(10_000, 2000, tier="standard", speed="fast"), [(10_000, "10.00"), (2000, "50.00")], ANTHROPIC),
     Case("anthropic-fast-mode-without-a-published-rate-is-unpriced", "anthropic", "/v1/messages", "claude-opus-4-6",
          messages(10_000, 2000, tier="standard", speed="fast"), None, ANTHROPIC),
+    # US-only inference (usage.inference_geo "us") of Claude Opus 4.6 and later: 1.1x every token
+    # rate, on top of fast mode and batch; global inference, and a model without it, at the list rates.
+    Case("anthropic-us-only-inference", "anthropic", "/v1/messages", "claude-opus-4-6",
+         messages(10_000, 2000, read=5000, write_5m=1000, write_1h=1000, geo="us"),
+         [(10_000, "5.50"), (5000, "0.55"), (1000, "6.875"), (1000, "11.00"), (2000, "27.50")], RESIDENCY),
+    Case("anthropic-us-only-inference-in-fast-mode", "anthropic", "/v1/messages", "claude-opus-5",
+         messages(10_000, 2000, tier="standard", speed="fast", geo="us"), [(10_000, "11.00"), (2000, "55.00")],
+         RESIDENCY),
+    Case("anthropic-us-only-inference-in-a-batch", "anthropic", "/v1/messages", "claude-opus-4-6",
+         messages(10_000, 2000, tier="batch", geo="us"), [(10_000, "2.75"), (2000, "13.75")], RESIDENCY),
+    Case("anthropic-global-inference-at-list-rates", "anthropic", "/v1/messages", "claude-opus-4-6",
+         messages(10_000, 2000, geo="global"), [(10_000, "5.00"), (2000, "25.00")], RESIDENCY),
+    Case("anthropic-inference-geo-not-available-before-opus-4-6", "anthropic", "/v1/messages",
+         "claude-haiku-4-5-20251001", messages(1000, 300, geo="not_available"), [(1000, "1.00"), (300, "5.00")],
+         RESIDENCY),
     Case("anthropic-priority-has-no-list-price", "anthropic", "/v1/messages", "claude-haiku-4-5-20251001",
          messages(1000, 1000, tier="priority"), None, ANTHROPIC),
     # Gemini: cached inside promptTokenCount, thoughts outside candidatesTokenCount, 200K tiers.
@@ -403,8 +422,9 @@ def test_documented_payload_costs_its_hand_computed_list_price(case, tmp_path):
     provider = PROVIDERS[case.provider]
     observed = provider.parse_body(case.path, case.body)
     assert observed.usage is not None and observed.invalid_usage is None
+    region = provider.price_region(case.path, observed)
     price = PriceBook(tmp_path / "prices.toml").price(observed.usage, case.provider, case.model, case.at,
-                                                      observed.service_tier, region=provider.price_region(case.path))
+                                                      observed.service_tier, region=region)
     if case.lines is None:
         assert price.cost_usd is None and not price.priced  # never the standard rate for another tier
     else:

@@ -145,6 +145,7 @@ class AnthropicStream(StreamParser):
         # Cumulative: a later value replaces an earlier one; never add them up.
         if isinstance(usage, dict):
             self.observed.service_tier = usage_tier(usage) or self.observed.service_tier
+            self.observed.region = tier_name(usage.get("inference_geo")) or self.observed.region
             self._raw_usage.update({k: v for k, v in usage.items() if k in _USAGE_FIELDS and v is not None})
             self.observed.take_usage(usage_from, self._raw_usage)
             _observe_code(self.observed, self._code_runs, self._container)
@@ -203,6 +204,7 @@ class Anthropic(Provider):
                       body.get("container"))
         if isinstance(body.get("usage"), dict):
             observed.service_tier = usage_tier(body["usage"])
+            observed.region = tier_name(body["usage"].get("inference_geo"))  # "us": US-only, 10% more
         return observed
 
     def stream_parser(self, path: str) -> StreamParser:

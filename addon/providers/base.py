@@ -47,6 +47,7 @@ class Observed:
     text: str | None = None           # a whole response's text, when it reports no usage: for an estimate
     fee_estimated: str | None = None  # why a tool fee in the usage cannot be known exactly from the call
     ran_at: int | None = None         # a batch result line's: when its request ran (Unix seconds)
+    region: str | None = None         # where the call ran, as the answer says (Anthropic's inference_geo)
 
     def take_usage(self, parse: Callable[[object], TokenUsage | None], raw: object) -> None:
         """Set ``usage`` from ``parse(raw)``; an implausible count marks the call invalid instead."""
@@ -172,10 +173,10 @@ class Provider:
         (see injection.py)."""
         return False
 
-    def price_region(self, path: str) -> str | None:
-        """The region a call's URL names where its price depends on it (Vertex AI's location for
-        Claude); None elsewhere."""
-        return None
+    def price_region(self, path: str, observed: Observed) -> str | None:
+        """Where the call ran, for a price that depends on it (pricing/regions.py): as the answer
+        says (Anthropic's inference_geo), or as its URL does (Vertex AI's location for Claude)."""
+        return observed.region
 
     def path_model(self, path: str) -> str | None:
         """The model a call's URL names, for the APIs that name it there (Gemini, Vertex AI, Bedrock):

@@ -100,7 +100,7 @@ class Vertex(Provider):
         found = _CALL.fullmatch(path)
         return found.group(5) if found else None
 
-    def price_region(self, path: str) -> str | None:
+    def price_region(self, path: str, observed: Observed) -> str | None:
         """The location of a Claude call: Vertex bills recent models 10% more off the global endpoint."""
         found = _CALL.fullmatch(path)
         return found.group(3) if found and found.group(4) == "anthropic" else None
