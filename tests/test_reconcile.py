@@ -128,6 +128,36 @@ def test_anthropic_analytics_api_with_cache_writes_and_the_legacy_reports_where_
 
 
 
+def test_us_only_inference_matches_in_both_of_anthropics_apis(tmp_path, usage_api):
+    """Calls run in the US alone cost 1.1 times Claude Opus 4.6's rates, ours priced so: the
+    provider's figures were priced at the global rates, a tenth under ours, a difference every day."""
+    with FakeProvider() as provider:
+        proxy = start_proxy(tmp_path / "home", provider.url, tmp_path / "proxy.log")
+        try:
+            client = proxy.anthropic(headers={"x-customer-id": "rec-geo"})
+            for geo in ("us", "us", "global"):
+                client.messages.create(model="claude-opus-4-6", max_tokens=50, inference_geo=geo,
+                                       messages=[{"role": "user", "content": "hi"}])
+            assert len(proxy.rows("rec-geo", expect=3)) == 3
+        finally:
+            proxy.stop()
+    usage_api.ledger = billed_from(provider.received)
+    assert sorted(entry.inference_geo for entry in usage_api.ledger) == ["global", "us", "us"]
+    # Opus 4.6: 1,000 input at 5, 2,000 cache reads at 0.50, 400 5-minute writes at 6.25, 200 output at 25.
+    one = (1000 * Decimal(5) + 2000 * Decimal("0.50") + 400 * Decimal("6.25") + 200 * Decimal(25)) / M
+    for refused in (False, True):  # the analytics API, then the legacy report
+        usage_api.analytics_refused = refused
+        result = reconcile(proxy.home, "--provider", "anthropic", "--upstream", usage_api.url, "--format", "json")
+        assert result.exit_code == 0, result.output
+        said = "reading its legacy usage and cost reports instead"
+        assert (said in result.output) == refused  # said before the lines, once
+        [today, total] = json.loads(result.output[result.output.index("["):])
+        assert (today["model"], today["status"]) == ("claude-opus-4-6", "match")
+        assert Decimal(str(today["theirs_cost_usd"])) == Decimal(str(today["ours_cost_usd"])) == \
+            one * Decimal("3.2")  # two at 1.1 times, one at the list rates
+        assert Decimal(str(total["difference_usd"])) == 0
+
+
 def _call_both_sides_agree_on(book, day: int, n: int, at: dt.datetime, **billed) -> tuple[dict, Billed]:
     """The ``n``th gpt-4o call of ``day``: our row, and the provider's line for it at the same cost."""
     from pricing.usage import TokenUsage

@@ -61,7 +61,7 @@ ALLOWED = {
 }
 GROUPS = {"project_id": "project_id", "workspace_id": "project_id", "api_key_id": "api_key_id", "model": "model",
           "line_item": "line_item", "description": "line_item", "cost_type": "cost_type", "batch": "batch",
-          "service_tier": "service_tier", "size": "size"}  # wire name -> Billed field
+          "service_tier": "service_tier", "size": "size", "inference_geo": "inference_geo"}  # wire name -> Billed field
 
 
 @dataclass
@@ -87,6 +87,7 @@ class Billed:
     size: str | None = None        # of the images
     batch: bool = False            # run by the batch API (OpenAI's ``batch`` group)
     service_tier: str = "standard"  # Anthropic's: "batch" for Message Batches
+    inference_geo: str = "not_available"  # Anthropic's: "us" or "global" from Claude Opus 4.6 on
 
     def __post_init__(self) -> None:
         self.line_item = self.line_item or f"{self.model}, input and output"
@@ -121,7 +122,8 @@ def billed_from(received, keys: dict[str, tuple[str, str]] | None = None, batche
             creation = usage.get("cache_creation") or {}
             ledger.append(Billed(at, "anthropic", body["model"], usage["input_tokens"],
                                  usage.get("cache_read_input_tokens", 0), creation.get("ephemeral_5m_input_tokens", 0),
-                                 creation.get("ephemeral_1h_input_tokens", 0), usage["output_tokens"], **key))
+                                 creation.get("ephemeral_1h_input_tokens", 0), usage["output_tokens"],
+                                 inference_geo=usage.get("inference_geo", "not_available"), **key))
         else:
             cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
             ledger.append(Billed(at, "openai", body["model"], usage["prompt_tokens"] - cached, cached,
@@ -177,7 +179,8 @@ def _batch_ledger(api, keys: dict[str, tuple[str, str]]):
             elif n < len(batch.requests) - 1:  # the fake's last request of a Message Batch fails: not billed
                 usage = anthropic_usage(n, request["custom_id"].startswith("long-"))
                 yield Billed(at, "anthropic", request["params"]["model"], usage["input_tokens"],
-                             output_tokens=usage["output_tokens"], service_tier="batch", **key)
+                             output_tokens=usage["output_tokens"], service_tier="batch",
+                             inference_geo=request["params"].get("inference_geo", "not_available"), **key)
 
 
 class UsageApi:
@@ -272,7 +275,7 @@ def _anthropic_result(group: dict, entries: list[Billed]) -> dict:
             "server_tool_use": {"web_search_requests": sum(e.web_search_requests for e in entries)},
             "model": group.get("model"), "api_key_id": group.get("api_key_id"),
             "workspace_id": group.get("workspace_id"), "service_tier": group.get("service_tier"),
-            "context_window": None}
+            "context_window": None, "inference_geo": group.get("inference_geo")}
 
 
 def _cents(entries: list[Billed]) -> str:

@@ -42,7 +42,7 @@ def admin_key(api: ModuleType) -> str | None:
     with an error quoting the whole key); None when unset."""
     return os.environ.get(api.KEY_VARIABLE, "").strip() or None
 
-Price = Callable[..., Decimal | None]  # (model, bucket, usage[, service_tier, image_size])
+Price = Callable[..., Decimal | None]  # (model, bucket, usage[, service_tier, image_size, region])
 
 
 def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timedelta, now: dt.datetime,
@@ -78,13 +78,13 @@ def compare(ours: list[dict], theirs: list[dict], price: Price, width: dt.timede
 
 def _priced(theirs: list[dict], price: Price) -> list[dict]:
     """The provider's lines, each with its cost at our prices: a batch line at the batch rate, images
-    by their size. A batch line counts no requests: we store a batch as one row per model, the
-    provider counts each of its requests."""
+    by their size, a line of US-only inference with its premium. A batch line counts no requests: we
+    store a batch as one row per model, the provider counts each of its requests."""
     found = []
     for line in theirs:
         line = dict(line)
-        tier, size = line.pop("service_tier", None), line.pop("image_size", None)
-        line["cost_usd"] = price(line["model"], line["bucket"], line, tier, size)
+        tier, size, region = line.pop("service_tier", None), line.pop("image_size", None), line.pop("region", None)
+        line["cost_usd"] = price(line["model"], line["bucket"], line, tier, size, region)
         if tier == "batch":
             line["requests"] = None
         found.append(line)

@@ -27,7 +27,7 @@ def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, w
         return [{**anthropic_report.line(parse_rfc3339(row["starting_at"]), {**row["usage"], **row["group"]}),
                  "requests": whole(row["usage"], "requests", MAX_REQUESTS_PER_BUCKET)}
                 for row in data(body)]
-    group = [("group_by[]", "model"), anthropic_report.TIER_GROUP, *(anthropic_report.KEY_GROUPS if by_key else [])]
+    group = [("group_by[]", "model"), *anthropic_report.PRICE_GROUPS, *(anthropic_report.KEY_GROUPS if by_key else [])]
     return [found for body in _pages(url, start, end, width, group, admin_key)
             for found in read_rows(body, url, NAME, lambda body=body: usage(body))]
 

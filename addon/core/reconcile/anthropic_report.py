@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+from pricing import regions
+
 from .http import MAX_REQUESTS_PER_BUCKET, amount, label, model_name, pages, parse_rfc3339, read_page, rfc3339, whole
 
 NAME = "Anthropic"
@@ -19,14 +21,15 @@ _PAGE = {"1d": "31", "1h": "168"}  # the most buckets a page may hold
 
 
 KEY_GROUPS = [("group_by[]", "api_key_id"), ("group_by[]", "workspace_id")]  # a key's id and its workspace
-TIER_GROUP = ("group_by[]", "service_tier")  # Message Batches are billed at the batch rate
+# Message Batches are billed at the batch rate, US-only inference at 1.1 times (pricing/regions.py).
+PRICE_GROUPS = [("group_by[]", "service_tier"), ("group_by[]", "inference_geo")]
 
 
 def fetch(base_url: str, admin_key: str, start: dt.datetime, end: dt.datetime, width: str,
           by_key: bool = False) -> list[dict]:
     url = f"{base_url.rstrip('/')}/v1/organizations/usage_report/messages"
     params = [("starting_at", rfc3339(start)), ("ending_at", rfc3339(end)), ("bucket_width", width),
-              ("group_by[]", "model"), TIER_GROUP, *(KEY_GROUPS if by_key else []), ("limit", _PAGE[width])]
+              ("group_by[]", "model"), *PRICE_GROUPS, *(KEY_GROUPS if by_key else []), ("limit", _PAGE[width])]
     return [found for body in _pages(url, params, admin_key) for found in read_page(body, url, NAME, _start, line)]
 
 
@@ -76,4 +79,5 @@ def line(at: dt.datetime, result: dict) -> dict:
             "cache_write_tokens": whole(creation, "ephemeral_5m_input_tokens") + one_hour,
             "cache_write_1h_tokens": one_hour, "output_tokens": whole(result, "output_tokens"),
             "web_search_requests": whole(tools, "web_search_requests", MAX_REQUESTS_PER_BUCKET),
-            "service_tier": "batch" if result.get("service_tier") == "batch" else None}
+            "service_tier": "batch" if result.get("service_tier") == "batch" else None,
+            "region": regions.US_ONLY if result.get("inference_geo") == regions.US_ONLY else None}

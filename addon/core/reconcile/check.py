@@ -20,12 +20,12 @@ WIDTHS = {"1d": DAY, "1h": dt.timedelta(hours=1)}  # the providers' bucket_width
 def pricer(book: PriceBook, provider: str, width: dt.timedelta = DAY):
     """Price the provider's figures with our book, as our rows are priced (at the bucket's middle;
     ``service_tier`` "batch": at the batch rate; images of ``image_size`` at its standard quality,
-    as the usage API does not say which)."""
+    as the usage API does not say which; ``region``: where they ran, where the price depends on it)."""
     def price(model: str | None, bucket: dt.datetime, usage: dict, service_tier: str | None = None,
-              image_size: str | None = None) -> Decimal | None:
+              image_size: str | None = None, region: str | None = None) -> Decimal | None:
         tokens = TokenUsage(**{kind: usage.get(kind) or 0 for kind in KINDS})
         image = ImageOptions(image_size) if image_size else None
-        return book.price(tokens, provider, model, bucket + width / 2, service_tier, image).cost_usd
+        return book.price(tokens, provider, model, bucket + width / 2, service_tier, image, region=region).cost_usd
     return price
 
 
