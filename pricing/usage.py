@@ -107,6 +107,10 @@ class TokenUsage:
     def has_tools(self) -> bool:
         return any(getattr(self, name) for name in TOOL_FIELDS)
 
+    def plus(self, other: TokenUsage) -> TokenUsage:
+        """Two parts of one call billed alike (a summary sampled before the answer, and the answer)."""
+        return TokenUsage(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
     def without_tools(self) -> TokenUsage:
         """The same call had it used no server-side tool: its tokens alone."""
         return replace(self, **dict.fromkeys(TOOL_FIELDS, 0))

@@ -259,9 +259,41 @@ def _in_geo(request: dict) -> Reply:
     return _json(_message(model, usage))
 
 
+# Compaction (context_management's compact_20260112 edit) past its trigger: a summary sampled before
+# the answer, its tokens listed in usage.iterations and left out of the top-level counts, as the
+# docs' example (https://platform.claude.com/docs/en/build-with-claude/compaction) has them.
+COMPACTED_USAGE = {"input_tokens": 23000, "output_tokens": 1000, "cache_read_input_tokens": 0,
+                   "cache_creation_input_tokens": 0,
+                   "iterations": [{"type": "compaction", "input_tokens": 180000, "output_tokens": 3500,
+                                   "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0},
+                                  {"type": "message", "input_tokens": 23000, "output_tokens": 1000,
+                                   "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}]}
+
+
+def _compacting(request: dict) -> bool:
+    edits = (request.get("context_management") or {}).get("edits") or []
+    return any(isinstance(e, dict) and e.get("type") == "compact_20260112" for e in edits)
+
+
+def _compacted(request: dict) -> Reply:
+    model = str(request.get("model"))
+    if not _GEO_MODELS.match(model):
+        return _json({"type": "error", "error": {"type": "invalid_request_error",
+                                                 "message": f"compaction is not supported for {model}"}}, status=400)
+    if request.get("stream"):  # message_start counts the input so far; message_delta has the whole usage
+        start = {"input_tokens": 23000, "output_tokens": 1, "cache_read_input_tokens": 0,
+                 "cache_creation_input_tokens": 0}
+        return Reply(events=anthropic_stream(start, COMPACTED_USAGE, model))
+    message = _message(model, COMPACTED_USAGE)
+    message["content"] = [{"type": "compaction", "content": "Summary of the conversation: ..."}, *message["content"]]
+    return _json(message)
+
+
 def _messages(scenario: str, request: dict) -> Reply:
     if "inference_geo" in request:
         return _in_geo(request)
+    if _compacting(request):
+        return _compacted(request)
     if request.get("stream"):
         if "web_search" in scenario:
             return Reply(events=anthropic_stream(WEB_SEARCH_START, WEB_SEARCH_DELTA, SONNET))

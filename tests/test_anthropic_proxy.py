@@ -120,3 +120,24 @@ def test_a_model_before_opus_4_6_asked_to_run_in_the_us_is_refused_and_costs_not
                                inference_geo="us")
     [row] = proxy.rows(customer)
     assert (row["status"], row["cost_usd"], row["input_tokens"]) == (400, 0, 0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_compactions_summary_is_billed_with_the_answer(proxy, customer, stream):
+    """Compaction samples a summary of the conversation before the answer, billed at the model's
+    rates and left out of the top-level usage: 180,000 input and 3,500 output tokens a call were
+    missing from the row (and its cost) beside the answer's 23,000 and 1,000."""
+    client = proxy.anthropic(headers={"x-customer-id": customer})
+    asked = {"model": "claude-opus-4-6", "max_tokens": 2000, "messages": MESSAGES, "betas": ["compact-2026-01-12"],
+             "context_management": {"edits": [{"type": "compact_20260112"}]}}
+    if stream:
+        with client.beta.messages.stream(**asked) as answer:
+            final = answer.get_final_message()
+    else:
+        final = client.beta.messages.create(**asked)
+    assert [it.type for it in final.usage.iterations] == ["compaction", "message"]
+    [row] = proxy.rows(customer)
+    assert tokens(row) == (203_000, 0, 0, 0, 4500, 0)
+    # Opus 4.6: input 5, output 25, the summary's tokens and the answer's alike.
+    assert row["cost_usd"] == pytest.approx(cost((203_000, "5"), (4500, "25")), abs=1e-12)
+    assert row["usage_source"] == "reported"

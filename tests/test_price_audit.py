@@ -20,6 +20,7 @@ from pricing import PriceBook
 OPENAI = "https://platform.openai.com/docs/pricing"
 ANTHROPIC = "https://platform.claude.com/docs/en/about-claude/pricing"
 RESIDENCY = "https://platform.claude.com/docs/en/build-with-claude/data-residency"
+COMPACTION = "https://platform.claude.com/docs/en/build-with-claude/compaction"
 GOOGLE = "https://ai.google.dev/gemini-api/docs/pricing"
 DEEPSEEK = "https://api-docs.deepseek.com/quick_start/pricing"
 XAI = "https://docs.x.ai/docs/models"
@@ -65,7 +66,7 @@ def responses(inp, out, cached=0, reasoning=0, searches=0, tier="default"):
 
 
 def messages(inp, out, read=0, write_5m=0, write_1h=0, searches=0, thinking=None, tier=None, split=True, speed=None,
-             geo=None):
+             geo=None, iterations=None):
     usage = {"input_tokens": inp, "output_tokens": out, "cache_read_input_tokens": read,
              "cache_creation_input_tokens": write_5m + write_1h}
     if split:
@@ -80,6 +81,9 @@ def messages(inp, out, read=0, write_5m=0, write_1h=0, searches=0, thinking=None
         usage["speed"] = speed
     if geo:
         usage["inference_geo"] = geo
+    if iterations:
+        usage["iterations"] = [{"type": kind, "input_tokens": i, "output_tokens": o, "cache_read_input_tokens": r,
+                                "cache_creation_input_tokens": 0} for kind, i, o, r in iterations]
     return {"type": "message", "role": "assistant", "content": [], "usage": usage}
 
 
@@ -239,6 +243,14 @@ CASES = [
     Case("anthropic-inference-geo-not-available-before-opus-4-6", "anthropic", "/v1/messages",
          "claude-haiku-4-5-20251001", messages(1000, 300, geo="not_available"), [(1000, "1.00"), (300, "5.00")],
          RESIDENCY),
+    # Compaction's summary is billed beside the answer, its tokens only in usage.iterations; the
+    # "message" iterations of a server-side tool loop are the top-level counts already.
+    Case("anthropic-compaction-summary-billed-with-the-answer", "anthropic", "/v1/messages", "claude-opus-4-6",
+         messages(23_000, 1000, iterations=[("compaction", 180_000, 3500, 20_000), ("message", 23_000, 1000, 0)]),
+         [(203_000, "5.00"), (20_000, "0.50"), (4500, "25.00")], COMPACTION),
+    Case("anthropic-tool-loop-iterations-are-the-top-level-counts", "anthropic", "/v1/messages", "claude-opus-4-6",
+         messages(3000, 700, iterations=[("message", 1000, 300, 0), ("message", 2000, 400, 0)]),
+         [(3000, "5.00"), (700, "25.00")], COMPACTION),
     Case("anthropic-priority-has-no-list-price", "anthropic", "/v1/messages", "claude-haiku-4-5-20251001",
          messages(1000, 1000, tier="priority"), None, ANTHROPIC),
     # Gemini: cached inside promptTokenCount, thoughts outside candidatesTokenCount, 200K tiers.

@@ -50,7 +50,8 @@ _BATCH = re.compile(r"/v1/messages/batches/([A-Za-z0-9_-]{1,200})(/results|/canc
 _RESULTS_URL = re.compile(rb'("results_url"\s*:\s*")https?://[^"/\\]+(?:/[^"\\]*?)?'
                           rb'(/v1/messages/batches/[A-Za-z0-9_-]{1,200}/results")')
 _USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
-                 "cache_creation", "server_tool_use", "output_tokens_details")
+                 "cache_creation", "server_tool_use", "output_tokens_details", "iterations")
+_MAX_ITERATIONS = 1000  # a call's sampling steps read for compactions, at most
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
                 502: "api_error", 504: "timeout_error"}
@@ -59,12 +60,24 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
 def usage_from(raw: object) -> TokenUsage | None:
     if not isinstance(raw, dict):
         return None
+    usage = _tokens(raw, required=True)
+    # Compaction (the request's context_management edit compact_20260112) samples a summary of the
+    # conversation before the answer: billed at the model's rates, and left out of the top-level
+    # counts, which are the answer's alone; ``iterations`` lists every sampling step.
+    iterations = raw.get("iterations")
+    for step in iterations[:_MAX_ITERATIONS] if isinstance(iterations, list) else ():
+        if isinstance(step, dict) and step.get("type") == "compaction":
+            usage = usage.plus(_tokens(step, required=False))
+    return usage
+
+
+def _tokens(raw: dict, required: bool) -> TokenUsage:
     split = raw.get("cache_creation")
     one_hour = count(split, "ephemeral_1h_input_tokens")
     written = count(raw, "cache_creation_input_tokens") or one_hour + count(split, "ephemeral_5m_input_tokens")
-    output = count(raw, "output_tokens", required=True)
+    output = count(raw, "output_tokens", required=required)
     return TokenUsage(
-        input_tokens=count(raw, "input_tokens", required=True),
+        input_tokens=count(raw, "input_tokens", required=required),
         cache_read_tokens=count(raw, "cache_read_input_tokens"),
         cache_write_tokens=written,
         cache_write_1h_tokens=min(one_hour, written),
