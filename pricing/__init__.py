@@ -62,6 +62,8 @@ UNKNOWN_FEES = {
                               "which the answer does not report (docs/coverage.md)",
     "guardrail_checks": "a Bedrock guardrail's checks are billed per text unit and policy, which the answer "
                         "does not report (docs/coverage.md)",
+    "advisor_calls": "the advisor tool's model is billed at its own rates, on tokens the calling model's row "
+                     "does not hold (docs/coverage.md)",
 }
 
 

@@ -27,7 +27,9 @@ Tools a model ran on the provider's side, billed per call or per session on top 
 rates for tokens the answer does not report, so never priced). ``web_search_preview_requests`` is
 the part of ``web_search_requests`` OpenAI's older search tool ran, at a rate of its own on some models.
 ``guardrail_checks``: 1 for a call a Bedrock guardrail checked (billed per text unit and policy, which
-an answer reports only with its trace on: never priced).
+an answer reports only with its trace on: never priced). ``advisor_calls``: the times Anthropic's advisor
+tool had another model advise (billed at that model's rates, on tokens a row of the calling model
+cannot hold: never priced).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ _FRACTIONAL = frozenset({"audio_seconds"})
 _MEDIA_TOKENS = ("input_audio_tokens", "cache_read_audio_tokens", "output_audio_tokens", "input_image_tokens",
                  "cache_read_image_tokens", "output_image_tokens")
 TOOL_FIELDS = ("web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
-               "grounded_prompts", "image_generation_calls", "web_search_preview_requests", "guardrail_checks")
+               "grounded_prompts", "image_generation_calls", "web_search_preview_requests", "guardrail_checks",
+               "advisor_calls")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class TokenUsage:
     image_generation_calls: int = 0
     web_search_preview_requests: int = 0
     guardrail_checks: int = 0
+    advisor_calls: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):

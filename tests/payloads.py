@@ -289,7 +289,62 @@ def _compacted(request: dict) -> Reply:
     return _json(message)
 
 
+# The advisor tool (advisor_20260301, beta advisor-tool-2026-03-01): the executor consults another
+# model mid-answer; the advisor's tokens, at its own rates, are an advisor_message iteration, and the
+# top-level counts are the executor's (https://platform.claude.com/docs/en/agents-and-tools/tool-use/advisor-tool).
+ADVISOR_PAIRS = {"claude-haiku-4-5-20251001": "claude-opus-4-6", "claude-sonnet-4-6": "claude-opus-4-6",
+                 "claude-opus-4-6": "claude-opus-4-6"}
+ADVISED_USAGE = {"input_tokens": 4000, "output_tokens": 900, "cache_read_input_tokens": 0,
+                 "cache_creation_input_tokens": 0}
+
+
+def _advisor(request: dict) -> str | None:
+    tools = request.get("tools") or []
+    return next((str(t.get("model")) for t in tools if isinstance(t, dict) and t.get("type") == "advisor_20260301"),
+                None)
+
+
+def _advised(request: dict, advisor: str, scenario: str) -> Reply:
+    model = str(request.get("model"))
+    if ADVISOR_PAIRS.get(model) != advisor:
+        return _json({"type": "error", "error": {"type": "invalid_request_error",
+                                                 "message": f"advisor: {model} cannot be advised by {advisor}"}},
+                     status=400)
+    zero = {"cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+    usage = {**ADVISED_USAGE, "iterations": [
+        {"type": "message", "input_tokens": 1500, "output_tokens": 300, **zero},
+        {"type": "advisor_message", "model": advisor, "input_tokens": 1800, "output_tokens": 1600, **zero},
+        {"type": "message", "input_tokens": 2500, "output_tokens": 600, **zero}]}
+    call = {"type": "server_tool_use", "id": "srvtoolu_01", "name": "advisor", "input": {}}
+    advice = {"type": "advisor_tool_result", "tool_use_id": "srvtoolu_01",
+              "content": {"type": "advisor_result", "text": "Plan: ..."}}
+    if not request.get("stream"):
+        message = _message(model, usage)
+        message["content"] = [call, advice, *message["content"]]
+        return _json(message)
+    start = {"type": "message_start", "message": {
+        "id": "msg_adv", "type": "message", "role": "assistant", "model": model, "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {**ADVISED_USAGE, "input_tokens": 1500, "output_tokens": 1}}}
+    events = [_event("message_start", start),
+              _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": call}),
+              _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+              _event("content_block_start", {"type": "content_block_start", "index": 1, "content_block": advice}),
+              _event("content_block_stop", {"type": "content_block_stop", "index": 1}),
+              _event("content_block_start", {"type": "content_block_start", "index": 2,
+                                             "content_block": {"type": "text", "text": ""}}),
+              _event("content_block_delta", {"type": "content_block_delta", "index": 2,
+                                             "delta": {"type": "text_delta", "text": "Following the plan."}}),
+              _event("content_block_stop", {"type": "content_block_stop", "index": 2}),
+              _event("message_delta", {"type": "message_delta", "usage": usage,
+                                       "delta": {"stop_reason": "end_turn", "stop_sequence": None}}),
+              _event("message_stop", {"type": "message_stop"})]
+    return Reply(events=events, die_after=7 if "die" in scenario else None)
+
+
 def _messages(scenario: str, request: dict) -> Reply:
+    if (advisor := _advisor(request)) is not None:
+        return _advised(request, advisor, scenario)
     if "inference_geo" in request:
         return _in_geo(request)
     if _compacting(request):

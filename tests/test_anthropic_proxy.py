@@ -141,3 +141,32 @@ def test_a_compactions_summary_is_billed_with_the_answer(proxy, customer, stream
     # Opus 4.6: input 5, output 25, the summary's tokens and the answer's alike.
     assert row["cost_usd"] == pytest.approx(cost((203_000, "5"), (4500, "25")), abs=1e-12)
     assert row["usage_source"] == "reported"
+
+
+@pytest.mark.parametrize("how", ["plain", "stream", "stream cut"])
+def test_a_call_the_advisor_tool_advised_is_unpriced_not_priced_as_the_executor_alone(proxy, customer, how):
+    """The advisor tool has another model (Opus) advise mid-answer, billed at its rates on tokens the
+    top-level usage leaves out: such a call was priced at the executor's tokens alone, 1,800 input
+    and 1,600 output tokens of Opus under the bill. Counted, and unpriced with the reason."""
+    scenario = {"x-test-scenario": "die"} if how == "stream cut" else {}
+    client = proxy.anthropic(headers={"x-customer-id": customer, **scenario})
+    asked = {"model": "claude-sonnet-4-6", "max_tokens": 2000, "messages": MESSAGES,
+             "betas": ["advisor-tool-2026-03-01"],
+             "tools": [{"type": "advisor_20260301", "name": "advisor", "model": "claude-opus-4-6"}]}
+    if how == "plain":
+        final = client.beta.messages.create(**asked)
+        assert [it.type for it in final.usage.iterations] == ["message", "advisor_message", "message"]
+    else:
+        try:
+            with client.beta.messages.stream(**asked) as answer:
+                answer.until_done()
+        except (anthropic.APIError, anthropic.APIConnectionError):
+            assert how == "stream cut"
+    [row] = proxy.rows(customer)
+    assert row["advisor_calls"] == 1
+    assert (row["cost_usd"], row["priced"]) == (None, False)
+    if how == "stream cut":  # the consultation begun counts, as a search begun does; the cut is the error
+        assert row["usage_source"] == "partial" and row["error"] == "HTTP/1 protocol error"
+    else:
+        assert row["error"].startswith("tool fee unknown: the advisor tool's model is billed at its own rates")
+        assert tokens(row) == (4000, 0, 0, 0, 900, 0) and row["usage_source"] == "reported"

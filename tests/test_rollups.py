@@ -237,12 +237,14 @@ def test_calls_whose_usage_is_missing_or_not_believed_are_unpriced_in_every_tota
 
 
 @pytest.mark.parametrize(("migration", "column"), [("m038_openai_tools", "image_generation_calls"),
-                                                 ("m039_guardrail_checks", "guardrail_checks")])
+                                                 ("m039_guardrail_checks", "guardrail_checks"),
+                                                 ("m040_advisor_calls", "advisor_calls")])
 def test_the_migration_counts_a_fee_left_unpriced_in_the_calls_and_every_tier(tmp_path, monkeypatch, migration,
                                                                               column):
     """m038: the images OpenAI's image generation tool made; m039: the calls a Bedrock guardrail
-    checked. Unit columns of the calls and of every tier (such calls are unpriced:
-    pricing.UNKNOWN_FEES); the rows before count none."""
+    checked; m040: the times Anthropic's advisor tool consulted another model. Unit columns of the
+    calls and of every tier (such calls are unpriced: pricing.UNKNOWN_FEES); the rows before count
+    none."""
     home = tmp_path / "home"
     home.mkdir()
     con = duckdb.connect(str(home_dir.db_path(home)))
@@ -275,7 +277,8 @@ def test_a_store_from_before_a_unit_column_upgrades_through_the_steps_that_sum_e
                                                                                                           rollups.TIERS)
     db = tmp_path / "old.duckdb"
     con, week, calls = _three_weeks_before(db, monkeypatch, migration, tiers, 38)
-    added = ("image_generation_calls", "web_search_preview_requests", "guardrail_checks")  # m038's, m039's
+    added = ("image_generation_calls", "web_search_preview_requests", "guardrail_checks",  # m038's, m039's
+             "advisor_calls")  # m040's
     for table in ("calls", *(tier.table for tier in tiers)):
         for column in added:
             con.execute(f"ALTER TABLE {table} DROP COLUMN {column}")

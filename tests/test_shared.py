@@ -1328,9 +1328,10 @@ def test_an_older_lake_gets_histograms_of_the_time_in_the_proxy(shared_env, tmp_
 
 
 @pytest.mark.parametrize(("step", "column"), [("s030_openai_tools", "image_generation_calls"),
-                                             ("s032_guardrail_checks", "guardrail_checks")])
+                                             ("s032_guardrail_checks", "guardrail_checks"),
+                                             ("s033_advisor_calls", "advisor_calls")])
 def test_an_older_lake_counts_a_fee_left_unpriced(shared_env, tmp_path, step, column):
-    """s030 and s032, as m038 and m039: a unit column of the calls and of every tier; the rows before
+    """s030, s032 and s033, as m038, m039 and m040: a unit column of the calls and of every tier; the rows before
     count none, and a report sums the rows since."""
     from addon.core.store import calls as call_rows
     from addon.core.store import rollups, writing
@@ -1357,10 +1358,10 @@ def test_a_lake_from_before_the_daily_totals_and_a_unit_column_upgrades(shared_e
 
     from .helpers import call_row
     home, marker = tmp_path / "admin", f"before-totals-{uuid.uuid4().hex}"
-    added = ("image_generation_calls", "web_search_preview_requests", "guardrail_checks")
+    added = ("image_generation_calls", "web_search_preview_requests", "guardrail_checks", "advisor_calls")
     tables = ["calls", *(tier.table for tier in rollups.TIERS if tier is not rollups.TOTAL_DAYS)]
     lake_before_step(shared_env, home, ("s027_total_rollups", "s029_unknown_usage_unpriced", "s030_openai_tools",
-                                        "s032_guardrail_checks"),
+                                        "s032_guardrail_checks", "s033_advisor_calls"),
                      [(table, column) for table in tables for column in added],
                      [call_row(i, customer_id=marker) for i in range(3)])  # the report there applied the steps
     [total] = json.loads(cli(home, "report", "--customer", marker, "--by", "day", "--format", "json").stdout)

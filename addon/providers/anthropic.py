@@ -64,11 +64,15 @@ def usage_from(raw: object) -> TokenUsage | None:
     # Compaction (the request's context_management edit compact_20260112) samples a summary of the
     # conversation before the answer: billed at the model's rates, and left out of the top-level
     # counts, which are the answer's alone; ``iterations`` lists every sampling step.
+    # The advisor tool's consultations of another model are billed at that model's rates: counted,
+    # which leaves the call unpriced (pricing.UNKNOWN_FEES), never priced as the calling model's alone.
     iterations = raw.get("iterations")
+    advised = 0
     for step in iterations[:_MAX_ITERATIONS] if isinstance(iterations, list) else ():
         if isinstance(step, dict) and step.get("type") == "compaction":
             usage = usage.plus(_tokens(step, required=False))
-    return usage
+        advised += isinstance(step, dict) and step.get("type") == "advisor_message"
+    return dataclasses.replace(usage, advisor_calls=advised) if advised else usage
 
 
 def _tokens(raw: dict, required: bool) -> TokenUsage:
@@ -123,6 +127,7 @@ class AnthropicStream(StreamParser):
         self._raw_usage: dict = {}
         self._code_runs = 0
         self.searches = 0  # web searches begun: billed, though a stream cut before message_delta never says
+        self.advisor_calls = 0  # the advisor consulted: the same
         self._container: object = None
 
     def feed(self, event: str | None, data: bytes) -> None:
@@ -134,6 +139,7 @@ class AnthropicStream(StreamParser):
             block = (loads(data) or {}).get("content_block")
             self._code_runs += _is_code_run(block)
             self.searches += isinstance(block, dict) and block.get("name") == "web_search"
+            self.advisor_calls += isinstance(block, dict) and block.get("name") == "advisor"
             return
         if event not in (None, "message_start", "message_delta", "message_stop", "error"):
             return  # ping, content_block_start/stop, and event types added later
@@ -242,10 +248,11 @@ class Anthropic(Provider):
             prompt = texts_in(request.get("system")) + texts_in(request.get("messages"))
             return TokenUsage(input_tokens=sum(self.counter.count(t, None) for t in prompt),
                               output_tokens=estimated_output)
-        # The searches begun, where the usage seen (message_start's) predates them.
+        # The searches and consultations begun, where the usage seen (message_start's) predates them.
         searches = max(seen.web_search_requests, min(getattr(parser, "searches", 0), MAX_REQUESTS_PER_CALL))
+        advised = max(seen.advisor_calls, min(getattr(parser, "advisor_calls", 0), MAX_REQUESTS_PER_CALL))
         return dataclasses.replace(seen, output_tokens=max(estimated_output, seen.output_tokens),
-                                   web_search_requests=searches)
+                                   web_search_requests=searches, advisor_calls=advised)
 
     batch_endpoint = BATCHES
 

@@ -44,11 +44,14 @@ UNIT_COLUMNS: list[tuple[str, str, str]] = [
     # migrations.m039_guardrail_checks
     ("guardrail_checks", "BIGINT", "1 for a call a Bedrock guardrail checked, billed per text unit and "
                                    "policy outside the usage: unpriced"),
+    # migrations.m040_advisor_calls
+    ("advisor_calls", "BIGINT", "the times Anthropic's advisor tool had another model advise, billed at that "
+                                "model's rates on tokens outside the row's: unpriced"),
 ]
 UNIT_NAMES = [name for name, _, _ in UNIT_COLUMNS]
 # The server-side tools' counts (pricing.usage.TOOL_FIELDS), summed in reports.
 TOOL_NAMES = ["web_search_requests", "web_fetch_requests", "file_search_calls", "code_executions", "containers",
-              "grounded_prompts", "image_generation_calls", "guardrail_checks"]
+              "grounded_prompts", "image_generation_calls", "guardrail_checks", "advisor_calls"]
 # Parts of a count above with a rate of their own: summed too wherever tools' fees are priced again
 # (reconciliation's tool line), not shown as counts of their own.
 TOOL_PARTS = ["web_search_preview_requests"]

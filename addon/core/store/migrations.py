@@ -564,6 +564,13 @@ def m039_guardrail_checks(con: duckdb.DuckDBPyConnection) -> None:
     del con
 
 
+def m040_advisor_calls(con: duckdb.DuckDBPyConnection) -> None:
+    # A unit column of the calls and every rollup tier: the times Anthropic's advisor tool had
+    # another model advise, which leave a call unpriced (pricing.UNKNOWN_FEES). Added by
+    # unit_columns_first, as m038's; rows before hold 0.
+    del con
+
+
 def unit_columns_first(con: duckdb.DuckDBPyConnection) -> None:
     """Every unit column today's code has, on the calls and the rollup tiers that exist, before any
     pending step runs: a step that sums rows names them all (rollups.SUMS: m035's daily totals, m037's
@@ -605,7 +612,7 @@ MIGRATIONS = [m001_calls_and_keys, m002_reprice_and_admin_tokens, m003_plans_and
               m028_team_limits, m029_daily_rollups, m030_raw_horizon, m031_tag_rollups,
               m032_proxy_histograms, m033_customer_key, m034_rollup_customer_key, m035_total_rollups,
               m036_sso_groups, m037_unknown_usage_unpriced, m038_openai_tools,
-              m039_guardrail_checks]
+              m039_guardrail_checks, m040_advisor_calls]
 
 
 def apply_pending(con: duckdb.DuckDBPyConnection) -> list[str]:

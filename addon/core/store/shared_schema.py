@@ -148,7 +148,7 @@ _NEW_LAKE_STEPS = ("s001_lake", "s006_units_columns", "s009_realtime_cached_kind
                    "s021_raw_horizon", "s022_tag_rollups", "s023_proxy_histograms", "s024_customer_key",
                    "s025_rollup_customer_key", "s026_customers_sorted", "s027_total_rollups",
                    "s029_unknown_usage_unpriced", "s030_openai_tools", "s031_customers_flushed",
-                   "s032_guardrail_checks")
+                   "s032_guardrail_checks", "s033_advisor_calls")
 
 # The weekly customers' tier sorted by week and customer key, in row groups of 16,384 rows (issue 28).
 # DuckLake sorts a table so on every insert, flush of inlined rows and merge of files. A week of
@@ -384,6 +384,8 @@ def ensure_lake(con, control) -> None:
             _record(control, "s030_openai_tools")  # its columns: unit_columns_first, before every step
         if "s032_guardrail_checks" not in _applied(control):  # as migrations.m039_guardrail_checks
             _record(control, "s032_guardrail_checks")  # the same
+        if "s033_advisor_calls" not in _applied(control):  # as migrations.m040_advisor_calls
+            _record(control, "s033_advisor_calls")  # the same
 
 
 def _in_transaction(con, statements: list[str]) -> None:
