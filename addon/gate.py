@@ -66,6 +66,7 @@ class Gate:
         if flow.response is not None:
             return  # answered already (ConnectionBounds: over the connection cap)
         req = flow.request
+        _frame_body(req)
         path, _, query = req.path.partition("?")
         forwarded: forward.Forwarded | None = flow.metadata.get(forward.FORWARDED)
         if forwarded is None and forward.is_forward(flow):
@@ -160,6 +161,16 @@ class Gate:
             return
         self.guard.failed(address)
         refusals.bad_key(flow, provider, key_sent, key_in_query)
+
+
+def _frame_body(req: http.Request) -> None:
+    """An HTTP/2 or HTTP/3 request may let the end of its stream say where its body ends. mitmproxy
+    forwards it to an HTTP/1.1 upstream without a length, so the upstream read its bytes as further
+    requests (past the key check, unmetered: request smuggling) or none: the length is set here, on
+    every request the proxy passes on (the body is whole by now)."""
+    if req.raw_content and not req.http_version.startswith("HTTP/1") and \
+            "content-length" not in req.headers and "transfer-encoding" not in req.headers:
+        req.headers["content-length"] = str(len(req.raw_content))
 
 
 def _drop_our_query(query: str) -> tuple[str, bool]:
