@@ -20,23 +20,34 @@ class DecodeError(ValueError):
 
 
 class BodyDecoder:
-    """``feed(encoded) -> decoded``. Raises DecodeError on bad data, an unknown coding, or past ``limit``."""
+    """``feed(encoded) -> decoded``. Raises DecodeError on bad data, an unknown coding, or past ``limit``.
+
+    A body may be several gzip members or zstd frames one after another (a server that compresses
+    each streamed event apart): each is decoded in turn, as clients do; bytes after the last whole
+    member that start no other are ignored, as urllib3 ignores them. ``deflate`` is zlib's format or,
+    as some servers send it, raw deflate without its header: told apart by the first two bytes."""
 
     def __init__(self, content_encoding: str, limit: int):
         self.limit = limit
         self.produced = 0
+        self._head = b""  # deflate's first bytes, until there are two to tell its format by
+        self._done = False  # the last member ended and what followed began none: the rest is ignored
         coding = content_encoding.strip().lower()
         if coding in ("", "identity"):
             self._decode = self._identity
-        elif coding in ("gzip", "x-gzip", "deflate"):
-            self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+        elif coding in ("gzip", "x-gzip"):
+            self._wbits = zlib.MAX_WBITS | 32  # gzip or zlib header, detected
+            self._zlib = zlib.decompressobj(self._wbits)
             self._decode = self._inflate
+        elif coding == "deflate":
+            self._wbits = 0  # decided by the first two bytes (_deflate)
+            self._decode = self._deflate
         elif coding == "br":
             self._brotli = brotli.Decompressor()
             self._decode = lambda data: self._brotli.process(data)
         elif coding == "zstd":
             self._zstd = zstd.ZstdDecompressor()
-            self._decode = lambda data: self._zstd.decompress(data, max_length=self._room() + 1)
+            self._decode = self._unzstd
         else:
             raise DecodeError(f"unsupported content-encoding {content_encoding!r}")
 
@@ -52,15 +63,54 @@ class BodyDecoder:
             raise DecodeError(f"decoded body exceeds {self.limit} bytes")
         return out
 
-    def _room(self) -> int:
-        return max(self.limit - self.produced, 0)
+    def _room(self, parts: list[bytes]) -> int:
+        """What one more step may produce: past the limit by one byte at most, so that it shows."""
+        return max(self.limit - self.produced - sum(map(len, parts)), 0) + 1
 
     def _identity(self, data: bytes) -> bytes:
         return data
 
+    def _deflate(self, data: bytes) -> bytes:
+        if not self._wbits:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            cmf, flg = self._head[0], self._head[1]
+            zlib_header = cmf & 0x0F == 8 and (cmf << 8 | flg) % 31 == 0
+            self._wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+            self._zlib = zlib.decompressobj(self._wbits)
+            data, self._head = self._head, b""
+        return self._inflate(data)
+
     def _inflate(self, data: bytes) -> bytes:
-        # max_length bounds what one feed can expand to, which is what stops a gzip bomb.
-        out = self._zlib.decompress(data, self._room() + 1)
-        if self._zlib.unconsumed_tail:
-            raise DecodeError(f"decoded body exceeds {self.limit} bytes")
-        return out
+        parts: list[bytes] = []
+        while data and not self._done:
+            if self._zlib.eof:  # the member before ended: these bytes begin the next
+                self._zlib = zlib.decompressobj(self._wbits)
+                try:
+                    parts.append(self._zlib.decompress(data, self._room(parts)))
+                except zlib.error:
+                    self._done = True  # not another member: trailing bytes, ignored
+                    break
+            else:
+                # max_length bounds what one step can expand to, which is what stops a gzip bomb.
+                parts.append(self._zlib.decompress(data, self._room(parts)))
+            if self._zlib.unconsumed_tail:
+                raise DecodeError(f"decoded body exceeds {self.limit} bytes")
+            data = self._zlib.unused_data if self._zlib.eof else b""
+        return b"".join(parts)
+
+    def _unzstd(self, data: bytes) -> bytes:
+        parts: list[bytes] = []
+        while data and not self._done:
+            if self._zstd.eof:  # the frame before ended: these bytes begin the next
+                self._zstd = zstd.ZstdDecompressor()
+                try:
+                    parts.append(self._zstd.decompress(data, max_length=self._room(parts)))
+                except zstd.ZstdError:
+                    self._done = True
+                    break
+            else:
+                parts.append(self._zstd.decompress(data, max_length=self._room(parts)))
+            data = self._zstd.unused_data if self._zstd.eof else b""
+        return b"".join(parts)

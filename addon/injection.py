@@ -116,11 +116,12 @@ class UsageStripper:
     without it carries. Works on whole events (split at blank lines, linear in the stream), so
     a chunk boundary inside an event only delays that event until its end arrives."""
 
-    __slots__ = ("_parts", "_separator")
+    __slots__ = ("_parts", "_separator", "_tail")
 
     def __init__(self) -> None:
         self._parts: list[bytes] = []
         self._separator: bytes | None = None
+        self._tail = b""  # the last bytes held, for a separator split across pieces (\r, \n, \r\n)
 
     def feed(self, data: bytes) -> bytes:
         if not data:
@@ -136,22 +137,26 @@ class UsageStripper:
             newline = seen.index(b"\n")
             self._separator = b"\r\n\r\n" if newline and seen[newline - 1:newline] == b"\r" else b"\n\n"
             self._parts = [seen]
-        elif self._separator not in data and not (len(self._parts) > 1 and self._ends_across()):
-            return b""
+        else:
+            edge = self._tail + data[:len(self._separator) - 1]  # a separator begun in the pieces before
+            self._tail = (self._tail + data)[1 - len(self._separator):]
+            if self._separator not in data and self._separator not in edge:
+                return b""
         blocks = b"".join(self._parts).split(self._separator)
         tail = blocks.pop()
-        self._parts = [tail] if tail else []
+        self._parts, self._tail = ([tail], tail[1 - len(self._separator):]) if tail else ([], b"")
         return b"".join(_without_usage(block, self._separator) for block in blocks)
 
     def close(self) -> bytes:
         """End of stream: whatever is left, a last event without its blank line included."""
-        rest, self._parts = b"".join(self._parts), []
-        return _without_usage(rest, b"") if rest else b""
-
-    def _ends_across(self) -> bool:
-        # The separator may be split between the previous piece and this one.
-        edge = self._parts[-2][-3:] + self._parts[-1][:3]
-        return self._separator is not None and self._separator in edge
+        rest, self._parts, self._tail = b"".join(self._parts), [], b""
+        if not rest:
+            return b""
+        if self._separator is None:
+            return _without_usage(rest, b"")
+        *blocks, last = rest.split(self._separator)
+        return b"".join(_without_usage(block, self._separator) for block in blocks) + \
+            (_without_usage(last, b"") if last else b"")
 
 
 def _whole_events(data: bytes, separator: bytes) -> bytes:

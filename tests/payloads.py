@@ -20,6 +20,7 @@ class Reply:
     events: list[bytes] | None = None  # SSE events: a streamed reply
     headers: dict[str, str] = field(default_factory=dict)
     gzip: bool = False
+    gzip_members: bool = False  # each piece a gzip member of its own, as a server compressing each event apart
     gated: bool = False        # pause after the first event until the test opens the gate
     delay: float = 0.0         # seconds between events
     die_after: int | None = None  # close the connection after this many pieces
@@ -121,6 +122,7 @@ def _chat(scenario: str, request: dict) -> Reply:
                                          usage=request.get("test_usage", STREAM_USAGE),
                                          tier=request.get("service_tier")))
         reply.gzip = "gzip" in scenario
+        reply.gzip_members = "gzip_members" in scenario
         reply.gated = "gated" in scenario
         reply.delay = 0.05 if "slow" in scenario else 0.5 if "paced" in scenario else 0.0
         reply.die_after = 4 if "die" in scenario else None
@@ -361,6 +363,7 @@ def _messages(scenario: str, request: dict) -> Reply:
         reply.gated = "gated" in scenario
         reply.split = 5 if "split" in scenario else None
         reply.gzip = "gzip" in scenario
+        reply.gzip_members = "gzip_members" in scenario
         return reply
     if scenario == "cache_1h":
         return _json(_message("claude-opus-4-20250514", ANTHROPIC_1H_USAGE))

@@ -56,6 +56,38 @@ def test_body_decoder_handles_every_coding_chunk_by_chunk(coding, encode):
     assert out == text
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush()
+
+
+def _zstd(data: bytes) -> bytes:
+    from addon.decoding import zstd
+    return zstd.compress(data)
+
+
+@pytest.mark.parametrize("coding,encode", [
+    ("gzip", gzip.compress), ("zstd", _zstd),  # one member (frame) per event, as a server flushing each
+    ("deflate", _raw_deflate),  # raw deflate, without zlib's header: what some servers call deflate
+])
+@pytest.mark.parametrize("step", [1, 2, 37, 10_000])
+def test_body_decoder_reads_every_member_and_raw_deflate(coding, encode, step):
+    """A body of several gzip members (zstd frames) was read to the end of the first: the usage,
+    in the last event, never seen; raw deflate was refused as undecodable. Clients decode both."""
+    events = payloads.chat_stream(include_usage=True)
+    encoded = encode(b"".join(events)) if coding == "deflate" else b"".join(encode(e) for e in events)
+    decoder = BodyDecoder(coding, limit=1024 * 1024)
+    out = b"".join(decoder.feed(encoded[i:i + step]) for i in range(0, len(encoded), step))
+    assert out == b"".join(events)
+
+
+def test_bytes_after_the_last_member_are_ignored_and_many_small_members_stop_at_the_limit():
+    text = b"".join(payloads.chat_stream(include_usage=True))
+    assert BodyDecoder("gzip", limit=10 * len(text)).feed(gzip.compress(text) + b"\0" * 8) == text
+    with pytest.raises(DecodeError, match="exceeds"):
+        BodyDecoder("gzip", limit=1024 * 1024).feed(gzip.compress(b"\0" * 200_000) * 10)
+
+
 def test_body_decoder_stops_a_gzip_bomb_at_its_limit():
     bomb = gzip.compress(b"\0" * (50 * 1024 * 1024))  # 50 MB of zeros in ~50 kB
     decoder = BodyDecoder("gzip", limit=1024 * 1024)

@@ -8,6 +8,7 @@ across chunk boundaries, with ``"usage": null`` on every chunk and with gzip.
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import random
 
@@ -94,6 +95,24 @@ def test_stripping_gives_the_stream_without_usage_however_the_bytes_are_cut(seed
     assert out + stripper.close() == plain
 
 
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+@pytest.mark.parametrize("step", [1, 2, 3, 5])
+def test_stripping_holds_when_every_line_end_comes_apart(newline, step):
+    """A stream whose blank lines arrive a byte or two at a time (\r, \n, \r, \n): the separator
+    was looked for across two pieces only, so no event was ever cut out, and at the end the whole
+    stream, seen as one event holding the usage, was dropped: the client got nothing."""
+    events = [e.replace(b"\n", newline) for e in payloads.chat_stream(include_usage=True, usage_null=True)]
+    plain = b"".join(payloads.chat_stream(include_usage=False)).replace(b"\n", newline)
+    pieces = []
+    for event in events:  # the event's text in pieces of ``step``, then its line ends a byte each
+        body = event.rstrip(b"\r\n")
+        pieces += [body[i:i + step] for i in range(0, len(body), step)]
+        pieces += [bytes([byte]) for byte in event[len(body):]]
+    stripper = UsageStripper()
+    out = b"".join(stripper.feed(piece) for piece in pieces)
+    assert out + stripper.close() == plain
+
+
 def _decoded(url: str, headers: dict, body: dict) -> tuple[int, str, bytes]:
     with httpx.Client(timeout=10) as client, client.stream("POST", url, headers=headers, json=body) as response:
         return response.status_code, response.headers["content-type"], b"".join(response.iter_bytes())
@@ -122,6 +141,20 @@ def test_the_openai_sdk_streaming_without_include_usage_sees_no_usage_and_the_ro
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "".join(payloads.STREAM_TEXT)
     [row] = proxy.rows(customer)
     assert row["usage_source"] == "reported" and row["cost_usd"] == pytest.approx((79 * 2.5 + 14 * 10) / 1e6)
+
+
+def test_a_stream_gzipped_an_event_at_a_time_is_read_to_its_usage(proxy, upstream, customer):
+    """A server that compresses each event apart sends a gzip member per event: the proxy read the
+    first alone, never the usage in the last (the row a prompt-only estimate, without an error)."""
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    headers = {"authorization": "Bearer sk-test", "x-test-scenario": "gzip_members", "accept-encoding": "gzip",
+               "x-aispendtrack-key": proxy.key, "x-customer-id": customer}
+    with httpx.Client(timeout=10) as client, \
+            client.stream("POST", proxy.url + "/v1/chat/completions", headers=headers, json=body) as response:
+        raw = b"".join(response.iter_raw())
+    assert raw == b"".join(gzip.compress(e, mtime=0) for e in payloads.chat_stream(include_usage=True))  # as sent
+    [row] = proxy.rows(customer)
+    assert (row["usage_source"], row["input_tokens"], row["output_tokens"], row["error"]) == ("reported", 79, 14, None)
 
 
 def test_a_client_that_asked_for_usage_gets_every_byte_untouched(proxy, upstream, customer):

@@ -193,7 +193,7 @@ def _handler(provider: FakeProvider):
                 self.send_header("content-encoding", "gzip")
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
-            compressor = _GzipStream() if reply.gzip else None
+            compressor = _GzipMembers() if reply.gzip_members else _GzipStream() if reply.gzip else None
             if reply.die_after == 0:  # the headers alone
                 self.wfile.flush()
                 self._die()
@@ -246,6 +246,15 @@ def _bomb() -> bytes:
     parts.append(z.compress(b'"}}') + z.flush())
     return b"".join(parts)
 
+
+
+class _GzipMembers:
+    def compress(self, data: bytes) -> bytes:
+        import gzip
+        return gzip.compress(data, mtime=0)
+
+    def flush(self) -> bytes:
+        return b""
 
 
 class _GzipStream:
