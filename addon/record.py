@@ -160,6 +160,10 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
         return None, "none"
     if meter.billing == UNMETERED:
         return None, "unmetered"  # billed, but by what we do not read: unpriced, never $0
+    if meter.read_failure is not None and meter.outcome == "completed":
+        # Answered in full, but not readable to us (an encoding we cannot decode, a body past our
+        # limits): its usage is unknown, never the estimate of what we read (a prompt alone).
+        return None, "none"
     interrupted = meter.outcome != "completed" or not observed.complete or meter.read_failure is not None
     if not interrupted and observed.usage is not None:
         # Counts as reported, but a tool fee in them is an estimate (a container's time, a free allowance).

@@ -347,8 +347,9 @@ def test_a_rows_error_says_why_its_usage_is_missing_or_refused(providers, book):
     meter.finish(200, "completed", None, b"this is not gzip")
     unreadable = build_row(meter, book)
     assert (unreadable["error"], unreadable["status"]) == ("usage unreadable: cannot decode body: error", 200)
-    # estimated from the request, as a call cut short would be
-    assert (unreadable["usage_source"], unreadable["priced"]) == ("partial", True) and unreadable["input_tokens"] > 0
+    # Answered in full, but unreadable: its usage unknown, so unpriced; it was estimated from the
+    # request alone, as if cut short, a prompt's worth ($0.00002 for a $0.0088 call).
+    assert (unreadable["usage_source"], unreadable["priced"], unreadable["cost_usd"]) == ("none", False, None)
 
 
 # OpenAI's Realtime API: the rows a session's frames give, read by the same RealtimeSession the
@@ -1417,7 +1418,7 @@ def test_a_stream_we_cannot_decode_says_why_only_where_we_meter(providers, book)
         return build_row(meter, book)
     row = row_for("/v1/chat/completions")
     assert row["error"] == "usage unreadable: unsupported content-encoding 'compress'"
-    assert row["usage_source"] == "partial" and row["input_tokens"] > 0  # estimated from the request
+    assert (row["usage_source"], row["cost_usd"]) == ("none", None)  # unpriced, never the request's estimate
     assert row_for("/v1/models", "GET")["error"] is None  # free, nothing to read
 
 

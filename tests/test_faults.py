@@ -135,7 +135,10 @@ def test_a_gzip_bomb_from_upstream_reaches_the_client_as_sent_and_memory_stays_b
     from .upstream import _bomb
     assert reply.status_code == 200 and raw == _bomb()
     [row] = proxy.rows(customer)
-    assert row["usage_source"] == "partial" and row["status"] == 200, row  # read along up to the limit, then stopped
+    # Read along up to the limit, then stopped: answered in full, its usage unknown to us, so
+    # unpriced, never an estimate of the part read.
+    assert (row["usage_source"], row["status"], row["cost_usd"]) == ("none", 200, None), row
+    assert row["error"].startswith("usage unreadable: decoded body exceeds"), row
     # Inflating it would take 256 MB; reading along stops at the decoder's limit.
     assert rss_kib(proxy.process.pid) - before < 128 * 1024
     assert json.loads(proxy.openai().chat.completions.create(**CHAT).to_json())["usage"]["total_tokens"] > 0
