@@ -189,7 +189,12 @@ class CallMeter:
         log.warning("stopped reading the response of call %s: %s", self.id, reason)
 
     def saw_the_end(self) -> bool:
-        """Whether a stream's terminal event ([DONE], message_stop, response.completed, ...) passed."""
+        """Whether a stream's terminal event ([DONE], message_stop, response.completed, ...) passed.
+        For a stream cut off: an event the decoder still holds for want of a line end is read first
+        (SSE takes a lone CR as one; an SDK has [DONE] there, and closes)."""
+        if self._sse is not None:
+            self._read(b"", end=True)
+            self._sse = None  # nothing more comes: the flow is over
         return self.stream and self.parser is not None and self.parser.observed.complete
 
     @property

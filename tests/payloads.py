@@ -26,8 +26,12 @@ class Reply:
     die_after: int | None = None  # close the connection after this many pieces
     linger: float = 0.0        # seconds the connection stays open after the last event
     split: int | None = None   # cut the stream into pieces of this many bytes
+    lone_cr: bool = False      # CRLF line ends, the last blank line a lone CR (a line end too, in SSE)
 
     def pieces(self) -> list[bytes]:
+        if self.lone_cr:
+            events = [e.replace(b"\n", b"\r\n") for e in self.events]
+            return [*events[:-1], events[-1][:-1]]
         if self.split is None:
             return self.events
         whole = b"".join(self.events)
@@ -123,6 +127,7 @@ def _chat(scenario: str, request: dict) -> Reply:
                                          tier=request.get("service_tier")))
         reply.gzip = "gzip" in scenario
         reply.gzip_members = "gzip_members" in scenario
+        reply.lone_cr = "lone_cr" in scenario
         reply.gated = "gated" in scenario
         reply.delay = 0.05 if "slow" in scenario else 0.5 if "paced" in scenario else 0.0
         reply.die_after = 4 if "die" in scenario else None
@@ -364,6 +369,7 @@ def _messages(scenario: str, request: dict) -> Reply:
         reply.split = 5 if "split" in scenario else None
         reply.gzip = "gzip" in scenario
         reply.gzip_members = "gzip_members" in scenario
+        reply.lone_cr = "lone_cr" in scenario
         return reply
     if scenario == "cache_1h":
         return _json(_message("claude-opus-4-20250514", ANTHROPIC_1H_USAGE))

@@ -197,3 +197,22 @@ def test_a_client_that_stops_at_the_terminal_event_leaves_a_completed_row(proxy,
     [row] = proxy.rows(customer)
     assert (row["outcome"], row["usage_source"], row["error"]) == ("completed", "reported", None)
     assert row["cost_usd"] > 0
+
+
+def test_a_crlf_stream_whose_last_line_end_is_a_lone_cr_is_completed_when_the_client_closes(proxy, customer):
+    """SSE takes a lone CR as a line end: an SDK has [DONE] at "data: [DONE]\\r\\n\\r" and closes. The
+    proxy's reader held that event for the LF that might follow, so the call was recorded cut
+    short by the client (client_disconnected, partial) though its answer was whole."""
+    headers = {"x-aispendtrack-key": proxy.key, "x-customer-id": customer, "x-test-scenario": "lone_cr linger",
+               "authorization": "Bearer sk-test"}
+    seen = b""
+    with httpx.Client(timeout=10) as client, client.stream(
+            "POST", proxy.url + "/v1/chat/completions", headers=headers,
+            json={**CHAT, "stream": True, "stream_options": {"include_usage": True}}) as response:
+        for piece in response.iter_raw():
+            seen += piece
+            if seen.endswith(b"data: [DONE]\r\n\r"):
+                break  # the SDK's end of the stream: it closes
+    [row] = proxy.rows(customer)
+    assert (row["outcome"], row["usage_source"], row["error"]) == ("completed", "reported", None)
+    assert (row["input_tokens"], row["output_tokens"]) == (79, 14)
