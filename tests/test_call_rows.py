@@ -1280,12 +1280,22 @@ def test_calls_other_providers_bill_where_openais_of_the_same_path_are_free_are_
     ("groq", "GET", "/v1/files/file_1/content"), ("mistral", "GET", "/v1/models"),
     ("together", "POST", "/v1/batches/batch_1/cancel"), ("openai", "POST", "/v1/moderations"),
     ("openai", "POST", "/v1/conversations"), ("google", "GET", "/v1beta/tunedModels/my-model-1"),
+    # reads of a metered path: the SDK's chat.completions.list() (stored completions), a HEAD
+    ("openai", "GET", "/v1/chat/completions"), ("openai", "HEAD", "/v1/chat/completions"),
+    ("anthropic", "HEAD", "/v1/messages"), ("mistral", "GET", "/v1/chat/completions"),
 ])
 def test_what_is_free_at_openai_or_at_every_compatible_api_costs_nothing(providers, book, provider, method, path):
+    """A read of a metered path was stored unpriced, counted in reports and `prices check` as a
+    call with a price missing."""
     meter = CallMeter(providers[provider], path, 7, "acme", None, time.time(), b"{}", "", method)
     meter.start_response(200, "application/json", "")
     meter.finish(200, "completed", None, b"{}")
     assert (build_row(meter, book)["cost_usd"], build_row(meter, book)["priced"]) == (Decimal(0), True), path
+
+
+def test_the_realtime_handshake_a_get_is_still_metered(providers):
+    from addon.providers.base import METERED
+    assert providers["openai"].billing("GET", "/v1/realtime") == METERED
 
 
 @pytest.mark.parametrize("value,shown", [("x" * 38, repr("x" * 38)), ("x" * 39, repr("x" * 39)[:40] + "..."),

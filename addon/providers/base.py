@@ -135,14 +135,20 @@ class Provider:
         raise NotImplementedError
 
     def billing(self, method: str, path: str) -> str:
-        """METERED, UNMETERED or FREE: what a call with this method and path is on the bill."""
-        if self.metered(path):
+        """METERED, UNMETERED or FREE: what a call with this method and path is on the bill. A read
+        of a metered path bills nothing (GET /v1/chat/completions lists stored completions; HEAD),
+        but for a session opened by it (OpenAI's realtime WebSocket: ``opens_session``)."""
+        if self.metered(path) and (method.upper() not in _READS or self.opens_session(path)):
             return METERED
         if any(p.fullmatch(path) for p in self.billable):
             return UNMETERED
         if method.upper() in _READS or any(p.fullmatch(path) for p in self.free):
             return FREE
         return UNMETERED
+
+    def opens_session(self, path: str) -> bool:
+        """Whether a GET to this metered path opens a session billed as it goes (a WebSocket)."""
+        return False
 
     def answers_text(self, path: str) -> bool:
         """Whether a successful answer on this metered path may be other than JSON (a transcript)."""
