@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -89,6 +90,7 @@ class Writer(threading.Thread):
         self._spill_retry_at = 0.0
         self._last_drop_log = -1e9
         self._spill_seq = 0
+        self._replayed: set[Path] = set()  # spill files stored that could not be removed: never replayed again here
         self._spilled_at = self._spill_said_at = -1e9  # the last spill, the last one logged
         self.rows_written = 0
         self.rows_dropped = 0
@@ -155,6 +157,25 @@ class Writer(threading.Thread):
         self._held = []
         if self._pending:
             self._spill(force=True)
+        if self._pending:  # neither the database nor the spill directory takes them: the last chance
+            self._spill_elsewhere()
+
+    def _spill_elsewhere(self) -> None:
+        """At a stop with the data directory's disk full: the rows go to the system's temporary
+        directory, for a person to move into the spill directory (they are replayed from there);
+        said at the critical level either way, never an exit as if all went well."""
+        aside = Path(tempfile.gettempdir()) / f"aispendtrack-unwritten-{time.time_ns()}-{os.getpid()}.jsonl"
+        try:
+            spill.write(aside, self._pending)
+        except (OSError, StoreError) as exc:
+            self.rows_dropped += len(self._pending)
+            log.critical("%d rows are lost: neither %s, %s nor %s could be written at the stop (%s)",
+                         len(self._pending), self.where, self.spill_dir, aside.parent, exc)
+        else:
+            log.critical("%d rows could not be written to %s nor %s at the stop: they are in %s; move that file "
+                         "into %s once there is room, and they are stored at the next start",
+                         len(self._pending), self.where, self.spill_dir, aside, self.spill_dir)
+        self._pending = []
 
     def cycle(self, lock_timeout: float, force_keys: bool | None = None) -> None:
         started = time.monotonic()
@@ -314,8 +335,12 @@ class Writer(threading.Thread):
         # Written under another name and renamed: a *.jsonl file is always complete, so a replay
         # or a GDPR erase in another process never reads one half-written.
         partial = path.with_suffix(".partial")
-        spill.write(partial, self._pending)
-        os.replace(partial, path)
+        try:
+            spill.write(partial, self._pending)
+            os.replace(partial, path)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # a full disk's last bytes are not kept by a failed try
+            raise
         self._spilled_at = time.monotonic()
         if self._spilled_at - self._spill_said_at >= 30:  # a line a second through an outage would drown the log
             self._spill_said_at = self._spilled_at
@@ -326,7 +351,7 @@ class Writer(threading.Thread):
     def _spill_files(self) -> list[Path]:
         if not self.spill_dir.is_dir():
             return []
-        return sorted(self.spill_dir.glob("*.jsonl"))
+        return sorted(p for p in self.spill_dir.glob("*.jsonl") if p not in self._replayed)
 
     def _replay(self, con, paths: list[Path]) -> None:
         """Store the rows of spill files, many files to an insert (an outage leaves one a second: one
@@ -364,6 +389,11 @@ class Writer(threading.Thread):
         before = self.rows_written
         self._store(con, rows, skip_existing=True)  # a crash after insert, before unlink: no doubles
         for path in paths:
-            path.unlink()
+            try:
+                path.unlink()
+            except OSError as exc:  # stored all the same: the new rows must not wait for this file
+                self._replayed.add(path)
+                log.error("stored the rows of spill file %s but cannot remove it (%s); remove it by hand (a "
+                          "restart would replay it, skipping the rows stored)", path, exc)
         log.info("replayed %d rows from %s in %s", self.rows_written - before,
                  "1 spill file" if len(paths) == 1 else f"{len(paths)} spill files", self.spill_dir)

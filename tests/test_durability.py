@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,6 +112,74 @@ def test_calls_flow_while_the_disk_is_full_and_every_row_lands_afterwards(small_
         proxy.stop()
     log = proxy.log_path.read_text()
     assert "cannot write" in log and proxy.process.returncode == 0
+
+
+def _fill(disk: Path, leave_kib: int = 0) -> Path:
+    """Every free byte of ``disk`` taken, but ``leave_kib``; the file that takes them."""
+    filler = disk / "filler"
+    room = int(subprocess.run(["df", "-k", "--output=avail", str(disk)], capture_output=True, text=True
+                              ).stdout.split()[-1])
+    with open(filler, "wb") as f:
+        try:
+            f.write(b"\0" * max(0, (room - leave_kib) * 1024))
+            f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_checkpoint_that_fails_on_a_full_disk_is_recovered_from_without_a_restart(small_disk, tmp_path, upstream):
+    """DuckDB invalidates a connection whose checkpoint fails part way (the disk full as its WAL
+    passed the threshold) and asks for it to be opened again. The proxy kept it: every write
+    failed until a restart (rows only spilled), the CLI printed a traceback, the page a 500."""
+    from addon.core.store import remote
+    home = small_disk / "home"
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", flush_ms=200)
+    try:
+        with Load(proxy, threads=2) as load:
+            load.wait_for(20)
+        with remote.session(home, 10) as con:  # as a WAL of 16 MB would reach it, on a small disk
+            con.execute("SET checkpoint_threshold = '300KB'")
+        filler = _fill(small_disk, leave_kib=400)  # room for the WAL's appends, not for a checkpoint
+        with Load(proxy, threads=2) as during:
+            during.wait_for(300)
+        filler.unlink()
+        with Load(proxy, threads=1) as after:
+            after.wait_for(20)
+        assert load.failed == during.failed == after.failed == 0  # the callers never noticed
+        wanted = set(load.completed) | set(during.completed) | set(after.completed)
+        deadline = time.monotonic() + 20
+        while not wanted <= set(stored_tags(home)) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        stored = stored_tags(home)  # by the CLI, through the proxy that owns the file: no restart
+        assert wanted <= set(stored) and len(stored) == len(set(stored))
+    finally:
+        proxy.stop()
+    log = proxy.log_path.read_text()
+    assert "opened" in log and "again after a write failed" in log, log[-3000:]
+
+
+def test_a_stop_while_the_disk_is_full_leaves_the_rows_where_a_person_can_store_them(small_disk, tmp_path, upstream):
+    """SIGTERM with the data directory's disk full: the rows neither the database nor the spill
+    directory took were lost, the exit as if all went well, the log naming no loss."""
+    home = small_disk / "home"
+    proxy = start_proxy(home, upstream.url, tmp_path / "proxy.log", flush_ms=200)
+    try:
+        filler = _fill(small_disk)
+        with Load(proxy, threads=2) as load:
+            load.wait_for(50)
+    finally:
+        proxy.stop()
+    log = proxy.log_path.read_text()
+    [aside] = re.findall(r"they are in (\S+aispendtrack-unwritten-\S+\.jsonl);", log)
+    filler.unlink()
+    spill_dir = home / "spill"
+    spill_dir.mkdir(exist_ok=True)
+    shutil.move(aside, spill_dir / Path(aside).name)  # as the log says to
+    restarted = start_proxy(home, upstream.url, tmp_path / "proxy2.log", key=proxy.key)
+    restarted.stop()
+    stored = stored_tags(home)
+    assert set(load.completed) <= set(stored) and len(stored) == len(set(stored))
 
 
 def test_a_backup_taken_under_load_restores_the_calls_before_it_and_the_keys(tmp_path, upstream, monkeypatch):

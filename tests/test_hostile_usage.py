@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import time
 from decimal import Decimal
+from pathlib import Path
 
 import openai
 import pytest
 
+from addon.core import spill
 from addon.core.store import calls as call_rows
 from addon.core.store import reading
 from addon.providers.base import InvalidUsage, count
@@ -146,3 +148,45 @@ def test_a_spill_file_with_a_poison_row_is_replayed_without_it(tmp_path):
         assert sorted(r["input_tokens"] for r in call_rows.newest(con, 10)) == [1, 3]
     assert not list(spill.glob("*.jsonl"))
     assert len(list((spill / QUARANTINE_DIR).glob("*.jsonl"))) == 1
+
+
+def test_a_spill_file_that_cannot_be_removed_holds_up_no_new_row(tmp_path, monkeypatch, caplog):
+    """A spill file stored but not removable (an immutable directory, a permission changed): the
+    unlink's error ended the cycle before the rows in memory were stored, every cycle, and the log
+    blamed the database. It is said once, as what it is, and the new rows are stored."""
+    db, spill_dir = tmp_path / "a.duckdb", tmp_path / "spill"
+    writer = Writer(db, spill_dir, build_row=lambda row: row, on_refresh=lambda con: None)
+    writer.load_keys_now()
+    spill_dir.mkdir()
+    stuck = spill_dir / "1-1-1.jsonl"
+    spill.write(stuck, [call_row(1)])
+    real_unlink = Path.unlink
+
+    def refused(path, missing_ok=False):
+        if path == stuck:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+    monkeypatch.setattr(Path, "unlink", refused)
+    for n in (2, 3, 4):
+        writer.submit(call_row(n))
+        writer.cycle(lock_timeout=1)
+    with reading(db) as con:
+        assert sorted(r["input_tokens"] for r in call_rows.newest(con, 10)) == [1, 2, 3, 4]
+    assert caplog.text.count(f"cannot remove it ([Errno 1] Operation not permitted: '{stuck}')") == 1
+    assert "cannot write" not in caplog.text
+
+
+def test_a_spill_the_full_disk_refused_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A spill that failed part way left its .partial file, holding the space a full disk had just
+    freed; nothing ever removed it."""
+    writer = Writer(tmp_path / "a.duckdb", tmp_path / "spill", build_row=lambda row: row,
+                    on_refresh=lambda con: None)
+    writer.submit(call_row(1))
+    writer._drain()
+
+    def half_written(path, rows):
+        path.write_bytes(b'{"half": ')
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(spill, "write", half_written)
+    writer._spill(force=True)
+    assert list((tmp_path / "spill").iterdir()) == [] and len(writer._pending) == 1

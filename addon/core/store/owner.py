@@ -18,8 +18,10 @@ keeps new ones out, and when the file was replaced the owner reopens it before a
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import duckdb
 from . import remote
 from .errors import StoreBusy, StoreError
 
+log = logging.getLogger(__name__)
 _owners: dict[Path, Owner] = {}
 _registry_lock = threading.Lock()
 
@@ -47,6 +50,8 @@ class Owner:
         self._gate = threading.Condition()
         self._sharing = 0  # cursors lent now
         self._alone = False  # an ``alone`` cursor is lent, or waits for the others to end
+        self._invalidated = False  # DuckDB gave up on the connection: reopened once no cursor is lent
+        self._said_at = -1e9  # the last time a failed reopen was logged
         self.socket: remote.OwnerSocket | None = None
 
     def open(self) -> None:
@@ -72,12 +77,19 @@ class Owner:
         self._enter(timeout, alone)
         try:
             if self._con is None:
-                raise StoreError(f"{self.path} is closed: the proxy that owns it is stopping.")
+                raise StoreError(f"{self.path} is closed: the proxy that owns it is stopping."
+                                 if not self._invalidated else
+                                 f"{self.path} could not be opened again after a write failed (a full disk?); "
+                                 f"it is tried again at the next write.")
             cur = self._con.cursor()
             try:
                 if self._encrypted:  # a cursor starts in the default (in-memory) database
                     cur.execute("USE store")
                 yield cur
+            except duckdb.Error as exc:
+                if _invalidates(exc):
+                    self._invalidated = True
+                raise
             finally:
                 cur.close()
         finally:
@@ -87,6 +99,8 @@ class Owner:
         with self._gate:
             if not self._gate.wait_for(lambda: not self._alone, timeout=timeout):
                 raise OwnerBusy(f"{self.path} is being rewritten (a GDPR erase); waited {timeout:.1f} s.")
+            if self._invalidated and self._sharing == 0:
+                self._reopen_invalidated()
             if not alone:
                 self._sharing += 1
                 return
@@ -106,6 +120,25 @@ class Owner:
                 self._sharing -= 1
             self._gate.notify_all()
 
+    def _reopen_invalidated(self) -> None:
+        """DuckDB invalidates a connection whose write failed part way (a checkpoint on a full disk)
+        and asks for it to be opened again: until then every write and read of the proxy, the CLI
+        and the page failed, until a restart. Reopened here (its WAL replays what was committed)."""
+        with contextlib.suppress(duckdb.Error):
+            if self._con is not None:
+                self._con.close()
+        self._con = None
+        try:
+            self.open()
+        except Exception as exc:  # the disk still full: the next cursor tries again
+            if time.monotonic() - self._said_at > 30:
+                self._said_at = time.monotonic()
+                log.error("cannot open %s again after DuckDB invalidated it (%s: %s); tried again at each "
+                          "write", self.path, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            return
+        self._invalidated = False
+        log.warning("opened %s again after a write failed and DuckDB invalidated the connection", self.path)
+
     def _reopen_if_replaced(self) -> None:
         """After an erase renamed a fresh copy over the file, our connection is on the old inode."""
         try:
@@ -115,6 +148,11 @@ class Owner:
         if replaced and self._con is not None:
             self._con.close()
             self.open()
+
+
+def _invalidates(exc: duckdb.Error) -> bool:
+    """Whether DuckDB has given up on the connection (a fatal error, or any error after one)."""
+    return isinstance(exc, duckdb.FatalException) or "database has been invalidated" in str(exc)
 
 
 def start(path: Path) -> Owner:
