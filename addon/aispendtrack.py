@@ -286,7 +286,8 @@ class AiSpendTrack:
         meter = CallMeter(admitted.provider, admitted.path, admitted.key_id, admitted.customer_id, admitted.feature,
                           req.timestamp_start, req.raw_content, req.headers.get("content-encoding", ""),
                           req.method, req.headers.get("content-type", ""),
-                          batch=admitted.provider.batch_call(req.method, admitted.path))
+                          batch=admitted.provider.batch_call(req.method, admitted.path),
+                          upgrade=bool(req.headers.get("upgrade")))
         meter.guarded = admitted.provider.guardrail_in_headers(req.headers)
         if self.inject_usage and admitted.provider.injects_usage(admitted.path, req.path.partition("?")[2]):
             await self._inject_usage(req, meter)

@@ -38,7 +38,7 @@ class CallMeter:
     def __init__(self, provider: Provider, path: str, key_id: int, customer_id: str | None,
                  feature: str | None, started_at: float, request_body: bytes | None,
                  request_encoding: str, method: str = "POST", request_type: str = "",
-                 batch: BatchCall | None = None):
+                 batch: BatchCall | None = None, upgrade: bool = False):
         self.id = uuid.uuid4()
         self.provider = provider
         self.path = path
@@ -46,7 +46,7 @@ class CallMeter:
         self.customer_id = customer_id
         self.feature = feature
         self.started_at = started_at
-        self.billing = provider.billing(method, path)  # METERED, UNMETERED or FREE
+        self.billing = provider.billing(method, path, upgrade)  # METERED, UNMETERED or FREE
         self.request_body = request_body if self.billing == METERED else None
         self.request_encoding = request_encoding
         self.request_type = request_type  # its content-type: JSON, or multipart (an upload)

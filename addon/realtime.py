@@ -154,7 +154,8 @@ class RealtimeSession:
     def _meter(self, started_at: float, model: str | None = None) -> CallMeter:
         """A row's meter for the session's model, or ``model``."""
         h = self.handshake
-        meter = CallMeter(h.provider, h.path, h.key_id, h.customer_id, h.feature, started_at, None, "", "GET")
+        meter = CallMeter(h.provider, h.path, h.key_id, h.customer_id, h.feature, started_at, None, "", "GET",
+                          upgrade=True)  # a response of the session the handshake's upgrade opened
         meter.stream = True
         meter.parser = _Seen(observed=Observed(model=model or self.model))
         return meter

@@ -1293,9 +1293,15 @@ def test_what_is_free_at_openai_or_at_every_compatible_api_costs_nothing(provide
     assert (build_row(meter, book)["cost_usd"], build_row(meter, book)["priced"]) == (Decimal(0), True), path
 
 
-def test_the_realtime_handshake_a_get_is_still_metered(providers):
-    from addon.providers.base import METERED
-    assert providers["openai"].billing("GET", "/v1/realtime") == METERED
+@pytest.mark.parametrize("provider, path", [("openai", "/v1/realtime"), ("openai", "/v1/responses"),
+                                            ("x-ai", "/v1/responses")])
+def test_a_websocket_a_get_opens_on_a_metered_path_is_not_a_free_read(providers, book, provider, path):
+    """The realtime API and the Responses API's WebSocket mode open with a GET, billed per response."""
+    meter = CallMeter(providers[provider], path, 7, "acme", None, time.time(), b"", "", "GET", upgrade=True)
+    meter.start_response(101, "", "")
+    meter.finish(101, "completed", None, b"")
+    row = build_row(meter, book)
+    assert (row["cost_usd"], row["priced"]) == (None, False), row
 
 
 @pytest.mark.parametrize("value,shown", [("x" * 38, repr("x" * 38)), ("x" * 39, repr("x" * 39)[:40] + "..."),

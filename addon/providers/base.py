@@ -134,21 +134,18 @@ class Provider:
         """Whether calls to this path carry billable usage we parse."""
         raise NotImplementedError
 
-    def billing(self, method: str, path: str) -> str:
+    def billing(self, method: str, path: str, upgrade: bool = False) -> str:
         """METERED, UNMETERED or FREE: what a call with this method and path is on the bill. A read
-        of a metered path bills nothing (GET /v1/chat/completions lists stored completions; HEAD),
-        but for a session opened by it (OpenAI's realtime WebSocket: ``opens_session``)."""
-        if self.metered(path) and (method.upper() not in _READS or self.opens_session(path)):
+        (GET, HEAD, OPTIONS, DELETE) of a metered path bills nothing (GET /v1/chat/completions lists
+        stored completions), but for a WebSocket it opens (``upgrade``: OpenAI's realtime, the
+        Responses API's WebSocket mode), billed per response."""
+        if self.metered(path) and (method.upper() not in _READS or upgrade):
             return METERED
         if any(p.fullmatch(path) for p in self.billable):
             return UNMETERED
         if method.upper() in _READS or any(p.fullmatch(path) for p in self.free):
             return FREE
         return UNMETERED
-
-    def opens_session(self, path: str) -> bool:
-        """Whether a GET to this metered path opens a session billed as it goes (a WebSocket)."""
-        return False
 
     def answers_text(self, path: str) -> bool:
         """Whether a successful answer on this metered path may be other than JSON (a transcript)."""

@@ -266,9 +266,6 @@ class OpenAI(Provider):
     def metered(self, path: str) -> bool:
         return path in _METERED or path == realtime.PATH  # realtime: per response, addon/realtime.py
 
-    def opens_session(self, path: str) -> bool:
-        return path == realtime.PATH
-
     def answers_text(self, path: str) -> bool:
         return path in media.TRANSCRIPTS  # response_format text, srt or vtt
 
