@@ -6,6 +6,8 @@ The proxy forwards the encoded bytes untouched; this only gives the parsers read
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from typing import Any
 
 import brotli
 
@@ -13,6 +15,9 @@ try:
     from compression import zstd  # Python 3.14+
 except ImportError:
     from backports import zstd  # installed with mitmproxy
+
+
+_SLICE = 4096  # bytes fed at a time to a body of several members
 
 
 class DecodeError(ValueError):
@@ -63,9 +68,9 @@ class BodyDecoder:
             raise DecodeError(f"decoded body exceeds {self.limit} bytes")
         return out
 
-    def _room(self, parts: list[bytes]) -> int:
+    def _room(self, made: int) -> int:
         """What one more step may produce: past the limit by one byte at most, so that it shows."""
-        return max(self.limit - self.produced - sum(map(len, parts)), 0) + 1
+        return max(self.limit - self.produced - made, 0) + 1
 
     def _identity(self, data: bytes) -> bytes:
         return data
@@ -83,34 +88,37 @@ class BodyDecoder:
         return self._inflate(data)
 
     def _inflate(self, data: bytes) -> bytes:
+        return self._members(data, "_zlib", lambda: zlib.decompressobj(self._wbits), zlib.error)
+
+    def _unzstd(self, data: bytes) -> bytes:
+        return self._members(data, "_zstd", zstd.ZstdDecompressor, zstd.ZstdError)
+
+    def _members(self, data: bytes, name: str, new: Callable[[], Any], error: type[Exception]) -> bytes:
+        """``data`` through the decoder in ``self.<name>``, a new one (``new``) for each member that
+        follows the end of one. Fed a slice at a time once members follow each other: each member's
+        leftover input is a copy, so a body of many tiny members would cost its length squared."""
         parts: list[bytes] = []
-        while data and not self._done:
-            if self._zlib.eof:  # the member before ended: these bytes begin the next
-                self._zlib = zlib.decompressobj(self._wbits)
+        made = 0
+        rest = memoryview(data)
+        whole = True  # still the first member: the input goes in at once
+        while rest and not self._done:
+            chunk = bytes(rest if whole else rest[:_SLICE])
+            decoder = getattr(self, name)
+            if decoder.eof:  # the member before ended: these bytes begin the next
+                decoder = new()
+                setattr(self, name, decoder)
                 try:
-                    parts.append(self._zlib.decompress(data, self._room(parts)))
-                except zlib.error:
+                    out = decoder.decompress(chunk, max_length=self._room(made))
+                except error:
                     self._done = True  # not another member: trailing bytes, ignored
                     break
             else:
-                # max_length bounds what one step can expand to, which is what stops a gzip bomb.
-                parts.append(self._zlib.decompress(data, self._room(parts)))
-            if self._zlib.unconsumed_tail:
+                # max_length bounds what one step can expand to, which is what stops a bomb.
+                out = decoder.decompress(chunk, max_length=self._room(made))
+            parts.append(out)
+            made += len(out)
+            if getattr(decoder, "unconsumed_tail", b""):
                 raise DecodeError(f"decoded body exceeds {self.limit} bytes")
-            data = self._zlib.unused_data if self._zlib.eof else b""
-        return b"".join(parts)
-
-    def _unzstd(self, data: bytes) -> bytes:
-        parts: list[bytes] = []
-        while data and not self._done:
-            if self._zstd.eof:  # the frame before ended: these bytes begin the next
-                self._zstd = zstd.ZstdDecompressor()
-                try:
-                    parts.append(self._zstd.decompress(data, max_length=self._room(parts)))
-                except zstd.ZstdError:
-                    self._done = True
-                    break
-            else:
-                parts.append(self._zstd.decompress(data, max_length=self._room(parts)))
-            data = self._zstd.unused_data if self._zstd.eof else b""
+            rest = rest[len(chunk) - len(decoder.unused_data) if decoder.eof else len(chunk):]
+            whole = whole and not decoder.eof
         return b"".join(parts)
