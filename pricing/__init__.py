@@ -102,23 +102,26 @@ class PriceBook:
         ran, where its price depends on it (Provider.price_region; ``regions.REGIONAL`` for a row
         priced off a global endpoint before, ``regions.stored_region``)."""
         data = data or listprices.current()
-        price = self._price(data, usage, provider, model, at, service_tier, image)
-        if model:
-            price = regions.with_premium(price, provider, model, region)
+        price = self._price(data, usage, provider, model, at, service_tier, image, region)
         return dataclasses.replace(price, snapshot=data.id)
 
     def _price(self, data: PriceData, usage: TokenUsage, provider: str, model: str | None, at: dt.datetime,
-               service_tier: str | None, image: ImageOptions | None) -> Price:
+               service_tier: str | None, image: ImageOptions | None, region: str | None) -> Price:
         if not model:
             return UNPRICED
         if self.priced_per_image(usage, provider, model):
             return self._per_image(usage, provider, model, at, image)
         if not usage.has_tools:
-            return self._tokens_and_searches(data, usage, provider, model, at, service_tier)
-        tokens = self._tokens_and_searches(data, usage.without_tools(), provider, model, at, service_tier)
+            tokens = self._tokens_and_searches(data, usage, provider, model, at, service_tier)
+            return regions.with_premium(tokens, provider, model, region)
+        # A regional premium is on the token rates alone (regions.py), never on a tool's fee.
+        tokens = regions.with_premium(self._tokens_and_searches(data, usage.without_tools(), provider, model, at,
+                                                                service_tier), provider, model, region)
         fees = self.tool_fees(usage, provider, model, at, service_tier, data)
         if tokens.cost_usd is None or fees is None:
-            return UNPRICED  # a tool billed at a rate nobody publishes is not free either
+            # A tool billed at a rate nobody publishes is not free either; a premium stays named,
+            # for the reprice that prices the call.
+            return regions.with_premium(UNPRICED, provider, model, region)
         return Price(tokens.cost_usd + fees, tokens.source)
 
     def tool_fees(self, usage: TokenUsage, provider: str, model: str, at: dt.datetime,
