@@ -160,16 +160,18 @@ def _usage(meter: CallMeter, observed: Observed, request: _RequestBody,
         return None, "none"
     if meter.billing == UNMETERED:
         return None, "unmetered"  # billed, but by what we do not read: unpriced, never $0
-    if meter.read_failure is not None and meter.outcome == "completed":
+    complete = meter.outcome == "completed" and observed.complete
+    if meter.read_failure is not None and meter.outcome == "completed" and not complete:
         # Answered in full, but not readable to us (an encoding we cannot decode, a body past our
         # limits): its usage is unknown, never the estimate of what we read (a prompt alone).
         return None, "none"
-    interrupted = meter.outcome != "completed" or not observed.complete or meter.read_failure is not None
-    if not interrupted and observed.usage is not None:
+    # Read whole, even if something after failed (a stream's last event, Bedrock's headers).
+    if complete and observed.usage is not None:
         # Counts as reported, but a tool fee in them is an estimate (a container's time, a free allowance).
         return observed.usage, "estimated" if observed.fee_estimated else "reported"
     if observed.unknown_usage is not None and (meter.status or 0) >= 400:
         return None, "none"  # a refusal billed in amounts nobody reports (Azure's filter): not estimated
+    interrupted = not complete or meter.read_failure is not None
     counted = meter.provider.counted(meter.path, request.json(), model)
     if counted is not None:  # billed by the request alone (a speech input's characters), exact
         return counted, "counted"

@@ -431,6 +431,19 @@ def test_bedrock_invoke_model_usage_comes_from_the_headers_when_the_body_has_non
     assert (none["input_tokens"], none["output_tokens"], none["usage_source"]) == (0, 0, "none")
 
 
+def test_bedrock_usage_headers_count_when_the_body_cannot_be_decoded(providers, book):
+    """AWS's counts in the headers are the provider's own: a body the proxy cannot decode does not
+    make the call's usage unknown (nor an estimate)."""
+    path = f"/model/{MISTRAL}/invoke"
+    meter = CallMeter(providers["bedrock"], path, 7, "acme", "chat", time.time(), b'{"prompt": "hi"}', "")
+    meter.response_headers = Headers([(k.encode(), v.encode()) for k, v in aws.MISTRAL_HEADERS.items()])
+    meter.start_response(200, "application/json", "gzip")
+    meter.finish(200, "completed", None, b"not gzip at all")
+    row = build_row(meter, book)
+    assert (_tokens(row), row["usage_source"]) == ((17, 0, 0, 9, 0), "reported")
+    assert row["cost_usd"] == _usd((17, "4.00"), (9, "12.00"))
+
+
 def test_bedrock_usage_headers_count_whatever_the_invoke_body_holds(providers, book):
     """A model's own output format need not be a JSON object: AWS's counts in the headers still bill it."""
     for body in [json.dumps([{"generation": "Bonjour"}]).encode(), b"Bonjour", b""]:
