@@ -191,9 +191,10 @@ _OUR_KEY = re.compile(rf"(?<![0-9A-Za-z_-]){keygen.PREFIX}[0-9A-Za-z_-]{{43}}(?!
 
 
 def _is_our_param(param: str) -> bool:
-    plain = unquote(param)  # an escaped "=" in a name only makes more of the parameter a value: dropped too
-    name, _, value = plain.partition("=")
-    return name.lower() == KEY_HEADER or value.startswith(keygen.PREFIX) or _OUR_KEY.search(plain) is not None
+    # Split before unquoting: an escaped "=" (a%3Db=ask_...) must not move where the value starts.
+    name, _, value = param.partition("=")
+    return unquote(name).lower() == KEY_HEADER or unquote(value).startswith(keygen.PREFIX) or \
+        _OUR_KEY.search(unquote(param)) is not None
 
 
 def _take_our_headers(headers: http.Headers, keep_signed: bool) -> tuple[dict[str, str], frozenset[str]]:

@@ -18,8 +18,9 @@ class SSEDecoder:
     on the proxy's event loop, so it splits whole events with bytes methods, not line by line,
     and its cost is linear in the stream: pieces of an unfinished event are kept in a list and
     joined once, when the event ends (re-joining them per chunk made a 4 MB event in 1 KB chunks
-    take seconds). Lines may end in LF or CRLF (a bare CR, which no provider sends, is not a line
-    end here).
+    take seconds). Lines may end in LF or CRLF; a bare CR, which no provider sends inside a
+    stream, is not a line end here, but a CR the stream ends on is: ``close`` takes the event it
+    ends (an SDK that saw "data: [DONE]\\r\\n\\r" closes there: CallMeter.saw_the_end).
     """
 
     __slots__ = ("_parts", "_size", "_cr")

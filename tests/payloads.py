@@ -282,7 +282,7 @@ def _compacting(request: dict) -> bool:
     return any(isinstance(e, dict) and e.get("type") == "compact_20260112" for e in edits)
 
 
-def _compacted(request: dict) -> Reply:
+def _compacted(request: dict, scenario: str) -> Reply:
     model = str(request.get("model"))
     if not _GEO_MODELS.match(model):
         return _json({"type": "error", "error": {"type": "invalid_request_error",
@@ -290,7 +290,12 @@ def _compacted(request: dict) -> Reply:
     if request.get("stream"):  # message_start counts the input so far; message_delta has the whole usage
         start = {"input_tokens": 23000, "output_tokens": 1, "cache_read_input_tokens": 0,
                  "cache_creation_input_tokens": 0}
-        return Reply(events=anthropic_stream(start, COMPACTED_USAGE, model))
+        events = anthropic_stream(start, COMPACTED_USAGE, model)
+        summary = _event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "compaction", "content": "Summary of the conversation: ..."}})
+        events = [events[0], summary, _event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                  *events[1:]]
+        return Reply(events=events, die_after=4 if "die" in scenario else None)
     message = _message(model, COMPACTED_USAGE)
     message["content"] = [{"type": "compaction", "content": "Summary of the conversation: ..."}, *message["content"]]
     return _json(message)
@@ -355,7 +360,7 @@ def _messages(scenario: str, request: dict) -> Reply:
     if "inference_geo" in request:
         return _in_geo(request)
     if _compacting(request):
-        return _compacted(request)
+        return _compacted(request, scenario)
     if request.get("stream"):
         if "web_search" in scenario:
             return Reply(events=anthropic_stream(WEB_SEARCH_START, WEB_SEARCH_DELTA, SONNET))

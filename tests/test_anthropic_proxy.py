@@ -122,6 +122,19 @@ def test_a_model_before_opus_4_6_asked_to_run_in_the_us_is_refused_and_costs_not
     assert (row["status"], row["cost_usd"], row["input_tokens"]) == (400, 0, 0)
 
 
+def test_a_stream_cut_after_a_compaction_began_is_unpriced_not_estimated_without_it(proxy, customer):
+    """The summary's tokens (a whole context's input) come only in the last message_delta: a stream
+    cut before it was estimated from the answer's part alone, 180,000 input tokens short."""
+    client = proxy.anthropic(headers={"x-customer-id": customer, "x-test-scenario": "die"})
+    with pytest.raises((anthropic.APIError, anthropic.APIConnectionError)):
+        with client.beta.messages.stream(model="claude-opus-4-6", max_tokens=2000, messages=MESSAGES,
+                                         betas=["compact-2026-01-12"],
+                                         context_management={"edits": [{"type": "compact_20260112"}]}) as answer:
+            answer.until_done()
+    [row] = proxy.rows(customer)
+    assert (row["cost_usd"], row["priced"], row["usage_source"]) == (None, False, "none")
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_compactions_summary_is_billed_with_the_answer(proxy, customer, stream):
     """Compaction samples a summary of the conversation before the answer, billed at the model's

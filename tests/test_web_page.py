@@ -458,13 +458,16 @@ def test_recent_calls_show_units_and_unmetered_calls_are_named_a_gap(page, site)
     tools.update(endpoint="/v1/responses", file_search_calls=2, code_executions=3, containers=1)
     drawn = row(stamp, "gpt-5-2025-08-07", None, 900, customer="illustrator")
     drawn.update(endpoint="/v1/responses", image_generation_calls=2)
+    advised = row(stamp, "claude-sonnet-4-6", None, 900, customer="advised", provider="anthropic")
+    advised.update(endpoint="/v1/messages", advisor_calls=1)
     with writing(home_dir.db_path(site["home"])) as con:  # the proxy holds the file only while it flushes
-        call_rows.insert(con, [speech, unmetered, tools, drawn])
+        call_rows.insert(con, [speech, unmetered, tools, drawn, advised])
     sign_in(page, site)
     page.wait_for_selector("#recent td:text('tts-1 · 171 characters')", timeout=10_000)
     page.wait_for_selector("#recent td:text('gpt-4o-2024-08-06 · 2 file searches · 3 code runs · 1 container')",
                            timeout=10_000)
     page.wait_for_selector("#recent td:text('gpt-5-2025-08-07 · 2 images by a tool')", timeout=10_000)
+    page.wait_for_selector("#recent td:text('claude-sonnet-4-6 · 1 advisor call')", timeout=10_000)
     assert "went to endpoints the provider bills and AiSpendTrack does not meter" in page.inner_text("#warnings")
 
 

@@ -128,11 +128,17 @@ class AnthropicStream(StreamParser):
         self._code_runs = 0
         self.searches = 0  # web searches begun: billed, though a stream cut before message_delta never says
         self.advisor_calls = 0  # the advisor consulted: the same
+        self.compacted = False  # a compaction ran: its tokens are told only in the last message_delta
         self._container: object = None
 
     def feed(self, event: str | None, data: bytes) -> None:
         if event == "content_block_delta":
             self.keep_delta(data)
+            return
+        if (event == "content_block_start" or event is None and b'"content_block_start"' in data) \
+                and b'"compaction"' in data:
+            block = (loads(data) or {}).get("content_block")
+            self.compacted = self.compacted or isinstance(block, dict) and block.get("type") == "compaction"
             return
         if (event == "content_block_start" or event is None and b'"content_block_start"' in data) \
                 and b'"server_tool_use"' in data:
@@ -238,6 +244,10 @@ class Anthropic(Provider):
             prompt = (request or {}).get("prompt")
             return TokenUsage(input_tokens=self.counter.count(prompt if isinstance(prompt, str) else "", None),
                               output_tokens=self.counter.count(parser.output_text(), None))
+        if getattr(parser, "compacted", False):  # its summary's tokens, a whole context's, are not ours to guess
+            parser.observed.unknown_usage = ("a compaction ran, whose tokens are told only at the answer's end, "
+                                             "which never came")
+            return None
         estimated_output = self.counter.count(parser.output_text(), None)
         seen = parser.observed.usage
         if seen is None and parser.observed.error is not None:  # refused in the stream (overloaded): billed nothing

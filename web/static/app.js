@@ -150,7 +150,8 @@ const unitsLabel = (c) => [[c.images, "image"], [c.audio_seconds, "s of audio"],
   [c.web_search_requests, "web search", "web searches"], [c.web_fetch_requests, "web fetch", "web fetches"],
   [c.file_search_calls, "file search", "file searches"], [c.code_executions, "code run"],
   [c.containers, "container"], [c.grounded_prompts, "grounded prompt"],
-  [c.image_generation_calls, "image by a tool", "images by a tool"], [c.guardrail_checks, "guardrail check"]]
+  [c.image_generation_calls, "image by a tool", "images by a tool"], [c.guardrail_checks, "guardrail check"],
+  [c.advisor_calls, "advisor call"]]
   .filter(([n]) => n).map(([n, unit, units]) => ` · ${unit.startsWith("s ") ? Number(n).toFixed(1) + " " + unit : plural(n, unit, units)}`)
   .join("");
 // As addon/core/wording.py's plural: 1 call, 2 calls.
