@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from addon.core.money import usd
 from cli.main import cli
 
-from .helpers import free_port, run_cli
+from .helpers import call_row, free_port, run_cli
 
 
 def _invoke(home, *args: str):
@@ -102,6 +102,28 @@ def test_a_database_file_that_is_not_duckdbs_is_named_not_blamed_on_the_output(t
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert f"{tmp_path / 'aispendtrack.duckdb'} is not a DuckDB database file" in result.output
     assert "could not write" not in result.output
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped"])
+def test_a_damaged_database_file_is_named_with_what_to_do_not_a_traceback(tmp_path, damage):
+    """A file cut short or with bytes flipped inside (a disk error, a copy taken while written):
+    only a damaged header was named; every other damage gave DuckDB's traceback from every command."""
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+    db = tmp_path / "aispendtrack.duckdb"
+    with writing(db) as con:
+        call_rows.insert(con, [call_row(n) for n in range(2000)])
+    data = bytearray(db.read_bytes())
+    if damage == "truncated":
+        data = data[:len(data) // 2]
+    else:
+        for at in range(4096 * 3, len(data), 4096 * 7):  # inside blocks past the headers: checksums fail
+            data[at + 100:at + 164] = bytes(64)
+    db.write_bytes(bytes(data))
+    for args in (("calls",), ("report",)):
+        result = _invoke(tmp_path, *args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert str(db) in result.output and "restore it from a backup" in result.output, result.output
 
 
 def test_a_gdpr_export_with_nothing_stored_says_so(tmp_path):

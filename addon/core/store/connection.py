@@ -163,7 +163,18 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
             raise StoreError(f"{path} is not a DuckDB database file (damaged, or another program's): restore it "
                              f"from a backup (docs/operations.md, \"Backup and restore\"), or move it aside to "
                              f"start a new one.") from None
-        raise
+        if _is_lock_conflict(exc):
+            raise  # waited for by _connect_locked
+        raise _unopenable(path, exc) from None
+    except duckdb.Error as exc:  # a damaged file or write-ahead log: checksums, a torn header, ...
+        raise _unopenable(path, exc) from None
+
+
+def _unopenable(path: Path, exc: duckdb.Error) -> StoreError:
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return StoreError(f"cannot open {path}: {type(exc).__name__}: {first}. If the file or its write-ahead log "
+                      f"({path.name}.wal) is damaged, restore it from a backup (docs/operations.md, \"Backup and "
+                      f"restore\"), or move the .wal aside: the file then opens as it was at its last checkpoint.")
 
 
 def _open_encrypted(path: Path, read_only: bool, key: str) -> duckdb.DuckDBPyConnection:
