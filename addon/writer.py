@@ -90,6 +90,7 @@ class Writer(threading.Thread):
         self._spill_retry_at = 0.0
         self._last_drop_log = -1e9
         self._spill_seq = 0
+        self._refresh_said_at = -1e9
         self._replayed: set[Path] = set()  # spill files stored that could not be removed: never replayed again here
         self._spilled_at = self._spill_said_at = -1e9  # the last spill, the last one logged
         self.rows_written = 0
@@ -211,8 +212,12 @@ class Writer(threading.Thread):
     def _refresh(self, con) -> None:
         try:
             self.on_refresh(con)
-        except Exception:  # the next cycle tries again; rows are written meanwhile
-            log.exception("could not refresh keys, limits and budgets from %s", self.where)
+        except Exception as exc:  # the next cycle tries again; rows are written meanwhile
+            if time.monotonic() - self._refresh_said_at > 30:  # a traceback a second would drown the log
+                self._refresh_said_at = time.monotonic()
+                log.exception("could not refresh keys, limits and budgets from %s (said once in 30 s)", self.where)
+            else:
+                log.debug("could not refresh keys, limits and budgets: %s", type(exc).__name__)
             return
         self._keys_due = time.monotonic() + self.key_refresh
 

@@ -81,12 +81,18 @@ class _Cli(click.Group):
             formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
+        import duckdb
+
         from addon.core.store import StoreError
 
         try:
             return super().invoke(ctx)
         except StoreError as exc:
             raise click.ClickException(hide_passwords(str(exc))) from None
+        except duckdb.Error as exc:  # the database failed under the command: a full disk, a damaged block, ...
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise click.ClickException(hide_passwords(f"the database failed: {type(exc).__name__}: {first}")) \
+                from None
 
 
 def _docstring(module: str, function: str) -> str:

@@ -126,6 +126,25 @@ def test_a_damaged_database_file_is_named_with_what_to_do_not_a_traceback(tmp_pa
         assert str(db) in result.output and "restore it from a backup" in result.output, result.output
 
 
+def test_a_database_failing_under_a_command_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    """A block that fails its checksum, a disk full mid-query, a connection DuckDB gave up on: the
+    command printed DuckDB's traceback."""
+    import duckdb
+
+    from addon.core.store import calls as call_rows
+    from addon.core.store import writing
+    with writing(tmp_path / "aispendtrack.duckdb") as con:
+        call_rows.insert(con, [call_row(1)])
+
+    def failing(*args, **kwargs):
+        raise duckdb.IOException('IO Error: Could not read enough bytes from file "aispendtrack.duckdb"')
+    from addon.core.store import reports as report_rows
+    monkeypatch.setattr(report_rows, "calls_page", failing)
+    result = _invoke(tmp_path, "calls")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "the database failed: IOException: IO Error: Could not read enough bytes" in result.output
+
+
 def test_a_gdpr_export_with_nothing_stored_says_so(tmp_path):
     out = tmp_path / "acme.json"
     result = _invoke(tmp_path, "gdpr", "export", "--customer", "nobody", "--out", str(out))

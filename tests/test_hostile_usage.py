@@ -18,7 +18,7 @@ import pytest
 
 from addon.core import spill
 from addon.core.store import calls as call_rows
-from addon.core.store import reading
+from addon.core.store import reading, writing
 from addon.providers.base import InvalidUsage, count
 from addon.writer import QUARANTINE_DIR, Writer
 
@@ -190,3 +190,17 @@ def test_a_spill_the_full_disk_refused_leaves_no_partial_file(tmp_path, monkeypa
     monkeypatch.setattr(spill, "write", half_written)
     writer._spill(force=True)
     assert list((tmp_path / "spill").iterdir()) == [] and len(writer._pending) == 1
+
+
+def test_a_refresh_failing_every_cycle_is_logged_once_not_a_traceback_a_second(tmp_path, caplog):
+    def failing(con):
+        raise RuntimeError("the disk is full")
+    with writing(tmp_path / "a.duckdb"):
+        pass  # the store made, as a proxy's start makes it
+    writer = Writer(tmp_path / "a.duckdb", tmp_path / "spill", build_row=lambda row: row, on_refresh=failing)
+    for n in range(5):
+        writer.submit(call_row(n))
+        writer.cycle(lock_timeout=1, force_keys=True)
+    assert caplog.text.count("could not refresh keys, limits and budgets") == 1
+    with reading(tmp_path / "a.duckdb") as con:
+        assert len(call_rows.newest(con, 10)) == 5  # the rows are written all the same
